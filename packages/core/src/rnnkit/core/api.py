@@ -1,0 +1,23 @@
+"""Looking up and building registered cells by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.plugins import get_host
+
+
+def list_cells(pattern: str | None = None) -> list[str]:
+    """Names of the registered cells, sorted, filtered by an fnmatch ``pattern``."""
+    return get_host().cells.names(pattern)
+
+
+def get_cell_class(name: str) -> type[Cell[Any]]:
+    """The class registered as ``name``; an unknown name raises with the closest names."""
+    return get_host().cells.get(name).obj.cls
+
+
+def create_cell(name: str, **config: Any) -> Cell[Any]:
+    """Build the cell registered as ``name``: ``create_cell("lstm", input_size=8, hidden_size=16)``."""
+    return get_cell_class(name)(**config)

@@ -1,0 +1,168 @@
+"""The cell ABI: the base class every recurrent architecture in rnnkit implements.
+
+See ``docs/cell-abi.md`` for the full specification.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, cast
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.core.forms import Form
+from rnnkit.core.state import StateField, StateT
+from rnnkit.core.validation import (
+    cell_dtype_device,
+    check_resets,
+    check_sequence,
+    check_state,
+    check_step_input,
+)
+
+
+class Cell(nn.Module, ABC, Generic[StateT]):
+    """A recurrent cell: ``(B, T, input_size) -> (B, T, output_size)`` plus a state.
+
+    Subclasses set the class attributes and implement :meth:`project`, :meth:`recur` and
+    :meth:`state_spec`; everything else (``step``, ``forward``, ``init_state``, validation,
+    backend dispatch, ``resets``) is provided here.
+
+    Class attributes:
+        kind: the name kernels may target for cell-specific implementations (``"lstm"``).
+        forms: the structural forms the cell has (:class:`~rnnkit.core.forms.Form`).
+        state_type: the ``NamedTuple`` class of the state.
+
+    Instance attributes (set by the subclass constructor):
+        input_size: width of ``x``.
+        hidden_size: width of the recurrent state.
+        output_size: width of ``y``.
+        projected_size: width of ``project(x)``.
+    """
+
+    kind: ClassVar[str] = ""
+    forms: ClassVar[frozenset[Form]] = frozenset()
+    state_type: ClassVar[type[Any]]
+
+    input_size: int
+    hidden_size: int
+    output_size: int
+    projected_size: int
+
+    # --- what a cell implements -----------------------------------------------------------
+
+    @abstractmethod
+    def project(self, x: Tensor) -> Tensor:
+        """The time-parallel part: ``(..., input_size) -> (..., projected_size)``."""
+
+    @abstractmethod
+    def recur(self, px_t: Tensor, state: StateT) -> tuple[Tensor, StateT]:
+        """One sequential step on a projected input.
+
+        Args:
+            px_t: ``(B, projected_size)``.
+            state: the state entering the step, each field ``(B, *field.shape)``.
+
+        Returns:
+            ``(y_t, state)`` with ``y_t: (B, output_size)`` and the state leaving the step.
+        """
+
+    @abstractmethod
+    def state_spec(self) -> tuple[StateField, ...]:
+        """The fields of the state, in ``state_type`` order."""
+
+    # --- provided ---------------------------------------------------------------------------
+
+    def init_state(
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StateT:
+        """The initial state for ``batch`` sequences (each field filled with ``field.init``).
+
+        ``device`` and ``dtype`` default to those of the cell's parameters (float32 on CPU for a
+        cell without parameters).
+        """
+        if batch < 0:
+            raise ValueError(f"batch must be non-negative, got {batch}")
+        p_dtype, p_device = cell_dtype_device(self)
+        dtype = dtype or p_dtype or torch.get_default_dtype()
+        device = torch.device(device) if device is not None else (p_device or torch.device("cpu"))
+        fields = [
+            torch.full(f.full_shape(batch), f.init, dtype=f.resolve_dtype(dtype), device=device)
+            for f in self.state_spec()
+        ]
+        state: StateT = self.state_type._make(fields)
+        return state
+
+    def check_state(self, state: object, *, batch: int, like: Tensor) -> StateT:
+        """Validate a user-given state for a batch of ``batch`` on ``like``'s dtype and device."""
+        return cast(
+            StateT,
+            check_state(
+                self.state_spec(),
+                state,
+                batch=batch,
+                dtype=like.dtype,
+                device=like.device,
+                state_type=self.state_type,
+            ),
+        )
+
+    def step(self, x_t: Tensor, state: StateT | None = None) -> tuple[Tensor, StateT]:
+        """Advance one step from the raw input: ``recur(project(x_t), state)``.
+
+        Args:
+            x_t: ``(B, input_size)``.
+            state: the current state, or ``None`` for :meth:`init_state`.
+
+        Returns:
+            ``(y_t, state)`` with ``y_t: (B, output_size)``.
+        """
+        x_t = check_step_input(self, x_t)
+        batch = x_t.shape[0]
+        if state is None:
+            state = self.init_state(batch, device=x_t.device, dtype=x_t.dtype)
+        else:
+            state = self.check_state(state, batch=batch, like=x_t)
+        return self.recur(self.project(x_t), state)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: StateT | None = None,
+        *,
+        backend: str = "auto",
+        resets: Tensor | None = None,
+    ) -> tuple[Tensor, StateT]:
+        """Run the whole sequence.
+
+        Args:
+            x: ``(B, T, input_size)``, batch-first.
+            state: the initial state, or ``None`` for :meth:`init_state`.
+            backend: a registered backend name, or ``"auto"`` for the fastest available one
+                (the environment variable ``RNNKIT_BACKEND`` overrides ``"auto"``).
+            resets: optional bool ``(B, T)``; where true, the state entering step ``t`` is
+                replaced by :meth:`init_state` (an episode starts at ``t``).
+
+        Returns:
+            ``(y, final_state)`` with ``y: (B, T, output_size)``.
+        """
+        from rnnkit.core.dispatch import run  # local: dispatch imports the plugin host
+
+        x = check_sequence(self, x)
+        batch, time = x.shape[0], x.shape[1]
+        if state is not None:
+            state = self.check_state(state, batch=batch, like=x)
+        if resets is not None:
+            resets = check_resets(resets, batch=batch, time=time, device=x.device)
+        return run(self, x, state, resets=resets, backend=backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}"
+        )

@@ -1,0 +1,22 @@
+"""Structural forms a cell can declare; kernels target forms rather than classes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Form(str, Enum):
+    """The structural forms of DESIGN.md section 2.
+
+    A cell lists the forms it has in ``Cell.forms``; a kernel registered for a form can run
+    every cell that declares it.
+    """
+
+    #: ``g = px_t + R h_{t-1}`` then a pointwise gate function; ``R`` block-diagonal over heads.
+    GATED = "gated"
+    #: ``h_t = a_t * h_{t-1} + b_t`` (real or complex).
+    DIAGONAL_LINEAR = "diagonal_linear"
+    #: nonlinear, with ``dh_t / dh_{t-1}`` diagonal or 2x2 block-diagonal.
+    DIAGONAL_JACOBIAN = "diagonal_jacobian"
+    #: ``S_t = A_t(S_{t-1}) + k_t v_t^T``-type updates read out by queries.
+    MATRIX_STATE = "matrix_state"

@@ -1,0 +1,293 @@
+"""Plugin discovery and registration (pluggy, entry-point group ``rnnkit``).
+
+The built-in packages are plugins like any other: ``rnnkit-core`` itself registers its cells
+and the ``reference`` backend through the entry point ``core = rnnkit.core._plugin``.
+
+Environment:
+    ``RNNKIT_DISABLE_PLUGINS``: comma-separated entry-point or distribution names not to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata as md
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from rnnkit.core import hookspecs
+from rnnkit.core.registry import Entry, Origin, Registry
+
+if TYPE_CHECKING:
+    from rnnkit.core.cell import Cell
+    from rnnkit.core.dispatch import Kernel
+
+ENTRY_POINT_GROUP = "rnnkit"
+DISABLE_ENV = "RNNKIT_DISABLE_PLUGINS"
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or register and was skipped."""
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    """A registered cell class and the configurations the conformance kit runs it with."""
+
+    cls: type[Cell[Any]]
+    test_configs: tuple[Mapping[str, Any], ...] = ({},)
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """A registered CLI subcommand."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass
+class PluginInfo:
+    """What the host knows about one plugin: origin, status and what it registered."""
+
+    origin: Origin
+    status: str = "ok"  # "ok", "broken" or "disabled"
+    error: str = ""
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _disabled_names() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+class PluginHost:
+    """Loads plugins and holds the registries they fill.
+
+    Args:
+        load_entry_points: discover plugins from installed distributions (group ``rnnkit``).
+        plugins: extra ``(name, module_or_object)`` plugins to register directly (tests,
+            notebooks); they go through the same validation as installed ones.
+        disabled: plugin or distribution names to skip; defaults to ``RNNKIT_DISABLE_PLUGINS``.
+    """
+
+    def __init__(
+        self,
+        *,
+        load_entry_points: bool = True,
+        plugins: Sequence[tuple[str, object]] = (),
+        disabled: set[str] | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.cells: Registry[CellInfo] = Registry("cell")
+        self.kernels: Registry[Kernel] = Registry("kernel")
+        self.models: Registry[Callable[..., Any]] = Registry("model")
+        self.tasks: Registry[Any] = Registry("task")
+        self.commands: Registry[CommandInfo] = Registry("command")
+        self.plugins: dict[str, PluginInfo] = {}
+        self._disabled = _disabled_names() if disabled is None else set(disabled)
+        loaded: list[tuple[str, object]] = []
+        if load_entry_points:
+            loaded.extend(self._load_entry_points())
+        for name, obj in plugins:
+            self.plugins[name] = PluginInfo(Origin(name))
+            loaded.append((name, obj))
+        self._register_all(loaded)
+
+    # --- discovery ----------------------------------------------------------------------
+
+    def _load_entry_points(self) -> list[tuple[str, object]]:
+        found: list[tuple[str, object]] = []
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != "core", e.name))
+        for ep in eps:
+            dist = getattr(ep, "dist", None)
+            origin = Origin(
+                ep.name,
+                dist.metadata["Name"] if dist is not None else None,
+                dist.version if dist is not None else None,
+            )
+            info = PluginInfo(origin)
+            if ep.name in self.plugins:
+                continue  # the same distribution seen twice on sys.path
+            self.plugins[ep.name] = info
+            if ep.name in self._disabled or (origin.distribution in self._disabled):
+                info.status = "disabled"
+                continue
+            try:
+                found.append((ep.name, ep.load()))
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._mark_broken(ep.name, f"import failed: {exc!r}")
+        return found
+
+    def _mark_broken(self, name: str, error: str) -> None:
+        info = self.plugins[name]
+        info.status, info.error = "broken", error
+        info.registered.clear()
+        warnings.warn(
+            f"rnnkit plugin {info.origin.describe()} was skipped: {error}",
+            PluginWarning,
+            stacklevel=3,
+        )
+
+    # --- registration -------------------------------------------------------------------
+
+    def _register_all(self, loaded: list[tuple[str, object]]) -> None:
+        accepted: list[tuple[str, object]] = []
+        for name, obj in loaded:
+            try:
+                self.pm.register(obj, name=name)
+                accepted.append((name, obj))
+            except Exception as exc:
+                self._mark_broken(name, f"invalid hook implementation: {exc}")
+        for name, obj in accepted:
+            unknown = self._unknown_hooks(obj)
+            if unknown:
+                self.pm.unregister(obj)
+                self._mark_broken(name, f"implements unknown hook(s) {', '.join(unknown)}")
+                continue
+            staged = self._collect(name)
+            if staged is not None:
+                self._commit(name, staged)
+
+    @staticmethod
+    def _unknown_hooks(obj: object) -> list[str]:
+        names = [n for n in dir(obj) if n.startswith("rnnkit_")]
+        return [n for n in names if n not in hookspecs.HOOK_NAMES and callable(getattr(obj, n))]
+
+    def _collect(self, plugin: str) -> list[tuple[str, Entry[Any]]] | None:
+        """Run all hooks of one plugin; return its registrations, or None if it failed."""
+        origin = self.plugins[plugin].origin
+        staged: list[tuple[str, Entry[Any]]] = []
+
+        def cell(
+            name: str,
+            cls: type[Cell[Any]],
+            *,
+            description: str = "",
+            test_configs: Sequence[Mapping[str, Any]] = ({},),
+        ) -> None:
+            from rnnkit.core.cell import Cell
+
+            _check_name("cell", name)
+            if not (isinstance(cls, type) and issubclass(cls, Cell)):
+                raise TypeError(f"cell {name!r} must be a Cell subclass, got {cls!r}")
+            info = CellInfo(cls, tuple(dict(c) for c in test_configs) or ({},))
+            doc = description or _first_line(cls.__doc__)
+            staged.append(("cells", Entry(name, info, origin, doc)))
+
+        def kernel(k: Kernel) -> None:
+            from rnnkit.core.dispatch import Kernel
+
+            if not isinstance(k, Kernel):
+                raise TypeError(f"register() expects a rnnkit.core.dispatch.Kernel, got {k!r}")
+            _check_name("backend", k.backend)
+            staged.append(("kernels", Entry(k.key, k, origin, k.description)))
+
+        def model(name: str, builder: Callable[..., Any], *, description: str = "") -> None:
+            _check_name("model", name)
+            if not callable(builder):
+                raise TypeError(f"model {name!r}: builder must be callable, got {builder!r}")
+            doc = description or _first_line(builder.__doc__)
+            staged.append(("models", Entry(name, builder, origin, doc)))
+
+        def task(name: str, task: Any, *, description: str = "") -> None:
+            _check_name("task", name)
+            doc = description or _first_line(getattr(task, "description", "") or "")
+            staged.append(("tasks", Entry(name, task, origin, doc)))
+
+        def command(
+            name: str,
+            *,
+            help: str,
+            configure: Callable[[argparse.ArgumentParser], None],
+            run: Callable[[argparse.Namespace], int],
+        ) -> None:
+            _check_name("command", name)
+            staged.append(("commands", Entry(name, CommandInfo(help, configure, run), origin, help)))
+
+        callbacks: dict[str, Callable[..., None]] = {
+            "rnnkit_register_cells": cell,
+            "rnnkit_register_kernels": kernel,
+            "rnnkit_register_models": model,
+            "rnnkit_register_tasks": task,
+            "rnnkit_register_commands": command,
+        }
+        for hook_name in hookspecs.HOOK_NAMES:
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != plugin:
+                    continue
+                try:
+                    impl.function(register=callbacks[hook_name])
+                except Exception as exc:
+                    tb = traceback.extract_tb(exc.__traceback__)[-1]
+                    self._mark_broken(
+                        plugin, f"{hook_name} raised {exc!r} ({tb.filename}:{tb.lineno})"
+                    )
+                    return None
+        return staged
+
+    def _commit(self, plugin: str, staged: list[tuple[str, Entry[Any]]]) -> None:
+        info = self.plugins[plugin]
+        for registry_name, entry in staged:
+            registry: Registry[Any] = getattr(self, registry_name)
+            registry.add(entry)  # raises PluginConflictError naming both plugins
+            info.registered.setdefault(registry_name, []).append(entry.name)
+
+
+def _check_name(kind: str, name: object) -> None:
+    if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        raise ValueError(f"{kind} name must be a non-empty string without commas, got {name!r}")
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n", 1)[0]
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, created (and plugins loaded) on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def set_host(host: PluginHost | None) -> PluginHost | None:
+    """Replace the process-wide host (``None`` reloads on next use); returns the old one."""
+    global _HOST
+    old, _HOST = _HOST, host
+    return old
+
+
+@contextlib.contextmanager
+def use_host(host: PluginHost) -> Iterator[PluginHost]:
+    """Use ``host`` as the process-wide host inside a ``with`` block (for tests)."""
+    old = set_host(host)
+    try:
+        yield host
+    finally:
+        set_host(old)
+
+
+def module_plugin(name: str, **hooks: Callable[..., None]) -> ModuleType:
+    """Build an in-memory plugin module from hook functions (handy in tests and notebooks).
+
+    Example: ``module_plugin("mine", rnnkit_register_cells=lambda register: ...)``.
+    """
+    mod = ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(mod, hook_name, hookspecs.hookimpl(fn))
+    return mod

@@ -1,0 +1,179 @@
+"""``Recurrent``: a stack of cells with torch.nn.LSTM's options (layers, bidirectional, dropout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.core.api import get_cell_class
+from rnnkit.core.cell import Cell
+from rnnkit.core.validation import check_resets, check_sequence
+
+
+def reverse_resets(resets: Tensor) -> Tensor:
+    """Resets for the time-reversed sequence.
+
+    ``resets[:, t]`` marks a boundary between steps ``t - 1`` and ``t``. Running backwards,
+    that boundary is crossed on entering step ``t - 1``; the reversed run's first step
+    (original step ``T - 1``) never resets.
+    """
+    shifted = torch.zeros_like(resets)
+    shifted[:, :-1] = resets[:, 1:]
+    return shifted.flip(1)
+
+
+class Recurrent(nn.Module):
+    """A multi-layer, optionally bidirectional stack of one kind of cell.
+
+    Args:
+        cell: a registered cell name (``"lstm"``) or a :class:`~rnnkit.core.cell.Cell` class.
+        input_size: width of ``x``.
+        hidden_size: hidden width of every cell.
+        num_layers: number of stacked layers.
+        bidirectional: run a second cell per layer on the reversed sequence and concatenate.
+        dropout: dropout probability on the outputs of every layer but the last (training only).
+        **cell_kwargs: passed to every cell (``heads=4``, ``nonlinearity="relu"``, ...).
+
+    The state is the cell's ``NamedTuple`` with every field stacked along a new leading
+    dimension of size ``num_layers * num_directions`` (torch.nn.LSTM's ``h_0`` layout:
+    index ``layer * num_directions + direction``).
+    """
+
+    def __init__(
+        self,
+        cell: str | type[Cell[Any]],
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        **cell_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        cls = get_cell_class(cell) if isinstance(cell, str) else cell
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = dropout
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            for _ in range(self.num_directions):
+                width = input_size if layer == 0 else self.cells[-1].output_size * self.num_directions
+                self.cells.append(cls(input_size=width, hidden_size=hidden_size, **cell_kwargs))
+        first: Cell[Any] = self.cells[0]
+        self.state_type: type[Any] = first.state_type
+        self.output_size = first.output_size * self.num_directions
+
+    def cell(self, layer: int, direction: int = 0) -> Cell[Any]:
+        """The cell of ``layer`` and ``direction`` (0 forward, 1 backward)."""
+        c: Cell[Any] = self.cells[layer * self.num_directions + direction]
+        return c
+
+    def init_state(
+        self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Any:
+        """The stacked initial state: each field ``(num_layers * num_directions, batch, ...)``."""
+        states = [c.init_state(batch, device=device, dtype=dtype) for c in self.cells]
+        return self._stack(states)
+
+    def _stack(self, states: list[Any]) -> Any:
+        return self.state_type._make(torch.stack(fields, 0) for fields in zip(*states, strict=True))
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Any = None,
+        *,
+        backend: str = "auto",
+        resets: Tensor | None = None,
+    ) -> tuple[Tensor, Any]:
+        """Run the stack.
+
+        Args:
+            x: ``(B, T, input_size)``.
+            state: stacked state (see class docstring) or ``None``.
+            backend: passed to every cell.
+            resets: bool ``(B, T)``, applied in every layer (reversed for backward cells).
+
+        Returns:
+            ``(y, state)`` with ``y: (B, T, num_directions * hidden_size)``.
+        """
+        x = check_sequence(self.cells[0], x)
+        batch, time = x.shape[:2]
+        if resets is not None:
+            resets = check_resets(resets, batch=batch, time=time, device=x.device)
+        per_cell: list[Any] = [None] * len(self.cells)
+        if state is not None:
+            per_cell = self._split(state, batch)
+        finals: list[Any] = []
+        out = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                k = layer * self.num_directions + d
+                cell: Cell[Any] = self.cells[k]
+                if d == 0:
+                    y, s = cell(out, per_cell[k], backend=backend, resets=resets)
+                else:
+                    r = reverse_resets(resets) if resets is not None else None
+                    y, s = cell(out.flip(1), per_cell[k], backend=backend, resets=r)
+                    y = y.flip(1)
+                outs.append(y)
+                finals.append(s)
+            out = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                out = nn.functional.dropout(out, self.dropout, training=True)
+        return out, self._stack(finals)
+
+    def _split(self, state: Any, batch: int) -> list[Any]:
+        n = len(self.cells)
+        if not isinstance(state, tuple):
+            raise TypeError(f"state must be a {self.state_type.__name__}, got {type(state).__name__}")
+        for name, f in zip(self.state_type._fields, state, strict=False):
+            if not isinstance(f, Tensor) or f.dim() < 2 or f.shape[0] != n or f.shape[1] != batch:
+                got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+                raise ValueError(
+                    f"state.{name} must have leading shape (num_layers * num_directions, batch)"
+                    f" = ({n}, {batch}), got {got}"
+                )
+        return [self.state_type._make(f[k] for f in state) for k in range(n)]
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase) -> Recurrent:
+        """A stack equivalent to a ``torch.nn.RNN``, ``LSTM`` or ``GRU`` (any layers/directions).
+
+        The returned stack is batch-first whatever ``module.batch_first`` is.
+        """
+        from rnnkit.core.cells import GRU, LSTM, Elman
+
+        kinds: dict[type[nn.RNNBase], type[Any]] = {nn.RNN: Elman, nn.LSTM: LSTM, nn.GRU: GRU}
+        cell_cls = kinds.get(type(module))
+        if cell_cls is None:
+            raise TypeError(f"expected torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
+        extra = {"nonlinearity": module.nonlinearity} if isinstance(module, nn.RNN) else {}
+        p = module.weight_ih_l0
+        stack = cls(
+            cell_cls,
+            module.input_size,
+            module.hidden_size,
+            module.num_layers,
+            bidirectional=module.bidirectional,
+            dropout=float(module.dropout),
+            bias=module.bias,
+            device=p.device,
+            dtype=p.dtype,
+            **extra,
+        )
+        for layer in range(module.num_layers):
+            for d in range(stack.num_directions):
+                src = cell_cls.from_torch(module, layer=layer, direction=d)
+                stack.cell(layer, d).load_state_dict(src.state_dict())
+        return stack

@@ -1,0 +1,117 @@
+"""Input checks shared by every cell and backend; each error names the argument at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from rnnkit.core.cell import Cell
+    from rnnkit.core.state import StateField
+
+
+def cell_dtype_device(cell: torch.nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
+    """The dtype and device of a module's first floating parameter (``None`` if it has none)."""
+    for p in cell.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    return None, None
+
+
+def check_sequence(cell: Cell[Any], x: object, *, name: str = "x") -> Tensor:
+    """Check ``x`` is a ``(B, T, input_size)`` floating tensor matching the cell's dtype/device."""
+    return _check_input(cell, x, name=name, rank=3, what="(batch, time, input_size)")
+
+
+def check_step_input(cell: Cell[Any], x: object, *, name: str = "x_t") -> Tensor:
+    """Check ``x`` is a ``(B, input_size)`` floating tensor matching the cell's dtype/device."""
+    return _check_input(cell, x, name=name, rank=2, what="(batch, input_size)")
+
+
+def _check_input(cell: Cell[Any], x: object, *, name: str, rank: int, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {what}, got {type(x).__name__}")
+    if x.dim() != rank:
+        raise ValueError(
+            f"{name} must have {rank} dimensions {what}, got shape {tuple(x.shape)}"
+            + (" (rnnkit is batch-first)" if rank == 3 and x.dim() == 2 else "")
+        )
+    if x.shape[-1] != cell.input_size:
+        raise ValueError(
+            f"{name} has input width {x.shape[-1]} but the cell expects input_size="
+            f"{cell.input_size} (shape {tuple(x.shape)}, expected {what})"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    dtype, device = cell_dtype_device(cell)
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the cell's parameters are {dtype}; "
+            f"convert one of them (e.g. cell.to({x.dtype}) or x.to({dtype}))"
+        )
+    if device is not None and x.device != device:
+        raise ValueError(
+            f"{name} is on device {x.device} but the cell's parameters are on {device}"
+        )
+    return x
+
+
+def check_state(
+    spec: Sequence[StateField],
+    state: object,
+    *,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    state_type: type[Any],
+    name: str = "state",
+) -> tuple[Tensor, ...]:
+    """Check a state against ``spec`` and return it as an instance of ``state_type``.
+
+    A plain tuple or list with the right fields in order is accepted and converted.
+    """
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(
+            f"{name} must be a {state_type.__name__} (a NamedTuple of tensors), "
+            f"got {type(state).__name__}"
+        )
+    if len(state) != len(spec):
+        raise ValueError(
+            f"{name} must have {len(spec)} fields ({', '.join(f.name for f in spec)}), "
+            f"got {len(state)}"
+        )
+    for field, value in zip(spec, state, strict=True):
+        label = f"{name}.{field.name}"
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{label} must be a torch.Tensor, got {type(value).__name__}")
+        want = field.full_shape(batch)
+        if tuple(value.shape) != want:
+            raise ValueError(f"{label} must have shape {want}, got {tuple(value.shape)}")
+        want_dtype = field.resolve_dtype(dtype)
+        if value.dtype != want_dtype:
+            raise TypeError(f"{label} must have dtype {want_dtype}, got {value.dtype}")
+        if value.device != device:
+            raise ValueError(f"{label} must be on device {device}, got {value.device}")
+    out: tuple[Tensor, ...] = state_type._make(state)
+    return out
+
+
+def check_resets(resets: object, *, batch: int, time: int, device: torch.device) -> Tensor:
+    """Check ``resets`` is a bool tensor of shape ``(batch, time)`` on ``device``."""
+    if not isinstance(resets, Tensor):
+        raise TypeError(
+            f"resets must be a bool torch.Tensor of shape ({batch}, {time}), "
+            f"got {type(resets).__name__}"
+        )
+    if resets.dtype != torch.bool:
+        raise TypeError(f"resets must have dtype torch.bool, got {resets.dtype}")
+    if tuple(resets.shape) != (batch, time):
+        raise ValueError(
+            f"resets must have shape (batch, time) = ({batch}, {time}), got {tuple(resets.shape)}"
+        )
+    if resets.device != device:
+        raise ValueError(f"resets must be on device {device}, got {resets.device}")
+    return resets
