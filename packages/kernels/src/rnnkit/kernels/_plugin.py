@@ -1,16 +1,32 @@
-"""rnnkit-kernels' plugin module: registers every backend of this package."""
+"""rnnkit-kernels' plugin module: registers every backend of this package.
+
+Each backend module in ``BACKEND_MODULES`` exposes ``kernels() -> list[Kernel]``. Optional
+dependencies (triton, CUDA) are guarded inside those modules: a kernel whose dependency is
+missing still registers and reports why through ``Kernel.available``.
+"""
 
 from __future__ import annotations
 
+import importlib
+
+from rnnkit.core.dispatch import Kernel
 from rnnkit.core.hookspecs import RegisterKernel, hookimpl
+
+#: Modules (relative to ``rnnkit.kernels``) that define backends.
+BACKEND_MODULES: tuple[str, ...] = ()
+
+
+def all_kernels() -> list[Kernel]:
+    """Every kernel of this package, in ``BACKEND_MODULES`` order."""
+    out: list[Kernel] = []
+    for name in BACKEND_MODULES:
+        module = importlib.import_module(f"rnnkit.kernels.{name}")
+        out.extend(module.kernels())
+    return out
 
 
 @hookimpl
 def rnnkit_register_kernels(register: RegisterKernel) -> None:
-    """Register the kernels of rnnkit-kernels (each module guards its own optional imports)."""
-    for kernel in _all_kernels():
+    """Register the kernels of rnnkit-kernels."""
+    for kernel in all_kernels():
         register(kernel)
-
-
-def _all_kernels() -> list:  # type: ignore[type-arg]
-    return []
