@@ -38,8 +38,12 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    register("demo", help="run a small cell on random data and show what it returns",
-             configure=_configure_demo, run=_run_demo)
+    register(
+        "demo",
+        help="run a small cell on random data and show what it returns",
+        configure=_configure_demo,
+        run=_run_demo,
+    )
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +81,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     for name, t in zip(state._fields, state, strict=True):
         print(f"state     {name} {tuple(t.shape)}")
     grads = sum(p.grad.norm().item() ** 2 for p in cell.parameters() if p.grad is not None)
-    print(f"gradient  |d loss / d params| = {grads ** 0.5:.4f}")
+    print(f"gradient  |d loss / d params| = {grads**0.5:.4f}")
     print(f"streaming step() vs forward(), last output: max |diff| = {drift:.2e}")
     return 0

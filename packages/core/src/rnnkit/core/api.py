@@ -19,5 +19,8 @@ def get_cell_class(name: str) -> type[Cell[Any]]:
 
 
 def create_cell(name: str, **config: Any) -> Cell[Any]:
-    """Build the cell registered as ``name``: ``create_cell("lstm", input_size=8, hidden_size=16)``."""
+    """Build the cell registered as ``name``.
+
+    Example: ``create_cell("lstm", input_size=8, hidden_size=16)``.
+    """
     return get_cell_class(name)(**config)

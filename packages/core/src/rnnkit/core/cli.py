@@ -19,7 +19,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -34,8 +36,15 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
             if pattern and not _match(k.backend, pattern):
                 continue
             reason = k.available()
-            rows.append([k.backend, k.target, "yes" if reason is None else f"no: {reason}",
-                         entry.origin.plugin, k.description])
+            rows.append(
+                [
+                    k.backend,
+                    k.target,
+                    "yes" if reason is None else f"no: {reason}",
+                    entry.origin.plugin,
+                    k.description,
+                ]
+            )
         print(_table(rows, ["backend", "target", "available", "plugin", "description"]))
         return 0
     registry = getattr(host, args.what)
@@ -61,8 +70,9 @@ def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
     for name, info in sorted(host.plugins.items()):
         what = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items()))
         status = info.status if not info.error else f"{info.status}: {info.error}"
-        rows.append([name, info.origin.distribution or "-", info.origin.version or "-",
-                     status, what or "-"])
+        rows.append(
+            [name, info.origin.distribution or "-", info.origin.version or "-", status, what or "-"]
+        )
     print(_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
     return 0
 
@@ -89,7 +99,8 @@ def _cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            print(f"  cuda:{i}           {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
+            memory = f"{p.total_memory / 2**30:.0f} GiB"
+            print(f"  cuda:{i}           {p.name}, {memory}, sm_{p.major}{p.minor}")
     else:
         print("  cuda             not available")
     print("backends")

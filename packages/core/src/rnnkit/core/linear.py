@@ -40,7 +40,7 @@ class DiagonalLinearCell(Cell[LinearState]):
 
     @abstractmethod
     def readout(self, h: Tensor, px: Tensor) -> Tensor:
-        """``h: (..., state_size)`` and ``px: (..., projected_size)`` -> ``y: (..., output_size)``."""
+        """``y: (..., output_size)`` from ``h: (..., state_size)`` and ``px``."""
 
     def recur(self, px_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
         a, b = self.coefficients(px_t)

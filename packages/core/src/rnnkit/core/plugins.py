@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import importlib.metadata as md
 import os
-import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -108,7 +107,9 @@ class PluginHost:
 
     def _load_entry_points(self) -> list[tuple[str, object]]:
         found: list[tuple[str, object]] = []
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != "core", e.name))
+        eps = sorted(
+            md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != "core", e.name)
+        )
         for ep in eps:
             dist = getattr(ep, "dist", None)
             origin = Origin(
@@ -179,7 +180,7 @@ class PluginHost:
             from rnnkit.core.cell import Cell
 
             _check_name("cell", name)
-            if not (isinstance(cls, type) and issubclass(cls, Cell)):
+            if not (isinstance(cls, type) and issubclass(cls, Cell)):  # type: ignore[redundant-expr]
                 raise TypeError(f"cell {name!r} must be a Cell subclass, got {cls!r}")
             info = CellInfo(cls, tuple(dict(c) for c in test_configs) or ({},))
             doc = description or _first_line(cls.__doc__)
@@ -213,7 +214,9 @@ class PluginHost:
             run: Callable[[argparse.Namespace], int],
         ) -> None:
             _check_name("command", name)
-            staged.append(("commands", Entry(name, CommandInfo(help, configure, run), origin, help)))
+            staged.append(
+                ("commands", Entry(name, CommandInfo(help, configure, run), origin, help))
+            )
 
         callbacks: dict[str, Callable[..., None]] = {
             "rnnkit_register_cells": cell,

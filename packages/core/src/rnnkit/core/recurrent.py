@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.cell import Cell
-from rnnkit.core.validation import check_resets, check_sequence
+from rnnkit.core.validation import check_positive_int, check_resets, check_sequence
 
 
 def reverse_resets(resets: Tensor) -> Tensor:
@@ -53,8 +53,7 @@ class Recurrent(nn.Module):
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_positive_int("num_layers", num_layers)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         cls = get_cell_class(cell) if isinstance(cell, str) else cell
@@ -64,24 +63,35 @@ class Recurrent(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.cells = nn.ModuleList()
-        for layer in range(num_layers):
-            for _ in range(self.num_directions):
-                width = input_size if layer == 0 else self.cells[-1].output_size * self.num_directions
-                self.cells.append(cls(input_size=width, hidden_size=hidden_size, **cell_kwargs))
-        first: Cell[Any] = self.cells[0]
+        width = input_size
+        for _ in range(num_layers):
+            layer_cells = [
+                cls(input_size=width, hidden_size=hidden_size, **cell_kwargs)
+                for _ in range(self.num_directions)
+            ]
+            self.cells.extend(layer_cells)
+            width = layer_cells[0].output_size * self.num_directions
+        first = self.cell(0)
         self.state_type: type[Any] = first.state_type
         self.output_size = first.output_size * self.num_directions
 
     def cell(self, layer: int, direction: int = 0) -> Cell[Any]:
         """The cell of ``layer`` and ``direction`` (0 forward, 1 backward)."""
-        c: Cell[Any] = self.cells[layer * self.num_directions + direction]
-        return c
+        return cast(Cell[Any], self.cells[layer * self.num_directions + direction])
 
     def init_state(
-        self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Any:
         """The stacked initial state: each field ``(num_layers * num_directions, batch, ...)``."""
-        states = [c.init_state(batch, device=device, dtype=dtype) for c in self.cells]
+        states = [
+            self.cell(layer, d).init_state(batch, device=device, dtype=dtype)
+            for layer in range(self.num_layers)
+            for d in range(self.num_directions)
+        ]
         return self._stack(states)
 
     def _stack(self, states: list[Any]) -> Any:
@@ -106,7 +116,7 @@ class Recurrent(nn.Module):
         Returns:
             ``(y, state)`` with ``y: (B, T, num_directions * hidden_size)``.
         """
-        x = check_sequence(self.cells[0], x)
+        x = check_sequence(self.cell(0), x)
         batch, time = x.shape[:2]
         if resets is not None:
             resets = check_resets(resets, batch=batch, time=time, device=x.device)
@@ -119,7 +129,7 @@ class Recurrent(nn.Module):
             outs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
-                cell: Cell[Any] = self.cells[k]
+                cell = self.cell(layer, d)
                 if d == 0:
                     y, s = cell(out, per_cell[k], backend=backend, resets=resets)
                 else:
@@ -136,7 +146,9 @@ class Recurrent(nn.Module):
     def _split(self, state: Any, batch: int) -> list[Any]:
         n = len(self.cells)
         if not isinstance(state, tuple):
-            raise TypeError(f"state must be a {self.state_type.__name__}, got {type(state).__name__}")
+            raise TypeError(
+                f"state must be a {self.state_type.__name__}, got {type(state).__name__}"
+            )
         for name, f in zip(self.state_type._fields, state, strict=False):
             if not isinstance(f, Tensor) or f.dim() < 2 or f.shape[0] != n or f.shape[1] != batch:
                 got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__

@@ -21,6 +21,13 @@ def cell_dtype_device(cell: torch.nn.Module) -> tuple[torch.dtype | None, torch.
     return None, None
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive ``int`` (not a bool), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def check_sequence(cell: Cell[Any], x: object, *, name: str = "x") -> Tensor:
     """Check ``x`` is a ``(B, T, input_size)`` floating tensor matching the cell's dtype/device."""
     return _check_input(cell, x, name=name, rank=3, what="(batch, time, input_size)")

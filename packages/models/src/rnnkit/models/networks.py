@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from torch import Tensor, nn
 
 from rnnkit.core.recurrent import Recurrent
@@ -45,8 +44,13 @@ class SequenceModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, hidden_size) if vocab_size else None
         rnn_in = hidden_size if vocab_size else input_size
         self.rnn = Recurrent(
-            cell, rnn_in, hidden_size, num_layers,
-            bidirectional=bidirectional, dropout=dropout, **cell_kwargs,
+            cell,
+            rnn_in,
+            hidden_size,
+            num_layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            **cell_kwargs,
         )
         self.head = nn.Linear(self.rnn.output_size, output_size)
 
@@ -79,5 +83,3 @@ sequence_classifier = _builder("last", "one output per sequence from the last st
 def char_lm(vocab_size: int = 128, **cfg: Any) -> SequenceModel:
     """character-level language model: token ids (B, T) -> logits (B, T, vocab)"""
     return SequenceModel(0, vocab_size, vocab_size=vocab_size, pooling="none", **cfg)
-
-

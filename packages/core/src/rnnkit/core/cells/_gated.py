@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from torch.nn import functional as F
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField, StateT
+from rnnkit.core.validation import check_positive_int
 
 
 class GatedCell(Cell[StateT]):
@@ -48,10 +50,9 @@ class GatedCell(Cell[StateT]):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(heads, int) or heads <= 0 or hidden_size % heads:
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        if check_positive_int("heads", heads) and hidden_size % heads:
             raise ValueError(
                 f"heads must be a positive divisor of hidden_size={hidden_size}, got {heads!r}"
             )
@@ -62,11 +63,11 @@ class GatedCell(Cell[StateT]):
         self.projected_size = G * H
         self.heads = heads
         self.head_dim = H // heads
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, **kw))
-        self.recurrent = nn.Parameter(torch.empty(G, heads, self.head_dim, self.head_dim, **kw))
+        D = self.head_dim
+        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, device=device, dtype=dtype))
+        self.recurrent = nn.Parameter(torch.empty(G, heads, D, D, device=device, dtype=dtype))
         self.bias: nn.Parameter | None = (
-            nn.Parameter(torch.empty(G * H, **kw)) if bias else None
+            nn.Parameter(torch.empty(G * H, device=device, dtype=dtype)) if bias else None
         )
         self.reset_parameters()
 
@@ -98,7 +99,8 @@ class GatedCell(Cell[StateT]):
 
     def dense_recurrent(self) -> Tensor:
         """The recurrent weights as one dense ``(G * H, H)`` matrix (block-diagonal per gate)."""
-        blocks = [torch.block_diag(*self.recurrent[g].unbind(0)) for g in range(self.num_gates)]
+        block_diag = cast(Callable[..., Tensor], torch.block_diag)  # untyped in torch's stubs
+        blocks = [block_diag(*self.recurrent[g].unbind(0)) for g in range(self.num_gates)]
         return torch.cat(blocks, 0)
 
     def extra_repr(self) -> str:

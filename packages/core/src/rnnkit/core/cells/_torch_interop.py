@@ -65,3 +65,20 @@ def new_torch_module(cls: type[nn.RNNBase], cell: Any, **kwargs: Any) -> nn.RNNB
         dtype=p.dtype,
         **kwargs,
     )
+
+
+@torch.no_grad()
+def export_into(
+    module: nn.RNNBase, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> nn.RNNBase:
+    """Copy dense layer-0 weights into a single-layer torch module and return it."""
+    names = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh}
+    if module.bias:
+        if b_ih is None or b_hh is None:
+            raise ValueError("a torch module with bias needs both bias_ih and bias_hh")
+        names.update(bias_ih_l0=b_ih, bias_hh_l0=b_hh)
+    for name, value in names.items():
+        target = getattr(module, name)
+        assert isinstance(target, Tensor)
+        target.copy_(value)
+    return module

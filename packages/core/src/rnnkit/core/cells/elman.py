@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from rnnkit.core.cells._gated import GatedCell
 from rnnkit.core.cells._torch_interop import (
     cell_kwargs,
     copy_into,
+    export_into,
     new_torch_module,
     torch_layer_weights,
 )
@@ -72,14 +73,10 @@ class Elman(GatedCell[ElmanState]):
     @torch.no_grad()
     def to_torch(self) -> nn.RNN:
         """An equivalent single-layer, batch-first ``torch.nn.RNN`` (``bias_hh`` is zero)."""
+        b = self.bias
         mod = new_torch_module(nn.RNN, self, nonlinearity=self.nonlinearity)
-        assert isinstance(mod, nn.RNN)
-        mod.weight_ih_l0.copy_(self.weight_ih)
-        mod.weight_hh_l0.copy_(self.dense_recurrent())
-        if self.bias is not None:
-            mod.bias_ih_l0.copy_(self.bias)
-            mod.bias_hh_l0.zero_()
-        return mod
+        export_into(mod, self.weight_ih, self.dense_recurrent(), b, None if b is None else 0 * b)
+        return cast(nn.RNN, mod)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,7 @@ from rnnkit.core.cells._gated import GatedCell
 from rnnkit.core.cells._torch_interop import (
     cell_kwargs,
     copy_into,
+    export_into,
     new_torch_module,
     torch_layer_weights,
 )
@@ -88,14 +89,14 @@ class GRU(GatedCell[GRUState]):
 
     @torch.no_grad()
     def to_torch(self) -> nn.GRU:
-        """An equivalent single-layer, batch-first ``torch.nn.GRU``."""
-        mod = new_torch_module(nn.GRU, self)
-        assert isinstance(mod, nn.GRU)
-        mod.weight_ih_l0.copy_(self.weight_ih)
-        mod.weight_hh_l0.copy_(self.dense_recurrent())
+        """An equivalent single-layer, batch-first ``torch.nn.GRU``.
+
+        ``bias_ih`` is rnnkit's merged ``bias``; ``bias_hh`` is zero but for ``b_hn``.
+        """
+        b_ih = b_hh = None
         if self.bias is not None and self.bias_hn is not None:
-            H = self.hidden_size
-            mod.bias_ih_l0.copy_(self.bias)
-            mod.bias_hh_l0.zero_()
-            mod.bias_hh_l0[2 * H :].copy_(self.bias_hn)
-        return mod
+            b_ih = self.bias
+            b_hh = torch.cat([torch.zeros_like(self.bias[: 2 * self.hidden_size]), self.bias_hn])
+        mod = new_torch_module(nn.GRU, self)
+        export_into(mod, self.weight_ih, self.dense_recurrent(), b_ih, b_hh)
+        return cast(nn.GRU, mod)

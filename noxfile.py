@@ -1,0 +1,113 @@
+"""Every developer and CI entry point of the rnnkit monorepo.
+
+    nox                      # the default sessions: what CI runs
+    nox -s tests             # per-package tests (each package installed alone with its deps)
+    nox -s "tests(package='core')"
+    nox -s integration       # cross-package tests against really installed distributions
+    nox -s plugin lint typecheck docs
+    nox -s bench             # benchmarks (not default)
+
+Every install is constrained by constraints.txt so that torch resolves to the CPU build
+that lies on disk instead of a multi-GB CUDA build.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.reuse_venv = "no"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests", "plugin", "integration", "lint", "typecheck", "docs"]
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+PYTHON = "3.11"
+
+# Each package with the local distributions it needs (siblings are pinned with ==).
+PACKAGES: dict[str, list[str]] = {
+    "core": ["packages/core"],
+    "kernels": ["packages/core", "packages/kernels[triton]"],
+    "models": ["packages/core", "packages/models"],
+    "tasks": ["packages/core", "packages/models", "packages/tasks"],
+}
+ALL = ["packages/core", "packages/kernels[triton]", "packages/models", "packages/tasks"]
+TEST_DEPS = ["pytest>=8"]
+
+
+def install(session: nox.Session, *args: str) -> None:
+    session.install(*CONSTRAINTS, *args)
+
+
+def pytest(session: nox.Session, *paths: str) -> None:
+    # 2 threads match the CI machine; more only oversubscribes it.
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *paths, *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """Install one package (non-editable) with only its own dependencies and run its tests."""
+    install(session, *PACKAGES[package], *TEST_DEPS)
+    if package == "core":
+        session.run("rnnkit", "info")  # the CLI works with rnnkit-core alone
+    pytest(session, f"packages/{package}/tests")
+
+
+@nox.session(python=PYTHON)
+def plugin(session: nox.Session) -> None:
+    """The example plugin, installed from its directory, found through its entry point."""
+    install(session, "packages/core", "plugins/mingru", *TEST_DEPS)
+    session.run("rnnkit", "list", "cells", "mingru")
+    pytest(session, "plugins/mingru/tests")
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Cross-package tests: every distribution and the example plugin installed for real."""
+    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS)
+    pytest(session, "tests")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over every package (all installed editable in one venv)."""
+    editable = [a for p in [*ALL, "plugins/mingru"] for a in ("-e", p)]
+    install(session, *editable, "mypy>=1.11", *TEST_DEPS)
+    session.run(
+        "mypy",
+        "packages/core/src",
+        "packages/kernels/src",
+        "packages/models/src",
+        "packages/tasks/src",
+        "plugins/mingru/src",
+    )
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs, strict: broken links fail)."""
+    session.install("mkdocs>=1.6")
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site")
+    )
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Run the CPU benchmarks in quick mode (figures go in the notes, never in tests)."""
+    install(session, *ALL)
+    for script in sorted((ROOT / "tools" / "bench").glob("*.py")):
+        session.run("python", str(script), "--quick", *session.posargs)

@@ -1,0 +1,373 @@
+"""The conformance checks of DESIGN.md section 5, as plain functions raising AssertionError.
+
+Every check takes a zero-argument factory returning a fresh cell in float64 on the CPU and
+builds the copies it needs (other dtypes, devices) itself. Inputs are small odd shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.dispatch import KernelCall, kernels_for
+from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
+
+CellFactory = Callable[[], Cell[Any]]
+
+BATCH, TIME = 3, 7
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A random input and initial state for one cell, plus cotangents for the backward."""
+
+    x: Tensor
+    state: tuple[Tensor, ...]
+    dy: Tensor
+    dstate: tuple[Tensor, ...]
+    resets: Tensor
+
+
+def make_problem(
+    cell: Cell[Any], *, batch: int = BATCH, time: int = TIME, seed: int = 0
+) -> Problem:
+    """Random float64 inputs for ``cell``; the initial state is a valid state reached by running
+    the cell on a random prefix (arbitrary random states may be invalid, e.g. sLSTM's ``n``)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    with torch.no_grad():
+        prefix = rand(batch, 3, cell.input_size)
+        _, state = cell(prefix, backend="reference")
+    x = rand(batch, time, cell.input_size)
+    dy = rand(batch, time, cell.output_size)
+    dstate = tuple(
+        torch.randn(s.shape, generator=gen, dtype=torch.float64).to(s.dtype) for s in state
+    )
+    resets = torch.rand(batch, time, generator=gen) < 0.25
+    resets[0, 0] = True
+    return Problem(x, tuple(s.detach() for s in state), dy, dstate, resets)
+
+
+def _f64(make: CellFactory) -> Cell[Any]:
+    cell = make()
+    cell.to(torch.float64)
+    return cell
+
+
+@dataclass
+class RunResult:
+    """Outputs and gradients of one forward/backward run."""
+
+    y: Tensor
+    state: tuple[Tensor, ...]
+    grads: dict[str, Tensor]
+
+
+def run_cell(
+    cell: Cell[Any],
+    p: Problem,
+    *,
+    backend: str,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    use_state: bool = True,
+    use_resets: bool = False,
+    compile_backend: str | None = None,
+) -> RunResult:
+    """Run forward and backward in ``dtype`` on ``device``; gradients are returned in float64.
+
+    With ``compile_backend``, the cell is run through ``torch.compile(cell, backend=...)``.
+    """
+    cell = copy.deepcopy(cell).to(device=device, dtype=dtype)
+    fn: Callable[..., Any] = cell
+    if compile_backend is not None:
+        torch._dynamo.reset()
+        fn = torch.compile(cell, backend=compile_backend)
+    x = _leaf(p.x.to(device=device, dtype=dtype))
+    state = None
+    if use_state:
+        state = cell.state_type._make(
+            _leaf(s.to(device=device, dtype=dtype if s.is_floating_point() else s.dtype))
+            for s in p.state
+        )
+    resets = p.resets.to(device) if use_resets else None
+    y, final = fn(x, state, backend=backend, resets=resets)
+    # random cotangents on y and on every field of the final state
+    loss = (y.to(torch.float64) * p.dy.to(device)).sum()
+    for s, ds in zip(final, p.dstate, strict=True):
+        loss = loss + (s.to(torch.float64) * ds.to(device)).sum()
+    loss.backward()
+    grads = {"x": _grad(x)}
+    if state is not None:
+        for name, s in zip(state._fields, state, strict=True):
+            grads[f"state.{name}"] = _grad(s)
+    for name, param in cell.named_parameters():
+        grads[f"param.{name}"] = _grad(param)
+    return RunResult(
+        y.detach().to(torch.float64).cpu(),
+        tuple(s.detach().to(torch.float64).cpu() for s in final),
+        grads,
+    )
+
+
+def _leaf(t: Tensor) -> Tensor:
+    """A fresh leaf copy that requires grad (never alias the shared problem tensors)."""
+    return t.detach().clone().requires_grad_(True)
+
+
+def _grad(t: Tensor) -> Tensor:
+    if t.grad is None:
+        return torch.zeros(t.shape, dtype=torch.float64)
+    return t.grad.detach().to(torch.float64).cpu()
+
+
+def _compare(
+    label: str, got: RunResult, want: RunResult, tol: float, fields: tuple[str, ...]
+) -> None:
+    assert_close(f"{label}: y", got.y, want.y, tol)
+    for name, a, b in zip(fields, got.state, want.state, strict=True):
+        assert_close(f"{label}: final state.{name}", a, b, tol)
+    assert got.grads.keys() == want.grads.keys(), f"{label}: different gradient sets"
+    for key in want.grads:
+        assert_close(f"{label}: grad {key}", got.grads[key], want.grads[key], tol)
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def check_state_spec(make: CellFactory) -> None:
+    """``state_spec`` matches ``state_type`` and ``init_state`` (names, shapes, dtypes)."""
+    cell = _f64(make)
+    spec = cell.state_spec()
+    assert tuple(f.name for f in spec) == tuple(cell.state_type._fields), (
+        f"state_spec names {[f.name for f in spec]} != state_type fields {cell.state_type._fields}"
+    )
+    for dtype in (torch.float64, torch.float32):
+        state = cell.init_state(4, dtype=dtype)
+        assert isinstance(state, cell.state_type), f"init_state returned {type(state).__name__}"
+        for field, value in zip(spec, state, strict=True):
+            assert tuple(value.shape) == field.full_shape(4), f"init_state.{field.name} shape"
+            assert value.dtype == field.resolve_dtype(dtype), f"init_state.{field.name} dtype"
+            assert torch.all(value == field.init), f"init_state.{field.name} != {field.init}"
+    x = torch.randn(4, 2, cell.input_size, dtype=torch.float64)
+    y, final = cell(x, backend="reference")
+    assert tuple(y.shape) == (4, 2, cell.output_size), f"y has shape {tuple(y.shape)}"
+    assert isinstance(final, cell.state_type), f"forward returned state {type(final).__name__}"
+    assert tuple(cell.project(x).shape) == (4, 2, cell.projected_size), "project() width"
+
+
+def check_step_matches_forward(make: CellFactory) -> None:
+    """Stepping with ``step`` gives the outputs and final state of ``forward``."""
+    cell = _f64(make)
+    p = make_problem(cell)
+    with torch.no_grad():
+        y, final = cell(p.x, cell.state_type._make(p.state), backend="reference")
+        state: Any = cell.state_type._make(p.state)
+        ys = []
+        for x_t in p.x.unbind(1):
+            y_t, state = cell.step(x_t, state)
+            ys.append(y_t)
+    assert_close("step vs forward: y", torch.stack(ys, 1), y, tolerance(torch.float64))
+    for name, a, b in zip(final._fields, state, final, strict=True):
+        assert_close(f"step vs forward: state.{name}", a, b, tolerance(torch.float64))
+
+
+def check_chunking(make: CellFactory) -> None:
+    """A sequence cut in chunks, with the state carried across, equals the whole sequence."""
+    cell = _f64(make)
+    p = make_problem(cell)
+    with torch.no_grad():
+        y, final = cell(p.x, cell.state_type._make(p.state))
+        state: Any = cell.state_type._make(p.state)
+        parts = []
+        for chunk in torch.tensor_split(p.x, [1, 5], dim=1):
+            y_c, state = cell(chunk, state)
+            parts.append(y_c)
+    tol = tolerance(torch.float64)
+    assert_close("chunked vs whole: y", torch.cat(parts, 1), y, tol)
+    for name, a, b in zip(final._fields, state, final, strict=True):
+        assert_close(f"chunked vs whole: state.{name}", a, b, tol)
+
+
+def check_resets(make: CellFactory) -> None:
+    """``resets`` restart the state: equal to running each episode on its own from init."""
+    cell = _f64(make)
+    p = make_problem(cell)
+    tol = tolerance(torch.float64)
+    with torch.no_grad():
+        y, final = cell(p.x, cell.state_type._make(p.state), resets=p.resets)
+        for b in range(BATCH):
+            starts = [0, *[t for t in range(1, TIME) if p.resets[b, t]], TIME]
+            state: Any = cell.state_type._make(s[b : b + 1] for s in p.state)
+            for lo, hi in itertools.pairwise(starts):
+                if p.resets[b, lo]:
+                    state = None
+                y_seg, state = cell(p.x[b : b + 1, lo:hi], state)
+                assert_close(f"resets: y[{b}, {lo}:{hi}]", y_seg[0], y[b, lo:hi], tol)
+            for name, a, s in zip(final._fields, final, state, strict=True):
+                assert_close(f"resets: final state.{name}[{b}]", s[0], a[b], tol)
+    # no reset anywhere equals no resets at all
+    with torch.no_grad():
+        y0, _ = cell(p.x, cell.state_type._make(p.state))
+        y1, _ = cell(
+            p.x, cell.state_type._make(p.state), resets=torch.zeros(BATCH, TIME, dtype=torch.bool)
+        )
+    assert_close("all-false resets vs none", y1, y0, tol)
+
+
+def devices() -> list[str]:
+    """``cpu``, and ``cuda`` when a CUDA device is present."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def _runnable_backends(
+    cell: Cell[Any], p: Problem, device: str, dtype: torch.dtype, use_state: bool, use_resets: bool
+) -> Iterator[str]:
+    """Backends whose kernel can run this exact configuration (device, dtype, state, resets)."""
+    probe = copy.deepcopy(cell).to(device=device, dtype=dtype)
+    x = p.x.to(device=device, dtype=dtype)
+    state = tuple(s.to(device=device, dtype=dtype) for s in p.state) if use_state else None
+    resets = p.resets.to(device) if use_resets else None
+    call = KernelCall(probe, x, state, resets, needs_grad=True)
+    for kernel in kernels_for(probe):
+        if kernel.why_not(call) is None:
+            yield kernel.backend
+
+
+def check_backends(
+    make: CellFactory,
+    dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.bfloat16),
+) -> None:
+    """Every backend that can run the cell equals ``reference`` (run in float64) in value and in
+    every gradient, within the dtype's tolerance, with and without initial state and resets,
+    on every device present."""
+    cell = _f64(make)
+    p = make_problem(cell)
+    fields = tuple(cell.state_type._fields)
+    for use_state in (True, False):
+        for use_resets in (False, True):
+            want = run_cell(
+                cell,
+                p,
+                backend="reference",
+                dtype=torch.float64,
+                use_state=use_state,
+                use_resets=use_resets,
+            )
+            for device in devices():
+                for dtype in dtypes:
+                    for backend in _runnable_backends(
+                        cell, p, device, dtype, use_state, use_resets
+                    ):
+                        label = (
+                            f"backend={backend} {dtype} {device} state={use_state} "
+                            f"resets={use_resets}"
+                        )
+                        got = run_cell(
+                            cell,
+                            p,
+                            backend=backend,
+                            dtype=dtype,
+                            device=device,
+                            use_state=use_state,
+                            use_resets=use_resets,
+                        )
+                        _compare(label, got, want, tolerance(dtype), fields)
+
+
+def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> None:
+    """``torch.compile`` (default: the ``aot_eager`` compiler, which traces with dynamo and
+    AOTAutograd without code generation) does not change outputs or gradients."""
+    cell = _f64(make)
+    p = make_problem(cell, time=4)
+    want = run_cell(cell, p, backend="auto", dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo's graph-break notices are not failures
+        got = run_cell(
+            cell, p, backend="auto", dtype=torch.float64, compile_backend=compile_backend
+        )
+    _compare(
+        f"torch.compile({compile_backend})",
+        got,
+        want,
+        tolerance(torch.float64),
+        tuple(cell.state_type._fields),
+    )
+
+
+def check_bad_input(make: CellFactory) -> None:
+    """Bad input raises ``ValueError``/``TypeError`` naming the argument at fault."""
+    cell = _f64(make)
+    width = cell.input_size
+    x = torch.randn(2, 3, width, dtype=torch.float64)
+    good = cell.init_state(2)
+    first = cell.state_type._fields[0]
+
+    def expect(exc: type[Exception], match: str, fn: Callable[[], object]) -> None:
+        with pytest.raises(exc, match=match):
+            fn()
+
+    expect(ValueError, "x must have 3 dimensions", lambda: cell(x[0]))
+    expect(
+        ValueError,
+        f"input_size={width}",
+        lambda: cell(torch.randn(2, 3, width + 1, dtype=torch.float64)),
+    )
+    expect(TypeError, "x must be a torch.Tensor", lambda: cell([[1.0]]))
+    expect(TypeError, "dtype", lambda: cell(x.float()))
+    expect(TypeError, "floating", lambda: cell(x.long()))
+    bad_shape = good._replace(**{first: getattr(good, first)[:1]})
+    expect(ValueError, f"state.{first} must have shape", lambda: cell(x, bad_shape))
+    bad_dtype = good._replace(**{first: getattr(good, first).float()})
+    expect(TypeError, f"state.{first} must have dtype", lambda: cell(x, bad_dtype))
+    expect(ValueError, "state must have", lambda: cell(x, tuple(good)[:-1] or (good[0], good[0])))
+    expect(
+        TypeError, "resets must have dtype torch.bool", lambda: cell(x, resets=torch.zeros(2, 3))
+    )
+    expect(
+        ValueError,
+        "resets must have shape",
+        lambda: cell(x, resets=torch.zeros(2, 4, dtype=torch.bool)),
+    )
+    expect(ValueError, "unknown backend", lambda: cell(x, backend="no-such-backend"))
+    expect(ValueError, "x_t must have 2 dimensions", lambda: cell.step(x))
+
+
+#: name -> check, in the order the kit runs them.
+CHECKS: dict[str, Callable[[CellFactory], None]] = {
+    "state_spec": check_state_spec,
+    "step_matches_forward": check_step_matches_forward,
+    "chunking": check_chunking,
+    "resets": check_resets,
+    "backends": check_backends,
+    "compile": check_compile,
+    "bad_input": check_bad_input,
+}
+
+
+def check_cell(make: CellFactory, *, skip: tuple[str, ...] = ()) -> None:
+    """Run every conformance check on the cell ``make()`` builds; raises on the first failure.
+
+    Example::
+
+        from rnnkit.core.testing import check_cell
+        check_cell(lambda: MyCell(input_size=5, hidden_size=6))
+    """
+    for name, check in CHECKS.items():
+        if name not in skip:
+            check(make)
+
+
+__all__ = ["CHECKS", "check_cell", "make_problem", "rel_rms", "run_cell"]

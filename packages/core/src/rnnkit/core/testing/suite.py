@@ -1,0 +1,75 @@
+"""pytest-facing parts of the conformance kit: a base class and the registered-cell cases."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.plugins import get_host
+from rnnkit.core.testing import checks
+
+#: Sizes the kit builds registered cells with (odd, divisible by the head counts 1, 2, 3).
+INPUT_SIZE, HIDDEN_SIZE = 5, 6
+
+
+@dataclass(frozen=True)
+class CellCase:
+    """One registered cell with one of its test configurations."""
+
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """A readable pytest id: ``lstm`` or ``lstm[heads=2]``."""
+        if not self.config:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.config.items())}]"
+
+    def make(self) -> Cell[Any]:
+        """A fresh cell of this case."""
+        cls = get_host().cells.get(self.name).obj.cls
+        config = {"input_size": INPUT_SIZE, "hidden_size": HIDDEN_SIZE, **self.config}
+        return cls(**config)
+
+
+def registered_cases(pattern: str | None = None) -> list[CellCase]:
+    """A case for every registered cell and test configuration, optionally fnmatch-filtered."""
+    cases: list[CellCase] = []
+    for entry in get_host().cells:
+        if pattern and not fnmatch.fnmatchcase(entry.name, pattern):
+            continue
+        cases.extend(CellCase(entry.name, dict(cfg)) for cfg in entry.obj.test_configs)
+    return cases
+
+
+class CellConformance:
+    """Subclass in your tests and implement :meth:`make_cell`; one test per check."""
+
+    def make_cell(self) -> Cell[Any]:
+        """A fresh cell to check (any dtype; the kit converts)."""
+        raise NotImplementedError("implement make_cell() in your CellConformance subclass")
+
+    def test_state_spec(self) -> None:
+        checks.check_state_spec(self.make_cell)
+
+    def test_step_matches_forward(self) -> None:
+        checks.check_step_matches_forward(self.make_cell)
+
+    def test_chunking(self) -> None:
+        checks.check_chunking(self.make_cell)
+
+    def test_resets(self) -> None:
+        checks.check_resets(self.make_cell)
+
+    def test_backends(self) -> None:
+        checks.check_backends(self.make_cell)
+
+    def test_compile(self) -> None:
+        checks.check_compile(self.make_cell)
+
+    def test_bad_input(self) -> None:
+        checks.check_bad_input(self.make_cell)

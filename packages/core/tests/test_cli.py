@@ -1,0 +1,98 @@
+"""The rnnkit CLI, run in-process."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from rnnkit.core.cli import main
+from rnnkit.core.plugins import PluginHost, module_plugin, use_host
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_cells_shows_plugin_of_origin(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "cells")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    for name in ("elman", "lstm", "gru", "slstm"):
+        assert rows[name][1:3] == ["core", "rnnkit-core"]
+
+
+def test_list_with_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "cells", "*lstm")
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert code == 0 and "lstm" in names and "slstm" in names and "gru" not in names
+
+
+def test_list_backends_and_info(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "backends")
+    assert code == 0 and "reference" in out and "yes" in out
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    for word in ("rnnkit-core", "torch", "devices", "backends", "reference/*"):
+        assert word in out
+
+
+def test_plugins_lists_distribution_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plugins")
+    core = next(line for line in out.splitlines() if line.startswith("core "))
+    assert code == 0 and "rnnkit-core" in core and "0.1.0" in core and "lstm" in core
+
+
+def test_demo_command_from_the_core_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--cell", "gru", "--time", "5")
+    assert code == 0
+    assert "output    y (2, 5, 32)" in out
+    assert "backend" in out
+
+
+def test_unknown_cell_in_demo_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "demo", "--cell", "lstn")
+    assert code == 2
+    assert "did you mean 'lstm'" in err
+
+
+def test_plugin_commands_are_added(capsys: pytest.CaptureFixture[str]) -> None:
+    def configure(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", default="world")
+
+    def hello(args: argparse.Namespace) -> int:
+        print(f"hello {args.name}")
+        return 3
+
+    plugin = module_plugin(
+        "greeter",
+        rnnkit_register_commands=lambda register: register(
+            "hello", help="greet", configure=configure, run=hello
+        ),
+    )
+    with use_host(PluginHost(plugins=[("greeter", plugin)])):
+        code, out, _ = run(capsys, "hello", "--name", "rnn")
+    assert code == 3 and out == "hello rnn\n"
+
+
+def test_conflicting_plugins_make_a_clear_cli_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dup = module_plugin(
+        "dup",
+        rnnkit_register_commands=lambda register: register(
+            "demo", help="x", configure=lambda p: None, run=lambda a: 0
+        ),
+    )
+    monkeypatch.setattr("rnnkit.core.cli.get_host", lambda: PluginHost(plugins=[("dup", dup)]))
+    code, _, err = run(capsys, "list", "cells")
+    assert code == 2
+    assert "command 'demo' is registered twice: by plugin core (rnnkit-core" in err
+    assert "by plugin dup" in err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys)
+    assert code == 0 and "list" in out and "plugins" in out

@@ -1,0 +1,12 @@
+"""The plugin module named by the ``rnnkit`` entry point: registers the ``mingru`` cell."""
+
+from __future__ import annotations
+
+from rnnkit.core import hookimpl
+from rnnkit.core.hookspecs import RegisterCell
+from rnnkit_mingru.cell import MinGRU
+
+
+@hookimpl
+def rnnkit_register_cells(register: RegisterCell) -> None:
+    register("mingru", MinGRU, description="minimal GRU: gate and candidate from x_t alone")

@@ -1,0 +1,97 @@
+"""End to end against really installed distributions: the ``rnnkit`` executable, entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+DISTS = [
+    "rnnkit-core",
+    "rnnkit-kernels",
+    "rnnkit-models",
+    "rnnkit-tasks",
+    "rnnkit",
+    "rnnkit-mingru",
+]
+
+
+def rnnkit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("rnnkit") or shutil.which("rnnkit", path=os.path.dirname(sys.executable))
+    assert exe is not None, "the rnnkit console script is not installed"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=300, env=full_env, check=False
+    )
+
+
+def rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_every_distribution_is_installed_with_one_version(dist: str) -> None:
+    assert md.version(dist) == md.version("rnnkit-core")
+
+
+def test_meta_distribution_pins_siblings_exactly() -> None:
+    requires = md.requires("rnnkit") or []
+    version = md.version("rnnkit")
+    for sibling in ("rnnkit-core", "rnnkit-kernels", "rnnkit-models", "rnnkit-tasks"):
+        assert any(r.replace(" ", "").startswith(f"{sibling}=={version}") for r in requires), (
+            requires
+        )
+
+
+def test_list_cells_shows_every_cell_with_its_plugin_of_origin() -> None:
+    result = rnnkit("list", "cells")
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    for name in ("elman", "lstm", "gru", "slstm"):
+        assert table[name][1:3] == ["core", "rnnkit-core"]
+    assert table["mingru"][1:3] == ["mingru", "rnnkit-mingru"]
+
+
+def test_plugins_command_lists_every_builtin_and_the_example_plugin() -> None:
+    result = rnnkit("plugins")
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    expected = {
+        "core": "rnnkit-core",
+        "kernels": "rnnkit-kernels",
+        "models": "rnnkit-models",
+        "tasks": "rnnkit-tasks",
+        "mingru": "rnnkit-mingru",
+    }
+    for plugin, dist in expected.items():
+        assert table[plugin][1] == dist
+        assert table[plugin][2] == md.version(dist)
+        assert table[plugin][3] == "ok"
+
+
+def test_disable_plugins_environment_variable() -> None:
+    result = rnnkit("list", "cells", env={"RNNKIT_DISABLE_PLUGINS": "rnnkit-mingru"})
+    assert result.returncode == 0, result.stderr
+    assert "mingru" not in rows(result.stdout)
+    result = rnnkit("plugins", env={"RNNKIT_DISABLE_PLUGINS": "mingru"})
+    assert rows(result.stdout)["mingru"][3] == "disabled"
+
+
+def test_info_and_demo_run() -> None:
+    info = rnnkit("info")
+    assert info.returncode == 0, info.stderr
+    assert "rnnkit-kernels" in info.stdout and "reference/*" in info.stdout
+    demo = rnnkit("demo", "--cell", "mingru", "--time", "4")
+    assert demo.returncode == 0, demo.stderr
+    assert "output    y (2, 4, 32)" in demo.stdout
+
+
+def test_bad_cli_input_is_a_clean_error() -> None:
+    result = rnnkit("demo", "--cell", "mingr")
+    assert result.returncode == 2
+    assert "did you mean 'mingru'" in result.stderr
+    assert "Traceback" not in result.stderr
