@@ -39,7 +39,8 @@ TEST_DEPS = ["pytest>=8"]
 
 
 def install(session: nox.Session, *args: str) -> None:
-    session.install(*CONSTRAINTS, *args)
+    # --no-compile: byte-compiling all of torch costs more than the tests that use it
+    session.install("--no-compile", *CONSTRAINTS, *args)
 
 
 def pytest(session: nox.Session, *paths: str) -> None:

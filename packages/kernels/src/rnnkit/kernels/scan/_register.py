@@ -1,0 +1,104 @@
+"""The dispatch kernels of the scan backends, for cells of the diagonal linear form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.forms import Form
+from rnnkit.core.linear import DiagonalLinearCell
+from rnnkit.kernels.scan import _triton
+from rnnkit.kernels.scan.op import linear_scan
+
+
+def _supports(call: KernelCall) -> str | None:
+    cell = call.cell
+    if not isinstance(cell, DiagonalLinearCell):
+        return (
+            f"{type(cell).__name__} declares the diagonal linear form but is not a "
+            "DiagonalLinearCell (the scan needs its coefficients() and readout())"
+        )
+    spec = cell.state_spec()
+    if len(spec) != 1:
+        return f"the scan runs a one-field state h, but the cell's state has {len(spec)} fields"
+    if spec[0].init != 0.0:
+        # resets restart from init_state, which the scan implements as a zero state.
+        return (
+            f"the scan restarts resets from zero, but state field {spec[0].name!r} has "
+            f"init={spec[0].init}"
+        )
+    return None
+
+
+def _supports_triton(call: KernelCall) -> str | None:
+    reason = _supports(call)
+    if reason is not None:
+        return reason
+    spec = call.cell.state_spec()[0]
+    dtype = spec.resolve_dtype(call.x.dtype)
+    return _triton.unavailable_reason(call.x.device, dtype)
+
+
+def _run(call: KernelCall, backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
+    cell: Any = call.cell
+    x = call.x
+    batch, time = x.shape[0], x.shape[1]
+    state = call.state
+    if state is None:
+        state = cell.init_state(batch, device=x.device, dtype=x.dtype)
+    if time == 0:
+        return x.new_empty(batch, 0, cell.output_size), state
+    px = cell.project(x)
+    a, b = cell.coefficients(px)
+    (h0,) = state
+    common = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
+    h, h_last = linear_scan(
+        a.to(common), b.to(common), h0.to(common), resets=call.resets, backend=backend
+    )
+    y = cell.readout(h, px)
+    final: tuple[Tensor, ...] = cell.state_type(h_last.to(h0.dtype))
+    return y, final
+
+
+def _run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    return _run(call, "torch")
+
+
+def _run_triton(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    return _run(call, "triton")
+
+
+def _triton_available() -> str | None:
+    return _triton.unavailable_reason()
+
+
+def _triton_priority(call: KernelCall) -> int:
+    # Under TRITON_INTERPRET=1 the kernels also run on CPU, but far slower than "scan" there.
+    return 20 if call.x.device.type == "cuda" else 5
+
+
+def kernels() -> list[Kernel]:
+    """The ``scan`` (torch, any device) and ``scan_triton`` (CUDA) kernels."""
+    target = Form.DIAGONAL_LINEAR.value
+    return [
+        Kernel(
+            backend="scan",
+            target=target,
+            run=_run_torch,
+            description="chunked linear scan in pure torch (any device, real and complex)",
+            priority=10,
+            supports=_supports,
+        ),
+        Kernel(
+            backend="scan_triton",
+            target=target,
+            run=_run_triton,
+            description="chunked Triton linear scan (CUDA, real dtypes)",
+            priority=_triton_priority,
+            available=_triton_available,
+            supports=_supports_triton,
+        ),
+    ]

@@ -1,0 +1,387 @@
+"""``linear_scan``: all states of ``h_t = a_t * h_{t-1} + b_t``, with a hand-written backward.
+
+See :func:`linear_scan` for the API and ``docs/kernels-scan.md`` for the design.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.kernels.scan import _torch, _triton
+from rnnkit.kernels.scan._alloc import alloc
+
+Backend = Literal["auto", "torch", "sequential", "triton", "triton_sequential"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "sequential", "triton", "triton_sequential")
+DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+    torch.complex128,
+)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype for inputs of ``dtype``: fp32 for 16-bit floats, else itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# --- the scan with its backward ----------------------------------------------------------------
+
+
+def _scan_forward(a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None) -> Tensor:
+    """``h: (B, T, D)`` in ``b``'s dtype; ``a, b: (B, T, D)``, ``h0: (B, D)``, ``T >= 1``."""
+    if backend == "triton_sequential":
+        return _triton.sequential_forward(a, b, h0)
+    if backend == "triton":
+        h = alloc(tuple(b.shape), dtype=b.dtype, device=b.device)
+        _triton.chunked_scan_into(a, b, h0, h, reverse=False, chunk=chunk)
+        return h
+    cd = compute_dtype(b.dtype)
+    h = alloc(tuple(b.shape), dtype=cd, device=b.device)
+    if backend == "sequential":
+        _torch.sequential_scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False)
+    else:
+        _torch.chunked_scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False, chunk=chunk)
+    return h.to(b.dtype)
+
+
+def _scan_backward(
+    a: Tensor,
+    h: Tensor,
+    h0: Tensor,
+    dh: Tensor,
+    dh_last: Tensor,
+    backend: str,
+    chunk: int | None,
+    need_a: bool,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``(da, db, dh0)`` in the dtypes of ``a``, ``h`` and ``h0``.
+
+    With ``g_t = dL/db_t``: ``g_t = dh_t + conj(a_{t+1}) g_{t+1}`` and ``g_{T-1} = dh_{T-1} +
+    dh_last`` (a reverse scan over the gates shifted by one step), ``da_t = g_t conj(h_{t-1})``
+    with ``h_{-1} = h0``, and ``dh0 = conj(a_0) g_0`` (torch's conjugate Wirtinger convention;
+    the conjugates vanish for real dtypes).
+    """
+    if backend == "triton_sequential":
+        da, db, dh0 = _triton.sequential_backward(a, h, h0, dh, dh_last)
+        return da.to(a.dtype), db, dh0
+    batch, time, width = h.shape
+    cd = compute_dtype(h.dtype)
+    upcast = backend in ("torch", "sequential")  # the Triton kernels convert as they load
+    a_c = a.conj()
+    if upcast:
+        a_c, dh = a_c.to(cd), dh.to(cd)
+    g = alloc((batch, time, width), dtype=cd, device=h.device)
+    torch.add(dh[:, -1], dh_last, out=g[:, -1])
+    # the scan over t = T-2 .. 0 reads the gates a_1 .. a_{T-1}: a view, no shifted copy.
+    gates, inputs, start, rest = a_c[:, 1:], dh[:, :-1], g[:, -1], g[:, :-1]
+    if backend == "triton":
+        _triton.chunked_scan_into(gates, inputs, start, rest, reverse=True, chunk=chunk)
+    elif backend == "sequential":
+        _torch.sequential_scan_into(gates, inputs, start, rest, reverse=True)
+    else:
+        _torch.chunked_scan_into(gates, inputs, start, rest, reverse=True, chunk=chunk)
+    grad_a: Tensor | None = None
+    if need_a:
+        grad_a = alloc((batch, time, width), dtype=cd, device=h.device)
+        torch.mul(g[:, 1:], h[:, :-1].conj(), out=grad_a[:, 1:])
+        torch.mul(g[:, 0], h0.conj(), out=grad_a[:, 0])
+        grad_a = grad_a.to(a.dtype)
+    dh0 = (a_c[:, 0] * g[:, 0]).to(h0.dtype)
+    return grad_a, g.to(h.dtype), dh0
+
+
+class _LinearScan(torch.autograd.Function):
+    """Autograd node of the scan: inputs ``a, b: (B, T, D)``, ``h0: (B, D)``; ``T >= 1``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
+    ) -> tuple[Tensor, Tensor]:
+        h = _scan_forward(a, b, h0, backend, chunk)
+        ctx.save_for_backward(a, h, h0)
+        ctx.backend, ctx.chunk = backend, chunk
+        return h, h[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, dh: Tensor, dh_last: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        a, h, h0 = ctx.saved_tensors
+        need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
+        da, db, dh0 = _scan_backward(a, h, h0, dh, dh_last, ctx.backend, ctx.chunk, need_a)
+        return da, db if need_b else None, dh0 if need_h0 else None, None, None
+
+
+def _apply(
+    a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
+) -> tuple[Tensor, Tensor]:
+    out: tuple[Tensor, Tensor] = _LinearScan.apply(a, b, h0, backend, chunk)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _broadcast(*shapes: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    out: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
+    return tuple(out)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_cu_seqlens(
+    cu_seqlens: object, *, batch: int, time: int, device: torch.device
+) -> list[int]:
+    cu = _check_tensor("cu_seqlens", cu_seqlens)
+    if cu.dtype.is_floating_point or cu.dtype.is_complex or cu.dtype == torch.bool:
+        raise TypeError(f"cu_seqlens must be an integer tensor, got dtype {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(
+            "cu_seqlens must be 1-D with at least 2 entries (S+1 offsets), got shape "
+            f"{tuple(cu.shape)}"
+        )
+    if batch != 1:
+        raise ValueError(
+            f"with cu_seqlens the sequences are packed along time in a batch of 1: a and b "
+            f"must broadcast to (1, T, D), got batch {batch}"
+        )
+    offsets = [int(v) for v in cu.tolist()]
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
+    bad = next((i for i in range(1, len(offsets)) if offsets[i] < offsets[i - 1]), None)
+    if bad is not None:
+        raise ValueError(
+            f"cu_seqlens must be increasing (non-decreasing: empty sequences are allowed), "
+            f"but cu_seqlens[{bad}]={offsets[bad]} < cu_seqlens[{bad - 1}]={offsets[bad - 1]}"
+        )
+    if offsets[-1] != time:
+        raise ValueError(f"cu_seqlens must end at the packed length T={time}, got {offsets[-1]}")
+    return offsets
+
+
+def _check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "auto":
+        usable = device.type == "cuda" and _triton.unavailable_reason(device, dtype) is None
+        return "triton" if usable else "torch"
+    if backend.startswith("triton"):
+        reason = _triton.unavailable_reason(device, dtype)
+        if reason is not None:
+            raise BackendUnavailableError(f"linear_scan backend {backend!r} cannot run: {reason}")
+    return backend
+
+
+# --- the public op -------------------------------------------------------------------------------
+
+
+def linear_scan(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor | None = None,
+    *,
+    log_a: bool = False,
+    resets: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    backend: Backend | str = "auto",
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """All states of the elementwise linear recurrence ``h_t = a_t * h_{t-1} + b_t``.
+
+    Shapes and broadcasting: ``a`` and ``b`` broadcast together with torch's rules to
+    ``(B, T, D)``, batch-first; each has at most 3 dimensions. So ``a`` may be ``(B, T, D)``,
+    a time-invariant ``(B, 1, D)`` or ``(D,)``, etc., and is never materialised at full size
+    by the torch and Triton scans (except under ``resets``, ``cu_seqlens`` or a 16-bit upcast).
+    ``h0`` broadcasts to ``(B, D)`` (to ``(S, D)`` with ``cu_seqlens``).
+
+    Dtypes: ``a``, ``b`` and ``h0`` share one dtype: float16/bfloat16 (accumulated in
+    float32, results rounded once), float32, float64, complex64 or complex128.
+
+    Args:
+        a: the gates, or their logarithm when ``log_a`` (``a = exp(log_a)``; a complex log
+            gives complex gates, e.g. ``log_a = -softplus(nu) + i theta``).
+        b: the inputs.
+        h0: the state before step 0, ``(B, D)``; ``None`` for zeros.
+        log_a: interpret ``a`` as ``log(a)``.
+        resets: optional bool ``(B, T)``; where true the state entering step ``t`` is zero
+            (``h_t = b_t``), the S5 convention for episode boundaries.
+        cu_seqlens: optional integer ``(S + 1,)`` offsets of ``S`` sequences packed along time
+            in a batch of 1: starts at 0, non-decreasing, ends at ``T``. Sequence ``s`` runs
+            from its own ``h0[s]``; ``h0`` is ``(S, D)`` and the final state ``(S, D)``.
+        backend: ``"torch"`` (the chunked scan, any device), ``"sequential"`` (a torch step
+            loop), ``"triton"`` (chunked Triton kernels, real dtypes, CUDA or
+            ``TRITON_INTERPRET=1``), ``"triton_sequential"`` (a Triton step-loop kernel) or
+            ``"auto"`` (``"triton"`` on CUDA when triton is importable and the dtype is real,
+            else ``"torch"``).
+        chunk: the chunk length of the chunked scans (``None`` chooses; a power of 2 for
+            Triton).
+
+    Returns:
+        ``(h, h_last)``: every state ``h: (B, T, D)`` and the final state ``h_last: (B, D)``
+        (``(S, D)`` with ``cu_seqlens``; ``h0`` when ``T = 0``). Both are differentiable with
+        respect to ``a`` (or ``log_a``), ``b`` and ``h0`` (first-order gradients only).
+
+    Raises:
+        TypeError: a non-tensor argument, mixed or unsupported dtypes, non-bool ``resets``,
+            non-integer ``cu_seqlens``.
+        ValueError: shapes that do not broadcast, bad ``resets`` shape, bad ``cu_seqlens``,
+            unknown ``backend``.
+        BackendUnavailableError: a Triton backend requested where it cannot run.
+    """
+    a = _check_tensor("a", a)
+    b = _check_tensor("b", b)
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"a and b must have the same dtype, got a: {a.dtype} and b: {b.dtype} "
+            f"(convert one, e.g. a.to(b.dtype))"
+        )
+    if b.dtype not in DTYPES:
+        raise TypeError(f"linear_scan supports {', '.join(map(str, DTYPES))}; got {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"a is on {a.device} but b is on {b.device}")
+    if a.dim() > 3 or b.dim() > 3:
+        raise ValueError(
+            f"a and b must broadcast to (B, T, D) with at most 3 dimensions each, got a: "
+            f"{tuple(a.shape)} and b: {tuple(b.shape)}"
+        )
+    try:
+        shape = _broadcast(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"a of shape {tuple(a.shape)} and b of shape {tuple(b.shape)} do not broadcast "
+            f"(torch broadcasting rules) to a common (B, T, D)"
+        ) from None
+    if len(shape) != 3:
+        raise ValueError(
+            f"a and b must broadcast to 3 dimensions (B, T, D), got {tuple(shape)} from a: "
+            f"{tuple(a.shape)} and b: {tuple(b.shape)}"
+        )
+    batch, time, width = shape
+    offsets = None
+    if cu_seqlens is not None:
+        offsets = _check_cu_seqlens(cu_seqlens, batch=batch, time=time, device=b.device)
+    n_seq = len(offsets) - 1 if offsets is not None else batch
+    if h0 is not None:
+        h0 = _check_tensor("h0", h0)
+        if h0.dtype != b.dtype:
+            raise TypeError(f"h0 must have the dtype of a and b ({b.dtype}), got {h0.dtype}")
+        if h0.device != b.device:
+            raise ValueError(f"h0 is on {h0.device} but a and b are on {b.device}")
+        try:
+            ok = h0.dim() <= 2 and _broadcast(h0.shape, (n_seq, width)) == (
+                n_seq,
+                width,
+            )
+        except RuntimeError:
+            ok = False
+        if not ok:
+            what = "(S, D) (one row per sequence of cu_seqlens)" if offsets else "(B, D)"
+            raise ValueError(
+                f"h0 must broadcast to {what} = {(n_seq, width)}, got {tuple(h0.shape)}"
+            )
+        h0 = h0.expand(n_seq, width)
+    else:
+        h0 = torch.zeros((), dtype=b.dtype, device=b.device).expand(n_seq, width)
+    if resets is not None:
+        resets = _check_tensor("resets", resets)
+        if resets.dtype != torch.bool:
+            raise TypeError(f"resets must have dtype torch.bool, got {resets.dtype}")
+        if tuple(resets.shape) != (batch, time):
+            raise ValueError(
+                f"resets must have shape (B, T) = {(batch, time)}, got {tuple(resets.shape)}"
+            )
+        if resets.device != b.device:
+            raise ValueError(f"resets is on {resets.device} but a and b are on {b.device}")
+    name = _check_backend(backend, b.device, b.dtype)
+
+    if log_a:
+        a = torch.exp(a)
+    a = a.expand(shape)
+    b = b.expand(shape)
+    if offsets is not None:
+        return _varlen(a, b, h0, offsets, resets, name, chunk)
+    if time == 0:
+        return b.new_zeros(shape), h0.clone()
+    if resets is not None:
+        # a_t = 0 where the state restarts; its gradient is then zero there, as it should be.
+        a = torch.where(resets.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a)
+    h, h_last = _apply(a, b, h0, name, chunk)
+    return h, h_last
+
+
+def _varlen(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    offsets: list[int],
+    resets: Tensor | None,
+    backend: str,
+    chunk: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Packed sequences as one scan: zero the gate at each start and inject ``a * h0[s]``.
+
+    At the first step of sequence ``s`` (start ``t0``), ``h_{t0} = a_{t0} h0[s] + b_{t0}``:
+    the scan gets gate 0 there and input ``b_{t0} + a_{t0} h0[s]``, so one scan over the packed
+    ``T`` runs every sequence from its own initial state.
+    """
+    time, width = a.shape[1], a.shape[2]
+    n_seq = len(offsets) - 1
+    if time == 0:
+        return b.new_zeros(a.shape), h0.clone()
+    live = [s for s in range(n_seq) if offsets[s + 1] > offsets[s]]
+    starts = torch.tensor([offsets[s] for s in live], device=a.device, dtype=torch.long)
+    rows = torch.tensor(live, device=a.device, dtype=torch.long)
+    restart = torch.zeros(1, time, dtype=torch.bool, device=a.device)
+    restart[0, starts] = True
+    if resets is not None:
+        restart = restart | resets
+    b = b.index_add(1, starts, (a[0, starts] * h0[rows]).unsqueeze(0))
+    a = torch.where(restart.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a)
+    zero = torch.zeros((), dtype=b.dtype, device=b.device).expand(1, width)
+    h, _ = _apply(a, b, zero, backend, chunk)
+    ends = torch.tensor([offsets[s + 1] - 1 for s in live], device=a.device, dtype=torch.long)
+    h_last = h0.index_copy(0, rows, h[0, ends]) if live else h0.clone()
+    return h, h_last
+
+
+def linear_scan_reference(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor | None = None,
+    *,
+    resets: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The plain python loop with autograd: ``(h: (B, T, D), h_last: (B, D))``.
+
+    The oracle for tests and the baseline of ``tools/bench/scan.py``; ``a`` and ``b`` broadcast
+    to ``(B, T, D)``, computed in their own dtype (pass float64 for a reference).
+    """
+    shape = _broadcast(a.shape, b.shape)
+    a, b = a.expand(shape), b.expand(shape)
+    h = (
+        h0.expand(shape[0], shape[2])
+        if h0 is not None
+        else torch.zeros(shape[0], shape[2], dtype=b.dtype, device=b.device)
+    )
+    keep = (~resets).unsqueeze(-1) if resets is not None else None
+    hs = []
+    for t, (a_t, b_t) in enumerate(zip(a.unbind(1), b.unbind(1), strict=True)):
+        if keep is not None:
+            h = h * keep[:, t]
+        h = a_t * h + b_t
+        hs.append(h)
+    if not hs:
+        return b.new_zeros(shape), h
+    return torch.stack(hs, 1), h

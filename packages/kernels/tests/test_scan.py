@@ -1,0 +1,496 @@
+"""Tests of ``rnnkit.kernels.scan``: the op, its gradients, resets, packed sequences, the
+Triton kernels and the registered ``scan`` kernels.
+
+Every result is compared with a float64 sequential loop by relative RMS error (fp32 1e-5,
+16-bit 1e-2). Without a GPU the Triton kernels run under the Triton interpreter, switched on
+here before triton is imported (tiny shapes: the interpreter is slow); with a GPU every test
+that takes ``device`` also runs on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+from torch import Tensor, nn
+
+from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.core.linear import DiagonalLinearCell, LinearState
+from rnnkit.core.state import StateField
+from rnnkit.kernels.scan import _triton as scan_triton
+from rnnkit.kernels.scan import linear_scan, linear_scan_reference, set_poison
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {
+    torch.float64: 1e-12,
+    torch.complex128: 1e-12,
+    torch.float32: 1e-5,
+    torch.complex64: 1e-5,
+    torch.bfloat16: 1e-2,
+    torch.float16: 1e-2,
+}
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_TRITON_REASON = scan_triton.unavailable_reason(torch.device(TRITON_DEVICE))
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def needs_triton(fn: F) -> F:
+    """Skip without a usable Triton; silence the interpreter's numpy deprecation warning."""
+    fn = pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON))(fn)
+    return pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")(fn)
+
+
+@pytest.fixture(autouse=True)
+def _poison() -> Iterator[None]:
+    """Every buffer the scan allocates starts as NaN: unwritten outputs fail the comparison."""
+    previous = set_poison(True)
+    yield
+    set_poison(previous)
+
+
+def rel_rms(x: Tensor, ref: Tensor) -> float:
+    x, ref = x.detach().to(ref.dtype), ref.detach()
+    assert not torch.isnan(x).any(), "NaN in result"
+    scale = ref.abs().pow(2).mean().sqrt().item()
+    return (x - ref).abs().pow(2).mean().sqrt().item() / max(scale, 1e-30)
+
+
+def wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def make(
+    batch: int, time: int, width: int, dtype: torch.dtype, device: str = "cpu", seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gates with |a| in [0.5, 1.05] (random sign or phase), inputs and h0, float64/complex128."""
+    g = torch.Generator().manual_seed(seed)
+    mag = 0.5 + 0.55 * torch.rand(batch, time, width, generator=g, dtype=torch.float64)
+    b = torch.randn(batch, time, width, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, width, generator=g, dtype=torch.float64)
+    if dtype.is_complex:
+        phase = 2 * math.pi * torch.rand(batch, time, width, generator=g, dtype=torch.float64)
+        a = torch.polar(mag, phase)
+        b = torch.complex(b, torch.randn(batch, time, width, generator=g, dtype=torch.float64))
+        h0 = torch.complex(h0, torch.randn(batch, width, generator=g, dtype=torch.float64))
+    else:
+        sign = torch.where(torch.rand(batch, time, width, generator=g) < 0.2, -1.0, 1.0)
+        a = mag * sign.double()
+    return a.to(device), b.to(device), h0.to(device)
+
+
+def grads(
+    fn: Any, inputs: tuple[Tensor, ...], dtype: torch.dtype, seed: int = 1
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run ``fn`` on ``inputs`` cast to ``dtype``; return h, h_last and the input gradients of
+    a fixed random linear loss of both outputs (computed in the inputs' wide dtype)."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    h, h_last = fn(*leaves)
+    g = torch.Generator().manual_seed(seed)
+    w = wide(dtype)
+    dh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.device, w)
+    dl = torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(h.device, w)
+    loss = (h.to(w) * dh.conj()).real.sum() + (h_last.to(w) * dl.conj()).real.sum()
+    out = torch.autograd.grad(loss, leaves)
+    return h, h_last, list(out)
+
+
+def check(
+    fn: Any, ref_fn: Any, inputs: tuple[Tensor, ...], dtype: torch.dtype, tol: float | None = None
+) -> None:
+    """Compare values and gradients of ``fn`` in ``dtype`` with ``ref_fn`` in float64 on the
+    same (rounded to ``dtype``) inputs."""
+    tol = tol if tol is not None else TOL[dtype]
+    rounded = tuple(t.to(dtype).to(wide(dtype)) for t in inputs)
+    h, hl, g = grads(fn, inputs, dtype)
+    rh, rhl, rg = grads(ref_fn, rounded, wide(dtype))
+    assert h.dtype == dtype and hl.dtype == dtype
+    errs = {"h": rel_rms(h, rh), "h_last": rel_rms(hl, rhl)}
+    errs.update({f"grad{i}": rel_rms(x, y) for i, (x, y) in enumerate(zip(g, rg, strict=True))})
+    assert all(x.dtype == dtype for x in g)
+    assert max(errs.values()) < tol, errs
+
+
+# --- values and gradients ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["torch", "sequential"])
+@pytest.mark.parametrize(
+    ("shape", "chunk"), [((2, 37, 5), 4), ((3, 200, 7), None), ((1, 1, 3), None), ((2, 64, 1), 8)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_matches_reference(
+    device: str, backend: str, shape: tuple[int, int, int], chunk: int | None, dtype: torch.dtype
+) -> None:
+    inputs = make(*shape, dtype, device)
+    check(
+        lambda a, b, h0: linear_scan(a, b, h0, backend=backend, chunk=chunk),
+        linear_scan_reference,
+        inputs,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit(device: str, dtype: torch.dtype) -> None:
+    inputs = make(2, 77, 9, dtype, device)
+    check(
+        lambda a, b, h0: linear_scan(a, b, h0, backend="torch", chunk=8),
+        linear_scan_reference,
+        inputs,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_gradcheck_complex128(chunk: int | None) -> None:
+    a, b, h0 = make(2, 19, 3, torch.complex128)
+    leaves = tuple(t.clone().requires_grad_() for t in (a, b, h0))
+    assert torch.autograd.gradcheck(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="torch", chunk=chunk), leaves
+    )
+
+
+def test_gradcheck_log_a_and_resets() -> None:
+    a, b, h0 = make(2, 21, 3, torch.complex128)
+    log_a = a.log().requires_grad_()
+    resets = torch.zeros(2, 21, dtype=torch.bool)
+    resets[0, [0, 5, 6]] = True
+    resets[1, 20] = True
+    leaves = (log_a, b.clone().requires_grad_(), h0.clone().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda la, b_, h_: linear_scan(la, b_, h_, log_a=True, resets=resets, chunk=4),
+        leaves,
+        fast_mode=True,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_log_a(dtype: torch.dtype) -> None:
+    a, b, h0 = make(2, 50, 4, dtype)
+    log_a = a.log()  # complex log for negative real gates would be complex: keep real gates > 0
+    if not dtype.is_complex:
+        log_a = a.abs().log()
+    check(
+        lambda la, b_, h_: linear_scan(la, b_, h_, log_a=True, chunk=8),
+        lambda la, b_, h_: linear_scan_reference(la.exp(), b_, h_),
+        (log_a, b, h0),
+        dtype,
+    )
+
+
+def test_no_h0_and_broadcast_gates() -> None:
+    a, b, _ = make(3, 40, 6, torch.float64)
+    for a_in in (a[0, 0], a[:, :1], a[:1], a[:1, :1]):  # (D,), (B,1,D), (1,T,D), (1,1,D)
+        leaf = a_in.clone().requires_grad_()
+        h, h_last = linear_scan(leaf, b, chunk=4)
+        rh, rhl = linear_scan_reference(a_in, b)
+        assert rel_rms(h, rh) < 1e-12 and rel_rms(h_last, rhl) < 1e-12
+        h.sum().backward()
+        ref_leaf = a_in.clone().requires_grad_()
+        linear_scan_reference(ref_leaf, b)[0].sum().backward()
+        assert leaf.grad is not None and ref_leaf.grad is not None
+        assert leaf.grad.shape == a_in.shape and rel_rms(leaf.grad, ref_leaf.grad) < 1e-12
+    # b broadcast in time (a constant input), h0 broadcast over the batch
+    h, _ = linear_scan(a, b[:, :1], b[0, 0])
+    rh, _ = linear_scan_reference(a, b[:, :1], b[0, 0].expand(3, 6))
+    assert rel_rms(h, rh) < 1e-12
+
+
+def test_empty_time() -> None:
+    a = torch.rand(2, 0, 3)
+    h0 = torch.randn(2, 3, requires_grad=True)
+    h, h_last = linear_scan(a, torch.randn(2, 0, 3), h0)
+    assert h.shape == (2, 0, 3) and torch.equal(h_last, h0)
+    h_last.sum().backward()
+    assert h0.grad is not None and torch.equal(h0.grad, torch.ones(2, 3))
+
+
+def test_output_is_not_an_alias() -> None:
+    a, b, h0 = make(2, 70, 3, torch.float32)
+    a0, b0 = a.clone(), b.clone()
+    h, h_last = linear_scan(a, b, h0, chunk=8)
+    assert torch.equal(a, a0) and torch.equal(b, b0)  # inputs untouched
+    h_last.add_(1.0)  # the final state is its own tensor
+    assert not torch.equal(h[:, -1], h_last)
+
+
+# --- resets and packed sequences -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_resets(device: str, dtype: torch.dtype) -> None:
+    a, b, h0 = make(3, 45, 4, dtype, device)
+    g = torch.Generator().manual_seed(3)
+    resets = (torch.rand(3, 45, generator=g) < 0.1).to(device)
+    resets[0, 0] = True
+    resets[1, -1] = True
+    check(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, resets=resets, chunk=8),
+        lambda a_, b_, h_: linear_scan_reference(a_, b_, h_, resets=resets),
+        (a, b, h0),
+        dtype,
+    )
+
+
+def _per_sequence(a: Tensor, b: Tensor, h0: Tensor, offsets: list[int]) -> tuple[Tensor, Tensor]:
+    hs, lasts = [], []
+    for s in range(len(offsets) - 1):
+        lo, hi = offsets[s], offsets[s + 1]
+        h, h_last = linear_scan_reference(a[:, lo:hi], b[:, lo:hi], h0[s : s + 1])
+        hs.append(h)
+        lasts.append(h_last)
+    return torch.cat(hs, 1), torch.cat(lasts, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_cu_seqlens(device: str, dtype: torch.dtype) -> None:
+    offsets = [0, 9, 9, 50, 51, 97]  # includes an empty and a one-step sequence
+    a, b, _ = make(1, 97, 5, dtype, device)
+    _, _, h0 = make(len(offsets) - 1, 1, 5, dtype, device, seed=5)
+    cu = torch.tensor(offsets, dtype=torch.int32, device=device)
+    check(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, cu_seqlens=cu, chunk=8),
+        lambda a_, b_, h_: _per_sequence(a_, b_, h_, offsets),
+        (a, b, h0),
+        dtype,
+    )
+
+
+def test_cu_seqlens_without_h0() -> None:
+    a, b, _ = make(1, 30, 2, torch.float64)
+    cu = torch.tensor([0, 10, 30])
+    h, h_last = linear_scan(a, b, cu_seqlens=cu)
+    rh, rhl = _per_sequence(a, b, torch.zeros(2, 2, dtype=torch.float64), [0, 10, 30])
+    assert rel_rms(h, rh) < 1e-12 and rel_rms(h_last, rhl) < 1e-12
+
+
+# --- stability at long T -------------------------------------------------------------------------
+
+
+def _long_check(a: Tensor, b: Tensor, h0: Tensor) -> None:
+    """fp32 chunked scan (values and gradients) against the float64 step loop."""
+    check(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="torch"),
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="sequential"),
+        (a, b, h0),
+        torch.float32,
+    )
+
+
+def test_long_gates_near_one() -> None:
+    time = 2**16
+    g = torch.Generator().manual_seed(0)
+    a = 1.0 - 1e-3 * torch.rand(1, time, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(1, time, 3, generator=g, dtype=torch.float64)
+    _long_check(a, b, torch.randn(1, 3, generator=g, dtype=torch.float64))
+
+
+def test_long_gates_above_one_bounded_product() -> None:
+    # log|a_t| telescopes (a difference of a bounded sequence), so every span product stays in
+    # [e^-6, e^6] although many gates exceed 1; signs flip at random.
+    time = 2**16
+    g = torch.Generator().manual_seed(1)
+    u = 3.0 * torch.sin(torch.arange(time + 1, dtype=torch.float64) * 0.0123)
+    u = u + 0.5 * torch.rand(time + 1, generator=g, dtype=torch.float64)
+    log_mag = (u[1:] - u[:-1]).view(1, time, 1).expand(1, time, 2)
+    sign = torch.where(torch.rand(1, time, 2, generator=g) < 0.3, -1.0, 1.0).double()
+    a = sign * log_mag.exp()
+    assert (a.abs() > 1).float().mean() > 0.3
+    b = torch.randn(1, time, 2, generator=g, dtype=torch.float64)
+    _long_check(a, b, torch.randn(1, 2, generator=g, dtype=torch.float64))
+
+
+# --- Triton kernels ------------------------------------------------------------------------------
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    ("backend", "chunk"), [("triton", 8), ("triton", None), ("triton_sequential", None)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton(backend: str, chunk: int | None, dtype: torch.dtype) -> None:
+    inputs = make(2, 37, 5, dtype, TRITON_DEVICE)
+    check(
+        lambda a, b, h0: linear_scan(a, b, h0, backend=backend, chunk=chunk),
+        linear_scan_reference,
+        inputs,
+        dtype,
+    )
+
+
+@needs_triton
+def test_triton_broadcast_resets_and_varlen() -> None:
+    a, b, h0 = make(1, 29, 3, torch.float32, TRITON_DEVICE)
+    resets = torch.zeros(1, 29, dtype=torch.bool, device=TRITON_DEVICE)
+    resets[0, 13] = True
+    offsets = [0, 7, 29]
+    cu = torch.tensor(offsets, device=TRITON_DEVICE)
+    h0s = torch.cat([h0, -h0])
+    check(
+        lambda a_, b_, h_: linear_scan(
+            a_[0, 0], b_, h_, resets=resets, cu_seqlens=cu, backend="triton", chunk=4
+        ),
+        lambda a_, b_, h_: _per_sequence(
+            torch.where(resets[..., None], 0.0, a_[0, 0].expand(1, 29, 3)), b_, h_, offsets
+        ),
+        (a, b, h0s),
+        torch.float32,
+    )
+
+
+def test_triton_reports_why_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_triton, "_IMPORT_ERROR", "triton is not importable (test)")
+    with pytest.raises(BackendUnavailableError, match="not importable"):
+        linear_scan(torch.rand(1, 3, 2), torch.rand(1, 3, 2), backend="triton")
+    a = torch.rand(1, 3, 2, dtype=torch.complex64)
+    assert "complex" not in str(scan_triton.unavailable_reason(None, torch.float32))
+    monkeypatch.setattr(scan_triton, "_IMPORT_ERROR", None)
+    with pytest.raises(BackendUnavailableError, match="complex64"):
+        linear_scan(a, a, backend="triton")
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_shapes() -> None:
+    a = torch.rand(2, 5, 3)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        linear_scan(a, torch.rand(2, 5, 4))
+    with pytest.raises(ValueError, match="3 dimensions"):
+        linear_scan(torch.rand(5, 3), torch.rand(5, 3))
+    with pytest.raises(ValueError, match="at most 3"):
+        linear_scan(a[None], a[None])
+    with pytest.raises(ValueError, match=r"h0 must broadcast to \(B, D\)"):
+        linear_scan(a, a, torch.rand(2, 4))
+    with pytest.raises(TypeError, match="same dtype"):
+        linear_scan(a, a.double())
+    with pytest.raises(TypeError, match="h0 must have the dtype"):
+        linear_scan(a, a, torch.rand(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
+        linear_scan(a, [1.0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="supports"):
+        linear_scan(a.int(), a.int())
+    with pytest.raises(ValueError, match="backend must be one of"):
+        linear_scan(a, a, backend="nope")
+
+
+def test_bad_resets() -> None:
+    a = torch.rand(2, 5, 3)
+    with pytest.raises(TypeError, match=r"torch\.bool"):
+        linear_scan(a, a, resets=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"resets must have shape \(B, T\)"):
+        linear_scan(a, a, resets=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"resets must be a torch\.Tensor"):
+        linear_scan(a, a, resets=[[True]])  # type: ignore[arg-type]
+
+
+def test_bad_cu_seqlens() -> None:
+    a = torch.rand(1, 10, 3)
+    with pytest.raises(ValueError, match="start at 0"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([1, 10]))
+    with pytest.raises(ValueError, match="increasing"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([0, 6, 4, 10]))
+    with pytest.raises(ValueError, match="end at the packed length"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([0, 4, 9]))
+    with pytest.raises(TypeError, match="integer"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([0.0, 10.0]))
+    with pytest.raises(ValueError, match="at least 2 entries"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([0]))
+    with pytest.raises(ValueError, match="batch of 1"):
+        linear_scan(torch.rand(2, 10, 3), torch.rand(2, 10, 3), cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"\(S, D\)"):
+        linear_scan(a, a, torch.rand(3, 3), cu_seqlens=torch.tensor([0, 4, 10]))
+
+
+# --- the registered kernels ----------------------------------------------------------------------
+
+
+class TinyLRU(DiagonalLinearCell):
+    """A minimal diagonal linear cell: gate and input from a linear map, complex optional."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, complex_state: bool = False, init: float = 0.0
+    ):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.output_size, self.projected_size = hidden_size, 2 * hidden_size
+        self.complex_state, self.init = complex_state, init
+        self.proj = nn.Linear(input_size, 2 * hidden_size)
+        self.theta = nn.Parameter(torch.linspace(0.1, 1.0, hidden_size))
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+    def coefficients(self, px: Tensor) -> tuple[Tensor, Tensor]:
+        gate, u = px.chunk(2, dim=-1)
+        a = torch.sigmoid(gate)
+        if self.complex_state:
+            return torch.polar(a, self.theta.expand_as(a)), torch.complex(u, -u)
+        return a, u
+
+    def readout(self, h: Tensor, px: Tensor) -> Tensor:
+        return h.real * torch.tanh(px[..., : self.hidden_size]) if h.is_complex() else h * 2.0
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,), complex=self.complex_state, init=self.init),)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("complex_state", [False, True])
+def test_registered_kernel_matches_reference(device: str, complex_state: bool) -> None:
+    torch.manual_seed(0)
+    cell = TinyLRU(4, 6, complex_state=complex_state).double().to(device)
+    x = torch.randn(3, 41, 4, dtype=torch.float64, device=device)
+    state = LinearState(cell.init_state(3, device=device, dtype=torch.float64).h + 0.5)
+    resets = torch.zeros(3, 41, dtype=torch.bool, device=device)
+    resets[1, 17] = True
+    results = {}
+    for backend in ("scan", "reference"):
+        cell.zero_grad()
+        y, final = cell(x, state, backend=backend, resets=resets)
+        (y.square().sum() + final.h.abs().square().sum()).backward()
+        results[backend] = (
+            y,
+            final.h,
+            [p.grad.clone() for p in cell.parameters() if p.grad is not None],
+        )
+    (y, h, gs), (ry, rh, rgs) = results["scan"], results["reference"]
+    assert isinstance(results["scan"][1], Tensor)
+    assert rel_rms(y, ry) < 1e-12 and rel_rms(h, rh) < 1e-12
+    assert len(gs) == len(rgs) and all(rel_rms(g, r) < 1e-10 for g, r in zip(gs, rgs, strict=True))
+    y_auto, _ = cell(x, state, resets=resets)  # auto picks a scan kernel for this form
+    assert rel_rms(y_auto, ry) < 1e-12
+
+
+def test_registered_kernel_refuses_nonzero_init() -> None:
+    cell = TinyLRU(2, 3, init=1.0)
+    with pytest.raises(BackendUnavailableError, match=r"init=1\.0"):
+        cell(torch.randn(1, 4, 2), backend="scan")
+    y, _ = cell(torch.randn(1, 4, 2))  # auto falls back to the reference loop
+    assert y.shape == (1, 4, 3)
+
+
+@needs_triton
+def test_registered_triton_kernel() -> None:
+    torch.manual_seed(0)
+    cell = TinyLRU(3, 5).to(TRITON_DEVICE)
+    x = torch.randn(2, 19, 3, device=TRITON_DEVICE)
+    y, final = cell(x, backend="scan_triton")
+    ry, rfinal = cell(x, backend="reference")
+    assert rel_rms(y, ry.double()) < 1e-5 and rel_rms(final.h, rfinal.h.double()) < 1e-5
+    with pytest.raises(BackendUnavailableError, match="complex"):
+        TinyLRU(3, 5, complex_state=True).to(TRITON_DEVICE)(x, backend="scan_triton")
