@@ -13,7 +13,7 @@ from rnnkit.core.dispatch import Kernel
 from rnnkit.core.hookspecs import RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
-BACKEND_MODULES: tuple[str, ...] = ("scan",)
+BACKEND_MODULES: tuple[str, ...] = ("triton", "scan")
 
 
 def all_kernels() -> list[Kernel]:
