@@ -1,10 +1,38 @@
-"""rnnkit-tasks: tasks, data, metrics, a trainer and ``rnnkit train``."""
+"""rnnkit-tasks: tasks (data, metrics, default model and budget), a trainer and ``rnnkit train``.
+
+Quick start::
+
+    from rnnkit.tasks import list_tasks, get_task, train
+
+    print(list_tasks("tomita*"))
+    result = train(task="parity", steps=200)      # writes runs/parity-.../
+    print(result.test)
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from rnnkit.tasks.base import Budget, Split, Task, TaskData
+from rnnkit.tasks.checkpoint import CheckpointError
+from rnnkit.tasks.registry import get_task, list_tasks
+from rnnkit.tasks.trainer import RunResult, TrainConfig, Trainer, evaluate, train
 
 try:
     __version__ = version("rnnkit-tasks")
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Budget",
+    "CheckpointError",
+    "RunResult",
+    "Split",
+    "Task",
+    "TaskData",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "evaluate",
+    "get_task",
+    "list_tasks",
+    "train",
+]

@@ -1,0 +1,56 @@
+"""Small helpers shared by the data generators."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.tasks import metrics as M
+from rnnkit.tasks.base import Metrics, Split
+
+
+def generator(seed: int, stream: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``(seed, stream)``."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(stream) * 7919 + 17)
+
+
+def row_keys(x: Tensor) -> list[bytes]:
+    """One hashable key per example (its bytes), ``x: (N, ...)``."""
+    flat = x.reshape(x.shape[0], -1).contiguous().numpy()
+    return [row.tobytes() for row in flat]
+
+
+def drop_seen(split: Split, *seen_splits: Split) -> Split:
+    """``split`` without the examples whose inputs occur in any of ``seen_splits``.
+
+    Makes the held-out splits disjoint from training (and from each other) for generators
+    that sample at random.
+    """
+    seen: set[bytes] = set()
+    for s in seen_splits:
+        if s.inputs.shape[1:] == split.inputs.shape[1:]:
+            seen.update(row_keys(s.inputs))
+    keep = [i for i, k in enumerate(row_keys(split.inputs)) if k not in seen]
+    if len(keep) == len(split):
+        return split
+    return split.take(torch.tensor(keep, dtype=torch.long))
+
+
+def classify_metrics(
+    outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
+) -> Metrics:
+    """``accuracy`` for ``classify`` tasks: ``outputs (B, C)``, ``targets (B,)``."""
+    return {"accuracy": M.accuracy(outputs, targets)}
+
+
+def tag_metrics(
+    outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
+) -> Metrics:
+    """``token_accuracy`` and ``sequence_accuracy`` for ``tag`` tasks."""
+    return {
+        "token_accuracy": M.token_accuracy(outputs, targets),
+        "sequence_accuracy": M.sequence_accuracy(outputs, targets),
+    }

@@ -1,0 +1,48 @@
+"""scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn) as sequences.
+
+``rows``: the image read row by row, ``(N, 8, 8)``; ``pixels``: pixel by pixel,
+``(N, 64, 1)`` (the small cousin of sequential MNIST). Pixel values are scaled to ``[0, 1]``.
+A fixed seeded permutation splits the images 1,197 / 300 / 300.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from rnnkit.tasks._util import generator
+from rnnkit.tasks.base import Split, TaskData
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[Tensor, Tensor]:
+    try:
+        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
+        raise RuntimeError("the digits tasks need scikit-learn: pip install scikit-learn") from exc
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0  # (1797, 8, 8)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    return images, labels
+
+
+def digits_data(seed: int, *, order: str = "rows", sizes: tuple[int, int] = (300, 300)) -> TaskData:
+    """The digits as sequences in ``order`` ``"rows"`` or ``"pixels"``; ``sizes`` = (valid, test).
+
+    Inputs ``(N, 8, 8)`` (rows) or ``(N, 64, 1)`` (pixels) float; targets ``(N,)`` in 0..9.
+    """
+    if order not in ("rows", "pixels"):
+        raise ValueError(f"order must be 'rows' or 'pixels', got {order!r}")
+    images, labels = _load()
+    x = images if order == "rows" else images.reshape(-1, 64, 1)
+    perm = torch.randperm(x.shape[0], generator=generator(seed))
+    n_va, n_te = sizes
+    te, va, tr = perm[:n_te], perm[n_te : n_te + n_va], perm[n_te + n_va :]
+    return TaskData(
+        Split(x[tr], labels[tr]),
+        Split(x[va], labels[va]),
+        Split(x[te], labels[te]),
+        {"order": order},
+    )

@@ -1,0 +1,201 @@
+"""Synthetic memory tasks: N-parity, N-DMS, copy, multi-query associative recall, S5.
+
+Every generator is a pure function of ``seed``; held-out splits never repeat a training input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+from rnnkit.tasks._util import drop_seen, generator
+from rnnkit.tasks.base import IGNORE_INDEX, Split, TaskData
+
+# --- N-parity and N-DMS (Khajehabdollahi, Zeraati et al., ICLR 2024) -----------------------
+
+
+def _bit_sequences(
+    n: int, t_min: int, t_max: int, g: torch.Generator, *, random_p: bool
+) -> tuple[Tensor, Tensor]:
+    """``n`` bit strings of lengths ``U{t_min..t_max}``, left-padded with zeros to ``t_max``.
+
+    Returns ``(bits (n, t_max) float, lengths (n,) int64)``. With ``random_p`` each string's
+    bits are Bernoulli(p) with ``p ~ U(0, 1)`` drawn per string, else Bernoulli(0.5).
+    """
+    lengths = torch.randint(t_min, t_max + 1, (n,), generator=g)
+    p = torch.rand(n, 1, generator=g) if random_p else torch.full((n, 1), 0.5)
+    bits = (torch.rand(n, t_max, generator=g) < p).float()
+    pos = torch.arange(t_max).expand(n, t_max)
+    bits = torch.where(pos >= t_max - lengths[:, None], bits, torch.zeros(()))
+    return bits, lengths
+
+
+def parity_data(
+    seed: int, *, n: int = 6, sizes: tuple[int, int, int] = (8000, 1000, 1000)
+) -> TaskData:
+    """N-parity: the parity of the last ``n`` bits, read at the last step.
+
+    Lengths ``T ~ U{n+2, ..., ceil(n+2+1.5n)-1}`` (left-padded with zeros, which does not
+    change the answer), bits Bernoulli(p) with ``p ~ U(0,1)`` per sequence, as in the paper.
+    Inputs ``(N, T_max, 1)`` float, targets ``(N,)`` in ``{0, 1}``.
+    """
+    t_min, t_max = n + 2, math.ceil(n + 2 + 1.5 * n) - 1
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        bits, _ = _bit_sequences(size, t_min, t_max, generator(seed, stream), random_p=True)
+        y = bits[:, -n:].sum(-1).long() % 2
+        splits.append(Split(bits[..., None], y))
+    return _disjoint(splits, {"n": n}, sizes)
+
+
+def dms_data(
+    seed: int, *, n: int = 10, sizes: tuple[int, int, int] = (8000, 1000, 1000)
+) -> TaskData:
+    """N-delayed-match-to-sample: 1 iff the last bit equals the bit ``n - 1`` steps earlier.
+
+    Lengths ``T ~ U{n+2, ..., n+2+3n}``, Bernoulli(0.5) bits, left-padded with zeros.
+    Inputs ``(N, T_max, 1)`` float, targets ``(N,)`` in ``{0, 1}``.
+    """
+    t_min, t_max = n + 2, n + 2 + 3 * n
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        bits, _ = _bit_sequences(size, t_min, t_max, generator(seed, stream), random_p=False)
+        y = (bits[:, -n] == bits[:, -1]).long()
+        splits.append(Split(bits[..., None], y))
+    return _disjoint(splits, {"n": n}, sizes)
+
+
+def _disjoint(splits: list[Split], info: dict[str, int], sizes: tuple[int, ...]) -> TaskData:
+    """Drop held-out examples seen in training (or valid), then cut to the requested sizes.
+
+    The held-out splits are generated with spare examples (see :func:`_oversample`).
+    """
+    train, valid, test = splits
+    valid = drop_seen(valid, train)
+    test = drop_seen(test, train, valid)
+    valid = valid.take(torch.arange(min(len(valid), sizes[1])))
+    test = test.take(torch.arange(min(len(test), sizes[2])))
+    return TaskData(train, valid, test, info)
+
+
+def _oversample(sizes: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Generate 4x the held-out examples so that enough remain after dropping repeats."""
+    return sizes[0], 4 * sizes[1], 4 * sizes[2]
+
+
+# --- copy ------------------------------------------------------------------------------------
+
+
+def copy_data(
+    seed: int,
+    *,
+    length: int = 10,
+    delay: int = 10,
+    alphabet: int = 8,
+    sizes: tuple[int, int, int] = (8000, 1000, 1000),
+) -> TaskData:
+    """Copy: read ``length`` symbols, wait ``delay`` blanks, then a delimiter, then recall.
+
+    Tokens: 0 blank, ``1..alphabet`` symbols, ``alphabet + 1`` delimiter. Inputs ``(N, T)``
+    int64 with ``T = 2 * length + delay``; targets ``(N, T)`` hold the symbols on the last
+    ``length`` steps (from the delimiter on) and ``-100`` elsewhere.
+    """
+    total = 2 * length + delay
+    delim = alphabet + 1
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        g = generator(seed, stream)
+        sym = torch.randint(1, alphabet + 1, (size, length), generator=g)
+        x = torch.zeros(size, total, dtype=torch.long)
+        x[:, :length] = sym
+        x[:, length + delay] = delim
+        y = torch.full((size, total), IGNORE_INDEX, dtype=torch.long)
+        y[:, length + delay :] = sym
+        splits.append(Split(x, y))
+    return _disjoint(splits, {"vocab_size": alphabet + 2}, sizes)
+
+
+# --- multi-query associative recall (Zoology) ------------------------------------------------
+
+
+def mqar_data(
+    seed: int,
+    *,
+    vocab: int = 64,
+    seq_len: int = 32,
+    pairs: int = 4,
+    sizes: tuple[int, int, int] = (10000, 1000, 1000),
+) -> TaskData:
+    """Multi-query associative recall.
+
+    The sequence starts with ``pairs`` distinct key-value pairs (keys from ``1..vocab/2-1``,
+    values from ``vocab/2..vocab-1``); the rest is filler 0 with every key queried once, each
+    query followed by its value, at random pair-aligned places. Inputs are ``seq[:-1]`` and
+    labels ``seq[1:]``, kept only where the input is a query key (``-100`` elsewhere), as in
+    Zoology. Inputs and targets ``(N, seq_len)`` int64.
+    """
+    half = vocab // 2
+    if pairs > half - 1 or 2 * pairs + 2 * pairs > seq_len + 1:
+        raise ValueError("mqar: too many pairs for the vocabulary or the sequence length")
+    slots = (seq_len + 1 - 2 * pairs) // 2
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        g = generator(seed, stream)
+        keys = torch.argsort(torch.rand(size, half - 1, generator=g), -1)[:, :pairs] + 1
+        values = torch.randint(half, vocab, (size, pairs), generator=g)
+        seq = torch.zeros(size, seq_len + 1, dtype=torch.long)
+        seq[:, 0 : 2 * pairs : 2] = keys
+        seq[:, 1 : 2 * pairs : 2] = values
+        slot = torch.argsort(torch.rand(size, slots, generator=g), -1)[:, :pairs]
+        pos = 2 * pairs + 2 * slot  # (size, pairs): where each query key goes
+        rows = torch.arange(size)[:, None].expand_as(pos)
+        seq[rows, pos] = keys
+        seq[rows, pos + 1] = values
+        x, labels = seq[:, :-1], seq[:, 1:]
+        is_query = torch.zeros_like(x, dtype=torch.bool)
+        is_query[rows, pos] = True
+        y = torch.where(is_query, labels, torch.full_like(labels, IGNORE_INDEX))
+        splits.append(Split(x.contiguous(), y.contiguous()))
+    return _disjoint(splits, {"vocab_size": vocab}, sizes)
+
+
+# --- S5 word problem (Merrill, Petty, Sabharwal, ICML 2024) ----------------------------------
+
+
+def s5_table() -> Tensor:
+    """The group S5: ``table[a, b]`` is the index of ``a · b`` (apply ``a``, then ``b``).
+
+    Elements are the 120 permutations of ``range(5)`` in lexicographic order; index 0 is the
+    identity. Returns ``(120, 120)`` int64.
+    """
+    perms = list(itertools.permutations(range(5)))
+    index = {p: i for i, p in enumerate(perms)}
+    table = torch.empty(len(perms), len(perms), dtype=torch.long)
+    for i, a in enumerate(perms):
+        for j, b in enumerate(perms):
+            table[i, j] = index[tuple(b[a[k]] for k in range(5))]
+    return table
+
+
+def s5_data(
+    seed: int, *, length: int = 8, sizes: tuple[int, int, int] = (20000, 1000, 1000)
+) -> TaskData:
+    """S5 composition: at every step the running product ``g1 · … · gt`` (tagging mode).
+
+    Inputs and targets ``(N, length)`` int64 in ``0..119``.
+    """
+    table = s5_table()
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        g = generator(seed, stream)
+        x = torch.randint(0, 120, (size, length), generator=g)
+        y = torch.empty_like(x)
+        acc = torch.zeros(size, dtype=torch.long)
+        for t in range(length):
+            acc = table[acc, x[:, t]]
+            y[:, t] = acc
+        splits.append(Split(x, y))
+    return _disjoint(splits, {"vocab_size": 120}, sizes)

@@ -1,0 +1,112 @@
+"""``rnnkit train`` and ``rnnkit compare`` end to end through ``rnnkit.core.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rnnkit.core.cli import main
+
+TINY = [
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--batch-size",
+    "16",
+    "--hidden-size",
+    "8",
+    "--no-progress",
+]
+
+
+def test_train_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "task digits_rows" in text and "metric" in text and "target 0.95" in text
+    assert str(out) in text
+    for name in (
+        "final.json",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "checkpoint.json",
+        "curves.png",
+    ):
+        assert (out / name).is_file(), name
+    final = json.loads((out / "final.json").read_text())
+    assert final["steps"] == 6 and "accuracy" in final["test"]
+    # a finished run is not overwritten
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_train_with_cell_and_set(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--task",
+        "tomita1",
+        *TINY,
+        "--cell",
+        "gru",
+        "--set",
+        "num_layers=2",
+        "--no-plot",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    cfg = json.loads((tmp_path / "final.json").read_text())["config"]
+    assert cfg["model_config"] == {"hidden_size": 8, "num_layers": 2, "cell": "gru"}
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--task", "partiy"], "parity"),
+        (["--model", "sequence_clasifier"], "sequence_classifier"),
+        (["--cell", "lstn"], "lstm"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(
+    args: list[str], hint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", *args, *TINY, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown" in err and hint in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_checkpoint_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["train", *TINY, "--resume", "--out", str(tmp_path)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]
+
+
+def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "compare",
+        "--task",
+        "digits_rows",
+        "--models",
+        "lstm,gru",
+        *TINY,
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "lstm" in text and "gru" in text and "test accuracy" in text
+    assert (tmp_path / "compare.png").is_file()
+    summary = json.loads((tmp_path / "compare.json").read_text())
+    assert [s["entry"] for s in summary] == ["lstm", "gru"]
+    assert main(["compare", "--models", "lstm,nope", *TINY, "--out", str(tmp_path / "y")]) == 2
+
+
+def test_train_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--list"]) == 0
+    assert "tomita7" in capsys.readouterr().out
