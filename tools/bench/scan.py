@@ -4,6 +4,11 @@
     python tools/bench/scan.py --quick         # CPU, under a minute
     python tools/bench/scan.py --device cuda   # adds the Triton scans and the GPU target
 
+On CUDA the Triton rows are ``triton`` (the default: it picks a kernel), ``triton_stream`` (the
+single-pass kernel, autotuned: its warm-up call tunes), ``triton_chunked`` (the 3-phase chunked
+kernels) and ``triton_sequential`` (the step loop); the ``gpu target`` rows give each of the
+stream and chunked kernels as a fraction of device-to-device copy bandwidth.
+
 Prints one table. Every ratio is against baselines measured in the same process:
 
 * ``loop``: the plain python loop with autograd (``linear_scan_reference``); at T = 2^20 in
@@ -218,10 +223,12 @@ def case_rows(
 
 
 def gpu_target(reps: int) -> list[Row]:
-    """Scan forward at B=8, D=1536, T=65536 as a fraction of device-to-device copy bandwidth."""
+    """Scan at B=8, D=1536, T=65536 as a fraction of device-to-device copy bandwidth: forward
+    for every Triton kernel, forward+backward for the stream and chunked ones."""
     batch, time_, width = 8, 65536, 1536
     n = batch * time_ * width * 4
     copy = copy_ms(3 * n // 2, reps=reps)
+    copy_fb = copy_ms(8 * n // 2, reps=reps)
     rows = [
         Row(
             "gpu target",
@@ -230,17 +237,39 @@ def gpu_target(reps: int) -> list[Row]:
             None,
             copy,
             f"{2 * 3 * n / 2 / copy / 1e6:.0f} GB/s",
-        )
+        ),
+        Row(
+            "gpu target",
+            "fwd+bwd  floor (copy)",
+            copy_fb,
+            None,
+            copy_fb,
+            f"{2 * 8 * n / 2 / copy_fb / 1e6:.0f} GB/s",
+        ),
     ]
     ins = inputs(batch, time_, width, False)
-    backends = ["triton", "triton_sequential"]
-    for be in backends:
+    for be in ["triton_stream", "triton_chunked", "triton_sequential"]:
         ms = bench(fwd(scan(be), *ins), reps=reps)
         rows.append(
             Row(
                 "gpu target", f"fwd      {be}", ms, None, copy, f"{copy / ms:.0%} of copy bandwidth"
             )
         )
+    del ins
+    ins = inputs(batch, time_, width, True)
+    for be in ["triton_stream", "triton_chunked"]:
+        ms = bench(fwd_bwd(scan(be), *ins), reps=reps)
+        rows.append(
+            Row(
+                "gpu target",
+                f"fwd+bwd  {be}",
+                ms,
+                None,
+                copy_fb,
+                f"{copy_fb / ms:.0%} of copy bandwidth",
+            )
+        )
+    ins = tuple(t.detach() for t in ins)
     try:  # accelerated-scan: (B, D, T) layout, T a power of 2
         from accelerated_scan.warp import scan as warp_scan  # type: ignore[import-not-found]
 
@@ -279,7 +308,7 @@ def main() -> None:
     if CUDA:
         reason = scan_triton.unavailable_reason(DEVICE, torch.float32)
         if reason is None:
-            backends += ["triton", "triton_sequential"]
+            backends += ["triton", "triton_stream", "triton_chunked", "triton_sequential"]
         else:
             print(f"# triton skipped: {reason}")
     t0 = time.perf_counter()

@@ -331,7 +331,58 @@ def test_triton(backend: str, chunk: int | None, dtype: torch.dtype) -> None:
 
 
 @needs_triton
-def test_triton_broadcast_resets_and_varlen() -> None:
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((2, 37, 5), torch.float32),
+        ((2, 37, 5), torch.bfloat16),
+        ((2, 37, 5), torch.float64),
+        ((1, 300, 3), torch.float32),
+        ((1, 300, 3), torch.bfloat16),
+        ((1, 300, 3), torch.float64),
+    ],
+)
+def test_triton_stream(shape: tuple[int, int, int], dtype: torch.dtype) -> None:
+    """The single-pass kernel, forward and backward (its reverse scan), with h0 and resets;
+    T=300 walks many tiles (16 steps each under the interpreter) and ends in a partial one."""
+    batch, time, _ = shape
+    a, b, h0 = make(*shape, dtype, TRITON_DEVICE)
+    g = torch.Generator().manual_seed(3)
+    resets = (torch.rand(batch, time, generator=g) < 0.05).to(TRITON_DEVICE)
+    resets[0, 0] = True
+    resets[-1, -1] = True
+    check(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, resets=resets, backend="triton_stream"),
+        lambda a_, b_, h_: linear_scan_reference(a_, b_, h_, resets=resets),
+        (a, b, h0),
+        dtype,
+    )
+
+
+def test_triton_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_triton, "sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert scan_triton.prefers_stream(8, 65536, 1536, cuda)  # 384 programs >= 2 * 132
+    assert not scan_triton.prefers_stream(8, 4096, 256, cuda)  # 64 programs
+    assert not scan_triton.prefers_stream(1, 2**20, 16, cuda)  # 1 program
+    assert not scan_triton.prefers_stream(64, 256, 4096, cuda)  # one chunk: single pass anyway
+    calls: list[str] = []
+    monkeypatch.setattr(scan_triton, "stream_scan_into", lambda *a, **k: calls.append("stream"))
+    monkeypatch.setattr(scan_triton, "chunked_scan_into", lambda *a, **k: calls.append("chunk"))
+    monkeypatch.setattr(scan_triton, "prefers_stream", lambda *a: True)
+    x = torch.zeros(1, 2, 1)
+    scan_triton.scan_into(x, x, x[:, 0], x, reverse=False)
+    scan_triton.scan_into(x, x, x[:, 0], x, reverse=True, chunk=8)  # a chunk asks for chunks
+    scan_triton.scan_into(x, x, x[:, 0], x, reverse=False, kernel="chunked")
+    monkeypatch.setattr(scan_triton, "prefers_stream", lambda *a: False)
+    scan_triton.scan_into(x, x, x[:, 0], x, reverse=False)
+    scan_triton.scan_into(x, x, x[:, 0], x, reverse=False, kernel="stream")
+    assert calls == ["stream", "chunk", "chunk", "chunk", "stream"]
+
+
+@needs_triton
+@pytest.mark.parametrize(("backend", "chunk"), [("triton", 4), ("triton_stream", None)])
+def test_triton_broadcast_resets_and_varlen(backend: str, chunk: int | None) -> None:
     a, b, h0 = make(1, 29, 3, torch.float32, TRITON_DEVICE)
     resets = torch.zeros(1, 29, dtype=torch.bool, device=TRITON_DEVICE)
     resets[0, 13] = True
@@ -340,7 +391,7 @@ def test_triton_broadcast_resets_and_varlen() -> None:
     h0s = torch.cat([h0, -h0])
     check(
         lambda a_, b_, h_: linear_scan(
-            a_[0, 0], b_, h_, resets=resets, cu_seqlens=cu, backend="triton", chunk=4
+            a_[0, 0], b_, h_, resets=resets, cu_seqlens=cu, backend=backend, chunk=chunk
         ),
         lambda a_, b_, h_: _per_sequence(
             torch.where(resets[..., None], 0.0, a_[0, 0].expand(1, 29, 3)), b_, h_, offsets

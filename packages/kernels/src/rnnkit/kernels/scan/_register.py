@@ -96,7 +96,7 @@ def kernels() -> list[Kernel]:
             backend="scan_triton",
             target=target,
             run=_run_triton,
-            description="chunked Triton linear scan (CUDA, real dtypes)",
+            description="Triton linear scan, single-pass or chunked kernels (CUDA, real dtypes)",
             priority=_triton_priority,
             available=_triton_available,
             supports=_supports_triton,

@@ -1,15 +1,18 @@
 """Triton drivers for the scan (real dtypes), with a guarded import of triton.
 
 Everything here runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the
-tests exercise the kernels without a GPU). :func:`unavailable_reason` says why the Triton
-backends cannot run, instead of raising an ImportError at import time.
+tests exercise the kernels without a GPU). :func:`scan_into` picks between the single-pass
+stream kernel and the 3-phase chunked kernels (:func:`prefers_stream`).
+:func:`unavailable_reason` says why the Triton backends cannot run, instead of raising an
+ImportError at import time.
 """
 
 from __future__ import annotations
 
 import os
+from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,6 +30,14 @@ except Exception as exc:  # ImportError, or a broken triton install
 
 #: Default chunk length of the chunked Triton scan (a power of 2).
 DEFAULT_CHUNK = 256
+#: Tile of the stream kernel under the interpreter: one fixed ``(BL, BD <= this)`` config with
+#: small tiles (the interpreter's scan is an element loop), prefetching; on a GPU it is
+#: autotuned (``_triton_kernels.STREAM_CONFIGS``).
+INTERPRET_STREAM_TILE = (16, 8)
+#: Channel block assumed when counting the stream kernel's programs (:func:`prefers_stream`).
+STREAM_BD = 32
+#: The stream kernel is chosen when it has at least this many programs per SM.
+STREAM_PROGRAMS_PER_SM = 2
 #: Real dtypes the kernels accept (complex is left to the torch scan).
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -162,3 +173,84 @@ def chunked_scan_into(
         *a.stride(), *b.stride(), *carry.stride(), out.stride(0), out.stride(1),
         BL=length, BD=bd, REVERSE=reverse, F64=f64,
     )  # fmt: skip
+
+
+def stream_scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, reverse: bool) -> None:
+    """Single-pass Triton scan, same contract as :func:`chunked_scan_into` (no ``chunk``).
+
+    One program per (batch row, block of channels) walks ``T`` tile by tile, carrying the state;
+    it reads ``a`` and ``b`` once. Autotuned on a GPU (tile and warps, keyed on ``D``, the
+    direction and the dtypes); one small fixed tile under the interpreter.
+    """
+    batch, time, width = b.shape
+    if out.numel() == 0:
+        return
+    args = (
+        a, b, h0, out, time, width,
+        *a.stride(), *b.stride(), *h0.stride(), out.stride(0), out.stride(1),
+    )  # fmt: skip
+    f64 = _f64(a, b, h0, out)
+    k = _k()
+    if interpreting():
+        bl, bd_max = INTERPRET_STREAM_TILE
+        bd = min(_block_d(width), bd_max)
+        k._stream_kernel[(batch, -(-width // bd))](
+            *args, BL=bl, BD=bd, REVERSE=reverse, F64=f64, PREFETCH=True
+        )
+        return
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int]:
+        return (batch, -(-width // meta["BD"]))
+
+    k.stream_autotuned()[grid](*args, REVERSE=reverse, F64=f64)
+
+
+@cache
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device``; 1 elsewhere (the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    index: int | None = device.index
+    return _sm_count(torch.cuda.current_device() if index is None else index)
+
+
+def prefers_stream(batch: int, time: int, width: int, device: torch.device) -> bool:
+    """Whether the ``triton`` backend runs the stream kernel rather than the chunked one.
+
+    The stream kernel reads ``a`` and ``b`` once, the chunked one twice (its reduce and apply
+    phases) plus a small chunk-state pass, but the chunked kernels also split ``T`` into
+    parallel chunks. So: stream when ``T`` spans more than one chunk (at most one chunk, the
+    chunked scan is a single pass already) and there are enough ``(batch, channel block)``
+    programs to fill the GPU: ``B * ceil(D / 32) >= 2 * SMs``. E.g. on a 132-SM H100/H200,
+    ``B=8, D=1536`` (384 programs) streams; ``B=8, D=256`` (64) and ``B=1, D=16`` stay chunked.
+    """
+    if time <= DEFAULT_CHUNK:
+        return False
+    programs = batch * -(-width // STREAM_BD)
+    return programs >= STREAM_PROGRAMS_PER_SM * sm_count(device)
+
+
+def scan_into(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    out: Tensor,
+    *,
+    reverse: bool,
+    kernel: Literal["auto", "stream", "chunked"] = "auto",
+    chunk: int | None = None,
+) -> None:
+    """The Triton scan with the kernel chosen: ``auto`` is the stream kernel where
+    :func:`prefers_stream` says so and no ``chunk`` is given, else the chunked kernels."""
+    if kernel == "auto":
+        batch, time, width = b.shape
+        stream = chunk is None and prefers_stream(batch, time, width, out.device)
+        kernel = "stream" if stream else "chunked"
+    if kernel == "stream":
+        stream_scan_into(a, b, h0, out, reverse=reverse)
+    else:
+        chunked_scan_into(a, b, h0, out, reverse=reverse, chunk=chunk)

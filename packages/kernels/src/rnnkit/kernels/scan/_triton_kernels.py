@@ -10,9 +10,15 @@ tensors' dtype and accumulating in fp32 (fp64 for float64 inputs):
   well, so ``T`` is parallel too. ``reduce`` scans each chunk from a zero state with
   ``tl.associative_scan`` and keeps its product of gates and end state; the driver scans those
   chunk states (recursively); ``apply`` rescans each chunk and adds ``prod(a) * carry``.
+* ``_stream_kernel``: a single pass. Each program walks ``T`` in tiles of ``BL`` steps: loads a
+  ``(BL, BD)`` tile of ``a`` and ``b`` once, scans it with ``tl.associative_scan``, adds the
+  state carried from the previous tile (``h = prod(a) * carry + scan(b)``), stores ``h`` and
+  carries its last row. Reads ``a`` and ``b`` once (the chunked scan reads them twice), but
+  ``T`` is not parallel, so it needs ``B * D / BD`` programs to fill the GPU.
 
-Pointers advance with 64-bit pointer arithmetic (``ptr += stride``) so offsets never overflow
-int32 on large tensors. ``REVERSE`` runs time backwards (for the gradient scan).
+Offsets are 64-bit (int64 batch and time indices, or 64-bit pointer arithmetic ``ptr +=
+stride``) so they never overflow int32 on large tensors. ``REVERSE`` runs time backwards (for
+the gradient scan).
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ import triton.language as tl
 
 @triton.jit
 def _up(x, F64: tl.constexpr):
-    if F64:
-        return x.to(tl.float64)
-    return x.to(tl.float32)
+    # One variable set in both arms of the constexpr branch, one return: two returns of
+    # different types ("return fp64" / "return fp32") do not compile ("Inconsistent return
+    # types"), although the interpreter runs them.
+    if F64:  # noqa: SIM108 (a constexpr branch: a ternary would compile the same, kept explicit)
+        y = x.to(tl.float64)
+    else:
+        y = x.to(tl.float32)
+    return y
 
 
 @triton.jit
@@ -149,3 +160,85 @@ def _chunk_apply_kernel(
     tl.store(
         OUT + pid_b * so_b + t[:, None] * so_t + d[None, :], h.to(OUT.dtype.element_ty), mask=m
     )
+
+
+@triton.jit
+def _stream_rows(c, T, md, BL: tl.constexpr, REVERSE: tl.constexpr):
+    # Time index and mask of tile c: its steps counted in scan order (from the end, rows
+    # reversed, when REVERSE). Rows past the ends are masked.
+    s = tl.arange(0, BL).to(tl.int64) + c * BL
+    if REVERSE:
+        t = T - 1 - s
+        mt = t >= 0
+    else:
+        t = s
+        mt = t < T
+    return t, mt[:, None] & md[None, :]
+
+
+@triton.jit
+def _stream_kernel(
+    A, X, H0, OUT, T, D,
+    sa_b, sa_t, sa_d, sx_b, sx_t, sx_d, s0_b, s0_d, so_b, so_t,
+    BL: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, F64: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):  # fmt: skip
+    # One program per (batch row, BD channels) walks T in tiles of BL steps in scan order.
+    # Masked rows load the identity (a=1, x=0), so the tile's last row holds the state after
+    # its last real step: the carry into the next tile. PREFETCH issues the loads of tile c+1
+    # before scanning tile c (register double-buffering: the loads fly during the scan).
+    pid_b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    md = d < D
+    is_last = (tl.arange(0, BL) == BL - 1)[:, None]
+    carry = _up(tl.load(H0 + pid_b * s0_b + d * s0_d, mask=md, other=0.0), F64)
+    a_row = A + pid_b * sa_b + d[None, :] * sa_d
+    x_row = X + pid_b * sx_b + d[None, :] * sx_d
+    o_row = OUT + pid_b * so_b + d[None, :]
+    if PREFETCH:
+        t0, m0 = _stream_rows(0, T, md, BL, REVERSE)
+        a_nx = tl.load(a_row + t0[:, None] * sa_t, mask=m0, other=1.0)
+        x_nx = tl.load(x_row + t0[:, None] * sx_t, mask=m0, other=0.0)
+    for c in range(tl.cdiv(T, BL)):
+        t, m = _stream_rows(c, T, md, BL, REVERSE)
+        if PREFETCH:
+            a = a_nx
+            x = x_nx
+            t1, m1 = _stream_rows(c + 1, T, md, BL, REVERSE)
+            a_nx = tl.load(a_row + t1[:, None] * sa_t, mask=m1, other=1.0)
+            x_nx = tl.load(x_row + t1[:, None] * sx_t, mask=m1, other=0.0)
+        else:
+            a = tl.load(a_row + t[:, None] * sa_t, mask=m, other=1.0)
+            x = tl.load(x_row + t[:, None] * sx_t, mask=m, other=0.0)
+        pa, px = tl.associative_scan((_up(a, F64), _up(x, F64)), 0, _combine)
+        h = pa * carry[None, :] + px
+        tl.store(o_row + t[:, None] * so_t, h.to(OUT.dtype.element_ty), mask=m)
+        carry = tl.sum(tl.where(is_last, h, 0.0), axis=0)
+
+
+#: ``(BL, BD, PREFETCH, num_warps)`` of the autotuned stream kernel on a GPU.
+STREAM_CONFIGS = (
+    (64, 32, False, 4),
+    (64, 32, True, 4),
+    (128, 32, False, 4),
+    (128, 32, True, 4),
+    (128, 32, True, 8),
+    (256, 32, False, 8),
+    (64, 64, True, 4),
+    (64, 16, True, 2),
+)
+
+_stream_tuned = None
+
+
+def stream_autotuned():
+    """``_stream_kernel`` autotuned over :data:`STREAM_CONFIGS`, keyed on ``D``, ``REVERSE``
+    and the tensors' dtypes (built on first use: the interpreter path never needs it)."""
+    global _stream_tuned
+    if _stream_tuned is None:
+        configs = [
+            triton.Config({"BL": bl, "BD": bd, "PREFETCH": pf}, num_warps=nw, num_stages=1)
+            for bl, bd, pf, nw in STREAM_CONFIGS
+        ]
+        _stream_tuned = triton.autotune(configs=configs, key=["D", "REVERSE"])(_stream_kernel)
+    return _stream_tuned

@@ -14,8 +14,24 @@ from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.kernels.scan import _torch, _triton
 from rnnkit.kernels.scan._alloc import alloc
 
-Backend = Literal["auto", "torch", "sequential", "triton", "triton_sequential"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "sequential", "triton", "triton_sequential")
+Backend = Literal[
+    "auto", "torch", "sequential", "triton", "triton_stream", "triton_chunked", "triton_sequential"
+]
+BACKENDS: tuple[str, ...] = (
+    "auto",
+    "torch",
+    "sequential",
+    "triton",
+    "triton_stream",
+    "triton_chunked",
+    "triton_sequential",
+)
+#: The Triton scan backends and the kernel each runs (``auto``: :func:`_triton.prefers_stream`).
+_TRITON_KERNEL: dict[str, Literal["auto", "stream", "chunked"]] = {
+    "triton": "auto",
+    "triton_stream": "stream",
+    "triton_chunked": "chunked",
+}
 DTYPES = (
     torch.float16,
     torch.bfloat16,
@@ -38,9 +54,10 @@ def _scan_forward(a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | N
     """``h: (B, T, D)`` in ``b``'s dtype; ``a, b: (B, T, D)``, ``h0: (B, D)``, ``T >= 1``."""
     if backend == "triton_sequential":
         return _triton.sequential_forward(a, b, h0)
-    if backend == "triton":
+    if backend in _TRITON_KERNEL:
         h = alloc(tuple(b.shape), dtype=b.dtype, device=b.device)
-        _triton.chunked_scan_into(a, b, h0, h, reverse=False, chunk=chunk)
+        kernel = _TRITON_KERNEL[backend]
+        _triton.scan_into(a, b, h0, h, reverse=False, kernel=kernel, chunk=chunk)
         return h
     cd = compute_dtype(b.dtype)
     h = alloc(tuple(b.shape), dtype=cd, device=b.device)
@@ -81,8 +98,9 @@ def _scan_backward(
     torch.add(dh[:, -1], dh_last, out=g[:, -1])
     # the scan over t = T-2 .. 0 reads the gates a_1 .. a_{T-1}: a view, no shifted copy.
     gates, inputs, start, rest = a_c[:, 1:], dh[:, :-1], g[:, -1], g[:, :-1]
-    if backend == "triton":
-        _triton.chunked_scan_into(gates, inputs, start, rest, reverse=True, chunk=chunk)
+    if backend in _TRITON_KERNEL:
+        kernel = _TRITON_KERNEL[backend]
+        _triton.scan_into(gates, inputs, start, rest, reverse=True, kernel=kernel, chunk=chunk)
     elif backend == "sequential":
         _torch.sequential_scan_into(gates, inputs, start, rest, reverse=True)
     else:
@@ -221,12 +239,14 @@ def linear_scan(
             in a batch of 1: starts at 0, non-decreasing, ends at ``T``. Sequence ``s`` runs
             from its own ``h0[s]``; ``h0`` is ``(S, D)`` and the final state ``(S, D)``.
         backend: ``"torch"`` (the chunked scan, any device), ``"sequential"`` (a torch step
-            loop), ``"triton"`` (chunked Triton kernels, real dtypes, CUDA or
-            ``TRITON_INTERPRET=1``), ``"triton_sequential"`` (a Triton step-loop kernel) or
-            ``"auto"`` (``"triton"`` on CUDA when triton is importable and the dtype is real,
-            else ``"torch"``).
+            loop), ``"triton"`` (Triton kernels, real dtypes, CUDA or ``TRITON_INTERPRET=1``:
+            the single-pass stream kernel for long ``T`` with many ``(B, D)`` lanes, else the
+            chunked kernels; see ``_triton.prefers_stream``), ``"triton_stream"`` and
+            ``"triton_chunked"`` (one of those two, forced), ``"triton_sequential"`` (a Triton
+            step-loop kernel) or ``"auto"`` (``"triton"`` on CUDA when triton is importable and
+            the dtype is real, else ``"torch"``).
         chunk: the chunk length of the chunked scans (``None`` chooses; a power of 2 for
-            Triton).
+            Triton, where giving one selects the chunked kernels under ``"triton"``).
 
     Returns:
         ``(h, h_last)``: every state ``h: (B, T, D)`` and the final state ``h_last: (B, D)``
