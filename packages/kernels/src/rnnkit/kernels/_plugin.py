@@ -13,7 +13,7 @@ from rnnkit.core.dispatch import Kernel
 from rnnkit.core.hookspecs import RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
-BACKEND_MODULES: tuple[str, ...] = ("triton", "scan")
+BACKEND_MODULES: tuple[str, ...] = ("triton", "scan", "newton")
 
 
 def all_kernels() -> list[Kernel]:

@@ -1,9 +1,10 @@
-"""rnnkit-models' plugin module: registers its networks (and, later, its cells)."""
+"""rnnkit-models' plugin module: registers its networks and its cells."""
 
 from __future__ import annotations
 
-from rnnkit.core.hookspecs import RegisterModel, hookimpl
+from rnnkit.core.hookspecs import RegisterCell, RegisterModel, hookimpl
 from rnnkit.models import networks
+from rnnkit.models.cells import LRU, Aaren, ParaGRU, ParaLSTM
 
 
 @hookimpl
@@ -11,3 +12,31 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("sequence_tagger", networks.sequence_tagger)
     register("sequence_classifier", networks.sequence_classifier)
     register("char_lm", networks.char_lm)
+
+
+@hookimpl
+def rnnkit_register_cells(register: RegisterCell) -> None:
+    register(
+        "paragru",
+        ParaGRU,
+        description="ParaRNN GRU with diagonal recurrence (diagonal Jacobian; newton backend)",
+        test_configs=[{}, {"bias": False}],
+    )
+    register(
+        "paralstm",
+        ParaLSTM,
+        description="ParaRNN CIFG LSTM with peepholes (2x2 block Jacobian; newton backend)",
+        test_configs=[{}, {"peepholes": False}],
+    )
+    register(
+        "lru",
+        LRU,
+        description="Linear Recurrent Unit: complex diagonal linear RNN (scan backends)",
+        test_configs=[{}, {"r_min": 0.9, "max_phase": 0.314}],
+    )
+    register(
+        "aaren",
+        Aaren,
+        description="Aaren: attention with a learned query as an RNN (parallel prefix forward)",
+        test_configs=[{}, {"heads": 2}, {"heads": 3}],
+    )

@@ -1,0 +1,34 @@
+"""Newton solves for nonlinear recurrences with diagonal or 2x2 block-diagonal Jacobians.
+
+:func:`newton_solve` is the solver, :func:`kernels` registers it for every cell of the
+diagonal-Jacobian form as the ``newton`` backend, :func:`last_solve_info` reports the last
+solve (iterations, residual), :func:`newton_options` sets the tolerance and iteration cap.
+See ``docs/kernels-newton.md``.
+"""
+
+from __future__ import annotations
+
+from rnnkit.kernels.newton._block import block2_scan, block2_scan_sequential
+from rnnkit.kernels.newton._register import kernels
+from rnnkit.kernels.newton._solve import (
+    DEFAULT_MAX_ITERS,
+    DEFAULT_TOL,
+    SolveInfo,
+    last_solve_info,
+    newton_forward,
+    newton_options,
+    newton_solve,
+)
+
+__all__ = [
+    "DEFAULT_MAX_ITERS",
+    "DEFAULT_TOL",
+    "SolveInfo",
+    "block2_scan",
+    "block2_scan_sequential",
+    "kernels",
+    "last_solve_info",
+    "newton_forward",
+    "newton_options",
+    "newton_solve",
+]

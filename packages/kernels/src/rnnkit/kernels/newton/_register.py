@@ -1,0 +1,55 @@
+"""The ``newton`` dispatch kernel for cells of the diagonal-Jacobian form."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.forms import Form
+from rnnkit.kernels.newton._solve import PROTOCOL, newton_forward
+
+#: ``auto`` prefers ``newton`` over the sequential loop from this many steps on ...
+MIN_AUTO_TIME = 128
+#: ... and, on CPU, only up to this many parallel lanes ``B * hidden_size``: measured with
+#: ``tools/bench/newton.py`` (1 thread), Newton is 30x faster at ``B*H = 64`` and 2x slower at
+#: ``B*H = 2048``, where the loop's per-step overhead is amortised over wide steps.
+MAX_AUTO_LANES_CPU = 512
+
+
+def _supports(call: KernelCall) -> str | None:
+    cell = call.cell
+    missing = [m for m in PROTOCOL if not callable(getattr(cell, m, None))]
+    if missing:
+        return (
+            f"{type(cell).__name__} lacks the diagonal-Jacobian protocol methods "
+            f"{', '.join(missing)} (see docs/kernels-newton.md)"
+        )
+    block = getattr(cell, "newton_block", 1)
+    if block not in (1, 2):
+        return f"newton_block must be 1 or 2, got {block!r}"
+    if call.x.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        return f"newton solves real floating inputs, got {call.x.dtype}"
+    return None
+
+
+def _priority(call: KernelCall) -> int:
+    if call.x.shape[1] < MIN_AUTO_TIME:
+        return -1
+    lanes = call.x.shape[0] * call.cell.hidden_size
+    if call.x.device.type == "cpu" and lanes > MAX_AUTO_LANES_CPU:
+        return -1
+    return 5
+
+
+def kernels() -> list[Kernel]:
+    """The ``newton`` kernel (pure torch, any device)."""
+    return [
+        Kernel(
+            backend="newton",
+            target=Form.DIAGONAL_JACOBIAN.value,
+            run=newton_forward,
+            description="ParaRNN-style Newton solve with scans, adjoint-scan backward",
+            priority=_priority,
+            supports=_supports,
+        )
+    ]

@@ -1,0 +1,239 @@
+"""The ``newton`` backend: values and gradients vs the sequential loop, solve info, fallback,
+and the 2x2 block scan."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.forms import Form
+from rnnkit.core.state import StateField
+from rnnkit.core.testing.numerics import assert_close
+from rnnkit.kernels.newton import (
+    block2_scan,
+    block2_scan_sequential,
+    last_solve_info,
+    newton_options,
+)
+
+
+class DiagState(NamedTuple):
+    h: Tensor
+
+
+class PairState(NamedTuple):
+    h: Tensor
+    c: Tensor
+
+
+class TanhDiag(Cell[DiagState]):
+    """``h_t = tanh(w * h_{t-1} + x_t)`` (diagonal Jacobian), implemented here so the kernel's
+    tests do not depend on rnnkit-models."""
+
+    forms = frozenset({Form.DIAGONAL_JACOBIAN})
+    state_type = DiagState
+    newton_block = 1
+
+    def __init__(self, input_size: int, hidden_size: int, scale: float = 0.9) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = self.output_size = hidden_size
+        self.projected_size = hidden_size
+        self.lin = nn.Linear(input_size, hidden_size)
+        self.w = nn.Parameter(scale * (2 * torch.rand(hidden_size) - 1))
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,)),)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.lin(x)
+
+    def recur(self, px_t: Tensor, state: DiagState) -> tuple[Tensor, DiagState]:
+        h = self.recur_parallel(px_t, state.h)
+        return h, DiagState(h)
+
+    def pack_state(self, state: DiagState) -> Tensor:
+        return state.h
+
+    def unpack_state(self, z: Tensor) -> DiagState:
+        return DiagState(z)
+
+    def recur_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        return torch.tanh(self.w * z + px)
+
+    def jacobian_diag(self, px: Tensor, z: Tensor) -> Tensor:
+        return (1 - torch.tanh(self.w * z + px) ** 2) * self.w
+
+    def readout_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        return z
+
+
+class Rotor(Cell[PairState]):
+    """A 2x2-block cell: ``(h, c)_t = tanh(M (h, c)_{t-1} + px)`` with one 2x2 ``M`` per unit."""
+
+    forms = frozenset({Form.DIAGONAL_JACOBIAN})
+    state_type = PairState
+    newton_block = 2
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = self.output_size = hidden_size
+        self.projected_size = 2 * hidden_size
+        self.lin = nn.Linear(input_size, 2 * hidden_size)
+        self.m = nn.Parameter(0.6 * torch.randn(hidden_size, 2, 2))
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,)), StateField("c", (self.hidden_size,)))
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.lin(x)
+
+    def recur(self, px_t: Tensor, state: PairState) -> tuple[Tensor, PairState]:
+        z = self.recur_parallel(px_t, self.pack_state(state))
+        return z[..., 0], self.unpack_state(z)
+
+    def pack_state(self, state: PairState) -> Tensor:
+        return torch.stack((state.h, state.c), -1)
+
+    def unpack_state(self, z: Tensor) -> PairState:
+        return PairState(z[..., 0], z[..., 1])
+
+    def _pre(self, px: Tensor, z: Tensor) -> Tensor:
+        return (self.m * z.unsqueeze(-2)).sum(-1) + px.unflatten(-1, (self.hidden_size, 2))
+
+    def recur_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        return torch.tanh(self._pre(px, z))
+
+    def jacobian_diag(self, px: Tensor, z: Tensor) -> Tensor:
+        d = 1 - torch.tanh(self._pre(px, z)) ** 2
+        return d.unsqueeze(-1) * self.m
+
+    def readout_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        return z[..., 0]
+
+
+def _run(
+    cell: Cell[Any], x: Tensor, state: Any, resets: Tensor | None, backend: str
+) -> list[Tensor]:
+    cell = copy.deepcopy(cell)
+    x = x.detach().clone().requires_grad_(True)
+    leaves = [s.detach().clone().requires_grad_(True) for s in state]
+    y, final = cell(x, cell.state_type._make(leaves), backend=backend, resets=resets)
+    gen = torch.Generator().manual_seed(7)
+    loss = (y.double() * torch.randn(y.shape, generator=gen, dtype=torch.float64)).sum()
+    for s in final:
+        loss = loss + (s.double() * torch.randn(s.shape, generator=gen, dtype=torch.float64)).sum()
+    loss.backward()
+    grads = [x.grad, *(s.grad for s in leaves), *(p.grad for p in cell.parameters())]
+    return [y.detach(), *(s.detach() for s in final), *(g for g in grads if g is not None)]
+
+
+def _cells() -> list[Cell[Any]]:
+    torch.manual_seed(0)
+    return [TanhDiag(3, 5), Rotor(3, 4)]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["diagonal", "block2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("use_resets", [False, True], ids=["", "resets"])
+def test_newton_matches_sequential(index: int, dtype: torch.dtype, use_resets: bool) -> None:
+    cell = _cells()[index].double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 67, 3, generator=gen, dtype=torch.float64)
+    state = [
+        0.5 * torch.randn(3, cell.hidden_size, generator=gen, dtype=torch.float64)
+        for _ in cell.state_spec()
+    ]
+    resets = (torch.rand(3, 67, generator=gen) < 0.1) if use_resets else None
+    want = _run(cell, x, state, resets, "reference")
+    got = _run(cell.to(dtype), x.to(dtype), [s.to(dtype) for s in state], resets, "newton")
+    info = last_solve_info()
+    assert info is not None and info.converged and not info.fell_back
+    assert info.iterations >= 1 and info.residual <= info.tol
+    assert info.block == cell.newton_block  # type: ignore[attr-defined]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_close(f"newton vs reference [{i}]", g, w, tol)
+
+
+def test_solve_info_reports_iterations() -> None:
+    cell = _cells()[0].double()
+    x = torch.randn(2, 200, 3, dtype=torch.float64)
+    with torch.no_grad():
+        cell(x, backend="newton")
+    info = last_solve_info()
+    assert info is not None
+    assert info.converged and 1 <= info.iterations < info.max_iters
+    with newton_options(tol=1e-14), torch.no_grad():
+        cell(x, backend="newton")
+    tighter = last_solve_info()
+    assert tighter is not None and tighter.tol == 1e-14
+    assert tighter.iterations >= info.iterations
+
+
+def test_nonconvergence_warns_and_falls_back() -> None:
+    cell = TanhDiag(3, 5, scale=3.0).double()  # strongly nonlinear: one Newton step is not enough
+    x = 2 * torch.randn(2, 50, 3, dtype=torch.float64)
+    want, _ = cell(x, backend="reference")
+    with newton_options(max_iters=1), pytest.warns(RuntimeWarning, match="no convergence"):
+        got, _ = cell(x, backend="newton")
+    info = last_solve_info()
+    assert info is not None and info.fell_back and not info.converged
+    assert info.iterations == 1 and info.residual > info.tol
+    assert_close("fallback equals the reference", got, want, 1e-12)
+
+
+def test_auto_picks_newton_only_for_long_sequences() -> None:
+    from rnnkit.core.dispatch import KernelCall, select
+
+    cell = _cells()[0]
+    short = KernelCall(cell, torch.randn(1, 8, 3), None, None, needs_grad=True)
+    long = KernelCall(cell, torch.randn(1, 4096, 3), None, None, needs_grad=True)
+    assert select(short).backend == "reference"
+    assert select(long).backend == "newton"
+
+
+@pytest.mark.parametrize("time", [1, 5, 17, 100, 1000])
+def test_block2_scan_matches_sequential(time: int) -> None:
+    gen = torch.Generator().manual_seed(time)
+    a = 0.7 * torch.randn(2, time, 3, 2, 2, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, time, 3, 2, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)
+    for init in (None, h0):
+        want = block2_scan_sequential(a, b, init)
+        for chunk in (None, 3):
+            got = block2_scan(a, b, init, chunk=chunk)
+            assert_close(f"block2 scan T={time}", got, want, 1e-12)
+
+
+def test_block2_scan_long_fp32() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = 0.7 * torch.randn(1, 20000, 2, 2, 2, generator=gen, dtype=torch.float64)
+    b = torch.randn(1, 20000, 2, 2, generator=gen, dtype=torch.float64)
+    want = block2_scan_sequential(a, b)
+    got = block2_scan(a.float(), b.float())
+    assert_close("block2 scan fp32 long", got, want, 1e-5)
+
+
+def test_unsupported_cell_is_reported() -> None:
+    from rnnkit.core.errors import BackendUnavailableError
+
+    class NoProtocol(TanhDiag):
+        jacobian_diag = None  # type: ignore[assignment]
+
+    with pytest.raises(BackendUnavailableError, match="jacobian_diag"):
+        NoProtocol(3, 4)(torch.randn(1, 3, 3), backend="newton")
+
+
+def test_no_warning_when_converged() -> None:
+    cell = _cells()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cell(torch.randn(2, 30, 3), backend="newton")

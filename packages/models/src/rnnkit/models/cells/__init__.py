@@ -1,0 +1,22 @@
+"""Cells of the recurrent-model literature implemented in rnnkit-models.
+
+- :class:`ParaGRU`, :class:`ParaLSTM`: ParaRNN's diagonal-recurrence GRU and CIFG LSTM
+  (diagonal-Jacobian form, run in parallel by the ``newton`` backend when installed);
+- :class:`LRU`: the Linear Recurrent Unit (complex diagonal linear form, ``scan`` backends);
+- :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward).
+"""
+
+from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
+from rnnkit.models.cells.lru import LRU
+from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
+
+__all__ = [
+    "LRU",
+    "Aaren",
+    "AarenState",
+    "ParaGRU",
+    "ParaGRUState",
+    "ParaLSTM",
+    "ParaLSTMState",
+    "aaren_combine",
+]

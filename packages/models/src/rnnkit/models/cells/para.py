@@ -1,0 +1,315 @@
+"""ParaRNN-style cells with diagonal recurrences: :class:`ParaGRU` and :class:`ParaLSTM`.
+
+Both declare :attr:`~rnnkit.core.forms.Form.DIAGONAL_JACOBIAN` and implement the
+diagonal-Jacobian protocol that Newton kernels call by duck typing (see
+``docs/kernels-newton.md``). The state is packed into one tensor ``z``:
+
+- ``newton_block = 1`` (ParaGRU): ``z: (B, H)``, the Jacobian is ``J: (..., H)``.
+- ``newton_block = 2`` (ParaLSTM): ``z: (B, H, 2)`` with ``z[..., 0] = h`` and
+  ``z[..., 1] = c`` (the state fields' order), the Jacobian is ``J: (..., H, 2, 2)`` with
+  ``J[..., i, j] = d z_t[..., i] / d z_{t-1}[..., j]``.
+
+Protocol methods (``P = projected_size``, ``S`` the packed state shape):
+
+- ``pack_state(state) -> z: (B, *S)`` and ``unpack_state(z) -> state``;
+- ``recur_parallel(px, z_prev) -> z``: ``(B, T, P), (B, T, *S) -> (B, T, *S)``, the step
+  function applied at every position at once;
+- ``jacobian_diag(px, z_prev) -> J``: ``(B, T, H)`` or ``(B, T, H, 2, 2)``;
+- ``recur_parallel_with_jacobian(px, z_prev) -> (z, J)``: both at once (cheaper);
+- ``readout_parallel(px, z) -> y: (B, T, output_size)``.
+
+``recur`` is the sequential step and the reference the Newton solution must equal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.forms import Form
+from rnnkit.core.state import StateField
+
+
+class ParaGRUState(NamedTuple):
+    """State of :class:`ParaGRU`: ``h: (B, H)``."""
+
+    h: Tensor
+
+
+class ParaLSTMState(NamedTuple):
+    """State of :class:`ParaLSTM`: ``h: (B, H)`` and the cell ``c: (B, H)``."""
+
+    h: Tensor
+    c: Tensor
+
+
+def _check_sizes(input_size: int, hidden_size: int) -> None:
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class ParaGRU(Cell[ParaGRUState]):
+    """ParaRNN's GRU with diagonal recurrent weights (``a_z, a_r, a_h: (H,)``).
+
+    With ``px = W x_t + b`` split into ``(p_z, p_r, p_h)``::
+
+        z = sigmoid(a_z * h + p_z)
+        r = sigmoid(a_r * h + p_r)
+        n = tanh(a_h * (h * r) + p_h)
+        h_t = z * n + (1 - z) * h,          y_t = h_t
+
+    The Jacobian ``d h_t / d h_{t-1}`` is diagonal:
+    ``(1 - z) + (n - h) z (1 - z) a_z + z (1 - n^2) a_h (r + h r (1 - r) a_r)``.
+
+    Args:
+        input_size: width of ``x``.
+        hidden_size: ``H``, the state and output width.
+        bias: whether the input projection has a bias.
+    """
+
+    kind = "paragru"
+    forms: ClassVar[frozenset[Form]] = frozenset({Form.DIAGONAL_JACOBIAN})
+    state_type = ParaGRUState
+    #: size of the Jacobian blocks (1: diagonal).
+    newton_block: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size
+        self.projected_size = 3 * hidden_size
+        kw = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))  # type: ignore[arg-type]
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.empty(3 * hidden_size, **kw)) if bias else None  # type: ignore[arg-type]
+        )
+        #: diagonal recurrent weights, rows ``a_z, a_r, a_h``: ``(3, H)``.
+        self.recurrent = nn.Parameter(torch.empty(3, hidden_size, **kw))  # type: ignore[arg-type]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Input weights and bias ``U(-1/sqrt(I), 1/sqrt(I))``; diagonal weights ``U(-1, 1)``."""
+        bound = 1.0 / math.sqrt(self.input_size)
+        nn.init.uniform_(self.weight_ih, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.uniform_(self.recurrent, -1.0, 1.0)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,), doc="hidden state"),)
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(..., input_size) -> (..., 3 H)``: ``x W^T + b`` as ``(p_z, p_r, p_h)``."""
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def _gates(self, px: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a_z, a_r, a_h = self.recurrent.unbind(0)
+        p_z, p_r, p_h = px.chunk(3, dim=-1)
+        z = torch.sigmoid(a_z * h + p_z)
+        r = torch.sigmoid(a_r * h + p_r)
+        n = torch.tanh(a_h * (h * r) + p_h)
+        return z, r, n
+
+    def recur(self, px_t: Tensor, state: ParaGRUState) -> tuple[Tensor, ParaGRUState]:
+        h = self.recur_parallel(px_t, state.h)
+        return h, ParaGRUState(h)
+
+    # --- the diagonal-Jacobian protocol ------------------------------------------------------
+
+    def pack_state(self, state: ParaGRUState) -> Tensor:
+        """``z = h: (B, H)``."""
+        return state.h
+
+    def unpack_state(self, z: Tensor) -> ParaGRUState:
+        """``(B, H) -> ParaGRUState``."""
+        return ParaGRUState(z)
+
+    def recur_parallel(self, px: Tensor, z_prev: Tensor) -> Tensor:
+        """``h_t`` from ``h_{t-1}`` at all positions: ``(..., 3H), (..., H) -> (..., H)``."""
+        z, _, n = self._gates(px, z_prev)
+        return n + (1 - z) * (z_prev - n)
+
+    def jacobian_diag(self, px: Tensor, z_prev: Tensor) -> Tensor:
+        """``d h_t / d h_{t-1}``, diagonal: ``(..., 3H), (..., H) -> (..., H)``."""
+        return self.recur_parallel_with_jacobian(px, z_prev)[1]
+
+    def recur_parallel_with_jacobian(self, px: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """``(recur_parallel, jacobian_diag)`` sharing the gate computations."""
+        a_z, a_r, a_h = self.recurrent.unbind(0)
+        h = z_prev
+        z, r, n = self._gates(px, h)
+        out = n + (1 - z) * (h - n)
+        jac = (1 - z) * (1 + (n - h) * z * a_z) + z * (1 - n * n) * a_h * r * (
+            1 + h * (1 - r) * a_r
+        )
+        return out, jac
+
+    def readout_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        """``y = h``: ``(B, T, H)``."""
+        return z
+
+
+class ParaLSTM(Cell[ParaLSTMState]):
+    """ParaRNN's CIFG LSTM (coupled input and forget gates) with peepholes and diagonal
+    recurrent weights ``a_f, a_c, a_o: (H,)`` and peephole weights ``w_f, w_o: (H,)``.
+
+    With ``px = W x_t + b`` split into ``(p_f, p_c, p_o)``::
+
+        f  = sigmoid(a_f * h + p_f + w_f * c)
+        c~ = tanh(a_c * h + p_c)
+        c_t = f * c + (1 - f) * c~
+        o  = sigmoid(a_o * h + p_o + w_o * c_t)
+        h_t = o * tanh(c_t),                y_t = h_t
+
+    The Jacobian of ``(h_t, c_t)`` in ``(h_{t-1}, c_{t-1})`` is 2x2 block-diagonal: one
+    ``2 x 2`` block per unit (layout in the module docstring).
+
+    Args:
+        input_size: width of ``x``.
+        hidden_size: ``H``, the width of ``h``, ``c`` and ``y``.
+        bias: whether the input projection has a bias.
+        peepholes: whether ``w_f`` and ``w_o`` exist (``False``: no peephole terms).
+    """
+
+    kind = "paralstm"
+    forms: ClassVar[frozenset[Form]] = frozenset({Form.DIAGONAL_JACOBIAN})
+    state_type = ParaLSTMState
+    newton_block: ClassVar[int] = 2
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        bias: bool = True,
+        peepholes: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size
+        self.projected_size = 3 * hidden_size
+        kw = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))  # type: ignore[arg-type]
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.empty(3 * hidden_size, **kw)) if bias else None  # type: ignore[arg-type]
+        )
+        #: diagonal recurrent weights, rows ``a_f, a_c, a_o``: ``(3, H)``.
+        self.recurrent = nn.Parameter(torch.empty(3, hidden_size, **kw))  # type: ignore[arg-type]
+        #: peephole weights, rows ``w_f, w_o``: ``(2, H)`` (or ``None``).
+        self.peephole: nn.Parameter | None = (
+            nn.Parameter(torch.empty(2, hidden_size, **kw)) if peepholes else None  # type: ignore[arg-type]
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Input weights and bias ``U(-1/sqrt(I), 1/sqrt(I))``; diagonal and peephole
+        weights ``U(-1, 1)``."""
+        bound = 1.0 / math.sqrt(self.input_size)
+        nn.init.uniform_(self.weight_ih, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.uniform_(self.recurrent, -1.0, 1.0)
+        if self.peephole is not None:
+            nn.init.uniform_(self.peephole, -1.0, 1.0)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (
+            StateField("h", (self.hidden_size,), doc="hidden state"),
+            StateField("c", (self.hidden_size,), doc="cell state"),
+        )
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(..., input_size) -> (..., 3 H)``: ``x W^T + b`` as ``(p_f, p_c, p_o)``."""
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def recur(self, px_t: Tensor, state: ParaLSTMState) -> tuple[Tensor, ParaLSTMState]:
+        h, c = self._step(px_t, state.h, state.c)
+        return h, ParaLSTMState(h, c)
+
+    def _step(self, px: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        a_f, a_c, a_o = self.recurrent.unbind(0)
+        p_f, p_c, p_o = px.chunk(3, dim=-1)
+        if self.peephole is not None:
+            w_f, w_o = self.peephole.unbind(0)
+            f = torch.sigmoid(a_f * h + p_f + w_f * c)
+        else:
+            f = torch.sigmoid(a_f * h + p_f)
+        cand = torch.tanh(a_c * h + p_c)
+        c_new = cand + f * (c - cand)
+        if self.peephole is not None:
+            o = torch.sigmoid(a_o * h + p_o + w_o * c_new)
+        else:
+            o = torch.sigmoid(a_o * h + p_o)
+        return o * torch.tanh(c_new), c_new
+
+    # --- the diagonal-Jacobian protocol (2x2 blocks) ----------------------------------------
+
+    def pack_state(self, state: ParaLSTMState) -> Tensor:
+        """``z = stack((h, c), -1): (B, H, 2)``."""
+        return torch.stack((state.h, state.c), -1)
+
+    def unpack_state(self, z: Tensor) -> ParaLSTMState:
+        """``(B, H, 2) -> ParaLSTMState(h, c)``."""
+        return ParaLSTMState(z[..., 0], z[..., 1])
+
+    def recur_parallel(self, px: Tensor, z_prev: Tensor) -> Tensor:
+        """``(..., 3H), (..., H, 2) -> (..., H, 2)``: the step at all positions at once."""
+        h, c = self._step(px, z_prev[..., 0], z_prev[..., 1])
+        return torch.stack((h, c), -1)
+
+    def jacobian_diag(self, px: Tensor, z_prev: Tensor) -> Tensor:
+        """``J: (..., H, 2, 2)``, ``J[..., i, j] = d z_t[i] / d z_{t-1}[j]`` (0: h, 1: c)."""
+        return self.recur_parallel_with_jacobian(px, z_prev)[1]
+
+    def recur_parallel_with_jacobian(self, px: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """``(recur_parallel, jacobian_diag)`` sharing the gate computations."""
+        h, c = z_prev[..., 0], z_prev[..., 1]
+        a_f, a_c, a_o = self.recurrent.unbind(0)
+        p_f, p_c, p_o = px.chunk(3, dim=-1)
+        if self.peephole is not None:
+            w_f, w_o = self.peephole.unbind(0)
+            f = torch.sigmoid(a_f * h + p_f + w_f * c)
+        else:
+            w_f = w_o = torch.zeros_like(a_f)
+            f = torch.sigmoid(a_f * h + p_f)
+        cand = torch.tanh(a_c * h + p_c)
+        c_new = cand + f * (c - cand)
+        o = torch.sigmoid(a_o * h + p_o + w_o * c_new)
+        tc = torch.tanh(c_new)
+        h_new = o * tc
+        df = f * (1 - f)
+        dcand_dh = (1 - cand * cand) * a_c
+        dcn_dh = (c - cand) * df * a_f + (1 - f) * dcand_dh
+        dcn_dc = f + (c - cand) * df * w_f
+        do = o * (1 - o)
+        dtc = o * (1 - tc * tc)
+        dhn_dh = do * (a_o + w_o * dcn_dh) * tc + dtc * dcn_dh
+        dhn_dc = do * w_o * dcn_dc * tc + dtc * dcn_dc
+        jac = torch.stack(
+            (torch.stack((dhn_dh, dhn_dc), -1), torch.stack((dcn_dh, dcn_dc), -1)), -2
+        )
+        return torch.stack((h_new, c_new), -1), jac
+
+    def readout_parallel(self, px: Tensor, z: Tensor) -> Tensor:
+        """``y = h``: ``(B, T, H, 2) -> (B, T, H)``."""
+        return z[..., 0]

@@ -1,0 +1,120 @@
+"""Conformance and parallel-form checks for ParaGRU, ParaLSTM, LRU and Aaren."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.testing import CellConformance
+from rnnkit.core.testing.numerics import assert_close
+from rnnkit.models.cells import LRU, Aaren, ParaGRU, ParaLSTM
+
+
+class TestParaGRU(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return ParaGRU(5, 6)
+
+
+class TestParaLSTM(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return ParaLSTM(5, 6)
+
+
+class TestParaLSTMNoPeepholes(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return ParaLSTM(5, 6, peepholes=False)
+
+
+class TestAaren(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return Aaren(5, 6, heads=2)
+
+
+class TestLRU(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return LRU(5, 6)
+
+
+def _lru_run(cell: LRU, x: torch.Tensor, h0: torch.Tensor, backend: str) -> list[torch.Tensor]:
+    cell = copy.deepcopy(cell)
+    x = x.detach().clone().requires_grad_(True)
+    h0 = h0.detach().clone().requires_grad_(True)
+    y, (h,) = cell(x, (h0,), backend=backend)
+    gen = torch.Generator().manual_seed(1)
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
+    dh = torch.randn(h.shape, generator=gen, dtype=torch.complex128).to(h.dtype)
+    loss = (y * dy).sum() + (h * dh.conj()).real.sum()
+    loss.backward()
+    grads = [x.grad, h0.grad, *(p.grad for p in cell.parameters())]
+    return [y.detach(), h.detach(), *(g for g in grads if g is not None)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lru_backends(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    cell = LRU(5, 6).to(torch.float64)
+    x = torch.randn(3, 11, 5, dtype=torch.float64)
+    h0 = torch.randn(3, 6, dtype=torch.complex128)
+    want = _lru_run(cell, x, h0, "reference")
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+    got = _lru_run(cell.to(dtype), x.to(dtype), h0.to(cd), "scan")
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_close(f"lru scan vs reference [{i}]", g, w, tol)
+
+
+def test_lru_eigenvalues_inside_unit_disk() -> None:
+    torch.manual_seed(0)
+    for kw in ({}, {"r_min": 0.9, "r_max": 0.999}):
+        cell = LRU(4, 64, **kw)  # type: ignore[arg-type]
+        mod = cell.eigenvalues().abs()
+        assert torch.all(mod < 1) and torch.all(mod > 0)
+        assert torch.all(mod >= cell.r_min - 1e-6) and torch.all(mod <= cell.r_max + 1e-6)
+        # gamma normalises: gamma = sqrt(1 - |lambda|^2) at initialisation
+        gamma = torch.exp(cell.gamma_log)
+        assert_close("gamma", gamma, torch.sqrt(1 - mod**2), 1e-5)
+    # any parameter value keeps |lambda| < 1
+    with torch.no_grad():
+        cell.nu_log.uniform_(-20, 5)
+    assert torch.all(cell.eigenvalues().abs() <= 1)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize("time", [1, 2, 37])
+def test_aaren_parallel_equals_step(heads: int, time: int) -> None:
+    torch.manual_seed(heads + time)
+    cell = Aaren(5, 6, heads=heads).double()
+    x = torch.randn(2, time, 5, dtype=torch.float64)
+    resets = torch.rand(2, time) < 0.2
+    for use_resets in (False, True):
+        r = resets if use_resets else None
+        y, final = cell(x, resets=r)  # auto: parallel prefix
+        y_ref, final_ref = cell(x, resets=r, backend="reference")
+        assert_close("aaren parallel vs reference", y, y_ref, 1e-12)
+        for a, b in zip(final, final_ref, strict=True):
+            assert_close("aaren final state", a, b, 1e-12)
+    state = None
+    ys = []
+    for x_t in x.unbind(1):
+        y_t, state = cell.step(x_t, state)
+        ys.append(y_t)
+    y, _ = cell(x)
+    assert_close("aaren step vs parallel", torch.stack(ys, 1), y, 1e-12)
+
+
+def test_aaren_is_softmax_attention() -> None:
+    torch.manual_seed(0)
+    cell = Aaren(4, 6, heads=2).double()
+    x = 10 * torch.randn(1, 50, 4, dtype=torch.float64)  # large scores: stability
+    y, _ = cell(x)
+    px = cell.project(x)
+    s, v = px[..., :2], px[..., 2:].unflatten(-1, (2, 3))
+    mask = torch.ones(50, 50, dtype=torch.bool).tril()
+    logits = s.transpose(1, 2).unsqueeze(-2).expand(1, 2, 50, 50).masked_fill(~mask, -torch.inf)
+    attn = torch.softmax(logits, -1)  # (1, heads, t, i)
+    want = torch.einsum("bhti,bihd->bthd", attn, v).flatten(-2)
+    assert_close("aaren vs softmax attention", y, want, 1e-12)
