@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 
 from rnnkit.core.dispatch import Kernel
-from rnnkit.core.hookspecs import RegisterKernel, hookimpl
+from rnnkit.core.hookspecs import RegisterCommand, RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
-BACKEND_MODULES: tuple[str, ...] = ("triton", "scan", "newton")
+BACKEND_MODULES: tuple[str, ...] = ("triton", "scan", "newton", "analog")
 
 
 def all_kernels() -> list[Kernel]:
@@ -30,3 +30,16 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
     """Register the kernels of rnnkit-kernels."""
     for kernel in all_kernels():
         register(kernel)
+
+
+@hookimpl
+def rnnkit_register_commands(register: RegisterCommand) -> None:
+    """Register ``rnnkit analog`` (the analog crossbar simulator's experiments)."""
+    from rnnkit.kernels.analog.cli import configure, run
+
+    register(
+        "analog",
+        help="analog crossbar simulator experiments (adc-error, cost)",
+        configure=configure,
+        run=run,
+    )

@@ -1,0 +1,241 @@
+"""Crossbar tiles: a weight matrix on differential conductance pairs, read with DACs and ADCs.
+
+Model of one matrix-vector product ``z = W u`` with ``W: (out, in)`` (``out`` columns = bit
+lines, ``in`` rows = word lines):
+
+1. **Mapping.** Each output column is scaled by ``s_j = max_i |W_ji|`` so ``w̃ = W / s`` lies in
+   ``[-1, 1]``; ``w̃ > 0`` goes on the plus device, ``w̃ < 0`` on the minus device of a
+   differential pair: ``g± = g_min + max(±w̃, 0) (g_max - g_min)``. The pair's difference divided
+   by ``g_max - g_min`` is the stored weight, so ``g_min`` cancels (except in read noise and IR
+   drop, which see the absolute currents).
+2. **Programming** (once, seeded): discrete levels, programming noise ``σ(g)``, stuck devices
+   (:func:`~rnnkit.kernels.analog.devices.program_conductances`), drift exponents.
+3. **Drift** to ``t_inference`` with **global drift compensation**: the tile is read once with a
+   one-hot probe right after programming and again at ``t``; the ratio of the mean absolute
+   outputs rescales every output (one digital gain per tile).
+4. **Input**: noise management (divide by ``α = max |u|`` per vector, or clip), DAC quantisation
+   to ``inp_bits`` on ``±inp_bound``.
+5. **MVM per physical tile** (at most ``max_rows x max_cols``): read noise on every device at
+   every read (sampled exactly, in distribution, as output noise with variance
+   ``Σ_i σ_ij² x̃_i²`` — one extra product instead of a fresh noisy matrix per read), first-order
+   IR drop, output noise, read-voltage gain ``v_read_actual / v_read``.
+6. **Partial sums**: row-split tiles each convert with the conventional ADC and their results are
+   added digitally. Columns that feed an NL-ADC cannot be digitised before the nonlinearity; for
+   those the row-split partial currents are summed on the shared integration node (analog) and
+   handed to the NL-ADC unquantised (an assumption: the paper's arrays fit one tile).
+
+Column splitting has no numerical effect (columns are independent), so only rows are looped.
+
+Gradients: the forward value is the analog one, the backward is that of the ideal ``u W^T``
+(straight-through for the DAC/ADC rounding, noise detached), which is what hardware-aware
+training needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from rnnkit.kernels.analog.config import AnalogConfig
+from rnnkit.kernels.analog.devices import (
+    drift_exponents,
+    drifted,
+    program_conductances,
+    read_sigma,
+)
+
+__all__ = ["AnalogTile", "quantize_ste"]
+
+
+def quantize_ste(x: Tensor, bits: int | None, bound: float) -> Tensor:
+    """Clip to ``±bound`` and round to ``2^bits - 2`` uniform steps; straight-through gradient.
+
+    ``bits=None`` only clips. Values inside the range keep gradient 1, clipped ones get 0.
+    Shapes: any.
+    """
+    y = x.clamp(-bound, bound)
+    if bits is None:
+        return y
+    step = 2.0 * bound / (2**bits - 2)
+    out: Tensor = y + (torch.round(y / step) * step - y).detach()
+    return out
+
+
+class AnalogTile:
+    """A weight matrix ``(out, in)`` programmed on crossbar tiles of at most
+    ``max_rows x max_cols`` devices (pairs).
+
+    Args:
+        weight: ``(out, in)``, the matrix to program (detached).
+        config: the simulator configuration.
+        generator: seeds programming, faults and drift exponents; per-read noise uses
+            ``read_generator`` of :meth:`mvm`.
+        nl_columns: bool ``(out,)``: columns that feed NL-ADCs (summed in analog across
+            row-split tiles and not digitised here); ``None``: none.
+
+    Attributes:
+        scale: ``(out, 1)`` per-column weight scale ``s``.
+        g_plus, g_minus: ``(out, in)`` programmed conductances at ``t = 0`` (µS).
+        row_blocks: the ``(start, stop)`` row ranges of the physical tiles.
+        n_tiles: number of physical tiles (row blocks times column blocks).
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        config: AnalogConfig,
+        generator: torch.Generator | None = None,
+        *,
+        nl_columns: Tensor | None = None,
+        noise_scale: float | None = None,
+    ) -> None:
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        self.config = config
+        dev = config.device
+        w = weight.detach()
+        out_f, in_f = w.shape
+        self.out_features, self.in_features = out_f, in_f
+        self.row_blocks = [
+            (r, min(r + config.max_rows, in_f)) for r in range(0, in_f, config.max_rows)
+        ]
+        self.n_tiles = len(self.row_blocks) * math.ceil(out_f / config.max_cols)
+        self.nl_columns = (
+            nl_columns.to(w.device)
+            if nl_columns is not None
+            else torch.zeros(out_f, dtype=torch.bool, device=w.device)
+        )
+        self._any_adc = bool((~self.nl_columns).any())
+        self._any_nl = bool(self.nl_columns.any())
+        # Per-column scaling: each column's largest weight uses the full conductance window.
+        self.scale = w.abs().amax(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        wn = w / self.scale
+        gr = dev.g_range
+        ns = config.prog_noise_scale if noise_scale is None else noise_scale
+        self.g_plus = program_conductances(
+            dev, dev.g_min + wn.clamp_min(0) * gr, generator, noise_scale=ns
+        )
+        self.g_minus = program_conductances(
+            dev, dev.g_min + (-wn).clamp_min(0) * gr, generator, noise_scale=ns
+        )
+        self.nu_plus = drift_exponents(dev, self.g_plus, generator)
+        self.nu_minus = drift_exponents(dev, self.g_minus, generator)
+        self.set_time(config.t_inference)
+
+    def set_time(self, t: float) -> None:
+        """Drift the programmed conductances to ``t`` seconds and refresh what depends on it."""
+        cfg, dev = self.config, self.config.device
+        self.t = t
+        gp = drifted(dev, self.g_plus, self.nu_plus, t)
+        gm = drifted(dev, self.g_minus, self.nu_minus, t)
+        gr = dev.g_range
+        #: (out, in) stored normalised weights at time t.
+        self.w_norm = (gp - gm) / gr
+        self.gain = 1.0
+        if cfg.drift_compensation and dev.drift and t > 0:
+            # one-hot probe: reading column by column gives mean |w| at 0 and at t.
+            w0 = ((self.g_plus - self.g_minus) / gr).abs().mean()
+            wt = self.w_norm.abs().mean().clamp_min(1e-12)
+            self.gain = float(w0 / wt)
+        sp, sm = read_sigma(dev, gp, t), read_sigma(dev, gm, t)
+        #: (out, in) per-read variance of each pair, normalised to g_range.
+        var = (sp.square() + sm.square()) / gr**2
+        # flush denormals (tiny conductances squared): they make CPU matmuls 10x slower.
+        self.read_var = torch.where(var < 1e-20, torch.zeros_like(var), var)
+        self.has_read_noise = bool((self.read_var > 0).any())
+        self._gp_n, self._gm_n = gp / gr, gm / gr
+
+    def effective_weight(self) -> Tensor:
+        """``(out, in)``: what the tile stores, in the units of the original ``weight``
+        (drift and its compensation included, noise-free read)."""
+        return self.w_norm * self.scale * self.gain
+
+    def mvm(
+        self,
+        u: Tensor,
+        weight: Tensor | None = None,
+        *,
+        read_generator: torch.Generator | None = None,
+        w_norm: Tensor | None = None,
+    ) -> Tensor:
+        """Analog ``u W^T``.
+
+        Args:
+            u: ``(B, in)`` inputs.
+            weight: ``(out, in)`` the current digital weights, for straight-through gradients
+                (``None``: no gradient to the weights).
+            read_generator: seeds the per-read noise.
+            w_norm: ``(out, in)`` normalised weights to use instead of the programmed ones
+                (hardware-aware training samples fresh noisy weights every forward).
+
+        Returns:
+            ``(B, out)`` in the units of ``u W^T``: ADC-converted for ordinary columns, the
+            unquantised analog sum for ``nl_columns``; both include the read-voltage gain.
+        """
+        cfg = self.config
+        wn = self.w_norm if w_norm is None else w_norm
+        scale = self.scale.squeeze(1)
+        if weight is not None:
+            # forward value: programmed weights; backward: d/dW of u W^T (straight-through).
+            wn = weight / self.scale + (wn - weight / self.scale).detach()
+        if cfg.noise_management == "abs_max":
+            alpha = u.detach().abs().amax(-1, keepdim=True).clamp_min(1e-12)
+        else:
+            alpha = torch.ones_like(u[..., :1])
+        x = quantize_ste(u / alpha, cfg.inp_bits, cfg.inp_bound)
+        ratio = cfg.v_read_ratio
+        any_adc, any_nl = self._any_adc, self._any_nl
+        adc_sum: Tensor | None = None
+        nl_sum: Tensor | None = None
+        for r0, r1 in self.row_blocks:
+            xb = x[..., r0:r1]
+            zb = xb @ wn[:, r0:r1].T
+            noise = torch.zeros_like(zb.detach())
+            if cfg.ir_drop > 0:
+                noise = noise - self._ir_drop(xb.detach(), r0, r1)
+            # read noise and output noise are independent Gaussians: draw their sum at once.
+            if self.has_read_noise:
+                var = xb.detach().square() @ self.read_var[:, r0:r1].T
+                sd = (var + cfg.out_noise**2).sqrt()
+                noise = noise + sd * self._randn(zb, read_generator)
+            elif cfg.out_noise > 0:
+                noise = noise + cfg.out_noise * self._randn(zb, read_generator)
+            zb = (zb + noise) * ratio
+            if any_adc:
+                q = quantize_ste(zb, cfg.out_bits, cfg.out_bound)
+                adc_sum = q if adc_sum is None else adc_sum + q
+            if any_nl:
+                nl_sum = zb if nl_sum is None else nl_sum + zb
+        if adc_sum is None:
+            assert nl_sum is not None
+            z = nl_sum
+        elif nl_sum is None:
+            z = adc_sum
+        else:
+            z = torch.where(self.nl_columns, nl_sum, adc_sum)
+        return z * alpha * (scale * self.gain)
+
+    def _ir_drop(self, xb: Tensor, r0: int, r1: int) -> Tensor:
+        """First-order IR drop of one row block: ``(B, out)`` current lost.
+
+        Device ``i`` sits ``d_i = i - r0`` wire segments from the sense end of its bit line
+        (word line drop neglected). To first order the line voltage there sags by
+        ``ir_drop * (J / n) * d_i`` where ``J`` is the line's total (normalised) current and
+        ``n`` the rows of the tile, so the line loses ``ir_drop * J * Σ_i (d_i / n) ĝ_i x_i / n``.
+        Applied to the plus and the minus line separately (they carry different currents).
+        """
+        n = r1 - r0
+        pos = torch.arange(n, device=xb.device, dtype=xb.dtype) / n
+        loss = torch.zeros(xb.shape[0], self.out_features, device=xb.device, dtype=xb.dtype)
+        for g, sign in ((self._gp_n, 1.0), (self._gm_n, -1.0)):
+            gb = g[:, r0:r1]
+            j = xb @ gb.T
+            p = (xb * pos) @ gb.T
+            loss = loss + sign * self.config.ir_drop * j * p / n
+        return loss
+
+    @staticmethod
+    def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
