@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -37,34 +36,6 @@ class TestAaren(CellConformance):
 class TestLRU(CellConformance):
     def make_cell(self) -> Cell[Any]:
         return LRU(5, 6)
-
-
-def _lru_run(cell: LRU, x: torch.Tensor, h0: torch.Tensor, backend: str) -> list[torch.Tensor]:
-    cell = copy.deepcopy(cell)
-    x = x.detach().clone().requires_grad_(True)
-    h0 = h0.detach().clone().requires_grad_(True)
-    y, (h,) = cell(x, (h0,), backend=backend)
-    gen = torch.Generator().manual_seed(1)
-    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
-    dh = torch.randn(h.shape, generator=gen, dtype=torch.complex128).to(h.dtype)
-    loss = (y * dy).sum() + (h * dh.conj()).real.sum()
-    loss.backward()
-    grads = [x.grad, h0.grad, *(p.grad for p in cell.parameters())]
-    return [y.detach(), h.detach(), *(g for g in grads if g is not None)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_lru_backends(dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    cell = LRU(5, 6).to(torch.float64)
-    x = torch.randn(3, 11, 5, dtype=torch.float64)
-    h0 = torch.randn(3, 6, dtype=torch.complex128)
-    want = _lru_run(cell, x, h0, "reference")
-    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
-    got = _lru_run(cell.to(dtype), x.to(dtype), h0.to(cd), "scan")
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert_close(f"lru scan vs reference [{i}]", g, w, tol)
 
 
 def test_lru_eigenvalues_inside_unit_disk() -> None:
