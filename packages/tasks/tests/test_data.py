@@ -5,26 +5,43 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import task_data
 
 from rnnkit.tasks import get_task, list_tasks
 from rnnkit.tasks._util import row_keys
+from rnnkit.tasks.breathing import breathing_data
+from rnnkit.tasks.dynamics import (
+    ks_data,
+    ks_etdrk4,
+    lorenz96_data,
+    lorenz96_rhs,
+    rk4_batch,
+    rossler_data,
+    rossler_rhs,
+    rossler_rk4,
+)
+from rnnkit.tasks.epidemic import epidemic_data
 from rnnkit.tasks.forecasting import AR_COEFFS, ar_data, implied_ar_coefficients, lorenz_data
 from rnnkit.tasks.formal import (
     TOMITA,
     _sample_string,
     dyck_data,
     dyck_next_sets,
+    palindrome_data,
     tomita_accepts,
 )
 from rnnkit.tasks.hmm import optimal_bits
+from rnnkit.tasks.recall import PASSKEY_MARK, passkey_data, set_disjointness_data, set_sizes
 from rnnkit.tasks.synthetic import dms_data, parity_data, s5_data, s5_table
+from rnnkit.tasks.vessels import vessel_data
 
 ALL = list_tasks()
 FIXED_DATA = {"charlm"}  # the text is fixed: only training order depends on the seed
-SLOW_DATA = {"dyck1", "dyck2", "lorenz63"}  # seed dependence checked for the others only
+# seed dependence checked for the others only (these: test_slow_generators_deterministic)
+SLOW_DATA = {"dyck1", "dyck2", "lorenz63", "rossler", "lorenz96", "ks", "epidemic", "vessels"}
 
 
 def test_all_tasks_registered() -> None:
@@ -43,6 +60,16 @@ def test_all_tasks_registered() -> None:
         "dyck1",
         "dyck2",
         *(f"tomita{g}" for g in range(1, 8)),
+        "passkey",
+        "setdisj",
+        "setdisj_jrt",
+        "palindrome",
+        "rossler",
+        "lorenz96",
+        "ks",
+        "epidemic",
+        "vessels",
+        "breathing",
     ]:
         assert name in ALL
     assert list_tasks("tomita*") == [f"tomita{g}" for g in range(1, 8)]
@@ -96,6 +123,22 @@ def test_slow_generators_deterministic() -> None:
     a, b = lorenz_data(0, length=2000), lorenz_data(0, length=2000)
     assert torch.equal(a.train.inputs, b.train.inputs)
     assert not torch.equal(a.train.inputs, lorenz_data(1, length=2000).train.inputs)
+    small = {
+        "rossler": lambda seed: rossler_data(seed, length=1500),
+        "lorenz96": lambda seed: lorenz96_data(
+            seed, trajectories=2, length=200, burn=1.0, window=20
+        ),
+        "ks": lambda seed: ks_data(seed, trajectories=2, length=200, burn=20.0, window=20),
+        "epidemic": lambda seed: epidemic_data(seed, days=40, sizes=(50, 10, 10)),
+        "vessels": lambda seed: vessel_data(seed, reports=12, sizes=(50, 10, 10)),
+    }
+    for name, make in small.items():
+        a, b, c = make(0), make(0), make(1)
+        for split in ("train", "valid", "test"):
+            sa, sb = a.split(split), b.split(split)
+            assert torch.equal(sa.inputs, sb.inputs), name
+            assert torch.equal(sa.targets.nan_to_num(-7.0), sb.targets.nan_to_num(-7.0)), name
+        assert not torch.equal(a.train.inputs, c.train.inputs), name
 
 
 def test_parity_and_dms_labels() -> None:
@@ -182,3 +225,91 @@ def test_hmm_optimum_below_marginal_entropy() -> None:
     p = freq / freq.sum()
     marginal = float(-(p * p.log2()).sum())
     assert 0.3 < best < marginal
+
+
+def test_passkey_needle_and_answer() -> None:
+    d = passkey_data(0, blocks=3, sizes=(100, 20, 20))
+    x, y = d.train.inputs, d.train.targets
+    assert x.shape[1] == 3 * 4 + 1 + 2 * 5
+    for i in range(len(x)):
+        row = x[i].tolist()
+        at = row.index(PASSKEY_MARK)
+        assert at % 4 == 0  # before a filler block
+        key = [t - 1 for t in row[at + 1 : at + 6]]
+        assert y[i, -5:].tolist() == key
+        assert (y[i, :-5] == -100).all()
+        filler = row[:at] + row[at + 6 : -5]
+        assert filler == filler[:4] * 3  # one sentence repeated
+
+
+def test_set_disjointness_one_common_element() -> None:
+    for passes in (1, 2):
+        d = set_disjointness_data(0, passes=passes, sizes=(300, 50, 50))
+        x, y = d.train.inputs, d.train.targets
+        na, nb = set_sizes(x)
+        for i in range(len(x)):
+            row = x[i].tolist()
+            st = row.index(1)
+            a = row[st + 1 : st + 1 + int(na[i])]
+            b = row[st + 2 + int(na[i]) : st + 2 + int(na[i]) + int(nb[i])]
+            assert set(a) & set(b) == {int(y[i])}
+            assert (int(na[i]), int(nb[i])) in ((4, 16), (16, 4), (8, 8))
+            if passes == 2:
+                ctx = row[st:-1]
+                assert ctx[: len(ctx) // 2] == ctx[len(ctx) // 2 :]
+
+
+def test_palindrome_labels_and_lengths() -> None:
+    d = palindrome_data(0, sizes=(400, 100, 100))
+    for split in ("train", "valid", "test"):
+        s = d.split(split)
+        for row, label in zip(s.inputs.tolist(), s.targets.tolist(), strict=True):
+            bits = [t for t in row if t in (1, 2)]
+            assert int(bits == bits[::-1]) == label
+    assert float(d.train.targets.float().mean()) == pytest.approx(0.5, abs=0.01)
+    lengths = [(d.split(s).inputs != 0).sum(1) for s in ("train", "valid", "test")]
+    assert int(lengths[0].max()) < int(lengths[1].min())
+
+
+def test_rk4_batch_matches_scalar_rossler_and_lorenz96_invariants() -> None:
+    x0 = np.array([[1.0, -5.0, 0.5]])
+    batch = rk4_batch(rossler_rhs, x0, 0.05, 0, 100, 1)[0]
+    scalar = rossler_rk4((1.0, -5.0, 0.5), 0.05, 100).numpy()
+    assert np.allclose(batch, scalar, atol=1e-10)
+    # Lorenz-96: x_i = F is a fixed point; the energy stays bounded on the attractor
+    fixed = np.full((1, 40), 8.0)
+    assert np.allclose(lorenz96_rhs(fixed), 0.0)
+    traj = rk4_batch(lorenz96_rhs, fixed + 0.01 * np.arange(40)[None], 0.01, 500, 50, 5)
+    assert np.isfinite(traj).all() and np.abs(traj).max() < 30
+
+
+def test_ks_etdrk4_converges_and_is_chaotic() -> None:
+    xs = np.arange(64) * 22.0 / 64
+    u0 = 0.5 * np.cos(2 * np.pi * xs / 22.0)[None]
+    coarse = ks_etdrk4(u0, 22.0, 0.5, 0, 10, 2)
+    fine = ks_etdrk4(u0, 22.0, 0.125, 0, 10, 8)
+    assert np.abs(coarse - fine).max() < 1e-2 * np.abs(fine).max()
+    # a pure mode with zero mean keeps zero mean (mass conservation)
+    assert np.abs(coarse.mean(-1)).max() < 1e-10
+    d = ks_data(0, trajectories=2, length=200, window=20)
+    assert float(d.train.inputs.std()) == pytest.approx(1.0, abs=0.2)
+
+
+def test_epidemic_and_vessel_targets_are_the_next_step() -> None:
+    d = epidemic_data(0, days=40, sizes=(20, 5, 5))
+    x, y = d.train.inputs, d.train.targets
+    assert y.shape == (20, 39, 12)
+    assert torch.equal(y[:, 20:-1, 0::3], x[:, 21:])  # quantile channels repeat day t+1
+    assert torch.equal(y[:, :, 1::3].nan_to_num(0), y[:, :, 0::3].nan_to_num(0))
+    v = vessel_data(0, reports=12, sizes=(20, 5, 5))
+    gaps = v.train.inputs[..., 6] * 10
+    assert float(gaps.min()) >= 0.5 - 1e-5 and float(gaps.max()) <= 15 + 1e-5
+    # the next displacement is read (with 10 m noise) as the next step's input
+    step = v.train.inputs[:, 5:, :2]
+    assert torch.allclose(step, v.train.targets[:, 4:-1], atol=0.1)
+
+
+def test_breathing_targets_are_horizon_ahead() -> None:
+    d = breathing_data(0, subjects=2, length=600, horizon=5, window=50)
+    x, y = d.train.inputs, d.train.targets
+    assert torch.equal(y[0, 20:45], x[0, 25:50])

@@ -78,3 +78,85 @@ def test_batch_loss_sums_and_counts() -> None:
         "multilabel", torch.zeros(1, 2, 2), torch.tensor([[[1.0, 0.0], [-1.0, -1.0]]])
     )
     assert float(c) == 2 and float(s) == pytest.approx(2 * math.log(2))
+
+
+def test_quantile_loss_and_interval_metrics() -> None:
+    from rnnkit.tasks.epidemic import interval_metrics, quantile_loss
+
+    # one region, quantiles (0.1, 0.5, 0.9); y = 1 repeated per quantile channel
+    q = (0.1, 0.5, 0.9)
+    y = torch.tensor([[[1.0, 1.0, 1.0], [float("nan")] * 3]])
+    out = torch.tensor([[[0.0, 1.0, 3.0], [9.0, 9.0, 9.0]]])
+    s, c = quantile_loss(out, y, q)
+    # u = y - yhat = (1, 0, -2): 0.1*1 + 0 + (0.9-1)*(-2) = 0.3
+    assert (float(s), float(c)) == (pytest.approx(0.3), 3.0)
+    naive = torch.full_like(y, 0.5)
+    m = interval_metrics(out, y, naive, q, lower=0, upper=2, median=1)
+    assert m["quantile_loss"] == pytest.approx(0.1)
+    assert m["coverage"] == 1.0 and m["width"] == pytest.approx(3.0)
+    assert m["acd"] == pytest.approx(0.2)
+    assert m["msis"] == pytest.approx(3.0 / 0.5)  # width 3, no miss, naive MAE 0.5
+    miss = torch.tensor([[[2.0, 2.5, 3.0], [9.0, 9.0, 9.0]]])
+    m = interval_metrics(miss, y, naive, q, lower=0, upper=2, median=1)
+    assert m["coverage"] == 0.0
+    assert m["msis"] == pytest.approx((1.0 + 2 / 0.2 * 1.0) / 0.5)
+    assert m["mae"] == pytest.approx(1.5)
+
+
+def test_rpd_of_displacements() -> None:
+    from rnnkit.tasks.vessels import rpd
+
+    t = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [float("nan"), 0.0]]])
+    assert rpd(t.nan_to_num(5.0), t) == 0.0
+    p = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [7.0, 7.0]]])
+    # 200 (prediction zero), |1| / ((2 + 1) / 2) = 2/3 -> 66.7; mean of the two scored steps
+    assert rpd(p, t) == pytest.approx((200.0 + 200.0 / 3) / 2)
+    zero = torch.zeros(1, 1, 2)
+    assert rpd(zero, zero) == 0.0
+
+
+def test_pohl_nrmse() -> None:
+    from rnnkit.tasks.breathing import pohl_nrmse
+
+    t = torch.randn(4, 10, 9)
+    assert pohl_nrmse(t, t) == 0.0
+    mean = t.reshape(-1, 9).mean(0).expand_as(t)
+    assert pohl_nrmse(mean, t) == pytest.approx(1.0)
+    assert math.isnan(pohl_nrmse(t[..., :4], t[..., :4]))  # not 3 coordinates per marker
+
+
+def test_passkey_and_set_disjointness_metrics() -> None:
+    from rnnkit.tasks.recall import (
+        PASSKEY_MARK,
+        passkey_metrics,
+        set_disjointness_metrics,
+    )
+
+    # two examples: needle at depth 0 and at depth 1 (blocks=1, sentence=2)
+    x = torch.tensor([[PASSKEY_MARK, 5, 13, 13, 12], [13, 13, PASSKEY_MARK, 5, 12]])
+    y = torch.tensor([[-100, -100, -100, -100, 4], [-100, -100, -100, -100, 7]])
+    logits = torch.zeros(2, 5, 10)
+    logits[0, 4, 4] = 1.0  # right
+    logits[1, 4, 3] = 1.0  # wrong
+    m = passkey_metrics(logits, y, x, {"blocks": 1, "sentence": 2})
+    assert m["exact_match"] == 0.5 and m["digit_accuracy"] == 0.5
+    assert (m["exact_match_early"], m["exact_match_late"]) == (1.0, 0.0)
+    # set disjointness: [1] A [2] B [3], sizes (1, 2) and (2, 1)
+    x = torch.tensor([[0, 1, 5, 2, 6, 5, 3], [0, 1, 7, 8, 2, 8, 3]])
+    logits = torch.zeros(2, 10)
+    logits[0, 5] = 1.0
+    logits[1, 7] = 1.0
+    m = set_disjointness_metrics(logits, torch.tensor([5, 8]), x, {})
+    assert m["accuracy"] == 0.5
+    assert (m["accuracy_small_first"], m["accuracy_large_first"]) == (1.0, 0.0)
+
+
+def test_task_loss_fn_replaces_the_kind_loss() -> None:
+    from rnnkit.tasks import get_task
+    from rnnkit.tasks.epidemic import quantile_loss
+
+    out, y = torch.zeros(2, 3, 12), torch.ones(2, 3, 12)
+    s, c = get_task("epidemic").loss(out, y)
+    ref = quantile_loss(out, y)
+    assert float(s) == pytest.approx(float(ref[0])) and float(c) == float(ref[1])
+    assert float(s) != float(batch_loss("regress", out, y)[0])

@@ -88,6 +88,7 @@ class Budget:
 
 Metrics = dict[str, float]
 MetricFn = Callable[[Tensor, Tensor, Tensor, Mapping[str, Any]], Metrics]
+LossFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class Task:
         target: the score the default model and budget should reach (on test), or ``None``.
         reference: what the literature reports, with its source, or ``""``.
         details: longer description (data sizes, lengths, deviations from the paper).
+        loss_fn: ``loss_fn(outputs, targets) -> (sum, count)`` replacing the ``kind``'s loss
+            (e.g. a quantile loss for prediction intervals); ``None`` keeps the default.
     """
 
     name: str
@@ -125,6 +128,7 @@ class Task:
     target: float | None = None
     reference: str = ""
     details: str = ""
+    loss_fn: LossFn | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -140,6 +144,8 @@ class Task:
         Returned as a sum and a count so that shards of one batch (several processes) add up
         to exactly the loss of the whole batch: ``mean = sum / count``.
         """
+        if self.loss_fn is not None:
+            return self.loss_fn(outputs, targets)
         return batch_loss(self.kind, outputs, targets)
 
     def metrics(

@@ -244,3 +244,56 @@ def multilabel_metrics(
     """``step_accuracy`` and ``sequence_accuracy`` of k-hot next-symbol sets."""
     step, seq = M.multilabel_accuracy(outputs, targets)
     return {"step_accuracy": step, "sequence_accuracy": seq}
+
+
+# --- palindromes -------------------------------------------------------------------------------
+
+
+def _palindrome_string(length: int, positive: bool, rng: random.Random) -> list[int]:
+    """A binary palindrome of ``length`` (uniform), or a non-palindrome (``length >= 2``).
+
+    Half of the negatives are uniform non-palindromes; the other half are palindromes with one
+    bit of the first half flipped (they differ from their reverse in exactly one pair).
+    """
+    half = [rng.randrange(2) for _ in range(length // 2)]
+    middle = [rng.randrange(2)] if length % 2 else []
+    pal = half + middle + half[::-1]
+    if positive:
+        return pal
+    if rng.random() < 0.5:
+        while True:
+            s = [rng.randrange(2) for _ in range(length)]
+            if s != s[::-1]:
+                return s
+    pal[rng.randrange(length // 2)] ^= 1
+    return pal
+
+
+def palindrome_data(
+    seed: int,
+    *,
+    lengths: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
+        (2, 16),
+        (17, 22),
+        (23, 30),
+    ),
+    sizes: tuple[int, int, int] = (4000, 600, 600),
+) -> TaskData:
+    """Palindromes over ``{0, 1}``: accept iff the string reads the same backwards.
+
+    Balanced positives and negatives (see :func:`_palindrome_string`), encoded like the Tomita
+    data (0 pad, 1 = '0', 2 = '1', 3 end marker; left-padded); splits by length. Inputs
+    ``(N, T)`` int64, targets ``(N,)`` (1 = palindrome).
+    """
+    rng = random.Random(seed * 6151 + 97)
+    splits = []
+    for (lo, hi), size in zip(lengths, sizes, strict=True):
+        strings: list[list[int]] = []
+        labels: list[int] = []
+        while len(strings) < size:
+            positive = len(strings) % 2 == 0
+            s = _palindrome_string(rng.randint(lo, hi), positive, rng)
+            strings.append([1 + b for b in s] + [3])
+            labels.append(int(positive))
+        splits.append(Split(encode_left_padded(strings), torch.tensor(labels)))
+    return TaskData(splits[0], splits[1], splits[2], info={"vocab_size": 4})
