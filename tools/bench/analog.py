@@ -31,9 +31,9 @@ from rnnkit.kernels.analog import AnalogConfig, to_analog
 
 
 def _time(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def main() -> None:

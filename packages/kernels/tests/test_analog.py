@@ -284,3 +284,50 @@ def test_cost_model_motivation_and_trend() -> None:
         assert nl.t_ns < conv.t_ns
         assert nl.t_nl_ns == 2**n
     assert math.isclose(lstm_cost(512, bits=5).t_mac_ns, 10 + 32)
+
+
+# --- fast inference path and experiments ------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["ideal", "pcm"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "elman"])
+def test_fast_inference_matches_stepwise(kind: str, preset: str) -> None:
+    # the no-grad path precomputes the input part and converts with one table; with the same
+    # seed it draws the same noise in the same order, so it matches the step-by-step (grad)
+    # path up to float summation order (which may flip an occasional rounding).
+    cell = _cell(kind)
+    x = _x()
+    cfg = AnalogConfig.preset(preset, seed=3, max_rows=4)  # several row blocks
+    if preset == "ideal":
+        cfg = cfg.replace(ir_drop=0.2)
+    slow, _ = to_analog(cell, cfg).eval()(x)
+    with torch.no_grad():
+        fast, _ = to_analog(cell, cfg).eval()(x)
+    assert float((fast - slow.detach()).abs().mean()) < 1e-3
+    assert float((fast - slow.detach()).abs().max()) < 0.2
+
+
+def test_threshold_table_is_exact() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for bits in (1, 5, 8):
+        adc = RampADC("tanh", bits, 16, device=PCM_DEVICE, generator=gen, comparator_offset=0.2)
+        th = adc.thresholds()
+        v = torch.cat([torch.randn(300, 16, dtype=torch.float64, generator=gen) * 3, th.T])
+        v = torch.cat([v, torch.full((2, 16), math.nan, dtype=torch.float64)])
+        ref = (v.unsqueeze(-1) >= th).sum(-1)
+        assert torch.equal(adc.codes(v), ref)
+
+
+def test_charlm_experiment_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rnnkit.tasks")
+    from rnnkit.kernels.analog import cli
+
+    parser = __import__("argparse").ArgumentParser()
+    cli.configure(parser)
+    argv = ["charlm", "--steps", "3", "--finetune-steps", "1", "--bits", "5"]
+    args = parser.parse_args([*argv, "--hidden-size", "16", "--eval-examples", "4"])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "| config | BPC | delta vs digital |" in out
+    for label in ("digital", "pcm 5-bit NL-ADC |", "pcm 5-bit NL-ADC + HW-aware"):
+        assert label in out

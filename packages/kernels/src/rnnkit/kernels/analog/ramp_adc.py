@@ -40,7 +40,7 @@ from torch import Tensor
 
 from rnnkit.kernels.analog.devices import IDEAL_DEVICE, DeviceModel, program_conductances
 
-__all__ = ["NLFunction", "RampADC", "ideal_thresholds", "resolve_function"]
+__all__ = ["NLFunction", "RampADC", "ThresholdTable", "ideal_thresholds", "resolve_function"]
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -176,6 +176,84 @@ def ideal_thresholds(nl: NLFunction, bits: int) -> Tensor:
     return nl.inverse(y)
 
 
+class ThresholdTable:
+    """Per-column sorted thresholds, converted exactly and fast: ``D = #{k : T_k <= v}``.
+
+    A per-column binary search (``torch.searchsorted``) or counting every comparison costs
+    ``O(K)`` work or a scalar loop per value. Here each column's threshold range is cut into
+    ``cells`` uniform cells with a lookup table of the code just below every cell's left edge:
+    the code of ``v`` is that guess plus the number of thresholds between the edge and ``v``,
+    found by comparing with the next threshold until none is passed (one or two rounds for a
+    grid finer than the threshold steps; exact for any ramp, however noisy). NaN inputs give
+    code 0, as ``v >= T_k`` is false for them.
+
+    Args:
+        thresholds: ``(C, K)`` non-decreasing along ``K`` (any float dtype; compared in ``dtype``).
+        values: ``(C, K + 1)`` the output of each code (``None``: no :meth:`lookup`).
+        dtype, device: of the inputs to convert.
+        cells: grid cells per column (default ``min(8192, 4 (K + 1))``).
+    """
+
+    def __init__(
+        self,
+        thresholds: Tensor,
+        values: Tensor | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+        cells: int | None = None,
+    ) -> None:
+        C, K = thresholds.shape
+        f64 = torch.float64
+        th = thresholds.to(dtype=dtype, device=device).contiguous()
+        th64 = th.to(f64)
+        G = int(cells) if cells is not None else min(8192, 4 * (K + 1))
+        lo, hi = th64[:, 0], th64[:, -1]
+        pad = 0.05 * (hi - lo) + 1e-3 * (1.0 + torch.maximum(lo.abs(), hi.abs()))
+        lo = lo - pad
+        width = (hi + pad - lo) / G
+        # code a quarter cell below each left edge: never above the code of a value in the cell
+        # even when the cell index is rounded up in the input's precision.
+        edges = lo[:, None] + (torch.arange(G, dtype=f64, device=th.device) - 0.25) * width[:, None]
+        base = torch.arange(C, device=th.device) * (K + 1)
+        lut = torch.searchsorted(th64.contiguous(), edges.contiguous(), right=True)
+        self.columns, self.levels, self.cells = C, K, G
+        self._gdtype = f64 if dtype == f64 else torch.float32
+        i32 = torch.int32
+        self._lut = (lut + base[:, None]).reshape(-1).to(i32)  # flat index c (K + 1) + code
+        self._gbase = (torch.arange(C, device=th.device) * G).to(i32)
+        self._base = base.to(i32)
+        self._lo = lo.to(self._gdtype)
+        self._inv_w = (1.0 / width).to(self._gdtype)
+        nan = torch.full((C, 1), math.nan, dtype=dtype, device=th.device)
+        self._next = torch.cat([th, nan], 1).reshape(-1)  # T_D for code D (NaN: none left)
+        self._values = None if values is None else values.to(dtype=dtype, device=device).reshape(-1)
+
+    def index(self, u: Tensor) -> Tensor:
+        """Flat indices ``c (K + 1) + D`` (int32) for ``u: (..., C)``."""
+        g = u if u.dtype == self._gdtype else u.to(self._gdtype)
+        cell = ((g - self._lo) * self._inv_w).nan_to_num_(0.0).clamp_(0, self.cells - 1)
+        flat = cell.to(torch.int32).add_(self._gbase).view(-1)
+        idx = self._lut.index_select(0, flat)  # index_select: far faster than take/gather
+        uf = u.reshape(-1)
+        for _ in range(self.levels):
+            up = self._next.index_select(0, idx) <= uf
+            if not bool(up.any()):
+                break
+            idx += up
+        return idx.view(u.shape)
+
+    def codes(self, u: Tensor) -> Tensor:
+        """Codes ``D`` in ``[0, K]`` (int64) for ``u: (..., C)``."""
+        return (self.index(u) - self._base).long()
+
+    def lookup(self, u: Tensor) -> Tensor:
+        """The output value of each converted ``u: (..., C)`` (in the table's dtype)."""
+        if self._values is None:
+            raise ValueError("this ThresholdTable was built without values")
+        return self._values.index_select(0, self.index(u).view(-1)).view(u.shape)
+
+
 class RampADC:
     """A bank of ``columns`` ramp ADCs computing ``fn`` with ``bits`` bits.
 
@@ -262,6 +340,7 @@ class RampADC:
         self.ramp = ramp
         self.steps_ideal = steps
         self._cache: dict[tuple[float, torch.dtype, torch.device | str], Tensor] = {}
+        self._tables: dict[tuple[float, torch.dtype, torch.device | str], ThresholdTable] = {}
 
     def _program_bias(
         self,
@@ -311,6 +390,36 @@ class RampADC:
             self._cache[key] = cached
         return cached
 
+    def table(
+        self,
+        v_read_ratio: float = 1.0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> ThresholdTable:
+        """The :class:`ThresholdTable` of :meth:`thresholds` with the reconstructed outputs
+        :meth:`values` of every code (cached)."""
+        key = (v_read_ratio, dtype, device)
+        table = self._tables.get(key)
+        if table is None:
+            codes = torch.arange(self.ideal.numel() + 1)
+            vals = self.values(codes, dtype).expand(self.columns, -1)
+            th = self.thresholds(v_read_ratio, torch.float64, "cpu")
+            table = ThresholdTable(th.to(dtype), vals, dtype=dtype, device=device)
+            self._tables[key] = table
+        return table
+
+    def comparator_input(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """What the comparators compare with the ramp: ``sign * v`` (detached), plus one draw of
+        comparator noise when there is any. Shapes: ``(..., columns)``."""
+        if v.shape[-1] != self.columns:
+            raise ValueError(f"last dim of v must be columns={self.columns}, got {tuple(v.shape)}")
+        # compare in v's dtype (float32 thresholds are far finer than any LSB that matters).
+        u = v.detach() if self.nl.sign > 0 else -v.detach()
+        if self.comparator_noise > 0:
+            noise = torch.randn(u.shape, generator=generator, dtype=u.dtype)
+            u = u + self.comparator_noise * noise.to(u.device)
+        return u
+
     def codes(
         self,
         v: Tensor,
@@ -323,20 +432,8 @@ class RampADC:
         ``v`` is the column input already scaled by the read-voltage ratio (as a MAC current
         is); the ramp is scaled by the same ratio here, so the code does not depend on it.
         """
-        if v.shape[-1] != self.columns:
-            raise ValueError(f"last dim of v must be columns={self.columns}, got {tuple(v.shape)}")
-        # compare in v's dtype (float32 thresholds are far finer than any LSB that matters).
-        u = v.detach() if self.nl.sign > 0 else -v.detach()
-        if self.comparator_noise > 0:
-            noise = torch.randn(u.shape, generator=generator, dtype=u.dtype)
-            u = u + self.comparator_noise * noise.to(u.device)
-        th = self.thresholds(v_read_ratio, u.dtype, u.device)
-        if th.shape[1] <= 64:
-            # few levels: counting comparisons (vectorised) beats a per-column binary search.
-            return (u.unsqueeze(-1) >= th).sum(-1)
-        flat = u.reshape(-1, self.columns).T.contiguous()  # (C, N)
-        c = torch.searchsorted(th, flat, right=True)
-        return c.T.reshape(v.shape)
+        u = self.comparator_input(v, generator)
+        return self.table(v_read_ratio, u.dtype, u.device).codes(u)
 
     def values(self, codes: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         """Reconstructed outputs ``y_min + (D + 1/2) Δy`` (in ``dtype``) for integer codes."""
@@ -355,7 +452,8 @@ class RampADC:
         Straight-through gradient: the backward is that of the exact ``f`` (for a user callable
         ``f`` must be differentiable in torch).
         """
-        y = self.values(self.codes(v, v_read_ratio=v_read_ratio, generator=generator), v.dtype)
+        u = self.comparator_input(v, generator)
+        y = self.table(v_read_ratio, v.dtype, v.device).lookup(u)
         if not v.requires_grad:
             return y
         exact = self.nl(v)
