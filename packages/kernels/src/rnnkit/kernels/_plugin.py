@@ -13,7 +13,7 @@ from rnnkit.core.dispatch import Kernel
 from rnnkit.core.hookspecs import RegisterCommand, RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
-BACKEND_MODULES: tuple[str, ...] = ("triton", "scan", "newton", "analog")
+BACKEND_MODULES: tuple[str, ...] = ("fused", "torch_native", "triton", "scan", "analog", "newton")
 
 
 def all_kernels() -> list[Kernel]:

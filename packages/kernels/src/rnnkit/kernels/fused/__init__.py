@@ -1,0 +1,64 @@
+"""The ``fused`` backend: pure-torch time loops for gated cells with a hand-written backward.
+
+For Elman (tanh and ReLU), LSTM, GRU and sLSTM with any number of heads, on any device and
+floating dtype. The input projection of all steps is one GEMM (``cell.project``, differentiated
+by ordinary autograd); the time loop then runs under ``no_grad`` with in-place pointwise work into
+preallocated buffers, so no per-step autograd graph is built. A custom
+:class:`torch.autograd.Function` per cell saves the gate activations and states and runs the
+backward in reverse time, with the recurrent-weight gradient as one batched GEMM over all steps
+after the loop. Heads are independent blocks: each step is one ``bmm`` over heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.kernels.fused._elman import run_elman
+from rnnkit.kernels.fused._gru import run_gru
+from rnnkit.kernels.fused._lstm import run_lstm
+from rnnkit.kernels.fused._slstm import run_slstm
+
+__all__ = ["FUSED_PRIORITY", "kernels", "run_elman", "run_gru", "run_lstm", "run_slstm"]
+
+#: ``auto`` priority of every fused kernel (the reference loop has 0).
+FUSED_PRIORITY = 10
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def supports(call: KernelCall) -> str | None:
+    """Why the fused loops cannot run ``call`` (``None`` when they can)."""
+    dtype = call.x.dtype
+    if dtype not in _DTYPES:
+        return f"dtype {dtype} is not supported (supported: float16, bfloat16, float32, float64)"
+    for p in call.cell.parameters():
+        if p.dtype != dtype:
+            return f"parameter dtype {p.dtype} differs from input dtype {dtype}"
+    return None
+
+
+def _kernel(kind: str, run: Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]) -> Kernel:
+    return Kernel(
+        backend="fused",
+        target=kind,
+        run=run,
+        description=(
+            f"pure-torch {kind} time loop with a hand-written backward, any heads, CPU and GPU"
+        ),
+        priority=FUSED_PRIORITY,
+        supports=supports,
+    )
+
+
+def kernels() -> list[Kernel]:
+    """The fused kernels: one per gated cell kind (elman, lstm, gru, slstm)."""
+    return [
+        _kernel("elman", run_elman),
+        _kernel("lstm", run_lstm),
+        _kernel("gru", run_gru),
+        _kernel("slstm", run_slstm),
+    ]

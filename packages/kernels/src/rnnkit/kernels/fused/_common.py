@@ -1,0 +1,180 @@
+"""Layout and reset helpers shared by the fused gated-cell loops.
+
+Inside the fused loops every tensor is **head-major and time-major**:
+
+- projected input ``px: (N, T, B, G * D)``, gate ``g`` of unit ``e`` of head ``n`` at
+  ``px[n, t, b, g * D + e]``;
+- recurrent weights ``W: (N, D, G * D)`` with ``W[n, d, g * D + e] = recurrent[g, n, e, d]``,
+  so one step is ``gates = px_t + bmm(h_prev, W)`` with ``h_prev: (N, B, D)``;
+- state fields ``(N, B, D)``; per-step buffers ``(N, T, B, ...)``.
+
+Head-major makes each head's ``(T * B, D)`` slab of a buffer contiguous, so the gradient of
+``W`` is one batched GEMM over all steps after the reverse loop. For ``heads == 1`` the
+conversions of ``px`` and of the states are views; ``W`` is always a small copy (``G H D``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import KernelCall
+
+
+@dataclass
+class Prepared:
+    """One call converted to the fused loops' layout.
+
+    Attributes:
+        px: ``(N, T, B, G * D)`` projected input (differentiable, from ``cell.project``).
+        W: ``(N, D, G * D)`` recurrent weights (differentiable view or copy of
+            ``cell.recurrent``).
+        states: initial state fields, each ``(N, B, D)``.
+        mask: bool ``(T, 1, B, 1)``, true where the state entering step ``t`` is reset,
+            or ``None``.
+        inits: the value each state field restarts from (``StateField.init``).
+    """
+
+    px: Tensor
+    W: Tensor
+    states: list[Tensor]
+    mask: Tensor | None
+    inits: tuple[float, ...]
+
+
+def prepare(call: KernelCall) -> Prepared:
+    """Project ``x`` once (one GEMM for all steps) and convert everything to head-major.
+
+    ``x`` may be any strided ``(B, T, I)`` tensor: it is read through a transposed view and the
+    projection writes a fresh time-major ``(T, B, G * H)`` tensor.
+    """
+    cell: Any = call.cell
+    x = call.x
+    B, T = x.shape[0], x.shape[1]
+    N, D, G = int(cell.heads), int(cell.head_dim), int(cell.num_gates)
+    # Time-major projection: the per-step slices px[:, t] are then contiguous (B, G*D) blocks.
+    px = cell.project(x.transpose(0, 1)).contiguous()
+    if N == 1:
+        px = px.unsqueeze(0)
+    else:
+        px = px.view(T, B, G, N, D).permute(3, 0, 1, 2, 4).reshape(N, T, B, G * D)
+    W = cell.recurrent.permute(1, 3, 0, 2).reshape(N, D, G * D)
+    state = call.state
+    if state is None:
+        state = cell.init_state(B, device=x.device, dtype=x.dtype)
+    states = [s.reshape(B, N, D).transpose(0, 1) for s in state]
+    mask = None
+    if call.resets is not None:
+        mask = call.resets.transpose(0, 1).reshape(T, 1, B, 1)
+    inits = tuple(float(f.init) for f in cell.state_spec())
+    return Prepared(px, W, states, mask, inits)
+
+
+def to_batch_first(hs: Tensor) -> Tensor:
+    """``(N, T, B, D) -> (B, T, N * D)``: a view for ``N == 1``, a copy otherwise."""
+    N, T, B, D = hs.shape
+    if N == 1:
+        return hs[0].transpose(0, 1)
+    return hs.permute(2, 1, 0, 3).reshape(B, T, N * D)
+
+
+def state_to_batch(s: Tensor) -> Tensor:
+    """``(N, B, D) -> (B, N * D)``, always a new tensor (never a view of a loop buffer)."""
+    N, B, D = s.shape
+    out = s.transpose(0, 1).reshape(B, N * D)
+    # For N == 1 the reshape is a view; the final state must not alias y or a loop buffer.
+    return out.clone() if N == 1 else out
+
+
+def finish(call: KernelCall, hs: Tensor, finals: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Outputs in the ABI layout: ``y: (B, T, H)`` and the final state as ``state_type``.
+
+    Args:
+        call: the call being answered.
+        hs: ``(N, T + 1, B, D)``, slot 0 the initial ``h``, slot ``t + 1`` the output of step t.
+        finals: the final state fields other than ``h``, each ``(N, B, D)``.
+    """
+    T = hs.shape[1] - 1
+    y = to_batch_first(hs[:, 1:])
+    fields = [state_to_batch(hs[:, T]), *(state_to_batch(f) for f in finals)]
+    return y, call.cell.state_type(*fields)
+
+
+def scalar_like(value: float, like: Tensor) -> Tensor:
+    """A 0-d tensor on ``like``'s dtype and device (``torch.where`` with ``out=`` wants one)."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def reset_into(dst: Tensor, src: Tensor, mask_t: Tensor, value: Tensor) -> Tensor:
+    """``dst = where(mask_t, value, src)``: the state entering a step after ``resets``."""
+    return torch.where(mask_t, value, src, out=dst)
+
+
+def keep_factor(mask: Tensor | None, like: Tensor) -> Tensor | None:
+    """``(T, 1, B, 1)`` float: 0 where the state entering step ``t`` was reset, else 1.
+
+    Gradients flowing back into the state that a reset replaced are multiplied by it.
+    """
+    if mask is None:
+        return None
+    return (~mask).to(like.dtype)
+
+
+def empty_result(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The answer for ``T == 0``: an empty ``y: (B, 0, H)`` and the initial state unchanged."""
+    cell: Any = call.cell
+    x = call.x
+    state = call.state
+    if state is None:
+        state = cell.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    return x.new_empty(x.shape[0], 0, cell.output_size), state
+
+
+def gemm(out: Tensor, a: Tensor, b: Tensor, inp: Tensor | None = None) -> Tensor:
+    """``out = inp + a @ b`` per head (``out = a @ b`` without ``inp``).
+
+    Args:
+        out: ``(N, M, P)``; a: ``(N, M, K)``; b: ``(N, K, P)``; inp: broadcastable to ``out``.
+
+    With one head this is a plain 2-D ``addmm``/``mm``: measurably faster on CPU than the
+    batched routine with a batch of one.
+    """
+    if out.shape[0] == 1:
+        if inp is None:
+            torch.mm(a[0], b[0], out=out[0])
+        else:
+            torch.addmm(inp[0], a[0], b[0], out=out[0])
+        return out
+    if inp is None:
+        return torch.bmm(a, b, out=out)
+    return torch.baddbmm(inp, a, b, out=out)
+
+
+def gemm_acc(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``acc += a @ b`` per head, in place; shapes as :func:`gemm`."""
+    if acc.shape[0] == 1:
+        acc[0].addmm_(a[0], b[0])
+        return acc
+    return acc.baddbmm_(a, b)
+
+
+#: Elements per factor tensor in one backward chunk (fp32: 256 KiB, about an L2 share).
+CHUNK_ELEMENTS = 1 << 16
+
+
+def chunks(T: int, per_step: int) -> list[tuple[int, int]]:
+    """Time chunks ``[(t0, t1), ...]`` from the end backwards, for the reverse loops.
+
+    The gradient-independent factors of the backward (derivatives of the activations) are
+    computed per chunk with a few vectorised ops: the chunk's data is still in cache when the
+    step loop reads it, where one pass over the whole sequence would be memory bound.
+
+    Args:
+        T: sequence length.
+        per_step: elements of the largest per-step factor tensor.
+    """
+    size = max(1, min(T, CHUNK_ELEMENTS // max(1, per_step)))
+    return [(max(0, t1 - size), t1) for t1 in range(T, 0, -size)]

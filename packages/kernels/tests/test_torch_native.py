@@ -1,0 +1,102 @@
+"""The ``torch`` backend (torch's native RNN ops) against ``reference``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from _gated_helpers import compare, make_cell, make_inputs, rel_rms
+
+from rnnkit.core.dispatch import KernelCall, select
+from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.kernels.torch_native import kernels, supports
+
+KINDS = ("elman", "relu", "lstm", "gru")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These shapes are tiny: one thread avoids OpenMP fork/join stalls on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("state", [False, True], ids=["nostate", "state"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_reference(kind: str, state: bool, dtype: torch.dtype) -> None:
+    cell = make_cell(kind, 1)
+    x, st, _, cot = make_inputs(cell, state=state, resets=False)
+    compare(cell, "torch", dtype, x, st, None, cot)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("time", [1, 2])
+def test_short_sequences(kind: str, time: int) -> None:
+    cell = make_cell(kind, 1)
+    x, st, _, cot = make_inputs(cell, time=time, state=True, resets=False)
+    compare(cell, "torch", torch.float64, x, st, None, cot)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_bias_and_strided(kind: str) -> None:
+    cell = make_cell(kind, 1, bias=False)
+    x, st, _, cot = make_inputs(cell, time=14, state=True, resets=False)
+    x = x.transpose(0, 1).contiguous().transpose(0, 1)[:, ::2]
+    assert not x.is_contiguous()
+    compare(cell, "torch", torch.float64, x, st, None, [cot[0][:, ::2], *cot[1:]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference(kind: str) -> None:
+    cell = make_cell(kind, 1)
+    x, st, _, _ = make_inputs(cell, state=True, resets=False)
+    with torch.no_grad():
+        y, final = cell(x, st, backend="torch")
+        y_ref, final_ref = cell(x, st, backend="reference")
+    assert rel_rms(y, y_ref) <= 1e-12
+    for a, e in zip(final, final_ref, strict=True):
+        assert rel_rms(a, e) <= 1e-12
+
+
+def test_unsupported_calls_say_what_is_supported() -> None:
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    multi = make_cell("lstm", 2)
+    reason = supports(KernelCall(multi, x, None, None, needs_grad=False))
+    assert reason is not None and "heads=1" in reason
+    dense = make_cell("gru", 1)
+    resets = torch.zeros(2, 3, dtype=torch.bool)
+    reason = supports(KernelCall(dense, x, None, resets, needs_grad=False))
+    assert reason is not None and "resets=None" in reason
+    with pytest.raises(BackendUnavailableError, match="heads=1"):
+        multi(x, backend="torch")
+    slstm = make_cell("slstm", 1)
+    with pytest.raises(BackendUnavailableError, match="no kernel"):
+        slstm(x, backend="torch")
+
+
+def test_auto_falls_back_to_fused() -> None:
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    for heads, resets in ((2, None), (1, torch.zeros(2, 3, dtype=torch.bool))):
+        cell = make_cell("lstm", heads)
+        for grad in (False, True):
+            call = KernelCall(cell, x, None, resets, needs_grad=grad)
+            assert select(call, "auto").backend == "fused"
+
+
+def test_registration() -> None:
+    assert sorted(k.target for k in kernels()) == ["elman", "gru", "lstm"]
+    assert {k.backend for k in kernels()} == {"torch"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_choice_on_cpu(kind: str) -> None:
+    """LSTM always goes to torch (oneDNN); GRU and Elman only for inference."""
+    cell = make_cell(kind, 1)
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    assert select(KernelCall(cell, x, None, None, needs_grad=False), "auto").backend == "torch"
+    train = select(KernelCall(cell, x, None, None, needs_grad=True), "auto").backend
+    assert train == ("torch" if kind == "lstm" else "fused")
