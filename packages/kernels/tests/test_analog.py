@@ -316,18 +316,3 @@ def test_threshold_table_is_exact() -> None:
         v = torch.cat([v, torch.full((2, 16), math.nan, dtype=torch.float64)])
         ref = (v.unsqueeze(-1) >= th).sum(-1)
         assert torch.equal(adc.codes(v), ref)
-
-
-def test_charlm_experiment_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("rnnkit.tasks")
-    from rnnkit.kernels.analog import cli
-
-    parser = __import__("argparse").ArgumentParser()
-    cli.configure(parser)
-    argv = ["charlm", "--steps", "3", "--finetune-steps", "1", "--bits", "5"]
-    args = parser.parse_args([*argv, "--hidden-size", "16", "--eval-examples", "4"])
-    assert cli.run(args) == 0
-    out = capsys.readouterr().out
-    assert "| config | BPC | delta vs digital |" in out
-    for label in ("digital", "pcm 5-bit NL-ADC |", "pcm 5-bit NL-ADC + HW-aware"):
-        assert label in out
