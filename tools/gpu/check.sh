@@ -33,10 +33,10 @@ step() {  # step NAME TIMEOUT COMMAND...
   TIME[$name]=$((SECONDS - start))
 }
 
-step conformance-cuda 150 "$PY" -m pytest -q $XDIST -p no:cacheprovider \
+step conformance-cuda 120 "$PY" -m pytest -q $XDIST -p no:cacheprovider \
   tests/test_conformance_registered.py -k "backends" -W ignore::DeprecationWarning
-step triton 300 bash tools/gpu/triton_check.sh
-step scan 180 bash tools/gpu/scan_check.sh "$PY"
+step triton 240 bash tools/gpu/triton_check.sh
+step scan 150 bash tools/gpu/scan_check.sh "$PY"
 
 echo; echo "===== summary ====="
 printf '%-18s %-8s %s\n' step status seconds
