@@ -78,6 +78,14 @@ def run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     # torch's ops take (layers * directions, B, H) states; unsqueeze keeps autograd's view.
     h0 = state[0].unsqueeze(0)
     args = (weights, has_bias, 1, 0.0, train, False, True)
+    # cuDNN runs float32 RNNs in TF32 by default; rnnkit's float32 means IEEE float32.
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        return _run_vf(cell, x, h0, state, args)
+
+
+def _run_vf(
+    cell: Any, x: Tensor, h0: Tensor, state: tuple[Tensor, ...], args: tuple[Any, ...]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     if cell.kind == "lstm":
         y, h, c = _VF.lstm(x, (h0, state[1].unsqueeze(0)), *args)
         return y, cell.state_type(h[0], c[0])
