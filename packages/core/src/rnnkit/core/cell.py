@@ -128,6 +128,14 @@ class Cell(nn.Module, ABC, Generic[StateT]):
             state = self.init_state(batch, device=x_t.device, dtype=x_t.dtype)
         else:
             state = self.check_state(state, batch=batch, like=x_t)
+        return self.step_unchecked(x_t, state)
+
+    def step_unchecked(self, x_t: Tensor, state: StateT) -> tuple[Tensor, StateT]:
+        """:meth:`step` without input validation: ``recur(project(x_t), state)``.
+
+        Cells may override it with a faster equivalent (e.g. one fused torch op); it must
+        stay equal to ``recur(project(x_t), state)``, which the conformance kit checks.
+        """
         return self.recur(self.project(x_t), state)
 
     def forward(

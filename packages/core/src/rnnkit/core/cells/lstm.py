@@ -46,6 +46,15 @@ class LSTM(GatedCell[LSTMState]):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, LSTMState(h, c)
 
+    def step_unchecked(self, x_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        if self.heads != 1:
+            return super().step_unchecked(x_t, state)
+        # one fused op instead of ~10 dispatched from Python: streaming latency matters
+        H = self.hidden_size
+        w_hh = self.recurrent.reshape(4 * H, H)
+        h, c = torch.lstm_cell(x_t, [state.h, state.c], self.weight_ih, w_hh, self.bias, None)
+        return h, LSTMState(h, c)
+
     @classmethod
     def from_torch(cls, module: nn.LSTM, *, layer: int = 0, direction: int = 0) -> LSTM:
         """A cell with the weights of one layer and direction of a ``torch.nn.LSTM``."""
