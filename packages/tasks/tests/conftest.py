@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -10,9 +13,18 @@ import torch
 from rnnkit.tasks import TaskData, get_task
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Data that tasks build on first use (the kws clips) go to a fresh folder, not ~/.cache."""
+    if "RNNKIT_CACHE" not in os.environ:
+        os.environ["RNNKIT_CACHE"] = tempfile.mkdtemp(prefix="rnnkit-test-cache-")
+
+
 @functools.cache
 def task_data(name: str, seed: int = 0) -> TaskData:
-    """Cached ``get_task(name).data(seed)``."""
+    """Cached ``get_task(name).data(seed)``; ``kws`` is skipped without espeak-ng."""
+    no_audio = not os.environ.get("RNNKIT_SPEECH_COMMANDS") and shutil.which("espeak-ng") is None
+    if name == "kws" and no_audio:
+        pytest.skip("kws needs espeak-ng (apt-get install espeak-ng) or RNNKIT_SPEECH_COMMANDS")
     return get_task(name).data(seed)
 
 

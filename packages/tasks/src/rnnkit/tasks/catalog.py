@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from rnnkit.tasks import (
+    audio,
     breathing,
     digits,
     dynamics,
@@ -58,6 +59,31 @@ def builtin_tasks() -> list[Task]:
             budget=Budget(steps=800, batch_size=64, lr=5e-3, eval_every=100),
             target=0.85,
             details="The small cousin of sequential MNIST; same split as digits_rows.",
+        ),
+        Task(
+            name="kws",
+            description="keyword spotting: 10 words, 13 MFCCs x 98 frames (espeak-ng or real)",
+            kind="classify",
+            make_data=audio.kws_data,
+            metric_fn=classify_metrics,
+            primary="accuracy",
+            io={"input_size": 13, "output_size": len(audio.KEYWORDS)},
+            model_config=_lstm(64, pooling="mean"),
+            budget=Budget(steps=400, batch_size=64, lr=5e-3, eval_every=50),
+            target=0.85,
+            reference=(
+                "Speech Commands (real data): Hello Edge LSTM 92.9 % (V1, 12 classes); "
+                "not comparable to the espeak-ng set"
+            ),
+            details=(
+                "Default: yes/no/up/down/left/right/on/off/stop/go spoken by espeak-ng (10 "
+                "voices x 3 speeds x 3 pitches, noise at 20/10/5 dB SNR; built on first use, "
+                "cached under $RNNKIT_CACHE or ~/.cache/rnnkit/kws), split by voice 6/2/2 "
+                "(1,620 / 540 / 540 clips). RNNKIT_SPEECH_COMMANDS=<folder> switches to a "
+                "Google Speech Commands folder (same 10 words, list-file splits, no "
+                "silence/unknown classes). Features standardised by training statistics; the "
+                "LSTM's outputs are averaged over time (pooling=mean)."
+            ),
         ),
         Task(
             name="parity",

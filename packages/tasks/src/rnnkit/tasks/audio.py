@@ -1,0 +1,400 @@
+"""Keyword spotting on MFCC features: a small MFCC front end, a WAV reader and two data sets.
+
+* :func:`mfcc`: framing, Hann window, rFFT power spectrum, HTK mel filterbank, log, DCT-II
+  (orthonormal), in torch. Defaults: 16 kHz, 25 ms window, 10 ms hop, 40 mel bands, 13
+  coefficients, so a 1 s clip gives ``(98, 13)``.
+* :func:`read_wav`: 16-bit PCM mono WAV with the standard-library ``wave`` module, resampled by
+  linear interpolation to 16 kHz and padded / cropped to 1 s.
+* :func:`speech_commands_data`: the Google Speech Commands folder layout
+  (``<root>/<word>/<file>.wav``, ``validation_list.txt``, ``testing_list.txt``).
+* :func:`espeak_data`: a small synthetic keyword set spoken by ``espeak-ng`` (several voices,
+  speeds and pitches) with Gaussian noise at a few SNRs, built on first use and cached under
+  ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit/kws``); split by voice, so no voice is shared
+  between train, valid and test.
+* :func:`kws_data`: the ``kws`` task's data: the ``espeak-ng`` set, or the real data set when
+  ``RNNKIT_SPEECH_COMMANDS`` names a Speech Commands folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnkit.tasks._util import generator
+from rnnkit.tasks.base import Split, TaskData
+
+SAMPLE_RATE = 16000
+CLIP_SAMPLES = 16000  # 1 s
+KEYWORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+# voice+variant of espeak-ng; the split is by voice (speaker-disjoint analogue)
+TRAIN_VOICES: tuple[str, ...] = (
+    "en",
+    "en-us",
+    "en+f3",
+    "en+m3",
+    "en-us+f2",
+    "en-gb-scotland",
+)
+VALID_VOICES: tuple[str, ...] = ("en-029", "en-us+m7")
+TEST_VOICES: tuple[str, ...] = ("en+f4", "en-gb-x-rp+m5")
+SPEEDS: tuple[int, ...] = (130, 170, 210)
+PITCHES: tuple[int, ...] = (35, 50, 65)
+SNRS_DB: tuple[float, ...] = (20.0, 10.0, 5.0)
+SPEECH_COMMANDS_ENV = "RNNKIT_SPEECH_COMMANDS"
+CACHE_ENV = "RNNKIT_CACHE"
+
+
+# --------------------------------------------------------------------------- MFCC
+
+
+def hz_to_mel(f: Tensor) -> Tensor:
+    """HTK mel scale: ``2595 log10(1 + f / 700)``."""
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: Tensor) -> Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_mels: int, n_fft: int, sample_rate: int, *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Triangular filters ``(n_fft // 2 + 1, n_mels)`` (unnormalised, peak 1).
+
+    Centres are equally spaced on the HTK mel scale between 0 Hz and ``sample_rate / 2``; each
+    triangle spans its two neighbours' centres and is evaluated at the rFFT bin frequencies.
+    """
+    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=dtype)
+    top = hz_to_mel(torch.tensor(sample_rate / 2, dtype=dtype))
+    pts = mel_to_hz(torch.linspace(0.0, float(top), n_mels + 2, dtype=dtype))
+    lo, mid, hi = pts[:-2], pts[1:-1], pts[2:]
+    f = freqs[:, None]
+    up = (f - lo) / (mid - lo)
+    down = (hi - f) / (hi - mid)
+    return torch.clamp(torch.minimum(up, down), min=0.0)
+
+
+def dct_matrix(n_in: int, n_out: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Orthonormal DCT-II as a ``(n_in, n_out)`` matrix (first ``n_out`` coefficients)."""
+    n = torch.arange(n_in, dtype=dtype)[:, None]
+    k = torch.arange(n_out, dtype=dtype)[None, :]
+    basis = torch.cos(math.pi / n_in * (n + 0.5) * k) * math.sqrt(2.0 / n_in)
+    basis[:, 0] = basis[:, 0] / math.sqrt(2.0)
+    return basis
+
+
+def mfcc(
+    signal: Tensor,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    win_ms: float = 25.0,
+    hop_ms: float = 10.0,
+    n_mels: int = 40,
+    n_mfcc: int = 13,
+    n_fft: int = 512,
+    eps: float = 1e-10,
+) -> Tensor:
+    """MFCCs of ``signal`` ``(..., S)`` float: returns ``(..., T, n_mfcc)`` in its dtype.
+
+    Frames of ``win = sample_rate * win_ms / 1000`` samples (400) every ``hop`` (160), no
+    padding, so ``T = 1 + (S - win) // hop`` (98 for 1 s at 16 kHz); each frame times a
+    periodic Hann window, zero-padded rFFT of ``n_fft`` points, power ``|X|^2`` ``(..., T,
+    n_fft // 2 + 1)``, HTK mel filterbank (:func:`mel_filterbank`) ``(..., T, n_mels)``,
+    ``log(max(., eps))``, orthonormal DCT-II, first ``n_mfcc`` coefficients.
+    """
+    win = round(sample_rate * win_ms / 1000.0)
+    hop = round(sample_rate * hop_ms / 1000.0)
+    if signal.shape[-1] < win:
+        raise ValueError(f"signal has {signal.shape[-1]} samples, fewer than one window ({win})")
+    if n_fft < win:
+        raise ValueError(f"n_fft ({n_fft}) must be at least the window length ({win})")
+    dtype = signal.dtype
+    frames = signal.unfold(-1, win, hop)  # (..., T, win)
+    window = torch.hann_window(win, periodic=True, dtype=dtype, device=signal.device)
+    spec = torch.fft.rfft(frames * window, n=n_fft, dim=-1)
+    power = spec.real.square() + spec.imag.square()  # (..., T, n_fft // 2 + 1)
+    fb = mel_filterbank(n_mels, n_fft, sample_rate, dtype=dtype).to(signal.device)
+    logmel = torch.log(torch.clamp(power @ fb, min=eps))
+    return logmel @ dct_matrix(n_mels, n_mfcc, dtype=dtype).to(signal.device)
+
+
+# --------------------------------------------------------------------------- WAV
+
+
+def fit_clip(x: Tensor, length: int = CLIP_SAMPLES, offset: int | None = None) -> Tensor:
+    """Pad with zeros or crop ``x`` ``(S,)`` to ``length``; centred unless ``offset`` is given.
+
+    ``offset`` is where ``x`` starts in the output (pad) or where the output starts in ``x``
+    (crop).
+    """
+    n = x.shape[0]
+    if n == length:
+        return x
+    if n < length:
+        start = (length - n) // 2 if offset is None else offset
+        out = torch.zeros(length, dtype=x.dtype)
+        out[start : start + n] = x
+        return out
+    start = (n - length) // 2 if offset is None else offset
+    return x[start : start + length]
+
+
+def resample_linear(x: Tensor, rate_in: int, rate_out: int) -> Tensor:
+    """Resample ``x`` ``(S,)`` by linear interpolation (no anti-aliasing filter)."""
+    if rate_in == rate_out:
+        return x
+    n_out = max(1, round(x.shape[0] * rate_out / rate_in))
+    pos = torch.arange(n_out, dtype=torch.float64) * (rate_in / rate_out)
+    i0 = pos.floor().long().clamp(max=x.shape[0] - 1)
+    i1 = (i0 + 1).clamp(max=x.shape[0] - 1)
+    frac = (pos - i0.double()).to(x.dtype)
+    return x[i0] + (x[i1] - x[i0]) * frac
+
+
+def read_wav(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    length: int | None = CLIP_SAMPLES,
+) -> Tensor:
+    """A 16-bit PCM mono WAV as float32 ``(length,)`` in ``[-1, 1)``.
+
+    Resampled to ``sample_rate`` by linear interpolation when its rate differs; padded with
+    zeros or cropped (centred) to ``length`` samples (``None`` keeps the length).
+    """
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError(
+                f"{path}: expected 16-bit PCM mono, got {8 * w.getsampwidth()}-bit with "
+                f"{w.getnchannels()} channels"
+            )
+        rate = w.getframerate()
+        raw = w.readframes(w.getnframes())
+    x = torch.from_numpy(np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
+    x = resample_linear(x, rate, sample_rate)
+    return x if length is None else fit_clip(x, length)
+
+
+def write_wav(path: str | os.PathLike[str], x: Tensor, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write ``x`` ``(S,)`` in ``[-1, 1]`` as 16-bit PCM mono (clipped)."""
+    pcm = (x.detach().double().clamp(-1.0, 32767 / 32768) * 32768.0).round().short().numpy()
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+def standardise(data: TaskData) -> TaskData:
+    """Scale each feature by the training split's mean and standard deviation."""
+    flat = data.train.inputs.reshape(-1, data.train.inputs.shape[-1])
+    mean, std = flat.mean(0), flat.std(0).clamp(min=1e-6)
+
+    def fix(s: Split) -> Split:
+        return Split((s.inputs - mean) / std, s.targets)
+
+    return TaskData(fix(data.train), fix(data.valid), fix(data.test), data.info)
+
+
+def speech_commands_data(
+    root: str | os.PathLike[str], words: Sequence[str] = KEYWORDS, *, normalise: bool = True
+) -> TaskData:
+    """MFCCs of the Speech Commands clips of ``words`` under ``root``, label = index in ``words``.
+
+    Layout: ``<root>/<word>/<file>.wav``; ``validation_list.txt`` and ``testing_list.txt``
+    (paths ``<word>/<file>.wav`` relative to ``root``) name the held-out clips, every other
+    clip of ``words`` is training. Inputs ``(N, 98, 13)`` float32 (standardised by the training
+    statistics when ``normalise``), targets ``(N,)`` in ``0..len(words)-1``. Other words,
+    ``_background_noise_`` and the 12-class silence/unknown classes are not used.
+    """
+    base = Path(root)
+    lists: dict[str, set[str]] = {}
+    for name, fname in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
+        f = base / fname
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: is {base} a Speech Commands folder?")
+        lists[name] = {ln.strip() for ln in f.read_text().splitlines() if ln.strip()}
+    groups: dict[str, tuple[list[Tensor], list[int]]] = {
+        s: ([], []) for s in ("train", "valid", "test")
+    }
+    for label, word in enumerate(words):
+        folder = base / word
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder for keyword {word!r} under {base}")
+        for wav in sorted(folder.glob("*.wav")):
+            rel = f"{word}/{wav.name}"
+            split = (
+                "valid" if rel in lists["valid"] else "test" if rel in lists["test"] else "train"
+            )
+            groups[split][0].append(read_wav(wav))
+            groups[split][1].append(label)
+    splits = {}
+    for name, (xs, ys) in groups.items():
+        if not xs:
+            raise ValueError(f"no {name} clips for {list(words)} under {base}")
+        splits[name] = Split(mfcc(torch.stack(xs)), torch.tensor(ys, dtype=torch.long))
+    data = TaskData(
+        splits["train"],
+        splits["valid"],
+        splits["test"],
+        {"source": "speech_commands", "root": str(base), "words": tuple(words)},
+    )
+    return standardise(data) if normalise else data
+
+
+def cache_dir() -> Path:
+    """``$RNNKIT_CACHE/kws`` if set, else ``~/.cache/rnnkit/kws``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) / "kws" if env else Path.home() / ".cache" / "rnnkit" / "kws"
+
+
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError(
+            "the synthetic keyword set needs espeak-ng (Debian: apt-get install espeak-ng); "
+            f"or set {SPEECH_COMMANDS_ENV}=<folder> to use a Google Speech Commands folder"
+        )
+    return exe
+
+
+def _speak(exe: str, word: str, voice: str, speed: int, pitch: int, tmp: Path) -> Tensor:
+    out = tmp / f"{word}_{voice}_{speed}_{pitch}.wav".replace("+", "_")
+    cmd = [exe, "-w", str(out), "-v", voice, "-s", str(speed), "-p", str(pitch), word]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    x = read_wav(out, length=None)
+    out.unlink()
+    return x
+
+
+def build_espeak_clips(
+    words: Sequence[str],
+    voices: Sequence[str],
+    speeds: Sequence[int] = SPEEDS,
+    pitches: Sequence[int] = PITCHES,
+    *,
+    workers: int = 4,
+) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """Speak every ``(word, voice, speed, pitch)``; clean 16 kHz clips of their own length.
+
+    Returns the clips and ``(word index, voice index)`` per clip, in grid order.
+    """
+    exe = _espeak()
+    grid = [
+        (w, v, s, p)
+        for w in range(len(words))
+        for v in range(len(voices))
+        for s in speeds
+        for p in pitches
+    ]
+    with tempfile.TemporaryDirectory() as d, concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        clips = list(
+            ex.map(lambda g: _speak(exe, words[g[0]], voices[g[1]], g[2], g[3], Path(d)), grid)
+        )
+    return clips, [(w, v) for w, v, _, _ in grid]
+
+
+def _cached_clips(
+    words: Sequence[str], voices: Sequence[str], speeds: Sequence[int], pitches: Sequence[int]
+) -> dict[str, Tensor]:
+    key = repr((tuple(words), tuple(voices), tuple(speeds), tuple(pitches), SAMPLE_RATE))
+    path = cache_dir() / f"espeak-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    if path.is_file():
+        loaded: dict[str, Tensor] = torch.load(path, weights_only=True)
+        return loaded
+    clips, meta = build_espeak_clips(words, voices, speeds, pitches)
+    lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+    pcm = torch.cat(clips).clamp(-1.0, 32767 / 32768).mul(32768.0).round().short()
+    blob = {"pcm": pcm, "lengths": lengths, "meta": torch.tensor(meta, dtype=torch.long)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # atomic: concurrent builders never see a partial file
+    return blob
+
+
+def espeak_data(
+    seed: int,
+    *,
+    words: Sequence[str] = KEYWORDS,
+    voices: tuple[Sequence[str], Sequence[str], Sequence[str]] = (
+        TRAIN_VOICES,
+        VALID_VOICES,
+        TEST_VOICES,
+    ),
+    speeds: Sequence[int] = SPEEDS,
+    pitches: Sequence[int] = PITCHES,
+    snrs_db: Sequence[float] = SNRS_DB,
+    normalise: bool = True,
+) -> TaskData:
+    """Keywords spoken by ``espeak-ng``, as MFCCs ``(N, 98, 13)``; targets index ``words``.
+
+    Every ``(word, voice, speed, pitch)`` is spoken once (cached, see :func:`cache_dir`), then
+    placed at a random offset in a 1 s clip (cropped centred if longer) and given white
+    Gaussian noise at each SNR of ``snrs_db`` (relative to the clip's speech power); offsets
+    and noise are drawn from ``seed``. ``voices`` = (train, valid, test) voice lists, disjoint.
+    Without ``espeak-ng`` raises ``RuntimeError`` naming the Debian package.
+    """
+    tr, va, te = (list(v) for v in voices)
+    all_voices = tr + va + te
+    if len(set(all_voices)) != len(all_voices):
+        raise ValueError("the train, valid and test voices must be disjoint")
+    blob = _cached_clips(words, all_voices, speeds, pitches)
+    clips = torch.split(blob["pcm"].float() / 32768.0, blob["lengths"].tolist())
+    meta = blob["meta"]
+    gen = generator(seed, 41)
+    xs: list[Tensor] = []
+    for clip in clips:
+        spare = CLIP_SAMPLES - clip.shape[0]
+        power = clip.square().mean().clamp(min=1e-12)
+        for snr in snrs_db:
+            off = int(torch.randint(0, spare + 1, (1,), generator=gen)) if spare > 0 else None
+            x = fit_clip(clip, CLIP_SAMPLES, off)
+            sigma = torch.sqrt(power / 10.0 ** (snr / 10.0))
+            xs.append(x + sigma * torch.randn(CLIP_SAMPLES, generator=gen))
+    feats = mfcc(torch.stack(xs))
+    k = len(snrs_db)
+    labels = meta[:, 0].repeat_interleave(k)
+    voice = meta[:, 1].repeat_interleave(k)
+    bounds = (0, len(tr), len(tr) + len(va), len(all_voices))
+
+    def part(i: int) -> Split:
+        idx = ((voice >= bounds[i]) & (voice < bounds[i + 1])).nonzero().squeeze(1)
+        return Split(feats[idx], labels[idx])
+
+    data = TaskData(
+        part(0),
+        part(1),
+        part(2),
+        {"source": "espeak-ng", "words": tuple(words), "voices": (tr, va, te)},
+    )
+    return standardise(data) if normalise else data
+
+
+def kws_data(seed: int, *, root: str | None = None, words: Sequence[str] = KEYWORDS) -> TaskData:
+    """The ``kws`` task's data: Speech Commands under ``root`` (default
+    ``$RNNKIT_SPEECH_COMMANDS``) if given, else the ``espeak-ng`` set (:func:`espeak_data`).
+
+    The real data set's split is fixed by its list files; ``seed`` only changes the synthetic
+    set's offsets and noise.
+    """
+    root = root or os.environ.get(SPEECH_COMMANDS_ENV) or None
+    if root:
+        return speech_commands_data(root, words)
+    return espeak_data(seed, words=words)

@@ -1,0 +1,227 @@
+"""The MFCC front end, the WAV reader and the keyword-spotting data sets."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit.tasks import Split, TaskData, TrainConfig, Trainer, get_task
+from rnnkit.tasks._util import row_keys
+from rnnkit.tasks.audio import (
+    CLIP_SAMPLES,
+    espeak_data,
+    kws_data,
+    mfcc,
+    read_wav,
+    speech_commands_data,
+)
+
+
+def reference_mfcc(x: np.ndarray, sr: int = 16000, n_fft: int = 512) -> np.ndarray:
+    """Plain numpy float64 MFCC: loops and textbook formulas, no shared code."""
+    win, hop, n_mels, n_mfcc = 400, 160, 40, 13
+    n_frames = 1 + (len(x) - win) // hop
+    hann = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / win) for n in range(win)])
+
+    def mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def imel(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    bins = np.arange(n_fft // 2 + 1) * sr / n_fft
+    centres = imel(np.linspace(0.0, mel(np.array(sr / 2.0)), n_mels + 2))
+    fb = np.zeros((n_fft // 2 + 1, n_mels))
+    for m in range(n_mels):
+        lo, mid, hi = centres[m], centres[m + 1], centres[m + 2]
+        for k, f in enumerate(bins):
+            if lo < f <= mid:
+                fb[k, m] = (f - lo) / (mid - lo)
+            elif mid < f < hi:
+                fb[k, m] = (hi - f) / (hi - mid)
+    out = np.zeros((n_frames, n_mfcc))
+    for t in range(n_frames):
+        frame = x[t * hop : t * hop + win] * hann
+        power = np.abs(np.fft.rfft(frame, n=n_fft)) ** 2
+        logmel = np.log(np.maximum(power @ fb, 1e-10))
+        for k in range(n_mfcc):
+            scale = math.sqrt(1.0 / n_mels) if k == 0 else math.sqrt(2.0 / n_mels)
+            out[t, k] = scale * sum(
+                logmel[n] * math.cos(math.pi * k * (2 * n + 1) / (2 * n_mels))
+                for n in range(n_mels)
+            )
+    return out
+
+
+def test_mfcc_matches_numpy_reference() -> None:
+    t = np.arange(16000) / 16000.0
+    x = 0.5 * np.sin(2 * math.pi * 440.0 * t) + 0.1 * np.sin(2 * math.pi * 3000.0 * t)
+    got = mfcc(torch.from_numpy(x))
+    assert got.shape == (98, 13) and got.dtype == torch.float64
+    ref = reference_mfcc(x)
+    rel = np.abs(got.numpy() - ref).max() / np.abs(ref).max()
+    assert rel < 1e-5
+    # batched and float32 give the same shape; float32 stays close
+    batch = mfcc(torch.from_numpy(np.stack([x, x])).float())
+    assert batch.shape == (2, 98, 13) and batch.dtype == torch.float32
+    assert np.abs(batch[1].double().numpy() - ref).max() / np.abs(ref).max() < 1e-3
+
+
+def _write(path: Path, x: np.ndarray, rate: int = 16000) -> None:
+    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _chirp(f0: float, f1: float, seconds: float = 0.8, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return 0.4 * np.sin(2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds)))
+
+
+def test_wav_round_trip_pad_crop_resample(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-32768, 32767, size=16000).astype(np.int16)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    x = read_wav(tmp_path / "a.wav")
+    assert x.dtype == torch.float32 and x.shape == (CLIP_SAMPLES,)
+    assert torch.equal(x, torch.from_numpy(pcm.astype(np.float32) / 32768.0))
+    # shorter: zero-padded (centred); longer: cropped
+    _write(tmp_path / "short.wav", np.full(8000, 0.25))
+    s = read_wav(tmp_path / "short.wav")
+    assert s.shape == (CLIP_SAMPLES,) and float(s.sum()) == pytest.approx(2000.0)
+    assert float(s[:4000].abs().sum()) == 0.0
+    _write(tmp_path / "long.wav", np.full(24000, 0.25))
+    assert read_wav(tmp_path / "long.wav").shape == (CLIP_SAMPLES,)
+    # another rate: linear interpolation of a slow sine matches the sine at 16 kHz
+    _write(tmp_path / "8k.wav", _chirp(200.0, 200.0, 1.0, 8000), rate=8000)
+    r = read_wav(tmp_path / "8k.wav", length=None)
+    assert r.shape == (16000,)
+    want = torch.from_numpy(_chirp(200.0, 200.0, 1.0, 16000)).float()
+    assert float((r[:-2] - want[:-2]).abs().max()) < 5e-3
+    with wave.open(str(tmp_path / "st.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0" * 400)
+    with pytest.raises(ValueError, match="mono"):
+        read_wav(tmp_path / "st.wav")
+
+
+WORDS = {"up": (300.0, 900.0), "down": (2000.0, 600.0), "go": (1200.0, 1300.0)}
+
+
+def _speech_commands(root: Path) -> dict[str, set[str]]:
+    """Four clips per word (+ an unused word); list files name held-out clips."""
+    rng = np.random.default_rng(1)
+    held: dict[str, set[str]] = {"valid": set(), "test": set()}
+    for word, (f0, f1) in {**WORDS, "other": (500.0, 500.0)}.items():
+        (root / word).mkdir(parents=True)
+        for i in range(4):
+            name = f"{i:08x}_nohash_0.wav"
+            x = _chirp(f0 * (1 + 0.05 * i), f1) + 0.01 * rng.standard_normal(12800)
+            _write(root / word / name, x)
+            if i == 1:
+                held["valid"].add(f"{word}/{name}")
+            elif i == 2:
+                held["test"].add(f"{word}/{name}")
+    (root / "validation_list.txt").write_text("\n".join(sorted(held["valid"])) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(sorted(held["test"])) + "\n")
+    return held
+
+
+def test_speech_commands_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _speech_commands(tmp_path)
+    words = list(WORDS)
+    data = speech_commands_data(tmp_path, words)
+    # per word: 2 training clips (0 and 3), 1 validation, 1 test; "other" is not used
+    assert data.train.inputs.shape == (6, 98, 13)
+    assert data.valid.inputs.shape == (3, 98, 13) and data.test.inputs.shape == (3, 98, 13)
+    assert data.train.targets.tolist() == [0, 0, 1, 1, 2, 2]
+    assert data.valid.targets.tolist() == [0, 1, 2] and data.test.targets.tolist() == [0, 1, 2]
+    # held-out features are those of the named files
+    raw = speech_commands_data(tmp_path, words, normalise=False)
+    want = mfcc(read_wav(tmp_path / "down" / f"{2:08x}_nohash_0.wav"))
+    assert torch.allclose(raw.test.inputs[1], want)
+    mean = data.train.inputs.reshape(-1, 13).mean(0)
+    assert torch.allclose(mean, torch.zeros(13), atol=1e-4)
+    # the task's data switch
+    monkeypatch.setenv("RNNKIT_SPEECH_COMMANDS", str(tmp_path))
+    via_env = kws_data(0, words=words)
+    assert torch.equal(via_env.test.inputs, data.test.inputs)
+    assert via_env.info["source"] == "speech_commands"
+    with pytest.raises(FileNotFoundError, match="left"):
+        speech_commands_data(tmp_path, ["up", "left"])
+
+
+def test_espeak_missing_names_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"apt-get install espeak-ng.*RNNKIT_SPEECH_COMMANDS"):
+        espeak_data(0, words=("yes",), voices=(["en"], ["en-us"], ["en+f3"]))
+
+
+TINY = {
+    "words": ("yes", "no"),
+    "voices": (["en", "en+m3"], ["en-us"], ["en+f3"]),
+    "speeds": (150,),
+    "pitches": (40, 60),
+    "snrs_db": (20.0, 10.0),
+}
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "a"))
+    a = espeak_data(0, **TINY)  # type: ignore[arg-type]
+    assert list((tmp_path / "a" / "kws").glob("espeak-*.pt"))  # cached
+    # per voice: 2 words x 1 speed x 2 pitches x 2 SNRs = 8 clips
+    assert a.train.inputs.shape == (16, 98, 13)
+    assert a.valid.inputs.shape == (8, 98, 13) and a.test.inputs.shape == (8, 98, 13)
+    for s in (a.train, a.valid, a.test):
+        assert sorted(set(s.targets.tolist())) == [0, 1]
+        assert torch.isfinite(s.inputs).all()
+    # deterministic: from the cache and rebuilt from scratch
+    b = espeak_data(0, **TINY)  # type: ignore[arg-type]
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "b"))
+    c = espeak_data(0, **TINY)  # type: ignore[arg-type]
+    for name in ("train", "valid", "test"):
+        assert torch.equal(a.split(name).inputs, b.split(name).inputs)
+        assert torch.equal(a.split(name).inputs, c.split(name).inputs)
+        assert torch.equal(a.split(name).targets, c.split(name).targets)
+    assert not torch.equal(espeak_data(1, **TINY).train.inputs, a.train.inputs)  # type: ignore[arg-type]
+    # disjoint: voices and examples
+    tr, va, te = a.info["voices"]
+    assert not (set(tr) & set(va) or set(tr) & set(te) or set(va) & set(te))
+    train = set(row_keys(a.train.inputs))
+    assert not train & set(row_keys(a.valid.inputs))
+    assert not train & set(row_keys(a.test.inputs))
+    with pytest.raises(ValueError, match="disjoint"):
+        espeak_data(0, words=("yes",), voices=(["en"], ["en"], ["en+f3"]))
+    # the task's default model trains on it
+    data = TaskData(a.train, a.valid, a.test, a.info)
+    cfg = TrainConfig(
+        task="kws",
+        steps=2,
+        batch_size=8,
+        eval_every=2,
+        out=str(tmp_path / "run"),
+        verbose=False,
+        plot=False,
+    )
+    result = Trainer(cfg, data=data).run()
+    assert result.steps == 2 and 0.0 <= result.test["accuracy"] <= 1.0
+    assert get_task("kws").io["input_size"] == 13
+    assert isinstance(a.train, Split)
