@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
-from rnnkit.core.state import StateField
+from rnnkit.core.state import StateField, StateT
+from rnnkit.core.validation import check_positive_int
 
 
 class ParaGRUState(NamedTuple):
@@ -48,13 +49,35 @@ class ParaLSTMState(NamedTuple):
     c: Tensor
 
 
-def _check_sizes(input_size: int, hidden_size: int) -> None:
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+class _ParaCell(Cell[StateT]):
+    """What ParaGRU and ParaLSTM share: sizes, the input projection ``weight_ih: (3H, I)`` and
+    ``bias: (3H,)``, and the diagonal recurrent weights ``recurrent: (3, H)``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size
+        self.projected_size = 3 * hidden_size
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size, device=device, dtype=dtype))
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.empty(3 * H, device=device, dtype=dtype)) if bias else None
+        )
+        self.recurrent = nn.Parameter(torch.empty(3, H, device=device, dtype=dtype))
 
 
-class ParaGRU(Cell[ParaGRUState]):
+class ParaGRU(_ParaCell[ParaGRUState]):
     """ParaRNN's GRU with diagonal recurrent weights (``a_z, a_r, a_h: (H,)``).
 
     With ``px = W x_t + b`` split into ``(p_z, p_r, p_h)``::
@@ -88,19 +111,8 @@ class ParaGRU(Cell[ParaGRUState]):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.output_size = hidden_size
-        self.projected_size = 3 * hidden_size
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))  # type: ignore[arg-type]
-        self.bias: nn.Parameter | None = (
-            nn.Parameter(torch.empty(3 * hidden_size, **kw)) if bias else None  # type: ignore[arg-type]
-        )
-        #: diagonal recurrent weights, rows ``a_z, a_r, a_h``: ``(3, H)``.
-        self.recurrent = nn.Parameter(torch.empty(3, hidden_size, **kw))  # type: ignore[arg-type]
+        # recurrent: diagonal weights, rows ``a_z, a_r, a_h``: ``(3, H)``
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,7 +177,7 @@ class ParaGRU(Cell[ParaGRUState]):
         return z
 
 
-class ParaLSTM(Cell[ParaLSTMState]):
+class ParaLSTM(_ParaCell[ParaLSTMState]):
     """ParaRNN's CIFG LSTM (coupled input and forget gates) with peepholes and diagonal
     recurrent weights ``a_f, a_c, a_o: (H,)`` and peephole weights ``w_f, w_o: (H,)``.
 
@@ -202,22 +214,13 @@ class ParaLSTM(Cell[ParaLSTMState]):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.output_size = hidden_size
-        self.projected_size = 3 * hidden_size
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))  # type: ignore[arg-type]
-        self.bias: nn.Parameter | None = (
-            nn.Parameter(torch.empty(3 * hidden_size, **kw)) if bias else None  # type: ignore[arg-type]
-        )
-        #: diagonal recurrent weights, rows ``a_f, a_c, a_o``: ``(3, H)``.
-        self.recurrent = nn.Parameter(torch.empty(3, hidden_size, **kw))  # type: ignore[arg-type]
+        # recurrent: diagonal weights, rows ``a_f, a_c, a_o``: ``(3, H)``
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         #: peephole weights, rows ``w_f, w_o``: ``(2, H)`` (or ``None``).
         self.peephole: nn.Parameter | None = (
-            nn.Parameter(torch.empty(2, hidden_size, **kw)) if peepholes else None  # type: ignore[arg-type]
+            nn.Parameter(torch.empty(2, hidden_size, device=device, dtype=dtype))
+            if peepholes
+            else None
         )
         self.reset_parameters()
 
