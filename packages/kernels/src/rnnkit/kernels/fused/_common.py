@@ -178,3 +178,27 @@ def chunks(T: int, per_step: int) -> list[tuple[int, int]]:
     """
     size = max(1, min(T, CHUNK_ELEMENTS // max(1, per_step)))
     return [(max(0, t1 - size), t1) for t1 in range(T, 0, -size)]
+
+
+def initial_state_grad(dq0: Tensor, w_t: Tensor, keep: Tensor | None) -> Tensor:
+    """``d h_0`` through the first step's recurrent product: ``(N, B, D)``.
+
+    ``dq0: (N, B, G*D)`` are the first step's gate gradients, ``w_t: (N, G*D, D)`` the transposed
+    per-head weights and ``keep`` the reset factors (a reset at step 0 cuts the gradient).
+    The caller adds the gradient that reaches ``h_0`` directly.
+    """
+    dh0 = torch.bmm(dq0, w_t)
+    if keep is not None:
+        dh0.mul_(keep[0])
+    return dh0
+
+
+def recurrent_weight_grad(h_prev: Tensor, dq: Tensor, heads: int, head_dim: int) -> Tensor:
+    """``d R`` for all steps at once, one batched GEMM: ``(N, D, G*D)``.
+
+    ``h_prev`` holds the states entering each step and ``dq`` the gate gradients, both laid out
+    ``(N, T, B, ...)`` in memory.
+    """
+    rows = h_prev.numel() // (heads * head_dim)
+    h = h_prev.reshape(heads, rows, head_dim).transpose(1, 2)
+    return torch.bmm(h, dq.reshape(heads, rows, -1))

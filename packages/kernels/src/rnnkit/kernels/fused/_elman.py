@@ -13,8 +13,10 @@ from rnnkit.kernels.fused._common import (
     empty_result,
     finish,
     gemm,
+    initial_state_grad,
     keep_factor,
     prepare,
+    recurrent_weight_grad,
     reset_into,
     scalar_like,
 )
@@ -99,11 +101,9 @@ class ElmanFn(torch.autograd.Function):
                     gemm(dh, DQ[t + 1], WT)
                     dh.mul_(keep[t + 1]).add_(DY[t + 1])
                 torch.mul(dh, DV[t - t0], out=DQ[t])
-        dh0 = torch.bmm(DQ[0], WT)
-        if keep is not None:
-            dh0.mul_(keep[0])
+        dh0 = initial_state_grad(DQ[0], WT, keep)
         dh0.add_(DY[0])
-        dW = torch.bmm(hp.reshape(N, T * B, D).transpose(1, 2), dq.reshape(N, T * B, D))
+        dW = recurrent_weight_grad(hp, dq, N, D)
         return dq, dW, None, dh0, None, None
 
 

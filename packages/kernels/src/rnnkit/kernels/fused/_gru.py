@@ -30,8 +30,10 @@ from rnnkit.kernels.fused._common import (
     finish,
     gemm,
     gemm_acc,
+    initial_state_grad,
     keep_factor,
     prepare,
+    recurrent_weight_grad,
     reset_into,
     scalar_like,
 )
@@ -160,11 +162,9 @@ class GRUFn(torch.autograd.Function):
                 torch.mul(DAN[t], PR[k], out=DR[t])
                 torch.mul(DAN[t], RR[k], out=DQN[t])
                 zk_next = ZK[k]
-        dh0 = torch.bmm(DQ[0], WT)
-        if keep is not None:
-            dh0.mul_(keep[0])
+        dh0 = initial_state_grad(DQ[0], WT, keep)
         dh0.addcmul_(dh, zk_next).add_(DY[0])
-        dW = torch.bmm(hp.reshape(N, T * B, D).transpose(1, 2), dq.reshape(N, T * B, GD))
+        dW = recurrent_weight_grad(hp, dq, N, D)
         d_bhn = dqv[:, :, :, 2].sum(dim=(1, 2)).unsqueeze(1) if ctx.has_bhn else None
         dpx = torch.cat((dq[:, :, :, : 2 * D], dan), dim=3)
         return dpx, dW, d_bhn, None, dh0, None

@@ -27,8 +27,10 @@ from rnnkit.kernels.fused._common import (
     empty_result,
     finish,
     gemm,
+    initial_state_grad,
     keep_factor,
     prepare,
+    recurrent_weight_grad,
     reset_into,
     scalar_like,
 )
@@ -151,11 +153,9 @@ class LSTMFn(torch.autograd.Function):
                 torch.mul(dc.unsqueeze(2), MM3[k], out=DQ3[t])
                 torch.mul(dh, MMo[k], out=DQo[t])
                 dc.mul_(FK[k])
-        dh0 = torch.bmm(DQ[0], WT)
-        if keep is not None:
-            dh0.mul_(keep[0])
+        dh0 = initial_state_grad(DQ[0], WT, keep)
         dh0.add_(DY[0])
-        dW = torch.bmm(hp.reshape(N, T * B, D).transpose(1, 2), dq.reshape(N, T * B, GD))
+        dW = recurrent_weight_grad(hp, dq, N, D)
         return dq, dW, None, None, dh0, dc
 
 
