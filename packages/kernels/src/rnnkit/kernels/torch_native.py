@@ -17,6 +17,8 @@ than float16, bfloat16, float32 and float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -78,9 +80,95 @@ def run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     # torch's ops take (layers * directions, B, H) states; unsqueeze keeps autograd's view.
     h0 = state[0].unsqueeze(0)
     args = (weights, has_bias, 1, 0.0, train, False, True)
-    # cuDNN runs float32 RNNs in TF32 by default; rnnkit's float32 means IEEE float32.
-    with torch.backends.cudnn.flags(allow_tf32=False):
-        return _run_vf(cell, x, h0, state, args)
+    if not _needs_ieee_backward(x, state, weights):
+        with _ieee_fp32_cudnn(x):
+            return _run_vf(cell, x, h0, state, args)
+    return _run_ieee_backward(cell, x, state, args)
+
+
+def _run_ieee_backward(
+    cell: Any, x: Tensor, state: tuple[Tensor, ...], args: tuple[Any, ...]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`_run_vf` whose backward also runs under :func:`_ieee_fp32_cudnn`.
+
+    For float32 training on CUDA: cuDNN reads the TF32 switch again when autograd runs the
+    backward, outside any context entered in the forward.
+    """
+    n_state = len(state)
+    weights: list[Tensor] = args[0]
+
+    def run(*ts: Tensor) -> tuple[Tensor, ...]:
+        xs, st, ws = ts[0], ts[1 : 1 + n_state], list(ts[1 + n_state :])
+        y, final = _run_vf(cell, xs, st[0].unsqueeze(0), st, (ws, *args[1:]))
+        return (y, *final)
+
+    y, *final = _IEEEFloat32.apply(run, x, *state, *weights)  # type: ignore[no-untyped-call]
+    return y, cell.state_type(*final)
+
+
+def _needs_ieee_backward(x: Tensor, state: tuple[Tensor, ...], weights: list[Tensor]) -> bool:
+    if x.device.type != "cuda" or x.dtype != torch.float32 or not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for t in (x, *state, *weights))
+
+
+@contextmanager
+def _ieee_fp32_cudnn(x: Tensor) -> Iterator[None]:
+    """Run cuDNN's float32 RNNs in IEEE float32 (cuDNN's default is TF32) for the block.
+
+    Only the TF32 switch changes: ``torch.backends.cudnn.flags`` would also reset ``enabled``
+    and ``benchmark`` to its own defaults (it disables cuDNN unless told otherwise).
+    """
+    if x.device.type != "cuda" or x.dtype != torch.float32:
+        yield
+        return
+    rnn_precision = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn_precision is not None and hasattr(rnn_precision, "fp32_precision"):
+        before = rnn_precision.fp32_precision
+        rnn_precision.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            rnn_precision.fp32_precision = before
+        return
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = allowed
+
+
+class _IEEEFloat32(torch.autograd.Function):
+    """Forward and backward of a torch RNN op, both under :func:`_ieee_fp32_cudnn`.
+
+    The forward records the op's own autograd graph on detached inputs; the backward runs
+    ``torch.autograd.grad`` through it inside the IEEE context. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, run: Callable[..., tuple[Tensor, ...]], *inputs: Tensor
+    ) -> tuple[Tensor, ...]:
+        leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in inputs)
+        with torch.enable_grad(), _ieee_fp32_cudnn(inputs[0]):
+            outputs = run(*leaves)
+        ctx.leaves, ctx.outputs = leaves, outputs
+        return tuple(o.detach() for o in outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        pairs = [(o, g) for o, g in zip(ctx.outputs, grads, strict=True) if g is not None]
+        wanted = [t for t in ctx.leaves if t.requires_grad]
+        with _ieee_fp32_cudnn(ctx.leaves[0]):
+            found = torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            )
+        it = iter(found)
+        out = [next(it) if t.requires_grad else None for t in ctx.leaves]
+        del ctx.leaves, ctx.outputs
+        return (None, *out)
 
 
 def _run_vf(
