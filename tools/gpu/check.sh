@@ -9,6 +9,7 @@
 #    (every backend that can run there vs the float64 reference, values and gradients),
 # 3. tools/gpu/triton_check.sh (Triton gated kernels: CUDA tests and FlashRNN-protocol timings),
 # 4. tools/gpu/scan_check.sh (scan tests on CUDA and the scan bandwidth target),
+# 5. tools/gpu/dense_auto.py (dense (768,1) LSTM: backend="auto" against nn.LSTM, bf16 and fp16),
 # and prints a summary table last. About 7-8 minutes on one H100.
 set -u
 cd "$(dirname "$0")/../.."
@@ -37,11 +38,12 @@ step conformance-cuda 120 "$PY" -m pytest -q $XDIST -p no:cacheprovider \
   tests/test_conformance_registered.py -k "backends" -W ignore::DeprecationWarning
 step triton 240 bash tools/gpu/triton_check.sh
 step scan 150 bash tools/gpu/scan_check.sh "$PY"
+step dense 90 "$PY" tools/gpu/dense_auto.py
 
 echo; echo "===== summary ====="
 printf '%-18s %-8s %s\n' step status seconds
 rc=0
-for name in conformance-cuda triton scan; do
+for name in conformance-cuda triton scan dense; do
   printf '%-18s %-8s %s\n' "$name" "${STATUS[$name]}" "${TIME[$name]}"
   [ "${STATUS[$name]}" -eq 0 ] || rc=1
 done
