@@ -19,6 +19,7 @@ from rnnkit.tasks.audio import (
     kws_data,
     mfcc,
     read_wav,
+    silence_clips,
     speech_commands_data,
 )
 
@@ -164,6 +165,106 @@ def test_speech_commands_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert via_env.info["source"] == "speech_commands"
     with pytest.raises(FileNotFoundError, match="left"):
         speech_commands_data(tmp_path, ["up", "left"])
+
+
+NOISE_HZ = {"train": 200.0, "valid": 1000.0, "test": 3000.0}
+
+
+def _noise_recording(seconds: float) -> np.ndarray:
+    """A 'noise' file whose 80/10/10 % parts are tones of different pitch (NOISE_HZ)."""
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000.0
+    x = np.empty(n)
+    cuts = {"train": (0, int(0.8 * n)), "valid": (int(0.8 * n), int(0.9 * n))}
+    cuts["test"] = (int(0.9 * n), n)
+    for split, (a, b) in cuts.items():
+        x[a:b] = 0.5 * np.sin(2 * math.pi * NOISE_HZ[split] * t[a:b])
+    return x
+
+
+def _peak_hz(clip: torch.Tensor) -> float:
+    spec = torch.fft.rfft(clip.double()).abs()
+    return float(spec.argmax()) * 16000 / clip.shape[0]
+
+
+def test_silence_clips_stay_in_their_split() -> None:
+    noise = [torch.from_numpy(_noise_recording(12.0)).float(), torch.zeros(5000)]  # 2nd: short
+    g = torch.Generator().manual_seed(0)
+    for split, hz in NOISE_HZ.items():
+        clips = silence_clips(noise, split, 20, g)
+        assert clips.shape == (20, CLIP_SAMPLES)
+        gains = clips.abs().amax(1) / 0.5
+        assert float(gains.min()) >= 0.0 and float(gains.max()) < 1.0
+        assert float(gains.std()) > 0.1  # gains vary, from near silence to full level
+        for c in clips:
+            if float(c.abs().max()) > 1e-3:
+                assert _peak_hz(c) == pytest.approx(hz, abs=2.0), split
+    again = silence_clips(noise, "valid", 20, torch.Generator().manual_seed(0))
+    first = silence_clips(noise, "train", 20, torch.Generator().manual_seed(0))
+    assert not torch.equal(again, first)
+    with pytest.raises(ValueError, match="long enough"):
+        silence_clips([torch.zeros(5 * CLIP_SAMPLES)], "test", 1, g)
+    with pytest.raises(ValueError, match="split must be"):
+        silence_clips(noise, "training", 1, g)
+
+
+def test_speech_commands_twelve_classes(tmp_path: Path) -> None:
+    held = _speech_commands(tmp_path)  # up/down/go + "other": 2 train, 1 valid, 1 test each
+    rng = np.random.default_rng(2)
+    for i in range(4, 12):  # 8 more "other" clips: more unknowns to choose from
+        name = f"{i:08x}_nohash_0.wav"
+        _write(
+            tmp_path / "other" / name,
+            _chirp(500.0 + 40 * i, 700.0) + 0.01 * rng.standard_normal(12800),
+        )
+    (tmp_path / "yet_another").mkdir()
+    _write(tmp_path / "yet_another" / "ffffffff_nohash_0.wav", _chirp(900.0, 100.0))
+    (tmp_path / "_background_noise_").mkdir()
+    _write(tmp_path / "_background_noise_" / "tones.wav", _noise_recording(12.0))
+    words = list(WORDS)
+    kw = {"silence_fraction": 0.5, "unknown_fraction": 1.0}
+    data = speech_commands_data(
+        tmp_path, words, silence_unknown=True, seed=0, normalise=False, **kw
+    )
+    assert data.info["labels"] == ("up", "down", "go", "_silence_", "_unknown_")
+    # train: 6 keyword clips -> ceil(0.5 * 6) = 3 silence, min(6, 11 other clips) = 6 unknown
+    assert data.train.targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3, *[4] * 6]
+    # valid / test: 3 keyword clips -> 2 silence, 1 unknown ("other"'s only held-out clip)
+    assert data.valid.targets.tolist() == [0, 1, 2, 3, 3, 4]
+    assert data.test.targets.tolist() == [0, 1, 2, 3, 3, 4]
+    # unknowns are clips of the other words from the same split (speakers stay on their side)
+    by_split: dict[str, list[torch.Tensor]] = {"train": [], "valid": [], "test": []}
+    for folder in ("other", "yet_another"):
+        for wav in sorted((tmp_path / folder).glob("*.wav")):
+            rel = f"{folder}/{wav.name}"
+            split = "valid" if rel in held["valid"] else "test" if rel in held["test"] else "train"
+            by_split[split].append(mfcc(read_wav(wav)))
+    for split, feats in by_split.items():
+        s = data.split(split)
+        for x in s.inputs[s.targets == 4]:
+            assert any(torch.equal(x, f) for f in feats), split
+        # every split has silence clips (their source: test_silence_clips_stay_in_their_split)
+        assert int((s.targets == 3).sum()) > 0
+    # seeded: the same seed gives the same data, another seed other draws
+    same = speech_commands_data(
+        tmp_path, words, silence_unknown=True, seed=0, normalise=False, **kw
+    )
+    other = speech_commands_data(
+        tmp_path, words, silence_unknown=True, seed=1, normalise=False, **kw
+    )
+    assert torch.equal(same.train.inputs, data.train.inputs)
+    assert not torch.equal(other.train.inputs, data.train.inputs)
+    assert torch.equal(other.train.targets, data.train.targets)
+    # the default fractions (10 %) and the task's switch
+    default = kws_data(0, root=str(tmp_path), words=words, silence_unknown=True)
+    assert default.train.targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
+    with pytest.raises(ValueError, match="Speech Commands folder"):
+        kws_data(0, words=words, silence_unknown=True)
+    with pytest.raises(ValueError, match="unknown_fraction"):
+        speech_commands_data(tmp_path, words, silence_unknown=True, unknown_fraction=1.5)
+    (tmp_path / "_background_noise_" / "tones.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="_silence_"):
+        speech_commands_data(tmp_path, words, silence_unknown=True)
 
 
 def test_espeak_missing_names_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ from rnnkit.tasks.synthetic import dms_data, parity_data, s5_data, s5_table
 from rnnkit.tasks.vessels import vessel_data
 
 ALL = list_tasks()
-FIXED_DATA = {"charlm"}  # the text is fixed: only training order depends on the seed
+# fixed texts and series: only training order depends on the seed
+FIXED_DATA = {"charlm", "charlm_shakespeare", "sunspots", "co2", "elnino"}
 # seed dependence checked for the others only (these: test_slow_generators_deterministic)
 SLOW_DATA = {"dyck1", "dyck2", "lorenz63", "rossler", "lorenz96", "ks", "epidemic", "vessels"}
 
@@ -70,6 +71,10 @@ def test_all_tasks_registered() -> None:
         "epidemic",
         "vessels",
         "breathing",
+        "sunspots",
+        "co2",
+        "elnino",
+        "charlm_shakespeare",
     ]:
         assert name in ALL
     assert list_tasks("tomita*") == [f"tomita{g}" for g in range(1, 8)]

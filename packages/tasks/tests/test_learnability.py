@@ -1,0 +1,105 @@
+"""Data choices made so that default budgets learn their tasks (S5 permutation encoding, ...)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rnnkit.tasks import get_task
+from rnnkit.tasks.base import IGNORE_INDEX
+from rnnkit.tasks.synthetic import (
+    mqar_data,
+    mqar_metrics,
+    s5_data,
+    s5_permutation_matrices,
+    s5_table,
+)
+
+
+def test_s5_permutation_matrices_compose_like_the_table() -> None:
+    m = s5_permutation_matrices()
+    assert m.shape == (120, 5, 5)
+    # each matrix is a permutation matrix and all 120 are distinct
+    assert torch.equal(m.sum(1), torch.ones(120, 5))
+    assert torch.equal(m.sum(2), torch.ones(120, 5))
+    assert len({tuple(r.flatten().tolist()) for r in m}) == 120
+    assert torch.equal(m[0], torch.eye(5))  # index 0 is the identity
+    table = s5_table()
+    # "apply a, then b" is the matrix product m[a] @ m[b], for every pair
+    prod = torch.einsum("aij,bjk->abik", m, m)
+    assert torch.equal(prod, m[table])
+
+
+def test_s5_permutation_matrix_maps_points() -> None:
+    perms = list(itertools.permutations(range(5)))
+    m = s5_permutation_matrices()
+    for e in (1, 37, 119):
+        for i in range(5):
+            assert int(m[e, i].argmax()) == perms[e][i]
+
+
+def test_s5_encodings_hold_the_same_examples() -> None:
+    tok = s5_data(3, length=6, sizes=(40, 20, 20))
+    perm = s5_data(3, length=6, sizes=(40, 20, 20), encoding="permutation")
+    flat = s5_permutation_matrices().reshape(120, 25)
+    for split in ("train", "valid", "test"):
+        t, p = tok.split(split), perm.split(split)
+        assert p.inputs.shape == (len(t), 6, 25)
+        assert p.inputs.dtype == torch.float32
+        assert torch.equal(p.inputs, flat[t.inputs])
+        assert torch.equal(p.targets, t.targets)
+    # the running product recomputed from the matrices is the target
+    acc = torch.eye(5).expand(len(perm.train), 5, 5)
+    for t in range(6):
+        acc = acc @ perm.train.inputs[:, t].reshape(-1, 5, 5)
+        assert torch.equal(acc, s5_permutation_matrices()[perm.train.targets[:, t]])
+
+
+def test_s5_bad_encoding_raises() -> None:
+    with pytest.raises(ValueError, match="encoding must be one of"):
+        s5_data(0, length=4, sizes=(4, 4, 4), encoding="onehot")
+
+
+def test_s5_task_uses_permutation_inputs() -> None:
+    task = get_task("s5")
+    assert task.io["input_size"] == 25 and "vocab_size" not in task.io
+    data = task.data(0)
+    assert data.train.inputs.shape[-1] == 25
+    assert task.target is not None and task.target > 0.5
+
+
+def _elimination_logits(x: torch.Tensor, y: torch.Tensor, pairs: int, vocab: int) -> torch.Tensor:
+    """An MQAR "model" that never binds keys to values: at each query it names a value of the
+    context not yet shown again after an earlier query. Returns one-hot logits ``(N, T, V)``."""
+    logits = torch.zeros(*x.shape, vocab)
+    for n in range(x.shape[0]):
+        remaining = x[n, 1 : 2 * pairs : 2].tolist()
+        for p in (y[n] != IGNORE_INDEX).nonzero()[:, 0].tolist():
+            logits[n, p, remaining[0]] = 1.0
+            remaining.remove(int(x[n, p + 1]))  # the query's value follows it
+    return logits
+
+
+def test_mqar_first_query_accuracy_exposes_the_elimination_shortcut() -> None:
+    d = mqar_data(0, sizes=(10, 1000, 1000))
+    x, y = d.test.inputs, d.test.targets
+    m = mqar_metrics(_elimination_logits(x, y, 4, 64), y, x, d.info)
+    # chance by elimination is (1/4 + 1/3 + 1/2 + 1) / 4 = 0.52 per query (a little more
+    # when values repeat), but only 1/4 on the first query
+    assert 0.5 < m["token_accuracy"] < 0.6
+    assert 0.2 < m["first_query_accuracy"] < 0.35
+    perfect = torch.nn.functional.one_hot(y.clamp_min(0), 64).float()
+    m = mqar_metrics(perfect, y, x, d.info)
+    assert m["first_query_accuracy"] == 1.0 and m["token_accuracy"] == 1.0
+
+
+def test_mqar_first_query_is_the_earliest_labelled_step() -> None:
+    y = torch.full((2, 6), IGNORE_INDEX)
+    y[0, 2], y[0, 4], y[1, 3] = 5, 6, 7
+    logits = torch.zeros(2, 6, 8)
+    logits[0, 2, 5] = logits[0, 4, 1] = logits[1, 3, 0] = 1.0  # row 0: first right, second wrong
+    m = mqar_metrics(logits, y, torch.zeros(2, 6, dtype=torch.long), {})
+    assert m["first_query_accuracy"] == 0.5
+    assert m["token_accuracy"] == 1 / 3
