@@ -39,7 +39,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
 
     register(
         "analog",
-        help="analog crossbar simulator experiments (adc-error, cost, charlm)",
+        help="analog crossbar simulator experiments (adc-error, cost, kws, charlm)",
         configure=configure,
         run=run,
     )

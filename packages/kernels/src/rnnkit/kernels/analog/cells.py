@@ -13,6 +13,9 @@ before the column's converter. Per cell kind:
   needs ``r`` to multiply the recurrent part only, so no single bit-line sum exists: the tile
   holds ``a_n = [W_n | 0 | b_n]`` and ``q_n = [0 | R_n | b_hn]`` as separate columns read by the
   conventional ADC, and ``tanh`` follows ``state_activation``.
+- **sLSTM** (i, f, z, o; block-diagonal heads placed dense): f, o columns end in sigmoid
+  NL-ADCs, z in tanh NL-ADCs, ĩ goes through the conventional ADC; the stabilised exponential
+  gating is digital (its ``exp`` per ``state_activation``). Why: :mod:`.slstm`.
 
 ``config.nl_adc=False`` replaces every NL-ADC by the conventional ADC plus the exact digital
 function (the aihwkit-style baseline).
@@ -34,9 +37,11 @@ from torch import Tensor, nn
 from rnnkit.core.cell import Cell
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.core.state import apply_resets
+from rnnkit.kernels.analog import slstm as _slstm
 from rnnkit.kernels.analog.config import AnalogConfig
 from rnnkit.kernels.analog.devices import program_conductances
-from rnnkit.kernels.analog.ramp_adc import RampADC, ThresholdTable
+from rnnkit.kernels.analog.inference import InferencePlan, fast_forward
+from rnnkit.kernels.analog.ramp_adc import RampADC
 from rnnkit.kernels.analog.tile import AnalogTile, quantize_ste
 
 __all__ = [
@@ -50,7 +55,7 @@ __all__ = [
     "to_analog",
 ]
 
-SUPPORTED_KINDS = ("elman", "lstm", "gru")
+SUPPORTED_KINDS = ("elman", "lstm", "gru", "slstm")
 _ATTR = "_rnnkit_analog"
 
 
@@ -89,8 +94,7 @@ def analog_reason(cell: Any) -> str | None:
     kind = getattr(cell, "kind", "")
     if kind not in SUPPORTED_KINDS:
         return (
-            f"cell kind {kind!r} has no crossbar mapping (supported: {', '.join(SUPPORTED_KINDS)}; "
-            "sLSTM's exponential gates and normaliser state are not mapped yet)"
+            f"cell kind {kind!r} has no crossbar mapping (supported: {', '.join(SUPPORTED_KINDS)})"
         )
     if not all(hasattr(cell, a) for a in ("weight_ih", "recurrent", "dense_recurrent")):
         return f"{type(cell).__name__} is not a gated cell with weight_ih/recurrent parameters"
@@ -207,6 +211,8 @@ def _tile_matrix(cell: Any) -> Tensor:
         # columns reordered i, f, o | g so each NL-ADC bank reads one contiguous range.
         i, f, g, o = m.chunk(4, 0)
         m = torch.cat([i, f, o, g], 0)
+    if cell.kind == "slstm":
+        m = _slstm.tile_rows(m)  # f, o | z | i (see the slstm module)
     return m
 
 
@@ -219,6 +225,8 @@ def _column_plan(cell: Any, cfg: AnalogConfig) -> list[tuple[str, int, int]]:
         return [("sigmoid", 0, 3 * H), ("tanh", 3 * H, 4 * H)]
     if cell.kind == "gru":
         return [("sigmoid", 0, 2 * H)]
+    if cell.kind == "slstm":
+        return _slstm.column_plan(H, cfg.nl_adc)
     if cell.kind == "elman" and cell.nonlinearity == "tanh":
         return [("tanh", 0, H)]
     return []
@@ -261,7 +269,30 @@ def _program(cell: Any, b: AnalogBinding) -> AnalogTile:
             b.adcs[fn] = _make_adc(fn, n, cfg, b.gen)
         if cfg.state_activation == "nl_adc" and cell.kind in ("lstm", "gru"):
             b.adcs["state_tanh"] = _make_adc("tanh", H, cfg, b.gen)
+        if cfg.state_activation == "nl_adc" and cell.kind == "slstm":
+            b.adcs["state_exp"] = RampADC(
+                torch.exp,
+                cfg.nl_bits,
+                H,
+                device=cfg.ramp,
+                generator=b.gen,
+                noise_scale=cfg.prog_noise_scale,
+                bias_devices=cfg.ramp_bias_devices,
+                calibrate=cfg.bias_calibration,
+                comparator_offset=cfg.comparator_offset,
+                comparator_noise=cfg.comparator_noise,
+                domain=_slstm.exp_domain(cfg.state_bound),
+            )
     return tile
+
+
+def _state_exp(v: Tensor, b: AnalogBinding) -> Tensor:
+    """``exp(v)`` of a digital ``v <= 0`` (sLSTM's stabilised gates), per ``state_activation``."""
+    cfg = b.config
+    if cfg.state_activation == "digital":
+        return torch.exp(v)
+    q = quantize_ste(v, cfg.inp_bits, cfg.state_bound)
+    return b.adcs["state_exp"](q, generator=b.read_gen)
 
 
 def _state_tanh(v: Tensor, b: AnalogBinding) -> Tensor:
@@ -291,7 +322,12 @@ def analog_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         _program(cell, b)
     tile = b.tile
     assert tile is not None
-    if not (cell.training and cfg.train_noise_scale > 0) and not _needs_grad(cell, x, state):
+    fast_ok = cfg.bound_management == "none"  # the fast path reads each step once
+    if (
+        fast_ok
+        and not (cell.training and cfg.train_noise_scale > 0)
+        and not _needs_grad(cell, x, state)
+    ):
         with torch.no_grad():
             return _fast_forward(cell, call, b, tile, state)
     m = _tile_matrix(cell)
@@ -351,221 +387,33 @@ def _needs_grad(cell: Any, x: Tensor, state: Any) -> bool:
     return any(isinstance(s, Tensor) and s.requires_grad for s in state)
 
 
-class _FastPlan:
-    """Everything of an inference pass that does not change per step, for one programmed tile.
-
-    The tile input is ``u_t = [x_t, h_{t-1}, 1]``. Its bit-line sums are linear in the DAC
-    outputs, so the rows driven by ``x_t`` and the bias row (the *static* rows) are multiplied
-    for all steps at once, and only the ``h`` rows are multiplied per step; the two parts are
-    summed before the noise, IR drop and converters, exactly as on the bit line. The same split
-    holds for the read-noise variance (linear in the squared inputs) and for the two line
-    currents of the first-order IR drop. Noise management divides ``u_t`` by
-    ``α_t = max|u_t|``: the static part is computed with ``max|[x_t, 1]|`` and a step whose
-    ``max|h|`` exceeds it is recomputed whole (an LSTM with a bias never needs to: ``|h| < 1``).
-    """
-
-    def __init__(self, cell: Any, b: AnalogBinding, tile: AnalogTile, x: Tensor) -> None:
-        cfg = tile.config
-        dt, dv = x.dtype, x.device
-        self.key = (id(tile), tile.t, tile.gain, dt, dv)
-        I, H = int(cell.input_size), int(cell.hidden_size)  # noqa: E741
-        self.bias = cell.bias is not None
-        self.ir = cfg.ir_drop
-        self.read_noise = tile.has_read_noise
-        self.out = tile.out_features
-        self.blocks: list[dict[str, Any]] = []
-        wn = tile.w_norm.to(dt)
-        var = tile.read_var.to(dt)
-        gp, gm = tile._gp_n.to(dt), tile._gm_n.to(dt)
-        for r0, r1 in tile.row_blocks:
-            n = r1 - r0
-            rows = torch.arange(r0, r1, device=dv)
-            dyn = (rows >= I) & (rows < I + H)
-            pos = (rows - r0).to(dt) / n
-            mats = [wn[:, r0:r1]]
-            if self.ir > 0:
-                g_p, g_m = gp[:, r0:r1], gm[:, r0:r1]
-                mats += [g_p, g_p * pos, g_m, g_m * pos]
-            lin = torch.cat(mats, 0).T  # (n, k * out): every product linear in the inputs
-            vb = var[:, r0:r1].T
-            blk: dict[str, Any] = {"n": n}
-            s_idx = (rows[~dyn] - r0, rows[~dyn])
-            d_lo = max(r0, I) - r0
-            d_hi = min(r1, I + H) - r0
-            # static rows: positions in u (x rows keep their index, the bias row is I + H).
-            blk["s_u"] = torch.where(s_idx[1] >= I + H, s_idx[1] - H, s_idx[1])
-            blk["s_lin"] = lin[s_idx[0]].contiguous() if s_idx[0].numel() else None
-            blk["s_var"] = vb[s_idx[0]].contiguous() if s_idx[0].numel() else None
-            blk["d"] = (d_lo + r0 - I, d_hi + r0 - I) if d_hi > d_lo else None
-            blk["d_lin"] = lin[d_lo:d_hi].contiguous() if d_hi > d_lo else None
-            blk["d_var"] = vb[d_lo:d_hi].contiguous() if d_hi > d_lo else None
-            self.blocks.append(blk)
-        self.nl_mask = tile.nl_columns
-        self.any_adc, self.any_nl = tile._any_adc, tile._any_nl
-        self.mixed = self.any_adc and self.any_nl
-        self.col_scale = (tile.scale.squeeze(1) * tile.gain).to(dt)
-        # NL-ADC banks of the step, merged into one table when they share a resolution.
-        plan = _column_plan(cell, cfg)
-        self.banks = [(b.adcs[fn], s, e) for fn, s, e in plan]
-        self.table: ThresholdTable | None = None
-        if self.banks:
-            ratio = cfg.v_read_ratio
-            tabs = [adc.table(ratio, dt, "cpu") for adc, _, _ in self.banks]
-            if len({t.levels for t in tabs}) == 1 and all(a.nl.sign > 0 for a, _, _ in self.banks):
-                th = torch.cat(
-                    [a.thresholds(ratio, torch.float64, "cpu") for a, _, _ in self.banks]
-                )
-                codes = torch.arange(tabs[0].levels + 1)
-                vals = torch.cat(
-                    [a.values(codes, dt).expand(a.columns, -1) for a, _, _ in self.banks]
-                )
-                self.table = ThresholdTable(th.to(dt), vals, dtype=dt, device=dv)
-        self.nl_lo = self.banks[0][1] if self.banks else 0
-        self.nl_hi = self.banks[-1][2] if self.banks else 0
-        contiguous = all(
-            self.banks[k][2] == self.banks[k + 1][1] for k in range(len(self.banks) - 1)
-        )
-        if not contiguous:
-            self.table = None
-
-    def static_parts(
-        self, u: Tensor, cfg: AnalogConfig, alpha: Tensor
-    ) -> list[tuple[Tensor, Tensor | None] | None]:
-        """Per block: the static rows' linear products ``(…, k out)`` and read-noise variance
-        ``(…, out)`` (``None`` without read noise); ``None`` for a block without static rows."""
-        xs = quantize_ste(u / alpha, cfg.inp_bits, cfg.inp_bound)
-        parts: list[tuple[Tensor, Tensor | None] | None] = []
-        for blk in self.blocks:
-            if blk["s_lin"] is None:
-                parts.append(None)
-                continue
-            xb = xs.index_select(-1, blk["s_u"])
-            var = xb.square() @ blk["s_var"] if self.read_noise else None
-            parts.append((xb @ blk["s_lin"], var))
-        return parts
-
-
 def _fast_forward(
     cell: Any, call: KernelCall, b: AnalogBinding, tile: AnalogTile, state: Any
 ) -> tuple[Tensor, Any]:
-    """Inference (no gradient, no training noise) with the per-step work cut to the recurrent
-    product, the noise draws and one table conversion; the same model and random draws (in the
-    same order) as the step-by-step path of :func:`analog_forward`."""
+    """Inference (no gradient, no training noise) through the cached
+    :class:`~rnnkit.kernels.analog.inference.InferencePlan` of the tile: the same model and
+    random draws (in the same order) as the step-by-step path."""
     x = call.x
-    B, T = x.shape[0], x.shape[1]
-    cfg = tile.config
-    fp = b.fast
-    key = (id(tile), tile.t, tile.gain, x.dtype, x.device)
-    if not isinstance(fp, _FastPlan) or fp.key != key:
-        fp = _FastPlan(cell, b, tile, x)
-        b.fast = fp
-    H = int(cell.hidden_size)
-    # static inputs [x_t, 1] (time-major) and their share of noise management.
-    xs = x.transpose(0, 1)
-    if fp.bias:
-        xs = torch.cat([xs, xs.new_ones(T, B, 1)], -1)
-    if cfg.noise_management == "abs_max":
-        a_s = xs.abs().amax(-1, keepdim=True).clamp_min(1e-12)
-    else:
-        a_s = xs.new_ones(T, B, 1)
-    static = fp.static_parts(xs, cfg, a_s)
-    abs_max = cfg.noise_management == "abs_max"
-    ratio = cfg.v_read_ratio
-    out = fp.out
-    nl = fp.banks != []
-    initial = (
-        cell.init_state(B, device=x.device, dtype=x.dtype) if call.resets is not None else None
-    )
-    resets = call.resets.unbind(1) if call.resets is not None else None
-    width = int(cell.num_gates) * H
-    ys = []
-    for t in range(T):
-        if resets is not None:
-            assert initial is not None
-            state = apply_resets(state, initial, resets[t])
-        h = state.h
-        alpha = a_s[t]
-        parts = [
-            None if p is None else (p[0][t], None if p[1] is None else p[1][t]) for p in static
-        ]
-        if abs_max:
-            a_h = h.abs().amax(-1, keepdim=True)
-            if bool((a_h > alpha).any()):
-                # h dominates the input scale of some rows: redo this step's static part.
-                alpha = torch.maximum(alpha, a_h)
-                parts = fp.static_parts(xs[t], cfg, alpha)
-        hq = quantize_ste(h / alpha, cfg.inp_bits, cfg.inp_bound)
-        adc_sum: Tensor | None = None
-        nl_sum: Tensor | None = None
-        for blk, sp in zip(fp.blocks, parts, strict=True):
-            d = blk["d"]
-            var: Tensor | None = None
-            if d is None:
-                assert sp is not None
-                acc, var = sp
-            else:
-                hb = hq[:, d[0] : d[1]]
-                if sp is None:
-                    acc = hb @ blk["d_lin"]
-                    if fp.read_noise:
-                        var = hb.square() @ blk["d_var"]
-                else:
-                    acc = torch.addmm(sp[0], hb, blk["d_lin"])
-                    if fp.read_noise:
-                        assert sp[1] is not None
-                        var = torch.addmm(sp[1], hb.square(), blk["d_var"])
-            zb = acc[:, :out]
-            if fp.ir > 0:
-                n = blk["n"]
-                jp, pp = acc[:, out : 2 * out], acc[:, 2 * out : 3 * out]
-                jm, pm = acc[:, 3 * out : 4 * out], acc[:, 4 * out : 5 * out]
-                zb = zb - (fp.ir * jp * pp / n - fp.ir * jm * pm / n)
-            if var is not None:
-                sd = var.add_(cfg.out_noise**2).sqrt_()
-                zb = torch.addcmul(zb, sd, AnalogTile._randn(zb, b.read_gen))
-            elif cfg.out_noise > 0:
-                zb = zb + cfg.out_noise * AnalogTile._randn(zb, b.read_gen)
-            if ratio != 1.0:
-                zb = zb * ratio
-            if fp.any_adc:
-                q = quantize_ste(zb, cfg.out_bits, cfg.out_bound)
-                adc_sum = q if adc_sum is None else adc_sum + q
-            if fp.any_nl:
-                nl_sum = zb if nl_sum is None else nl_sum + zb
-        if adc_sum is None:
-            assert nl_sum is not None
-            z = nl_sum
-        elif nl_sum is None:
-            z = adc_sum
-        else:
-            z = torch.where(fp.nl_mask, nl_sum, adc_sum)
-        z = z * alpha * fp.col_scale
-        if nl:
-            z = _convert(fp, z, width, ratio, b)
-        h, state = _gate_update(cell, z, state, nl, b)
-        ys.append(h)
-    return torch.stack(ys, 1), state
+    plan = b.fast
+    if not (isinstance(plan, InferencePlan) and plan.matches(tile, x.dtype, x.device)):
+        banks = [(b.adcs[fn], s, e) for fn, s, e in _column_plan(cell, tile.config)]
+        plan = InferencePlan(
+            tile,
+            banks,
+            input_size=int(cell.input_size),
+            hidden_size=int(cell.hidden_size),
+            bias=cell.bias is not None,
+            bounded_h=cell.kind == "lstm",  # h = sigmoid * tanh, converted or exact
+            dtype=x.dtype,
+            device=x.device,
+        )
+        b.fast = plan
+    nl = plan.banks != []
 
+    def update(z: Tensor, st: Any) -> tuple[Tensor, Any]:
+        return _gate_update(cell, z, st, nl, b)
 
-def _convert(fp: _FastPlan, z: Tensor, width: int, ratio: float, b: AnalogBinding) -> Tensor:
-    """The NL-ADC columns of ``z`` converted (comparator noise drawn bank by bank, as before)."""
-    if fp.table is None:
-        pieces, pos = [], 0
-        for adc, c0, c1 in fp.banks:
-            if pos < c0:
-                pieces.append(z[:, pos:c0])
-            pieces.append(adc(z[:, c0:c1], v_read_ratio=ratio, generator=b.read_gen))
-            pos = c1
-        if pos < width:
-            pieces.append(z[:, pos:])
-        return torch.cat(pieces, 1)
-    lo, hi = fp.nl_lo, fp.nl_hi
-    us = [adc.comparator_input(z[:, c0:c1], b.read_gen) for adc, c0, c1 in fp.banks]
-    u = us[0] if len(us) == 1 else torch.cat(us, 1)
-    y = fp.table.lookup(u)
-    if lo == 0 and hi == width:
-        return y
-    return torch.cat([z[:, :lo], y, z[:, hi:]], 1)
+    return fast_forward(cell, call, plan, state, update, b.read_gen)
 
 
 def _gate_update(
@@ -573,6 +421,8 @@ def _gate_update(
 ) -> tuple[Tensor, Any]:
     """Digital part of the step from ``z (B, G*H)`` (activations where ``nl``)."""
     st = type(state)
+    if cell.kind == "slstm":
+        return _slstm.gate_update(z, state, nl=nl, exp_neg=lambda v: _state_exp(v, b))
     if cell.kind == "lstm":
         i, f, o, g = z.chunk(4, dim=-1)
         if not nl:

@@ -3,9 +3,11 @@
 - ``rnnkit analog adc-error``: NL-ADC approximation error of sigmoid and tanh against bits and
   device programming noise, with INL/DNL; prints a table, writes a PNG if matplotlib is there.
 - ``rnnkit analog cost``: the cost model's motivation figure and bit-width comparison.
-- ``rnnkit analog charlm``: the ``charlm`` task's LSTM trained digitally, then scored (BPC) on
-  PCM-like crossbars with 3/4/5/8-bit NL-ADCs, without and with hardware-aware fine-tuning
-  (needs ``rnnkit-tasks``, imported only inside the command).
+- ``rnnkit analog kws`` and ``rnnkit analog charlm``: the ``kws`` (accuracy) and ``charlm``
+  (BPC) tasks' LSTMs trained digitally, then scored on PCM-like crossbars with 3/4/5/8-bit
+  NL-ADCs over several programming-noise seeds, without and with hardware-aware fine-tuning
+  (:mod:`~rnnkit.kernels.analog.experiments`; needs ``rnnkit-tasks``, imported only when the
+  command runs); each prints a table and writes a plot.
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
-from rnnkit.kernels.analog.config import AnalogConfig
 from rnnkit.kernels.analog.devices import device_preset
+from rnnkit.kernels.analog.experiments import format_hw, hw_rows, plot_hw
 from rnnkit.kernels.analog.ramp_adc import RampADC
 
-__all__ = ["adc_error_rows", "charlm_rows", "configure", "format_charlm", "run"]
+__all__ = [
+    "adc_error_rows",
+    "charlm_rows",
+    "configure",
+    "format_charlm",
+    "format_kws",
+    "kws_rows",
+    "run",
+]
 
 
 def adc_error_rows(
@@ -41,100 +50,97 @@ def adc_error_rows(
     return rows
 
 
-def _tasks() -> Any:
-    try:
-        import rnnkit.tasks as tasks
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SystemExit(
-            "rnnkit analog charlm needs the rnnkit-tasks package (pip install rnnkit-tasks, or "
-            f"the monorepo's packages/tasks): {exc}"
-        ) from exc
-    return tasks
-
-
-def _fit(
-    task: Any, model: nn.Module, train: Any, steps: int, batch: int, lr: float, seed: int
-) -> None:
-    """``steps`` AdamW steps on random ``batch``-example batches of ``train`` (clip 1.0)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    n = train.inputs.shape[0]
-    for _ in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        out = model(train.inputs[idx])
-        s, c = task.loss(out, train.targets[idx])
-        opt.zero_grad()
-        (s / c).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
-
-
 def charlm_rows(
     *,
     steps: int = 400,
     finetune_steps: int = 60,
     bits: list[int] | None = None,
+    noise_seeds: list[int] | None = None,
     batch_size: int = 32,
     lr: float = 5e-3,
     finetune_lr: float = 1e-3,
     hidden_size: int | None = None,
     eval_examples: int | None = None,
+    select_every: int = 0,
+    preset: str = "pcm",
+    t_inference: float = 0.0,
     seed: int = 0,
-) -> list[dict[str, object]]:
-    """Experiment (c): ``charlm`` BPC, digital vs PCM-like crossbars with NL-ADCs.
+    task: str = "charlm",
+) -> list[dict[str, Any]]:
+    """Experiment (c): ``charlm`` test BPC, digital vs crossbars with 3/4/5/8-bit NL-ADCs, as
+    trained and hardware-aware fine-tuned, over ``noise_seeds`` (default ``[seed + 1]``).
 
-    The task's default LSTM is trained digitally (``steps`` x ``batch_size``). For every NL-ADC
-    resolution in ``bits`` the trained model is mapped with ``AnalogConfig.pcm(nl_bits=n)``
-    (PCM programming and read noise, 7-bit DAC, 9-bit ADC) and scored on the test split (a)
-    as is and (b) after ``finetune_steps`` of hardware-aware fine-tuning (a fresh programming-
-    noise sample every forward, straight-through DAC/ADC/NL-ADC quantisation), then programmed
-    again with the evaluation seed. Rows: ``config``, ``bpc``, ``delta`` (vs digital).
+    ``task`` may name another character-LM task with a ``bpc`` metric. The protocol and the
+    rows are those of :func:`~rnnkit.kernels.analog.experiments.hw_rows`.
     """
-    from rnnkit.kernels.analog.cells import to_analog
-
-    tasks = _tasks()
-    from rnnkit.tasks.trainer import evaluate
-
-    bits = bits or [3, 4, 5, 8]
-    torch.manual_seed(seed)
-    task = tasks.get_task("charlm")
-    data = task.data(seed=seed)
-    info = data.info
-    test = data.test
-    if eval_examples is not None:
-        test = type(test)(test.inputs[:eval_examples], test.targets[:eval_examples])
-    over = {} if hidden_size is None else {"hidden_size": hidden_size}
-    model = task.build_model(**over)
-    _fit(task, model, data.train, steps, batch_size, lr, seed)
-    cpu = torch.device("cpu")
-
-    def bpc(m: nn.Module) -> float:
-        return float(evaluate(task, m, test, info, device=cpu)["bpc"])
-
-    digital = bpc(model)
-    rows: list[dict[str, object]] = [{"config": "digital", "bpc": digital, "delta": 0.0}]
-    for n in bits:
-        cfg = AnalogConfig.pcm(nl_bits=n, seed=seed + 1)
-        plain = to_analog(model, cfg)
-        v = bpc(plain)
-        rows.append({"config": f"pcm {n}-bit NL-ADC", "bpc": v, "delta": v - digital})
-        tuned = to_analog(model, cfg)
-        _fit(task, tuned, data.train, finetune_steps, batch_size, finetune_lr, seed + 2)
-        v = bpc(tuned)
-        rows.append({"config": f"pcm {n}-bit NL-ADC + HW-aware", "bpc": v, "delta": v - digital})
-    return rows
+    return hw_rows(
+        task,
+        metric="bpc",
+        steps=steps,
+        finetune_steps=finetune_steps,
+        bits=bits or [3, 4, 5, 8],
+        noise_seeds=noise_seeds or [seed + 1],
+        batch_size=batch_size,
+        lr=lr,
+        finetune_lr=finetune_lr,
+        preset=preset,
+        t_inference=t_inference,
+        hidden_size=hidden_size,
+        eval_examples=eval_examples,
+        select_every=select_every,
+        seed=seed,
+    )
 
 
-def format_charlm(rows: list[dict[str, object]]) -> str:
-    """The ``charlm`` table as Markdown."""
-    out = ["| config | BPC | delta vs digital |", "|---|---|---|"]
-    for r in rows:
-        out.append(
-            f"| {r['config']} | {float(str(r['bpc'])):.3f} | {float(str(r['delta'])):+.3f} |"
-        )
-    return "\n".join(out)
+def kws_rows(
+    *,
+    steps: int = 400,
+    finetune_steps: int = 100,
+    bits: list[int] | None = None,
+    noise_seeds: list[int] | None = None,
+    batch_size: int = 64,
+    lr: float = 5e-3,
+    finetune_lr: float = 1e-3,
+    hidden_size: int | None = None,
+    eval_examples: int | None = None,
+    select_every: int = 0,
+    preset: str = "pcm",
+    t_inference: float = 0.0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Experiment (b): ``kws`` (keyword spotting, LSTM 64 with mean pooling) test accuracy,
+    digital vs crossbars with 3/4/5/8-bit NL-ADCs, as trained and hardware-aware fine-tuned,
+    over ``noise_seeds`` (default ``[seed + 1]``).
+
+    The protocol and the rows are those of :func:`~rnnkit.kernels.analog.experiments.hw_rows`.
+    """
+    return hw_rows(
+        "kws",
+        metric="accuracy",
+        steps=steps,
+        finetune_steps=finetune_steps,
+        bits=bits or [3, 4, 5, 8],
+        noise_seeds=noise_seeds or [seed + 1],
+        batch_size=batch_size,
+        lr=lr,
+        finetune_lr=finetune_lr,
+        preset=preset,
+        t_inference=t_inference,
+        hidden_size=hidden_size,
+        eval_examples=eval_examples,
+        select_every=select_every,
+        seed=seed,
+    )
+
+
+def format_charlm(rows: list[dict[str, Any]]) -> str:
+    """The ``charlm`` table as Markdown (BPC, 3 decimals)."""
+    return format_hw(rows, "BPC", digits=3)
+
+
+def format_kws(rows: list[dict[str, Any]]) -> str:
+    """The ``kws`` table as Markdown (accuracy in %, 2 decimals)."""
+    return format_hw(rows, "accuracy %", scale=100.0, digits=2)
 
 
 def format_rows(rows: list[dict[str, object]]) -> str:
@@ -189,14 +195,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="adc_error.png", help="PNG path ('' for none)")
     c = sub.add_parser("cost", help="latency/energy/area: NL-ADC vs conventional ADC + digital NL")
     c.add_argument("--hidden", type=int, default=512)
-    e = sub.add_parser("charlm", help="charlm BPC: digital vs PCM crossbars with NL-ADCs")
-    e.add_argument("--steps", type=int, default=400, help="digital training steps")
-    e.add_argument("--finetune-steps", type=int, default=60, help="HW-aware steps per config")
-    e.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 8])
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--hidden-size", type=int, default=None, help="default: the task's (128)")
-    e.add_argument("--eval-examples", type=int, default=None, help="test examples (all)")
-    e.add_argument("--seed", type=int, default=0)
+    for name, help_, steps, ft, batch in (
+        ("kws", "keyword-spotting accuracy: digital vs PCM crossbars with NL-ADCs", 400, 100, 64),
+        ("charlm", "charlm BPC: digital vs PCM crossbars with NL-ADCs", 400, 60, 32),
+    ):
+        e = sub.add_parser(name, help=help_)
+        e.add_argument("--steps", type=int, default=steps, help="digital training steps")
+        e.add_argument("--finetune-steps", type=int, default=ft, help="HW-aware steps per config")
+        e.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 8])
+        e.add_argument("--noise-seeds", type=int, default=3, help="programming-noise seeds")
+        e.add_argument("--batch-size", type=int, default=batch)
+        e.add_argument("--lr", type=float, default=5e-3, help="digital learning rate")
+        e.add_argument("--finetune-lr", type=float, default=1e-3, help="HW-aware learning rate")
+        e.add_argument("--hidden-size", type=int, default=None, help="default: the task's")
+        e.add_argument("--eval-examples", type=int, default=None, help="test examples (all)")
+        e.add_argument(
+            "--select-every",
+            type=int,
+            default=0,
+            help="keep the digital checkpoint with the best validation score, scored every N "
+            "steps (0: the last one)",
+        )
+        e.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
+        e.add_argument("--t-inference", type=float, default=0.0, help="seconds of drift")
+        e.add_argument("--seed", type=int, default=0)
+        e.add_argument("--plot", default=f"analog_{name}.png", help="PNG path ('' for none)")
+        if name == "charlm":
+            e.add_argument("--task", default="charlm", help="a character-LM task (metric bpc)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,23 +245,55 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(comparison_table(args.hidden))
         return 0
-    if cmd == "charlm":
-        torch.set_num_threads(1)
-        t0 = time.perf_counter()
-        rows = charlm_rows(
-            steps=args.steps,
-            finetune_steps=args.finetune_steps,
-            bits=list(args.bits),
-            batch_size=args.batch_size,
-            hidden_size=args.hidden_size,
-            eval_examples=args.eval_examples,
-            seed=args.seed,
-        )
-        print(
-            f"charlm LSTM, {args.steps} digital steps, {args.finetune_steps} HW-aware steps per "
-            f"config, batch {args.batch_size}, seed {args.seed} ({time.perf_counter() - t0:.0f} s)"
-        )
-        print(format_charlm(rows))
-        return 0
-    print("usage: rnnkit analog {adc-error,cost,charlm} [options]", file=sys.stderr)
+    if cmd in ("kws", "charlm"):
+        return _run_task(cmd, args)
+    print("usage: rnnkit analog {adc-error,cost,kws,charlm} [options]", file=sys.stderr)
     return 2
+
+
+def _run_task(cmd: str, args: argparse.Namespace) -> int:
+    """``rnnkit analog kws`` / ``charlm``: run, print the table, write the plot."""
+    if args.noise_seeds < 1:
+        print("--noise-seeds must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
+    extra = {"task": args.task} if cmd == "charlm" else {}
+    make = kws_rows if cmd == "kws" else charlm_rows
+    rows = make(
+        **extra,
+        steps=args.steps,
+        finetune_steps=args.finetune_steps,
+        bits=list(args.bits),
+        noise_seeds=seeds,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        hidden_size=args.hidden_size,
+        eval_examples=args.eval_examples,
+        select_every=args.select_every,
+        preset=args.preset,
+        t_inference=args.t_inference,
+        seed=args.seed,
+    )
+    valid = rows[0].get("valid")
+    picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
+    name = extra.get("task", cmd)
+    print(
+        f"{name} LSTM, {args.steps} digital steps{picked}, {args.finetune_steps} HW-aware steps "
+        f"per config, batch {args.batch_size}, {args.preset} devices, t = {args.t_inference:g} s, "
+        f"seed {args.seed}, {len(seeds)} noise seeds ({time.perf_counter() - t0:.0f} s)"
+    )
+    if cmd == "kws":
+        print(format_kws(rows))
+        label, scale = "test accuracy (%)", 100.0
+    else:
+        print(format_charlm(rows))
+        label, scale = "test BPC", 1.0
+    if args.plot:
+        if plot_hw(rows, args.plot, label, scale=scale):
+            print(f"plot written to {args.plot}")
+        else:
+            print("matplotlib is not installed: no plot written", file=sys.stderr)
+    return 0

@@ -17,6 +17,7 @@ __all__ = ["AnalogConfig"]
 
 _NM = ("abs_max", "none")
 _STATE = ("digital", "nl_adc")
+_BM = ("none", "iterative")
 
 
 def _check_bits(name: str, bits: int | None, lo: int, hi: int) -> None:
@@ -42,6 +43,13 @@ class AnalogConfig:
         inp_bits, inp_bound: input DAC resolution (``None``: ideal) and range.
         noise_management: ``"abs_max"`` divides each input vector by its max-abs before the
             DAC (and multiplies the output back); ``"none"`` clips inputs to ``±inp_bound``.
+        bound_management: what happens when the DAC input or a conventional ADC saturates:
+            ``"none"`` clips; ``"iterative"`` scales the input vector down by a power of two
+            that fits the DAC, then halves it again and repeats the read while any ADC column
+            of that vector saturates, multiplying the output back digitally (see
+            :mod:`~rnnkit.kernels.analog.bound`).
+        bm_max_factor: the largest total down-scaling bound management may use (>= 1); a
+            vector still saturated at this factor is clipped.
         out_bits, out_bound, out_noise: conventional output ADC (``None``: ideal), its range and
             the Gaussian noise on every column sum.
         max_rows, max_cols: the largest physical tile; bigger matrices are split (see
@@ -77,6 +85,8 @@ class AnalogConfig:
     inp_bits: int | None = 7
     inp_bound: float = 1.0
     noise_management: str = "abs_max"
+    bound_management: str = "none"
+    bm_max_factor: float = 1024.0
     out_bits: int | None = 9
     out_bound: float = 12.0
     out_noise: float = 0.06
@@ -106,6 +116,12 @@ class AnalogConfig:
             raise ValueError(
                 f"noise_management must be one of {_NM}, got {self.noise_management!r}"
             )
+        if self.bound_management not in _BM:
+            raise ValueError(
+                f"bound_management must be one of {_BM}, got {self.bound_management!r}"
+            )
+        if not self.bm_max_factor >= 1:
+            raise ValueError(f"bm_max_factor must be >= 1, got {self.bm_max_factor!r}")
         if self.state_activation not in _STATE:
             raise ValueError(
                 f"state_activation must be one of {_STATE}, got {self.state_activation!r}"

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.kernels.analog.devices import IDEAL_DEVICE, DeviceModel, program_conductances
+from rnnkit.kernels.analog.threshold import ThresholdTable
 
 __all__ = ["NLFunction", "RampADC", "ThresholdTable", "ideal_thresholds", "resolve_function"]
 
@@ -174,84 +175,6 @@ def ideal_thresholds(nl: NLFunction, bits: int) -> Tensor:
     k = torch.arange(1, n, dtype=torch.float64)
     y = nl.y_min + k * (nl.y_max - nl.y_min) / n
     return nl.inverse(y)
-
-
-class ThresholdTable:
-    """Per-column sorted thresholds, converted exactly and fast: ``D = #{k : T_k <= v}``.
-
-    A per-column binary search (``torch.searchsorted``) or counting every comparison costs
-    ``O(K)`` work or a scalar loop per value. Here each column's threshold range is cut into
-    ``cells`` uniform cells with a lookup table of the code just below every cell's left edge:
-    the code of ``v`` is that guess plus the number of thresholds between the edge and ``v``,
-    found by comparing with the next threshold until none is passed (one or two rounds for a
-    grid finer than the threshold steps; exact for any ramp, however noisy). NaN inputs give
-    code 0, as ``v >= T_k`` is false for them.
-
-    Args:
-        thresholds: ``(C, K)`` non-decreasing along ``K`` (any float dtype; compared in ``dtype``).
-        values: ``(C, K + 1)`` the output of each code (``None``: no :meth:`lookup`).
-        dtype, device: of the inputs to convert.
-        cells: grid cells per column (default ``min(8192, 4 (K + 1))``).
-    """
-
-    def __init__(
-        self,
-        thresholds: Tensor,
-        values: Tensor | None = None,
-        *,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str = "cpu",
-        cells: int | None = None,
-    ) -> None:
-        C, K = thresholds.shape
-        f64 = torch.float64
-        th = thresholds.to(dtype=dtype, device=device).contiguous()
-        th64 = th.to(f64)
-        G = int(cells) if cells is not None else min(8192, 4 * (K + 1))
-        lo, hi = th64[:, 0], th64[:, -1]
-        pad = 0.05 * (hi - lo) + 1e-3 * (1.0 + torch.maximum(lo.abs(), hi.abs()))
-        lo = lo - pad
-        width = (hi + pad - lo) / G
-        # code a quarter cell below each left edge: never above the code of a value in the cell
-        # even when the cell index is rounded up in the input's precision.
-        edges = lo[:, None] + (torch.arange(G, dtype=f64, device=th.device) - 0.25) * width[:, None]
-        base = torch.arange(C, device=th.device) * (K + 1)
-        lut = torch.searchsorted(th64.contiguous(), edges.contiguous(), right=True)
-        self.columns, self.levels, self.cells = C, K, G
-        self._gdtype = f64 if dtype == f64 else torch.float32
-        i32 = torch.int32
-        self._lut = (lut + base[:, None]).reshape(-1).to(i32)  # flat index c (K + 1) + code
-        self._gbase = (torch.arange(C, device=th.device) * G).to(i32)
-        self._base = base.to(i32)
-        self._lo = lo.to(self._gdtype)
-        self._inv_w = (1.0 / width).to(self._gdtype)
-        nan = torch.full((C, 1), math.nan, dtype=dtype, device=th.device)
-        self._next = torch.cat([th, nan], 1).reshape(-1)  # T_D for code D (NaN: none left)
-        self._values = None if values is None else values.to(dtype=dtype, device=device).reshape(-1)
-
-    def index(self, u: Tensor) -> Tensor:
-        """Flat indices ``c (K + 1) + D`` (int32) for ``u: (..., C)``."""
-        g = u if u.dtype == self._gdtype else u.to(self._gdtype)
-        cell = ((g - self._lo) * self._inv_w).nan_to_num_(0.0).clamp_(0, self.cells - 1)
-        flat = cell.to(torch.int32).add_(self._gbase).view(-1)
-        idx = self._lut.index_select(0, flat)  # index_select: far faster than take/gather
-        uf = u.reshape(-1)
-        for _ in range(self.levels):
-            up = self._next.index_select(0, idx) <= uf
-            if not bool(up.any()):
-                break
-            idx += up
-        return idx.view(u.shape)
-
-    def codes(self, u: Tensor) -> Tensor:
-        """Codes ``D`` in ``[0, K]`` (int64) for ``u: (..., C)``."""
-        return (self.index(u) - self._base).long()
-
-    def lookup(self, u: Tensor) -> Tensor:
-        """The output value of each converted ``u: (..., C)`` (in the table's dtype)."""
-        if self._values is None:
-            raise ValueError("this ThresholdTable was built without values")
-        return self._values.index_select(0, self.index(u).view(-1)).view(u.shape)
 
 
 class RampADC:

@@ -13,8 +13,9 @@ lines, ``in`` rows = word lines):
 3. **Drift** to ``t_inference`` with **global drift compensation**: the tile is read once with a
    one-hot probe right after programming and again at ``t``; the ratio of the mean absolute
    outputs rescales every output (one digital gain per tile).
-4. **Input**: noise management (divide by ``α = max |u|`` per vector, or clip), DAC quantisation
-   to ``inp_bits`` on ``±inp_bound``.
+4. **Input**: noise management (divide by ``α = max |u|`` per vector, or clip), optional
+   bound management (:mod:`~rnnkit.kernels.analog.bound`: scale down and read again while the
+   DAC or an ADC saturates), DAC quantisation to ``inp_bits`` on ``±inp_bound``.
 5. **MVM per physical tile** (at most ``max_rows x max_cols``): read noise on every device at
    every read (sampled exactly, in distribution, as output noise with variance
    ``Σ_i σ_ij² x̃_i²`` — one extra product instead of a fresh noisy matrix per read), first-order
@@ -38,6 +39,7 @@ import math
 import torch
 from torch import Tensor
 
+from rnnkit.kernels.analog.bound import bound_managed
 from rnnkit.kernels.analog.config import AnalogConfig
 from rnnkit.kernels.analog.devices import (
     drift_exponents,
@@ -184,11 +186,28 @@ class AnalogTile:
             alpha = u.detach().abs().amax(-1, keepdim=True).clamp_min(1e-12)
         else:
             alpha = torch.ones_like(u[..., :1])
-        x = quantize_ste(u / alpha, cfg.inp_bits, cfg.inp_bound)
+        if cfg.bound_management == "none":
+            z, _ = self._read(u / alpha, wn, read_generator, detect=False)
+        else:
+            # repeat saturated reads at smaller input scales (see the bound module).
+            z = bound_managed(
+                lambda v: self._read(v, wn, read_generator, detect=True), u / alpha, cfg
+            )
+        return z * alpha * (scale * self.gain)
+
+    def _read(
+        self, v: Tensor, wn: Tensor, read_generator: torch.Generator | None, *, detect: bool
+    ) -> tuple[Tensor, Tensor]:
+        """One read of ``v (B, in)`` (noise-managed): DAC, MVM per physical tile, noise, IR
+        drop, ADC. Returns the column outputs ``(B, out)`` in normalised units and, when
+        ``detect``, whether a conventional-ADC column of each vector clipped ``(B,)``."""
+        cfg = self.config
+        x = quantize_ste(v, cfg.inp_bits, cfg.inp_bound)
         ratio = cfg.v_read_ratio
         any_adc, any_nl = self._any_adc, self._any_nl
         adc_sum: Tensor | None = None
         nl_sum: Tensor | None = None
+        sat = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         for r0, r1 in self.row_blocks:
             xb = x[..., r0:r1]
             zb = xb @ wn[:, r0:r1].T
@@ -206,6 +225,9 @@ class AnalogTile:
             if any_adc:
                 q = quantize_ste(zb, cfg.out_bits, cfg.out_bound)
                 adc_sum = q if adc_sum is None else adc_sum + q
+                if detect:
+                    clipped = (zb.detach().abs() > cfg.out_bound) & ~self.nl_columns
+                    sat = sat | clipped.any(-1)
             if any_nl:
                 nl_sum = zb if nl_sum is None else nl_sum + zb
         if adc_sum is None:
@@ -215,7 +237,7 @@ class AnalogTile:
             z = adc_sum
         else:
             z = torch.where(self.nl_columns, nl_sum, adc_sum)
-        return z * alpha * (scale * self.gain)
+        return z, sat
 
     def _ir_drop(self, xb: Tensor, r0: int, r1: int) -> Tensor:
         """First-order IR drop of one row block: ``(B, out)`` current lost.
