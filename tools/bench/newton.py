@@ -1,92 +1,185 @@
-"""Benchmark the ``newton`` backend against the sequential reference loop (ParaGRU, fp32).
+"""Benchmark the ``newton`` backend against ParaGRU's sequential reference loop (fp32).
 
-Prints one table: forward+backward time of the reference loop and of Newton, their ratio,
-Newton's ratio to a memory floor (a copy moving the bytes of 8 ``B*T*D`` fp32 arrays, about
-what one forward+backward must read and write), the Newton iterations, and the max abs
-deviation of ``y`` from the sequential result. All baselines run in the same process.
+    python tools/bench/newton.py                 # B=8,T=4096,D=256 and B=1,T=65536,D=64
+    python tools/bench/newton.py --threads 2     # two torch threads (wall clock)
+    python tools/bench/newton.py --quick         # the long case at T=8192; under a minute
 
-    python tools/bench/newton.py            # B=8,T=4096,D=256 and B=1,T=65536,D=64
-    python tools/bench/newton.py --quick    # smaller T for the second case; under a minute
+Prints one table of forward+backward times (``y.sum().backward()`` with ``x`` and every
+parameter requiring gradients), all measured in the same process:
+
+* ``reference``: rnnkit's ``reference`` backend, the sequential loop over ``ParaGRU.recur``
+  with autograd, the baseline of the targets. When it would take too long (``--ref-steps``,
+  and always in ``--quick`` mode for the long case) it is timed at a shorter ``T`` and scaled
+  linearly in ``T`` (a loop's cost is linear in ``T``), marked ``~`` with the ``T`` used.
+* ``fused``: the other backends registered for ParaGRU (``fused`` and the like), if any.
+* ``newton``: the Newton solve and its adjoint backward (``backend="newton"``).
+* ``projection``: the input projection ``x W^T + b`` forward and backward alone (matrix
+  products every backend computes alike), for context: it bounds any speed-up.
+* ``floor``: a copy moving the bytes of 8 ``B*T*D`` fp32 arrays, about what a
+  forward+backward must read and write.
+
+Also the Newton iterations (the most any tile needed), the number of tiles, and the max abs
+deviation of Newton's ``y`` from the reference's. With one thread times are process CPU time
+(robust on a shared machine); with more, wall time. Medians of ``--repeats`` runs after one
+warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # large outputs on huge pages (see scan.py)
 
 import torch
+import torch.nn.functional as F
 
+from rnnkit.core.dispatch import KernelCall, kernels_for
 from rnnkit.kernels.newton import last_solve_info
 from rnnkit.models.cells import ParaGRU
 
 
-def _timeit(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the long case at T=8192")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    p.add_argument(
+        "--ref-steps",
+        type=int,
+        default=65536,
+        help="time the reference loop at most at this T, scaling linearly beyond it",
+    )
+    return p.parse_args()
+
+
+ARGS = _args()
+_now = time.process_time if ARGS.threads == 1 else time.perf_counter
+
+
+def _timeit(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs (after one warm-up run)."""
+    if warmup:
         fn()
-        best = min(best, time.process_time() - t0)
-    return best
+    times = []
+    for _ in range(repeats):
+        t0 = _now()
+        fn()
+        times.append(_now() - t0)
+    return statistics.median(times)
 
 
-def _case(batch: int, steps: int, width: int, repeats: int, ref_repeats: int) -> dict[str, object]:
-    torch.manual_seed(0)
-    cell = ParaGRU(width, width)
-    x = torch.randn(batch, steps, width, requires_grad=True)
+@dataclass
+class Result:
+    case: str
+    ref_s: float
+    ref_note: str
+    others: dict[str, float]
+    newton_s: float
+    proj_s: float
+    floor_s: float
+    iters: int
+    tiles: int
+    dev: float
 
-    def fwd_bwd(backend: str) -> torch.Tensor:
+
+def _fwd_bwd(cell: ParaGRU, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    def run() -> object:
         cell.zero_grad(set_to_none=True)
         x.grad = None
         y, _ = cell(x, backend=backend)
         y.sum().backward()
-        return y.detach()
+        return None
 
-    t_ref = _timeit(lambda: fwd_bwd("reference"), ref_repeats)
-    t_newton = _timeit(lambda: fwd_bwd("newton"), repeats)
+    return run
+
+
+def _case(batch: int, steps: int, width: int) -> Result:
+    torch.manual_seed(0)
+    cell = ParaGRU(width, width)
+    x = torch.randn(batch, steps, width, requires_grad=True)
+    reps = ARGS.repeats
+
+    ref_steps = min(steps, ARGS.ref_steps, 4096 if ARGS.quick else steps)
+    if ref_steps < steps:
+        xr = x.detach()[:, :ref_steps].clone().requires_grad_(True)
+        ref_s = _timeit(_fwd_bwd(cell, xr, "reference"), 1, warmup=False) * steps / ref_steps
+        ref_note = f"~ timed at T={ref_steps}, x{steps / ref_steps:g}"
+    else:
+        ref_s = _timeit(_fwd_bwd(cell, x, "reference"), max(1, min(reps, 2)), warmup=False)
+        ref_note = ""
+
+    call = KernelCall(cell, x, None, None, needs_grad=True)
+    others = {}
+    for kernel in kernels_for(cell):
+        if kernel.backend in ("reference", "newton") or kernel.why_not(call) is not None:
+            continue
+        others[kernel.backend] = _timeit(_fwd_bwd(cell, x, kernel.backend), reps)
+
+    newton_s = _timeit(_fwd_bwd(cell, x, "newton"), reps)
     info = last_solve_info()
-    src = torch.randn(8 * batch * steps * width)
+
+    w, b = cell.weight_ih, cell.bias
+
+    def projection() -> None:
+        x.grad = None
+        w.grad = None
+        torch.autograd.backward(F.linear(x, w, b).sum())
+
+    proj_s = _timeit(projection, reps)
+    src = torch.randn(4 * batch * steps * width)
     dst = torch.empty_like(src)
-    t_floor = _timeit(lambda: dst.copy_(src), max(repeats, 3))
+    floor_s = _timeit(lambda: dst.copy_(src), max(reps, 3))
+
     with torch.no_grad():
         y_ref, _ = cell(x, backend="reference")
         y_new, _ = cell(x, backend="newton")
-    dev = (y_new - y_ref).abs().max().item()
-    return {
-        "case": f"B={batch}, T={steps}, D={width}",
-        "ref": t_ref,
-        "newton": t_newton,
-        "floor": t_floor,
-        "iters": info.iterations if info else -1,
-        "dev": dev,
-    }
+    return Result(
+        case=f"B={batch}, T={steps}, D={width}",
+        ref_s=ref_s,
+        ref_note=ref_note,
+        others=others,
+        newton_s=newton_s,
+        proj_s=proj_s,
+        floor_s=floor_s,
+        iters=info.iterations if info else -1,
+        tiles=getattr(info, "tiles", 1) if info else -1,
+        dev=(y_new - y_ref).abs().max().item(),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller T for the long case")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    long_t = 8192 if args.quick else 65536
-    cases = [(8, 4096, 256, 2, 1), (1, long_t, 64, 2, 1)]
-    rows = [_case(*c) for c in cases]
+    torch.set_num_threads(ARGS.threads)
+    long_t = 8192 if ARGS.quick else 65536
+    rows = [_case(8, 4096, 256), _case(1, long_t, 64)]
+    clock = "process CPU time" if ARGS.threads == 1 else "wall time"
     print(
-        f"ParaGRU fp32 forward+backward, CPU, {args.threads} torch thread(s), process CPU time, "
-        "best of runs"
+        f"ParaGRU fp32 forward+backward, CPU, {torch.get_num_threads()} torch thread(s), "
+        f"{clock}, median of {ARGS.repeats} (torch {torch.__version__})"
     )
     print()
     print(
-        "| case | reference loop | newton | speed-up vs loop | newton / memory floor | "
-        "Newton iters | max abs dev |"
+        "| case | reference loop | other backends | newton | newton vs reference | "
+        "projection (in both) | newton / floor | iters | tiles | max abs dev |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ref, new, floor = float(r["ref"]), float(r["newton"]), float(r["floor"])  # type: ignore[arg-type]
+        ref = f"{r.ref_s * 1e3:.0f} ms" + (f" ({r.ref_note})" if r.ref_note else "")
+        others = (
+            ", ".join(
+                f"{k} {v * 1e3:.0f} ms ({v / r.newton_s:.1f}x of newton)"
+                for k, v in r.others.items()
+            )
+            or "none registered"
+        )
         print(
-            f"| {r['case']} | {ref * 1e3:.0f} ms | {new * 1e3:.0f} ms | {ref / new:.1f}x | "
-            f"{new / floor:.1f}x | {r['iters']} | {float(r['dev']):.1e} |"  # type: ignore[arg-type]
+            f"| {r.case} | {ref} | {others} | {r.newton_s * 1e3:.0f} ms | "
+            f"{r.ref_s / r.newton_s:.1f}x | {r.proj_s * 1e3:.0f} ms | "
+            f"{r.newton_s / r.floor_s:.1f}x | {r.iters} | {r.tiles} | {r.dev:.1e} |"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pytest
@@ -74,6 +75,44 @@ class TanhDiag(Cell[DiagState]):
         return z
 
 
+class TanhDiagFused(TanhDiag):
+    """``TanhDiag`` with the optional fast path: ``newton_scratch``, ``recur_parallel_newton``
+    (``f`` now, ``J`` on demand) and the analytic ``recur_parallel_vjp``."""
+
+    newton_scratch = 3
+
+    def recur_parallel_newton(
+        self, px: Tensor, z: Tensor, *, scratch: Tensor | None = None
+    ) -> tuple[Tensor, Callable[[], Tensor]]:
+        buf = list(scratch.unbind(0)) if scratch is not None else [None] * 3
+        with torch.no_grad():
+            w = self.w.detach()
+            f = torch.addcmul(px, w, z, out=buf[0]).tanh_()
+            kept = torch.mul(f, 1.0, out=buf[1])  # the caller may overwrite f
+
+        def jacobian() -> Tensor:
+            with torch.no_grad():
+                return torch.addcmul(torch.ones(()), kept, kept, value=-1, out=buf[2]).mul_(w)
+
+        return f, jacobian
+
+    def recur_parallel_vjp(
+        self,
+        px: Tensor,
+        z: Tensor,
+        adjoint: Callable[[Tensor], Tensor],
+        *,
+        scratch: Tensor | None = None,
+        out: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[tuple[Tensor, Tensor], ...]]:
+        with torch.no_grad():
+            d = 1 - torch.tanh(self.w * z + px) ** 2  # df/dpx
+            lam = adjoint(d * self.w)
+            dpx = torch.mul(d, lam, out=out)
+            grad_w = (dpx * z).sum(tuple(range(z.dim() - 1)))
+        return dpx, ((self.w, grad_w),)
+
+
 class Rotor(Cell[PairState]):
     """A 2x2-block cell: ``(h, c)_t = tanh(M (h, c)_{t-1} + px)`` with one 2x2 ``M`` per unit."""
 
@@ -137,13 +176,16 @@ def _run(
 
 def _cells() -> list[Cell[Any]]:
     torch.manual_seed(0)
-    return [TanhDiag(3, 5), Rotor(3, 4)]
+    return [TanhDiag(3, 5), Rotor(3, 4), TanhDiagFused(3, 5)]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["diagonal", "block2"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["diagonal", "block2", "diagonal-fused"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("use_resets", [False, True], ids=["", "resets"])
-def test_newton_matches_sequential(index: int, dtype: torch.dtype, use_resets: bool) -> None:
+@pytest.mark.parametrize("tile", [None, 16], ids=["one-tile", "tiles"])
+def test_newton_matches_sequential(
+    index: int, dtype: torch.dtype, use_resets: bool, tile: int | None
+) -> None:
     cell = _cells()[index].double()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 67, 3, generator=gen, dtype=torch.float64)
@@ -152,15 +194,68 @@ def test_newton_matches_sequential(index: int, dtype: torch.dtype, use_resets: b
         for _ in cell.state_spec()
     ]
     resets = (torch.rand(3, 67, generator=gen) < 0.1) if use_resets else None
+    if use_resets:
+        assert resets is not None
+        resets[:, 16] = resets[:, 0] = True  # at a tile's first step, and the sequence's
     want = _run(cell, x, state, resets, "reference")
-    got = _run(cell.to(dtype), x.to(dtype), [s.to(dtype) for s in state], resets, "newton")
+    with newton_options(tile=tile):
+        got = _run(cell.to(dtype), x.to(dtype), [s.to(dtype) for s in state], resets, "newton")
     info = last_solve_info()
     assert info is not None and info.converged and not info.fell_back
     assert info.iterations >= 1 and info.residual <= info.tol
     assert info.block == cell.newton_block  # type: ignore[attr-defined]
+    assert info.tiles == (5 if tile else 1)  # 67 steps: four of 16 and one of 3
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert_close(f"newton vs reference [{i}]", g, w, tol)
+
+
+def test_fused_cell_uses_its_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel lends the scratch, asks for the Jacobian only when it needs one (not for
+    the initial guess nor the last update), and differentiates with the analytic product."""
+    cell = _cells()[2].double()
+    calls: list[str] = []
+    newton = TanhDiagFused.recur_parallel_newton
+    vjp = TanhDiagFused.recur_parallel_vjp
+
+    def spy_newton(self: Any, px: Tensor, z: Tensor, *, scratch: Tensor | None = None) -> Any:
+        assert scratch is not None and scratch.shape[0] == 3
+        f, jacobian = newton(self, px, z, scratch=scratch)
+
+        def spy_jacobian() -> Tensor:
+            calls.append("J")
+            return jacobian()
+
+        calls.append("f")
+        return f, spy_jacobian
+
+    def spy_vjp(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("vjp")
+        return vjp(self, *args, **kwargs)
+
+    monkeypatch.setattr(TanhDiagFused, "recur_parallel_newton", spy_newton)
+    monkeypatch.setattr(TanhDiagFused, "recur_parallel_vjp", spy_vjp)
+    slow = TanhDiagFused.recur_parallel
+
+    def spy_slow(self: Any, px: Tensor, z: Tensor) -> Tensor:
+        calls.append("slow")
+        return slow(self, px, z)
+
+    monkeypatch.setattr(TanhDiagFused, "recur_parallel", spy_slow)
+    x = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
+    y, _ = cell(x, backend="newton")
+    info = last_solve_info()
+    assert info is not None and info.converged and info.iterations >= 2
+    # the guess, then one evaluation per update; a Jacobian for every update but the last
+    assert calls.count("f") == 1 + info.iterations
+    assert calls.count("J") == info.iterations - 1
+    y.sum().backward()
+    assert calls[-1] == "vjp" and x.grad is not None and "slow" not in calls
+
+
+def test_tile_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="tile"), newton_options(tile=0):
+        pass
 
 
 def test_solve_info_reports_iterations() -> None:

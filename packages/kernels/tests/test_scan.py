@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
+from rnnkit.kernels.scan import _torch as scan_torch
 from rnnkit.kernels.scan import _triton as scan_triton
 from rnnkit.kernels.scan import linear_scan, linear_scan_reference, set_poison
 
@@ -151,9 +152,10 @@ def test_16bit(device: str, dtype: torch.dtype) -> None:
     )
 
 
-@pytest.mark.parametrize("chunk", [None, 4])
-def test_gradcheck_complex128(chunk: int | None) -> None:
-    a, b, h0 = make(2, 19, 3, torch.complex128)
+@pytest.mark.parametrize(("time", "chunk"), [(19, None), (19, 4), (24, 4)])
+def test_gradcheck_complex128(time: int, chunk: int | None) -> None:
+    # T = 24 with chunks of 4: the backward reuses the forward's chunk gate products
+    a, b, h0 = make(2, time, 3, torch.complex128)
     leaves = tuple(t.clone().requires_grad_() for t in (a, b, h0))
     assert torch.autograd.gradcheck(
         lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="torch", chunk=chunk), leaves
@@ -186,6 +188,44 @@ def test_log_a(dtype: torch.dtype) -> None:
         (log_a, b, h0),
         dtype,
     )
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_chunked_scan_partial_chunks(reverse: bool) -> None:
+    """The chunked torch scan against its step loop when the chunk does not divide ``T`` (the
+    partial chunk is the last in time, or the first reversed), on strided and broadcast views,
+    writing into a slice of a NaN-filled buffer."""
+    a, b, h0 = make(2, 101, 3, torch.float64)
+    for time in (16, 17, 31, 33, 40, 63, 64, 65, 101):
+        for chunk in (2, 3, 4, 7, 8):
+            for gates in (a[:, :time], a[:1, :1, :].expand(2, time, 3)):
+                want = torch.empty(2, time, 3, dtype=torch.float64)
+                last_want = scan_torch.sequential_scan_into(
+                    gates, b[:, :time], h0, want, reverse=reverse
+                )
+                buf = torch.full((2, time + 2, 3), math.nan, dtype=torch.float64)
+                last = scan_torch.chunked_scan_into(
+                    gates, b[:, :time], h0, buf[:, 1:-1], reverse=reverse, chunk=chunk
+                )
+                assert torch.isnan(buf[:, 0]).all() and torch.isnan(buf[:, -1]).all()
+                assert rel_rms(buf[:, 1:-1], want) < 1e-13, (time, chunk)
+                assert rel_rms(last, last_want) < 1e-13, (time, chunk)
+
+
+def test_chunk_products_round_trip() -> None:
+    """``products_out`` receives the chunk gate products, and a scan given them as
+    ``products`` (the local pass then skips them) gives the same result."""
+    a, b, h0 = make(2, 48, 3, torch.float64)
+    prods = torch.full((2, 6, 3), math.nan, dtype=torch.float64)
+    out = torch.empty(2, 48, 3, dtype=torch.float64)
+    scan_torch.chunked_scan_into(a, b, h0, out, reverse=False, chunk=8, products_out=prods)
+    assert rel_rms(prods, a.view(2, 6, 8, 3).prod(2)) < 1e-14
+    for reverse in (False, True):
+        want = torch.empty_like(out)
+        scan_torch.chunked_scan_into(a, b, h0, want, reverse=reverse, chunk=8)
+        got = torch.empty_like(out)
+        scan_torch.chunked_scan_into(a, b, h0, got, reverse=reverse, chunk=8, products=prods)
+        assert rel_rms(got, want) < 1e-14
 
 
 def test_no_h0_and_broadcast_gates() -> None:

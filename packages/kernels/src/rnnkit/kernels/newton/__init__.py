@@ -2,20 +2,22 @@
 
 :func:`newton_solve` is the solver, :func:`kernels` registers it for every cell of the
 diagonal-Jacobian form as the ``newton`` backend, :func:`last_solve_info` reports the last
-solve (iterations, residual), :func:`newton_options` sets the tolerance and iteration cap.
+solve (iterations, residual), :func:`newton_options` sets the tolerance, iteration cap and
+tile length.
 See ``docs/kernels-newton.md``.
 """
 
 from __future__ import annotations
 
 from rnnkit.kernels.newton._block import block2_scan, block2_scan_sequential
+from rnnkit.kernels.newton._kernel import newton_forward
 from rnnkit.kernels.newton._register import kernels
 from rnnkit.kernels.newton._solve import (
     DEFAULT_MAX_ITERS,
     DEFAULT_TOL,
+    TILE_ELEMENTS,
     SolveInfo,
     last_solve_info,
-    newton_forward,
     newton_options,
     newton_solve,
 )
@@ -23,6 +25,7 @@ from rnnkit.kernels.newton._solve import (
 __all__ = [
     "DEFAULT_MAX_ITERS",
     "DEFAULT_TOL",
+    "TILE_ELEMENTS",
     "SolveInfo",
     "block2_scan",
     "block2_scan_sequential",

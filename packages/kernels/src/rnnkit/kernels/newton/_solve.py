@@ -1,25 +1,31 @@
-"""The Newton solver for the diagonal-Jacobian form, its adjoint backward and the kernel.
+"""The Newton solver for the diagonal-Jacobian form: options, diagnostics and the tiled solve.
 
 See ``docs/kernels-newton.md``. The cell protocol (duck typed; documented there):
 ``newton_block`` (1 or 2), ``pack_state``, ``unpack_state``, ``recur_parallel``,
-``jacobian_diag``, optionally ``recur_parallel_with_jacobian``, and ``readout_parallel``.
+``jacobian_diag``, optionally ``recur_parallel_with_jacobian`` and ``recur_parallel_vjp``, and
+``readout_parallel``.
+
+On CPU the time axis is cut into tiles of a few hundred thousand state elements, solved one
+after the other from the exact final state of the previous tile (ParaRNN's fused mode walks
+its blocks the same way): every temporary of an iteration then stays in cache, where the
+elementwise ops run about four times faster than on full ``(B, T, H)`` arrays, and the
+allocator reuses the same few buffers instead of faulting in fresh pages for each. On GPUs the
+whole sequence is one tile.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import KernelCall
-from rnnkit.core.reference import reference_forward
 from rnnkit.kernels.newton._block import block2_scan
+from rnnkit.kernels.scan import _torch as scan_torch
 from rnnkit.kernels.scan import linear_scan
 
 PROTOCOL: tuple[str, ...] = (
@@ -33,6 +39,15 @@ PROTOCOL: tuple[str, ...] = (
 #: default absolute tolerance on ``max |f(z_{t-1}, x_t) - z_t|`` per compute dtype.
 DEFAULT_TOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-4}
 DEFAULT_MAX_ITERS = 30
+#: CPU tiles hold about this many state elements (``B * steps * state width``): 2 MiB per
+#: fp32 array, so the dozen arrays an iteration touches stay in the last-level cache, while
+#: each elementwise op is large enough that its dispatch cost (a few microseconds, more with
+#: several threads) is small. ParaGRU at B=8, T=4096, H=256, forward+backward: tiles of
+#: 2^17, 2^18, 2^19, 2^20 elements took 1095, 1031, 940, 971 ms with 2 threads (1401 and
+#: 1399 ms for 2^17 and 2^19 with 1 thread).
+TILE_ELEMENTS = 1 << 19
+#: ... but at least this many steps per tile (narrow or single-row batches aside).
+MIN_TILE_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -40,14 +55,16 @@ class SolveInfo:
     """What the last Newton solve did.
 
     Attributes:
-        iterations: Newton updates applied.
+        iterations: Newton updates applied (the most any tile needed).
         residual: ``max |f(z_{t-1}, x_t) - z_t|`` at the last iterate checked, i.e. before the
-            final update (which makes it about quadratically smaller); ``nan`` if it diverged.
-        converged: whether ``residual <= tol`` within ``max_iters``.
+            final update (which makes it about quadratically smaller), the largest over the
+            tiles; ``nan`` if it diverged.
+        converged: whether ``residual <= tol`` within ``max_iters`` (in every tile).
         tol: the tolerance used.
-        max_iters: the iteration cap used.
+        max_iters: the iteration cap used (per tile).
         block: the Jacobian block size (1 diagonal, 2 for 2x2 blocks).
         fell_back: whether the kernel then ran the sequential reference instead.
+        tiles: how many tiles the time axis was solved in (1: all steps at once).
     """
 
     iterations: int
@@ -57,6 +74,7 @@ class SolveInfo:
     max_iters: int
     block: int
     fell_back: bool = False
+    tiles: int = 1
 
 
 _state = threading.local()
@@ -68,31 +86,44 @@ def last_solve_info() -> SolveInfo | None:
     return info
 
 
-def _set_info(info: SolveInfo) -> None:
+def set_info(info: SolveInfo) -> None:
+    """Record ``info`` as this thread's last solve."""
     _state.info = info
 
 
-def _options() -> tuple[float | None, int]:
-    return getattr(_state, "tol", None), getattr(_state, "max_iters", DEFAULT_MAX_ITERS)
+def options() -> tuple[float | None, int, int | None]:
+    """This thread's ``(tol, max_iters, tile)`` set by :func:`newton_options`."""
+    return (
+        getattr(_state, "tol", None),
+        getattr(_state, "max_iters", DEFAULT_MAX_ITERS),
+        getattr(_state, "tile", None),
+    )
 
 
 @contextmanager
-def newton_options(*, tol: float | None = None, max_iters: int | None = None) -> Iterator[None]:
-    """Set the Newton tolerance and iteration cap for the calls made inside the block.
+def newton_options(
+    *, tol: float | None = None, max_iters: int | None = None, tile: int | None = None
+) -> Iterator[None]:
+    """Set the Newton tolerance, iteration cap and tile length for the calls made inside.
 
     Args:
         tol: absolute tolerance on the residual (``None``: :data:`DEFAULT_TOL` per dtype).
-        max_iters: the most Newton updates before giving up (default 30).
+        max_iters: the most Newton updates per tile before giving up (default 30).
+        tile: steps per tile (``None``: automatic, about :data:`TILE_ELEMENTS` state elements
+            on CPU and the whole sequence on GPUs; ``>= T``: one tile).
     """
     if max_iters is not None and max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    old = _options()
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be >= 1 (steps per tile), got {tile}")
+    old = options()
     _state.tol = tol
     _state.max_iters = max_iters if max_iters is not None else old[1]
+    _state.tile = tile
     try:
         yield
     finally:
-        _state.tol, _state.max_iters = old
+        _state.tol, _state.max_iters, _state.tile = old
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,38 +131,215 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _shift(z: Tensor, z0: Tensor, resets: Tensor | None, z_init: Tensor | None) -> Tensor:
-    """The previous states ``z_{t-1}``: ``(B, T, *S)`` from ``z: (B, T, *S)``, ``z0: (B, *S)``;
-    where ``resets`` is true, ``z_init``."""
-    zp = torch.cat((z0.unsqueeze(1), z[:, :-1]), 1)
-    if resets is not None and z_init is not None:
-        mask = resets.view(*resets.shape, *([1] * (zp.dim() - 2)))
-        zp = torch.where(mask, z_init.unsqueeze(1), zp)
+def tile_steps(tile: int | None, z: Tensor) -> int:
+    """Steps per tile for states ``z: (B, T, *S)``: ``tile``, else automatic (see module)."""
+    time = z.shape[1]
+    if tile is not None:
+        return max(1, min(tile, time))
+    if z.device.type != "cpu" or time == 0:
+        return max(1, time)
+    per_step = max(1, z[:, 0].numel())
+    return max(1, min(time, max(MIN_TILE_STEPS, TILE_ELEMENTS // per_step)))
+
+
+def tiles(time: int, steps: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(time)`` in tiles of ``steps``."""
+    return [(s, min(time, s + steps)) for s in range(0, time, steps)]
+
+
+def reset_mask(resets: Tensor | None, span: tuple[int, int], dims: int) -> Tensor | None:
+    """``resets[:, start:stop]`` time-major, ``(L, B, 1, ...)`` with ``dims`` dimensions."""
+    if resets is None:
+        return None
+    r = resets[:, span[0] : span[1]].t()
+    return r.reshape(*r.shape, *([1] * (dims - 2)))
+
+
+def scratch_for(cell: Any, z: Tensor) -> Tensor | None:
+    """A ``(cell.newton_scratch, *z.shape)`` buffer for the cell's scratch-taking methods
+    (``recur_parallel_newton``, ``recur_parallel_vjp``), or ``None`` when it has none."""
+    count = int(getattr(cell, "newton_scratch", 0) or 0)
+    if count <= 0 or getattr(cell, "recur_parallel_newton", None) is None:
+        return None
+    return torch.empty((count, *z.shape), dtype=z.dtype, device=z.device)
+
+
+def evaluate(
+    cell: Any, px: Tensor, zp: Tensor, scratch: Tensor | None = None
+) -> tuple[Tensor, Callable[[], Tensor]]:
+    """``f(zp)`` now and ``J(zp)`` on demand, with the cell's fused methods when it has them.
+
+    With ``scratch`` (see :func:`scratch_for`) both live in it, valid until its next use, and
+    ``f`` may be overwritten.
+    """
+    lazy = getattr(cell, "recur_parallel_newton", None)
+    if lazy is not None:
+        out: tuple[Tensor, Callable[[], Tensor]] = (
+            lazy(px, zp) if scratch is None else lazy(px, zp, scratch=scratch)
+        )
+        return out
+    both = getattr(cell, "recur_parallel_with_jacobian", None)
+    if both is not None:
+        f, jac = both(px, zp)
+        return f, lambda: jac
+    return cell.recur_parallel(px, zp), lambda: cell.jacobian_diag(px, zp)
+
+
+def scan_diag(
+    a: Tensor, b: Tensor, h0: Tensor | None, *, reverse: bool = False, out: Tensor | None = None
+) -> Tensor:
+    """``h_t = a_t h_{t-1} + b_t`` (or from the end when ``reverse``): ``(B, L, W)`` each.
+
+    On CPU straight into the chunked torch scan (no validation and no autograd node per
+    tile); elsewhere through :func:`linear_scan` (its Triton kernels on CUDA).
+    """
+    batch, _, width = b.shape
+    if h0 is None:
+        h0 = torch.zeros((), dtype=b.dtype, device=b.device).expand(batch, width)
+    if b.device.type == "cpu":
+        if out is None:
+            out = torch.empty_like(b)
+        scan_torch.chunked_scan_into(a, b, h0, out, reverse=reverse)
+        return out
+    if reverse:
+        h, _ = linear_scan(a.flip(1), b.flip(1), h0)
+        h = h.flip(1)
+    else:
+        h, _ = linear_scan(a, b, h0)
+    if out is None:
+        return h
+    return out.copy_(h)
+
+
+def scan_time_major(
+    a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor, *, block: int, reverse: bool = False
+) -> Tensor:
+    """``h_t = A_t h_{t-1} + b_t`` over the leading (time) axis of ``(L, B, *S)`` tensors, into
+    ``out``; ``A`` diagonal (``a: (L, B, *S)``) or 2x2 blocks (``a: (L, B, H, 2, 2)``).
+
+    Time-major tiles give the scan contiguous ``(B, *S)`` slabs per step (whole cache lines
+    over the batch) where batch-major ones give it one short row per batch element.
+    """
+    steps, batch = b.shape[0], b.shape[1]
+    if block == 1:
+        flat = out.view(steps, batch, -1).transpose(0, 1)
+        scan_diag(
+            a.reshape(steps, batch, -1).transpose(0, 1),
+            b.reshape(steps, batch, -1).transpose(0, 1),
+            None if h0 is None else h0.reshape(batch, -1),
+            reverse=reverse,
+            out=flat,
+        )
+        return out
+    a_bm, b_bm = a.transpose(0, 1), b.transpose(0, 1)
+    if reverse:
+        h = block2_scan(a_bm.flip(1), b_bm.flip(1), h0).flip(1)
+    else:
+        h = block2_scan(a_bm, b_bm, h0)
+    return out.copy_(h.transpose(0, 1))
+
+
+def _max_abs(t: Tensor) -> float:
+    """``max |t|`` in one pass with no temporary (``nan`` if ``t`` has a NaN)."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(t)
+    return float(torch.maximum(hi, lo.neg()).item())
+
+
+class TileBuffers:
+    """Time-major buffers a solve (or a backward) reuses across its tiles of ``steps`` steps.
+
+    ``px: (steps, B, P)`` the tile's projected inputs; ``states: (steps + 1, B, *S)``, whose
+    row ``i`` holds ``z_{start + i - 1}`` (row 0 the state before the tile), so the tile's
+    states and their previous states are the views ``states[1:]`` and ``states[:-1]``;
+    ``work: (steps, B, *S)``; ``scratch``: the cell's (see :func:`scratch_for`).
+    """
+
+    def __init__(self, cell: Any, px: Tensor, z0: Tensor, steps: int) -> None:
+        batch, state = px.shape[0], tuple(z0.shape[1:])
+        self.px = px.new_empty((steps, batch, px.shape[2]))
+        self.states = px.new_empty((steps + 1, batch, *state))
+        self.work = px.new_empty((steps, batch, *state))
+        self.scratch = scratch_for(cell, self.work)
+
+    def load(self, px: Tensor, span: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Copy the tile's ``px`` in; return it, ``work`` and ``scratch`` cut to the tile."""
+        steps = span[1] - span[0]
+        pt = self.px[:steps]
+        pt.copy_(px[:, span[0] : span[1]].transpose(0, 1))
+        scratch = self.scratch[:, :steps] if self.scratch is not None else None
+        return pt, self.work[:steps], scratch
+
+
+def _prev(states: Tensor, mask: Tensor | None, z_init: Tensor | None) -> Tensor:
+    """The previous states ``states[:-1]``, ``z_init`` where ``mask`` (resets) is true."""
+    zp = states[:-1]
+    if mask is not None and z_init is not None:
+        zp = torch.where(mask, z_init, zp)
     return zp
 
 
-def _zero_at_resets(jac: Tensor, resets: Tensor | None) -> Tensor:
-    if resets is None:
-        return jac
-    mask = resets.view(*resets.shape, *([1] * (jac.dim() - 2)))
-    return jac.masked_fill(mask, 0.0)
+def _solve_tile(
+    cell: Any,
+    px: Tensor,
+    z: Tensor,
+    span: tuple[int, int],
+    carry: Tensor,
+    resets: Tensor | None,
+    z_init: Tensor | None,
+    tol: float,
+    max_iters: int,
+    buffers: TileBuffers,
+) -> tuple[int, float, bool]:
+    """Newton on the tile ``[start, stop)`` from the exact state ``carry: (B, *S)`` before it;
+    the solution is written into ``z[:, start:stop]``.
 
-
-def _recur_and_jacobian(cell: Any, px: Tensor, zp: Tensor) -> tuple[Tensor, Tensor]:
-    both = getattr(cell, "recur_parallel_with_jacobian", None)
-    if both is not None:
-        out: tuple[Tensor, Tensor] = both(px, zp)
-        return out
-    return cell.recur_parallel(px, zp), cell.jacobian_diag(px, zp)
-
-
-def _linear_solve(jac: Tensor, rhs: Tensor, block: int) -> Tensor:
-    """``d_t = J_t d_{t-1} + rhs_t`` from ``d_{-1} = 0``: diagonal or 2x2 blocks."""
-    if block == 1:
-        batch, time = rhs.shape[0], rhs.shape[1]
-        d, _ = linear_scan(jac.reshape(batch, time, -1), rhs.reshape(batch, time, -1))
-        return d.reshape(rhs.shape)
-    return block2_scan(jac, rhs)
+    Returns ``(updates, residual, converged)``; ``residual`` is ``nan`` on NaN or inf.
+    """
+    start, stop = span
+    block = int(getattr(cell, "newton_block", 1))
+    pt, work, scratch = buffers.load(px, span)
+    states = buffers.states[: stop - start + 1]
+    states[0] = carry
+    zt = states[1:]
+    mask = reset_mask(resets, span, states.dim())
+    # initial guess: one step from a zero state (from the exact state at the tile's first step)
+    work.zero_()
+    work[0] = carry
+    guess = torch.where(mask, z_init, work) if mask is not None and z_init is not None else work
+    if scratch is None:
+        zt.copy_(cell.recur_parallel(pt, guess))
+    else:
+        zt.copy_(evaluate(cell, pt, guess, scratch)[0])
+    residual = float("inf")
+    stale: Tensor | None = None
+    for it in range(max_iters):
+        fz, jacobian = evaluate(cell, pt, _prev(states, mask, z_init), scratch)
+        # the fused results live in the scratch and may be overwritten; the cell's own may not
+        rhs = torch.sub(fz, zt, out=fz if scratch is not None else None)
+        residual = _max_abs(rhs)
+        if residual != residual or residual == float("inf"):
+            return it, float("nan"), False
+        done = residual <= tol
+        # The last update is a correction of about tol: the previous iterate's Jacobian is
+        # accurate enough for it (the error it adds is the product of this update and the
+        # previous one), so this iterate's Jacobian is not computed.
+        if done and stale is not None:
+            jac = stale
+        else:
+            jac = jacobian()
+            jmask = reset_mask(resets, span, jac.dim())
+            if jmask is not None:  # in place only on the scratch, never on the cell's tensors
+                jac = (
+                    jac.masked_fill_(jmask, 0) if scratch is not None else jac.masked_fill(jmask, 0)
+                )
+        zt.add_(scan_time_major(jac, rhs, None, work, block=block))
+        if done:
+            z[:, start:stop] = zt.transpose(0, 1)
+            return it + 1, residual, True
+        stale = jac
+    return max_iters, residual, False
 
 
 def newton_solve(
@@ -143,6 +351,7 @@ def newton_solve(
     z_init: Tensor | None = None,
     tol: float | None = None,
     max_iters: int = DEFAULT_MAX_ITERS,
+    tile: int | None = None,
 ) -> tuple[Tensor, SolveInfo]:
     """All states of ``z_t = f(z_{t-1}, x_t)`` by Newton's method (no autograd).
 
@@ -153,137 +362,34 @@ def newton_solve(
         resets: bool ``(B, T)``: the state entering step ``t`` is ``z_init``.
         z_init: ``(B, *S)`` packed ``init_state`` (needed with ``resets``).
         tol: absolute tolerance on ``max |f(z_{t-1}) - z_t|``.
-        max_iters: the most Newton updates.
+        max_iters: the most Newton updates per tile.
+        tile: steps per tile (``None``: automatic, see :func:`tile_steps`).
 
     Returns:
-        ``z: (B, T, *S)`` and the :class:`SolveInfo`. Each iteration solves
-        ``d_t = J_t d_{t-1} + (f(z_{t-1}, x_t) - z_t)`` by one scan and sets ``z += d``;
-        the initial guess is ``z_t = f(0, x_t)`` (``f(z0, x_0)`` at ``t = 0``).
+        ``z: (B, T, *S)`` and the :class:`SolveInfo`. Tile by tile, from the exact state
+        before the tile: the initial guess is ``z_t = f(0, x_t)`` (``f(z_{start-1}, x_start)``
+        at the tile's first step); each iteration solves ``d_t = J_t d_{t-1} + (f(z_{t-1},
+        x_t) - z_t)`` by one scan and sets ``z += d``, until ``max |f(z_{t-1}) - z_t| <= tol``
+        (that iteration's update is still applied). On failure ``z`` is partly solved and
+        ``info.converged`` is false.
     """
     block = int(getattr(cell, "newton_block", 1))
     if tol is None:
         tol = DEFAULT_TOL.get(px.dtype, 1e-4)
+    batch, time = px.shape[0], px.shape[1]
+    z = torch.empty((batch, time, *z0.shape[1:]), dtype=px.dtype, device=px.device)
+    steps = tile_steps(tile, z)
+    spans = tiles(time, steps)
+    most, worst = 0, 0.0
     with torch.no_grad():
-        zp = torch.zeros((*px.shape[:2], *z0.shape[1:]), dtype=px.dtype, device=px.device)
-        zp[:, 0] = z0
-        if resets is not None and z_init is not None:
-            zp = torch.where(
-                resets.view(*resets.shape, *([1] * (zp.dim() - 2))), z_init.unsqueeze(1), zp
+        buffers = TileBuffers(cell, px, z0, steps)
+        carry = z0
+        for span in spans:
+            its, res, ok = _solve_tile(
+                cell, px, z, span, carry, resets, z_init, tol, max_iters, buffers
             )
-        z = cell.recur_parallel(px, zp)
-        residual = float("inf")
-        iterations = 0
-        converged = False
-        while iterations < max_iters:
-            zp = _shift(z, z0, resets, z_init)
-            fz, jac = _recur_and_jacobian(cell, px, zp)
-            rhs = fz - z
-            residual = rhs.abs().max().item() if rhs.numel() else 0.0
-            if residual != residual or residual == float("inf"):
-                residual = float("nan")
-                break
-            z = z + _linear_solve(_zero_at_resets(jac, resets), rhs, block)
-            iterations += 1
-            if residual <= tol:
-                converged = True
-                break
-    return z, SolveInfo(iterations, residual, converged, tol, max_iters, block)
-
-
-class _NewtonAdjoint(torch.autograd.Function):
-    """Identity on the solution ``z`` whose backward is the adjoint of the recurrence."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        z: Tensor,
-        px: Tensor,
-        z0: Tensor,
-        cell: Any,
-        resets: Tensor | None,
-        z_init: Tensor | None,
-        *params: Tensor,
-    ) -> Tensor:
-        ctx.save_for_backward(z, px, z0)
-        ctx.cell, ctx.resets, ctx.z_init, ctx.params = cell, resets, z_init, params
-        return z.clone()
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        (dz,) = grads
-        z, px, z0 = ctx.saved_tensors
-        cell, resets, z_init, params = ctx.cell, ctx.resets, ctx.z_init, ctx.params
-        block = int(getattr(cell, "newton_block", 1))
-        needs = ctx.needs_input_grad
-        with torch.no_grad():
-            jac = _zero_at_resets(cell.jacobian_diag(px, _shift(z, z0, resets, z_init)), resets)
-            # adjoint: lam_t = dz_t + J_{t+1}^T lam_{t+1}, a scan in reversed time
-            shifted = torch.cat((jac[:, 1:], torch.zeros_like(jac[:, :1])), 1)
-            if block == 2:
-                shifted = shifted.transpose(-1, -2)
-            lam = _linear_solve(shifted.flip(1), dz.to(z.dtype).flip(1), block).flip(1)
-        with torch.enable_grad():
-            px_ = px.detach().requires_grad_(needs[1])
-            z0_ = z0.detach().requires_grad_(needs[2])
-            out = cell.recur_parallel(px_, _shift(z.detach(), z0_, resets, z_init))
-            wrt = [px_, z0_, *params]
-            mask = [needs[1], needs[2], *needs[6:]]
-            inputs = [t for t, m in zip(wrt, mask, strict=True) if m]
-            got = list(torch.autograd.grad(out, inputs, lam, allow_unused=True)) if inputs else []
-        result: list[Tensor | None] = [None]
-        for t, m in zip(wrt, mask, strict=True):
-            g = got.pop(0) if m else None
-            if m and g is None:
-                g = torch.zeros_like(t)
-            result.append(g)
-            if len(result) == 3:
-                result += [None, None, None]
-        return tuple(result)
-
-
-def newton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``newton`` kernel: solve by Newton, differentiate by one adjoint scan.
-
-    Falls back to the sequential reference with a warning when the solve does not converge.
-    """
-    cell: Any = call.cell
-    x = call.x
-    batch, time = x.shape[0], x.shape[1]
-    state: Any = call.state
-    if state is None:
-        state = cell.init_state(batch, device=x.device, dtype=x.dtype)
-    if time == 0:
-        return x.new_empty(batch, 0, cell.output_size), state
-    cd = compute_dtype(x.dtype)
-    px = cell.project(x).to(cd)
-    z0 = cell.pack_state(state).to(cd)
-    z_init = None
-    if call.resets is not None:
-        z_init = cell.pack_state(cell.init_state(batch, device=x.device, dtype=cd)).to(cd)
-    tol, max_iters = _options()
-    z, info = newton_solve(
-        cell,
-        px.detach(),
-        z0.detach(),
-        resets=call.resets,
-        z_init=z_init,
-        tol=tol,
-        max_iters=max_iters,
-    )
-    if not info.converged:
-        _set_info(replace(info, fell_back=True))
-        warnings.warn(
-            f"newton: no convergence for {type(cell).__name__} (B={batch}, T={time}) after "
-            f"{info.iterations} iterations, residual {info.residual:.3e} > tol {info.tol:.1e}; "
-            "running the sequential reference instead",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return reference_forward(call)
-    _set_info(info)
-    if call.needs_grad:
-        params = tuple(p for p in cell.parameters() if p.requires_grad)
-        z = cast(Any, _NewtonAdjoint).apply(z, px, z0, cell, call.resets, z_init, *params)
-    y = cell.readout_parallel(px, z).to(x.dtype)
-    final = cell.unpack_state(z[:, -1])
-    return y, type(final)._make(f.to(s.dtype) for f, s in zip(final, state, strict=True))
+            most, worst = max(most, its), max(worst, res)
+            if not ok:
+                return z, SolveInfo(its, res, False, tol, max_iters, block, tiles=len(spans))
+            carry = z[:, span[1] - 1]
+    return z, SolveInfo(most, worst, True, tol, max_iters, block, tiles=len(spans))

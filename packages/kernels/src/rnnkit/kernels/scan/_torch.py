@@ -53,56 +53,119 @@ def sequential_scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, rever
     Returns:
         The state after the last step, ``(B, D)`` (a view of ``out``, or ``h0`` when ``T = 0``).
     """
-    time = b.shape[1]
+    steps = zip(a.unbind(1), b.unbind(1), out.unbind(1), strict=True)  # views made in one go
     state = h0
-    for t in range(time - 1, -1, -1) if reverse else range(time):
-        o = out[:, t]
-        torch.addcmul(b[:, t], a[:, t], state, out=o)
+    for a_t, b_t, o in reversed(list(steps)) if reverse else steps:
+        torch.addcmul(b_t, a_t, state, out=o)
         state = o
     return state
 
 
+def _rows(x: Tensor, first: int, count: int, step: int) -> Tensor:
+    """Rows ``first, first + step, ..., first + (count - 1) step`` of ``x: (B, T, D)``:
+    a ``(B, count, D)`` view (any strides, including the 0 strides of an expanded tensor)."""
+    sb, st, sd = x.stride()
+    size = (x.shape[0], count, x.shape[2])
+    return x.as_strided(size, (sb, step * st, sd), x.storage_offset() + first * st)
+
+
+def chunk_length(time: int, row_bytes: int, chunk: int | None = None) -> int | None:
+    """The chunk length :func:`chunked_scan_into` uses at its top level for ``time`` steps of
+    ``row_bytes`` rows, or ``None`` when it runs the step loop instead."""
+    length = chunk or default_chunk(time, row_bytes)
+    if time < 2 * length or (chunk is None and time < MIN_CHUNKED_T):
+        return None
+    return length
+
+
 def chunked_scan_into(
-    a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, reverse: bool, chunk: int | None = None
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    out: Tensor,
+    *,
+    reverse: bool,
+    chunk: int | None = None,
+    products: Tensor | None = None,
+    products_out: Tensor | None = None,
 ) -> Tensor:
     """Chunked scan with the same contract as :func:`sequential_scan_into`.
 
-    ``T`` is cut into ``C = T // L`` chunks of ``L = chunk`` steps (the last ``T - C * L``
-    steps, or the first ones when reversed, run as a step loop afterwards):
+    ``T`` is cut into ``C = ceil(T / L)`` chunks of ``L = chunk`` steps; when ``L`` does not
+    divide ``T`` the chunk scanned last is partial (the last in time, or the first when
+    reversed), and the ops of the positions it lacks leave it out:
 
     1. local pass: the end state ``E_c`` of each chunk started from zero, and the product
-       ``P_c`` of its gates, for all chunks at once (``L`` ops on ``(B, C, D)`` slices);
+       ``P_c`` of its gates, for all chunks at once (``L`` ops on ``(B, C, D)`` row views);
     2. chunk pass: ``H_c = P_c * H_{c-1} + E_c`` from ``h0``, by this function recursively;
     3. fix-up pass: the recurrence again inside each chunk, now started from ``H_{c-1}``,
        writing ``out`` (``L`` ops).
 
     Args:
         chunk: the chunk length ``L``; ``None`` picks :func:`default_chunk` at every level.
+        products: the chunks' gate products ``P_c: (B, C, D)`` (time order) when the caller
+            already has them (the backward reuses the forward's): the local pass then skips
+            them, a third of its work.
+        products_out: a ``(B, C, D)`` buffer that receives the ``P_c`` computed here (for a
+            later ``products``); ignored when the step loop runs (see :func:`chunk_length`).
     """
     batch, time, width = b.shape
-    length = chunk or default_chunk(time, width * b.element_size())
-    if time < 2 * length or (chunk is None and time < MIN_CHUNKED_T):
+    length = chunk_length(time, width * b.element_size(), chunk)
+    if length is None:
         return sequential_scan_into(a, b, h0, out, reverse=reverse)
-    n_chunks = time // length
-    main_len = n_chunks * length
-    main = slice(time - main_len, time) if reverse else slice(0, main_len)
-    tail = slice(0, time - main_len) if reverse else slice(main_len, time)
-    # (B, C, L, D) views: splitting one dimension is a view whatever the strides.
-    split = (batch, n_chunks, length, width)
-    a_c, b_c, out_c = a[:, main].view(split), b[:, main].view(split), out[:, main].view(split)
+    full, rem = divmod(time, length)
+    n_chunks = full + (rem > 0)
+    # Chunks in time order. Forward: chunk c starts at c * L and the partial one is the last,
+    # holding positions < rem. Reversed: the grid starts at rem - L, so the partial chunk is the
+    # first, holding positions >= L - rem. Either way it is the chunk that runs out first in
+    # scan order, so the chunks active at a position are a prefix (forward) or a suffix
+    # (reversed) that only shrinks as the scan goes on.
+    origin = rem - length if reverse and rem else 0
     order = list(range(length - 1, -1, -1) if reverse else range(length))
 
-    # 1. local end states and chunk products; the clones are fresh contiguous buffers that the
-    # loop updates in place (never the caller's tensors).
-    first = order[0]
-    ends = b_c[:, :, first].clone(memory_format=torch.contiguous_format)
-    prods = a_c[:, :, first].clone(memory_format=torch.contiguous_format)
-    for pos in order[1:]:
-        a_l = a_c[:, :, pos]
-        torch.addcmul(b_c[:, :, pos], a_l, ends, out=ends)
-        prods.mul_(a_l)  # a_l was just read: it is still in cache
+    def active(pos: int) -> tuple[int, int]:
+        """Chunks ``[lo, hi)`` (time order) that have position ``pos``."""
+        if not rem:
+            return 0, n_chunks
+        if reverse:
+            return (0 if pos >= length - rem else 1), n_chunks
+        return 0, (n_chunks if pos < rem else full)
 
-    # 2. the states at chunk boundaries; states[:, c] enters chunk c (in scan order).
+    spans = [active(pos) for pos in range(length)]
+
+    def position_views(x: Tensor) -> list[Tensor]:
+        """``x``'s ``(B, chunks, D)`` rows at every position (index: position), made in one
+        go: for the short scans of Newton tiles, view creation would otherwise cost more
+        than the arithmetic."""
+        if not rem:
+            return list(x.view(batch, n_chunks, length, width).unbind(2))
+        return [
+            _rows(x, origin + p + lo * length, hi - lo, length) for p, (lo, hi) in enumerate(spans)
+        ]
+
+    a_at, b_at = position_views(a), position_views(b)
+    cut: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+
+    # 1. local end states and chunk products in fresh contiguous buffers (time order).
+    first = order[0]
+    ends = b_at[first].clone(memory_format=torch.contiguous_format)
+    prods = products
+    if prods is None:
+        prods = products_out if products_out is not None else torch.empty_like(ends)
+        prods.copy_(a_at[first])  # the first position has every chunk
+    local_prods = prods if products is None else None
+    for pos in order[1:]:
+        span = spans[pos]
+        if span not in cut:
+            lo, hi = span
+            cut[span] = (ends[:, lo:hi], local_prods[:, lo:hi] if local_prods is not None else None)
+        e, pr = cut[span]
+        a_l = a_at[pos]
+        torch.addcmul(b_at[pos], a_l, e, out=e)
+        if pr is not None:
+            pr.mul_(a_l)  # a_l was just read: it is still in cache
+
+    # 2. the states at chunk boundaries: carry[:, c] enters chunk c (time order).
     states = alloc((batch, n_chunks + 1, width), dtype=out.dtype, device=out.device)
     if reverse:
         states[:, n_chunks] = h0
@@ -113,12 +176,16 @@ def chunked_scan_into(
         last = chunked_scan_into(prods, ends, h0, states[:, 1:], reverse=False, chunk=chunk)
         carry = states[:, :n_chunks]
 
-    # 3. fix-up: rerun each chunk from its true entering state.
+    # 3. fix-up: rerun each chunk from its true entering state; the chunks active at a position
+    # were all active at the position before it, whose outputs are the states to continue from.
+    out_at = position_views(out)
     state = carry
+    prev = spans[first]
     for pos in order:
-        o = out_c[:, :, pos]
-        torch.addcmul(b_c[:, :, pos], a_c[:, :, pos], state, out=o)
-        state = o
-    if time == main_len:
-        return last
-    return sequential_scan_into(a[:, tail], b[:, tail], last, out[:, tail], reverse=reverse)
+        span = spans[pos]
+        if span != prev:  # the partial chunk has run out: drop its column
+            state = state[:, span[0] - prev[0] : span[0] - prev[0] + span[1] - span[0]]
+        o = out_at[pos]
+        torch.addcmul(b_at[pos], a_at[pos], state, out=o)
+        state, prev = o, span
+    return last

@@ -50,22 +50,43 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # --- the scan with its backward ----------------------------------------------------------------
 
 
-def _scan_forward(a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None) -> Tensor:
-    """``h: (B, T, D)`` in ``b``'s dtype; ``a, b: (B, T, D)``, ``h0: (B, D)``, ``T >= 1``."""
+def _shared_chunk(time: int, row_bytes: int, chunk: int | None) -> int | None:
+    """The chunk length ``L`` when the torch scan's backward can reuse the forward's chunk
+    gate products: ``L`` divides ``T`` and the backward's scan over ``T - 1`` steps picks the
+    same ``L``, so its chunks (reversed, the partial one first) cover the gates ``a_1 ..
+    a_{T-1}`` on the forward's chunk boundaries; else ``None``."""
+    length = _torch.chunk_length(time, row_bytes, chunk)
+    if length is None or length < 2 or time % length:
+        return None
+    return length if _torch.chunk_length(time - 1, row_bytes, chunk) == length else None
+
+
+def _scan_forward(
+    a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
+) -> tuple[Tensor, Tensor | None]:
+    """``h: (B, T, D)`` in ``b``'s dtype, and the chunk gate products the backward can reuse
+    (torch backend, see :func:`_shared_chunk`); ``a, b: (B, T, D)``, ``h0: (B, D)``, ``T >= 1``."""
     if backend == "triton_sequential":
-        return _triton.sequential_forward(a, b, h0)
+        return _triton.sequential_forward(a, b, h0), None
     if backend in _TRITON_KERNEL:
         h = alloc(tuple(b.shape), dtype=b.dtype, device=b.device)
         kernel = _TRITON_KERNEL[backend]
         _triton.scan_into(a, b, h0, h, reverse=False, kernel=kernel, chunk=chunk)
-        return h
+        return h, None
     cd = compute_dtype(b.dtype)
-    h = alloc(tuple(b.shape), dtype=cd, device=b.device)
+    batch, time, width = b.shape
+    h = alloc((batch, time, width), dtype=cd, device=b.device)
+    prods = None
     if backend == "sequential":
         _torch.sequential_scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False)
     else:
-        _torch.chunked_scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False, chunk=chunk)
-    return h.to(b.dtype)
+        length = _shared_chunk(time, width * h.element_size(), chunk)
+        if length is not None:
+            prods = torch.empty((batch, time // length, width), dtype=cd, device=b.device)
+        _torch.chunked_scan_into(
+            a.to(cd), b.to(cd), h0.to(cd), h, reverse=False, chunk=chunk, products_out=prods
+        )
+    return h.to(b.dtype), prods
 
 
 def _scan_backward(
@@ -77,13 +98,15 @@ def _scan_backward(
     backend: str,
     chunk: int | None,
     need_a: bool,
+    prods: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     """``(da, db, dh0)`` in the dtypes of ``a``, ``h`` and ``h0``.
 
     With ``g_t = dL/db_t``: ``g_t = dh_t + conj(a_{t+1}) g_{t+1}`` and ``g_{T-1} = dh_{T-1} +
     dh_last`` (a reverse scan over the gates shifted by one step), ``da_t = g_t conj(h_{t-1})``
     with ``h_{-1} = h0``, and ``dh0 = conj(a_0) g_0`` (torch's conjugate Wirtinger convention;
-    the conjugates vanish for real dtypes).
+    the conjugates vanish for real dtypes). ``prods``: the forward's chunk gate products
+    (torch backend), reused for every chunk of the reverse scan but its partial first one.
     """
     if backend == "triton_sequential":
         da, db, dh0 = _triton.sequential_backward(a, h, h0, dh, dh_last)
@@ -104,7 +127,16 @@ def _scan_backward(
     elif backend == "sequential":
         _torch.sequential_scan_into(gates, inputs, start, rest, reverse=True)
     else:
-        _torch.chunked_scan_into(gates, inputs, start, rest, reverse=True, chunk=chunk)
+        products = None
+        if prods is not None:
+            # chunk c >= 1 of the reverse scan multiplies exactly the forward's chunk c gates;
+            # the partial chunk 0 lacks a_0
+            products = prods.conj_physical() if prods.is_complex() else prods.clone()
+            length = time // prods.shape[1]
+            torch.prod(gates[:, : length - 1], 1, out=products[:, 0])
+        _torch.chunked_scan_into(
+            gates, inputs, start, rest, reverse=True, chunk=chunk, products=products
+        )
     grad_a: Tensor | None = None
     if need_a:
         grad_a = alloc((batch, time, width), dtype=cd, device=h.device)
@@ -122,9 +154,9 @@ class _LinearScan(torch.autograd.Function):
     def forward(
         ctx: Any, a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
     ) -> tuple[Tensor, Tensor]:
-        h = _scan_forward(a, b, h0, backend, chunk)
+        h, prods = _scan_forward(a, b, h0, backend, chunk)
         ctx.save_for_backward(a, h, h0)
-        ctx.backend, ctx.chunk = backend, chunk
+        ctx.backend, ctx.chunk, ctx.prods = backend, chunk, prods
         return h, h[:, -1].clone()
 
     @staticmethod
@@ -134,7 +166,9 @@ class _LinearScan(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         a, h, h0 = ctx.saved_tensors
         need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
-        da, db, dh0 = _scan_backward(a, h, h0, dh, dh_last, ctx.backend, ctx.chunk, need_a)
+        da, db, dh0 = _scan_backward(
+            a, h, h0, dh, dh_last, ctx.backend, ctx.chunk, need_a, ctx.prods
+        )
         return da, db if need_b else None, dh0 if need_h0 else None, None, None
 
 
