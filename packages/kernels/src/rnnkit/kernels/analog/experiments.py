@@ -175,13 +175,12 @@ def hw_rows(
             "valid": valid,
         }
     ]
-    if finetune_steps > 0:
-        # control: the same fine-tune (batches, lr, selection) without hardware, so the effect
-        # of hardware-aware training is not confused with that of training longer.
-        control = copy.deepcopy(model)
+
+    def finetune(m: torch.nn.Module) -> None:
+        """The one fine-tune protocol (batches, lr, selection) of the control and of HW-aware."""
         fit(
             task,
-            control,
+            m,
             data.train,
             finetune_steps,
             batch_size,
@@ -192,6 +191,12 @@ def hw_rows(
             metric=metric,
             select_every=select_every,
         )
+
+    if finetune_steps > 0:
+        # control: the same fine-tune (batches, lr, selection) without hardware, so the effect
+        # of hardware-aware training is not confused with that of training longer.
+        control = copy.deepcopy(model)
+        finetune(control)
         v = score(control)
         rows.append(
             {
@@ -209,19 +214,7 @@ def hw_rows(
         plain = [score(to_analog(model, cfg.replace(seed=s))) for s in noise_seeds]
         # hardware-aware fine-tune: its training noise comes from a seed no evaluation uses.
         tuned = to_analog(model, cfg.replace(seed=10_000 + seed))
-        fit(
-            task,
-            tuned,
-            data.train,
-            finetune_steps,
-            batch_size,
-            finetune_lr,
-            seed + 2,
-            valid=data.valid,
-            info=info,
-            metric=metric,
-            select_every=select_every,
-        )
+        finetune(tuned)
         aware = []
         for s in noise_seeds:
             program_analog(tuned, seed=s)
