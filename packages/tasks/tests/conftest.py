@@ -25,11 +25,11 @@ SERIES_TASKS = frozenset({"sunspots", "co2", "elnino"})
 
 @functools.cache
 def task_data(name: str, seed: int = 0) -> TaskData:
-    """Cached ``get_task(name).data(seed)``; ``kws`` is skipped without espeak-ng, the real
+    """Cached ``get_task(name).data(seed)``; ``kws*`` are skipped without espeak-ng, the real
     series tasks without statsmodels (the ``series`` extra)."""
     no_audio = not os.environ.get("RNNKIT_SPEECH_COMMANDS") and shutil.which("espeak-ng") is None
-    if name == "kws" and no_audio:
-        pytest.skip("kws needs espeak-ng (apt-get install espeak-ng) or RNNKIT_SPEECH_COMMANDS")
+    if name in ("kws", "kws12") and no_audio:
+        pytest.skip(f"{name} needs espeak-ng (apt-get install espeak-ng) or RNNKIT_SPEECH_COMMANDS")
     if name in SERIES_TASKS and importlib.util.find_spec("statsmodels") is None:
         pytest.skip(f"{name} needs statsmodels: pip install 'rnnkit-tasks[series]'")
     return get_task(name).data(seed)

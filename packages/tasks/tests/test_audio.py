@@ -15,12 +15,16 @@ from rnnkit.tasks import Split, TaskData, TrainConfig, Trainer, get_task
 from rnnkit.tasks._util import row_keys
 from rnnkit.tasks.audio import (
     CLIP_SAMPLES,
+    build_espeak_clips,
+    coloured_noise,
+    espeak12_data,
     espeak_data,
     kws_data,
     mfcc,
     read_wav,
     silence_clips,
     speech_commands_data,
+    synthetic_background,
 )
 
 
@@ -208,7 +212,7 @@ def test_silence_clips_stay_in_their_split() -> None:
         silence_clips(noise, "training", 1, g)
 
 
-def test_speech_commands_twelve_classes(tmp_path: Path) -> None:
+def test_speech_commands_twelve_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     held = _speech_commands(tmp_path)  # up/down/go + "other": 2 train, 1 valid, 1 test each
     rng = np.random.default_rng(2)
     for i in range(4, 12):  # 8 more "other" clips: more unknowns to choose from
@@ -258,8 +262,11 @@ def test_speech_commands_twelve_classes(tmp_path: Path) -> None:
     # the default fractions (10 %) and the task's switch
     default = kws_data(0, root=str(tmp_path), words=words, silence_unknown=True)
     assert default.train.targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
-    with pytest.raises(ValueError, match="Speech Commands folder"):
-        kws_data(0, words=words, silence_unknown=True)
+    with monkeypatch.context() as m:  # without a folder: the espeak-ng set, which needs espeak-ng
+        m.setattr(shutil, "which", lambda name: None)
+        m.delenv("RNNKIT_SPEECH_COMMANDS", raising=False)
+        with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+            kws_data(0, words=words, silence_unknown=True)
     with pytest.raises(ValueError, match="unknown_fraction"):
         speech_commands_data(tmp_path, words, silence_unknown=True, unknown_fraction=1.5)
     (tmp_path / "_background_noise_" / "tones.wav").unlink()
@@ -326,3 +333,96 @@ def test_espeak_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.steps == 2 and 0.0 <= result.test["accuracy"] <= 1.0
     assert get_task("kws").io["input_size"] == 13
     assert isinstance(a.train, Split)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
+def test_coloured_noise_has_its_spectral_slope(exponent: float) -> None:
+    x = coloured_noise(1 << 16, exponent, torch.Generator().manual_seed(0)).double()
+    assert x.dtype == torch.float64 and x.shape == (1 << 16,)
+    assert float(x.square().mean().sqrt()) == pytest.approx(1.0, rel=1e-5)
+    power = torch.fft.rfft(x).abs().square()
+    # mean power per octave band [2^j, 2^(j+1)) of frequency bins: power ~ f^-exponent
+    octaves = range(5, 14)
+    band = torch.tensor([float(power[2**j : 2 ** (j + 1)].mean()) for j in octaves])
+    slope = np.polyfit(np.array(list(octaves), dtype=float), np.log2(band.numpy()), 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.1)
+    noise = synthetic_background(3, 0.25, seconds=2.0)
+    assert len(noise) == 3 and all(r.shape == (32000,) for r in noise)
+    for r in noise:
+        assert float(r.square().mean().sqrt()) == pytest.approx(0.25, rel=1e-5)
+    with pytest.raises(ValueError, match="level must be positive"):
+        synthetic_background(0, 0.0)
+
+
+TINY12 = {
+    "words": ("yes", "no"),
+    "unknown_words": ("cat",),
+    "voices": (["en", "en+m3"], ["en-us"], ["en+f3"]),
+    "speeds": (150,),
+    "pitches": (40, 60),
+    "snrs_db": (20.0, 10.0),
+    "silence_fraction": 0.5,
+    "unknown_fraction": 0.5,
+}
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_twelve_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    data = espeak12_data(0, normalise=False, **TINY12)  # type: ignore[arg-type]
+    assert data.info["labels"] == ("yes", "no", "_silence_", "_unknown_")
+    # per voice 2 words x 2 pitches x 2 SNRs = 8 keyword clips, 4 of "cat";
+    # train (2 voices): 16 keyword clips -> 8 silence, min(8, 8 "cat" clips) = 8 unknown
+    assert data.train.targets.tolist() == [*sorted([0] * 8 + [1] * 8), *[2] * 8, *[3] * 8]
+    # valid / test (1 voice): 8 keyword clips -> 4 silence, 4 unknown
+    for s in (data.valid, data.test):
+        assert sorted(s.targets.tolist()) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    # unknowns are the other word spoken by the split's own voices, noised like the keywords
+    others = espeak_data(
+        0,
+        words=("cat",),
+        voices=TINY12["voices"],  # type: ignore[arg-type]
+        speeds=(150,),
+        pitches=(40, 60),
+        snrs_db=(20.0, 10.0),
+        normalise=False,
+    )
+    for name in ("train", "valid", "test"):
+        s, pool = data.split(name), set(row_keys(others.split(name).inputs))
+        assert set(row_keys(s.inputs[s.targets == 3])) <= pool, name
+        quiet = set(row_keys(s.inputs[s.targets == 2]))
+        assert not quiet & set(row_keys(s.inputs[s.targets != 2])), name
+    # the noise recordings' level: median clean-speech RMS of the keywords at the lowest SNR
+    voices = ["en", "en+m3", "en-us", "en+f3"]
+    clean, _ = build_espeak_clips(("yes", "no"), voices, (150,), (40, 60))
+    rms = float(torch.stack([c.square().mean().sqrt() for c in clean]).median())
+    want = rms * 10 ** (-10 / 20)
+    assert data.info["noise_level"] == pytest.approx(want, rel=1e-5)  # float32 sums
+    # deterministic, and the seed changes the draws
+    again = espeak12_data(0, normalise=False, **TINY12)  # type: ignore[arg-type]
+    other = espeak12_data(1, normalise=False, **TINY12)  # type: ignore[arg-type]
+    assert torch.equal(again.train.inputs, data.train.inputs)
+    assert not torch.equal(other.train.inputs, data.train.inputs)
+    normed = espeak12_data(0, **TINY12)  # type: ignore[arg-type]
+    flat = normed.train.inputs.reshape(-1, 13)
+    assert torch.allclose(flat.mean(0), torch.zeros(13), atol=1e-4)
+    with pytest.raises(ValueError, match="are keywords"):
+        espeak12_data(0, **{**TINY12, "unknown_words": ("no",)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="silence_fraction"):
+        espeak12_data(0, **{**TINY12, "silence_fraction": -0.1})  # type: ignore[arg-type]
+    none = espeak12_data(0, **{**TINY12, "silence_fraction": 0.0, "unknown_fraction": 0.0})  # type: ignore[arg-type]
+    assert sorted(set(none.train.targets.tolist())) == [0, 1]
+    # the kws12 task's default model trains on it (12 outputs; labels 10, 11 are the extras)
+    task = get_task("kws12")
+    assert task.io["output_size"] == 12
+    cfg = TrainConfig(
+        task="kws12",
+        steps=2,
+        batch_size=8,
+        eval_every=2,
+        out=str(tmp_path / "run"),
+        verbose=False,
+        plot=False,
+    )
+    result = Trainer(cfg, data=normed).run()
+    assert result.steps == 2 and 0.0 <= result.test["accuracy"] <= 1.0

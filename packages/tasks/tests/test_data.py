@@ -41,8 +41,19 @@ from rnnkit.tasks.vessels import vessel_data
 ALL = list_tasks()
 # fixed texts and series: only training order depends on the seed
 FIXED_DATA = {"charlm", "charlm_shakespeare", "sunspots", "co2", "elnino"}
-# seed dependence checked for the others only (these: test_slow_generators_deterministic)
-SLOW_DATA = {"dyck1", "dyck2", "lorenz63", "rossler", "lorenz96", "ks", "epidemic", "vessels"}
+# seed dependence checked for the others only (these: test_slow_generators_deterministic;
+# kws12: test_audio.py's test_espeak_twelve_classes on a tiny set)
+SLOW_DATA = {
+    "dyck1",
+    "dyck2",
+    "lorenz63",
+    "rossler",
+    "lorenz96",
+    "ks",
+    "epidemic",
+    "vessels",
+    "kws12",
+}
 
 
 def test_all_tasks_registered() -> None:
@@ -75,6 +86,8 @@ def test_all_tasks_registered() -> None:
         "co2",
         "elnino",
         "charlm_shakespeare",
+        "kws",
+        "kws12",
     ]:
         assert name in ALL
     assert list_tasks("tomita*") == [f"tomita{g}" for g in range(1, 8)]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
-from rnnkit.tasks import get_task
+from rnnkit.tasks import TrainConfig, Trainer, get_task
 from rnnkit.tasks.base import IGNORE_INDEX
 from rnnkit.tasks.synthetic import (
     mqar_data,
@@ -103,3 +104,25 @@ def test_mqar_first_query_is_the_earliest_labelled_step() -> None:
     m = mqar_metrics(logits, y, torch.zeros(2, 6, dtype=torch.long), {})
     assert m["first_query_accuracy"] == 0.5
     assert m["token_accuracy"] == 1 / 3
+
+
+def test_mqar_default_cell_recalls_on_a_small_instance(tmp_path: Path) -> None:
+    """The task's default cell (DeltaNet) binds keys to values: on 3 pairs, L=16, vocab 32,
+    150 steps (about 5 s) take the first query far above the shortcut's 1/3 (seeds 0, 1, 2
+    reached 1.0, 1.0, 0.96 when this was written; the same budget leaves an LSTM 32 at 0.13)."""
+    assert get_task("mqar").model_config["cell"] == "deltanet"
+    data = mqar_data(0, vocab=32, seq_len=16, pairs=3, sizes=(3000, 300, 300))
+    cfg = TrainConfig(
+        task="mqar",
+        steps=150,
+        batch_size=32,
+        eval_every=150,
+        lr=1e-2,
+        model_config={"hidden_size": 32},
+        out=str(tmp_path),
+        verbose=False,
+        plot=False,
+    )
+    result = Trainer(cfg, data=data).run()
+    assert result.test["first_query_accuracy"] > 0.9
+    assert result.test["token_accuracy"] > 0.9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterModel, hookimpl
 from rnnkit.models import networks
-from rnnkit.models.cells import LRU, Aaren, ParaGRU, ParaLSTM
+from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
 
 
 @hookimpl
@@ -39,4 +39,10 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         Aaren,
         description="Aaren: attention with a learned query as an RNN (parallel prefix forward)",
         test_configs=[{}, {"heads": 2}, {"heads": 3}],
+    )
+    register(
+        "deltanet",
+        DeltaNet,
+        description="DeltaNet: matrix key-value memory written by the delta rule (reference loop)",
+        test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
     )

@@ -13,8 +13,10 @@
   speeds and pitches) with Gaussian noise at a few SNRs, built on first use and cached under
   ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit/kws``); split by voice, so no voice is shared
   between train, valid and test.
-* :func:`kws_data`: the ``kws`` task's data: the ``espeak-ng`` set, or the real data set when
-  ``RNNKIT_SPEECH_COMMANDS`` names a Speech Commands folder.
+* :func:`espeak12_data`: the 12-class setup on the ``espeak-ng`` set: ``_silence_`` cut from
+  synthetic coloured-noise recordings, ``_unknown_`` from other words spoken the same way.
+* :func:`kws_data`: the ``kws`` / ``kws12`` tasks' data: the ``espeak-ng`` set, or the real
+  data set when ``RNNKIT_SPEECH_COMMANDS`` names a Speech Commands folder.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ TEST_VOICES: tuple[str, ...] = ("en+f4", "en-gb-x-rp+m5")
 SPEEDS: tuple[int, ...] = (130, 170, 210)
 PITCHES: tuple[int, ...] = (35, 50, 65)
 SNRS_DB: tuple[float, ...] = (20.0, 10.0, 5.0)
+# other words for the synthetic ``_unknown_`` class (a handful of Speech Commands V1's
+# auxiliary words); spoken with the keywords' voices, speeds and pitches
+UNKNOWN_WORDS: tuple[str, ...] = (
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "happy",
+    "house",
+    "marvin",
+    "sheila",
+    "tree",
+    "wow",
+)
+SILENCE_LABEL, UNKNOWN_LABEL = "_silence_", "_unknown_"
+# spectral exponents of the synthetic background-noise recordings: power ~ 1 / f^exponent
+NOISE_EXPONENTS: tuple[float, ...] = (0.0, 1.0, 2.0)  # white, pink, brown
 SPEECH_COMMANDS_ENV = "RNNKIT_SPEECH_COMMANDS"
 CACHE_ENV = "RNNKIT_CACHE"
 
@@ -306,7 +325,7 @@ def speech_commands_data(
     labels: tuple[str, ...] = tuple(words)
     if silence_unknown:
         _add_silence_unknown(base, words, lists, groups, seed, silence_fraction, unknown_fraction)
-        labels = (*labels, "_silence_", "_unknown_")
+        labels = (*labels, SILENCE_LABEL, UNKNOWN_LABEL)
     splits = {}
     for name, (xs, ys) in groups.items():
         if not xs:
@@ -493,6 +512,145 @@ def espeak_data(
     return standardise(data) if normalise else data
 
 
+def coloured_noise(samples: int, exponent: float, gen: torch.Generator) -> Tensor:
+    """Gaussian noise ``(samples,)`` float32 with power spectrum ``~ 1 / f^exponent``, unit RMS.
+
+    ``exponent`` 0 is white, 1 pink, 2 brown noise: white Gaussian noise is shaped in the
+    frequency domain by ``f^(-exponent / 2)`` (the DC bin is set to zero) and scaled to an RMS
+    of 1.
+    """
+    if samples < 2:
+        raise ValueError(f"samples must be at least 2, got {samples}")
+    white = torch.randn(samples, generator=gen, dtype=torch.float64)
+    spec = torch.fft.rfft(white)
+    f = torch.arange(spec.shape[0], dtype=torch.float64)
+    spec = spec * f.clamp(min=1.0) ** (-exponent / 2.0)
+    spec[0] = 0.0
+    x = torch.fft.irfft(spec, n=samples)
+    out: Tensor = (x / x.square().mean().sqrt()).float()
+    return out
+
+
+def synthetic_background(
+    seed: int,
+    level: float,
+    *,
+    seconds: float = 60.0,
+    exponents: Sequence[float] = NOISE_EXPONENTS,
+) -> list[Tensor]:
+    """Stand-ins for Speech Commands' ``_background_noise_`` recordings: one recording
+    ``(seconds * 16000,)`` of coloured noise (:func:`coloured_noise`) per exponent, at RMS
+    ``level``, drawn from ``seed``. :func:`silence_clips` cuts ``_silence_`` clips from them."""
+    if level <= 0.0:
+        raise ValueError(f"level must be positive, got {level}")
+    gen = generator(seed, 44)
+    n = round(seconds * SAMPLE_RATE)
+    return [level * coloured_noise(n, e, gen) for e in exponents]
+
+
+def _speech_rms(
+    words: Sequence[str], voices: Sequence[str], speeds: Sequence[int], pitches: Sequence[int]
+) -> float:
+    """Median RMS of the clean spoken clips (cached; each clip is only as long as the word)."""
+    blob = _cached_clips(words, voices, speeds, pitches)
+    clips = torch.split(blob["pcm"].float() / 32768.0, blob["lengths"].tolist())
+    return float(torch.stack([c.square().mean().sqrt() for c in clips]).median())
+
+
+def espeak12_data(
+    seed: int,
+    *,
+    words: Sequence[str] = KEYWORDS,
+    unknown_words: Sequence[str] = UNKNOWN_WORDS,
+    voices: tuple[Sequence[str], Sequence[str], Sequence[str]] = (
+        TRAIN_VOICES,
+        VALID_VOICES,
+        TEST_VOICES,
+    ),
+    speeds: Sequence[int] = SPEEDS,
+    pitches: Sequence[int] = PITCHES,
+    snrs_db: Sequence[float] = SNRS_DB,
+    silence_fraction: float = 0.1,
+    unknown_fraction: float = 0.1,
+    normalise: bool = True,
+) -> TaskData:
+    """The 12-class setup on the ``espeak-ng`` set: ``words`` + ``_silence_`` + ``_unknown_``.
+
+    Labels ``0..len(words)-1`` are the keywords of :func:`espeak_data`, then ``_silence_`` and
+    ``_unknown_`` (``info["labels"]``). Per split, with ``n`` its keyword clips:
+
+    * ``_silence_``: ``ceil(silence_fraction * n)`` clips cut by :func:`silence_clips` (gain
+      ``U(0, 1)``, each recording split 80/10/10 % by position) from white, pink and brown
+      noise recordings (:func:`synthetic_background`) whose RMS is the noise level of the
+      noisiest keyword clips (median clean-speech RMS at the lowest SNR of ``snrs_db``): a
+      silence clip is a keyword clip's background without the word.
+    * ``_unknown_``: ``ceil(unknown_fraction * n)`` clips drawn without replacement from
+      ``unknown_words`` spoken and noised exactly like the keywords by the split's own voices
+      (so voices stay on their side), all of them if there are fewer.
+
+    Inputs ``(N, 98, 13)`` (standardised by the training statistics when ``normalise``),
+    targets ``(N,)`` int64; every draw comes from ``seed``.
+    """
+    for name, frac in (
+        ("silence_fraction", silence_fraction),
+        ("unknown_fraction", unknown_fraction),
+    ):
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {frac}")
+    if set(words) & set(unknown_words):
+        raise ValueError(f"unknown_words {sorted(set(words) & set(unknown_words))} are keywords")
+    if not snrs_db:
+        raise ValueError("snrs_db must name at least one SNR")
+    keywords, others = (
+        espeak_data(
+            seed,
+            words=w,
+            voices=voices,
+            speeds=speeds,
+            pitches=pitches,
+            snrs_db=snrs_db,
+            normalise=False,
+        )
+        for w in (words, unknown_words)
+    )
+    all_voices = [v for vs in voices for v in vs]
+    level = _speech_rms(words, all_voices, speeds, pitches) * 10.0 ** (-min(snrs_db) / 20.0)
+    noise = synthetic_background(seed, level)
+    silence, unknown = len(words), len(words) + 1
+    gen = generator(seed, 45)
+    parts = []
+    for name in ("train", "valid", "test"):
+        s, pool = keywords.split(name), others.split(name)
+        n = len(s)
+        n_quiet = math.ceil(silence_fraction * n)
+        # (an empty batch has no FFT: zero silence clips are an empty slice of the features)
+        quiet = mfcc(silence_clips(noise, name, n_quiet, gen)) if n_quiet else s.inputs[:0]
+        k = min(math.ceil(unknown_fraction * n), len(pool))
+        pick = torch.randperm(len(pool), generator=gen)[:k].sort().values
+        parts.append(
+            Split(
+                torch.cat((s.inputs, quiet, pool.inputs[pick])),
+                torch.cat(
+                    (
+                        s.targets,
+                        torch.full((quiet.shape[0],), silence, dtype=torch.long),
+                        torch.full((k,), unknown, dtype=torch.long),
+                    )
+                ),
+            )
+        )
+    info = {
+        "source": "espeak-ng",
+        "words": tuple(words),
+        "unknown_words": tuple(unknown_words),
+        "voices": keywords.info["voices"],
+        "labels": (*words, SILENCE_LABEL, UNKNOWN_LABEL),
+        "noise_level": level,
+    }
+    data = TaskData(parts[0], parts[1], parts[2], info)
+    return standardise(data) if normalise else data
+
+
 def kws_data(
     seed: int,
     *,
@@ -500,20 +658,18 @@ def kws_data(
     words: Sequence[str] = KEYWORDS,
     silence_unknown: bool = False,
 ) -> TaskData:
-    """The ``kws`` task's data: Speech Commands under ``root`` (default
+    """The ``kws`` and ``kws12`` tasks' data: Speech Commands under ``root`` (default
     ``$RNNKIT_SPEECH_COMMANDS``) if given, else the ``espeak-ng`` set (:func:`espeak_data`).
 
+    ``silence_unknown`` adds the ``_silence_`` and ``_unknown_`` classes (the 12-class setup):
+    from the folder's ``_background_noise_`` and other words (:func:`speech_commands_data`),
+    or, synthesised, from coloured noise and other spoken words (:func:`espeak12_data`).
     The real data set's split is fixed by its list files; ``seed`` changes the synthetic set's
-    offsets and noise, and the real set's ``_silence_`` / ``_unknown_`` draws when
-    ``silence_unknown`` (the 12-class setup, real data only; see
-    :func:`speech_commands_data`).
+    offsets and noise and the ``_silence_`` / ``_unknown_`` draws.
     """
     root = root or os.environ.get(SPEECH_COMMANDS_ENV) or None
     if root:
         return speech_commands_data(root, words, silence_unknown=silence_unknown, seed=seed)
     if silence_unknown:
-        raise ValueError(
-            "the _silence_ / _unknown_ classes need a Speech Commands folder: pass root= or "
-            f"set {SPEECH_COMMANDS_ENV}"
-        )
+        return espeak12_data(seed, words=words)
     return espeak_data(seed, words=words)

@@ -3,10 +3,12 @@
 - :class:`ParaGRU`, :class:`ParaLSTM`: ParaRNN's diagonal-recurrence GRU and CIFG LSTM
   (diagonal-Jacobian form, run in parallel by the ``newton`` backend when installed);
 - :class:`LRU`: the Linear Recurrent Unit (complex diagonal linear form, ``scan`` backends);
-- :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward).
+- :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
+- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
+from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 
@@ -14,6 +16,8 @@ __all__ = [
     "LRU",
     "Aaren",
     "AarenState",
+    "DeltaNet",
+    "DeltaNetState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
