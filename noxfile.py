@@ -30,12 +30,18 @@ PYTHON = "3.11"
 # Each package with the local distributions it needs (siblings are pinned with ==).
 PACKAGES: dict[str, list[str]] = {
     "core": ["packages/core"],
-    "kernels": ["packages/core", "packages/kernels[triton]"],
+    # [cpp]: ninja, so that the fused_cpp backend's C++ loops build (CI has a C++ compiler)
+    "kernels": ["packages/core", "packages/kernels[triton,cpp]"],
     "models": ["packages/core", "packages/models"],
     # [series]: statsmodels, whose shipped data the sunspots/co2/elnino tasks read
     "tasks": ["packages/core", "packages/models", "packages/tasks[series]"],
 }
-ALL = ["packages/core", "packages/kernels[triton]", "packages/models", "packages/tasks[series]"]
+ALL = [
+    "packages/core",
+    "packages/kernels[triton,cpp]",
+    "packages/models",
+    "packages/tasks[series]",
+]
 TEST_DEPS = ["pytest>=8"]
 
 
@@ -44,9 +50,9 @@ def install(session: nox.Session, *args: str) -> None:
     session.install("--no-compile", *CONSTRAINTS, *args)
 
 
-def pytest(session: nox.Session, *paths: str) -> None:
+def pytest(session: nox.Session, *paths: str, env: dict[str, str] | None = None) -> None:
     # 2 threads match the CI machine; more only oversubscribes it.
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
     session.run("pytest", "-q", "-p", "no:cacheprovider", *paths, *session.posargs, env=env)
 
 
@@ -57,7 +63,9 @@ def tests(session: nox.Session, package: str) -> None:
     install(session, *PACKAGES[package], *TEST_DEPS)
     if package == "core":
         session.run("rnnkit", "info")  # the CLI works with rnnkit-core alone
-    pytest(session, f"packages/{package}/tests")
+    # CI has a C++ compiler: the fused_cpp tests must build and run there, never skip.
+    env = {"RNNKIT_REQUIRE_CPP": "1"} if package == "kernels" else None
+    pytest(session, f"packages/{package}/tests", env=env)
 
 
 @nox.session(python=PYTHON)

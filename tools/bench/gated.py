@@ -1,4 +1,4 @@
-"""Benchmark the gated-cell backends (reference, fused, torch, auto, triton if registered).
+"""Benchmark the gated-cell backends (reference, fused, fused_cpp, torch, auto, triton).
 
 Prints ONE table per run. Every ratio compares timings taken in this process, interleaved
 round-robin so that a change in machine load hits every candidate alike:
@@ -10,8 +10,11 @@ round-robin so that a change in machine load hits every candidate alike:
   twice the forward), and ``%mm``: that rate against a large ``torch.mm`` timed in the same run.
 
 CPU (default): fp32, ``--threads`` (2) threads, LSTM/GRU/Elman at B=16, T=512, input 128,
-hidden 256, plus LSTM and sLSTM with 4 heads of 64, plus ``step`` latency at batch 1. Timings
-are the best of ``--reps`` round-robin passes (the least disturbed by other processes).
+hidden 256, plus LSTM and sLSTM with 4 heads of 64, plus ``step`` latency at batch 1 (and a
+one-step ``forward`` on ``fused`` and ``fused_cpp``). Timings are the best of ``--reps``
+round-robin passes (the least disturbed by other processes). ``--seq-len`` and ``--cases``
+(e.g. ``lstm:1,slstm:4``) shorten a run on a loaded machine. The native ``fused_cpp`` library is
+built (or loaded from its cache) before any timing.
 
 GPU (``--device cuda``): FlashRNN's head-dimension protocol, LSTM, B=16, T=1024, total hidden
 768 as (head dim, heads) in (16,48), (32,24), (64,12), (128,6), (256,3), (768,1), bf16,
@@ -21,6 +24,7 @@ medians of ``triton.testing.do_bench``; cuDNN ``nn.LSTM`` for heads=1; ``fused``
 Usage::
 
     python tools/bench/gated.py [--device cpu|cuda] [--quick] [--threads 2] [--reps 5]
+                                [--seq-len 512] [--cases lstm:1,gru:1,elman:1,lstm:4,slstm:4]
 """
 
 from __future__ import annotations
@@ -185,18 +189,38 @@ def why_not(cell: Any, x: Tensor, backend: str, mode: str) -> str | None:
 # --- CPU ------------------------------------------------------------------------------------
 
 
-def cpu_cases(quick: bool) -> list[Case]:
-    T = 16 if quick else 512
+def build_native() -> str:
+    """Build (or load from the cache) the ``fused_cpp`` library so no timing includes a compile;
+    a line on the outcome ("" when rnnkit-kernels has no such backend)."""
+    try:
+        from rnnkit.kernels.fused_cpp import LIBRARY
+        from rnnkit.kernels.native import BuildError
+    except ImportError:
+        return ""
+    try:
+        info = LIBRARY.build()
+    except BuildError as e:
+        return f"fused_cpp unavailable: {e}"
+    how = "compiled" if info.compiled else "loaded from the cache"
+    return f"fused_cpp {how} in {info.seconds:.1f} s ({LIBRARY.ops().info()})"
+
+
+def cpu_cases(quick: bool, seq_len: int | None = None, only: str | None = None) -> list[Case]:
+    T = seq_len or (16 if quick else 512)
     B, inp, H = 16, 128, 256
     vs_nn = {("fwd+bwd", "auto"): "x nn >= 1.5", ("fwd", "auto"): "x nn >= 1.0"}
     vs_ref = {("fwd", "auto"): "x ref >= 5", ("fwd+bwd", "auto"): "x ref >= 5"}
-    return [
+    cases = [
         Case("lstm", 1, B, T, inp, H, targets=vs_nn),
         Case("gru", 1, B, T, inp, H, targets=vs_nn),
         Case("elman", 1, B, T, inp, H, targets={("fwd", "auto"): "x nn >= 1.0"}),
         Case("lstm", 4, B, T, inp, H, targets=vs_ref),
         Case("slstm", 4, B, T, inp, H, targets=vs_ref),
     ]
+    if only:
+        wanted = {(k, int(n)) for k, n in (c.split(":") for c in only.split(","))}
+        cases = [c for c in cases if (c.kind, c.heads) in wanted]
+    return cases
 
 
 def run_case_cpu(case: Case, reps: int, peak: float) -> list[Row]:
@@ -205,7 +229,7 @@ def run_case_cpu(case: Case, reps: int, peak: float) -> list[Row]:
     x = torch.randn(case.B, case.T, case.inp)
     rows: list[Row] = []
     for mode in case.modes:
-        backends = ["reference", "fused", "torch", "auto"]
+        backends = ["reference", "fused", "fused_cpp", "torch", "auto"]
         fns: dict[str, Callable[[], object]] = {}
         notes: dict[str, str] = {}
         if case.heads == 1 and case.kind in NN:
@@ -254,9 +278,22 @@ def run_step_cpu(reps: int, quick: bool) -> list[Row]:
         with torch.no_grad():
             return cell.recur(torch.nn.functional.linear(x, cell.weight_ih, cell.bias), state)
 
-    times = time_round_robin(
-        {"torch.nn": nn_step, "Cell.step": step, "Cell.recur": recur}, reps, inner
-    )
+    fns: dict[str, Callable[[], object]] = {
+        "torch.nn": nn_step,
+        "Cell.step": step,
+        "Cell.recur": recur,
+    }
+    # A one-step sequence through a sequence backend: what streaming through ``forward`` costs.
+    x1 = x.unsqueeze(1)
+    for be in ("fused", "fused_cpp"):
+        if be in backend_names() and why_not(cell, x1, be, "fwd") is None:
+
+            def seq1(be: str = be) -> object:
+                with torch.no_grad():
+                    return cell(x1, state, backend=be)
+
+            fns[f"forward T=1 {be}"] = seq1
+    times = time_round_robin(fns, reps, inner)
     rows = []
     for name, t in times.items():
         rows.append(
@@ -396,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short sequences, fewer repetitions")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--reps", type=int, default=None, help="round-robin passes (CPU)")
+    ap.add_argument("--seq-len", type=int, default=None, help="T of the CPU cases (512)")
+    ap.add_argument("--cases", default=None, help="CPU cases as kind:heads,... (all)")
+    ap.add_argument("--no-step", action="store_true", help="skip the step-latency rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -407,12 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{torch.cuda.get_device_name()}, bf16, do_bench medians"
     else:
         reps = args.reps or (1 if args.quick else 5)
+        native = build_native()
+        if native:
+            print(native, file=sys.stderr, flush=True)
         peak = mm_rate("cpu", torch.float32, 1024 if args.quick else 2048, args.quick, reps)
         rows = []
-        for case in cpu_cases(args.quick):
+        for case in cpu_cases(args.quick, args.seq_len, args.cases):
             print(f"... {case.label}", file=sys.stderr, flush=True)
             rows += run_case_cpu(case, reps, peak)
-        rows += run_step_cpu(reps, args.quick)
+        if not args.no_step:
+            rows += run_step_cpu(reps, args.quick)
         where = f"CPU fp32, {torch.get_num_threads()} threads, best of {reps} round-robin passes"
     header = (
         f"rnnkit gated backends: {where}; torch {torch.__version__}; "

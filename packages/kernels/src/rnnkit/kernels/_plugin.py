@@ -7,13 +7,23 @@ missing still registers and reports why through ``Kernel.available``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import sys
 
 from rnnkit.core.dispatch import Kernel
 from rnnkit.core.hookspecs import RegisterCommand, RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
-BACKEND_MODULES: tuple[str, ...] = ("fused", "torch_native", "triton", "scan", "analog", "newton")
+BACKEND_MODULES: tuple[str, ...] = (
+    "fused",
+    "fused_cpp",
+    "torch_native",
+    "triton",
+    "scan",
+    "analog",
+    "newton",
+)
 
 
 def all_kernels() -> list[Kernel]:
@@ -34,7 +44,8 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit analog`` (the analog crossbar simulator's experiments)."""
+    """Register ``rnnkit analog`` (the analog crossbar simulator's experiments) and ``rnnkit
+    kernels`` (build and inspect the native C++ libraries)."""
     from rnnkit.kernels.analog.cli import configure, run
 
     register(
@@ -43,3 +54,71 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=configure,
         run=run,
     )
+    register(
+        "kernels",
+        help="build the native (C++) kernel libraries ahead of time, or show their status",
+        configure=configure_kernels_command,
+        run=run_kernels_command,
+    )
+
+
+# --- rnnkit kernels ----------------------------------------------------------------------------
+
+
+def configure_kernels_command(parser: argparse.ArgumentParser) -> None:
+    """Add ``build [--force] [--verbose] [NAME ...]`` and ``status [NAME ...]``."""
+    sub = parser.add_subparsers(dest="kernels_command", metavar="ACTION")
+    b = sub.add_parser("build", help="compile every native library (or load it from the cache)")
+    b.add_argument("--force", action="store_true", help="rebuild, even after a failed build")
+    b.add_argument("--verbose", action="store_true", help="show the compiler's commands")
+    b.add_argument("names", nargs="*", metavar="NAME", help="libraries to build (default: all)")
+    s = sub.add_parser("status", help="availability, cache directory and build of each library")
+    s.add_argument("names", nargs="*", metavar="NAME", help="libraries to show (default: all)")
+
+
+def _native_libraries(names: list[str]) -> dict[str, object]:
+    # The libraries are defined by the backend modules: import them all first.
+    for module in BACKEND_MODULES:
+        importlib.import_module(f"rnnkit.kernels.{module}")
+    from rnnkit.kernels import native
+
+    libs = native.libraries()
+    unknown = [n for n in names if n not in libs]
+    if unknown:
+        raise KeyError(
+            f"unknown native library {', '.join(unknown)} (known: {', '.join(sorted(libs))})"
+        )
+    return {n: libs[n] for n in (names or sorted(libs))}
+
+
+def run_kernels_command(args: argparse.Namespace) -> int:
+    """Run ``rnnkit kernels build`` or ``status``; returns the exit status (1 if a build failed)."""
+    from rnnkit.kernels.native import BuildError, NativeLibrary
+
+    action = getattr(args, "kernels_command", None)
+    if action not in ("build", "status"):
+        print("usage: rnnkit kernels {build,status} [options]", file=sys.stderr)
+        return 2
+    try:
+        libs = _native_libraries(list(args.names))
+    except KeyError as e:
+        print(e.args[0], file=sys.stderr)
+        return 2
+    failed = 0
+    for name, obj in libs.items():
+        assert isinstance(obj, NativeLibrary)
+        if action == "status":
+            print(name)
+            for key, value in obj.status().items():
+                print(f"  {key:<10} {value}")
+            continue
+        print(f"{name}: building (or loading from the cache) ...", flush=True)
+        try:
+            info = obj.build(force=bool(args.force), verbose=bool(args.verbose))
+        except BuildError as e:
+            failed += 1
+            print(f"{name}: FAILED: {e}", file=sys.stderr)
+            continue
+        how = "compiled" if info.compiled else "loaded from the cache"
+        print(f"{name}: {how} in {info.seconds:.1f} s: {info.path}")
+    return 1 if failed else 0

@@ -1,0 +1,169 @@
+"""The ``fused_cpp`` backend: the ``fused`` loops with both time loops in C++ (CPU).
+
+For Elman (tanh and ReLU), LSTM, GRU and sLSTM with any number of heads, float32 and float64,
+on CPU. Same layouts, saved buffers and autograd structure as :mod:`rnnkit.kernels.fused`, but
+the forward and the reverse time loops are one native call each: per step one GEMM per head
+(the BLAS torch ships) and one vectorised pass over the gates, instead of about ten torch ops
+dispatched from Python.
+
+The library (``csrc/``) is compiled by :mod:`rnnkit.kernels.native` on first use (about 20 to
+60 s) and cached; ``rnnkit kernels build`` compiles it ahead of time. Without a C++ compiler or
+ninja the kernels report why through ``available`` and ``auto`` uses another backend; if a
+build fails on first use the call falls back to the pure-torch ``fused`` loop with a warning,
+and later calls report the failure. ``RNNKIT_FUSED_CPP=0`` (or ``RNNKIT_CPP=0``) turns the
+backend off.
+
+See ``docs/kernels-fused.md`` for the measurements behind the ``auto`` priorities.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.kernels.fused import run_elman as _py_elman
+from rnnkit.kernels.fused import run_gru as _py_gru
+from rnnkit.kernels.fused import run_lstm as _py_lstm
+from rnnkit.kernels.fused import run_slstm as _py_slstm
+from rnnkit.kernels.fused_cpp._native import DISABLE_ENV, LIBRARY, ops
+from rnnkit.kernels.native import BuildError
+
+__all__ = [
+    "BACKEND",
+    "DISABLE_ENV",
+    "FLOAT64_PRIORITY",
+    "LIBRARY",
+    "PREFERRED",
+    "PRIORITY",
+    "available",
+    "info",
+    "kernels",
+    "priority",
+    "supports",
+]
+
+#: Backend name (``backend="fused_cpp"``).
+BACKEND = "fused_cpp"
+#: ``auto`` priority on CPU: above ``fused`` (10), below ``torch`` where torch wins (20).
+PRIORITY = 15
+#: ``auto`` priority where it measured faster than torch's native op too.
+PREFERRED = 25
+#: ``auto`` priority for float64: below ``fused`` (10), above ``reference`` (0). float64 is the
+#: validation dtype; ``auto`` keeps it on the pure-torch loop (which torch.compile traces without
+#: a graph break, and which the existing tests and the conformance kit expect there).
+#: ``backend="fused_cpp"`` runs float64 natively.
+FLOAT64_PRIORITY = 5
+
+#: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
+#: than torch's own op, which has priority 20 there (``tools/bench/gated.py``, see
+#: ``docs/kernels-fused.md``). Everywhere else :data:`PRIORITY` is enough: torch either wins
+#: (dense LSTM: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
+#: has a low priority already (GRU and Elman training, where torch records a per-step graph).
+_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset()
+
+#: A kernel's ``run``: ``call -> (y (B, T, H), final state)``.
+Run = Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]
+
+_DTYPES = (torch.float32, torch.float64)
+_PYTHON: dict[str, Run] = {
+    "elman": _py_elman,
+    "lstm": _py_lstm,
+    "gru": _py_gru,
+    "slstm": _py_slstm,
+}
+
+
+def available() -> str | None:
+    """Why the native library cannot be used here (``None`` when it can); never compiles."""
+    return LIBRARY.why_unavailable()
+
+
+def supports(call: KernelCall) -> str | None:
+    """Why ``fused_cpp`` cannot run ``call`` (``None`` when it can)."""
+    x = call.x
+    if x.device.type != "cpu":
+        return f"CPU only (input is on {x.device}; use 'fused', 'torch' or 'triton' there)"
+    if x.dtype not in _DTYPES:
+        return (
+            f"dtype {x.dtype} is not supported (supported: float32, float64 on CPU; for "
+            "16-bit inputs use backend 'triton' on CUDA)"
+        )
+    for p in call.cell.parameters():
+        if p.dtype != x.dtype:
+            return f"parameter dtype {p.dtype} differs from input dtype {x.dtype}"
+        if p.device.type != "cpu":
+            return f"parameters must be on CPU (found {p.device})"
+    return None
+
+
+def priority(call: KernelCall) -> int:
+    """``auto`` priority, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
+
+    :data:`FLOAT64_PRIORITY` for float64 (``auto`` uses ``fused`` there); for float32
+    :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` and
+    :data:`PRIORITY` (above ``fused``, below a preferred ``torch``) otherwise.
+    """
+    if call.x.dtype == torch.float64:
+        return FLOAT64_PRIORITY
+    cell: Any = call.cell
+    heads = int(getattr(cell, "heads", 1))
+    if heads == 1 and (str(cell.kind), call.needs_grad) in _BEATS_TORCH:
+        return PREFERRED
+    return PRIORITY
+
+
+def _with_fallback(kind: str) -> Run:
+    from rnnkit.kernels.fused_cpp._cells import RUNS
+
+    native, python = RUNS[kind], _PYTHON[kind]
+
+    def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(B, T, I) -> (B, T, H)`` and the final state, natively or by the ``fused`` loop."""
+        try:
+            ops()  # compiles or loads the library on first use
+        except BuildError as e:
+            # A failed build must not break a model: run the pure-torch loop instead. The
+            # failure is recorded, so later calls see it through `available` and `auto` skips
+            # this backend.
+            warnings.warn(
+                f"rnnkit fused_cpp: {e}; running the pure-torch 'fused' loop instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return python(call)
+        return native(call)
+
+    # The C++ ops have no fake (meta) kernels, so torch.compile must not trace into them: under
+    # torch.compile the call is a graph break and runs eagerly (same results).
+    return cast(Run, torch.compiler.disable(run))  # type: ignore[no-untyped-call]
+
+
+def _kernel(kind: str) -> Kernel:
+    return Kernel(
+        backend=BACKEND,
+        target=kind,
+        run=_with_fallback(kind),
+        description=f"C++ {kind} time loops (JIT-compiled, cached), any heads, CPU",
+        priority=priority,
+        available=available,
+        supports=supports,
+    )
+
+
+def kernels() -> list[Kernel]:
+    """The native kernels: one per gated cell kind (elman, lstm, gru, slstm)."""
+    return [_kernel(kind) for kind in ("elman", "lstm", "gru", "slstm")]
+
+
+def info() -> dict[str, str]:
+    """The library's status (:meth:`NativeLibrary.status`) plus, once loaded, its GEMM and SIMD
+    configuration."""
+    out = LIBRARY.status()
+    if LIBRARY.last_build() is not None:
+        out["config"] = str(ops().info())
+    return out

@@ -1,0 +1,38 @@
+"""The native library of the ``fused_cpp`` backend (built through :mod:`rnnkit.kernels.native`).
+
+Kept in its own module so that :mod:`._cells` and the package ``__init__`` share one
+:class:`~rnnkit.kernels.native.NativeLibrary` without importing each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rnnkit.kernels.native import NativeLibrary
+
+__all__ = ["DISABLE_ENV", "LIBRARY", "LIB_NAME", "ops"]
+
+#: The torch.ops namespace and library name (``torch.ops.rnnkit_fused_cpp.lstm_forward``).
+LIB_NAME = "rnnkit_fused_cpp"
+#: Set to ``0`` to switch this backend off (``auto`` then uses the pure-torch ``fused`` loop).
+DISABLE_ENV = "RNNKIT_FUSED_CPP"
+
+#: The C++ time loops (``gated_cells.cpp``, no torch headers) and their torch glue
+#: (``gated_ops.cpp``: argument checks, BLAS, ``TORCH_LIBRARY``).
+LIBRARY = NativeLibrary(
+    name=LIB_NAME,
+    csrc=Path(__file__).parent / "csrc",
+    sources=("gated_cells.cpp", "gated_ops.cpp"),
+    headers=("gated_cells.h", "gated_math.h"),
+    disable_env=DISABLE_ENV,
+)
+
+
+def ops() -> Any:
+    """``torch.ops.rnnkit_fused_cpp``, compiling or loading the library on first use.
+
+    Raises:
+        rnnkit.kernels.native.BuildError: disabled, no toolchain, or the build failed.
+    """
+    return LIBRARY.ops()

@@ -1,0 +1,353 @@
+"""The ``fused_cpp`` backend (C++ time loops) against ``reference``, its fallback and its CLI.
+
+The library is built once per session through its cache (the first build takes 20 to 60 s and
+is not part of these tests' own run time). Without a compiler or ninja the native tests skip
+with the reason, unless ``RNNKIT_REQUIRE_CPP=1`` (set by the CI session), where they fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _gated_helpers import KINDS, TOL, compare, make_cell, make_inputs, rel_rms
+
+from rnnkit.core import cli
+from rnnkit.core.dispatch import KernelCall, select
+from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.kernels import fused_cpp, native
+from rnnkit.kernels._plugin import BACKEND_MODULES
+from rnnkit.kernels.native import BuildError, NativeLibrary
+
+#: Set to 1 where the toolchain is known to exist (CI): a missing build then fails the tests.
+REQUIRE_ENV = "RNNKIT_REQUIRE_CPP"
+HEADS = (1, 3)
+DTYPES = [torch.float64, torch.float32]
+DTYPE_IDS = ["f64", "f32"]
+# The library's defaults (grain, BLAS on, MKL packing on), restored after tests that change them.
+DEFAULT_OPTIONS = (1 << 15, True, True)
+
+
+def _require() -> bool:
+    return os.environ.get(REQUIRE_ENV, "").strip() == "1"
+
+
+@pytest.fixture(scope="session")
+def native_ops() -> Any:
+    """``torch.ops.rnnkit_fused_cpp``, built (or loaded from the cache) once per session."""
+    reason = fused_cpp.LIBRARY.why_unavailable()
+    if reason is None:
+        try:
+            fused_cpp.LIBRARY.build()
+        except BuildError as e:
+            reason = str(e)
+    if reason is not None:
+        if _require():
+            pytest.fail(f"{REQUIRE_ENV}=1 but the fused_cpp library cannot be used: {reason}")
+        pytest.skip(f"fused_cpp library unavailable: {reason}")
+    return fused_cpp.LIBRARY.ops()
+
+
+@pytest.fixture
+def poisoned(native_ops: Any) -> Iterator[Any]:
+    """Every ``torch.empty`` (the C++ outputs and saved buffers included) starts as NaN, so a
+    value the loops forget to write, or read before writing, shows up in the comparison."""
+    det, warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        (torch.is_deterministic_algorithms_warn_only_enabled()),
+    )
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # type: ignore[attr-defined]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: OpenMP fork/join only slows a loaded machine
+    try:
+        yield native_ops
+    finally:
+        torch.set_num_threads(before)
+        torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        native_ops.set_options(*DEFAULT_OPTIONS)
+
+
+def test_poison_is_on(poisoned: Any) -> None:
+    """The NaN poison is really on (the C++ ops allocate through the same ``aten::empty``)."""
+    assert torch.isnan(torch.empty(4)).all()
+    assert torch.isnan(torch.empty(2, 3, dtype=torch.float64)).all()
+
+
+# --- values and gradients against the float64 reference -------------------------------------
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to `fused` would be a failure
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("resets", [False, True], ids=["noreset", "resets"])
+@pytest.mark.parametrize("state", [False, True], ids=["nostate", "state"])
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_reference(
+    poisoned: Any, kind: str, heads: int, state: bool, resets: bool, dtype: torch.dtype
+) -> None:
+    """Output, final state and the gradients of x, every parameter and every initial-state field
+    within ``TOL[dtype]`` (relative RMS) of the float64 reference (B=3, T=7, I=5, H=6)."""
+    cell = make_cell(kind, heads)
+    x, st, rs, cot = make_inputs(cell, state=state, resets=resets)
+    compare(cell, "fused_cpp", dtype, x, st, rs, cot)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize(
+    "options",
+    [(64, True, True), (1 << 15, False, False), (1 << 15, True, False)],
+    ids=["parallel-rows", "aten-gemm", "blas-unpacked"],
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_code_paths(
+    poisoned: Any, kind: str, dtype: torch.dtype, options: tuple[int, bool, bool]
+) -> None:
+    """The other GEMM routes (ATen ``mm``, plain BLAS) and pointwise rows split over threads
+    give the same results; odd sizes B=5, T=9, I=7, H=2x5."""
+    poisoned.set_options(*options)
+    torch.set_num_threads(2)
+    torch.manual_seed(3)
+    cls = type(make_cell(kind, 1))
+    kw: dict[str, Any] = {"heads": 2, "dtype": torch.float64}
+    if kind in ("elman", "relu"):
+        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
+    cell = cls(7, 10, **kw)
+    x, st, rs, cot = make_inputs(cell, batch=5, time=9, state=True, resets=True)
+    compare(cell, "fused_cpp", dtype, x, st, rs, cot)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("time", [1, 2, 7, 8])
+@pytest.mark.parametrize("heads", HEADS)
+def test_inference_path(poisoned: Any, kind: str, heads: int, time: int) -> None:
+    """Without gradients the loops keep two state slots instead of T+1 (the final state comes
+    from slot ``T % 2``): odd and even T, with resets and an initial state."""
+    cell = make_cell(kind, heads)
+    x, st, rs, _ = make_inputs(cell, time=time, state=True, resets=time > 1)
+    with torch.no_grad():
+        y, final = cell(x, st, backend="fused_cpp", resets=rs)
+        y_ref, final_ref = cell(x, st, backend="reference", resets=rs)
+    assert rel_rms(y, y_ref) <= TOL[torch.float64]
+    for a, e in zip(final, final_ref, strict=True):
+        assert rel_rms(a, e) <= TOL[torch.float64]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_strided_input_and_no_bias(poisoned: Any, kind: str) -> None:
+    """A non-contiguous input (every other step of a time-major buffer), cells without bias."""
+    cell = make_cell(kind, 3, bias=False)
+    x, st, rs, cot = make_inputs(cell, time=14, state=True, resets=True)
+    x_strided = x.transpose(0, 1).contiguous().transpose(0, 1)[:, ::2]
+    assert not x_strided.is_contiguous()
+    cot = [cot[0][:, ::2], *cot[1:]]
+    rs = None if rs is None else rs[:, ::2]
+    compare(cell, "fused_cpp", torch.float32, x_strided, st, rs, cot)
+
+
+def test_final_state_does_not_alias_output(poisoned: Any) -> None:
+    cell = make_cell("gru", 1)
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    y, (h,) = cell(x, backend="fused_cpp")
+    h.add_(1.0)
+    assert rel_rms(y[:, -1], h - 1.0) < 1e-15
+
+
+# --- registration, auto, fallback ------------------------------------------------------------
+
+
+def test_registered() -> None:
+    assert "fused_cpp" in BACKEND_MODULES
+    ks = fused_cpp.kernels()
+    assert sorted(k.target for k in ks) == ["elman", "gru", "lstm", "slstm"]
+    assert "rnnkit_fused_cpp" in native.libraries()
+
+
+@pytest.mark.parametrize(("kind", "heads"), [("lstm", 2), ("slstm", 3), ("gru", 1), ("elman", 1)])
+def test_auto_prefers_native_where_faster(native_ops: Any, kind: str, heads: int) -> None:
+    """Where it measured fastest (docs/kernels-fused.md): multi-head LSTM/sLSTM, and training
+    of dense GRU and Elman (torch records a per-step autograd graph there)."""
+    cell = make_cell(kind, heads).float()
+    x = torch.randn(2, 3, 5)
+    assert select(KernelCall(cell, x, None, None, True), "auto").backend == "fused_cpp"
+
+
+def test_auto_keeps_torch_for_dense_lstm(native_ops: Any) -> None:
+    """oneDNN's fused LSTM layer measured faster than the native loop for a dense LSTM."""
+    cell = make_cell("lstm", 1).float()
+    x = torch.randn(2, 3, 5)
+    for needs_grad in (False, True):
+        assert select(KernelCall(cell, x, None, None, needs_grad), "auto").backend == "torch"
+
+
+def test_auto_keeps_float64_on_fused(native_ops: Any) -> None:
+    """float64 (the validation dtype) stays on the pure-torch loop under ``auto``."""
+    cell = make_cell("slstm", 2)
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    call = KernelCall(cell, x, None, None, True)
+    assert select(call, "auto").backend == "fused"
+    assert select(call, "fused_cpp").backend == "fused_cpp"
+
+
+def test_torch_compile_runs_the_native_call_eagerly(poisoned: Any) -> None:
+    """The ops have no fake kernels: under torch.compile the call is a graph break, same
+    results as eager."""
+    torch._dynamo.reset()
+    cell = make_cell("lstm", 2).float()
+    x = torch.randn(2, 5, 5)
+    compiled = torch.compile(cell, backend="aot_eager")
+    y, final = compiled(x, backend="fused_cpp")
+    y_ref, final_ref = cell(x, backend="fused_cpp")
+    assert torch.equal(y, y_ref)
+    assert all(torch.equal(a, e) for a, e in zip(final, final_ref, strict=True))
+
+
+@pytest.mark.parametrize("env", ["RNNKIT_FUSED_CPP", "RNNKIT_CPP"])
+def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """``=0`` switches the backend off: ``available`` says why, ``auto`` picks another backend
+    and naming it raises an error that gives the reason and the alternative."""
+    monkeypatch.setenv(env, "0")
+    assert fused_cpp.available() == f"disabled by {env}=0"
+    cell = make_cell("slstm", 2).float()
+    x = torch.randn(2, 3, 5)
+    call = KernelCall(cell, x, None, None, True)
+    assert select(call, "auto").backend == "fused"
+    with pytest.raises(BackendUnavailableError, match=f"disabled by {env}=0.*would use 'fused'"):
+        select(call, "fused_cpp")
+    y, _ = cell(x)  # the model keeps working
+    assert torch.isfinite(y).all()
+
+
+def test_failed_build_falls_back_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the library cannot be built when a kernel first runs, the call runs the pure-torch
+    ``fused`` loop instead, with a warning that says why (same result)."""
+
+    def broken() -> Any:
+        raise BuildError("simulated compiler failure")
+
+    monkeypatch.setattr(fused_cpp, "ops", broken)
+    cell = make_cell("lstm", 2)
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    kernel = next(k for k in fused_cpp.kernels() if k.target == "lstm")
+    with pytest.warns(RuntimeWarning, match="simulated compiler failure.*'fused' loop"):
+        y, final = kernel.run(KernelCall(cell, x, None, None, False))
+    with torch.no_grad():
+        y_ref, final_ref = cell(x, backend="fused")
+    assert rel_rms(y, y_ref) == 0.0
+    assert all(rel_rms(a, e) == 0.0 for a, e in zip(final, final_ref, strict=True))
+
+
+def test_broken_source_is_reported_and_recorded(
+    native_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compile error becomes a ``BuildError`` with the compiler's diagnostic, is recorded in
+    the cache (so ``available`` reports it without compiling again) and retried by ``force``."""
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_REGISTRY", dict(native.libraries()))
+    (tmp_path / "broken.cpp").write_text("#error deliberately broken for a test\n")
+    lib = NativeLibrary(name="rnnkit_test_broken", csrc=tmp_path, sources=("broken.cpp",))
+    assert lib.why_unavailable() is None  # nothing known yet: a build would be tried
+    with pytest.raises(BuildError, match="deliberately broken"):
+        lib.build()
+    assert (lib.cache_dir() / "FAILED").exists()
+    fresh = NativeLibrary(name="rnnkit_test_broken", csrc=tmp_path, sources=("broken.cpp",))
+    reason = fresh.why_unavailable()
+    assert reason is not None and "earlier build failed" in reason
+    with pytest.raises(BuildError, match="earlier build failed"):
+        fresh.build()
+    # force retries instead of reporting the recorded failure (in this process torch does not
+    # recompile an extension name it has seen, so the retry fails at loading).
+    with pytest.raises(BuildError) as retried:
+        fresh.build(force=True)
+    assert "earlier build failed" not in str(retried.value)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_unsupported_dtype_names_what_is_supported(native_ops: Any) -> None:
+    cell = make_cell("lstm", 3).to(torch.bfloat16)
+    x = torch.randn(2, 3, 5, dtype=torch.bfloat16)
+    with pytest.raises(BackendUnavailableError, match=r"supported: float32, float64.*would use"):
+        cell(x, backend="fused_cpp")
+
+
+def test_unsupported_device_says_cpu_only(native_ops: Any) -> None:
+    cell = make_cell("gru", 2).to("meta")
+    x = torch.empty(2, 3, 5, dtype=torch.float64, device="meta")
+    reason = fused_cpp.supports(KernelCall(cell, x, None, None, False))
+    assert reason is not None and "CPU only" in reason and "meta" in reason
+
+
+def test_mixed_dtypes_refused(native_ops: Any) -> None:
+    cell = make_cell("gru", 2)  # float64 parameters
+    x = torch.randn(2, 3, 5)
+    reason = fused_cpp.supports(KernelCall(cell, x, None, None, False))
+    assert reason is not None and "differs from input dtype" in reason
+
+
+def test_native_ops_check_their_arguments(native_ops: Any) -> None:
+    """The C++ entry points refuse wrong shapes and dtypes with a message, not a crash."""
+    W = torch.zeros(1, 6, 24)
+    h = torch.zeros(1, 2, 6)
+    with pytest.raises(RuntimeError, match=r"px must be \(N, T, B, G\*D\)"):
+        native_ops.lstm_forward(torch.zeros(3, 2, 24), W, None, h, h, 0.0, 0.0, False)
+    with pytest.raises(RuntimeError, match="float"):
+        native_ops.lstm_forward(
+            torch.zeros(1, 3, 2, 24, dtype=torch.int32), W, None, h, h, 0.0, 0.0, False
+        )
+    mask = torch.zeros(2, 3, dtype=torch.bool)  # (B, T) instead of (T, B)
+    with pytest.raises(RuntimeError, match="mask"):
+        native_ops.lstm_forward(torch.zeros(1, 3, 2, 24), W, mask, h, h, 0.0, 0.0, False)
+
+
+def test_float64_copy_of_parameters_is_not_mutated(poisoned: Any) -> None:
+    """The loops read the weights in place: they must not write to them."""
+    cell = make_cell("slstm", 3)
+    before = copy.deepcopy(cell.state_dict())
+    x, st, rs, cot = make_inputs(cell, state=True, resets=True)
+    compare(cell, "fused_cpp", torch.float64, x, st, rs, cot)
+    for name, value in cell.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_status_and_build(native_ops: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["kernels", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "rnnkit_fused_cpp" in out and "available" in out and "cache" in out
+    assert cli.main(["kernels", "build", "rnnkit_fused_cpp"]) == 0  # cached: a load
+    assert "rnnkit_fused_cpp" in capsys.readouterr().out
+
+
+def test_cli_build_reports_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library that cannot be built makes ``build`` exit with 1 and say why; ``status``
+    shows the reason; an unknown name is a usage error."""
+    monkeypatch.setattr(native, "_REGISTRY", {})
+    lib = fused_cpp.LIBRARY  # a fresh definition of it, not loaded in this process
+    NativeLibrary(
+        name=lib.name,
+        csrc=lib.csrc,
+        sources=lib.sources,
+        headers=lib.headers,
+        disable_env=lib.disable_env,
+    )
+    monkeypatch.setenv("RNNKIT_FUSED_CPP", "0")
+    assert cli.main(["kernels", "build"]) == 1
+    assert "FAILED: disabled by RNNKIT_FUSED_CPP=0" in capsys.readouterr().err
+    assert cli.main(["kernels", "status", "rnnkit_fused_cpp"]) == 0
+    assert "disabled by RNNKIT_FUSED_CPP=0" in capsys.readouterr().out
+    assert cli.main(["kernels", "status", "no-such-library"]) == 2
+    assert "unknown native library" in capsys.readouterr().err
