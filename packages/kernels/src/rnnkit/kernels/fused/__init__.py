@@ -7,6 +7,11 @@ preallocated buffers, so no per-step autograd graph is built. A custom
 :class:`torch.autograd.Function` per cell saves the gate activations and states and runs the
 backward in reverse time, with the recurrent-weight gradient as one batched GEMM over all steps
 after the loop. Heads are independent blocks: each step is one ``bmm`` over heads.
+
+The autograd functions and kernels take their forward and reverse time loops from a small
+"loops" object per cell kind (:class:`ElmanLoops`, :class:`LSTMLoops`, :class:`GRULoops`,
+:class:`SLSTMLoops`): the pure-torch loops here (``*_LOOPS``, the defaults) and the native ones
+of :mod:`rnnkit.kernels.fused_cpp`.
 """
 
 from __future__ import annotations
@@ -17,12 +22,27 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
-from rnnkit.kernels.fused._elman import run_elman
-from rnnkit.kernels.fused._gru import run_gru
-from rnnkit.kernels.fused._lstm import run_lstm
-from rnnkit.kernels.fused._slstm import run_slstm
+from rnnkit.kernels.fused._elman import ELMAN_LOOPS, ElmanLoops, run_elman
+from rnnkit.kernels.fused._gru import GRU_LOOPS, GRULoops, run_gru
+from rnnkit.kernels.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
+from rnnkit.kernels.fused._slstm import SLSTM_LOOPS, SLSTMLoops, run_slstm
 
-__all__ = ["FUSED_PRIORITY", "kernels", "run_elman", "run_gru", "run_lstm", "run_slstm"]
+__all__ = [
+    "ELMAN_LOOPS",
+    "FUSED_PRIORITY",
+    "GRU_LOOPS",
+    "LSTM_LOOPS",
+    "SLSTM_LOOPS",
+    "ElmanLoops",
+    "GRULoops",
+    "LSTMLoops",
+    "SLSTMLoops",
+    "kernels",
+    "run_elman",
+    "run_gru",
+    "run_lstm",
+    "run_slstm",
+]
 
 #: ``auto`` priority of every fused kernel (the reference loop has 0).
 FUSED_PRIORITY = 10

@@ -180,6 +180,30 @@ def chunks(T: int, per_step: int) -> list[tuple[int, int]]:
     return [(max(0, t1 - size), t1) for t1 in range(T, 0, -size)]
 
 
+def carry_state_grad(
+    dh: Tensor,
+    DQ: tuple[Tensor, ...],
+    w_t: Tensor,
+    DY: tuple[Tensor, ...],
+    keep: Tensor | None,
+    t: int,
+) -> None:
+    """``dh = keep[t + 1] * (DQ[t + 1] @ w_t) + DY[t + 1]``, in place: the gradient of ``h_t``.
+
+    ``DQ[t + 1]: (N, B, G*D)`` are step ``t + 1``'s gate gradients, ``w_t: (N, G*D, D)`` the
+    transposed per-head weights, ``DY[t + 1]: (N, B, D)`` the gradient reaching ``h_t`` directly
+    and ``keep`` the reset factors (a reset entering step ``t + 1`` cuts the recurrent part).
+    At the last step (``t + 1 == len(DQ)``) there is no step ``t + 1``: ``dh = DY[t + 1]``.
+    """
+    if t + 1 == len(DQ):
+        dh.copy_(DY[t + 1])
+    elif keep is None:
+        gemm(dh, DQ[t + 1], w_t, DY[t + 1])
+    else:
+        gemm(dh, DQ[t + 1], w_t)
+        dh.mul_(keep[t + 1]).add_(DY[t + 1])
+
+
 def initial_state_grad(dq0: Tensor, w_t: Tensor, keep: Tensor | None) -> Tensor:
     """``d h_0`` through the first step's recurrent product: ``(N, B, D)``.
 

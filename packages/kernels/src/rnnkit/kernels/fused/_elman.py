@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    carry_state_grad,
     chunks,
     empty_result,
     finish,
@@ -55,12 +57,70 @@ def elman_loop(
     return hs, hp
 
 
+def elman_backward_loop(
+    W: Tensor, hs: Tensor, mask: Tensor | None, d_hs: Tensor, relu: bool
+) -> tuple[Tensor, Tensor]:
+    """Reverse time loop (no autograd).
+
+    Args:
+        W: ``(N, D, D)``; hs: ``(N, T + 1, B, D)`` from the forward loop; mask: as the
+        forward's; d_hs: ``(N, T + 1, B, D)``; relu: ReLU instead of tanh.
+
+    Returns:
+        ``dq: (N, T, B, D)`` the gradient of the pre-activations (= that of ``px``) and
+        ``dh0: (N, B, D)``.
+    """
+    N, T1, B, D = hs.shape
+    T = T1 - 1
+    keep = keep_factor(mask, hs)
+    dq = hs.new_empty(N, T, B, D)
+    DQ, DY = dq.unbind(1), d_hs.unbind(1)
+    WT = W.transpose(1, 2)
+    dh = hs.new_empty(N, B, D)
+    for t0, t1 in chunks(T, B * D * N):
+        h_out = hs[:, t0 + 1 : t1 + 1]
+        # phi'(pre-activation) of the chunk, from the outputs.
+        deriv = (h_out > 0).to(hs.dtype) if relu else 1 - h_out * h_out
+        DV = deriv.unbind(1)
+        for t in range(t1 - 1, t0 - 1, -1):
+            if t == T - 1:
+                torch.mul(DY[T], DV[t - t0], out=DQ[t])
+                continue
+            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            torch.mul(dh, DV[t - t0], out=DQ[t])
+    dh0 = initial_state_grad(DQ[0], WT, keep)
+    dh0.add_(DY[0])
+    return dq, dh0
+
+
+#: An Elman forward time loop, as :func:`elman_loop`:
+#: ``(px, W, mask, h0, relu, init) -> (hs, hp or None)``.
+ElmanForward = Callable[
+    [Tensor, Tensor, Tensor | None, Tensor, bool, float], tuple[Tensor, Tensor | None]
+]
+#: An Elman reverse time loop, as :func:`elman_backward_loop`:
+#: ``(W, hs, mask, d_hs, relu) -> (dq, dh0)``.
+ElmanBackward = Callable[[Tensor, Tensor, Tensor | None, Tensor, bool], tuple[Tensor, Tensor]]
+
+
+class ElmanLoops(NamedTuple):
+    """The two time loops that :class:`ElmanFn` and :func:`run_elman` run."""
+
+    forward: ElmanForward
+    backward: ElmanBackward
+
+
+#: The pure-torch loops of this module (the ``fused`` backend).
+ELMAN_LOOPS = ElmanLoops(elman_loop, elman_backward_loop)
+
+
 class ElmanFn(torch.autograd.Function):
-    """Elman sequence with a hand-written reverse-time backward."""
+    """Elman sequence with a hand-written reverse-time backward, both loops from ``loops``."""
 
     @staticmethod
     def forward(
         ctx: Any,
+        loops: ElmanLoops,
         px: Tensor,
         W: Tensor,
         mask: Tensor | None,
@@ -68,7 +128,8 @@ class ElmanFn(torch.autograd.Function):
         relu: bool,
         init: float,
     ) -> Tensor:
-        hs, hp = elman_loop(px, W, mask, h0, relu, init)
+        hs, hp = loops.forward(px, W, mask, h0, relu, init)
+        ctx.loops = loops
         ctx.relu = relu
         ctx.mask = mask
         ctx.hp = hp
@@ -78,45 +139,29 @@ class ElmanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
-        N, T1, B, D = hs.shape
-        T = T1 - 1
+        T = hs.shape[1] - 1
         hp: Tensor = ctx.hp if ctx.hp is not None else hs[:, :T]
-        keep = keep_factor(ctx.mask, hs)
-        dq = hs.new_empty(N, T, B, D)
-        DQ, DY = dq.unbind(1), d_hs.unbind(1)
-        WT = W.transpose(1, 2)
-        dh = hs.new_empty(N, B, D)
-        for t0, t1 in chunks(T, B * D * N):
-            h_out = hs[:, t0 + 1 : t1 + 1]
-            # phi'(pre-activation) of the chunk, from the outputs.
-            deriv = (h_out > 0).to(hs.dtype) if ctx.relu else 1 - h_out * h_out
-            DV = deriv.unbind(1)
-            for t in range(t1 - 1, t0 - 1, -1):
-                if t == T - 1:
-                    torch.mul(DY[T], DV[t - t0], out=DQ[t])
-                    continue
-                if keep is None:
-                    gemm(dh, DQ[t + 1], WT, DY[t + 1])
-                else:
-                    gemm(dh, DQ[t + 1], WT)
-                    dh.mul_(keep[t + 1]).add_(DY[t + 1])
-                torch.mul(dh, DV[t - t0], out=DQ[t])
-        dh0 = initial_state_grad(DQ[0], WT, keep)
-        dh0.add_(DY[0])
-        dW = recurrent_weight_grad(hp, dq, N, D)
-        return dq, dW, None, dh0, None, None
+        dq, dh0 = ctx.loops.backward(W, hs, ctx.mask, d_hs, ctx.relu)
+        dW = recurrent_weight_grad(hp, dq, W.shape[0], W.shape[1])
+        return None, dq, dW, None, dh0, None, None
 
 
-def run_elman(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``fused`` kernel for Elman cells (see :class:`~rnnkit.core.dispatch.Kernel`)."""
+def run_elman(
+    call: KernelCall, loops: ElmanLoops = ELMAN_LOOPS
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``fused`` kernel for Elman cells (see :class:`~rnnkit.core.dispatch.Kernel`).
+
+    ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h,), each ``(B, H)``; ``loops``
+    runs the time loops (the ``fused_cpp`` backend passes its native ones).
+    """
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
     p = prepare(call)
     relu = cell.nonlinearity == "relu"
     if call.needs_grad:
-        hs = ElmanFn.apply(p.px, p.W, p.mask, p.states[0], relu, p.inits[0])  # type: ignore[no-untyped-call]
+        hs = ElmanFn.apply(loops, p.px, p.W, p.mask, p.states[0], relu, p.inits[0])  # type: ignore[no-untyped-call]
     else:
         with torch.no_grad():
-            hs, _ = elman_loop(p.px, p.W, p.mask, p.states[0], relu, p.inits[0])
+            hs, _ = loops.forward(p.px, p.W, p.mask, p.states[0], relu, p.inits[0])
     return finish(call, hs, [])

@@ -18,7 +18,8 @@ Backward per step, with ``dh`` the total gradient of ``h_t``::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -96,12 +97,103 @@ def gru_loop(
     return hs, ((acts, qs, hp) if save else ())
 
 
+def gru_backward_loop(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse time loop (no autograd).
+
+    Args:
+        W: ``(N, D, 3 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
+        buffers: ``(acts, qs, hp)`` saved by the forward loop; mask: as the forward's;
+        d_hs: ``(N, T + 1, B, D)``.
+
+    Returns:
+        ``dq: (N, T, B, 3 D)`` the gradient of the recurrent terms ``q``, ``dpx: (N, T, B, 3 D)``
+        that of ``px`` and ``dh0: (N, B, D)``.
+    """
+    acts, qs, hp = buffers
+    N, T, B, GD = acts.shape
+    D = GD // 3
+    keep = keep_factor(mask, hs)
+    dq = acts.new_empty(N, T, B, GD)
+    dan = acts.new_empty(N, T, B, D)
+    DQ, DAN = dq.unbind(1), dan.unbind(1)
+    dqv = dq.view(N, T, B, 3, D)
+    DR, DZ, DQN = (dqv[:, :, :, j].unbind(1) for j in range(3))
+    DY = d_hs.unbind(1)
+    WT = W.transpose(1, 2)
+    dh = hs.new_empty(N, B, D)
+    dh_next = hs.new_empty(N, B, D)
+    zk_next = hs.new_empty(0)
+    for t0, t1 in chunks(T, N * B * D):
+        # Gradient-independent factors of the chunk (see the module docstring).
+        r, z, n = acts[:, t0:t1].view(N, t1 - t0, B, 3, D).unbind(3)
+        qn = qs[:, t0:t1, :, 2 * D :]
+        PZ = ((hp[:, t0:t1] - n) * z * (1 - z)).unbind(1)
+        PN = ((1 - z) * (1 - n * n)).unbind(1)
+        PR = (qn * r * (1 - r)).unbind(1)
+        RR = r.unbind(1)
+        ZK = (z if keep is None else z * keep[t0:t1].transpose(0, 1)).unbind(1)
+        for t in range(t1 - 1, t0 - 1, -1):
+            k = t - t0
+            if t == T - 1:
+                dh.copy_(DY[T])
+            else:
+                dh, dh_next = dh_next, dh
+                # dh_next holds the gradient of h_{t+1}; h_t feeds step t+1 directly (z)
+                # and through the recurrent GEMM.
+                if keep is None:
+                    torch.addcmul(DY[t + 1], dh_next, zk_next, out=dh)
+                    gemm_acc(dh, DQ[t + 1], WT)
+                else:
+                    gemm(dh, DQ[t + 1], WT)
+                    dh.mul_(keep[t + 1]).addcmul_(dh_next, zk_next).add_(DY[t + 1])
+            torch.mul(dh, PN[k], out=DAN[t])
+            torch.mul(dh, PZ[k], out=DZ[t])
+            torch.mul(DAN[t], PR[k], out=DR[t])
+            torch.mul(DAN[t], RR[k], out=DQN[t])
+            zk_next = ZK[k]
+    dh0 = initial_state_grad(DQ[0], WT, keep)
+    dh0.addcmul_(dh, zk_next).add_(DY[0])
+    dpx = torch.cat((dq[:, :, :, : 2 * D], dan), dim=3)
+    return dq, dpx, dh0
+
+
+#: A GRU forward time loop, as :func:`gru_loop`:
+#: ``(px, W, bhn, mask, h0, init, save) -> (hs, saved)``.
+GRUForward = Callable[
+    [Tensor, Tensor, Tensor | None, Tensor | None, Tensor, float, bool],
+    tuple[Tensor, tuple[Tensor, ...]],
+]
+#: A GRU reverse time loop, as :func:`gru_backward_loop`:
+#: ``(W, hs, buffers, mask, d_hs) -> (dq, dpx, dh0)``.
+GRUBackward = Callable[
+    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor], tuple[Tensor, Tensor, Tensor]
+]
+
+
+class GRULoops(NamedTuple):
+    """The two time loops that :class:`GRUFn` and :func:`run_gru` run."""
+
+    forward: GRUForward
+    backward: GRUBackward
+
+
+#: The pure-torch loops of this module (the ``fused`` backend).
+GRU_LOOPS = GRULoops(gru_loop, gru_backward_loop)
+
+
 class GRUFn(torch.autograd.Function):
-    """GRU sequence with a hand-written reverse-time backward."""
+    """GRU sequence with a hand-written reverse-time backward, both loops from ``loops``."""
 
     @staticmethod
     def forward(
         ctx: Any,
+        loops: GRULoops,
         px: Tensor,
         W: Tensor,
         bhn: Tensor | None,
@@ -109,7 +201,8 @@ class GRUFn(torch.autograd.Function):
         h0: Tensor,
         init: float,
     ) -> Tensor:
-        hs, saved = gru_loop(px, W, bhn, mask, h0, init, save=True)
+        hs, saved = loops.forward(px, W, bhn, mask, h0, init, True)
+        ctx.loops = loops
         ctx.mask = mask
         ctx.has_bhn = bhn is not None
         ctx.buffers = saved
@@ -119,59 +212,24 @@ class GRUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
-        acts, qs, hp = ctx.buffers
+        buffers = ctx.buffers
         ctx.buffers = None
-        N, T, B, GD = acts.shape
+        dq, dpx, dh0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs)
+        N, T, B, GD = dq.shape
         D = GD // 3
-        keep = keep_factor(ctx.mask, hs)
-        dq = acts.new_empty(N, T, B, GD)
-        dan = acts.new_empty(N, T, B, D)
-        DQ, DAN = dq.unbind(1), dan.unbind(1)
-        dqv = dq.view(N, T, B, 3, D)
-        DR, DZ, DQN = (dqv[:, :, :, j].unbind(1) for j in range(3))
-        DY = d_hs.unbind(1)
-        WT = W.transpose(1, 2)
-        dh = hs.new_empty(N, B, D)
-        dh_next = hs.new_empty(N, B, D)
-        zk_next = hs.new_empty(0)
-        for t0, t1 in chunks(T, N * B * D):
-            # Gradient-independent factors of the chunk (see the module docstring).
-            r, z, n = acts[:, t0:t1].view(N, t1 - t0, B, 3, D).unbind(3)
-            qn = qs[:, t0:t1, :, 2 * D :]
-            PZ = ((hp[:, t0:t1] - n) * z * (1 - z)).unbind(1)
-            PN = ((1 - z) * (1 - n * n)).unbind(1)
-            PR = (qn * r * (1 - r)).unbind(1)
-            RR = r.unbind(1)
-            ZK = (z if keep is None else z * keep[t0:t1].transpose(0, 1)).unbind(1)
-            for t in range(t1 - 1, t0 - 1, -1):
-                k = t - t0
-                if t == T - 1:
-                    dh.copy_(DY[T])
-                else:
-                    dh, dh_next = dh_next, dh
-                    # dh_next holds the gradient of h_{t+1}; h_t feeds step t+1 directly (z)
-                    # and through the recurrent GEMM.
-                    if keep is None:
-                        torch.addcmul(DY[t + 1], dh_next, zk_next, out=dh)
-                        gemm_acc(dh, DQ[t + 1], WT)
-                    else:
-                        gemm(dh, DQ[t + 1], WT)
-                        dh.mul_(keep[t + 1]).addcmul_(dh_next, zk_next).add_(DY[t + 1])
-                torch.mul(dh, PN[k], out=DAN[t])
-                torch.mul(dh, PZ[k], out=DZ[t])
-                torch.mul(DAN[t], PR[k], out=DR[t])
-                torch.mul(DAN[t], RR[k], out=DQN[t])
-                zk_next = ZK[k]
-        dh0 = initial_state_grad(DQ[0], WT, keep)
-        dh0.addcmul_(dh, zk_next).add_(DY[0])
-        dW = recurrent_weight_grad(hp, dq, N, D)
-        d_bhn = dqv[:, :, :, 2].sum(dim=(1, 2)).unsqueeze(1) if ctx.has_bhn else None
-        dpx = torch.cat((dq[:, :, :, : 2 * D], dan), dim=3)
-        return dpx, dW, d_bhn, None, dh0, None
+        dW = recurrent_weight_grad(buffers[2], dq, N, D)
+        d_bhn = None
+        if ctx.has_bhn:
+            d_bhn = dq.view(N, T, B, 3, D)[:, :, :, 2].sum(dim=(1, 2)).unsqueeze(1)
+        return None, dpx, dW, d_bhn, None, dh0, None
 
 
-def run_gru(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``fused`` kernel for GRU cells (see :class:`~rnnkit.core.dispatch.Kernel`)."""
+def run_gru(call: KernelCall, loops: GRULoops = GRU_LOOPS) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``fused`` kernel for GRU cells (see :class:`~rnnkit.core.dispatch.Kernel`).
+
+    ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h,), each ``(B, H)``; ``loops``
+    runs the time loops (the ``fused_cpp`` backend passes its native ones).
+    """
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
@@ -179,8 +237,8 @@ def run_gru(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     N, D = int(cell.heads), int(cell.head_dim)
     bhn = None if cell.bias_hn is None else cell.bias_hn.view(N, 1, D)
     if call.needs_grad:
-        hs = GRUFn.apply(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0])  # type: ignore[no-untyped-call]
+        hs = GRUFn.apply(loops, p.px, p.W, bhn, p.mask, p.states[0], p.inits[0])  # type: ignore[no-untyped-call]
     else:
         with torch.no_grad():
-            hs, _ = gru_loop(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], save=False)
+            hs, _ = loops.forward(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], False)
     return finish(call, hs, [])

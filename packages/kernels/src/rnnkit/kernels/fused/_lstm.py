@@ -16,13 +16,15 @@ once before the reverse loop, which then does five small ops and one GEMM per st
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    carry_state_grad,
     chunks,
     empty_result,
     finish,
@@ -97,12 +99,89 @@ def lstm_loop(
     return hs, c_last, saved
 
 
+def lstm_backward_loop(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+    d_c_last: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse time loop (no autograd).
+
+    Args:
+        W: ``(N, D, 4 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
+        buffers: ``(acts, cs, tcs, hp)`` saved by the forward loop; mask: as the forward's;
+        d_hs: ``(N, T + 1, B, D)``; d_c_last: ``(N, B, D)``.
+
+    Returns:
+        ``dq: (N, T, B, 4 D)`` the gradient of the gate pre-activations (= that of ``px``),
+        ``dh0`` and ``dc0``, each ``(N, B, D)``.
+    """
+    acts, cs, tcs, _ = buffers
+    N, T, B, GD = acts.shape
+    D = GD // 4
+    keep = keep_factor(mask, hs)
+    dq = acts.new_empty(N, T, B, GD)
+    DQ = dq.unbind(1)
+    DQ3 = dq.view(N, T, B, 4, D)[:, :, :, :3].unbind(1)
+    DQo = dq[:, :, :, 3 * D :].unbind(1)
+    DY = d_hs.unbind(1)
+    WT = W.transpose(1, 2)
+    dh = hs.new_empty(N, B, D)
+    dc = d_c_last.clone()
+    for t0, t1 in chunks(T, N * B * GD):
+        # Gradient-independent factors of the chunk (see the module docstring).
+        i, f, g, o = acts[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
+        tc, c_prev = tcs[:, t0:t1], cs[:, t0:t1]
+        KK = (o * (1 - tc * tc)).unbind(1)
+        M3 = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=3)
+        MM3, MMo = M3.unbind(1), (tc * o * (1 - o)).unbind(1)
+        FK = (f if keep is None else f * keep[t0:t1].transpose(0, 1)).unbind(1)
+        for t in range(t1 - 1, t0 - 1, -1):
+            k = t - t0
+            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            dc.addcmul_(dh, KK[k])
+            torch.mul(dc.unsqueeze(2), MM3[k], out=DQ3[t])
+            torch.mul(dh, MMo[k], out=DQo[t])
+            dc.mul_(FK[k])
+    dh0 = initial_state_grad(DQ[0], WT, keep)
+    dh0.add_(DY[0])
+    return dq, dh0, dc
+
+
+#: An LSTM forward time loop, as :func:`lstm_loop`:
+#: ``(px, W, mask, h0, c0, inits, save) -> (hs, c_last, saved)``.
+LSTMForward = Callable[
+    [Tensor, Tensor, Tensor | None, Tensor, Tensor, tuple[float, ...], bool],
+    tuple[Tensor, Tensor, tuple[Tensor, ...]],
+]
+#: An LSTM reverse time loop, as :func:`lstm_backward_loop`:
+#: ``(W, hs, buffers, mask, d_hs, d_c_last) -> (dq, dh0, dc0)``.
+LSTMBackward = Callable[
+    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, Tensor],
+    tuple[Tensor, Tensor, Tensor],
+]
+
+
+class LSTMLoops(NamedTuple):
+    """The two time loops that :class:`LSTMFn` and :func:`run_lstm` run."""
+
+    forward: LSTMForward
+    backward: LSTMBackward
+
+
+#: The pure-torch loops of this module (the ``fused`` backend).
+LSTM_LOOPS = LSTMLoops(lstm_loop, lstm_backward_loop)
+
+
 class LSTMFn(torch.autograd.Function):
-    """LSTM sequence with a hand-written reverse-time backward."""
+    """LSTM sequence with a hand-written reverse-time backward, both loops from ``loops``."""
 
     @staticmethod
     def forward(
         ctx: Any,
+        loops: LSTMLoops,
         px: Tensor,
         W: Tensor,
         mask: Tensor | None,
@@ -110,7 +189,8 @@ class LSTMFn(torch.autograd.Function):
         h0: Tensor,
         c0: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        hs, c_last, saved = lstm_loop(px, W, mask, h0, c0, inits, save=True)
+        hs, c_last, saved = loops.forward(px, W, mask, h0, c0, inits, True)
+        ctx.loops = loops
         ctx.mask = mask
         ctx.buffers = saved
         ctx.save_for_backward(W, hs)
@@ -119,55 +199,26 @@ class LSTMFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor, d_c_last: Tensor) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
-        acts, cs, tcs, hp = ctx.buffers
+        buffers = ctx.buffers
         ctx.buffers = None
-        N, T, B, GD = acts.shape
-        D = GD // 4
-        keep = keep_factor(ctx.mask, hs)
-        dq = acts.new_empty(N, T, B, GD)
-        DQ = dq.unbind(1)
-        DQ3 = dq.view(N, T, B, 4, D)[:, :, :, :3].unbind(1)
-        DQo = dq[:, :, :, 3 * D :].unbind(1)
-        DY = d_hs.unbind(1)
-        WT = W.transpose(1, 2)
-        dh = hs.new_empty(N, B, D)
-        dc = d_c_last.clone()
-        for t0, t1 in chunks(T, N * B * GD):
-            # Gradient-independent factors of the chunk (see the module docstring).
-            i, f, g, o = acts[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
-            tc, c_prev = tcs[:, t0:t1], cs[:, t0:t1]
-            KK = (o * (1 - tc * tc)).unbind(1)
-            M3 = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=3)
-            MM3, MMo = M3.unbind(1), (tc * o * (1 - o)).unbind(1)
-            FK = (f if keep is None else f * keep[t0:t1].transpose(0, 1)).unbind(1)
-            for t in range(t1 - 1, t0 - 1, -1):
-                k = t - t0
-                if t == T - 1:
-                    dh.copy_(DY[T])
-                elif keep is None:
-                    gemm(dh, DQ[t + 1], WT, DY[t + 1])
-                else:
-                    gemm(dh, DQ[t + 1], WT)
-                    dh.mul_(keep[t + 1]).add_(DY[t + 1])
-                dc.addcmul_(dh, KK[k])
-                torch.mul(dc.unsqueeze(2), MM3[k], out=DQ3[t])
-                torch.mul(dh, MMo[k], out=DQo[t])
-                dc.mul_(FK[k])
-        dh0 = initial_state_grad(DQ[0], WT, keep)
-        dh0.add_(DY[0])
-        dW = recurrent_weight_grad(hp, dq, N, D)
-        return dq, dW, None, None, dh0, dc
+        dq, dh0, dc0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c_last)
+        dW = recurrent_weight_grad(buffers[3], dq, W.shape[0], W.shape[1])
+        return None, dq, dW, None, None, dh0, dc0
 
 
-def run_lstm(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``fused`` kernel for LSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`)."""
+def run_lstm(call: KernelCall, loops: LSTMLoops = LSTM_LOOPS) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``fused`` kernel for LSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`).
+
+    ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h, c), each ``(B, H)``; ``loops``
+    runs the time loops (the ``fused_cpp`` backend passes its native ones).
+    """
     if call.x.shape[1] == 0:
         return empty_result(call)
     p = prepare(call)
     h0, c0 = p.states
     if call.needs_grad:
-        hs, c_last = LSTMFn.apply(p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
+        hs, c_last = LSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
     else:
         with torch.no_grad():
-            hs, c_last, _ = lstm_loop(p.px, p.W, p.mask, h0, c0, p.inits, save=False)
+            hs, c_last, _ = loops.forward(p.px, p.W, p.mask, h0, c0, p.inits, False)
     return finish(call, hs, [c_last])

@@ -23,7 +23,8 @@ constant. With ``dh, dc, dn, dm`` the total gradients of step ``t``'s outputs::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from torch.nn import functional as F
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    carry_state_grad,
     chunks,
     empty_result,
     finish,
@@ -128,12 +130,119 @@ def slstm_loop(
     return hs, cn, ms, saved
 
 
+def slstm_backward_loop(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+    d_c: Tensor,
+    d_n: Tensor,
+    d_m: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Reverse time loop (no autograd).
+
+    Args:
+        W: ``(N, D, 4 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
+        buffers: ``(cn, ms, gates, ex, cnp, hp)`` from the forward loop; mask: as the
+        forward's; d_hs: ``(N, T + 1, B, D)``; d_c, d_n, d_m: ``(N, B, D)``.
+
+    Returns:
+        ``dq: (N, T, B, 4 D)`` the gradient of the gate pre-activations (= that of ``px``),
+        ``dh0, dc0, dn0, dm0``, each ``(N, B, D)``.
+    """
+    cn, ms, gates, ex, cnp, _ = buffers
+    N, T, B, GD = gates.shape
+    D = GD // 4
+    keep = keep_factor(mask, hs)
+    dq = gates.new_empty(N, T, B, GD)
+    dqv = dq.view(N, T, B, 4, D)
+    DQ, DE = dq.unbind(1), dqv[:, :, :, 0:2].unbind(1)
+    DE_F = dqv[:, :, :, 1].unbind(1)
+    DZ, DO = dqv[:, :, :, 2].unbind(1), dqv[:, :, :, 3].unbind(1)
+    DY = d_hs.unbind(1)
+    WT = W.transpose(1, 2)
+    dh = hs.new_empty(N, B, D)
+    dcn = torch.stack((d_c, d_n), dim=2)
+    dc, dn = dcn[:, :, 0], dcn[:, :, 1]
+    dc2, dn2 = dcn[:, :, 0:1], dcn[:, :, 1:2]
+    dm = d_m.clone()
+    tmp = hs.new_empty(N, B, D)
+    for t0, t1 in chunks(T, N * B * 2 * D):
+        # Gradient-independent factors of the chunk (see the module docstring).
+        gi, gf, zt, o = gates[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
+        ip, fp = ex[:, t0:t1].unbind(3)
+        c, n = cn[:, t0 + 1 : t1 + 1].unbind(3)
+        cp, np_ = cnp[:, t0:t1].unbind(3)
+        m, h = ms[:, t0 + 1 : t1 + 1], hs[:, t0 + 1 : t1 + 1]
+        inv_n = 1 / n
+        QCN = torch.stack((o * inv_n, -h * inv_n), dim=3).unbind(1)
+        QO = (c * inv_n * o * (1 - o)).unbind(1)
+        PZ = (ip * (1 - zt * zt)).unbind(1)
+        XC = torch.stack((zt * ip, cp * fp), dim=3).unbind(1)
+        XN = torch.stack((ip, np_ * fp), dim=3).unbind(1)
+        took_i = (gi == m).to(gates.dtype)
+        # A tie ĩ == a (then f' == 1 too) splits dm evenly, as torch.maximum's backward.
+        s_i = torch.where((took_i > 0) & (fp == 1), 0.5, took_i)
+        SS = torch.stack((s_i, 1 - s_i), dim=3).unbind(1)
+        SFC = torch.sigmoid(-gf).unbind(1)
+        kt = None if keep is None else keep[t0:t1].transpose(0, 1)
+        FK = (fp if kt is None else fp * kt).unsqueeze(3).unbind(1)
+        for t in range(t1 - 1, t0 - 1, -1):
+            k = t - t0
+            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            dcn.addcmul_(dh.unsqueeze(2), QCN[k])
+            torch.mul(dh, QO[k], out=DO[t])
+            torch.mul(dc, PZ[k], out=DZ[t])
+            torch.mul(dc2, XC[k], out=DE[t])
+            DE[t].addcmul_(dn2, XN[k])
+            torch.sum(DE[t], dim=2, out=tmp)
+            torch.sub(dm, tmp, out=tmp)
+            DE[t].addcmul_(tmp.unsqueeze(2), SS[k])
+            # da (the gradient of log σ(f̃) + m_{t-1}) is also the gradient of m_{t-1}.
+            if keep is None:
+                dm.copy_(DE_F[t])
+            else:
+                torch.mul(DE_F[t], keep[t], out=dm)
+            DE_F[t].mul_(SFC[k])
+            dcn.mul_(FK[k])
+    dh0 = initial_state_grad(DQ[0], WT, keep)
+    dh0.add_(DY[0])
+    return dq, dh0, dc.clone(), dn.clone(), dm
+
+
+#: An sLSTM forward time loop, as :func:`slstm_loop`:
+#: ``(px, W, mask, [h0, c0, n0, m0], inits, save) -> (hs, cn, ms, saved)``.
+SLSTMForward = Callable[
+    [Tensor, Tensor, Tensor | None, list[Tensor], tuple[float, ...], bool],
+    tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]],
+]
+#: An sLSTM reverse time loop, as :func:`slstm_backward_loop`:
+#: ``(W, hs, buffers, mask, d_hs, d_c, d_n, d_m) -> (dq, dh0, dc0, dn0, dm0)``.
+SLSTMBackward = Callable[
+    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, Tensor, Tensor, Tensor],
+    tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+]
+
+
+class SLSTMLoops(NamedTuple):
+    """The two time loops that :class:`SLSTMFn` and :func:`run_slstm` run."""
+
+    forward: SLSTMForward
+    backward: SLSTMBackward
+
+
+#: The pure-torch loops of this module (the ``fused`` backend).
+SLSTM_LOOPS = SLSTMLoops(slstm_loop, slstm_backward_loop)
+
+
 class SLSTMFn(torch.autograd.Function):
-    """sLSTM sequence with a hand-written reverse-time backward."""
+    """sLSTM sequence with a hand-written reverse-time backward, both loops from ``loops``."""
 
     @staticmethod
     def forward(
         ctx: Any,
+        loops: SLSTMLoops,
         px: Tensor,
         W: Tensor,
         mask: Tensor | None,
@@ -143,8 +252,9 @@ class SLSTMFn(torch.autograd.Function):
         n0: Tensor,
         m0: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        hs, cn, ms, saved = slstm_loop(px, W, mask, [h0, c0, n0, m0], inits, save=True)
+        hs, cn, ms, saved = loops.forward(px, W, mask, [h0, c0, n0, m0], inits, True)
         T = px.shape[1]
+        ctx.loops = loops
         ctx.mask = mask
         ctx.buffers = (cn, ms, *saved)
         ctx.save_for_backward(W, hs)
@@ -155,84 +265,29 @@ class SLSTMFn(torch.autograd.Function):
         ctx: Any, d_hs: Tensor, d_c: Tensor, d_n: Tensor, d_m: Tensor
     ) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
-        cn, ms, gates, ex, cnp, hp = ctx.buffers
+        buffers = ctx.buffers
         ctx.buffers = None
-        N, T, B, GD = gates.shape
-        D = GD // 4
-        keep = keep_factor(ctx.mask, hs)
-        dq = gates.new_empty(N, T, B, GD)
-        dqv = dq.view(N, T, B, 4, D)
-        DQ, DE = dq.unbind(1), dqv[:, :, :, 0:2].unbind(1)
-        DE_F = dqv[:, :, :, 1].unbind(1)
-        DZ, DO = dqv[:, :, :, 2].unbind(1), dqv[:, :, :, 3].unbind(1)
-        DY = d_hs.unbind(1)
-        WT = W.transpose(1, 2)
-        dh = hs.new_empty(N, B, D)
-        dcn = torch.stack((d_c, d_n), dim=2)
-        dc, dn = dcn[:, :, 0], dcn[:, :, 1]
-        dc2, dn2 = dcn[:, :, 0:1], dcn[:, :, 1:2]
-        dm = d_m.clone()
-        tmp = hs.new_empty(N, B, D)
-        for t0, t1 in chunks(T, N * B * 2 * D):
-            # Gradient-independent factors of the chunk (see the module docstring).
-            gi, gf, zt, o = gates[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
-            ip, fp = ex[:, t0:t1].unbind(3)
-            c, n = cn[:, t0 + 1 : t1 + 1].unbind(3)
-            cp, np_ = cnp[:, t0:t1].unbind(3)
-            m, h = ms[:, t0 + 1 : t1 + 1], hs[:, t0 + 1 : t1 + 1]
-            inv_n = 1 / n
-            QCN = torch.stack((o * inv_n, -h * inv_n), dim=3).unbind(1)
-            QO = (c * inv_n * o * (1 - o)).unbind(1)
-            PZ = (ip * (1 - zt * zt)).unbind(1)
-            XC = torch.stack((zt * ip, cp * fp), dim=3).unbind(1)
-            XN = torch.stack((ip, np_ * fp), dim=3).unbind(1)
-            took_i = (gi == m).to(gates.dtype)
-            # A tie ĩ == a (then f' == 1 too) splits dm evenly, as torch.maximum's backward.
-            s_i = torch.where((took_i > 0) & (fp == 1), 0.5, took_i)
-            SS = torch.stack((s_i, 1 - s_i), dim=3).unbind(1)
-            SFC = torch.sigmoid(-gf).unbind(1)
-            kt = None if keep is None else keep[t0:t1].transpose(0, 1)
-            FK = (fp if kt is None else fp * kt).unsqueeze(3).unbind(1)
-            for t in range(t1 - 1, t0 - 1, -1):
-                k = t - t0
-                if t == T - 1:
-                    dh.copy_(DY[T])
-                elif keep is None:
-                    gemm(dh, DQ[t + 1], WT, DY[t + 1])
-                else:
-                    gemm(dh, DQ[t + 1], WT)
-                    dh.mul_(keep[t + 1]).add_(DY[t + 1])
-                dcn.addcmul_(dh.unsqueeze(2), QCN[k])
-                torch.mul(dh, QO[k], out=DO[t])
-                torch.mul(dc, PZ[k], out=DZ[t])
-                torch.mul(dc2, XC[k], out=DE[t])
-                DE[t].addcmul_(dn2, XN[k])
-                torch.sum(DE[t], dim=2, out=tmp)
-                torch.sub(dm, tmp, out=tmp)
-                DE[t].addcmul_(tmp.unsqueeze(2), SS[k])
-                # da (the gradient of log σ(f̃) + m_{t-1}) is also the gradient of m_{t-1}.
-                if keep is None:
-                    dm.copy_(DE_F[t])
-                else:
-                    torch.mul(DE_F[t], keep[t], out=dm)
-                DE_F[t].mul_(SFC[k])
-                dcn.mul_(FK[k])
-        dh0 = initial_state_grad(DQ[0], WT, keep)
-        dh0.add_(DY[0])
-        dW = recurrent_weight_grad(hp, dq, N, D)
-        return dq, dW, None, None, dh0, dc.clone(), dn.clone(), dm
+        dq, dh0, dc0, dn0, dm0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c, d_n, d_m)
+        dW = recurrent_weight_grad(buffers[5], dq, W.shape[0], W.shape[1])
+        return None, dq, dW, None, None, dh0, dc0, dn0, dm0
 
 
-def run_slstm(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``fused`` kernel for sLSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`)."""
+def run_slstm(
+    call: KernelCall, loops: SLSTMLoops = SLSTM_LOOPS
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``fused`` kernel for sLSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`).
+
+    ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h, c, n, m), each ``(B, H)``;
+    ``loops`` runs the time loops (the ``fused_cpp`` backend passes its native ones).
+    """
     if call.x.shape[1] == 0:
         return empty_result(call)
     p = prepare(call)
     if call.needs_grad:
-        hs, c, n, m = SLSTMFn.apply(p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
+        hs, c, n, m = SLSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
     else:
         with torch.no_grad():
-            hs, cn, ms, _ = slstm_loop(p.px, p.W, p.mask, p.states, p.inits, save=False)
-            last = (p.px.shape[1]) % 2
+            hs, cn, ms, _ = loops.forward(p.px, p.W, p.mask, p.states, p.inits, False)
+            last = p.px.shape[1] % 2
             c, n, m = cn[:, last, :, 0], cn[:, last, :, 1], ms[:, last]
     return finish(call, hs, [c, n, m])

@@ -1,10 +1,10 @@
 """The ``fused_cpp`` backend: the ``fused`` loops with both time loops in C++ (CPU).
 
 For Elman (tanh and ReLU), LSTM, GRU and sLSTM with any number of heads, float32 and float64,
-on CPU. Same layouts, saved buffers and autograd structure as :mod:`rnnkit.kernels.fused`, but
-the forward and the reverse time loops are one native call each: per step one GEMM per head
-(the BLAS torch ships) and one vectorised pass over the gates, instead of about ten torch ops
-dispatched from Python.
+on CPU. The autograd functions and kernels of :mod:`rnnkit.kernels.fused` (same layouts, saved
+buffers and autograd structure) run with native loops (``_cells``): the forward and the reverse
+time loops are one native call each, per step one GEMM per head (the BLAS torch ships) and one
+vectorised pass over the gates, instead of about ten torch ops dispatched from Python.
 
 The library (``csrc/``) is compiled by :mod:`rnnkit.kernels.native` on first use (about 20 to
 60 s) and cached; ``rnnkit kernels build`` compiles it ahead of time. Without a C++ compiler or
