@@ -1,7 +1,12 @@
 """Benchmark analog (crossbar-simulated) inference of an LSTM layer against the digital layer.
 
-One table per run; every ratio compares timings taken in this process, interleaved round-robin
-(best of ``--reps``, process CPU time), so machine load hits every candidate alike.
+One table per run; every ratio compares timings taken in this process. Timing is process CPU
+time in ``--reps`` rounds; each round runs every candidate once, back to back, so a change of
+machine load hits every candidate of that round alike. Two figures per ratio:
+
+- ``best``: best time of the candidate over the rounds divided by the baseline's best time;
+- ``med``: the median over rounds of (candidate time / baseline time *in the same round*),
+  which follows the load a round saw (the more honest figure on a shared, loaded machine).
 
 **Baselines.** The issue's target is "analog inference of an LSTM layer at most 3x the time of
 the digital layer". Two digital times are fair for different questions, so both are reported:
@@ -31,13 +36,15 @@ Rows:
 
 Usage::
 
-    python tools/bench/analog.py [--quick] [--threads 1] [--reps 5] [--stepwise] [--floor]
+    python tools/bench/analog.py [--quick] [--threads 1] [--reps 9] [--stepwise] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -96,7 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9, help="rounds (every candidate once each)")
     ap.add_argument("--stepwise", action="store_true", help="also time the per-step path")
     ap.add_argument("--floor", action="store_true", help="also time the PCM noise floor loop")
     args = ap.parse_args()
@@ -123,7 +130,7 @@ def main() -> None:
             cands[f"{name} step-by-step"] = (lambda acell=acell: acell(x)[0], True)  # type: ignore[misc]
     if args.floor:
         cands["floor: pcm products + draws"] = (_pcm_floor(x, H), False)
-    best = dict.fromkeys(cands, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in cands}
     errs: dict[str, float] = {}
 
     def grad_mode(on: bool) -> contextlib.AbstractContextManager[None]:
@@ -138,18 +145,38 @@ def main() -> None:
         errs[name] = float(
             (y.double() - exact).square().mean().sqrt() / exact.square().mean().sqrt()
         )
+    load0 = os.getloadavg()[0]
     for _ in range(args.reps):
         for name, (fn, grad) in cands.items():
             with grad_mode(grad):
-                best[name] = min(best[name], _time(fn))
-    ref = best["digital (reference)"]
+                times[name].append(_time(fn))
+    load1 = os.getloadavg()[0]
+    best = {name: min(ts) for name, ts in times.items()}
+    ref_name = "digital (reference)"
     fast_name = min((n for n in best if n.startswith("digital")), key=best.__getitem__)
-    fast = best[fast_name]
-    print(f"LSTM B={B} T={T} I={I} H={H}, CPU fp32, {args.threads} threads, best of {args.reps}")
-    print(f"/ref: time / digital (reference); /fast: time / {fast_name} (fastest digital)")
-    print(f"{'candidate':<30} {'ms':>9} {'/ref':>6} {'/fast':>6} {'rel RMS err':>12}")
-    for name, t in best.items():
-        print(f"{name:<30} {t * 1e3:>9.1f} {t / ref:>6.2f} {t / fast:>6.2f} {errs[name]:>12.2e}")
+
+    def ratios(name: str, base: str) -> tuple[float, float]:
+        """(best / best, median over rounds of the same-round ratio) of ``name`` to ``base``."""
+        per_round = [a / b for a, b in zip(times[name], times[base], strict=True)]
+        return best[name] / best[base], statistics.median(per_round)
+
+    print(
+        f"LSTM B={B} T={T} I={I} H={H}, CPU fp32, {args.threads} thread(s), {args.reps} rounds, "
+        f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} CPUs"
+    )
+    print("baselines, the same LSTM cell (same weights, same input) run digitally in this process:")
+    print(f"  /ref:  the `reference` backend (generic loop over Cell.recur), {ref_name}")
+    print(f"  /fast: the fastest digital backend measured here, {fast_name}")
+    print("  best: best time / best baseline time; med: median of same-round ratios")
+    head = f"{'candidate':<30} {'best ms':>8} {'/ref best':>9} {'/ref med':>8}"
+    print(f"{head} {'/fast best':>10} {'/fast med':>9} {'rel RMS err':>12}")
+    for name in cands:
+        rb, rm = ratios(name, ref_name)
+        fb, fm = ratios(name, fast_name)
+        print(
+            f"{name:<30} {best[name] * 1e3:>8.1f} {rb:>9.2f} {rm:>8.2f} {fb:>10.2f} {fm:>9.2f} "
+            f"{errs[name]:>12.2e}"
+        )
 
 
 if __name__ == "__main__":

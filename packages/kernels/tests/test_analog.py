@@ -70,11 +70,32 @@ def test_non_monotonic_and_bits_errors() -> None:
         RampADC(torch.sin, 4, 1, domain=(-3, 3))
     with pytest.raises(ValueError, match="constant"):
         RampADC(lambda v: v * 0 + 1, 4, 1)
-    for bits in (0, 11, -1):
-        with pytest.raises(ValueError, match="bits"):
+    bad_bits: tuple[Any, ...] = (0, 11, -1, 2.5, True)
+    for bits in bad_bits:
+        with pytest.raises(ValueError, match=r"bits must be an int in \[1, 10\]"):
             RampADC("sigmoid", bits, 1)
     with pytest.raises(ValueError, match="nl_bits"):
         AnalogConfig(nl_bits=12)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "lo", "hi"),
+    [
+        ("inp_bits", 1, 2, 16),
+        ("inp_bits", 17, 2, 16),
+        ("out_bits", 1, 2, 16),
+        ("out_bits", 32, 2, 16),
+        ("nl_bits", 0, 1, 10),
+        ("nl_bits", 11, 1, 10),
+        ("nl_bits", 4.5, 1, 10),
+        ("nl_bits", True, 1, 10),
+    ],
+)
+def test_config_bits_out_of_range_errors(field: str, bad: Any, lo: int, hi: int) -> None:
+    # every converter's resolution is checked where the configuration is made, naming it.
+    with pytest.raises(ValueError, match=rf"{field} must be None or an int in \[{lo}, {hi}\]"):
+        AnalogConfig().replace(**{field: bad})
+    assert getattr(AnalogConfig().replace(**{field: hi}), field) == hi  # the bound is valid
 
 
 def test_g_min_ge_g_max_errors() -> None:
@@ -82,6 +103,9 @@ def test_g_min_ge_g_max_errors() -> None:
         DeviceModel(g_min=25.0, g_max=25.0)
     with pytest.raises(ValueError, match="g_min must be < g_max"):
         DeviceModel(g_min=30.0, g_max=25.0)
+    # also where a preset's device is replaced, and for the NL-ADC ramp device.
+    with pytest.raises(ValueError, match=r"g_min=40\.0, g_max=40\.0"):
+        AnalogConfig.pcm(ramp_device=DeviceModel(g_min=40.0, g_max=40.0))
 
 
 def test_ratiometric_read_voltage() -> None:

@@ -77,13 +77,56 @@ def test_threshold_table_equals_counting(layout: str | None, dtype: torch.dtype)
         adc = RampADC("tanh", bits, 12, generator=gen, comparator_offset=offset, **kw)
         th = adc.thresholds().to(dtype)
         values = adc.values(torch.arange(2**bits)).expand(12, -1)
-        for cells in (None, 3):  # default grid, and one so coarse every cell overflows
+        # default grid; one cell per level (several thresholds per cell: the compact
+        # layout's counting rounds); one so coarse every cell overflows
+        for cells in (None, 2**bits, 3):
             tab = ThresholdTable(th, values, dtype=dtype, cells=cells, layout=layout)
             v = _probe(th, gen)
             ref = (v.unsqueeze(-1) >= th).sum(-1)  # counting, in the input's dtype
             assert torch.equal(tab.codes(v), ref), (bits, cells, tab.layout)
             assert torch.equal(tab.lookup(v), adc.values(ref, dtype)), (bits, cells)
             assert tab.lookup(v).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_threshold_table_affine_outputs_equal_gathered_outputs(dtype: torch.dtype) -> None:
+    # A noisy sigmoid bank (64 different ramps, no equal thresholds): the compact table
+    # computes outputs as a + i b from the list index instead of gathering them; it must give
+    # the gathered values bit for bit, at the thresholds and their float neighbours too.
+    gen = torch.Generator().manual_seed(4)
+    adc = RampADC("sigmoid", 5, 64, device=PCM_DEVICE, generator=gen, comparator_offset=0.1)
+    th = adc.thresholds().to(dtype)
+    values = adc.values(torch.arange(32)).expand(64, -1)
+    tab = ThresholdTable(th, values, dtype=dtype, layout="compact")
+    assert tab._affine is not None and not tab.overflow
+    v = _probe(th, gen)
+    fast = tab.lookup(v)
+    tab._affine = None
+    assert torch.equal(fast, tab.lookup(v))
+    assert torch.equal(fast, adc.values((v.unsqueeze(-1) >= th).sum(-1), dtype))
+    # not affine in the index: equal thresholds (stuck-off steps), or an LSB that is not a
+    # power of two (a linear ramp over +-3 at 3 bits: 0.75) -- those tables gather.
+    stuck = RampADC("tanh", 3, 8, device=DeviceModel(stuck_off=0.3), generator=gen)
+    assert (
+        ThresholdTable(
+            stuck.thresholds(),
+            stuck.values(torch.arange(8)).expand(8, -1),
+            dtype=dtype,
+            layout="compact",
+        )._affine
+        is None
+    )
+    lin = RampADC("linear", 3, 2, domain=(-3.0, 3.0))
+    assert lin.lsb == 0.75
+    assert (
+        ThresholdTable(
+            lin.thresholds(),
+            lin.values(torch.arange(8)).expand(2, -1),
+            dtype=dtype,
+            layout="compact",
+        )._affine
+        is None
+    )
 
 
 def test_threshold_table_positions_in_float64_when_needed() -> None:
@@ -207,6 +250,35 @@ def test_fast_path_h_dominates_noise_management() -> None:
     (fy, _), (sy, _) = _both(cell, cfg, _x())
     assert float(fy.abs().max()) > 2.0  # h did dominate
     assert _rel_rms(fy, sy) < 1e-10
+
+
+@pytest.mark.parametrize("preset", ["pcm", "ideal"])
+def test_fast_path_equals_step_by_step_float32_bench_config(
+    preset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The configuration tools/bench/analog.py times (float32 LSTM, the presets as they are),
+    # at odd sizes, with chunks of 3 steps (the last one short): the same seed gives the same
+    # noise samples in both paths, so they agree to float32 rounding. A code flipped by
+    # rounding at a threshold would move one output by an LSB (~3 %) and fail the bound.
+    torch.manual_seed(0)
+    n_in, hidden, steps = 13, 33, 41
+    cell = LSTM(n_in, hidden)
+    x = torch.randn(5, steps, n_in, generator=torch.Generator().manual_seed(1))
+    cfg = AnalogConfig.pcm(seed=2) if preset == "pcm" else AnalogConfig.ideal(nl_bits=8)
+    monkeypatch.setattr(inference_mod, "CHUNK_ELEMS", 5 * 3 * 8 * hidden)
+    slow_y, slow_s = to_analog(cell, cfg).eval()(x)
+    with torch.no_grad():
+        fast_y, fast_s = to_analog(cell, cfg).eval()(x)
+    assert fast_y.dtype == torch.float32
+    assert _rel_rms(fast_y, slow_y.detach()) < 1e-5
+    for a, b in zip(fast_s, slow_s, strict=True):
+        assert _rel_rms(a, b.detach()) < 1e-5
+    # and the noise is there: a second read of the same programmed cell differs.
+    acell = to_analog(cell, cfg).eval()
+    with torch.no_grad():
+        first, _ = acell(x)
+        second, _ = acell(x)
+    assert torch.equal(first, second) == (preset == "ideal")
 
 
 def test_fast_path_chunks_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:

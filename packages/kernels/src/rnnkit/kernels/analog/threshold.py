@@ -10,8 +10,10 @@ module trades a little memory for a small, fixed number of elementwise passes an
    is one multiply-add, ``v / w + offset``, clamped to the grid and truncated.
 2. A cell knows the code of a value just below it and the (at most ``R``) *distinct*
    thresholds inside it, each with the code (and output value) reached once it is passed. The
-   result is that of the last threshold ``<= v`` (a chain of ``R`` ``where``), or the cell's
-   base if none is. ``G`` is chosen so that ``R = 1`` where the memory allows.
+   result is that of the last threshold ``<= v``, or the cell's base if none is: a chain of
+   ``R`` ``where`` in the records layout; in the compact layout an index into the column's
+   sorted list advanced once per threshold reached (``i += v >= T[i]``, ``R`` times), then
+   one gather. ``G`` is chosen so that ``R = 1`` where the memory allows.
 3. Cells cover their interval widened by a quarter cell on each side, so a cell index that
    float rounding moved by less than a quarter cell (ensured by computing positions in
    float64 when float32 could err by more) still gives the exact code.
@@ -23,7 +25,8 @@ thresholds, codes and values: no indirection, for small tables such as an ideal 
 whose identical columns share one set of cells) and **compact** (a cell stores one small
 integer, the index of its first threshold in the column's list of distinct thresholds, codes
 and values: one more gather, but about six times less memory, so a table of a thousand noisy
-columns stays in cache next to the weights).
+columns stays in cache next to the weights). A compact table whose outputs are exactly affine
+in the list index (:func:`_affine_slots`) computes them instead of gathering them.
 
 Equal thresholds (a flat, noisy ramp: the running maximum of its levels) are stored once with
 the combined code jump. Conversions are exact in the input's dtype: thresholds are compared
@@ -70,6 +73,51 @@ def _distinct(th: Tensor) -> tuple[Tensor, Tensor]:
     pos = key.clamp_max(K - 1)
     d = torch.where(valid, th.gather(1, pos), torch.full_like(th, math.inf))
     return d, torch.where(valid, pos + 1, torch.full_like(pos, K))
+
+
+def _affine_slots(
+    vu: Tensor, grid: _Grid, inverse: Tensor, stride: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor] | None:
+    """Per column ``(a, b)`` ``(C,)`` in ``dtype`` such that the output at flat list index
+    ``i`` is exactly ``a + i b`` for every index a conversion can reach, or ``None``.
+
+    That holds for a ramp ADC's outputs ``y_min + (D + 1/2) Δy`` (affine in the code ``D``)
+    when no two of a row's thresholds are equal (list position = code) and the arithmetic is
+    exact in ``dtype``: ``Δy`` a power of two and every term (``a``, ``i b``, the outputs) an
+    integer multiple of ``Δy / 2`` below ``2^p`` of them (``p`` the dtype's significand bits),
+    so ``a + i b`` is computed without rounding, fused multiply-add or not.
+
+    Args:
+        vu: ``(U, K + 1)`` the output of each code per unique row, in ``dtype``.
+        grid: the rows' grid (distinct thresholds and the code after each).
+        inverse: ``(C,)`` each column's unique row; its list starts at ``inverse * stride``.
+    """
+    f64 = torch.float64
+    v = vu.to(f64)
+    lsb = v[:, 1] - v[:, 0]  # (U,)
+    mant, _ = torch.frexp(lsb)
+    if not bool(((lsb > 0) & (mant == 0.5)).all()):
+        return None
+    # slot m holds the output after m distinct thresholds (slots 0..n are reachable): affine
+    # in m iff that output is the one of code m for every reachable slot.
+    n = (~torch.isnan(grid.dist)).sum(1)
+    m = torch.arange(grid.after.shape[1])
+    reach = m[None, :] <= n[:, None]
+    slots = v.gather(1, grid.after.clamp_max(v.shape[1] - 1))
+    if not bool(torch.where(reach, slots == v[:, :1] + m * lsb[:, None], True).all()):
+        return None
+    q = lsb / 2  # the unit every term must be an integer multiple of
+    v0 = v[:, 0] / q
+    if not bool((v0 == v0.round()).all()):
+        return None
+    start = (inverse * stride).to(f64)  # (C,)
+    a_units = v0[inverse] - 2 * start  # a / q per column
+    last = start + n[inverse].to(f64)  # the largest reachable index per column
+    bits = 1 - math.log2(torch.finfo(dtype).eps)  # significand bits
+    big = torch.stack([a_units.abs(), 2 * last, v.abs().amax(1)[inverse] / q[inverse]])
+    if not bool((big < 2.0**bits).all()):
+        return None
+    return (a_units * q[inverse]).to(dtype), lsb[inverse].to(dtype)
 
 
 def _index_dtype(levels: int) -> torch.dtype:
@@ -205,9 +253,14 @@ class ThresholdTable:
         self._dist = shifts(grid.dist.to(dtype))
         self._after = shifts(grid.after.to(i32))
         self._vals_after = None if vu is None else shifts(vu.gather(1, grid.after.clamp_max(K)))
+        self._affine: tuple[Tensor, Tensor] | None = None
         if self.layout == "compact":
             self._lut = grid.first.reshape(-1).to(device=device, dtype=_index_dtype(K))
             self._row_start = (inverse * S).to(device=device, dtype=i32)
+            if vu is not None:
+                aff = _affine_slots(vu, grid, inverse, S, dtype)
+                if aff is not None:
+                    self._affine = (aff[0].to(device), aff[1].to(device))
             return
         # records: the level-j threshold, code and value of every cell (level 0: the base).
         firsts = (torch.arange(U)[:, None] * S + grid.first).reshape(-1).to(device)
@@ -269,14 +322,23 @@ class ThresholdTable:
         assert table is not None
         dist = self._dist
         if self.layout == "compact":
-            # the cell's first distinct threshold, as a flat index into the row lists.
-            i = self._lut.index_select(0, cell.view(-1)).to(torch.int32)
-            i = i.view(shape).add_(self._row_start).view(-1)
+            # the cell's first distinct threshold, as a flat index into the row lists (uint8
+            # plus int32 promotes to int32 in the same pass).
+            i = torch.add(self._lut.index_select(0, cell.view(-1)).view(shape), self._row_start)
+            i = i.view(-1)
+            # the thresholds are sorted: advance the index past each one the value reaches.
+            # A value that fails a round fails every later one (it meets the same threshold
+            # again), so after R rounds ``i`` is the first threshold not passed, and the
+            # result is one gather (two fewer passes than selecting between candidates).
+            for _ in range(self.depth):
+                i.add_(uf >= dist[0].index_select(0, i))
+            if not codes and self._affine is not None and not self.overflow:
+                # outputs affine in the index (see _affine_slots): two elementwise passes
+                # instead of a gather from a table that a simulator's GEMMs push out of cache.
+                a, b = self._affine
+                return torch.addcmul(a, i.view(shape).to(a.dtype), b)
             out = table[0].index_select(0, i)
-            for j in range(self.depth):
-                passed = uf >= dist[j].index_select(0, i)
-                out = torch.where(passed, table[j + 1].index_select(0, i), out)
-            nxt = i.add_(self.depth) if self.overflow else i
+            nxt = i
         else:
             c = cell.view(-1)
             levels = self._rec_codes if codes else self._rec_vals
