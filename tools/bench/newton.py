@@ -12,7 +12,10 @@ parameter requiring gradients), all measured in the same process:
   and always in ``--quick`` mode for the long case) it is timed at a shorter ``T`` and scaled
   linearly in ``T`` (a loop's cost is linear in ``T``), marked ``~`` with the ``T`` used.
 * ``fused``: the other backends registered for ParaGRU (``fused`` and the like), if any.
-* ``newton``: the Newton solve and its adjoint backward (``backend="newton"``).
+* ``newton``: the Newton solve and its adjoint backward (``backend="newton"``), its linear
+  systems solved by the native C++ scan when it builds (the default on CPU);
+* ``newton, torch scan``: the same with the native scan switched off (``RNNKIT_SCAN_CPP=0``),
+  i.e. the pure-torch chunked scan, the fallback.
 * ``projection``: the input projection ``x W^T + b`` forward and backward alone (matrix
   products every backend computes alike), for context: it bounds any speed-up.
 * ``floor``: a copy moving the bytes of 8 ``B*T*D`` fp32 arrays, about what a
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 
 from rnnkit.core.dispatch import KernelCall, kernels_for
 from rnnkit.kernels.newton import last_solve_info
+from rnnkit.kernels.scan import _native as scan_native
 from rnnkit.models.cells import ParaGRU
 
 
@@ -80,6 +84,7 @@ class Result:
     ref_note: str
     others: dict[str, float]
     newton_s: float
+    newton_torch_s: float | None
     proj_s: float
     floor_s: float
     iters: int
@@ -122,6 +127,18 @@ def _case(batch: int, steps: int, width: int) -> Result:
 
     newton_s = _timeit(_fwd_bwd(cell, x, "newton"), reps)
     info = last_solve_info()
+    newton_torch_s = None
+    if scan_native.usable(x.device, x.dtype):
+        # the same solve on the pure-torch scan: the switch is read at every call
+        previous = os.environ.get(scan_native.DISABLE_ENV)
+        os.environ[scan_native.DISABLE_ENV] = "0"
+        try:
+            newton_torch_s = _timeit(_fwd_bwd(cell, x, "newton"), reps)
+        finally:
+            if previous is None:
+                del os.environ[scan_native.DISABLE_ENV]
+            else:
+                os.environ[scan_native.DISABLE_ENV] = previous
 
     w, b = cell.weight_ih, cell.bias
 
@@ -144,6 +161,7 @@ def _case(batch: int, steps: int, width: int) -> Result:
         ref_note=ref_note,
         others=others,
         newton_s=newton_s,
+        newton_torch_s=newton_torch_s,
         proj_s=proj_s,
         floor_s=floor_s,
         iters=info.iterations if info else -1,
@@ -162,11 +180,15 @@ def main() -> None:
         f"{clock}, median of {ARGS.repeats} (torch {torch.__version__})"
     )
     print()
+    scan = "native C++" if scan_native.usable(torch.device("cpu"), torch.float32) else "torch"
+    print(f"newton's scans: {scan}")
+    print()
     print(
         "| case | reference loop | other backends | newton | newton vs reference | "
-        "projection (in both) | newton / floor | iters | tiles | max abs dev |"
+        "newton, torch scan (vs reference) | projection (in both) | newton / floor | iters | "
+        "tiles | max abs dev |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = f"{r.ref_s * 1e3:.0f} ms" + (f" ({r.ref_note})" if r.ref_note else "")
         others = (
@@ -176,9 +198,14 @@ def main() -> None:
             )
             or "none registered"
         )
+        torch_scan = (
+            f"{r.newton_torch_s * 1e3:.0f} ms ({r.ref_s / r.newton_torch_s:.1f}x)"
+            if r.newton_torch_s is not None
+            else "n/a"
+        )
         print(
             f"| {r.case} | {ref} | {others} | {r.newton_s * 1e3:.0f} ms | "
-            f"{r.ref_s / r.newton_s:.1f}x | {r.proj_s * 1e3:.0f} ms | "
+            f"{r.ref_s / r.newton_s:.1f}x | {torch_scan} | {r.proj_s * 1e3:.0f} ms | "
             f"{r.newton_s / r.floor_s:.1f}x | {r.iters} | {r.tiles} | {r.dev:.1e} |"
         )
 

@@ -5,6 +5,10 @@
     python tools/bench/scan.py --threads 2     # the CPU target's setting (wall clock)
     python tools/bench/scan.py --device cuda   # adds the Triton scans and the GPU target
 
+On CPU the rows are ``cpp`` (the native C++ scan, what ``auto`` runs on CPU: one streaming
+pass forward, one backward, lanes in parallel with at::parallel_for; built on first use, the
+build is not timed) and ``torch`` (the pure-torch chunked scan, the fallback).
+
 On CUDA the Triton rows are ``triton`` (the default: it picks a kernel), ``triton_stream`` (the
 single-pass kernel, autotuned: its warm-up call tunes), ``triton_chunked`` (the 3-phase chunked
 kernels) and ``triton_sequential`` (the step loop); the ``gpu target`` rows give each of the
@@ -53,6 +57,12 @@ def _args() -> argparse.Namespace:
         "auto: cpu for --device cpu with 1 thread, else wall",
     )
     p.add_argument("--no-thp", action="store_true", help="leave THP_MEM_ALLOC_ENABLE unset")
+    p.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="how the timed repeats are summarised (min: best of, for a noisy shared machine)",
+    )
     return p.parse_args()
 
 
@@ -62,6 +72,7 @@ if not ARGS.no_thp:
 
 import torch  # noqa: E402  (after the environment is set)
 
+from rnnkit.kernels.scan import _native as scan_native  # noqa: E402
 from rnnkit.kernels.scan import _triton as scan_triton  # noqa: E402
 from rnnkit.kernels.scan import linear_scan, linear_scan_reference  # noqa: E402
 
@@ -83,7 +94,8 @@ def _sync() -> None:
 def bench(
     fn: Callable[[], object], *, reps: int, budget_s: float = 3.0, warmup: bool = True
 ) -> float:
-    """Median milliseconds of ``fn`` after one warm-up call (fewer reps past ``budget_s``)."""
+    """Median (``--stat min``: least) milliseconds of ``fn`` after one warm-up call (fewer reps
+    past ``budget_s``)."""
     if warmup:
         fn()
         _sync()
@@ -96,7 +108,7 @@ def bench(
         times.append(_now() - t0)
         if time.perf_counter() - start > budget_s and len(times) >= (3 if warmup else 1):
             break
-    return statistics.median(times) * 1e3
+    return (min(times) if ARGS.stat == "min" else statistics.median(times)) * 1e3
 
 
 def floor_ms(batch: int, time_: int, width: int, *, backward: bool, reps: int) -> float:
@@ -318,6 +330,14 @@ def main() -> None:
         sys.exit("--device cuda: no CUDA device")
     reps = 5 if ARGS.quick else 15
     backends = ["torch"]
+    simd = ""
+    if not CUDA:
+        reason = scan_native.unavailable_reason(DEVICE, torch.float32)
+        if reason is None and scan_native.usable(DEVICE, torch.float32):  # builds if needed
+            backends.insert(0, "cpp")
+            simd = f", cpp kernels: {scan_native.LIBRARY.ops().simd_variant()}"
+        else:
+            print(f"# cpp skipped: {reason or 'the build failed (see the warning)'}")
     if CUDA:
         reason = scan_triton.unavailable_reason(DEVICE, torch.float32)
         if reason is None:
@@ -331,13 +351,13 @@ def main() -> None:
     if CUDA:
         rows += gpu_target(reps)
     device = torch.cuda.get_device_name() if CUDA else f"cpu, {torch.get_num_threads()} threads"
-    device += f", {CLOCK} clock"
+    device += f", {CLOCK} clock, {ARGS.stat} of repeats{simd}"
     print(
         f"# linear_scan benchmark: {device}, fp32, torch {torch.__version__}, "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
         f"{time.perf_counter() - t0:.0f} s"
     )
-    print("# ms: median; 'vs loop': python loop time / this; 'vs floor': this / memory floor")
+    print(f"# ms: {ARGS.stat}; 'vs loop': python loop time / this; 'vs floor': this / memory floor")
     header = ["case", "what", "ms", "vs loop", "vs floor", "note"]
     table = [header] + [r.cells() for r in rows]
     widths = [max(len(line[i].strip()) for line in table) for i in range(len(header))]

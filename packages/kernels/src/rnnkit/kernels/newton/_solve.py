@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.kernels.newton._block import block2_scan
+from rnnkit.kernels.scan import _native as scan_native
 from rnnkit.kernels.scan import _torch as scan_torch
 from rnnkit.kernels.scan import linear_scan
 
@@ -190,7 +191,8 @@ def scan_diag(
 ) -> Tensor:
     """``h_t = a_t h_{t-1} + b_t`` (or from the end when ``reverse``): ``(B, L, W)`` each.
 
-    On CPU straight into the chunked torch scan (no validation and no autograd node per
+    On CPU straight into the native scan (one streaming pass, lanes in parallel) when it
+    builds, else the chunked torch scan (either way no validation and no autograd node per
     tile); elsewhere through :func:`linear_scan` (its Triton kernels on CUDA).
     """
     batch, _, width = b.shape
@@ -199,7 +201,10 @@ def scan_diag(
     if b.device.type == "cpu":
         if out is None:
             out = torch.empty_like(b)
-        scan_torch.chunked_scan_into(a, b, h0, out, reverse=reverse)
+        if scan_native.usable(b.device, b.dtype):
+            scan_native.scan_into(a, b, h0, out, reverse=reverse)
+        else:
+            scan_torch.chunked_scan_into(a, b, h0, out, reverse=reverse)
         return out
     if reverse:
         h, _ = linear_scan(a.flip(1), b.flip(1), h0)

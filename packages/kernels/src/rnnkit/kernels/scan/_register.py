@@ -64,7 +64,8 @@ def _run(call: KernelCall, backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
 
 
 def _run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    return _run(call, "torch")
+    # on CPU "auto" is the native scan when it builds, else (with a warning) the torch scan
+    return _run(call, "auto" if call.x.device.type == "cpu" else "torch")
 
 
 def _run_triton(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -88,7 +89,10 @@ def kernels() -> list[Kernel]:
             backend="scan",
             target=target,
             run=_run_torch,
-            description="chunked linear scan in pure torch (any device, real and complex)",
+            description=(
+                "linear scan: native C++ on CPU when it builds, else chunked pure torch "
+                "(any device, real and complex)"
+            ),
             priority=10,
             supports=_supports,
         ),

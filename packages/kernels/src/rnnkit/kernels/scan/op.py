@@ -11,14 +11,23 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError
-from rnnkit.kernels.scan import _torch, _triton
+from rnnkit.kernels.native import BuildError
+from rnnkit.kernels.scan import _native, _torch, _triton
 from rnnkit.kernels.scan._alloc import alloc
 
 Backend = Literal[
-    "auto", "torch", "sequential", "triton", "triton_stream", "triton_chunked", "triton_sequential"
+    "auto",
+    "cpp",
+    "torch",
+    "sequential",
+    "triton",
+    "triton_stream",
+    "triton_chunked",
+    "triton_sequential",
 ]
 BACKENDS: tuple[str, ...] = (
     "auto",
+    "cpp",
     "torch",
     "sequential",
     "triton",
@@ -77,7 +86,9 @@ def _scan_forward(
     batch, time, width = b.shape
     h = alloc((batch, time, width), dtype=cd, device=b.device)
     prods = None
-    if backend == "sequential":
+    if backend == "cpp":
+        _native.scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False)
+    elif backend == "sequential":
         _torch.sequential_scan_into(a.to(cd), b.to(cd), h0.to(cd), h, reverse=False)
     else:
         length = _shared_chunk(time, width * h.element_size(), chunk)
@@ -113,6 +124,19 @@ def _scan_backward(
         return da.to(a.dtype), db, dh0
     batch, time, width = h.shape
     cd = compute_dtype(h.dtype)
+    if backend == "cpp":
+        # one native reverse pass: g (= db), da and dh0 (it conjugates the gates itself)
+        g = alloc((batch, time, width), dtype=cd, device=h.device)
+        native_da = alloc((batch, time, width), dtype=cd, device=h.device) if need_a else None
+        dh0 = alloc((batch, width), dtype=cd, device=h.device)
+        _native.backward_into(
+            a.to(cd), h.to(cd), h0.to(cd), dh.to(cd), dh_last.to(cd), g, native_da, dh0
+        )
+        return (
+            native_da.to(a.dtype) if native_da is not None else None,
+            g.to(h.dtype),
+            dh0.to(h0.dtype),
+        )
     upcast = backend in ("torch", "sequential")  # the Triton kernels convert as they load
     a_c = a.conj()
     if upcast:
@@ -223,12 +247,25 @@ def _check_cu_seqlens(
     return offsets
 
 
-def _check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+def _check_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, chunk: int | None = None
+) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "auto":
-        usable = device.type == "cuda" and _triton.unavailable_reason(device, dtype) is None
-        return "triton" if usable else "torch"
+        if device.type == "cuda" and _triton.unavailable_reason(device, dtype) is None:
+            return "triton"
+        # on CPU the native scan when it builds (a failed build warns once), else pure torch;
+        # a chunk length asks for the chunked scan, which only the torch path has
+        cpu = device.type == "cpu" and chunk is None
+        if cpu and _native.usable(device, compute_dtype(dtype)):
+            return "cpp"
+        return "torch"
+    if backend == "cpp":
+        try:
+            _native.require(device, compute_dtype(dtype))
+        except BuildError as e:
+            raise BackendUnavailableError(f"linear_scan backend 'cpp' cannot run: {e}") from e
     if backend.startswith("triton"):
         reason = _triton.unavailable_reason(device, dtype)
         if reason is not None:
@@ -272,15 +309,19 @@ def linear_scan(
         cu_seqlens: optional integer ``(S + 1,)`` offsets of ``S`` sequences packed along time
             in a batch of 1: starts at 0, non-decreasing, ends at ``T``. Sequence ``s`` runs
             from its own ``h0[s]``; ``h0`` is ``(S, D)`` and the final state ``(S, D)``.
-        backend: ``"torch"`` (the chunked scan, any device), ``"sequential"`` (a torch step
-            loop), ``"triton"`` (Triton kernels, real dtypes, CUDA or ``TRITON_INTERPRET=1``:
-            the single-pass stream kernel for long ``T`` with many ``(B, D)`` lanes, else the
-            chunked kernels; see ``_triton.prefers_stream``), ``"triton_stream"`` and
-            ``"triton_chunked"`` (one of those two, forced), ``"triton_sequential"`` (a Triton
-            step-loop kernel) or ``"auto"`` (``"triton"`` on CUDA when triton is importable and
-            the dtype is real, else ``"torch"``).
+        backend: ``"cpp"`` (the native C++ CPU scan: one streaming pass forward and one backward,
+            lanes in parallel; compiled on first use, see :mod:`rnnkit.kernels.scan._native`),
+            ``"torch"`` (the pure-torch chunked scan, any device), ``"sequential"`` (a torch step
+            loop), ``"triton"`` (Triton kernels, real dtypes, CUDA or ``TRITON_INTERPRET=1``: the
+            single-pass stream kernel for long ``T`` with many ``(B, D)`` lanes, else the chunked
+            kernels; see ``_triton.prefers_stream``), ``"triton_stream"`` and ``"triton_chunked"``
+            (one of those two, forced), ``"triton_sequential"`` (a Triton step-loop kernel) or
+            ``"auto"`` (``"triton"`` on CUDA when triton is importable and the dtype is real; on CPU
+            ``"cpp"`` when the native library builds, with a warning and ``"torch"`` when it does
+            not, and ``"torch"`` when ``chunk`` is given).
         chunk: the chunk length of the chunked scans (``None`` chooses; a power of 2 for
-            Triton, where giving one selects the chunked kernels under ``"triton"``).
+            Triton, where giving one selects the chunked kernels under ``"triton"``); the
+            single-pass ``"cpp"`` scan has no chunks and ignores it.
 
     Returns:
         ``(h, h_last)``: every state ``h: (B, T, D)`` and the final state ``h_last: (B, D)``
@@ -292,7 +333,7 @@ def linear_scan(
             non-integer ``cu_seqlens``.
         ValueError: shapes that do not broadcast, bad ``resets`` shape, bad ``cu_seqlens``,
             unknown ``backend``.
-        BackendUnavailableError: a Triton backend requested where it cannot run.
+        BackendUnavailableError: a Triton or ``"cpp"`` backend requested where it cannot run.
     """
     a = _check_tensor("a", a)
     b = _check_tensor("b", b)
@@ -358,7 +399,7 @@ def linear_scan(
             )
         if resets.device != b.device:
             raise ValueError(f"resets is on {resets.device} but a and b are on {b.device}")
-    name = _check_backend(backend, b.device, b.dtype)
+    name = _check_backend(backend, b.device, b.dtype, chunk)
 
     if log_a:
         a = torch.exp(a)

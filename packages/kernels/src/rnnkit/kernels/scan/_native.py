@@ -1,0 +1,161 @@
+"""The native (C++) CPU scan: ``csrc/scan.cpp``, built through :mod:`rnnkit.kernels.native`.
+
+Two ops, ``torch.ops.rnnkit_scan_cpp.scan`` (``h_t = a_t h_{t-1} + b_t``, forward or reversed
+in time) and ``scan_backward`` (the adjoint scan and the gradients of ``a``, ``b`` and ``h0``
+in one reverse pass). Each walks time once per (batch row, feature block) lane group, lane
+groups in parallel with ``at::parallel_for``: one streaming pass over the arrays the op must
+read and write, where the pure-torch chunked scan dispatches one strided op per chunk
+position and reads its inputs twice.
+
+This is an implementation detail of :func:`rnnkit.kernels.scan.linear_scan` (``backend="auto"``
+on CPU, or ``"cpp"``) and of the Newton solver's CPU scans. The library is compiled on first
+use (about 30 s) and cached; ``RNNKIT_SCAN_CPP=0`` (or ``RNNKIT_CPP=0``) turns it off, and
+then, or when the toolchain is missing or the build fails (a warning, once), the callers use
+the pure-torch scan.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.kernels.native import BuildError, NativeLibrary
+
+__all__ = [
+    "DISABLE_ENV",
+    "DTYPES",
+    "LIBRARY",
+    "backward_into",
+    "require",
+    "scan_into",
+    "unavailable_reason",
+    "usable",
+]
+
+#: Set to ``0`` to switch the native scan off (the pure-torch scan runs instead).
+DISABLE_ENV = "RNNKIT_SCAN_CPP"
+#: The dtypes the native kernels compute in (16-bit inputs are upcast to float32 first).
+DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+LIBRARY = NativeLibrary(
+    name="rnnkit_scan_cpp",
+    csrc=Path(__file__).parent / "csrc",
+    sources=("scan.cpp",),
+    disable_env=DISABLE_ENV,
+)
+
+_warned = False
+
+
+def unavailable_reason(
+    device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> str | None:
+    """Why the native scan cannot run on ``device`` in ``dtype`` (``None`` when it can, as far
+    as is known without compiling: a first build may still fail, see :func:`usable`)."""
+    if device is not None and device.type != "cpu":
+        return f"the native scan runs on the CPU only (got {device})"
+    if dtype is not None and dtype not in DTYPES:
+        return f"the native scan computes in {', '.join(map(str, DTYPES))}, not {dtype}"
+    return LIBRARY.why_unavailable()
+
+
+def _ops() -> Any | None:
+    """``torch.ops.rnnkit_scan_cpp``, or ``None`` (with one warning per process) when the
+    library cannot be built or loaded."""
+    global _warned
+    try:
+        return LIBRARY.ops()
+    except BuildError as e:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"the native CPU scan is unavailable ({e}); using the pure-torch scan",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+
+
+def usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the native scan runs here: CPU, a native dtype, and the library built or
+    loaded (building it on first use; a failure warns once and returns ``False``)."""
+    if unavailable_reason(device, dtype) is not None:
+        return False
+    return _ops() is not None
+
+
+def require(device: torch.device, dtype: torch.dtype) -> Any:
+    """``torch.ops.rnnkit_scan_cpp`` for an explicit request of the native scan.
+
+    Raises:
+        BuildError: it cannot run here (the message says why).
+    """
+    reason = unavailable_reason(device, dtype)
+    if reason is not None:
+        raise BuildError(reason)
+    return LIBRARY.ops()
+
+
+def _plain(x: Tensor) -> Tensor:
+    """``x`` with any lazy conjugation or negation bit resolved (the data the kernel reads)."""
+    return x.resolve_conj().resolve_neg()
+
+
+def scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, reverse: bool) -> Tensor:
+    """``out_t = a_t * out_{t-1} + b_t`` (``out_{t+1}`` when ``reverse``), natively.
+
+    Args:
+        a, b, out: ``(B, T, D)``, one native dtype, CPU, any strides (``a`` and ``b`` may be
+            expanded views; ``out`` may not).
+        h0: ``(B, D)``: the state before the first step in scan order (made contiguous here).
+        reverse: run from ``t = T - 1`` down to ``0``.
+
+    Returns:
+        ``out``.
+    """
+    # the kernels read raw memory: a lazily conjugated or negated view must be materialised
+    a, b, h0 = (_plain(x) for x in (a, b, h0))
+    LIBRARY.ops().scan(a, b, h0.contiguous(), out, reverse)
+    return out
+
+
+def backward_into(
+    a: Tensor,
+    h: Tensor,
+    h0: Tensor,
+    dh: Tensor,
+    dh_last: Tensor,
+    db: Tensor,
+    da: Tensor | None,
+    dh0: Tensor,
+) -> None:
+    """The backward of the forward scan in one reverse pass, natively.
+
+    With ``g_t = dL/db_t``: ``g_{T-1} = dh_{T-1} + dh_last``, ``g_t = dh_t + conj(a_{t+1})
+    g_{t+1}``; ``da_t = g_t conj(h_{t-1})`` (``h_{-1} = h0``), ``dh0 = conj(a_0) g_0``.
+
+    Args:
+        a, h, dh: ``(B, T, D)``: the gates, the forward's states and the incoming gradient.
+        h0, dh_last: ``(B, D)``: the initial state and the gradient of the final state.
+        db: ``(B, T, D)`` output: ``g``.
+        da: ``(B, T, D)`` output, or ``None`` when the gates need no gradient (then ``h`` is
+            not read).
+        dh0: ``(B, D)`` contiguous output.
+    """
+    a, h, h0, dh, dh_last = (_plain(x) for x in (a, h, h0, dh, dh_last))
+    unused = db.new_empty((0,))  # stands in for da when the gates need no gradient
+    LIBRARY.ops().scan_backward(
+        a,
+        h,
+        h0.contiguous(),
+        dh,
+        dh_last.contiguous(),
+        db,
+        unused if da is None else da,
+        dh0,
+        da is not None,
+    )
