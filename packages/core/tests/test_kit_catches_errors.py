@@ -72,3 +72,19 @@ def test_a_cell_whose_step_differs_is_caught() -> None:
         check_step_matches_forward(lambda: _LeakyStep(input_size=5, hidden_size=6))
     with pytest.raises(AssertionError):
         check_cell(lambda: _LeakyStep(input_size=5, hidden_size=6))
+
+
+def test_checks_build_the_same_cell_whatever_ran_before() -> None:
+    """A check's cell does not depend on the global RNG's state (test order), and building it
+    leaves that state untouched."""
+    from rnnkit.core.testing.checks import _f64
+
+    torch.manual_seed(1)
+    first = _f64(_make)
+    torch.randn(100)  # whatever other tests draw in between
+    before = torch.random.get_rng_state()
+    second = _f64(_make)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for (name, p), q in zip(first.named_parameters(), second.parameters(), strict=True):
+        assert p.dtype == torch.float64, name
+        assert torch.equal(p, q), name
