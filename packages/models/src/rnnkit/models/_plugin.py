@@ -1,10 +1,11 @@
-"""rnnkit-models' plugin module: registers its networks and its cells."""
+"""rnnkit-models' plugin module: registers its networks, its cells and the DeltaNet kernel."""
 
 from __future__ import annotations
 
-from rnnkit.core.hookspecs import RegisterCell, RegisterModel, hookimpl
+from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
 from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
+from rnnkit.models.cells.deltanet_chunked import CHUNKED_KERNEL
 
 
 @hookimpl
@@ -12,6 +13,11 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("sequence_tagger", networks.sequence_tagger)
     register("sequence_classifier", networks.sequence_classifier)
     register("char_lm", networks.char_lm)
+
+
+@hookimpl
+def rnnkit_register_kernels(register: RegisterKernel) -> None:
+    register(CHUNKED_KERNEL)
 
 
 @hookimpl
@@ -43,6 +49,6 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
     register(
         "deltanet",
         DeltaNet,
-        description="DeltaNet: matrix key-value memory written by the delta rule (reference loop)",
+        description="DeltaNet: matrix key-value memory written by the delta rule (chunked backend)",
         test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
     )

@@ -51,8 +51,11 @@ class DeltaNet(Cell[DeltaNetState]):
       ``rule="linear"``: ``S_t = S_{t-1} + beta_t v_t k_t^T`` (linear attention);
     - ``y_t = S_t q_t`` per head, concatenated: ``(H,)``.
 
-    The state starts at ``S = 0``, ``prev = 0``. Only the sequential ``reference`` loop runs it
-    (no chunked kernel is registered for the matrix-state form yet).
+    The state starts at ``S = 0``, ``prev = 0``. ``forward`` with ``backend="auto"`` runs the
+    ``chunked`` backend (:mod:`rnnkit.models.cells.deltanet_chunked`: the projections,
+    convolution and normalisation for all steps at once, then the delta rule over chunks of
+    64 tokens in the WY form, with resets; gradients by autograd); ``backend="reference"`` is
+    the sequential loop over :meth:`recur`.
 
     Args:
         input_size: width of ``x``.

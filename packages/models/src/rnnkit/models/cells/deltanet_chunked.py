@@ -1,0 +1,201 @@
+"""The ``chunked`` backend of :class:`~rnnkit.models.cells.DeltaNet`: the delta rule over
+chunks of ``C`` tokens in the WY/UT form (Yang et al. 2024, "Parallelizing Linear
+Transformers with the Delta Rule over Sequence Length"), in plain torch (CPU and GPU).
+
+Per head, with the memory ``S`` (value x key) entering a chunk ``S_0`` and rows
+``K, Q: (C, d_k)``, ``V: (C, d_v)``, ``beta: (C,)`` of the chunk:
+
+- the product ``prod_{s<=t} (I - beta_s k_s k_s^T) = I - sum_{s<=t} w_s k_s^T`` and the
+  written part ``sum_{s<=t} u_s k_s^T`` have rows ``W = T diag(beta) K`` and
+  ``U = T diag(beta) V`` with ``T = (I + strictly_lower(diag(beta) K K^T))^{-1}``
+  (one unit-lower-triangular solve per chunk, all chunks at once);
+- the pseudo-values ``U~ = U - W S_0^T`` give ``S_t = S_0 + sum_{s<=t} u~_s k_s^T``, so
+  ``O = Q S_0^T + (causal(Q K^T)) U~`` and the state leaving the chunk is ``S_0 + U~^T K``;
+- ``rule="linear"`` is the special case ``U~ = diag(beta) V`` (no correction).
+
+Only the carry of ``S`` across chunks is sequential (``ceil(T / C)`` steps of matrix
+products). ``resets`` are supported: a reset at ``t`` cuts the chunk into segments, the
+solve and the intra-chunk attention are masked to the same segment, and ``S_0`` only
+reaches the tokens before the chunk's first reset. Gradients come from torch autograd
+through these operations (no hand-written backward). Half-precision inputs are computed in
+float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
+
+#: tokens per chunk (the chunk is ``min(CHUNK, T)`` for shorter sequences).
+CHUNK = 64
+
+
+def delta_rule_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    *,
+    rule: str = "delta",
+    resets: Tensor | None = None,
+    chunk: int = CHUNK,
+) -> tuple[Tensor, Tensor]:
+    """The delta-rule (or linear-attention) core over a whole sequence, chunk by chunk.
+
+    ``S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T`` (``rule="delta"``) or
+    ``S_{t-1} + beta_t v_t k_t^T`` (``"linear"``), ``o_t = S_t q_t``, with ``S`` reset to zero
+    entering every step where ``resets`` is true.
+
+    Args:
+        q: ``(B, n, T, d_k)`` queries.
+        k: ``(B, n, T, d_k)`` keys.
+        v: ``(B, n, T, d_v)`` values.
+        beta: ``(B, n, T)`` write strengths.
+        S0: ``(B, n, d_v, d_k)`` memory entering step 0.
+        rule: ``"delta"`` or ``"linear"``.
+        resets: optional bool ``(B, T)``.
+        chunk: tokens per chunk.
+
+    Returns:
+        ``(o, S)``: outputs ``(B, n, T, d_v)`` and the memory after the last step.
+    """
+    if rule not in ("delta", "linear"):
+        raise ValueError(f"rule must be 'delta' or 'linear', got {rule!r}")
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    B, n, T, dk = k.shape
+    dv = v.shape[-1]
+    C = min(chunk, T)
+    N = -(-T // C)
+    pad = N * C - T
+    if pad:
+        q = F.pad(q, (0, 0, 0, pad))
+        k = F.pad(k, (0, 0, 0, pad))
+        v = F.pad(v, (0, 0, 0, pad))
+        beta = F.pad(beta, (0, pad))  # beta = 0, k = 0: padded tokens write nothing
+    qc = q.reshape(B, n, N, C, dk)
+    kc = k.reshape(B, n, N, C, dk)
+    vb = (v * beta.unsqueeze(-1)).reshape(B, n, N, C, dv)
+    kb = (k * beta.unsqueeze(-1)).reshape(B, n, N, C, dk)
+    ones = torch.ones(C, C, dtype=torch.bool, device=k.device)
+    causal = torch.tril(ones)  # j <= i
+    strict = torch.tril(ones, -1)  # j < i
+    first: Tensor | None = None  # (B, 1, N, C, 1): token still sees the incoming S
+    last: Tensor | None = None  # (B, 1, N, C, 1): token's write reaches the chunk's end
+    keep: Tensor | None = None  # (B, 1, N, 1, 1): the incoming S survives the chunk
+    if resets is not None:
+        r = F.pad(resets.to(torch.int64), (0, pad)).reshape(B, N, C)
+        g = torch.cumsum(r.reshape(B, N * C), 1).reshape(B, N, C)  # segment id per token
+        same = (g.unsqueeze(-1) == g.unsqueeze(-2)).unsqueeze(1)  # (B, 1, N, C, C)
+        causal = causal & same
+        strict = strict & same
+        g_in = g[..., :1] - r[..., :1]  # segment id entering the chunk
+        first_b = g == g_in
+        first = first_b.to(q.dtype)[:, None, :, :, None]
+        last = (g == g[..., -1:]).to(q.dtype)[:, None, :, :, None]
+        keep = first_b[..., -1].to(q.dtype)[:, None, :, None, None]
+    zero = torch.zeros((), dtype=q.dtype, device=q.device)
+    attn = torch.where(causal, qc @ kc.transpose(-1, -2), zero)  # (B, n, N, C, C)
+    W: Tensor | None = None
+    if rule == "delta":
+        A = torch.where(strict, kb @ kc.transpose(-1, -2), zero)
+        eye = torch.eye(C, dtype=q.dtype, device=q.device)
+        sol = torch.linalg.solve_triangular(
+            A + eye, torch.cat((kb, vb), -1), upper=False, unitriangular=True
+        )
+        W, U = sol.split((dk, dv), -1)
+    else:
+        U = vb
+    S = S0
+    outs: list[Tensor] = []
+    per_chunk = zip(
+        qc.unbind(2),
+        kc.unbind(2),
+        attn.unbind(2),
+        U.unbind(2),
+        W.unbind(2) if W is not None else [None] * N,
+        first.unbind(2) if first is not None else [None] * N,
+        last.unbind(2) if last is not None else [None] * N,
+        keep.unbind(2) if keep is not None else [None] * N,
+        strict=True,
+    )
+    for q_i, k_i, a_i, u_i, w_i, f_i, l_i, keep_i in per_chunk:
+        St = S.transpose(-1, -2)  # (B, n, d_k, d_v)
+        read = q_i @ St
+        if w_i is not None:
+            u_i = u_i - (w_i @ St if f_i is None else f_i * (w_i @ St))
+        if f_i is not None:
+            read = f_i * read
+        outs.append(read + a_i @ u_i)
+        write = (u_i if l_i is None else l_i * u_i).transpose(-1, -2) @ k_i
+        S = S + write if keep_i is None else keep_i * S + write
+    o = torch.stack(outs, 2).reshape(B, n, N * C, dv)[:, :, :T]
+    return o, S
+
+
+def chunked_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run a :class:`DeltaNet` call with :func:`delta_rule_chunked` after the time-parallel
+    projections, convolution and normalisation; same outputs and final state as the
+    ``reference`` loop (``y: (B, T, H)``, ``DeltaNetState(S, prev)``)."""
+    cell = call.cell
+    if not isinstance(cell, DeltaNet):
+        raise TypeError(f"the chunked backend runs DeltaNet cells, got {type(cell).__name__}")
+    x = call.x
+    B, T = x.shape[0], x.shape[1]
+    H, nh, d = cell.hidden_size, cell.heads, cell.head_dim
+    if call.state is None:
+        S0, prev0 = cell.init_state(B, device=x.device, dtype=x.dtype)
+    else:
+        S0, prev0 = call.state
+    if T == 0:
+        return x.new_empty(B, 0, H), DeltaNetState(S0, prev0)
+    px = cell.project(x)
+    p = px[..., : 3 * H]
+    beta = torch.sigmoid(px[..., 3 * H :])  # (B, T, heads)
+    p_prev = torch.cat((prev0.unsqueeze(1), p[:, :-1]), 1)
+    if call.resets is not None:
+        p_prev = p_prev.masked_fill(call.resets.unsqueeze(-1), 0.0)
+    u = cell.conv[0] * p + cell.conv[1] * p_prev
+
+    def heads(t: Tensor) -> Tensor:
+        return t.reshape(B, T, nh, d).transpose(1, 2)  # (B, heads, T, d)
+
+    q = F.normalize(F.silu(heads(u[..., :H])), dim=-1, eps=1e-6)
+    k = F.normalize(F.silu(heads(u[..., H : 2 * H])), dim=-1, eps=1e-6)
+    v = heads(u[..., 2 * H :])
+    b = beta.transpose(1, 2)
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    o, S = delta_rule_chunked(
+        q.to(work),
+        k.to(work),
+        v.to(work),
+        b.to(work),
+        S0.to(work),
+        rule=cell.rule,
+        resets=call.resets,
+        chunk=CHUNK,
+    )
+    y = o.to(x.dtype).transpose(1, 2).reshape(B, T, H)
+    return y, DeltaNetState(S.to(S0.dtype), p[:, -1])
+
+
+def _supports(call: KernelCall) -> str | None:
+    if not isinstance(call.cell, DeltaNet):
+        return f"runs DeltaNet cells only, not {type(call.cell).__name__}"
+    return None
+
+
+#: ``auto`` prefers it to the ``reference`` loop (priority 0) for every DeltaNet call.
+CHUNKED_KERNEL = Kernel(
+    backend="chunked",
+    target=DeltaNet.kind,
+    run=chunked_forward,
+    description="DeltaNet delta rule / linear attention in chunks (WY form, torch autograd)",
+    priority=10,
+    supports=_supports,
+)
