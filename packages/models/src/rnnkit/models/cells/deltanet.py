@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
+from rnnkit.core.validation import check_positive_int
 
 #: rules ``DeltaNet`` can write its memory with.
 RULES: tuple[str, ...] = ("delta", "linear")
@@ -80,13 +81,9 @@ class DeltaNet(Cell[DeltaNetState]):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("heads", heads),
-        ):
-            if isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("heads", heads)
         if hidden_size % heads:
             raise ValueError(f"heads={heads} must divide hidden_size={hidden_size}")
         if rule not in RULES:

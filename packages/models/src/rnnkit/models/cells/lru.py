@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
+from rnnkit.core.validation import check_positive_int
 
 
 def _real_compute(dtype: torch.dtype) -> torch.dtype:
@@ -52,9 +53,8 @@ class LRU(DiagonalLinearCell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"need 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
         self.input_size = input_size
