@@ -246,17 +246,27 @@ def test_failed_build_falls_back_with_warning(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_broken_source_is_reported_and_recorded(
-    native_ops: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native_ops: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A compile error becomes a ``BuildError`` with the compiler's diagnostic, is recorded in
-    the cache (so ``available`` reports it without compiling again) and retried by ``force``."""
+    the cache (so ``available`` reports it without compiling again) and retried by ``force``;
+    a compile is announced (it takes long enough to look like a hang)."""
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(native, "_REGISTRY", dict(native.libraries()))
     (tmp_path / "broken.cpp").write_text("#error deliberately broken for a test\n")
     lib = NativeLibrary(name="rnnkit_test_broken", csrc=tmp_path, sources=("broken.cpp",))
     assert lib.why_unavailable() is None  # nothing known yet: a build would be tried
-    with pytest.raises(BuildError, match="deliberately broken"):
+    with (
+        caplog.at_level("WARNING", logger="rnnkit.kernels.native"),
+        pytest.raises(BuildError, match="deliberately broken"),
+    ):
         lib.build()
+    assert any(
+        "compiling the native library rnnkit_test_broken" in r.message for r in caplog.records
+    )
     assert (lib.cache_dir() / "FAILED").exists()
     fresh = NativeLibrary(name="rnnkit_test_broken", csrc=tmp_path, sources=("broken.cpp",))
     reason = fresh.why_unavailable()

@@ -20,6 +20,7 @@ every native library off; each library may name its own switch as well.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -50,6 +51,7 @@ CACHE_ENV = "RNNKIT_CPP_CACHE"
 DISABLE_ENV = "RNNKIT_CPP"
 
 _FAILED = "FAILED"
+_log = logging.getLogger(__name__)
 
 
 class BuildError(RuntimeError):
@@ -301,6 +303,11 @@ class NativeLibrary:
             elif self._failure is not None or marker.exists():
                 raise BuildError(self._failure or self._recorded_failure())
             directory.mkdir(parents=True, exist_ok=True)
+            # A compile takes tens of seconds and happens once per machine and version: say so,
+            # or a first call looks hung. WARNING reaches stderr without logging set up.
+            _log.warning(
+                "rnnkit: compiling the native library %s (once; cached in %s)", self.name, directory
+            )
             try:
                 self._compile(directory, verbose)
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
