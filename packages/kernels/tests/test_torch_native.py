@@ -123,3 +123,29 @@ def test_ieee_backward_wrapper_matches_direct_autograd(kind: str) -> None:
     want = torch.autograd.grad(refs, grads_of, cots)
     for g, w in zip(got, want, strict=True):
         assert rel_rms(g, w) <= 1e-12
+
+
+def test_cudnn_bf16_relu_elman_training_is_refused() -> None:
+    """cuDNN's bf16 ReLU Elman backward was measured wrong on an H100: ``supports`` must refuse
+    exactly that combination (CUDA, bfloat16, ReLU, gradients) and nothing next to it."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from rnnkit.kernels.torch_native import cudnn_known_issue
+
+    def call(device: str, grad: bool) -> KernelCall:
+        # a stand-in: the rule reads only the input's device and whether gradients are needed
+        x = SimpleNamespace(device=torch.device(device))
+        return cast(KernelCall, SimpleNamespace(x=x, needs_grad=grad))
+
+    bf16, f16 = torch.bfloat16, torch.float16
+    reason = cudnn_known_issue("elman", "relu", call("cuda", True), bf16)
+    assert reason is not None and "triton" in reason and "float16" in reason
+    for kind, nl, dev, grad, dt in (
+        ("elman", "tanh", "cuda", True, bf16),
+        ("elman", "relu", "cuda", False, bf16),
+        ("elman", "relu", "cuda", True, f16),
+        ("elman", "relu", "cpu", True, bf16),
+        ("gru", None, "cuda", True, bf16),
+    ):
+        assert cudnn_known_issue(kind, nl, call(dev, grad), dt) is None, (kind, nl, dev, grad, dt)

@@ -11,8 +11,9 @@ Weight mapping (``heads == 1`` only, where ``recurrent`` is one dense matrix per
 ``bias_hh_l0 = [0, 0, bias_hn]`` because ``r`` multiplies ``b_hn``.
 
 Not supported (``supports`` says so, and ``auto`` falls back to ``fused``): ``heads > 1``
-(torch's ops are dense), ``resets`` (torch has no per-step state restart) and dtypes other
-than float16, bfloat16, float32 and float64.
+(torch's ops are dense), ``resets`` (torch has no per-step state restart), dtypes other
+than float16, bfloat16, float32 and float64, and bfloat16 ReLU Elman training on CUDA (cuDNN's
+backward measured wrong; see :func:`cudnn_known_issue`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from torch import _VF, Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
 
-__all__ = ["FALLBACK", "PREFERRED", "kernels", "run_torch", "supports", "torch_priority"]
+__all__ = [
+    "FALLBACK",
+    "PREFERRED",
+    "cudnn_known_issue",
+    "kernels",
+    "run_torch",
+    "supports",
+    "torch_priority",
+]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _KINDS = ("elman", "lstm", "gru")
@@ -49,6 +58,32 @@ def supports(call: KernelCall) -> str | None:
         return f"dtype {dtype} is not supported (supported: float16, bfloat16, float32, float64)"
     if call.x.device.type == "cpu" and dtype == torch.float16 and call.needs_grad:
         return "float16 training on CPU is not supported (supported: float32, float64, bfloat16)"
+    return cudnn_known_issue(cell.kind, getattr(cell, "nonlinearity", None), call, dtype)
+
+
+def cudnn_known_issue(
+    kind: str, nonlinearity: str | None, call: KernelCall, dtype: torch.dtype
+) -> str | None:
+    """Calls whose cuDNN results were measured wrong, with the reason (``None`` otherwise).
+
+    bfloat16 ReLU Elman training on CUDA: cuDNN's backward deviates from the float64 reference
+    far beyond bfloat16 rounding for some weights (relative RMS up to 0.85 in the gradients,
+    while the forward and ``reference`` / ``triton`` in bfloat16 stay near 0.005; H100, cuDNN
+    9.19, torch 2.11, the conformance kit's backends check over 8 seeds; float16 and tanh were
+    fine). ``auto`` then uses ``triton`` there.
+    """
+    if (
+        kind == "elman"
+        and nonlinearity == "relu"
+        and call.x.device.type == "cuda"
+        and dtype == torch.bfloat16
+        and call.needs_grad
+    ):
+        return (
+            "bfloat16 ReLU Elman training on CUDA is not supported: cuDNN's backward was measured "
+            "wrong for it (supported there: float16, float32, float64, or tanh; or backend "
+            "'triton')"
+        )
     return None
 
 
