@@ -28,6 +28,17 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_heads(hidden_size: int, heads: object) -> int:
+    """``heads`` if it is a positive ``int`` dividing ``hidden_size``, else a ``ValueError``."""
+    n = check_positive_int("heads", heads)
+    if hidden_size % n:
+        raise ValueError(
+            f"heads must be a positive divisor of hidden_size={hidden_size} (heads must divide "
+            f"it into equal head widths), got {heads!r}"
+        )
+    return n
+
+
 def check_sequence(cell: Cell[Any], x: object, *, name: str = "x") -> Tensor:
     """Check ``x`` is a ``(B, T, input_size)`` floating tensor matching the cell's dtype/device."""
     return _check_input(cell, x, name=name, rank=3, what="(batch, time, input_size)")

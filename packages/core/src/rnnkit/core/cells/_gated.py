@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField, StateT
-from rnnkit.core.validation import check_positive_int
+from rnnkit.core.validation import check_heads, check_positive_int
 
 
 class GatedCell(Cell[StateT]):
@@ -52,10 +52,7 @@ class GatedCell(Cell[StateT]):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        if check_positive_int("heads", heads) and hidden_size % heads:
-            raise ValueError(
-                f"heads must be a positive divisor of hidden_size={hidden_size}, got {heads!r}"
-            )
+        check_heads(hidden_size, heads)
         G, H = self.num_gates, hidden_size
         self.input_size = input_size
         self.hidden_size = H

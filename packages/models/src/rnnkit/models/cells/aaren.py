@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.state import StateField
-from rnnkit.core.validation import check_positive_int, check_resets, check_sequence
+from rnnkit.core.validation import check_heads, check_positive_int, check_resets, check_sequence
 
 
 class AarenState(NamedTuple):
@@ -79,9 +79,7 @@ class Aaren(Cell[AarenState]):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        check_positive_int("heads", heads)
-        if hidden_size % heads:
-            raise ValueError(f"heads={heads} must divide hidden_size={hidden_size}")
+        check_heads(hidden_size, heads)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = hidden_size

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
-from rnnkit.core.validation import check_positive_int
+from rnnkit.core.validation import check_heads, check_positive_int
 
 #: rules ``DeltaNet`` can write its memory with.
 RULES: tuple[str, ...] = ("delta", "linear")
@@ -83,9 +83,7 @@ class DeltaNet(Cell[DeltaNetState]):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        check_positive_int("heads", heads)
-        if hidden_size % heads:
-            raise ValueError(f"heads={heads} must divide hidden_size={hidden_size}")
+        check_heads(hidden_size, heads)
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         self.input_size = input_size
