@@ -5,6 +5,7 @@
 #
 #   bash tools/gpu/prepare.sh                       # here: wheels into .whl/
 #   device run: bash tools/gpu/cpu_targets.sh       # carry .whl
+#   device run: bash tools/gpu/cpu_targets.sh gated # only the team-loop tests and gated.py
 #
 # Builds the native libraries first (their compile is timed, not the benchmarks), then runs
 # each benchmark under its own time limit and prints what it prints. GPU untouched.
@@ -25,7 +26,17 @@ step() {  # step NAME TIMEOUT COMMAND...
   timeout "$limit" "$@"
   echo "----- $name: status $? in $((SECONDS - start)) s"
 }
+MODE=${1:-all}
 step build 120 $PIN rnnkit kernels build
+# The fused_cpp team loops with this CPU's widest tile kernels (AVX-512 on the Xeons, which the
+# development VM lacks) against the float64 reference.
+step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
+  packages/kernels/tests/test_fused_cpp.py -k "team or tiles"
+if [ "$MODE" = gated ]; then
+  step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
+  step gated-dense 90 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 2 --cases lstm:1,gru:1
+  exit 0
+fi
 # --quick: the same shapes; only the T=2^20 python loop is timed at 2^14 and scaled (it takes
 # minutes at full length, and its ratio is three orders of magnitude above the target)
 step scan 110 $PIN "$PY" tools/bench/scan.py --threads 2 --quick

@@ -29,8 +29,11 @@ REQUIRE_ENV = "RNNKIT_REQUIRE_CPP"
 HEADS = (1, 3)
 DTYPES = [torch.float64, torch.float32]
 DTYPE_IDS = ["f64", "f32"]
-# The library's defaults (grain, BLAS on, MKL packing on), restored after tests that change them.
-DEFAULT_OPTIONS = (1 << 15, True, True)
+# The library's defaults (grain, BLAS on, MKL packing on, widest tile kernels), restored after
+# tests that change them.
+DEFAULT_OPTIONS = (1 << 15, True, True, "auto")
+#: Tile kernels of the float team loops, by block width (head sizes must be multiples of it).
+TILE_WIDTHS = {"avx512": 16, "avx2": 8, "generic": 4}
 
 
 def _require() -> bool:
@@ -123,6 +126,69 @@ def test_code_paths(
     cell = cls(7, 10, **kw)
     x, st, rs, cot = make_inputs(cell, batch=5, time=9, state=True, resets=True)
     compare(cell, "fused_cpp", dtype, x, st, rs, cot)
+
+
+def _tile_isas() -> list[str]:
+    """Every tile kernel set this machine runs (builds the library at collection)."""
+    if fused_cpp.LIBRARY.why_unavailable() is not None:
+        return ["generic"]  # the tests then skip (or fail under RNNKIT_REQUIRE_CPP) with why
+    try:
+        return [str(isa) for isa in fused_cpp.LIBRARY.ops().tile_isas()]
+    except BuildError:
+        return ["generic"]  # likewise: the native_ops fixture reports the build error
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("isa", _tile_isas())
+@pytest.mark.parametrize("kind", KINDS)
+def test_team_loops(poisoned: Any, kind: str, isa: str, heads: int, threads: int) -> None:
+    """The float team loops (register tiles, one block of units per thread) against the float64
+    reference, for every tile kernel set this CPU runs: head size 16 (a multiple of every tile
+    width), batch 7 (row tiles with a remainder), resets, initial state, 1 and 2 threads; the
+    run counter proves that the team loops ran, forward and backward."""
+    poisoned.set_options(1 << 15, True, True, isa)
+    torch.set_num_threads(threads)
+    torch.manual_seed(5)
+    cls = type(make_cell(kind, 1))
+    kw: dict[str, Any] = {"heads": heads, "dtype": torch.float64}
+    if kind in ("elman", "relu"):
+        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
+    cell = cls(5, 16 * heads, **kw)
+    x, st, rs, cot = make_inputs(cell, batch=7, time=6, state=True, resets=True)
+    before = int(poisoned.team_loops_run())
+    compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
+    assert int(poisoned.team_loops_run()) - before == 2
+
+
+def test_team_loops_skip_odd_heads_and_double(poisoned: Any) -> None:
+    """Head sizes that are not a multiple of the tile width, and float64, take the per-head
+    loops (the counter does not move) and still match the reference."""
+    width = TILE_WIDTHS[str(poisoned.info()).split("float team loops: ")[1].split(" ")[0]]
+    torch.manual_seed(6)
+    cell = make_cell("lstm", 1)
+    cell = type(cell)(5, width + 2, dtype=torch.float64)
+    x, st, rs, cot = make_inputs(cell, batch=3, time=4, state=True, resets=True)
+    before = int(poisoned.team_loops_run())
+    compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
+    cell = type(cell)(5, width, dtype=torch.float64)
+    x, st, rs, cot = make_inputs(cell, batch=3, time=4, state=True, resets=True)
+    compare(cell, "fused_cpp", torch.float64, x, st, rs, cot)
+    assert int(poisoned.team_loops_run()) == before
+
+
+def test_tiles_option_errors(native_ops: Any) -> None:
+    """An unknown tile kernel set is refused with the choices; "off" switches the team off;
+    every CPU runs the generic kernels."""
+    assert "generic" in list(native_ops.tile_isas())
+    with pytest.raises(RuntimeError, match="choose auto, avx512, avx2, generic or off"):
+        native_ops.set_options(1 << 15, True, True, "sse9")
+    try:
+        native_ops.set_options(1 << 15, True, True, "off")
+        assert "float team loops: off" in str(native_ops.info())
+    finally:
+        native_ops.set_options(*DEFAULT_OPTIONS)
 
 
 @pytest.mark.parametrize("kind", KINDS)

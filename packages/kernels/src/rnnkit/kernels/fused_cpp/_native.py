@@ -23,8 +23,14 @@ DISABLE_ENV = "RNNKIT_FUSED_CPP"
 LIBRARY = NativeLibrary(
     name=LIB_NAME,
     csrc=Path(__file__).parent / "csrc",
-    sources=("gated_cells.cpp", "gated_ops.cpp"),
-    headers=("gated_cells.h", "gated_math.h"),
+    sources=(
+        "gated_cells.cpp",
+        "gated_ops.cpp",
+        "gated_tiles_avx512.cpp",
+        "gated_tiles_avx2.cpp",
+        "gated_tiles_generic.cpp",
+    ),
+    headers=("gated_cells.h", "gated_math.h", "gated_tiles.h", "gated_tiles_impl.h"),
     disable_env=DISABLE_ENV,
 )
 

@@ -10,10 +10,18 @@
 #include "gated_cells.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "gated_math.h"
+#include "gated_tiles.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RNNKIT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -30,6 +38,12 @@
 #endif
 
 namespace rnnkit_cpu {
+
+namespace {
+std::atomic<int64_t> g_team_loops{0};
+}  // namespace
+
+int64_t team_loops_run() { return g_team_loops.load(); }
 
 const char* simd_variant() {
 #if RNNKIT_HAS_CLONES
@@ -48,8 +62,8 @@ namespace {
 template <typename T>
 RNNKIT_INLINE void lstm_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRICT a,
                                  const T* RNNKIT_RESTRICT cp, T* RNNKIT_RESTRICT c,
-                                 T* RNNKIT_RESTRICT tc, T* RNNKIT_RESTRICT h, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                 T* RNNKIT_RESTRICT tc, T* RNNKIT_RESTRICT h, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T i = sigmoid_(a[e] + px[e]);
     const T f = sigmoid_(a[D + e] + px[D + e]);
     const T g = tanh_(a[2 * D + e] + px[2 * D + e]);
@@ -72,8 +86,8 @@ template <typename T>
 RNNKIT_INLINE void lstm_bwd_body(const T* RNNKIT_RESTRICT a, const T* RNNKIT_RESTRICT tc,
                                  const T* RNNKIT_RESTRICT cp, const T* RNNKIT_RESTRICT gh,
                                  const T* RNNKIT_RESTRICT dy, T keep_h, T keep_c,
-                                 T* RNNKIT_RESTRICT dc, T* RNNKIT_RESTRICT dq, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                 T* RNNKIT_RESTRICT dc, T* RNNKIT_RESTRICT dq, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T i = a[e], f = a[D + e], g = a[2 * D + e], o = a[3 * D + e], t = tc[e];
     // Loads are unconditional and the reset is a select, so the loop has no branches.
     const T ghv = gh[e];
@@ -92,8 +106,8 @@ RNNKIT_INLINE void lstm_bwd_body(const T* RNNKIT_RESTRICT a, const T* RNNKIT_RES
 template <typename T>
 RNNKIT_INLINE void gru_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRICT q,
                                 const T* RNNKIT_RESTRICT bhn, const T* RNNKIT_RESTRICT hp,
-                                T* RNNKIT_RESTRICT a, T* RNNKIT_RESTRICT h, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                T* RNNKIT_RESTRICT a, T* RNNKIT_RESTRICT h, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T qn = q[2 * D + e] + (bhn != nullptr ? bhn[e] : T(0));
     const T r = sigmoid_(px[e] + q[e]);
     const T z = sigmoid_(px[D + e] + q[D + e]);
@@ -113,8 +127,8 @@ RNNKIT_INLINE void gru_bwd_body(const T* RNNKIT_RESTRICT a, const T* RNNKIT_REST
                                 const T* RNNKIT_RESTRICT q, const T* RNNKIT_RESTRICT hp,
                                 const T* RNNKIT_RESTRICT gh, const T* RNNKIT_RESTRICT dy,
                                 T keep_next, T* RNNKIT_RESTRICT dh, T* RNNKIT_RESTRICT dq,
-                                T* RNNKIT_RESTRICT dpx, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                T* RNNKIT_RESTRICT dpx, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T r = a[e], z = a[D + e], n = a[2 * D + e], qn = q[2 * D + e];
     const T through = gh[e] + dh[e] * z_next[e];
     const T g = (keep_next != T(0) ? through : T(0)) + dy[e];
@@ -133,14 +147,14 @@ RNNKIT_INLINE void gru_bwd_body(const T* RNNKIT_RESTRICT a, const T* RNNKIT_REST
 
 template <typename T>
 RNNKIT_INLINE void elman_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRICT h, bool relu,
-                                  int64_t D) {
+                                  int64_t D, int64_t L) {
   if (relu) {
-    for (int64_t e = 0; e < D; ++e) {
+    for (int64_t e = 0; e < L; ++e) {
       const T v = h[e] + px[e];
       h[e] = v > T(0) ? v : T(0);
     }
   } else {
-    for (int64_t e = 0; e < D; ++e) h[e] = tanh_(h[e] + px[e]);
+    for (int64_t e = 0; e < L; ++e) h[e] = tanh_(h[e] + px[e]);
   }
 }
 
@@ -148,15 +162,15 @@ RNNKIT_INLINE void elman_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRIC
 template <typename T>
 RNNKIT_INLINE void elman_bwd_body(const T* RNNKIT_RESTRICT h, const T* RNNKIT_RESTRICT gh,
                                   const T* RNNKIT_RESTRICT dy, T keep_h, bool relu,
-                                  T* RNNKIT_RESTRICT dq, int64_t D) {
+                                  T* RNNKIT_RESTRICT dq, int64_t D, int64_t L) {
   if (relu) {
-    for (int64_t e = 0; e < D; ++e) {
+    for (int64_t e = 0; e < L; ++e) {
       const T ghv = gh[e];
       const T dh = (keep_h != T(0) ? ghv : T(0)) + dy[e];
       dq[e] = h[e] > T(0) ? dh : T(0);
     }
   } else {
-    for (int64_t e = 0; e < D; ++e) {
+    for (int64_t e = 0; e < L; ++e) {
       const T ghv = gh[e];
       const T dh = (keep_h != T(0) ? ghv : T(0)) + dy[e];
       dq[e] = dh * (T(1) - h[e] * h[e]);
@@ -170,8 +184,8 @@ template <typename T>
 RNNKIT_INLINE void slstm_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRICT g,
                                   T* RNNKIT_RESTRICT ex, const T* RNNKIT_RESTRICT cnp,
                                   const T* RNNKIT_RESTRICT mp, T* RNNKIT_RESTRICT cn,
-                                  T* RNNKIT_RESTRICT m, T* RNNKIT_RESTRICT h, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                  T* RNNKIT_RESTRICT m, T* RNNKIT_RESTRICT h, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T gi = g[e] + px[e];
     const T gf = g[D + e] + px[D + e];
     const T zt = tanh_(g[2 * D + e] + px[2 * D + e]);
@@ -207,8 +221,8 @@ RNNKIT_INLINE void slstm_bwd_body(const T* RNNKIT_RESTRICT g, const T* RNNKIT_RE
                                   const T* RNNKIT_RESTRICT gh, const T* RNNKIT_RESTRICT dy,
                                   T keep_c, T* RNNKIT_RESTRICT dc,
                                   T* RNNKIT_RESTRICT dn, T* RNNKIT_RESTRICT dm,
-                                  T* RNNKIT_RESTRICT dq, int64_t D) {
-  for (int64_t e = 0; e < D; ++e) {
+                                  T* RNNKIT_RESTRICT dq, int64_t D, int64_t L) {
+  for (int64_t e = 0; e < L; ++e) {
     const T gi = g[e], gf = g[D + e], zt = g[2 * D + e], o = g[3 * D + e];
     const T ip = ex[e], fp = ex[D + e];
     const T c = cn[e], n = cn[D + e];
@@ -243,41 +257,41 @@ RNNKIT_INLINE void slstm_bwd_body(const T* RNNKIT_RESTRICT g, const T* RNNKIT_RE
   void name PARAMS_D { body<double> ARGS; }
 
 #define P(T)                                                                              \
-  (const T* px, T* a, const T* cp, T* c, T* tc, T* h, int64_t D)
-RNNKIT_ROW_WRAPPERS(lstm_fwd_row, lstm_fwd_body, P(float), P(double), (px, a, cp, c, tc, h, D))
+  (const T* px, T* a, const T* cp, T* c, T* tc, T* h, int64_t D, int64_t L)
+RNNKIT_ROW_WRAPPERS(lstm_fwd_row, lstm_fwd_body, P(float), P(double), (px, a, cp, c, tc, h, D, L))
 #undef P
 #define P(T)                                                                            \
   (const T* a, const T* tc, const T* cp, const T* gh, const T* dy, T kh, T kc, T* dc, \
-   T* dq, int64_t D)
+   T* dq, int64_t D, int64_t L)
 RNNKIT_ROW_WRAPPERS(lstm_bwd_row, lstm_bwd_body, P(float), P(double),
-                    (a, tc, cp, gh, dy, kh, kc, dc, dq, D))
+                    (a, tc, cp, gh, dy, kh, kc, dc, dq, D, L))
 #undef P
-#define P(T) (const T* px, T* q, const T* bhn, const T* hp, T* a, T* h, int64_t D)
-RNNKIT_ROW_WRAPPERS(gru_fwd_row, gru_fwd_body, P(float), P(double), (px, q, bhn, hp, a, h, D))
+#define P(T) (const T* px, T* q, const T* bhn, const T* hp, T* a, T* h, int64_t D, int64_t L)
+RNNKIT_ROW_WRAPPERS(gru_fwd_row, gru_fwd_body, P(float), P(double), (px, q, bhn, hp, a, h, D, L))
 #undef P
 #define P(T)                                                                                \
   (const T* a, const T* zn, const T* q, const T* hp, const T* gh, const T* dy, T kn, T* dh, \
-   T* dq, T* dpx, int64_t D)
+   T* dq, T* dpx, int64_t D, int64_t L)
 RNNKIT_ROW_WRAPPERS(gru_bwd_row, gru_bwd_body, P(float), P(double),
-                    (a, zn, q, hp, gh, dy, kn, dh, dq, dpx, D))
+                    (a, zn, q, hp, gh, dy, kn, dh, dq, dpx, D, L))
 #undef P
-#define P(T) (const T* px, T* h, bool relu, int64_t D)
-RNNKIT_ROW_WRAPPERS(elman_fwd_row, elman_fwd_body, P(float), P(double), (px, h, relu, D))
+#define P(T) (const T* px, T* h, bool relu, int64_t D, int64_t L)
+RNNKIT_ROW_WRAPPERS(elman_fwd_row, elman_fwd_body, P(float), P(double), (px, h, relu, D, L))
 #undef P
-#define P(T) (const T* h, const T* gh, const T* dy, T kh, bool relu, T* dq, int64_t D)
+#define P(T) (const T* h, const T* gh, const T* dy, T kh, bool relu, T* dq, int64_t D, int64_t L)
 RNNKIT_ROW_WRAPPERS(elman_bwd_row, elman_bwd_body, P(float), P(double),
-                    (h, gh, dy, kh, relu, dq, D))
+                    (h, gh, dy, kh, relu, dq, D, L))
 #undef P
 #define P(T)                                                                                \
-  (const T* px, T* g, T* ex, const T* cnp, const T* mp, T* cn, T* m, T* h, int64_t D)
+  (const T* px, T* g, T* ex, const T* cnp, const T* mp, T* cn, T* m, T* h, int64_t D, int64_t L)
 RNNKIT_ROW_WRAPPERS(slstm_fwd_row, slstm_fwd_body, P(float), P(double),
-                    (px, g, ex, cnp, mp, cn, m, h, D))
+                    (px, g, ex, cnp, mp, cn, m, h, D, L))
 #undef P
 #define P(T)                                                                               \
   (const T* g, const T* ex, const T* cn, const T* m, const T* h, const T* cnp, const T* gh, \
-   const T* dy, T kc, T* dc, T* dn, T* dm, T* dq, int64_t D)
+   const T* dy, T kc, T* dc, T* dn, T* dm, T* dq, int64_t D, int64_t L)
 RNNKIT_ROW_WRAPPERS(slstm_bwd_row, slstm_bwd_body, P(float), P(double),
-                    (g, ex, cn, m, h, cnp, gh, dy, kc, dc, dn, dm, dq, D))
+                    (g, ex, cn, m, h, cnp, gh, dy, kc, dc, dn, dm, dq, D, L))
 #undef P
 #undef RNNKIT_ROW_WRAPPERS
 
@@ -399,12 +413,473 @@ void initial_grad(const Dims& d, const uint8_t* mask, const T* gw, const T* d_hs
   }
 }
 
+// h_0 feeds step 0 through W and directly through z_0: dh0 = keep_0 (dq_0 W^T + dh z_0) + dy_0,
+// with dq_0 W^T already in a.scratch.
+template <typename T>
+void gru_initial_grad(const Dims& d, const GruBackward<T>& a) {
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
+  for (int64_t n = 0; n < d.N; ++n) {
+    for (int64_t b = 0; b < B; ++b) {
+      const bool keep = !reset_at(a.mask, 0, b, B);
+      const T* g = a.scratch + (n * B + b) * D;
+      const T* dh = a.dh + (n * B + b) * D;
+      const T* z = a.acts + at(n, 0, b, T_, B, GD) + D;
+      const T* dy = a.d_hs + at(n, 0, b, T_ + 1, B, D);
+      T* o = a.dh0 + (n * B + b) * D;
+      for (int64_t e = 0; e < D; ++e) o[e] = (keep ? g[e] + dh[e] * z[e] : T(0)) + dy[e];
+    }
+  }
+}
+
+// ---- team loops (float) --------------------------------------------------------------------
+// The hidden units of every head are cut into blocks of `vb` (the tile width); each thread of
+// a team owns a contiguous run of blocks for the whole loop, packs their weights once into
+// its own panels (which then stay in its cache), and per step computes the products AND the
+// pointwise pass of its units only. The state a step writes is read by every thread at the
+// next step, so the team meets at one barrier per step. The equations are the row kernels
+// above (called with a count of one block run instead of D), so the team loops store exactly
+// what the per-head loops store; only the summation order of the products differs.
+
+// Multiply-adds of one step below which a thread is not worth waking (a barrier costs about
+// a microsecond; this is a few microseconds of work).
+constexpr int64_t kTeamWork = int64_t(1) << 16;
+
+void team_barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+// Runs f(rank, size) on a team of up to `want` threads (OpenMP, torch's own pool); one thread
+// when OpenMP is off or this is already inside a parallel region.
+template <typename F>
+void run_team(int64_t want, const F& f) {
+#ifdef _OPENMP
+  if (want > 1 && omp_in_parallel() == 0) {
+#pragma omp parallel num_threads(static_cast<int>(want))
+    f(static_cast<int64_t>(omp_get_thread_num()), static_cast<int64_t>(omp_get_num_threads()));
+    return;
+  }
+#endif
+  f(0, 1);
+}
+
+class Team {
+ public:
+  // G gates; `transposed`: panels for the backward products (dq W^T) instead of h W.
+  Team(const TileKernels& tk, const Dims& d, int64_t G, int64_t threads)
+      : tk(tk), d(d), G(G), vb(tk.vb), nb(d.D / tk.vb), total(d.N * (d.D / tk.vb)) {
+    const int64_t work = d.N * d.B * G * d.D * d.D;
+    size = std::max<int64_t>(1, std::min({threads, total, work / kTeamWork}));
+    panels.resize(static_cast<size_t>(total * G * d.D * vb));
+  }
+
+  // The blocks of thread `rank` among `team` threads: [first, last).
+  std::pair<int64_t, int64_t> share(int64_t rank, int64_t team) const {
+    return {total * rank / team, total * (rank + 1) / team};
+  }
+
+  // Panel of block `blk` (head blk / nb, units u = (blk % nb) vb ...): forward
+  // p[(k G + g) vb + e] = W[n][k][g D + u + e]; transposed p[c vb + e] = W[n][u + e][c].
+  void pack(int64_t blk, const float* W, bool transposed) {
+    const int64_t D = d.D, GD = G * D, n = blk / nb, u = (blk % nb) * vb;
+    const float* w = W + n * D * GD;
+    float* p = panel(blk);
+    if (!transposed) {
+      for (int64_t k = 0; k < D; ++k)
+        for (int64_t g = 0; g < G; ++g)
+          std::memcpy(p + (k * G + g) * vb, w + k * GD + g * D + u, sizeof(float) * vb);
+    } else {
+      for (int64_t c = 0; c < GD; ++c)
+        for (int64_t e = 0; e < vb; ++e) p[c * vb + e] = w[(u + e) * GD + c];
+    }
+  }
+
+  float* panel(int64_t blk) { return panels.data() + blk * G * d.D * vb; }
+
+  // Calls f(n, u, first, count) for runs of at most 4 consecutive blocks of one head among
+  // [first, last): head n, units u .. u + count vb.
+  template <typename F>
+  void for_runs(int64_t first, int64_t last, const F& f) const {
+    for (int64_t blk = first; blk < last;) {
+      const int64_t n = blk / nb;
+      const int64_t end = std::min({last, blk + 4, (n + 1) * nb});
+      f(n, (blk % nb) * vb, blk, end - blk);
+      blk = end;
+    }
+  }
+
+  // Forward products of a run for batch rows [b0, b0 + rows): out_row(b) + u receives the G
+  // gate blocks (gate stride D) of h_row(b) W.
+  template <typename HRow, typename ORow>
+  void forward(int64_t blk, int64_t count, int64_t b0, int64_t rows, const HRow& h_row,
+               const ORow& out_row) {
+    const float* a[kRows];
+    float* o[kRows];
+    for (int64_t j = 0; j < count; ++j) {
+      for (int64_t r = 0; r < rows; ++r) {
+        a[r] = h_row(b0 + r);
+        o[r] = out_row(b0 + r) + j * vb;
+      }
+      tk.fwd(static_cast<int>(G), static_cast<int>(rows), panel(blk + j), a, d.D, o, d.D);
+    }
+  }
+
+  // Backward products of a run: out_row(b)[0 .. count vb) = dq_row(b) (G D) @ W^T.
+  template <typename ARow, typename ORow>
+  void backward(int64_t blk, int64_t count, int64_t b0, int64_t rows, const ARow& dq_row,
+                const ORow& out_row) {
+    const float* p[4];
+    const float* a[kRows];
+    float* o[kRows];
+    for (int64_t j = 0; j < count; ++j) p[j] = panel(blk + j);
+    for (int64_t r = 0; r < rows; ++r) {
+      a[r] = dq_row(b0 + r);
+      o[r] = out_row(b0 + r);
+    }
+    tk.bwd(static_cast<int>(count), static_cast<int>(rows), p, a, G * d.D, o);
+  }
+
+  // Calls f(b0, rows) over the batch in slices of at most kRows rows (one product call each:
+  // the kernels reuse a chunk of the panel for all rows of a slice).
+  template <typename F>
+  void for_row_tiles(const F& f) const {
+    for (int64_t b0 = 0; b0 < d.B; b0 += kRows) f(b0, std::min(kRows, d.B - b0));
+  }
+
+  static constexpr int64_t kRows = 16;
+
+  const TileKernels& tk;
+  const Dims d;
+  const int64_t G, vb, nb, total;
+  int64_t size;
+
+ private:
+  std::vector<float> panels;
+};
+
+// Whether the team loops take this call (see Env::tiles).
+bool team_applies(const Env<float>& env, const Dims& d) {
+  return env.tiles != nullptr && d.D % env.tiles->vb == 0;
+}
+
+// Runs a whole loop: packs the panels of each thread's blocks, then step(rank_first,
+// rank_last, t) for t in `steps` order with a barrier after each, then tail(first, last).
+template <typename Step, typename Tail>
+void run_loop(Team& team, const float* W, bool transposed, bool reverse, const Step& step,
+              const Tail& tail) {
+  const int64_t T_ = team.d.T;
+  g_team_loops.fetch_add(1);
+  run_team(team.size, [&](int64_t rank, int64_t size) {
+    const auto [first, last] = team.share(rank, size);
+    for (int64_t blk = first; blk < last; ++blk) team.pack(blk, W, transposed);
+    for (int64_t i = 0; i < T_; ++i) {
+      step(first, last, reverse ? T_ - 1 - i : i);
+      team_barrier();
+    }
+    tail(first, last);
+  });
+}
+
+void no_tail(int64_t, int64_t) {}
+
+// Backward tail shared by the cells: out = dq_0 W^T for the thread's units (for dh0).
+void tail_grad_through_w(Team& team, const float* dq, float* out, int64_t first, int64_t last) {
+  const Dims& d = team.d;
+  const int64_t GD = team.G * d.D;
+  team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+    team.for_row_tiles([&](int64_t b0, int64_t rows) {
+      team.backward(blk, count, b0, rows,
+                    [&](int64_t b) { return dq + at(n, 0, b, d.T, d.B, GD); },
+                    [&](int64_t b) { return out + (n * d.B + b) * d.D + u; });
+    });
+  });
+}
+
+// h entering step t of row b: the init row where it restarts, else hs[:, t].
+const float* h_entering(const Dims& d, const uint8_t* mask, const float* hs,
+                        const std::vector<float>& init, int64_t n, int64_t t, int64_t b) {
+  return reset_at(mask, t, b, d.B) ? init.data() : hs + at(n, t, b, d.T + 1, d.B, d.D);
+}
+
+bool team_lstm_forward(const Env<float>& env, const Dims& d, const LstmForward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 4, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
+  const int64_t k = a.save ? T_ : 1, nc = a.save ? T_ + 1 : 2;
+  const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    const int64_t s = a.save ? t : 0, ci = t % nc, co = (t + 1) % nc;
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        team.forward(blk, count, b0, rows,
+                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+                     [&](int64_t b) { return a.acts + at(n, s, b, k, B, GD) + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          float* c_in = a.cs + at(n, ci, b, nc, B, D) + u;
+          if (a.mask != nullptr) {
+            std::memcpy(a.hp + at(n, s, b, k, B, D) + u,
+                        h_entering(d, a.mask, a.hs, init_h, n, t, b) + u, sizeof(float) * L);
+            if (reset_at(a.mask, t, b, B)) fill(c_in, a.c_init, L);
+          }
+          lstm_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.acts + at(n, s, b, k, B, GD) + u,
+                       c_in, a.cs + at(n, co, b, nc, B, D) + u, a.tcs + at(n, s, b, k, B, D) + u,
+                       a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, D, L);
+        }
+      });
+    });
+  };
+  run_loop(team, a.W, false, false, step, no_tail);
+  return true;
+}
+
+bool team_lstm_backward(const Env<float>& env, const Dims& d, const LstmBackward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 4, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        if (t < T_ - 1)
+          team.backward(blk, count, b0, rows,
+                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
+                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+          lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, a.tcs + at(n, t, b, T_, B, D) + u,
+                       a.cs + at(n, t, b, T_ + 1, B, D) + u, a.scratch + (n * B + b) * D + u,
+                       a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h,
+                       reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + (n * B + b) * D + u,
+                       a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+        }
+      });
+    });
+  };
+  const auto tail = [&](int64_t first, int64_t last) {
+    tail_grad_through_w(team, a.dq, a.scratch, first, last);
+  };
+  run_loop(team, a.W, true, true, step, tail);
+  initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
+  return true;
+}
+
+bool team_gru_forward(const Env<float>& env, const Dims& d, const GruForward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 3, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
+  const int64_t k = a.save ? T_ : 1;
+  const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    const int64_t s = a.save ? t : 0;
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        team.forward(blk, count, b0, rows,
+                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+                     [&](int64_t b) { return a.qs + at(n, s, b, k, B, GD) + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float* h_in = h_entering(d, a.mask, a.hs, init_h, n, t, b);
+          if (a.mask != nullptr) {
+            float* hp = a.hp + at(n, s, b, k, B, D);
+            std::memcpy(hp + u, h_in + u, sizeof(float) * L);
+            h_in = hp;
+          }
+          gru_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.qs + at(n, s, b, k, B, GD) + u,
+                      a.bhn != nullptr ? a.bhn + n * D + u : nullptr, h_in + u,
+                      a.acts + at(n, s, b, k, B, GD) + u, a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                      D, L);
+        }
+      });
+    });
+  };
+  run_loop(team, a.W, false, false, step, no_tail);
+  return true;
+}
+
+bool team_gru_backward(const Env<float>& env, const Dims& d, const GruBackward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 3, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        if (t < T_ - 1)
+          team.backward(blk, count, b0, rows,
+                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
+                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float keep_next = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+          const float* z_next = a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D + u;
+          gru_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, z_next,
+                      a.qs + at(n, t, b, T_, B, GD) + u,
+                      a.hp + n * a.hp_head + t * a.hp_step + b * D + u,
+                      a.scratch + (n * B + b) * D + u, a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                      keep_next, a.dh + (n * B + b) * D + u, a.dq + at(n, t, b, T_, B, GD) + u,
+                      a.dpx + at(n, t, b, T_, B, GD) + u, D, L);
+        }
+      });
+    });
+  };
+  const auto tail = [&](int64_t first, int64_t last) {
+    tail_grad_through_w(team, a.dq, a.scratch, first, last);
+  };
+  run_loop(team, a.W, true, true, step, tail);
+  gru_initial_grad(d, a);
+  return true;
+}
+
+bool team_elman_forward(const Env<float>& env, const Dims& d, const ElmanForward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 1, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D;
+  const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        team.forward(blk, count, b0, rows,
+                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+                     [&](int64_t b) { return a.hs + at(n, t + 1, b, T_ + 1, B, D) + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          if (a.mask != nullptr)
+            std::memcpy(a.hp + at(n, t, b, T_, B, D) + u,
+                        h_entering(d, a.mask, a.hs, init_h, n, t, b) + u, sizeof(float) * L);
+          elman_fwd_row(a.px + at(n, t, b, T_, B, D) + u, a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                        a.relu, D, L);
+        }
+      });
+    });
+  };
+  run_loop(team, a.W, false, false, step, no_tail);
+  return true;
+}
+
+bool team_elman_backward(const Env<float>& env, const Dims& d, const ElmanBackward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 1, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D;
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        if (t < T_ - 1)
+          team.backward(blk, count, b0, rows,
+                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, D); },
+                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+          elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, a.scratch + (n * B + b) * D + u,
+                        a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h, a.relu,
+                        a.dq + at(n, t, b, T_, B, D) + u, D, L);
+        }
+      });
+    });
+  };
+  const auto tail = [&](int64_t first, int64_t last) {
+    tail_grad_through_w(team, a.dq, a.scratch, first, last);
+  };
+  run_loop(team, a.W, true, true, step, tail);
+  initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
+  return true;
+}
+
+bool team_slstm_forward(const Env<float>& env, const Dims& d, const SlstmForward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 4, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
+  const int64_t k = a.save ? T_ : 1, ns = a.save ? T_ + 1 : 2;
+  const std::vector<float> init_h(static_cast<size_t>(D), a.init_h);
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    const int64_t s = a.save ? t : 0, i0 = t % ns, i1 = (t + 1) % ns;
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        team.forward(blk, count, b0, rows,
+                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+                     [&](int64_t b) { return a.gates + at(n, s, b, k, B, GD) + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const bool reset = reset_at(a.mask, t, b, B);
+          const float* cn_in = a.cn + at(n, i0, b, ns, B, 2 * D);
+          const float* m_in = a.ms + at(n, i0, b, ns, B, D);
+          if (a.mask != nullptr) {
+            std::memcpy(a.hp + at(n, s, b, k, B, D) + u,
+                        h_entering(d, a.mask, a.hs, init_h, n, t, b) + u, sizeof(float) * L);
+            float* o = a.cnp + at(n, s, b, k, B, 2 * D);
+            if (reset) {
+              fill(o + u, a.init_c, L);
+              fill(o + D + u, a.init_n, L);
+            } else {
+              std::memcpy(o + u, cn_in + u, sizeof(float) * L);
+              std::memcpy(o + D + u, cn_in + D + u, sizeof(float) * L);
+            }
+            cn_in = o;
+          }
+          // A restarting row reads m from scratch: ms keeps m leaving each step.
+          if (reset) {
+            float* o = a.m_scratch + (n * B + b) * D;
+            fill(o + u, a.init_m, L);
+            m_in = o;
+          }
+          slstm_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.gates + at(n, s, b, k, B, GD) + u,
+                        a.ex + at(n, s, b, k, B, 2 * D) + u, cn_in + u, m_in + u,
+                        a.cn + at(n, i1, b, ns, B, 2 * D) + u, a.ms + at(n, i1, b, ns, B, D) + u,
+                        a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, D, L);
+        }
+      });
+    });
+  };
+  run_loop(team, a.W, false, false, step, no_tail);
+  return true;
+}
+
+bool team_slstm_backward(const Env<float>& env, const Dims& d, const SlstmBackward<float>& a) {
+  if (!team_applies(env, d)) return false;
+  Team team(*env.tiles, d, 4, env.threads);
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
+  const auto step = [&](int64_t first, int64_t last, int64_t t) {
+    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      const int64_t L = count * team.vb;
+      team.for_row_tiles([&](int64_t b0, int64_t rows) {
+        if (t < T_ - 1)
+          team.backward(blk, count, b0, rows,
+                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
+                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const int64_t r = (n * B + b) * D + u;
+          // No gradient through W at the last step or where step t + 1 restarted.
+          if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, 0.0f, L);
+          slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD) + u, a.ex + at(n, t, b, T_, B, 2 * D) + u,
+                        a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D) + u,
+                        a.ms + at(n, t + 1, b, T_ + 1, B, D) + u,
+                        a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                        a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D + u, a.scratch + r,
+                        a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                        reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r, a.dn + r, a.dm + r,
+                        a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+        }
+      });
+    });
+  };
+  const auto tail = [&](int64_t first, int64_t last) {
+    tail_grad_through_w(team, a.dq, a.scratch, first, last);
+  };
+  run_loop(team, a.W, true, true, step, tail);
+  initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
+  return true;
+}
+
 }  // namespace
 
 // ---- LSTM ----------------------------------------------------------------------------------
 
 template <typename T>
 void lstm_forward(const Env<T>& env, const Dims& d, const LstmForward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_lstm_forward(env, d, a)) return;
+  }
   const HeadWeights<T> w(env, d, 4, a.W, false);
   const int64_t N = d.N, T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   const int64_t k = a.save ? T_ : 1, nc = a.save ? T_ + 1 : 2;
@@ -426,13 +901,16 @@ void lstm_forward(const Env<T>& env, const Dims& d, const LstmForward<T>& a) {
     for_rows(env, d, GD, [&](int64_t n, int64_t b) {
       lstm_fwd_row(a.px + at(n, t, b, T_, B, GD), a.acts + at(n, s, b, k, B, GD),
                    a.cs + at(n, ci, b, nc, B, D), a.cs + at(n, co, b, nc, B, D),
-                   a.tcs + at(n, s, b, k, B, D), a.hs + at(n, t + 1, b, T_ + 1, B, D), D);
+                   a.tcs + at(n, s, b, k, B, D), a.hs + at(n, t + 1, b, T_ + 1, B, D), D, D);
     });
   }
 }
 
 template <typename T>
 void lstm_backward(const Env<T>& env, const Dims& d, const LstmBackward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_lstm_backward(env, d, a)) return;
+  }
   const HeadWeights<T> wt(env, d, 4, a.W, true);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -442,7 +920,7 @@ void lstm_backward(const Env<T>& env, const Dims& d, const LstmBackward<T>& a) {
       lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD), a.tcs + at(n, t, b, T_, B, D),
                    a.cs + at(n, t, b, T_ + 1, B, D), a.scratch + (n * B + b) * D,
                    a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_h, reset_at(a.mask, t, b, B) ? T(0) : T(1),
-                   a.dc + (n * B + b) * D, a.dq + at(n, t, b, T_, B, GD), D);
+                   a.dc + (n * B + b) * D, a.dq + at(n, t, b, T_, B, GD), D, D);
     });
   }
   grad_through_w(wt, d, 4, a.dq, T_ * B * GD, a.scratch);
@@ -453,6 +931,9 @@ void lstm_backward(const Env<T>& env, const Dims& d, const LstmBackward<T>& a) {
 
 template <typename T>
 void gru_forward(const Env<T>& env, const Dims& d, const GruForward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_gru_forward(env, d, a)) return;
+  }
   const HeadWeights<T> w(env, d, 3, a.W, false);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
   const int64_t k = a.save ? T_ : 1;
@@ -469,13 +950,16 @@ void gru_forward(const Env<T>& env, const Dims& d, const GruForward<T>& a) {
     for_rows(env, d, GD, [&](int64_t n, int64_t b) {
       gru_fwd_row(a.px + at(n, t, b, T_, B, GD), a.qs + at(n, s, b, k, B, GD),
                   a.bhn != nullptr ? a.bhn + n * D : nullptr, hprev + n * h_head + b * D,
-                  a.acts + at(n, s, b, k, B, GD), a.hs + at(n, t + 1, b, T_ + 1, B, D), D);
+                  a.acts + at(n, s, b, k, B, GD), a.hs + at(n, t + 1, b, T_ + 1, B, D), D, D);
     });
   }
 }
 
 template <typename T>
 void gru_backward(const Env<T>& env, const Dims& d, const GruBackward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_gru_backward(env, d, a)) return;
+  }
   const HeadWeights<T> wt(env, d, 3, a.W, true);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -487,28 +971,20 @@ void gru_backward(const Env<T>& env, const Dims& d, const GruBackward<T>& a) {
       gru_bwd_row(a.acts + at(n, t, b, T_, B, GD), z_next, a.qs + at(n, t, b, T_, B, GD),
                   a.hp + n * a.hp_head + t * a.hp_step + b * D, a.scratch + (n * B + b) * D,
                   a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_next, a.dh + (n * B + b) * D,
-                  a.dq + at(n, t, b, T_, B, GD), a.dpx + at(n, t, b, T_, B, GD), D);
+                  a.dq + at(n, t, b, T_, B, GD), a.dpx + at(n, t, b, T_, B, GD), D, D);
     });
   }
-  // h_0 feeds step 0 through W and directly through z_0: dh0 = keep_0 (dq_0 W^T + dh z_0) + dy_0.
   grad_through_w(wt, d, 3, a.dq, T_ * B * GD, a.scratch);
-  for (int64_t n = 0; n < d.N; ++n) {
-    for (int64_t b = 0; b < B; ++b) {
-      const bool keep = !reset_at(a.mask, 0, b, B);
-      const T* g = a.scratch + (n * B + b) * D;
-      const T* dh = a.dh + (n * B + b) * D;
-      const T* z = a.acts + at(n, 0, b, T_, B, GD) + D;
-      const T* dy = a.d_hs + at(n, 0, b, T_ + 1, B, D);
-      T* o = a.dh0 + (n * B + b) * D;
-      for (int64_t e = 0; e < D; ++e) o[e] = (keep ? g[e] + dh[e] * z[e] : T(0)) + dy[e];
-    }
-  }
+  gru_initial_grad(d, a);
 }
 
 // ---- Elman ---------------------------------------------------------------------------------
 
 template <typename T>
 void elman_forward(const Env<T>& env, const Dims& d, const ElmanForward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_elman_forward(env, d, a)) return;
+  }
   const HeadWeights<T> w(env, d, 1, a.W, false);
   const int64_t T_ = d.T, B = d.B, D = d.D;
   for (int64_t t = 0; t < T_; ++t) {
@@ -522,13 +998,16 @@ void elman_forward(const Env<T>& env, const Dims& d, const ElmanForward<T>& a) {
     // The GEMM writes straight into h_t; the pass adds px and applies phi in place.
     step_gemm(w, d, 1, hprev, h_head, a.hs + at(0, t + 1, 0, T_ + 1, B, D), (T_ + 1) * B * D);
     for_rows(env, d, D, [&](int64_t n, int64_t b) {
-      elman_fwd_row(a.px + at(n, t, b, T_, B, D), a.hs + at(n, t + 1, b, T_ + 1, B, D), a.relu, D);
+      elman_fwd_row(a.px + at(n, t, b, T_, B, D), a.hs + at(n, t + 1, b, T_ + 1, B, D), a.relu, D, D);
     });
   }
 }
 
 template <typename T>
 void elman_backward(const Env<T>& env, const Dims& d, const ElmanBackward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_elman_backward(env, d, a)) return;
+  }
   const HeadWeights<T> wt(env, d, 1, a.W, true);
   const int64_t T_ = d.T, B = d.B, D = d.D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -537,7 +1016,7 @@ void elman_backward(const Env<T>& env, const Dims& d, const ElmanBackward<T>& a)
       const T keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
       elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D), a.scratch + (n * B + b) * D,
                     a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_h, a.relu,
-                    a.dq + at(n, t, b, T_, B, D), D);
+                    a.dq + at(n, t, b, T_, B, D), D, D);
     });
   }
   grad_through_w(wt, d, 1, a.dq, T_ * B * D, a.scratch);
@@ -548,6 +1027,9 @@ void elman_backward(const Env<T>& env, const Dims& d, const ElmanBackward<T>& a)
 
 template <typename T>
 void slstm_forward(const Env<T>& env, const Dims& d, const SlstmForward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_slstm_forward(env, d, a)) return;
+  }
   const HeadWeights<T> w(env, d, 4, a.W, false);
   const int64_t N = d.N, T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   const int64_t k = a.save ? T_ : 1, ns = a.save ? T_ + 1 : 2;
@@ -589,13 +1071,16 @@ void slstm_forward(const Env<T>& env, const Dims& d, const SlstmForward<T>& a) {
       slstm_fwd_row(a.px + at(n, t, b, T_, B, GD), a.gates + at(n, s, b, k, B, GD),
                     a.ex + at(n, s, b, k, B, 2 * D), cnprev + n * cn_head + b * 2 * D, mp,
                     a.cn + at(n, i1, b, ns, B, 2 * D), a.ms + at(n, i1, b, ns, B, D),
-                    a.hs + at(n, t + 1, b, T_ + 1, B, D), D);
+                    a.hs + at(n, t + 1, b, T_ + 1, B, D), D, D);
     });
   }
 }
 
 template <typename T>
 void slstm_backward(const Env<T>& env, const Dims& d, const SlstmBackward<T>& a) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (team_slstm_backward(env, d, a)) return;
+  }
   const HeadWeights<T> wt(env, d, 4, a.W, true);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -609,7 +1094,7 @@ void slstm_backward(const Env<T>& env, const Dims& d, const SlstmBackward<T>& a)
                     a.hs + at(n, t + 1, b, T_ + 1, B, D),
                     a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D, a.scratch + r,
                     a.d_hs + at(n, t + 1, b, T_ + 1, B, D), reset_at(a.mask, t, b, B) ? T(0) : T(1),
-                    a.dc + r, a.dn + r, a.dm + r, a.dq + at(n, t, b, T_, B, GD), D);
+                    a.dc + r, a.dn + r, a.dm + r, a.dq + at(n, t, b, T_, B, GD), D, D);
     });
   }
   grad_through_w(wt, d, 4, a.dq, T_ * B * GD, a.scratch);

@@ -14,6 +14,8 @@
 
 namespace rnnkit_cpu {
 
+struct TileKernels;
+
 // What the loops need from the host: products with the recurrent weights and a parallel-for.
 template <typename T>
 struct Env {
@@ -28,6 +30,11 @@ struct Env {
   void (*parallel)(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
   // Elements of pointwise work below which one step stays on one thread.
   int64_t grain_elements;
+  // Float loops: run as a team of up to `threads` threads with these register-tiled
+  // products (gated_tiles.h) when not null and the head size is a multiple of their width;
+  // otherwise (and for double) one Env::multiply per head and step.
+  const TileKernels* tiles;
+  int64_t threads;
 };
 
 struct Dims {
@@ -179,6 +186,9 @@ template <typename T>
 void slstm_forward(const Env<T>& env, const Dims& d, const SlstmForward<T>& a);
 template <typename T>
 void slstm_backward(const Env<T>& env, const Dims& d, const SlstmBackward<T>& a);
+
+// How many time loops (forward or backward) ran as team loops since the library loaded.
+int64_t team_loops_run();
 
 // Which SIMD variant the pointwise loops run on this CPU ("x86-64-v3", "default", ...).
 const char* simd_variant();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gated_cells.h"
+#include "gated_tiles.h"
 
 extern "C" {
 // Fortran BLAS (column-major), resolved from libtorch_cpu when it exports them, else null.
@@ -58,6 +59,9 @@ using rnnkit_cpu::Env;
 std::atomic<int64_t> g_grain_elements{1 << 15};
 std::atomic<bool> g_use_blas{true};
 std::atomic<bool> g_use_pack{true};
+// The tile kernels of the float team loops (null: off); set_options("auto") picks the widest
+// this CPU runs, which is also the default.
+std::atomic<const rnnkit_cpu::TileKernels*> g_tiles{rnnkit_cpu::find_tile_kernels("auto")};
 
 bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
@@ -160,6 +164,8 @@ Env<T> make_env() {
   env.release = &release<T>;
   env.parallel = &parallel;
   env.grain_elements = g_grain_elements.load();
+  env.tiles = g_tiles.load();
+  env.threads = at::get_num_threads();
   return env;
 }
 
@@ -499,15 +505,42 @@ std::string info() {
            : (pack_available() && g_use_pack.load()) ? "blas, weights packed once per loop (MKL)"
                                                      : "blas (sgemm_/dgemm_ from torch)";
   }
-  return "gemm: " + gemm + "; pointwise: " + rnnkit_cpu::simd_variant() +
+  const rnnkit_cpu::TileKernels* tiles = g_tiles.load();
+  const std::string team =
+      tiles == nullptr ? "off"
+                       : std::string(tiles->isa) + " tiles, head sizes that are multiples of " +
+                             std::to_string(tiles->vb);
+  return "float team loops: " + team + "; other loops' gemm: " + gemm +
+         "; pointwise: " + rnnkit_cpu::simd_variant() +
          "; grain: " + std::to_string(g_grain_elements.load()) + " elements";
 }
 
-void set_options(int64_t grain_elements, bool use_blas, bool use_pack) {
+int64_t team_loops_run() { return rnnkit_cpu::team_loops_run(); }
+
+// The tile kernel sets this CPU runs, widest first (each a valid `tiles` of set_options).
+std::vector<std::string> tile_isas() {
+  std::vector<std::string> out;
+  for (const char* isa : {"avx512", "avx2", "generic"})
+    if (rnnkit_cpu::find_tile_kernels(isa) != nullptr) out.emplace_back(isa);
+  return out;
+}
+
+// tiles: "auto" (the widest this CPU runs), "avx512", "avx2", "generic", or "off" (the float
+// loops then do one GEMM per head and step, as the double ones always do).
+void set_options(int64_t grain_elements, bool use_blas, bool use_pack,
+                 const std::string& tiles) {
   TORCH_CHECK(grain_elements >= 1, "rnnkit fused_cpp: grain_elements must be >= 1");
+  const rnnkit_cpu::TileKernels* k = nullptr;
+  if (tiles != "off") {
+    k = rnnkit_cpu::find_tile_kernels(tiles.c_str());
+    TORCH_CHECK(k != nullptr, "rnnkit fused_cpp: tiles=", tiles,
+                " is not available on this CPU or build (choose auto, avx512, avx2, generic "
+                "or off)");
+  }
   g_grain_elements.store(grain_elements);
   g_use_blas.store(use_blas);
   g_use_pack.store(use_pack);
+  g_tiles.store(k);
 }
 
 }  // namespace
@@ -544,5 +577,9 @@ TORCH_LIBRARY(rnnkit_fused_cpp, m) {
       "Tensor cnp, Tensor? mask, Tensor d_hs, Tensor d_c, Tensor d_n, Tensor d_m) -> Tensor[]",
       &slstm_backward);
   m.def("info() -> str", &info);
-  m.def("set_options(int grain_elements, bool use_blas, bool use_pack) -> ()", &set_options);
+  m.def("team_loops_run() -> int", &team_loops_run);
+  m.def("tile_isas() -> str[]", &tile_isas);
+  m.def(
+      "set_options(int grain_elements, bool use_blas, bool use_pack, str tiles=\"auto\") -> ()",
+      &set_options);
 }
