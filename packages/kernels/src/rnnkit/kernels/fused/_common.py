@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cells import GatedCell
 from rnnkit.core.dispatch import KernelCall
 
 
@@ -56,10 +57,14 @@ def prepare(call: KernelCall) -> Prepared:
     B, T = x.shape[0], x.shape[1]
     N, D, G = int(cell.heads), int(cell.head_dim), int(cell.num_gates)
     # Time-major projection: the per-step slices px[:, t] are then contiguous (B, G*D) blocks.
-    px = cell.project(x.transpose(0, 1)).contiguous()
     if N == 1:
-        px = px.unsqueeze(0)
+        px = cell.project(x.transpose(0, 1)).contiguous().unsqueeze(0)
+    elif type(cell).project is GatedCell.project:
+        # Several heads: project each head into its own slab (no permuting copy of px).
+        x2 = x.transpose(0, 1).reshape(T * B, x.shape[2])
+        px = head_major_projection(x2, cell.weight_ih, cell.bias, N, G).view(N, T, B, G * D)
     else:
+        px = cell.project(x.transpose(0, 1)).contiguous()
         px = px.view(T, B, G, N, D).permute(3, 0, 1, 2, 4).reshape(N, T, B, G * D)
     W = cell.recurrent.permute(1, 3, 0, 2).reshape(N, D, G * D)
     state = call.state
@@ -71,6 +76,88 @@ def prepare(call: KernelCall) -> Prepared:
         mask = call.resets.transpose(0, 1).reshape(T, 1, B, 1)
     inits = tuple(float(f.init) for f in cell.state_spec())
     return Prepared(px, W, states, mask, inits)
+
+
+def _heads_first(w: Tensor, N: int, G: int) -> Tensor:
+    """``(G * N * D, ...) -> (N, G * D, ...)``: gate-major rows regrouped by head."""
+    rest = w.shape[1:]
+    D = w.shape[0] // (G * N)
+    return w.view(G, N, D, *rest).transpose(0, 1).reshape(N, G * D, *rest)
+
+
+def _gates_first(w: Tensor, G: int) -> Tensor:
+    """Inverse of :func:`_heads_first`: ``(N, G * D, ...) -> (G * N * D, ...)``."""
+    N, GD, *rest = w.shape
+    D = GD // G
+    return w.view(N, G, D, *rest).transpose(0, 1).reshape(G * N * D, *rest)
+
+
+def _project_heads(x: Tensor, wh: Tensor, bh: Tensor | None) -> Tensor:
+    """``out[n] = x @ wh[n]^T (+ bh[n])``: ``(M, I), (N, K, I) -> (N, M, K)``."""
+    out = x.new_empty(wh.shape[0], x.shape[0], wh.shape[1])
+    for n in range(wh.shape[0]):
+        if bh is None:
+            torch.mm(x, wh[n].t(), out=out[n])
+        else:
+            torch.addmm(bh[n], x, wh[n].t(), out=out[n])
+    return out
+
+
+class HeadMajorProjection(torch.autograd.Function):
+    """``px[n] = x W_n^T + b_n`` for every head ``n`` into one ``(N, M, G * D)`` tensor.
+
+    ``W_n`` are head ``n``'s rows of the gate-major ``weight_ih``. One GEMM per head writes
+    its slab in place, and the backward accumulates ``dx`` over heads with ``addmm``: neither
+    direction permutes the ``(M, G * H)`` projection, which for long sequences is the
+    largest tensor of the call.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int) -> Tensor:
+        wh = _heads_first(weight, N, G)
+        out = _project_heads(x, wh, None if bias is None else _heads_first(bias, N, G))
+        ctx.save_for_backward(x, wh)
+        ctx.G = G
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dpx: Tensor) -> tuple[Tensor | None, ...]:
+        x, wh = ctx.saved_tensors
+        N = wh.shape[0]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(dpx[0], wh[0])
+            for n in range(1, N):
+                dx.addmm_(dpx[n], wh[n])
+        if ctx.needs_input_grad[1]:
+            dwh = wh.new_empty(wh.shape)
+            for n in range(N):
+                torch.mm(dpx[n].t(), x, out=dwh[n])
+            dw = _gates_first(dwh, ctx.G)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = _gates_first(dpx.sum(1), ctx.G)
+        return dx, dw, db, None, None
+
+
+def head_major_projection(x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int) -> Tensor:
+    """``(M, I) -> (N, M, G * D)``: the gated input projection ``x W^T + b`` split by head.
+
+    Args:
+        x: ``(M, I)`` inputs (rows are time-major ``(t, b)`` pairs).
+        weight: ``(G * N * D, I)`` gate-major input weights (``GatedCell.weight_ih``).
+        bias: ``(G * N * D,)`` or ``None``.
+        N: heads; G: gates.
+    """
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    ):
+        out: Tensor = HeadMajorProjection.apply(x, weight, bias, N, G)  # type: ignore[no-untyped-call]
+        return out
+    with torch.no_grad():
+        return _project_heads(
+            x, _heads_first(weight, N, G), None if bias is None else _heads_first(bias, N, G)
+        )
 
 
 def to_batch_first(hs: Tensor) -> Tensor:
