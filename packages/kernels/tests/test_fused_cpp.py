@@ -246,6 +246,13 @@ def test_auto_prefers_native_where_faster(native_ops: Any, kind: str, heads: int
     assert select(KernelCall(cell, x, None, None, True), "auto").backend == "fused_cpp"
 
 
+def test_auto_runs_dense_gru_inference_natively(native_ops: Any) -> None:
+    """Dense GRU inference: the team loop measured 1.5-2x torch's GRU op (docs/kernels-fused.md)."""
+    cell = make_cell("gru", 1).float()
+    x = torch.randn(2, 3, 5)
+    assert select(KernelCall(cell, x, None, None, False), "auto").backend == "fused_cpp"
+
+
 def test_auto_keeps_torch_for_dense_lstm(native_ops: Any) -> None:
     """oneDNN's fused LSTM layer measured faster than the native loop for a dense LSTM."""
     cell = make_cell("lstm", 1).float()

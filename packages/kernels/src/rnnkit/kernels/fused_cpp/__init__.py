@@ -61,10 +61,11 @@ FLOAT64_PRIORITY = 5
 
 #: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
 #: than torch's own op, which has priority 20 there (``tools/bench/gated.py``, see
-#: ``docs/kernels-fused.md``). Everywhere else :data:`PRIORITY` is enough: torch either wins
+#: ``docs/kernels-fused.md``): GRU inference (team loops: 2.0x torch's GRU on the Xeon host,
+#: 1.5x on the development VM). Everywhere else :data:`PRIORITY` is enough: torch either wins
 #: (dense LSTM: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
 #: has a low priority already (GRU and Elman training, where torch records a per-step graph).
-_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset()
+_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset({("gru", False)})
 
 #: A kernel's ``run``: ``call -> (y (B, T, H), final state)``.
 Run = Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]

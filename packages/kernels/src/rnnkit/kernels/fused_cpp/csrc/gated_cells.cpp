@@ -4,9 +4,9 @@
 // likewise do one GEMM per head and one pass per step. The equations are those of the Python
 // loops in rnnkit/kernels/fused/_lstm.py, _gru.py, _elman.py and _slstm.py.
 //
-// The float row kernels are compiled twice on x86-64 (target_clones: AVX2+FMA and baseline
-// SSE2, picked when the library loads), so the cached library runs on any x86-64 CPU; no
-// -march flag is used.
+// The float row kernels are compiled two or three times on x86-64 (target_clones: AVX-512
+// with GCC >= 12, AVX2+FMA and baseline SSE2, picked when the library loads), so the cached
+// library runs on any x86-64 CPU; no -march flag is used.
 #include "gated_cells.h"
 
 #include <algorithm>
@@ -23,7 +23,11 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define RNNKIT_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RNNKIT_HAS_CLONES 2
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RNNKIT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define RNNKIT_HAS_CLONES 1
 #else
@@ -48,6 +52,9 @@ int64_t team_loops_run() { return g_team_loops.load(); }
 const char* simd_variant() {
 #if RNNKIT_HAS_CLONES
   __builtin_cpu_init();
+#if RNNKIT_HAS_CLONES == 2
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+#endif
   return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2, FMA)" : "x86-64 baseline";
 #else
   return "compiler default";
