@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from _gated_helpers import KINDS, TOL, compare, make_cell, make_inputs, rel_rms
+from torch import Tensor
 
 from rnnkit.core import cli
 from rnnkit.core.dispatch import KernelCall, select
@@ -434,3 +435,74 @@ def test_cli_build_reports_failure(
     assert "disabled by RNNKIT_FUSED_CPP=0" in capsys.readouterr().out
     assert cli.main(["kernels", "status", "no-such-library"]) == 2
     assert "unknown native library" in capsys.readouterr().err
+
+
+# --- buffer cache -------------------------------------------------------------------------------
+
+
+def test_buffer_cache_reuses_freed_blocks(native_ops: Any) -> None:
+    """A freed block of >= 1 MiB is kept and handed out again for the same byte size; smaller
+    ones are plain ``torch.empty``; ``release_memory`` empties the cache; limit 0 keeps none."""
+    from rnnkit.kernels.fused_cpp._cells import pooled_empty
+
+    fused_cpp.release_memory()
+    a = pooled_empty((1024, 512), torch.float32)
+    ptr = a.data_ptr()
+    del a
+    assert fused_cpp.cached_memory() == 2 << 20
+    b = pooled_empty((512, 1024), torch.float32)  # same bytes, other shape
+    assert b.data_ptr() == ptr
+    assert fused_cpp.cached_memory() == 0
+    small = pooled_empty((16, 16), torch.float32)
+    del small, b
+    assert fused_cpp.cached_memory() == 2 << 20
+    fused_cpp.release_memory()
+    assert fused_cpp.cached_memory() == 0
+    try:
+        fused_cpp.set_memory_limit(0)
+        c = pooled_empty((1024, 512), torch.float32)
+        del c
+        assert fused_cpp.cached_memory() == 0
+    finally:
+        fused_cpp.set_memory_limit(1024)
+    with pytest.raises(ValueError, match=">= 0 MiB"):
+        fused_cpp.set_memory_limit(-1)
+
+
+def test_buffer_cache_poisons_reused_blocks(poisoned: Any) -> None:
+    """Under the NaN poison a cached block comes back as NaN again, like ``torch.empty``, so
+    a loop that reads a buffer before writing it cannot pass on last step's values."""
+    from rnnkit.kernels.fused_cpp._cells import pooled_empty
+
+    a = pooled_empty((1024, 512), torch.float32)
+    assert torch.isnan(a).all()
+    a.fill_(1.0)
+    del a
+    b = pooled_empty((1024, 512), torch.float32)
+    assert torch.isnan(b).all()
+
+
+def test_training_steps_match_with_cached_buffers(native_ops: Any) -> None:
+    """Two identical training steps through the cache (the second one on reused blocks) give
+    identical results, and equal a run with the cache off."""
+    torch.manual_seed(7)
+    cell = make_cell("lstm", 2).float()
+    x = torch.randn(64, 40, 5)  # px and the saved buffers are over 1 MiB
+
+    def step() -> tuple[Tensor, ...]:
+        cell.zero_grad()
+        y, _ = cell(x, backend="fused_cpp")
+        y.square().sum().backward()
+        return (y.detach().clone(), *(p.grad.clone() for p in cell.parameters()))
+
+    first = step()
+    assert fused_cpp.cached_memory() > 0
+    second = step()
+    try:
+        fused_cpp.set_memory_limit(0)
+        uncached = step()
+    finally:
+        fused_cpp.set_memory_limit(1024)
+    for a, b, c in zip(first, second, uncached, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)

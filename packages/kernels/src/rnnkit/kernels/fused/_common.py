@@ -15,6 +15,7 @@ conversions of ``px`` and of the states are views; ``W`` is always a small copy 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,23 +47,29 @@ class Prepared:
     inits: tuple[float, ...]
 
 
-def prepare(call: KernelCall) -> Prepared:
+#: Allocates an uninitialised tensor: ``(size, dtype) -> Tensor`` (on the input's device).
+EmptyFn = Callable[[Sequence[int], torch.dtype], Tensor]
+
+
+def prepare(call: KernelCall, empty: EmptyFn | None = None) -> Prepared:
     """Project ``x`` once (one GEMM for all steps) and convert everything to head-major.
 
     ``x`` may be any strided ``(B, T, I)`` tensor: it is read through a transposed view and the
-    projection writes a fresh time-major ``(T, B, G * H)`` tensor.
+    projection writes a fresh time-major ``(T, B, G * H)`` tensor, allocated by ``empty`` when
+    given (the ``fused_cpp`` backend passes its buffer cache).
     """
     cell: Any = call.cell
     x = call.x
     B, T = x.shape[0], x.shape[1]
     N, D, G = int(cell.heads), int(cell.head_dim), int(cell.num_gates)
     # Time-major projection: the per-step slices px[:, t] are then contiguous (B, G*D) blocks.
-    if N == 1:
-        px = cell.project(x.transpose(0, 1)).contiguous().unsqueeze(0)
-    elif type(cell).project is GatedCell.project:
-        # Several heads: project each head into its own slab (no permuting copy of px).
+    if type(cell).project is GatedCell.project:
+        # Each head projected into its own slab: no permuting copy of px for several heads.
         x2 = x.transpose(0, 1).reshape(T * B, x.shape[2])
-        px = head_major_projection(x2, cell.weight_ih, cell.bias, N, G).view(N, T, B, G * D)
+        px = head_major_projection(x2, cell.weight_ih, cell.bias, N, G, empty)
+        px = px.view(N, T, B, G * D)
+    elif N == 1:
+        px = cell.project(x.transpose(0, 1)).contiguous().unsqueeze(0)
     else:
         px = cell.project(x.transpose(0, 1)).contiguous()
         px = px.view(T, B, G, N, D).permute(3, 0, 1, 2, 4).reshape(N, T, B, G * D)
@@ -92,9 +99,10 @@ def _gates_first(w: Tensor, G: int) -> Tensor:
     return w.view(N, G, D, *rest).transpose(0, 1).reshape(G * N * D, *rest)
 
 
-def _project_heads(x: Tensor, wh: Tensor, bh: Tensor | None) -> Tensor:
+def _project_heads(x: Tensor, wh: Tensor, bh: Tensor | None, empty: EmptyFn | None) -> Tensor:
     """``out[n] = x @ wh[n]^T (+ bh[n])``: ``(M, I), (N, K, I) -> (N, M, K)``."""
-    out = x.new_empty(wh.shape[0], x.shape[0], wh.shape[1])
+    size = (wh.shape[0], x.shape[0], wh.shape[1])
+    out = x.new_empty(size) if empty is None else empty(size, x.dtype)
     for n in range(wh.shape[0]):
         if bh is None:
             torch.mm(x, wh[n].t(), out=out[n])
@@ -113,9 +121,17 @@ class HeadMajorProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int) -> Tensor:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        N: int,
+        G: int,
+        empty: EmptyFn | None,
+    ) -> Tensor:
         wh = _heads_first(weight, N, G)
-        out = _project_heads(x, wh, None if bias is None else _heads_first(bias, N, G))
+        out = _project_heads(x, wh, None if bias is None else _heads_first(bias, N, G), empty)
         ctx.save_for_backward(x, wh)
         ctx.G = G
         ctx.has_bias = bias is not None
@@ -137,10 +153,12 @@ class HeadMajorProjection(torch.autograd.Function):
             dw = _gates_first(dwh, ctx.G)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = _gates_first(dpx.sum(1), ctx.G)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
-def head_major_projection(x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int) -> Tensor:
+def head_major_projection(
+    x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int, empty: EmptyFn | None = None
+) -> Tensor:
     """``(M, I) -> (N, M, G * D)``: the gated input projection ``x W^T + b`` split by head.
 
     Args:
@@ -148,16 +166,16 @@ def head_major_projection(x: Tensor, weight: Tensor, bias: Tensor | None, N: int
         weight: ``(G * N * D, I)`` gate-major input weights (``GatedCell.weight_ih``).
         bias: ``(G * N * D,)`` or ``None``.
         N: heads; G: gates.
+        empty: allocates the output (``x.new_empty`` when ``None``).
     """
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
     ):
-        out: Tensor = HeadMajorProjection.apply(x, weight, bias, N, G)  # type: ignore[no-untyped-call]
+        out: Tensor = HeadMajorProjection.apply(x, weight, bias, N, G, empty)  # type: ignore[no-untyped-call]
         return out
     with torch.no_grad():
-        return _project_heads(
-            x, _heads_first(weight, N, G), None if bias is None else _heads_first(bias, N, G)
-        )
+        bh = None if bias is None else _heads_first(bias, N, G)
+        return _project_heads(x, _heads_first(weight, N, G), bh, empty)
 
 
 def to_batch_first(hs: Tensor) -> Tensor:

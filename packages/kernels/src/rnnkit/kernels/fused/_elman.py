@@ -10,6 +10,7 @@ from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    EmptyFn,
     carry_state_grad,
     chunks,
     empty_result,
@@ -147,7 +148,7 @@ class ElmanFn(torch.autograd.Function):
 
 
 def run_elman(
-    call: KernelCall, loops: ElmanLoops = ELMAN_LOOPS
+    call: KernelCall, loops: ElmanLoops = ELMAN_LOOPS, empty: EmptyFn | None = None
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The ``fused`` kernel for Elman cells (see :class:`~rnnkit.core.dispatch.Kernel`).
 
@@ -157,7 +158,7 @@ def run_elman(
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
-    p = prepare(call)
+    p = prepare(call, empty)
     relu = cell.nonlinearity == "relu"
     if call.needs_grad:
         hs = ElmanFn.apply(loops, p.px, p.W, p.mask, p.states[0], relu, p.inits[0])  # type: ignore[no-untyped-call]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    EmptyFn,
     chunks,
     empty_result,
     finish,
@@ -224,7 +225,9 @@ class GRUFn(torch.autograd.Function):
         return None, dpx, dW, d_bhn, None, dh0, None
 
 
-def run_gru(call: KernelCall, loops: GRULoops = GRU_LOOPS) -> tuple[Tensor, tuple[Tensor, ...]]:
+def run_gru(
+    call: KernelCall, loops: GRULoops = GRU_LOOPS, empty: EmptyFn | None = None
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The ``fused`` kernel for GRU cells (see :class:`~rnnkit.core.dispatch.Kernel`).
 
     ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h,), each ``(B, H)``; ``loops``
@@ -233,7 +236,7 @@ def run_gru(call: KernelCall, loops: GRULoops = GRU_LOOPS) -> tuple[Tensor, tupl
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
-    p = prepare(call)
+    p = prepare(call, empty)
     N, D = int(cell.heads), int(cell.head_dim)
     bhn = None if cell.bias_hn is None else cell.bias_hn.view(N, 1, D)
     if call.needs_grad:

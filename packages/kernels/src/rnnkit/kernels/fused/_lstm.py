@@ -24,6 +24,7 @@ from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    EmptyFn,
     carry_state_grad,
     chunks,
     empty_result,
@@ -206,7 +207,9 @@ class LSTMFn(torch.autograd.Function):
         return None, dq, dW, None, None, dh0, dc0
 
 
-def run_lstm(call: KernelCall, loops: LSTMLoops = LSTM_LOOPS) -> tuple[Tensor, tuple[Tensor, ...]]:
+def run_lstm(
+    call: KernelCall, loops: LSTMLoops = LSTM_LOOPS, empty: EmptyFn | None = None
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The ``fused`` kernel for LSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`).
 
     ``call.x (B, T, I) -> y (B, T, H)`` and the final state (h, c), each ``(B, H)``; ``loops``
@@ -214,7 +217,7 @@ def run_lstm(call: KernelCall, loops: LSTMLoops = LSTM_LOOPS) -> tuple[Tensor, t
     """
     if call.x.shape[1] == 0:
         return empty_result(call)
-    p = prepare(call)
+    p = prepare(call, empty)
     h0, c0 = p.states
     if call.needs_grad:
         hs, c_last = LSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]

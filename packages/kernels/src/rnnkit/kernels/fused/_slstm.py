@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.fused._common import (
+    EmptyFn,
     carry_state_grad,
     chunks,
     empty_result,
@@ -273,7 +274,7 @@ class SLSTMFn(torch.autograd.Function):
 
 
 def run_slstm(
-    call: KernelCall, loops: SLSTMLoops = SLSTM_LOOPS
+    call: KernelCall, loops: SLSTMLoops = SLSTM_LOOPS, empty: EmptyFn | None = None
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The ``fused`` kernel for sLSTM cells (see :class:`~rnnkit.core.dispatch.Kernel`).
 
@@ -282,7 +283,7 @@ def run_slstm(
     """
     if call.x.shape[1] == 0:
         return empty_result(call)
-    p = prepare(call)
+    p = prepare(call, empty)
     if call.needs_grad:
         hs, c, n, m = SLSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
     else:

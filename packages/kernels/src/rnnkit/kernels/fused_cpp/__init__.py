@@ -41,9 +41,12 @@ __all__ = [
     "PREFERRED",
     "PRIORITY",
     "available",
+    "cached_memory",
     "info",
     "kernels",
     "priority",
+    "release_memory",
+    "set_memory_limit",
     "supports",
 ]
 
@@ -162,9 +165,42 @@ def kernels() -> list[Kernel]:
 
 
 def info() -> dict[str, str]:
-    """The library's status (:meth:`NativeLibrary.status`) plus, once loaded, its GEMM and SIMD
-    configuration."""
+    """The library's status (:meth:`NativeLibrary.status`) plus, once loaded, its GEMM, tile and
+    SIMD configuration and its buffer cache."""
     out = LIBRARY.status()
     if LIBRARY.last_build() is not None:
         out["config"] = str(ops().info())
+        cached, limit = (int(v) for v in ops().pool_info())
+        out["buffer cache"] = f"{cached / 2**20:.1f} MiB cached, limit {limit / 2**20:.0f} MiB"
     return out
+
+
+# The buffer cache: the large outputs and saved tensors of the native loops (and the input
+# projection) come from a cache of freed CPU blocks, so that a training step reuses the pages
+# of the previous one instead of faulting in fresh ones (see csrc/buffer_pool.h). Default
+# limit 1 GiB of free blocks, or $RNNKIT_CPU_POOL_MB MiB (0 switches the cache off).
+
+
+def cached_memory() -> int:
+    """Bytes of freed buffers the ``fused_cpp`` cache holds for reuse (0 before first use)."""
+    if LIBRARY.last_build() is None:
+        return 0
+    return int(ops().pool_info()[0])
+
+
+def release_memory() -> None:
+    """Return every cached buffer to the system (tensors in use are not affected)."""
+    if LIBRARY.last_build() is not None:
+        ops().pool_release()
+
+
+def set_memory_limit(mib: int) -> None:
+    """Cache at most ``mib`` MiB of freed buffers (0: no cache; blocks over the limit are freed).
+
+    Raises:
+        ValueError: ``mib`` is negative.
+        rnnkit.kernels.native.BuildError: the library cannot be built.
+    """
+    if mib < 0:
+        raise ValueError(f"the memory limit must be >= 0 MiB, got {mib}")
+    ops().pool_set_limit(int(mib) << 20)

@@ -9,9 +9,10 @@ pure-torch loops (:class:`~rnnkit.kernels.fused.LSTMLoops` and the others).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
@@ -141,10 +142,19 @@ GRU_LOOPS = GRULoops(gru_forward, gru_backward)
 ELMAN_LOOPS = ElmanLoops(elman_forward, elman_backward)
 SLSTM_LOOPS = SLSTMLoops(slstm_forward, slstm_backward)
 
-#: The native kernel of each cell kind: the ``fused`` kernels with the native loops.
+
+def pooled_empty(size: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor from the library's buffer cache (``csrc/buffer_pool.h``):
+    the large tensors of a training step reuse the pages of the previous step's."""
+    out: Tensor = ops().pooled_empty(list(size), dtype)
+    return out
+
+
+#: The native kernel of each cell kind: the ``fused`` kernels with the native loops (and the
+#: projection allocated from the buffer cache, like the loops' own outputs).
 RUNS: dict[str, Callable[[KernelCall], Result]] = {
-    "elman": partial(run_elman, loops=ELMAN_LOOPS),
-    "lstm": partial(run_lstm, loops=LSTM_LOOPS),
-    "gru": partial(run_gru, loops=GRU_LOOPS),
-    "slstm": partial(run_slstm, loops=SLSTM_LOOPS),
+    "elman": partial(run_elman, loops=ELMAN_LOOPS, empty=pooled_empty),
+    "lstm": partial(run_lstm, loops=LSTM_LOOPS, empty=pooled_empty),
+    "gru": partial(run_gru, loops=GRU_LOOPS, empty=pooled_empty),
+    "slstm": partial(run_slstm, loops=SLSTM_LOOPS, empty=pooled_empty),
 }

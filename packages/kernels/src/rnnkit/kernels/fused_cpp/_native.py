@@ -29,8 +29,15 @@ LIBRARY = NativeLibrary(
         "gated_tiles_avx512.cpp",
         "gated_tiles_avx2.cpp",
         "gated_tiles_generic.cpp",
+        "buffer_pool.cpp",
     ),
-    headers=("gated_cells.h", "gated_math.h", "gated_tiles.h", "gated_tiles_impl.h"),
+    headers=(
+        "gated_cells.h",
+        "gated_math.h",
+        "gated_tiles.h",
+        "gated_tiles_impl.h",
+        "buffer_pool.h",
+    ),
     disable_env=DISABLE_ENV,
 )
 

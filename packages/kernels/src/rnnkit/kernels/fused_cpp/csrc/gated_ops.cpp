@@ -21,6 +21,7 @@
 
 #include "gated_cells.h"
 #include "gated_tiles.h"
+#include "buffer_pool.h"
 
 extern "C" {
 // Fortran BLAS (column-major), resolved from libtorch_cpu when it exports them, else null.
@@ -236,13 +237,13 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& px_, const at::Tensor& W_
   const at::Tensor W = arg(W_, "W", {N, D, 4 * D}, px);
   const at::Tensor mask = mask_arg(mask_, T, B);
   const auto o = px.options();
-  at::Tensor hs = at::empty({N, T + 1, B, D}, o);
-  at::Tensor cs = at::empty({N, save ? T + 1 : 2, B, D}, o);
+  at::Tensor hs = rnnkit_cpu::pooled_empty({N, T + 1, B, D}, o);
+  at::Tensor cs = rnnkit_cpu::pooled_empty({N, save ? T + 1 : 2, B, D}, o);
   hs.select(1, 0).copy_(arg(h0, "h0", {N, B, D}, px));
   cs.select(1, 0).copy_(arg(c0, "c0", {N, B, D}, px));
-  at::Tensor acts = at::empty({N, k, B, 4 * D}, o);
-  at::Tensor tcs = at::empty({N, k, B, D}, o);
-  at::Tensor hp = mask.defined() ? at::empty({N, k, B, D}, o) : at::Tensor();
+  at::Tensor acts = rnnkit_cpu::pooled_empty({N, k, B, 4 * D}, o);
+  at::Tensor tcs = rnnkit_cpu::pooled_empty({N, k, B, D}, o);
+  at::Tensor hp = mask.defined() ? rnnkit_cpu::pooled_empty({N, k, B, D}, o) : at::Tensor();
   by_dtype(px, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::LstmForward<T_> a{ptr<T_>(px), ptr<T_>(W), mask_ptr(mask), T_(h_init),
@@ -270,10 +271,10 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& W_, const at::Tensor& ac
   const at::Tensor mask = mask_arg(mask_, T, B);
   const at::Tensor acts_ = acts.contiguous();
   const auto o = acts.options();
-  at::Tensor dq = at::empty({N, T, B, 4 * D}, o);
+  at::Tensor dq = rnnkit_cpu::pooled_empty({N, T, B, 4 * D}, o);
   at::Tensor dc = arg(d_c, "d_c", {N, B, D}, acts).clone();
-  at::Tensor dh0 = at::empty({N, B, D}, o);
-  at::Tensor scratch = at::empty({N, B, D}, o);
+  at::Tensor dh0 = rnnkit_cpu::pooled_empty({N, B, D}, o);
+  at::Tensor scratch = rnnkit_cpu::pooled_empty({N, B, D}, o);
   by_dtype(acts, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::LstmBackward<T_> a{ptr<T_>(W),    ptr<T_>(acts_), ptr<T_>(cs_),
@@ -300,11 +301,11 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& px_, const at::Tensor& W_,
   if (bhn_.has_value() && bhn_->defined()) bhn = arg(*bhn_, "bhn", {N, D}, px);
   const at::Tensor mask = mask_arg(mask_, T, B);
   const auto o = px.options();
-  at::Tensor hs = at::empty({N, T + 1, B, D}, o);
+  at::Tensor hs = rnnkit_cpu::pooled_empty({N, T + 1, B, D}, o);
   hs.select(1, 0).copy_(arg(h0, "h0", {N, B, D}, px));
-  at::Tensor acts = at::empty({N, k, B, 3 * D}, o);
-  at::Tensor qs = at::empty({N, k, B, 3 * D}, o);
-  at::Tensor hp = mask.defined() ? at::empty({N, k, B, D}, o) : at::Tensor();
+  at::Tensor acts = rnnkit_cpu::pooled_empty({N, k, B, 3 * D}, o);
+  at::Tensor qs = rnnkit_cpu::pooled_empty({N, k, B, 3 * D}, o);
+  at::Tensor hp = mask.defined() ? rnnkit_cpu::pooled_empty({N, k, B, D}, o) : at::Tensor();
   by_dtype(px, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::GruForward<T_> a{ptr<T_>(px),   ptr<T_>(W),    ptr<T_>(bhn), mask_ptr(mask),
@@ -337,11 +338,11 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& W_, const at::Tensor& act
                        ? hp
                        : hp.contiguous();
   const auto o = acts.options();
-  at::Tensor dq = at::empty({N, T, B, 3 * D}, o);
-  at::Tensor dpx = at::empty({N, T, B, 3 * D}, o);
-  at::Tensor dh0 = at::empty({N, B, D}, o);
-  at::Tensor dh = at::empty({N, B, D}, o);
-  at::Tensor scratch = at::empty({N, B, D}, o);
+  at::Tensor dq = rnnkit_cpu::pooled_empty({N, T, B, 3 * D}, o);
+  at::Tensor dpx = rnnkit_cpu::pooled_empty({N, T, B, 3 * D}, o);
+  at::Tensor dh0 = rnnkit_cpu::pooled_empty({N, B, D}, o);
+  at::Tensor dh = rnnkit_cpu::pooled_empty({N, B, D}, o);
+  at::Tensor scratch = rnnkit_cpu::pooled_empty({N, B, D}, o);
   by_dtype(acts, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::GruBackward<T_> a{ptr<T_>(W),     ptr<T_>(acts_), ptr<T_>(qs_),
@@ -366,9 +367,9 @@ std::vector<at::Tensor> elman_forward(const at::Tensor& px_, const at::Tensor& W
   const at::Tensor W = arg(W_, "W", {N, D, D}, px);
   const at::Tensor mask = mask_arg(mask_, T, B);
   const auto o = px.options();
-  at::Tensor hs = at::empty({N, T + 1, B, D}, o);
+  at::Tensor hs = rnnkit_cpu::pooled_empty({N, T + 1, B, D}, o);
   hs.select(1, 0).copy_(arg(h0, "h0", {N, B, D}, px));
-  at::Tensor hp = mask.defined() ? at::empty({N, T, B, D}, o) : at::Tensor();
+  at::Tensor hp = mask.defined() ? rnnkit_cpu::pooled_empty({N, T, B, D}, o) : at::Tensor();
   by_dtype(px, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::ElmanForward<T_> a{ptr<T_>(px), ptr<T_>(W),  mask_ptr(mask), T_(h_init),
@@ -392,9 +393,9 @@ std::vector<at::Tensor> elman_backward(const at::Tensor& W_, const at::Tensor& h
   const at::Tensor d_hs = arg(d_hs_, "d_hs", {N, T + 1, B, D}, hs);
   const at::Tensor mask = mask_arg(mask_, T, B);
   const auto o = hs.options();
-  at::Tensor dq = at::empty({N, T, B, D}, o);
-  at::Tensor dh0 = at::empty({N, B, D}, o);
-  at::Tensor scratch = at::empty({N, B, D}, o);
+  at::Tensor dq = rnnkit_cpu::pooled_empty({N, T, B, D}, o);
+  at::Tensor dh0 = rnnkit_cpu::pooled_empty({N, B, D}, o);
+  at::Tensor scratch = rnnkit_cpu::pooled_empty({N, B, D}, o);
   by_dtype(hs, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::ElmanBackward<T_> a{ptr<T_>(W),  ptr<T_>(hs),  mask_ptr(mask),   relu,
@@ -419,20 +420,20 @@ std::vector<at::Tensor> slstm_forward(const at::Tensor& px_, const at::Tensor& W
   const at::Tensor W = arg(W_, "W", {N, D, 4 * D}, px);
   const at::Tensor mask = mask_arg(mask_, T, B);
   const auto o = px.options();
-  at::Tensor hs = at::empty({N, T + 1, B, D}, o);
-  at::Tensor cn = at::empty({N, ns, B, 2, D}, o);
-  at::Tensor ms = at::empty({N, ns, B, D}, o);
+  at::Tensor hs = rnnkit_cpu::pooled_empty({N, T + 1, B, D}, o);
+  at::Tensor cn = rnnkit_cpu::pooled_empty({N, ns, B, 2, D}, o);
+  at::Tensor ms = rnnkit_cpu::pooled_empty({N, ns, B, D}, o);
   hs.select(1, 0).copy_(arg(h0, "h0", {N, B, D}, px));
   cn.select(1, 0).select(2, 0).copy_(arg(c0, "c0", {N, B, D}, px));
   cn.select(1, 0).select(2, 1).copy_(arg(n0, "n0", {N, B, D}, px));
   ms.select(1, 0).copy_(arg(m0, "m0", {N, B, D}, px));
-  at::Tensor gates = at::empty({N, k, B, 4 * D}, o);
-  at::Tensor ex = at::empty({N, k, B, 2, D}, o);
+  at::Tensor gates = rnnkit_cpu::pooled_empty({N, k, B, 4 * D}, o);
+  at::Tensor ex = rnnkit_cpu::pooled_empty({N, k, B, 2, D}, o);
   at::Tensor cnp, hp, m_scratch;
   if (mask.defined()) {
-    cnp = at::empty({N, k, B, 2, D}, o);
-    hp = at::empty({N, k, B, D}, o);
-    m_scratch = at::empty({N, B, D}, o);
+    cnp = rnnkit_cpu::pooled_empty({N, k, B, 2, D}, o);
+    hp = rnnkit_cpu::pooled_empty({N, k, B, D}, o);
+    m_scratch = rnnkit_cpu::pooled_empty({N, B, D}, o);
   }
   by_dtype(px, [&](auto zero) {
     using T_ = decltype(zero);
@@ -476,12 +477,12 @@ std::vector<at::Tensor> slstm_backward(const at::Tensor& W_, const at::Tensor& h
                         ? cnp
                         : cnp.contiguous();
   const auto o = gates.options();
-  at::Tensor dq = at::empty({N, T, B, 4 * D}, o);
+  at::Tensor dq = rnnkit_cpu::pooled_empty({N, T, B, 4 * D}, o);
   at::Tensor dc = arg(d_c, "d_c", {N, B, D}, gates).clone();
   at::Tensor dn = arg(d_n, "d_n", {N, B, D}, gates).clone();
   at::Tensor dm = arg(d_m, "d_m", {N, B, D}, gates).clone();
-  at::Tensor dh0 = at::empty({N, B, D}, o);
-  at::Tensor scratch = at::empty({N, B, D}, o);
+  at::Tensor dh0 = rnnkit_cpu::pooled_empty({N, B, D}, o);
+  at::Tensor scratch = rnnkit_cpu::pooled_empty({N, B, D}, o);
   by_dtype(gates, [&](auto zero) {
     using T_ = decltype(zero);
     rnnkit_cpu::SlstmBackward<T_> a{ptr<T_>(W),     ptr<T_>(hs),       ptr<T_>(cn),
@@ -516,6 +517,15 @@ std::string info() {
 }
 
 int64_t team_loops_run() { return rnnkit_cpu::team_loops_run(); }
+
+at::Tensor pooled_empty_op(at::IntArrayRef size, at::ScalarType dtype) {
+  return rnnkit_cpu::pooled_empty(size, at::TensorOptions().dtype(dtype));
+}
+
+// [bytes cached, limit in bytes]
+std::vector<int64_t> pool_info() {
+  return {rnnkit_cpu::pool_cached_bytes(), rnnkit_cpu::pool_limit_bytes()};
+}
 
 // The tile kernel sets this CPU runs, widest first (each a valid `tiles` of set_options).
 std::vector<std::string> tile_isas() {
@@ -579,6 +589,10 @@ TORCH_LIBRARY(rnnkit_fused_cpp, m) {
   m.def("info() -> str", &info);
   m.def("team_loops_run() -> int", &team_loops_run);
   m.def("tile_isas() -> str[]", &tile_isas);
+  m.def("pooled_empty(int[] size, ScalarType dtype) -> Tensor", &pooled_empty_op);
+  m.def("pool_info() -> int[]", &pool_info);
+  m.def("pool_release() -> ()", &rnnkit_cpu::pool_release);
+  m.def("pool_set_limit(int bytes) -> ()", &rnnkit_cpu::pool_set_limit);
   m.def(
       "set_options(int grain_elements, bool use_blas, bool use_pack, str tiles=\"auto\") -> ()",
       &set_options);
