@@ -35,6 +35,8 @@ step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
 if [ "$MODE" = gated ]; then
   step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
   step gated-dense 90 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 2 --cases lstm:1,gru:1
+  step profile-lstm4 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 4
+  step profile-lstm1 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 1
   exit 0
 fi
 # --quick: the same shapes; only the T=2^20 python loop is timed at 2^14 and scaled (it takes
