@@ -254,12 +254,13 @@ def test_auto_runs_dense_gru_inference_natively(native_ops: Any) -> None:
     assert select(KernelCall(cell, x, None, None, False), "auto").backend == "fused_cpp"
 
 
-def test_auto_keeps_torch_for_dense_lstm(native_ops: Any) -> None:
-    """oneDNN's fused LSTM layer measured faster than the native loop for a dense LSTM."""
+def test_auto_dense_lstm_torch_for_inference_native_for_training(native_ops: Any) -> None:
+    """oneDNN's fused LSTM layer measured fastest for dense LSTM inference; for training the
+    team loop measured faster than torch's op (docs/kernels-fused.md)."""
     cell = make_cell("lstm", 1).float()
     x = torch.randn(2, 3, 5)
-    for needs_grad in (False, True):
-        assert select(KernelCall(cell, x, None, None, needs_grad), "auto").backend == "torch"
+    assert select(KernelCall(cell, x, None, None, False), "auto").backend == "torch"
+    assert select(KernelCall(cell, x, None, None, True), "auto").backend == "fused_cpp"
 
 
 def test_auto_keeps_float64_on_fused(native_ops: Any) -> None:

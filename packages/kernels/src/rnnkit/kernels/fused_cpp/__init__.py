@@ -65,10 +65,11 @@ FLOAT64_PRIORITY = 5
 #: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
 #: than torch's own op, which has priority 20 there (``tools/bench/gated.py``, see
 #: ``docs/kernels-fused.md``): GRU inference (team loops: 2.0x torch's GRU on the Xeon host,
-#: 1.5x on the development VM). Everywhere else :data:`PRIORITY` is enough: torch either wins
-#: (dense LSTM: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
+#: 1.5x on the development VM) and LSTM training (1.04x torch's LSTM op on the Xeon host, 1.44x
+#: on the VM). Everywhere else :data:`PRIORITY` is enough: torch either wins (dense LSTM
+#: inference: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
 #: has a low priority already (GRU and Elman training, where torch records a per-step graph).
-_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset({("gru", False)})
+_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset({("gru", False), ("lstm", True)})
 
 #: A kernel's ``run``: ``call -> (y (B, T, H), final state)``.
 Run = Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]
