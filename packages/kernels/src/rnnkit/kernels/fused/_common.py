@@ -182,7 +182,8 @@ def to_batch_first(hs: Tensor) -> Tensor:
     """``(N, T, B, D) -> (B, T, N * D)``: a view for ``N == 1``, a copy otherwise."""
     N, T, B, D = hs.shape
     if N == 1:
-        return hs[0].transpose(0, 1)
+        # squeeze, not hs[0]: its backward is a view, where select's fills a zero tensor.
+        return hs.squeeze(0).transpose(0, 1)
     return hs.permute(2, 1, 0, 3).reshape(B, T, N * D)
 
 
@@ -205,6 +206,40 @@ def finish(call: KernelCall, hs: Tensor, finals: list[Tensor]) -> tuple[Tensor, 
     T = hs.shape[1] - 1
     y = to_batch_first(hs[:, 1:])
     fields = [state_to_batch(hs[:, T]), *(state_to_batch(f) for f in finals)]
+    return y, call.cell.state_type(*fields)
+
+
+def split_hs(hs: Tensor) -> tuple[Tensor, Tensor]:
+    """The autograd Functions' outputs for ``h``: ``hs[:, 1:]`` (a view, the per-step outputs)
+    and ``hs[:, T]`` (a copy, the final state), each with its own gradient.
+
+    Returning ``hs`` itself and slicing it outside would make autograd build the gradient of
+    ``hs`` from two zero-filled full-size tensors (one per slice) and add them;
+    :func:`join_hs_grads` writes it in one pass.
+    """
+    return hs[:, 1:], hs[:, -1].clone()
+
+
+def join_hs_grads(hs: Tensor, d_ys: Tensor | None, d_last: Tensor | None) -> Tensor:
+    """The gradient of ``hs (N, T + 1, B, D)`` from those of :func:`split_hs`'s outputs."""
+    d_hs = torch.empty_like(hs)
+    d_hs[:, 0].zero_()
+    if d_ys is None:
+        d_hs[:, 1:].zero_()
+    else:
+        d_hs[:, 1:].copy_(d_ys)
+    if d_last is not None:
+        d_hs[:, -1].add_(d_last)
+    return d_hs
+
+
+def finish_split(
+    call: KernelCall, ys: Tensor, h_last: Tensor, finals: list[Tensor]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`finish` for the outputs of :func:`split_hs`: ``ys (N, T, B, D)``, ``h_last
+    (N, B, D)`` and the other final state fields."""
+    y = to_batch_first(ys)
+    fields = [state_to_batch(h) for h in (h_last, *finals)]
     return y, call.cell.state_type(*fields)
 
 

@@ -15,13 +15,16 @@ from rnnkit.kernels.fused._common import (
     chunks,
     empty_result,
     finish,
+    finish_split,
     gemm,
     initial_state_grad,
+    join_hs_grads,
     keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
     scalar_like,
+    split_hs,
 )
 
 
@@ -128,18 +131,19 @@ class ElmanFn(torch.autograd.Function):
         h0: Tensor,
         relu: bool,
         init: float,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         hs, hp = loops.forward(px, W, mask, h0, relu, init)
         ctx.loops = loops
         ctx.relu = relu
         ctx.mask = mask
         ctx.hp = hp
         ctx.save_for_backward(W, hs)
-        return hs
+        return split_hs(hs)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, d_ys: Tensor, d_h_last: Tensor) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
+        d_hs = join_hs_grads(hs, d_ys, d_h_last)
         T = hs.shape[1] - 1
         hp: Tensor = ctx.hp if ctx.hp is not None else hs[:, :T]
         dq, dh0 = ctx.loops.backward(W, hs, ctx.mask, d_hs, ctx.relu)
@@ -161,8 +165,8 @@ def run_elman(
     p = prepare(call, empty)
     relu = cell.nonlinearity == "relu"
     if call.needs_grad:
-        hs = ElmanFn.apply(loops, p.px, p.W, p.mask, p.states[0], relu, p.inits[0])  # type: ignore[no-untyped-call]
-    else:
-        with torch.no_grad():
-            hs, _ = loops.forward(p.px, p.W, p.mask, p.states[0], relu, p.inits[0])
+        ys, h_last = ElmanFn.apply(loops, p.px, p.W, p.mask, p.states[0], relu, p.inits[0])  # type: ignore[no-untyped-call]
+        return finish_split(call, ys, h_last, [])
+    with torch.no_grad():
+        hs, _ = loops.forward(p.px, p.W, p.mask, p.states[0], relu, p.inits[0])
     return finish(call, hs, [])

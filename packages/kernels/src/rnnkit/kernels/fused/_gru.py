@@ -30,14 +30,17 @@ from rnnkit.kernels.fused._common import (
     chunks,
     empty_result,
     finish,
+    finish_split,
     gemm,
     gemm_acc,
     initial_state_grad,
+    join_hs_grads,
     keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
     scalar_like,
+    split_hs,
 )
 
 
@@ -201,18 +204,19 @@ class GRUFn(torch.autograd.Function):
         mask: Tensor | None,
         h0: Tensor,
         init: float,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         hs, saved = loops.forward(px, W, bhn, mask, h0, init, True)
         ctx.loops = loops
         ctx.mask = mask
         ctx.has_bhn = bhn is not None
         ctx.buffers = saved
         ctx.save_for_backward(W, hs)
-        return hs
+        return split_hs(hs)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, d_ys: Tensor, d_h_last: Tensor) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
+        d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
         dq, dpx, dh0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs)
@@ -240,8 +244,8 @@ def run_gru(
     N, D = int(cell.heads), int(cell.head_dim)
     bhn = None if cell.bias_hn is None else cell.bias_hn.view(N, 1, D)
     if call.needs_grad:
-        hs = GRUFn.apply(loops, p.px, p.W, bhn, p.mask, p.states[0], p.inits[0])  # type: ignore[no-untyped-call]
-    else:
-        with torch.no_grad():
-            hs, _ = loops.forward(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], False)
+        ys, h_last = GRUFn.apply(loops, p.px, p.W, bhn, p.mask, p.states[0], p.inits[0])  # type: ignore[no-untyped-call]
+        return finish_split(call, ys, h_last, [])
+    with torch.no_grad():
+        hs, _ = loops.forward(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], False)
     return finish(call, hs, [])

@@ -29,13 +29,16 @@ from rnnkit.kernels.fused._common import (
     chunks,
     empty_result,
     finish,
+    finish_split,
     gemm,
     initial_state_grad,
+    join_hs_grads,
     keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
     scalar_like,
+    split_hs,
 )
 
 
@@ -189,17 +192,20 @@ class LSTMFn(torch.autograd.Function):
         inits: tuple[float, ...],
         h0: Tensor,
         c0: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         hs, c_last, saved = loops.forward(px, W, mask, h0, c0, inits, True)
         ctx.loops = loops
         ctx.mask = mask
         ctx.buffers = saved
         ctx.save_for_backward(W, hs)
-        return hs, c_last
+        return (*split_hs(hs), c_last)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor, d_c_last: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, d_ys: Tensor, d_h_last: Tensor, d_c_last: Tensor
+    ) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
+        d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
         dq, dh0, dc0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c_last)
@@ -220,8 +226,8 @@ def run_lstm(
     p = prepare(call, empty)
     h0, c0 = p.states
     if call.needs_grad:
-        hs, c_last = LSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
-    else:
-        with torch.no_grad():
-            hs, c_last, _ = loops.forward(p.px, p.W, p.mask, h0, c0, p.inits, False)
+        ys, h_last, c_last = LSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
+        return finish_split(call, ys, h_last, [c_last])
+    with torch.no_grad():
+        hs, c_last, _ = loops.forward(p.px, p.W, p.mask, h0, c0, p.inits, False)
     return finish(call, hs, [c_last])

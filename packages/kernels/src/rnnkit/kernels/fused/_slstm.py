@@ -37,13 +37,16 @@ from rnnkit.kernels.fused._common import (
     chunks,
     empty_result,
     finish,
+    finish_split,
     gemm,
     initial_state_grad,
+    join_hs_grads,
     keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
     scalar_like,
+    split_hs,
 )
 
 
@@ -252,20 +255,21 @@ class SLSTMFn(torch.autograd.Function):
         c0: Tensor,
         n0: Tensor,
         m0: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         hs, cn, ms, saved = loops.forward(px, W, mask, [h0, c0, n0, m0], inits, True)
         T = px.shape[1]
         ctx.loops = loops
         ctx.mask = mask
         ctx.buffers = (cn, ms, *saved)
         ctx.save_for_backward(W, hs)
-        return hs, cn[:, T, :, 0].clone(), cn[:, T, :, 1].clone(), ms[:, T].clone()
+        return (*split_hs(hs), cn[:, T, :, 0].clone(), cn[:, T, :, 1].clone(), ms[:, T].clone())
 
     @staticmethod
     def backward(
-        ctx: Any, d_hs: Tensor, d_c: Tensor, d_n: Tensor, d_m: Tensor
+        ctx: Any, d_ys: Tensor, d_h_last: Tensor, d_c: Tensor, d_n: Tensor, d_m: Tensor
     ) -> tuple[Tensor | None, ...]:
         W, hs = ctx.saved_tensors
+        d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
         dq, dh0, dc0, dn0, dm0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c, d_n, d_m)
@@ -285,10 +289,10 @@ def run_slstm(
         return empty_result(call)
     p = prepare(call, empty)
     if call.needs_grad:
-        hs, c, n, m = SLSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
-    else:
-        with torch.no_grad():
-            hs, cn, ms, _ = loops.forward(p.px, p.W, p.mask, p.states, p.inits, False)
-            last = p.px.shape[1] % 2
-            c, n, m = cn[:, last, :, 0], cn[:, last, :, 1], ms[:, last]
+        ys, h_last, c, n, m = SLSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
+        return finish_split(call, ys, h_last, [c, n, m])
+    with torch.no_grad():
+        hs, cn, ms, _ = loops.forward(p.px, p.W, p.mask, p.states, p.inits, False)
+        last = p.px.shape[1] % 2
+        c, n, m = cn[:, last, :, 0], cn[:, last, :, 1], ms[:, last]
     return finish(call, hs, [c, n, m])
