@@ -34,7 +34,7 @@ step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
   packages/kernels/tests/test_fused_cpp.py -k "team or tiles"
 if [ "$MODE" = gated ]; then
   step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
-  step gated-dense 90 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 2 --cases lstm:1,gru:1
+  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1
   step profile-lstm4 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 4
   step profile-lstm1 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 1
   exit 0
