@@ -151,3 +151,29 @@ def test_unknown_names_suggest_the_closest() -> None:
 
         with pytest.raises(ValueError, match="did you mean 'gru'"):
             create_cell("gur", input_size=2, hidden_size=2)
+
+
+_COMPILE_FIRST = """
+import sys, torch
+from rnnkit.core import LSTM
+torch.manual_seed(0)
+cell = LSTM(5, 8)
+x = torch.randn(2, 4, 5)
+y, _ = torch.compile(cell, backend="aot_eager")(x, backend="reference")
+y_eager, _ = cell(x, backend="reference")
+assert torch.allclose(y, y_eager, rtol=1e-5, atol=1e-6), (y - y_eager).abs().max()
+print("ok")
+"""
+
+
+def test_torch_compile_as_the_first_call_of_a_process() -> None:
+    """The plugin host is created outside the graph when the first rnnkit call of a process
+    runs under torch.compile (dynamo cannot trace pluggy's hook introspection)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

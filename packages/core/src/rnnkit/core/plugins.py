@@ -13,12 +13,13 @@ import argparse
 import contextlib
 import importlib.metadata as md
 import os
+import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -264,8 +265,21 @@ def get_host() -> PluginHost:
     """The process-wide plugin host, created (and plugins loaded) on first use."""
     global _HOST
     if _HOST is None:
-        _HOST = PluginHost()
+        _HOST = _new_host()
     return _HOST
+
+
+def _new_host() -> PluginHost:
+    # When the first rnnkit call of a process is made under torch.compile, dynamo would trace
+    # the plugin loading (pluggy's introspection fails there): build the host outside the
+    # graph. torch.compile has imported dynamo by then; an eager process never pays for the
+    # import (about 2 s).
+    if "torch._dynamo" in sys.modules:
+        import torch
+
+        make = cast(Callable[[], PluginHost], torch.compiler.disable(PluginHost))  # type: ignore[no-untyped-call]
+        return make()
+    return PluginHost()
 
 
 def set_host(host: PluginHost | None) -> PluginHost | None:
