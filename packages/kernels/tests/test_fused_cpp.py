@@ -285,6 +285,32 @@ def test_torch_compile_runs_the_native_call_eagerly(poisoned: Any) -> None:
     assert all(torch.equal(a, e) for a, e in zip(final, final_ref, strict=True))
 
 
+_FRESH_PROCESS = """
+import sys, torch
+from rnnkit.core.cells import LSTM
+cell = LSTM(5, 8, heads=2)
+x = torch.randn(2, 5, 5)
+y0, _ = cell(x, backend="fused_cpp")
+assert "torch._dynamo" not in sys.modules, "an eager call imported torch._dynamo"
+y, _ = torch.compile(cell, backend="aot_eager")(x, backend="fused_cpp")
+assert torch.equal(y, y0)
+print("ok")
+"""
+
+
+def test_eager_calls_do_not_import_dynamo(native_ops: Any) -> None:
+    """An eager call does not import ``torch._dynamo`` (2 s of start-up); a later
+    ``torch.compile`` of the same cell still breaks the graph at the native call."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
 @pytest.mark.parametrize("env", ["RNNKIT_FUSED_CPP", "RNNKIT_CPP"])
 def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     """``=0`` switches the backend off: ``available`` says why, ``auto`` picks another backend

@@ -18,6 +18,7 @@ See ``docs/kernels-fused.md`` for the measurements behind the ``auto`` prioritie
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, cast
@@ -144,8 +145,19 @@ def _with_fallback(kind: str) -> Run:
         return native(call)
 
     # The C++ ops have no fake (meta) kernels, so torch.compile must not trace into them: under
-    # torch.compile the call is a graph break and runs eagerly (same results).
-    return cast(Run, torch.compiler.disable(run))  # type: ignore[no-untyped-call]
+    # torch.compile the call is a graph break and runs eagerly (same results). The wrapper
+    # imports torch._dynamo (about 2 s), so it is made only once something has loaded dynamo:
+    # torch.compile loads it before tracing, so a call made without it is not being traced.
+    disabled: list[Run] = []
+
+    def guarded(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if not disabled and "torch._dynamo" in sys.modules:
+            disabled.append(cast(Run, torch.compiler.disable(run)))  # type: ignore[no-untyped-call]
+        if disabled:
+            return disabled[0](call)
+        return run(call)
+
+    return guarded
 
 
 def _kernel(kind: str) -> Kernel:
