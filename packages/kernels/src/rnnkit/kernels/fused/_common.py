@@ -63,8 +63,9 @@ def prepare(call: KernelCall, empty: EmptyFn | None = None) -> Prepared:
     B, T = x.shape[0], x.shape[1]
     N, D, G = int(cell.heads), int(cell.head_dim), int(cell.num_gates)
     # Time-major projection: the per-step slices px[:, t] are then contiguous (B, G*D) blocks.
-    if type(cell).project is GatedCell.project:
+    if type(cell).project is GatedCell.project and x.device.type == "cpu":
         # Each head projected into its own slab: no permuting copy of px for several heads.
+        # (CPU only: on a GPU the copy is cheap and one GEMM beats one launch per head.)
         x2 = x.transpose(0, 1).reshape(T * B, x.shape[2])
         px = head_major_projection(x2, cell.weight_ih, cell.bias, N, G, empty)
         px = px.view(N, T, B, G * D)
