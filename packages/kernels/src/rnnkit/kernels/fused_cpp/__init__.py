@@ -3,8 +3,11 @@
 For Elman (tanh and ReLU), LSTM, GRU and sLSTM with any number of heads, float32 and float64,
 on CPU. The autograd functions and kernels of :mod:`rnnkit.kernels.fused` (same layouts, saved
 buffers and autograd structure) run with native loops (``_cells``): the forward and the reverse
-time loops are one native call each, per step one GEMM per head (the BLAS torch ships) and one
-vectorised pass over the gates, instead of about ten torch ops dispatched from Python.
+time loops are one native call each. In float32 they are team loops: each thread owns blocks of
+hidden units, keeps their weights packed in its cache and computes their products with
+register-tiled AVX-512/AVX2 kernels and their gates, with one barrier per step; otherwise one
+GEMM per head per step (the BLAS torch ships) and one vectorised pass over the gates. Large
+outputs come from a cache of freed buffers (:func:`set_memory_limit`, :func:`release_memory`).
 
 The library (``csrc/``) is compiled by :mod:`rnnkit.kernels.native` on first use (about 20 to
 60 s) and cached; ``rnnkit kernels build`` compiles it ahead of time. Without a C++ compiler or
