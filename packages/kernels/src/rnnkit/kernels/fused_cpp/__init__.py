@@ -74,6 +74,11 @@ FLOAT64_PRIORITY = 5
 #: inference: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
 #: has a low priority already (GRU and Elman training, where torch records a per-step graph).
 _BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset({("gru", False), ("lstm", True)})
+#: The shortest sequence from which those calls prefer the native loop: a call has a fixed
+#: cost (packing the weights, starting the thread team; about 0.5 ms at hidden 256), so torch's
+#: op wins short sequences (development VM, 2 threads, hidden 256: GRU inference 0.86x torch
+#: at T=8, 1.3x at T=16; LSTM training 0.8x at T=128, 1.1x at T=256, 1.3x at T=512).
+_BEATS_TORCH_FROM_T: dict[tuple[str, bool], int] = {("gru", False): 16, ("lstm", True): 256}
 
 #: A kernel's ``run``: ``call -> (y (B, T, H), final state)``.
 Run = Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]
@@ -114,14 +119,16 @@ def priority(call: KernelCall) -> int:
     """``auto`` priority, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
 
     :data:`FLOAT64_PRIORITY` for float64 (``auto`` uses ``fused`` there); for float32
-    :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` and
-    :data:`PRIORITY` (above ``fused``, below a preferred ``torch``) otherwise.
+    :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` with
+    sequences of at least ``_BEATS_TORCH_FROM_T`` steps, and :data:`PRIORITY` (above
+    ``fused``, below a preferred ``torch``) otherwise.
     """
     if call.x.dtype == torch.float64:
         return FLOAT64_PRIORITY
     cell: Any = call.cell
     heads = int(getattr(cell, "heads", 1))
-    if heads == 1 and (str(cell.kind), call.needs_grad) in _BEATS_TORCH:
+    key = (str(cell.kind), call.needs_grad)
+    if heads == 1 and key in _BEATS_TORCH and call.x.shape[1] >= _BEATS_TORCH_FROM_T[key]:
         return PREFERRED
     return PRIORITY
 
