@@ -163,6 +163,26 @@ def test_team_loops(poisoned: Any, kind: str, isa: str, heads: int, threads: int
     assert int(poisoned.team_loops_run()) - before == 2
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("isa", _tile_isas())
+@pytest.mark.parametrize("kind", KINDS)
+def test_team_loops_uneven_split(poisoned: Any, kind: str, isa: str) -> None:
+    """3 heads of 48 units on 2 threads (blocks split unevenly, runs of blocks cut at head
+    boundaries) and a batch of 20 (a second slice of rows after the first 16), T=5."""
+    poisoned.set_options(1 << 15, True, True, isa)
+    torch.set_num_threads(2)
+    torch.manual_seed(8)
+    cls = type(make_cell(kind, 1))
+    kw: dict[str, Any] = {"heads": 3, "dtype": torch.float64}
+    if kind in ("elman", "relu"):
+        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
+    cell = cls(4, 144, **kw)
+    x, st, rs, cot = make_inputs(cell, batch=20, time=5, state=True, resets=True)
+    before = int(poisoned.team_loops_run())
+    compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
+    assert int(poisoned.team_loops_run()) - before == 2
+
+
 def test_team_loops_skip_odd_heads_and_double(poisoned: Any) -> None:
     """Head sizes that are not a multiple of the tile width, and float64, take the per-head
     loops (the counter does not move) and still match the reference."""
