@@ -556,6 +556,40 @@ class Team {
 
   static constexpr int64_t kRows = 16;
 
+  // One forward step over the thread's blocks [first, last): for each run of blocks and slice
+  // of batch rows, the gate products of h_row(n, b) (the state entering the step) into
+  // out_row(n, b) + u (gate stride D), then row(n, u, L, b) for the L units u.. of head n.
+  template <typename HRow, typename ORow, typename Row>
+  void forward_step(int64_t first, int64_t last, const HRow& h_row, const ORow& out_row,
+                    const Row& row) {
+    for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      for_row_tiles([&](int64_t b0, int64_t rows) {
+        forward(blk, count, b0, rows, [&](int64_t b) { return h_row(n, b); },
+                [&](int64_t b) { return out_row(n, b) + u; });
+        for (int64_t b = b0; b < b0 + rows; ++b) row(n, u, count * vb, b);
+      });
+    });
+  }
+
+  // One reverse step at step t: unless t is the last step, the rows (n, b) of `gh` (N, B, D)
+  // receive dq_{t+1} W^T for the thread's units; then row(t, n, u, L, b). With t = -1 only
+  // the products, of dq_0 (the gradient reaching h_0 through W).
+  template <typename Row>
+  void reverse_step(int64_t first, int64_t last, int64_t t, const float* dq, float* gh,
+                    const Row& row) {
+    const int64_t GD = G * d.D;
+    for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
+      for_row_tiles([&](int64_t b0, int64_t rows) {
+        if (t < d.T - 1)
+          backward(blk, count, b0, rows,
+                   [&](int64_t b) { return dq + at(n, t + 1, b, d.T, d.B, GD); },
+                   [&](int64_t b) { return gh + (n * d.B + b) * d.D + u; });
+        if (t >= 0)
+          for (int64_t b = b0; b < b0 + rows; ++b) row(t, n, u, count * vb, b);
+      });
+    });
+  }
+
   const TileKernels& tk;
   const Dims d;
   const int64_t G, vb, nb, total;
@@ -590,23 +624,23 @@ void run_loop(Team& team, const float* W, bool transposed, bool reverse, const S
 
 void no_tail(int64_t, int64_t) {}
 
-// Backward tail shared by the cells: out = dq_0 W^T for the thread's units (for dh0).
-void tail_grad_through_w(Team& team, const float* dq, float* out, int64_t first, int64_t last) {
-  const Dims& d = team.d;
-  const int64_t GD = team.G * d.D;
-  team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-    team.for_row_tiles([&](int64_t b0, int64_t rows) {
-      team.backward(blk, count, b0, rows,
-                    [&](int64_t b) { return dq + at(n, 0, b, d.T, d.B, GD); },
-                    [&](int64_t b) { return out + (n * d.B + b) * d.D + u; });
-    });
-  });
-}
-
 // h entering step t of row b: the init row where it restarts, else hs[:, t].
 const float* h_entering(const Dims& d, const uint8_t* mask, const float* hs,
                         const std::vector<float>& init, int64_t n, int64_t t, int64_t b) {
   return reset_at(mask, t, b, d.B) ? init.data() : hs + at(n, t, b, d.T + 1, d.B, d.D);
+}
+
+// A reverse loop of Team::reverse_step with row(t, n, u, L, b), then the products of dq_0
+// into `gh` (what reaches h_0 through W).
+template <typename Row>
+void run_reverse(Team& team, const float* W, const float* dq, float* gh, const Row& row) {
+  const auto none = [](int64_t, int64_t, int64_t, int64_t, int64_t) {};
+  run_loop(
+      team, W, true, true,
+      [&](int64_t first, int64_t last, int64_t t) {
+        team.reverse_step(first, last, t, dq, gh, row);
+      },
+      [&](int64_t first, int64_t last) { team.reverse_step(first, last, -1, dq, gh, none); });
 }
 
 bool team_lstm_forward(const Env<float>& env, const Dims& d, const LstmForward<float>& a) {
@@ -617,13 +651,11 @@ bool team_lstm_forward(const Env<float>& env, const Dims& d, const LstmForward<f
   const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
   const auto step = [&](int64_t first, int64_t last, int64_t t) {
     const int64_t s = a.save ? t : 0, ci = t % nc, co = (t + 1) % nc;
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        team.forward(blk, count, b0, rows,
-                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
-                     [&](int64_t b) { return a.acts + at(n, s, b, k, B, GD) + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
+    team.forward_step(
+        first, last,
+        [&](int64_t n, int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+        [&](int64_t n, int64_t b) { return a.acts + at(n, s, b, k, B, GD); },
+        [&](int64_t n, int64_t u, int64_t L, int64_t b) {
           float* c_in = a.cs + at(n, ci, b, nc, B, D) + u;
           if (a.mask != nullptr) {
             std::memcpy(a.hp + at(n, s, b, k, B, D) + u,
@@ -633,9 +665,7 @@ bool team_lstm_forward(const Env<float>& env, const Dims& d, const LstmForward<f
           lstm_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.acts + at(n, s, b, k, B, GD) + u,
                        c_in, a.cs + at(n, co, b, nc, B, D) + u, a.tcs + at(n, s, b, k, B, D) + u,
                        a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, D, L);
-        }
-      });
-    });
+        });
   };
   run_loop(team, a.W, false, false, step, no_tail);
   return true;
@@ -645,29 +675,17 @@ bool team_lstm_backward(const Env<float>& env, const Dims& d, const LstmBackward
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 4, env.threads);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
-  const auto step = [&](int64_t first, int64_t last, int64_t t) {
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        if (t < T_ - 1)
-          team.backward(blk, count, b0, rows,
-                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
-                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-          lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, a.tcs + at(n, t, b, T_, B, D) + u,
-                       a.cs + at(n, t, b, T_ + 1, B, D) + u, a.scratch + (n * B + b) * D + u,
-                       a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h,
-                       reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + (n * B + b) * D + u,
-                       a.dq + at(n, t, b, T_, B, GD) + u, D, L);
-        }
-      });
-    });
-  };
-  const auto tail = [&](int64_t first, int64_t last) {
-    tail_grad_through_w(team, a.dq, a.scratch, first, last);
-  };
-  run_loop(team, a.W, true, true, step, tail);
+  run_reverse(team, a.W, a.dq, a.scratch,
+              [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
+                const int64_t r = (n * B + b) * D + u;
+                const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+                lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u,
+                             a.tcs + at(n, t, b, T_, B, D) + u,
+                             a.cs + at(n, t, b, T_ + 1, B, D) + u, a.scratch + r,
+                             a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h,
+                             reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r,
+                             a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+              });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
 }
@@ -680,13 +698,11 @@ bool team_gru_forward(const Env<float>& env, const Dims& d, const GruForward<flo
   const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
   const auto step = [&](int64_t first, int64_t last, int64_t t) {
     const int64_t s = a.save ? t : 0;
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        team.forward(blk, count, b0, rows,
-                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
-                     [&](int64_t b) { return a.qs + at(n, s, b, k, B, GD) + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
+    team.forward_step(
+        first, last,
+        [&](int64_t n, int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+        [&](int64_t n, int64_t b) { return a.qs + at(n, s, b, k, B, GD); },
+        [&](int64_t n, int64_t u, int64_t L, int64_t b) {
           const float* h_in = h_entering(d, a.mask, a.hs, init_h, n, t, b);
           if (a.mask != nullptr) {
             float* hp = a.hp + at(n, s, b, k, B, D);
@@ -695,11 +711,9 @@ bool team_gru_forward(const Env<float>& env, const Dims& d, const GruForward<flo
           }
           gru_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.qs + at(n, s, b, k, B, GD) + u,
                       a.bhn != nullptr ? a.bhn + n * D + u : nullptr, h_in + u,
-                      a.acts + at(n, s, b, k, B, GD) + u, a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                      D, L);
-        }
-      });
-    });
+                      a.acts + at(n, s, b, k, B, GD) + u,
+                      a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, D, L);
+        });
   };
   run_loop(team, a.W, false, false, step, no_tail);
   return true;
@@ -709,31 +723,20 @@ bool team_gru_backward(const Env<float>& env, const Dims& d, const GruBackward<f
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 3, env.threads);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
-  const auto step = [&](int64_t first, int64_t last, int64_t t) {
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        if (t < T_ - 1)
-          team.backward(blk, count, b0, rows,
-                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
-                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          const float keep_next = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-          const float* z_next = a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D + u;
-          gru_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, z_next,
-                      a.qs + at(n, t, b, T_, B, GD) + u,
-                      a.hp + n * a.hp_head + t * a.hp_step + b * D + u,
-                      a.scratch + (n * B + b) * D + u, a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                      keep_next, a.dh + (n * B + b) * D + u, a.dq + at(n, t, b, T_, B, GD) + u,
-                      a.dpx + at(n, t, b, T_, B, GD) + u, D, L);
-        }
-      });
-    });
-  };
-  const auto tail = [&](int64_t first, int64_t last) {
-    tail_grad_through_w(team, a.dq, a.scratch, first, last);
-  };
-  run_loop(team, a.W, true, true, step, tail);
+  run_reverse(team, a.W, a.dq, a.scratch,
+              [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
+                const int64_t r = (n * B + b) * D + u;
+                const float keep_next =
+                    t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+                const float* z_next =
+                    a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D + u;
+                gru_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, z_next,
+                            a.qs + at(n, t, b, T_, B, GD) + u,
+                            a.hp + n * a.hp_head + t * a.hp_step + b * D + u, a.scratch + r,
+                            a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_next, a.dh + r,
+                            a.dq + at(n, t, b, T_, B, GD) + u,
+                            a.dpx + at(n, t, b, T_, B, GD) + u, D, L);
+              });
   gru_initial_grad(d, a);
   return true;
 }
@@ -744,21 +747,17 @@ bool team_elman_forward(const Env<float>& env, const Dims& d, const ElmanForward
   const int64_t T_ = d.T, B = d.B, D = d.D;
   const std::vector<float> init_h(static_cast<size_t>(D), a.h_init);
   const auto step = [&](int64_t first, int64_t last, int64_t t) {
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        team.forward(blk, count, b0, rows,
-                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
-                     [&](int64_t b) { return a.hs + at(n, t + 1, b, T_ + 1, B, D) + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
+    team.forward_step(
+        first, last,
+        [&](int64_t n, int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+        [&](int64_t n, int64_t b) { return a.hs + at(n, t + 1, b, T_ + 1, B, D); },
+        [&](int64_t n, int64_t u, int64_t L, int64_t b) {
           if (a.mask != nullptr)
             std::memcpy(a.hp + at(n, t, b, T_, B, D) + u,
                         h_entering(d, a.mask, a.hs, init_h, n, t, b) + u, sizeof(float) * L);
-          elman_fwd_row(a.px + at(n, t, b, T_, B, D) + u, a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                        a.relu, D, L);
-        }
-      });
-    });
+          elman_fwd_row(a.px + at(n, t, b, T_, B, D) + u,
+                        a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, a.relu, D, L);
+        });
   };
   run_loop(team, a.W, false, false, step, no_tail);
   return true;
@@ -768,27 +767,14 @@ bool team_elman_backward(const Env<float>& env, const Dims& d, const ElmanBackwa
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 1, env.threads);
   const int64_t T_ = d.T, B = d.B, D = d.D;
-  const auto step = [&](int64_t first, int64_t last, int64_t t) {
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        if (t < T_ - 1)
-          team.backward(blk, count, b0, rows,
-                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, D); },
-                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-          elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, a.scratch + (n * B + b) * D + u,
-                        a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h, a.relu,
-                        a.dq + at(n, t, b, T_, B, D) + u, D, L);
-        }
-      });
-    });
-  };
-  const auto tail = [&](int64_t first, int64_t last) {
-    tail_grad_through_w(team, a.dq, a.scratch, first, last);
-  };
-  run_loop(team, a.W, true, true, step, tail);
+  run_reverse(team, a.W, a.dq, a.scratch,
+              [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
+                const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
+                elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                              a.scratch + (n * B + b) * D + u,
+                              a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h, a.relu,
+                              a.dq + at(n, t, b, T_, B, D) + u, D, L);
+              });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
 }
@@ -801,13 +787,11 @@ bool team_slstm_forward(const Env<float>& env, const Dims& d, const SlstmForward
   const std::vector<float> init_h(static_cast<size_t>(D), a.init_h);
   const auto step = [&](int64_t first, int64_t last, int64_t t) {
     const int64_t s = a.save ? t : 0, i0 = t % ns, i1 = (t + 1) % ns;
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        team.forward(blk, count, b0, rows,
-                     [&](int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
-                     [&](int64_t b) { return a.gates + at(n, s, b, k, B, GD) + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
+    team.forward_step(
+        first, last,
+        [&](int64_t n, int64_t b) { return h_entering(d, a.mask, a.hs, init_h, n, t, b); },
+        [&](int64_t n, int64_t b) { return a.gates + at(n, s, b, k, B, GD); },
+        [&](int64_t n, int64_t u, int64_t L, int64_t b) {
           const bool reset = reset_at(a.mask, t, b, B);
           const float* cn_in = a.cn + at(n, i0, b, ns, B, 2 * D);
           const float* m_in = a.ms + at(n, i0, b, ns, B, D);
@@ -832,11 +816,10 @@ bool team_slstm_forward(const Env<float>& env, const Dims& d, const SlstmForward
           }
           slstm_fwd_row(a.px + at(n, t, b, T_, B, GD) + u, a.gates + at(n, s, b, k, B, GD) + u,
                         a.ex + at(n, s, b, k, B, 2 * D) + u, cn_in + u, m_in + u,
-                        a.cn + at(n, i1, b, ns, B, 2 * D) + u, a.ms + at(n, i1, b, ns, B, D) + u,
+                        a.cn + at(n, i1, b, ns, B, 2 * D) + u,
+                        a.ms + at(n, i1, b, ns, B, D) + u,
                         a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, D, L);
-        }
-      });
-    });
+        });
   };
   run_loop(team, a.W, false, false, step, no_tail);
   return true;
@@ -846,34 +829,21 @@ bool team_slstm_backward(const Env<float>& env, const Dims& d, const SlstmBackwa
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 4, env.threads);
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
-  const auto step = [&](int64_t first, int64_t last, int64_t t) {
-    team.for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
-      const int64_t L = count * team.vb;
-      team.for_row_tiles([&](int64_t b0, int64_t rows) {
-        if (t < T_ - 1)
-          team.backward(blk, count, b0, rows,
-                        [&](int64_t b) { return a.dq + at(n, t + 1, b, T_, B, GD); },
-                        [&](int64_t b) { return a.scratch + (n * B + b) * D + u; });
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          const int64_t r = (n * B + b) * D + u;
-          // No gradient through W at the last step or where step t + 1 restarted.
-          if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, 0.0f, L);
-          slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD) + u, a.ex + at(n, t, b, T_, B, 2 * D) + u,
-                        a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D) + u,
-                        a.ms + at(n, t + 1, b, T_ + 1, B, D) + u,
-                        a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                        a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D + u, a.scratch + r,
-                        a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                        reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r, a.dn + r, a.dm + r,
-                        a.dq + at(n, t, b, T_, B, GD) + u, D, L);
-        }
-      });
-    });
-  };
-  const auto tail = [&](int64_t first, int64_t last) {
-    tail_grad_through_w(team, a.dq, a.scratch, first, last);
-  };
-  run_loop(team, a.W, true, true, step, tail);
+  run_reverse(team, a.W, a.dq, a.scratch,
+              [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
+                const int64_t r = (n * B + b) * D + u;
+                // No gradient through W at the last step or where step t + 1 restarted.
+                if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, 0.0f, L);
+                slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD) + u,
+                              a.ex + at(n, t, b, T_, B, 2 * D) + u,
+                              a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D) + u,
+                              a.ms + at(n, t + 1, b, T_ + 1, B, D) + u,
+                              a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                              a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D + u,
+                              a.scratch + r, a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                              reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r, a.dn + r,
+                              a.dm + r, a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+              });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
 }
