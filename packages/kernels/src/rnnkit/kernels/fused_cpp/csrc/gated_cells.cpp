@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -473,12 +474,13 @@ void run_team(int64_t want, const F& f) {
 
 class Team {
  public:
-  // G gates; `transposed`: panels for the backward products (dq W^T) instead of h W.
+  // G gates; the panels are packed by run_loop (forward or transposed).
   Team(const TileKernels& tk, const Dims& d, int64_t G, int64_t threads)
       : tk(tk), d(d), G(G), vb(tk.vb), nb(d.D / tk.vb), total(d.N * (d.D / tk.vb)) {
     const int64_t work = d.N * d.B * G * d.D * d.D;
     size = std::max<int64_t>(1, std::min({threads, total, work / kTeamWork}));
-    panels.resize(static_cast<size_t>(total * G * d.D * vb));
+    // Not value-initialised: each thread writes (and so first touches) its own panels.
+    panels.reset(new float[static_cast<size_t>(total * G * d.D * vb)]);
   }
 
   // The blocks of thread `rank` among `team` threads: [first, last).
@@ -502,7 +504,7 @@ class Team {
     }
   }
 
-  float* panel(int64_t blk) { return panels.data() + blk * G * d.D * vb; }
+  float* panel(int64_t blk) { return panels.get() + blk * G * d.D * vb; }
 
   // Calls f(n, u, first, count) for runs of at most 4 consecutive blocks of one head among
   // [first, last): head n, units u .. u + count vb.
@@ -596,7 +598,7 @@ class Team {
   int64_t size;
 
  private:
-  std::vector<float> panels;
+  std::unique_ptr<float[]> panels;
 };
 
 // Whether the team loops take this call (see Env::tiles).
