@@ -463,7 +463,10 @@ def test_cli_status_and_build(native_ops: Any, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "rnnkit_fused_cpp" in out and "available" in out and "cache" in out
     assert cli.main(["kernels", "build", "rnnkit_fused_cpp"]) == 0  # cached: a load
-    assert "rnnkit_fused_cpp" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rnnkit_fused_cpp" in out
+    # the configuration this CPU got: the tile kernels of the team loops among it
+    assert "float team loops: " + str(native_ops.tile_isas()[0]) + " tiles" in out
 
 
 def test_cli_build_reports_failure(

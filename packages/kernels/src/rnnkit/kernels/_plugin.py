@@ -121,4 +121,8 @@ def run_kernels_command(args: argparse.Namespace) -> int:
             continue
         how = "compiled" if info.compiled else "loaded from the cache"
         print(f"{name}: {how} in {info.seconds:.1f} s: {info.path}")
+        ops = obj.ops()
+        if hasattr(ops, "info"):
+            # What the library chose on this CPU (fused_cpp: tile kernels, BLAS, SIMD).
+            print(f"  {ops.info()}")
     return 1 if failed else 0
