@@ -439,6 +439,60 @@ void gru_initial_grad(const Dims& d, const GruBackward<T>& a) {
   }
 }
 
+// ---- reverse steps of one row (shared by the per-head and the team loops) -----------------
+// Units [u, u + L) of row (n, b) at step t; the gradient through W of step t + 1 is already in
+// a.scratch (undefined at the last step, where it is not used).
+
+template <typename T>
+void lstm_bwd_step(const Dims& d, const LstmBackward<T>& a, int64_t t, int64_t n, int64_t u,
+                   int64_t L, int64_t b) {
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D, r = (n * B + b) * D + u;
+  const T keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
+  lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, a.tcs + at(n, t, b, T_, B, D) + u,
+               a.cs + at(n, t, b, T_ + 1, B, D) + u, a.scratch + r,
+               a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h,
+               reset_at(a.mask, t, b, B) ? T(0) : T(1), a.dc + r,
+               a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+}
+
+template <typename T>
+void gru_bwd_step(const Dims& d, const GruBackward<T>& a, int64_t t, int64_t n, int64_t u,
+                  int64_t L, int64_t b) {
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D, r = (n * B + b) * D + u;
+  const T keep_next = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
+  // z of step t + 1 (any valid row at the last step, where keep_next is false).
+  const T* z_next = a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D + u;
+  gru_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, z_next, a.qs + at(n, t, b, T_, B, GD) + u,
+              a.hp + n * a.hp_head + t * a.hp_step + b * D + u, a.scratch + r,
+              a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_next, a.dh + r,
+              a.dq + at(n, t, b, T_, B, GD) + u, a.dpx + at(n, t, b, T_, B, GD) + u, D, L);
+}
+
+template <typename T>
+void elman_bwd_step(const Dims& d, const ElmanBackward<T>& a, int64_t t, int64_t n, int64_t u,
+                    int64_t L, int64_t b) {
+  const int64_t T_ = d.T, B = d.B, D = d.D;
+  const T keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
+  elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D) + u, a.scratch + (n * B + b) * D + u,
+                a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h, a.relu,
+                a.dq + at(n, t, b, T_, B, D) + u, D, L);
+}
+
+template <typename T>
+void slstm_bwd_step(const Dims& d, const SlstmBackward<T>& a, int64_t t, int64_t n, int64_t u,
+                    int64_t L, int64_t b) {
+  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D, r = (n * B + b) * D + u;
+  // No gradient through W at the last step or where step t + 1 restarted.
+  if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, T(0), L);
+  slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD) + u, a.ex + at(n, t, b, T_, B, 2 * D) + u,
+                a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D) + u,
+                a.ms + at(n, t + 1, b, T_ + 1, B, D) + u, a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D + u, a.scratch + r,
+                a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
+                reset_at(a.mask, t, b, B) ? T(0) : T(1), a.dc + r, a.dn + r, a.dm + r,
+                a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+}
+
 // ---- team loops (float) --------------------------------------------------------------------
 // The hidden units of every head are cut into blocks of `vb` (the tile width); each thread of
 // a team owns a contiguous run of blocks for the whole loop, packs their weights once into
@@ -676,17 +730,9 @@ bool team_lstm_forward(const Env<float>& env, const Dims& d, const LstmForward<f
 bool team_lstm_backward(const Env<float>& env, const Dims& d, const LstmBackward<float>& a) {
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 4, env.threads);
-  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   run_reverse(team, a.W, a.dq, a.scratch,
               [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
-                const int64_t r = (n * B + b) * D + u;
-                const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-                lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u,
-                             a.tcs + at(n, t, b, T_, B, D) + u,
-                             a.cs + at(n, t, b, T_ + 1, B, D) + u, a.scratch + r,
-                             a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h,
-                             reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r,
-                             a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+                lstm_bwd_step(d, a, t, n, u, L, b);
               });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
@@ -724,20 +770,9 @@ bool team_gru_forward(const Env<float>& env, const Dims& d, const GruForward<flo
 bool team_gru_backward(const Env<float>& env, const Dims& d, const GruBackward<float>& a) {
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 3, env.threads);
-  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
   run_reverse(team, a.W, a.dq, a.scratch,
               [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
-                const int64_t r = (n * B + b) * D + u;
-                const float keep_next =
-                    t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-                const float* z_next =
-                    a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D + u;
-                gru_bwd_row(a.acts + at(n, t, b, T_, B, GD) + u, z_next,
-                            a.qs + at(n, t, b, T_, B, GD) + u,
-                            a.hp + n * a.hp_head + t * a.hp_step + b * D + u, a.scratch + r,
-                            a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_next, a.dh + r,
-                            a.dq + at(n, t, b, T_, B, GD) + u,
-                            a.dpx + at(n, t, b, T_, B, GD) + u, D, L);
+                gru_bwd_step(d, a, t, n, u, L, b);
               });
   gru_initial_grad(d, a);
   return true;
@@ -768,14 +803,9 @@ bool team_elman_forward(const Env<float>& env, const Dims& d, const ElmanForward
 bool team_elman_backward(const Env<float>& env, const Dims& d, const ElmanBackward<float>& a) {
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 1, env.threads);
-  const int64_t T_ = d.T, B = d.B, D = d.D;
   run_reverse(team, a.W, a.dq, a.scratch,
               [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
-                const float keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? 1.0f : 0.0f;
-                elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                              a.scratch + (n * B + b) * D + u,
-                              a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u, keep_h, a.relu,
-                              a.dq + at(n, t, b, T_, B, D) + u, D, L);
+                elman_bwd_step(d, a, t, n, u, L, b);
               });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
@@ -830,21 +860,9 @@ bool team_slstm_forward(const Env<float>& env, const Dims& d, const SlstmForward
 bool team_slstm_backward(const Env<float>& env, const Dims& d, const SlstmBackward<float>& a) {
   if (!team_applies(env, d)) return false;
   Team team(*env.tiles, d, 4, env.threads);
-  const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   run_reverse(team, a.W, a.dq, a.scratch,
               [&](int64_t t, int64_t n, int64_t u, int64_t L, int64_t b) {
-                const int64_t r = (n * B + b) * D + u;
-                // No gradient through W at the last step or where step t + 1 restarted.
-                if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, 0.0f, L);
-                slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD) + u,
-                              a.ex + at(n, t, b, T_, B, 2 * D) + u,
-                              a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D) + u,
-                              a.ms + at(n, t + 1, b, T_ + 1, B, D) + u,
-                              a.hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                              a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D + u,
-                              a.scratch + r, a.d_hs + at(n, t + 1, b, T_ + 1, B, D) + u,
-                              reset_at(a.mask, t, b, B) ? 0.0f : 1.0f, a.dc + r, a.dn + r,
-                              a.dm + r, a.dq + at(n, t, b, T_, B, GD) + u, D, L);
+                slstm_bwd_step(d, a, t, n, u, L, b);
               });
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
   return true;
@@ -894,13 +912,7 @@ void lstm_backward(const Env<T>& env, const Dims& d, const LstmBackward<T>& a) {
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
     if (t < T_ - 1) grad_through_w(wt, d, 4, a.dq + at(0, t + 1, 0, T_, B, GD), T_ * B * GD, a.scratch);
-    for_rows(env, d, GD, [&](int64_t n, int64_t b) {
-      const T keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
-      lstm_bwd_row(a.acts + at(n, t, b, T_, B, GD), a.tcs + at(n, t, b, T_, B, D),
-                   a.cs + at(n, t, b, T_ + 1, B, D), a.scratch + (n * B + b) * D,
-                   a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_h, reset_at(a.mask, t, b, B) ? T(0) : T(1),
-                   a.dc + (n * B + b) * D, a.dq + at(n, t, b, T_, B, GD), D, D);
-    });
+    for_rows(env, d, GD, [&](int64_t n, int64_t b) { lstm_bwd_step(d, a, t, n, 0, D, b); });
   }
   grad_through_w(wt, d, 4, a.dq, T_ * B * GD, a.scratch);
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
@@ -943,15 +955,7 @@ void gru_backward(const Env<T>& env, const Dims& d, const GruBackward<T>& a) {
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 3 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
     if (t < T_ - 1) grad_through_w(wt, d, 3, a.dq + at(0, t + 1, 0, T_, B, GD), T_ * B * GD, a.scratch);
-    for_rows(env, d, GD, [&](int64_t n, int64_t b) {
-      const T keep_next = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
-      // z of step t + 1 (any valid row at the last step, where keep_next is false).
-      const T* z_next = a.acts + at(n, std::min(t + 1, T_ - 1), b, T_, B, GD) + D;
-      gru_bwd_row(a.acts + at(n, t, b, T_, B, GD), z_next, a.qs + at(n, t, b, T_, B, GD),
-                  a.hp + n * a.hp_head + t * a.hp_step + b * D, a.scratch + (n * B + b) * D,
-                  a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_next, a.dh + (n * B + b) * D,
-                  a.dq + at(n, t, b, T_, B, GD), a.dpx + at(n, t, b, T_, B, GD), D, D);
-    });
+    for_rows(env, d, GD, [&](int64_t n, int64_t b) { gru_bwd_step(d, a, t, n, 0, D, b); });
   }
   grad_through_w(wt, d, 3, a.dq, T_ * B * GD, a.scratch);
   gru_initial_grad(d, a);
@@ -991,12 +995,7 @@ void elman_backward(const Env<T>& env, const Dims& d, const ElmanBackward<T>& a)
   const int64_t T_ = d.T, B = d.B, D = d.D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
     if (t < T_ - 1) grad_through_w(wt, d, 1, a.dq + at(0, t + 1, 0, T_, B, D), T_ * B * D, a.scratch);
-    for_rows(env, d, D, [&](int64_t n, int64_t b) {
-      const T keep_h = t < T_ - 1 && !reset_at(a.mask, t + 1, b, B) ? T(1) : T(0);
-      elman_bwd_row(a.hs + at(n, t + 1, b, T_ + 1, B, D), a.scratch + (n * B + b) * D,
-                    a.d_hs + at(n, t + 1, b, T_ + 1, B, D), keep_h, a.relu,
-                    a.dq + at(n, t, b, T_, B, D), D, D);
-    });
+    for_rows(env, d, D, [&](int64_t n, int64_t b) { elman_bwd_step(d, a, t, n, 0, D, b); });
   }
   grad_through_w(wt, d, 1, a.dq, T_ * B * D, a.scratch);
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
@@ -1064,17 +1063,7 @@ void slstm_backward(const Env<T>& env, const Dims& d, const SlstmBackward<T>& a)
   const int64_t T_ = d.T, B = d.B, D = d.D, GD = 4 * D;
   for (int64_t t = T_ - 1; t >= 0; --t) {
     if (t < T_ - 1) grad_through_w(wt, d, 4, a.dq + at(0, t + 1, 0, T_, B, GD), T_ * B * GD, a.scratch);
-    for_rows(env, d, GD, [&](int64_t n, int64_t b) {
-      const int64_t r = (n * B + b) * D;
-      // No gradient through W at the last step or where step t + 1 restarted.
-      if (t == T_ - 1 || reset_at(a.mask, t + 1, b, B)) fill(a.scratch + r, T(0), D);
-      slstm_bwd_row(a.gates + at(n, t, b, T_, B, GD), a.ex + at(n, t, b, T_, B, 2 * D),
-                    a.cn + at(n, t + 1, b, T_ + 1, B, 2 * D), a.ms + at(n, t + 1, b, T_ + 1, B, D),
-                    a.hs + at(n, t + 1, b, T_ + 1, B, D),
-                    a.cnp + n * a.cnp_head + t * a.cnp_step + b * 2 * D, a.scratch + r,
-                    a.d_hs + at(n, t + 1, b, T_ + 1, B, D), reset_at(a.mask, t, b, B) ? T(0) : T(1),
-                    a.dc + r, a.dn + r, a.dm + r, a.dq + at(n, t, b, T_, B, GD), D, D);
-    });
+    for_rows(env, d, GD, [&](int64_t n, int64_t b) { slstm_bwd_step(d, a, t, n, 0, D, b); });
   }
   grad_through_w(wt, d, 4, a.dq, T_ * B * GD, a.scratch);
   initial_grad(d, a.mask, a.scratch, a.d_hs, a.dh0);
