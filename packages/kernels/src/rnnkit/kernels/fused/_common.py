@@ -100,8 +100,13 @@ def _gates_first(w: Tensor, G: int) -> Tensor:
     return w.view(N, G, D, *rest).transpose(0, 1).reshape(G * N * D, *rest)
 
 
-def _project_heads(x: Tensor, wh: Tensor, bh: Tensor | None, empty: EmptyFn | None) -> Tensor:
-    """``out[n] = x @ wh[n]^T (+ bh[n])``: ``(M, I), (N, K, I) -> (N, M, K)``."""
+def _project_heads(
+    x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int, empty: EmptyFn | None
+) -> tuple[Tensor, Tensor]:
+    """``out[n] = x @ wh[n]^T (+ bh[n])`` with ``wh, bh`` the head-major weights and bias:
+    ``(M, I) -> (N, M, G * D)``; returns ``out`` and ``wh (N, G * D, I)``."""
+    wh = _heads_first(weight, N, G)
+    bh = None if bias is None else _heads_first(bias, N, G)
     size = (wh.shape[0], x.shape[0], wh.shape[1])
     out = x.new_empty(size) if empty is None else empty(size, x.dtype)
     for n in range(wh.shape[0]):
@@ -109,7 +114,7 @@ def _project_heads(x: Tensor, wh: Tensor, bh: Tensor | None, empty: EmptyFn | No
             torch.mm(x, wh[n].t(), out=out[n])
         else:
             torch.addmm(bh[n], x, wh[n].t(), out=out[n])
-    return out
+    return out, wh
 
 
 class HeadMajorProjection(torch.autograd.Function):
@@ -131,8 +136,7 @@ class HeadMajorProjection(torch.autograd.Function):
         G: int,
         empty: EmptyFn | None,
     ) -> Tensor:
-        wh = _heads_first(weight, N, G)
-        out = _project_heads(x, wh, None if bias is None else _heads_first(bias, N, G), empty)
+        out, wh = _project_heads(x, weight, bias, N, G, empty)
         ctx.save_for_backward(x, wh)
         ctx.G = G
         ctx.has_bias = bias is not None
@@ -175,8 +179,7 @@ def head_major_projection(
         out: Tensor = HeadMajorProjection.apply(x, weight, bias, N, G, empty)  # type: ignore[no-untyped-call]
         return out
     with torch.no_grad():
-        bh = None if bias is None else _heads_first(bias, N, G)
-        return _project_heads(x, _heads_first(weight, N, G), bh, empty)
+        return _project_heads(x, weight, bias, N, G, empty)[0]
 
 
 def to_batch_first(hs: Tensor) -> Tensor:
@@ -204,10 +207,7 @@ def finish(call: KernelCall, hs: Tensor, finals: list[Tensor]) -> tuple[Tensor, 
         hs: ``(N, T + 1, B, D)``, slot 0 the initial ``h``, slot ``t + 1`` the output of step t.
         finals: the final state fields other than ``h``, each ``(N, B, D)``.
     """
-    T = hs.shape[1] - 1
-    y = to_batch_first(hs[:, 1:])
-    fields = [state_to_batch(hs[:, T]), *(state_to_batch(f) for f in finals)]
-    return y, call.cell.state_type(*fields)
+    return finish_split(call, hs[:, 1:], hs[:, -1], finals)
 
 
 def split_hs(hs: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,16 +221,13 @@ def split_hs(hs: Tensor) -> tuple[Tensor, Tensor]:
     return hs[:, 1:], hs[:, -1].clone()
 
 
-def join_hs_grads(hs: Tensor, d_ys: Tensor | None, d_last: Tensor | None) -> Tensor:
-    """The gradient of ``hs (N, T + 1, B, D)`` from those of :func:`split_hs`'s outputs."""
+def join_hs_grads(hs: Tensor, d_ys: Tensor, d_last: Tensor) -> Tensor:
+    """The gradient of ``hs (N, T + 1, B, D)`` from those of :func:`split_hs`'s outputs
+    (autograd materialises the gradient of an unused output as zeros, so both are tensors)."""
     d_hs = torch.empty_like(hs)
     d_hs[:, 0].zero_()
-    if d_ys is None:
-        d_hs[:, 1:].zero_()
-    else:
-        d_hs[:, 1:].copy_(d_ys)
-    if d_last is not None:
-        d_hs[:, -1].add_(d_last)
+    d_hs[:, 1:].copy_(d_ys)
+    d_hs[:, -1].add_(d_last)
     return d_hs
 
 
