@@ -168,7 +168,8 @@ def test_team_loops(poisoned: Any, kind: str, isa: str, heads: int, threads: int
 @pytest.mark.parametrize("kind", KINDS)
 def test_team_loops_uneven_split(poisoned: Any, kind: str, isa: str) -> None:
     """3 heads of 48 units on 2 threads (blocks split unevenly, runs of blocks cut at head
-    boundaries) and a batch of 20 (a second slice of rows after the first 16), T=5."""
+    boundaries) and a batch of 20 (a second slice of rows after the first 18, three tiles of
+    6), T=5."""
     poisoned.set_options(1 << 15, True, True, isa)
     torch.set_num_threads(2)
     torch.manual_seed(8)
@@ -197,6 +198,28 @@ def test_team_loops_skip_odd_heads_and_double(poisoned: Any) -> None:
     x, st, rs, cot = make_inputs(cell, batch=3, time=4, state=True, resets=True)
     compare(cell, "fused_cpp", torch.float64, x, st, rs, cot)
     assert int(poisoned.team_loops_run()) == before
+
+
+@pytest.mark.parametrize("isa", _tile_isas())
+def test_tile_product_every_shape(native_ops: Any, isa: str) -> None:
+    """One tile kernel call against a float64 product for every count of output vectors
+    (1 to 16: full groups of the kernel's vectors, then the remainder), 1 to 13 rows (full row
+    tiles and every remainder), reductions within one chunk and across several (K = 1, 37,
+    1100), with the rows of the weights packed and spaced apart. The output is NaN-filled
+    before the call, so a vector or row the kernel skips shows."""
+    width = TILE_WIDTHS[isa]
+    gen = torch.Generator().manual_seed(3)
+    for K in (1, 37, 1100):
+        for nv in range(1, 17):
+            wide = torch.randn(K, 2 * nv * width, generator=gen)[:, : nv * width]
+            # Rows 2 nv width apart (as the interleaved forward panels), then packed rows.
+            for w in (wide, wide.contiguous()):
+                for rows in (1, 5, 6, 7, 13):
+                    a = torch.randn(rows, K, generator=gen)
+                    out = native_ops.tile_product(isa, w, a)
+                    ref = a.double() @ w.double()
+                    assert not out.isnan().any(), (K, nv, rows)
+                    assert rel_rms(out, ref) < TOL[torch.float32], (K, nv, rows)
 
 
 def test_tiles_option_errors(native_ops: Any) -> None:

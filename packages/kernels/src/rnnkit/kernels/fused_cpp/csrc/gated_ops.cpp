@@ -10,10 +10,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -535,6 +537,40 @@ std::vector<std::string> tile_isas() {
   return out;
 }
 
+// One call of a tile kernel, for tests: out (rows, nv vb) with out[r][v vb + e] =
+// sum_k a[r][k] w[k][v vb + e], where w is (K, nv vb) with any row stride (the forward panels
+// interleave G vectors per reduction step; the transposed ones have one), float32 only.
+at::Tensor tile_product(const std::string& isa, const at::Tensor& w, const at::Tensor& a) {
+  const rnnkit_cpu::TileKernels* k = rnnkit_cpu::find_tile_kernels(isa.c_str());
+  TORCH_CHECK(k != nullptr, "rnnkit fused_cpp: no ", isa, " tile kernels on this CPU or build");
+  TORCH_CHECK(w.dim() == 2 && a.dim() == 2 && w.scalar_type() == at::kFloat &&
+                  a.scalar_type() == at::kFloat,
+              "rnnkit fused_cpp: tile_product takes float32 matrices w (K, nv vb), a (rows, K)");
+  TORCH_CHECK(w.stride(1) == 1 && a.is_contiguous() && a.size(1) == w.size(0) &&
+                  w.size(1) % k->vb == 0,
+              "rnnkit fused_cpp: tile_product wants rows of w in unit stride, a contiguous, "
+              "a.size(1) == w.size(0) and w.size(1) a multiple of ", k->vb);
+  const int64_t K = w.size(0), nv = w.size(1) / k->vb, rows = a.size(0);
+  TORCH_CHECK(nv >= 1 && nv <= rnnkit_cpu::kMaxVectors && rows >= 1,
+              "rnnkit fused_cpp: tile_product takes 1 to ", rnnkit_cpu::kMaxVectors,
+              " vectors and at least one row");
+  at::Tensor out = at::full({rows, nv * k->vb}, std::nan(""), a.options());
+  std::vector<const float*> p(nv), ar(rows);
+  std::vector<float*> o(rows);
+  std::vector<int64_t> off(nv);
+  for (int64_t v = 0; v < nv; ++v) {
+    p[v] = w.data_ptr<float>() + v * k->vb;
+    off[v] = v * k->vb;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    ar[r] = a.data_ptr<float>() + r * K;
+    o[r] = out.data_ptr<float>() + r * nv * k->vb;
+  }
+  k->product(static_cast<int>(nv), static_cast<int>(rows), p.data(), w.stride(0), ar.data(), K,
+             o.data(), off.data());
+  return out;
+}
+
 // tiles: "auto" (the widest this CPU runs), "avx512", "avx2", "generic", or "off" (the float
 // loops then do one GEMM per head and step, as the double ones always do).
 void set_options(int64_t grain_elements, bool use_blas, bool use_pack,
@@ -589,6 +625,7 @@ TORCH_LIBRARY(rnnkit_fused_cpp, m) {
   m.def("info() -> str", &info);
   m.def("team_loops_run() -> int", &team_loops_run);
   m.def("tile_isas() -> str[]", &tile_isas);
+  m.def("tile_product(str isa, Tensor w, Tensor a) -> Tensor", &tile_product);
   m.def("pooled_empty(int[] size, ScalarType dtype) -> Tensor", &pooled_empty_op);
   m.def("pool_info() -> int[]", &pool_info);
   m.def("pool_release() -> ()", &rnnkit_cpu::pool_release);

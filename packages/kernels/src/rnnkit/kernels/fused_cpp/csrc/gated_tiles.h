@@ -1,7 +1,7 @@
-// Register-tiled products of the team loops (gated_cells.cpp): one block of `vb` hidden units
-// of one head, a few batch rows at a time, with the block's recurrent weights packed so that
-// every load is a full SIMD vector. Compiled once per instruction set (gated_tiles_*.cpp);
-// find_tile_kernels() picks one this CPU runs.
+// Register-tiled products of the team loops (gated_cells.cpp): the gate pre-activations of a
+// few blocks of `vb` hidden units, for all batch rows of a step, with the blocks' recurrent
+// weights packed so that every load is a full SIMD vector. Compiled once per instruction set
+// (gated_tiles_*.cpp); find_tile_kernels() picks one this CPU runs.
 //
 // Why: per step a gated cell multiplies a (B x D) state by a (D x G D) matrix with B ~ 16.
 // A BLAS call per step spends most of its time in call overhead and in re-reading the weights
@@ -17,17 +17,18 @@ namespace rnnkit_cpu {
 struct TileKernels {
   const char* isa;  // "avx512", "avx2", "generic"
   int vb;           // units per block (floats per SIMD vector)
-  // Forward: out[r][g ldo + e] = sum_k a[r][k] p[(k G + g) vb + e] for r < rows, g < G,
-  // e < vb. p is one block's panel (D x G x vb), a[r] a row of the state entering the step.
-  // G in {1, 3, 4}, any rows.
-  void (*fwd)(int G, int rows, const float* p, const float* const* a, int64_t K,
-              float* const* out, int64_t ldo);
-  // Backward: out[r][j vb + e] = sum_c a[r][c] p[j][c vb + e] for r < rows, j < nj, e < vb.
-  // p[j] is the transposed panel (G D x vb) of the j-th of nj blocks; a[r] a row of the
-  // gradient of the gate pre-activations. 1 <= nj <= 4, any rows.
-  void (*bwd)(int nj, int rows, const float* const* p, const float* const* a, int64_t K,
-              float* const* out);
+  int rows;         // batch rows per register tile
+  int vectors;      // weight vectors per register tile
+  // out[r][off[v] + e] = sum_{k < K} a[r][k] p[v][k ps + e] for r < rows, v < nv, e < vb.
+  // Each of the nv output vectors has its own weight column p[v] (one vector per reduction
+  // step, `ps` floats apart) and its own place in the output rows. The forward products of
+  // a run of blocks pass one vector per (block, gate), the backward products one per block.
+  // Any nv >= 1 and rows >= 1; at most kMaxVectors vectors.
+  void (*product)(int nv, int rows, const float* const* p, int64_t ps, const float* const* a,
+                  int64_t K, float* const* out, const int64_t* off);
 };
+
+constexpr int kMaxVectors = 16;
 
 // The kernels of one instruction set; null where this build has none (not GCC on x86-64).
 // They do not check the CPU: find_tile_kernels() does.

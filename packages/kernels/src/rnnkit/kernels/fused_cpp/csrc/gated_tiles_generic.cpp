@@ -1,16 +1,18 @@
 // Tile kernels for any CPU (compiler default target, 4-float vectors), and the choice among
 // the instruction sets this build has.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
 
 #include "gated_tiles.h"
 
-#define RNNKIT_ROWS 2
+#define RNNKIT_ISA "generic"
+#define RNNKIT_ROWS 6
+#define RNNKIT_VECTORS 2
 #define RNNKIT_VB 4
 namespace {
 #include "gated_tiles_impl.h"
-const rnnkit_cpu::TileKernels kernels{"generic", RNNKIT_VB, &fwd, &bwd};
 
 }  // namespace
 

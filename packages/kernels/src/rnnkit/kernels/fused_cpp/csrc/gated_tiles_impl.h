@@ -1,20 +1,26 @@
-// The tile kernels of gated_tiles.h for one vector width, RNNKIT_VB floats, and register
-// tiles of up to RNNKIT_ROWS batch rows. Included once by each gated_tiles_<isa>.cpp after its
-// `#pragma GCC target`, inside an anonymous namespace, so that every instruction set gets its
-// own copy. GCC's generic vectors (vector_size) are lowered to the target's registers; a tile
-// of RNNKIT_ROWS rows x 4 vectors of accumulators, 4 weight vectors and one broadcast fits the
-// register file (AVX-512: 4 rows, 21 of 32 registers; AVX2 and SSE: 2 rows, 13 of 16).
+// The tile kernel of gated_tiles.h for one vector width, RNNKIT_VB floats, with register
+// tiles of RNNKIT_ROWS batch rows x RNNKIT_VECTORS weight vectors. Included once by each
+// gated_tiles_<isa>.cpp after its `#pragma GCC target`, inside an anonymous namespace, so that
+// every instruction set gets its own copy. GCC's generic vectors (vector_size) are lowered to
+// the target's registers.
 //
-// The reduction dimension is cut into chunks whose panel slice fits in L1 (kChunkBytes), and
-// every row tile runs over a chunk before the next chunk starts: the panel then comes from L2
-// once per product instead of once per row tile. Tiles after the first chunk resume from the
-// partial sums in `out`.
+// Shapes (tools/bench/tile_shapes.cpp, B = 16, 128 units per core): a tile needs R x V
+// accumulators, V weight vectors and one broadcast in registers, and per reduction step does
+// R V multiply-adds for V + R loads. AVX-512 (32 registers): 6 x 4, 24 accumulators; AVX2 and
+// SSE (16 registers): 6 x 2, 12 accumulators. Against the first shapes (4 x 4 and 2 x 4):
+// Xeon AVX-512 117-122 -> 135-162 GFLOP/s per core, AVX2 on the same core 45-70 -> 79-83,
+// Zen 3 AVX2 37-51 -> 58-71 (torch's large mm: 151 and 58 per core).
+//
+// The reduction dimension is cut into chunks whose weight slice (V vectors x kc steps) fits in
+// L1 with room for the rows of `a` (kChunkBytes), and every row tile runs over a chunk before
+// the next chunk starts: the weights then come from L2 once per product instead of once per
+// row tile. Tiles after the first chunk resume from the partial sums in `out`.
 //
 // Not a standalone header: no include guard on purpose.
 
 typedef float vf __attribute__((vector_size(RNNKIT_VB * sizeof(float))));
 
-constexpr int64_t kChunkBytes = 16 * 1024;
+constexpr int64_t kChunkBytes = 32 * 1024;
 
 inline vf load(const float* p) {
   vf v;
@@ -24,120 +30,67 @@ inline vf load(const float* p) {
 
 inline void store(float* p, const vf& v) { std::memcpy(p, &v, sizeof v); }
 
-// Reduction steps per chunk for `vectors` weight vectors per step (at least 8).
-inline int64_t chunk(int64_t vectors) {
-  const int64_t k = kChunkBytes / (vectors * RNNKIT_VB * static_cast<int64_t>(sizeof(float)));
-  return k < 8 ? 8 : k;
-}
-
-// out[r][g ldo + e] (+)= sum_{k < kc} a[r][k0 + k] p[(k G + g) VB + e].
-template <int G, int R>
-void fwd_tile(const float* __restrict__ p, const float* const* a, int64_t k0, int64_t kc,
-              float* const* out, int64_t ldo, bool resume) {
-  vf acc[R][G];
+// out[r][off[v] + e] (+)= sum_{k < kc} a[r][k0 + k] p[v][k ps + e]  (p already at k0).
+template <int R, int V>
+void tile(const float* const* p, int64_t ps, const float* const* a, int64_t k0, int64_t kc,
+          float* const* out, const int64_t* off, bool resume) {
+  vf acc[R][V];
   const float* ar[R];
+  const float* pv[V];
+  for (int v = 0; v < V; ++v) pv[v] = p[v];
   for (int r = 0; r < R; ++r) {
     ar[r] = a[r] + k0;
-    for (int g = 0; g < G; ++g) acc[r][g] = resume ? load(out[r] + g * ldo) : vf{};
+    for (int v = 0; v < V; ++v) acc[r][v] = resume ? load(out[r] + off[v]) : vf{};
   }
   for (int64_t k = 0; k < kc; ++k) {
-    vf w[G];
-    for (int g = 0; g < G; ++g) w[g] = load(p + (k * G + g) * RNNKIT_VB);
+    vf w[V];
+    for (int v = 0; v < V; ++v) w[v] = load(pv[v] + k * ps);
     for (int r = 0; r < R; ++r) {
       const float x = ar[r][k];
-      for (int g = 0; g < G; ++g) acc[r][g] += x * w[g];
+      for (int v = 0; v < V; ++v) acc[r][v] += x * w[v];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) store(out[r] + g * ldo, acc[r][g]);
+    for (int v = 0; v < V; ++v) store(out[r] + off[v], acc[r][v]);
 }
 
-// out[r][j VB + e] (+)= sum_{c < kc} a[r][k0 + c] p[j][(k0 + c) VB + e].
-template <int J, int R>
-void bwd_tile(const float* const* p, const float* const* a, int64_t k0, int64_t kc,
-              float* const* out, bool resume) {
-  vf acc[R][J];
-  const float* ar[R];
-  const float* pj[J];
-  for (int j = 0; j < J; ++j) pj[j] = p[j] + k0 * RNNKIT_VB;
-  for (int r = 0; r < R; ++r) {
-    ar[r] = a[r] + k0;
-    for (int j = 0; j < J; ++j) acc[r][j] = resume ? load(out[r] + j * RNNKIT_VB) : vf{};
+// A tile of n < R rows (the last rows of the batch): the same code with fewer accumulators.
+template <int V, int Q>
+void rest_rows(int n, const float* const* p, int64_t ps, const float* const* a, int64_t k0,
+               int64_t kc, float* const* out, const int64_t* off, bool resume) {
+  if constexpr (Q > 0) {
+    if (n == Q) return tile<Q, V>(p, ps, a, k0, kc, out, off, resume);
+    rest_rows<V, Q - 1>(n, p, ps, a, k0, kc, out, off, resume);
   }
-  for (int64_t c = 0; c < kc; ++c) {
-    vf w[J];
-    for (int j = 0; j < J; ++j) w[j] = load(pj[j] + c * RNNKIT_VB);
-    for (int r = 0; r < R; ++r) {
-      const float x = ar[r][c];
-      for (int j = 0; j < J; ++j) acc[r][j] += x * w[j];
+}
+
+// The vectors in groups of V (then the remainder with fewer), rows in tiles of R.
+template <int R, int V>
+void product_v(int nv, int rows, const float* const* p, int64_t ps, const float* const* a,
+               int64_t K, float* const* out, const int64_t* off) {
+  const int full = nv / V * V;
+  const int64_t kc_max = std::max<int64_t>(8, kChunkBytes / (V * RNNKIT_VB * 4));
+  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+    const int64_t kc = std::min(K - k0, kc_max);
+    const bool resume = k0 > 0;
+    for (int v0 = 0; v0 < full; v0 += V) {
+      const float* pk[V];
+      for (int v = 0; v < V; ++v) pk[v] = p[v0 + v] + k0 * ps;
+      int r = 0;
+      for (; r + R <= rows; r += R) tile<R, V>(pk, ps, a + r, k0, kc, out + r, off + v0, resume);
+      if (r < rows)
+        rest_rows<V, R - 1>(rows - r, pk, ps, a + r, k0, kc, out + r, off + v0, resume);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) store(out[r] + j * RNNKIT_VB, acc[r][j]);
-}
-
-// Row tiles of RNNKIT_ROWS rows, then the remainder (fewer rows, same code with a smaller R).
-template <int R, typename Full, typename Rest>
-void by_row_tiles(int rows, const Full& full, const Rest& rest) {
-  int r = 0;
-  for (; r + R <= rows; r += R) full(r);
-  if (r < rows) rest(r, rows - r);
-}
-
-template <int G>
-void fwd_g(int rows, const float* p, const float* const* a, int64_t K, float* const* out,
-           int64_t ldo) {
-  const int64_t kc_max = chunk(G);
-  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
-    const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
-    const float* pk = p + k0 * G * RNNKIT_VB;
-    const bool resume = k0 > 0;
-    by_row_tiles<RNNKIT_ROWS>(
-        rows, [&](int r) { fwd_tile<G, RNNKIT_ROWS>(pk, a + r, k0, kc, out + r, ldo, resume); },
-        [&](int r, int n) {
-          switch (n) {
-            case 1: return fwd_tile<G, 1>(pk, a + r, k0, kc, out + r, ldo, resume);
-            case 2: return fwd_tile<G, 2>(pk, a + r, k0, kc, out + r, ldo, resume);
-            default: return fwd_tile<G, 3>(pk, a + r, k0, kc, out + r, ldo, resume);
-          }
-        });
+  if constexpr (V > 1) {
+    if (full < nv) product_v<R, V - 1>(nv - full, rows, p + full, ps, a, K, out, off + full);
   }
 }
 
-void fwd(int G, int rows, const float* p, const float* const* a, int64_t K, float* const* out,
-         int64_t ldo) {
-  switch (G) {
-    case 1: return fwd_g<1>(rows, p, a, K, out, ldo);
-    case 3: return fwd_g<3>(rows, p, a, K, out, ldo);
-    default: return fwd_g<4>(rows, p, a, K, out, ldo);
-  }
+void product(int nv, int rows, const float* const* p, int64_t ps, const float* const* a,
+             int64_t K, float* const* out, const int64_t* off) {
+  product_v<RNNKIT_ROWS, RNNKIT_VECTORS>(nv, rows, p, ps, a, K, out, off);
 }
 
-template <int J>
-void bwd_j(int rows, const float* const* p, const float* const* a, int64_t K,
-           float* const* out) {
-  const int64_t kc_max = chunk(J);
-  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
-    const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
-    const bool resume = k0 > 0;
-    by_row_tiles<RNNKIT_ROWS>(
-        rows, [&](int r) { bwd_tile<J, RNNKIT_ROWS>(p, a + r, k0, kc, out + r, resume); },
-        [&](int r, int n) {
-          switch (n) {
-            case 1: return bwd_tile<J, 1>(p, a + r, k0, kc, out + r, resume);
-            case 2: return bwd_tile<J, 2>(p, a + r, k0, kc, out + r, resume);
-            default: return bwd_tile<J, 3>(p, a + r, k0, kc, out + r, resume);
-          }
-        });
-  }
-}
-
-void bwd(int nj, int rows, const float* const* p, const float* const* a, int64_t K,
-         float* const* out) {
-  switch (nj) {
-    case 1: return bwd_j<1>(rows, p, a, K, out);
-    case 2: return bwd_j<2>(rows, p, a, K, out);
-    case 3: return bwd_j<3>(rows, p, a, K, out);
-    default: return bwd_j<4>(rows, p, a, K, out);
-  }
-}
+const rnnkit_cpu::TileKernels kernels{RNNKIT_ISA, RNNKIT_VB, RNNKIT_ROWS, RNNKIT_VECTORS,
+                                      &product};
