@@ -6,6 +6,7 @@
 #   bash tools/gpu/prepare.sh                       # here: wheels into .whl/
 #   device run: bash tools/gpu/cpu_targets.sh       # carry .whl
 #   device run: bash tools/gpu/cpu_targets.sh gated # only the team-loop tests and gated.py
+#   device run: bash tools/gpu/cpu_targets.sh dense # only dense LSTM/GRU gated.py + profile
 #
 # Builds the native libraries first (their compile is timed, not the benchmarks), then runs
 # each benchmark under its own time limit and prints what it prints. GPU untouched.
@@ -28,6 +29,11 @@ step() {  # step NAME TIMEOUT COMMAND...
 }
 MODE=${1:-all}
 step build 120 $PIN rnnkit kernels build
+if [ "$MODE" = dense ]; then
+  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1 --no-step
+  step profile-lstm1 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 1
+  exit 0
+fi
 # The fused_cpp team loops with this CPU's widest tile kernels (AVX-512 on the Xeons, which the
 # development VM lacks) against the float64 reference.
 step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
