@@ -5,13 +5,17 @@
 B=16, T=512, input 128, hidden 256 (the shapes of ``gated.py``), CPU float32; the step is run
 three times first (warm-up: library load, buffer cache), then once under the profiler. The
 table lists ops by self CPU time: the native loops (``rnnkit_fused_cpp::*``), the GEMMs of the
-projection and of the weight gradients (``aten::mm``/``addmm``/``bmm``) and copies.
+projection and of the weight gradients (``aten::mm``/``addmm``/``bmm``) and copies. For
+``fused_cpp`` one more step is run with the team loops' phase timers on
+(:func:`rnnkit.kernels.fused_cpp.loop_phases`): packing, prefetch, products, pointwise passes and
+barrier waits of the forward and the reverse loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -48,6 +52,21 @@ def main() -> None:
     with torch.profiler.profile() as prof:
         step()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    if args.backend == "fused_cpp":
+        print_phases(step)
+
+
+def print_phases(step: Callable[[], None]) -> None:
+    """The phases of the native team loops in one more step (ms summed over threads)."""
+    from rnnkit.kernels import fused_cpp
+
+    with fused_cpp.loop_phases() as phases:
+        step()
+    names = fused_cpp.LOOP_PHASES
+    print("team loops, ms summed over threads: " + "  ".join(f"{n:>9}" for n in names))
+    for direction, times in phases.items():
+        cells = "  ".join(f"{1e3 * times[n]:9.1f}" for n in names)
+        print(f"{direction:>35}: {cells}  total {1e3 * sum(times.values()):.1f}")
 
 
 if __name__ == "__main__":

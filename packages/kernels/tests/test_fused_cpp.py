@@ -222,6 +222,30 @@ def test_tile_product_every_shape(native_ops: Any, isa: str) -> None:
                     assert rel_rms(out, ref) < TOL[torch.float32], (K, nv, rows)
 
 
+def test_loop_phases_time_team_loops_only(native_ops: Any) -> None:
+    """Inside ``loop_phases`` a training call's team loops add time to the products and
+    pointwise passes of both directions; outside it the timers are off (a second call adds
+    nothing), and float64 loops (not team loops) are never timed."""
+    torch.manual_seed(2)
+    cell = type(make_cell("lstm", 1))(5, 16, dtype=torch.float32)
+    x = torch.randn(3, 6, 5, requires_grad=True)
+    with fused_cpp.loop_phases() as phases:
+        y, _ = cell(x, backend="fused_cpp")
+        y.sum().backward()
+    assert set(phases) == {"forward", "reverse"}
+    for direction in ("forward", "reverse"):
+        assert set(phases[direction]) == set(fused_cpp.LOOP_PHASES)
+        assert phases[direction]["product"] > 0 and phases[direction]["pointwise"] > 0
+        assert all(v >= 0 for v in phases[direction].values())
+    y, _ = cell(x, backend="fused_cpp")
+    y.sum().backward()
+    assert all(v == 0 for v in native_ops.phase_times(False))
+    cell64 = type(cell)(5, 16, dtype=torch.float64)
+    with fused_cpp.loop_phases() as phases:
+        cell64(x.detach().double(), backend="fused_cpp")
+    assert all(v == 0 for d in phases.values() for v in d.values())
+
+
 def test_tiles_option_errors(native_ops: Any) -> None:
     """An unknown tile kernel set is refused with the choices; "off" switches the team off;
     every CPU runs the generic kernels."""

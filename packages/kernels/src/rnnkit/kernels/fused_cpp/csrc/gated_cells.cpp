@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <mutex>
 #include <memory>
 #include <cstring>
 #include <stdexcept>
@@ -47,9 +49,54 @@ namespace rnnkit_cpu {
 
 namespace {
 std::atomic<int64_t> g_team_loops{0};
+
+// ---- phase timers of the team loops (off unless set_phase_timing(true)) -------------------
+// Each thread of a team adds the wall time between its marks to one phase; the sums of all
+// threads of all loops since the last reset are kept per direction (forward, reverse).
+std::atomic<bool> g_phase_timing{false};
+std::mutex g_phase_mutex;
+double g_phase_sums[2][kPhases] = {};
+
+struct PhaseClock {
+  bool on = false;
+  std::chrono::steady_clock::time_point last;
+  double sums[kPhases] = {};
+
+  void start() {
+    on = g_phase_timing.load(std::memory_order_relaxed);
+    for (double& v : sums) v = 0;
+    if (on) last = std::chrono::steady_clock::now();
+  }
+  // The time since the previous mark belongs to `phase`.
+  void mark(int phase) {
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    sums[phase] += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+  void flush(bool reverse) {
+    if (!on) return;
+    const std::lock_guard<std::mutex> lock(g_phase_mutex);
+    for (int i = 0; i < kPhases; ++i) g_phase_sums[reverse ? 1 : 0][i] += sums[i];
+  }
+};
+
+thread_local PhaseClock t_clock;
 }  // namespace
 
 int64_t team_loops_run() { return g_team_loops.load(); }
+
+void set_phase_timing(bool on) { g_phase_timing.store(on); }
+
+std::vector<double> phase_times(bool reset) {
+  const std::lock_guard<std::mutex> lock(g_phase_mutex);
+  std::vector<double> out;
+  for (const auto& dir : g_phase_sums) out.insert(out.end(), dir, dir + kPhases);
+  if (reset)
+    for (auto& dir : g_phase_sums)
+      for (double& v : dir) v = 0;
+  return out;
+}
 
 const char* simd_variant() {
 #if RNNKIT_HAS_CLONES
@@ -664,11 +711,14 @@ class Team {
   template <typename HRow, typename ORow, typename Row>
   void forward_step(int64_t first, int64_t last, const HRow& h_row, const ORow& out_row,
                     const Row& row) {
+    t_clock.mark(kPhasePrefetch);
     for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
       for_row_tiles([&](int64_t b0, int64_t rows) {
         forward(blk, count, b0, rows, [&](int64_t b) { return h_row(n, b); },
                 [&](int64_t b) { return out_row(n, b) + u; });
+        t_clock.mark(kPhaseProduct);
         for (int64_t b = b0; b < b0 + rows; ++b) row(n, u, count * vb, b);
+        t_clock.mark(kPhasePointwise);
       });
     });
   }
@@ -680,14 +730,17 @@ class Team {
   void reverse_step(int64_t first, int64_t last, int64_t t, const float* dq, float* gh,
                     const Row& row) {
     const int64_t GD = G * d.D;
+    t_clock.mark(kPhasePrefetch);
     for_runs(first, last, [&](int64_t n, int64_t u, int64_t blk, int64_t count) {
       for_row_tiles([&](int64_t b0, int64_t rows) {
         if (t < d.T - 1)
           backward(blk, count, b0, rows,
                    [&](int64_t b) { return dq + at(n, t + 1, b, d.T, d.B, GD); },
                    [&](int64_t b) { return gh + (n * d.B + b) * d.D + u; });
+        t_clock.mark(kPhaseProduct);
         if (t >= 0)
           for (int64_t b = b0; b < b0 + rows; ++b) row(t, n, u, count * vb, b);
+        t_clock.mark(kPhasePointwise);
       });
     });
   }
@@ -715,12 +768,18 @@ void run_loop(Team& team, const float* W, bool transposed, bool reverse, const S
   g_team_loops.fetch_add(1);
   run_team(team.size, [&](int64_t rank, int64_t size) {
     const auto [first, last] = team.share(rank, size);
+    t_clock.start();
     for (int64_t blk = first; blk < last; ++blk) team.pack(blk, W, transposed);
+    t_clock.mark(kPhasePack);
     for (int64_t i = 0; i < T_; ++i) {
       step(first, last, reverse ? T_ - 1 - i : i);
+      t_clock.mark(kPhasePointwise);  // what follows the last row pass (resets, none usually)
       team_barrier();
+      t_clock.mark(kPhaseBarrier);
     }
     tail(first, last);
+    t_clock.mark(kPhaseProduct);
+    t_clock.flush(reverse);
   });
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 #include <functional>
 
 namespace rnnkit_cpu {
@@ -189,6 +190,20 @@ void slstm_backward(const Env<T>& env, const Dims& d, const SlstmBackward<T>& a)
 
 // How many time loops (forward or backward) ran as team loops since the library loaded.
 int64_t team_loops_run();
+
+// Phase timers of the float team loops, for profiling (off by default; a few clock reads per
+// step when on). phase_times() returns the seconds summed over threads and loops since the
+// last reset: [forward loops' kPhases phases..., reverse loops' ...], in the order below.
+enum : int {
+  kPhasePack = 0,       // packing the recurrent weights into panels
+  kPhasePrefetch = 1,   // the step's preamble: prefetching the next step's data
+  kPhaseProduct = 2,    // register-tiled products
+  kPhasePointwise = 3,  // the row kernels (activations, state update, saved values)
+  kPhaseBarrier = 4,    // waiting for the other threads at the end of a step
+  kPhases = 5
+};
+void set_phase_timing(bool on);
+std::vector<double> phase_times(bool reset);
 
 // Which SIMD variant the pointwise loops run on this CPU ("x86-64-v3", "default", ...).
 const char* simd_variant();

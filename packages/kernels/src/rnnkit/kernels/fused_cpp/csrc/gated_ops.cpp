@@ -624,6 +624,8 @@ TORCH_LIBRARY(rnnkit_fused_cpp, m) {
       &slstm_backward);
   m.def("info() -> str", &info);
   m.def("team_loops_run() -> int", &team_loops_run);
+  m.def("set_phase_timing(bool on) -> ()", &rnnkit_cpu::set_phase_timing);
+  m.def("phase_times(bool reset) -> float[]", &rnnkit_cpu::phase_times);
   m.def("tile_isas() -> str[]", &tile_isas);
   m.def("tile_product(str isa, Tensor w, Tensor a) -> Tensor", &tile_product);
   m.def("pooled_empty(int[] size, ScalarType dtype) -> Tensor", &pooled_empty_op);
