@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from _gated_helpers import KINDS, T, compare, make_cell, make_inputs, rel_rms
+from _gated_helpers import KINDS, TOL, T, compare, make_cell, make_inputs, rel_rms
 
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.kernels.fused import FUSED_PRIORITY, _common, kernels
@@ -120,3 +120,35 @@ def test_unsupported_dtype_message() -> None:
     call = KernelCall(cell, x.to(torch.complex128), None, None, needs_grad=False)
     reason = next(k for k in kernels() if k.target == "lstm").supports(call)
     assert reason is not None and "float32" in reason
+
+
+@pytest.mark.parametrize(
+    ("bias", "grads"),
+    [(True, "x"), (True, "weight"), (True, "bias"), (True, "all"), (False, "x"), (False, "all")],
+)
+@pytest.mark.parametrize("heads", [1, 3])
+def test_head_major_projection(heads: int, bias: bool, grads: str) -> None:
+    """The head-major input projection (bias through a column of ones) against a float64
+    ``x W^T + b`` regrouped by head: values and the gradient of each input that asks for one,
+    alone or together, from a strided (time-major view of a batch-first) input."""
+    torch.manual_seed(4)
+    G, D, n_in, B, steps = 4, 5, 7, 3, 6
+    x = torch.randn(B, steps, n_in, dtype=torch.float64)
+    w = torch.randn(G * heads * D, n_in, dtype=torch.float64)
+    b = torch.randn(G * heads * D, dtype=torch.float64) if bias else None
+    leaves = {"x": x, "weight": w, "bias": b}
+    for name, t in leaves.items():
+        if t is not None and grads in (name, "all"):
+            t.requires_grad_(True)
+    xt = x.transpose(0, 1)
+    px = _common.head_major_projection(xt, w, b, heads, G)
+    ref = (xt.reshape(steps * B, n_in) @ w.t() + (0 if b is None else b)).view(-1, G, heads, D)
+    ref = ref.permute(2, 0, 1, 3).reshape(heads, steps * B, G * D)
+    assert px.shape == (heads, steps * B, G * D)
+    assert rel_rms(px, ref) < TOL[torch.float64]
+    cot = torch.randn_like(px)
+    wanted = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    got = torch.autograd.grad(px, wanted, cot)
+    want = torch.autograd.grad(ref, wanted, cot)
+    for g, r in zip(got, want, strict=True):
+        assert rel_rms(g, r) < TOL[torch.float64]

@@ -66,8 +66,7 @@ def prepare(call: KernelCall, empty: EmptyFn | None = None) -> Prepared:
     if type(cell).project is GatedCell.project and x.device.type == "cpu":
         # Each head projected into its own slab: no permuting copy of px for several heads.
         # (CPU only: on a GPU the copy is cheap and one GEMM beats one launch per head.)
-        x2 = x.transpose(0, 1).reshape(T * B, x.shape[2])
-        px = head_major_projection(x2, cell.weight_ih, cell.bias, N, G, empty)
+        px = head_major_projection(x.transpose(0, 1), cell.weight_ih, cell.bias, N, G, empty)
         px = px.view(N, T, B, G * D)
     elif N == 1:
         px = cell.project(x.transpose(0, 1)).contiguous().unsqueeze(0)
@@ -100,20 +99,33 @@ def _gates_first(w: Tensor, G: int) -> Tensor:
     return w.view(N, G, D, *rest).transpose(0, 1).reshape(G * N * D, *rest)
 
 
+def _rows(x: Tensor, bias: Tensor | None) -> Tensor:
+    """``(..., I) -> (M, I)`` rows of ``x`` in memory order, or with a bias ``(M, I + 1)``: the
+    rows followed by a 1, so that one GEMM against ``[W | b]`` adds the bias (no broadcast copy
+    of ``b`` into the output before the GEMM, as ``addmm`` makes) and the transposed GEMM of the
+    backward yields the bias gradient as its last column (no separate pass summing ``dpx``)."""
+    n_in = x.shape[-1]
+    m = x.numel() // max(n_in, 1)
+    if bias is None:
+        return x.reshape(m, n_in)
+    rows = x.new_empty(*x.shape[:-1], n_in + 1)
+    rows[..., :n_in].copy_(x)
+    rows[..., n_in].fill_(1)
+    return rows.view(m, n_in + 1)
+
+
 def _project_heads(
-    x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int, empty: EmptyFn | None
+    rows: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int, empty: EmptyFn | None
 ) -> tuple[Tensor, Tensor]:
-    """``out[n] = x @ wh[n]^T (+ bh[n])`` with ``wh, bh`` the head-major weights and bias:
-    ``(M, I) -> (N, M, G * D)``; returns ``out`` and ``wh (N, G * D, I)``."""
+    """``out[n] = rows @ [wh[n] | bh[n]]^T`` with ``wh, bh`` the head-major weights and bias
+    (``rows`` from :func:`_rows`): ``(M, I (+ 1)) -> (N, M, G * D)``; returns ``out`` and
+    ``wh (N, G * D, I)``."""
     wh = _heads_first(weight, N, G)
-    bh = None if bias is None else _heads_first(bias, N, G)
-    size = (wh.shape[0], x.shape[0], wh.shape[1])
-    out = x.new_empty(size) if empty is None else empty(size, x.dtype)
+    wa = wh if bias is None else torch.cat([wh, _heads_first(bias, N, G).unsqueeze(2)], 2)
+    size = (wh.shape[0], rows.shape[0], wh.shape[1])
+    out = rows.new_empty(size) if empty is None else empty(size, rows.dtype)
     for n in range(wh.shape[0]):
-        if bh is None:
-            torch.mm(x, wh[n].t(), out=out[n])
-        else:
-            torch.addmm(bh[n], x, wh[n].t(), out=out[n])
+        torch.mm(rows, wa[n].t(), out=out[n])
     return out, wh
 
 
@@ -121,7 +133,8 @@ class HeadMajorProjection(torch.autograd.Function):
     """``px[n] = x W_n^T + b_n`` for every head ``n`` into one ``(N, M, G * D)`` tensor.
 
     ``W_n`` are head ``n``'s rows of the gate-major ``weight_ih``. One GEMM per head writes
-    its slab in place, and the backward accumulates ``dx`` over heads with ``addmm``: neither
+    its slab in place (the bias enters through a column of ones after the inputs, see
+    :func:`_rows`), and the backward accumulates ``dx`` over heads with ``addmm``: neither
     direction permutes the ``(M, G * H)`` projection, which for long sequences is the
     largest tensor of the call.
     """
@@ -136,38 +149,45 @@ class HeadMajorProjection(torch.autograd.Function):
         G: int,
         empty: EmptyFn | None,
     ) -> Tensor:
-        out, wh = _project_heads(x, weight, bias, N, G, empty)
-        ctx.save_for_backward(x, wh)
+        rows = _rows(x, bias)
+        out, wh = _project_heads(rows, weight, bias, N, G, empty)
+        ctx.save_for_backward(rows, wh)
         ctx.G = G
+        ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx: Any, dpx: Tensor) -> tuple[Tensor | None, ...]:
-        x, wh = ctx.saved_tensors
-        N = wh.shape[0]
+        rows, wh = ctx.saved_tensors
+        N, n_in = wh.shape[0], wh.shape[2]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = torch.mm(dpx[0], wh[0])
             for n in range(1, N):
                 dx.addmm_(dpx[n], wh[n])
-        if ctx.needs_input_grad[1]:
-            dwh = wh.new_empty(wh.shape)
+            dx = dx.view(ctx.x_shape)
+        bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or bias_grad:
+            # (N, G * D, I (+ 1)): the last column is the bias gradient when there is a bias.
+            dwa = wh.new_empty(N, wh.shape[1], rows.shape[1])
             for n in range(N):
-                torch.mm(dpx[n].t(), x, out=dwh[n])
-            dw = _gates_first(dwh, ctx.G)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = _gates_first(dpx.sum(1), ctx.G)
+                torch.mm(dpx[n].t(), rows, out=dwa[n])
+            if ctx.needs_input_grad[1]:
+                dw = _gates_first(dwa[..., :n_in], ctx.G)
+            if bias_grad:
+                db = _gates_first(dwa[..., n_in], ctx.G)
         return dx, dw, db, None, None, None
 
 
 def head_major_projection(
     x: Tensor, weight: Tensor, bias: Tensor | None, N: int, G: int, empty: EmptyFn | None = None
 ) -> Tensor:
-    """``(M, I) -> (N, M, G * D)``: the gated input projection ``x W^T + b`` split by head.
+    """``(..., I) -> (N, M, G * D)``: the gated input projection ``x W^T + b`` split by head.
 
     Args:
-        x: ``(M, I)`` inputs (rows are time-major ``(t, b)`` pairs).
+        x: ``(..., I)`` inputs, any strides; the ``M`` rows of the output follow ``x``'s
+            leading dimensions in order (``prepare`` passes the time-major view ``(T, B, I)``).
         weight: ``(G * N * D, I)`` gate-major input weights (``GatedCell.weight_ih``).
         bias: ``(G * N * D,)`` or ``None``.
         N: heads; G: gates.
@@ -179,7 +199,7 @@ def head_major_projection(
         out: Tensor = HeadMajorProjection.apply(x, weight, bias, N, G, empty)  # type: ignore[no-untyped-call]
         return out
     with torch.no_grad():
-        return _project_heads(x, weight, bias, N, G, empty)[0]
+        return _project_heads(_rows(x, bias), weight, bias, N, G, empty)[0]
 
 
 def to_batch_first(hs: Tensor) -> Tensor:
