@@ -314,10 +314,12 @@ def test_auto_prefers_native_where_faster(native_ops: Any, kind: str, heads: int
     assert select(KernelCall(cell, x, None, None, True), "auto").backend == "fused_cpp"
 
 
-def test_auto_runs_dense_gru_inference_natively(native_ops: Any) -> None:
-    """Dense GRU inference: the team loop measured 1.5-2x torch's GRU op (docs/kernels-fused.md)
-    from 16 steps; shorter sequences stay on torch's op (the native call's fixed cost)."""
-    cell = make_cell("gru", 1).float()
+@pytest.mark.parametrize("kind", ["gru", "elman", "relu"])
+def test_auto_runs_dense_gru_and_elman_inference_natively(native_ops: Any, kind: str) -> None:
+    """Dense GRU and Elman inference: the team loop measured 1.2-2x torch's op
+    (docs/kernels-fused.md) from 16 steps; shorter sequences stay on torch's op (the native
+    call's fixed cost)."""
+    cell = make_cell(kind, 1).float()
     call = KernelCall(cell, torch.randn(2, 16, 5), None, None, False)
     assert select(call, "auto").backend == "fused_cpp"
     call = KernelCall(cell, torch.randn(2, 15, 5), None, None, False)

@@ -71,17 +71,25 @@ FLOAT64_PRIORITY = 5
 
 #: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
 #: than torch's own op, which has priority 20 there (``tools/bench/gated.py``, see
-#: ``docs/kernels-fused.md``): GRU inference (team loops: 2.0x torch's GRU on the Xeon host,
-#: 1.5x on the development VM) and LSTM training (1.04x torch's LSTM op on the Xeon host, 1.44x
-#: on the VM). Everywhere else :data:`PRIORITY` is enough: torch either wins (dense LSTM
-#: inference: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
-#: has a low priority already (GRU and Elman training, where torch records a per-step graph).
-_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset({("gru", False), ("lstm", True)})
+#: ``docs/kernels-fused.md``): GRU inference (team loops: 1.8-2.0x torch's GRU on the Xeon
+#: host, 1.5-2.0x on the development VM), Elman inference (1.6x on the VM) and LSTM training
+#: (1.2-1.4x torch's LSTM op). Everywhere else :data:`PRIORITY` is enough: torch either wins
+#: (dense LSTM inference: oneDNN's fused layer) or does not run the call (heads > 1, resets,
+#: sLSTM), or has a low priority already (GRU and Elman training, where torch records a
+#: per-step graph).
+_BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset(
+    {("gru", False), ("elman", False), ("lstm", True)}
+)
 #: The shortest sequence from which those calls prefer the native loop: a call has a fixed
 #: cost (packing the weights, starting the thread team; about 0.5 ms at hidden 256), so torch's
 #: op wins short sequences (development VM, 2 threads, hidden 256: GRU inference 0.86x torch
-#: at T=8, 1.3x at T=16; LSTM training 0.8x at T=128, 1.1x at T=256, 1.3x at T=512).
-_BEATS_TORCH_FROM_T: dict[tuple[str, bool], int] = {("gru", False): 16, ("lstm", True): 256}
+#: at T=8, 1.3x at T=16; Elman inference 0.96x at T=8, 1.2x at T=16, 1.9x at T=64; LSTM
+#: training 0.87x at T=128, 1.1x at T=256, 1.4x at T=512).
+_BEATS_TORCH_FROM_T: dict[tuple[str, bool], int] = {
+    ("gru", False): 16,
+    ("elman", False): 16,
+    ("lstm", True): 256,
+}
 
 #: A kernel's ``run``: ``call -> (y (B, T, H), final state)``.
 Run = Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]
