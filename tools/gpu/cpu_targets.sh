@@ -30,7 +30,7 @@ step() {  # step NAME TIMEOUT COMMAND...
 MODE=${1:-all}
 step build 120 $PIN rnnkit kernels build
 if [ "$MODE" = dense ]; then
-  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1 --no-step
+  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1,elman:1 --no-step
   step profile-lstm1 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 1
   exit 0
 fi
@@ -40,7 +40,7 @@ step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
   packages/kernels/tests/test_fused_cpp.py -k "team or tiles"
 if [ "$MODE" = gated ]; then
   step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
-  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1
+  step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1,elman:1
   step profile-lstm4 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 4
   step profile-lstm1 40 $PIN "$PY" tools/bench/gated_profile.py --kind lstm --heads 1
   exit 0
@@ -51,4 +51,4 @@ step scan 110 $PIN "$PY" tools/bench/scan.py --threads 2 --quick
 step newton 100 $PIN "$PY" tools/bench/newton.py --threads 2
 step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
 step analog 70 $PIN "$PY" tools/bench/analog.py --threads 1 --reps 5 --floor
-step gated-dense 60 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 2 --cases lstm:1,gru:1
+step gated-dense 60 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 2 --cases lstm:1,gru:1,elman:1
