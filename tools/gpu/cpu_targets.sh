@@ -35,9 +35,10 @@ if [ "$MODE" = dense ]; then
   exit 0
 fi
 # The fused_cpp team loops with this CPU's widest tile kernels (AVX-512 on the Xeons, which the
-# development VM lacks) against the float64 reference.
+# development VM lacks) against the float64 reference, and one call of each tile kernel for
+# every vector and row remainder.
 step team-tests 150 $PIN "$PY" -m pytest -q -p no:cacheprovider \
-  packages/kernels/tests/test_fused_cpp.py -k "team or tiles"
+  packages/kernels/tests/test_fused_cpp.py -k "team or tiles or tile_product or phases"
 if [ "$MODE" = gated ]; then
   step gated-multihead 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:4,slstm:4 --no-step
   step gated-dense 110 $PIN "$PY" tools/bench/gated.py --threads 2 --reps 3 --cases lstm:1,gru:1,elman:1
