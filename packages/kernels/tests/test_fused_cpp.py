@@ -220,6 +220,10 @@ def test_tile_product_every_shape(native_ops: Any, isa: str) -> None:
                     ref = a.double() @ w.double()
                     assert not out.isnan().any(), (K, nv, rows)
                     assert rel_rms(out, ref) < TOL[torch.float32], (K, nv, rows)
+    with pytest.raises(RuntimeError, match="at least one reduction step"):
+        native_ops.tile_product(isa, torch.zeros(0, width), torch.zeros(2, 0))
+    with pytest.raises(RuntimeError, match="1 to 16 vectors"):
+        native_ops.tile_product(isa, torch.zeros(3, 17 * width), torch.zeros(2, 3))
 
 
 def test_loop_phases_time_team_loops_only(native_ops: Any) -> None:

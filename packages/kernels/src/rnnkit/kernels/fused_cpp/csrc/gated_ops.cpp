@@ -551,9 +551,9 @@ at::Tensor tile_product(const std::string& isa, const at::Tensor& w, const at::T
               "rnnkit fused_cpp: tile_product wants rows of w in unit stride, a contiguous, "
               "a.size(1) == w.size(0) and w.size(1) a multiple of ", k->vb);
   const int64_t K = w.size(0), nv = w.size(1) / k->vb, rows = a.size(0);
-  TORCH_CHECK(nv >= 1 && nv <= rnnkit_cpu::kMaxVectors && rows >= 1,
+  TORCH_CHECK(nv >= 1 && nv <= rnnkit_cpu::kMaxVectors && rows >= 1 && K >= 1,
               "rnnkit fused_cpp: tile_product takes 1 to ", rnnkit_cpu::kMaxVectors,
-              " vectors and at least one row");
+              " vectors, at least one row and at least one reduction step");
   at::Tensor out = at::full({rows, nv * k->vb}, std::nan(""), a.options());
   std::vector<const float*> p(nv), ar(rows);
   std::vector<float*> o(rows);
