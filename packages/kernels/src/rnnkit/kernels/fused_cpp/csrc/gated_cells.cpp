@@ -666,13 +666,12 @@ class Team {
   }
 
   // Prefetches what the thread's units read at the next step of the loop: for every run of
-  // its blocks and every batch row, `pieces` spans of the run's units at row(n, b) + i D + u
-  // (i < pieces). The loops read each step's slice of their big (N, T, B, width) buffers once,
-  // in short spans per row that the hardware prefetchers do not pick up, and stalled on them
-  // (VM, LSTM training, fastest of 6 calls: forward loop 60-66 -> 49-57 ms, reverse 41-50 ->
-  // 38-41 ms). Prefetching what a step writes (for ownership) made the forward loop slower:
-  // only reads are prefetched.
-  // Spans at p + n head + b row + i D + u for head n, batch row b, piece i.
+  // its blocks (head n, units u ..) and every batch row b, `pieces` spans of the run's units at
+  // p + n head + b row + i D + u (i < pieces). The loops read each step's slice of their big
+  // (N, T, B, width) buffers once, in short spans per row that the hardware prefetchers do not
+  // pick up, and stalled on them (VM, LSTM training, fastest of 6 calls: forward loop 60-66 ->
+  // 49-57 ms, reverse 41-50 -> 38-41 ms). Prefetching what a step writes (for ownership) made
+  // the forward loop slower: only reads are prefetched.
   void prefetch(int64_t first, int64_t last, int64_t pieces, const float* p, int64_t head,
                 int64_t row) const {
     for_runs(first, last, [&](int64_t n, int64_t u, int64_t, int64_t count) {
@@ -846,7 +845,7 @@ bool team_lstm_backward(const Env<float>& env, const Dims& d, const LstmBackward
                 lstm_bwd_step(d, a, t, n, u, L, b);
               },
               [&](int64_t first, int64_t last, int64_t t) {
-                const int64_t T_ = d.T, B = d.B, D = d.D;
+                const int64_t T_ = d.T, D = d.D;
                 team.prefetch_step(first, last, 4, a.acts, T_, 4 * D, t);
                 team.prefetch_step(first, last, 1, a.tcs, T_, D, t);
                 team.prefetch_step(first, last, 1, a.cs, T_ + 1, D, t);
@@ -894,7 +893,7 @@ bool team_gru_backward(const Env<float>& env, const Dims& d, const GruBackward<f
                 gru_bwd_step(d, a, t, n, u, L, b);
               },
               [&](int64_t first, int64_t last, int64_t t) {
-                const int64_t T_ = d.T, B = d.B, D = d.D;
+                const int64_t T_ = d.T, D = d.D;
                 team.prefetch_step(first, last, 3, a.acts, T_, 3 * D, t);
                 team.prefetch_step(first, last, 1, a.qs + 2 * D, T_, 3 * D, t);
                 team.prefetch(first, last, 1, a.hp + t * a.hp_step, a.hp_head, D);
@@ -935,7 +934,7 @@ bool team_elman_backward(const Env<float>& env, const Dims& d, const ElmanBackwa
                 elman_bwd_step(d, a, t, n, u, L, b);
               },
               [&](int64_t first, int64_t last, int64_t t) {
-                const int64_t T_ = d.T, B = d.B, D = d.D;
+                const int64_t T_ = d.T, D = d.D;
                 team.prefetch_step(first, last, 1, a.hs, T_ + 1, D, t + 1);
                 team.prefetch_step(first, last, 1, a.d_hs, T_ + 1, D, t + 1);
               });
@@ -998,7 +997,7 @@ bool team_slstm_backward(const Env<float>& env, const Dims& d, const SlstmBackwa
                 slstm_bwd_step(d, a, t, n, u, L, b);
               },
               [&](int64_t first, int64_t last, int64_t t) {
-                const int64_t T_ = d.T, B = d.B, D = d.D;
+                const int64_t T_ = d.T, D = d.D;
                 team.prefetch_step(first, last, 4, a.gates, T_, 4 * D, t);
                 team.prefetch_step(first, last, 2, a.ex, T_, 2 * D, t);
                 team.prefetch_step(first, last, 2, a.cn, T_ + 1, 2 * D, t + 1);
