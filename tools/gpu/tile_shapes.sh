@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$(mktemp -d)
+inc=packages/kernels/src/rnnkit/kernels/fused_cpp/csrc
 lscpu | grep -E "Model name|L1d|L2" || true
 python - <<'PY'
 import time, torch
@@ -17,8 +18,8 @@ for _ in range(5):
 print(f"torch 1-thread mm: {5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9:.1f} GFLOP/s")
 PY
 if grep -q avx512f /proc/cpuinfo; then
-  g++ -O3 -fno-trapping-math -DVB=16 tools/bench/tile_shapes.cpp -o "$out/t16"
+  g++ -O3 -fno-trapping-math -DVB=16 -I"$inc" tools/bench/tile_shapes.cpp -o "$out/t16"
   taskset -c 2 "$out/t16"
 fi
-g++ -O3 -fno-trapping-math -DVB=8 tools/bench/tile_shapes.cpp -o "$out/t8"
+g++ -O3 -fno-trapping-math -DVB=8 -I"$inc" tools/bench/tile_shapes.cpp -o "$out/t8"
 taskset -c 2 "$out/t8"

@@ -64,12 +64,14 @@ void rest_rows(int n, const float* const* p, int64_t ps, const float* const* a, 
   }
 }
 
-// The vectors in groups of V (then the remainder with fewer), rows in tiles of R.
+// The vectors in groups of V (then the remainder with fewer), rows in tiles of R, the
+// reduction in chunks of about chunk_bytes of weights (tools/bench/tile_shapes.cpp varies R,
+// V and chunk_bytes; the library uses its shape and kChunkBytes).
 template <int R, int V>
 void product_v(int nv, int rows, const float* const* p, int64_t ps, const float* const* a,
-               int64_t K, float* const* out, const int64_t* off) {
+               int64_t K, float* const* out, const int64_t* off, int64_t chunk_bytes) {
   const int full = nv / V * V;
-  const int64_t kc_max = std::max<int64_t>(8, kChunkBytes / (V * RNNKIT_VB * 4));
+  const int64_t kc_max = std::max<int64_t>(8, chunk_bytes / (V * RNNKIT_VB * 4));
   for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
     const int64_t kc = std::min(K - k0, kc_max);
     const bool resume = k0 > 0;
@@ -83,13 +85,14 @@ void product_v(int nv, int rows, const float* const* p, int64_t ps, const float*
     }
   }
   if constexpr (V > 1) {
-    if (full < nv) product_v<R, V - 1>(nv - full, rows, p + full, ps, a, K, out, off + full);
+    if (full < nv)
+      product_v<R, V - 1>(nv - full, rows, p + full, ps, a, K, out, off + full, chunk_bytes);
   }
 }
 
 void product(int nv, int rows, const float* const* p, int64_t ps, const float* const* a,
              int64_t K, float* const* out, const int64_t* off) {
-  product_v<RNNKIT_ROWS, RNNKIT_VECTORS>(nv, rows, p, ps, a, K, out, off);
+  product_v<RNNKIT_ROWS, RNNKIT_VECTORS>(nv, rows, p, ps, a, K, out, off, kChunkBytes);
 }
 
 const rnnkit_cpu::TileKernels kernels{RNNKIT_ISA, RNNKIT_VB, RNNKIT_ROWS, RNNKIT_VECTORS,
