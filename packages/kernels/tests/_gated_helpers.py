@@ -31,14 +31,23 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 KINDS = ("elman", "relu", "lstm", "gru", "slstm")
 
 
-def make_cell(kind: str, heads: int, *, bias: bool = True, seed: int = 0) -> Any:
-    """A float64 cell of ``kind`` (``"relu"`` is the ReLU Elman) with ``(I, H) = (5, 6)``."""
+def make_cell(
+    kind: str,
+    heads: int,
+    *,
+    bias: bool = True,
+    seed: int = 0,
+    inputs: int = IN,
+    hidden: int = H,
+) -> Any:
+    """A float64 cell of ``kind`` (``"relu"`` is the ReLU Elman) with ``(I, H) = (inputs,
+    hidden)``, by default ``(5, 6)``."""
     torch.manual_seed(seed)
     kw: dict[str, Any] = {"heads": heads, "bias": bias, "dtype": torch.float64}
     if kind in ("elman", "relu"):
-        return Elman(IN, H, nonlinearity="relu" if kind == "relu" else "tanh", **kw)
+        return Elman(inputs, hidden, nonlinearity="relu" if kind == "relu" else "tanh", **kw)
     cls = {"lstm": LSTM, "gru": GRU, "slstm": SLSTM}[kind]
-    return cls(IN, H, **kw)
+    return cls(inputs, hidden, **kw)
 
 
 def make_inputs(

@@ -119,12 +119,7 @@ def test_code_paths(
     give the same results; odd sizes B=5, T=9, I=7, H=2x5."""
     poisoned.set_options(*options)
     torch.set_num_threads(2)
-    torch.manual_seed(3)
-    cls = type(make_cell(kind, 1))
-    kw: dict[str, Any] = {"heads": 2, "dtype": torch.float64}
-    if kind in ("elman", "relu"):
-        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
-    cell = cls(7, 10, **kw)
+    cell = make_cell(kind, 2, seed=3, inputs=7, hidden=10)
     x, st, rs, cot = make_inputs(cell, batch=5, time=9, state=True, resets=True)
     compare(cell, "fused_cpp", dtype, x, st, rs, cot)
 
@@ -151,12 +146,7 @@ def test_team_loops(poisoned: Any, kind: str, isa: str, heads: int, threads: int
     run counter proves that the team loops ran, forward and backward."""
     poisoned.set_options(1 << 15, True, True, isa)
     torch.set_num_threads(threads)
-    torch.manual_seed(5)
-    cls = type(make_cell(kind, 1))
-    kw: dict[str, Any] = {"heads": heads, "dtype": torch.float64}
-    if kind in ("elman", "relu"):
-        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
-    cell = cls(5, 16 * heads, **kw)
+    cell = make_cell(kind, heads, seed=5, inputs=5, hidden=16 * heads)
     x, st, rs, cot = make_inputs(cell, batch=7, time=6, state=True, resets=True)
     before = int(poisoned.team_loops_run())
     compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
@@ -172,12 +162,7 @@ def test_team_loops_uneven_split(poisoned: Any, kind: str, isa: str) -> None:
     6), T=5."""
     poisoned.set_options(1 << 15, True, True, isa)
     torch.set_num_threads(2)
-    torch.manual_seed(8)
-    cls = type(make_cell(kind, 1))
-    kw: dict[str, Any] = {"heads": 3, "dtype": torch.float64}
-    if kind in ("elman", "relu"):
-        kw["nonlinearity"] = "relu" if kind == "relu" else "tanh"
-    cell = cls(4, 144, **kw)
+    cell = make_cell(kind, 3, seed=8, inputs=4, hidden=144)
     x, st, rs, cot = make_inputs(cell, batch=20, time=5, state=True, resets=True)
     before = int(poisoned.team_loops_run())
     compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
@@ -188,13 +173,11 @@ def test_team_loops_skip_odd_heads_and_double(poisoned: Any) -> None:
     """Head sizes that are not a multiple of the tile width, and float64, take the per-head
     loops (the counter does not move) and still match the reference."""
     width = TILE_WIDTHS[str(poisoned.info()).split("float team loops: ")[1].split(" ")[0]]
-    torch.manual_seed(6)
-    cell = make_cell("lstm", 1)
-    cell = type(cell)(5, width + 2, dtype=torch.float64)
+    cell = make_cell("lstm", 1, seed=6, hidden=width + 2)
     x, st, rs, cot = make_inputs(cell, batch=3, time=4, state=True, resets=True)
     before = int(poisoned.team_loops_run())
     compare(cell, "fused_cpp", torch.float32, x, st, rs, cot)
-    cell = type(cell)(5, width, dtype=torch.float64)
+    cell = make_cell("lstm", 1, seed=6, hidden=width)
     x, st, rs, cot = make_inputs(cell, batch=3, time=4, state=True, resets=True)
     compare(cell, "fused_cpp", torch.float64, x, st, rs, cot)
     assert int(poisoned.team_loops_run()) == before
@@ -230,8 +213,7 @@ def test_loop_phases_time_team_loops_only(native_ops: Any) -> None:
     """Inside ``loop_phases`` a training call's team loops add time to the products and
     pointwise passes of both directions; outside it the timers are off (a second call adds
     nothing), and float64 loops (not team loops) are never timed."""
-    torch.manual_seed(2)
-    cell = type(make_cell("lstm", 1))(5, 16, dtype=torch.float32)
+    cell = make_cell("lstm", 1, seed=2, hidden=16).float()
     x = torch.randn(3, 6, 5, requires_grad=True)
     with fused_cpp.loop_phases() as phases:
         y, _ = cell(x, backend="fused_cpp")
@@ -244,7 +226,7 @@ def test_loop_phases_time_team_loops_only(native_ops: Any) -> None:
     y, _ = cell(x, backend="fused_cpp")
     y.sum().backward()
     assert all(v == 0 for v in native_ops.phase_times(False))
-    cell64 = type(cell)(5, 16, dtype=torch.float64)
+    cell64 = make_cell("lstm", 1, seed=2, hidden=16)
     with fused_cpp.loop_phases() as phases:
         cell64(x.detach().double(), backend="fused_cpp")
     assert all(v == 0 for d in phases.values() for v in d.values())
