@@ -196,7 +196,7 @@ def build_native() -> str:
     """Build (or load from the cache) the ``fused_cpp`` library so no timing includes a compile;
     a line on the outcome ("" when rnnkit-kernels has no such backend)."""
     try:
-        from rnnkit.kernels.fused_cpp import LIBRARY
+        from rnnkit.kernels.gated.fused_cpp import LIBRARY
         from rnnkit.kernels.native import BuildError
     except ImportError:
         return ""

@@ -7,8 +7,8 @@ three times first (warm-up: library load, buffer cache), then once under the pro
 table lists ops by self CPU time: the native loops (``rnnkit_fused_cpp::*``), the GEMMs of the
 projection and of the weight gradients (``aten::mm``/``addmm``/``bmm``) and copies. For
 ``fused_cpp`` one more step is run with the team loops' phase timers on
-(:func:`rnnkit.kernels.fused_cpp.loop_phases`): packing, prefetch, products, pointwise passes and
-barrier waits of the forward and the reverse loop.
+(:func:`rnnkit.kernels.gated.fused_cpp.loop_phases`): packing, prefetch, products, pointwise
+passes and barrier waits of the forward and the reverse loop.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
 
 def print_phases(step: Callable[[], None]) -> None:
     """The phases of the native team loops in one more step (ms summed over threads)."""
-    from rnnkit.kernels import fused_cpp
+    from rnnkit.kernels.gated import fused_cpp
 
     with fused_cpp.loop_phases() as phases:
         step()

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.core.dispatch import KernelCall, kernels_for
+from rnnkit.kernels.linear.scan import _native as scan_native
 from rnnkit.kernels.newton import last_solve_info
-from rnnkit.kernels.scan import _native as scan_native
 from rnnkit.models.cells import ParaGRU
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of ``rnnkit.kernels.scan.linear_scan`` (``h_t = a_t * h_{t-1} + b_t``).
+"""Benchmark of ``rnnkit.kernels.linear.scan.linear_scan`` (``h_t = a_t * h_{t-1} + b_t``).
 
     python tools/bench/scan.py                 # CPU, full sizes
     python tools/bench/scan.py --quick         # CPU, under a minute
@@ -72,9 +72,9 @@ if not ARGS.no_thp:
 
 import torch  # noqa: E402  (after the environment is set)
 
-from rnnkit.kernels.scan import _native as scan_native  # noqa: E402
-from rnnkit.kernels.scan import _triton as scan_triton  # noqa: E402
-from rnnkit.kernels.scan import linear_scan, linear_scan_reference  # noqa: E402
+from rnnkit.kernels.linear.scan import _native as scan_native  # noqa: E402
+from rnnkit.kernels.linear.scan import _triton as scan_triton  # noqa: E402
+from rnnkit.kernels.linear.scan import linear_scan, linear_scan_reference  # noqa: E402
 
 DEVICE = torch.device(ARGS.device)
 CUDA = DEVICE.type == "cuda"

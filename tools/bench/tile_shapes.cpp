@@ -4,7 +4,7 @@
 // of R rows x V weight vectors and reduction chunks of 16/32/64 KiB. tools/gpu/tile_shapes.sh
 // builds it for AVX-512 and AVX2:
 //
-//   I=packages/kernels/src/rnnkit/kernels/fused_cpp/csrc
+//   I=packages/kernels/src/rnnkit/kernels/gated/fused_cpp/csrc
 //   g++ -O3 -fno-trapping-math -DVB=8 -I$I tools/bench/tile_shapes.cpp -o /tmp/t8 && /tmp/t8
 //
 // The shapes in the library were chosen from its output (see gated_tiles_impl.h).

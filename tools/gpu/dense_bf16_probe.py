@@ -17,7 +17,7 @@ from triton.testing import do_bench
 
 from rnnkit.core import LSTM
 from rnnkit.core.dispatch import KernelCall, select
-from rnnkit.kernels.torch_native import _flat_weights
+from rnnkit.kernels.gated.torch_native import _flat_weights
 
 B, T, H = 16, 1024, 768
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of rnnkit.kernels.scan (issue 4): the scan tests on CUDA (every test that takes a
+# GPU check of rnnkit.kernels.linear.scan (issue 4): the scan tests on CUDA (every test that takes a
 # device runs on cpu and cuda; the Triton tests compile for the GPU), then the benchmark with
 # the Triton scans and the B=8, D=1536, T=65536 target. Prints a short table last.
 # Runs in well under 3 minutes on one H100. Usage: tools/gpu/scan_check.sh [python]
@@ -9,7 +9,7 @@ PY=${1:-${PYTHON:-python}}
 export TRITON_F32_DEFAULT=ieee
 unset TRITON_INTERPRET
 
-if ! "$PY" -c "import rnnkit.kernels.scan" 2>/dev/null; then
+if ! "$PY" -c "import rnnkit.kernels.linear.scan" 2>/dev/null; then
     # not installed: use the source tree (the registered-kernel tests then need entry points
     # and may be skipped or fail; the op and kernel tests do not).
     export PYTHONPATH="packages/core/src:packages/kernels/src${PYTHONPATH:+:$PYTHONPATH}"

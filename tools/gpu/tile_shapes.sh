@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$(mktemp -d)
-inc=packages/kernels/src/rnnkit/kernels/fused_cpp/csrc
+inc=packages/kernels/src/rnnkit/kernels/gated/fused_cpp/csrc
 lscpu | grep -E "Model name|L1d|L2" || true
 python - <<'PY'
 import time, torch

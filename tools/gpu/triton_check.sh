@@ -68,7 +68,7 @@ T0 = time.time()
 
 
 def supported(kind, D):
-    from rnnkit.kernels.triton import max_head_dim
+    from rnnkit.kernels.gated.triton import max_head_dim
     return D <= max_head_dim(kind, torch.bfloat16)
 
 
@@ -80,7 +80,7 @@ def make(kind, D, N):
 
 def run_triton(kind, D, N, steps, grad, config=None):
     """One fwd (or fwd+bwd) of the layer: x -> cell.project (timed too) -> triton_gated."""
-    from rnnkit.kernels.triton import triton_gated
+    from rnnkit.kernels.gated.triton import triton_gated
     cell = make(kind, D, N)
     x = torch.randn(B, steps, I, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
     state = tuple(torch.zeros(B, H, device="cuda", dtype=torch.bfloat16) for _ in cell.state_spec())
@@ -97,7 +97,7 @@ def run_triton(kind, D, N, steps, grad, config=None):
 
 def run_recurrent(kind, D, N, steps):
     """FlashRNN's protocol: px (their Wx) is a given leaf; fwd+bwd of the recurrence alone."""
-    from rnnkit.kernels.triton import triton_gated
+    from rnnkit.kernels.gated.triton import triton_gated
     cell = make(kind, D, N)
     G = 4 if kind == "lstm" else 3
     px = torch.randn(B, steps, G * H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -115,7 +115,7 @@ def warm(job):
 
     T=32 specialises like T=1024 (Triton keys integer arguments on divisibility by 16)."""
     kind, D, N, grad, cfg = job
-    from rnnkit.kernels.triton import LaunchConfig, launch_config
+    from rnnkit.kernels.gated.triton import LaunchConfig, launch_config
     config = None
     if cfg is not None:
         dp = launch_config(4 if kind == "lstm" else 3, D, torch.bfloat16).padded_dim
@@ -186,7 +186,7 @@ def main():
         rows[(D, N)] = r
     sweep = {}
     for D, N, w, s in SWEEP:
-        from rnnkit.kernels.triton import LaunchConfig, launch_config
+        from rnnkit.kernels.gated.triton import LaunchConfig, launch_config
         dp = launch_config(4, D, torch.bfloat16).padded_dim
         try:
             fn, g = run_triton("lstm", D, N, T, True, LaunchConfig(dp, w, s))

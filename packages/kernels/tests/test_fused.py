@@ -9,7 +9,7 @@ import torch
 from _gated_helpers import KINDS, TOL, T, compare, make_cell, make_inputs, rel_rms
 
 from rnnkit.core.dispatch import KernelCall, select
-from rnnkit.kernels.fused import FUSED_PRIORITY, _common, kernels
+from rnnkit.kernels.gated.fused import FUSED_PRIORITY, _common, kernels
 
 HEADS = (1, 2, 3)
 

@@ -21,8 +21,9 @@ from torch import Tensor
 from rnnkit.core import cli
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.errors import BackendUnavailableError
-from rnnkit.kernels import fused_cpp, native
+from rnnkit.kernels import native
 from rnnkit.kernels._plugin import BACKEND_MODULES
+from rnnkit.kernels.gated import fused_cpp
 from rnnkit.kernels.native import BuildError, NativeLibrary
 
 #: Set to 1 where the toolchain is known to exist (CI): a missing build then fails the tests.
@@ -285,7 +286,7 @@ def test_final_state_does_not_alias_output(poisoned: Any) -> None:
 
 
 def test_registered() -> None:
-    assert "fused_cpp" in BACKEND_MODULES
+    assert "gated.fused_cpp" in BACKEND_MODULES
     ks = fused_cpp.kernels()
     assert sorted(k.target for k in ks) == ["elman", "gru", "lstm", "slstm"]
     assert "rnnkit_fused_cpp" in native.libraries()
@@ -533,7 +534,7 @@ def test_cli_build_reports_failure(
 def test_buffer_cache_reuses_freed_blocks(native_ops: Any) -> None:
     """A freed block of >= 1 MiB is kept and handed out again for the same byte size; smaller
     ones are plain ``torch.empty``; ``release_memory`` empties the cache; limit 0 keeps none."""
-    from rnnkit.kernels.fused_cpp._cells import pooled_empty
+    from rnnkit.kernels.gated.fused_cpp._cells import pooled_empty
 
     fused_cpp.release_memory()
     a = pooled_empty((1024, 512), torch.float32)
@@ -562,7 +563,7 @@ def test_buffer_cache_reuses_freed_blocks(native_ops: Any) -> None:
 def test_buffer_cache_poisons_reused_blocks(poisoned: Any) -> None:
     """Under the NaN poison a cached block comes back as NaN again, like ``torch.empty``, so
     a loop that reads a buffer before writing it cannot pass on last step's values."""
-    from rnnkit.kernels.fused_cpp._cells import pooled_empty
+    from rnnkit.kernels.gated.fused_cpp._cells import pooled_empty
 
     a = pooled_empty((1024, 512), torch.float32)
     assert torch.isnan(a).all()

@@ -1,4 +1,4 @@
-"""Tests of ``rnnkit.kernels.scan``: the op, its gradients, resets, packed sequences, the
+"""Tests of ``rnnkit.kernels.linear.scan``: the op, its gradients, resets, packed sequences, the
 Triton kernels and the registered ``scan`` kernels.
 
 Every result is compared with a float64 sequential loop by relative RMS error (fp32 1e-5,
@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
-from rnnkit.kernels.scan import _torch as scan_torch
-from rnnkit.kernels.scan import _triton as scan_triton
-from rnnkit.kernels.scan import linear_scan, linear_scan_reference, set_poison
+from rnnkit.kernels.linear.scan import _torch as scan_torch
+from rnnkit.kernels.linear.scan import _triton as scan_triton
+from rnnkit.kernels.linear.scan import linear_scan, linear_scan_reference, set_poison
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {

@@ -25,11 +25,11 @@ from test_scan import TOL, _per_sequence, check, make, rel_rms
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.kernels.linear.scan import _native, linear_scan, linear_scan_reference, set_poison
+from rnnkit.kernels.linear.scan import _torch as scan_torch
+from rnnkit.kernels.linear.scan import op as scan_op
 from rnnkit.kernels.native import BuildError
 from rnnkit.kernels.newton._solve import scan_diag
-from rnnkit.kernels.scan import _native, linear_scan, linear_scan_reference, set_poison
-from rnnkit.kernels.scan import _torch as scan_torch
-from rnnkit.kernels.scan import op as scan_op
 
 #: Set to 1 where the toolchain is known to exist (CI): a missing build then fails the tests.
 REQUIRE_ENV = "RNNKIT_REQUIRE_CPP"

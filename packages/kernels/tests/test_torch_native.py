@@ -10,7 +10,7 @@ from _gated_helpers import compare, make_cell, make_inputs, rel_rms
 
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.errors import BackendUnavailableError
-from rnnkit.kernels.torch_native import kernels, supports
+from rnnkit.kernels.gated.torch_native import kernels, supports
 
 KINDS = ("elman", "relu", "lstm", "gru")
 
@@ -105,7 +105,7 @@ def test_auto_choice_on_cpu(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_ieee_backward_wrapper_matches_direct_autograd(kind: str) -> None:
     """The float32-on-CUDA path (backward re-run under the IEEE switch), checked on CPU."""
-    from rnnkit.kernels.torch_native import _flat_weights, _run_ieee_backward
+    from rnnkit.kernels.gated.torch_native import _flat_weights, _run_ieee_backward
 
     cell = make_cell(kind, 1)
     x, st, _, _ = make_inputs(cell, state=True, resets=False)
@@ -131,7 +131,7 @@ def test_cudnn_bf16_relu_elman_training_is_refused() -> None:
     from types import SimpleNamespace
     from typing import cast
 
-    from rnnkit.kernels.torch_native import cudnn_known_issue
+    from rnnkit.kernels.gated.torch_native import cudnn_known_issue
 
     def call(device: str, grad: bool) -> KernelCall:
         # a stand-in: the rule reads only the input's device and whether gradients are needed

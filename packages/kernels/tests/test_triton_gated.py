@@ -24,8 +24,8 @@ from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman, GatedCell
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.core.testing import rel_rms
-from rnnkit.kernels.triton import kernels, triton_gated_varlen
-from rnnkit.kernels.triton.ops import interpreting
+from rnnkit.kernels.gated.triton import kernels, triton_gated_varlen
+from rnnkit.kernels.gated.triton.ops import interpreting
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
@@ -157,7 +157,7 @@ CUDA_SHAPES = [(24, 32), (12, 64), (6, 128), (3, 256)]  # (heads, head_dim), H =
 @pytest.mark.parametrize("name", ["lstm", "gru", "slstm", "elman"])
 def test_cuda_large(name: str, heads: int, head_dim: int) -> None:
     """B=16, T=64, H=768 in several head splits, bf16 (and fp32 at head dim 64)."""
-    from rnnkit.kernels.triton import max_head_dim
+    from rnnkit.kernels.gated.triton import max_head_dim
 
     if head_dim > max_head_dim(name, torch.bfloat16):
         pytest.skip(f"{name}: head_dim {head_dim} does not fit on-chip (supports says why)")

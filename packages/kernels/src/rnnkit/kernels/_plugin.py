@@ -16,11 +16,11 @@ from rnnkit.core.hookspecs import RegisterCommand, RegisterKernel, hookimpl
 
 #: Modules (relative to ``rnnkit.kernels``) that define backends.
 BACKEND_MODULES: tuple[str, ...] = (
-    "fused",
-    "fused_cpp",
-    "torch_native",
-    "triton",
-    "scan",
+    "gated.fused",
+    "gated.fused_cpp",
+    "gated.torch_native",
+    "gated.triton",
+    "linear.scan",
     "analog",
     "newton",
 )

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.kernels.linear.scan import _native as scan_native
+from rnnkit.kernels.linear.scan import _torch as scan_torch
+from rnnkit.kernels.linear.scan import linear_scan
 from rnnkit.kernels.newton._block import block2_scan
-from rnnkit.kernels.scan import _native as scan_native
-from rnnkit.kernels.scan import _torch as scan_torch
-from rnnkit.kernels.scan import linear_scan
 
 PROTOCOL: tuple[str, ...] = (
     "pack_state",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
-from rnnkit.kernels.triton.ops import (
+from rnnkit.kernels.gated.triton.ops import (
     CELLS,
     MAX_HEAD_DIM,
     SUPPORTED_DTYPES,

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnkit.core.dispatch import KernelCall
-from rnnkit.kernels.fused._common import (
+from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
     carry_state_grad,
     chunks,

@@ -284,7 +284,7 @@ def gated_forward(
     cfg = config or launch_config(spec.gates, lay.head_dim, px.dtype)
     rst = _resets_arg(resets, tokens, dev)
     bhn = bias_hn.contiguous() if (kind == "gru" and bias_hn is not None) else None
-    from rnnkit.kernels.triton import _kernels
+    from rnnkit.kernels.gated.triton import _kernels
 
     dummy = state
     _kernels.gated_fwd_kernel[_grid(lay)](
@@ -411,7 +411,7 @@ def gated_backward(
         )
     cfg = config or launch_config(G, D, px.dtype)
     rst = _resets_arg(resets, tokens, dev)
-    from rnnkit.kernels.triton import _kernels
+    from rnnkit.kernels.gated.triton import _kernels
 
     dummy = state
     _kernels.gated_bwd_kernel[_grid(lay)](

@@ -11,7 +11,7 @@ after the loop. Heads are independent blocks: each step is one ``bmm`` over head
 The autograd functions and kernels take their forward and reverse time loops from a small
 "loops" object per cell kind (:class:`ElmanLoops`, :class:`LSTMLoops`, :class:`GRULoops`,
 :class:`SLSTMLoops`): the pure-torch loops here (``*_LOOPS``, the defaults) and the native ones
-of :mod:`rnnkit.kernels.fused_cpp`.
+of :mod:`rnnkit.kernels.gated.fused_cpp`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
-from rnnkit.kernels.fused._elman import ELMAN_LOOPS, ElmanLoops, run_elman
-from rnnkit.kernels.fused._gru import GRU_LOOPS, GRULoops, run_gru
-from rnnkit.kernels.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
-from rnnkit.kernels.fused._slstm import SLSTM_LOOPS, SLSTMLoops, run_slstm
+from rnnkit.kernels.gated.fused._elman import ELMAN_LOOPS, ElmanLoops, run_elman
+from rnnkit.kernels.gated.fused._gru import GRU_LOOPS, GRULoops, run_gru
+from rnnkit.kernels.gated.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
+from rnnkit.kernels.gated.fused._slstm import SLSTM_LOOPS, SLSTMLoops, run_slstm
 
 __all__ = [
     "ELMAN_LOOPS",

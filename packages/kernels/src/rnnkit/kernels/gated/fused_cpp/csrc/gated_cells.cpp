@@ -2,7 +2,7 @@
 // through Env::gemm, then ONE pass over the gates of every (head, batch) row that applies the
 // activations, updates the state and stores what the backward needs. The reverse loops
 // likewise do one GEMM per head and one pass per step. The equations are those of the Python
-// loops in rnnkit/kernels/fused/_lstm.py, _gru.py, _elman.py and _slstm.py.
+// loops in rnnkit/kernels/gated/fused/_lstm.py, _gru.py, _elman.py and _slstm.py.
 //
 // The float row kernels are compiled two or three times on x86-64 (target_clones: AVX-512
 // with GCC >= 12, AVX2+FMA and baseline SSE2, picked when the library loads), so the cached
@@ -269,7 +269,7 @@ RNNKIT_INLINE void slstm_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRIC
   }
 }
 
-// See the module docstring of rnnkit/kernels/fused/_slstm.py for the derivation.
+// See the module docstring of rnnkit/kernels/gated/fused/_slstm.py for the derivation.
 template <typename T>
 RNNKIT_INLINE void slstm_bwd_body(const T* RNNKIT_RESTRICT g, const T* RNNKIT_RESTRICT ex,
                                   const T* RNNKIT_RESTRICT cn, const T* RNNKIT_RESTRICT m,

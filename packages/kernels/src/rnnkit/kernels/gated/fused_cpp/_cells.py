@@ -1,11 +1,10 @@
 """The native time loops of the ``fused_cpp`` backend, one pair per gated cell, and its kernels.
 
-The autograd functions and kernels are those of :mod:`rnnkit.kernels.fused` (same layouts, same
-saved buffers, same reset semantics, the gradient of ``W`` as one batched GEMM after the reverse
-loop); only the two time loops differ: here each is one call into C++
-(``csrc/gated_cells.cpp``). The adapters below give the native ops the signatures of the
-pure-torch loops (:class:`~rnnkit.kernels.fused.LSTMLoops` and the others).
-"""
+The autograd functions and kernels are those of :mod:`rnnkit.kernels.gated.fused` (same layouts,
+same saved buffers, same reset semantics, the gradient of ``W`` as one batched GEMM after the
+reverse loop); only the two time loops differ: here each is one call into C++
+(``csrc/gated_cells.cpp``). The adapters below give the native ops the signatures of the pure-torch
+loops (:class:`~rnnkit.kernels.gated.fused.LSTMLoops` and the others)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
-from rnnkit.kernels.fused import (
+from rnnkit.kernels.gated.fused import (
     ElmanLoops,
     GRULoops,
     LSTMLoops,
@@ -26,7 +25,7 @@ from rnnkit.kernels.fused import (
     run_lstm,
     run_slstm,
 )
-from rnnkit.kernels.fused_cpp._native import ops
+from rnnkit.kernels.gated.fused_cpp._native import ops
 
 Result = tuple[Tensor, tuple[Tensor, ...]]
 
@@ -45,7 +44,7 @@ def lstm_forward(
     inits: tuple[float, ...],
     save: bool,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.fused._lstm.lstm_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
     hs, c_last, *saved = ops().lstm_forward(px, W, _mask2d(mask), h0, c0, inits[0], inits[1], save)
     return hs, c_last, tuple(saved)
 
@@ -58,7 +57,7 @@ def lstm_backward(
     d_hs: Tensor,
     d_c_last: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.fused._lstm.lstm_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
     acts, cs, tcs, _ = buffers
     dq, dh0, dc0 = ops().lstm_backward(W, acts, cs, tcs, _mask2d(mask), d_hs, d_c_last)
     return dq, dh0, dc0
@@ -73,7 +72,7 @@ def gru_forward(
     init: float,
     save: bool,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.fused._gru.gru_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
     b = None if bhn is None else bhn.reshape(W.shape[0], W.shape[1])
     hs, *saved = ops().gru_forward(px, W, b, _mask2d(mask), h0, init, save)
     return hs, tuple(saved)
@@ -82,7 +81,7 @@ def gru_forward(
 def gru_backward(
     W: Tensor, hs: Tensor, buffers: tuple[Tensor, ...], mask: Tensor | None, d_hs: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.fused._gru.gru_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
     acts, qs, hp = buffers
     dq, dpx, dh0 = ops().gru_backward(W, acts, qs, hp, _mask2d(mask), d_hs)
     return dq, dpx, dh0
@@ -91,7 +90,7 @@ def gru_backward(
 def elman_forward(
     px: Tensor, W: Tensor, mask: Tensor | None, h0: Tensor, relu: bool, init: float
 ) -> tuple[Tensor, Tensor | None]:
-    """Native :func:`~rnnkit.kernels.fused._elman.elman_loop` (``hp`` is ``None`` without
+    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_loop` (``hp`` is ``None`` without
     resets: the previous states are then ``hs[:, :T]``)."""
     hs, hp = ops().elman_forward(px, W, _mask2d(mask), h0, init, relu)
     return hs, None if mask is None else hp
@@ -100,7 +99,7 @@ def elman_forward(
 def elman_backward(
     W: Tensor, hs: Tensor, mask: Tensor | None, d_hs: Tensor, relu: bool
 ) -> tuple[Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.fused._elman.elman_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
     dq, dh0 = ops().elman_backward(W, hs, _mask2d(mask), d_hs, relu)
     return dq, dh0
 
@@ -113,7 +112,7 @@ def slstm_forward(
     inits: tuple[float, ...],
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.fused._slstm.slstm_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop`."""
     hs, cn, ms, *saved = ops().slstm_forward(px, W, _mask2d(mask), *states, list(inits), save)
     return hs, cn, ms, tuple(saved)
 
@@ -128,7 +127,7 @@ def slstm_backward(
     d_n: Tensor,
     d_m: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.fused._slstm.slstm_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
     cn, ms, gates, ex, cnp, _ = buffers
     dq, dh0, dc0, dn0, dm0 = ops().slstm_backward(
         W, hs, cn, ms, gates, ex, cnp, _mask2d(mask), d_hs, d_c, d_n, d_m

@@ -10,8 +10,8 @@ from torch import Tensor
 from rnnkit.core.dispatch import Kernel, KernelCall
 from rnnkit.core.forms import Form
 from rnnkit.core.linear import DiagonalLinearCell
-from rnnkit.kernels.scan import _triton
-from rnnkit.kernels.scan.op import linear_scan
+from rnnkit.kernels.linear.scan import _triton
+from rnnkit.kernels.linear.scan.op import linear_scan
 
 
 def _supports(call: KernelCall) -> str | None:

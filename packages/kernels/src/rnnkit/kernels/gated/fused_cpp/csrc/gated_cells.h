@@ -1,7 +1,7 @@
 // Time loops of the gated cells on raw CPU buffers (no torch headers: this translation unit
 // compiles in a few seconds, in parallel with the torch glue).
 //
-// Layouts are those of the Python `fused` loops (rnnkit/kernels/fused/_common.py), all
+// Layouts are those of the Python `fused` loops (rnnkit/kernels/gated/fused/_common.py), all
 // contiguous, head-major and time-major:
 //   px (N, T, B, G*D): projected input; W (N, D, G*D): recurrent weights, one step is
 //   gates = px_t + h_{t-1} W per head; states (N, B, D); per-step buffers (N, T or 1, B, ...).

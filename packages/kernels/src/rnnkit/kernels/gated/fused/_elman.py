@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
-from rnnkit.kernels.fused._common import (
+from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
     carry_state_grad,
     chunks,

@@ -3,7 +3,7 @@
 These functions do no autograd and no validation: they write into a caller-allocated ``out``
 and work on whatever strided views they are given (``a`` may be an expanded view with stride
 0 in the batch or time dimension). All tensors share one compute dtype; the op in
-:mod:`rnnkit.kernels.scan.op` upcasts 16-bit inputs before calling them.
+:mod:`rnnkit.kernels.linear.scan.op` upcasts 16-bit inputs before calling them.
 
 Why chunked rather than log-space: the closed form ``h_t = A_t (h_0 + sum_s b_s / A_s)`` with
 ``A_t = prod_{r<=t} a_r`` divides by cumulative products that under- or overflow after a few
@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from rnnkit.kernels.scan._alloc import alloc
+from rnnkit.kernels.linear.scan._alloc import alloc
 
 #: Below this many steps (and no explicit chunk) the step loop is used: chunking would not pay.
 MIN_CHUNKED_T = 32

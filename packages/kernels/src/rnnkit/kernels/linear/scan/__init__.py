@@ -7,8 +7,8 @@ diagonal linear form as the ``scan`` and ``scan_triton`` backends.
 
 from __future__ import annotations
 
-from rnnkit.kernels.scan._alloc import poison_enabled, set_poison
-from rnnkit.kernels.scan._register import kernels
-from rnnkit.kernels.scan.op import linear_scan, linear_scan_reference
+from rnnkit.kernels.linear.scan._alloc import poison_enabled, set_poison
+from rnnkit.kernels.linear.scan._register import kernels
+from rnnkit.kernels.linear.scan.op import linear_scan, linear_scan_reference
 
 __all__ = ["kernels", "linear_scan", "linear_scan_reference", "poison_enabled", "set_poison"]

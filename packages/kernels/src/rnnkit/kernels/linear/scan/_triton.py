@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from rnnkit.kernels.scan._alloc import alloc
+from rnnkit.kernels.linear.scan._alloc import alloc
 
 _kernels: ModuleType | None
 try:
-    from rnnkit.kernels.scan import _triton_kernels as _kernels
+    from rnnkit.kernels.linear.scan import _triton_kernels as _kernels
 
     _IMPORT_ERROR: str | None = None
 except Exception as exc:  # ImportError, or a broken triton install

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.kernels.linear.scan import _native, _torch, _triton
+from rnnkit.kernels.linear.scan._alloc import alloc
 from rnnkit.kernels.native import BuildError
-from rnnkit.kernels.scan import _native, _torch, _triton
-from rnnkit.kernels.scan._alloc import alloc
 
 Backend = Literal[
     "auto",
@@ -310,7 +310,8 @@ def linear_scan(
             in a batch of 1: starts at 0, non-decreasing, ends at ``T``. Sequence ``s`` runs
             from its own ``h0[s]``; ``h0`` is ``(S, D)`` and the final state ``(S, D)``.
         backend: ``"cpp"`` (the native C++ CPU scan: one streaming pass forward and one backward,
-            lanes in parallel; compiled on first use, see :mod:`rnnkit.kernels.scan._native`),
+            lanes in parallel; compiled on first use, see
+            :mod:`rnnkit.kernels.linear.scan._native`),
             ``"torch"`` (the pure-torch chunked scan, any device), ``"sequential"`` (a torch step
             loop), ``"triton"`` (Triton kernels, real dtypes, CUDA or ``TRITON_INTERPRET=1``: the
             single-pass stream kernel for long ``T`` with many ``(B, D)`` lanes, else the chunked

@@ -1,7 +1,7 @@
 """The ``fused_cpp`` backend: the ``fused`` loops with both time loops in C++ (CPU).
 
 For Elman (tanh and ReLU), LSTM, GRU and sLSTM with any number of heads, float32 and float64,
-on CPU. The autograd functions and kernels of :mod:`rnnkit.kernels.fused` (same layouts, saved
+on CPU. The autograd functions and kernels of :mod:`rnnkit.kernels.gated.fused` (same layouts, saved
 buffers and autograd structure) run with native loops (``_cells``): the forward and the reverse
 time loops are one native call each. In float32 they are team loops: each thread owns blocks of
 hidden units, keeps their weights packed in its cache and computes their products with
@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
-from rnnkit.kernels.fused import run_elman as _py_elman
-from rnnkit.kernels.fused import run_gru as _py_gru
-from rnnkit.kernels.fused import run_lstm as _py_lstm
-from rnnkit.kernels.fused import run_slstm as _py_slstm
-from rnnkit.kernels.fused_cpp._native import DISABLE_ENV, LIBRARY, ops
+from rnnkit.kernels.gated.fused import run_elman as _py_elman
+from rnnkit.kernels.gated.fused import run_gru as _py_gru
+from rnnkit.kernels.gated.fused import run_lstm as _py_lstm
+from rnnkit.kernels.gated.fused import run_slstm as _py_slstm
+from rnnkit.kernels.gated.fused_cpp._native import DISABLE_ENV, LIBRARY, ops
 from rnnkit.kernels.native import BuildError
 
 __all__ = [
@@ -145,7 +145,7 @@ def priority(call: KernelCall) -> int:
 
 
 def _with_fallback(kind: str) -> Run:
-    from rnnkit.kernels.fused_cpp._cells import RUNS
+    from rnnkit.kernels.gated.fused_cpp._cells import RUNS
 
     native, python = RUNS[kind], _PYTHON[kind]
 
