@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from rnnkit.models.cells import DeltaNet, deltanet_chunked
+from rnnkit.kernels.matrix_state import chunked as deltanet_chunked
+from rnnkit.models.cells import DeltaNet
 
 
 def _args() -> argparse.Namespace:

@@ -21,6 +21,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "gated.torch_native",
     "gated.triton",
     "linear.scan",
+    "matrix_state",
     "analog",
     "newton",
 )

@@ -1,11 +1,11 @@
-"""rnnkit-models' plugin module: registers its networks, its cells and the DeltaNet kernel."""
+"""rnnkit-models' plugin module: registers its networks, its cells and Aaren's kernel."""
 
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
 from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
-from rnnkit.models.cells.deltanet_chunked import CHUNKED_KERNEL
+from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 
 
 @hookimpl
@@ -17,7 +17,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
 
 @hookimpl
 def rnnkit_register_kernels(register: RegisterKernel) -> None:
-    register(CHUNKED_KERNEL)
+    register(PARALLEL_KERNEL)
 
 
 @hookimpl

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
@@ -11,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
+from rnnkit.core.dispatch import Kernel, KernelCall
 from rnnkit.core.state import StateField
-from rnnkit.core.validation import check_heads, check_positive_int, check_resets, check_sequence
+from rnnkit.core.validation import check_heads, check_positive_int
 
 
 class AarenState(NamedTuple):
@@ -53,10 +53,11 @@ class Aaren(Cell[AarenState]):
     e^{s_t - m_t}``, ``w_t = w_{t-1} e^{m_{t-1} - m_t} + e^{s_t - m_t} v_t``,
     ``y_t = w_t / u_t``. The initial state is the empty prefix ``(m, u, w) = (-inf, 0, 0)``.
 
-    ``forward`` with ``backend="auto"`` (and no ``RNNKIT_BACKEND``) runs the whole sequence as
-    a parallel prefix scan of :func:`aaren_combine` (Hillis-Steele doubling, ``ceil(log2 T)``
-    vectorised steps, every exponent ``<= 0`` so nothing overflows); named backends
-    (``"reference"``) run the constant-memory ``recur`` loop. ``step`` is constant-memory.
+    ``forward`` with ``backend="auto"`` runs the whole sequence on the cell's own registered
+    kernel, ``backend="prefix_scan"`` (:meth:`parallel_forward`: a parallel prefix scan of
+    :func:`aaren_combine`, Hillis-Steele doubling, ``ceil(log2 T)`` vectorised steps, every
+    exponent ``<= 0`` so nothing overflows); ``backend="reference"`` runs the constant-memory
+    ``recur`` loop. ``step`` is constant-memory.
 
     Args:
         input_size: width of ``x``.
@@ -129,33 +130,11 @@ class Aaren(Cell[AarenState]):
         y = (w / u.unsqueeze(-1)).flatten(-2)
         return y.to(dtype), AarenState(m.to(dtype), u.to(dtype), w.to(dtype))
 
-    def forward(
-        self,
-        x: Tensor,
-        state: AarenState | None = None,
-        *,
-        backend: str = "auto",
-        resets: Tensor | None = None,
-    ) -> tuple[Tensor, AarenState]:
-        """Run the whole sequence; ``backend="auto"`` uses :meth:`parallel_forward`.
-
-        Args and returns as :meth:`rnnkit.core.cell.Cell.forward`:
-        ``x: (B, T, input_size) -> y: (B, T, hidden_size)`` and the final state.
-        """
-        if backend != "auto" or os.environ.get("RNNKIT_BACKEND", "").strip():
-            return super().forward(x, state, backend=backend, resets=resets)
-        x = check_sequence(self, x)
-        batch, time = x.shape[0], x.shape[1]
-        if state is not None:
-            state = self.check_state(state, batch=batch, like=x)
-        if resets is not None:
-            resets = check_resets(resets, batch=batch, time=time, device=x.device)
-        return self.parallel_forward(x, state, resets=resets)
-
     def parallel_forward(
         self, x: Tensor, state: AarenState | None = None, *, resets: Tensor | None = None
     ) -> tuple[Tensor, AarenState]:
-        """All outputs at once by a prefix scan (no validation; see :meth:`forward`).
+        """All outputs at once by a prefix scan (no validation: ``forward`` validates and then
+        runs this as the ``prefix_scan`` kernel).
 
         Args:
             x: ``(B, T, input_size)``.
@@ -202,3 +181,30 @@ class Aaren(Cell[AarenState]):
             stride *= 2
         y = (w[:, 1:] / u[:, 1:].unsqueeze(-1)).flatten(-2)
         return y.to(dtype), AarenState(m[:, -1].to(dtype), u[:, -1].to(dtype), w[:, -1].to(dtype))
+
+
+def _prefix_scan(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``prefix_scan`` kernel: :meth:`Aaren.parallel_forward` on a validated call."""
+    cell = call.cell
+    if not isinstance(cell, Aaren):
+        raise TypeError(f"the prefix_scan backend runs Aaren cells, got {type(cell).__name__}")
+    state = AarenState(*call.state) if call.state is not None else None
+    return cell.parallel_forward(call.x, state, resets=call.resets)
+
+
+def _supports(call: KernelCall) -> str | None:
+    if not isinstance(call.cell, Aaren):
+        return f"runs Aaren cells only, not {type(call.cell).__name__}"
+    return None
+
+
+#: Aaren's own parallel algorithm, registered as a kernel of the ``aaren`` cell kind: ``auto``
+#: prefers it to the ``reference`` loop for every call.
+PARALLEL_KERNEL = Kernel(
+    backend="prefix_scan",
+    target=Aaren.kind,
+    run=_prefix_scan,
+    description="Aaren's parallel prefix scan (Hillis-Steele doubling, log2 T steps)",
+    priority=10,
+    supports=_supports,
+)

@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.core.cell import Cell
-from rnnkit.core.forms import Form
+from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell, MemoryInputs
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_heads, check_positive_int
 
 #: rules ``DeltaNet`` can write its memory with.
-RULES: tuple[str, ...] = ("delta", "linear")
+RULES: tuple[str, ...] = MEMORY_RULES
 
 
 class DeltaNetState(NamedTuple):
@@ -34,7 +33,7 @@ class DeltaNetState(NamedTuple):
     prev: Tensor
 
 
-class DeltaNet(Cell[DeltaNetState]):
+class DeltaNet(MatrixStateCell[DeltaNetState]):
     """Matrix-memory recurrent cell with the delta rule (DeltaNet) or plain linear attention.
 
     Per step, with ``H = hidden_size`` split into ``heads`` heads of ``d = H / heads``:
@@ -52,11 +51,12 @@ class DeltaNet(Cell[DeltaNetState]):
       ``rule="linear"``: ``S_t = S_{t-1} + beta_t v_t k_t^T`` (linear attention);
     - ``y_t = S_t q_t`` per head, concatenated: ``(H,)``.
 
-    The state starts at ``S = 0``, ``prev = 0``. ``forward`` with ``backend="auto"`` runs the
-    ``chunked`` backend (:mod:`rnnkit.models.cells.deltanet_chunked`: the projections,
-    convolution and normalisation for all steps at once, then the delta rule over chunks of
-    64 tokens in the WY form, with resets; gradients by autograd); ``backend="reference"`` is
-    the sequential loop over :meth:`recur`.
+    The state starts at ``S = 0``, ``prev = 0``. The cell has the matrix-state form: with
+    rnnkit-kernels installed, ``forward`` with ``backend="auto"`` runs its ``chunked`` backend
+    (:mod:`rnnkit.kernels.matrix_state`: the projections, convolution and normalisation for
+    all steps at once by :meth:`memory_inputs`, then the delta rule over chunks of 64 tokens
+    in the WY form, with resets); ``backend="reference"`` is the sequential loop over
+    :meth:`recur`.
 
     Args:
         input_size: width of ``x``.
@@ -67,7 +67,6 @@ class DeltaNet(Cell[DeltaNetState]):
     """
 
     kind = "deltanet"
-    forms = frozenset({Form.MATRIX_STATE})
     state_type = DeltaNetState
 
     def __init__(
@@ -146,6 +145,42 @@ class DeltaNet(Cell[DeltaNetState]):
             S = S + beta * v.unsqueeze(-1) * k.unsqueeze(-2)
         y = (S @ q.unsqueeze(-1)).squeeze(-1).reshape(-1, H)
         return y, DeltaNetState(S, p)
+
+    def memory_inputs(
+        self, x: Tensor, state: DeltaNetState | None, resets: Tensor | None
+    ) -> MemoryInputs:
+        """Projections, the width-2 convolution (cut at resets) and the normalisation for all
+        steps at once; ``carry`` is the last step's projections ``(B, 3 H)`` (the state's
+        ``prev``)."""
+        B, T = x.shape[0], x.shape[1]
+        H, nh, d = self.hidden_size, self.heads, self.head_dim
+        S0, prev0 = (
+            state if state is not None else self.init_state(B, device=x.device, dtype=x.dtype)
+        )
+        px = self.project(x)
+        p = px[..., : 3 * H]
+        beta = torch.sigmoid(px[..., 3 * H :])  # (B, T, heads)
+        p_prev = torch.cat((prev0.unsqueeze(1), p[:, :-1]), 1)
+        if resets is not None:
+            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
+        u = self.conv[0] * p + self.conv[1] * p_prev
+
+        def heads(t: Tensor) -> Tensor:
+            return t.reshape(B, T, nh, d).transpose(1, 2)  # (B, heads, T, d)
+
+        q = F.normalize(F.silu(heads(u[..., :H])), dim=-1, eps=1e-6)
+        k = F.normalize(F.silu(heads(u[..., H : 2 * H])), dim=-1, eps=1e-6)
+        v = heads(u[..., 2 * H :])
+        last = p[:, -1] if T > 0 else prev0
+        return MemoryInputs(q, k, v, beta.transpose(1, 2), S0, (last,))
+
+    def memory_outputs(
+        self, o: Tensor, S: Tensor, inputs: MemoryInputs
+    ) -> tuple[Tensor, DeltaNetState]:
+        """``y = o`` with the heads concatenated, ``(B, T, H)``; the state ``(S, prev)``."""
+        B, _, T, _ = o.shape
+        y = o.transpose(1, 2).reshape(B, T, self.hidden_size)
+        return y, DeltaNetState(S, inputs.carry[0])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, heads={self.heads}, rule={self.rule!r}"

@@ -1,4 +1,4 @@
-"""The ``chunked`` backend of :class:`~rnnkit.models.cells.DeltaNet`: the delta rule over
+"""The ``chunked`` backend of the matrix-state form: the delta rule (or linear attention) over
 chunks of ``C`` tokens in the WY/UT form (Yang et al. 2024, "Parallelizing Linear
 Transformers with the Delta Rule over Sequence Length"), in plain torch (CPU and GPU).
 
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall
-from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
+from rnnkit.core.forms import Form
+from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 
 #: tokens per chunk (the chunk is ``min(CHUNK, T)`` for shorter sequences).
 CHUNK = 64
@@ -64,7 +65,7 @@ def delta_rule_chunked(
     Returns:
         ``(o, S)``: outputs ``(B, n, T, d_v)`` and the memory after the last step.
     """
-    if rule not in ("delta", "linear"):
+    if rule not in MEMORY_RULES:
         raise ValueError(f"rule must be 'delta' or 'linear', got {rule!r}")
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
@@ -139,63 +140,47 @@ def delta_rule_chunked(
 
 
 def chunked_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Run a :class:`DeltaNet` call with :func:`delta_rule_chunked` after the time-parallel
-    projections, convolution and normalisation; same outputs and final state as the
-    ``reference`` loop (``y: (B, T, H)``, ``DeltaNetState(S, prev)``)."""
+    """Run a :class:`~rnnkit.core.matrix_state.MatrixStateCell` call: the cell's time-parallel
+    :meth:`memory_inputs`, :func:`delta_rule_chunked`, then the cell's :meth:`memory_outputs`;
+    same outputs and final state as the ``reference`` loop (``y: (B, T, output_size)``).
+    Half-precision inputs run the memory in float32."""
     cell = call.cell
-    if not isinstance(cell, DeltaNet):
-        raise TypeError(f"the chunked backend runs DeltaNet cells, got {type(cell).__name__}")
+    if not isinstance(cell, MatrixStateCell):
+        raise TypeError(f"the chunked backend runs matrix-state cells, got {type(cell).__name__}")
     x = call.x
-    B, T = x.shape[0], x.shape[1]
-    H, nh, d = cell.hidden_size, cell.heads, cell.head_dim
-    if call.state is None:
-        S0, prev0 = cell.init_state(B, device=x.device, dtype=x.dtype)
-    else:
-        S0, prev0 = call.state
-    if T == 0:
-        return x.new_empty(B, 0, H), DeltaNetState(S0, prev0)
-    px = cell.project(x)
-    p = px[..., : 3 * H]
-    beta = torch.sigmoid(px[..., 3 * H :])  # (B, T, heads)
-    p_prev = torch.cat((prev0.unsqueeze(1), p[:, :-1]), 1)
-    if call.resets is not None:
-        p_prev = p_prev.masked_fill(call.resets.unsqueeze(-1), 0.0)
-    u = cell.conv[0] * p + cell.conv[1] * p_prev
-
-    def heads(t: Tensor) -> Tensor:
-        return t.reshape(B, T, nh, d).transpose(1, 2)  # (B, heads, T, d)
-
-    q = F.normalize(F.silu(heads(u[..., :H])), dim=-1, eps=1e-6)
-    k = F.normalize(F.silu(heads(u[..., H : 2 * H])), dim=-1, eps=1e-6)
-    v = heads(u[..., 2 * H :])
-    b = beta.transpose(1, 2)
+    inputs = cell.memory_inputs(x, call.state, call.resets)
+    q, k, v, beta, S0, _ = inputs
+    if x.shape[1] == 0:
+        return cell.memory_outputs(v, S0, inputs)
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     o, S = delta_rule_chunked(
         q.to(work),
         k.to(work),
         v.to(work),
-        b.to(work),
+        beta.to(work),
         S0.to(work),
         rule=cell.rule,
         resets=call.resets,
         chunk=CHUNK,
     )
-    y = o.to(x.dtype).transpose(1, 2).reshape(B, T, H)
-    return y, DeltaNetState(S.to(S0.dtype), p[:, -1])
+    return cell.memory_outputs(o.to(x.dtype), S.to(S0.dtype), inputs)
 
 
 def _supports(call: KernelCall) -> str | None:
-    if not isinstance(call.cell, DeltaNet):
-        return f"runs DeltaNet cells only, not {type(call.cell).__name__}"
+    if not isinstance(call.cell, MatrixStateCell):
+        return f"runs MatrixStateCell subclasses only, not {type(call.cell).__name__}"
     return None
 
 
-#: ``auto`` prefers it to the ``reference`` loop (priority 0) for every DeltaNet call.
-CHUNKED_KERNEL = Kernel(
-    backend="chunked",
-    target=DeltaNet.kind,
-    run=chunked_forward,
-    description="DeltaNet delta rule / linear attention in chunks (WY form, torch autograd)",
-    priority=10,
-    supports=_supports,
-)
+def kernels() -> list[Kernel]:
+    """The ``chunked`` kernel for every cell of the matrix-state form."""
+    return [
+        Kernel(
+            backend="chunked",
+            target=Form.MATRIX_STATE.value,
+            run=chunked_forward,
+            description="matrix-state memory (delta rule / linear attention) in chunks, WY form",
+            priority=10,
+            supports=_supports,
+        )
+    ]

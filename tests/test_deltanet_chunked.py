@@ -1,5 +1,7 @@
-"""The ``chunked`` DeltaNet backend against the float64 ``reference`` loop: values and the
-gradients of every parameter, the input and the initial state, on odd shapes."""
+"""DeltaNet (rnnkit-models) on the matrix-state form's ``chunked`` backend (rnnkit-kernels)
+against the float64 ``reference`` loop: values and the gradients of every parameter, the input
+and the initial state, on odd shapes. The op itself is tested against the step recurrence in
+rnnkit-kernels' ``test_form_matrix_state.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import torch
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.testing.checks import make_problem, run_cell
 from rnnkit.core.testing.numerics import rel_rms, tolerance
-from rnnkit.models.cells import DeltaNet, deltanet_chunked
-from rnnkit.models.cells.deltanet_chunked import delta_rule_chunked
+from rnnkit.kernels.matrix_state import chunked as deltanet_chunked
+from rnnkit.models.cells import DeltaNet
 
 
 def _check(
@@ -75,44 +77,9 @@ def test_default_chunk_match_reference(rule: str) -> None:
     )  # fmt: skip
 
 
-def test_core_equals_the_step_recurrence() -> None:
-    """``delta_rule_chunked`` on raw inputs (keys not normalised, beta up to 1) against the
-    step recurrence, with resets, chunk 3, T=10."""
-    gen = torch.Generator().manual_seed(0)
-    B, n, T, dk, dv = 2, 2, 10, 3, 4
-    q = torch.randn(B, n, T, dk, generator=gen, dtype=torch.float64)
-    k = torch.nn.functional.normalize(
-        torch.randn(B, n, T, dk, generator=gen, dtype=torch.float64), dim=-1
-    )
-    v = torch.randn(B, n, T, dv, generator=gen, dtype=torch.float64)
-    beta = torch.rand(B, n, T, generator=gen, dtype=torch.float64)
-    S0 = torch.randn(B, n, dv, dk, generator=gen, dtype=torch.float64)
-    resets = torch.rand(B, T, generator=gen) < 0.3
-    for rule in ("delta", "linear"):
-        o, S = delta_rule_chunked(q, k, v, beta, S0, rule=rule, resets=resets, chunk=3)
-        St = S0.clone()
-        eye = torch.eye(dk, dtype=torch.float64)
-        for t in range(T):
-            St = torch.where(resets[:, t, None, None, None], torch.zeros_like(St), St)
-            kt, vt, bt = k[:, :, t], v[:, :, t], beta[:, :, t, None, None]
-            write = bt * vt.unsqueeze(-1) * kt.unsqueeze(-2)
-            if rule == "delta":
-                St = St @ (eye - bt * kt.unsqueeze(-1) * kt.unsqueeze(-2)) + write
-            else:
-                St = St + write
-            assert rel_rms(o[:, :, t], (St @ q[:, :, t].unsqueeze(-1)).squeeze(-1)) < 1e-12
-        assert rel_rms(S, St) < 1e-12
-
-
 def test_auto_picks_chunked() -> None:
     cell = DeltaNet(3, 4)
     x = torch.randn(2, 5, 3)
     for resets in (None, torch.zeros(2, 5, dtype=torch.bool)):
         call = KernelCall(cell, x, None, resets, needs_grad=True)
         assert select(call).backend == "chunked"
-
-
-def test_bad_rule() -> None:
-    z = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(ValueError, match="rule must be"):
-        delta_rule_chunked(z, z, z, z[..., 0], torch.zeros(1, 1, 2, 2), rule="gated")
