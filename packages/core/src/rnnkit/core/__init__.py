@@ -14,10 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 from rnnkit.core.api import create_cell, get_cell_class, list_cells
 from rnnkit.core.cell import Cell
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman, GatedCell
-from rnnkit.core.dispatch import Kernel, KernelCall
 from rnnkit.core.errors import BackendUnavailableError, PluginConflictError, UnknownNameError
 from rnnkit.core.forms import Form
 from rnnkit.core.hookspecs import hookimpl
+from rnnkit.core.kernel import Kernel, KernelCall, Priority
 from rnnkit.core.recurrent import Recurrent
 from rnnkit.core.state import StateField
 
@@ -38,6 +38,7 @@ __all__ = [
     "Kernel",
     "KernelCall",
     "PluginConflictError",
+    "Priority",
     "Recurrent",
     "StateField",
     "UnknownNameError",

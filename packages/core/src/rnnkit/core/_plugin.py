@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from rnnkit.core.api import create_cell
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
+from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.hookspecs import RegisterCell, RegisterCommand, RegisterKernel, hookimpl
 from rnnkit.core.reference import REFERENCE_KERNEL
 
@@ -58,9 +60,6 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     import torch
-
-    from rnnkit.core.api import create_cell
-    from rnnkit.core.dispatch import KernelCall, select
 
     torch.manual_seed(args.seed)
     cell = create_cell(args.cell, input_size=args.input_size, hidden_size=args.hidden_size)

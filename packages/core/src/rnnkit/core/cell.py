@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Generic, cast
 import torch
 from torch import Tensor, nn
 
+from rnnkit.core.dispatch import run
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField, StateT
 from rnnkit.core.validation import (
@@ -159,8 +160,6 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         Returns:
             ``(y, final_state)`` with ``y: (B, T, output_size)``.
         """
-        from rnnkit.core.dispatch import run  # local: dispatch imports the plugin host
-
         x = check_sequence(self, x)
         batch, time = x.shape[0], x.shape[1]
         if state is not None:

@@ -2,95 +2,74 @@
 
 Kernels are registered through the ``rnnkit_register_kernels`` hook and keyed by
 ``(backend, target)``, where ``target`` is a form (``"gated"``), a cell kind (``"lstm"``) or
-``"*"`` (every cell). ``backend="auto"`` picks the available kernel with the highest priority
-for this call; ``RNNKIT_BACKEND`` replaces ``"auto"`` globally; a named backend that cannot run
-raises :class:`~rnnkit.core.errors.BackendUnavailableError` saying why.
+``"*"`` (every cell). ``backend="auto"`` picks the available kernel with the highest
+:class:`~rnnkit.core.kernel.Priority` for this call; ``RNNKIT_BACKEND`` replaces ``"auto"``
+globally; a named backend that cannot run raises
+:class:`~rnnkit.core.errors.BackendUnavailableError` saying why.
+
+Dispatch reads the registered kernels through a *kernel source*, a function the plugin host
+installs when :mod:`rnnkit.core.plugins` is imported (``import rnnkit.core`` does that), so
+that this module needs nothing from the host: the cell ABI imports dispatch, the host imports
+the ABI to validate registrations, and neither import runs in a circle.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError, unknown_name
-from rnnkit.core.plugins import get_host
+from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority
 
 if TYPE_CHECKING:
     from rnnkit.core.cell import Cell
 
+__all__ = [
+    "ANY_CELL",
+    "BACKEND_ENV",
+    "Kernel",
+    "KernelCall",
+    "Priority",
+    "backend_names",
+    "kernels_for",
+    "ranking",
+    "registered_kernels",
+    "run",
+    "select",
+    "set_kernel_source",
+    "targets_of",
+]
+
 BACKEND_ENV = "RNNKIT_BACKEND"
-ANY_CELL = "*"
+
+#: ``() -> every registered kernel``.
+KernelSource = Callable[[], Sequence[Kernel]]
+_source: KernelSource | None = None
 
 
-@dataclass(frozen=True)
-class KernelCall:
-    """Everything a kernel sees of one ``forward`` call (inputs already validated).
+def set_kernel_source(source: KernelSource) -> KernelSource | None:
+    """Install where dispatch finds the registered kernels; returns the previous source.
 
-    Attributes:
-        cell: the cell.
-        x: ``(B, T, input_size)``.
-        state: the initial state, or ``None`` for the cell's ``init_state``.
-        resets: bool ``(B, T)`` or ``None``.
-        needs_grad: whether autograd will need gradients of the result.
+    The plugin host installs ``lambda: [e.obj for e in get_host().kernels]`` when it is
+    imported; tests can install a fixed list.
     """
-
-    cell: Cell[Any]
-    x: Tensor
-    state: tuple[Tensor, ...] | None
-    resets: Tensor | None
-    needs_grad: bool
+    global _source
+    old, _source = _source, source
+    return old
 
 
-def _always_available() -> str | None:
-    return None
-
-
-def _supports_everything(call: KernelCall) -> str | None:
-    return None
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One backend implementation for one target.
-
-    Attributes:
-        backend: the backend name users pass as ``backend=`` (``"fused"``, ``"triton"``).
-        target: a :class:`~rnnkit.core.forms.Form` value, a cell ``kind``, or ``"*"``.
-        run: ``run(call) -> (y, final_state)``, with ``y: (B, T, output_size)`` and the final
-            state an instance of the cell's ``state_type``.
-        description: one line for ``rnnkit list backends``.
-        priority: ``auto`` prefers higher values; an int or a function of the call.
-        available: ``() -> reason or None``: why it cannot run on this machine at all
-            (not installed, no GPU), ``None`` when it can.
-        supports: ``(call) -> reason or None``: why it cannot run this call (dtype, device,
-            head size), ``None`` when it can.
-    """
-
-    backend: str
-    target: str
-    run: Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]]
-    description: str = ""
-    priority: int | Callable[[KernelCall], int] = 0
-    available: Callable[[], str | None] = _always_available
-    supports: Callable[[KernelCall], str | None] = _supports_everything
-
-    @property
-    def key(self) -> str:
-        """The registry key ``backend/target``."""
-        return f"{self.backend}/{self.target}"
-
-    def rank(self, call: KernelCall) -> int:
-        """The priority of this kernel for ``call``."""
-        return self.priority(call) if callable(self.priority) else self.priority
-
-    def why_not(self, call: KernelCall) -> str | None:
-        """Why this kernel cannot run ``call`` (``None`` when it can)."""
-        return self.available() or self.supports(call)
+def registered_kernels() -> list[Kernel]:
+    """Every registered kernel (loads the plugins on first use)."""
+    if _source is None:
+        raise RuntimeError(
+            "rnnkit.core.dispatch has no kernel source: import rnnkit.core (the plugin host "
+            "installs it) before running a cell"
+        )
+    return list(_source())
 
 
 def targets_of(cell: Cell[Any]) -> list[str]:
@@ -104,19 +83,25 @@ def targets_of(cell: Cell[Any]) -> list[str]:
 def kernels_for(cell: Cell[Any]) -> list[Kernel]:
     """Every registered kernel that targets ``cell``."""
     targets = set(targets_of(cell))
-    return [e.obj for e in get_host().kernels if e.obj.target in targets]
+    return [k for k in registered_kernels() if k.target in targets]
 
 
 def backend_names() -> list[str]:
     """Every registered backend name."""
-    return sorted({e.obj.backend for e in get_host().kernels})
+    return sorted({k.backend for k in registered_kernels()})
+
+
+def ranking(call: KernelCall, candidates: Sequence[Kernel] | None = None) -> list[Kernel]:
+    """The kernels for ``call`` (default: every kernel targeting its cell) in the order ``auto``
+    tries them: highest priority first, registration order among equals."""
+    pool = kernels_for(call.cell) if candidates is None else candidates
+    return sorted(pool, key=lambda k: -k.rank(call))
 
 
 def _auto(call: KernelCall, candidates: list[Kernel]) -> tuple[Kernel | None, list[str]]:
     """The best kernel for ``call`` and the reasons the better-ranked ones were passed over."""
-    ranked = sorted(candidates, key=lambda k: -k.rank(call))
     passed: list[str] = []
-    for k in ranked:
+    for k in ranking(call, candidates):
         reason = k.why_not(call)
         if reason is None:
             return k, passed

@@ -22,7 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from rnnkit.core.cell import Cell
-    from rnnkit.core.dispatch import Kernel
+    from rnnkit.core.kernel import Kernel
 
 PROJECT = "rnnkit"
 
@@ -50,7 +50,7 @@ class RegisterCell(Protocol):
 
 
 class RegisterKernel(Protocol):
-    """``register(kernel)`` for a :class:`~rnnkit.core.dispatch.Kernel`."""
+    """``register(kernel)`` for a :class:`~rnnkit.core.kernel.Kernel`."""
 
     def __call__(self, kernel: Kernel) -> None: ...
 

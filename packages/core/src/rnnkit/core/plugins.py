@@ -19,16 +19,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import pluggy
 
-from rnnkit.core import hookspecs
+from rnnkit.core import dispatch, hookspecs
+from rnnkit.core.cell import Cell
+from rnnkit.core.kernel import Kernel
 from rnnkit.core.registry import Entry, Origin, Registry
-
-if TYPE_CHECKING:
-    from rnnkit.core.cell import Cell
-    from rnnkit.core.dispatch import Kernel
 
 ENTRY_POINT_GROUP = "rnnkit"
 DISABLE_ENV = "RNNKIT_DISABLE_PLUGINS"
@@ -178,8 +176,6 @@ class PluginHost:
             description: str = "",
             test_configs: Sequence[Mapping[str, Any]] = ({},),
         ) -> None:
-            from rnnkit.core.cell import Cell
-
             _check_name("cell", name)
             if not (isinstance(cls, type) and issubclass(cls, Cell)):  # type: ignore[redundant-expr]
                 raise TypeError(f"cell {name!r} must be a Cell subclass, got {cls!r}")
@@ -188,10 +184,8 @@ class PluginHost:
             staged.append(("cells", Entry(name, info, origin, doc)))
 
         def kernel(k: Kernel) -> None:
-            from rnnkit.core.dispatch import Kernel
-
             if not isinstance(k, Kernel):
-                raise TypeError(f"register() expects a rnnkit.core.dispatch.Kernel, got {k!r}")
+                raise TypeError(f"register() expects a rnnkit.core.Kernel, got {k!r}")
             _check_name("backend", k.backend)
             staged.append(("kernels", Entry(k.key, k, origin, k.description)))
 
@@ -308,3 +302,12 @@ def module_plugin(name: str, **hooks: Callable[..., None]) -> ModuleType:
     for hook_name, fn in hooks.items():
         setattr(mod, hook_name, hookspecs.hookimpl(fn))
     return mod
+
+
+def _registered_kernels() -> list[Kernel]:
+    return [e.obj for e in get_host().kernels]
+
+
+# Dispatch finds kernels through this host (see rnnkit.core.dispatch: the source is installed
+# here so that dispatch, which the cell ABI imports, needs nothing from this module).
+dispatch.set_kernel_source(_registered_kernels)

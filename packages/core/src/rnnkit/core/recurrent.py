@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.cell import Cell
+from rnnkit.core.cells import GRU, LSTM, Elman
 from rnnkit.core.validation import check_positive_int, check_resets, check_sequence
 
 
@@ -164,8 +165,6 @@ class Recurrent(nn.Module):
 
         The returned stack is batch-first whatever ``module.batch_first`` is.
         """
-        from rnnkit.core.cells import GRU, LSTM, Elman
-
         kinds: dict[type[nn.RNNBase], type[Any]] = {nn.RNN: Elman, nn.LSTM: LSTM, nn.GRU: GRU}
         cell_cls = kinds.get(type(module))
         if cell_cls is None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import ANY_CELL, Kernel, KernelCall
+from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority
 from rnnkit.core.state import apply_resets
 
 
@@ -44,5 +44,5 @@ REFERENCE_KERNEL = Kernel(
     target=ANY_CELL,
     run=reference_forward,
     description="sequential loop over Cell.recur (autograd); the oracle for every backend",
-    priority=0,
+    priority=Priority.REFERENCE,
 )

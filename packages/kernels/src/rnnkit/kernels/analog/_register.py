@@ -9,16 +9,16 @@ backend, so ``auto`` runs it on crossbars; ``backend="analog"`` then selects it 
 
 from __future__ import annotations
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.kernels.analog.cells import analog_forward, analog_reason, is_analog
 
 __all__ = ["kernels"]
 
-CONVERTED_PRIORITY = 1_000_000
-UNCONVERTED_PRIORITY = -1_000_000
+CONVERTED_PRIORITY = Priority.CONVERTED
+UNCONVERTED_PRIORITY = Priority.NEVER
 
 
-def _priority(call: KernelCall) -> int:
+def _priority(call: KernelCall) -> Priority:
     return CONVERTED_PRIORITY if is_analog(call.cell) else UNCONVERTED_PRIORITY
 
 

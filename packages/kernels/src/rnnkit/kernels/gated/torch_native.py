@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import _VF, Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 
 __all__ = [
     "FALLBACK",
@@ -221,17 +221,16 @@ def _run_vf(
     return y, cell.state_type(h[0])
 
 
-#: ``auto`` priority where torch's op is the faster choice (``fused`` has 10).
-PREFERRED = 20
-#: ``auto`` priority where ``fused`` is faster (torch's op stays a fallback above reference).
-FALLBACK = 5
+#: ``auto`` tier where torch's op is the faster choice: the device's best op.
+PREFERRED = Priority.DEVICE_BEST
+#: ``auto`` tier where ``fused`` is faster (torch's op stays a fallback above reference).
+FALLBACK = Priority.FALLBACK
 
 
-def torch_priority(call: KernelCall) -> int:
-    """``auto`` priority: :data:`PREFERRED` where torch's op measured faster than ``fused``.
+def torch_priority(call: KernelCall) -> Priority:
+    """``auto`` tier: :data:`PREFERRED` where torch's op measured faster than ``fused``.
 
-    Measured with ``tools/bench/gated.py`` (B=16, T=512, input 128, hidden 256, fp32; see
-    ``docs/kernels-fused.md``):
+    Measured with ``tools/bench/gated.py`` (figures in ``docs/kernels-fused.md``):
 
     - CUDA: always (cuDNN runs the whole sequence in a few kernels; a torch loop cannot).
     - CPU LSTM: always. torch uses oneDNN's fused LSTM layer, with and without gradients.

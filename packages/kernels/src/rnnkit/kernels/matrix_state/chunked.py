@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 
@@ -180,7 +180,7 @@ def kernels() -> list[Kernel]:
             target=Form.MATRIX_STATE.value,
             run=chunked_forward,
             description="matrix-state memory (delta rule / linear attention) in chunks, WY form",
-            priority=10,
+            priority=Priority.PORTABLE,
             supports=_supports,
         )
     ]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
 from rnnkit.kernels.newton._kernel import newton_forward
 from rnnkit.kernels.newton._solve import PROTOCOL
 
 #: ``auto`` prefers ``newton`` over the sequential loop from this many steps on ...
 MIN_AUTO_TIME = 128
-#: ... and, on CPU, only up to this many parallel lanes ``B * hidden_size``. ParaGRU forward+
-#: backward, 1 thread, against the reference loop (same projection): Newton 5x faster at
-#: ``B*H = 256``, 2.5x at 1024, 1.5x at 2048, 0.8x at 4096 and 0.6x at 8192, where the loop's
-#: per-step overhead is amortised over wide steps and Newton's ~5 evaluations of the step
-#: (about 20 elementwise ops each) and scans dominate.
+#: ... and, on CPU, only up to this many parallel lanes ``B * hidden_size``: wider steps
+#: amortise the loop's per-step overhead while Newton's repeated evaluations of the step and
+#: its scans grow with them (crossover measured in ``docs/kernels-newton.md``, "auto").
 MAX_AUTO_LANES_CPU = 2048
 
 
@@ -35,13 +33,13 @@ def _supports(call: KernelCall) -> str | None:
     return None
 
 
-def _priority(call: KernelCall) -> int:
+def _priority(call: KernelCall) -> Priority:
     if call.x.shape[1] < MIN_AUTO_TIME:
-        return -1
+        return Priority.BELOW_REFERENCE
     lanes = call.x.shape[0] * call.cell.hidden_size
     if call.x.device.type == "cpu" and lanes > MAX_AUTO_LANES_CPU:
-        return -1
-    return 5
+        return Priority.BELOW_REFERENCE
+    return Priority.PORTABLE
 
 
 def kernels() -> list[Kernel]:

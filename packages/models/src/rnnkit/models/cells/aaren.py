@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_heads, check_positive_int
 
@@ -205,6 +205,6 @@ PARALLEL_KERNEL = Kernel(
     target=Aaren.kind,
     run=_prefix_scan,
     description="Aaren's parallel prefix scan (Hillis-Steele doubling, log2 T steps)",
-    priority=10,
+    priority=Priority.PORTABLE,
     supports=_supports,
 )

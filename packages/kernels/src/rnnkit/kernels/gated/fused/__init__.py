@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.kernels.gated.fused._elman import ELMAN_LOOPS, ElmanLoops, run_elman
 from rnnkit.kernels.gated.fused._gru import GRU_LOOPS, GRULoops, run_gru
 from rnnkit.kernels.gated.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
@@ -44,8 +44,8 @@ __all__ = [
     "run_slstm",
 ]
 
-#: ``auto`` priority of every fused kernel (the reference loop has 0).
-FUSED_PRIORITY = 10
+#: ``auto`` tier of every fused kernel: the gated form's portable kernel.
+FUSED_PRIORITY = Priority.PORTABLE
 
 # 16-bit inputs are refused: the loops would keep their state and gradients in 16 bits (a
 # bfloat16 input gradient came out 0.3 off in relative RMS on one machine). The triton backend

@@ -30,7 +30,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.kernels.gated.fused import run_elman as _py_elman
 from rnnkit.kernels.gated.fused import run_gru as _py_gru
 from rnnkit.kernels.gated.fused import run_lstm as _py_lstm
@@ -59,32 +59,27 @@ __all__ = [
 
 #: Backend name (``backend="fused_cpp"``).
 BACKEND = "fused_cpp"
-#: ``auto`` priority on CPU: above ``fused`` (10), below ``torch`` where torch wins (20).
-PRIORITY = 15
-#: ``auto`` priority where it measured faster than torch's native op too.
-PREFERRED = 25
-#: ``auto`` priority for float64: below ``fused`` (10), above ``reference`` (0). float64 is the
-#: validation dtype; ``auto`` keeps it on the pure-torch loop (which torch.compile traces without
-#: a graph break, and which the existing tests and the conformance kit expect there).
+#: ``auto`` tier on CPU: above ``fused``, below ``torch`` where torch's op is the best one.
+PRIORITY = Priority.COMPILED
+#: ``auto`` tier where the native loop measured faster than torch's native op too.
+PREFERRED = Priority.BEATS_DEVICE_BEST
+#: ``auto`` tier for float64: below ``fused``, above ``reference``. float64 is the validation
+#: dtype; ``auto`` keeps it on the pure-torch loop (which torch.compile traces without a graph
+#: break, and which the existing tests and the conformance kit expect there).
 #: ``backend="fused_cpp"`` runs float64 natively.
-FLOAT64_PRIORITY = 5
+FLOAT64_PRIORITY = Priority.FALLBACK
 
 #: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
-#: than torch's own op, which has priority 20 there (``tools/bench/gated.py``, see
-#: ``docs/kernels-fused.md``): GRU inference (team loops: 1.8-2.0x torch's GRU on the Xeon
-#: host, 1.5-2.0x on the development VM), Elman inference (1.6x on the VM) and LSTM training
-#: (1.2-1.4x torch's LSTM op). Everywhere else :data:`PRIORITY` is enough: torch either wins
-#: (dense LSTM inference: oneDNN's fused layer) or does not run the call (heads > 1, resets,
-#: sLSTM), or has a low priority already (GRU and Elman training, where torch records a
-#: per-step graph).
+#: than torch's own op (``docs/kernels-fused.md``, "auto"): GRU and Elman inference, LSTM
+#: training. Everywhere else :data:`PRIORITY` is enough: torch either wins (dense LSTM
+#: inference: oneDNN's fused layer) or does not run the call (heads > 1, resets, sLSTM), or
+#: ranks below already (GRU and Elman training, where torch records a per-step graph).
 _BEATS_TORCH: frozenset[tuple[str, bool]] = frozenset(
     {("gru", False), ("elman", False), ("lstm", True)}
 )
 #: The shortest sequence from which those calls prefer the native loop: a call has a fixed
-#: cost (packing the weights, starting the thread team; about 0.5 ms at hidden 256), so torch's
-#: op wins short sequences (development VM, 2 threads, hidden 256: GRU inference 0.86x torch
-#: at T=8, 1.3x at T=16; Elman inference 0.96x at T=8, 1.2x at T=16, 1.9x at T=64; LSTM
-#: training 0.87x at T=128, 1.1x at T=256, 1.4x at T=512).
+#: cost (packing the weights, starting the thread team), so torch's op wins short sequences
+#: (the crossover lengths are measured in ``docs/kernels-fused.md``).
 _BEATS_TORCH_FROM_T: dict[tuple[str, bool], int] = {
     ("gru", False): 16,
     ("elman", False): 16,
@@ -126,8 +121,8 @@ def supports(call: KernelCall) -> str | None:
     return None
 
 
-def priority(call: KernelCall) -> int:
-    """``auto`` priority, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
+def priority(call: KernelCall) -> Priority:
+    """``auto`` tier, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
 
     :data:`FLOAT64_PRIORITY` for float64 (``auto`` uses ``fused`` there); for float32
     :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` with

@@ -4,10 +4,11 @@ One kernel per cell kind (``elman``, ``lstm``, ``gru``, ``slstm``) is registered
 backend name ``"triton"``. Importing this module never imports triton: availability is checked
 when dispatch asks, and a missing dependency is reported as a reason, not a traceback.
 
-On CUDA the kernels have priority 30 (``backend="auto"`` prefers them where they support the
-call). Without a GPU they run only under the Triton interpreter (``TRITON_INTERPRET=1`` set
-before triton is imported), and then only when named (``backend="triton"``): their CPU
-priority is below the reference loop so ``auto`` never picks the interpreter.
+On CUDA the kernels rank in the :attr:`~rnnkit.core.kernel.Priority.FUSED_ON_CHIP` tier
+(``backend="auto"`` prefers them where they support the call). Without a GPU they run only under the
+Triton interpreter (``TRITON_INTERPRET=1`` set before triton is imported), and then only when named
+(``backend="triton"``): their CPU priority is below the reference loop so ``auto`` never picks the
+interpreter.
 
 See ``docs/kernels-triton.md`` for the design and limits.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.kernels.gated.triton.ops import (
     CELLS,
     MAX_HEAD_DIM,
@@ -53,10 +54,10 @@ __all__ = [
     "triton_gated_varlen",
 ]
 
-#: ``auto`` priority on CUDA (above ``fused`` and the reference loop).
-CUDA_PRIORITY = 30
-#: Priority off CUDA (interpreter only): below the reference loop, so ``auto`` skips it.
-CPU_PRIORITY = -100
+#: ``auto`` tier on CUDA (above ``fused``, ``torch`` and the reference loop).
+CUDA_PRIORITY = Priority.FUSED_ON_CHIP
+#: Tier off CUDA (interpreter only): below the reference loop, so ``auto`` skips it.
+CPU_PRIORITY = Priority.BELOW_REFERENCE
 
 
 def available() -> str | None:
@@ -98,7 +99,7 @@ def _supports(call: KernelCall) -> str | None:
     return None
 
 
-def _priority(call: KernelCall) -> int:
+def _priority(call: KernelCall) -> Priority:
     return CUDA_PRIORITY if call.x.device.type == "cuda" else CPU_PRIORITY
 
 

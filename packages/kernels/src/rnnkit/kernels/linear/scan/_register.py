@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
 from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.kernels.linear.scan import _triton
@@ -76,9 +76,9 @@ def _triton_available() -> str | None:
     return _triton.unavailable_reason()
 
 
-def _triton_priority(call: KernelCall) -> int:
+def _triton_priority(call: KernelCall) -> Priority:
     # Under TRITON_INTERPRET=1 the kernels also run on CPU, but far slower than "scan" there.
-    return 20 if call.x.device.type == "cuda" else 5
+    return Priority.DEVICE_BEST if call.x.device.type == "cuda" else Priority.FALLBACK
 
 
 def kernels() -> list[Kernel]:
@@ -93,7 +93,7 @@ def kernels() -> list[Kernel]:
                 "linear scan: native C++ on CPU when it builds, else chunked pure torch "
                 "(any device, real and complex)"
             ),
-            priority=10,
+            priority=Priority.PORTABLE,
             supports=_supports,
         ),
         Kernel(
