@@ -9,7 +9,9 @@ import platform
 import sys
 from collections.abc import Sequence
 
+from rnnkit.core import __version__
 from rnnkit.core.errors import RnnkitError
+from rnnkit.core.kernel import Kernel
 from rnnkit.core.plugins import PluginHost, get_host
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
@@ -28,8 +30,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
     pattern = args.pattern
     if args.what == "backends":
-        from rnnkit.core.dispatch import Kernel
-
         rows = []
         for entry in host.kernels:
             k: Kernel = entry.obj
@@ -125,8 +125,6 @@ BUILTIN = {
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     """The argument parser, with every subcommand registered by plugins."""
-    from rnnkit.core import __version__
-
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="rnnkit: recurrent sequence models in PyTorch"
     )
