@@ -13,13 +13,30 @@ process loads it in milliseconds, without ninja or a compiler. The flags are ``-
 GCC's ``target_clones``), so a cached library also runs on another x86-64 CPU.
 
 A failed build is recorded in the cache directory (``FAILED``) so that later processes report
-the reason instead of compiling again; ``rnnkit kernels build`` retries. ``RNNKIT_CPP=0`` turns
-every native library off; each library may name its own switch as well.
+the reason instead of compiling again; ``rnnkit kernels build`` retries. An interrupted build
+(Ctrl-C, a killed process) records nothing. ``RNNKIT_CPP=0`` turns every native library off;
+each library may name its own switch as well.
+
+The cache survives crashes and concurrent first uses:
+
+- a library is compiled in a private temporary directory and moved into the cache with an
+  atomic rename, next to a SHA-256 of its bytes; a cached library whose bytes do not match
+  (truncated by a full disk, replaced by another file) is set aside and rebuilt, never loaded,
+  since loading a damaged or foreign library can kill the process;
+- processes that need the same build wait on an advisory file lock (``build.lock``) that the
+  operating system releases when its holder exits, so a killed compile leaves no stale lock;
+  waiting gives up after ``$RNNKIT_CPP_LOCK_TIMEOUT`` seconds (default 900) with a message
+  naming the holder, and ``rnnkit kernels status`` shows a held lock and its owner;
+- a cache directory that cannot be written is a :class:`BuildError` like a failed compile, so
+  the backends fall back to their pure-torch loops with a warning.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -27,8 +44,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +59,7 @@ import torch
 __all__ = [
     "CACHE_ENV",
     "DISABLE_ENV",
+    "LOCK_TIMEOUT_ENV",
     "BuildError",
     "BuildInfo",
     "NativeLibrary",
@@ -49,8 +70,13 @@ __all__ = [
 CACHE_ENV = "RNNKIT_CPP_CACHE"
 #: Set to ``0`` to switch every native library off (backends then report why).
 DISABLE_ENV = "RNNKIT_CPP"
+#: Seconds a process waits for another one's compile of the same library (default 900).
+LOCK_TIMEOUT_ENV = "RNNKIT_CPP_LOCK_TIMEOUT"
 
 _FAILED = "FAILED"
+_LOCK = "build.lock"
+#: Part of the build key: bump when the cache's layout changes.
+_CACHE_FORMAT = "2"
 _log = logging.getLogger(__name__)
 
 
@@ -137,6 +163,118 @@ def _summary(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a failed compile was stopped by a signal (Ctrl-C reaches ninja as well as
+    Python, and ninja may fail first) rather than by the sources."""
+    text = str(error)
+    return "interrupted by user" in text or "received signal" in text or "SIGINT" in text
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return 900.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BuildError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise BuildError(f"{LOCK_TIMEOUT_ENV}={raw!r} must be >= 0")
+    return value
+
+
+def _owner_text(lock: Path) -> str:
+    """Who holds ``lock``, as its holder wrote it (pid, host, since when)."""
+    try:
+        owner = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return "an unknown process"
+    if not isinstance(owner, dict):
+        return "an unknown process"
+    since = owner.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
+    return f"process {owner.get('pid', '?')} on {owner.get('host', '?')} since {when}"
+
+
+@contextmanager
+def _build_lock(directory: Path, name: str) -> Iterator[None]:
+    """Hold ``directory/build.lock`` exclusively; the OS drops it if this process dies."""
+    path = directory / _LOCK
+    timeout = _lock_timeout()
+    with path.open("a+") as f:
+        start = time.monotonic()
+        announced = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                raise BuildError(
+                    f"timed out after {waited:.0f} s waiting for {_owner_text(path)} to finish "
+                    f"building {name} (lock {path}; set {LOCK_TIMEOUT_ENV} to wait longer)"
+                )
+            if not announced:
+                announced = True
+                _log.warning(
+                    "rnnkit: waiting for %s to finish building %s", _owner_text(path), name
+                )
+            time.sleep(0.2)
+        try:
+            owner = {"pid": os.getpid(), "host": platform.node(), "since": time.time()}
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(owner))
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def lock_holder(directory: Path) -> str | None:
+    """Who holds the build lock of ``directory`` (``None`` when nobody does)."""
+    path = directory / _LOCK
+    if not path.exists():
+        return None
+    try:
+        with path.open("r") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return _owner_text(path)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
 _REGISTRY: dict[str, NativeLibrary] = {}
 
 
@@ -183,7 +321,8 @@ class NativeLibrary:
             h.update(name.encode())
             h.update((self.csrc / name).read_bytes())
         cflags, ldflags = _flags()
-        for part in (*cflags, *ldflags, _compiler(), torch.__version__, sys.version, sys.platform):
+        parts = (*cflags, *ldflags, _compiler(), torch.__version__, sys.version, sys.platform)
+        for part in (*parts, _CACHE_FORMAT):
             h.update(part.encode())
         self._key_cached = h.hexdigest()[:16]
         return self._key_cached
@@ -201,6 +340,9 @@ class NativeLibrary:
     def _library(self, directory: Path) -> Path:
         return directory / f"{self.name}.so"
 
+    def _digest_file(self, directory: Path) -> Path:
+        return directory / f"{self.name}.so.sha256"
+
     # -- state -------------------------------------------------------------------------------
 
     def _disabled(self) -> str | None:
@@ -210,7 +352,8 @@ class NativeLibrary:
         return None
 
     def is_built(self) -> bool:
-        """Whether the library is loaded in this process or built in the cache."""
+        """Whether the library is loaded in this process or built in the cache (not yet
+        verified: a damaged cached library is found, set aside and rebuilt by :meth:`build`)."""
         return self._ops is not None or self._library(self.cache_dir()).exists()
 
     def _recorded_failure(self) -> str | None:
@@ -272,15 +415,17 @@ class NativeLibrary:
         """Compile (or load from the cache) the library and register its ops.
 
         Args:
-            force: retry even if an earlier build failed (clears the failure marker).
+            force: rebuild from nothing: clears the cached library and a recorded failure.
             verbose: show the compiler commands and output.
 
         Returns:
             where the library is and how long it took.
 
         Raises:
-            BuildError: disabled, no toolchain, or the compiler or loader failed (the reason
-                is recorded in the cache directory).
+            BuildError: disabled, no toolchain, the cache directory cannot be written, another
+                process's build did not finish in time, or the compiler or loader failed (a
+                compiler failure is recorded in the cache directory).
+            KeyboardInterrupt: the compile was interrupted (nothing is recorded).
         """
         with self._lock:
             if self._info is not None:
@@ -289,38 +434,100 @@ class NativeLibrary:
             if disabled is not None:
                 raise BuildError(disabled)
             directory = self.cache_dir()
-            library = self._library(directory)
             start = time.perf_counter()
-            if library.exists() and not force and self._load_cached(library):
-                return self._loaded(BuildInfo(library, time.perf_counter() - start, False))
+            if not force and self._load_verified(directory):
+                return self._loaded(BuildInfo(self._library(directory), _since(start), False))
             problem = _toolchain_problem()
             if problem is not None:
                 raise BuildError(problem)
-            marker = directory / _FAILED
-            if force:
-                marker.unlink(missing_ok=True)
-                self._failure = None
-            elif self._failure is not None or marker.exists():
-                raise BuildError(self._failure or self._recorded_failure())
-            directory.mkdir(parents=True, exist_ok=True)
-            # A compile takes tens of seconds and happens once per machine and version: say so,
-            # or a first call looks hung. WARNING reaches stderr without logging set up.
-            _log.warning(
-                "rnnkit: compiling the native library %s (once; cached in %s)", self.name, directory
-            )
+            if not force and self._failure is not None:
+                raise BuildError(self._failure)
             try:
-                self._compile(directory, verbose)
+                directory.mkdir(parents=True, exist_ok=True)
+                with _build_lock(directory, self.name):
+                    return self._build_locked(directory, force, verbose, start)
+            except OSError as e:
+                # An unwritable or full cache: the same fallback as a failed compile.
+                self._failure = (
+                    f"the native library cache {directory} cannot be written "
+                    f"({e.strerror or e}); set {CACHE_ENV} to a writable directory"
+                )
+                raise BuildError(self._failure) from e
+
+    def _build_locked(self, directory: Path, force: bool, verbose: bool, start: float) -> BuildInfo:
+        """The part of :meth:`build` that runs holding the build lock."""
+        library = self._library(directory)
+        marker = directory / _FAILED
+        if force:
+            for stale in (library, self._digest_file(directory), marker):
+                stale.unlink(missing_ok=True)
+            self._failure = None
+        else:
+            # Another process may have built it (or failed) while this one waited.
+            if self._load_verified(directory):
+                return self._loaded(BuildInfo(library, _since(start), False))
+            failure = self._recorded_failure()
+            if failure is not None:
+                raise BuildError(failure)
+        # A compile takes tens of seconds and happens once per machine and version: say so,
+        # or a first call looks hung. WARNING reaches stderr without logging set up.
+        _log.warning(
+            "rnnkit: compiling the native library %s (once; cached in %s)", self.name, directory
+        )
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
+        try:
+            try:
+                self._compile(work, verbose)
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                if _interrupted(e):
+                    raise KeyboardInterrupt(f"building {self.name} was interrupted") from e
                 reason = f"building the {self.name} library failed: {_summary(e)}"
-                marker.write_text(f"{_summary(e)}\n\n{e}\n")
+                _write_atomic(marker, f"{_summary(e)}\n\n{e}\n")
                 self._failure = reason
                 raise BuildError(f"{reason} (full log: {marker})") from e
-            return self._loaded(BuildInfo(library, time.perf_counter() - start, True))
+            built = self._library(work)
+            # The digest first, the library last: a library in the cache always has one.
+            _write_atomic(self._digest_file(directory), _sha256(built) + "\n")
+            os.replace(built, library)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self._loaded(BuildInfo(library, _since(start), True))
+
+    def _verified(self, directory: Path) -> bool:
+        """Whether the cached library exists with the bytes its build recorded. One that does
+        not match is moved aside (kept for inspection, never loaded)."""
+        library = self._library(directory)
+        if not library.exists():
+            return False
+        try:
+            expected = self._digest_file(directory).read_text().strip()
+            actual = _sha256(library)
+        except OSError:
+            expected, actual = "", "unreadable"
+        if expected and expected == actual:
+            return True
+        aside = library.with_name(f"{library.name}.bad-{os.getpid()}")
+        _log.warning(
+            "rnnkit: the cached %s does not match its recorded digest (truncated or replaced); "
+            "moved to %s and rebuilding",
+            library,
+            aside.name,
+        )
+        try:
+            os.replace(library, aside)
+        except OSError:
+            library.unlink(missing_ok=True)
+        return False
+
+    def _load_verified(self, directory: Path) -> bool:
+        """Load the cached library if it is there and verified; False if it must be built."""
+        if not self._verified(directory):
+            return False
+        return self._load_cached(self._library(directory))
 
     @staticmethod
     def _load_cached(library: Path) -> bool:
-        """Load a library built earlier; False if it will not load (a build interrupted while
-        linking, say), and then it is compiled again."""
+        """Load a verified library; False if it still will not load (then it is rebuilt)."""
         try:
             torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
         except OSError:
@@ -347,6 +554,9 @@ class NativeLibrary:
         }
         if self._info is not None:
             out["library"] = str(self._info.path)
+        holder = lock_holder(self.cache_dir())
+        if holder is not None:
+            out["lock"] = f"held by {holder} (a build in progress)"
         return out
 
 
