@@ -166,3 +166,31 @@ def test_bad_rule() -> None:
     for fn in (delta_rule_chunked, REFERENCE):
         with pytest.raises(ValueError, match="rule must be"):
             fn(z, z, z, z[..., 0], torch.zeros(1, 1, 2, 2), rule="gated")
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("where", ["k", "v", "q", "beta", "S0"])
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_non_finite_inputs_spoil_what_the_recurrence_spoils(
+    rule: str, where: str, with_resets: bool
+) -> None:
+    """A NaN (or inf) goes forward in time only, row by row as in the step recurrence: never
+    back to the start of its chunk (the chunked products multiply it by masked zeros)."""
+    q, k, v, beta, S0, resets = _raw(2, 2, 11, 3, 4, seed=3)
+    resets[:, 7] = True
+    rs = resets if with_resets else None
+    bad = {"k": k, "v": v, "q": q, "beta": beta, "S0": S0}[where]
+    resets[1, :7] = False  # sequence 1: no reset before step 7, where the memory starts over
+    if where == "S0":
+        bad[1, 1, 2, 0] = float("nan")
+    elif where == "beta":
+        bad[1, 1, 5] = float("inf")
+    else:
+        bad[1, 1, 5, 1] = float("nan")
+    want_o, want_S = REFERENCE(q, k, v, beta, S0, rule=rule, resets=rs)
+    o, S = delta_rule_chunked(q, k, v, beta, S0, rule=rule, resets=rs, chunk=4)
+    assert torch.equal(~torch.isfinite(o), ~torch.isfinite(want_o))
+    assert torch.equal(~torch.isfinite(S), ~torch.isfinite(want_S))
+    assert (~torch.isfinite(o)).any()
+    ok = torch.isfinite(want_o)
+    assert rel_rms(o[ok], want_o[ok]) < 1e-12

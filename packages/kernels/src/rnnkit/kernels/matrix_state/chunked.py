@@ -69,6 +69,91 @@ def delta_rule_chunked(
         raise ValueError(f"rule must be 'delta' or 'linear', got {rule!r}")
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    if q.shape[2] == 0:
+        return v.new_empty(v.shape), S0
+    poison_o, poison_S = _poison(q, k, v, beta, S0, rule, resets)
+    q, k, v, beta, S0 = (_finite(t) for t in (q, k, v, beta, S0))
+    o, S = _chunked(q, k, v, beta, S0, rule, resets, chunk)
+    nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
+    return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
+
+
+def _finite(t: Tensor) -> Tensor:
+    """``t`` with non-finite entries replaced by 0 (their effect is restored by the poison
+    masks of :func:`_poison`)."""
+    return torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def _since_reset(bad: Tensor, resets: Tensor | None) -> Tensor:
+    """``bad: (B, n, T, X)`` bool -> whether any step since the last reset (inclusive) was bad."""
+    x = bad.to(torch.int64)
+    counts = torch.cumsum(x, 2)
+    if resets is not None:
+        r = resets[:, None, :, None]
+        # the count entering each segment, carried forward (counts never decrease in t)
+        base = torch.cummax(torch.where(r, counts - x, torch.zeros_like(counts)), 2).values
+        counts = counts - base
+    return counts > 0
+
+
+def _poison(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    rule: str,
+    resets: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Where the step recurrence gives non-finite results, as bool masks of the outputs
+    ``(B, n, T, d_v)`` and of the final memory ``(B, n, d_v, d_k)``.
+
+    The chunked products multiply masked (zero) coefficients with every token of a chunk, so a
+    NaN would reach the chunk's earlier outputs (``0 * nan``); the chunks are therefore computed
+    on finite inputs and the recurrence's own propagation is put back. Until the next reset, a
+    non-finite value spoils its row of the memory; a non-finite key or write strength every
+    row (the delta rule's ``S k`` reads whole rows; for linear attention a key spoils its
+    column of ``S``, and so every read-out); a non-finite entry of ``S0`` its row (delta rule)
+    or itself (linear); a non-finite query only its own output.
+    """
+    B, T = v.shape[0], v.shape[2]
+    k_bad = ~torch.isfinite(k)  # (B, n, T, d_k)
+    beta_bad = ~torch.isfinite(beta).unsqueeze(-1)  # (B, n, T, 1)
+    every_row = k_bad.any(-1, keepdim=True) | beta_bad
+    rows = _since_reset(~torch.isfinite(v) | every_row, resets)  # (B, n, T, d_v)
+    first = torch.ones(B, 1, T, 1, dtype=torch.bool, device=v.device)
+    if resets is not None:
+        first = (torch.cumsum(resets.to(torch.int64), 1) == 0)[:, None, :, None]
+    s0_bad = ~torch.isfinite(S0)  # (B, n, d_v, d_k)
+    state = rows | (first & s0_bad.any(-1).unsqueeze(2))
+    o = state | ~torch.isfinite(q).all(-1, keepdim=True)
+    d_k = k.shape[-1]
+    if rule == "delta":
+        final = state[:, :, -1].unsqueeze(-1).expand(*S0.shape)
+    else:
+        v_rows = _since_reset(~torch.isfinite(v), resets)[:, :, -1]  # (B, n, d_v)
+        k_cols = _since_reset(k_bad, resets)[:, :, -1]  # (B, n, d_k)
+        all_bad = _since_reset(beta_bad, resets)[:, :, -1]  # (B, n, 1)
+        final = (
+            v_rows.unsqueeze(-1)
+            | k_cols.unsqueeze(-2)
+            | all_bad.unsqueeze(-1).expand(-1, -1, 1, d_k)
+            | (first[:, :, -1].unsqueeze(-1) & s0_bad)
+        )
+    return o, final
+
+
+def _chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    rule: str,
+    resets: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`delta_rule_chunked` on finite inputs (same arguments and results)."""
     B, n, T, dk = k.shape
     dv = v.shape[-1]
     C = min(chunk, T)
