@@ -250,3 +250,13 @@ def test_registration_and_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "CUDA" in reason
     if not torch.cuda.is_available():
         assert "no CUDA device" in (ks["lstm"].available() or "")
+
+
+def test_cell_codes_mirrored_in_kernels() -> None:
+    """Every cell code the launchers pass has a same-valued constexpr in the Triton program."""
+    from rnnkit.kernels.gated.triton import _kernels
+    from rnnkit.kernels.gated.triton.ops import CELLS, CellCode
+
+    for code in CellCode:
+        assert getattr(_kernels, code.name).value == int(code)
+    assert sorted(spec.code for spec in CELLS.values()) == list(CellCode)

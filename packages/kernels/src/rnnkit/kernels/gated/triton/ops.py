@@ -16,10 +16,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class CellCode(IntEnum):
+    """The kernels' ``CELL`` constant of each cell kind.
+
+    ``_kernels`` mirrors these as ``tl.constexpr`` globals of the same names (a jitted function
+    can read no other kind of global), so the kernels and the launchers share one numbering.
+    """
+
+    ELMAN = 0
+    LSTM = 1
+    GRU = 2
+    SLSTM = 3
 
 
 @dataclass(frozen=True)
@@ -33,17 +47,17 @@ class CellSpec:
         cached: ``K``, the state fields the forward caches per step for the backward.
     """
 
-    code: int
+    code: CellCode
     gates: int
     states: int
     cached: int
 
 
 CELLS: dict[str, CellSpec] = {
-    "elman": CellSpec(0, 1, 1, 0),
-    "lstm": CellSpec(1, 4, 2, 1),
-    "gru": CellSpec(2, 3, 1, 2),
-    "slstm": CellSpec(3, 4, 4, 3),
+    "elman": CellSpec(CellCode.ELMAN, 1, 1, 0),
+    "lstm": CellSpec(CellCode.LSTM, 4, 2, 1),
+    "gru": CellSpec(CellCode.GRU, 3, 1, 2),
+    "slstm": CellSpec(CellCode.SLSTM, 4, 4, 3),
 }
 
 #: Largest head width of any cell (Elman in 16-bit); see :func:`max_head_dim`.
@@ -224,6 +238,33 @@ def _grid(lay: _Layout) -> tuple[int, int]:
     return (lay.heads, -(-lay.batch // BLOCK_B))
 
 
+def _meta(
+    lay: _Layout,
+    dtype: torch.dtype,
+    config: LaunchConfig,
+    nonlinearity: str,
+    resets: Tensor | None,
+    allow_tf32: bool,
+) -> dict[str, Any]:
+    """The compile-time constants and launch options both kernels take."""
+    spec = lay.spec
+    return {
+        "CELL": int(spec.code),
+        "G": spec.gates,
+        "S": spec.states,
+        "K": spec.cached,
+        "RELU": nonlinearity == "relu",
+        "HAS_RESETS": resets is not None,
+        "VARLEN": lay.starts is not None,
+        "PREC": "tf32" if allow_tf32 else "ieee",
+        "UPCAST": _upcast(dtype),
+        "BB": BLOCK_B,
+        "DP": config.padded_dim,
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+    }
+
+
 def gated_forward(
     kind: str,
     px: Tensor,
@@ -283,7 +324,7 @@ def gated_forward(
         return GatedForward(y, final, p_cache, s_cache)
     cfg = config or launch_config(spec.gates, lay.head_dim, px.dtype)
     rst = _resets_arg(resets, tokens, dev)
-    bhn = bias_hn.contiguous() if (kind == "gru" and bias_hn is not None) else None
+    bhn = bias_hn.contiguous() if (spec.code == CellCode.GRU and bias_hn is not None) else None
     from rnnkit.kernels.gated.triton import _kernels
 
     dummy = state
@@ -304,20 +345,9 @@ def gated_forward(
         lay.heads,
         H,
         lay.head_dim,
-        CELL=spec.code,
-        G=spec.gates,
-        K=spec.cached,
-        RELU=nonlinearity == "relu",
         HAS_BHN=bhn is not None,
-        HAS_RESETS=rst is not None,
-        VARLEN=lay.starts is not None,
         SAVE=save_cache,
-        PREC="tf32" if allow_tf32 else "ieee",
-        UPCAST=_upcast(px.dtype),
-        BB=BLOCK_B,
-        DP=cfg.padded_dim,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_meta(lay, px.dtype, cfg, nonlinearity, rst, allow_tf32),
     )
     return GatedForward(y, final, p_cache, s_cache)
 
@@ -398,9 +428,10 @@ def gated_backward(
     tokens = px.numel() // px.shape[-1]
     nan = float("nan")
     d_px = torch.full_like(px, nan)
-    d_qn = torch.full((*lead, H), nan, device=dev, dtype=px.dtype) if kind == "gru" else None
+    is_gru = spec.code == CellCode.GRU
+    d_qn = torch.full((*lead, H), nan, device=dev, dtype=px.dtype) if is_gru else None
     d_state = torch.full_like(state, nan)
-    has_bhn = kind == "gru" and bias_hn is not None
+    has_bhn = is_gru and bias_hn is not None
     if lay.batch == 0 or tokens == 0 or lay.time == 0:
         d_state.copy_(d_final)
         return GatedBackward(
@@ -432,18 +463,7 @@ def gated_backward(
         N,
         H,
         D,
-        CELL=spec.code,
-        G=G,
-        K=spec.cached,
-        RELU=nonlinearity == "relu",
-        HAS_RESETS=rst is not None,
-        VARLEN=lay.starts is not None,
-        PREC="tf32" if allow_tf32 else "ieee",
-        UPCAST=_upcast(px.dtype),
-        BB=BLOCK_B,
-        DP=cfg.padded_dim,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_meta(lay, px.dtype, cfg, nonlinearity, rst, allow_tf32),
     )
     # dR over all (b, t) at once: a GEMM per (gate, head) with the tokens as the reduction.
     h_prev = _previous_h(forward.y, state[0], lay, resets).reshape(tokens, N, D)
