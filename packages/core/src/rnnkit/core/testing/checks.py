@@ -363,6 +363,33 @@ def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> None
     )
 
 
+def check_empty_batch(make: CellFactory) -> None:
+    """A batch of zero sequences runs forward and backward on every backend that can run the
+    cell: ``y`` and the final state have batch 0, every gradient is zero."""
+    cell = _f64(make)
+    x = torch.zeros(0, 5, cell.input_size, dtype=torch.float64, requires_grad=True)
+    call = KernelCall(cell, x, None, None, needs_grad=True)
+    for kernel in kernels_for(cell):
+        if kernel.why_not(call) is not None:
+            continue
+        label = f"empty batch, backend={kernel.backend}"
+        cell.zero_grad(set_to_none=True)
+        x.grad = None
+        y, final = cell(x, backend=kernel.backend)
+        assert tuple(y.shape) == (0, 5, cell.output_size), f"{label}: y {tuple(y.shape)}"
+        for name, s in zip(cell.state_type._fields, final, strict=True):
+            assert s.shape[0] == 0, f"{label}: state.{name} {tuple(s.shape)}"
+        loss = y.real.sum() if y.is_complex() else y.sum()
+        for s in final:  # .real/.imag: view_as_real refuses some empty complex layouts
+            loss = loss + (s.real.sum() + s.imag.sum() if s.is_complex() else s.sum())
+        if loss.requires_grad:
+            loss.backward()
+            assert x.grad is not None and x.grad.shape == x.shape, f"{label}: grad of x"
+            for name, prm in cell.named_parameters():
+                if prm.grad is not None:
+                    assert not prm.grad.any(), f"{label}: non-zero gradient of {name}"
+
+
 def check_bad_input(make: CellFactory) -> None:
     """Bad input raises ``ValueError``/``TypeError`` naming the argument at fault."""
     cell = _f64(make)
@@ -409,6 +436,7 @@ CHECKS: dict[str, Callable[[CellFactory], None]] = {
     "resets": check_resets,
     "backends": check_backends,
     "compile": check_compile,
+    "empty_batch": check_empty_batch,
     "bad_input": check_bad_input,
 }
 

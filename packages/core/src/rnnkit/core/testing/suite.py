@@ -71,5 +71,8 @@ class CellConformance:
     def test_compile(self) -> None:
         checks.check_compile(self.make_cell)
 
+    def test_empty_batch(self) -> None:
+        checks.check_empty_batch(self.make_cell)
+
     def test_bad_input(self) -> None:
         checks.check_bad_input(self.make_cell)

@@ -15,6 +15,8 @@ whole sequence is one tile.
 
 from __future__ import annotations
 
+import math
+
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -227,11 +229,12 @@ def scan_time_major(
     """
     steps, batch = b.shape[0], b.shape[1]
     if block == 1:
-        flat = out.view(steps, batch, -1).transpose(0, 1)
+        width = math.prod(b.shape[2:])  # explicit: an empty batch leaves -1 undetermined
+        flat = out.view(steps, batch, width).transpose(0, 1)
         scan_diag(
-            a.reshape(steps, batch, -1).transpose(0, 1),
-            b.reshape(steps, batch, -1).transpose(0, 1),
-            None if h0 is None else h0.reshape(batch, -1),
+            a.reshape(steps, batch, width).transpose(0, 1),
+            b.reshape(steps, batch, width).transpose(0, 1),
+            None if h0 is None else h0.reshape(batch, width),
             reverse=reverse,
             out=flat,
         )

@@ -383,4 +383,5 @@ def recurrent_weight_grad(h_prev: Tensor, dq: Tensor, heads: int, head_dim: int)
     """
     rows = h_prev.numel() // (heads * head_dim)
     h = h_prev.reshape(heads, rows, head_dim).transpose(1, 2)
-    return torch.bmm(h, dq.reshape(heads, rows, -1))
+    # explicit widths: with an empty batch there are no rows to infer a width from
+    return torch.bmm(h, dq.reshape(heads, rows, dq.shape[-1]))
