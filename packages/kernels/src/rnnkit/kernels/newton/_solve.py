@@ -16,7 +16,6 @@ whole sequence is one tile.
 from __future__ import annotations
 
 import math
-
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
