@@ -382,7 +382,10 @@ def check_empty_batch(make: CellFactory) -> None:
             loss = loss + (s.real.sum() + s.imag.sum() if s.is_complex() else s.sum())
         if loss.requires_grad:
             names, params = zip(*cell.named_parameters(), strict=True)
-            grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
+            # allow_unused: an unused parameter's gradient is None (the stubs do not say so)
+            grads: list[Tensor | None] = list(
+                torch.autograd.grad(loss, [x, *params], allow_unused=True)
+            )
             assert grads[0] is not None and grads[0].shape == x.shape, f"{label}: grad of x"
             for name, g in zip(names, grads[1:], strict=True):
                 assert g is None or not g.any(), f"{label}: non-zero gradient of {name}"
