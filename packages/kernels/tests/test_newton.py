@@ -16,9 +16,13 @@ from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
 from rnnkit.core.testing.numerics import assert_close
+from rnnkit.core.dispatch import KernelCall, select
+from rnnkit.core.kernel import Priority
 from rnnkit.kernels.newton import (
     block2_scan,
     block2_scan_sequential,
+    failed_before,
+    forget_failures,
     last_solve_info,
     newton_options,
 )
@@ -258,6 +262,44 @@ def test_tile_option_is_checked() -> None:
         pass
 
 
+@pytest.mark.parametrize("tol", [-1.0, 0.0, float("nan"), float("inf")])
+def test_tolerance_option_is_checked(tol: float) -> None:
+    with pytest.raises(ValueError, match="tol must be"), newton_options(tol=tol):
+        pass
+
+
+def test_auto_remembers_a_cell_that_does_not_converge() -> None:
+    """After a solve fails for a cell and shape, ``auto`` runs that cell and shape on the loop
+    (no 30 iterations plus a fallback on every call); other shapes and cells keep Newton."""
+    forget_failures()
+    cell = TanhDiag(3, 5, scale=3.0).double()
+    other = TanhDiag(3, 5, scale=3.0).double()
+    x = 2 * torch.randn(2, 200, 3, dtype=torch.float64)
+    call = KernelCall(cell, x, None, None, needs_grad=False)
+    assert select(call).backend == "newton"
+    with newton_options(max_iters=1), pytest.warns(RuntimeWarning, match="from now on"):
+        cell(x)
+    assert failed_before(call)
+    assert select(call).backend == "reference"
+    longer = KernelCall(cell, torch.randn(2, 300, 3, dtype=torch.float64), None, None, False)
+    assert select(longer).backend == "newton"
+    assert select(KernelCall(other, x, None, None, False)).backend == "newton"
+    forget_failures()
+    assert select(call).backend == "newton"
+
+
+def test_a_cell_can_keep_auto_off_a_backend() -> None:
+    cell = _cells()[0]
+    call = KernelCall(cell, torch.randn(1, 4096, 3), None, None, needs_grad=True)
+    assert select(call).backend == "newton"
+    cell.set_backend_priority("newton", Priority.BELOW_REFERENCE)
+    assert select(call).backend == "reference"
+    assert copy.deepcopy(cell).backend_priority == {"newton": Priority.BELOW_REFERENCE}
+    y, _ = cell(call.x, backend="newton")  # a named backend still runs
+    cell.set_backend_priority("newton", None)
+    assert select(call).backend == "newton"
+
+
 def test_solve_info_reports_iterations() -> None:
     cell = _cells()[0].double()
     x = torch.randn(2, 200, 3, dtype=torch.float64)
@@ -286,8 +328,6 @@ def test_nonconvergence_warns_and_falls_back() -> None:
 
 
 def test_auto_picks_newton_only_for_long_sequences() -> None:
-    from rnnkit.core.dispatch import KernelCall, select
-
     cell = _cells()[0]
     short = KernelCall(cell, torch.randn(1, 8, 3), None, None, needs_grad=True)
     long = KernelCall(cell, torch.randn(1, 4096, 3), None, None, needs_grad=True)

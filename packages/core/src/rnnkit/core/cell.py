@@ -6,6 +6,8 @@ See ``docs/cell-abi.md`` for the full specification.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, cast
 
 import torch
@@ -35,6 +37,12 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         forms: the structural forms the cell has (:class:`~rnnkit.core.forms.Form`).
         state_type: the ``NamedTuple`` class of the state.
 
+    ``backend_priority`` maps backend names to :class:`~rnnkit.core.kernel.Priority` tiers that
+    replace the kernels' own ranks for this cell under ``backend="auto"`` (class default: none);
+    :meth:`set_backend_priority` sets one for an instance, e.g. to keep ``auto`` off a backend
+    that is slow or unreliable for this cell: ``cell.set_backend_priority("newton",
+    Priority.BELOW_REFERENCE)``. A named ``backend=`` still runs whatever it names.
+
     Instance attributes (set by the subclass constructor):
         input_size: width of ``x``.
         hidden_size: width of the recurrent state.
@@ -50,6 +58,7 @@ class Cell(nn.Module, ABC, Generic[StateT]):
     hidden_size: int
     output_size: int
     projected_size: int
+    backend_priority: Mapping[str, int] = MappingProxyType({})
 
     # --- what a cell implements -----------------------------------------------------------
 
@@ -74,6 +83,16 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         """The fields of the state, in ``state_type`` order."""
 
     # --- provided ---------------------------------------------------------------------------
+
+    def set_backend_priority(self, backend: str, priority: int | None) -> None:
+        """Rank ``backend`` at ``priority`` (a :class:`~rnnkit.core.kernel.Priority` tier) for
+        this cell under ``auto``; ``None`` goes back to the kernel's own rank."""
+        table = dict(self.backend_priority)
+        if priority is None:
+            table.pop(backend, None)
+        else:
+            table[backend] = int(priority)
+        self.backend_priority = table  # a plain dict: cells are deep-copied
 
     def init_state(
         self,

@@ -36,6 +36,7 @@ __all__ = [
     "Priority",
     "backend_names",
     "kernels_for",
+    "rank_of",
     "ranking",
     "registered_kernels",
     "run",
@@ -91,11 +92,18 @@ def backend_names() -> list[str]:
     return sorted({k.backend for k in registered_kernels()})
 
 
+def rank_of(kernel: Kernel, call: KernelCall) -> int:
+    """``kernel``'s priority for ``call``: the cell's ``backend_priority`` entry for the
+    backend if it has one, else the kernel's own rank."""
+    override = call.cell.backend_priority.get(kernel.backend)
+    return kernel.rank(call) if override is None else override
+
+
 def ranking(call: KernelCall, candidates: Sequence[Kernel] | None = None) -> list[Kernel]:
     """The kernels for ``call`` (default: every kernel targeting its cell) in the order ``auto``
     tries them: highest priority first, registration order among equals."""
     pool = kernels_for(call.cell) if candidates is None else candidates
-    return sorted(pool, key=lambda k: -k.rank(call))
+    return sorted(pool, key=lambda k: -rank_of(k, call))
 
 
 def _auto(call: KernelCall, candidates: list[Kernel]) -> tuple[Kernel | None, list[str]]:

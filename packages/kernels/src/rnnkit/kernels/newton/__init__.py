@@ -10,7 +10,7 @@ See ``docs/kernels-newton.md``.
 from __future__ import annotations
 
 from rnnkit.kernels.newton._block import block2_scan, block2_scan_sequential
-from rnnkit.kernels.newton._kernel import newton_forward
+from rnnkit.kernels.newton._kernel import failed_before, forget_failures, newton_forward
 from rnnkit.kernels.newton._register import kernels
 from rnnkit.kernels.newton._solve import (
     DEFAULT_MAX_ITERS,
@@ -29,6 +29,8 @@ __all__ = [
     "SolveInfo",
     "block2_scan",
     "block2_scan_sequential",
+    "failed_before",
+    "forget_failures",
     "kernels",
     "last_solve_info",
     "newton_forward",

@@ -14,6 +14,7 @@ one (it computes ``J`` and the product from one evaluation of its gates), else o
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -201,6 +202,29 @@ def _autograd_vjp(
     return dpx, [(i, g) for i, g in enumerate(rest) if g is not None]
 
 
+#: Call shapes ``(B, T, dtype, device type)`` per cell on which a solve did not converge:
+#: ``auto`` runs those on the sequential loop afterwards instead of failing again each call.
+_NOT_CONVERGED: weakref.WeakKeyDictionary[Any, set[tuple[int, int, torch.dtype, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shape_key(call: KernelCall) -> tuple[int, int, torch.dtype, str]:
+    x = call.x
+    return int(x.shape[0]), int(x.shape[1]), x.dtype, x.device.type
+
+
+def failed_before(call: KernelCall) -> bool:
+    """Whether a Newton solve of this cell at this call's shape, dtype and device did not
+    converge earlier in this process."""
+    return _shape_key(call) in _NOT_CONVERGED.get(call.cell, set())
+
+
+def forget_failures() -> None:
+    """Forget every recorded non-convergence (``auto`` tries Newton again)."""
+    _NOT_CONVERGED.clear()
+
+
 def newton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The ``newton`` kernel: solve by Newton, differentiate by one adjoint scan.
 
@@ -243,10 +267,12 @@ def newton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         z_last = z[:, -1]
     if not info.converged:
         set_info(replace(info, fell_back=True))
+        _NOT_CONVERGED.setdefault(cell, set()).add(_shape_key(call))
         warnings.warn(
             f"newton: no convergence for {type(cell).__name__} (B={batch}, T={time}) after "
             f"{info.iterations} iterations, residual {info.residual:.3e} > tol {info.tol:.1e}; "
-            "running the sequential reference instead",
+            "running the sequential reference instead (backend='auto' uses it for this cell "
+            "and shape from now on; rnnkit.kernels.newton.forget_failures() resets that)",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -6,7 +6,7 @@ import torch
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
-from rnnkit.kernels.newton._kernel import newton_forward
+from rnnkit.kernels.newton._kernel import failed_before, newton_forward
 from rnnkit.kernels.newton._solve import PROTOCOL
 
 #: ``auto`` prefers ``newton`` over the sequential loop from this many steps on ...
@@ -34,6 +34,8 @@ def _supports(call: KernelCall) -> str | None:
 
 
 def _priority(call: KernelCall) -> Priority:
+    if failed_before(call):
+        return Priority.BELOW_REFERENCE
     if call.x.shape[1] < MIN_AUTO_TIME:
         return Priority.BELOW_REFERENCE
     lanes = call.x.shape[0] * call.cell.hidden_size

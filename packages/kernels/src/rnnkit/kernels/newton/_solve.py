@@ -114,6 +114,8 @@ def newton_options(
         tile: steps per tile (``None``: automatic, about :data:`TILE_ELEMENTS` state elements
             on CPU and the whole sequence on GPUs; ``>= T``: one tile).
     """
+    if tol is not None and not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a finite number > 0, got {tol}")
     if max_iters is not None and max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     if tile is not None and tile < 1:
