@@ -337,6 +337,23 @@ def test_long_gates_near_one() -> None:
     _long_check(a, b, torch.randn(1, 3, generator=g, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_long_gates_near_one_random_signs(chunk: int | None) -> None:
+    """Gates ``+-(1 - 1e-4 u)``: the state wanders for thousands of steps, so every rounding
+    of the chunk products adds up (float32 products missed 1e-5 by 2-6x here)."""
+    time = 2**16
+    g = torch.Generator().manual_seed(2)
+    sign = torch.where(torch.rand(1, time, 4, generator=g) < 0.5, -1.0, 1.0).double()
+    a = sign * (1.0 - 1e-4 * torch.rand(1, time, 4, generator=g, dtype=torch.float64))
+    b = torch.randn(1, time, 4, generator=g, dtype=torch.float64)
+    check(
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="torch", chunk=chunk),
+        lambda a_, b_, h_: linear_scan(a_, b_, h_, backend="sequential"),
+        (a, b, torch.randn(1, 4, generator=g, dtype=torch.float64)),
+        torch.float32,
+    )
+
+
 def test_long_gates_above_one_bounded_product() -> None:
     # log|a_t| telescopes (a difference of a bounded sequence), so every span product stays in
     # [e^-6, e^6] although many gates exceed 1; signs flip at random.

@@ -27,6 +27,15 @@ from rnnkit.kernels.linear.scan._alloc import alloc
 MIN_CHUNKED_T = 32
 
 
+def product_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the chunked scan keeps its chunk gate products in: double width for float32
+    and complex64. A product of gates near 1 in magnitude rounds a little at every factor, and
+    the chunk pass multiplies the state by thousands of such products in a row: in float32 that
+    drift dominated the error of long scans (T = 65536, gates ``+-(1 - 1e-4 u)``: 6e-5 relative
+    RMS against 2e-6 for the step loop); the products are a ``1 / L`` slice of the data."""
+    return {torch.float32: torch.float64, torch.complex64: torch.complex128}.get(dtype, dtype)
+
+
 def default_chunk(time: int, row_bytes: int = 1024) -> int:
     """The chunk length for ``time`` steps of rows of ``row_bytes`` (``D * itemsize``).
 
@@ -151,7 +160,10 @@ def chunked_scan_into(
     ends = b_at[first].clone(memory_format=torch.contiguous_format)
     prods = products
     if prods is None:
-        prods = products_out if products_out is not None else torch.empty_like(ends)
+        if products_out is None:
+            wide = product_dtype(torch.promote_types(a.dtype, ends.dtype))
+            products_out = torch.empty(ends.shape, dtype=wide, device=ends.device)
+        prods = products_out
         prods.copy_(a_at[first])  # the first position has every chunk
     local_prods = prods if products is None else None
     for pos in order[1:]:

@@ -93,7 +93,9 @@ def _scan_forward(
     else:
         length = _shared_chunk(time, width * h.element_size(), chunk)
         if length is not None:
-            prods = torch.empty((batch, time // length, width), dtype=cd, device=b.device)
+            prods = torch.empty(
+                (batch, time // length, width), dtype=_torch.product_dtype(cd), device=b.device
+            )
         _torch.chunked_scan_into(
             a.to(cd), b.to(cd), h0.to(cd), h, reverse=False, chunk=chunk, products_out=prods
         )
@@ -157,7 +159,7 @@ def _scan_backward(
             # the partial chunk 0 lacks a_0
             products = prods.conj_physical() if prods.is_complex() else prods.clone()
             length = time // prods.shape[1]
-            torch.prod(gates[:, : length - 1], 1, out=products[:, 0])
+            torch.prod(gates[:, : length - 1], 1, dtype=products.dtype, out=products[:, 0])
         _torch.chunked_scan_into(
             gates, inputs, start, rest, reverse=True, chunk=chunk, products=products
         )
