@@ -10,19 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from rnnkit.core.errors import RnnkitError
+from rnnkit.core.listing import format_table, matches
 from rnnkit.core.plugins import PluginHost, get_host
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
-    return "\n".join(lines)
 
 
 def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
@@ -33,7 +24,7 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
         rows = []
         for entry in host.kernels:
             k: Kernel = entry.obj
-            if pattern and not _match(k.backend, pattern):
+            if not matches(k.backend, pattern):
                 continue
             reason = k.available()
             rows.append(
@@ -45,24 +36,16 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
                     k.description,
                 ]
             )
-        print(_table(rows, ["backend", "target", "available", "plugin", "description"]))
+        print(format_table(rows, ["backend", "target", "available", "plugin", "description"]))
         return 0
     registry = getattr(host, args.what)
     rows = [
         [e.name, e.origin.plugin, e.origin.distribution or "-", e.description]
         for e in registry
-        if not pattern or _match(e.name, pattern)
+        if matches(e.name, pattern)
     ]
-    print(_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
+    print(format_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
     return 0
-
-
-def _match(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern) or (
-        not any(ch in pattern for ch in "*?[") and pattern in name
-    )
 
 
 def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
@@ -73,7 +56,7 @@ def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
         rows.append(
             [name, info.origin.distribution or "-", info.origin.version or "-", status, what or "-"]
         )
-    print(_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
+    print(format_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
     return 0
 
 
@@ -134,7 +117,12 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help=BUILTIN["list"], description=BUILTIN["list"])
     p.add_argument("what", choices=LISTABLE)
-    p.add_argument("pattern", nargs="?", help="fnmatch pattern or substring filter")
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        help="keep the names containing PATTERN, or matching it as a glob when it has * ? [ "
+        "(case-insensitive)",
+    )
     sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
     sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
     for entry in host.commands:

@@ -6,18 +6,18 @@ registers its own the same way); unknown names raise with the closest registered
 
 from __future__ import annotations
 
-import fnmatch
-
 from rnnkit.core.plugins import get_host
 from rnnkit.tasks.base import Task
 
 
 def list_tasks(pattern: str | None = None) -> list[str]:
-    """Registered task names, sorted; ``pattern`` is an fnmatch pattern (``"tomita*"``)."""
-    names = get_host().tasks.names()
-    if pattern:
-        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    return names
+    """Registered task names, sorted, selected by ``pattern`` as ``rnnkit list tasks PATTERN``.
+
+    A pattern without glob characters matches the names containing it (``"charlm"``), one with
+    them is a glob over the whole name (``"tomita*"``); case-insensitive (see
+    :mod:`rnnkit.core.listing`).
+    """
+    return get_host().tasks.names(pattern)
 
 
 def get_task(name: str) -> Task:
