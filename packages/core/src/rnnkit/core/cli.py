@@ -14,10 +14,17 @@ from rnnkit.core.listing import format_table, matches
 from rnnkit.core.plugins import PluginHost, get_host
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
+#: options of ``rnnkit list backends --cell NAME`` that describe the call
+CALL_OPTIONS = ("cell", "heads", "batch", "time", "dtype", "device", "inference", "resets")
 
 
 def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
     pattern = args.pattern
+    if args.what == "backends" and args.cell is not None:
+        return _list_backends_for_call(args)
+    given = [f"--{o}" for o in CALL_OPTIONS if getattr(args, o) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only with `rnnkit list backends --cell NAME`")
     if args.what == "backends":
         from rnnkit.core.dispatch import Kernel
 
@@ -45,6 +52,45 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
         if matches(e.name, pattern)
     ]
     print(format_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
+    return 0
+
+
+def _list_backends_for_call(args: argparse.Namespace) -> int:
+    """``rnnkit list backends --cell NAME``: the ranking ``backend="auto"`` applies to a call."""
+    from rnnkit.core.ranking import probe_call, rank_backends
+
+    sizes = {
+        k: getattr(args, k)
+        for k in ("batch", "time", "heads", "dtype", "device")
+        if getattr(args, k) is not None
+    }
+    call = probe_call(args.cell, inference=args.inference, resets=args.resets, **sizes)
+    ranking = rank_backends(call)
+    heads = f", heads {args.heads}" if args.heads is not None else ""
+    x = call.x
+    print(
+        f"cell {args.cell} (input {call.cell.input_size}, hidden {call.cell.hidden_size}{heads}); "
+        f"x {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} on {x.device}; "
+        + ("inference" if args.inference else "training (gradients needed)")
+        + ("; with resets" if args.resets else "")
+    )
+    rows = [
+        [
+            r.kernel.backend,
+            r.kernel.target,
+            r.priority,
+            "picked" if r.chosen else "",
+            "yes" if r.reason is None else f"no: {r.reason}",
+        ]
+        for r in ranking.kernels
+        if matches(r.kernel.backend, args.pattern)
+    ]
+    print(format_table(rows, ["backend", "target", "priority", "auto", "can run this call"]))
+    forced = f" (forced by RNNKIT_BACKEND={ranking.forced})" if ranking.forced else ""
+    if ranking.chosen is not None:
+        print(f'backend="auto" picks {ranking.chosen.backend}{forced}')
+    else:
+        print(f'backend="auto" picks nothing{forced}: {ranking.error}')
     return 0
 
 
@@ -109,6 +155,7 @@ BUILTIN = {
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     """The argument parser, with every subcommand registered by plugins."""
     from rnnkit.core import __version__
+    from rnnkit.core.ranking import DTYPES
 
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="rnnkit: recurrent sequence models in PyTorch"
@@ -123,6 +170,20 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
         help="keep the names containing PATTERN, or matching it as a glob when it has * ? [ "
         "(case-insensitive)",
     )
+    call = p.add_argument_group(
+        "list backends --cell NAME",
+        "the ranking backend='auto' applies to one call of cell NAME built with small sizes",
+    )
+    call.add_argument("--cell", metavar="NAME", help="registered cell the call runs")
+    call.add_argument("--heads", type=int, help="the cell's heads (cells that take heads)")
+    call.add_argument("--batch", type=int, metavar="B", help="batch size (default 4)")
+    call.add_argument("--time", type=int, metavar="T", help="sequence length (default 16)")
+    call.add_argument("--dtype", choices=list(DTYPES), help="default float32")
+    call.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    call.add_argument(
+        "--inference", action="store_true", help="no gradients needed (default: training)"
+    )
+    call.add_argument("--resets", action="store_true", help="the call passes a resets mask")
     sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
     sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
     for entry in host.commands:
