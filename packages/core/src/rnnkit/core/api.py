@@ -9,7 +9,12 @@ from rnnkit.core.plugins import get_host
 
 
 def list_cells(pattern: str | None = None) -> list[str]:
-    """Names of the registered cells, sorted, filtered by an fnmatch ``pattern``."""
+    """Names of the registered cells, sorted, selected by ``pattern``.
+
+    A pattern without glob characters matches the names containing it (``"gru"``), one with
+    them is a glob over the whole name (``"*lstm"``); case-insensitive (see
+    :mod:`rnnkit.core.listing`).
+    """
     return get_host().cells.names(pattern)
 
 

@@ -11,29 +11,28 @@ from collections.abc import Sequence
 
 from rnnkit.core import __version__
 from rnnkit.core.errors import RnnkitError
-from rnnkit.core.kernel import Kernel
+from rnnkit.core.kernel import Kernel, Priority
+from rnnkit.core.listing import format_table, matches
 from rnnkit.core.plugins import PluginHost, get_host
+from rnnkit.core.ranking import DTYPES, probe_call, rank_backends
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
-    return "\n".join(lines)
+#: options of ``rnnkit list backends --cell NAME`` that describe the call
+CALL_OPTIONS = ("cell", "heads", "batch", "time", "dtype", "device", "inference", "resets")
 
 
 def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
     pattern = args.pattern
+    if args.what == "backends" and args.cell is not None:
+        return _list_backends_for_call(args)
+    given = [f"--{o}" for o in CALL_OPTIONS if getattr(args, o) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only with `rnnkit list backends --cell NAME`")
     if args.what == "backends":
         rows = []
         for entry in host.kernels:
             k: Kernel = entry.obj
-            if pattern and not _match(k.backend, pattern):
+            if not matches(k.backend, pattern):
                 continue
             reason = k.available()
             rows.append(
@@ -45,24 +44,63 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
                     k.description,
                 ]
             )
-        print(_table(rows, ["backend", "target", "available", "plugin", "description"]))
+        print(format_table(rows, ["backend", "target", "available", "plugin", "description"]))
         return 0
     registry = getattr(host, args.what)
     rows = [
         [e.name, e.origin.plugin, e.origin.distribution or "-", e.description]
         for e in registry
-        if not pattern or _match(e.name, pattern)
+        if matches(e.name, pattern)
     ]
-    print(_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
+    print(format_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
     return 0
 
 
-def _match(name: str, pattern: str) -> bool:
-    import fnmatch
+def _tier(priority: int) -> str:
+    """The :class:`Priority` tier's name of ``priority``, ``-`` for a value off the scale."""
+    try:
+        return Priority(priority).name
+    except ValueError:
+        return "-"
 
-    return fnmatch.fnmatchcase(name, pattern) or (
-        not any(ch in pattern for ch in "*?[") and pattern in name
+
+def _list_backends_for_call(args: argparse.Namespace) -> int:
+    """``rnnkit list backends --cell NAME``: the ranking ``backend="auto"`` applies to a call."""
+    sizes = {
+        k: getattr(args, k)
+        for k in ("batch", "time", "heads", "dtype", "device")
+        if getattr(args, k) is not None
+    }
+    call = probe_call(args.cell, inference=args.inference, resets=args.resets, **sizes)
+    ranking = rank_backends(call)
+    heads = f", heads {args.heads}" if args.heads is not None else ""
+    x = call.x
+    print(
+        f"cell {args.cell} (input {call.cell.input_size}, hidden {call.cell.hidden_size}{heads}); "
+        f"x {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} on {x.device}; "
+        + ("inference" if args.inference else "training (gradients needed)")
+        + ("; with resets" if args.resets else "")
     )
+    rows = [
+        [
+            r.kernel.backend,
+            r.kernel.target,
+            r.priority,
+            _tier(r.priority),
+            "picked" if r.chosen else "",
+            "yes" if r.reason is None else f"no: {r.reason}",
+        ]
+        for r in ranking.kernels
+        if matches(r.kernel.backend, args.pattern)
+    ]
+    header = ["backend", "target", "priority", "tier", "auto", "can run this call"]
+    print(format_table(rows, header))
+    forced = f" (forced by RNNKIT_BACKEND={ranking.forced})" if ranking.forced else ""
+    if ranking.chosen is not None:
+        print(f'backend="auto" picks {ranking.chosen.backend}{forced}')
+    else:
+        print(f'backend="auto" picks nothing{forced}: {ranking.error}')
+    return 0
 
 
 def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
@@ -73,7 +111,7 @@ def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
         rows.append(
             [name, info.origin.distribution or "-", info.origin.version or "-", status, what or "-"]
         )
-    print(_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
+    print(format_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
     return 0
 
 
@@ -132,7 +170,26 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("list", help=BUILTIN["list"], description=BUILTIN["list"])
     p.add_argument("what", choices=LISTABLE)
-    p.add_argument("pattern", nargs="?", help="fnmatch pattern or substring filter")
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        help="keep the names containing PATTERN, or matching it as a glob when it has * ? [ "
+        "(case-insensitive)",
+    )
+    call = p.add_argument_group(
+        "list backends --cell NAME",
+        "the ranking backend='auto' applies to one call of cell NAME built with small sizes",
+    )
+    call.add_argument("--cell", metavar="NAME", help="registered cell the call runs")
+    call.add_argument("--heads", type=int, help="the cell's heads (cells that take heads)")
+    call.add_argument("--batch", type=int, metavar="B", help="batch size (default 4)")
+    call.add_argument("--time", type=int, metavar="T", help="sequence length (default 16)")
+    call.add_argument("--dtype", choices=list(DTYPES), help="default float32")
+    call.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    call.add_argument(
+        "--inference", action="store_true", help="no gradients needed (default: training)"
+    )
+    call.add_argument("--resets", action="store_true", help="the call passes a resets mask")
     sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
     sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
     for entry in host.commands:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from rnnkit.core.errors import PluginConflictError, unknown_name
+from rnnkit.core.listing import match_names
 
 T = TypeVar("T")
 
@@ -72,8 +72,5 @@ class Registry(Generic[T]):
         return len(self._entries)
 
     def names(self, pattern: str | None = None) -> list[str]:
-        """Sorted names, filtered by an fnmatch ``pattern`` (``"*gru*"``) when given."""
-        names = sorted(self._entries)
-        if pattern:
-            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        return names
+        """Sorted names selected by ``pattern`` (see :mod:`rnnkit.core.listing`)."""
+        return match_names(sorted(self._entries), pattern)

@@ -6,12 +6,12 @@ looks them up.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
+from rnnkit.core.listing import matches
 from rnnkit.core.plugins import get_host
 
 
@@ -20,17 +20,21 @@ def list_models(
 ) -> list[str]:
     """Registered model names, sorted.
 
+    Patterns select names as ``rnnkit list models PATTERN`` does (see
+    :mod:`rnnkit.core.listing`): without glob characters a pattern matches the names containing
+    it, with them (``"*lstm*"``) it is a glob over the whole name; case-insensitive.
+
     Args:
-        pattern: fnmatch pattern(s) a name must match (any of them), e.g. ``"*lstm*"``.
-        exclude: fnmatch pattern(s) removing names afterwards.
+        pattern: pattern(s) a name must match (any of them).
+        exclude: pattern(s) removing names afterwards.
     """
     names = get_host().models.names()
     if pattern is not None:
         pats = [pattern] if isinstance(pattern, str) else list(pattern)
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        names = [n for n in names if any(matches(n, p) for p in pats)]
     if exclude is not None:
         ex = [exclude] if isinstance(exclude, str) else list(exclude)
-        names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in ex)]
+        names = [n for n in names if not any(matches(n, p) for p in ex)]
     return names
 
 

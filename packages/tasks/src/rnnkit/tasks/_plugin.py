@@ -8,7 +8,7 @@ from rnnkit.core.hookspecs import RegisterCommand, RegisterTask, hookimpl
 @hookimpl
 def rnnkit_register_tasks(register: RegisterTask) -> None:
     """Register the tasks of rnnkit-tasks."""
-    from rnnkit.tasks.catalog import builtin_tasks
+    from rnnkit.tasks.registry import builtin_tasks
 
     for task in builtin_tasks():
         register(task.name, task, description=task.description)

@@ -39,6 +39,11 @@ def drop_seen(split: Split, *seen_splits: Split) -> Split:
     return split.take(torch.tensor(keep, dtype=torch.long))
 
 
+def lstm_config(hidden: int, **extra: object) -> dict[str, object]:
+    """A task's default ``model_config``: an LSTM stack of width ``hidden`` plus ``extra``."""
+    return {"cell": "lstm", "hidden_size": hidden, **extra}
+
+
 def classify_metrics(
     outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
 ) -> Metrics:

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import math
 import os
@@ -36,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.tasks._util import generator
-from rnnkit.tasks.base import Split, TaskData
+from rnnkit.tasks._util import classify_metrics, generator, lstm_config
+from rnnkit.tasks.base import Budget, Split, Task, TaskData
 
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = 16000  # 1 s
@@ -673,3 +674,59 @@ def kws_data(
     if silence_unknown:
         return espeak12_data(seed, words=words)
     return espeak_data(seed, words=words)
+
+
+# --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
+
+TASKS: tuple[Task, ...] = (
+    Task(
+        name="kws",
+        description="keyword spotting: 10 words, 13 MFCCs x 98 frames (espeak-ng or real)",
+        kind="classify",
+        make_data=kws_data,
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 13, "output_size": len(KEYWORDS)},
+        model_config=lstm_config(64, pooling="mean"),
+        budget=Budget(steps=400, batch_size=64, lr=5e-3, eval_every=50),
+        target=0.85,
+        reference=(
+            "Speech Commands (real data): Hello Edge LSTM 92.9 % (V1, 12 classes); "
+            "not comparable to the espeak-ng set"
+        ),
+        details=(
+            "Default: yes/no/up/down/left/right/on/off/stop/go spoken by espeak-ng (10 "
+            "voices x 3 speeds x 3 pitches, noise at 20/10/5 dB SNR; built on first use, "
+            "cached under $RNNKIT_CACHE or ~/.cache/rnnkit/kws), split by voice 6/2/2 "
+            "(1,620 / 540 / 540 clips). RNNKIT_SPEECH_COMMANDS=<folder> switches to a "
+            "Google Speech Commands folder (same 10 words, list-file splits, no "
+            "silence/unknown classes). Features standardised by training statistics; the "
+            "LSTM's outputs are averaged over time (pooling=mean)."
+        ),
+    ),
+    Task(
+        name="kws12",
+        description="keyword spotting, 12 classes: 10 words + _silence_ + _unknown_",
+        kind="classify",
+        make_data=functools.partial(kws_data, silence_unknown=True),
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 13, "output_size": len(KEYWORDS) + 2},
+        model_config=lstm_config(64, pooling="mean"),
+        budget=Budget(steps=400, batch_size=64, lr=5e-3, eval_every=50),
+        target=0.8,
+        reference=(
+            "Speech Commands V1, 12 classes (real data): Hello Edge LSTM 92.9 %; "
+            "not comparable to the espeak-ng set"
+        ),
+        details=(
+            "kws's 10 words (espeak-ng set, split by voice) plus, per split, 10 % "
+            "_silence_ clips (1 s of white, pink or brown noise at a random gain up to "
+            "the noisiest keyword clips' noise level) and 10 % _unknown_ clips (bed, bird, "
+            "cat, dog, happy, house, marvin, sheila, tree, wow, spoken and noised like the "
+            "keywords by the split's voices): 1,944 / 648 / 648 clips. "
+            "RNNKIT_SPEECH_COMMANDS=<folder>: the real 12-class setup (_background_noise_ "
+            "and the other word folders, see audio.speech_commands_data)."
+        ),
+    ),
+)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.tasks._util import generator
-from rnnkit.tasks.base import Metrics, Split, TaskData
+from rnnkit.tasks._util import generator, lstm_config
+from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
 
 
 def breathing_traces(
@@ -121,3 +121,32 @@ def breathing_metrics(
         "rmse_mm": float(err[keep].square().mean().sqrt()),
         "nrmse_persistence": pohl_nrmse(inputs * scale, targets * scale),
     }
+
+
+# --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
+
+TASKS: tuple[Task, ...] = (
+    Task(
+        name="breathing",
+        description="breathing-like traces of 3 markers (9 channels, 10 Hz): 0.5 s ahead",
+        kind="regress",
+        make_data=breathing_data,
+        metric_fn=breathing_metrics,
+        primary="nrmse",
+        higher_is_better=False,
+        io={"input_size": 9, "output_size": 9},
+        model="sequence_tagger",
+        model_config=lstm_config(64),
+        budget=Budget(steps=800, batch_size=32, lr=5e-3, eval_every=100),
+        target=None,
+        reference=(
+            "Pohl et al. (2024): SnAp-1 nRMSE 0.157 at 10 Hz on real marker data (online "
+            "RTRL-family learning, horizons up to 2.1 s); not comparable: simulated data"
+        ),
+        details=(
+            "12 simulated subjects x 4 min; period 3-5 s and amplitude drift, baseline "
+            "wander, deep breaths, noise 0.2 mm; split 70/15/15 % in time, windows of 10 s "
+            "(state not carried across windows; trained offline, not online)."
+        ),
+    ),
+)

@@ -4,19 +4,27 @@ Writing is atomic: the file is written to a temporary name in the same directory
 disk and moved over the old one with :func:`os.replace`, so a crash leaves either the old or
 the new checkpoint, never half of one. A readable copy of the metadata is written beside it
 (``checkpoint.json``), also atomically; the copy inside the tensor file is the one that counts.
+
+A training run's checkpoint (:func:`save_run`, :func:`load_run`) holds the model, the best
+model so far, the optimiser, every RNG state (torch CPU and CUDA, Python's ``random``), the
+run's :class:`RunState` and the signature of the settings it was written with: restoring all
+of it makes a resumed run continue bit for bit as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import random
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.core.errors import RnnkitError
 
@@ -135,3 +143,123 @@ def restore_rng(tensors: Mapping[str, Tensor]) -> None:
     cuda = [tensors[k] for k in keys]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def python_random_state() -> list[Any]:
+    """Python's ``random`` state as JSON (lists instead of tuples)."""
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def restore_python_random(state: Any) -> None:
+    """Restore what :func:`python_random_state` saved (anything else is ignored)."""
+    if isinstance(state, list) and len(state) == 3:
+        random.setstate((state[0], tuple(state[1]), state[2]))
+
+
+# --- a training run ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What a training run has done so far, besides its tensors.
+
+    Attributes:
+        step: optimiser steps done.
+        best_score: best valid score of the primary metric so far (``None`` before the first
+            evaluation); ``best_step``: the step it was reached at.
+        bad_evals: evaluations since the last improvement (early stopping).
+        stopped_early: whether early stopping ended the run.
+        loss_sum, loss_count: training loss summed since the last evaluation, and its count.
+        elapsed: training seconds so far (over every resumption).
+        history: one record per evaluation (as in ``metrics.jsonl``).
+    """
+
+    step: int = 0
+    best_score: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0
+    loss_count: float = 0.0
+    elapsed: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> RunState:
+        """Read back the fields :func:`save_run` wrote; a missing or bad one raises."""
+        return cls(
+            step=int(meta["step"]),
+            best_score=meta["best_score"],
+            best_step=int(meta["best_step"]),
+            bad_evals=int(meta["bad_evals"]),
+            stopped_early=bool(meta["stopped_early"]),
+            loss_sum=float(meta["loss_sum"]),
+            loss_count=float(meta["loss_count"]),
+            elapsed=float(meta["elapsed"]),
+            history=list(meta["history"]),
+        )
+
+
+def save_run(
+    path: Path,
+    *,
+    model: nn.Module,
+    best_state: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: RunState,
+    signature: Mapping[str, Any],
+) -> None:
+    """Checkpoint a training run at ``path`` (see the module docstring for what it holds)."""
+    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    opt_t, opt_meta = flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_t)
+    tensors.update(rng_tensors())
+    meta = {
+        "signature": dict(signature),
+        **asdict(state),
+        "optimizer": opt_meta,
+        "python_random": python_random_state(),
+    }
+    save_checkpoint(path, tensors, meta)
+
+
+def load_run(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    signature: Mapping[str, Any],
+    device: torch.device,
+) -> tuple[RunState, dict[str, Tensor]]:
+    """Resume the run checkpointed at ``path`` into ``model`` and ``optimizer``.
+
+    Restores every RNG state and returns the run's state and the best model's state dict (on
+    ``device``). Raises :class:`CheckpointError`, before changing the RNG states, when the
+    file is unreadable, was written with another ``signature`` (the settings that must match
+    to resume), or does not fit ``model``.
+    """
+    tensors, meta = load_checkpoint(path)
+    want, have = dict(signature), meta.get("signature", {})
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        details = "; ".join(f"{k}: checkpoint {have.get(k)!r}, now {want.get(k)!r}" for k in diff)
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a different run ({details}); "
+            "resume with the same arguments or choose another --out"
+        )
+    try:
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        best_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        model.load_state_dict(model_sd, strict=True)
+        probe = copy.deepcopy(model)
+        probe.load_state_dict(best_sd, strict=True)
+        optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        state = RunState.from_meta(meta)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from None
+    best_state = {k: v.to(device) for k, v in best_sd.items()}
+    restore_rng(tensors)
+    restore_python_random(meta.get("python_random"))
+    return state, best_state

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit.core.errors import unknown_name
+from rnnkit.core.listing import format_table
 from rnnkit.tasks.trainer import DEFAULT_TASK, RunResult, TrainConfig, train
 
 TRAIN_HELP = (
@@ -137,16 +138,6 @@ def _check_names(task: str, models: list[str]) -> None:
             raise unknown_name("model or cell", m, [*host.models.names(), *host.cells.names()])
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 def _reached(r: RunResult) -> str:
     if r.target is None or r.reached is None:
         return "-"
@@ -160,7 +151,7 @@ def _print_result(r: RunResult) -> None:
         for k in keys
     ]
     print()
-    print(_table(rows, ["metric", "valid", "test"]))
+    print(format_table(rows, ["metric", "valid", "test"]))
     print()
     print(
         f"task {r.task}, model {r.model}, {r.params:,} parameters, {r.steps} steps in "
@@ -182,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         from rnnkit.tasks.registry import get_task, list_tasks
 
         rows = [[n, get_task(n).description] for n in list_tasks()]
-        print(_table(rows, ["task", "description"]))
+        print(format_table(rows, ["task", "description"]))
         return 0
     _check_names(args.task, [args.model] if args.model else [])
     config = _config(
@@ -252,7 +243,7 @@ def run_compare(args: argparse.Namespace) -> int:
     ]
     print()
     print(
-        _table(
+        format_table(
             rows,
             [
                 "model",

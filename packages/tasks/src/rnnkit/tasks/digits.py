@@ -12,8 +12,8 @@ import functools
 import torch
 from torch import Tensor
 
-from rnnkit.tasks._util import generator
-from rnnkit.tasks.base import Split, TaskData
+from rnnkit.tasks._util import classify_metrics, generator, lstm_config
+from rnnkit.tasks.base import Budget, Split, Task, TaskData
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,3 +46,35 @@ def digits_data(seed: int, *, order: str = "rows", sizes: tuple[int, int] = (300
         Split(x[te], labels[te]),
         {"order": order},
     )
+
+
+# --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
+
+TASKS: tuple[Task, ...] = (
+    Task(
+        name="digits_rows",
+        description="scikit-learn 8x8 digits read row by row (T=8), 10 classes",
+        kind="classify",
+        make_data=functools.partial(digits_data, order="rows"),
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 8, "output_size": 10},
+        model_config=lstm_config(64),
+        budget=Budget(steps=500, batch_size=64, lr=5e-3, eval_every=50),
+        target=0.95,
+        details="1,797 images, seeded split 1,197 / 300 / 300; pixels scaled to [0, 1].",
+    ),
+    Task(
+        name="digits_pixels",
+        description="scikit-learn 8x8 digits read pixel by pixel (T=64), 10 classes",
+        kind="classify",
+        make_data=functools.partial(digits_data, order="pixels"),
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 1, "output_size": 10},
+        model_config=lstm_config(64),
+        budget=Budget(steps=800, batch_size=64, lr=5e-3, eval_every=100),
+        target=0.85,
+        details="The small cousin of sequential MNIST; same split as digits_rows.",
+    ),
+)

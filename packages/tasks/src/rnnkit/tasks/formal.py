@@ -8,6 +8,7 @@ valid and test strings are longer than the training strings (generalisation to l
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor
 
 from rnnkit.tasks import metrics as M
-from rnnkit.tasks.base import Metrics, Split, TaskData
+from rnnkit.tasks._util import classify_metrics, lstm_config
+from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
 
 # DFA over {0, 1}: (transitions[state] = (next on '0', next on '1'), accepting states).
 # State 0 is the start state.
@@ -297,3 +299,76 @@ def palindrome_data(
             labels.append(int(positive))
         splits.append(Split(encode_left_padded(strings), torch.tensor(labels)))
     return TaskData(splits[0], splits[1], splits[2], info={"vocab_size": 4})
+
+
+# --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
+
+
+def _tomita_task(g: int) -> Task:
+    return Task(
+        name=f"tomita{g}",
+        description=f"Tomita grammar {g}: {TOMITA_DESCRIPTIONS[g]}",
+        kind="classify",
+        make_data=functools.partial(tomita_data, grammar=g),
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 0, "vocab_size": 4, "output_size": 2},
+        model_config=lstm_config(32),
+        budget=Budget(steps=600, batch_size=64, lr=5e-3, eval_every=100),
+        target=0.9,
+        reference="Wang & Niepert (SR-RNN, ICML 2019): tables not retrieved",
+        details=(
+            "Balanced, uniformly sampled strings; train lengths 1-16, valid 17-22, "
+            "test 23-30 (generalisation to longer strings)."
+        ),
+    )
+
+
+def _dyck_task(n: int) -> Task:
+    return Task(
+        name=f"dyck{n}",
+        description=f"Dyck-{n}: predict the set of legal next brackets",
+        kind="multilabel",
+        make_data=functools.partial(dyck_data, n_types=n),
+        metric_fn=multilabel_metrics,
+        primary="sequence_accuracy",
+        io={"input_size": 0, "vocab_size": 2 * n + 1, "output_size": 2 * n + 1},
+        model="sequence_tagger",
+        # Dyck-2 generalises to longer strings only with a wider LSTM trained longer
+        # (LSTM 64, 800 x 32: 0.53; LSTM 128, 2,500 x 64: 0.72; see docs/tasks.md)
+        model_config=lstm_config(32) if n == 1 else lstm_config(128),
+        budget=(
+            Budget(steps=800, batch_size=32, lr=5e-3, eval_every=100)
+            if n == 1
+            else Budget(steps=2500, batch_size=64, lr=5e-3, eval_every=250)
+        ),
+        target=0.9 if n == 1 else 0.55,  # dyck2: 0.72 (seed 0), 0.62 (seed 1)
+        reference=(
+            "Suzgun et al. (2019) [recalled, unverified]: LSTMs learn Dyck-1 "
+            "and fail to generalise on Dyck-2"
+        ),
+        details="Train lengths 2-24, valid/test 26-40 (paper: <=50 and 52-100).",
+    )
+
+
+TASKS: tuple[Task, ...] = (
+    Task(
+        name="palindrome",
+        description="binary palindromes: accept iff the string equals its reverse",
+        kind="classify",
+        make_data=palindrome_data,
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 0, "vocab_size": 4, "output_size": 2},
+        model_config=lstm_config(64),
+        budget=Budget(steps=800, batch_size=64, lr=5e-3, eval_every=100),
+        target=None,
+        reference="Wang & Niepert (SR-RNN, ICML 2019): palindrome details not retrieved",
+        details=(
+            "Balanced; half the negatives are palindromes with one bit flipped. Train "
+            "lengths 2-16, valid 17-22, test 23-30 (generalisation to length)."
+        ),
+    ),
+    *(_tomita_task(g) for g in range(1, 8)),
+    *(_dyck_task(n) for n in (1, 2)),
+)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from rnnkit.tasks import metrics as M
-from rnnkit.tasks._util import drop_seen, generator
-from rnnkit.tasks.base import Metrics, Split, TaskData
+from rnnkit.tasks._util import drop_seen, generator, lstm_config
+from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
 
 BOS = 3
 
@@ -84,3 +84,28 @@ def hmm_metrics(
     bits = M.cross_entropy_bits(outputs, targets)
     best = optimal_bits(targets)
     return {"bits": bits, "optimal_bits": best, "excess_bits": bits - best}
+
+
+# --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
+
+TASKS: tuple[Task, ...] = (
+    Task(
+        name="hmm",
+        description="next emission of a 4-state cyclic HMM; excess bits over the optimum",
+        kind="tag",
+        make_data=hmm_data,
+        metric_fn=hmm_metrics,
+        primary="excess_bits",
+        higher_is_better=False,
+        io={"input_size": 0, "vocab_size": 4, "output_size": 3},
+        model="sequence_tagger",
+        model_config=lstm_config(32),
+        budget=Budget(steps=600, batch_size=64, lr=5e-3, eval_every=100),
+        target=0.02,
+        reference=(
+            "Torre et al. (NeurIPS 2025): RNNs match HMM emission statistics (trained as "
+            "generators with a Sinkhorn loss; no comparable number)"
+        ),
+        details="Length 40; the optimum is the forward algorithm's predictive entropy.",
+    ),
+)

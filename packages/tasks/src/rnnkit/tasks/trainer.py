@@ -9,16 +9,15 @@ A run directory holds:
 - ``curves.png``: learning curves.
 
 Determinism: the batch of step ``s`` is a pure function of ``(seed, s)`` and every RNG state is
-checkpointed, so a run stopped at any step and resumed ends with the same parameters and
-metrics as an uninterrupted one. Under ``torchrun`` each process takes a shard of every global
-batch; losses are summed and divided by the global element count and gradients are summed
-across processes, so the update equals the single-process one on the same global batch.
+checkpointed (:mod:`rnnkit.tasks.checkpoint`), so a run stopped at any step and resumed ends
+with the same parameters and metrics as an uninterrupted one. Under ``torchrun`` each process
+takes a shard of every global batch (:mod:`rnnkit.tasks.distributed`), so the update equals the
+single-process one on the same global batch. :mod:`rnnkit.tasks.progress` shows the progress.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import os
@@ -34,11 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from rnnkit.tasks import checkpoint as ckpt
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
+from rnnkit.tasks.distributed import (
+    all_reduce_sum_,
+    init_distributed,
+    resolve_device,
+    shard,
+    sum_gradients_,
+)
+from rnnkit.tasks.progress import Progress, format_metrics, wanted
 from rnnkit.tasks.registry import get_task
 
 DEFAULT_TASK = "digits_rows"
@@ -125,56 +131,6 @@ class RunResult:
         return self.test.get(self.primary, float("nan"))
 
 
-# --- distributed ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a ``torchrun`` job (world 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes files and prints."""
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group that ``torchrun`` describes in the environment, if any.
-
-    gloo on CPU, nccl on CUDA. Without ``WORLD_SIZE > 1`` nothing happens.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def _all_reduce_(t: Tensor, d: Dist) -> Tensor:
-    if d.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA (this process's ``LOCAL_RANK``) if available, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return dev
-
-
 def set_determinism(seed: int, deterministic: bool) -> None:
     """Seed Python and torch; in deterministic mode forbid nondeterministic kernels."""
     random.seed(seed)
@@ -259,46 +215,6 @@ def evaluate(
     return metrics
 
 
-class _Progress:
-    """tqdm when wanted and available, else nothing; ``write`` always prints."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled:
-            try:
-                tqdm = importlib.import_module("tqdm.auto").tqdm
-                self.bar = tqdm(
-                    total=total,
-                    initial=initial,
-                    unit="step",
-                    dynamic_ncols=True,
-                    file=sys.stderr,
-                    leave=False,
-                )
-            except ImportError:  # pragma: no cover
-                self.bar = None
-
-    def update(self, **postfix: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(1)
-
-    def write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fmt(metrics: Mapping[str, float], keys: list[str] | None = None) -> str:
-    keys = keys or list(metrics)
-    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -308,7 +224,9 @@ class Trainer:
     ``data`` replaces the task's own splits (smaller data in tests, or your own data).
     Construction resolves the configuration, builds data and model and, with ``resume``,
     loads and checks the checkpoint: every error (unknown names, a corrupt or mismatched
-    checkpoint) is raised before anything in the run directory is changed.
+    checkpoint) is raised before anything in the run directory is changed. ``state``
+    (:class:`~rnnkit.tasks.checkpoint.RunState`) holds the run's step, early-stopping state and
+    history; ``best_state`` the best model's state dict so far.
     """
 
     def __init__(self, config: TrainConfig, *, data: TaskData | None = None) -> None:
@@ -354,16 +272,8 @@ class Trainer:
         )
         self.out = Path(config.out) if config.out else self._default_out()
         # training state (checkpointed)
-        self.step = 0
-        self.best_score: float | None = None
-        self.best_step = 0
-        self.bad_evals = 0
+        self.state = ckpt.RunState()
         self.best_state = copy.deepcopy(self.model.state_dict())
-        self.history: list[dict[str, Any]] = []
-        self.loss_sum = 0.0
-        self.loss_count = 0.0
-        self.elapsed = 0.0
-        self.stopped_early = False
         self._perm_cache: dict[int, Tensor] = {}
         path = self.out / ckpt.CHECKPOINT
         if config.resume:
@@ -375,6 +285,11 @@ class Trainer:
                 f"{self.out} already holds a run (checkpoint.safetensors); "
                 "pass --resume to continue it or choose another --out"
             )
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps done so far (``state.step``)."""
+        return self.state.step
 
     # -- identity of a run: what must match to resume ----------------------------------------
 
@@ -403,94 +318,52 @@ class Trainer:
     def _save(self) -> None:
         if not self.dist.main:
             return
-        tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
-        opt_t, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
-        tensors.update(opt_t)
-        tensors.update(ckpt.rng_tensors())
-        meta = {
-            "signature": self.signature(),
-            "step": self.step,
-            "best_score": self.best_score,
-            "best_step": self.best_step,
-            "bad_evals": self.bad_evals,
-            "stopped_early": self.stopped_early,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
-            "elapsed": self.elapsed,
-            "history": self.history,
-            "optimizer": opt_meta,
-            "python_random": _jsonable_random_state(),
-        }
-        ckpt.save_checkpoint(self.out / ckpt.CHECKPOINT, tensors, meta)
+        ckpt.save_run(
+            self.out / ckpt.CHECKPOINT,
+            model=self.model,
+            best_state=self.best_state,
+            optimizer=self.optimizer,
+            state=self.state,
+            signature=self.signature(),
+        )
 
     def _load(self, path: Path) -> None:
-        tensors, meta = ckpt.load_checkpoint(path)
-        want, have = self.signature(), meta.get("signature", {})
-        if want != have:
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            details = "; ".join(
-                f"{k}: checkpoint {have.get(k)!r}, now {want.get(k)!r}" for k in diff
-            )
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} belongs to a different run ({details}); "
-                "resume with the same arguments or choose another --out"
-            )
-        try:
-            model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-            best_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-            self.model.load_state_dict(model_sd, strict=True)
-            probe = copy.deepcopy(self.model)
-            probe.load_state_dict(best_sd, strict=True)
-            self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
-            self.step = int(meta["step"])
-            self.best_score = meta["best_score"]
-            self.best_step = int(meta["best_step"])
-            self.bad_evals = int(meta["bad_evals"])
-            self.stopped_early = bool(meta["stopped_early"])
-            self.loss_sum = float(meta["loss_sum"])
-            self.loss_count = float(meta["loss_count"])
-            self.elapsed = float(meta["elapsed"])
-            self.history = list(meta["history"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} does not fit this model: {exc}"
-            ) from None
-        self.best_state = {k: v.to(self.device) for k, v in best_sd.items()}
-        ckpt.restore_rng(tensors)
-        _restore_random_state(meta.get("python_random"))
+        self.state, self.best_state = ckpt.load_run(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            signature=self.signature(),
+            device=self.device,
+        )
 
     # -- training ---------------------------------------------------------------------------------
 
     def _train_step(self) -> float:
         b, d = self.budget, self.dist
-        self.step += 1
+        st = self.state
+        st.step += 1
         for group in self.optimizer.param_groups:
-            group["lr"] = b.lr * lr_factor(b.schedule, self.step, b.steps)
+            group["lr"] = b.lr * lr_factor(b.schedule, st.step, b.steps)
         idx = batch_indices(
-            len(self.data.train), b.batch_size, self.step, self.config.seed, self._perm_cache
+            len(self.data.train), b.batch_size, st.step, self.config.seed, self._perm_cache
         )
-        shard = idx.tensor_split(d.world)[d.rank]
-        x = self.data.train.inputs[shard].to(self.device)
-        y = self.data.train.targets[shard].to(self.device)
+        mine = shard(idx, d)
+        x = self.data.train.inputs[mine].to(self.device)
+        y = self.data.train.targets[mine].to(self.device)
         self.model.train()
         with self._autocast():
             out = forward(self.model, x, self.config.backend)
         loss_sum, count = self.task.loss(out, y)
-        total = _all_reduce_(count.detach().clone(), d).clamp_min(1.0)
+        total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss_sum / total)
-        if d.world > 1:
-            for p in self.model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                _all_reduce_(p.grad, d)
+        sum_gradients_(self.model, d)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
         self.optimizer.step()
-        summed = _all_reduce_(torch.stack([loss_sum.detach().float(), count.float()]), d)
-        self.loss_sum += float(summed[0])
-        self.loss_count += float(summed[1])
+        summed = all_reduce_sum_(torch.stack([loss_sum.detach().float(), count.float()]), d)
+        st.loss_sum += float(summed[0])
+        st.loss_count += float(summed[1])
         return float(summed[0]) / max(float(summed[1]), 1.0)
 
     def _evaluate(self, split: str) -> dict[str, float]:
@@ -504,57 +377,59 @@ class Trainer:
             autocast=self._autocast,
         )
 
-    def _eval_point(self, bar: _Progress) -> None:
+    def _eval_point(self, bar: Progress) -> None:
+        st = self.state
         valid = self._evaluate("valid")
         score = valid[self.task.primary]
-        better = self.best_score is None or (
-            score > self.best_score if self.task.higher_is_better else score < self.best_score
+        better = st.best_score is None or (
+            score > st.best_score if self.task.higher_is_better else score < st.best_score
         )
         if better and not math.isnan(score):
-            self.best_score, self.best_step, self.bad_evals = score, self.step, 0
+            st.best_score, st.best_step, st.bad_evals = score, st.step, 0
             self.best_state = copy.deepcopy(self.model.state_dict())
         else:
-            self.bad_evals += 1
+            st.bad_evals += 1
         record = {
-            "step": self.step,
-            "train_loss": self.loss_sum / max(self.loss_count, 1.0),
+            "step": st.step,
+            "train_loss": st.loss_sum / max(st.loss_count, 1.0),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "seconds": round(self.elapsed, 3),
+            "seconds": round(st.elapsed, 3),
             "valid": valid,
         }
-        self.loss_sum = self.loss_count = 0.0
-        self.history.append(record)
+        st.loss_sum = st.loss_count = 0.0
+        st.history.append(record)
         if self.dist.main:
             with (self.out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.config.verbose and self.dist.main:
             bar.write(
-                f"step {self.step:>6}/{self.budget.steps}  "
-                f"train loss {record['train_loss']:.4f}  valid {_fmt(valid)}"
+                f"step {st.step:>6}/{self.budget.steps}  "
+                f"train loss {record['train_loss']:.4f}  valid {format_metrics(valid)}"
             )
-        if self.budget.patience and self.bad_evals >= self.budget.patience:
-            self.stopped_early = True
+        if self.budget.patience and st.bad_evals >= self.budget.patience:
+            st.stopped_early = True
 
     def _prepare_dir(self) -> None:
         """Create the run directory; on resume, rewrite metrics.jsonl up to the checkpoint."""
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
         ckpt.atomic_write_text(self.out / "metrics.jsonl", lines)
 
     def iter_steps(self) -> Iterator[int]:
         """Steps still to run."""
-        while self.step < self.budget.steps and not self.stopped_early:
-            yield self.step + 1
+        while self.state.step < self.budget.steps and not self.state.stopped_early:
+            yield self.state.step + 1
 
     def run(self) -> RunResult:
         """Train (or continue), evaluate on valid and test, write the results."""
+        st = self.state
         cfg, b = self.config, self.budget
         self._prepare_dir()
         every = cfg.checkpoint_every or b.eval_every
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        bar = _Progress(b.steps, self.step, bool(show and cfg.verbose and self.dist.main))
+        show = wanted(cfg.progress) and cfg.verbose and self.dist.main
+        bar = Progress(b.steps, st.step, show)
         if cfg.verbose and self.dist.main:
             what = self.model_name + (
                 f" ({self.model_config['cell']})" if "cell" in self.model_config else ""
@@ -564,23 +439,23 @@ class Trainer:
                 f"{count_parameters(self.model):,} parameters, {b.steps} steps of "
                 f"batch {b.batch_size}, device {self.device}"
                 + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
-                + (f", resuming at step {self.step}" if self.step else "")
+                + (f", resuming at step {st.step}" if st.step else "")
             )
         interrupted = False
         t0 = time.perf_counter()
-        base = self.elapsed
+        base = st.elapsed
         with _StopOnSignal() as stop:
             for _ in self.iter_steps():
                 loss = self._train_step()
-                self.elapsed = base + time.perf_counter() - t0
+                st.elapsed = base + time.perf_counter() - t0
                 bar.update(loss=f"{loss:.4f}")
-                if self.step % b.eval_every == 0 or self.step == b.steps:
+                if st.step % b.eval_every == 0 or st.step == b.steps:
                     self._eval_point(bar)
-                if self.step % every == 0 or self.step == b.steps or self.stopped_early:
+                if st.step % every == 0 or st.step == b.steps or st.stopped_early:
                     self._save()
-                asked = cfg.stop_after is not None and self.step >= cfg.stop_after
+                asked = cfg.stop_after is not None and st.step >= cfg.stop_after
                 if asked or stop.requested:
-                    interrupted = self.step < b.steps and not self.stopped_early
+                    interrupted = st.step < b.steps and not st.stopped_early
                     if interrupted:
                         self._save()
                     break
@@ -588,7 +463,8 @@ class Trainer:
         return self._finish(interrupted)
 
     def _finish(self, interrupted: bool) -> RunResult:
-        if not interrupted and self.history:
+        st = self.state
+        if not interrupted and st.history:
             self.model.load_state_dict(self.best_state)
         valid = self._evaluate("valid") if not interrupted else {}
         test = self._evaluate("test") if not interrupted else {}
@@ -598,16 +474,16 @@ class Trainer:
             model=self.model_name,
             out=str(self.out),
             params=count_parameters(self.model),
-            steps=self.step,
-            seconds=round(self.elapsed, 2),
+            steps=st.step,
+            seconds=round(st.elapsed, 2),
             primary=self.task.primary,
             valid=valid,
             test=test,
             target=self.task.target,
             reached=None if interrupted else self.task.reached(score),
-            stopped_early=self.stopped_early,
+            stopped_early=st.stopped_early,
             interrupted=interrupted,
-            best_step=self.best_step,
+            best_step=st.best_step,
             config={
                 **self.signature(),
                 "backend": self.config.backend,
@@ -619,11 +495,11 @@ class Trainer:
             ckpt.atomic_write_text(
                 self.out / "final.json", json.dumps(asdict(result), indent=1) + "\n"
             )
-            if self.config.plot and self.history:
+            if self.config.plot and st.history:
                 from rnnkit.tasks.plots import plot_curves
 
                 plot_curves(
-                    self.history,
+                    st.history,
                     self.task.primary,
                     self.out / "curves.png",
                     title=f"{self.task.name} / {self.model_name}",
@@ -662,13 +538,3 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> RunResult:
     """Train with ``config`` (or :class:`TrainConfig` keywords) and return the result."""
     config = replace(config, **kwargs) if config is not None else TrainConfig(**kwargs)
     return Trainer(config).run()
-
-
-def _jsonable_random_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _restore_random_state(state: Any) -> None:
-    if isinstance(state, list) and len(state) == 3:
-        random.setstate((state[0], tuple(state[1]), state[2]))

@@ -17,7 +17,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--rnnkit-cells",
         default=None,
         metavar="PATTERN",
-        help="fnmatch pattern of registered cells the rnnkit conformance kit runs on",
+        help="registered cells the rnnkit conformance kit runs on: names containing PATTERN, "
+        "or matching it as a glob when it has * ? [ (as `rnnkit list cells PATTERN`)",
     )
 
 

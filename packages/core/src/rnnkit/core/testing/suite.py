@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from rnnkit.core.cell import Cell
+from rnnkit.core.listing import matches
 from rnnkit.core.plugins import get_host
 from rnnkit.core.testing import checks
 
@@ -37,10 +37,14 @@ class CellCase:
 
 
 def registered_cases(pattern: str | None = None) -> list[CellCase]:
-    """A case for every registered cell and test configuration, optionally fnmatch-filtered."""
+    """A case for every registered cell and test configuration.
+
+    ``pattern`` selects cells by name as ``rnnkit list cells PATTERN`` does (see
+    :mod:`rnnkit.core.listing`).
+    """
     cases: list[CellCase] = []
     for entry in get_host().cells:
-        if pattern and not fnmatch.fnmatchcase(entry.name, pattern):
+        if not matches(entry.name, pattern):
             continue
         cases.extend(CellCase(entry.name, dict(cfg)) for cfg in entry.obj.test_configs)
     return cases
