@@ -1,17 +1,23 @@
-"""Analog experiments that need rnnkit-tasks beside rnnkit-kernels, through the real CLI."""
+"""Analog experiments: rnnkit-tasks' ``kws`` and ``charlm`` on rnnkit-kernels' simulator,
+through the real CLI (``rnnkit analog``, owned by rnnkit-kernels, extended by rnnkit-tasks)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from rnnkit.core.cli import main
-from rnnkit.kernels.analog import experiments
+from rnnkit.core.plugins import PluginHost, module_plugin, use_host
+from rnnkit.kernels.analog import cli as analog_cli
 from rnnkit.tasks import get_task
+from rnnkit.tasks.analog import experiments
 from rnnkit.tasks.base import Split, TaskData
 
 
@@ -20,12 +26,22 @@ def test_analog_charlm_experiment_prints_its_table(
 ) -> None:
     argv = ["analog", "charlm", "--steps", "3", "--finetune-steps", "1", "--bits", "5"]
     argv += ["--hidden-size", "16", "--eval-examples", "4", "--noise-seeds", "2"]
+    argv += ["--out", str(tmp_path / "runs")]
     assert main([*argv, "--select-every", "2", "--plot", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
     assert "| config | BPC (mean ± std, 2 noise seeds) | delta vs digital |" in out
     for label in ("| digital |", "| pcm 5-bit NL-ADC |", "| pcm 5-bit NL-ADC + HW-aware |"):
         assert label in out
     assert "best-valid checkpoint" in out
+    # every training is a trainer run, kept under --out with the protocol's settings
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["control", "digital", "pcm-5bit-hw-aware"]
+    final = json.loads((tmp_path / "runs" / "digital" / "final.json").read_text())
+    budget = final["config"]["budget"]
+    assert (final["steps"], budget["lr"], budget["weight_decay"]) == (3, 5e-3, 0.01)
+    assert (budget["clip"], budget["schedule"], budget["eval_every"]) == (1.0, "constant", 2)
+    tuned = json.loads((tmp_path / "runs" / "pcm-5bit-hw-aware" / "final.json").read_text())
+    assert (tuned["steps"], tuned["config"]["budget"]["lr"]) == (1, 1e-3)
 
 
 def _tiny_kws(seed: int) -> TaskData:
@@ -43,20 +59,20 @@ def _tiny_kws(seed: int) -> TaskData:
 
 
 def test_analog_kws_experiment_prints_its_table_and_plot(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    task = dataclasses.replace(get_task("kws"), make_data=_tiny_kws)
-
-    def load(name: str) -> Any:
-        assert name == "kws"
-        return task
-
-    monkeypatch.setattr(experiments, "load_task", load)
+    # the tiny set registered as a task of its own by a test plugin, chosen with --task
+    tiny = dataclasses.replace(get_task("kws"), name="kws_tiny", make_data=_tiny_kws)
+    plugin = module_plugin(
+        "tiny", rnnkit_register_tasks=lambda register: register("kws_tiny", tiny)
+    )
     plot = tmp_path / "kws.png"
-    argv = ["analog", "kws", "--steps", "3", "--finetune-steps", "1", "--bits", "3", "5"]
-    argv += ["--hidden-size", "8", "--noise-seeds", "2", "--batch-size", "8"]
-    assert main([*argv, "--plot", str(plot)]) == 0
+    argv = ["analog", "kws", "--task", "kws_tiny", "--steps", "3", "--finetune-steps", "1"]
+    argv += ["--bits", "3", "5", "--hidden-size", "8", "--noise-seeds", "2", "--batch-size", "8"]
+    with use_host(PluginHost(plugins=[("tiny", plugin)])):
+        assert main([*argv, "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("kws_tiny LSTM, 3 digital steps, 1 HW-aware steps per config")
     assert "| config | accuracy % (mean ± std, 2 noise seeds) | delta vs digital |" in out
     for label in ("| digital |", "| pcm 3-bit NL-ADC |", "| pcm 5-bit NL-ADC + HW-aware |"):
         assert label in out
@@ -64,20 +80,16 @@ def test_analog_kws_experiment_prints_its_table_and_plot(
     assert plot.is_file() and plot.stat().st_size > 0
 
 
-def test_analog_experiment_rows_have_one_score_per_noise_seed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    task = dataclasses.replace(get_task("kws"), make_data=_tiny_kws)
-    monkeypatch.setattr(experiments, "load_task", lambda name: task)
+def test_analog_experiment_rows_have_one_score_per_noise_seed() -> None:
     rows = experiments.hw_rows(
         "kws",
-        metric="accuracy",
         steps=2,
         finetune_steps=1,
         bits=[4],
         noise_seeds=[1, 2, 3],
         batch_size=8,
         hidden_size=8,
+        data=_tiny_kws(0),
     )
     assert [r["config"] for r in rows] == [
         "digital",
@@ -85,6 +97,7 @@ def test_analog_experiment_rows_have_one_score_per_noise_seed(
         "pcm 4-bit NL-ADC",
         "pcm 4-bit NL-ADC + HW-aware",
     ]
+    assert rows[0]["valid"] is None  # no checkpoint selection asked for
     assert rows[1]["values"] == [rows[1]["mean"]]
     for r in rows[2:]:
         vals = r["values"]
@@ -93,14 +106,67 @@ def test_analog_experiment_rows_have_one_score_per_noise_seed(
         assert r["delta"] == pytest.approx(r["mean"] - rows[0]["mean"])
     with pytest.raises(ValueError, match="noise_seeds"):
         experiments.hw_rows(
-            "kws",
-            metric="accuracy",
-            steps=1,
-            finetune_steps=1,
-            bits=[4],
-            noise_seeds=[],
-            batch_size=8,
+            "kws", steps=1, finetune_steps=1, bits=[4], noise_seeds=[], batch_size=8
         )
+    with pytest.raises(ValueError, match="finetune_steps >= 0"):
+        experiments.hw_rows(
+            "kws", steps=1, finetune_steps=-1, bits=[4], noise_seeds=[1], batch_size=8
+        )
+
+
+def test_analog_experiment_is_deterministic_and_skips_hw_rows_without_finetuning() -> None:
+    def rows() -> list[dict[str, object]]:
+        return experiments.hw_rows(
+            "kws",
+            steps=3,
+            finetune_steps=0,
+            bits=[3],
+            noise_seeds=[1, 2],
+            batch_size=8,
+            hidden_size=8,
+            seed=1,
+            data=_tiny_kws(0),
+        )
+
+    a, b = rows(), rows()
+    # no fine-tuning: neither the control nor HW-aware rows (they would repeat others)
+    assert [r["config"] for r in a] == ["digital", "pcm 3-bit NL-ADC"]
+    assert [r["values"] for r in a] == [r["values"] for r in b]
+
+
+def test_analog_experiments_are_registered_into_the_kernels_command() -> None:
+    assert {"kws", "charlm"} <= set(analog_cli.experiments())
+    assert analog_cli.experiments()["kws"].help == analog_cli.TASK_EXPERIMENTS["kws"]
+
+
+def test_analog_kws_help_documents_the_quick_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["analog", "kws", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "quick check" in out and "rnnkit analog kws --steps 200 --select-every 50" in out
+    assert "--out OUT" in out and "--task TASK" in out
+
+
+def test_analog_kws_without_rnnkit_tasks_says_what_to_install() -> None:
+    # rnnkit-tasks' plugin disabled: `rnnkit analog kws` still parses, explains, exits 1
+    env = {**os.environ, "RNNKIT_DISABLE_PLUGINS": "tasks"}
+    for args in (["--steps", "3", "--bits", "3", "5"], ["--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rnnkit.core.cli", "analog", "kws", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "rnnkit analog kws trains models" in proc.stderr
+        assert "pip install rnnkit-tasks" in proc.stderr
+        assert "RNNKIT_DISABLE_PLUGINS" in proc.stderr  # installed, so it says why it is off
 
 
 def test_analog_cost_table(capsys: pytest.CaptureFixture[str]) -> None:

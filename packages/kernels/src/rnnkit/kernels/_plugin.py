@@ -45,13 +45,14 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit analog`` (the analog crossbar simulator's experiments) and ``rnnkit
-    kernels`` (build and inspect the native C++ libraries)."""
+    """Register ``rnnkit analog`` (the analog crossbar simulator's experiments; rnnkit-tasks adds
+    ``kws`` and ``charlm`` to it) and ``rnnkit kernels`` (build and inspect the native C++
+    libraries)."""
     from rnnkit.kernels.analog.cli import configure, run
 
     register(
         "analog",
-        help="analog crossbar simulator experiments (adc-error, cost, kws, charlm)",
+        help="analog crossbar simulator experiments (adc-error, cost; kws, charlm: rnnkit-tasks)",
         configure=configure,
         run=run,
     )

@@ -1,8 +1,14 @@
-"""rnnkit-tasks' plugin module: registers its tasks and the ``train`` and ``compare`` commands."""
+"""rnnkit-tasks' plugin module: registers its tasks and the ``train`` and ``compare`` commands,
+and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its
+``rnnkit analog`` command."""
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
+
 from rnnkit.core.hookspecs import RegisterCommand, RegisterTask, hookimpl
+from rnnkit.core.plugins import PluginWarning
 
 
 @hookimpl
@@ -16,8 +22,34 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit train`` and ``rnnkit compare``."""
+    """Register ``rnnkit train`` and ``rnnkit compare``; add ``kws`` and ``charlm`` to
+    rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
+    line, so they are in place when ``rnnkit analog``'s parser is configured)."""
     from rnnkit.tasks import cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
+    register_analog_experiments()
+
+
+def register_analog_experiments() -> bool:
+    """Add the analog experiments to ``rnnkit analog`` if rnnkit-kernels is installed.
+
+    Returns whether they were added. rnnkit-kernels is optional (the ``analog`` extra): without
+    it nothing happens; if it is installed but its simulator fails to import, a
+    :class:`~rnnkit.core.plugins.PluginWarning` says so and ``train``/``compare`` still work.
+    """
+    if importlib.util.find_spec("rnnkit.kernels") is None:
+        return False
+    try:
+        from rnnkit.kernels.analog.cli import register_experiment
+        from rnnkit.tasks.analog.cli import register
+    except ImportError as exc:
+        warnings.warn(
+            f"rnnkit analog kws/charlm are unavailable: importing the simulator failed: {exc!r}",
+            PluginWarning,
+            stacklevel=2,
+        )
+        return False
+    register(register_experiment)
+    return True

@@ -221,7 +221,9 @@ def evaluate(
 class Trainer:
     """One training run; :meth:`run` trains and returns a :class:`RunResult`.
 
-    ``data`` replaces the task's own splits (smaller data in tests, or your own data).
+    ``data`` replaces the task's own splits (smaller data in tests, or your own data);
+    ``model`` replaces the task's model (to fine-tune one you built or converted yourself, e.g.
+    a crossbar-mapped copy; it is moved to the run's device and trained in place).
     Construction resolves the configuration, builds data and model and, with ``resume``,
     loads and checks the checkpoint: every error (unknown names, a corrupt or mismatched
     checkpoint) is raised before anything in the run directory is changed. ``state``
@@ -229,7 +231,13 @@ class Trainer:
     history; ``best_state`` the best model's state dict so far.
     """
 
-    def __init__(self, config: TrainConfig, *, data: TaskData | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        data: TaskData | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         self.task = get_task(config.task)
         budget = self.task.budget
         overrides = {
@@ -263,7 +271,9 @@ class Trainer:
         self.dist = init_distributed(self.device)
         set_determinism(config.seed, config.deterministic)
         self.data: TaskData = data if data is not None else self.task.data(config.seed)
-        self.model = self.task.build_model(self.model_name, **self.model_config).to(self.device)
+        if model is None:
+            model = self.task.build_model(self.model_name, **self.model_config)
+        self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=b.lr, weight_decay=b.weight_decay
         )

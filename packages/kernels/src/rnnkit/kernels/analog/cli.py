@@ -3,35 +3,95 @@
 - ``rnnkit analog adc-error``: NL-ADC approximation error of sigmoid and tanh against bits and
   device programming noise, with INL/DNL; prints a table, writes a PNG if matplotlib is there.
 - ``rnnkit analog cost``: the cost model's motivation figure and bit-width comparison.
-- ``rnnkit analog kws`` and ``rnnkit analog charlm``: the ``kws`` (accuracy) and ``charlm``
-  (BPC) tasks' LSTMs trained digitally, then scored on PCM-like crossbars with 3/4/5/8-bit
-  NL-ADCs over several programming-noise seeds, without and with hardware-aware fine-tuning
-  (:mod:`~rnnkit.kernels.analog.experiments`; needs ``rnnkit-tasks``, imported only when the
-  command runs); each prints a table and writes a plot.
+- ``rnnkit analog kws`` and ``rnnkit analog charlm``: task experiments (a trained LSTM scored on
+  crossbars). They train models, so they live in ``rnnkit-tasks``
+  (:mod:`rnnkit.tasks.analog`), which adds them here through :func:`register_experiment` from
+  its ``rnnkit_register_commands`` hook. Without ``rnnkit-tasks`` the two names still parse and
+  say what to install (:data:`TASK_EXPERIMENTS`).
+
+The extension point: another distribution adds ``rnnkit analog NAME`` by calling
+:func:`register_experiment` (typically from its own ``rnnkit_register_commands`` hook, which
+the plugin host runs before the command line is built). This package imports nothing of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from rnnkit.kernels.analog.devices import device_preset
-from rnnkit.kernels.analog.experiments import format_hw, hw_rows, plot_hw
 from rnnkit.kernels.analog.ramp_adc import RampADC
 
 __all__ = [
+    "TASK_EXPERIMENTS",
+    "AnalogExperiment",
     "adc_error_rows",
-    "charlm_rows",
     "configure",
-    "format_charlm",
-    "format_kws",
-    "kws_rows",
+    "experiments",
+    "format_rows",
+    "register_experiment",
     "run",
 ]
+
+
+@dataclass(frozen=True)
+class AnalogExperiment:
+    """An ``rnnkit analog NAME`` subcommand contributed by another distribution.
+
+    ``configure(parser)`` adds its arguments to the subcommand's parser; ``run(args)`` runs it
+    and returns the exit status (the same contract as a top-level command).
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: The experiments registered so far in this process, by name.
+_EXPERIMENTS: dict[str, AnalogExperiment] = {}
+
+#: The subcommands ``rnnkit-tasks`` provides, with their help: without it they stay on the
+#: command line and explain what to install instead of failing as unknown choices.
+TASK_EXPERIMENTS: dict[str, str] = {
+    "kws": "keyword-spotting accuracy: digital vs PCM crossbars with NL-ADCs",
+    "charlm": "charlm BPC: digital vs PCM crossbars with NL-ADCs",
+}
+
+#: The subcommands of this package itself; an experiment cannot take these names.
+BUILTIN: tuple[str, ...] = ("adc-error", "cost")
+
+
+def register_experiment(
+    name: str,
+    *,
+    help: str,
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add (or replace, by name) the subcommand ``rnnkit analog NAME``.
+
+    Replacing keeps registration idempotent: every plugin host built in a process (tests build
+    several) runs the registering hook again.
+
+    Raises:
+        ValueError: if ``name`` is empty, has spaces, or is one of :data:`BUILTIN`.
+    """
+    if not name or name != name.strip() or " " in name or name.startswith("-"):
+        raise ValueError(f"analog experiment name must be one word, got {name!r}")
+    if name in BUILTIN:
+        raise ValueError(f"rnnkit analog {name} is built in; choose another experiment name")
+    _EXPERIMENTS[name] = AnalogExperiment(name, help, configure, run)
+
+
+def experiments() -> dict[str, AnalogExperiment]:
+    """The registered experiments by name (a copy)."""
+    return dict(_EXPERIMENTS)
 
 
 def adc_error_rows(
@@ -48,99 +108,6 @@ def adc_error_rows(
                 adc = RampADC(fn, n, columns, device=dev, generator=gen)
                 rows.append({"fn": fn, "device": dev_name, "bits": n, **adc.error()})
     return rows
-
-
-def charlm_rows(
-    *,
-    steps: int = 400,
-    finetune_steps: int = 60,
-    bits: list[int] | None = None,
-    noise_seeds: list[int] | None = None,
-    batch_size: int = 32,
-    lr: float = 5e-3,
-    finetune_lr: float = 1e-3,
-    hidden_size: int | None = None,
-    eval_examples: int | None = None,
-    select_every: int = 0,
-    preset: str = "pcm",
-    t_inference: float = 0.0,
-    seed: int = 0,
-    task: str = "charlm",
-) -> list[dict[str, Any]]:
-    """Experiment (c): ``charlm`` test BPC, digital vs crossbars with 3/4/5/8-bit NL-ADCs, as
-    trained and hardware-aware fine-tuned, over ``noise_seeds`` (default ``[seed + 1]``).
-
-    ``task`` may name another character-LM task with a ``bpc`` metric. The protocol and the
-    rows are those of :func:`~rnnkit.kernels.analog.experiments.hw_rows`.
-    """
-    return hw_rows(
-        task,
-        metric="bpc",
-        steps=steps,
-        finetune_steps=finetune_steps,
-        bits=bits or [3, 4, 5, 8],
-        noise_seeds=noise_seeds or [seed + 1],
-        batch_size=batch_size,
-        lr=lr,
-        finetune_lr=finetune_lr,
-        preset=preset,
-        t_inference=t_inference,
-        hidden_size=hidden_size,
-        eval_examples=eval_examples,
-        select_every=select_every,
-        seed=seed,
-    )
-
-
-def kws_rows(
-    *,
-    steps: int = 400,
-    finetune_steps: int = 100,
-    bits: list[int] | None = None,
-    noise_seeds: list[int] | None = None,
-    batch_size: int = 64,
-    lr: float = 5e-3,
-    finetune_lr: float = 1e-3,
-    hidden_size: int | None = None,
-    eval_examples: int | None = None,
-    select_every: int = 0,
-    preset: str = "pcm",
-    t_inference: float = 0.0,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Experiment (b): ``kws`` (keyword spotting, LSTM 64 with mean pooling) test accuracy,
-    digital vs crossbars with 3/4/5/8-bit NL-ADCs, as trained and hardware-aware fine-tuned,
-    over ``noise_seeds`` (default ``[seed + 1]``).
-
-    The protocol and the rows are those of :func:`~rnnkit.kernels.analog.experiments.hw_rows`.
-    """
-    return hw_rows(
-        "kws",
-        metric="accuracy",
-        steps=steps,
-        finetune_steps=finetune_steps,
-        bits=bits or [3, 4, 5, 8],
-        noise_seeds=noise_seeds or [seed + 1],
-        batch_size=batch_size,
-        lr=lr,
-        finetune_lr=finetune_lr,
-        preset=preset,
-        t_inference=t_inference,
-        hidden_size=hidden_size,
-        eval_examples=eval_examples,
-        select_every=select_every,
-        seed=seed,
-    )
-
-
-def format_charlm(rows: list[dict[str, Any]]) -> str:
-    """The ``charlm`` table as Markdown (BPC, 3 decimals)."""
-    return format_hw(rows, "BPC", digits=3)
-
-
-def format_kws(rows: list[dict[str, Any]]) -> str:
-    """The ``kws`` table as Markdown (accuracy in %, 2 decimals)."""
-    return format_hw(rows, "accuracy %", scale=100.0, digits=2)
 
 
 def format_rows(rows: list[dict[str, object]]) -> str:
@@ -185,7 +152,7 @@ def _plot(rows: list[dict[str, object]], path: str) -> bool:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``adc-error`` and ``cost`` subcommands."""
+    """Add ``adc-error``, ``cost`` and every registered experiment (see the module docstring)."""
     sub = parser.add_subparsers(dest="analog_command", metavar="EXPERIMENT")
     p = sub.add_parser("adc-error", help="NL-ADC sigmoid/tanh error vs bits and device noise")
     p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
@@ -195,33 +162,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="adc_error.png", help="PNG path ('' for none)")
     c = sub.add_parser("cost", help="latency/energy/area: NL-ADC vs conventional ADC + digital NL")
     c.add_argument("--hidden", type=int, default=512)
-    for name, help_, steps, ft, batch in (
-        ("kws", "keyword-spotting accuracy: digital vs PCM crossbars with NL-ADCs", 400, 100, 64),
-        ("charlm", "charlm BPC: digital vs PCM crossbars with NL-ADCs", 400, 60, 32),
-    ):
-        e = sub.add_parser(name, help=help_)
-        e.add_argument("--steps", type=int, default=steps, help="digital training steps")
-        e.add_argument("--finetune-steps", type=int, default=ft, help="HW-aware steps per config")
-        e.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 8])
-        e.add_argument("--noise-seeds", type=int, default=3, help="programming-noise seeds")
-        e.add_argument("--batch-size", type=int, default=batch)
-        e.add_argument("--lr", type=float, default=5e-3, help="digital learning rate")
-        e.add_argument("--finetune-lr", type=float, default=1e-3, help="HW-aware learning rate")
-        e.add_argument("--hidden-size", type=int, default=None, help="default: the task's")
-        e.add_argument("--eval-examples", type=int, default=None, help="test examples (all)")
-        e.add_argument(
-            "--select-every",
-            type=int,
-            default=0,
-            help="keep the digital checkpoint with the best validation score, scored every N "
-            "steps (0: the last one)",
+    registered = experiments()
+    for name in sorted(registered.keys() | TASK_EXPERIMENTS.keys()):
+        exp = registered.get(name)
+        if exp is not None:
+            exp.configure(sub.add_parser(name, help=exp.help, description=exp.help))
+            continue
+        # Not registered: keep the name and take every argument (--help included) as an
+        # opaque word, so that any invocation reaches run(), which says what to install.
+        # No argv entry can contain NUL, so with it as the only prefix nothing is an option.
+        e = sub.add_parser(
+            name,
+            help=f"{TASK_EXPERIMENTS[name]} (needs rnnkit-tasks)",
+            prefix_chars="\0",
+            add_help=False,
         )
-        e.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
-        e.add_argument("--t-inference", type=float, default=0.0, help="seconds of drift")
-        e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--plot", default=f"analog_{name}.png", help="PNG path ('' for none)")
-        if name == "charlm":
-            e.add_argument("--task", default="charlm", help="a character-LM task (metric bpc)")
+        e.add_argument("ignored_arguments", nargs="*")
+
+
+def _missing_tasks(name: str) -> str:
+    """Why ``rnnkit analog NAME`` is not available and what to install."""
+    install = (
+        "pip install rnnkit-tasks (from a checkout of the rnnkit repository: "
+        "pip install -e packages/tasks)"
+    )
+    what = f"rnnkit analog {name} trains models, which the rnnkit-tasks package provides"
+    if importlib.util.find_spec("rnnkit.tasks") is None:
+        return f"{what}, and it is not installed: {install}"
+    return (
+        f"{what}; it is installed but its plugin did not register the experiment (disabled in "
+        f"RNNKIT_DISABLE_PLUGINS, or broken: see `rnnkit plugins`); reinstall with {install}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,55 +216,12 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(comparison_table(args.hidden))
         return 0
-    if cmd in ("kws", "charlm"):
-        return _run_task(cmd, args)
-    print("usage: rnnkit analog {adc-error,cost,kws,charlm} [options]", file=sys.stderr)
+    exp = experiments().get(cmd) if isinstance(cmd, str) else None
+    if exp is not None:
+        return exp.run(args)
+    if cmd in TASK_EXPERIMENTS:
+        print(f"rnnkit analog {cmd}: error: {_missing_tasks(cmd)}", file=sys.stderr)
+        return 1
+    names = ",".join([*BUILTIN, *sorted(experiments().keys() | TASK_EXPERIMENTS.keys())])
+    print(f"usage: rnnkit analog {{{names}}} [options]", file=sys.stderr)
     return 2
-
-
-def _run_task(cmd: str, args: argparse.Namespace) -> int:
-    """``rnnkit analog kws`` / ``charlm``: run, print the table, write the plot."""
-    if args.noise_seeds < 1:
-        print("--noise-seeds must be >= 1", file=sys.stderr)
-        return 2
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
-    extra = {"task": args.task} if cmd == "charlm" else {}
-    make = kws_rows if cmd == "kws" else charlm_rows
-    rows = make(
-        **extra,
-        steps=args.steps,
-        finetune_steps=args.finetune_steps,
-        bits=list(args.bits),
-        noise_seeds=seeds,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        hidden_size=args.hidden_size,
-        eval_examples=args.eval_examples,
-        select_every=args.select_every,
-        preset=args.preset,
-        t_inference=args.t_inference,
-        seed=args.seed,
-    )
-    valid = rows[0].get("valid")
-    picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
-    name = extra.get("task", cmd)
-    print(
-        f"{name} LSTM, {args.steps} digital steps{picked}, {args.finetune_steps} HW-aware steps "
-        f"per config, batch {args.batch_size}, {args.preset} devices, t = {args.t_inference:g} s, "
-        f"seed {args.seed}, {len(seeds)} noise seeds ({time.perf_counter() - t0:.0f} s)"
-    )
-    if cmd == "kws":
-        print(format_kws(rows))
-        label, scale = "test accuracy (%)", 100.0
-    else:
-        print(format_charlm(rows))
-        label, scale = "test BPC", 1.0
-    if args.plot:
-        if plot_hw(rows, args.plot, label, scale=scale):
-            print(f"plot written to {args.plot}")
-        else:
-            print("matplotlib is not installed: no plot written", file=sys.stderr)
-    return 0

@@ -1,0 +1,105 @@
+"""``rnnkit analog``: the simulator's own subcommands and the extension point through which
+rnnkit-tasks adds its experiments (``kws``, ``charlm``), with rnnkit-kernels alone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from rnnkit.core.cli import main
+from rnnkit.kernels.analog import cli
+
+
+@pytest.fixture
+def no_experiments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As without rnnkit-tasks: nothing registered (it may be installed beside us)."""
+    monkeypatch.setattr(cli, "_EXPERIMENTS", {})
+
+
+def test_adc_error_prints_its_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["analog", "adc-error", "--bits", "3", "--devices", "ideal", "--columns", "4"]
+    assert main([*argv, "--plot", ""]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "fn",
+        "device",
+        "bits",
+        "max",
+        "LSB",
+        "rms",
+        "LSB",
+        "|INL|",
+        "|DNL|",
+    ]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["sigmoid", "ideal", "3"],
+        ["tanh", "ideal", "3"],
+    ]
+
+
+@pytest.mark.usefixtures("no_experiments")
+@pytest.mark.parametrize("args", [[], ["--steps", "3", "--bits", "3", "5"], ["--help"]])
+@pytest.mark.parametrize("name", ["kws", "charlm"])
+def test_task_experiment_without_rnnkit_tasks_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], name: str, args: list[str]
+) -> None:
+    assert main(["analog", name, *args]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"rnnkit analog {name}: error: rnnkit analog {name} trains")
+    assert "pip install rnnkit-tasks" in captured.err
+    assert "pip install -e packages/tasks" in captured.err
+
+
+@pytest.mark.usefixtures("no_experiments")
+def test_analog_help_lists_the_task_experiments_as_needing_rnnkit_tasks(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal's width
+    with pytest.raises(SystemExit) as exc:
+        main(["analog", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("adc-error", "cost", "kws", "charlm"):
+        assert name in out
+    assert out.count("(needs rnnkit-tasks)") == 2
+
+
+@pytest.mark.usefixtures("no_experiments")
+def test_a_registered_experiment_gets_its_arguments_and_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seen: list[argparse.Namespace] = []
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--steps", type=int, default=1)
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 7
+
+    cli.register_experiment("kws", help="a stand-in", configure=configure, run=run)
+    cli.register_experiment("probe", help="a new one", configure=configure, run=run)
+    assert sorted(cli.experiments()) == ["kws", "probe"]
+    assert main(["analog", "kws", "--steps", "4"]) == 7
+    assert main(["analog", "probe"]) == 7
+    assert [(a.analog_command, a.steps) for a in seen] == [("kws", 4), ("probe", 1)]
+    # registering the same name again replaces it (every plugin host registers anew)
+    cli.register_experiment("probe", help="again", configure=configure, run=lambda a: 0)
+    assert main(["analog", "probe"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.usefixtures("no_experiments")
+@pytest.mark.parametrize("name", ["cost", "adc-error", "", "two words", "--x"])
+def test_experiment_names_cannot_shadow_builtins_or_be_options(name: str) -> None:
+    with pytest.raises(ValueError, match="analog"):
+        cli.register_experiment(name, help="", configure=lambda p: None, run=lambda a: 0)
+    assert cli.experiments() == {}
+
+
+def test_analog_without_a_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analog"]) == 2
+    assert capsys.readouterr().err.startswith("usage: rnnkit analog {adc-error,cost,")

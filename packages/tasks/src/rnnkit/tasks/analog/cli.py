@@ -1,0 +1,169 @@
+"""``rnnkit analog kws`` and ``rnnkit analog charlm``: the task experiments on crossbars.
+
+``rnnkit analog`` belongs to rnnkit-kernels (the simulator and its ``adc-error`` and ``cost``
+subcommands); rnnkit-tasks adds these two with :func:`register`, which its
+``rnnkit_register_commands`` hook calls when rnnkit-kernels is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["EXPERIMENTS", "Experiment", "configure", "register", "run"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One ``rnnkit analog NAME`` experiment and its defaults."""
+
+    name: str
+    help: str
+    task: str  # default --task
+    metric: str  # reported test metric
+    steps: int
+    finetune_steps: int
+    batch_size: int
+    quick: str  # the options of a quick check (--help's epilog; timed in docs/analog.md)
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            "kws",
+            "keyword-spotting accuracy: digital vs PCM crossbars with NL-ADCs",
+            task="kws",
+            metric="accuracy",
+            steps=400,
+            finetune_steps=100,
+            batch_size=64,
+            quick="--steps 200 --select-every 50 --finetune-steps 20 --bits 3 5 --noise-seeds 2",
+        ),
+        Experiment(
+            "charlm",
+            "charlm BPC: digital vs PCM crossbars with NL-ADCs",
+            task="charlm",
+            metric="bpc",
+            steps=400,
+            finetune_steps=60,
+            batch_size=32,
+            quick="--steps 200 --select-every 50 --finetune-steps 20 --bits 3 5 --noise-seeds 2",
+        ),
+    )
+}
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add the options of experiment ``name`` (``"kws"`` or ``"charlm"``) to ``parser``."""
+    exp = EXPERIMENTS[name]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        f"{exp.help}. The task's LSTM is trained digitally by rnnkit's trainer, mapped to "
+        "simulated crossbars (rnnkit-kernels) and scored per NL-ADC width and noise seed, as "
+        "trained and after hardware-aware fine-tuning. See docs/analog.md."
+    )
+    parser.epilog = (
+        "quick check (a minute or less on 2 CPU cores; the first kws run also synthesises its "
+        f"clips):\n  rnnkit analog {name} {exp.quick}"
+    )
+    parser.add_argument("--task", default=exp.task, help=f"a task with a {exp.metric} metric")
+    parser.add_argument("--steps", type=int, default=exp.steps, help="digital training steps")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=exp.finetune_steps, help="HW-aware steps per config"
+    )
+    parser.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 8])
+    parser.add_argument("--noise-seeds", type=int, default=3, help="programming-noise seeds")
+    parser.add_argument("--batch-size", type=int, default=exp.batch_size)
+    parser.add_argument("--lr", type=float, default=5e-3, help="digital learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="HW-aware learning rate")
+    parser.add_argument("--hidden-size", type=int, default=None, help="default: the task's")
+    parser.add_argument("--eval-examples", type=int, default=None, help="test examples (all)")
+    parser.add_argument(
+        "--select-every",
+        type=int,
+        default=0,
+        help="keep the digital checkpoint with the best validation score, scored every N "
+        "steps (0: the last one)",
+    )
+    parser.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
+    parser.add_argument("--t-inference", type=float, default=0.0, help="seconds of drift")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default=f"analog_{name}.png", help="PNG path ('' for none)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="keep the trainer's run directories (metrics.jsonl, final.json) under this folder "
+        "(default: a temporary folder, deleted)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``rnnkit analog kws`` or ``charlm``: print the table, write the plot."""
+    from rnnkit.tasks.analog.experiments import format_charlm, format_kws, hw_rows, plot_hw
+
+    exp = EXPERIMENTS[args.analog_command]
+    if args.noise_seeds < 1:
+        print("--noise-seeds must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
+    rows = hw_rows(
+        args.task,
+        metric=exp.metric,
+        steps=args.steps,
+        finetune_steps=args.finetune_steps,
+        bits=list(args.bits),
+        noise_seeds=seeds,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        preset=args.preset,
+        t_inference=args.t_inference,
+        hidden_size=args.hidden_size,
+        eval_examples=args.eval_examples,
+        select_every=args.select_every,
+        seed=args.seed,
+        out=args.out,
+    )
+    valid = rows[0].get("valid")
+    picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
+    print(
+        f"{args.task} LSTM, {args.steps} digital steps{picked}, {args.finetune_steps} HW-aware "
+        f"steps per config, batch {args.batch_size}, {args.preset} devices, "
+        f"t = {args.t_inference:g} s, seed {args.seed}, {len(seeds)} noise seeds "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    if exp.metric == "accuracy":
+        print(format_kws(rows))
+        label, scale = "test accuracy (%)", 100.0
+    else:
+        print(format_charlm(rows))
+        label, scale = "test BPC", 1.0
+    if args.out:
+        print(f"run directories in {args.out}")
+    if args.plot:
+        if plot_hw(rows, args.plot, label, scale=scale):
+            print(f"plot written to {args.plot}")
+        else:
+            print("matplotlib is not installed: no plot written", file=sys.stderr)
+    return 0
+
+
+def register(register_experiment: Callable[..., None]) -> None:
+    """Add every experiment of :data:`EXPERIMENTS` through ``register_experiment`` (the
+    signature of :func:`rnnkit.kernels.analog.cli.register_experiment`)."""
+    for name, exp in EXPERIMENTS.items():
+        register_experiment(
+            name,
+            help=exp.help,
+            configure=functools.partial(configure, name=name),
+            run=run,
+        )
