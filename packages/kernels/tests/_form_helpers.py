@@ -32,6 +32,8 @@ BATCH = 3
 TIMES = (1, 7, 13)
 DTYPES = (torch.float64, torch.float32)
 DTYPE_IDS = ("f64", "f32")
+#: ``cpu``, and ``cuda`` where a GPU is present (the reference always runs on the CPU).
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 #: The reference loop's backend name (the oracle, not a backend under test).
 REFERENCE = REFERENCE_KERNEL.backend
 
@@ -58,12 +60,14 @@ def why_not(
     state: Sequence[Tensor] | None,
     resets: Tensor | None,
     dtype: torch.dtype,
+    device: str = "cpu",
 ) -> str | None:
-    """Why ``backend`` cannot run ``cell`` on ``x`` (cast to ``dtype``) with gradients, from its
-    kernels' own ``why_not`` (``None`` when one of them can)."""
-    probe = copy.deepcopy(cell).to(dtype)
-    st = None if state is None else tuple(cast_state(s, dtype) for s in state)
-    call = KernelCall(probe, x.to(dtype), st, resets, needs_grad=True)
+    """Why ``backend`` cannot run ``cell`` on ``x`` (cast to ``dtype``, on ``device``) with
+    gradients, from its kernels' own ``why_not`` (``None`` when one of them can)."""
+    probe = copy.deepcopy(cell).to(device=device, dtype=dtype)
+    st = None if state is None else tuple(cast_state(s, dtype).to(device) for s in state)
+    rs = None if resets is None else resets.to(device)
+    call = KernelCall(probe, x.to(device=device, dtype=dtype), st, rs, needs_grad=True)
     kernels = [k for k in kernels_for(probe) if k.backend == backend]
     if not kernels:
         return f"no {backend!r} kernel for targets {', '.join(targets_of(probe))}"
@@ -147,13 +151,14 @@ def check_backend(
     states: Sequence[bool] = (False, True),
     cell: Cell[Any] | None = None,
     tol: float | None = None,
+    device: str = "cpu",
 ) -> None:
     """``backend`` in ``dtype`` equals the float64 reference loop within ``tol`` (default
     ``tolerance(dtype)``): output, final state and the gradients of the input, the initial state
     (when given) and every parameter, for every length in ``times``, with and without an initial
     state. ``cell``: the cell the backend runs, if not the reference's own (the same parameters,
-    e.g. a copy converted to analog). A ``RuntimeWarning`` (a fallback to another path) fails.
-    Skips with the kernel's reasons when it can run none of these cases."""
+    e.g. a copy converted to analog), run on ``device``. A ``RuntimeWarning`` (a fallback to
+    another path) fails. Skips with the kernel's reasons when it can run none of these cases."""
     cell = reference.cell if cell is None else cell
     tol = tolerance(dtype) if tol is None else tol
     ran, refused = 0, set()
@@ -168,35 +173,37 @@ def check_backend(
                 assert use_state == any(k.startswith("state.") for k in want.grads)
                 reason = why_not(
                     cell, backend, p.x, p.state if use_state else None,
-                    p.resets if use_resets else None, dtype,
+                    p.resets if use_resets else None, dtype, device,
                 )  # fmt: skip
                 if reason is not None:
                     refused.add(reason)
                     continue
                 got = run_cell(
-                    cell, p, backend=backend, dtype=dtype,
+                    cell, p, backend=backend, dtype=dtype, device=device,
                     use_state=use_state, use_resets=use_resets,
                 )  # fmt: skip
                 bad = {k: f"{e:.2e}" for k, e in errors(got, want).items() if not e <= tol}
-                label = f"{backend} {dtype} T={time} state={use_state} resets={use_resets}"
+                label = f"{backend} {dtype} {device} T={time} state={use_state} resets={use_resets}"
                 assert not bad, f"{label}: relative RMS error above {tol:.0e}: {bad}"
                 ran += 1
     if not ran:
         pytest.skip(f"{backend} cannot run these cases here: {'; '.join(sorted(refused))}")
 
 
-def check_nan_propagates(cell: Cell[Any], backend: str, dtype: torch.dtype) -> None:
+def check_nan_propagates(
+    cell: Cell[Any], backend: str, dtype: torch.dtype, device: str = "cpu"
+) -> None:
     """A NaN in one input element of example 1 at step 2 makes that example's output NaN from
     step 2 on and its final state NaN, and leaves everything else finite (B=3, T=7)."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(BATCH, 7, cell.input_size, generator=gen, dtype=torch.float64)
     x[1, 2, 0] = float("nan")
-    reason = why_not(cell, backend, x, None, None, dtype)
+    reason = why_not(cell, backend, x, None, None, dtype, device)
     if reason is not None:
         pytest.skip(f"{backend} cannot run this case here: {reason}")
-    run = copy.deepcopy(cell).to(dtype)
+    run = copy.deepcopy(cell).to(device=device, dtype=dtype)
     with poisoned(), torch.no_grad():
-        y, final = run(x.to(dtype), backend=backend)
+        y, final = run(x.to(device=device, dtype=dtype), backend=backend)
     assert y.dtype == dtype and y.shape == (BATCH, 7, cell.output_size)
     assert torch.isnan(y[1, 2:]).all(), "NaN input did not reach every later output"
     assert torch.isfinite(y[1, :2]).all() and torch.isfinite(y[[0, 2]]).all(), "NaN leaked"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _form_helpers import (
+    DEVICES,
     DTYPE_IDS,
     DTYPES,
     GATED_HIDDEN,
@@ -60,21 +61,24 @@ def test_backends_come_from_the_registry() -> None:
 
 @pytest.mark.parametrize("resets", [False, True], ids=["noresets", "resets"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("kind", "heads"), CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_reference(
-    backend: str, kind: str, heads: int, dtype: torch.dtype, resets: bool
+    backend: str, kind: str, heads: int, device: str, dtype: torch.dtype, resets: bool
 ) -> None:
     cases = {}
     if backend in INTERPRETED:
         if resets != (heads == 3):
             pytest.skip("Triton interpreter (slow): 1 head without resets, 3 heads with resets")
         cases = INTERPRETED_CASES
-    check_backend(gated_reference(kind, heads), backend, dtype, use_resets=resets, **cases)
+    reference = gated_reference(kind, heads)
+    check_backend(reference, backend, dtype, use_resets=resets, device=device, **cases)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_in_gives_nan_out(backend: str, kind: str, dtype: torch.dtype) -> None:
-    check_nan_propagates(gated_reference(kind, 3).cell, backend, dtype)
+def test_nan_in_gives_nan_out(backend: str, kind: str, device: str, dtype: torch.dtype) -> None:
+    check_nan_propagates(gated_reference(kind, 3).cell, backend, dtype, device)

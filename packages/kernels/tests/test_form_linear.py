@@ -30,6 +30,7 @@ import pytest
 import torch
 from _form_helpers import (
     BATCH,
+    DEVICES,
     DTYPE_IDS,
     DTYPES,
     REFERENCE,
@@ -126,14 +127,16 @@ def test_backends_come_from_the_registry() -> None:
 
 @pytest.mark.parametrize("resets", [False, True], ids=["noresets", "resets"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("complex_state", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_reference(
-    backend: str, complex_state: bool, dtype: torch.dtype, resets: bool
+    backend: str, complex_state: bool, device: str, dtype: torch.dtype, resets: bool
 ) -> None:
     _interpreted_skip(backend, dtype, resets)
     cases = INTERPRETED_CASES if backend in INTERPRETED else {}
-    check_backend(_reference(complex_state), backend, dtype, use_resets=resets, **cases)
+    reference = _reference(complex_state)
+    check_backend(reference, backend, dtype, use_resets=resets, device=device, **cases)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -168,8 +171,11 @@ def test_backend_equals_the_scan_reference(
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("complex_state", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_in_gives_nan_out(backend: str, complex_state: bool, dtype: torch.dtype) -> None:
+def test_nan_in_gives_nan_out(
+    backend: str, complex_state: bool, device: str, dtype: torch.dtype
+) -> None:
     _interpreted_skip(backend, dtype)
-    check_nan_propagates(_reference(complex_state).cell, backend, dtype)
+    check_nan_propagates(_reference(complex_state).cell, backend, dtype, device)

@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 import pytest
 import torch
 from _form_helpers import (
+    DEVICES,
     DTYPE_IDS,
     DTYPES,
     REFERENCE,
@@ -169,19 +170,21 @@ def test_backends_come_from_the_registry() -> None:
 
 @pytest.mark.parametrize("resets", [False, True], ids=["noresets", "resets"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(MAKERS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_equals_reference(
-    backend: str, name: str, dtype: torch.dtype, resets: bool
+    backend: str, name: str, device: str, dtype: torch.dtype, resets: bool
 ) -> None:
-    check_backend(_reference(name), backend, dtype, use_resets=resets)
+    check_backend(_reference(name), backend, dtype, use_resets=resets, device=device)
 
 
 # The Newton solve reports a NaN residual as no convergence and falls back, with this warning, to
 # the sequential loop, which propagates the NaN: the outputs are what the test asserts.
 @pytest.mark.filterwarnings("ignore:newton. no convergence:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(MAKERS))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_in_gives_nan_out(backend: str, name: str, dtype: torch.dtype) -> None:
-    check_nan_propagates(_reference(name).cell, backend, dtype)
+def test_nan_in_gives_nan_out(backend: str, name: str, device: str, dtype: torch.dtype) -> None:
+    check_nan_propagates(_reference(name).cell, backend, dtype, device)
