@@ -4,10 +4,17 @@ Weights live on differential memristor pairs (:mod:`.devices`, :mod:`.tile`); si
 are computed by ramp ADCs whose memristor-programmed ramp is pre-distorted to ``f^-1``
 (:mod:`.ramp_adc`); gated cells map onto one tile each (:mod:`.cells`); :mod:`.cost` estimates
 latency, energy and area. See ``docs/analog.md``.
+
+**Reference.** The simulator is tested against :data:`REFERENCE`, the digital cell it simulates:
+the generic loop over ``Cell.recur`` (:func:`rnnkit.core.reference.reference_forward`). With
+ideal devices and periphery and no NL-ADCs (``AnalogConfig.ideal(nl_adc=False)``) it must equal
+it within the dtype's tolerance, gradients included; with ideal NL-ADCs, within their rounding.
+``tests/test_form_analog.py`` checks both for every analog backend on odd shapes.
 """
 
 from __future__ import annotations
 
+from rnnkit.core.reference import reference_forward as REFERENCE
 from rnnkit.kernels.analog._register import kernels
 from rnnkit.kernels.analog.cells import (
     AnalogBinding,
@@ -30,6 +37,7 @@ from rnnkit.kernels.analog.tile import AnalogTile
 __all__ = [
     "IDEAL_DEVICE",
     "PCM_DEVICE",
+    "REFERENCE",
     "RERAM_DEVICE",
     "AnalogBinding",
     "AnalogConfig",

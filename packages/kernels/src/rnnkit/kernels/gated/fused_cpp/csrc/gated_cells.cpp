@@ -205,9 +205,10 @@ template <typename T>
 RNNKIT_INLINE void elman_fwd_body(const T* RNNKIT_RESTRICT px, T* RNNKIT_RESTRICT h, bool relu,
                                   int64_t D, int64_t L) {
   if (relu) {
+    // !(v <= 0) rather than v > 0: a NaN pre-activation stays NaN, as in torch.relu.
     for (int64_t e = 0; e < L; ++e) {
       const T v = h[e] + px[e];
-      h[e] = v > T(0) ? v : T(0);
+      h[e] = !(v <= T(0)) ? v : T(0);
     }
   } else {
     for (int64_t e = 0; e < L; ++e) h[e] = tanh_(h[e] + px[e]);
