@@ -407,6 +407,14 @@ def test_failed_build_falls_back_with_warning(monkeypatch: pytest.MonkeyPatch) -
     assert all(rel_rms(a, e) == 0.0 for a, e in zip(final, final_ref, strict=True))
 
 
+def test_every_source_file_is_in_the_build_key() -> None:
+    """Every ``.cpp`` in ``csrc/`` is compiled and every header takes part in the build key: a
+    header left out of the list would let an edit to it load a stale cached library."""
+    lib = fused_cpp.LIBRARY
+    assert sorted(lib.sources) == sorted(p.name for p in lib.csrc.glob("*.cpp"))
+    assert sorted(lib.headers) == sorted(p.name for p in lib.csrc.glob("*.h"))
+
+
 def test_broken_source_is_reported_and_recorded(
     native_ops: Any,
     tmp_path: Path,

@@ -18,13 +18,18 @@ LIB_NAME = "rnnkit_fused_cpp"
 #: Set to ``0`` to switch this backend off (``auto`` then uses the pure-torch ``fused`` loop).
 DISABLE_ENV = "RNNKIT_FUSED_CPP"
 
-#: The C++ time loops (``gated_cells.cpp``, no torch headers) and their torch glue
-#: (``gated_ops.cpp``: argument checks, BLAS, ``TORCH_LIBRARY``).
+#: The C++ time loops, no torch headers: the cells as policies of the loop drivers
+#: (``gated_cells.cpp``, ``gated_loops.h``), their row kernels (``gated_rows.cpp``), the thread
+#: team of the float loops (``gated_team.cpp``) and its tile kernels (``gated_tiles_*.cpp``);
+#: and their torch glue (``gated_ops.cpp``: argument checks, BLAS, ``TORCH_LIBRARY``). Every
+#: header is listed so that it takes part in the build key.
 LIBRARY = NativeLibrary(
     name=LIB_NAME,
     csrc=Path(__file__).parent / "csrc",
     sources=(
         "gated_cells.cpp",
+        "gated_rows.cpp",
+        "gated_team.cpp",
         "gated_ops.cpp",
         "gated_tiles_avx512.cpp",
         "gated_tiles_avx2.cpp",
@@ -33,6 +38,9 @@ LIBRARY = NativeLibrary(
     ),
     headers=(
         "gated_cells.h",
+        "gated_loops.h",
+        "gated_rows.h",
+        "gated_team.h",
         "gated_math.h",
         "gated_tiles.h",
         "gated_tiles_impl.h",

@@ -42,6 +42,16 @@ struct Dims {
   int64_t N, T, B, D;
 };
 
+// Offset of row b of step t of head n in an (N, steps, B, width) buffer.
+inline int64_t at(int64_t n, int64_t t, int64_t b, int64_t steps, int64_t B, int64_t width) {
+  return ((n * steps + t) * B + b) * width;
+}
+
+// Whether row b restarts from its init state at step t.
+inline bool reset_at(const uint8_t* mask, int64_t t, int64_t b, int64_t B) {
+  return mask != nullptr && mask[t * B + b] != 0;
+}
+
 // ---- LSTM (gates i, f, g, o) -------------------------------------------------------------
 template <typename T>
 struct LstmForward {

@@ -1,4 +1,4 @@
-// Register-tiled products of the team loops (gated_cells.cpp): the gate pre-activations of a
+// Register-tiled products of the team loops (gated_team.h): the gate pre-activations of a
 // few blocks of `vb` hidden units, for all batch rows of a step, with the blocks' recurrent
 // weights packed so that every load is a full SIMD vector. Compiled once per instruction set
 // (gated_tiles_*.cpp); find_tile_kernels() picks one this CPU runs.
