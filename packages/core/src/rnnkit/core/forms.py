@@ -6,7 +6,7 @@ from enum import Enum
 
 
 class Form(str, Enum):
-    """The structural forms of DESIGN.md section 2.
+    """The structural forms of the cell ABI (docs/cell-abi.md, section 4).
 
     A cell lists the forms it has in ``Cell.forms``; a kernel registered for a form can run
     every cell that declares it.

@@ -1,8 +1,9 @@
 """The built-in tasks of rnnkit-tasks, with their default models and budgets.
 
-Budgets are sized for a 2-core CPU with the ``reference`` backend (about a minute or two per
-task); ``target`` is the test score the default model and budget reach (measured, see
-``docs/tasks.md``). Deviations from the papers are stated in each task's ``details``.
+Budgets are sized for a 2-core CPU with the ``reference`` backend (from about ten seconds to a
+few minutes per task); ``target`` is the test score the default model and budget reach. Both
+are measured: see the table in ``docs/tasks.md``. Deviations from the papers are stated in each
+task's ``details``.
 """
 
 from __future__ import annotations
