@@ -3,12 +3,19 @@
     nox                      # the default sessions: what CI runs
     nox -s tests             # per-package tests (each package installed alone with its deps)
     nox -s "tests(package='core')"
+    nox -s tests_py310       # every package's tests on Python 3.10, the oldest one they accept
     nox -s integration       # cross-package tests against really installed distributions
     nox -s plugin lint typecheck docs
     nox -s bench             # benchmarks (not default)
 
 Every install is constrained by constraints.txt so that torch resolves to the CPU build
-that lies on disk instead of a multi-GB CUDA build.
+that lies on disk instead of a multi-GB CUDA build (on Python 3.11; for 3.10 there is no such
+wheel on disk and PyPI's torch is the CUDA build: see tests_py310).
+
+Interpreters: python3.11 and python3.10 must be on PATH; a missing one fails the run
+(error_on_missing_interpreters), it is never skipped. CI's machine and the developers' have
+both through pyenv, where the python3.10 shim works only while 3.10 is an active version:
+.ci/run activates it (PYENV_VERSION), by hand `PYENV_VERSION=3.11.7:3.10.13 nox`.
 """
 
 from __future__ import annotations
@@ -21,11 +28,21 @@ import nox
 nox.options.default_venv_backend = "virtualenv"
 nox.options.reuse_venv = "no"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "plugin", "integration", "lint", "typecheck", "docs"]
+nox.options.sessions = [
+    "tests",
+    "tests_py310",
+    "plugin",
+    "integration",
+    "lint",
+    "typecheck",
+    "docs",
+]
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
 PYTHON = "3.11"
+#: The oldest Python every package accepts (requires-python = ">=3.10").
+OLDEST_PYTHON = "3.10"
 
 # Each package with the local distributions it needs (siblings are pinned with ==).
 PACKAGES: dict[str, list[str]] = {
@@ -66,6 +83,29 @@ def tests(session: nox.Session, package: str) -> None:
     # CI has a C++ compiler: the fused_cpp tests must build and run there, never skip.
     env = {"RNNKIT_REQUIRE_CPP": "1"} if package == "kernels" else None
     pytest(session, f"packages/{package}/tests", env=env)
+
+
+@nox.session(python=OLDEST_PYTHON)
+def tests_py310(session: nox.Session) -> None:
+    """Every package's tests and the example plugin's on the oldest Python the packages accept.
+
+    One venv, filled package by package so that each package's tests see what they see in
+    ``tests`` (the conformance kit in core's tests runs on core's cells, not on every cell
+    installed): on 3.10 torch comes from PyPI as its CUDA build (about 1 GB to download, 4.5 GB
+    installed), which a venv per package would fetch again each time.
+    """
+    install(session, "packages/core", *TEST_DEPS)
+    session.run("rnnkit", "info")
+    pytest(session, "packages/core/tests")
+    # later installs find their rnnkit siblings (== pins) already installed from the tree
+    install(session, "packages/models", "plugins/mingru")
+    pytest(session, "packages/models/tests")
+    pytest(session, "plugins/mingru/tests")
+    install(session, "packages/kernels[triton,cpp]")
+    # CI has a C++ compiler: the fused_cpp tests must build and run there, never skip.
+    pytest(session, "packages/kernels/tests", env={"RNNKIT_REQUIRE_CPP": "1"})
+    install(session, "packages/tasks[series]")
+    pytest(session, "packages/tasks/tests")
 
 
 @nox.session(python=PYTHON)
