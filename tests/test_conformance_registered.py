@@ -1,14 +1,59 @@
-"""The conformance kit over every cell registered by every installed plugin."""
+"""The conformance kit over every cell registered by every installed plugin.
+
+These run where every rnnkit distribution and the example plugin are installed and found
+through their entry points (nox's ``integration`` session).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata as md
+
 import pytest
 
-from rnnkit.core.testing import CHECKS, CellCase
+from rnnkit.core.cell import Cell
+from rnnkit.core.plugins import ENTRY_POINT_GROUP, get_host
+from rnnkit.core.testing import CHECKS, CellCase, registered_cases
+from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
+
+#: Cells each installed plugin is known to register (a floor: plugins may register more).
+KNOWN_CELLS = {
+    "core": {"elman", "lstm", "gru", "slstm"},
+    "models": {"paragru", "paralstm", "lru", "aaren", "deltanet"},
+    "mingru": {"mingru"},
+}
 
 
-def test_the_kit_sees_every_plugin(rnnkit_cell_case: CellCase) -> None:
-    assert rnnkit_cell_case.make() is not None
+def test_the_kit_sees_every_plugin() -> None:
+    host = get_host()
+    installed = {ep.name for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+    assert installed >= set(KNOWN_CELLS), installed
+    not_loaded = {n: (i.status, i.error) for n, i in host.plugins.items() if i.status != "ok"}
+    assert set(host.plugins) == installed
+    assert not not_loaded, f"installed plugins that did not load: {not_loaded}"
+
+    registered = {
+        name: plugin
+        for plugin, info in host.plugins.items()
+        for name in info.registered.get("cells", [])
+    }
+    for plugin, cells in KNOWN_CELLS.items():
+        assert cells <= {n for n, p in registered.items() if p == plugin}, plugin
+    assert set(registered) == set(host.cells.names())
+
+    configs: dict[str, list[dict[str, object]]] = {}
+    for case in registered_cases():
+        configs.setdefault(case.name, []).append(dict(case.config))
+    assert set(configs) == set(registered)
+    for name, cases in configs.items():
+        declared = [dict(c) for c in host.cells.get(name).obj.test_configs]
+        assert cases == declared and len(cases) >= 1, (name, cases, declared)
+
+
+def test_each_case_builds_a_cell_of_its_registered_class(rnnkit_cell_case: CellCase) -> None:
+    cls = get_host().cells.get(rnnkit_cell_case.name).obj.cls
+    cell = rnnkit_cell_case.make()
+    assert type(cell) is cls and isinstance(cell, Cell)
+    assert (cell.input_size, cell.hidden_size) == (INPUT_SIZE, HIDDEN_SIZE)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))

@@ -7,8 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from rnnkit.core.plugins import get_host
 
 DISTS = [
     "rnnkit-core",
@@ -38,6 +41,19 @@ def test_every_distribution_is_installed_with_one_version(dist: str) -> None:
     assert md.version(dist) == md.version("rnnkit-core")
 
 
+@pytest.mark.parametrize("dist", DISTS)
+def test_every_distribution_ships_the_repository_licence(dist: str) -> None:
+    # Each distribution keeps its own copy of LICENSE (hatchling cannot reach above the
+    # package folder); the installed copy must be the repository's text, declared in metadata.
+    meta = md.metadata(dist)
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    shipped = [f for f in md.files(dist) or [] if f.name == "LICENSE"]
+    assert len(shipped) == 1, md.files(dist)
+    repo_licence = Path(__file__).parents[1] / "LICENSE"
+    assert shipped[0].read_text(encoding="utf-8") == repo_licence.read_text(encoding="utf-8")
+
+
 def test_meta_distribution_pins_siblings_exactly() -> None:
     requires = md.requires("rnnkit") or []
     version = md.version("rnnkit")
@@ -54,6 +70,11 @@ def test_list_cells_shows_every_cell_with_its_plugin_of_origin() -> None:
     for name in ("elman", "lstm", "gru", "slstm"):
         assert table[name][1:3] == ["core", "rnnkit-core"]
     assert table["mingru"][1:3] == ["mingru", "rnnkit-mingru"]
+    # every cell the installed plugins register, no more, each with the plugin that did
+    cells = list(get_host().cells)
+    assert set(table) == {entry.name for entry in cells}
+    for entry in cells:
+        assert table[entry.name][1:3] == [entry.origin.plugin, entry.origin.distribution]
 
 
 def test_plugins_command_lists_every_builtin_and_the_example_plugin() -> None:

@@ -114,7 +114,7 @@ def test_fast_inference_matches_stepwise(preset: str) -> None:
     assert float((fast - slow.detach()).abs().max()) < 0.2
 
 
-def test_pcm_slstm_runs_and_trains() -> None:
+def test_pcm_slstm_runs_and_backpropagates() -> None:
     cell = _cell(2)
     x = _x()
     ref, _ = cell(x, backend="reference")

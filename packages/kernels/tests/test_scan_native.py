@@ -6,7 +6,7 @@ with NaN; resets, packed sequences, broadcast and strided views, the reverse sca
 solver uses, long sequences, the fallback when the library cannot be built, and the native
 op's own argument checks.
 
-The library is built once (through its cache; the first build takes 20 to 60 s). Without a
+The library is built once (through its cache; the first build takes 15 to 25 s). Without a
 compiler or ninja these tests skip with the reason, unless ``RNNKIT_REQUIRE_CPP=1`` (CI),
 where they fail.
 """

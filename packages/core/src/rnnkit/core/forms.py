@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Form(str, Enum):
-    """The structural forms of DESIGN.md section 2.
+class Form(StrEnum):
+    """The structural forms of the cell ABI (docs/cell-abi.md, section 4).
 
     A cell lists the forms it has in ``Cell.forms``; a kernel registered for a form can run
     every cell that declares it.

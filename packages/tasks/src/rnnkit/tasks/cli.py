@@ -14,7 +14,7 @@ from rnnkit.tasks.trainer import DEFAULT_TASK, RunResult, TrainConfig, train
 
 TRAIN_HELP = (
     "train a model on a task. With no arguments: an LSTM on digits_rows (8x8 digits read "
-    "row by row), about a minute on 2 CPU cores, to a test accuracy of at least 0.95; "
+    "row by row), about 12 s of training on 2 CPU cores, to a test accuracy of at least 0.95; "
     "results, checkpoint and plots go to runs/<task>-<model>-<time>/"
 )
 COMPARE_HELP = "train several models (or cells) on one task and compare them in a table and a plot"

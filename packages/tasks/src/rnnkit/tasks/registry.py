@@ -6,9 +6,10 @@ named in :data:`TASK_MODULES` declares its tasks beside their data generators, a
 ``TASKS`` tuple, and :func:`builtin_tasks` collects them. Adding a task to an existing module
 therefore touches that module only; a new module of tasks is added to :data:`TASK_MODULES`.
 
-Budgets are sized for a 2-core CPU with the ``reference`` backend (about a minute or two per
-task); ``target`` is the test score the default model and budget reach (measured, see
-``docs/tasks.md``). Deviations from the papers are stated in each task's ``details``.
+Budgets are sized for a 2-core CPU with the ``reference`` backend (from about ten seconds to a
+few minutes per task); ``target`` is the test score the default model and budget reach. Both
+are measured: see the table in ``docs/tasks.md``. Deviations from the papers are stated in each
+task's ``details``.
 """
 
 from __future__ import annotations

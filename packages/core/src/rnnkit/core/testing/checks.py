@@ -1,4 +1,4 @@
-"""The conformance checks of DESIGN.md section 5, as plain functions raising AssertionError.
+"""The conformance checks (docs/cell-abi.md, section 6) as plain functions raising AssertionError.
 
 Every check takes a zero-argument factory returning a fresh cell in float64 on the CPU and
 builds the copies it needs (other dtypes, devices) itself. Inputs are small odd shapes.

@@ -9,7 +9,7 @@ position and reads its inputs twice.
 
 This is an implementation detail of :func:`rnnkit.kernels.linear.scan.linear_scan`
 (``backend="auto"`` on CPU, or ``"cpp"``) and of the Newton solver's CPU scans. The library is
-compiled on first use (about 30 s) and cached; ``RNNKIT_SCAN_CPP=0`` (or ``RNNKIT_CPP=0``) turns it
+compiled on first use (about 15 s) and cached; ``RNNKIT_SCAN_CPP=0`` (or ``RNNKIT_CPP=0``) turns it
 off, and then, or when the toolchain is missing or the build fails (a warning, once), the callers
 use the pure-torch scan."""
 
