@@ -1,4 +1,4 @@
-"""Conformance and parallel-form checks for ParaGRU, ParaLSTM, LRU and Aaren."""
+"""Conformance and parallel-form checks for ParaGRU, ParaLSTM, LRU, S4D and Aaren."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from rnnkit.core.cell import Cell
 from rnnkit.core.testing import CellConformance
 from rnnkit.core.testing.numerics import assert_close
-from rnnkit.models.cells import LRU, Aaren, ParaGRU, ParaLSTM
+from rnnkit.models.cells import LRU, S4D, Aaren, ParaGRU, ParaLSTM
 
 
 class TestParaGRU(CellConformance):
@@ -89,3 +89,8 @@ def test_aaren_is_softmax_attention() -> None:
     attn = torch.softmax(logits, -1)  # (1, heads, t, i)
     want = torch.einsum("bhti,bihd->bthd", attn, v).flatten(-2)
     assert_close("aaren vs softmax attention", y, want, 1e-12)
+
+
+class TestS4D(CellConformance):
+    def make_cell(self) -> Cell[Any]:
+        return S4D(5, 6, init="inv")

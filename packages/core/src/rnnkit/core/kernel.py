@@ -47,9 +47,10 @@ class Priority(IntEnum):
     #: The form's portable fast kernel: pure torch, any device (``fused``, ``scan``,
     #: ``chunked``, a cell's own parallel algorithm).
     PORTABLE = 10
-    #: Compiled for this device and measured faster than the portable kernel, but not than
-    #: the device's best op where one exists (``fused_cpp`` against oneDNN's LSTM).
-    COMPILED = 15
+    #: Measured faster than the form's portable kernel for this call, but not than the
+    #: device's best op where one exists (``fused_cpp`` against oneDNN's LSTM; S4D's
+    #: convolution mode against the scans).
+    BEATS_PORTABLE = 15
     #: The device's best measured op for this call: a vendor library (cuDNN, oneDNN through
     #: torch's RNN ops) or a GPU scan kernel.
     DEVICE_BEST = 20

@@ -1,4 +1,5 @@
-"""rnnkit-models' plugin module: registers its networks, its cells and Aaren's kernel."""
+"""rnnkit-models' plugin module: registers its networks, its cells and the kernels of cells'
+own parallel algorithms (Aaren's prefix scan, S4D's convolution mode)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, h
 from rnnkit.models import networks
 from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
+from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 
 
 @hookimpl
@@ -18,6 +20,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
 @hookimpl
 def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(PARALLEL_KERNEL)
+    register(CONV_KERNEL)
 
 
 @hookimpl
@@ -39,6 +42,12 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LRU,
         description="Linear Recurrent Unit: complex diagonal linear RNN (scan backends)",
         test_configs=[{}, {"r_min": 0.9, "max_phase": 0.314}],
+    )
+    register(
+        "s4d",
+        S4D,
+        description="S4D: diagonal complex SSM per channel (scan backends; s4d_conv: FFT mode)",
+        test_configs=[{}, {"init": "inv"}, {"discretization": "bilinear"}],
     )
     register(
         "aaren",

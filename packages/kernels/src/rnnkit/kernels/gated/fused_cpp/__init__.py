@@ -60,7 +60,7 @@ __all__ = [
 #: Backend name (``backend="fused_cpp"``).
 BACKEND = "fused_cpp"
 #: ``auto`` tier on CPU: above ``fused``, below ``torch`` where torch's op is the best one.
-PRIORITY = Priority.COMPILED
+PRIORITY = Priority.BEATS_PORTABLE
 #: ``auto`` tier where the native loop measured faster than torch's native op too.
 PREFERRED = Priority.BEATS_DEVICE_BEST
 #: ``auto`` tier for float64: below ``fused``, above ``reference``. float64 is the validation

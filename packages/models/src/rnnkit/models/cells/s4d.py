@@ -1,0 +1,253 @@
+"""S4D (Gu, Gupta, Goel, Re 2022, "On the Parameterization and Initialization of Diagonal State
+Space Models"): a diagonal, time-invariant complex state space model per channel.
+
+Per input channel ``h`` and complex mode ``n`` (``N / 2`` modes, conjugate pairs implied):
+
+    x_t = A_bar * x_{t-1} + B_bar * u_t          y_t = 2 Re(sum_n C_n x_{t,n}) + D u_t
+
+with ``A = -exp(a_log) + i a_imag`` and the step ``dt = exp(dt_log)`` per channel, discretised by
+zero-order hold (``A_bar = exp(dt A)``, ``B_bar = (A_bar - 1) / A``, ``B = 1``) or the bilinear
+transform (``A_bar = (1 + dt A / 2) / (1 - dt A / 2)``, ``B_bar = dt / (1 - dt A / 2)``).
+
+Being diagonal and linear, the cell runs on every backend of the diagonal linear form (the
+``scan`` backends of rnnkit-kernels). Being time-invariant, its outputs are also a causal
+convolution of the input with the kernel ``K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l)`` (a
+Vandermonde product), applied by FFT: the ``s4d_conv`` backend registered below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.linear import DiagonalLinearCell, LinearState
+from rnnkit.core.state import StateField
+from rnnkit.core.validation import check_positive_int
+
+#: Initialisations of the eigenvalues ``A``.
+INITS: tuple[str, ...] = ("lin", "inv")
+#: Discretisations.
+DISCRETIZATIONS: tuple[str, ...] = ("zoh", "bilinear")
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """complex128 for float64 parameters and inputs, complex64 otherwise."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def s4d_eigenvalues(init: str, state_size: int) -> tuple[Tensor, Tensor]:
+    """``(real, imag)`` of the ``state_size / 2`` initial eigenvalues, float64.
+
+    ``"lin"`` (S4D-Lin): ``A_n = -1/2 + i pi n``; ``"inv"`` (S4D-Inv):
+    ``A_n = -1/2 + i (N / pi) (N / (2 n + 1) - 1)``, ``n = 0 .. N/2 - 1``.
+    """
+    modes = state_size // 2
+    n = torch.arange(modes, dtype=torch.float64)
+    real = torch.full((modes,), -0.5, dtype=torch.float64)
+    if init == "lin":
+        imag = math.pi * n
+    elif init == "inv":
+        N = float(state_size)
+        imag = (N / math.pi) * (N / (2 * n + 1) - 1)
+    else:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return real, imag
+
+
+class S4D(DiagonalLinearCell):
+    """S4D: a diagonal complex SSM per channel, ``y: (B, T, H)`` from ``x: (B, T, H)``.
+
+    The state is complex, ``h: (B, H * N / 2)`` (channel-major: mode ``n`` of channel ``c`` at
+    ``c * N / 2 + n``); the input and output have ``H = input_size`` channels; ``hidden_size``
+    is the state size ``N`` per channel (even: conjugate pairs are implied, the output takes
+    twice the real part). ``B`` is fixed to 1 (folded into ``C``, as in the paper's minimal
+    code); ``C`` is complex ``N(0, 1)``, ``D`` real ``N(0, 1)``; ``dt`` is log-uniform in
+    ``[dt_min, dt_max]`` per channel. Parameters are stored in the cell's dtype; the recurrence
+    runs in complex64 (complex128 for float64 cells).
+
+    Backends: ``reference``, the ``scan`` backends (diagonal linear form) and ``s4d_conv`` (the
+    convolution mode, no ``resets``), which ``auto`` prefers when it can run the call.
+
+    Args:
+        input_size: ``H``, the number of channels of ``x`` and ``y``.
+        hidden_size: ``N``, the state size per channel (even).
+        init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv), see :func:`s4d_eigenvalues`.
+        discretization: ``"zoh"`` or ``"bilinear"``.
+        dt_min, dt_max: the range of the initial steps.
+    """
+
+    kind = "s4d"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 64,
+        *,
+        init: str = "lin",
+        discretization: str = "zoh",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        if hidden_size % 2:
+            raise ValueError(
+                f"hidden_size (the state size N) must be even (N / 2 complex modes), got "
+                f"{hidden_size}"
+            )
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(
+                f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}"
+            )
+        if not 0.0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = input_size
+        self.projected_size = input_size
+        self.modes = hidden_size // 2
+        self.init, self.discretization = init, discretization
+        self.dt_min, self.dt_max = dt_min, dt_max
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        H, M = input_size, self.modes
+        self.dt_log = nn.Parameter(torch.empty(H, **kw))
+        self.a_log = nn.Parameter(torch.empty(H, M, **kw))
+        self.a_imag = nn.Parameter(torch.empty(H, M, **kw))
+        self.C_re = nn.Parameter(torch.empty(H, M, **kw))
+        self.C_im = nn.Parameter(torch.empty(H, M, **kw))
+        self.D = nn.Parameter(torch.empty(H, **kw))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The S4D initialisation (see the class docstring)."""
+        real, imag = s4d_eigenvalues(self.init, self.hidden_size)
+        H = self.input_size
+        self.a_log.copy_(torch.log(-real).expand(H, -1))
+        self.a_imag.copy_(imag.expand(H, -1))
+        u = torch.rand(H, dtype=torch.float64)
+        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+        self.dt_log.copy_(lo + u * (hi - lo))
+        nn.init.normal_(self.C_re, std=math.sqrt(0.5))
+        nn.init.normal_(self.C_im, std=math.sqrt(0.5))
+        nn.init.normal_(self.D)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (
+            StateField(
+                "h", (self.input_size * self.modes,), complex=True, doc="complex modes per channel"
+            ),
+        )
+
+    def discretized(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(A_bar, B_bar)``, each ``(H, N / 2)`` complex, for inputs of ``dtype``."""
+        cd = _complex_dtype(dtype)
+        rd = torch.float64 if cd == torch.complex128 else torch.float32
+        A = torch.complex(-torch.exp(self.a_log.to(rd)), self.a_imag.to(rd))
+        dt = torch.exp(self.dt_log.to(rd)).unsqueeze(-1)
+        dtA = dt * A
+        if self.discretization == "zoh":
+            # expm1: exp(dt A) - 1 cancels to a few digits in float32 when dt |A| is small
+            return torch.exp(dtA), torch.expm1(dtA) / A
+        half = 1 - dtA / 2
+        return (1 + dtA / 2) / half, dt / half
+
+    def project(self, x: Tensor) -> Tensor:
+        """The identity: the SSM acts on the input channels themselves."""
+        return x
+
+    def coefficients(self, px: Tensor) -> tuple[Tensor, Tensor]:
+        """``a = A_bar`` and ``b = B_bar u``, each ``(..., H * N / 2)`` complex."""
+        a_bar, b_bar = self.discretized(px.dtype)
+        b = (b_bar * px.to(a_bar.dtype).unsqueeze(-1)).flatten(-2)
+        return a_bar.flatten().expand(b.shape), b
+
+    def readout(self, h: Tensor, px: Tensor) -> Tensor:
+        """``y = 2 Re(sum_n C_n h_n) + D u``: ``(..., H * N / 2)`` complex -> ``(..., H)``."""
+        rd = h.real.dtype
+        modes = h.view(*h.shape[:-1], self.input_size, self.modes)
+        y = 2 * (modes.real * self.C_re.to(rd) - modes.imag * self.C_im.to(rd)).sum(-1)
+        return (y + self.D.to(rd) * px.to(rd)).to(px.dtype)
+
+    def recur(self, px_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
+        a, b = self.coefficients(px_t)
+        h = a * state.h.to(b.dtype) + b
+        return self.readout(h, px_t), LinearState(h.to(state.h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, init={self.init!r}, discretization={self.discretization!r}"
+
+
+def _powers(a_bar: Tensor, steps: Tensor) -> Tensor:
+    """``A_bar^l`` for ``l`` in ``steps``: ``(H, M) x (L,) -> (H, M, L)``, as ``exp(l log A_bar)``
+    (one complex exponential per entry, no repeated products)."""
+    return torch.exp(torch.log(a_bar).unsqueeze(-1) * steps.to(a_bar.dtype))
+
+
+def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``s4d_conv`` kernel: outputs as a causal convolution by FFT, the initial state's
+    contribution and the final state as Vandermonde products; same results as the recurrence.
+
+    ``x: (B, T, H) -> y: (B, T, H)`` and ``LinearState(h: (B, H * N / 2))``.
+    """
+    cell = call.cell
+    if not isinstance(cell, S4D):
+        raise TypeError(f"the s4d_conv backend runs S4D cells, got {type(cell).__name__}")
+    x = call.x
+    batch, time, H = x.shape
+    M = cell.modes
+    state: Any = call.state
+    if state is None:
+        state = cell.init_state(batch, device=x.device, dtype=x.dtype)
+    if time == 0 or batch == 0:  # (the FFT refuses empty batches)
+        return x.new_zeros(batch, time, H), state
+    a_bar, b_bar = cell.discretized(x.dtype)
+    cd = a_bar.dtype
+    rd = a_bar.real.dtype
+    u = x.to(rd)
+    C = torch.complex(cell.C_re.to(rd), cell.C_im.to(rd))
+    steps = torch.arange(time + 1, device=x.device)
+    V = _powers(a_bar, steps)  # (H, M, T + 1): A_bar^0 .. A_bar^T
+    K = 2 * torch.einsum("hm,hml->hl", C * b_bar, V[..., :time]).real  # (H, T)
+    n = 2 * time  # linear (not circular) convolution
+    conv = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n) * torch.fft.rfft(K, n=n), n=n)[
+        ..., :time
+    ]
+    y = conv.transpose(1, 2) + cell.D.to(rd) * u
+    h0 = state.h.to(cd).view(batch, H, M)
+    # what the initial state adds: 2 Re(sum_n C_n A_bar_n^(t+1) h0_n)
+    y = y + 2 * torch.einsum("bhm,hml->blh", C * h0, V[..., 1:]).real
+    # h_T = A_bar^T h0 + sum_l A_bar^(T-1-l) B_bar u_l
+    tail = V[..., :time].flip(-1)  # (H, M, T): A_bar^(T-1-l) at position l
+    h_last = V[..., time] * h0 + b_bar * torch.einsum("hml,blh->bhm", tail, u.to(cd))
+    final = LinearState(h_last.reshape(batch, H * M).to(state.h.dtype))
+    return y.to(x.dtype), final
+
+
+def _conv_supports(call: KernelCall) -> str | None:
+    if not isinstance(call.cell, S4D):
+        return f"runs S4D cells only, not {type(call.cell).__name__}"
+    if call.resets is not None:
+        return "the convolution mode cannot restart the state (resets): use 'scan'"
+    return None
+
+
+#: S4D's convolution mode, registered for the ``s4d`` cell kind: ``auto`` prefers it to the
+#: generic scans for calls without resets.
+CONV_KERNEL = Kernel(
+    backend="s4d_conv",
+    target=S4D.kind,
+    run=s4d_conv_forward,
+    description="S4D convolution mode: Vandermonde kernel, FFT convolution (no resets)",
+    priority=Priority.BEATS_PORTABLE,
+    supports=_conv_supports,
+)
