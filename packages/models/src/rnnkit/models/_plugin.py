@@ -15,6 +15,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("sequence_tagger", networks.sequence_tagger)
     register("sequence_classifier", networks.sequence_classifier)
     register("char_lm", networks.char_lm)
+    register("ssm_classifier", networks.ssm_classifier)
+    register("ssm_tagger", networks.ssm_tagger)
 
 
 @hookimpl

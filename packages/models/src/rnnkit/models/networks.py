@@ -1,11 +1,15 @@
-"""Generic networks built from a :class:`~rnnkit.core.recurrent.Recurrent` stack."""
+"""Generic networks: a :class:`~rnnkit.core.recurrent.Recurrent` stack with an encoder and a
+head (:class:`SequenceModel`), and residual blocks of channel-wise state space cells
+(:class:`SSMNetwork`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.core.api import get_cell_class
 from rnnkit.core.recurrent import Recurrent
 
 
@@ -83,3 +87,101 @@ sequence_classifier = _builder("last", "one output per sequence from the last st
 def char_lm(vocab_size: int = 128, **cfg: Any) -> SequenceModel:
     """character-level language model: token ids (B, T) -> logits (B, T, vocab)"""
     return SequenceModel(0, vocab_size, vocab_size=vocab_size, pooling="none", **cfg)
+
+
+class SSMBlock(nn.Module):
+    """One residual block of a deep state space model (the S4/S4D layout):
+    ``x + Linear(GELU(cell(LayerNorm(x))))``, on ``(B, T, width)``.
+
+    The cell must be channel-wise (``output_size == input_size == width``: S4D, LRU).
+    """
+
+    def __init__(self, cell: str, width: int, state_size: int, dropout: float, **kw: Any):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.cell = get_cell_class(cell)(width, state_size, **kw)
+        if self.cell.output_size != width:
+            raise ValueError(
+                f"cell {cell!r} maps {width} channels to {self.cell.output_size}: an SSM block "
+                "needs a channel-wise cell (output width = input width, e.g. s4d, lru)"
+            )
+        self.mix = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, *, backend: str = "auto", resets: Tensor | None = None) -> Tensor:
+        """``(B, T, width) -> (B, T, width)``."""
+        y, _ = self.cell(self.norm(x), backend=backend, resets=resets)
+        out: Tensor = x + self.drop(self.mix(F.gelu(y)))
+        return out
+
+
+class SSMNetwork(nn.Module):
+    """Encoder -> ``num_layers`` :class:`SSMBlock` -> final norm -> pooling -> linear head.
+
+    Args:
+        input_size: width of the input features (ignored when ``vocab_size`` is given).
+        output_size: width of the head's output.
+        cell: a registered channel-wise cell (default ``"s4d"``).
+        hidden_size: the model width (channels of every block).
+        num_layers: number of blocks.
+        state_size: the cell's state size per channel (its ``hidden_size``).
+        dropout: after each block's mixing layer.
+        vocab_size: if given, inputs are token ids ``(B, T)`` embedded to ``hidden_size``.
+        pooling: ``"none"``, ``"last"`` or ``"mean"`` (as :class:`SequenceModel`).
+        **cell_kwargs: passed to every cell (``init="inv"``, ...).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        cell: str = "s4d",
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        state_size: int = 64,
+        dropout: float = 0.0,
+        vocab_size: int | None = None,
+        pooling: str = "mean",
+        **cell_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("none", "last", "mean"):
+            raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        self.encoder: nn.Module = (
+            nn.Embedding(vocab_size, hidden_size)
+            if vocab_size
+            else nn.Linear(input_size, hidden_size)
+        )
+        self.blocks = nn.ModuleList(
+            SSMBlock(cell, hidden_size, state_size, dropout, **cell_kwargs)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, *, backend: str = "auto", resets: Tensor | None = None) -> Tensor:
+        """``x: (B, T, input_size)`` or token ids ``(B, T)`` -> outputs (see ``pooling``)."""
+        y = self.encoder(x)
+        for block in self.blocks:
+            y = block(y, backend=backend, resets=resets)
+        y = self.norm(y)
+        if self.pooling == "last":
+            y = y[:, -1]
+        elif self.pooling == "mean":
+            y = y.mean(1)
+        out: Tensor = self.head(y)
+        return out
+
+
+def ssm_classifier(**cfg: Any) -> SSMNetwork:
+    """deep SSM (S4D blocks by default), one output per sequence (mean over time)"""
+    cfg.setdefault("pooling", "mean")
+    return SSMNetwork(**cfg)
+
+
+def ssm_tagger(**cfg: Any) -> SSMNetwork:
+    """deep SSM (S4D blocks by default), per-step outputs: (B, T, input) -> (B, T, output)"""
+    cfg.setdefault("pooling", "none")
+    return SSMNetwork(**cfg)
