@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import wave
 from pathlib import Path
 
@@ -426,3 +432,214 @@ def test_espeak_twelve_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     result = Trainer(cfg, data=normed).run()
     assert result.steps == 2 and 0.0 <= result.test["accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------------- damaged input
+# (issue 14, item 7: the Speech Commands loader and the espeak-ng cache; item 8: leftovers)
+
+
+def test_speech_commands_accepts_upper_case_suffix(tmp_path: Path) -> None:
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    _speech_commands(lower)
+    _speech_commands(upper)
+    for wav in sorted((upper / "up").glob("*.wav")):  # as some recorders write them
+        wav.rename(wav.with_suffix(".WAV"))
+    for name in ("validation_list.txt", "testing_list.txt"):  # the lists name them so
+        f = upper / name
+        f.write_text(re.sub(r"^(up/.*)\.wav$", r"\1.WAV", f.read_text(), flags=re.M))
+    (upper / "up" / "._00000000_nohash_0.wav").write_bytes(b"\0\5\26\7")  # macOS metadata
+    want, got = speech_commands_data(lower, list(WORDS)), speech_commands_data(upper, list(WORDS))
+    assert got.train.targets.tolist() == [0, 0, 1, 1, 2, 2]
+    for name in ("train", "valid", "test"):
+        assert torch.equal(got.split(name).inputs, want.split(name).inputs), name
+        assert torch.equal(got.split(name).targets, want.split(name).targets), name
+
+
+def test_speech_commands_refuses_a_missing_class(tmp_path: Path) -> None:
+    _speech_commands(tmp_path)
+    # an empty keyword folder
+    for wav in (tmp_path / "go").iterdir():
+        wav.unlink()
+    with pytest.raises(ValueError, match=r"keyword 'go'.*holds no \.wav files"):
+        speech_commands_data(tmp_path, list(WORDS))
+    shutil.rmtree(tmp_path)
+    # every clip of a keyword in validation_list.txt: no training clips for it
+    _speech_commands(tmp_path)
+    names = [f"down/{wav.name}" for wav in sorted((tmp_path / "down").glob("*.wav"))]
+    lst = tmp_path / "validation_list.txt"
+    lst.write_text(lst.read_text() + "\n".join(names) + "\n")
+    with pytest.raises(ValueError, match=r"keyword 'down' has no train or test clips.*4 are named"):
+        speech_commands_data(tmp_path, list(WORDS))
+    # the 12-class setup: the other words' clips all held out, so no training _unknown_ clips
+    shutil.rmtree(tmp_path)
+    _speech_commands(tmp_path)
+    (tmp_path / "_background_noise_").mkdir()
+    _write(tmp_path / "_background_noise_" / "tones.wav", _noise_recording(12.0))
+    for i in (0, 3):  # "other"'s training clips
+        (tmp_path / "other" / f"{i:08x}_nohash_0.wav").unlink()
+    with pytest.raises(ValueError, match=r"_unknown_ class would have no train clips"):
+        speech_commands_data(tmp_path, list(WORDS), silence_unknown=True)
+    # without the class (fraction 0) there is nothing to refuse
+    data = speech_commands_data(tmp_path, list(WORDS), silence_unknown=True, unknown_fraction=0.0)
+    assert 4 not in data.train.targets.tolist()
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "header", "data"])
+def test_broken_wav_is_named(tmp_path: Path, damage: str) -> None:
+    _speech_commands(tmp_path)
+    bad = tmp_path / "go" / f"{3:08x}_nohash_0.wav"
+    whole = bad.read_bytes()
+    cut = {"empty": b"", "garbage": b"not a wav file" * 10, "header": whole[:30]}
+    bad.write_bytes(cut.get(damage, whole[: len(whole) // 2]))
+    with pytest.raises(ValueError, match=f"{re.escape(bad.name)}: (not a readable|truncated)"):
+        speech_commands_data(tmp_path, list(WORDS))
+    _write(tmp_path / "x.wav", np.zeros(0))  # a header and no samples
+    with pytest.raises(ValueError, match=r"x\.wav: the WAV file holds no samples"):
+        read_wav(tmp_path / "x.wav")
+
+
+FAKE_ESPEAK = """#!{python}
+# stands in for espeak-ng: a deterministic tone per (word, voice, speed, pitch) at 22.05 kHz
+import math, os, signal, sys, wave, zlib
+a = sys.argv[1:]
+out, voice, speed, pitch, word = a[a.index("-w") + 1], a[a.index("-v") + 1], \\
+    int(a[a.index("-s") + 1]), int(a[a.index("-p") + 1]), a[-1]
+log = os.environ["FAKE_ESPEAK_LOG"]
+with open(log, "a") as f:
+    f.write(f"{{word}} {{voice}}\\n")
+with open(log) as f:
+    calls = len(f.readlines())
+if os.environ.get("FAKE_ESPEAK_FAIL"):
+    sys.stderr.write("fake-espeak: no voice named " + voice + "\\n")
+    sys.exit(1)
+if calls >= int(os.environ.get("FAKE_ESPEAK_KILL_AT", "1000")):
+    os.killpg(os.getpgid(0), signal.SIGKILL)  # the run, this call and its siblings
+hz = 200 + zlib.crc32(f"{{word}}{{voice}}".encode()) % 800 + pitch
+n = int(22050 * 0.4 * 150 / speed)
+pcm = b"".join(
+    int(9000 * math.sin(2 * math.pi * hz * i / 22050)).to_bytes(2, "little", signed=True)
+    for i in range(n)
+)
+with wave.open(out, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(22050)
+    w.writeframes(pcm)
+"""
+
+FAKE_SET = {
+    "words": ("yes", "no"),
+    "voices": (["v1", "v2"], ["v3"], ["v4"]),
+    "speeds": (150,),
+    "pitches": (40, 60),
+    "snrs_db": (20.0,),
+}  # 2 words x 4 voices x 2 pitches = 16 espeak-ng calls; 8 training clips
+
+
+@pytest.fixture
+def fake_espeak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake espeak-ng first on PATH, logging its calls; temporary files go to tmp/."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "espeak-ng"
+    exe.write_text(FAKE_ESPEAK.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ESPEAK_LOG", str(tmp_path / "calls.log"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "calls.log"
+
+
+def _calls(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _leftovers(tmp_path: Path) -> list[str]:
+    """Anything in the temporary folder or the cache folder but the cache files themselves."""
+    cache = tmp_path / "cache" / "kws"
+    found = [str(p) for p in (tmp_path / "tmp").iterdir()]
+    if cache.is_dir():
+        found += [str(p) for p in cache.iterdir() if not p.name.endswith(".pt")]
+    return found
+
+
+def _same(a: TaskData, b: TaskData) -> bool:
+    return all(
+        torch.equal(a.split(s).inputs, b.split(s).inputs)
+        and torch.equal(a.split(s).targets, b.split(s).targets)
+        for s in ("train", "valid", "test")
+    )
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "wrong keys", "short meta", "lengths"])
+def test_damaged_espeak_cache_is_rebuilt(fake_espeak: Path, tmp_path: Path, damage: str) -> None:
+    want = espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert _calls(fake_espeak) == 16 and want.train.inputs.shape == (8, 98, 13)
+    (path,) = (tmp_path / "cache" / "kws").glob("espeak-*.pt")
+    good = torch.load(path, weights_only=True)
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "wrong keys":
+        torch.save({"pcm": good["pcm"], "length": good["lengths"]}, path)
+    elif damage == "short meta":  # would drop the last clip's label: one clip fewer
+        torch.save({**good, "meta": good["meta"][:-1]}, path)
+    else:
+        torch.save({**good, "lengths": good["lengths"] - 1}, path)
+    with pytest.warns(
+        RuntimeWarning, match=f"{re.escape(path.name)}: damaged keyword-spotting cache"
+    ):
+        got = espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert _same(got, want)  # rebuilt, deterministically
+    assert _calls(fake_espeak) == 32
+    again = espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert _same(again, want) and _calls(fake_espeak) == 32  # the rebuilt cache is used
+    assert not _leftovers(tmp_path)
+
+
+def test_espeak_failure_shows_its_stderr(
+    fake_espeak: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ESPEAK_FAIL", "1")
+    with pytest.raises(RuntimeError, match=r"exit status 1.*\n.*fake-espeak: no voice named v"):
+        espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert _calls(fake_espeak) < 16  # the calls not yet started were cancelled
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["under a file", "read-only"])
+def test_unwritable_cache_fails_before_synthesis(
+    fake_espeak: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "under a file":  # as root permission bits do not stop writes: this does
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "file"))
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to read-only folders")
+        (tmp_path / "ro" / "kws").mkdir(parents=True)
+        (tmp_path / "ro" / "kws").chmod(0o500)
+        monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "ro"))
+    with pytest.raises(OSError, match=r"cannot write the keyword-spotting cache in .*RNNKIT_CACHE"):
+        espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert _calls(fake_espeak) == 0
+
+
+def test_killed_synthesis_leaves_no_temporary_folder(fake_espeak: Path, tmp_path: Path) -> None:
+    script = f"from rnnkit.tasks.audio import espeak_data\nespeak_data(0, **{FAKE_SET!r})\n"
+    env = {**os.environ, "FAKE_ESPEAK_KILL_AT": "5"}
+    # a session of its own: the fake espeak-ng kills the run's whole process group
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, start_new_session=True, timeout=300
+    )
+    assert done.returncode == -signal.SIGKILL
+    assert not list((tmp_path / "cache" / "kws").glob("espeak-*.pt"))  # never finished
+    stale = list((tmp_path / "cache" / "kws").glob(".tmp-espeak-*"))
+    assert len(stale) == 1 and not list((tmp_path / "tmp").iterdir())  # kept in the cache dir
+    data = espeak_data(0, **FAKE_SET)  # type: ignore[arg-type]
+    assert data.train.inputs.shape == (8, 98, 13)
+    assert not _leftovers(tmp_path)  # the dead run's folder is swept

@@ -22,15 +22,20 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import math
 import os
+import pickle
+import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
+import warnings
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -195,16 +200,30 @@ def read_wav(
     """A 16-bit PCM mono WAV as float32 ``(length,)`` in ``[-1, 1)``.
 
     Resampled to ``sample_rate`` by linear interpolation when its rate differs; padded with
-    zeros or cropped (centred) to ``length`` samples (``None`` keeps the length).
+    zeros or cropped (centred) to ``length`` samples (``None`` keeps the length). A file that
+    is not such a WAV, is cut short of the samples its header announces or holds none raises
+    ``ValueError`` naming it.
     """
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(
-                f"{path}: expected 16-bit PCM mono, got {8 * w.getsampwidth()}-bit with "
-                f"{w.getnchannels()} channels"
-            )
-        rate = w.getframerate()
-        raw = w.readframes(w.getnframes())
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise ValueError(
+                    f"{path}: expected 16-bit PCM mono, got {8 * w.getsampwidth()}-bit with "
+                    f"{w.getnchannels()} channels"
+                )
+            rate, frames = w.getframerate(), w.getnframes()
+            raw = w.readframes(frames)
+    except (wave.Error, EOFError) as e:
+        # the wave module's own messages name neither the file nor what was expected
+        why = str(e) or "the file ends inside its header"
+        raise ValueError(f"{path}: not a readable 16-bit PCM WAV file ({why})") from e
+    if len(raw) != 2 * frames:
+        raise ValueError(
+            f"{path}: truncated WAV file: its header announces {frames} samples, "
+            f"it holds {len(raw) // 2}"
+        )
+    if frames == 0:
+        raise ValueError(f"{path}: the WAV file holds no samples")
     x = torch.from_numpy(np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
     x = resample_linear(x, rate, sample_rate)
     return x if length is None else fit_clip(x, length)
@@ -232,6 +251,21 @@ def standardise(data: TaskData) -> TaskData:
         return Split((s.inputs - mean) / std, s.targets)
 
     return TaskData(fix(data.train), fix(data.valid), fix(data.test), data.info)
+
+
+def _wav_files(folder: Path) -> list[Path]:
+    """The ``.wav`` files in ``folder``, sorted by name; the suffix in any case (``.WAV``).
+
+    Hidden files (``._x.wav`` from macOS copies, for one) are not clips and are left out; a
+    missing folder has none.
+    """
+    if not folder.is_dir():
+        return []
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.suffix.lower() == ".wav" and not f.name.startswith(".") and f.is_file()
+    )
 
 
 def _held_out_lists(base: Path) -> dict[str, set[str]]:
@@ -309,18 +343,39 @@ def speech_commands_data(
       as for the keywords, so speakers stay on their side.
 
     Both draws are seeded by ``seed``. ``info["labels"]`` names every label.
+
+    Clips are a folder's ``.wav`` files, the suffix in any case (``.WAV`` too), hidden files
+    (``._x.wav``) left out. A keyword whose folder holds no clips, or none for one of the
+    three splits (every clip named in ``validation_list.txt``, say), raises ``ValueError``
+    naming it, before any clip is read; so does the ``_unknown_`` class with no clips for a
+    split (when ``unknown_fraction > 0``). A broken WAV file raises ``ValueError`` naming the
+    file (:func:`read_wav`).
     """
     base = Path(root)
     lists = _held_out_lists(base)
     groups: dict[str, tuple[list[Tensor], list[int]]] = {
         s: ([], []) for s in ("train", "valid", "test")
     }
-    for label, word in enumerate(words):
+    by_word: list[list[tuple[Path, str]]] = []
+    for word in words:  # every folder is checked before the first (slow) read
         folder = base / word
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder for keyword {word!r} under {base}")
-        for wav in sorted(folder.glob("*.wav")):
-            split = _split_of(f"{word}/{wav.name}", lists)
+        clips = [(wav, _split_of(f"{word}/{wav.name}", lists)) for wav in _wav_files(folder)]
+        if not clips:
+            raise ValueError(f"keyword {word!r}: its folder {folder} holds no .wav files")
+        count = {s: sum(split == s for _, split in clips) for s in groups}
+        missing = [s for s in groups if count[s] == 0]
+        if missing:
+            raise ValueError(
+                f"keyword {word!r} has no {' or '.join(missing)} clips: of the {len(clips)} "
+                f"in {folder}, {count['valid']} are named in validation_list.txt, "
+                f"{count['test']} in testing_list.txt and {count['train']} in neither "
+                "(training); every class needs clips in every split"
+            )
+        by_word.append(clips)
+    for label, clips in enumerate(by_word):
+        for wav, split in clips:
             groups[split][0].append(read_wav(wav))
             groups[split][1].append(label)
     labels: tuple[str, ...] = tuple(words)
@@ -358,18 +413,26 @@ def _add_silence_unknown(
         if not 0.0 <= frac <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {frac}")
     noise_dir = base / "_background_noise_"
-    noise = [read_wav(f, length=None) for f in sorted(noise_dir.glob("*.wav"))]
+    noise = [read_wav(f, length=None) for f in _wav_files(noise_dir)]
     if not noise:
         raise FileNotFoundError(f"no {noise_dir}/*.wav recordings for the _silence_ class")
     others = sorted(
-        d.name for d in base.iterdir() if d.is_dir() and d.name not in words and d.name[0] != "_"
+        d.name
+        for d in base.iterdir()
+        if d.is_dir() and d.name not in words and d.name[0] not in "_."
     )
     candidates: dict[str, list[Path]] = {s: [] for s in groups}
     for word in others:
-        for wav in sorted((base / word).glob("*.wav")):
+        for wav in _wav_files(base / word):
             candidates[_split_of(f"{word}/{wav.name}", lists)].append(wav)
     if not any(candidates.values()):
         raise FileNotFoundError(f"no clips of words other than {list(words)} under {base}")
+    empty = [s for s in groups if not candidates[s]]
+    if empty and unknown_fraction > 0.0:
+        raise ValueError(
+            f"the {UNKNOWN_LABEL} class would have no {' or '.join(empty)} clips: no clip of "
+            f"the other word folders under {base} ({', '.join(others)}) falls in that split"
+        )
     silence, unknown = len(words), len(words) + 1
     gen = generator(seed, 43)
     for split, (xs, ys) in groups.items():
@@ -403,10 +466,87 @@ def _espeak() -> str:
 def _speak(exe: str, word: str, voice: str, speed: int, pitch: int, tmp: Path) -> Tensor:
     out = tmp / f"{word}_{voice}_{speed}_{pitch}.wav".replace("+", "_")
     cmd = [exe, "-w", str(out), "-v", voice, "-s", str(speed), "-p", str(pitch), word]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"espeak-ng took over 60 s: {shlex.join(cmd)}") from e
+    if done.returncode != 0 or not out.is_file():
+        stderr = done.stderr.decode(errors="replace").strip() or "(nothing on stderr)"
+        raise RuntimeError(
+            f"espeak-ng failed (exit status {done.returncode}) speaking {word!r} with voice "
+            f"{voice!r}: {shlex.join(cmd)}\n{stderr}"
+        )
     x = read_wav(out, length=None)
     out.unlink()
     return x
+
+
+def _grid(
+    words: Sequence[str], voices: Sequence[str], speeds: Sequence[int], pitches: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
+    """``(word index, voice index, speed, pitch)`` of every clip, in synthesis (cache) order."""
+    return [
+        (w, v, s, p)
+        for w in range(len(words))
+        for v in range(len(voices))
+        for s in speeds
+        for p in pitches
+    ]
+
+
+SCRATCH_PREFIX = ".tmp-espeak-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process there: assume alive, sweep nothing
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _sweep_scratch(cache: Path) -> None:
+    """Remove the scratch folders of dead runs on this host from ``cache``.
+
+    A run killed while synthesising (``SIGKILL``, power loss) cannot clean up after itself;
+    its folder names the host and process, so the next run removes it once that process is
+    gone. Folders of live processes, and of other hosts sharing the cache, are left alone.
+    """
+    host = socket.gethostname()
+    for d in cache.glob(f"{SCRATCH_PREFIX}*"):
+        parts = d.name[len(SCRATCH_PREFIX) :].rsplit("-", 2)
+        ours = len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+        if ours and not _pid_alive(int(parts[1])):
+            # two runs may sweep the same dead folder at once: the loser's errors are moot
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _scratch(cache: Path) -> Iterator[Path]:
+    """A fresh folder inside ``cache`` for the WAV files and the cache file being written,
+    removed on exit; makes ``cache`` and sweeps dead runs' folders first (:func:`_sweep_scratch`).
+
+    Writing inside the cache folder puts anything a killed run leaves where the next run
+    finds it, and proves the folder writable before any synthesis starts.
+    """
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _sweep_scratch(cache)
+        prefix = f"{SCRATCH_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir=cache))
+    except OSError as e:
+        raise OSError(
+            f"cannot write the keyword-spotting cache in {cache} ({e}); set {CACHE_ENV} to a "
+            "writable folder"
+        ) from e
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work)
 
 
 def build_espeak_clips(
@@ -416,42 +556,100 @@ def build_espeak_clips(
     pitches: Sequence[int] = PITCHES,
     *,
     workers: int = 4,
+    workdir: Path | None = None,
 ) -> tuple[list[Tensor], list[tuple[int, int]]]:
     """Speak every ``(word, voice, speed, pitch)``; clean 16 kHz clips of their own length.
 
-    Returns the clips and ``(word index, voice index)`` per clip, in grid order.
+    Returns the clips and ``(word index, voice index)`` per clip, in grid order. The WAV
+    files go to ``workdir``, by default a scratch folder inside :func:`cache_dir` removed
+    afterwards. The first failing ``espeak-ng`` call raises ``RuntimeError`` with its stderr
+    and cancels the calls not yet started.
     """
     exe = _espeak()
-    grid = [
-        (w, v, s, p)
-        for w in range(len(words))
-        for v in range(len(voices))
-        for s in speeds
-        for p in pitches
-    ]
-    with tempfile.TemporaryDirectory() as d, concurrent.futures.ThreadPoolExecutor(workers) as ex:
-        clips = list(
-            ex.map(lambda g: _speak(exe, words[g[0]], voices[g[1]], g[2], g[3], Path(d)), grid)
-        )
+    grid = _grid(words, voices, speeds, pitches)
+    with contextlib.ExitStack() as stack:
+        work = workdir if workdir is not None else stack.enter_context(_scratch(cache_dir()))
+        with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+            futures = [
+                ex.submit(_speak, exe, words[w], voices[v], s, p, work) for w, v, s, p in grid
+            ]
+            try:
+                clips = [f.result() for f in futures]
+            except BaseException:
+                # without this the executor would run every remaining call before re-raising
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
     return clips, [(w, v) for w, v, _, _ in grid]
+
+
+CACHE_KEYS = ("pcm", "lengths", "meta")
+
+
+def _cache_fault(blob: object, meta: Tensor) -> str | None:
+    """Why ``blob`` is not the cache of the clips ``meta`` ``(N, 2)`` lists, or ``None``."""
+    if not isinstance(blob, dict):
+        return f"it holds a {type(blob).__name__}, not a dict"
+    if sorted(blob) != sorted(CACHE_KEYS):
+        return f"its keys are {sorted(map(str, blob))}, not {sorted(CACHE_KEYS)}"
+    pcm, lengths, got = (blob[k] for k in CACHE_KEYS)
+    if not all(isinstance(t, Tensor) for t in (pcm, lengths, got)):
+        return "an entry is not a tensor"
+    if pcm.dtype != torch.int16 or pcm.dim() != 1:
+        return f"pcm is {pcm.dtype} {tuple(pcm.shape)}, not int16 (S,)"
+    n = meta.shape[0]
+    if lengths.dtype != torch.long or tuple(lengths.shape) != (n,):
+        return f"lengths is {lengths.dtype} {tuple(lengths.shape)}, not int64 ({n},)"
+    if got.dtype != torch.long or got.shape != meta.shape or not torch.equal(got, meta):
+        return f"meta {tuple(got.shape)} does not list the {n} clips in synthesis order"
+    if n and int(lengths.min()) <= 0:
+        return "a clip length is not positive"
+    if int(lengths.sum()) != pcm.shape[0]:
+        return f"the clip lengths add up to {int(lengths.sum())} samples, pcm holds {pcm.shape[0]}"
+    return None
+
+
+def _load_cache(path: Path, meta: Tensor) -> tuple[dict[str, Tensor] | None, str]:
+    """The valid cache at ``path``, or ``None`` and why it is not valid."""
+    try:
+        blob = torch.load(path, weights_only=True)
+    # what torch.load raises for an empty, cut or overwritten file (the zip reader's errors
+    # are RuntimeErrors); anything else, an unreadable file say, is not a damaged cache
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        return None, f"torch.load fails: {type(e).__name__} {first}".strip()
+    fault = _cache_fault(blob, meta)
+    return (None, fault) if fault else (blob, "")
 
 
 def _cached_clips(
     words: Sequence[str], voices: Sequence[str], speeds: Sequence[int], pitches: Sequence[int]
 ) -> dict[str, Tensor]:
     key = repr((tuple(words), tuple(voices), tuple(speeds), tuple(pitches), SAMPLE_RATE))
-    path = cache_dir() / f"espeak-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
-    if path.is_file():
-        loaded: dict[str, Tensor] = torch.load(path, weights_only=True)
-        return loaded
-    clips, meta = build_espeak_clips(words, voices, speeds, pitches)
-    lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
-    pcm = torch.cat(clips).clamp(-1.0, 32767 / 32768).mul(32768.0).round().short()
-    blob = {"pcm": pcm, "lengths": lengths, "meta": torch.tensor(meta, dtype=torch.long)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # atomic: concurrent builders never see a partial file
+    cache = cache_dir()
+    path = cache / f"espeak-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    grid = _grid(words, voices, speeds, pitches)
+    meta = torch.tensor([(w, v) for w, v, _, _ in grid], dtype=torch.long).reshape(-1, 2)
+    if path.exists():
+        loaded, fault = _load_cache(path, meta)
+        if loaded is not None:
+            return loaded
+        warnings.warn(
+            f"{path}: damaged keyword-spotting cache ({fault}); synthesising it again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _espeak()  # a missing espeak-ng, then an unwritable cache: both before any synthesis
+    with _scratch(cache) as work:
+        clips, _ = build_espeak_clips(words, voices, speeds, pitches, workdir=work)
+        lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+        pcm = torch.cat(clips).clamp(-1.0, 32767 / 32768).mul(32768.0).round().short()
+        blob = {"pcm": pcm, "lengths": lengths, "meta": meta}
+        # saved inside the scratch folder, then renamed: atomic on one file system, so
+        # concurrent builders and readers never see a partial file, and a kill mid-save
+        # leaves only the scratch folder, which the next run sweeps
+        part = work / path.name
+        torch.save(blob, part)
+        os.replace(part, path)
     return blob
 
 
