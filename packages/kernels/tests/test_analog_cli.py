@@ -62,9 +62,9 @@ def test_analog_help_lists_the_task_experiments_as_needing_rnnkit_tasks(
         main(["analog", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("adc-error", "cost", "kws", "charlm"):
+    for name in ("adc-error", "cost", "ramp-drift", "kws", "charlm", "drift"):
         assert name in out
-    assert out.count("(needs rnnkit-tasks)") == 2
+    assert out.count("(needs rnnkit-tasks)") == 3
 
 
 @pytest.mark.usefixtures("no_experiments")
@@ -103,3 +103,24 @@ def test_experiment_names_cannot_shadow_builtins_or_be_options(name: str) -> Non
 def test_analog_without_a_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analog"]) == 2
     assert capsys.readouterr().err.startswith("usage: rnnkit analog {adc-error,cost,")
+
+
+def test_ramp_drift_prints_its_table_and_recalibration_helps(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    plot = tmp_path / "ramp.png"
+    argv = ["analog", "ramp-drift", "--times", "1", "31536000", "--columns", "8"]
+    assert main([*argv, "--period", "86400", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| t (s) | no recalibration | recalibrated at t | recalibrated one period before |" in out
+    )
+    rows = cli.ramp_drift_rows([1.0, 31536000.0], columns=8, period=86400.0)
+    # before one period nothing was recalibrated yet; a year on, a ramp recalibrated a day
+    # before is far better than one left to drift, and the drift grew the error.
+    assert rows[0]["periodic_rms"] == rows[0]["none_rms"]
+    assert rows[1]["none_rms"] > 2 * rows[0]["none_rms"]
+    assert rows[1]["periodic_rms"] < 0.5 * rows[1]["none_rms"]
+    assert rows[1]["fresh_rms"] < 0.5 * rows[1]["none_rms"]
+    pytest.importorskip("matplotlib")
+    assert plot.is_file() and plot.stat().st_size > 0

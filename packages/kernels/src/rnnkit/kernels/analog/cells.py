@@ -21,8 +21,11 @@ before the column's converter. Per cell kind:
 function (the aihwkit-style baseline).
 
 Programming is cached per cell and redone when a parameter changes. In training mode a fresh
-noisy copy of the weights is sampled on every forward (hardware-aware training); DAC, ADC and
-NL-ADC quantisation pass gradients straight through.
+noisy copy of the weights is sampled on every forward (hardware-aware training), at the same
+time since programming as in eval mode: drift, the noise of that time and the compensation gain
+of the sample, so a model used without ``.eval()`` simulates the same crossbar as in eval
+mode, one fresh programming per forward. DAC, ADC and NL-ADC quantisation pass gradients
+straight through.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from rnnkit.core.dispatch import KernelCall
 from rnnkit.core.state import apply_resets
 from rnnkit.kernels.analog import slstm as _slstm
 from rnnkit.kernels.analog.config import AnalogConfig
-from rnnkit.kernels.analog.devices import program_conductances
 from rnnkit.kernels.analog.inference import InferencePlan, fast_forward
 from rnnkit.kernels.analog.ramp_adc import RampADC
 from rnnkit.kernels.analog.tile import AnalogTile, quantize_ste
@@ -332,21 +334,11 @@ def analog_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
             return _fast_forward(cell, call, b, tile, state)
     m = _tile_matrix(cell)
     w_norm: Tensor | None = None
+    gain: float | None = None
     if cell.training and cfg.train_noise_scale > 0:
-        # hardware-aware training: a fresh programming-noise sample every forward.
-        dev, s = cfg.device, tile.scale
-        wn = (m.detach() / s).clamp(-1, 1) * dev.g_range
-        gp = program_conductances(
-            dev, dev.g_min + wn.clamp_min(0), b.gen, noise_scale=cfg.train_noise_scale, faults=False
-        )
-        gm = program_conductances(
-            dev,
-            dev.g_min + (-wn).clamp_min(0),
-            b.gen,
-            noise_scale=cfg.train_noise_scale,
-            faults=False,
-        )
-        w_norm = (gp - gm) / dev.g_range
+        # hardware-aware training: a fresh programming-noise sample every forward, read at the
+        # same time t as in eval mode (drift, its noise and its compensation gain included).
+        w_norm, gain = tile.sample(m, b.gen, cfg.train_noise_scale)
     use_w = m if (torch.is_grad_enabled() and m.requires_grad) else None
     plan = _column_plan(cell, cfg)
     ratio = cfg.v_read_ratio
@@ -362,7 +354,9 @@ def analog_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         if resets is not None:
             state = apply_resets(state, initial, resets[t])
         parts = [x_t, state.h] if ones is None else [x_t, state.h, ones]
-        z = tile.mvm(torch.cat(parts, 1), use_w, read_generator=b.read_gen, w_norm=w_norm)
+        z = tile.mvm(
+            torch.cat(parts, 1), use_w, read_generator=b.read_gen, w_norm=w_norm, gain=gain
+        )
         if banks:
             # NL-ADC columns become the activations; the rest stay linear pre-activations.
             pieces, pos = [], 0

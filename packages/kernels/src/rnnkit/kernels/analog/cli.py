@@ -3,10 +3,12 @@
 - ``rnnkit analog adc-error``: NL-ADC approximation error of sigmoid and tanh against bits and
   device programming noise, with INL/DNL; prints a table, writes a PNG if matplotlib is there.
 - ``rnnkit analog cost``: the cost model's motivation figure and bit-width comparison.
-- ``rnnkit analog kws`` and ``rnnkit analog charlm``: task experiments (a trained LSTM scored on
-  crossbars). They train models, so they live in ``rnnkit-tasks``
+- ``rnnkit analog ramp-drift``: NL-ADC error (LSB) over time as the ramp devices drift, with and
+  without recalibration.
+- ``rnnkit analog kws``, ``charlm`` and ``drift``: task experiments (a trained LSTM scored on
+  crossbars, ``drift`` over time). They train models, so they live in ``rnnkit-tasks``
   (:mod:`rnnkit.tasks.analog`), which adds them here through :func:`register_experiment` from
-  its ``rnnkit_register_commands`` hook. Without ``rnnkit-tasks`` the two names still parse and
+  its ``rnnkit_register_commands`` hook. Without ``rnnkit-tasks`` the names still parse and
   say what to install (:data:`TASK_EXPERIMENTS`).
 
 The extension point: another distribution adds ``rnnkit analog NAME`` by calling
@@ -33,7 +35,9 @@ __all__ = [
     "adc_error_rows",
     "configure",
     "experiments",
+    "format_ramp_drift",
     "format_rows",
+    "ramp_drift_rows",
     "register_experiment",
     "run",
 ]
@@ -61,10 +65,14 @@ _EXPERIMENTS: dict[str, AnalogExperiment] = {}
 TASK_EXPERIMENTS: dict[str, str] = {
     "kws": "keyword-spotting accuracy: digital vs PCM crossbars with NL-ADCs",
     "charlm": "charlm BPC: digital vs PCM crossbars with NL-ADCs",
+    "drift": "accuracy over time (1 s to 1 year) of kws and charlm LSTMs on drifting PCM",
 }
 
 #: The subcommands of this package itself; an experiment cannot take these names.
-BUILTIN: tuple[str, ...] = ("adc-error", "cost")
+BUILTIN: tuple[str, ...] = ("adc-error", "cost", "ramp-drift")
+
+#: the times of ``ramp-drift`` (seconds after programming): 1 s, 1 h, 1 day, 1 month, 1 year.
+RAMP_TIMES: tuple[float, ...] = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
 
 
 def register_experiment(
@@ -108,6 +116,91 @@ def adc_error_rows(
                 adc = RampADC(fn, n, columns, device=dev, generator=gen)
                 rows.append({"fn": fn, "device": dev_name, "bits": n, **adc.error()})
     return rows
+
+
+def ramp_drift_rows(
+    times: list[float],
+    *,
+    fn: str = "sigmoid",
+    bits: int = 5,
+    device: str = "pcm",
+    columns: int = 64,
+    period: float = 86400.0,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """NL-ADC error over time as its ramp and bias devices drift (one bank of ``columns``,
+    programmed with bias calibration at ``t = 0``; the same programming at every time).
+
+    Per time ``t``: ``none`` (never recalibrated), ``fresh`` (recalibrated at ``t``: just after
+    a recalibration) and ``periodic`` (recalibrated at ``t - period``, the worst case of a
+    recalibration every ``period`` seconds; equal to ``none`` while ``t < period``), each the
+    ``max`` and ``rms`` error in output LSB of :meth:`RampADC.error`.
+    """
+
+    def adc_at(t: float, cal: float | None) -> RampADC:
+        gen = torch.Generator().manual_seed(seed)
+        adc = RampADC(fn, bits, columns, device=device_preset(device), generator=gen)
+        if cal is not None:
+            adc.set_time(cal)
+            adc.recalibrate()
+        adc.set_time(t)
+        return adc
+
+    rows: list[dict[str, float]] = []
+    for t in times:
+        row: dict[str, float] = {"t": t}
+        cals: dict[str, float | None] = {
+            "none": None,
+            "fresh": t,
+            "periodic": t - period if t >= period else None,
+        }
+        for name, cal in cals.items():
+            err = adc_at(t, cal).error()
+            row[f"{name}_max"], row[f"{name}_rms"] = err["max"], err["rms"]
+        rows.append(row)
+    return rows
+
+
+def format_ramp_drift(rows: list[dict[str, float]]) -> str:
+    """The ``ramp-drift`` table as Markdown (output LSB, max / rms over the bank)."""
+    out = [
+        "| t (s) | no recalibration | recalibrated at t | recalibrated one period before |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[k + '_max']:.2f} / {r[k + '_rms']:.2f}" for k in ("none", "fresh", "periodic")
+        ]
+        out.append(f"| {r['t']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _plot_ramp_drift(rows: list[dict[str, float]], path: str, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ts = [r["t"] for r in rows]
+    for key, style, label in (
+        ("none", "o-", "no recalibration"),
+        ("periodic", "s--", "recalibrated one period before"),
+        ("fresh", "x:", "recalibrated at t"),
+    ):
+        ax.plot(ts, [r[key + "_rms"] for r in rows], style, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("time after programming (s)")
+    ax.set_ylabel("rms error (output LSB)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def format_rows(rows: list[dict[str, object]]) -> str:
@@ -162,6 +255,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="adc_error.png", help="PNG path ('' for none)")
     c = sub.add_parser("cost", help="latency/energy/area: NL-ADC vs conventional ADC + digital NL")
     c.add_argument("--hidden", type=int, default=512)
+    r = sub.add_parser(
+        "ramp-drift", help="NL-ADC error over time as the ramp drifts, with recalibration"
+    )
+    r.add_argument("--times", type=float, nargs="+", default=list(RAMP_TIMES))
+    r.add_argument("--fn", default="sigmoid", choices=["sigmoid", "tanh"])
+    r.add_argument("--bits", type=int, default=5)
+    r.add_argument("--device", default="pcm", choices=["ideal", "pcm", "reram"])
+    r.add_argument("--columns", type=int, default=64, help="columns programmed")
+    r.add_argument("--period", type=float, default=86400.0, help="recalibration period (s)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--plot", default="ramp_drift.png", help="PNG path ('' for none)")
     registered = experiments()
     for name in sorted(registered.keys() | TASK_EXPERIMENTS.keys()):
         exp = registered.get(name)
@@ -203,6 +307,28 @@ def run(args: argparse.Namespace) -> int:
         print(format_rows(rows))
         if args.plot:
             if _plot(rows, args.plot):
+                print(f"plot written to {args.plot}")
+            else:
+                print("matplotlib is not installed: no plot written", file=sys.stderr)
+        return 0
+    if cmd == "ramp-drift":
+        rows_t = ramp_drift_rows(
+            list(args.times),
+            fn=args.fn,
+            bits=args.bits,
+            device=args.device,
+            columns=args.columns,
+            period=args.period,
+            seed=args.seed,
+        )
+        print(
+            f"{args.bits}-bit {args.fn} NL-ADC, {args.columns} {args.device} columns, error in "
+            f"output LSB (max / rms), recalibration period {args.period:g} s:"
+        )
+        print(format_ramp_drift(rows_t))
+        if args.plot:
+            title = f"{args.bits}-bit {args.fn} NL-ADC ramp on {args.device}"
+            if _plot_ramp_drift(rows_t, args.plot, title):
                 print(f"plot written to {args.plot}")
             else:
                 print("matplotlib is not installed: no plot written", file=sys.stderr)

@@ -18,6 +18,7 @@ __all__ = ["AnalogConfig"]
 _NM = ("abs_max", "none")
 _STATE = ("digital", "nl_adc")
 _BM = ("none", "iterative")
+_COMP = ("probe", "exact")
 
 
 def _check_bits(name: str, bits: int | None, lo: int, hi: int) -> None:
@@ -58,7 +59,10 @@ class AnalogConfig:
             dimensionless; 0 turns it off).
         t_inference: seconds since programming (drift and PCM read noise).
         drift_compensation: global drift compensation (a one-hot probe read at program time
-            and at ``t_inference``; the ratio rescales the outputs).
+            and at ``t_inference``; the ratio of the mean absolute outputs rescales the outputs).
+        compensation_read: how the probe is read: ``"probe"`` through the tile as it is
+            (noisy devices, DAC, output noise, ADC; the model's, and what hardware can do) or
+            ``"exact"`` (the noise-free programmed and drifted weights).
         nl_bits: NL-ADC resolution (1..10).
         nl_adc: compute sigmoid/tanh gates with NL-ADCs (``False``: conventional ADC then exact
             digital activations).
@@ -95,6 +99,7 @@ class AnalogConfig:
     ir_drop: float = 0.0
     t_inference: float = 0.0
     drift_compensation: bool = True
+    compensation_read: str = "probe"
     nl_bits: int = 5
     nl_adc: bool = True
     ramp_bias_devices: int = 5
@@ -122,6 +127,10 @@ class AnalogConfig:
             )
         if not self.bm_max_factor >= 1:
             raise ValueError(f"bm_max_factor must be >= 1, got {self.bm_max_factor!r}")
+        if self.compensation_read not in _COMP:
+            raise ValueError(
+                f"compensation_read must be one of {_COMP}, got {self.compensation_read!r}"
+            )
         if self.state_activation not in _STATE:
             raise ValueError(
                 f"state_activation must be one of {_STATE}, got {self.state_activation!r}"

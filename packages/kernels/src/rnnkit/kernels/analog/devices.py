@@ -1,27 +1,38 @@
 """Memristive device models: conductance programming, read noise, drift and stuck devices.
 
 All conductances are in microsiemens (µS). A :class:`DeviceModel` describes one device
-technology; the functions below act elementwise on tensors of target conductances of any shape.
+technology; the functions below act elementwise on tensors of conductances of any shape.
 
-Sources (see ``/work/shared/reference/analog-crossbars.md``; every number is quoted from those
-notes, which record what IBM aihwkit implements; the notes carry no ``[R]`` (recalled) tag on
-them, but they are second-hand, so each is marked where it is used):
+Sources (see ``/work/shared/reference/analog-crossbars.md``, and the equations of aihwkit's
+public ``PCMLikeNoiseModel``, which the notes summarise and which were checked against its
+published source text; no code is taken from it):
 
-- PCM (Nandakumar et al., ICECS 2019, as implemented in aihwkit's ``PCMLikeNoiseModel``):
-  programming noise ``σ = c0 + c1 (g/gmax) + c2 (g/gmax)^2`` µS with
-  ``c = (0.26348, 1.9650, -1.1731)`` at ``g_max = 25`` µS (rescaled by ``g_max / 25``); drift
-  ``g(t) = g ((t + t0) / t0)^-ν`` with ``ν ~ N(μ_ν(g), σ_ν(g))``,
-  ``μ_ν = clamp(-0.0155 ln(g/gmax) + 0.0244, 0.049, 0.1)``,
-  ``σ_ν = clamp(-0.0125 ln(g/gmax) - 0.0059, 0.008, 0.045)``, ``t0 = 20`` s; 1/f read noise
-  ``σ = g Q_s sqrt(ln((t + t_read) / (2 t_read)))``, ``Q_s = min(0.0088 / (g/gmax)^0.65, 0.2)``,
-  ``t_read = 250`` ns.
+- PCM (Nandakumar et al., ICECS 2019, as implemented in aihwkit's ``PCMLikeNoiseModel``), with
+  ``g_T`` the target, ``g_P`` the programmed and ``g_D`` the drifted conductance, ``t`` the
+  seconds since programming:
+
+  - programming: ``g_P = max(g_T + σ_P(g_T) ξ, 0)``, ``σ_P = c0 + c1 u + c2 u^2`` µS with
+    ``u = g_T / g_max``, ``c = (0.26348, 1.9650, -1.1731)`` at ``g_max = 25`` µS (rescaled by
+    ``g_max / 25``);
+  - drift exponent, drawn once per device from the *target*:
+    ``ν = |μ_ν + σ_ν ξ|``, ``μ_ν = clamp(-0.0155 ln u + 0.0244, 0.049, 0.1)``,
+    ``σ_ν = clamp(-0.0125 ln u - 0.0059, 0.008, 0.045)``, ``u = max(g_T / g_max, 1e-7)``;
+  - drift: ``g_D = g_P ((t + t0) / t0)^-ν``, ``t0 = 20`` s;
+  - 1/f read noise accumulated up to ``t``: ``g = max(g_D + |g_D| σ_R ξ, 0)`` with
+    ``σ_R = Q_s sqrt(ln((t + t0 + t_read) / (2 t_read)))``,
+    ``Q_s = min(0.0088 / max(u_P^0.65, 1e-3), 0.2)``, ``u_P = |g_P| / g_max`` (the
+    *programmed* conductance, not the drifted one), ``t_read = 250`` ns. In the model this is
+    one realisation per inference time (:data:`PER_TIME`); :data:`PER_READ` draws it afresh on
+    every read instead.
+
 - ReRAM: the notes give the *form* of aihwkit's ``ReRamWan2022NoiseModel`` (a 4th-order
   polynomial referenced to ``g_max = 40`` µS, plus ``w_noise ≈ 0.01`` read noise advised in its
   docstring) but **not its coefficients**. The ReRAM-like preset therefore uses ``g_max = 40``
   µS, a read noise of 1 % of ``g_max`` (the advised value) and an **assumed** programming noise
   of 2 % of ``g_max`` (the wider of the two acceptance ranges of IBM's CMO/HfOx write-verify,
   0.2 % and 2 %, also from the notes). It has no power-law drift (ReRAM relaxation is not
-  modelled). Treat it as a plausible stand-in, not a published fit.
+  modelled). Treat it, and every figure computed with it, as a plausible stand-in, not a
+  published fit.
 """
 
 from __future__ import annotations
@@ -35,15 +46,26 @@ from torch import Tensor
 __all__ = [
     "IDEAL_DEVICE",
     "PCM_DEVICE",
+    "PER_READ",
+    "PER_TIME",
     "RERAM_DEVICE",
     "DeviceModel",
     "device_preset",
     "drift_exponents",
     "drifted",
+    "pcm_1f_sigma",
     "program_conductances",
     "programming_sigma",
+    "read_noise_at",
     "read_sigma",
 ]
+
+#: ``read_noise_draw``: one 1/f realisation per inference time (the model's).
+PER_TIME = "per_time"
+#: ``read_noise_draw``: a fresh 1/f draw on every read.
+PER_READ = "per_read"
+#: floor of ``g / g_max`` in the drift-exponent fits (their ``ln`` is unbounded at 0).
+NU_U_FLOOR = 1e-7
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,10 @@ class DeviceModel:
         read_noise: ``"pcm_1f"`` (PCM 1/f model), ``"constant"`` (``read_noise_rel * g_max``
             per device and read) or ``"none"``.
         read_noise_rel: relative read noise for ``"constant"``.
+        read_noise_draw: when the ``"pcm_1f"`` noise is drawn: :data:`PER_TIME` (the model's:
+            one realisation when the devices are drifted to an inference time, then fixed for
+            every read at that time) or :data:`PER_READ` (afresh on every read). ``"constant"``
+            read noise is always drawn per read.
         drift: whether conductances drift as ``((t + t0) / t0)^-ν`` (PCM model).
         t0: drift reference time in seconds.
         t_read: read duration in seconds (1/f read noise).
@@ -74,6 +100,7 @@ class DeviceModel:
     prog_ref_gmax: float = 25.0
     read_noise: str = "none"
     read_noise_rel: float = 0.0
+    read_noise_draw: str = PER_TIME
     drift: bool = False
     t0: float = 20.0
     t_read: float = 250e-9
@@ -89,6 +116,11 @@ class DeviceModel:
             raise ValueError(f"g_min must be < g_max, got g_min={self.g_min}, g_max={self.g_max}")
         if self.levels is not None and self.levels < 2:
             raise ValueError(f"levels must be None or >= 2, got {self.levels}")
+        if self.read_noise_draw not in (PER_TIME, PER_READ):
+            raise ValueError(
+                f"read_noise_draw must be {PER_TIME!r} or {PER_READ!r}, "
+                f"got {self.read_noise_draw!r}"
+            )
         if self.read_noise not in ("pcm_1f", "constant", "none"):
             raise ValueError(
                 f"read_noise must be 'pcm_1f', 'constant' or 'none', got {self.read_noise!r}"
@@ -187,15 +219,24 @@ def program_conductances(
     return g
 
 
-def drift_exponents(dev: DeviceModel, g: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Per-device drift exponents ``ν`` (zeros for a drift-free device), same shape as ``g``."""
+def drift_exponents(
+    dev: DeviceModel, g_target: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """Per-device drift exponents ``ν`` (zeros for a drift-free device), same shape as ``g_target``.
+
+    Drawn from the *target* conductances (µS), as the model does:
+    ``ν = |μ_ν(u) + σ_ν(u) ξ|`` with ``u = max(g_target / g_max, 1e-7)`` (a negative draw is
+    reflected, not clipped to 0).
+    """
     if not dev.drift:
-        return torch.zeros_like(g)
-    u = (g / dev.g_max).clamp_min(1e-6)
+        return torch.zeros_like(g_target)
+    u = (g_target.abs() / dev.g_max).clamp_min(NU_U_FLOOR)
     mu = (-0.0155 * torch.log(u) + 0.0244).clamp(0.049, 0.1)
     sd = (-0.0125 * torch.log(u) - 0.0059).clamp(0.008, 0.045)
-    noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
-    return (mu + sd * noise).clamp_min(0.0)
+    noise = torch.randn(
+        g_target.shape, generator=generator, dtype=g_target.dtype, device=g_target.device
+    )
+    return (mu + sd * noise).abs()
 
 
 def drifted(dev: DeviceModel, g: Tensor, nu: Tensor, t: float) -> Tensor:
@@ -205,17 +246,53 @@ def drifted(dev: DeviceModel, g: Tensor, nu: Tensor, t: float) -> Tensor:
     return g * ((t + dev.t0) / dev.t0) ** (-nu)
 
 
-def read_sigma(dev: DeviceModel, g: Tensor, t: float) -> Tensor:
-    """Per-read noise standard deviation (µS) of devices holding ``g`` at time ``t``.
+def pcm_1f_sigma(dev: DeviceModel, g_prog: Tensor, t: float) -> Tensor:
+    """Relative standard deviation ``σ_R`` of the PCM 1/f noise accumulated up to ``t``.
 
-    For the PCM 1/f model the time argument is floored at ``t0`` (the model's reference time):
-    at ``t -> 0`` its ``ln`` term is negative, which has no physical meaning.
+    ``σ_R = Q_s sqrt(ln((t + t0 + t_read) / (2 t_read)))`` with
+    ``Q_s = min(0.0088 / max(u^0.65, 1e-3), 0.2)`` and ``u = |g_prog| / g_max`` taken from the
+    *programmed* conductance ``g_prog`` (µS, any shape; not the drifted one). Dimensionless: it
+    multiplies ``|g_drift|``. The time origin is the model's: ``t = 0`` is the end of
+    programming, ``t0`` seconds after the device's first read.
     """
-    if dev.read_noise == "none":
-        return torch.zeros_like(g)
+    u = g_prog.abs() / dev.g_max
+    q_s = (0.0088 / (u**0.65).clamp_min(1e-3)).clamp_max(0.2)
+    return q_s * math.sqrt(math.log((t + dev.t0 + dev.t_read) / (2 * dev.t_read)))
+
+
+def read_noise_at(
+    dev: DeviceModel,
+    g_prog: Tensor,
+    g_drift: Tensor,
+    t: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The conductances read at ``t``: ``g_drift`` plus the noise drawn once per inference time.
+
+    For ``read_noise="pcm_1f"`` with ``read_noise_draw="per_time"`` (the model's):
+    ``max(g_drift + |g_drift| σ_R(g_prog, t) ξ, 0)``, one realisation ``ξ`` per device (see
+    :func:`pcm_1f_sigma`). Otherwise ``g_drift`` unchanged (per-read noise is added by
+    :func:`read_sigma` at every read). Shapes: any, ``g_prog`` and ``g_drift`` alike.
+    """
+    if dev.read_noise != "pcm_1f" or dev.read_noise_draw != PER_TIME:
+        return g_drift
+    noise = torch.randn(
+        g_drift.shape, generator=generator, dtype=g_drift.dtype, device=g_drift.device
+    )
+    return (g_drift + g_drift.abs() * pcm_1f_sigma(dev, g_prog, t) * noise).clamp_min(0.0)
+
+
+def read_sigma(dev: DeviceModel, g_prog: Tensor, g_drift: Tensor, t: float) -> Tensor:
+    """Per-read noise standard deviation (µS) of devices programmed to ``g_prog`` and holding
+    ``g_drift`` at time ``t`` (same shapes).
+
+    ``"constant"``: ``read_noise_rel * g_max``. ``"pcm_1f"`` with ``read_noise_draw="per_read"``:
+    ``|g_drift| σ_R(g_prog, t)`` (:func:`pcm_1f_sigma`), drawn afresh on every read (the clamp
+    at zero of the per-time model cannot act on a noise summed over a bit line, so it is not
+    applied). ``"pcm_1f"`` drawn per time and ``"none"``: zeros.
+    """
     if dev.read_noise == "constant":
-        return torch.full_like(g, dev.read_noise_rel * dev.g_max)
-    u = (g / dev.g_max).clamp_min(1e-6)
-    q_s = (0.0088 / u**0.65).clamp_max(0.2)
-    t_eff = max(t, dev.t0)
-    return g.abs() * q_s * math.sqrt(math.log((t_eff + dev.t_read) / (2 * dev.t_read)))
+        return torch.full_like(g_drift, dev.read_noise_rel * dev.g_max)
+    if dev.read_noise == "pcm_1f" and dev.read_noise_draw == PER_READ:
+        return g_drift.abs() * pcm_1f_sigma(dev, g_prog, t)
+    return torch.zeros_like(g_drift)

@@ -143,7 +143,7 @@ class InferencePlan:
     ) -> None:
         cfg: AnalogConfig = tile.config
         self.tile, self.cfg = tile, cfg
-        self.key = (tile.t, tile.gain, dtype, device)
+        self.key = (tile.t, tile.epoch, tile.gain, dtype, device)
         self.I, self.H, self.bias = input_size, hidden_size, bias
         self.out = tile.out_features
         self.abs_max = cfg.noise_management == "abs_max"
@@ -216,7 +216,7 @@ class InferencePlan:
 
     def matches(self, tile: AnalogTile, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether this plan is still valid for ``tile`` (same object, time, dtype)."""
-        return self.tile is tile and self.key == (tile.t, tile.gain, dtype, device)
+        return self.tile is tile and self.key == (tile.t, tile.epoch, tile.gain, dtype, device)
 
     # --- the static rows ---------------------------------------------------------------------
 

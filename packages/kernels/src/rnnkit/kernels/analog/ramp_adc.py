@@ -27,18 +27,37 @@ the comparator offset (absolute) does not scale.
 A comparator latches at the *first* ramp level above the input, so a non-monotonic
 (noisy) ramp is converted with the running maximum of its levels.
 
+**Drift** (:meth:`RampADC.set_time`). The ramp and bias devices are devices of the same
+technology as the weights: at ``t`` seconds after programming each of them holds its drifted
+conductance with the noise of that time (the device model's per-time realisation; see
+:mod:`~rnnkit.kernels.analog.devices`), and every threshold is recomputed from them. Until
+``set_time`` is called the ramp is the programmed one (no drift, no read noise), as before.
+**Recalibration** (:meth:`RampADC.recalibrate`): the column's thresholds are read back through
+its comparator at the current time (as the bias calibration does), a straight line
+``measured ≈ a T_ideal + b`` is fitted per column, and the ramp is corrected by ``1/a`` (its
+read-voltage trim) and ``-b/a`` (its offset trim) until the next recalibration. The two trims are
+modelled as exact (an assumption: their resolution and noise are not modelled).
+
 Linear (conventional) ramp ADCs are the same object with ``fn="linear"``.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from rnnkit.kernels.analog.devices import IDEAL_DEVICE, DeviceModel, program_conductances
+from rnnkit.kernels.analog.devices import (
+    IDEAL_DEVICE,
+    DeviceModel,
+    drift_exponents,
+    drifted,
+    program_conductances,
+    read_noise_at,
+)
 from rnnkit.kernels.analog.threshold import ThresholdTable
 
 __all__ = ["NLFunction", "RampADC", "ThresholdTable", "ideal_thresholds", "resolve_function"]
@@ -251,6 +270,17 @@ class RampADC:
         self.offset = comparator_offset * torch.randn(C, 1, generator=generator, dtype=dt)
         # coarse bias: all but the trim device (all of them without calibration) share T_0.
         n_coarse = bias_devices - 1 if (calibrate and bias_devices > 1) else bias_devices
+        #: the device groups of the column: (g_on, g_ref, target_on, factor), whose value is
+        #: factor * (g_on - g_ref) / g_range per device; steps are summed cumulatively.
+        self._groups: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._groups.append(
+            (
+                g_plus,
+                g_ref,
+                (device.g_min + steps / unit * gr).expand(C, K),
+                torch.full((C, 1), unit, dtype=dt),
+            )
+        )
         bias = self._program_bias(torch.full((C,), t0, dtype=dt), n_coarse, generator, noise_scale)
         ramp = bias[:, None] + prog_steps.cumsum(1)
         if calibrate:
@@ -261,7 +291,18 @@ class RampADC:
             trim = self._program_bias(want, 1, generator, noise_scale, unit=trim_unit)
             ramp = ramp + trim[:, None]
         self.ramp = ramp
+        #: the programmed ramp (no drift, no read noise): ``(columns, K)``.
+        self.ramp_programmed = ramp
         self.steps_ideal = steps
+        #: seconds since programming (``None``: the programmed ramp, drift not modelled).
+        self.time: float | None = None
+        #: the recalibration's per-column gain ``1/a`` and offset ``-b/a`` ``(columns, 1)``.
+        self.recal_gain = torch.ones(C, 1, dtype=dt)
+        self.recal_offset = torch.zeros(C, 1, dtype=dt)
+        # drift exponents and the per-time noise come from their own stream: a ramp that never
+        # drifts draws nothing more than before.
+        self._seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self._nu: list[tuple[Tensor, Tensor]] | None = None
         self._cache: dict[tuple[float, torch.dtype, torch.device | str], Tensor] = {}
         self._tables: dict[tuple[float, torch.dtype, torch.device | str], ThresholdTable] = {}
 
@@ -293,7 +334,68 @@ class RampADC:
             generator,
             noise_scale=noise_scale,
         )
-        return torch.sign(per) * ((g_on - g_ref) / dev.g_range * u).sum(1)
+        factor = (torch.sign(per) * u)[:, None]
+        self._groups.append((g_on, g_ref, mag[:, None].expand(C, n), factor))
+        return (factor * (g_on - g_ref) / dev.g_range).sum(1)
+
+    # --- drift and recalibration -------------------------------------------------------------
+
+    def _ramp_at(self, t: float) -> Tensor:
+        """``(columns, K)`` ramp levels of the devices at ``t`` s (drift and per-time noise),
+        before the recalibration trims."""
+        dev = self.device
+        bits = int.from_bytes(struct.pack("<d", float(t)), "little")
+        gen = torch.Generator().manual_seed((self._seed ^ bits) % 2**63)
+        if self._nu is None:
+            nu_gen = torch.Generator().manual_seed(self._seed)
+            self._nu = [
+                (
+                    drift_exponents(dev, tgt, nu_gen),
+                    drift_exponents(dev, torch.full_like(tgt, dev.g_min), nu_gen),
+                )
+                for _, _, tgt, _ in self._groups
+            ]
+        values = []
+        for (g_on, g_ref, _, factor), (nu_on, nu_ref) in zip(self._groups, self._nu, strict=True):
+            on = read_noise_at(dev, g_on, drifted(dev, g_on, nu_on, t), t, gen)
+            ref = read_noise_at(dev, g_ref, drifted(dev, g_ref, nu_ref, t), t, gen)
+            values.append(factor * (on - ref) / dev.g_range)
+        ramp = values[0].cumsum(1)
+        for v in values[1:]:
+            ramp = ramp + v.sum(1, keepdim=True)
+        return ramp
+
+    def set_time(self, t: float | None) -> None:
+        """Let the ramp and bias devices drift to ``t`` seconds after programming (their
+        conductances and the noise of that time), keeping the current recalibration trims.
+        ``None`` restores the programmed ramp (drift not modelled)."""
+        if t is not None and t < 0:
+            raise ValueError(f"t must be >= 0 seconds, got {t!r}")
+        self.time = t
+        base = self.ramp_programmed if t is None else self._ramp_at(t)
+        self.ramp = base * self.recal_gain + self.recal_offset
+        self._cache.clear()
+        self._tables.clear()
+
+    def recalibrate(self) -> None:
+        """Recalibrate every column at its current time (see the module docstring): fit
+        ``measured = a T_ideal + b`` to the thresholds read back (ramp plus comparator
+        offset, the trims removed) and set the ramp's gain and offset trims to ``1/a`` and
+        ``-b/a``."""
+        base = self.ramp_programmed if self.time is None else self._ramp_at(self.time)
+        measured = base + self.offset
+        x = self.ideal - self.ideal.mean()
+        if float(x.square().sum()) > 0:
+            a = ((measured - measured.mean(1, keepdim=True)) * x).sum(1, keepdim=True)
+            a = a / x.square().sum()
+        else:
+            a = torch.ones_like(measured[:, :1])
+        a = torch.where(a.abs() > 1e-12, a, torch.ones_like(a))
+        b = measured.mean(1, keepdim=True) - a * self.ideal.mean()
+        # corrected thresholds: base g + o + offset = (base + offset - b) / a.
+        self.recal_gain = 1.0 / a
+        self.recal_offset = -b / a + self.offset * (1.0 / a - 1.0)
+        self.set_time(self.time)
 
     # --- conversion ---------------------------------------------------------------------------
 

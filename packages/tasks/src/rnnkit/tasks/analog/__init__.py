@@ -3,9 +3,10 @@
 A task's default LSTM is trained digitally by the one trainer (:mod:`rnnkit.tasks.trainer`),
 mapped to simulated crossbars with :func:`rnnkit.kernels.analog.to_analog` and scored over
 NL-ADC resolutions and programming-noise seeds, as trained and after hardware-aware
-fine-tuning (again by the trainer). :mod:`.experiments` has the protocol, :mod:`.cli` the
-``rnnkit analog kws`` and ``rnnkit analog charlm`` commands, which rnnkit-tasks adds to
-rnnkit-kernels' ``rnnkit analog`` command. See ``docs/analog.md``.
+fine-tuning (again by the trainer). :mod:`.experiments` has the protocol, :mod:`.drift` the
+accuracy over time after programming, :mod:`.cli` the ``rnnkit analog kws``, ``charlm`` and
+``drift`` commands, which rnnkit-tasks adds to rnnkit-kernels' ``rnnkit analog`` command. See
+``docs/analog.md``.
 
 Needs rnnkit-kernels (the simulator): ``pip install 'rnnkit-tasks[analog]'``.
 """
@@ -24,6 +25,7 @@ except ModuleNotFoundError as exc:
         name=exc.name,
     ) from exc
 
+from rnnkit.tasks.analog.drift import drift_rows, format_drift, plot_drift
 from rnnkit.tasks.analog.experiments import (
     charlm_rows,
     format_charlm,
@@ -36,10 +38,13 @@ from rnnkit.tasks.analog.experiments import (
 
 __all__ = [
     "charlm_rows",
+    "drift_rows",
     "format_charlm",
+    "format_drift",
     "format_hw",
     "format_kws",
     "hw_rows",
     "kws_rows",
+    "plot_drift",
     "plot_hw",
 ]

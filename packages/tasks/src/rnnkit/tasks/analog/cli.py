@@ -1,7 +1,7 @@
-"""``rnnkit analog kws`` and ``rnnkit analog charlm``: the task experiments on crossbars.
+"""``rnnkit analog kws``, ``charlm`` and ``drift``: the task experiments on crossbars.
 
 ``rnnkit analog`` belongs to rnnkit-kernels (the simulator and its ``adc-error`` and ``cost``
-subcommands); rnnkit-tasks adds these two with :func:`register`, which its
+subcommands); rnnkit-tasks adds these three with :func:`register`, which its
 ``rnnkit_register_commands`` hook calls when rnnkit-kernels is installed.
 """
 
@@ -16,7 +16,21 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["EXPERIMENTS", "Experiment", "configure", "register", "run"]
+__all__ = [
+    "DRIFT_HELP",
+    "EXPERIMENTS",
+    "Experiment",
+    "configure",
+    "configure_drift",
+    "register",
+    "run",
+    "run_drift",
+]
+
+#: ``rnnkit analog drift``'s one-line help.
+DRIFT_HELP = "accuracy over time (1 s to 1 year) of kws and charlm LSTMs on drifting PCM"
+#: the quick settings of ``rnnkit analog drift`` (its --help epilog; timed in docs/analog.md).
+DRIFT_QUICK = "--tasks charlm --steps 60 --finetune-steps 10 --noise-seeds 2 --eval-examples 64"
 
 
 @dataclass(frozen=True)
@@ -157,9 +171,83 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_drift(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``rnnkit analog drift`` to ``parser``."""
+    from rnnkit.tasks.analog.drift import TIMES
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        f"{DRIFT_HELP}. Each task's LSTM is trained digitally (and fine-tuned hardware-aware) "
+        "by rnnkit's trainer, programmed on crossbars once per noise seed and scored at every "
+        "time after programming, with and without global drift compensation. Writes a run "
+        "folder (drift.json, drift.md, one PNG per task). See docs/analog.md."
+    )
+    parser.epilog = (
+        f"quick check (about a minute on 2 CPU cores):\n  rnnkit analog drift {DRIFT_QUICK}"
+    )
+    parser.add_argument("--tasks", nargs="+", default=["kws", "charlm"], help="tasks to run")
+    parser.add_argument("--steps", type=int, default=300, help="digital training steps")
+    parser.add_argument("--finetune-steps", type=int, default=40, help="HW-aware steps (0: none)")
+    parser.add_argument("--noise-seeds", type=int, default=3, help="programming-noise seeds")
+    parser.add_argument(
+        "--times", type=float, nargs="+", default=list(TIMES), help="seconds after programming"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-3, help="digital learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="HW-aware learning rate")
+    parser.add_argument("--hidden-size", type=int, default=None, help="default: the task's")
+    parser.add_argument("--eval-examples", type=int, default=256, help="test examples scored")
+    parser.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
+    parser.add_argument("--bits", type=int, default=5, help="NL-ADC bits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="analog_drift", help="the run folder")
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """Run ``rnnkit analog drift``: print the tables, write the run folder."""
+    from rnnkit.tasks.analog.drift import drift_rows, format_drift, write_run
+
+    if args.noise_seeds < 1:
+        print("--noise-seeds must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
+    results = []
+    for task in args.tasks:
+        result = drift_rows(
+            task,
+            steps=args.steps,
+            finetune_steps=args.finetune_steps,
+            noise_seeds=seeds,
+            times=list(args.times),
+            batch_size=args.batch_size,
+            lr=args.lr,
+            finetune_lr=args.finetune_lr,
+            preset=args.preset,
+            nl_bits=args.bits,
+            hidden_size=args.hidden_size,
+            eval_examples=args.eval_examples,
+            seed=args.seed,
+            out=args.out,
+        )
+        results.append(result)
+        print(format_drift(result))
+        print()
+    settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list))}
+    settings["seconds"] = round(time.perf_counter() - t0, 1)
+    paths = write_run(results, args.out, settings)
+    print(
+        f"{len(args.tasks)} task(s) in {settings['seconds']:.0f} s; wrote "
+        + ", ".join(str(p) for p in paths)
+    )
+    return 0
+
+
 def register(register_experiment: Callable[..., None]) -> None:
-    """Add every experiment of :data:`EXPERIMENTS` through ``register_experiment`` (the
-    signature of :func:`rnnkit.kernels.analog.cli.register_experiment`)."""
+    """Add every experiment of :data:`EXPERIMENTS` and ``drift`` through
+    ``register_experiment`` (the signature of
+    :func:`rnnkit.kernels.analog.cli.register_experiment`)."""
     for name, exp in EXPERIMENTS.items():
         register_experiment(
             name,
@@ -167,3 +255,4 @@ def register(register_experiment: Callable[..., None]) -> None:
             configure=functools.partial(configure, name=name),
             run=run,
         )
+    register_experiment("drift", help=DRIFT_HELP, configure=configure_drift, run=run_drift)
