@@ -19,6 +19,7 @@ from torch import Tensor
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.dispatch import KernelCall, kernels_for
+from rnnkit.core.testing.lengths import check_lengths
 from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
 
 CellFactory = Callable[[], Cell[Any]]
@@ -439,6 +440,7 @@ CHECKS: dict[str, Callable[[CellFactory], None]] = {
     "compile": check_compile,
     "empty_batch": check_empty_batch,
     "bad_input": check_bad_input,
+    "lengths": check_lengths,
 }
 
 
