@@ -290,7 +290,7 @@ class Recurrent(nn.Module):
         """The equivalent batch-first ``torch.nn.RNN``, ``LSTM`` or ``GRU`` (the inverse of
         :meth:`from_torch`): same layers, directions and dropout, every layer's weights from
         its cells' ``to_torch`` (rnnkit's merged bias in ``bias_ih``; ``bias_hh`` zero but for
-        the GRU's ``b_hn``), on the stack's device and dtype.
+        the GRU's ``b_hn``), on the stack's device and dtype, in the stack's training mode.
 
         Raises:
             TypeError: a stack of cells torch has no module for (anything but exactly
@@ -298,7 +298,7 @@ class Recurrent(nn.Module):
                 :class:`~rnnkit.core.cells.GRU`, whose step torch's modules compute).
         """
         cls = type(self.cell(0))
-        module_cls = _TORCH_MODULES.get(cls)
+        module_cls: Any = _TORCH_MODULES.get(cls)  # Any: RNNBase's own __init__ takes a mode
         if module_cls is None:
             raise TypeError(
                 f"to_torch() converts stacks of Elman, LSTM or GRU cells (what torch.nn.RNN, "
@@ -308,7 +308,7 @@ class Recurrent(nn.Module):
         first: Any = self.cell(0)
         extra = {"nonlinearity": first.nonlinearity} if cls is Elman else {}
         p = first.weight_ih
-        module = module_cls(
+        module: nn.RNNBase = module_cls(
             self.input_size,
             self.hidden_size,
             self.num_layers,
@@ -327,4 +327,4 @@ class Recurrent(nn.Module):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
                 for name, value in one.named_parameters():
                     getattr(module, name.replace("_l0", suffix)).copy_(value)
-        return module
+        return module.train(self.training)

@@ -145,7 +145,7 @@ def _by_segments(kernel: Kernel, call: KernelCall) -> tuple[Tensor, Any]:
     resets = sort(call.resets)
     state: tuple[Tensor, ...] | None = None
     if call.state is not None:
-        state = cell.state_type._make(sort(s) for s in call.state)  # type: ignore[misc]
+        state = cell.state_type._make(sort(s) for s in call.state)
     pieces: list[Tensor] = []
     finals: list[tuple[Tensor, ...]] = []  # final states of rows [m, n), last rows first
     lo = 0
