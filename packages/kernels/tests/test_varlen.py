@@ -17,7 +17,9 @@ from rnnkit.core.cell import Cell
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.dispatch import KernelCall, kernels_for
 from rnnkit.core.kernel import Kernel
-from rnnkit.core.testing.lengths import LENGTHS, check_lengths
+from rnnkit.core.testing.checks import check_lengths
+from rnnkit.core.testing.lengths import LENGTHS
+from rnnkit.kernels.gated import torch_native
 
 CELLS: dict[str, Callable[[], Cell[Any]]] = {
     "elman": lambda: Elman(input_size=3, hidden_size=4),
@@ -48,6 +50,27 @@ def test_lengths_on_every_backend(name: str, monkeypatch: pytest.MonkeyPatch) ->
     runnable = {k.backend: k for k in kernels_for(cell) if k.why_not(call) is None}
     # every runnable backend without its own lengths path went through the segments
     assert {b for b, k in runnable.items() if not k.supports_lengths} <= set(segmented)
+
+
+@pytest.mark.parametrize("name", ["elman_relu", "lstm", "gru"])
+def test_torch_packed_ops(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed path of the ``torch`` backend (taken on CUDA), here forced on the CPU."""
+    packed: list[int] = []
+    real = torch_native._run_vf_packed
+
+    def spy(*args: Any) -> Any:
+        packed.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(torch_native, "packed_preferred", lambda x: True)
+    monkeypatch.setattr(torch_native, "_run_vf_packed", spy)
+    make = {
+        "elman_relu": lambda: Elman(input_size=3, hidden_size=4, nonlinearity="relu"),
+        "lstm": CELLS["lstm"],
+        "gru": lambda: GRU(input_size=3, hidden_size=4),
+    }[name]
+    check_lengths(make)
+    assert packed, "the packed ops never ran"
 
 
 def test_native_paths_are_declared() -> None:

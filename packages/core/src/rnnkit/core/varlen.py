@@ -36,6 +36,7 @@ __all__ = [
     "pack_like",
     "reverse_padded",
     "reverse_resets",
+    "run_by_segments",
     "run_with_lengths",
     "step_mask",
     "unpack",
@@ -122,7 +123,16 @@ def run_with_lengths(
 
 
 def _by_segments(kernel: Kernel, call: KernelCall) -> tuple[Tensor, Any]:
-    """Run ``call`` (lengths in ``[1, T]``) on a kernel that does not handle lengths.
+    return run_by_segments(kernel.run, call)
+
+
+def run_by_segments(
+    run: Callable[[KernelCall], tuple[Tensor, tuple[Tensor, ...]]], call: KernelCall
+) -> tuple[Tensor, Any]:
+    """Run ``call`` (lengths in ``[1, T]``) with ``run``, a kernel's run that ignores lengths.
+
+    What dispatch does for a kernel without ``supports_lengths``; a kernel that has a lengths
+    path only for some calls can hand the others here.
 
     The batch is sorted longest first; between consecutive distinct lengths ``lo < hi`` the
     sequences with length ``>= hi`` (a prefix) run steps ``lo:hi`` from their state at ``lo``.
@@ -160,7 +170,7 @@ def _by_segments(kernel: Kernel, call: KernelCall) -> tuple[Tensor, Any]:
             None if resets is None else resets[:n, lo:hi],
             call.needs_grad,
         )
-        y_seg, out = kernel.run(seg)
+        y_seg, out = run(seg)
         pieces.append(F.pad(y_seg, (0, 0, 0, 0, 0, batch - n)) if n < batch else y_seg)
         finals.append(tuple(s[m:n] for s in out))
         state = cell.state_type._make(s[:m] for s in out)

@@ -1,5 +1,6 @@
-"""The ``lengths`` conformance check: a right-padded batch with ``lengths`` equals running each
-sequence alone, on every backend that can run the cell (docs/cell-abi.md, sections 3 and 6)."""
+"""The body of the ``lengths`` conformance check (registered in :mod:`.checks`): a right-padded
+batch with ``lengths`` equals running each sequence alone, on every backend that can run the
+cell (docs/cell-abi.md, sections 3 and 6)."""
 
 from __future__ import annotations
 
@@ -49,18 +50,10 @@ def _run(
     return y.detach(), tuple(s.detach() for s in final), grads
 
 
-def check_lengths(make: Any) -> None:
-    """``forward(x, state, lengths=n, resets=r)`` on every backend that can run the cell, in
-    float64 and float32, equals running each sequence ``x[b, :n[b]]`` alone on ``reference``
-    in float64 (``y`` on the valid steps, exactly zero past them, the final state, and the
-    gradients of ``x``, the initial state and every parameter), with and without an initial
-    state and resets."""
-    # checks.py registers this check, so its helpers are imported when the check runs
-    from rnnkit.core.testing.checks import _f64, _state_dtype, make_problem
-
-    cell = _f64(make)
+def check_lengths_on(cell: Cell[Any], p: Any) -> None:
+    """The ``lengths`` check (:func:`rnnkit.core.testing.checks.check_lengths`) on a float64
+    ``cell`` and a problem ``p`` from ``make_problem`` with batch ``len(LENGTHS)``, ``T = 7``."""
     lengths = torch.tensor(LENGTHS)
-    p = make_problem(cell, batch=len(LENGTHS))
     batch, time = p.x.shape[0], p.x.shape[1]
     fields = tuple(cell.state_type._fields)
     for use_state, use_resets in ((True, False), (False, True)):
@@ -103,7 +96,7 @@ def check_lengths(make: Any) -> None:
             x = p.x.to(dtype)
             call_state = None
             if state is not None:
-                call_state = tuple(s.to(_state_dtype(s, dtype)) for s in state)
+                call_state = tuple(s.to(_compute(s, dtype)) for s in state)
             call = KernelCall(probe, x, call_state, resets, True, lengths)
             for kernel in kernels_for(probe):
                 if kernel.why_not(call) is not None:
@@ -145,3 +138,10 @@ def _close(name: str, got: Tensor, want: Tensor, tol: float) -> None:
     assert torch.equal(torch.isfinite(got), finite), f"{name}: non-finite entries differ"
     assert torch.equal(got[~finite], want[~finite]), f"{name}: non-finite entries differ"
     assert_close(name, got[finite], want[finite], tol)
+
+
+def _compute(s: Tensor, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a state field takes when the cell runs in ``dtype`` (complex stays complex)."""
+    if s.is_complex():
+        return torch.complex128 if dtype == torch.float64 else torch.complex64
+    return dtype

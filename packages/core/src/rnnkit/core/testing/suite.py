@@ -9,7 +9,7 @@ from typing import Any
 from rnnkit.core.cell import Cell
 from rnnkit.core.listing import matches
 from rnnkit.core.plugins import get_host
-from rnnkit.core.testing import checks, lengths
+from rnnkit.core.testing import checks
 
 #: Sizes the kit builds registered cells with (odd, divisible by the head counts 1, 2, 3).
 INPUT_SIZE, HIDDEN_SIZE = 5, 6
@@ -82,4 +82,4 @@ class CellConformance:
         checks.check_bad_input(self.make_cell)
 
     def test_lengths(self) -> None:
-        lengths.check_lengths(self.make_cell)
+        checks.check_lengths(self.make_cell)

@@ -10,8 +10,11 @@ Weight mapping (``heads == 1`` only, where ``recurrent`` is one dense matrix per
 ``bias_ih_l0 = bias`` (the merged bias) and ``bias_hh_l0 = 0``, except the GRU, whose
 ``bias_hh_l0 = [0, 0, bias_hn]`` because ``r`` multiplies ``b_hn``.
 
-With ``lengths`` the batch runs as a ``PackedSequence`` through the ops' packed variants (the
-ones ``torch.nn.LSTM`` uses for packed input), so no padding step is computed.
+With ``lengths`` on CUDA the batch runs as a ``PackedSequence`` through the ops' packed variants
+(the ones ``torch.nn.LSTM`` uses for packed input, cuDNN's), so no padding step is computed. On
+CPU torch runs packed input with a per-step loop, which measured slower than running the padded
+op once per distinct length on the sequences still running (``run_by_segments``; figures in
+``docs/cell-abi.md``), so the CPU takes that path.
 
 Not supported (``supports`` says so, and ``auto`` falls back to ``fused``): ``heads > 1``
 (torch's ops are dense), ``resets`` (torch has no per-step state restart), dtypes other
@@ -30,6 +33,7 @@ from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.varlen import run_by_segments
 
 __all__ = [
     "FALLBACK",
@@ -113,6 +117,8 @@ def run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         state = cell.init_state(B, device=x.device, dtype=x.dtype)
     if x.shape[1] == 0:
         return x.new_empty(B, 0, cell.output_size), state
+    if call.lengths is not None and not packed_preferred(x):
+        return run_by_segments(run_torch, call)
     weights = _flat_weights(cell)
     has_bias = cell.bias is not None
     train = torch.is_grad_enabled()
@@ -126,12 +132,17 @@ def run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     return _run_ieee_backward(cell, x, state, args, lengths)
 
 
+def packed_preferred(x: Tensor) -> bool:
+    """Whether ``lengths`` run through torch's packed ops (CUDA) rather than by segments."""
+    return x.device.type == "cuda"
+
+
 def _run_ieee_backward(
     cell: Any,
     x: Tensor,
     state: tuple[Tensor, ...],
     args: tuple[Any, ...],
-    lengths: Tensor | None,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """:func:`_run_vf` whose backward also runs under :func:`_ieee_fp32_cudnn`.
 
