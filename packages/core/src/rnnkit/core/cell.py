@@ -6,7 +6,7 @@ See ``docs/cell-abi.md`` for the full specification.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, cast
 
@@ -18,6 +18,7 @@ from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField, StateT
 from rnnkit.core.validation import (
     cell_dtype_device,
+    check_lengths,
     check_resets,
     check_sequence,
     check_state,
@@ -165,6 +166,7 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         *,
         backend: str = "auto",
         resets: Tensor | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
     ) -> tuple[Tensor, StateT]:
         """Run the whole sequence.
 
@@ -175,6 +177,12 @@ class Cell(nn.Module, ABC, Generic[StateT]):
                 (the environment variable ``RNNKIT_BACKEND`` overrides ``"auto"``).
             resets: optional bool ``(B, T)``; where true, the state entering step ``t`` is
                 replaced by :meth:`init_state` (an episode starts at ``t``).
+            lengths: optional ``(B,)`` integers in ``[0, T]`` (a tensor on any device, or a
+                list): ``x`` is right-padded and sequence ``b`` is ``x[b, :lengths[b]]``. The
+                result equals running each sequence alone: ``y[b, t]`` is zero for
+                ``t >= lengths[b]`` and the final state is the one after step
+                ``lengths[b] - 1`` (the initial state for length 0). Every backend accepts it
+                (see :mod:`rnnkit.core.varlen`).
 
         Returns:
             ``(y, final_state)`` with ``y: (B, T, output_size)``.
@@ -185,7 +193,9 @@ class Cell(nn.Module, ABC, Generic[StateT]):
             state = self.check_state(state, batch=batch, like=x)
         if resets is not None:
             resets = check_resets(resets, batch=batch, time=time, device=x.device)
-        return run(self, x, state, resets=resets, backend=backend)
+        if lengths is not None:
+            lengths = check_lengths(lengths, batch=batch, time=time)
+        return run(self, x, state, resets=resets, backend=backend, lengths=lengths)
 
     def extra_repr(self) -> str:
         return (

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError, unknown_name
 from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority
+from rnnkit.core.varlen import run_with_lengths
 
 if TYPE_CHECKING:
     from rnnkit.core.cell import Cell
@@ -160,12 +161,16 @@ def run(
     *,
     resets: Tensor | None,
     backend: str = "auto",
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Any]:
-    """Run a validated ``forward`` call on the selected kernel."""
+    """Run a validated ``forward`` call on the selected kernel (``lengths``: int64 ``(B,)`` on
+    the CPU, see :mod:`rnnkit.core.varlen`)."""
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad
         or any(p.requires_grad for p in cell.parameters())
         or (state is not None and any(s.requires_grad for s in state))
     )
-    call = KernelCall(cell, x, state, resets, needs_grad)
+    call = KernelCall(cell, x, state, resets, needs_grad, lengths)
+    if lengths is not None:
+        return run_with_lengths(call, lambda c: select(c, backend))
     return select(call, backend).run(call)

@@ -72,6 +72,12 @@ class KernelCall:
         state: the initial state, or ``None`` for the cell's ``init_state``.
         resets: bool ``(B, T)`` or ``None``.
         needs_grad: whether autograd will need gradients of the result.
+        lengths: int64 ``(B,)`` on the CPU, or ``None`` (every sequence has length ``T``).
+            Dispatch takes the empty sequences and the all-padding tail off first, so a
+            kernel sees ``1 <= lengths[b] <= T`` with ``max(lengths) == T``, and never
+            lengths that are all ``T`` (those calls come without). ``supports`` sees them
+            when selecting; ``run`` gets them only with ``supports_lengths`` (see
+            :mod:`rnnkit.core.varlen`).
     """
 
     cell: Cell[Any]
@@ -79,6 +85,7 @@ class KernelCall:
     state: tuple[Tensor, ...] | None
     resets: Tensor | None
     needs_grad: bool
+    lengths: Tensor | None = None
 
 
 def _always_available() -> str | None:
@@ -105,6 +112,11 @@ class Kernel:
             (not installed, no GPU), ``None`` when it can.
         supports: ``(call) -> reason or None``: why it cannot run this call (dtype, device,
             head size), ``None`` when it can.
+        supports_lengths: ``run`` handles ``call.lengths`` itself: ``y`` is zero at
+            ``t >= lengths[b]`` and the final state is the one after step ``lengths[b] - 1``.
+            Dispatch runs a kernel without it once per distinct length on the shrinking
+            batch of sequences still running (see :mod:`rnnkit.core.varlen`), so every kernel
+            accepts lengths; this flag only declares a faster single-call path.
     """
 
     backend: str
@@ -114,6 +126,7 @@ class Kernel:
     priority: int | Callable[[KernelCall], int] = Priority.REFERENCE
     available: Callable[[], str | None] = _always_available
     supports: Callable[[KernelCall], str | None] = _supports_everything
+    supports_lengths: bool = False
 
     @property
     def key(self) -> str:

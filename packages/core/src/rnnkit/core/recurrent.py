@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.cell import Cell
 from rnnkit.core.cells import GRU, LSTM, Elman
-from rnnkit.core.validation import check_positive_int, check_resets, check_sequence
+from rnnkit.core.validation import (
+    check_lengths,
+    check_positive_int,
+    check_resets,
+    check_sequence,
+    check_step_input,
+)
+from rnnkit.core.varlen import pack_like, reverse_padded, reverse_resets, unpack
 
+__all__ = ["Recurrent", "reverse_resets"]
 
-def reverse_resets(resets: Tensor) -> Tensor:
-    """Resets for the time-reversed sequence.
-
-    ``resets[:, t]`` marks a boundary between steps ``t - 1`` and ``t``. Running backwards,
-    that boundary is crossed on entering step ``t - 1``; the reversed run's first step
-    (original step ``T - 1``) never resets.
-    """
-    shifted = torch.zeros_like(resets)
-    shifted[:, :-1] = resets[:, 1:]
-    return shifted.flip(1)
+#: The torch module each dense cell class converts to and from.
+_TORCH_MODULES: dict[type[Any], type[nn.RNNBase]] = {Elman: nn.RNN, LSTM: nn.LSTM, GRU: nn.GRU}
 
 
 class Recurrent(nn.Module):
@@ -98,6 +100,7 @@ class Recurrent(nn.Module):
     def _stack(self, states: list[Any]) -> Any:
         return self.state_type._make(torch.stack(fields, 0) for fields in zip(*states, strict=True))
 
+    @overload
     def forward(
         self,
         x: Tensor,
@@ -105,22 +108,71 @@ class Recurrent(nn.Module):
         *,
         backend: str = "auto",
         resets: Tensor | None = None,
-    ) -> tuple[Tensor, Any]:
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Tensor, Any]: ...
+
+    @overload
+    def forward(
+        self,
+        x: PackedSequence,
+        state: Any = None,
+        *,
+        backend: str = "auto",
+        resets: Tensor | None = None,
+        lengths: None = None,
+    ) -> tuple[PackedSequence, Any]: ...
+
+    def forward(
+        self,
+        x: Tensor | PackedSequence,
+        state: Any = None,
+        *,
+        backend: str = "auto",
+        resets: Tensor | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Tensor | PackedSequence, Any]:
         """Run the stack.
 
         Args:
-            x: ``(B, T, input_size)``.
+            x: ``(B, T, input_size)``, or a ``torch.nn.utils.rnn.PackedSequence`` of
+                ``(*, input_size)`` data (then the output is one too, packed like ``x``, and
+                the state is in the batch order of ``x`` before sorting, as in
+                ``torch.nn.LSTM``).
             state: stacked state (see class docstring) or ``None``.
             backend: passed to every cell.
-            resets: bool ``(B, T)``, applied in every layer (reversed for backward cells).
+            resets: bool ``(B, T)``, applied in every layer (reversed for backward cells); with
+                a packed ``x``, in its padded layout (``T`` the longest length).
+            lengths: optional ``(B,)`` integers in ``[0, T]`` for a right-padded ``x`` (see
+                :meth:`Cell.forward <rnnkit.core.cell.Cell.forward>`): ``y`` is zero past each
+                length, the forward cells' final state is the one after step
+                ``lengths[b] - 1`` and the backward cells run each sequence from its own last
+                step (their final state is the one after step 0), exactly as if each sequence
+                ran alone.
 
         Returns:
-            ``(y, state)`` with ``y: (B, T, num_directions * hidden_size)``.
+            ``(y, state)`` with ``y: (B, T, num_directions * hidden_size)`` (or packed).
         """
+        if isinstance(x, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths must be None when x is a PackedSequence (it has them)")
+            padded, packed_lengths, layout = unpack(x)
+            y, final = self._run(padded, state, backend, resets, packed_lengths)
+            return pack_like(y, layout), final
+        return self._run(x, state, backend, resets, lengths)
+
+    def _run(
+        self,
+        x: Tensor,
+        state: Any,
+        backend: str,
+        resets: Tensor | None,
+        lengths: Tensor | Sequence[int] | None,
+    ) -> tuple[Tensor, Any]:
         x = check_sequence(self.cell(0), x)
         batch, time = x.shape[:2]
         if resets is not None:
             resets = check_resets(resets, batch=batch, time=time, device=x.device)
+        lens = None if lengths is None else check_lengths(lengths, batch=batch, time=time)
         per_cell: list[Any] = [None] * len(self.cells)
         if state is not None:
             per_cell = self._split(state, batch)
@@ -132,14 +184,58 @@ class Recurrent(nn.Module):
                 k = layer * self.num_directions + d
                 cell = self.cell(layer, d)
                 if d == 0:
-                    y, s = cell(out, per_cell[k], backend=backend, resets=resets)
+                    y, s = cell(out, per_cell[k], backend=backend, resets=resets, lengths=lens)
                 else:
-                    r = reverse_resets(resets) if resets is not None else None
-                    y, s = cell(out.flip(1), per_cell[k], backend=backend, resets=r)
-                    y = y.flip(1)
+                    # each sequence runs backwards from its own last valid step
+                    r = reverse_resets(resets, lens) if resets is not None else None
+                    y, s = cell(
+                        reverse_padded(out, lens),
+                        per_cell[k],
+                        backend=backend,
+                        resets=r,
+                        lengths=lens,
+                    )
+                    y = reverse_padded(y, lens)
                 outs.append(y)
                 finals.append(s)
             out = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                out = nn.functional.dropout(out, self.dropout, training=True)
+        return out, self._stack(finals)
+
+    def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Advance a unidirectional stack by one step through all layers.
+
+        Equal to :meth:`forward` on a sequence of length 1 (dropout between layers included,
+        in training mode), so stepping ``T`` times gives ``forward``'s outputs and state.
+
+        Args:
+            x_t: ``(B, input_size)``.
+            state: stacked state (see class docstring) or ``None`` for :meth:`init_state`.
+
+        Returns:
+            ``(y_t, state)`` with ``y_t: (B, hidden_size)``.
+
+        Raises:
+            ValueError: for a bidirectional stack (its backward cells need the whole sequence,
+                from its last step, before the first output exists).
+        """
+        if self.num_directions != 1:
+            raise ValueError(
+                "step() needs a unidirectional stack: the backward cells of a bidirectional "
+                "one read the sequence from its end, so no output exists after one step; "
+                "use forward() on the whole sequence"
+            )
+        x_t = check_step_input(self.cell(0), x_t)
+        batch = x_t.shape[0]
+        per_cell: list[Any] = [None] * len(self.cells)
+        if state is not None:
+            per_cell = self._split(state, batch)
+        finals = []
+        out = x_t
+        for layer in range(self.num_layers):
+            out, s = self.cell(layer).step(out, per_cell[layer])
+            finals.append(s)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 out = nn.functional.dropout(out, self.dropout, training=True)
         return out, self._stack(finals)
@@ -188,3 +284,47 @@ class Recurrent(nn.Module):
                 src = cell_cls.from_torch(module, layer=layer, direction=d)
                 stack.cell(layer, d).load_state_dict(src.state_dict())
         return stack
+
+    @torch.no_grad()
+    def to_torch(self) -> nn.RNNBase:
+        """The equivalent batch-first ``torch.nn.RNN``, ``LSTM`` or ``GRU`` (the inverse of
+        :meth:`from_torch`): same layers, directions and dropout, every layer's weights from
+        its cells' ``to_torch`` (rnnkit's merged bias in ``bias_ih``; ``bias_hh`` zero but for
+        the GRU's ``b_hn``), on the stack's device and dtype, in the stack's training mode.
+
+        Raises:
+            TypeError: a stack of cells torch has no module for (anything but exactly
+                :class:`~rnnkit.core.cells.Elman`, :class:`~rnnkit.core.cells.LSTM` and
+                :class:`~rnnkit.core.cells.GRU`, whose step torch's modules compute).
+        """
+        cls = type(self.cell(0))
+        module_cls: Any = _TORCH_MODULES.get(cls)  # Any: RNNBase's own __init__ takes a mode
+        if module_cls is None:
+            raise TypeError(
+                f"to_torch() converts stacks of Elman, LSTM or GRU cells (what torch.nn.RNN, "
+                f"LSTM and GRU compute); this stack's cells are {cls.__name__}, which torch has "
+                "no module for"
+            )
+        first: Any = self.cell(0)
+        extra = {"nonlinearity": first.nonlinearity} if cls is Elman else {}
+        p = first.weight_ih
+        module: nn.RNNBase = module_cls(
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            bias=first.bias is not None,
+            batch_first=True,
+            dropout=self.dropout,
+            bidirectional=self.num_directions == 2,
+            device=p.device,
+            dtype=p.dtype,
+            **extra,
+        )
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                single: Any = self.cell(layer, d)
+                one = single.to_torch()
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                for name, value in one.named_parameters():
+                    getattr(module, name.replace("_l0", suffix)).copy_(value)
+        return module.train(self.training)

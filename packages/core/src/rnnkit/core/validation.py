@@ -133,3 +133,31 @@ def check_resets(resets: object, *, batch: int, time: int, device: torch.device)
     if resets.device != device:
         raise ValueError(f"resets must be on device {device}, got {resets.device}")
     return resets
+
+
+def check_lengths(lengths: object, *, batch: int, time: int) -> Tensor:
+    """Check ``lengths`` holds ``batch`` integers in ``[0, time]``; return them int64 on the CPU.
+
+    A tensor (any integer dtype, on any device: a CUDA tensor is copied to the host, one
+    synchronisation) or a sequence of ints is accepted, as ``pack_padded_sequence`` does.
+    """
+    what = f"an integer tensor or list of shape ({batch},) with values in [0, {time}]"
+    if isinstance(lengths, Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be {what}, got dtype {lengths.dtype}")
+        out = lengths.detach().to(device="cpu", dtype=torch.int64)
+    elif isinstance(lengths, Sequence) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in lengths
+    ):
+        out = torch.tensor(list(lengths), dtype=torch.int64)
+    else:
+        raise TypeError(f"lengths must be {what}, got {type(lengths).__name__}")
+    if tuple(out.shape) != (batch,):
+        raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {tuple(out.shape)}")
+    if batch:
+        low, high = int(out.min()), int(out.max())
+        if low < 0 or high > time:
+            raise ValueError(
+                f"lengths must be in [0, time] = [0, {time}], got values from {low} to {high}"
+            )
+    return out

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.dispatch import KernelCall, kernels_for
+from rnnkit.core.testing.lengths import LENGTHS, check_lengths_on
 from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
 
 CellFactory = Callable[[], Cell[Any]]
@@ -429,6 +430,16 @@ def check_bad_input(make: CellFactory) -> None:
     expect(ValueError, "x_t must have 2 dimensions", lambda: cell.step(x))
 
 
+def check_lengths(make: CellFactory) -> None:
+    """``forward(x, state, lengths=n, resets=r)`` on every backend that can run the cell, in
+    float64 and float32, equals running each sequence ``x[b, :n[b]]`` alone on ``reference``
+    in float64: ``y`` on the valid steps and exactly zero past them, the final state, and the
+    gradients of ``x``, the initial state and every parameter; with and without an initial
+    state and resets (see :mod:`rnnkit.core.testing.lengths`)."""
+    cell = _f64(make)
+    check_lengths_on(cell, make_problem(cell, batch=len(LENGTHS)))
+
+
 #: name -> check, in the order the kit runs them.
 CHECKS: dict[str, Callable[[CellFactory], None]] = {
     "state_spec": check_state_spec,
@@ -439,6 +450,7 @@ CHECKS: dict[str, Callable[[CellFactory], None]] = {
     "compile": check_compile,
     "empty_batch": check_empty_batch,
     "bad_input": check_bad_input,
+    "lengths": check_lengths,
 }
 
 

@@ -80,3 +80,6 @@ class CellConformance:
 
     def test_bad_input(self) -> None:
         checks.check_bad_input(self.make_cell)
+
+    def test_lengths(self) -> None:
+        checks.check_lengths(self.make_cell)

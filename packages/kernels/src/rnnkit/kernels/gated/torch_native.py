@@ -10,6 +10,12 @@ Weight mapping (``heads == 1`` only, where ``recurrent`` is one dense matrix per
 ``bias_ih_l0 = bias`` (the merged bias) and ``bias_hh_l0 = 0``, except the GRU, whose
 ``bias_hh_l0 = [0, 0, bias_hn]`` because ``r`` multiplies ``b_hn``.
 
+With ``lengths`` on CUDA the batch runs as a ``PackedSequence`` through the ops' packed variants
+(the ones ``torch.nn.LSTM`` uses for packed input, cuDNN's), so no padding step is computed. On
+CPU torch runs packed input with a per-step loop, which measured slower than running the padded
+op once per distinct length on the sequences still running (``run_by_segments``; figures in
+``docs/cell-abi.md``), so the CPU takes that path.
+
 Not supported (``supports`` says so, and ``auto`` falls back to ``fused``): ``heads > 1``
 (torch's ops are dense), ``resets`` (torch has no per-step state restart), dtypes other
 than float16, bfloat16, float32 and float64, and bfloat16 ReLU Elman training on CUDA (cuDNN's
@@ -24,8 +30,10 @@ from typing import Any
 
 import torch
 from torch import _VF, Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.varlen import run_by_segments
 
 __all__ = [
     "FALLBACK",
@@ -109,20 +117,32 @@ def run_torch(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         state = cell.init_state(B, device=x.device, dtype=x.dtype)
     if x.shape[1] == 0:
         return x.new_empty(B, 0, cell.output_size), state
+    if call.lengths is not None and not packed_preferred(x):
+        return run_by_segments(run_torch, call)
     weights = _flat_weights(cell)
     has_bias = cell.bias is not None
     train = torch.is_grad_enabled()
     # torch's ops take (layers * directions, B, H) states; unsqueeze keeps autograd's view.
     h0 = state[0].unsqueeze(0)
     args = (weights, has_bias, 1, 0.0, train, False, True)
+    lengths = call.lengths
     if not _needs_ieee_backward(x, state, weights):
         with _ieee_fp32_cudnn(x):
-            return _run_vf(cell, x, h0, state, args)
-    return _run_ieee_backward(cell, x, state, args)
+            return _run_vf(cell, x, h0, state, args, lengths)
+    return _run_ieee_backward(cell, x, state, args, lengths)
+
+
+def packed_preferred(x: Tensor) -> bool:
+    """Whether ``lengths`` run through torch's packed ops (CUDA) rather than by segments."""
+    return x.device.type == "cuda"
 
 
 def _run_ieee_backward(
-    cell: Any, x: Tensor, state: tuple[Tensor, ...], args: tuple[Any, ...]
+    cell: Any,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    args: tuple[Any, ...],
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """:func:`_run_vf` whose backward also runs under :func:`_ieee_fp32_cudnn`.
 
@@ -134,7 +154,7 @@ def _run_ieee_backward(
 
     def run(*ts: Tensor) -> tuple[Tensor, ...]:
         xs, st, ws = ts[0], ts[1 : 1 + n_state], list(ts[1 + n_state :])
-        y, final = _run_vf(cell, xs, st[0].unsqueeze(0), st, (ws, *args[1:]))
+        y, final = _run_vf(cell, xs, st[0].unsqueeze(0), st, (ws, *args[1:]), lengths)
         return (y, *final)
 
     y, *final = _IEEEFloat32.apply(run, x, *state, *weights)  # type: ignore[no-untyped-call]
@@ -207,8 +227,15 @@ class _IEEEFloat32(torch.autograd.Function):
 
 
 def _run_vf(
-    cell: Any, x: Tensor, h0: Tensor, state: tuple[Tensor, ...], args: tuple[Any, ...]
+    cell: Any,
+    x: Tensor,
+    h0: Tensor,
+    state: tuple[Tensor, ...],
+    args: tuple[Any, ...],
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    if lengths is not None:
+        return _run_vf_packed(cell, x, state, args, lengths)
     if cell.kind == "lstm":
         y, h, c = _VF.lstm(x, (h0, state[1].unsqueeze(0)), *args)
         return y, cell.state_type(h[0], c[0])
@@ -219,6 +246,34 @@ def _run_vf(
     else:
         y, h = _VF.rnn_tanh(x, h0, *args)
     return y, cell.state_type(h[0])
+
+
+def _run_vf_packed(
+    cell: Any, x: Tensor, state: tuple[Tensor, ...], args: tuple[Any, ...], lengths: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`_run_vf` on ``x`` packed by ``lengths`` (int64 ``(B,)``, CPU, all ``>= 1``).
+
+    The packed ops take the batch sorted longest first (``sorted_indices``) and answer in
+    that order; ``y`` is padded back with zeros to ``x``'s length.
+    """
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    order, back = packed.sorted_indices, packed.unsorted_indices
+    assert order is not None and back is not None
+    hx = [s.index_select(0, order).unsqueeze(0) for s in state]
+    flat = (packed.data, packed.batch_sizes)
+    rest = args[:-1]  # the packed variants have no batch_first argument
+    if cell.kind == "lstm":
+        data, h, c = _VF.lstm(*flat, (hx[0], hx[1]), *rest)
+        finals = [h, c]
+    else:
+        op = _VF.gru if cell.kind == "gru" else _VF.rnn_relu
+        if cell.kind == "elman" and cell.nonlinearity != "relu":
+            op = _VF.rnn_tanh
+        data, h = op(*flat, hx[0], *rest)
+        finals = [h]
+    out = PackedSequence(data, packed.batch_sizes, order, back)
+    y, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return y, cell.state_type(*(f[0].index_select(0, back) for f in finals))
 
 
 #: ``auto`` tier where torch's op is the faster choice: the device's best op.
@@ -251,6 +306,7 @@ def _kernel(kind: str) -> Kernel:
         description=f"torch's native {kind} op (oneDNN/cuDNN), dense (heads=1), no resets",
         priority=torch_priority,
         supports=supports,
+        supports_lengths=True,
     )
 
 

@@ -10,6 +10,9 @@ Triton interpreter (``TRITON_INTERPRET=1`` set before triton is imported), and t
 (``backend="triton"``): their CPU priority is below the reference loop so ``auto`` never picks the
 interpreter.
 
+With ``lengths`` the valid steps are packed along time and run by
+:func:`~rnnkit.kernels.gated.triton.ops.triton_gated_varlen` (one launch, no padding computed).
+
 See ``docs/kernels-triton.md`` for the design and limits.
 """
 
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.varlen import step_mask
 from rnnkit.kernels.gated.triton.ops import (
     CELLS,
     MAX_HEAD_DIM,
@@ -113,6 +117,8 @@ def _run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     if T == 0:
         return x.new_empty(B, 0, cell.output_size), state
     px = cell.project(x)
+    if call.lengths is not None:
+        return _run_varlen(call, px, tuple(state))
     y, final = triton_gated(
         cell.kind,
         px,
@@ -123,6 +129,36 @@ def _run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         nonlinearity=getattr(cell, "nonlinearity", "tanh"),
     )
     return y, cell.state_type._make(final)
+
+
+def _run_varlen(
+    call: KernelCall, px: Tensor, state: tuple[Tensor, ...]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`_run` with ``call.lengths``: the valid steps of ``px (B, T, G * H)`` packed
+    sequence after sequence, ``y`` scattered back into zeros ``(B, T, H)``."""
+    cell: Any = call.cell
+    assert call.lengths is not None
+    B, T = px.shape[0], px.shape[1]
+    valid = step_mask(call.lengths, T, px.device).reshape(B * T)
+    rows = valid.nonzero().squeeze(1)
+    cu = torch.zeros(B + 1, dtype=torch.int64)
+    torch.cumsum(call.lengths, 0, out=cu[1:])
+    resets = None
+    if call.resets is not None:
+        resets = call.resets.reshape(B * T).index_select(0, rows)
+    y, final = triton_gated_varlen(
+        cell.kind,
+        px.reshape(B * T, px.shape[2]).index_select(0, rows),
+        cell.recurrent,
+        state,
+        cu.to(px.device),
+        max_seqlen=T,
+        bias_hn=getattr(cell, "bias_hn", None) if cell.kind == "gru" else None,
+        resets=resets,
+        nonlinearity=getattr(cell, "nonlinearity", "tanh"),
+    )
+    out = y.new_zeros(B * T, y.shape[1]).index_copy(0, rows, y)
+    return out.view(B, T, y.shape[1]), cell.state_type._make(final)
 
 
 _DESCRIPTIONS = {
@@ -144,6 +180,7 @@ def kernels() -> list[Kernel]:
             priority=_priority,
             available=available,
             supports=_supports,
+            supports_lengths=True,
         )
         for kind in CELLS
     ]

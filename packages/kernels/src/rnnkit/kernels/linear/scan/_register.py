@@ -1,4 +1,9 @@
-"""The dispatch kernels of the scan backends, for cells of the diagonal linear form."""
+"""The dispatch kernels of the scan backends, for cells of the diagonal linear form.
+
+With ``lengths`` a sequence's state is held past its last step by the recurrence itself:
+``a_t = 1, b_t = 0`` there (so ``h_t = h_{t-1}`` exactly, with zero gradient into the padding),
+one scan for the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from torch import Tensor
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
 from rnnkit.core.linear import DiagonalLinearCell
+from rnnkit.core.varlen import step_mask
 from rnnkit.kernels.linear.scan import _triton
 from rnnkit.kernels.linear.scan.op import linear_scan
 
@@ -54,11 +60,21 @@ def _run(call: KernelCall, backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
     px = cell.project(x)
     a, b = cell.coefficients(px)
     (h0,) = state
+    resets = call.resets
+    valid = None
+    if call.lengths is not None:
+        valid = step_mask(call.lengths, time, x.device)
+        keep = valid.unsqueeze(-1)
+        a = torch.where(keep, a, torch.ones((), dtype=a.dtype, device=a.device))
+        b = torch.where(keep, b, torch.zeros((), dtype=b.dtype, device=b.device))
+        resets = None if resets is None else resets & valid
     common = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
     h, h_last = linear_scan(
-        a.to(common), b.to(common), h0.to(common), resets=call.resets, backend=backend
+        a.to(common), b.to(common), h0.to(common), resets=resets, backend=backend
     )
     y = cell.readout(h, px)
+    if valid is not None:
+        y = torch.where(valid.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
     final: tuple[Tensor, ...] = cell.state_type(h_last.to(h0.dtype))
     return y, final
 
@@ -95,6 +111,7 @@ def kernels() -> list[Kernel]:
             ),
             priority=Priority.PORTABLE,
             supports=_supports,
+            supports_lengths=True,
         ),
         Kernel(
             backend="scan_triton",
@@ -104,5 +121,6 @@ def kernels() -> list[Kernel]:
             priority=_triton_priority,
             available=_triton_available,
             supports=_supports_triton,
+            supports_lengths=True,
         ),
     ]
