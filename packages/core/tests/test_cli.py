@@ -96,3 +96,27 @@ def test_conflicting_plugins_make_a_clear_cli_error(
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys)
     assert code == 0 and "list" in out and "plugins" in out
+
+
+def test_output_into_a_closed_pipe_exits_quietly() -> None:
+    # `rnnkit list cells | head -1`: the reader is gone before rnnkit writes (deterministic
+    # here: the read end is closed before the process starts)
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rnnkit.core.cli", "list", "cells"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE, what the shell reports for `cat` and others

@@ -200,8 +200,41 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     return parser
 
 
+#: exit status when the reader of stdout went away (``rnnkit list cells | head -1``): 128 +
+#: SIGPIPE, what a shell reports for ``cat`` and other tools that SIGPIPE ends
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rnnkit`` command; returns the exit status."""
+    """Entry point of the ``rnnkit`` command; returns the exit status.
+
+    When stdout is a pipe whose reader has gone (``rnnkit list cells | head -1``), the
+    command stops quietly with status :data:`EXIT_BROKEN_PIPE` instead of a traceback.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # buffered output reaches the pipe here, not at interpreter exit where a broken
+            # pipe could only print "Exception ignored ..."
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device: the interpreter flushes it once more at exit."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file descriptor (a test's capture): no flush at exit can fail
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         host = get_host()
     except RnnkitError as exc:

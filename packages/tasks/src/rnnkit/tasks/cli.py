@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
-from rnnkit.tasks.trainer import DEFAULT_TASK, RunResult, TrainConfig, train
+from rnnkit.tasks.trainer import (
+    DEFAULT_TASK,
+    RunResult,
+    TrainConfig,
+    make_run_dir,
+    timestamp,
+    train,
+)
 
 TRAIN_HELP = (
     "train a model on a task. With no arguments: an LSTM on digits_rows (8x8 digits read "
@@ -216,19 +222,28 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ValueError("--models needs at least one name")
     task = get_task(args.task)
     resolved = [_resolve_entry(e) for e in entries]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = Path(args.out) if args.out else Path("runs") / f"compare-{task.name}-{stamp}"
+    created: list[Path] = []
+    if args.out:
+        root = Path(args.out)
+    else:  # exclusive, like a run's default directory: two compares never share one
+        root, created = make_run_dir(Path("runs") / f"compare-{task.name}-{timestamp()}")
     results: list[RunResult] = []
     histories: dict[str, list[dict[str, Any]]] = {}
-    for entry, (model, cell) in zip(entries, resolved, strict=True):
-        cfg = _config(args, model=model, out=str(root / entry))
-        if cell is not None:
-            cfg.cell = cell
-        print(f"\n== {entry} ==")
-        r = train(cfg)
-        results.append(r)
-        with (Path(r.out) / "metrics.jsonl").open() as f:
-            histories[entry] = [json.loads(line) for line in f if line.strip()]
+    try:
+        for entry, (model, cell) in zip(entries, resolved, strict=True):
+            cfg = _config(args, model=model, out=str(root / entry))
+            if cell is not None:
+                cfg.cell = cell
+            print(f"\n== {entry} ==")
+            r = train(cfg)
+            results.append(r)
+            with (Path(r.out) / "metrics.jsonl").open() as f:
+                histories[entry] = [json.loads(line) for line in f if line.strip()]
+    except BaseException:
+        for d in reversed(created):  # nothing to show for it: no empty directory left
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     rows = [
         [
             e,

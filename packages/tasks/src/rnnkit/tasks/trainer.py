@@ -13,6 +13,12 @@ checkpointed (:mod:`rnnkit.tasks.checkpoint`), so a run stopped at any step and 
 with the same parameters and metrics as an uninterrupted one. Under ``torchrun`` each process
 takes a shard of every global batch (:mod:`rnnkit.tasks.distributed`), so the update equals the
 single-process one on the same global batch. :mod:`rnnkit.tasks.progress` shows the progress.
+
+Run directories: the default one (``runs/<task>-<model>-<time>``) is created exclusively, with
+``-2``, ``-3``, ... appended when a run started in the same second has it; a run holds an
+advisory lock on its directory (``flock``, released when the process ends, however it ends),
+so a second run into the same ``--out`` is refused while the first runs. A run that fails
+before its first checkpoint removes what it wrote (and the directory, if it created it).
 """
 
 from __future__ import annotations
@@ -66,7 +72,9 @@ class TrainConfig:
         deterministic: ``torch.use_deterministic_algorithms(True)`` and no cuDNN autotuning.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         amp: bfloat16 autocast on CUDA (ignored on CPU).
-        out: run directory (default ``runs/<task>-<model>-<time>``).
+        out: run directory (default ``runs/<task>-<model>-<time>``, created exclusively when
+            the run starts, with ``-2``, ``-3``, ... appended if taken; :attr:`Trainer.out`
+            then names the one used).
         resume: continue the run in ``out`` from its checkpoint.
         checkpoint_every: steps between checkpoints (default: at every evaluation).
         progress: progress bar (``None``: only when stderr is a terminal).
@@ -76,6 +84,10 @@ class TrainConfig:
         threads: torch CPU threads during the run (default 1 on CPU: the small per-step
             matrix products of recurrent models gain nothing from more, and lose a lot when
             other processes load the cores).
+
+    Out-of-range values (``threads=0``, ``patience=-1``, a NaN ``lr``, ...) are refused by
+    :class:`Trainer` with the command-line option named; a ``batch_size`` above the training
+    set is clamped to it and recorded in the results.
     """
 
     task: str = DEFAULT_TASK
@@ -215,6 +227,98 @@ def evaluate(
     return metrics
 
 
+# --- options and run directories -----------------------------------------------------------------
+
+#: the files a run writes atomically (their stale temporaries are removed)
+RUN_FILES = (ckpt.CHECKPOINT, "checkpoint.json", "metrics.jsonl", "final.json")
+
+
+def check_options(b: Budget, config: TrainConfig) -> None:
+    """Refuse out-of-range settings, naming the command-line option of each.
+
+    Values are checked at run time whatever their annotations say: the Python API passes
+    them through unchecked (``TrainConfig(threads=0)``, ``lr=float("nan")``).
+    """
+
+    def integer(v: object, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and math.isfinite(v) and v >= 0
+
+    ints: tuple[tuple[str, object, int, str], ...] = (
+        ("--steps", b.steps, 1, "a positive integer"),
+        ("--batch-size", b.batch_size, 1, "a positive integer"),
+        ("--eval-every", b.eval_every, 1, "a positive integer"),
+        ("--checkpoint-every", config.checkpoint_every, 1, "a positive integer"),
+        ("--threads", config.threads, 1, "a positive integer"),
+        ("--patience", b.patience, 0, "an integer >= 0 (0: never stop early)"),
+    )
+    for flag, v, low, what in ints:
+        if v is not None and not integer(v, low):
+            raise ValueError(f"{flag} must be {what}, got {v!r}")
+    floats: tuple[tuple[str, object, str], ...] = (
+        ("--lr", b.lr, ""),
+        ("--weight-decay", b.weight_decay, ""),
+        ("--clip", b.clip, " (0: no clipping)"),
+    )
+    for flag, x, note in floats:
+        if not number(x):
+            raise ValueError(f"{flag} must be a finite number >= 0{note}, got {x!r}")
+    if b.schedule not in ("constant", "cosine"):
+        raise ValueError(f"--schedule must be 'constant' or 'cosine', got {b.schedule!r}")
+
+
+def timestamp() -> str:
+    """Local time to the second, as in default run directory names (``20250131-235959``)."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _mkdirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the directories it created, outermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def make_run_dir(base: Path) -> tuple[Path, list[Path]]:
+    """Create ``base``, or ``base-2``, ``base-3``, ... if taken, exclusively.
+
+    Two processes started in the same second compute the same ``base``; ``mkdir`` fails for
+    all but one of them, so each gets a directory of its own. Returns the directory and the
+    directories created (outermost first).
+    """
+    created = _mkdirs(base.parent)
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path, [*created, path]
+    raise FileExistsError(f"{base} and 9998 numbered variants exist; choose --out")
+
+
+def lock_dir(path: Path) -> int | None:
+    """Take an exclusive advisory lock on directory ``path``; the open descriptor (close it
+    to release). Refuses (``ValueError``) a directory another run holds. The kernel drops
+    the lock when the process ends, however it ends, so a killed run leaves no stale lock.
+    ``None`` where ``flock`` does not exist (Windows): no lock there."""
+    if sys.platform == "win32":
+        return None
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"{path} is in use by another rnnkit train process; wait for it or choose another --out"
+        ) from None
+    return fd
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -255,10 +359,8 @@ class Trainer:
             if getattr(config, k) is not None
         }
         self.budget: Budget = replace(budget, **overrides)
+        check_options(self.budget, config)
         b = self.budget
-        if b.steps < 1 or b.batch_size < 1 or b.eval_every < 1:
-            raise ValueError("steps, batch size and eval_every must be positive")
-        lr_factor(b.schedule, 1, 1)  # validates the name
         self.config = config
         self.model_name = config.model or self.task.model
         self.model_config = dict(config.model_config)
@@ -271,6 +373,15 @@ class Trainer:
         self.dist = init_distributed(self.device)
         set_determinism(config.seed, config.deterministic)
         self.data: TaskData = data if data is not None else self.task.data(config.seed)
+        n_train = len(self.data.train)
+        if n_train < 1:
+            raise ValueError(f"task {self.task.name}: the training split is empty")
+        #: the batch size asked for, when it was above the training set and clamped to it
+        self.batch_size_asked: int | None = None
+        if b.batch_size > n_train:
+            # batch_indices never draws more than the set: say so and record what is used
+            self.batch_size_asked = b.batch_size
+            self.budget = b = replace(b, batch_size=n_train)
         if model is None:
             model = self.task.build_model(self.model_name, **self.model_config)
         self.model = model.to(self.device)
@@ -280,7 +391,11 @@ class Trainer:
         self.use_amp = bool(
             config.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
+        # the default directory gets a unique suffix when it is created (:meth:`_prepare_dir`)
         self.out = Path(config.out) if config.out else self._default_out()
+        self._lock: int | None = None
+        self._locked = False  # _prepare_dir got as far as the lock
+        self._created: list[Path] = []  # directories this run created (removed on failure)
         # training state (checkpointed)
         self.state = ckpt.RunState()
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -290,7 +405,11 @@ class Trainer:
             if config.out is None:
                 raise ValueError("--resume needs --out DIR (the run directory to continue)")
             self._load(path)
-        elif path.exists():
+        elif config.out is not None:  # the default directory is made unique instead
+            self._refuse_taken()
+
+    def _refuse_taken(self) -> None:
+        if (self.out / ckpt.CHECKPOINT).exists():
             raise ValueError(
                 f"{self.out} already holds a run (checkpoint.safetensors); "
                 "pass --resume to continue it or choose another --out"
@@ -314,7 +433,7 @@ class Trainer:
         }
 
     def _default_out(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = timestamp()
         cell = f"-{self.model_config['cell']}" if "cell" in self.model_config else ""
         return Path("runs") / f"{self.task.name}-{self.model_name}{cell}-{stamp}"
 
@@ -344,6 +463,7 @@ class Trainer:
             optimizer=self.optimizer,
             signature=self.signature(),
             device=self.device,
+            max_step=self.budget.steps,
         )
 
     # -- training ---------------------------------------------------------------------------------
@@ -420,12 +540,43 @@ class Trainer:
             st.stopped_early = True
 
     def _prepare_dir(self) -> None:
-        """Create the run directory; on resume, rewrite metrics.jsonl up to the checkpoint."""
+        """Create and lock the run directory; on resume, rewrite metrics.jsonl to the checkpoint.
+
+        The default directory is created exclusively (a unique suffix if taken); the lock
+        refuses a second run into the same directory while this one runs. Temporary files a
+        killed run left are removed.
+        """
         if not self.dist.main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.config.out is None:
+            self.out, created = make_run_dir(self.out)
+        else:
+            created = _mkdirs(self.out)
+        self._created = created
+        self._lock = lock_dir(self.out)
+        self._locked = True
+        if not self.config.resume:
+            self._refuse_taken()  # a run that finished meanwhile, into the same --out
+        ckpt.remove_stale_temporaries(self.out, RUN_FILES)
         lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
         ckpt.atomic_write_text(self.out / "metrics.jsonl", lines)
+
+    def _release(self, failed: bool) -> None:
+        """Unlock the run directory; after a failure before the first checkpoint, remove the
+        files this run wrote and the directories it created."""
+        if not self._locked:
+            return
+        try:
+            if failed and not self.config.resume and not (self.out / ckpt.CHECKPOINT).exists():
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+                ckpt.remove_stale_temporaries(self.out, RUN_FILES)
+                for d in reversed(self._created):
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)
+            self._lock, self._locked = None, False
 
     def iter_steps(self) -> Iterator[int]:
         """Steps still to run."""
@@ -434,9 +585,18 @@ class Trainer:
 
     def run(self) -> RunResult:
         """Train (or continue), evaluate on valid and test, write the results."""
+        failed = True
+        try:
+            self._prepare_dir()
+            result = self._run()
+            failed = False
+        finally:
+            self._release(failed)
+        return result
+
+    def _run(self) -> RunResult:
         st = self.state
         cfg, b = self.config, self.budget
-        self._prepare_dir()
         every = cfg.checkpoint_every or b.eval_every
         show = wanted(cfg.progress) and cfg.verbose and self.dist.main
         bar = Progress(b.steps, st.step, show)
@@ -451,6 +611,11 @@ class Trainer:
                 + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
                 + (f", resuming at step {st.step}" if st.step else "")
             )
+            if self.batch_size_asked is not None:
+                bar.write(
+                    f"rnnkit train: batch size {self.batch_size_asked} is above the "
+                    f"{b.batch_size} training examples: using {b.batch_size}"
+                )
         interrupted = False
         t0 = time.perf_counter()
         base = st.elapsed
@@ -499,6 +664,12 @@ class Trainer:
                 "backend": self.config.backend,
                 "device": str(self.device),
                 "world_size": self.dist.world,
+                "threads": torch.get_num_threads(),
+                **(
+                    {"batch_size_asked": self.batch_size_asked}
+                    if self.batch_size_asked is not None
+                    else {}
+                ),
             },
         )
         if self.dist.main and not interrupted:
