@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError, unknown_name
-from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority
+from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority, ProtocolGap
 
 if TYPE_CHECKING:
     from rnnkit.core.cell import Cell
@@ -34,6 +34,7 @@ __all__ = [
     "Kernel",
     "KernelCall",
     "Priority",
+    "ProtocolGap",
     "backend_names",
     "kernels_for",
     "rank_of",

@@ -51,7 +51,9 @@ def registered_cases(pattern: str | None = None) -> list[CellCase]:
 
 
 class CellConformance:
-    """Subclass in your tests and implement :meth:`make_cell`; one test per check."""
+    """Subclass in your tests and implement :meth:`make_cell`; one test per check (each
+    check's report, what it ran and skipped, appears in pytest's "rnnkit conformance"
+    summary)."""
 
     def make_cell(self) -> Cell[Any]:
         """A fresh cell to check (any dtype; the kit converts)."""
@@ -59,6 +61,9 @@ class CellConformance:
 
     def test_state_spec(self) -> None:
         checks.check_state_spec(self.make_cell)
+
+    def test_recur(self) -> None:
+        checks.check_recur(self.make_cell)
 
     def test_step_matches_forward(self) -> None:
         checks.check_step_matches_forward(self.make_cell)
@@ -71,6 +76,9 @@ class CellConformance:
 
     def test_backends(self) -> None:
         checks.check_backends(self.make_cell)
+
+    def test_nan_propagation(self) -> None:
+        checks.check_nan_propagation(self.make_cell)
 
     def test_compile(self) -> None:
         checks.check_compile(self.make_cell)
