@@ -44,17 +44,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "rnnkit_cell_case" not in metafunc.fixturenames:
         return
-    from rnnkit.core.plugins import get_host
     from rnnkit.core.testing.suite import registered_cases
 
     pattern: Any = metafunc.config.getoption("--rnnkit-cells")
-    cases = registered_cases(pattern)
-    if not cases and pattern is not None:
+    try:
         # An empty parametrization would skip every test: a typo would pass the suite.
-        raise pytest.UsageError(
-            f"--rnnkit-cells {pattern!r} matches no registered cell "
-            f"(registered: {', '.join(get_host().cells.names())})"
-        )
+        cases = registered_cases(pattern, strict=True)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--rnnkit-cells {exc}") from None
     metafunc.parametrize("rnnkit_cell_case", cases, ids=[c.id for c in cases])
 
 

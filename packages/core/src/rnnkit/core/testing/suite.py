@@ -36,17 +36,23 @@ class CellCase:
         return cls(**config)
 
 
-def registered_cases(pattern: str | None = None) -> list[CellCase]:
+def registered_cases(pattern: str | None = None, *, strict: bool = False) -> list[CellCase]:
     """A case for every registered cell and test configuration.
 
     ``pattern`` selects cells by name as ``rnnkit list cells PATTERN`` does (see
-    :mod:`rnnkit.core.listing`).
+    :mod:`rnnkit.core.listing`); with ``strict``, a pattern that selects no cell raises
+    ``ValueError`` naming the registered cells (a typo must not select nothing silently).
     """
     cases: list[CellCase] = []
-    for entry in get_host().cells:
+    cells = get_host().cells
+    for entry in cells:
         if not matches(entry.name, pattern):
             continue
         cases.extend(CellCase(entry.name, dict(cfg)) for cfg in entry.obj.test_configs)
+    if strict and pattern is not None and not cases:
+        raise ValueError(
+            f"{pattern!r} matches no registered cell (registered: {', '.join(cells.names())})"
+        )
     return cases
 
 
