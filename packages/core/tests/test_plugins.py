@@ -285,9 +285,13 @@ def test_unmarked_or_misspelled_hook_functions_warn_with_a_did_you_mean(
     def helper() -> None:  # an ordinary function: no warning
         pass
 
+    def register_cells() -> None:  # a helper without the prefix: no warning either
+        pass
+
     module.rnnkit_register_cells = rnnkit_register_cells  # type: ignore[attr-defined]
     module.rnnkti_register_models = rnnkti_register_models  # type: ignore[attr-defined]
     module.helper = helper  # type: ignore[attr-defined]
+    module.register_cells = register_cells  # type: ignore[attr-defined]
     with pytest.warns(PluginWarning) as record:
         host = PluginHost(plugins=[("quiet", module)])
     messages = [str(w.message) for w in record if "quiet" in str(w.message)]
@@ -297,7 +301,7 @@ def test_unmarked_or_misspelled_hook_functions_warn_with_a_did_you_mean(
         "'rnnkit_register_models'?)" in m
         for m in messages
     )
-    assert not any("helper" in m for m in messages)
+    assert not any("helper" in m or " register_cells" in m for m in messages)
     assert called == []
     info = host.plugins["quiet"]
     assert info.status == "warning" and len(info.warnings) == 2

@@ -90,10 +90,10 @@ def test_nan_in_gives_nan_out(backend: str, kind: str, device: str, dtype: torch
 
 
 @pytest.mark.parametrize("resets", [False, True], ids=["noresets", "resets"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "heads"), CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_pattern_of_outputs_and_every_gradient_is_the_reference_s(
-    backend: str, kind: str, resets: bool
+    backend: str, kind: str, heads: int, resets: bool
 ) -> None:
     """Stricter than the conformance kit's ``nan_propagation`` check, which compares where a NaN
     goes in the forward and only which examples' input gradients have one: a gated backend
@@ -101,7 +101,7 @@ def test_nan_pattern_of_outputs_and_every_gradient_is_the_reference_s(
     gradient (input, initial state, parameters) equals the reference loop's element for
     element, for a NaN in one input element and for one in each parameter, with resets too (a
     reset cuts the gradient off exactly, even a NaN one, as the loop's select does)."""
-    cell = make_cell(kind, 3, inputs=GATED_INPUT, hidden=GATED_HIDDEN).to(torch.float64)
+    cell = make_cell(kind, heads, inputs=GATED_INPUT, hidden=GATED_HIDDEN).to(torch.float64)
     p = make_problem(cell, batch=3, time=6, seed=5)
     x = p.x.clone()
     x[1, 2, 0] = float("nan")
@@ -130,4 +130,4 @@ def test_nan_pattern_of_outputs_and_every_gradient_is_the_reference_s(
             )
         runs += 1
     if runs == 0:
-        pytest.skip(f"{backend} cannot run {kind} in float64 here")
+        pytest.skip(f"{backend} cannot run {kind} with {heads} heads in float64 here")

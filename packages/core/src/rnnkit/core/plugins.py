@@ -28,7 +28,7 @@ import pluggy
 
 from rnnkit.core import dispatch, hookspecs
 from rnnkit.core.cell import Cell
-from rnnkit.core.kernel import Kernel
+from rnnkit.core.kernel import Kernel, KernelCall
 from rnnkit.core.registry import Entry, Origin, Registry
 
 ENTRY_POINT_GROUP = "rnnkit"
@@ -344,8 +344,12 @@ def _routines(obj: object) -> Iterator[tuple[str, object]]:
 
 
 def _did_you_mean(name: str) -> str:
-    """``"; did you mean 'rnnkit_register_cells'?"`` for a name close to a hook's, else ``""``."""
-    close = difflib.get_close_matches(name, hookspecs.HOOK_NAMES, n=1, cutoff=0.8)
+    """``" (did you mean 'rnnkit_register_cells'?)"`` for a name close to a hook's, else ``""``.
+
+    Close: a misspelling (``rnkit_register_cells``, ``rnnkti_register_models``); the cutoff
+    leaves out a helper named ``register_cells``, which only lacks the prefix.
+    """
+    close = difflib.get_close_matches(name, hookspecs.HOOK_NAMES, n=1, cutoff=0.85)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -370,7 +374,7 @@ def _guard_kernel(kernel: Kernel, origin: Origin) -> Kernel:
         except Exception as exc:
             return reason("available", exc)
 
-    def supports(call: Any) -> str | None:
+    def supports(call: KernelCall) -> str | None:
         try:
             return raw_supports(call)
         except Exception as exc:
