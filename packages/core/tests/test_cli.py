@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from rnnkit.core.cli import main
-from rnnkit.core.plugins import PluginHost, module_plugin, use_host
+from rnnkit.core.plugins import PluginHost, PluginWarning, module_plugin, use_host
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -77,7 +77,7 @@ def test_plugin_commands_are_added(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 3 and out == "hello rnn\n"
 
 
-def test_conflicting_plugins_make_a_clear_cli_error(
+def test_a_conflicting_plugin_is_skipped_and_the_cli_keeps_working(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dup = module_plugin(
@@ -86,11 +86,14 @@ def test_conflicting_plugins_make_a_clear_cli_error(
             "demo", help="x", configure=lambda p: None, run=lambda a: 0
         ),
     )
-    monkeypatch.setattr("rnnkit.core.cli.get_host", lambda: PluginHost(plugins=[("dup", dup)]))
-    code, _, err = run(capsys, "list", "cells")
-    assert code == 2
-    assert "command 'demo' is registered twice: by plugin core (rnnkit-core" in err
-    assert "by plugin dup" in err
+    with pytest.warns(PluginWarning, match=r"plugin dup was skipped"):
+        host = PluginHost(plugins=[("dup", dup)])
+    monkeypatch.setattr("rnnkit.core.cli.get_host", lambda: host)
+    code, out, _ = run(capsys, "list", "commands")
+    assert code == 0 and "demo" in out and "dup" not in out  # core's demo is kept
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert "command 'demo' is already registered by plugin core (rnnkit-core" in out
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,12 +7,20 @@ from typing import Any
 import pytest
 import torch
 
-from rnnkit.core import LSTM, Kernel, KernelCall
+from rnnkit.core import LSTM, Form, Kernel, KernelCall, ProtocolGap, StateField
 from rnnkit.core import _plugin as core_plugin
+from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.plugins import PluginHost, module_plugin, use_host
 from rnnkit.core.reference import reference_forward
 from rnnkit.core.testing import check_cell
-from rnnkit.core.testing.checks import check_backends, check_resets, check_step_matches_forward
+from rnnkit.core.testing.checks import (
+    check_backends,
+    check_compile,
+    check_nan_propagation,
+    check_recur,
+    check_resets,
+    check_step_matches_forward,
+)
 
 
 def _host(kernel: Kernel) -> PluginHost:
@@ -88,3 +96,194 @@ def test_checks_build_the_same_cell_whatever_ran_before() -> None:
     for (name, p), q in zip(first.named_parameters(), second.parameters(), strict=True):
         assert p.dtype == torch.float64, name
         assert torch.equal(p, q), name
+
+
+# --- what the kit checked (issue 14 item 16) ------------------------------------------------
+
+
+def test_a_check_reports_what_ran_and_what_was_skipped_and_why() -> None:
+    def never(call: KernelCall) -> str | None:
+        return "needs a quantum computer"
+
+    host = _host(Kernel("qpu", "lstm", reference_forward, supports=never))
+    with use_host(host):
+        report = check_backends(_make, dtypes=(torch.float64,))
+    assert report.check == "backends" and report.cell == "LSTM"
+    assert sorted(report.ran["reference"]) == sorted(
+        f"float64 cpu {s}{r}" for s in ("state", "no state") for r in ("", " resets")
+    )
+    assert report.skipped == {"qpu": {"needs a quantum computer": report.ran["reference"]}}
+    line = report.summary()
+    assert line.startswith("backends on LSTM: ran reference x4")
+    assert "skipped qpu x4 (needs a quantum computer)" in line
+
+
+def test_check_cell_returns_every_check_s_report() -> None:
+    reports = check_cell(_make, skip=("backends", "compile", "nan_propagation"))
+    assert [r.check for r in reports] == [
+        "state_spec", "recur", "step_matches_forward", "chunking", "resets", "empty_batch",
+        "bad_input",
+    ]  # fmt: skip
+    assert all(r.ran or r.notes for r in reports)
+
+
+class _JacobianLSTM(LSTM):
+    """Declares the diagonal-Jacobian form without implementing its protocol."""
+
+    forms = frozenset({Form.GATED, Form.DIAGONAL_JACOBIAN})
+
+
+def test_a_form_kernel_refusing_the_cell_for_a_missing_protocol_method_fails() -> None:
+    def gap(call: KernelCall) -> str | None:
+        return ProtocolGap(f"{type(call.cell).__name__} lacks jacobian_diag")
+
+    host = _host(Kernel("solver", "diagonal_jacobian", reference_forward, supports=gap))
+    make = lambda: _JacobianLSTM(input_size=5, hidden_size=6)  # noqa: E731
+    with (
+        use_host(host),
+        pytest.raises(
+            AssertionError,
+            match=r"backend solver \(its kernel for 'diagonal_jacobian'.*lacks jacobian_diag",
+        ),
+    ):
+        check_backends(make, dtypes=(torch.float64,))
+    # a plain reason only skips
+    plain = _host(Kernel("solver", "diagonal_jacobian", reference_forward, supports=str))
+    with use_host(plain):
+        report = check_backends(make, dtypes=(torch.float64,))
+    assert "solver" in report.skipped and "solver" not in report.ran
+
+
+class _TupleState(LSTM):
+    """recur returns a plain tuple instead of the state_type."""
+
+    def recur(self, px_t: torch.Tensor, state: Any) -> Any:
+        y, s = super().recur(px_t, state)
+        return y, tuple(s)
+
+
+class _WideC(LSTM):
+    """recur returns a c one unit too wide."""
+
+    def recur(self, px_t: torch.Tensor, state: Any) -> Any:
+        y, s = super().recur(px_t, state)
+        return y, s._replace(c=torch.cat([s.c, s.c[:, :1]], 1))
+
+
+def test_recur_s_state_is_checked_against_state_spec() -> None:
+    with pytest.raises(AssertionError, match=r"_TupleState.recur\(\) .* not the cell's state_type"):
+        check_recur(lambda: _TupleState(input_size=5, hidden_size=6))
+    with pytest.raises(
+        AssertionError, match=r"_WideC.recur\(\) .* state.c of shape \(3, 7\); state_spec says"
+    ):
+        check_recur(lambda: _WideC(input_size=5, hidden_size=6))
+    check_recur(_make)
+
+
+class _Decay(DiagonalLinearCell):
+    """``h_t = sigmoid(px_t) * h_{t-1} + px_t``; ``bad`` gives ``a`` an extra axis."""
+
+    kind = "decay_test"
+
+    def __init__(self, input_size: int, hidden_size: int, bad: bool = False) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = self.output_size = self.projected_size = hidden_size
+        self.weight = torch.nn.Parameter(torch.randn(hidden_size, input_size) / 3)
+        self.bad = bad
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,)),)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+    def coefficients(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.sigmoid(px)
+        return (a.unsqueeze(-2) if self.bad else a), px
+
+    def readout(self, h: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+def test_coefficients_must_broadcast_to_the_state() -> None:
+    report = check_recur(lambda: _Decay(5, 6))
+    assert "coefficients() broadcasts to the state" in report.notes
+    with pytest.raises(
+        AssertionError,
+        match=r"_Decay.coefficients\(\) of one step px \(3, 6\) returned a of shape \(3, 1, 6\), "
+        r"which does not broadcast to the state's shape \(3, 6\)",
+    ):
+        check_recur(lambda: _Decay(5, 6, bad=True))
+
+
+def test_compile_is_checked_with_inputs_that_do_not_require_grad() -> None:
+    def wrong_when_compiled_on_data(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        if torch.compiler.is_compiling() and not call.x.requires_grad:
+            y = y * 1.5
+        return y, s
+
+    host = _host(Kernel("odd", "lstm", wrong_when_compiled_on_data, priority=99))
+    with (
+        use_host(host),
+        pytest.raises(AssertionError, match=r"inputs do not require grad: y: relative RMS"),
+    ):
+        check_compile(_make)
+    report = check_compile(_make)
+    assert {c.split(" (")[0] for cs in report.ran.values() for c in cs} == {
+        "inputs require grad",
+        "inputs do not require grad",
+    }
+
+
+# --- NaN in, NaN out (issue 14 item 9) ----------------------------------------------------------
+
+
+def test_a_backend_that_turns_nan_into_numbers_is_caught() -> None:
+    def nan_to_num(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y.nan_to_num(), type(s)(*(t.nan_to_num() for t in s))
+
+    with (
+        use_host(_host(Kernel("tidy", "lstm", nan_to_num))),
+        pytest.raises(
+            AssertionError,
+            match=r"backend=tidy NaN in x\[1, 2, 0\].*y: 18 finite where the reference is NaN",
+        ),
+    ):
+        check_nan_propagation(_make)
+
+
+class _NanFreeGrad(torch.autograd.Function):
+    """Identity whose backward replaces NaN gradients by 0."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.nan_to_num(nan=0.0)
+
+
+def test_a_backend_whose_backward_loses_the_nan_is_caught() -> None:
+    def clean_backward(call: KernelCall) -> Any:
+        x = _NanFreeGrad.apply(call.x)
+        return reference_forward(KernelCall(call.cell, x, call.state, call.resets, True))
+
+    with (
+        use_host(_host(Kernel("clean", "lstm", clean_backward))),
+        pytest.raises(
+            AssertionError, match=r"grad x \(examples with a NaN\): 1 finite where the reference"
+        ),
+    ):
+        check_nan_propagation(_make)
+
+
+def test_the_nan_check_reports_each_case() -> None:
+    report = check_nan_propagation(_make)
+    cases = {c.rsplit(", ", 1)[0] for c in report.ran["reference"]}
+    assert cases == {f"NaN in {n}[0]" for n, _ in _make().named_parameters()} | {
+        "NaN in x[1, 2, 0]"
+    }

@@ -66,20 +66,172 @@ def test_every_hook_is_callable_and_records_what_it_registered() -> None:
     assert host.cells.get("c1").description == "a test cell"  # from the docstring
 
 
-def test_duplicate_name_is_an_error_naming_both_plugins() -> None:
-    with pytest.raises(PluginConflictError, match=r"cell 'twin'.*plugin first.*plugin second"):
-        PluginHost(
+def test_a_duplicate_name_skips_the_later_plugin_with_a_warning_naming_both() -> None:
+    def rnnkit_register_cells(register: RegisterCell) -> None:
+        register("own", MyLSTM)
+        register("twin", MyLSTM)
+
+    second = module_plugin("second", rnnkit_register_cells=rnnkit_register_cells)
+    with pytest.warns(
+        PluginWarning,
+        match=r"plugin second was skipped: conflict: cell 'twin' is already registered by "
+        r"plugin first",
+    ):
+        host = PluginHost(
             load_entry_points=False,
             plugins=[
                 ("first", _cells_plugin("first", "twin")),
-                ("second", _cells_plugin("second", "twin")),
+                ("second", second),
+                ("third", _cells_plugin("third", "other")),
             ],
         )
+    assert host.cells.get("twin").origin.plugin == "first"
+    assert host.plugins["second"].status == "broken"
+    assert "own" not in host.cells  # skipped whole: none of its registrations are kept
+    assert host.plugins["second"].registered == {}
+    assert host.plugins["third"].status == "ok" and "other" in host.cells
 
 
-def test_duplicate_of_a_builtin_name_is_an_error() -> None:
-    with pytest.raises(PluginConflictError, match=r"'lstm'.*core \(rnnkit-core"):
-        PluginHost(plugins=[("copycat", _cells_plugin("copycat", "lstm"))])
+def test_a_second_lstm_leaves_the_library_and_every_command_working(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rnnkit.core import create_cell
+    from rnnkit.core.cli import main
+
+    with pytest.warns(PluginWarning, match=r"'lstm' is already registered by plugin core \("):
+        host = PluginHost(plugins=[("copycat", _cells_plugin("copycat", "lstm"))])
+    with use_host(host):
+        assert type(create_cell("lstm", input_size=2, hidden_size=3)) is LSTM
+        assert main(["plugins"]) == 0
+        out = capsys.readouterr().out
+        assert "copycat" in out and "broken: conflict: cell 'lstm'" in out
+        assert main(["list", "cells"]) == 0
+        assert "lstm" in capsys.readouterr().out
+
+
+def test_registry_add_still_raises_on_a_duplicate() -> None:
+    """Programmatic registries keep refusing duplicates loudly; only the host skips."""
+    from rnnkit.core.registry import Entry, Origin, Registry
+
+    reg: Registry[int] = Registry("thing")
+    reg.add(Entry("a", 1, Origin("p1")))
+    with pytest.raises(PluginConflictError, match=r"thing 'a'.*plugin p1 and by plugin p2"):
+        reg.add(Entry("a", 2, Origin("p2")))
+
+
+def test_a_command_named_like_a_builtin_is_a_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnkit.core import cli
+    from rnnkit.core.plugins import BUILTIN_COMMANDS
+
+    assert set(cli.BUILTIN) == BUILTIN_COMMANDS
+    plugin = module_plugin(
+        "shadow",
+        rnnkit_register_commands=lambda register: register(
+            "list", help="my list", configure=lambda p: None, run=lambda a: 7
+        ),
+    )
+    with pytest.warns(PluginWarning, match="command 'list' is a built-in rnnkit command"):
+        host = PluginHost(plugins=[("shadow", plugin)])
+    assert host.plugins["shadow"].status == "broken"
+    assert "list" not in host.commands
+    with use_host(host):
+        assert cli.main(["plugins"]) == 0
+        row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("shadow"))
+        assert "commands: list" not in row and "broken" in row
+        assert cli.main(["list", "cells"]) == 0  # the built-in still runs
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [SystemExit(3), KeyboardInterrupt(), RuntimeError("import-time bug")],
+    ids=["sys.exit", "KeyboardInterrupt", "RuntimeError"],
+)
+@pytest.mark.parametrize("where", ["import", "hook"])
+def test_a_plugin_exiting_or_interrupting_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, failure: BaseException, where: str
+) -> None:
+    import importlib.metadata as md
+    import sys
+    import types
+
+    module = types.ModuleType("rnnkit_test_exiting_plugin")
+    if where == "hook":
+
+        def rnnkit_register_cells(register: RegisterCell) -> None:
+            raise failure
+
+        module.rnnkit_register_cells = hookimpl(rnnkit_register_cells)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    else:
+        finder = _RaisingFinder(module.__name__, failure)
+        monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    real = md.entry_points
+
+    def fake(**kw: Any) -> Any:
+        eps = list(real(**kw))
+        if kw.get("group") == "rnnkit":
+            eps.append(md.EntryPoint("exiting", module.__name__, "rnnkit"))
+        return eps
+
+    monkeypatch.setattr(md, "entry_points", fake)
+    with pytest.warns(
+        PluginWarning, match=r"plugin exiting was skipped: .*" + type(failure).__name__
+    ):
+        host = PluginHost()
+    assert host.plugins["exiting"].status == "broken"
+    assert host.plugins["core"].status == "ok" and "lstm" in host.cells
+
+
+class _RaisingFinder:
+    """A meta-path finder whose module raises ``failure`` when imported."""
+
+    def __init__(self, name: str, failure: BaseException) -> None:
+        self.name, self.failure = name, failure
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, self) if name == self.name else None
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        raise self.failure
+
+
+def test_a_kernel_whose_available_raises_is_skipped_naming_its_plugin() -> None:
+    def broken_available() -> str | None:
+        raise RuntimeError("driver probe crashed")
+
+    def broken_supports(call: Any) -> str | None:
+        raise KeyError("no such field")
+
+    def rnnkit_register_kernels(register: RegisterKernel) -> None:
+        register(
+            Kernel("flaky", "lstm", reference_forward, priority=99, available=broken_available)
+        )
+        register(Kernel("picky", "gru", reference_forward, priority=99, supports=broken_supports))
+
+    plugin = module_plugin("flakyplug", rnnkit_register_kernels=rnnkit_register_kernels)
+    host = PluginHost(plugins=[("flakyplug", plugin)])
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4)
+    with use_host(host):
+        from rnnkit.core import GRU, BackendUnavailableError
+
+        for cell, name, method in (
+            (LSTM(4, 5), "flaky", "available"),
+            (GRU(4, 5), "picky", "supports"),
+        ):
+            with pytest.warns(PluginWarning, match=rf"{method}\(\) of kernel {name}/.*flakyplug"):
+                y, _ = cell(x)  # auto passes over the broken kernel
+            assert torch.allclose(y, cell(x, backend="reference")[0])
+            with pytest.raises(
+                BackendUnavailableError,
+                match=rf"{method}\(\) of kernel {name}/\w+ \(plugin flakyplug\)",
+            ):
+                cell(x, backend=name)
 
 
 def test_plugin_raising_in_a_hook_is_reported_and_skipped_whole() -> None:
@@ -99,9 +251,69 @@ def test_plugin_raising_in_a_hook_is_reported_and_skipped_whole() -> None:
 
 def test_plugin_with_unknown_hook_is_skipped() -> None:
     bad = module_plugin("typo", rnnkit_register_cell=lambda register: None)
-    with pytest.warns(PluginWarning, match="unknown hook"):
+    with pytest.warns(
+        PluginWarning,
+        match="unknown hook.*rnnkit_register_cell \\(did you mean 'rnnkit_register_cells'",
+    ):
         host = PluginHost(load_entry_points=False, plugins=[("typo", bad)])
     assert host.plugins["typo"].status == "broken"
+
+
+def test_a_marked_hook_with_a_misspelled_prefix_is_an_unknown_hook() -> None:
+    bad = module_plugin("prefix", rnkit_register_cells=lambda register: None)
+    with pytest.warns(PluginWarning, match="unknown hook.*did you mean 'rnnkit_register_cells'"):
+        host = PluginHost(load_entry_points=False, plugins=[("prefix", bad)])
+    assert host.plugins["prefix"].status == "broken"
+
+
+def test_unmarked_or_misspelled_hook_functions_warn_with_a_did_you_mean(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import types
+
+    from rnnkit.core.cli import main
+
+    called = []
+    module = types.ModuleType("quiet")
+
+    def rnnkit_register_cells(register: RegisterCell) -> None:  # no @hookimpl
+        called.append("cells")
+
+    def rnnkti_register_models(register: Any) -> None:  # misspelled prefix, no marker
+        called.append("models")
+
+    def helper() -> None:  # an ordinary function: no warning
+        pass
+
+    def register_cells() -> None:  # a helper without the prefix: no warning either
+        pass
+
+    module.rnnkit_register_cells = rnnkit_register_cells  # type: ignore[attr-defined]
+    module.rnnkti_register_models = rnnkti_register_models  # type: ignore[attr-defined]
+    module.helper = helper  # type: ignore[attr-defined]
+    module.register_cells = register_cells  # type: ignore[attr-defined]
+    with pytest.warns(PluginWarning) as record:
+        host = PluginHost(plugins=[("quiet", module)])
+    messages = [str(w.message) for w in record if "quiet" in str(w.message)]
+    assert any("rnnkit_register_cells is not marked with @hookimpl" in m for m in messages)
+    assert any(
+        "rnnkti_register_models looks like a misspelled hook name (did you mean "
+        "'rnnkit_register_models'?)" in m
+        for m in messages
+    )
+    assert not any("helper" in m or " register_cells" in m for m in messages)
+    assert called == []
+    info = host.plugins["quiet"]
+    assert info.status == "warning" and len(info.warnings) == 2
+    with use_host(host):
+        assert main(["plugins"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("quiet"))
+    assert "warning: rnnkit_register_cells is not marked" in row
+
+
+def test_builtin_plugins_load_without_warnings() -> None:
+    host = PluginHost()
+    assert {n: i.warnings for n, i in host.plugins.items() if i.warnings} == {}
 
 
 def test_plugin_with_wrong_hook_arguments_is_skipped() -> None:

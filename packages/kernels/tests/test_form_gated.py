@@ -17,6 +17,9 @@ further.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 from _form_helpers import (
@@ -30,10 +33,12 @@ from _form_helpers import (
     check_backend,
     check_nan_propagates,
     gated_reference,
+    why_not,
 )
 from _gated_helpers import KINDS, make_cell
 
 from rnnkit.core.reference import reference_forward
+from rnnkit.core.testing.checks import Problem, make_problem, run_cell
 from rnnkit.kernels import gated
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
@@ -82,3 +87,47 @@ def test_backend_equals_reference(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_gives_nan_out(backend: str, kind: str, device: str, dtype: torch.dtype) -> None:
     check_nan_propagates(gated_reference(kind, 3).cell, backend, dtype, device)
+
+
+@pytest.mark.parametrize("resets", [False, True], ids=["noresets", "resets"])
+@pytest.mark.parametrize(("kind", "heads"), CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_pattern_of_outputs_and_every_gradient_is_the_reference_s(
+    backend: str, kind: str, heads: int, resets: bool
+) -> None:
+    """Stricter than the conformance kit's ``nan_propagation`` check, which compares where a NaN
+    goes in the forward and only which examples' input gradients have one: a gated backend
+    runs the loop's steps, so in float64 the NaN pattern of ``y``, the final state and every
+    gradient (input, initial state, parameters) equals the reference loop's element for
+    element, for a NaN in one input element and for one in each parameter, with resets too (a
+    reset cuts the gradient off exactly, even a NaN one, as the loop's select does)."""
+    cell = make_cell(kind, heads, inputs=GATED_INPUT, hidden=GATED_HIDDEN).to(torch.float64)
+    p = make_problem(cell, batch=3, time=6, seed=5)
+    x = p.x.clone()
+    x[1, 2, 0] = float("nan")
+    cases = [("NaN in x[1, 2, 0]", cell, dataclasses.replace(p, x=x))]
+    for name, param in cell.named_parameters():
+        poisoned = copy.deepcopy(cell)
+        with torch.no_grad():
+            poisoned.get_parameter(name)[(0,) * param.dim()] = float("nan")
+        cases.append((f"NaN in {name}[0]", poisoned, p))
+    runs = 0
+    problem: Problem
+    for case, poisoned, problem in cases:
+        state = cell.state_type._make(problem.state)
+        if why_not(poisoned, backend, problem.x, state, problem.resets, torch.float64) is not None:
+            continue
+        f64 = torch.float64
+        want = run_cell(poisoned, problem, backend="reference", dtype=f64, use_resets=resets)
+        got = run_cell(poisoned, problem, backend=backend, dtype=f64, use_resets=resets)
+        pairs = {"y": (got.y, want.y)}
+        pairs |= {f"state {i}": ab for i, ab in enumerate(zip(got.state, want.state, strict=True))}
+        pairs |= {f"grad {k}": (got.grads[k], want.grads[k]) for k in want.grads}
+        for name, (a, b) in pairs.items():
+            assert torch.equal(torch.isnan(a), torch.isnan(b)), (
+                f"{case}: {name}: {int(torch.isnan(a).sum())} NaN, the reference "
+                f"{int(torch.isnan(b).sum())}"
+            )
+        runs += 1
+    if runs == 0:
+        pytest.skip(f"{backend} cannot run {kind} with {heads} heads in float64 here")

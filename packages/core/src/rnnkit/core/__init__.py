@@ -17,7 +17,7 @@ from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman, GatedCell
 from rnnkit.core.errors import BackendUnavailableError, PluginConflictError, UnknownNameError
 from rnnkit.core.forms import Form
 from rnnkit.core.hookspecs import hookimpl
-from rnnkit.core.kernel import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.recurrent import Recurrent
 from rnnkit.core.state import StateField
 
@@ -39,6 +39,7 @@ __all__ = [
     "KernelCall",
     "PluginConflictError",
     "Priority",
+    "ProtocolGap",
     "Recurrent",
     "StateField",
     "UnknownNameError",

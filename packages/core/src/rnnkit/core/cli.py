@@ -107,7 +107,8 @@ def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
     rows = []
     for name, info in sorted(host.plugins.items()):
         what = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items()))
-        status = info.status if not info.error else f"{info.status}: {info.error}"
+        problems = "; ".join([info.error] if info.error else info.warnings)
+        status = f"{info.status}: {problems}" if problems else info.status
         rows.append(
             [name, info.origin.distribution or "-", info.origin.version or "-", status, what or "-"]
         )
@@ -151,6 +152,11 @@ def _cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
         print("broken plugins")
         for line in broken:
             print(f"  {line}")
+    warned = [f"{n}: {w}" for n, i in host.plugins.items() for w in i.warnings]
+    if warned:
+        print("plugin warnings")
+        for line in warned:
+            print(f"  {line}")
     return 0
 
 
@@ -192,9 +198,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     call.add_argument("--resets", action="store_true", help="the call passes a resets mask")
     sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
     sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
+    # The host refuses plugin commands named like these (plugins.BUILTIN_COMMANDS): a conflict.
     for entry in host.commands:
-        if entry.name in BUILTIN:
-            continue
         cp = sub.add_parser(entry.name, help=entry.obj.help, description=entry.obj.help)
         entry.obj.configure(cp)
     return parser

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError, unknown_name
-from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority
+from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.varlen import run_with_lengths
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "Kernel",
     "KernelCall",
     "Priority",
+    "ProtocolGap",
     "backend_names",
     "kernels_for",
     "rank_of",

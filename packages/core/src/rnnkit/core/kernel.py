@@ -88,6 +88,20 @@ class KernelCall:
     lengths: Tensor | None = None
 
 
+class ProtocolGap(str):
+    """A refusal reason (the value of ``Kernel.supports``) saying that the cell breaks the
+    contract of the form the kernel targets: it declares the form but lacks a method or base
+    class the form requires (``ProtocolGap("MyCell lacks jacobian_diag")``).
+
+    Dispatch treats it as any other reason (``auto`` passes over the kernel; a named backend
+    raises with it); the conformance kit fails on it, where a plain reason (a dtype, a head
+    size, no GPU) only skips the kernel: a cell that declares a form it does not implement
+    would otherwise lose the form's kernels without anyone noticing.
+    """
+
+    __slots__ = ()
+
+
 def _always_available() -> str | None:
     return None
 

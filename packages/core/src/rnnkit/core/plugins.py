@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import difflib
 import importlib.metadata as md
+import inspect
 import os
 import sys
 import traceback
@@ -25,15 +28,26 @@ import pluggy
 
 from rnnkit.core import dispatch, hookspecs
 from rnnkit.core.cell import Cell
-from rnnkit.core.kernel import Kernel
+from rnnkit.core.kernel import Kernel, KernelCall
 from rnnkit.core.registry import Entry, Origin, Registry
 
 ENTRY_POINT_GROUP = "rnnkit"
 DISABLE_ENV = "RNNKIT_DISABLE_PLUGINS"
 
+#: ``rnnkit`` subcommands of the core CLI itself: a plugin command with one of these names
+#: would never be reachable, so registering one is a conflict with the built-in.
+BUILTIN_COMMANDS: frozenset[str] = frozenset({"list", "plugins", "info"})
+
+#: What a plugin may raise while it is imported or while its hooks run, and still leave the
+#: other plugins working: ``SystemExit`` (a stray ``sys.exit``) and ``KeyboardInterrupt``
+#: included, which would otherwise end every ``rnnkit`` command and every library import.
+_PLUGIN_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+
 
 class PluginWarning(UserWarning):
-    """A plugin failed to load or register and was skipped."""
+    """A plugin failed to load or register and was skipped, or looks wrong (a hook function
+    without the ``hookimpl`` marker, a misspelled hook name, a kernel whose ``available()``
+    or ``supports()`` raised)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,12 @@ class PluginInfo:
     """What the host knows about one plugin: origin, status and what it registered."""
 
     origin: Origin
-    status: str = "ok"  # "ok", "broken" or "disabled"
+    #: ``"ok"``; ``"warning"``: loaded, but something looks wrong (see ``warnings``);
+    #: ``"broken"``: skipped whole (see ``error``); ``"disabled"``: not loaded on request.
+    status: str = "ok"
     error: str = ""
     registered: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _disabled_names() -> set[str]:
@@ -125,7 +142,7 @@ class PluginHost:
                 continue
             try:
                 found.append((ep.name, ep.load()))
-            except Exception as exc:  # a broken plugin must not take the others down
+            except _PLUGIN_FAILURES as exc:  # a broken plugin must not take the others down
                 self._mark_broken(ep.name, f"import failed: {exc!r}")
         return found
 
@@ -137,6 +154,16 @@ class PluginHost:
             f"rnnkit plugin {info.origin.describe()} was skipped: {error}",
             PluginWarning,
             stacklevel=3,
+        )
+
+    def _warn(self, name: str, message: str) -> None:
+        """Record a problem that does not stop plugin ``name`` from loading, and warn."""
+        info = self.plugins[name]
+        info.warnings.append(message)
+        if info.status == "ok":
+            info.status = "warning"
+        warnings.warn(
+            f"rnnkit plugin {info.origin.describe()}: {message}", PluginWarning, stacklevel=4
         )
 
     # --- registration -------------------------------------------------------------------
@@ -155,14 +182,41 @@ class PluginHost:
                 self.pm.unregister(obj)
                 self._mark_broken(name, f"implements unknown hook(s) {', '.join(unknown)}")
                 continue
+            for message in self._unmarked_hooks(obj):
+                self._warn(name, message)
             staged = self._collect(name)
             if staged is not None:
                 self._commit(name, staged)
 
-    @staticmethod
-    def _unknown_hooks(obj: object) -> list[str]:
-        names = [n for n in dir(obj) if n.startswith("rnnkit_")]
-        return [n for n in names if n not in hookspecs.HOOK_NAMES and callable(getattr(obj, n))]
+    def _unknown_hooks(self, obj: object) -> list[str]:
+        """``rnnkit_*`` functions that are no hook, and marked functions of any name that are
+        none (a misspelled prefix), each with the closest hook name when there is one."""
+        out = []
+        for attr, _ in _routines(obj):
+            if attr in hookspecs.HOOK_NAMES:
+                continue
+            if attr.startswith("rnnkit_") or self._is_marked(obj, attr):
+                out.append(attr + _did_you_mean(attr))
+        return out
+
+    def _unmarked_hooks(self, obj: object) -> list[str]:
+        """Warnings for functions that look like hooks but were not registered as ones: a hook
+        name without the ``hookimpl`` marker, or a name close to a hook's (a misspelling)."""
+        out = []
+        for attr, _ in _routines(obj):
+            if self._is_marked(obj, attr):
+                continue
+            if attr in hookspecs.HOOK_NAMES:
+                out.append(
+                    f"{attr} is not marked with @hookimpl (from rnnkit.core import hookimpl), "
+                    "so it was not called"
+                )
+            elif not attr.startswith("rnnkit_") and (hint := _did_you_mean(attr)):
+                out.append(f"{attr} looks like a misspelled hook name{hint}; it was not called")
+        return out
+
+    def _is_marked(self, obj: object, attr: str) -> bool:
+        return self.pm.parse_hookimpl_opts(obj, attr) is not None
 
     def _collect(self, plugin: str) -> list[tuple[str, Entry[Any]]] | None:
         """Run all hooks of one plugin; return its registrations, or None if it failed."""
@@ -187,7 +241,8 @@ class PluginHost:
             if not isinstance(k, Kernel):
                 raise TypeError(f"register() expects a rnnkit.core.Kernel, got {k!r}")
             _check_name("backend", k.backend)
-            staged.append(("kernels", Entry(k.key, k, origin, k.description)))
+            guarded = _guard_kernel(k, origin)
+            staged.append(("kernels", Entry(k.key, guarded, origin, k.description)))
 
         def model(name: str, builder: Callable[..., Any], *, description: str = "") -> None:
             _check_name("model", name)
@@ -227,7 +282,7 @@ class PluginHost:
                     continue
                 try:
                     impl.function(register=callbacks[hook_name])
-                except Exception as exc:
+                except _PLUGIN_FAILURES as exc:
                     tb = traceback.extract_tb(exc.__traceback__)[-1]
                     self._mark_broken(
                         plugin, f"{hook_name} raised {exc!r} ({tb.filename}:{tb.lineno})"
@@ -236,10 +291,36 @@ class PluginHost:
         return staged
 
     def _commit(self, plugin: str, staged: list[tuple[str, Entry[Any]]]) -> None:
+        """Add a plugin's registrations, or none of them if one conflicts: a name registered
+        before (by another plugin, or twice by this one) or a built-in command's name. The
+        plugin loaded first keeps the name; the later one is skipped with a warning naming
+        both, and every other plugin keeps working."""
         info = self.plugins[plugin]
+        conflicts: list[str] = []
+        mine: dict[tuple[str, str], Entry[Any]] = {}
         for registry_name, entry in staged:
             registry: Registry[Any] = getattr(self, registry_name)
-            registry.add(entry)  # raises PluginConflictError naming both plugins
+            what = f"{registry.kind} {entry.name!r}"
+            if registry_name == "commands" and entry.name in BUILTIN_COMMANDS:
+                conflicts.append(f"{what} is a built-in rnnkit command")
+            elif entry.name in registry:
+                first = registry.get(entry.name).origin.describe()
+                conflicts.append(f"{what} is already registered by plugin {first}")
+            elif (registry_name, entry.name) in mine:
+                conflicts.append(f"{what} is registered twice by this plugin")
+            mine[(registry_name, entry.name)] = entry
+        if conflicts:
+            self._mark_broken(
+                plugin,
+                "conflict: "
+                + "; ".join(conflicts)
+                + " (uninstall one of the two, or skip one with "
+                + f"{DISABLE_ENV}={info.origin.plugin})",
+            )
+            return
+        for registry_name, entry in staged:
+            registry = getattr(self, registry_name)
+            registry.add(entry)
             info.registered.setdefault(registry_name, []).append(entry.name)
 
 
@@ -250,6 +331,56 @@ def _check_name(kind: str, name: object) -> None:
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n", 1)[0]
+
+
+def _routines(obj: object) -> Iterator[tuple[str, object]]:
+    """The public functions (or methods) of a plugin module or object, by attribute name."""
+    for attr in dir(obj):
+        if attr.startswith("_"):
+            continue
+        value = inspect.getattr_static(obj, attr, None)
+        if inspect.isroutine(value) or isinstance(value, (staticmethod, classmethod)):
+            yield attr, value
+
+
+def _did_you_mean(name: str) -> str:
+    """``" (did you mean 'rnnkit_register_cells'?)"`` for a name close to a hook's, else ``""``.
+
+    Close: a misspelling (``rnkit_register_cells``, ``rnnkti_register_models``); the cutoff
+    leaves out a helper named ``register_cells``, which only lacks the prefix.
+    """
+    close = difflib.get_close_matches(name, hookspecs.HOOK_NAMES, n=1, cutoff=0.85)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _guard_kernel(kernel: Kernel, origin: Origin) -> Kernel:
+    """``kernel`` with ``available`` and ``supports`` that never raise: an exception becomes
+    the reason the kernel cannot run, naming the kernel, its plugin and the exception (and a
+    :class:`PluginWarning`, once per kernel and method). Without this, one plugin's broken
+    check would break every ``forward`` that dispatch considers its kernel for."""
+    raw_available, raw_supports = kernel.available, kernel.supports
+    warned: set[str] = set()
+
+    def reason(method: str, exc: BaseException) -> str:
+        text = f"{method}() of kernel {kernel.key} (plugin {origin.describe()}) raised {exc!r}"
+        if method not in warned:
+            warned.add(method)
+            warnings.warn(text, PluginWarning, stacklevel=4)
+        return text
+
+    def available() -> str | None:
+        try:
+            return raw_available()
+        except Exception as exc:
+            return reason("available", exc)
+
+    def supports(call: KernelCall) -> str | None:
+        try:
+            return raw_supports(call)
+        except Exception as exc:
+            return reason("supports", exc)
+
+    return dataclasses.replace(kernel, available=available, supports=supports)
 
 
 _HOST: PluginHost | None = None

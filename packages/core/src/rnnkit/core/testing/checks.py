@@ -1,26 +1,38 @@
 """The conformance checks (docs/cell-abi.md, section 6) as plain functions raising AssertionError.
 
 Every check takes a zero-argument factory returning a fresh cell in float64 on the CPU and
-builds the copies it needs (other dtypes, devices) itself. Inputs are small odd shapes.
+builds the copies it needs (other dtypes, devices) itself. Inputs are small odd shapes. Every
+check returns a :class:`~rnnkit.core.testing.report.CheckReport` saying which backends ran
+which configurations and which were skipped and why, and publishes it to the ``rnnkit`` pytest
+plugin when it runs inside a test (see :mod:`rnnkit.core.testing.report`).
+
+A backend that refuses a configuration with a plain reason (a dtype, a device, no GPU) is
+skipped and the reason reported; one that refuses the cell with a
+:class:`~rnnkit.core.kernel.ProtocolGap` (the cell declares the kernel's form but lacks a
+method the form requires) fails the check.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
 from torch import Tensor
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.dispatch import KernelCall, kernels_for
+from rnnkit.core.dispatch import KernelCall, kernels_for, select
+from rnnkit.core.forms import Form
+from rnnkit.core.kernel import ProtocolGap
 from rnnkit.core.testing.lengths import LENGTHS, check_lengths_on
 from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
+from rnnkit.core.testing.report import CheckReport, publish
 
 CellFactory = Callable[[], Cell[Any]]
 
@@ -96,21 +108,26 @@ def run_cell(
     use_state: bool = True,
     use_resets: bool = False,
     compile_backend: str | None = None,
+    grad: Literal["all", "params"] = "all",
 ) -> RunResult:
     """Run forward and backward in ``dtype`` on ``device``; gradients are returned in float64.
 
     With ``compile_backend``, the cell is run through ``torch.compile(cell, backend=...)``.
+    ``grad`` says what requires grad: ``"all"`` (input, initial state and parameters) or
+    ``"params"`` (parameters only: the input and state are plain tensors, whose gradients are
+    then reported as zeros).
     """
     cell = copy.deepcopy(cell).to(device=device, dtype=dtype)
     fn: Callable[..., Any] = cell
     if compile_backend is not None:
         torch._dynamo.reset()
         fn = torch.compile(cell, backend=compile_backend)
-    x = _leaf(p.x.to(device=device, dtype=dtype))
+    leaf = _leaf if grad == "all" else _plain
+    x = leaf(p.x.to(device=device, dtype=dtype))
     state = None
     if use_state:
         state = cell.state_type._make(
-            _leaf(s.to(device=device, dtype=_state_dtype(s, dtype))) for s in p.state
+            leaf(s.to(device=device, dtype=_state_dtype(s, dtype))) for s in p.state
         )
     resets = p.resets.to(device) if use_resets else None
     y, final = fn(x, state, backend=backend, resets=resets)
@@ -151,10 +168,51 @@ def _leaf(t: Tensor) -> Tensor:
     return t.detach().clone().requires_grad_(True)
 
 
+def _plain(t: Tensor) -> Tensor:
+    """A fresh copy that does not require grad."""
+    return t.detach().clone()
+
+
 def _grad(t: Tensor) -> Tensor:
     if t.grad is None:
         return _as_real(torch.zeros_like(t)).cpu()
     return _as_real(t.grad.detach()).cpu()
+
+
+def _config(
+    dtype: torch.dtype, device: str, use_state: bool | None = None, use_resets: bool = False
+) -> str:
+    """A configuration's label for reports: ``"float32 cpu state resets"``."""
+    words = [str(dtype).removeprefix("torch."), device]
+    if use_state is not None:
+        words.append("state" if use_state else "no state")
+    if use_resets:
+        words.append("resets")
+    return " ".join(words)
+
+
+def _kernel_reasons(cell: Cell[Any], call: KernelCall) -> Iterator[tuple[str, str | None]]:
+    """``(backend, why it cannot run call or None)`` for every kernel targeting ``cell``.
+
+    Raises AssertionError when a kernel refuses the cell with a :class:`ProtocolGap`: the cell
+    declares the kernel's form but does not implement it, so skipping would hide the gap.
+    """
+    for kernel in kernels_for(cell):
+        reason = kernel.why_not(call)
+        if isinstance(reason, ProtocolGap):
+            raise AssertionError(
+                f"backend {kernel.backend} (its kernel for {kernel.target!r}, a form "
+                f"{type(cell).__name__} declares) refuses the cell for a missing part of the "
+                f"form's protocol: {reason}"
+            )
+        yield kernel.backend, reason
+
+
+def _auto_backend(
+    cell: Cell[Any], x: Tensor, state: Any, resets: Tensor | None, needs_grad: bool
+) -> str:
+    """The backend ``backend="auto"`` picks for this call (for reports)."""
+    return select(KernelCall(cell, x, state, resets, needs_grad), "auto").backend
 
 
 def _errors(got: RunResult, want: RunResult, fields: tuple[str, ...]) -> dict[str, float]:
@@ -192,9 +250,10 @@ LOW_PRECISION_SLACK = 2.0
 # --- the checks ------------------------------------------------------------------------------
 
 
-def check_state_spec(make: CellFactory) -> None:
+def check_state_spec(make: CellFactory) -> CheckReport:
     """``state_spec`` matches ``state_type`` and ``init_state`` (names, shapes, dtypes)."""
     cell = _f64(make)
+    report = CheckReport("state_spec", type(cell).__name__)
     spec = cell.state_spec()
     assert tuple(f.name for f in spec) == tuple(cell.state_type._fields), (
         f"state_spec names {[f.name for f in spec]} != state_type fields {cell.state_type._fields}"
@@ -211,11 +270,81 @@ def check_state_spec(make: CellFactory) -> None:
     assert tuple(y.shape) == (4, 2, cell.output_size), f"y has shape {tuple(y.shape)}"
     assert isinstance(final, cell.state_type), f"forward returned state {type(final).__name__}"
     assert tuple(cell.project(x).shape) == (4, 2, cell.projected_size), "project() width"
+    report.add_run("reference", _config(torch.float64, "cpu"))
+    return publish(report)
 
 
-def check_step_matches_forward(make: CellFactory) -> None:
+def check_recur(make: CellFactory) -> CheckReport:
+    """``recur(px_t, state)`` returns ``(y_t: (B, output_size), state)`` with the state an
+    instance of ``state_type`` whose fields have ``state_spec``'s shapes and dtypes, from the
+    initial state and from a state reached by running the cell. For a cell of the diagonal
+    linear form, ``coefficients(px)`` returns ``a`` and ``b`` that broadcast to the state's
+    shape, for one step ``(B, projected_size)`` and for a sequence ``(B, T, projected_size)``.
+    """
+    cell = _f64(make)
+    report = CheckReport("recur", type(cell).__name__)
+    spec = cell.state_spec()
+    name = type(cell).__name__
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, TIME, cell.input_size, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        px = cell.project(x)
+        # coefficients first: a wrong broadcast there shows up in recur as a wrong shape
+        coefficients = getattr(cell, "coefficients", None)
+        if Form.DIAGONAL_LINEAR in cell.forms and callable(coefficients):
+            h = spec[0].full_shape(BATCH)
+            inputs = {"one step": (px[:, 0], h), "a sequence": (px, (BATCH, TIME, *h[1:]))}
+            for label, (px_in, target) in inputs.items():
+                for coef, t in zip("ab", coefficients(px_in), strict=True):
+                    assert _broadcasts_to(tuple(t.shape), target), (
+                        f"{name}.coefficients() of {label} px {tuple(px_in.shape)} returned "
+                        f"{coef} of shape {tuple(t.shape)}, which does not broadcast to the "
+                        f"state's shape {target}"
+                    )
+            report.notes.append("coefficients() broadcasts to the state")
+        # from init_state first: reaching another state runs recur (make_problem)
+        for label in ("init_state", "a reached state"):
+            if label == "init_state":
+                start: Any = cell.init_state(BATCH)
+            else:
+                start = cell.state_type._make(make_problem(cell).state)
+            out: Any = cell.recur(px[:, 0], start)
+            where = f"{name}.recur() from {label}"
+            assert isinstance(out, tuple) and len(out) == 2, f"{where} must return (y_t, state)"
+            y_t, state = out
+            assert tuple(y_t.shape) == (BATCH, cell.output_size), (
+                f"{where} returned y_t of shape {tuple(y_t.shape)}, expected "
+                f"{(BATCH, cell.output_size)} (batch, output_size)"
+            )
+            assert isinstance(state, cell.state_type), (
+                f"{where} returned a state of type {type(state).__name__}, not the cell's "
+                f"state_type {cell.state_type.__name__}"
+            )
+            for field, value in zip(spec, state, strict=True):
+                want_shape, want_dtype = field.full_shape(BATCH), field.resolve_dtype(torch.float64)
+                assert tuple(value.shape) == want_shape, (
+                    f"{where} returned state.{field.name} of shape {tuple(value.shape)}; "
+                    f"state_spec says {want_shape}"
+                )
+                assert value.dtype == want_dtype, (
+                    f"{where} returned state.{field.name} of dtype {value.dtype}; state_spec "
+                    f"says {want_dtype}"
+                )
+        report.add_run("recur", _config(torch.float64, "cpu"))
+    return publish(report)
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` (and leaves it unchanged)."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False))
+
+
+def check_step_matches_forward(make: CellFactory) -> CheckReport:
     """Stepping with ``step`` gives the outputs and final state of ``forward``."""
     cell = _f64(make)
+    report = CheckReport("step_matches_forward", type(cell).__name__)
     p = make_problem(cell)
     with torch.no_grad():
         y, final = cell(p.x, cell.state_type._make(p.state), backend="reference")
@@ -227,11 +356,14 @@ def check_step_matches_forward(make: CellFactory) -> None:
     assert_close("step vs forward: y", torch.stack(ys, 1), y, tolerance(torch.float64))
     for name, a, b in zip(final._fields, state, final, strict=True):
         assert_close(f"step vs forward: state.{name}", a, b, tolerance(torch.float64))
+    report.add_run("reference", _config(torch.float64, "cpu", True))
+    return publish(report)
 
 
-def check_chunking(make: CellFactory) -> None:
+def check_chunking(make: CellFactory) -> CheckReport:
     """A sequence cut in chunks, with the state carried across, equals the whole sequence."""
     cell = _f64(make)
+    report = CheckReport("chunking", type(cell).__name__)
     p = make_problem(cell)
     with torch.no_grad():
         y, final = cell(p.x, cell.state_type._make(p.state))
@@ -244,11 +376,15 @@ def check_chunking(make: CellFactory) -> None:
     assert_close("chunked vs whole: y", torch.cat(parts, 1), y, tol)
     for name, a, b in zip(final._fields, state, final, strict=True):
         assert_close(f"chunked vs whole: state.{name}", a, b, tol)
+    auto = _auto_backend(cell, p.x, cell.state_type._make(p.state), None, False)
+    report.add_run(auto, _config(torch.float64, "cpu", True) + " (auto)")
+    return publish(report)
 
 
-def check_resets(make: CellFactory) -> None:
+def check_resets(make: CellFactory) -> CheckReport:
     """``resets`` restart the state: equal to running each episode on its own from init."""
     cell = _f64(make)
+    report = CheckReport("resets", type(cell).__name__)
     p = make_problem(cell)
     tol = tolerance(torch.float64)
     with torch.no_grad():
@@ -270,6 +406,9 @@ def check_resets(make: CellFactory) -> None:
             p.x, cell.state_type._make(p.state), resets=torch.zeros(BATCH, TIME, dtype=torch.bool)
         )
     assert_close("all-false resets vs none", y1, y0, tol)
+    auto = _auto_backend(cell, p.x, cell.state_type._make(p.state), p.resets, False)
+    report.add_run(auto, _config(torch.float64, "cpu", True, True) + " (auto)")
+    return publish(report)
 
 
 def devices() -> list[str]:
@@ -277,29 +416,30 @@ def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
-def _runnable_backends(
+def _backend_reasons(
     cell: Cell[Any], p: Problem, device: str, dtype: torch.dtype, use_state: bool, use_resets: bool
-) -> Iterator[str]:
-    """Backends whose kernel can run this exact configuration (device, dtype, state, resets)."""
+) -> Iterator[tuple[str, str | None]]:
+    """``(backend, why it cannot run this exact configuration or None)`` for every backend of
+    the cell (device, dtype, state, resets); a :class:`ProtocolGap` fails (see
+    :func:`_kernel_reasons`)."""
     probe = copy.deepcopy(cell).to(device=device, dtype=dtype)
     x = p.x.to(device=device, dtype=dtype)
     state = tuple(s.to(device=device, dtype=dtype) for s in p.state) if use_state else None
     resets = p.resets.to(device) if use_resets else None
     call = KernelCall(probe, x, state, resets, needs_grad=True)
-    for kernel in kernels_for(probe):
-        if kernel.why_not(call) is None:
-            yield kernel.backend
+    yield from _kernel_reasons(probe, call)
 
 
 def check_backends(
     make: CellFactory,
     dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.bfloat16),
-) -> None:
+) -> CheckReport:
     """Every backend that can run the cell equals ``reference`` (run in float64) in value and in
     every gradient, within the dtype's tolerance, with and without initial state and resets,
     on every device present. In 16-bit dtypes the bound is the larger of the tolerance and
     ``LOW_PRECISION_SLACK`` times the reference loop's own error in that dtype."""
     cell = _f64(make)
+    report = CheckReport("backends", type(cell).__name__)
     p = make_problem(cell)
     fields = tuple(cell.state_type._fields)
     for use_state in (True, False):
@@ -325,9 +465,13 @@ def check_backends(
                         floor = _errors(ref, want, fields)
                         bad = {k: e for k, e in floor.items() if not e < 0.5}
                         assert not bad, f"reference loop in {dtype} on {device} is off: {bad}"
-                    for backend in _runnable_backends(
+                    config = _config(dtype, device, use_state, use_resets)
+                    for backend, reason in _backend_reasons(
                         cell, p, device, dtype, use_state, use_resets
                     ):
+                        if reason is not None:
+                            report.add_skip(backend, reason, config)
+                            continue
                         label = (
                             f"backend={backend} {dtype} {device} state={use_state} "
                             f"resets={use_resets}"
@@ -342,39 +486,163 @@ def check_backends(
                             use_resets=use_resets,
                         )
                         _compare(label, got, want, tolerance(dtype), fields, floor)
+                        report.add_run(backend, config)
+    return publish(report)
 
 
-def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> None:
-    """``torch.compile`` (default: the ``aot_eager`` compiler, which traces with dynamo and
-    AOTAutograd without code generation) does not change outputs or gradients."""
-    cell = _f64(make)
-    p = make_problem(cell, time=4)
-    want = run_cell(cell, p, backend="auto", dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dynamo's graph-break notices are not failures
-        got = run_cell(
-            cell, p, backend="auto", dtype=torch.float64, compile_backend=compile_backend
+#: Sequence length of :func:`check_nan_propagation` (the NaN goes in at step 2).
+NAN_TIME = 5
+#: Where :func:`check_nan_propagation` puts the NaN of its input case: ``x[1, 2, 0]``.
+NAN_AT = (1, 2, 0)
+
+
+def _nan_cases(cell: Cell[Any], p: Problem) -> Iterator[tuple[str, Cell[Any], Problem]]:
+    """``(label, cell, problem)``: a NaN in one input element, then one in the first element of
+    each parameter in turn (each in a copy of the cell)."""
+    x = p.x.clone()
+    x[NAN_AT] = float("nan")
+    yield f"NaN in x{list(NAN_AT)}", cell, dataclasses.replace(p, x=x)
+    for name, param in cell.named_parameters():
+        if param.numel() == 0:
+            continue
+        poisoned = copy.deepcopy(cell)
+        with torch.no_grad():
+            poisoned.get_parameter(name)[(0,) * param.dim()] = float("nan")
+        yield f"NaN in {name}[0]", poisoned, p
+
+
+def _nan_mismatch(name: str, g: Tensor, w: Tensor) -> str | None:
+    """Why the NaN mask ``g`` (bool, the backend's) is not ``w`` (the reference's), or
+    ``None`` when they are equal."""
+    if torch.equal(g, w):
+        return None
+    lost, extra = w & ~g, g & ~w
+    parts = []
+    if lost.any():
+        first = tuple(int(i) for i in lost.nonzero()[0])
+        parts.append(f"{int(lost.sum())} finite where the reference is NaN (first at {first})")
+    if extra.any():
+        first = tuple(int(i) for i in extra.nonzero()[0])
+        parts.append(f"{int(extra.sum())} NaN where the reference is finite (first at {first})")
+    return f"{name}: " + " and ".join(parts)
+
+
+def _compare_nan(label: str, got: RunResult, want: RunResult, fields: tuple[str, ...]) -> None:
+    """Assert the NaN requirements of :func:`check_nan_propagation`."""
+    problems = [_nan_mismatch("y", torch.isnan(got.y), torch.isnan(want.y))]
+    for field, a, b in zip(fields, got.state, want.state, strict=True):
+        problems.append(_nan_mismatch(f"final state.{field}", torch.isnan(a), torch.isnan(b)))
+    # The gradient of x, per example: which examples have a NaN somewhere.
+    gx, wx = (torch.isnan(r.grads["x"]).flatten(1).any(1) for r in (got, want))
+    problems.append(_nan_mismatch("grad x (examples with a NaN)", gx, wx))
+    want_nan = sorted(k for k, g in want.grads.items() if torch.isnan(g).any())
+    got_nan = sorted(k for k, g in got.grads.items() if torch.isnan(g).any())
+    if want_nan and not got_nan:
+        problems.append(
+            f"every gradient is finite, but the reference has NaN in {', '.join(want_nan)}"
         )
-    _compare(
-        f"torch.compile({compile_backend})",
-        got,
-        want,
-        tolerance(torch.float64),
-        tuple(cell.state_type._fields),
-    )
+    bad = [m for m in problems if m is not None]
+    assert not bad, f"{label}: NaN propagation differs from the reference loop: " + "; ".join(bad)
 
 
-def check_empty_batch(make: CellFactory) -> None:
+def check_nan_propagation(make: CellFactory) -> CheckReport:
+    """NaN in gives NaN out on every backend that can run the cell, as on the ``reference``
+    loop (float64, with an initial state, no resets, ``T = 5``), for a NaN in one input element
+    ``x[1, 2, 0]`` and, separately, in the first element of each parameter:
+
+    - ``y`` and every final state field are NaN exactly where the reference's are (a lost NaN
+      makes a diverged run look healthy; an extra one is a NaN leaking across examples or
+      backwards in time);
+    - the gradient of ``x`` has a NaN in exactly the examples where the reference's has one;
+    - if any gradient of the reference (``x``, initial state, parameters) has a NaN, some
+      gradient of the backend has one.
+
+    Where a NaN spreads *within* a gradient is not compared: a backward that multiplies
+    different intermediate values than the loop's (a chunked or parallel algorithm) spreads it
+    differently, since ``0 * NaN`` is NaN, while computing the same finite gradients. Resets
+    are not used: whether a NaN crosses a reset is an implementation's choice too (a select
+    stops it, a scan's product ``0 * h`` carries it), see docs/cell-abi.md section 6.
+    """
+    cell = _f64(make)
+    report = CheckReport("nan_propagation", type(cell).__name__)
+    p = make_problem(cell, time=NAN_TIME)
+    fields = tuple(cell.state_type._fields)
+    for case, poisoned, problem in _nan_cases(cell, p):
+        want = run_cell(poisoned, problem, backend="reference", dtype=torch.float64)
+        for device in devices():
+            config = f"{case}, {_config(torch.float64, device)}"
+            for backend, reason in _backend_reasons(
+                poisoned, problem, device, torch.float64, True, False
+            ):
+                if reason is not None:
+                    report.add_skip(backend, reason, config)
+                    continue
+                with warnings.catch_warnings():
+                    # a solver that does not converge on NaN may warn before falling back
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    got = run_cell(
+                        poisoned, problem, backend=backend, dtype=torch.float64, device=device
+                    )
+                _compare_nan(f"backend={backend} {config}", got, want, fields)
+                report.add_run(backend, config)
+    return publish(report)
+
+
+#: What requires grad in each run of :func:`check_compile`: everything, or the parameters only
+#: (a training call on data, whose input and initial state do not require grad).
+COMPILE_VARIANTS: dict[str, Literal["all", "params"]] = {
+    "inputs require grad": "all",
+    "inputs do not require grad": "params",
+}
+
+
+def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> CheckReport:
+    """``torch.compile`` (default: the ``aot_eager`` compiler, which traces with dynamo and
+    AOTAutograd without code generation) does not change outputs or gradients: with the input
+    and initial state requiring grad, with only the parameters requiring grad (the common
+    training call: data does not require grad)."""
+    cell = _f64(make)
+    report = CheckReport("compile", type(cell).__name__)
+    p = make_problem(cell, time=4)
+    state = cell.state_type._make(p.state)
+    for variant, grad in COMPILE_VARIANTS.items():
+        want = run_cell(cell, p, backend="auto", dtype=torch.float64, grad=grad)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dynamo's graph-break notices are not failures
+            got = run_cell(
+                cell,
+                p,
+                backend="auto",
+                dtype=torch.float64,
+                compile_backend=compile_backend,
+                grad=grad,
+            )
+        _compare(
+            f"torch.compile({compile_backend}), {variant}",
+            got,
+            want,
+            tolerance(torch.float64),
+            tuple(cell.state_type._fields),
+        )
+        auto = _auto_backend(cell, p.x, state, None, needs_grad=True)
+        report.add_run(auto, f"{variant} (auto, compiled with {compile_backend})")
+    return publish(report)
+
+
+def check_empty_batch(make: CellFactory) -> CheckReport:
     """A batch of zero sequences runs forward and backward on every backend that can run the
     cell: ``y`` and the final state have batch 0, every gradient is zero."""
     cell = _f64(make)
+    report = CheckReport("empty_batch", type(cell).__name__)
     x = torch.zeros(0, 5, cell.input_size, dtype=torch.float64, requires_grad=True)
     call = KernelCall(cell, x, None, None, needs_grad=True)
-    for kernel in kernels_for(cell):
-        if kernel.why_not(call) is not None:
+    config = _config(torch.float64, "cpu", False)
+    for backend, reason in _kernel_reasons(cell, call):
+        if reason is not None:
+            report.add_skip(backend, reason, config)
             continue
-        label = f"empty batch, backend={kernel.backend}"
-        y, final = cell(x, backend=kernel.backend)
+        label = f"empty batch, backend={backend}"
+        y, final = cell(x, backend=backend)
         assert tuple(y.shape) == (0, 5, cell.output_size), f"{label}: y {tuple(y.shape)}"
         for name, s in zip(cell.state_type._fields, final, strict=True):
             assert s.shape[0] == 0, f"{label}: state.{name} {tuple(s.shape)}"
@@ -390,19 +658,25 @@ def check_empty_batch(make: CellFactory) -> None:
             assert grads[0] is not None and grads[0].shape == x.shape, f"{label}: grad of x"
             for name, g in zip(names, grads[1:], strict=True):
                 assert g is None or not g.any(), f"{label}: non-zero gradient of {name}"
+        report.add_run(backend, config)
+    return publish(report)
 
 
-def check_bad_input(make: CellFactory) -> None:
+def check_bad_input(make: CellFactory) -> CheckReport:
     """Bad input raises ``ValueError``/``TypeError`` naming the argument at fault."""
     cell = _f64(make)
+    report = CheckReport("bad_input", type(cell).__name__)
     width = cell.input_size
     x = torch.randn(2, 3, width, dtype=torch.float64)
     good = cell.init_state(2)
     first = cell.state_type._fields[0]
 
+    raised: list[str] = []
+
     def expect(exc: type[Exception], match: str, fn: Callable[[], object]) -> None:
         with pytest.raises(exc, match=match):
             fn()
+        raised.append(match)
 
     expect(ValueError, "x must have 3 dimensions", lambda: cell(x[0]))
     expect(
@@ -428,25 +702,31 @@ def check_bad_input(make: CellFactory) -> None:
     )
     expect(ValueError, "unknown backend", lambda: cell(x, backend="no-such-backend"))
     expect(ValueError, "x_t must have 2 dimensions", lambda: cell.step(x))
+    report.notes.append(f"{len(raised)} kinds of bad input raised the documented errors")
+    return publish(report)
 
 
-def check_lengths(make: CellFactory) -> None:
+def check_lengths(make: CellFactory) -> CheckReport:
     """``forward(x, state, lengths=n, resets=r)`` on every backend that can run the cell, in
     float64 and float32, equals running each sequence ``x[b, :n[b]]`` alone on ``reference``
     in float64: ``y`` on the valid steps and exactly zero past them, the final state, and the
     gradients of ``x``, the initial state and every parameter; with and without an initial
     state and resets (see :mod:`rnnkit.core.testing.lengths`)."""
     cell = _f64(make)
-    check_lengths_on(cell, make_problem(cell, batch=len(LENGTHS)))
+    report = CheckReport("lengths", type(cell).__name__)
+    check_lengths_on(cell, make_problem(cell, batch=len(LENGTHS)), report)
+    return publish(report)
 
 
 #: name -> check, in the order the kit runs them.
-CHECKS: dict[str, Callable[[CellFactory], None]] = {
+CHECKS: dict[str, Callable[[CellFactory], CheckReport]] = {
     "state_spec": check_state_spec,
+    "recur": check_recur,
     "step_matches_forward": check_step_matches_forward,
     "chunking": check_chunking,
     "resets": check_resets,
     "backends": check_backends,
+    "nan_propagation": check_nan_propagation,
     "compile": check_compile,
     "empty_batch": check_empty_batch,
     "bad_input": check_bad_input,
@@ -454,17 +734,17 @@ CHECKS: dict[str, Callable[[CellFactory], None]] = {
 }
 
 
-def check_cell(make: CellFactory, *, skip: tuple[str, ...] = ()) -> None:
-    """Run every conformance check on the cell ``make()`` builds; raises on the first failure.
+def check_cell(make: CellFactory, *, skip: tuple[str, ...] = ()) -> list[CheckReport]:
+    """Run every conformance check on the cell ``make()`` builds; raises on the first failure,
+    else returns every check's report (what ran, what was skipped and why).
 
     Example::
 
         from rnnkit.core.testing import check_cell
-        check_cell(lambda: MyCell(input_size=5, hidden_size=6))
+        for report in check_cell(lambda: MyCell(input_size=5, hidden_size=6)):
+            print(report.summary())
     """
-    for name, check in CHECKS.items():
-        if name not in skip:
-            check(make)
+    return [check(make) for name, check in CHECKS.items() if name not in skip]
 
 
-__all__ = ["CHECKS", "check_cell", "make_problem", "rel_rms", "run_cell"]
+__all__ = ["CHECKS", "CheckReport", "check_cell", "make_problem", "rel_rms", "run_cell"]

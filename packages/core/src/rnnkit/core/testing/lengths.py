@@ -13,6 +13,7 @@ from torch import Tensor
 from rnnkit.core.cell import Cell
 from rnnkit.core.dispatch import KernelCall, kernels_for
 from rnnkit.core.testing.numerics import assert_close, tolerance
+from rnnkit.core.testing.report import CheckReport
 
 #: Unsorted, with a tie, an empty sequence and one of full length (``T = 7``).
 LENGTHS = (4, 7, 0, 2, 4)
@@ -50,9 +51,10 @@ def _run(
     return y.detach(), tuple(s.detach() for s in final), grads
 
 
-def check_lengths_on(cell: Cell[Any], p: Any) -> None:
+def check_lengths_on(cell: Cell[Any], p: Any, report: CheckReport | None = None) -> None:
     """The ``lengths`` check (:func:`rnnkit.core.testing.checks.check_lengths`) on a float64
-    ``cell`` and a problem ``p`` from ``make_problem`` with batch ``len(LENGTHS)``, ``T = 7``."""
+    ``cell`` and a problem ``p`` from ``make_problem`` with batch ``len(LENGTHS)``, ``T = 7``;
+    what ran and what was skipped goes to ``report``."""
     lengths = torch.tensor(LENGTHS)
     batch, time = p.x.shape[0], p.x.shape[1]
     fields = tuple(cell.state_type._fields)
@@ -98,9 +100,15 @@ def check_lengths_on(cell: Cell[Any], p: Any) -> None:
             if state is not None:
                 call_state = tuple(s.to(_compute(s, dtype)) for s in state)
             call = KernelCall(probe, x, call_state, resets, True, lengths)
+            config = f"{str(dtype).removeprefix('torch.')} state={use_state} resets={use_resets}"
             for kernel in kernels_for(probe):
-                if kernel.why_not(call) is not None:
+                reason = kernel.why_not(call)
+                if reason is not None:
+                    if report is not None:
+                        report.add_skip(kernel.backend, reason, config)
                     continue
+                if report is not None:
+                    report.add_run(kernel.backend, config)
                 label = (
                     f"lengths={list(LENGTHS)}, backend={kernel.backend} {dtype} "
                     f"state={use_state} resets={use_resets}"

@@ -36,22 +36,30 @@ class CellCase:
         return cls(**config)
 
 
-def registered_cases(pattern: str | None = None) -> list[CellCase]:
+def registered_cases(pattern: str | None = None, *, strict: bool = False) -> list[CellCase]:
     """A case for every registered cell and test configuration.
 
     ``pattern`` selects cells by name as ``rnnkit list cells PATTERN`` does (see
-    :mod:`rnnkit.core.listing`).
+    :mod:`rnnkit.core.listing`); with ``strict``, a pattern that selects no cell raises
+    ``ValueError`` naming the registered cells (a typo must not select nothing silently).
     """
     cases: list[CellCase] = []
-    for entry in get_host().cells:
+    cells = get_host().cells
+    for entry in cells:
         if not matches(entry.name, pattern):
             continue
         cases.extend(CellCase(entry.name, dict(cfg)) for cfg in entry.obj.test_configs)
+    if strict and pattern is not None and not cases:
+        raise ValueError(
+            f"{pattern!r} matches no registered cell (registered: {', '.join(cells.names())})"
+        )
     return cases
 
 
 class CellConformance:
-    """Subclass in your tests and implement :meth:`make_cell`; one test per check."""
+    """Subclass in your tests and implement :meth:`make_cell`; one test per check (each
+    check's report, what it ran and skipped, appears in pytest's "rnnkit conformance"
+    summary)."""
 
     def make_cell(self) -> Cell[Any]:
         """A fresh cell to check (any dtype; the kit converts)."""
@@ -59,6 +67,9 @@ class CellConformance:
 
     def test_state_spec(self) -> None:
         checks.check_state_spec(self.make_cell)
+
+    def test_recur(self) -> None:
+        checks.check_recur(self.make_cell)
 
     def test_step_matches_forward(self) -> None:
         checks.check_step_matches_forward(self.make_cell)
@@ -71,6 +82,9 @@ class CellConformance:
 
     def test_backends(self) -> None:
         checks.check_backends(self.make_cell)
+
+    def test_nan_propagation(self) -> None:
+        checks.check_nan_propagation(self.make_cell)
 
     def test_compile(self) -> None:
         checks.check_compile(self.make_cell)

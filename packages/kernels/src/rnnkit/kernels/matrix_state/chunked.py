@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 
@@ -253,7 +253,10 @@ def chunked_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
 
 def _supports(call: KernelCall) -> str | None:
     if not isinstance(call.cell, MatrixStateCell):
-        return f"runs MatrixStateCell subclasses only, not {type(call.cell).__name__}"
+        return ProtocolGap(
+            f"{type(call.cell).__name__} declares the matrix-state form but is not a "
+            "MatrixStateCell (the kernel needs its memory_inputs() and memory_outputs())"
+        )
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.kernels.newton._kernel import failed_before, newton_forward
 from rnnkit.kernels.newton._solve import PROTOCOL
@@ -21,7 +21,7 @@ def _supports(call: KernelCall) -> str | None:
     cell = call.cell
     missing = [m for m in PROTOCOL if not callable(getattr(cell, m, None))]
     if missing:
-        return (
+        return ProtocolGap(
             f"{type(cell).__name__} lacks the diagonal-Jacobian protocol methods "
             f"{', '.join(missing)} (see docs/kernels-newton.md)"
         )

@@ -271,14 +271,19 @@ def reset_into(dst: Tensor, src: Tensor, mask_t: Tensor, value: Tensor) -> Tenso
     return torch.where(mask_t, value, src, out=dst)
 
 
-def keep_factor(mask: Tensor | None, like: Tensor) -> Tensor | None:
-    """``(T, 1, B, 1)`` float: 0 where the state entering step ``t`` was reset, else 1.
+def cut(grad: Tensor, mask: Tensor | None, t: int) -> Tensor:
+    """Zero, in place, the gradient ``grad: (N, B, ...)`` of the state leaving step ``t - 1``
+    for the examples whose state entering step ``t`` was reset (``mask[t]``); returns ``grad``.
 
-    Gradients flowing back into the state that a reset replaced are multiplied by it.
+    A select, not a multiplication by a 0/1 factor: a reset replaces the state, so the
+    gradient of the replaced one is exactly zero even where the gradient reaching the reset is
+    NaN (``0 * NaN`` would carry a NaN of a later episode into an earlier one, which the
+    reference loop's ``torch.where`` does not).
     """
-    if mask is None:
-        return None
-    return (~mask).to(like.dtype)
+    if mask is not None:
+        m = mask[t]  # (1, B, 1)
+        grad.masked_fill_(m.view(*m.shape, *([1] * (grad.dim() - m.dim()))), 0)
+    return grad
 
 
 def empty_result(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -343,36 +348,34 @@ def carry_state_grad(
     DQ: tuple[Tensor, ...],
     w_t: Tensor,
     DY: tuple[Tensor, ...],
-    keep: Tensor | None,
+    mask: Tensor | None,
     t: int,
 ) -> None:
-    """``dh = keep[t + 1] * (DQ[t + 1] @ w_t) + DY[t + 1]``, in place: the gradient of ``h_t``.
+    """``dh = cut(DQ[t + 1] @ w_t) + DY[t + 1]``, in place: the gradient of ``h_t``.
 
     ``DQ[t + 1]: (N, B, G*D)`` are step ``t + 1``'s gate gradients, ``w_t: (N, G*D, D)`` the
     transposed per-head weights, ``DY[t + 1]: (N, B, D)`` the gradient reaching ``h_t`` directly
-    and ``keep`` the reset factors (a reset entering step ``t + 1`` cuts the recurrent part).
-    At the last step (``t + 1 == len(DQ)``) there is no step ``t + 1``: ``dh = DY[t + 1]``.
+    and ``mask`` the resets (a reset entering step ``t + 1`` cuts the recurrent part, see
+    :func:`cut`). At the last step (``t + 1 == len(DQ)``) there is no step ``t + 1``:
+    ``dh = DY[t + 1]``.
     """
     if t + 1 == len(DQ):
         dh.copy_(DY[t + 1])
-    elif keep is None:
+    elif mask is None:
         gemm(dh, DQ[t + 1], w_t, DY[t + 1])
     else:
         gemm(dh, DQ[t + 1], w_t)
-        dh.mul_(keep[t + 1]).add_(DY[t + 1])
+        cut(dh, mask, t + 1).add_(DY[t + 1])
 
 
-def initial_state_grad(dq0: Tensor, w_t: Tensor, keep: Tensor | None) -> Tensor:
+def initial_state_grad(dq0: Tensor, w_t: Tensor, mask: Tensor | None) -> Tensor:
     """``d h_0`` through the first step's recurrent product: ``(N, B, D)``.
 
     ``dq0: (N, B, G*D)`` are the first step's gate gradients, ``w_t: (N, G*D, D)`` the transposed
-    per-head weights and ``keep`` the reset factors (a reset at step 0 cuts the gradient).
+    per-head weights and ``mask`` the resets (a reset at step 0 cuts the gradient).
     The caller adds the gradient that reaches ``h_0`` directly.
     """
-    dh0 = torch.bmm(dq0, w_t)
-    if keep is not None:
-        dh0.mul_(keep[0])
-    return dh0
+    return cut(torch.bmm(dq0, w_t), mask, 0)
 
 
 def recurrent_weight_grad(h_prev: Tensor, dq: Tensor, heads: int, head_dim: int) -> Tensor:

@@ -19,7 +19,6 @@ from rnnkit.kernels.gated.fused._common import (
     gemm,
     initial_state_grad,
     join_hs_grads,
-    keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
@@ -76,23 +75,23 @@ def elman_backward_loop(
     """
     N, T1, B, D = hs.shape
     T = T1 - 1
-    keep = keep_factor(mask, hs)
     dq = hs.new_empty(N, T, B, D)
     DQ, DY = dq.unbind(1), d_hs.unbind(1)
     WT = W.transpose(1, 2)
     dh = hs.new_empty(N, B, D)
     for t0, t1 in chunks(T, B * D * N):
         h_out = hs[:, t0 + 1 : t1 + 1]
-        # phi'(pre-activation) of the chunk, from the outputs.
-        deriv = (h_out > 0).to(hs.dtype) if relu else 1 - h_out * h_out
+        # phi'(pre-activation) of the chunk, from the outputs; ReLU's as torch's backward:
+        # 1 where the output is not <= 0, so a NaN output passes its gradient on.
+        deriv = (~(h_out <= 0)).to(hs.dtype) if relu else 1 - h_out * h_out
         DV = deriv.unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             if t == T - 1:
                 torch.mul(DY[T], DV[t - t0], out=DQ[t])
                 continue
-            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            carry_state_grad(dh, DQ, WT, DY, mask, t)
             torch.mul(dh, DV[t - t0], out=DQ[t])
-    dh0 = initial_state_grad(DQ[0], WT, keep)
+    dh0 = initial_state_grad(DQ[0], WT, mask)
     dh0.add_(DY[0])
     return dq, dh0
 

@@ -28,14 +28,13 @@ from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
     chunks,
+    cut,
     empty_result,
     finish,
     finish_split,
     gemm,
     gemm_acc,
-    initial_state_grad,
     join_hs_grads,
-    keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
@@ -122,7 +121,6 @@ def gru_backward_loop(
     acts, qs, hp = buffers
     N, T, B, GD = acts.shape
     D = GD // 3
-    keep = keep_factor(mask, hs)
     dq = acts.new_empty(N, T, B, GD)
     dan = acts.new_empty(N, T, B, D)
     DQ, DAN = dq.unbind(1), dan.unbind(1)
@@ -132,7 +130,7 @@ def gru_backward_loop(
     WT = W.transpose(1, 2)
     dh = hs.new_empty(N, B, D)
     dh_next = hs.new_empty(N, B, D)
-    zk_next = hs.new_empty(0)
+    z_next = hs.new_empty(0)
     for t0, t1 in chunks(T, N * B * D):
         # Gradient-independent factors of the chunk (see the module docstring).
         r, z, n = acts[:, t0:t1].view(N, t1 - t0, B, 3, D).unbind(3)
@@ -141,7 +139,7 @@ def gru_backward_loop(
         PN = ((1 - z) * (1 - n * n)).unbind(1)
         PR = (qn * r * (1 - r)).unbind(1)
         RR = r.unbind(1)
-        ZK = (z if keep is None else z * keep[t0:t1].transpose(0, 1)).unbind(1)
+        ZZ = z.unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             k = t - t0
             if t == T - 1:
@@ -150,19 +148,20 @@ def gru_backward_loop(
                 dh, dh_next = dh_next, dh
                 # dh_next holds the gradient of h_{t+1}; h_t feeds step t+1 directly (z)
                 # and through the recurrent GEMM.
-                if keep is None:
-                    torch.addcmul(DY[t + 1], dh_next, zk_next, out=dh)
+                # A reset entering step t+1 cuts both (see cut).
+                if mask is None:
+                    torch.addcmul(DY[t + 1], dh_next, z_next, out=dh)
                     gemm_acc(dh, DQ[t + 1], WT)
                 else:
                     gemm(dh, DQ[t + 1], WT)
-                    dh.mul_(keep[t + 1]).addcmul_(dh_next, zk_next).add_(DY[t + 1])
+                    cut(dh.addcmul_(dh_next, z_next), mask, t + 1).add_(DY[t + 1])
             torch.mul(dh, PN[k], out=DAN[t])
             torch.mul(dh, PZ[k], out=DZ[t])
             torch.mul(DAN[t], PR[k], out=DR[t])
             torch.mul(DAN[t], RR[k], out=DQN[t])
-            zk_next = ZK[k]
-    dh0 = initial_state_grad(DQ[0], WT, keep)
-    dh0.addcmul_(dh, zk_next).add_(DY[0])
+            z_next = ZZ[k]
+    dh0 = torch.bmm(DQ[0], WT)
+    cut(dh0.addcmul_(dh, z_next), mask, 0).add_(DY[0])
     dpx = torch.cat((dq[:, :, :, : 2 * D], dan), dim=3)
     return dq, dpx, dh0
 

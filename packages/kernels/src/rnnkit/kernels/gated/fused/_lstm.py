@@ -27,13 +27,13 @@ from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
     carry_state_grad,
     chunks,
+    cut,
     empty_result,
     finish,
     finish_split,
     gemm,
     initial_state_grad,
     join_hs_grads,
-    keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
@@ -125,7 +125,6 @@ def lstm_backward_loop(
     acts, cs, tcs, _ = buffers
     N, T, B, GD = acts.shape
     D = GD // 4
-    keep = keep_factor(mask, hs)
     dq = acts.new_empty(N, T, B, GD)
     DQ = dq.unbind(1)
     DQ3 = dq.view(N, T, B, 4, D)[:, :, :, :3].unbind(1)
@@ -141,15 +140,15 @@ def lstm_backward_loop(
         KK = (o * (1 - tc * tc)).unbind(1)
         M3 = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=3)
         MM3, MMo = M3.unbind(1), (tc * o * (1 - o)).unbind(1)
-        FK = (f if keep is None else f * keep[t0:t1].transpose(0, 1)).unbind(1)
+        FF = f.unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             k = t - t0
-            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            carry_state_grad(dh, DQ, WT, DY, mask, t)
             dc.addcmul_(dh, KK[k])
             torch.mul(dc.unsqueeze(2), MM3[k], out=DQ3[t])
             torch.mul(dh, MMo[k], out=DQo[t])
-            dc.mul_(FK[k])
-    dh0 = initial_state_grad(DQ[0], WT, keep)
+            cut(dc.mul_(FF[k]), mask, t)
+    dh0 = initial_state_grad(DQ[0], WT, mask)
     dh0.add_(DY[0])
     return dq, dh0, dc
 

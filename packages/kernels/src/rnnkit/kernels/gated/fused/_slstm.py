@@ -35,13 +35,13 @@ from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
     carry_state_grad,
     chunks,
+    cut,
     empty_result,
     finish,
     finish_split,
     gemm,
     initial_state_grad,
     join_hs_grads,
-    keep_factor,
     prepare,
     recurrent_weight_grad,
     reset_into,
@@ -158,7 +158,6 @@ def slstm_backward_loop(
     cn, ms, gates, ex, cnp, _ = buffers
     N, T, B, GD = gates.shape
     D = GD // 4
-    keep = keep_factor(mask, hs)
     dq = gates.new_empty(N, T, B, GD)
     dqv = dq.view(N, T, B, 4, D)
     DQ, DE = dq.unbind(1), dqv[:, :, :, 0:2].unbind(1)
@@ -190,11 +189,10 @@ def slstm_backward_loop(
         s_i = torch.where((took_i > 0) & (fp == 1), 0.5, took_i)
         SS = torch.stack((s_i, 1 - s_i), dim=3).unbind(1)
         SFC = torch.sigmoid(-gf).unbind(1)
-        kt = None if keep is None else keep[t0:t1].transpose(0, 1)
-        FK = (fp if kt is None else fp * kt).unsqueeze(3).unbind(1)
+        FF = fp.unsqueeze(3).unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             k = t - t0
-            carry_state_grad(dh, DQ, WT, DY, keep, t)
+            carry_state_grad(dh, DQ, WT, DY, mask, t)
             dcn.addcmul_(dh.unsqueeze(2), QCN[k])
             torch.mul(dh, QO[k], out=DO[t])
             torch.mul(dc, PZ[k], out=DZ[t])
@@ -204,13 +202,10 @@ def slstm_backward_loop(
             torch.sub(dm, tmp, out=tmp)
             DE[t].addcmul_(tmp.unsqueeze(2), SS[k])
             # da (the gradient of log σ(f̃) + m_{t-1}) is also the gradient of m_{t-1}.
-            if keep is None:
-                dm.copy_(DE_F[t])
-            else:
-                torch.mul(DE_F[t], keep[t], out=dm)
+            cut(dm.copy_(DE_F[t]), mask, t)
             DE_F[t].mul_(SFC[k])
-            dcn.mul_(FK[k])
-    dh0 = initial_state_grad(DQ[0], WT, keep)
+            cut(dcn.mul_(FF[k]), mask, t)
+    dh0 = initial_state_grad(DQ[0], WT, mask)
     dh0.add_(DY[0])
     return dq, dh0, dc.clone(), dn.clone(), dm
 

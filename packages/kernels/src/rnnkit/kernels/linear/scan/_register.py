@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.varlen import step_mask
@@ -23,7 +23,7 @@ from rnnkit.kernels.linear.scan.op import linear_scan
 def _supports(call: KernelCall) -> str | None:
     cell = call.cell
     if not isinstance(cell, DiagonalLinearCell):
-        return (
+        return ProtocolGap(
             f"{type(cell).__name__} declares the diagonal linear form but is not a "
             "DiagonalLinearCell (the scan needs its coefficients() and readout())"
         )

@@ -157,7 +157,9 @@ RNNKIT_INLINE void elman_bwd_body(const T* RNNKIT_RESTRICT h, const T* RNNKIT_RE
     for (int64_t e = 0; e < L; ++e) {
       const T ghv = gh[e];
       const T dh = (keep_h != T(0) ? ghv : T(0)) + dy[e];
-      dq[e] = h[e] > T(0) ? dh : T(0);
+      // !(h <= 0) rather than h > 0: a NaN output passes its gradient on, as torch.relu's
+      // backward does, so that a NaN weight multiplies it and reaches the earlier steps.
+      dq[e] = !(h[e] <= T(0)) ? dh : T(0);
     }
   } else {
     for (int64_t e = 0; e < L; ++e) {
