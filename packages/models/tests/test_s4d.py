@@ -104,3 +104,20 @@ def test_bad_arguments() -> None:
         S4D(3, 4, discretization="euler")
     with pytest.raises(ValueError, match="dt_min"):
         S4D(3, 4, dt_min=0.2, dt_max=0.1)
+
+
+def test_convolution_mode_keeps_a_nan_where_the_recurrence_has_it() -> None:
+    """A NaN input spoils its channel from its step on (and that channel's final state), not
+    the whole channel as the FFT would."""
+    torch.manual_seed(0)
+    cell = S4D(3, 4).double()
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    x[1, 4, 2] = float("nan")
+    with torch.no_grad():
+        want_y, (want_h,) = cell(x, backend="reference")
+        got_y, (got_h,) = cell(x, backend="s4d_conv")
+    assert torch.equal(torch.isnan(got_y), torch.isnan(want_y))
+    assert torch.equal(torch.isnan(got_h), torch.isnan(want_h))
+    assert torch.isnan(want_y).sum() == 5
+    ok = ~torch.isnan(want_y)
+    assert rel_rms(got_y[ok], want_y[ok]) < 1e-10

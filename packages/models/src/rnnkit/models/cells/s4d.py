@@ -213,7 +213,11 @@ def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     a_bar, b_bar = cell.discretized(x.dtype)
     cd = a_bar.dtype
     rd = a_bar.real.dtype
-    u = x.to(rd)
+    # An FFT spreads a NaN over every output of its channel, earlier steps included: convolve
+    # the finite inputs and spoil afterwards what the recurrence spoils (its channel, from its
+    # step on, and that channel's final state).
+    bad = ~torch.isfinite(x)  # (B, T, H)
+    u = torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x).to(rd)
     C = torch.complex(cell.C_re.to(rd), cell.C_im.to(rd))
     steps = torch.arange(time + 1, device=x.device)
     V = _powers(a_bar, steps)  # (H, M, T + 1): A_bar^0 .. A_bar^T
@@ -229,6 +233,17 @@ def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     # h_T = A_bar^T h0 + sum_l A_bar^(T-1-l) B_bar u_l
     tail = V[..., :time].flip(-1)  # (H, M, T): A_bar^(T-1-l) at position l
     h_last = V[..., time] * h0 + b_bar * torch.einsum("hml,blh->bhm", tail, u.to(cd))
+    # The spoiled values are NaN weights on a link to the parameters: their gradients turn NaN
+    # as the recurrence's do (a diverged run must not train on as if nothing happened), while
+    # every other output adds 0 * link.
+    # (nan_to_num: a NaN parameter must spoil its own channel only, not every 0 * link)
+    finite = (torch.nan_to_num(p, 0.0, 0.0, 0.0).sum() for p in cell.parameters())
+    link = sum(finite, torch.zeros((), device=x.device)).to(rd)
+    zero = torch.zeros((), dtype=rd, device=x.device)
+    spoil = torch.where(torch.cumsum(bad, 1) > 0, torch.nan, zero)  # (B, T, H)
+    y = y + spoil * link
+    spoil_h = torch.where(bad.any(1), torch.nan, zero).unsqueeze(-1)  # (B, H, 1)
+    h_last = h_last + torch.complex(spoil_h, spoil_h) * link.to(cd)
     final = LinearState(h_last.reshape(batch, H * M).to(state.h.dtype))
     return y.to(x.dtype), final
 
