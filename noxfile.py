@@ -43,6 +43,9 @@ ALL = [
     "packages/tasks[series]",
 ]
 TEST_DEPS = ["pytest>=8"]
+# tests/test_export.py: torch.onnx.export(dynamo=True) needs onnx and onnxscript; the exported
+# models run on ONNX Runtime
+ONNX_TEST_DEPS = ["onnx", "onnxscript", "onnxruntime"]
 
 
 def install(session: nox.Session, *args: str) -> None:
@@ -79,7 +82,7 @@ def plugin(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """Cross-package tests: every distribution and the example plugin installed for real."""
-    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS)
+    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS, *ONNX_TEST_DEPS)
     pytest(session, "tests")
 
 

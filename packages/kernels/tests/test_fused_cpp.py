@@ -21,6 +21,7 @@ from torch import Tensor
 from rnnkit.core import cli
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.core.plugins import get_host
 from rnnkit.kernels import native
 from rnnkit.kernels._plugin import BACKEND_MODULES
 from rnnkit.kernels.gated import fused_cpp
@@ -333,40 +334,120 @@ def test_auto_keeps_float64_on_fused(native_ops: Any) -> None:
     assert select(call, "fused_cpp").backend == "fused_cpp"
 
 
-def test_torch_compile_runs_the_native_call_eagerly(poisoned: Any) -> None:
-    """The ops have no fake kernels: under torch.compile the call is a graph break, same
-    results as eager."""
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("resets", [False, True])
+def test_torch_compile_traces_the_native_ops(poisoned: Any, kind: str, resets: bool) -> None:
+    """The ops have fake kernels: ``torch.compile(fullgraph=True)`` traces the native loops
+    into one graph, forward and backward (x without a gradient, as a first layer's input);
+    outputs and gradients equal eager mode's."""
+    get_host()  # the plugin host loads outside the graph (a first call breaks it there)
     torch._dynamo.reset()
-    cell = make_cell("lstm", 2).float()
+    cell = make_cell(kind, 2).float()
     x = torch.randn(2, 5, 5)
-    compiled = torch.compile(cell, backend="aot_eager")
-    y, final = compiled(x, backend="fused_cpp")
-    y_ref, final_ref = cell(x, backend="fused_cpp")
+    r = torch.rand(2, 5) < 0.3 if resets else None
+    compiled = torch.compile(cell, backend="aot_eager", fullgraph=True)
+    y, final = compiled(x, backend="fused_cpp", resets=r)
+    y_ref, final_ref = cell(x, backend="fused_cpp", resets=r)
     assert torch.equal(y, y_ref)
     assert all(torch.equal(a, e) for a, e in zip(final, final_ref, strict=True))
+    params = list(cell.parameters())
+    got = torch.autograd.grad(y.sum() + final[0].sum(), params)
+    want = torch.autograd.grad(y_ref.sum() + final_ref[0].sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_inductor_default_backend(native_ops: Any, kind: str) -> None:
+    """The default compiler (inductor) runs a dense cell on ``auto`` with ``fullgraph=True``
+    when ``x`` needs no gradient (an LSTM failed: torch's oneDNN LSTM under compile)."""
+    get_host()
+    torch._dynamo.reset()
+    cell = make_cell(kind, 1).float()
+    x = torch.randn(2, 20, 5)
+    y, final = torch.compile(cell, fullgraph=True)(x)
+    y_ref, final_ref = cell(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(final[0], final_ref[0], rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(y.sum(), list(cell.parameters()))
+    want = torch.autograd.grad(y_ref.sum(), list(cell.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_backend_refuses_the_failing_compiled_lstm() -> None:
+    """Under torch.compile, ``backend="torch"`` refuses the LSTM calls torch cannot compile
+    (x without a gradient, weights with one) with the reason; ``auto`` runs another backend."""
+    from rnnkit.kernels.gated import torch_native
+
+    cell = make_cell("lstm", 1).float()
+    call = KernelCall(cell, torch.randn(2, 4, 5), None, None, True)
+    assert torch_native.supports(call) is None  # eager
+
+    def check(x: Tensor) -> Tensor:
+        reason = torch_native.supports(KernelCall(cell, x, None, None, True))
+        assert reason is not None and "torch.compile" in reason
+        return x + 1
+
+    torch._dynamo.reset()
+    torch.compile(check, backend="eager", fullgraph=True)(torch.randn(2, 4, 5))
+
+
+def test_export_prefers_portable_backends(native_ops: Any) -> None:
+    """``auto`` under torch.export ranks ``fused_cpp`` below ``reference``: the exported
+    program holds plain ATen ops; ``backend="fused_cpp"`` still exports (fake kernels)."""
+    cell = make_cell("slstm", 1).float()
+    x = torch.randn(2, 6, 5)
+    ep = torch.export.export(cell, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not any("rnnkit_fused_cpp" in t for t in targets), targets
+    torch.testing.assert_close(ep.module()(x)[0], cell(x)[0], rtol=1e-5, atol=1e-6)
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.cell(x, backend="fused_cpp")[0]
+
+    ep = torch.export.export(Named(), (x,))
+    assert "rnnkit_fused_cpp.slstm_forward" in ep.graph_module.print_readable(False)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), cell(x)[0], rtol=1e-5, atol=1e-6)
 
 
 _FRESH_PROCESS = """
 import sys, torch
 from rnnkit.core.cells import LSTM
+from rnnkit.core.plugins import get_host
+from rnnkit.kernels.gated import fused_cpp
+get_host()
 cell = LSTM(5, 8, heads=2)
 x = torch.randn(2, 5, 5)
-y0, _ = cell(x, backend="fused_cpp")
-assert "torch._dynamo" not in sys.modules, "an eager call imported torch._dynamo"
-y, _ = torch.compile(cell, backend="aot_eager")(x, backend="fused_cpp")
-assert torch.equal(y, y0)
+if sys.argv[1] == "eager":
+    y0, _ = cell(x, backend="fused_cpp")
+    assert "torch._dynamo" not in sys.modules, "an eager call imported torch._dynamo"
+else:
+    assert fused_cpp.LIBRARY.last_build() is None
+y, _ = torch.compile(cell, backend="aot_eager", fullgraph=True)(x, backend="fused_cpp")
+assert fused_cpp.LIBRARY.last_build() is not None
+torch.testing.assert_close(y, cell(x, backend="fused_cpp")[0], rtol=0, atol=0)
 print("ok")
 """
 
 
-def test_eager_calls_do_not_import_dynamo(native_ops: Any) -> None:
-    """An eager call does not import ``torch._dynamo`` (2 s of start-up); a later
-    ``torch.compile`` of the same cell still breaks the graph at the native call."""
+@pytest.mark.parametrize("first", ["eager", "compiled"])
+def test_first_call_under_compile(native_ops: Any, first: str) -> None:
+    """An eager call does not import ``torch._dynamo`` (seconds of start-up); the library
+    loads on a first call made under ``torch.compile(fullgraph=True)`` (its loader runs
+    outside the traced code), and a compiled call after an eager one traces as well."""
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _FRESH_PROCESS, first], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")

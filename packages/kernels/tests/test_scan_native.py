@@ -346,3 +346,29 @@ def test_torch_compile() -> None:
     assert torch.allclose(h_last, rhl, rtol=1e-6, atol=1e-6)
     for x, y in zip(got, want, strict=True):
         assert torch.allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+_FIRST_CALL_COMPILED = """
+import torch
+from rnnkit.kernels.linear.scan import _native, linear_scan
+assert _native.LIBRARY.last_build() is None
+a, b, h0 = torch.rand(2, 6, 3), torch.randn(2, 6, 3), torch.randn(2, 3)
+run = torch.compile(lambda *t: linear_scan(*t, backend="cpp"), backend="aot_eager", fullgraph=True)
+h, _ = run(a, b, h0)
+assert _native.LIBRARY.last_build() is not None
+torch.testing.assert_close(h, linear_scan(a, b, h0, backend="sequential")[0])
+print("ok")
+"""
+
+
+def test_first_call_under_compile_fullgraph() -> None:
+    """A process's first native scan may be traced with ``fullgraph=True``: the library is
+    loaded outside the traced code (its loader hashes files, which dynamo cannot trace)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

@@ -186,7 +186,15 @@ class Cell(nn.Module, ABC, Generic[StateT]):
 
         Returns:
             ``(y, final_state)`` with ``y: (B, T, output_size)``.
+
+        Under ``torch.autocast`` for ``x``'s device, a cell with float32 parameters takes
+        ``x`` (and ``state``) in any floating dtype, runs in float32 with autocast off (the
+        recurrence compounds rounding over the steps, so every backend keeps it in float32) and
+        returns ``y`` in autocast's dtype, like a linear layer; the final state stays float32.
         """
+        autocast_dtype = _autocast_dtype(self, x)
+        if autocast_dtype is not None:
+            return _run_autocast(self, x, state, autocast_dtype, backend=backend, resets=resets)
         x = check_sequence(self, x)
         batch, time = x.shape[0], x.shape[1]
         if state is not None:
@@ -202,3 +210,36 @@ class Cell(nn.Module, ABC, Generic[StateT]):
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}"
         )
+
+
+def _autocast_dtype(cell: Cell[Any], x: object) -> torch.dtype | None:
+    """Autocast's dtype when ``cell(x)`` runs under an enabled ``torch.autocast`` for ``x``'s
+    device and the cell's parameters are float32 (the dtype autocast lowers), else ``None``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        return None
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    if cell_dtype_device(cell)[0] != torch.float32:
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _run_autocast(
+    cell: Cell[Any],
+    x: Tensor,
+    state: Any,
+    dtype: torch.dtype,
+    *,
+    backend: str,
+    resets: Tensor | None,
+) -> tuple[Tensor, Any]:
+    """:meth:`Cell.forward` under autocast: float32 inside, ``y`` in ``dtype``."""
+    if isinstance(state, (tuple, list)):
+        fields = [
+            s.float() if isinstance(s, Tensor) and s.is_floating_point() else s for s in state
+        ]
+        state = type(state)(*fields) if hasattr(state, "_fields") else type(state)(fields)
+    with torch.autocast(x.device.type, enabled=False):
+        y, final = cell(x.float(), state, backend=backend, resets=resets)
+    return (y.to(dtype) if y.is_floating_point() else y), final

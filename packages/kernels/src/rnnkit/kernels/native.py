@@ -47,7 +47,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -288,6 +288,13 @@ class NativeLibrary:
         sources: the ``.cpp`` files to compile, relative to ``csrc``.
         headers: headers that take part in the build key, relative to ``csrc``.
         disable_env: an extra environment variable that switches this library off with ``0``.
+        on_load: called once the library is loaded in this process (to register the ops' fake
+            kernels, say).
+
+    Under ``torch.compile`` or ``torch.export`` (:func:`torch.compiler.is_compiling`),
+    :meth:`ops` and :meth:`why_unavailable` build, load and inspect the cache outside the traced
+    code (see :func:`_untraced`), so a first call made while tracing neither breaks the graph
+    nor traces the hashing and file access.
 
     Creating one registers it for ``rnnkit kernels build`` (see :func:`libraries`).
     """
@@ -297,6 +304,7 @@ class NativeLibrary:
     sources: tuple[str, ...]
     headers: tuple[str, ...] = ()
     disable_env: str | None = None
+    on_load: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ops: Any = field(default=None, repr=False)
     _info: BuildInfo | None = field(default=None, repr=False)
@@ -369,6 +377,11 @@ class NativeLibrary:
 
         Cheap after the first call: the toolchain check is cached, the failure marker is a stat.
         """
+        if torch.compiler.is_compiling():
+            return _untraced("why_unavailable", self.name)
+        return self._why_unavailable()
+
+    def _why_unavailable(self) -> str | None:
         disabled = self._disabled()
         if disabled is not None:
             return disabled
@@ -535,13 +548,24 @@ class NativeLibrary:
         return True
 
     def _loaded(self, info: BuildInfo) -> BuildInfo:
+        if self.on_load is not None:
+            self.on_load()
         self._ops = getattr(torch.ops, self.name)
         self._info = info
         return info
 
     def ops(self) -> Any:
-        """``torch.ops.<name>``, building or loading the library on first use."""
-        if self._ops is None:
+        """``torch.ops.<name>``, building or loading the library on first use.
+
+        Raises:
+            BuildError: see :meth:`build`.
+        """
+        if torch.compiler.is_compiling():
+            # the build first: the tracer keeps the first value it reads of self._ops
+            failure = _untraced("build", self.name)
+            if failure is not None:
+                raise BuildError(failure)
+        elif self._ops is None:
             self.build()
         return self._ops
 
@@ -558,6 +582,28 @@ class NativeLibrary:
         if holder is not None:
             out["lock"] = f"held by {holder} (a build in progress)"
         return out
+
+
+def _untraced(what: str, name: str) -> str | None:
+    """``build`` (``None``, or why it failed) or ``why_unavailable`` of library ``name``, for
+    a call made while torch.compile or torch.export traces.
+
+    Dynamo calls this function as it is, outside the graph, and uses its result as a constant
+    (the mark set below is what ``torch.compiler.assume_constant_result`` sets; it is set here
+    directly because that function imports ``torch._dynamo``, seconds an eager process need not
+    spend). Building and loading happen once per process, so the constant holds.
+    """
+    library = _REGISTRY[name]
+    if what == "why_unavailable":
+        return library._why_unavailable()
+    try:
+        library.build()
+    except BuildError as e:
+        return str(e)
+    return None
+
+
+_untraced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def libraries() -> dict[str, NativeLibrary]:

@@ -66,7 +66,33 @@ def supports(call: KernelCall) -> str | None:
         return f"dtype {dtype} is not supported (supported: float16, bfloat16, float32, float64)"
     if call.x.device.type == "cpu" and dtype == torch.float16 and call.needs_grad:
         return "float16 training on CPU is not supported (supported: float32, float64, bfloat16)"
+    if _compiled_onednn_lstm_fails(cell.kind, call):
+        return (
+            "torch.compile of torch's oneDNN LSTM fails on CPU when x needs no gradient but "
+            "the weights or state do (supported under torch.compile: x.requires_grad, or "
+            "torch.no_grad(); or backend 'fused_cpp' or 'fused')"
+        )
     return cudnn_known_issue(cell.kind, getattr(cell, "nonlinearity", None), call, dtype)
+
+
+def _compiled_onednn_lstm_fails(kind: str, call: KernelCall) -> bool:
+    """Whether torch.compile would fail on this call of torch's LSTM.
+
+    On CPU torch lowers ``lstm`` to oneDNN's ``mkldnn_rnn_layer``, whose traced backward saves
+    an undefined tensor when the input needs no gradient: the compiled call fails (``aot_eager``:
+    an AssertionError about saved tensors; ``inductor``: a TypeError in ``mkldnn_rnn_layer``;
+    torch 2.13). That is the common case of a first layer fed data while training.
+    ``torch.export`` does not run that code, and ``torch.nn.LSTM`` avoids it only because
+    dynamo does not trace ``torch.nn`` RNN modules (it breaks the graph there).
+    """
+    return (
+        kind == "lstm"
+        and call.x.device.type == "cpu"
+        and call.needs_grad
+        and not call.x.requires_grad
+        and torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+    )
 
 
 def cudnn_known_issue(
@@ -291,9 +317,12 @@ def torch_priority(call: KernelCall) -> Priority:
     - CPU LSTM: always. torch uses oneDNN's fused LSTM layer, with and without gradients.
     - CPU GRU and Elman: for inference only. torch runs these as a per-step loop and records an
       autograd graph when training; ``fused``'s hand-written backward is faster there.
+    - Under ``torch.export``: always. One ATen RNN op per layer exports compactly (ONNX has
+      RNN, GRU and LSTM operators); the ``fused`` loops do not export (see
+      :data:`rnnkit.kernels.gated.fused.EXPORT_PRIORITY`).
     """
     cell: Any = call.cell
-    if call.x.device.type != "cpu" or cell.kind == "lstm":
+    if call.x.device.type != "cpu" or cell.kind == "lstm" or torch.compiler.is_exporting():
         return PREFERRED
     return FALLBACK if call.needs_grad else PREFERRED
 

@@ -29,6 +29,7 @@ from rnnkit.kernels.gated.fused._slstm import SLSTM_LOOPS, SLSTMLoops, run_slstm
 
 __all__ = [
     "ELMAN_LOOPS",
+    "EXPORT_PRIORITY",
     "FUSED_PRIORITY",
     "GRU_LOOPS",
     "LSTM_LOOPS",
@@ -38,6 +39,7 @@ __all__ = [
     "LSTMLoops",
     "SLSTMLoops",
     "kernels",
+    "priority",
     "run_elman",
     "run_gru",
     "run_lstm",
@@ -46,6 +48,16 @@ __all__ = [
 
 #: ``auto`` tier of every fused kernel: the gated form's portable kernel.
 FUSED_PRIORITY = Priority.PORTABLE
+#: ``auto`` tier under ``torch.export``: below ``reference``. The loops write into preallocated
+#: tensors (``out=`` ops), which an exported program cannot run while autograd records (its
+#: parameters require gradients); ``reference`` and ``torch`` export to plain ATen ops.
+EXPORT_PRIORITY = Priority.BELOW_REFERENCE
+
+
+def priority(call: KernelCall) -> Priority:
+    """:data:`FUSED_PRIORITY`, or :data:`EXPORT_PRIORITY` while ``torch.export`` traces."""
+    return EXPORT_PRIORITY if torch.compiler.is_exporting() else FUSED_PRIORITY
+
 
 # 16-bit inputs are refused: the loops would keep their state and gradients in 16 bits (a
 # bfloat16 input gradient came out 0.3 off in relative RMS on one machine). The triton backend
@@ -75,7 +87,7 @@ def _kernel(kind: str, run: Callable[[KernelCall], tuple[Tensor, tuple[Tensor, .
         description=(
             f"pure-torch {kind} time loop with a hand-written backward, any heads, CPU and GPU"
         ),
-        priority=FUSED_PRIORITY,
+        priority=priority,
         supports=supports,
     )
 

@@ -21,11 +21,10 @@ See ``docs/kernels-fused.md`` for the measurements behind the ``auto`` prioritie
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,6 +40,7 @@ from rnnkit.kernels.native import BuildError
 __all__ = [
     "BACKEND",
     "DISABLE_ENV",
+    "EXPORT_PRIORITY",
     "FLOAT64_PRIORITY",
     "LIBRARY",
     "LOOP_PHASES",
@@ -68,6 +68,12 @@ PREFERRED = Priority.BEATS_DEVICE_BEST
 #: break, and which the existing tests and the conformance kit expect there).
 #: ``backend="fused_cpp"`` runs float64 natively.
 FLOAT64_PRIORITY = Priority.FALLBACK
+
+#: ``auto`` tier under ``torch.export``: below ``reference``. An exported program that calls
+#: this library's ops runs only where the library is built and loaded, and ONNX has no
+#: translation for them; ``torch`` and ``reference`` export to standard ATen ops.
+#: ``backend="fused_cpp"`` still exports (the ops have fake kernels, ``_fake.py``).
+EXPORT_PRIORITY = Priority.BELOW_REFERENCE
 
 #: (cell kind, needs_grad) of the dense (one-head) calls where the native loop measured faster
 #: than torch's own op (``docs/kernels-fused.md``, "auto"): GRU and Elman inference, LSTM
@@ -131,6 +137,8 @@ def priority(call: KernelCall) -> Priority:
     """
     if call.x.dtype == torch.float64:
         return FLOAT64_PRIORITY
+    if torch.compiler.is_exporting():
+        return EXPORT_PRIORITY
     cell: Any = call.cell
     heads = int(getattr(cell, "heads", 1))
     key = (str(cell.kind), call.needs_grad)
@@ -160,20 +168,7 @@ def _with_fallback(kind: str) -> Run:
             return python(call)
         return native(call)
 
-    # The C++ ops have no fake (meta) kernels, so torch.compile must not trace into them: under
-    # torch.compile the call is a graph break and runs eagerly (same results). The wrapper
-    # imports torch._dynamo (about 2 s), so it is made only once something has loaded dynamo:
-    # torch.compile loads it before tracing, so a call made without it is not being traced.
-    disabled: list[Run] = []
-
-    def guarded(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-        if not disabled and "torch._dynamo" in sys.modules:
-            disabled.append(cast(Run, torch.compiler.disable(run)))  # type: ignore[no-untyped-call]
-        if disabled:
-            return disabled[0](call)
-        return run(call)
-
-    return guarded
+    return run
 
 
 def _kernel(kind: str) -> Kernel:

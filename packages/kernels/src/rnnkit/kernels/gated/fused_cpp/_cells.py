@@ -35,6 +35,12 @@ def _mask2d(mask: Tensor | None) -> Tensor | None:
     return None if mask is None else mask.reshape(mask.shape[0], mask.shape[2])
 
 
+def _previous(states: Tensor) -> Tensor:
+    """``(N, T + 1, ...) -> (N, T, ...)``: the states entering each step, a view. Without resets
+    the native loops return no copy of them (an op's outputs must not be views of each other)."""
+    return states.narrow(1, 0, states.shape[1] - 1)
+
+
 def lstm_forward(
     px: Tensor,
     W: Tensor,
@@ -46,6 +52,8 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
     hs, c_last, *saved = ops().lstm_forward(px, W, _mask2d(mask), h0, c0, inits[0], inits[1], save)
+    if save and mask is None:
+        saved.append(_previous(hs))
     return hs, c_last, tuple(saved)
 
 
@@ -75,6 +83,8 @@ def gru_forward(
     """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
     b = None if bhn is None else bhn.reshape(W.shape[0], W.shape[1])
     hs, *saved = ops().gru_forward(px, W, b, _mask2d(mask), h0, init, save)
+    if save and mask is None:
+        saved.append(_previous(hs))
     return hs, tuple(saved)
 
 
@@ -92,8 +102,8 @@ def elman_forward(
 ) -> tuple[Tensor, Tensor | None]:
     """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_loop` (``hp`` is ``None`` without
     resets: the previous states are then ``hs[:, :T]``)."""
-    hs, hp = ops().elman_forward(px, W, _mask2d(mask), h0, init, relu)
-    return hs, None if mask is None else hp
+    hs, *hp = ops().elman_forward(px, W, _mask2d(mask), h0, init, relu)
+    return hs, hp[0] if hp else None
 
 
 def elman_backward(
@@ -114,6 +124,8 @@ def slstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop`."""
     hs, cn, ms, *saved = ops().slstm_forward(px, W, _mask2d(mask), *states, list(inits), save)
+    if save and mask is None:
+        saved += [_previous(cn), _previous(hs)]
     return hs, cn, ms, tuple(saved)
 
 
@@ -144,7 +156,10 @@ SLSTM_LOOPS = SLSTMLoops(slstm_forward, slstm_backward)
 
 def pooled_empty(size: Sequence[int], dtype: torch.dtype) -> Tensor:
     """An uninitialised CPU tensor from the library's buffer cache (``csrc/buffer_pool.h``):
-    the large tensors of a training step reuse the pages of the previous step's."""
+    the large tensors of a training step reuse the pages of the previous step's. Under
+    torch.compile and torch.export a plain ``torch.empty`` (the compiler plans its buffers)."""
+    if torch.compiler.is_compiling():
+        return torch.empty(tuple(size), dtype=dtype)
     out: Tensor = ops().pooled_empty(list(size), dtype)
     return out
 

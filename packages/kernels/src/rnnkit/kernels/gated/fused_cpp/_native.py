@@ -18,6 +18,14 @@ LIB_NAME = "rnnkit_fused_cpp"
 #: Set to ``0`` to switch this backend off (``auto`` then uses the pure-torch ``fused`` loop).
 DISABLE_ENV = "RNNKIT_FUSED_CPP"
 
+
+def _register_fakes() -> None:
+    # the fake kernels (torch.compile, torch.export) can only be registered once the ops exist
+    from rnnkit.kernels.gated.fused_cpp import _fake
+
+    _fake.register()
+
+
 #: The C++ time loops, no torch headers: the cells as policies of the loop drivers
 #: (``gated_cells.cpp``, ``gated_loops.h``), their row kernels (``gated_rows.cpp``), the thread
 #: team of the float loops (``gated_team.cpp``) and its tile kernels (``gated_tiles_*.cpp``);
@@ -47,6 +55,7 @@ LIBRARY = NativeLibrary(
         "buffer_pool.h",
     ),
     disable_env=DISABLE_ENV,
+    on_load=_register_fakes,
 )
 
 

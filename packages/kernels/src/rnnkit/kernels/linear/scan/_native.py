@@ -81,7 +81,13 @@ def _ops() -> Any | None:
 
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the native scan runs here: CPU, a native dtype, and the library built or
-    loaded (building it on first use; a failure warns once and returns ``False``)."""
+    loaded (building it on first use; a failure warns once and returns ``False``).
+
+    ``False`` while ``torch.export`` traces: the exported program then holds the pure-torch
+    scan, which runs without this library and translates to ONNX (the native ops would not).
+    """
+    if torch.compiler.is_exporting():
+        return False
     if unavailable_reason(device, dtype) is not None:
         return False
     return _ops() is not None

@@ -256,7 +256,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& px_, const at::Tensor& W_
   });
   at::Tensor c_last = cs.select(1, T % cs.size(1)).clone();
   if (!save) return {hs, c_last};
-  if (!hp.defined()) hp = hs.narrow(1, 0, T);
+  if (!hp.defined()) return {hs, c_last, acts, cs, tcs};
   return {hs, c_last, acts, cs, tcs, hp};
 }
 
@@ -317,7 +317,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& px_, const at::Tensor& W_,
     return 0;
   });
   if (!save) return {hs};
-  if (!hp.defined()) hp = hs.narrow(1, 0, T);
+  if (!hp.defined()) return {hs, acts, qs};
   return {hs, acts, qs, hp};
 }
 
@@ -379,7 +379,7 @@ std::vector<at::Tensor> elman_forward(const at::Tensor& px_, const at::Tensor& W
     rnnkit_cpu::elman_forward(make_env<T_>(), d, a);
     return 0;
   });
-  if (!hp.defined()) hp = hs.narrow(1, 0, T);
+  if (!hp.defined()) return {hs};
   return {hs, hp};
 }
 
@@ -449,8 +449,7 @@ std::vector<at::Tensor> slstm_forward(const at::Tensor& px_, const at::Tensor& W
     return 0;
   });
   if (!save) return {hs, cn, ms};
-  if (!cnp.defined()) cnp = cn.narrow(1, 0, T);
-  if (!hp.defined()) hp = hs.narrow(1, 0, T);
+  if (!mask.defined()) return {hs, cn, ms, gates, ex};
   return {hs, cn, ms, gates, ex, cnp, hp};
 }
 
@@ -591,43 +590,40 @@ void set_options(int64_t grain_elements, bool use_blas, bool use_pack,
 
 }  // namespace
 
+// The tensor ops are defined by schema and implemented for CPU only, so that other dispatch
+// keys (the fake tensors of torch.compile and torch.export) reach the fake kernels registered
+// in Python (fused_cpp/_fake.py) instead of this code. None of them returns a view of another
+// output or of an input (custom ops must not alias): the Python side makes those views.
 TORCH_LIBRARY(rnnkit_fused_cpp, m) {
   m.def(
       "lstm_forward(Tensor px, Tensor W, Tensor? mask, Tensor h0, Tensor c0, float h_init, "
-      "float c_init, bool save) -> Tensor[]",
-      &lstm_forward);
+      "float c_init, bool save) -> Tensor[]");
   m.def(
       "lstm_backward(Tensor W, Tensor acts, Tensor cs, Tensor tcs, Tensor? mask, Tensor d_hs, "
-      "Tensor d_c) -> Tensor[]",
-      &lstm_backward);
+      "Tensor d_c) -> Tensor[]");
   m.def(
       "gru_forward(Tensor px, Tensor W, Tensor? bhn, Tensor? mask, Tensor h0, float h_init, "
-      "bool save) -> Tensor[]",
-      &gru_forward);
+      "bool save) -> Tensor[]");
   m.def(
       "gru_backward(Tensor W, Tensor acts, Tensor qs, Tensor hp, Tensor? mask, Tensor d_hs) "
-      "-> Tensor[]",
-      &gru_backward);
+      "-> Tensor[]");
   m.def(
       "elman_forward(Tensor px, Tensor W, Tensor? mask, Tensor h0, float h_init, bool relu) "
-      "-> Tensor[]",
-      &elman_forward);
-  m.def("elman_backward(Tensor W, Tensor hs, Tensor? mask, Tensor d_hs, bool relu) -> Tensor[]",
-        &elman_backward);
+      "-> Tensor[]");
+  m.def("elman_backward(Tensor W, Tensor hs, Tensor? mask, Tensor d_hs, bool relu) -> Tensor[]");
   m.def(
       "slstm_forward(Tensor px, Tensor W, Tensor? mask, Tensor h0, Tensor c0, Tensor n0, "
-      "Tensor m0, float[] inits, bool save) -> Tensor[]",
-      &slstm_forward);
+      "Tensor m0, float[] inits, bool save) -> Tensor[]");
   m.def(
       "slstm_backward(Tensor W, Tensor hs, Tensor cn, Tensor ms, Tensor gates, Tensor ex, "
-      "Tensor cnp, Tensor? mask, Tensor d_hs, Tensor d_c, Tensor d_n, Tensor d_m) -> Tensor[]",
-      &slstm_backward);
+      "Tensor cnp, Tensor? mask, Tensor d_hs, Tensor d_c, Tensor d_n, Tensor d_m) -> Tensor[]");
+  m.def("tile_product(str isa, Tensor w, Tensor a) -> Tensor");
   m.def("info() -> str", &info);
   m.def("team_loops_run() -> int", &team_loops_run);
   m.def("set_phase_timing(bool on) -> ()", &rnnkit_cpu::set_phase_timing);
   m.def("phase_times(bool reset) -> float[]", &rnnkit_cpu::phase_times);
   m.def("tile_isas() -> str[]", &tile_isas);
-  m.def("tile_product(str isa, Tensor w, Tensor a) -> Tensor", &tile_product);
+  // no tensor argument to dispatch on: one kernel for every key (not called while tracing)
   m.def("pooled_empty(int[] size, ScalarType dtype) -> Tensor", &pooled_empty_op);
   m.def("pool_info() -> int[]", &pool_info);
   m.def("pool_release() -> ()", &rnnkit_cpu::pool_release);
@@ -635,4 +631,16 @@ TORCH_LIBRARY(rnnkit_fused_cpp, m) {
   m.def(
       "set_options(int grain_elements, bool use_blas, bool use_pack, str tiles=\"auto\") -> ()",
       &set_options);
+}
+
+TORCH_LIBRARY_IMPL(rnnkit_fused_cpp, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("elman_forward", &elman_forward);
+  m.impl("elman_backward", &elman_backward);
+  m.impl("slstm_forward", &slstm_forward);
+  m.impl("slstm_backward", &slstm_backward);
+  m.impl("tile_product", &tile_product);
 }

@@ -1,0 +1,91 @@
+"""torch.export and ONNX of every registered cell on its default backend (``auto``).
+
+``auto`` under ``torch.export`` picks backends that export to plain ATen ops (see
+``docs/kernels.md``, "torch.compile, torch.export and autocast"): the exported program runs
+without rnnkit's native libraries, and ONNX Runtime runs the ONNX model (where ONNX has the
+operators the cell needs). Runs where onnx, onnxscript and onnxruntime are installed (nox's
+``integration`` session).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+from rnnkit.core.plugins import get_host
+from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
+
+#: Cells whose computation ONNX cannot express, with the reason.
+ONNX_UNSUPPORTED = {
+    "lru": "a complex-valued recurrence (ONNX has no complex dtypes)",
+    "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
+}
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(e.name, kw, id=f"{e.name}-{i}")
+        for e in get_host().cells
+        for i, kw in enumerate(e.obj.test_configs)
+    ]
+
+
+def _cell(name: str, kw: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cell: torch.nn.Module = get_host().cells.get(name).obj.cls(INPUT_SIZE, HIDDEN_SIZE, **kw)
+    return cell
+
+
+class _Outputs(torch.nn.Module):
+    """``y`` and the final state as a flat tuple (what ONNX sessions return)."""
+
+    def __init__(self, cell: torch.nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y, final = self.cell(x)
+        return (y, *final)
+
+
+@pytest.mark.parametrize(("name", "kw"), _cases())
+def test_export_runs_like_eager(name: str, kw: dict[str, Any]) -> None:
+    """The exported program of ``cell(x)`` (x without a gradient, the parameters with) gives
+    eager's outputs (run for inference: the scans' exported programs still write with
+    ``out=`` ops, which autograd refuses)."""
+    model = _Outputs(_cell(name, kw))
+    x = torch.randn(2, 7, INPUT_SIZE)
+    want = model(x)
+    ep = torch.export.export(model, (x,))
+    assert "rnnkit_" not in ep.graph_module.print_readable(False), "a native op was exported"
+    with torch.no_grad():
+        got = ep.module()(x)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "kw"), _cases())
+def test_onnx_runtime_matches_eager(name: str, kw: dict[str, Any]) -> None:
+    """``torch.onnx.export(dynamo=True)`` of the cell runs on ONNX Runtime like eager."""
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    if name in ONNX_UNSUPPORTED:
+        pytest.skip(f"{name}: {ONNX_UNSUPPORTED[name]}")
+    model = _Outputs(_cell(name, kw))
+    x = torch.randn(2, 7, INPUT_SIZE)
+    with torch.no_grad():
+        want = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notices about optional packages
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    assert program is not None
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(torch.from_numpy(g), w, rtol=1e-4, atol=1e-5)
