@@ -122,7 +122,7 @@ def test_check_cell_returns_every_check_s_report() -> None:
     reports = check_cell(_make, skip=("backends", "compile", "nan_propagation"))
     assert [r.check for r in reports] == [
         "state_spec", "recur", "step_matches_forward", "chunking", "resets", "empty_batch",
-        "bad_input",
+        "bad_input", "lengths",
     ]  # fmt: skip
     assert all(r.ran or r.notes for r in reports)
 
