@@ -44,5 +44,7 @@ class DiagonalLinearCell(Cell[LinearState]):
 
     def recur(self, px_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
         a, b = self.coefficients(px_t)
-        h = a * state.h + b
-        return self.readout(h, px_t), LinearState(h)
+        # The step runs in the coefficients' dtype (a cell may compute in complex64 for a
+        # bfloat16 state); the state keeps its own dtype. Both are no-ops when they agree.
+        h = a * state.h.to(b.dtype) + b
+        return self.readout(h, px_t), LinearState(h.to(state.h.dtype))

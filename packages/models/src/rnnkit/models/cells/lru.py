@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rnnkit.core.linear import DiagonalLinearCell, LinearState
+from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
 
@@ -126,8 +126,3 @@ class LRU(DiagonalLinearCell):
         )
         x = px[..., 2 * self.hidden_size :]
         return (y + self.D.to(rd) * x.to(rd)).to(px.dtype)
-
-    def recur(self, px_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
-        a, b = self.coefficients(px_t)
-        h = a * state.h.to(b.dtype) + b
-        return self.readout(h, px_t), LinearState(h.to(state.h.dtype))

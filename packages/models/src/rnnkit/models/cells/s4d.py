@@ -178,11 +178,6 @@ class S4D(DiagonalLinearCell):
         y = 2 * (modes.real * self.C_re.to(rd) - modes.imag * self.C_im.to(rd)).sum(-1)
         return (y + self.D.to(rd) * px.to(rd)).to(px.dtype)
 
-    def recur(self, px_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
-        a, b = self.coefficients(px_t)
-        h = a * state.h.to(b.dtype) + b
-        return self.readout(h, px_t), LinearState(h.to(state.h.dtype))
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, init={self.init!r}, discretization={self.discretization!r}"
 
