@@ -12,6 +12,24 @@ from torch import Tensor, nn
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.recurrent import Recurrent
 
+#: How a network turns per-step features into its outputs.
+POOLINGS: tuple[str, ...] = ("none", "last", "mean")
+
+
+def _check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
+    return pooling
+
+
+def _pool(y: Tensor, pooling: str) -> Tensor:
+    """``(B, T, F)`` -> ``(B, T, F)`` for ``"none"``, ``(B, F)`` for ``"last"`` / ``"mean"``."""
+    if pooling == "last":
+        return y[:, -1]
+    if pooling == "mean":
+        return y.mean(1)
+    return y
+
 
 class SequenceModel(nn.Module):
     """Encoder -> recurrent stack -> linear head, for per-step or per-sequence outputs.
@@ -42,9 +60,7 @@ class SequenceModel(nn.Module):
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
-        if pooling not in ("none", "last", "mean"):
-            raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
-        self.pooling = pooling
+        self.pooling = _check_pooling(pooling)
         self.embed = nn.Embedding(vocab_size, hidden_size) if vocab_size else None
         rnn_in = hidden_size if vocab_size else input_size
         self.rnn = Recurrent(
@@ -63,11 +79,7 @@ class SequenceModel(nn.Module):
         if self.embed is not None:
             x = self.embed(x)
         y, _ = self.rnn(x, backend=backend, resets=resets)
-        if self.pooling == "last":
-            y = y[:, -1]
-        elif self.pooling == "mean":
-            y = y.mean(1)
-        out: Tensor = self.head(y)
+        out: Tensor = self.head(_pool(y, self.pooling))
         return out
 
 
@@ -146,9 +158,7 @@ class SSMNetwork(nn.Module):
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
-        if pooling not in ("none", "last", "mean"):
-            raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
-        self.pooling = pooling
+        self.pooling = _check_pooling(pooling)
         self.encoder: nn.Module = (
             nn.Embedding(vocab_size, hidden_size)
             if vocab_size
@@ -166,12 +176,7 @@ class SSMNetwork(nn.Module):
         y = self.encoder(x)
         for block in self.blocks:
             y = block(y, backend=backend, resets=resets)
-        y = self.norm(y)
-        if self.pooling == "last":
-            y = y[:, -1]
-        elif self.pooling == "mean":
-            y = y.mean(1)
-        out: Tensor = self.head(y)
+        out: Tensor = self.head(_pool(self.norm(y), self.pooling))
         return out
 
 
