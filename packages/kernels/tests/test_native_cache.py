@@ -38,9 +38,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _child(code: str, cache: Path, csrc: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter with ``lib``, ``fake_compile`` (copies the good build
-    ``csrc/good.so`` instead of compiling) and ``GOOD`` defined."""
+def _script(code: str, csrc: Path) -> str:
+    """``code`` after a prelude defining ``lib``, ``fake_compile`` (copies the good build
+    ``csrc/good.so`` instead of compiling) and ``GOOD``."""
     prelude = f"""
     import shutil, sys, torch
     from pathlib import Path
@@ -54,10 +54,18 @@ def _child(code: str, cache: Path, csrc: Path, **env: str) -> subprocess.Complet
         torch.ops.load_library(str(work / {NAME + ".so"!r}))
 
     """
-    script = textwrap.dedent(prelude) + textwrap.dedent(code)
+    return textwrap.dedent(prelude) + textwrap.dedent(code)
+
+
+def _child(code: str, cache: Path, csrc: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run :func:`_script` of ``code`` in a fresh interpreter with the cache at ``cache``."""
     full_env = {**os.environ, native.CACHE_ENV: str(cache), **env}
     return subprocess.run(
-        [sys.executable, "-c", script], env=full_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _script(code, csrc)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -166,16 +174,9 @@ with native._build_lock(directory, lib.name):
 
 
 def _start_holder(cache: Path, csrc: Path) -> subprocess.Popen[str]:
-    script = f"""
-import sys, torch
-from pathlib import Path
-from rnnkit.kernels import native
-lib = native.NativeLibrary(name={NAME!r}, csrc=Path({str(csrc)!r}), sources=("tiny.cpp",))
-{HOLD_LOCK}
-"""
     env = {**os.environ, native.CACHE_ENV: str(cache)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _script(HOLD_LOCK, csrc)], env=env, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "holding"
@@ -183,22 +184,15 @@ lib = native.NativeLibrary(name={NAME!r}, csrc=Path({str(csrc)!r}), sources=("ti
 
 
 def test_a_held_lock_is_shown_and_waiting_times_out(
-    golden: tuple[Path, Path], tmp_path: Path
+    golden: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     csrc, cache, key_dir = _copy(golden, tmp_path)
     (key_dir / f"{NAME}.so").unlink()  # a build is needed
     holder = _start_holder(cache, csrc)
     try:
-        lib = NativeLibrary(name=NAME, csrc=csrc, sources=("tiny.cpp",))
-        old = os.environ.get(native.CACHE_ENV)
-        os.environ[native.CACHE_ENV] = str(cache)
-        try:
-            status = lib.status()
-        finally:
-            if old is None:
-                del os.environ[native.CACHE_ENV]
-            else:
-                os.environ[native.CACHE_ENV] = old
+        monkeypatch.setenv(native.CACHE_ENV, str(cache))
+        monkeypatch.setattr(native, "_REGISTRY", dict(native.libraries()))
+        status = NativeLibrary(name=NAME, csrc=csrc, sources=("tiny.cpp",)).status()
         assert f"process {holder.pid}" in status.get("lock", ""), status
         code = "native.NativeLibrary._compile = fake_compile\nlib.build()"
         start = time.monotonic()
