@@ -49,8 +49,8 @@ __all__ = [
 
 BACKEND_ENV = "RNNKIT_BACKEND"
 
-#: ``() -> every registered kernel``.
-KernelSource = Callable[[], Sequence[Kernel]]
+#: ``() -> every registered kernel``, as a list the caller may keep.
+KernelSource = Callable[[], list[Kernel]]
 _source: KernelSource | None = None
 
 
@@ -72,7 +72,7 @@ def registered_kernels() -> list[Kernel]:
             "rnnkit.core.dispatch has no kernel source: import rnnkit.core (the plugin host "
             "installs it) before running a cell"
         )
-    return list(_source())
+    return _source()  # already a fresh list: no second copy on every dispatch
 
 
 def targets_of(cell: Cell[Any]) -> list[str]:
