@@ -71,17 +71,20 @@ def delta_rule_chunked(
         raise ValueError(f"chunk must be positive, got {chunk}")
     if q.shape[2] == 0:
         return v.new_empty(v.shape), S0
-    poison_o, poison_S = _poison(q, k, v, beta, S0, rule, resets)
-    q, k, v, beta, S0 = (_finite(t) for t in (q, k, v, beta, S0))
+    # the non-finite masks are computed once, for the poison masks and the replacement
+    q_bad, k_bad, v_bad, beta_bad, s0_bad = (~torch.isfinite(t) for t in (q, k, v, beta, S0))
+    poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
+    q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
+    beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
     o, S = _chunked(q, k, v, beta, S0, rule, resets, chunk)
     nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
     return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
 
 
-def _finite(t: Tensor) -> Tensor:
-    """``t`` with non-finite entries replaced by 0 (their effect is restored by the poison
-    masks of :func:`_poison`)."""
-    return torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype, device=t.device))
+def _finite(t: Tensor, bad: Tensor) -> Tensor:
+    """``t`` with its non-finite entries (``bad``) replaced by 0 (their effect is restored by
+    the poison masks of :func:`_poison`)."""
+    return torch.where(bad, torch.zeros((), dtype=t.dtype, device=t.device), t)
 
 
 def _since_reset(bad: Tensor, resets: Tensor | None) -> Tensor:
@@ -97,16 +100,17 @@ def _since_reset(bad: Tensor, resets: Tensor | None) -> Tensor:
 
 
 def _poison(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    S0: Tensor,
+    q_bad: Tensor,
+    k_bad: Tensor,
+    v_bad: Tensor,
+    beta_bad: Tensor,
+    s0_bad: Tensor,
     rule: str,
     resets: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Where the step recurrence gives non-finite results, as bool masks of the outputs
-    ``(B, n, T, d_v)`` and of the final memory ``(B, n, d_v, d_k)``.
+    ``(B, n, T, d_v)`` and of the final memory ``(B, n, d_v, d_k)``, from the masks of the
+    non-finite entries of ``q, k, v, beta, S0``.
 
     The chunked products multiply masked (zero) coefficients with every token of a chunk, so a
     NaN would reach the chunk's earlier outputs (``0 * nan``); the chunks are therefore computed
@@ -116,22 +120,20 @@ def _poison(
     column of ``S``, and so every read-out); a non-finite entry of ``S0`` its row (delta rule)
     or itself (linear); a non-finite query only its own output.
     """
-    B, T = v.shape[0], v.shape[2]
-    k_bad = ~torch.isfinite(k)  # (B, n, T, d_k)
-    beta_bad = ~torch.isfinite(beta).unsqueeze(-1)  # (B, n, T, 1)
+    B, T = v_bad.shape[0], v_bad.shape[2]
+    beta_bad = beta_bad.unsqueeze(-1)  # (B, n, T, 1)
     every_row = k_bad.any(-1, keepdim=True) | beta_bad
-    rows = _since_reset(~torch.isfinite(v) | every_row, resets)  # (B, n, T, d_v)
-    first = torch.ones(B, 1, T, 1, dtype=torch.bool, device=v.device)
+    rows = _since_reset(v_bad | every_row, resets)  # (B, n, T, d_v)
+    first = torch.ones(B, 1, T, 1, dtype=torch.bool, device=v_bad.device)
     if resets is not None:
         first = (torch.cumsum(resets.to(torch.int64), 1) == 0)[:, None, :, None]
-    s0_bad = ~torch.isfinite(S0)  # (B, n, d_v, d_k)
     state = rows | (first & s0_bad.any(-1).unsqueeze(2))
-    o = state | ~torch.isfinite(q).all(-1, keepdim=True)
-    d_k = k.shape[-1]
+    o = state | q_bad.any(-1, keepdim=True)
+    d_k = k_bad.shape[-1]
     if rule == "delta":
-        final = state[:, :, -1].unsqueeze(-1).expand(*S0.shape)
+        final = state[:, :, -1].unsqueeze(-1).expand(*s0_bad.shape)
     else:
-        v_rows = _since_reset(~torch.isfinite(v), resets)[:, :, -1]  # (B, n, d_v)
+        v_rows = _since_reset(v_bad, resets)[:, :, -1]  # (B, n, d_v)
         k_cols = _since_reset(k_bad, resets)[:, :, -1]  # (B, n, d_k)
         all_bad = _since_reset(beta_bad, resets)[:, :, -1]  # (B, n, 1)
         final = (
