@@ -124,7 +124,10 @@ def scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, reverse: bool) -
     """
     # the kernels read raw memory: a lazily conjugated or negated view must be materialised
     a, b, h0 = (_plain(x) for x in (a, b, h0))
-    LIBRARY.ops().scan(a, b, h0.contiguous(), out, reverse)
+    if torch.compiler.is_compiling():
+        out.copy_(_scan_functional(a, b, h0.contiguous(), reverse))
+    else:
+        LIBRARY.ops().scan(a, b, h0.contiguous(), out, reverse)
     return out
 
 
@@ -152,6 +155,15 @@ def backward_into(
         dh0: ``(B, D)`` contiguous output.
     """
     a, h, h0, dh, dh_last = (_plain(x) for x in (a, h, h0, dh, dh_last))
+    if torch.compiler.is_compiling():
+        g, grad_a, grad_h0 = _scan_backward_functional(
+            a, h, h0.contiguous(), dh, dh_last.contiguous(), da is not None
+        )
+        db.copy_(g)
+        dh0.copy_(grad_h0)
+        if da is not None:
+            da.copy_(grad_a)
+        return
     unused = db.new_empty((0,))  # stands in for da when the gates need no gradient
     LIBRARY.ops().scan_backward(
         a,
@@ -164,3 +176,44 @@ def backward_into(
         dh0,
         da is not None,
     )
+
+
+# --- functional forms for torch.compile ---------------------------------------------------------
+# The native ops write into caller buffers (``Tensor(a!)`` in their schemas). Under
+# torch.compile, AOTAutograd wraps such ops in ``auto_functionalized_v2``, and inductor's pass
+# that removes it again fails for complex buffers ("auto_functionalized_v2 was not removed"):
+# LRU and S4D on their scan backend did not compile. These opaque custom ops allocate their
+# results themselves, so the traced graph holds no mutation of a graph tensor at all; eager
+# calls keep the direct, copy-free path.
+
+
+@torch.library.custom_op("rnnkit_scan_fn::scan", mutates_args=())
+def _scan_functional(a: Tensor, b: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    out = torch.empty(a.shape, dtype=b.dtype, device=b.device)
+    LIBRARY.ops().scan(a, b, h0, out, reverse)
+    return out
+
+
+@_scan_functional.register_fake
+def _scan_functional_fake(a: Tensor, b: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    return torch.empty(a.shape, dtype=b.dtype, device=b.device)
+
+
+@torch.library.custom_op("rnnkit_scan_fn::scan_backward", mutates_args=())
+def _scan_backward_functional(
+    a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor, need_a: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    db = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    da = torch.empty(h.shape if need_a else (0,), dtype=h.dtype, device=h.device)
+    dh0 = torch.empty(h0.shape, dtype=h.dtype, device=h.device)
+    LIBRARY.ops().scan_backward(a, h, h0, dh, dh_last, db, da, dh0, need_a)
+    return db, da, dh0
+
+
+@_scan_backward_functional.register_fake
+def _scan_backward_functional_fake(
+    a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor, need_a: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    db = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    da = torch.empty(h.shape if need_a else (0,), dtype=h.dtype, device=h.device)
+    return db, da, torch.empty(h0.shape, dtype=h.dtype, device=h.device)
