@@ -52,11 +52,16 @@ class _Outputs(torch.nn.Module):
         return (y, *final)
 
 
+def _loss(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    squares = ((o.abs() if o.is_complex() else o).square().sum() for o in outputs)
+    return sum(squares, torch.zeros(()))
+
+
 @pytest.mark.parametrize(("name", "kw"), _cases())
 def test_export_runs_like_eager(name: str, kw: dict[str, Any]) -> None:
-    """The exported program of ``cell(x)`` (x without a gradient, the parameters with) gives
-    eager's outputs (run for inference: the scans' exported programs still write with
-    ``out=`` ops, which autograd refuses)."""
+    """The exported program of ``cell(x)`` (exported with ``x`` without a gradient, the
+    parameters with) gives eager's outputs, and runs under autograd: the gradients of its
+    parameters and of ``x`` equal eager's."""
     model = _Outputs(_cell(name, kw))
     x = torch.randn(2, 7, INPUT_SIZE)
     want = model(x)
@@ -66,6 +71,15 @@ def test_export_runs_like_eager(name: str, kw: dict[str, Any]) -> None:
         got = ep.module()(x)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+    exported = ep.module()
+    xg = x.clone().requires_grad_()
+    got_grads = torch.autograd.grad(_loss(exported(xg)), [xg, *exported.parameters()])
+    xe = x.clone().requires_grad_()
+    want_grads = torch.autograd.grad(_loss(model(xe)), [xe, *model.parameters()])
+    assert len(got_grads) == len(want_grads)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("name", "kw"), _cases())

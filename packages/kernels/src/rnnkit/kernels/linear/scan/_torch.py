@@ -70,6 +70,32 @@ def sequential_scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, rever
     return state
 
 
+def doubling_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """All states ``h: (B, T, D)`` by recursive doubling, in ``ceil(log2 T)`` rounds of
+    out-of-place ops that autograd differentiates (no ``out=``, no hand-written backward).
+
+    The form for traced programs (``torch.export``, ONNX): its graph has ``O(log T)`` nodes
+    and runs under autograd. Round ``k`` combines each position with the one ``d = 2^k``
+    earlier: ``h_t <- P_t h_{t-d} + h_t`` and ``P_t <- P_t P_{t-d}``, where ``P_t`` is the
+    product of the gates over the span that ``h_t`` already covers. As in the chunked scan,
+    every intermediate is a true partial state or a true product of gates over a span. It does
+    ``O(T log T)`` work, so the eager scans stay faster outside traced programs.
+
+    Args:
+        a, b: ``(B, T, D)`` with ``T >= 1`` (``a`` may be an expanded view).
+        h0: ``(B, D)``, the state before step 0.
+    """
+    first = a[:, :1] * h0.unsqueeze(1) + b[:, :1]  # the state after step 0
+    h = torch.cat([first, b[:, 1:]], 1)
+    span = a
+    time, d = b.shape[1], 1
+    while d < time:
+        h = torch.cat([h[:, :d], span[:, d:] * h[:, :-d] + h[:, d:]], 1)
+        span = torch.cat([span[:, :d], span[:, d:] * span[:, :-d]], 1)
+        d *= 2
+    return h
+
+
 def _rows(x: Tensor, first: int, count: int, step: int) -> Tensor:
     """Rows ``first, first + step, ..., first + (count - 1) step`` of ``x: (B, T, D)``:
     a ``(B, count, D)`` view (any strides, including the 0 strides of an expanded tensor)."""

@@ -201,6 +201,12 @@ class _LinearScan(torch.autograd.Function):
 def _apply(
     a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
 ) -> tuple[Tensor, Tensor]:
+    if torch.compiler.is_exporting() and not backend.startswith("triton"):
+        # an exported program must run under autograd: the scans above write with ``out=``
+        # ops (which autograd refuses) inside a hand-written backward that export does not keep
+        cd = compute_dtype(b.dtype)
+        h = _torch.doubling_scan(a.to(cd), b.to(cd), h0.to(cd)).to(b.dtype)
+        return h, h[:, -1]
     out: tuple[Tensor, Tensor] = _LinearScan.apply(a, b, h0, backend, chunk)  # type: ignore[no-untyped-call]
     return out
 
