@@ -22,13 +22,19 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit train`` and ``rnnkit compare``; add ``kws`` and ``charlm`` to
-    rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
-    line, so they are in place when ``rnnkit analog``'s parser is configured)."""
-    from rnnkit.tasks import cli
+    """Register ``rnnkit train``, ``rnnkit compare`` and ``rnnkit data``; add ``kws`` and
+    ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds
+    the command line, so they are in place when ``rnnkit analog``'s parser is configured)."""
+    from rnnkit.tasks import cli, downloads
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
+    register(
+        "data",
+        help=downloads.DATA_HELP,
+        configure=downloads.configure_data,
+        run=downloads.run_data,
+    )
     register_analog_experiments()
 
 

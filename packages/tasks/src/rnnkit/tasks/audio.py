@@ -3,15 +3,15 @@
 * :func:`mfcc`: framing, Hann window, rFFT power spectrum, HTK mel filterbank, log, DCT-II
   (orthonormal), in torch. Defaults: 16 kHz, 25 ms window, 10 ms hop, 40 mel bands, 13
   coefficients, so a 1 s clip gives ``(98, 13)``.
-* :func:`read_wav`: 16-bit PCM mono WAV with the standard-library ``wave`` module, resampled by
-  linear interpolation to 16 kHz and padded / cropped to 1 s.
+* :func:`read_wav`: 16-bit PCM mono WAV with the standard-library ``wave`` module, resampled to
+  16 kHz by a polyphase filter (:func:`resample`) and padded / cropped to 1 s.
 * :func:`speech_commands_data`: the Google Speech Commands folder layout
   (``<root>/<word>/<file>.wav``, ``validation_list.txt``, ``testing_list.txt``), with the
   12-class ``_silence_`` (cut from ``_background_noise_``) and ``_unknown_`` (other words)
   classes on request.
 * :func:`espeak_data`: a small synthetic keyword set spoken by ``espeak-ng`` (several voices,
-  speeds and pitches) with Gaussian noise at a few SNRs, built on first use and cached under
-  ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit/kws``); split by voice, so no voice is shared
+  speeds and pitches) with Gaussian noise at a few SNRs, built on first use and cached (see
+  :func:`cache_dir`); split by voice, so no voice is shared
   between train, valid and test.
 * :func:`espeak12_data`: the 12-class setup on the ``espeak-ng`` set: ``_silence_`` cut from
   synthetic coloured-noise recordings, ``_unknown_`` from other words spoken the same way.
@@ -38,7 +38,9 @@ import wave
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import filelock
 import numpy as np
+import scipy.signal
 import torch
 from torch import Tensor
 
@@ -179,16 +181,21 @@ def fit_clip(x: Tensor, length: int = CLIP_SAMPLES, offset: int | None = None) -
     return x[start : start + length]
 
 
-def resample_linear(x: Tensor, rate_in: int, rate_out: int) -> Tensor:
-    """Resample ``x`` ``(S,)`` by linear interpolation (no anti-aliasing filter)."""
+def resample(x: Tensor, rate_in: int, rate_out: int) -> Tensor:
+    """Resample ``x`` ``(S,)`` from ``rate_in`` to ``rate_out`` Hz with a polyphase filter.
+
+    :func:`scipy.signal.resample_poly` upsamples by ``rate_out / g`` and downsamples by
+    ``rate_in / g`` (``g`` their greatest common divisor) through one low-pass FIR filter, so
+    content above the new Nyquist frequency is removed rather than folded back (linear
+    interpolation from espeak-ng's 22,050 Hz to 16 kHz aliased its 8-11 kHz band into the
+    speech band). Computed in float64, returned in ``x``'s dtype, ``round(S * rate_out /
+    rate_in)`` samples.
+    """
     if rate_in == rate_out:
         return x
-    n_out = max(1, round(x.shape[0] * rate_out / rate_in))
-    pos = torch.arange(n_out, dtype=torch.float64) * (rate_in / rate_out)
-    i0 = pos.floor().long().clamp(max=x.shape[0] - 1)
-    i1 = (i0 + 1).clamp(max=x.shape[0] - 1)
-    frac = (pos - i0.double()).to(x.dtype)
-    return x[i0] + (x[i1] - x[i0]) * frac
+    g = math.gcd(rate_in, rate_out)
+    y = scipy.signal.resample_poly(x.double().numpy(), rate_out // g, rate_in // g)
+    return torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
 
 
 def read_wav(
@@ -199,7 +206,7 @@ def read_wav(
 ) -> Tensor:
     """A 16-bit PCM mono WAV as float32 ``(length,)`` in ``[-1, 1)``.
 
-    Resampled to ``sample_rate`` by linear interpolation when its rate differs; padded with
+    Resampled to ``sample_rate`` (:func:`resample`, polyphase) when its rate differs; padded with
     zeros or cropped (centred) to ``length`` samples (``None`` keeps the length). A file that
     is not such a WAV, is cut short of the samples its header announces or holds none raises
     ``ValueError`` naming it.
@@ -225,7 +232,7 @@ def read_wav(
     if frames == 0:
         raise ValueError(f"{path}: the WAV file holds no samples")
     x = torch.from_numpy(np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
-    x = resample_linear(x, rate, sample_rate)
+    x = resample(x, rate, sample_rate)
     return x if length is None else fit_clip(x, length)
 
 
@@ -448,9 +455,13 @@ def _add_silence_unknown(
 
 
 def cache_dir() -> Path:
-    """``$RNNKIT_CACHE/kws`` if set, else ``~/.cache/rnnkit/kws``."""
+    """``$RNNKIT_CACHE/kws`` if set, else ``$XDG_CACHE_HOME/rnnkit/kws`` (XDG's default:
+    ``~/.cache/rnnkit/kws``), as the native libraries' cache does."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env) / "kws" if env else Path.home() / ".cache" / "rnnkit" / "kws"
+    if env:
+        return Path(env) / "kws"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "rnnkit" / "kws"
 
 
 def _espeak() -> str:
@@ -621,10 +632,15 @@ def _load_cache(path: Path, meta: Tensor) -> tuple[dict[str, Tensor] | None, str
     return (None, fault) if fault else (blob, "")
 
 
+#: How long a run waits for another process building the same keyword-spotting cache.
+BUILD_WAIT_S = 1800.0
+
+
 def _cached_clips(
     words: Sequence[str], voices: Sequence[str], speeds: Sequence[int], pitches: Sequence[int]
 ) -> dict[str, Tensor]:
-    key = repr((tuple(words), tuple(voices), tuple(speeds), tuple(pitches), SAMPLE_RATE))
+    # "poly" names the resampler: caches of the linearly resampled clips are not reused
+    key = repr((tuple(words), tuple(voices), tuple(speeds), tuple(pitches), SAMPLE_RATE, "poly"))
     cache = cache_dir()
     path = cache / f"espeak-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     grid = _grid(words, voices, speeds, pitches)
@@ -633,20 +649,54 @@ def _cached_clips(
         loaded, fault = _load_cache(path, meta)
         if loaded is not None:
             return loaded
-        warnings.warn(
-            f"{path}: damaged keyword-spotting cache ({fault}); synthesising it again",
-            RuntimeWarning,
-            stacklevel=3,
-        )
     _espeak()  # a missing espeak-ng, then an unwritable cache: both before any synthesis
-    with _scratch(cache) as work:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(path.with_suffix(".lock"), timeout=BUILD_WAIT_S)
+        lock.acquire()
+    except filelock.Timeout as e:
+        raise TimeoutError(
+            f"{path}: another process has been building this keyword-spotting cache for over "
+            f"{BUILD_WAIT_S:.0f} s (lock {lock.lock_file}); remove the lock if no build runs"
+        ) from e
+    except OSError as e:
+        raise OSError(
+            f"cannot write the keyword-spotting cache in {cache} ({e}); set {CACHE_ENV} to a "
+            "writable folder"
+        ) from e
+    try:
+        # concurrent first uses: the process that waited finds the finished cache here
+        if path.exists():
+            loaded, fault = _load_cache(path, meta)
+            if loaded is not None:
+                return loaded
+            warnings.warn(
+                f"{path}: damaged keyword-spotting cache ({fault}); synthesising it again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _build_cache(path, words, voices, speeds, pitches, meta)
+    finally:
+        lock.release()
+
+
+def _build_cache(
+    path: Path,
+    words: Sequence[str],
+    voices: Sequence[str],
+    speeds: Sequence[int],
+    pitches: Sequence[int],
+    meta: Tensor,
+) -> dict[str, Tensor]:
+    """Synthesise the clips of the grid and save them to ``path`` (atomically)."""
+    with _scratch(path.parent) as work:
         clips, _ = build_espeak_clips(words, voices, speeds, pitches, workdir=work)
         lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
         pcm = torch.cat(clips).clamp(-1.0, 32767 / 32768).mul(32768.0).round().short()
         blob = {"pcm": pcm, "lengths": lengths, "meta": meta}
         # saved inside the scratch folder, then renamed: atomic on one file system, so
-        # concurrent builders and readers never see a partial file, and a kill mid-save
-        # leaves only the scratch folder, which the next run sweeps
+        # readers never see a partial file, and a kill mid-save leaves only the scratch
+        # folder, which the next run sweeps
         part = work / path.name
         torch.save(blob, part)
         os.replace(part, path)
