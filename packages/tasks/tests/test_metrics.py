@@ -160,3 +160,19 @@ def test_task_loss_fn_replaces_the_kind_loss() -> None:
     ref = quantile_loss(out, y)
     assert float(s) == pytest.approx(float(ref[0])) and float(c) == float(ref[1])
     assert float(s) != float(batch_loss("regress", out, y)[0])
+
+
+def test_fractions_are_exact_counts() -> None:
+    """285 right of 300 is 0.95, and meets a 0.95 target (a float32 mean gave 0.949999988)."""
+    labels = torch.zeros(300, dtype=torch.long)
+    logits = torch.zeros(300, 2)
+    logits[:15, 1] = 1.0  # 15 wrong
+    assert M.accuracy(logits, labels) == 0.95
+    seq_logits = torch.zeros(300, 4, 2)
+    seq_logits[:15, 2, 1] = 1.0
+    seq_labels = torch.zeros(300, 4, dtype=torch.long)
+    assert M.sequence_accuracy(seq_logits, seq_labels) == 0.95
+    k_hot = torch.zeros(300, 3, 2)
+    wrong = k_hot.clone()
+    wrong[:15, 1, 0] = 1.0
+    assert M.multilabel_accuracy(wrong, k_hot)[1] == 0.95
