@@ -4,6 +4,7 @@ through the real CLI (``rnnkit analog``, owned by rnnkit-kernels, extended by rn
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,9 +34,13 @@ def test_analog_charlm_experiment_prints_its_table(
     for label in ("| digital |", "| pcm 5-bit NL-ADC |", "| pcm 5-bit NL-ADC + HW-aware |"):
         assert label in out
     assert "best-valid checkpoint" in out
-    # every training is a trainer run, kept under --out with the protocol's settings
-    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    # every training is a trainer run, kept under --out with the protocol's settings, beside
+    # rows.json (the plot went where --plot said: a path with a directory)
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert runs == ["control", "digital", "pcm-5bit-hw-aware"]
+    saved = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    assert saved["experiment"] == "charlm" and saved["settings"]["bits"] == [5]
+    assert saved["rows"][0]["config"] == "digital"
     final = json.loads((tmp_path / "runs" / "digital" / "final.json").read_text())
     budget = final["config"]["budget"]
     assert (final["steps"], budget["lr"], budget["weight_decay"]) == (3, 5e-3, 0.01)
@@ -66,16 +71,20 @@ def test_analog_kws_experiment_prints_its_table_and_plot(
     plugin = module_plugin(
         "tiny", rnnkit_register_tasks=lambda register: register("kws_tiny", tiny)
     )
-    plot = tmp_path / "kws.png"
+    folder = tmp_path / "exp"
+    plot = folder / "analog_kws.png"  # the default name, inside --out
     argv = ["analog", "kws", "--task", "kws_tiny", "--steps", "3", "--finetune-steps", "1"]
     argv += ["--bits", "3", "5", "--hidden-size", "8", "--noise-seeds", "2", "--batch-size", "8"]
     with use_host(PluginHost(plugins=[("tiny", plugin)])):
-        assert main([*argv, "--plot", str(plot)]) == 0
+        assert main([*argv, "--out", str(folder)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("kws_tiny LSTM, 3 digital steps, 1 HW-aware steps per config")
     assert "| config | accuracy % (mean ± std, 2 noise seeds) | delta vs digital |" in out
     for label in ("| digital |", "| pcm 3-bit NL-ADC |", "| pcm 5-bit NL-ADC + HW-aware |"):
         assert label in out
+    rows = json.loads((folder / "rows.json").read_text())["rows"]
+    assert [r["bits"] for r in rows] == [None, None, 3, 3, 5, 5]
+    assert all(len(r["values"]) == 2 for r in rows[2:])
     pytest.importorskip("matplotlib")
     assert plot.is_file() and plot.stat().st_size > 0
 
@@ -169,9 +178,28 @@ def test_analog_kws_without_rnnkit_tasks_says_what_to_install() -> None:
         assert "RNNKIT_DISABLE_PLUGINS" in proc.stderr  # installed, so it says why it is off
 
 
-def test_analog_cost_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analog", "cost"]) == 0
+def test_analog_cost_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["analog", "cost", "--out", str(tmp_path)]) == 0
     assert "NL-ADC" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert saved["settings"]["hidden"] == 512
+    assert {r["bits"] for r in saved["rows"]["comparison"]} == {3, 4, 5, 8}
+
+
+def test_analog_commands_write_nothing_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["analog", "cost"]) == 0
+    argv = ["analog", "adc-error", "--bits", "3", "--devices", "ideal", "--columns", "4"]
+    assert main(argv) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert [f.rsplit("-", 2)[0] for f in folders] == ["analog-adc-error", "analog-cost"]
+    adc = next((tmp_path / "runs").glob("analog-adc-error-*"))
+    assert (adc / "rows.json").is_file()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (adc / "adc_error.png").is_file()
 
 
 def test_analog_drift_writes_its_run_folder(
@@ -191,8 +219,9 @@ def test_analog_drift_writes_its_run_folder(
     assert "| model | drift compensation | 1 s | 1 year |" in printed
     for label in ("| as trained | off |", "| HW-aware | global (probe) |"):
         assert label in printed
-    run = json.loads((out / "drift.json").read_text())
-    (result,) = run["results"]
+    run = json.loads((out / "rows.json").read_text())
+    assert run["experiment"] == "drift" and run["settings"]["out"] == str(out)
+    (result,) = run["rows"]
     assert result["task"] == "kws_tiny" and result["times"] == [1.0, 31536000.0]
     assert [(r["model"], r["compensation"]) for r in result["rows"]] == [
         ("as trained", False),

@@ -4,6 +4,7 @@ rnnkit-tasks adds its experiments (``kws``, ``charlm``), with rnnkit-kernels alo
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,14 @@ def no_experiments(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_adc_error_prints_its_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["analog", "adc-error", "--bits", "3", "--devices", "ideal", "--columns", "4"]
-    assert main([*argv, "--plot", ""]) == 0
+    assert main([*argv, "--plot", "", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"rows written to {tmp_path / 'rows.json'}"
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert saved["experiment"] == "adc-error" and saved["settings"]["bits"] == [3]
+    assert [(r["fn"], r["bits"]) for r in saved["rows"]] == [("sigmoid", 3), ("tanh", 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json"]  # --plot '': no PNG
+    lines = lines[:-1]
     assert lines[0].split() == [
         "fn",
         "device",
@@ -108,9 +115,11 @@ def test_analog_without_a_subcommand_prints_usage(capsys: pytest.CaptureFixture[
 def test_ramp_drift_prints_its_table_and_recalibration_helps(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    plot = tmp_path / "ramp.png"
+    plot = tmp_path / "ramp.png"  # a bare name: inside --out
     argv = ["analog", "ramp-drift", "--times", "1", "31536000", "--columns", "8"]
-    assert main([*argv, "--period", "86400", "--plot", str(plot)]) == 0
+    assert main([*argv, "--period", "86400", "--plot", "ramp.png", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["t"] for r in saved["rows"]] == [1.0, 31536000.0]
     out = capsys.readouterr().out
     assert (
         "| t (s) | no recalibration | recalibrated at t | recalibrated one period before |" in out

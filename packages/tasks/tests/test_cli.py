@@ -59,7 +59,16 @@ def test_train_with_cell_and_set(tmp_path: Path) -> None:
     ]
     assert main(args) == 0
     cfg = json.loads((tmp_path / "final.json").read_text())["config"]
-    assert cfg["model_config"] == {"hidden_size": 8, "num_layers": 2, "cell": "gru"}
+    # what was asked, and the resolved keywords the model was built with (defaults filled in)
+    assert cfg["model_overrides"] == {"hidden_size": 8, "num_layers": 2, "cell": "gru"}
+    resolved = cfg["model_config"]
+    assert {k: resolved[k] for k in ("hidden_size", "num_layers", "cell")} == {
+        "hidden_size": 8,
+        "num_layers": 2,
+        "cell": "gru",
+    }
+    assert resolved["pooling"] == "last" and resolved["vocab_size"] == 4
+    assert [(k["cell"], k["hidden_size"]) for k in cfg["kernels"]] == [("gru", 8), ("gru", 8)]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +112,7 @@ def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "lstm" in text and "gru" in text and "test accuracy" in text
     assert (tmp_path / "compare.png").is_file()
     summary = json.loads((tmp_path / "compare.json").read_text())
-    assert [s["entry"] for s in summary] == ["lstm", "gru"]
+    assert [r["entry"] for r in summary["rows"]] == ["lstm", "gru"]
     assert main(["compare", "--models", "lstm,nope", *TINY, "--out", str(tmp_path / "y")]) == 2
 
 

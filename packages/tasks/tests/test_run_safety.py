@@ -386,10 +386,10 @@ def test_a_batch_above_the_training_set_is_clamped_and_recorded(tmp_path: Path) 
 def test_compares_started_in_the_same_second_get_their_own_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rnnkit.tasks import cli as tasks_cli
+    from rnnkit.tasks import compare as tasks_compare
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tasks_cli, "timestamp", lambda: "20250101-120000")
+    monkeypatch.setattr(tasks_compare, "timestamp", lambda: "20250101-120000")
     tiny = ["--steps", "2", "--eval-every", "2", "--hidden-size", "4", "--no-progress"]
     args = ["compare", "--models", "lstm", *tiny, "--no-plot"]
     assert main(args) == 0

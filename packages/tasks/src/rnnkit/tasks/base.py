@@ -160,14 +160,23 @@ class Task:
             return None if self.target is None else False
         return score >= self.target if self.higher_is_better else score <= self.target
 
-    def build_model(self, name: str | None = None, **overrides: Any) -> nn.Module:
-        """Build ``name`` (default :attr:`model`) for this task's data.
+    def chance_level(self) -> float | None:
+        """The primary metric of guessing uniformly at random, drawn as a reference line.
 
-        ``io`` keywords are passed first, then :attr:`model_config` (only when ``name`` is the
-        default model) and ``overrides``. ``char_lm`` takes only ``vocab_size`` from ``io``.
+        ``1 / C`` for the accuracy of a ``classify`` task with ``C >= 2`` classes
+        (``io["output_size"]``), ``log2(V)`` for the bits per character of a language model
+        over a vocabulary of ``V`` symbols (``io["vocab_size"]``); ``None`` for every other
+        metric (no single chance value applies).
         """
-        from rnnkit.models import create_model
+        if self.kind == "classify" and self.primary == "accuracy":
+            c = int(self.io.get("output_size", 0))
+            return 1.0 / c if c >= 2 else None
+        if self.primary == "bpc" and int(self.io.get("vocab_size", 0)) >= 2:
+            return math.log2(int(self.io["vocab_size"]))
+        return None
 
+    def model_kwargs(self, name: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The keywords :meth:`build_model` passes to the builder of ``name`` (see there)."""
         name = name or self.model
         cfg: dict[str, Any] = dict(self.io)
         if name == "char_lm":
@@ -180,7 +189,18 @@ class Task:
                 if key in self.model_config:
                     cfg[key] = self.model_config[key]
         cfg.update(overrides)
-        return create_model(name, **cfg)
+        return cfg
+
+    def build_model(self, name: str | None = None, **overrides: Any) -> nn.Module:
+        """Build ``name`` (default :attr:`model`) for this task's data.
+
+        ``io`` keywords are passed first, then :attr:`model_config` (only when ``name`` is the
+        default model) and ``overrides``. ``char_lm`` takes only ``vocab_size`` from ``io``.
+        """
+        from rnnkit.models import create_model
+
+        name = name or self.model
+        return create_model(name, **self.model_kwargs(name, **overrides))
 
 
 def batch_loss(kind: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

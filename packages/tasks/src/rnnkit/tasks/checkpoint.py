@@ -509,8 +509,13 @@ def save_run(
     optimizer: torch.optim.Optimizer,
     state: RunState,
     signature: Mapping[str, Any],
+    arguments: Mapping[str, Any] | None = None,
 ) -> None:
-    """Checkpoint a training run at ``path`` (see the module docstring for what it holds)."""
+    """Checkpoint a training run at ``path`` (see the module docstring for what it holds).
+
+    ``arguments`` (JSON) are the settings the run was asked for, kept so that ``rnnkit train
+    --resume --out DIR`` alone can continue it; unlike ``signature`` they are not compared
+    when resuming."""
     tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
     opt_t, opt_meta = flatten_optimizer(optimizer.state_dict())
@@ -518,6 +523,7 @@ def save_run(
     tensors.update(rng_tensors())
     meta = {
         "signature": dict(signature),
+        **({"arguments": dict(arguments)} if arguments is not None else {}),
         **asdict(state),
         "optimizer": opt_meta,
         "python_random": python_random_state(),

@@ -1,4 +1,9 @@
-"""``rnnkit train`` and ``rnnkit compare``."""
+"""``rnnkit train`` and ``rnnkit compare`` (the comparison itself: :mod:`rnnkit.tasks.compare`).
+
+Options that define a run default to ``None`` on the command line, so that ``--resume`` can
+tell the options given from those left out: left out, they take the value the run was started
+with (stored in its checkpoint); given, they must agree with it.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +18,31 @@ from rnnkit.tasks.trainer import (
     DEFAULT_TASK,
     RunResult,
     TrainConfig,
-    make_run_dir,
-    timestamp,
     train,
 )
 
 TRAIN_HELP = (
     "train a model on a task. With no arguments: an LSTM on digits_rows (8x8 digits read "
     "row by row), about 12 s of training on 2 CPU cores, to a test accuracy of at least 0.95; "
-    "results, checkpoint and plots go to runs/<task>-<model>-<time>/"
+    "results (final.json), checkpoint, plots and report.md go to runs/<task>-<model>-<time>/"
 )
-COMPARE_HELP = "train several models (or cells) on one task and compare them in a table and a plot"
+COMPARE_HELP = (
+    "train several models (or cells) on one task, over one or more seeds, and compare them: a "
+    "table (mean ± std), a plot with bands, compare.json and report.md; runs already in --out "
+    "are reused"
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
-        default=DEFAULT_TASK,
         help=f"registered task (default: {DEFAULT_TASK}; see `rnnkit list tasks`)",
     )
     p.add_argument("--cell", help="cell of the model's recurrent stack (default: the task's)")
-    p.add_argument("--backend", default="auto", help="kernel backend (default: auto)")
+    p.add_argument(
+        "--backend",
+        help="kernel backend (default: auto; final.json records the kernel that ran each cell)",
+    )
     p.add_argument("--steps", type=int, help="training steps (default: the task's budget)")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="learning rate (AdamW)")
@@ -55,15 +64,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra model keyword (VALUE parsed as JSON when it can be), repeatable",
     )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--deterministic",
         action="store_true",
+        default=None,
         help="use only deterministic kernels (torch.use_deterministic_algorithms)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on CPU)")
-    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    p.add_argument(
+        "--no-amp", action="store_true", default=None, help="no bfloat16 autocast on CUDA"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="do not write PNG plots")
 
@@ -71,12 +82,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def configure_train(p: argparse.ArgumentParser) -> None:
     """Arguments of ``rnnkit train``."""
     _add_common(p)
+    p.add_argument("--seed", type=int, help="seed of data, initialisation and batches (default 0)")
     p.add_argument("--model", help="registered model (default: the task's)")
     p.add_argument("--out", help="run directory (default: runs/<task>-<model>-<time>)")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted run in --out from its checkpoint",
+        help="continue the interrupted run in --out from its checkpoint, with the arguments "
+        "it was started with (an argument given again must have the same value)",
     )
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
@@ -88,7 +101,19 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models", required=True, help="comma-separated model or cell names, e.g. lstm,gru,elman"
     )
-    p.add_argument("--out", help="directory for the runs (default: runs/compare-<task>-<time>)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        help="comma-separated seeds, e.g. 0,1,2: one run per model and seed; the table and plot "
+        "show mean ± sample standard deviation (default: --seed)",
+    )
+    seeds.add_argument("--seed", type=int, help="one seed (default 0)")
+    p.add_argument(
+        "--out",
+        help="directory of the comparison and its runs (<out>/<model>/seed-<seed>); finished "
+        "runs found there with the same arguments are reused, stopped ones resumed "
+        "(default: a new runs/compare-<task>-<time>)",
+    )
 
 
 def _model_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,29 +133,111 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+#: command-line option of each TrainConfig field that defines a run (in error messages)
+FLAGS: dict[str, str] = {
+    "task": "--task",
+    "model": "--model",
+    "cell": "--cell",
+    "backend": "--backend",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "clip": "--clip",
+    "eval_every": "--eval-every",
+    "patience": "--patience",
+    "schedule": "--schedule",
+    "seed": "--seed",
+    "deterministic": "--deterministic",
+    "device": "--device",
+    "amp": "--no-amp",
+    "checkpoint_every": "--checkpoint-every",
+    "threads": "--threads",
+}
+
+
+def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-defining :class:`TrainConfig` fields set on the command line (see the module
+    docstring); ``model_config`` holds the model keywords given (``--hidden-size``,
+    ``--layers``, ``--set``)."""
+    out: dict[str, Any] = {}
+    for name in FLAGS:
+        if name == "amp":
+            value = False if getattr(args, "no_amp", None) else None
+        else:
+            value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    model_config = _model_config(args)
+    if model_config:
+        out["model_config"] = model_config
+    return out
+
+
 def _config(args: argparse.Namespace, **extra: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of the arguments given (the rest: defaults), with ``extra``."""
+    fields = {**given_arguments(args), **extra}
     return TrainConfig(
-        task=args.task,
-        cell=args.cell,
-        model_config=_model_config(args),
-        backend=args.backend,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        schedule=args.schedule,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        device=args.device,
-        amp=not args.no_amp,
         progress=False if args.no_progress else None,
         plot=not args.no_plot,
-        threads=args.threads,
-        **extra,
+        **fields,
     )
+
+
+def resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The configuration of ``rnnkit train --resume --out DIR``: the arguments the run in
+    ``DIR`` was started with (stored in its checkpoint), checked against those given again.
+
+    Raises:
+        ValueError: naming the option, when a given argument conflicts with the stored one.
+        CheckpointError: when ``DIR`` holds no readable checkpoint.
+    """
+    from rnnkit.tasks.record import stored_arguments
+
+    if not args.out:
+        raise ValueError("--resume needs --out DIR (the run directory to continue)")
+    stored, resolved = stored_arguments(Path(args.out))
+    given = given_arguments(args)
+
+    def conflict(flag: str, value: Any, before: Any) -> ValueError:
+        sep = "" if flag.endswith("=") else " "
+        return ValueError(
+            f"{flag}{sep}{value!r} conflicts with the run in {args.out}, started with {before!r}; "
+            f"leave {flag} out to resume with the stored value, or choose another --out for a "
+            "new run"
+        )
+
+    for name, value in given.items():
+        if name == "model_config":
+            have = stored.get("model_config") or {}
+            was = resolved.get("model_config", {})
+            from_set = {item.partition("=")[0] for item in args.set}
+            for key, v in value.items():
+                if have.get(key) != v and was.get(key) != v:
+                    flag = {"hidden_size": "--hidden-size", "num_layers": "--layers"}.get(key)
+                    if flag is None or key in from_set:
+                        flag = f"--set {key}="
+                    before = have.get(key, was.get(key, "the model's default"))
+                    raise conflict(flag, v, before)
+        elif value != stored.get(name) and value != resolved.get(name, _MISSING):
+            if name == "amp":
+                raise ValueError(
+                    f"--no-amp conflicts with the run in {args.out}, started with autocast on; "
+                    "leave --no-amp out to resume it, or choose another --out for a new run"
+                )
+            before = stored.get(name)
+            raise conflict(FLAGS[name], value, resolved.get(name) if before is None else before)
+    fields = {k: v for k, v in stored.items() if k in FLAGS or k == "model_config"}
+    return TrainConfig(
+        **fields,
+        out=args.out,
+        resume=True,
+        progress=False if args.no_progress else None,
+        plot=not args.no_plot,
+    )
+
+
+_MISSING = object()
 
 
 def _check_names(task: str, models: list[str]) -> None:
@@ -142,12 +249,6 @@ def _check_names(task: str, models: list[str]) -> None:
     for m in models:
         if m not in host.models and m not in host.cells:
             raise unknown_name("model or cell", m, [*host.models.names(), *host.cells.names()])
-
-
-def _reached(r: RunResult) -> str:
-    if r.target is None or r.reached is None:
-        return "-"
-    return ("yes" if r.reached else "no") + f" (target {r.target:g})"
 
 
 def _print_result(r: RunResult) -> None:
@@ -170,6 +271,7 @@ def _print_result(r: RunResult) -> None:
     print(
         f"files: {out}/final.json, metrics.jsonl, checkpoint.safetensors"
         + (", curves.png" if (out / "curves.png").exists() else "")
+        + (", report.md" if (out / "report.md").exists() else "")
     )
 
 
@@ -181,115 +283,27 @@ def run_train(args: argparse.Namespace) -> int:
         rows = [[n, get_task(n).description] for n in list_tasks()]
         print(format_table(rows, ["task", "description"]))
         return 0
-    _check_names(args.task, [args.model] if args.model else [])
-    config = _config(
-        args,
-        model=args.model,
-        out=args.out,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-    )
+    if args.resume:
+        config = resume_config(args)
+    else:
+        _check_names(args.task or DEFAULT_TASK, [args.model] if args.model else [])
+        config = _config(args, model=args.model, out=args.out)
     result = train(config)
     if result.interrupted:
         print(
             f"\nstopped at step {result.steps}; continue with: rnnkit train --resume "
-            f"--out {result.out} (and the same arguments)"
+            f"--out {result.out}"
         )
         return 130
     _print_result(result)
     return 0
 
 
-def _resolve_entry(entry: str) -> tuple[str | None, str | None]:
-    """A ``--models`` item -> ``(model, cell)``: a registered model, else a cell name."""
-    from rnnkit.core.plugins import get_host
-
-    host = get_host()
-    if entry in host.models:
-        return entry, None
-    if entry in host.cells:
-        return None, entry
-    raise unknown_name("model or cell", entry, [*host.models.names(), *host.cells.names()])
-
-
 def run_compare(args: argparse.Namespace) -> int:
-    """Run ``rnnkit compare``: one run per entry, then a table and ``compare.png``."""
-    from rnnkit.tasks.plots import plot_compare
-    from rnnkit.tasks.registry import get_task
+    """Run ``rnnkit compare`` (see :func:`rnnkit.tasks.compare.compare`)."""
+    from rnnkit.tasks.compare import compare_command
 
-    entries = [e.strip() for e in args.models.split(",") if e.strip()]
-    if not entries:
-        raise ValueError("--models needs at least one name")
-    task = get_task(args.task)
-    resolved = [_resolve_entry(e) for e in entries]
-    created: list[Path] = []
-    if args.out:
-        root = Path(args.out)
-    else:  # exclusive, like a run's default directory: two compares never share one
-        root, created = make_run_dir(Path("runs") / f"compare-{task.name}-{timestamp()}")
-    results: list[RunResult] = []
-    histories: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for entry, (model, cell) in zip(entries, resolved, strict=True):
-            cfg = _config(args, model=model, out=str(root / entry))
-            if cell is not None:
-                cfg.cell = cell
-            print(f"\n== {entry} ==")
-            r = train(cfg)
-            results.append(r)
-            with (Path(r.out) / "metrics.jsonl").open() as f:
-                histories[entry] = [json.loads(line) for line in f if line.strip()]
-    except BaseException:
-        for d in reversed(created):  # nothing to show for it: no empty directory left
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        raise
-    rows = [
-        [
-            e,
-            f"{r.params:,}",
-            str(r.steps),
-            f"{r.seconds:.1f}",
-            f"{r.valid.get(r.primary, float('nan')):.4f}",
-            f"{r.score:.4f}",
-            _reached(r),
-        ]
-        for e, r in zip(entries, results, strict=True)
-    ]
-    print()
-    print(
-        format_table(
-            rows,
-            [
-                "model",
-                "params",
-                "steps",
-                "seconds",
-                f"valid {task.primary}",
-                f"test {task.primary}",
-                "target reached",
-            ],
-        )
-    )
-    summary = [
-        {
-            "entry": e,
-            "model": r.model,
-            "params": r.params,
-            "steps": r.steps,
-            "seconds": r.seconds,
-            "valid": r.valid,
-            "test": r.test,
-            "out": r.out,
-        }
-        for e, r in zip(entries, results, strict=True)
-    ]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if not args.no_plot:
-        plot_compare(histories, task.primary, root / "compare.png", title=f"{task.name}")
-    print(f"\nfiles: {root}/compare.json" + ("" if args.no_plot else f", {root}/compare.png"))
-    return 0
+    return compare_command(args)
 
 
 __all__ = [

@@ -5,8 +5,11 @@ A run directory holds:
 - ``checkpoint.safetensors`` (+ ``checkpoint.json``): everything needed to resume: model,
   best model so far, optimiser, RNG states, step, early-stopping state and history;
 - ``metrics.jsonl``: one JSON record per evaluation (step, train loss, lr, valid metrics);
-- ``final.json``: the configuration and the final valid/test metrics;
-- ``curves.png``: learning curves.
+- ``final.json``: the configuration (resolved: the model's every keyword, the kernel that ran
+  each cell), the final valid/test metrics and the run record (:mod:`rnnkit.tasks.record`:
+  versions, git commit, command line, times, threads, device);
+- ``curves.png``: learning curves; ``report.md``: the results, plot and configuration in
+  Markdown (:mod:`rnnkit.tasks.report`).
 
 Determinism: the batch of step ``s`` is a pure function of ``(seed, s)`` and every RNG state is
 checkpointed (:mod:`rnnkit.tasks.checkpoint`), so a run stopped at any step and resumed ends
@@ -32,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -51,6 +54,14 @@ from rnnkit.tasks.distributed import (
     sum_gradients_,
 )
 from rnnkit.tasks.progress import Progress, format_metrics, wanted
+from rnnkit.tasks.record import (
+    command_line,
+    environment,
+    iso_now,
+    jsonable,
+    probe_kernels,
+    resolved_model_config,
+)
 from rnnkit.tasks.registry import get_task
 
 DEFAULT_TASK = "digits_rows"
@@ -136,6 +147,7 @@ class RunResult:
     interrupted: bool = False
     best_step: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -230,7 +242,59 @@ def evaluate(
 # --- options and run directories -----------------------------------------------------------------
 
 #: the files a run writes atomically (their stale temporaries are removed)
-RUN_FILES = (ckpt.CHECKPOINT, "checkpoint.json", "metrics.jsonl", "final.json")
+RUN_FILES = (ckpt.CHECKPOINT, "checkpoint.json", "metrics.jsonl", "final.json", "report.md")
+
+#: The :class:`TrainConfig` fields that define a run (what it trains and how, not how it is
+#: shown): its checkpoint keeps them (``arguments``), so that ``rnnkit train --resume --out
+#: DIR`` alone continues it, and ``rnnkit compare`` reuses a finished run only when they match.
+RUN_ARGUMENTS: tuple[str, ...] = (
+    "task",
+    "model",
+    "cell",
+    "model_config",
+    "backend",
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "clip",
+    "eval_every",
+    "patience",
+    "schedule",
+    "seed",
+    "deterministic",
+    "device",
+    "amp",
+    "checkpoint_every",
+    "threads",
+)
+
+
+def run_arguments(config: TrainConfig) -> dict[str, Any]:
+    """The :data:`RUN_ARGUMENTS` of ``config`` as JSON (``None``: the task's default)."""
+    out: dict[str, Any] = jsonable({k: getattr(config, k) for k in RUN_ARGUMENTS})
+    return out
+
+
+def resolve_budget(task: Task, config: TrainConfig) -> Budget:
+    """The task's budget with ``config``'s settings applied, checked (:func:`check_options`)."""
+    overrides = {
+        k: getattr(config, k)
+        for k in (
+            "steps",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "clip",
+            "eval_every",
+            "patience",
+            "schedule",
+        )
+        if getattr(config, k) is not None
+    }
+    budget = replace(task.budget, **overrides)
+    check_options(budget, config)
+    return budget
 
 
 def check_options(b: Budget, config: TrainConfig) -> None:
@@ -328,11 +392,14 @@ class Trainer:
     ``data`` replaces the task's own splits (smaller data in tests, or your own data);
     ``model`` replaces the task's model (to fine-tune one you built or converted yourself, e.g.
     a crossbar-mapped copy; it is moved to the run's device and trained in place).
-    Construction resolves the configuration, builds data and model and, with ``resume``,
-    loads and checks the checkpoint: every error (unknown names, a corrupt or mismatched
-    checkpoint) is raised before anything in the run directory is changed. ``state``
-    (:class:`~rnnkit.tasks.checkpoint.RunState`) holds the run's step, early-stopping state and
-    history; ``best_state`` the best model's state dict so far.
+    Construction resolves the configuration, builds data and model, asks dispatch which kernel
+    runs each cell on a training batch (:func:`~rnnkit.tasks.record.probe_kernels`: an unknown
+    or unusable ``backend`` fails here) and, with ``resume``, loads and checks the checkpoint:
+    every error (unknown names, bad options, a corrupt or mismatched checkpoint) is raised
+    before the run directory is created or anything in it is changed. ``argv`` is the command
+    line recorded in ``final.json`` (default: ``sys.argv`` when the process is ``rnnkit``).
+    ``state`` (:class:`~rnnkit.tasks.checkpoint.RunState`) holds the run's step, early-stopping
+    state and history; ``best_state`` the best model's state dict so far.
     """
 
     def __init__(
@@ -341,25 +408,12 @@ class Trainer:
         *,
         data: TaskData | None = None,
         model: nn.Module | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
+        self.started = iso_now()
+        self.argv = command_line(argv)
         self.task = get_task(config.task)
-        budget = self.task.budget
-        overrides = {
-            k: getattr(config, k)
-            for k in (
-                "steps",
-                "batch_size",
-                "lr",
-                "weight_decay",
-                "clip",
-                "eval_every",
-                "patience",
-                "schedule",
-            )
-            if getattr(config, k) is not None
-        }
-        self.budget: Budget = replace(budget, **overrides)
-        check_options(self.budget, config)
+        self.budget: Budget = resolve_budget(self.task, config)
         b = self.budget
         self.config = config
         self.model_name = config.model or self.task.model
@@ -382,8 +436,18 @@ class Trainer:
             # batch_indices never draws more than the set: say so and record what is used
             self.batch_size_asked = b.batch_size
             self.budget = b = replace(b, batch_size=n_train)
+        #: the keywords the model was built with, every default filled in (``final.json``)
+        self.resolved_model_config: dict[str, Any]
         if model is None:
+            from rnnkit.models.registry import get_model_builder
+
+            kwargs = self.task.model_kwargs(self.model_name, **self.model_config)
             model = self.task.build_model(self.model_name, **self.model_config)
+            self.resolved_model_config = resolved_model_config(
+                get_model_builder(self.model_name), kwargs, model
+            )
+        else:  # a model built by the caller: only what was said about it is known
+            self.resolved_model_config = jsonable(self.model_config)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=b.lr, weight_decay=b.weight_decay
@@ -391,6 +455,8 @@ class Trainer:
         self.use_amp = bool(
             config.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
+        #: per cell: which kernel runs it in training and in evaluation (``final.json``)
+        self.kernels = self._probe_kernels()
         # the default directory gets a unique suffix when it is created (:meth:`_prepare_dir`)
         self.out = Path(config.out) if config.out else self._default_out()
         self._lock: int | None = None
@@ -407,6 +473,8 @@ class Trainer:
             self._load(path)
         elif config.out is not None:  # the default directory is made unique instead
             self._refuse_taken()
+        #: the step this invocation started from (``None``: a fresh run)
+        self.resumed_at: int | None = self.state.step if config.resume else None
 
     def _refuse_taken(self) -> None:
         if (self.out / ckpt.CHECKPOINT).exists():
@@ -432,6 +500,24 @@ class Trainer:
             "budget": asdict(self.budget),
         }
 
+    def _probe_kernels(self) -> list[dict[str, Any]]:
+        """Dispatch's choice for each cell on this process's share of the first batch."""
+        b = self.budget
+        idx = batch_indices(len(self.data.train), b.batch_size, 1, self.config.seed, {})
+        x = self.data.train.inputs[shard(idx, self.dist)].to(self.device)
+
+        def run_forward() -> None:
+            with self._autocast():
+                forward(self.model, x, self.config.backend)
+
+        return probe_kernels(self.model, run_forward, backend=self.config.backend)
+
+    def backend_used(self) -> str:
+        """The backend(s) that ran the cells in training (comma-separated when the cells
+        differ); the requested ``backend`` for a model without rnnkit cells."""
+        names = dict.fromkeys(str(k.get("train", "")) for k in self.kernels)
+        return ",".join(n for n in names if n) or self.config.backend
+
     def _default_out(self) -> Path:
         stamp = timestamp()
         cell = f"-{self.model_config['cell']}" if "cell" in self.model_config else ""
@@ -454,6 +540,7 @@ class Trainer:
             optimizer=self.optimizer,
             state=self.state,
             signature=self.signature(),
+            arguments=run_arguments(self.config),
         )
 
     def _load(self, path: Path) -> None:
@@ -661,7 +748,12 @@ class Trainer:
             best_step=st.best_step,
             config={
                 **self.signature(),
-                "backend": self.config.backend,
+                "model_config": self.resolved_model_config,
+                "model_overrides": self.signature()["model_config"],
+                "backend": self.backend_used(),
+                "backend_requested": self.config.backend,
+                "kernels": self.kernels,
+                "arguments": run_arguments(self.config),
                 "device": str(self.device),
                 "world_size": self.dist.world,
                 "threads": torch.get_num_threads(),
@@ -671,8 +763,17 @@ class Trainer:
                     else {}
                 ),
             },
+            record={
+                "argv": self.argv,
+                "started": self.started,
+                "ended": iso_now(),
+                "resumed_at_step": self.resumed_at,
+                **environment(device=self.device, world_size=self.dist.world),
+            },
         )
         if self.dist.main and not interrupted:
+            from rnnkit.tasks.report import run_title, write_run_report
+
             ckpt.atomic_write_text(
                 self.out / "final.json", json.dumps(asdict(result), indent=1) + "\n"
             )
@@ -683,8 +784,12 @@ class Trainer:
                     st.history,
                     self.task.primary,
                     self.out / "curves.png",
-                    title=f"{self.task.name} / {self.model_name}",
+                    title=run_title(result),
+                    target=self.task.target,
+                    chance=self.task.chance_level(),
+                    best_step=st.best_step or None,
                 )
+            write_run_report(self.out, result)
         return result
 
 
@@ -715,7 +820,10 @@ class _StopOnSignal:
             signal.signal(signal.SIGINT, self._old)
 
 
-def train(config: TrainConfig | None = None, **kwargs: Any) -> RunResult:
-    """Train with ``config`` (or :class:`TrainConfig` keywords) and return the result."""
+def train(
+    config: TrainConfig | None = None, *, argv: Sequence[str] | None = None, **kwargs: Any
+) -> RunResult:
+    """Train with ``config`` (or :class:`TrainConfig` keywords) and return the result;
+    ``argv``: the command line to record in ``final.json`` (see :class:`Trainer`)."""
     config = replace(config, **kwargs) if config is not None else TrainConfig(**kwargs)
-    return Trainer(config).run()
+    return Trainer(config, argv=argv).run()

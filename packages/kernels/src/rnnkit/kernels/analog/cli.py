@@ -14,15 +14,24 @@
 The extension point: another distribution adds ``rnnkit analog NAME`` by calling
 :func:`register_experiment` (typically from its own ``rnnkit_register_commands`` hook, which
 the plugin host runs before the command line is built). This package imports nothing of it.
+
+Every subcommand writes into its folder, ``--out DIR`` (default ``runs/analog-<name>-<time>``):
+``rows.json`` (the numbers of the table it prints, with its settings) and its PNG
+(``--plot NAME``, inside the folder unless a path with a directory is given; ``''`` for none).
+Nothing is written to the current folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,9 +46,11 @@ __all__ = [
     "experiments",
     "format_ramp_drift",
     "format_rows",
+    "output_dir",
     "ramp_drift_rows",
     "register_experiment",
     "run",
+    "write_rows",
 ]
 
 
@@ -95,6 +106,66 @@ def register_experiment(
     if name in BUILTIN:
         raise ValueError(f"rnnkit analog {name} is built in; choose another experiment name")
     _EXPERIMENTS[name] = AnalogExperiment(name, help, configure, run)
+
+
+def output_dir(out: str | None, name: str) -> Path:
+    """The folder of ``rnnkit analog NAME``: ``out``, or a new ``runs/analog-<name>-<time>``
+    (``-2``, ``-3``, ... appended when taken); created."""
+    if out:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path("runs") / f"analog-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{base} and 9998 numbered variants exist; choose --out")
+
+
+def plot_path(folder: Path, plot: str) -> Path | None:
+    """Where ``--plot`` puts the PNG: ``None`` for ``''``; a bare file name goes into
+    ``folder``, a path with a directory is taken as it is."""
+    if not plot:
+        return None
+    path = Path(plot)
+    return path if path.is_absolute() or path.parent != Path(".") else folder / path
+
+
+def write_rows(folder: Path, experiment: str, settings: dict[str, Any], rows: Any) -> Path:
+    """Write ``folder/rows.json``: ``{"experiment", "settings", "rows"}``; its path."""
+    path = folder / "rows.json"
+    data = {"experiment": experiment, "settings": settings, "rows": rows}
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"command", "analog_command", "out", "plot"}
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k not in skip and isinstance(v, int | float | str | list | type(None))
+    }
+
+
+def _add_out(p: argparse.ArgumentParser, name: str, png: str | None) -> None:
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"folder for rows.json{' and the PNG' if png else ''} "
+        f"(default: a new runs/analog-{name}-<time>)",
+    )
+    if png:
+        p.add_argument(
+            "--plot",
+            default=png,
+            help=f"PNG file name inside --out, or a path (default {png}; '' for none)",
+        )
 
 
 def experiments() -> dict[str, AnalogExperiment]:
@@ -232,12 +303,13 @@ def _plot(rows: list[dict[str, object]], path: str) -> bool:
             sel = [r for r in rows if r["fn"] == fn and r["device"] == dev]
             ax.plot([r["bits"] for r in sel], [r["max"] for r in sel], "o-", label=f"{dev} max")
             ax.plot([r["bits"] for r in sel], [r["rms"] for r in sel], "x--", label=f"{dev} rms")
-        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="1 LSB")
         ax.set_yscale("log")
         ax.set_title(f"NL-ADC {fn}")
         ax.set_xlabel("bits")
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("error (output LSB)")
-    axes[1].legend(fontsize=7)
+    fig.suptitle("NL-ADC approximation error by device (max and rms over the columns)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -252,9 +324,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", nargs="+", default=["ideal", "pcm", "reram"])
     p.add_argument("--columns", type=int, default=64, help="columns programmed per setting")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", default="adc_error.png", help="PNG path ('' for none)")
+    _add_out(p, "adc-error", "adc_error.png")
     c = sub.add_parser("cost", help="latency/energy/area: NL-ADC vs conventional ADC + digital NL")
     c.add_argument("--hidden", type=int, default=512)
+    _add_out(c, "cost", None)
     r = sub.add_parser(
         "ramp-drift", help="NL-ADC error over time as the ramp drifts, with recalibration"
     )
@@ -265,7 +338,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--columns", type=int, default=64, help="columns programmed")
     r.add_argument("--period", type=float, default=86400.0, help="recalibration period (s)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--plot", default="ramp_drift.png", help="PNG path ('' for none)")
+    _add_out(r, "ramp-drift", "ramp_drift.png")
     registered = experiments()
     for name in sorted(registered.keys() | TASK_EXPERIMENTS.keys()):
         exp = registered.get(name)
@@ -305,9 +378,12 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "adc-error":
         rows = adc_error_rows(list(args.bits), list(args.devices), args.columns, args.seed)
         print(format_rows(rows))
-        if args.plot:
-            if _plot(rows, args.plot):
-                print(f"plot written to {args.plot}")
+        folder = output_dir(args.out, cmd)
+        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows)}")
+        png = plot_path(folder, args.plot)
+        if png is not None:
+            if _plot(rows, str(png)):
+                print(f"plot written to {png}")
             else:
                 print("matplotlib is not installed: no plot written", file=sys.stderr)
         return 0
@@ -326,21 +402,39 @@ def run(args: argparse.Namespace) -> int:
             f"output LSB (max / rms), recalibration period {args.period:g} s:"
         )
         print(format_ramp_drift(rows_t))
-        if args.plot:
+        folder = output_dir(args.out, cmd)
+        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows_t)}")
+        png = plot_path(folder, args.plot)
+        if png is not None:
             title = f"{args.bits}-bit {args.fn} NL-ADC ramp on {args.device}"
-            if _plot_ramp_drift(rows_t, args.plot, title):
-                print(f"plot written to {args.plot}")
+            if _plot_ramp_drift(rows_t, str(png), title):
+                print(f"plot written to {png}")
             else:
                 print("matplotlib is not installed: no plot written", file=sys.stderr)
         return 0
     if cmd == "cost":
-        from rnnkit.kernels.analog.cost import comparison_table, motivation
+        from rnnkit.kernels.analog.cost import comparison_table, lstm_cost, motivation
 
         print(f"LSTM H={args.hidden}, k=32 digital NL units, 8-bit MAC ADC (256 cycles):")
-        for cyc, ratio in motivation(args.hidden):
+        moti = motivation(args.hidden)
+        for cyc, ratio in moti:
             print(f"  {cyc:>2} cycles per digital activation -> NL time = {ratio:.2f}x MAC time")
         print()
-        print(comparison_table(args.hidden))
+        table = comparison_table(args.hidden)
+        print(table)
+        folder = output_dir(args.out, cmd)
+        rows_c = {
+            "motivation": [{"nl_cycles": c, "nl_time_over_mac_time": r} for c, r in moti],
+            "comparison": [
+                {**asdict(x), "t_ns": x.t_ns, "e_pj": x.e_pj}
+                for n in (3, 4, 5, 8)
+                for x in (
+                    lstm_cost(args.hidden, bits=n, style="nl_adc"),
+                    lstm_cost(args.hidden, bits=n, style="conventional"),
+                )
+            ],
+        }
+        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows_c)}")
         return 0
     exp = experiments().get(cmd) if isinstance(cmd, str) else None
     if exp is not None:

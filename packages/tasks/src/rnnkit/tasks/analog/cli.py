@@ -109,17 +109,22 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
     parser.add_argument("--t-inference", type=float, default=0.0, help="seconds of drift")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default=f"analog_{name}.png", help="PNG path ('' for none)")
+    parser.add_argument(
+        "--plot",
+        default=f"analog_{name}.png",
+        help=f"PNG file name inside --out, or a path (default analog_{name}.png; '' for none)",
+    )
     parser.add_argument(
         "--out",
         default=None,
-        help="keep the trainer's run directories (metrics.jsonl, final.json) under this folder "
-        "(default: a temporary folder, deleted)",
+        help="the experiment's folder: rows.json, the PNG and the trainer's run directories "
+        f"(metrics.jsonl, final.json) (default: a new runs/analog-{name}-<time>)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog kws`` or ``charlm``: print the table, write the plot."""
+    from rnnkit.kernels.analog.cli import output_dir, plot_path, write_rows
     from rnnkit.tasks.analog.experiments import format_charlm, format_kws, hw_rows, plot_hw
 
     exp = EXPERIMENTS[args.analog_command]
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
+    folder = output_dir(args.out, args.analog_command)
     rows = hw_rows(
         args.task,
         metric=exp.metric,
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         eval_examples=args.eval_examples,
         select_every=args.select_every,
         seed=args.seed,
-        out=args.out,
+        out=folder,
     )
     valid = rows[0].get("valid")
     picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
@@ -161,11 +167,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_charlm(rows))
         label, scale = "test BPC", 1.0
-    if args.out:
-        print(f"run directories in {args.out}")
-    if args.plot:
-        if plot_hw(rows, args.plot, label, scale=scale):
-            print(f"plot written to {args.plot}")
+    settings = {k: v for k, v in vars(args).items() if k not in ("plot", "command", "out")}
+    settings["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"rows written to {write_rows(folder, exp.name, settings, rows)}")
+    print(f"run directories in {folder}")
+    png = plot_path(folder, args.plot)
+    if png is not None:
+        title = f"{args.task}: digital vs {args.preset} crossbars (t = {args.t_inference:g} s)"
+        if plot_hw(rows, str(png), label, scale=scale, title=title):
+            print(f"plot written to {png}")
         else:
             print("matplotlib is not installed: no plot written", file=sys.stderr)
     return 0
@@ -180,7 +190,7 @@ def configure_drift(parser: argparse.ArgumentParser) -> None:
         f"{DRIFT_HELP}. Each task's LSTM is trained digitally (and fine-tuned hardware-aware) "
         "by rnnkit's trainer, programmed on crossbars once per noise seed and scored at every "
         "time after programming, with and without global drift compensation. Writes a run "
-        "folder (drift.json, drift.md, one PNG per task). See docs/analog.md."
+        "folder (rows.json, drift.md, one PNG per task). See docs/analog.md."
     )
     parser.epilog = (
         f"quick check (about a minute on 2 CPU cores):\n  rnnkit analog drift {DRIFT_QUICK}"
@@ -200,16 +210,23 @@ def configure_drift(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="pcm", choices=["pcm", "reram", "ideal"])
     parser.add_argument("--bits", type=int, default=5, help="NL-ADC bits")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="analog_drift", help="the run folder")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the run folder: rows.json, drift.md and a PNG per task (default: a new "
+        "runs/analog-drift-<time>)",
+    )
 
 
 def run_drift(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog drift``: print the tables, write the run folder."""
+    from rnnkit.kernels.analog.cli import output_dir
     from rnnkit.tasks.analog.drift import drift_rows, format_drift, write_run
 
     if args.noise_seeds < 1:
         print("--noise-seeds must be >= 1", file=sys.stderr)
         return 2
+    folder = output_dir(args.out, "drift")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
@@ -229,14 +246,15 @@ def run_drift(args: argparse.Namespace) -> int:
             hidden_size=args.hidden_size,
             eval_examples=args.eval_examples,
             seed=args.seed,
-            out=args.out,
+            out=folder,
         )
         results.append(result)
         print(format_drift(result))
         print()
     settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list))}
+    settings["out"] = str(folder)
     settings["seconds"] = round(time.perf_counter() - t0, 1)
-    paths = write_run(results, args.out, settings)
+    paths = write_run(results, folder, settings)
     print(
         f"{len(args.tasks)} task(s) in {settings['seconds']:.0f} s; wrote "
         + ", ".join(str(p) for p in paths)

@@ -15,7 +15,7 @@ Protocol, per task (every training is a :class:`~rnnkit.tasks.trainer.Trainer` r
    (:func:`~rnnkit.kernels.analog.drift_analog`: drift and the 1/f noise of that time) and
    score it. Scores are reported as mean and sample standard deviation over the seeds.
 
-The run folder holds ``drift.json`` (settings and every score), ``drift.md`` (the tables) and
+The run folder holds ``rows.json`` (settings and every score), ``drift.md`` (the tables) and
 one PNG per task (score against time, log scale, the digital score as a line).
 """
 
@@ -234,7 +234,10 @@ def plot_drift(result: dict[str, Any], path: str | Path) -> bool:
     ax.set_title(f"{result['task']} on {result['preset']} crossbars", fontsize=9)
     ax.legend(fontsize=7)
     if not all(math.isfinite(m) for r in result["rows"] for m in r["mean"]):
-        ax.set_title("(non-finite scores omitted)")
+        ax.set_title(
+            f"{result['task']} on {result['preset']} crossbars (non-finite scores omitted)",
+            fontsize=9,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -244,11 +247,13 @@ def plot_drift(result: dict[str, Any], path: str | Path) -> bool:
 def write_run(
     results: list[dict[str, Any]], folder: str | Path, settings: dict[str, Any]
 ) -> list[Path]:
-    """Write ``drift.json``, ``drift.md`` and a PNG per task into ``folder``; the paths."""
+    """Write ``rows.json`` (``{"experiment": "drift", "settings", "rows"}``, a row per task),
+    ``drift.md`` and a PNG per task into ``folder``; the paths."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    paths = [root / "drift.json", root / "drift.md"]
-    paths[0].write_text(json.dumps({"settings": settings, "results": results}, indent=1))
+    paths = [root / "rows.json", root / "drift.md"]
+    data = {"experiment": "drift", "settings": settings, "rows": results}
+    paths[0].write_text(json.dumps(data, indent=1, default=str) + "\n")
     paths[1].write_text("\n\n".join(format_drift(r) for r in results) + "\n")
     for r in results:
         png = root / f"drift_{r['task']}.png"

@@ -387,9 +387,11 @@ def format_hw(
     return "\n".join(out)
 
 
-def plot_hw(rows: list[dict[str, Any]], path: str, label: str, *, scale: float = 1.0) -> bool:
+def plot_hw(
+    rows: list[dict[str, Any]], path: str, label: str, *, scale: float = 1.0, title: str = ""
+) -> bool:
     """Score against NL-ADC bits (as trained and HW-aware, error bars = std over seeds) with
-    the digital score as a line; ``False`` (nothing written) without matplotlib."""
+    the digital score as a named line; ``False`` (nothing written) without matplotlib."""
     try:
         import matplotlib
 
@@ -421,8 +423,12 @@ def plot_hw(rows: list[dict[str, Any]], path: str, label: str, *, scale: float =
     if bits:
         ax.set_xticks(bits)
     ax.legend(fontsize=8)
-    if not all(math.isfinite(scale * float(r["mean"])) for r in rows):
-        ax.set_title("(non-finite scores omitted)")
+    note = (
+        ""
+        if all(math.isfinite(scale * float(r["mean"])) for r in rows)
+        else " (non-finite scores omitted)"
+    )
+    ax.set_title((title or f"{label} against NL-ADC bits") + note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
