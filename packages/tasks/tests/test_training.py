@@ -11,7 +11,7 @@ import torch
 from conftest import task_data
 
 from rnnkit.tasks import CheckpointError, Split, TaskData, TrainConfig, Trainer, list_tasks
-from rnnkit.tasks.trainer import batch_indices
+from rnnkit.tasks.trainer import batch_indices, train
 
 
 def _small(data: TaskData, n: int = 48) -> TaskData:
@@ -117,3 +117,19 @@ def test_mismatched_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--resume"):
         Trainer(_config(tmp_path), data=data)
     assert _snapshot(tmp_path) == before
+
+
+def test_training_gives_back_the_callers_thread_count(tmp_path: Path) -> None:
+    """The trainer runs on one CPU thread by default; the caller's setting is restored when
+    the run ends, and when setting up the run fails."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        data = _small(task_data("digits_rows"))
+        Trainer(_config(tmp_path / "a"), data=data).run()
+        assert torch.get_num_threads() == 3
+        with pytest.raises(ValueError):
+            train(task="digits_rows", steps=0, out=str(tmp_path / "b"), verbose=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -422,6 +422,8 @@ class Trainer:
             self.model_config["cell"] = config.cell
         self.device = resolve_device(config.device)
         threads = config.threads or (1 if self.device.type == "cpu" else None)
+        #: the caller's thread count, given back when :meth:`run` ends
+        self.caller_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
         self.dist = init_distributed(self.device)
@@ -679,6 +681,7 @@ class Trainer:
             failed = False
         finally:
             self._release(failed)
+            torch.set_num_threads(self.caller_threads)
         return result
 
     def _run(self) -> RunResult:
@@ -826,4 +829,8 @@ def train(
     """Train with ``config`` (or :class:`TrainConfig` keywords) and return the result;
     ``argv``: the command line to record in ``final.json`` (see :class:`Trainer`)."""
     config = replace(config, **kwargs) if config is not None else TrainConfig(**kwargs)
-    return Trainer(config, argv=argv).run()
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(config, argv=argv).run()
+    finally:  # also when the trainer fails while it is set up
+        torch.set_num_threads(threads)
