@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_download_verifies_and_unpacks(tiny: Archive, tmp_path: Path) -> None:
         "tiny_v1/yes/a.wav",
     ]  # no temporary file or folder left
     assert seen[-1] == (tiny.size, tiny.size)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask  # not the 0o700 of a temporary folder
 
 
 def test_an_unpacked_folder_is_not_downloaded_again(

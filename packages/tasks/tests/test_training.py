@@ -128,7 +128,7 @@ def test_training_gives_back_the_callers_thread_count(tmp_path: Path) -> None:
         data = _small(task_data("digits_rows"))
         Trainer(_config(tmp_path / "a"), data=data).run()
         assert torch.get_num_threads() == 3
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="--steps must be a positive integer"):
             train(task="digits_rows", steps=0, out=str(tmp_path / "b"), verbose=False)
         assert torch.get_num_threads() == 3
     finally:

@@ -145,6 +145,12 @@ def _temporary(target: Path, *, folder: bool) -> Iterator[Path]:
             path.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def download(name: str, target: Path | None = None, *, progress: Progress | None = None) -> Path:
     """Download, verify and unpack the pinned archive ``name`` into ``target``.
 
@@ -188,6 +194,8 @@ def download(name: str, target: Path | None = None, *, progress: Progress | None
                     tar.extractall(staging, filter="data")
             except tarfile.TarError as e:  # unreadable, or a member the data filter refuses
                 raise DownloadError(f"{archive.url}: cannot unpack the archive: {e}") from e
+            # mkdtemp made it 0o700; the data folder gets a folder's usual mode
+            staging.chmod(0o777 & ~_umask())
             os.replace(staging, final)
     return final
 
