@@ -22,6 +22,7 @@ from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
 ONNX_UNSUPPORTED = {
     "lru": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "s4d": "a complex-valued recurrence (ONNX has no complex dtypes)",
+    "s5": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
 }
 

@@ -1,5 +1,5 @@
 """rnnkit-models' plugin module: registers its networks, its cells and the kernels of cells'
-own parallel algorithms (Aaren's prefix scan, S4D's convolution mode)."""
+own parallel algorithms (Aaren's prefix scan, S4D's and LSSL's convolution modes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, h
 from rnnkit.models import networks
 from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
+from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
+from rnnkit.models.cells.lssl import LSSL
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
+from rnnkit.models.cells.s5 import S5
 
 
 @hookimpl
@@ -23,6 +26,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
 def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(PARALLEL_KERNEL)
     register(CONV_KERNEL)
+    register(LSSL_CONV_KERNEL)
 
 
 @hookimpl
@@ -50,6 +54,18 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         S4D,
         description="S4D: diagonal complex SSM per channel (scan backends; s4d_conv: FFT mode)",
         test_configs=[{}, {"init": "inv"}, {"discretization": "bilinear"}],
+    )
+    register(
+        "s5",
+        S5,
+        description="S5: MIMO complex diagonal SSM, HiPPO-N blocks (scan backends, resets)",
+        test_configs=[{"blocks": 1}, {"blocks": 3}, {"blocks": 1, "discretization": "bilinear"}],
+    )
+    register(
+        "lssl",
+        LSSL,
+        description="LSSL: dense HiPPO-LegS SSM per channel (lssl_conv: Krylov + FFT mode)",
+        test_configs=[{}, {"share_a": False}],
     )
     register(
         "aaren",

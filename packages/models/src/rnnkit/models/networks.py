@@ -105,7 +105,7 @@ class SSMBlock(nn.Module):
     """One residual block of a deep state space model (the S4/S4D layout):
     ``x + Linear(GELU(cell(LayerNorm(x))))``, on ``(B, T, width)``.
 
-    The cell must be channel-wise (``output_size == input_size == width``: S4D, LRU).
+    The cell must be channel-wise (``output_size == input_size == width``: S4D, S5, LSSL, LRU).
     """
 
     def __init__(self, cell: str, width: int, state_size: int, dropout: float, **kw: Any):

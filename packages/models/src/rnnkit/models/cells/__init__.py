@@ -4,6 +4,8 @@
   (diagonal-Jacobian form, run in parallel by the ``newton`` backend when installed);
 - :class:`LRU`: the Linear Recurrent Unit (complex diagonal linear form, ``scan`` backends);
 - :class:`S4D`: the diagonal S4 state space model (diagonal linear form; convolution mode);
+- :class:`S5`: the MIMO complex diagonal state space model (diagonal linear form);
+- :class:`LSSL`: the dense HiPPO-LegS state space model (no form; convolution mode);
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
 - :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention).
 """
@@ -11,16 +13,21 @@
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
 from rnnkit.models.cells.lru import LRU
+from rnnkit.models.cells.lssl import LSSL, LSSLState
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 from rnnkit.models.cells.s4d import S4D
+from rnnkit.models.cells.s5 import S5
 
 __all__ = [
     "LRU",
+    "LSSL",
     "S4D",
+    "S5",
     "Aaren",
     "AarenState",
     "DeltaNet",
     "DeltaNetState",
+    "LSSLState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
