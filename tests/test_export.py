@@ -24,6 +24,7 @@ ONNX_UNSUPPORTED = {
     "s4d": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "s5": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
+    "lssl": "the bilinear discretisation's linear solve (aten.linalg_solve has no ONNX operator)",
 }
 
 
