@@ -169,6 +169,15 @@ class Task:
         from rnnkit.models import create_model
 
         name = name or self.model
+        return create_model(name, **self.model_kwargs(name, **overrides))
+
+    def model_kwargs(self, name: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The keywords :meth:`build_model` passes to ``create_model(name, ...)``.
+
+        What a run records (``config.json``) so that the model can be rebuilt without the task
+        (:func:`rnnkit.tasks.load_run`).
+        """
+        name = name or self.model
         cfg: dict[str, Any] = dict(self.io)
         if name == "char_lm":
             cfg = {"vocab_size": self.io["vocab_size"]} if "vocab_size" in self.io else {}
@@ -180,7 +189,7 @@ class Task:
                 if key in self.model_config:
                     cfg[key] = self.model_config[key]
         cfg.update(overrides)
-        return create_model(name, **cfg)
+        return cfg
 
 
 def batch_loss(kind: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -168,8 +168,8 @@ def _print_result(r: RunResult) -> None:
         print(f"test {r.primary} {r.score:.4f}: target {r.target:g} {word}")
     out = Path(r.out)
     print(
-        f"files: {out}/final.json, metrics.jsonl, checkpoint.safetensors"
-        + (", curves.png" if (out / "curves.png").exists() else "")
+        f"files: {out}/final.json, metrics.jsonl, checkpoint.safetensors, model.safetensors, "
+        "config.json" + (", curves.png" if (out / "curves.png").exists() else "")
     )
 
 

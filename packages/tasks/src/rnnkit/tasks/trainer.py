@@ -6,6 +6,8 @@ A run directory holds:
   best model so far, optimiser, RNG states, step, early-stopping state and history;
 - ``metrics.jsonl``: one JSON record per evaluation (step, train loss, lr, valid metrics);
 - ``final.json``: the configuration and the final valid/test metrics;
+- ``model.safetensors`` + ``config.json``: the best model for inference, with everything
+  needed to rebuild it (:mod:`rnnkit.tasks.reuse`, :func:`rnnkit.tasks.load_run`);
 - ``curves.png``: learning curves.
 
 Determinism: the batch of step ``s`` is a pure function of ``(seed, s)`` and every RNG state is
@@ -230,7 +232,14 @@ def evaluate(
 # --- options and run directories -----------------------------------------------------------------
 
 #: the files a run writes atomically (their stale temporaries are removed)
-RUN_FILES = (ckpt.CHECKPOINT, "checkpoint.json", "metrics.jsonl", "final.json")
+RUN_FILES = (
+    ckpt.CHECKPOINT,
+    "checkpoint.json",
+    "metrics.jsonl",
+    "final.json",
+    "model.safetensors",
+    "config.json",
+)
 
 
 def check_options(b: Budget, config: TrainConfig) -> None:
@@ -382,7 +391,12 @@ class Trainer:
             # batch_indices never draws more than the set: say so and record what is used
             self.batch_size_asked = b.batch_size
             self.budget = b = replace(b, batch_size=n_train)
+        #: the keywords the model was built with (``config.json``); ``None`` for a model
+        #: passed in, which the run cannot rebuild
+        self.model_kwargs: dict[str, Any] | None = None
+        self.custom_data = data is not None
         if model is None:
+            self.model_kwargs = self.task.model_kwargs(self.model_name, **self.model_config)
             model = self.task.build_model(self.model_name, **self.model_config)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -457,7 +471,7 @@ class Trainer:
         )
 
     def _load(self, path: Path) -> None:
-        self.state, self.best_state = ckpt.load_run(
+        self.state, self.best_state = ckpt.load_run_checkpoint(
             path,
             model=self.model,
             optimizer=self.optimizer,
@@ -676,6 +690,7 @@ class Trainer:
             ckpt.atomic_write_text(
                 self.out / "final.json", json.dumps(asdict(result), indent=1) + "\n"
             )
+            self._save_reusable()
             if self.config.plot and st.history:
                 from rnnkit.tasks.plots import plot_curves
 
@@ -686,6 +701,26 @@ class Trainer:
                     title=f"{self.task.name} / {self.model_name}",
                 )
         return result
+
+    def _save_reusable(self) -> None:
+        """The best model for inference: ``model.safetensors`` and ``config.json``
+        (:mod:`rnnkit.tasks.reuse`)."""
+        from rnnkit.tasks.reuse import save_reusable
+
+        save_reusable(
+            self.out,
+            model=self.model,
+            state=self.best_state,
+            task=self.task,
+            model_name=self.model_name,
+            model_kwargs=self.model_kwargs,
+            backend=self.config.backend,
+            seed=self.config.seed,
+            info=self.data.info,
+            best_step=self.state.best_step,
+            best_score=self.state.best_score,
+            custom_data=self.custom_data,
+        )
 
 
 class _StopOnSignal:
