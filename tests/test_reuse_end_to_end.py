@@ -14,7 +14,10 @@ import pytest
 
 from rnnkit.core.cli import main
 
+# a named backend, recorded in config.json and used again by eval and generate: "auto" could
+# pick a kernel in the fresh process that the training process did not have
 TINY = ["--steps", "4", "--eval-every", "2", "--batch-size", "8", "--hidden-size", "16"]
+TINY += ["--backend", "reference"]
 
 
 def _rnnkit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,6 +39,7 @@ def test_a_plugin_cell_run_is_reused_in_a_fresh_process(
     capsys.readouterr()
     config = json.loads((out / "config.json").read_text())
     assert config["cell"] == "mingru" and config["model_kwargs"]["cell"] == "mingru"
+    assert config["backend"] == "reference"
     gen = ["generate", "--run", str(out), "--prompt", "The ", "--length", "30", "--seed", "7"]
     assert main(gen) == 0
     here = capsys.readouterr().out

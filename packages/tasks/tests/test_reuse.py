@@ -36,6 +36,9 @@ def _config(task: str, out: Path, **kw: Any) -> TrainConfig:
         out=str(out),
         verbose=False,
         plot=False,
+        # a named backend: "auto" may pick another kernel later in a session (a native
+        # library built meanwhile), and eval must run the same one to reproduce final.json
+        backend="reference",
         **kw,
     )
 
@@ -82,7 +85,7 @@ def test_weights_are_plain_and_load_into_a_model_built_from_config(
     assert config["model_kwargs"] == {"vocab_size": 62, "cell": "lstm", "hidden_size": 16}
     assert config["architecture"]["hidden_size"] == 16
     assert config["architecture"]["num_layers"] == 1
-    assert config["backend"] == "auto" and config["seed"] == 0
+    assert config["backend"] == "reference" and config["seed"] == 0
     assert config["best_step"] == trainer.state.best_step
     assert len(config["task_info"]["vocab"]) == 62
     # the safetensors + load_state_dict route, with nothing of rnnkit.tasks
@@ -188,7 +191,8 @@ def test_wrong_tensor_names_are_named(runs: dict[str, Trainer], tmp_path: Path) 
 def test_a_shape_mismatch_is_named(runs: dict[str, Trainer], tmp_path: Path) -> None:
     run = _copy(runs["parity"], tmp_path)
     _edit_config(run, lambda c: c["model_kwargs"].update(hidden_size=12))
-    with pytest.raises(RunLoadError, match=r"tensor 'head\.weight' has shape \(2, 8\).*\(2, 12\)"):
+    wrong = r"tensor 'rnn\.cells\.0\.weight_ih' has shape \(32, 1\), the model's has \(48, 1\)"
+    with pytest.raises(RunLoadError, match=wrong + r" \(and 3 more\)"):
         load_run(run)
 
 
@@ -216,8 +220,14 @@ def test_eval_reproduces_final_json(
     out = runs[task].out
     rc, text, _ = _cli(["eval", "--run", str(out), "--split", split, "--json"], capsys)
     assert rc == 0
-    final = json.loads((out / "final.json").read_text())
-    assert json.loads(text)["metrics"] == final[split]
+    final = json.loads((out / "final.json").read_text())[split]
+    metrics = json.loads(text)["metrics"]
+    if task == "ar":
+        # stpe fits AR coefficients with torch.linalg.lstsq, which MKL does not reproduce
+        # bit for bit within a process (the same call differs in the last bits after a call
+        # at another thread count): that metric to 1e-12, every other one exactly
+        assert metrics.pop("stpe") == pytest.approx(final.pop("stpe"), rel=1e-12, abs=0)
+    assert metrics == final
 
 
 def test_eval_table_names_the_primary_metric(

@@ -323,12 +323,15 @@ def _check_fits(path: Path, model: nn.Module, tensors: Mapping[str, Tensor]) -> 
         raise RunLoadError(
             f"{path} does not fit the model {CONFIG} describes: tensors {'; '.join(parts)}"
         )
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(want[name].shape):
-            raise RunLoadError(
-                f"{path} does not fit the model {CONFIG} describes: tensor {name!r} has shape "
-                f"{tuple(t.shape)}, the model's has {tuple(want[name].shape)}"
-            )
+    # in the model's order: the file's order is the writer's business
+    wrong = [n for n, w in want.items() if tuple(tensors[n].shape) != tuple(w.shape)]
+    if wrong:
+        name = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise RunLoadError(
+            f"{path} does not fit the model {CONFIG} describes: tensor {name!r} has shape "
+            f"{tuple(tensors[name].shape)}, the model's has {tuple(want[name].shape)}{more}"
+        )
 
 
 def load_run(
