@@ -23,9 +23,9 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``eval``, ``predict`` and ``generate``; add
-    ``kws`` and ``charlm`` to
-    rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
-    line, so they are in place when ``rnnkit analog``'s parser is configured)."""
+    ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook
+    before it builds the command line, so they are in place when ``rnnkit analog``'s parser is
+    configured)."""
     from rnnkit.tasks import cli, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
