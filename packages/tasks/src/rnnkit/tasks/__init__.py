@@ -7,6 +7,9 @@ Quick start::
     print(list_tasks("tomita*"))
     result = train(task="parity", steps=200)      # writes runs/parity-.../
     print(result.test)
+
+    run = load_run(result.out)                    # the best model, in eval mode
+    print(run.config["model_kwargs"])
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -14,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
 from rnnkit.tasks.checkpoint import CheckpointError
 from rnnkit.tasks.registry import get_task, list_tasks
+from rnnkit.tasks.reuse import LoadedRun, RunLoadError, load_run
 from rnnkit.tasks.trainer import RunResult, TrainConfig, Trainer, evaluate, train
 
 try:
@@ -24,6 +28,8 @@ except PackageNotFoundError:
 __all__ = [
     "Budget",
     "CheckpointError",
+    "LoadedRun",
+    "RunLoadError",
     "RunResult",
     "Split",
     "Task",
@@ -34,5 +40,6 @@ __all__ = [
     "evaluate",
     "get_task",
     "list_tasks",
+    "load_run",
     "train",
 ]

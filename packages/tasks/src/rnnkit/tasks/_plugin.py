@@ -1,6 +1,6 @@
-"""rnnkit-tasks' plugin module: registers its tasks and the ``train`` and ``compare`` commands,
-and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its
-``rnnkit analog`` command."""
+"""rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
+``predict`` and ``generate`` commands and, when rnnkit-kernels is installed, the ``kws`` and
+``charlm`` experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit train``, ``rnnkit compare`` and ``rnnkit data``; add ``kws`` and
-    ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds
-    the command line, so they are in place when ``rnnkit analog``'s parser is configured)."""
-    from rnnkit.tasks import cli, downloads
+    """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict`` and
+    ``generate``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host
+    runs every hook before it builds the command line, so they are in place when ``rnnkit
+    analog``'s parser is configured)."""
+    from rnnkit.tasks import cli, downloads, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -35,6 +36,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=downloads.configure_data,
         run=downloads.run_data,
     )
+    reuse_cli.register_commands(register)
     register_analog_experiments()
 
 

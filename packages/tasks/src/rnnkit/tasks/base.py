@@ -176,7 +176,9 @@ class Task:
         return None
 
     def model_kwargs(self, name: str | None = None, **overrides: Any) -> dict[str, Any]:
-        """The keywords :meth:`build_model` passes to the builder of ``name`` (see there)."""
+        """The keywords :meth:`build_model` passes to the builder of ``name`` (see there):
+        what a run records (``config.json``) so that the model can be rebuilt without the task
+        (:func:`rnnkit.tasks.load_run`)."""
         name = name or self.model
         cfg: dict[str, Any] = dict(self.io)
         if name == "char_lm":

@@ -12,10 +12,12 @@ and one of the rest of the metadata; :func:`load_checkpoint` verifies them, so f
 or an edited field are refused with the checkpoint and the tensor or field named. Checkpoints
 of format ``rnnkit-checkpoint/1`` (written before the checksums) are still read, unverified.
 
-A training run's checkpoint (:func:`save_run`, :func:`load_run`) holds the model, the best
-model so far, the optimiser, every RNG state (torch CPU and CUDA, Python's ``random``), the
-run's :class:`RunState` and the signature of the settings it was written with: restoring all
-of it makes a resumed run continue bit for bit as if it had never stopped.
+A training run's checkpoint (:func:`save_run`, :func:`load_run_checkpoint`) holds the model,
+the best model so far, the optimiser, every RNG state (torch CPU and CUDA, Python's
+``random``), the run's :class:`RunState` and the signature of the settings it was written with:
+restoring all of it makes a resumed run continue bit for bit as if it had never stopped. (The
+best model for inference alone is the run's ``model.safetensors``, read by
+:func:`rnnkit.tasks.load_run`.)
 """
 
 from __future__ import annotations
@@ -531,7 +533,7 @@ def save_run(
     save_checkpoint(path, tensors, meta)
 
 
-def load_run(
+def load_run_checkpoint(
     path: Path,
     *,
     model: nn.Module,

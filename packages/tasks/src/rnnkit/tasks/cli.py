@@ -270,6 +270,7 @@ def _print_result(r: RunResult) -> None:
     out = Path(r.out)
     print(
         f"files: {out}/final.json, metrics.jsonl, checkpoint.safetensors"
+        + (", model.safetensors, config.json" if (out / "config.json").exists() else "")
         + (", curves.png" if (out / "curves.png").exists() else "")
         + (", report.md" if (out / "report.md").exists() else "")
     )

@@ -8,6 +8,8 @@ A run directory holds:
 - ``final.json``: the configuration (resolved: the model's every keyword, the kernel that ran
   each cell), the final valid/test metrics and the run record (:mod:`rnnkit.tasks.record`:
   versions, git commit, command line, times, threads, device);
+- ``model.safetensors`` + ``config.json``: the best model for inference, with everything
+  needed to rebuild it (:mod:`rnnkit.tasks.reuse`, :func:`rnnkit.tasks.load_run`);
 - ``curves.png``: learning curves; ``report.md``: the results, plot and configuration in
   Markdown (:mod:`rnnkit.tasks.report`).
 
@@ -242,7 +244,15 @@ def evaluate(
 # --- options and run directories -----------------------------------------------------------------
 
 #: the files a run writes atomically (their stale temporaries are removed)
-RUN_FILES = (ckpt.CHECKPOINT, "checkpoint.json", "metrics.jsonl", "final.json", "report.md")
+RUN_FILES = (
+    ckpt.CHECKPOINT,
+    "checkpoint.json",
+    "metrics.jsonl",
+    "final.json",
+    "report.md",
+    "model.safetensors",
+    "config.json",
+)
 
 #: The :class:`TrainConfig` fields that define a run (what it trains and how, not how it is
 #: shown): its checkpoint keeps them (``arguments``), so that ``rnnkit train --resume --out
@@ -440,10 +450,15 @@ class Trainer:
             self.budget = b = replace(b, batch_size=n_train)
         #: the keywords the model was built with, every default filled in (``final.json``)
         self.resolved_model_config: dict[str, Any]
+        #: the keywords the model was built with (``config.json``); ``None`` for a model
+        #: passed in, which the run cannot rebuild
+        self.model_kwargs: dict[str, Any] | None = None
+        self.custom_data = data is not None
         if model is None:
             from rnnkit.models.registry import get_model_builder
 
             kwargs = self.task.model_kwargs(self.model_name, **self.model_config)
+            self.model_kwargs = kwargs
             model = self.task.build_model(self.model_name, **self.model_config)
             self.resolved_model_config = resolved_model_config(
                 get_model_builder(self.model_name), kwargs, model
@@ -546,7 +561,7 @@ class Trainer:
         )
 
     def _load(self, path: Path) -> None:
-        self.state, self.best_state = ckpt.load_run(
+        self.state, self.best_state = ckpt.load_run_checkpoint(
             path,
             model=self.model,
             optimizer=self.optimizer,
@@ -780,6 +795,7 @@ class Trainer:
             ckpt.atomic_write_text(
                 self.out / "final.json", json.dumps(asdict(result), indent=1) + "\n"
             )
+            self._save_reusable()
             if self.config.plot and st.history:
                 from rnnkit.tasks.plots import plot_curves
 
@@ -794,6 +810,26 @@ class Trainer:
                 )
             write_run_report(self.out, result)
         return result
+
+    def _save_reusable(self) -> None:
+        """The best model for inference: ``model.safetensors`` and ``config.json``
+        (:mod:`rnnkit.tasks.reuse`)."""
+        from rnnkit.tasks.reuse import save_reusable
+
+        save_reusable(
+            self.out,
+            model=self.model,
+            state=self.best_state,
+            task=self.task,
+            model_name=self.model_name,
+            model_kwargs=self.model_kwargs,
+            backend=self.config.backend,
+            seed=self.config.seed,
+            info=self.data.info,
+            best_step=self.state.best_step,
+            best_score=self.state.best_score,
+            custom_data=self.custom_data,
+        )
 
 
 class _StopOnSignal:
