@@ -5,12 +5,14 @@
 - :class:`LRU`: the Linear Recurrent Unit (complex diagonal linear form, ``scan`` backends);
 - :class:`S4D`: the diagonal S4 state space model (diagonal linear form; convolution mode);
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
-- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention).
+- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention);
+- :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
 from rnnkit.models.cells.lru import LRU
+from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 from rnnkit.models.cells.s4d import S4D
 
@@ -21,6 +23,8 @@ __all__ = [
     "AarenState",
     "DeltaNet",
     "DeltaNetState",
+    "Mamba",
+    "MambaState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
