@@ -2,9 +2,10 @@
 
 Two levels:
 
-- the scan ops (``selective_scan_torch``, ``selective_scan_cpp``, ``selective_scan_triton``)
-  against :data:`rnnkit.kernels.selective.REFERENCE` on raw inputs, float64 and float32, values
-  and the gradients of every input (``x, dt, A, B, C, D, h0``), with short chunks so that the
+- the scan ops (``selective_scan_torch``, ``selective_scan_cpp``, ``selective_scan_triton``:
+  without a GPU in Triton's interpreter, ``TRITON_INTERPRET=1`` set by the conftest) against
+  :data:`rnnkit.kernels.selective.REFERENCE` on raw inputs, float64 and float32, values and
+  the gradients of every input (``x, dt, A, B, C, D, h0``), with short chunks so that the
   checkpoints and partial last chunks are hit, channel counts that are no multiple of the lane
   blocks, ``N`` of 1 and 16, with and without resets;
 - every registered backend of the form on :class:`TinySelective`, a small
@@ -43,7 +44,16 @@ from rnnkit.core.selective import SelectiveDiagonalCell, SelectiveInputs, select
 from rnnkit.core.state import StateField
 from rnnkit.core.testing.numerics import rel_rms, tolerance
 from rnnkit.kernels import selective
-from rnnkit.kernels.selective import REFERENCE, cpp, selective_scan_cpp, selective_scan_torch
+from rnnkit.kernels.selective import (
+    REFERENCE,
+    cpp,
+    selective_scan_cpp,
+    selective_scan_torch,
+    selective_scan_triton,
+    triton,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 INPUT, CHANNELS, NSTATE = 5, 11, 4
 
@@ -112,11 +122,22 @@ def _cpp_op(*args: Tensor, **kw: Any) -> tuple[Tensor, Tensor]:
     return selective_scan_cpp(*args, **kw)
 
 
+def _triton_op(*args: Tensor, **kw: Any) -> tuple[Tensor, Tensor]:
+    reason = triton.unavailable_reason(args[0].device)
+    if reason is not None:
+        pytest.skip(f"selective_triton: {reason}")
+    return selective_scan_triton(*args, **kw)
+
+
 #: name -> (op, chunk lengths to run it with).
 OPS: dict[str, tuple[ScanOp, tuple[int, ...]]] = {
     "selective_torch": (selective_scan_torch, (4, 64)),
     "selective_cpp": (_cpp_op, (4, 32)),
+    "selective_triton": (_triton_op, (4,)),
 }
+#: The ops the memory test measures on the CPU (Triton's interpreter allocates as the GPU
+#: would, but at T = 256 it takes minutes).
+MEMORY_OPS = ("selective_torch", "selective_cpp")
 
 
 def _raw(batch: int, time: int, dim: int, n: int, seed: int) -> tuple[list[Tensor], Tensor]:
@@ -218,7 +239,7 @@ def _held_and_largest(fn: Callable[[], None]) -> tuple[int, int]:
     return held, largest
 
 
-@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("name", MEMORY_OPS)
 def test_recomputing_backward_never_holds_the_states(name: str) -> None:
     """Forward with gradients keeps ``y``, ``h`` and checkpoints, and no op of the forward or
     backward allocates more than the scan's inputs and outputs: both far below the
@@ -271,7 +292,7 @@ BACKENDS = backends_for([TinySelective(INPUT, CHANNELS)])
 
 
 def test_the_form_has_its_backends() -> None:
-    assert {"selective_torch", "selective_cpp"} <= set(BACKENDS)
+    assert {"selective_torch", "selective_cpp", "selective_triton"} <= set(BACKENDS)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -286,6 +307,7 @@ def test_backend_equals_reference_loop(
     partial chunk)."""
     monkeypatch.setattr(selective.torch_loop, "CHUNK", 4)
     monkeypatch.setattr(selective.cpp, "CHUNK", 4)
+    monkeypatch.setattr(selective.triton, "CHUNK", 4)
     check_backend(_reference(nstate), backend, dtype, use_resets=use_resets)
 
 

@@ -10,7 +10,7 @@
                     backward (any device and dtype; the fallback of ``selective_cpp``)
 ``cpp/``            backend ``selective_cpp``: C++ loops over time per lane, lanes in parallel,
                     backward by recomputation from checkpoints (CPU, float32/float64)
-``triton.py``       backend ``selective_triton``: chunked Triton kernels, one program per
+``triton/``         backend ``selective_triton``: chunked Triton kernels, one program per
                     (batch row, block of channels) (CUDA; CPU under ``TRITON_INTERPRET=1``)
 ==================  =============================================================================
 
@@ -22,11 +22,12 @@ step-by-step recurrence; the cell-level oracle is the generic loop over ``Cell.r
 from __future__ import annotations
 
 from rnnkit.core.dispatch import Kernel
-from rnnkit.kernels.selective import cpp, torch_loop
+from rnnkit.kernels.selective import cpp, torch_loop, triton
 from rnnkit.kernels.selective.cpp import selective_scan_cpp
 from rnnkit.kernels.selective.reference import selective_scan_reference
 from rnnkit.kernels.selective.reference import selective_scan_reference as REFERENCE
 from rnnkit.kernels.selective.torch_loop import selective_scan_torch
+from rnnkit.kernels.selective.triton import selective_scan_triton
 
 __all__ = [
     "REFERENCE",
@@ -34,9 +35,10 @@ __all__ = [
     "selective_scan_cpp",
     "selective_scan_reference",
     "selective_scan_torch",
+    "selective_scan_triton",
 ]
 
 
 def kernels() -> list[Kernel]:
-    """Every backend of the form: ``selective_torch``, ``selective_cpp``."""
-    return [*torch_loop.kernels(), *cpp.kernels()]
+    """Every backend of the form: ``selective_torch``, ``selective_cpp``, ``selective_triton``."""
+    return [*torch_loop.kernels(), *cpp.kernels(), *triton.kernels()]
