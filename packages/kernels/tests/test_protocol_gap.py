@@ -22,6 +22,7 @@ def _declaring(form: Form) -> type[LSTM]:
         (Form.DIAGONAL_JACOBIAN, {"newton"}),
         (Form.DIAGONAL_LINEAR, {"scan", "scan_triton"}),
         (Form.MATRIX_STATE, {"chunked"}),
+        (Form.SELECTIVE_DIAGONAL, {"selective_torch", "selective_cpp", "selective_triton"}),
     ],
 )
 def test_a_cell_declaring_a_form_it_does_not_implement_fails_the_kit(

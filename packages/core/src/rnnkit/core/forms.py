@@ -18,5 +18,8 @@ class Form(StrEnum):
     DIAGONAL_LINEAR = "diagonal_linear"
     #: nonlinear, with ``dh_t / dh_{t-1}`` diagonal or 2x2 block-diagonal.
     DIAGONAL_JACOBIAN = "diagonal_jacobian"
+    #: ``h_t = exp(dt_t A) * h_{t-1} + (dt_t x_t) B_t^T`` over a ``(channels, N)`` state with
+    #: input-dependent ``dt, B, C``, read out as ``y_t = h_t C_t + D x_t`` (Mamba-1).
+    SELECTIVE_DIAGONAL = "selective_diagonal"
     #: ``S_t = A_t(S_{t-1}) + k_t v_t^T``-type updates read out by queries.
     MATRIX_STATE = "matrix_state"

@@ -22,6 +22,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "gated.triton",
     "linear.scan",
     "matrix_state",
+    "selective",
     "analog",
     "newton",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
-from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
+from rnnkit.models.cells import LRU, Aaren, DeltaNet, Mamba, ParaGRU, ParaLSTM
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
@@ -20,6 +20,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("char_lm", networks.char_lm)
     register("ssm_classifier", networks.ssm_classifier)
     register("ssm_tagger", networks.ssm_tagger)
+    register("mamba_classifier", networks.mamba_classifier)
+    register("mamba_lm", networks.mamba_lm)
 
 
 @hookimpl
@@ -78,4 +80,10 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         DeltaNet,
         description="DeltaNet: matrix key-value memory written by the delta rule (chunked backend)",
         test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
+    )
+    register(
+        "mamba",
+        Mamba,
+        description="Mamba-1 block: selective SSM with causal conv and SiLU gate (selective scans)",
+        test_configs=[{}, {"d_state": 3, "d_conv": 2}, {"d_conv": 1, "bias": True}],
     )

@@ -4,6 +4,7 @@ head (:class:`SequenceModel`), and residual blocks of channel-wise state space c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
@@ -102,29 +103,38 @@ def char_lm(vocab_size: int = 128, **cfg: Any) -> SequenceModel:
 
 
 class SSMBlock(nn.Module):
-    """One residual block of a deep state space model (the S4/S4D layout):
-    ``x + Linear(GELU(cell(LayerNorm(x))))``, on ``(B, T, width)``.
+    """One residual block of a deep state space model, on ``(B, T, width)``: with ``mix`` (the
+    S4/S4D layout) ``x + Linear(GELU(cell(LayerNorm(x))))``, without (the Mamba layout, for
+    cells that mix channels themselves) ``x + cell(LayerNorm(x))``.
 
-    The cell must be channel-wise (``output_size == input_size == width``: S4D, S5, LSSL, LRU).
+    The cell must keep the width (``output_size == input_size == width``: S4D, S5, LSSL, LRU,
+    Mamba).
     """
 
-    def __init__(self, cell: str, width: int, state_size: int, dropout: float, **kw: Any):
+    def __init__(
+        self, cell: str, width: int, state_size: int, dropout: float, *, mix: bool = True, **kw: Any
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.cell = get_cell_class(cell)(width, state_size, **kw)
         if self.cell.output_size != width:
             raise ValueError(
                 f"cell {cell!r} maps {width} channels to {self.cell.output_size}: an SSM block "
-                "needs a channel-wise cell (output width = input width, e.g. s4d, lru)"
+                "needs a channel-wise cell (output width = input width, e.g. s4d, lru, mamba)"
             )
-        self.mix = nn.Linear(width, width)
+        self.mix: nn.Module = nn.Linear(width, width) if mix else nn.Identity()
+        self.act: Callable[[Tensor], Tensor] = F.gelu if mix else _identity
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, *, backend: str = "auto", resets: Tensor | None = None) -> Tensor:
         """``(B, T, width) -> (B, T, width)``."""
         y, _ = self.cell(self.norm(x), backend=backend, resets=resets)
-        out: Tensor = x + self.drop(self.mix(F.gelu(y)))
+        out: Tensor = x + self.drop(self.mix(self.act(y)))
         return out
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 class SSMNetwork(nn.Module):
@@ -136,8 +146,11 @@ class SSMNetwork(nn.Module):
         cell: a registered channel-wise cell (default ``"s4d"``).
         hidden_size: the model width (channels of every block).
         num_layers: number of blocks.
-        state_size: the cell's state size per channel (its ``hidden_size``).
+        state_size: the cell's ``hidden_size``: the state size per channel (S4D, LRU) or the
+            inner channels (Mamba).
         dropout: after each block's mixing layer.
+        mix: each block's GELU and linear mixing layer after the cell (``False``: the Mamba
+            layout, see :class:`SSMBlock`).
         vocab_size: if given, inputs are token ids ``(B, T)`` embedded to ``hidden_size``.
         pooling: ``"none"``, ``"last"`` or ``"mean"`` (as :class:`SequenceModel`).
         **cell_kwargs: passed to every cell (``init="inv"``, ...).
@@ -155,6 +168,7 @@ class SSMNetwork(nn.Module):
         dropout: float = 0.0,
         vocab_size: int | None = None,
         pooling: str = "mean",
+        mix: bool = True,
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -165,7 +179,7 @@ class SSMNetwork(nn.Module):
             else nn.Linear(input_size, hidden_size)
         )
         self.blocks = nn.ModuleList(
-            SSMBlock(cell, hidden_size, state_size, dropout, **cell_kwargs)
+            SSMBlock(cell, hidden_size, state_size, dropout, mix=mix, **cell_kwargs)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
@@ -190,3 +204,23 @@ def ssm_tagger(**cfg: Any) -> SSMNetwork:
     """deep SSM (S4D blocks by default), per-step outputs: (B, T, input) -> (B, T, output)"""
     cfg.setdefault("pooling", "none")
     return SSMNetwork(**cfg)
+
+
+def _mamba_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg.setdefault("cell", "mamba")
+    cfg.setdefault("mix", False)
+    cfg.setdefault("hidden_size", 64)
+    cfg.setdefault("state_size", 2 * int(cfg["hidden_size"]))  # inner channels: expand 2
+    return cfg
+
+
+def mamba_classifier(**cfg: Any) -> SSMNetwork:
+    """Mamba-1 blocks (x + Mamba(LayerNorm(x))), one output per sequence (mean over time)"""
+    cfg.setdefault("pooling", "mean")
+    return SSMNetwork(**_mamba_defaults(cfg))
+
+
+def mamba_lm(vocab_size: int = 128, **cfg: Any) -> SSMNetwork:
+    """Mamba-1 language model: token ids (B, T) -> logits (B, T, vocab)"""
+    cfg = _mamba_defaults(cfg)
+    return SSMNetwork(0, vocab_size, vocab_size=vocab_size, pooling="none", **cfg)

@@ -7,13 +7,15 @@
 - :class:`S5`: the MIMO complex diagonal state space model (diagonal linear form);
 - :class:`LSSL`: the dense HiPPO-LegS state space model (no form; convolution mode);
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
-- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention).
+- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention);
+- :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
+from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 from rnnkit.models.cells.s4d import S4D
 from rnnkit.models.cells.s5 import S5
@@ -28,6 +30,8 @@ __all__ = [
     "DeltaNet",
     "DeltaNetState",
     "LSSLState",
+    "Mamba",
+    "MambaState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
