@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
-from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
+from rnnkit.models.cells import LRU, RHN, Aaren, DeltaNet, IndRNN, LeakyRNN, ParaGRU, ParaLSTM
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 
@@ -62,4 +62,22 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         DeltaNet,
         description="DeltaNet: matrix key-value memory written by the delta rule (chunked backend)",
         test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
+    )
+    register(
+        "indrnn",
+        IndRNN,
+        description="IndRNN: h = act(W x + u * h + b), elementwise u (diagonal Jacobian; newton)",
+        test_configs=[{}, {"activation": "tanh", "u_max": 0.9}, {"bias": False}],
+    )
+    register(
+        "rhn",
+        RHN,
+        description="Recurrent Highway Network: depth highway micro-steps, coupled carry gate",
+        test_configs=[{}, {"depth": 1}],
+    )
+    register(
+        "leakyrnn",
+        LeakyRNN,
+        description="leaky RNN with trainable timescales tau >= 1 per unit",
+        test_configs=[{}, {"activation": "relu", "train_tau": False}],
     )

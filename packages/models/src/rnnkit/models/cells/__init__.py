@@ -5,25 +5,38 @@
 - :class:`LRU`: the Linear Recurrent Unit (complex diagonal linear form, ``scan`` backends);
 - :class:`S4D`: the diagonal S4 state space model (diagonal linear form; convolution mode);
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
-- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention).
+- :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention);
+- :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
+- :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
+- :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
+from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
+from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
+from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
 
 __all__ = [
     "LRU",
+    "RHN",
     "S4D",
     "Aaren",
     "AarenState",
     "DeltaNet",
     "DeltaNetState",
+    "IndRNN",
+    "IndRNNState",
+    "LeakyRNN",
+    "LeakyRNNState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
     "ParaLSTMState",
+    "RHNState",
     "aaren_combine",
+    "indrnn_u_max",
 ]
