@@ -75,6 +75,11 @@ class IndRNN(Cell[IndRNNState]):
     forms: ClassVar[frozenset[Form]] = frozenset({Form.DIAGONAL_JACOBIAN})
     state_type = IndRNNState
     newton_block: ClassVar[int] = 1
+    #: The CPU work budget ``B * H * iterations`` up to which ``backend="auto"`` prefers Newton
+    #: over the loop (the newton kernel reads it; default 8192). IndRNN's sequential step is a
+    #: few elementwise ops, cheaper than ParaGRU's, so Newton pays only on narrower batches
+    #: (crossover measured by ``tools/bench/indrnn_newton.py``, docs/kernels-newton.md).
+    newton_auto_work: ClassVar[int] = 2048
 
     def __init__(
         self,
