@@ -208,3 +208,26 @@ def test_indrnn_indrnn_u_max_checks_its_arguments() -> None:
         indrnn_u_max(0)
     with pytest.raises(ValueError, match=r"^gamma must"):
         indrnn_u_max(10, gamma=-1.0)
+
+
+def test_auto_runs_indrnn_by_newton_only_on_narrow_batches() -> None:
+    """IndRNN's ``newton_auto_work`` (2048) keeps ``auto`` on the loop from 1024 lanes on,
+    where the measured Newton solve loses (docs/kernels-newton.md), and on Newton for a
+    narrow batch of long sequences; after a solve that needed many iterations at a shape,
+    ``auto`` goes back to the loop there."""
+    pytest.importorskip("rnnkit.kernels.newton")
+    from rnnkit.core.dispatch import KernelCall, select
+    from rnnkit.kernels.newton import forget_failures, last_solve_info, newton_options
+
+    forget_failures()
+    torch.manual_seed(0)
+    cell = IndRNN(4, 64, u_init=(0.9, 1.0))
+    narrow = KernelCall(cell, torch.randn(4, 256, 4), None, None, needs_grad=True)
+    wide = KernelCall(cell, torch.randn(16, 256, 4), None, None, needs_grad=True)
+    assert select(narrow).backend == "newton" and select(wide).backend == "reference"
+    with torch.no_grad(), newton_options(max_iters=200):
+        cell(narrow.x)
+    info = last_solve_info()
+    assert info is not None and info.converged and info.iterations * 256 > 2048
+    assert select(narrow).backend == "reference"
+    forget_failures()
