@@ -18,8 +18,20 @@ from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
 #: Cells each installed plugin is known to register (a floor: plugins may register more).
 KNOWN_CELLS = {
     "core": {"elman", "lstm", "gru", "slstm"},
-    "models": {"paragru", "paralstm", "lru", "aaren", "deltanet", "s5", "lssl", "mamba"},
-    "mingru": {"mingru"},
+    "models": {
+        "paragru",
+        "paralstm",
+        "lru",
+        "aaren",
+        "deltanet",
+        "s5",
+        "lssl",
+        "mamba",
+        "indrnn",
+        "rhn",
+        "leakyrnn",
+    },
+    "mingru": {"mingru", "minlstm"},
 }
 
 

@@ -19,10 +19,12 @@ from rnnkit.core.kernel import Priority
 from rnnkit.core.state import StateField
 from rnnkit.core.testing.numerics import assert_close
 from rnnkit.kernels.newton import (
+    auto_work,
     block2_scan,
     block2_scan_sequential,
     failed_before,
     forget_failures,
+    iterations_before,
     last_solve_info,
     newton_options,
 )
@@ -286,6 +288,38 @@ def test_auto_remembers_a_cell_that_does_not_converge() -> None:
     assert select(KernelCall(other, x, None, None, False)).backend == "newton"
     forget_failures()
     assert select(call).backend == "newton"
+
+
+def test_auto_weighs_the_lanes_by_the_iterations_a_solve_needed() -> None:
+    """On CPU ``auto`` keeps Newton while ``lanes * iterations`` fits the cell's work budget
+    (``newton_auto_work``, default 8192): before any solve it assumes 4 iterations; after a
+    solve it uses the iterations that solve needed, so a cell that converges slowly at a shape
+    (IndRNN with recurrent weights near 1) goes back to the loop there."""
+    forget_failures()
+    torch.manual_seed(0)
+    cell = TanhDiag(3, 5, scale=1.5).double()  # converges in 8 updates from this seed
+    x = 2 * torch.randn(2, 200, 3, dtype=torch.float64)
+    call = KernelCall(cell, x, None, None, needs_grad=False)
+    assert auto_work(cell) == 8192 and iterations_before(call) is None
+    cell.newton_auto_work = 2 * 5 * 4  # type: ignore[attr-defined]  # lanes 10, 4 iterations
+    assert select(call).backend == "newton"
+    with torch.no_grad():
+        cell(x)
+    info = last_solve_info()
+    assert info is not None and info.converged and info.iterations > 4
+    assert iterations_before(call) == info.iterations
+    assert select(call).backend == "reference"
+    other_shape = KernelCall(cell, x[:1], None, None, needs_grad=False)
+    assert select(other_shape).backend == "newton"
+    cell.newton_auto_work = 10 * info.iterations  # type: ignore[attr-defined]
+    assert select(call).backend == "newton"
+    forget_failures()
+    assert iterations_before(call) is None
+    # the default budget keeps the measured lane rule: 2048 lanes yes, 4096 no
+    plain = TanhDiag(3, 256)
+    wide = KernelCall(plain, torch.randn(8, 256, 3), None, None, needs_grad=True)
+    wider = KernelCall(plain, torch.randn(16, 256, 3), None, None, needs_grad=True)
+    assert select(wide).backend == "newton" and select(wider).backend == "reference"
 
 
 def test_a_cell_can_keep_auto_off_a_backend() -> None:

@@ -1,5 +1,6 @@
-"""rnnkit-mingru: the minimal GRU as an rnnkit plugin (an example for plugin authors)."""
+"""rnnkit-mingru: the minimal GRU and minimal LSTM as an rnnkit plugin (an example for plugin
+authors)."""
 
-from rnnkit_mingru.cell import MinGRU
+from rnnkit_mingru.cell import MinGRU, MinLSTM, g
 
-__all__ = ["MinGRU"]
+__all__ = ["MinGRU", "MinLSTM", "g"]

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
-from rnnkit.models.cells import LRU, Aaren, DeltaNet, Mamba, ParaGRU, ParaLSTM
+from rnnkit.models.cells import (
+    LRU,
+    RHN,
+    Aaren,
+    DeltaNet,
+    IndRNN,
+    LeakyRNN,
+    Mamba,
+    ParaGRU,
+    ParaLSTM,
+)
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
@@ -86,4 +96,22 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         Mamba,
         description="Mamba-1 block: selective SSM with causal conv and SiLU gate (selective scans)",
         test_configs=[{}, {"d_state": 3, "d_conv": 2}, {"d_conv": 1, "bias": True}],
+    )
+    register(
+        "indrnn",
+        IndRNN,
+        description="IndRNN: h = act(W x + u * h + b), elementwise u (diagonal Jacobian; newton)",
+        test_configs=[{}, {"activation": "tanh", "u_max": 0.9}, {"bias": False}],
+    )
+    register(
+        "rhn",
+        RHN,
+        description="Recurrent Highway Network: depth highway micro-steps, coupled carry gate",
+        test_configs=[{}, {"depth": 1}],
+    )
+    register(
+        "leakyrnn",
+        LeakyRNN,
+        description="leaky RNN with trainable timescales tau >= 1 per unit",
+        test_configs=[{}, {"activation": "relu", "train_tau": False}],
     )

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 from rnnkit.core.reference import reference_forward as REFERENCE
 from rnnkit.kernels.newton._block import block2_scan, block2_scan_sequential
-from rnnkit.kernels.newton._kernel import failed_before, forget_failures, newton_forward
-from rnnkit.kernels.newton._register import kernels
+from rnnkit.kernels.newton._kernel import (
+    failed_before,
+    forget_failures,
+    iterations_before,
+    newton_forward,
+)
+from rnnkit.kernels.newton._register import auto_work, kernels
 from rnnkit.kernels.newton._solve import (
     DEFAULT_MAX_ITERS,
     DEFAULT_TOL,
@@ -35,10 +40,12 @@ __all__ = [
     "REFERENCE",
     "TILE_ELEMENTS",
     "SolveInfo",
+    "auto_work",
     "block2_scan",
     "block2_scan_sequential",
     "failed_before",
     "forget_failures",
+    "iterations_before",
     "kernels",
     "last_solve_info",
     "newton_forward",

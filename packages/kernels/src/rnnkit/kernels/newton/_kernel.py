@@ -209,6 +209,13 @@ _NOT_CONVERGED: weakref.WeakKeyDictionary[Any, set[tuple[int, int, torch.dtype, 
 )
 
 
+#: The Newton updates the last converged solve of a cell at a call shape needed: ``auto``
+#: weighs them against the lanes (``B * hidden_size``) to judge whether Newton pays there.
+_ITERATIONS: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, torch.dtype, str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _shape_key(call: KernelCall) -> tuple[int, int, torch.dtype, str]:
     x = call.x
     return int(x.shape[0]), int(x.shape[1]), x.dtype, x.device.type
@@ -220,9 +227,17 @@ def failed_before(call: KernelCall) -> bool:
     return _shape_key(call) in _NOT_CONVERGED.get(call.cell, set())
 
 
+def iterations_before(call: KernelCall) -> int | None:
+    """The Newton updates the last converged solve of this cell at this call's shape, dtype and
+    device needed in this process (``None`` if there was none)."""
+    return _ITERATIONS.get(call.cell, {}).get(_shape_key(call))
+
+
 def forget_failures() -> None:
-    """Forget every recorded non-convergence (``auto`` tries Newton again)."""
+    """Forget every recorded non-convergence and iteration count (``auto`` goes back to its
+    prior estimate and tries Newton again)."""
     _NOT_CONVERGED.clear()
+    _ITERATIONS.clear()
 
 
 def newton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -278,6 +293,7 @@ def newton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         )
         return reference_forward(call)
     set_info(info)
+    _ITERATIONS.setdefault(cell, {})[_shape_key(call)] = info.iterations
     y = cell.readout_parallel(px, z).to(x.dtype)
     final = cell.unpack_state(z_last)
     return y, type(final)._make(f.to(s.dtype) for f, s in zip(final, state, strict=True))

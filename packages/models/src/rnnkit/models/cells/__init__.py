@@ -8,33 +8,46 @@
 - :class:`LSSL`: the dense HiPPO-LegS state space model (no form; convolution mode);
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
 - :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention);
-- :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form).
+- :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form);
+- :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
+- :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
+- :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
+from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
+from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
 from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
+from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
 from rnnkit.models.cells.s5 import S5
 
 __all__ = [
     "LRU",
     "LSSL",
+    "RHN",
     "S4D",
     "S5",
     "Aaren",
     "AarenState",
     "DeltaNet",
     "DeltaNetState",
+    "IndRNN",
+    "IndRNNState",
     "LSSLState",
+    "LeakyRNN",
+    "LeakyRNNState",
     "Mamba",
     "MambaState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
     "ParaLSTMState",
+    "RHNState",
     "aaren_combine",
+    "indrnn_u_max",
 ]
