@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import stat
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -401,3 +404,38 @@ def test_compares_started_in_the_same_second_get_their_own_directories(
     assert main([*args, "--backend", "nope"]) == 2
     assert "unknown backend" in capsys.readouterr().err
     assert len(list((tmp_path / "runs").iterdir())) == 2  # the failed compare left nothing
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path: Path) -> None:
+    """SIGTERM (kill, a batch scheduler) is handled like Ctrl-C: the run finishes its step,
+    saves a checkpoint, exits with status 130 and resumes from there."""
+    out = tmp_path / "run"
+    script = (
+        "import sys\nfrom rnnkit.core.cli import main\n"
+        f"sys.exit(main(['train', '--task', 'digits_rows', '--steps', '100000', '--eval-every', "
+        f"'100000', '--checkpoint-every', '20', '--out', {str(out)!r}]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.json").exists():  # the loop runs: its handler is installed
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "SIGTERM: stopping after this step" in stderr
+    step = json.loads((out / "checkpoint.json").read_text())["step"]
+    assert 0 < step < 100000
+    assert not (out / "final.json").exists()
+    again = TrainConfig(
+        task="digits_rows",
+        steps=100000,
+        eval_every=100000,
+        checkpoint_every=20,
+        out=str(out),
+        resume=True,
+        verbose=False,
+    )
+    assert Trainer(again).step == step

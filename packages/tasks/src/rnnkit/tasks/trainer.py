@@ -833,30 +833,41 @@ class Trainer:
 
 
 class _StopOnSignal:
-    """Turn the first Ctrl-C into a request to stop after the current step.
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step.
 
-    The run then saves a checkpoint at a step boundary and can be resumed; a second Ctrl-C
-    interrupts at once. Only installed in the main thread.
+    The run then saves a checkpoint at a step boundary and can be resumed; a second signal
+    interrupts at once. SIGTERM is what ``kill``, batch schedulers (before their SIGKILL) and
+    container runtimes send: without this handler it ended the process mid-step, losing the
+    steps since the last checkpoint. Only installed in the main thread.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(
+            f"\n{name}: stopping after this step and saving a checkpoint "
+            f"({name} again to abort)...",
+            file=sys.stderr,
+        )
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def train(
