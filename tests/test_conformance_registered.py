@@ -30,6 +30,7 @@ KNOWN_CELLS = {
         "indrnn",
         "rhn",
         "leakyrnn",
+        "srrnn",
     },
     "mingru": {"mingru", "minlstm"},
 }

@@ -15,6 +15,7 @@ from rnnkit.models.cells import (
     Mamba,
     ParaGRU,
     ParaLSTM,
+    StateRegularized,
 )
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
@@ -114,4 +115,10 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LeakyRNN,
         description="leaky RNN with trainable timescales tau >= 1 per unit",
         test_configs=[{}, {"activation": "relu", "train_tau": False}],
+    )
+    register(
+        "srrnn",
+        StateRegularized,
+        description="state-regularised GRU/LSTM: hidden state pulled onto learned centroids",
+        test_configs=[{}, {"base": "lstm", "centroids": 5, "temperature": 0.5}],
     )

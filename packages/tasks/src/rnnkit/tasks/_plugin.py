@@ -26,7 +26,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
     ``generate``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host
     runs every hook before it builds the command line, so they are in place when ``rnnkit
     analog``'s parser is configured)."""
-    from rnnkit.tasks import cli, downloads, reuse_cli
+    from rnnkit.tasks import automata, cli, downloads, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -37,6 +37,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=downloads.run_data,
     )
     reuse_cli.register_commands(register)
+    register(
+        "extract-dfa",
+        help=automata.EXTRACT_HELP,
+        configure=automata.configure_extract,
+        run=automata.run_extract,
+    )
     register_analog_experiments()
 
 

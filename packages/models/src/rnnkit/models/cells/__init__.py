@@ -11,7 +11,8 @@
 - :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form);
 - :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
 - :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
-- :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop).
+- :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
+- :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
@@ -25,6 +26,7 @@ from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMSt
 from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
 from rnnkit.models.cells.s5 import S5
+from rnnkit.models.cells.srrnn import SRState, StateRegularized
 
 __all__ = [
     "LRU",
@@ -48,6 +50,8 @@ __all__ = [
     "ParaLSTM",
     "ParaLSTMState",
     "RHNState",
+    "SRState",
+    "StateRegularized",
     "aaren_combine",
     "indrnn_u_max",
 ]
