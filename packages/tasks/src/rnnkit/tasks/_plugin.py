@@ -22,11 +22,11 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict`` and
-    ``generate``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host
-    runs every hook before it builds the command line, so they are in place when ``rnnkit
-    analog``'s parser is configured)."""
-    from rnnkit.tasks import automata, cli, downloads, reuse_cli
+    """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
+    ``passkey`` and ``extract-dfa``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit
+    analog`` (the host runs every hook before it builds the command line, so they are in
+    place when ``rnnkit analog``'s parser is configured)."""
+    from rnnkit.tasks import automata, cli, downloads, passkey_length, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -37,6 +37,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=downloads.run_data,
     )
     reuse_cli.register_commands(register)
+    register(
+        "passkey",
+        help=passkey_length.PASSKEY_HELP,
+        configure=passkey_length.configure_passkey,
+        run=passkey_length.run_passkey,
+    )
     register(
         "extract-dfa",
         help=automata.EXTRACT_HELP,

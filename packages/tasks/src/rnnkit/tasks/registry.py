@@ -34,6 +34,7 @@ TASK_MODULES: tuple[str, ...] = (
     "vessels",
     "breathing",
     "formal",
+    "listops",
 )
 
 
