@@ -18,7 +18,15 @@ from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
 #: Cells each installed plugin is known to register (a floor: plugins may register more).
 KNOWN_CELLS = {
     "core": {"elman", "lstm", "gru", "slstm"},
-    "models": {"paragru", "paralstm", "lru", "aaren", "deltanet"},
+    "models": {
+        "paragru",
+        "paralstm",
+        "lru",
+        "aaren",
+        "deltanet",
+        "gated_deltanet",
+        "linear_attention",
+    },
     "mingru": {"mingru"},
 }
 

@@ -23,6 +23,7 @@ ONNX_UNSUPPORTED = {
     "lru": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "s4d": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
+    "gated_deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
 }
 
 

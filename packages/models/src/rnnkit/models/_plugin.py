@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
 from rnnkit.models import networks
-from rnnkit.models.cells import LRU, Aaren, DeltaNet, ParaGRU, ParaLSTM
+from rnnkit.models.cells import (
+    LRU,
+    Aaren,
+    DeltaNet,
+    GatedDeltaNet,
+    LinearAttention,
+    ParaGRU,
+    ParaLSTM,
+)
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 
@@ -62,4 +70,16 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         DeltaNet,
         description="DeltaNet: matrix key-value memory written by the delta rule (chunked backend)",
         test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
+    )
+    register(
+        "gated_deltanet",
+        GatedDeltaNet,
+        description="Gated DeltaNet: delta-rule memory with a learned decay (chunked backend)",
+        test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
+    )
+    register(
+        "linear_attention",
+        LinearAttention,
+        description="linear attention, optionally with a fixed or gated decay (chunked backend)",
+        test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
     )
