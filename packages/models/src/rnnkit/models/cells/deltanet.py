@@ -117,7 +117,8 @@ class _ConvMemory(MatrixStateCell[DeltaNetState]):
             # RetNet's per-head decays 1 - 2^(-5 - h): memories from ~32 to ~32 * 2^(heads-1)
             # tokens; a buffer, not a parameter (RetNet does not learn them)
             gamma = 1.0 - 2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float64))
-            self.register_buffer("log_gamma", torch.log(gamma).to(**kw))
+            buffer_dtype = dtype if dtype is not None else torch.get_default_dtype()
+            self.register_buffer("log_gamma", torch.log(gamma).to(buffer_dtype).to(device))
         self.reset_parameters()
 
     @torch.no_grad()
