@@ -239,17 +239,25 @@ def _chunked(
     if keep is not None:
         s_decay = keep if s_decay is None else s_decay * keep
     # the only sequential part: the memory entering each chunk, and the pseudo-values U~
+    # (unbind, not indexing: the backward of an index op allocates a zero tensor of the whole
+    # input per chunk, which makes the backward quadratic in T; unbind's backward stacks)
     S = S0
     S_in: list[Tensor] = []
     U_t: list[Tensor] = []
-    for i in range(N):
+    per_chunk = zip(
+        U.unbind(2),
+        W.unbind(2) if W is not None else [None] * N,
+        k_out.unbind(2),
+        s_decay.unbind(2) if s_decay is not None else [None] * N,
+        strict=True,
+    )
+    for u_i, w_i, k_i, sd_i in per_chunk:
         S_in.append(S)
-        u_i = U[:, :, i]
-        if W is not None:
-            u_i = u_i - W[:, :, i] @ S.transpose(-1, -2)
+        if w_i is not None:
+            u_i = u_i - w_i @ S.transpose(-1, -2)
         U_t.append(u_i)
-        write = u_i.transpose(-1, -2) @ k_out[:, :, i]
-        S = S + write if s_decay is None else s_decay[:, :, i] * S + write
+        write = u_i.transpose(-1, -2) @ k_i
+        S = S + write if sd_i is None else sd_i * S + write
     S_ins = torch.stack(S_in, 2)  # (B, n, N, d_v, d_k)
     o = q_in @ S_ins.transpose(-1, -2) + attn @ torch.stack(U_t, 2)
     return o.reshape(B, n, N * C, dv)[:, :, :T], S
