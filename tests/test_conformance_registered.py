@@ -31,6 +31,8 @@ KNOWN_CELLS = {
         "rhn",
         "leakyrnn",
         "srrnn",
+        "gated_deltanet",
+        "linear_attention",
     },
     "mingru": {"mingru", "minlstm"},
 }

@@ -25,6 +25,7 @@ ONNX_UNSUPPORTED = {
     "s5": "a complex-valued recurrence (ONNX has no complex dtypes)",
     "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
     "lssl": "the bilinear discretisation's linear solve (aten.linalg_solve has no ONNX operator)",
+    "gated_deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
 }
 
 

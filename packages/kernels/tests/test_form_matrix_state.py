@@ -1,9 +1,10 @@
 """The matrix-state form: every backend against the plain recurrence, on odd shapes.
 
 ``delta_rule_chunked`` (the ``chunked`` backend's op) is compared with
-:func:`memory_recurrence` (the form's reference) on raw inputs; the registered kernel runs a
-small :class:`MatrixStateCell` defined here against the generic ``reference`` loop over
-``recur``, values and gradients, in float64 and float32.
+:func:`memory_recurrence` (the form's reference) on raw inputs, with and without a decay
+``alpha`` (random, close to 0, exactly 1); the registered kernel runs a small
+:class:`MatrixStateCell` defined here (with and without a decay) against the generic
+``reference`` loop over ``recur``, values and gradients, in float64 and float32.
 """
 
 from __future__ import annotations
@@ -34,11 +35,20 @@ class TinyMemory(MatrixStateCell[MemState]):
     kind = "tiny_memory"
     state_type = MemState
 
-    def __init__(self, input_size: int, hidden_size: int, *, heads: int = 1, rule: str = "delta"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        rule: str = "delta",
+        decay: bool = False,
+    ):
         super().__init__()
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
         self.heads, self.head_dim, self.rule = heads, hidden_size // heads, rule
-        self.projected_size = 3 * hidden_size + heads
+        self.decay = decay
+        self.projected_size = 3 * hidden_size + heads * (2 if decay else 1)
         self.weight = nn.Parameter(torch.randn(self.projected_size, input_size) / input_size)
 
     def state_spec(self) -> tuple[StateField, ...]:
@@ -47,15 +57,20 @@ class TinyMemory(MatrixStateCell[MemState]):
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight)
 
-    def _parts(self, px: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``px: (..., P)`` -> q, k, v ``(..., heads, d)`` and beta ``(..., heads)``."""
-        H, shape = self.hidden_size, (*px.shape[:-1], self.heads, self.head_dim)
+    def _parts(self, px: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """``px: (..., P)`` -> q, k, v ``(..., heads, d)``, beta and log alpha ``(..., heads)``
+        (``log alpha = logsigmoid(. + 2)``, or ``None`` without a decay)."""
+        H, n, shape = self.hidden_size, self.heads, (*px.shape[:-1], self.heads, self.head_dim)
         q, k, v = (px[..., i * H : (i + 1) * H].reshape(shape) for i in range(3))
-        return q, F.normalize(k, dim=-1), v, torch.sigmoid(px[..., 3 * H :])
+        beta = torch.sigmoid(px[..., 3 * H : 3 * H + n])
+        log_alpha = F.logsigmoid(px[..., 3 * H + n :] + 2.0) if self.decay else None
+        return q, F.normalize(k, dim=-1), v, beta, log_alpha
 
     def recur(self, px_t: Tensor, state: MemState) -> tuple[Tensor, MemState]:
-        q, k, v, beta = self._parts(px_t)
+        q, k, v, beta, log_alpha = self._parts(px_t)
         S, b = state.S, beta[..., None, None]
+        if log_alpha is not None:
+            S = torch.exp(log_alpha)[..., None, None] * S
         if self.rule == "delta":
             v = v - (S @ k.unsqueeze(-1)).squeeze(-1)
         S = S + b * v.unsqueeze(-1) * k.unsqueeze(-2)
@@ -66,9 +81,10 @@ class TinyMemory(MatrixStateCell[MemState]):
     ) -> MemoryInputs:
         B = x.shape[0]
         S0 = (state or self.init_state(B, device=x.device, dtype=x.dtype)).S
-        q, k, v, beta = self._parts(self.project(x))
+        q, k, v, beta, log_alpha = self._parts(self.project(x))
         heads_first = [t.transpose(1, 2) for t in (q, k, v, beta)]
-        return MemoryInputs(*heads_first, S0, ())
+        la = None if log_alpha is None else log_alpha.transpose(1, 2)
+        return MemoryInputs(*heads_first, S0, (), la)
 
     def memory_outputs(self, o: Tensor, S: Tensor, inputs: MemoryInputs) -> tuple[Tensor, MemState]:
         return o.transpose(1, 2).flatten(-2), MemState(S)
@@ -86,48 +102,163 @@ def _raw(B: int, n: int, T: int, dk: int, dv: int, seed: int) -> tuple[Tensor, .
     return q, k, v, beta, S0, resets
 
 
+def _log_alpha(kind: str | None, shape: tuple[int, ...], seed: int) -> Tensor | None:
+    """Log decays ``(B, n, T)`` of one kind: ``None`` (no decay), ``"random"`` (alpha in
+    ``(e^-2, 1)``), ``"tiny"`` (alpha from ``e^-300`` to ``e^-20``, far below float32's
+    smallest normal number in a chunk's products), ``"mixed"`` (random, with a tenth of the
+    steps tiny), ``"one"`` (exactly 1), ``"zero"`` (exactly 0, ``-inf``), ``"holes"`` (random,
+    exactly 0 at every fourth step: a full forget that is not a reset)."""
+    if kind is None:
+        return None
+    g = torch.Generator().manual_seed(seed + 1000)
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    if kind == "random":
+        return -2.0 * u
+    if kind == "tiny":
+        return -20.0 - 280.0 * u
+    if kind == "mixed":
+        tiny = torch.rand(shape, generator=g) < 0.1
+        return torch.where(tiny, -50.0 - 50.0 * u, -2.0 * u)
+    if kind == "one":
+        return torch.zeros(shape, dtype=torch.float64)
+    if kind == "holes":
+        holes = torch.arange(shape[-1]) % 4 == 3
+        return torch.where(holes, float("-inf"), -2.0 * u)
+    assert kind == "zero"
+    return torch.full(shape, float("-inf"), dtype=torch.float64)
+
+
+DECAYS = [None, "random", "tiny", "mixed", "one", "zero", "holes"]
+
+
 @pytest.mark.parametrize("rule", ["delta", "linear"])
 @pytest.mark.parametrize(("T", "chunk"), [(1, 3), (10, 3), (7, 7), (13, 4)])
 @pytest.mark.parametrize("with_resets", [False, True])
-def test_chunked_op_equals_the_recurrence(rule: str, T: int, chunk: int, with_resets: bool) -> None:
-    """Raw inputs (beta up to 1, ``d_k != d_v``), one short chunk, padded last chunks, resets."""
+@pytest.mark.parametrize("decay", DECAYS)
+def test_chunked_op_equals_the_recurrence(
+    rule: str, T: int, chunk: int, with_resets: bool, decay: str | None
+) -> None:
+    """Raw inputs (beta up to 1, ``d_k != d_v``), one short chunk, padded last chunks, resets,
+    every kind of decay (alpha random, near 0, exactly 1, exactly 0)."""
     q, k, v, beta, S0, resets = _raw(2, 3, T, 3, 5, seed=T + chunk)
+    la = _log_alpha(decay, (2, 3, T), seed=T)
     rs = resets if with_resets else None
-    want_o, want_S = REFERENCE(q, k, v, beta, S0, rule=rule, resets=rs)
-    o, S = delta_rule_chunked(q, k, v, beta, S0, rule=rule, resets=rs, chunk=chunk)
+    want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=rs)
+    o, S = delta_rule_chunked(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=rs, chunk=chunk)
     assert rel_rms(o, want_o) < 1e-12 and rel_rms(S, want_S) < 1e-12
 
 
 @pytest.mark.parametrize("rule", ["delta", "linear"])
-def test_chunked_op_gradients_equal_the_recurrence(rule: str) -> None:
-    """Gradients of every input through the chunked op against the recurrence, float64."""
+@pytest.mark.parametrize("decay", [None, "random", "mixed", "one", "holes"])
+def test_chunked_op_gradients_equal_the_recurrence(rule: str, decay: str | None) -> None:
+    """Gradients of every input (the log decays included) through the chunked op against the
+    recurrence, float64, with resets and a padded last chunk."""
     raw = _raw(2, 2, 9, 4, 3, seed=5)
     resets = raw[5]
-    inputs = [t.clone().requires_grad_() for t in raw[:5]]
+    la = _log_alpha(decay, (2, 2, 9), seed=5)
+    inputs = [t.clone().requires_grad_() for t in (*raw[:5], *([] if la is None else [la]))]
     weights = [torch.randn(2, 2, 9, 3, dtype=torch.float64), torch.randn(2, 2, 3, 4).double()]
 
     def grads(fn: object) -> list[Tensor]:
-        o, S = fn(*inputs, rule=rule, resets=resets)  # type: ignore[operator]
+        la = inputs[5] if len(inputs) > 5 else None
+        o, S = fn(*inputs[:5], log_alpha=la, rule=rule, resets=resets)  # type: ignore[operator]
         loss = (o * weights[0]).sum() + (S * weights[1]).sum()
         return list(torch.autograd.grad(loss, inputs))
 
     want = grads(REFERENCE)
     got = grads(lambda *a, **kw: delta_rule_chunked(*a, chunk=4, **kw))
-    for name, a, b in zip(["q", "k", "v", "beta", "S0"], got, want, strict=True):
+    for name, a, b in zip(["q", "k", "v", "beta", "S0", "log_alpha"], got, want, strict=False):
         assert rel_rms(a, b) < 1e-10, name
 
 
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("decay", ["random", "mixed", "tiny"])
+def test_float32_decays_match_the_float64_recurrence(rule: str, decay: str) -> None:
+    """In float32, with 8 heads of 16 over 3 chunks of 32, values and the gradients of every
+    input stay within float32's tolerance of the float64 recurrence, alpha near 0 included
+    (the decay products of a chunk reach ``e^-9000``: they must underflow to 0 cleanly, never
+    meet as ``0 * inf`` or a difference of two huge prefix sums)."""
+    B, n, T, d = 2, 8, 90, 16
+    q, k, v, beta, S0, resets = _raw(B, n, T, d, d, seed=11)
+    la = _log_alpha(decay, (B, n, T), seed=11)
+    assert la is not None
+    w_o, w_S = torch.randn(B, n, T, d, dtype=torch.float64), torch.randn(B, n, d, d).double()
+
+    def run(fn: object, dtype: torch.dtype) -> list[Tensor]:
+        ins = [t.to(dtype).requires_grad_() for t in (q, k, v, beta, S0, la)]
+        o, S = fn(*ins[:5], log_alpha=ins[5], rule=rule, resets=resets)  # type: ignore[operator]
+        loss = (o.double() * w_o).sum() + (S.double() * w_S).sum()
+        return [o.double(), S.double(), *(g.double() for g in torch.autograd.grad(loss, ins))]
+
+    want = run(REFERENCE, torch.float64)
+    got = run(lambda *a, **kw: delta_rule_chunked(*a, chunk=32, **kw), torch.float32)
+    names = ["o", "S", "q", "k", "v", "beta", "S0", "log_alpha"]
+    errs = {name: rel_rms(a, b) for name, a, b in zip(names, got, want, strict=True)}
+    assert all(torch.isfinite(t).all() for t in got)
+    assert not {k: e for k, e in errs.items() if not e <= tolerance(torch.float32)}, errs
+
+
+def test_alpha_exactly_one_is_no_decay() -> None:
+    """``log_alpha = 0`` takes the decay path and gives what ``log_alpha=None`` gives."""
+    q, k, v, beta, S0, resets = _raw(2, 3, 11, 4, 4, seed=2)
+    zero = torch.zeros(2, 3, 11, dtype=torch.float64)
+    for rule in ("delta", "linear"):
+        a = delta_rule_chunked(q, k, v, beta, S0, rule=rule, resets=resets, chunk=4)
+        b = delta_rule_chunked(q, k, v, beta, S0, log_alpha=zero, rule=rule, resets=resets, chunk=4)
+        assert rel_rms(a[0], b[0]) < 1e-14 and rel_rms(a[1], b[1]) < 1e-14
+
+
+def test_mamba2_ssd_is_the_linear_rule_with_a_decay() -> None:
+    """Mamba-2's scalar-decay SSD, ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``,
+    ``y_t = h_t C_t``, is the form's linear rule with ``alpha_t = exp(dt_t A)``,
+    ``beta_t = dt_t``, ``v = x``, ``k = B``, ``q = C``: checked against SSD's quadratic
+    (attention-like) form ``y = (L o C B^T) (dt x) + decay(0..t) h_0 C``, computed here."""
+    Bsz, n, T, N, P = 2, 3, 21, 5, 4
+    g = torch.Generator().manual_seed(4)
+    f64 = torch.float64
+    x = torch.randn(Bsz, n, T, P, generator=g, dtype=f64)
+    Bm = torch.randn(Bsz, n, T, N, generator=g, dtype=f64)
+    Cm = torch.randn(Bsz, n, T, N, generator=g, dtype=f64)
+    dt = F.softplus(torch.randn(Bsz, n, T, generator=g, dtype=f64))
+    A = -torch.rand(n, generator=g, dtype=f64) * 4.0
+    h0 = torch.randn(Bsz, n, P, N, generator=g, dtype=f64)
+    la = dt * A[:, None]
+    cum = torch.cumsum(la, -1)
+    L = torch.exp(cum[..., :, None] - cum[..., None, :]).tril()  # (B, n, T, T)
+    y_want = (L * (Cm @ Bm.transpose(-1, -2))) @ (dt[..., None] * x)
+    y_want = y_want + torch.exp(cum)[..., None] * (Cm @ h0.transpose(-1, -2))
+    for fn in (REFERENCE, lambda *a, **kw: delta_rule_chunked(*a, chunk=8, **kw)):
+        y, _ = fn(Cm, Bm, x, dt, h0, log_alpha=la, rule="linear")
+        assert rel_rms(y, y_want) < 1e-12
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("rule", "heads"), [("delta", 1), ("delta", 3), ("linear", 2)])
+@pytest.mark.parametrize(
+    ("rule", "heads", "decay"),
+    [
+        ("delta", 1, False),
+        ("delta", 3, False),
+        ("linear", 2, False),
+        ("delta", 1, True),
+        ("delta", 3, True),
+        ("linear", 3, True),
+    ],
+)
 @pytest.mark.parametrize("time", [1, 5, 11])
 def test_kernel_equals_reference_loop(
-    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, rule: str, heads: int, time: int
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+    rule: str,
+    heads: int,
+    decay: bool,
+    time: int,
 ) -> None:
-    """The registered ``chunked`` kernel on a test cell of the form, chunks of 4 tokens, against
-    the float64 loop over ``recur``: outputs, final state and every gradient."""
+    """The registered ``chunked`` kernel on a test cell of the form (with and without a
+    decay), chunks of 4 tokens, against the float64 loop over ``recur``: outputs, final
+    state and every gradient."""
     monkeypatch.setattr(matrix_state.chunked, "CHUNK", 4)
     torch.manual_seed(time + heads)
-    cell = TinyMemory(5, 6, heads=heads, rule=rule).double()
+    cell = TinyMemory(5, 6, heads=heads, rule=rule, decay=decay).double()
     p = make_problem(cell, batch=3, time=time, seed=time)
     for use_state in (False, True):
         for use_resets in (False, True):
@@ -169,26 +300,44 @@ def test_bad_rule() -> None:
 
 
 @pytest.mark.parametrize("rule", ["delta", "linear"])
-@pytest.mark.parametrize("where", ["k", "v", "q", "beta", "S0"])
+@pytest.mark.parametrize(
+    ("where", "decay"),
+    [
+        ("k", None),
+        ("v", None),
+        ("q", None),
+        ("beta", None),
+        ("S0", None),
+        ("k", "random"),
+        ("v", "mixed"),
+        ("S0", "random"),
+        ("log_alpha", "random"),
+        ("log_alpha+inf", "random"),
+    ],
+)
 @pytest.mark.parametrize("with_resets", [False, True])
 def test_non_finite_inputs_spoil_what_the_recurrence_spoils(
-    rule: str, where: str, with_resets: bool
+    rule: str, where: str, decay: str | None, with_resets: bool
 ) -> None:
     """A NaN (or inf) goes forward in time only, row by row as in the step recurrence: never
-    back to the start of its chunk (the chunked products multiply it by masked zeros)."""
+    back to the start of its chunk (the chunked products multiply it by masked zeros). A NaN
+    or ``+inf`` log decay spoils the whole memory until the next reset."""
     q, k, v, beta, S0, resets = _raw(2, 2, 11, 3, 4, seed=3)
+    la = _log_alpha(decay, (2, 2, 11), seed=3)
     resets[:, 7] = True
     rs = resets if with_resets else None
-    bad = {"k": k, "v": v, "q": q, "beta": beta, "S0": S0}[where]
     resets[1, :7] = False  # sequence 1: no reset before step 7, where the memory starts over
     if where == "S0":
-        bad[1, 1, 2, 0] = float("nan")
+        S0[1, 1, 2, 0] = float("nan")
     elif where == "beta":
-        bad[1, 1, 5] = float("inf")
+        beta[1, 1, 5] = float("inf")
+    elif where.startswith("log_alpha"):
+        assert la is not None
+        la[1, 1, 5] = float("inf") if where.endswith("+inf") else float("nan")
     else:
-        bad[1, 1, 5, 1] = float("nan")
-    want_o, want_S = REFERENCE(q, k, v, beta, S0, rule=rule, resets=rs)
-    o, S = delta_rule_chunked(q, k, v, beta, S0, rule=rule, resets=rs, chunk=4)
+        {"k": k, "v": v, "q": q}[where][1, 1, 5, 1] = float("nan")
+    want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=rs)
+    o, S = delta_rule_chunked(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=rs, chunk=4)
     assert torch.equal(~torch.isfinite(o), ~torch.isfinite(want_o))
     assert torch.equal(~torch.isfinite(S), ~torch.isfinite(want_S))
     assert (~torch.isfinite(o)).any()

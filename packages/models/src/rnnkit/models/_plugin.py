@@ -10,8 +10,10 @@ from rnnkit.models.cells import (
     RHN,
     Aaren,
     DeltaNet,
+    GatedDeltaNet,
     IndRNN,
     LeakyRNN,
+    LinearAttention,
     Mamba,
     ParaGRU,
     ParaLSTM,
@@ -121,4 +123,16 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         StateRegularized,
         description="state-regularised GRU/LSTM: hidden state pulled onto learned centroids",
         test_configs=[{}, {"base": "lstm", "centroids": 5, "temperature": 0.5}],
+    )
+    register(
+        "gated_deltanet",
+        GatedDeltaNet,
+        description="Gated DeltaNet: delta-rule memory with a learned decay (chunked backend)",
+        test_configs=[{}, {"heads": 3}, {"rule": "linear", "heads": 2}],
+    )
+    register(
+        "linear_attention",
+        LinearAttention,
+        description="linear attention, optionally with a fixed or gated decay (chunked backend)",
+        test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
     )

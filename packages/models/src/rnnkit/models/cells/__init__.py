@@ -12,11 +12,13 @@
 - :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
 - :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
-- :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction).
+- :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
+- :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
+- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay.
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
-from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState
+from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
@@ -38,11 +40,13 @@ __all__ = [
     "AarenState",
     "DeltaNet",
     "DeltaNetState",
+    "GatedDeltaNet",
     "IndRNN",
     "IndRNNState",
     "LSSLState",
     "LeakyRNN",
     "LeakyRNNState",
+    "LinearAttention",
     "Mamba",
     "MambaState",
     "ParaGRU",
