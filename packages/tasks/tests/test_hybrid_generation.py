@@ -75,7 +75,12 @@ def test_jamba_generates_through_its_cache(
     jamba_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = load_run(jamba_run)
+    # the run records the resolved layout, and the model rebuilt has that layout
+    recorded = json.loads((jamba_run / "final.json").read_text())["config"]["model_config"]
+    assert recorded["layers"] == ["mamba", "mamba", "attention", "mamba"]
+    assert recorded["num_layers"] == 4 and recorded["num_experts"] == 4
     model: Any = run.model
+    assert [b.kind for b in model.blocks] == recorded["layers"]
     prompt = torch.tensor([run.info["vocab"].index(c) for c in "The king "])
     _assert_steps_match_forward(model, prompt, 0.7)
     calls = {"prefill": 0, "step": 0}

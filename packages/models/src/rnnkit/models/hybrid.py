@@ -421,7 +421,9 @@ class HybridNetwork(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.layer_names = names
+        # kept under the constructor's names so that a run's record shows the resolved layout
+        self.layers: list[str] = names
+        self.num_layers = len(names)
         self.aux_loss_weight = aux_loss_weight
         mlp_hidden = round(mlp_ratio * hidden_size)
         self.encoder: nn.Module = (
