@@ -1,10 +1,11 @@
-"""rnnkit-models' plugin module: registers its networks, its cells and the kernels of cells'
-own parallel algorithms (Aaren's prefix scan, S4D's and LSSL's convolution modes)."""
+"""rnnkit-models' plugin module: registers its networks (recurrent stacks, SSM blocks, hybrid
+stacks), its cells and the kernels of cells' own parallel algorithms (Aaren's prefix scan,
+S4D's and LSSL's convolution modes)."""
 
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import networks
+from rnnkit.models import hybrid, networks
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -35,6 +36,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("ssm_tagger", networks.ssm_tagger)
     register("mamba_classifier", networks.mamba_classifier)
     register("mamba_lm", networks.mamba_lm)
+    register("jamba", hybrid.jamba)
+    register("jamba_classifier", hybrid.jamba_classifier)
 
 
 @hookimpl

@@ -1,17 +1,20 @@
 """Generic networks: a :class:`~rnnkit.core.recurrent.Recurrent` stack with an encoder and a
 head (:class:`SequenceModel`), and residual blocks of channel-wise state space cells
-(:class:`SSMNetwork`)."""
+(:class:`SSMNetwork`). Both generate through the state cache of :mod:`rnnkit.models.cache`
+(``init_cache``, ``prefill``, ``step``) when their outputs are per step."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.recurrent import Recurrent
+from rnnkit.models.cache import CacheMismatchError, ModelCache, check_cache, check_cell_state
 
 #: How a network turns per-step features into its outputs.
 POOLINGS: tuple[str, ...] = ("none", "last", "mean")
@@ -21,6 +24,15 @@ def _check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
     return pooling
+
+
+def require_per_step(model: nn.Module, pooling: str) -> None:
+    """Refuse the state cache of a model that pools over the sequence (a classifier)."""
+    if pooling != "none":
+        raise ValueError(
+            f"{type(model).__name__} pools over the sequence (pooling={pooling!r}): it has one "
+            "output per sequence, not one per step, and cannot be stepped"
+        )
 
 
 def _pool(y: Tensor, pooling: str) -> Tensor:
@@ -83,6 +95,74 @@ class SequenceModel(nn.Module):
         out: Tensor = self.head(_pool(y, self.pooling))
         return out
 
+    # -- the state cache (rnnkit.models.cache) ----------------------------------------------------
+
+    def _require_steppable(self) -> None:
+        require_per_step(self, self.pooling)
+        if self.rnn.num_directions != 1:
+            raise ValueError(
+                "the model's recurrent stack is bidirectional: its backward cells read the "
+                "sequence from its end, so it cannot be stepped one token at a time"
+            )
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return self.embed(x) if self.embed is not None else x
+
+    def init_cache(
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ModelCache:
+        """The cache before any input: one entry, the stack's initial state (each field
+        ``(num_layers, batch, ...)``)."""
+        self._require_steppable()
+        return ModelCache((self.rnn.init_state(batch, device=device, dtype=dtype),), batch, 0)
+
+    def _state(self, cache: object, h: Tensor) -> Any:
+        """The stack's state in ``cache``, checked against every layer's cell."""
+        valid = check_cache(cache, batch=h.shape[0], layers=1)
+        state = valid.states[0]
+        n = len(self.rnn.cells)
+        if not isinstance(state, tuple) or not all(
+            isinstance(f, Tensor) and f.dim() >= 1 and f.shape[0] == n for f in state
+        ):
+            raise CacheMismatchError(
+                f"the cache's state must be a {self.rnn.state_type.__name__} with fields of "
+                f"leading size num_layers = {n}: it was made for another model"
+            )
+        for k in range(n):
+            where = f"recurrent layer {k}"
+            check_cell_state(
+                self.rnn.cell(k), tuple(f[k] for f in state), batch=h.shape[0], like=h, where=where
+            )
+        return state
+
+    def prefill(
+        self, x: Tensor, cache: ModelCache | None = None, *, backend: str = "auto"
+    ) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, T, output_size)`` over ``x`` (ids ``(B, T)`` or ``(B, T, F)``) from
+        ``cache`` (``None``: the start) and the cache after the last step."""
+        self._require_steppable()
+        h = self._encode(x)
+        state = None if cache is None else self._state(cache, h)
+        y, final = self.rnn(h, state, backend=backend)
+        out: Tensor = self.head(y)
+        length = 0 if cache is None else cache.length
+        return out, ModelCache((final,), h.shape[0], length + h.shape[1])
+
+    def step(self, x_t: Tensor, cache: ModelCache | None = None) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, output_size)`` after one input (ids ``(B,)`` or ``(B, F)``) and the
+        cache after it; ``None``: from :meth:`init_cache`."""
+        self._require_steppable()
+        h = self._encode(x_t)
+        if cache is None:
+            cache = self.init_cache(h.shape[0], device=h.device, dtype=h.dtype)
+        y, final = self.rnn.step(h, self._state(cache, h))
+        out: Tensor = self.head(y)
+        return out, cache.advanced((final,), 1)
+
 
 def _builder(pooling: str, doc: str) -> Any:
     def build(**cfg: Any) -> SequenceModel:
@@ -128,9 +208,22 @@ class SSMBlock(nn.Module):
 
     def forward(self, x: Tensor, *, backend: str = "auto", resets: Tensor | None = None) -> Tensor:
         """``(B, T, width) -> (B, T, width)``."""
-        y, _ = self.cell(self.norm(x), backend=backend, resets=resets)
+        return self.run(x, None, backend=backend, resets=resets)[0]
+
+    def run(
+        self, x: Tensor, state: Any, *, backend: str = "auto", resets: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """``(B, T, width)`` from the cell's ``state`` (``None``: its initial state) ->
+        ``((B, T, width), the cell's final state)``."""
+        y, final = self.cell(self.norm(x), state, backend=backend, resets=resets)
         out: Tensor = x + self.drop(self.mix(self.act(y)))
-        return out
+        return out, final
+
+    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One step, ``(B, width) -> (B, width)``, and the cell's next state."""
+        y, new = self.cell.step(self.norm(x_t), state)
+        out: Tensor = x_t + self.drop(self.mix(self.act(y)))
+        return out, new
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -193,6 +286,62 @@ class SSMNetwork(nn.Module):
         out: Tensor = self.head(_pool(self.norm(y), self.pooling))
         return out
 
+    # -- the state cache (rnnkit.models.cache) ----------------------------------------------------
+
+    def init_cache(
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ModelCache:
+        """The cache before any input: each block's cell's initial state."""
+        require_per_step(self, self.pooling)
+        states = tuple(b.cell.init_state(batch, device=device, dtype=dtype) for b in self._blocks())
+        return ModelCache(states, batch, 0)
+
+    def _blocks(self) -> list[SSMBlock]:
+        return [cast(SSMBlock, b) for b in self.blocks]
+
+    def _states(self, cache: object, h: Tensor) -> list[Any]:
+        blocks = self._blocks()
+        valid = check_cache(cache, batch=h.shape[0], layers=len(blocks))
+        return [
+            check_cell_state(b.cell, s, batch=h.shape[0], like=h, where=f"block {i}")
+            for i, (b, s) in enumerate(zip(blocks, valid.states, strict=True))
+        ]
+
+    def prefill(
+        self, x: Tensor, cache: ModelCache | None = None, *, backend: str = "auto"
+    ) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, T, output_size)`` over ``x`` from ``cache`` (``None``: the start) and
+        the cache after the last step."""
+        require_per_step(self, self.pooling)
+        y = self.encoder(x)
+        blocks = self._blocks()
+        states = [None] * len(blocks) if cache is None else self._states(cache, y)
+        finals = []
+        for block, s in zip(blocks, states, strict=True):
+            y, s = block.run(y, s, backend=backend)
+            finals.append(s)
+        out: Tensor = self.head(self.norm(y))
+        length = 0 if cache is None else cache.length
+        return out, ModelCache(tuple(finals), y.shape[0], length + y.shape[1])
+
+    def step(self, x_t: Tensor, cache: ModelCache | None = None) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, output_size)`` after one input and the cache after it (one cell step
+        per block); ``None``: from :meth:`init_cache`."""
+        require_per_step(self, self.pooling)
+        y = self.encoder(x_t)
+        if cache is None:
+            cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)
+        finals = []
+        for block, s in zip(self._blocks(), self._states(cache, y), strict=True):
+            y, s = block.step(y, s)
+            finals.append(s)
+        out: Tensor = self.head(self.norm(y))
+        return out, cache.advanced(tuple(finals), 1)
+
 
 def ssm_classifier(**cfg: Any) -> SSMNetwork:
     """deep SSM (S4D blocks by default), one output per sequence (mean over time)"""
@@ -220,7 +369,12 @@ def mamba_classifier(**cfg: Any) -> SSMNetwork:
     return SSMNetwork(**_mamba_defaults(cfg))
 
 
-def mamba_lm(vocab_size: int = 128, **cfg: Any) -> SSMNetwork:
+def mamba_lm(
+    vocab_size: int = 128, *, input_size: int = 0, output_size: int | None = None, **cfg: Any
+) -> SSMNetwork:
     """Mamba-1 language model: token ids (B, T) -> logits (B, T, vocab)"""
+    # input_size: the task contract passes it (0 for token ids); the ids are embedded
+    del input_size
+    out = vocab_size if output_size is None else output_size
     cfg = _mamba_defaults(cfg)
-    return SSMNetwork(0, vocab_size, vocab_size=vocab_size, pooling="none", **cfg)
+    return SSMNetwork(0, out, vocab_size=vocab_size, pooling="none", **cfg)

@@ -1,12 +1,11 @@
 """Step-by-step inference with a trained model: sampling text, rolling a forecast forward.
 
 A recurrent model needs its whole past only through its state, so generation reads the prompt
-once (one :meth:`forward` over it, which may use the fast parallel kernels) and then advances
-one token at a time with the cells' ``step``, never re-running the prefix.
-:func:`incremental` gives that interface (:class:`Incremental`) for rnnkit's networks
-(:class:`~rnnkit.models.SequenceModel` with per-step outputs, unidirectional;
-:class:`~rnnkit.models.networks.SSMNetwork`); any model with ``prefill`` and ``step`` methods of
-the same signatures is used as it is.
+once (one forward over it, which may use the fast parallel kernels) and then advances one token
+at a time, one step per layer, never re-running the prefix. :func:`incremental` gives that
+interface (:class:`Incremental`) for every model with the state cache of
+:mod:`rnnkit.models.cache` (rnnkit's networks with per-step outputs); any model with
+``prefill`` and ``step`` methods of the signatures below is used as it is.
 """
 
 from __future__ import annotations
@@ -41,84 +40,46 @@ class Incremental(Protocol):
         ...
 
 
-class _SequenceModelSteps:
-    """:class:`Incremental` for a :class:`~rnnkit.models.SequenceModel`."""
-
-    def __init__(self, model: Any, backend: str) -> None:
-        self.model, self.backend = model, backend
-
-    def _encode(self, x: Tensor) -> Tensor:
-        embed = self.model.embed
-        return embed(x) if embed is not None else x
-
-    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
-        y, state = self.model.rnn(self._encode(x), backend=self.backend)
-        out: Tensor = self.model.head(y[:, -1])
-        return out, state
-
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y, state = self.model.rnn.step(self._encode(x_t), state)
-        out: Tensor = self.model.head(y)
-        return out, state
-
-
-class _SSMNetworkSteps:
-    """:class:`Incremental` for an :class:`~rnnkit.models.networks.SSMNetwork`: each block is
-    ``x + mix(gelu(cell(norm(x))))``, pointwise in time but for its cell."""
+class _CachedSteps:
+    """:class:`Incremental` over a model's state cache
+    (:class:`rnnkit.models.cache.CachedModel`): the prefix through its ``prefill`` (the full
+    forward, returning the cache), then one ``step`` per input (one step per layer)."""
 
     def __init__(self, model: Any, backend: str) -> None:
         self.model, self.backend = model, backend
 
     def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
-        y = self.model.encoder(x)
-        states = []
-        for block in self.model.blocks:
-            z, s = block.cell(block.norm(y), backend=self.backend)
-            y = y + block.drop(block.mix(F.gelu(z)))
-            states.append(s)
-        out: Tensor = self.model.head(self.model.norm(y[:, -1]))
-        return out, states
+        out, cache = self.model.prefill(x, backend=self.backend)
+        last: Tensor = out[:, -1]
+        return last, cache
 
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y = self.model.encoder(x_t)
-        states = []
-        for block, s in zip(self.model.blocks, state, strict=True):
-            z, s = block.cell.step(block.norm(y), s)
-            y = y + block.drop(block.mix(F.gelu(z)))
-            states.append(s)
-        out: Tensor = self.model.head(self.model.norm(y))
-        return out, states
+        out, cache = self.model.step(x_t, state)
+        return out, cache
 
 
 def incremental(model: nn.Module, backend: str = "auto") -> Incremental:
     """The step-by-step interface of ``model`` (see the module docstring).
 
-    ``backend`` runs the prefix (the steps use the cells' ``step``). Raises ``ValueError``
-    for a model that cannot advance one step at a time: one pooling over the sequence
-    (a classifier), a bidirectional stack, or a network rnnkit does not know that has no
-    ``prefill``/``step`` methods.
+    A model with the state cache of :mod:`rnnkit.models.cache` (``init_cache``, ``prefill``
+    and ``step``: rnnkit's :class:`~rnnkit.models.SequenceModel`,
+    :class:`~rnnkit.models.networks.SSMNetwork` and
+    :class:`~rnnkit.models.hybrid.HybridNetwork`) is stepped through it; ``backend`` runs the
+    prefix. Any other model with ``prefill`` and ``step`` methods (:class:`Incremental`) is
+    used as it is. Raises ``ValueError`` for a model that has neither; the cache's
+    ``prefill`` raises it for one that pools over the sequence (a classifier) or has a
+    bidirectional stack.
     """
-    from rnnkit.models.networks import SequenceModel, SSMNetwork
+    from rnnkit.models.cache import CachedModel
 
-    if isinstance(model, SequenceModel | SSMNetwork):
-        if model.pooling != "none":
-            raise ValueError(
-                f"the model pools over the sequence (pooling={model.pooling!r}): it has one "
-                "output per sequence, not one per step, and cannot be stepped"
-            )
-        if isinstance(model, SSMNetwork):
-            return _SSMNetworkSteps(model, backend)
-        if model.rnn.num_directions != 1:
-            raise ValueError(
-                "the model's recurrent stack is bidirectional: its backward cells read the "
-                "sequence from its end, so it cannot be stepped one token at a time"
-            )
-        return _SequenceModelSteps(model, backend)
+    if isinstance(model, CachedModel):
+        return _CachedSteps(model, backend)
     if isinstance(model, Incremental):
         return model
     raise ValueError(
-        f"{type(model).__name__} cannot be stepped: give it prefill(x) and step(x_t, state) "
-        "methods (rnnkit.tasks.generate.Incremental), or use an rnnkit SequenceModel/SSMNetwork"
+        f"{type(model).__name__} cannot be stepped: give it the state cache of "
+        "rnnkit.models.cache (init_cache, prefill, step) or prefill(x) and step(x_t, state) "
+        "methods (rnnkit.tasks.generate.Incremental)"
     )
 
 

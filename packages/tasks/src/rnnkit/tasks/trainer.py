@@ -209,6 +209,16 @@ def forward(model: nn.Module, x: Tensor, backend: str) -> Tensor:
     return out
 
 
+def auxiliary_loss(model: nn.Module) -> Tensor | float:
+    """The model's ``aux_loss`` from its last forward when it is a tensor with a gradient (a
+    mixture of experts' balance loss, :class:`rnnkit.models.hybrid.HybridNetwork`), else 0;
+    training adds it to the task's loss (the reported loss stays the task's)."""
+    aux = getattr(model, "aux_loss", None)
+    if isinstance(aux, Tensor) and aux.requires_grad:
+        return aux
+    return 0.0
+
+
 @torch.no_grad()
 def evaluate(
     task: Task,
@@ -590,7 +600,9 @@ class Trainer:
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss_sum / total)
+        # each process's auxiliary loss is a mean over its shard: the gradients summed over
+        # the processes then average it
+        torch.autograd.backward(loss_sum / total + auxiliary_loss(self.model) / d.world)
         sum_gradients_(self.model, d)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)

@@ -1,0 +1,170 @@
+"""The state cache for generation (issue 15, item 7): ``init_cache``/``prefill``/``step`` on an
+LSTM stack, a Mamba LM and a Jamba-style hybrid decode token by token exactly as the full forward
+on the prompt and the generated tokens, one step per layer; a cache of another batch size or
+of a model with other shapes is refused with :class:`CacheMismatchError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.models import create_model
+from rnnkit.models.cache import CachedModel, CacheMismatchError, KVCache, ModelCache
+from rnnkit.models.hybrid import CausalSelfAttention
+
+VOCAB = 11
+
+#: the models, tiny: an LSTM stack, Mamba blocks, Mamba + attention + MoE
+MODELS: dict[str, dict[str, Any]] = {
+    "char_lm": {"cell": "lstm", "hidden_size": 8, "num_layers": 2},
+    "mamba_lm": {"hidden_size": 8, "num_layers": 2, "d_state": 4},
+    "jamba": {"hidden_size": 8, "heads": 2, "kv_heads": 1, "d_state": 4},
+}
+
+
+def _model(name: str, **over: Any) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = {**MODELS[name], **over}
+    return create_model(name, vocab_size=VOCAB, **cfg).double().eval()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@torch.no_grad()
+def test_greedy_decoding_equals_the_full_forward(name: str) -> None:
+    model = _model(name)
+    assert isinstance(model, CachedModel)
+    prompt = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    out, cache = model.prefill(prompt)
+    torch.testing.assert_close(out, model(prompt), rtol=0, atol=0)
+    assert cache.batch == 2 and cache.length == 5
+    seq, logits = prompt, out[:, -1]
+    for _ in range(6):
+        token = logits.argmax(-1)
+        seq = torch.cat([seq, token[:, None]], 1)
+        logits, cache = model.step(token, cache)
+        # float64: one step after the cache equals the forward over the whole sequence
+        torch.testing.assert_close(logits, model(seq)[:, -1], rtol=1e-12, atol=1e-12)
+    assert cache.length == seq.shape[1] == 11
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@torch.no_grad()
+def test_prefill_continues_from_a_cache_and_steps_from_the_start(name: str) -> None:
+    model = _model(name)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(1))
+    full = model(ids)
+    _, cache = model.prefill(ids[:, :4])
+    rest, cache = model.prefill(ids[:, 4:], cache)  # several positions after a cache
+    torch.testing.assert_close(rest, full[:, 4:], rtol=1e-12, atol=1e-12)
+    assert cache.length == 10
+    cache = model.init_cache(3)
+    for t in range(3):
+        logits, cache = model.step(ids[:, t], cache)
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_one_step_per_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model("jamba")
+    _, cache = model.prefill(torch.tensor([[1, 2, 3]]))
+    calls: list[str] = []
+    for i, block in enumerate(model.blocks):  # type: ignore[union-attr]
+        mixer: Any = block.mixer
+        if isinstance(mixer, CausalSelfAttention):
+            forward = mixer.forward
+
+            def counted(x: torch.Tensor, cache: Any, f: Any = forward, i: int = i) -> Any:
+                assert x.shape[1] == 1  # one new position, not the prefix again
+                calls.append(f"attention {i}")
+                return f(x, cache)
+
+            monkeypatch.setattr(mixer, "forward", counted)
+        else:
+            step = mixer.step
+
+            def counted_step(x: torch.Tensor, s: Any, f: Any = step, i: int = i) -> Any:
+                calls.append(f"cell {i}")
+                return f(x, s)
+
+            monkeypatch.setattr(mixer, "step", counted_step)
+    _, cache = model.step(torch.tensor([4]), cache)
+    assert calls == ["cell 0", "cell 1", "attention 2", "cell 3"]
+    kv = cache.states[2]
+    assert isinstance(kv, KVCache) and kv.keys.shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@torch.no_grad()
+def test_a_cache_of_another_batch_is_refused(name: str) -> None:
+    model = _model(name)
+    _, cache = model.prefill(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(CacheMismatchError, match="2 sequences, the input has 3"):
+        model.step(torch.zeros(3, dtype=torch.long), cache)
+    with pytest.raises(CacheMismatchError, match="2 sequences, the input has 1"):
+        model.prefill(torch.zeros(1, 4, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@torch.no_grad()
+def test_a_cache_after_a_shape_change_is_refused(name: str) -> None:
+    _, cache = _model(name).prefill(torch.zeros(2, 3, dtype=torch.long))
+    wider = _model(name, hidden_size=12, **({"heads": 3} if name == "jamba" else {}))
+    with pytest.raises(CacheMismatchError, match="other shapes"):
+        wider.step(torch.zeros(2, dtype=torch.long), cache)
+    deeper = _model(name, num_layers=3) if name != "jamba" else _model(name, num_layers=5)
+    with pytest.raises(CacheMismatchError, match=r"another model|other shapes"):
+        deeper.step(torch.zeros(2, dtype=torch.long), cache)
+    # the same model in another dtype: its float64 state no longer fits
+    with pytest.raises(CacheMismatchError, match=r"dtype|float"):
+        _model(name).float().step(torch.zeros(2, dtype=torch.long), cache)
+
+
+@torch.no_grad()
+def test_a_damaged_kv_cache_is_refused() -> None:
+    model = _model("jamba")
+    _, cache = model.prefill(torch.zeros(1, 3, dtype=torch.long))
+    states = list(cache.states)
+    kv = states[2]
+    states[2] = KVCache(kv.keys[:, :, :2], kv.values[:, :, :2])  # two positions for three
+    with pytest.raises(CacheMismatchError, match=r"layer 2 \(attention\).*\(1, 1, 3, 4\)"):
+        model.step(torch.zeros(1, dtype=torch.long), ModelCache(tuple(states), 1, 3))
+    with pytest.raises(TypeError, match="ModelCache"):
+        model.step(torch.zeros(1, dtype=torch.long), cache.states)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "cfg"),
+    [
+        ("sequence_classifier", {"input_size": 2, "output_size": 3, "hidden_size": 4}),
+        ("mamba_classifier", {"input_size": 2, "output_size": 3, "hidden_size": 4}),
+        ("jamba_classifier", {"input_size": 2, "output_size": 3, "hidden_size": 4, "heads": 2}),
+    ],
+)
+def test_classifiers_have_no_cache(name: str, cfg: dict[str, Any]) -> None:
+    model = create_model(name, **cfg)
+    with pytest.raises(ValueError, match="pools over the sequence"):
+        model.init_cache(1)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="pools over the sequence"):
+        model.prefill(torch.zeros(1, 3, 2))  # type: ignore[operator]
+
+
+def test_a_bidirectional_stack_has_no_cache() -> None:
+    model = create_model("sequence_tagger", input_size=2, output_size=3, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        model.init_cache(1)  # type: ignore[operator]
+
+
+@torch.no_grad()
+def test_features_step_like_ids() -> None:
+    # float inputs (a tagger over features) through the same cache
+    torch.manual_seed(0)
+    model = create_model("sequence_tagger", input_size=3, output_size=2, hidden_size=5).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    full = model(x)
+    cache = None
+    for t in range(4):
+        out, cache = model.step(x[:, t], cache)  # type: ignore[operator]
+        torch.testing.assert_close(out, full[:, t], rtol=1e-12, atol=1e-12)
