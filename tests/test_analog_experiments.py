@@ -272,3 +272,16 @@ def test_drift_rows_compensation_holds_what_drift_takes(tmp_path: Path) -> None:
     assert result["digital"] > 0.5  # the tiny set is learnable in 200 steps
     assert comp["mean"][1] > off["mean"][1]
     assert abs(comp["mean"][1] - comp["mean"][0]) < abs(off["mean"][1] - off["mean"][0])
+
+
+def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["analog", "charlm", "--steps", "2", "--finetune-steps", "1", "--bits", "5"]
+    argv += ["--hidden-size", "8", "--eval-examples", "4", "--noise-seeds", "1", "--plot", ""]
+    assert main([*argv, "--json", "--out", str(tmp_path / "j")]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # the whole of stdout: rows.json
+    assert printed == json.loads((tmp_path / "j" / "rows.json").read_text())
+    assert printed["experiment"] == "charlm" and printed["rows"][0]["config"] == "digital"
+    assert main([*argv, "--quiet", "--out", str(tmp_path / "q")]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert (tmp_path / "q" / "rows.json").is_file()

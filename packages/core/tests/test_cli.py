@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -124,3 +125,55 @@ def test_output_into_a_closed_pipe_exits_quietly() -> None:
     # (stderr may hold an unrelated import-time warning, e.g. torch without numpy)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode == 141  # 128 + SIGPIPE, what the shell reports for `cat` and others
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list", "cells"],
+        ["list", "backends", "ref"],
+        ["list", "backends", "--cell", "gru"],
+        ["plugins"],
+        ["info"],
+    ],
+)
+def test_quiet_prints_nothing(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    for flag in ("-q", "--quiet"):
+        assert run(capsys, *argv, flag) == (0, "", "")
+
+
+def test_list_json_holds_the_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "list", "cells", "*lstm", "--json")
+    rows = json.loads(out)  # stdout is one JSON document
+    assert code == 0 and err == ""
+    by_name = {r["cell"]: r for r in rows}
+    assert {"lstm", "slstm"} <= set(by_name) and "gru" not in by_name
+    assert by_name["lstm"]["plugin"] == "core"
+    assert by_name["lstm"]["distribution"] == "rnnkit-core"
+    code, out, _ = run(capsys, "list", "backends", "reference", "--json")
+    rows = json.loads(out)
+    assert rows and all(r["backend"] == "reference" and r["available"] == "yes" for r in rows)
+
+
+def test_list_backends_for_a_call_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "backends", "--cell", "gru", "--time", "5", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["call"]["cell"] == "gru" and doc["call"]["x_shape"][1] == 5
+    picked = [r["backend"] for r in doc["backends"] if r["auto"] == "picked"]
+    assert picked == [doc["picked"]] and doc["error"] is None
+
+
+def test_info_and_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    code, out, _ = run(capsys, "info", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["versions"]["rnnkit-core"] == "0.1.0"
+    assert info["environment"]["torch"] == torch.__version__
+    assert info["devices"][0]["device"] == "cpu"
+    assert "reference/*" in info["backends"] and info["backends"]["reference/*"] is None
+    code, out, _ = run(capsys, "plugins", "--json")
+    plugins = {p["plugin"]: p for p in json.loads(out)}
+    core = plugins["core"]
+    assert code == 0 and core["distribution"] == "rnnkit-core" and core["status"] == "ok"
+    assert "lstm" in core["registered"]["cells"] and core["error"] is None

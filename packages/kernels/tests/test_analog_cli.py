@@ -133,3 +133,29 @@ def test_ramp_drift_prints_its_table_and_recalibration_helps(
     assert rows[1]["fresh_rms"] < 0.5 * rows[1]["none_rms"]
     pytest.importorskip("matplotlib")
     assert plot.is_file() and plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["adc-error", "--bits", "3", "--devices", "ideal", "--columns", "4"],
+        ["cost", "--hidden", "64"],
+        ["ramp-drift", "--times", "1", "3600", "--columns", "4"],
+    ],
+)
+def test_json_prints_rows_json_and_quiet_prints_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    plot = [] if argv[0] == "cost" else ["--plot", ""]
+    out = tmp_path / "json"
+    assert main(["analog", *argv, *plot, "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert json.loads(captured.out) == json.loads((out / "rows.json").read_text())
+    assert json.loads(captured.out)["experiment"] == argv[0]
+    quiet = tmp_path / "quiet"
+    assert main(["analog", *argv, *plot, "--out", str(quiet), "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    saved = json.loads((quiet / "rows.json").read_text())
+    assert "quiet" not in saved["settings"] and "json" not in saved["settings"]
+    assert saved["rows"] == json.loads((out / "rows.json").read_text())["rows"]

@@ -71,8 +71,8 @@ def test_compare_seeds_failure_reuse_and_report(
         p: p.stat().st_mtime_ns for p in (tmp_path / "ssm_classifier").rglob("*") if p.is_file()
     }
     assert main([*ARGS, "--out", str(tmp_path)]) == 1
-    text = capsys.readouterr().out
-    assert text.count("reused the finished run") == 2 and "rnnkit train:" not in text
+    messages = capsys.readouterr().err  # progress messages: logged to stderr, not on stdout
+    assert messages.count("reused the finished run") == 2 and "rnnkit train:" not in messages
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     again = json.loads((tmp_path / "compare.json").read_text())
     assert [r["reused"] for r in again["rows"][1]["runs"]] == [True, True]

@@ -8,17 +8,34 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rnnkit.core import __version__
 from rnnkit.core.errors import RnnkitError
 from rnnkit.core.kernel import Kernel, Priority
 from rnnkit.core.listing import format_table, matches
+from rnnkit.core.output import (
+    add_output_options,
+    configure_logging,
+    is_quiet,
+    print_json,
+    wants_json,
+)
 from rnnkit.core.plugins import PluginHost, get_host
 from rnnkit.core.ranking import DTYPES, probe_call, rank_backends
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
 #: options of ``rnnkit list backends --cell NAME`` that describe the call
 CALL_OPTIONS = ("cell", "heads", "batch", "time", "dtype", "device", "inference", "resets")
+
+
+def _emit_table(args: argparse.Namespace, rows: list[list[object]], header: list[str]) -> None:
+    """Print ``rows`` as a table, as JSON (a list of objects keyed by ``header``) with
+    ``--json``, or nothing with ``--quiet``."""
+    if wants_json(args):
+        print_json([dict(zip(header, row, strict=True)) for row in rows])
+    elif not is_quiet(args):
+        print(format_table(rows, header))
 
 
 def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
@@ -29,7 +46,7 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
     if given:
         raise ValueError(f"{', '.join(given)}: only with `rnnkit list backends --cell NAME`")
     if args.what == "backends":
-        rows = []
+        rows: list[list[object]] = []
         for entry in host.kernels:
             k: Kernel = entry.obj
             if not matches(k.backend, pattern):
@@ -44,7 +61,7 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
                     k.description,
                 ]
             )
-        print(format_table(rows, ["backend", "target", "available", "plugin", "description"]))
+        _emit_table(args, rows, ["backend", "target", "available", "plugin", "description"])
         return 0
     registry = getattr(host, args.what)
     rows = [
@@ -52,7 +69,7 @@ def _cmd_list(args: argparse.Namespace, host: PluginHost) -> int:
         for e in registry
         if matches(e.name, pattern)
     ]
-    print(format_table(rows, [args.what[:-1], "plugin", "distribution", "description"]))
+    _emit_table(args, rows, [args.what[:-1], "plugin", "distribution", "description"])
     return 0
 
 
@@ -75,13 +92,8 @@ def _list_backends_for_call(args: argparse.Namespace) -> int:
     ranking = rank_backends(call)
     heads = f", heads {args.heads}" if args.heads is not None else ""
     x = call.x
-    print(
-        f"cell {args.cell} (input {call.cell.input_size}, hidden {call.cell.hidden_size}{heads}); "
-        f"x {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} on {x.device}; "
-        + ("inference" if args.inference else "training (gradients needed)")
-        + ("; with resets" if args.resets else "")
-    )
-    rows = [
+    dtype = str(x.dtype).removeprefix("torch.")
+    rows: list[list[object]] = [
         [
             r.kernel.backend,
             r.kernel.target,
@@ -94,6 +106,35 @@ def _list_backends_for_call(args: argparse.Namespace) -> int:
         if matches(r.kernel.backend, args.pattern)
     ]
     header = ["backend", "target", "priority", "tier", "auto", "can run this call"]
+    if wants_json(args):
+        print_json(
+            {
+                "call": {
+                    "cell": args.cell,
+                    "input_size": call.cell.input_size,
+                    "hidden_size": call.cell.hidden_size,
+                    "heads": args.heads,
+                    "x_shape": list(x.shape),
+                    "dtype": dtype,
+                    "device": str(x.device),
+                    "inference": bool(args.inference),
+                    "resets": bool(args.resets),
+                },
+                "backends": [dict(zip(header, row, strict=True)) for row in rows],
+                "picked": ranking.chosen.backend if ranking.chosen is not None else None,
+                "forced": ranking.forced,
+                "error": None if ranking.chosen is not None else str(ranking.error),
+            }
+        )
+        return 0
+    if is_quiet(args):
+        return 0
+    print(
+        f"cell {args.cell} (input {call.cell.input_size}, hidden {call.cell.hidden_size}{heads}); "
+        f"x {tuple(x.shape)} {dtype} on {x.device}; "
+        + ("inference" if args.inference else "training (gradients needed)")
+        + ("; with resets" if args.resets else "")
+    )
     print(format_table(rows, header))
     forced = f" (forced by RNNKIT_BACKEND={ranking.forced})" if ranking.forced else ""
     if ranking.chosen is not None:
@@ -112,51 +153,114 @@ def _cmd_plugins(args: argparse.Namespace, host: PluginHost) -> int:
         rows.append(
             [name, info.origin.distribution or "-", info.origin.version or "-", status, what or "-"]
         )
-    print(format_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
+    if wants_json(args):
+        print_json(
+            [
+                {
+                    "plugin": name,
+                    "distribution": info.origin.distribution,
+                    "version": info.origin.version,
+                    "status": info.status,
+                    "error": info.error or None,
+                    "warnings": list(info.warnings),
+                    "registered": {k: list(v) for k, v in sorted(info.registered.items())},
+                }
+                for name, info in sorted(host.plugins.items())
+            ]
+        )
+    elif not is_quiet(args):
+        print(format_table(rows, ["plugin", "distribution", "version", "status", "registered"]))
     return 0
 
 
-def _cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def info_document(host: PluginHost) -> dict[str, Any]:
+    """What ``rnnkit info`` reports, as JSON-ready data (``rnnkit info --json`` prints it):
+    ``versions`` (``None``: not installed), ``environment``, ``devices``, ``backends`` (per
+    ``backend/target``: ``None`` when available, else the reason), ``broken_plugins`` and
+    ``plugin_warnings``."""
     import torch
 
-    print("rnnkit")
-    for dist in ("rnnkit-core", "rnnkit-kernels", "rnnkit-models", "rnnkit-tasks", "rnnkit"):
-        try:
-            print(f"  {dist:<16} {md.version(dist)}")
-        except md.PackageNotFoundError:
-            print(f"  {dist:<16} not installed")
-    print("environment")
-    print(f"  python           {platform.python_version()} ({sys.executable})")
-    print(f"  torch            {torch.__version__}")
-    try:
-        print(f"  triton           {md.version('triton')}")
-    except md.PackageNotFoundError:
-        print("  triton           not installed")
-    print(f"  platform         {platform.platform()}")
-    print("devices")
-    print(f"  cpu              {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    devices: list[dict[str, Any]] = [
+        {
+            "device": "cpu",
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        }
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            memory = f"{p.total_memory / 2**30:.0f} GiB"
-            print(f"  cuda:{i}           {p.name}, {memory}, sm_{p.major}{p.minor}")
-    else:
+            devices.append(
+                {
+                    "device": f"cuda:{i}",
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "capability": f"sm_{p.major}{p.minor}",
+                }
+            )
+    dists = ("rnnkit-core", "rnnkit-kernels", "rnnkit-models", "rnnkit-tasks", "rnnkit")
+    return {
+        "versions": {d: _version(d) for d in dists},
+        "environment": {
+            "python": platform.python_version(),
+            "executable": sys.executable,
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "platform": platform.platform(),
+            "cuda_available": torch.cuda.is_available(),
+        },
+        "devices": devices,
+        "backends": {f"{e.obj.backend}/{e.obj.target}": e.obj.available() for e in host.kernels},
+        "broken_plugins": {n: i.error for n, i in host.plugins.items() if i.status == "broken"},
+        "plugin_warnings": {n: list(i.warnings) for n, i in host.plugins.items() if i.warnings},
+    }
+
+
+def _cmd_info(args: argparse.Namespace, host: PluginHost) -> int:
+    doc = info_document(host)
+    if wants_json(args):
+        print_json(doc)
+        return 0
+    if is_quiet(args):
+        return 0
+    print("rnnkit")
+    for dist, version in doc["versions"].items():
+        print(f"  {dist:<16} {version or 'not installed'}")
+    env = doc["environment"]
+    print("environment")
+    print(f"  python           {env['python']} ({env['executable']})")
+    print(f"  torch            {env['torch']}")
+    print(f"  triton           {env['triton'] or 'not installed'}")
+    print(f"  platform         {env['platform']}")
+    print("devices")
+    for d in doc["devices"]:
+        if d["device"] == "cpu":
+            print(f"  cpu              {d['cores']} cores, torch threads {d['torch_threads']}")
+        else:
+            memory = f"{d['memory_gib']:.0f} GiB"
+            print(f"  {d['device']:<16} {d['name']}, {memory}, {d['capability']}")
+    if not env["cuda_available"]:
         print("  cuda             not available")
     print("backends")
-    for entry in host.kernels:
-        reason = entry.obj.available()
+    for name, reason in doc["backends"].items():
         state = "available" if reason is None else f"unavailable: {reason}"
-        print(f"  {entry.obj.backend + '/' + entry.obj.target:<22} {state}")
-    broken = [f"{n}: {i.error}" for n, i in host.plugins.items() if i.status == "broken"]
-    if broken:
+        print(f"  {name:<22} {state}")
+    if doc["broken_plugins"]:
         print("broken plugins")
-        for line in broken:
-            print(f"  {line}")
-    warned = [f"{n}: {w}" for n, i in host.plugins.items() for w in i.warnings]
-    if warned:
+        for n, error in doc["broken_plugins"].items():
+            print(f"  {n}: {error}")
+    if doc["plugin_warnings"]:
         print("plugin warnings")
-        for line in warned:
-            print(f"  {line}")
+        for n, warnings in doc["plugin_warnings"].items():
+            for w in warnings:
+                print(f"  {n}: {w}")
     return 0
 
 
@@ -196,8 +300,11 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
         "--inference", action="store_true", help="no gradients needed (default: training)"
     )
     call.add_argument("--resets", action="store_true", help="the call passes a resets mask")
-    sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
-    sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
+    add_output_options(p)
+    p = sub.add_parser("plugins", help=BUILTIN["plugins"], description=BUILTIN["plugins"])
+    add_output_options(p)
+    p = sub.add_parser("info", help=BUILTIN["info"], description=BUILTIN["info"])
+    add_output_options(p)
     # The host refuses plugin commands named like these (plugins.BUILTIN_COMMANDS): a conflict.
     for entry in host.commands:
         cp = sub.add_parser(entry.name, help=entry.obj.help, description=entry.obj.help)
@@ -250,6 +357,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # messages (the trainer's progress lines, warnings) go to stderr through logging; the
+    # results stay on stdout (rnnkit.core.output)
+    configure_logging(quiet=is_quiet(args))
     try:
         if args.command == "list":
             return _cmd_list(args, host)

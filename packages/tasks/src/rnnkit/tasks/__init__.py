@@ -15,6 +15,7 @@ Quick start::
 from importlib.metadata import PackageNotFoundError, version
 
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
+from rnnkit.tasks.callbacks import Callback, TensorBoardCallback, TrainerCallback
 from rnnkit.tasks.checkpoint import CheckpointError
 from rnnkit.tasks.registry import get_task, list_tasks
 from rnnkit.tasks.reuse import LoadedRun, RunLoadError, load_run
@@ -27,6 +28,7 @@ except PackageNotFoundError:
 
 __all__ = [
     "Budget",
+    "Callback",
     "CheckpointError",
     "LoadedRun",
     "RunLoadError",
@@ -34,8 +36,10 @@ __all__ = [
     "Split",
     "Task",
     "TaskData",
+    "TensorBoardCallback",
     "TrainConfig",
     "Trainer",
+    "TrainerCallback",
     "__version__",
     "evaluate",
     "get_task",

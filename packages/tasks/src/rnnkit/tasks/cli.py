@@ -1,19 +1,28 @@
 """``rnnkit train`` and ``rnnkit compare`` (the comparison itself: :mod:`rnnkit.tasks.compare`).
 
-Options that define a run default to ``None`` on the command line, so that ``--resume`` can
-tell the options given from those left out: left out, they take the value the run was started
-with (stored in its checkpoint); given, they must agree with it.
+Options default to ``None`` on the command line, so that ``--resume`` and ``--config FILE``
+can tell the options given from those left out: left out, they take the value of the file
+(:mod:`rnnkit.tasks.runconfig`), else the value the run was started with (stored in its
+checkpoint) when resuming; given, they win over the file and must agree with the stored run.
+
+Output (:mod:`rnnkit.core.output`): the results (the metrics table, the comparison table) go to
+stdout, the trainer's messages to stderr through :mod:`logging`; ``--json`` prints the content
+of ``final.json`` (``compare.json``) instead of the table, ``-q/--quiet`` nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
+from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
+from rnnkit.tasks.callbacks import TensorBoardCallback, TrainerCallback
+from rnnkit.tasks.runconfig import apply_config_file, config_document, format_toml
 from rnnkit.tasks.trainer import (
     DEFAULT_TASK,
     RunResult,
@@ -66,17 +75,43 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--deterministic",
-        action="store_true",
-        default=None,
-        help="use only deterministic kernels (torch.use_deterministic_algorithms)",
+        action=argparse.BooleanOptionalAction,
+        help="use only deterministic kernels (torch.use_deterministic_algorithms; default: no)",
     )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on CPU)")
     p.add_argument(
-        "--no-amp", action="store_true", default=None, help="no bfloat16 autocast on CUDA"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast on CUDA (default: on; ignored on CPU)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-plot", action="store_true", help="do not write PNG plots")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--plot", action=argparse.BooleanOptionalAction, help="write PNG plots (default: yes)"
+    )
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        help="write TensorBoard event files into each run directory's tb/ (needs the "
+        "tensorboard extra: pip install 'rnnkit-tasks[tensorboard]'; default: no)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from a TOML or JSON file (keys: the option names with _ for -, "
+        "model keywords under model_config); options given here override it",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as TOML (JSON with --json), usable as --config "
+        "FILE, and exit without training",
+    )
+    add_output_options(p)
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:
@@ -99,7 +134,7 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
     """Arguments of ``rnnkit compare``."""
     _add_common(p)
     p.add_argument(
-        "--models", required=True, help="comma-separated model or cell names, e.g. lstm,gru,elman"
+        "--models", help="comma-separated model or cell names, e.g. lstm,gru,elman (required)"
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
@@ -117,7 +152,9 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _model_config(args: argparse.Namespace) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
+    """The model keywords: ``model_config`` of ``--config FILE``, overridden by
+    ``--hidden-size``, ``--layers`` and ``--set``."""
+    cfg: dict[str, Any] = dict(getattr(args, "config_model_config", None) or {})
     if args.hidden_size is not None:
         cfg["hidden_size"] = args.hidden_size
     if args.num_layers is not None:
@@ -150,7 +187,7 @@ FLAGS: dict[str, str] = {
     "seed": "--seed",
     "deterministic": "--deterministic",
     "device": "--device",
-    "amp": "--no-amp",
+    "amp": "--amp",
     "checkpoint_every": "--checkpoint-every",
     "threads": "--threads",
 }
@@ -162,10 +199,7 @@ def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
     ``--layers``, ``--set``)."""
     out: dict[str, Any] = {}
     for name in FLAGS:
-        if name == "amp":
-            value = False if getattr(args, "no_amp", None) else None
-        else:
-            value = getattr(args, name, None)
+        value = getattr(args, name, None)
         if value is not None:
             out[name] = value
     model_config = _model_config(args)
@@ -177,11 +211,14 @@ def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def _config(args: argparse.Namespace, **extra: Any) -> TrainConfig:
     """The :class:`TrainConfig` of the arguments given (the rest: defaults), with ``extra``."""
     fields = {**given_arguments(args), **extra}
-    return TrainConfig(
-        progress=False if args.no_progress else None,
-        plot=not args.no_plot,
-        **fields,
-    )
+    return TrainConfig(**fields, **_display(args))
+
+
+def _display(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of how a run is shown: ``--progress`` (off with
+    ``--quiet``) and ``--plot``."""
+    progress = False if is_quiet(args) else args.progress
+    return {"progress": progress, "plot": args.plot is not False}
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -220,21 +257,17 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
                     before = have.get(key, was.get(key, "the model's default"))
                     raise conflict(flag, v, before)
         elif value != stored.get(name) and value != resolved.get(name, _MISSING):
-            if name == "amp":
+            if isinstance(value, bool):  # --amp/--no-amp, --deterministic/--no-...
+                flag = FLAGS[name] if value else "--no-" + FLAGS[name].removeprefix("--")
                 raise ValueError(
-                    f"--no-amp conflicts with the run in {args.out}, started with autocast on; "
-                    "leave --no-amp out to resume it, or choose another --out for a new run"
+                    f"{flag} conflicts with the run in {args.out}, started with "
+                    f"{FLAGS[name].removeprefix('--')} {'off' if value else 'on'}; leave {flag} "
+                    "out to resume it, or choose another --out for a new run"
                 )
             before = stored.get(name)
             raise conflict(FLAGS[name], value, resolved.get(name) if before is None else before)
     fields = {k: v for k, v in stored.items() if k in FLAGS or k == "model_config"}
-    return TrainConfig(
-        **fields,
-        out=args.out,
-        resume=True,
-        progress=False if args.no_progress else None,
-        plot=not args.no_plot,
-    )
+    return TrainConfig(**fields, out=args.out, resume=True, **_display(args))
 
 
 _MISSING = object()
@@ -273,7 +306,34 @@ def _print_result(r: RunResult) -> None:
         + (", model.safetensors, config.json" if (out / "config.json").exists() else "")
         + (", curves.png" if (out / "curves.png").exists() else "")
         + (", report.md" if (out / "report.md").exists() else "")
+        + (", tb/ (TensorBoard)" if (out / "tb").is_dir() else "")
     )
+
+
+def callbacks_of(args: argparse.Namespace) -> list[TrainerCallback]:
+    """The callbacks the options ask for: ``--tensorboard``. Made before anything is
+    created, so that a missing extra is reported first."""
+    return [TensorBoardCallback()] if args.tensorboard else []
+
+
+def print_config(args: argparse.Namespace, command: str, config: TrainConfig) -> None:
+    """``--print-config``: the resolved configuration of ``config`` (with the display options
+    and, for ``compare``, ``models`` and ``seeds`` of ``args``), TOML or (``--json``) JSON."""
+    settings: dict[str, Any] = {k: getattr(config, k) for k in FLAGS}
+    settings.update(
+        out=config.out,
+        progress=args.progress,
+        plot=args.plot,
+        tensorboard=args.tensorboard,
+    )
+    if command == "compare":
+        settings.update(models=args.models, seeds=args.seeds, seed=args.seed)
+    doc = config_document(command, settings, config.model_config)
+    if wants_json(args):
+        print_json(doc)
+    else:
+        header = f"rnnkit {command} --config FILE (written by --print-config)"
+        print(format_toml(doc, header=header), end="")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -282,21 +342,32 @@ def run_train(args: argparse.Namespace) -> int:
         from rnnkit.tasks.registry import get_task, list_tasks
 
         rows = [[n, get_task(n).description] for n in list_tasks()]
-        print(format_table(rows, ["task", "description"]))
+        if wants_json(args):
+            print_json([{"task": n, "description": d} for n, d in rows])
+        elif not is_quiet(args):
+            print(format_table(rows, ["task", "description"]))
         return 0
+    apply_config_file(args, "train")
     if args.resume:
         config = resume_config(args)
     else:
         _check_names(args.task or DEFAULT_TASK, [args.model] if args.model else [])
         config = _config(args, model=args.model, out=args.out)
-    result = train(config)
+    if args.print_config:
+        print_config(args, "train", config)
+        return 0
+    result = train(config, callbacks=callbacks_of(args))
+    if wants_json(args):
+        print_json(asdict(result))  # what final.json holds
     if result.interrupted:
-        print(
-            f"\nstopped at step {result.steps}; continue with: rnnkit train --resume "
-            f"--out {result.out}"
-        )
+        if shows_text(args):
+            print(
+                f"\nstopped at step {result.steps}; continue with: rnnkit train --resume "
+                f"--out {result.out}"
+            )
         return 130
-    _print_result(result)
+    if shows_text(args):
+        _print_result(result)
     return 0
 
 

@@ -7,7 +7,8 @@ other arguments is reported as failed, naming the arguments that differ. A model
 fails (it cannot be built, its backend cannot run it, training raises) is reported in the
 table with the error's first line and the other runs go on. ``compare.json`` and ``report.md``
 are rewritten after every run, so the table of the runs that finished survives a failure, a
-Ctrl-C or a killed process.
+Ctrl-C or a killed process. Progress messages (which run starts, which is reused, which failed)
+are logged to the ``rnnkit.tasks`` logger; the table is the command's output.
 
 Per model the table gives the mean and sample standard deviation (``n - 1``) of the validation
 and test values of the task's primary metric over the seeds whose run finished, and
@@ -18,14 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
+from rnnkit.core.output import print_json, shows_text, wants_json
 from rnnkit.tasks.base import Task
+from rnnkit.tasks.callbacks import TrainerCallback
 from rnnkit.tasks.checkpoint import CHECKPOINT, atomic_write_text
 from rnnkit.tasks.plots import mean_std
 from rnnkit.tasks.record import command_line, environment, iso_now
@@ -41,6 +46,8 @@ from rnnkit.tasks.trainer import (
 )
 
 __all__ = ["compare", "compare_command", "parse_seeds"]
+
+_log = logging.getLogger("rnnkit.tasks")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -93,7 +100,9 @@ def _load_result(path: Path) -> RunResult:
     return RunResult(**{k: v for k, v in data.items() if k in known})
 
 
-def _run_one(config: TrainConfig) -> tuple[RunResult, bool]:
+def _run_one(
+    config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
+) -> tuple[RunResult, bool]:
     """Train ``config`` or reuse its finished run; ``(result, reused)``."""
     out = Path(str(config.out))
     final = out / "final.json"
@@ -109,7 +118,7 @@ def _run_one(config: TrainConfig) -> tuple[RunResult, bool]:
             )
         return result, True
     resume = (out / CHECKPOINT).is_file()
-    return train(replace(config, resume=resume)), False
+    return train(replace(config, resume=resume), callbacks=callbacks), False
 
 
 def _row_summary(
@@ -192,6 +201,7 @@ def compare(
     out: Path | None = None,
     plot: bool = True,
     argv: list[str] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or reuse) every (entry, seed) and write ``compare.json``, ``report.md`` and
     ``compare.png`` into ``out`` (default: a new ``runs/compare-<task>-<time>``).
@@ -200,7 +210,8 @@ def compare(
     cell name (the task's model with that cell). Argument errors (unknown names, bad options,
     an unknown backend) raise before any folder is created. Returns the folder and the content
     of ``compare.json``; a run's status is ``"ok"``, ``"failed: <error>"``, ``"interrupted
-    at step N"`` (Ctrl-C: the remaining runs are skipped, ``"not run"``).
+    at step N"`` (Ctrl-C: the remaining runs are skipped, ``"not run"``). ``callbacks`` are
+    passed to every run trained (not to the runs reused).
     """
     from rnnkit.tasks.registry import get_task
 
@@ -280,12 +291,12 @@ def compare(
                 cfg = replace(base, model=model, seed=run["seed"], out=run["out"])
                 if cell is not None:
                     cfg = replace(cfg, cell=cell)
-                print(f"\n== {entry}, seed {run['seed']} ==")
+                _log.info("== %s, seed %s ==", entry, run["seed"])
                 try:
-                    result, reused = _run_one(cfg)
+                    result, reused = _run_one(cfg, callbacks)
                 except Exception as exc:  # reported in the table; the other runs go on
                     run["status"] = f"failed: {_first_line(exc)}"
-                    print(f"rnnkit compare: {entry}, seed {run['seed']}: {run['status']}")
+                    _log.error("rnnkit compare: %s, seed %s: %s", entry, run["seed"], run["status"])
                     write(with_plot=False)
                     continue
                 if result.interrupted:
@@ -293,7 +304,7 @@ def compare(
                     stop = True
                     continue
                 if reused:
-                    print(f"reused the finished run in {result.out}")
+                    _log.info("reused the finished run in %s", result.out)
                 results[(entry, run["seed"])] = result
                 run.update(
                     status="ok",
@@ -323,31 +334,46 @@ def _history(out: Path) -> list[dict[str, Any]]:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    """``rnnkit compare``: print the table; exit status 0 when every run finished, 1 when a
-    run failed, 130 when interrupted (the finished runs are reused by the next call)."""
-    from rnnkit.tasks.cli import _config
+    """``rnnkit compare``: print the table (``--json``: the content of ``compare.json``;
+    ``--quiet``: nothing); exit status 0 when every run finished, 1 when a run failed, 130
+    when interrupted (the finished runs are reused by the next call)."""
+    from rnnkit.tasks.cli import _config, callbacks_of, print_config
     from rnnkit.tasks.registry import get_task
+    from rnnkit.tasks.runconfig import apply_config_file
 
+    apply_config_file(args, "compare")
+    if not args.models:
+        raise ValueError("--models is required (or models = [...] in the --config file)")
     entries = [e.strip() for e in args.models.split(",") if e.strip()]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else 0]
     base = _config(args)
     base = replace(base, task=base.task or DEFAULT_TASK)
+    if args.print_config:
+        for entry in entries:
+            _resolve_entry(entry)
+        _check_backend(base.backend)
+        print_config(args, "compare", replace(base, out=args.out))
+        return 0
     root, data = compare(
         base,
         entries,
         seeds,
         out=Path(args.out) if args.out else None,
-        plot=not args.no_plot,
+        plot=args.plot is not False,
         argv=command_line(None),
+        callbacks=callbacks_of(args),
     )
     task = get_task(base.task)
-    body, headers = _table(data["rows"], task)
-    print()
-    print(format_table(body, headers))
-    files = [root / "compare.json", root / "report.md"]
-    if not args.no_plot and (root / "compare.png").is_file():
-        files.append(root / "compare.png")
-    print("\nfiles: " + ", ".join(str(f) for f in files if f.is_file()))
+    if wants_json(args):
+        print_json(data)
+    elif shows_text(args):
+        body, headers = _table(data["rows"], task)
+        print()
+        print(format_table(body, headers))
+        files = [root / "compare.json", root / "report.md"]
+        if args.plot is not False and (root / "compare.png").is_file():
+            files.append(root / "compare.png")
+        print("\nfiles: " + ", ".join(str(f) for f in files if f.is_file()))
     statuses = [r["status"] for row in data["rows"] for r in row["runs"]]
     if any(s.startswith("interrupted") for s in statuses):
         return 130

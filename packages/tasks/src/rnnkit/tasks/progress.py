@@ -1,10 +1,17 @@
-"""The trainer's progress display: a tqdm bar when wanted and installed, and printed lines."""
+"""The trainer's progress display: a tqdm bar on stderr when wanted and installed.
+
+The trainer's messages are logged (logger ``rnnkit.tasks``); while the bar is shown,
+:meth:`Progress.logging_through` writes the records that would go to the console through tqdm,
+so that the bar is redrawn below them instead of being broken up.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 
@@ -18,6 +25,9 @@ class Progress:
 
     :meth:`write` always prints its line (above the bar when there is one).
     """
+
+    #: the logger whose records :meth:`logging_through` redirects (with its ancestors')
+    LOGGER = "rnnkit.tasks"
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar: Any = None
@@ -48,6 +58,31 @@ class Progress:
         else:
             print(line, flush=True)
 
+    @contextlib.contextmanager
+    def logging_through(self) -> Iterator[None]:
+        """While the bar is shown, send the console handlers of the ``rnnkit.tasks`` logger
+        and its ancestors through ``tqdm.write`` (restored afterwards); without a bar, nothing
+        changes."""
+        if self.bar is None:
+            yield
+            return
+        logging_redirect_tqdm = importlib.import_module(
+            "tqdm.contrib.logging"
+        ).logging_redirect_tqdm
+        # only the loggers that have a console handler: tqdm adds its handler to each logger
+        # it is given, and two would print every line twice
+        loggers = []
+        logger: logging.Logger | None = logging.getLogger(self.LOGGER)
+        while logger is not None:
+            if any(_console(h) for h in logger.handlers):
+                loggers.append(logger)
+            logger = logger.parent if logger.propagate else None
+        if not loggers:
+            yield
+            return
+        with logging_redirect_tqdm(loggers=loggers):
+            yield
+
     def close(self) -> None:
         """Remove the bar."""
         if self.bar is not None:
@@ -58,3 +93,10 @@ def format_metrics(metrics: Mapping[str, float], keys: list[str] | None = None) 
     """``"accuracy 0.9531  loss 0.1234"``: ``keys`` (default all) with 4 significant digits."""
     keys = keys or list(metrics)
     return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def _console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+        sys.stdout,
+        sys.stderr,
+    )

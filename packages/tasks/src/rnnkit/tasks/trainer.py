@@ -19,6 +19,12 @@ with the same parameters and metrics as an uninterrupted one. Under ``torchrun``
 takes a shard of every global batch (:mod:`rnnkit.tasks.distributed`), so the update equals the
 single-process one on the same global batch. :mod:`rnnkit.tasks.progress` shows the progress.
 
+Messages (the start line, one line per validation, warnings) are logged to the
+``rnnkit.tasks`` logger at ``INFO`` (warnings at ``WARNING``), not printed: the ``rnnkit``
+command line sends them to stderr; from Python, ``logging.basicConfig(level=logging.INFO)``
+shows them. Callbacks (:mod:`rnnkit.tasks.callbacks`) see every step, every validation and the
+end of the run.
+
 Run directories: the default one (``runs/<task>-<model>-<time>``) is created exclusively, with
 ``-2``, ``-3``, ... appended when a run started in the same second has it; a run holds an
 advisory lock on its directory (``flock``, released when the process ends, however it ends),
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -48,6 +55,7 @@ from torch import Tensor, nn
 
 from rnnkit.tasks import checkpoint as ckpt
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
+from rnnkit.tasks.callbacks import TrainerCallback
 from rnnkit.tasks.distributed import (
     all_reduce_sum_,
     init_distributed,
@@ -67,6 +75,9 @@ from rnnkit.tasks.record import (
 from rnnkit.tasks.registry import get_task
 
 DEFAULT_TASK = "digits_rows"
+
+#: the trainer's messages (start line, validations, warnings); the CLI shows them on stderr
+_log = logging.getLogger("rnnkit.tasks")
 
 
 @dataclass
@@ -92,7 +103,8 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (default: at every evaluation).
         progress: progress bar (``None``: only when stderr is a terminal).
         plot: write ``curves.png``.
-        verbose: print evaluation lines and the final table.
+        verbose: log the start line and one line per validation (logger ``rnnkit.tasks``,
+            level ``INFO``); ``False``: no messages, and no progress bar.
         stop_after: stop after this step as if interrupted (checkpoint written; for tests).
         threads: torch CPU threads during the run (default 1 on CPU: the small per-step
             matrix products of recurrent models gain nothing from more, and lose a lot when
@@ -419,7 +431,8 @@ class Trainer:
     before the run directory is created or anything in it is changed. ``argv`` is the command
     line recorded in ``final.json`` (default: ``sys.argv`` when the process is ``rnnkit``).
     ``state`` (:class:`~rnnkit.tasks.checkpoint.RunState`) holds the run's step, early-stopping
-    state and history; ``best_state`` the best model's state dict so far.
+    state and history; ``best_state`` the best model's state dict so far. ``callbacks``
+    (:mod:`rnnkit.tasks.callbacks`) are called at every step, every validation and the end.
     """
 
     def __init__(
@@ -429,8 +442,11 @@ class Trainer:
         data: TaskData | None = None,
         model: nn.Module | None = None,
         argv: Sequence[str] | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         self.started = iso_now()
+        #: called at each step, validation and the end of the run, in this order
+        self.callbacks: list[TrainerCallback] = list(callbacks)
         self.argv = command_line(argv)
         self.task = get_task(config.task)
         self.budget: Budget = resolve_budget(self.task, config)
@@ -623,7 +639,7 @@ class Trainer:
             autocast=self._autocast,
         )
 
-    def _eval_point(self, bar: Progress) -> None:
+    def _eval_point(self) -> None:
         st = self.state
         valid = self._evaluate("valid")
         score = valid[self.task.primary]
@@ -648,12 +664,17 @@ class Trainer:
             with (self.out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.config.verbose and self.dist.main:
-            bar.write(
-                f"step {st.step:>6}/{self.budget.steps}  "
-                f"train loss {record['train_loss']:.4f}  valid {format_metrics(valid)}"
+            _log.info(
+                "step %6d/%d  train loss %.4f  valid %s",
+                st.step,
+                self.budget.steps,
+                record["train_loss"],
+                format_metrics(valid),
             )
         if self.budget.patience and st.bad_evals >= self.budget.patience:
             st.stopped_early = True
+        for callback in self.callbacks:
+            callback.on_eval(self, st.step, valid)
 
     def _prepare_dir(self) -> None:
         """Create and lock the run directory; on resume, rewrite metrics.jsonl to the checkpoint.
@@ -705,6 +726,8 @@ class Trainer:
         try:
             self._prepare_dir()
             result = self._run()
+            for callback in self.callbacks:
+                callback.on_end(self, result)
             failed = False
         finally:
             self._release(failed)
@@ -721,28 +744,37 @@ class Trainer:
             what = self.model_name + (
                 f" ({self.model_config['cell']})" if "cell" in self.model_config else ""
             )
-            bar.write(
-                f"rnnkit train: task {self.task.name}, model {what}, "
-                f"{count_parameters(self.model):,} parameters, {b.steps} steps of "
-                f"batch {b.batch_size}, device {self.device}"
-                + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
-                + (f", resuming at step {st.step}" if st.step else "")
+            _log.info(
+                "rnnkit train: task %s, model %s, %s parameters, %d steps of batch %d, "
+                "device %s%s%s",
+                self.task.name,
+                what,
+                f"{count_parameters(self.model):,}",
+                b.steps,
+                b.batch_size,
+                self.device,
+                f", {self.dist.world} processes" if self.dist.world > 1 else "",
+                f", resuming at step {st.step}" if st.step else "",
             )
             if self.batch_size_asked is not None:
-                bar.write(
-                    f"rnnkit train: batch size {self.batch_size_asked} is above the "
-                    f"{b.batch_size} training examples: using {b.batch_size}"
+                _log.warning(
+                    "rnnkit train: batch size %d is above the %d training examples: using %d",
+                    self.batch_size_asked,
+                    b.batch_size,
+                    b.batch_size,
                 )
         interrupted = False
         t0 = time.perf_counter()
         base = st.elapsed
-        with _StopOnSignal() as stop:
+        with _StopOnSignal() as stop, bar.logging_through():
             for _ in self.iter_steps():
                 loss = self._train_step()
                 st.elapsed = base + time.perf_counter() - t0
                 bar.update(loss=f"{loss:.4f}")
+                for callback in self.callbacks:
+                    callback.on_step(self, st.step, loss)
                 if st.step % b.eval_every == 0 or st.step == b.steps:
-                    self._eval_point(bar)
+                    self._eval_point()
                 if st.step % every == 0 or st.step == b.steps or st.stopped_early:
                     self._save()
                 asked = cfg.stop_after is not None and st.step >= cfg.stop_after
@@ -864,10 +896,10 @@ class _StopOnSignal:
             raise KeyboardInterrupt
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(
-            f"\n{name}: stopping after this step and saving a checkpoint "
-            f"({name} again to abort)...",
-            file=sys.stderr,
+        _log.warning(
+            "%s: stopping after this step and saving a checkpoint (%s again to abort)...",
+            name,
+            name,
         )
 
     def __enter__(self) -> _StopOnSignal:
@@ -883,13 +915,18 @@ class _StopOnSignal:
 
 
 def train(
-    config: TrainConfig | None = None, *, argv: Sequence[str] | None = None, **kwargs: Any
+    config: TrainConfig | None = None,
+    *,
+    argv: Sequence[str] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    **kwargs: Any,
 ) -> RunResult:
     """Train with ``config`` (or :class:`TrainConfig` keywords) and return the result;
-    ``argv``: the command line to record in ``final.json`` (see :class:`Trainer`)."""
+    ``argv``: the command line to record in ``final.json``, ``callbacks``: see
+    :mod:`rnnkit.tasks.callbacks` (both: :class:`Trainer`)."""
     config = replace(config, **kwargs) if config is not None else TrainConfig(**kwargs)
     threads = torch.get_num_threads()
     try:
-        return Trainer(config, argv=argv).run()
+        return Trainer(config, argv=argv, callbacks=callbacks).run()
     finally:  # also when the trainer fails while it is set up
         torch.set_num_threads(threads)

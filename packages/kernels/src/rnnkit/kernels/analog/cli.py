@@ -18,7 +18,9 @@ the plugin host runs before the command line is built). This package imports not
 Every subcommand writes into its folder, ``--out DIR`` (default ``runs/analog-<name>-<time>``):
 ``rows.json`` (the numbers of the table it prints, with its settings) and its PNG
 (``--plot NAME``, inside the folder unless a path with a directory is given; ``''`` for none).
-Nothing is written to the current folder.
+Nothing is written to the current folder. Every subcommand takes ``-q/--quiet`` (print
+nothing but errors) and ``--json`` (print the content of ``rows.json`` and nothing else on
+stdout), as the other ``rnnkit`` commands do (:mod:`rnnkit.core.output`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 
+from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
 from rnnkit.kernels.analog.devices import device_preset
 from rnnkit.kernels.analog.ramp_adc import RampADC
 
@@ -49,6 +52,7 @@ __all__ = [
     "output_dir",
     "ramp_drift_rows",
     "register_experiment",
+    "report_rows",
     "run",
     "write_rows",
 ]
@@ -144,8 +148,27 @@ def write_rows(folder: Path, experiment: str, settings: dict[str, Any], rows: An
     return path
 
 
+def report_rows(args: argparse.Namespace, path: Path) -> None:
+    """Say where ``rows.json`` went, or with ``--json`` print its content (the command's one
+    JSON document); nothing with ``--quiet``."""
+    if wants_json(args):
+        print_json(json.loads(path.read_text()))
+    elif not is_quiet(args):
+        print(f"rows written to {path}")
+
+
+def report_plot(args: argparse.Namespace, png: Path, written: bool) -> None:
+    """Say whether the PNG was written (the missing matplotlib on stderr, unless
+    ``--quiet``)."""
+    if not written:
+        if not is_quiet(args):
+            print("matplotlib is not installed: no plot written", file=sys.stderr)
+    elif shows_text(args):
+        print(f"plot written to {png}")
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "analog_command", "out", "plot"}
+    skip = {"command", "analog_command", "out", "plot", "quiet", "json"}
     return {
         k: v
         for k, v in vars(args).items()
@@ -166,6 +189,7 @@ def _add_out(p: argparse.ArgumentParser, name: str, png: str | None) -> None:
             default=png,
             help=f"PNG file name inside --out, or a path (default {png}; '' for none)",
         )
+    add_output_options(p)
 
 
 def experiments() -> dict[str, AnalogExperiment]:
@@ -375,17 +399,16 @@ def _missing_tasks(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen experiment; returns the exit status."""
     cmd = getattr(args, "analog_command", None)
+    text = shows_text(args)
     if cmd == "adc-error":
         rows = adc_error_rows(list(args.bits), list(args.devices), args.columns, args.seed)
-        print(format_rows(rows))
+        if text:
+            print(format_rows(rows))
         folder = output_dir(args.out, cmd)
-        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows)}")
+        report_rows(args, write_rows(folder, cmd, _settings(args), rows))
         png = plot_path(folder, args.plot)
         if png is not None:
-            if _plot(rows, str(png)):
-                print(f"plot written to {png}")
-            else:
-                print("matplotlib is not installed: no plot written", file=sys.stderr)
+            report_plot(args, png, _plot(rows, str(png)))
         return 0
     if cmd == "ramp-drift":
         rows_t = ramp_drift_rows(
@@ -397,31 +420,31 @@ def run(args: argparse.Namespace) -> int:
             period=args.period,
             seed=args.seed,
         )
-        print(
-            f"{args.bits}-bit {args.fn} NL-ADC, {args.columns} {args.device} columns, error in "
-            f"output LSB (max / rms), recalibration period {args.period:g} s:"
-        )
-        print(format_ramp_drift(rows_t))
+        if text:
+            print(
+                f"{args.bits}-bit {args.fn} NL-ADC, {args.columns} {args.device} columns, error "
+                f"in output LSB (max / rms), recalibration period {args.period:g} s:"
+            )
+            print(format_ramp_drift(rows_t))
         folder = output_dir(args.out, cmd)
-        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows_t)}")
+        report_rows(args, write_rows(folder, cmd, _settings(args), rows_t))
         png = plot_path(folder, args.plot)
         if png is not None:
             title = f"{args.bits}-bit {args.fn} NL-ADC ramp on {args.device}"
-            if _plot_ramp_drift(rows_t, str(png), title):
-                print(f"plot written to {png}")
-            else:
-                print("matplotlib is not installed: no plot written", file=sys.stderr)
+            report_plot(args, png, _plot_ramp_drift(rows_t, str(png), title))
         return 0
     if cmd == "cost":
         from rnnkit.kernels.analog.cost import comparison_table, lstm_cost, motivation
 
-        print(f"LSTM H={args.hidden}, k=32 digital NL units, 8-bit MAC ADC (256 cycles):")
         moti = motivation(args.hidden)
-        for cyc, ratio in moti:
-            print(f"  {cyc:>2} cycles per digital activation -> NL time = {ratio:.2f}x MAC time")
-        print()
-        table = comparison_table(args.hidden)
-        print(table)
+        if text:
+            print(f"LSTM H={args.hidden}, k=32 digital NL units, 8-bit MAC ADC (256 cycles):")
+            for cyc, ratio in moti:
+                print(
+                    f"  {cyc:>2} cycles per digital activation -> NL time = {ratio:.2f}x MAC time"
+                )
+            print()
+            print(comparison_table(args.hidden))
         folder = output_dir(args.out, cmd)
         rows_c = {
             "motivation": [{"nl_cycles": c, "nl_time_over_mac_time": r} for c, r in moti],
@@ -434,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             ],
         }
-        print(f"rows written to {write_rows(folder, cmd, _settings(args), rows_c)}")
+        report_rows(args, write_rows(folder, cmd, _settings(args), rows_c))
         return 0
     exp = experiments().get(cmd) if isinstance(cmd, str) else None
     if exp is not None:

@@ -2,7 +2,9 @@
 
 ``rnnkit analog`` belongs to rnnkit-kernels (the simulator and its ``adc-error`` and ``cost``
 subcommands); rnnkit-tasks adds these three with :func:`register`, which its
-``rnnkit_register_commands`` hook calls when rnnkit-kernels is installed.
+``rnnkit_register_commands`` hook calls when rnnkit-kernels is installed. Like every
+``rnnkit analog`` subcommand they take ``-q/--quiet`` and ``--json`` (the content of
+``rows.json``); the trainer's messages go to stderr through :mod:`logging`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from rnnkit.core.output import add_output_options, shows_text
 
 __all__ = [
     "DRIFT_HELP",
@@ -120,11 +124,18 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         help="the experiment's folder: rows.json, the PNG and the trainer's run directories "
         f"(metrics.jsonl, final.json) (default: a new runs/analog-{name}-<time>)",
     )
+    add_output_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog kws`` or ``charlm``: print the table, write the plot."""
-    from rnnkit.kernels.analog.cli import output_dir, plot_path, write_rows
+    from rnnkit.kernels.analog.cli import (
+        output_dir,
+        plot_path,
+        report_plot,
+        report_rows,
+        write_rows,
+    )
     from rnnkit.tasks.analog.experiments import format_charlm, format_kws, hw_rows, plot_hw
 
     exp = EXPERIMENTS[args.analog_command]
@@ -155,29 +166,32 @@ def run(args: argparse.Namespace) -> int:
     )
     valid = rows[0].get("valid")
     picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
-    print(
-        f"{args.task} LSTM, {args.steps} digital steps{picked}, {args.finetune_steps} HW-aware "
-        f"steps per config, batch {args.batch_size}, {args.preset} devices, "
-        f"t = {args.t_inference:g} s, seed {args.seed}, {len(seeds)} noise seeds "
-        f"({time.perf_counter() - t0:.0f} s)"
-    )
+    text = shows_text(args)
+    if text:
+        print(
+            f"{args.task} LSTM, {args.steps} digital steps{picked}, {args.finetune_steps} "
+            f"HW-aware steps per config, batch {args.batch_size}, {args.preset} devices, "
+            f"t = {args.t_inference:g} s, seed {args.seed}, {len(seeds)} noise seeds "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     if exp.metric == "accuracy":
-        print(format_kws(rows))
+        table = format_kws(rows)
         label, scale = "test accuracy (%)", 100.0
     else:
-        print(format_charlm(rows))
+        table = format_charlm(rows)
         label, scale = "test BPC", 1.0
-    settings = {k: v for k, v in vars(args).items() if k not in ("plot", "command", "out")}
+    if text:
+        print(table)
+    skip = ("plot", "command", "out", "quiet", "json")
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
     settings["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"rows written to {write_rows(folder, exp.name, settings, rows)}")
-    print(f"run directories in {folder}")
+    report_rows(args, write_rows(folder, exp.name, settings, rows))
+    if text:
+        print(f"run directories in {folder}")
     png = plot_path(folder, args.plot)
     if png is not None:
         title = f"{args.task}: digital vs {args.preset} crossbars (t = {args.t_inference:g} s)"
-        if plot_hw(rows, str(png), label, scale=scale, title=title):
-            print(f"plot written to {png}")
-        else:
-            print("matplotlib is not installed: no plot written", file=sys.stderr)
+        report_plot(args, png, plot_hw(rows, str(png), label, scale=scale, title=title))
     return 0
 
 
@@ -216,11 +230,12 @@ def configure_drift(parser: argparse.ArgumentParser) -> None:
         help="the run folder: rows.json, drift.md and a PNG per task (default: a new "
         "runs/analog-drift-<time>)",
     )
+    add_output_options(parser)
 
 
 def run_drift(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog drift``: print the tables, write the run folder."""
-    from rnnkit.kernels.analog.cli import output_dir
+    from rnnkit.kernels.analog.cli import output_dir, report_rows
     from rnnkit.tasks.analog.drift import drift_rows, format_drift, write_run
 
     if args.noise_seeds < 1:
@@ -249,16 +264,25 @@ def run_drift(args: argparse.Namespace) -> int:
             out=folder,
         )
         results.append(result)
-        print(format_drift(result))
-        print()
-    settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list))}
+        if shows_text(args):
+            print(format_drift(result))
+            print()
+    skip = ("quiet", "json")
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if isinstance(v, (int, float, str, list)) and not isinstance(v, bool) and k not in skip
+    }
     settings["out"] = str(folder)
     settings["seconds"] = round(time.perf_counter() - t0, 1)
     paths = write_run(results, folder, settings)
-    print(
-        f"{len(args.tasks)} task(s) in {settings['seconds']:.0f} s; wrote "
-        + ", ".join(str(p) for p in paths)
-    )
+    if shows_text(args):
+        print(
+            f"{len(args.tasks)} task(s) in {settings['seconds']:.0f} s; wrote "
+            + ", ".join(str(p) for p in paths)
+        )
+    else:
+        report_rows(args, paths[0])
     return 0
 
 
