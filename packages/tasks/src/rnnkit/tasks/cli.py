@@ -14,6 +14,7 @@ from typing import Any
 
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
+from rnnkit.tasks.distributed import is_main_process
 from rnnkit.tasks.trainer import (
     DEFAULT_TASK,
     RunResult,
@@ -290,6 +291,8 @@ def run_train(args: argparse.Namespace) -> int:
         _check_names(args.task or DEFAULT_TASK, [args.model] if args.model else [])
         config = _config(args, model=args.model, out=args.out)
     result = train(config)
+    if not is_main_process():  # under torchrun only rank 0 prints
+        return 130 if result.interrupted else 0
     if result.interrupted:
         print(
             f"\nstopped at step {result.steps}; continue with: rnnkit train --resume "
