@@ -33,14 +33,15 @@ PACKAGES: dict[str, list[str]] = {
     # [cpp]: ninja, so that the fused_cpp backend's C++ loops build (CI has a C++ compiler)
     "kernels": ["packages/core", "packages/kernels[triton,cpp]"],
     "models": ["packages/core", "packages/models"],
-    # [series]: statsmodels, whose shipped data the sunspots/co2/elnino tasks read
-    "tasks": ["packages/core", "packages/models", "packages/tasks[series]"],
+    # [series]: statsmodels, whose shipped data the sunspots/co2/elnino tasks read;
+    # [hub]: huggingface_hub, for rnnkit push/pull (tested against a local stand-in)
+    "tasks": ["packages/core", "packages/models", "packages/tasks[series,hub]"],
 }
 ALL = [
     "packages/core",
     "packages/kernels[triton,cpp]",
     "packages/models",
-    "packages/tasks[series]",
+    "packages/tasks[series,hub]",
 ]
 TEST_DEPS = ["pytest>=8"]
 # tests/test_export.py: torch.onnx.export(dynamo=True) needs onnx and onnxscript; the exported

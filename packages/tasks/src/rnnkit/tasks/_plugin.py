@@ -1,6 +1,6 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
-``predict`` and ``generate`` commands and, when rnnkit-kernels is installed, the ``kws`` and
-``charlm`` experiments of its ``rnnkit analog`` command."""
+``predict``, ``generate``, ``push`` and ``pull`` commands and, when rnnkit-kernels is
+installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
-    """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict`` and
-    ``generate``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host
+    """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
+    ``push`` and ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host
     runs every hook before it builds the command line, so they are in place when ``rnnkit
     analog``'s parser is configured)."""
-    from rnnkit.tasks import cli, downloads, reuse_cli
+    from rnnkit.tasks import cli, downloads, hub, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -37,6 +37,8 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=downloads.run_data,
     )
     reuse_cli.register_commands(register)
+    register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
+    register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()
 
 
