@@ -34,14 +34,15 @@ PACKAGES: dict[str, list[str]] = {
     "kernels": ["packages/core", "packages/kernels[triton,cpp]"],
     "models": ["packages/core", "packages/models"],
     # [series]: statsmodels, whose shipped data the sunspots/co2/elnino tasks read;
-    # [tensorboard]: the --tensorboard tests read the event files back
-    "tasks": ["packages/core", "packages/models", "packages/tasks[series,tensorboard]"],
+    # [tensorboard]: the --tensorboard tests read the event files back; [hub]: huggingface_hub,
+    # for rnnkit push/pull (tested against a local stand-in)
+    "tasks": ["packages/core", "packages/models", "packages/tasks[series,tensorboard,hub]"],
 }
 ALL = [
     "packages/core",
     "packages/kernels[triton,cpp]",
     "packages/models",
-    "packages/tasks[series,tensorboard]",
+    "packages/tasks[series,tensorboard,hub]",
 ]
 TEST_DEPS = ["pytest>=8"]
 # tests/test_export.py: torch.onnx.export(dynamo=True) needs onnx and onnxscript; the exported

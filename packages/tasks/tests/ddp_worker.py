@@ -1,33 +1,65 @@
-"""Run by ``test_distributed.py`` under torchrun (and once alone): train, save the parameters."""
+"""Run by ``test_distributed.py``, once alone and once per process of a job (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set as torchrun sets them).
+
+    python ddp_worker.py RESULT [--interrupt-at STEP] -- ARGS...
+
+runs ``rnnkit ARGS...`` (the whole CLI, in the current folder) and saves what this process's
+trainer ended with to the file ``RESULT`` (given outside the run directory): the model's
+parameters, the result's metrics, the evaluation history and the process's place in the job.
+With ``--interrupt-at``, rank 0 alone receives a SIGINT (a Ctrl-C) during that step.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
 
-from rnnkit.tasks import TrainConfig, Trainer
+from rnnkit.core.cli import main as rnnkit_main
+from rnnkit.tasks.trainer import RunResult, Trainer
 
 
-def main(out: str) -> None:
-    cfg = TrainConfig(
-        task="copy",
-        steps=6,
-        batch_size=64,
-        eval_every=3,
-        out=out,
-        model_config={"hidden_size": 16},
-        verbose=False,
-        plot=False,
+def main(argv: list[str]) -> int:
+    result_file = argv[0]
+    sep = argv.index("--")
+    opts, args = argv[1:sep], argv[sep + 1 :]
+    interrupt_at = int(opts[opts.index("--interrupt-at") + 1]) if opts else None
+    trainers: list[Trainer] = []
+    results: list[RunResult] = []
+    run, step = Trainer.run, Trainer._train_step
+
+    def capturing_run(self: Trainer) -> RunResult:
+        trainers.append(self)
+        results.append(run(self))
+        return results[-1]
+
+    def interrupting_step(self: Trainer) -> float:
+        if self.dist.main and self.state.step + 1 == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag
+        return step(self)
+
+    Trainer.run = capturing_run  # type: ignore[method-assign]
+    Trainer._train_step = interrupting_step  # type: ignore[method-assign]
+    code = rnnkit_main(args)
+    (t,), (r,) = trainers, results
+    torch.save(
+        {
+            "code": code,
+            "state": t.model.state_dict(),
+            "history": t.state.history,
+            "valid": r.valid,
+            "test": r.test,
+            "step": t.state.step,
+            "rank": t.dist.rank,
+            "world": t.dist.world,
+            "out": str(t.out),
+        },
+        result_file,
     )
-    trainer = Trainer(cfg)
-    result = trainer.run()
-    if trainer.dist.main:
-        torch.save(
-            {"state": trainer.model.state_dict(), "test": result.test, "world": trainer.dist.world},
-            f"{out}/params.pt",
-        )
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1:]))

@@ -22,6 +22,7 @@ from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
 from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
 from rnnkit.tasks.callbacks import TensorBoardCallback, TrainerCallback
+from rnnkit.tasks.distributed import is_main_process
 from rnnkit.tasks.runconfig import apply_config_file, config_document, format_toml
 from rnnkit.tasks.trainer import (
     DEFAULT_TASK,
@@ -357,6 +358,8 @@ def run_train(args: argparse.Namespace) -> int:
         print_config(args, "train", config)
         return 0
     result = train(config, callbacks=callbacks_of(args))
+    if not is_main_process():  # under torchrun only rank 0 prints
+        return 130 if result.interrupted else 0
     if wants_json(args):
         print_json(asdict(result))  # what final.json holds
     if result.interrupted:

@@ -58,10 +58,12 @@ from rnnkit.tasks.base import Budget, Split, Task, TaskData
 from rnnkit.tasks.callbacks import TrainerCallback
 from rnnkit.tasks.distributed import (
     all_reduce_sum_,
+    any_process,
+    data_parallel,
     init_distributed,
     resolve_device,
     shard,
-    sum_gradients_,
+    share_from_main,
 )
 from rnnkit.tasks.progress import Progress, format_metrics, wanted
 from rnnkit.tasks.record import (
@@ -435,6 +437,11 @@ class Trainer:
     (:mod:`rnnkit.tasks.callbacks`) are called at every step, every validation and the end.
     """
 
+    #: the module the training forward pass runs through: the model, wrapped for gradient
+    #: summation in a multi-process job (:func:`~rnnkit.tasks.distributed.data_parallel`),
+    #: made at the first step
+    _parallel: nn.Module | None = None
+
     def __init__(
         self,
         config: TrainConfig,
@@ -610,16 +617,18 @@ class Trainer:
         mine = shard(idx, d)
         x = self.data.train.inputs[mine].to(self.device)
         y = self.data.train.targets[mine].to(self.device)
+        if self._parallel is None:  # every process of a job reaches its first step together
+            self._parallel = data_parallel(self.model, d, self.device)
         self.model.train()
         with self._autocast():
-            out = forward(self.model, x, self.config.backend)
+            out = forward(self._parallel, x, self.config.backend)
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
         # each process's auxiliary loss is a mean over its shard: the gradients summed over
-        # the processes then average it
+        # the processes then average it; in a job, DistributedDataParallel sums the gradients
+        # over the processes meanwhile
         torch.autograd.backward(loss_sum / total + auxiliary_loss(self.model) / d.world)
-        sum_gradients_(self.model, d)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
         self.optimizer.step()
@@ -681,10 +690,22 @@ class Trainer:
 
         The default directory is created exclusively (a unique suffix if taken); the lock
         refuses a second run into the same directory while this one runs. Temporary files a
-        killed run left are removed.
+        killed run left are removed. Only rank 0 touches the disk; the other processes take
+        the directory's name from it (or its error, rather than wait for it forever).
         """
         if not self.dist.main:
+            self.out = Path(share_from_main(None, None, self.dist))
             return
+        try:
+            self._make_dir()
+        except BaseException as exc:
+            if self.dist.world > 1:
+                share_from_main(None, f"{type(exc).__name__}: {exc}", self.dist)
+            raise
+        if self.dist.world > 1:
+            share_from_main(str(self.out), None, self.dist)
+
+    def _make_dir(self) -> None:
         if self.config.out is None:
             self.out, created = make_run_dir(self.out)
         else:
@@ -766,7 +787,7 @@ class Trainer:
         interrupted = False
         t0 = time.perf_counter()
         base = st.elapsed
-        with _StopOnSignal() as stop, bar.logging_through():
+        with _StopOnSignal(announce=self.dist.main) as stop, bar.logging_through():
             for _ in self.iter_steps():
                 loss = self._train_step()
                 st.elapsed = base + time.perf_counter() - t0
@@ -778,7 +799,8 @@ class Trainer:
                 if st.step % every == 0 or st.step == b.steps or st.stopped_early:
                     self._save()
                 asked = cfg.stop_after is not None and st.step >= cfg.stop_after
-                if asked or stop.requested:
+                # the processes of a job stop together, after the same step
+                if any_process(asked or stop.requested, self.dist, self.device):
                     interrupted = st.step < b.steps and not st.stopped_early
                     if interrupted:
                         self._save()
@@ -887,20 +909,22 @@ class _StopOnSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
+        self.announce = announce  # only rank 0 of a multi-process job prints
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        _log.warning(
-            "%s: stopping after this step and saving a checkpoint (%s again to abort)...",
-            name,
-            name,
-        )
+        if self.announce:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            _log.warning(
+                "%s: stopping after this step and saving a checkpoint (%s again to abort)...",
+                name,
+                name,
+            )
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
