@@ -209,6 +209,23 @@ def forward(model: nn.Module, x: Tensor, backend: str) -> Tensor:
     return out
 
 
+def regularization(model: nn.Module, progress: float) -> Tensor | None:
+    """The model's training penalty at ``progress`` (step / steps, in ``[0, 1]``), if it has
+    one: ``model.regularization(progress)``, a scalar added to the mean training loss (e.g.
+    AR-Net's sparsity regulariser, ES-RNN's level variability penalty). ``None`` for models
+    without that method. Evaluation losses never include it."""
+    fn = getattr(model, "regularization", None)
+    if not callable(fn):
+        return None
+    pen = fn(progress)
+    if not isinstance(pen, Tensor) or pen.dim() != 0:
+        raise TypeError(
+            f"{type(model).__name__}.regularization(progress) must return a scalar tensor, "
+            f"got {pen!r}"
+        )
+    return pen
+
+
 @torch.no_grad()
 def evaluate(
     task: Task,
@@ -590,7 +607,12 @@ class Trainer:
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss_sum / total)
+        objective = loss_sum / total
+        pen = regularization(self.model, min(st.step / max(b.steps, 1), 1.0))
+        if pen is not None:
+            # every process adds it and gradients are summed over processes
+            objective = objective + pen / d.world
+        torch.autograd.backward(objective)
         sum_gradients_(self.model, d)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
