@@ -40,7 +40,15 @@ from rnnkit.tasks.vessels import vessel_data
 
 ALL = list_tasks()
 # fixed texts and series: only training order depends on the seed
-FIXED_DATA = {"charlm", "charlm_shakespeare", "sunspots", "co2", "elnino"}
+FIXED_DATA = {
+    "charlm",
+    "charlm_shakespeare",
+    "sunspots",
+    "co2",
+    "elnino",
+    "sunspots_pi",
+    "co2_pi",
+}
 # seed dependence checked for the others only (these: test_slow_generators_deterministic;
 # kws12: test_audio.py's test_espeak_twelve_classes on a tiny set)
 SLOW_DATA = {

@@ -103,6 +103,46 @@ def test_quantile_loss_and_interval_metrics() -> None:
     assert m["mae"] == pytest.approx(1.5)
 
 
+def test_pinball_coverage_and_msis_by_hand() -> None:
+    nan = float("nan")
+    y = torch.tensor([1.0, 2.0, 3.0, nan])
+    pred = torch.tensor([0.0, 2.0, 5.0, 7.0])
+    # u = y - pred = (1, 0, -2); τ = 0.9: 0.9, 0, 0.2 -> mean 1.1 / 3
+    assert M.pinball_loss(pred, y, 0.9) == pytest.approx(1.1 / 3)
+    # τ = 0.5 is half the absolute error: (1 + 0 + 2) / 2 / 3
+    assert M.pinball_loss(pred, y, 0.5) == pytest.approx(0.5)
+    # one level per channel: (B=1, 2 channels), τ = (0.1, 0.9)
+    two = M.pinball_loss(
+        torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, -1.0]]), torch.tensor([0.1, 0.9])
+    )
+    assert two == pytest.approx((0.1 * 1 + 0.1 * 1) / 2)  # 0.1 u and (0.9 - 1) u
+    lo = torch.tensor([0.0, 2.5, 2.0, 0.0])
+    hi = torch.tensor([2.0, 3.0, 4.0, 0.0])
+    # y = 1 inside, 2 below [2.5, 3], 3 inside; the NaN target is not counted
+    assert M.interval_coverage(lo, hi, y) == pytest.approx(2 / 3)
+    # widths 2, 0.5, 2; the miss costs (2 / 0.2)(2.5 - 2) = 5: (2 + 5.5 + 2) / 3 / scale 2
+    assert M.msis(lo, hi, y, alpha=0.2, scale=2.0) == pytest.approx(9.5 / 3 / 2)
+    above = M.msis(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([4.0]), 0.05, 1.0)
+    assert above == pytest.approx(1.0 + 40.0 * 3.0)
+    assert math.isnan(M.interval_coverage(lo[3:], hi[3:], y[3:]))
+    with pytest.raises(ValueError, match="alpha"):
+        M.msis(lo, hi, y, alpha=1.0, scale=1.0)
+    with pytest.raises(ValueError, match="scale"):
+        M.msis(lo, hi, y, alpha=0.1, scale=0.0)
+
+
+def test_naive_interval_baseline() -> None:
+    from rnnkit.tasks.epidemic import naive_error_quantiles, naive_interval
+
+    naive = torch.tensor([[[0.0], [1.0], [2.0], [3.0], [4.0]]])  # (1, 5, 1)
+    y = torch.tensor([[[1.0], [1.0], [4.0], [float("nan")], [4.0]]])  # errors 1, 0, 2, 0
+    q = naive_error_quantiles(naive, y, (0.0, 0.5, 1.0))
+    assert q == pytest.approx([0.0, 0.5, 2.0])
+    tiled = naive_interval(naive, q)
+    assert tiled.shape == (1, 5, 3)
+    assert tiled[0, 1].tolist() == pytest.approx([1.0, 1.5, 3.0])
+
+
 def test_rpd_of_displacements() -> None:
     from rnnkit.tasks.vessels import rpd
 

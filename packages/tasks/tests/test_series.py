@@ -157,7 +157,7 @@ def test_missing_statsmodels_says_what_to_install(
     monkeypatch.setitem(sys.modules, "statsmodels.datasets", None)
     hint = r"pip install 'rnnkit-tasks\[series\]'"
     try:
-        for name in ("sunspots", "co2", "elnino"):
+        for name in ("sunspots", "co2", "elnino", "sunspots_pi", "co2_pi"):
             with pytest.raises(ModuleNotFoundError, match=hint) as info:
                 get_task(name).data(0)
             assert isinstance(info.value, RnnkitError) and info.value.name == "statsmodels"

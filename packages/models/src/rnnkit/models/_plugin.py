@@ -5,7 +5,7 @@ S4D's and LSSL's convolution modes)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import hybrid, networks
+from rnnkit.models import forecasting, hybrid, networks
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -38,6 +38,11 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mamba_lm", networks.mamba_lm)
     register("jamba", hybrid.jamba)
     register("jamba_classifier", hybrid.jamba_classifier)
+    register("arnet", forecasting.arnet)
+    register("pgn", forecasting.pgn)
+    register("tpgn", forecasting.tpgn)
+    register("esrnn", forecasting.esrnn)
+    register("mes_lstm", forecasting.mes_lstm)
 
 
 @hookimpl

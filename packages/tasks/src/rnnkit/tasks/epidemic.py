@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.tasks import metrics as M
 from rnnkit.tasks._util import drop_seen, generator, lstm_config
 from rnnkit.tasks.base import Budget, LossFn, Metrics, Split, Task, TaskData
 
@@ -52,40 +53,59 @@ def interval_metrics(
     lower: int = 0,
     upper: int = -1,
     median: int = 1,
+    scale: float | None = None,
 ) -> Metrics:
     """Quantile-forecast metrics over non-NaN targets (``(..., R * Q)`` tiled, see module).
 
-    ``quantile_loss`` (mean pinball), ``coverage`` (PICP: fraction of ``y`` inside
-    ``[q_lower, q_upper]``), ``acd`` = |coverage - nominal|, ``width`` (mean interval
-    width), ``msis`` (mean interval score ``(U - L) + (2/α)(L - y)⁺ + (2/α)(y - U)⁺``
-    divided by the mean absolute error of the ``naive`` forecast, M4's scaling with m = 1)
-    and ``mae`` of the median.
+    ``quantile_loss`` (mean pinball, :func:`~rnnkit.tasks.metrics.pinball_loss`),
+    ``coverage`` (PICP: fraction of ``y`` inside ``[q_lower, q_upper]``), ``acd`` =
+    |coverage - nominal|, ``width`` (mean interval width), ``msis``
+    (:func:`~rnnkit.tasks.metrics.msis`: the mean interval score
+    ``(U - L) + (2/α)(L - y)⁺ + (2/α)(y - U)⁺`` divided by ``scale``, by default the mean
+    absolute error of the ``naive`` forecast on the same targets, M4's scaling with m = 1 but
+    out of sample) and ``mae`` of the median.
     """
     q = len(quantiles)
-    s, c = quantile_loss(outputs, targets, quantiles)
+    tau = torch.tensor(quantiles, dtype=torch.float64).repeat(targets.shape[-1] // q)
     shape = (*targets.shape[:-1], targets.shape[-1] // q, q)
     out, y = outputs.double().reshape(shape), targets.double().reshape(shape)[..., 0]
     nv = naive.double().reshape(shape)[..., 0]
+    lo, hi, mid = out[..., lower], out[..., upper], out[..., median]
     keep = ~torch.isnan(y)
-    lo, hi, mid, y, nv = (
-        out[..., lower][keep],
-        out[..., upper][keep],
-        out[..., median][keep],
-        y[keep],
-        nv[keep],
-    )
     alpha = 1.0 - (quantiles[upper] - quantiles[lower])
-    cov = float(((y >= lo) & (y <= hi)).double().mean())
-    score = (hi - lo) + 2.0 / alpha * ((lo - y).clamp_min(0) + (y - hi).clamp_min(0))
-    scale = float((y - nv).abs().mean())
+    cov = M.interval_coverage(lo, hi, y)
+    if scale is None:
+        scale = float((y[keep] - nv[keep]).abs().mean())
     return {
-        "quantile_loss": float(s) / max(float(c), 1.0),
+        "quantile_loss": M.pinball_loss(outputs, targets, tau),
         "coverage": cov,
         "acd": abs(cov - (1.0 - alpha)),
-        "width": float((hi - lo).mean()),
-        "msis": float(score.mean()) / scale if scale > 0 else float("nan"),
-        "mae": float((mid - y).abs().mean()),
+        "width": float((hi[keep] - lo[keep]).mean()),
+        "msis": M.msis(lo, hi, y, alpha, scale) if scale > 0 else float("nan"),
+        "mae": float((mid[keep] - y[keep]).abs().mean()),
     }
+
+
+def naive_error_quantiles(
+    naive: Tensor, targets: Tensor, quantiles: Sequence[float] = QUANTILES
+) -> list[float]:
+    """Empirical ``quantiles`` of ``target - naive`` over the non-NaN targets (the errors of
+    the naive forecast on training data), pooled over channels. ``naive, targets``: equal
+    shapes, one value per channel (not tiled per quantile)."""
+    keep = ~torch.isnan(targets)
+    err = (targets[keep] - naive[keep]).double()
+    levels = torch.tensor(quantiles, dtype=torch.float64)
+    return [float(v) for v in torch.quantile(err, levels)]
+
+
+def naive_interval(naive: Tensor, error_quantiles: Sequence[float]) -> Tensor:
+    """The naive quantile forecast: ``naive`` plus each empirical error quantile.
+
+    ``naive: (..., R)`` -> ``(..., R * Q)`` in the tiled layout (channel ``r * Q + q``): a
+    trivial interval forecast for the models to beat.
+    """
+    offsets = torch.tensor(error_quantiles, dtype=naive.dtype)
+    return (naive[..., None] + offsets).flatten(-2)
 
 
 def seir_incidence(
@@ -162,16 +182,30 @@ def epidemic_data(
     train, valid, test = splits
     valid = drop_seen(valid, train)
     test = drop_seen(test, train, valid)
-    return TaskData(train, valid, test, {"quantiles": list(quantiles), "regions": regions})
+    # the naive forecast's errors on training data, for the naive interval baseline
+    err_q = naive_error_quantiles(train.inputs, train.targets[..., ::q], quantiles)
+    info = {"quantiles": list(quantiles), "regions": regions, "naive_error_quantiles": err_q}
+    return TaskData(train, valid, test, info)
 
 
 def epidemic_metrics(
     outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
 ) -> Metrics:
-    """:func:`interval_metrics`; the naive forecast (for ``msis``) is today's value."""
+    """:func:`interval_metrics`; the naive forecast (for ``msis``) is today's value.
+
+    Also the same metrics (``naive_quantile_loss``, ``naive_coverage``, ``naive_msis``) of
+    the naive interval forecast (:func:`naive_interval`: today's value plus the empirical
+    quantiles of the naive forecast's errors on the training split).
+    """
     quantiles = tuple(float(v) for v in info["quantiles"])
     naive = inputs.repeat_interleave(len(quantiles), -1)
-    return interval_metrics(outputs, targets, naive, quantiles)
+    out = interval_metrics(outputs, targets, naive, quantiles)
+    if "naive_error_quantiles" in info:
+        base = interval_metrics(
+            naive_interval(inputs, info["naive_error_quantiles"]), targets, naive, quantiles
+        )
+        out.update({f"naive_{k}": base[k] for k in ("quantile_loss", "coverage", "msis")})
+    return out
 
 
 # --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------

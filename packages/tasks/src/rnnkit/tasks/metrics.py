@@ -124,3 +124,56 @@ def stpe(estimated: Tensor, true: Tensor) -> float:
     num = (estimated.double() - true.double()).abs().sum()
     den = (estimated.double().abs() + true.double().abs()).sum()
     return float(100.0 * num / den) if float(den) > 0 else 0.0
+
+
+# --- quantile forecasts and prediction intervals -----------------------------------------------
+
+
+def pinball_loss(pred: Tensor, target: Tensor, tau: float | Tensor) -> float:
+    """Mean pinball (quantile) loss of ``pred`` as the ``tau`` quantile of ``target``.
+
+    ``ρ_τ(u) = max(τ u, (τ - 1) u)`` with ``u = target - pred``, averaged over the non-NaN
+    entries of ``target``; ``pred, target``: equal shapes, ``tau``: a number in ``(0, 1)`` or
+    a tensor broadcasting against them (one level per channel, say). For ``τ = 0.5`` it is
+    half the mean absolute error.
+    """
+    u = target.double() - pred.double()
+    t = torch.as_tensor(tau, dtype=torch.float64)
+    loss = torch.maximum(t * u, (t - 1.0) * u).expand_as(u)
+    keep = ~torch.isnan(target).expand_as(u)
+    if int(keep.sum()) == 0:
+        return float("nan")
+    return float(loss[keep].mean())
+
+
+def interval_coverage(lower: Tensor, upper: Tensor, target: Tensor) -> float:
+    """Fraction of the non-NaN ``target`` entries inside ``[lower, upper]`` (PICP).
+
+    ``lower, upper, target``: equal shapes.
+    """
+    keep = ~torch.isnan(target)
+    if int(keep.sum()) == 0:
+        return float("nan")
+    y = target[keep]
+    return _fraction((y >= lower[keep]) & (y <= upper[keep]))
+
+
+def msis(lower: Tensor, upper: Tensor, target: Tensor, alpha: float, scale: float) -> float:
+    """Mean scaled interval score of the central ``1 - alpha`` intervals (M4's MSIS).
+
+    ``IS = (U - L) + (2 / α)(L - y) 1{y < L} + (2 / α)(y - U) 1{y > U}``, averaged over the
+    non-NaN ``target`` entries and divided by ``scale`` (in M4: the in-sample mean absolute
+    error of the seasonal naive forecast, ``(1 / (n - m)) Σ_{t>m} |y_t - y_{t-m}|``).
+    ``lower, upper, target``: equal shapes. Lower is better; a perfect zero-width interval
+    scores 0.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    if not scale > 0.0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    keep = ~torch.isnan(target)
+    if int(keep.sum()) == 0:
+        return float("nan")
+    lo, hi, y = lower[keep].double(), upper[keep].double(), target[keep].double()
+    score = (hi - lo) + 2.0 / alpha * ((lo - y).clamp_min(0) + (y - hi).clamp_min(0))
+    return float(score.mean()) / scale

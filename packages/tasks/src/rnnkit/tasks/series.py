@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,13 @@ from rnnkit.core.errors import RnnkitError
 from rnnkit.tasks import metrics as M
 from rnnkit.tasks._util import lstm_config
 from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
+from rnnkit.tasks.epidemic import (
+    QUANTILES,
+    interval_metrics,
+    naive_error_quantiles,
+    naive_interval,
+    quantile_loss_fn,
+)
 
 SERIES_EXTRA = "rnnkit-tasks[series]"
 
@@ -310,6 +317,66 @@ def series_metrics(
     return out
 
 
+# --- quantile forecasts (prediction intervals) ------------------------------------------------
+
+
+def series_quantile_data(
+    seed: int,
+    *,
+    name: str,
+    window: int,
+    warmup: int,
+    difference: bool = False,
+    quantiles: Sequence[float] = QUANTILES,
+) -> TaskData:
+    """:func:`series_data` with quantile targets: each target repeated once per quantile.
+
+    Targets ``(N, window, Q)`` (channel ``q`` is scored as quantile ``quantiles[q]`` by the
+    pinball loss). ``info`` adds ``quantiles`` and ``naive_error_quantiles`` (the empirical
+    quantiles of the naive forecast's errors over the training windows' scored targets, for
+    the naive interval baseline).
+    """
+    d = series_data(seed, name=name, window=window, warmup=warmup, difference=difference)
+    q = len(quantiles)
+    naive = baseline_forecasts(d.train.inputs, d.info)["naive"].float()
+    err_q = naive_error_quantiles(naive, d.train.targets, quantiles)
+
+    def tile(split: Split) -> Split:
+        return Split(split.inputs, split.targets.repeat_interleave(q, -1).contiguous())
+
+    info = {**d.info, "quantiles": list(quantiles), "naive_error_quantiles": err_q}
+    return TaskData(tile(d.train), tile(d.valid), tile(d.test), info)
+
+
+def series_interval_metrics(
+    outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
+) -> Metrics:
+    """Interval metrics (:func:`~rnnkit.tasks.epidemic.interval_metrics`) of the quantile
+    forecasts with M4's MSIS scale (the training stretch's in-sample, seasonal when
+    ``season > 1``, naive MAE of the levels, ``info["mase_scale"]``), ``mase`` of the median,
+    and ``naive_quantile_loss``, ``naive_coverage``, ``naive_msis`` of the naive interval
+    forecast (last value plus the training errors' quantiles)."""
+    quantiles = tuple(float(v) for v in info["quantiles"])
+    q = len(quantiles)
+    scale = float(info["mase_scale"])
+    naive = baseline_forecasts(inputs, info)["naive"].float()  # (N, T, 1)
+    naive_q = naive.repeat_interleave(q, -1)
+    median = quantiles.index(0.5) if 0.5 in quantiles else q // 2
+    out = interval_metrics(outputs, targets, naive_q, quantiles, median=median, scale=scale)
+    out["mase"] = out["mae"] / scale
+    base = interval_metrics(
+        naive_interval(naive[..., 0:1], info["naive_error_quantiles"]),
+        targets,
+        naive_q,
+        quantiles,
+        median=median,
+        scale=scale,
+    )
+    out.update({f"naive_{k}": base[k] for k in ("quantile_loss", "coverage", "msis")})
+    out["naive_mase"] = base["mae"] / scale
+    return out
+
+
 # --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
 
 TASKS: tuple[Task, ...] = (
@@ -369,6 +436,45 @@ TASKS: tuple[Task, ...] = (
             "Needs statsmodels. 732 months, split 70/15/15 % in time, z-scored; windows "
             "of 48 months, first 12 unscored; naive and seasonal naive forecasts "
             "reported next to it."
+        ),
+    ),
+    Task(
+        name="sunspots_pi",
+        description="sunspots (statsmodels), next year as 2.5/50/97.5 % quantiles",
+        kind="regress",
+        make_data=functools.partial(series_quantile_data, name="sunspots", window=40, warmup=11),
+        metric_fn=series_interval_metrics,
+        loss_fn=quantile_loss_fn(QUANTILES),
+        primary="quantile_loss",
+        higher_is_better=False,
+        io={"input_size": 1, "output_size": len(QUANTILES)},
+        model="esrnn",
+        model_config={"hidden_size": 32, "season": 11},  # the ~11-year solar cycle
+        budget=Budget(steps=400, batch_size=32, lr=5e-3, eval_every=50),
+        details=(
+            "Needs statsmodels. The sunspots data (z-scored levels), targets repeated per "
+            "quantile, pinball loss; coverage of the 95 % interval, ACD, MSIS (scale: the "
+            "in-sample naive MAE) and the naive interval forecast reported next to them."
+        ),
+    ),
+    Task(
+        name="co2_pi",
+        description="Mauna Loa CO2 levels (statsmodels), next month as 2.5/50/97.5 % quantiles",
+        kind="regress",
+        make_data=functools.partial(series_quantile_data, name="co2", window=48, warmup=12),
+        metric_fn=series_interval_metrics,
+        loss_fn=quantile_loss_fn(QUANTILES),
+        primary="quantile_loss",
+        higher_is_better=False,
+        io={"input_size": 1, "output_size": len(QUANTILES)},
+        model="esrnn",
+        model_config={"hidden_size": 32, "season": 12, "trend": True},
+        budget=Budget(steps=400, batch_size=32, lr=5e-3, eval_every=50),
+        details=(
+            "Needs statsmodels. The monthly CO2 levels (not changes, unlike co2; z-scored "
+            "with the training stretch, so later levels lie above the training range), "
+            "targets repeated per quantile, pinball loss; coverage, ACD, MSIS (scale: the "
+            "in-sample seasonal naive MAE, m = 12) and the naive interval forecast."
         ),
     ),
 )

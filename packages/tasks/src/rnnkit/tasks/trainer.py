@@ -233,6 +233,23 @@ def auxiliary_loss(model: nn.Module) -> Tensor | float:
     return 0.0
 
 
+def regularization(model: nn.Module, progress: float) -> Tensor | None:
+    """The model's training penalty at ``progress`` (step / steps, in ``[0, 1]``), if it has
+    one: ``model.regularization(progress)``, a scalar added to the mean training loss (e.g.
+    AR-Net's sparsity regulariser, ES-RNN's level variability penalty). ``None`` for models
+    without that method. Evaluation losses never include it."""
+    fn = getattr(model, "regularization", None)
+    if not callable(fn):
+        return None
+    pen = fn(progress)
+    if not isinstance(pen, Tensor) or pen.dim() != 0:
+        raise TypeError(
+            f"{type(model).__name__}.regularization(progress) must return a scalar tensor, "
+            f"got {pen!r}"
+        )
+    return pen
+
+
 @torch.no_grad()
 def evaluate(
     task: Task,
@@ -625,10 +642,13 @@ class Trainer:
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        # each process's auxiliary loss is a mean over its shard: the gradients summed over
-        # the processes then average it; in a job, DistributedDataParallel sums the gradients
-        # over the processes meanwhile
-        torch.autograd.backward(loss_sum / total + auxiliary_loss(self.model) / d.world)
+        # the model's auxiliary loss and penalty are means over each process's shard: the
+        # gradients DistributedDataParallel sums over the processes then average them
+        objective = loss_sum / total + auxiliary_loss(self.model) / d.world
+        pen = regularization(self.model, min(st.step / max(b.steps, 1), 1.0))
+        if pen is not None:
+            objective = objective + pen / d.world
+        torch.autograd.backward(objective)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
         self.optimizer.step()
