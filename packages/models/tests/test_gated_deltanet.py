@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import available_backends, backend_params, needs_kernels
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.testing import CellConformance
@@ -83,7 +84,7 @@ def _gated_form(cell: _ConvMemory, x: torch.Tensor) -> torch.Tensor:
     ],
     ids=["gdn", "gdn-3heads", "gdn-linear", "la", "la-fixed", "la-gated"],
 )
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
 def test_cells_equal_the_written_out_recurrence(make: Any, backend: str) -> None:
     torch.manual_seed(0)
     cell = make().double()
@@ -103,13 +104,14 @@ def test_without_decay_gated_deltanet_is_deltanet() -> None:
             getattr(dn, name).copy_(getattr(gdn, name))
         gdn.A_log.fill_(-math.inf)
     x = torch.randn(3, 10, 4, dtype=torch.float64)
-    for backend in ("reference", "chunked"):
+    for backend in available_backends("reference", "chunked"):
         y, st = gdn(x, backend=backend)
         y_dn, st_dn = dn(x, backend=backend)
         assert_close("gated deltanet, alpha = 1", y, y_dn, 1e-14)
         assert_close("gated deltanet state, alpha = 1", st.S, st_dn.S, 1e-14)
 
 
+@needs_kernels
 def test_a_closed_gate_forgets() -> None:
     """A decay near 0 (large ``A``, large ``dt``) leaves only the current write in the memory:
     ``y_t = beta_t v_t (k_t . q_t)``, whatever came before."""
