@@ -84,6 +84,11 @@ def traceback_in(text: str) -> bool:
     return "Traceback (most recent call last)" in text
 
 
+#: every child started in the background, so that none outlives the script (they run in
+#: sessions of their own, out of reach of a Ctrl-C given to the script)
+_STARTED: list[Watched] = []
+
+
 class Watched:
     """A running child whose stdout and stderr are collected line by line as they come."""
 
@@ -100,6 +105,7 @@ class Watched:
             text=True,
             start_new_session=True,
         )
+        _STARTED.append(self)
         self.out: list[str] = []
         self.err: list[str] = []
         self._changed = threading.Condition()
@@ -767,11 +773,32 @@ def edited_metadata(ctx: Context) -> Outcome:
     return refused_resume(box, run, ["'step'"])
 
 
+#: the kill -9 scenario kills the run once a checkpoint past this step exists (the first
+#: evaluation is at step 100: the checkpoint then holds a history to continue)
+KILL_AFTER = 100
+
+
+def checkpointed_step(run: Path) -> int:
+    """The step of the run's last checkpoint (-1 before the first)."""
+    try:
+        return int(json.loads((run / "checkpoint.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def history(run: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` without the wall-clock times."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
 @scenario(
     "runs",
     "kill -9 then --resume",
-    "kill -9 of `rnnkit train` after its first checkpoint; then `rnnkit train --resume`",
-    "the resumed run finishes (exit 0) with weights and metrics equal to an uninterrupted run",
+    "kill -9 of `rnnkit train` past its first evaluation (step 100 of 300); then `rnnkit "
+    "train --resume`",
+    "the resumed run finishes (exit 0) with weights, checkpoint, metrics.jsonl and scores equal "
+    "to an uninterrupted run's; no .tmp file left",
 )
 def kill_then_resume(ctx: Context) -> Outcome:
     base, straight = ctx.base_run()
@@ -781,7 +808,7 @@ def kill_then_resume(ctx: Context) -> Outcome:
     run = box.dir / "run"
     train = box.start_rnnkit("train", *BASE_ARGS, "--out", "run")
     deadline = time.monotonic() + TIMEOUT
-    while not (run / "checkpoint.json").exists() and train.proc.poll() is None:
+    while checkpointed_step(run) <= KILL_AFTER and train.proc.poll() is None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
@@ -790,7 +817,7 @@ def kill_then_resume(ctx: Context) -> Outcome:
         return Outcome(f"the run ended before the kill ({done.describe()})", False, [done])
     os.kill(train.pid, signal.SIGKILL)
     killed = train.finish()
-    stopped_at = json.loads((run / "checkpoint.json").read_text()).get("step")
+    stopped_at = checkpointed_step(run)
     resumed = box.rnnkit("train", "--out", "run", "--resume", "--no-progress", "--no-plot")
     if resumed.returncode != 0:
         return Outcome(f"resume: {resumed.describe()}", False, [killed, resumed])
@@ -798,19 +825,22 @@ def kill_then_resume(ctx: Context) -> Outcome:
     b = json.loads((run / "final.json").read_text())
     same_weights = tensors(base / "model.safetensors") == tensors(run / "model.safetensors")
     same_ckpt = tensors(base / "checkpoint.safetensors") == tensors(run / "checkpoint.safetensors")
+    same_history = history(base) == history(run)
     leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     ok, why = verdict(
         {
             "killed": killed.returncode == -signal.SIGKILL,
             "same weights": same_weights,
             "same checkpoint": same_ckpt,
-            "same metrics": (a["valid"], a["test"]) == (b["valid"], b["test"]),
+            "same scores": (a["valid"], a["test"]) == (b["valid"], b["test"]),
+            "same metrics.jsonl": same_history,
             "no .tmp left": not leftovers,
         }
     )
     observed = (
-        f"killed at step {stopped_at}; resume exit 0; model and checkpoint tensors "
-        f"{'bit-equal' if same_weights and same_ckpt else 'DIFFER'}, test "
+        f"killed after the checkpoint of step {stopped_at}; resume exit 0; model and checkpoint "
+        f"tensors {'bit-equal' if same_weights and same_ckpt else 'DIFFER'}, metrics.jsonl "
+        f"{'equal' if same_history else 'DIFFERS'}, test "
         f"{b['test'].get('accuracy', b['test'])} vs {a['test'].get('accuracy', a['test'])}{why}"
     )
     return Outcome(observed, ok, [killed, resumed])
@@ -1230,6 +1260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for f in futures:
                 f.result()
     finally:
+        for child in _STARTED:  # what a failed or interrupted scenario left running
+            if child.proc.poll() is None:  # alive: its process group is still its own
+                child.signal_group(signal.SIGKILL)
         if args.keep:
             print(f"kept: {root}", file=sys.stderr)
         else:
