@@ -221,6 +221,43 @@ def test_a_killed_builder_leaves_no_lock_behind(golden: tuple[Path, Path], tmp_p
     assert "waiting for" not in done.stderr
 
 
+HOLD_LOCK_COMPILING = """
+import tempfile, time
+directory = lib.cache_dir()
+directory.mkdir(parents=True, exist_ok=True)
+with native._build_lock(directory, lib.name):
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))  # as build() makes it
+    (work / "gated_ops.o").write_bytes(b"half an object file")
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_build_folder_of_a_killed_builder_is_removed_by_the_next_build(
+    golden: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """kill -9 skips the builder's cleanup: its private ``.build-*`` folder (object files of
+    a half-done compile) stays in the cache until the next build, which removes it."""
+    csrc, cache, key_dir = _copy(golden, tmp_path)
+    (key_dir / f"{NAME}.so").unlink()
+    env = {**os.environ, native.CACHE_ENV: str(cache)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _script(HOLD_LOCK_COMPILING, csrc)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "holding"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert len(list(key_dir.glob(".build-*"))) == 1  # what the kill left
+    done = _child(RUN_AND_REPORT, cache, csrc)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["compiled"]
+    assert list(key_dir.glob(".build-*")) == []
+
+
 @pytest.mark.parametrize(
     "interruption",
     [

@@ -24,7 +24,8 @@ The cache survives crashes and concurrent first uses:
   (truncated by a full disk, replaced by another file) is set aside and rebuilt, never loaded,
   since loading a damaged or foreign library can kill the process;
 - processes that need the same build wait on an advisory file lock (``build.lock``) that the
-  operating system releases when its holder exits, so a killed compile leaves no stale lock;
+  operating system releases when its holder exits, so a killed compile leaves no stale lock
+  (and the next build removes the private build folder it left);
   waiting gives up after ``$RNNKIT_CPP_LOCK_TIMEOUT`` seconds (default 900) with a message
   naming the holder, and ``rnnkit kernels status`` shows a held lock and its owner;
 - a cache directory that cannot be written is a :class:`BuildError` like a failed compile, so
@@ -471,6 +472,10 @@ class NativeLibrary:
         """The part of :meth:`build` that runs holding the build lock."""
         library = self._library(directory)
         marker = directory / _FAILED
+        # Every compile runs holding this lock, so a build folder found now belongs to a
+        # builder that was killed before its cleanup (SIGKILL): half-done object files.
+        for stale in directory.glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if force:
             for stale in (library, self._digest_file(directory), marker):
                 stale.unlink(missing_ok=True)
