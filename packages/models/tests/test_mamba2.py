@@ -15,6 +15,7 @@ from rnnkit.core.cell import Cell
 from rnnkit.core.matrix_state import MatrixStateCell
 from rnnkit.core.testing import CellConformance
 from rnnkit.core.testing.numerics import assert_close
+from rnnkit.models import create_model
 from rnnkit.models.cells import Mamba2, Mamba2State
 
 
@@ -225,3 +226,22 @@ def test_defaults_and_state_shapes() -> None:
 def test_bad_construction(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Mamba2(3, 6, **{"headdim": 3, **kw})
+
+
+def test_language_model() -> None:
+    """``mamba2_lm``: Mamba-2 blocks of ``2 * hidden_size`` inner channels, causal logits,
+    gradients to every parameter."""
+    torch.manual_seed(5)
+    model = create_model("mamba2_lm", vocab_size=11, hidden_size=8, d_state=4, headdim=4)
+    block = model.blocks[0]  # type: ignore[index]
+    assert isinstance(block.cell, Mamba2) and block.cell.hidden_size == 16
+    assert block.cell.nheads == 4
+    tokens = torch.randint(0, 11, (2, 6))
+    logits = model(tokens)
+    assert logits.shape == (2, 6, 11)
+    other = tokens.clone()
+    other[:, 4:] = (other[:, 4:] + 1) % 11
+    assert torch.allclose(model(other)[:, :4], logits[:, :4], atol=1e-6)
+    assert not torch.allclose(model(other)[:, 4:], logits[:, 4:], atol=1e-6)
+    logits.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
