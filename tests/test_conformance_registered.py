@@ -27,6 +27,7 @@ KNOWN_CELLS = {
         "s5",
         "lssl",
         "mamba",
+        "mamba2",
         "indrnn",
         "rhn",
         "leakyrnn",

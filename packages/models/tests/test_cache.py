@@ -21,6 +21,7 @@ VOCAB = 11
 MODELS: dict[str, dict[str, Any]] = {
     "char_lm": {"cell": "lstm", "hidden_size": 8, "num_layers": 2},
     "mamba_lm": {"hidden_size": 8, "num_layers": 2, "d_state": 4},
+    "mamba2_lm": {"hidden_size": 8, "num_layers": 2, "d_state": 4, "headdim": 4},
     "jamba": {"hidden_size": 8, "heads": 2, "kv_heads": 1, "d_state": 4},
 }
 

@@ -16,6 +16,7 @@ from rnnkit.models.cells import (
     LeakyRNN,
     LinearAttention,
     Mamba,
+    Mamba2,
     ParaGRU,
     ParaLSTM,
     StateRegularized,
@@ -36,6 +37,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("ssm_tagger", networks.ssm_tagger)
     register("mamba_classifier", networks.mamba_classifier)
     register("mamba_lm", networks.mamba_lm)
+    register("mamba2_lm", networks.mamba2_lm)
     register("jamba", hybrid.jamba)
     register("jamba_classifier", hybrid.jamba_classifier)
     register("arnet", forecasting.arnet)
@@ -107,6 +109,19 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         Mamba,
         description="Mamba-1 block: selective SSM with causal conv and SiLU gate (selective scans)",
         test_configs=[{}, {"d_state": 3, "d_conv": 2}, {"d_conv": 1, "bias": True}],
+    )
+    register(
+        "mamba2",
+        Mamba2,
+        description="Mamba-2 block: SSD, scalar decay per head, gated RMSNorm (chunked backend)",
+        # headdim=1 (six heads) rather than one head of 6: with one head D is a single number
+        # whose float32 gradient sums terms that cancel, and misses the kit's float32 bound on
+        # the reference loop as much as on chunked (rounding, not the kernel)
+        test_configs=[
+            {"d_state": 4, "headdim": 3},
+            {"d_state": 3, "headdim": 2, "ngroups": 3, "d_conv": 2},
+            {"d_state": 2, "headdim": 1, "d_conv": 1, "bias": True},
+        ],
     )
     register(
         "indrnn",

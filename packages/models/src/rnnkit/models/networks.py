@@ -378,3 +378,21 @@ def mamba_lm(
     out = vocab_size if output_size is None else output_size
     cfg = _mamba_defaults(cfg)
     return SSMNetwork(0, out, vocab_size=vocab_size, pooling="none", **cfg)
+
+
+def _mamba2_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg.setdefault("cell", "mamba2")
+    cfg.setdefault("mix", False)
+    cfg.setdefault("hidden_size", 64)
+    cfg.setdefault("state_size", 2 * int(cfg["hidden_size"]))  # inner channels: expand 2
+    return cfg
+
+
+def mamba2_lm(
+    vocab_size: int = 128, *, input_size: int = 0, output_size: int | None = None, **cfg: Any
+) -> SSMNetwork:
+    """Mamba-2 language model: token ids (B, T) -> logits (B, T, vocab)"""
+    # input_size: the task contract passes it (0 for token ids); the ids are embedded
+    del input_size
+    out = vocab_size if output_size is None else output_size
+    return SSMNetwork(0, out, vocab_size=vocab_size, pooling="none", **_mamba2_defaults(cfg))

@@ -9,6 +9,7 @@
 - :class:`Aaren`: attention with a learned query as an RNN (parallel prefix scan forward);
 - :class:`DeltaNet`: a matrix key-value memory written by the delta rule (or linear attention);
 - :class:`Mamba`: the Mamba-1 selective state space block (selective diagonal form);
+- :class:`Mamba2`: the Mamba-2 block, SSD with a scalar decay per head (matrix-state form);
 - :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
 - :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
@@ -24,6 +25,7 @@ from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
 from rnnkit.models.cells.mamba import Mamba, MambaState
+from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
@@ -48,6 +50,8 @@ __all__ = [
     "LeakyRNNState",
     "LinearAttention",
     "Mamba",
+    "Mamba2",
+    "Mamba2State",
     "MambaState",
     "ParaGRU",
     "ParaGRUState",

@@ -45,6 +45,53 @@ def inverse_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+def causal_conv(
+    xs: Tensor, window: Tensor, weight: Tensor, resets: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Depthwise causal convolution over a whole sequence, continuing from a carried window.
+
+    ``out_t = sum_j weight[:, j] x_{t-K+1+j}`` (no bias), where the inputs before step 0 are
+    the carried ``window`` and where a reset at ``s`` restarts the window from zeros: the input
+    of step ``s'`` reaches step ``t`` only if no reset lies in ``(s', t]``.
+
+    Args:
+        xs: ``(B, T, E)`` inputs.
+        window: ``(B, E, K - 1)`` the last ``K - 1`` inputs before step 0, oldest first.
+        weight: ``(E, K)`` taps, the last one on the current step.
+        resets: optional bool ``(B, T)``.
+
+    Returns:
+        ``(out: (B, T, E), window after the last step: (B, E, K - 1))``, the latter masked by
+        the resets in the same way (what the step-by-step loop would carry).
+    """
+    batch, time = xs.shape[0], xs.shape[1]
+    K = weight.shape[1]
+    # the window's inputs over time: the K - 1 carried ones, then x_0 .. x_{T-1}
+    seq = torch.cat((window.transpose(1, 2), xs), 1)  # (B, K - 1 + T, E)
+    # last[t] is the step of the last reset at or before t (-K: none); the carried inputs
+    # (s < 0) reach only the steps before the first reset
+    steps = torch.arange(time, device=xs.device)
+    if resets is not None:
+        marked = torch.where(resets, steps, torch.full_like(steps, -K))
+        last = torch.cummax(marked, 1).values  # (B, T)
+    else:
+        last = torch.full((batch, time), -K, device=xs.device, dtype=steps.dtype)
+    zero = torch.zeros((), dtype=xs.dtype, device=xs.device)
+    conv = torch.zeros_like(xs)
+    for j in range(K):
+        lag = K - 1 - j
+        tap = seq[:, j : j + time]  # input of step t - lag
+        keep = (steps - lag).unsqueeze(0) >= last  # (B, T)
+        conv = conv + weight[:, j] * torch.where(keep.unsqueeze(-1), tap, zero)
+    # the window after the last step: inputs of steps T - K + 1 .. T - 1, masked likewise
+    tail = seq[:, time:]  # (B, K - 1, E)
+    if time > 0:
+        src = torch.arange(time - K + 1, time, device=xs.device)  # (K - 1,)
+        keep_tail = src.unsqueeze(0) >= last[:, -1:]  # (B, K - 1)
+        tail = torch.where(keep_tail.unsqueeze(-1), tail, zero)
+    return conv, tail.transpose(1, 2)
+
+
 class Mamba(SelectiveDiagonalCell[MambaState]):
     """The Mamba-1 block (see the module docstring): ``(B, T, d_model) -> (B, T, d_model)``.
 
@@ -189,40 +236,16 @@ class Mamba(SelectiveDiagonalCell[MambaState]):
     ) -> SelectiveInputs:
         """Projections, the causal convolution (cut at resets) and ``dt, B, C`` for all steps;
         ``carry`` is ``(z: (B, T, E), conv window after the last step: (B, E, K - 1))``."""
-        batch, time = x.shape[0], x.shape[1]
-        E, K = self.hidden_size, self.d_conv
+        batch = x.shape[0]
+        E = self.hidden_size
         h0, conv0 = (
             state if state is not None else self.init_state(batch, device=x.device, dtype=x.dtype)
         )
         px = self.project(x)
         xs, z = px[..., :E], px[..., E:]
-        # the window's inputs over time: the K - 1 carried ones, then x_0 .. x_{T-1}
-        seq = torch.cat((conv0.transpose(1, 2), xs), 1)  # (B, K - 1 + T, E)
-        # where a reset is set the window restarts from zeros: the input of step s reaches
-        # step t only if no reset lies in (s, t]; the carried inputs (s < 0) only before the
-        # first reset. last[t] is the step of the last reset at or before t (-K: none).
-        steps = torch.arange(time, device=x.device)
-        if resets is not None:
-            marked = torch.where(resets, steps, torch.full_like(steps, -K))
-            last = torch.cummax(marked, 1).values  # (B, T)
-        else:
-            last = torch.full((batch, time), -K, device=x.device, dtype=steps.dtype)
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        conv = torch.zeros_like(xs)
-        for j in range(K):
-            lag = K - 1 - j
-            tap = seq[:, j : j + time]  # input of step t - lag
-            keep = (steps - lag).unsqueeze(0) >= last  # (B, T)
-            conv = conv + self.conv_weight[:, j] * torch.where(keep.unsqueeze(-1), tap, zero)
+        conv, conv_last = causal_conv(xs, conv0, self.conv_weight, resets)
         c = F.silu(conv + self._conv_bias())
         dt, B, C = self._scan_inputs(c)
-        # the window after the last step: inputs of steps T - K + 1 .. T - 1, masked likewise
-        tail = seq[:, time:]  # (B, K - 1, E)
-        if time > 0:
-            src = torch.arange(time - K + 1, time, device=x.device)  # (K - 1,)
-            keep_tail = src.unsqueeze(0) >= last[:, -1:]  # (B, K - 1)
-            tail = torch.where(keep_tail.unsqueeze(-1), tail, zero)
-        conv_last = tail.transpose(1, 2)
         return SelectiveInputs(c, dt, self._A(), B, C, self.D, h0, (z, conv_last))
 
     def selective_outputs(
