@@ -4,7 +4,7 @@ own parallel algorithms (Aaren's prefix scan, S4D's and LSSL's convolution modes
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import networks
+from rnnkit.models import networks, pointer, universal
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -32,6 +32,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("ssm_tagger", networks.ssm_tagger)
     register("mamba_classifier", networks.mamba_classifier)
     register("mamba_lm", networks.mamba_lm)
+    register("universal_transformer", universal.universal_transformer)
+    register("pointer_net", pointer.pointer_net)
 
 
 @hookimpl
