@@ -60,11 +60,12 @@ class PointerNet(nn.Module):
         output_size: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
+        checked: tuple[tuple[str, object], ...] = (
             ("input_size", input_size),
             ("hidden_size", hidden_size),
             ("num_layers", num_layers),
-        ):
+        )
+        for name, value in checked:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if mask_feature is not None and not 0 <= mask_feature < input_size:
@@ -132,7 +133,8 @@ class PointerNet(nn.Module):
     def _scores(self, keys: Tensor, d: Tensor) -> Tensor:
         """``u = v^T tanh(W1 e_j + W2 d_i)``: keys ``(B, m, H)``, ``d (B, S, H)`` ->
         ``(B, S, m)``."""
-        return self.v(torch.tanh(keys.unsqueeze(1) + self.w2(d).unsqueeze(2))).squeeze(-1)
+        u: Tensor = self.v(torch.tanh(keys.unsqueeze(1) + self.w2(d).unsqueeze(2)))
+        return u.squeeze(-1)
 
     def _lookup(self, x: Tensor, pointer: Tensor) -> Tensor:
         """The decoder input for pointers ``(B, S)``: the element, or the END input vector for

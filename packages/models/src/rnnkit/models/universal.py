@@ -127,7 +127,7 @@ class UniversalTransformer(nn.Module):
         filter_size = 4 * hidden_size if filter_size is None else filter_size
         _positive("filter_size", filter_size)
         _positive("max_steps", max_steps)
-        if not (isinstance(tau, int | float) and tau >= 0.0 and math.isfinite(tau)):
+        if not (tau >= 0.0 and math.isfinite(tau)):
             raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
         if not 0.0 < act_epsilon < 1.0:
             raise ValueError(f"act_epsilon must be in (0, 1), got {act_epsilon!r}")
@@ -180,7 +180,8 @@ class UniversalTransformer(nn.Module):
         z = h + coordinate_embedding(positions, step, self.d_model).to(h.dtype)
         a, _ = self.attn(z, z, z, key_padding_mask=pad, need_weights=False)
         a = self.norm_attn(z + self.drop(a))
-        return self.norm_transition(a + self.drop(self.transition(a)))
+        out: Tensor = self.norm_transition(a + self.drop(self.transition(a)))
+        return out
 
     def forward(self, x: Tensor, *, backend: str = "auto") -> Tensor:
         """Run the recurrence.
@@ -266,7 +267,7 @@ class UniversalTransformer(nn.Module):
         return float(torch.nanmean(self.last_ponder))
 
 
-def _positive(name: str, value: int) -> None:
+def _positive(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 

@@ -34,6 +34,8 @@ TASK_MODULES: tuple[str, ...] = (
     "vessels",
     "breathing",
     "formal",
+    "algorithmic",
+    "geometry",
 )
 
 

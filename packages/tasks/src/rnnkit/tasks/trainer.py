@@ -29,6 +29,7 @@ before its first checkpoint removes what it wrote (and the directory, if it crea
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -198,8 +199,41 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def forward(model: nn.Module, x: Tensor, backend: str) -> Tensor:
-    """``model(x, backend=backend)`` for rnnkit models, ``model(x)`` for others."""
+def takes_targets(model: nn.Module) -> bool:
+    """Whether ``model.forward`` has a ``targets`` parameter (teacher forcing)."""
+    fn = getattr(model, "forward", None)
+    try:
+        return fn is not None and "targets" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and C extensions without a signature
+        return False
+
+
+def auxiliary_loss(model: nn.Module) -> Tensor | None:
+    """The scalar a model adds to its training loss (``model.auxiliary_loss()``, e.g. the
+    Universal Transformer's ponder cost), from its last forward call; ``None`` for models
+    without one."""
+    fn = getattr(model, "auxiliary_loss", None)
+    if not callable(fn):
+        return None
+    aux = fn()
+    if aux is not None and (not isinstance(aux, Tensor) or aux.numel() != 1):
+        raise TypeError(
+            f"{type(model).__name__}.auxiliary_loss() must return a scalar tensor or None, "
+            f"got {type(aux).__name__}"
+        )
+    return aux
+
+
+def forward(model: nn.Module, x: Tensor, backend: str, targets: Tensor | None = None) -> Tensor:
+    """``model(x, backend=backend)`` for rnnkit models, ``model(x)`` for others.
+
+    ``targets`` (training only) reach models whose ``forward`` takes a ``targets`` keyword,
+    for teacher forcing (the pointer network's decoder reads the target's previous element);
+    evaluation never passes them, so metrics always score the model's own decoding.
+    """
+    if targets is not None and takes_targets(model):
+        out_tf: Tensor = model(x, backend=backend, targets=targets)
+        return out_tf
     try:
         out: Tensor = model(x, backend=backend)
     except TypeError as exc:
@@ -586,11 +620,17 @@ class Trainer:
         y = self.data.train.targets[mine].to(self.device)
         self.model.train()
         with self._autocast():
-            out = forward(self.model, x, self.config.backend)
+            out = forward(self.model, x, self.config.backend, targets=y)
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
+        objective = loss_sum / total
+        aux = auxiliary_loss(self.model)
+        if aux is not None:
+            # a per-example mean on this process's shard: weighted by the shard's share of the
+            # batch so that the gradients summed over processes are the whole batch's
+            objective = objective + aux.reshape(()).float() * (len(mine) / len(idx))
         self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss_sum / total)
+        torch.autograd.backward(objective)
         sum_gradients_(self.model, d)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
