@@ -23,7 +23,7 @@ def test_greedy_decoding_masks_padding_and_visited_points() -> None:
     assert isinstance(m, PointerNet)
     x = _points(4, 6, [6, 4, 3, 5])
     out = m(x)
-    assert out.shape == (4, 7, 7)  # n + 1 steps, n + 1 columns (column 6 = END)
+    assert out.shape == (4, 6, 7)  # one step per row, n + 1 columns (column 6 = END)
     low = torch.finfo(out.dtype).min
     choice = out.argmax(-1)
     for b, k in enumerate([6, 4, 3, 5]):

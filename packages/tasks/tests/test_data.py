@@ -42,7 +42,8 @@ ALL = list_tasks()
 # fixed texts and series: only training order depends on the seed
 FIXED_DATA = {"charlm", "charlm_shakespeare", "sunspots", "co2", "elnino"}
 # seed dependence checked for the others only (these: test_slow_generators_deterministic;
-# kws12: test_audio.py's test_espeak_twelve_classes on a tiny set)
+# kws12: test_audio.py's test_espeak_twelve_classes on a tiny set; tsp, whose exact solver
+# takes most of its time: test_geometry.py's test_tsp_data_is_deterministic_in_the_seed)
 SLOW_DATA = {
     "dyck1",
     "dyck2",
@@ -53,6 +54,7 @@ SLOW_DATA = {
     "epidemic",
     "vessels",
     "kws12",
+    "tsp",
 }
 
 

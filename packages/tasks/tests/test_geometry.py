@@ -58,20 +58,20 @@ def _one_hot(seqs: list[list[int]], steps: int, width: int) -> torch.Tensor:
 
 
 def test_hull_metrics_on_a_known_square() -> None:
-    n_max = 6
-    inputs = torch.zeros(4, n_max, 3)
+    rows = 6  # 5 points and a padding row; END is column 6
+    inputs = torch.zeros(4, rows, 3)
     for b in range(4):
         inputs[b, :5, :2] = torch.tensor(SQUARE)
         inputs[b, :5, 2] = 1.0
-    true = [0, 4, 1, 3, n_max]
-    targets = torch.tensor([[*true, -100, -100]] * 4)
+    true = [0, 4, 1, 3, rows]
+    targets = torch.tensor([[*true, -100]] * 4)
     preds = [
         true,  # exact: area 1
-        [1, 3, 0, n_max],  # a triangle of the hull: area 0.5, not exact
-        [0, 1, 4, 3, n_max],  # bow tie: invalid, counts 0
-        [3, 1, 4, 0, n_max],  # clockwise: full area, not exact
+        [1, 3, 0, rows],  # a triangle of the hull: area 0.5, not exact
+        [0, 1, 4, 3, rows],  # bow tie: invalid, counts 0
+        [3, 1, 4, 0, rows],  # clockwise: full area, not exact
     ]
-    m = hull_metrics(_one_hot(preds, n_max + 1, n_max + 1), targets, inputs, {"n_max": n_max})
+    m = hull_metrics(_one_hot(preds, rows, rows + 1), targets, inputs, {})
     assert m["accuracy"] == 0.25
     assert m["area_coverage"] == (1.0 + 0.5 + 0.0 + 1.0) / 4
     assert m["fail_rate"] == 0.25
@@ -80,16 +80,16 @@ def test_hull_metrics_on_a_known_square() -> None:
 def test_hull_data_targets_are_hulls_and_end() -> None:
     d = hull_data(3, sizes=(50, 20, 20))
     x, y = d.train.inputs, d.train.targets
-    assert x.shape == (50, 10, 3) and y.shape == (50, 11)
+    assert x.shape == (50, 11, 3) and y.shape == (50, 11)
     for b in range(50):
         n = int(x[b, :, 2].sum())
         assert 5 <= n <= 10 and (x[b, n:] == 0).all()
         row = y[b].tolist()
-        k = row.index(10)
+        k = row.index(11)
         assert row[:k] == convex_hull(x[b, :n, :2].tolist())
         assert all(v == -100 for v in row[k + 1 :])
     # an oracle scores 1 on both metrics
-    oracle = F.one_hot(torch.where(d.test.targets < 0, 10, d.test.targets), 11).float()
+    oracle = F.one_hot(torch.where(d.test.targets < 0, 11, d.test.targets), 12).float()
     m = hull_metrics(oracle, d.test.targets, d.test.inputs, d.info)
     assert m == {"accuracy": 1.0, "area_coverage": 1.0, "fail_rate": 0.0}
 
@@ -148,6 +148,14 @@ def test_tsp_data_targets_are_optimal_and_oriented() -> None:
         best, _ = brute_force_tsp(d.train.inputs[b])
         got = float(tour_length(d.train.inputs[b : b + 1], d.train.targets[b : b + 1]))
         assert abs(got - best) < 1e-12
+
+
+def test_tsp_data_is_deterministic_in_the_seed() -> None:
+    a, b, c = (tsp_data(seed, n=7, sizes=(30, 10, 10)) for seed in (0, 0, 1))
+    for split in ("train", "valid", "test"):
+        assert torch.equal(a.split(split).inputs, b.split(split).inputs)
+        assert torch.equal(a.split(split).targets, b.split(split).targets)
+    assert not torch.equal(a.train.inputs, c.train.inputs)
 
 
 def test_pointer_loss_stays_finite_on_masked_targets() -> None:

@@ -12,10 +12,11 @@ vector at step 0): the target's element in training (teacher forcing, when the t
 ``u`` (set to the dtype's lowest value): padding rows, elements already chosen (no revisits),
 and, after the end pointer, everything but the end pointer.
 
-With ``end_token=True`` an extra learned key ``e_END`` is appended after the ``n`` inputs, so
-the logits have ``n + 1`` columns (column ``n`` = END) and the model decodes ``n + 1`` steps
-(convex hull: the hull's points, then END). Without it the logits have ``n`` columns and ``n``
-steps (TSP: a permutation).
+Greedy decoding emits one pointer per input row (``T_out = n``), the shape of a ``tag``
+task. With ``end_token=True`` an extra learned key ``e_END`` is appended after the ``n`` rows,
+so the logits have ``n + 1`` columns (column ``n`` = END); a task that may need ``k`` elements
+and END then gives at least ``k + 1`` rows, the spare ones padding (convex hull: 10 points in
+11 rows). Without it the logits have ``n`` columns (TSP: a permutation).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = ["PointerNet", "pointer_net"]
 
 
 class PointerNet(nn.Module):
-    """Pointer network: points ``(B, n, input_size)`` -> pointer logits ``(B, T_out, n[+1])``.
+    """Pointer network: points ``(B, n, input_size)`` -> pointer logits ``(B, n, n[+1])``.
 
     Args:
         input_size: features per input element (coordinates, plus a validity flag).
@@ -45,6 +46,10 @@ class PointerNet(nn.Module):
             ``0`` keeps PyTorch's initialisation.
         output_size: accepted for the task contract (``io``); when given it must be ``n`` or
             ``n + 1`` of the inputs, checked in :meth:`forward`.
+        embed: map every element (and the start and END inputs) through a linear layer of
+            width ``hidden_size`` before both RNNs. The paper feeds the raw coordinates; with
+            them, small budgets learn only a positional bias (pointing in input order), so
+            this is on by default (``embed=False`` is the paper's model).
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class PointerNet(nn.Module):
         mask_feature: int | None = None,
         init_scale: float = 0.08,
         output_size: int | None = None,
+        embed: bool = True,
     ) -> None:
         super().__init__()
         checked: tuple[tuple[str, object], ...] = (
@@ -80,8 +86,9 @@ class PointerNet(nn.Module):
         self.end_token = end_token
         self.mask_feature = mask_feature
         self.output_size = output_size
-        self.encoder = Recurrent(cell, input_size, hidden_size, num_layers)
-        self.decoder = Recurrent(cell, input_size, hidden_size, num_layers)
+        width = hidden_size if embed else input_size
+        self.encoder = Recurrent(cell, width, hidden_size, num_layers)
+        self.decoder = Recurrent(cell, width, hidden_size, num_layers)
         self.w1 = nn.Linear(hidden_size, hidden_size, bias=False)
         self.w2 = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v = nn.Linear(hidden_size, 1, bias=False)
@@ -91,6 +98,8 @@ class PointerNet(nn.Module):
         if init_scale > 0:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_scale, init_scale)
+        # created after the uniform initialisation: keeps PyTorch's scale for the embedding
+        self.embed: nn.Module = nn.Linear(input_size, hidden_size) if embed else nn.Identity()
 
     def forward(self, x: Tensor, *, backend: str = "auto", targets: Tensor | None = None) -> Tensor:
         """Pointer logits, masked.
@@ -102,8 +111,8 @@ class PointerNet(nn.Module):
                 decoder with; ``None`` decodes greedily.
 
         Returns:
-            ``(B, T_out, n + 1)`` logits with ``end_token`` (``T_out = n + 1`` when decoding
-            greedily), else ``(B, T_out, n)`` (``T_out = n``).
+            ``(B, T_out, n + 1)`` logits with ``end_token``, else ``(B, T_out, n)``;
+            ``T_out`` is ``targets.shape[1]`` when teacher-forced, else ``n``.
         """
         batch, n, _ = x.shape
         width = n + 1 if self.end_token else n
@@ -119,16 +128,15 @@ class PointerNet(nn.Module):
         lengths = valid.sum(1)
         if bool((lengths == 0).any()):
             raise ValueError("every example needs at least one valid element")
-        enc, state = self.encoder(x, backend=backend, lengths=lengths)
+        enc, state = self.encoder(self.embed(x), backend=backend, lengths=lengths)
         keys = self.w1(enc)  # (B, n, H)
         if self.end_token:
             keys = torch.cat([keys, self.w1(self.end_key).expand(batch, 1, -1)], 1)
         # choices never allowed: padding rows (END, when present, always allowed)
         blocked = torch.cat([~valid, valid.new_zeros(batch, 1)], 1) if self.end_token else ~valid
-        steps = width if targets is None else targets.shape[1]
         if targets is not None:
             return self._teacher_forced(x, targets, keys, state, blocked, backend)
-        return self._greedy(x, keys, state, blocked, steps)
+        return self._greedy(x, keys, state, blocked, n)
 
     def _scores(self, keys: Tensor, d: Tensor) -> Tensor:
         """``u = v^T tanh(W1 e_j + W2 d_i)``: keys ``(B, m, H)``, ``d (B, S, H)`` ->
@@ -153,7 +161,7 @@ class PointerNet(nn.Module):
         prev = torch.cat([targets.new_full((batch, 1), -1), targets[:, :-1]], 1)
         inputs = self._lookup(x, prev)
         inputs[:, 0] = self.start.to(x.dtype)
-        d, _ = self.decoder(inputs, state, backend=backend)
+        d, _ = self.decoder(self.embed(inputs), state, backend=backend)
         u = self._scores(keys, d)  # (B, S, m)
         # the mask at step i: blocked, plus every target chosen before i, plus (after END)
         # everything but END
@@ -177,7 +185,7 @@ class PointerNet(nn.Module):
         ended = torch.zeros(batch, dtype=torch.bool, device=x.device)
         out = []
         for _ in range(steps):
-            d, state = self.decoder.step(inp, state)
+            d, state = self.decoder.step(self.embed(inp), state)
             step_mask = mask.clone()
             if self.end_token:
                 step_mask = step_mask | ended.unsqueeze(-1)
@@ -208,8 +216,9 @@ def pointer_net(
     end_token: bool = True,
     mask_feature: int | None = None,
     init_scale: float = 0.08,
+    embed: bool = True,
 ) -> PointerNet:
-    """Pointer network (LSTM encoder-decoder): (B, n, F) -> pointer logits (B, T_out, n[+1])."""
+    """Pointer network (LSTM encoder-decoder): (B, n, F) -> pointer logits (B, n, n[+1])."""
     return PointerNet(
         input_size,
         hidden_size=hidden_size,
@@ -219,4 +228,5 @@ def pointer_net(
         mask_feature=mask_feature,
         init_scale=init_scale,
         output_size=output_size,
+        embed=embed,
     )

@@ -144,7 +144,7 @@ def _task(op: str, what: str, vocab: int, classes: int, steps: int) -> Task:
         io={"input_size": 0, "vocab_size": vocab, "output_size": classes},
         model="universal_transformer",
         model_config=_ut_config(op),
-        budget=Budget(steps=steps, batch_size=64, lr=1e-3, eval_every=200),
+        budget=Budget(steps=steps, batch_size=64, lr=3e-3, eval_every=250),
         reference=_REFERENCE,
         details=(
             "Token accuracy on the answer slots (sequence accuracy beside it). Training and "
@@ -157,7 +157,7 @@ def _task(op: str, what: str, vocab: int, classes: int, steps: int) -> Task:
 
 
 TASKS: tuple[Task, ...] = (
-    _task("copy", "copy a string (alphabet 8)", ALPHABET + 3, ALPHABET, 1500),
-    _task("reverse", "reverse a string (alphabet 8)", ALPHABET + 3, ALPHABET, 1500),
-    _task("addition", "add two decimal numbers", 14, 10, 2000),
+    _task("copy", "copy a string (alphabet 8)", ALPHABET + 3, ALPHABET, 1000),
+    _task("reverse", "reverse a string (alphabet 8)", ALPHABET + 3, ALPHABET, 1000),
+    _task("addition", "add two decimal numbers", 14, 10, 1000),
 )

@@ -4,9 +4,11 @@ Points are drawn uniformly in the unit square. Both tasks are ``tag`` tasks whos
 *pointer logits over the input positions*: a model gets ``(B, n, F)`` points and returns
 ``(B, T_out, C)`` logits where column ``j < n`` means "input point ``j``" (``pointer_net``):
 
-- ``convex_hull``: ``n`` in ``5..10`` points, right-padded to 10 rows of ``(x, y, valid)``
-  (padding rows ``(0, 0, 0)``). Target: the hull's vertices counter-clockwise, starting from
-  the lowest index, then END (column 10), then ``-100``: ``T_out = 11``, ``C = 11``. Metrics:
+- ``convex_hull``: ``n`` in ``5..10`` points, right-padded to 11 rows of ``(x, y, valid)``
+  (padding rows ``(0, 0, 0)``; one more row than points, so that the decoder's one output per
+  row has room for END after a 10-point hull). Target: the hull's vertices counter-clockwise,
+  starting from the lowest index, then END (column 11), then ``-100``: ``T_out = 11``,
+  ``C = 12``. Metrics:
   exact-sequence ``accuracy``, ``area_coverage`` (area of the predicted polygon over the
   hull's, counted as 0 for an invalid polygon: fewer than 3 points, a repeated or padding
   point, or crossing edges), ``fail_rate``.
@@ -251,28 +253,29 @@ def hull_data(
     n_max: int = 10,
     sizes: tuple[int, int, int] = (50000, 1000, 1000),
 ) -> TaskData:
-    """Convex hull examples: inputs ``(N, n_max, 3)`` rows ``(x, y, valid)`` (padding rows
-    last, all zero); targets ``(N, n_max + 1)``: hull indices counter-clockwise from the
-    lowest, then ``n_max`` (END), then ``-100``."""
+    """Convex hull examples: inputs ``(N, n_max + 1, 3)`` rows ``(x, y, valid)`` (padding
+    rows last, all zero; at least one); targets ``(N, n_max + 1)``: hull indices
+    counter-clockwise from the lowest, then ``n_max + 1`` (END, the column after the rows),
+    then ``-100``."""
     if not 3 <= n_min <= n_max:
         raise ValueError(f"need 3 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
     splits = []
     for stream, size in enumerate(sizes):
         g = generator(seed, stream)
         ns = torch.randint(n_min, n_max + 1, (size,), generator=g)
-        pts = torch.rand(size, n_max, 2, generator=g)
-        valid = torch.arange(n_max)[None, :] < ns[:, None]
+        pts = torch.rand(size, n_max + 1, 2, generator=g)
+        valid = torch.arange(n_max + 1)[None, :] < ns[:, None]
         x = torch.cat([pts, valid[..., None].float()], -1) * valid[..., None]
         y = torch.full((size, n_max + 1), IGNORE_INDEX, dtype=torch.long)
         for b in range(size):
             hull = convex_hull(pts[b, : int(ns[b])].tolist())
             y[b, : len(hull)] = torch.tensor(hull)
-            y[b, len(hull)] = n_max
+            y[b, len(hull)] = n_max + 1
         splits.append(Split(x, y))
     train = splits[0]
     valid_split = drop_seen(splits[1], train)
     test = drop_seen(splits[2], train, valid_split)
-    return TaskData(train, valid_split, test, {"n_max": n_max})
+    return TaskData(train, valid_split, test, {})
 
 
 def tsp_data(
@@ -307,7 +310,7 @@ def pointer_loss(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def hull_predictions(outputs: Tensor, end: int) -> list[list[int]]:
-    """Each example's predicted pointers before the first END (``end``):
+    """Each example's predicted pointers before the first END (column ``end``):
     ``outputs (B, T_out, C)`` logits."""
     preds = []
     for row in outputs.argmax(-1).tolist():
@@ -320,8 +323,9 @@ def hull_metrics(
     outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
 ) -> Metrics:
     """``accuracy`` (exact sequence up to END), ``area_coverage`` (mean of predicted over true
-    hull area, 0 for an invalid polygon) and ``fail_rate`` (invalid polygons)."""
-    end = int(info.get("n_max", inputs.shape[1]))
+    hull area, 0 for an invalid polygon) and ``fail_rate`` (invalid polygons). END is the
+    column after the input rows."""
+    end = inputs.shape[1]
     preds = hull_predictions(outputs, end)
     exact, cover, fails = 0, 0.0, 0
     for b, pred in enumerate(preds):
@@ -375,7 +379,7 @@ TASKS: tuple[Task, ...] = (
         make_data=functools.partial(hull_data, n_min=5, n_max=10),
         metric_fn=hull_metrics,
         primary="accuracy",
-        io={"input_size": 3, "output_size": 11},
+        io={"input_size": 3, "output_size": 12},
         model="pointer_net",
         model_config={"hidden_size": 128, "end_token": True, "mask_feature": 2},
         budget=Budget(steps=2000, batch_size=128, lr=1e-3, clip=2.0, eval_every=250),
@@ -386,11 +390,12 @@ TASKS: tuple[Task, ...] = (
             "trained on 5-10 here, far fewer examples and steps"
         ),
         details=(
-            "Inputs (N, 10, 3): x, y and a validity flag, padding rows last; outputs "
-            "(N, 11, 11) pointer logits, column 10 = END; 50,000 training point sets "
+            "Inputs (N, 11, 3): x, y and a validity flag, padding rows last (always at "
+            "least one); outputs (N, 11, 12) pointer logits, column 11 = END; 50,000 "
+            "training point sets "
             "(paper: ~1M). Scored on the decoder's own greedy decoding (visited points "
             "masked); area_coverage counts invalid polygons as 0. Only pointer models "
-            "fit (the output length is n + 1, not n)."
+            "fit (the output width is the number of rows plus END)."
         ),
     ),
     Task(
