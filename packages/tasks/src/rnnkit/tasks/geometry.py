@@ -382,7 +382,7 @@ TASKS: tuple[Task, ...] = (
         io={"input_size": 3, "output_size": 12},
         model="pointer_net",
         model_config={"hidden_size": 128, "end_token": True, "mask_feature": 2},
-        budget=Budget(steps=2000, batch_size=128, lr=1e-3, clip=2.0, eval_every=250),
+        budget=Budget(steps=600, batch_size=128, lr=3e-3, clip=2.0, eval_every=200),
         loss_fn=pointer_loss,
         reference=(
             "Vinyals et al. 2015 [recalled, not checked]: Ptr-Net trained on n = 5-50, "
@@ -409,7 +409,7 @@ TASKS: tuple[Task, ...] = (
         io={"input_size": 2, "output_size": 10},
         model="pointer_net",
         model_config={"hidden_size": 128, "end_token": False},
-        budget=Budget(steps=2000, batch_size=128, lr=1e-3, clip=2.0, eval_every=250),
+        budget=Budget(steps=600, batch_size=128, lr=3e-3, clip=2.0, eval_every=200),
         loss_fn=pointer_loss,
         reference=(
             "Vinyals et al. 2015 [recalled, not checked]: n = 10, optimal 2.87, Ptr-Net 2.88 "
