@@ -50,7 +50,8 @@ FIXED_DATA = {
     "co2_pi",
 }
 # seed dependence checked for the others only (these: test_slow_generators_deterministic;
-# kws12: test_audio.py's test_espeak_twelve_classes on a tiny set)
+# kws12: test_audio.py's test_espeak_twelve_classes on a tiny set; tsp, whose exact solver
+# takes most of its time: test_geometry.py's test_tsp_data_is_deterministic_in_the_seed)
 SLOW_DATA = {
     "dyck1",
     "dyck2",
@@ -62,6 +63,7 @@ SLOW_DATA = {
     "vessels",
     "kws12",
     "listops",  # seed dependence: test_listops.py, on small sizes
+    "tsp",
 }
 
 

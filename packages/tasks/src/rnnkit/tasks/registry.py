@@ -35,6 +35,8 @@ TASK_MODULES: tuple[str, ...] = (
     "breathing",
     "formal",
     "listops",
+    "algorithmic",
+    "geometry",
 )
 
 

@@ -35,6 +35,7 @@ before its first checkpoint removes what it wrote (and the directory, if it crea
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import math
@@ -212,8 +213,42 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def forward(model: nn.Module, x: Tensor, backend: str) -> Tensor:
-    """``model(x, backend=backend)`` for rnnkit models, ``model(x)`` for others."""
+def takes_targets(model: nn.Module) -> bool:
+    """Whether ``model.forward`` has a ``targets`` parameter (teacher forcing)."""
+    fn = getattr(model, "forward", None)
+    try:
+        return fn is not None and "targets" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and C extensions without a signature
+        return False
+
+
+def auxiliary_method_loss(model: nn.Module) -> Tensor | None:
+    """The scalar a model adds to its training loss (``model.auxiliary_loss()``, e.g. the
+    Universal Transformer's ponder cost), from its last forward call; ``None`` for models
+    without one."""
+    fn = getattr(model, "auxiliary_loss", None)
+    if not callable(fn):
+        return None
+    aux = fn()
+    if aux is not None and (not isinstance(aux, Tensor) or aux.numel() != 1):
+        raise TypeError(
+            f"{type(model).__name__}.auxiliary_loss() must return a scalar tensor or None, "
+            f"got {type(aux).__name__}"
+        )
+    return aux
+
+
+def forward(model: nn.Module, x: Tensor, backend: str, targets: Tensor | None = None) -> Tensor:
+    """``model(x, backend=backend)`` for rnnkit models, ``model(x)`` for others.
+
+    ``targets`` (training only) reach models whose ``forward`` takes a ``targets`` keyword,
+    for teacher forcing (the pointer network's decoder reads the target's previous element);
+    evaluation never passes them, so metrics always score the model's own decoding.
+    """
+    # DistributedDataParallel's forward takes anything: ask the module it wraps
+    if targets is not None and takes_targets(getattr(model, "module", model)):
+        out_tf: Tensor = model(x, backend=backend, targets=targets)
+        return out_tf
     try:
         out: Tensor = model(x, backend=backend)
     except TypeError as exc:
@@ -248,6 +283,20 @@ def regularization(model: nn.Module, progress: float) -> Tensor | None:
             f"got {pen!r}"
         )
     return pen
+
+
+def extra_loss(model: nn.Module, step: int, steps: int) -> Tensor | float:
+    """Everything a model adds to its training loss at ``step`` of ``steps``: its ``aux_loss``
+    (:func:`auxiliary_loss`), ``auxiliary_loss()`` (:func:`auxiliary_method_loss`) and
+    ``regularization(progress)`` (:func:`regularization`); 0 for a model with none."""
+    total: Tensor | float = auxiliary_loss(model)
+    method = auxiliary_method_loss(model)
+    if method is not None:
+        total = total + method.reshape(()).float()
+    pen = regularization(model, min(step / max(steps, 1), 1.0))
+    if pen is not None:
+        total = total + pen
+    return total
 
 
 @torch.no_grad()
@@ -638,16 +687,15 @@ class Trainer:
             self._parallel = data_parallel(self.model, d, self.device)
         self.model.train()
         with self._autocast():
-            out = forward(self._parallel, x, self.config.backend)
+            out = forward(self._parallel, x, self.config.backend, targets=y)
         loss_sum, count = self.task.loss(out, y)
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        # the model's auxiliary loss and penalty are means over each process's shard: the
-        # gradients DistributedDataParallel sums over the processes then average them
-        objective = loss_sum / total + auxiliary_loss(self.model) / d.world
-        pen = regularization(self.model, min(st.step / max(b.steps, 1), 1.0))
-        if pen is not None:
-            objective = objective + pen / d.world
+        # the model's extra losses are means over each process's shard: the gradients
+        # DistributedDataParallel sums over the processes then average them. Three model
+        # conventions reach here (an ``aux_loss`` attribute, an ``auxiliary_loss()`` method, a
+        # ``regularization(progress)`` method); see extra_loss
+        objective = loss_sum / total + extra_loss(self.model, st.step, b.steps) / d.world
         torch.autograd.backward(objective)
         if b.clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), b.clip)
