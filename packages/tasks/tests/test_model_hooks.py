@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from rnnkit.tasks import TrainConfig, Trainer
 from rnnkit.tasks.algorithmic import lengen_data, seq_length
 from rnnkit.tasks.base import IGNORE_INDEX
-from rnnkit.tasks.trainer import auxiliary_loss, forward
+from rnnkit.tasks.trainer import auxiliary_method_loss, forward
 
 
 class _Recorder(nn.Module):
@@ -52,8 +52,8 @@ def test_auxiliary_loss_must_be_a_scalar() -> None:
             return torch.zeros(3)
 
     with pytest.raises(TypeError, match="scalar"):
-        auxiliary_loss(Bad())
-    assert auxiliary_loss(nn.Linear(1, 1)) is None
+        auxiliary_method_loss(Bad())
+    assert auxiliary_method_loss(nn.Linear(1, 1)) is None
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])
