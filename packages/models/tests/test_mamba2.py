@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import backend_params, needs_kernels
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.matrix_state import MatrixStateCell
@@ -84,7 +85,7 @@ def _oracle(cell: Mamba2, x: torch.Tensor, params: dict[str, torch.Tensor]) -> t
     ],
     ids=["1group", "3groups-conv2", "2groups"],
 )
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
 def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
     """Outputs and the gradients of every parameter and of the input equal the float64 oracle;
     the dt, A and D are moved off their initial values so each term counts."""
@@ -113,6 +114,7 @@ def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
         assert_close(f"mamba2 ({backend}) d/d{name}", p.grad, g_o, 1e-11)
 
 
+@needs_kernels
 def test_steps_equal_the_sequence_and_the_state_holds_the_window() -> None:
     """Token by token (state carried) equals the chunked whole sequence, values and final
     state; the window holds the last d_conv - 1 xBC inputs."""
@@ -133,7 +135,7 @@ def test_steps_equal_the_sequence_and_the_state_holds_the_window() -> None:
     assert_close("mamba2 conv window, stepped", state.conv, final.conv, 1e-14)
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
 def test_a_reset_restarts_the_block(backend: str) -> None:
     """After a reset at t, the outputs are those of the sequence started at t (the memory and
     the convolution window both cleared), and before it those of the prefix."""
@@ -152,6 +154,7 @@ def test_a_reset_restarts_the_block(backend: str) -> None:
         assert_close("state after the reset", final.S[b : b + 1], s_tail.S, 1e-12)
 
 
+@needs_kernels
 def test_groups_share_b_and_c() -> None:
     """With ngroups = heads each head reads its own (B, C); with ngroups = 1 all heads read the
     same: copying the first group's columns of in_proj into every group's turns the first cell
