@@ -9,15 +9,21 @@ import pytest
 from torch import nn
 
 from rnnkit.core.api import create_cell, list_cells
+from rnnkit.core.plugins import get_host
 from rnnkit.core.recurrent import Recurrent
+from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
 from rnnkit.kernels.analog import AnalogConfig, is_analog, to_analog
 from rnnkit.kernels.analog.cells import SUPPORTED_KINDS
 
 
 @pytest.mark.parametrize("name", list_cells())
 def test_every_registered_cell_maps_or_is_named_with_the_reason(name: str) -> None:
-    cell = create_cell(name, input_size=4, hidden_size=8)
-    model = nn.ModuleDict({"encoder": nn.Linear(4, 4), "rnn": cell})
+    # the cell's first registered test configuration at the kit's sizes: some defaults need
+    # wider layers (mamba2's heads of 64 channels)
+    configs = get_host().cells.get(name).obj.test_configs
+    kw = configs[0] if configs else {}
+    cell = create_cell(name, input_size=INPUT_SIZE, hidden_size=HIDDEN_SIZE, **kw)
+    model = nn.ModuleDict({"encoder": nn.Linear(INPUT_SIZE, INPUT_SIZE), "rnn": cell})
     if cell.kind in SUPPORTED_KINDS:
         converted: Any = to_analog(model, AnalogConfig.ideal())
         assert is_analog(converted["rnn"])
