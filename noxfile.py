@@ -5,6 +5,7 @@
     nox -s "tests(package='core')"
     nox -s integration       # cross-package tests against really installed distributions
     nox -s plugin lint typecheck docs
+    nox -s experiments       # minutes-long experiments and full sweeps (not default)
     nox -s bench             # benchmarks (not default)
 
 Every install is constrained by constraints.txt so that torch resolves to the CPU build
@@ -55,10 +56,26 @@ def install(session: nox.Session, *args: str) -> None:
     session.install("--no-compile", *CONSTRAINTS, *args)
 
 
-def pytest(session: nox.Session, *paths: str, env: dict[str, str] | None = None) -> None:
+def pytest(
+    session: nox.Session,
+    *paths: str,
+    env: dict[str, str] | None = None,
+    allow_none_collected: bool = False,
+) -> None:
     # 2 threads match the CI machine; more only oversubscribes it.
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *paths, *session.posargs, env=env)
+    # pytest exits 5 when a selection collects nothing (a package with no experiments yet)
+    codes = [0, 5] if allow_none_collected else [0]
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *paths,
+        *session.posargs,
+        env=env,
+        success_codes=codes,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -120,6 +137,25 @@ def docs(session: nox.Session) -> None:
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site")
     )
+
+
+@nox.session(python=PYTHON, default=False)
+def experiments(session: nox.Session) -> None:
+    """The tests marked `experiment` (deselected everywhere else): learning experiments, full
+    sweeps over every cell and end-to-end scripts that take minutes. Not part of CI."""
+    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS, *ONNX_TEST_DEPS)
+    env = {"RNNKIT_REQUIRE_CPP": "1"}
+    for package in PACKAGES:
+        pytest(
+            session,
+            f"packages/{package}/tests",
+            "-m",
+            "experiment",
+            env=env,
+            allow_none_collected=True,
+        )
+    pytest(session, "plugins/mingru/tests", "-m", "experiment", allow_none_collected=True)
+    pytest(session, "tests", "-m", "experiment", allow_none_collected=True)
 
 
 @nox.session(python=PYTHON, default=False)
