@@ -133,6 +133,7 @@ def test_aux_loss_is_set_by_every_forward_and_trains_the_routers() -> None:
     assert isinstance(model, HybridNetwork)
     model(torch.randint(0, 7, (2, 5)))
     aux = model.aux_loss
+    assert model.regularization(0.5) is aux  # what the trainer adds
     assert (
         aux.dim() == 0 and aux.requires_grad and float(aux.detach()) >= 2 * 0.01 - 1e-6
     )  # 2 MoE layers

@@ -66,8 +66,8 @@ def test_act_weights_and_ponder_cost_by_hand(monkeypatch: pytest.MonkeyPatch) ->
     out, ponder = m._act(h0, torch.zeros(2, 4), None)
     assert torch.allclose(out, h0 + 2.2, atol=1e-5)
     assert torch.allclose(ponder, torch.full((2, 4), 4.1), atol=1e-5)
-    aux = m.auxiliary_loss()
-    assert aux is not None and abs(float(aux.detach()) - 0.5 * 4.1) < 1e-5
+    aux = m.regularization(0.0)
+    assert abs(float(aux.detach()) - 0.5 * 4.1) < 1e-5
 
 
 def test_act_stops_at_max_steps_with_the_remainder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,8 +112,7 @@ def test_ponder_cost_has_gradient_to_the_halting_unit_and_skips_padding() -> Non
     m(x)
     assert m.last_ponder is not None
     assert torch.isnan(m.last_ponder[0, :2]).all() and not torch.isnan(m.last_ponder[0, 2:]).any()
-    aux = m.auxiliary_loss()
-    assert aux is not None
+    aux = m.regularization(0.5)
     aux.backward()
     assert m.halting.bias.grad is not None and float(m.halting.bias.grad.abs()) > 0
     assert 1.0 <= m.mean_ponder_time() <= m.max_steps + 1
@@ -122,7 +121,7 @@ def test_ponder_cost_has_gradient_to_the_halting_unit_and_skips_padding() -> Non
 def test_without_act_runs_max_steps_and_has_no_aux_loss() -> None:
     m = _ut(act=False, max_steps=3)
     m(torch.randint(1, 12, (2, 5)))
-    assert m.auxiliary_loss() is None
+    assert m.regularization(0.5).dim() == 0 and float(m.regularization(0.5)) == 0.0
     assert m.mean_ponder_time() == 3.0
 
 

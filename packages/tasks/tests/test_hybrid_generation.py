@@ -2,7 +2,7 @@
 ``jamba`` on ``charlm`` beside the LSTM, generation goes through the models' state cache (the
 prompt read once by ``prefill``, then one ``step`` per token, equal to the full forward), the
 old ``prefill``/``step`` interface still serves other models, and training adds a model's
-``aux_loss`` (the MoE balance loss) to the task's loss."""
+``regularization`` (the MoE balance loss) to the task's loss."""
 
 from __future__ import annotations
 
@@ -136,7 +136,8 @@ def test_a_model_with_only_prefill_and_step_is_used_as_it_is() -> None:
 
 
 class _AuxModel(nn.Module):
-    """Logits from an embedding; ``extra`` reaches only ``aux_loss``."""
+    """Logits from an embedding; ``extra`` reaches only the balance-like loss, through
+    ``regularization`` (as :class:`rnnkit.models.hybrid.HybridNetwork` does)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -148,6 +149,9 @@ class _AuxModel(nn.Module):
         self.aux_loss = self.extra.square().sum()
         out: Tensor = self.embed(x)
         return out
+
+    def regularization(self, progress: float) -> Tensor:
+        return self.aux_loss
 
 
 def test_training_adds_the_models_aux_loss(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The trainer's two model hooks: ``targets=`` in training (teacher forcing) and
-``auxiliary_loss()`` added to the training objective; plus the length-generalisation tasks."""
+``regularization(progress)`` added to the training objective; plus the length-generalisation
+tasks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from rnnkit.tasks import TrainConfig, Trainer
 from rnnkit.tasks.algorithmic import lengen_data, seq_length
 from rnnkit.tasks.base import IGNORE_INDEX
-from rnnkit.tasks.trainer import auxiliary_method_loss, forward
+from rnnkit.tasks.trainer import extra_loss, forward, regularization
 
 
 class _Recorder(nn.Module):
@@ -32,7 +33,8 @@ class _Recorder(nn.Module):
         self._aux = self.weight * self.aux_param.square()
         return self.head.expand(*x.shape[:2], -1)
 
-    def auxiliary_loss(self) -> Tensor | None:
+    def regularization(self, progress: float) -> Tensor:
+        assert self._aux is not None
         return self._aux
 
 
@@ -46,14 +48,29 @@ def test_forward_passes_targets_only_to_models_that_take_them() -> None:
     assert forward(lin, torch.zeros(1, 3), "auto", targets=y).shape == (1, 2)
 
 
-def test_auxiliary_loss_must_be_a_scalar() -> None:
+def test_regularization_must_be_a_scalar() -> None:
     class Bad(nn.Module):
-        def auxiliary_loss(self) -> object:
+        def regularization(self, progress: float) -> object:
             return torch.zeros(3)
 
     with pytest.raises(TypeError, match="scalar"):
-        auxiliary_method_loss(Bad())
-    assert auxiliary_method_loss(nn.Linear(1, 1)) is None
+        regularization(Bad(), 0.5)
+    assert regularization(nn.Linear(1, 1), 0.5) is None
+
+
+def test_the_trainer_adds_only_regularization() -> None:
+    """One convention: an ``aux_loss`` attribute or an ``auxiliary_loss()`` method alone is
+    not a training loss (the models that had them define ``regularization``)."""
+
+    class Old(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aux_loss = torch.ones((), requires_grad=True)
+
+        def auxiliary_loss(self) -> Tensor:
+            return torch.ones((), requires_grad=True)
+
+    assert extra_loss(Old(), 1, 10) == 0.0
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])

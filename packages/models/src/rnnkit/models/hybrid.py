@@ -343,7 +343,8 @@ class HybridNetwork(nn.Module):
 
     After every forward, :attr:`aux_loss` is ``aux_loss_weight`` times the
     sum of the MoE layers' balance losses (:func:`load_balancing_loss`; zero without MoE
-    layers): add it to the task loss (rnnkit's trainer does) to keep the experts in use.
+    layers), also returned by :meth:`regularization`: add it to the task loss (rnnkit's
+    trainer does, through ``regularization``) to keep the experts in use.
 
     Args:
         input_size: width of the input features (ignored when ``vocab_size`` is given).
@@ -474,6 +475,12 @@ class HybridNetwork(nn.Module):
                 aux = aux + a
         self.aux_loss = self.aux_loss_weight * aux
         return y, tuple(finals)
+
+    def regularization(self, progress: float) -> Tensor:
+        """The balance loss of the last forward (:attr:`aux_loss`, a scalar; 0 without MoE or
+        before any forward): the rnnkit trainer adds it to the training loss. ``progress`` is
+        unused: the weight is constant."""
+        return self.aux_loss
 
     def forward(self, x: Tensor, *, backend: str = "auto") -> Tensor:
         """``x: (B, T, input_size)`` or token ids ``(B, T)`` -> outputs (see ``pooling``)."""

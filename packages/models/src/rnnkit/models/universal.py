@@ -12,7 +12,7 @@ halting-weighted mean of its states
 
 and a halted position's state is copied forward unchanged (still visible to the attention of
 the positions that keep going). The ponder cost ``rho_i = N_i + R_i`` (mean over positions)
-times ``tau`` is the model's :meth:`UniversalTransformer.auxiliary_loss`, which the rnnkit
+times ``tau`` is the model's :meth:`UniversalTransformer.regularization`, which the rnnkit
 trainer adds to the task's loss; only ``R_i`` carries a gradient (``N_i`` is an integer), and
 it pushes the halting probabilities up, i.e. towards fewer steps.
 
@@ -70,7 +70,7 @@ class UniversalTransformer(nn.Module):
         filter_size: width of the transition's hidden layer (default ``4 * hidden_size``).
         max_steps: the most recurrent steps (ACT) or the fixed number of steps (no ACT).
         act: adaptive computation time; ``False`` runs exactly ``max_steps`` steps.
-        tau: weight of the ponder cost in :meth:`auxiliary_loss` (paper: 0.01).
+        tau: weight of the ponder cost in :meth:`regularization` (paper: 0.01).
         act_epsilon: a position halts when its summed halting probability reaches
             ``1 - act_epsilon`` (paper: 0.01).
         halting_bias: initial bias ``b`` of the halting unit (tensor2tensor: 1.0, so
@@ -254,10 +254,13 @@ class UniversalTransformer(nn.Module):
         self._aux = self.tau * (ponder * keep).sum() / keep.sum().clamp_min(1.0)
         return out, ponder
 
-    def auxiliary_loss(self) -> Tensor | None:
+    def regularization(self, progress: float) -> Tensor:
         """``tau`` times the mean ponder cost ``N + R`` of the last forward call (over
-        non-padding positions), a scalar with gradient; ``None`` without ACT or before any
-        call. The rnnkit trainer adds it to the training loss."""
+        non-padding positions), a scalar with gradient; 0 without ACT or before any call.
+        The rnnkit trainer adds it to the training loss (``progress`` is unused: the weight
+        is constant)."""
+        if self._aux is None:
+            return self.norm_attn.weight.new_zeros(())
         return self._aux
 
     def mean_ponder_time(self) -> float:

@@ -222,22 +222,6 @@ def takes_targets(model: nn.Module) -> bool:
         return False
 
 
-def auxiliary_method_loss(model: nn.Module) -> Tensor | None:
-    """The scalar a model adds to its training loss (``model.auxiliary_loss()``, e.g. the
-    Universal Transformer's ponder cost), from its last forward call; ``None`` for models
-    without one."""
-    fn = getattr(model, "auxiliary_loss", None)
-    if not callable(fn):
-        return None
-    aux = fn()
-    if aux is not None and (not isinstance(aux, Tensor) or aux.numel() != 1):
-        raise TypeError(
-            f"{type(model).__name__}.auxiliary_loss() must return a scalar tensor or None, "
-            f"got {type(aux).__name__}"
-        )
-    return aux
-
-
 def forward(model: nn.Module, x: Tensor, backend: str, targets: Tensor | None = None) -> Tensor:
     """``model(x, backend=backend)`` for rnnkit models, ``model(x)`` for others.
 
@@ -258,21 +242,12 @@ def forward(model: nn.Module, x: Tensor, backend: str, targets: Tensor | None = 
     return out
 
 
-def auxiliary_loss(model: nn.Module) -> Tensor | float:
-    """The model's ``aux_loss`` from its last forward when it is a tensor with a gradient (a
-    mixture of experts' balance loss, :class:`rnnkit.models.hybrid.HybridNetwork`), else 0;
-    training adds it to the task's loss (the reported loss stays the task's)."""
-    aux = getattr(model, "aux_loss", None)
-    if isinstance(aux, Tensor) and aux.requires_grad:
-        return aux
-    return 0.0
-
-
 def regularization(model: nn.Module, progress: float) -> Tensor | None:
     """The model's training penalty at ``progress`` (step / steps, in ``[0, 1]``), if it has
     one: ``model.regularization(progress)``, a scalar added to the mean training loss (e.g.
-    AR-Net's sparsity regulariser, ES-RNN's level variability penalty). ``None`` for models
-    without that method. Evaluation losses never include it."""
+    AR-Net's sparsity regulariser, ES-RNN's level variability penalty, a mixture of experts'
+    balance loss, the Universal Transformer's ponder cost: all through this one method).
+    ``None`` for models without that method. Evaluation losses never include it."""
     fn = getattr(model, "regularization", None)
     if not callable(fn):
         return None
@@ -286,17 +261,10 @@ def regularization(model: nn.Module, progress: float) -> Tensor | None:
 
 
 def extra_loss(model: nn.Module, step: int, steps: int) -> Tensor | float:
-    """Everything a model adds to its training loss at ``step`` of ``steps``: its ``aux_loss``
-    (:func:`auxiliary_loss`), ``auxiliary_loss()`` (:func:`auxiliary_method_loss`) and
-    ``regularization(progress)`` (:func:`regularization`); 0 for a model with none."""
-    total: Tensor | float = auxiliary_loss(model)
-    method = auxiliary_method_loss(model)
-    if method is not None:
-        total = total + method.reshape(()).float()
+    """What a model adds to its training loss at ``step`` of ``steps``: its
+    ``regularization(progress)`` (:func:`regularization`); 0 for a model without one."""
     pen = regularization(model, min(step / max(steps, 1), 1.0))
-    if pen is not None:
-        total = total + pen
-    return total
+    return 0.0 if pen is None else pen
 
 
 @torch.no_grad()
@@ -692,9 +660,7 @@ class Trainer:
         total = all_reduce_sum_(count.detach().clone(), d).clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
         # the model's extra losses are means over each process's shard: the gradients
-        # DistributedDataParallel sums over the processes then average them. Three model
-        # conventions reach here (an ``aux_loss`` attribute, an ``auxiliary_loss()`` method, a
-        # ``regularization(progress)`` method); see extra_loss
+        # DistributedDataParallel sums over the processes then average them
         objective = loss_sum / total + extra_loss(self.model, st.step, b.steps) / d.world
         torch.autograd.backward(objective)
         if b.clip > 0:
