@@ -5,6 +5,10 @@ One configuration per cell keeps this to a compile or two each; the conformance 
 check runs every configuration on ``aot_eager``, which traces the same graphs without
 inductor's code generation. Inductor's own passes are what failed here before (LRU's complex
 scan: ``auto_functionalized_v2 was not removed``), so this sweep keeps them honest.
+
+Each inductor compile costs seconds to tens of seconds on 2 cores, so the default run covers
+one cell per kernel family (:data:`REPRESENTATIVE`); the other cells run with the
+``experiment`` marker (``nox -s experiments``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,25 @@ from rnnkit.core.plugins import get_host
 from rnnkit.core.testing.suite import HIDDEN_SIZE, INPUT_SIZE
 
 
+# one cell per kernel family: gated loop, stabilised gated loop, complex diagonal scan, Newton
+# with 2x2 blocks, chunked matrix state with decay, selective diagonal scan
+REPRESENTATIVE = frozenset({"lstm", "slstm", "lru", "paralstm", "gated_deltanet", "mamba"})
+
+
 def _cases() -> list[Any]:
     return [
-        pytest.param(e.name, e.obj.test_configs[0] if e.obj.test_configs else {}, id=e.name)
+        pytest.param(
+            e.name,
+            e.obj.test_configs[0] if e.obj.test_configs else {},
+            id=e.name,
+            marks=() if e.name in REPRESENTATIVE else pytest.mark.experiment,
+        )
         for e in get_host().cells
     ]
+
+
+def test_the_representatives_are_registered() -> None:
+    assert REPRESENTATIVE <= {e.name for e in get_host().cells}
 
 
 def _run(cell: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

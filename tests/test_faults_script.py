@@ -1,6 +1,10 @@
 """``tools/faults/run.py --quick``: the cache, run and plugin faults of issue 14, end to end
 through the installed ``rnnkit`` command, each as documented (the script exits 1 if any
-scenario does not behave as the documentation says)."""
+scenario does not behave as the documentation says).
+
+Each scenario's fault also has its own unit test beside the code it exercises (the run safety,
+native cache and plugin host tests); this end-to-end pass takes minutes on 2 cores, so it runs
+with the experiments (``nox -s experiments``), not in CI's default sessions."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "faults" / "run.py"
 
 
-@pytest.mark.slow
+@pytest.mark.experiment
 def test_quick_fault_scenarios_behave_as_documented() -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick"],
