@@ -4,11 +4,13 @@
     python tools/bench/matrix_state.py --quick          # T 1024/4096, reference at T=1024
     python tools/bench/matrix_state.py --threads 1 --clock cpu   # process CPU time, 1 thread
     python tools/bench/matrix_state.py --device cuda
+    python tools/bench/matrix_state.py --batch 8 --cases mamba2_ssd   # Mamba-2's shape
 
 Runs the form's op directly (``delta_rule_chunked`` against ``memory_recurrence``, forward +
-backward, gradients of every input) for the three special cases the issue names: DeltaNet
-(delta rule, no decay), Gated DeltaNet (delta rule, a decay per head and step) and linear
-attention (no delta correction, no decay). For each it prints
+backward, gradients of every input) for the special cases the issues name: DeltaNet
+(delta rule, no decay), Gated DeltaNet (delta rule, a decay per head and step), linear
+attention (no delta correction, no decay) and Mamba-2's SSD (linear attention with a decay per
+head and step; the default ``--cases`` leave it out, run it with ``--batch 8``). For each it prints
 
 - the chunked kernel's fastest time at every ``--times`` length, and the growth from the
   first to the last (linear in ``T`` when it equals the ratio of the lengths);
@@ -42,6 +44,9 @@ CASES = [
     ("deltanet", "delta", False),
     ("gated_deltanet", "delta", True),
     ("linear_attention", "linear", False),
+    # Mamba-2's SSD: linear attention with one decay per head and step (run with --batch 8
+    # for the issue's shape: B=8, 8 heads of 64, N=64)
+    ("mamba2_ssd", "linear", True),
 ]
 
 
@@ -56,7 +61,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--ref-times", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--repeats", type=int, default=3, help="calls per timing (fastest kept)")
     p.add_argument("--chunk", type=int, default=ms_chunked.CHUNK, help="tokens per chunk")
-    p.add_argument("--cases", nargs="+", default=[c[0] for c in CASES])
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=[c[0] for c in CASES if c[0] != "mamba2_ssd"],
+        choices=[c[0] for c in CASES],
+    )
     p.add_argument("--quick", action="store_true", help="T 1024/4096, reference at T=1024")
     p.add_argument(
         "--clock",

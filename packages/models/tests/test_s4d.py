@@ -63,7 +63,7 @@ def test_recurrence_equals_the_equations(discretization: str) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
-@pytest.mark.parametrize("time", [1, 9, 64])
+@pytest.mark.parametrize("time", [1, 9, 37, 64])
 def test_convolution_mode_equals_the_recurrence(
     dtype: torch.dtype, discretization: str, time: int
 ) -> None:

@@ -182,10 +182,49 @@ class S4D(DiagonalLinearCell):
         return f"{super().extra_repr()}, init={self.init!r}, discretization={self.discretization!r}"
 
 
-def _powers(a_bar: Tensor, steps: Tensor) -> Tensor:
-    """``A_bar^l`` for ``l`` in ``steps``: ``(H, M) x (L,) -> (H, M, L)``, as ``exp(l log A_bar)``
-    (one complex exponential per entry, no repeated products)."""
-    return torch.exp(torch.log(a_bar).unsqueeze(-1) * steps.to(a_bar.dtype))
+def _chunked_powers(a_bar: Tensor, length: int) -> tuple[int, Tensor, Tensor]:
+    """Powers of ``a_bar`` (``(H, M)``) for exponents ``0 .. length - 1`` in two small tables:
+    every exponent is ``l = j c + i`` with ``c ~ sqrt(length)``, so ``A^l = A^(j c) A^i``.
+
+    Returns ``(c, inner (H, M, c) = A^i, outer (H, M, J) = A^(j c))`` with
+    ``J = ceil(length / c)``. Products over ``l`` then become batched matrix products of
+    ``(J, M) x (M, c)`` per channel instead of an ``(H, M, length)`` table: memory falls from
+    ``H M length`` to ``H M (c + J)`` numbers, and the products run as matrix multiplications.
+    """
+    c = max(1, math.isqrt(max(length, 1)))
+    J = -(-length // c)
+    log = torch.log(a_bar).unsqueeze(-1)  # (H, M, 1)
+    steps = torch.arange(max(c, J), device=a_bar.device).to(a_bar.dtype)
+    inner = torch.exp(log * steps[:c])
+    outer = torch.exp(log * (steps[:J] * c))
+    return c, inner, outer
+
+
+def _vandermonde(weights: Tensor, a_bar: Tensor, length: int) -> Tensor:
+    """``out[..., h, l] = sum_m weights[..., h, m] * a_bar[h, m]^l`` for ``l < length``.
+
+    ``weights: (..., H, M)`` complex, ``a_bar: (H, M)`` -> ``(..., H, length)`` complex.
+    """
+    _, inner, outer = _chunked_powers(a_bar, length)
+    rows = (weights.unsqueeze(-1) * outer).transpose(-1, -2)  # (..., H, J, M)
+    out = torch.matmul(rows, inner)  # (..., H, J, c)
+    return out.flatten(-2)[..., :length]
+
+
+def _vandermonde_t(values: Tensor, a_bar: Tensor) -> Tensor:
+    """``out[b, h, m] = sum_l a_bar[h, m]^l * values[b, l, h]``: the transposed product.
+
+    ``values: (B, L, H)`` real or complex, ``a_bar: (H, M)`` -> ``(B, H, M)`` complex.
+    """
+    batch, length, H = values.shape
+    c, inner, outer = _chunked_powers(a_bar, length)
+    J = outer.shape[-1]
+    v = values.to(a_bar.dtype)
+    if J * c > length:
+        v = torch.cat([v, v.new_zeros(batch, J * c - length, H)], 1)
+    blocks = v.view(batch, J, c, H).permute(0, 3, 1, 2)  # (B, H, J, c)
+    partial = torch.matmul(blocks, inner.transpose(-1, -2))  # (B, H, J, M)
+    return (partial * outer.transpose(-1, -2)).sum(-2)
 
 
 def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -214,20 +253,20 @@ def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     bad = ~torch.isfinite(x)  # (B, T, H)
     u = torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x).to(rd)
     C = torch.complex(cell.C_re.to(rd), cell.C_im.to(rd))
-    steps = torch.arange(time + 1, device=x.device)
-    V = _powers(a_bar, steps)  # (H, M, T + 1): A_bar^0 .. A_bar^T
-    K = 2 * torch.einsum("hm,hml->hl", C * b_bar, V[..., :time]).real  # (H, T)
+    W = C * b_bar  # (H, M)
+    K = 2 * _vandermonde(W, a_bar, time).real  # (H, T): K_l = 2 Re(sum_m W_m A_bar_m^l)
     n = 2 * time  # linear (not circular) convolution
     conv = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n) * torch.fft.rfft(K, n=n), n=n)[
         ..., :time
     ]
     y = conv.transpose(1, 2) + cell.D.to(rd) * u
-    h0 = state.h.to(cd).view(batch, H, M)
-    # what the initial state adds: 2 Re(sum_n C_n A_bar_n^(t+1) h0_n)
-    y = y + 2 * torch.einsum("bhm,hml->blh", C * h0, V[..., 1:]).real
-    # h_T = A_bar^T h0 + sum_l A_bar^(T-1-l) B_bar u_l
-    tail = V[..., :time].flip(-1)  # (H, M, T): A_bar^(T-1-l) at position l
-    h_last = V[..., time] * h0 + b_bar * torch.einsum("hml,blh->bhm", tail, u.to(cd))
+    # h_T = A_bar^T h0 + B_bar sum_l A_bar^(T-1-l) u_l (the inputs read backwards)
+    h_last = b_bar * _vandermonde_t(u.flip(1), a_bar)
+    if call.state is not None:  # a zero initial state (None) adds nothing to either
+        h0 = state.h.to(cd).view(batch, H, M)
+        # what the initial state adds: 2 Re(sum_m C_m A_bar_m^(t+1) h0_m)
+        y = y + 2 * _vandermonde(C * a_bar * h0, a_bar, time).real.transpose(1, 2)
+        h_last = h_last + torch.exp(torch.log(a_bar) * time) * h0
     # The spoiled values are NaN weights on a link to the parameters: their gradients turn NaN
     # as the recurrence's do (a diverged run must not train on as if nothing happened), while
     # every other output adds 0 * link.
