@@ -34,6 +34,10 @@ KNOWN_CELLS = {
         "srrnn",
         "gated_deltanet",
         "linear_attention",
+        "moneta",
+        "yaad",
+        "memora",
+        "titans",
     },
     "mingru": {"mingru", "minlstm"},
 }

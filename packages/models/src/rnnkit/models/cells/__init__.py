@@ -15,7 +15,10 @@
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
 - :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
 - :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
-- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay.
+- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay;
+- :class:`Moneta`, :class:`Yaad`, :class:`Memora`: Miras memories (l_p / Huber / KL-retention
+  gradient-descent writes on a matrix memory), exact per token, chunked approximation by name;
+- :class:`Titans`: Titans' momentum memory (surprise with momentum and weight decay).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
@@ -26,6 +29,7 @@ from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
 from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
+from rnnkit.models.cells.miras import Memora, MirasState, Moneta, Titans, TitansState, Yaad
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
 from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
@@ -53,6 +57,9 @@ __all__ = [
     "Mamba2",
     "Mamba2State",
     "MambaState",
+    "Memora",
+    "MirasState",
+    "Moneta",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
@@ -60,6 +67,9 @@ __all__ = [
     "RHNState",
     "SRState",
     "StateRegularized",
+    "Titans",
+    "TitansState",
+    "Yaad",
     "aaren_combine",
     "indrnn_u_max",
 ]

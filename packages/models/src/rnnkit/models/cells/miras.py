@@ -1,0 +1,702 @@
+"""Miras memories (Behrouz et al. 2025) and Titans' momentum memory as recurrent cells.
+
+Each cell keeps, per head, a linear associative memory ``W: (d, d)`` (value index first, key
+index second, as :class:`~rnnkit.models.cells.deltanet.DeltaNet`'s ``S``) that maps keys to
+values, ``M(k) = W k``, and writes it with one step of gradient descent per token on an
+internal loss (the *attentional bias*) with a *retention* term that keeps it near its past.
+The papers use a two-layer MLP memory; at this toolkit's scale the memory is linear (a
+matrix per head), which keeps the state ``(B, heads, d, d)`` and makes the gradients closed
+form. The cells differ in the loss and the retention:
+
+- :class:`Moneta`: ``l_p`` loss, ``l_q`` retention (a normalisation of the memory);
+- :class:`Yaad`: a Huber-style loss (``l_2`` near the target, ``l_1`` far from it);
+- :class:`Memora`: ``l_2`` loss, KL retention (a softmax-normalised memory);
+- :class:`Titans`: ``l_2`` loss, gradient descent with momentum and weight decay.
+
+Every cell shares DeltaNet's body: projections ``[W_q x, W_k x, W_v x]``, a width-2 causal
+convolution, unit-norm ``q, k`` after SiLU, a step size ``eta_t = sigmoid(.)`` per head and
+Gated DeltaNet's decay ``alpha_t = exp(-exp(A_log) softplus(. + dt_bias))`` per head.
+
+The memory update is nonlinear in the memory, so no chunked form is exact. ``recur`` (the
+``reference`` backend, what ``backend="auto"`` runs) is the exact per-token update.
+:meth:`MirasCell.chunked_forward` (the ``chunked_approx`` backend, only when named) is the
+mini-batch approximation the papers train with: inside a chunk every token's gradient is
+taken at the memory the chunk started with. It is an approximation, not a kernel of the same
+function: with ``chunk_size=1`` it equals ``recur`` (up to rounding); with larger chunks it
+deviates (measured figures in docs/models.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.core.cell import Cell
+from rnnkit.core.kernel import Kernel, KernelCall, Priority
+from rnnkit.core.state import StateField
+from rnnkit.core.validation import check_heads, check_positive_int
+from rnnkit.models.cells._checks import check_finite
+from rnnkit.models.cells.deltanet import _check_range
+
+#: the backend name of the chunked mini-batch approximation (run only when named).
+CHUNKED_APPROX = "chunked_approx"
+#: ``||A||_q`` is computed as ``(sum |A|^q + NORM_FLOOR)^(1/q)`` in :class:`Moneta`: without
+#: the floor, ``A / ||A||_q^(q-2)`` grows without bound as ``A -> 0`` for ``q > 2`` (the
+#: memory starts at zero), with it the map is close to the identity while ``||A||_q << 1``.
+NORM_FLOOR = 1.0
+
+
+class MirasState(NamedTuple):
+    """State of :class:`Moneta`, :class:`Yaad` and :class:`Memora`: the accumulator
+    ``A: (B, heads, d, d)`` (value index first; the memory is ``W = phi(A)``, the cell's
+    normalisation) and the previous step's projections ``prev: (B, 3 H)`` (the width-2
+    convolution's input; zero at the start of an episode)."""
+
+    A: Tensor
+    prev: Tensor
+
+
+class TitansState(NamedTuple):
+    """State of :class:`Titans`: the memory ``M: (B, heads, d, d)``, its momentum (the
+    "surprise") ``S: (B, heads, d, d)``, and the previous step's projections
+    ``prev: (B, 3 H)``."""
+
+    M: Tensor
+    S: Tensor
+    prev: Tensor
+
+
+StateT = TypeVar("StateT", bound=tuple[Tensor, ...])
+
+
+def _segsum(log_a: Tensor) -> Tensor:
+    """``(..., C) -> (..., C, C)``: ``out[..., t, i] = sum_{j=i+1..t} log_a[..., j]`` for
+    ``i <= t`` (0 on the diagonal) and ``-inf`` above it; ``-inf`` entries (resets) give
+    ``-inf`` sums without ``inf - inf``."""
+    C = log_a.shape[-1]
+    ones = torch.ones(C, C, dtype=torch.bool, device=log_a.device)
+    x = log_a.unsqueeze(-1).expand(*log_a.shape, C)  # x[..., t, i] = log_a[..., t]
+    x = x.masked_fill(~torch.tril(ones, -1), 0.0)
+    return torch.cumsum(x, dim=-2).masked_fill(~torch.tril(ones), -math.inf)
+
+
+def _since_reset(bad: Tensor, s0_bad: Tensor, resets: Tensor) -> Tensor:
+    """``(B, heads, T)`` bool: a bad token (``bad: (B, heads, T)``) at or before ``t`` with no
+    reset after it up to ``t``, or a bad initial memory (``s0_bad: (B, heads)``) and no reset
+    up to ``t`` (``resets: (B, T)``)."""
+    r = resets.unsqueeze(1)
+    counts = torch.cumsum(bad.to(torch.int64), -1)
+    # the count entering each segment, carried forward (counts never decrease)
+    base = torch.cummax(torch.where(r, counts - bad.to(torch.int64), 0), -1).values
+    before_any_reset = torch.cumsum(r.to(torch.int64), -1) == 0
+    return (counts - base > 0) | (s0_bad.unsqueeze(-1) & before_any_reset)
+
+
+def chunk_deviation(cell: MirasCell[Any], x: Tensor, chunk_size: int) -> float:
+    """Relative RMS deviation ``||y_chunked - y_exact|| / ||y_exact||`` of the chunked
+    approximation (:meth:`MirasCell.chunked_forward`) from the exact update (the
+    ``reference`` loop) on ``x: (B, T, input_size)`` from the initial state."""
+    with torch.no_grad():
+        want, _ = cell(x, backend="reference")
+        got, _ = cell.chunked_forward(x, chunk_size=chunk_size)
+        return float((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt())
+
+
+class MirasCell(Cell[StateT]):
+    """The body every cell here shares (not registered itself); see the module docstring.
+
+    Per step, with ``H = hidden_size`` split into ``heads`` heads of ``d = H / heads``:
+    ``u_t = c_0 * p_t + c_1 * p_{t-1}`` with ``p_t = [W_q x_t, W_k x_t, W_v x_t]``;
+    ``q_t = normalize(silu(u_q))``, ``k_t = normalize(silu(u_k))``, ``v_t = u_v`` per head;
+    ``eta_t = sigmoid(w_eta x_t + b_eta)``; ``alpha_t = exp(-exp(A_log) softplus(w_alpha x_t
+    + dt_bias))``; and ``extra`` more gates per head (``w_g x_t + b_g``, raw) for the cells
+    that need them. Subclasses implement the memory update (:meth:`_write`) and its chunked
+    approximation (:meth:`_chunk`).
+    """
+
+    #: per-head gates beyond ``eta`` and ``alpha`` a subclass reads from :meth:`project`.
+    extra_gates: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        chunk_size: int | None = None,
+        a_range: tuple[float, float] = (1.0, 16.0),
+        dt_range: tuple[float, float] = (1e-3, 0.1),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_heads(hidden_size, heads)
+        if chunk_size is not None:
+            check_positive_int("chunk_size", chunk_size)
+        _check_range("a_range", a_range)
+        _check_range("dt_range", dt_range)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size
+        self.heads = heads
+        self.head_dim = hidden_size // heads
+        self.chunk_size = chunk_size
+        self.a_range = (float(a_range[0]), float(a_range[1]))
+        self.dt_range = (float(dt_range[0]), float(dt_range[1]))
+        n_extra = self.extra_gates * heads
+        self.projected_size = 3 * hidden_size + 2 * heads + n_extra
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))
+        self.weight_eta = nn.Parameter(torch.empty(heads, input_size, **kw))
+        self.bias_eta = nn.Parameter(torch.empty(heads, **kw))
+        self.conv = nn.Parameter(torch.empty(2, 3 * hidden_size, **kw))
+        self.weight_alpha = nn.Parameter(torch.empty(heads, input_size, **kw))
+        self.A_log = nn.Parameter(torch.empty(heads, **kw))
+        self.dt_bias = nn.Parameter(torch.empty(heads, **kw))
+        self.weight_extra = nn.Parameter(torch.empty(n_extra, input_size, **kw))
+        self.bias_extra = nn.Parameter(torch.empty(n_extra, **kw))
+        self.reset_parameters()
+
+    #: initial ``b_g`` of the extra gates (subclasses set it for their gate's meaning).
+    extra_bias_init: ClassVar[float] = 0.0
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """As :class:`~rnnkit.models.cells.deltanet.GatedDeltaNet`: projections
+        ``U(-1/sqrt(I), 1/sqrt(I))``, ``b_eta = 0``, convolution taps ``U(-1/sqrt(2),
+        1/sqrt(2))``, ``A ~ U(a_range)``, ``softplus(dt_bias)`` log-uniform in ``dt_range``;
+        the extra gates' biases start at :attr:`extra_bias_init`."""
+        bound = 1.0 / math.sqrt(self.input_size)
+        for w in (self.weight, self.weight_eta, self.weight_alpha, self.weight_extra):
+            nn.init.uniform_(w, -bound, bound)
+        nn.init.zeros_(self.bias_eta)
+        nn.init.constant_(self.bias_extra, self.extra_bias_init)
+        nn.init.uniform_(self.conv, -1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0))
+        A = torch.empty_like(self.A_log).uniform_(*self.a_range)
+        self.A_log.copy_(torch.log(A))
+        lo, hi = math.log(self.dt_range[0]), math.log(self.dt_range[1])
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(lo, hi))
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(..., I) -> (..., projected_size)``: ``[W_q x, W_k x, W_v x, w_eta x + b_eta,
+        w_alpha x, w_g x + b_g]``."""
+        return torch.cat(
+            (
+                F.linear(x, self.weight),
+                F.linear(x, self.weight_eta, self.bias_eta),
+                F.linear(x, self.weight_alpha),
+                F.linear(x, self.weight_extra, self.bias_extra),
+            ),
+            -1,
+        )
+
+    def _gates(self, px: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``eta (..., heads)``, ``log alpha (..., heads)`` and the raw extra gates
+        ``(..., extra_gates, heads)`` from ``px: (..., projected_size)``."""
+        H, nh = 3 * self.hidden_size, self.heads
+        eta = torch.sigmoid(px[..., H : H + nh])
+        log_alpha = -torch.exp(self.A_log) * F.softplus(px[..., H + nh : H + 2 * nh] + self.dt_bias)
+        extra = px[..., H + 2 * nh :].reshape(*px.shape[:-1], self.extra_gates, nh)
+        return eta, log_alpha, extra
+
+    def _qkv(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Unit-norm ``q, k`` and ``v``, each ``(..., heads, d)``, from the convolved
+        projections ``u: (..., 3 H)``."""
+        q, k, v = (t.reshape(*t.shape[:-1], self.heads, self.head_dim) for t in u.chunk(3, -1))
+        q = F.normalize(F.silu(q), dim=-1, eps=1e-6)
+        k = F.normalize(F.silu(k), dim=-1, eps=1e-6)
+        return q, k, v
+
+    def _memory_spec(self) -> tuple[StateField, ...]:
+        d = self.head_dim
+        return (StateField("A", (self.heads, d, d), doc="accumulator per head (value x key)"),)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (
+            *self._memory_spec(),
+            StateField("prev", (3 * self.hidden_size,), doc="previous step's q, k, v inputs"),
+        )
+
+    def recur(self, px_t: Tensor, state: StateT) -> tuple[Tensor, StateT]:
+        """The exact per-token update (the oracle): see the subclass's equations."""
+        p = px_t[:, : 3 * self.hidden_size]
+        q, k, v = self._qkv(self.conv[0] * p + self.conv[1] * state[-1])
+        eta, log_alpha, extra = self._gates(px_t)
+        y, memory = self._write(tuple(state[:-1]), q, k, v, eta, log_alpha, extra)
+        return y.flatten(-2), self.state_type(*memory, p)
+
+    def _write(
+        self,
+        memory: tuple[Tensor, ...],
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One exact update of the memory fields ``(B, heads, d, d)`` with ``q, k, v: (B,
+        heads, d)``, ``eta, log_alpha: (B, heads)``, ``extra: (B, extra_gates, heads)``;
+        returns the read-out ``(B, heads, d)`` and the new memory fields."""
+        raise NotImplementedError
+
+    def _chunk(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor,
+        fresh: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One chunk of the mini-batch approximation: ``q, k, v: (B, heads, C, d)``, ``eta,
+        log_alpha: (B, heads, C)``, ``extra: (B, extra_gates, heads, C)``, ``reset: (B, 1,
+        C)`` bool (the state restarts at the token), ``fresh: (B, 1, C)`` bool (a reset at or
+        before the token inside this chunk: its gradient is taken at the initial memory);
+        returns the read-outs ``(B, heads, C, d)`` and the memory fields after the chunk."""
+        raise NotImplementedError
+
+    def chunked_forward(
+        self,
+        x: Tensor,
+        state: StateT | None = None,
+        *,
+        resets: Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[Tensor, StateT]:
+        """The chunked mini-batch approximation (APPROXIMATE: not equal to ``forward``).
+
+        The sequence is cut into chunks of ``chunk_size`` tokens; inside a chunk, each
+        token's gradient of the attentional bias is taken at the memory the chunk started
+        with (or at the initial memory after a reset), so the residuals of a whole chunk
+        come from one batched product; the retention and the accumulation of the gradients
+        stay per token (closed-form decay products), as do the read-outs. ``chunk_size=1``
+        is the exact update (equal to :meth:`recur`'s loop up to rounding).
+
+        Args:
+            x: ``(B, T, input_size)``.
+            state: the initial state, or ``None`` for :meth:`init_state`.
+            resets: optional bool ``(B, T)``: the state restarts at those steps.
+            chunk_size: overrides the cell's ``chunk_size`` (one of them must be set).
+
+        Returns:
+            ``(y: (B, T, H), final state)``.
+        """
+        C = chunk_size if chunk_size is not None else self.chunk_size
+        if C is None:
+            raise ValueError(
+                "chunk_size must be set (on the cell or in the call) for chunked_forward"
+            )
+        check_positive_int("chunk_size", C)
+        B, T = x.shape[0], x.shape[1]
+        H, nh, d = self.hidden_size, self.heads, self.head_dim
+        if state is None:
+            state = self.init_state(B, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_empty(B, 0, H), state
+        px = self.project(x)
+        p = px[..., : 3 * H]
+        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
+        if resets is not None:
+            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
+        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        if resets is None:
+            resets = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+        # a chunk's products multiply zero coefficients with every token of the chunk, so a
+        # NaN would reach earlier outputs (0 * nan): compute on finite inputs and put the
+        # recurrence's propagation back per head (a non-finite token spoils the head's memory
+        # until the next reset; the exact update may spoil only part of it)
+        bad = (
+            ~torch.isfinite(torch.cat((q, k, v), -1)).all(-1)
+            | ~torch.isfinite(eta)
+            | torch.isnan(log_alpha)
+            | torch.isposinf(log_alpha)
+            | ~torch.isfinite(extra).all(1)
+        )  # (B, heads, T)
+        s0_bad = torch.stack([~torch.isfinite(m).all(-1).all(-1) for m in state[:-1]]).any(0)
+        poison = _since_reset(bad, s0_bad, resets)
+        q, k, v = (torch.where(bad.unsqueeze(-1), 0.0, t) for t in (q, k, v))
+        eta = torch.where(bad, 0.0, eta)
+        log_alpha = torch.where(bad, 0.0, log_alpha)
+        extra = torch.where(bad.unsqueeze(1), 0.0, extra)
+        memory = tuple(torch.where(s0_bad[..., None, None], 0.0, m) for m in state[:-1])
+        ys = []
+        for s in range(0, T, C):
+            e = min(s + C, T)
+            reset = resets[:, s:e].unsqueeze(1)
+            fresh = reset.cumsum(-1) > 0
+            y, memory = self._chunk(
+                memory, reset, fresh, q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], eta[..., s:e],
+                log_alpha[..., s:e], extra[..., s:e],
+            )  # fmt: skip
+            ys.append(y)
+        nan = torch.full((), math.nan, dtype=x.dtype, device=x.device)
+        y = torch.where(poison.unsqueeze(-1), nan, torch.cat(ys, 2))
+        y = y.transpose(1, 2).reshape(B, T, nh * d)
+        memory = tuple(torch.where(poison[..., -1, None, None], nan, m) for m in memory)
+        return y, self.state_type(*memory, p[:, -1])
+
+    def extra_repr(self) -> str:
+        out = f"{super().extra_repr()}, heads={self.heads}"
+        if self.chunk_size is not None:
+            out += f", chunk_size={self.chunk_size}"
+        return out
+
+
+class _Accumulating(MirasCell[MirasState]):
+    """Moneta, Yaad, Memora: ``A_t = alpha_t A_{t-1} - eta_t g_t k_t^T`` with the loss's
+    residual gradient ``g_t = psi(W_{t-1} k_t - v_t)`` at the memory ``W = phi(A)``, and
+    ``y_t = phi(A_t) q_t``; subclasses define ``phi`` (:meth:`_memory`) and ``psi``
+    (:meth:`_bias_grad`)."""
+
+    state_type = MirasState
+
+    def _memory(self, A: Tensor) -> Tensor:
+        """``phi``: the memory ``W`` from the accumulator ``A: (..., d, d)``."""
+        return A
+
+    def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
+        """``psi``: the loss's gradient with respect to the memory's output, from the residual
+        ``e = W k - v: (..., d)`` and the extra gates ``(..., extra_gates)``."""
+        return e
+
+    def _write(
+        self,
+        memory: tuple[Tensor, ...],
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        (A,) = memory
+        W = self._memory(A)
+        e = (W @ k.unsqueeze(-1)).squeeze(-1) - v
+        g = self._bias_grad(e, extra.transpose(-1, -2))
+        A = torch.exp(log_alpha)[..., None, None] * A - (eta[..., None] * g).unsqueeze(
+            -1
+        ) * k.unsqueeze(-2)
+        y = (self._memory(A) @ q.unsqueeze(-1)).squeeze(-1)
+        return y, (A,)
+
+    def _chunk(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor,
+        fresh: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        (A0,) = memory
+        W0 = self._memory(A0)
+        W_init = self._memory(torch.zeros_like(A0[:1]))
+        recalled = torch.where(
+            fresh.unsqueeze(-1), k @ W_init.transpose(-1, -2), k @ W0.transpose(-1, -2)
+        )
+        log_alpha = log_alpha.masked_fill(reset, -math.inf)
+        g = self._bias_grad(recalled - v, extra.movedim(1, -1))  # (B, heads, C, d)
+        D = torch.exp(_segsum(log_alpha))  # (B, heads, C, C)
+        D0 = torch.exp(torch.cumsum(log_alpha, -1))  # (B, heads, C)
+        carried = (D0[..., None, None] * A0.unsqueeze(2)).masked_fill(
+            fresh[..., None, None], 0.0
+        )  # a reset drops the old memory outright (0 * inf would be nan)
+        A = carried - torch.einsum("bhti,bhiv,bhik->bhtvk", D, eta.unsqueeze(-1) * g, k)
+        y = (self._memory(A) @ q.unsqueeze(-1)).squeeze(-1)
+        return y, (A[:, :, -1],)
+
+
+class Moneta(_Accumulating):
+    """Moneta (Miras): ``l_p`` attentional bias with ``l_q`` retention, linear memory per head.
+
+    With :class:`MirasCell`'s body (``q_t, k_t, v_t``, ``eta_t``, ``alpha_t``):
+
+    - ``W_{t-1} = A_{t-1} / n(A_{t-1})``, ``n(A) = (sum |A|^q + 1)^((q - 2) / q)`` per head
+      (``||A||_q^(q-2)`` with a floor, :data:`NORM_FLOOR`; ``n = 1`` for ``q = 2``);
+    - residual ``e_t = W_{t-1} k_t - v_t``; loss ``(1/p) ||e_t||_p^p``, whose gradient with
+      respect to ``W`` is ``(sign(e_t) |e_t|^(p-1)) k_t^T`` (the paper's ``p`` factor is
+      folded into ``eta``, so ``p = 2`` gives the delta rule's step);
+    - ``A_t = alpha_t A_{t-1} - eta_t (sign(e_t) |e_t|^(p-1)) k_t^T``;
+    - ``y_t = W_t q_t`` with ``W_t = A_t / n(A_t)``.
+
+    With ``p = q = 2`` and ``alpha = 1`` this is DeltaNet's delta rule with ``beta = eta``
+    (tested); with a decay it is ``W_t = W_{t-1} (alpha_t I - eta_t k_t k_t^T) + eta_t v_t
+    k_t^T``, which differs from Gated DeltaNet's ``alpha_t W_{t-1} (I - eta_t k_t k_t^T) + ...``
+    in decaying only the old memory, not the correction term.
+
+    ``recur`` (``backend="reference"``, what ``auto`` runs) is the exact update.
+    ``chunked_forward`` (``backend="chunked_approx"``, with ``chunk_size`` set) is the
+    mini-batch APPROXIMATION: gradients at the chunk-start memory; relative RMS deviation of
+    ``y`` from the exact update measured in docs/models.md (0 at chunk size 1).
+
+    Args:
+        input_size: width of ``x``.
+        hidden_size: ``H``, the query/key/value width (also the output width).
+        heads: number of heads; must divide ``hidden_size``.
+        p: the attentional bias's exponent, a finite number ``>= 2`` (paper: 3).
+        q: the retention's exponent, a finite number ``>= 2`` (paper: 4).
+        chunk_size: ``None`` (default) or a positive int: the chunk of ``chunked_forward``.
+        a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`).
+    """
+
+    kind = "moneta"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        p: float = 3.0,
+        q: float = 4.0,
+        chunk_size: int | None = None,
+        a_range: tuple[float, float] = (1.0, 16.0),
+        dt_range: tuple[float, float] = (1e-3, 0.1),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        for name, value in (("p", p), ("q", q)):
+            if check_finite(name, value) < 2.0:
+                raise ValueError(f"{name} must be a finite number >= 2, got {value!r}")
+        self.p = float(p)
+        self.q = float(q)
+        super().__init__(
+            input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
+            dt_range=dt_range, device=device, dtype=dtype,
+        )  # fmt: skip
+
+    def _memory(self, A: Tensor) -> Tensor:
+        if self.q == 2.0:
+            return A
+        total = A.abs().pow(self.q).sum((-2, -1), keepdim=True) + NORM_FLOOR
+        return A / total.pow((self.q - 2.0) / self.q)
+
+    def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
+        if self.p == 2.0:
+            return e
+        return torch.sign(e) * e.abs().pow(self.p - 1.0)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p:g}, q={self.q:g}"
+
+
+class Yaad(_Accumulating):
+    """Yaad (Miras): Huber-style attentional bias, ``l_2`` retention, linear memory per head.
+
+    With :class:`MirasCell`'s body and one more gate per head, the threshold
+    ``delta_t = softplus(w_delta x_t + b_delta)`` (``b_delta`` starts at ``softplus^{-1}(1)``):
+
+    - residual ``e_t = W_{t-1} k_t - v_t``;
+    - ``W_t = alpha_t W_{t-1} - eta_t e_t k_t^T`` if ``||e_t||_2 <= delta_t`` (the ``l_2``
+      loss's gradient), else ``alpha_t W_{t-1} - eta_t delta_t sign(e_t) k_t^T`` (``delta_t``
+      times the ``l_1`` loss's gradient): a large residual moves each value coordinate by at
+      most ``eta_t delta_t``, so outliers do not overwrite the memory;
+    - ``y_t = W_t q_t``.
+
+    ``sign(0) = 0``. The state's ``A`` is ``W`` itself. ``chunked_forward``
+    (``backend="chunked_approx"``) is the mini-batch APPROXIMATION (residuals and the switch
+    at the chunk-start memory; deviation in docs/models.md).
+
+    Args:
+        input_size, hidden_size, heads, chunk_size, a_range, dt_range: as :class:`Moneta`.
+    """
+
+    kind = "yaad"
+    extra_gates = 1
+    extra_bias_init = math.log(math.e - 1.0)  # softplus^{-1}(1): delta starts near 1
+
+    def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
+        delta = F.softplus(extra[..., 0]).unsqueeze(-1)
+        small = e.norm(dim=-1, keepdim=True) <= delta
+        return torch.where(small, e, delta * torch.sign(e))
+
+
+class Memora(_Accumulating):
+    """Memora (Miras): ``l_2`` attentional bias, KL retention: a softmax-normalised memory.
+
+    With :class:`MirasCell`'s body:
+
+    - the memory is ``W = c softmax(A)``, the softmax over the value index of each key
+      column (every column of ``W`` is ``c`` times a probability vector), ``c = scale``;
+    - ``W_t = c softmax(alpha_t log W_{t-1} - eta_t (W_{t-1} k_t - v_t) k_t^T)``, the
+      paper's KL-retention step. Since ``log W = A - logsumexp(A) + log c`` and the softmax
+      ignores what is constant along its axis, this is ``A_t = alpha_t A_{t-1} - eta_t e_t
+      k_t^T`` on the logits ``A`` with ``e_t = W_{t-1} k_t - v_t``, exactly;
+    - ``y_t = W_t q_t``.
+
+    The decay pulls the logits to 0, i.e. the memory towards the uniform ``c / d`` (the KL
+    retention's forgetting). ``chunked_forward`` (``backend="chunked_approx"``) is the
+    mini-batch APPROXIMATION (residuals at the chunk-start memory; deviation in
+    docs/models.md).
+
+    Args:
+        input_size, hidden_size, heads, chunk_size, a_range, dt_range: as :class:`Moneta`.
+        scale: ``c``, a finite number ``> 0``; ``None`` (default): the head width ``d``, so
+            the initial memory is all ones.
+    """
+
+    kind = "memora"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        scale: float | None = None,
+        chunk_size: int | None = None,
+        a_range: tuple[float, float] = (1.0, 16.0),
+        dt_range: tuple[float, float] = (1e-3, 0.1),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if scale is not None:
+            check_finite("scale", scale, positive=True)
+        super().__init__(
+            input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
+            dt_range=dt_range, device=device, dtype=dtype,
+        )  # fmt: skip
+        self.scale = float(scale) if scale is not None else float(self.head_dim)
+
+    def _memory(self, A: Tensor) -> Tensor:
+        return self.scale * torch.softmax(A, dim=-2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale:g}"
+
+
+class Titans(MirasCell[TitansState]):
+    """Titans' long-term memory (Behrouz et al. 2024), linear per head: gradient descent with
+    momentum ("surprise") and weight decay on an ``l_2`` attentional bias.
+
+    With :class:`MirasCell`'s body (``eta_t`` is the step ``theta_t``, ``alpha_t`` the
+    retention ``1 - forget``) and one more gate per head, the momentum
+    ``m_t = sigmoid(w_m x_t + b_m)`` (``b_m`` starts at 0):
+
+    - ``S_t = m_t S_{t-1} - theta_t (M_{t-1} k_t - v_t) k_t^T`` (past surprise plus the
+      gradient of ``(1/2) ||M k_t - v_t||^2`` at the previous memory);
+    - ``M_t = alpha_t M_{t-1} + S_t``;
+    - ``y_t = M_t q_t``.
+
+    With ``m = 0`` and ``alpha = 1`` this is DeltaNet's delta rule with ``beta = theta``.
+    ``chunked_forward`` (``backend="chunked_approx"``) is the mini-batch APPROXIMATION that
+    Titans trains with (gradients at the chunk-start memory, momentum and decay by closed-form
+    products; deviation in docs/models.md).
+
+    Args:
+        input_size, hidden_size, heads, chunk_size, a_range, dt_range: as :class:`Moneta`.
+    """
+
+    kind = "titans"
+    state_type = TitansState
+    extra_gates = 1
+
+    def _memory_spec(self) -> tuple[StateField, ...]:
+        d = self.head_dim
+        return (
+            StateField("M", (self.heads, d, d), doc="memory per head (value x key)"),
+            StateField("S", (self.heads, d, d), doc="momentum of the memory's updates"),
+        )
+
+    def _write(
+        self,
+        memory: tuple[Tensor, ...],
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        M, S = memory
+        momentum = torch.sigmoid(extra[:, 0])[..., None, None]
+        e = (M @ k.unsqueeze(-1)).squeeze(-1) - v
+        S = momentum * S - (eta[..., None] * e).unsqueeze(-1) * k.unsqueeze(-2)
+        M = torch.exp(log_alpha)[..., None, None] * M + S
+        return (M @ q.unsqueeze(-1)).squeeze(-1), (M, S)
+
+    def _chunk(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor,
+        fresh: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        M0, S0 = memory
+        # the initial memory is 0: a token after a reset in this chunk recalls nothing
+        recalled = (k @ M0.transpose(-1, -2)).masked_fill(fresh.unsqueeze(-1), 0.0)
+        g = eta.unsqueeze(-1) * (recalled - v)
+        log_alpha = log_alpha.masked_fill(reset, -math.inf)
+        log_m = F.logsigmoid(extra[:, 0]).masked_fill(reset, -math.inf)
+        P = torch.exp(_segsum(log_m))
+        P0 = torch.exp(torch.cumsum(log_m, -1))
+        drop = fresh[..., None, None]
+        S = (P0[..., None, None] * S0.unsqueeze(2)).masked_fill(drop, 0.0) - torch.einsum(
+            "bhti,bhiv,bhik->bhtvk", P, g, k
+        )
+        D = torch.exp(_segsum(log_alpha))
+        D0 = torch.exp(torch.cumsum(log_alpha, -1))
+        M = (D0[..., None, None] * M0.unsqueeze(2)).masked_fill(drop, 0.0) + torch.einsum(
+            "bhtj,bhjvk->bhtvk", D, S
+        )
+        y = (M @ q.unsqueeze(-1)).squeeze(-1)
+        return y, (M[:, :, -1], S[:, :, -1])
+
+
+def _run_chunked(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The ``chunked_approx`` kernel: :meth:`MirasCell.chunked_forward` on a validated call."""
+    cell = call.cell
+    if not isinstance(cell, MirasCell):
+        raise TypeError(f"chunked_approx runs Miras cells, got {type(cell).__name__}")
+    state = cell.state_type._make(call.state) if call.state is not None else None
+    return cell.chunked_forward(call.x, state, resets=call.resets)
+
+
+def _supports_chunked(call: KernelCall) -> str | None:
+    cell = call.cell
+    if not isinstance(cell, MirasCell):
+        return f"runs Miras cells only, not {type(cell).__name__}"
+    if cell.chunk_size is None:
+        return (
+            "the cell has no chunk_size: the chunked mini-batch approximation is not the exact "
+            "recurrence and runs only on a cell built with chunk_size=C and named as "
+            "backend='chunked_approx'"
+        )
+    return None
+
+
+#: The chunked mini-batch approximation of each Miras cell, one kernel per cell kind. It
+#: computes a different (approximate) function, so ``auto`` never picks it (``NEVER``) and it
+#: refuses cells without ``chunk_size`` (the conformance kit runs every backend that accepts
+#: a cell against ``reference``).
+CHUNKED_KERNELS = tuple(
+    Kernel(
+        backend=CHUNKED_APPROX,
+        target=cls.kind,
+        run=_run_chunked,
+        description=f"{cls.__name__}: chunked mini-batch approximation (approximate; named only)",
+        priority=Priority.NEVER,
+        supports=_supports_chunked,
+    )
+    for cls in (Moneta, Yaad, Memora, Titans)
+)
