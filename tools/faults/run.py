@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import functools
 import importlib.util
 import json
 import os
@@ -704,21 +705,23 @@ def snapshot(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
 
-def damaged_run(ctx: Context, name: str) -> tuple[Sandbox, Path] | Outcome:
-    base, done = ctx.base_run()
-    if done.returncode != 0:
-        return Outcome(f"the run to damage failed ({done.describe()})", False, [done])
-    box = ctx.sandbox(name)
-    shutil.copytree(base, box.dir / "run")
-    return box, box.dir / "run"
+#: damages a checkpoint file in place and returns what the refusal to resume must name
+Damage = Callable[[Path], list[str]]
 
 
-def refused_resume(box: Sandbox, run: Path, names: Sequence[str]) -> Outcome:
-    """Resume ``run``: it must be refused (exit 2) naming the checkpoint and ``names``, with
-    no traceback and nothing in the run directory changed."""
+def refused_resume(ctx: Context, damage: Damage) -> Outcome:
+    """Copy the base run, ``damage`` its checkpoint, and resume: it must be refused (exit 2)
+    naming the checkpoint and what ``damage`` returned, with no traceback and nothing in the
+    run directory changed."""
+    base, made = ctx.base_run()
+    if made.returncode != 0:
+        return Outcome(f"the run to damage failed ({made.describe()})", False, [made])
+    box = ctx.sandbox(damage.__name__.replace("_", "-"))
+    run = box.dir / "run"
+    shutil.copytree(base, run)
+    names = damage(run / "checkpoint.safetensors")
     before = snapshot(run)
     done = box.rnnkit("train", "--out", "run", "--resume", "--no-progress", "--no-plot")
-    message = last_line(done.stderr)
     checks = {
         "exit 2": done.returncode == 2,
         "no traceback": not traceback_in(done.stderr),
@@ -728,49 +731,47 @@ def refused_resume(box: Sandbox, run: Path, names: Sequence[str]) -> Outcome:
     for n in names:
         checks[f"names {n}"] = n in done.stderr
     ok, why = verdict(checks)
-    return Outcome(f"{done.describe()}: {message}{why}", ok, [done])
+    return Outcome(f"{done.describe()}: {last_line(done.stderr)}{why}", ok, [done])
 
 
-@scenario(
-    "runs",
+def damaged_checkpoint(name: str, fault: str, expected: str) -> Callable[[Damage], Damage]:
+    """Register a ``runs`` scenario: :func:`refused_resume` with the decorated damage."""
+
+    def add(damage: Damage) -> Damage:
+        scenario("runs", name, fault, expected)(functools.partial(refused_resume, damage=damage))
+        return damage
+
+    return add
+
+
+@damaged_checkpoint(
     "corrupted checkpoint tensor",
     "one byte pattern flipped inside a model tensor of checkpoint.safetensors; `--resume`",
     "refused, exit 2, naming the checkpoint, the tensor and its checksum; run dir unchanged",
 )
-def corrupted_tensor(ctx: Context) -> Outcome:
-    made = damaged_run(ctx, "corrupt-tensor")
-    if isinstance(made, Outcome):
-        return made
-    box, run = made
-    path = run / "checkpoint.safetensors"
+def corrupt_tensor(path: Path) -> list[str]:
     header, data = read_safetensors(path)
     name = next(n for n in sorted(header) if n.startswith("model.") and "weight" in n)
     lo = int(header[name]["data_offsets"][0])
     raw = bytearray(data)
     raw[lo + 6] ^= 0x5A  # inside the first values; the file still parses
     write_safetensors(path, header, bytes(raw))
-    return refused_resume(box, run, [name, "checksum"])
+    return [name, "checksum"]
 
 
-@scenario(
-    "runs",
+@damaged_checkpoint(
     "edited checkpoint metadata",
     "`step` set to -5 in the checkpoint's metadata; `--resume`",
     "refused, exit 2, naming the checkpoint and the field `step`; run dir unchanged",
 )
-def edited_metadata(ctx: Context) -> Outcome:
-    made = damaged_run(ctx, "edited-meta")
-    if isinstance(made, Outcome):
-        return made
-    box, run = made
-    path = run / "checkpoint.safetensors"
+def edited_meta(path: Path) -> list[str]:
     header, data = read_safetensors(path)
     meta = header["__metadata__"]
     fields = json.loads(str(meta["rnnkit"]))
     fields["step"] = -5
     meta["rnnkit"] = json.dumps(fields)
     write_safetensors(path, header, data)
-    return refused_resume(box, run, ["'step'"])
+    return ["'step'"]
 
 
 #: the kill -9 scenario kills the run once a checkpoint past this step exists (the first
@@ -904,8 +905,10 @@ def closed_pipe(ctx: Context) -> Outcome:
     return Outcome(f"{done.describe()}; stderr {stderr}{why}", ok, [done])
 
 
-def refused_option(ctx: Context, name: str, flag: str, value: str) -> Outcome:
-    box = ctx.sandbox(name)
+def refused_option(ctx: Context, flag: str, value: str) -> Outcome:
+    """``rnnkit train FLAG VALUE`` must be refused by name (exit 2, no traceback) before any
+    run directory exists."""
+    box = ctx.sandbox(flag.lstrip("-"))
     done = box.rnnkit("train", flag, value, "--no-progress", "--no-plot")
     runs = box.dir / "runs"
     left = list(runs.iterdir()) if runs.exists() else []
@@ -922,24 +925,15 @@ def refused_option(ctx: Context, name: str, flag: str, value: str) -> Outcome:
     return Outcome(observed, ok, [done])
 
 
-@scenario(
-    "runs",
-    "--patience -1",
-    "`rnnkit train --patience -1` (default run dir)",
-    "refused by name, exit 2, before any run directory exists",
-)
-def bad_patience(ctx: Context) -> Outcome:
-    return refused_option(ctx, "patience", "--patience", "-1")
-
-
-@scenario(
-    "runs",
-    "--lr nan",
-    "`rnnkit train --lr nan` (default run dir)",
-    "refused by name, exit 2, before any run directory exists",
-)
-def bad_lr(ctx: Context) -> Outcome:
-    return refused_option(ctx, "lr", "--lr", "nan")
+#: the options `rnnkit train` must refuse: (flag, value)
+REFUSED_OPTIONS = (("--patience", "-1"), ("--lr", "nan"))
+for _flag, _value in REFUSED_OPTIONS:
+    scenario(
+        "runs",
+        f"{_flag} {_value}",
+        f"`rnnkit train {_flag} {_value}` (default run dir)",
+        "refused by name, exit 2, before any run directory exists",
+    )(functools.partial(refused_option, flag=_flag, value=_value))
 
 
 # --- plugins -------------------------------------------------------------------------------

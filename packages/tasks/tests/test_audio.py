@@ -697,3 +697,22 @@ def test_resampling_does_not_alias(tmp_path: Path) -> None:
     assert float(np.sqrt(np.mean(high[200:-200] ** 2))) < 0.01 * 0.5
     assert _tone_power(low, 16000, 3_000) > 0.99
     assert float(np.sqrt(np.mean(low[200:-200] ** 2))) == pytest.approx(0.5 / math.sqrt(2), 0.02)
+
+
+def test_loading_the_tasks_leaves_scipy_signal_unimported() -> None:
+    """Every ``rnnkit`` command loads the task modules (the CLI through the task registry);
+    scipy.signal, slow to import, is loaded only by :func:`resample`."""
+    code = (
+        "import sys\n"
+        "import rnnkit.tasks\n"
+        "import rnnkit.tasks.cli\n"
+        "from rnnkit.tasks.registry import list_tasks\n"
+        "list_tasks()\n"
+        "assert 'rnnkit.tasks.audio' in sys.modules, 'the registry did not load audio'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('scipy.signal')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -11,6 +11,9 @@ exposes three methods (:class:`CachedModel`):
 - ``step(x_t, cache)``: one input ``(B,)`` ids or ``(B, F)`` features, returning the outputs
   ``(B, C)`` and the cache after it, at the cost of one step per layer.
 
+Networks of residual blocks (:class:`~rnnkit.models.networks.SSMNetwork`,
+:class:`~rnnkit.models.hybrid.HybridNetwork`) get the three methods from :class:`BlockCache`.
+
 The cache (:class:`ModelCache`) holds one entry per layer that carries something from one
 step to the next: a cell's state ``NamedTuple`` (its ``state_spec`` shapes with a leading
 batch dimension) or, for a causal attention layer, the keys and values of every position read
@@ -21,22 +24,26 @@ made with, raises :class:`CacheMismatchError`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.errors import RnnkitError
 
 __all__ = [
+    "BlockCache",
     "CacheMismatchError",
+    "CachedBlock",
     "CachedModel",
     "KVCache",
     "ModelCache",
     "check_cache",
     "check_cell_state",
+    "require_per_step",
 ]
 
 
@@ -155,3 +162,117 @@ def check_kv_cache(
                 f"{like.dtype} on {like.device}"
             )
     return kv
+
+
+def require_per_step(model: object, pooling: str) -> None:
+    """Refuse the state cache of a model that pools over the sequence (a classifier)."""
+    if pooling != "none":
+        raise ValueError(
+            f"{type(model).__name__} pools over the sequence (pooling={pooling!r}): it has one "
+            "output per sequence, not one per step, and cannot be stepped"
+        )
+
+
+class CachedBlock(Protocol):
+    """A residual block of a :class:`BlockCache` network: its entry in the cache, checked, and
+    one step on ``(B, width)``."""
+
+    def init_state(
+        self, batch: int, *, device: torch.device | str | None, dtype: torch.dtype | None
+    ) -> Any:
+        """The block's cache entry before any input."""
+        ...
+
+    def check_state(
+        self, state: object, *, batch: int, length: int, like: Tensor, where: str
+    ) -> Any:
+        """``state`` checked against the block (:class:`CacheMismatchError` naming ``where``
+        if it does not fit), for ``batch`` sequences after ``length`` positions."""
+        ...
+
+    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One position, ``(B, width) -> (B, width)``, and the state after it."""
+        ...
+
+
+class BlockCache:
+    """``init_cache``, ``prefill`` and ``step`` (:class:`CachedModel`) of a network ``encoder
+    -> blocks -> norm -> head`` whose blocks are :class:`CachedBlock`: one cache entry per
+    block, in order.
+
+    The network (an ``nn.Module`` listing this class first among its bases) provides
+    ``pooling``, ``encoder``, ``norm``, ``head``, :meth:`_blocks` and :meth:`_trunk`, and may
+    rename its layers in error messages (:meth:`_cache_where`)."""
+
+    pooling: str
+    encoder: nn.Module
+    norm: nn.Module
+    head: nn.Module
+
+    def _blocks(self) -> Sequence[CachedBlock]:
+        """The blocks, in order."""
+        raise NotImplementedError
+
+    def _trunk(
+        self, x: Tensor, cache: ModelCache | None, backend: str
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """The encoder and the blocks over ``x`` from ``cache`` (``None``: the start), with
+        ``backend``: ``(features (B, T, width), each block's state after the last step)``."""
+        raise NotImplementedError
+
+    def _cache_where(self, i: int) -> str:
+        """How an error message names block ``i``."""
+        return f"block {i}"
+
+    def init_cache(
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ModelCache:
+        """The cache before any input: each block's initial state (a cell's initial state, an
+        attention layer's empty :class:`KVCache`)."""
+        require_per_step(self, self.pooling)
+        states = tuple(b.init_state(batch, device=device, dtype=dtype) for b in self._blocks())
+        return ModelCache(states, batch, 0)
+
+    def _states(self, cache: object, h: Tensor) -> list[Any]:
+        """Each block's state in ``cache``, checked against the block and ``h: (B, ...)``."""
+        blocks = self._blocks()
+        valid = check_cache(cache, batch=h.shape[0], layers=len(blocks))
+        return [
+            b.check_state(
+                s, batch=valid.batch, length=valid.length, like=h, where=self._cache_where(i)
+            )
+            for i, (b, s) in enumerate(zip(blocks, valid.states, strict=True))
+        ]
+
+    def _start_states(self, cache: ModelCache | None, h: Tensor) -> list[Any]:
+        """:meth:`_states` of ``cache``; ``None`` for every block where ``cache`` is ``None``."""
+        return [None] * len(self._blocks()) if cache is None else self._states(cache, h)
+
+    def prefill(
+        self, x: Tensor, cache: ModelCache | None = None, *, backend: str = "auto"
+    ) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, T, output_size)`` over ``x`` (ids ``(B, T)`` or ``(B, T, F)``) from
+        ``cache`` (``None``: the start) and the cache after the last position."""
+        require_per_step(self, self.pooling)
+        y, finals = self._trunk(x, cache, backend)
+        out: Tensor = self.head(self.norm(y))
+        length = 0 if cache is None else cache.length
+        return out, ModelCache(finals, y.shape[0], length + y.shape[1])
+
+    def step(self, x_t: Tensor, cache: ModelCache | None = None) -> tuple[Tensor, ModelCache]:
+        """Outputs ``(B, output_size)`` after one input (ids ``(B,)`` or ``(B, F)``) and the
+        cache after it: one step per block; ``None``: from :meth:`init_cache`."""
+        require_per_step(self, self.pooling)
+        y = self.encoder(x_t)
+        if cache is None:
+            cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)
+        finals = []
+        for block, s in zip(self._blocks(), self._states(cache, y), strict=True):
+            y, s = block.step(y, s)
+            finals.append(s)
+        out: Tensor = self.head(self.norm(y))
+        return out, cache.advanced(tuple(finals), 1)

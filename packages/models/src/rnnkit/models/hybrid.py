@@ -26,13 +26,13 @@ from rnnkit.core.api import get_cell_class
 from rnnkit.core.cell import Cell
 from rnnkit.core.validation import check_positive_int
 from rnnkit.models.cache import (
+    BlockCache,
     KVCache,
     ModelCache,
-    check_cache,
     check_cell_state,
     check_kv_cache,
 )
-from rnnkit.models.networks import _check_pooling, _pool, require_per_step
+from rnnkit.models.networks import _check_pooling, _pool
 
 __all__ = [
     "ATTENTION",
@@ -332,7 +332,7 @@ class HybridBlock(nn.Module):
         return f"kind={self.kind!r}"
 
 
-class HybridNetwork(nn.Module):
+class HybridNetwork(BlockCache, nn.Module):
     """Encoder -> hybrid layers (:class:`HybridBlock`) -> RMSNorm -> pooling -> linear head.
 
     The layers are ``layers`` if given (names: ``"attention"`` or registered cells, a list or
@@ -488,55 +488,10 @@ class HybridNetwork(nn.Module):
         out: Tensor = self.head(_pool(self.norm(y), self.pooling))
         return out
 
-    # -- the state cache (rnnkit.models.cache) ----------------------------------------------------
+    # -- the state cache (rnnkit.models.cache.BlockCache) ----------------------------------------
 
-    def init_cache(
-        self,
-        batch: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> ModelCache:
-        """The cache before any input: each cell layer's initial state, each attention
-        layer's empty :class:`~rnnkit.models.cache.KVCache`."""
-        require_per_step(self, self.pooling)
-        states = tuple(b.init_state(batch, device=device, dtype=dtype) for b in self._blocks())
-        return ModelCache(states, batch, 0)
-
-    def _states(self, cache: object, h: Tensor) -> list[Any]:
-        blocks = self._blocks()
-        valid = check_cache(cache, batch=h.shape[0], layers=len(blocks))
-        return [
-            b.check_state(
-                s, batch=valid.batch, length=valid.length, like=h, where=f"layer {i} ({b.kind})"
-            )
-            for i, (b, s) in enumerate(zip(blocks, valid.states, strict=True))
-        ]
-
-    def prefill(
-        self, x: Tensor, cache: ModelCache | None = None, *, backend: str = "auto"
-    ) -> tuple[Tensor, ModelCache]:
-        """Outputs ``(B, T, output_size)`` over ``x`` from ``cache`` (``None``: the start) and
-        the cache after the last position."""
-        require_per_step(self, self.pooling)
-        y, finals = self._trunk(x, cache, backend)
-        out: Tensor = self.head(self.norm(y))
-        length = 0 if cache is None else cache.length
-        return out, ModelCache(finals, y.shape[0], length + y.shape[1])
-
-    def step(self, x_t: Tensor, cache: ModelCache | None = None) -> tuple[Tensor, ModelCache]:
-        """Outputs ``(B, output_size)`` after one input (ids ``(B,)`` or ``(B, F)``) and the
-        cache after it: one step per layer; ``None``: from :meth:`init_cache`."""
-        require_per_step(self, self.pooling)
-        y = self.encoder(x_t)
-        if cache is None:
-            cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)
-        finals = []
-        for block, s in zip(self._blocks(), self._states(cache, y), strict=True):
-            y, s = block.step(y, s)
-            finals.append(s)
-        out: Tensor = self.head(self.norm(y))
-        return out, cache.advanced(tuple(finals), 1)
+    def _cache_where(self, i: int) -> str:
+        return f"layer {i} ({self._blocks()[i].kind})"
 
 
 #: Jamba's layout scaled down (the paper: 32 layers of width 4096, attention at i % 8 == 4,

@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.recurrent import Recurrent
-from rnnkit.models.cache import CacheMismatchError, ModelCache, check_cache, check_cell_state
+from rnnkit.models.cache import (
+    BlockCache,
+    CacheMismatchError,
+    ModelCache,
+    check_cache,
+    check_cell_state,
+    require_per_step,
+)
 
 #: How a network turns per-step features into its outputs.
 POOLINGS: tuple[str, ...] = ("none", "last", "mean")
@@ -24,15 +31,6 @@ def _check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be 'none', 'last' or 'mean', got {pooling!r}")
     return pooling
-
-
-def require_per_step(model: nn.Module, pooling: str) -> None:
-    """Refuse the state cache of a model that pools over the sequence (a classifier)."""
-    if pooling != "none":
-        raise ValueError(
-            f"{type(model).__name__} pools over the sequence (pooling={pooling!r}): it has one "
-            "output per sequence, not one per step, and cannot be stepped"
-        )
 
 
 def _pool(y: Tensor, pooling: str) -> Tensor:
@@ -219,6 +217,19 @@ class SSMBlock(nn.Module):
         out: Tensor = x + self.drop(self.mix(self.act(y)))
         return out, final
 
+    def init_state(
+        self, batch: int, *, device: torch.device | str | None, dtype: torch.dtype | None
+    ) -> Any:
+        """The cell's state before any input."""
+        return self.cell.init_state(batch, device=device, dtype=dtype)
+
+    def check_state(
+        self, state: object, *, batch: int, length: int, like: Tensor, where: str
+    ) -> Any:
+        """``state`` checked against the cell (a :class:`CacheMismatchError` if it does not
+        fit; ``length`` does not matter to a cell)."""
+        return check_cell_state(self.cell, state, batch=batch, like=like, where=where)
+
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One step, ``(B, width) -> (B, width)``, and the cell's next state."""
         y, new = self.cell.step(self.norm(x_t), state)
@@ -230,7 +241,7 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-class SSMNetwork(nn.Module):
+class SSMNetwork(BlockCache, nn.Module):
     """Encoder -> ``num_layers`` :class:`SSMBlock` -> final norm -> pooling -> linear head.
 
     Args:
@@ -286,61 +297,20 @@ class SSMNetwork(nn.Module):
         out: Tensor = self.head(_pool(self.norm(y), self.pooling))
         return out
 
-    # -- the state cache (rnnkit.models.cache) ----------------------------------------------------
-
-    def init_cache(
-        self,
-        batch: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> ModelCache:
-        """The cache before any input: each block's cell's initial state."""
-        require_per_step(self, self.pooling)
-        states = tuple(b.cell.init_state(batch, device=device, dtype=dtype) for b in self._blocks())
-        return ModelCache(states, batch, 0)
+    # -- the state cache (rnnkit.models.cache.BlockCache) ----------------------------------------
 
     def _blocks(self) -> list[SSMBlock]:
         return [cast(SSMBlock, b) for b in self.blocks]
 
-    def _states(self, cache: object, h: Tensor) -> list[Any]:
-        blocks = self._blocks()
-        valid = check_cache(cache, batch=h.shape[0], layers=len(blocks))
-        return [
-            check_cell_state(b.cell, s, batch=h.shape[0], like=h, where=f"block {i}")
-            for i, (b, s) in enumerate(zip(blocks, valid.states, strict=True))
-        ]
-
-    def prefill(
-        self, x: Tensor, cache: ModelCache | None = None, *, backend: str = "auto"
-    ) -> tuple[Tensor, ModelCache]:
-        """Outputs ``(B, T, output_size)`` over ``x`` from ``cache`` (``None``: the start) and
-        the cache after the last step."""
-        require_per_step(self, self.pooling)
+    def _trunk(
+        self, x: Tensor, cache: ModelCache | None, backend: str
+    ) -> tuple[Tensor, tuple[Any, ...]]:
         y = self.encoder(x)
-        blocks = self._blocks()
-        states = [None] * len(blocks) if cache is None else self._states(cache, y)
         finals = []
-        for block, s in zip(blocks, states, strict=True):
+        for block, s in zip(self._blocks(), self._start_states(cache, y), strict=True):
             y, s = block.run(y, s, backend=backend)
             finals.append(s)
-        out: Tensor = self.head(self.norm(y))
-        length = 0 if cache is None else cache.length
-        return out, ModelCache(tuple(finals), y.shape[0], length + y.shape[1])
-
-    def step(self, x_t: Tensor, cache: ModelCache | None = None) -> tuple[Tensor, ModelCache]:
-        """Outputs ``(B, output_size)`` after one input and the cache after it (one cell step
-        per block); ``None``: from :meth:`init_cache`."""
-        require_per_step(self, self.pooling)
-        y = self.encoder(x_t)
-        if cache is None:
-            cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)
-        finals = []
-        for block, s in zip(self._blocks(), self._states(cache, y), strict=True):
-            y, s = block.step(y, s)
-            finals.append(s)
-        out: Tensor = self.head(self.norm(y))
-        return out, cache.advanced(tuple(finals), 1)
+        return y, tuple(finals)
 
 
 def ssm_classifier(**cfg: Any) -> SSMNetwork:

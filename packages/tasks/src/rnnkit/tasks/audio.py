@@ -40,7 +40,6 @@ from pathlib import Path
 
 import filelock
 import numpy as np
-import scipy.signal
 import torch
 from torch import Tensor
 
@@ -193,6 +192,10 @@ def resample(x: Tensor, rate_in: int, rate_out: int) -> Tensor:
     """
     if rate_in == rate_out:
         return x
+    # imported here: scipy.signal takes long to import, and every `rnnkit` command loads this
+    # module through the task registry
+    import scipy.signal
+
     g = math.gcd(rate_in, rate_out)
     y = scipy.signal.resample_poly(x.double().numpy(), rate_out // g, rate_in // g)
     return torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)

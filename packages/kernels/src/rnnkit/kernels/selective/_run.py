@@ -28,6 +28,7 @@ class ScanFn(Protocol):
         C: Tensor,
         D: Tensor,
         h0: Tensor,
+        /,
         *,
         resets: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]: ...

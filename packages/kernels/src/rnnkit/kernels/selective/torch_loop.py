@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
-from rnnkit.core.forms import Form
-from rnnkit.kernels.selective._run import protocol_gap, run_selective
+from rnnkit.core.dispatch import Kernel, Priority
+from rnnkit.kernels.selective._shell import ScanInputs, scan_function, selective_kernel
 from rnnkit.kernels.selective.reference import selective_scan_reference
 
 #: Backend name (``backend="selective_torch"``).
@@ -39,24 +38,8 @@ def _chunk(
     return selective_scan_reference(x, dt, A, B, C, D, h0, resets=resets)
 
 
-def selective_scan_torch(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    h0: Tensor,
-    *,
-    resets: Tensor | None = None,
-    chunk: int = CHUNK,
-) -> tuple[Tensor, Tensor]:
-    """The selective scan chunk by chunk, each chunk recomputed in the backward; same
-    arguments and results as :func:`~rnnkit.kernels.selective.reference.selective_scan_reference`
-    (``x, dt: (B, T, D)``, ``A: (D, N)``, ``B, C: (B, T, N)``, ``D: (D,)``, ``h0: (B, D, N)``;
-    returns ``y: (B, T, D)`` and ``h: (B, D, N)``)."""
-    if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
+def _loop(inputs: ScanInputs, resets: Tensor | None, chunk: int) -> tuple[Tensor, Tensor]:
+    x, dt, A, B, C, D, h0 = inputs
     if x.shape[1] == 0:
         return x.new_empty(x.shape), h0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, D, h0))
@@ -75,20 +58,21 @@ def selective_scan_torch(
     return torch.cat(ys, 1), h
 
 
-def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``(B, T, input_size) -> (B, T, output_size)`` and the final state."""
-    return run_selective(call, selective_scan_torch)
+selective_scan_torch = scan_function(
+    "selective_scan_torch",
+    _loop,
+    default_chunk=lambda: CHUNK,
+    summary="The selective scan chunk by chunk, each chunk recomputed in the backward.",
+)
 
 
 def kernels() -> list[Kernel]:
     """The ``selective_torch`` kernel for every cell of the selective diagonal form."""
     return [
-        Kernel(
-            backend=BACKEND,
-            target=Form.SELECTIVE_DIAGONAL.value,
-            run=run,
+        selective_kernel(
+            BACKEND,
+            selective_scan_torch,
             description="selective scan, step loop in torch, chunks recomputed in the backward",
             priority=Priority.PORTABLE,
-            supports=protocol_gap,
         )
     ]

@@ -92,6 +92,48 @@ def causal_conv(
     return conv, tail.transpose(1, 2)
 
 
+def inner_size(input_size: int, hidden_size: int | None, expand: int) -> int:
+    """The inner width ``E`` of a Mamba block: ``hidden_size``, or ``expand * input_size`` when
+    it is ``None``, after checking that the three are positive integers."""
+    check_positive_int("input_size", input_size)
+    check_positive_int("expand", expand)
+    if hidden_size is None:
+        hidden_size = expand * input_size
+    check_positive_int("hidden_size", hidden_size)
+    return hidden_size
+
+
+def check_dt_range(dt_min: float, dt_max: float, dt_floor: float) -> None:
+    """``0 < dt_min <= dt_max < inf`` and ``0 < dt_floor <= dt_max``, else a ``ValueError``."""
+    # exp(dt A) with A < 0 is a contraction for every finite dt > 0; a non-positive step
+    # would make the decay 1 or growing (an unstable discretisation)
+    if not (0.0 < dt_min <= dt_max and math.isfinite(dt_max)):
+        raise ValueError(
+            f"need 0 < dt_min <= dt_max < inf (a stable discretisation needs dt > 0), got "
+            f"dt_min={dt_min}, dt_max={dt_max}"
+        )
+    if not 0.0 < dt_floor <= dt_max:
+        raise ValueError(f"need 0 < dt_floor <= dt_max, got dt_floor={dt_floor}")
+
+
+def initial_dt_bias(size: int, dt_min: float, dt_max: float, dt_floor: float) -> Tensor:
+    """``softplus^{-1}(max(dt, dt_floor))`` with ``dt`` log-uniform in ``[dt_min, dt_max]``:
+    ``(size,)`` float64, drawn by one ``torch.rand`` from the default generator. A bias ``b``
+    gives the initial step ``softplus(b)`` (Mamba's and Mamba-2's ``dt`` initialisation)."""
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(lo + torch.rand(size, dtype=torch.float64) * (hi - lo))
+    return inverse_softplus(dt.clamp(min=dt_floor))
+
+
+def init_causal_conv(weight: Tensor, bias: Tensor | None) -> None:
+    """Initialise a depthwise causal convolution's ``weight: (channels, K)`` and optional
+    ``bias: (channels,)`` in place as torch's ``Conv1d`` does: uniform in ``+-K^{-1/2}``."""
+    bound = 1.0 / math.sqrt(weight.shape[1])  # Conv1d's default: fan-in K (one input channel)
+    nn.init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class Mamba(SelectiveDiagonalCell[MambaState]):
     """The Mamba-1 block (see the module docstring): ``(B, T, d_model) -> (B, T, d_model)``.
 
@@ -141,25 +183,13 @@ class Mamba(SelectiveDiagonalCell[MambaState]):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("expand", expand)
-        if hidden_size is None:
-            hidden_size = expand * input_size
-        check_positive_int("hidden_size", hidden_size)
+        hidden_size = inner_size(input_size, hidden_size, expand)
         check_positive_int("d_state", d_state)
         check_positive_int("d_conv", d_conv)
         if dt_rank is None:
             dt_rank = math.ceil(input_size / 16)
         check_positive_int("dt_rank", dt_rank)
-        # exp(dt A) with A < 0 is a contraction for every finite dt > 0; a non-positive step
-        # would make the decay 1 or growing (an unstable discretisation)
-        if not (0.0 < dt_min <= dt_max and math.isfinite(dt_max)):
-            raise ValueError(
-                f"need 0 < dt_min <= dt_max < inf (a stable discretisation needs dt > 0), got "
-                f"dt_min={dt_min}, dt_max={dt_max}"
-            )
-        if not 0.0 < dt_floor <= dt_max:
-            raise ValueError(f"need 0 < dt_floor <= dt_max, got dt_floor={dt_floor}")
+        check_dt_range(dt_min, dt_max, dt_floor)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = input_size
@@ -184,15 +214,10 @@ class Mamba(SelectiveDiagonalCell[MambaState]):
         self.in_proj.reset_parameters()
         self.x_proj.reset_parameters()
         self.out_proj.reset_parameters()
-        bound = 1.0 / math.sqrt(self.d_conv)  # Conv1d's default: fan-in K (one input channel)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
+        init_causal_conv(self.conv_weight, self.conv_bias)
         nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         E = self.hidden_size
-        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(lo + torch.rand(E, dtype=torch.float64) * (hi - lo))
-        self.dt_proj.bias.copy_(inverse_softplus(dt.clamp(min=self.dt_floor)))
+        self.dt_proj.bias.copy_(initial_dt_bias(E, self.dt_min, self.dt_max, self.dt_floor))
         n = torch.arange(1, self.d_state + 1, dtype=torch.float64)
         self.A_log.copy_(torch.log(n).expand(E, -1))
         nn.init.ones_(self.D)

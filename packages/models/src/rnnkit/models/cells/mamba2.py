@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from rnnkit.core.matrix_state import MatrixStateCell, MemoryInputs
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
-from rnnkit.models.cells.mamba import causal_conv, inverse_softplus
+from rnnkit.models.cells.mamba import (
+    causal_conv,
+    check_dt_range,
+    init_causal_conv,
+    initial_dt_bias,
+    inner_size,
+)
 
 
 class Mamba2State(NamedTuple):
@@ -117,11 +123,7 @@ class Mamba2(MatrixStateCell[Mamba2State]):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("expand", expand)
-        if hidden_size is None:
-            hidden_size = expand * input_size
-        check_positive_int("hidden_size", hidden_size)
+        hidden_size = inner_size(input_size, hidden_size, expand)
         check_positive_int("d_state", d_state)
         check_positive_int("headdim", headdim)
         check_positive_int("ngroups", ngroups)
@@ -137,15 +139,7 @@ class Mamba2(MatrixStateCell[Mamba2State]):
                 f"got ngroups={ngroups}"
             )
         self.a_range = _check_range("a_range", a_range)
-        # exp(dt A) with A < 0 is a contraction for every finite dt > 0; a non-positive step
-        # would make the decay 1 or growing (an unstable discretisation)
-        if not (0.0 < dt_min <= dt_max and math.isfinite(dt_max)):
-            raise ValueError(
-                f"need 0 < dt_min <= dt_max < inf (a stable discretisation needs dt > 0), got "
-                f"dt_min={dt_min}, dt_max={dt_max}"
-            )
-        if not 0.0 < dt_floor <= dt_max:
-            raise ValueError(f"need 0 < dt_floor <= dt_max, got dt_floor={dt_floor}")
+        check_dt_range(dt_min, dt_max, dt_floor)
         if not (norm_eps > 0.0 and math.isfinite(norm_eps)):
             raise ValueError(f"norm_eps must be positive and finite, got {norm_eps}")
         self.input_size = input_size
@@ -174,14 +168,9 @@ class Mamba2(MatrixStateCell[Mamba2State]):
         """The initialisation of the class docstring."""
         self.in_proj.reset_parameters()
         self.out_proj.reset_parameters()
-        bound = 1.0 / math.sqrt(self.d_conv)  # Conv1d's default: fan-in K (one input channel)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
+        init_causal_conv(self.conv_weight, self.conv_bias)
         n = self.nheads
-        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(lo + torch.rand(n, dtype=torch.float64) * (hi - lo))
-        self.dt_bias.copy_(inverse_softplus(dt.clamp(min=self.dt_floor)))
+        self.dt_bias.copy_(initial_dt_bias(n, self.dt_min, self.dt_max, self.dt_floor))
         A = torch.empty(n, dtype=torch.float64).uniform_(*self.a_range)
         self.A_log.copy_(torch.log(A))
         nn.init.ones_(self.D)

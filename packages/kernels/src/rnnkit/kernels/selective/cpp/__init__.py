@@ -17,15 +17,19 @@ failure. ``RNNKIT_SELECTIVE_CPP=0`` (or ``RNNKIT_CPP=0``) turns the backend off.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
-from rnnkit.core.forms import Form
 from rnnkit.kernels.native import BuildError
-from rnnkit.kernels.selective._run import protocol_gap, run_selective
+from rnnkit.kernels.selective._run import protocol_gap
+from rnnkit.kernels.selective._shell import (
+    ScanInputs,
+    autograd_scan,
+    scan_function,
+    selective_kernel,
+)
 from rnnkit.kernels.selective.cpp._native import DISABLE_ENV, LIBRARY, ops
 from rnnkit.kernels.selective.torch_loop import BACKEND as TORCH_BACKEND
 from rnnkit.kernels.selective.torch_loop import selective_scan_torch
@@ -49,71 +53,31 @@ CHUNK = 32
 _DTYPES = (torch.float32, torch.float64)
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """The native forward and backward ops as one autograd node."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor,
-        h0: Tensor,
-        resets: Tensor | None,
-        chunk: int,
-    ) -> tuple[Tensor, Tensor]:
-        x, dt, B, C, D, h0 = (t.contiguous() for t in (x, dt, B, C, D, h0))
-        At = A.t().contiguous()
-        rs = resets.contiguous() if resets is not None else None
-        save = any(ctx.needs_input_grad[:7])
-        y, h, ck = ops().forward(x, dt, At, B, C, D, h0, rs, chunk, save)
-        if save:
-            ctx.save_for_backward(x, dt, At, B, C, D, ck)
-            ctx.resets = rs
-            ctx.chunk = chunk
-        return y, h
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor | None, dh: Tensor | None) -> tuple[Tensor | None, ...]:
-        x, dt, At, B, C, D, ck = ctx.saved_tensors
-        batch, _, dim = x.shape
-        n = At.shape[0]
-        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
-        dh = x.new_zeros((batch, dim, n)) if dh is None else dh.contiguous()
-        grads = ops().backward(x, dt, At, B, C, D, ctx.resets, ck, dy, dh, ctx.chunk)
-        need = ctx.needs_input_grad
-        return (*(g if need[i] else None for i, g in enumerate(grads)), None, None)
+def _forward(
+    inputs: ScanInputs, resets: Tensor | None, chunk: int, save: bool
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    x, dt, A, B, C, D, h0 = inputs
+    x, dt, B, C, D, h0 = (t.contiguous() for t in (x, dt, B, C, D, h0))
+    At = A.t().contiguous()
+    y, h, ck = ops().forward(x, dt, At, B, C, D, h0, resets, chunk, save)
+    return y, h, (x, dt, At, B, C, D, ck)
 
 
-def selective_scan_cpp(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    h0: Tensor,
-    *,
-    resets: Tensor | None = None,
-    chunk: int = CHUNK,
-) -> tuple[Tensor, Tensor]:
-    """The selective scan by the native loops (float32 or float64, CPU); same arguments and
-    results as :func:`~rnnkit.kernels.selective.reference.selective_scan_reference`
-    (``x, dt: (B, T, D)``, ``A: (D, N)``, ``B, C: (B, T, N)``, ``D: (D,)``, ``h0: (B, D, N)``;
-    returns ``y: (B, T, D)`` and ``h: (B, D, N)``).
+def _backward(
+    saved: tuple[Tensor, ...], resets: Tensor | None, chunk: int, dy: Tensor, dh: Tensor
+) -> tuple[Tensor, ...]:
+    x, dt, At, B, C, D, ck = saved
+    grads: tuple[Tensor, ...] = ops().backward(x, dt, At, B, C, D, resets, ck, dy, dh, chunk)
+    return grads
 
-    Raises:
-        rnnkit.kernels.native.BuildError: the library cannot be built here.
-    """
-    if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
-    out: tuple[Tensor, Tensor] = _SelectiveScan.apply(  # type: ignore[no-untyped-call]
-        x, dt, A, B, C, D, h0, resets, chunk
-    )
-    return out
+
+selective_scan_cpp = scan_function(
+    "selective_scan_cpp",
+    autograd_scan("_SelectiveScan", _forward, _backward),
+    default_chunk=lambda: CHUNK,
+    summary="The selective scan by the native loops (float32 or float64, CPU).",
+    raises="    rnnkit.kernels.native.BuildError: the library cannot be built here.\n",
+)
 
 
 def available() -> str | None:
@@ -148,17 +112,7 @@ def priority(call: KernelCall) -> Priority:
     return Priority.BEATS_PORTABLE
 
 
-def _scan_or_fallback(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    h0: Tensor,
-    *,
-    resets: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+def _scan_or_fallback(*inputs: Tensor, resets: Tensor | None = None) -> tuple[Tensor, Tensor]:
     try:
         ops()  # compiles or loads the library on first use
     except BuildError as e:
@@ -169,22 +123,16 @@ def _scan_or_fallback(
             RuntimeWarning,
             stacklevel=4,
         )
-        return selective_scan_torch(x, dt, A, B, C, D, h0, resets=resets)
-    return selective_scan_cpp(x, dt, A, B, C, D, h0, resets=resets)
-
-
-def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``(B, T, input_size) -> (B, T, output_size)`` and the final state."""
-    return run_selective(call, _scan_or_fallback)
+        return selective_scan_torch(*inputs, resets=resets)
+    return selective_scan_cpp(*inputs, resets=resets)
 
 
 def kernels() -> list[Kernel]:
     """The ``selective_cpp`` kernel for every cell of the selective diagonal form."""
     return [
-        Kernel(
-            backend=BACKEND,
-            target=Form.SELECTIVE_DIAGONAL.value,
-            run=run,
+        selective_kernel(
+            BACKEND,
+            _scan_or_fallback,
             description="selective scan, C++ lanes over time, backward by recomputation (CPU)",
             priority=priority,
             available=available,

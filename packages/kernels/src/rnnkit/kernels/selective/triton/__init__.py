@@ -18,8 +18,13 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
-from rnnkit.core.forms import Form
-from rnnkit.kernels.selective._run import COMPUTE_DTYPES, protocol_gap, run_selective
+from rnnkit.kernels.selective._run import COMPUTE_DTYPES, protocol_gap
+from rnnkit.kernels.selective._shell import (
+    ScanInputs,
+    autograd_scan,
+    scan_function,
+    selective_kernel,
+)
 
 _kernels: ModuleType | None
 try:
@@ -70,125 +75,75 @@ def _block_n(n: int) -> int:
     return max(2, 1 << (n - 1).bit_length())
 
 
-class _SelectiveScanTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor,
-        h0: Tensor,
-        resets: Tensor | None,
-        chunk: int,
-    ) -> tuple[Tensor, Tensor]:
-        x, dt, A, B, C, D, h0 = (t.contiguous() for t in (x, dt, A, B, C, D, h0))
-        batch, time, dim = x.shape
-        n = A.shape[1]
-        save = any(ctx.needs_input_grad[:7])
-        nck = -(-time // chunk)
-        y = torch.empty_like(x)
-        h = torch.empty_like(h0)
-        ck = x.new_empty((batch if save else 0, nck, dim, n))
-        rs = resets.contiguous() if resets is not None else None
-        if batch and time and dim:
-            grid = (batch, -(-dim // BLOCK_D))
-            _k()._fwd_kernel[grid](
-                x, dt, A, B, C, D, h0, rs if rs is not None else x, y, h, ck,
-                time, dim, n, nck,
-                HAS_RESETS=rs is not None, SAVE=save, CHUNK=chunk,
-                BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n),
-            )  # fmt: skip
-        else:
-            h.copy_(h0)
-        if save:
-            ctx.save_for_backward(x, dt, A, B, C, D, ck)
-            ctx.resets = rs
-            ctx.chunk = chunk
-        return y, h
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor | None, dh: Tensor | None) -> tuple[Tensor | None, ...]:
-        x, dt, A, B, C, D, ck = ctx.saved_tensors
-        batch, time, dim = x.shape
-        n = A.shape[1]
-        chunk = ctx.chunk
-        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
-        dh = x.new_zeros((batch, dim, n)) if dh is None else dh.contiguous()
-        blocks = -(-dim // BLOCK_D)
-        bn = _block_n(n)
-        if not (batch and time and dim):
-            grads: tuple[Tensor, ...] = (
-                torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(A),
-                torch.zeros_like(B), torch.zeros_like(C), torch.zeros_like(D), dh.clone(),
-            )  # fmt: skip
-        else:
-            dx, ddt = torch.empty_like(x), torch.empty_like(x)
-            dA = x.new_empty((batch, dim, n))
-            dB = x.new_empty((batch, blocks, time, n))
-            dC = x.new_empty((batch, blocks, time, n))
-            dD = x.new_empty((batch, dim))
-            dh0 = x.new_empty((batch, dim, n))
-            scratch = x.new_empty((batch, blocks, chunk, BLOCK_D, bn))
-            rs = ctx.resets
-            _k()._bwd_kernel[(batch, blocks)](
-                x, dt, A, B, C, D, rs if rs is not None else x, ck, dy, dh, scratch,
-                dx, ddt, dA, dB, dC, dD, dh0,
-                time, dim, n, -(-time // chunk), blocks,
-                HAS_RESETS=rs is not None, CHUNK=chunk, BLOCK_D=BLOCK_D, BLOCK_N=bn,
-            )  # fmt: skip
-            grads = (dx, ddt, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0), dh0)
-        need = ctx.needs_input_grad
-        return (*(g if need[i] else None for i, g in enumerate(grads)), None, None)
+def _forward(
+    inputs: ScanInputs, resets: Tensor | None, chunk: int, save: bool
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    x, dt, A, B, C, D, h0 = (t.contiguous() for t in inputs)
+    batch, time, dim = x.shape
+    n = A.shape[1]
+    nck = -(-time // chunk)
+    y = torch.empty_like(x)
+    h = torch.empty_like(h0)
+    ck = x.new_empty((batch if save else 0, nck, dim, n))
+    if batch and time and dim:
+        grid = (batch, -(-dim // BLOCK_D))
+        _k()._fwd_kernel[grid](
+            x, dt, A, B, C, D, h0, resets if resets is not None else x, y, h, ck,
+            time, dim, n, nck,
+            HAS_RESETS=resets is not None, SAVE=save, CHUNK=chunk,
+            BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n),
+        )  # fmt: skip
+    else:
+        h.copy_(h0)
+    return y, h, (x, dt, A, B, C, D, ck)
 
 
-def selective_scan_triton(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    h0: Tensor,
-    *,
-    resets: Tensor | None = None,
-    chunk: int = CHUNK,
-) -> tuple[Tensor, Tensor]:
-    """The selective scan by the Triton kernels; same arguments and results as
-    :func:`~rnnkit.kernels.selective.reference.selective_scan_reference` (``x, dt: (B, T, D)``,
-    ``A: (D, N)``, ``B, C: (B, T, N)``, ``D: (D,)``, ``h0: (B, D, N)``; returns
-    ``y: (B, T, D)`` and ``h: (B, D, N)``), float32 or float64.
+def _backward(
+    saved: tuple[Tensor, ...], resets: Tensor | None, chunk: int, dy: Tensor, dh: Tensor
+) -> tuple[Tensor, ...]:
+    x, dt, A, B, C, D, ck = saved
+    batch, time, dim = x.shape
+    n = A.shape[1]
+    blocks = -(-dim // BLOCK_D)
+    bn = _block_n(n)
+    if not (batch and time and dim):
+        return (
+            torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(A),
+            torch.zeros_like(B), torch.zeros_like(C), torch.zeros_like(D), dh.clone(),
+        )  # fmt: skip
+    dx, ddt = torch.empty_like(x), torch.empty_like(x)
+    dA = x.new_empty((batch, dim, n))
+    dB = x.new_empty((batch, blocks, time, n))
+    dC = x.new_empty((batch, blocks, time, n))
+    dD = x.new_empty((batch, dim))
+    dh0 = x.new_empty((batch, dim, n))
+    scratch = x.new_empty((batch, blocks, chunk, BLOCK_D, bn))
+    _k()._bwd_kernel[(batch, blocks)](
+        x, dt, A, B, C, D, resets if resets is not None else x, ck, dy, dh, scratch,
+        dx, ddt, dA, dB, dC, dD, dh0,
+        time, dim, n, -(-time // chunk), blocks,
+        HAS_RESETS=resets is not None, CHUNK=chunk, BLOCK_D=BLOCK_D, BLOCK_N=bn,
+    )  # fmt: skip
+    return (dx, ddt, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0), dh0)
 
-    Raises:
-        RuntimeError: the kernels cannot run here (the message says why).
-    """
-    if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
+
+def _check(x: Tensor) -> None:
     reason = unavailable_reason(x.device)
     if reason is not None:
         raise RuntimeError(f"{BACKEND}: {reason}")
     if x.dtype not in COMPUTE_DTYPES:
         raise TypeError(f"{BACKEND}: float32 or float64 expected, got {x.dtype}")
-    out: tuple[Tensor, Tensor] = _SelectiveScanTriton.apply(  # type: ignore[no-untyped-call]
-        x, dt, A, B, C, D, h0, resets, chunk
-    )
-    return out
 
 
-def _scan(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor,
-    h0: Tensor,
-    *,
-    resets: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    return selective_scan_triton(x, dt, A, B, C, D, h0, resets=resets, chunk=CHUNK)
+selective_scan_triton = scan_function(
+    "selective_scan_triton",
+    autograd_scan("_SelectiveScanTriton", _forward, _backward),
+    default_chunk=lambda: CHUNK,
+    summary="The selective scan by the Triton kernels, float32 or float64.",
+    check=_check,
+    raises="    RuntimeError: the kernels cannot run here (the message says why).\n"
+    "    TypeError: ``x`` is neither float32 nor float64.\n",
+)
 
 
 def _supports(call: KernelCall) -> str | None:
@@ -209,18 +164,12 @@ def _priority(call: KernelCall) -> Priority:
     return Priority.DEVICE_BEST
 
 
-def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``(B, T, input_size) -> (B, T, output_size)`` and the final state."""
-    return run_selective(call, _scan)
-
-
 def kernels() -> list[Kernel]:
     """The ``selective_triton`` kernel for every cell of the selective diagonal form."""
     return [
-        Kernel(
-            backend=BACKEND,
-            target=Form.SELECTIVE_DIAGONAL.value,
-            run=run,
+        selective_kernel(
+            BACKEND,
+            selective_scan_triton,
             description="selective scan, Triton, chunked with recomputation (CUDA)",
             priority=_priority,
             available=_available,
