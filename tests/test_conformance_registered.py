@@ -34,6 +34,7 @@ KNOWN_CELLS = {
         "srrnn",
         "gated_deltanet",
         "linear_attention",
+        "plstm",
     },
     "mingru": {"mingru", "minlstm"},
 }

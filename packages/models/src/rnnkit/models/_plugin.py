@@ -1,6 +1,6 @@
 """rnnkit-models' plugin module: registers its networks (recurrent stacks, SSM blocks, hybrid
 stacks), its cells and the kernels of cells' own parallel algorithms (Aaren's prefix scan,
-S4D's and LSSL's convolution modes)."""
+S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from rnnkit.models.cells import (
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
+from rnnkit.models.cells.plstm import CHUNKED_KERNEL as PLSTM_CHUNKED_KERNEL
+from rnnkit.models.cells.plstm import PLSTM
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 from rnnkit.models.cells.s5 import S5
 
@@ -54,6 +56,7 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(PARALLEL_KERNEL)
     register(CONV_KERNEL)
     register(LSSL_CONV_KERNEL)
+    register(PLSTM_CHUNKED_KERNEL)
 
 
 @hookimpl
@@ -160,4 +163,11 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LinearAttention,
         description="linear attention, optionally with a fixed or gated decay (chunked backend)",
         test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
+    )
+    register(
+        "plstm",
+        PLSTM,
+        description="pLSTM 1D: matrix memory with source/transition/mark gates (chunked backend)",
+        # chunk_size=3 makes the kit's short sequences span several chunks
+        test_configs=[{"heads": 2, "chunk_size": 3, "gate_bias": -1.0}],
     )

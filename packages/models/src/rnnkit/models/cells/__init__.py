@@ -15,7 +15,8 @@
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
 - :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
 - :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
-- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay.
+- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay;
+- :class:`PLSTM`: pLSTM on a line graph (source, transition and mark gates; ``chunked``).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
@@ -27,6 +28,7 @@ from rnnkit.models.cells.lssl import LSSL, LSSLState
 from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
+from rnnkit.models.cells.plstm import PLSTM, PLSTMState
 from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
 from rnnkit.models.cells.s5 import S5
@@ -35,6 +37,7 @@ from rnnkit.models.cells.srrnn import SRState, StateRegularized
 __all__ = [
     "LRU",
     "LSSL",
+    "PLSTM",
     "RHN",
     "S4D",
     "S5",
@@ -53,6 +56,7 @@ __all__ = [
     "Mamba2",
     "Mamba2State",
     "MambaState",
+    "PLSTMState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
