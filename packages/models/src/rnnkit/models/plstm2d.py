@@ -251,10 +251,11 @@ class PLSTM2D(nn.Module):
     ``q, k, v`` are linear maps of the input (``heads`` heads of ``d = hidden_size / heads``),
     shared by the scan directions; each direction has its own gates (:func:`pmode_gates` or
     :func:`dmode_gates` of a linear map of the input), runs the grid operator on the grid
-    flipped so that its corner is the origin, and the directions' outputs (flipped back) are
-    averaged. Gate weights start at zero; the source, mark and direct biases at
-    ``gate_bias``, the transition biases at ``transition_bias``; P-mode's orientation biases
-    are spread over ``[-2, 2]`` across heads (one head: 0), as in the reference code.
+    flipped so that its corner is the origin (all directions in one batch), and the
+    directions' outputs (flipped back) are averaged. Gate weights start at zero; the source,
+    mark and direct biases at ``gate_bias``, the transition biases at ``transition_bias``;
+    P-mode's orientation biases are spread over ``[-2, 2]`` across heads (one head: 0), as in
+    the reference code.
 
     Args:
         input_size: width of the input at each node.
@@ -333,19 +334,29 @@ class PLSTM2D(nn.Module):
         n = len(MODE_GATES[self.mode])
         pre = F.linear(x, self.weight_gates, self.bias_gates)
         pre = pre.reshape(B, H, W, self.directions, nh, n).permute(3, 0, 4, 1, 2, 5)
-        out = x.new_zeros(B, nh, H, W, d)
-        for index, (flip_rows, flip_cols) in enumerate(_FLIPS[self.directions]):
-            dims = [dim for dim, f in ((2, flip_rows), (3, flip_cols)) if f]
+        flips = [
+            [dim for dim, f in ((2, flip_rows), (3, flip_cols)) if f]
+            for flip_rows, flip_cols in _FLIPS[self.directions]
+        ]
 
-            def flip(t: Tensor, dims: list[int] = dims) -> Tensor:
-                return t.flip(dims) if dims else t
+        def flip(t: Tensor, dims: list[int]) -> Tensor:
+            return t.flip(dims) if dims else t
 
-            if self.mode == "P":
-                gates = pmode_gates(flip(pre[index]), self.transition_scale)
-            else:
-                gates = dmode_gates(flip(pre[index]), self.chirality, self.transition_scale)
-            y = plstm2d(flip(qkv[0]), flip(qkv[1]), flip(qkv[2]), gates, backend=self.backend)
-            out = out + flip(y)
+        # the directions run as one batch: each sees the grid flipped so that its corner is
+        # the origin, and its output is flipped back
+        def stacked(t: Tensor) -> Tensor:
+            return torch.cat([flip(t, dims) for dims in flips], 0)
+
+        pre_all = torch.cat([flip(pre[i], dims) for i, dims in enumerate(flips)], 0)
+        if self.mode == "P":
+            gates = pmode_gates(pre_all, self.transition_scale)
+        else:
+            gates = dmode_gates(pre_all, self.chirality, self.transition_scale)
+        y = plstm2d(stacked(qkv[0]), stacked(qkv[1]), stacked(qkv[2]), gates, backend=self.backend)
+        out = sum(
+            (flip(part, dims) for part, dims in zip(torch.split(y, B, 0), flips, strict=True)),
+            x.new_zeros(B, nh, H, W, d),
+        )
         out = out / self.directions
         return out.permute(0, 2, 3, 1, 4).reshape(B, H, W, self.hidden_size)
 
