@@ -38,6 +38,7 @@ KNOWN_CELLS = {
         "yaad",
         "memora",
         "titans",
+        "plstm",
     },
     "mingru": {"mingru", "minlstm"},
 }

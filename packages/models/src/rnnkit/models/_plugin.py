@@ -1,11 +1,11 @@
 """rnnkit-models' plugin module: registers its networks (recurrent stacks, SSM blocks, hybrid
 stacks), its cells and the kernels of cells' own parallel algorithms (Aaren's prefix scan,
-S4D's and LSSL's convolution modes)."""
+S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, pointer, universal
+from rnnkit.models import forecasting, hybrid, networks, plstm2d, pointer, universal
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -29,6 +29,8 @@ from rnnkit.models.cells.aaren import PARALLEL_KERNEL
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
 from rnnkit.models.cells.miras import CHUNKED_KERNELS
+from rnnkit.models.cells.plstm import CHUNKED_KERNEL as PLSTM_CHUNKED_KERNEL
+from rnnkit.models.cells.plstm import PLSTM
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 from rnnkit.models.cells.s5 import S5
 
@@ -52,6 +54,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mes_lstm", forecasting.mes_lstm)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
+    register("plstm_vision", plstm2d.plstm_vision)
 
 
 @hookimpl
@@ -61,6 +64,7 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(LSSL_CONV_KERNEL)
     for kernel in CHUNKED_KERNELS:
         register(kernel)
+    register(PLSTM_CHUNKED_KERNEL)
 
 
 @hookimpl
@@ -199,4 +203,11 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         Titans,
         description="Titans memory: GD with momentum and weight decay, matrix memory",
         test_configs=[{"heads": 2}],
+    )
+    register(
+        "plstm",
+        PLSTM,
+        description="pLSTM 1D: matrix memory with source/transition/mark gates (chunked backend)",
+        # chunk_size=3 makes the kit's short sequences span several chunks
+        test_configs=[{"heads": 2, "chunk_size": 3, "gate_bias": -1.0}],
     )

@@ -1,7 +1,9 @@
 """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn) as sequences.
 
 ``rows``: the image read row by row, ``(N, 8, 8)``; ``pixels``: pixel by pixel,
-``(N, 64, 1)`` (the small cousin of sequential MNIST). Pixel values are scaled to ``[0, 1]``.
+``(N, 64, 1)`` (the small cousin of sequential MNIST); ``digits_grid`` gives the same pixel
+tensors (raster order) to a 2D model that reads them as an 8 x 8 grid (``plstm_vision``).
+Pixel values are scaled to ``[0, 1]``.
 A fixed seeded permutation splits the images 1,197 / 300 / 300.
 """
 
@@ -76,5 +78,23 @@ TASKS: tuple[Task, ...] = (
         budget=Budget(steps=800, batch_size=64, lr=5e-3, eval_every=100),
         target=0.85,
         details="The small cousin of sequential MNIST; same split as digits_rows.",
+    ),
+    Task(
+        name="digits_grid",
+        description="scikit-learn 8x8 digits as an 8x8 grid of pixels (pLSTM 2D), 10 classes",
+        kind="classify",
+        make_data=functools.partial(digits_data, order="pixels"),
+        metric_fn=classify_metrics,
+        primary="accuracy",
+        io={"input_size": 1, "output_size": 10},
+        model="plstm_vision",
+        model_config={"grid": [8, 8], "hidden_size": 32, "heads": 8, "num_layers": 1},
+        budget=Budget(steps=200, batch_size=64, lr=5e-3, eval_every=50),
+        target=None,
+        details=(
+            "The digits_pixels tensors (raster order, (N, 64, 1)) read by a 2D model as an 8x8 "
+            "grid; --model sequence_classifier --cell lstm reads the same tensors as a "
+            "sequence, for comparison at the same budget."
+        ),
     ),
 )

@@ -19,6 +19,7 @@
 - :class:`Moneta`, :class:`Yaad`, :class:`Memora`: Miras memories (l_p / Huber / KL-retention
   gradient-descent writes on a matrix memory), exact per token, chunked approximation by name;
 - :class:`Titans`: Titans' momentum memory (surprise with momentum and weight decay).
+- :class:`PLSTM`: pLSTM on a line graph (source, transition and mark gates; ``chunked``).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
@@ -31,6 +32,7 @@ from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
 from rnnkit.models.cells.miras import Memora, MirasState, Moneta, Titans, TitansState, Yaad
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
+from rnnkit.models.cells.plstm import PLSTM, PLSTMState
 from rnnkit.models.cells.rhn import RHN, RHNState
 from rnnkit.models.cells.s4d import S4D
 from rnnkit.models.cells.s5 import S5
@@ -39,6 +41,7 @@ from rnnkit.models.cells.srrnn import SRState, StateRegularized
 __all__ = [
     "LRU",
     "LSSL",
+    "PLSTM",
     "RHN",
     "S4D",
     "S5",
@@ -60,6 +63,7 @@ __all__ = [
     "Memora",
     "MirasState",
     "Moneta",
+    "PLSTMState",
     "ParaGRU",
     "ParaGRUState",
     "ParaLSTM",
