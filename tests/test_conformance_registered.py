@@ -37,6 +37,20 @@ KNOWN_CELLS = {
     },
     "mingru": {"mingru", "minlstm"},
 }
+# Plugins of this repository that the integration session installs but another environment may
+# not have: their cells are checked where the plugin is installed, and the test says so where
+# it is not.
+OPTIONAL_CELLS = {"qrnn": {"qrnn"}}
+
+
+@pytest.mark.parametrize("plugin", sorted(OPTIONAL_CELLS))
+def test_optional_plugin_registers_its_cells(plugin: str) -> None:
+    installed = {ep.name for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+    if plugin not in installed:
+        pytest.skip(f"the {plugin} plugin (rnnkit-{plugin}) is not installed")
+    info = get_host().plugins[plugin]
+    assert info.status == "ok", (info.status, info.error)
+    assert OPTIONAL_CELLS[plugin] <= set(info.registered.get("cells", []))
 
 
 def test_the_kit_sees_every_plugin() -> None:
