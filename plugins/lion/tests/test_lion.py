@@ -171,4 +171,5 @@ def test_point_shapes_score_in_the_docs(tmp_path: Path) -> None:
     result = train(
         task="point_shapes", out=str(tmp_path / "run"), progress=False, plot=False, verbose=False
     )
-    assert result.test["accuracy"] >= 0.9, result.test
+    # chance is 0.25; docs/tasks.md reports 0.66 (seed 0)
+    assert result.test["accuracy"] >= 0.6, result.test

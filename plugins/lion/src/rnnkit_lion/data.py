@@ -102,7 +102,8 @@ POINT_SHAPES = Task(
     model="lion_classifier",
     model_config={"hidden_size": 32, "cell": "lru"},
     budget=Budget(steps=300, batch_size=32, lr=3e-3, eval_every=100),
-    target=0.9,
+    # what the default model and budget reached (test 0.66, docs/tasks.md); still rising there
+    target=0.6,
     reference="LION (Liu et al. 2024) reports 3D detection on Waymo/nuScenes; not comparable",
     details=(
         "Generated data: random anisotropic scale, random rotation, noise std 0.02; "
