@@ -46,6 +46,9 @@ ALL = [
     "packages/tasks[series,tensorboard,hub]",
 ]
 TEST_DEPS = ["pytest>=8"]
+# The plugins in this repository, each its own distribution found only through its entry point.
+# rnnkit-lion needs rnnkit-tasks (the task it registers) and, through it, rnnkit-models.
+PLUGINS = ["plugins/mingru", "plugins/qrnn", "plugins/lion"]
 # tests/test_export.py: torch.onnx.export(dynamo=True) needs onnx and onnxscript; the exported
 # models run on ONNX Runtime
 ONNX_TEST_DEPS = ["onnx", "onnxscript", "onnxruntime"]
@@ -92,16 +95,22 @@ def tests(session: nox.Session, package: str) -> None:
 
 @nox.session(python=PYTHON)
 def plugin(session: nox.Session) -> None:
-    """The example plugin, installed from its directory, found through its entry point."""
-    install(session, "packages/core", "plugins/mingru", *TEST_DEPS)
+    """Every plugin of plugins/, installed from its directory into ONE environment (one venv
+    per plugin would cost CI minutes it does not have), found through its entry point. The
+    environment has what the plugins declare (rnnkit-core; rnnkit-tasks and rnnkit-models for
+    lion), never rnnkit-kernels: the plugins must work on the reference backends."""
+    install(session, "packages/core", "packages/models", "packages/tasks", *PLUGINS, *TEST_DEPS)
     session.run("rnnkit", "list", "cells", "mingru")
-    pytest(session, "plugins/mingru/tests")
+    session.run("rnnkit", "list", "models", "qrnn")
+    session.run("rnnkit", "list", "models", "lion")
+    # one pytest call for all (no plugin has a conftest.py, test module names are distinct)
+    pytest(session, *(f"{p}/tests" for p in PLUGINS))
 
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
-    """Cross-package tests: every distribution and the example plugin installed for real."""
-    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS, *ONNX_TEST_DEPS)
+    """Cross-package tests: every distribution and every plugin installed for real."""
+    install(session, *ALL, "packages/rnnkit", *PLUGINS, *TEST_DEPS, *ONNX_TEST_DEPS)
     pytest(session, "tests")
 
 
@@ -116,7 +125,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every package (all installed editable in one venv)."""
-    editable = [a for p in [*ALL, "plugins/mingru"] for a in ("-e", p)]
+    editable = [a for p in [*ALL, *PLUGINS] for a in ("-e", p)]
     install(session, *editable, "mypy>=2.4,<2.5", *TEST_DEPS)
     session.run(
         "mypy",
@@ -124,7 +133,7 @@ def typecheck(session: nox.Session) -> None:
         "packages/kernels/src",
         "packages/models/src",
         "packages/tasks/src",
-        "plugins/mingru/src",
+        *(f"{p}/src" for p in PLUGINS),
     )
 
 
@@ -143,7 +152,7 @@ def docs(session: nox.Session) -> None:
 def experiments(session: nox.Session) -> None:
     """The tests marked `experiment` (deselected everywhere else): learning experiments, full
     sweeps over every cell and end-to-end scripts that take minutes. Not part of CI."""
-    install(session, *ALL, "packages/rnnkit", "plugins/mingru", *TEST_DEPS, *ONNX_TEST_DEPS)
+    install(session, *ALL, "packages/rnnkit", *PLUGINS, *TEST_DEPS, *ONNX_TEST_DEPS)
     env = {"RNNKIT_REQUIRE_CPP": "1"}
     for package in PACKAGES:
         pytest(
@@ -154,7 +163,13 @@ def experiments(session: nox.Session) -> None:
             env=env,
             allow_none_collected=True,
         )
-    pytest(session, "plugins/mingru/tests", "-m", "experiment", allow_none_collected=True)
+    pytest(
+        session,
+        *(f"{p}/tests" for p in PLUGINS),
+        "-m",
+        "experiment",
+        allow_none_collected=True,
+    )
     pytest(session, "tests", "-m", "experiment", allow_none_collected=True)
 
 

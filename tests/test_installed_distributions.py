@@ -77,6 +77,38 @@ def test_list_cells_shows_every_cell_with_its_plugin_of_origin() -> None:
         assert table[entry.name][1:3] == [entry.origin.plugin, entry.origin.distribution]
 
 
+# The repository's other plugins: (distribution, entry point, the models it registers). The
+# integration session installs them; elsewhere their checks skip and say why.
+EXTRA_PLUGINS = [
+    ("rnnkit-qrnn", "qrnn", ["qrnn_classifier"]),
+    ("rnnkit-lion", "lion", ["lion_classifier"]),
+]
+
+
+def _installed(dist: str) -> bool:
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("dist", "plugin", "models"), EXTRA_PLUGINS)
+def test_list_models_shows_each_plugin_model_with_its_plugin(
+    dist: str, plugin: str, models: list[str]
+) -> None:
+    if not _installed(dist):
+        pytest.skip(f"{dist} is not installed")
+    assert md.version(dist) == md.version("rnnkit-core")
+    meta = md.metadata(dist)
+    assert meta["License-Expression"] == "Apache-2.0"
+    result = rnnkit("list", "models")
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    for model in models:
+        assert table[model][1:3] == [plugin, dist]
+
+
 def test_plugins_command_lists_every_builtin_and_the_example_plugin() -> None:
     result = rnnkit("plugins")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,204 @@
+"""The QRNN plugin: its entry point, the quantum neuron against an explicit circuit, the cell
+against dense matrices, the conformance kit, and that it learns."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnkit.core import create_cell
+from rnnkit.core.plugins import PluginHost
+from rnnkit.core.testing import CellConformance, assert_close
+from rnnkit_qrnn import QRNNCell, QRNNClassifier, qrnn_classifier, rus_activation
+
+
+class TestQRNNConformance(CellConformance):
+    """rnnkit's conformance kit, one test per check."""
+
+    def make_cell(self) -> QRNNCell:
+        return QRNNCell(input_size=5, hidden_size=3)
+
+
+class TestQRNNOptionsConformance(CellConformance):
+    """The registered test configuration: every option away from its default."""
+
+    def make_cell(self) -> QRNNCell:
+        return QRNNCell(
+            input_size=5, hidden_size=2, order=2, amplification="none", amplitudes="complex"
+        )
+
+
+def test_registered_through_the_entry_point_of_the_installed_distribution() -> None:
+    host = PluginHost()
+    entry = host.cells.get("qrnn")
+    assert entry.obj.cls is QRNNCell
+    assert (entry.origin.plugin, entry.origin.distribution) == ("qrnn", "rnnkit-qrnn")
+    model = host.models.get("qrnn_classifier")
+    assert model.obj is qrnn_classifier
+    assert model.origin.distribution == "rnnkit-qrnn"
+
+
+def ry(angle: float) -> Tensor:
+    """``R_y(angle) = exp(-i angle Y / 2)``, real."""
+    c, s = math.cos(angle / 2), math.sin(angle / 2)
+    return torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("theta", [-2.0, -0.3, 0.0, 0.4, math.pi / 4, 1.2, math.pi / 2, 2.9])
+def test_one_rus_stage_equals_the_postselected_ancilla_circuit(theta: float) -> None:
+    # ancilla (first factor) x target, ancilla starting in |0>; a random target state
+    psi_t = F.normalize(torch.tensor([0.3, -0.8], dtype=torch.float64), dim=0)
+    eye = torch.eye(2, dtype=torch.float64)
+    minus_iy = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    p0, p1 = torch.diag(torch.tensor([1.0, 0.0])), torch.diag(torch.tensor([0.0, 1.0]))
+    controlled = torch.kron(p0.double(), eye) + torch.kron(p1.double(), minus_iy)
+    circuit = torch.kron(ry(-2 * theta), eye) @ controlled @ torch.kron(ry(2 * theta), eye)
+    out = circuit @ torch.kron(torch.tensor([1.0, 0.0], dtype=torch.float64), psi_t)
+    success = out[:2]  # the ancilla measured in |0>
+    phi, p = rus_activation(torch.tensor(theta, dtype=torch.float64), 1)
+    assert_close("p", p, success.square().sum(), 1e-12)
+    assert_close("state", success / p.sqrt(), ry(2 * float(phi)) @ psi_t, 1e-12)
+    want = math.atan(math.tan(theta) ** 2) if abs(math.cos(theta)) > 1e-9 else math.pi / 2
+    assert abs(float(phi) - want) < 1e-9
+
+
+def test_higher_order_sharpens_the_step_around_a_quarter_turn() -> None:
+    theta = torch.tensor([math.pi / 4 - 0.2, math.pi / 4, math.pi / 4 + 0.2], dtype=torch.float64)
+    lo1, mid1, hi1 = rus_activation(theta, 1)[0].tolist()
+    lo3, mid3, hi3 = rus_activation(theta, 3)[0].tolist()
+    assert abs(mid1 - math.pi / 4) < 1e-12 and abs(mid3 - math.pi / 4) < 1e-12  # fixed point
+    assert lo3 < lo1 < mid1 < hi1 < hi3  # order 3 pushes both sides further out
+    assert hi3 - lo3 > 2 * (hi1 - lo1)
+
+
+def dense_step(cell: QRNNCell, x: Tensor, psi: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of a real 2-qubit, degree-1 cell built from 4x4 matrices, for one example."""
+    w, u = cell.weight.detach(), cell.input_weight.detach()
+    p = [torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64)), None]
+    p[1] = torch.eye(2, dtype=torch.float64) - p[0]
+    for j in range(2):
+        other = 1 - j
+        blocks = torch.zeros(4, 4, dtype=torch.float64)
+        for s in range(2):  # the other qubit's basis state
+            theta = w[j, 0] + w[j, 1] * s + float(u[j, 0] @ x)
+            phi, prob = rus_activation(torch.tensor(float(theta), dtype=torch.float64), cell.order)
+            rot = ry(2 * float(phi))
+            if cell.amplification == "none":
+                rot = rot * prob.sqrt()
+            proj = p[s]
+            assert proj is not None
+            # qubit 0 is the left (most significant) factor
+            blocks += torch.kron(rot, proj) if j == 0 else torch.kron(proj, rot)
+        del other
+        psi = blocks @ psi
+        psi = psi / psi.norm()
+    probs = psi.square()
+    y = torch.stack([probs[2:].sum(), probs[1] + probs[3]])
+    return y, psi
+
+
+@pytest.mark.parametrize("amplification", ["ideal", "none"])
+def test_matches_dense_matrices(amplification: str) -> None:
+    torch.manual_seed(0)
+    cell = create_cell(
+        "qrnn", input_size=3, hidden_size=2, degree=1, order=2, amplification=amplification
+    ).double()
+    x = torch.randn(1, 4, 3, dtype=torch.float64)
+    y, state = cell(x)
+    psi = torch.full((4,), 0.5, dtype=torch.float64)
+    for t in range(4):
+        want_y, psi = dense_step(cell, x[0, t], psi)
+        assert_close(f"y_{t}", y[0, t], want_y, 1e-12)
+    assert_close("final", state.psi[0], psi, 1e-12)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"amplification": "none", "order": 3}, {"amplitudes": "complex", "degree": 3}],
+)
+def test_the_register_stays_normalised_and_outputs_are_probabilities(
+    config: dict[str, object],
+) -> None:
+    torch.manual_seed(0)
+    cell = QRNNCell(2, 4, **config).double()  # type: ignore[arg-type]
+    y, state = cell(torch.randn(3, 30, 2, dtype=torch.float64) * 3)
+    norm = state.psi.square().flatten(1).sum(1)
+    assert_close("norm", norm, torch.ones(3, dtype=torch.float64), 1e-12)
+    assert bool(((y >= 0) & (y <= 1)).all())
+
+
+def test_complex_phases_change_the_outputs() -> None:
+    # with phases the amplitudes interfere differently: a real cell with the same R_y
+    # parameters gives other probabilities
+    torch.manual_seed(0)
+    cplx = QRNNCell(2, 3, amplitudes="complex").double()
+    real = QRNNCell(2, 3).double()
+    real.load_state_dict({k: v for k, v in cplx.state_dict().items() if "phase" not in k})
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    assert (cplx(x)[0] - real(x)[0]).abs().max() > 1e-3
+
+
+def test_bad_hyperparameters_raise_naming_the_argument() -> None:
+    for kwargs, name in [
+        ({"hidden_size": 13}, "hidden_size"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"degree": 0}, "degree"),
+        ({"degree": 4}, "degree"),
+        ({"order": 0}, "order"),
+        ({"amplification": "grover"}, "amplification"),
+        ({"amplitudes": "quaternion"}, "amplitudes"),
+    ]:
+        config: dict[str, object] = {"input_size": 2, "hidden_size": 4, **kwargs}
+        with pytest.raises(ValueError, match=rf"^{name} "):
+            QRNNCell(**config)  # type: ignore[arg-type]
+
+
+def delayed_bit_data(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Bit sequences of length 5; the target is the second bit (recall across 3 steps)."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (n, 5, 1), generator=g).float()
+    return bits, bits[:, 1, 0].long()
+
+
+def test_learns_to_recall_a_bit_in_seconds() -> None:
+    torch.manual_seed(0)
+    x, y = delayed_bit_data(256, 0)
+    x_test, y_test = delayed_bit_data(256, 1)
+    model = QRNNClassifier(1, 2, hidden_size=3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = float((model(x_test).argmax(-1) == y_test).float().mean())
+    # chance is 0.5 (balanced bits): recalling the bit must beat it by a wide margin
+    assert accuracy >= 0.9, accuracy
+
+
+@pytest.mark.experiment
+@pytest.mark.skipif(
+    importlib.util.find_spec("rnnkit.tasks") is None, reason="rnnkit-tasks is not installed"
+)
+def test_dms_score_in_the_docs(tmp_path: Path) -> None:
+    """The run docs/tasks.md reports: ``rnnkit train --task dms --model qrnn_classifier
+    --hidden-size 6`` (the task's default budget)."""
+    from rnnkit.tasks.trainer import train
+
+    result = train(
+        task="dms",
+        model="qrnn_classifier",
+        model_config={"hidden_size": 6},
+        out=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        verbose=False,
+    )
+    # chance is 0.5; docs/tasks.md reports 0.579 (seed 0): still learning at the budget's end
+    assert result.test["accuracy"] >= 0.55, result.test
