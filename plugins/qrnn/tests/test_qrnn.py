@@ -19,19 +19,12 @@ from rnnkit_qrnn import QRNNCell, QRNNClassifier, qrnn_classifier, rus_activatio
 
 
 class TestQRNNConformance(CellConformance):
-    """rnnkit's conformance kit, one test per check."""
+    """rnnkit's conformance kit, one test per check, at the defaults (the registered test
+    configuration, every option away from its default, runs in the integration session's
+    sweep over registered cells: tests/test_conformance_registered.py)."""
 
     def make_cell(self) -> QRNNCell:
         return QRNNCell(input_size=5, hidden_size=3)
-
-
-class TestQRNNOptionsConformance(CellConformance):
-    """The registered test configuration: every option away from its default."""
-
-    def make_cell(self) -> QRNNCell:
-        return QRNNCell(
-            input_size=5, hidden_size=2, order=2, amplification="none", amplitudes="complex"
-        )
 
 
 def test_registered_through_the_entry_point_of_the_installed_distribution() -> None:
