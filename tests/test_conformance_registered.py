@@ -34,6 +34,7 @@ KNOWN_CELLS = {
         "srrnn",
         "gated_deltanet",
         "linear_attention",
+        "alrnn",
     },
     "mingru": {"mingru", "minlstm"},
 }

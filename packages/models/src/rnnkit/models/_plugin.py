@@ -5,8 +5,9 @@ S4D's and LSSL's convolution modes)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, pointer, universal
+from rnnkit.models import dsr, forecasting, hybrid, networks, pointer, universal
 from rnnkit.models.cells import (
+    ALRNN,
     LRU,
     RHN,
     Aaren,
@@ -47,6 +48,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mes_lstm", forecasting.mes_lstm)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
+    register("alrnn_dsr", dsr.alrnn_dsr)
 
 
 @hookimpl
@@ -160,4 +162,10 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LinearAttention,
         description="linear attention, optionally with a fixed or gated decay (chunked backend)",
         test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
+    )
+    register(
+        "alrnn",
+        ALRNN,
+        description="AL-RNN: z = A z + W phi*(z) + C s + h, ReLU on the last P units only",
+        test_configs=[{}, {"pwl_units": 6, "bias": False}],
     )

@@ -15,10 +15,12 @@
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
 - :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
 - :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
-- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay.
+- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay;
+- :class:`ALRNN`: the almost-linear RNN (ReLU on the last ``P`` units; symbolic region codes).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
+from rnnkit.models.cells.alrnn import ALRNN, ALRNNState, region_codes, symbolic_graph
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
@@ -33,11 +35,13 @@ from rnnkit.models.cells.s5 import S5
 from rnnkit.models.cells.srrnn import SRState, StateRegularized
 
 __all__ = [
+    "ALRNN",
     "LRU",
     "LSSL",
     "RHN",
     "S4D",
     "S5",
+    "ALRNNState",
     "Aaren",
     "AarenState",
     "DeltaNet",
@@ -62,4 +66,6 @@ __all__ = [
     "StateRegularized",
     "aaren_combine",
     "indrnn_u_max",
+    "region_codes",
+    "symbolic_graph",
 ]
