@@ -216,15 +216,25 @@ def _linear_system(steps: int) -> Tensor:
 
 
 def test_sparse_forcing_learns_a_rotation_beating_the_persistence_baseline() -> None:
-    """A short run (about a second): 150 steps of sparse teacher forcing on a damped rotation
-    must bring the free-running 40-step error to under a tenth of persistence's."""
+    """A short run (about a second): 80 steps of sparse teacher forcing on a damped rotation
+    must bring the free-running 24-step error under 2 % of persistence's (the untrained model,
+    which decays to a point, is far above persistence)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 6-unit matrices: more threads only add contention
+    try:
+        _learn_rotation()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _learn_rotation() -> None:
     torch.manual_seed(5)
     series = _linear_system(400)
-    windows = series.unfold(0, 41, 20).permute(0, 2, 1)  # (N, 41, 2)
+    windows = series.unfold(0, 25, 20).permute(0, 2, 1)  # (N, 25, 2)
     x, y = windows[:, :-1], windows[:, 1:]
     model = ALRNNReconstructor(2, hidden_size=6, pwl_units=1, tau=5)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    for _ in range(150):
+    for _ in range(80):
         loss = torch.nn.functional.mse_loss(model(x, targets=y), y)
         opt.zero_grad()
         loss.backward()
@@ -232,4 +242,4 @@ def test_sparse_forcing_learns_a_rotation_beating_the_persistence_baseline() -> 
     with torch.no_grad():
         free = float(torch.nn.functional.mse_loss(model(x), y))
     persistence = float(torch.nn.functional.mse_loss(x, y))
-    assert free < 0.1 * persistence, (free, persistence)
+    assert free < 0.02 * persistence, (free, persistence)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.core.validation import check_positive_int
 from rnnkit.tasks import metrics as M
 from rnnkit.tasks._util import generator
 from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
@@ -46,11 +47,6 @@ def _points(x: Tensor, name: str) -> Tensor:
     if x.dim() < 2:
         raise ValueError(f"{name} must have shape (..., T, N) or (T, N), got {tuple(x.shape)}")
     return x.reshape(-1, x.shape[-1]).double()
-
-
-def _check_bins(bins: object) -> None:
-    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
 
 
 def state_space_divergence(
@@ -82,7 +78,7 @@ def state_space_divergence(
         ``log((n_gen + s K) / s) + sum_k p_true log p_true - O(s)`` when the generated points
         avoid every cell the true ones occupy.
     """
-    _check_bins(bins)
+    check_positive_int("bins", bins)
     if not math.isfinite(margin) or margin < 0:
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     if not math.isfinite(smoothing) or smoothing <= 0:
