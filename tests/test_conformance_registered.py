@@ -39,6 +39,7 @@ KNOWN_CELLS = {
         "memora",
         "titans",
         "plstm",
+        "alrnn",
     },
     "mingru": {"mingru", "minlstm"},
 }

@@ -13,6 +13,7 @@ from conftest import task_data
 from rnnkit.tasks import get_task, list_tasks
 from rnnkit.tasks._util import row_keys
 from rnnkit.tasks.breathing import breathing_data
+from rnnkit.tasks.dsr import lorenz63_dsr_data, rossler_dsr_data
 from rnnkit.tasks.dynamics import (
     ks_data,
     ks_etdrk4,
@@ -59,6 +60,8 @@ SLOW_DATA = {
     "rossler",
     "lorenz96",
     "ks",
+    "lorenz63_dsr",
+    "rossler_dsr",
     "epidemic",
     "vessels",
     "kws12",
@@ -161,6 +164,12 @@ def test_slow_generators_deterministic() -> None:
         "ks": lambda seed: ks_data(seed, trajectories=2, length=200, burn=20.0, window=20),
         "epidemic": lambda seed: epidemic_data(seed, days=40, sizes=(50, 10, 10)),
         "vessels": lambda seed: vessel_data(seed, reports=12, sizes=(50, 10, 10)),
+        "lorenz63_dsr": lambda seed: lorenz63_dsr_data(
+            seed, train=600, window=50, eval_window=100, valid=1, test=1
+        ),
+        "rossler_dsr": lambda seed: rossler_dsr_data(
+            seed, train=600, window=50, eval_window=100, valid=1, test=1
+        ),
     }
     for name, make in small.items():
         a, b, c = make(0), make(0), make(1)

@@ -5,8 +5,9 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, plstm2d, pointer, universal
+from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, universal
 from rnnkit.models.cells import (
+    ALRNN,
     LRU,
     RHN,
     Aaren,
@@ -55,6 +56,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
     register("plstm_vision", plstm2d.plstm_vision)
+    register("alrnn_dsr", dsr.alrnn_dsr)
 
 
 @hookimpl
@@ -210,4 +212,10 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         description="pLSTM 1D: matrix memory with source/transition/mark gates (chunked backend)",
         # chunk_size=3 makes the kit's short sequences span several chunks
         test_configs=[{"heads": 2, "chunk_size": 3, "gate_bias": -1.0}],
+    )
+    register(
+        "alrnn",
+        ALRNN,
+        description="AL-RNN: z = A z + W phi*(z) + C s + h, ReLU on the last P units only",
+        test_configs=[{}],
     )

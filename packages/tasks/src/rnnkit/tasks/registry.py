@@ -30,6 +30,7 @@ TASK_MODULES: tuple[str, ...] = (
     "text",
     "recall",
     "dynamics",
+    "dsr",
     "epidemic",
     "vessels",
     "breathing",

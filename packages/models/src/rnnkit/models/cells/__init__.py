@@ -20,9 +20,11 @@
   gradient-descent writes on a matrix memory), exact per token, chunked approximation by name;
 - :class:`Titans`: Titans' momentum memory (surprise with momentum and weight decay).
 - :class:`PLSTM`: pLSTM on a line graph (source, transition and mark gates; ``chunked``).
+- :class:`ALRNN`: the almost-linear RNN (ReLU on the last ``P`` units; symbolic region codes).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
+from rnnkit.models.cells.alrnn import ALRNN, ALRNNState, region_codes, symbolic_graph
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
@@ -39,12 +41,14 @@ from rnnkit.models.cells.s5 import S5
 from rnnkit.models.cells.srrnn import SRState, StateRegularized
 
 __all__ = [
+    "ALRNN",
     "LRU",
     "LSSL",
     "PLSTM",
     "RHN",
     "S4D",
     "S5",
+    "ALRNNState",
     "Aaren",
     "AarenState",
     "DeltaNet",
@@ -76,4 +80,6 @@ __all__ = [
     "Yaad",
     "aaren_combine",
     "indrnn_u_max",
+    "region_codes",
+    "symbolic_graph",
 ]
