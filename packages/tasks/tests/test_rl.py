@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 
 from rnnkit.core.cli import main
 from rnnkit.tasks.rl import (
+    PopgymUnavailableError,
     PPOConfig,
     RecurrentActorCritic,
     VectorEnv,
@@ -176,3 +178,14 @@ def test_s5_learns_repeat_previous_easy() -> None:
     """The documented run (docs/tasks.md): S5 on RepeatPreviousEasy, 100,000 steps."""
     result = train_ppo(PPOConfig(env="RepeatPreviousEasy", cell="s5", steps=100_000))
     assert result.eval_return > result.random_return + 0.5, result.history[-3:]
+
+
+def test_without_popgym_the_command_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "popgym", None)  # an import of popgym now fails
+    monkeypatch.setitem(sys.modules, "popgym.envs", None)
+    with pytest.raises(PopgymUnavailableError, match=r"rnnkit-tasks\[rl\]"):
+        make_env("RepeatFirstEasy")
+    assert main(["rl", "--steps", "1"]) != 0
+    assert "rnnkit-tasks[rl]" in capsys.readouterr().err

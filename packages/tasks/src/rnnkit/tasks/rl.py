@@ -39,10 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.api import get_cell_class
+from rnnkit.core.errors import RnnkitError
 
 __all__ = [
     "RL_HELP",
     "PPOConfig",
+    "PopgymUnavailableError",
     "RLResult",
     "RecurrentActorCritic",
     "VectorEnv",
@@ -71,14 +73,19 @@ _NO_POPGYM = (
 # --- environments -----------------------------------------------------------------------------
 
 
+class PopgymUnavailableError(RnnkitError, ImportError):
+    """``popgym`` is not installed: the message names the ``rl`` extra (``rnnkit rl`` prints
+    it as one line)."""
+
+
 def make_env(name: str) -> Any:
     """A new POPGym environment by class name (``"RepeatPreviousEasy"``, ``"CountRecallHard"``,
-    see ``popgym.envs``). Raises ``ImportError`` without ``popgym`` and ``ValueError`` for an
-    unknown name."""
+    see ``popgym.envs``). Raises :class:`PopgymUnavailableError` without ``popgym`` and
+    ``ValueError`` for an unknown name."""
     try:
         envs = importlib.import_module("popgym.envs")
     except ImportError as exc:
-        raise ImportError(_NO_POPGYM) from exc
+        raise PopgymUnavailableError(_NO_POPGYM) from exc
     cls = getattr(envs, name, None)
     if not isinstance(cls, type):
         known = sorted(
