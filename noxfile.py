@@ -36,14 +36,15 @@ PACKAGES: dict[str, list[str]] = {
     "models": ["packages/core", "packages/models"],
     # [series]: statsmodels, whose shipped data the sunspots/co2/elnino tasks read;
     # [tensorboard]: the --tensorboard tests read the event files back; [hub]: huggingface_hub,
-    # for rnnkit push/pull (tested against a local stand-in)
-    "tasks": ["packages/core", "packages/models", "packages/tasks[series,tensorboard,hub]"],
+    # for rnnkit push/pull (tested against a local stand-in); [rl]: popgym (and gymnasium), two
+    # small pure-Python wheels, for the POPGym tests of rnnkit rl
+    "tasks": ["packages/core", "packages/models", "packages/tasks[series,tensorboard,hub,rl]"],
 }
 ALL = [
     "packages/core",
     "packages/kernels[triton,cpp]",
     "packages/models",
-    "packages/tasks[series,tensorboard,hub]",
+    "packages/tasks[series,tensorboard,hub,rl]",
 ]
 TEST_DEPS = ["pytest>=8"]
 # The plugins in this repository, each its own distribution found only through its entry point.

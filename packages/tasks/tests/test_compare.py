@@ -111,3 +111,24 @@ def test_parse_seeds() -> None:
     assert parse_seeds("0, 1,2") == [0, 1, 2]
     with pytest.raises(ValueError, match="at least one"):
         parse_seeds(" , ")
+
+
+def test_compare_lstm_and_state_space_lms_on_charlm(tmp_path: Path) -> None:
+    """Issue 15: ``rnnkit compare --task charlm --models lstm,mamba,mamba2,jamba`` runs at the
+    task's default model width (two training steps here) and writes its table and report."""
+    args = ["compare", "--task", "charlm", "--models", "lstm,mamba,mamba2,jamba"]
+    args += ["--steps", "2", "--eval-every", "2", "--no-plot", "--no-progress", "-q"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "compare.json").read_text())
+    rows = {r["entry"]: r for r in data["rows"]}
+    assert list(rows) == ["lstm", "mamba", "mamba2", "jamba"]
+    for entry, row in rows.items():
+        assert row["status"] == "ok", (entry, row["status"])
+        # a finite score, at most a little above chance (log2 of the vocabulary) after 2 steps
+        assert 0.0 < row["test_mean"] < data["chance"] + 1.0, (entry, row["test_mean"])
+    # mamba and mamba2 are cells in the task's model; jamba is a registered model
+    assert (rows["mamba"]["cell"], rows["mamba"]["model"]) == ("mamba", None)
+    assert (rows["jamba"]["cell"], rows["jamba"]["model"]) == (None, "jamba")
+    report = (tmp_path / "report.md").read_text()
+    for entry in rows:
+        assert f"| {entry} " in report or f"{entry}/seed-0" in report, entry

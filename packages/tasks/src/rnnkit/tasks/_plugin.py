@@ -1,5 +1,5 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
-``predict``, ``generate``, ``push`` and ``pull`` commands and, when rnnkit-kernels is
+``predict``, ``generate``, ``rl``, ``push`` and ``pull`` commands and, when rnnkit-kernels is
 installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to
+    ``passkey``, ``extract-dfa``, ``rl``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to
     rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
     line, so they are in place when ``rnnkit analog``'s parser is configured)."""
-    from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli
+    from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli, rl
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -49,6 +49,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=automata.configure_extract,
         run=automata.run_extract,
     )
+    register("rl", help=rl.RL_HELP, configure=rl.configure_rl, run=rl.run_rl)
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()

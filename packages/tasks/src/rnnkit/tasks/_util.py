@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -59,3 +60,18 @@ def tag_metrics(
         "token_accuracy": M.token_accuracy(outputs, targets),
         "sequence_accuracy": M.sequence_accuracy(outputs, targets),
     }
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as keywords: ``VALUE`` parsed as JSON when it can be, else kept
+    as a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

@@ -13,7 +13,6 @@ of ``final.json`` (``compare.json``) instead of the table, ``-q/--quiet`` nothin
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
 from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
+from rnnkit.tasks._util import parse_set
 from rnnkit.tasks.callbacks import TensorBoardCallback, TrainerCallback
 from rnnkit.tasks.distributed import is_main_process
 from rnnkit.tasks.runconfig import apply_config_file, config_document, format_toml
@@ -160,14 +160,7 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["hidden_size"] = args.hidden_size
     if args.num_layers is not None:
         cfg["num_layers"] = args.num_layers
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            cfg[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            cfg[key] = raw
+    cfg.update(parse_set(args.set))
     return cfg
 
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.tasks import metrics as M
+from rnnkit.tasks._util import parse_set
 from rnnkit.tasks.recall import passkey_data
 
 #: the statistics :func:`state_statistics` returns, in order
@@ -328,7 +329,6 @@ def configure_passkey(p: Any) -> None:
 
 
 def _model_config(args: Any) -> tuple[str, dict[str, Any]]:
-    import json
 
     model = args.model or ("ssm_tagger" if args.cell in SSM_CELLS else "sequence_tagger")
     cfg: dict[str, Any] = {
@@ -341,14 +341,7 @@ def _model_config(args: Any) -> tuple[str, dict[str, Any]]:
         cfg.update(mix=False, state_size=2 * args.hidden_size)
     if args.d_state is not None:
         cfg["d_state"] = args.d_state
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            cfg[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            cfg[key] = raw
+    cfg.update(parse_set(args.set))
     return model, cfg
 
 
