@@ -5,7 +5,7 @@ S4D's and LSSL's convolution modes)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, pointer, universal
+from rnnkit.models import forecasting, hybrid, networks, pointer, pvrnn, universal
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -47,6 +47,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mes_lstm", forecasting.mes_lstm)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
+    register("pvrnn", pvrnn.pvrnn)
 
 
 @hookimpl
