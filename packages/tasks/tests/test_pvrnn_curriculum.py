@@ -125,9 +125,10 @@ def test_multi_head_curriculum_learns_quickly() -> None:
 @pytest.mark.experiment
 @pytest.mark.parametrize("task", ["parity", "dms"])
 def test_curricula_reach_twice_the_uncurriculated_n(task: str) -> None:
-    """docs/tasks.md's curriculum table: at equal budget both curricula reach an N at least
-    twice that of the uncurriculated network (which gets the whole budget for each N)."""
-    kw = {"budget": 2000, "seed": 0}
+    """The issue's target (docs/tasks.md's curriculum table, 3,000 steps): both curricula
+    reach an N at least twice that of the uncurriculated network, which gets the whole budget
+    for each N. Not met at the measured figures: see docs/tasks.md."""
+    kw = {"budget": 3000, "seed": 0}
     base = baseline_reach(task, **kw)
     single = run_curriculum(task, "single", **kw)  # type: ignore[arg-type]
     multi = run_curriculum(task, "multi", **kw)  # type: ignore[arg-type]
