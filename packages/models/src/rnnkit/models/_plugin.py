@@ -5,7 +5,7 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, universal
+from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, pvrnn, universal
 from rnnkit.models.cells import (
     ALRNN,
     LRU,
@@ -57,6 +57,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("pointer_net", pointer.pointer_net)
     register("plstm_vision", plstm2d.plstm_vision)
     register("alrnn_dsr", dsr.alrnn_dsr)
+    register("pvrnn", pvrnn.pvrnn)
 
 
 @hookimpl

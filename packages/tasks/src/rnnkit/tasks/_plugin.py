@@ -27,6 +27,20 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
     rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
     line, so they are in place when ``rnnkit analog``'s parser is configured)."""
     from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli, rl
+    ``passkey``, ``extract-dfa``, ``curriculum``, ``pvrnn``, ``push`` and ``pull``; add ``kws``
+    and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it
+    builds the command line, so they are in place when ``rnnkit analog``'s parser is
+    configured)."""
+    from rnnkit.tasks import (
+        automata,
+        cli,
+        curriculum,
+        downloads,
+        hub,
+        passkey_length,
+        pvrnn_study,
+        reuse_cli,
+    )
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -50,6 +64,18 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=automata.run_extract,
     )
     register("rl", help=rl.RL_HELP, configure=rl.configure_rl, run=rl.run_rl)
+    register(
+        "curriculum",
+        help=curriculum.CURRICULUM_HELP,
+        configure=curriculum.configure_curriculum,
+        run=curriculum.run_curriculum_command,
+    )
+    register(
+        "pvrnn",
+        help=pvrnn_study.PVRNN_HELP,
+        configure=pvrnn_study.configure_pvrnn,
+        run=pvrnn_study.run_pvrnn,
+    )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()

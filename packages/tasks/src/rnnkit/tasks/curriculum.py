@@ -1,0 +1,290 @@
+"""N-parity and N-DMS curricula for leaky RNNs with trainable timescales (``rnnkit curriculum``).
+
+After Khajehabdollahi, Zeraati et al. (ICLR 2024, arXiv 2309.12927): a network learns to
+integrate over ``N`` past bits with ``N`` raised step by step.
+
+- ``single``: one readout trained on ``N`` alone; when its accuracy reaches ``threshold`` the
+  same readout moves on to ``N + 1`` (earlier ``N`` may be forgotten).
+- ``multi``: one readout per ``N`` in ``2..N_max``, all trained together (the loss is the sum
+  of their cross-entropies); when the mean accuracy and that of ``N_max`` both reach
+  ``threshold`` a head for ``N_max + 1`` is added.
+- ``none`` (the uncurriculated baseline): a fresh network trained on one ``N`` for the whole
+  budget; :func:`baseline_reach` tries ``N = n_start, n_start + 1, ...`` with the same budget
+  each and reports the largest ``N`` solved before the first failure.
+
+Batches are drawn afresh every step as in the paper: a length ``T`` per batch
+(parity ``U{N_max+2 .. ceil(2.5 N_max + 2) - 1}``, DMS ``U{N_max+2 .. 4 N_max + 2}``), parity
+bits Bernoulli(p) with ``p ~ U(0, 1)`` per batch, DMS bits Bernoulli(0.5). Accuracy is measured
+on a fresh batch of ``eval_batch`` sequences every ``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.models.cells import LeakyRNN
+
+CURRICULUM_HELP = "single-head vs multi-head curricula on N-parity / N-DMS (leaky RNN, learned tau)"
+CURRICULUM_TASKS = ("parity", "dms")
+MODES = ("single", "multi", "none")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def curriculum_batch(
+    task: str, ns: Sequence[int], batch: int, g: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One batch for the ``N`` values ``ns``: ``(x (batch, T, 1) float, y (batch, len(ns))
+    int64)``, ``T`` drawn from the range of ``max(ns)`` (see the module docstring)."""
+    if task not in CURRICULUM_TASKS:
+        raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
+    n_max = max(ns)
+    if task == "parity":
+        t_lo, t_hi = n_max + 2, math.ceil(n_max + 2 + 1.5 * n_max) - 1
+        p = float(torch.rand((), generator=g))
+    else:
+        t_lo, t_hi, p = n_max + 2, n_max + 2 + 3 * n_max, 0.5
+    t = int(torch.randint(t_lo, t_hi + 1, (), generator=g))
+    bits = (torch.rand(batch, t, generator=g) < p).long()
+    if task == "parity":
+        y = torch.stack([bits[:, -n:].sum(-1) % 2 for n in ns], -1)
+    else:
+        y = torch.stack([(bits[:, -n] == bits[:, -1]).long() for n in ns], -1)
+    return bits.float()[..., None], y
+
+
+class MultiHeadLeakyRNN(nn.Module):
+    """A :class:`~rnnkit.models.cells.LeakyRNN` (leaky-ReLU, ``tau ~ 1 + U(0, 1)`` trained)
+    read out at the last step by one linear head per ``N``.
+
+    ``forward(x: (B, T, 1)) -> (B, heads, 2)`` logits.
+    """
+
+    def __init__(self, hidden_size: int, heads: int = 1) -> None:
+        super().__init__()
+        self.cell = LeakyRNN(1, hidden_size, activation="leaky_relu", tau_init=(1.0, 2.0))
+        self.heads = nn.ModuleList(nn.Linear(hidden_size, 2) for _ in range(heads))
+
+    def add_head(self) -> None:
+        """Append a fresh head (on the cell's device and dtype)."""
+        w = self.cell.recurrent
+        self.heads.append(nn.Linear(self.cell.hidden_size, 2, device=w.device, dtype=w.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, _ = self.cell(x)
+        last = y[:, -1]
+        return torch.stack([head(last) for head in self.heads], 1)
+
+
+@dataclass
+class CurriculumResult:
+    """What :func:`run_curriculum` returns.
+
+    ``n_reached``: the largest ``N`` solved (accuracy ``>= threshold``; ``n_start - 1`` if
+    none); ``steps``: training steps used; ``history``: ``(step, N trained, accuracy)`` at each
+    evaluation (``N trained`` is ``N_max`` for ``multi``; the accuracy is that of ``N_max``);
+    ``tau``: the learned timescales' ``mean``, ``median`` and ``max``; ``taus``: all of them.
+    """
+
+    task: str
+    mode: str
+    n_reached: int
+    steps: int
+    seconds: float
+    tau: dict[str, float]
+    history: list[tuple[int, int, float]] = field(default_factory=list)
+    taus: list[float] = field(default_factory=list)
+
+
+def _check(name: str, value: object, *, low: float, integer: bool = True) -> None:
+    ok = (
+        isinstance(value, int) if integer else isinstance(value, (int, float))
+    ) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) < low:  # type: ignore[arg-type]
+        kind = "an int" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind} >= {low}, got {value!r}")
+
+
+def run_curriculum(
+    task: str = "parity",
+    mode: str = "multi",
+    *,
+    budget: int = 2000,
+    n_start: int = 2,
+    hidden_size: int = 64,
+    batch_size: int = 128,
+    lr: float = 5e-3,
+    optimizer: str = "adam",
+    clip: float = 2.0,
+    threshold: float = 0.98,
+    eval_every: int = 50,
+    eval_batch: int = 512,
+    max_n: int = 100,
+    seed: int = 0,
+) -> CurriculumResult:
+    """Train one network under ``mode`` for at most ``budget`` steps (see the module
+    docstring). ``optimizer``: ``"adam"`` (default, for small budgets) or ``"sgd"`` (the
+    paper's: momentum 0.1, Nesterov). ``mode="none"`` trains on ``N = n_start`` only and
+    stops once solved. Stops early when ``max_n`` is solved."""
+    if task not in CURRICULUM_TASKS:
+        raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    for name, value in (
+        ("budget", budget),
+        ("hidden_size", hidden_size),
+        ("batch_size", batch_size),
+        ("eval_every", eval_every),
+        ("eval_batch", eval_batch),
+    ):
+        _check(name, value, low=1)
+    _check("n_start", n_start, low=2)
+    _check("max_n", max_n, low=n_start)
+    _check("lr", lr, low=0, integer=False)
+    _check("clip", clip, low=0, integer=False)
+    if lr <= 0 or clip <= 0:
+        raise ValueError(f"{'lr' if lr <= 0 else 'clip'} must be > 0")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    g_eval = torch.Generator().manual_seed(seed + 10_000)
+    model = MultiHeadLeakyRNN(hidden_size, 1)
+    ns = [n_start]  # the N of each head (single, none: one head whose N changes)
+
+    def make_opt() -> torch.optim.Optimizer:
+        if optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.1, nesterov=True)
+
+    opt = make_opt()
+    reached, history, step = n_start - 1, [], 0
+    while step < budget:
+        model.train()
+        x, y = curriculum_batch(task, ns, batch_size, g)
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="sum") / len(y)
+        opt.zero_grad()
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        step += 1
+        if step % eval_every and step != budget:
+            continue
+        model.eval()
+        with torch.no_grad():
+            x, y = curriculum_batch(task, ns, eval_batch, g_eval)
+            acc = (model(x).argmax(-1) == y).float().mean(0)
+        history.append((step, max(ns), float(acc[-1])))
+        solved = bool(acc[-1] >= threshold) and bool(acc.mean() >= threshold)
+        if not solved:
+            continue
+        reached = max(ns)
+        if mode == "none" or reached >= max_n:
+            break
+        if mode == "single":
+            ns = [ns[0] + 1]
+        else:
+            ns.append(max(ns) + 1)
+            model.add_head()
+            opt = make_opt()  # the new head's parameters join the optimiser
+    taus = model.cell.tau().detach().double()
+    return CurriculumResult(
+        task=task,
+        mode=mode,
+        n_reached=reached,
+        steps=step,
+        seconds=time.perf_counter() - start,
+        tau={"mean": float(taus.mean()), "median": float(taus.median()), "max": float(taus.max())},
+        history=history,
+        taus=taus.tolist(),
+    )
+
+
+def baseline_reach(task: str = "parity", *, n_start: int = 2, **kw: object) -> CurriculumResult:
+    """The uncurriculated baseline: fresh networks trained on ``N = n_start, n_start + 1,
+    ...`` alone, each with the whole budget, until one fails; the result is that of the last
+    run, with ``n_reached`` the largest ``N`` solved and ``steps`` the total over the runs."""
+    total, n, last = 0, n_start, None
+    while True:
+        r = run_curriculum(task, "none", n_start=n, **kw)  # type: ignore[arg-type]
+        total += r.steps
+        if last is not None and r.n_reached < n:
+            r.n_reached = last.n_reached
+        last = r
+        if r.n_reached < n or n >= int(kw.get("max_n", 100)):  # type: ignore[call-overload]
+            break
+        n += 1
+    last.steps = total
+    return last
+
+
+def configure_curriculum(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``rnnkit curriculum``."""
+    p.add_argument("--task", choices=CURRICULUM_TASKS, default="parity")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        nargs="+",
+        default=list(MODES),
+        help="curricula to run (default: all three; none = uncurriculated baseline)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=2000,
+        help="training steps per network (the budget; the baseline gets it per N)",
+    )
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--threshold", type=float, default=0.98)
+    p.add_argument("--max-n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
+
+def run_curriculum_command(args: argparse.Namespace) -> int:
+    """``rnnkit curriculum``: train each mode and print the N reached and the timescales."""
+    kw = {
+        "budget": args.steps,
+        "hidden_size": args.hidden_size,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "threshold": args.threshold,
+        "max_n": args.max_n,
+        "seed": args.seed,
+    }
+    results = []
+    print(
+        f"{'mode':>7} {'N reached':>9} {'steps':>6} {'tau mean':>8} {'median':>7} "
+        f"{'max':>7} {'seconds':>7}"
+    )
+    for mode in args.mode:
+        if mode == "none":
+            r = baseline_reach(args.task, **kw)
+        else:
+            r = run_curriculum(args.task, mode, **kw)
+        results.append(r)
+        print(
+            f"{mode:>7} {r.n_reached:>9} {r.steps:>6} {r.tau['mean']:>8.3f} "
+            f"{r.tau['median']:>7.3f} {r.tau['max']:>7.3f} {r.seconds:>7.1f}",
+            flush=True,
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 0

@@ -1,0 +1,136 @@
+"""Switching-pattern data and the PV-RNN study; N-parity/N-DMS curricula (issue 16, 9 and 10)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from rnnkit.tasks.curriculum import (
+    MultiHeadLeakyRNN,
+    baseline_reach,
+    curriculum_batch,
+    run_curriculum,
+)
+from rnnkit.tasks.patterns import pattern_sequences, patterns_data, primitive_cycle
+from rnnkit.tasks.pvrnn_study import cycle_labels, study, study_one
+
+# --- switching Lissajous patterns --------------------------------------------------------------
+
+
+def test_pattern_sequences_follow_their_labels_and_switch_at_the_set_rate() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, labels = pattern_sequences(400, 6, g, period=10, switch=0.3)
+    assert x.shape == (400, 60, 2)
+    got, dist = cycle_labels(x, 10)
+    assert torch.equal(got, labels) and float(dist.max()) < 1e-12
+    rate = float((labels[:, 1:] != labels[:, :-1]).float().mean())
+    assert abs(rate - 0.3) < 0.05
+    # every cycle starts at the origin, so a switch keeps the path continuous
+    assert float(x[:, ::10].abs().max()) < 1e-6
+    assert torch.allclose(x[0, :10], primitive_cycle(int(labels[0, 0]), 10))
+    with pytest.raises(ValueError, match="switch"):
+        pattern_sequences(2, 2, g, switch=1.5)
+
+
+def test_patterns_slots_are_distinct_across_splits() -> None:
+    d = patterns_data(0)
+    slots = [s.inputs[:, 0] for s in (d.train, d.valid, d.test)]
+    assert len(set(torch.cat(slots).tolist())) == d.info["slots"] == 40
+    assert all(bool((s.inputs == s.inputs[:, :1]).all()) for s in (d.train, d.valid, d.test))
+
+
+def test_pvrnn_study_rejects_bad_meta_prior() -> None:
+    with pytest.raises(ValueError, match="meta_priors"):
+        study([-1.0])
+    with pytest.raises(ValueError, match="observe"):
+        study_one(0.01, steps=1, observe=70, horizon=20)
+
+
+@pytest.mark.experiment
+def test_pvrnn_error_regression_beats_free_generation_and_zero() -> None:
+    """The docs/tasks.md study at w = 1: error regression predicts the held-out continuation
+    better than the prior's roll-out without it and than predicting 0 (by 30 %)."""
+    r = study_one(1.0)
+    assert r.train_mse < 0.1 * r.zero_mse
+    assert r.er_mse < 0.7 * r.zero_mse
+    assert r.er_mse < r.free_mse
+
+
+# --- curricula ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["parity", "dms"])
+def test_curriculum_batch_labels(task: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    ns = [2, 3, 5]
+    x, y = curriculum_batch(task, ns, 64, g)
+    assert x.shape[0] == 64 and x.shape[2] == 1 and y.shape == (64, 3)
+    t = x.shape[1]
+    assert 5 + 2 <= t <= (11 if task == "parity" else 22)
+    bits = x[..., 0].long()
+    for j, n in enumerate(ns):
+        for b in range(64):
+            row = bits[b].tolist()
+            want = sum(row[-n:]) % 2 if task == "parity" else int(row[-n] == row[-1])
+            assert int(y[b, j]) == want
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"task": "copy"}, "task"),
+        ({"mode": "both"}, "mode"),
+        ({"budget": 0}, "budget"),
+        ({"n_start": 1}, "n_start"),
+        ({"hidden_size": 2.5}, "hidden_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"max_n": 1}, "max_n"),
+    ],
+)
+def test_bad_curriculum_arguments(kw: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        run_curriculum(**kw)
+
+
+def test_multi_head_adds_heads() -> None:
+    m = MultiHeadLeakyRNN(8, 2)
+    m.add_head()
+    assert m(torch.zeros(3, 5, 1)).shape == (3, 3, 2)
+
+
+def test_multi_head_curriculum_learns_quickly() -> None:
+    """At most 300 steps of the multi-head curriculum on parity solve N = 2 and 3 (>= 98 %
+    on fresh batches, chance is 50 %); the timescales are reported and stay >= 1."""
+    torch.manual_seed(0)
+    r = run_curriculum(
+        "parity",
+        "multi",
+        budget=300,
+        hidden_size=24,
+        batch_size=64,
+        lr=1e-2,
+        eval_every=20,
+        eval_batch=200,
+        max_n=3,
+    )
+    assert r.n_reached >= 3, r.history
+    assert len(r.taus) == 24 and min(r.taus) >= 1.0
+    assert r.tau["max"] >= r.tau["median"] >= 1.0
+
+
+@pytest.mark.experiment
+@pytest.mark.parametrize("task", ["parity", "dms"])
+def test_curricula_reach_twice_the_uncurriculated_n(task: str) -> None:
+    """The issue's target (docs/tasks.md's curriculum table, 3,000 steps): both curricula
+    reach an N at least twice that of the uncurriculated network, which gets the whole budget
+    for each N. Not met at the measured figures: see docs/tasks.md."""
+    kw = {"budget": 3000, "seed": 0}
+    base = baseline_reach(task, **kw)
+    single = run_curriculum(task, "single", **kw)  # type: ignore[arg-type]
+    multi = run_curriculum(task, "multi", **kw)  # type: ignore[arg-type]
+    assert multi.n_reached >= 2 * base.n_reached, (base.n_reached, multi.n_reached)
+    assert single.n_reached >= 2 * base.n_reached, (base.n_reached, single.n_reached)
