@@ -23,13 +23,9 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``rl``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to
-    rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
-    line, so they are in place when ``rnnkit analog``'s parser is configured)."""
-    from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli, rl
-    ``passkey``, ``extract-dfa``, ``curriculum``, ``pvrnn``, ``push`` and ``pull``; add ``kws``
-    and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it
-    builds the command line, so they are in place when ``rnnkit analog``'s parser is
+    ``passkey``, ``extract-dfa``, ``rl``, ``curriculum``, ``pvrnn``, ``push`` and ``pull``; add
+    ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before
+    it builds the command line, so they are in place when ``rnnkit analog``'s parser is
     configured)."""
     from rnnkit.tasks import (
         automata,
@@ -40,6 +36,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         passkey_length,
         pvrnn_study,
         reuse_cli,
+        rl,
     )
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
