@@ -333,7 +333,7 @@ def run_cuda(quick: bool) -> tuple[list[Row], float]:
                 fns["torch.nn"] = nn_fn(cell.to_torch(), x, mode)
             candidates = ["fused", "torch", "auto"]
             # Hook: any triton backend registered by rnnkit-kernels is benchmarked as well.
-            candidates += [b for b in backend_names() if b.startswith("triton")]
+            candidates += [b for b in backend_names() if b.startswith("triton") or b == "cuda"]
             for be in candidates:
                 reason = why_not(cell, x, be, mode)
                 if reason is not None:

@@ -155,10 +155,12 @@ def _summary(error: BaseException) -> str:
     # A compiler diagnostic (``file.cpp:1:2: error: ...``) first: torch's message starts with
     # "Error building extension" followed by the ninja command line, which also names a .cpp.
     for line in text.splitlines():
-        if ": error:" in line or ": fatal error:" in line:
+        # GCC and Clang write ``file:line:col: error:``, nvcc ``file(line): error:``.
+        if ": error:" in line or ": fatal error:" in line or "): error" in line:
             return line.strip()
     for line in text.splitlines():
-        if "error" in line.lower() and (".cpp" in line or ".h" in line or "fatal" in line):
+        low = line.lower()
+        if "error" in low and (".cpp" in line or ".h" in line or ".cu" in line or "fatal" in low):
             return line.strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -291,6 +293,15 @@ class NativeLibrary:
         disable_env: an extra environment variable that switches this library off with ``0``.
         on_load: called once the library is loaded in this process (to register the ops' fake
             kernels, say).
+        cuda_cflags: extra ``nvcc`` flags for the ``.cu`` sources (a library with ``.cu``
+            sources is built as a CUDA extension).
+        requires: ``() -> reason or None``: what this machine lacks to build or run the library
+            at all (a CUDA device, ``nvcc``), checked before the toolchain; ``rnnkit kernels
+            build`` without names skips a library that reports a reason.
+        key_parts: ``() -> strings`` that also take part in the build key (CUDA version, GPU
+            architecture).
+        build_env: ``() -> {variable: value}`` set while compiling (and part of the build
+            key), e.g. ``TORCH_CUDA_ARCH_LIST``.
 
     Under ``torch.compile`` or ``torch.export`` (:func:`torch.compiler.is_compiling`),
     :meth:`ops` and :meth:`why_unavailable` build, load and inspect the cache outside the traced
@@ -306,6 +317,10 @@ class NativeLibrary:
     headers: tuple[str, ...] = ()
     disable_env: str | None = None
     on_load: Callable[[], None] | None = None
+    cuda_cflags: tuple[str, ...] = ()
+    requires: Callable[[], str | None] | None = None
+    key_parts: Callable[[], tuple[str, ...]] | None = None
+    build_env: Callable[[], dict[str, str]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ops: Any = field(default=None, repr=False)
     _info: BuildInfo | None = field(default=None, repr=False)
@@ -331,7 +346,9 @@ class NativeLibrary:
             h.update((self.csrc / name).read_bytes())
         cflags, ldflags = _flags()
         parts = (*cflags, *ldflags, _compiler(), torch.__version__, sys.version, sys.platform)
-        for part in (*parts, _CACHE_FORMAT):
+        extra = (*self.cuda_cflags, *(self.key_parts() if self.key_parts else ()))
+        env = sorted(self.build_env().items()) if self.build_env else []
+        for part in (*parts, *extra, *(f"{k}={v}" for k, v in env), _CACHE_FORMAT):
             h.update(part.encode())
         self._key_cached = h.hexdigest()[:16]
         return self._key_cached
@@ -390,12 +407,19 @@ class NativeLibrary:
             return None
         if self._failure is not None:
             return self._failure
+        missing = self.requirement()
+        if missing is not None:
+            return missing
         if self._library(self.cache_dir()).exists():
             return None
         problem = _toolchain_problem()
         if problem is not None:
             return problem
         return self._recorded_failure()
+
+    def requirement(self) -> str | None:
+        """What this machine lacks for the library at all (see ``requires``), or ``None``."""
+        return self.requires() if self.requires is not None else None
 
     def last_build(self) -> BuildInfo | None:
         """The :class:`BuildInfo` of this process, or ``None`` before :meth:`build`."""
@@ -407,15 +431,17 @@ class NativeLibrary:
         from torch.utils import cpp_extension
 
         cflags, ldflags = _flags()
-        old_path = os.environ.get("PATH", "")
+        env = {"PATH": _ninja_path(), **(self.build_env() if self.build_env else {})}
+        old = {k: os.environ.get(k) for k in env}
         # torch looks ninja up on PATH; the ninja wheel may be installed where PATH does not
         # look (a venv that is not activated).
-        os.environ["PATH"] = _ninja_path()
+        os.environ.update(env)
         try:
             cpp_extension.load(
                 name=self.name,
                 sources=[str(self.csrc / s) for s in self.sources],
                 extra_cflags=cflags,
+                extra_cuda_cflags=list(self.cuda_cflags) or None,
                 extra_ldflags=ldflags,
                 extra_include_paths=[str(self.csrc)],
                 build_directory=str(directory),
@@ -423,7 +449,11 @@ class NativeLibrary:
                 verbose=verbose,
             )
         finally:
-            os.environ["PATH"] = old_path
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def build(self, *, force: bool = False, verbose: bool = False) -> BuildInfo:
         """Compile (or load from the cache) the library and register its ops.
@@ -449,6 +479,9 @@ class NativeLibrary:
                 raise BuildError(disabled)
             directory = self.cache_dir()
             start = time.perf_counter()
+            missing = self.requirement()
+            if missing is not None:
+                raise BuildError(missing)
             if not force and self._load_verified(directory):
                 return self._loaded(BuildInfo(self._library(directory), _since(start), False))
             problem = _toolchain_problem()

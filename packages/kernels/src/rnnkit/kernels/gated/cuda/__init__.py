@@ -1,0 +1,147 @@
+"""The ``cuda`` backend: persistent CUDA kernels for Elman, LSTM and GRU (compile-checked only).
+
+One cooperative launch per direction runs the whole sequence: each block owns a few hidden units
+of one head, keeps the recurrent weights they need in shared memory for all steps, and the blocks
+meet at one grid-wide barrier per step (``csrc/gated_cuda.cu``; the cut is
+:mod:`._plan`). float32 state and accumulation; float32, bfloat16 and float16 inputs (16-bit
+ones are converted to float32 for the recurrence). The backward reads the gates the forward
+stored. Resets and initial/final states as every gated backend; no ``lengths``. SIMT products
+(no tensor cores yet); sLSTM is not implemented.
+
+**Status: these kernels compile (CI checks them with ``nvcc -arch=sm_90``) but have not run on
+a GPU yet.** ``auto`` therefore never picks them (tier
+:attr:`~rnnkit.core.kernel.Priority.BELOW_REFERENCE`); they run when named
+(``backend="cuda"``). ``tools/gpu/cuda_check.sh`` runs the tests and a benchmark on a GPU.
+
+The library is compiled with ``torch.utils.cpp_extension`` on first use and cached by
+:mod:`rnnkit.kernels.native` under a key of the sources, torch, CUDA, nvcc and the GPU
+architecture (never per shape); ``rnnkit kernels status`` shows why it is unavailable (no CUDA
+torch, no device, no nvcc, a failed build). If the build fails on first use, the call runs the
+pure-torch ``fused`` loops (in float32) with a warning. ``RNNKIT_GATED_CUDA=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.kernels.gated.cuda._native import (
+    DISABLE_ENV,
+    LIBRARY,
+    CompileCheckError,
+    compile_check,
+    nvcc,
+    ops,
+)
+from rnnkit.kernels.gated.cuda._plan import GATES, Tiling, plan
+from rnnkit.kernels.native import BuildError
+
+__all__ = [
+    "BACKEND",
+    "DISABLE_ENV",
+    "KINDS",
+    "LIBRARY",
+    "PRIORITY",
+    "CompileCheckError",
+    "Tiling",
+    "available",
+    "compile_check",
+    "kernels",
+    "nvcc",
+    "ops",
+    "plan",
+    "supports",
+]
+
+#: Backend name (``backend="cuda"``).
+BACKEND = "cuda"
+#: ``auto`` tier: below the reference loop until the kernels are measured on a GPU, so ``auto``
+#: never picks them (on CPU they cannot run at all).
+PRIORITY = Priority.BELOW_REFERENCE
+#: Cell kinds with a CUDA kernel.
+KINDS = tuple(GATES)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def available() -> str | None:
+    """Why the CUDA kernels cannot be used on this machine (``None`` when they can); never
+    compiles."""
+    return LIBRARY.why_unavailable()
+
+
+def supports(call: KernelCall) -> str | None:
+    """Why ``cuda`` cannot run ``call`` (``None`` when it can), naming what runs it instead."""
+    cell: Any = call.cell
+    kind = str(cell.kind)
+    if kind not in GATES:
+        return f"no CUDA kernel for {kind} cells (use backend 'triton' or 'fused')"
+    x = call.x
+    if x.device.type != "cuda":
+        return f"CUDA only (input is on {x.device}; use 'fused' or 'fused_cpp' there)"
+    if x.dtype not in _DTYPES:
+        return (
+            f"dtype {x.dtype} is not supported (float32, bfloat16, float16; 'fused' runs float64)"
+        )
+    for p in cell.parameters():
+        if p.dtype != x.dtype:
+            return f"parameter dtype {p.dtype} differs from input dtype {x.dtype}"
+        if p.device != x.device:
+            return f"parameters are on {p.device}, the input on {x.device}"
+    if kind == "elman" and cell.nonlinearity not in ("tanh", "relu"):
+        return f"Elman nonlinearity {cell.nonlinearity!r} (tanh and relu only)"
+    from rnnkit.kernels.gated.cuda._loops import device_index, device_limits
+
+    sms, smem = device_limits(device_index(x.device))
+    cut = plan(kind, int(cell.heads), int(cell.head_dim), x.shape[0], sms, smem)
+    if isinstance(cut, str):
+        return f"{cut}; use backend 'triton' (small heads) or 'torch'/'fused' (dense) instead"
+    return None
+
+
+def _run(kind: str) -> Any:
+    def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(B, T, I) -> (B, T, H)`` and the final state, by the CUDA loops (or, when the
+        library cannot be built, the pure-torch ``fused`` loops in float32, with a warning)."""
+        from rnnkit.kernels.gated.cuda._loops import RUNS
+
+        x = call.x
+        with torch.cuda.device(x.device):
+            try:
+                ops()  # compiles or loads the library on first use
+            except BuildError as e:
+                warnings.warn(
+                    f"rnnkit cuda: {e}; running the pure-torch 'fused' loop instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                from rnnkit.kernels.gated import fused
+
+                loops = {"elman": fused.ELMAN_LOOPS, "lstm": fused.LSTM_LOOPS}
+                return RUNS[kind](call, loops.get(kind, fused.GRU_LOOPS))
+            return RUNS[kind](call)
+
+    return run
+
+
+def _kernel(kind: str) -> Kernel:
+    return Kernel(
+        backend=BACKEND,
+        target=kind,
+        run=_run(kind),
+        description=(
+            f"persistent CUDA {kind} loops, weights in shared memory (JIT-compiled; "
+            "compile-checked, untested on a GPU)"
+        ),
+        priority=PRIORITY,
+        available=available,
+        supports=supports,
+    )
+
+
+def kernels() -> list[Kernel]:
+    """The CUDA kernels: one per supported gated cell kind (elman, lstm, gru)."""
+    return [_kernel(kind) for kind in KINDS]

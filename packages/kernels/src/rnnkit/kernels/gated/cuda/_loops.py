@@ -1,0 +1,276 @@
+"""The CUDA time loops as the ``fused`` backend's loops objects, and the ``cuda`` kernels' runs.
+
+The autograd functions of :mod:`rnnkit.kernels.gated.fused` (``ElmanFn``, ``LSTMFn``, ``GRUFn``:
+the layouts, saved buffers, reset semantics and the recurrent-weight gradient as one batched GEMM
+after the reverse loop) run here with both time loops replaced by one persistent CUDA launch
+each. The backward reads the gates the forward stored (no recomputation).
+
+Everything inside the loops is float32: a bfloat16 or float16 call is projected in its own dtype
+(``cell.project``), converted to float32 for the recurrence (state and accumulation in float32)
+and its outputs converted back; autograd converts the gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.core.dispatch import KernelCall
+from rnnkit.kernels.gated.cuda._native import ops
+from rnnkit.kernels.gated.cuda._plan import Tiling, plan
+from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops
+from rnnkit.kernels.gated.fused._common import (
+    empty_result,
+    finish,
+    finish_split,
+    prepare,
+)
+from rnnkit.kernels.gated.fused._elman import ElmanFn
+from rnnkit.kernels.gated.fused._gru import GRUFn
+from rnnkit.kernels.gated.fused._lstm import LSTMFn
+
+__all__ = [
+    "CUDA_LOOPS",
+    "Result",
+    "device_index",
+    "device_limits",
+    "run_elman",
+    "run_gru",
+    "run_lstm",
+    "tiling",
+]
+
+Result = tuple[Tensor, tuple[Tensor, ...]]
+
+# Cell kinds as the library numbers them (gated_cuda.h, CellKind).
+_ELMAN_TANH, _ELMAN_RELU, _LSTM, _GRU = 0, 1, 2, 3
+
+
+@lru_cache(maxsize=16)
+def device_limits(index: int) -> tuple[int, int]:
+    """``(SMs, shared memory per block in bytes, opt-in maximum)`` of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    smem = int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
+    return int(props.multi_processor_count), smem
+
+
+def device_index(device: torch.device) -> int:
+    """The index of a CUDA ``device`` (the current device for a bare ``cuda``)."""
+    index: int | None = device.index  # None for torch.device("cuda")
+    return torch.cuda.current_device() if index is None else index
+
+
+def tiling(kind: str, heads: int, head_dim: int, batch: int, device: torch.device) -> Tiling:
+    """The :func:`~rnnkit.kernels.gated.cuda._plan.plan` of a call on ``device``.
+
+    Raises:
+        ValueError: the call cannot run there (the message says why).
+    """
+    sms, smem = device_limits(device_index(device))
+    cut = plan(kind, heads, head_dim, batch, sms, smem)
+    if isinstance(cut, str):
+        raise ValueError(cut)
+    return cut
+
+
+def _mask2d(mask: Tensor | None) -> Tensor | None:
+    """``(T, 1, B, 1) -> (T, B)`` contiguous: the resets as the kernels read them."""
+    return None if mask is None else mask.reshape(mask.shape[0], mask.shape[2]).contiguous()
+
+
+def _previous(hs: Tensor) -> Tensor:
+    """``(N, T + 1, B, D) -> (N, T, B, D)``: the states entering each step, a view."""
+    return hs.narrow(1, 0, hs.shape[1] - 1)
+
+
+def _cut(kind: str, px: Tensor, gates: int) -> Tiling:
+    N, _, B, GD = px.shape
+    return tiling(kind, N, GD // gates, B, px.device)
+
+
+def lstm_forward(
+    px: Tensor,
+    W: Tensor,
+    mask: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    inits: tuple[float, ...],
+    save: bool,
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
+    t = _cut("lstm", px, 4)
+    out = ops().forward(
+        _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), h0.contiguous(),
+        c0.contiguous(), inits[0], inits[1], save, t.units, t.forward_batch_tile,
+    )  # fmt: skip
+    hs, c_last = out[0], out[1]
+    if not save:
+        return hs, c_last, ()
+    hp = out[5] if mask is not None else _previous(hs)
+    return hs, c_last, (out[2], out[3], out[4], hp)
+
+
+def lstm_backward(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+    d_c_last: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
+    acts, cs, tcs, _ = buffers
+    N, _, B, D = hs.shape
+    t = tiling("lstm", N, D, B, hs.device)
+    dq, dh0, dc0 = ops().backward(
+        _LSTM, W.contiguous(), hs, acts, cs, tcs, None, None, _mask2d(mask),
+        d_hs.contiguous(), d_c_last.contiguous(), t.units, t.backward_batch_tile,
+    )  # fmt: skip
+    return dq, dh0, dc0
+
+
+def gru_forward(
+    px: Tensor,
+    W: Tensor,
+    bhn: Tensor | None,
+    mask: Tensor | None,
+    h0: Tensor,
+    init: float,
+    save: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
+    t = _cut("gru", px, 3)
+    bias = None if bhn is None else bhn.contiguous()
+    out = ops().forward(
+        _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), h0.contiguous(), None,
+        init, 0.0, save, t.units, t.forward_batch_tile,
+    )  # fmt: skip
+    hs = out[0]
+    if not save:
+        return hs, ()
+    hp = out[3] if mask is not None else _previous(hs)
+    return hs, (out[1], out[2], hp)
+
+
+def gru_backward(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
+    acts, qs, hp = buffers
+    N, _, B, D = hs.shape
+    t = tiling("gru", N, D, B, hs.device)
+    hp_arg = hp if mask is not None else None
+    dq, dh0, dpx = ops().backward(
+        _GRU, W.contiguous(), hs, acts, None, None, qs, hp_arg, _mask2d(mask),
+        d_hs.contiguous(), None, t.units, t.backward_batch_tile,
+    )  # fmt: skip
+    return dq, dpx, dh0
+
+
+def elman_forward(
+    px: Tensor, W: Tensor, mask: Tensor | None, h0: Tensor, relu: bool, init: float
+) -> tuple[Tensor, Tensor | None]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`."""
+    t = _cut("elman", px, 1)
+    out = ops().forward(
+        _ELMAN_RELU if relu else _ELMAN_TANH, px.contiguous(), W.contiguous(), None,
+        _mask2d(mask), h0.contiguous(), None, init, 0.0, mask is not None, t.units,
+        t.forward_batch_tile,
+    )  # fmt: skip
+    return out[0], (out[1] if mask is not None else None)
+
+
+def elman_backward(
+    W: Tensor, hs: Tensor, mask: Tensor | None, d_hs: Tensor, relu: bool
+) -> tuple[Tensor, Tensor]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
+    N, _, B, D = hs.shape
+    t = tiling("elman", N, D, B, hs.device)
+    dq, dh0 = ops().backward(
+        _ELMAN_RELU if relu else _ELMAN_TANH, W.contiguous(), hs, None, None, None, None,
+        None, _mask2d(mask), d_hs.contiguous(), None, t.units, t.backward_batch_tile,
+    )  # fmt: skip
+    return dq, dh0
+
+
+#: The CUDA loops of each cell kind, in the ``fused`` backend's loops objects.
+CUDA_LOOPS: dict[str, Any] = {
+    "elman": ElmanLoops(elman_forward, elman_backward),
+    "lstm": LSTMLoops(lstm_forward, lstm_backward),
+    "gru": GRULoops(gru_forward, gru_backward),
+}
+
+
+def _in_dtype(call: KernelCall, y: Tensor, state: tuple[Tensor, ...]) -> Result:
+    """``y`` and the state fields in the input's dtype (no-ops for float32)."""
+    dtype = call.x.dtype
+    fields = [s.to(dtype) for s in state]
+    return y.to(dtype), call.cell.state_type(*fields)
+
+
+def _float32(t: Tensor) -> Tensor:
+    return t.float()
+
+
+def run_lstm(call: KernelCall, loops: LSTMLoops | None = None) -> Result:
+    """``call.x (B, T, I) -> y (B, T, H)``, final ``(h, c)`` each ``(B, H)``; the CUDA loops
+    unless ``loops`` names others (the pure-torch ones when the library cannot be built)."""
+    if call.x.shape[1] == 0:
+        return empty_result(call)
+    lp = loops or CUDA_LOOPS["lstm"]
+    p = prepare(call)
+    px, W = _float32(p.px), _float32(p.W)
+    h0, c0 = (_float32(s) for s in p.states)
+    if call.needs_grad:
+        ys, h_last, c_last = LSTMFn.apply(lp, px, W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
+        return _in_dtype(call, *finish_split(call, ys, h_last, [c_last]))
+    with torch.no_grad():
+        hs, c_last, _ = lp.forward(px, W, p.mask, h0, c0, p.inits, False)
+        return _in_dtype(call, *finish(call, hs, [c_last]))
+
+
+def run_gru(call: KernelCall, loops: GRULoops | None = None) -> Result:
+    """``call.x (B, T, I) -> y (B, T, H)``, final ``(h,)`` ``(B, H)``; see :func:`run_lstm`."""
+    cell: Any = call.cell
+    if call.x.shape[1] == 0:
+        return empty_result(call)
+    lp = loops or CUDA_LOOPS["gru"]
+    p = prepare(call)
+    N, D = int(cell.heads), int(cell.head_dim)
+    bhn = None if cell.bias_hn is None else _float32(cell.bias_hn.view(N, 1, D))
+    px, W, h0 = _float32(p.px), _float32(p.W), _float32(p.states[0])
+    if call.needs_grad:
+        ys, h_last = GRUFn.apply(lp, px, W, bhn, p.mask, h0, p.inits[0])  # type: ignore[no-untyped-call]
+        return _in_dtype(call, *finish_split(call, ys, h_last, []))
+    with torch.no_grad():
+        hs, _ = lp.forward(px, W, bhn, p.mask, h0, p.inits[0], False)
+        return _in_dtype(call, *finish(call, hs, []))
+
+
+def run_elman(call: KernelCall, loops: ElmanLoops | None = None) -> Result:
+    """``call.x (B, T, I) -> y (B, T, H)``, final ``(h,)`` ``(B, H)``; see :func:`run_lstm`."""
+    cell: Any = call.cell
+    if call.x.shape[1] == 0:
+        return empty_result(call)
+    lp = loops or CUDA_LOOPS["elman"]
+    p = prepare(call)
+    relu = cell.nonlinearity == "relu"
+    px, W, h0 = _float32(p.px), _float32(p.W), _float32(p.states[0])
+    if call.needs_grad:
+        ys, h_last = ElmanFn.apply(lp, px, W, p.mask, h0, relu, p.inits[0])  # type: ignore[no-untyped-call]
+        return _in_dtype(call, *finish_split(call, ys, h_last, []))
+    with torch.no_grad():
+        hs, _ = lp.forward(px, W, p.mask, h0, relu, p.inits[0])
+        return _in_dtype(call, *finish(call, hs, []))
+
+
+#: Each kind's run: ``(call, loops or None) -> (y, final state)``.
+RUNS: dict[str, Callable[..., Result]] = {"elman": run_elman, "lstm": run_lstm, "gru": run_gru}

@@ -1,0 +1,172 @@
+"""The CUDA library of the ``cuda`` backend (built through :mod:`rnnkit.kernels.native`), and a
+compile check of its kernels with plain ``nvcc`` that needs no GPU.
+
+The kernels (``csrc/gated_cuda.cu``) include no torch header, so :func:`compile_check` compiles
+them with ``nvcc`` alone in a few seconds (the CI test); the torch glue (``gated_cuda_ops.cpp``,
+``gated_cuda_stream.cpp``) is compiled with them when a CUDA torch builds the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnkit.kernels.native import NativeLibrary
+
+__all__ = [
+    "CSRC",
+    "DISABLE_ENV",
+    "KERNEL_SOURCES",
+    "LIBRARY",
+    "LIB_NAME",
+    "CompileCheckError",
+    "compile_check",
+    "nvcc",
+    "ops",
+    "requirement",
+]
+
+#: The torch.ops namespace and library name (``torch.ops.rnnkit_gated_cuda.forward``).
+LIB_NAME = "rnnkit_gated_cuda"
+#: Set to ``0`` to switch this backend off.
+DISABLE_ENV = "RNNKIT_GATED_CUDA"
+#: Directory of the sources.
+CSRC = Path(__file__).parent / "csrc"
+#: The CUDA translation units without torch headers (what :func:`compile_check` compiles).
+KERNEL_SOURCES = ("gated_cuda.cu",)
+_HEADERS = ("gated_cuda.h",)
+
+
+def nvcc() -> str | None:
+    """Path of ``nvcc``, looked up as torch's extension builder does: ``$CUDA_HOME`` (or
+    ``$CUDA_PATH``), then ``PATH``, then ``/usr/local/cuda``; ``None`` when there is none."""
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(env)
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def _nvcc_version() -> str:
+    path = nvcc()
+    if path is None:
+        return "none"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unknown ({e})"
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown"
+
+
+def requirement() -> str | None:
+    """What this machine lacks to build and run the CUDA kernels (``None`` when nothing)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if nvcc() is None:
+        return "nvcc not found (set CUDA_HOME or put nvcc on PATH) to compile the CUDA kernels"
+    return None
+
+
+def _arch() -> str:
+    """``major.minor`` of the current device (``none`` without one): the build targets it."""
+    if not torch.cuda.is_available():
+        return "none"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def _key_parts() -> tuple[str, ...]:
+    return (f"cuda={torch.version.cuda}", f"nvcc={_nvcc_version()}", f"arch={_arch()}")
+
+
+def _build_env() -> dict[str, str]:
+    # One architecture, the device's: torch would otherwise compile for every visible device
+    # or a long default list (minutes).
+    return {"TORCH_CUDA_ARCH_LIST": _arch()}
+
+
+#: The CUDA kernels and their torch glue. The build key holds the sources, torch, the CUDA
+#: version, nvcc and the GPU architecture; nothing in it depends on a call's shapes (the tiling
+#: is a runtime argument), so there is one compile per machine and version.
+LIBRARY = NativeLibrary(
+    name=LIB_NAME,
+    csrc=CSRC,
+    sources=("gated_cuda.cu", "gated_cuda_ops.cpp", "gated_cuda_stream.cpp"),
+    headers=_HEADERS,
+    disable_env=DISABLE_ENV,
+    cuda_cflags=("-O3", "-std=c++17", "-lineinfo"),
+    requires=requirement,
+    key_parts=_key_parts,
+    build_env=_build_env,
+)
+
+
+def ops() -> Any:
+    """``torch.ops.rnnkit_gated_cuda``, compiling or loading the library on first use.
+
+    Raises:
+        rnnkit.kernels.native.BuildError: disabled, no CUDA device or nvcc, or the build failed.
+    """
+    return LIBRARY.ops()
+
+
+class CompileCheckError(RuntimeError):
+    """``nvcc`` rejected a kernel source (the message holds its diagnostics)."""
+
+
+def compile_check(
+    arch: str = "sm_90", cache_dir: Path | None = None, sources: tuple[str, ...] = KERNEL_SOURCES
+) -> list[Path]:
+    """Compile each kernel source with ``nvcc -arch=<arch> -c`` (no GPU needed); return the
+    object files.
+
+    An object is cached in ``cache_dir`` (default ``<tmp>/rnnkit-nvcc-check``) under a name
+    holding the hash of the sources, headers, nvcc version, architecture and flags, so an
+    unchanged source is not compiled again.
+
+    Raises:
+        FileNotFoundError: there is no ``nvcc`` (see :func:`nvcc`).
+        CompileCheckError: a source does not compile; the message holds nvcc's output.
+    """
+    path = nvcc()
+    if path is None:
+        raise FileNotFoundError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    out_dir = cache_dir or Path(tempfile.gettempdir()) / "rnnkit-nvcc-check"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = [f"-arch={arch}", "-O3", "-std=c++17", "-Werror", "all-warnings", "-I", str(CSRC)]
+    objects: list[Path] = []
+    for source in sources:
+        h = hashlib.sha256()
+        for name in (source, *_HEADERS):
+            h.update((CSRC / name).read_bytes())
+        for part in (*flags, _nvcc_version()):
+            h.update(part.encode())
+        obj = out_dir / f"{Path(source).stem}-{arch}-{h.hexdigest()[:16]}.o"
+        if not obj.exists():
+            tmp = obj.with_name(f".{obj.name}.{os.getpid()}.tmp")
+            cmd = [path, *flags, "-c", str(CSRC / source), "-o", str(tmp)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                raise CompileCheckError(
+                    f"nvcc failed on {source} ({' '.join(cmd)}):\n{done.stdout}{done.stderr}"
+                )
+            os.replace(tmp, obj)
+        objects.append(obj)
+    return objects

@@ -1,0 +1,390 @@
+// Persistent CUDA time loops of the gated cells: SIMT version (no tensor cores yet).
+//
+// One cooperative launch runs the whole sequence. Block `blk` owns hidden units
+// [e0, e0 + units) of head n (blk = n * tiles + tile) and keeps, in shared memory for all steps,
+// the slice of the recurrent weights those units need: the forward needs the columns of W
+// feeding their gates (D x G*units), the backward the rows of W they feed (units x G*D, as
+// dh_{t-1} = dq_t W^T). Each step a block reads the full previous vector of its head (h in the
+// forward, dq in the backward) from global memory, multiplies, runs the cell's pointwise update
+// for its units and writes them back; one grid-wide barrier (cg::grid_group::sync) per step
+// separates the writes of step t from the reads of step t + 1. State other than h (LSTM's c, the
+// backward's dc) belongs to exactly one block and never crosses the barrier.
+//
+// Cross-block data (hs, dq) is read with __ldcg (L2, not L1): L1 is not coherent between SMs,
+// and a line cached while reading step t's slot may also hold the start of step t + 1's slot,
+// which another block writes later.
+//
+// float32 state and accumulation throughout; the torch glue converts 16-bit inputs.
+
+#include <cooperative_groups.h>
+
+#include <cstdio>
+
+#include "gated_cuda.h"
+
+namespace cg = cooperative_groups;
+
+namespace rnnkit_cuda {
+namespace {
+
+template <int KIND>
+struct Gates {
+  static constexpr int value = KIND == LSTM ? 4 : (KIND == GRU ? 3 : 1);
+};
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+//! ReLU that keeps NaN (as torch.relu), unlike fmaxf.
+__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
+__device__ __forceinline__ bool reset_at(const bool* mask, int t, int B, int b) {
+  return mask != nullptr && mask[static_cast<long long>(t) * B + b];
+}
+
+//! acc[b][j] = sum_k vec[b][k] * w[k][j] for b < rows, j < J (all in shared memory).
+//! Consecutive threads take consecutive j: w is read without bank conflicts and vec[b][k] is
+//! a broadcast within a warp.
+__device__ __forceinline__ void block_matvec(const float* __restrict__ vec,
+                                             const float* __restrict__ w, float* __restrict__ acc,
+                                             int rows, int K, int J) {
+  for (int idx = threadIdx.x; idx < rows * J; idx += blockDim.x) {
+    const int b = idx / J;
+    const int j = idx - b * J;
+    const float* v = vec + static_cast<long long>(b) * K;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int k = 0;
+    for (; k + 3 < K; k += 4) {
+      s0 = fmaf(v[k], w[k * J + j], s0);
+      s1 = fmaf(v[k + 1], w[(k + 1) * J + j], s1);
+      s2 = fmaf(v[k + 2], w[(k + 2) * J + j], s2);
+      s3 = fmaf(v[k + 3], w[(k + 3) * J + j], s3);
+    }
+    for (; k < K; ++k) s0 = fmaf(v[k], w[k * J + j], s0);
+    acc[idx] = (s0 + s1) + (s2 + s3);
+  }
+}
+
+struct Tile {
+  int n, e0, units, width;  // head, first unit, tile width (units), owned units (<= units)
+};
+
+__device__ __forceinline__ Tile tile_of(int D, int units) {
+  const int tiles = (D + units - 1) / units;
+  Tile tl;
+  tl.n = blockIdx.x / tiles;
+  tl.e0 = (blockIdx.x - tl.n * tiles) * units;
+  tl.units = units;
+  tl.width = min(units, D - tl.e0);
+  return tl;
+}
+
+// ------------------------------------------------------------------------------------------
+// forward
+
+template <int KIND>
+__global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling tiling) {
+  constexpr int G = Gates<KIND>::value;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ float smem[];
+  const int D = a.D, B = a.B, T = a.T;
+  const Tile tl = tile_of(D, tiling.units);
+  const int U = tl.units, GU = G * U, GD = G * D;
+  const int BB = tiling.batch_tile;
+  float* w = smem;            // [D][G*U]: w[k][g*U + u] = W[n][k][g*D + e0 + u]
+  float* hv = w + D * GU;     // [BB][D]: h entering the step, after resets
+  float* acc = hv + BB * D;   // [BB][G*U]: the recurrent product
+
+  const float* Wn = a.W + static_cast<long long>(tl.n) * D * GD;
+  for (int idx = threadIdx.x; idx < D * GU; idx += blockDim.x) {
+    const int k = idx / GU, j = idx - k * GU;
+    const int g = j / U, u = j - g * U;
+    w[idx] = u < tl.width ? Wn[static_cast<long long>(k) * GD + g * D + tl.e0 + u] : 0.0f;
+  }
+  __syncthreads();
+
+  const long long slab = static_cast<long long>(B) * D;  // one time slot of one head
+  const long long gslab = static_cast<long long>(B) * GD;
+  const float* px_n = a.px + static_cast<long long>(tl.n) * T * gslab;
+  float* hs_n = a.hs + static_cast<long long>(tl.n) * (T + 1) * slab;
+  const int cslots = a.save ? T + 1 : 2;
+  float* cs_n = a.cs ? a.cs + static_cast<long long>(tl.n) * cslots * slab : nullptr;
+  float* acts_n = a.acts ? a.acts + static_cast<long long>(tl.n) * T * gslab : nullptr;
+  float* qs_n = a.qs ? a.qs + static_cast<long long>(tl.n) * T * gslab : nullptr;
+  float* tcs_n = a.tcs ? a.tcs + static_cast<long long>(tl.n) * T * slab : nullptr;
+  float* hp_n = a.hp ? a.hp + static_cast<long long>(tl.n) * T * slab : nullptr;
+  const float* bhn_n = a.bhn ? a.bhn + static_cast<long long>(tl.n) * D : nullptr;
+
+  for (int t = 0; t < T; ++t) {
+    const float* h_prev = hs_n + t * slab;
+    float* h_next = hs_n + (t + 1) * slab;
+    const float* px_t = px_n + t * gslab;
+    const int c_in = a.save ? t : (t & 1), c_out = a.save ? t + 1 : ((t + 1) & 1);
+    for (int b0 = 0; b0 < B; b0 += BB) {
+      const int rows = min(BB, B - b0);
+      for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+        const int b = idx / D;
+        hv[idx] = reset_at(a.mask, t, B, b0 + b) ? a.h_init : __ldcg(h_prev + b0 * D + idx);
+      }
+      __syncthreads();
+      block_matvec(hv, w, acc, rows, D, GU);
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
+        const int b = idx / tl.width, u = idx - b * tl.width;
+        const int bg = b0 + b, e = tl.e0 + u;
+        const float* pre = px_t + static_cast<long long>(bg) * GD + e;  // gate g at pre[g*D]
+        const float* q = acc + b * GU + u;                               // gate g at q[g*U]
+        const long long at = static_cast<long long>(bg) * D + e;
+        const long long gat = static_cast<long long>(bg) * GD + e;
+        const float hprev = hv[b * D + e];
+        float h;
+        if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
+          const float v = pre[0] + q[0];
+          h = KIND == ELMAN_TANH ? tanhf(v) : relu(v);
+        } else if constexpr (KIND == LSTM) {
+          const float ig = sigmoid(pre[0] + q[0]);
+          const float fg = sigmoid(pre[D] + q[U]);
+          const float gg = tanhf(pre[2 * D] + q[2 * U]);
+          const float og = sigmoid(pre[3 * D] + q[3 * U]);
+          float* c_prev = cs_n + c_in * slab + at;
+          float cp = *c_prev;
+          if (reset_at(a.mask, t, B, bg)) {
+            cp = a.c_init;
+            *c_prev = cp;  // the backward reads c entering the step after the reset
+          }
+          const float c = fmaf(fg, cp, ig * gg);
+          const float tc = tanhf(c);
+          h = og * tc;
+          cs_n[c_out * slab + at] = c;
+          if (a.save) {
+            float* ac = acts_n + t * gslab + gat;
+            ac[0] = ig;
+            ac[D] = fg;
+            ac[2 * D] = gg;
+            ac[3 * D] = og;
+            tcs_n[t * slab + at] = tc;
+          }
+        } else {  // GRU: r, z, n; b_hn joins the recurrent term (r multiplies it)
+          const float qr = q[0], qz = q[U];
+          const float qn = q[2 * U] + (bhn_n ? bhn_n[e] : 0.0f);
+          const float r = sigmoid(pre[0] + qr);
+          const float z = sigmoid(pre[D] + qz);
+          const float nn = tanhf(fmaf(r, qn, pre[2 * D]));
+          h = fmaf(z, hprev - nn, nn);
+          if (a.save) {
+            float* ac = acts_n + t * gslab + gat;
+            ac[0] = r;
+            ac[D] = z;
+            ac[2 * D] = nn;
+            float* qq = qs_n + t * gslab + gat;
+            qq[0] = qr;
+            qq[D] = qz;
+            qq[2 * D] = qn;
+          }
+        }
+        h_next[at] = h;
+        if (hp_n) hp_n[t * slab + at] = hprev;
+      }
+      __syncthreads();  // hv and acc are reused by the next batch tile
+    }
+    grid.sync();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// backward
+
+template <int KIND>
+__global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tiling tiling) {
+  constexpr int G = Gates<KIND>::value;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ float smem[];
+  const int D = a.D, B = a.B, T = a.T;
+  const Tile tl = tile_of(D, tiling.units);
+  const int U = tl.units, GD = G * D;
+  const int BB = tiling.batch_tile;
+  float* wt = smem;            // [G*D][U]: wt[k][u] = W[n][e0 + u][k]
+  float* dv = wt + GD * U;     // [BB][G*D]: dq of the following step
+  float* acc = dv + BB * GD;   // [BB][U]: dq_{t+1} W^T for the owned units
+
+  const float* Wn = a.W + static_cast<long long>(tl.n) * D * GD;
+  for (int idx = threadIdx.x; idx < GD * U; idx += blockDim.x) {
+    const int k = idx / U, u = idx - k * U;
+    wt[idx] = u < tl.width ? Wn[static_cast<long long>(tl.e0 + u) * GD + k] : 0.0f;
+  }
+  __syncthreads();
+
+  const long long slab = static_cast<long long>(B) * D;
+  const long long gslab = static_cast<long long>(B) * GD;
+  const long long n = tl.n;
+  const float* hs_n = a.hs + n * (T + 1) * slab;
+  const float* dy_n = a.d_hs + n * (T + 1) * slab;
+  const float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
+  const float* cs_n = a.cs ? a.cs + n * (T + 1) * slab : nullptr;
+  const float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
+  const float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
+  const float* hp_n = a.hp ? a.hp + n * T * slab : nullptr;
+  float* dq_n = a.dq + n * T * gslab;
+  float* dpx_n = a.dpx ? a.dpx + n * T * gslab : nullptr;
+  float* dst_n = a.dstate ? a.dstate + n * slab : nullptr;
+  float* carry_n = a.carry ? a.carry + n * slab : nullptr;
+  float* dh0_n = a.dh0 + n * slab;
+
+  // Iteration s runs the pointwise backward of step s (s = -1: only the gradient of h0). The
+  // gradient of h_s (slot s + 1) is what reaches it directly plus, unless a reset entering
+  // step s + 1 cut it, dq_{s+1} W^T (and GRU's direct path dh_{s+1} z_{s+1}).
+  for (int s = T - 1; s >= -1; --s) {
+    const bool has_next = s + 1 < T;
+    const float* dq_next = dq_n + (s + 1) * gslab;
+    for (int b0 = 0; b0 < B; b0 += BB) {
+      const int rows = min(BB, B - b0);
+      if (has_next) {
+        for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
+          dv[idx] = __ldcg(dq_next + static_cast<long long>(b0) * GD + idx);
+        __syncthreads();
+        block_matvec(dv, wt, acc, rows, GD, U);
+        __syncthreads();
+      }
+      for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
+        const int b = idx / tl.width, u = idx - b * tl.width;
+        const int bg = b0 + b, e = tl.e0 + u;
+        const long long at = static_cast<long long>(bg) * D + e;
+        const long long gat = static_cast<long long>(bg) * GD + e;
+        float gh = dy_n[(s + 1) * slab + at];
+        if (has_next && !reset_at(a.mask, s + 1, B, bg)) {
+          float r = acc[b * U + u];
+          if constexpr (KIND == GRU) r += carry_n[at];
+          gh += r;
+        }
+        if (s < 0) {
+          dh0_n[at] = gh;
+          continue;
+        }
+        float* dq = dq_n + s * gslab + gat;
+        if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
+          const float h = hs_n[(s + 1) * slab + at];
+          // ReLU's derivative as torch's: 1 where the output is not <= 0 (NaN passes).
+          const float d = KIND == ELMAN_TANH ? 1.0f - h * h : (h <= 0.0f ? 0.0f : 1.0f);
+          dq[0] = gh * d;
+        } else if constexpr (KIND == LSTM) {
+          const float* ac = acts_n + s * gslab + gat;
+          const float ig = ac[0], fg = ac[D], gg = ac[2 * D], og = ac[3 * D];
+          const float tc = tcs_n[s * slab + at];
+          const float cp = cs_n[s * slab + at];
+          float dc = dst_n[at];
+          dc = fmaf(gh, og * (1.0f - tc * tc), dc);
+          dq[0] = dc * gg * ig * (1.0f - ig);
+          dq[D] = dc * cp * fg * (1.0f - fg);
+          dq[2 * D] = dc * ig * (1.0f - gg * gg);
+          dq[3 * D] = gh * tc * og * (1.0f - og);
+          // A reset replaces c entering step s: its gradient is exactly zero (not 0 * NaN).
+          dst_n[at] = reset_at(a.mask, s, B, bg) ? 0.0f : dc * fg;
+        } else {  // GRU
+          const float* ac = acts_n + s * gslab + gat;
+          const float r = ac[0], z = ac[D], nn = ac[2 * D];
+          const float qn = qs_n[s * gslab + gat + 2 * D];
+          const float hprev = hp_n[s * slab + at];
+          const float dan = gh * (1.0f - z) * (1.0f - nn * nn);
+          const float dz = gh * (hprev - nn) * z * (1.0f - z);
+          const float dr = dan * qn * r * (1.0f - r);
+          dq[0] = dr;
+          dq[D] = dz;
+          dq[2 * D] = dan * r;
+          float* dp = dpx_n + s * gslab + gat;
+          dp[0] = dr;
+          dp[D] = dz;
+          dp[2 * D] = dan;
+          carry_n[at] = gh * z;
+        }
+      }
+      __syncthreads();  // dv and acc are reused by the next batch tile
+    }
+    if (s >= 0) grid.sync();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// launch
+
+template <typename Args>
+using KernelFn = void (*)(Args, Tiling);
+
+template <typename Args>
+const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, int D,
+                   std::size_t smem, cudaStream_t stream) {
+  static thread_local char message[512];
+  const int blocks = args.N * ((D + tiling.units - 1) / tiling.units);
+  if (blocks == 0) return nullptr;
+  int device = 0, sms = 0, cooperative = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, smem);
+  if (err != cudaSuccess) {
+    std::snprintf(message, sizeof message, "CUDA error before the launch: %s",
+                  cudaGetErrorString(err));
+    return message;
+  }
+  if (!cooperative) return "the device does not support cooperative launches";
+  if (per_sm * sms < blocks) {
+    std::snprintf(message, sizeof message,
+                  "%d blocks of %zu bytes of shared memory cannot all be resident (%d per SM, "
+                  "%d SMs)",
+                  blocks, smem, per_sm, sms);
+    return message;
+  }
+  Args copy = args;
+  Tiling tcopy = tiling;
+  void* params[] = {&copy, &tcopy};
+  err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn), dim3(blocks),
+                                    dim3(kThreads), params, smem, stream);
+  if (err != cudaSuccess) {
+    std::snprintf(message, sizeof message, "cooperative launch failed: %s",
+                  cudaGetErrorString(err));
+    return message;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
+  const std::size_t GU = static_cast<std::size_t>(gates_of(kind)) * tl.units;
+  return sizeof(float) * (D * GU + static_cast<std::size_t>(tl.batch_tile) * (D + GU));
+}
+
+std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
+  const std::size_t GD = static_cast<std::size_t>(gates_of(kind)) * D;
+  return sizeof(float) * (GD * tl.units + static_cast<std::size_t>(tl.batch_tile) * (GD + tl.units));
+}
+
+const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t stream) {
+  if (a.T == 0 || a.B == 0) return nullptr;
+  const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
+  switch (a.kind) {
+    case ELMAN_TANH: return launch(forward_kernel<ELMAN_TANH>, a, tl, a.D, smem, stream);
+    case ELMAN_RELU: return launch(forward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
+    case LSTM: return launch(forward_kernel<LSTM>, a, tl, a.D, smem, stream);
+    case GRU: return launch(forward_kernel<GRU>, a, tl, a.D, smem, stream);
+    default: return "unknown cell kind";
+  }
+}
+
+const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_t stream) {
+  if (a.B == 0) return nullptr;
+  const std::size_t smem = backward_smem_bytes(a.kind, a.D, tl);
+  switch (a.kind) {
+    case ELMAN_TANH: return launch(backward_kernel<ELMAN_TANH>, a, tl, a.D, smem, stream);
+    case ELMAN_RELU: return launch(backward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
+    case LSTM: return launch(backward_kernel<LSTM>, a, tl, a.D, smem, stream);
+    case GRU: return launch(backward_kernel<GRU>, a, tl, a.D, smem, stream);
+    default: return "unknown cell kind";
+  }
+}
+
+}  // namespace rnnkit_cuda
