@@ -7,6 +7,7 @@ through their entry points (nox's ``integration`` session).
 from __future__ import annotations
 
 import importlib.metadata as md
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,29 @@ def test_each_case_builds_a_cell_of_its_registered_class(rnnkit_cell_case: CellC
     assert (cell.input_size, cell.hidden_size) == (sizes["input_size"], sizes["hidden_size"])
 
 
-@pytest.mark.parametrize("check", list(CHECKS))
+#: The kit's compile check traces each cell with dynamo and AOTAutograd twice (seconds per
+#: configuration on 2 cores, the bulk of this file's time): the default run compiles each cell's
+#: first test configuration; the others run with the ``experiment`` marker.
+COSTLY_CHECKS = frozenset({"compile"})
+
+
+@pytest.mark.parametrize("check", [c for c in CHECKS if c not in COSTLY_CHECKS])
 def test_conformance(rnnkit_cell_case: CellCase, check: str) -> None:
     CHECKS[check](rnnkit_cell_case.make)
+
+
+def _costly_cases() -> list[Any]:
+    seen: set[str] = set()
+    params = []
+    for case in registered_cases():
+        first = case.name not in seen
+        seen.add(case.name)
+        for check in sorted(COSTLY_CHECKS):
+            marks = () if first else (pytest.mark.experiment,)
+            params.append(pytest.param(case, check, id=f"{case.id}-{check}", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize(("case", "check"), _costly_cases())
+def test_costly_conformance(case: CellCase, check: str) -> None:
+    CHECKS[check](case.make)

@@ -30,8 +30,11 @@ ONNX_UNSUPPORTED = {
 
 
 def _cases() -> list[Any]:
+    """Every registered cell and test configuration. Each export costs seconds on 2 cores:
+    the default run exports each cell's first configuration, the others run with the
+    ``experiment`` marker (``nox -s experiments``)."""
     return [
-        pytest.param(e.name, kw, id=f"{e.name}-{i}")
+        pytest.param(e.name, kw, id=f"{e.name}-{i}", marks=() if i == 0 else pytest.mark.experiment)
         for e in get_host().cells
         for i, kw in enumerate(e.obj.test_configs)
     ]
