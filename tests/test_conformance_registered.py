@@ -34,6 +34,8 @@ KNOWN_CELLS = {
         "srrnn",
         "gated_deltanet",
         "linear_attention",
+        "m2rnn",
+        "based",
     },
     "mingru": {"mingru", "minlstm"},
 }

@@ -5,7 +5,7 @@ S4D's and LSSL's convolution modes)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, pointer, universal
+from rnnkit.models import forecasting, hybrid, jrt, networks, pointer, universal
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -22,8 +22,10 @@ from rnnkit.models.cells import (
     StateRegularized,
 )
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
+from rnnkit.models.cells.jrt import BasedAttention
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
+from rnnkit.models.cells.m2rnn import M2RNN
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
 from rnnkit.models.cells.s5 import S5
 
@@ -47,6 +49,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mes_lstm", forecasting.mes_lstm)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
+    register("jrt_classifier", jrt.jrt_classifier)
+    register("based_classifier", jrt.based_classifier)
 
 
 @hookimpl
@@ -160,4 +164,19 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         LinearAttention,
         description="linear attention, optionally with a fixed or gated decay (chunked backend)",
         test_configs=[{}, {"decay": "fixed", "heads": 2}, {"decay": "gated", "heads": 3}],
+    )
+    register(
+        "m2rnn",
+        M2RNN,
+        description="M2RNN: K x V matrix state per head with a tanh update (reference loop)",
+        test_configs=[
+            {"value_dim": 2, "key_dim": 3},
+            {"value_dim": 6, "key_dim": 1},
+        ],
+    )
+    register(
+        "based",
+        BasedAttention,
+        description="Based Taylor linear attention; JRT-RNN's causal part (chunked backend)",
+        test_configs=[{"feature_dim": 2}, {"heads": 3, "feature_dim": 1}],
     )

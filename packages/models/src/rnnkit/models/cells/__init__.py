@@ -15,15 +15,20 @@
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
 - :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
 - :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
-- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay.
+- :class:`LinearAttention`: linear attention, optionally with a fixed or gated scalar decay;
+- :class:`BasedAttention`: Based's Taylor linear attention (matrix-state form), started from a
+  :class:`PrefixEncoder`'s non-causal prefix state in JRT-RNN;
+- :class:`M2RNN`: a ``K x V`` matrix state per head updated through ``tanh`` (reference loop).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
+from rnnkit.models.cells.jrt import BasedAttention, JRTState, PrefixEncoder
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
+from rnnkit.models.cells.m2rnn import M2RNN, M2RNNState
 from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
 from rnnkit.models.cells.para import ParaGRU, ParaGRUState, ParaLSTM, ParaLSTMState
@@ -35,20 +40,24 @@ from rnnkit.models.cells.srrnn import SRState, StateRegularized
 __all__ = [
     "LRU",
     "LSSL",
+    "M2RNN",
     "RHN",
     "S4D",
     "S5",
     "Aaren",
     "AarenState",
+    "BasedAttention",
     "DeltaNet",
     "DeltaNetState",
     "GatedDeltaNet",
     "IndRNN",
     "IndRNNState",
+    "JRTState",
     "LSSLState",
     "LeakyRNN",
     "LeakyRNNState",
     "LinearAttention",
+    "M2RNNState",
     "Mamba",
     "Mamba2",
     "Mamba2State",
@@ -57,6 +66,7 @@ __all__ = [
     "ParaGRUState",
     "ParaLSTM",
     "ParaLSTMState",
+    "PrefixEncoder",
     "RHNState",
     "SRState",
     "StateRegularized",
