@@ -153,6 +153,11 @@ def test_networks() -> None:
     assert jrt(x, prefix_len=torch.tensor([0, 3, 6])).shape == (3, 5)
     based = based_classifier(input_size=0, output_size=5, vocab_size=10, hidden_size=8)
     assert based.prefix_len == 0 and based(x).shape == (3, 5)
+    # no encoder weights in the causal network; a prefix asked of it is refused
+    n_jrt, n_based = (sum(p.numel() for p in m.parameters()) for m in (jrt, based))
+    assert n_jrt - n_based == 2 * (16 * 8 + 8 * 8)  # per block: W_ke (heads d, I), W_ve (I, I)
+    with pytest.raises(ValueError, match="prefix_len"):
+        based(x, prefix_len=3)
     with pytest.raises(ValueError, match="prefix_len"):
         based_classifier(input_size=0, output_size=5, vocab_size=10, prefix_len=-1)
     with pytest.raises(ValueError, match="feature_dim"):

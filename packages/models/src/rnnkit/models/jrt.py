@@ -15,13 +15,16 @@ from rnnkit.models.networks import _check_pooling, _pool
 class JRTBlock(nn.Module):
     """``x + W_o attn(LayerNorm(x))`` then ``x + MLP(LayerNorm(x))`` on ``(B, T, width)``,
     with ``attn`` a :class:`BasedAttention` of ``width`` values started from its
-    :class:`PrefixEncoder`'s state (the MLP: ``width -> 2 width -> width``, GELU)."""
+    :class:`PrefixEncoder`'s state (the MLP: ``width -> 2 width -> width``, GELU); without
+    ``encoder`` the block has no prefix encoder and is causal."""
 
-    def __init__(self, width: int, *, heads: int, feature_dim: int) -> None:
+    prefix: PrefixEncoder | None
+
+    def __init__(self, width: int, *, heads: int, feature_dim: int, encoder: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attn = BasedAttention(width, width, heads=heads, feature_dim=feature_dim)
-        self.prefix = PrefixEncoder(self.attn)
+        self.prefix = PrefixEncoder(self.attn) if encoder else None
         self.out = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
@@ -34,7 +37,11 @@ class JRTBlock(nn.Module):
         """``x: (B, T, width)``; ``keep: (B, T)`` bool, the prefix the encoder reads (``None``:
         none, causal attention) -> ``(B, T, width)``."""
         h = self.norm1(x)
-        state = None if keep is None else self.prefix(h, h.shape[1], mask=keep)
+        state = None
+        if keep is not None:
+            if self.prefix is None:
+                raise ValueError("prefix_len: this network has no prefix encoder (prefix_len=0)")
+            state = self.prefix(h, h.shape[1], mask=keep)
         y, _ = self.attn(h, state, backend=backend, resets=resets)
         x = x + self.out(y)
         out: Tensor = x + self.mlp(self.norm2(x))
@@ -52,7 +59,8 @@ class JRTNetwork(nn.Module):
         heads, feature_dim: of every attention layer (see :class:`BasedAttention`).
         prefix_len: the prefix the encoder reads when ``forward`` is given none: an ``int``,
             negative counting from the end (``-1``: all but the last position); ``0``: no
-            prefix, i.e. a causal Based-style network.
+            prefix encoder at all, a causal Based-style network (``forward`` then refuses a
+            prefix).
         pad_id: with token inputs, positions holding this id are left out of the prefix (the
             paper masks left padding out of the encoder); ``None``: keep every position.
         vocab_size: if given, inputs are token ids ``(B, T)`` embedded to ``hidden_size``.
@@ -85,7 +93,8 @@ class JRTNetwork(nn.Module):
             else nn.Linear(input_size, hidden_size)
         )
         self.blocks = nn.ModuleList(
-            JRTBlock(hidden_size, heads=heads, feature_dim=feature_dim) for _ in range(num_layers)
+            JRTBlock(hidden_size, heads=heads, feature_dim=feature_dim, encoder=prefix_len != 0)
+            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, output_size)
