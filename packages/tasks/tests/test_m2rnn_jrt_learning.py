@@ -102,20 +102,31 @@ def test_s5_m2rnn_against_lstm_and_deltanet(tmp_path: Path) -> None:
         model_config={"hidden_size": 128, "heads": 4},
     )  # fmt: skip
     assert lstm["token_accuracy"] > 0.9
-    for r in (m2, delta):
-        assert 0.0 <= r["token_accuracy"] <= 1.0
+    for r in (m2, delta):  # at least the first step (the input itself), 1/8 of the score
+        assert r["token_accuracy"] > 0.12, r
 
 
 @pytest.mark.experiment
 def test_setdisj_read_once_jrt_and_read_twice(tmp_path: Path) -> None:
-    """setdisj's budget, width 64, feature_dim 4: causal Based read once, JRT-RNN (prefix
-    read non-causally) and causal Based on setdisj_jrt (read twice); docs/tasks.md."""
+    """setdisj's budget, width 64, feature_dim 4 then width 16, feature_dim 1: causal Based
+    read once, JRT-RNN (prefix read non-causally) and causal Based on setdisj_jrt (read
+    twice); the table of docs/tasks.md."""
     common: dict[str, Any] = {"model_config": {"hidden_size": 64, "feature_dim": 4}}
     once = _train(tmp_path, "once", task="setdisj", model="based_classifier", **common)
     jrt = _train(tmp_path, "jrt", task="setdisj", model="jrt_classifier", **common)
     twice = _train(tmp_path, "twice", task="setdisj_jrt", model="based_classifier", **common)
     for r in (once, jrt, twice):
         assert r["accuracy"] > 0.9, r
+    # a state of 3 features x 17 per layer: every variant far from solving it, all far above
+    # the 1/60 of guessing
+    small: dict[str, Any] = {"model_config": {"hidden_size": 16, "feature_dim": 1}}
+    for name, task, model in (
+        ("once16", "setdisj", "based_classifier"),
+        ("jrt16", "setdisj", "jrt_classifier"),
+        ("twice16", "setdisj_jrt", "based_classifier"),
+    ):
+        r = _train(tmp_path, name, task=task, model=model, **small)
+        assert 0.1 < r["accuracy"] < 0.9, (name, r)
 
 
 def test_small_setdisj_is_what_the_short_run_trains_on() -> None:
