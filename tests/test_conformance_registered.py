@@ -41,6 +41,8 @@ KNOWN_CELLS = {
         "titans",
         "plstm",
         "alrnn",
+        "m2rnn",
+        "based",
     },
     "mingru": {"mingru", "minlstm"},
 }

@@ -5,7 +5,17 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, pvrnn, universal
+from rnnkit.models import (
+    dsr,
+    forecasting,
+    hybrid,
+    jrt,
+    networks,
+    plstm2d,
+    pointer,
+    pvrnn,
+    universal,
+)
 from rnnkit.models.cells import (
     ALRNN,
     LRU,
@@ -27,8 +37,10 @@ from rnnkit.models.cells import (
     Yaad,
 )
 from rnnkit.models.cells.aaren import PARALLEL_KERNEL
+from rnnkit.models.cells.jrt import BasedAttention
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
+from rnnkit.models.cells.m2rnn import M2RNN
 from rnnkit.models.cells.miras import CHUNKED_KERNELS
 from rnnkit.models.cells.plstm import CHUNKED_KERNEL as PLSTM_CHUNKED_KERNEL
 from rnnkit.models.cells.plstm import PLSTM
@@ -58,6 +70,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("plstm_vision", plstm2d.plstm_vision)
     register("alrnn_dsr", dsr.alrnn_dsr)
     register("pvrnn", pvrnn.pvrnn)
+    register("jrt_classifier", jrt.jrt_classifier)
+    register("based_classifier", jrt.based_classifier)
 
 
 @hookimpl
@@ -219,4 +233,20 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         ALRNN,
         description="AL-RNN: z = A z + W phi*(z) + C s + h, ReLU on the last P units only",
         test_configs=[{}],
+    )
+    register(
+        "m2rnn",
+        M2RNN,
+        description="M2RNN: K x V matrix state per head with a tanh update (reference loop)",
+        # one configuration (three heads, K != V): the kit's compile check alone costs seconds
+        # per configuration; single heads and K = 1 are in packages/models/tests/test_m2rnn.py
+        test_configs=[{"value_dim": 2, "key_dim": 3}],
+    )
+    register(
+        "based",
+        BasedAttention,
+        description="Based Taylor linear attention; JRT-RNN's causal part (chunked backend)",
+        # one configuration: the kit's compile check alone costs seconds per configuration;
+        # one head and other feature sizes are in packages/models/tests/test_jrt.py
+        test_configs=[{"heads": 3, "feature_dim": 2}],
     )

@@ -21,15 +21,20 @@
 - :class:`Titans`: Titans' momentum memory (surprise with momentum and weight decay).
 - :class:`PLSTM`: pLSTM on a line graph (source, transition and mark gates; ``chunked``).
 - :class:`ALRNN`: the almost-linear RNN (ReLU on the last ``P`` units; symbolic region codes).
+- :class:`BasedAttention`: Based's Taylor linear attention (matrix-state form), started from a
+  :class:`PrefixEncoder`'s non-causal prefix state in JRT-RNN;
+- :class:`M2RNN`: a ``K x V`` matrix state per head updated through ``tanh`` (reference loop).
 """
 
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.alrnn import ALRNN, ALRNNState, region_codes, symbolic_graph
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
+from rnnkit.models.cells.jrt import BasedAttention, JRTState, PrefixEncoder
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
 from rnnkit.models.cells.lru import LRU
 from rnnkit.models.cells.lssl import LSSL, LSSLState
+from rnnkit.models.cells.m2rnn import M2RNN, M2RNNState
 from rnnkit.models.cells.mamba import Mamba, MambaState
 from rnnkit.models.cells.mamba2 import Mamba2, Mamba2State
 from rnnkit.models.cells.miras import Memora, MirasState, Moneta, Titans, TitansState, Yaad
@@ -44,6 +49,7 @@ __all__ = [
     "ALRNN",
     "LRU",
     "LSSL",
+    "M2RNN",
     "PLSTM",
     "RHN",
     "S4D",
@@ -51,15 +57,18 @@ __all__ = [
     "ALRNNState",
     "Aaren",
     "AarenState",
+    "BasedAttention",
     "DeltaNet",
     "DeltaNetState",
     "GatedDeltaNet",
     "IndRNN",
     "IndRNNState",
+    "JRTState",
     "LSSLState",
     "LeakyRNN",
     "LeakyRNNState",
     "LinearAttention",
+    "M2RNNState",
     "Mamba",
     "Mamba2",
     "Mamba2State",
@@ -72,6 +81,7 @@ __all__ = [
     "ParaGRUState",
     "ParaLSTM",
     "ParaLSTMState",
+    "PrefixEncoder",
     "RHNState",
     "SRState",
     "StateRegularized",
