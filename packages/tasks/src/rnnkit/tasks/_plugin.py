@@ -49,6 +49,14 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=automata.configure_extract,
         run=automata.run_extract,
     )
+    from rnnkit.tasks.methods import online
+
+    register(
+        "online",
+        help=online.ONLINE_HELP,
+        configure=online.configure_online,
+        run=online.run_online_command,
+    )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()
