@@ -49,13 +49,19 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=automata.configure_extract,
         run=automata.run_extract,
     )
-    from rnnkit.tasks.methods import online
+    from rnnkit.tasks.methods import analysis, online
 
     register(
         "online",
         help=online.ONLINE_HELP,
         configure=online.configure_online,
         run=online.run_online_command,
+    )
+    register(
+        "analyse",
+        help=analysis.ANALYSE_HELP,
+        configure=analysis.configure_analyse,
+        run=analysis.run_analyse,
     )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
