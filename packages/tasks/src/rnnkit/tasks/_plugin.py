@@ -49,7 +49,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=automata.configure_extract,
         run=automata.run_extract,
     )
-    from rnnkit.tasks.methods import analysis, online
+    from rnnkit.tasks.methods import analysis, online, pruning
 
     register(
         "online",
@@ -62,6 +62,9 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         help=analysis.ANALYSE_HELP,
         configure=analysis.configure_analyse,
         run=analysis.run_analyse,
+    )
+    register(
+        "prune", help=pruning.PRUNE_HELP, configure=pruning.configure_prune, run=pruning.run_prune
     )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
