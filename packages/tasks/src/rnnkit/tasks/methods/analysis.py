@@ -7,7 +7,8 @@ the whole state flattened to ``h: (F,)`` (complex fields as real and imaginary p
 on random input sequences plus noise (the cell's parameters are left alone), merges the
 minima closer than ``tol_unique``, and linearises ``F`` at each: the eigenvalues of the
 Jacobian ``∂F/∂h`` say whether a point attracts (all ``|λ| < 1``) or is a saddle. A minimum
-with ``q < tol_fixed`` is reported as a fixed point, any other as a slow point.
+with ``q < tol_fixed`` is reported as a fixed point, one with ``q < tol_slow`` as a slow
+point, any other as ``unconverged`` (a minimum of ``q`` the search did not bring down).
 
 **Recoding** (after Ulmer, arXiv 2101.00674). At inference, the state is moved along the
 gradient of an error signal ``δ`` and the step is recomputed from the moved state:
@@ -96,15 +97,19 @@ def state_from_vector(vec: Tensor, like: Sequence[Tensor]) -> Any:
 
 @dataclass(frozen=True)
 class FixedPoint:
-    """One point found: ``state`` (the flattened state), ``q`` (``½‖F(h) − h‖²``), whether it
-    counts as ``fixed`` (else slow), the Jacobian's eigenvalues sorted by decreasing modulus
+    """One point found: ``state`` (the flattened state), ``q`` (``½‖F(h) − h‖²``), its
+    ``kind`` (``"fixed"``, ``"slow"`` or ``"unconverged"``), the Jacobian's eigenvalues sorted by decreasing modulus
     (as ``[real, imag]`` pairs) and ``stable`` (all moduli below 1)."""
 
     state: list[float]
     q: float
-    fixed: bool
+    kind: str
     eigenvalues: list[list[float]]
     stable: bool
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind == "fixed"
 
     @property
     def spectral_radius(self) -> float:
@@ -160,6 +165,7 @@ def find_fixed_points(
     iterations: int = 1500,
     lr: float = 0.05,
     tol_fixed: float = 1e-10,
+    tol_slow: float = 1e-4,
     tol_unique: float = 1e-3,
     seed: int = 0,
 ) -> FixedPointReport:
@@ -172,7 +178,8 @@ def find_fixed_points(
         initial: ``(N, F)`` flattened states to start from instead.
         length, noise: the trajectories sampled from (steps) and the noise added (sd).
         iterations, lr: Adam steps on ``q`` (step size decays tenfold over the run).
-        tol_fixed: ``q`` below which a point is fixed (else slow).
+        tol_fixed: ``q`` below which a point is fixed.
+        tol_slow: ``q`` below which a point that is not fixed is slow (else unconverged).
         tol_unique: points closer than this (Euclidean) are merged.
         seed: seeds the sampling.
 
@@ -182,7 +189,12 @@ def find_fixed_points(
     for name, value in (("starts", starts), ("length", length), ("iterations", iterations)):
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
-    for name, x in (("noise", noise), ("tol_fixed", tol_fixed), ("tol_unique", tol_unique)):
+    for name, x in (
+        ("noise", noise),
+        ("tol_fixed", tol_fixed),
+        ("tol_slow", tol_slow),
+        ("tol_unique", tol_unique),
+    ):
         if not (math.isfinite(x) and x >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {x}")
     if not (math.isfinite(lr) and lr > 0):
@@ -223,7 +235,7 @@ def find_fixed_points(
             with torch.no_grad():
                 q = 0.5 * (f(h) - h).square().sum(1)
             points = _unique(h.detach(), q, tol_unique)
-            found = [_linearise(f, h.detach()[i], float(q[i]), tol_fixed) for i in points]
+            found = [_linearise(f, h.detach()[i], float(q[i]), tol_fixed, tol_slow) for i in points]
         finally:
             for p in params:
                 p.requires_grad_(True)
@@ -244,7 +256,9 @@ def _unique(h: Tensor, q: Tensor, tol: float) -> list[int]:
     return kept
 
 
-def _linearise(f: Callable[[Tensor], Tensor], h: Tensor, q: float, tol_fixed: float) -> FixedPoint:
+def _linearise(
+    f: Callable[[Tensor], Tensor], h: Tensor, q: float, tol_fixed: float, tol_slow: float
+) -> FixedPoint:
     jac = torch.autograd.functional.jacobian(lambda v: f(v[None])[0], h)
     eig = torch.linalg.eigvals(jac)
     eig = eig[torch.argsort(eig.abs(), descending=True)]
@@ -252,7 +266,7 @@ def _linearise(f: Callable[[Tensor], Tensor], h: Tensor, q: float, tol_fixed: fl
     return FixedPoint(
         state=h.tolist(),
         q=q,
-        fixed=q < tol_fixed,
+        kind="fixed" if q < tol_fixed else "slow" if q < tol_slow else "unconverged",
         eigenvalues=pairs,
         stable=bool((eig.abs() < 1).all()),
     )
@@ -414,6 +428,7 @@ def configure_analyse(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--lr", type=float, default=0.05, help="Adam step size (default 0.05)")
     fp.add_argument("--noise", type=float, default=0.1, help="start noise sd (default 0.1)")
     fp.add_argument("--tol-fixed", type=float, default=1e-10, help="q of a fixed point")
+    fp.add_argument("--tol-slow", type=float, default=1e-4, help="q of a slow point")
     fp.add_argument("--tol-unique", type=float, default=1e-3, help="merge distance")
     fp.add_argument("--seed", type=int, default=0)
     fp.add_argument("--json", action="store_true", help="print JSON")
@@ -468,6 +483,7 @@ def _run_fixed_points(args: argparse.Namespace) -> int:
         lr=args.lr,
         noise=args.noise,
         tol_fixed=args.tol_fixed,
+        tol_slow=args.tol_slow,
         tol_unique=args.tol_unique,
         seed=args.seed,
     )
@@ -480,7 +496,7 @@ def _run_fixed_points(args: argparse.Namespace) -> int:
         [
             str(i),
             f"{p.q:.2e}",
-            "fixed" if p.fixed else "slow",
+            p.kind,
             f"{p.spectral_radius:.4f}",
             "stable" if p.stable else "unstable",
             str(sum(math.hypot(*e) > 1 for e in p.eigenvalues)),
