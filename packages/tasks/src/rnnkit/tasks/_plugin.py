@@ -1,6 +1,6 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
-``predict``, ``generate``, ``push`` and ``pull`` commands and, when rnnkit-kernels is
-installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
+``predict``, ``generate``, ``online``, ``analyse``, ``prune``, ``nas``, ``push`` and ``pull``
+commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to
+    ``passkey``, ``extract-dfa``, ``online``, ``analyse``, ``prune``, ``nas``, ``push`` and
+    ``pull``; add ``kws`` and ``charlm`` to
     rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
     line, so they are in place when ``rnnkit analog``'s parser is configured)."""
     from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli
@@ -49,7 +50,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=automata.configure_extract,
         run=automata.run_extract,
     )
-    from rnnkit.tasks.methods import analysis, online, pruning
+    from rnnkit.tasks.methods import analysis, nas, online, pruning
 
     register(
         "online",
@@ -66,6 +67,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
     register(
         "prune", help=pruning.PRUNE_HELP, configure=pruning.configure_prune, run=pruning.run_prune
     )
+    register("nas", help=nas.NAS_HELP, configure=nas.configure_nas, run=nas.run_nas)
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()
