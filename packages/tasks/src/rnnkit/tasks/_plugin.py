@@ -1,6 +1,7 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
 ``predict``, ``generate``, ``online``, ``analyse``, ``prune``, ``nas``, ``push`` and ``pull``
-commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
+commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its
+``rnnkit analog`` command."""
 
 from __future__ import annotations
 

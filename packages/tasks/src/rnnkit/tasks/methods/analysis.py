@@ -34,7 +34,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,8 +98,8 @@ def state_from_vector(vec: Tensor, like: Sequence[Tensor]) -> Any:
 @dataclass(frozen=True)
 class FixedPoint:
     """One point found: ``state`` (the flattened state), ``q`` (``½‖F(h) − h‖²``), its
-    ``kind`` (``"fixed"``, ``"slow"`` or ``"unconverged"``), the Jacobian's eigenvalues sorted by decreasing modulus
-    (as ``[real, imag]`` pairs) and ``stable`` (all moduli below 1)."""
+    ``kind`` (``"fixed"``, ``"slow"`` or ``"unconverged"``), the Jacobian's eigenvalues sorted
+    by decreasing modulus (as ``[real, imag]`` pairs) and ``stable`` (all moduli below 1)."""
 
     state: list[float]
     q: float
@@ -229,7 +229,7 @@ def find_fixed_points(
             for _ in range(iterations):
                 opt.zero_grad()
                 q = 0.5 * (f(h) - h).square().sum(1)
-                q.sum().backward()
+                (h.grad,) = torch.autograd.grad(q.sum(), [h])
                 opt.step()
                 sched.step()
             with torch.no_grad():
@@ -259,7 +259,8 @@ def _unique(h: Tensor, q: Tensor, tol: float) -> list[int]:
 def _linearise(
     f: Callable[[Tensor], Tensor], h: Tensor, q: float, tol_fixed: float, tol_slow: float
 ) -> FixedPoint:
-    jac = torch.autograd.functional.jacobian(lambda v: f(v[None])[0], h)
+    jacobian = cast(Callable[..., Tensor], torch.autograd.functional.jacobian)  # untyped
+    jac = jacobian(lambda v: f(v[None])[0], h)
     eig = torch.linalg.eigvals(jac)
     eig = eig[torch.argsort(eig.abs(), descending=True)]
     pairs = [[float(e.real), float(e.imag)] for e in eig]
@@ -378,9 +379,12 @@ def recode_state(
         else:
             delta = _entropy(logits).sum()
         grads = torch.autograd.grad(delta, fields, allow_unused=True)
+    # allow_unused: a field the step's output does not read has no gradient (None at run
+    # time, though torch's stubs say Tensor)
+    maybe: list[Tensor | None] = list(grads)
     out = [
-        f.detach() - eta * torch.nan_to_num(g) if g is not None else f.detach()
-        for f, g in zip(fields, grads, strict=True)
+        f.detach() if g is None else f.detach() - eta * torch.nan_to_num(g)
+        for f, g in zip(fields, maybe, strict=True)
     ]
     return make(out) if make is not None else tuple(out)
 

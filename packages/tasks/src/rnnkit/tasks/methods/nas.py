@@ -218,9 +218,10 @@ def rank_cells(
                     trainer.data.info,
                     device=torch.device("cpu"),
                 )
-                value = float(metrics[t.primary])
-                results.append(CellScore(c, score, value if math.isfinite(value) else None, params))
-            except Exception as exc:  # noqa: BLE001 - one cell's failure is that cell's row
+                metric = float(metrics[t.primary])
+                finite = metric if math.isfinite(metric) else None
+                results.append(CellScore(c, score, finite, params))
+            except Exception as exc:  # one cell's failure is that cell's row
                 text = str(exc).strip().splitlines()
                 results.append(
                     CellScore(

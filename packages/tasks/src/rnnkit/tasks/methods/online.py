@@ -214,7 +214,8 @@ class UORO(Learner):
         eps = self.eps
 
         def norm(t: Tensor) -> Tensor:
-            return t.flatten(1).norm(dim=1)
+            out: Tensor = torch.linalg.vector_norm(t.flatten(1), dim=1)
+            return out
 
         rho0 = torch.sqrt((norm(self.theta_tilde) + eps) / (norm(fx) + eps))
         rho1 = torch.sqrt((norm(ftheta) + eps) / (norm(nu) + eps))

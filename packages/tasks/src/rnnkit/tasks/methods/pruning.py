@@ -36,8 +36,9 @@ import argparse
 import copy
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +90,7 @@ def _keep_top(scores: Tensor, keep: int) -> Tensor:
 
 
 def _n_keep(total: int, sparsity: float) -> int:
-    return int(round((1.0 - sparsity) * total))
+    return round((1.0 - sparsity) * total)
 
 
 def _graph_mask(adjacency: Tensor, shape: torch.Size) -> Tensor:
@@ -195,7 +196,7 @@ def make_masks(
     if method == "magnitude":
         scores = torch.cat([p.abs().flatten() for p in params])
         flat = _keep_top(scores, _n_keep(scores.numel(), sparsity))
-        pieces = flat.split([p.numel() for p in params])
+        pieces = torch.split(flat, [p.numel() for p in params])
         return [m.view_as(p) for m, p in zip(pieces, params, strict=True)]
     masks = []
     for p in params:
@@ -225,7 +226,8 @@ def apply_masks(model: nn.Module, masks: Sequence[Tensor], *, hold: bool = True)
         with torch.no_grad():
             p.mul_(mask)
         if hold:
-            p.register_hook(lambda grad, mask=mask: grad * mask)
+            hook = cast(Callable[..., Any], p.register_hook)  # untyped in torch's stubs
+            hook(lambda grad, mask=mask: grad * mask)
 
 
 @dataclass(frozen=True)
