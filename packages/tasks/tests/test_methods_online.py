@@ -139,3 +139,15 @@ def test_online_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["scores"][0]["horizon"] == 2
     assert out["scores"][0]["latency_ms"] > 0
+
+
+@pytest.mark.experiment
+@pytest.mark.parametrize("method", ["rtrl", "snap1", "tbptt", "uoro"])
+def test_online_documented(method: str) -> None:
+    """docs/tasks.md: `rnnkit online --method METHOD` (defaults: 4 subjects x 3 min)."""
+    result = run_online(OnlineConfig(method=method, latency_steps=0))
+    mean = sum(s.nrmse for s in result.scores) / len(result.scores)
+    # measured: rtrl 0.401, snap1 0.399, tbptt 0.404, uoro 0.606 (mean over 0.1-1 s)
+    assert mean < (0.65 if method == "uoro" else 0.43), mean
+    far = result.scores[-1]
+    assert far.nrmse < 0.6 * far.nrmse_persistence

@@ -30,7 +30,7 @@ without learning to forecast ``y(t + h)``. Every horizon gets its own learner, e
 its own weights (subjects run as a batch of independent networks). nRMSE (Pohl et al.'s,
 :func:`~rnnkit.tasks.breathing.pohl_nrmse`) is scored in mm after the first minute, per
 subject, then averaged; latency is the wall time of one step (update and forecast) of one
-network on the CPU.
+network on the CPU (the median over ``latency_steps`` steps).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -388,7 +389,8 @@ def _clip(g: Tensor, g_out: Tensor, clip: float) -> tuple[Tensor, Tensor]:
 def _online_forecast(
     config: OnlineConfig, u: Tensor, y: Tensor, horizon: int, seed: int, steps: int | None = None
 ) -> tuple[Tensor, float]:
-    """Forecasts ``(B, T, p)`` (NaN where none was made) and seconds per step."""
+    """Forecasts ``(B, T, p)`` (NaN where none was made) and the median seconds per step
+    (the median: other processes on the machine stretch some steps)."""
     batch, length, m = u.shape
     g = torch.Generator().manual_seed(seed)
     weights = RNNWeights.init(batch, config.hidden, m, y.shape[2], generator=g, dtype=torch.float64)
@@ -403,8 +405,9 @@ def _online_forecast(
     preds = torch.full_like(y, float("nan"))
     x = torch.zeros(batch, config.hidden, dtype=torch.float64)
     end = length if steps is None else min(length, horizon + steps)
-    start = time.perf_counter()
+    times = []
     for t in range(horizon, end):
+        start = time.perf_counter()
         s = t - horizon
         v, _, x = rnn_step(weights.w, x, u[:, s])
         _, dl_dx, g_out = _loss_grads(weights, x, y[:, t])
@@ -420,8 +423,8 @@ def _online_forecast(
             xp = rnn_step(weights.w, xp, u[:, r])[2]
         if t + horizon < length:
             preds[:, t + horizon] = torch.bmm(weights.w_out, xp[:, :, None])[:, :, 0]
-    per_step = (time.perf_counter() - start) / max(1, end - horizon)
-    return preds, per_step
+        times.append(time.perf_counter() - start)
+    return preds, statistics.median(times) if times else 0.0
 
 
 def run_online(config: OnlineConfig) -> OnlineResult:

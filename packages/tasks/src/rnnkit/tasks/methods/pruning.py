@@ -353,7 +353,30 @@ def configure_prune(p: argparse.ArgumentParser) -> None:
         "--retrain-steps", type=int, default=100, help="fine-tuning steps per point (100)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE", help="write the curves as a PNG")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def plot_prune(dense: float, rows: Sequence[PruneRow], path: str, title: str) -> None:
+    """Test score against sparsity, per method: pruned (dashed) and fine-tuned (solid)."""
+    from pathlib import Path
+
+    from rnnkit.tasks.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for n, method in enumerate(dict.fromkeys(r.method for r in rows)):
+        mine = sorted((r for r in rows if r.method == method), key=lambda r: r.sparsity)
+        xs = [r.sparsity for r in mine]
+        color = f"C{n}"
+        ax.plot(xs, [r.retrained for r in mine], "-o", color=color, ms=3, label=method)
+        ax.plot(xs, [r.pruned for r in mine], "--", color=color, lw=1)
+    ax.axhline(dense, color="gray", lw=1, ls=":", label=f"dense {dense:.3f}")
+    ax.set_xlabel("sparsity of the recurrent weights")
+    ax.set_ylabel("test score (dashed: pruned, solid: fine-tuned)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, plt, Path(path))
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -373,6 +396,8 @@ def run_prune(args: argparse.Namespace) -> int:
         retrain_steps=args.retrain_steps,
         seed=args.seed,
     )
+    if args.plot:
+        plot_prune(dense, rows, args.plot, f"rnnkit prune: {args.task}")
     if args.json:
         print(json.dumps({"dense": dense, "rows": [asdict(r) for r in rows]}, indent=1))
         return 0
