@@ -176,8 +176,9 @@ def rank_cells(
     training examples of ``task``, train each for ``steps`` and correlate (see the module
     docstring)."""
     from rnnkit.core.plugins import get_host
+    from rnnkit.tasks.methods import quiet_config
     from rnnkit.tasks.registry import get_task
-    from rnnkit.tasks.trainer import TrainConfig, Trainer, evaluate
+    from rnnkit.tasks.trainer import Trainer, evaluate
 
     for name, value in (("hidden_size", hidden_size), ("steps", steps)):
         if value < 1:
@@ -192,18 +193,14 @@ def rank_cells(
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for c in names:
-            config = TrainConfig(
-                task=task,
+            config = quiet_config(
+                task,
+                f"{tmp}/{c}",
                 cell=c,
                 model_config={"hidden_size": hidden_size},
                 steps=steps,
                 eval_every=steps,
                 seed=seed,
-                device="cpu",
-                plot=False,
-                verbose=False,
-                progress=False,
-                out=f"{tmp}/{c}",
             )
             try:
                 trainer = Trainer(config)

@@ -268,8 +268,9 @@ def prune_curve(
     seed: int = 0,
 ) -> tuple[float, list[PruneRow]]:
     """The dense test score and one :class:`PruneRow` per method and sparsity."""
+    from rnnkit.tasks.methods import quiet_config
     from rnnkit.tasks.registry import get_task
-    from rnnkit.tasks.trainer import TrainConfig, Trainer
+    from rnnkit.tasks.trainer import Trainer
 
     for m in methods:
         if m not in METHODS:
@@ -282,17 +283,8 @@ def prune_curve(
     t = get_task(task)
     model_config = {} if hidden_size is None else {"hidden_size": hidden_size}
     with tempfile.TemporaryDirectory() as tmp:
-        base = TrainConfig(
-            task=task,
-            cell=cell,
-            model_config=model_config,
-            steps=steps,
-            seed=seed,
-            device="cpu",
-            plot=False,
-            verbose=False,
-            progress=False,
-            out=f"{tmp}/dense",
+        base = quiet_config(
+            task, f"{tmp}/dense", cell=cell, model_config=model_config, steps=steps, seed=seed
         )
         trainer = Trainer(base)
         trainer.run()
@@ -310,18 +302,14 @@ def prune_curve(
                 pruned = _evaluate(t, model, data)
                 retrained = pruned
                 if retrain_steps and s > 0:
-                    cfg = TrainConfig(
-                        task=task,
+                    cfg = quiet_config(
+                        task,
+                        f"{tmp}/{method}-{n}",
                         cell=cell,
                         model_config=model_config,
                         steps=retrain_steps,
                         eval_every=retrain_steps,
                         seed=seed,
-                        device="cpu",
-                        plot=False,
-                        verbose=False,
-                        progress=False,
-                        out=f"{tmp}/{method}-{n}",
                     )
                     tuner = Trainer(cfg, data=data, model=model)
                     tuner.run()
