@@ -1,6 +1,7 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
-``predict``, ``generate``, ``rl``, ``push`` and ``pull`` commands and, when rnnkit-kernels is
-installed, the ``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
+``predict``, ``generate``, ``rl``, ``curriculum``, ``pvrnn``, ``online``, ``analyse``,
+``prune``, ``nas``, ``push`` and ``pull`` commands and, when rnnkit-kernels is installed, the
+``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``rl``, ``curriculum``, ``pvrnn``, ``push`` and ``pull``; add
-    ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before
-    it builds the command line, so they are in place when ``rnnkit analog``'s parser is
-    configured)."""
+    ``passkey``, ``extract-dfa``, ``rl``, ``curriculum``, ``pvrnn``, ``online``, ``analyse``,
+    ``prune``, ``nas``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels'
+    ``rnnkit analog`` (the host runs every hook before it builds the command line, so they are
+    in place when ``rnnkit analog``'s parser is configured)."""
     from rnnkit.tasks import (
         automata,
         cli,
@@ -73,6 +74,25 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         configure=pvrnn_study.configure_pvrnn,
         run=pvrnn_study.run_pvrnn,
     )
+
+    from rnnkit.tasks.methods import analysis, nas, online, pruning
+
+    register(
+        "online",
+        help=online.ONLINE_HELP,
+        configure=online.configure_online,
+        run=online.run_online_command,
+    )
+    register(
+        "analyse",
+        help=analysis.ANALYSE_HELP,
+        configure=analysis.configure_analyse,
+        run=analysis.run_analyse,
+    )
+    register(
+        "prune", help=pruning.PRUNE_HELP, configure=pruning.configure_prune, run=pruning.run_prune
+    )
+    register("nas", help=nas.NAS_HELP, configure=nas.configure_nas, run=nas.run_nas)
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()
