@@ -5,7 +5,17 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, pvrnn, universal
+from rnnkit.models import (
+    dsr,
+    forecasting,
+    hybrid,
+    networks,
+    plstm2d,
+    pointer,
+    pvrnn,
+    transformer,
+    universal,
+)
 from rnnkit.models.cells import (
     ALRNN,
     LRU,
@@ -48,6 +58,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mamba2_lm", networks.mamba2_lm)
     register("jamba", hybrid.jamba)
     register("jamba_classifier", hybrid.jamba_classifier)
+    register("transformer_lm", transformer.transformer_lm)
     register("arnet", forecasting.arnet)
     register("pgn", forecasting.pgn)
     register("tpgn", forecasting.tpgn)
