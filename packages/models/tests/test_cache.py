@@ -17,12 +17,13 @@ from rnnkit.models.hybrid import CausalSelfAttention
 
 VOCAB = 11
 
-#: the models, tiny: an LSTM stack, Mamba blocks, Mamba + attention + MoE
+#: the models, tiny: an LSTM stack, Mamba blocks, Mamba + attention + MoE, attention only
 MODELS: dict[str, dict[str, Any]] = {
     "char_lm": {"cell": "lstm", "hidden_size": 8, "num_layers": 2},
     "mamba_lm": {"hidden_size": 8, "num_layers": 2, "d_state": 4},
     "mamba2_lm": {"hidden_size": 8, "num_layers": 2, "d_state": 4, "headdim": 4},
     "jamba": {"hidden_size": 8, "heads": 2, "kv_heads": 1, "d_state": 4},
+    "transformer_lm": {"hidden_size": 8, "num_layers": 2, "heads": 2, "max_len": 32},
 }
 
 

@@ -14,6 +14,7 @@ from rnnkit.models import (
     plstm2d,
     pointer,
     pvrnn,
+    transformer,
     universal,
 )
 from rnnkit.models.cells import (
@@ -60,6 +61,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("mamba2_lm", networks.mamba2_lm)
     register("jamba", hybrid.jamba)
     register("jamba_classifier", hybrid.jamba_classifier)
+    register("transformer_lm", transformer.transformer_lm)
     register("arnet", forecasting.arnet)
     register("pgn", forecasting.pgn)
     register("tpgn", forecasting.tpgn)

@@ -202,7 +202,8 @@ class BlockCache:
 
     The network (an ``nn.Module`` listing this class first among its bases) provides
     ``pooling``, ``encoder``, ``norm``, ``head``, :meth:`_blocks` and :meth:`_trunk`, and may
-    rename its layers in error messages (:meth:`_cache_where`)."""
+    rename its layers in error messages (:meth:`_cache_where`) and add positional information
+    to a step's input (:meth:`_at_position`)."""
 
     pooling: str
     encoder: nn.Module
@@ -223,6 +224,13 @@ class BlockCache:
     def _cache_where(self, i: int) -> str:
         """How an error message names block ``i``."""
         return f"block {i}"
+
+    def _at_position(self, y: Tensor, position: int) -> Tensor:
+        """The encoded step input ``y: (B, width)`` at sequence position ``position`` (the
+        number of positions read before it): unchanged here; a network with positional
+        embeddings adds its own (and refuses a position past its limit)."""
+        del position
+        return y
 
     def init_cache(
         self,
@@ -270,8 +278,10 @@ class BlockCache:
         y = self.encoder(x_t)
         if cache is None:
             cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)
+        states = self._states(cache, y)
+        y = self._at_position(y, cache.length)
         finals = []
-        for block, s in zip(self._blocks(), self._states(cache, y), strict=True):
+        for block, s in zip(self._blocks(), states, strict=True):
             y, s = block.step(y, s)
             finals.append(s)
         out: Tensor = self.head(self.norm(y))

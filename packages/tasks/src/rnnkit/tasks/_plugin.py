@@ -36,6 +36,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         hub,
         passkey_length,
         pvrnn_study,
+        recurrentgpt,
         reuse_cli,
         rl,
     )
@@ -49,6 +50,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=downloads.run_data,
     )
     reuse_cli.register_commands(register)
+    register(
+        "recurrentgpt",
+        help=recurrentgpt.RECURRENTGPT_HELP,
+        configure=recurrentgpt.configure_recurrentgpt,
+        run=recurrentgpt.run_recurrentgpt,
+    )
     register(
         "passkey",
         help=passkey_length.PASSKEY_HELP,
