@@ -37,6 +37,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         pvrnn_study,
         reuse_cli,
         rl,
+        world_model,
     )
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
@@ -61,6 +62,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=automata.run_extract,
     )
     register("rl", help=rl.RL_HELP, configure=rl.configure_rl, run=rl.run_rl)
+    register(
+        "world-model",
+        help=world_model.WORLD_MODEL_HELP,
+        configure=world_model.configure_world_model,
+        run=world_model.run_world_model,
+    )
     register(
         "curriculum",
         help=curriculum.CURRICULUM_HELP,
