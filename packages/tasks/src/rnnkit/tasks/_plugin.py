@@ -39,6 +39,7 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         recurrentgpt,
         reuse_cli,
         rl,
+        world_model,
     )
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
@@ -69,6 +70,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         run=automata.run_extract,
     )
     register("rl", help=rl.RL_HELP, configure=rl.configure_rl, run=rl.run_rl)
+    register(
+        "world-model",
+        help=world_model.WORLD_MODEL_HELP,
+        configure=world_model.configure_world_model,
+        run=world_model.run_world_model,
+    )
     register(
         "curriculum",
         help=curriculum.CURRICULUM_HELP,
