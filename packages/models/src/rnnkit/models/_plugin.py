@@ -5,7 +5,17 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import dsr, forecasting, hybrid, networks, plstm2d, pointer, pvrnn, universal
+from rnnkit.models import (
+    dsr,
+    forecasting,
+    hybrid,
+    networks,
+    plstm2d,
+    pointer,
+    pvrnn,
+    time_llm,
+    universal,
+)
 from rnnkit.models.cells import (
     ALRNN,
     LRU,
@@ -53,6 +63,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("tpgn", forecasting.tpgn)
     register("esrnn", forecasting.esrnn)
     register("mes_lstm", forecasting.mes_lstm)
+    register("conv_ffn_rnn", forecasting.conv_ffn_rnn)
+    register("patch_forecaster", time_llm.patch_forecaster)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
     register("plstm_vision", plstm2d.plstm_vision)
