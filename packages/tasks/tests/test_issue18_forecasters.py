@@ -74,7 +74,7 @@ def test_time_llm_learns_ar_through_the_frozen_backbone(tmp_path: Path, backbone
         assert k == k2 and torch.equal(v.cpu(), v2), k
 
 
-def test_time_llm_needs_a_char_lm_run(tmp_path: Path) -> None:
+def test_time_llm_needs_a_char_lm_run() -> None:
     from rnnkit.models import create_model
 
     with pytest.raises(ValueError, match="backbone_run"):
