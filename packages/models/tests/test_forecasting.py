@@ -17,11 +17,12 @@ from rnnkit.models.forecasting import (
     PGN,
     TPGN,
     ARNet,
+    ConvFFNRNN,
     arnet_sparsity,
     lagged,
 )
 
-NAMES = ("arnet", "pgn", "tpgn", "esrnn", "mes_lstm")
+NAMES = ("arnet", "pgn", "tpgn", "esrnn", "mes_lstm", "conv_ffn_rnn")
 
 
 def test_registered() -> None:
@@ -258,12 +259,35 @@ def test_mes_lstm_defaults() -> None:
         ("esrnn", {"level_penalty": -0.1}, "level_penalty"),
         ("esrnn", {"output_size": 5}, "output_size"),
         ("mes_lstm", {"beta": 1.5}, "beta"),
+        ("conv_ffn_rnn", {"kernel_size": 0}, "kernel_size"),
+        ("conv_ffn_rnn", {"conv_channels": -3}, "conv_channels"),
+        ("conv_ffn_rnn", {"ffn_size": 1.5}, "ffn_size"),
+        ("conv_ffn_rnn", {"hidden_size": 0}, "hidden_size"),
     ],
 )
 def test_bad_hyperparameters_name_the_argument(name: str, kw: dict[str, Any], arg: str) -> None:
     cfg: dict[str, Any] = {"input_size": 2, "output_size": 2, **kw}
     with pytest.raises(ValueError, match=arg):
         create_model(name, **cfg)
+
+
+def test_conv_ffn_rnn_front_end_reads_exactly_its_kernel() -> None:
+    torch.manual_seed(0)
+    model = ConvFFNRNN(3, 2, kernel_size=3, conv_channels=5, ffn_size=7, cell="gru", hidden_size=4)
+    x = torch.randn(2, 10, 3)
+    front = lambda v: model.norm(  # noqa: E731
+        (c := torch.nn.functional.gelu(model.conv(torch.nn.functional.pad(v.mT, (2, 0))).mT))
+        + model.ffn(c)
+    )
+    f = front(x)
+    later = x.clone()
+    later[:, 6] += 1.0  # moves the convolution's outputs at steps 6, 7, 8 only
+    changed = (front(later) - f).abs().amax((0, 2)) > 0
+    assert changed.tolist() == [False] * 6 + [True] * 3 + [False]
+    assert model(x).shape == (2, 10, 2)
+    assert model.rnn.output_size == 4 and model.conv.out_channels == 5
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(torch.randn(2, 10, 4))
 
 
 def test_unknown_keyword_is_a_type_error() -> None:

@@ -155,6 +155,30 @@ def test_rpd_of_displacements() -> None:
     assert rpd(zero, zero) == 0.0
 
 
+def test_rpd_per_horizon_band() -> None:
+    from rnnkit.tasks.vessels import HORIZON_NAMES, rpd_by_horizon, vessel_metrics
+
+    t = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0], [float("nan"), 1.0]]])
+    p = torch.tensor([[[3.0, 4.0], [2.0, 0.0], [0.0, 0.0], [5.0, 5.0]]])
+    gap = torch.tensor([[0.5, 1.0, 2.0, 10.0]])  # minutes
+    # band <= 1: steps 0 (0 %) and 1 (|1| / 1.5 -> 66.7 %); band (1, 3]: step 2 (zero
+    # prediction -> 200 %); band > 3: only a NaN target -> NaN
+    le1, mid, gt3 = rpd_by_horizon(p, t, gap)
+    assert le1 == pytest.approx((0.0 + 200.0 / 3) / 2)
+    assert mid == pytest.approx(200.0)
+    assert math.isnan(gt3)
+    assert rpd_by_horizon(p, t, gap, edges=(0.75,)) == pytest.approx([0.0, (200 / 3 + 200) / 2])
+    with pytest.raises(ValueError, match="horizon"):
+        rpd_by_horizon(p, t, gap[0])
+    with pytest.raises(ValueError, match="edges"):
+        rpd_by_horizon(p, t, gap, edges=(3.0, 1.0))
+    # the task's metrics read the horizon from the gap-to-next feature (minutes / 10)
+    x = torch.zeros(1, 4, 7)
+    x[..., 6] = gap / 10.0
+    m = vessel_metrics(p, t, x, {})
+    assert [m[k] for k in HORIZON_NAMES[:2]] == pytest.approx([le1, mid])
+
+
 def test_pohl_nrmse() -> None:
     from rnnkit.tasks.breathing import pohl_nrmse
 

@@ -14,6 +14,7 @@ from rnnkit.models import (
     plstm2d,
     pointer,
     pvrnn,
+    time_llm,
     transformer,
     universal,
 )
@@ -67,6 +68,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("tpgn", forecasting.tpgn)
     register("esrnn", forecasting.esrnn)
     register("mes_lstm", forecasting.mes_lstm)
+    register("conv_ffn_rnn", forecasting.conv_ffn_rnn)
+    register("patch_forecaster", time_llm.patch_forecaster)
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
     register("plstm_vision", plstm2d.plstm_vision)

@@ -13,6 +13,9 @@ causal: output ``t`` depends on ``x[:, :t + 1]`` only.
   Holt-Winters exponential smoothing with learned smoothing coefficients and a recurrent
   network on the deseasonalised, level-normalised series; quantile outputs for prediction
   intervals.
+* :class:`ConvFFNRNN` (after Spadon, Ferreira et al., IEEE Access 2023, arXiv 2202.13867):
+  a causal 1-D convolution over the recent track features (time gaps included), a
+  feed-forward block and a recurrent stack, for irregularly reported vessel tracks.
 
 Models with a training penalty (:class:`ARNet`'s sparsity, :class:`ESRNN`'s level
 variability) expose ``regularization(progress) -> Tensor``, a scalar the trainer adds to the
@@ -506,6 +509,80 @@ class ESRNN(nn.Module):
         return self._penalty * self.level_penalty
 
 
+# --- CNN + FFN + RNN (vessel tracks) ----------------------------------------------------------
+
+
+class ConvFFNRNN(nn.Module):
+    """Causal convolution -> feed-forward block -> recurrent stack -> linear head.
+
+    For irregularly sampled tracks whose features include the time gaps (the ``vessels``
+    task): at step ``t``
+
+    * ``c_t = GELU(Σ_{j<k} W_j x_{t-j} + b)`` (a 1-D convolution over the last ``kernel_size``
+      steps, zeros before the start, ``conv_channels`` wide),
+    * ``f_t = LayerNorm(c_t + W_2 GELU(W_1 c_t))`` (the feed-forward block, ``ffn_size`` inner),
+    * ``h_t = RNN(f_1..f_t)`` (any registered cell, ``num_layers`` deep),
+    * ``ŷ_t = W_o h_t + b_o``.
+
+    The convolution is causal, so output ``t`` depends on ``x[:, :t + 1]`` only. The state
+    is the recurrent stack's (``(num_layers, B, hidden_size)`` per field for an LSTM).
+
+    Args:
+        input_size: features per step.
+        output_size: outputs per step.
+        kernel_size: the convolution's width in steps.
+        conv_channels: the convolution's output channels.
+        ffn_size: the feed-forward block's inner width.
+        cell, hidden_size, num_layers, dropout: of the recurrent stack.
+        **cell_kwargs: passed to the cells.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        kernel_size: int = 4,
+        conv_channels: int = 64,
+        ffn_size: int = 128,
+        cell: str = "lstm",
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        **cell_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.input_size = _positive_int("input_size", input_size)
+        self.output_size = _positive_int("output_size", output_size)
+        self.kernel_size = _positive_int("kernel_size", kernel_size)
+        width = _positive_int("conv_channels", conv_channels)
+        inner = _positive_int("ffn_size", ffn_size)
+        self.conv = nn.Conv1d(input_size, width, self.kernel_size)
+        self.ffn = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
+        self.norm = nn.LayerNorm(width)
+        self.rnn = Recurrent(
+            cell,
+            width,
+            _positive_int("hidden_size", hidden_size),
+            _positive_int("num_layers", num_layers),
+            dropout=dropout,
+            **cell_kwargs,
+        )
+        self.head = nn.Linear(self.rnn.output_size, output_size)
+
+    def forward(self, x: Tensor, *, backend: str = "auto") -> Tensor:
+        """``x: (B, T, input_size)`` -> ``(B, T, output_size)``."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
+        # left padding only: step t sees steps t - k + 1 .. t
+        padded = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))
+        c = F.gelu(self.conv(padded)).transpose(1, 2)  # (B, T, conv_channels)
+        f = self.norm(c + self.ffn(c))
+        h, _ = self.rnn(f, backend=backend)
+        out: Tensor = self.head(h)
+        return out
+
+
 # --- builders (registered by rnnkit.models._plugin) --------------------------------------------
 
 
@@ -535,3 +612,8 @@ def mes_lstm(**cfg: Any) -> ESRNN:
     cfg.setdefault("cell", "lstm")
     cfg.setdefault("hidden_size", 50)
     return ESRNN(**cfg)
+
+
+def conv_ffn_rnn(**cfg: Any) -> ConvFFNRNN:
+    """CNN + FFN + RNN (Spadon et al.): causal conv over track features, FFN, recurrent stack"""
+    return ConvFFNRNN(**cfg)

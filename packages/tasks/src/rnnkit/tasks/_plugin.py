@@ -1,14 +1,15 @@
-"""rnnkit-tasks' plugin module: registers its tasks, the ``train``, ``compare``, ``eval``,
-``predict``, ``generate``, ``rl``, ``curriculum``, ``pvrnn``, ``online``, ``analyse``,
-``prune``, ``nas``, ``push`` and ``pull`` commands and, when rnnkit-kernels is installed, the
-``kws`` and ``charlm`` experiments of its ``rnnkit analog`` command."""
+"""rnnkit-tasks' plugin module: registers its tasks, the ``time_llm`` model, the ``train``,
+``compare``, ``eval``, ``predict``, ``generate``, ``rl``, ``world-model``, ``curriculum``,
+``pvrnn``, ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``push`` and ``pull``
+commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its
+``rnnkit analog`` command."""
 
 from __future__ import annotations
 
 import importlib.util
 import warnings
 
-from rnnkit.core.hookspecs import RegisterCommand, RegisterTask, hookimpl
+from rnnkit.core.hookspecs import RegisterCommand, RegisterModel, RegisterTask, hookimpl
 from rnnkit.core.plugins import PluginWarning
 
 
@@ -19,6 +20,14 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 
     for task in builtin_tasks():
         register(task.name, task, description=task.description)
+
+
+@hookimpl
+def rnnkit_register_models(register: RegisterModel) -> None:
+    """Register ``time_llm`` (its frozen backbone is read from a run directory)."""
+    from rnnkit.tasks.time_llm import time_llm
+
+    register("time_llm", time_llm)
 
 
 @hookimpl

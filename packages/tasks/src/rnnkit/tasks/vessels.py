@@ -10,6 +10,7 @@ predicts the displacement to the next report.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -129,19 +130,53 @@ def rpd(pred: Tensor, target: Tensor) -> float:
     return float(100.0 * val.mean())
 
 
+HORIZON_EDGES_MIN = (1.0, 3.0)
+HORIZON_NAMES = ("rpd_h_le1min", "rpd_h_1to3min", "rpd_h_gt3min")
+
+
+def rpd_by_horizon(
+    pred: Tensor, target: Tensor, horizon: Tensor, edges: tuple[float, ...] = HORIZON_EDGES_MIN
+) -> list[float]:
+    """:func:`rpd` per forecast horizon band.
+
+    ``pred, target: (..., D)``; ``horizon: (...)`` the time ahead of each forecast (here the
+    gap to the next report, minutes); ``edges`` ascending band edges: band ``i`` holds
+    ``edges[i-1] < horizon <= edges[i]`` (band 0: ``horizon <= edges[0]``, the last band:
+    ``horizon > edges[-1]``). Returns ``len(edges) + 1`` values (NaN for an empty band).
+    """
+    if horizon.shape != pred.shape[:-1]:
+        raise ValueError(
+            f"horizon must have shape {tuple(pred.shape[:-1])} (pred's without its last "
+            f"dimension), got {tuple(horizon.shape)}"
+        )
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ValueError(f"edges must be ascending, got {edges!r}")
+    lo = [-math.inf, *edges]
+    hi = [*edges, math.inf]
+    out = []
+    for a, b in zip(lo, hi, strict=True):
+        band = (horizon > a) & (horizon <= b)
+        out.append(rpd(pred[band], target[band]))
+    return out
+
+
 def vessel_metrics(
     outputs: Tensor, targets: Tensor, inputs: Tensor, info: Mapping[str, Any]
 ) -> Metrics:
-    """``rpd`` (primary), ``error_m`` (mean distance error in metres) and ``rpd_dead_reckoning``
-    (the RPD of dead reckoning from the reported speed and course over the next gap)."""
+    """``rpd`` (primary), ``error_m`` (mean distance error in metres), ``rpd_dead_reckoning``
+    (the RPD of dead reckoning from the reported speed and course over the next gap) and the
+    RPD per horizon (the gap to the next report): ``rpd_h_le1min``, ``rpd_h_1to3min``,
+    ``rpd_h_gt3min``."""
     keep = ~torch.isnan(targets).any(-1)
     err = (outputs.double() - targets.double()).norm(dim=-1)[keep]
     v = inputs[..., 2:3] * 10.0 * 1.852 / 60.0  # km / min
     dr = v * inputs[..., 6:7] * 10.0 * torch.cat([inputs[..., 3:4], inputs[..., 4:5]], -1)
+    per_horizon = rpd_by_horizon(outputs, targets, inputs[..., 6] * 10.0)
     return {
         "rpd": rpd(outputs, targets),
         "error_m": float(err.mean()) * 1000.0 * KM_SCALE,
         "rpd_dead_reckoning": rpd(dr, targets),
+        **dict(zip(HORIZON_NAMES, per_horizon, strict=True)),
     }
 
 
