@@ -20,6 +20,7 @@ from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_finite
 
 #: the state updates :class:`HybridRNN` offers, in the order of the ablation
 HYBRID_UPDATES = ("replace", "additive", "learned_rate", "gated")
@@ -100,22 +101,13 @@ class HybridRNN(Cell[HybridRNNState]):
         window: object = attention  # checked as any object: the registry passes JSON values
         if isinstance(window, bool) or not isinstance(window, int) or window < 0:
             raise ValueError(f"attention must be an int >= 0 (0: none), got {attention!r}")
-        numbers: tuple[tuple[str, object], ...] = (
-            ("rate_init", rate_init),
-            ("gate_bias", gate_bias),
-        )
-        for name, value in numbers:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = hidden_size
         self.update = update
         self.attention = attention
-        self.rate_init = float(rate_init)
-        self.gate_bias = float(gate_bias)
+        self.rate_init = check_finite("rate_init", rate_init)
+        self.gate_bias = check_finite("gate_bias", gate_bias)
         width = 2 * hidden_size if update == "gated" else hidden_size
         self.projected_size = width
         kw = {"device": device, "dtype": dtype}
