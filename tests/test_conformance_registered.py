@@ -31,6 +31,7 @@ KNOWN_CELLS = {
         "mamba2",
         "indrnn",
         "rhn",
+        "hybrid_rnn",
         "leakyrnn",
         "srrnn",
         "gated_deltanet",

@@ -132,3 +132,18 @@ def test_compare_lstm_and_state_space_lms_on_charlm(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     for entry in rows:
         assert f"| {entry} " in report or f"{entry}/seed-0" in report, entry
+
+
+def test_compare_entries_carry_their_own_model_keywords() -> None:
+    from rnnkit.tasks.compare import _resolve_entry, entry_options
+
+    assert entry_options("hybrid_rnn:update=additive:attention=8") == (
+        "hybrid_rnn",
+        {"update": "additive", "attention": 8},
+    )
+    assert entry_options("lstm") == ("lstm", {})
+    assert _resolve_entry("hybrid_rnn:attention=2") == (None, "hybrid_rnn")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        entry_options("hybrid_rnn:attention")
+    with pytest.raises(ValueError, match="model or cell"):
+        _resolve_entry("no_such_cell:attention=2")

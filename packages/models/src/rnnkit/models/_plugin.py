@@ -25,6 +25,7 @@ from rnnkit.models.cells import (
     Aaren,
     DeltaNet,
     GatedDeltaNet,
+    HybridRNN,
     IndRNN,
     LeakyRNN,
     LinearAttention,
@@ -169,6 +170,14 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         RHN,
         description="Recurrent Highway Network: depth highway micro-steps, coupled carry gate",
         test_configs=[{}, {"depth": 1}],
+    )
+    register(
+        "hybrid_rnn",
+        HybridRNN,
+        description="tanh RNN + additive/learned-rate/gated update, attention over last K states",
+        # two configurations keep the default sweep short; the oracle tests in
+        # packages/models/tests/test_hybrid_rnn.py cover every update with and without attention
+        test_configs=[{}, {"update": "additive", "attention": 2}],
     )
     register(
         "leakyrnn",

@@ -89,6 +89,7 @@ class Budget:
 Metrics = dict[str, float]
 MetricFn = Callable[[Tensor, Tensor, Tensor, Mapping[str, Any]], Metrics]
 LossFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+ModelMetricFn = Callable[[nn.Module, Split, Mapping[str, Any], str], Metrics]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class Task:
         details: longer description (data sizes, lengths, deviations from the paper).
         loss_fn: ``loss_fn(outputs, targets) -> (sum, count)`` replacing the ``kind``'s loss
             (e.g. a quantile loss for prediction intervals); ``None`` keeps the default.
+        model_metric_fn: ``model_metric_fn(model, split, info, backend) -> {name: value}``,
+            metrics that need the model itself (e.g. a free-running forecast), added to
+            :attr:`metric_fn`'s in every evaluation; ``None``: none.
     """
 
     name: str
@@ -129,6 +133,7 @@ class Task:
     reference: str = ""
     details: str = ""
     loss_fn: LossFn | None = None
+    model_metric_fn: ModelMetricFn | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

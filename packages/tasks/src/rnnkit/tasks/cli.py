@@ -135,7 +135,14 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
     """Arguments of ``rnnkit compare``."""
     _add_common(p)
     p.add_argument(
-        "--models", help="comma-separated model or cell names, e.g. lstm,gru,elman (required)"
+        "--models",
+        help="comma-separated model or cell names, e.g. lstm,gru,elman (required); an entry "
+        "may carry its own model keywords: NAME:KEY=VALUE[:KEY=VALUE...], e.g. "
+        "hybrid_rnn:update=additive:attention=8",
+    )
+    p.add_argument(
+        "--metrics",
+        help="comma-separated test metrics shown beside the primary one, e.g. nrmse_10,nrmse_40",
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(

@@ -29,6 +29,7 @@ from typing import Any
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
 from rnnkit.core.output import print_json, shows_text, wants_json
+from rnnkit.tasks._util import parse_set
 from rnnkit.tasks.base import Task
 from rnnkit.tasks.callbacks import TrainerCallback
 from rnnkit.tasks.checkpoint import CHECKPOINT, atomic_write_text
@@ -45,7 +46,7 @@ from rnnkit.tasks.trainer import (
     train,
 )
 
-__all__ = ["compare", "compare_command", "parse_seeds"]
+__all__ = ["compare", "compare_command", "entry_options", "parse_seeds"]
 
 _log = logging.getLogger("rnnkit.tasks")
 
@@ -64,16 +65,29 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def entry_options(entry: str) -> tuple[str, dict[str, Any]]:
+    """A ``--models`` item ``NAME[:KEY=VALUE[:KEY=VALUE...]]`` -> ``(NAME, keywords)``: the
+    keywords (VALUE parsed as JSON when it can be, as ``--set``) are this entry's own model
+    keywords, over the shared ``--set`` ones (``hybrid_rnn:update=additive:attention=8``)."""
+    name, *items = entry.split(":")
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--models: {entry!r}: options must be KEY=VALUE, got {item!r}")
+    return name.strip(), parse_set(items)
+
+
 def _resolve_entry(entry: str) -> tuple[str | None, str | None]:
     """A ``--models`` item -> ``(model, cell)``: a registered model, else a cell name."""
     from rnnkit.core.plugins import get_host
 
+    name, _ = entry_options(entry)
     host = get_host()
-    if entry in host.models:
-        return entry, None
-    if entry in host.cells:
-        return None, entry
-    raise unknown_name("model or cell", entry, [*host.models.names(), *host.cells.names()])
+    if name in host.models:
+        return name, None
+    if name in host.cells:
+        return None, name
+    raise unknown_name("model or cell", name, [*host.models.names(), *host.cells.names()])
 
 
 def _check_backend(name: str) -> None:
@@ -160,7 +174,18 @@ def _pm(mean: float | None, std: float | None, n: int) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 and std is not None else "")
 
 
-def _table(rows: list[dict[str, Any]], task: Task) -> tuple[list[list[str]], list[str]]:
+def _extra(row: dict[str, Any], name: str) -> str:
+    """Mean ± std over the finished seeds of the test value of metric ``name``."""
+    values = [r["test"][name] for r in row["runs"] if r["status"] == "ok" and name in r["test"]]
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return _pm(_finite(mean), _finite(std), len(values))
+
+
+def _table(
+    rows: list[dict[str, Any]], task: Task, metrics: Sequence[str] = ()
+) -> tuple[list[list[str]], list[str]]:
     body = []
     for r in rows:
         n = r["seeds_ok"]
@@ -173,6 +198,7 @@ def _table(rows: list[dict[str, Any]], task: Task) -> tuple[list[list[str]], lis
                 f"{r['seconds_mean']:.1f}" if r["seconds_mean"] is not None else "-",
                 _pm(r["valid_mean"], r["valid_std"], n),
                 _pm(r["test_mean"], r["test_std"], n),
+                *(_extra(r, m) for m in metrics),
                 f"{r['reached']}/{n} (target {task.target:g})"
                 if task.target is not None and r["reached"] is not None
                 else "-",
@@ -187,6 +213,7 @@ def _table(rows: list[dict[str, Any]], task: Task) -> tuple[list[list[str]], lis
         "seconds",
         f"valid {task.primary}",
         f"test {task.primary}",
+        *(f"test {m}" for m in metrics),
         "target reached",
         "status",
     ]
@@ -202,16 +229,19 @@ def compare(
     plot: bool = True,
     argv: list[str] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    metrics: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or reuse) every (entry, seed) and write ``compare.json``, ``report.md`` and
     ``compare.png`` into ``out`` (default: a new ``runs/compare-<task>-<time>``).
 
     ``base`` holds the arguments shared by the runs; each entry is a registered model or a
-    cell name (the task's model with that cell). Argument errors (unknown names, bad options,
-    an unknown backend) raise before any folder is created. Returns the folder and the content
-    of ``compare.json``; a run's status is ``"ok"``, ``"failed: <error>"``, ``"interrupted
-    at step N"`` (Ctrl-C: the remaining runs are skipped, ``"not run"``). ``callbacks`` are
-    passed to every run trained (not to the runs reused).
+    cell name (the task's model with that cell), optionally with its own model keywords
+    (:func:`entry_options`); ``metrics`` are test metrics shown beside the primary one.
+    Argument errors (unknown names, bad options, an unknown backend) raise before any folder
+    is created. Returns the folder and the content of ``compare.json``; a run's status is
+    ``"ok"``, ``"failed: <error>"``, ``"interrupted at step N"`` (Ctrl-C: the remaining
+    runs are skipped, ``"not run"``). ``callbacks`` are passed to every run trained (not to the
+    runs reused).
     """
     from rnnkit.tasks.registry import get_task
 
@@ -228,7 +258,10 @@ def compare(
         root, created = make_run_dir(Path("runs") / f"compare-{task.name}-{timestamp()}")
     started = iso_now()
     runs: dict[str, list[dict[str, Any]]] = {
-        e: [{"seed": s, "out": str(root / e / f"seed-{s}"), "status": "not run"} for s in seeds]
+        e: [
+            {"seed": s, "out": str(root / _folder(e) / f"seed-{s}"), "status": "not run"}
+            for s in seeds
+        ]
         for e in entries
     }
     results: dict[tuple[str, int], RunResult] = {}
@@ -280,7 +313,7 @@ def compare(
                 target=task.target,
                 chance=task.chance_level(),
             )
-        write_compare_report(root, data, _table(data["rows"], task), png if plot else None)
+        write_compare_report(root, data, _table(data["rows"], task, metrics), png if plot else None)
         return data
 
     try:
@@ -289,6 +322,9 @@ def compare(
                 if stop:
                     break
                 cfg = replace(base, model=model, seed=run["seed"], out=run["out"])
+                own = entry_options(entry)[1]
+                if own:
+                    cfg = replace(cfg, model_config={**base.model_config, **own})
                 if cell is not None:
                     cfg = replace(cfg, cell=cell)
                 _log.info("== %s, seed %s ==", entry, run["seed"])
@@ -328,6 +364,11 @@ def compare(
     return root, data
 
 
+def _folder(entry: str) -> str:
+    """An entry's run folder: ``hybrid_rnn:update=gated`` -> ``hybrid_rnn-update=gated``."""
+    return entry.replace(":", "-")
+
+
 def _history(out: Path) -> list[dict[str, Any]]:
     with (out / "metrics.jsonl").open() as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -346,6 +387,7 @@ def compare_command(args: argparse.Namespace) -> int:
         raise ValueError("--models is required (or models = [...] in the --config file)")
     entries = [e.strip() for e in args.models.split(",") if e.strip()]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else 0]
+    metrics = [m.strip() for m in (getattr(args, "metrics", None) or "").split(",") if m.strip()]
     base = _config(args)
     base = replace(base, task=base.task or DEFAULT_TASK)
     if args.print_config:
@@ -362,12 +404,13 @@ def compare_command(args: argparse.Namespace) -> int:
         plot=args.plot is not False,
         argv=command_line(None),
         callbacks=callbacks_of(args),
+        metrics=metrics,
     )
     task = get_task(base.task)
     if wants_json(args):
         print_json(data)
     elif shows_text(args):
-        body, headers = _table(data["rows"], task)
+        body, headers = _table(data["rows"], task, metrics)
         print()
         print(format_table(body, headers))
         files = [root / "compare.json", root / "report.md"]

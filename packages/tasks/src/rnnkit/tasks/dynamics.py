@@ -11,13 +11,15 @@ stretch is cut into windows as in :mod:`rnnkit.tasks.forecasting`: inputs ``x_t`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from rnnkit.tasks import metrics as M
 from rnnkit.tasks._util import generator, lstm_config
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
 from rnnkit.tasks.forecasting import _windows, lorenz_metrics
@@ -148,7 +150,7 @@ def lorenz96_data(
     x0 = forcing + 0.01 * _normal(seed, (trajectories, dim))
     traj = rk4_batch(lambda x: lorenz96_rhs(x, forcing), x0, dt, int(burn / dt), length, every)
     train, valid, test = _split_in_time(traj, window, warmup)
-    return TaskData(train, valid, test, {"dt": dt * every, "forcing": forcing})
+    return TaskData(train, valid, test, {"dt": dt * every, "forcing": forcing, "warmup": warmup})
 
 
 def ks_etdrk4(
@@ -222,7 +224,63 @@ def ks_data(
         u0 += c[:, m, :1] * np.cos(w * xs) + c[:, m, 1:] * np.sin(w * xs)
     traj = ks_etdrk4(u0, domain, dt, int(burn / dt), length, every)
     train, valid, test = _split_in_time(traj, window, warmup)
-    return TaskData(train, valid, test, {"dt": dt * every, "domain": domain})
+    return TaskData(train, valid, test, {"dt": dt * every, "domain": domain, "warmup": warmup})
+
+
+#: free-running horizons scored by :func:`rollout_metrics` (40 is the longest a 50-sample window
+#: holds after its 10 context samples)
+ROLLOUT_HORIZONS = (10, 40)
+
+
+@torch.no_grad()
+def free_run(model: nn.Module, inputs: Tensor, context: int, steps: int, backend: str) -> Tensor:
+    """Free-running forecast: ``inputs[:, :context]`` (``(B, >= context, D)``) are read with
+    teacher forcing, then each prediction is fed back as the next input for ``steps`` steps.
+
+    ``model`` needs ``prefill`` and ``step`` (the sequence models' state cache). Returns
+    ``(B, steps, D)``: the forecasts of ``x_context, ..., x_{context + steps - 1}``.
+    """
+    stepper: Any = model  # a sequence model's prefill/step (not part of nn.Module's type)
+    out, cache = stepper.prefill(inputs[:, :context], backend=backend)
+    pred = out[:, -1]
+    preds = [pred]
+    for _ in range(steps - 1):
+        pred, cache = stepper.step(pred, cache)
+        preds.append(pred)
+    return torch.stack(preds, 1)
+
+
+def rollout_metrics(
+    model: nn.Module,
+    split: Split,
+    info: Mapping[str, Any],
+    backend: str,
+    *,
+    horizons: tuple[int, ...] = ROLLOUT_HORIZONS,
+) -> dict[str, float]:
+    """Multi-step (free-running) error: ``nrmse_K`` for each ``K`` in ``horizons``, the NRMSE
+    (:func:`rnnkit.tasks.metrics.nrmse`) pooled over the first ``K`` free-running steps of
+    every window, after its ``info["warmup"]`` unscored samples as context.
+
+    The truth of step ``j`` is the window's input ``x_{c + j - 1}`` (then its last target).
+    Horizons longer than a window holds after its context are left out; a model without
+    ``prefill``/``step`` (no state cache) gets no such metrics.
+    """
+    if not (hasattr(model, "prefill") and hasattr(model, "step")) or len(split) == 0:
+        return {}
+    context = int(info["warmup"])
+    truth = torch.cat([split.inputs[:, context:], split.targets[:, -1:]], 1)
+    horizons = tuple(k for k in horizons if 0 < k <= truth.shape[1])
+    if not horizons:
+        return {}
+    longest = max(horizons)
+    pred = torch.cat(
+        [
+            free_run(model, split.inputs[i : i + 256], context, longest, backend)
+            for i in range(0, len(split), 256)
+        ]
+    )
+    return {f"nrmse_{k}": M.nrmse(pred[:, :k].float().cpu(), truth[:, :k].cpu()) for k in horizons}
 
 
 # --- the tasks this module declares (collected by rnnkit.tasks.registry) ----------------
@@ -250,6 +308,7 @@ TASKS: tuple[Task, ...] = (
         kind="regress",
         make_data=lorenz96_data,
         metric_fn=lorenz_metrics,
+        model_metric_fn=rollout_metrics,
         primary="nrmse",
         higher_is_better=False,
         io={"input_size": 40, "output_size": 40},
@@ -269,6 +328,7 @@ TASKS: tuple[Task, ...] = (
         kind="regress",
         make_data=ks_data,
         metric_fn=lorenz_metrics,
+        model_metric_fn=rollout_metrics,
         primary="nrmse",
         higher_is_better=False,
         io={"input_size": 64, "output_size": 64},

@@ -295,6 +295,11 @@ def evaluate(
     model.train(was_training)
     outputs = torch.cat(outs) if outs else torch.empty(0)
     metrics = task.metrics(outputs, split.targets, split.inputs, info)
+    if task.model_metric_fn is not None:
+        model.eval()
+        on_device = Split(split.inputs.to(device), split.targets.to(device))
+        metrics.update(task.model_metric_fn(model, on_device, info, backend))
+        model.train(was_training)
     metrics["loss"] = loss_sum / max(count, 1.0)
     return metrics
 

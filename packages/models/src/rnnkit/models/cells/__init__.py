@@ -12,6 +12,8 @@
 - :class:`Mamba2`: the Mamba-2 block, SSD with a scalar decay per head (matrix-state form);
 - :class:`IndRNN`: independently recurrent units (diagonal-Jacobian form, ``newton`` backend);
 - :class:`RHN`: the Recurrent Highway Network (``depth`` highway micro-steps, reference loop);
+- :class:`HybridRNN`: a tanh RNN with additive / learned-rate / gated updates and attention
+  over the last ``K`` states (the ablations of Heidenreich et al. 2024; reference loop);
 - :class:`LeakyRNN`: a leaky RNN with trainable timescales ``tau >= 1`` (reference loop);
 - :class:`StateRegularized`: the state-regularised GRU/LSTM (centroids; automaton extraction);
 - :class:`GatedDeltaNet`: DeltaNet with a learned per-head decay (the gated delta rule);
@@ -29,6 +31,7 @@
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.alrnn import ALRNN, ALRNNState, region_codes, symbolic_graph
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
+from rnnkit.models.cells.hybrid import HYBRID_UPDATES, HybridRNN, HybridRNNState
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
 from rnnkit.models.cells.jrt import BasedAttention, JRTState, PrefixEncoder
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
@@ -47,6 +50,7 @@ from rnnkit.models.cells.srrnn import SRState, StateRegularized
 
 __all__ = [
     "ALRNN",
+    "HYBRID_UPDATES",
     "LRU",
     "LSSL",
     "M2RNN",
@@ -61,6 +65,8 @@ __all__ = [
     "DeltaNet",
     "DeltaNetState",
     "GatedDeltaNet",
+    "HybridRNN",
+    "HybridRNNState",
     "IndRNN",
     "IndRNNState",
     "JRTState",

@@ -1,0 +1,123 @@
+"""The gated / attentive hybrid RNN (``hybrid_rnn``): conformance per update and with attention,
+a float64 oracle written from the equations, and bad options named at construction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from rnnkit.core import create_cell
+from rnnkit.core.cell import Cell
+from rnnkit.core.testing import CellConformance, assert_close
+from rnnkit.models.cells import HYBRID_UPDATES, HybridRNN
+
+F64 = torch.float64
+
+
+class TestHybridLearnedRateAttention(CellConformance):
+    """A learned rate with attention over one past state; the gated and additive updates run
+    the kit in the registered sweep (tests/test_conformance_registered.py)."""
+
+    def make_cell(self) -> Cell[Any]:
+        return HybridRNN(5, 6, update="learned_rate", attention=1)
+
+    @pytest.mark.experiment
+    def test_compile(self) -> None:
+        # compiling costs 5-15 s on 2 cores; the registered sweep compiles the first
+        # configuration (gated, no attention) by default
+        super().test_compile()
+
+
+def _randn(*shape: int, seed: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+@pytest.mark.parametrize("attention", [0, 3])
+@pytest.mark.parametrize("update", HYBRID_UPDATES)
+def test_hybrid_matches_its_equations(update: str, attention: int) -> None:
+    torch.manual_seed(0)
+    hidden, time = 4, 7
+    cell = create_cell(
+        "hybrid_rnn", input_size=3, hidden_size=hidden, update=update, attention=attention
+    ).double()
+    with torch.no_grad():
+        cell.bias.normal_()
+        if cell.rate is not None:
+            cell.rate.normal_()  # one rate per unit, not one shared value
+    x = _randn(2, time, 3, seed=1)
+    h = _randn(2, hidden, seed=2)
+    k = max(attention, 1)
+    window0 = _randn(2, k, hidden, seed=3)
+    y, state = cell(x, (h, window0), backend="reference")
+    W, U, b = (p.detach() for p in (cell.weight_ih, cell.recurrent, cell.bias))
+    past = [window0[:, j] for j in range(k)]  # oldest first
+    for t in range(time):
+        pre = x[:, t] @ W.T + h @ U.T + b
+        if update == "gated":
+            f = torch.tanh(pre[:, :hidden])
+            g = torch.sigmoid(pre[:, hidden:])
+            u = (1 - g) * h + g * f
+        elif update == "learned_rate":
+            a = torch.sigmoid(cell.rate.detach())
+            u = (1 - a) * h + a * torch.tanh(pre)
+        elif update == "additive":
+            u = h + torch.tanh(pre)
+        else:
+            u = torch.tanh(pre)
+        if attention:
+            wq, wk, wv, wo = cell.attn.detach()
+            rows = [*past, u]
+            s = torch.stack([((wq @ u.T).T * (wk @ m.T).T).sum(-1) for m in rows], -1)
+            p = torch.softmax(s / math.sqrt(hidden), -1)
+            ctx = sum(p[:, j : j + 1] * (wv @ m.T).T for j, m in enumerate(rows))
+            h = u + (wo @ ctx.T).T
+            past = [*past[1:], h]
+        else:
+            h = u
+        assert_close(f"h_{t}", y[:, t], h, 1e-12)
+    assert_close("final h", state.h, h, 1e-12)
+    if attention:
+        assert_close("final window", state.window, torch.stack(past, 1), 1e-12)
+    else:
+        assert_close("window carried", state.window, window0, 0.0)
+
+
+def test_hybrid_parameter_counts_and_initialisation() -> None:
+    n = lambda c: sum(p.numel() for p in c.parameters())  # noqa: E731
+    i, h = 7, 10
+    assert n(HybridRNN(i, h, update="replace")) == h * (i + h + 1)
+    assert n(HybridRNN(i, h, update="additive")) == h * (i + h + 1)
+    assert n(HybridRNN(i, h, update="learned_rate")) == h * (i + h + 1) + h
+    assert n(HybridRNN(i, h, update="gated")) == 2 * h * (i + h + 1)
+    assert n(HybridRNN(i, h, update="gated", attention=4)) == 2 * h * (i + h + 1) + 4 * h * h
+    cell = HybridRNN(i, h, update="gated", gate_bias=-1.5)
+    assert bool((cell.bias[h:] == -1.5).all()) and bool((cell.bias[:h] == 0).all())
+    rate = HybridRNN(i, h, update="learned_rate", rate_init=2.0).rate
+    assert rate is not None and bool((rate == 2.0).all())
+    assert HybridRNN.forms == frozenset()
+    assert HybridRNN(i, h).update == "gated"  # the default is the paper's best gating
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"update": "residual"}, "update"),
+        ({"update": None}, "update"),
+        ({"attention": -1}, "attention"),
+        ({"attention": 2.0}, "attention"),
+        ({"attention": True}, "attention"),
+        ({"rate_init": math.nan}, "rate_init"),
+        ({"gate_bias": math.inf}, "gate_bias"),
+        ({"gate_bias": "0"}, "gate_bias"),
+        ({"hidden_size": 0}, "hidden_size"),
+    ],
+)
+def test_bad_options_raise_naming_the_argument(kwargs: dict[str, Any], name: str) -> None:
+    sizes: dict[str, Any] = {"input_size": 3, "hidden_size": 4}
+    sizes.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        HybridRNN(**sizes)
