@@ -26,6 +26,9 @@ ONNX_UNSUPPORTED = {
     "deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
     "lssl": "the bilinear discretisation's linear solve (aten.linalg_solve has no ONNX operator)",
     "gated_deltanet": "a triangular solve (aten.linalg_solve_triangular has no ONNX operator)",
+    # the chunked kernel multiplies signed transitions exactly (zero and negative values
+    # included), which a log-space sum cannot; the exporter has no function for the product
+    "plstm": "a product of the transitions (prims.prod has no ONNX function)",
 }
 
 
