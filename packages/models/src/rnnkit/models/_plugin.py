@@ -5,7 +5,15 @@ S4D's and LSSL's convolution modes, pLSTM's chunked form)."""
 from __future__ import annotations
 
 from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, hookimpl
-from rnnkit.models import forecasting, hybrid, networks, plstm2d, pointer, universal
+from rnnkit.models import (
+    forecasting,
+    hybrid,
+    networks,
+    plstm2d,
+    pointer,
+    recommend,
+    universal,
+)
 from rnnkit.models.cells import (
     LRU,
     RHN,
@@ -55,6 +63,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("universal_transformer", universal.universal_transformer)
     register("pointer_net", pointer.pointer_net)
     register("plstm_vision", plstm2d.plstm_vision)
+    register("sasrec", recommend.sasrec)
+    register("gru4rec", recommend.gru4rec)
 
 
 @hookimpl

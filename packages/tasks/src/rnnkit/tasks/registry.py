@@ -37,6 +37,7 @@ TASK_MODULES: tuple[str, ...] = (
     "listops",
     "algorithmic",
     "geometry",
+    "recsys",
 )
 
 
