@@ -13,6 +13,7 @@ from rnnkit.models import (
     pointer,
     recommend,
     universal,
+    video,
 )
 from rnnkit.models.cells import (
     LRU,
@@ -65,6 +66,8 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("plstm_vision", plstm2d.plstm_vision)
     register("sasrec", recommend.sasrec)
     register("gru4rec", recommend.gru4rec)
+    register("lrcn", video.lrcn)
+    register("frame_average", video.frame_average)
 
 
 @hookimpl

@@ -38,6 +38,7 @@ TASK_MODULES: tuple[str, ...] = (
     "algorithmic",
     "geometry",
     "recsys",
+    "video",
 )
 
 
