@@ -8,6 +8,7 @@ from rnnkit.core.hookspecs import RegisterCell, RegisterKernel, RegisterModel, h
 from rnnkit.models import (
     forecasting,
     hybrid,
+    hypernet,
     networks,
     plstm2d,
     pointer,
@@ -68,6 +69,7 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("gru4rec", recommend.gru4rec)
     register("lrcn", video.lrcn)
     register("frame_average", video.frame_average)
+    register("rnn_hypernet", hypernet.rnn_hypernet)
 
 
 @hookimpl

@@ -23,10 +23,11 @@ def rnnkit_register_tasks(register: RegisterTask) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to
+    ``passkey``, ``extract-dfa``, ``continual``, ``push`` and ``pull``; add ``kws`` and
+    ``charlm`` to
     rnnkit-kernels' ``rnnkit analog`` (the host runs every hook before it builds the command
     line, so they are in place when ``rnnkit analog``'s parser is configured)."""
-    from rnnkit.tasks import automata, cli, downloads, hub, passkey_length, reuse_cli
+    from rnnkit.tasks import automata, cli, continual, downloads, hub, passkey_length, reuse_cli
 
     register("train", help=cli.TRAIN_HELP, configure=cli.configure_train, run=cli.run_train)
     register("compare", help=cli.COMPARE_HELP, configure=cli.configure_compare, run=cli.run_compare)
@@ -48,6 +49,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         help=automata.EXTRACT_HELP,
         configure=automata.configure_extract,
         run=automata.run_extract,
+    )
+    register(
+        "continual",
+        help=continual.CONTINUAL_HELP,
+        configure=continual.configure_continual,
+        run=continual.run_continual_command,
     )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
