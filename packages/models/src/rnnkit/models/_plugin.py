@@ -9,14 +9,17 @@ from rnnkit.models import (
     dsr,
     forecasting,
     hybrid,
+    hypernet,
     jrt,
     networks,
     plstm2d,
     pointer,
     pvrnn,
+    recommend,
     time_llm,
     transformer,
     universal,
+    video,
 )
 from rnnkit.models.cells import (
     ALRNN,
@@ -78,6 +81,11 @@ def rnnkit_register_models(register: RegisterModel) -> None:
     register("pvrnn", pvrnn.pvrnn)
     register("jrt_classifier", jrt.jrt_classifier)
     register("based_classifier", jrt.based_classifier)
+    register("sasrec", recommend.sasrec)
+    register("gru4rec", recommend.gru4rec)
+    register("lrcn", video.lrcn)
+    register("frame_average", video.frame_average)
+    register("rnn_hypernet", hypernet.rnn_hypernet)
 
 
 @hookimpl

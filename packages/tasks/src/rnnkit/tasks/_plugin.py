@@ -33,13 +33,15 @@ def rnnkit_register_models(register: RegisterModel) -> None:
 @hookimpl
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
-    ``passkey``, ``extract-dfa``, ``rl``, ``curriculum``, ``pvrnn``, ``online``, ``analyse``,
-    ``prune``, ``nas``, ``push`` and ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels'
-    ``rnnkit analog`` (the host runs every hook before it builds the command line, so they are
-    in place when ``rnnkit analog``'s parser is configured)."""
+    ``passkey``, ``extract-dfa``, ``rl``, ``world-model``, ``curriculum``, ``pvrnn``,
+    ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``continual``, ``push`` and
+    ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs
+    every hook before it builds the command line, so they are in place when ``rnnkit analog``'s
+    parser is configured)."""
     from rnnkit.tasks import (
         automata,
         cli,
+        continual,
         curriculum,
         downloads,
         hub,
@@ -116,6 +118,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         "prune", help=pruning.PRUNE_HELP, configure=pruning.configure_prune, run=pruning.run_prune
     )
     register("nas", help=nas.NAS_HELP, configure=nas.configure_nas, run=nas.run_nas)
+    register(
+        "continual",
+        help=continual.CONTINUAL_HELP,
+        configure=continual.configure_continual,
+        run=continual.run_continual_command,
+    )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
     register_analog_experiments()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.core.validation import check_positive_int
 from rnnkit.tasks.base import IGNORE_INDEX
 
 LN2 = math.log(2.0)
@@ -177,3 +178,31 @@ def msis(lower: Tensor, upper: Tensor, target: Tensor, alpha: float, scale: floa
     lo, hi, y = lower[keep].double(), upper[keep].double(), target[keep].double()
     score = (hi - lo) + 2.0 / alpha * ((lo - y).clamp_min(0) + (y - hi).clamp_min(0))
     return float(score.mean()) / scale
+
+
+# --- ranking -----------------------------------------------------------------------------------
+
+
+def sampled_ranking(positive: Tensor, negatives: Tensor, k: int = 10) -> tuple[float, float]:
+    """Hit rate and NDCG at ``k`` of one true item ranked among sampled negatives.
+
+    ``positive: (N,)`` the true item's score, ``negatives: (N, K)`` the negatives' scores.
+    The 0-based rank ``r`` counts the negatives scoring at least as high as the true item
+    (ties against it, so a constant scorer gets no credit); ``HR@k = mean 1{r < k}`` and
+    ``NDCG@k = mean 1{r < k} / log2(r + 2)`` (one relevant item: the ideal DCG is 1).
+    Returns ``(hr, ndcg)``; NaN for ``N = 0``.
+    """
+    check_positive_int("k", k)
+    if positive.dim() != 1 or negatives.dim() != 2 or negatives.shape[0] != positive.shape[0]:
+        raise ValueError(
+            f"positive must be (N,) and negatives (N, K), got {tuple(positive.shape)} and "
+            f"{tuple(negatives.shape)}"
+        )
+    if positive.numel() == 0:
+        return float("nan"), float("nan")
+    rank = (negatives.double() >= positive.double()[:, None]).sum(1)
+    hit = rank < k
+    gain = torch.where(
+        hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros((), dtype=torch.float64)
+    )
+    return _fraction(hit), float(gain.mean())

@@ -39,6 +39,8 @@ TASK_MODULES: tuple[str, ...] = (
     "algorithmic",
     "geometry",
     "patterns",
+    "recsys",
+    "video",
 )
 
 
