@@ -216,7 +216,9 @@ def test_registered_model_builds() -> None:
 def _linear_system(steps: int) -> Tensor:
     """A damped rotation (a linear 2-D system): the AL-RNN's linear part can fit it exactly."""
     ang, r = 0.3, 0.995
-    rot = r * torch.tensor([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
+    rot = r * torch.tensor(
+        [[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]], dtype=torch.float64
+    )
     x = torch.zeros(steps, 2, dtype=torch.float64)
     x[0] = torch.tensor([1.0, 0.0])
     for t in range(1, steps):
