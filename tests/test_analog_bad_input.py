@@ -21,8 +21,9 @@ def test_every_registered_cell_maps_or_is_named_with_the_reason(name: str) -> No
     # the cell's first registered test configuration at the kit's sizes: some defaults need
     # wider layers (mamba2's heads of 64 channels)
     configs = get_host().cells.get(name).obj.test_configs
-    kw = configs[0] if configs else {}
-    cell = create_cell(name, input_size=INPUT_SIZE, hidden_size=HIDDEN_SIZE, **kw)
+    # (a configuration may set its own sizes: qrnn's qubit count)
+    kw = {"input_size": INPUT_SIZE, "hidden_size": HIDDEN_SIZE, **(configs[0] if configs else {})}
+    cell = create_cell(name, **kw)
     model = nn.ModuleDict({"encoder": nn.Linear(INPUT_SIZE, INPUT_SIZE), "rnn": cell})
     if cell.kind in SUPPORTED_KINDS:
         converted: Any = to_analog(model, AnalogConfig.ideal())
