@@ -16,7 +16,7 @@ from rnnkit.core import create_cell
 from rnnkit.core.cell import Cell
 from rnnkit.core.forms import Form
 from rnnkit.core.testing import CellConformance, assert_close
-from rnnkit.models.cells import RHN, IndRNN, LeakyRNN, indrnn_u_max
+from rnnkit.models.cells import RHN, IndRNN, LeakyRNN, ParaGRU, indrnn_u_max
 
 F64 = torch.float64
 
@@ -231,3 +231,35 @@ def test_auto_runs_indrnn_by_newton_only_on_narrow_batches() -> None:
     assert info is not None and info.converged and info.iterations * 256 > 2048
     assert select(narrow).backend == "reference"
     forget_failures()
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("indrnn", lambda: IndRNN(3, 5, activation="tanh", u_init=(-1.0, 1.0))),
+        ("paragru", lambda: ParaGRU(3, 5)),
+        ("leakyrnn", lambda: LeakyRNN(3, 5)),
+        ("rhn depth 1", lambda: RHN(3, 5, depth=1)),
+        ("rhn depth 2", lambda: RHN(3, 5, depth=2)),
+    ],
+)
+def test_the_diagonal_jacobian_form_is_declared_exactly_where_the_step_jacobian_is_diagonal(
+    name: str, make: Any
+) -> None:
+    # Newton applies to a cell only through the form; a cell whose step Jacobian has one
+    # off-diagonal entry must not declare it (Newton would silently solve another recurrence),
+    # and one whose Jacobian is diagonal should (else `auto` never tries Newton on it).
+    torch.manual_seed(3)
+    cell = make().double()
+    px = cell.project(_inputs(2, 1, 3, 4)).detach()[:, 0]
+    h = _inputs(2, 1, 5, 5)[:, 0]
+    state_type = cell.state_type
+
+    def step(h_prev: Tensor) -> Tensor:
+        _, new = cell.recur(px, state_type(h_prev))
+        return new[0]
+
+    full = torch.autograd.functional.jacobian(step, h).reshape(10, 10)
+    off_diagonal = full - torch.diag(full.diagonal())
+    declared = Form.DIAGONAL_JACOBIAN in type(cell).forms
+    assert declared == bool((off_diagonal == 0).all()), name
