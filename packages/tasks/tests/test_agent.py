@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.tasks import rl, world_model
+from rnnkit.tasks.agent import RecurrentStack
 from rnnkit.tasks.rl import PPOConfig, RecurrentActorCritic
 from rnnkit.tasks.world_model import DreamerConfig, DreamerResult, WorldModel
 
@@ -134,6 +135,17 @@ def _parse(configure: Any, argv: list[str]) -> argparse.Namespace:
 _SHARED = ["--cell", "gru", "--hidden-size", "12", "--state-size", "5", "--layers", "3"]
 _SHARED += ["--set", "init=1", "--set", "mode=fast", "--seed", "7", "--backend", "torch"]
 _SHARED += ["--threads", "2", "--json"]
+# what _SHARED sets, as configuration keywords
+_SHARED_CONFIG: dict[str, Any] = {
+    "cell": "gru",
+    "hidden_size": 12,
+    "state_size": 5,
+    "num_layers": 3,
+    "cell_kwargs": {"init": 1, "mode": "fast"},
+    "seed": 7,
+    "backend": "torch",
+    "threads": 2,
+}
 
 
 def test_rl_options_make_the_ppo_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,19 +160,7 @@ def test_rl_options_make_the_ppo_config(monkeypatch: pytest.MonkeyPatch) -> None
         with pytest.raises(_StopError):
             rl.run_rl(_parse(rl.configure_rl, argv))
     assert seen[0] == PPOConfig()
-    assert seen[1] == PPOConfig(
-        env="CountRecallEasy",
-        cell="gru",
-        hidden_size=12,
-        state_size=5,
-        num_layers=3,
-        cell_kwargs={"init": 1, "mode": "fast"},
-        resets=False,
-        lr=0.01,
-        seed=7,
-        backend="torch",
-        threads=2,
-    )
+    assert seen[1] == PPOConfig(env="CountRecallEasy", resets=False, lr=0.01, **_SHARED_CONFIG)
 
 
 def test_world_model_options_make_the_dreamer_and_baseline_configs(
@@ -183,38 +183,17 @@ def test_world_model_options_make_the_dreamer_and_baseline_configs(
         with pytest.raises(_StopError):
             world_model.run_world_model(_parse(world_model.configure_world_model, argv))
     assert seen[0] == DreamerConfig()
-    assert seen[1] == PPOConfig(
-        env="CartPole-v1",
-        cell="gru",
-        steps=8192,
-        num_envs=4,
-        rollout=64,
-        minibatches=2,
-        eval_episodes=20,
-    )
-    assert seen[2] == DreamerConfig(
-        env="Acrobot-v1",
-        cell="gru",
-        hidden_size=12,
-        state_size=5,
-        num_layers=3,
-        cell_kwargs={"init": 1, "mode": "fast"},
-        horizon=9,
-        seed=7,
-        backend="torch",
-        threads=2,
-    )
-    # the baseline keeps its own GRU of the same width, and the shared run options
-    assert seen[3] == PPOConfig(
-        env="Acrobot-v1",
-        cell="gru",
-        hidden_size=12,
-        steps=8192,
-        num_envs=4,
-        rollout=64,
-        minibatches=2,
-        eval_episodes=20,
-        seed=7,
-        backend="torch",
-        threads=2,
-    )
+    # the PPO baseline: a GRU at the world model's width, 4 envs x 64 steps, 2 minibatches
+    baseline: dict[str, Any] = {"cell": "gru", "num_envs": 4, "rollout": 64, "minibatches": 2}
+    baseline |= {"steps": 8192, "eval_episodes": 20}
+    assert seen[1] == PPOConfig(env="CartPole-v1", **baseline)
+    assert seen[2] == DreamerConfig(env="Acrobot-v1", horizon=9, **_SHARED_CONFIG)
+    shared_run = {"seed": 7, "backend": "torch", "threads": 2}
+    assert seen[3] == PPOConfig(env="Acrobot-v1", hidden_size=12, **shared_run, **baseline)
+
+
+def test_stack_refuses_no_layers() -> None:
+    with pytest.raises(ValueError, match="num_layers must be at least 1, got 0"):
+        RecurrentStack("gru", 4, 4, 0)
+    with pytest.raises(ValueError, match="num_layers"):
+        RecurrentActorCritic(3, 2, num_layers=0)
