@@ -25,21 +25,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.core.api import get_cell_class
 from rnnkit.core.errors import RnnkitError
+from rnnkit.tasks.agent import (
+    RecurrentStack,
+    add_agent_options,
+    add_run_options,
+    agent_config,
+    emit_result,
+)
 
 __all__ = [
     "RL_HELP",
@@ -194,39 +198,9 @@ class VectorEnv:
 # --- the agent --------------------------------------------------------------------------------
 
 
-class _Layer(nn.Module):
-    """``x + Linear(GELU(cell(LayerNorm(x))))`` on ``(B, T, width)``, for any cell (the
-    linear layer maps the cell's output width back to ``width``)."""
-
-    def __init__(self, cell: str, width: int, state_size: int, **cell_kwargs: Any) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.cell = get_cell_class(cell)(width, state_size, **cell_kwargs)
-        self.mix = nn.Linear(self.cell.output_size, width)
-
-    def forward(
-        self, x: Tensor, state: Any, resets: Tensor | None, backend: str
-    ) -> tuple[Tensor, Any]:
-        y, final = self.cell(self.norm(x), state, backend=backend, resets=resets)
-        return x + self.mix(F.gelu(y)), final
-
-    def step(self, x_t: Tensor, state: Any, starts: Tensor | None) -> tuple[Tensor, Any]:
-        """One step on ``(B, width)``: equal to :meth:`forward` on a sequence of length 1
-        (``starts: (B,)`` bool, the rows whose state restarts), without the per-call checks
-        and dispatch of a whole-sequence call, which dominate the cost of a single step."""
-        if starts is not None:
-            init = self.cell.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
-            keep = starts.logical_not()
-            state = type(state)._make(
-                torch.where(keep.view(-1, *([1] * (f.dim() - 1))), f, f0)
-                for f, f0 in zip(state, init, strict=True)
-            )
-        y, new = self.cell.step_unchecked(self.norm(x_t), state)
-        return x_t + self.mix(F.gelu(y)), new
-
-
 class RecurrentActorCritic(nn.Module):
-    """Encoder -> ``num_layers`` residual recurrent layers -> actor and critic heads.
+    """Encoder -> ``num_layers`` residual recurrent layers (:class:`RecurrentStack`) -> actor
+    and critic heads.
 
     Args:
         feature_size: width of the per-step input (observation and previous action).
@@ -251,12 +225,9 @@ class RecurrentActorCritic(nn.Module):
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        size = state_size or hidden_size
         self.encoder = nn.Linear(feature_size, hidden_size)
-        self.layers = nn.ModuleList(
-            _Layer(cell, hidden_size, size, **cell_kwargs) for _ in range(num_layers)
+        self.layers = RecurrentStack(
+            cell, hidden_size, state_size or hidden_size, num_layers, **cell_kwargs
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.actor = nn.Sequential(
@@ -268,7 +239,7 @@ class RecurrentActorCritic(nn.Module):
 
     def initial_state(self, batch: int) -> list[Any]:
         """One initial cell state per layer, each field ``(batch, ...)``."""
-        return [cast(_Layer, layer).cell.init_state(batch) for layer in self.layers]
+        return self.layers.initial_state(batch)
 
     def forward(
         self,
@@ -281,12 +252,7 @@ class RecurrentActorCritic(nn.Module):
         """``x: (B, T, feature_size)``, ``resets: (B, T)`` bool (the state entering step ``t``
         is the initial state where true) -> ``(logits: (B, T, actions), values: (B, T), the
         final state per layer)``."""
-        h = F.gelu(self.encoder(x))
-        states: Sequence[Any] = state if state is not None else [None] * len(self.layers)
-        finals = []
-        for layer, s in zip(self.layers, states, strict=True):
-            h, s = layer(h, s, resets, backend)
-            finals.append(s)
+        h, finals = self.layers(F.gelu(self.encoder(x)), state, resets=resets, backend=backend)
         return self._heads(h, finals)
 
     def step(
@@ -295,11 +261,7 @@ class RecurrentActorCritic(nn.Module):
         """One step: ``x_t: (B, feature_size)``, ``starts: (B,)`` bool -> ``(logits: (B,
         actions), values: (B,), the state per layer)``; equal to :meth:`forward` on a sequence
         of length 1 with ``resets=starts[:, None]``."""
-        h = F.gelu(self.encoder(x_t))
-        finals = []
-        for layer, s in zip(self.layers, state, strict=True):
-            h, s = cast(_Layer, layer).step(h, s, starts)
-            finals.append(s)
+        h, finals = self.layers.step(F.gelu(self.encoder(x_t)), state, starts)
         return self._heads(h, finals)
 
     def _heads(self, h: Tensor, finals: list[Any]) -> tuple[Tensor, Tensor, list[Any]]:
@@ -557,18 +519,11 @@ def configure_rl(p: Any) -> None:
     """Arguments of ``rnnkit rl`` (``p``: an ``argparse.ArgumentParser``)."""
     d = PPOConfig()
     p.add_argument("--env", default=d.env, help=f"POPGym environment class ({d.env})")
-    p.add_argument("--cell", default=d.cell, help=f"registered cell of the agent ({d.cell})")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="layer width (64)")
-    p.add_argument(
-        "--state-size", type=int, help="the cell's hidden_size (S5's P); default --hidden-size"
-    )
-    p.add_argument("--layers", type=int, default=d.num_layers, dest="num_layers", help="(1)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra cell keyword (VALUE parsed as JSON when it can be), repeatable",
+    add_agent_options(
+        p,
+        d,
+        cell_help="registered cell of the agent",
+        state_help="the cell's hidden_size (S5's P); default --hidden-size",
     )
     p.add_argument(
         "--resets",
@@ -586,24 +541,13 @@ def configure_rl(p: Any) -> None:
     p.add_argument("--gae-lambda", type=float, default=d.gae_lambda, help="GAE lambda (0.95)")
     p.add_argument("--entropy", type=float, default=d.entropy, help="entropy bonus (0.01)")
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes, help="(200)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (0)")
-    p.add_argument("--backend", default=d.backend, help="kernel backend (auto)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
-    p.add_argument("--out", metavar="DIR", help="write rl.json there")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_run_options(p, d, writes="rl.json")
 
 
 def run_rl(args: Any) -> int:
     """``rnnkit rl``: train one agent, print its returns (and write ``--out``/rl.json)."""
-    from rnnkit.tasks._util import parse_set
-
     config = PPOConfig(
         env=args.env,
-        cell=args.cell,
-        hidden_size=args.hidden_size,
-        state_size=args.state_size,
-        num_layers=args.num_layers,
-        cell_kwargs=parse_set(args.set),
         resets=args.resets,
         steps=args.steps,
         num_envs=args.num_envs,
@@ -615,20 +559,10 @@ def run_rl(args: Any) -> int:
         gae_lambda=args.gae_lambda,
         entropy=args.entropy,
         eval_episodes=args.eval_episodes,
-        seed=args.seed,
-        backend=args.backend,
-        threads=args.threads,
+        **agent_config(args),
     )
-    quiet = bool(args.json)
-    result = train_ppo(config, log=None if quiet else print)
-    data = asdict(result)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "rl.json").write_text(json.dumps(data, indent=1) + "\n")
-    if quiet:
-        print(json.dumps(data))
-    else:
+    result = train_ppo(config, log=None if args.json else print)
+    if not emit_result(args, "rl.json", asdict(result)):
         print(
             f"{config.env}, {config.cell} ({result.params:,} parameters), "
             f"{result.env_steps:,} env steps in {result.seconds:.0f} s: "

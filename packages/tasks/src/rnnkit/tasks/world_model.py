@@ -29,22 +29,26 @@ of environment steps, the PPO agent of :mod:`rnnkit.tasks.rl`, and reports both 
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.tasks.agent import (
+    RecurrentStack,
+    add_agent_options,
+    add_run_options,
+    agent_config,
+    emit_result,
+)
 from rnnkit.tasks.rl import (
     PPOConfig,
-    _Layer,
     action_count,
     encode_observation,
     observation_size,
@@ -152,8 +156,8 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class WorldModel(nn.Module):
-    """Observation embedding and action -> recurrent layers -> next observation, reward and
-    termination.
+    """Observation embedding and action -> recurrent layers (:class:`RecurrentStack`) -> next
+    observation, reward and termination.
 
     Args:
         obs_size: width of the observation vector.
@@ -187,11 +191,10 @@ class WorldModel(nn.Module):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.obs_size, self.actions = obs_size, actions
-        size = state_size or hidden_size
         self.embed = nn.Sequential(nn.Linear(obs_size, hidden_size), nn.GELU())
         self.inp = nn.Linear(hidden_size + actions, hidden_size)
-        self.layers = nn.ModuleList(
-            _Layer(cell, hidden_size, size, **cell_kwargs) for _ in range(num_layers)
+        self.layers = RecurrentStack(
+            cell, hidden_size, state_size or hidden_size, num_layers, **cell_kwargs
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.obs_head = _mlp(hidden_size, hidden_size, obs_size)
@@ -219,12 +222,7 @@ class WorldModel(nn.Module):
         """``obs: (B, T, obs_size)``, ``actions: (B, T)`` long, ``resets: (B, T)`` bool ->
         ``(next_obs: (B, T, obs_size), reward: (B, T), termination logits: (B, T), the final
         state per layer)``; step ``t``'s predictions follow taking ``actions[:, t]``."""
-        h = self._input(obs, actions)
-        states: Sequence[Any] = state if state is not None else [None] * len(self.layers)
-        finals = []
-        for layer, s in zip(self.layers, states, strict=True):
-            h, s = layer(h, s, resets, backend)
-            finals.append(s)
+        h, finals = self.layers(self._input(obs, actions), state, resets=resets, backend=backend)
         return (*self._heads(obs, h), finals)
 
     def step(
@@ -233,16 +231,12 @@ class WorldModel(nn.Module):
         """One step: ``obs: (B, obs_size)``, ``actions: (B,)``, ``starts: (B,)`` bool (rows
         whose state restarts) -> ``(next_obs: (B, obs_size), reward: (B,), termination logits:
         (B,), the state per layer)``."""
-        h = self._input(obs, actions)
-        finals = []
-        for layer, s in zip(self.layers, state, strict=True):
-            h, s = cast(_Layer, layer).step(h, s, starts)
-            finals.append(s)
+        h, finals = self.layers.step(self._input(obs, actions), state, starts)
         return (*self._heads(obs, h), finals)
 
     def initial_state(self, batch: int) -> list[Any]:
         """One initial cell state per layer, each field ``(batch, ...)``."""
-        return [cast(_Layer, layer).cell.init_state(batch) for layer in self.layers]
+        return self.layers.initial_state(batch)
 
 
 def world_model_loss(
@@ -604,17 +598,7 @@ def configure_world_model(p: Any) -> None:
     """Arguments of ``rnnkit world-model`` (``p``: an ``argparse.ArgumentParser``)."""
     d = DreamerConfig()
     p.add_argument("--env", default=d.env, help=f"gymnasium environment id ({d.env})")
-    p.add_argument("--cell", default=d.cell, help=f"the world model's registered cell ({d.cell})")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="layer width (64)")
-    p.add_argument("--state-size", type=int, help="the cell's hidden_size; default --hidden-size")
-    p.add_argument("--layers", type=int, default=d.num_layers, dest="num_layers", help="(1)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra cell keyword (VALUE parsed as JSON when it can be), repeatable",
-    )
+    add_agent_options(p, d, cell_help="the world model's registered cell")
     p.add_argument("--steps", type=int, default=d.steps, help=f"environment steps ({d.steps})")
     p.add_argument("--prefill", type=int, default=d.prefill, help="random steps first (512)")
     p.add_argument("--train-every", type=int, default=d.train_every, help="env steps per update")
@@ -627,47 +611,28 @@ def configure_world_model(p: Any) -> None:
         default="ppo",
         help="also train rnnkit rl's PPO agent (a GRU) at the same environment steps (ppo)",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (0)")
-    p.add_argument("--backend", default=d.backend, help="kernel backend (auto)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
-    p.add_argument("--out", metavar="DIR", help="write world_model.json there")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_run_options(p, d, writes="world_model.json")
 
 
 def run_world_model(args: Any) -> int:
     """``rnnkit world-model``: train the agent (and the PPO baseline), print the returns."""
-    from rnnkit.tasks._util import parse_set
-
     config = DreamerConfig(
         env=args.env,
-        cell=args.cell,
-        hidden_size=args.hidden_size,
-        state_size=args.state_size,
-        num_layers=args.num_layers,
-        cell_kwargs=parse_set(args.set),
         steps=args.steps,
         prefill=args.prefill,
         train_every=args.train_every,
         horizon=args.horizon,
         context=args.context,
         eval_episodes=args.eval_episodes,
-        seed=args.seed,
-        backend=args.backend,
-        threads=args.threads,
+        **agent_config(args),
     )
-    quiet = bool(args.json)
-    result = train_dreamer(config, log=None if quiet else print)
+    result = train_dreamer(config, log=None if args.json else print)
     data: dict[str, Any] = {"dreamer": asdict(result)}
     if args.baseline == "ppo":
         ppo = train_ppo(_ppo_config(config), make=lambda: make_gym_env(config.env))
         data["ppo"] = asdict(ppo)
         data["random_return"] = ppo.random_return
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "world_model.json").write_text(json.dumps(data, indent=1) + "\n")
-    if quiet:
-        print(json.dumps(data))
+    if emit_result(args, "world_model.json", data):
         return 0
     print(
         f"{config.env}, world model on {config.cell}: {result.env_steps:,} env steps in "
