@@ -70,7 +70,8 @@ def test_counts_learns_ar_with_a_small_frozen_backbone() -> None:
     assert r["rvq round trip (floor)"]["mse"] < 0.5 * persist, r
     for name in ("backbone, SFT", "backbone, SFT + CoT", "backbone, SFT + CoT + GRPO"):
         assert r[name]["mse"] < 0.85 * persist, (name, r)
-    assert len(res.grpo_rewards["backbone"]) == 4
+    rewards = res.grpo_rewards["backbone"]
+    assert len(rewards) == 4 and all(-cfg.reward_cap <= v < 0 for v in rewards), rewards
     for k, v in bb.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -82,6 +83,8 @@ def test_counts_bad_settings_name_the_argument() -> None:
         run_counts(CountsConfig(group=1), None)
     with pytest.raises(ValueError, match="patch_len"):
         run_counts(CountsConfig(patch_len=0), None)
+    with pytest.raises(ValueError, match="reward_cap"):
+        run_counts(CountsConfig(reward_cap=0.0), None)
     with pytest.raises(ValueError, match="sft_steps"):
         run_counts(CountsConfig(sft_steps=-1), None)
     with pytest.raises(ValueError, match="prompt"):

@@ -17,9 +17,10 @@ does it and split 70/15/15 % in time:
 3. **SFT**: cross-entropy on the completion's tokens (``<think>``/``<answer>`` are forced,
    not scored); each position's softmax is over the tokens its slot allows (constrained
    decoding, so every completion is well formed: the paper rewards the format instead).
-4. **GRPO** (CoT only): ``group`` completions sampled per prompt, reward ``-MSE`` of the
-   decoded forecast against the true patch (verifiable), group-normalised advantages, the
-   clipped ratio objective with ``epochs`` updates per batch and ``beta`` x KL to the SFT model.
+4. **GRPO** (CoT only): ``group`` completions sampled per prompt, reward ``-min(MSE,
+   reward_cap)`` of the decoded forecast against the true patch (verifiable; the cap keeps a
+   sampled huge scale token from swamping the group), group-normalised advantages, the clipped
+   ratio objective with ``epochs`` updates per batch and ``beta`` x KL to the SFT model.
 
 Forecasts are decoded greedily. The same procedure runs with the frozen backbone (a
 ``char_lm`` trained by ``rnnkit train --task charlm``) and without it (a fresh recurrent stack
@@ -91,6 +92,7 @@ class CountsConfig:
     beta: float = 0.04
     lr: float = 3e-3
     grpo_lr: float = 1e-3
+    reward_cap: float = 10.0
     adapter: int = 32
     max_train: int | None = None
     max_test: int | None = None
@@ -126,8 +128,8 @@ class CountsConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"clip must lie in (0, 1), got {self.clip}")
-        if self.beta < 0 or self.lr <= 0 or self.grpo_lr <= 0:
-            raise ValueError("beta must be >= 0 and lr, grpo_lr > 0")
+        if self.beta < 0 or self.lr <= 0 or self.grpo_lr <= 0 or self.reward_cap <= 0:
+            raise ValueError("beta must be >= 0 and lr, grpo_lr, reward_cap > 0")
 
 
 # --- the series ------------------------------------------------------------------------------
@@ -443,7 +445,9 @@ def grpo(
         comp = generate(model, prompts, layout, True, greedy=False, backend=cfg.backend, g=g)
         fc = decode_forecast(comp, tok, layout)
         truth = ex.future[b].repeat_interleave(G, 0)
-        r = -((fc - truth) ** 2).mean(1).view(B, G).double()
+        # a sampled scale token can stand for up to 2^36: the cap keeps the rewards finite
+        mse = ((fc.double() - truth.double()) ** 2).mean(1).nan_to_num(cfg.reward_cap)
+        r = -mse.clamp(max=cfg.reward_cap).view(B, G)
         adv = grpo_advantages(r).float()
         mask = sampled.expand(B, G, -1)
         with torch.no_grad():
@@ -673,6 +677,7 @@ def configure_counts(p: Any) -> None:
         ("beta", float),
         ("lr", float),
         ("grpo_lr", float),
+        ("reward_cap", float),
         ("adapter", int),
         ("seed", int),
         ("threads", int),
