@@ -1,8 +1,8 @@
 """rnnkit-tasks' plugin module: registers its tasks, the ``time_llm`` model, the ``train``,
 ``compare``, ``eval``, ``predict``, ``generate``, ``rl``, ``world-model``, ``curriculum``,
-``pvrnn``, ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``push`` and ``pull``
-commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm`` experiments of its
-``rnnkit analog`` command."""
+``pvrnn``, ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``counts``, ``push``
+and ``pull`` commands and, when rnnkit-kernels is installed, the ``kws`` and ``charlm``
+experiments of its ``rnnkit analog`` command."""
 
 from __future__ import annotations
 
@@ -34,14 +34,15 @@ def rnnkit_register_models(register: RegisterModel) -> None:
 def rnnkit_register_commands(register: RegisterCommand) -> None:
     """Register ``rnnkit train``, ``compare``, ``data``, ``eval``, ``predict``, ``generate``,
     ``passkey``, ``extract-dfa``, ``rl``, ``world-model``, ``curriculum``, ``pvrnn``,
-    ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``continual``, ``push`` and
-    ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog`` (the host runs
-    every hook before it builds the command line, so they are in place when ``rnnkit analog``'s
-    parser is configured)."""
+    ``online``, ``analyse``, ``prune``, ``nas``, ``recurrentgpt``, ``continual``, ``counts``,
+    ``push`` and ``pull``; add ``kws`` and ``charlm`` to rnnkit-kernels' ``rnnkit analog``
+    (the host runs every hook before it builds the command line, so they are in place when
+    ``rnnkit analog``'s parser is configured)."""
     from rnnkit.tasks import (
         automata,
         cli,
         continual,
+        counts,
         curriculum,
         downloads,
         hub,
@@ -123,6 +124,12 @@ def rnnkit_register_commands(register: RegisterCommand) -> None:
         help=continual.CONTINUAL_HELP,
         configure=continual.configure_continual,
         run=continual.run_continual_command,
+    )
+    register(
+        "counts",
+        help=counts.COUNTS_HELP,
+        configure=counts.configure_counts,
+        run=counts.run_counts_command,
     )
     register("push", help=hub.PUSH_HELP, configure=hub.configure_push, run=hub.run_push)
     register("pull", help=hub.PULL_HELP, configure=hub.configure_pull, run=hub.run_pull)
