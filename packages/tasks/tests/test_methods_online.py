@@ -347,7 +347,7 @@ def test_online_documented(method: str) -> None:
     """docs/tasks.md: `rnnkit online --method METHOD` (defaults: 4 subjects x 3 min)."""
     result = run_online(OnlineConfig(method=method, latency_steps=0))
     mean = sum(s.nrmse for s in result.scores) / len(result.scores)
-    # measured: rtrl 0.401, snap1 0.399, tbptt 0.404, uoro 0.606 (mean over 0.1-1 s)
+    # measured: rtrl 0.401, snap1 0.399, tbptt 0.404, uoro 0.606, dni 0.404 (mean over 0.1-1 s)
     assert mean < (0.65 if method == "uoro" else 0.43), mean
     far = result.scores[-1]
     assert far.nrmse < 0.6 * far.nrmse_persistence
