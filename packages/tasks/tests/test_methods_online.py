@@ -84,18 +84,21 @@ def test_uoro_is_unbiased() -> None:
     assert float((est[0] - exact).norm() / exact.norm()) > 0.2
 
 
+#: a short run (2 subjects x 2 min, 0.5 s ahead) for the tests that a learner learns
+SHORT_RUN = OnlineConfig(
+    method="snap1",
+    hidden=8,
+    horizons=(5,),
+    subjects=2,
+    length=1200,
+    warm=300,
+    lr=0.05,
+    latency_steps=0,
+)
+
+
 def test_online_snap1_learns_beyond_persistence() -> None:
-    config = OnlineConfig(
-        method="snap1",
-        hidden=8,
-        horizons=(5,),
-        subjects=2,
-        length=1200,
-        warm=300,
-        lr=0.05,
-        latency_steps=0,
-    )
-    (score,) = run_online(config).scores
+    (score,) = run_online(SHORT_RUN).scores
     # persistence (the last position) scores about 0.87 here; the learner about 0.48
     assert score.nrmse < 0.7 * score.nrmse_persistence, score
 
@@ -202,16 +205,7 @@ def test_dni_with_the_exact_credit_gives_bptt_and_keeps_a() -> None:
 
 
 def test_online_dni_learns_beyond_persistence_and_the_readout() -> None:
-    config = OnlineConfig(
-        method="dni",
-        hidden=8,
-        horizons=(5,),
-        subjects=2,
-        length=1200,
-        warm=300,
-        lr=0.05,
-        latency_steps=0,
-    )
+    config = replace(SHORT_RUN, method="dni")
     (score,) = run_online(config).scores
     # dni_lr = 0 and A = 0: the synthetic credit stays zero and only W_out learns
     (readout,) = run_online(replace(config, dni_lr=0.0)).scores
