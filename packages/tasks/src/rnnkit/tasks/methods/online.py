@@ -1,4 +1,4 @@
-"""Online learning of a small RNN forecaster: RTRL, UORO, SnAp-1 and truncated BPTT.
+"""Online learning of a small RNN forecaster: RTRL, UORO, SnAp-1, truncated BPTT and DNI.
 
 The setting of Pohl et al. (arXiv 2403.01607) on the simulated marker traces of the
 ``breathing`` task (:func:`rnnkit.tasks.breathing.breathing_traces`): a vanilla RNN
@@ -20,6 +20,11 @@ how they get ``∂L_t/∂W`` through the recurrence (``D_t = diag(1 − x_t²)``
   ``W_a`` (an IndRNN) nothing is dropped and it equals RTRL.
 - ``tbptt``: backpropagation through the last ``truncation`` steps (the stored ``v``, ``D``
   and ``W_a`` of each), ``O(truncation · q (q + m))``.
+- ``dni``: decoupled neural interfaces: no influence at all, but a synthetic credit
+  ``c_t = [x_t, y*_t, 1] A ≈ ∂(Σ_{s≥t} L_s)/∂x_t`` (``y*_t`` the step's target), the
+  gradient ``(c_t ⊙ φ'(z_t)) v_tᵀ``, and ``A`` fit online to the bootstrapped credit
+  ``∂L_t/∂x_t + c_{t+1} diag(φ'(z_{t+1})) W_a`` one step late (:class:`DNI` gives the
+  timing); ``O(q (q + m + p))``.
 
 Online protocol (:func:`run_online`): each subject's trace is z-scored with its first minute;
 the input ``u_t`` is the last ``history`` positions (9 channels each). For horizon ``h`` the
@@ -47,6 +52,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DNI",
     "METHODS",
     "HorizonScore",
     "Learner",
@@ -60,11 +66,11 @@ __all__ = [
 ]
 
 #: the online learners, by command-line name
-METHODS: tuple[str, ...] = ("rtrl", "uoro", "snap1", "tbptt")
+METHODS: tuple[str, ...] = ("rtrl", "uoro", "snap1", "tbptt", "dni")
 
 ONLINE_HELP = (
     "online learning on simulated breathing traces: a small RNN updates its weights at every "
-    "step (RTRL, UORO, SnAp-1 or truncated BPTT) while forecasting; nRMSE per horizon and "
+    "step (RTRL, UORO, SnAp-1, truncated BPTT or DNI) while forecasting; nRMSE per horizon and "
     "per-step latency"
 )
 
@@ -146,8 +152,16 @@ class Learner:
     def __init__(self, batch: int, hidden: int, width: int, dtype: torch.dtype) -> None:
         self.batch, self.hidden, self.width, self.dtype = batch, hidden, width, dtype
 
-    def update(self, weights: RNNWeights, v: Tensor, x: Tensor, dl_dx: Tensor) -> Tensor:
-        """``v: (B, q + m + 1)``, ``x = tanh(z): (B, q)``, ``dl_dx = ∂L_t/∂x_t: (B, q)``."""
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        """``v: (B, q + m + 1)``, ``x = tanh(z): (B, q)``, ``dl_dx = ∂L_t/∂x_t: (B, q)``,
+        ``target: (B, p)`` the step's target (only ``dni`` uses it)."""
         raise NotImplementedError
 
 
@@ -161,7 +175,14 @@ class RTRL(Learner):
         #: ``(B, q, q, q + m + 1)``: ``M[b, k, i, j] = ∂x_k/∂W[i, j]``
         self.m = torch.zeros(batch, hidden, hidden, width, dtype=dtype)
 
-    def update(self, weights: RNNWeights, v: Tensor, x: Tensor, dl_dx: Tensor) -> Tensor:
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
         d = 1.0 - x * x
         rec = torch.einsum("bkl,blij->bkij", weights.w_a, self.m)
         idx = torch.arange(self.hidden)
@@ -180,7 +201,14 @@ class SnAp1(Learner):
         #: ``(B, q, q + m + 1)``: ``J[b, i, j] ≈ ∂x_i/∂W[i, j]``
         self.j = torch.zeros(batch, hidden, width, dtype=dtype)
 
-    def update(self, weights: RNNWeights, v: Tensor, x: Tensor, dl_dx: Tensor) -> Tensor:
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
         d = 1.0 - x * x
         self_loop = torch.diagonal(weights.w_a, dim1=1, dim2=2)
         self.j = d[:, :, None] * (self_loop[:, :, None] * self.j + v[:, None, :])
@@ -206,7 +234,14 @@ class UORO(Learner):
         self.x_tilde = torch.zeros(batch, hidden, dtype=dtype)
         self.theta_tilde = torch.zeros(batch, hidden, width, dtype=dtype)
 
-    def update(self, weights: RNNWeights, v: Tensor, x: Tensor, dl_dx: Tensor) -> Tensor:
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
         d = 1.0 - x * x
         signs = torch.randint(0, 2, (self.batch, self.hidden), generator=self.generator)
         nu = (2 * signs - 1).to(self.dtype)
@@ -225,6 +260,103 @@ class UORO(Learner):
         return (dl_dx * self.x_tilde).sum(1)[:, None, None] * self.theta_tilde
 
 
+class DNI(Learner):
+    """Decoupled neural interfaces: a learned linear synthetic credit for the state.
+
+    The credit of the state ``x_t`` is the derivative of the present and future losses,
+    ``δ_t = ∂(Σ_{s≥t} L_s)/∂x_t = ∂L_t/∂x_t + δ_{t+1} D̃_{t+1}`` with
+    ``D̃_{t+1} = ∂x_{t+1}/∂x_t = diag(φ'(z_{t+1})) W_a`` (row vectors, ``φ' = 1 − x²``). DNI
+    replaces it by ``c_t = x̃_t A`` with ``x̃_t = [x_t, y*_t, 1]: (q + p + 1)`` and
+    ``A: (q + p + 1, q)``, where ``y*_t`` is the target of the learner's step ``t`` (in
+    :func:`run_online`, the position ``h`` samples after that step's input, known at the
+    time the step is taken; NaN entries count 0), and estimates the gradient through step
+    ``t`` as ``(c_t ⊙ φ'(z_t)) v_tᵀ: (q, q + m + 1)``. Summed over a window whose credits
+    are exact, these terms give BPTT's gradient of the summed loss.
+
+    ``A`` is fit online by one gradient step per time step on the bootstrapped residual
+    ``f_t = x̃_t A − (∂L_t/∂x_t + c_{t+1} D̃_{t+1})``, ``½‖f_t‖²``, differentiated through
+    both ``c_t`` and ``c_{t+1} = x̃_{t+1} A`` (the target is not held fixed):
+    ``∇_A = x̃_tᵀ f_t − x̃_{t+1}ᵀ ((f_t W_aᵀ) ⊙ φ'(z_{t+1}))``. The residual of step ``t``
+    needs step ``t + 1``, so :meth:`update` at step ``t + 1``, with that step's ``W_a`` and
+    ``φ'(z_{t+1})``, first updates ``A ← A − lr_a ∇_A`` for the pair ``(t, t + 1)`` (the
+    first call has no pair and leaves ``A`` alone), then returns step ``t + 1``'s gradient
+    with the updated ``A``, then stores ``x̃_{t+1}`` and ``∂L_{t+1}/∂x_{t+1}`` for the next
+    call. Each product is a vector times a matrix (``c ⊙ φ'`` before ``W_a``, ``f W_aᵀ``
+    before ``⊙ φ'``), so ``D̃`` is never formed and a step costs ``O(q (q + m + p))``.
+
+    Args:
+        lr_a: step size of ``A``.
+        init_a: ``A``'s initial entries are ``N(0, init_a²)`` (0: zeros, so the first
+            gradients are zero until ``A`` has learned something).
+        generator: draws the initial ``A``.
+    """
+
+    name = "dni"
+
+    def __init__(
+        self,
+        batch: int,
+        hidden: int,
+        width: int,
+        dtype: torch.dtype,
+        outputs: int,
+        *,
+        lr_a: float = 0.01,
+        init_a: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(batch, hidden, width, dtype)
+        if outputs < 1:
+            raise ValueError(f"outputs must be a positive integer, got {outputs}")
+        if not (math.isfinite(lr_a) and lr_a >= 0):
+            raise ValueError(f"lr_a must be a non-negative number, got {lr_a}")
+        if not (math.isfinite(init_a) and init_a >= 0):
+            raise ValueError(f"init_a must be a non-negative number, got {init_a}")
+        self.lr_a = lr_a
+        #: ``(B, q + p + 1, q)``: the credit ``c = x̃ A``
+        self.a = init_a * torch.randn(
+            batch, hidden + outputs + 1, hidden, generator=generator, dtype=dtype
+        )
+        #: ``x̃`` and ``∂L/∂x`` of the previous step (None before the first)
+        self.prev: tuple[Tensor, Tensor] | None = None
+
+    def features(self, x: Tensor, target: Tensor) -> Tensor:
+        """``x̃ = [x, y*, 1]: (B, q + p + 1)`` from ``x: (B, q)`` and ``target: (B, p)``."""
+        ones = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        return torch.cat([x, torch.nan_to_num(target, nan=0.0), ones], 1)
+
+    def credit(self, x_tilde: Tensor) -> Tensor:
+        """``c = x̃ A: (B, q)`` for ``x_tilde: (B, q + p + 1)``."""
+        return torch.bmm(x_tilde[:, None, :], self.a)[:, 0]
+
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        if target is None:
+            raise ValueError("dni needs the step's target (target=...)")
+        d = 1.0 - x * x
+        x_tilde = self.features(x, target)
+        if self.prev is not None and self.lr_a > 0:
+            prev_tilde, prev_dl_dx = self.prev
+            w_a = weights.w_a
+            # c_{t+1} D̃_{t+1} as (c_{t+1} ⊙ φ') W_a: a vector times a matrix
+            c_next = self.credit(x_tilde)
+            boot = torch.bmm((c_next * d)[:, None, :], w_a)[:, 0]
+            f = self.credit(prev_tilde) - prev_dl_dx - boot
+            # ∂½‖f‖²/∂c_{t+1} = −(f W_aᵀ) ⊙ φ'
+            back = torch.bmm(f[:, None, :], w_a.transpose(1, 2))[:, 0] * d
+            grad_a = prev_tilde[:, :, None] * f[:, None, :] - x_tilde[:, :, None] * back[:, None, :]
+            self.a = self.a - self.lr_a * grad_a
+        self.prev = (x_tilde, dl_dx)
+        gz = self.credit(x_tilde) * d
+        return gz[:, :, None] * v[:, None, :]
+
+
 class TBPTT(Learner):
     """Backpropagation through the last ``truncation`` steps, at every step."""
 
@@ -238,7 +370,14 @@ class TBPTT(Learner):
             raise ValueError(f"truncation must be a positive integer, got {truncation}")
         self.past: deque[tuple[Tensor, Tensor, Tensor]] = deque(maxlen=truncation)
 
-    def update(self, weights: RNNWeights, v: Tensor, x: Tensor, dl_dx: Tensor) -> Tensor:
+    def update(
+        self,
+        weights: RNNWeights,
+        v: Tensor,
+        x: Tensor,
+        dl_dx: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
         self.past.append((v, 1.0 - x * x, weights.w_a.clone()))
         grad = torch.zeros(self.batch, self.hidden, self.width, dtype=self.dtype)
         delta = dl_dx
@@ -257,10 +396,14 @@ def make_learner(
     *,
     dtype: torch.dtype = torch.float64,
     truncation: int = 10,
+    outputs: int = 1,
+    lr_a: float = 0.01,
+    init_a: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Learner:
     """The learner called ``method`` (one of :data:`METHODS`) for ``batch`` networks of
-    ``hidden`` units whose ``W`` is ``(hidden, width)``."""
+    ``hidden`` units whose ``W`` is ``(hidden, width)``; ``outputs``, ``lr_a`` and
+    ``init_a`` are :class:`DNI`'s (``p``, the step size and initial scale of ``A``)."""
     if method == "rtrl":
         return RTRL(batch, hidden, width, dtype)
     if method == "snap1":
@@ -269,6 +412,10 @@ def make_learner(
         return UORO(batch, hidden, width, dtype, generator)
     if method == "tbptt":
         return TBPTT(batch, hidden, width, dtype, truncation)
+    if method == "dni":
+        return DNI(
+            batch, hidden, width, dtype, outputs, lr_a=lr_a, init_a=init_a, generator=generator
+        )
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
@@ -286,13 +433,14 @@ def window_gradient(
 ) -> Tensor:
     """``Σ_t ∂L_t/∂W: (B, q, q + m + 1)`` over a window with the weights held fixed, as the
     learner sees it (for RTRL and full-window TBPTT: exactly BPTT's gradient of the summed
-    loss). ``inputs: (B, T, m)``, ``targets: (B, T, p)``; the state starts at zero."""
+    loss; for DNI the sum of its synthetic-credit terms). ``inputs: (B, T, m)``,
+    ``targets: (B, T, p)``; the state starts at zero."""
     x = torch.zeros(inputs.shape[0], weights.hidden, dtype=inputs.dtype)
     total = torch.zeros_like(weights.w)
     for t in range(inputs.shape[1]):
         v, _, x = rnn_step(weights.w, x, inputs[:, t])
         _, dl_dx, _ = _loss_grads(weights, x, targets[:, t])
-        total += learner.update(weights, v, x, dl_dx)
+        total += learner.update(weights, v, x, dl_dx, targets[:, t])
     return total
 
 
@@ -308,6 +456,8 @@ class OnlineConfig:
         lr: SGD step size.
         clip: per-network gradient-norm clip (0: none).
         truncation: ``tbptt``'s window.
+        dni_lr, dni_init: ``dni``'s step size of ``A`` and the standard deviation of its
+            initial entries (0: zeros).
         subjects, length: simulated traces (``length`` samples each).
         warm: samples at the start that are not scored (and give the z-scoring statistics).
         seed: seeds the traces and the weights (and UORO's signs).
@@ -321,6 +471,8 @@ class OnlineConfig:
     lr: float = 0.02
     clip: float = 1.0
     truncation: int = 10
+    dni_lr: float = 0.01
+    dni_init: float = 0.0
     subjects: int = 4
     length: int = 1800
     warm: int = 600
@@ -338,8 +490,10 @@ class OnlineConfig:
             raise ValueError(f"horizons must be positive integers, got {list(self.horizons)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.clip) and self.clip >= 0):
-            raise ValueError(f"clip must be a non-negative number, got {self.clip}")
+        for name in ("clip", "dni_lr", "dni_init"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value}")
         if self.warm < self.history or self.length < self.warm + max(self.horizons) + 10:
             raise ValueError(
                 f"length ({self.length}) must exceed warm ({self.warm}) by more than the "
@@ -400,6 +554,9 @@ def _online_forecast(
         config.hidden,
         weights.w.shape[2],
         truncation=config.truncation,
+        outputs=y.shape[2],
+        lr_a=config.dni_lr,
+        init_a=config.dni_init,
         generator=g,
     )
     preds = torch.full_like(y, float("nan"))
@@ -411,7 +568,7 @@ def _online_forecast(
         s = t - horizon
         v, _, x = rnn_step(weights.w, x, u[:, s])
         _, dl_dx, g_out = _loss_grads(weights, x, y[:, t])
-        grad = learner.update(weights, v, x, dl_dx)
+        grad = learner.update(weights, v, x, dl_dx, y[:, t])
         grad, g_out = _clip(grad, g_out, config.clip)
         if weights.diagonal:
             q = config.hidden
@@ -484,6 +641,18 @@ def configure_online(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD step (default {d.lr})")
     p.add_argument("--clip", type=float, default=d.clip, help=f"gradient clip (default {d.clip})")
     p.add_argument("--truncation", type=int, default=d.truncation, help="tbptt window (default 10)")
+    p.add_argument(
+        "--dni-lr",
+        type=float,
+        default=d.dni_lr,
+        help=f"dni: step size of the synthetic-credit matrix A (default {d.dni_lr})",
+    )
+    p.add_argument(
+        "--dni-init",
+        type=float,
+        default=d.dni_init,
+        help=f"dni: standard deviation of A's initial entries, 0 = zeros (default {d.dni_init})",
+    )
     p.add_argument("--subjects", type=int, default=d.subjects, help="traces (default 4)")
     p.add_argument(
         "--length", type=int, default=d.length, help="samples per trace (default 1800 = 3 min)"
@@ -517,6 +686,8 @@ def run_online_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         clip=args.clip,
         truncation=args.truncation,
+        dni_lr=args.dni_lr,
+        dni_init=args.dni_init,
         subjects=args.subjects,
         length=args.length,
         warm=args.warm,
