@@ -33,11 +33,14 @@ from rnnkit.kernels.matrix_state import triton as ms_triton
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
 
 NAMES = ("q", "k", "v", "beta", "S0", "log_alpha")
+#: Where the kernels run: compiled on a GPU where one is present (``tools/gpu``), else in the
+#: interpreter on the CPU. The reference always runs on the CPU in float64.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(autouse=True)
 def _needs_triton() -> None:
-    reason = ms_triton.unavailable_reason(torch.device("cpu"))
+    reason = ms_triton.unavailable_reason(torch.device(DEVICE))
     if reason is not None:
         pytest.skip(f"chunked_triton: {reason}")
 
@@ -48,18 +51,21 @@ def _run(
     dtype: torch.dtype,
     rule: str,
     resets: Tensor | None,
+    device: str = "cpu",
     **kw: object,
 ) -> list[Tensor]:
-    """``[o, S, grad of each input]`` in float64, the op run in ``dtype``."""
-    leaves = [t.to(dtype).requires_grad_() for t in inputs]
+    """``[o, S, grad of each input]`` in float64 on the CPU, the op run in ``dtype`` on
+    ``device``."""
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in inputs]
     la = leaves[5] if len(leaves) > 5 else None
-    o, S = fn(*leaves[:5], log_alpha=la, rule=rule, resets=resets, **kw)  # type: ignore[operator]
+    rs = None if resets is None else resets.to(device)
+    o, S = fn(*leaves[:5], log_alpha=la, rule=rule, resets=rs, **kw)  # type: ignore[operator]
     g = torch.Generator().manual_seed(1)
     w_o = torch.randn(o.shape, generator=g, dtype=torch.float64)
     w_S = torch.randn(S.shape, generator=g, dtype=torch.float64)
     loss = (o.double() * w_o).sum() + (S.double() * w_S).sum()
     grads = torch.autograd.grad(loss, leaves)
-    return [o.detach().double(), S.detach().double(), *(gr.double() for gr in grads)]
+    return [t.detach().double().cpu() for t in (o, S, *grads)]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +91,7 @@ def test_op_equals_the_recurrence(
     rs = resets if with_resets else None
     want = _run(REFERENCE, inputs, torch.float64, rule, rs)
     with poisoned():
-        got = _run(delta_rule_triton, inputs, dtype, rule, rs, chunk=16)
+        got = _run(delta_rule_triton, inputs, dtype, rule, rs, DEVICE, chunk=16)
     names = ("o", "S", *(f"grad {n}" for n in NAMES))
     errs = {n: rel_rms(a, b) for n, a, b in zip(names, got, want, strict=False)}
     tol = 1e-12 if dtype == torch.float64 else tolerance(dtype)
@@ -97,10 +103,12 @@ def test_op_chunk_of_64_and_defaults() -> None:
     """The default chunk (64) with ``T`` below it: one padded chunk; equal to ``chunk=16``."""
     q, k, v, beta, S0, resets = _raw(1, 2, 19, 4, 4, seed=3)
     la = _log_alpha("random", (1, 2, 19), seed=3)
+    assert la is not None
     want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, resets=resets)
+    q, k, v, beta, S0, la, resets = (t.to(DEVICE) for t in (q, k, v, beta, S0, la, resets))
     with poisoned():
         o, S = delta_rule_triton(q, k, v, beta, S0, log_alpha=la, resets=resets)
-    assert rel_rms(o, want_o) < 1e-12 and rel_rms(S, want_S) < 1e-12
+    assert rel_rms(o.cpu(), want_o) < 1e-12 and rel_rms(S.cpu(), want_S) < 1e-12
 
 
 def test_non_finite_inputs_spoil_what_the_recurrence_spoils() -> None:
@@ -117,7 +125,11 @@ def test_non_finite_inputs_spoil_what_the_recurrence_spoils() -> None:
     resets[:, :] = False
     resets[0, 30] = True
     want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=resets)
-    o, S = delta_rule_triton(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=resets, chunk=16)
+    ins = [t.to(DEVICE) for t in (q, k, v, beta, S0)]
+    o, S = delta_rule_triton(
+        *ins, log_alpha=la.to(DEVICE), rule=rule, resets=resets.to(DEVICE), chunk=16
+    )
+    o, S = o.cpu(), S.cpu()
     assert torch.isnan(want_o[1, 0, 20:]).all() and torch.isfinite(want_o[1, 0, :20]).all()
     assert torch.equal(~torch.isfinite(o), ~torch.isfinite(want_o))
     assert torch.equal(~torch.isfinite(S), ~torch.isfinite(want_S))
@@ -126,16 +138,16 @@ def test_non_finite_inputs_spoil_what_the_recurrence_spoils() -> None:
 
 
 def test_empty_inputs() -> None:
-    q, k, v, beta, S0, _ = _raw(2, 1, 0, 3, 4, seed=0)
+    q, k, v, beta, S0, _ = (t.to(DEVICE) for t in _raw(2, 1, 0, 3, 4, seed=0))
     o, S = delta_rule_triton(q, k, v, beta, S0, chunk=16)
     assert o.shape == (2, 1, 0, 4) and torch.equal(S, S0)
-    q, k, v, beta, S0, _ = _raw(0, 2, 5, 3, 4, seed=0)
+    q, k, v, beta, S0, _ = (t.to(DEVICE) for t in _raw(0, 2, 5, 3, 4, seed=0))
     o, S = delta_rule_triton(q, k, v, beta, S0, chunk=16)
     assert o.shape == (0, 2, 5, 4) and S.shape == (0, 2, 4, 3)
 
 
 def test_op_refuses_what_it_does_not_run() -> None:
-    q, k, v, beta, S0, _ = _raw(1, 1, 5, 3, 4, seed=0)
+    q, k, v, beta, S0, _ = (t.to(DEVICE) for t in _raw(1, 1, 5, 3, 4, seed=0))
     with pytest.raises(ValueError, match="chunk must be 16, 32 or 64"):
         delta_rule_triton(q, k, v, beta, S0, chunk=8)
     with pytest.raises(ValueError, match="rule must be"):
@@ -143,9 +155,10 @@ def test_op_refuses_what_it_does_not_run() -> None:
     half = [t.half() for t in (q, k, v, beta, S0)]
     with pytest.raises(TypeError, match="`chunked` backend runs any dtype"):
         delta_rule_triton(*half)
-    wide = torch.zeros(1, 1, 5, 129, dtype=torch.float64)
+    wide = torch.zeros(1, 1, 5, 129, dtype=torch.float64, device=DEVICE)
+    S_wide = torch.zeros(1, 1, 4, 129, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="`chunked` backend runs any size"):
-        delta_rule_triton(wide, wide, v, beta, torch.zeros(1, 1, 4, 129, dtype=torch.float64))
+        delta_rule_triton(wide, wide, v, beta, S_wide)
 
 
 # --- the registered kernel --------------------------------------------------------------------
@@ -158,19 +171,23 @@ def _kernel() -> object:
 
 def test_registered_with_its_tiers() -> None:
     """Registered for the form; ``auto`` keeps ``chunked`` off CUDA (the interpreter ranks
-    below the reference loop) and would take this kernel on CUDA."""
+    below the reference loop) and takes this kernel on CUDA."""
     kernel = _kernel()
-    call = KernelCall(TinyMemory(3, 4), torch.randn(2, 5, 3), None, None, needs_grad=True)
+    x = torch.randn(2, 5, 3, device=DEVICE)
+    call = KernelCall(TinyMemory(3, 4).to(DEVICE), x, None, None, needs_grad=True)
     assert kernel.why_not(call) is None  # type: ignore[attr-defined]
-    assert kernel.rank(call) == Priority.BELOW_REFERENCE  # type: ignore[attr-defined]
-    assert select(call).backend == "chunked"
+    on_cpu = DEVICE == "cpu"
+    tier = Priority.BELOW_REFERENCE if on_cpu else Priority.DEVICE_BEST
+    assert kernel.rank(call) == tier  # type: ignore[attr-defined]
+    assert select(call).backend == ("chunked" if on_cpu else ms_triton.BACKEND)
     # the tier reads the input's device only (no CUDA tensor can be made here)
     on_gpu = SimpleNamespace(x=SimpleNamespace(device=torch.device("cuda")))
     assert kernel.rank(on_gpu) == Priority.DEVICE_BEST  # type: ignore[attr-defined]
 
 
 def test_kernel_refuses_large_heads_naming_chunked() -> None:
-    call = KernelCall(TinyMemory(3, 130), torch.randn(2, 5, 3), None, None, needs_grad=True)
+    x = torch.randn(2, 5, 3, device=DEVICE)
+    call = KernelCall(TinyMemory(3, 130).to(DEVICE), x, None, None, needs_grad=True)
     reason = _kernel().why_not(call)  # type: ignore[attr-defined]
     assert reason is not None and "d_k=130" in reason and "`chunked`" in reason
     assert select(call).backend == "chunked"
@@ -214,6 +231,8 @@ def test_cell_in_16_bit_runs_in_float32() -> None:
     cell = TinyMemory(3, 4, heads=2, decay=True)
     x = torch.randn(2, 9, 3)
     want, (want_S,) = cell(x, backend="chunked")
-    y, (S,) = cell.to(torch.bfloat16)(x.bfloat16(), backend=ms_triton.BACKEND)
-    assert y.dtype == torch.bfloat16 and rel_rms(y.float(), want) < tolerance(torch.bfloat16)
-    assert rel_rms(S.float(), want_S) < tolerance(torch.bfloat16)
+    run = cell.to(device=DEVICE, dtype=torch.bfloat16)
+    y, (S,) = run(x.to(device=DEVICE, dtype=torch.bfloat16), backend=ms_triton.BACKEND)
+    assert y.dtype == torch.bfloat16 and S.dtype == torch.bfloat16
+    assert rel_rms(y.float().cpu(), want) < tolerance(torch.bfloat16)
+    assert rel_rms(S.float().cpu(), want_S) < tolerance(torch.bfloat16)
