@@ -21,7 +21,7 @@ def _declaring(form: Form) -> type[LSTM]:
     [
         (Form.DIAGONAL_JACOBIAN, {"newton"}),
         (Form.DIAGONAL_LINEAR, {"scan", "scan_triton"}),
-        (Form.MATRIX_STATE, {"chunked"}),
+        (Form.MATRIX_STATE, {"chunked", "chunked_triton"}),
         (Form.SELECTIVE_DIAGONAL, {"selective_torch", "selective_cpp", "selective_triton"}),
     ],
 )

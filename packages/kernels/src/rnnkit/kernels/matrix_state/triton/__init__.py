@@ -1,0 +1,375 @@
+"""The ``chunked_triton`` backend of the matrix-state form: the ``chunked`` backend's algorithm
+(the gated delta rule or gated linear attention over chunks in the WY/UT form; the algebra is
+in ``matrix_state/chunked.py``) with its forward as three Triton kernels (``_kernels.py``):
+the intra-chunk pieces, the sequential carry of the memory across chunks, the read-outs.
+
+**The backward is not a Triton kernel yet.** :class:`TritonChunks` saves the forward's
+inputs, and its backward runs the ``chunked`` backend's torch forward again on them
+(:func:`~rnnkit.kernels.matrix_state.chunked.delta_rule_chunked`) and differentiates that with
+torch autograd: gradients equal the ``chunked`` backend's, at the cost of a second forward and
+of that backend's autograd memory, held during the backward only.
+
+Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, how
+the tests run it without a GPU; there it is far slower than ``chunked`` and ranks
+``BELOW_REFERENCE``). float32 and float64; 16-bit inputs run the memory in float32. Head
+sizes ``d_k, d_v`` up to :data:`MAX_HEAD_DIM` (padded to a power of two of at least 16);
+resets, decays (``log_alpha``) and both rules are supported. :func:`unavailable_reason`
+says why it cannot run instead of failing at import. Not yet timed on a GPU
+(``tools/gpu/matrix_state_check.sh`` does it).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
+from rnnkit.core.forms import Form
+from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
+from rnnkit.kernels.matrix_state.chunked import _finite, _poison, delta_rule_chunked
+
+_kernels: ModuleType | None
+try:
+    from rnnkit.kernels.matrix_state.triton import _kernels
+
+    _IMPORT_ERROR: str | None = None
+except Exception as exc:  # ImportError, or a broken triton install
+    _kernels = None
+    _IMPORT_ERROR = f"triton is not importable ({type(exc).__name__}: {exc})"
+
+__all__ = [
+    "BACKEND",
+    "CHUNK",
+    "MAX_HEAD_DIM",
+    "TritonChunks",
+    "delta_rule_triton",
+    "kernels",
+    "triton_forward",
+    "unavailable_reason",
+]
+
+#: Backend name (``backend="chunked_triton"``).
+BACKEND = "chunked_triton"
+#: Tokens per chunk of the registered kernel (a power of two, 16 to 64).
+CHUNK = 64
+#: Largest head size (``d_k`` and ``d_v``): a chunk's ``(C, d)`` blocks and a program's rows
+#: of the memory are held in registers.
+MAX_HEAD_DIM = 128
+#: The dtypes the kernels compute in (16-bit inputs of the registered kernel run in float32).
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+#: Value rows of the memory per program of the sequential kernel (more programs to fill a GPU).
+BLOCK_V_STATE = 32
+#: Value columns of the output per program of the read-out kernel.
+BLOCK_V_OUT = 64
+
+
+def interpreting() -> bool:
+    """Whether the kernels run in Triton's CPU interpreter (decided when they were imported)."""
+    if _kernels is None:
+        return os.environ.get("TRITON_INTERPRET", "") == "1"
+    return type(_kernels._intra_kernel).__name__ == "InterpretedFunction"
+
+
+def unavailable_reason(device: torch.device | None = None) -> str | None:
+    """Why the Triton kernels cannot run (on ``device``), or ``None`` when they can."""
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if interpreting():
+        return None
+    if device is not None and device.type != "cuda":
+        return f"CUDA tensors needed (got {device}; TRITON_INTERPRET=1 runs it on CPU)"
+    if device is None and not torch.cuda.is_available():
+        return "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU)"
+    return None
+
+
+def _k() -> Any:
+    if _kernels is None:
+        raise RuntimeError(f"{BACKEND}: {_IMPORT_ERROR}")
+    return _kernels
+
+
+def _block(n: int) -> int:
+    """``n`` rounded up to a power of two, at least 16 (``tl.dot``'s smallest tile)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _launch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    log_alpha: Tensor | None,
+    rule: str,
+    resets: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor]:
+    """The three kernels on checked, finite inputs (shapes of :func:`delta_rule_triton`,
+    ``T > 0``). The results start as NaN, so a value a kernel does not write shows."""
+    B, n, T, dk = k.shape
+    dv = v.shape[-1]
+    BH, C = B * n, chunk
+    NC = -(-T // C)
+    o = torch.full(v.shape, float("nan"), dtype=v.dtype, device=v.device)
+    S = torch.full(S0.shape, float("nan"), dtype=S0.dtype, device=S0.device)
+    if BH == 0:
+        return o, S
+    q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))
+    la = log_alpha.contiguous() if log_alpha is not None else beta
+    r = resets.to(torch.int8).contiguous() if resets is not None else beta
+    delta = rule == "delta"
+    has_sd = log_alpha is not None or resets is not None
+    W = k.new_empty((BH, NC * C, dk)) if delta else k
+    U = v.new_empty((BH, NC * C, dv))
+    Kt = k.new_empty((BH, NC * C, dk))
+    sd = k.new_empty((BH, NC)) if has_sd else k
+    S_in = S0.new_empty((BH, NC, dv, dk))
+    BK, BV = _block(dk), _block(dv)
+    bvs, bvo = min(BV, BLOCK_V_STATE), min(BV, BLOCK_V_OUT)
+    flags = {"HAS_RESETS": resets is not None, "C": C, "BK": BK, "PREC": "ieee"}
+    kern = _k()
+    kern._intra_kernel[(NC, BH)](
+        k, v, beta, la, r, W, U, Kt, sd, T, n, dk, dv, NC,
+        DELTA=delta, HAS_DECAY=log_alpha is not None, LOG_C=C.bit_length() - 1, BV=BV, **flags,
+    )  # fmt: skip
+    kern._state_kernel[(BH, -(-dv // bvs))](
+        W, U, Kt, sd, S0, S_in, S, dk, dv, NC,
+        DELTA=delta, HAS_SD=has_sd, C=C, BK=BK, BVS=bvs, PREC="ieee",
+    )  # fmt: skip
+    kern._out_kernel[(NC, BH, -(-dv // bvo))](
+        q, k, la, r, U, S_in, o, T, n, dk, dv, NC,
+        HAS_DECAY=log_alpha is not None, BVO=bvo, **flags,
+    )  # fmt: skip
+    return o, S
+
+
+class TritonChunks(torch.autograd.Function):
+    """``(o, S)`` of the chunked recurrence by the Triton kernels; the backward recomputes the
+    ``chunked`` backend's torch forward from the saved inputs and differentiates it (no Triton
+    backward yet). Arguments as :func:`delta_rule_triton`, positional, all finite."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor,
+        S0: Tensor,
+        log_alpha: Tensor | None,
+        rule: str,
+        resets: Tensor | None,
+        chunk: int,
+    ) -> tuple[Tensor, Tensor]:
+        # save_for_backward takes None for an absent tensor (torch's annotation says Tensor)
+        ctx.save_for_backward(q, k, v, beta, S0, log_alpha, resets)  # type: ignore[arg-type]
+        ctx.rule, ctx.chunk = rule, chunk  # type: ignore[attr-defined]
+        return _launch(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, do: Tensor, dS: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, beta, S0, log_alpha, resets = ctx.saved_tensors
+        inputs: list[Tensor | None] = [q, k, v, beta, S0, log_alpha]
+        needs = ctx.needs_input_grad[: len(inputs)]
+        wanted = [t is not None and need for t, need in zip(inputs, needs, strict=True)]
+        leaves = [
+            t.detach().requires_grad_(w) if t is not None else None
+            for t, w in zip(inputs, wanted, strict=True)
+        ]
+        with torch.enable_grad():
+            o, S = delta_rule_chunked(
+                *leaves[:5],  # type: ignore[arg-type]
+                log_alpha=leaves[5], rule=ctx.rule, resets=resets, chunk=ctx.chunk,
+            )  # fmt: skip
+            need = [t for t in leaves if t is not None and t.requires_grad]
+            got = iter(
+                torch.autograd.grad((o, S), need, (do, dS), allow_unused=True) if need else ()
+            )
+        grads: list[Tensor | None] = []
+        for t in leaves:
+            g = next(got) if t is not None and t.requires_grad else None
+            if g is None and t is not None and t.requires_grad:
+                g = torch.zeros_like(t)
+            grads.append(g)
+        return (*grads, None, None, None)
+
+
+def _check(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    log_alpha: Tensor | None,
+    rule: str,
+    chunk: int,
+) -> None:
+    if rule not in MEMORY_RULES:
+        raise ValueError(f"rule must be 'delta' or 'linear', got {rule!r}")
+    if chunk not in (16, 32, 64):
+        raise ValueError(f"{BACKEND}: chunk must be 16, 32 or 64, got {chunk}")
+    reason = unavailable_reason(q.device)
+    if reason is not None:
+        raise RuntimeError(f"{BACKEND}: {reason}")
+    tensors = [q, k, v, beta, S0, *([] if log_alpha is None else [log_alpha])]
+    if q.dtype not in COMPUTE_DTYPES or any(t.dtype != q.dtype for t in tensors):
+        dtypes = sorted({str(t.dtype) for t in tensors})
+        raise TypeError(
+            f"{BACKEND}: float32 or float64 inputs of one dtype expected, got {dtypes} "
+            "(the `chunked` backend runs any dtype)"
+        )
+    dk, dv = k.shape[-1], v.shape[-1]
+    if not (1 <= dk <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
+        raise ValueError(
+            f"{BACKEND}: head sizes d_k={dk}, d_v={dv} outside 1..{MAX_HEAD_DIM} "
+            "(the `chunked` backend runs any size)"
+        )
+
+
+def delta_rule_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    *,
+    log_alpha: Tensor | None = None,
+    rule: str = "delta",
+    resets: Tensor | None = None,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~rnnkit.kernels.matrix_state.chunked.delta_rule_chunked` with the forward in
+    Triton: ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``
+    (``rule="delta"``) or ``alpha_t S_{t-1} + beta_t v_t k_t^T`` (``"linear"``),
+    ``o_t = S_t q_t``, ``S`` reset to zero entering every step where ``resets`` is true.
+
+    Args:
+        q: ``(B, n, T, d_k)`` queries.
+        k: ``(B, n, T, d_k)`` keys.
+        v: ``(B, n, T, d_v)`` values.
+        beta: ``(B, n, T)`` write strengths.
+        S0: ``(B, n, d_v, d_k)`` memory entering step 0.
+        log_alpha: optional ``(B, n, T)`` log decays, ``<= 0`` (``-inf``: alpha = 0).
+        rule: ``"delta"`` or ``"linear"``.
+        resets: optional bool ``(B, T)``.
+        chunk: tokens per chunk, 16, 32 or 64 (``None``: :data:`CHUNK`).
+
+    Returns:
+        ``(o, S)``: outputs ``(B, n, T, d_v)`` and the memory after the last step, of the
+        inputs' dtype. Non-finite inputs spoil what they spoil in the step recurrence (the
+        ``chunked`` backend's masks), never earlier tokens of their chunk.
+
+    Raises:
+        RuntimeError: the kernels cannot run here (the message says why).
+        TypeError: the inputs are not all float32 or all float64.
+        ValueError: a bad ``rule`` or ``chunk``, or a head size above :data:`MAX_HEAD_DIM`.
+    """
+    chunk = CHUNK if chunk is None else chunk
+    _check(q, k, v, beta, S0, log_alpha, rule, chunk)
+    if q.shape[2] == 0:
+        return v.new_empty(v.shape), S0
+    # As in delta_rule_chunked: the kernels run on finite inputs and the recurrence's own
+    # spread of a non-finite value is put back after (a chunk's products would carry it to
+    # the chunk's earlier tokens as 0 * nan).
+    q_bad, k_bad, v_bad, beta_bad, s0_bad = (~torch.isfinite(t) for t in (q, k, v, beta, S0))
+    if log_alpha is not None:
+        alpha_bad = torch.isnan(log_alpha) | torch.isposinf(log_alpha)
+        log_alpha = _finite(log_alpha, alpha_bad)
+        beta_bad = beta_bad | alpha_bad
+    poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
+    q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
+    beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
+    o, S = TritonChunks.apply(  # type: ignore[no-untyped-call]
+        q, k, v, beta, S0, log_alpha, rule, resets, chunk
+    )
+    nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
+    return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def triton_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run a :class:`~rnnkit.core.matrix_state.MatrixStateCell` call: the cell's
+    :meth:`memory_inputs`, :func:`delta_rule_triton` with :data:`CHUNK`, then the cell's
+    :meth:`memory_outputs` (``y: (B, T, output_size)``). Half-precision inputs run the
+    memory in float32."""
+    cell = call.cell
+    if not isinstance(cell, MatrixStateCell):
+        raise TypeError(f"{BACKEND} runs matrix-state cells, got {type(cell).__name__}")
+    x = call.x
+    inputs = cell.memory_inputs(x, call.state, call.resets)
+    q, k, v, beta, S0 = inputs.q, inputs.k, inputs.v, inputs.beta, inputs.S0
+    if x.shape[1] == 0:
+        return cell.memory_outputs(v, S0, inputs)
+    work = _work_dtype(x.dtype)
+    la = inputs.log_alpha
+    o, S = delta_rule_triton(
+        q.to(work), k.to(work), v.to(work), beta.to(work), S0.to(work),
+        log_alpha=None if la is None else la.to(work),
+        rule=cell.rule, resets=call.resets, chunk=CHUNK,
+    )  # fmt: skip
+    return cell.memory_outputs(o.to(x.dtype), S.to(S0.dtype), inputs)
+
+
+def _supports(call: KernelCall) -> str | None:
+    cell = call.cell
+    if not isinstance(cell, MatrixStateCell):
+        return ProtocolGap(
+            f"{type(cell).__name__} declares the matrix-state form but is not a "
+            "MatrixStateCell (the kernel needs its memory_inputs() and memory_outputs())"
+        )
+    x = call.x
+    reason = unavailable_reason(x.device)
+    if reason is not None:
+        return reason
+    if _work_dtype(x.dtype) not in COMPUTE_DTYPES:
+        return f"dtype {x.dtype} is not supported (floating point only; `chunked` runs it)"
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return None
+    # the head sizes are known from the cell's inputs only: one step of one sequence
+    with torch.no_grad():
+        probe = cell.memory_inputs(x[:1, :1], None, None)
+    dk, dv = probe.k.shape[-1], probe.v.shape[-1]
+    if max(dk, dv) > MAX_HEAD_DIM:
+        return (
+            f"head sizes d_k={dk}, d_v={dv}: at most {MAX_HEAD_DIM} (the chunk's blocks are "
+            "held in registers); the `chunked` backend runs any size"
+        )
+    return None
+
+
+def _available() -> str | None:
+    return _IMPORT_ERROR
+
+
+def _priority(call: KernelCall) -> Priority:
+    if torch.compiler.is_exporting() or call.x.device.type != "cuda":
+        # the interpreter on CPU is far slower than the `chunked` backend
+        return Priority.BELOW_REFERENCE
+    # not yet measured on a GPU (tools/gpu/matrix_state_check.sh times it)
+    return Priority.DEVICE_BEST
+
+
+def kernels() -> list[Kernel]:
+    """The ``chunked_triton`` kernel for every cell of the matrix-state form."""
+    return [
+        Kernel(
+            backend=BACKEND,
+            target=Form.MATRIX_STATE.value,
+            run=triton_forward,
+            description="matrix-state memory in WY chunks, forward in Triton (CUDA), "
+            "backward by the chunked torch path",
+            priority=_priority,
+            available=_available,
+            supports=_supports,
+        )
+    ]

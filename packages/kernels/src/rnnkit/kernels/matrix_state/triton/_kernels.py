@@ -1,0 +1,222 @@
+"""Triton kernels of the matrix-state form's chunked forward (imported only where triton is).
+
+The algebra is the ``chunked`` backend's (``matrix_state/chunked.py``); three launches:
+
+- :func:`_intra_kernel`, one program per (chunk, batch x head): the chunk's decay partial sums
+  and segments (resets), the unit-lower-triangular inverse ``M`` in registers (delta rule;
+  the inverses of diagonal blocks of size 1, 2, 4, ... merged by ``tl.dot``, the block form of
+  forward substitution), ``W = M diag(beta gamma) K`` (rows after the chunk's first reset
+  zeroed), ``U = M diag(beta) V`` (``diag(beta) V`` for the linear rule), the keys as they reach
+  the chunk's end ``K~ = diag(D[C-1, :]) K`` and the factor of the entering memory at the end;
+- :func:`_state_kernel`, one program per (batch x head, block of value rows): the only
+  sequential part. It carries its rows of ``S`` across the chunks in registers, stores the
+  memory entering every chunk, replaces ``U`` by the pseudo-values ``U~ = U - W S^T`` in place
+  and writes the final memory (the rows of ``S`` evolve independently: each reads all of ``W``
+  and ``K~`` but only its own rows of ``S`` and ``U``);
+- :func:`_out_kernel`, one program per (chunk, batch x head, block of value columns):
+  ``O = diag(gamma first) Q S_0^T + causal(D * Q K^T) U~``.
+
+Shapes (all contiguous, ``BH = batch * heads``, ``NC`` chunks of ``C`` tokens, ``TP = NC * C``):
+``q, k: (BH, T, DK)``, ``v: (BH, T, DV)``, ``beta, log_alpha: (BH, T)``, resets ``(batch, T)``
+(int8), ``S0, S: (BH, DV, DK)``; the workspaces ``W, K~: (BH, TP, DK)``, ``U: (BH, TP, DV)``,
+the end factors ``(BH, NC)``, the entering memories ``(BH, NC, DV, DK)``; ``o: (BH, T, DV)``.
+Tokens past ``T`` in the last chunk are read as ``k = v = beta = log_alpha = 0`` (they write
+nothing and decay nothing). ``C``, ``BK >= DK`` and ``BV >= DV`` are powers of two of at least
+16 (``tl.dot``'s smallest tile on a GPU); the masked lanes hold zeros.
+
+Decays: every entry of ``D[i, j] = alpha_{j+1} ... alpha_i`` and ``gamma_i = alpha_0 ...
+alpha_i`` is the exponential of a sum of ``log alpha`` accumulated on its own, one token at a
+time (a cumulative sum down the columns of a masked copy, :func:`_chunk_sums`, as the
+``chunked`` backend does), never a difference of two prefix sums or a ratio: a tiny ``alpha``
+cannot cancel against another, and ``log alpha = -inf`` (``alpha = 0``) adds to ``-inf``
+(never ``-inf - -inf``), whose exponential is an exact 0.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _chunk_sums(
+    la_ptr, r_ptr, bh, b, t, tm, T,
+    HAS_DECAY: tl.constexpr, HAS_RESETS: tl.constexpr, C: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """One chunk's log-decay sums and segments (tokens ``t``, valid where ``tm``):
+    ``P[i, j] = sum_{j < s <= i} log alpha_s``, ``G[i] = sum_{s <= i} log alpha_s``,
+    ``E[j] = sum_{j < s < C} log alpha_s`` (to the chunk's end), ``seg[i]`` = resets in the
+    chunk up to and including token ``i``, ``nres`` = resets in the chunk (zeros where the
+    flags are off). ``P`` is a cumulative sum down the columns of a masked copy of
+    ``log alpha``: each entry sums its own terms (a ``tl.where``, never a product with a 0/1
+    mask, which would turn ``-inf`` into NaN)."""
+    rows = tl.arange(0, C)
+    below = rows[:, None] > rows[None, :]
+    P = tl.zeros([C, C], dtype=DT)
+    G = tl.zeros([C], dtype=DT)
+    E = tl.zeros([C], dtype=DT)
+    if HAS_DECAY:
+        la = tl.load(la_ptr + bh * T + t, mask=tm, other=0.0)
+        X = tl.where(below, la[:, None], 0.0).to(DT)
+        P = tl.cumsum(X, 0)
+        G = tl.cumsum(la, 0)
+        E = tl.sum(X, 0)
+    seg = tl.zeros([C], dtype=tl.int32)
+    if HAS_RESETS:
+        seg = tl.cumsum(tl.load(r_ptr + b * T + t, mask=tm, other=0).to(tl.int32), 0)
+    nres = tl.max(seg, 0)
+    return P, G, E, seg, nres
+
+
+@triton.jit
+def _intra_kernel(
+    k_ptr, v_ptr, beta_ptr, la_ptr, r_ptr,
+    w_ptr, u_ptr, kt_ptr, sd_ptr,
+    T, H, DK, DV, NC,
+    DELTA: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_RESETS: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: no int32 overflow on large inputs
+    b = bh // H
+    t0 = c * C
+    rows = tl.arange(0, C)
+    t = t0 + rows
+    tm = t < T
+    kk = tl.arange(0, BK)
+    vv = tl.arange(0, BV)
+    km = kk < DK
+    vm = vv < DV
+    K = tl.load(
+        k_ptr + (bh * T + t[:, None]) * DK + kk[None, :], mask=tm[:, None] & km[None, :], other=0.0
+    )
+    V = tl.load(
+        v_ptr + (bh * T + t[:, None]) * DV + vv[None, :], mask=tm[:, None] & vm[None, :], other=0.0
+    )
+    beta = tl.load(beta_ptr + bh * T + t, mask=tm, other=0.0)
+    DT = K.dtype
+    P, G, E, seg, nres = _chunk_sums(la_ptr, r_ptr, bh, b, t, tm, T, HAS_DECAY, HAS_RESETS, C, DT)
+    same = seg[:, None] == seg[None, :]
+    ws = bh * NC * C + t  # workspace row of each token
+    wk = ws[:, None] * DK + kk[None, :]
+    wv = ws[:, None] * DV + vv[None, :]
+    full_k = (rows[:, None] >= 0) & km[None, :]
+    full_v = (rows[:, None] >= 0) & vm[None, :]
+    Vb = V * beta[:, None]
+    if DELTA:
+        Kb = K * beta[:, None]
+        strict = (rows[:, None] > rows[None, :]) & same
+        A = tl.dot(Kb, tl.trans(K), input_precision=PREC)
+        if HAS_DECAY:
+            A = A * tl.exp(P)
+        A = tl.where(strict, A, 0.0).to(DT)
+        # M = (I + A)^{-1} by blocks that double: M starts as the inverse of the 1 x 1
+        # diagonal blocks (I); with M the inverse of the diagonal blocks of size b, the block
+        # of size 2b is [[M11, 0], [-M22 A21 M11, M22]], i.e. M - M A_off M with A_off the
+        # A21 parts (rows in the lower half of a 2b-block, columns in its upper half)
+        M = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0).to(DT)
+        for lvl in tl.static_range(LOG_C):
+            half = rows // (1 << lvl)
+            off = ((half[:, None] // 2) == (half[None, :] // 2)) & (half[:, None] > half[None, :])
+            MA = tl.dot(M, tl.where(off, A, 0.0).to(DT), input_precision=PREC)
+            M = M - tl.dot(MA, M, input_precision=PREC)
+        if HAS_DECAY:
+            Kb = Kb * tl.exp(G)[:, None]
+        W = tl.dot(M, Kb, input_precision=PREC)
+        if HAS_RESETS:
+            W = tl.where((seg == 0)[:, None], W, 0.0).to(DT)
+        tl.store(w_ptr + wk, W, mask=full_k)
+        Vb = tl.dot(M, Vb, input_precision=PREC)
+    tl.store(u_ptr + wv, Vb, mask=full_v)
+    # K~: the keys scaled by what of their write reaches the chunk's end (0 before a reset)
+    tail = tl.where(seg == nres, 1.0, 0.0).to(DT)
+    if HAS_DECAY:
+        tail = tail * tl.exp(E)
+    tl.store(kt_ptr + wk, K * tail[:, None], mask=full_k)
+    if HAS_DECAY or HAS_RESETS:
+        # the factor of the entering memory at the chunk's end: gamma_{C-1}, 0 after a reset
+        keep = tl.where(nres == 0, 1.0, 0.0).to(DT)
+        if HAS_DECAY:
+            keep = keep * tl.exp(tl.sum(tl.where(rows == C - 1, G, 0.0).to(DT), 0))
+        tl.store(sd_ptr + bh * NC + c, keep)
+
+
+@triton.jit
+def _state_kernel(
+    w_ptr, u_ptr, kt_ptr, sd_ptr, s0_ptr, sin_ptr, sl_ptr,
+    DK, DV, NC,
+    DELTA: tl.constexpr, HAS_SD: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BVS: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0).to(tl.int64)
+    vv = tl.program_id(1) * BVS + tl.arange(0, BVS)
+    rows = tl.arange(0, C)
+    kk = tl.arange(0, BK)
+    vm = vv < DV
+    km = kk < DK
+    sm = vm[:, None] & km[None, :]
+    so = vv[:, None] * DK + kk[None, :]
+    full_k = (rows[:, None] >= 0) & km[None, :]
+    full_v = (rows[:, None] >= 0) & vm[None, :]
+    S = tl.load(s0_ptr + bh * DV * DK + so, mask=sm, other=0.0)
+    for c in range(NC):
+        tl.store(sin_ptr + (bh * NC + c) * DV * DK + so, S, mask=sm)
+        ws = bh * NC * C + c * C + rows
+        wv = ws[:, None] * DV + vv[None, :]
+        wk = ws[:, None] * DK + kk[None, :]
+        U = tl.load(u_ptr + wv, mask=full_v, other=0.0)
+        if DELTA:
+            W = tl.load(w_ptr + wk, mask=full_k, other=0.0)
+            U = U - tl.dot(W, tl.trans(S), input_precision=PREC)
+            tl.store(u_ptr + wv, U, mask=full_v)
+        Kt = tl.load(kt_ptr + wk, mask=full_k, other=0.0)
+        write = tl.dot(tl.trans(U), Kt, input_precision=PREC)
+        if HAS_SD:
+            S = tl.load(sd_ptr + bh * NC + c) * S
+        S = S + write
+    tl.store(sl_ptr + bh * DV * DK + so, S, mask=sm)
+
+
+@triton.jit
+def _out_kernel(
+    q_ptr, k_ptr, la_ptr, r_ptr, u_ptr, sin_ptr, o_ptr,
+    T, H, DK, DV, NC,
+    HAS_DECAY: tl.constexpr, HAS_RESETS: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BVO: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    vv = tl.program_id(2) * BVO + tl.arange(0, BVO)
+    b = bh // H
+    t0 = c * C
+    rows = tl.arange(0, C)
+    t = t0 + rows
+    tm = t < T
+    kk = tl.arange(0, BK)
+    km = kk < DK
+    vm = vv < DV
+    qk = (bh * T + t[:, None]) * DK + kk[None, :]
+    Q = tl.load(q_ptr + qk, mask=tm[:, None] & km[None, :], other=0.0)
+    K = tl.load(k_ptr + qk, mask=tm[:, None] & km[None, :], other=0.0)
+    DT = Q.dtype
+    P, G, _, seg, _ = _chunk_sums(la_ptr, r_ptr, bh, b, t, tm, T, HAS_DECAY, HAS_RESETS, C, DT)
+    causal = (rows[:, None] >= rows[None, :]) & (seg[:, None] == seg[None, :])
+    attn = tl.dot(Q, tl.trans(K), input_precision=PREC)
+    if HAS_DECAY:
+        attn = attn * tl.exp(P)
+        Q = Q * tl.exp(G)[:, None]
+    attn = tl.where(causal, attn, 0.0).to(DT)
+    if HAS_RESETS:
+        Q = tl.where((seg == 0)[:, None], Q, 0.0).to(DT)
+    Sin = tl.load(
+        sin_ptr + (bh * NC + c) * DV * DK + vv[:, None] * DK + kk[None, :],
+        mask=vm[:, None] & km[None, :],
+        other=0.0,
+    )
+    ws = bh * NC * C + t
+    Ut = tl.load(
+        u_ptr + ws[:, None] * DV + vv[None, :], mask=(rows[:, None] >= 0) & vm[None, :], other=0.0
+    )
+    out = tl.dot(Q, tl.trans(Sin), input_precision=PREC) + tl.dot(attn, Ut, input_precision=PREC)
+    tl.store(o_ptr + (bh * T + t[:, None]) * DV + vv[None, :], out, mask=tm[:, None] & vm[None, :])

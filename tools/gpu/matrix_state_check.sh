@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU check of the matrix-state form's `chunked_triton` backend (issue 16), run ON the device
+# machine from the repository root:
+#
+#   bash tools/gpu/prepare.sh                         # here: build wheels into .whl/
+#   device run: bash tools/gpu/matrix_state_check.sh  # carry .whl
+#
+# 1. installs the carried wheels, if any (no network there; torch and triton are preinstalled),
+# 2. runs packages/kernels/tests/test_matrix_state_triton.py compiled on CUDA (no interpreter):
+#    the op against the float64 recurrence (values and every input's gradient), the conformance
+#    kit's backend and NaN checks on a small cell, the refusals and the tiers on CUDA,
+# 3. times the op against `chunked` (tools/gpu/matrix_state_triton.py: B=8, 8 heads of 64,
+#    T 1024/4096/16384, forward and forward + backward, and a chunk sweep) and prints a
+#    markdown table last, for docs/kernels.md. Not yet run: no GPU was lent to the work that
+#    wrote it; expect 1-3 minutes of Triton compilation on the first run.
+set -u
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TRITON_F32_DEFAULT=ieee
+unset TRITON_INTERPRET
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --force-reinstall .whl/*.whl || exit 1
+fi
+"$PY" -c "import rnnkit.kernels.matrix_state.triton as m; print('rnnkit', m.BACKEND, m.unavailable_reason())" || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+start=$SECONDS
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider packages/kernels/tests/test_matrix_state_triton.py \
+  -W ignore::DeprecationWarning 2>&1 | tail -n 25
+tests_rc=${PIPESTATUS[0]}
+echo "# tests: exit $tests_rc in $((SECONDS - start)) s"
+
+start=$SECONDS
+timeout 300 "$PY" tools/gpu/matrix_state_triton.py "$@"
+bench_rc=$?
+echo "# bench: exit $bench_rc in $((SECONDS - start)) s"
+exit $(( tests_rc != 0 || bench_rc != 0 ))
