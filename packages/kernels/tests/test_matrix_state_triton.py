@@ -171,18 +171,23 @@ def _kernel() -> object:
 
 def test_registered_with_its_tiers() -> None:
     """Registered for the form; ``auto`` keeps ``chunked`` off CUDA (the interpreter ranks
-    below the reference loop) and takes this kernel on CUDA."""
+    below the reference loop) and in training (the backward recomputes through ``chunked``),
+    and takes this kernel for inference on CUDA."""
     kernel = _kernel()
     x = torch.randn(2, 5, 3, device=DEVICE)
-    call = KernelCall(TinyMemory(3, 4).to(DEVICE), x, None, None, needs_grad=True)
-    assert kernel.why_not(call) is None  # type: ignore[attr-defined]
     on_cpu = DEVICE == "cpu"
-    tier = Priority.BELOW_REFERENCE if on_cpu else Priority.DEVICE_BEST
-    assert kernel.rank(call) == tier  # type: ignore[attr-defined]
-    assert select(call).backend == ("chunked" if on_cpu else ms_triton.BACKEND)
-    # the tier reads the input's device only (no CUDA tensor can be made here)
-    on_gpu = SimpleNamespace(x=SimpleNamespace(device=torch.device("cuda")))
-    assert kernel.rank(on_gpu) == Priority.DEVICE_BEST  # type: ignore[attr-defined]
+    for needs_grad in (True, False):
+        call = KernelCall(TinyMemory(3, 4).to(DEVICE), x, None, None, needs_grad=needs_grad)
+        assert kernel.why_not(call) is None  # type: ignore[attr-defined]
+        picked = not on_cpu and not needs_grad
+        tier = Priority.DEVICE_BEST if picked else Priority.BELOW_REFERENCE
+        assert kernel.rank(call) == tier  # type: ignore[attr-defined]
+        assert select(call).backend == (ms_triton.BACKEND if picked else "chunked")
+    # the tier reads the input's device and needs_grad only (no CUDA tensor can be made here)
+    cuda = SimpleNamespace(device=torch.device("cuda"))
+    for needs_grad, tier in ((False, Priority.DEVICE_BEST), (True, Priority.BELOW_REFERENCE)):
+        on_gpu = SimpleNamespace(x=cuda, needs_grad=needs_grad)
+        assert kernel.rank(on_gpu) == tier  # type: ignore[attr-defined]
 
 
 def test_kernel_refuses_large_heads_naming_chunked() -> None:

@@ -355,7 +355,11 @@ def _priority(call: KernelCall) -> Priority:
     if torch.compiler.is_exporting() or call.x.device.type != "cuda":
         # the interpreter on CPU is far slower than the `chunked` backend
         return Priority.BELOW_REFERENCE
-    # not yet measured on a GPU (tools/gpu/matrix_state_check.sh times it)
+    if call.needs_grad:
+        # the backward recomputes the whole forward through `chunked` before differentiating
+        # it, so training through this kernel costs more than training through `chunked`
+        return Priority.BELOW_REFERENCE
+    # inference only; not yet measured on a GPU (tools/gpu/matrix_state_check.sh times it)
     return Priority.DEVICE_BEST
 
 
