@@ -40,7 +40,9 @@ def param_count(model: nn.Module) -> int:
 
 
 def cache_bytes(cache: ModelCache) -> int:
-    """The bytes of every tensor held by ``cache``."""
+    """The bytes of the positions held by ``cache``: every state tensor, and an attention
+    layer's keys and values read so far (a :class:`KVCache` views the first positions of a
+    buffer that may hold up to twice as many; the spare room is not counted)."""
     total = 0
     for state in cache.states:
         fields = state if isinstance(state, (tuple, KVCache)) else (state,)

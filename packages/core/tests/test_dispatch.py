@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
-from rnnkit.core import LSTM, BackendUnavailableError, Kernel, KernelCall, create_cell
+from rnnkit.core import LSTM, BackendUnavailableError, Elman, Kernel, KernelCall, create_cell
 from rnnkit.core import _plugin as core_plugin
-from rnnkit.core.dispatch import select
+from rnnkit.core.cells.elman import ElmanState
+from rnnkit.core.dispatch import Priority, cell_method_kernel, select
 from rnnkit.core.plugins import PluginHost, module_plugin, use_host
 from rnnkit.core.reference import reference_forward
 from rnnkit.core.testing import assert_close
@@ -150,3 +152,129 @@ def test_empty_sequence_returns_the_initial_state() -> None:
     y, final = cell(torch.randn(2, 0, 3), state, backend="reference")
     assert y.shape == (2, 0, 4)
     assert torch.equal(final.h, state.h)
+
+
+class _OwnLoop(Elman):
+    """An Elman cell with its own whole-sequence method (the reference loop, recording what
+    it was given), the shape of a cell-owned kernel such as pLSTM's ``chunked``."""
+
+    kind = "own_loop"
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.seen: list[tuple[str, ElmanState | None, Tensor | None]] = []
+
+    def loop_forward(
+        self, x: Tensor, state: ElmanState | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, ElmanState]:
+        self.seen.append(("base", state, resets))
+        y, final = reference_forward(KernelCall(self, x, state, resets, False))
+        return y, ElmanState(*final)
+
+
+class _Override(_OwnLoop):
+    def loop_forward(
+        self, x: Tensor, state: ElmanState | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, ElmanState]:
+        self.seen.append(("override", state, resets))
+        y, final = reference_forward(KernelCall(self, x, state, resets, False))
+        return y, ElmanState(*final)
+
+
+class _Kindless(_OwnLoop):
+    kind = ""
+
+
+def _no_resets(cell: _OwnLoop, call: KernelCall) -> str | None:
+    assert call.cell is cell
+    return "no resets here" if call.resets is not None else None
+
+
+def _own_kernel(**kw: Any) -> Kernel:
+    return cell_method_kernel(
+        _OwnLoop,
+        _OwnLoop.loop_forward,
+        backend="own",
+        description="the cell's own loop",
+        priority=Priority.PORTABLE,
+        **kw,
+    )
+
+
+def test_cell_method_kernel_refuses_other_cells_as_the_hand_written_wrappers_did() -> None:
+    kernel, labelled = _own_kernel(), _own_kernel(label="Own")
+    assert (kernel.backend, kernel.target, kernel.priority) == ("own", "own_loop", 10)
+    lstm = LSTM(3, 4)
+    call = KernelCall(lstm, torch.randn(1, 2, 3), None, None, False)
+    assert kernel.supports(call) == "runs _OwnLoop cells only, not LSTM"
+    assert labelled.supports(call) == "runs Own cells only, not LSTM"
+    with pytest.raises(TypeError, match=r"^the own backend runs _OwnLoop cells, got LSTM$"):
+        kernel.run(call)
+    with pytest.raises(TypeError, match=r"^the own backend runs Own cells, got LSTM$"):
+        labelled.run(call)
+
+
+def test_cell_method_kernel_rebuilds_the_state_and_calls_the_method() -> None:
+    kernel = _own_kernel()
+    cell = _OwnLoop(3, 4)
+    x, h0 = torch.randn(2, 5, 3), torch.randn(2, 4)
+    y, final = kernel.run(KernelCall(cell, x, (h0,), None, False))  # a plain tuple of fields
+    ((who, state, resets),) = cell.seen
+    assert who == "base" and resets is None
+    assert type(state) is ElmanState and state.h is h0
+    assert type(final) is ElmanState
+    want = reference_forward(KernelCall(cell, x, ElmanState(h0), None, False))
+    assert torch.equal(y, want[0]) and torch.equal(final.h, want[1][0])
+    marks = torch.zeros(2, 5, dtype=torch.bool)
+    kernel.run(KernelCall(cell, x, None, marks, False))
+    assert cell.seen[1] == ("base", None, marks)  # no state stays None; resets passed on
+    # a subclass's override of the method runs
+    sub = _Override(3, 4)
+    kernel.run(KernelCall(sub, x, None, None, False))
+    assert [s[0] for s in sub.seen] == ["override"]
+
+
+def test_cell_method_kernel_asks_supports_extra_after_the_type_check() -> None:
+    kernel = _own_kernel(supports_extra=_no_resets)
+    cell = _OwnLoop(3, 4)
+    x = torch.randn(1, 2, 3)
+    assert kernel.supports(KernelCall(cell, x, None, None, False)) is None
+    marks = torch.zeros(1, 2, dtype=torch.bool)
+    assert kernel.supports(KernelCall(cell, x, None, marks, False)) == "no resets here"
+    # never asked with another cell (it would fail its assertion)
+    assert kernel.supports(KernelCall(LSTM(3, 4), x, None, marks, False)) == (
+        "runs _OwnLoop cells only, not LSTM"
+    )
+
+
+def test_cell_method_kernel_runs_through_dispatch() -> None:
+    host = _host_with(_own_kernel(supports_extra=_no_resets))
+    with use_host(host):
+        cell = _OwnLoop(3, 4)
+        x = torch.randn(2, 5, 3)
+        y, _ = cell(x)  # auto: PORTABLE beats the reference loop
+        assert [s[0] for s in cell.seen] == ["base"]
+        assert torch.equal(y, cell(x, backend="reference")[0])
+        cell(x, resets=torch.zeros(2, 5, dtype=torch.bool))  # refused: auto takes reference
+        assert len(cell.seen) == 1
+        with pytest.raises(BackendUnavailableError, match="no resets here"):
+            cell(x, backend="own", resets=torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_cell_method_kernel_refuses_a_method_of_another_class_or_no_target() -> None:
+    with pytest.raises(ValueError, match=r"pass _OwnLoop\.loop_forward"):
+        cell_method_kernel(  # type: ignore[misc]  # (mypy refuses it as well)
+            _OwnLoop,
+            _Override.loop_forward,
+            backend="own",
+            description="",
+            priority=Priority.PORTABLE,
+        )
+    with pytest.raises(ValueError, match="_Kindless has no kind: give cell_method_kernel a target"):
+        cell_method_kernel(
+            _Kindless, _Kindless.loop_forward, backend="own", description="", priority=0
+        )
+    kernel = cell_method_kernel(
+        _Kindless, _Kindless.loop_forward, backend="own", description="", priority=0, target="t"
+    )
+    assert kernel.key == "own/t"

@@ -5,6 +5,8 @@ of a model with other shapes is refused with :class:`CacheMismatchError`."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import pytest
@@ -170,3 +172,77 @@ def test_features_step_like_ids() -> None:
     for t in range(4):
         out, cache = model.step(x[:, t], cache)  # type: ignore[operator]
         torch.testing.assert_close(out, full[:, t], rtol=1e-12, atol=1e-12)
+
+
+def _first_kv(cache: ModelCache) -> KVCache:
+    return next(s for s in cache.states if isinstance(s, KVCache))
+
+
+@pytest.mark.parametrize(
+    ("name", "new", "capacity"), [("transformer_lm", 60, 96), ("jamba", 12, 24)]
+)
+@torch.no_grad()
+def test_the_kv_cache_is_written_in_place_and_doubles(name: str, new: int, capacity: int) -> None:
+    # `new` decoded tokens after a prompt of 3: the attention caches are reallocated when full
+    # (doubling: 3 -> 6 -> 12 -> ... -> capacity), not copied at every token, and stay exact
+    # (jamba's Mamba steps are slow on the CPU: fewer tokens; the attention layer is the same)
+    model = _model(name, **({"max_len": 128} if name == "transformer_lm" else {}))
+    total = 3 + new
+    ids = torch.randint(0, VOCAB, (2, total), generator=torch.Generator().manual_seed(2))
+    _, cache = model.prefill(ids[:, :3])
+    caches, logits = [cache], []
+    for t in range(3, total):
+        out, cache = model.step(ids[:, t], cache)
+        caches.append(cache)  # every cache kept alive: a storage is never freed and reused
+        logits.append(out)
+    storages = [_first_kv(c).keys.untyped_storage().data_ptr() for c in caches[1:]]
+    reallocations = sum(a != b for a, b in itertools.pairwise(storages))
+    assert 1 + reallocations == len(set(storages)) <= 1 + math.ceil(math.log2(total / 3))
+    buffer = _first_kv(cache).buffer
+    assert buffer is not None and buffer.filled == total and buffer.capacity == capacity
+    torch.testing.assert_close(torch.stack(logits, 1), model(ids)[:, 3:], rtol=1e-12, atol=1e-12)
+    # an earlier cache still views its own positions, unchanged by the later writes
+    early, last = _first_kv(caches[10]), _first_kv(cache)
+    assert early.keys.shape[2] == 13
+    assert torch.equal(early.keys, last.keys[:, :, :13])
+    assert torch.equal(early.values, last.values[:, :, :13])
+
+
+@pytest.mark.parametrize("name", ["jamba", "transformer_lm"])
+@torch.no_grad()
+def test_a_cache_stepped_twice_branches(name: str) -> None:
+    # both branches continue the same cache; the second must not overwrite the first's token
+    model = _model(name)
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    _, start = model.prefill(prompt)
+    _, cache = model.step(torch.tensor([2]), start)  # makes room: the next write is in place
+    _, a = model.step(torch.tensor([6]), cache)
+    _, b = model.step(torch.tensor([7]), cache)
+    out_a, _ = model.step(torch.tensor([8]), a)
+    out_b, _ = model.step(torch.tensor([9]), b)
+    full_a = model(torch.tensor([[3, 1, 4, 1, 5, 2, 6, 8]]))[:, -1]
+    full_b = model(torch.tensor([[3, 1, 4, 1, 5, 2, 7, 9]]))[:, -1]
+    torch.testing.assert_close(out_a, full_a, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_b, full_b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["jamba", "transformer_lm"])
+def test_decoding_under_autograd_has_the_gradients_of_the_full_forward(name: str) -> None:
+    # with gradients, the cache concatenates (a write in place would break earlier steps'
+    # backward): the gradient of the decoded logits is the full forward's
+    model = _model(name)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2]])
+    out, cache = model.prefill(ids[:, :4])
+    steps = [out[:, -1]]
+    for t in range(4, 7):
+        logits, cache = model.step(ids[:, t], cache)
+        steps.append(logits)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(torch.stack(steps).square().sum(), params, allow_unused=True)
+    want = torch.autograd.grad(model(ids)[:, 3:].square().sum(), params, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            assert g is None
+        else:
+            assert g is not None
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ANY_CELL",
     "BACKEND_ENV",
+    "CellMethod",
     "Kernel",
     "KernelCall",
     "Priority",
     "ProtocolGap",
     "backend_names",
+    "cell_method_kernel",
     "kernels_for",
     "rank_of",
     "ranking",
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 BACKEND_ENV = "RNNKIT_BACKEND"
+
+CellT = TypeVar("CellT", bound="Cell[Any]")
+CellT_contra = TypeVar("CellT_contra", bound="Cell[Any]", contravariant=True)
 
 #: ``() -> every registered kernel``, as a list the caller may keep.
 KernelSource = Callable[[], list[Kernel]]
@@ -175,3 +180,88 @@ def run(
     if lengths is not None:
         return run_with_lengths(call, lambda c: select(c, backend))
     return select(call, backend).run(call)
+
+
+class CellMethod(Protocol[CellT_contra]):
+    """A cell class's own whole-sequence method, taken from the class (``PLSTM.chunked_forward``):
+    ``method(cell, x, state, *, resets) -> (y, final_state)``, with ``x: (B, T, input_size)``,
+    ``state`` the cell's state ``NamedTuple`` or ``None`` (the cell's ``init_state``), ``resets``
+    bool ``(B, T)`` or ``None``, ``y: (B, T, output_size)`` and the final state a ``state_type``
+    instance. The method may skip validation: ``forward`` validates before dispatch."""
+
+    __name__: str
+
+    def __call__(
+        self, cell: CellT_contra, x: Tensor, state: Any, /, *, resets: Tensor | None
+    ) -> tuple[Tensor, Any]: ...
+
+
+def cell_method_kernel(
+    cls: type[CellT],
+    method: CellMethod[CellT],
+    *,
+    backend: str,
+    description: str,
+    priority: int | Callable[[KernelCall], int],
+    target: str | None = None,
+    label: str | None = None,
+    supports_extra: Callable[[CellT, KernelCall], str | None] | None = None,
+) -> Kernel:
+    """A :class:`Kernel` that runs a cell's own parallel algorithm, a method of the cell class.
+
+    The kernel's ``run`` refuses a cell that is not a ``cls`` with a ``TypeError``, rebuilds
+    the call's state as the cell's ``state_type`` (``None`` stays ``None``) and calls the
+    method named ``method.__name__`` on the cell, so a subclass's override runs. Its
+    ``supports`` refuses a cell that is not a ``cls``, then returns ``supports_extra(cell,
+    call)`` (what the method cannot do: resets, a missing setting) when given.
+
+    Args:
+        cls: the cell class the method belongs to (``isinstance`` is checked, so its
+            subclasses are accepted).
+        method: the method, taken from ``cls`` (``PLSTM.chunked_forward``); see
+            :class:`CellMethod`.
+        backend: the backend name (``"chunked"``).
+        description: one line for ``rnnkit list backends``.
+        priority: a :class:`Priority` tier or a function of the call returning one.
+        target: the kernel target; default ``cls.kind``.
+        label: how messages name the cells it runs; default ``cls.__name__``.
+        supports_extra: ``(cell, call) -> reason or None``, asked after the type check.
+
+    Raises:
+        ValueError: ``method`` is not ``cls``'s attribute of that name, or the target is empty
+            (``cls`` has no ``kind`` and no ``target`` was given).
+    """
+    name = method.__name__
+    if getattr(cls, name, None) is not method:
+        raise ValueError(
+            f"method must be an attribute of {cls.__name__} (pass {cls.__name__}.{name}), "
+            f"got {method!r}"
+        )
+    kernel_target = cls.kind if target is None else target
+    if not kernel_target:
+        raise ValueError(f"{cls.__name__} has no kind: give cell_method_kernel a target")
+    cells = cls.__name__ if label is None else label
+
+    def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
+        cell = call.cell
+        if not isinstance(cell, cls):
+            raise TypeError(f"the {backend} backend runs {cells} cells, got {type(cell).__name__}")
+        state = None if call.state is None else cell.state_type._make(call.state)
+        bound = getattr(cell, name)
+        return cast(tuple[Tensor, tuple[Tensor, ...]], bound(call.x, state, resets=call.resets))
+
+    def supports(call: KernelCall) -> str | None:
+        cell = call.cell
+        if not isinstance(cell, cls):
+            return f"runs {cells} cells only, not {type(cell).__name__}"
+        return None if supports_extra is None else supports_extra(cell, call)
+
+    run.__doc__ = f"The {backend!r} kernel: {cls.__name__}.{name} on a validated call."
+    return Kernel(
+        backend=backend,
+        target=kernel_target,
+        run=run,
+        description=description,
+        priority=priority,
+        supports=supports,
+    )

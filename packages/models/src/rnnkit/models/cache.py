@@ -17,9 +17,10 @@ Networks of residual blocks (:class:`~rnnkit.models.networks.SSMNetwork`,
 The cache (:class:`ModelCache`) holds one entry per layer that carries something from one
 step to the next: a cell's state ``NamedTuple`` (its ``state_spec`` shapes with a leading
 batch dimension) or, for a causal attention layer, the keys and values of every position read
-so far (:class:`KVCache`). A cache belongs to the model and the batch it was made for: a step
-with another batch size, or on a model whose layers or widths are not the ones the cache was
-made with, raises :class:`CacheMismatchError`.
+so far (:class:`KVCache`, written in place into a buffer that doubles when full: a decoded
+token costs no copy of the positions before it). A cache belongs to the model and the batch it
+was made for: a step with another batch size, or on a model whose layers or widths are not the
+ones the cache was made with, raises :class:`CacheMismatchError`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "CacheMismatchError",
     "CachedBlock",
     "CachedModel",
+    "KVBuffer",
     "KVCache",
     "ModelCache",
     "check_cache",
@@ -52,12 +54,78 @@ class CacheMismatchError(RnnkitError, ValueError):
     layers or widths, or in another dtype; the message names the layer and the shapes."""
 
 
+class KVBuffer:
+    """Preallocated storage for the keys and values of a chain of :class:`KVCache` entries:
+    ``keys, values: (B, kv_heads, capacity, head_dim)``, of which the first ``filled``
+    positions are written.
+
+    Each decoding step writes its position in place after the ``filled`` ones and returns a
+    cache that views one position more; the caches of earlier steps view a prefix of the same
+    storage, which later writes leave unchanged. ``filled`` tells whether a cache is the
+    longest one on the buffer, the only one that may write in place (see
+    :meth:`KVCache.appended`).
+    """
+
+    __slots__ = ("filled", "keys", "values")
+
+    def __init__(self, keys: Tensor, values: Tensor, filled: int) -> None:
+        self.keys, self.values, self.filled = keys, values, filled
+
+    @property
+    def capacity(self) -> int:
+        """The positions the buffer holds before it must be replaced by a larger one."""
+        return int(self.keys.shape[2])
+
+    def holds(self, cache: KVCache) -> bool:
+        """Whether ``cache`` views this buffer's first ``filled`` positions (so the next
+        position may be written in place for it)."""
+        return (
+            cache.keys.shape[2] == self.filled
+            and cache.keys.data_ptr() == self.keys.data_ptr()
+            and cache.values.data_ptr() == self.values.data_ptr()
+        )
+
+
 class KVCache(NamedTuple):
     """The keys and values a causal attention layer has seen: ``keys, values:
-    (B, kv_heads, L, head_dim)`` for ``L`` positions read."""
+    (B, kv_heads, L, head_dim)`` for ``L`` positions read, and the :class:`KVBuffer` they are
+    views of (``None``: they are tensors of their own, as after a full forward or a prefill
+    from the start)."""
 
     keys: Tensor
     values: Tensor
+    buffer: KVBuffer | None = None
+
+    def appended(self, keys: Tensor, values: Tensor) -> KVCache:
+        """The cache of these ``L`` positions followed by ``keys, values: (B, kv_heads, t,
+        head_dim)``.
+
+        Without gradients (decoding), the new positions are written in place into the buffer
+        when this cache is the longest one on it and it has room; otherwise a buffer of twice
+        the positions (at least ``L + t``) is allocated and the ``L`` positions copied once, so
+        ``n`` one-position steps copy ``O(n)`` positions in all, not ``O(n^2)``. A cache
+        stepped a second time (a branch) gets a buffer of its own: the first branch's positions
+        stay as they were. When autograd records the call, the result is a concatenation (as
+        a write in place would change tensors saved for the backward pass of earlier steps).
+        """
+        length, need = self.keys.shape[2], self.keys.shape[2] + keys.shape[2]
+        if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (self.keys, self.values, keys, values)
+        ):
+            return KVCache(torch.cat((self.keys, keys), 2), torch.cat((self.values, values), 2))
+        if length == 0:  # nothing to keep: take the new positions as they are
+            return KVCache(keys, values)
+        buf = self.buffer
+        if buf is None or not buf.holds(self) or need > buf.capacity:
+            b, h, _, d = self.keys.shape
+            shape = (b, h, max(need, 2 * length), d)
+            buf = KVBuffer(self.keys.new_empty(shape), self.values.new_empty(shape), length)
+            buf.keys[:, :, :length] = self.keys
+            buf.values[:, :, :length] = self.values
+        buf.keys[:, :, length:need] = keys
+        buf.values[:, :, length:need] = values
+        buf.filled = need
+        return KVCache(buf.keys[:, :, :need], buf.values[:, :, :need], buf)
 
 
 @dataclass(frozen=True)
@@ -149,8 +217,13 @@ def check_kv_cache(
     ``like``'s dtype and device; :class:`CacheMismatchError` naming ``where`` if not."""
     if not isinstance(kv, KVCache):
         raise CacheMismatchError(f"{where}: expected a KVCache, got {type(kv).__name__}")
+    if kv.buffer is not None and not isinstance(kv.buffer, KVBuffer):
+        raise CacheMismatchError(
+            f"{where}: the KVCache's buffer must be a KVBuffer or None, got "
+            f"{type(kv.buffer).__name__}"
+        )
     want = (batch, heads, length, head_dim)
-    for name, t in zip(KVCache._fields, kv, strict=True):
+    for name, t in (("keys", kv.keys), ("values", kv.values)):
         if tuple(t.shape) != want:
             raise CacheMismatchError(
                 f"{where}: {name} must have shape (batch, kv_heads, length, head_dim) = {want}, "

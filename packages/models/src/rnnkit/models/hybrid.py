@@ -186,10 +186,11 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        past = 0 if cache is None else cache.keys.shape[2]
-        if cache is not None and past > 0:
-            k = torch.cat((cache.keys, k), 2)
-            v = torch.cat((cache.values, v), 2)
+        if cache is None:  # the full forward: nothing is kept for a next step
+            past, kv = 0, KVCache(k, v, None)
+        else:
+            past, kv = cache.keys.shape[2], cache.appended(k, v)
+            k, v = kv.keys, kv.values
         gqa = self.kv_heads != self.heads
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -200,7 +201,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.arange(past + t, device=x.device).unsqueeze(0) <= rows
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         out: Tensor = self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
-        return out, KVCache(k, v)
+        return out, kv
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import Priority, cell_method_kernel
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_heads, check_positive_int
 
@@ -183,28 +183,12 @@ class Aaren(Cell[AarenState]):
         return y.to(dtype), AarenState(m[:, -1].to(dtype), u[:, -1].to(dtype), w[:, -1].to(dtype))
 
 
-def _prefix_scan(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``prefix_scan`` kernel: :meth:`Aaren.parallel_forward` on a validated call."""
-    cell = call.cell
-    if not isinstance(cell, Aaren):
-        raise TypeError(f"the prefix_scan backend runs Aaren cells, got {type(cell).__name__}")
-    state = AarenState(*call.state) if call.state is not None else None
-    return cell.parallel_forward(call.x, state, resets=call.resets)
-
-
-def _supports(call: KernelCall) -> str | None:
-    if not isinstance(call.cell, Aaren):
-        return f"runs Aaren cells only, not {type(call.cell).__name__}"
-    return None
-
-
 #: Aaren's own parallel algorithm, registered as a kernel of the ``aaren`` cell kind: ``auto``
 #: prefers it to the ``reference`` loop for every call.
-PARALLEL_KERNEL = Kernel(
+PARALLEL_KERNEL = cell_method_kernel(
+    Aaren,
+    Aaren.parallel_forward,
     backend="prefix_scan",
-    target=Aaren.kind,
-    run=_prefix_scan,
     description="Aaren's parallel prefix scan (Hillis-Steele doubling, log2 T steps)",
     priority=Priority.PORTABLE,
-    supports=_supports,
 )

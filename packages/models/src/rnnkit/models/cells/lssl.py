@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import KernelCall, Priority, cell_method_kernel
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
@@ -154,6 +154,26 @@ class LSSL(Cell[LSSLState]):
         y = (self.C.to(rd) * h).sum(-1) + self.D.to(rd) * u
         return y.to(px_t.dtype), LSSLState(h.to(state.h.dtype))
 
+    def conv_forward(
+        self, x: Tensor, state: LSSLState | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, LSSLState]:
+        """The whole sequence in convolution mode, :func:`lssl_conv_forward` (no validation:
+        ``forward`` validates and then runs this as the ``lssl_conv`` kernel).
+
+        Args:
+            x: ``(B, T, H)``.
+            state: the initial state or ``None`` for zeros.
+            resets: must be ``None``: a convolution cannot restart the state.
+
+        Returns:
+            ``y: (B, T, H)`` and the final state ``LSSLState(h: (B, H, N))``.
+        """
+        if resets is not None:
+            raise ValueError(
+                "the convolution mode cannot restart the state (resets): use 'reference'"
+            )
+        return lssl_conv_forward(self, x, state)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, share_a={self.share_a}"
 
@@ -174,20 +194,17 @@ def krylov(a: Tensor, v: Tensor, length: int) -> Tensor:
     return cols[..., :length]
 
 
-def lssl_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``lssl_conv`` kernel: the outputs as a causal convolution with
-    ``K_l = C A_bar^l B_bar`` by FFT, plus the initial state's contribution
-    ``C A_bar^{t+1} h_0`` and the final state ``A_bar^T h_0 + sum_l A_bar^{T-1-l} B_bar u_l``
-    from Krylov matrices; same results as the recurrence.
+def lssl_conv_forward(cell: LSSL, x: Tensor, state: LSSLState | None) -> tuple[Tensor, LSSLState]:
+    """LSSL's convolution mode (the ``lssl_conv`` kernel, through :meth:`LSSL.conv_forward`):
+    the outputs as a causal convolution with ``K_l = C A_bar^l B_bar`` by FFT, plus the
+    initial state's contribution ``C A_bar^{t+1} h_0`` and the final state
+    ``A_bar^T h_0 + sum_l A_bar^{T-1-l} B_bar u_l`` from Krylov matrices; same results as the
+    recurrence without resets.
 
-    ``x: (B, T, H) -> y: (B, T, H)`` and ``LSSLState(h: (B, H, N))``.
+    ``x: (B, T, H) -> y: (B, T, H)`` and ``LSSLState(h: (B, H, N))`` from ``state``
+    (``None``: zeros).
     """
-    cell = call.cell
-    if not isinstance(cell, LSSL):
-        raise TypeError(f"the lssl_conv backend runs LSSL cells, got {type(cell).__name__}")
-    x = call.x
     batch, time, H = x.shape
-    state: Any = call.state
     given = state is not None
     if state is None:
         state = cell.init_state(batch, device=x.device, dtype=x.dtype)
@@ -229,9 +246,9 @@ def lssl_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     return y.to(x.dtype), LSSLState(h_last.to(state.h.dtype))
 
 
-def _conv_supports(call: KernelCall) -> str | None:
-    if not isinstance(call.cell, LSSL):
-        return f"runs LSSL cells only, not {type(call.cell).__name__}"
+def _conv_supports(cell: LSSL, call: KernelCall) -> str | None:
+    """What the convolution mode cannot run: resets."""
+    del cell
     if call.resets is not None:
         return "the convolution mode cannot restart the state (resets): use 'reference'"
     return None
@@ -240,11 +257,11 @@ def _conv_supports(call: KernelCall) -> str | None:
 #: LSSL's convolution mode, registered for the ``lssl`` cell kind: the cell's own parallel
 #: algorithm (no form's kernel applies to a dense state), so ``auto`` prefers it to the
 #: reference loop for calls without resets.
-CONV_KERNEL = Kernel(
+CONV_KERNEL = cell_method_kernel(
+    LSSL,
+    LSSL.conv_forward,
     backend="lssl_conv",
-    target=LSSL.kind,
-    run=lssl_conv_forward,
     description="LSSL convolution mode: Krylov kernel by repeated squaring, FFT (no resets)",
     priority=Priority.PORTABLE,
-    supports=_conv_supports,
+    supports_extra=_conv_supports,
 )

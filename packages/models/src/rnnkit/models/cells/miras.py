@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.kernel import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import cell_method_kernel
+from rnnkit.core.kernel import KernelCall, Priority
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_heads, check_positive_int
 from rnnkit.models.cells._checks import check_finite
@@ -663,19 +664,9 @@ class Titans(MirasCell[TitansState]):
         return y, (M[:, :, -1], S[:, :, -1])
 
 
-def _run_chunked(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``chunked_approx`` kernel: :meth:`MirasCell.chunked_forward` on a validated call."""
-    cell = call.cell
-    if not isinstance(cell, MirasCell):
-        raise TypeError(f"chunked_approx runs Miras cells, got {type(cell).__name__}")
-    state = cell.state_type._make(call.state) if call.state is not None else None
-    return cell.chunked_forward(call.x, state, resets=call.resets)
-
-
-def _supports_chunked(call: KernelCall) -> str | None:
-    cell = call.cell
-    if not isinstance(cell, MirasCell):
-        return f"runs Miras cells only, not {type(cell).__name__}"
+def _supports_chunked(cell: MirasCell[Any], call: KernelCall) -> str | None:
+    """What the chunked approximation needs beyond a Miras cell: a ``chunk_size``."""
+    del call
     if cell.chunk_size is None:
         return (
             "the cell has no chunk_size: the chunked mini-batch approximation is not the exact "
@@ -690,13 +681,15 @@ def _supports_chunked(call: KernelCall) -> str | None:
 #: refuses cells without ``chunk_size`` (the conformance kit runs every backend that accepts
 #: a cell against ``reference``).
 CHUNKED_KERNELS = tuple(
-    Kernel(
+    cell_method_kernel(
+        MirasCell,
+        MirasCell.chunked_forward,
         backend=CHUNKED_APPROX,
         target=cls.kind,
-        run=_run_chunked,
+        label="Miras",
         description=f"{cls.__name__}: chunked mini-batch approximation (approximate; named only)",
         priority=Priority.NEVER,
-        supports=_supports_chunked,
+        supports_extra=_supports_chunked,
     )
     for cls in (Moneta, Yaad, Memora, Titans)
 )

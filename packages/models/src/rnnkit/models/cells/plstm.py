@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import Priority, cell_method_kernel
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_heads, check_positive_int
 
@@ -386,27 +386,11 @@ class PLSTM(Cell[PLSTMState]):
         return f"{super().extra_repr()}, heads={self.heads}, chunk_size={self.chunk_size}"
 
 
-def _chunked(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``chunked`` kernel: :meth:`PLSTM.chunked_forward` on a validated call."""
-    cell = call.cell
-    if not isinstance(cell, PLSTM):
-        raise TypeError(f"the chunked backend runs PLSTM cells, got {type(cell).__name__}")
-    state = PLSTMState(*call.state) if call.state is not None else None
-    return cell.chunked_forward(call.x, state, resets=call.resets)
-
-
-def _supports(call: KernelCall) -> str | None:
-    if not isinstance(call.cell, PLSTM):
-        return f"runs PLSTM cells only, not {type(call.cell).__name__}"
-    return None
-
-
 #: pLSTM's own parallel algorithm, registered as a kernel of the ``plstm`` cell kind.
-CHUNKED_KERNEL = Kernel(
+CHUNKED_KERNEL = cell_method_kernel(
+    PLSTM,
+    PLSTM.chunked_forward,
     backend="chunked",
-    target=PLSTM.kind,
-    run=_chunked,
     description="pLSTM 1D: exact chunked form (parallel within chunks, memory carried across)",
     priority=Priority.PORTABLE,
-    supports=_supports,
 )

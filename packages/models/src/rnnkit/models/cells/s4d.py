@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.dispatch import KernelCall, Priority, cell_method_kernel
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
@@ -178,6 +178,24 @@ class S4D(DiagonalLinearCell):
         y = 2 * (modes.real * self.C_re.to(rd) - modes.imag * self.C_im.to(rd)).sum(-1)
         return (y + self.D.to(rd) * px.to(rd)).to(px.dtype)
 
+    def conv_forward(
+        self, x: Tensor, state: LinearState | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, LinearState]:
+        """The whole sequence in convolution mode, :func:`s4d_conv_forward` (no validation:
+        ``forward`` validates and then runs this as the ``s4d_conv`` kernel).
+
+        Args:
+            x: ``(B, T, H)``.
+            state: the initial state or ``None`` for zeros.
+            resets: must be ``None``: a convolution cannot restart the state.
+
+        Returns:
+            ``y: (B, T, H)`` and the final state ``LinearState(h: (B, H * N / 2))``.
+        """
+        if resets is not None:
+            raise ValueError("the convolution mode cannot restart the state (resets): use 'scan'")
+        return s4d_conv_forward(self, x, state)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, init={self.init!r}, discretization={self.discretization!r}"
 
@@ -227,19 +245,19 @@ def _vandermonde_t(values: Tensor, a_bar: Tensor) -> Tensor:
     return (partial * outer.transpose(-1, -2)).sum(-2)
 
 
-def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The ``s4d_conv`` kernel: outputs as a causal convolution by FFT, the initial state's
-    contribution and the final state as Vandermonde products; same results as the recurrence.
+def s4d_conv_forward(
+    cell: S4D, x: Tensor, initial: LinearState | None
+) -> tuple[Tensor, LinearState]:
+    """S4D's convolution mode (the ``s4d_conv`` kernel, through :meth:`S4D.conv_forward`):
+    outputs as a causal convolution by FFT, the initial state's contribution and the final
+    state as Vandermonde products; same results as the recurrence without resets.
 
-    ``x: (B, T, H) -> y: (B, T, H)`` and ``LinearState(h: (B, H * N / 2))``.
+    ``x: (B, T, H) -> y: (B, T, H)`` and ``LinearState(h: (B, H * N / 2))`` from ``initial``
+    (``None``: zeros).
     """
-    cell = call.cell
-    if not isinstance(cell, S4D):
-        raise TypeError(f"the s4d_conv backend runs S4D cells, got {type(cell).__name__}")
-    x = call.x
     batch, time, H = x.shape
     M = cell.modes
-    state: Any = call.state
+    state = initial
     if state is None:
         state = cell.init_state(batch, device=x.device, dtype=x.dtype)
     if time == 0 or batch == 0:  # (the FFT refuses empty batches)
@@ -262,7 +280,7 @@ def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     y = conv.transpose(1, 2) + cell.D.to(rd) * u
     # h_T = A_bar^T h0 + B_bar sum_l A_bar^(T-1-l) u_l (the inputs read backwards)
     h_last = b_bar * _vandermonde_t(u.flip(1), a_bar)
-    if call.state is not None:  # a zero initial state (None) adds nothing to either
+    if initial is not None:  # a zero initial state (None) adds nothing to either
         h0 = state.h.to(cd).view(batch, H, M)
         # what the initial state adds: 2 Re(sum_m C_m A_bar_m^(t+1) h0_m)
         y = y + 2 * _vandermonde(C * a_bar * h0, a_bar, time).real.transpose(1, 2)
@@ -282,9 +300,9 @@ def s4d_conv_forward(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
     return y.to(x.dtype), final
 
 
-def _conv_supports(call: KernelCall) -> str | None:
-    if not isinstance(call.cell, S4D):
-        return f"runs S4D cells only, not {type(call.cell).__name__}"
+def _conv_supports(cell: S4D, call: KernelCall) -> str | None:
+    """What the convolution mode cannot run: resets."""
+    del cell
     if call.resets is not None:
         return "the convolution mode cannot restart the state (resets): use 'scan'"
     return None
@@ -292,11 +310,11 @@ def _conv_supports(call: KernelCall) -> str | None:
 
 #: S4D's convolution mode, registered for the ``s4d`` cell kind: ``auto`` prefers it to the
 #: generic scans for calls without resets.
-CONV_KERNEL = Kernel(
+CONV_KERNEL = cell_method_kernel(
+    S4D,
+    S4D.conv_forward,
     backend="s4d_conv",
-    target=S4D.kind,
-    run=s4d_conv_forward,
     description="S4D convolution mode: Vandermonde kernel, FFT convolution (no resets)",
     priority=Priority.BEATS_PORTABLE,
-    supports=_conv_supports,
+    supports_extra=_conv_supports,
 )
