@@ -175,8 +175,8 @@ def _run(op: ScanOp, inputs: list[Tensor], resets: Tensor | None, dtype: torch.d
 def test_op_equals_the_recurrence(
     name: str, dtype: torch.dtype, time: int, dim: int, n: int, with_resets: bool
 ) -> None:
-    """Values and the gradient of every input against the float64 recurrence (B=3; 70
-    channels: more than one lane block of the C++ kernel)."""
+    """Values and the gradient of every input against the float64 recurrence (B=3; 9, 11 and
+    70 channels: a partial last SIMD vector in the C++ kernel)."""
     op, chunks = OPS[name]
     inputs, resets = _raw(3, time, dim, n, seed=time * 100 + dim + n)
     rs = resets if with_resets else None
@@ -191,6 +191,29 @@ def test_op_equals_the_recurrence(
         )
         bad = {k: f"{e:.1e}" for k, e in errs.items() if not e <= tol}
         assert not bad, f"{name} chunk={chunk}: {bad}"
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_cpp_channel_blocks_equal_the_recurrence(threads: int) -> None:
+    """``selective_cpp`` cuts the channels into blocks so that every thread gets two (batch
+    row, block) units: with 4 threads, 70 channels and B=3 go in blocks of 24 (two full, one
+    partial), whose partial sums of the gradients of ``B`` and ``C`` torch adds up; with 1
+    thread one block. Both against the float64 recurrence, in float32."""
+    inputs, resets = _raw(3, 13, 70, 16, seed=11)
+    want = _run(REFERENCE, inputs, resets, torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned():
+            got = _run(_cpp_op, inputs, resets, torch.float32, chunk=4)
+    finally:
+        torch.set_num_threads(before)
+    errs = {"y": rel_rms(got[0], want[0]), "h": rel_rms(got[1], want[1])}
+    errs.update(
+        {f"grad {k}": rel_rms(a, b) for k, a, b in zip(NAMES, got[2], want[2], strict=True)}
+    )
+    tol = tolerance(torch.float32)
+    assert all(e <= tol for e in errs.values()), errs
 
 
 @pytest.mark.parametrize("name", list(OPS))

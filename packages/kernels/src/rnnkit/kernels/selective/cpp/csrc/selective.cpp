@@ -17,26 +17,33 @@
 // bool (B, T) or absent; checkpoints: (B, ceil(T / chunk), D, N), the state entering steps
 // 0, chunk, 2 chunk, ... (before that step's reset); empty unless save.
 //
-// Work is split over lanes: units of (batch row, block of channels), run in parallel with
-// at::parallel_for. A unit walks time once forward, with its block's (N, w) state in a local
-// array; the (B, T, D, N) states never exist in memory. The backward walks the chunks from last
-// to first: it recomputes the chunk's states (and decays) from its checkpoint into a local
-// buffer of (chunk + 1) states, then runs the adjoint recurrence
-//   g_t = dL/dh_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}   (zero across a reset)
-// backwards through the chunk, so the extra memory is the checkpoints, O(B D N T / chunk),
-// plus per-unit buffers, O(chunk D N) in all. The gradients of B and C sum over channels,
-// those of A and D over batch rows: each unit writes its own partial sums (per block of
-// channels, per batch row) and torch adds them up (no atomics, deterministic).
+// Work is split into units of (batch row, block of channels), run in parallel with
+// at::parallel_for. Inside a unit the channels go in SIMD vectors (8 floats or 4 doubles, GCC's
+// generic vectors) and every loop runs over a vector's N state entries, so a vector's (N, lanes)
+// state, decays and adjoints are a few KiB of stack that stay in L1. Time is cut into tiles of
+// steps: each vector of the block walks a tile before the next vector starts, so the rows of
+// x, dt, y, B and C a tile reads stay in L1 for all the vectors of the block. The (B, T, D, N)
+// states never exist in memory.
 //
-// The innermost loops run over the channels of a block (contiguous in x, dt, y and At), so
-// they vectorise; the float exp is a polynomial GCC can vectorise (std::exp is a libm call).
-// SIMD: no -march flag (the cached library must run on any x86-64 CPU); the float loops are
-// compiled twice with GCC's target_clones (x86-64-v3: AVX2 + FMA, and the SSE2 baseline).
+// The backward walks the chunks from last to first; per chunk and vector it recomputes the
+// chunk's states entering each step and their decays exp(dt A) from the checkpoint (into
+// (chunk, N) vectors of stack), then runs the adjoint recurrence
+//   g_t = dL/dh_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}   (zero across a reset)
+// backwards through it. The extra memory is the checkpoints, O(B D N T / chunk), plus per-unit
+// buffers. The gradients of B and C sum over channels, those of A and D over batch rows: a unit
+// adds its vectors' terms lane-wise per (step, n) over the chunk, sums the lanes once per
+// chunk, and writes its own partial sums (per block of channels, per batch row), which torch
+// adds up (no atomics, deterministic).
+//
+// SIMD: no -march flag (the cached library must run on any x86-64 CPU); the unit functions are
+// compiled twice with GCC's target_clones (x86-64-v3: AVX2 + FMA, and the SSE2 baseline), the
+// generic vectors lowered to each one's registers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <new>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -45,64 +52,138 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if !defined(__GNUC__)
+#error "rnnkit_selective_cpp needs GCC or Clang (generic vectors, vector_size)"
+#endif
+
+#if defined(__x86_64__) && !defined(__clang__)
 #define RNNKIT_SEL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define RNNKIT_SEL_CLONES
 #endif
 
-#if defined(__GNUC__)
-#define RNNKIT_SEL_RESTRICT __restrict__
 #define RNNKIT_SEL_INLINE inline __attribute__((always_inline))
-#else
-#define RNNKIT_SEL_RESTRICT
-#define RNNKIT_SEL_INLINE inline
-#endif
 
-// `omp simd` lets the compiler reorder the float sums of the channel loops (it vectorises no
-// float reduction otherwise); only a hint, ignored without OpenMP.
-#if defined(_OPENMP)
-#define RNNKIT_SEL_SIMD _Pragma("omp simd")
-#define RNNKIT_SEL_SIMD_SUM_BC _Pragma("omp simd reduction(+ : dB, dC)")
-#else
-#define RNNKIT_SEL_SIMD
-#define RNNKIT_SEL_SIMD_SUM_BC
-#endif
+// The vector helpers below are always inlined into the cloned unit functions, so no 32-byte
+// vector crosses a call: GCC's note that their ABI depends on AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace rnnkit_selective {
 
-// exp for float as plain arithmetic and selects (so that loops calling it vectorise):
-// exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by its Taylor polynomial
-// of degree 7 (relative error below 1e-8, under float's rounding). NaN stays NaN, below the
-// smallest normal float the result is 0, above the largest it is inf.
-RNNKIT_SEL_INLINE float exp_(float x) {
-  const bool under = x < -87.0f;  // false for NaN
-  const bool over = x > 88.5f;
-  float xc = under ? -87.0f : (over ? 88.5f : x);
-  // round to nearest by adding and subtracting 1.5 * 2^23
-  float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - kf * 0.693145751953125f) - kf * 1.42860682030941723212e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  kf = kf == kf ? kf : 0.0f;  // NaN: any exponent (p is NaN already); avoids an undefined cast
-  const int32_t k = static_cast<int32_t>(kf);
-  const uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const float e = p * scale;
-  return under ? 0.0f : (over ? INFINITY : e);
+// One SIMD vector of a dtype: 32 bytes (an AVX2 register; two SSE2 registers in the baseline
+// clone). Lane l of a unit's vector v is channel d0 + v L + l.
+template <typename T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  static constexpr int L = 8;
+  static constexpr float kRateScale = 1.44269504088896341f;  // log2(e): decay_ is 2^y
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+
+template <>
+struct Simd<double> {
+  static constexpr int L = 4;
+  static constexpr double kRateScale = 1.0;  // decay_ is exp
+  typedef double V __attribute__((vector_size(32)));
+};
+
+// The bits of a vector as another vector type of the same size.
+template <typename To, typename From>
+RNNKIT_SEL_INLINE To reinterpret_bits(From v) {
+  static_assert(sizeof(To) == sizeof(From));
+  To out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
 }
 
-RNNKIT_SEL_INLINE double exp_(double x) { return std::exp(x); }
+// The decays exp(dt A) come from the rates A scaled by Simd<T>::kRateScale (log2(e) for float,
+// 1 for double, set once per unit): decay_(dt * scaled A) = exp(dt A). Its last rounding is
+// that of the product dt * (scaled A), as in the plain loop's exp(dt * A).
 
-// The arguments of one unit: batch row b, channels [d0, d0 + w).
+// 2^y for 8 floats as plain arithmetic (so that it vectorises): 2^y = 2^k 2^f, k = round(y),
+// |f| <= 1/2, 2^f by a degree-6 polynomial fitted for relative error on that range (below 2e-9
+// in exact arithmetic, under float's rounding). k is rounded by adding 1.5 2^23 (plus the
+// exponent bias 127, so that the sum's low bits are k + 127, shifted into the exponent field
+// of 2^k). y is first clamped to [-126, 127.4] (2^y from the smallest normal float to 1.9e38;
+// outside that range the result is the bound's) with selects that keep NaN, so NaN stays NaN.
+RNNKIT_SEL_INLINE Simd<float>::V decay_(Simd<float>::V y) {
+  using V = Simd<float>::V;
+  using I = Simd<float>::I;
+  constexpr float magic = 12582912.0f + 127.0f;
+  y = y < -126.0f ? V{} - 126.0f : y;  // false for NaN
+  y = y > 127.4f ? V{} + 127.4f : y;
+  const V t = y + magic;
+  const V f = y - (t - magic);
+  V p = f * 0.00015353362f + 0.00133988739f;
+  p = p * f + 0.00961843692f;
+  p = p * f + 0.0555033237f;
+  p = p * f + 0.240226477f;
+  p = p * f + 0.693147182f;
+  p = p * f + 1.0f;
+  return p * reinterpret_bits<V>(reinterpret_bits<I>(t) << 23);
+}
+
+// float64 keeps the library's exp, lane by lane.
+RNNKIT_SEL_INLINE Simd<double>::V decay_(Simd<double>::V x) {
+  Simd<double>::V e;
+  for (int l = 0; l < Simd<double>::L; ++l) e[l] = std::exp(x[l]);
+  return e;
+}
+
+// Loads and stores of a vector's n <= L valid lanes (a block's last vector may be partial; its
+// other lanes read as 0, so that their decays are 1 and their inputs 0).
 template <typename T>
+RNNKIT_SEL_INLINE typename Simd<T>::V load(const T* p, int n) {
+  typename Simd<T>::V v = {};
+  if (n == Simd<T>::L)
+    std::memcpy(&v, p, sizeof v);  // one unaligned load
+  else
+    for (int l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+}
+
+template <typename T>
+RNNKIT_SEL_INLINE void store(T* p, typename Simd<T>::V v, int n) {
+  if (n == Simd<T>::L)
+    std::memcpy(p, &v, sizeof v);
+  else
+    for (int l = 0; l < n; ++l) p[l] = v[l];
+}
+
+template <typename T>
+RNNKIT_SEL_INLINE T lane_sum(typename Simd<T>::V v) {
+  T s = T(0);
+  for (int l = 0; l < Simd<T>::L; ++l) s += v[l];
+  return s;
+}
+
+// A zeroed array of n vectors of a dtype, 64-byte aligned. (A std::vector of them would not
+// be: GCC drops the vector type's alignment when the type is a template argument.)
+template <typename T>
+class Vectors {
+ public:
+  using V = typename Simd<T>::V;
+  explicit Vectors(int64_t n)
+      : data_(static_cast<V*>(::operator new(static_cast<size_t>(std::max<int64_t>(n, 1)) *
+                                                 sizeof(V),
+                                             std::align_val_t{64}))) {
+    std::memset(static_cast<void*>(data_), 0, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(V));
+  }
+  ~Vectors() { ::operator delete(static_cast<void*>(data_), std::align_val_t{64}); }
+  Vectors(const Vectors&) = delete;
+  Vectors& operator=(const Vectors&) = delete;
+  V* data() { return data_; }
+  const V* data() const { return data_; }
+  V& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  V* data_;
+};
+
+// The arguments of one unit: batch row b, channels [d0, d0 + w), block index blk.
 struct Unit {
   int64_t b, d0, w, blk;
 };
@@ -119,50 +200,112 @@ struct Problem {
   const bool* resets;  // (B, T) or null
 };
 
-// ---- forward over one unit ---------------------------------------------------------------
-// h: (N, w) local state. ck: checkpoints (B, nck, D, N) or null.
+// Steps per tile of the forward: the block's vectors walk one tile after the other, each
+// reading the lines of the tile's rows that the one before it touched.
+constexpr int64_t kTile = 16;
+
+// Requests the cache lines of rows [t0, t1) of a (B, T, D) tensor's channels [d0, d0 + w) of
+// batch row b into L2. A unit reads a row's channels of its block with a stride of D between
+// steps, which leaves a new page every few steps, where the hardware prefetchers stop.
 template <typename T>
-RNNKIT_SEL_INLINE void forward_unit(const Problem<T>& p, Unit<T> u, const T* h0, T* y, T* h_last,
-                                    T* ck) {
-  const int64_t N = p.nstate, D = p.dim, T_ = p.time, w = u.w;
-  const int64_t nck = (T_ + p.chunk - 1) / p.chunk;
-  std::vector<T> hbuf(static_cast<size_t>(N * w));
-  std::vector<T> acc(static_cast<size_t>(w));
-  T* RNNKIT_SEL_RESTRICT h = hbuf.data();
-  T* RNNKIT_SEL_RESTRICT ya = acc.data();
-  for (int64_t j = 0; j < w; ++j)
-    for (int64_t n = 0; n < N; ++n) h[n * w + j] = h0[(u.b * D + u.d0 + j) * N + n];
-  for (int64_t t = 0; t < T_; ++t) {
-    if (ck != nullptr && t % p.chunk == 0) {
-      T* c = ck + ((u.b * nck + t / p.chunk) * D + u.d0) * N;
-      for (int64_t j = 0; j < w; ++j)
-        for (int64_t n = 0; n < N; ++n) c[j * N + n] = h[n * w + j];
-    }
-    const bool reset = p.resets != nullptr && p.resets[u.b * T_ + t];
-    const int64_t row = (u.b * T_ + t) * D + u.d0;
-    const T* RNNKIT_SEL_RESTRICT xr = p.x + row;
-    const T* RNNKIT_SEL_RESTRICT dtr = p.dt + row;
-    const T* RNNKIT_SEL_RESTRICT Bt = p.Bm + (u.b * T_ + t) * N;
-    const T* RNNKIT_SEL_RESTRICT Ct = p.Cm + (u.b * T_ + t) * N;
-    RNNKIT_SEL_SIMD
-    for (int64_t j = 0; j < w; ++j) ya[j] = p.Dv[u.d0 + j] * xr[j];
-    for (int64_t n = 0; n < N; ++n) {
-      const T bn = Bt[n], cn = Ct[n];
-      const T* RNNKIT_SEL_RESTRICT An = p.At + n * D + u.d0;
-      T* RNNKIT_SEL_RESTRICT hn = h + n * w;
-      RNNKIT_SEL_SIMD
-      for (int64_t j = 0; j < w; ++j) {
-        const T prev = reset ? T(0) : hn[j];
-        const T v = exp_(dtr[j] * An[j]) * prev + dtr[j] * xr[j] * bn;
-        hn[j] = v;
-        ya[j] += v * cn;
+RNNKIT_SEL_INLINE void prefetch_rows(const T* base, int64_t b, int64_t t0, int64_t t1, int64_t T_,
+                                     int64_t D, int64_t d0, int64_t w) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* row = base + (b * T_ + t) * D + d0;
+    for (int64_t j = 0; j < w; j += 64 / static_cast<int64_t>(sizeof(T)))
+      __builtin_prefetch(row + j, 0, 2);
+  }
+}
+
+// A unit's per-vector decay rates A[d, n] kRateScale (N vectors per channel vector), padded
+// with zeros.
+template <typename T>
+RNNKIT_SEL_INLINE void unit_rates(Vectors<T>& rates, const Problem<T>& p, const Unit& u) {
+  constexpr int L = Simd<T>::L;
+  const int64_t N = p.nstate, nv = (u.w + L - 1) / L;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+    for (int64_t n = 0; n < N; ++n)
+      rates[v * N + n] = load(p.At + n * p.dim + u.d0 + v * L, n_l) * Simd<T>::kRateScale;
+  }
+}
+
+// A vector's state (N vectors) from / to the (D, N) layout of h0, h_last and the checkpoints
+// (src and dst point at channel d0 + v L of one batch row).
+template <typename T>
+RNNKIT_SEL_INLINE void gather_state(typename Simd<T>::V* h, const T* src, int64_t N, int n_l) {
+  for (int64_t n = 0; n < N; ++n) {
+    typename Simd<T>::V hv = {};
+    for (int l = 0; l < n_l; ++l) hv[l] = src[l * N + n];
+    h[n] = hv;
+  }
+}
+
+template <typename T>
+RNNKIT_SEL_INLINE void scatter_state(T* dst, const typename Simd<T>::V* h, int64_t N, int n_l) {
+  for (int l = 0; l < n_l; ++l)
+    for (int64_t n = 0; n < N; ++n) dst[l * N + n] = h[n][l];
+}
+
+// ---- forward over one unit ---------------------------------------------------------------
+// h0, h_last: (B, D, N); ck: checkpoints (B, nck, D, N) or null.
+template <typename T>
+RNNKIT_SEL_INLINE void forward_unit(const Problem<T>& p, const Unit& u, const T* h0, T* y,
+                                    T* h_last, T* ck) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  const int64_t N = p.nstate, D = p.dim, T_ = p.time, K = p.chunk;
+  const int64_t nv = (u.w + L - 1) / L, nck = (T_ + K - 1) / K;
+  Vectors<T> rates(nv * N), states(nv * N), skips(nv);
+  unit_rates(rates, p, u);
+  const T* state0 = h0 + (u.b * D + u.d0) * N;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+    gather_state(states.data() + v * N, state0 + v * L * N, N, n_l);
+    skips[v] = load(p.Dv + u.d0 + v * L, n_l);
+  }
+  const bool* resets = p.resets != nullptr ? p.resets + u.b * T_ : nullptr;
+  for (int64_t t0 = 0; t0 < T_; t0 += kTile) {
+    const int64_t t1 = std::min(T_, t0 + kTile);
+    // the next tile's inputs and outputs, while this one runs
+    const int64_t t2 = std::min(T_, t1 + kTile);
+    prefetch_rows(p.x, u.b, t1, t2, T_, D, u.d0, u.w);
+    prefetch_rows(p.dt, u.b, t1, t2, T_, D, u.d0, u.w);
+    prefetch_rows<T>(y, u.b, t1, t2, T_, D, u.d0, u.w);
+    for (int64_t v = 0; v < nv; ++v) {
+      const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+      V* __restrict__ h = states.data() + v * N;
+      const V* __restrict__ A = rates.data() + v * N;
+      const V skip = skips[v];
+      // the first checkpoint at or after t0
+      int64_t next_ck = ck != nullptr ? (t0 + K - 1) / K * K : T_;
+      for (int64_t t = t0; t < t1; ++t) {
+        if (t == next_ck) {
+          scatter_state(ck + ((u.b * nck + t / K) * D + u.d0 + v * L) * N, h, N, n_l);
+          next_ck += K;
+        }
+        if (resets != nullptr && resets[t])
+          for (int64_t n = 0; n < N; ++n) h[n] = V{};
+        const int64_t row = (u.b * T_ + t) * D + u.d0 + v * L;
+        const V dt = load(p.dt + row, n_l), xv = load(p.x + row, n_l);
+        const V dtx = dt * xv;
+        const T* __restrict__ Bt = p.Bm + (u.b * T_ + t) * N;
+        const T* __restrict__ Ct = p.Cm + (u.b * T_ + t) * N;
+        V acc = skip * xv;
+        for (int64_t n = 0; n < N; ++n) {
+          const V hn = decay_(dt * A[n]) * h[n] + dtx * Bt[n];
+          h[n] = hn;
+          acc += hn * Ct[n];
+        }
+        store(y + row, acc, n_l);
       }
     }
-    T* RNNKIT_SEL_RESTRICT yr = y + row;
-    for (int64_t j = 0; j < w; ++j) yr[j] = ya[j];
   }
-  for (int64_t j = 0; j < w; ++j)
-    for (int64_t n = 0; n < N; ++n) h_last[(u.b * D + u.d0 + j) * N + n] = h[n * w + j];
+  T* last = h_last + (u.b * D + u.d0) * N;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+    scatter_state(last + v * L * N, states.data() + v * N, N, n_l);
+  }
 }
 
 // ---- backward over one unit ----------------------------------------------------------------
@@ -184,111 +327,108 @@ struct Grads {
 };
 
 template <typename T>
-RNNKIT_SEL_INLINE void backward_unit(const Problem<T>& p, Unit<T> u, const Grads<T>& g_) {
-  const int64_t N = p.nstate, D = p.dim, T_ = p.time, w = u.w, K = p.chunk;
-  const int64_t nck = (T_ + K - 1) / K;
-  const int64_t S = N * w;  // one state of the unit
-  std::vector<T> hs_buf(static_cast<size_t>((K + 1) * S));  // states entering/leaving steps
-  std::vector<T> as_buf(static_cast<size_t>(K * S));        // decays of the chunk's steps
-  std::vector<T> g_buf(static_cast<size_t>(S));
-  std::vector<T> dA_buf(static_cast<size_t>(S), T(0));
-  std::vector<T> vec_buf(static_cast<size_t>(3 * w));
-  T* RNNKIT_SEL_RESTRICT hs = hs_buf.data();
-  T* RNNKIT_SEL_RESTRICT as = as_buf.data();
-  T* RNNKIT_SEL_RESTRICT g = g_buf.data();
-  T* RNNKIT_SEL_RESTRICT dA = dA_buf.data();
-  T* RNNKIT_SEL_RESTRICT dxa = vec_buf.data();
-  T* RNNKIT_SEL_RESTRICT dta = dxa + w;
-  T* RNNKIT_SEL_RESTRICT dDa = dta + w;
-  for (int64_t j = 0; j < w; ++j) {
-    dDa[j] = T(0);
-    for (int64_t n = 0; n < N; ++n) g[n * w + j] = g_.dh_last[(u.b * D + u.d0 + j) * N + n];
+RNNKIT_SEL_INLINE void backward_unit(const Problem<T>& p, const Unit& u, const Grads<T>& g_) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  const int64_t N = p.nstate, D = p.dim, T_ = p.time, K = p.chunk;
+  const int64_t nv = (u.w + L - 1) / L, nck = (T_ + K - 1) / K;
+  Vectors<T> rates(nv * N);
+  unit_rates(rates, p, u);
+  // per vector, kept over the chunks: dL/dh (g), the sums of the gradients of A and D
+  Vectors<T> adj(nv * N), dA(nv * N), dD(nv);
+  // per chunk: the states entering its steps and their decays (one vector at a time), and
+  // the lane-wise sums of the gradients of B and C over the unit's vectors
+  Vectors<T> hs(K * N), as(K * N), dBs(K * N), dCs(K * N), h(N);
+  const T* adj0 = g_.dh_last + (u.b * D + u.d0) * N;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+    gather_state(adj.data() + v * N, adj0 + v * L * N, N, n_l);
   }
+  const bool* resets = p.resets != nullptr ? p.resets + u.b * T_ : nullptr;
+  T* dBr = g_.dB_part + (u.b * g_.blocks + u.blk) * T_ * N;
+  T* dCr = g_.dC_part + (u.b * g_.blocks + u.blk) * T_ * N;
   for (int64_t c = nck - 1; c >= 0; --c) {
-    const int64_t t0 = c * K, L = std::min(K, T_ - t0);
-    // recompute the chunk's states from its checkpoint
-    const T* ckp = g_.ck + ((u.b * nck + c) * D + u.d0) * N;
-    for (int64_t j = 0; j < w; ++j)
-      for (int64_t n = 0; n < N; ++n) hs[n * w + j] = ckp[j * N + n];
-    for (int64_t s = 0; s < L; ++s) {
-      const int64_t t = t0 + s;
-      const bool reset = p.resets != nullptr && p.resets[u.b * T_ + t];
-      const int64_t row = (u.b * T_ + t) * D + u.d0;
-      const T* RNNKIT_SEL_RESTRICT xr = p.x + row;
-      const T* RNNKIT_SEL_RESTRICT dtr = p.dt + row;
-      const T* RNNKIT_SEL_RESTRICT Bt = p.Bm + (u.b * T_ + t) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T bn = Bt[n];
-        const T* RNNKIT_SEL_RESTRICT An = p.At + n * D + u.d0;
-        const T* RNNKIT_SEL_RESTRICT hp = hs + s * S + n * w;
-        T* RNNKIT_SEL_RESTRICT hn = hs + (s + 1) * S + n * w;
-        T* RNNKIT_SEL_RESTRICT an = as + s * S + n * w;
-        RNNKIT_SEL_SIMD
-        for (int64_t j = 0; j < w; ++j) {
-          const T a = exp_(dtr[j] * An[j]);
-          an[j] = a;
-          hn[j] = a * (reset ? T(0) : hp[j]) + dtr[j] * xr[j] * bn;
+    const int64_t t0 = c * K, steps = std::min(K, T_ - t0);
+    // the rows of the chunk before this one, while this one runs
+    const int64_t t_prev = std::max<int64_t>(0, t0 - K);
+    for (const T* base : {p.x, p.dt, g_.dy, static_cast<const T*>(g_.dx),
+                          static_cast<const T*>(g_.ddt)})
+      prefetch_rows(base, u.b, t_prev, t0, T_, D, u.d0, u.w);
+    std::fill(dBs.data(), dBs.data() + steps * N, V{});
+    std::fill(dCs.data(), dCs.data() + steps * N, V{});
+    for (int64_t v = 0; v < nv; ++v) {
+      const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+      const V* __restrict__ A = rates.data() + v * N;
+      V* __restrict__ hv = h.data();
+      V* __restrict__ hsv = hs.data();
+      V* __restrict__ asv = as.data();
+      gather_state(hv, g_.ck + ((u.b * nck + c) * D + u.d0 + v * L) * N, N, n_l);
+      // the chunk's states entering each step (after its reset) and decays
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t t = t0 + s;
+        if (resets != nullptr && resets[t])
+          for (int64_t n = 0; n < N; ++n) hv[n] = V{};
+        const int64_t row = (u.b * T_ + t) * D + u.d0 + v * L;
+        const V dt = load(p.dt + row, n_l);
+        const V dtx = dt * load(p.x + row, n_l);
+        const T* __restrict__ Bt = p.Bm + (u.b * T_ + t) * N;
+        for (int64_t n = 0; n < N; ++n) {
+          const V a = decay_(dt * A[n]);
+          hsv[s * N + n] = hv[n];
+          asv[s * N + n] = a;
+          hv[n] = a * hv[n] + dtx * Bt[n];
         }
       }
-    }
-    // the adjoint recurrence backwards through the chunk
-    for (int64_t s = L - 1; s >= 0; --s) {
-      const int64_t t = t0 + s;
-      const bool reset = p.resets != nullptr && p.resets[u.b * T_ + t];
-      const int64_t row = (u.b * T_ + t) * D + u.d0;
-      const T* RNNKIT_SEL_RESTRICT xr = p.x + row;
-      const T* RNNKIT_SEL_RESTRICT dtr = p.dt + row;
-      const T* RNNKIT_SEL_RESTRICT dyr = g_.dy + row;
-      const T* RNNKIT_SEL_RESTRICT Bt = p.Bm + (u.b * T_ + t) * N;
-      const T* RNNKIT_SEL_RESTRICT Ct = p.Cm + (u.b * T_ + t) * N;
-      T* RNNKIT_SEL_RESTRICT dBr = g_.dB_part + ((u.b * g_.blocks + u.blk) * T_ + t) * N;
-      T* RNNKIT_SEL_RESTRICT dCr = g_.dC_part + ((u.b * g_.blocks + u.blk) * T_ + t) * N;
-      RNNKIT_SEL_SIMD
-      for (int64_t j = 0; j < w; ++j) {
-        dxa[j] = T(0);
-        dta[j] = T(0);
-        dDa[j] += dyr[j] * xr[j];
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const T bn = Bt[n], cn = Ct[n];
-        const T* RNNKIT_SEL_RESTRICT An = p.At + n * D + u.d0;
-        const T* RNNKIT_SEL_RESTRICT hp = hs + s * S + n * w;
-        const T* RNNKIT_SEL_RESTRICT hn = hs + (s + 1) * S + n * w;
-        const T* RNNKIT_SEL_RESTRICT an = as + s * S + n * w;
-        T* RNNKIT_SEL_RESTRICT gn = g + n * w;
-        T* RNNKIT_SEL_RESTRICT dAn = dA + n * w;
-        T dB = T(0), dC = T(0);
-        RNNKIT_SEL_SIMD_SUM_BC
-        for (int64_t j = 0; j < w; ++j) {
-          const T gv = gn[j] + cn * dyr[j];  // dL/dh_t
-          const T prev = reset ? T(0) : hp[j];
-          const T a = an[j];
-          const T ap = a * prev;
-          dC += hn[j] * dyr[j];
-          dB += gv * dtr[j] * xr[j];
-          dAn[j] += gv * dtr[j] * ap;
-          dta[j] += gv * (An[j] * ap + xr[j] * bn);
-          dxa[j] += gv * bn;
-          gn[j] = reset ? T(0) : a * gv;  // dL/dh_{t-1}
+      // the adjoint recurrence backwards through the chunk
+      V* __restrict__ gv = adj.data() + v * N;
+      V* __restrict__ dAv = dA.data() + v * N;
+      V* __restrict__ dBv = dBs.data();
+      V* __restrict__ dCv = dCs.data();
+      const V skip = load(p.Dv + u.d0 + v * L, n_l);
+      V dDv = dD[v];
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t t = t0 + s;
+        const int64_t row = (u.b * T_ + t) * D + u.d0 + v * L;
+        const V dt = load(p.dt + row, n_l), xv = load(p.x + row, n_l);
+        const V dyv = load(g_.dy + row, n_l);
+        const V dtx = dt * xv;
+        const T* __restrict__ Bt = p.Bm + (u.b * T_ + t) * N;
+        const T* __restrict__ Ct = p.Cm + (u.b * T_ + t) * N;
+        dDv += dyv * xv;
+        // sum_n dL/dh_t B_t[n], and sum_n dL/dh_t A exp(dt A) h_{t-1} kRateScale
+        V gB = {}, gAh = {};
+        for (int64_t n = 0; n < N; ++n) {
+          const V gn = gv[n] + dyv * Ct[n];  // dL/dh_t
+          const V a = asv[s * N + n];
+          const V ah = a * hsv[s * N + n];
+          dCv[s * N + n] += (ah + dtx * Bt[n]) * dyv;  // h_t dy_t
+          dBv[s * N + n] += gn * dtx;
+          const V q = gn * ah;
+          dAv[n] += q * dt;
+          gAh += q * A[n];
+          gB += gn * Bt[n];
+          gv[n] = a * gn;  // dL/dh_{t-1}
         }
-        dBr[n] = dB;
-        dCr[n] = dC;
+        if (resets != nullptr && resets[t])
+          for (int64_t n = 0; n < N; ++n) gv[n] = V{};
+        store(g_.dx + row, skip * dyv + dt * gB, n_l);
+        store(g_.ddt + row, gAh * (T(1) / Simd<T>::kRateScale) + xv * gB, n_l);
       }
-      T* RNNKIT_SEL_RESTRICT dxr = g_.dx + row;
-      T* RNNKIT_SEL_RESTRICT ddtr = g_.ddt + row;
-      RNNKIT_SEL_SIMD
-      for (int64_t j = 0; j < w; ++j) {
-        dxr[j] = p.Dv[u.d0 + j] * dyr[j] + dtr[j] * dxa[j];
-        ddtr[j] = dta[j];
-      }
+      dD[v] = dDv;
     }
+    for (int64_t s = 0; s < steps; ++s)
+      for (int64_t n = 0; n < N; ++n) {
+        dBr[(t0 + s) * N + n] = lane_sum<T>(dBs[s * N + n]);
+        dCr[(t0 + s) * N + n] = lane_sum<T>(dCs[s * N + n]);
+      }
   }
-  for (int64_t j = 0; j < w; ++j) {
-    g_.dD_part[u.b * D + u.d0 + j] = dDa[j];
-    for (int64_t n = 0; n < N; ++n) {
-      g_.dh0[(u.b * D + u.d0 + j) * N + n] = g[n * w + j];
-      g_.dA_part[(u.b * D + u.d0 + j) * N + n] = dA[n * w + j];
-    }
+  T* dh0 = g_.dh0 + (u.b * D + u.d0) * N;
+  T* dA_out = g_.dA_part + (u.b * D + u.d0) * N;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int n_l = static_cast<int>(std::min<int64_t>(L, u.w - v * L));
+    scatter_state(dh0 + v * L * N, adj.data() + v * N, N, n_l);
+    scatter_state(dA_out + v * L * N, dA.data() + v * N, N, n_l);
+    store(g_.dD_part + u.b * D + u.d0 + v * L, dD[v], n_l);
   }
 }
 
@@ -298,11 +438,11 @@ RNNKIT_SEL_INLINE void backward_unit(const Problem<T>& p, Unit<T> u, const Grads
 namespace rnnkit_selective {
 
 #define RNNKIT_SEL_DEFINE(T)                                                                    \
-  RNNKIT_SEL_CLONES void forward_group(const Problem<T>& p, Unit<T> u, const T* h0, T* y,       \
+  RNNKIT_SEL_CLONES void forward_group(const Problem<T>& p, const Unit& u, const T* h0, T* y,   \
                                        T* h_last, T* ck) {                                       \
     forward_unit<T>(p, u, h0, y, h_last, ck);                                                   \
   }                                                                                             \
-  RNNKIT_SEL_CLONES void backward_group(const Problem<T>& p, Unit<T> u, const Grads<T>& g) {    \
+  RNNKIT_SEL_CLONES void backward_group(const Problem<T>& p, const Unit& u, const Grads<T>& g) { \
     backward_unit<T>(p, u, g);                                                                  \
   }
 
@@ -319,17 +459,21 @@ using rnnkit_selective::Problem;
 using rnnkit_selective::Unit;
 
 // How the (batch row, channel block) units are cut: split the channels until every thread
-// has two units, never below 8 channels (one AVX2 vector of floats), at most 64 channels
-// (the backward's per-unit buffers, (2 chunk + 1) N w numbers, stay near the L2 cache).
+// has two units, never below 8 channels (one AVX2 vector of floats), at most 512 channels. Wide
+// blocks read long runs of each (B, T, D) row (2 KiB at 512 float channels) and leave fewer
+// partial sums of the gradients of B and C to add up; a unit's state, rates and adjoints take
+// 2 N w numbers each, in L2.
 struct Plan {
   int64_t block, blocks, units, grain;
 };
 
 Plan make_plan(int64_t batch, int64_t time, int64_t dim, int64_t nstate) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t block = std::min<int64_t>(std::max<int64_t>(dim, 1), 64);
+  int64_t block = std::min<int64_t>(std::max<int64_t>(dim, 1), 512);
   auto units = [&](int64_t blk) { return batch * ((dim + blk - 1) / blk); };
-  while (units(block) < 2 * threads && block > 8) block = std::max<int64_t>(8, (block + 1) / 2);
+  // halves, rounded up to whole vectors of 8 channels
+  while (units(block) < 2 * threads && block > 8)
+    block = std::max<int64_t>(8, ((block + 1) / 2 + 7) / 8 * 8);
   Plan plan;
   plan.block = block;
   plan.blocks = std::max<int64_t>(1, (dim + block - 1) / block);
@@ -420,7 +564,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
     at::parallel_for(0, plan.units, plan.grain, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t blk = i % plan.blocks, d0 = blk * plan.block;
-        const Unit<scalar_t> u{i / plan.blocks, d0, std::min(plan.block, d.dim - d0), blk};
+        const Unit u{i / plan.blocks, d0, std::min(plan.block, d.dim - d0), blk};
         rnnkit_selective::forward_group(p, u, h0p, yp, hl, ckp);
       }
     });
@@ -469,7 +613,7 @@ backward_op(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& At, con
     at::parallel_for(0, plan.units, plan.grain, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t blk = i % plan.blocks, d0 = blk * plan.block;
-        const Unit<scalar_t> u{i / plan.blocks, d0, std::min(plan.block, d.dim - d0), blk};
+        const Unit u{i / plan.blocks, d0, std::min(plan.block, d.dim - d0), blk};
         rnnkit_selective::backward_group(p, u, g);
       }
     });
