@@ -6,7 +6,7 @@ form derive from :class:`rnnkit.core.matrix_state.MatrixStateCell` (DeltaNet). B
 as users pass them to ``backend=``:
 
 ================  ===============================================================================
-``chunked.py``    backend ``chunked``: chunks of 64 tokens in the WY/UT form, torch autograd
+``chunked.py``    backend ``chunked``: chunks of 64 tokens in the WY/UT form, written backward
 ================  ===============================================================================
 
 **Reference.** :data:`REFERENCE` (:func:`.reference.memory_recurrence`) is the step-by-step

@@ -100,6 +100,11 @@ def delta_rule_chunked(
         alpha_bad = torch.isnan(log_alpha) | torch.isposinf(log_alpha)
         log_alpha = _finite(log_alpha, alpha_bad)
         beta_bad = beta_bad | alpha_bad
+    masks = (q_bad, k_bad, v_bad, beta_bad, s0_bad)
+    if not torch.compiler.is_compiling() and not any(bool(m.any()) for m in masks):
+        # all finite (the usual case): the masks below would be all false; skipping them saves
+        # their full-length integer cumulative sums (a traced graph keeps the general path)
+        return _chunked(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
     q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
     beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
@@ -244,7 +249,8 @@ class _Parts(NamedTuple):
 
 class _Intra(NamedTuple):
     """What one block's chunks compute on their own (no incoming memory), per chunk and head;
-    the decays (``decay``, ``gamma``, ``tail``) in float64, ``None`` where they are 1."""
+    the decays (``decay``, ``gamma`` and, with a decay, ``tail``) in float64, ``None`` where
+    they are 1."""
 
     causal: Tensor  # (C, C) or (B, 1, G, C, C) bool: s <= t, same segment
     strict: Tensor  # the same with s < t
