@@ -18,8 +18,7 @@ head and step; the default ``--cases`` leave it out, run it with ``--batch 8``).
   the same length, measured in the same process;
 - the bytes autograd keeps for the backward (distinct storages seen by
   ``saved_tensors_hooks``): the loop keeps every step's memory several times over, the chunked
-  kernel ``T * C`` per head for the intra-chunk blocks plus ``T / C * d^2`` for the memory
-  entering each chunk.
+  kernel its (padded) inputs plus ``T / C * d^2`` for the memory entering each chunk.
 
 For ``--times`` lengths beyond the longest ``--ref-times`` the script also prints the ratio the
 loop would reach if its time grew linearly from there, labelled "extrapolated": a lower bound

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.matrix_state import MatrixStateCell, MemoryInputs
@@ -343,3 +345,122 @@ def test_non_finite_inputs_spoil_what_the_recurrence_spoils(
     assert (~torch.isfinite(o)).any()
     ok = torch.isfinite(want_o)
     assert rel_rms(o[ok], want_o[ok]) < 1e-12
+
+
+# --- the written backward ---------------------------------------------------------------------
+
+
+def _graph_names(t: Tensor) -> set[str]:
+    """The names of the autograd nodes ``t`` was computed through."""
+    names: set[str] = set()
+    todo = [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node.name() in names:
+            continue
+        names.add(node.name())
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("decay", [None, "random", "holes", "tiny"])
+def test_written_backward_across_blocks_equals_the_recurrence(
+    monkeypatch: pytest.MonkeyPatch, rule: str, decay: str | None
+) -> None:
+    """The hand-written backward on an odd shape (3 heads, ``d_k != d_v``, 23 steps in chunks
+    of 4: a padded last chunk) with blocks of 4 chunks (a full block and a short one, so the
+    memory's gradient crosses a block boundary), resets at step 0, at a chunk boundary and
+    inside chunks: the gradients of every input against the float64 recurrence."""
+    monkeypatch.setattr(matrix_state.chunked, "BLOCK", 4)
+    B, n, T = 2, 3, 23
+    q, k, v, beta, S0, resets = _raw(B, n, T, 4, 3, seed=8)
+    resets[0, 0] = resets[1, 8] = True
+    resets[1, :8] = False  # sequence 1's first two chunks carry S0 into the second block
+    la = _log_alpha(decay, (B, n, T), seed=8)
+    leaves = (q, k, v, beta, S0, *([] if la is None else [la]))
+    inputs = [t.clone().requires_grad_() for t in leaves]
+    g = torch.Generator().manual_seed(9)
+    w_o = torch.randn(B, n, T, 3, generator=g, dtype=torch.float64)
+    w_S = torch.randn(B, n, 3, 4, generator=g, dtype=torch.float64)
+
+    def grads(fn: object) -> list[Tensor]:
+        la = inputs[5] if len(inputs) > 5 else None
+        o, S = fn(*inputs[:5], log_alpha=la, rule=rule, resets=resets)  # type: ignore[operator]
+        if fn is not REFERENCE:
+            assert "_ChunkedMemoryBackward" in _graph_names(o)
+        return list(torch.autograd.grad((o * w_o).sum() + (S * w_S).sum(), inputs))
+
+    want = grads(REFERENCE)
+    got = grads(lambda *a, **kw: delta_rule_chunked(*a, chunk=4, **kw))
+    names = ["q", "k", "v", "beta", "S0", "log_alpha"]
+    errs = {name: rel_rms(a, b) for name, a, b in zip(names, got, want, strict=False)}
+    assert not {k: e for k, e in errs.items() if not e < 1e-10}, errs
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+def test_traced_path_equals_the_recurrence(monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
+    """Under ``torch.compile``/``torch.export`` the op runs its forward in one block under
+    autograd (no written backward): values and gradients still match the recurrence."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v, beta, S0, resets = _raw(2, 2, 11, 3, 4, seed=6)
+    la = _log_alpha("random", (2, 2, 11), seed=6)
+    assert la is not None
+    inputs = [t.clone().requires_grad_() for t in (q, k, v, beta, S0, la)]
+
+    def run(fn: object) -> list[Tensor]:
+        o, S = fn(*inputs[:5], log_alpha=inputs[5], rule=rule, resets=resets)  # type: ignore[operator]
+        return [o, S, *torch.autograd.grad(o.square().sum() + S.square().sum(), inputs)]
+
+    got = run(lambda *a, **kw: delta_rule_chunked(*a, chunk=4, **kw))
+    want = run(REFERENCE)
+    assert all(rel_rms(a, b) < 1e-10 for a, b in zip(got, want, strict=True))
+
+
+def _kept_by(fn: Callable[[], object]) -> int:
+    """Bytes allocated and not freed while ``fn`` runs (what it keeps), from torch's profiler."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.self_cpu_memory_usage for e in prof.events())
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("decay", [False, True])
+def test_forward_keeps_no_chunk_blocks(
+    monkeypatch: pytest.MonkeyPatch, rule: str, decay: bool
+) -> None:
+    """What a forward with gradients keeps (its outputs, the inputs' finite copies, what the
+    backward needs) is linear in ``T`` without the chunk's factor: at most the inputs twice,
+    the outputs and the memory entering each chunk, ``O(T d + T / C d_k d_v)`` per head. Plain
+    autograd through the chunked operations keeps the ``C x C`` blocks (``O(T C)`` per head)
+    and exceeds that bound (checked on the traced path, so the measurement is shown to see
+    them)."""
+    B, n, T, d, C = 1, 2, 512, 8, 64
+    q, k, v, beta, S0, resets = _raw(B, n, T, d, d, seed=4)
+    la = _log_alpha("random" if decay else None, (B, n, T), seed=4)
+    leaves = [t.float() for t in (q, k, v, beta, S0, *([] if la is None else [la]))]
+    leaves_bytes = sum(t.numel() * 4 for t in leaves)
+    memories = (T // C) * B * n * d * d * 4
+    bound = 2 * leaves_bytes + (B * n * T * d + B * n * d * d) * 4 + memories
+    assert bound < 2 * B * n * T * C * 4  # two C x C blocks per chunk exceed the bound
+    out: list[Tensor] = []
+
+    def forward() -> None:
+        ins = [t.detach().requires_grad_() for t in leaves]
+        la = ins[5] if decay else None
+        o, S = delta_rule_chunked(*ins[:5], log_alpha=la, rule=rule, resets=resets, chunk=C)
+        out[:] = [o, S]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kept = _kept_by(forward)
+        out.clear()  # frees the graph before the next measurement
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, "is_compiling", lambda: True)
+            kept_autograd = _kept_by(forward)
+        out.clear()
+    finally:
+        torch.set_num_threads(threads)
+    assert kept_autograd > bound, "the measurement does not see what plain autograd keeps"
+    assert 0 < kept <= bound, (kept, bound, kept_autograd)

@@ -6,7 +6,7 @@ form derive from :class:`rnnkit.core.matrix_state.MatrixStateCell` (DeltaNet). B
 as users pass them to ``backend=``:
 
 ================  ===============================================================================
-``chunked.py``    backend ``chunked``: chunks of 64 tokens in the WY/UT form, torch autograd
+``chunked.py``    backend ``chunked``: chunks of 64 tokens in the WY/UT form, written backward
 ``triton/``       backend ``chunked_triton``: the same algorithm, forward as Triton kernels
                   (CUDA; CPU under ``TRITON_INTERPRET=1``), backward through ``chunked``
 ================  ===============================================================================

@@ -21,13 +21,25 @@ Only the carry of ``S`` and ``U~`` across chunks is sequential (``ceil(T / C)`` 
 matrix products); the read-outs of all chunks are batched after it. ``resets`` are supported:
 a reset at ``t`` cuts the chunk into segments, the solve, the intra-chunk attention and ``D``
 are masked to the same segment, and ``S_0`` only reaches the tokens before the chunk's first
-reset. Gradients come from torch autograd through these operations (no hand-written
-backward); what it keeps is ``O(T C)`` per head for the intra-chunk blocks and
-``O(T / C d_k d_v)`` for the chunk-entry memories. Half-precision inputs are computed in
-float32 and cast back.
+reset. Half-precision inputs are computed in float32 and cast back.
+
+The backward is written out (:class:`_ChunkedMemory`): the forward keeps the inputs and the
+memory entering each chunk (``O(T / C d_k d_v)`` per head), never the ``C x C`` blocks
+(``O(T C)``). The backward walks blocks of :data:`BLOCK` chunks from the last, recomputes a
+block's intra-chunk quantities (``D``, ``gamma``, the solve, ``W``, ``U``, ``U~``) from the
+inputs and the saved memories, carries the memory's gradient back chunk by chunk
+(``dU~ = P^T dO + K_out dS_C^T``, ``dS_0 = dO^T Q_in + gamma_{C-1} dS_C - dU~^T W``, with
+``P = causal(D * Q K^T)``, ``Q_in = diag(gamma) Q``, ``K_out = diag(D[C-1, :]) K``) and then
+forms the rest of the block's gradients in batched products, the solve's adjoint included.
+The forward runs in blocks as well, so neither pass holds more than a block's ``C x C``
+products at a time. Under ``torch.compile`` and ``torch.export`` the same operations run in
+one block, differentiated by autograd (an exported program has no hand-written backward).
+The written backward is not itself differentiable (no double backward).
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +100,11 @@ def delta_rule_chunked(
         alpha_bad = torch.isnan(log_alpha) | torch.isposinf(log_alpha)
         log_alpha = _finite(log_alpha, alpha_bad)
         beta_bad = beta_bad | alpha_bad
+    masks = (q_bad, k_bad, v_bad, beta_bad, s0_bad)
+    if not torch.compiler.is_compiling() and not any(bool(m.any()) for m in masks):
+        # all finite (the usual case): the masks below would be all false; skipping them saves
+        # their full-length integer cumulative sums (a traced graph keeps the general path)
+        return _chunked(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
     q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
     beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
@@ -184,23 +201,92 @@ def _chunked(
         beta = F.pad(beta, (0, pad))  # beta = 0, k = 0: padded tokens write nothing
         if log_alpha is not None:
             log_alpha = F.pad(log_alpha, (0, pad))  # alpha = 1: padded tokens decay nothing
-    qc = q.reshape(B, n, N, C, dk)
-    kc = k.reshape(B, n, N, C, dk)
-    vb = (v * beta.unsqueeze(-1)).reshape(B, n, N, C, dv)
-    kb = (k * beta.unsqueeze(-1)).reshape(B, n, N, C, dk)
+    r = None if resets is None else F.pad(resets.to(torch.int64), (0, pad)).reshape(B, N, C)
+    parts = _Parts(
+        q.reshape(B, n, N, C, dk),
+        k.reshape(B, n, N, C, dk),
+        v.reshape(B, n, N, C, dv),
+        beta.reshape(B, n, N, C),
+        None if log_alpha is None else log_alpha.reshape(B, n, N, C),
+        r,
+    )
+    if torch.compiler.is_compiling():
+        # traced by torch.compile or torch.export: plain operations, differentiated by
+        # autograd (an exported program runs under autograd without the Function below)
+        o, S, _ = _forward(parts, S0, rule, N)
+    else:
+        o, S = _ChunkedMemory.apply(*parts, S0, rule, BLOCK)  # type: ignore[no-untyped-call]
+    return o.reshape(B, n, N * C, dv)[:, :, :T], S
+
+
+#: chunks per block: the forward and the backward batch a block's intra-chunk work (its
+#: ``C x C`` products and solves), so they hold ``O(BLOCK C^2)`` per head at a time
+BLOCK = 16
+
+
+class _Parts(NamedTuple):
+    """The inputs cut into chunks (padded to whole chunks), or one block of them."""
+
+    q: Tensor  # (B, n, N, C, d_k)
+    k: Tensor  # (B, n, N, C, d_k)
+    v: Tensor  # (B, n, N, C, d_v)
+    beta: Tensor  # (B, n, N, C)
+    log_alpha: Tensor | None  # (B, n, N, C)
+    resets: Tensor | None  # (B, N, C) int64
+
+    def block(self, s: slice) -> _Parts:
+        """Chunks ``s`` of every part."""
+        la, r = self.log_alpha, self.resets
+        return _Parts(
+            self.q[:, :, s],
+            self.k[:, :, s],
+            self.v[:, :, s],
+            self.beta[:, :, s],
+            None if la is None else la[:, :, s],
+            None if r is None else r[:, s],
+        )
+
+
+class _Intra(NamedTuple):
+    """What one block's chunks compute on their own (no incoming memory), per chunk and head;
+    the decays (``decay``, ``gamma`` and, with a decay, ``tail``) in float64, ``None`` where
+    they are 1."""
+
+    causal: Tensor  # (C, C) or (B, 1, G, C, C) bool: s <= t, same segment
+    strict: Tensor  # the same with s < t
+    decay: Tensor | None  # (B, n, G, C, C): D
+    gamma: Tensor | None  # (B, n, G, C)
+    tail: Tensor | None  # (B, n | 1, G, C, 1): D[C-1, :], how much of a write leaves the chunk
+    first: Tensor | None  # (B, 1, G, C, 1): the token still sees the incoming memory
+    qk: Tensor  # (B, n, G, C, C): causal(Q K^T)
+    attn: Tensor  # causal(D * Q K^T)
+    q_in: Tensor  # (B, n, G, C, d_k): diag(gamma first) Q, reads the incoming memory
+    k_out: Tensor  # (B, n, G, C, d_k): diag(tail) K, writes the outgoing memory
+    s_decay: Tensor | None  # (B, n | 1, G, 1, 1): factor of the incoming memory at the end
+    kb: Tensor | None  # (B, n, G, C, d_k): diag(beta) K (delta rule)
+    kbk: Tensor | None  # (B, n, G, C, C): strict(diag(beta) K K^T) (delta rule)
+    lower: Tensor | None  # (B, n, G, C, C): I + D * kbk, the unit-lower system (delta rule)
+    wu: Tensor | None  # (B, n, G, C, d_k + d_v): [w_full, U] (delta rule)
+    w_full: Tensor | None  # (B, n, G, C, d_k): M diag(beta gamma) K (delta rule)
+    W: Tensor | None  # w_full with the rows after the chunk's first reset zeroed
+    U: Tensor  # (B, n, G, C, d_v): M diag(beta) V, or diag(beta) V (linear rule)
+
+
+def _intra(p: _Parts, rule: str) -> _Intra:
+    """The intra-chunk quantities of the chunks ``p`` (the module docstring's equations)."""
+    q, k = p.q, p.k
+    C = q.shape[-2]
     ones = torch.ones(C, C, dtype=torch.bool, device=k.device)
     causal = torch.tril(ones)  # j <= i
     strict = torch.tril(ones, -1)  # j < i
-    first: Tensor | None = None  # (B, 1, N, C, 1): token still sees the incoming S
-    keep: Tensor | None = None  # (B, 1, N, 1, 1): the incoming S survives the chunk
-    if resets is not None:
-        r = F.pad(resets.to(torch.int64), (0, pad)).reshape(B, N, C)
-        g = torch.cumsum(r.reshape(B, N * C), 1).reshape(B, N, C)  # segment id per token
-        same = (g.unsqueeze(-1) == g.unsqueeze(-2)).unsqueeze(1)  # (B, 1, N, C, C)
+    first: Tensor | None = None  # (B, 1, G, C, 1): token still sees the incoming S
+    keep: Tensor | None = None  # (B, 1, G, 1, 1): the incoming S survives the chunk
+    if p.resets is not None:
+        seg = torch.cumsum(p.resets, -1)  # segment within the chunk, per token
+        same = (seg.unsqueeze(-1) == seg.unsqueeze(-2)).unsqueeze(1)  # (B, 1, G, C, C)
         causal = causal & same
         strict = strict & same
-        g_in = g[..., :1] - r[..., :1]  # segment id entering the chunk
-        first_b = g == g_in
+        first_b = seg == 0
         first = first_b.to(q.dtype)[:, None, :, :, None]
         keep = first_b[..., -1].to(q.dtype)[:, None, :, None, None]
     zero = torch.zeros((), dtype=q.dtype, device=q.device)
@@ -210,47 +296,63 @@ def _chunked(
     # log alpha sums O(C^2) such products of both signs, and in float32 that sum alone costs
     # more accuracy than the step recurrence loses (these are elementwise, not the matmuls)
     decay = tail = gamma = None
-    if log_alpha is not None:
-        decay, gamma = _decays(log_alpha.reshape(B, n, N, C).to(torch.float64), causal)
-        tail = decay[..., -1, :].unsqueeze(-1)  # (B, n, N, C, 1)
-    elif resets is not None:
-        tail = causal[..., -1, :].to(q.dtype).unsqueeze(-1)  # (B, 1, N, C, 1)
-    attn = _scaled(torch.where(causal, qc @ kc.transpose(-1, -2), zero), decay)  # (B,n,N,C,C)
+    if p.log_alpha is not None:
+        decay, gamma = _decays(p.log_alpha.to(torch.float64), causal)
+        tail = decay[..., -1, :].unsqueeze(-1)  # (B, n, G, C, 1)
+    elif p.resets is not None:
+        tail = causal[..., -1, :].to(q.dtype).unsqueeze(-1)  # (B, 1, G, C, 1)
+    qk = torch.where(causal, q @ k.transpose(-1, -2), zero)
+    attn = _scaled(qk, decay)
     # what the incoming S contributes: read by gamma_t q_t, corrected through gamma_t w_t
-    q_in = _scaled(qc, None if gamma is None else gamma.unsqueeze(-1))
+    q_in = _scaled(q, None if gamma is None else gamma.unsqueeze(-1))
     if first is not None:
         q_in = q_in * first
+    b = p.beta.unsqueeze(-1)
+    vb = p.v * b
+    kb = kbk = lower = sol = w_full = W = None
     if rule == "delta":
-        A = _scaled(torch.where(strict, kb @ kc.transpose(-1, -2), zero), decay)
-        eye = torch.eye(C, dtype=q.dtype, device=q.device)
+        kb = k * b
+        kbk = torch.where(strict, kb @ k.transpose(-1, -2), zero)
+        lower = _scaled(kbk, decay) + torch.eye(C, dtype=q.dtype, device=q.device)
         kw = _scaled(kb, None if gamma is None else gamma.unsqueeze(-1))
+        # (the right-sided form of this solve is faster on the CPU but rounds differently, and
+        # the float32 gradient of Gated DeltaNet's A_log, a sum with heavy cancellation, then
+        # left the conformance bound; this form rounds as the autograd path did)
         sol = torch.linalg.solve_triangular(
-            A + eye, torch.cat((kw, vb), -1), upper=False, unitriangular=True
+            lower, torch.cat((kw, vb), -1), upper=False, unitriangular=True
         )
-        W, U = sol.split((dk, dv), -1)
-        if first is not None:
-            W = W * first
+        w_full, U = sol.split((k.shape[-1], vb.shape[-1]), -1)
+        W = w_full if first is None else w_full * first
     else:
-        W, U = None, vb
-    k_out = _scaled(kc, tail)  # keys as they reach the chunk's end
-    s_decay: Tensor | None = None  # (B, n, N, 1, 1): factor of the incoming S at the chunk's end
+        U = vb
+    k_out = _scaled(k, tail)  # keys as they reach the chunk's end
+    s_decay: Tensor | None = None
     if gamma is not None:
         s_decay = gamma[..., -1, None, None].to(q.dtype)
     if keep is not None:
         s_decay = keep if s_decay is None else s_decay * keep
-    # the only sequential part: the memory entering each chunk, and the pseudo-values U~
-    # (unbind, not indexing: the backward of an index op allocates a zero tensor of the whole
-    # input per chunk, which makes the backward quadratic in T; unbind's backward stacks)
-    S = S0
-    S_in: list[Tensor] = []
-    U_t: list[Tensor] = []
+    return _Intra(
+        causal, strict, decay, gamma, tail, first, qk, attn, q_in, k_out, s_decay,
+        kb, kbk, lower, sol, w_full, W, U,
+    )  # fmt: skip
+
+
+def _carry(x: _Intra, S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The sequential part over a block's chunks: from the memory ``S: (B, n, d_v, d_k)``
+    entering the first, the memory leaving the last, the memories entering each ``(B, n, G,
+    d_v, d_k)`` and the pseudo-values ``U~ = U - W S_0^T`` ``(B, n, G, C, d_v)``."""
+    G = x.U.shape[2]
+    # unbind, not indexing: under autograd the backward of an index op allocates a zero
+    # tensor of the whole input per chunk (quadratic in T); unbind's backward stacks
     per_chunk = zip(
-        U.unbind(2),
-        W.unbind(2) if W is not None else [None] * N,
-        k_out.unbind(2),
-        s_decay.unbind(2) if s_decay is not None else [None] * N,
+        x.U.unbind(2),
+        x.W.unbind(2) if x.W is not None else [None] * G,
+        x.k_out.unbind(2),
+        x.s_decay.unbind(2) if x.s_decay is not None else [None] * G,
         strict=True,
     )
+    S_in: list[Tensor] = []
+    U_t: list[Tensor] = []
     for u_i, w_i, k_i, sd_i in per_chunk:
         S_in.append(S)
         if w_i is not None:
@@ -258,9 +360,185 @@ def _chunked(
         U_t.append(u_i)
         write = u_i.transpose(-1, -2) @ k_i
         S = S + write if sd_i is None else sd_i * S + write
-    S_ins = torch.stack(S_in, 2)  # (B, n, N, d_v, d_k)
-    o = q_in @ S_ins.transpose(-1, -2) + attn @ torch.stack(U_t, 2)
-    return o.reshape(B, n, N * C, dv)[:, :, :T], S
+    return S, torch.stack(S_in, 2), torch.stack(U_t, 2)
+
+
+def _forward(p: _Parts, S0: Tensor, rule: str, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunked memory over ``p``, ``block`` chunks at a time: the outputs ``(B, n, N, C,
+    d_v)``, the final memory and the memories entering each chunk ``(B, n, N, d_v, d_k)``.
+    Plain torch operations (differentiable by autograd)."""
+    N = p.q.shape[2]
+    S = S0
+    outs: list[Tensor] = []
+    s_ins: list[Tensor] = []
+    for start in range(0, N, block):
+        x = _intra(p.block(slice(start, start + block)), rule)
+        S, S_in, U_t = _carry(x, S)
+        outs.append(x.q_in @ S_in.transpose(-1, -2) + x.attn @ U_t)
+        s_ins.append(S_in)
+    if len(outs) == 1:
+        return outs[0], S, s_ins[0]
+    return torch.cat(outs, 2), S, torch.cat(s_ins, 2)
+
+
+class _ChunkedMemory(torch.autograd.Function):
+    """The chunked memory with a backward that recomputes each block of chunks: the forward
+    keeps the inputs and the memory entering each chunk (``O(T / C d_v d_k)`` per head), never
+    the ``C x C`` blocks (``O(T C)``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor,
+        log_alpha: Tensor | None,
+        resets: Tensor | None,
+        S0: Tensor,
+        rule: str,
+        block: int,
+    ) -> tuple[Tensor, Tensor]:
+        p = _Parts(q, k, v, beta, log_alpha, resets)
+        o, S, S_ins = _forward(p, S0, rule, block)
+        ctx.save_for_backward(q, k, v, beta, log_alpha, resets, S_ins)
+        ctx.rule, ctx.block = rule, block
+        return o, S
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, do: Tensor, dS: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, beta, log_alpha, resets, S_ins = ctx.saved_tensors
+        p = _Parts(q, k, v, beta, log_alpha, resets)
+        rule, block = ctx.rule, ctx.block
+        N = q.shape[2]
+        grads = _Grads.empty(p)
+        for start in reversed(range(0, N, block)):
+            s = slice(start, start + block)
+            dS = _block_backward(p.block(s), S_ins[:, :, s], do[:, :, s], dS, rule, grads, s)
+        return (*grads, None, dS, None, None)
+
+
+class _Grads(NamedTuple):
+    """The gradients of the chunked inputs, filled block by block."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    beta: Tensor
+    log_alpha: Tensor | None
+
+    @staticmethod
+    def empty(p: _Parts) -> _Grads:
+        la = p.log_alpha
+        return _Grads(
+            torch.empty_like(p.q),
+            torch.empty_like(p.k),
+            torch.empty_like(p.v),
+            torch.empty_like(p.beta),
+            None if la is None else torch.empty_like(la),
+        )
+
+
+def _block_backward(
+    p: _Parts, S_in: Tensor, do: Tensor, dS: Tensor, rule: str, grads: _Grads, s: slice
+) -> Tensor:
+    """One block's backward: recompute its intra-chunk quantities from ``p`` and the memories
+    entering its chunks ``S_in: (B, n, G, d_v, d_k)``, carry the memory's gradient ``dS`` (of
+    the memory leaving the block) back through its chunks, write the inputs' gradients into
+    ``grads[..., s, ...]`` and return the gradient of the memory entering the block.
+
+    Per chunk, from ``O = Q_in S_0^T + P U~``, ``S_C = s S_0 + U~^T K_out`` and ``U~ = U - W
+    S_0^T``: ``dU~ = P^T dO + K_out dS_C^T`` and ``dS_0 = dO^T Q_in + s dS_C - dU~^T W``
+    (sequential); then ``dP = dO U~^T``, ``dK_out = U~ dS_C``, ``dQ_in = dO S_0``, ``dW = -dU~
+    S_0``, ``ds = <dS_C, S_0>``, and the solve's adjoint ``[dR_w, dR_u] = L^{-T} [dW, dU~]``,
+    ``dL = -[dR_w, dR_u] [W, U]^T`` (batched over the block)."""
+    x = _intra(p, rule)
+    f64 = torch.float64
+    U_t = x.U if x.W is None else x.U - x.W @ S_in.transpose(-1, -2)
+    # the sequential part, backwards: the gradients of U~ and of each chunk's outgoing memory
+    pt_do = x.attn.transpose(-1, -2) @ do  # (B, n, G, C, d_v)
+    do_q = do.transpose(-1, -2) @ x.q_in  # (B, n, G, d_v, d_k)
+    dUt = torch.empty_like(U_t)  # (B, n, G, C, d_v)
+    dSo = torch.empty_like(S_in)  # (B, n, G, d_v, d_k): gradient of each chunk's outgoing S
+    for i in reversed(range(do.shape[2])):
+        dSo[:, :, i] = dS
+        du = dUt[:, :, i]
+        torch.add(pt_do[:, :, i], x.k_out[:, :, i] @ dS.transpose(-1, -2), out=du)
+        sd = None if x.s_decay is None else x.s_decay[:, :, i]
+        dS_prev = do_q[:, :, i] + (dS if sd is None else sd * dS)
+        if x.W is not None:
+            dS_prev = dS_prev - du.transpose(-1, -2) @ x.W[:, :, i]
+        dS = dS_prev
+    # the batched part
+    dP = do @ U_t.transpose(-1, -2)  # (B, n, G, C, C)
+    dk_out = U_t @ dSo  # (B, n, G, C, d_k)
+    dq_in = do @ S_in  # (B, n, G, C, d_k)
+    if x.first is not None:
+        dq_in = dq_in * x.first
+    zero = torch.zeros((), dtype=do.dtype, device=do.device)
+    dqk = torch.where(x.causal, _scaled(dP, x.decay), zero)
+    dq = dqk @ p.k + _scaled(dq_in, None if x.gamma is None else x.gamma.unsqueeze(-1))
+    dk = dqk.transpose(-1, -2) @ p.q + _scaled(dk_out, x.tail)
+    dD = dgamma = None
+    if x.decay is not None:
+        assert x.gamma is not None
+        dD = dP.to(f64) * x.qk.to(f64)  # 0 off the causal mask (qk is)
+        dgamma = (dq_in.to(f64) * p.q.to(f64)).sum(-1)
+        # the tail: tail = D[C-1, :]; the decay of the incoming memory: s = gamma_{C-1} keep
+        dD[..., -1, :] += (dk_out.to(f64) * p.k.to(f64)).sum(-1)
+        ds = (dSo * S_in).sum((-2, -1))
+        if p.resets is not None:
+            ds = ds * (p.resets.sum(-1) == 0).to(ds.dtype).unsqueeze(1)
+        dgamma[..., -1] += ds.to(f64)
+    b = p.beta.unsqueeze(-1)
+    if rule == "delta":
+        assert x.lower is not None and x.wu is not None and x.W is not None
+        assert x.kb is not None and x.kbk is not None
+        dW = -(dUt @ S_in)
+        if x.first is not None:
+            dW = dW * x.first
+        # L^-T [dW, dU~] as the right-sided solve ([dW, dU~]^T L^-1)^T: the same system, which
+        # torch's CPU solver runs several times faster this way round than upper=True
+        dR = torch.linalg.solve_triangular(
+            x.lower, torch.cat((dW, dUt), -1).mT, upper=False, left=False, unitriangular=True
+        ).mT
+        dRw, dvb = dR.split((p.k.shape[-1], p.v.shape[-1]), -1)
+        dL = torch.where(x.strict, -(dR @ x.wu.mT), zero)
+        dkbk = _scaled(dL, x.decay)
+        dkb = dkbk @ p.k + _scaled(dRw, None if x.gamma is None else x.gamma.unsqueeze(-1))
+        dk = dk + dkbk.transpose(-1, -2) @ x.kb + dkb * b
+        if dD is not None and dgamma is not None:
+            dD += dL.to(f64) * x.kbk.to(f64)
+            dgamma += (dRw.to(f64) * x.kb.to(f64)).sum(-1)
+        grads.beta[:, :, s] = (dkb * p.k).sum(-1) + (dvb * p.v).sum(-1)
+    else:
+        dvb = dUt
+        grads.beta[:, :, s] = (dvb * p.v).sum(-1)
+    grads.q[:, :, s] = dq
+    grads.k[:, :, s] = dk
+    grads.v[:, :, s] = dvb * b
+    if grads.log_alpha is not None:
+        assert dD is not None and dgamma is not None
+        assert x.decay is not None and x.gamma is not None
+        grads.log_alpha[:, :, s] = _decays_backward(dD, dgamma, x.decay, x.gamma)
+    return dS
+
+
+def _decays_backward(dD: Tensor, dgamma: Tensor, decay: Tensor, gamma: Tensor) -> Tensor:
+    """The gradient of the log decays ``(B, n, G, C)`` from those of :func:`_decays`' results
+    (all float64): ``D[t, s]`` depends on ``log alpha_r`` for ``s < r <= t``, ``gamma_t`` for
+    ``r <= t``; so ``dlog alpha_r = sum_{t >= r, s < r} dD[t, s] D[t, s] + sum_{t >= r}
+    dgamma_t gamma_t``."""
+    C = decay.shape[-1]
+    g = dD * decay  # 0 off the causal mask (D is 0 there)
+    # before[t, r] = sum_{s < r} g[t, s]: an exclusive cumulative sum along the row
+    before = F.pad(torch.cumsum(g, -1)[..., :-1], (1, 0))
+    from_t = torch.tril(torch.ones(C, C, dtype=torch.bool, device=g.device))  # t >= r
+    d_from_decay = torch.where(from_t, before, 0.0).sum(-2)
+    gg = dgamma * gamma
+    d_from_gamma = torch.flip(torch.cumsum(torch.flip(gg, (-1,)), -1), (-1,))
+    return d_from_decay + d_from_gamma
 
 
 def _scaled(x: Tensor, factor: Tensor | None) -> Tensor:
