@@ -18,7 +18,9 @@ convolution, unit-norm ``q, k`` after SiLU, a step size ``eta_t = sigmoid(.)`` p
 Gated DeltaNet's decay ``alpha_t = exp(-exp(A_log) softplus(. + dt_bias))`` per head.
 
 The memory update is nonlinear in the memory, so no chunked form is exact. ``recur`` (the
-``reference`` backend, what ``backend="auto"`` runs) is the exact per-token update.
+``reference`` backend) is the exact per-token update; :meth:`MirasCell.exact_forward` (the
+``exact`` backend, what ``backend="auto"`` runs) computes the same function a sequence at a
+time.
 :meth:`MirasCell.chunked_forward` (the ``chunked_approx`` backend, only when named) is the
 mini-batch approximation the papers train with: inside a chunk every token's gradient is
 taken at the memory the chunk started with. It is an approximation, not a kernel of the same
@@ -617,7 +619,8 @@ class Moneta(_Accumulating):
     k_t^T``, which differs from Gated DeltaNet's ``alpha_t W_{t-1} (I - eta_t k_t k_t^T) + ...``
     in decaying only the old memory, not the correction term.
 
-    ``recur`` (``backend="reference"``, what ``auto`` runs) is the exact update.
+    ``recur`` (``backend="reference"``) is the exact update; ``exact_forward``
+    (``backend="exact"``, what ``auto`` runs) computes it a sequence at a time.
     ``chunked_forward`` (``backend="chunked_approx"``, with ``chunk_size`` set) is the
     mini-batch APPROXIMATION: gradients at the chunk-start memory; relative RMS deviation of
     ``y`` from the exact update measured in docs/models.md (0 at chunk size 1).
