@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.core.testing.numerics import rel_rms
-from rnnkit.models.cells import DeltaNet, Memora, Moneta, Titans, Yaad
-from rnnkit.models.cells.miras import CHUNKED_APPROX, MirasCell, chunk_deviation
+from rnnkit.models.cells import DeltaNet, Memora, Moneta, Titans, Yaad, miras
+from rnnkit.models.cells.miras import CHUNKED_APPROX, EXACT, MirasCell, chunk_deviation
 
 CELLS: dict[str, Any] = {
     "moneta": lambda **kw: Moneta(5, 6, heads=2, **kw),
@@ -25,11 +25,13 @@ CELLS: dict[str, Any] = {
     "memora": lambda **kw: Memora(5, 6, heads=2, scale=1.5, **kw),
     "titans": lambda **kw: Titans(5, 6, heads=3, **kw),
 }
+#: Moneta with ``q = 2`` has a linear memory: the ``exact`` backend takes its other path.
+EXACT_CELLS = {**CELLS, "moneta_q2": lambda **kw: Moneta(5, 6, heads=2, p=3.0, q=2.0, **kw)}
 
 
 def _build(name: str, **kw: Any) -> MirasCell[Any]:
     torch.manual_seed(0)
-    cell: MirasCell[Any] = CELLS[name](**kw).double()
+    cell: MirasCell[Any] = EXACT_CELLS[name](**kw).double()
     return cell
 
 
@@ -108,14 +110,16 @@ def test_recur_is_the_written_out_update(name: str) -> None:
     assert rel_rms(got, want) < 1e-12
 
 
-def _run(cell: MirasCell[Any], p: dict[str, Any], chunk: int | None) -> dict[str, torch.Tensor]:
-    """y, final state and every gradient, by the reference loop (``chunk=None``) or
+def _run(
+    cell: MirasCell[Any], p: dict[str, Any], chunk: int | None, backend: str = "reference"
+) -> dict[str, torch.Tensor]:
+    """y, final state and every gradient, by ``backend`` (``chunk=None``) or
     chunked_forward."""
     cell.zero_grad()
     x = p["x"].clone().requires_grad_(True)
     state = cell.state_type(*(s.clone().requires_grad_(True) for s in p["state"]))
     if chunk is None:
-        y, final = cell(x, state, backend="reference", resets=p["resets"])
+        y, final = cell(x, state, backend=backend, resets=p["resets"])
     else:
         y, final = cell.chunked_forward(x, state, resets=p["resets"], chunk_size=chunk)
     loss = (y * p["dy"]).sum() + sum((f * f).sum() for f in final)
@@ -148,6 +152,19 @@ def test_chunk_size_one_is_the_exact_update(name: str) -> None:
     cell = _build(name)
     p = _problem(cell)
     want, got = _run(cell, p, None), _run(cell, p, 1)
+    for key, w in want.items():
+        assert rel_rms(got[key], w) < 1e-12, key
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_CELLS))
+def test_exact_backend_is_the_reference_loop(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``exact`` backend (what ``auto`` runs): values, final state and gradients (inputs,
+    initial state, parameters) with resets equal the reference loop up to float64 rounding,
+    with blocks of 4 so that 11 steps cross two block boundaries."""
+    monkeypatch.setattr(miras, "EXACT_BLOCK", 4)
+    cell = _build(name)
+    p = _problem(cell)
+    want, got = _run(cell, p, None), _run(cell, p, None, backend=EXACT)
     for key, w in want.items():
         assert rel_rms(got[key], w) < 1e-12, key
 
@@ -215,7 +232,8 @@ def test_the_approximation_runs_only_when_named_on_a_cell_with_a_chunk_size() ->
     y_auto, _ = chunked(x)
     y_ref, _ = chunked(x, backend="reference")
     y_approx, _ = chunked(x, backend=CHUNKED_APPROX)
-    assert torch.equal(y_auto, y_ref)  # auto keeps the exact loop
+    assert torch.equal(y_auto, chunked(x, backend=EXACT)[0])  # auto keeps the exact update
+    assert rel_rms(y_auto, y_ref) < 1e-12
     assert torch.equal(y_approx, chunked.chunked_forward(x)[0])
     assert rel_rms(y_approx, y_ref) > 1e-8
 

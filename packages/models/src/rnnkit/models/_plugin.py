@@ -47,7 +47,7 @@ from rnnkit.models.cells.jrt import BasedAttention
 from rnnkit.models.cells.lssl import CONV_KERNEL as LSSL_CONV_KERNEL
 from rnnkit.models.cells.lssl import LSSL
 from rnnkit.models.cells.m2rnn import M2RNN
-from rnnkit.models.cells.miras import CHUNKED_KERNELS
+from rnnkit.models.cells.miras import CHUNKED_KERNELS, EXACT_KERNELS
 from rnnkit.models.cells.plstm import CHUNKED_KERNEL as PLSTM_CHUNKED_KERNEL
 from rnnkit.models.cells.plstm import PLSTM
 from rnnkit.models.cells.s4d import CONV_KERNEL, S4D
@@ -93,7 +93,7 @@ def rnnkit_register_kernels(register: RegisterKernel) -> None:
     register(PARALLEL_KERNEL)
     register(CONV_KERNEL)
     register(LSSL_CONV_KERNEL)
-    for kernel in CHUNKED_KERNELS:
+    for kernel in (*CHUNKED_KERNELS, *EXACT_KERNELS):
         register(kernel)
     register(PLSTM_CHUNKED_KERNEL)
 

@@ -18,7 +18,9 @@ convolution, unit-norm ``q, k`` after SiLU, a step size ``eta_t = sigmoid(.)`` p
 Gated DeltaNet's decay ``alpha_t = exp(-exp(A_log) softplus(. + dt_bias))`` per head.
 
 The memory update is nonlinear in the memory, so no chunked form is exact. ``recur`` (the
-``reference`` backend, what ``backend="auto"`` runs) is the exact per-token update.
+``reference`` backend) is the exact per-token update; :meth:`MirasCell.exact_forward` (the
+``exact`` backend, what ``backend="auto"`` runs) computes the same function a sequence at a
+time.
 :meth:`MirasCell.chunked_forward` (the ``chunked_approx`` backend, only when named) is the
 mini-batch approximation the papers train with: inside a chunk every token's gradient is
 taken at the memory the chunk started with. It is an approximation, not a kernel of the same
@@ -45,6 +47,12 @@ from rnnkit.models.cells.deltanet import _check_range
 
 #: the backend name of the chunked mini-batch approximation (run only when named).
 CHUNKED_APPROX = "chunked_approx"
+#: the backend name of the exact update run a sequence at a time (``exact_forward``).
+EXACT = "exact"
+#: the steps :meth:`MirasCell.exact_forward` handles per block: the linear-memory form keeps
+#: ``(block, block)`` coefficients and restacks its past updates every step (cost quadratic in
+#: the block), and rebuilds the full memory only between blocks.
+EXACT_BLOCK = 64
 #: ``||A||_q`` is computed as ``(sum |A|^q + NORM_FLOOR)^(1/q)`` in :class:`Moneta`: without
 #: the floor, ``A / ||A||_q^(q-2)`` grows without bound as ``A -> 0`` for ``q > 2`` (the
 #: memory starts at zero), with it the map is close to the identity while ``||A||_q << 1``.
@@ -95,6 +103,30 @@ def _since_reset(bad: Tensor, s0_bad: Tensor, resets: Tensor) -> Tensor:
     base = torch.cummax(torch.where(r, counts - bad.to(torch.int64), 0), -1).values
     before_any_reset = torch.cumsum(r.to(torch.int64), -1) == 0
     return (counts - base > 0) | (s0_bad.unsqueeze(-1) & before_any_reset)
+
+
+def _recall(coef: Tensor, dots: Tensor, us: list[Tensor]) -> Tensor:
+    """``sum_s coef[..., s] dots[..., s] us[s]`` over the ``n = len(us)`` past updates:
+    ``coef, dots: (B, heads, >= n)`` (only the first ``n`` entries are read, so a NaN in a
+    later step's update or coefficient does not reach this one), ``us[s]: (B, heads, d)``;
+    returns ``(B, heads, d)``."""
+    n = len(us)
+    w = (coef[..., :n] * dots[..., :n]).unsqueeze(-2)
+    return (w @ torch.stack(us, -2)).squeeze(-2)
+
+
+def _written(coef: Tensor, us: list[Tensor], k: Tensor) -> Tensor:
+    """``sum_s coef[..., s] us[s] k[..., s, :]^T``: ``coef: (B, heads, C)``, ``us[s]: (B,
+    heads, d)``, ``k: (B, heads, C, d)``; returns ``(B, heads, d, d)`` (value x key)."""
+    return (torch.stack(us, -1) * coef.unsqueeze(-2)) @ k
+
+
+def _keep(reset: Tensor | None, t: int, x: Tensor) -> Tensor:
+    """``x: (B, ...)`` with the examples that reset at step ``t`` (``reset: (B, C)``) zeroed
+    (a select, so a NaN before the reset does not survive it, as in the reference loop)."""
+    if reset is None:
+        return x
+    return torch.where(reset[:, t].view(-1, *([1] * (x.dim() - 1))), 0.0, x)
 
 
 def chunk_deviation(cell: MirasCell[Any], x: Tensor, chunk_size: int) -> float:
@@ -232,6 +264,67 @@ class MirasCell(Cell[StateT]):
         eta, log_alpha, extra = self._gates(px_t)
         y, memory = self._write(tuple(state[:-1]), q, k, v, eta, log_alpha, extra)
         return y.flatten(-2), self.state_type(*memory, p)
+
+    def exact_forward(
+        self, x: Tensor, state: StateT | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, StateT]:
+        """The exact per-token update over a whole sequence (the ``exact`` backend).
+
+        The same function as the ``reference`` loop over :meth:`recur`, computed faster: the
+        projections, convolution, normalisation and gates of every step are computed at once,
+        then the memory recurrence runs in blocks of :data:`EXACT_BLOCK` steps
+        (:meth:`_exact_block`). Autograd differentiates it (no custom backward).
+
+        Args:
+            x: ``(B, T, input_size)``.
+            state: the initial state, or ``None`` for :meth:`init_state`.
+            resets: optional bool ``(B, T)``: the state restarts at those steps.
+
+        Returns:
+            ``(y: (B, T, H), final state)``.
+        """
+        B, T = x.shape[0], x.shape[1]
+        H = self.hidden_size
+        if state is None:
+            state = self.init_state(B, device=x.device, dtype=x.dtype)
+        if T == 0:
+            return x.new_empty(B, 0, H), state
+        px = self.project(x)
+        p = px[..., : 3 * H]
+        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
+        if resets is not None:
+            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
+        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        memory = tuple(state[:-1])
+        ys = []
+        for s in range(0, T, EXACT_BLOCK):
+            e = min(s + EXACT_BLOCK, T)
+            reset = None if resets is None else resets[:, s:e]
+            y, memory = self._exact_block(
+                memory, reset, q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], eta[..., s:e],
+                log_alpha[..., s:e], extra[..., s:e],
+            )  # fmt: skip
+            ys.append(y)
+        y = torch.cat(ys, 2).transpose(1, 2).reshape(B, T, H)
+        return y, self.state_type(*memory, p[:, -1])
+
+    def _exact_block(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The exact update over ``C`` steps: ``q, k, v: (B, heads, C, d)``, ``eta, log_alpha:
+        (B, heads, C)``, ``extra: (B, extra_gates, heads, C)``, ``reset: (B, C)`` bool or
+        ``None``; returns the read-outs ``(B, heads, C, d)`` and the memory fields after the
+        block."""
+        raise NotImplementedError
 
     def _write(
         self,
@@ -392,6 +485,92 @@ class _Accumulating(MirasCell[MirasState]):
         y = (self._memory(A) @ q.unsqueeze(-1)).squeeze(-1)
         return y, (A,)
 
+    def _exact_steps(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """:meth:`_exact_block` for a nonlinear ``phi``: :meth:`_write`'s update step by step,
+        computing each step's memory ``W_t = phi(A_t)`` once (it is both the step's read-out
+        and the next step's residual's memory)."""
+        (A,) = memory
+        W = self._memory(A)
+        W_init = self._memory(torch.zeros_like(A[:1]))
+        a = torch.exp(log_alpha)
+        ys = []
+        steps = zip(
+            q.unbind(2), k.unbind(2), v.unbind(2), eta.unbind(-1), a.unbind(-1), extra.unbind(-1),
+            strict=True,
+        )  # fmt: skip
+        for t, (q_t, k_t, v_t, eta_t, a_t, extra_t) in enumerate(steps):
+            if reset is not None:
+                r = reset[:, t, None, None, None]
+                A, W = torch.where(r, 0.0, A), torch.where(r, W_init, W)
+            e = (W @ k_t.unsqueeze(-1)).squeeze(-1) - v_t
+            g = self._bias_grad(e, extra_t.transpose(-1, -2))
+            A = a_t[..., None, None] * A - (eta_t.unsqueeze(-1) * g).unsqueeze(-1) * k_t.unsqueeze(
+                -2
+            )
+            W = self._memory(A)
+            ys.append((W @ q_t.unsqueeze(-1)).squeeze(-1))
+        return torch.stack(ys, 2), (A,)
+
+    def _linear_memory(self) -> bool:
+        """Whether ``phi`` is the identity (the memory is the accumulator), so that the exact
+        update can run on the coefficients of the past updates (:meth:`_exact_block`)."""
+        return type(self)._memory is _Accumulating._memory
+
+    def _exact_block(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """With a linear memory (``W = A``), ``A_t = c0_t A_0 + sum_{s<=t} c_t[s] u_s k_s^T``
+        with ``u_s = -eta_s g_s``, where the coefficients follow ``c_t = alpha_t c_{t-1} +
+        onehot(t)``, ``c0_t = alpha_t c0_{t-1}`` (zeroed at a reset). So ``W_{t-1} k_t`` and
+        ``W_t q_t`` need only the dot products ``k_s . k_t``, ``k_s . q_t`` and the vectors
+        ``u_s``: ``(B, heads, d)`` work per step instead of ``(B, heads, d, d)``, and the
+        memory matrix is built once per block. Other cells: the step-by-step default."""
+        if not self._linear_memory():
+            return self._exact_steps(memory, reset, q, k, v, eta, log_alpha, extra)
+        (A0,) = memory
+        C = q.shape[2]
+        a = torch.exp(log_alpha)
+        kk = k @ k.transpose(-1, -2)  # kk[..., s, t] = k_s . k_t
+        kq = k @ q.transpose(-1, -2)
+        A0k = k @ A0.transpose(-1, -2)  # A0k[..., t, :] = A_0 k_t
+        A0q = q @ A0.transpose(-1, -2)
+        onehot = torch.eye(C, dtype=q.dtype, device=q.device)
+        coef = torch.zeros_like(eta)  # (B, heads, C)
+        c0 = torch.ones_like(eta[..., 0])  # (B, heads)
+        us: list[Tensor] = []
+        ys = []
+        for t in range(C):
+            coef, c0 = _keep(reset, t, coef), _keep(reset, t, c0)
+            e = c0.unsqueeze(-1) * A0k[:, :, t] - v[:, :, t]
+            if us:
+                e = e + _recall(coef, kk[..., t], us)
+            g = self._bias_grad(e, extra[..., t].transpose(-1, -2))
+            us.append(-eta[..., t, None] * g)
+            a_t = a[..., t]
+            coef = a_t.unsqueeze(-1) * coef + onehot[t]
+            c0 = a_t * c0
+            ys.append(c0.unsqueeze(-1) * A0q[:, :, t] + _recall(coef, kq[..., t], us))
+        A = c0[..., None, None] * A0 + _written(coef, us, k)
+        return torch.stack(ys, 2), (A,)
+
     def _chunk(
         self,
         memory: tuple[Tensor, ...],
@@ -440,7 +619,8 @@ class Moneta(_Accumulating):
     k_t^T``, which differs from Gated DeltaNet's ``alpha_t W_{t-1} (I - eta_t k_t k_t^T) + ...``
     in decaying only the old memory, not the correction term.
 
-    ``recur`` (``backend="reference"``, what ``auto`` runs) is the exact update.
+    ``recur`` (``backend="reference"``) is the exact update; ``exact_forward``
+    (``backend="exact"``, what ``auto`` runs) computes it a sequence at a time.
     ``chunked_forward`` (``backend="chunked_approx"``, with ``chunk_size`` set) is the
     mini-batch APPROXIMATION: gradients at the chunk-start memory; relative RMS deviation of
     ``y`` from the exact update measured in docs/models.md (0 at chunk size 1).
@@ -480,6 +660,9 @@ class Moneta(_Accumulating):
             input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
             dt_range=dt_range, device=device, dtype=dtype,
         )  # fmt: skip
+
+    def _linear_memory(self) -> bool:
+        return self.q == 2.0
 
     def _memory(self, A: Tensor) -> Tensor:
         if self.q == 2.0:
@@ -614,6 +797,56 @@ class Titans(MirasCell[TitansState]):
             StateField("S", (self.heads, d, d), doc="momentum of the memory's updates"),
         )
 
+    def _exact_block(
+        self,
+        memory: tuple[Tensor, ...],
+        reset: Tensor | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        eta: Tensor,
+        log_alpha: Tensor,
+        extra: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The memory is linear in the updates ``u_s = -theta_s e_s``: ``S_t = sS_t S_0 +
+        sum_s cS_t[s] u_s k_s^T`` and ``M_t = mM_t M_0 + sM_t S_0 + sum_s cM_t[s] u_s
+        k_s^T``, with ``cS_t = m_t cS_{t-1} + onehot(t)``, ``cM_t = alpha_t cM_{t-1} +
+        cS_t`` and the same recursions for the scalars (all zeroed at a reset). Reads need
+        only ``k_s . k_t``, ``k_s . q_t`` and the ``u_s`` (see :class:`_Accumulating`)."""
+        M0, S0 = memory
+        C = q.shape[2]
+        a = torch.exp(log_alpha)
+        m = torch.sigmoid(extra[:, 0])
+        kk = k @ k.transpose(-1, -2)
+        kq = k @ q.transpose(-1, -2)
+        M0k, S0k = k @ M0.transpose(-1, -2), k @ S0.transpose(-1, -2)
+        M0q, S0q = q @ M0.transpose(-1, -2), q @ S0.transpose(-1, -2)
+        onehot = torch.eye(C, dtype=q.dtype, device=q.device)
+        cS = torch.zeros_like(eta)
+        cM = torch.zeros_like(eta)
+        sS = torch.ones_like(eta[..., 0])
+        mM = torch.ones_like(sS)
+        sM = torch.zeros_like(sS)
+        us: list[Tensor] = []
+        ys = []
+        for t in range(C):
+            cS, cM, sS, mM, sM = (_keep(reset, t, c) for c in (cS, cM, sS, mM, sM))
+            e = mM.unsqueeze(-1) * M0k[:, :, t] + sM.unsqueeze(-1) * S0k[:, :, t] - v[:, :, t]
+            if us:
+                e = e + _recall(cM, kk[..., t], us)
+            us.append(-eta[..., t, None] * e)
+            m_t, a_t = m[..., t], a[..., t]
+            cS = m_t.unsqueeze(-1) * cS + onehot[t]
+            sS = m_t * sS
+            cM = a_t.unsqueeze(-1) * cM + cS
+            mM = a_t * mM
+            sM = a_t * sM + sS
+            y = mM.unsqueeze(-1) * M0q[:, :, t] + sM.unsqueeze(-1) * S0q[:, :, t]
+            ys.append(y + _recall(cM, kq[..., t], us))
+        S = sS[..., None, None] * S0 + _written(cS, us, k)
+        M = mM[..., None, None] * M0 + sM[..., None, None] * S0 + _written(cM, us, k)
+        return torch.stack(ys, 2), (M, S)
+
     def _write(
         self,
         memory: tuple[Tensor, ...],
@@ -690,6 +923,35 @@ CHUNKED_KERNELS = tuple(
         description=f"{cls.__name__}: chunked mini-batch approximation (approximate; named only)",
         priority=Priority.NEVER,
         supports_extra=_supports_chunked,
+    )
+    for cls in (Moneta, Yaad, Memora, Titans)
+)
+
+
+def _supports_exact(cell: MirasCell[Any], call: KernelCall) -> str | None:
+    """The ``exact`` backend runs float32 and float64 only."""
+    del cell
+    if call.x.dtype not in (torch.float32, torch.float64):
+        return (
+            f"runs float32 and float64 only, not {call.x.dtype}: its sums over a block's past "
+            "updates round differently from the loop's, beyond the low-precision tolerance"
+        )
+    return None
+
+
+#: The exact update computed a sequence at a time (:meth:`MirasCell.exact_forward`), one
+#: kernel per cell kind: the same function as the ``reference`` loop, faster, so ``auto``
+#: takes it (the portable tier).
+EXACT_KERNELS = tuple(
+    cell_method_kernel(
+        MirasCell,
+        MirasCell.exact_forward,
+        backend=EXACT,
+        target=cls.kind,
+        label="Miras",
+        description=f"{cls.__name__}: the exact update, projections hoisted out of the loop",
+        priority=Priority.PORTABLE,
+        supports_extra=_supports_exact,
     )
     for cls in (Moneta, Yaad, Memora, Titans)
 )
