@@ -285,3 +285,31 @@ def test_chunked_forward_checks_its_chunk_size() -> None:
         cell.chunked_forward(x)
     with pytest.raises(ValueError, match=r"^chunk_size"):
         cell.chunked_forward(x, chunk_size=-1)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_CELLS))
+def test_exact_backend_drops_a_nan_memory_at_a_reset(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN initial state poisons the outputs until the first reset and not after it, on the
+    ``exact`` backend as on the reference loop: resets inside the first block (step 2) and at
+    the start of the second (step 4; blocks of 4), so both the carried memory and the keys
+    of the steps before a reset within a block are cut off."""
+    monkeypatch.setattr(miras, "EXACT_BLOCK", 4)
+    cell = _build(name)
+    torch.manual_seed(5)
+    x = torch.randn(2, 9, cell.input_size, dtype=torch.float64)
+    state = cell.init_state(2, dtype=torch.float64)
+    state = type(state)(*(torch.full_like(f, math.nan) for f in state))
+    resets = torch.zeros(2, 9, dtype=torch.bool)
+    resets[0, 2] = True
+    resets[1, 4] = True
+    with torch.no_grad():
+        want, want_state = cell(x, state, resets=resets, backend="reference")
+        got, got_state = cell(x, state, resets=resets, backend=EXACT)
+    assert torch.isnan(want[0, :2]).all() and torch.isnan(want[1, :4]).all()
+    assert not torch.isnan(want[0, 2:]).any() and not torch.isnan(want[1, 4:]).any()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert rel_rms(got[0, 2:], want[0, 2:]) < 1e-12 and rel_rms(got[1, 4:], want[1, 4:]) < 1e-12
+    for g, w in zip(got_state, want_state, strict=True):
+        assert not torch.isnan(w).any() and rel_rms(g, w) < 1e-12

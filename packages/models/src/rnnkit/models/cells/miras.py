@@ -105,19 +105,27 @@ def _since_reset(bad: Tensor, s0_bad: Tensor, resets: Tensor) -> Tensor:
     return (counts - base > 0) | (s0_bad.unsqueeze(-1) & before_any_reset)
 
 
-def _recall(coef: Tensor, dots: Tensor, us: list[Tensor]) -> Tensor:
+def _recall(coef: Tensor, dots: Tensor, us: list[Tensor], live: Tensor | None = None) -> Tensor:
     """``sum_s coef[..., s] dots[..., s] us[s]`` over the ``n = len(us)`` past updates:
     ``coef, dots: (B, heads, >= n)`` (only the first ``n`` entries are read, so a NaN in a
     later step's update or coefficient does not reach this one), ``us[s]: (B, heads, d)``;
-    returns ``(B, heads, d)``."""
+    returns ``(B, heads, d)``. ``live: (B, >= n)`` bool, where given, selects the past steps
+    in the current step's segment (none before a reset): a select, so a NaN key before a
+    reset does not survive it as ``0 * NaN``."""
     n = len(us)
-    w = (coef[..., :n] * dots[..., :n]).unsqueeze(-2)
-    return (w @ torch.stack(us, -2)).squeeze(-2)
+    w = coef[..., :n] * dots[..., :n]
+    if live is not None:
+        w = torch.where(live[:, None, :n], w, 0.0)
+    return (w.unsqueeze(-2) @ torch.stack(us, -2)).squeeze(-2)
 
 
-def _written(coef: Tensor, us: list[Tensor], k: Tensor) -> Tensor:
+def _written(coef: Tensor, us: list[Tensor], k: Tensor, live: Tensor | None = None) -> Tensor:
     """``sum_s coef[..., s] us[s] k[..., s, :]^T``: ``coef: (B, heads, C)``, ``us[s]: (B,
-    heads, d)``, ``k: (B, heads, C, d)``; returns ``(B, heads, d, d)`` (value x key)."""
+    heads, d)``, ``k: (B, heads, C, d)``; returns ``(B, heads, d, d)`` (value x key).
+    ``live: (B, C)`` bool, where given, selects the steps of the block's last segment (see
+    :func:`_recall`)."""
+    if live is not None:
+        k = torch.where(live[:, None, :, None], k, 0.0)
     return (torch.stack(us, -1) * coef.unsqueeze(-2)) @ k
 
 
@@ -127,6 +135,18 @@ def _keep(reset: Tensor | None, t: int, x: Tensor) -> Tensor:
     if reset is None:
         return x
     return torch.where(reset[:, t].view(-1, *([1] * (x.dim() - 1))), 0.0, x)
+
+
+def _from_start(cuts: Tensor | None, t: int, c: Tensor, x: Tensor) -> Tensor:
+    """``c * x`` for a term carried from the memory entering the block (``c: (B, heads)``
+    broadcast over ``x: (B, heads, ...)``), exactly zero for the examples with a reset at or
+    before step ``t`` of the block (``cuts: (B, C)``, ``t = -1`` for the block's end): their
+    ``c`` is 0 there, and a select keeps a NaN in that memory from surviving the reset as
+    ``0 * NaN``, as in the reference loop."""
+    y = c.view(*c.shape, *([1] * (x.dim() - c.dim()))) * x
+    if cuts is None:
+        return y
+    return torch.where(cuts[:, t].view(-1, *([1] * (y.dim() - 1))), 0.0, y)
 
 
 def chunk_deviation(cell: MirasCell[Any], x: Tensor, chunk_size: int) -> float:
@@ -555,20 +575,25 @@ class _Accumulating(MirasCell[MirasState]):
         onehot = torch.eye(C, dtype=q.dtype, device=q.device)
         coef = torch.zeros_like(eta)  # (B, heads, C)
         c0 = torch.ones_like(eta[..., 0])  # (B, heads)
+        seg = None if reset is None else reset.cumsum(-1)
+        cuts = None if seg is None else seg > 0
         us: list[Tensor] = []
         ys = []
         for t in range(C):
             coef, c0 = _keep(reset, t, coef), _keep(reset, t, c0)
-            e = c0.unsqueeze(-1) * A0k[:, :, t] - v[:, :, t]
+            live = None if seg is None else seg == seg[:, t : t + 1]
+            if reset is not None:  # updates before a reset are never read again: clear NaNs
+                us = [_keep(reset, t, u) for u in us]
+            e = _from_start(cuts, t, c0, A0k[:, :, t]) - v[:, :, t]
             if us:
-                e = e + _recall(coef, kk[..., t], us)
+                e = e + _recall(coef, kk[..., t], us, live)
             g = self._bias_grad(e, extra[..., t].transpose(-1, -2))
             us.append(-eta[..., t, None] * g)
             a_t = a[..., t]
             coef = a_t.unsqueeze(-1) * coef + onehot[t]
             c0 = a_t * c0
-            ys.append(c0.unsqueeze(-1) * A0q[:, :, t] + _recall(coef, kq[..., t], us))
-        A = c0[..., None, None] * A0 + _written(coef, us, k)
+            ys.append(_from_start(cuts, t, c0, A0q[:, :, t]) + _recall(coef, kq[..., t], us, live))
+        A = _from_start(cuts, -1, c0, A0) + _written(coef, us, k, live)
         return torch.stack(ys, 2), (A,)
 
     def _chunk(
@@ -827,13 +852,21 @@ class Titans(MirasCell[TitansState]):
         sS = torch.ones_like(eta[..., 0])
         mM = torch.ones_like(sS)
         sM = torch.zeros_like(sS)
+        seg = None if reset is None else reset.cumsum(-1)
+        cuts = None if seg is None else seg > 0
         us: list[Tensor] = []
         ys = []
         for t in range(C):
             cS, cM, sS, mM, sM = (_keep(reset, t, c) for c in (cS, cM, sS, mM, sM))
-            e = mM.unsqueeze(-1) * M0k[:, :, t] + sM.unsqueeze(-1) * S0k[:, :, t] - v[:, :, t]
+            live = None if seg is None else seg == seg[:, t : t + 1]
+            if reset is not None:  # updates before a reset are never read again: clear NaNs
+                us = [_keep(reset, t, u) for u in us]
+            carried = _from_start(cuts, t, mM, M0k[:, :, t]) + _from_start(
+                cuts, t, sM, S0k[:, :, t]
+            )
+            e = carried - v[:, :, t]
             if us:
-                e = e + _recall(cM, kk[..., t], us)
+                e = e + _recall(cM, kk[..., t], us, live)
             us.append(-eta[..., t, None] * e)
             m_t, a_t = m[..., t], a[..., t]
             cS = m_t.unsqueeze(-1) * cS + onehot[t]
@@ -841,10 +874,14 @@ class Titans(MirasCell[TitansState]):
             cM = a_t.unsqueeze(-1) * cM + cS
             mM = a_t * mM
             sM = a_t * sM + sS
-            y = mM.unsqueeze(-1) * M0q[:, :, t] + sM.unsqueeze(-1) * S0q[:, :, t]
-            ys.append(y + _recall(cM, kq[..., t], us))
-        S = sS[..., None, None] * S0 + _written(cS, us, k)
-        M = mM[..., None, None] * M0 + sM[..., None, None] * S0 + _written(cM, us, k)
+            y = _from_start(cuts, t, mM, M0q[:, :, t]) + _from_start(cuts, t, sM, S0q[:, :, t])
+            ys.append(y + _recall(cM, kq[..., t], us, live))
+        S = _from_start(cuts, -1, sS, S0) + _written(cS, us, k, live)
+        M = (
+            _from_start(cuts, -1, mM, M0)
+            + _from_start(cuts, -1, sM, S0)
+            + _written(cM, us, k, live)
+        )
         return torch.stack(ys, 2), (M, S)
 
     def _write(
