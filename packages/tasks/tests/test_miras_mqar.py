@@ -11,9 +11,6 @@ import pytest
 from rnnkit.tasks import TrainConfig, Trainer
 from rnnkit.tasks.synthetic import mqar_data
 
-MIRAS_CELLS = ("moneta", "yaad", "memora", "titans")
-
-
 def test_titans_memory_recalls_on_a_small_instance(tmp_path: Path) -> None:
     """2 pairs, L=8, vocab 16, 100 steps of 32 with Titans' memory (the cheapest of the four
     per step): the first query, which the elimination shortcut answers at 1/2, is answered
@@ -37,13 +34,28 @@ def test_titans_memory_recalls_on_a_small_instance(tmp_path: Path) -> None:
     assert result.test["first_query_accuracy"] > 0.65
 
 
+NOT_LEARNED = pytest.mark.xfail(
+    reason="first query at or below the shortcut at this budget (docs/tasks.md)", strict=True
+)
+
+
 @pytest.mark.experiment
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("cell", MIRAS_CELLS)
+@pytest.mark.parametrize(
+    ("cell", "seed"),
+    [
+        ("memora", 0),
+        ("memora", 1),
+        pytest.param("titans", 0, marks=NOT_LEARNED),
+        pytest.param("moneta", 0, marks=NOT_LEARNED),
+        pytest.param("yaad", 0, marks=NOT_LEARNED),
+    ],
+)
 def test_miras_cell_mqar_score(cell: str, seed: int, tmp_path: Path) -> None:
     """The task's budget (300 x 64, DeltaNet's) with each cell at 64 units, one head, the exact
     update; the scores are in docs/tasks.md (same as ``rnnkit train --task mqar --cell
-    CELL --seed SEED``)."""
+    CELL --seed SEED``). Memora answers the first query (0.979 at seed 0); Titans (0.351),
+    Moneta (0.270) and Yaad (0.140) do not at this budget: strict expected failures, so a
+    change that makes them learn shows."""
     result = Trainer(
         TrainConfig(task="mqar", cell=cell, seed=seed, out=str(tmp_path), verbose=False, plot=False)
     ).run()
