@@ -11,6 +11,7 @@ import pytest
 from rnnkit.tasks import TrainConfig, Trainer
 from rnnkit.tasks.synthetic import mqar_data
 
+
 def test_titans_memory_recalls_on_a_small_instance(tmp_path: Path) -> None:
     """2 pairs, L=8, vocab 16, 100 steps of 32 with Titans' memory (the cheapest of the four
     per step): the first query, which the elimination shortcut answers at 1/2, is answered
