@@ -283,6 +283,57 @@ def test_resets(device: str, dtype: torch.dtype) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        "sequential",
+        "cpp",
+        pytest.param(
+            "triton",
+            marks=[
+                pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
+                pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
+            ],
+        ),
+    ],
+)
+def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
+    """A NaN in ``h0`` (row 0) or in an input (row 1, step 2) poisons the states up to the
+    row's reset (step 5) and none after it, values and gradients, as the cells' reference
+    loops restart (row 2: no NaN, a reset; row 3: NaN and no reset, NaN to the end). The
+    scans multiply the state before a reset by ``a = 0``, and ``0 * NaN`` is NaN."""
+    a, b, h0 = make(4, 11, 3, torch.float64, "cpu")
+    h0 = h0.detach().clone()
+    b = b.detach().clone()
+    h0[0, 1] = math.nan
+    b[1, 2, 0] = math.nan
+    b[3, 1, 2] = math.nan
+    resets = torch.zeros(4, 11, dtype=torch.bool)
+    resets[:3, 5] = True
+    inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    h, last = linear_scan(*inputs, resets=resets, backend=backend, chunk=4)
+    want, want_last = linear_scan_reference(*want_in, resets=resets)
+    assert torch.isnan(want[:3, :5]).any(-1).any(-1).tolist()[:2] == [True, True]
+    assert not torch.isnan(want[:3, 5:]).any() and torch.isnan(want[3, -1]).any()
+    assert torch.equal(torch.isnan(h), torch.isnan(want))
+    assert rel_rms(h[:3, 5:], want[:3, 5:]) < 1e-12
+    assert rel_rms(last[:3], want_last[:3]) < 1e-12
+    # gradients of what follows the resets: the loop's autograd gives NaN only for the gates
+    # multiplying a NaN state (0 * NaN in a's gradient); every other entry is finite and equal
+    h[:3, 5:].sum().backward()
+    want[:3, 5:].sum().backward()
+    for got_t, want_t in zip(inputs, want_in, strict=True):
+        assert got_t.grad is not None and want_t.grad is not None
+        nan = torch.isnan(want_t.grad)
+        assert torch.equal(torch.isnan(got_t.grad), nan)
+        assert rel_rms(got_t.grad[~nan], want_t.grad[~nan]) < 1e-12
+    assert torch.isfinite(want_in[1].grad).all() and torch.isfinite(want_in[2].grad).all()
+
+
 def _per_sequence(a: Tensor, b: Tensor, h0: Tensor, offsets: list[int]) -> tuple[Tensor, Tensor]:
     hs, lasts = [], []
     for s in range(len(offsets) - 1):

@@ -422,6 +422,57 @@ def linear_scan(
         # a_t = 0 where the state restarts; its gradient is then zero there, as it should be.
         a = torch.where(resets.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a)
     h, h_last = _apply(a, b, h0, name, chunk)
+    if resets is not None and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        stale = _stale_rows(h, h0, resets)
+        if bool(stale.any()):
+            return _rescan_stale(a, b, h0, resets, stale, name, chunk)
+    return h, h_last
+
+
+def _stale_rows(h: Tensor, h0: Tensor, resets: Tensor) -> Tensor:
+    """Bool ``(B,)``: the rows where a non-finite state precedes the row's last reset.
+
+    A reset makes the scans multiply the state before it by ``a_t = 0``, which keeps a NaN or
+    an infinity there (``0 * NaN``) where the recurrence restarts from zero. Every non-finite
+    input makes the state at its step non-finite, so checking the states (and ``h0``) before
+    the last reset finds every row this happens to; other rows are exact as they are.
+    """
+    steps = torch.arange(h.shape[1], device=h.device)
+    last = torch.where(resets, steps, -1).amax(1)  # (B,), -1 without a reset
+    before = steps < last.unsqueeze(1)
+    bad = (~torch.isfinite(h).all(-1) & before).any(1)
+    return bad | (~torch.isfinite(h0).all(-1) & (last >= 0))
+
+
+def _rescan_stale(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    resets: Tensor,
+    stale: Tensor,
+    backend: str,
+    chunk: int | None,
+) -> tuple[Tensor, Tensor]:
+    """The scan again with the ``stale`` rows (:func:`_stale_rows`) run by a step loop that
+    restarts with a select (``h = 0`` at a reset, as the cells' reference loops do) and the
+    other rows by the scan, so no row's gradient meets a ``0 * NaN`` either."""
+    rows = stale.nonzero().squeeze(1)
+    keep = (~stale).nonzero().squeeze(1)
+    cd = compute_dtype(b.dtype)
+    ha, hb, state = a[rows].to(cd), b[rows].to(cd), h0[rows].to(cd)
+    restart = resets[rows].unsqueeze(-1)
+    zero = torch.zeros((), dtype=cd, device=b.device)
+    steps = []
+    for t in range(ha.shape[1]):
+        state = ha[:, t] * torch.where(restart[:, t], zero, state) + hb[:, t]
+        steps.append(state)
+    loop_h = torch.stack(steps, 1).to(b.dtype)
+    h = b.new_empty(b.shape).index_copy(0, rows, loop_h)
+    h_last = h0.new_empty(h0.shape).index_copy(0, rows, loop_h[:, -1])
+    if keep.numel():
+        scan_h, scan_last = _apply(a[keep], b[keep], h0[keep], backend, chunk)
+        h = h.index_copy(0, keep, scan_h)
+        h_last = h_last.index_copy(0, keep, scan_last)
     return h, h_last
 
 
@@ -483,7 +534,8 @@ def linear_scan_reference(
     hs = []
     for t, (a_t, b_t) in enumerate(zip(a.unbind(1), b.unbind(1), strict=True)):
         if keep is not None:
-            h = h * keep[:, t]
+            # a select, not a product: a NaN before a reset must not survive it as 0 * NaN
+            h = torch.where(keep[:, t], h, torch.zeros((), dtype=h.dtype, device=h.device))
         h = a_t * h + b_t
         hs.append(h)
     if not hs:
