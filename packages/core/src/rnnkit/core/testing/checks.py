@@ -560,8 +560,8 @@ def check_nan_propagation(make: CellFactory) -> CheckReport:
     Where a NaN spreads *within* a gradient is not compared: a backward that multiplies
     different intermediate values than the loop's (a chunked or parallel algorithm) spreads it
     differently, since ``0 * NaN`` is NaN, while computing the same finite gradients. Resets
-    are not used: whether a NaN crosses a reset is an implementation's choice too (a select
-    stops it, a scan's product ``0 * h`` carries it), see docs/cell-abi.md section 6.
+    are not used: a scan's products treat a NaN at a reset differently from the loop's select
+    in places (a NaN decay at the reset step), see docs/cell-abi.md section 6.
     """
     cell = _f64(make)
     report = CheckReport("nan_propagation", type(cell).__name__)
