@@ -66,6 +66,7 @@ SLOW_DATA = {
     "vessels",
     "kws12",
     "listops",  # seed dependence: test_listops.py, on small sizes
+    "listops_spread",  # seed dependence: test_listops.py, on small sizes
     "tsp",
     "next_item",  # seed dependence: test_recsys.py, on small sizes
     "moving_digits",  # seed dependence: test_video.py, on small sizes
@@ -105,6 +106,7 @@ def test_all_tasks_registered() -> None:
         "kws",
         "kws12",
         "listops",
+        "listops_spread",
     ]:
         assert name in ALL
     assert list_tasks("tomita*") == [f"tomita{g}" for g in range(1, 8)]

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from rnnkit.tasks import get_task
-from rnnkit.tasks.listops import LISTOPS_VOCAB, listops_data, listops_metrics
+from rnnkit.tasks.listops import (
+    LISTOPS_VOCAB,
+    listops_data,
+    listops_metrics,
+    listops_spread_data,
+)
 
 # the token layout of the module docstring, restated so that the test does not read it back
 PAD, CLOSE = 0, 15
@@ -123,3 +128,70 @@ def test_registered_task_is_long_range() -> None:
     assert task.io["vocab_size"] == LISTOPS_VOCAB
     assert task.io["output_size"] == 10
     assert task.model == "ssm_classifier"
+
+
+# --- listops_spread: short expressions at the start of a long sequence ------------------------
+
+
+def _tokens_and_steps(x: list[int]) -> tuple[list[int], list[int]]:
+    steps = [i for i, t in enumerate(x) if t != PAD]
+    return [x[i] for i in steps], steps
+
+
+def test_spread_labels_match_the_evaluator_and_sit_at_the_start() -> None:
+    d = listops_spread_data(2, length=300, sizes=(200, 40, 40))
+    for split in (d.train, d.valid, d.test):
+        assert split.inputs.shape == (len(split), 300)
+        for x, y in zip(split.inputs.tolist(), split.targets.tolist(), strict=True):
+            expr, steps = _tokens_and_steps(x)
+            # compact (span 0): the expression fills steps 0..n-1, padding after it
+            assert steps == list(range(len(expr)))
+            assert 4 <= len(expr) <= 17
+            value, depth = evaluate(expr)
+            assert value == y
+            assert 1 <= depth <= 2
+            # the default operators are MAX and MIN only
+            assert all(t not in (13, 14) for t in expr)
+    assert set(d.train.targets.tolist()) == set(range(10))
+
+
+def test_spread_span_spreads_the_tokens_in_order() -> None:
+    d = listops_spread_data(
+        1, length=512, span=400, max_depth=3, max_args=4, ops=(0, 1, 2, 3), max_len=40,
+        sizes=(100, 20, 20),
+    )  # fmt: skip
+    last_steps = []
+    for x, y in zip(d.train.inputs.tolist(), d.train.targets.tolist(), strict=True):
+        expr, steps = _tokens_and_steps(x)
+        assert steps[0] == 0 and steps[-1] < 400
+        value, depth = evaluate(expr)
+        assert value == y and depth <= 3
+        last_steps.append(steps[-1])
+    # the tokens are spread over the span, not packed at its start
+    assert statistics.mean(last_steps) > 300
+    assert bool((d.train.inputs == 14).any())  # SUM_MOD appears when asked for
+
+
+def test_spread_deterministic_under_a_seed() -> None:
+    kw = {"length": 64, "sizes": (50, 20, 20)}
+    a, b, c = (listops_spread_data(s, **kw) for s in (4, 4, 5))  # type: ignore[arg-type]
+    for s in ("train", "valid", "test"):
+        assert torch.equal(a.split(s).inputs, b.split(s).inputs)
+        assert torch.equal(a.split(s).targets, b.split(s).targets)
+    assert not torch.equal(a.train.inputs, c.train.inputs)
+    assert a.info == b.info
+
+
+def test_spread_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_len"):
+        listops_spread_data(0, length=16, max_len=17)
+    with pytest.raises(ValueError, match="ops"):
+        listops_spread_data(0, length=64, ops=(0, 4))
+
+
+def test_registered_spread_task_is_long_range() -> None:
+    task = get_task("listops_spread")
+    assert task.kind == "classify" and task.model == "ssm_classifier"
+    assert task.io["vocab_size"] == LISTOPS_VOCAB and task.io["output_size"] == 10
+    data = task.data(0)
+    assert data.train.inputs.shape[1] >= 1024

@@ -30,6 +30,11 @@ realised length is close to ``b`` (see ``docs/tasks.md`` for the measured
 distribution). The root is always an operator. Sequences are left-padded with ``0`` to
 ``length`` tokens, so the expression ends at the last step (where a causal model reads its
 answer).
+
+``listops_spread`` (:func:`listops_spread_data`) is the long-range variant whose expressions
+are easy: ``MAX``/``MIN`` only, depth at most 2, 2-3 arguments, 8-17 tokens of budget, at the
+start of the sequence with padding after them to 1,024 tokens, so the difficulty is carrying
+the expression (or its value) over about a thousand steps rather than the combinatorics.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import torch
 
 from rnnkit.tasks import metrics as M
 from rnnkit.tasks.base import Budget, Metrics, Split, Task, TaskData
-from rnnkit.tasks.synthetic import _disjoint
+from rnnkit.tasks.synthetic import _disjoint, _oversample
 
 LISTOPS_PAD = 0
 LISTOPS_DIGIT0 = 1  # digit d is token 1 + d
@@ -79,6 +84,7 @@ def _expression(
     max_depth: int,
     max_args: int,
     out: list[int],
+    ops: tuple[int, ...] = (0, 1, 2, 3),
 ) -> int:
     """Append the tokens of one expression of at most ``budget`` tokens to ``out``; return
     its value (see the module docstring for the rule)."""
@@ -86,7 +92,7 @@ def _expression(
         d = int(rng.random() * 10)
         out.append(LISTOPS_DIGIT0 + d)
         return d
-    op = int(rng.random() * 4)
+    op = ops[int(rng.random() * len(ops))]
     k = rng.randint(2, min(max_args, budget - 2))
     out.append(LISTOPS_OPEN0 + op)
     values = []
@@ -103,7 +109,7 @@ def _expression(
             spare = share - 1
         else:
             start = len(out)
-            values.append(_expression(rng, share, depth + 1, max_depth, max_args, out))
+            values.append(_expression(rng, share, depth + 1, max_depth, max_args, out, ops))
             spare = share - (len(out) - start)
     out.append(LISTOPS_CLOSE)
     return apply_op(op, values)
@@ -117,14 +123,16 @@ def listops_expressions(
     max_len: int,
     max_depth: int,
     max_args: int,
+    ops: tuple[int, ...] = (0, 1, 2, 3),
 ) -> tuple[list[list[int]], list[int]]:
-    """``count`` expressions (token lists, each at most ``max_len`` long) and their values."""
+    """``count`` expressions (token lists, each at most ``max_len`` long) and their values;
+    operators are drawn uniformly from ``ops`` (indices into :data:`LISTOPS_OPS`)."""
     exprs, values = [], []
     for _ in range(count):
         out: list[int] = []
         budget = rng.randint(min_len, max_len)
         # depth 0 with budget >= 4 is always an operator: the answer is never a bare digit
-        values.append(_expression(rng, budget, 0, max_depth, max_args, out))
+        values.append(_expression(rng, budget, 0, max_depth, max_args, out, ops))
         exprs.append(out)
     return exprs, values
 
@@ -160,6 +168,66 @@ def listops_data(
         x = torch.full((size, length), LISTOPS_PAD, dtype=torch.long)
         for i, e in enumerate(exprs):
             x[i, length - len(e) :] = torch.tensor(e, dtype=torch.long)
+        splits.append(Split(x, torch.tensor(values, dtype=torch.long)))
+    majority = int(torch.bincount(splits[0].targets, minlength=10).argmax())
+    info = {"vocab_size": LISTOPS_VOCAB, "length": length, "majority": majority}
+    return _disjoint(splits, info, sizes)
+
+
+def listops_spread_data(
+    seed: int,
+    *,
+    length: int = 1024,
+    min_len: int = 8,
+    max_len: int = 17,
+    max_depth: int = 2,
+    max_args: int = 3,
+    ops: tuple[int, ...] = (0, 1),
+    span: int = 0,
+    sizes: tuple[int, int, int] = (6000, 500, 500),
+) -> TaskData:
+    """Short ListOps expressions at the start of a long sequence: the range is the hard part.
+
+    Each expression has a budget of ``U{min_len..max_len}`` tokens, depth at most
+    ``max_depth``, 2 to ``max_args`` arguments per operator and operators drawn uniformly from
+    ``ops`` (indices into :data:`LISTOPS_OPS`; default ``MAX`` and ``MIN``), by the rule of
+    :func:`listops_expressions`. Its tokens keep their order; the first is at step 0 and the
+    others at steps drawn uniformly without replacement from ``1..max(span, n) - 1`` (``n``
+    the expression's length; ``span=0``, the default, packs them at steps ``0..n - 1``). All
+    other steps up to ``length`` are padding ``0``, so a model reading the last step must
+    carry the expression over at least ``length - max(span, max_len)`` steps.
+
+    Inputs ``(N, length)`` int64 token ids (the vocabulary of :data:`LISTOPS_VOCAB`); targets
+    ``(N,)`` the value 0-9. ``info`` as :func:`listops_data`'s. Short expressions repeat, so
+    the held-out splits are drawn with spares and cut to ``sizes`` after dropping inputs seen
+    in training.
+    """
+    if not 4 <= min_len <= max_len <= length or span > length:
+        raise ValueError(
+            "need 4 <= min_len <= max_len <= length and span <= length, got "
+            f"min_len={min_len}, max_len={max_len}, length={length}, span={span}"
+        )
+    if max_depth < 1 or max_args < 2:
+        raise ValueError(f"need max_depth >= 1 and max_args >= 2, got {max_depth}, {max_args}")
+    if not ops or not all(0 <= op < len(LISTOPS_OPS) for op in ops):
+        raise ValueError(f"ops must be a non-empty tuple of indices 0..3, got {ops}")
+    splits = []
+    for stream, size in enumerate(_oversample(sizes)):
+        rng = random.Random(int(seed) * 1_000_003 + stream * 7919 + 29)
+        exprs, values = listops_expressions(
+            rng,
+            size,
+            min_len=min_len,
+            max_len=max_len,
+            max_depth=max_depth,
+            max_args=max_args,
+            ops=ops,
+        )
+        x = torch.full((size, length), LISTOPS_PAD, dtype=torch.long)
+        for i, e in enumerate(exprs):
+            width = max(span, len(e))
+            steps = [0, *sorted(rng.sample(range(1, width), len(e) - 1))]
+            x[i, steps] = torch.tensor(e, dtype=torch.long)
         splits.append(Split(x, torch.tensor(values, dtype=torch.long)))
     majority = int(torch.bincount(splits[0].targets, minlength=10).argmax())
     info = {"vocab_size": LISTOPS_VOCAB, "length": length, "majority": majority}
@@ -214,6 +282,25 @@ TASKS: tuple[Task, ...] = (
             "majority-label baseline."
         ),
     ),
+    Task(
+        name="listops_spread",
+        description="ListOps: short MAX/MIN expressions, then padding to T=1024 (long range)",
+        kind="classify",
+        make_data=listops_spread_data,
+        metric_fn=listops_metrics,
+        primary="accuracy",
+        io={"input_size": 0, "vocab_size": LISTOPS_VOCAB, "output_size": 10},
+        model="ssm_classifier",
+        model_config={"cell": "s4d", "hidden_size": 64, "num_layers": 2, "state_size": 64},
+        budget=Budget(steps=300, batch_size=32, lr=1e-2, weight_decay=0.01, eval_every=100),
+        target=None,
+        reference="no published counterpart (a variant generated here)",
+        details=(
+            "Generated: MAX/MIN expressions of 8-17 tokens of budget, depth <= 2, 2-3 "
+            "arguments, at steps 0..n-1, padding to 1,024 tokens after them; 6,000 / 500 / "
+            "500 examples. Metrics also give the majority-label baseline."
+        ),
+    ),
 )
 
 __all__ = [
@@ -224,4 +311,5 @@ __all__ = [
     "listops_expressions",
     "listops_lengths",
     "listops_metrics",
+    "listops_spread_data",
 ]
