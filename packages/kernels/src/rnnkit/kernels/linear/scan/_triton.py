@@ -9,7 +9,6 @@ ImportError at import time.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from types import ModuleType
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rnnkit.kernels._triton_runtime import interpreted
 from rnnkit.kernels.linear.scan._alloc import alloc
 
 _kernels: ModuleType | None
@@ -43,14 +43,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def interpreting() -> bool:
-    """Whether the kernels run in Triton's CPU interpreter.
-
-    Triton decides at decoration time (``TRITON_INTERPRET=1`` when the kernels module was
-    imported), so this asks the kernel object rather than the environment.
-    """
-    if _kernels is None:
-        return os.environ.get("TRITON_INTERPRET", "") == "1"
-    return type(_kernels._seq_fwd_kernel).__name__ == "InterpretedFunction"
+    """Whether the kernels run in Triton's CPU interpreter (decided when they were imported)."""
+    return interpreted(None if _kernels is None else _kernels._seq_fwd_kernel)
 
 
 def unavailable_reason(

@@ -20,7 +20,6 @@ says why it cannot run instead of failing at import. Not yet timed on a GPU
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
+from rnnkit.kernels._triton_runtime import device_reason, interpreted
 from rnnkit.kernels.matrix_state.chunked import _finite, _poison, delta_rule_chunked
 
 _kernels: ModuleType | None
@@ -70,22 +70,14 @@ BLOCK_V_OUT = 64
 
 def interpreting() -> bool:
     """Whether the kernels run in Triton's CPU interpreter (decided when they were imported)."""
-    if _kernels is None:
-        return os.environ.get("TRITON_INTERPRET", "") == "1"
-    return type(_kernels._intra_kernel).__name__ == "InterpretedFunction"
+    return interpreted(None if _kernels is None else _kernels._intra_kernel)
 
 
 def unavailable_reason(device: torch.device | None = None) -> str | None:
     """Why the Triton kernels cannot run (on ``device``), or ``None`` when they can."""
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
-    if interpreting():
-        return None
-    if device is not None and device.type != "cuda":
-        return f"CUDA tensors needed (got {device}; TRITON_INTERPRET=1 runs it on CPU)"
-    if device is None and not torch.cuda.is_available():
-        return "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU)"
-    return None
+    return device_reason(device, interpreting=interpreting(), what="the kernels")
 
 
 def _k() -> Any:

@@ -10,7 +10,6 @@ the tests run it without a GPU: there it is far slower than ``selective_cpp`` an
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.kernels._triton_runtime import device_reason, interpreted
 from rnnkit.kernels.selective._run import COMPUTE_DTYPES, protocol_gap
 from rnnkit.kernels.selective._shell import (
     ScanInputs,
@@ -47,22 +47,14 @@ BLOCK_D = 16
 
 def interpreting() -> bool:
     """Whether the kernels run in Triton's CPU interpreter (decided when they were imported)."""
-    if _kernels is None:
-        return os.environ.get("TRITON_INTERPRET", "") == "1"
-    return type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
+    return interpreted(None if _kernels is None else _kernels._fwd_kernel)
 
 
 def unavailable_reason(device: torch.device | None = None) -> str | None:
     """Why the Triton kernels cannot run (on ``device``), or ``None`` when they can."""
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
-    if interpreting():
-        return None
-    if device is not None and device.type != "cuda":
-        return f"CUDA tensors needed (got {device}; TRITON_INTERPRET=1 runs it on CPU)"
-    if device is None and not torch.cuda.is_available():
-        return "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU)"
-    return None
+    return device_reason(device, interpreting=interpreting(), what="the kernels")
 
 
 def _k() -> Any:
