@@ -132,6 +132,11 @@ def test_train_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["--task", "lorenz63", "--model", "sasrec"], "takes no keyword 'input_size'"),
         (["--model", "gru"], "pass --cell gru"),
         (["--set", "hiden=3"], "cell 'lstm' takes no keyword 'hiden'"),
+        # a backend that cannot run the model's cell is that, not a mismatch with the task
+        (
+            ["--model", "mamba_classifier", "--backend", "s4d_conv"],
+            "backend 's4d_conv' has no kernel for cell 'mamba'",
+        ),
     ],
 )
 def test_a_model_that_does_not_fit_is_one_line(
@@ -141,6 +146,7 @@ def test_a_model_that_does_not_fit_is_one_line(
     assert main(["train", *args, *TINY, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+    assert ("does not fit" in err) == ("does not fit" in expected or "input_size" in expected)
     if "does not fit" in err:
         assert "the task's own model" in err
     assert not (tmp_path / "x").exists()

@@ -285,6 +285,8 @@ def check_model_fits(
     try:
         with torch.no_grad():
             task.loss(forward(model, x, backend), y)
+    except RnnkitError:
+        raise  # rnnkit's own errors (a backend that cannot run a cell, ...) name their cause
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         why = (
