@@ -389,3 +389,26 @@ def test_torch_compile_as_the_first_call_of_a_process() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_a_wrong_keyword_names_it_and_lists_the_cell_keywords() -> None:
+    """``--set KEY=VALUE`` with a misspelt key: the error names the key, the closest keyword
+    and the cell's keywords, from ``create_cell`` and from a ``Recurrent`` stack alike."""
+    from rnnkit.core import Recurrent, create_cell
+    from rnnkit.core.errors import UnknownKeywordError
+
+    with pytest.raises(UnknownKeywordError, match=r"cell 'lstm' takes no keyword 'hiden'") as e:
+        create_cell("lstm", input_size=2, hidden_size=2, hiden=3)
+    assert e.value.keyword == "hiden"
+    assert "did you mean 'hidden_size'" in str(e.value) and "heads" in str(e.value)
+    with pytest.raises(UnknownKeywordError, match=r"cell 'gru' takes no keyword 'head'"):
+        Recurrent("gru", 2, 4, num_layers=2, head=2)
+    # an error raised inside a constructor keeps its own type and message
+    with pytest.raises(ValueError, match="hidden_size") as inner:
+        create_cell("lstm", input_size=2, hidden_size="x")
+    assert not isinstance(inner.value, UnknownKeywordError)
+
+
+def test_an_unknown_name_without_a_close_match_ends_its_sentence() -> None:
+    with pytest.raises(UnknownNameError, match=r"^unknown cell 'zzzz'\. Registered: .*lstm"):
+        PluginHost().cells.get("zzzz")

@@ -119,3 +119,34 @@ def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--list"]) == 0
     assert "tomita7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # a language model on images: it cannot read the inputs
+        (["--task", "digits_rows", "--model", "char_lm"], "does not fit task 'digits_rows'"),
+        # a classifier on a language model's task: its outputs do not fit the targets
+        (["--task", "charlm", "--model", "sequence_classifier"], "does not fit task 'charlm'"),
+        # a recommender on a series: it takes none of the task's keywords
+        (["--task", "lorenz63", "--model", "sasrec"], "takes no keyword 'input_size'"),
+        (["--model", "gru"], "pass --cell gru"),
+        (["--set", "hiden=3"], "cell 'lstm' takes no keyword 'hiden'"),
+        # a backend that cannot run the model's cell is that, not a mismatch with the task
+        (
+            ["--model", "mamba_classifier", "--backend", "s4d_conv"],
+            "backend 's4d_conv' has no kernel for cell 'mamba'",
+        ),
+    ],
+)
+def test_a_model_that_does_not_fit_is_one_line(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user's mismatches end in one line naming the fix, before anything is written."""
+    assert main(["train", *args, *TINY, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert ("does not fit" in err) == ("does not fit" in expected or "input_size" in expected)
+    if "does not fit" in err:
+        assert "the task's own model" in err
+    assert not (tmp_path / "x").exists()

@@ -30,11 +30,11 @@ def test_compare_seeds_failure_reuse_and_report(
 ) -> None:
     assert main([*ARGS, "--out", str(tmp_path)]) == 1  # one model failed
     text = capsys.readouterr().out
-    assert "status" in text and "failed: TypeError" in text and "state_size" in text
+    assert "status" in text and "failed: UnknownKeywordError" in text and "state_size" in text
     data = json.loads((tmp_path / "compare.json").read_text())
     lstm, ssm = data["rows"]
     assert lstm["entry"] == "lstm" and lstm["seeds_ok"] == 0
-    assert lstm["status"].startswith("failed: TypeError") and "\n" not in lstm["status"]
+    assert lstm["status"].startswith("failed: UnknownKeywordError") and "\n" not in lstm["status"]
     assert not (tmp_path / "lstm").exists()
     assert ssm["status"] == "ok" and ssm["seeds_ok"] == 2
     # mean and sample standard deviation against the runs' own final.json
@@ -56,7 +56,7 @@ def test_compare_seeds_failure_reuse_and_report(
     report = tmp_path / "report.md"
     body = report.read_text()
     assert "| model | seeds |" in body and "| status |" in body
-    assert "failed: TypeError" in body
+    assert "failed: UnknownKeywordError" in body
     links = _links(report)
     assert "compare.png" in links and "ssm_classifier/seed-1/report.md" in links
     for link in links:

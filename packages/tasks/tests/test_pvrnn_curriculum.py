@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from rnnkit.tasks.curriculum import (
     run_curriculum,
 )
 from rnnkit.tasks.patterns import pattern_sequences, patterns_data, primitive_cycle
-from rnnkit.tasks.pvrnn_study import cycle_labels, study, study_one
+from rnnkit.tasks.pvrnn_study import configure_pvrnn, cycle_labels, study, study_one
 
 # --- switching Lissajous patterns --------------------------------------------------------------
 
@@ -146,3 +149,23 @@ def test_curricula_reach_twice_the_uncurriculated_n(task: str, mode: str) -> Non
     base = baseline_reach(task, **kw)
     got = run_curriculum(task, mode, **kw)  # type: ignore[arg-type]
     assert got.n_reached >= 2 * base.n_reached, (base.n_reached, got.n_reached)
+
+
+def test_a_bare_json_prints_json_as_on_the_other_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json`` alone prints one JSON document and nothing else on stdout (as ``rnnkit
+    train --json``); ``--json FILE`` still writes the file beside the table."""
+    from rnnkit.core.cli import main
+
+    args = ["curriculum", "--task", "parity", "--mode", "single", "--steps", "2"]
+    assert main([*args, "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["mode"] == "single" and record["steps"] == 2
+    assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
+    assert "N reached" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())[0]["steps"] == 2
+    parser = argparse.ArgumentParser()
+    configure_pvrnn(parser)
+    assert parser.parse_args(["--json"]).json == "-"
+    assert parser.parse_args(["--json", "p.json"]).json == "p.json"

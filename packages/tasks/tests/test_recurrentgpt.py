@@ -166,3 +166,18 @@ def test_the_command(charlm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--- step 2" in capsys.readouterr().out
     assert main([*args[:3], "--steps", "-1"]) == 2
     assert "--steps >= 0" in capsys.readouterr().err
+
+
+def test_the_command_names_itself_for_a_run_that_is_not_a_char_lm(
+    charlm_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A classifier's run (here the char-LM's config relabelled) is refused in one line that
+    says what ``rnnkit recurrentgpt`` needs, not what ``rnnkit generate`` would say."""
+    config = json.loads((charlm_run / "config.json").read_text())
+    config.update(task="digits_rows", kind="classify")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["recurrentgpt", "--run", str(tmp_path), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "rnnkit recurrentgpt needs a character-LM run" in err and "'digits_rows'" in err
+    assert "rnnkit generate" not in err

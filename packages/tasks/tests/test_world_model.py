@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,20 @@ def test_cartpole_score_against_ppo_at_equal_steps() -> None:
     assert ppo.env_steps == dreamer.env_steps
     assert dreamer.wm_loss_last < 0.5 * dreamer.wm_loss_first
     assert dreamer.eval_return > 3 * ppo.random_return
+
+
+def test_without_gymnasium_the_command_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rnnkit world-model`` without the ``rl`` extra: one line naming it, no traceback."""
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # an import of gymnasium now fails
+    assert main(["world-model", "--steps", "64", "--prefill", "32", "--baseline", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "rnnkit-tasks[rl]" in err and err.count("\n") == 1, err
+
+
+def test_prefill_errors_name_the_options_to_change() -> None:
+    with pytest.raises(ValueError, match=r"prefill \(4\) must cover .* raise --prefill"):
+        train_dreamer(DreamerConfig(steps=64, prefill=4), make=Corridor)
+    with pytest.raises(ValueError, match=r"prefill \(512\) cannot exceed .* raise --steps"):
+        train_dreamer(DreamerConfig(steps=64), make=Corridor)

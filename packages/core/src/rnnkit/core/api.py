@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rnnkit.core.cell import Cell
+from rnnkit.core.errors import check_keywords
 from rnnkit.core.plugins import get_host
 
 
@@ -26,6 +27,10 @@ def get_cell_class(name: str) -> type[Cell[Any]]:
 def create_cell(name: str, **config: Any) -> Cell[Any]:
     """Build the cell registered as ``name``.
 
-    Example: ``create_cell("lstm", input_size=8, hidden_size=16)``.
+    Example: ``create_cell("lstm", input_size=8, hidden_size=16)``. A keyword the cell does
+    not take raises :class:`~rnnkit.core.errors.UnknownKeywordError` naming it and listing
+    the cell's keywords.
     """
-    return get_cell_class(name)(**config)
+    cls = get_cell_class(name)
+    check_keywords("cell", name, cls, config)
+    return cls(**config)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 
 class RnnkitError(Exception):
@@ -12,6 +14,16 @@ class RnnkitError(Exception):
 
 class UnknownNameError(RnnkitError, ValueError):
     """A cell, backend, model, task or command name that nothing registered."""
+
+
+class UnknownKeywordError(RnnkitError, TypeError):
+    """A keyword that the cell or model being built does not take (``--set KEY=VALUE`` with a
+    wrong key, or a model given a task's keywords it has no use for). ``keyword`` is the
+    offending name; the message lists the keywords that are taken."""
+
+    def __init__(self, message: str, keyword: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
 
 
 class BackendUnavailableError(RnnkitError, RuntimeError):
@@ -35,6 +47,38 @@ def unknown_name(kind: str, name: str, candidates: Iterable[str]) -> UnknownName
     """Build the error for an unknown ``kind`` name, suggesting the closest registered ones."""
     pool = sorted(set(candidates))
     near = closest(name, pool)
-    hint = f"; did you mean {', '.join(repr(c) for c in near)}?" if near else ""
+    hint = f"; did you mean {', '.join(repr(c) for c in near)}?" if near else "."
     listing = ", ".join(pool) if pool else "(none registered)"
-    return UnknownNameError(f"unknown {kind} {name!r}{hint} Registered {kind}s: {listing}")
+    return UnknownNameError(f"unknown {kind} {name!r}{hint} Registered: {listing}")
+
+
+def check_keywords(
+    kind: str, name: str, build: Callable[..., Any], config: Mapping[str, Any]
+) -> None:
+    """Raise :class:`UnknownKeywordError` when ``config`` holds a keyword that ``build`` (a
+    class or a builder function registered as the ``kind`` ``name``) does not take.
+
+    Checked from the signature before the call, so that a ``TypeError`` raised inside a
+    builder keeps its own message; a builder taking ``**kwargs`` (which passes them on to the
+    cell it builds) accepts every keyword here and is checked where they land.
+    """
+    try:
+        params = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):  # builtins and C extensions without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    taken = [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in config:
+        if key not in taken:
+            near = closest(key, taken)
+            hint = f"; did you mean {', '.join(repr(c) for c in near)}?" if near else "."
+            raise UnknownKeywordError(
+                f"{kind} {name!r} takes no keyword {key!r}{hint} "
+                f"Its keywords: {', '.join(taken) or '(none)'}",
+                key,
+            )

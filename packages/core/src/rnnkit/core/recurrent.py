@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit.core.api import get_cell_class
 from rnnkit.core.cell import Cell
 from rnnkit.core.cells import GRU, LSTM, Elman
+from rnnkit.core.errors import check_keywords
 from rnnkit.core.validation import (
     check_lengths,
     check_positive_int,
@@ -60,6 +61,12 @@ class Recurrent(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         cls = get_cell_class(cell) if isinstance(cell, str) else cell
+        check_keywords(
+            "cell",
+            cell if isinstance(cell, str) else cls.__name__,
+            cls,
+            {"input_size": input_size, "hidden_size": hidden_size, **cell_kwargs},
+        )
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
         self.dropout = dropout

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.core.api import get_cell_class
+from rnnkit.core.api import create_cell
 from rnnkit.core.cell import Cell
 from rnnkit.core.validation import check_positive_int
 from rnnkit.models.cache import (
@@ -245,7 +245,7 @@ class HybridBlock(nn.Module):
         if kind == ATTENTION:
             self.mixer = CausalSelfAttention(width, heads, kv_heads)
         else:
-            cell = get_cell_class(kind)(input_size=width, hidden_size=state_size, **cell_kwargs)
+            cell = create_cell(kind, input_size=width, hidden_size=state_size, **cell_kwargs)
             if cell.output_size != width:
                 raise ValueError(
                     f"cell {kind!r} maps {width} channels to {cell.output_size}: a hybrid layer "

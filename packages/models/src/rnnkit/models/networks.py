@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.core.api import get_cell_class
+from rnnkit.core.api import create_cell
 from rnnkit.core.recurrent import Recurrent
 from rnnkit.models.cache import (
     BlockCache,
@@ -194,7 +194,7 @@ class SSMBlock(nn.Module):
     ):
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        self.cell = get_cell_class(cell)(width, state_size, **kw)
+        self.cell = create_cell(cell, input_size=width, hidden_size=state_size, **kw)
         if self.cell.output_size != width:
             raise ValueError(
                 f"cell {cell!r} maps {width} channels to {self.cell.output_size}: an SSM block "

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from rnnkit.core.errors import check_keywords
 from rnnkit.core.listing import matches
 from rnnkit.core.plugins import get_host
 
@@ -49,8 +50,15 @@ def is_model(name: str) -> bool:
 
 
 def create_model(name: str, **config: Any) -> nn.Module:
-    """Build the model registered as ``name`` with keyword configuration ``config``."""
-    model = get_model_builder(name)(**config)
+    """Build the model registered as ``name`` with keyword configuration ``config``.
+
+    A keyword the builder does not take raises
+    :class:`~rnnkit.core.errors.UnknownKeywordError` naming it and listing the builder's
+    keywords (builders taking ``**kwargs`` pass them on to their cell, which checks them).
+    """
+    builder = get_model_builder(name)
+    check_keywords("model", name, builder, config)
+    model = builder(**config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model builder {name!r} returned {type(model).__name__}, not nn.Module")
     return model

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.core.api import get_cell_class
+from rnnkit.core.api import create_cell
 from rnnkit.tasks._util import parse_set
 
 __all__ = [
@@ -59,7 +59,7 @@ class ResidualCellLayer(nn.Module):
     def __init__(self, cell: str, width: int, state_size: int, **cell_kwargs: Any) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        self.cell = get_cell_class(cell)(width, state_size, **cell_kwargs)
+        self.cell = create_cell(cell, input_size=width, hidden_size=state_size, **cell_kwargs)
         self.mix = nn.Linear(self.cell.output_size, width)
 
     def forward(

@@ -275,14 +275,21 @@ _MISSING = object()
 
 
 def _check_names(task: str, models: list[str]) -> None:
-    """Fail early, with the closest names, on an unknown task, model or cell."""
+    """Fail early, with the closest names, on an unknown task or model; a cell name given as
+    ``--model`` says to pass it as ``--cell`` (``rnnkit compare --models`` takes both)."""
     from rnnkit.core.plugins import get_host
 
     host = get_host()
     host.tasks.get(task)
     for m in models:
-        if m not in host.models and m not in host.cells:
-            raise unknown_name("model or cell", m, [*host.models.names(), *host.cells.names()])
+        if m in host.models:
+            continue
+        if m in host.cells:
+            raise ValueError(
+                f"--model {m!r} is a cell, not a model: pass --cell {m} (the task's model "
+                "built with that cell)"
+            )
+        raise unknown_name("model", m, host.models.names())
 
 
 def _print_result(r: RunResult) -> None:

@@ -254,7 +254,14 @@ def configure_curriculum(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.98)
     p.add_argument("--max-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="also write the results to FILE as JSON; without FILE, print them as JSON on stdout "
+        "and nothing else there",
+    )
 
 
 def run_curriculum_command(args: argparse.Namespace) -> int:
@@ -270,21 +277,27 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     results = []
-    print(
-        f"{'mode':>7} {'N reached':>9} {'steps':>6} {'tau mean':>8} {'median':>7} "
-        f"{'max':>7} {'seconds':>7}"
-    )
+    table = args.json != "-"  # a bare --json prints the JSON document only
+    if table:
+        print(
+            f"{'mode':>7} {'N reached':>9} {'steps':>6} {'tau mean':>8} {'median':>7} "
+            f"{'max':>7} {'seconds':>7}"
+        )
     for mode in args.mode:
         if mode == "none":
             r = baseline_reach(args.task, **kw)
         else:
             r = run_curriculum(args.task, mode, **kw)
         results.append(r)
-        print(
-            f"{mode:>7} {r.n_reached:>9} {r.steps:>6} {r.tau['mean']:>8.3f} "
-            f"{r.tau['median']:>7.3f} {r.tau['max']:>7.3f} {r.seconds:>7.1f}",
-            flush=True,
-        )
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+        if table:
+            print(
+                f"{mode:>7} {r.n_reached:>9} {r.steps:>6} {r.tau['mean']:>8.3f} "
+                f"{r.tau['median']:>7.3f} {r.tau['max']:>7.3f} {r.seconds:>7.1f}",
+                flush=True,
+            )
+    records = [asdict(r) for r in results]
+    if args.json == "-":
+        print(json.dumps(records))
+    elif args.json is not None:
+        Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

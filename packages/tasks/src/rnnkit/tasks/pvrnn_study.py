@@ -165,7 +165,14 @@ def configure_pvrnn(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--window", type=int, default=10, help="error-regression window")
     p.add_argument("--shift", type=int, default=3, help="steps the window moves each time")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="also write the results to FILE as JSON; without FILE, print them as JSON on stdout "
+        "and nothing else there",
+    )
 
 
 def run_pvrnn(args: argparse.Namespace) -> int:
@@ -190,10 +197,13 @@ def run_pvrnn(args: argparse.Namespace) -> int:
         "zero_mse",
         "seconds",
     ]
+    records = [asdict(r) for r in rows]
+    if args.json == "-":  # a bare --json prints the JSON document only
+        print(json.dumps(records))
+        return 0
     print(" ".join(f"{c:>10}" for c in cols))
-    for r in rows:
-        d = asdict(r)
+    for d in records:
         print(" ".join(f"{d[c]:>10.4g}" for c in cols))
     if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

@@ -288,7 +288,7 @@ def configure_recurrentgpt(p: argparse.ArgumentParser) -> None:
 
 def run_recurrentgpt(args: argparse.Namespace) -> int:
     """Run ``rnnkit recurrentgpt``: ``--steps`` paragraphs, each printed as it is written."""
-    from rnnkit.tasks.reuse import load_run, read_config, require_use
+    from rnnkit.tasks.reuse import RunLoadError, load_run, read_config, run_use
 
     if args.steps < 0 or args.length < 1 or args.context < 1:
         raise ValueError(
@@ -297,7 +297,12 @@ def run_recurrentgpt(args: argparse.Namespace) -> int:
         )
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    require_use(read_config(args.run), "generate")
+    config = read_config(args.run)
+    if run_use(config) != "language_model":
+        raise RunLoadError(
+            f"rnnkit recurrentgpt needs a character-LM run (rnnkit train --task charlm): "
+            f"{args.run} trained task {config.get('task')!r}"
+        )
     run = load_run(args.run, device=args.device)
     generator = char_lm_generator(
         run,

@@ -565,7 +565,7 @@ def run_rl(args: Any) -> int:
     if not emit_result(args, "rl.json", asdict(result)):
         print(
             f"{config.env}, {config.cell} ({result.params:,} parameters), "
-            f"{result.env_steps:,} env steps in {result.seconds:.0f} s: "
+            f"{result.env_steps:,} env steps in {result.seconds:.1f} s: "
             f"final return {result.final_return:.3f}, MMER {result.mmer:.3f}, "
             f"greedy {result.eval_return:.3f}, random policy {result.random_return:.3f}"
         )

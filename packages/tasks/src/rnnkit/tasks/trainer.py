@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.core.errors import RnnkitError, UnknownKeywordError
 from rnnkit.tasks import checkpoint as ckpt
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
 from rnnkit.tasks.callbacks import TrainerCallback
@@ -240,6 +241,61 @@ def forward(model: nn.Module, x: Tensor, backend: str, targets: Tensor | None = 
             raise
         out = model(x)
     return out
+
+
+class ModelTaskMismatchError(RnnkitError, ValueError):
+    """A model that does not fit a task: it takes none of the keywords the task gives its
+    models, cannot read the task's inputs, or returns outputs the task's loss cannot score.
+    The message names both, the task's kind and its own model (``rnnkit train`` prints it as
+    one line)."""
+
+
+def _mismatch(task: Task, model_name: str, why: str) -> ModelTaskMismatchError:
+    return ModelTaskMismatchError(
+        f"model {model_name!r} does not fit task {task.name!r} (kind {task.kind}): {why}; "
+        f"leave out --model for the task's own model, {task.model!r} (rnnkit list tasks "
+        f"{task.name} shows the task)"
+    )
+
+
+def build_task_model(task: Task, model_name: str, config: Mapping[str, Any]) -> nn.Module:
+    """``task.build_model(model_name, **config)``; a keyword the task passes (its ``io``)
+    that the model does not take raises :class:`ModelTaskMismatchError`, one of ``config``
+    (``--set``) the :class:`~rnnkit.core.errors.UnknownKeywordError` naming it."""
+    try:
+        return task.build_model(model_name, **config)
+    except UnknownKeywordError as exc:
+        if exc.keyword in config or exc.keyword not in task.io:
+            raise
+        given = ", ".join(sorted(task.io))
+        raise _mismatch(task, model_name, f"the task gives its models {given} and {exc}") from exc
+
+
+def check_model_fits(
+    task: Task, model: nn.Module, model_name: str, split: Split, backend: str, device: torch.device
+) -> None:
+    """Run the model on two examples of ``split`` (evaluation mode, no gradients) and score
+    them with the task's loss, so that a model chosen for a task it does not fit stops here
+    with :class:`ModelTaskMismatchError` (inputs and targets shapes, and the error) rather
+    than with a shape error inside the first training step."""
+    x = split.inputs[:2].to(device)
+    y = split.targets[:2].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            task.loss(forward(model, x, backend), y)
+    except RnnkitError:
+        raise  # rnnkit's own errors (a backend that cannot run a cell, ...) name their cause
+    except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        why = (
+            f"on inputs {tuple(x.shape)} ({x.dtype}) with targets {tuple(y.shape)} it raised "
+            f"{type(exc).__name__}: {first}"
+        )
+        raise _mismatch(task, model_name, why) from exc
+    finally:
+        model.train(was_training)
 
 
 def regularization(model: nn.Module, progress: float) -> Tensor | None:
@@ -531,10 +587,20 @@ class Trainer:
 
             kwargs = self.task.model_kwargs(self.model_name, **self.model_config)
             self.model_kwargs = kwargs
-            model = self.task.build_model(self.model_name, **self.model_config)
+            model = build_task_model(self.task, self.model_name, self.model_config)
             self.resolved_model_config = resolved_model_config(
                 get_model_builder(self.model_name), kwargs, model
             )
+            if self.model_name != self.task.model:
+                # the task's own model is tested with it; another one may not fit it
+                check_model_fits(
+                    self.task,
+                    model.to(self.device),
+                    self.model_name,
+                    self.data.train,
+                    config.backend,
+                    self.device,
+                )
         else:  # a model built by the caller: only what was said about it is known
             self.resolved_model_config = jsonable(self.model_config)
         self.model = model.to(self.device)

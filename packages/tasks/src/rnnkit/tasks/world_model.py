@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.core.errors import RnnkitError
 from rnnkit.tasks.agent import (
     RecurrentStack,
     add_agent_options,
@@ -60,6 +61,7 @@ __all__ = [
     "ActorCritic",
     "DreamerConfig",
     "DreamerResult",
+    "GymnasiumUnavailableError",
     "Imagination",
     "ReplayBuffer",
     "WorldModel",
@@ -80,12 +82,18 @@ WORLD_MODEL_HELP = (
 )
 
 
+class GymnasiumUnavailableError(RnnkitError, ImportError):
+    """``gymnasium`` is not installed: the message names the ``rl`` extra (``rnnkit
+    world-model`` prints it as one line)."""
+
+
 def make_gym_env(name: str) -> Any:
-    """``gymnasium.make(name)``; ``ValueError`` naming ``env`` for an unknown id."""
+    """``gymnasium.make(name)``; ``ValueError`` naming ``env`` for an unknown id and
+    :class:`GymnasiumUnavailableError` without gymnasium."""
     try:
         gym = importlib.import_module("gymnasium")
     except ImportError as exc:  # the rl extra brings gymnasium
-        raise ImportError(
+        raise GymnasiumUnavailableError(
             "the world-model agent needs gymnasium: pip install 'rnnkit-tasks[rl]'"
         ) from exc
     try:
@@ -418,10 +426,14 @@ def _check(c: DreamerConfig) -> None:
         raise ValueError(f"wm_length must be at least 2, got {c.wm_length}")
     if c.prefill < max(c.wm_length, c.context):
         raise ValueError(
-            f"prefill ({c.prefill}) must cover wm_length ({c.wm_length}) and context ({c.context})"
+            f"prefill ({c.prefill}) must cover wm_length ({c.wm_length}, the world model's "
+            f"training window) and context ({c.context}): raise --prefill"
         )
     if c.prefill > c.steps:
-        raise ValueError(f"prefill ({c.prefill}) cannot exceed steps ({c.steps})")
+        raise ValueError(
+            f"prefill ({c.prefill}) cannot exceed steps ({c.steps}): raise --steps or lower "
+            "--prefill"
+        )
     if not (0.0 < c.gamma <= 1.0 and 0.0 <= c.lam <= 1.0):
         raise ValueError(f"gamma must be in (0, 1] and lam in [0, 1], got {c.gamma}, {c.lam}")
 
@@ -636,14 +648,14 @@ def run_world_model(args: Any) -> int:
         return 0
     print(
         f"{config.env}, world model on {config.cell}: {result.env_steps:,} env steps in "
-        f"{result.seconds:.0f} s: greedy return {result.eval_return:.1f}, last-10% training "
+        f"{result.seconds:.1f} s: greedy return {result.eval_return:.1f}, last-10% training "
         f"return {result.final_return:.1f}, world-model loss {result.wm_loss_first:.3f} -> "
         f"{result.wm_loss_last:.3f}"
     )
     if "ppo" in data:
         p = data["ppo"]
         print(
-            f"PPO (gru) at {p['env_steps']:,} env steps in {p['seconds']:.0f} s: greedy return "
+            f"PPO (gru) at {p['env_steps']:,} env steps in {p['seconds']:.1f} s: greedy return "
             f"{p['eval_return']:.1f}, last-10% training return {p['final_return']:.1f}; random "
             f"policy {p['random_return']:.1f}"
         )
