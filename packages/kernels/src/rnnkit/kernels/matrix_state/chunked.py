@@ -39,6 +39,7 @@ The written backward is not itself differentiable (no double backward).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -93,6 +94,32 @@ def delta_rule_chunked(
         raise ValueError(f"chunk must be positive, got {chunk}")
     if q.shape[2] == 0:
         return v.new_empty(v.shape), S0
+    return on_finite_inputs(_chunked, q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+
+
+#: A matrix-state computation on finite inputs: ``(q, k, v, beta, S0, log_alpha, rule,
+#: resets, chunk) -> (o, S)`` with the shapes of :func:`delta_rule_chunked`.
+FiniteRun = Callable[
+    [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, str, Tensor | None, int],
+    tuple[Tensor, Tensor],
+]
+
+
+def on_finite_inputs(
+    run: FiniteRun,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    log_alpha: Tensor | None,
+    rule: str,
+    resets: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor]:
+    """``run`` on finite copies of the inputs (``T > 0``), with the step recurrence's own
+    spread of each non-finite value put back as NaN afterwards: a chunk's products would
+    carry it to the chunk's earlier tokens as ``0 * nan``. Shared by the chunked backends."""
     # the non-finite masks are computed once, for the poison masks and the replacement
     q_bad, k_bad, v_bad, beta_bad, s0_bad = (~torch.isfinite(t) for t in (q, k, v, beta, S0))
     if log_alpha is not None:
@@ -104,11 +131,11 @@ def delta_rule_chunked(
     if not torch.compiler.is_compiling() and not any(bool(m.any()) for m in masks):
         # all finite (the usual case): the masks below would be all false; skipping them saves
         # their full-length integer cumulative sums (a traced graph keeps the general path)
-        return _chunked(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+        return run(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
     q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
     beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
-    o, S = _chunked(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+    o, S = run(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
     return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
 

@@ -31,7 +31,7 @@ from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 from rnnkit.kernels._triton_runtime import device_reason, interpreted
-from rnnkit.kernels.matrix_state.chunked import _finite, _poison, delta_rule_chunked
+from rnnkit.kernels.matrix_state.chunked import delta_rule_chunked, on_finite_inputs
 
 _kernels: ModuleType | None
 try:
@@ -267,22 +267,24 @@ def delta_rule_triton(
     _check(q, k, v, beta, S0, log_alpha, rule, chunk)
     if q.shape[2] == 0:
         return v.new_empty(v.shape), S0
-    # As in delta_rule_chunked: the kernels run on finite inputs and the recurrence's own
-    # spread of a non-finite value is put back after (a chunk's products would carry it to
-    # the chunk's earlier tokens as 0 * nan).
-    q_bad, k_bad, v_bad, beta_bad, s0_bad = (~torch.isfinite(t) for t in (q, k, v, beta, S0))
-    if log_alpha is not None:
-        alpha_bad = torch.isnan(log_alpha) | torch.isposinf(log_alpha)
-        log_alpha = _finite(log_alpha, alpha_bad)
-        beta_bad = beta_bad | alpha_bad
-    poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
-    q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
-    beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
-    o, S = TritonChunks.apply(  # type: ignore[no-untyped-call]
+    return on_finite_inputs(_triton_chunks, q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+
+
+def _triton_chunks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    S0: Tensor,
+    log_alpha: Tensor | None,
+    rule: str,
+    resets: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor]:
+    out: tuple[Tensor, Tensor] = TritonChunks.apply(  # type: ignore[no-untyped-call]
         q, k, v, beta, S0, log_alpha, rule, resets, chunk
     )
-    nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
-    return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
+    return out
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
