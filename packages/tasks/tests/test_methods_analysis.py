@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -158,3 +159,14 @@ def test_analyse_fixed_points_command(capsys: pytest.CaptureFixture[str]) -> Non
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["state_size"] == 3 and out["points"]
     assert min(p["q"] for p in out["points"]) < 1e-6
+
+
+def test_analyse_fixed_points_table_names_every_column(capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnkit.core.cli import main
+
+    argv = ["analyse", "fixed-points", "--cell", "gru", "--hidden-size", "3", "--starts", "4"]
+    assert main([*argv, "--iterations", "200"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    # A column whose name is blank leaves a run of three or more spaces between two names.
+    names = re.split(r"\s{2,}", header.strip())
+    assert names == ["point", "q", "kind", "max |λ|", "stability", "unstable modes"]

@@ -531,7 +531,13 @@ def configure_rl(p: Any) -> None:
         default=True,
         help="reset the state at episode boundaries (default: yes; --no-resets carries it)",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help=f"environment steps ({d.steps:,})")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=d.steps,
+        help=f"environment steps ({d.steps:,}), rounded up to whole updates of "
+        "num-envs x rollout steps",
+    )
     p.add_argument("--num-envs", type=int, default=d.num_envs, help="parallel environments (16)")
     p.add_argument("--rollout", type=int, default=d.rollout, help="steps per env per update")
     p.add_argument("--epochs", type=int, default=d.epochs, help="PPO epochs per update (4)")

@@ -507,7 +507,7 @@ def _run_fixed_points(args: argparse.Namespace) -> int:
         ]
         for i, p in enumerate(report.points)
     ]
-    print(format_table(rows, ["point", "q", "kind", "max |λ|", "", "unstable modes"]))
+    print(format_table(rows, ["point", "q", "kind", "max |λ|", "stability", "unstable modes"]))
     print(
         f"\n{label}: {len(report.points)} unique points from {report.starts} starts, state "
         f"size {report.state_size}, input zero"
