@@ -21,7 +21,9 @@
 //
 // float32 state and accumulation throughout; the torch glue converts 16-bit inputs.
 
+#ifndef RNNKIT_HOST_EMULATION  // the CPU emulation (packages/kernels/tests) brings its own
 #include <cooperative_groups.h>
+#endif
 
 #include <cstdio>
 
@@ -32,6 +34,14 @@ namespace cg = cooperative_groups;
 
 namespace rnnkit_cuda {
 namespace {
+
+#ifndef RNNKIT_HOST_EMULATION
+//! The block's dynamic shared memory.
+__device__ __forceinline__ float* dynamic_smem() {
+  extern __shared__ float smem_[];
+  return smem_;
+}
+#endif
 
 template <int KIND>
 struct Gates {
@@ -93,7 +103,7 @@ template <int KIND>
 __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ float smem[];
+  float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
   const Tile tl = tile_of(D, tiling.units);
   const int U = tl.units, GU = G * U, GD = G * D;
@@ -248,7 +258,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   constexpr int G = Gates<KIND>::value;
   constexpr int K = KIND == SLSTM ? 3 : (KIND == LSTM ? 1 : 0);  // state fields besides h
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ float smem[];
+  float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
   const Tile tl = tile_of(D, tiling.units);
   const int U = tl.units, GD = G * D;
@@ -382,6 +392,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   }
 }
 
+#ifndef RNNKIT_HOST_EMULATION  // the emulation runs the kernels its own way
 // ------------------------------------------------------------------------------------------
 // launch
 
@@ -431,6 +442,8 @@ const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, in
   return nullptr;
 }
 
+#endif  // RNNKIT_HOST_EMULATION
+
 }  // namespace
 
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
@@ -443,6 +456,7 @@ std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   return sizeof(float) * (GD * tl.units + static_cast<std::size_t>(tl.batch_tile) * (GD + tl.units));
 }
 
+#ifndef RNNKIT_HOST_EMULATION
 const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t stream) {
   if (a.T == 0 || a.B == 0) return nullptr;
   const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
@@ -468,5 +482,7 @@ const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_
     default: return "unknown cell kind";
   }
 }
+
+#endif  // RNNKIT_HOST_EMULATION
 
 }  // namespace rnnkit_cuda

@@ -18,7 +18,12 @@
 
 #include <cstddef>
 
+#ifdef RNNKIT_HOST_EMULATION  // the CPU emulation of the kernels (packages/kernels/tests)
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+#else
 #include <cuda_runtime.h>
+#endif
 
 namespace rnnkit_cuda {
 

@@ -18,12 +18,20 @@ cudaStream_t current_stream(int device);  // gated_cuda_stream.cpp
 
 namespace {
 
+#ifdef RNNKIT_HOST_EMULATION
+// The CPU emulation of the kernels (packages/kernels/tests/csrc/gated_cuda_emulated.cpp) runs
+// this glue on CPU tensors.
+constexpr bool kHostEmulation = true;
+#else
+constexpr bool kHostEmulation = false;
+#endif
+
 const float* fptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
 }
 
 void check_float(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(kHostEmulation || t.is_cuda(), name, " must be a CUDA tensor");
   TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), ", expected ",
               like.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
@@ -37,7 +45,8 @@ void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
 const bool* mask_ptr(const c10::optional<at::Tensor>& mask, int64_t T, int64_t B,
                      const at::Tensor& like) {
   if (!mask.has_value() || !mask->defined()) return nullptr;
-  TORCH_CHECK(mask->is_cuda() && mask->device() == like.device(), "mask must be on ",
+  TORCH_CHECK((kHostEmulation || mask->is_cuda()) && mask->device() == like.device(),
+              "mask must be on ",
               like.device());
   TORCH_CHECK(mask->scalar_type() == at::kBool && mask->is_contiguous(),
               "mask must be a contiguous bool tensor");
@@ -48,8 +57,8 @@ const bool* mask_ptr(const c10::optional<at::Tensor>& mask, int64_t T, int64_t B
 const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
                        const at::Tensor& like) {
   if (!lengths.has_value() || !lengths->defined()) return nullptr;
-  TORCH_CHECK(lengths->is_cuda() && lengths->device() == like.device(), "lengths must be on ",
-              like.device());
+  TORCH_CHECK((kHostEmulation || lengths->is_cuda()) && lengths->device() == like.device(),
+              "lengths must be on ", like.device());
   TORCH_CHECK(lengths->scalar_type() == at::kInt && lengths->is_contiguous(),
               "lengths must be a contiguous int32 tensor");
   check_shape(*lengths, "lengths", {B});
@@ -296,7 +305,11 @@ TORCH_LIBRARY(rnnkit_gated_cuda, m) {
       "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile) -> Tensor[]");
 }
 
+#ifdef RNNKIT_HOST_EMULATION
+TORCH_LIBRARY_IMPL(rnnkit_gated_cuda, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(rnnkit_gated_cuda, CUDA, m) {
+#endif
   m.impl("forward", &rnnkit_cuda::forward);
   m.impl("backward", &rnnkit_cuda::backward);
 }
