@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# GPU check of the gated `cuda` backend, in one device call (at most about 8 minutes by its
-# timeouts; the kernels have never run on a GPU before this script, so expect the first run to
-# find bugs):
+# GPU check of the gated `cuda` backend, in one device call (at most about 10 minutes by its
+# timeouts, 240 + 180 + 100 + 70 s; the kernels have never run on a GPU before this script, so
+# expect the first run to find bugs):
 #
 #   bash tools/gpu/prepare.sh                      # here: build wheels into .whl/
 #   device run: bash tools/gpu/cuda_check.sh       # carry .whl
 #
 # 1. builds the CUDA library (torch.utils.cpp_extension, cached under $RNNKIT_CPP_CACHE) and
 #    prints the build time, or the compiler's first error and the log;
-# 2. runs packages/kernels/tests/test_cuda_gated.py on CUDA (every cell, head sizes 16..1024,
-#    fp32/bf16/fp16, odd batches, T = 0/1, resets, NaN-filled uninitialised memory) and the
-#    conformance kit's backend check for the gated cells (which now includes `cuda`);
+# 2. runs packages/kernels/tests/test_cuda_gated.py on CUDA (Elman, LSTM, GRU and sLSTM, head
+#    sizes 16..1024, fp32/bf16/fp16, odd batches, T = 0/1, resets, lengths in one launch,
+#    NaN-filled uninitialised memory; the host-compiled step-math tests run too) and the
+#    conformance kit's backends, nan_propagation and lengths checks for the gated cells (which
+#    now include `cuda`);
 # 3. times FlashRNN's protocol (B=16, T=1024, hidden 768 in one head, bf16; median ms of
-#    triton.testing.do_bench, or CUDA events without triton): LSTM and GRU forward and
-#    forward+backward, `cuda` against cuDNN nn.LSTM/nn.GRU in bf16 and fp16, and prints the
-#    table last. A failing step does not stop the later ones; the exit status is pytest's.
+#    triton.testing.do_bench, or CUDA events without triton): LSTM, GRU and sLSTM forward and
+#    forward+backward, `cuda` against cuDNN nn.LSTM/nn.GRU in bf16 and fp16 (sLSTM has no cuDNN
+#    op: compare it with `cuda` LSTM), and prints the table last. A failing step does not stop
+#    the later ones; the exit status is pytest's.
 set -u
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
@@ -30,33 +33,39 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
 echo "== build =="
-timeout 300 "$PY" -m rnnkit.core.cli kernels build rnnkit_gated_cuda 2>&1 | tail -20
+timeout 240 "$PY" -m rnnkit.core.cli kernels build rnnkit_gated_cuda 2>&1 | tail -20
 BUILD_STATUS=${PIPESTATUS[0]}
 FAILED=$(ls "$RNNKIT_CPP_CACHE"/rnnkit_gated_cuda/*/FAILED 2>/dev/null | head -1)
 if [ -n "$FAILED" ]; then echo "-- build log ($FAILED), first 60 lines --"; head -60 "$FAILED"; fi
 
 echo "== tests (CUDA) =="
-timeout 200 "$PY" -m pytest -q -x -p no:cacheprovider packages/kernels/tests/test_cuda_gated.py \
+timeout 180 "$PY" -m pytest -q -x -p no:cacheprovider packages/kernels/tests/test_cuda_gated.py \
   -m "gpu or not gpu" -W ignore::DeprecationWarning 2>&1 | tail -30
 TEST_STATUS=${PIPESTATUS[0]}
 echo "pytest status: $TEST_STATUS (build status $BUILD_STATUS)"
-timeout 120 "$PY" - <<'PYEOF' 2>&1 | tail -15
-# The conformance kit's backend check over the gated cells: on CUDA it runs `cuda` as well.
-from rnnkit.core.cells import GRU, LSTM, Elman
+timeout 100 "$PY" - <<'PYEOF' 2>&1 | tail -20
+# The conformance kit over the gated cells: on CUDA its backend checks run `cuda` as well.
+from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.testing import checks
-for make in (lambda: Elman(5, 32, heads=2), lambda: LSTM(5, 32, heads=2), lambda: GRU(5, 32, heads=2)):
-    try:
-        report = checks.check_backends(make)
-        print("conformance backends:", report)
-    except AssertionError as e:
-        print("conformance backends FAILED:", str(e)[:600])
+makers = {
+    "elman": lambda: Elman(5, 32, heads=2),
+    "lstm": lambda: LSTM(5, 32, heads=2),
+    "gru": lambda: GRU(5, 32, heads=2),
+    "slstm": lambda: SLSTM(5, 32, heads=2),
+}
+for name, make in makers.items():
+    for check in (checks.check_backends, checks.check_nan_propagation, checks.check_lengths):
+        try:
+            print(f"conformance {name} {check.__name__}:", check(make))
+        except AssertionError as e:
+            print(f"conformance {name} {check.__name__} FAILED:", str(e)[:400])
 PYEOF
 
 echo "== timings (B=16, T=1024, H=768, N=1) =="
-timeout 150 "$PY" - <<'PYEOF'
+timeout 70 "$PY" - <<'PYEOF'
 import torch
 from torch import nn
-from rnnkit.core.cells import GRU, LSTM
+from rnnkit.core.cells import GRU, LSTM, SLSTM
 
 try:
     from triton.testing import do_bench
@@ -81,7 +90,7 @@ def timed(fn):
     except Exception as e:  # report and go on: the table is the point of this script
         return f"error: {type(e).__name__}: {str(e)[:80]}"
 
-for name, Cell, Ref in (("lstm", LSTM, nn.LSTM), ("gru", GRU, nn.GRU)):
+for name, Cell, Ref in (("lstm", LSTM, nn.LSTM), ("gru", GRU, nn.GRU), ("slstm", SLSTM, None)):
     torch.manual_seed(0)
     cell = Cell(H, H, device=dev, dtype=torch.bfloat16)
     x = torch.randn(B, T, H, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -93,6 +102,8 @@ for name, Cell, Ref in (("lstm", LSTM, nn.LSTM), ("gru", GRU, nn.GRU)):
             y, _ = cell(x, backend="cuda")
             y.float().sum().backward()
         rows.append((name, mode, "cuda bf16", timed(ours)))
+        if Ref is None:
+            continue
         for dt in (torch.bfloat16, torch.float16):
             ref = Ref(H, H, batch_first=True, device=dev, dtype=dt)
             xr = x.detach().to(dt).requires_grad_()

@@ -89,11 +89,13 @@ def run_all(
     state: Sequence[Tensor] | None,
     resets: Tensor | None,
     cot: Sequence[Tensor],
+    lengths: Sequence[int] | None = None,
 ) -> dict[str, Tensor | None]:
-    """Outputs, final state and the gradients of x, every parameter and every state field."""
+    """Outputs, final state and the gradients of x, every parameter and every state field
+    (of a right-padded batch when ``lengths`` are given)."""
     x = x.detach().clone().requires_grad_()
     st = None if state is None else tuple(s.detach().clone().requires_grad_() for s in state)
-    y, final = cell(x, st, backend=backend, resets=resets)
+    y, final = cell(x, st, backend=backend, resets=resets, lengths=lengths)
     assert y.shape == (x.shape[0], x.shape[1], cell.hidden_size)
     assert isinstance(final, cell.state_type)
     loss = (y * cot[0].to(y.dtype)).sum()

@@ -1,23 +1,34 @@
 """The ``cuda`` backend of the gated form.
 
 Without a GPU (CI): every CUDA kernel source compiles with ``nvcc -arch=sm_90`` (skipped without
-nvcc), the tiling planner's cuts and refusals, and the backend's registration and reasons. With a
-GPU (``tools/gpu/cuda_check.sh``): values and gradients against the float64 reference for every
-supported cell, head sizes 16 to 1024, float32/bfloat16/float16, odd batches, ``T`` = 0 and 1,
-resets, and outputs poisoned with NaN before the kernels write them.
+nvcc), each cell's per-element step math (``csrc/gated_cell.h``) compiled for the host and run
+against a float64 torch reference of the same step (skipped without a C++ compiler), the tiling
+planner's cuts and refusals, and the backend's registration and reasons. With a GPU
+(``tools/gpu/cuda_check.sh``): values and gradients against the float64 reference for every
+supported cell (Elman, LSTM, GRU, sLSTM), head sizes 16 to 1024, float32/bfloat16/float16, odd
+batches, ``T`` = 0 and 1, resets, ``lengths`` (in one launch), and outputs poisoned with NaN
+before the kernels write them.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from _gated_helpers import make_cell, make_inputs, rel_rms, run_all
+from torch import Tensor
 
+from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.dispatch import KernelCall
-from rnnkit.kernels.gated import cuda
+from rnnkit.kernels.gated import cuda, fused
+from rnnkit.kernels.gated.cuda import _loops as cuda_loops
 
 H100 = (132, 227 * 1024)  # SMs, opt-in shared memory per block
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,7 +50,7 @@ def test_compile_check_reports_the_error(tmp_path: Any) -> None:
     """A source nvcc rejects raises with nvcc's diagnostic (the check would catch a typo)."""
     bad = tmp_path / "csrc"
     bad.mkdir()
-    for name in ("gated_cuda.h",):
+    for name in cuda._native.HEADERS:
         (bad / name).write_text((cuda._native.CSRC / name).read_text())
     (bad / "broken.cu").write_text(
         '#include "gated_cuda.h"\n__global__ void k() { undefined(); }\n'
@@ -55,6 +66,8 @@ def test_compile_check_reports_the_error(tmp_path: Any) -> None:
 
 PLANNED = [
     ("lstm", 1, 768),
+    ("slstm", 1, 768),
+    ("slstm", 1, 1024),
     ("gru", 1, 1024),
     ("elman", 1, 1024),
     ("lstm", 48, 16),
@@ -85,10 +98,11 @@ def test_plan_refuses_what_does_not_fit() -> None:
 
 
 def test_registration_and_reasons() -> None:
-    """Registered for elman, lstm and gru; never chosen by ``auto`` on CPU; a CPU call, sLSTM
-    and float64 are refused with reasons naming another backend."""
+    """Registered for elman, lstm, gru and slstm, all taking lengths; never chosen by ``auto``
+    on CPU; a CPU call and another cell kind are refused with reasons naming another backend."""
     ks = {k.target: k for k in cuda.kernels()}
-    assert set(ks) == {"elman", "lstm", "gru"}
+    assert set(ks) == {"elman", "lstm", "gru", "slstm"}
+    assert all(k.supports_lengths for k in ks.values())
     if not torch.cuda.is_available():
         reason = cuda.available()
         assert reason is not None and ("CUDA" in reason or "disabled" in reason)
@@ -97,10 +111,29 @@ def test_registration_and_reasons() -> None:
     why = ks["lstm"].why_not(KernelCall(cell, x, None, None, needs_grad=False))
     assert why is not None
     assert "CUDA only" in str(cuda.supports(KernelCall(cell, x, None, None, False)))
-    slstm = make_cell("slstm", 1)
-    assert "triton" in str(cuda.supports(KernelCall(slstm, x.double(), None, None, False)))
+    slstm = make_cell("slstm", 1).float()
+    assert "CUDA only" in str(cuda.supports(KernelCall(slstm, x, None, None, False)))
+    other = copy.deepcopy(slstm)
+    other.kind = "mlstm"
+    assert "triton" in str(cuda.supports(KernelCall(other, x, None, None, False)))
     y, _ = cell(x, backend="auto")  # auto on CPU never tries cuda
     assert y.shape == (2, 3, cell.hidden_size)
+
+
+def test_lengths_bind_to_the_cuda_loops() -> None:
+    """A call with lengths gets the CUDA loops with the lengths bound (int32, on the input's
+    device); loops that cannot hold a state (the pure-torch fallback) refuse them."""
+    cell = make_cell("slstm", 1).float()
+    x = torch.zeros(3, 5, cell.input_size)
+    call = KernelCall(cell, x, None, None, True, torch.tensor([5, 2, 4]))
+    lp = cuda_loops._loops("slstm", call, None)
+    for fn in lp:
+        bound = fn.keywords["lengths"]
+        assert bound.dtype == torch.int32 and bound.tolist() == [5, 2, 4]
+    plain = KernelCall(cell, x, None, None, True)
+    assert cuda_loops._loops("slstm", plain, None) is cuda_loops.CUDA_LOOPS["slstm"]
+    with pytest.raises(ValueError, match="hold the state"):
+        cuda_loops._loops("slstm", call, fused.SLSTM_LOOPS)
 
 
 def test_kernels_status_lists_the_library(capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,18 +146,195 @@ def test_kernels_status_lists_the_library(capsys: pytest.CaptureFixture[str]) ->
         assert str(cuda.available()) in out
 
 
+# --- the kernels' per-element step math, compiled for the host ---------------------------------
+#
+# csrc/gated_cell.h holds each cell's pointwise forward and backward step as __host__ __device__
+# functions; tests/csrc/gated_cell_harness.cpp runs them on the CPU (a plain C++ compiler, loaded
+# with ctypes). Each test feeds random float32 rows through one cell's forward step and then its
+# backward step on what the forward produced (as the kernels' stored-gates backward does), and
+# compares every value and gradient with the core cell's own ``recur`` run in float64 with
+# autograd (``recurrent_term`` replaced by a leaf tensor, so the pre-activations are inputs).
+
+HARNESS = Path(__file__).parent / "csrc" / "gated_cell_harness.cpp"
+ROWS = 4000
+#: float32 step against float64: a few ulp per operation on O(1) values.
+STEP_TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _host_compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def step_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    cxx = _host_compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler (c++, g++ or clang++) to build the step harness")
+    out = tmp_path_factory.mktemp("step") / "gated_cell_harness.so"
+    flags = ["-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
+    cmd = [cxx, *flags, "-I", str(cuda._native.CSRC), str(HARNESS), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}{done.stderr}"
+    return ctypes.CDLL(str(out))
+
+
+def _host_step(lib: ctypes.CDLL, name: str, rows: Tensor, width: int, *flags: int) -> Tensor:
+    """Run ``rnnkit_<name>_step`` over the float64 ``rows (R, K)`` in float32; ``(R, width)``
+    float64."""
+    x = rows.float().contiguous()
+    out = torch.full((x.shape[0], width), float("nan"), dtype=torch.float32)
+    fn = getattr(lib, f"rnnkit_{name}_step")
+    args = [ctypes.c_int(x.shape[0]), *(ctypes.c_int(f) for f in flags)]
+    fn(*args, ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(out.data_ptr()))
+    return out.double()
+
+
+def _step_cell(cell: Any, q: Tensor) -> Any:
+    """``cell`` in float64 whose recurrent term is the leaf ``q`` whatever ``h`` is."""
+    cell.recurrent_term = lambda h: q
+    return cell
+
+
+def _grads(outputs: list[Tensor], cotangents: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
+    loss = sum((o * c).sum() for o, c in zip(outputs, cotangents, strict=True))
+    return list(torch.autograd.grad(loss, inputs, allow_unused=True))
+
+
+def _rand(rows: int, *, scale: float = 1.0, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, generator=g, dtype=torch.float64) * scale
+
+
+def _rows_f32(*cols: Tensor) -> Tensor:
+    """The inputs as the harness sees them: rounded to float32 (then the float64 reference runs
+    on exactly the same numbers)."""
+    return torch.stack(cols, 1).float().double()
+
+
+def _with_nan(rows: Tensor, count: int = 8) -> Tensor:
+    """The last ``count`` rows with a NaN in one column each (cycling): NaN in, NaN out."""
+    rows = rows.clone()
+    for k in range(count):
+        rows[-1 - k, k % rows.shape[1]] = float("nan")
+    return rows
+
+
+def _assert_rows(got: Tensor, want: Tensor, names: list[str]) -> None:
+    """Column ``j`` of ``got`` is ``names[j]``: within :data:`STEP_TOL` of ``want``'s, NaN exactly
+    where ``want``'s is (torch.testing.assert_close's rule, without its seconds of import)."""
+    want = want.detach()
+    for j, name in enumerate(names):
+        a, e = got[:, j], want[:, j]
+        nan = e.isnan()
+        assert torch.equal(a.isnan(), nan), f"{name}: NaN at rows {(a.isnan() != nan).nonzero()}"
+        bound = STEP_TOL["atol"] + STEP_TOL["rtol"] * e.abs()
+        bad = ((a - e).abs() > bound) & ~nan
+        assert not bad.any(), (
+            f"{name}: {int(bad.sum())} rows off, e.g. row {int(bad.nonzero()[0])}: "
+            f"{a[bad][0].item()} vs {e[bad][0].item()}"
+        )
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+def test_host_elman_step(step_lib: ctypes.CDLL, relu: bool) -> None:
+    v = _rand(ROWS, scale=2.0, seed=1)
+    v[:5] = 0.0  # ReLU's derivative at 0 is torch's (0)
+    rows = _with_nan(_rows_f32(v, _rand(ROWS, seed=2)))
+    got = _host_step(step_lib, "elman", rows, 2, int(relu))
+    cell = Elman(1, 1, nonlinearity="relu" if relu else "tanh", dtype=torch.float64)
+    pre = rows[:, :1].clone().requires_grad_()
+    h, _ = _step_cell(cell, torch.zeros_like(pre)).recur(pre, cell.init_state(ROWS))
+    (dv,) = _grads([h], [rows[:, 1:2]], [pre])
+    _assert_rows(got, torch.cat([h, dv], 1), ["h", "dv"])
+
+
+def test_host_lstm_step(step_lib: ctypes.CDLL) -> None:
+    cols = [_rand(ROWS, scale=2.0, seed=k) for k in range(4)]
+    cols += [_rand(ROWS, seed=k) for k in (4, 5, 6)]  # c_prev, gh, dc
+    rows = _with_nan(_rows_f32(*cols))
+    got = _host_step(step_lib, "lstm", rows, 12)
+    cell = LSTM(1, 1, dtype=torch.float64)
+    pre = rows[:, :4].clone().requires_grad_()
+    c_prev = rows[:, 4:5].clone().requires_grad_()
+    state = cell.state_type(torch.zeros_like(c_prev), c_prev)
+    h, st = _step_cell(cell, torch.zeros_like(pre)).recur(pre, state)
+    d_pre, dc_prev = _grads([h, st.c], [rows[:, 5:6], rows[:, 6:7]], [pre, c_prev])
+    ai, af, ag, ao = pre.detach().unbind(1)
+    acts = torch.stack([ai.sigmoid(), af.sigmoid(), ag.tanh(), ao.sigmoid()], 1)
+    want = torch.cat([acts, st.c, st.c.tanh(), h, d_pre, dc_prev], 1)
+    names = ["i", "f", "g", "o", "c", "tanh c", "h", "di", "df", "dg", "do", "dc_prev"]
+    _assert_rows(got, want, names)
+
+
+def test_host_gru_step(step_lib: ctypes.CDLL) -> None:
+    cols = [_rand(ROWS, scale=2.0, seed=k) for k in range(6)]  # xr, xz, xn, qr, qz, qn
+    cols += [_rand(ROWS, seed=k) for k in (6, 7)]  # h_prev, gh
+    rows = _with_nan(_rows_f32(*cols))
+    got = _host_step(step_lib, "gru", rows, 9)
+    cell = GRU(1, 1, bias=False, dtype=torch.float64)  # b_hn is inside qn here
+    px = rows[:, :3].clone().requires_grad_()
+    q = rows[:, 3:6].clone().requires_grad_()
+    h_prev = rows[:, 6:7].clone().requires_grad_()
+    h, _ = _step_cell(cell, q).recur(px, cell.state_type(h_prev))
+    d_px, d_q, dh_prev = _grads([h], [rows[:, 7:8]], [px, q, h_prev])
+    # r and z see px + q: one gradient serves both (the kernels write it to dq and dpx)
+    _assert_rows(d_px[:, :2], d_q[:, :2], ["dr (px, q)", "dz (px, q)"])
+    xr, xz, xn = px.detach().unbind(1)
+    qr, qz, qn = q.detach().unbind(1)
+    r, z = (xr + qr).sigmoid(), (xz + qz).sigmoid()
+    acts = torch.stack([r, z, (xn + r * qn).tanh()], 1)
+    want = torch.cat([acts, h, d_px[:, :2], d_px[:, 2:], d_q[:, 2:], dh_prev], 1)
+    _assert_rows(got, want, ["r", "z", "n", "h", "dr", "dz", "dxn", "dqn", "dh_prev"])
+
+
+def test_host_slstm_step(step_lib: ctypes.CDLL) -> None:
+    """The fused loop's sLSTM conventions: m takes ĩ where n_{t-1} == 0, the exponential gates
+    never overflow, and the gradient of m (the final m has a cotangent) is carried exactly."""
+    cols = [_rand(ROWS, scale=3.0, seed=k) for k in range(4)]  # ĩ, f̃, z̃, õ
+    g = torch.Generator().manual_seed(4)
+    c_prev = _rand(ROWS, seed=5)
+    n_prev = torch.rand(ROWS, generator=g, dtype=torch.float64) * 2 + 0.25
+    fresh = torch.rand(ROWS, generator=g) < 0.1  # nothing accumulated yet
+    n_prev[fresh], c_prev[fresh] = 0.0, 0.0
+    m_prev = _rand(ROWS, scale=3.0, seed=6)
+    cols += [c_prev, n_prev, m_prev]
+    cols += [_rand(ROWS, seed=k) for k in (7, 8, 9, 10)]  # gh, dc, dn, dm
+    rows = _with_nan(_rows_f32(*cols))
+    got = _host_step(step_lib, "slstm", rows, 15)
+    cell = SLSTM(1, 1, dtype=torch.float64)
+    pre = rows[:, :4].clone().requires_grad_()
+    prev = [rows[:, k : k + 1].clone().requires_grad_() for k in (4, 5, 6)]
+    state = cell.state_type(torch.zeros_like(prev[0]), *prev)
+    h, st = _step_cell(cell, torch.zeros_like(pre)).recur(pre, state)
+    outs, cots = [h, st.c, st.n, st.m], [rows[:, k : k + 1] for k in (7, 8, 9, 10)]
+    d_pre, dc_prev, dn_prev, dm_prev = _grads(outs, cots, [pre, *prev])
+    ai, af, az, ao = pre.detach().unbind(1)
+    m, (_, n0, m0) = st.m.detach()[:, 0], (p.detach()[:, 0] for p in prev)
+    a = torch.where(n0 == 0, -torch.inf, torch.nn.functional.logsigmoid(af) + m0)
+    gates = torch.stack([az.tanh(), ao.sigmoid(), (ai - m).exp(), (a - m).exp()], 1)
+    want = torch.cat([gates, st.c, st.n, st.m, h, d_pre, dc_prev, dn_prev, dm_prev], 1)
+    names = ["tanh z", "o", "i'", "f'", "c", "n", "m", "h", "di", "df", "dz", "do"]
+    _assert_rows(got, want, [*names, "dc_prev", "dn_prev", "dm_prev"])
+    assert fresh[: ROWS - 8].any() and (got[: ROWS - 8, 3][fresh[: ROWS - 8]] == 0).all()
+
+
 # --- GPU ----------------------------------------------------------------------------------------
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-KINDS = ("elman", "relu", "lstm", "gru")
+KINDS = ("elman", "relu", "lstm", "gru", "slstm")
 
 
 def _check(
     kind: str, heads: int, hidden: int, dtype: torch.dtype, batch: int, time: int,
-    *, state: bool = True, resets: bool = True,
+    *, state: bool = True, resets: bool = True, lengths: list[int] | None = None,
 ) -> None:  # fmt: skip
-    """``cuda`` in ``dtype`` against ``reference`` in float64, values and every gradient, with
-    every uninitialised CUDA allocation filled with NaN (a missed write shows up)."""
+    """``cuda`` in ``dtype`` against ``reference`` in float64, values and every gradient (of a
+    right-padded batch with ``lengths``), with every uninitialised CUDA allocation filled with
+    NaN (a missed write shows up)."""
     dev = torch.device("cuda")
     cell64 = make_cell(kind, heads, hidden=hidden, inputs=5).to(dev)
     with torch.no_grad():  # each head's block keeps a spectral radius below one
@@ -133,7 +343,7 @@ def _check(
     x, cot = x.to(dev), [c.to(dev) for c in cot]
     st = None if st is None else tuple(s.to(dev) for s in st)
     rs = None if rs is None else rs.to(dev)
-    want = run_all(cell64, "reference", x, st, rs, cot)
+    want = run_all(cell64, "reference", x, st, rs, cot, lengths)
     cell = copy.deepcopy(cell64).to(dtype)
     det = torch.are_deterministic_algorithms_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
@@ -141,7 +351,7 @@ def _check(
     torch.utils.deterministic.fill_uninitialized_memory = True  # type: ignore[attr-defined]
     try:
         s_lp = None if st is None else [s.to(dtype) for s in st]
-        got = run_all(cell, "cuda", x.to(dtype), s_lp, rs, cot)
+        got = run_all(cell, "cuda", x.to(dtype), s_lp, rs, cot, lengths)
     finally:
         torch.use_deterministic_algorithms(det)
         torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
@@ -155,7 +365,8 @@ def _check(
         err = rel_rms(act, exp)
         if not err <= TOL[dtype]:
             bad[name] = err
-    assert not bad, f"{kind} heads={heads} H={hidden} {dtype} B={batch} T={time}: {bad}"
+    where = f"{kind} heads={heads} H={hidden} {dtype} B={batch} T={time} lengths={lengths}"
+    assert not bad, f"{where}: {bad}"
 
 
 @needs_gpu
@@ -190,6 +401,44 @@ def test_short_sequences(kind: str) -> None:
     y, final = cell(x, st, backend="cuda")
     assert y.shape == (3, 0, 32)
     assert all(torch.equal(a, b) for a, b in zip(final, st, strict=True))
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_lengths(kind: str) -> None:
+    """``lengths`` unsorted, tied, 0 and ``T``, with and without state and resets: the state is
+    held past each length inside the kernels."""
+    for dtype in (torch.float32, torch.bfloat16):
+        _check(kind, 2, 32, dtype, 6, 7, lengths=[7, 3, 0, 1, 5, 3])
+    _check(kind, 1, 16, torch.float32, 4, 6, state=False, resets=False, lengths=[2, 6, 6, 4])
+    _check(kind, 1, 256, torch.float32, 3, 9, lengths=[9, 4, 1])
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_lengths_run_in_one_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call with lengths is one forward and one backward launch, handed the lengths (not
+    one call per distinct length, as dispatch does for kernels without lengths)."""
+    real = cuda_loops.ops()
+    launches: list[tuple[str, bool]] = []
+
+    class Counting:
+        def forward(self, *args: Any) -> Any:
+            launches.append(("forward", args[5] is not None))
+            return real.forward(*args)
+
+        def backward(self, *args: Any) -> Any:
+            launches.append(("backward", args[12] is not None))
+            return real.backward(*args)
+
+    monkeypatch.setattr(cuda_loops, "ops", Counting)
+    cell = make_cell("slstm", 1, hidden=16).float().cuda()
+    x = torch.randn(3, 5, cell.input_size, device="cuda", requires_grad=True)
+    y, _ = cell(x, backend="cuda", lengths=[5, 2, 4])
+    y.sum().backward()
+    assert launches == [("forward", True), ("backward", True)]
+    assert torch.equal(y[1, 2:], torch.zeros_like(y[1, 2:]))
 
 
 def test_build_without_names_skips_a_library_this_machine_cannot_use(

@@ -1,12 +1,16 @@
-"""The ``cuda`` backend: persistent CUDA kernels for Elman, LSTM and GRU (compile-checked only).
+"""The ``cuda`` backend: persistent CUDA kernels for Elman, LSTM, GRU and sLSTM (compile-checked
+only).
 
 One cooperative launch per direction runs the whole sequence: each block owns a few hidden units
 of one head, keeps the recurrent weights they need in shared memory for all steps, and the blocks
 meet at one grid-wide barrier per step (``csrc/gated_cuda.cu``; the cut is
-:mod:`._plan`). float32 state and accumulation; float32, bfloat16 and float16 inputs (16-bit
-ones are converted to float32 for the recurrence). The backward reads the gates the forward
-stored. Resets and initial/final states as every gated backend; no ``lengths``. SIMT products
-(no tensor cores yet); sLSTM is not implemented.
+:mod:`._plan`; the per-element step math, shared with a host-compiled test, ``csrc/gated_cell.h``).
+float32 state and accumulation; float32, bfloat16 and float16 inputs (16-bit ones are converted
+to float32 for the recurrence). The backward reads the gates the forward stored. Resets and
+initial/final states as every gated backend; sLSTM with the ``fused`` loop's conventions
+(exponential input gate, stabiliser ``m``, normaliser ``n``). ``lengths`` are handled in the same
+single launch: a sequence's state is held past its length (``supports_lengths``). SIMT products
+(no tensor cores yet).
 
 **Status: these kernels compile (CI checks them with ``nvcc -arch=sm_90``) but have not run on
 a GPU yet.** ``auto`` therefore never picks them (tier
@@ -29,6 +33,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.varlen import run_by_segments
 from rnnkit.kernels.gated.cuda._native import (
     DISABLE_ENV,
     LIBRARY,
@@ -105,7 +110,8 @@ def supports(call: KernelCall) -> str | None:
 def _run(kind: str) -> Any:
     def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         """``(B, T, I) -> (B, T, H)`` and the final state, by the CUDA loops (or, when the
-        library cannot be built, the pure-torch ``fused`` loops in float32, with a warning)."""
+        library cannot be built, the pure-torch ``fused`` loops in float32, with a warning;
+        by segments when the call has lengths)."""
         from rnnkit.kernels.gated.cuda._loops import RUNS
 
         x = call.x
@@ -120,8 +126,15 @@ def _run(kind: str) -> Any:
                 )
                 from rnnkit.kernels.gated import fused
 
-                loops = {"elman": fused.ELMAN_LOOPS, "lstm": fused.LSTM_LOOPS}
-                return RUNS[kind](call, loops.get(kind, fused.GRU_LOOPS))
+                loops = {
+                    "elman": fused.ELMAN_LOOPS,
+                    "lstm": fused.LSTM_LOOPS,
+                    "gru": fused.GRU_LOOPS,
+                    "slstm": fused.SLSTM_LOOPS,
+                }[kind]
+                if call.lengths is not None:  # the pure-torch loops cannot hold a state
+                    return run_by_segments(lambda c: RUNS[kind](c, loops), call)
+                return RUNS[kind](call, loops)
             return RUNS[kind](call)
 
     return run
@@ -139,9 +152,10 @@ def _kernel(kind: str) -> Kernel:
         priority=PRIORITY,
         available=available,
         supports=supports,
+        supports_lengths=True,
     )
 
 
 def kernels() -> list[Kernel]:
-    """The CUDA kernels: one per supported gated cell kind (elman, lstm, gru)."""
+    """The CUDA kernels: one per supported gated cell kind (elman, lstm, gru, slstm)."""
     return [_kernel(kind) for kind in KINDS]

@@ -1,28 +1,33 @@
 """The CUDA time loops as the ``fused`` backend's loops objects, and the ``cuda`` kernels' runs.
 
-The autograd functions of :mod:`rnnkit.kernels.gated.fused` (``ElmanFn``, ``LSTMFn``, ``GRUFn``:
-the layouts, saved buffers, reset semantics and the recurrent-weight gradient as one batched GEMM
-after the reverse loop) run here with both time loops replaced by one persistent CUDA launch
-each. The backward reads the gates the forward stored (no recomputation).
+The autograd functions of :mod:`rnnkit.kernels.gated.fused` (``ElmanFn``, ``LSTMFn``, ``GRUFn``,
+``SLSTMFn``: the layouts, saved buffers, reset semantics and the recurrent-weight gradient as one
+batched GEMM after the reverse loop) run here with both time loops replaced by one persistent
+CUDA launch each. The backward reads the gates the forward stored (no recomputation).
 
 Everything inside the loops is float32: a bfloat16 or float16 call is projected in its own dtype
 (``cell.project``), converted to float32 for the recurrence (state and accumulation in float32)
 and its outputs converted back; autograd converts the gradients.
+
+With ``call.lengths`` the loops get the lengths (int32, on the device) and hold each sequence's
+state past its length inside the kernels (one launch per direction, no segments); the runs then
+zero ``y`` past each length.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
+from rnnkit.core.varlen import step_mask
 from rnnkit.kernels.gated.cuda._native import ops
 from rnnkit.kernels.gated.cuda._plan import Tiling, plan
-from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops
+from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops, SLSTMLoops
 from rnnkit.kernels.gated.fused._common import (
     empty_result,
     finish,
@@ -32,22 +37,25 @@ from rnnkit.kernels.gated.fused._common import (
 from rnnkit.kernels.gated.fused._elman import ElmanFn
 from rnnkit.kernels.gated.fused._gru import GRUFn
 from rnnkit.kernels.gated.fused._lstm import LSTMFn
+from rnnkit.kernels.gated.fused._slstm import SLSTMFn
 
 __all__ = [
     "CUDA_LOOPS",
+    "RUNS",
     "Result",
     "device_index",
     "device_limits",
     "run_elman",
     "run_gru",
     "run_lstm",
+    "run_slstm",
     "tiling",
 ]
 
 Result = tuple[Tensor, tuple[Tensor, ...]]
 
 # Cell kinds as the library numbers them (gated_cuda.h, CellKind).
-_ELMAN_TANH, _ELMAN_RELU, _LSTM, _GRU = 0, 1, 2, 3
+_ELMAN_TANH, _ELMAN_RELU, _LSTM, _GRU, _SLSTM = 0, 1, 2, 3, 4
 
 
 @lru_cache(maxsize=16)
@@ -100,12 +108,14 @@ def lstm_forward(
     c0: Tensor,
     inits: tuple[float, ...],
     save: bool,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`; ``lengths``: int32 ``(B,)`` on
+    the device, the state held past each length (see the module docstring)."""
     t = _cut("lstm", px, 4)
     out = ops().forward(
-        _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), h0.contiguous(),
-        c0.contiguous(), inits[0], inits[1], save, t.units, t.forward_batch_tile,
+        _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0.contiguous(),
+        c0.contiguous(), None, None, list(inits[:2]), save, t.units, t.forward_batch_tile,
     )  # fmt: skip
     hs, c_last = out[0], out[1]
     if not save:
@@ -121,16 +131,18 @@ def lstm_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     d_c_last: Tensor,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
     acts, cs, tcs, _ = buffers
     N, _, B, D = hs.shape
     t = tiling("lstm", N, D, B, hs.device)
-    dq, dh0, dc0 = ops().backward(
-        _LSTM, W.contiguous(), hs, acts, cs, tcs, None, None, _mask2d(mask),
-        d_hs.contiguous(), d_c_last.contiguous(), t.units, t.backward_batch_tile,
+    dq, dh0, d_state = ops().backward(
+        _LSTM, W.contiguous(), hs, acts, cs, tcs, None, None, None, None, None, _mask2d(mask),
+        lengths, d_hs.contiguous(), d_c_last.unsqueeze(1).contiguous(), t.units,
+        t.backward_batch_tile,
     )  # fmt: skip
-    return dq, dh0, dc0
+    return dq, dh0, d_state[:, 0]
 
 
 def gru_forward(
@@ -141,13 +153,15 @@ def gru_forward(
     h0: Tensor,
     init: float,
     save: bool,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`; ``lengths`` as
+    :func:`lstm_forward`'s."""
     t = _cut("gru", px, 3)
     bias = None if bhn is None else bhn.contiguous()
     out = ops().forward(
-        _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), h0.contiguous(), None,
-        init, 0.0, save, t.units, t.forward_batch_tile,
+        _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), lengths, h0.contiguous(),
+        None, None, None, [init], save, t.units, t.forward_batch_tile,
     )  # fmt: skip
     hs = out[0]
     if not save:
@@ -162,6 +176,7 @@ def gru_backward(
     buffers: tuple[Tensor, ...],
     mask: Tensor | None,
     d_hs: Tensor,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
     acts, qs, hp = buffers
@@ -169,36 +184,102 @@ def gru_backward(
     t = tiling("gru", N, D, B, hs.device)
     hp_arg = hp if mask is not None else None
     dq, dh0, dpx = ops().backward(
-        _GRU, W.contiguous(), hs, acts, None, None, qs, hp_arg, _mask2d(mask),
-        d_hs.contiguous(), None, t.units, t.backward_batch_tile,
+        _GRU, W.contiguous(), hs, acts, None, None, qs, None, None, None, hp_arg, _mask2d(mask),
+        lengths, d_hs.contiguous(), None, t.units, t.backward_batch_tile,
     )  # fmt: skip
     return dq, dpx, dh0
 
 
 def elman_forward(
-    px: Tensor, W: Tensor, mask: Tensor | None, h0: Tensor, relu: bool, init: float
+    px: Tensor,
+    W: Tensor,
+    mask: Tensor | None,
+    h0: Tensor,
+    relu: bool,
+    init: float,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`; ``lengths`` as
+    :func:`lstm_forward`'s."""
     t = _cut("elman", px, 1)
     out = ops().forward(
         _ELMAN_RELU if relu else _ELMAN_TANH, px.contiguous(), W.contiguous(), None,
-        _mask2d(mask), h0.contiguous(), None, init, 0.0, mask is not None, t.units,
-        t.forward_batch_tile,
+        _mask2d(mask), lengths, h0.contiguous(), None, None, None, [init], mask is not None,
+        t.units, t.forward_batch_tile,
     )  # fmt: skip
     return out[0], (out[1] if mask is not None else None)
 
 
 def elman_backward(
-    W: Tensor, hs: Tensor, mask: Tensor | None, d_hs: Tensor, relu: bool
+    W: Tensor,
+    hs: Tensor,
+    mask: Tensor | None,
+    d_hs: Tensor,
+    relu: bool,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
     N, _, B, D = hs.shape
     t = tiling("elman", N, D, B, hs.device)
     dq, dh0 = ops().backward(
-        _ELMAN_RELU if relu else _ELMAN_TANH, W.contiguous(), hs, None, None, None, None,
-        None, _mask2d(mask), d_hs.contiguous(), None, t.units, t.backward_batch_tile,
+        _ELMAN_RELU if relu else _ELMAN_TANH, W.contiguous(), hs, None, None, None, None, None,
+        None, None, None, _mask2d(mask), lengths, d_hs.contiguous(), None, t.units,
+        t.backward_batch_tile,
     )  # fmt: skip
     return dq, dh0
+
+
+def slstm_forward(
+    px: Tensor,
+    W: Tensor,
+    mask: Tensor | None,
+    states: list[Tensor],
+    inits: tuple[float, ...],
+    save: bool,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop` (the same buffers: ``cn (N,
+    T + 1 or 2, B, 2, D)``, ``ms``, and with ``save`` the pre-activations ``ĩ, f̃`` with ``tanh z̃,
+    σ(õ)``, ``i', f'``, and the ``c, n`` and ``h`` entering each step); ``lengths`` as
+    :func:`lstm_forward`'s."""
+    t = _cut("slstm", px, 4)
+    h0, c0, n0, m0 = (s.contiguous() for s in states)
+    out = ops().forward(
+        _SLSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0, c0, n0, m0,
+        list(inits[:4]), save, t.units, t.forward_batch_tile,
+    )  # fmt: skip
+    hs, cn, ms = out[0], out[1], out[2]
+    if not save:
+        return hs, cn, ms, ()
+    if mask is not None:
+        cnp, hp = out[5], out[6]
+    else:
+        cnp, hp = _previous(cn), _previous(hs)
+    return hs, cn, ms, (out[3], out[4], cnp, hp)
+
+
+def slstm_backward(
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+    d_c: Tensor,
+    d_n: Tensor,
+    d_m: Tensor,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
+    cn, ms, gates, ex, cnp, _ = buffers
+    N, _, B, D = hs.shape
+    t = tiling("slstm", N, D, B, hs.device)
+    cnp_arg = cnp if mask is not None else None
+    dq, dh0, d_state = ops().backward(
+        _SLSTM, W.contiguous(), hs, gates, cn, None, None, ms, ex, cnp_arg, None, _mask2d(mask),
+        lengths, d_hs.contiguous(), torch.stack((d_c, d_n, d_m), 1), t.units,
+        t.backward_batch_tile,
+    )  # fmt: skip
+    return dq, dh0, d_state[:, 0], d_state[:, 1], d_state[:, 2]
 
 
 #: The CUDA loops of each cell kind, in the ``fused`` backend's loops objects.
@@ -206,11 +287,32 @@ CUDA_LOOPS: dict[str, Any] = {
     "elman": ElmanLoops(elman_forward, elman_backward),
     "lstm": LSTMLoops(lstm_forward, lstm_backward),
     "gru": GRULoops(gru_forward, gru_backward),
+    "slstm": SLSTMLoops(slstm_forward, slstm_backward),
 }
 
 
+def _loops(kind: str, call: KernelCall, loops: Any) -> Any:
+    """The loops that run ``call``: ``loops`` when given (they know nothing of lengths), else
+    the CUDA loops, bound to ``call.lengths`` when it has them."""
+    if loops is not None:
+        if call.lengths is not None:
+            raise ValueError("only the CUDA loops hold the state past each length")
+        return loops
+    cuda_loops = CUDA_LOOPS[kind]
+    if call.lengths is None:
+        return cuda_loops
+    lengths = call.lengths.to(device=call.x.device, dtype=torch.int32)
+    return type(cuda_loops)(
+        partial(cuda_loops.forward, lengths=lengths), partial(cuda_loops.backward, lengths=lengths)
+    )
+
+
 def _in_dtype(call: KernelCall, y: Tensor, state: tuple[Tensor, ...]) -> Result:
-    """``y`` and the state fields in the input's dtype (no-ops for float32)."""
+    """``y`` and the state fields in the input's dtype (no-ops for float32), ``y`` zero past
+    each sequence's length when the call has lengths."""
+    if call.lengths is not None:
+        valid = step_mask(call.lengths, y.shape[1], y.device)
+        y = y.masked_fill(~valid.unsqueeze(-1), 0.0)
     dtype = call.x.dtype
     fields = [s.to(dtype) for s in state]
     return y.to(dtype), call.cell.state_type(*fields)
@@ -222,10 +324,11 @@ def _float32(t: Tensor) -> Tensor:
 
 def run_lstm(call: KernelCall, loops: LSTMLoops | None = None) -> Result:
     """``call.x (B, T, I) -> y (B, T, H)``, final ``(h, c)`` each ``(B, H)``; the CUDA loops
-    unless ``loops`` names others (the pure-torch ones when the library cannot be built)."""
+    unless ``loops`` names others (the pure-torch ones when the library cannot be built; those
+    refuse ``call.lengths``)."""
     if call.x.shape[1] == 0:
         return empty_result(call)
-    lp = loops or CUDA_LOOPS["lstm"]
+    lp = _loops("lstm", call, loops)
     p = prepare(call)
     px, W = _float32(p.px), _float32(p.W)
     h0, c0 = (_float32(s) for s in p.states)
@@ -242,7 +345,7 @@ def run_gru(call: KernelCall, loops: GRULoops | None = None) -> Result:
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
-    lp = loops or CUDA_LOOPS["gru"]
+    lp = _loops("gru", call, loops)
     p = prepare(call)
     N, D = int(cell.heads), int(cell.head_dim)
     bhn = None if cell.bias_hn is None else _float32(cell.bias_hn.view(N, 1, D))
@@ -260,7 +363,7 @@ def run_elman(call: KernelCall, loops: ElmanLoops | None = None) -> Result:
     cell: Any = call.cell
     if call.x.shape[1] == 0:
         return empty_result(call)
-    lp = loops or CUDA_LOOPS["elman"]
+    lp = _loops("elman", call, loops)
     p = prepare(call)
     relu = cell.nonlinearity == "relu"
     px, W, h0 = _float32(p.px), _float32(p.W), _float32(p.states[0])
@@ -272,5 +375,29 @@ def run_elman(call: KernelCall, loops: ElmanLoops | None = None) -> Result:
         return _in_dtype(call, *finish(call, hs, []))
 
 
+def run_slstm(call: KernelCall, loops: SLSTMLoops | None = None) -> Result:
+    """``call.x (B, T, I) -> y (B, T, H)``, final ``(h, c, n, m)`` each ``(B, H)``; see
+    :func:`run_lstm`."""
+    if call.x.shape[1] == 0:
+        return empty_result(call)
+    lp = _loops("slstm", call, loops)
+    p = prepare(call)
+    px, W = _float32(p.px), _float32(p.W)
+    states = [_float32(s) for s in p.states]
+    if call.needs_grad:
+        ys, h_last, c, n, m = SLSTMFn.apply(lp, px, W, p.mask, p.inits, *states)  # type: ignore[no-untyped-call]
+        return _in_dtype(call, *finish_split(call, ys, h_last, [c, n, m]))
+    with torch.no_grad():
+        hs, cn, ms, _ = lp.forward(px, W, p.mask, states, p.inits, False)
+        last = px.shape[1] % 2  # without saving, the state leaving step t sits in slot (t+1) % 2
+        c, n, m = cn[:, last, :, 0], cn[:, last, :, 1], ms[:, last]
+        return _in_dtype(call, *finish(call, hs, [c, n, m]))
+
+
 #: Each kind's run: ``(call, loops or None) -> (y, final state)``.
-RUNS: dict[str, Callable[..., Result]] = {"elman": run_elman, "lstm": run_lstm, "gru": run_gru}
+RUNS: dict[str, Callable[..., Result]] = {
+    "elman": run_elman,
+    "lstm": run_lstm,
+    "gru": run_gru,
+    "slstm": run_slstm,
+}

@@ -24,6 +24,7 @@ from rnnkit.kernels.native import NativeLibrary
 __all__ = [
     "CSRC",
     "DISABLE_ENV",
+    "HEADERS",
     "KERNEL_SOURCES",
     "LIBRARY",
     "LIB_NAME",
@@ -42,7 +43,8 @@ DISABLE_ENV = "RNNKIT_GATED_CUDA"
 CSRC = Path(__file__).parent / "csrc"
 #: The CUDA translation units without torch headers (what :func:`compile_check` compiles).
 KERNEL_SOURCES = ("gated_cuda.cu",)
-_HEADERS = ("gated_cuda.h",)
+#: Headers the kernel sources include (part of the build key and the compile check's cache key).
+HEADERS = ("gated_cuda.h", "gated_cell.h")
 
 
 def nvcc() -> str | None:
@@ -108,7 +110,7 @@ LIBRARY = NativeLibrary(
     name=LIB_NAME,
     csrc=CSRC,
     sources=("gated_cuda.cu", "gated_cuda_ops.cpp", "gated_cuda_stream.cpp"),
-    headers=_HEADERS,
+    headers=HEADERS,
     disable_env=DISABLE_ENV,
     cuda_cflags=("-O3", "-std=c++17", "-lineinfo"),
     requires=requirement,
@@ -153,7 +155,7 @@ def compile_check(
     objects: list[Path] = []
     for source in sources:
         h = hashlib.sha256()
-        for name in (source, *_HEADERS):
+        for name in (source, *HEADERS):
             h.update((CSRC / name).read_bytes())
         for part in (*flags, _nvcc_version()):
             h.update(part.encode())

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 __all__ = ["GATES", "MAX_BATCH_TILE", "Tiling", "plan"]
 
-#: Gates per unit of each cell kind (elman, lstm, gru).
-GATES = {"elman": 1, "lstm": 4, "gru": 3}
+#: Gates per unit of each cell kind (elman, lstm, gru, slstm). sLSTM's states ``c, n, m`` stay
+#: in their owning block like LSTM's ``c``; they take no shared memory.
+GATES = {"elman": 1, "lstm": 4, "gru": 3, "slstm": 4}
 #: Batch rows staged per tile at most (more only lengthens each block's serial pass).
 MAX_BATCH_TILE = 32
 _FLOAT = 4
@@ -43,7 +44,7 @@ def plan(kind: str, heads: int, head_dim: int, batch: int, sms: int, smem: int) 
     """The tiling of a call, or why it cannot run.
 
     Args:
-        kind: ``elman``, ``lstm`` or ``gru``.
+        kind: ``elman``, ``lstm``, ``gru`` or ``slstm``.
         heads, head_dim: ``N`` and ``D``.
         batch: ``B`` (0 is allowed: nothing is launched).
         sms: streaming multiprocessors of the device.

@@ -14,12 +14,20 @@
 // and a line cached while reading step t's slot may also hold the start of step t + 1's slot,
 // which another block writes later.
 //
+// The per-element step math of each cell is gated_cell.h (also compiled on the host by a test).
+// With `lengths`, a sequence past its length holds its state: the element copies it unchanged
+// (resets are ignored there), and in the backward its gradient passes through unchanged
+// (dq = 0, the gradient of h travels by `carry`, those of c, n, m stay in dstate).
+//
 // float32 state and accumulation throughout; the torch glue converts 16-bit inputs.
 
+#ifndef RNNKIT_HOST_EMULATION  // the CPU emulation (packages/kernels/tests) brings its own
 #include <cooperative_groups.h>
+#endif
 
 #include <cstdio>
 
+#include "gated_cell.h"
 #include "gated_cuda.h"
 
 namespace cg = cooperative_groups;
@@ -27,18 +35,28 @@ namespace cg = cooperative_groups;
 namespace rnnkit_cuda {
 namespace {
 
+#ifndef RNNKIT_HOST_EMULATION
+//! The block's dynamic shared memory.
+__device__ __forceinline__ float* dynamic_smem() {
+  extern __shared__ float smem_[];
+  return smem_;
+}
+#endif
+
 template <int KIND>
 struct Gates {
-  static constexpr int value = KIND == LSTM ? 4 : (KIND == GRU ? 3 : 1);
+  static constexpr int value = (KIND == LSTM || KIND == SLSTM) ? 4 : (KIND == GRU ? 3 : 1);
 };
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+//! Whether step t of sequence b is one of its valid steps (always, without lengths).
+__device__ __forceinline__ bool live(const int* lengths, int t, int b) {
+  return lengths == nullptr || t < lengths[b];
+}
 
-//! ReLU that keeps NaN (as torch.relu), unlike fmaxf.
-__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
-
-__device__ __forceinline__ bool reset_at(const bool* mask, int t, int B, int b) {
-  return mask != nullptr && mask[static_cast<long long>(t) * B + b];
+//! Whether the state entering step t of sequence b is reset (never past its length).
+__device__ __forceinline__ bool reset_at(const bool* mask, const int* lengths, int t, int B,
+                                         int b) {
+  return mask != nullptr && mask[static_cast<long long>(t) * B + b] && live(lengths, t, b);
 }
 
 //! acc[b][j] = sum_k vec[b][k] * w[k][j] for b < rows, j < J (all in shared memory).
@@ -85,7 +103,7 @@ template <int KIND>
 __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ float smem[];
+  float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
   const Tile tl = tile_of(D, tiling.units);
   const int U = tl.units, GU = G * U, GD = G * D;
@@ -102,28 +120,34 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
   }
   __syncthreads();
 
+  const long long n = tl.n;
   const long long slab = static_cast<long long>(B) * D;  // one time slot of one head
   const long long gslab = static_cast<long long>(B) * GD;
-  const float* px_n = a.px + static_cast<long long>(tl.n) * T * gslab;
-  float* hs_n = a.hs + static_cast<long long>(tl.n) * (T + 1) * slab;
-  const int cslots = a.save ? T + 1 : 2;
-  float* cs_n = a.cs ? a.cs + static_cast<long long>(tl.n) * cslots * slab : nullptr;
-  float* acts_n = a.acts ? a.acts + static_cast<long long>(tl.n) * T * gslab : nullptr;
-  float* qs_n = a.qs ? a.qs + static_cast<long long>(tl.n) * T * gslab : nullptr;
-  float* tcs_n = a.tcs ? a.tcs + static_cast<long long>(tl.n) * T * slab : nullptr;
-  float* hp_n = a.hp ? a.hp + static_cast<long long>(tl.n) * T * slab : nullptr;
-  const float* bhn_n = a.bhn ? a.bhn + static_cast<long long>(tl.n) * D : nullptr;
+  const long long cslab = KIND == SLSTM ? 2 * slab : slab;  // one slot of cs (sLSTM: c and n)
+  const float* px_n = a.px + n * T * gslab;
+  float* hs_n = a.hs + n * (T + 1) * slab;
+  const int slots = a.save ? T + 1 : 2;
+  float* cs_n = a.cs ? a.cs + n * slots * cslab : nullptr;
+  float* ms_n = a.ms ? a.ms + n * slots * slab : nullptr;
+  float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
+  float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
+  float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
+  float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
+  float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : nullptr;
+  float* hp_n = a.hp ? a.hp + n * T * slab : nullptr;
+  const float* bhn_n = a.bhn ? a.bhn + n * D : nullptr;
 
   for (int t = 0; t < T; ++t) {
     const float* h_prev = hs_n + t * slab;
     float* h_next = hs_n + (t + 1) * slab;
     const float* px_t = px_n + t * gslab;
-    const int c_in = a.save ? t : (t & 1), c_out = a.save ? t + 1 : ((t + 1) & 1);
+    const int s_in = a.save ? t : (t & 1), s_out = a.save ? t + 1 : ((t + 1) & 1);
     for (int b0 = 0; b0 < B; b0 += BB) {
       const int rows = min(BB, B - b0);
       for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
         const int b = idx / D;
-        hv[idx] = reset_at(a.mask, t, B, b0 + b) ? a.h_init : __ldcg(h_prev + b0 * D + idx);
+        hv[idx] = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
+                                                             : __ldcg(h_prev + b0 * D + idx);
       }
       __syncthreads();
       block_matvec(hv, w, acc, rows, D, GU);
@@ -135,54 +159,90 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
         const float* q = acc + b * GU + u;                               // gate g at q[g*U]
         const long long at = static_cast<long long>(bg) * D + e;
         const long long gat = static_cast<long long>(bg) * GD + e;
+        const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
         const float hprev = hv[b * D + e];
+        const bool reset = reset_at(a.mask, a.lengths, t, B, bg);
+        if (hp_n) hp_n[t * slab + at] = hprev;
+        if (!live(a.lengths, t, bg)) {  // past the sequence's end: hold the state
+          h_next[at] = hprev;
+          if (cs_n) {
+            cs_n[s_out * cslab + cat] = cs_n[s_in * cslab + cat];
+            if (KIND == SLSTM) cs_n[s_out * cslab + cat + D] = cs_n[s_in * cslab + cat + D];
+          }
+          if (ms_n) ms_n[s_out * slab + at] = ms_n[s_in * slab + at];
+          continue;
+        }
         float h;
         if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-          const float v = pre[0] + q[0];
-          h = KIND == ELMAN_TANH ? tanhf(v) : relu(v);
+          h = cell::elman_forward(pre[0] + q[0], KIND == ELMAN_RELU);
         } else if constexpr (KIND == LSTM) {
-          const float ig = sigmoid(pre[0] + q[0]);
-          const float fg = sigmoid(pre[D] + q[U]);
-          const float gg = tanhf(pre[2 * D] + q[2 * U]);
-          const float og = sigmoid(pre[3 * D] + q[3 * U]);
-          float* c_prev = cs_n + c_in * slab + at;
+          float* c_prev = cs_n + s_in * slab + at;
           float cp = *c_prev;
-          if (reset_at(a.mask, t, B, bg)) {
+          if (reset) {
             cp = a.c_init;
             *c_prev = cp;  // the backward reads c entering the step after the reset
           }
-          const float c = fmaf(fg, cp, ig * gg);
-          const float tc = tanhf(c);
-          h = og * tc;
-          cs_n[c_out * slab + at] = c;
+          const cell::LstmStep st = cell::lstm_forward(pre[0] + q[0], pre[D] + q[U],
+                                                       pre[2 * D] + q[2 * U],
+                                                       pre[3 * D] + q[3 * U], cp);
+          h = st.h;
+          cs_n[s_out * slab + at] = st.c;
           if (a.save) {
             float* ac = acts_n + t * gslab + gat;
-            ac[0] = ig;
-            ac[D] = fg;
-            ac[2 * D] = gg;
-            ac[3 * D] = og;
-            tcs_n[t * slab + at] = tc;
+            ac[0] = st.i;
+            ac[D] = st.f;
+            ac[2 * D] = st.g;
+            ac[3 * D] = st.o;
+            tcs_n[t * slab + at] = st.tc;
           }
-        } else {  // GRU: r, z, n; b_hn joins the recurrent term (r multiplies it)
-          const float qr = q[0], qz = q[U];
+        } else if constexpr (KIND == GRU) {  // b_hn joins the recurrent term (r multiplies it)
           const float qn = q[2 * U] + (bhn_n ? bhn_n[e] : 0.0f);
-          const float r = sigmoid(pre[0] + qr);
-          const float z = sigmoid(pre[D] + qz);
-          const float nn = tanhf(fmaf(r, qn, pre[2 * D]));
-          h = fmaf(z, hprev - nn, nn);
+          const cell::GruStep st =
+              cell::gru_forward(pre[0], pre[D], pre[2 * D], q[0], q[U], qn, hprev);
+          h = st.h;
           if (a.save) {
             float* ac = acts_n + t * gslab + gat;
-            ac[0] = r;
-            ac[D] = z;
-            ac[2 * D] = nn;
+            ac[0] = st.r;
+            ac[D] = st.z;
+            ac[2 * D] = st.n;
             float* qq = qs_n + t * gslab + gat;
-            qq[0] = qr;
-            qq[D] = qz;
+            qq[0] = q[0];
+            qq[D] = q[U];
             qq[2 * D] = qn;
+          }
+        } else {  // sLSTM
+          const float* cn_in = cs_n + s_in * cslab + cat;
+          float cp = cn_in[0], np = cn_in[D], mp = ms_n[s_in * slab + at];
+          if (reset) {
+            cp = a.c_init;
+            np = a.n_init;
+            mp = a.m_init;
+          }
+          if (cnp_n) {
+            float* cnp = cnp_n + t * 2 * slab + cat;
+            cnp[0] = cp;
+            cnp[D] = np;
+          }
+          const float ai = pre[0] + q[0], af = pre[D] + q[U];
+          const cell::SlstmStep st = cell::slstm_forward(ai, af, pre[2 * D] + q[2 * U],
+                                                         pre[3 * D] + q[3 * U], cp, np, mp);
+          h = st.h;
+          float* cn_out = cs_n + s_out * cslab + cat;
+          cn_out[0] = st.c;
+          cn_out[D] = st.n;
+          ms_n[s_out * slab + at] = st.m;
+          if (a.save) {
+            float* ac = acts_n + t * gslab + gat;
+            ac[0] = ai;
+            ac[D] = af;
+            ac[2 * D] = st.zt;
+            ac[3 * D] = st.o;
+            float* ex = ex_n + t * 2 * slab + cat;
+            ex[0] = st.ip;
+            ex[D] = st.fp;
           }
         }
         h_next[at] = h;
-        if (hp_n) hp_n[t * slab + at] = hprev;
       }
       __syncthreads();  // hv and acc are reused by the next batch tile
     }
@@ -196,8 +256,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
 template <int KIND>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
+  constexpr int K = KIND == SLSTM ? 3 : (KIND == LSTM ? 1 : 0);  // state fields besides h
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ float smem[];
+  float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
   const Tile tl = tile_of(D, tiling.units);
   const int U = tl.units, GD = G * D;
@@ -215,23 +276,30 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
 
   const long long slab = static_cast<long long>(B) * D;
   const long long gslab = static_cast<long long>(B) * GD;
+  const long long cslab = KIND == SLSTM ? 2 * slab : slab;
   const long long n = tl.n;
   const float* hs_n = a.hs + n * (T + 1) * slab;
   const float* dy_n = a.d_hs + n * (T + 1) * slab;
   const float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
-  const float* cs_n = a.cs ? a.cs + n * (T + 1) * slab : nullptr;
+  const float* cs_n = a.cs ? a.cs + n * (T + 1) * cslab : nullptr;
   const float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
   const float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
-  const float* hp_n = a.hp ? a.hp + n * T * slab : nullptr;
+  const float* ms_n = a.ms ? a.ms + n * (T + 1) * slab : nullptr;
+  const float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
+  // Without resets the c, n entering step s are those leaving step s - 1: cs's slot s.
+  const float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : cs_n;
+  // Without resets the h entering step s is hs's slot s (the same stride as hp's slots).
+  const float* hp_n = a.hp ? a.hp + n * T * slab : hs_n;
   float* dq_n = a.dq + n * T * gslab;
   float* dpx_n = a.dpx ? a.dpx + n * T * gslab : nullptr;
-  float* dst_n = a.dstate ? a.dstate + n * slab : nullptr;
+  float* dst_n = a.dstate ? a.dstate + n * K * slab : nullptr;
   float* carry_n = a.carry ? a.carry + n * slab : nullptr;
   float* dh0_n = a.dh0 + n * slab;
 
   // Iteration s runs the pointwise backward of step s (s = -1: only the gradient of h0). The
   // gradient of h_s (slot s + 1) is what reaches it directly plus, unless a reset entering
-  // step s + 1 cut it, dq_{s+1} W^T (and GRU's direct path dh_{s+1} z_{s+1}).
+  // step s + 1 cut it, dq_{s+1} W^T and the carry (GRU's direct path dh_{s+1} z_{s+1}, or the
+  // whole gradient where step s + 1 is past the sequence's end).
   for (int s = T - 1; s >= -1; --s) {
     const bool has_next = s + 1 < T;
     const float* dq_next = dq_n + (s + 1) * gslab;
@@ -249,10 +317,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
         const int bg = b0 + b, e = tl.e0 + u;
         const long long at = static_cast<long long>(bg) * D + e;
         const long long gat = static_cast<long long>(bg) * GD + e;
+        const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;
         float gh = dy_n[(s + 1) * slab + at];
-        if (has_next && !reset_at(a.mask, s + 1, B, bg)) {
+        if (has_next && !reset_at(a.mask, a.lengths, s + 1, B, bg)) {
           float r = acc[b * U + u];
-          if constexpr (KIND == GRU) r += carry_n[at];
+          if (carry_n) r += carry_n[at];
           gh += r;
         }
         if (s < 0) {
@@ -260,40 +329,61 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
           continue;
         }
         float* dq = dq_n + s * gslab + gat;
+        if (!live(a.lengths, s, bg)) {  // a held step: h_{s+1} = h_s, no gate saw it
+          for (int g = 0; g < G; ++g) dq[g * D] = 0.0f;
+          if (dpx_n) {
+            float* dp = dpx_n + s * gslab + gat;
+            for (int g = 0; g < G; ++g) dp[g * D] = 0.0f;
+          }
+          carry_n[at] = gh;
+          continue;
+        }
+        const bool reset = reset_at(a.mask, a.lengths, s, B, bg);
         if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-          const float h = hs_n[(s + 1) * slab + at];
-          // ReLU's derivative as torch's: 1 where the output is not <= 0 (NaN passes).
-          const float d = KIND == ELMAN_TANH ? 1.0f - h * h : (h <= 0.0f ? 0.0f : 1.0f);
-          dq[0] = gh * d;
+          dq[0] = cell::elman_backward(gh, hs_n[(s + 1) * slab + at], KIND == ELMAN_RELU);
         } else if constexpr (KIND == LSTM) {
           const float* ac = acts_n + s * gslab + gat;
-          const float ig = ac[0], fg = ac[D], gg = ac[2 * D], og = ac[3 * D];
-          const float tc = tcs_n[s * slab + at];
-          const float cp = cs_n[s * slab + at];
-          float dc = dst_n[at];
-          dc = fmaf(gh, og * (1.0f - tc * tc), dc);
-          dq[0] = dc * gg * ig * (1.0f - ig);
-          dq[D] = dc * cp * fg * (1.0f - fg);
-          dq[2 * D] = dc * ig * (1.0f - gg * gg);
-          dq[3 * D] = gh * tc * og * (1.0f - og);
+          const cell::LstmGrad d =
+              cell::lstm_backward(gh, dst_n[at], ac[0], ac[D], ac[2 * D], ac[3 * D],
+                                  tcs_n[s * slab + at], cs_n[s * slab + at]);
+          dq[0] = d.di;
+          dq[D] = d.df;
+          dq[2 * D] = d.dg;
+          dq[3 * D] = d.dout;
           // A reset replaces c entering step s: its gradient is exactly zero (not 0 * NaN).
-          dst_n[at] = reset_at(a.mask, s, B, bg) ? 0.0f : dc * fg;
-        } else {  // GRU
+          dst_n[at] = reset ? 0.0f : d.dc_prev;
+        } else if constexpr (KIND == GRU) {
           const float* ac = acts_n + s * gslab + gat;
-          const float r = ac[0], z = ac[D], nn = ac[2 * D];
           const float qn = qs_n[s * gslab + gat + 2 * D];
-          const float hprev = hp_n[s * slab + at];
-          const float dan = gh * (1.0f - z) * (1.0f - nn * nn);
-          const float dz = gh * (hprev - nn) * z * (1.0f - z);
-          const float dr = dan * qn * r * (1.0f - r);
-          dq[0] = dr;
-          dq[D] = dz;
-          dq[2 * D] = dan * r;
+          const cell::GruGrad d =
+              cell::gru_backward(gh, ac[0], ac[D], ac[2 * D], qn, hp_n[s * slab + at]);
+          dq[0] = d.dr;
+          dq[D] = d.dz;
+          dq[2 * D] = d.dqn;
           float* dp = dpx_n + s * gslab + gat;
-          dp[0] = dr;
-          dp[D] = dz;
-          dp[2 * D] = dan;
-          carry_n[at] = gh * z;
+          dp[0] = d.dr;
+          dp[D] = d.dz;
+          dp[2 * D] = d.dxn;
+          carry_n[at] = d.dh_prev;
+        } else {  // sLSTM
+          const float* ac = acts_n + s * gslab + gat;
+          const float* ex = ex_n + s * 2 * slab + cat;
+          const float* cn = cs_n + (s + 1) * cslab + cat;
+          const float* cnp = cnp_n + s * 2 * slab + cat;
+          const cell::SlstmGrad d = cell::slstm_backward(
+              gh, dst_n[at], dst_n[slab + at], dst_n[2 * slab + at], ac[0], ac[D], ac[2 * D],
+              ac[3 * D], ex[0], ex[D], cn[0], cn[D], ms_n[(s + 1) * slab + at],
+              hs_n[(s + 1) * slab + at], cnp[0], cnp[D]);
+          dq[0] = d.di;
+          dq[D] = d.df;
+          dq[2 * D] = d.dz;
+          dq[3 * D] = d.dout;
+          dst_n[at] = reset ? 0.0f : d.dc_prev;
+          dst_n[slab + at] = reset ? 0.0f : d.dn_prev;
+          dst_n[2 * slab + at] = reset ? 0.0f : d.dm_prev;
+        }
+        if constexpr (KIND != GRU) {
+          if (carry_n) carry_n[at] = 0.0f;  // only a held step passes h's gradient directly
         }
       }
       __syncthreads();  // dv and acc are reused by the next batch tile
@@ -302,6 +392,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   }
 }
 
+#ifndef RNNKIT_HOST_EMULATION  // the emulation runs the kernels its own way
 // ------------------------------------------------------------------------------------------
 // launch
 
@@ -351,6 +442,8 @@ const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, in
   return nullptr;
 }
 
+#endif  // RNNKIT_HOST_EMULATION
+
 }  // namespace
 
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
@@ -363,6 +456,7 @@ std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   return sizeof(float) * (GD * tl.units + static_cast<std::size_t>(tl.batch_tile) * (GD + tl.units));
 }
 
+#ifndef RNNKIT_HOST_EMULATION
 const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t stream) {
   if (a.T == 0 || a.B == 0) return nullptr;
   const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
@@ -371,6 +465,7 @@ const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t 
     case ELMAN_RELU: return launch(forward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
     case LSTM: return launch(forward_kernel<LSTM>, a, tl, a.D, smem, stream);
     case GRU: return launch(forward_kernel<GRU>, a, tl, a.D, smem, stream);
+    case SLSTM: return launch(forward_kernel<SLSTM>, a, tl, a.D, smem, stream);
     default: return "unknown cell kind";
   }
 }
@@ -383,8 +478,11 @@ const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_
     case ELMAN_RELU: return launch(backward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
     case LSTM: return launch(backward_kernel<LSTM>, a, tl, a.D, smem, stream);
     case GRU: return launch(backward_kernel<GRU>, a, tl, a.D, smem, stream);
+    case SLSTM: return launch(backward_kernel<SLSTM>, a, tl, a.D, smem, stream);
     default: return "unknown cell kind";
   }
 }
+
+#endif  // RNNKIT_HOST_EMULATION
 
 }  // namespace rnnkit_cuda

@@ -1,4 +1,4 @@
-// Persistent CUDA time loops of the gated cells (Elman, LSTM, GRU): the launch interface.
+// Persistent CUDA time loops of the gated cells (Elman, LSTM, GRU, sLSTM): the launch interface.
 //
 // No torch headers here or in gated_cuda.cu, so that the kernels compile with plain nvcc (the
 // CI compile check); gated_cuda_ops.cpp is the torch glue.
@@ -9,22 +9,33 @@
 //   W     (N, D, G*D)      one step is gates = px_t + h_{t-1} W (per head)
 //   hs    (N, T+1, B, D)   slot 0 the initial h, slot t+1 the output of step t
 //   mask  (T, B) bool      true where the state entering step t is reset (nullptr: none)
-// Gate orders are torch's: LSTM i, f, g, o; GRU r, z, n.
+//   lengths (B,) int32     sequence b has lengths[b] valid steps (nullptr: all T). Past its
+//                          length a sequence's state is held (copied unchanged, resets ignored)
+//                          and its gradients pass through unchanged; the caller zeroes y there.
+// Gate orders are torch's: LSTM i, f, g, o; GRU r, z, n; sLSTM (xLSTM) i, f, z, o.
+// The per-element step math is in gated_cell.h.
 #pragma once
 
 #include <cstddef>
 
+#ifdef RNNKIT_HOST_EMULATION  // the CPU emulation of the kernels (packages/kernels/tests)
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+#else
 #include <cuda_runtime.h>
+#endif
 
 namespace rnnkit_cuda {
 
-enum CellKind : int { ELMAN_TANH = 0, ELMAN_RELU = 1, LSTM = 2, GRU = 3 };
+enum CellKind : int { ELMAN_TANH = 0, ELMAN_RELU = 1, LSTM = 2, GRU = 3, SLSTM = 4 };
 
 //! Threads per block of every kernel here.
 constexpr int kThreads = 256;
 
 //! Gates per hidden unit of a cell kind (W has G*D columns per head).
-inline int gates_of(int kind) { return kind == LSTM ? 4 : (kind == GRU ? 3 : 1); }
+inline int gates_of(int kind) {
+  return (kind == LSTM || kind == SLSTM) ? 4 : (kind == GRU ? 3 : 1);
+}
 
 //! How the work is cut: each block owns `units` hidden units of one head (the last tile of a
 //! head may be shorter) for the whole sequence and walks the batch in tiles of `batch_tile`
@@ -34,22 +45,33 @@ struct Tiling {
   int batch_tile;
 };
 
-//! Forward loop. Buffers the caller does not want are nullptr.
+//! Forward loop. Buffers the caller does not want are nullptr. "slots" below is T + 1 with
+//! save, else 2 (the state leaving step t then sits in slot (t + 1) % 2).
 struct ForwardArgs {
   int kind, N, T, B, D;
   const float* px;    // (N, T, B, G*D)
   const float* W;     // (N, D, G*D)
   const float* bhn;   // GRU: (N, D) bias of the candidate's recurrent term, or nullptr
   const bool* mask;   // (T, B) or nullptr
+  const int* lengths; // (B,) or nullptr
   float h_init;       // value h restarts from at a reset
-  float c_init;       // value c restarts from at a reset (LSTM)
+  float c_init;       // value c restarts from at a reset (LSTM, sLSTM)
+  float n_init;       // value n restarts from at a reset (sLSTM)
+  float m_init;       // value m restarts from at a reset (sLSTM)
   int save;           // keep the per-step buffers the backward reads
   float* hs;          // (N, T+1, B, D), slot 0 filled by the caller
-  float* cs;          // LSTM: (N, save ? T+1 : 2, B, D), slot 0 filled; c entering each step
-                      //       after resets, then the final c (slot T, or T % 2 without save)
-  float* acts;        // save: (N, T, B, G*D) gate activations (LSTM i f g o; GRU r z n)
+  float* cs;          // LSTM: (N, slots, B, D), slot 0 filled; c entering each step after
+                      //       resets, then the final c (slot T, or T % 2 without save)
+                      // sLSTM: (N, slots, B, 2, D), slot 0 filled; c and n leaving each step
+                      //       (as the `fused` loop's cn: resets are not written back)
+  float* ms;          // sLSTM: (N, slots, B, D), slot 0 filled; m leaving each step
+  float* acts;        // save: (N, T, B, G*D) gate activations (LSTM i f g o; GRU r z n;
+                      //       sLSTM the pre-activations ĩ f̃, then tanh z̃, σ(õ))
   float* qs;          // GRU with save: (N, T, B, 3D) recurrent terms q = h W + [0, 0, b_hn]
   float* tcs;         // LSTM with save: (N, T, B, D) tanh(c_t)
+  float* ex;          // sLSTM with save: (N, T, B, 2, D) the exponential gates i', f'
+  float* cnp;         // sLSTM with save and resets: (N, T, B, 2, D) c, n entering each step
+                      //       after resets
   float* hp;          // save with resets: (N, T, B, D) h entering each step after resets
 };
 
@@ -58,17 +80,23 @@ struct BackwardArgs {
   int kind, N, T, B, D;
   const float* W;     // (N, D, G*D)
   const float* hs;    // (N, T+1, B, D) from the forward
-  const float* acts;  // (N, T, B, G*D)   (LSTM, GRU)
-  const float* cs;    // LSTM: (N, T+1, B, D)
+  const float* acts;  // (N, T, B, G*D)   (LSTM, GRU, sLSTM)
+  const float* cs;    // LSTM: (N, T+1, B, D); sLSTM: (N, T+1, B, 2, D)
   const float* tcs;   // LSTM: (N, T, B, D)
   const float* qs;    // GRU: (N, T, B, 3D)
+  const float* ms;    // sLSTM: (N, T+1, B, D)
+  const float* ex;    // sLSTM: (N, T, B, 2, D)
+  const float* cnp;   // sLSTM with resets: (N, T, B, 2, D); without, cs's slots 0..T-1 are read
   const float* hp;    // GRU: h entering each step, (N, T, B, D) (hs without resets)
   const bool* mask;   // (T, B) or nullptr
+  const int* lengths; // (B,) or nullptr
   const float* d_hs;  // (N, T+1, B, D) gradient reaching each slot of hs directly
   float* dq;          // (N, T, B, G*D) out: gradient of the recurrent product's output
   float* dpx;         // GRU: (N, T, B, 3D) out: gradient of px (differs from dq in gate n)
-  float* dstate;      // LSTM: (N, B, D) in: gradient of the final c; out: that of c0
-  float* carry;       // GRU: (N, B, D) scratch (dh_{t+1} z_{t+1} of each owned unit)
+  float* dstate;      // LSTM (K = 1: c), sLSTM (K = 3: c, n, m): (N, K, B, D) in: gradient of
+                      //       the final state; out: that of the initial state
+  float* carry;       // GRU or lengths: (N, B, D) scratch: the gradient of h_t reaching it from
+                      //       step t + 1 other than through dq (GRU's z gh; gh at a held step)
   float* dh0;         // (N, B, D) out: gradient of the initial h
 };
 

@@ -3,7 +3,8 @@
 // Every op allocates its outputs and returns them as a list (no input is written, no output is
 // a view of another); the Python adapters (rnnkit/kernels/gated/cuda/_loops.py) give them the
 // signatures of the `fused` loops. All tensors are float32 CUDA tensors in the layouts of
-// gated_cuda.h; the caller makes the current device that of the tensors.
+// gated_cuda.h (the mask bool, the lengths int32); the caller makes the current device that of
+// the tensors and checks the lengths' values (1 <= lengths <= T).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -17,12 +18,20 @@ cudaStream_t current_stream(int device);  // gated_cuda_stream.cpp
 
 namespace {
 
+#ifdef RNNKIT_HOST_EMULATION
+// The CPU emulation of the kernels (packages/kernels/tests/csrc/gated_cuda_emulated.cpp) runs
+// this glue on CPU tensors.
+constexpr bool kHostEmulation = true;
+#else
+constexpr bool kHostEmulation = false;
+#endif
+
 const float* fptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
 }
 
 void check_float(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(kHostEmulation || t.is_cuda(), name, " must be a CUDA tensor");
   TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), ", expected ",
               like.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
@@ -36,12 +45,24 @@ void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
 const bool* mask_ptr(const c10::optional<at::Tensor>& mask, int64_t T, int64_t B,
                      const at::Tensor& like) {
   if (!mask.has_value() || !mask->defined()) return nullptr;
-  TORCH_CHECK(mask->is_cuda() && mask->device() == like.device(), "mask must be on ",
+  TORCH_CHECK((kHostEmulation || mask->is_cuda()) && mask->device() == like.device(),
+              "mask must be on ",
               like.device());
   TORCH_CHECK(mask->scalar_type() == at::kBool && mask->is_contiguous(),
               "mask must be a contiguous bool tensor");
   check_shape(*mask, "mask", {T, B});
   return mask->data_ptr<bool>();
+}
+
+const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
+                       const at::Tensor& like) {
+  if (!lengths.has_value() || !lengths->defined()) return nullptr;
+  TORCH_CHECK((kHostEmulation || lengths->is_cuda()) && lengths->device() == like.device(),
+              "lengths must be on ", like.device());
+  TORCH_CHECK(lengths->scalar_type() == at::kInt && lengths->is_contiguous(),
+              "lengths must be a contiguous int32 tensor");
+  check_shape(*lengths, "lengths", {B});
+  return lengths->data_ptr<int>();
 }
 
 Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t D) {
@@ -54,12 +75,25 @@ void check_launch(const char* failure, const char* what) {
   TORCH_CHECK(failure == nullptr, "rnnkit cuda ", what, ": ", failure ? failure : "");
 }
 
+//! State fields besides h: LSTM c; sLSTM c, n, m.
+int64_t extra_states(int64_t kind) { return kind == LSTM ? 1 : (kind == SLSTM ? 3 : 0); }
+
+float* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// Outputs by kind (save: the per-step buffers; hp only with resets):
+//   elman [hs, (save) hp]
+//   lstm  [hs, c_last, (save) acts, cs, tcs, hp?]
+//   gru   [hs, (save) acts, qs, hp?]
+//   slstm [hs, cn, ms, (save) acts, ex, cnp?, hp?]   cn, ms: (N, slots, B, 2, D), (N, slots, B, D)
 std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Tensor& W,
                                 const c10::optional<at::Tensor>& bhn,
-                                const c10::optional<at::Tensor>& mask, const at::Tensor& h0,
-                                const c10::optional<at::Tensor>& c0, double h_init, double c_init,
+                                const c10::optional<at::Tensor>& mask,
+                                const c10::optional<at::Tensor>& lengths, const at::Tensor& h0,
+                                const c10::optional<at::Tensor>& c0,
+                                const c10::optional<at::Tensor>& n0,
+                                const c10::optional<at::Tensor>& m0, at::ArrayRef<double> inits,
                                 bool save, int64_t units, int64_t batch_tile) {
-  TORCH_CHECK(kind >= ELMAN_TANH && kind <= GRU, "unknown cell kind ", kind);
+  TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(px.dim() == 4, "px must be (N, T, B, G*D)");
   check_float(px, "px", px);
@@ -69,30 +103,45 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   check_shape(W, "W", {N, D, G * D});
   check_float(h0, "h0", px);
   check_shape(h0, "h0", {N, B, D});
-  const bool lstm = kind == LSTM, gru = kind == GRU;
-  if (lstm) {
-    TORCH_CHECK(c0.has_value() && c0->defined(), "LSTM needs c0");
-    check_float(*c0, "c0", px);
-    check_shape(*c0, "c0", {N, B, D});
-  }
+  const bool lstm = kind == LSTM, gru = kind == GRU, slstm = kind == SLSTM;
+  const int64_t K = extra_states(kind);
+  TORCH_CHECK(static_cast<int64_t>(inits.size()) == 1 + K, "inits must hold ", 1 + K,
+              " values (one per state field), got ", inits.size());
+  auto state = [&](const c10::optional<at::Tensor>& t, const char* name) {
+    TORCH_CHECK(t.has_value() && t->defined(), "this cell needs ", name);
+    check_float(*t, name, px);
+    check_shape(*t, name, {N, B, D});
+    return *t;
+  };
   if (gru && bhn.has_value() && bhn->defined()) {
     check_float(*bhn, "bhn", px);
     TORCH_CHECK(bhn->numel() == N * D, "bhn must have N * D elements");
   }
   const bool* m = mask_ptr(mask, T, B, px);
+  const int* lens = lengths_ptr(lengths, B, px);
   const Tiling tiling = tiling_of(units, batch_tile, D);
   const auto opts = px.options();
+  const int64_t slots = save ? T + 1 : 2;
 
   at::Tensor hs = at::empty({N, T + 1, B, D}, opts);
   hs.select(1, 0).copy_(h0);
-  at::Tensor cs, acts, qs, tcs, hp;
+  at::Tensor cs, ms, acts, qs, tcs, ex, cnp, hp;
   if (lstm) {
-    cs = at::empty({N, save ? T + 1 : 2, B, D}, opts);
-    cs.select(1, 0).copy_(*c0);
+    cs = at::empty({N, slots, B, D}, opts);
+    cs.select(1, 0).copy_(state(c0, "c0"));
+  }
+  if (slstm) {
+    cs = at::empty({N, slots, B, 2, D}, opts);
+    cs.select(1, 0).select(2, 0).copy_(state(c0, "c0"));
+    cs.select(1, 0).select(2, 1).copy_(state(n0, "n0"));
+    ms = at::empty({N, slots, B, D}, opts);
+    ms.select(1, 0).copy_(state(m0, "m0"));
   }
   if (save && !(kind == ELMAN_TANH || kind == ELMAN_RELU)) acts = at::empty({N, T, B, G * D}, opts);
   if (save && gru) qs = at::empty({N, T, B, G * D}, opts);
   if (save && lstm) tcs = at::empty({N, T, B, D}, opts);
+  if (save && slstm) ex = at::empty({N, T, B, 2, D}, opts);
+  if (save && slstm && m != nullptr) cnp = at::empty({N, T, B, 2, D}, opts);
   if (save && m != nullptr) hp = at::empty({N, T, B, D}, opts);
 
   ForwardArgs a{};
@@ -105,19 +154,29 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   a.W = W.data_ptr<float>();
   a.bhn = gru ? fptr(bhn) : nullptr;
   a.mask = m;
-  a.h_init = static_cast<float>(h_init);
-  a.c_init = static_cast<float>(c_init);
+  a.lengths = lens;
+  a.h_init = static_cast<float>(inits[0]);
+  a.c_init = K >= 1 ? static_cast<float>(inits[1]) : 0.0f;
+  a.n_init = K >= 3 ? static_cast<float>(inits[2]) : 0.0f;
+  a.m_init = K >= 3 ? static_cast<float>(inits[3]) : 0.0f;
   a.save = save ? 1 : 0;
   a.hs = hs.data_ptr<float>();
-  a.cs = lstm ? cs.data_ptr<float>() : nullptr;
-  a.acts = acts.defined() ? acts.data_ptr<float>() : nullptr;
-  a.qs = qs.defined() ? qs.data_ptr<float>() : nullptr;
-  a.tcs = tcs.defined() ? tcs.data_ptr<float>() : nullptr;
-  a.hp = hp.defined() ? hp.data_ptr<float>() : nullptr;
+  a.cs = ptr_or_null(cs);
+  a.ms = ptr_or_null(ms);
+  a.acts = ptr_or_null(acts);
+  a.qs = ptr_or_null(qs);
+  a.tcs = ptr_or_null(tcs);
+  a.ex = ptr_or_null(ex);
+  a.cnp = ptr_or_null(cnp);
+  a.hp = ptr_or_null(hp);
   check_launch(launch_forward(a, tiling, current_stream(px.get_device())), "forward");
 
   std::vector<at::Tensor> out{hs};
   if (lstm) out.push_back(cs.select(1, save ? T : T % 2).clone());
+  if (slstm) {
+    out.push_back(cs);
+    out.push_back(ms);
+  }
   if (save) {
     if (lstm) {
       out.push_back(acts);
@@ -126,22 +185,31 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
     } else if (gru) {
       out.push_back(acts);
       out.push_back(qs);
+    } else if (slstm) {
+      out.push_back(acts);
+      out.push_back(ex);
+      if (cnp.defined()) out.push_back(cnp);
     }
     if (hp.defined()) out.push_back(hp);
   }
   return out;
 }
 
+// Outputs: [dq, dh0, (lstm, slstm) d_state0 (N, K, B, D), (gru) dpx].
 std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Tensor& hs,
                                  const c10::optional<at::Tensor>& acts,
                                  const c10::optional<at::Tensor>& cs,
                                  const c10::optional<at::Tensor>& tcs,
                                  const c10::optional<at::Tensor>& qs,
+                                 const c10::optional<at::Tensor>& ms,
+                                 const c10::optional<at::Tensor>& ex,
+                                 const c10::optional<at::Tensor>& cnp,
                                  const c10::optional<at::Tensor>& hp,
-                                 const c10::optional<at::Tensor>& mask, const at::Tensor& d_hs,
-                                 const c10::optional<at::Tensor>& d_c, int64_t units,
+                                 const c10::optional<at::Tensor>& mask,
+                                 const c10::optional<at::Tensor>& lengths, const at::Tensor& d_hs,
+                                 const c10::optional<at::Tensor>& d_state, int64_t units,
                                  int64_t batch_tile) {
-  TORCH_CHECK(kind >= ELMAN_TANH && kind <= GRU, "unknown cell kind ", kind);
+  TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(hs.dim() == 4, "hs must be (N, T + 1, B, D)");
   check_float(hs, "hs", hs);
@@ -150,7 +218,8 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   check_shape(W, "W", {N, D, G * D});
   check_float(d_hs, "d_hs", hs);
   check_shape(d_hs, "d_hs", {N, T + 1, B, D});
-  const bool lstm = kind == LSTM, gru = kind == GRU;
+  const bool lstm = kind == LSTM, gru = kind == GRU, slstm = kind == SLSTM;
+  const int64_t K = extra_states(kind);
   auto need = [&](const c10::optional<at::Tensor>& t, const char* name,
                   at::IntArrayRef shape) -> const float* {
     TORCH_CHECK(t.has_value() && t->defined(), "this cell's backward needs ", name);
@@ -159,6 +228,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
     return t->data_ptr<float>();
   };
   const bool* m = mask_ptr(mask, T, B, hs);
+  const int* lens = lengths_ptr(lengths, B, hs);
   const Tiling tiling = tiling_of(units, batch_tile, D);
   const auto opts = hs.options();
 
@@ -171,19 +241,22 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   a.W = W.data_ptr<float>();
   a.hs = hs.data_ptr<float>();
   a.mask = m;
+  a.lengths = lens;
   a.d_hs = d_hs.data_ptr<float>();
   at::Tensor dq = at::empty({N, T, B, G * D}, opts);
   at::Tensor dh0 = at::empty({N, B, D}, opts);
   at::Tensor dpx, dstate, carry;
+  if (K > 0) {
+    TORCH_CHECK(d_state.has_value() && d_state->defined(), "this cell's backward needs d_state");
+    check_float(*d_state, "d_state", hs);
+    check_shape(*d_state, "d_state", {N, K, B, D});
+    dstate = d_state->clone();
+    a.dstate = dstate.data_ptr<float>();
+  }
   if (lstm) {
     a.acts = need(acts, "acts", {N, T, B, G * D});
     a.cs = need(cs, "cs", {N, T + 1, B, D});
     a.tcs = need(tcs, "tcs", {N, T, B, D});
-    TORCH_CHECK(d_c.has_value() && d_c->defined(), "the LSTM backward needs d_c");
-    check_float(*d_c, "d_c", hs);
-    check_shape(*d_c, "d_c", {N, B, D});
-    dstate = d_c->clone();
-    a.dstate = dstate.data_ptr<float>();
   }
   if (gru) {
     a.acts = need(acts, "acts", {N, T, B, G * D});
@@ -191,8 +264,18 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
     // Without resets the states entering each step are hs[:, :T] (read from hs).
     a.hp = m != nullptr ? need(hp, "hp", {N, T, B, D}) : nullptr;
     dpx = at::empty({N, T, B, G * D}, opts);
-    carry = at::empty({N, B, D}, opts);
     a.dpx = dpx.data_ptr<float>();
+  }
+  if (slstm) {
+    a.acts = need(acts, "acts", {N, T, B, G * D});
+    a.cs = need(cs, "cs", {N, T + 1, B, 2, D});
+    a.ms = need(ms, "ms", {N, T + 1, B, D});
+    a.ex = need(ex, "ex", {N, T, B, 2, D});
+    // Without resets the c, n entering each step are cs[:, :T] (read from cs).
+    a.cnp = m != nullptr ? need(cnp, "cnp", {N, T, B, 2, D}) : nullptr;
+  }
+  if (gru || lens != nullptr) {
+    carry = at::empty({N, B, D}, opts);
     a.carry = carry.data_ptr<float>();
   }
   a.dq = dq.data_ptr<float>();
@@ -203,7 +286,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
     dh0.copy_(d_hs.select(1, 0));
   }
   std::vector<at::Tensor> out{dq, dh0};
-  if (lstm) out.push_back(dstate);
+  if (K > 0) out.push_back(dstate);
   if (gru) out.push_back(dpx);
   return out;
 }
@@ -213,15 +296,20 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
 
 TORCH_LIBRARY(rnnkit_gated_cuda, m) {
   m.def(
-      "forward(int kind, Tensor px, Tensor W, Tensor? bhn, Tensor? mask, Tensor h0, Tensor? c0, "
-      "float h_init, float c_init, bool save, int units, int batch_tile) -> Tensor[]");
+      "forward(int kind, Tensor px, Tensor W, Tensor? bhn, Tensor? mask, Tensor? lengths, "
+      "Tensor h0, Tensor? c0, Tensor? n0, Tensor? m0, float[] inits, bool save, int units, "
+      "int batch_tile) -> Tensor[]");
   m.def(
       "backward(int kind, Tensor W, Tensor hs, Tensor? acts, Tensor? cs, Tensor? tcs, "
-      "Tensor? qs, Tensor? hp, Tensor? mask, Tensor d_hs, Tensor? d_c, int units, "
-      "int batch_tile) -> Tensor[]");
+      "Tensor? qs, Tensor? ms, Tensor? ex, Tensor? cnp, Tensor? hp, Tensor? mask, "
+      "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile) -> Tensor[]");
 }
 
+#ifdef RNNKIT_HOST_EMULATION
+TORCH_LIBRARY_IMPL(rnnkit_gated_cuda, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(rnnkit_gated_cuda, CUDA, m) {
+#endif
   m.impl("forward", &rnnkit_cuda::forward);
   m.impl("backward", &rnnkit_cuda::backward);
 }

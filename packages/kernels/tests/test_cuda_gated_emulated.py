@@ -1,0 +1,161 @@
+"""The ``cuda`` backend's kernels run on the CPU by an emulation (no GPU needed; ``experiment``:
+building it compiles the torch glue, a minute or more).
+
+``tests/csrc/gated_cuda_emulated.cpp`` includes ``gated_cuda.cu`` and runs each launch with one
+std::thread per block, one thread per block, a NaN-filled shared memory and a std::barrier for
+``grid.sync()``; with ``gated_cuda_ops.cpp`` built for CPU tensors (``RNNKIT_HOST_EMULATION``),
+the backend's Python loops run through the real glue and kernel code. What the emulation checks
+and what it cannot (races inside a block, memory coherence, the cooperative launch, speed): see
+that file. The heads are cut into several blocks (a short last tile) and the batch into tiles of
+2 rows, so the exchange between blocks and the tiling are exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _gated_helpers import make_cell, make_inputs, rel_rms
+
+from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.varlen import run_with_lengths
+from rnnkit.kernels.gated.cuda import _loops as cuda_loops
+from rnnkit.kernels.gated.cuda import _native, _plan
+
+pytestmark = pytest.mark.experiment
+
+KINDS = ("elman", "relu", "lstm", "gru", "slstm")
+#: A small device: 6 SMs cut a head of 8 units over 3 blocks (3, 3, 2 units) for two heads.
+SMS, SMEM = 6, 48 * 1024
+TOL = 1e-5  # float32 against the float64 reference (rel. RMS), as the GPU tests
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    from torch.utils.cpp_extension import load
+
+    here = Path(__file__).parent / "csrc"
+    load(
+        name="rnnkit_gated_cuda_emulated",
+        sources=[str(_native.CSRC / "gated_cuda_ops.cpp"), str(here / "gated_cuda_emulated.cpp")],
+        extra_cflags=["-O1", "-std=c++20", "-DRNNKIT_HOST_EMULATION", f"-I{_native.CSRC}"],
+        build_directory=str(tmp_path_factory.mktemp("emulated")),
+        is_python_module=False,
+    )
+    return torch.ops.rnnkit_gated_cuda
+
+
+@pytest.fixture
+def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's loops use the emulated ops and a small device's cut."""
+
+    def tiling(kind: str, heads: int, head_dim: int, batch: int, device: Any) -> _plan.Tiling:
+        cut = _plan.plan(kind, heads, head_dim, batch, SMS, SMEM)
+        assert isinstance(cut, _plan.Tiling), cut
+        assert cut.blocks > heads  # several blocks per head
+        return cut
+
+    monkeypatch.setattr(cuda_loops, "ops", lambda: emulated)
+    monkeypatch.setattr(cuda_loops, "tiling", tiling)
+    monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 2)
+
+
+def _run(
+    cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any
+) -> dict[str, Any]:
+    """``y``, the final state and every gradient, by the ``cuda`` runs (emulated) as dispatch
+    would call them (with ``lengths``: through ``run_with_lengths``)."""
+    x = x.detach().clone().requires_grad_()
+    st = None if state is None else [s.detach().clone().requires_grad_() for s in state]
+    kernel = Kernel(
+        backend="cuda_emulated",
+        target=cell.kind,
+        run=cuda_loops.RUNS[cell.kind],
+        description="the cuda backend's kernels, emulated on the CPU",
+        priority=Priority.BELOW_REFERENCE,
+        supports_lengths=True,
+    )
+    typed = None if st is None else cell.state_type(*st)
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    call = KernelCall(cell, x, typed, resets, True, lens)
+    y, final = run_with_lengths(call, lambda c: kernel) if lens is not None else kernel.run(call)
+    loss = (y * cot[0].to(y.dtype)).sum()
+    for f, c in zip(final, cot[1:], strict=True):
+        loss = loss + (f * c.to(f.dtype)).sum()
+    inputs = [x, *cell.parameters(), *(st or [])]
+    names = ["x", *(n for n, _ in cell.named_parameters())]
+    names += [f"state.{f.name}" for f in cell.state_spec()] if st is not None else []
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    out = {"y": y.detach(), **{f"final.{k}": v.detach() for k, v in final._asdict().items()}}
+    out.update({f"grad.{n}": g for n, g in zip(names, grads, strict=True)})
+    return out
+
+
+def _reference(cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any) -> Any:
+    x = x.detach().clone().requires_grad_()
+    st = None if state is None else tuple(s.detach().clone().requires_grad_() for s in state)
+    y, final = cell(x, st, backend="reference", resets=resets, lengths=lengths)
+    loss = (y * cot[0]).sum() + sum((f * c).sum() for f, c in zip(final, cot[1:], strict=True))
+    inputs = [x, *cell.parameters(), *(st or ())]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    names = ["x", *(n for n, _ in cell.named_parameters())]
+    names += [f"state.{f.name}" for f in cell.state_spec()] if st is not None else []
+    out = {"y": y.detach(), **{f"final.{k}": v.detach() for k, v in final._asdict().items()}}
+    out.update({f"grad.{n}": g for n, g in zip(names, grads, strict=True)})
+    return out
+
+
+CASES = [
+    {"state": True, "resets": True, "lengths": None},
+    {"state": False, "resets": False, "lengths": None},
+    {"state": True, "resets": True, "lengths": [6, 3, 1, 6, 4]},
+    {"state": False, "resets": False, "lengths": [2, 6, 5, 5, 1]},
+]
+
+
+@pytest.mark.usefixtures("on_cpu")
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_emulated_kernels_match_reference(kind: str, case: int) -> None:
+    opts = CASES[case]
+    cell64 = make_cell(kind, 2, hidden=16, inputs=5)
+    with torch.no_grad():
+        cell64.recurrent.uniform_(-(8**-0.5), 8**-0.5)
+    x, st, rs, cot = make_inputs(
+        cell64, batch=5, time=6, state=bool(opts["state"]), resets=bool(opts["resets"])
+    )
+    want = _reference(cell64, x, st, rs, cot, opts["lengths"])
+    cell = copy.deepcopy(cell64).float()
+    got = _run(cell, x.float(), None if st is None else [s.float() for s in st], rs, cot,
+               opts["lengths"])  # fmt: skip
+    bad = {}
+    for name, exp in want.items():
+        act = got[name]
+        if exp is None or act is None:
+            assert (exp is None and act is None) or (act if exp is None else exp).abs().max() == 0
+            continue
+        err = rel_rms(act, exp)
+        if not err <= TOL:
+            bad[name] = err
+    assert not bad, f"{kind} {opts}: {bad}"
+
+
+@pytest.mark.usefixtures("on_cpu")
+@pytest.mark.parametrize("kind", ["lstm", "slstm"])
+def test_emulated_no_grad_path(kind: str) -> None:
+    """Without gradients the loops keep two state slots (ping-pong); the final state and ``y``
+    are the same as with them."""
+    cell = make_cell(kind, 2, hidden=16, inputs=5).float()
+    x, st, rs, _ = make_inputs(cell, batch=5, time=7, state=True, resets=True)
+    x, st = x.float(), cell.state_type(*(s.float() for s in st))
+    with_grad = cuda_loops.RUNS[kind](KernelCall(cell, x, st, rs, True))
+    without = cuda_loops.RUNS[kind](KernelCall(cell, x, st, rs, False))
+    assert torch.equal(with_grad[0].detach(), without[0])
+    for a, b in zip(with_grad[1], without[1], strict=True):
+        assert torch.equal(a.detach(), b)
