@@ -82,6 +82,21 @@ class TitansState(NamedTuple):
 StateT = TypeVar("StateT", bound=tuple[Tensor, ...])
 
 
+class SequenceInputs(NamedTuple):
+    """The memory's inputs for every step of a sequence (:meth:`MirasCell._sequence_inputs`):
+    ``q, k, v: (B, heads, T, d)`` (``q, k`` unit norm), ``eta, log_alpha: (B, heads, T)``, the
+    raw extra gates ``extra: (B, extra_gates, heads, T)``, and ``last: (B, 3 H)``, the last
+    step's projections (the next state's ``prev``)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    eta: Tensor
+    log_alpha: Tensor
+    extra: Tensor
+    last: Tensor
+
+
 def _segsum(log_a: Tensor) -> Tensor:
     """``(..., C) -> (..., C, C)``: ``out[..., t, i] = sum_{j=i+1..t} log_a[..., j]`` for
     ``i <= t`` (0 on the diagonal) and ``-inf`` above it; ``-inf`` entries (resets) give
@@ -285,6 +300,22 @@ class MirasCell(Cell[StateT]):
         y, memory = self._write(tuple(state[:-1]), q, k, v, eta, log_alpha, extra)
         return y.flatten(-2), self.state_type(*memory, p)
 
+    def _sequence_inputs(self, x: Tensor, state: StateT, resets: Tensor | None) -> SequenceInputs:
+        """Every step's memory inputs at once, from ``x: (B, T, input_size)`` with ``T >= 1``,
+        the state entering the sequence and ``resets: (B, T)`` bool or ``None``: the
+        projections, the width-2 convolution with the previous step (the state's ``prev``
+        before the first step, zero at a reset), unit-norm ``q, k`` and the gates, as
+        :meth:`recur` computes them one step at a time."""
+        H = self.hidden_size
+        px = self.project(x)
+        p = px[..., : 3 * H]
+        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
+        if resets is not None:
+            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
+        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        return SequenceInputs(q, k, v, eta, log_alpha, extra, p[:, -1])
+
     def exact_forward(
         self, x: Tensor, state: StateT | None = None, *, resets: Tensor | None = None
     ) -> tuple[Tensor, StateT]:
@@ -309,13 +340,7 @@ class MirasCell(Cell[StateT]):
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         if T == 0:
             return x.new_empty(B, 0, H), state
-        px = self.project(x)
-        p = px[..., : 3 * H]
-        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
-        if resets is not None:
-            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
-        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        q, k, v, eta, log_alpha, extra, last = self._sequence_inputs(x, state, resets)
         memory = tuple(state[:-1])
         ys = []
         for s in range(0, T, EXACT_BLOCK):
@@ -327,7 +352,7 @@ class MirasCell(Cell[StateT]):
             )  # fmt: skip
             ys.append(y)
         y = torch.cat(ys, 2).transpose(1, 2).reshape(B, T, H)
-        return y, self.state_type(*memory, p[:, -1])
+        return y, self.state_type(*memory, last)
 
     def _exact_block(
         self,
@@ -418,13 +443,7 @@ class MirasCell(Cell[StateT]):
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         if T == 0:
             return x.new_empty(B, 0, H), state
-        px = self.project(x)
-        p = px[..., : 3 * H]
-        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
-        if resets is not None:
-            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
-        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        q, k, v, eta, log_alpha, extra, last = self._sequence_inputs(x, state, resets)
         if resets is None:
             resets = torch.zeros(B, T, dtype=torch.bool, device=x.device)
         # a chunk's products multiply zero coefficients with every token of the chunk, so a
@@ -459,7 +478,7 @@ class MirasCell(Cell[StateT]):
         y = torch.where(poison.unsqueeze(-1), nan, torch.cat(ys, 2))
         y = y.transpose(1, 2).reshape(B, T, nh * d)
         memory = tuple(torch.where(poison[..., -1, None, None], nan, m) for m in memory)
-        return y, self.state_type(*memory, p[:, -1])
+        return y, self.state_type(*memory, last)
 
     def extra_repr(self) -> str:
         out = f"{super().extra_repr()}, heads={self.heads}"
