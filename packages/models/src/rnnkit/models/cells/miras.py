@@ -53,6 +53,14 @@ EXACT = "exact"
 #: ``(block, block)`` coefficients and restacks its past updates every step (cost quadratic in
 #: the block), and rebuilds the full memory only between blocks.
 EXACT_BLOCK = 64
+#: the default ``dt_range`` of every cell here: the retention ``alpha = exp(-A dt)`` starts in
+#: ``(0.984, 1)`` for ``A <= 16`` (Gated DeltaNet's ``(1e-3, 0.1)`` draws ``alpha`` down to
+#: 0.2, and one head that draws a fast decay forgets a binding before its query: on ``mqar``
+#: Titans and Yaad failed with such a draw, docs/tasks.md). Forgetting is learned from there.
+DT_RANGE = (1e-4, 1e-3)
+#: :class:`Yaad`'s attentional biases: the notes' switch on the residual's norm, or the Huber
+#: loss of each coordinate.
+HUBER: tuple[str, ...] = ("switch", "coordinate")
 #: ``||A||_q`` is computed as ``(sum |A|^q + NORM_FLOOR)^(1/q)`` in :class:`Moneta`: without
 #: the floor, ``A / ||A||_q^(q-2)`` grows without bound as ``A -> 0`` for ``q > 2`` (the
 #: memory starts at zero), with it the map is close to the identity while ``||A||_q << 1``.
@@ -197,7 +205,7 @@ class MirasCell(Cell[StateT]):
         heads: int = 1,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -676,7 +684,8 @@ class Moneta(_Accumulating):
         p: the attentional bias's exponent, a finite number ``>= 2`` (paper: 3).
         q: the retention's exponent, a finite number ``>= 2`` (paper: 4).
         chunk_size: ``None`` (default) or a positive int: the chunk of ``chunked_forward``.
-        a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`).
+        a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`); ``dt_range``
+            defaults to :data:`DT_RANGE`, slower than Gated DeltaNet's.
     """
 
     kind = "moneta"
@@ -691,7 +700,7 @@ class Moneta(_Accumulating):
         q: float = 4.0,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -730,10 +739,17 @@ class Yaad(_Accumulating):
     ``delta_t = softplus(w_delta x_t + b_delta)`` (``b_delta`` starts at ``softplus^{-1}(1)``):
 
     - residual ``e_t = W_{t-1} k_t - v_t``;
-    - ``W_t = alpha_t W_{t-1} - eta_t e_t k_t^T`` if ``||e_t||_2 <= delta_t`` (the ``l_2``
-      loss's gradient), else ``alpha_t W_{t-1} - eta_t delta_t sign(e_t) k_t^T`` (``delta_t``
-      times the ``l_1`` loss's gradient): a large residual moves each value coordinate by at
-      most ``eta_t delta_t``, so outliers do not overwrite the memory;
+    - ``huber="switch"`` (default, the reference notes' rule): ``W_t = alpha_t W_{t-1} - eta_t
+      e_t k_t^T`` if ``||e_t||_2 <= delta_t`` (the ``l_2`` loss's gradient), else ``alpha_t
+      W_{t-1} - eta_t delta_t sign(e_t) k_t^T`` (``delta_t`` times the ``l_1`` loss's
+      gradient): a large residual moves each value coordinate by at most ``eta_t delta_t``,
+      so outliers do not overwrite the memory;
+    - ``huber="coordinate"``: the Huber loss of each value coordinate, ``W_t = alpha_t
+      W_{t-1} - eta_t clamp(e_t, -delta_t, delta_t) k_t^T``. Its write never exceeds the
+      delta rule's in any coordinate; the switch's ``l_1`` branch writes ``eta_t delta_t``
+      in every coordinate as soon as the residual's norm passes ``delta_t``, up to ``sqrt(d)``
+      times the residual, which overshoots (on ``mqar`` the residuals then grew and the
+      switch did not learn; docs/tasks.md);
     - ``y_t = W_t q_t``.
 
     ``sign(0) = 0``. The state's ``A`` is ``W`` itself. ``chunked_forward``
@@ -742,16 +758,43 @@ class Yaad(_Accumulating):
 
     Args:
         input_size, hidden_size, heads, chunk_size, a_range, dt_range: as :class:`Moneta`.
+        huber: ``"switch"`` (default) or ``"coordinate"`` (see above; one of :data:`HUBER`).
     """
 
     kind = "yaad"
     extra_gates = 1
     extra_bias_init = math.log(math.e - 1.0)  # softplus^{-1}(1): delta starts near 1
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        huber: str = "switch",
+        chunk_size: int | None = None,
+        a_range: tuple[float, float] = (1.0, 16.0),
+        dt_range: tuple[float, float] = DT_RANGE,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if huber not in HUBER:
+            raise ValueError(f"huber must be one of {HUBER}, got {huber!r}")
+        self.huber = huber
+        super().__init__(
+            input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
+            dt_range=dt_range, device=device, dtype=dtype,
+        )  # fmt: skip
+
     def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
         delta = F.softplus(extra[..., 0]).unsqueeze(-1)
+        if self.huber == "coordinate":
+            return torch.minimum(torch.maximum(e, -delta), delta)
         small = e.norm(dim=-1, keepdim=True) <= delta
         return torch.where(small, e, delta * torch.sign(e))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, huber={self.huber!r}"
 
 
 class Memora(_Accumulating):
@@ -789,7 +832,7 @@ class Memora(_Accumulating):
         scale: float | None = None,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
