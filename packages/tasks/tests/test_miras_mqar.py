@@ -62,6 +62,7 @@ SWITCH_OVERSHOOTS = pytest.mark.xfail(
         ("memora", 0, {}),
         ("memora", 1, {}),
         ("titans", 0, {}),
+        ("titans", 1, {}),
         ("yaad", 0, {"huber": "coordinate"}),
         pytest.param("moneta", 0, {}, marks=EXPONENTS_STOP_LEARNING),
         pytest.param("yaad", 0, {}, marks=SWITCH_OVERSHOOTS),
