@@ -53,6 +53,14 @@ EXACT = "exact"
 #: ``(block, block)`` coefficients and restacks its past updates every step (cost quadratic in
 #: the block), and rebuilds the full memory only between blocks.
 EXACT_BLOCK = 64
+#: the default ``dt_range`` of every cell here: the retention ``alpha = exp(-A dt)`` starts in
+#: ``(0.984, 1)`` for ``A <= 16`` (Gated DeltaNet's ``(1e-3, 0.1)`` draws ``alpha`` down to
+#: 0.2, and one head that draws a fast decay forgets a binding before its query: on ``mqar``
+#: Titans and Yaad failed with such a draw, docs/tasks.md). Forgetting is learned from there.
+DT_RANGE = (1e-4, 1e-3)
+#: :class:`Yaad`'s attentional biases: the notes' switch on the residual's norm, or the Huber
+#: loss of each coordinate.
+HUBER: tuple[str, ...] = ("switch", "coordinate")
 #: ``||A||_q`` is computed as ``(sum |A|^q + NORM_FLOOR)^(1/q)`` in :class:`Moneta`: without
 #: the floor, ``A / ||A||_q^(q-2)`` grows without bound as ``A -> 0`` for ``q > 2`` (the
 #: memory starts at zero), with it the map is close to the identity while ``||A||_q << 1``.
@@ -80,6 +88,21 @@ class TitansState(NamedTuple):
 
 
 StateT = TypeVar("StateT", bound=tuple[Tensor, ...])
+
+
+class SequenceInputs(NamedTuple):
+    """The memory's inputs for every step of a sequence (:meth:`MirasCell._sequence_inputs`):
+    ``q, k, v: (B, heads, T, d)`` (``q, k`` unit norm), ``eta, log_alpha: (B, heads, T)``, the
+    raw extra gates ``extra: (B, extra_gates, heads, T)``, and ``last: (B, 3 H)``, the last
+    step's projections (the next state's ``prev``)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    eta: Tensor
+    log_alpha: Tensor
+    extra: Tensor
+    last: Tensor
 
 
 def _segsum(log_a: Tensor) -> Tensor:
@@ -182,7 +205,7 @@ class MirasCell(Cell[StateT]):
         heads: int = 1,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -285,6 +308,22 @@ class MirasCell(Cell[StateT]):
         y, memory = self._write(tuple(state[:-1]), q, k, v, eta, log_alpha, extra)
         return y.flatten(-2), self.state_type(*memory, p)
 
+    def _sequence_inputs(self, x: Tensor, state: StateT, resets: Tensor | None) -> SequenceInputs:
+        """Every step's memory inputs at once, from ``x: (B, T, input_size)`` with ``T >= 1``,
+        the state entering the sequence and ``resets: (B, T)`` bool or ``None``: the
+        projections, the width-2 convolution with the previous step (the state's ``prev``
+        before the first step, zero at a reset), unit-norm ``q, k`` and the gates, as
+        :meth:`recur` computes them one step at a time."""
+        H = self.hidden_size
+        px = self.project(x)
+        p = px[..., : 3 * H]
+        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
+        if resets is not None:
+            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
+        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        return SequenceInputs(q, k, v, eta, log_alpha, extra, p[:, -1])
+
     def exact_forward(
         self, x: Tensor, state: StateT | None = None, *, resets: Tensor | None = None
     ) -> tuple[Tensor, StateT]:
@@ -309,13 +348,7 @@ class MirasCell(Cell[StateT]):
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         if T == 0:
             return x.new_empty(B, 0, H), state
-        px = self.project(x)
-        p = px[..., : 3 * H]
-        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
-        if resets is not None:
-            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
-        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        q, k, v, eta, log_alpha, extra, last = self._sequence_inputs(x, state, resets)
         memory = tuple(state[:-1])
         ys = []
         for s in range(0, T, EXACT_BLOCK):
@@ -327,7 +360,7 @@ class MirasCell(Cell[StateT]):
             )  # fmt: skip
             ys.append(y)
         y = torch.cat(ys, 2).transpose(1, 2).reshape(B, T, H)
-        return y, self.state_type(*memory, p[:, -1])
+        return y, self.state_type(*memory, last)
 
     def _exact_block(
         self,
@@ -418,13 +451,7 @@ class MirasCell(Cell[StateT]):
             state = self.init_state(B, device=x.device, dtype=x.dtype)
         if T == 0:
             return x.new_empty(B, 0, H), state
-        px = self.project(x)
-        p = px[..., : 3 * H]
-        p_prev = torch.cat((state[-1].unsqueeze(1), p[:, :-1]), 1)
-        if resets is not None:
-            p_prev = p_prev.masked_fill(resets.unsqueeze(-1), 0.0)
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(self.conv[0] * p + self.conv[1] * p_prev))
-        eta, log_alpha, extra = (t.movedim(1, -1) for t in self._gates(px))
+        q, k, v, eta, log_alpha, extra, last = self._sequence_inputs(x, state, resets)
         if resets is None:
             resets = torch.zeros(B, T, dtype=torch.bool, device=x.device)
         # a chunk's products multiply zero coefficients with every token of the chunk, so a
@@ -459,7 +486,7 @@ class MirasCell(Cell[StateT]):
         y = torch.where(poison.unsqueeze(-1), nan, torch.cat(ys, 2))
         y = y.transpose(1, 2).reshape(B, T, nh * d)
         memory = tuple(torch.where(poison[..., -1, None, None], nan, m) for m in memory)
-        return y, self.state_type(*memory, p[:, -1])
+        return y, self.state_type(*memory, last)
 
     def extra_repr(self) -> str:
         out = f"{super().extra_repr()}, heads={self.heads}"
@@ -657,7 +684,8 @@ class Moneta(_Accumulating):
         p: the attentional bias's exponent, a finite number ``>= 2`` (paper: 3).
         q: the retention's exponent, a finite number ``>= 2`` (paper: 4).
         chunk_size: ``None`` (default) or a positive int: the chunk of ``chunked_forward``.
-        a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`).
+        a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`); ``dt_range``
+            defaults to :data:`DT_RANGE`, slower than Gated DeltaNet's.
     """
 
     kind = "moneta"
@@ -672,7 +700,7 @@ class Moneta(_Accumulating):
         q: float = 4.0,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -711,10 +739,17 @@ class Yaad(_Accumulating):
     ``delta_t = softplus(w_delta x_t + b_delta)`` (``b_delta`` starts at ``softplus^{-1}(1)``):
 
     - residual ``e_t = W_{t-1} k_t - v_t``;
-    - ``W_t = alpha_t W_{t-1} - eta_t e_t k_t^T`` if ``||e_t||_2 <= delta_t`` (the ``l_2``
-      loss's gradient), else ``alpha_t W_{t-1} - eta_t delta_t sign(e_t) k_t^T`` (``delta_t``
-      times the ``l_1`` loss's gradient): a large residual moves each value coordinate by at
-      most ``eta_t delta_t``, so outliers do not overwrite the memory;
+    - ``huber="switch"`` (default, the reference notes' rule): ``W_t = alpha_t W_{t-1} - eta_t
+      e_t k_t^T`` if ``||e_t||_2 <= delta_t`` (the ``l_2`` loss's gradient), else ``alpha_t
+      W_{t-1} - eta_t delta_t sign(e_t) k_t^T`` (``delta_t`` times the ``l_1`` loss's
+      gradient): a large residual moves each value coordinate by at most ``eta_t delta_t``,
+      so outliers do not overwrite the memory;
+    - ``huber="coordinate"``: the Huber loss of each value coordinate, ``W_t = alpha_t
+      W_{t-1} - eta_t clamp(e_t, -delta_t, delta_t) k_t^T``. Its write never exceeds the
+      delta rule's in any coordinate; the switch's ``l_1`` branch writes ``eta_t delta_t``
+      in every coordinate as soon as the residual's norm passes ``delta_t``, up to ``sqrt(d)``
+      times the residual, which overshoots (on ``mqar`` the residuals then grew and the
+      switch did not learn; docs/tasks.md);
     - ``y_t = W_t q_t``.
 
     ``sign(0) = 0``. The state's ``A`` is ``W`` itself. ``chunked_forward``
@@ -723,16 +758,43 @@ class Yaad(_Accumulating):
 
     Args:
         input_size, hidden_size, heads, chunk_size, a_range, dt_range: as :class:`Moneta`.
+        huber: ``"switch"`` (default) or ``"coordinate"`` (see above; one of :data:`HUBER`).
     """
 
     kind = "yaad"
     extra_gates = 1
     extra_bias_init = math.log(math.e - 1.0)  # softplus^{-1}(1): delta starts near 1
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        heads: int = 1,
+        huber: str = "switch",
+        chunk_size: int | None = None,
+        a_range: tuple[float, float] = (1.0, 16.0),
+        dt_range: tuple[float, float] = DT_RANGE,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if huber not in HUBER:
+            raise ValueError(f"huber must be one of {HUBER}, got {huber!r}")
+        self.huber = huber
+        super().__init__(
+            input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
+            dt_range=dt_range, device=device, dtype=dtype,
+        )  # fmt: skip
+
     def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
         delta = F.softplus(extra[..., 0]).unsqueeze(-1)
+        if self.huber == "coordinate":
+            return torch.minimum(torch.maximum(e, -delta), delta)
         small = e.norm(dim=-1, keepdim=True) <= delta
         return torch.where(small, e, delta * torch.sign(e))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, huber={self.huber!r}"
 
 
 class Memora(_Accumulating):
@@ -770,7 +832,7 @@ class Memora(_Accumulating):
         scale: float | None = None,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
-        dt_range: tuple[float, float] = (1e-3, 0.1),
+        dt_range: tuple[float, float] = DT_RANGE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
