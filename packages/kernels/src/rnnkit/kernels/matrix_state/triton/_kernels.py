@@ -78,9 +78,12 @@ def _unit_lower_inverse(A, C: tl.constexpr, LOG_C: tl.constexpr, PREC: tl.conste
     DT = A.dtype
     rows = tl.arange(0, C)
     M = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0).to(DT)
+    # (i, j) with i > j lies in one 2b-block, i in its lower half and j in its upper, exactly
+    # when i ^ j is in [b, 2b): the two share every bit above b and differ in b's
+    A = tl.where(rows[:, None] > rows[None, :], A, 0.0).to(DT)
+    x = rows[:, None] ^ rows[None, :]
     for lvl in tl.static_range(LOG_C):
-        half = rows // (1 << lvl)
-        off = ((half[:, None] // 2) == (half[None, :] // 2)) & (half[:, None] > half[None, :])
+        off = (x >= (1 << lvl)) & (x < (2 << lvl))
         MA = tl.dot(M, tl.where(off, A, 0.0).to(DT), input_precision=PREC)
         M = M - tl.dot(MA, M, input_precision=PREC)
     return M
@@ -307,9 +310,13 @@ def _bwd_prep_kernel(
     causal, _, first, _, D, gam, _ = _decay_blocks(
         la_ptr, r_ptr, bh, b, t, tm, T, HAS_DECAY, HAS_RESETS, C
     )
-    attn = tl.where(causal, tl.dot(Q, tl.trans(K), input_precision=PREC), 0.0)
-    attn = (attn.to(tl.float64) * D).to(DT)
-    q_in = (Q.to(tl.float64) * (gam * first)[:, None]).to(DT)
+    attn = tl.where(causal, tl.dot(Q, tl.trans(K), input_precision=PREC), 0.0).to(DT)
+    q_in = Q
+    if HAS_DECAY:
+        attn = (attn.to(tl.float64) * D).to(DT)
+        q_in = (Q.to(tl.float64) * gam[:, None]).to(DT)
+    if HAS_RESETS:
+        q_in = tl.where((first > 0)[:, None], q_in, 0.0).to(DT)
     dO = tl.load(
         do_ptr + (bh * T + t[:, None]) * DV + vv[None, :], mask=tm[:, None] & vm[None, :], other=0.0
     )
@@ -405,8 +412,13 @@ def _bwd_grad_kernel(
     Wf = tl.zeros([C, BK], dtype=DT)
     if DELTA:
         kbk = tl.where(strict, tl.dot(Kb, tl.trans(K), input_precision=PREC), 0.0).to(DT)
-        M = _unit_lower_inverse((kbk.to(F64) * D).to(DT), C, LOG_C, PREC)
-        Wf = tl.dot(M, (Kb.to(F64) * gam[:, None]).to(DT), input_precision=PREC)
+        A = kbk
+        kw = Kb
+        if HAS_DECAY:
+            A = (kbk.to(F64) * D).to(DT)
+            kw = (Kb.to(F64) * gam[:, None]).to(DT)
+        M = _unit_lower_inverse(A, C, LOG_C, PREC)
+        Wf = tl.dot(M, kw, input_precision=PREC)
     # sums over d_v, a block of value columns at a time
     dP = tl.zeros([C, C], dtype=DT)  # dO U~^T
     dL = tl.zeros([C, C], dtype=DT)  # dR_u U^T (delta rule)
@@ -443,10 +455,18 @@ def _bwd_grad_kernel(
             dL += tl.dot(dvb, tl.trans(tl.dot(M, Vb, input_precision=PREC)), input_precision=PREC)
         dbeta += tl.sum(dvb * V, 1)
         tl.store(dv_ptr + io, dvb * beta[:, None], mask=io_m)
-    dqi = (dqi.to(F64) * first[:, None]).to(DT)
-    dqk = tl.where(causal, (dP.to(F64) * D).to(DT), 0.0).to(DT)
-    dq = tl.dot(dqk, K, input_precision=PREC) + (dqi.to(F64) * gam[:, None]).to(DT)
-    dk = tl.dot(tl.trans(dqk), Q, input_precision=PREC) + (dko.to(F64) * tail[:, None]).to(DT)
+    if HAS_RESETS:
+        dqi = tl.where((first > 0)[:, None], dqi, 0.0).to(DT)
+    dqk = tl.where(causal, dP, 0.0).to(DT)
+    dq_in = dqi  # the gradient of Q through Q_in = diag(gamma first) Q
+    dk_out = dko  # the gradient of K through K~ = diag(tail) K
+    if HAS_DECAY:
+        dqk = (dqk.to(F64) * D).to(DT)
+        dq_in = (dqi.to(F64) * gam[:, None]).to(DT)
+    if HAS_DECAY or HAS_RESETS:
+        dk_out = (dko.to(F64) * tail[:, None]).to(DT)
+    dq = tl.dot(dqk, K, input_precision=PREC) + dq_in
+    dk = tl.dot(tl.trans(dqk), Q, input_precision=PREC) + dk_out
     if HAS_DECAY:
         # the decays' gradients (float64): dD[t, s] and dgamma[t]
         dD = dP.to(F64) * qk.to(F64)
@@ -456,12 +476,18 @@ def _bwd_grad_kernel(
         dD += tl.where(last, tl.sum(dko.to(F64) * K.to(F64), 1)[None, :], 0.0)
         dgam += tl.where(rows == C - 1, tl.sum(ds, 0).to(F64) * keep, 0.0)
     if DELTA:
-        dW = (dWa.to(F64) * -first[:, None]).to(DT)
+        dW = -dWa  # W = diag(first) W_full
+        if HAS_RESETS:
+            dW = tl.where((first > 0)[:, None], dW, 0.0).to(DT)
         dRw = tl.dot(tl.trans(M), dW, input_precision=PREC)
         dL = tl.where(strict, -(tl.dot(dRw, tl.trans(Wf), input_precision=PREC) + dL), 0.0)
         dL = dL.to(DT)
-        dkbk = (dL.to(F64) * D).to(DT)
-        dkb = tl.dot(dkbk, K, input_precision=PREC) + (dRw.to(F64) * gam[:, None]).to(DT)
+        dkbk = dL
+        dkw = dRw  # the gradient of diag(beta) K through diag(gamma) diag(beta) K
+        if HAS_DECAY:
+            dkbk = (dL.to(F64) * D).to(DT)
+            dkw = (dRw.to(F64) * gam[:, None]).to(DT)
+        dkb = tl.dot(dkbk, K, input_precision=PREC) + dkw
         dk += tl.dot(tl.trans(dkbk), Kb, input_precision=PREC) + dkb * beta[:, None]
         dbeta += tl.sum(dkb * K, 1)
         if HAS_DECAY:
@@ -473,9 +499,11 @@ def _bwd_grad_kernel(
     if HAS_DECAY:
         # D[t, s] holds log alpha_r for s < r <= t, gamma_t for r <= t:
         # dlog alpha_r = sum_{t >= r, s < r} dD[t, s] D[t, s] + sum_{t >= r} dgamma_t gamma_t
+        # summed as sum_{s < r} (sum_{t >= r} g[t, s]), inclusive sums only: an exclusive
+        # cumulative sum by subtraction (sum_{s <= r} - g[t, r]) would cancel the large
+        # near-diagonal terms against the tiny far ones when an alpha is tiny
         g = dD * D
-        before = tl.cumsum(g, 1) - g  # before[t, r] = sum_{s < r} g[t, s]
-        at_or_after = rows[:, None] >= rows[None, :]  # t >= r
-        dla = tl.sum(tl.where(at_or_after, before, 0.0), 0)
-        dla += tl.sum(tl.where(at_or_after, (dgam * gam)[:, None], 0.0), 0)
+        from_r = tl.cumsum(g, 0, reverse=True)  # from_r[r, s] = sum_{t >= r} g[t, s]
+        dla = tl.sum(tl.where(rows[None, :] < rows[:, None], from_r, 0.0), 1)
+        dla += tl.cumsum(dgam * gam, 0, reverse=True)
         tl.store(dla_ptr + bh * T + t, dla.to(DT), mask=tm)
