@@ -12,7 +12,8 @@
 - refusals: head sizes, dtypes and chunks it does not run, each naming ``chunked``.
 
 The interpreter runs a kernel program in seconds' fractions, so the shapes are tiny: chunks
-of 16 tokens (the smallest a GPU's ``tl.dot`` takes) and ``T`` of 21 or 37.
+of 16 tokens (the smallest a GPU's ``tl.dot`` takes) and ``T`` of 11, 19, 21 or 37 (larger
+shapes under ``-m experiment``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Triton kernels of the matrix-state form's chunked forward (imported only where triton is).
+"""Triton kernels of the matrix-state form's chunked forward and backward (imported only where
+triton is).
 
-The algebra is the ``chunked`` backend's (``matrix_state/chunked.py``); three launches:
+The algebra is the ``chunked`` backend's (``matrix_state/chunked.py``). The forward is three
+launches (the backward's, below the forward's kernels, are described there):
 
 - :func:`_intra_kernel`, one program per (chunk, batch x head): the chunk's decay partial sums
   and segments (resets), the unit-lower-triangular inverse ``M`` in registers (delta rule;
@@ -268,19 +270,20 @@ def _decay_blocks(
     survives the chunk, 0/1), ``D`` (``(C, C)``, 0 off ``causal``), ``gam`` (``(C,)``) and
     ``tail = D[C-1, :]`` (``(C,)``; ``causal[C-1, :]`` without a decay), all float64 (``D`` and
     ``gam`` are 1 without a decay)."""
-    F64: tl.constexpr = tl.float64
-    P, G, E, seg, nres = _chunk_sums(la_ptr, r_ptr, bh, b, t, tm, T, HAS_DECAY, HAS_RESETS, C, F64)
+    P, G, E, seg, nres = _chunk_sums(
+        la_ptr, r_ptr, bh, b, t, tm, T, HAS_DECAY, HAS_RESETS, C, tl.float64
+    )
     rows = tl.arange(0, C)
     same = seg[:, None] == seg[None, :]
     causal = (rows[:, None] >= rows[None, :]) & same
     strict = (rows[:, None] > rows[None, :]) & same
-    first = tl.where(seg == 0, 1.0, 0.0).to(F64)
-    keep = tl.where(nres == 0, 1.0, 0.0).to(F64)
-    tail = tl.where(seg == nres, 1.0, 0.0).to(F64)
-    D = tl.where(causal, 1.0, 0.0).to(F64)
-    gam = tl.full([C], 1.0, F64)
+    first = tl.where(seg == 0, 1.0, 0.0).to(tl.float64)
+    keep = tl.where(nres == 0, 1.0, 0.0).to(tl.float64)
+    tail = tl.where(seg == nres, 1.0, 0.0).to(tl.float64)
+    D = tl.where(causal, 1.0, 0.0).to(tl.float64)
+    gam = tl.full([C], 1.0, tl.float64)
     if HAS_DECAY:
-        D = tl.where(causal, tl.exp(P), 0.0).to(F64)
+        D = tl.where(causal, tl.exp(P), 0.0).to(tl.float64)
         gam = tl.exp(G)
         tail = tail * tl.exp(E)
     return causal, strict, first, keep, D, gam, tail
@@ -385,7 +388,6 @@ def _bwd_grad_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BVB: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
-    F64: tl.constexpr = tl.float64
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -415,8 +417,8 @@ def _bwd_grad_kernel(
         A = kbk
         kw = Kb
         if HAS_DECAY:
-            A = (kbk.to(F64) * D).to(DT)
-            kw = (Kb.to(F64) * gam[:, None]).to(DT)
+            A = (kbk.to(tl.float64) * D).to(DT)
+            kw = (Kb.to(tl.float64) * gam[:, None]).to(DT)
         M = _unit_lower_inverse(A, C, LOG_C, PREC)
         Wf = tl.dot(M, kw, input_precision=PREC)
     # sums over d_v, a block of value columns at a time
@@ -461,20 +463,20 @@ def _bwd_grad_kernel(
     dq_in = dqi  # the gradient of Q through Q_in = diag(gamma first) Q
     dk_out = dko  # the gradient of K through K~ = diag(tail) K
     if HAS_DECAY:
-        dqk = (dqk.to(F64) * D).to(DT)
-        dq_in = (dqi.to(F64) * gam[:, None]).to(DT)
+        dqk = (dqk.to(tl.float64) * D).to(DT)
+        dq_in = (dqi.to(tl.float64) * gam[:, None]).to(DT)
     if HAS_DECAY or HAS_RESETS:
-        dk_out = (dko.to(F64) * tail[:, None]).to(DT)
+        dk_out = (dko.to(tl.float64) * tail[:, None]).to(DT)
     dq = tl.dot(dqk, K, input_precision=PREC) + dq_in
     dk = tl.dot(tl.trans(dqk), Q, input_precision=PREC) + dk_out
     if HAS_DECAY:
         # the decays' gradients (float64): dD[t, s] and dgamma[t]
-        dD = dP.to(F64) * qk.to(F64)
-        dgam = tl.sum(dqi.to(F64) * Q.to(F64), 1)
+        dD = dP.to(tl.float64) * qk.to(tl.float64)
+        dgam = tl.sum(dqi.to(tl.float64) * Q.to(tl.float64), 1)
         # the tail is D[C-1, :]; the entering memory's end factor is gamma_{C-1} keep
         last = rows[:, None] == C - 1
-        dD += tl.where(last, tl.sum(dko.to(F64) * K.to(F64), 1)[None, :], 0.0)
-        dgam += tl.where(rows == C - 1, tl.sum(ds, 0).to(F64) * keep, 0.0)
+        dD += tl.where(last, tl.sum(dko.to(tl.float64) * K.to(tl.float64), 1)[None, :], 0.0)
+        dgam += tl.where(rows == C - 1, tl.sum(ds, 0).to(tl.float64) * keep, 0.0)
     if DELTA:
         dW = -dWa  # W = diag(first) W_full
         if HAS_RESETS:
@@ -485,14 +487,14 @@ def _bwd_grad_kernel(
         dkbk = dL
         dkw = dRw  # the gradient of diag(beta) K through diag(gamma) diag(beta) K
         if HAS_DECAY:
-            dkbk = (dL.to(F64) * D).to(DT)
-            dkw = (dRw.to(F64) * gam[:, None]).to(DT)
+            dkbk = (dL.to(tl.float64) * D).to(DT)
+            dkw = (dRw.to(tl.float64) * gam[:, None]).to(DT)
         dkb = tl.dot(dkbk, K, input_precision=PREC) + dkw
         dk += tl.dot(tl.trans(dkbk), Kb, input_precision=PREC) + dkb * beta[:, None]
         dbeta += tl.sum(dkb * K, 1)
         if HAS_DECAY:
-            dD += dL.to(F64) * kbk.to(F64)
-            dgam += tl.sum(dRw.to(F64) * Kb.to(F64), 1)
+            dD += dL.to(tl.float64) * kbk.to(tl.float64)
+            dgam += tl.sum(dRw.to(tl.float64) * Kb.to(tl.float64), 1)
     tl.store(dq_ptr + qk_off, dq, mask=qk_m)
     tl.store(dk_ptr + qk_off, dk, mask=qk_m)
     tl.store(dbeta_ptr + bh * T + t, dbeta, mask=tm)
