@@ -7,12 +7,12 @@ Runs the ops directly (``delta_rule_triton`` and ``delta_rule_chunked``, float32
 the cases of ``tools/bench/matrix_state.py``: DeltaNet (delta rule), Gated DeltaNet (delta rule
 and a decay), linear attention, Mamba-2's SSD (linear with a decay). For each case and length
 it prints, as medians of ``triton.testing.do_bench`` in ms: the forward (no grad) of both ops
-and forward + backward (gradients of every input; ``chunked_triton``'s backward recomputes
-through ``chunked``, so its forward + backward is expected to cost about ``chunked``'s plus
-its own forward), the peak memory of forward + backward, and the largest relative RMS
-difference of the outputs and final memory between the two ops (float32 against float32; the
-tests compare both with the float64 recurrence). A last table sweeps the chunk (16, 32, 64)
-for the forward at T=4096.
+and forward + backward (gradients of every input; both backends' backwards are written ones,
+``chunked_triton``'s in Triton, so this is the figure that decides its training tier), the
+peak memory of forward + backward, and the largest relative RMS difference between the two
+ops of the outputs and final memory and of the gradients of every input (float32 against
+float32; the tests compare both with the float64 recurrence). A last table sweeps the chunk
+(16, 32, 64) for the forward at T=4096.
 """
 
 from __future__ import annotations
@@ -75,12 +75,22 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).double().pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt())
 
 
-Row = tuple[str, int, dict[str, float], dict[str, float], dict[str, float], float]
+Row = tuple[str, int, dict[str, float], dict[str, float], dict[str, float], float, float]
+
+
+def _grads(op: Op, ins: list[Tensor]) -> list[Tensor]:
+    """The gradients of every input of ``(o * w_o).sum() + (S * w_S).sum()`` (fixed weights)."""
+    leaves = [t.detach().requires_grad_() for t in ins]
+    o, S = op(*leaves)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    w_o = torch.randn(o.shape, generator=g, device="cuda")
+    w_S = torch.randn(S.shape, generator=g, device="cuda")
+    return list(torch.autograd.grad((o * w_o).sum() + (S * w_S).sum(), leaves))
 
 
 def _time_case(name: str, rule: str, decay: bool, B: int, n: int, T: int, d: int) -> Row:
-    """``(name, T, forward ms, forward + backward ms, peak MiB, relative difference)``, each
-    dict keyed by ``chunked`` and ``triton``."""
+    """``(name, T, forward ms, forward + backward ms, peak MiB, relative difference of the
+    values, of the gradients)``, each dict keyed by ``chunked`` and ``triton``."""
     ins = _inputs(B, n, T, d, decay)
     ops = {"chunked": _op(delta_rule_chunked, rule, 64), "triton": _op(delta_rule_triton, rule, 64)}
     fwd, fb, peak = {}, {}, {}
@@ -89,6 +99,8 @@ def _time_case(name: str, rule: str, decay: bool, B: int, n: int, T: int, d: int
         diff = max(_rel(a, b) for a, b in zip(outs["triton"], outs["chunked"], strict=True))
         for k, op in ops.items():
             fwd[k] = _ms(partial(op, *ins))
+    grads = {k: _grads(op, ins) for k, op in ops.items()}  # compiles the backward
+    gdiff = max(_rel(a, b) for a, b in zip(grads["triton"], grads["chunked"], strict=True))
     leaves = [t.requires_grad_() for t in ins]
     for k, op in ops.items():
 
@@ -101,7 +113,7 @@ def _time_case(name: str, rule: str, decay: bool, B: int, n: int, T: int, d: int
         step()
         peak[k] = torch.cuda.max_memory_allocated() / 2**20
         fb[k] = _ms(step, leaves)
-    return name, T, fwd, fb, peak, diff
+    return name, T, fwd, fb, peak, diff, gdiff
 
 
 def main() -> None:
@@ -120,13 +132,15 @@ def main() -> None:
     for name, rule, decay in CASES:
         for T in times:
             row = _time_case(name, rule, decay, B, n, T, d)
-            _, _, fwd, fb, peak, diff = row
+            _, _, fwd, fb, peak, diff, gdiff = row
             rows.append(row)
             print(
                 f"{name:17s} T={T:6d} fwd chunked {fwd['chunked']:8.2f} ms triton "
                 f"{fwd['triton']:8.2f} ms ({fwd['chunked'] / fwd['triton']:.1f}x) | fwd+bwd "
-                f"chunked {fb['chunked']:8.2f} ms triton {fb['triton']:8.2f} ms | peak MiB "
-                f"{peak['chunked']:.0f} / {peak['triton']:.0f} | rel diff {diff:.1e}",
+                f"chunked {fb['chunked']:8.2f} ms triton {fb['triton']:8.2f} ms "
+                f"({fb['chunked'] / fb['triton']:.1f}x) | peak MiB "
+                f"{peak['chunked']:.0f} / {peak['triton']:.0f} | rel diff {diff:.1e}, "
+                f"grads {gdiff:.1e}",
                 flush=True,
             )
     print(f"# main table in {time.time() - t0:.0f} s")
@@ -140,14 +154,17 @@ def main() -> None:
                 op(*ins)
                 line.append(f"C={chunk}: {_ms(partial(op, *ins)):7.2f} ms")
         print(" | ".join(line), flush=True)
-    print("\n| case | T | fwd chunked ms | fwd triton ms | ratio | fwd+bwd chunked ms | "
-          "fwd+bwd triton ms | peak MiB chunked / triton | rel diff |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, T, fwd, fb, peak, diff in rows:
+    print(
+        "\n| case | T | fwd chunked ms | fwd triton ms | ratio | fwd+bwd chunked ms | "
+        "fwd+bwd triton ms | ratio | peak MiB chunked / triton | rel diff | grads rel diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, T, fwd, fb, peak, diff, gdiff in rows:
         print(
             f"| {name} | {T} | {fwd['chunked']:.2f} | {fwd['triton']:.2f} | "
             f"{fwd['chunked'] / fwd['triton']:.1f}x | {fb['chunked']:.2f} | {fb['triton']:.2f} | "
-            f"{peak['chunked']:.0f} / {peak['triton']:.0f} | {diff:.1e} |"
+            f"{fb['chunked'] / fb['triton']:.1f}x | {peak['chunked']:.0f} / "
+            f"{peak['triton']:.0f} | {diff:.1e} | {gdiff:.1e} |"
         )
 
 

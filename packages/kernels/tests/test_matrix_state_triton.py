@@ -2,7 +2,8 @@
 ``TRITON_INTERPRET=1`` set by the conftest), against the float64 step recurrence.
 
 - the op :func:`delta_rule_triton` on raw inputs: values, final memory and the gradients of
-  every input (``q, k, v, beta, S0, log_alpha``), ``T`` no multiple of the chunk, both rules,
+  every input (``q, k, v, beta, S0, log_alpha``; the Triton backward, which never runs the
+  ``chunked`` torch path), ``T`` no multiple of the chunk or below it, both rules,
   with and without a decay (alpha exactly 0 at every fourth step included) and resets, in
   fresh buffers poisoned to NaN (the kernels' workspaces) and results that start as NaN;
 - non-finite inputs spoil exactly what the recurrence spoils;
@@ -11,7 +12,8 @@
 - refusals: head sizes, dtypes and chunks it does not run, each naming ``chunked``.
 
 The interpreter runs a kernel program in seconds' fractions, so the shapes are tiny: chunks
-of 16 tokens (the smallest a GPU's ``tl.dot`` takes) and ``T`` of 21 or 37.
+of 16 tokens (the smallest a GPU's ``tl.dot`` takes) and ``T`` of 11, 19, 21 or 37 (larger
+shapes under ``-m experiment``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from test_form_matrix_state import TinyMemory, _log_alpha, _raw
 from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall, Priority, kernels_for, select
+from rnnkit.core.matrix_state import MEMORY_RULES
 from rnnkit.core.testing.checks import check_backends, check_nan_propagation
 from rnnkit.core.testing.numerics import rel_rms, tolerance
 from rnnkit.kernels.matrix_state import REFERENCE, delta_rule_triton
+from rnnkit.kernels.matrix_state import chunked as ms_chunked
 from rnnkit.kernels.matrix_state import triton as ms_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning")
@@ -78,13 +82,16 @@ def _run(
         ("linear", "holes", False, 21, torch.float64),
         ("delta", "mixed", True, 21, torch.float32),
         ("linear", "random", True, 21, torch.float32),
+        ("delta", "tiny", True, 11, torch.float64),
     ],
 )
 def test_op_equals_the_recurrence(
     rule: str, decay: str | None, with_resets: bool, T: int, dtype: torch.dtype
 ) -> None:
-    """Values, final memory and every input's gradient against the float64 recurrence
-    (``d_k = 3``, ``d_v = 5``: padded lanes; two sequences; chunks of 16, the last partial)."""
+    """Values, final memory and every input's gradient (the Triton backward) against the
+    float64 recurrence (``d_k = 3``, ``d_v = 5``: padded lanes; two sequences; chunks of 16,
+    the last partial; ``T = 11``: one chunk longer than the sequence, with alpha from
+    ``e^-300`` to ``e^-20``, where the decay gradient's sums must not cancel)."""
     q, k, v, beta, S0, resets = _raw(2, 1, T, 3, 5, seed=T)
     la = _log_alpha(decay, (2, 1, T), seed=T)
     inputs = [q, k, v, beta, S0, *([] if la is None else [la])]
@@ -100,15 +107,60 @@ def test_op_equals_the_recurrence(
 
 
 def test_op_chunk_of_64_and_defaults() -> None:
-    """The default chunk (64) with ``T`` below it: one padded chunk; equal to ``chunk=16``."""
+    """The default chunk (64) with ``T`` below it: one padded chunk; values and gradients."""
     q, k, v, beta, S0, resets = _raw(1, 2, 19, 4, 4, seed=3)
     la = _log_alpha("random", (1, 2, 19), seed=3)
     assert la is not None
-    want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, resets=resets)
-    q, k, v, beta, S0, la, resets = (t.to(DEVICE) for t in (q, k, v, beta, S0, la, resets))
+    inputs = [q, k, v, beta, S0, la]
+    want = _run(REFERENCE, inputs, torch.float64, "delta", resets)
     with poisoned():
-        o, S = delta_rule_triton(q, k, v, beta, S0, log_alpha=la, resets=resets)
-    assert rel_rms(o.cpu(), want_o) < 1e-12 and rel_rms(S.cpu(), want_S) < 1e-12
+        got = _run(delta_rule_triton, inputs, torch.float64, "delta", resets, DEVICE)
+    errs = [rel_rms(a, b) for a, b in zip(got, want, strict=True)]
+    assert len(errs) == 8 and max(errs) < 1e-12, errs
+
+
+def test_backward_runs_in_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward runs the Triton kernels, never the ``chunked`` torch path (patched to
+    fail here), and loops over blocks of value columns and rows: blocks of 16 with ``d_v =
+    20`` (two blocks, the second partial) and ``d_k = 18`` (padded to 32); gradients of every
+    input against the float64 recurrence, delta rule (the linear rule's blocks run under ``-m
+    experiment``), with a decay and resets, in fresh buffers poisoned to NaN."""
+    q, k, v, beta, S0, resets = _raw(1, 1, 21, 18, 20, seed=5)
+    la = _log_alpha("mixed", (1, 1, 21), seed=5)
+    assert la is not None
+    inputs = [q, k, v, beta, S0, la]
+    want = _run(REFERENCE, inputs, torch.float64, "delta", resets)
+
+    def torch_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError("chunked_triton's backward ran the chunked torch path")
+
+    monkeypatch.setattr(ms_chunked, "_chunked", torch_path)
+    monkeypatch.setattr(ms_chunked._ChunkedMemory, "apply", torch_path)
+    for name in ("BLOCK_V_GRAD", "BLOCK_V_OUT", "BLOCK_V_STATE"):
+        monkeypatch.setattr(ms_triton, name, 16)
+    with poisoned():
+        got = _run(delta_rule_triton, inputs, torch.float64, "delta", resets, DEVICE, chunk=16)
+    errs = [rel_rms(a, b) for a, b in zip(got, want, strict=True)]
+    assert len(errs) == 8 and max(errs) < 1e-12, errs
+
+
+@pytest.mark.experiment
+@pytest.mark.parametrize("rule", MEMORY_RULES)
+@pytest.mark.parametrize("decay", [None, "random", "tiny", "mixed", "one", "zero", "holes"])
+def test_backward_larger_shapes(rule: str, decay: str | None) -> None:
+    """Larger shapes (about 20 s each in the interpreter): two sequences of 2 heads, ``T = 150``
+    (chunks of 32: four full, one partial; chunks of 64: two full, one partial), ``d_k = 40``,
+    ``d_v = 72`` (two blocks of value columns), every kind of decay, with and without resets;
+    float64 within 1e-12 and float32 within its tolerance of the float64 recurrence."""
+    q, k, v, beta, S0, resets = _raw(2, 2, 150, 40, 72, seed=11)
+    la = _log_alpha(decay, (2, 2, 150), seed=11)
+    inputs = [q, k, v, beta, S0, *([] if la is None else [la])]
+    for rs, chunk, dtype in ((None, 32, torch.float64), (resets, 64, torch.float32)):
+        want = _run(REFERENCE, inputs, torch.float64, rule, rs)
+        got = _run(delta_rule_triton, inputs, dtype, rule, rs, DEVICE, chunk=chunk)
+        tol = 1e-12 if dtype == torch.float64 else tolerance(dtype)
+        errs = [rel_rms(a, b) for a, b in zip(got, want, strict=True)]
+        assert max(errs) <= tol, (chunk, dtype, [f"{e:.1e}" for e in errs])
 
 
 def test_non_finite_inputs_spoil_what_the_recurrence_spoils() -> None:
@@ -171,23 +223,22 @@ def _kernel() -> object:
 
 def test_registered_with_its_tiers() -> None:
     """Registered for the form; ``auto`` keeps ``chunked`` off CUDA (the interpreter ranks
-    below the reference loop) and in training (the backward recomputes through ``chunked``),
-    and takes this kernel for inference on CUDA."""
+    below the reference loop) and takes this kernel on CUDA, for inference and for training
+    (forward and backward both run as kernels)."""
     kernel = _kernel()
     x = torch.randn(2, 5, 3, device=DEVICE)
-    on_cpu = DEVICE == "cpu"
+    picked = DEVICE != "cpu"
+    tier = Priority.DEVICE_BEST if picked else Priority.BELOW_REFERENCE
     for needs_grad in (True, False):
         call = KernelCall(TinyMemory(3, 4).to(DEVICE), x, None, None, needs_grad=needs_grad)
         assert kernel.why_not(call) is None  # type: ignore[attr-defined]
-        picked = not on_cpu and not needs_grad
-        tier = Priority.DEVICE_BEST if picked else Priority.BELOW_REFERENCE
         assert kernel.rank(call) == tier  # type: ignore[attr-defined]
         assert select(call).backend == (ms_triton.BACKEND if picked else "chunked")
-    # the tier reads the input's device and needs_grad only (no CUDA tensor can be made here)
+    # the tier reads the input's device only (no CUDA tensor can be made here)
     cuda = SimpleNamespace(device=torch.device("cuda"))
-    for needs_grad, tier in ((False, Priority.DEVICE_BEST), (True, Priority.BELOW_REFERENCE)):
+    for needs_grad in (False, True):
         on_gpu = SimpleNamespace(x=cuda, needs_grad=needs_grad)
-        assert kernel.rank(on_gpu) == tier  # type: ignore[attr-defined]
+        assert kernel.rank(on_gpu) == Priority.DEVICE_BEST  # type: ignore[attr-defined]
 
 
 def test_kernel_refuses_large_heads_naming_chunked() -> None:

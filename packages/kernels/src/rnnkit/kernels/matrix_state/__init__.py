@@ -7,8 +7,8 @@ as users pass them to ``backend=``:
 
 ================  ===============================================================================
 ``chunked.py``    backend ``chunked``: chunks of 64 tokens in the WY/UT form, written backward
-``triton/``       backend ``chunked_triton``: the same algorithm, forward as Triton kernels
-                  (CUDA; CPU under ``TRITON_INTERPRET=1``), backward through ``chunked``
+``triton/``       backend ``chunked_triton``: the same algorithm, forward and written backward
+                  as Triton kernels (CUDA; CPU under ``TRITON_INTERPRET=1``)
 ================  ===============================================================================
 
 **Reference.** :data:`REFERENCE` (:func:`.reference.memory_recurrence`) is the step-by-step

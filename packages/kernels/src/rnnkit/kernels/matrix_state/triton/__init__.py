@@ -1,27 +1,27 @@
 """The ``chunked_triton`` backend of the matrix-state form: the ``chunked`` backend's algorithm
 (the gated delta rule or gated linear attention over chunks in the WY/UT form; the algebra is
-in ``matrix_state/chunked.py``) with its forward as three Triton kernels (``_kernels.py``):
-the intra-chunk pieces, the sequential carry of the memory across chunks, the read-outs.
-
-**The backward is not a Triton kernel yet.** :class:`TritonChunks` saves the forward's
-inputs, and its backward runs the ``chunked`` backend's torch forward again on them
-(:func:`~rnnkit.kernels.matrix_state.chunked.delta_rule_chunked`) and differentiates that with
-torch autograd: gradients equal the ``chunked`` backend's, at the cost of a second forward and
-of that backend's autograd memory, held during the backward only.
+in ``matrix_state/chunked.py``) as Triton kernels (``_kernels.py``). The forward is three: the
+intra-chunk pieces, the sequential carry of the memory across chunks, the read-outs. The
+backward (:class:`TritonChunks`) is the ``chunked`` backend's written backward as three more:
+from the saved inputs and the memory entering each chunk (the forward keeps nothing else), the
+intra-chunk pieces recomputed, the parts of the reverse step that need no memory gradient, the
+reverse pass over the chunks carrying the memory's gradient, and every input's gradient per
+chunk (the solve's adjoint included; the decays' gradients formed in float64, as in
+``chunked``).
 
 Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, how
 the tests run it without a GPU; there it is far slower than ``chunked`` and ranks
 ``BELOW_REFERENCE``). float32 and float64; 16-bit inputs run the memory in float32. Head
 sizes ``d_k, d_v`` up to :data:`MAX_HEAD_DIM` (padded to a power of two of at least 16);
 resets, decays (``log_alpha``) and both rules are supported. :func:`unavailable_reason`
-says why it cannot run instead of failing at import. Not yet timed on a GPU
-(``tools/gpu/matrix_state_check.sh`` does it).
+says why it cannot run instead of failing at import. Not yet compiled or timed on a GPU
+(``tools/gpu/matrix_state_check.sh`` does both, forward and forward + backward).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 from rnnkit.kernels._triton_runtime import device_reason, interpreted
-from rnnkit.kernels.matrix_state.chunked import delta_rule_chunked, on_finite_inputs
+from rnnkit.kernels.matrix_state.chunked import on_finite_inputs
 
 _kernels: ModuleType | None
 try:
@@ -64,8 +64,11 @@ MAX_HEAD_DIM = 128
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 #: Value rows of the memory per program of the sequential kernel (more programs to fill a GPU).
 BLOCK_V_STATE = 32
-#: Value columns of the output per program of the read-out kernel.
+#: Value columns of the output per program of the read-out kernel (and of the backward's
+#: first kernel).
 BLOCK_V_OUT = 64
+#: Value columns per step of the backward's gradient kernel's loop over ``d_v``.
+BLOCK_V_GRAD = 64
 
 
 def interpreting() -> bool:
@@ -91,6 +94,49 @@ def _block(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+class _Plan(NamedTuple):
+    """Sizes and flags of one call, shared by the forward's and the backward's launches."""
+
+    BH: int  # batch x heads
+    NC: int  # chunks
+    C: int  # tokens per chunk
+    BK: int  # d_k padded
+    BV: int  # d_v padded
+    delta: bool
+    has_decay: bool
+    has_resets: bool
+
+
+def _plan(k: Tensor, v: Tensor, log_alpha: Tensor | None, rule: str, resets: Tensor | None,
+          chunk: int) -> _Plan:  # fmt: skip
+    B, n, T, dk = k.shape
+    return _Plan(
+        B * n, -(-T // chunk), chunk, _block(dk), _block(v.shape[-1]), rule == "delta",
+        log_alpha is not None, resets is not None,
+    )  # fmt: skip
+
+
+def _intra(
+    pl: _Plan, k: Tensor, v: Tensor, beta: Tensor, la: Tensor, r: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The intra-chunk kernel on contiguous inputs (``la``, ``r``: any tensor where absent):
+    the workspaces ``W`` (``k`` itself for the linear rule), ``U``, ``K~`` and the end factors
+    (``k`` itself without a decay or resets)."""
+    T, dk, dv = k.shape[2], k.shape[-1], v.shape[-1]
+    BH, NC, C = pl.BH, pl.NC, pl.C
+    has_sd = pl.has_decay or pl.has_resets
+    W = k.new_empty((BH, NC * C, dk)) if pl.delta else k
+    U = v.new_empty((BH, NC * C, dv))
+    Kt = k.new_empty((BH, NC * C, dk))
+    sd = k.new_empty((BH, NC)) if has_sd else k
+    _k()._intra_kernel[(NC, BH)](
+        k, v, beta, la, r, W, U, Kt, sd, T, k.shape[1], dk, dv, NC,
+        DELTA=pl.delta, HAS_DECAY=pl.has_decay, HAS_RESETS=pl.has_resets, C=C,
+        LOG_C=C.bit_length() - 1, BK=pl.BK, BV=pl.BV, PREC="ieee",
+    )  # fmt: skip
+    return W, U, Kt, sd
+
+
 def _launch(
     q: Tensor,
     k: Tensor,
@@ -101,50 +147,100 @@ def _launch(
     rule: str,
     resets: Tensor | None,
     chunk: int,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The three kernels on checked, finite inputs (shapes of :func:`delta_rule_triton`,
-    ``T > 0``). The results start as NaN, so a value a kernel does not write shows."""
-    B, n, T, dk = k.shape
+    ``T > 0``): ``(o, S, S_in)`` with the memories entering each chunk ``S_in: (B n, chunks,
+    d_v, d_k)``. The results start as NaN, so a value a kernel does not write shows."""
+    n, T, dk = k.shape[1:]
     dv = v.shape[-1]
-    BH, C = B * n, chunk
-    NC = -(-T // C)
+    pl = _plan(k, v, log_alpha, rule, resets, chunk)
+    BH, NC, C = pl.BH, pl.NC, pl.C
     o = torch.full(v.shape, float("nan"), dtype=v.dtype, device=v.device)
     S = torch.full(S0.shape, float("nan"), dtype=S0.dtype, device=S0.device)
+    S_in = S0.new_empty((BH, NC, dv, dk))
     if BH == 0:
-        return o, S
+        return o, S, S_in
     q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))
     la = log_alpha.contiguous() if log_alpha is not None else beta
     r = resets.to(torch.int8).contiguous() if resets is not None else beta
-    delta = rule == "delta"
-    has_sd = log_alpha is not None or resets is not None
-    W = k.new_empty((BH, NC * C, dk)) if delta else k
-    U = v.new_empty((BH, NC * C, dv))
-    Kt = k.new_empty((BH, NC * C, dk))
-    sd = k.new_empty((BH, NC)) if has_sd else k
-    S_in = S0.new_empty((BH, NC, dv, dk))
-    BK, BV = _block(dk), _block(dv)
-    bvs, bvo = min(BV, BLOCK_V_STATE), min(BV, BLOCK_V_OUT)
-    flags = {"HAS_RESETS": resets is not None, "C": C, "BK": BK, "PREC": "ieee"}
+    W, U, Kt, sd = _intra(pl, k, v, beta, la, r)
+    bvs, bvo = min(pl.BV, BLOCK_V_STATE), min(pl.BV, BLOCK_V_OUT)
     kern = _k()
-    kern._intra_kernel[(NC, BH)](
-        k, v, beta, la, r, W, U, Kt, sd, T, n, dk, dv, NC,
-        DELTA=delta, HAS_DECAY=log_alpha is not None, LOG_C=C.bit_length() - 1, BV=BV, **flags,
-    )  # fmt: skip
     kern._state_kernel[(BH, -(-dv // bvs))](
         W, U, Kt, sd, S0, S_in, S, dk, dv, NC,
-        DELTA=delta, HAS_SD=has_sd, C=C, BK=BK, BVS=bvs, PREC="ieee",
+        DELTA=pl.delta, HAS_SD=pl.has_decay or pl.has_resets, C=C, BK=pl.BK, BVS=bvs,
+        PREC="ieee",
     )  # fmt: skip
     kern._out_kernel[(NC, BH, -(-dv // bvo))](
         q, k, la, r, U, S_in, o, T, n, dk, dv, NC,
-        HAS_DECAY=log_alpha is not None, BVO=bvo, **flags,
+        HAS_DECAY=pl.has_decay, HAS_RESETS=pl.has_resets, C=C, BK=pl.BK, BVO=bvo,
+        PREC="ieee",
     )  # fmt: skip
-    return o, S
+    return o, S, S_in
+
+
+def _launch_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    log_alpha: Tensor | None,
+    resets: Tensor | None,
+    S_in: Tensor,
+    do: Tensor,
+    dS: Tensor,
+    rule: str,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The backward's kernels (``_kernels.py``) from the saved inputs and entering memories
+    ``S_in`` and the gradients of ``o`` and of the final memory: the gradients of ``q, k, v,
+    beta, S0, log_alpha`` (``None`` without a decay). Results start as NaN."""
+    B, n, T, dk = k.shape
+    dv = v.shape[-1]
+    pl = _plan(k, v, log_alpha, rule, resets, chunk)
+    BH, NC, C = pl.BH, pl.NC, pl.C
+
+    def nans(t: Tensor) -> Tensor:
+        return torch.full(t.shape, float("nan"), dtype=t.dtype, device=t.device)
+
+    dq, dk_, dv_, dbeta = nans(q), nans(k), nans(v), nans(beta)
+    dS0 = dS.new_full((B, n, dv, dk), float("nan"))
+    dla = None if log_alpha is None else nans(log_alpha)
+    if BH == 0:
+        return dq, dk_, dv_, dbeta, dS0, dla
+    q, k, v, beta, do, dS = (t.contiguous() for t in (q, k, v, beta, do, dS))
+    la = log_alpha.contiguous() if log_alpha is not None else beta
+    r = resets.to(torch.int8).contiguous() if resets is not None else beta
+    W, U, Kt, sd = _intra(pl, k, v, beta, la, r)
+    dU = v.new_empty((BH, NC * C, dv))  # P^T dO, then dU~
+    dSo = S_in.new_empty(S_in.shape)  # dO^T Q_in, then each chunk's outgoing dS
+    bvs, bvo = min(pl.BV, BLOCK_V_STATE), min(pl.BV, BLOCK_V_OUT)
+    flags = {"HAS_RESETS": pl.has_resets, "C": C, "BK": pl.BK, "PREC": "ieee"}
+    kern = _k()
+    kern._bwd_prep_kernel[(NC, BH, -(-dv // bvo))](
+        q, k, la, r, do, W, U, S_in, dU, dSo, T, n, dk, dv, NC,
+        DELTA=pl.delta, HAS_DECAY=pl.has_decay, BVO=bvo, **flags,
+    )  # fmt: skip
+    kern._bwd_state_kernel[(BH, -(-dv // bvs))](
+        W, Kt, sd, dU, dSo, dS, dS0, dk, dv, NC,
+        DELTA=pl.delta, HAS_SD=pl.has_decay or pl.has_resets, C=C, BK=pl.BK, BVS=bvs,
+        PREC="ieee",
+    )  # fmt: skip
+    kern._bwd_grad_kernel[(NC, BH)](
+        q, k, v, beta, la, r, do, U, dU, S_in, dSo,
+        dq, dk_, dv_, dbeta, la if dla is None else dla, T, n, dk, dv, NC,
+        DELTA=pl.delta, HAS_DECAY=pl.has_decay, LOG_C=C.bit_length() - 1,
+        BVB=min(pl.BV, BLOCK_V_GRAD), **flags,
+    )  # fmt: skip
+    return dq, dk_, dv_, dbeta, dS0, dla
 
 
 class TritonChunks(torch.autograd.Function):
-    """``(o, S)`` of the chunked recurrence by the Triton kernels; the backward recomputes the
-    ``chunked`` backend's torch forward from the saved inputs and differentiates it (no Triton
-    backward yet). Arguments as :func:`delta_rule_triton`, positional, all finite."""
+    """``(o, S)`` of the chunked recurrence by the Triton kernels, with a Triton backward: the
+    forward saves the inputs and the memory entering each chunk (``O(T / C d_k d_v)`` per
+    head), the backward recomputes the intra-chunk pieces from them (the ``chunked``
+    backend's written backward, as kernels). Arguments as :func:`delta_rule_triton`,
+    positional, all finite."""
 
     @staticmethod
     def forward(
@@ -159,38 +255,20 @@ class TritonChunks(torch.autograd.Function):
         resets: Tensor | None,
         chunk: int,
     ) -> tuple[Tensor, Tensor]:
+        o, S, S_in = _launch(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
         # save_for_backward takes None for an absent tensor (torch's annotation says Tensor)
-        ctx.save_for_backward(q, k, v, beta, S0, log_alpha, resets)  # type: ignore[arg-type]
+        ctx.save_for_backward(q, k, v, beta, log_alpha, resets, S_in)  # type: ignore[arg-type]
         ctx.rule, ctx.chunk = rule, chunk  # type: ignore[attr-defined]
-        return _launch(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
+        return o, S
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, do: Tensor, dS: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, beta, S0, log_alpha, resets = ctx.saved_tensors
-        inputs: list[Tensor | None] = [q, k, v, beta, S0, log_alpha]
-        needs = ctx.needs_input_grad[: len(inputs)]
-        wanted = [t is not None and need for t, need in zip(inputs, needs, strict=True)]
-        leaves = [
-            t.detach().requires_grad_(w) if t is not None else None
-            for t, w in zip(inputs, wanted, strict=True)
-        ]
-        with torch.enable_grad():
-            o, S = delta_rule_chunked(
-                *leaves[:5],  # type: ignore[arg-type]
-                log_alpha=leaves[5], rule=ctx.rule, resets=resets, chunk=ctx.chunk,
-            )  # fmt: skip
-            need = [t for t in leaves if t is not None and t.requires_grad]
-            got = iter(
-                torch.autograd.grad((o, S), need, (do, dS), allow_unused=True) if need else ()
-            )
-        grads: list[Tensor | None] = []
-        for t in leaves:
-            g = next(got) if t is not None and t.requires_grad else None
-            if g is None and t is not None and t.requires_grad:
-                g = torch.zeros_like(t)
-            grads.append(g)
-        return (*grads, None, None, None)
+        q, k, v, beta, log_alpha, resets, S_in = ctx.saved_tensors
+        dq, dk, dv, dbeta, dS0, dla = _launch_backward(
+            q, k, v, beta, log_alpha, resets, S_in, do, dS, ctx.rule, ctx.chunk
+        )
+        return dq, dk, dv, dbeta, dS0, dla, None, None, None
 
 
 def _check(
@@ -349,11 +427,9 @@ def _priority(call: KernelCall) -> Priority:
     if torch.compiler.is_exporting() or call.x.device.type != "cuda":
         # the interpreter on CPU is far slower than the `chunked` backend
         return Priority.BELOW_REFERENCE
-    if call.needs_grad:
-        # the backward recomputes the whole forward through `chunked` before differentiating
-        # it, so training through this kernel costs more than training through `chunked`
-        return Priority.BELOW_REFERENCE
-    # inference only; not yet measured on a GPU (tools/gpu/matrix_state_check.sh times it)
+    # forward and backward both run as kernels, so this is expected to beat `chunked` on a
+    # GPU, for inference and training alike; expected only: never timed on a GPU yet
+    # (tools/gpu/matrix_state_check.sh times both against `chunked`)
     return Priority.DEVICE_BEST
 
 
@@ -364,8 +440,7 @@ def kernels() -> list[Kernel]:
             backend=BACKEND,
             target=Form.MATRIX_STATE.value,
             run=triton_forward,
-            description="matrix-state memory in WY chunks, forward in Triton (CUDA), "
-            "backward by the chunked torch path",
+            description="matrix-state memory in WY chunks, forward and backward in Triton (CUDA)",
             priority=_priority,
             available=_available,
             supports=_supports,
