@@ -274,12 +274,14 @@ def test_decoding_under_autograd_has_the_gradients_of_the_full_forward(name: str
 # --- generate(prompt, max_new, temperature, top_k) (issue 15, item 7) -------------------------
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# generate is one mixin (Generates) over prefill/step, whose equality with the full forward
+# is tested for every model above: a stack, a block network and a hybrid with attention here
+@pytest.mark.parametrize("name", ["char_lm", "mamba_lm", "jamba"])
 def test_greedy_generation_is_the_argmax_of_the_full_forward(name: str) -> None:
     model = _model(name)
     prompt = torch.tensor([[3, 1, 4], [2, 7, 1]])
-    seq = model.generate(prompt, 5, temperature=0.0)
-    assert seq.shape == (2, 8) and seq.dtype == prompt.dtype
+    seq = model.generate(prompt, 4, temperature=0.0)
+    assert seq.shape == (2, 7) and seq.dtype == prompt.dtype
     assert torch.equal(seq[:, :3], prompt)
     with torch.no_grad():
         logits = model(seq)
@@ -287,20 +289,20 @@ def test_greedy_generation_is_the_argmax_of_the_full_forward(name: str) -> None:
     assert torch.equal(seq[:, 3:], logits[:, 2:-1].argmax(-1))
 
 
-@pytest.mark.parametrize("name", ["char_lm", "mamba_lm", "jamba"])
+@pytest.mark.parametrize("name", ["mamba_lm"])
 def test_top_k_samples_only_among_the_k_likeliest(name: str) -> None:
     model = _model(name)
     prompt = torch.tensor([[5, 2], [0, 9], [4, 4]])
-    seq = model.generate(prompt, 12, temperature=1.0, top_k=2)
+    seq = model.generate(prompt, 8, temperature=1.0, top_k=2)
     with torch.no_grad():
         logits = model(seq)[:, 1:-1]  # the logits each new token was drawn from
     rank = (logits > logits.gather(-1, seq[:, 2:, None])).sum(-1)  # tokens likelier than it
     assert int(rank.max()) <= 1, rank
     # top_k=1 is greedy at any temperature; a generator seed repeats the draws
     torch.testing.assert_close(
-        model.generate(prompt, 6, temperature=2.0, top_k=1), model.generate(prompt, 6, 0.0)
+        model.generate(prompt, 3, temperature=2.0, top_k=1), model.generate(prompt, 3, 0.0)
     )
-    draws = [model.generate(prompt, 8, generator=torch.Generator().manual_seed(3)) for _ in "ab"]
+    draws = [model.generate(prompt, 4, generator=torch.Generator().manual_seed(3)) for _ in "ab"]
     assert torch.equal(draws[0], draws[1])
 
 
