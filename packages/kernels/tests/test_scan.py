@@ -516,8 +516,11 @@ def test_triton_reports_why_unavailable(monkeypatch: pytest.MonkeyPatch) -> None
     a = torch.rand(1, 3, 2, dtype=torch.complex64)
     assert "complex" not in str(scan_triton.unavailable_reason(None, torch.float32))
     monkeypatch.setattr(scan_triton, "_IMPORT_ERROR", None)
-    with pytest.raises(BackendUnavailableError, match="complex64"):
+    # the refusal names the backend that runs the call instead
+    with pytest.raises(BackendUnavailableError, match=r"complex64.*'auto' would use '(cpp|torch)'"):
         linear_scan(a, a, backend="triton")
+    with pytest.raises(BackendUnavailableError, match=r"'auto' would use '(cpp|torch)'"):
+        linear_scan(a, a, backend="triton_stream")
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -126,6 +126,29 @@ def test_a_cache_after_a_shape_change_is_refused(name: str) -> None:
         _model(name).float().step(torch.zeros(2, dtype=torch.long), cache)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+@torch.no_grad()
+def test_inputs_of_the_wrong_rank_are_refused(name: str) -> None:
+    model = _model(name)
+    _, cache = model.prefill(torch.zeros(2, 3, dtype=torch.long))
+    # a whole sequence given to step, a single position given to prefill
+    with pytest.raises(ValueError, match=r"step reads one position .* \(B,\); got .* \(2, 4\)"):
+        model.step(torch.zeros(2, 4, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"prefill reads a sequence .* \(B, T\); got .* \(2,\)"):
+        model.prefill(torch.zeros(2, dtype=torch.long), cache)
+
+
+@torch.no_grad()
+def test_feature_inputs_of_the_wrong_rank_are_refused() -> None:
+    model = create_model("sequence_tagger", input_size=3, output_size=2, hidden_size=5)
+    with pytest.raises(ValueError, match=r"step reads one position of features, shape \(B, F\)"):
+        model.step(torch.zeros(2, 4, 3))  # type: ignore[operator]
+    with pytest.raises(
+        ValueError, match=r"prefill reads a sequence of features, shape \(B, T, F\)"
+    ):
+        model.prefill(torch.zeros(2, 3))  # type: ignore[operator]
+
+
 @torch.no_grad()
 def test_a_damaged_kv_cache_is_refused() -> None:
     model = _model("jamba")
@@ -246,3 +269,78 @@ def test_decoding_under_autograd_has_the_gradients_of_the_full_forward(name: str
         else:
             assert g is not None
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+# --- generate(prompt, max_new, temperature, top_k) (issue 15, item 7) -------------------------
+
+
+# generate is one mixin (Generates) over prefill/step, whose equality with the full forward
+# is tested for every model above: a stack, a block network and a hybrid with attention here
+@pytest.mark.parametrize("name", ["char_lm", "mamba_lm", "jamba"])
+def test_greedy_generation_is_the_argmax_of_the_full_forward(name: str) -> None:
+    model = _model(name)
+    prompt = torch.tensor([[3, 1, 4], [2, 7, 1]])
+    seq = model.generate(prompt, 4, temperature=0.0)
+    assert seq.shape == (2, 7) and seq.dtype == prompt.dtype
+    assert torch.equal(seq[:, :3], prompt)
+    with torch.no_grad():
+        logits = model(seq)
+    # every new token is the likeliest one after the tokens before it
+    assert torch.equal(seq[:, 3:], logits[:, 2:-1].argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["mamba_lm"])
+def test_top_k_samples_only_among_the_k_likeliest(name: str) -> None:
+    model = _model(name)
+    prompt = torch.tensor([[5, 2], [0, 9], [4, 4]])
+    seq = model.generate(prompt, 8, temperature=1.0, top_k=2)
+    with torch.no_grad():
+        logits = model(seq)[:, 1:-1]  # the logits each new token was drawn from
+    rank = (logits > logits.gather(-1, seq[:, 2:, None])).sum(-1)  # tokens likelier than it
+    assert int(rank.max()) <= 1, rank
+    # top_k=1 is greedy at any temperature; a generator seed repeats the draws
+    torch.testing.assert_close(
+        model.generate(prompt, 3, temperature=2.0, top_k=1), model.generate(prompt, 3, 0.0)
+    )
+    draws = [model.generate(prompt, 4, generator=torch.Generator().manual_seed(3)) for _ in "ab"]
+    assert torch.equal(draws[0], draws[1])
+
+
+def test_top_k_keeps_the_k_likeliest_tokens() -> None:
+    from rnnkit.models.cache import next_token_probs
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 4.0, 0.0]])
+    probs = next_token_probs(logits, 1.0, top_k=2)
+    assert torch.equal(
+        probs > 0, torch.tensor([[False, True, False, True], [True, False, True, False]])
+    )
+    torch.testing.assert_close(probs[0, [1, 3]], torch.softmax(torch.tensor([3.0, 2.0]), 0))
+    torch.testing.assert_close(
+        next_token_probs(logits, 0.5, top_k=9), torch.softmax(logits / 0.5, -1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"prompt": torch.tensor([1, 2]), "max_new": 3},
+            r"prompt must be token ids of shape \(B, T\)",
+        ),
+        ({"prompt": torch.zeros(1, 0, dtype=torch.long), "max_new": 3}, "T >= 1"),
+        ({"max_new": -1}, "max_new must be an int >= 0"),
+        ({"max_new": 2, "top_k": 0}, "top_k must be a positive int"),
+        ({"max_new": 2, "temperature": -1.0}, "temperature must be >= 0"),
+    ],
+)
+def test_bad_generation_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    model = _model("mamba_lm")
+    kwargs.setdefault("prompt", torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=message):
+        model.generate(**kwargs)
+
+
+def test_a_classifier_does_not_generate() -> None:
+    model = create_model("sequence_classifier", input_size=0, vocab_size=VOCAB, output_size=3)
+    with pytest.raises(ValueError, match="pools over the sequence"):
+        model.generate(torch.tensor([[1, 2]]), 2)  # type: ignore[operator]

@@ -11,6 +11,10 @@ exposes three methods (:class:`CachedModel`):
 - ``step(x_t, cache)``: one input ``(B,)`` ids or ``(B, F)`` features, returning the outputs
   ``(B, C)`` and the cache after it, at the cost of one step per layer.
 
+Language models (token ids in, logits out) also get ``generate(prompt, max_new, temperature,
+top_k)`` from :class:`Generates`: the prompt read once by ``prefill``, then one ``step`` per
+sampled token.
+
 Networks of residual blocks (:class:`~rnnkit.models.networks.SSMNetwork`,
 :class:`~rnnkit.models.hybrid.HybridNetwork`) get the three methods from :class:`BlockCache`.
 
@@ -27,24 +31,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.core.errors import RnnkitError
+from rnnkit.core.validation import check_positive_int
 
 __all__ = [
     "BlockCache",
     "CacheMismatchError",
     "CachedBlock",
     "CachedModel",
+    "Generates",
     "KVBuffer",
     "KVCache",
     "ModelCache",
     "check_cache",
     "check_cell_state",
+    "check_inputs",
+    "next_token_probs",
     "require_per_step",
 ]
 
@@ -246,6 +254,96 @@ def require_per_step(model: object, pooling: str) -> None:
         )
 
 
+def check_inputs(x: Tensor, *, ids: bool, step: bool) -> None:
+    """Refuse inputs of the wrong rank for ``prefill`` (``step=False``: ids ``(B, T)`` or
+    features ``(B, T, F)``) or ``step`` (``step=True``: ids ``(B,)`` or features ``(B, F)``),
+    with a ``ValueError`` naming the shape expected: a whole sequence given to ``step`` (or a
+    single position to ``prefill``) would otherwise fail deep in a layer, or be read wrongly."""
+    rank = (1 if ids else 2) + (0 if step else 1)
+    if x.dim() == rank:
+        return
+    call, want = ("step", "one position") if step else ("prefill", "a sequence")
+    shape = ("(B,)" if ids else "(B, F)") if step else ("(B, T)" if ids else "(B, T, F)")
+    kind = "token ids" if ids else "features"
+    other = "prefill reads a sequence" if step else "step reads one position"
+    raise ValueError(
+        f"{call} reads {want} of {kind}, shape {shape}; got x of shape {tuple(x.shape)} ({other})"
+    )
+
+
+def _check_sampling(temperature: float, top_k: int | None) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
+
+
+def next_token_probs(logits: Tensor, temperature: float, top_k: int | None = None) -> Tensor:
+    """Sampling distribution ``(..., V)`` from logits ``(..., V)``, in float32: the softmax of
+    ``logits / temperature`` over the ``top_k`` likeliest tokens (``None``: all of them; the
+    others get probability 0); ``temperature=0`` is one-hot on the argmax (greedy)."""
+    _check_sampling(temperature, top_k)
+    logits = logits.float()
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+class Generates:
+    """``generate`` for a language model with the state cache (a :class:`CachedModel` whose
+    inputs are token ids and whose outputs are logits over the same vocabulary)."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ) -> Tensor:
+        """The prompt followed by ``max_new`` sampled tokens: ids ``(B, T)`` ->
+        ``(B, T + max_new)``.
+
+        The prompt is read once (``prefill``, on ``backend``); each token is then drawn from
+        :func:`next_token_probs` of the last logits and fed back with one ``step`` (one step
+        per layer), so the tokens are the ones a full forward over the growing sequence would
+        give. Runs in the model's current mode (call ``eval()`` first to turn off dropout).
+
+        Args:
+            prompt: ``(B, T)`` int64 token ids, ``T >= 1``.
+            max_new: tokens to add (``>= 0``).
+            temperature: divides the logits; ``0`` is greedy (the likeliest token).
+            top_k: sample among the ``top_k`` likeliest tokens only (``None``: all).
+            generator: the random generator of the draws (``None``: torch's global one).
+            backend: the backend that reads the prompt.
+        """
+        model = cast(CachedModel, self)
+        if prompt.dim() != 2 or prompt.shape[1] < 1 or prompt.is_floating_point():
+            raise ValueError(
+                f"prompt must be token ids of shape (B, T) with T >= 1, got {prompt.dtype} of "
+                f"shape {tuple(prompt.shape)}"
+            )
+        count: object = max_new  # checked as a user may pass it, not as annotated
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"max_new must be an int >= 0, got {max_new!r}")
+        _check_sampling(temperature, top_k)
+        out, cache = model.prefill(prompt, backend=backend)
+        logits, tokens = out[:, -1], [prompt]
+        for i in range(max_new):
+            probs = next_token_probs(logits, temperature, top_k)
+            token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            tokens.append(token.to(prompt.dtype))
+            if i + 1 < max_new:
+                logits, cache = model.step(token[:, 0], cache)
+        return torch.cat(tokens, dim=1)
+
+
 class CachedBlock(Protocol):
     """A residual block of a :class:`BlockCache` network: its entry in the cache, checked, and
     one step on ``(B, width)``."""
@@ -268,7 +366,7 @@ class CachedBlock(Protocol):
         ...
 
 
-class BlockCache:
+class BlockCache(Generates):
     """``init_cache``, ``prefill`` and ``step`` (:class:`CachedModel`) of a network ``encoder
     -> blocks -> norm -> head`` whose blocks are :class:`CachedBlock`: one cache entry per
     block, in order.
@@ -339,6 +437,7 @@ class BlockCache:
         """Outputs ``(B, T, output_size)`` over ``x`` (ids ``(B, T)`` or ``(B, T, F)``) from
         ``cache`` (``None``: the start) and the cache after the last position."""
         require_per_step(self, self.pooling)
+        check_inputs(x, ids=isinstance(self.encoder, nn.Embedding), step=False)
         y, finals = self._trunk(x, cache, backend)
         out: Tensor = self.head(self.norm(y))
         length = 0 if cache is None else cache.length
@@ -348,6 +447,7 @@ class BlockCache:
         """Outputs ``(B, output_size)`` after one input (ids ``(B,)`` or ``(B, F)``) and the
         cache after it: one step per block; ``None``: from :meth:`init_cache`."""
         require_per_step(self, self.pooling)
+        check_inputs(x_t, ids=isinstance(self.encoder, nn.Embedding), step=True)
         y = self.encoder(x_t)
         if cache is None:
             cache = self.init_cache(y.shape[0], device=y.device, dtype=y.dtype)

@@ -17,9 +17,11 @@ from rnnkit.core.recurrent import Recurrent
 from rnnkit.models.cache import (
     BlockCache,
     CacheMismatchError,
+    Generates,
     ModelCache,
     check_cache,
     check_cell_state,
+    check_inputs,
     require_per_step,
 )
 
@@ -42,7 +44,7 @@ def _pool(y: Tensor, pooling: str) -> Tensor:
     return y
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(Generates, nn.Module):
     """Encoder -> recurrent stack -> linear head, for per-step or per-sequence outputs.
 
     Args:
@@ -143,6 +145,7 @@ class SequenceModel(nn.Module):
         """Outputs ``(B, T, output_size)`` over ``x`` (ids ``(B, T)`` or ``(B, T, F)``) from
         ``cache`` (``None``: the start) and the cache after the last step."""
         self._require_steppable()
+        check_inputs(x, ids=self.embed is not None, step=False)
         h = self._encode(x)
         state = None if cache is None else self._state(cache, h)
         y, final = self.rnn(h, state, backend=backend)
@@ -154,6 +157,7 @@ class SequenceModel(nn.Module):
         """Outputs ``(B, output_size)`` after one input (ids ``(B,)`` or ``(B, F)``) and the
         cache after it; ``None``: from :meth:`init_cache`."""
         self._require_steppable()
+        check_inputs(x_t, ids=self.embed is not None, step=True)
         h = self._encode(x_t)
         if cache is None:
             cache = self.init_cache(h.shape[0], device=h.device, dtype=h.dtype)

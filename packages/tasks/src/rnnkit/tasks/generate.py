@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -85,11 +84,10 @@ def incremental(model: nn.Module, backend: str = "auto") -> Incremental:
 
 def next_distribution(logits: Tensor, temperature: float) -> Tensor:
     """Softmax of ``logits (B, V) / temperature`` in float32; ``temperature=0``: one-hot on the
-    argmax (greedy)."""
-    logits = logits.float()
-    if temperature == 0:
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    return torch.softmax(logits / temperature, dim=-1)
+    argmax (greedy). (:func:`rnnkit.models.cache.next_token_probs` over every token.)"""
+    from rnnkit.models.cache import next_token_probs
+
+    return next_token_probs(logits, temperature)
 
 
 @dataclass(frozen=True)

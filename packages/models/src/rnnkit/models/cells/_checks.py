@@ -40,3 +40,18 @@ def check_finite(name: str, value: object, *, positive: bool = False) -> float:
         return float(value)
     what = "a finite number > 0" if positive else "a finite number"
     raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_dt_range(dt_min: float, dt_max: float, dt_floor: float | None = None) -> None:
+    """``0 < dt_min <= dt_max < inf`` (and ``0 < dt_floor <= dt_max`` when given), else a
+    ``ValueError`` naming the argument at fault."""
+    # exp(dt A) and the bilinear map with Re A < 0 are contractions for every finite dt > 0; a
+    # non-positive step makes the decay 1 or growing, and an infinite one makes exp(dt A) NaN
+    # for complex A (inf * 0 in its phase): both are unstable discretisations
+    if not (0.0 < dt_min <= dt_max and math.isfinite(dt_max)):
+        raise ValueError(
+            f"need 0 < dt_min <= dt_max < inf (a stable discretisation needs a finite dt > 0), "
+            f"got dt_min={dt_min}, dt_max={dt_max}"
+        )
+    if dt_floor is not None and not 0.0 < dt_floor <= dt_max:
+        raise ValueError(f"need 0 < dt_floor <= dt_max, got dt_floor={dt_floor}")

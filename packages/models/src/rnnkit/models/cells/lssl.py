@@ -33,6 +33,7 @@ from rnnkit.core.dispatch import KernelCall, Priority, cell_method_kernel
 from rnnkit.core.forms import Form
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_dt_range
 from rnnkit.models.cells.hippo import legs
 
 
@@ -93,8 +94,7 @@ class LSSL(Cell[LSSLState]):
         check_positive_int("hidden_size", hidden_size)
         if not isinstance(share_a, bool):
             raise TypeError(f"share_a must be a bool, got {share_a!r}")
-        if not (math.isfinite(dt_min) and math.isfinite(dt_max) and 0.0 < dt_min <= dt_max):
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_dt_range(dt_min, dt_max)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = input_size

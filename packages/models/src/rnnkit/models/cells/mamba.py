@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from rnnkit.core.selective import SelectiveDiagonalCell, SelectiveInputs, selective_step
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_dt_range
 
 
 class MambaState(NamedTuple):
@@ -101,19 +102,6 @@ def inner_size(input_size: int, hidden_size: int | None, expand: int) -> int:
         hidden_size = expand * input_size
     check_positive_int("hidden_size", hidden_size)
     return hidden_size
-
-
-def check_dt_range(dt_min: float, dt_max: float, dt_floor: float) -> None:
-    """``0 < dt_min <= dt_max < inf`` and ``0 < dt_floor <= dt_max``, else a ``ValueError``."""
-    # exp(dt A) with A < 0 is a contraction for every finite dt > 0; a non-positive step
-    # would make the decay 1 or growing (an unstable discretisation)
-    if not (0.0 < dt_min <= dt_max and math.isfinite(dt_max)):
-        raise ValueError(
-            f"need 0 < dt_min <= dt_max < inf (a stable discretisation needs dt > 0), got "
-            f"dt_min={dt_min}, dt_max={dt_max}"
-        )
-    if not 0.0 < dt_floor <= dt_max:
-        raise ValueError(f"need 0 < dt_floor <= dt_max, got dt_floor={dt_floor}")
 
 
 def initial_dt_bias(size: int, dt_min: float, dt_max: float, dt_floor: float) -> Tensor:

@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from rnnkit.core.matrix_state import MatrixStateCell, MemoryInputs
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_dt_range
 from rnnkit.models.cells.mamba import (
     causal_conv,
-    check_dt_range,
     init_causal_conv,
     initial_dt_bias,
     inner_size,

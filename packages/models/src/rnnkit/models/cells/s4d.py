@@ -27,6 +27,7 @@ from rnnkit.core.dispatch import KernelCall, Priority, cell_method_kernel
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_dt_range
 
 #: Initialisations of the eigenvalues ``A``.
 INITS: tuple[str, ...] = ("lin", "inv")
@@ -108,8 +109,7 @@ class S4D(DiagonalLinearCell):
             raise ValueError(
                 f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}"
             )
-        if not 0.0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_dt_range(dt_min, dt_max)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = input_size

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.state import StateField
 from rnnkit.core.validation import check_positive_int
+from rnnkit.models.cells._checks import check_dt_range
 from rnnkit.models.cells.hippo import hippo_n_half
 
 #: Discretisations.
@@ -153,8 +154,7 @@ class S5(DiagonalLinearCell):
             raise ValueError(
                 f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}"
             )
-        if not (math.isfinite(dt_min) and math.isfinite(dt_max) and 0.0 < dt_min <= dt_max):
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_dt_range(dt_min, dt_max)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = input_size

@@ -273,12 +273,22 @@ def _check_backend(
         try:
             _native.require(device, compute_dtype(dtype))
         except BuildError as e:
-            raise BackendUnavailableError(f"linear_scan backend 'cpp' cannot run: {e}") from e
+            raise BackendUnavailableError(
+                f"linear_scan backend 'cpp' cannot run: {e}; {_instead(device, dtype, chunk)}"
+            ) from e
     if backend.startswith("triton"):
         reason = _triton.unavailable_reason(device, dtype)
         if reason is not None:
-            raise BackendUnavailableError(f"linear_scan backend {backend!r} cannot run: {reason}")
+            raise BackendUnavailableError(
+                f"linear_scan backend {backend!r} cannot run: {reason}; "
+                f"{_instead(device, dtype, chunk)}"
+            )
     return backend
+
+
+def _instead(device: torch.device, dtype: torch.dtype, chunk: int | None) -> str:
+    """The backend that runs a call a named backend refused, for its error message."""
+    return f"backend='auto' would use {_check_backend('auto', device, dtype, chunk)!r} here"
 
 
 # --- the public op -------------------------------------------------------------------------------
