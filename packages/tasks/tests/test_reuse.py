@@ -297,6 +297,28 @@ def test_generate_is_deterministic_under_a_seed(
     assert rc == 0 and greedy[0] == run.info["vocab"][first]
 
 
+def test_top_k_samples_only_among_the_likeliest_characters(
+    runs: dict[str, Trainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = load_run(runs["charlm"].out)
+    prompt = _ids(run, "The king ")
+    samples = list(sample_tokens(run.model, prompt, 8, temperature=1.3, top_k=3, seed=1))
+    with torch.no_grad():
+        for k, s in enumerate(samples):
+            seq = torch.cat([prompt, torch.tensor([t.id for t in samples[:k]], dtype=torch.long)])
+            logits = run.model(seq[None])[0, -1]
+            top = logits.topk(3).indices
+            # the other characters get no mass; the three keep softmax(logits / T) ratios
+            assert s.id in top.tolist() and int((s.probs > 0).sum()) == 3
+            torch.testing.assert_close(s.probs[top], torch.softmax(logits[top] / 1.3, -1))
+    args = ["generate", "--run", str(runs["charlm"].out), "--prompt", "The ", "--length", "30"]
+    rc, text, _ = _cli([*args, "--top-k", "1", "--temperature", "1.5"], capsys)
+    greedy_rc, greedy, _ = _cli([*args, "--temperature", "0"], capsys)
+    assert rc == greedy_rc == 0 and text == greedy  # top-1 is greedy at any temperature
+    rc, _, err = _cli([*args, "--top-k", "0"], capsys)
+    assert rc == 2 and "--top-k" in err
+
+
 def test_generate_refuses_characters_outside_the_vocabulary(
     runs: dict[str, Trainer], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -82,12 +82,13 @@ def incremental(model: nn.Module, backend: str = "auto") -> Incremental:
     )
 
 
-def next_distribution(logits: Tensor, temperature: float) -> Tensor:
-    """Softmax of ``logits (B, V) / temperature`` in float32; ``temperature=0``: one-hot on the
-    argmax (greedy). (:func:`rnnkit.models.cache.next_token_probs` over every token.)"""
+def next_distribution(logits: Tensor, temperature: float, top_k: int | None = None) -> Tensor:
+    """Softmax of ``logits (B, V) / temperature`` in float32 over the ``top_k`` likeliest tokens
+    (``None``: all); ``temperature=0``: one-hot on the argmax (greedy).
+    (:func:`rnnkit.models.cache.next_token_probs`.)"""
     from rnnkit.models.cache import next_token_probs
 
-    return next_token_probs(logits, temperature)
+    return next_token_probs(logits, temperature, top_k)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def sample_tokens(
     length: int,
     *,
     temperature: float = 1.0,
+    top_k: int | None = None,
     seed: int | None = 0,
     backend: str = "auto",
 ) -> Iterator[Sample]:
@@ -118,6 +120,7 @@ def sample_tokens(
         prompt: ``(T,)`` int64 token ids, ``T >= 1``.
         length: tokens to generate (``>= 0``).
         temperature: divides the logits; ``0`` is greedy (always the likeliest token).
+        top_k: sample among the ``top_k`` likeliest tokens only (``None``: all of them).
         seed: seeds the sampling generator (``None``: torch's global generator).
         backend: the backend that reads the prompt.
 
@@ -128,8 +131,7 @@ def sample_tokens(
         raise ValueError(f"the prompt must be a non-empty 1-D tensor of ids, got {prompt.shape}")
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    next_distribution(torch.zeros(1, 1), temperature, top_k)  # checks both before any work
     steps = incremental(model, backend)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     gen = None
@@ -137,7 +139,7 @@ def sample_tokens(
         gen = torch.Generator(device=device).manual_seed(seed)
     logits, state = steps.prefill(prompt.to(device)[None])
     for _ in range(length):
-        probs = next_distribution(logits, temperature)[0]
+        probs = next_distribution(logits, temperature, top_k)[0]
         token = torch.multinomial(probs, 1, generator=gen)
         yield Sample(int(token), probs)
         logits, state = steps.step(token, state)
@@ -164,13 +166,14 @@ def generate_text(
     length: int = 200,
     *,
     temperature: float = 1.0,
+    top_k: int | None = None,
     seed: int | None = 0,
     backend: str | None = None,
 ) -> str:
     """``length`` characters sampled after ``prompt`` by a loaded character-level LM run.
 
     The run's vocabulary comes from its ``config.json`` (``task_info["vocab"]``), so no
-    corpus is needed. See :func:`sample_tokens` for ``temperature`` and ``seed``;
+    corpus is needed. See :func:`sample_tokens` for ``temperature``, ``top_k`` and ``seed``;
     ``backend`` (default: the run's) reads the prompt. Returns the continuation only.
     """
     from rnnkit.tasks.reuse import require_use
@@ -183,6 +186,7 @@ def generate_text(
         ids,
         length,
         temperature=temperature,
+        top_k=top_k,
         seed=seed,
         backend=backend or run.backend,
     )

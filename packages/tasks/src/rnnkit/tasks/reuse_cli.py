@@ -72,6 +72,12 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (1.0)"
     )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="sample among the K likeliest characters only (default: all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
 
 
@@ -285,6 +291,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--length must be >= 0, got {args.length}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
     if not args.prompt:
         raise ValueError("--prompt needs at least one character (the model starts from it)")
     run, _ = _load(args, "generate")
@@ -293,6 +301,7 @@ def run_generate(args: argparse.Namespace) -> int:
         args.prompt,
         args.length,
         temperature=args.temperature,
+        top_k=args.top_k,
         seed=args.seed,
         backend=args.backend,
     )
