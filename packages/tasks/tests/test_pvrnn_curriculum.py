@@ -146,7 +146,7 @@ def test_early_evaluation_ends_an_n_between_periodic_checks() -> None:
 
 
 _NOT_MET = pytest.mark.xfail(
-    strict=True, reason="not met at 3,000 steps (docs/tasks.md's curriculum table)"
+    strict=True, reason="not met at 3,000 steps (docs/tasks.md's faster-curricula table)"
 )
 
 
@@ -161,10 +161,11 @@ _NOT_MET = pytest.mark.xfail(
     ],
 )
 def test_curricula_reach_twice_the_uncurriculated_n(task: str, mode: str) -> None:
-    """The issue's target (docs/tasks.md's curriculum table, 3,000 steps): a curriculum
-    reaches an N at least twice that of the uncurriculated network, which gets the whole budget
-    for each N. Met by the multi-head curriculum on DMS only; the others are expected failures
-    (strict: one that starts passing fails here, so that the table is updated)."""
+    """The issue's target (docs/tasks.md's faster-curricula table, 3,000 steps, 128 units,
+    early evaluation): a curriculum reaches an N at least twice that of the uncurriculated
+    network, which gets the whole budget for each N. Met by the multi-head curriculum on DMS
+    only (36 against 11); the others are expected failures (strict: one that starts passing
+    fails here, so that the table is updated)."""
     kw = {"budget": 3000, "seed": 0}
     base = baseline_reach(task, **kw)
     got = run_curriculum(task, mode, **kw)  # type: ignore[arg-type]
