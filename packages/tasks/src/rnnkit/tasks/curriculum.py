@@ -15,7 +15,9 @@ integrate over ``N`` past bits with ``N`` raised step by step.
 Batches are drawn afresh every step as in the paper: a length ``T`` per batch
 (parity ``U{N_max+2 .. ceil(2.5 N_max + 2) - 1}``, DMS ``U{N_max+2 .. 4 N_max + 2}``), parity
 bits Bernoulli(p) with ``p ~ U(0, 1)`` per batch, DMS bits Bernoulli(0.5). Accuracy is measured
-on a fresh batch of ``eval_batch`` sequences every ``eval_every`` steps.
+on a fresh batch of ``eval_batch`` sequences every ``eval_every`` steps and, with
+``early_eval``, also after any step whose own training batch (fresh data, scored before the
+update) met the threshold; only that evaluation batch decides "solved".
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ class CurriculumResult:
     tau: dict[str, float]
     history: list[tuple[int, int, float]] = field(default_factory=list)
     taus: list[float] = field(default_factory=list)
+    n_start: int = 2
+
+    @property
+    def solved_any(self) -> bool:
+        """Whether any ``N`` was solved (``n_reached >= n_start``)."""
+        return self.n_reached >= self.n_start
 
 
 def _check(name: str, value: object, *, low: float, integer: bool = True) -> None:
@@ -120,7 +128,7 @@ def run_curriculum(
     *,
     budget: int = 2000,
     n_start: int = 2,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     batch_size: int = 128,
     lr: float = 5e-3,
     optimizer: str = "adam",
@@ -130,11 +138,17 @@ def run_curriculum(
     eval_batch: int = 512,
     max_n: int = 100,
     seed: int = 0,
+    early_eval: bool = True,
+    reset_optimizer: bool = False,
 ) -> CurriculumResult:
     """Train one network under ``mode`` for at most ``budget`` steps (see the module
     docstring). ``optimizer``: ``"adam"`` (default, for small budgets) or ``"sgd"`` (the
     paper's: momentum 0.1, Nesterov). ``mode="none"`` trains on ``N = n_start`` only and
-    stops once solved. Stops early when ``max_n`` is solved."""
+    stops once solved. Stops early when ``max_n`` is solved. ``early_eval``: also evaluate
+    after a step whose training batch met the threshold (default; ``False``: every
+    ``eval_every`` steps only). ``reset_optimizer``: ``multi`` builds a fresh optimiser when
+    it adds a head (``False``, the default: the new head joins the optimiser, which keeps its
+    state)."""
     if task not in CURRICULUM_TASKS:
         raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
     if mode not in MODES:
@@ -170,7 +184,7 @@ def run_curriculum(
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.1, nesterov=True)
 
     opt = make_opt()
-    reached, history, step = n_start - 1, [], 0
+    reached, history, step, since = n_start - 1, [], 0, 0
     while step < budget:
         model.train()
         x, y = curriculum_batch(task, ns, batch_size, g)
@@ -181,8 +195,15 @@ def run_curriculum(
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         step += 1
-        if step % eval_every and step != budget:
+        since += 1
+        # this batch was drawn fresh and scored before the update: when it already meets the
+        # threshold, an evaluation now can end this N without waiting for the next periodic one
+        with torch.no_grad():
+            tacc = (logits.argmax(-1) == y).float().mean(0)
+        promising = early_eval and bool(tacc[-1] >= threshold) and bool(tacc.mean() >= threshold)
+        if since < eval_every and step != budget and not promising:
             continue
+        since = 0
         model.eval()
         with torch.no_grad():
             x, y = curriculum_batch(task, ns, eval_batch, g_eval)
@@ -199,7 +220,10 @@ def run_curriculum(
         else:
             ns.append(max(ns) + 1)
             model.add_head()
-            opt = make_opt()  # the new head's parameters join the optimiser
+            if reset_optimizer:
+                opt = make_opt()  # the new head's parameters join the optimiser
+            else:  # keep Adam's moments: a fresh optimiser restarts every parameter's steps
+                opt.add_param_group({"params": list(model.heads[-1].parameters())})
     taus = model.cell.tau().detach().double()
     return CurriculumResult(
         task=task,
@@ -210,6 +234,7 @@ def run_curriculum(
         tau={"mean": float(taus.mean()), "median": float(taus.median()), "max": float(taus.max())},
         history=history,
         taus=taus.tolist(),
+        n_start=n_start,
     )
 
 
@@ -221,6 +246,7 @@ def baseline_reach(task: str = "parity", *, n_start: int = 2, **kw: object) -> C
     while True:
         r = run_curriculum(task, "none", n_start=n, **kw)  # type: ignore[arg-type]
         total += r.steps
+        r.n_start = n_start
         if last is not None and r.n_reached < n:
             r.n_reached = last.n_reached
         last = r
@@ -247,11 +273,29 @@ def configure_curriculum(p: argparse.ArgumentParser) -> None:
         default=2000,
         help="training steps per network (the budget; the baseline gets it per N)",
     )
-    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--threshold", type=float, default=0.98)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=50,
+        help="evaluate on a fresh batch every this many steps (and, unless --no-early-eval, "
+        "after any step whose training batch met the threshold)",
+    )
+    p.add_argument(
+        "--no-early-eval",
+        dest="early_eval",
+        action="store_false",
+        help="evaluate every --eval-every steps only",
+    )
+    p.add_argument(
+        "--reset-optimizer",
+        action="store_true",
+        help="multi-head: a fresh optimiser at each new head (default: the head joins it)",
+    )
     p.add_argument("--max-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -273,6 +317,9 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "optimizer": args.optimizer,
         "threshold": args.threshold,
+        "eval_every": args.eval_every,
+        "early_eval": args.early_eval,
+        "reset_optimizer": args.reset_optimizer,
         "max_n": args.max_n,
         "seed": args.seed,
     }
@@ -290,11 +337,17 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
             r = run_curriculum(args.task, mode, **kw)
         results.append(r)
         if table:
+            # n_reached is n_start - 1 when nothing was solved: say so rather than print an N
+            reached = str(r.n_reached) if r.solved_any else "none"
             print(
-                f"{mode:>7} {r.n_reached:>9} {r.steps:>6} {r.tau['mean']:>8.3f} "
+                f"{mode:>7} {reached:>9} {r.steps:>6} {r.tau['mean']:>8.3f} "
                 f"{r.tau['median']:>7.3f} {r.tau['max']:>7.3f} {r.seconds:>7.1f}",
                 flush=True,
             )
+    if table and not all(r.solved_any for r in results):
+        print(
+            f"none: no N solved (N = {results[0].n_start} below the {args.threshold:.0%} threshold)"
+        )
     records = [asdict(r) for r in results]
     if args.json == "-":
         print(json.dumps(records))
