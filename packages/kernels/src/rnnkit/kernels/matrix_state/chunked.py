@@ -283,7 +283,7 @@ BLOCK_ELEMENTS = 2**19
 def _block_chunks(heads: int, C: int) -> int:
     """Chunks per block for ``heads = B n`` heads of chunks of ``C``: :data:`BLOCK`, or fewer
     (at least one) to keep a block's ``C x C`` products within :data:`BLOCK_ELEMENTS`."""
-    return max(1, min(BLOCK, BLOCK_ELEMENTS // (heads * C * C)))
+    return max(1, min(BLOCK, BLOCK_ELEMENTS // max(1, heads * C * C)))  # B = 0: no heads
 
 
 class _Parts(NamedTuple):
