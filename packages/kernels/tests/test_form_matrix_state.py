@@ -464,3 +464,76 @@ def test_forward_keeps_no_chunk_blocks(
         torch.set_num_threads(threads)
     assert kept_autograd > bound, "the measurement does not see what plain autograd keeps"
     assert 0 < kept <= bound, (kept, bound, kept_autograd)
+
+
+def _masks_made(fn: Callable[[], object]) -> int:
+    """The most entries one ``torch.isfinite`` call that ``fn`` runs tests (0 if none), from
+    torch's profiler."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    sizes = [e.input_shapes[0] for e in prof.events() if e.name == "aten::isfinite"]
+    return max((int(torch.Size(s).numel()) for s in sizes), default=0)
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+def test_finite_inputs_skip_the_non_finite_masks(rule: str) -> None:
+    """On finite inputs (``-inf`` log decays, alpha = 0, are finite input) the op decides
+    from one sum per input and tests no input entry by entry (``torch.isfinite`` allocates a
+    mask and temporaries of every input's size); a NaN still takes the masked
+    path; and finite inputs whose sum overflows take it too, with the recurrence's results."""
+    q, k, v, beta, S0, _ = (t.float() for t in _raw(2, 2, 11, 3, 4, seed=11))
+    la = _log_alpha("holes", (2, 2, 11), seed=11)
+    assert la is not None and torch.isneginf(la).any()
+    la = la.float()
+
+    def run(v: Tensor) -> Callable[[], object]:
+        return lambda: delta_rule_chunked(q, k, v, beta, S0, log_alpha=la, rule=rule, chunk=4)
+
+    entries = v.numel()
+    assert _masks_made(run(v)) < 8  # at most the few sums
+
+    v_nan = v.clone()
+    v_nan[1, 0, 6, 2] = float("nan")
+    assert _masks_made(run(v_nan)) >= entries
+    # finite queries whose float32 sum overflows (66 x 1e37, the outputs stay finite): the
+    # exact masks decide (all false), with the recurrence's results
+    q_big = q.clone()
+    q_big[0] = 1e37
+    assert torch.isinf(q_big.sum())
+
+    def run_big() -> tuple[Tensor, Tensor]:
+        return delta_rule_chunked(q_big, k, v, beta, S0, log_alpha=la, rule=rule, chunk=4)
+
+    assert _masks_made(run_big) >= entries
+    f64 = [t.double() for t in (q_big, k, v, beta, S0)]
+    o, S = run_big()
+    want_o, want_S = REFERENCE(*f64, log_alpha=la.double(), rule=rule)
+    assert torch.isfinite(o).all() and torch.isfinite(S).all()
+    assert rel_rms(o.double(), want_o) < 1e-5 and rel_rms(S.double(), want_S) < 1e-5
+
+
+def test_blocks_stay_within_the_element_budget() -> None:
+    """Many heads: one chunk's ``C x C`` decays over all heads (``B n C C`` float64 entries)
+    fill the block budget, so the forward and the written backward run a block per chunk and
+    no operation allocates more than that (the sequence's two chunks in one block would
+    allocate twice as much). Large blocks made the CPU allocator map fresh pages for
+    every block's temporaries, which dominated the backward's time."""
+    B, n, T, C, d = 2, 64, 128, 64, 2
+    q, k, v, beta, S0, _ = (t.float() for t in _raw(B, n, T, d, d, seed=12))
+    la = _log_alpha("random", (B, n, T), seed=12)
+    assert la is not None
+    inputs = [t.requires_grad_() for t in (q, k, v, beta, S0, la.float())]
+
+    def fwd_bwd() -> None:
+        o, S = delta_rule_chunked(*inputs[:5], log_alpha=inputs[5], rule="delta", chunk=C)
+        (o.square().sum() + S.square().sum()).backward()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fwd_bwd()
+    finally:
+        torch.set_num_threads(threads)
+    largest = max(e.self_cpu_memory_usage for e in prof.events())
+    assert 0 < largest <= B * n * C * C * 8, largest

@@ -25,9 +25,9 @@ reset. Half-precision inputs are computed in float32 and cast back.
 
 The backward is written out (:class:`_ChunkedMemory`): the forward keeps the inputs and the
 memory entering each chunk (``O(T / C d_k d_v)`` per head), never the ``C x C`` blocks
-(``O(T C)``). The backward walks blocks of :data:`BLOCK` chunks from the last, recomputes a
-block's intra-chunk quantities (``D``, ``gamma``, the solve, ``W``, ``U``, ``U~``) from the
-inputs and the saved memories, carries the memory's gradient back chunk by chunk
+(``O(T C)``). The backward walks blocks of chunks (:func:`_block_chunks`) from the last,
+recomputes a block's intra-chunk quantities (``D``, ``gamma``, the solve, ``W``, ``U``,
+``U~``) from the inputs and the saved memories, carries the memory's gradient back chunk by chunk
 (``dU~ = P^T dO + K_out dS_C^T``, ``dS_0 = dO^T Q_in + gamma_{C-1} dS_C - dU~^T W``, with
 ``P = causal(D * Q K^T)``, ``Q_in = diag(gamma) Q``, ``K_out = diag(D[C-1, :]) K``) and then
 forms the rest of the block's gradients in batched products, the solve's adjoint included.
@@ -120,6 +120,11 @@ def on_finite_inputs(
     """``run`` on finite copies of the inputs (``T > 0``), with the step recurrence's own
     spread of each non-finite value put back as NaN afterwards: a chunk's products would
     carry it to the chunk's earlier tokens as ``0 * nan``. Shared by the chunked backends."""
+    if not torch.compiler.is_compiling() and _surely_finite(q, k, v, beta, S0, log_alpha):
+        # all finite (the usual case): the masks below would be all false; skipping them saves
+        # their full-length temporaries and integer cumulative sums (a traced graph keeps the
+        # general path)
+        return run(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     # the non-finite masks are computed once, for the poison masks and the replacement
     q_bad, k_bad, v_bad, beta_bad, s0_bad = (~torch.isfinite(t) for t in (q, k, v, beta, S0))
     if log_alpha is not None:
@@ -127,17 +132,33 @@ def on_finite_inputs(
         alpha_bad = torch.isnan(log_alpha) | torch.isposinf(log_alpha)
         log_alpha = _finite(log_alpha, alpha_bad)
         beta_bad = beta_bad | alpha_bad
-    masks = (q_bad, k_bad, v_bad, beta_bad, s0_bad)
-    if not torch.compiler.is_compiling() and not any(bool(m.any()) for m in masks):
-        # all finite (the usual case): the masks below would be all false; skipping them saves
-        # their full-length integer cumulative sums (a traced graph keeps the general path)
-        return run(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     poison_o, poison_S = _poison(q_bad, k_bad, v_bad, beta_bad, s0_bad, rule, resets)
     q, k, v = _finite(q, q_bad), _finite(k, k_bad), _finite(v, v_bad)
     beta, S0 = _finite(beta, beta_bad), _finite(S0, s0_bad)
     o, S = run(q, k, v, beta, S0, log_alpha, rule, resets, chunk)
     nan = torch.full((), float("nan"), dtype=o.dtype, device=o.device)
     return torch.where(poison_o, nan, o), torch.where(poison_S, nan, S)
+
+
+def _surely_finite(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, S0: Tensor, log_alpha: Tensor | None
+) -> bool:
+    """Whether every entry of ``q, k, v, beta, S0`` is finite and ``log_alpha`` holds no NaN
+    or ``+inf``, decided from one sum per input: a sum is NaN or infinite wherever an entry is
+    (NaN and ``+-inf`` survive addition), and a ``-inf`` log decay (a valid ``alpha = 0``) can
+    only make its sum ``-inf`` or NaN (NaN if a ``+inf`` is there too). A sum can also overflow
+    on finite entries; the answer is then ``False`` and the caller's exact masks decide. This
+    reads each input once and allocates nothing of its size (``torch.isfinite`` allocates a
+    mask and temporaries of the input's size, which at long ``T`` cost a third of the
+    forward)."""
+    with torch.no_grad():
+        # each sum in its input's dtype (a float64 sum of a float32 tensor would copy it)
+        sums = torch.stack([t.sum().to(torch.float64) for t in (q, k, v, beta, S0)])
+        ok = torch.isfinite(sums).all()
+        if log_alpha is not None:
+            la = log_alpha.sum()
+            ok = ok & ~(torch.isnan(la) | torch.isposinf(la))
+        return bool(ok)
 
 
 def _finite(t: Tensor, bad: Tensor) -> Tensor:
@@ -242,13 +263,27 @@ def _chunked(
         # autograd (an exported program runs under autograd without the Function below)
         o, S, _ = _forward(parts, S0, rule, N)
     else:
-        o, S = _ChunkedMemory.apply(*parts, S0, rule, BLOCK)  # type: ignore[no-untyped-call]
+        block = _block_chunks(B * n, C)
+        o, S = _ChunkedMemory.apply(*parts, S0, rule, block)  # type: ignore[no-untyped-call]
     return o.reshape(B, n, N * C, dv)[:, :, :T], S
 
 
 #: chunks per block: the forward and the backward batch a block's intra-chunk work (its
-#: ``C x C`` products and solves), so they hold ``O(BLOCK C^2)`` per head at a time
+#: ``C x C`` products and solves), so they hold ``O(BLOCK C^2)`` per head at a time; at most
+#: this many, fewer where :data:`BLOCK_ELEMENTS` says so
 BLOCK = 16
+
+#: at most this many entries in one of a block's ``C x C`` products over all heads (``B n G C
+#: C``): a block's temporaries are allocated and freed once per block, and above a few MiB
+#: each the CPU allocator maps fresh pages for them every time (``mmap`` above its threshold),
+#: so the page faults, not the arithmetic, dominated the backward of larger batches
+BLOCK_ELEMENTS = 2**19
+
+
+def _block_chunks(heads: int, C: int) -> int:
+    """Chunks per block for ``heads = B n`` heads of chunks of ``C``: :data:`BLOCK`, or fewer
+    (at least one) to keep a block's ``C x C`` products within :data:`BLOCK_ELEMENTS`."""
+    return max(1, min(BLOCK, BLOCK_ELEMENTS // max(1, heads * C * C)))  # B = 0: no heads
 
 
 class _Parts(NamedTuple):
@@ -395,17 +430,25 @@ def _forward(p: _Parts, S0: Tensor, rule: str, block: int) -> tuple[Tensor, Tens
     d_v)``, the final memory and the memories entering each chunk ``(B, n, N, d_v, d_k)``.
     Plain torch operations (differentiable by autograd)."""
     N = p.q.shape[2]
+    if block >= N:  # one block (always so on the traced path): no copies
+        x = _intra(p, rule)
+        S, S_in, U_t = _carry(x, S0)
+        return x.q_in @ S_in.transpose(-1, -2) + x.attn @ U_t, S, S_in
+    # several blocks (only under the written backward, so nothing here is recorded by
+    # autograd): each block's results are written into the full-length ones as they come, so
+    # the block temporaries are freed and reused rather than all kept for one concatenation
+    # (which held the outputs twice and, at long T, made the allocator map fresh pages)
+    B, n, _, C, dv = p.v.shape
+    o = p.v.new_empty(B, n, N, C, dv)
+    S_ins = S0.new_empty(B, n, N, *S0.shape[2:])
     S = S0
-    outs: list[Tensor] = []
-    s_ins: list[Tensor] = []
     for start in range(0, N, block):
-        x = _intra(p.block(slice(start, start + block)), rule)
+        s = slice(start, start + block)
+        x = _intra(p.block(s), rule)
         S, S_in, U_t = _carry(x, S)
-        outs.append(x.q_in @ S_in.transpose(-1, -2) + x.attn @ U_t)
-        s_ins.append(S_in)
-    if len(outs) == 1:
-        return outs[0], S, s_ins[0]
-    return torch.cat(outs, 2), S, torch.cat(s_ins, 2)
+        o[:, :, s] = x.q_in @ S_in.transpose(-1, -2) + x.attn @ U_t
+        S_ins[:, :, s] = S_in
+    return o, S, S_ins
 
 
 class _ChunkedMemory(torch.autograd.Function):
