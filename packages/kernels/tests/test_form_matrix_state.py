@@ -537,3 +537,35 @@ def test_blocks_stay_within_the_element_budget() -> None:
         torch.set_num_threads(threads)
     largest = max(e.self_cpu_memory_usage for e in prof.events())
     assert 0 < largest <= B * n * C * C * 8, largest
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("where", ["v", "k", "beta", "log_alpha"])
+def test_a_non_finite_input_at_a_reset_or_the_last_step_spoils_as_the_recurrence(
+    rule: str, where: str
+) -> None:
+    """A non-finite input at the very step of a reset (the memory restarts from zero entering
+    it, then takes the bad write) spoils that step and what follows, as the step recurrence
+    does; one at the last step spoils the final memory (the masks of both ends of a
+    segment)."""
+    q, k, v, beta, S0, resets = _raw(2, 2, 10, 3, 4, seed=6)
+    la = _log_alpha("random", (2, 2, 10), seed=6)
+    assert la is not None
+    resets[:] = False
+    resets[:, 6] = True
+    for t in (6, 9):  # at the reset (example 0) and at the last step (example 1)
+        b = 0 if t == 6 else 1
+        if where == "beta":
+            beta[b, 1, t] = float("nan")
+        elif where == "log_alpha":
+            la[b, 1, t] = float("nan")
+        else:
+            {"k": k, "v": v}[where][b, 1, t, 2] = float("nan")
+    want_o, want_S = REFERENCE(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=resets)
+    o, S = delta_rule_chunked(q, k, v, beta, S0, log_alpha=la, rule=rule, resets=resets, chunk=4)
+    assert (~torch.isfinite(want_o[0, 1, 6:])).any() and (~torch.isfinite(want_S[1])).any()
+    assert torch.isfinite(want_o[0, :, :6]).all()
+    assert torch.equal(~torch.isfinite(o), ~torch.isfinite(want_o))
+    assert torch.equal(~torch.isfinite(S), ~torch.isfinite(want_S))
+    ok = torch.isfinite(want_o)
+    assert rel_rms(o[ok], want_o[ok]) < 1e-12

@@ -216,6 +216,78 @@ def test_cpp_channel_blocks_equal_the_recurrence(threads: int) -> None:
     assert all(e <= tol for e in errs.values()), errs
 
 
+@pytest.mark.parametrize("chunk", [5, 32])
+def test_cpp_checkpoints_across_time_tiles_equal_the_recurrence(chunk: int) -> None:
+    """The C++ forward walks time in tiles of 16 steps and saves the state entering every
+    ``chunk``-th step for the backward: 40 steps (three tiles) with checkpoints that fall
+    inside a later tile (chunk 5: steps 20, 35) or on a tile's start (32), float64 values and
+    gradients against the recurrence."""
+    inputs, resets = _raw(2, 40, 9, 4, seed=13)
+    want = _run(REFERENCE, inputs, resets, torch.float64)
+    with poisoned():
+        got = _run(_cpp_op, inputs, resets, torch.float64, chunk=chunk)
+    errs = {"y": rel_rms(got[0], want[0]), "h": rel_rms(got[1], want[1])}
+    errs.update(
+        {f"grad {k}": rel_rms(a, b) for k, a, b in zip(NAMES, got[2], want[2], strict=True)}
+    )
+    assert all(e <= tolerance(torch.float64) for e in errs.values()), errs
+
+
+def test_cpp_float32_decays_are_exact_to_a_few_ulps() -> None:
+    """The float32 decays ``exp(dt A)`` (a polynomial for ``2^y`` in the C++ kernel) on one
+    step from ``h0`` with ``x = 0``, so ``h_1 = exp(dt A) h0`` entry by entry: within ``1e-6``
+    relative (about 8 ulps; rounding ``dt A`` to float32 alone costs about 3) of float64's
+    exp of the same float32 inputs for ``dt A`` in ``[-6, 0]``; and from the smallest normal
+    number down to 0, never above it or garbage, for ``dt A`` in ``[-300, -90]`` (where
+    ``2^y`` leaves float32's exponent range)."""
+    reason = cpp.available()
+    if reason is not None:
+        pytest.skip(f"selective_cpp: {reason}")
+    g = torch.Generator().manual_seed(7)
+    batch, dim, n = 2, 40, 16
+    f32 = torch.float32
+    dt = 0.1 + 0.9 * torch.rand(batch, 1, dim, generator=g)
+    x, D = torch.zeros(batch, 1, dim), torch.randn(dim, generator=g)
+    B, C = torch.randn(batch, 1, n, generator=g), torch.randn(batch, 1, n, generator=g)
+    h0 = torch.randn(batch, dim, n, generator=g)
+    for lo, hi in ((-6.0, 0.0), (-300.0, -90.0)):
+        A = lo + (hi - lo) * torch.rand(dim, n, generator=g)
+        # dt A in [lo, 0] for the first range (A scaled by the largest dt of its channel), at
+        # most hi for the second (by the smallest)
+        pick = torch.amax if hi == 0.0 else torch.amin
+        A = A / pick(dt, (0, 1))[:, None]
+        _, h = selective_scan_cpp(x, dt, A, B, C, D, h0)
+        assert h.dtype == f32
+        decay = torch.exp(dt.double()[:, 0, :, None] * A.double())
+        if hi < -80:
+            # float32's smallest normal number: the kernel's floor of 2^y
+            assert torch.isfinite(h).all()
+            assert (h.abs() <= 2.0**-126 * h0.abs()).all()
+        else:
+            err = (h.double() / h0.double() - decay).abs() / decay
+            assert err.max() < 1e-6, err.max()
+
+
+def test_cpp_float32_spreads_a_nan_decay_rate() -> None:
+    """A NaN in ``A`` or ``dt`` gives NaN decays in float32 as well (the clamps of the kernel's
+    ``2^y`` keep NaN): exactly the reference's outputs and final state are NaN."""
+    reason = cpp.available()
+    if reason is not None:
+        pytest.skip(f"selective_cpp: {reason}")
+    base, resets = _raw(2, 9, 10, 3, seed=12)
+    resets[:] = False
+    resets[:, 6] = True
+    for where, index in (("A", (4, 1)), ("dt", (1, 7, 3))):
+        inputs = [t.clone() for t in base]
+        inputs[NAMES.index(where)][index] = float("nan")
+        want_y, want_h = REFERENCE(*inputs, resets=resets)
+        with torch.no_grad():
+            y, h = selective_scan_cpp(*(t.float() for t in inputs), resets=resets, chunk=4)
+        assert torch.isnan(want_y).any() and torch.isnan(want_h).any(), where
+        assert torch.equal(torch.isnan(y), torch.isnan(want_y)), where
+        assert torch.equal(torch.isnan(h), torch.isnan(want_h)), where
+
+
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_spreads_non_finite_values_as_the_recurrence(name: str) -> None:
     """A NaN in one input (per input in turn) makes exactly the reference's outputs and final

@@ -334,6 +334,53 @@ def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
     assert torch.isfinite(want_in[1].grad).all() and torch.isfinite(want_in[2].grad).all()
 
 
+@pytest.mark.parametrize("backend", ["torch", "sequential", "cpp"])
+def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> None:
+    """The rows whose states the scans leave stale: a NaN between two resets (row 0: NaN at
+    step 4, resets at 3 and 7; only the last reset restarts from a finite state), a NaN ``h0``
+    with a reset at step 0 (row 1: nothing of it survives), an infinity before a reset (row 2:
+    ``0 * inf`` is NaN as well); row 3 has resets and nothing non-finite. Every value equals
+    the reference loop's, non-finite exactly where the loop's are."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    a, b, h0 = make(4, 10, 3, torch.float64, "cpu", seed=4)
+    b, h0 = b.detach().clone(), h0.detach().clone()
+    resets = torch.zeros(4, 10, dtype=torch.bool)
+    resets[0, 3] = resets[0, 7] = True
+    b[0, 4, 1] = math.nan
+    h0[1, 2] = math.nan
+    resets[1, 0] = True
+    b[2, 2, 0] = math.inf
+    resets[2, 5] = resets[3, 6] = True
+    h, last = linear_scan(a.detach(), b, h0, resets=resets, backend=backend, chunk=4)
+    want, want_last = linear_scan_reference(a.detach(), b, h0, resets=resets)
+    bad = ~torch.isfinite(want)
+    assert bad[0, 4:7].any() and not bad[0, 7:].any() and not bad[1].any()
+    assert bad[2, 2:5].any() and not bad[2, 5:].any()
+    assert torch.equal(~torch.isfinite(h), bad)
+    assert rel_rms(h[~bad], want[~bad]) < 1e-12
+    assert torch.isfinite(want_last).all() and rel_rms(last, want_last) < 1e-12
+
+
+def test_a_stale_bfloat16_row_is_rescanned_in_float32() -> None:
+    """bfloat16 inputs are scanned in float32 and rounded once; a row rescanned for a NaN
+    before its reset (row 0: NaN ``h0``, reset at step 1) as well: over 200 slowly decaying
+    steps its relative RMS error is that of the one rounding (about 1e-3; stepping in
+    bfloat16 itself gives about 6e-3), like the row the scan ran (row 1)."""
+    g = torch.Generator().manual_seed(0)
+    a = (0.9 + 0.1 * torch.rand(2, 200, 16, generator=g, dtype=torch.float64)).bfloat16()
+    b = torch.randn(2, 200, 16, generator=g, dtype=torch.float64).bfloat16()
+    h0 = torch.randn(2, 16, generator=g, dtype=torch.float64).bfloat16()
+    h0[0, 0] = math.nan
+    resets = torch.zeros(2, 200, dtype=torch.bool)
+    resets[:, 1] = True
+    h, _ = linear_scan(a, b, h0, resets=resets, backend="torch")
+    want, _ = linear_scan_reference(a.double(), b.double(), h0.double(), resets=resets)
+    assert h.dtype == torch.bfloat16 and torch.isnan(h[0, 0]).any()
+    for row in (0, 1):
+        assert rel_rms(h[row, 1:].double(), want[row, 1:]) < 3e-3, row
+
+
 def _per_sequence(a: Tensor, b: Tensor, h0: Tensor, offsets: list[int]) -> tuple[Tensor, Tensor]:
     hs, lasts = [], []
     for s in range(len(offsets) - 1):

@@ -255,6 +255,34 @@ def test_dni_step_creates_no_cubic_tensor() -> None:
     assert _largest_tensor(lambda: rtrl.update(w, v, x, dl_dx)) >= q**3  # the probe sees
 
 
+def test_dni_counts_a_nan_target_as_zero() -> None:
+    """A NaN entry of the step's target (a position not known yet) enters the credit's
+    features as 0: two steps with one NaN target entry give exactly what the same learner
+    gives with 0 there, A's update included, and nothing non-finite."""
+    q, m, p = 3, 2, 2
+    g = torch.Generator().manual_seed(4)
+    w = RNNWeights.init(1, q, m, p, generator=g)
+    steps = []
+    for _ in range(2):
+        x = torch.tanh(torch.randn(1, q, generator=g, dtype=torch.float64))
+        v = torch.cat([x, torch.randn(1, m, generator=g, dtype=torch.float64)], 1)
+        v = torch.cat([v, torch.ones(1, 1, dtype=torch.float64)], 1)
+        steps.append((v, x, torch.randn(1, q, generator=g, dtype=torch.float64)))
+    targets = torch.randn(2, 1, p, generator=g, dtype=torch.float64)
+    with_nan, with_zero = targets.clone(), targets.clone()
+    with_nan[0, 0, 1], with_zero[0, 0, 1] = float("nan"), 0.0
+    results = []
+    for tgt in (with_nan, with_zero):
+        dni = DNI(1, q, q + m + 1, torch.float64, p, lr_a=0.5, init_a=0.3,
+                  generator=torch.Generator().manual_seed(5))  # fmt: skip
+        grads = [dni.update(w, v, x, dl, tgt[i]) for i, (v, x, dl) in enumerate(steps)]
+        results.append((grads, dni.a))
+    (g_nan, a_nan), (g_zero, a_zero) = results
+    assert all(torch.isfinite(t).all() for t in (*g_nan, a_nan))
+    assert all(torch.equal(a, b) for a, b in zip(g_nan, g_zero, strict=True))
+    assert torch.equal(a_nan, a_zero) and (g_nan[0] != 0).any()
+
+
 def test_dni_arguments_are_named() -> None:
     for kwargs, name in [
         ({"lr_a": -0.1}, "lr_a"),
