@@ -3,7 +3,8 @@
 Without a GPU (CI): every CUDA kernel source compiles with ``nvcc -arch=sm_90`` (skipped without
 nvcc), each cell's per-element step math (``csrc/gated_cell.h``) compiled for the host and run
 against a float64 torch reference of the same step (skipped without a C++ compiler), the tiling
-planner's cuts and refusals, and the backend's registration and reasons. With a GPU
+planner's cuts (resident or the streamed fallback, for every head count and size) and refusals,
+and the backend's registration and reasons. With a GPU
 (``tools/gpu/cuda_check.sh``): values and gradients against the float64 reference for every
 supported cell (Elman, LSTM, GRU, sLSTM), head sizes 16 to 1024, float32/bfloat16/float16, odd
 batches, ``T`` = 0 and 1, resets, ``lengths`` (in one launch), and outputs poisoned with NaN

@@ -6,8 +6,10 @@ std::thread per block, one thread per block, a NaN-filled shared memory and a st
 ``grid.sync()``; with ``gated_cuda_ops.cpp`` built for CPU tensors (``RNNKIT_HOST_EMULATION``),
 the backend's Python loops run through the real glue and kernel code. What the emulation checks
 and what it cannot (races inside a block, memory coherence, the cooperative launch, speed): see
-that file. The heads are cut into several blocks (a short last tile) and the batch into tiles of
-2 rows, so the exchange between blocks and the tiling are exercised.
+that file. Three small devices (:data:`DEVICES`) give the resident cut (each head over several
+blocks, a short last tile) and two streamed ones (R read in chunks for lack of shared memory;
+one block looping over both heads for lack of SMs); the batch is cut into tiles of at most 2
+rows, so the exchange between blocks, the tiling and the chunked products are exercised.
 """
 
 from __future__ import annotations
