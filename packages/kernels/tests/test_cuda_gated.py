@@ -3,7 +3,8 @@
 Without a GPU (CI): every CUDA kernel source compiles with ``nvcc -arch=sm_90`` (skipped without
 nvcc), each cell's per-element step math (``csrc/gated_cell.h``) compiled for the host and run
 against a float64 torch reference of the same step (skipped without a C++ compiler), the tiling
-planner's cuts and refusals, and the backend's registration and reasons. With a GPU
+planner's cuts (resident or the streamed fallback, for every head count and size) and refusals,
+and the backend's registration and reasons. With a GPU
 (``tools/gpu/cuda_check.sh``): values and gradients against the float64 reference for every
 supported cell (Elman, LSTM, GRU, sLSTM), head sizes 16 to 1024, float32/bfloat16/float16, odd
 batches, ``T`` = 0 and 1, resets, ``lengths`` (in one launch), and outputs poisoned with NaN
@@ -79,9 +80,11 @@ PLANNED = [
 @pytest.mark.parametrize(("kind", "heads", "head_dim"), PLANNED)
 def test_plan_fits_an_h100(kind: str, heads: int, head_dim: int) -> None:
     """Every block's weights and staging fit the shared memory, at most one block per SM,
-    every unit owned by exactly one block."""
+    every unit owned by exactly one block; these shapes keep R resident."""
     cut = cuda.plan(kind, heads, head_dim, 16, *H100)
     assert isinstance(cut, cuda.Tiling), cut
+    assert cut.mode == "resident" and cut.reason.startswith("resident:")
+    assert cut.forward_k_chunk == cut.backward_k_chunk == 0
     assert cut.blocks <= H100[0]
     assert max(cut.forward_smem, cut.backward_smem) <= H100[1]
     tiles = -(-head_dim // cut.units)
@@ -89,12 +92,65 @@ def test_plan_fits_an_h100(kind: str, heads: int, head_dim: int) -> None:
     assert 1 <= cut.forward_batch_tile <= 16 and 1 <= cut.backward_batch_tile <= 16
 
 
-def test_plan_refuses_what_does_not_fit() -> None:
+def _owners(cut: cuda.Tiling, heads: int, head_dim: int) -> list[int]:
+    """How many blocks own each unit of each head under ``cut`` (as the kernels walk items:
+    block ``b`` owns items ``b, b + blocks, ...``; resident: exactly item ``b``)."""
+    tiles = -(-head_dim // cut.units)
+    items = heads * tiles
+    owned = [0] * (heads * head_dim)
+    for block in range(cut.blocks):
+        for item in range(block, items, cut.blocks if cut.streamed else items):
+            n, e0 = divmod(item, tiles)
+            for e in range(e0 * cut.units, min((e0 + 1) * cut.units, head_dim)):
+                owned[n * head_dim + e] += 1
+    return owned
+
+
+def test_plan_streams_what_does_not_fit() -> None:
+    """Where R does not fit in shared memory (too many bytes, or more heads than SMs) the cut
+    streams it from L2 and says so; every unit is owned by one block, every block fits."""
     too_wide = cuda.plan("lstm", 2, 1024, 16, *H100)
-    assert isinstance(too_wide, str) and "shared memory" in too_wide
+    assert isinstance(too_wide, cuda.Tiling), too_wide
+    assert too_wide.mode == "streamed" and too_wide.streamed
+    assert too_wide.reason.startswith("streamed:") and "shared memory" in too_wide.reason
     too_many = cuda.plan("gru", 200, 8, 16, *H100)
-    assert isinstance(too_many, str) and "200 heads" in too_many
+    assert isinstance(too_many, cuda.Tiling), too_many
+    assert too_many.streamed and "200 heads exceed the 132 SMs" in too_many.reason
+    assert too_many.blocks == H100[0]  # blocks loop over several heads
+    for cut, (heads, D) in ((too_wide, (2, 1024)), (too_many, (200, 8))):
+        assert 1 <= cut.forward_k_chunk <= min(cuda._plan.MAX_K_CHUNK, D)
+        assert cut.backward_k_chunk >= 1
+        assert max(cut.forward_smem, cut.backward_smem) <= H100[1]
+        assert set(_owners(cut, heads, D)) == {1}
     assert isinstance(cuda.plan("lstm", 1, 64, 0, *H100), cuda.Tiling)  # empty batch
+    starved = cuda.plan("lstm", 1, 1024, 16, 132, 1024)
+    assert isinstance(starved, str) and "streamed fallback" in starved
+
+
+@pytest.mark.parametrize("kind", list(cuda.KINDS))
+def test_plan_runs_every_head_count_and_size(kind: str) -> None:
+    """Every head count and head size (16 to 1024 and beyond) gets a cut on an H100 and on a
+    small device; its byte counts are the kernels' (``_plan.smem_bytes``) and fit."""
+    for sms, smem in (H100, (8, 48 * 1024)):
+        for heads in (1, 2, 3, 9, 133, 512):
+            for D in (1, 16, 100, 768, 1024, 2048):
+                cut = cuda.plan(kind, heads, D, 17, sms, smem)
+                assert isinstance(cut, cuda.Tiling), (heads, D, cut)
+                assert cut.blocks <= sms and max(cut.forward_smem, cut.backward_smem) <= smem
+                fwd = cuda._plan.smem_bytes(
+                    kind, D, cut.units, cut.forward_batch_tile, cut.forward_k_chunk
+                )
+                bwd = cuda._plan.smem_bytes(
+                    kind, D, cut.units, cut.backward_batch_tile, cut.backward_k_chunk
+                )
+                assert (fwd[0], bwd[1]) == (cut.forward_smem, cut.backward_smem)
+                if heads > sms:
+                    assert cut.streamed, (heads, D)
+                if not cut.streamed:
+                    assert cut.blocks == heads * -(-D // cut.units)
+                    assert cut.forward_k_chunk == cut.backward_k_chunk == 0
+                if heads * D <= 4096:
+                    assert set(_owners(cut, heads, D)) == {1}
 
 
 def test_registration_and_reasons() -> None:
@@ -134,6 +190,22 @@ def test_lengths_bind_to_the_cuda_loops() -> None:
     assert cuda_loops._loops("slstm", plain, None) is cuda_loops.CUDA_LOOPS["slstm"]
     with pytest.raises(ValueError, match="hold the state"):
         cuda_loops._loops("slstm", call, fused.SLSTM_LOOPS)
+
+
+def test_explain_names_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``explain`` says whether a call keeps R resident or streams it (on a pretend H100), and
+    passes on a refusal."""
+    cell = make_cell("lstm", 2, hidden=2048).float()
+    x = torch.zeros(16, 3, cell.input_size)
+    call = KernelCall(cell, x, None, None, False)
+    assert cuda.explain(call).startswith("cannot run: CUDA only")
+    monkeypatch.setattr(cuda, "supports", lambda c: None)
+    monkeypatch.setattr(cuda_loops, "device_index", lambda d: 0)
+    monkeypatch.setattr(cuda_loops, "device_limits", lambda i: H100)
+    assert cuda.explain(call).startswith("streamed: head size 1024 with 2 head(s)")
+    one = make_cell("lstm", 1, hidden=768).float()
+    x1 = torch.zeros(16, 3, one.input_size)
+    assert cuda.explain(KernelCall(one, x1, None, None, False)).startswith("resident:")
 
 
 def test_kernels_status_lists_the_library(capsys: pytest.CaptureFixture[str]) -> None:
@@ -387,6 +459,25 @@ def test_head_sizes(kind: str, head_dim: int) -> None:
     heads = 2 if head_dim <= 256 else 1
     _check(kind, heads, heads * head_dim, torch.float32, 5, 9)
     _check(kind, heads, heads * head_dim, torch.bfloat16, 16, 9)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamed_fallback(kind: str) -> None:
+    """Calls whose weights do not fit in shared memory run with R streamed from L2: two heads
+    of 1024 (LSTM, sLSTM; 2048 for GRU and Elman, whose 1024 fit on an H100: too many bytes)
+    and, for LSTM and GRU, more heads of 16 than the device has SMs (blocks loop over several
+    heads)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    plan_kind = "elman" if kind == "relu" else kind
+    D = 1024 if plan_kind in ("lstm", "slstm") else 2048
+    cut = cuda_loops.tiling(plan_kind, 2, D, 3, torch.device("cuda"))
+    assert cut.streamed, cut.reason
+    _check(kind, 2, 2 * D, torch.float32, 3, 4)
+    if kind in ("lstm", "gru"):
+        assert cuda_loops.tiling(kind, sms + 3, 16, 3, torch.device("cuda")).streamed
+        _check(kind, sms + 3, 16 * (sms + 3), torch.float32, 3, 4)
 
 
 @needs_gpu

@@ -6,8 +6,10 @@ std::thread per block, one thread per block, a NaN-filled shared memory and a st
 ``grid.sync()``; with ``gated_cuda_ops.cpp`` built for CPU tensors (``RNNKIT_HOST_EMULATION``),
 the backend's Python loops run through the real glue and kernel code. What the emulation checks
 and what it cannot (races inside a block, memory coherence, the cooperative launch, speed): see
-that file. The heads are cut into several blocks (a short last tile) and the batch into tiles of
-2 rows, so the exchange between blocks and the tiling are exercised.
+that file. Three small devices (:data:`DEVICES`) give the resident cut (each head over several
+blocks, a short last tile) and two streamed ones (R read in chunks for lack of shared memory;
+one block looping over both heads for lack of SMs); the batch is cut into tiles of at most 2
+rows, so the exchange between blocks, the tiling and the chunked products are exercised.
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ from rnnkit.kernels.gated.cuda import _native, _plan
 pytestmark = pytest.mark.experiment
 
 KINDS = ("elman", "relu", "lstm", "gru", "slstm")
-#: A small device: 6 SMs cut a head of 8 units over 3 blocks (3, 3, 2 units) for two heads.
-SMS, SMEM = 6, 48 * 1024
+#: Small devices (SMs, shared memory per block in bytes) for two heads of 8 units, and the mode
+#: the planner must choose there:
+#: - resident: 6 SMs cut each head over 3 blocks (3, 3, 2 units), R in shared memory;
+#: - streamed: the same SMs with too few bytes for R: streamed chunks of one or a few rows;
+#: - streamed-heads: one SM for two heads: one block loops over both heads' items, R streamed
+#:   in chunks of 3 (a short last chunk in the forward; in the backward where 3 does not
+#:   divide G*D).
+DEVICES = {
+    "resident": (6, 48 * 1024, "resident"),
+    "streamed": (6, 128, "streamed"),
+    "streamed-heads": (1, 48 * 1024, "streamed"),
+}
 TOL = 1e-5  # float32 against the float64 reference (rel. RMS), as the GPU tests
 
 
@@ -51,19 +63,30 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return torch.ops.rnnkit_gated_cuda
 
 
-@pytest.fixture
-def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backend's loops use the emulated ops and a small device's cut."""
+@pytest.fixture(params=list(DEVICES))
+def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """The backend's loops use the emulated ops and a small device's cut (each of
+    :data:`DEVICES`); returns the device's name."""
+    sms, smem, mode = DEVICES[request.param]
 
     def tiling(kind: str, heads: int, head_dim: int, batch: int, device: Any) -> _plan.Tiling:
-        cut = _plan.plan(kind, heads, head_dim, batch, SMS, SMEM)
+        cut = _plan.plan(kind, heads, head_dim, batch, sms, smem)
         assert isinstance(cut, _plan.Tiling), cut
-        assert cut.blocks > heads  # several blocks per head
+        assert cut.mode == mode, cut.reason
+        assert max(cut.forward_smem, cut.backward_smem) <= smem
+        items = heads * -(-head_dim // cut.units)
+        if request.param == "streamed-heads":
+            assert cut.blocks < heads  # one block runs several heads' items
+            assert head_dim % cut.forward_k_chunk  # a short last chunk
+        else:
+            assert cut.blocks == items > heads  # several blocks per head
         return cut
 
     monkeypatch.setattr(cuda_loops, "ops", lambda: emulated)
     monkeypatch.setattr(cuda_loops, "tiling", tiling)
     monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 2)
+    monkeypatch.setattr(_plan, "MAX_K_CHUNK", 3)
+    return str(request.param)
 
 
 def _run(
@@ -119,10 +142,9 @@ CASES = [
 ]
 
 
-@pytest.mark.usefixtures("on_cpu")
 @pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_emulated_kernels_match_reference(kind: str, case: int) -> None:
+def test_emulated_kernels_match_reference(on_cpu: str, kind: str, case: int) -> None:
     opts = CASES[case]
     cell64 = make_cell(kind, 2, hidden=16, inputs=5)
     with torch.no_grad():
@@ -143,7 +165,7 @@ def test_emulated_kernels_match_reference(kind: str, case: int) -> None:
         err = rel_rms(act, exp)
         if not err <= TOL:
             bad[name] = err
-    assert not bad, f"{kind} {opts}: {bad}"
+    assert not bad, f"{kind} {opts} on {on_cpu}: {bad}"
 
 
 @pytest.mark.usefixtures("on_cpu")
@@ -159,3 +181,14 @@ def test_emulated_no_grad_path(kind: str) -> None:
     assert torch.equal(with_grad[0].detach(), without[0])
     for a, b in zip(with_grad[1], without[1], strict=True):
         assert torch.equal(a.detach(), b)
+
+
+def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
+    """The planner's shared-memory arithmetic is what the launches ask for (the kernels'
+    ``forward_smem_bytes`` / ``backward_smem_bytes`` through the ``smem_bytes`` op), resident
+    and streamed."""
+    numbers = {"elman": 0, "lstm": 2, "gru": 3, "slstm": 4}
+    for kind, number in numbers.items():
+        for D, units, tile, chunk in ((8, 3, 2, 0), (8, 3, 1, 2), (1024, 16, 16, 64), (7, 7, 5, 3)):
+            want = _plan.smem_bytes(kind, D, units, tile, chunk)
+            assert tuple(emulated.smem_bytes(number, D, units, tile, chunk)) == want

@@ -59,8 +59,8 @@ namespace {
 template <typename Args>
 const char* run_blocks(void (*kernel)(Args, Tiling), const Args& args, const Tiling& tiling,
                        std::size_t smem_bytes) {
-  const int blocks = args.N * ((args.D + tiling.units - 1) / tiling.units);
-  if (blocks == 0) return nullptr;
+  const int blocks = tiling.blocks;
+  if (blocks == 0 || args.N == 0) return nullptr;
   std::barrier<> grid(blocks);
   emulated_grid_barrier = &grid;
   std::vector<std::thread> threads;

@@ -5,6 +5,9 @@ One cooperative launch per direction runs the whole sequence: each block owns a 
 of one head, keeps the recurrent weights they need in shared memory for all steps, and the blocks
 meet at one grid-wide barrier per step (``csrc/gated_cuda.cu``; the cut is
 :mod:`._plan`; the per-element step math, shared with a host-compiled test, ``csrc/gated_cell.h``).
+Where the weights do not fit (more heads than SMs, or too many bytes per block) the same kernels
+stream them from L2 each step through a shared-memory tile instead, each block looping over
+several groups of units; :func:`explain` says which a call gets.
 float32 state and accumulation; float32, bfloat16 and float16 inputs (16-bit ones are converted
 to float32 for the recurrence). The backward reads the gates the forward stored. Resets and
 initial/final states as every gated backend; sLSTM with the ``fused`` loop's conventions
@@ -55,6 +58,7 @@ __all__ = [
     "Tiling",
     "available",
     "compile_check",
+    "explain",
     "kernels",
     "nvcc",
     "ops",
@@ -98,13 +102,30 @@ def supports(call: KernelCall) -> str | None:
             return f"parameters are on {p.device}, the input on {x.device}"
     if kind == "elman" and cell.nonlinearity not in ("tanh", "relu"):
         return f"Elman nonlinearity {cell.nonlinearity!r} (tanh and relu only)"
-    from rnnkit.kernels.gated.cuda._loops import device_index, device_limits
-
-    sms, smem = device_limits(device_index(x.device))
-    cut = plan(kind, int(cell.heads), int(cell.head_dim), x.shape[0], sms, smem)
+    cut = _cut(call)
     if isinstance(cut, str):
         return f"{cut}; use backend 'triton' (small heads) or 'torch'/'fused' (dense) instead"
     return None
+
+
+def _cut(call: KernelCall) -> Tiling | str:
+    """The planner's cut of ``call`` on its CUDA device (or why there is none)."""
+    from rnnkit.kernels.gated.cuda._loops import device_index, device_limits
+
+    cell: Any = call.cell
+    sms, smem = device_limits(device_index(call.x.device))
+    return plan(str(cell.kind), int(cell.heads), int(cell.head_dim), call.x.shape[0], sms, smem)
+
+
+def explain(call: KernelCall) -> str:
+    """How ``cuda`` would run ``call``: ``"resident: ..."`` (the recurrent weights stay in
+    shared memory) or ``"streamed: ..."`` (read from L2 each step, and why), or why it cannot
+    run it at all."""
+    why = supports(call)
+    if why is not None:
+        return f"cannot run: {why}"
+    cut = _cut(call)
+    return cut if isinstance(cut, str) else cut.reason
 
 
 def _run(kind: str) -> Any:
@@ -146,8 +167,8 @@ def _kernel(kind: str) -> Kernel:
         target=kind,
         run=_run(kind),
         description=(
-            f"persistent CUDA {kind} loops, weights in shared memory (JIT-compiled; "
-            "compile-checked, untested on a GPU)"
+            f"persistent CUDA {kind} loops, weights in shared memory or streamed from L2 "
+            "where they do not fit (JIT-compiled; compile-checked, untested on a GPU)"
         ),
         priority=PRIORITY,
         available=available,

@@ -115,7 +115,7 @@ def lstm_forward(
     t = _cut("lstm", px, 4)
     out = ops().forward(
         _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0.contiguous(),
-        c0.contiguous(), None, None, list(inits[:2]), save, t.units, t.forward_batch_tile,
+        c0.contiguous(), None, None, list(inits[:2]), save, *t.forward_args,
     )  # fmt: skip
     hs, c_last = out[0], out[1]
     if not save:
@@ -139,8 +139,7 @@ def lstm_backward(
     t = tiling("lstm", N, D, B, hs.device)
     dq, dh0, d_state = ops().backward(
         _LSTM, W.contiguous(), hs, acts, cs, tcs, None, None, None, None, None, _mask2d(mask),
-        lengths, d_hs.contiguous(), d_c_last.unsqueeze(1).contiguous(), t.units,
-        t.backward_batch_tile,
+        lengths, d_hs.contiguous(), d_c_last.unsqueeze(1).contiguous(), *t.backward_args,
     )  # fmt: skip
     return dq, dh0, d_state[:, 0]
 
@@ -161,7 +160,7 @@ def gru_forward(
     bias = None if bhn is None else bhn.contiguous()
     out = ops().forward(
         _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), lengths, h0.contiguous(),
-        None, None, None, [init], save, t.units, t.forward_batch_tile,
+        None, None, None, [init], save, *t.forward_args,
     )  # fmt: skip
     hs = out[0]
     if not save:
@@ -185,7 +184,7 @@ def gru_backward(
     hp_arg = hp if mask is not None else None
     dq, dh0, dpx = ops().backward(
         _GRU, W.contiguous(), hs, acts, None, None, qs, None, None, None, hp_arg, _mask2d(mask),
-        lengths, d_hs.contiguous(), None, t.units, t.backward_batch_tile,
+        lengths, d_hs.contiguous(), None, *t.backward_args,
     )  # fmt: skip
     return dq, dpx, dh0
 
@@ -205,7 +204,7 @@ def elman_forward(
     out = ops().forward(
         _ELMAN_RELU if relu else _ELMAN_TANH, px.contiguous(), W.contiguous(), None,
         _mask2d(mask), lengths, h0.contiguous(), None, None, None, [init], mask is not None,
-        t.units, t.forward_batch_tile,
+        *t.forward_args,
     )  # fmt: skip
     return out[0], (out[1] if mask is not None else None)
 
@@ -223,8 +222,7 @@ def elman_backward(
     t = tiling("elman", N, D, B, hs.device)
     dq, dh0 = ops().backward(
         _ELMAN_RELU if relu else _ELMAN_TANH, W.contiguous(), hs, None, None, None, None, None,
-        None, None, None, _mask2d(mask), lengths, d_hs.contiguous(), None, t.units,
-        t.backward_batch_tile,
+        None, None, None, _mask2d(mask), lengths, d_hs.contiguous(), None, *t.backward_args,
     )  # fmt: skip
     return dq, dh0
 
@@ -246,7 +244,7 @@ def slstm_forward(
     h0, c0, n0, m0 = (s.contiguous() for s in states)
     out = ops().forward(
         _SLSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0, c0, n0, m0,
-        list(inits[:4]), save, t.units, t.forward_batch_tile,
+        list(inits[:4]), save, *t.forward_args,
     )  # fmt: skip
     hs, cn, ms = out[0], out[1], out[2]
     if not save:
@@ -276,8 +274,7 @@ def slstm_backward(
     cnp_arg = cnp if mask is not None else None
     dq, dh0, d_state = ops().backward(
         _SLSTM, W.contiguous(), hs, gates, cn, None, None, ms, ex, cnp_arg, None, _mask2d(mask),
-        lengths, d_hs.contiguous(), torch.stack((d_c, d_n, d_m), 1), t.units,
-        t.backward_batch_tile,
+        lengths, d_hs.contiguous(), torch.stack((d_c, d_n, d_m), 1), *t.backward_args,
     )  # fmt: skip
     return dq, dh0, d_state[:, 0], d_state[:, 1], d_state[:, 2]
 

@@ -10,6 +10,14 @@
 // separates the writes of step t from the reads of step t + 1. State other than h (LSTM's c, the
 // backward's dc) belongs to exactly one block and never crosses the barrier.
 //
+// Streamed fallback (Tiling::k_chunk > 0; gated_cuda.h, _plan.py), for calls whose slices of W
+// do not fit in shared memory (too many bytes, or more heads than SMs): the same kernels with
+// fewer blocks than items, block b owning items b, b + blocks, ... (so more heads than SMs run),
+// and for each item, each step and each batch tile, W's slice read from global memory (it stays
+// in L2 across steps) in chunks of k_chunk rows (forward; the backward: k_chunk columns of W
+// with the matching k_chunk entries of dq) through a shared-memory tile, accumulating the
+// product chunk by chunk. The pointwise updates and the per-step barrier are unchanged.
+//
 // Cross-block data (hs, dq) is read with __ldcg (L2, not L1): L1 is not coherent between SMs,
 // and a line cached while reading step t's slot may also hold the start of step t + 1's slot,
 // which another block writes later.
@@ -59,16 +67,17 @@ __device__ __forceinline__ bool reset_at(const bool* mask, const int* lengths, i
   return mask != nullptr && mask[static_cast<long long>(t) * B + b] && live(lengths, t, b);
 }
 
-//! acc[b][j] = sum_k vec[b][k] * w[k][j] for b < rows, j < J (all in shared memory).
+//! acc[b][j] (+)= sum_k vec[b * ldv + k] * w[k][j] for b < rows, k < K, j < J (all in shared
+//! memory); `accumulate` adds to acc (the streamed loops' later chunks), else overwrites it.
 //! Consecutive threads take consecutive j: w is read without bank conflicts and vec[b][k] is
 //! a broadcast within a warp.
-__device__ __forceinline__ void block_matvec(const float* __restrict__ vec,
+__device__ __forceinline__ void block_matvec(const float* __restrict__ vec, int ldv,
                                              const float* __restrict__ w, float* __restrict__ acc,
-                                             int rows, int K, int J) {
+                                             int rows, int K, int J, bool accumulate) {
   for (int idx = threadIdx.x; idx < rows * J; idx += blockDim.x) {
     const int b = idx / J;
     const int j = idx - b * J;
-    const float* v = vec + static_cast<long long>(b) * K;
+    const float* v = vec + static_cast<long long>(b) * ldv;
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     int k = 0;
     for (; k + 3 < K; k += 4) {
@@ -78,7 +87,8 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ vec,
       s3 = fmaf(v[k + 3], w[(k + 3) * J + j], s3);
     }
     for (; k < K; ++k) s0 = fmaf(v[k], w[k * J + j], s0);
-    acc[idx] = (s0 + s1) + (s2 + s3);
+    const float sum = (s0 + s1) + (s2 + s3);
+    acc[idx] = accumulate ? acc[idx] + sum : sum;
   }
 }
 
@@ -86,14 +96,44 @@ struct Tile {
   int n, e0, units, width;  // head, first unit, tile width (units), owned units (<= units)
 };
 
-__device__ __forceinline__ Tile tile_of(int D, int units) {
-  const int tiles = (D + units - 1) / units;
+//! Item `item` of the cut: head item / tiles, units [e0, e0 + width).
+__device__ __forceinline__ Tile tile_of(int item, int tiles, int units, int D) {
   Tile tl;
-  tl.n = blockIdx.x / tiles;
-  tl.e0 = (blockIdx.x - tl.n * tiles) * units;
+  tl.n = item / tiles;
+  tl.e0 = (item - tl.n * tiles) * units;
   tl.units = units;
   tl.width = min(units, D - tl.e0);
   return tl;
+}
+
+//! Rows [k0, k0 + kc) of the forward's weight slice of a tile into w ([kc][G*U]):
+//! w[kk][g*U + u] = W[n][k0 + kk][g*D + e0 + u], zero past the tile's width. Consecutive
+//! threads read consecutive units of a gate (contiguous in W).
+template <int G>
+__device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
+                                                  float* __restrict__ w, const Tile& tl, int D,
+                                                  int k0, int kc) {
+  const int GU = G * tl.units;
+  const long long GD = static_cast<long long>(G) * D;
+  for (int idx = threadIdx.x; idx < kc * GU; idx += blockDim.x) {
+    const int kk = idx / GU, j = idx - kk * GU;
+    const int g = j / tl.units, u = j - g * tl.units;
+    w[idx] = u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
+  }
+}
+
+//! Columns [k0, k0 + kc) of the backward's weight slice of a tile into wt ([kc][U]):
+//! wt[kk][u] = W[n][e0 + u][k0 + kk], zero past the tile's width. Consecutive threads read
+//! consecutive columns of one row of W (contiguous).
+template <int G>
+__device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
+                                                   float* __restrict__ wt, const Tile& tl, int D,
+                                                   int k0, int kc) {
+  const long long GD = static_cast<long long>(G) * D;
+  for (int idx = threadIdx.x; idx < kc * tl.units; idx += blockDim.x) {
+    const int u = idx / kc, kk = idx - u * kc;
+    wt[kk * tl.units + u] = u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -105,146 +145,160 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
   cg::grid_group grid = cg::this_grid();
   float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
-  const Tile tl = tile_of(D, tiling.units);
-  const int U = tl.units, GU = G * U, GD = G * D;
-  const int BB = tiling.batch_tile;
-  float* w = smem;            // [D][G*U]: w[k][g*U + u] = W[n][k][g*D + e0 + u]
-  float* hv = w + D * GU;     // [BB][D]: h entering the step, after resets
-  float* acc = hv + BB * D;   // [BB][G*U]: the recurrent product
+  const int U = tiling.units, GU = G * U, GD = G * D;
+  const int BB = tiling.batch_tile, KC = tiling.k_chunk;
+  const bool streamed = KC > 0;
+  const int tiles = (D + U - 1) / U, items = a.N * tiles;
+  // w [D or KC][G*U]: w[k][g*U + u] = W[n][k0 + k][g*D + e0 + u] (k0 = 0 when resident)
+  float* w = smem;
+  float* hv = w + (streamed ? KC : D) * GU;  // [BB][D]: h entering the step, after resets
+  float* acc = hv + BB * D;                  // [BB][G*U]: the recurrent product
 
-  const float* Wn = a.W + static_cast<long long>(tl.n) * D * GD;
-  for (int idx = threadIdx.x; idx < D * GU; idx += blockDim.x) {
-    const int k = idx / GU, j = idx - k * GU;
-    const int g = j / U, u = j - g * U;
-    w[idx] = u < tl.width ? Wn[static_cast<long long>(k) * GD + g * D + tl.e0 + u] : 0.0f;
+  if (!streamed) {  // resident: this block's only item keeps its weights for all steps
+    const Tile tl = tile_of(blockIdx.x, tiles, U, D);
+    load_forward_rows<G>(a.W + static_cast<long long>(tl.n) * D * GD, w, tl, D, 0, D);
+    __syncthreads();
   }
-  __syncthreads();
 
-  const long long n = tl.n;
   const long long slab = static_cast<long long>(B) * D;  // one time slot of one head
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;  // one slot of cs (sLSTM: c and n)
-  const float* px_n = a.px + n * T * gslab;
-  float* hs_n = a.hs + n * (T + 1) * slab;
   const int slots = a.save ? T + 1 : 2;
-  float* cs_n = a.cs ? a.cs + n * slots * cslab : nullptr;
-  float* ms_n = a.ms ? a.ms + n * slots * slab : nullptr;
-  float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
-  float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
-  float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
-  float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
-  float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : nullptr;
-  float* hp_n = a.hp ? a.hp + n * T * slab : nullptr;
-  const float* bhn_n = a.bhn ? a.bhn + n * D : nullptr;
 
   for (int t = 0; t < T; ++t) {
-    const float* h_prev = hs_n + t * slab;
-    float* h_next = hs_n + (t + 1) * slab;
-    const float* px_t = px_n + t * gslab;
-    const int s_in = a.save ? t : (t & 1), s_out = a.save ? t + 1 : ((t + 1) & 1);
-    for (int b0 = 0; b0 < B; b0 += BB) {
-      const int rows = min(BB, B - b0);
-      for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-        const int b = idx / D;
-        hv[idx] = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
-                                                             : __ldcg(h_prev + b0 * D + idx);
-      }
-      __syncthreads();
-      block_matvec(hv, w, acc, rows, D, GU);
-      __syncthreads();
-      for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
-        const int b = idx / tl.width, u = idx - b * tl.width;
-        const int bg = b0 + b, e = tl.e0 + u;
-        const float* pre = px_t + static_cast<long long>(bg) * GD + e;  // gate g at pre[g*D]
-        const float* q = acc + b * GU + u;                               // gate g at q[g*U]
-        const long long at = static_cast<long long>(bg) * D + e;
-        const long long gat = static_cast<long long>(bg) * GD + e;
-        const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
-        const float hprev = hv[b * D + e];
-        const bool reset = reset_at(a.mask, a.lengths, t, B, bg);
-        if (hp_n) hp_n[t * slab + at] = hprev;
-        if (!live(a.lengths, t, bg)) {  // past the sequence's end: hold the state
-          h_next[at] = hprev;
-          if (cs_n) {
-            cs_n[s_out * cslab + cat] = cs_n[s_in * cslab + cat];
-            if (KIND == SLSTM) cs_n[s_out * cslab + cat + D] = cs_n[s_in * cslab + cat + D];
-          }
-          if (ms_n) ms_n[s_out * slab + at] = ms_n[s_in * slab + at];
-          continue;
+    for (int item = blockIdx.x; item < items; item += tiling.blocks) {
+      const Tile tl = tile_of(item, tiles, U, D);
+      const long long n = tl.n;
+      const float* Wn = a.W + n * D * GD;
+      const float* px_n = a.px + n * T * gslab;
+      float* hs_n = a.hs + n * (T + 1) * slab;
+      float* cs_n = a.cs ? a.cs + n * slots * cslab : nullptr;
+      float* ms_n = a.ms ? a.ms + n * slots * slab : nullptr;
+      float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
+      float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
+      float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
+      float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
+      float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : nullptr;
+      float* hp_n = a.hp ? a.hp + n * T * slab : nullptr;
+      const float* bhn_n = a.bhn ? a.bhn + n * D : nullptr;
+      const float* h_prev = hs_n + t * slab;
+      float* h_next = hs_n + (t + 1) * slab;
+      const float* px_t = px_n + t * gslab;
+      const int s_in = a.save ? t : (t & 1), s_out = a.save ? t + 1 : ((t + 1) & 1);
+      for (int b0 = 0; b0 < B; b0 += BB) {
+        const int rows = min(BB, B - b0);
+        for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+          const int b = idx / D;
+          hv[idx] = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
+                                                               : __ldcg(h_prev + b0 * D + idx);
         }
-        float h;
-        if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-          h = cell::elman_forward(pre[0] + q[0], KIND == ELMAN_RELU);
-        } else if constexpr (KIND == LSTM) {
-          float* c_prev = cs_n + s_in * slab + at;
-          float cp = *c_prev;
-          if (reset) {
-            cp = a.c_init;
-            *c_prev = cp;  // the backward reads c entering the step after the reset
-          }
-          const cell::LstmStep st = cell::lstm_forward(pre[0] + q[0], pre[D] + q[U],
-                                                       pre[2 * D] + q[2 * U],
-                                                       pre[3 * D] + q[3 * U], cp);
-          h = st.h;
-          cs_n[s_out * slab + at] = st.c;
-          if (a.save) {
-            float* ac = acts_n + t * gslab + gat;
-            ac[0] = st.i;
-            ac[D] = st.f;
-            ac[2 * D] = st.g;
-            ac[3 * D] = st.o;
-            tcs_n[t * slab + at] = st.tc;
-          }
-        } else if constexpr (KIND == GRU) {  // b_hn joins the recurrent term (r multiplies it)
-          const float qn = q[2 * U] + (bhn_n ? bhn_n[e] : 0.0f);
-          const cell::GruStep st =
-              cell::gru_forward(pre[0], pre[D], pre[2 * D], q[0], q[U], qn, hprev);
-          h = st.h;
-          if (a.save) {
-            float* ac = acts_n + t * gslab + gat;
-            ac[0] = st.r;
-            ac[D] = st.z;
-            ac[2 * D] = st.n;
-            float* qq = qs_n + t * gslab + gat;
-            qq[0] = q[0];
-            qq[D] = q[U];
-            qq[2 * D] = qn;
-          }
-        } else {  // sLSTM
-          const float* cn_in = cs_n + s_in * cslab + cat;
-          float cp = cn_in[0], np = cn_in[D], mp = ms_n[s_in * slab + at];
-          if (reset) {
-            cp = a.c_init;
-            np = a.n_init;
-            mp = a.m_init;
-          }
-          if (cnp_n) {
-            float* cnp = cnp_n + t * 2 * slab + cat;
-            cnp[0] = cp;
-            cnp[D] = np;
-          }
-          const float ai = pre[0] + q[0], af = pre[D] + q[U];
-          const cell::SlstmStep st = cell::slstm_forward(ai, af, pre[2 * D] + q[2 * U],
-                                                         pre[3 * D] + q[3 * U], cp, np, mp);
-          h = st.h;
-          float* cn_out = cs_n + s_out * cslab + cat;
-          cn_out[0] = st.c;
-          cn_out[D] = st.n;
-          ms_n[s_out * slab + at] = st.m;
-          if (a.save) {
-            float* ac = acts_n + t * gslab + gat;
-            ac[0] = ai;
-            ac[D] = af;
-            ac[2 * D] = st.zt;
-            ac[3 * D] = st.o;
-            float* ex = ex_n + t * 2 * slab + cat;
-            ex[0] = st.ip;
-            ex[D] = st.fp;
+        __syncthreads();
+        if (!streamed) {
+          block_matvec(hv, D, w, acc, rows, D, GU, false);
+          __syncthreads();
+        } else {  // R's rows for this item through the tile buffer, KC at a time, from L2
+          for (int k0 = 0; k0 < D; k0 += KC) {
+            const int kc = min(KC, D - k0);
+            load_forward_rows<G>(Wn, w, tl, D, k0, kc);
+            __syncthreads();
+            block_matvec(hv + k0, D, w, acc, rows, kc, GU, k0 > 0);
+            __syncthreads();
           }
         }
-        h_next[at] = h;
+        for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
+          const int b = idx / tl.width, u = idx - b * tl.width;
+          const int bg = b0 + b, e = tl.e0 + u;
+          const float* pre = px_t + static_cast<long long>(bg) * GD + e;  // gate g at pre[g*D]
+          const float* q = acc + b * GU + u;                               // gate g at q[g*U]
+          const long long at = static_cast<long long>(bg) * D + e;
+          const long long gat = static_cast<long long>(bg) * GD + e;
+          const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
+          const float hprev = hv[b * D + e];
+          const bool reset = reset_at(a.mask, a.lengths, t, B, bg);
+          if (hp_n) hp_n[t * slab + at] = hprev;
+          if (!live(a.lengths, t, bg)) {  // past the sequence's end: hold the state
+            h_next[at] = hprev;
+            if (cs_n) {
+              cs_n[s_out * cslab + cat] = cs_n[s_in * cslab + cat];
+              if (KIND == SLSTM) cs_n[s_out * cslab + cat + D] = cs_n[s_in * cslab + cat + D];
+            }
+            if (ms_n) ms_n[s_out * slab + at] = ms_n[s_in * slab + at];
+            continue;
+          }
+          float h;
+          if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
+            h = cell::elman_forward(pre[0] + q[0], KIND == ELMAN_RELU);
+          } else if constexpr (KIND == LSTM) {
+            float* c_prev = cs_n + s_in * slab + at;
+            float cp = *c_prev;
+            if (reset) {
+              cp = a.c_init;
+              *c_prev = cp;  // the backward reads c entering the step after the reset
+            }
+            const cell::LstmStep st = cell::lstm_forward(pre[0] + q[0], pre[D] + q[U],
+                                                         pre[2 * D] + q[2 * U],
+                                                         pre[3 * D] + q[3 * U], cp);
+            h = st.h;
+            cs_n[s_out * slab + at] = st.c;
+            if (a.save) {
+              float* ac = acts_n + t * gslab + gat;
+              ac[0] = st.i;
+              ac[D] = st.f;
+              ac[2 * D] = st.g;
+              ac[3 * D] = st.o;
+              tcs_n[t * slab + at] = st.tc;
+            }
+          } else if constexpr (KIND == GRU) {  // b_hn joins the recurrent term (r multiplies it)
+            const float qn = q[2 * U] + (bhn_n ? bhn_n[e] : 0.0f);
+            const cell::GruStep st =
+                cell::gru_forward(pre[0], pre[D], pre[2 * D], q[0], q[U], qn, hprev);
+            h = st.h;
+            if (a.save) {
+              float* ac = acts_n + t * gslab + gat;
+              ac[0] = st.r;
+              ac[D] = st.z;
+              ac[2 * D] = st.n;
+              float* qq = qs_n + t * gslab + gat;
+              qq[0] = q[0];
+              qq[D] = q[U];
+              qq[2 * D] = qn;
+            }
+          } else {  // sLSTM
+            const float* cn_in = cs_n + s_in * cslab + cat;
+            float cp = cn_in[0], np = cn_in[D], mp = ms_n[s_in * slab + at];
+            if (reset) {
+              cp = a.c_init;
+              np = a.n_init;
+              mp = a.m_init;
+            }
+            if (cnp_n) {
+              float* cnp = cnp_n + t * 2 * slab + cat;
+              cnp[0] = cp;
+              cnp[D] = np;
+            }
+            const float ai = pre[0] + q[0], af = pre[D] + q[U];
+            const cell::SlstmStep st = cell::slstm_forward(ai, af, pre[2 * D] + q[2 * U],
+                                                           pre[3 * D] + q[3 * U], cp, np, mp);
+            h = st.h;
+            float* cn_out = cs_n + s_out * cslab + cat;
+            cn_out[0] = st.c;
+            cn_out[D] = st.n;
+            ms_n[s_out * slab + at] = st.m;
+            if (a.save) {
+              float* ac = acts_n + t * gslab + gat;
+              ac[0] = ai;
+              ac[D] = af;
+              ac[2 * D] = st.zt;
+              ac[3 * D] = st.o;
+              float* ex = ex_n + t * 2 * slab + cat;
+              ex[0] = st.ip;
+              ex[D] = st.fp;
+            }
+          }
+          h_next[at] = h;
+        }
+        __syncthreads();  // hv and acc are reused by the next batch tile
       }
-      __syncthreads();  // hv and acc are reused by the next batch tile
     }
     grid.sync();
   }
@@ -260,133 +314,149 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   cg::grid_group grid = cg::this_grid();
   float* smem = dynamic_smem();
   const int D = a.D, B = a.B, T = a.T;
-  const Tile tl = tile_of(D, tiling.units);
-  const int U = tl.units, GD = G * D;
-  const int BB = tiling.batch_tile;
-  float* wt = smem;            // [G*D][U]: wt[k][u] = W[n][e0 + u][k]
-  float* dv = wt + GD * U;     // [BB][G*D]: dq of the following step
-  float* acc = dv + BB * GD;   // [BB][U]: dq_{t+1} W^T for the owned units
+  const int U = tiling.units, GD = G * D;
+  const int BB = tiling.batch_tile, KC = tiling.k_chunk;
+  const bool streamed = KC > 0;
+  const int tiles = (D + U - 1) / U, items = a.N * tiles;
+  float* wt = smem;                            // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
+  float* dv = wt + (streamed ? KC : GD) * U;   // [BB][G*D or KC]: dq of the following step
+  float* acc = dv + BB * (streamed ? KC : GD); // [BB][U]: dq_{t+1} W^T for the owned units
 
-  const float* Wn = a.W + static_cast<long long>(tl.n) * D * GD;
-  for (int idx = threadIdx.x; idx < GD * U; idx += blockDim.x) {
-    const int k = idx / U, u = idx - k * U;
-    wt[idx] = u < tl.width ? Wn[static_cast<long long>(tl.e0 + u) * GD + k] : 0.0f;
+  if (!streamed) {  // resident: this block's only item keeps its weights for all steps
+    const Tile tl = tile_of(blockIdx.x, tiles, U, D);
+    load_backward_cols<G>(a.W + static_cast<long long>(tl.n) * D * GD, wt, tl, D, 0, GD);
+    __syncthreads();
   }
-  __syncthreads();
 
   const long long slab = static_cast<long long>(B) * D;
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;
-  const long long n = tl.n;
-  const float* hs_n = a.hs + n * (T + 1) * slab;
-  const float* dy_n = a.d_hs + n * (T + 1) * slab;
-  const float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
-  const float* cs_n = a.cs ? a.cs + n * (T + 1) * cslab : nullptr;
-  const float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
-  const float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
-  const float* ms_n = a.ms ? a.ms + n * (T + 1) * slab : nullptr;
-  const float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
-  // Without resets the c, n entering step s are those leaving step s - 1: cs's slot s.
-  const float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : cs_n;
-  // Without resets the h entering step s is hs's slot s (the same stride as hp's slots).
-  const float* hp_n = a.hp ? a.hp + n * T * slab : hs_n;
-  float* dq_n = a.dq + n * T * gslab;
-  float* dpx_n = a.dpx ? a.dpx + n * T * gslab : nullptr;
-  float* dst_n = a.dstate ? a.dstate + n * K * slab : nullptr;
-  float* carry_n = a.carry ? a.carry + n * slab : nullptr;
-  float* dh0_n = a.dh0 + n * slab;
 
   // Iteration s runs the pointwise backward of step s (s = -1: only the gradient of h0). The
   // gradient of h_s (slot s + 1) is what reaches it directly plus, unless a reset entering
   // step s + 1 cut it, dq_{s+1} W^T and the carry (GRU's direct path dh_{s+1} z_{s+1}, or the
   // whole gradient where step s + 1 is past the sequence's end).
   for (int s = T - 1; s >= -1; --s) {
-    const bool has_next = s + 1 < T;
-    const float* dq_next = dq_n + (s + 1) * gslab;
-    for (int b0 = 0; b0 < B; b0 += BB) {
-      const int rows = min(BB, B - b0);
-      if (has_next) {
-        for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
-          dv[idx] = __ldcg(dq_next + static_cast<long long>(b0) * GD + idx);
-        __syncthreads();
-        block_matvec(dv, wt, acc, rows, GD, U);
-        __syncthreads();
-      }
-      for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
-        const int b = idx / tl.width, u = idx - b * tl.width;
-        const int bg = b0 + b, e = tl.e0 + u;
-        const long long at = static_cast<long long>(bg) * D + e;
-        const long long gat = static_cast<long long>(bg) * GD + e;
-        const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;
-        float gh = dy_n[(s + 1) * slab + at];
-        if (has_next && !reset_at(a.mask, a.lengths, s + 1, B, bg)) {
-          float r = acc[b * U + u];
-          if (carry_n) r += carry_n[at];
-          gh += r;
-        }
-        if (s < 0) {
-          dh0_n[at] = gh;
-          continue;
-        }
-        float* dq = dq_n + s * gslab + gat;
-        if (!live(a.lengths, s, bg)) {  // a held step: h_{s+1} = h_s, no gate saw it
-          for (int g = 0; g < G; ++g) dq[g * D] = 0.0f;
-          if (dpx_n) {
-            float* dp = dpx_n + s * gslab + gat;
-            for (int g = 0; g < G; ++g) dp[g * D] = 0.0f;
+    for (int item = blockIdx.x; item < items; item += tiling.blocks) {
+      const Tile tl = tile_of(item, tiles, U, D);
+      const long long n = tl.n;
+      const float* Wn = a.W + n * D * GD;
+      const float* hs_n = a.hs + n * (T + 1) * slab;
+      const float* dy_n = a.d_hs + n * (T + 1) * slab;
+      const float* acts_n = a.acts ? a.acts + n * T * gslab : nullptr;
+      const float* cs_n = a.cs ? a.cs + n * (T + 1) * cslab : nullptr;
+      const float* tcs_n = a.tcs ? a.tcs + n * T * slab : nullptr;
+      const float* qs_n = a.qs ? a.qs + n * T * gslab : nullptr;
+      const float* ms_n = a.ms ? a.ms + n * (T + 1) * slab : nullptr;
+      const float* ex_n = a.ex ? a.ex + n * T * 2 * slab : nullptr;
+      // Without resets the c, n entering step s are those leaving step s - 1: cs's slot s.
+      const float* cnp_n = a.cnp ? a.cnp + n * T * 2 * slab : cs_n;
+      // Without resets the h entering step s is hs's slot s (the same stride as hp's slots).
+      const float* hp_n = a.hp ? a.hp + n * T * slab : hs_n;
+      float* dq_n = a.dq + n * T * gslab;
+      float* dpx_n = a.dpx ? a.dpx + n * T * gslab : nullptr;
+      float* dst_n = a.dstate ? a.dstate + n * K * slab : nullptr;
+      float* carry_n = a.carry ? a.carry + n * slab : nullptr;
+      float* dh0_n = a.dh0 + n * slab;
+      const bool has_next = s + 1 < T;
+      const float* dq_next = dq_n + (s + 1) * gslab;
+      for (int b0 = 0; b0 < B; b0 += BB) {
+        const int rows = min(BB, B - b0);
+        if (has_next && !streamed) {
+          for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
+            dv[idx] = __ldcg(dq_next + static_cast<long long>(b0) * GD + idx);
+          __syncthreads();
+          block_matvec(dv, GD, wt, acc, rows, GD, U, false);
+          __syncthreads();
+        } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
+          for (int k0 = 0; k0 < GD; k0 += KC) {
+            const int kc = min(KC, GD - k0);
+            load_backward_cols<G>(Wn, wt, tl, D, k0, kc);
+            for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
+              const int b = idx / kc, kk = idx - b * kc;
+              dv[b * KC + kk] = __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk);
+            }
+            __syncthreads();
+            block_matvec(dv, KC, wt, acc, rows, kc, U, k0 > 0);
+            __syncthreads();
           }
-          carry_n[at] = gh;
-          continue;
         }
-        const bool reset = reset_at(a.mask, a.lengths, s, B, bg);
-        if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-          dq[0] = cell::elman_backward(gh, hs_n[(s + 1) * slab + at], KIND == ELMAN_RELU);
-        } else if constexpr (KIND == LSTM) {
-          const float* ac = acts_n + s * gslab + gat;
-          const cell::LstmGrad d =
-              cell::lstm_backward(gh, dst_n[at], ac[0], ac[D], ac[2 * D], ac[3 * D],
-                                  tcs_n[s * slab + at], cs_n[s * slab + at]);
-          dq[0] = d.di;
-          dq[D] = d.df;
-          dq[2 * D] = d.dg;
-          dq[3 * D] = d.dout;
-          // A reset replaces c entering step s: its gradient is exactly zero (not 0 * NaN).
-          dst_n[at] = reset ? 0.0f : d.dc_prev;
-        } else if constexpr (KIND == GRU) {
-          const float* ac = acts_n + s * gslab + gat;
-          const float qn = qs_n[s * gslab + gat + 2 * D];
-          const cell::GruGrad d =
-              cell::gru_backward(gh, ac[0], ac[D], ac[2 * D], qn, hp_n[s * slab + at]);
-          dq[0] = d.dr;
-          dq[D] = d.dz;
-          dq[2 * D] = d.dqn;
-          float* dp = dpx_n + s * gslab + gat;
-          dp[0] = d.dr;
-          dp[D] = d.dz;
-          dp[2 * D] = d.dxn;
-          carry_n[at] = d.dh_prev;
-        } else {  // sLSTM
-          const float* ac = acts_n + s * gslab + gat;
-          const float* ex = ex_n + s * 2 * slab + cat;
-          const float* cn = cs_n + (s + 1) * cslab + cat;
-          const float* cnp = cnp_n + s * 2 * slab + cat;
-          const cell::SlstmGrad d = cell::slstm_backward(
-              gh, dst_n[at], dst_n[slab + at], dst_n[2 * slab + at], ac[0], ac[D], ac[2 * D],
-              ac[3 * D], ex[0], ex[D], cn[0], cn[D], ms_n[(s + 1) * slab + at],
-              hs_n[(s + 1) * slab + at], cnp[0], cnp[D]);
-          dq[0] = d.di;
-          dq[D] = d.df;
-          dq[2 * D] = d.dz;
-          dq[3 * D] = d.dout;
-          dst_n[at] = reset ? 0.0f : d.dc_prev;
-          dst_n[slab + at] = reset ? 0.0f : d.dn_prev;
-          dst_n[2 * slab + at] = reset ? 0.0f : d.dm_prev;
+        for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
+          const int b = idx / tl.width, u = idx - b * tl.width;
+          const int bg = b0 + b, e = tl.e0 + u;
+          const long long at = static_cast<long long>(bg) * D + e;
+          const long long gat = static_cast<long long>(bg) * GD + e;
+          const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;
+          float gh = dy_n[(s + 1) * slab + at];
+          if (has_next && !reset_at(a.mask, a.lengths, s + 1, B, bg)) {
+            float r = acc[b * U + u];
+            if (carry_n) r += carry_n[at];
+            gh += r;
+          }
+          if (s < 0) {
+            dh0_n[at] = gh;
+            continue;
+          }
+          float* dq = dq_n + s * gslab + gat;
+          if (!live(a.lengths, s, bg)) {  // a held step: h_{s+1} = h_s, no gate saw it
+            for (int g = 0; g < G; ++g) dq[g * D] = 0.0f;
+            if (dpx_n) {
+              float* dp = dpx_n + s * gslab + gat;
+              for (int g = 0; g < G; ++g) dp[g * D] = 0.0f;
+            }
+            carry_n[at] = gh;
+            continue;
+          }
+          const bool reset = reset_at(a.mask, a.lengths, s, B, bg);
+          if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
+            dq[0] = cell::elman_backward(gh, hs_n[(s + 1) * slab + at], KIND == ELMAN_RELU);
+          } else if constexpr (KIND == LSTM) {
+            const float* ac = acts_n + s * gslab + gat;
+            const cell::LstmGrad d =
+                cell::lstm_backward(gh, dst_n[at], ac[0], ac[D], ac[2 * D], ac[3 * D],
+                                    tcs_n[s * slab + at], cs_n[s * slab + at]);
+            dq[0] = d.di;
+            dq[D] = d.df;
+            dq[2 * D] = d.dg;
+            dq[3 * D] = d.dout;
+            // A reset replaces c entering step s: its gradient is exactly zero (not 0 * NaN).
+            dst_n[at] = reset ? 0.0f : d.dc_prev;
+          } else if constexpr (KIND == GRU) {
+            const float* ac = acts_n + s * gslab + gat;
+            const float qn = qs_n[s * gslab + gat + 2 * D];
+            const cell::GruGrad d =
+                cell::gru_backward(gh, ac[0], ac[D], ac[2 * D], qn, hp_n[s * slab + at]);
+            dq[0] = d.dr;
+            dq[D] = d.dz;
+            dq[2 * D] = d.dqn;
+            float* dp = dpx_n + s * gslab + gat;
+            dp[0] = d.dr;
+            dp[D] = d.dz;
+            dp[2 * D] = d.dxn;
+            carry_n[at] = d.dh_prev;
+          } else {  // sLSTM
+            const float* ac = acts_n + s * gslab + gat;
+            const float* ex = ex_n + s * 2 * slab + cat;
+            const float* cn = cs_n + (s + 1) * cslab + cat;
+            const float* cnp = cnp_n + s * 2 * slab + cat;
+            const cell::SlstmGrad d = cell::slstm_backward(
+                gh, dst_n[at], dst_n[slab + at], dst_n[2 * slab + at], ac[0], ac[D], ac[2 * D],
+                ac[3 * D], ex[0], ex[D], cn[0], cn[D], ms_n[(s + 1) * slab + at],
+                hs_n[(s + 1) * slab + at], cnp[0], cnp[D]);
+            dq[0] = d.di;
+            dq[D] = d.df;
+            dq[2 * D] = d.dz;
+            dq[3 * D] = d.dout;
+            dst_n[at] = reset ? 0.0f : d.dc_prev;
+            dst_n[slab + at] = reset ? 0.0f : d.dn_prev;
+            dst_n[2 * slab + at] = reset ? 0.0f : d.dm_prev;
+          }
+          if constexpr (KIND != GRU) {
+            if (carry_n) carry_n[at] = 0.0f;  // only a held step passes h's gradient directly
+          }
         }
-        if constexpr (KIND != GRU) {
-          if (carry_n) carry_n[at] = 0.0f;  // only a held step passes h's gradient directly
-        }
+        __syncthreads();  // dv and acc are reused by the next batch tile
       }
-      __syncthreads();  // dv and acc are reused by the next batch tile
     }
     if (s >= 0) grid.sync();
   }
@@ -400,11 +470,11 @@ template <typename Args>
 using KernelFn = void (*)(Args, Tiling);
 
 template <typename Args>
-const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, int D,
-                   std::size_t smem, cudaStream_t stream) {
+const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, std::size_t smem,
+                   cudaStream_t stream) {
   static thread_local char message[512];
-  const int blocks = args.N * ((D + tiling.units - 1) / tiling.units);
-  if (blocks == 0) return nullptr;
+  const int blocks = tiling.blocks;
+  if (blocks == 0 || args.N == 0) return nullptr;
   int device = 0, sms = 0, cooperative = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -448,12 +518,15 @@ const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, in
 
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GU = static_cast<std::size_t>(gates_of(kind)) * tl.units;
-  return sizeof(float) * (D * GU + static_cast<std::size_t>(tl.batch_tile) * (D + GU));
+  const std::size_t rows = tl.k_chunk > 0 ? tl.k_chunk : D;  // streamed: one chunk of R
+  return sizeof(float) * (rows * GU + static_cast<std::size_t>(tl.batch_tile) * (D + GU));
 }
 
 std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GD = static_cast<std::size_t>(gates_of(kind)) * D;
-  return sizeof(float) * (GD * tl.units + static_cast<std::size_t>(tl.batch_tile) * (GD + tl.units));
+  const std::size_t cols = tl.k_chunk > 0 ? tl.k_chunk : GD;  // streamed: one chunk of R, dq
+  return sizeof(float) *
+         (cols * tl.units + static_cast<std::size_t>(tl.batch_tile) * (cols + tl.units));
 }
 
 #ifndef RNNKIT_HOST_EMULATION
@@ -461,11 +534,11 @@ const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t 
   if (a.T == 0 || a.B == 0) return nullptr;
   const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
   switch (a.kind) {
-    case ELMAN_TANH: return launch(forward_kernel<ELMAN_TANH>, a, tl, a.D, smem, stream);
-    case ELMAN_RELU: return launch(forward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
-    case LSTM: return launch(forward_kernel<LSTM>, a, tl, a.D, smem, stream);
-    case GRU: return launch(forward_kernel<GRU>, a, tl, a.D, smem, stream);
-    case SLSTM: return launch(forward_kernel<SLSTM>, a, tl, a.D, smem, stream);
+    case ELMAN_TANH: return launch(forward_kernel<ELMAN_TANH>, a, tl, smem, stream);
+    case ELMAN_RELU: return launch(forward_kernel<ELMAN_RELU>, a, tl, smem, stream);
+    case LSTM: return launch(forward_kernel<LSTM>, a, tl, smem, stream);
+    case GRU: return launch(forward_kernel<GRU>, a, tl, smem, stream);
+    case SLSTM: return launch(forward_kernel<SLSTM>, a, tl, smem, stream);
     default: return "unknown cell kind";
   }
 }
@@ -474,11 +547,11 @@ const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_
   if (a.B == 0) return nullptr;
   const std::size_t smem = backward_smem_bytes(a.kind, a.D, tl);
   switch (a.kind) {
-    case ELMAN_TANH: return launch(backward_kernel<ELMAN_TANH>, a, tl, a.D, smem, stream);
-    case ELMAN_RELU: return launch(backward_kernel<ELMAN_RELU>, a, tl, a.D, smem, stream);
-    case LSTM: return launch(backward_kernel<LSTM>, a, tl, a.D, smem, stream);
-    case GRU: return launch(backward_kernel<GRU>, a, tl, a.D, smem, stream);
-    case SLSTM: return launch(backward_kernel<SLSTM>, a, tl, a.D, smem, stream);
+    case ELMAN_TANH: return launch(backward_kernel<ELMAN_TANH>, a, tl, smem, stream);
+    case ELMAN_RELU: return launch(backward_kernel<ELMAN_RELU>, a, tl, smem, stream);
+    case LSTM: return launch(backward_kernel<LSTM>, a, tl, smem, stream);
+    case GRU: return launch(backward_kernel<GRU>, a, tl, smem, stream);
+    case SLSTM: return launch(backward_kernel<SLSTM>, a, tl, smem, stream);
     default: return "unknown cell kind";
   }
 }

@@ -37,12 +37,21 @@ inline int gates_of(int kind) {
   return (kind == LSTM || kind == SLSTM) ? 4 : (kind == GRU ? 3 : 1);
 }
 
-//! How the work is cut: each block owns `units` hidden units of one head (the last tile of a
-//! head may be shorter) for the whole sequence and walks the batch in tiles of `batch_tile`
-//! rows. blocks = N * ceil(D / units); every block must be resident at once (cooperative).
+//! How the work is cut. An item is `units` hidden units of one head (the last item of a head
+//! may be shorter); there are N * ceil(D / units) items, each owned by one block for the whole
+//! sequence, which walks the batch in tiles of `batch_tile` rows. All `blocks` blocks must be
+//! resident at once (cooperative launch).
+//!   resident (k_chunk == 0): one item per block (blocks == items); the block keeps the slice
+//!       of W its units need in shared memory for all steps.
+//!   streamed (k_chunk > 0): block b owns items b, b + blocks, ... (blocks <= items) and each
+//!       step reads the slice of W of each item from global memory (L2) in chunks of k_chunk
+//!       rows (forward: rows of W, i.e. entries of h; backward: columns of W, i.e. entries of
+//!       dq) through a shared-memory tile, so any head count and head size fit.
 struct Tiling {
   int units;
   int batch_tile;
+  int k_chunk;
+  int blocks;
 };
 
 //! Forward loop. Buffers the caller does not want are nullptr. "slots" below is T + 1 with

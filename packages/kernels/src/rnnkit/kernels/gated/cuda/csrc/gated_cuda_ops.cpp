@@ -65,10 +65,23 @@ const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
   return lengths->data_ptr<int>();
 }
 
-Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t D) {
+//! The cut (see Tiling in gated_cuda.h): resident (k_chunk 0) needs one block per item, streamed
+//! at most one per item.
+Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blocks, int64_t N,
+                 int64_t D) {
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
   TORCH_CHECK(batch_tile >= 1, "batch_tile must be >= 1, got ", batch_tile);
-  return Tiling{static_cast<int>(units), static_cast<int>(batch_tile)};
+  TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
+  const int64_t items = N * ((D + units - 1) / units);
+  if (k_chunk == 0) {
+    TORCH_CHECK(blocks == items, "a resident cut needs one block per item (", items, "), got ",
+                blocks);
+  } else {
+    TORCH_CHECK(blocks >= 1 && blocks <= items, "a streamed cut needs 1 to ", items,
+                " blocks, got ", blocks);
+  }
+  return Tiling{static_cast<int>(units), static_cast<int>(batch_tile), static_cast<int>(k_chunk),
+                static_cast<int>(blocks)};
 }
 
 void check_launch(const char* failure, const char* what) {
@@ -92,7 +105,8 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
                                 const c10::optional<at::Tensor>& c0,
                                 const c10::optional<at::Tensor>& n0,
                                 const c10::optional<at::Tensor>& m0, at::ArrayRef<double> inits,
-                                bool save, int64_t units, int64_t batch_tile) {
+                                bool save, int64_t units, int64_t batch_tile, int64_t k_chunk,
+                                int64_t blocks) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(px.dim() == 4, "px must be (N, T, B, G*D)");
@@ -119,7 +133,7 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   }
   const bool* m = mask_ptr(mask, T, B, px);
   const int* lens = lengths_ptr(lengths, B, px);
-  const Tiling tiling = tiling_of(units, batch_tile, D);
+  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, N, D);
   const auto opts = px.options();
   const int64_t slots = save ? T + 1 : 2;
 
@@ -208,7 +222,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
                                  const c10::optional<at::Tensor>& mask,
                                  const c10::optional<at::Tensor>& lengths, const at::Tensor& d_hs,
                                  const c10::optional<at::Tensor>& d_state, int64_t units,
-                                 int64_t batch_tile) {
+                                 int64_t batch_tile, int64_t k_chunk, int64_t blocks) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(hs.dim() == 4, "hs must be (N, T + 1, B, D)");
@@ -229,7 +243,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   };
   const bool* m = mask_ptr(mask, T, B, hs);
   const int* lens = lengths_ptr(lengths, B, hs);
-  const Tiling tiling = tiling_of(units, batch_tile, D);
+  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, N, D);
   const auto opts = hs.options();
 
   BackwardArgs a{};
@@ -291,6 +305,18 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   return out;
 }
 
+//! The dynamic shared memory (bytes) of one block of the forward and of the backward: what the
+//! launches ask for, so that the planner's arithmetic (_plan.py) can be checked against it.
+std::vector<int64_t> smem_bytes(int64_t kind, int64_t D, int64_t units, int64_t batch_tile,
+                                int64_t k_chunk) {
+  TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
+  const Tiling tl{static_cast<int>(units), static_cast<int>(batch_tile),
+                  static_cast<int>(k_chunk), 1};
+  const int k = static_cast<int>(kind), d = static_cast<int>(D);
+  return {static_cast<int64_t>(forward_smem_bytes(k, d, tl)),
+          static_cast<int64_t>(backward_smem_bytes(k, d, tl))};
+}
+
 }  // namespace
 }  // namespace rnnkit_cuda
 
@@ -298,11 +324,14 @@ TORCH_LIBRARY(rnnkit_gated_cuda, m) {
   m.def(
       "forward(int kind, Tensor px, Tensor W, Tensor? bhn, Tensor? mask, Tensor? lengths, "
       "Tensor h0, Tensor? c0, Tensor? n0, Tensor? m0, float[] inits, bool save, int units, "
-      "int batch_tile) -> Tensor[]");
+      "int batch_tile, int k_chunk, int blocks) -> Tensor[]");
   m.def(
       "backward(int kind, Tensor W, Tensor hs, Tensor? acts, Tensor? cs, Tensor? tcs, "
       "Tensor? qs, Tensor? ms, Tensor? ex, Tensor? cnp, Tensor? hp, Tensor? mask, "
-      "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile) -> Tensor[]");
+      "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile, int k_chunk, "
+      "int blocks) -> Tensor[]");
+  m.def("smem_bytes(int kind, int D, int units, int batch_tile, int k_chunk) -> int[]",
+        &rnnkit_cuda::smem_bytes);
 }
 
 #ifdef RNNKIT_HOST_EMULATION
@@ -313,3 +342,4 @@ TORCH_LIBRARY_IMPL(rnnkit_gated_cuda, CUDA, m) {
   m.impl("forward", &rnnkit_cuda::forward);
   m.impl("backward", &rnnkit_cuda::backward);
 }
+
