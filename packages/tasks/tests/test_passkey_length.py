@@ -163,3 +163,13 @@ def test_passkey_command_refuses_bad_factors(
     assert main(["passkey", "--factors", "0,4", "--steps", "1", "--out", str(tmp_path)]) != 0
     assert "--factors expects positive integers" in capsys.readouterr().err
     assert not (tmp_path / "passkey_length.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--size", "--points"])
+def test_passkey_command_refuses_a_zero_size_or_points_before_training(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a zero used to end in a traceback (a reshape, a division) after the training run
+    assert main(["passkey", flag, "0", "--steps", "1", "--out", str(tmp_path / "run")]) != 0
+    assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -206,3 +206,17 @@ def test_the_table_says_none_when_no_n_was_solved(capsys: pytest.CaptureFixture[
     assert main([*args, "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["n_reached"] for r in records] == [1, 1]
+
+
+@pytest.mark.parametrize("flag", ["--eval-every", "--steps", "--hidden-size"])
+def test_a_bad_flag_prints_one_line_and_no_table(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The arguments are checked before the table's header is printed (it used to come out
+    above the error)."""
+    from rnnkit.core.cli import main
+
+    assert main(["curriculum", "--mode", "multi", "--steps", "2", flag, "0"]) != 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "must be an int >= 1, got 0" in err

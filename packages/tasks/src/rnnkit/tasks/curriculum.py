@@ -122,6 +122,47 @@ def _check(name: str, value: object, *, low: float, integer: bool = True) -> Non
         raise ValueError(f"{name} must be {kind} >= {low}, got {value!r}")
 
 
+def _check_settings(
+    task: str,
+    mode: str,
+    *,
+    optimizer: str,
+    budget: int,
+    hidden_size: int,
+    batch_size: int,
+    eval_every: int,
+    eval_batch: int,
+    n_start: int,
+    max_n: int,
+    lr: float,
+    clip: float,
+    threshold: float,
+) -> None:
+    """The argument checks of :func:`run_curriculum` (``ValueError`` naming the argument)."""
+    if task not in CURRICULUM_TASKS:
+        raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    for name, value in (
+        ("budget", budget),
+        ("hidden_size", hidden_size),
+        ("batch_size", batch_size),
+        ("eval_every", eval_every),
+        ("eval_batch", eval_batch),
+    ):
+        _check(name, value, low=1)
+    _check("n_start", n_start, low=2)
+    _check("max_n", max_n, low=n_start)
+    _check("lr", lr, low=0, integer=False)
+    _check("clip", clip, low=0, integer=False)
+    if lr <= 0 or clip <= 0:
+        raise ValueError(f"{'lr' if lr <= 0 else 'clip'} must be > 0")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+
+
 def run_curriculum(
     task: str = "parity",
     mode: str = "multi",
@@ -149,28 +190,21 @@ def run_curriculum(
     ``eval_every`` steps only). ``reset_optimizer``: ``multi`` builds a fresh optimiser when
     it adds a head (``False``, the default: the new head joins the optimiser, which keeps its
     state)."""
-    if task not in CURRICULUM_TASKS:
-        raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    for name, value in (
-        ("budget", budget),
-        ("hidden_size", hidden_size),
-        ("batch_size", batch_size),
-        ("eval_every", eval_every),
-        ("eval_batch", eval_batch),
-    ):
-        _check(name, value, low=1)
-    _check("n_start", n_start, low=2)
-    _check("max_n", max_n, low=n_start)
-    _check("lr", lr, low=0, integer=False)
-    _check("clip", clip, low=0, integer=False)
-    if lr <= 0 or clip <= 0:
-        raise ValueError(f"{'lr' if lr <= 0 else 'clip'} must be > 0")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    _check_settings(
+        task,
+        mode,
+        optimizer=optimizer,
+        budget=budget,
+        hidden_size=hidden_size,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        eval_batch=eval_batch,
+        n_start=n_start,
+        max_n=max_n,
+        lr=lr,
+        clip=clip,
+        threshold=threshold,
+    )
     torch.manual_seed(seed)
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -323,6 +357,22 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
         "max_n": args.max_n,
         "seed": args.seed,
     }
+    # checked before the table's header, so a bad flag prints one line only
+    _check_settings(
+        args.task,
+        args.mode[0],
+        optimizer=args.optimizer,
+        budget=args.steps,
+        hidden_size=args.hidden_size,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        eval_batch=512,
+        n_start=2,
+        max_n=args.max_n,
+        lr=args.lr,
+        clip=2.0,
+        threshold=args.threshold,
+    )
     results = []
     table = args.json != "-"  # a bare --json prints the JSON document only
     if table:

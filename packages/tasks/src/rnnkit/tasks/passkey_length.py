@@ -249,6 +249,10 @@ def evaluate_lengths(
 ) -> list[LengthResult]:
     """:func:`evaluate_length` at each of ``factors`` times the training length, recording the
     state ``points_per_train`` times per training length (so ``16x`` has 64 points)."""
+    if size < 1 or points_per_train < 1:
+        raise ValueError(
+            f"size and points_per_train must be >= 1, got {size} and {points_per_train}"
+        )
     train_length = passkey_length(train_blocks)
     results = []
     for factor in factors:
@@ -365,6 +369,10 @@ def run_passkey(args: Any) -> int:
     from rnnkit.tasks.trainer import TrainConfig, Trainer
 
     factors = _factors(args.factors)
+    # checked before training: a zero here used to surface as a traceback after the run
+    for flag, value in (("--size", args.size), ("--points", args.points)):
+        if value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     if args.run:
         loaded = load_run(args.run)
         if loaded.task.name != "passkey":
