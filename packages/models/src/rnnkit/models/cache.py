@@ -52,6 +52,7 @@ __all__ = [
     "check_cache",
     "check_cell_state",
     "check_inputs",
+    "check_sampling",
     "next_token_probs",
     "require_per_step",
 ]
@@ -271,7 +272,9 @@ def check_inputs(x: Tensor, *, ids: bool, step: bool) -> None:
     )
 
 
-def _check_sampling(temperature: float, top_k: int | None) -> None:
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """Raise ``ValueError`` unless ``temperature >= 0`` and ``top_k`` is ``None`` or a
+    positive int (the sampling settings of :func:`next_token_probs`)."""
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None:
@@ -282,7 +285,7 @@ def next_token_probs(logits: Tensor, temperature: float, top_k: int | None = Non
     """Sampling distribution ``(..., V)`` from logits ``(..., V)``, in float32: the softmax of
     ``logits / temperature`` over the ``top_k`` likeliest tokens (``None``: all of them; the
     others get probability 0); ``temperature=0`` is one-hot on the argmax (greedy)."""
-    _check_sampling(temperature, top_k)
+    check_sampling(temperature, top_k)
     logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -332,7 +335,7 @@ class Generates:
         count: object = max_new  # checked as a user may pass it, not as annotated
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"max_new must be an int >= 0, got {max_new!r}")
-        _check_sampling(temperature, top_k)
+        check_sampling(temperature, top_k)
         out, cache = model.prefill(prompt, backend=backend)
         logits, tokens = out[:, -1], [prompt]
         for i in range(max_new):

@@ -131,7 +131,9 @@ def sample_tokens(
         raise ValueError(f"the prompt must be a non-empty 1-D tensor of ids, got {prompt.shape}")
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
-    next_distribution(torch.zeros(1, 1), temperature, top_k)  # checks both before any work
+    from rnnkit.models.cache import check_sampling
+
+    check_sampling(temperature, top_k)
     steps = incremental(model, backend)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     gen = None
