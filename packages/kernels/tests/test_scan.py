@@ -362,6 +362,85 @@ def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> No
     assert torch.isfinite(want_last).all() and rel_rms(last, want_last) < 1e-12
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        "sequential",
+        "cpp",
+        pytest.param(
+            "triton",
+            marks=[
+                pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
+                pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
+            ],
+        ),
+    ],
+)
+def test_a_nan_gate_at_a_reset_step_stays_nan(backend: str) -> None:
+    """The reference loop computes ``a_t * 0`` at a reset, NaN for a NaN or infinite gate: row
+    0 (NaN gate at its reset, step 4) and row 1 (infinite gate at its reset) are NaN from the
+    reset to the end, not restarted clean; row 2 (NaN gate at a step without reset) as well;
+    row 3 has a reset and finite gates. Values equal the loop's, NaN exactly where its are."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    a, b, h0 = make(4, 9, 3, torch.float64, "cpu", seed=6)
+    a = a.detach().clone()
+    resets = torch.zeros(4, 9, dtype=torch.bool)
+    resets[:, 4] = True
+    a[0, 4, 1] = math.nan
+    a[1, 4, 2] = math.inf
+    a[2, 6, 0] = math.nan
+    h, last = linear_scan(a, b, h0, resets=resets, backend=backend, chunk=4)
+    want, want_last = linear_scan_reference(a, b, h0, resets=resets)
+    bad = ~torch.isfinite(want)
+    assert bad[0, 4:].any(-1).all() and bad[1, 4:].any(-1).all() and not bad[:2, :4].any()
+    assert bad[2, 6:].any(-1).all() and not bad[3].any()
+    assert torch.equal(~torch.isfinite(h), bad)
+    assert rel_rms(h[~bad], want[~bad]) < 1e-12
+    assert torch.equal(~torch.isfinite(last), ~torch.isfinite(want_last))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_a_nan_in_one_packed_sequence_stays_in_it(backend: str) -> None:
+    """With ``cu_seqlens``, a NaN input in sequence 1 and a NaN ``h0`` of sequence 3 leave
+    sequences 0, 2 and 4 (and their gradients) exactly as their own reference loops compute
+    them; one scan over the packed row would carry each NaN into every later sequence as
+    ``0 * NaN`` at the zeroed gate of each start."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    offsets = [0, 7, 15, 20, 29, 36]
+    a, b, _ = make(1, 36, 3, torch.float64, "cpu", seed=7)
+    _, _, h0 = make(5, 1, 3, torch.float64, "cpu", seed=8)
+    b, h0 = b.detach().clone(), h0.detach().clone()
+    b[0, 9, 1] = math.nan
+    h0[3, 0] = math.nan
+    cu = torch.tensor(offsets)
+    inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    h, last = linear_scan(*inputs, cu_seqlens=cu, backend=backend, chunk=4)
+    want, want_last = _per_sequence(*want_in, offsets)
+    bad = ~torch.isfinite(want)
+    assert bad[0, 9:15].any(-1).all() and bad[0, 20:29].any(-1).all()
+    assert torch.equal(~torch.isfinite(h), bad)
+    assert rel_rms(h[~bad], want[~bad]) < 1e-12
+    clean = [0, 2, 4]
+    assert rel_rms(last[clean], want_last[clean]) < 1e-12
+    spans = torch.zeros(36, dtype=torch.bool)
+    for s in clean:
+        spans[offsets[s] : offsets[s + 1]] = True
+    h[0, spans].sum().backward()
+    want[0, spans].sum().backward()
+    # inside the poisoned sequences the loop's gates get 0 * NaN gradients; the clean
+    # sequences' gradients must be finite and equal
+    (ga, gb, gh0), (wa, wb, wh0) = ([t.grad for t in ts] for ts in (inputs, want_in))
+    assert ga is not None and gb is not None and gh0 is not None
+    assert wa is not None and wb is not None and wh0 is not None
+    for got_g, want_g in ((ga[0, spans], wa[0, spans]), (gb[0, spans], wb[0, spans])):
+        assert torch.isfinite(want_g).all() and rel_rms(got_g, want_g) < 1e-12
+    assert torch.isfinite(wh0[clean]).all() and rel_rms(gh0[clean], wh0[clean]) < 1e-12
+
+
 def test_a_stale_bfloat16_row_is_rescanned_in_float32() -> None:
     """bfloat16 inputs are scanned in float32 and rounded once; a row rescanned for a NaN
     before its reset (row 0: NaN ``h0``, reset at step 1) as well: over 200 slowly decaying

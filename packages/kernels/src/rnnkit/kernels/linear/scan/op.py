@@ -5,6 +5,7 @@ See :func:`linear_scan` for the API and ``docs/kernels-scan.md`` for the design.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 import torch
@@ -429,14 +430,23 @@ def linear_scan(
     if time == 0:
         return b.new_zeros(shape), h0.clone()
     if resets is not None:
-        # a_t = 0 where the state restarts; its gradient is then zero there, as it should be.
-        a = torch.where(resets.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a)
+        a = _restart_gates(a, resets)
     h, h_last = _apply(a, b, h0, name, chunk)
     if resets is not None and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
         stale = _stale_rows(h, h0, resets)
         if bool(stale.any()):
             return _rescan_stale(a, b, h0, resets, stale, name, chunk)
     return h, h_last
+
+
+def _restart_gates(a: Tensor, restart: Tensor) -> Tensor:
+    """``a`` with ``a_t * 0`` where ``restart: (B, T)`` is true, so the scan starts afresh there.
+
+    A product rather than a zero fill: the reference loop computes ``a_t * 0`` at a reset, which
+    is NaN for a NaN (or infinite) gate, and a diverged gate must not come out as a clean
+    restart. The gradient of ``a_t`` at a reset is zero either way.
+    """
+    return torch.where(restart.unsqueeze(-1), a * 0, a)
 
 
 def _stale_rows(h: Tensor, h0: Tensor, resets: Tensor) -> Tensor:
@@ -513,12 +523,43 @@ def _varlen(
     if resets is not None:
         restart = restart | resets
     b = b.index_add(1, starts, (a[0, starts] * h0[rows]).unsqueeze(0))
-    a = torch.where(restart.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a)
+    a = _restart_gates(a, restart)
     zero = torch.zeros((), dtype=b.dtype, device=b.device).expand(1, width)
     h, _ = _apply(a, b, zero, backend, chunk)
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        h = _rescan_poisoned_pieces(h, a, b, zero, restart[0], backend, chunk)
     ends = torch.tensor([offsets[s + 1] - 1 for s in live], device=a.device, dtype=torch.long)
     h_last = h0.index_copy(0, rows, h[0, ends]) if live else h0.clone()
     return h, h_last
+
+
+def _rescan_poisoned_pieces(
+    h: Tensor,
+    a: Tensor,
+    b: Tensor,
+    zero: Tensor,
+    restart: Tensor,
+    backend: str,
+    chunk: int | None,
+) -> Tensor:
+    """The packed scan ``h: (1, T, D)`` again, cut at every restart (``restart: (T,)``, the
+    sequence starts and resets) that follows a non-finite state, each piece scanned from zero.
+
+    One scan over packed sequences multiplies the state before a restart by a zero gate, so a
+    NaN in one sequence would reach every later one as ``0 * NaN``. Within a piece every other
+    restart follows a finite state, where the single scan was already exact, so one pass
+    suffices; rows without a non-finite state are returned as they are.
+    """
+    before = ~torch.isfinite(h[0, :-1]).all(-1)  # (T - 1,): state t is non-finite
+    cuts = (restart[1:] & before).nonzero().squeeze(1) + 1
+    if cuts.numel() == 0:
+        return h
+    bounds = [0, *cuts.tolist(), h.shape[1]]
+    pieces = [
+        _apply(a[:, lo:hi], b[:, lo:hi], zero, backend, chunk)[0]
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    return torch.cat(pieces, 1)
 
 
 def linear_scan_reference(
