@@ -13,7 +13,7 @@ from torch import Tensor
 from rnnkit.core import create_cell
 from rnnkit.core.cell import Cell
 from rnnkit.core.testing import CellConformance, assert_close
-from rnnkit.models.cells import HYBRID_UPDATES, HybridRNN
+from rnnkit.models.cells import HYBRID_UPDATES, RHN, HybridRNN
 
 F64 = torch.float64
 
@@ -100,6 +100,13 @@ def test_hybrid_parameter_counts_and_initialisation() -> None:
     assert rate is not None and bool((rate == 2.0).all())
     assert HybridRNN.forms == frozenset()
     assert HybridRNN(i, h).update == "gated"  # the default is the paper's best gating
+    deep = 2 * 2 * h * (h + 1)  # two later micro-steps: [R_H; R_T] and [b_H | b_T] each
+    assert n(HybridRNN(i, h, update="replace", core="rhn", depth=3)) == 2 * h * (i + h + 1) + deep
+    assert n(HybridRNN(i, h, update="gated", core="rhn", depth=3)) == 3 * h * (i + h + 1) + deep
+    rhn = HybridRNN(i, h, update="gated", core="rhn", depth=2, gate_bias=1.0, transform_bias=-3)
+    assert rhn.deep_bias is not None
+    assert bool((rhn.bias[h : 2 * h] == -3).all()) and bool((rhn.bias[2 * h :] == 1).all())
+    assert bool((rhn.deep_bias[:, h:] == -3).all()) and bool((rhn.deep_bias[:, :h] == 0).all())
 
 
 @pytest.mark.parametrize(
@@ -114,6 +121,10 @@ def test_hybrid_parameter_counts_and_initialisation() -> None:
         ({"gate_bias": math.inf}, "gate_bias"),
         ({"gate_bias": "0"}, "gate_bias"),
         ({"hidden_size": 0}, "hidden_size"),
+        ({"core": "lstm"}, "core"),
+        ({"core": "rhn", "depth": 0}, "depth"),
+        ({"depth": 2}, "depth"),
+        ({"core": "rhn", "transform_bias": math.nan}, "transform_bias"),
     ],
 )
 def test_bad_options_raise_naming_the_argument(kwargs: dict[str, Any], name: str) -> None:
@@ -121,3 +132,94 @@ def test_bad_options_raise_naming_the_argument(kwargs: dict[str, Any], name: str
     sizes.update(kwargs)
     with pytest.raises(ValueError, match=name):
         HybridRNN(**sizes)
+
+
+@pytest.mark.parametrize("attention", [0, 2])
+@pytest.mark.parametrize("update", HYBRID_UPDATES)
+def test_rhn_core_matches_its_equations(update: str, attention: int) -> None:
+    """The RHN core (depth 3): highway micro-steps give the candidate, then the update and the
+    attention as with the tanh core; a float64 oracle written from the equations."""
+    torch.manual_seed(0)
+    hidden, time, depth = 4, 6, 3
+    cell = HybridRNN(3, hidden, update=update, attention=attention, core="rhn", depth=depth)
+    cell = cell.double()
+    with torch.no_grad():
+        cell.bias.normal_()
+        assert cell.deep_bias is not None
+        cell.deep_bias.normal_()
+        if cell.rate is not None:
+            cell.rate.normal_()
+    x = _randn(2, time, 3, seed=1)
+    h = _randn(2, hidden, seed=2)
+    k = max(attention, 1)
+    window0 = _randn(2, k, hidden, seed=3)
+    y, state = cell(x, (h, window0), backend="reference")
+    W, U, b = (p.detach() for p in (cell.weight_ih, cell.recurrent, cell.bias))
+    assert cell.deep is not None
+    R, rb = cell.deep.detach(), cell.deep_bias.detach()
+    past = [window0[:, j] for j in range(k)]
+    for t in range(time):
+        pre = x[:, t] @ W.T + h @ U.T + b
+        s = h
+        for layer in range(depth):
+            rows = pre[:, : 2 * hidden] if layer == 0 else s @ R[layer - 1].T + rb[layer - 1]
+            c = torch.tanh(rows[:, :hidden])
+            tr = torch.sigmoid(rows[:, hidden:])
+            s = c * tr + s * (1 - tr)
+        if update == "gated":
+            g = torch.sigmoid(pre[:, 2 * hidden :])
+            u = (1 - g) * h + g * s
+        elif update == "learned_rate":
+            a = torch.sigmoid(cell.rate.detach())
+            u = (1 - a) * h + a * s
+        elif update == "additive":
+            u = h + s
+        else:
+            u = s
+        if attention:
+            wq, wk, wv, wo = cell.attn.detach()
+            rows_m = [*past, u]
+            sc = torch.stack([((wq @ u.T).T * (wk @ m.T).T).sum(-1) for m in rows_m], -1)
+            p = torch.softmax(sc / math.sqrt(hidden), -1)
+            ctx = sum(p[:, j : j + 1] * (wv @ m.T).T for j, m in enumerate(rows_m))
+            h = u + (wo @ ctx.T).T
+            past = [*past[1:], h]
+        else:
+            h = u
+        assert_close(f"h_{t}", y[:, t], h, 1e-12)
+    assert_close("final h", state.h, h, 1e-12)
+
+
+def test_rhn_core_replacing_without_attention_is_the_rhn_cell() -> None:
+    """``core="rhn", update="replace"`` without attention computes what the RHN cell computes
+    with the same weights (laid out the same: the first micro-step in ``weight_ih`` /
+    ``recurrent`` / ``bias``, the later ones in ``deep`` / ``deep_bias``)."""
+    torch.manual_seed(1)
+    rhn = RHN(3, 5, depth=3).double()
+    hybrid = HybridRNN(3, 5, update="replace", core="rhn", depth=3).double()
+    with torch.no_grad():
+        for p in rhn.parameters():
+            p.normal_()
+        assert hybrid.deep is not None and hybrid.deep_bias is not None
+        hybrid.weight_ih.copy_(rhn.weight_ih)
+        hybrid.recurrent.copy_(rhn.recurrent[0])
+        hybrid.bias.copy_(rhn.bias[0])
+        hybrid.deep.copy_(rhn.recurrent[1:])
+        hybrid.deep_bias.copy_(rhn.bias[1:])
+    x = _randn(3, 8, 3, seed=4)
+    y_rhn, s_rhn = rhn(x, backend="reference")
+    y_hyb, s_hyb = hybrid(x, backend="reference")
+    assert_close("y", y_hyb, y_rhn, 1e-13)
+    assert_close("state", s_hyb.h, s_rhn.s, 1e-13)
+
+
+class TestHybridRHNCoreGatedAttention(CellConformance):
+    """The RHN core (depth 2) with the gated update and attention over two past states: the
+    paper's best combination."""
+
+    def make_cell(self) -> Cell[Any]:
+        return HybridRNN(5, 6, update="gated", attention=2, core="rhn", depth=2)
+
+    @pytest.mark.experiment
+    def test_compile(self) -> None:
+        super().test_compile()

@@ -31,7 +31,7 @@
 from rnnkit.models.cells.aaren import Aaren, AarenState, aaren_combine
 from rnnkit.models.cells.alrnn import ALRNN, ALRNNState, region_codes, symbolic_graph
 from rnnkit.models.cells.deltanet import DeltaNet, DeltaNetState, GatedDeltaNet, LinearAttention
-from rnnkit.models.cells.hybrid import HYBRID_UPDATES, HybridRNN, HybridRNNState
+from rnnkit.models.cells.hybrid import HYBRID_CORES, HYBRID_UPDATES, HybridRNN, HybridRNNState
 from rnnkit.models.cells.indrnn import IndRNN, IndRNNState, indrnn_u_max
 from rnnkit.models.cells.jrt import BasedAttention, JRTState, PrefixEncoder
 from rnnkit.models.cells.leaky import LeakyRNN, LeakyRNNState
@@ -50,6 +50,7 @@ from rnnkit.models.cells.srrnn import SRState, StateRegularized
 
 __all__ = [
     "ALRNN",
+    "HYBRID_CORES",
     "HYBRID_UPDATES",
     "LRU",
     "LSSL",
