@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -240,6 +241,7 @@ MISMATCHES = [
     ({"format": "0"}, "9.0", "built for format 0, this is format 1"),
     ({}, "8.0", "built for GPU architectures 9.0, this device is 8.0"),
     ({"arch_list": "9.0a"}, "10.0", "built for GPU architectures 9.0a, this device is 10.0"),
+    ({}, "none", "built for GPU architectures 9.0, there is no GPU here"),
 ]
 
 
@@ -379,3 +381,67 @@ def test_a_wheel_built_here_has_no_prebuilt_and_installs(tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr
     path, prebuilt = out.stdout.strip().splitlines()
     assert path.startswith(str(site)) and prebuilt == "none shipped"
+
+
+# --- tools/gpu ---------------------------------------------------------------------------------
+
+GPU_TOOLS = KERNELS.parents[1] / "tools" / "gpu"
+FAKE_PYTHON = """#!/usr/bin/env bash
+# records each call; `kernels status` answers as a machine where the wheel gave a prebuilt one
+echo "PY $*" >> "$CALLS"
+case "$*" in
+  *"kernels status"*)
+    echo "rnnkit_gated_cuda"
+    [ -n "${PREBUILT:-}" ] && echo "  built      prebuilt" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(not GPU_TOOLS.is_dir(), reason="tools/gpu is not in this checkout")
+def test_gpu_scripts_parse_and_share_the_setup() -> None:
+    scripts = sorted(GPU_TOOLS.glob("*.sh"))
+    assert len(scripts) >= 6
+    for script in scripts:
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script.name, done.stderr)
+    for script in GPU_TOOLS.glob("*_check.sh"):
+        assert 'source "$(dirname "$0")/_setup.sh"' in script.read_text(), script.name
+
+
+@pytest.mark.skipif(not GPU_TOOLS.is_dir(), reason="tools/gpu is not in this checkout")
+@pytest.mark.parametrize("prebuilt", [True, False])
+def test_cuda_check_tries_the_ahead_of_time_build(tmp_path: Path, prebuilt: bool) -> None:
+    """With a stand-in Python: cuda_check.sh installs packages/kernels without build isolation,
+    reads ``kernels status``, builds on first use only where that did not say ``prebuilt``, and
+    exits 3 when the tests pass but nothing was prebuilt."""
+    root = tmp_path / "repo"
+    (root / "tools").mkdir(parents=True)
+    (root / ".whl").mkdir()
+    (root / ".whl" / "rnnkit_core-0.1.0-py3-none-any.whl").write_text("")
+    shutil.copytree(GPU_TOOLS, root / "tools" / "gpu")
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHON": str(fake),
+        "CALLS": str(calls),
+        "RNNKIT_CPP_CACHE": str(tmp_path / "cache"),
+        **({"PREBUILT": "1"} if prebuilt else {}),
+    }
+    done = subprocess.run(
+        ["bash", str(root / "tools" / "gpu" / "cuda_check.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    log = calls.read_text()
+    assert "-m pip install -v --no-index --no-deps --no-build-isolation" in log
+    assert ("kernels build rnnkit_gated_cuda" in log) is not prebuilt
+    expected = "ahead-of-time build: prebuilt" if prebuilt else "ahead-of-time build: NOT prebuilt"
+    assert expected in done.stdout
+    assert done.returncode == (0 if prebuilt else 3), done.stdout + done.stderr

@@ -507,7 +507,8 @@ class NativeLibrary:
         if self.device_arch is not None:
             arch = self.device_arch()
             if not arch_covers(arch_list, arch):
-                return f"built for GPU architectures {arch_list or 'none'}, this device is {arch}"
+                here = "there is no GPU here" if arch == "none" else f"this device is {arch}"
+                return f"built for GPU architectures {arch_list or 'none'}, {here}"
         return None
 
     def _prebuilt_state(self) -> tuple[Path | None, str]:
