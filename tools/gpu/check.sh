@@ -12,13 +12,10 @@
 # 5. tools/gpu/dense_auto.py (dense (768,1) LSTM: backend="auto" against nn.LSTM, bf16 and fp16),
 # and prints a summary table last. About 7-8 minutes on one H100.
 set -u
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/_setup.sh"
 export PYTHONUNBUFFERED=1 TRITON_F32_DEFAULT=ieee
-unset TRITON_INTERPRET
 PY=${PYTHON:-python3}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --force-reinstall .whl/*.whl || exit 1
-fi
+gpu_install_wheels
 "$PY" -c "import rnnkit.core, rnnkit.kernels; print('rnnkit', rnnkit.core.__version__)" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 XDIST=""

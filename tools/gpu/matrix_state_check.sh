@@ -16,13 +16,10 @@
 #    docs/kernels.md. Not yet run: no GPU was lent to the work that wrote it; expect 1-3
 #    minutes of Triton compilation on the first run (the backward adds three kernels).
 set -u
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/_setup.sh"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TRITON_F32_DEFAULT=ieee
-unset TRITON_INTERPRET
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --force-reinstall .whl/*.whl || exit 1
-fi
+gpu_install_wheels
 "$PY" -c "import rnnkit.kernels.matrix_state.triton as m; print('rnnkit', m.BACKEND, m.unavailable_reason())" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Run HERE (not on the GPU machine) before a device run: builds wheels of every rnnkit
 # distribution into .whl/ (git-ignored locally through .git/info/exclude), which the device
-# call carries. The GPU machine has no network, so it cannot build them itself.
+# call carries. The GPU machine has no network, so it cannot build them itself (nor fetch
+# hatchling and ninja: they go to .whl/build/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir .whl
 python3 -m pip wheel -q --no-deps -w .whl \
   packages/core packages/kernels packages/models packages/tasks plugins/mingru
-ls .whl
+# The build tools of the ahead-of-time CUDA build that tools/gpu/cuda_check.sh tries there
+# (pip install --no-build-isolation of packages/kernels needs them in the GPU machine's Python).
+python3 -m pip download -q -d .whl/build hatchling ninja
+ls .whl .whl/build

@@ -4,16 +4,11 @@
 # the Triton scans and the B=8, D=1536, T=65536 target. Prints a short table last.
 # Runs in well under 3 minutes on one H100. Usage: tools/gpu/scan_check.sh [python]
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/_setup.sh"
 PY=${1:-${PYTHON:-python}}
 export TRITON_F32_DEFAULT=ieee
-unset TRITON_INTERPRET
 
-if ! "$PY" -c "import rnnkit.kernels.linear.scan" 2>/dev/null; then
-    # not installed: use the source tree (the registered-kernel tests then need entry points
-    # and may be skipped or fail; the op and kernel tests do not).
-    export PYTHONPATH="packages/core/src:packages/kernels/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
+gpu_source_tree_if_missing rnnkit.kernels.linear.scan  # not installed: the source tree
 "$PY" -c "import torch; print('# torch', torch.__version__, '|', torch.cuda.get_device_name())"
 
 start=$SECONDS

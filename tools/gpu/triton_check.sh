@@ -12,32 +12,13 @@
 #    of launch configs, and prints a compact table last.
 # A failing test does not stop the timing; the script exits with pytest's status.
 set -u
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/_setup.sh"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET
 
-# The machine may not have rnnkit installed (and cannot build it offline): put the sources on
-# the path and give them dist-info with their entry points so the plugin host finds them.
-if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(0 if any(e.value == 'rnnkit.kernels._plugin' for e in m.entry_points(group='rnnkit')) else 1)" 2>/dev/null; then
-  SITE=$(mktemp -d /tmp/rnnkit_site.XXXX)
-  "$PY" - "$SITE" <<'EOF'
-import pathlib, sys, tomllib
-site = pathlib.Path(sys.argv[1])
-for pkg in ("core", "kernels"):
-    meta = tomllib.loads(pathlib.Path(f"packages/{pkg}/pyproject.toml").read_text())["project"]
-    d = site / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
-    d.mkdir()
-    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
-    eps = "".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in items.items()) + "\n"
-        for group, items in meta.get("entry-points", {}).items()
-    )
-    (d / "entry_points.txt").write_text(eps)
-EOF
-  export PYTHONPATH="$SITE:$PWD/packages/core/src:$PWD/packages/kernels/src${PYTHONPATH:+:$PYTHONPATH}"
-  echo "using rnnkit from the source tree (shim dist-info in $SITE)"
-fi
+# The machine may not have rnnkit installed (and cannot build it offline): the source tree,
+# with shim dist-info holding its entry points.
+gpu_source_tree_with_entry_points
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"

@@ -331,3 +331,41 @@ def test_fused_cpp_falls_back_once_when_the_cache_is_unwritable(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
+
+
+LOAD_PREBUILT = """
+def no_compile(self, *args, **kwargs):
+    raise AssertionError("compiled although a matching prebuilt library is there")
+
+native.NativeLibrary._compile = no_compile
+prebuilt_dir = Path(sys.argv[1])
+lib.write_prebuilt(GOOD, prebuilt_dir, "")  # what the wheel's build hook ships
+shipped = NativeLibrary(
+    name=lib.name, csrc=lib.csrc, sources=lib.sources, prebuilt_dir=prebuilt_dir
+)
+info = shipped.build()
+assert info.prebuilt and not info.compiled, info
+assert info.path == prebuilt_dir / (lib.name + ".so")
+assert shipped.ops().plus_one(torch.zeros(2)).tolist() == [1.0, 1.0]
+assert not shipped.cache_dir().exists(), "the cache was touched"
+print(shipped.status()["built"])
+"""
+
+
+def test_a_matching_prebuilt_library_loads_without_the_cache(
+    golden: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A real library shipped prebuilt (as the wheel's build hook writes it) is loaded and its
+    ops run, with an empty cache and no compile."""
+    csrc, _ = golden
+    script = _script(LOAD_PREBUILT, csrc)
+    env = {**os.environ, native.CACHE_ENV: str(tmp_path / "empty-cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "prebuilt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["prebuilt"]

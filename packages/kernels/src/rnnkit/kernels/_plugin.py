@@ -116,10 +116,11 @@ def run_kernels_command(args: argparse.Namespace) -> int:
             for key, value in obj.status().items():
                 print(f"  {key:<10} {value}")
             continue
-        missing = obj.requirement()
+        missing = obj.cannot_build()
         if missing is not None and not args.names:
-            # A library for hardware this machine lacks (a CUDA one on a CPU-only machine) is
-            # not a failure of `build`; naming it asks for it and reports the reason.
+            # A library for hardware this machine lacks (a CUDA one on a CPU-only machine), or
+            # one that needs a compiler it lacks (nvcc) with nothing prebuilt or cached, is not
+            # a failure of `build`; naming it asks for it and reports the reason.
             print(f"{name}: skipped ({missing})")
             continue
         print(f"{name}: building (or loading from the cache) ...", flush=True)
@@ -130,6 +131,8 @@ def run_kernels_command(args: argparse.Namespace) -> int:
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             continue
         how = "compiled" if info.compiled else "loaded from the cache"
+        if info.prebuilt:
+            how = "loaded the prebuilt library"
         print(f"{name}: {how} in {info.seconds:.1f} s: {info.path}")
         ops = obj.ops()
         if hasattr(ops, "info"):

@@ -12,6 +12,15 @@ process loads it in milliseconds, without ninja or a compiler. The flags are ``-
 ``-march``: sources that want SIMD choose the variant when the library loads (for example with
 GCC's ``target_clones``), so a cached library also runs on another x86-64 CPU.
 
+A library may also be shipped **prebuilt** in the wheel (the CUDA one, by the build hook
+``packages/kernels/hatch_build.py`` when the wheel is built where a CUDA torch and nvcc are):
+``<prebuilt_dir>/<library>.so`` beside ``<library>.json``, a manifest of what it was built for
+(:func:`prebuilt_fields`: the sources' digest, torch, CUDA, Python, the platform and the GPU
+architectures). A process loads it in preference to the cache when every field matches the
+running one and the device's architecture is in its list; otherwise it is ignored with a reason
+(``rnnkit kernels status`` shows it) and the cache is used as without it. ``RNNKIT_PREBUILT=0``
+ignores every prebuilt library.
+
 A failed build is recorded in the cache directory (``FAILED``) so that later processes report
 the reason instead of compiling again; ``rnnkit kernels build`` retries. An interrupted build
 (Ctrl-C, a killed process) records nothing. ``RNNKIT_CPP=0`` turns every native library off;
@@ -61,10 +70,14 @@ __all__ = [
     "CACHE_ENV",
     "DISABLE_ENV",
     "LOCK_TIMEOUT_ENV",
+    "PREBUILT_ENV",
+    "PREBUILT_FORMAT",
     "BuildError",
     "BuildInfo",
     "NativeLibrary",
+    "arch_covers",
     "libraries",
+    "prebuilt_fields",
 ]
 
 #: Root directory of the build cache (one sub-directory per library and build key).
@@ -73,6 +86,12 @@ CACHE_ENV = "RNNKIT_CPP_CACHE"
 DISABLE_ENV = "RNNKIT_CPP"
 #: Seconds a process waits for another one's compile of the same library (default 900).
 LOCK_TIMEOUT_ENV = "RNNKIT_CPP_LOCK_TIMEOUT"
+
+#: Set to ``0`` to ignore every prebuilt library (use the cache, compiling as needed).
+PREBUILT_ENV = "RNNKIT_PREBUILT"
+#: Format of a prebuilt library's manifest: bump when its fields change (an older manifest is
+#: then ignored, never misread).
+PREBUILT_FORMAT = "1"
 
 _FAILED = "FAILED"
 _LOCK = "build.lock"
@@ -92,12 +111,14 @@ class BuildInfo:
     Attributes:
         path: the shared library.
         seconds: wall time of the compile, or of the load when it was cached.
-        compiled: whether this process compiled it (False: loaded from the cache).
+        compiled: whether this process compiled it (False: loaded from the cache or prebuilt).
+        prebuilt: whether it is the library shipped prebuilt in the wheel.
     """
 
     path: Path
     seconds: float
     compiled: bool
+    prebuilt: bool = False
 
 
 def _openmp() -> bool:
@@ -183,6 +204,58 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def prebuilt_fields(name: str, sources: str) -> dict[str, str]:
+    """The manifest fields a prebuilt library ``name`` must hold, each equal, to load in this
+    process: the manifest format, the library, the digest of its sources and flags
+    (``sources``), torch, torch's CUDA version (``None`` for a CPU torch), Python (major.minor)
+    and the platform. The GPU architectures are compared apart, by :func:`arch_covers`."""
+    return {
+        "format": PREBUILT_FORMAT,
+        "library": name,
+        "sources": sources,
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def _arch_parts(text: str) -> tuple[int, int, str] | None:
+    """``"9.0a"`` -> ``(9, 0, "a")``; ``None`` for what is not ``major.minor[a|f]``."""
+    major, dot, rest = text.strip().partition(".")
+    minor = rest.rstrip("af")
+    if not dot or not major.isdigit() or not minor.isdigit() or len(rest) - len(minor) > 1:
+        return None
+    return int(major), int(minor), rest[len(minor) :]
+
+
+def arch_covers(arch_list: str, arch: str) -> bool:
+    """Whether code built for ``arch_list`` (``TORCH_CUDA_ARCH_LIST``'s syntax, numbers only:
+    ``"8.0;9.0+PTX"``) runs on a device of compute capability ``arch`` (``"8.6"``).
+
+    Machine code runs on the same major version at an equal or higher minor (``8.0`` on ``8.6``),
+    except the architecture-specific variants (``9.0a``, ``10.0f``: that exact device only);
+    ``+PTX`` entries also run, compiled by the driver, on any later device.
+    """
+    device = _arch_parts(arch)
+    if device is None or device[2]:
+        return False
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        ptx = entry.endswith("+PTX")
+        code = _arch_parts(entry.removesuffix("+PTX"))
+        if code is None:
+            continue
+        if code[2]:  # 9.0a: only that architecture
+            if code[:2] == device[:2]:
+                return True
+            continue
+        if code[0] == device[0] and code[1] <= device[1]:
+            return True
+        if ptx and code[:2] <= device[:2]:
+            return True
+    return False
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -302,6 +375,12 @@ class NativeLibrary:
             architecture).
         build_env: ``() -> {variable: value}`` set while compiling (and part of the build
             key), e.g. ``TORCH_CUDA_ARCH_LIST``.
+        build_requires: ``() -> reason or None``: what compiling needs besides the C++ toolchain
+            (``nvcc``); not needed to load a prebuilt or cached library.
+        prebuilt_dir: where a wheel may ship the library prebuilt (``<name>.so`` and its
+            manifest ``<name>.json``; see the module docstring).
+        device_arch: ``() -> "major.minor"``: the running device's architecture, which a
+            prebuilt library's ``arch_list`` must cover (:func:`arch_covers`).
 
     Under ``torch.compile`` or ``torch.export`` (:func:`torch.compiler.is_compiling`),
     :meth:`ops` and :meth:`why_unavailable` build, load and inspect the cache outside the traced
@@ -321,11 +400,17 @@ class NativeLibrary:
     requires: Callable[[], str | None] | None = None
     key_parts: Callable[[], tuple[str, ...]] | None = None
     build_env: Callable[[], dict[str, str]] | None = None
+    build_requires: Callable[[], str | None] | None = None
+    prebuilt_dir: Path | None = None
+    device_arch: Callable[[], str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ops: Any = field(default=None, repr=False)
     _info: BuildInfo | None = field(default=None, repr=False)
     _failure: str | None = field(default=None, repr=False)
     _key_cached: str | None = field(default=None, repr=False)
+    _sources_cached: str | None = field(default=None, repr=False)
+    # (library to load or None, what ``status`` says of the prebuilt), once per process
+    _prebuilt: tuple[Path | None, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _REGISTRY[self.name] = self
@@ -369,6 +454,127 @@ class NativeLibrary:
     def _digest_file(self, directory: Path) -> Path:
         return directory / f"{self.name}.so.sha256"
 
+    # -- prebuilt (shipped in the wheel) -----------------------------------------------------
+
+    def sources_digest(self) -> str:
+        """Digest of the sources, headers and CUDA flags: the ``sources`` field of a prebuilt
+        library's manifest (an edited source makes a prebuilt library stale)."""
+        if self._sources_cached is None:
+            h = hashlib.sha256()
+            for name in (*self.sources, *self.headers):
+                h.update(name.encode())
+                h.update((self.csrc / name).read_bytes())
+            for flag in self.cuda_cflags:
+                h.update(flag.encode())
+            self._sources_cached = h.hexdigest()[:16]
+        return self._sources_cached
+
+    def write_prebuilt(
+        self, library: Path, directory: Path, arch_list: str, info: dict[str, str] | None = None
+    ) -> list[Path]:
+        """Copy a compiled ``library`` to ``directory`` as this library's prebuilt one, with
+        its manifest: :func:`prebuilt_fields` of this process, ``arch_list`` (what it was
+        compiled for), the SHA-256 of its bytes and ``info`` (shown, never compared).
+
+        Returns:
+            the two files written (``<name>.so``, ``<name>.json``).
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        so = directory / f"{self.name}.so"
+        shutil.copyfile(library, so)
+        manifest = {
+            **(info or {}),
+            **prebuilt_fields(self.name, self.sources_digest()),
+            "arch_list": arch_list,
+            "sha256": _sha256(so),
+        }
+        path = directory / f"{self.name}.json"
+        _write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        return [so, path]
+
+    def _prebuilt_mismatch(self, manifest: dict[str, Any]) -> str | None:
+        """Why a prebuilt library with ``manifest`` cannot load here (``None``: it can)."""
+        labels = {"cuda": "CUDA", "python": "Python", "torch": "torch"}
+        for key, want in prebuilt_fields(self.name, self.sources_digest()).items():
+            have = str(manifest.get(key))
+            if have == want:
+                continue
+            if key == "sources":
+                return "built from other sources (not those installed beside it)"
+            label = labels.get(key, key)
+            return f"built for {label} {have}, this is {label} {want}"
+        arch_list = str(manifest.get("arch_list", ""))
+        if self.device_arch is not None:
+            arch = self.device_arch()
+            if not arch_covers(arch_list, arch):
+                here = "there is no GPU here" if arch == "none" else f"this device is {arch}"
+                return f"built for GPU architectures {arch_list or 'none'}, {here}"
+        return None
+
+    def _prebuilt_state(self) -> tuple[Path | None, str]:
+        """``(library or None, description)`` of the prebuilt library, checked once per process
+        (the digest of its bytes is checked when it is loaded)."""
+        if self._prebuilt is not None:
+            return self._prebuilt
+        state: tuple[Path | None, str] = (None, "none shipped")
+        if os.environ.get(PREBUILT_ENV, "").strip() == "0":
+            state = (None, f"ignored ({PREBUILT_ENV}=0)")
+        elif self.prebuilt_dir is not None:
+            path = self.prebuilt_dir / f"{self.name}.json"
+            library = self.prebuilt_dir / f"{self.name}.so"
+            if path.exists():
+                try:
+                    manifest = json.loads(path.read_text())
+                    if not isinstance(manifest, dict):
+                        raise ValueError("not a JSON object")
+                except (OSError, ValueError) as e:
+                    state = (None, f"ignored: unreadable manifest {path} ({e})")
+                else:
+                    why = self._prebuilt_mismatch(manifest)
+                    if why is None and not library.exists():
+                        why = f"{library} is missing"
+                    if why is None:
+                        arch = manifest.get("arch_list", "")
+                        state = (library, f"{library} (torch {torch.__version__}, arch {arch})")
+                    else:
+                        state = (None, f"ignored: {why}")
+        self._prebuilt = state
+        return state
+
+    def _load_prebuilt(self, library: Path) -> bool:
+        """Load the matching prebuilt ``library`` if its bytes are those its manifest records;
+        otherwise note why it was ignored (``status`` shows it) and return False."""
+        try:
+            manifest = json.loads((library.with_suffix(".json")).read_text())
+            intact = str(manifest.get("sha256")) == _sha256(library)
+        except (OSError, ValueError, AttributeError):
+            intact = False
+        if not intact:
+            self._prebuilt = (None, f"ignored: {library} does not match its recorded digest")
+            return False
+        try:
+            torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
+        except OSError as e:
+            self._prebuilt = (None, f"ignored: it does not load ({_summary(e)})")
+            return False
+        return True
+
+    def build_problem(self) -> str | None:
+        """What this machine lacks to compile the library (toolchain, ``build_requires``)."""
+        problem = _toolchain_problem()
+        if problem is None and self.build_requires is not None:
+            problem = self.build_requires()
+        return problem
+
+    def cannot_build(self) -> str | None:
+        """Why ``rnnkit kernels build`` cannot get the library here: what running it needs
+        (``requires``), or, with no matching prebuilt and nothing cached, what compiling needs
+        besides the C++ toolchain (``build_requires``); ``None`` when it can try."""
+        missing = self.requirement()
+        if missing is not None or self._prebuilt_state()[0] is not None or self.is_built():
+            return missing
+        return self.build_requires() if self.build_requires is not None else None
+
     # -- state -------------------------------------------------------------------------------
 
     def _disabled(self) -> str | None:
@@ -410,9 +616,9 @@ class NativeLibrary:
         missing = self.requirement()
         if missing is not None:
             return missing
-        if self._library(self.cache_dir()).exists():
+        if self._prebuilt_state()[0] is not None or self._library(self.cache_dir()).exists():
             return None
-        problem = _toolchain_problem()
+        problem = self.build_problem()
         if problem is not None:
             return problem
         return self._recorded_failure()
@@ -427,11 +633,36 @@ class NativeLibrary:
 
     # -- building ----------------------------------------------------------------------------
 
-    def _compile(self, directory: Path, verbose: bool) -> None:
+    def compile_into(
+        self, directory: Path, *, env: dict[str, str] | None = None, verbose: bool = False
+    ) -> Path:
+        """Compile the library into ``directory`` (no cache, no lock, no failure record) and
+        return it; ``env`` overrides ``build_env`` (the wheel's build hook sets
+        ``TORCH_CUDA_ARCH_LIST`` to the architectures asked for). The library is loaded into
+        this process, as every compile by ``torch.utils.cpp_extension`` is.
+
+        Raises:
+            BuildError: what compiling needs is missing (:meth:`build_problem`).
+            RuntimeError, OSError, subprocess.SubprocessError: the compiler failed.
+        """
+        problem = self.build_problem()
+        if problem is not None:
+            raise BuildError(problem)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._compile(directory, verbose, env)
+        return self._library(directory)
+
+    def _compile(
+        self, directory: Path, verbose: bool, env_override: dict[str, str] | None = None
+    ) -> None:
         from torch.utils import cpp_extension
 
         cflags, ldflags = _flags()
-        env = {"PATH": _ninja_path(), **(self.build_env() if self.build_env else {})}
+        env = {
+            "PATH": _ninja_path(),
+            **(self.build_env() if self.build_env else {}),
+            **(env_override or {}),
+        }
         old = {k: os.environ.get(k) for k in env}
         # torch looks ninja up on PATH; the ninja wheel may be installed where PATH does not
         # look (a venv that is not activated).
@@ -482,9 +713,13 @@ class NativeLibrary:
             missing = self.requirement()
             if missing is not None:
                 raise BuildError(missing)
+            # A matching prebuilt library first (--force asks for a compile into the cache).
+            prebuilt = self._prebuilt_state()[0]
+            if not force and prebuilt is not None and self._load_prebuilt(prebuilt):
+                return self._loaded(BuildInfo(prebuilt, _since(start), False, prebuilt=True))
             if not force and self._load_verified(directory):
                 return self._loaded(BuildInfo(self._library(directory), _since(start), False))
-            problem = _toolchain_problem()
+            problem = self.build_problem()
             if problem is not None:
                 raise BuildError(problem)
             if not force and self._failure is not None:
@@ -609,11 +844,23 @@ class NativeLibrary:
 
     def status(self) -> dict[str, str]:
         """What ``rnnkit kernels status`` shows: availability, cache and the loaded library."""
-        out = {
-            "available": self.why_unavailable() or "yes",
-            "cache": str(self.cache_dir()),
-            "built": "yes" if self.is_built() else "no",
-        }
+        why = self.why_unavailable()
+        out = {"available": why or "yes"}
+        prebuilt, prebuilt_text = self._prebuilt_state()
+        if self.prebuilt_dir is not None:
+            out["prebuilt"] = prebuilt_text
+        out["cache"] = str(self.cache_dir())
+        # which library a process gets: the one loaded here, else the one it would load
+        if self._info is not None:
+            out["built"] = "prebuilt" if self._info.prebuilt else "cached JIT"
+        elif why is not None and why.startswith("disabled"):
+            out["built"] = f"not built ({why})"
+        elif prebuilt is not None:
+            out["built"] = "prebuilt"
+        elif self._library(self.cache_dir()).exists():
+            out["built"] = "cached JIT"
+        else:
+            out["built"] = f"not built ({why or 'compiled on first use'})"
         if self._info is not None:
             out["library"] = str(self._info.path)
         holder = lock_holder(self.cache_dir())

@@ -22,8 +22,10 @@ a GPU yet.** ``auto`` therefore never picks them (tier
 
 The library is compiled with ``torch.utils.cpp_extension`` on first use and cached by
 :mod:`rnnkit.kernels.native` under a key of the sources, torch, CUDA, nvcc and the GPU
-architecture (never per shape); ``rnnkit kernels status`` shows why it is unavailable (no CUDA
-torch, no device, no nvcc, a failed build). If the build fails on first use, the call runs the
+architecture (never per shape), unless the wheel ships it prebuilt for the running torch, CUDA
+and GPU architecture (``packages/kernels/hatch_build.py``, with ``pip install
+--no-build-isolation``); ``rnnkit kernels status`` shows which, or why it is unavailable (no
+CUDA torch, no device, no nvcc, a failed build). If the build fails on first use, the call runs the
 pure-torch ``fused`` loops (in float32) with a warning. ``RNNKIT_GATED_CUDA=0`` turns it off.
 """
 

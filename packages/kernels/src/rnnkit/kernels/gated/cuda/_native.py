@@ -1,5 +1,6 @@
-"""The CUDA library of the ``cuda`` backend (built through :mod:`rnnkit.kernels.native`), and a
-compile check of its kernels with plain ``nvcc`` that needs no GPU.
+"""The CUDA library of the ``cuda`` backend (built through :mod:`rnnkit.kernels.native`, or
+shipped prebuilt in the wheel by ``packages/kernels/hatch_build.py``), and a compile check of
+its kernels with plain ``nvcc`` that needs no GPU.
 
 The kernels (``csrc/gated_cuda.cu``) include no torch header, so :func:`compile_check` compiles
 them with ``nvcc`` alone in a few seconds (the CI test); the torch glue (``gated_cuda_ops.cpp``,
@@ -28,7 +29,9 @@ __all__ = [
     "KERNEL_SOURCES",
     "LIBRARY",
     "LIB_NAME",
+    "PREBUILT_DIR",
     "CompileCheckError",
+    "build_requirement",
     "compile_check",
     "nvcc",
     "ops",
@@ -75,11 +78,18 @@ def _nvcc_version() -> str:
 
 
 def requirement() -> str | None:
-    """What this machine lacks to build and run the CUDA kernels (``None`` when nothing)."""
+    """What this machine lacks to run the CUDA kernels at all (``None`` when nothing); compiling
+    them also needs :func:`build_requirement`."""
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is built without CUDA"
     if not torch.cuda.is_available():
         return "no CUDA device"
+    return None
+
+
+def build_requirement() -> str | None:
+    """What this machine lacks to compile the CUDA kernels besides the C++ toolchain: nvcc (not
+    needed where a matching prebuilt or cached library is there)."""
     if nvcc() is None:
         return "nvcc not found (set CUDA_HOME or put nvcc on PATH) to compile the CUDA kernels"
     return None
@@ -103,9 +113,14 @@ def _build_env() -> dict[str, str]:
     return {"TORCH_CUDA_ARCH_LIST": _arch()}
 
 
+#: Where a wheel built by ``packages/kernels/hatch_build.py`` ships the library prebuilt.
+PREBUILT_DIR = Path(__file__).parent / "_prebuilt"
+
 #: The CUDA kernels and their torch glue. The build key holds the sources, torch, the CUDA
 #: version, nvcc and the GPU architecture; nothing in it depends on a call's shapes (the tiling
-#: is a runtime argument), so there is one compile per machine and version.
+#: is a runtime argument), so there is one compile per machine and version. A prebuilt library
+#: in ``PREBUILT_DIR`` whose manifest matches torch, CUDA, the sources and the device's
+#: architecture is loaded instead (see :mod:`rnnkit.kernels.native`).
 LIBRARY = NativeLibrary(
     name=LIB_NAME,
     csrc=CSRC,
@@ -116,6 +131,9 @@ LIBRARY = NativeLibrary(
     requires=requirement,
     key_parts=_key_parts,
     build_env=_build_env,
+    build_requires=build_requirement,
+    prebuilt_dir=PREBUILT_DIR,
+    device_arch=_arch,
 )
 
 

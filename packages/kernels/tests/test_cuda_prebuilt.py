@@ -1,0 +1,447 @@
+"""The ahead-of-time build of the ``cuda`` backend's library into the wheel, without a GPU.
+
+The wheel's build hook (``packages/kernels/hatch_build.py``, imported here by path: hatchling
+need not be installed) decides whether to compile, and says why not: a CPU torch, no torch at
+all (pip's build isolation), no nvcc, ``RNNKIT_BUILD_CUDA=0``, an editable install, no GPU and
+no ``TORCH_CUDA_ARCH_LIST``; a failed compile becomes a warning with the compiler's first error
+and the log, never a failed build. The loader (:mod:`rnnkit.kernels.native`) takes a prebuilt
+library only where its manifest matches the running torch, CUDA, Python, platform, sources and
+device architecture, else ignores it with a reason and uses the JIT cache; ``rnnkit kernels
+status`` says which. Loading a real prebuilt library is in ``test_native_cache.py`` (it needs a
+compiled one); building a real wheel is marked ``experiment`` (about 10 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from rnnkit.kernels import native
+from rnnkit.kernels.gated import cuda
+from rnnkit.kernels.native import BuildError, NativeLibrary
+
+KERNELS = Path(__file__).resolve().parents[1]
+
+
+def _load_hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "rnnkit_kernels_hatch_build", KERNELS / "hatch_build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hook = _load_hook()
+CPU_TORCH = hook.TorchInfo("2.13.0+cpu", None)
+CUDA_TORCH = hook.TorchInfo("2.13.0+cu128", "12.8", ("9.0",))
+HEADLESS_CUDA_TORCH = hook.TorchInfo("2.13.0+cu128", "12.8", ())
+NVCC = "/usr/local/cuda/bin/nvcc"
+
+
+# --- the hook's decision -----------------------------------------------------------------------
+
+
+def test_hook_builds_where_everything_is_there() -> None:
+    assert hook.skip_reason({}, "standard", CUDA_TORCH, NVCC, None) is None
+    assert hook.arch_list({}, CUDA_TORCH) == "9.0"
+    given = {"TORCH_CUDA_ARCH_LIST": "8.0;9.0"}
+    assert hook.arch_list(given, CUDA_TORCH) == "8.0;9.0"
+    assert hook.skip_reason({"RNNKIT_BUILD_CUDA": "1"}, "standard", CUDA_TORCH, NVCC, None) is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "version", "info", "nvcc", "toolchain", "reason"),
+    [
+        ({}, "standard", CPU_TORCH, NVCC, None, "torch 2.13.0+cpu is built without CUDA"),
+        ({}, "standard", CUDA_TORCH, None, None, "nvcc not found"),
+        ({"RNNKIT_BUILD_CUDA": "0"}, "standard", CUDA_TORCH, NVCC, None, "RNNKIT_BUILD_CUDA=0"),
+        ({"RNNKIT_BUILD_CUDA": "maybe"}, "standard", CUDA_TORCH, NVCC, None, "neither 0 nor 1"),
+        ({}, "editable", CUDA_TORCH, NVCC, None, "editable install"),
+        ({}, "standard", None, NVCC, None, "pip install --no-build-isolation"),
+        ({}, "standard", CUDA_TORCH, NVCC, "ninja is not installed", "ninja is not installed"),
+        ({}, "standard", HEADLESS_CUDA_TORCH, NVCC, None, "TORCH_CUDA_ARCH_LIST is not set"),
+    ],
+    ids=[
+        "cpu-torch",
+        "no-nvcc",
+        "env-off",
+        "env-bad",
+        "editable",
+        "isolated",
+        "no-ninja",
+        "no-gpu",
+    ],
+)
+def test_hook_skip_reasons(
+    environ: dict[str, str],
+    version: str,
+    info: Any,
+    nvcc: str | None,
+    toolchain: str | None,
+    reason: str,
+) -> None:
+    why = hook.skip_reason(environ, version, info, nvcc, toolchain)
+    assert why is not None and reason in why
+
+
+def test_no_gpu_builds_for_the_architectures_asked_for() -> None:
+    environ = {"TORCH_CUDA_ARCH_LIST": "9.0"}
+    assert hook.skip_reason(environ, "standard", HEADLESS_CUDA_TORCH, NVCC, None) is None
+    assert hook.arch_list(environ, HEADLESS_CUDA_TORCH) == "9.0"
+
+
+def test_probe_sees_this_torch() -> None:
+    info = hook.probe_torch()
+    assert info is not None
+    assert (info.version, info.cuda) == (torch.__version__, torch.version.cuda)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="a CUDA torch would compile here")
+@pytest.mark.parametrize("asked", [False, True])
+def test_hook_run_here_ships_nothing_and_says_why(tmp_path: Path, asked: bool) -> None:
+    """With this CPU torch the hook writes nothing, in one line; asked for it, it warns."""
+    environ = {"RNNKIT_BUILD_CUDA": "1"} if asked else {}
+    outcome = hook.run(KERNELS / "src", "standard", environ, tmp_path)
+    assert outcome.files == [] and list(tmp_path.iterdir()) == []
+    assert outcome.message == (
+        f"no prebuilt CUDA library in this wheel: torch {torch.__version__} is built without "
+        "CUDA; compiled on first use"
+    )
+    assert outcome.warning is asked
+    assert "\n" not in outcome.message
+    # the library's modules were run from the source tree and taken out of sys.modules again
+    assert sys.modules["rnnkit.kernels.native"] is native
+
+
+def test_hook_loads_the_library_definition_from_the_source_tree() -> None:
+    """The hook runs ``gated/cuda/_native.py`` without the packages' ``__init__`` (which need
+    rnnkit-core) and gets the same library, then restores ``sys.modules``."""
+    with hook.library_modules(KERNELS / "src") as modules:
+        lib = modules["rnnkit.kernels.gated.cuda._native"].LIBRARY
+        assert lib is not cuda.LIBRARY and lib.name == cuda.LIBRARY.name
+        assert lib.sources_digest() == cuda.LIBRARY.sources_digest()
+        assert lib.prebuilt_dir == cuda.LIBRARY.prebuilt_dir
+    assert sys.modules["rnnkit.kernels.native"] is native
+
+
+def _tiny(tmp_path: Path, **kwargs: Any) -> NativeLibrary:
+    csrc = tmp_path / "csrc"
+    csrc.mkdir(exist_ok=True)
+    source = csrc / "tiny.cpp"
+    if not source.exists():
+        source.write_text("// tiny\n")
+    kwargs.setdefault("prebuilt_dir", tmp_path / "prebuilt")
+    return NativeLibrary(name="rnnkit_test_prebuilt", csrc=csrc, sources=("tiny.cpp",), **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test libraries must not reach `rnnkit kernels` of other tests
+    monkeypatch.setattr(native, "_REGISTRY", dict(native._REGISTRY))
+
+
+def test_a_failed_compile_warns_with_the_first_error_and_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook's compile failing is a warning and no files: the wheel is still built."""
+    lib = _tiny(tmp_path)
+    output = (
+        "Error building extension 'rnnkit_gated_cuda': [1/3] nvcc ... gated_cuda.cu\n"
+        "FAILED: gated_cuda.cuda.o\n"
+        'gated_cuda.cu(12): error: identifier "undefined_thing" is undefined\n'
+        "1 error detected\n"
+    )
+
+    def failing(directory: Path, *, env: dict[str, str] | None = None) -> Path:
+        assert env == {"TORCH_CUDA_ARCH_LIST": "9.0"}
+        raise RuntimeError(output)
+
+    monkeypatch.setattr(lib, "compile_into", failing)
+    monkeypatch.setattr(hook, "LOG_DIR", tmp_path / "logs")
+    outcome = hook.compile_prebuilt(lib, native._summary, tmp_path / "out", "9.0", "nvcc 13")
+    assert outcome.files == [] and outcome.warning
+    assert 'gated_cuda.cu(12): error: identifier "undefined_thing" is undefined' in outcome.message
+    (log,) = (tmp_path / "logs").iterdir()
+    assert f"(full log: {log})" in outcome.message
+    assert "1 error detected" in log.read_text()
+    assert not (tmp_path / "out").exists()
+
+
+def _prebuild(lib: NativeLibrary, tmp_path: Path, arches: str = "9.0") -> list[Path]:
+    """What the hook ships for ``lib`` after a compile (a file standing for the library)."""
+    fake = tmp_path / "compiled.so"
+    fake.write_bytes(b"\x7fELF not really a library")
+
+    def compiled(directory: Path, *, env: dict[str, str] | None = None) -> Path:
+        assert env == {"TORCH_CUDA_ARCH_LIST": arches}
+        return fake
+
+    lib.compile_into = compiled  # type: ignore[method-assign]
+    assert lib.prebuilt_dir is not None
+    outcome = hook.compile_prebuilt(lib, native._summary, lib.prebuilt_dir, arches, "nvcc 13")
+    assert not outcome.warning, outcome.message
+    return list(outcome.files)
+
+
+def test_the_hook_ships_the_library_with_its_key(tmp_path: Path) -> None:
+    lib = _tiny(tmp_path)
+    so, manifest_path = _prebuild(lib, tmp_path, "8.0;9.0")
+    assert (so.name, manifest_path.name) == (f"{lib.name}.so", f"{lib.name}.json")
+    manifest = json.loads(manifest_path.read_text())
+    expected = native.prebuilt_fields(lib.name, lib.sources_digest())
+    assert {k: manifest[k] for k in expected} == expected
+    assert manifest["torch"] == torch.__version__ and manifest["cuda"] == str(torch.version.cuda)
+    assert manifest["arch_list"] == "8.0;9.0" and manifest["nvcc"] == "nvcc 13"
+    assert manifest["sha256"] == native._sha256(so)
+
+
+# --- the loader's key matching -----------------------------------------------------------------
+
+
+def test_a_matching_prebuilt_is_taken(tmp_path: Path) -> None:
+    _prebuild(_tiny(tmp_path), tmp_path)
+    lib = _tiny(tmp_path, device_arch=lambda: "9.0")
+    path, text = lib._prebuilt_state()
+    assert path == tmp_path / "prebuilt" / f"{lib.name}.so"
+    assert text.startswith(str(path)) and "arch 9.0" in text
+    status = lib.status()
+    assert status["built"] == "prebuilt" and status["available"] == "yes"
+    assert lib.cannot_build() is None
+
+
+def _edit(tmp_path: Path, **fields: str) -> None:
+    path = tmp_path / "prebuilt" / "rnnkit_test_prebuilt.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest))
+
+
+MISMATCHES = [
+    (
+        {"torch": "2.4.0+cu121"},
+        "9.0",
+        f"built for torch 2.4.0+cu121, this is torch {torch.__version__}",
+    ),
+    ({"cuda": "12.1"}, "9.0", f"built for CUDA 12.1, this is CUDA {torch.version.cuda}"),
+    ({"python": "3.99"}, "9.0", "built for Python 3.99, this is Python"),
+    ({"sources": "0123456789abcdef"}, "9.0", "built from other sources"),
+    ({"format": "0"}, "9.0", "built for format 0, this is format 1"),
+    ({}, "8.0", "built for GPU architectures 9.0, this device is 8.0"),
+    ({"arch_list": "9.0a"}, "10.0", "built for GPU architectures 9.0a, this device is 10.0"),
+    ({}, "none", "built for GPU architectures 9.0, there is no GPU here"),
+]
+
+
+@pytest.mark.parametrize(("fields", "device", "reason"), MISMATCHES)
+def test_a_prebuilt_whose_key_differs_is_ignored_with_a_reason(
+    tmp_path: Path, fields: dict[str, str], device: str, reason: str
+) -> None:
+    """Ignored (never loaded), the reason in ``status``; the JIT path is used as without it."""
+    _prebuild(_tiny(tmp_path), tmp_path)
+    _edit(tmp_path, **fields)
+    lib = _tiny(tmp_path, device_arch=lambda: device, build_requires=lambda: "no nvcc here")
+    path, text = lib._prebuilt_state()
+    assert path is None and text.startswith("ignored: ") and reason in text
+    status = lib.status()
+    assert status["prebuilt"] == text
+    assert status["built"] == "not built (no nvcc here)" == f"not built ({lib.why_unavailable()})"
+    with pytest.raises(BuildError, match="no nvcc here"):
+        lib.build()  # went on to compile, which this machine cannot do
+
+
+def test_sources_edited_after_the_build_make_the_prebuilt_stale(tmp_path: Path) -> None:
+    _prebuild(_tiny(tmp_path), tmp_path)
+    (tmp_path / "csrc" / "tiny.cpp").write_text("// edited\n")
+    path, text = _tiny(tmp_path, device_arch=lambda: "9.0")._prebuilt_state()
+    assert path is None and "built from other sources" in text
+
+
+def test_prebuilt_switch_and_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RNNKIT_PREBUILT=0`` ignores it; bytes that differ from the manifest's digest are never
+    loaded; no manifest at all says ``none shipped``."""
+    assert _tiny(tmp_path)._prebuilt_state() == (None, "none shipped")
+    so, _ = _prebuild(_tiny(tmp_path), tmp_path)
+    monkeypatch.setenv(native.PREBUILT_ENV, "0")
+    assert _tiny(tmp_path)._prebuilt_state() == (None, "ignored (RNNKIT_PREBUILT=0)")
+    monkeypatch.delenv(native.PREBUILT_ENV)
+    so.write_bytes(b"\x7fELF truncated")
+    lib = _tiny(tmp_path, device_arch=lambda: "9.0", build_requires=lambda: "no nvcc here")
+    assert lib._prebuilt_state()[0] == so  # the digest is checked when it is loaded
+    with pytest.raises(BuildError, match="no nvcc here"):
+        lib.build()
+    assert lib.status()["prebuilt"] == f"ignored: {so} does not match its recorded digest"
+
+
+def test_arch_covers() -> None:
+    covers = native.arch_covers
+    assert covers("9.0", "9.0") and covers("8.0;9.0", "9.0") and covers("7.5 8.0", "8.0")
+    assert covers("8.0", "8.6")  # same major, newer minor runs the machine code
+    assert not covers("8.6", "8.0") and not covers("8.0", "9.0")
+    assert covers("8.0+PTX", "9.0") and not covers("9.0+PTX", "8.9")
+    assert covers("9.0a", "9.0") and not covers("9.0a", "10.0") and not covers("9.0a+PTX", "10.0")
+    assert not covers("Hopper", "9.0") and not covers("", "9.0") and not covers("9.0", "none")
+
+
+# --- rnnkit kernels build / status -------------------------------------------------------------
+
+
+def test_kernels_status_says_prebuilt_cached_or_why_not(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from rnnkit.core import cli
+
+    assert cli.main(["kernels", "status", cuda.LIBRARY.name]) == 0
+    out = capsys.readouterr().out
+    prebuilt_line = next(ln for ln in out.splitlines() if ln.strip().startswith("prebuilt"))
+    assert prebuilt_line.split(None, 1)[1] == cuda.LIBRARY.status()["prebuilt"]
+    if torch.version.cuda is None:
+        assert f"built      not built ({cuda.available()})" in out
+    _prebuild(_tiny(tmp_path), tmp_path)
+    _tiny(tmp_path, device_arch=lambda: "9.0")
+    assert cli.main(["kernels", "status", "rnnkit_test_prebuilt"]) == 0
+    assert "built      prebuilt" in capsys.readouterr().out
+
+
+def test_build_skips_a_library_it_cannot_compile_unless_one_is_prebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rnnkit kernels build`` without names skips a library whose compiler is missing (nvcc)
+    when nothing is prebuilt; with a matching prebuilt it loads that one instead."""
+    from rnnkit.core import cli
+
+    monkeypatch.setattr(native, "_REGISTRY", {})
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    _tiny(tmp_path, build_requires=lambda: "nvcc not found")
+    assert cli.main(["kernels", "build"]) == 0
+    assert "rnnkit_test_prebuilt: skipped (nvcc not found)" in capsys.readouterr().out
+    _prebuild(_tiny(tmp_path), tmp_path)
+    lib = _tiny(tmp_path, device_arch=lambda: "9.0", build_requires=lambda: "nvcc not found")
+    assert lib.cannot_build() is None
+    loaded: list[str] = []
+    monkeypatch.setattr(lib, "_load_prebuilt", lambda p: loaded.append(str(p)) or True)
+    monkeypatch.setattr(lib, "_loaded", lambda info: info)
+    info = lib.build()
+    assert info.prebuilt and not info.compiled and loaded == [str(info.path)]
+
+
+# --- a real wheel ------------------------------------------------------------------------------
+
+
+@pytest.mark.experiment
+def test_a_wheel_built_here_has_no_prebuilt_and_installs(tmp_path: Path) -> None:
+    """``pip wheel`` (build isolation: torch is not in the build environment) makes a pure
+    wheel without the library, says why in one line, and installs; the installed package
+    reports the library as not built, with the reason."""
+    pip = [sys.executable, "-m", "pip"]
+    done = subprocess.run(
+        [*pip, "wheel", "-v", "--no-deps", "-w", str(tmp_path / "dist"), str(KERNELS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rnnkit-kernels: no prebuilt CUDA library in this wheel: torch is not importable" in (
+        done.stdout + done.stderr
+    )
+    (wheel,) = (tmp_path / "dist").glob("rnnkit_kernels-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "rnnkit/kernels/gated/cuda/_native.py" in names
+    assert not [n for n in names if "_prebuilt" in n or n.endswith(".so")]
+    site = tmp_path / "site"
+    subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    import rnnkit.core
+
+    core_root = Path(rnnkit.core.__file__).parents[2]
+    code = (
+        "import rnnkit.kernels.gated.cuda._native as m; print(m.__file__); "
+        "print(m.LIBRARY.status()['prebuilt'])"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{core_root}"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    path, prebuilt = out.stdout.strip().splitlines()
+    assert path.startswith(str(site)) and prebuilt == "none shipped"
+
+
+# --- tools/gpu ---------------------------------------------------------------------------------
+
+GPU_TOOLS = KERNELS.parents[1] / "tools" / "gpu"
+FAKE_PYTHON = """#!/usr/bin/env bash
+# records each call; `kernels status` answers as a machine where the wheel gave a prebuilt one
+echo "PY $*" >> "$CALLS"
+case "$*" in
+  *"kernels status"*)
+    echo "rnnkit_gated_cuda"
+    [ -n "${PREBUILT:-}" ] && echo "  built      prebuilt" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(not GPU_TOOLS.is_dir(), reason="tools/gpu is not in this checkout")
+def test_gpu_scripts_parse_and_share_the_setup() -> None:
+    scripts = sorted(GPU_TOOLS.glob("*.sh"))
+    assert len(scripts) >= 6
+    for script in scripts:
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script.name, done.stderr)
+    for script in GPU_TOOLS.glob("*_check.sh"):
+        assert 'source "$(dirname "$0")/_setup.sh"' in script.read_text(), script.name
+
+
+@pytest.mark.skipif(not GPU_TOOLS.is_dir(), reason="tools/gpu is not in this checkout")
+@pytest.mark.parametrize("prebuilt", [True, False])
+def test_cuda_check_tries_the_ahead_of_time_build(tmp_path: Path, prebuilt: bool) -> None:
+    """With a stand-in Python: cuda_check.sh installs packages/kernels without build isolation,
+    reads ``kernels status``, builds on first use only where that did not say ``prebuilt``, and
+    exits 3 when the tests pass but nothing was prebuilt."""
+    root = tmp_path / "repo"
+    (root / "tools").mkdir(parents=True)
+    (root / ".whl").mkdir()
+    (root / ".whl" / "rnnkit_core-0.1.0-py3-none-any.whl").write_text("")
+    shutil.copytree(GPU_TOOLS, root / "tools" / "gpu")
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHON": str(fake),
+        "CALLS": str(calls),
+        "RNNKIT_CPP_CACHE": str(tmp_path / "cache"),
+        **({"PREBUILT": "1"} if prebuilt else {}),
+    }
+    done = subprocess.run(
+        ["bash", str(root / "tools" / "gpu" / "cuda_check.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    log = calls.read_text()
+    assert "-m pip install -v --no-index --no-deps --no-build-isolation" in log
+    assert ("kernels build rnnkit_gated_cuda" in log) is not prebuilt
+    expected = "ahead-of-time build: prebuilt" if prebuilt else "ahead-of-time build: NOT prebuilt"
+    assert expected in done.stdout
+    assert done.returncode == (0 if prebuilt else 3), done.stdout + done.stderr
