@@ -224,6 +224,20 @@ def s5_permutation_matrices() -> Tensor:
     return torch.nn.functional.one_hot(perms, 5).float()
 
 
+def _running_products(
+    table: Tensor, size: int, length: int, g: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``size`` uniform words over the group of ``table`` (see :func:`group_table`), element ids
+    ``(size, length)`` int64, and their running products ``g1 · … · gt``, same shape."""
+    x = torch.randint(0, table.shape[0], (size, length), generator=g)
+    y = torch.empty_like(x)
+    acc = torch.zeros(size, dtype=torch.long)
+    for t in range(length):
+        acc = table[acc, x[:, t]]
+        y[:, t] = acc
+    return x, y
+
+
 def s5_data(
     seed: int,
     *,
@@ -244,14 +258,7 @@ def s5_data(
     table = s5_table()
     splits = []
     for stream, size in enumerate(_oversample(sizes)):
-        g = generator(seed, stream)
-        x = torch.randint(0, 120, (size, length), generator=g)
-        y = torch.empty_like(x)
-        acc = torch.zeros(size, dtype=torch.long)
-        for t in range(length):
-            acc = table[acc, x[:, t]]
-            y[:, t] = acc
-        splits.append(Split(x, y))
+        splits.append(Split(*_running_products(table, size, length, generator(seed, stream))))
     data = _disjoint(splits, {"vocab_size": 120}, sizes)
     if encoding == "token":
         return data
@@ -288,12 +295,7 @@ def group_table(group: str) -> Tensor:
 def _word_problem(table: Tensor, size: int, length: int, g: torch.Generator) -> Split:
     """``size`` uniform words of ``length`` elements, one-hot ``(size, length, |G|)`` float,
     and their running products ``(size, length)`` int64."""
-    x = torch.randint(0, table.shape[0], (size, length), generator=g)
-    y = torch.empty_like(x)
-    acc = torch.zeros(size, dtype=torch.long)
-    for t in range(length):
-        acc = table[acc, x[:, t]]
-        y[:, t] = acc
+    x, y = _running_products(table, size, length, g)
     return Split(torch.nn.functional.one_hot(x, table.shape[0]).float(), y)
 
 
