@@ -80,6 +80,7 @@ def test_all_tasks_registered() -> None:
         "copy",
         "mqar",
         "s5",
+        "s3",
         "hmm",
         "ar",
         "lorenz63",

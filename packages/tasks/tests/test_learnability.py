@@ -11,6 +11,8 @@ import torch
 from rnnkit.tasks import TrainConfig, Trainer, get_task
 from rnnkit.tasks.base import IGNORE_INDEX
 from rnnkit.tasks.synthetic import (
+    group_data,
+    group_table,
     mqar_data,
     mqar_metrics,
     s5_data,
@@ -56,6 +58,47 @@ def test_s5_encodings_hold_the_same_examples() -> None:
     for t in range(6):
         acc = acc @ perm.train.inputs[:, t].reshape(-1, 5, 5)
         assert torch.equal(acc, s5_permutation_matrices()[perm.train.targets[:, t]])
+
+
+def test_group_tables_are_groups() -> None:
+    """Each table is a group's: index 0 the identity, every row and column a permutation (a
+    Latin square), associative; Z<m> is abelian, S3 is not, and S5's is s5_table."""
+    for name, size in (("Z2", 2), ("Z5", 5), ("S3", 6), ("S4", 24)):
+        t = group_table(name)
+        e = torch.arange(size)
+        assert t.shape == (size, size)
+        assert torch.equal(t[0], e) and torch.equal(t[:, 0], e)
+        assert torch.equal(t.sort(0).values, e[:, None].expand(size, size))
+        assert torch.equal(t.sort(1).values, e.expand(size, size))
+        # (a b) c == a (b c): t[t[a, b], c] against t[a, t[b, c]]
+        assert torch.equal(t[t], t[e[:, None, None], t[None]])
+        assert torch.equal(t, t.T) == name.startswith("Z")
+    assert torch.equal(group_table("S5"), s5_table())
+    assert torch.equal(group_table("Z3"), torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]]))
+    for bad in ("S6", "S1", "Z1", "A4", "Z", "S3x"):
+        with pytest.raises(ValueError, match="group must be"):
+            group_table(bad)
+
+
+def test_group_data_tests_past_the_training_length() -> None:
+    data = group_data(2, group="Z3", length=5, test_length=20, sizes=(50, 20, 30))
+    assert data.train.inputs.shape == (50, 5, 3) and data.valid.inputs.shape[1] == 5
+    assert data.test.inputs.shape == (30, 20, 3)
+    assert data.info == {"group_size": 3, "train_length": 5, "test_length": 20}
+    for split in (data.train, data.test):  # the target is the running sum modulo 3
+        ids = split.inputs.argmax(-1)
+        assert torch.equal(split.targets, ids.cumsum(1) % 3)
+    s3 = group_data(2, group="S3", length=4, test_length=4, sizes=(40, 20, 20))
+    table = group_table("S3")
+    ids = s3.test.inputs.argmax(-1)
+    acc = torch.zeros(len(ids), dtype=torch.long)
+    for t in range(4):
+        acc = table[acc, ids[:, t]]
+        assert torch.equal(s3.test.targets[:, t], acc)
+    seen = {tuple(r) for r in s3.train.inputs.argmax(-1).tolist()}
+    assert not seen & {tuple(r) for r in ids.tolist()}
+    with pytest.raises(ValueError, match="lengths must be"):
+        group_data(0, length=0)
 
 
 def test_s5_bad_encoding_raises() -> None:
