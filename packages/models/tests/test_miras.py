@@ -28,11 +28,17 @@ CELLS: dict[str, Any] = {
 }
 #: Moneta with ``q = 2`` has a linear memory: the ``exact`` backend takes its other path.
 EXACT_CELLS = {**CELLS, "moneta_q2": lambda **kw: Moneta(5, 6, heads=2, p=3.0, q=2.0, **kw)}
+#: Moneta with a radius other than 1 (its norm's floor; only a constant in the same code path,
+#: so only the written-out update checks it).
+ORACLE_CELLS = {
+    **EXACT_CELLS,
+    "moneta_radius": lambda **kw: Moneta(5, 6, heads=2, radius=0.3, **kw),
+}
 
 
 def _build(name: str, **kw: Any) -> MirasCell[Any]:
     torch.manual_seed(0)
-    cell: MirasCell[Any] = EXACT_CELLS[name](**kw).double()
+    cell: MirasCell[Any] = ORACLE_CELLS[name](**kw).double()
     return cell
 
 
@@ -60,7 +66,7 @@ def _body(cell: MirasCell[Any], x_t: torch.Tensor, prev: torch.Tensor) -> dict[s
 def _written_out(cell: MirasCell[Any], x: torch.Tensor) -> torch.Tensor:
     """The cell's per-token update from its equations, per example and head, in float64 (the
     memory itself is tracked, not the cell's accumulator: Memora as ``c softmax(alpha log W -
-    eta grad)``, Moneta's ``W = A / ||A||_q^(q-2)`` with the floor)."""
+    eta grad)``, Moneta's ``W = A / ||A||_q^(q-2)`` with the floor at the radius)."""
     B, T, _ = x.shape
     nh, d = cell.heads, cell.head_dim
     y = torch.zeros(B, T, cell.hidden_size, dtype=torch.float64)
@@ -82,8 +88,11 @@ def _written_out(cell: MirasCell[Any], x: torch.Tensor) -> torch.Tensor:
                 if isinstance(cell, Moneta):
                     grad = torch.outer(torch.sign(e) * e.abs() ** (cell.p - 1), k)
                     A[h] = alpha * A[h] - eta * grad
-                    norm_q = (A[h].abs().pow(cell.q).sum() + 1.0) ** (1 / cell.q)
-                    W[h] = A[h] / norm_q ** (cell.q - 2)
+                    r = cell.radius
+                    n = ((A[h].abs().pow(cell.q).sum() / r**cell.q + 1.0) ** (1 / cell.q)) ** (
+                        cell.q - 2
+                    )
+                    W[h] = A[h] / n
                 elif isinstance(cell, Yaad) and cell.huber == "coordinate":
                     delta = F.softplus(g["extra"][h])
                     clipped = torch.stack([min(max(c, -delta), delta) for c in e])
@@ -106,7 +115,7 @@ def _written_out(cell: MirasCell[Any], x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", [*sorted(CELLS), "moneta_radius"])
 def test_recur_is_the_written_out_update(name: str) -> None:
     cell = _build(name)
     x = torch.randn(2, 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -205,6 +214,25 @@ def test_retention_starts_near_one_for_every_draw(name: str) -> None:
         assert float(alpha.min()) > 0.98, (seed, alpha)
 
 
+@pytest.mark.parametrize("radius", [1.0, 4.0])
+def test_moneta_memory_is_bounded_by_its_radius(radius: float) -> None:
+    """``q = 4``: ``W = A / ((||A||_4 / r)^4 + 1)^(1/2)`` is ``A`` to first order for small
+    ``A``, reaches ``||W||_4 = r / sqrt(2)`` at ``||A||_4 = r`` and never exceeds it, and is
+    ``r^2 A / ||A||_4^2`` (degree -1) far beyond: the bound that kept the ``mqar`` model's
+    bindings out of a memory of radius 1 (docs/tasks.md)."""
+    cell = Moneta(4, 8, heads=1, q=4.0, radius=radius).double()
+    direction = torch.randn(
+        1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    direction = direction / direction.abs().pow(4).sum().pow(0.25)  # ||direction||_4 = 1
+    sizes = torch.logspace(-3, 3, 61, dtype=torch.float64) * radius
+    norms = torch.stack([cell._memory(s * direction).abs().pow(4).sum().pow(0.25) for s in sizes])
+    assert float(norms.max()) <= radius / math.sqrt(2) * (1 + 1e-12)
+    assert float(norms[30]) == pytest.approx(radius / math.sqrt(2), rel=1e-12)  # ||A||_4 = r
+    assert float(norms[0]) == pytest.approx(float(sizes[0]), rel=1e-6)  # W ~ A near 0
+    assert float(norms[-1]) == pytest.approx(radius**2 / float(sizes[-1]), rel=1e-6)
+
+
 def test_chunk_deviation_is_zero_at_one_and_nonzero_above() -> None:
     torch.manual_seed(0)
     cell = Moneta(8, 16, heads=2).double()
@@ -282,6 +310,8 @@ def test_nan_in_gives_nan_out(name: str, chunk: int | None) -> None:
         (lambda: Moneta(5, 6, q=1.0), "q"),
         (lambda: Moneta(5, 6, q=True), "q"),
         (lambda: Moneta(5, 6, chunk_size=0), "chunk_size"),
+        (lambda: Moneta(5, 6, radius=0.0), "radius"),
+        (lambda: Moneta(5, 6, radius=math.nan), "radius"),
         (lambda: Yaad(5, 6, chunk_size=2.5), "chunk_size"),
         (lambda: Titans(5, 6, chunk_size=True), "chunk_size"),
         (lambda: Memora(5, 6, scale=0.0), "scale"),

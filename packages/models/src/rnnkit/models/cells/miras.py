@@ -59,12 +59,15 @@ EXACT_BLOCK = 64
 #: Titans and Yaad failed with such a draw, docs/tasks.md). Forgetting is learned from there.
 DT_RANGE = (1e-4, 1e-3)
 #: :class:`Yaad`'s attentional biases: the notes' switch on the residual's norm, or the Huber
-#: loss of each coordinate.
+#: loss of each coordinate (the paper's first Huber variant, by a third-party restatement).
 HUBER: tuple[str, ...] = ("switch", "coordinate")
-#: ``||A||_q`` is computed as ``(sum |A|^q + NORM_FLOOR)^(1/q)`` in :class:`Moneta`: without
-#: the floor, ``A / ||A||_q^(q-2)`` grows without bound as ``A -> 0`` for ``q > 2`` (the
-#: memory starts at zero), with it the map is close to the identity while ``||A||_q << 1``.
-NORM_FLOOR = 1.0
+#: :class:`Moneta`'s default ``radius`` ``r``: ``n(A) = ((||A||_q / r)^q + 1)^((q-2)/q)``.
+#: Without the ``+ 1`` (the paper's ``||A||_q^(q-2)``), ``A / n(A)`` grows without bound as
+#: ``A -> 0`` for ``q > 2`` (the memory starts at zero); with it the map is close to the
+#: identity while ``||A||_q << r``, and for ``q >= 3`` the memory's ``l_q`` norm is bounded
+#: (by ``r / sqrt(2)`` for ``q = 4``): at ``r = 1`` that bound kept Moneta from learning
+#: ``mqar`` (docs/tasks.md).
+RADIUS = 1.0
 
 
 class MirasState(NamedTuple):
@@ -658,8 +661,9 @@ class Moneta(_Accumulating):
 
     With :class:`MirasCell`'s body (``q_t, k_t, v_t``, ``eta_t``, ``alpha_t``):
 
-    - ``W_{t-1} = A_{t-1} / n(A_{t-1})``, ``n(A) = (sum |A|^q + 1)^((q - 2) / q)`` per head
-      (``||A||_q^(q-2)`` with a floor, :data:`NORM_FLOOR`; ``n = 1`` for ``q = 2``);
+    - ``W_{t-1} = A_{t-1} / n(A_{t-1})``, ``n(A) = ((||A||_q / r)^q + 1)^((q - 2) / q)`` per
+      head: the paper's ``||A||_q^(q-2)`` (up to the constant ``r^(q-2)``) with a floor that
+      keeps it finite at ``A = 0``, ``r = radius``; ``n = 1`` for ``q = 2``;
     - residual ``e_t = W_{t-1} k_t - v_t``; loss ``(1/p) ||e_t||_p^p``, whose gradient with
       respect to ``W`` is ``(sign(e_t) |e_t|^(p-1)) k_t^T`` (the paper's ``p`` factor is
       folded into ``eta``, so ``p = 2`` gives the delta rule's step);
@@ -670,6 +674,14 @@ class Moneta(_Accumulating):
     (tested); with a decay it is ``W_t = W_{t-1} (alpha_t I - eta_t k_t k_t^T) + eta_t v_t
     k_t^T``, which differs from Gated DeltaNet's ``alpha_t W_{t-1} (I - eta_t k_t k_t^T) + ...``
     in decaying only the old memory, not the correction term.
+
+    The normalisation bounds the memory: ``W = A / n(A)`` is close to ``A`` while ``||A||_q
+    << r`` and homogeneous of degree ``3 - q`` in ``A`` beyond ``r`` (``W`` shrinks as ``A``
+    grows for ``q > 3``), so for ``q >= 3`` the memory is bounded, ``||W||_q <= r sup_u u
+    (u^q + 1)^((2-q)/q)`` (``r`` for ``q = 3``, ``r / sqrt(2)`` for ``q = 4``). Bindings that
+    need a larger memory cannot be written: the residuals stay large, ``A`` keeps growing and
+    the read-out shrinks. At ``r = 1`` (the default, the floor this cell had before the option)
+    the ``mqar`` model's bindings needed more; ``radius=4`` learns it (docs/tasks.md).
 
     ``recur`` (``backend="reference"``) is the exact update; ``exact_forward``
     (``backend="exact"``, what ``auto`` runs) computes it a sequence at a time.
@@ -683,6 +695,8 @@ class Moneta(_Accumulating):
         heads: number of heads; must divide ``hidden_size``.
         p: the attentional bias's exponent, a finite number ``>= 2`` (paper: 3).
         q: the retention's exponent, a finite number ``>= 2`` (paper: 4).
+        radius: ``r``, a finite number ``> 0``: the scale of the normalisation's floor and of
+            the bound on the memory (default :data:`RADIUS`; the paper has no floor).
         chunk_size: ``None`` (default) or a positive int: the chunk of ``chunked_forward``.
         a_range, dt_range: the decay's initialisation (see :class:`GatedDeltaNet`); ``dt_range``
             defaults to :data:`DT_RANGE`, slower than Gated DeltaNet's.
@@ -698,6 +712,7 @@ class Moneta(_Accumulating):
         heads: int = 1,
         p: float = 3.0,
         q: float = 4.0,
+        radius: float = RADIUS,
         chunk_size: int | None = None,
         a_range: tuple[float, float] = (1.0, 16.0),
         dt_range: tuple[float, float] = DT_RANGE,
@@ -709,6 +724,7 @@ class Moneta(_Accumulating):
                 raise ValueError(f"{name} must be a finite number >= 2, got {value!r}")
         self.p = float(p)
         self.q = float(q)
+        self.radius = check_finite("radius", radius, positive=True)
         super().__init__(
             input_size, hidden_size, heads=heads, chunk_size=chunk_size, a_range=a_range,
             dt_range=dt_range, device=device, dtype=dtype,
@@ -720,7 +736,9 @@ class Moneta(_Accumulating):
     def _memory(self, A: Tensor) -> Tensor:
         if self.q == 2.0:
             return A
-        total = A.abs().pow(self.q).sum((-2, -1), keepdim=True) + NORM_FLOOR
+        total = (
+            A.abs().pow(self.q).sum((-2, -1), keepdim=True) / math.pow(self.radius, self.q) + 1.0
+        )
         return A / total.pow((self.q - 2.0) / self.q)
 
     def _bias_grad(self, e: Tensor, extra: Tensor) -> Tensor:
@@ -729,7 +747,7 @@ class Moneta(_Accumulating):
         return torch.sign(e) * e.abs().pow(self.p - 1.0)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, p={self.p:g}, q={self.q:g}"
+        return f"{super().extra_repr()}, p={self.p:g}, q={self.q:g}, radius={self.radius:g}"
 
 
 class Yaad(_Accumulating):
