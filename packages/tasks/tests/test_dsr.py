@@ -208,6 +208,36 @@ def test_default_budget_reconstructs_the_attractor(task: str, tmp_path: Path) ->
     assert result.test["dstsp"] < 0.75 * untrained["dstsp"], (result.test, untrained)
 
 
+@pytest.mark.experiment
+def test_adaptive_generalised_forcing_at_the_task_budget(tmp_path: Path) -> None:
+    """lorenz63_dsr with ``tau=1 alpha=adaptive`` at the task's budget (minutes on one CPU
+    thread): the learned dynamics expand (G > 1), so training ends with an alpha strictly
+    between 0 and 1, and the free run's state-space divergence ends well below the untrained
+    model's (the spectrum is not yet close at this budget: see docs/tasks.md)."""
+    from rnnkit.tasks.registry import builtin_tasks
+    from rnnkit.tasks.trainer import evaluate
+
+    spec = {t.name: t for t in builtin_tasks()}["lorenz63_dsr"]
+    data = spec.data(0)
+    torch.manual_seed(0)
+    untrained = evaluate(spec, spec.build_model(), data.test, data.info, device=torch.device("cpu"))
+    config = {"tau": 1, "alpha": "adaptive"}
+    trainer = Trainer(
+        TrainConfig(
+            task=spec.name,
+            model_config=config,
+            out=str(tmp_path / "run"),
+            progress=False,
+            plot=False,
+        )
+    )
+    result = trainer.run()
+    model = trainer.model
+    assert isinstance(model, ALRNNReconstructor) and model.adaptive
+    assert model.growth > 1.0 and 0.0 < model.alpha < 1.0, repr(model)
+    assert result.test["dstsp"] < 0.85 * untrained["dstsp"], (result.test, untrained)
+
+
 def test_adaptive_generalised_forcing_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
