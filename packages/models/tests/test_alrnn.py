@@ -432,6 +432,12 @@ def test_adaptive_alpha_updates_in_training_only_and_is_saved() -> None:
     fixed = ALRNNReconstructor(2, hidden_size=5, pwl_units=2)
     assert not any("gtf_" in k for k in fixed.state_dict())
     assert math.isnan(fixed.growth) and fixed.alpha == 1.0
+    fixed.alpha = 0.25  # a fixed alpha can be changed (checked); an adaptive one cannot
+    assert fixed.alpha == 0.25 and "alpha=0.25" in repr(fixed)
+    with pytest.raises(ValueError, match="alpha"):
+        fixed.alpha = 1.5
+    with pytest.raises(ValueError, match="alpha"):
+        model.alpha = 0.5
 
 
 def test_growth_estimate_checks_its_arguments() -> None:

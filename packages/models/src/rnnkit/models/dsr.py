@@ -237,7 +237,7 @@ class ALRNNReconstructor(nn.Module):
     @alpha.setter
     def alpha(self, alpha: float) -> None:
         if self.adaptive:
-            raise ValueError("alpha of a model built with alpha='adaptive' is estimated in training")
+            raise ValueError("alpha of a model built with alpha='adaptive' is set by training")
         self._alpha = check_alpha(alpha)
 
     @property
