@@ -1,5 +1,6 @@
 """AL-RNN: the cell's equation against a float64 oracle, the conformance kit, symbolic codes on
-networks whose regions are known, teacher forcing, bad hyperparameters."""
+networks whose regions are known, teacher forcing (sparse, generalised with a fixed or an
+adaptive alpha), bad hyperparameters."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from rnnkit.core.testing import CellConformance
 from rnnkit.models import create_model
 from rnnkit.models.cells import ALRNN, region_codes, symbolic_graph
 from rnnkit.models.cells.alrnn import phi_star
-from rnnkit.models.dsr import ALRNNReconstructor, teacher_force
+from rnnkit.models.dsr import (
+    ALRNNReconstructor,
+    adaptive_alpha,
+    growth_estimate,
+    parameter_bound,
+    teacher_force,
+)
 
 
 class TestALRNN(CellConformance):
@@ -193,6 +200,10 @@ def test_sparse_forcing_resets_the_readouts_every_tau_steps() -> None:
         ({"alpha": 1.5}, "alpha"),
         ({"alpha": -0.1}, "alpha"),
         ({"alpha": float("nan")}, "alpha"),
+        ({"alpha": "adaptve"}, "alpha"),
+        ({"alpha": "adaptive", "alpha_estimate": "median"}, "alpha_estimate"),
+        ({"alpha_estimate": None}, "alpha_estimate"),
+        ({"alpha": "adaptive", "alpha_every": 0}, "alpha_every"),
         ({"hidden_size": 1}, "hidden_size"),
         ({"noise": -1.0}, "noise"),
     ],
@@ -254,3 +265,183 @@ def _learn_rotation() -> None:
         free = float(torch.nn.functional.mse_loss(model(x), y))
     persistence = float(torch.nn.functional.mse_loss(x, y))
     assert free < 0.02 * persistence, (free, persistence)
+
+
+# --- generalised teacher forcing with an adaptive alpha (Hess et al., ICML 2023) -------------
+
+
+def _expanding_model(estimate: str = "geometric", every: int = 1) -> ALRNNReconstructor:
+    """A float64 adaptive-GTF model with a W large enough that some steps expand (G > 1) and
+    the rectified units switch."""
+    torch.manual_seed(11)
+    model = ALRNNReconstructor(
+        2,
+        hidden_size=5,
+        pwl_units=2,
+        tau=1,
+        alpha="adaptive",
+        alpha_estimate=estimate,
+        alpha_every=every,
+    ).double()
+    with torch.no_grad():
+        model.cell.recurrent.normal_(0.0, 0.6)
+        assert model.cell.bias is not None
+        model.cell.bias.normal_(0.0, 0.3)
+        model.latent_init.normal_(0.0, 0.5)
+    return model
+
+
+def test_jacobian_is_autograds_jacobian_of_one_step() -> None:
+    model = _expanding_model()
+    cell = model.cell
+    states = torch.randn(3, 6, 5, dtype=torch.float64)
+    regions = {int(c) for c in cell.region_codes(states).reshape(-1)}
+    assert len(regions) >= 3  # the slopes of the rectified units vary
+    jac = cell.jacobian(states)  # (3, 6, 5, 5)
+    for b in range(3):
+        for t in range(6):
+            want = torch.autograd.functional.jacobian(cell.step_map, states[b, t])
+            torch.testing.assert_close(jac[b, t], want, rtol=0, atol=1e-14)
+    # the reconstructor's per-region Jacobians stand for every step
+    distinct, index = model.forcing_jacobians(states)
+    assert distinct.shape[0] == len(regions) and index.shape == (3, 6)
+    torch.testing.assert_close(distinct[index], jac, rtol=0, atol=0)
+
+
+def _oracle_forced_states(model: ALRNNReconstructor, x: Tensor, alpha: float) -> list[Tensor]:
+    """Per sequence, the states the cell steps from under forcing with ``alpha`` (tau = 1),
+    one float64 vector at a time from the equations."""
+    a = model.cell.diag.detach()
+    w = model.cell.recurrent.detach()
+    bias = model.cell.bias
+    assert bias is not None
+    h = bias.detach()
+    b_mat = model.latent_init.detach()
+    n, m, p = 2, 5, 2
+    out = []
+    for seq in x:
+        z = torch.cat((seq[0], seq[0] @ b_mat))
+        states = []
+        for x_t in seq:
+            z = torch.cat(((1 - alpha) * z[:n] + alpha * x_t, z[n:]))
+            states.append(z.clone())
+            phi = torch.cat((z[: m - p], torch.clamp(z[m - p :], min=0.0)))
+            z = a * z + w @ phi + h
+        out.append(torch.stack(states))
+    return out
+
+
+def _oracle_growth(model: ALRNNReconstructor, x: Tensor, alpha: float, estimate: str) -> float:
+    a = model.cell.diag.detach()
+    w = model.cell.recurrent.detach()
+    jacs = []
+    for states in _oracle_forced_states(model, x, alpha):
+        seq_j = []
+        for z in states:
+            d = torch.tensor([1.0, 1.0, 1.0, float(z[3] > 0), float(z[4] > 0)], dtype=z.dtype)
+            seq_j.append(torch.diag(a) + w @ torch.diag(d))
+        jacs.append(seq_j)
+    norms = [[float(torch.linalg.svdvals(j)[0]) for j in seq] for seq in jacs]
+    if estimate == "max":
+        return max(max(row) for row in norms)
+    if estimate == "mean":
+        mean = sum(j for seq in jacs for j in seq) / sum(len(seq) for seq in jacs)
+        return float(torch.linalg.svdvals(mean)[0])
+    return max(math.exp(sum(math.log(v) for v in row) / len(row)) for row in norms)
+
+
+@pytest.mark.parametrize("estimate", ["geometric", "max", "mean"])
+def test_adaptive_alpha_against_a_float64_computation(estimate: str) -> None:
+    model = _expanding_model(estimate)
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    # before any estimate: alpha from the parameter bound max|A| + ||W||_2
+    bound = float(model.cell.diag.abs().max()) + float(
+        torch.linalg.svdvals(model.cell.recurrent.detach())[0]
+    )
+    assert float(parameter_bound(model.cell)) == pytest.approx(bound, rel=1e-12)
+    model(x, targets=x)
+    alpha0 = 1 - 1 / bound
+    growth = _oracle_growth(model, x, alpha0, estimate)
+    assert growth > 1.0  # the case where alpha matters
+    assert model.growth == pytest.approx(growth, rel=1e-10)
+    assert model.alpha == pytest.approx(1 - 1 / growth, rel=1e-10)
+    assert f"now {model.alpha:.4g}" in repr(model)
+    # the estimate takes effect from the next batch: its forcing uses that alpha
+    fixed = ALRNNReconstructor(2, hidden_size=5, pwl_units=2, tau=1, alpha=model.alpha).double()
+    fixed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("gtf_")})
+    x2 = torch.randn(2, 6, 2, dtype=torch.float64)
+    torch.testing.assert_close(model(x2, targets=x2), fixed(x2, targets=x2))
+
+
+def test_alpha_is_zero_when_the_dynamics_contract() -> None:
+    assert adaptive_alpha(0.5) == adaptive_alpha(1.0) == 0.0
+    assert adaptive_alpha(4.0) == 0.75
+    assert adaptive_alpha(math.inf) == adaptive_alpha(math.nan) == 1.0
+    x = torch.randn(2, 8, 2, dtype=torch.float64)
+    for estimate in ("geometric", "max", "mean", "bound"):
+        model = _expanding_model(estimate)
+        with torch.no_grad():
+            model.cell.diag.fill_(0.5)
+            model.cell.recurrent.mul_(0.3 / float(torch.linalg.svdvals(model.cell.recurrent)[0]))
+        for _ in range(2):
+            model(x, targets=x)
+            assert 0.0 < model.growth <= 0.8 + 1e-12 and model.alpha == 0.0, estimate
+
+
+def test_adaptive_alpha_of_one_forces_like_sparse_forcing_without_gradient() -> None:
+    model = _expanding_model(every=2)
+    with torch.no_grad():  # as if the last estimate had been G = inf, and not due this batch
+        model.gtf_alpha.fill_(1.0)
+        model.gtf_batches.fill_(1)
+    sparse = ALRNNReconstructor(2, hidden_size=5, pwl_units=2, tau=1, alpha=1.0).double()
+    sparse.load_state_dict({k: v for k, v in model.state_dict().items() if "gtf_" not in k})
+    x = torch.randn(2, 6, 2, dtype=torch.float64)
+    outs, grads = [], []
+    for net in (model, sparse):
+        out = net(x, targets=x)
+        out.sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad for p in net.parameters()])
+    assert model.alpha == 1.0 and int(model.gtf_batches) == 2
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    # the forcing at the adaptive alpha of 1 replaces the readouts: no gradient reaches them
+    z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    forced = teacher_force(z, torch.randn(4, 2, dtype=torch.float64), model.alpha)
+    forced.sum().backward()
+    assert z.grad is not None and bool((z.grad[:, :2] == 0).all())
+
+
+def test_adaptive_alpha_updates_in_training_only_and_is_saved() -> None:
+    model = _expanding_model(every=3)
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    model.eval()
+    model(x, targets=x)
+    model(x)
+    assert int(model.gtf_batches) == 0 and math.isnan(model.growth)
+    model.train()
+    seen = []
+    for _ in range(4):
+        model(x, targets=x)
+        seen.append(model.growth)
+    # batch 0 estimates, batches 1 and 2 keep it, batch 3 estimates again
+    assert seen[0] == seen[1] == seen[2] and int(model.gtf_batches) == 4
+    copy = _expanding_model(every=3)
+    copy.load_state_dict(model.state_dict())
+    assert copy.alpha == model.alpha and int(copy.gtf_batches) == 4
+    fixed = ALRNNReconstructor(2, hidden_size=5, pwl_units=2)
+    assert not any("gtf_" in k for k in fixed.state_dict())
+    assert math.isnan(fixed.growth) and fixed.alpha == 1.0
+    fixed.alpha = 0.25  # a fixed alpha can be changed (checked); an adaptive one cannot
+    assert fixed.alpha == 0.25 and "alpha=0.25" in repr(fixed)
+    with pytest.raises(ValueError, match="alpha"):
+        fixed.alpha = 1.5
+    with pytest.raises(ValueError, match="alpha"):
+        model.alpha = 0.5
+
+
+def test_growth_estimate_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="estimate"):
+        growth_estimate(torch.eye(3).expand(1, 2, 3, 3), "bound")
+    with pytest.raises(ValueError, match="jacobians"):
+        growth_estimate(torch.eye(3), "max")

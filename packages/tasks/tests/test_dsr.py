@@ -3,6 +3,7 @@ trainer's forced-training / free-running-evaluation split for the AL-RNN."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from rnnkit.core.cli import main
 from rnnkit.models.dsr import ALRNNReconstructor
+from rnnkit.tasks import get_task
 from rnnkit.tasks.base import TaskData
 from rnnkit.tasks.dsr import (
     lorenz63_dsr_data,
@@ -203,3 +206,54 @@ def test_default_budget_reconstructs_the_attractor(task: str, tmp_path: Path) ->
     ).run()
     assert result.test["dh"] < 0.15, result.test
     assert result.test["dstsp"] < 0.75 * untrained["dstsp"], (result.test, untrained)
+
+
+@pytest.mark.experiment
+def test_adaptive_generalised_forcing_at_the_task_budget(tmp_path: Path) -> None:
+    """lorenz63_dsr with ``tau=1 alpha=adaptive`` at the task's budget (minutes on one CPU
+    thread): the learned dynamics expand (G > 1), so training ends with an alpha strictly
+    between 0 and 1, and the free run's state-space divergence ends well below the untrained
+    model's (the spectrum is not yet close at this budget: see docs/tasks.md)."""
+    from rnnkit.tasks.registry import builtin_tasks
+    from rnnkit.tasks.trainer import evaluate
+
+    spec = {t.name: t for t in builtin_tasks()}["lorenz63_dsr"]
+    data = spec.data(0)
+    torch.manual_seed(0)
+    untrained = evaluate(spec, spec.build_model(), data.test, data.info, device=torch.device("cpu"))
+    config = {"tau": 1, "alpha": "adaptive"}
+    trainer = Trainer(
+        TrainConfig(
+            task=spec.name,
+            model_config=config,
+            out=str(tmp_path / "run"),
+            progress=False,
+            plot=False,
+        )
+    )
+    result = trainer.run()
+    model = trainer.model
+    assert isinstance(model, ALRNNReconstructor) and model.adaptive
+    assert model.growth > 1.0 and 0.0 < model.alpha < 1.0, repr(model)
+    assert result.test["dstsp"] < 0.85 * untrained["dstsp"], (result.test, untrained)
+
+
+def test_adaptive_generalised_forcing_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--set alpha=adaptive`` reaches the task's model as the adaptive rule; a misspelt value
+    or estimate is one line naming the keyword, before anything is written."""
+    argv = ["train", "--task", "lorenz63_dsr", "--set", "alpha=adaptive", "--set", "tau=1"]
+    assert main([*argv, "--set", "alpha_estimate=max", "--print-config", "--json"]) == 0
+    overrides = json.loads(capsys.readouterr().out)["model_config"]
+    assert overrides["alpha"] == "adaptive" and overrides["alpha_estimate"] == "max"
+    model = get_task("lorenz63_dsr").build_model(**overrides)
+    assert isinstance(model, ALRNNReconstructor)
+    assert model.adaptive and model.tau == 1 and model.alpha_estimate == "max"
+    assert "alpha=adaptive (max, every 1" in repr(model)
+    for bad, name in (("alpha=adaptve", "alpha"), ("alpha_estimate=median", "alpha_estimate")):
+        out = tmp_path / name
+        assert main([*argv, "--set", bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{name} must be" in err and err.count("\n") == 1, err
+        assert not out.exists()

@@ -220,6 +220,20 @@ class ALRNN(Cell[ALRNNState]):
         """The linear region of each state (:func:`region_codes`): ``(..., M) -> (...)``."""
         return region_codes(z, self.pwl_units)
 
+    def jacobian(self, z: Tensor) -> Tensor:
+        """``dz_t/dz_{t-1}`` of the step taken from each state ``z`` (the input's term ``C s_t``
+        does not depend on ``z``): ``diag(A) + W diag(1_{M-P}, d)`` with ``d = [z_{M-P+1:M} >
+        0]``, exact for this piecewise-linear map away from the measure-zero faces ``z_k = 0``.
+
+        ``z: (..., M) -> (..., M, M)``, entry ``[..., i, j] = dz_{t,i} / dz_{t-1,j}``.
+        """
+        m, p = self.hidden_size, self.pwl_units
+        slopes = torch.cat(
+            (z.new_ones(*z.shape[:-1], m - p), (z[..., m - p :] > 0).to(z.dtype)), dim=-1
+        )
+        diag = torch.diag_embed(self.diag.to(z.dtype).expand(z.shape))
+        return diag + self.recurrent.to(z.dtype) * slopes[..., None, :]
+
     def region_jacobian(self, code: int) -> Tensor:
         """``dz_t/dz_{t-1}`` inside region ``code``: ``diag(A) + W diag(1_{M-P}, d)``, ``(M, M)``
         (``d`` the code's bits); the map there is ``z -> J z + px``."""
