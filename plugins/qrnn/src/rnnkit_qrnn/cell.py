@@ -15,6 +15,7 @@ from rnnkit.core.validation import check_positive_int
 from rnnkit_qrnn.statevector import (
     bit_table,
     controlled_ry,
+    initial_register,
     monomial_table,
     monomials,
     normalise,
@@ -29,10 +30,13 @@ MAX_QUBITS = 12
 
 
 class QRNNState(NamedTuple):
-    """The QRNN state: the cell register's amplitudes ``psi``, ``(B, 2**n)`` when real,
-    ``(B, 2**n, 2)`` (``re, im``) when complex."""
+    """The QRNN state: ``delta = psi - psi_0``, the cell register's amplitudes ``psi`` less
+    those of its initial state ``psi_0`` (:meth:`QRNNCell.register` adds them back);
+    ``(B, 2**n)`` when real, ``(B, 2**n, 2)`` (``re, im``) when complex. Stored as a difference
+    so that rnnkit's constant initial fill, zero, is the register's initial state whatever it
+    is (the paper's ``|0...0>`` has one amplitude 1 and the others 0)."""
 
-    psi: Tensor
+    delta: Tensor
 
 
 class QRNNCell(Cell[QRNNState]):
@@ -60,8 +64,11 @@ class QRNNCell(Cell[QRNNState]):
 
     The output is the probability of measuring each qubit in ``|1>``, ``y_t[j] = sum_s
     |psi(s)|^2 s_j``, read without collapsing the register (the expectation a repeated
-    measurement estimates); the register stays quantum across steps. It starts in the
-    uniform superposition ``H^n |0...0>`` (all amplitudes ``2^(-n/2)``).
+    measurement estimates); the register stays quantum across steps. It starts in
+    ``|0...0>`` (``initial="zero"``, as in the paper) or in the uniform superposition
+    ``H^n |0...0>`` (``initial="uniform"``, all amplitudes ``2^(-n/2)``). From the uniform
+    superposition a bit flip (``R_y(pi)``) leaves every qubit's probability at 1/2, so
+    flip-based memories (a parity, a counter) are invisible to the readout there.
 
     Args:
         input_size: width of ``x``.
@@ -71,6 +78,7 @@ class QRNNCell(Cell[QRNNState]):
         order: repeat-until-success stages per neuron (``>= 1``; larger is a sharper step).
         amplification: ``"ideal"`` or ``"none"`` (see above).
         amplitudes: ``"real"`` (only ``R_y`` gates) or ``"complex"`` (adds the phase gates).
+        initial: the register's initial state, ``"zero"`` (``|0...0>``) or ``"uniform"``.
         device, dtype: for the parameters.
 
     Parameters: ``weight: (n, M)`` (``M`` monomials of the other ``n - 1`` qubits of degree at
@@ -81,7 +89,7 @@ class QRNNCell(Cell[QRNNState]):
     complex])``, the neurons' angles ``q^order(theta_j(s))`` (they depend on the inputs and on
     basis labels, never on amplitudes, so they are time-parallel), their success amplitudes
     ``sqrt(p)`` when postselected, and the phase of each basis state when complex; state
-    ``psi: (B, 2**n)`` real or ``(B, 2**n, 2)`` complex.
+    ``delta: (B, 2**n)`` real or ``(B, 2**n, 2)`` complex (see :class:`QRNNState`).
     """
 
     kind = "qrnn"
@@ -90,6 +98,7 @@ class QRNNCell(Cell[QRNNState]):
     monomial_values: Tensor
     bits: Tensor
     AMPLITUDES = ("real", "complex")
+    INITIAL = ("zero", "uniform")
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class QRNNCell(Cell[QRNNState]):
         order: int = 1,
         amplification: str = "ideal",
         amplitudes: str = "real",
+        initial: str = "zero",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -126,6 +136,8 @@ class QRNNCell(Cell[QRNNState]):
             )
         if amplitudes not in self.AMPLITUDES:
             raise ValueError(f"amplitudes must be one of {self.AMPLITUDES}, got {amplitudes!r}")
+        if initial not in self.INITIAL:
+            raise ValueError(f"initial must be one of {self.INITIAL}, got {initial!r}")
         n = hidden_size
         self.input_size = input_size
         self.hidden_size = n
@@ -134,6 +146,7 @@ class QRNNCell(Cell[QRNNState]):
         self.order = order
         self.amplification = amplification
         self.amplitudes = amplitudes
+        self.initial = initial
         self.num_monomials = len(monomials(n, 0, degree))
         self.num_input_monomials = len(monomials(n, 0, degree - 1))
         # per neuron, one activation angle per basis state of the other qubits (and, postselected,
@@ -171,20 +184,31 @@ class QRNNCell(Cell[QRNNState]):
 
     def state_spec(self) -> tuple[StateField, ...]:
         size = 2**self.hidden_size
-        if self.amplitudes == "complex":
-            # (re, im) both 2^(-(n+1)/2): the uniform superposition times the phase e^(i pi/4)
-            return (
-                StateField(
-                    "psi",
-                    (size, 2),
-                    init=2.0 ** (-(self.hidden_size + 1) / 2),
-                    doc="amplitudes (re, im) of the 2**n basis states",
-                ),
-            )
+        shape = (size, 2) if self.amplitudes == "complex" else (size,)
         return (
             StateField(
-                "psi", (size,), init=2.0 ** (-self.hidden_size / 2), doc="the 2**n amplitudes"
+                "delta",
+                shape,
+                init=0.0,
+                doc="amplitudes of the 2**n basis states less the initial register's"
+                + (" (re, im)" if self.amplitudes == "complex" else ""),
             ),
+        )
+
+    def register(self, state: QRNNState) -> Tensor:
+        """The register's amplitudes ``psi = delta + psi_0``: ``(B, 2**n)``, or ``(B, 2**n, 2)``
+        when complex."""
+        return state.delta + self._initial_like(state.delta)
+
+    def _initial_like(self, delta: Tensor) -> Tensor:
+        # built from Python numbers in delta's dtype (not kept as a buffer), so that a cell
+        # moved to float64 after construction gets the exact amplitudes
+        return initial_register(
+            self.hidden_size,
+            self.initial,
+            self.amplitudes == "complex",
+            dtype=delta.dtype,
+            device=delta.device,
         )
 
     def project(self, x: Tensor) -> Tensor:
@@ -210,7 +234,7 @@ class QRNNCell(Cell[QRNNState]):
         n, half = self.hidden_size, 2 ** (self.hidden_size - 1)
         batch = px_t.shape[0]
         angles = px_t[:, : n * half].reshape(batch, n, half)
-        psi = state.psi
+        psi = self.register(state)
         if self.amplitudes == "complex":
             psi = phase(psi, px_t[:, px_t.shape[1] - 2 * half :])
         weights = None
@@ -222,10 +246,11 @@ class QRNNCell(Cell[QRNNState]):
             else:
                 psi = normalise(controlled_ry(psi, j, angles[:, j], weights[:, j]))
         y = probabilities(psi) @ self.bits.to(px_t.dtype)
-        return y, QRNNState(psi)
+        return y, QRNNState(psi - self._initial_like(psi))
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, degree={self.degree}, order={self.order}, "
-            f"amplification={self.amplification!r}, amplitudes={self.amplitudes!r}"
+            f"amplification={self.amplification!r}, amplitudes={self.amplitudes!r}, "
+            f"initial={self.initial!r}"
         )

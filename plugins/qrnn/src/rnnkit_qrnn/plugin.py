@@ -19,7 +19,13 @@ def rnnkit_register_cells(register: RegisterCell) -> None:
         # the kit and the ONNX export run it in seconds. The plugin's own tests run the kit
         # on the default configuration too.
         test_configs=[
-            {"hidden_size": 2, "order": 2, "amplification": "none", "amplitudes": "complex"},
+            {
+                "hidden_size": 2,
+                "order": 2,
+                "amplification": "none",
+                "amplitudes": "complex",
+                "initial": "uniform",
+            },
         ],
     )
 

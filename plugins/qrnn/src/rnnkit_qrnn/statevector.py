@@ -12,6 +12,7 @@ import itertools
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 
 def rus_activation(theta: Tensor, order: int) -> tuple[Tensor, Tensor]:
@@ -68,6 +69,33 @@ def bit_table(n: int) -> Tensor:
     """``(2**n, n)`` float64 0/1: bit ``j`` of every basis index (qubit 0 most significant)."""
     index = torch.arange(2**n)
     return torch.stack([(index >> (n - 1 - j)) & 1 for j in range(n)], dim=1).to(torch.float64)
+
+
+def initial_register(
+    n: int,
+    initial: str,
+    complex_pairs: bool,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The initial amplitudes of ``n`` qubits: ``(2**n,)``, or ``(2**n, 2)`` as ``(re, im)``
+    pairs when ``complex_pairs``.
+
+    ``initial="zero"``: ``|0...0>`` (amplitude 1 on basis index 0); ``"uniform"``: ``H^n
+    |0...0>``, every amplitude ``2^(-n/2)`` (as pairs: times the phase ``e^(i pi/4)``, so that
+    ``re = im = 2^(-(n+1)/2)``).
+    """
+    size = 2**n
+    shape = (size, 2) if complex_pairs else (size,)
+    if initial == "uniform":
+        value = 2.0 ** (-(n + 1) / 2) if complex_pairs else 2.0 ** (-n / 2)
+        return torch.full(shape, value, dtype=dtype, device=device)
+    if initial != "zero":
+        raise ValueError(f"initial must be 'zero' or 'uniform', got {initial!r}")
+    one = torch.ones((1, 1) if complex_pairs else (1,), dtype=dtype, device=device)
+    # pad the single 1 (the real part of basis index 0) with zeros up to the full shape
+    return F.pad(one, (0, 1, 0, size - 1) if complex_pairs else (0, size - 1))
 
 
 def controlled_ry(psi: Tensor, target: int, phi: Tensor, weight: Tensor | None = None) -> Tensor:
