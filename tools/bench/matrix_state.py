@@ -7,7 +7,10 @@
     python tools/bench/matrix_state.py --batch 8 --cases mamba2_ssd   # Mamba-2's shape
 
 Runs the form's op directly (``delta_rule_chunked`` against ``memory_recurrence``, forward +
-backward, gradients of every input) for the special cases the issues name: DeltaNet
+backward, gradients of every input, with fixed upstream gradients of the outputs and the final
+memory as a layer above would hand them back; ``--loss square`` differentiates
+``sum(o^2) + sum(S^2)`` instead, which adds the loss's own full-length temporaries to the
+timing) for the special cases the issues name: DeltaNet
 (delta rule, no decay), Gated DeltaNet (delta rule, a decay per head and step), linear
 attention (no delta correction, no decay) and Mamba-2's SSD (linear attention with a decay per
 head and step; the default ``--cases`` leave it out, run it with ``--batch 8``). For each it prints
@@ -66,6 +69,13 @@ def _args() -> argparse.Namespace:
         default=[c[0] for c in CASES if c[0] != "mamba2_ssd"],
         choices=[c[0] for c in CASES],
     )
+    p.add_argument(
+        "--loss",
+        choices=["grad", "square"],
+        default="grad",
+        help="grad: backward from fixed random upstream gradients (the kernel's own work); "
+        "square: from sum(o^2) + sum(S^2) (adds the loss's full-length temporaries)",
+    )
     p.add_argument("--quick", action="store_true", help="T 1024/4096, reference at T=1024")
     p.add_argument(
         "--clock",
@@ -99,20 +109,45 @@ def _inputs(
 
 
 def _fwd_bwd(fn: Callable[..., tuple[Tensor, Tensor]], rule: str, ins: list[Tensor],
-             la: Tensor | None) -> Callable[[], None]:  # fmt: skip
+             la: Tensor | None, loss: str) -> Callable[[], None]:  # fmt: skip
+    """One forward + backward of ``fn`` into the leaves' ``.grad``. With ``loss="grad"`` the
+    backward starts from upstream gradients made once here, outside the timed call, as a
+    layer above the kernel would hand them back: the square loss's own temporaries (``o^2``
+    and two more in its backward, each as large as ``o``, so four fresh full-length buffers
+    per call) are not the kernel's work."""
+    v, S0 = ins[2], ins[4]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    do = torch.randn(*v.shape, generator=g).to(v.device)
+    dS = torch.randn(*S0.shape, generator=g).to(S0.device)
+
     def run() -> None:
         for t in [*ins, *([] if la is None else [la])]:
             t.grad = None
         o, S = fn(*ins, log_alpha=la, rule=rule)
-        (o.square().sum() + S.square().sum()).backward()
+        if loss == "square":
+            (o.square().sum() + S.square().sum()).backward()  # type: ignore[no-untyped-call]
+        else:
+            torch.autograd.backward((o, S), (do, dS))
 
     return run
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _time(run: Callable[[], None], device: torch.device, repeats: int, clock: str,
-          warm: bool = True) -> float:  # fmt: skip
+          warm: bool = True) -> tuple[float, int]:  # fmt: skip
     """Fastest of ``repeats`` calls (after one warm-up call when ``warm``): on a shared machine
-    the slow outliers are the neighbours' load, not the kernel."""
+    the slow outliers are the neighbours' load, not the kernel. Also returns the minor page
+    faults of that call: memory the allocator mapped afresh rather than reused, whose first
+    touch the kernel's system time pays (and which differs between lengths; see
+    docs/kernels.md)."""
     now = time.process_time if clock == "cpu" else time.perf_counter
     if warm:
         run()
@@ -120,11 +155,11 @@ def _time(run: Callable[[], None], device: torch.device, repeats: int, clock: st
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = now()
+        f0, t0 = _faults(), now()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        out.append(now() - t0)
+        out.append((now() - t0, _faults() - f0))
     return min(out)
 
 
@@ -156,7 +191,7 @@ def main() -> None:
     print(
         f"matrix-state op, B={B}, {n} heads of {d}, float32, {device.type}"
         + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-        + f", chunk {args.chunk}; forward + backward, fastest {args.clock} seconds"
+        + f", chunk {args.chunk}; forward + backward ({args.loss}), fastest {args.clock} seconds"
     )
     for name, rule, decay in CASES:
         if name not in args.cases:
@@ -165,13 +200,18 @@ def main() -> None:
         chk: dict[int, float] = {}
         for T in sorted(set(args.times) | set(args.ref_times)):
             ins, la = _inputs(B, n, T, d, decay, device)
-            chk[T] = _time(_fwd_bwd(chunked, rule, ins, la), device, args.repeats, args.clock)
+            chk[T], faults = _time(
+                _fwd_bwd(chunked, rule, ins, la, args.loss), device, args.repeats, args.clock
+            )
             mib = _saved_bytes(chunked, rule, ins, la) / 2**20
-            print(f"  T={T:>6}  chunked   {chk[T]:8.3f} s  saved for backward {mib:8.1f} MiB")
+            print(
+                f"  T={T:>6}  chunked   {chk[T]:8.3f} s  saved for backward {mib:8.1f} MiB"
+                f"  page faults {faults * 1024 // T:>6} per 1024 tokens"
+            )
         for T in sorted(args.ref_times):
             ins, la = _inputs(B, n, T, d, decay, device)
-            run = _fwd_bwd(REFERENCE, rule, ins, la)
-            ref = _time(run, device, max(1, args.repeats - 1), args.clock, warm=False)
+            run = _fwd_bwd(REFERENCE, rule, ins, la, args.loss)
+            ref, _ = _time(run, device, max(1, args.repeats - 1), args.clock, warm=False)
             mib = _saved_bytes(REFERENCE, rule, ins, la) / 2**20
             line = (
                 f"  T={T:>6}  reference {ref:8.3f} s  saved for backward {mib:8.1f} MiB"

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -537,6 +537,51 @@ def test_blocks_stay_within_the_element_budget() -> None:
         torch.set_num_threads(threads)
     largest = max(e.self_cpu_memory_usage for e in prof.events())
     assert 0 < largest <= B * n * C * C * 8, largest
+
+
+@pytest.mark.parametrize("rule", ["delta", "linear"])
+@pytest.mark.parametrize("decay", [None, "random"])
+def test_each_block_of_the_keys_and_queries_is_copied_once_per_pass(
+    monkeypatch: pytest.MonkeyPatch, rule: str, decay: str | None
+) -> None:
+    """Several blocks: a block's slice of ``q`` or ``k`` is strided across the heads, and
+    every batched product reading it used to copy it again (several copies per block and
+    pass, a large part of the CPU time at long ``T``); the kernel copies each once per block
+    in the forward and once in the backward. Counted as copies (``aten.clone``) of the shape
+    of a block of keys, which no other tensor has here (``d_k`` differs from ``d_v`` and
+    ``C``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    B, n, T, dk, dv, C, block = 2, 3, 24, 3, 5, 4, 2
+    monkeypatch.setattr(matrix_state.chunked, "BLOCK", block)
+    q, k, v, beta, S0, _ = (t.float() for t in _raw(B, n, T, dk, dv, seed=13))
+    la = _log_alpha(decay, (B, n, T), seed=13)
+    leaves = [t.requires_grad_() for t in (q, k, v, beta, S0)]
+    log_alpha = None if la is None else la.float().requires_grad_()
+    key_block = (B, n, block, C, dk)
+    copies: list[tuple[int, ...]] = []  # the shapes of the copies of a block of keys
+
+    class CountCopies(TorchDispatchMode):
+        def __torch_dispatch__(
+            self,
+            func: Any,
+            types: Any,
+            args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None,
+        ) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.clone.default and tuple(out.shape) == key_block:
+                copies.append(tuple(out.shape))
+            return out
+
+    with CountCopies():
+        o, S = delta_rule_chunked(*leaves, log_alpha=log_alpha, rule=rule, chunk=C)
+        (o.square().sum() + S.square().sum()).backward()
+    blocks = T // C // block
+    # q and k of each block, once in the forward and once in the backward
+    assert len(copies) == 2 * 2 * blocks, len(copies)
+    want_o, want_S = REFERENCE(*leaves, log_alpha=log_alpha, rule=rule)
+    assert rel_rms(o, want_o) < 1e-5 and rel_rms(S, want_S) < 1e-5
 
 
 @pytest.mark.parametrize("rule", ["delta", "linear"])

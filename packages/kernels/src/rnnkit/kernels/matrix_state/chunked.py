@@ -297,16 +297,28 @@ class _Parts(NamedTuple):
     resets: Tensor | None  # (B, N, C) int64
 
     def block(self, s: slice) -> _Parts:
-        """Chunks ``s`` of every part."""
+        """Chunks ``s`` of every part, each copied once into a contiguous block (see
+        :func:`_chunks`)."""
         la, r = self.log_alpha, self.resets
         return _Parts(
-            self.q[:, :, s],
-            self.k[:, :, s],
-            self.v[:, :, s],
-            self.beta[:, :, s],
-            None if la is None else la[:, :, s],
+            _chunks(self.q, s),
+            _chunks(self.k, s),
+            _chunks(self.v, s),
+            _chunks(self.beta, s),
+            None if la is None else _chunks(la, s),
             None if r is None else r[:, s],
         )
+
+
+def _chunks(t: Tensor, s: slice) -> Tensor:
+    """Chunks ``s`` of ``t: (B, n, N, ...)`` as a contiguous ``(B, n, G, ...)`` tensor.
+
+    A slice of fewer than all chunks is strided across the heads, so its batch dimensions
+    cannot be merged into one and every batched product that reads it copies it first; a
+    block's ``q`` and ``k`` are read by several products in each pass, so they were copied
+    several times per block. One copy here serves them all (a whole-length slice is already
+    contiguous and is returned as is)."""
+    return t[:, :, s].contiguous()
 
 
 class _Intra(NamedTuple):
@@ -422,7 +434,8 @@ def _carry(x: _Intra, S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         U_t.append(u_i)
         write = u_i.transpose(-1, -2) @ k_i
         S = S + write if sd_i is None else sd_i * S + write
-    return S, torch.stack(S_in, 2), torch.stack(U_t, 2)
+    # without a correction (linear rule) U~ is U itself: no block-sized copy of it
+    return S, torch.stack(S_in, 2), x.U if x.W is None else torch.stack(U_t, 2)
 
 
 def _forward(p: _Parts, S0: Tensor, rule: str, block: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -485,7 +498,7 @@ class _ChunkedMemory(torch.autograd.Function):
         grads = _Grads.empty(p)
         for start in reversed(range(0, N, block)):
             s = slice(start, start + block)
-            dS = _block_backward(p.block(s), S_ins[:, :, s], do[:, :, s], dS, rule, grads, s)
+            dS = _block_backward(p.block(s), _chunks(S_ins, s), _chunks(do, s), dS, rule, grads, s)
         return (*grads, None, dS, None, None)
 
 
