@@ -283,21 +283,22 @@ def test_resets(device: str, dtype: torch.dtype) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "torch",
-        "sequential",
-        "cpp",
-        pytest.param(
-            "triton",
-            marks=[
-                pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
-                pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
-            ],
-        ),
-    ],
-)
+#: every scan backend that runs on the CPU, Triton in its interpreter where it can run
+RESET_BACKENDS = [
+    "torch",
+    "sequential",
+    "cpp",
+    pytest.param(
+        "triton",
+        marks=[
+            pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
+            pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", RESET_BACKENDS)
 def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
     """A NaN in ``h0`` (row 0) or in an input (row 1, step 2) poisons the states up to the
     row's reset (step 5) and none after it, values and gradients, as the cells' reference
@@ -362,21 +363,7 @@ def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> No
     assert torch.isfinite(want_last).all() and rel_rms(last, want_last) < 1e-12
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "torch",
-        "sequential",
-        "cpp",
-        pytest.param(
-            "triton",
-            marks=[
-                pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
-                pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", RESET_BACKENDS)
 def test_a_nan_gate_at_a_reset_step_stays_nan(backend: str) -> None:
     """The reference loop computes ``a_t * 0`` at a reset, NaN for a NaN or infinite gate: row
     0 (NaN gate at its reset, step 4) and row 1 (infinite gate at its reset) are NaN from the

@@ -36,6 +36,19 @@ def _randn(*shape: int, seed: int) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
+def _attend(cell: HybridRNN, u: Tensor, past: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The oracle's attention step: ``u: (B, H)`` attends over ``past`` (the window, oldest
+    first) and itself; returns ``h_t`` and the next window."""
+    assert cell.attn is not None
+    wq, wk, wv, wo = cell.attn.detach()
+    rows = [*past, u]
+    s = torch.stack([((wq @ u.T).T * (wk @ m.T).T).sum(-1) for m in rows], -1)
+    p = torch.softmax(s / math.sqrt(u.shape[-1]), -1)
+    ctx = sum(p[:, j : j + 1] * (wv @ m.T).T for j, m in enumerate(rows))
+    h = u + (wo @ ctx.T).T
+    return h, [*past[1:], h]
+
+
 @pytest.mark.parametrize("attention", [0, 3])
 @pytest.mark.parametrize("update", HYBRID_UPDATES)
 def test_hybrid_matches_its_equations(update: str, attention: int) -> None:
@@ -68,16 +81,7 @@ def test_hybrid_matches_its_equations(update: str, attention: int) -> None:
             u = h + torch.tanh(pre)
         else:
             u = torch.tanh(pre)
-        if attention:
-            wq, wk, wv, wo = cell.attn.detach()
-            rows = [*past, u]
-            s = torch.stack([((wq @ u.T).T * (wk @ m.T).T).sum(-1) for m in rows], -1)
-            p = torch.softmax(s / math.sqrt(hidden), -1)
-            ctx = sum(p[:, j : j + 1] * (wv @ m.T).T for j, m in enumerate(rows))
-            h = u + (wo @ ctx.T).T
-            past = [*past[1:], h]
-        else:
-            h = u
+        h, past = _attend(cell, u, past) if attention else (u, past)
         assert_close(f"h_{t}", y[:, t], h, 1e-12)
     assert_close("final h", state.h, h, 1e-12)
     if attention:
@@ -176,16 +180,7 @@ def test_rhn_core_matches_its_equations(update: str, attention: int) -> None:
             u = h + s
         else:
             u = s
-        if attention:
-            wq, wk, wv, wo = cell.attn.detach()
-            rows_m = [*past, u]
-            sc = torch.stack([((wq @ u.T).T * (wk @ m.T).T).sum(-1) for m in rows_m], -1)
-            p = torch.softmax(sc / math.sqrt(hidden), -1)
-            ctx = sum(p[:, j : j + 1] * (wv @ m.T).T for j, m in enumerate(rows_m))
-            h = u + (wo @ ctx.T).T
-            past = [*past[1:], h]
-        else:
-            h = u
+        h, past = _attend(cell, u, past) if attention else (u, past)
         assert_close(f"h_{t}", y[:, t], h, 1e-12)
     assert_close("final h", state.h, h, 1e-12)
 
