@@ -220,3 +220,55 @@ def test_a_bad_flag_prints_one_line_and_no_table(
     out, err = capsys.readouterr()
     assert out == ""
     assert "must be an int >= 1, got 0" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--steps", "0"),
+        ("--eval-every", "0"),
+        ("--hidden-size", "0"),
+        ("--batch-size", "0"),
+        ("--max-n", "1"),
+        ("--lr", "0"),
+        ("--threshold", "1.5"),
+    ],
+)
+def test_errors_name_the_flag_typed(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's errors name the option (``--steps``), not the Python argument it sets
+    (``budget``); :func:`run_curriculum` itself keeps the argument names (above)."""
+    from rnnkit.core.cli import main
+
+    assert main(["curriculum", "--mode", "multi", "--steps", "2", flag, value]) != 0
+    err = capsys.readouterr().err
+    assert f"{flag} must be" in err, err
+
+
+def test_threads_sets_torch_threads_for_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--threads N`` (as on ``rnnkit train``) runs the curricula with N torch threads, 1
+    when unset, and gives the caller's count back; ``--threads 0`` is refused before the
+    table."""
+    import rnnkit.tasks.curriculum as curriculum
+    from rnnkit.core.cli import main
+
+    seen: list[int] = []
+    real = curriculum.run_curriculum
+
+    def spy(*a: Any, **kw: Any) -> curriculum.CurriculumResult:
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(curriculum, "run_curriculum", spy)
+    caller = torch.get_num_threads()
+    args = ["curriculum", "--mode", "single", "--steps", "2", "--hidden-size", "4"]
+    assert main([*args, "--threads", "2"]) == 0
+    assert main(args) == 0
+    assert seen == [2, 1] and torch.get_num_threads() == caller
+    capsys.readouterr()
+    assert main([*args, "--threads", "0"]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and "--threads must be a positive integer, got 0" in err
