@@ -93,9 +93,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     Raises:
         ValueError: naming ``--threads`` when ``threads`` is given and not a positive int.
     """
-    if threads is not None and (
-        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
-    ):
+    given: object = threads  # argparse gives an int, a Python caller anything
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
         raise ValueError(f"--threads must be a positive integer, got {threads!r}")
     caller = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
