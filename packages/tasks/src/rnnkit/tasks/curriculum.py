@@ -17,7 +17,10 @@ Batches are drawn afresh every step as in the paper: a length ``T`` per batch
 bits Bernoulli(p) with ``p ~ U(0, 1)`` per batch, DMS bits Bernoulli(0.5). Accuracy is measured
 on a fresh batch of ``eval_batch`` sequences every ``eval_every`` steps and, with
 ``early_eval``, also after any step whose own training batch (fresh data, scored before the
-update) met the threshold; only that evaluation batch decides "solved".
+update) met the threshold; only that evaluation batch decides "solved". Its parity sequences
+draw ``p`` one by one, so that the batch covers the range of ``p`` as the paper's average over
+50 test batches does: with one ``p`` for the whole batch, a ``p`` near 0 or 1 makes parity
+almost constant, and a network at chance for ``p = 0.5`` was declared to solve ``N = 19``.
 """
 
 from __future__ import annotations
@@ -45,16 +48,31 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def curriculum_batch(
-    task: str, ns: Sequence[int], batch: int, g: torch.Generator
+    task: str,
+    ns: Sequence[int],
+    batch: int,
+    g: torch.Generator,
+    *,
+    p_per_sequence: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One batch for the ``N`` values ``ns``: ``(x (batch, T, 1) float, y (batch, len(ns))
-    int64)``, ``T`` drawn from the range of ``max(ns)`` (see the module docstring)."""
+    int64)``, ``T`` drawn from the range of ``max(ns)`` (see the module docstring).
+
+    ``p_per_sequence`` (parity only): draw the bits' probability ``p ~ U(0, 1)`` for each
+    sequence instead of once for the batch, so that the batch covers the whole range of ``p``
+    (the evaluation batches: one ``p`` near 0 or 1 makes parity almost constant, which a
+    network that cannot compute it still scores)."""
     if task not in CURRICULUM_TASKS:
         raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
     n_max = max(ns)
+    p: float | Tensor
     if task == "parity":
         t_lo, t_hi = n_max + 2, math.ceil(n_max + 2 + 1.5 * n_max) - 1
-        p = float(torch.rand((), generator=g))
+        p = (
+            torch.rand(batch, 1, generator=g)
+            if p_per_sequence
+            else float(torch.rand((), generator=g))
+        )
     else:
         t_lo, t_hi, p = n_max + 2, n_max + 2 + 3 * n_max, 0.5
     t = int(torch.randint(t_lo, t_hi + 1, (), generator=g))
@@ -264,7 +282,7 @@ def run_curriculum(
         since = 0
         model.eval()
         with torch.no_grad():
-            x, y = curriculum_batch(task, ns, eval_batch, g_eval)
+            x, y = curriculum_batch(task, ns, eval_batch, g_eval, p_per_sequence=True)
             acc = (model(x).argmax(-1) == y).float().mean(0)
         history.append((step, max(ns), float(acc[-1])))
         solved = bool(acc[-1] >= threshold) and bool(acc.mean() >= threshold)
