@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -75,3 +77,28 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--threads`` to ``p`` as ``rnnkit train`` has it (torch CPU threads; unset: 1 on
+    CPU); :func:`torch_threads` applies it."""
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on CPU)")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads or 1)`` and give the caller's count
+    back after it (also when the block fails).
+
+    Raises:
+        ValueError: naming ``--threads`` when ``threads`` is given and not a positive int.
+    """
+    given: object = threads  # argparse gives an int, a Python caller anything
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+    caller = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)

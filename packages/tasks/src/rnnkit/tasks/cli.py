@@ -20,7 +20,7 @@ from typing import Any
 from rnnkit.core.errors import unknown_name
 from rnnkit.core.listing import format_table
 from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
-from rnnkit.tasks._util import parse_set
+from rnnkit.tasks._util import add_threads_option, parse_set
 from rnnkit.tasks.callbacks import TensorBoardCallback, TrainerCallback
 from rnnkit.tasks.distributed import is_main_process
 from rnnkit.tasks.runconfig import apply_config_file, config_document, format_toml
@@ -80,7 +80,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="use only deterministic kernels (torch.use_deterministic_algorithms; default: no)",
     )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on CPU)")
+    add_threads_option(p)
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,

@@ -17,7 +17,10 @@ Batches are drawn afresh every step as in the paper: a length ``T`` per batch
 bits Bernoulli(p) with ``p ~ U(0, 1)`` per batch, DMS bits Bernoulli(0.5). Accuracy is measured
 on a fresh batch of ``eval_batch`` sequences every ``eval_every`` steps and, with
 ``early_eval``, also after any step whose own training batch (fresh data, scored before the
-update) met the threshold; only that evaluation batch decides "solved".
+update) met the threshold; only that evaluation batch decides "solved". Its parity sequences
+draw ``p`` one by one, so that the batch covers the range of ``p`` as the paper's average over
+50 test batches does: with one ``p`` for the whole batch, a ``p`` near 0 or 1 makes parity
+almost constant, and a network at chance for ``p = 0.5`` was declared to solve ``N = 19``.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.models.cells import LeakyRNN
+from rnnkit.tasks._util import add_threads_option, torch_threads
 
 CURRICULUM_HELP = "single-head vs multi-head curricula on N-parity / N-DMS (leaky RNN, learned tau)"
 CURRICULUM_TASKS = ("parity", "dms")
@@ -43,16 +48,31 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def curriculum_batch(
-    task: str, ns: Sequence[int], batch: int, g: torch.Generator
+    task: str,
+    ns: Sequence[int],
+    batch: int,
+    g: torch.Generator,
+    *,
+    p_per_sequence: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One batch for the ``N`` values ``ns``: ``(x (batch, T, 1) float, y (batch, len(ns))
-    int64)``, ``T`` drawn from the range of ``max(ns)`` (see the module docstring)."""
+    int64)``, ``T`` drawn from the range of ``max(ns)`` (see the module docstring).
+
+    ``p_per_sequence`` (parity only): draw the bits' probability ``p ~ U(0, 1)`` for each
+    sequence instead of once for the batch, so that the batch covers the whole range of ``p``
+    (the evaluation batches: one ``p`` near 0 or 1 makes parity almost constant, which a
+    network that cannot compute it still scores)."""
     if task not in CURRICULUM_TASKS:
         raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
     n_max = max(ns)
+    p: float | Tensor
     if task == "parity":
         t_lo, t_hi = n_max + 2, math.ceil(n_max + 2 + 1.5 * n_max) - 1
-        p = float(torch.rand((), generator=g))
+        p = (
+            torch.rand(batch, 1, generator=g)
+            if p_per_sequence
+            else float(torch.rand((), generator=g))
+        )
     else:
         t_lo, t_hi, p = n_max + 2, n_max + 2 + 3 * n_max, 0.5
     t = int(torch.randint(t_lo, t_hi + 1, (), generator=g))
@@ -113,6 +133,22 @@ class CurriculumResult:
         return self.n_reached >= self.n_start
 
 
+#: the ``rnnkit curriculum`` option of each :func:`run_curriculum` argument it sets (the CLI's
+#: errors name the option typed, not the Python argument)
+_FLAGS = {
+    "task": "--task",
+    "mode": "--mode",
+    "optimizer": "--optimizer",
+    "budget": "--steps",
+    "hidden_size": "--hidden-size",
+    "batch_size": "--batch-size",
+    "eval_every": "--eval-every",
+    "max_n": "--max-n",
+    "lr": "--lr",
+    "threshold": "--threshold",
+}
+
+
 def _check(name: str, value: object, *, low: float, integer: bool = True) -> None:
     ok = (
         isinstance(value, int) if integer else isinstance(value, (int, float))
@@ -137,30 +173,36 @@ def _check_settings(
     lr: float,
     clip: float,
     threshold: float,
+    flags: bool = False,
 ) -> None:
-    """The argument checks of :func:`run_curriculum` (``ValueError`` naming the argument)."""
+    """The argument checks of :func:`run_curriculum` (``ValueError`` naming the argument, or
+    with ``flags`` the ``rnnkit curriculum`` option that sets it)."""
+
+    def name(arg: str) -> str:
+        return _FLAGS.get(arg, arg) if flags else arg
+
     if task not in CURRICULUM_TASKS:
-        raise ValueError(f"task must be one of {CURRICULUM_TASKS}, got {task!r}")
+        raise ValueError(f"{name('task')} must be one of {CURRICULUM_TASKS}, got {task!r}")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{name('mode')} must be one of {MODES}, got {mode!r}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    for name, value in (
+        raise ValueError(f"{name('optimizer')} must be one of {OPTIMIZERS}, got {optimizer!r}")
+    for arg, value in (
         ("budget", budget),
         ("hidden_size", hidden_size),
         ("batch_size", batch_size),
         ("eval_every", eval_every),
         ("eval_batch", eval_batch),
     ):
-        _check(name, value, low=1)
-    _check("n_start", n_start, low=2)
-    _check("max_n", max_n, low=n_start)
-    _check("lr", lr, low=0, integer=False)
-    _check("clip", clip, low=0, integer=False)
+        _check(name(arg), value, low=1)
+    _check(name("n_start"), n_start, low=2)
+    _check(name("max_n"), max_n, low=n_start)
+    _check(name("lr"), lr, low=0, integer=False)
+    _check(name("clip"), clip, low=0, integer=False)
     if lr <= 0 or clip <= 0:
-        raise ValueError(f"{'lr' if lr <= 0 else 'clip'} must be > 0")
+        raise ValueError(f"{name('lr') if lr <= 0 else name('clip')} must be > 0")
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        raise ValueError(f"{name('threshold')} must be in (0, 1], got {threshold!r}")
 
 
 def run_curriculum(
@@ -240,7 +282,7 @@ def run_curriculum(
         since = 0
         model.eval()
         with torch.no_grad():
-            x, y = curriculum_batch(task, ns, eval_batch, g_eval)
+            x, y = curriculum_batch(task, ns, eval_batch, g_eval, p_per_sequence=True)
             acc = (model(x).argmax(-1) == y).float().mean(0)
         history.append((step, max(ns), float(acc[-1])))
         solved = bool(acc[-1] >= threshold) and bool(acc.mean() >= threshold)
@@ -332,6 +374,7 @@ def configure_curriculum(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    add_threads_option(p)
     p.add_argument(
         "--json",
         nargs="?",
@@ -344,7 +387,7 @@ def configure_curriculum(p: argparse.ArgumentParser) -> None:
 
 def run_curriculum_command(args: argparse.Namespace) -> int:
     """``rnnkit curriculum``: train each mode and print the N reached and the timescales."""
-    kw = {
+    kw: dict[str, Any] = {
         "budget": args.steps,
         "hidden_size": args.hidden_size,
         "batch_size": args.batch_size,
@@ -372,7 +415,21 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         clip=2.0,
         threshold=args.threshold,
+        flags=True,
     )
+    with torch_threads(args.threads):
+        results = _run_modes(args, kw)
+    records = [asdict(r) for r in results]
+    if args.json == "-":
+        print(json.dumps(records))
+    elif args.json is not None:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    return 0
+
+
+def _run_modes(args: argparse.Namespace, kw: dict[str, Any]) -> list[CurriculumResult]:
+    """Train each of ``args.mode`` with the keywords ``kw`` and print the table's rows (unless
+    a bare ``--json`` asked for JSON only)."""
     results = []
     table = args.json != "-"  # a bare --json prints the JSON document only
     if table:
@@ -398,9 +455,4 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
         print(
             f"none: no N solved (N = {results[0].n_start} below the {args.threshold:.0%} threshold)"
         )
-    records = [asdict(r) for r in results]
-    if args.json == "-":
-        print(json.dumps(records))
-    elif args.json is not None:
-        Path(args.json).write_text(json.dumps(records, indent=1))
-    return 0
+    return results

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.cell import Cell
 from rnnkit.tasks import metrics as M
-from rnnkit.tasks._util import parse_set
+from rnnkit.tasks._util import add_threads_option, parse_set, torch_threads
 from rnnkit.tasks.recall import passkey_data
 
 #: the statistics :func:`state_statistics` returns, in order
@@ -326,7 +326,7 @@ def configure_passkey(p: Any) -> None:
     p.add_argument("--size", type=int, default=200, help="held-out examples per length (200)")
     p.add_argument("--points", type=int, default=4, help="state records per training length (4)")
     p.add_argument("--backend", default="auto", help="kernel backend (auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on CPU)")
+    add_threads_option(p)
     p.add_argument("--out", help="run directory (default: runs/passkey-<model>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -403,9 +403,7 @@ def run_passkey(args: Any) -> int:
         loaded = load_run(result.out)
         model, seed, out, train_blocks = loaded.model, args.seed, Path(result.out), args.blocks
         config = loaded.config
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or 1)
-    try:
+    with torch_threads(args.threads):
         results = evaluate_lengths(
             model,
             train_blocks=train_blocks,
@@ -415,8 +413,6 @@ def run_passkey(args: Any) -> int:
             points_per_train=args.points,
             backend=args.backend,
         )
-    finally:
-        torch.set_num_threads(threads)
     train_length = passkey_length(train_blocks)
     payload = {
         "run": str(out),
