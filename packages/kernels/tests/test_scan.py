@@ -9,6 +9,7 @@ that takes ``device`` also runs on CUDA.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -478,6 +479,39 @@ def test_cu_seqlens_without_h0() -> None:
     h, h_last = linear_scan(a, b, cu_seqlens=cu)
     rh, rhl = _per_sequence(a, b, torch.zeros(2, 2, dtype=torch.float64), [0, 10, 30])
     assert rel_rms(h, rh) < 1e-12 and rel_rms(h_last, rhl) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["torch", "sequential", "cpp"])
+def test_a_reset_at_a_packed_start_starts_from_zero(backend: str) -> None:
+    """A reset on the first step of a packed sequence drops its ``h0`` (and the gradient to
+    it), as running that sequence alone with its resets does: the packed scan took ``h0[s]``
+    there (sequence 1 starts at 10 with a reset; sequence 0 has a reset inside and keeps
+    its ``h0``; a NaN ``h0`` under the reset leaves no NaN)."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    offsets = [0, 10, 25]
+    a, b, _ = make(1, 25, 3, torch.float64, seed=3)
+    _, _, h0 = make(2, 1, 3, torch.float64, seed=4)
+    resets = torch.zeros(1, 25, dtype=torch.bool)
+    resets[0, [4, 10]] = True
+    h0 = h0.detach().requires_grad_()
+    h, h_last = linear_scan(
+        a, b, h0, resets=resets, cu_seqlens=torch.tensor(offsets), backend=backend
+    )
+    for s, (lo, hi) in enumerate(itertools.pairwise(offsets)):
+        alone, alone_last = linear_scan_reference(
+            a[:, lo:hi], b[:, lo:hi], h0[s : s + 1].detach(), resets=resets[:, lo:hi]
+        )
+        assert rel_rms(h[:, lo:hi], alone) < 1e-12
+        assert rel_rms(h_last[s], alone_last[0]) < 1e-12
+    (grad,) = torch.autograd.grad(h.sum() + h_last.sum(), h0)
+    assert grad[0].abs().min() > 0 and torch.equal(grad[1], torch.zeros(3, dtype=grad.dtype))
+    nan_h0 = h0.detach().clone()
+    nan_h0[1] = float("nan")
+    h, _ = linear_scan(
+        a, b, nan_h0, resets=resets, cu_seqlens=torch.tensor(offsets), backend=backend
+    )
+    assert torch.isfinite(h).all()
 
 
 # --- stability at long T -------------------------------------------------------------------------

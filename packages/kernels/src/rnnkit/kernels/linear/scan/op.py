@@ -509,7 +509,8 @@ def _varlen(
 
     At the first step of sequence ``s`` (start ``t0``), ``h_{t0} = a_{t0} h0[s] + b_{t0}``:
     the scan gets gate 0 there and input ``b_{t0} + a_{t0} h0[s]``, so one scan over the packed
-    ``T`` runs every sequence from its own initial state.
+    ``T`` runs every sequence from its own initial state (from zero where ``resets`` is true at
+    ``t0``, as for that sequence alone).
     """
     time, width = a.shape[1], a.shape[2]
     n_seq = len(offsets) - 1
@@ -520,9 +521,13 @@ def _varlen(
     rows = torch.tensor(live, device=a.device, dtype=torch.long)
     restart = torch.zeros(1, time, dtype=torch.bool, device=a.device)
     restart[0, starts] = True
+    carried = a[0, starts] * h0[rows]  # (live S, D): what each start takes from its h0
     if resets is not None:
         restart = restart | resets
-    b = b.index_add(1, starts, (a[0, starts] * h0[rows]).unsqueeze(0))
+        # a reset at a sequence's first step starts it from zero, as the same sequence run
+        # alone with its resets does (a select: a NaN h0 must not survive as 0 * NaN)
+        carried = torch.where(resets[0, starts].unsqueeze(-1), 0.0, carried)
+    b = b.index_add(1, starts, carried.unsqueeze(0))
     a = _restart_gates(a, restart)
     zero = torch.zeros((), dtype=b.dtype, device=b.device).expand(1, width)
     h, _ = _apply(a, b, zero, backend, chunk)
