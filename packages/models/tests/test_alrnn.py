@@ -204,6 +204,8 @@ def test_sparse_forcing_resets_the_readouts_every_tau_steps() -> None:
         ({"alpha": "adaptive", "alpha_estimate": "median"}, "alpha_estimate"),
         ({"alpha_estimate": None}, "alpha_estimate"),
         ({"alpha": "adaptive", "alpha_every": 0}, "alpha_every"),
+        ({"alpha": 0.2, "alpha_estimate": "max"}, "alpha_estimate needs alpha='adaptive'"),
+        ({"alpha_every": 3}, "alpha_every needs alpha='adaptive'"),
         ({"hidden_size": 1}, "hidden_size"),
         ({"noise": -1.0}, "noise"),
     ],

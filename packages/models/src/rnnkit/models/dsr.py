@@ -214,6 +214,17 @@ class ALRNNReconstructor(nn.Module):
         self._alpha = 0.0 if self.adaptive else check_alpha(alpha)
         self.alpha_estimate = check_alpha_estimate(alpha_estimate)
         self.alpha_every = check_positive_int("alpha_every", alpha_every)
+        if not self.adaptive:
+            # a fixed alpha is never estimated: refuse the options rather than ignore them
+            for name, value, default in (
+                ("alpha_estimate", self.alpha_estimate, "geometric"),
+                ("alpha_every", self.alpha_every, 1),
+            ):
+                if value != default:
+                    raise ValueError(
+                        f"{name} needs alpha='adaptive' (a fixed alpha is not estimated), got "
+                        f"{name}={value!r} with alpha={alpha!r}"
+                    )
         self.noise = check_finite("noise", noise)
         if self.noise < 0:
             raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
