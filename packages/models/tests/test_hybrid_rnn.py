@@ -129,6 +129,10 @@ def test_hybrid_parameter_counts_and_initialisation() -> None:
         ({"core": "rhn", "depth": 0}, "depth"),
         ({"depth": 2}, "depth"),
         ({"core": "rhn", "transform_bias": math.nan}, "transform_bias"),
+        # options of parts the cell does not have are refused, not ignored
+        ({"transform_bias": -4.0}, "transform_bias needs core='rhn'"),
+        ({"update": "replace", "gate_bias": 1.0}, "gate_bias needs update='gated'"),
+        ({"rate_init": 2.0}, "rate_init needs update='learned_rate'"),
     ],
 )
 def test_bad_options_raise_naming_the_argument(kwargs: dict[str, Any], name: str) -> None:

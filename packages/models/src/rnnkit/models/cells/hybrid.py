@@ -82,12 +82,14 @@ class HybridRNN(Cell[HybridRNNState]):
         update: one of ``"replace"``, ``"additive"``, ``"learned_rate"``, ``"gated"``
             (default ``"gated"``).
         attention: ``K``, the number of past states attended over; 0 (default) for none.
-        rate_init: initial ``rate`` of ``learned_rate`` (finite; default 0, ``a = 0.5``).
-        gate_bias: initial ``b_g`` of ``gated`` (finite; default 0, ``g`` about 0.5).
+        rate_init: initial ``rate`` of ``learned_rate`` (finite; default 0, ``a = 0.5``;
+            another value needs ``update="learned_rate"``).
+        gate_bias: initial ``b_g`` of ``gated`` (finite; default 0, ``g`` about 0.5; another
+            value needs ``update="gated"``).
         core: ``"tanh"`` (default) or ``"rhn"``.
         depth: ``L``, the RHN's micro-steps per time step (``core="rhn"`` only; default 1).
         transform_bias: initial value of every ``b_T`` of the RHN core (finite; default -2.0,
-            as :class:`~rnnkit.models.cells.RHN`).
+            as :class:`~rnnkit.models.cells.RHN`; another value needs ``core="rhn"``).
         device, dtype: for the parameters.
 
     Parameters: ``weight_ih: (P, I)``, ``recurrent: (P, H)``, ``bias: (P,)``, rows laid out
@@ -145,6 +147,14 @@ class HybridRNN(Cell[HybridRNNState]):
         self.rate_init = check_finite("rate_init", rate_init)
         self.gate_bias = check_finite("gate_bias", gate_bias)
         self.transform_bias = check_finite("transform_bias", transform_bias)
+        # an initial value of a part the cell does not have is refused, not ignored
+        for name, value, default, needs, has in (
+            ("rate_init", self.rate_init, 0.0, "update='learned_rate'", update == "learned_rate"),
+            ("gate_bias", self.gate_bias, 0.0, "update='gated'", update == "gated"),
+            ("transform_bias", self.transform_bias, -2.0, "core='rhn'", core == "rhn"),
+        ):
+            if value != default and not has:
+                raise ValueError(f"{name} needs {needs}, got {name}={value!r}")
         self.core = core
         self.depth = depth
         #: rows of the candidate in ``weight_ih`` / ``recurrent`` / ``bias``
