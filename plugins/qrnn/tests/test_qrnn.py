@@ -184,6 +184,10 @@ def test_bad_hyperparameters_raise_naming_the_argument() -> None:
         config: dict[str, object] = {"input_size": 2, "hidden_size": 4, **kwargs}
         with pytest.raises(ValueError, match=rf"^{name} "):
             QRNNCell(**config)  # type: ignore[arg-type]
+    # the classifier's own option is named, not the input_size it stands in for
+    for vocab in (0, -1, "abc"):
+        with pytest.raises(ValueError, match=r"^vocab_size "):
+            QRNNClassifier(0, 2, hidden_size=3, vocab_size=vocab)  # type: ignore[arg-type]
 
 
 def delayed_bit_data(n: int, seed: int) -> tuple[Tensor, Tensor]:

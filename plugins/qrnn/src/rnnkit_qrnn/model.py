@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit.core import Recurrent
+from rnnkit.core.validation import check_positive_int
 from rnnkit_qrnn.cell import QRNNCell
 
 
@@ -35,6 +36,9 @@ class QRNNClassifier(nn.Module):
         vocab_size: int | None = None,
     ) -> None:
         super().__init__()
+        if vocab_size is not None:
+            # checked here: 0 would fall back to input_size and be reported under that name
+            check_positive_int("vocab_size", vocab_size)
         self.vocab_size = vocab_size
         self.rnn = Recurrent(
             QRNNCell,
