@@ -99,6 +99,11 @@ def test_group_data_tests_past_the_training_length() -> None:
     assert not seen & {tuple(r) for r in ids.tolist()}
     with pytest.raises(ValueError, match="lengths must be"):
         group_data(0, length=0)
+    # words too short to hold out any: a ValueError saying so, not an empty valid split or a
+    # reshape error on one (S2 has 4 words of 2 elements, all drawn by 100 training words)
+    for test_length in (2, 8):
+        with pytest.raises(ValueError, match="no valid example is left"):
+            group_data(0, group="S2", length=2, test_length=test_length, sizes=(100, 10, 10))
 
 
 def test_s5_bad_encoding_raises() -> None:

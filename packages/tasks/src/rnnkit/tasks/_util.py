@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ def generator(seed: int, stream: int = 0) -> torch.Generator:
 
 def row_keys(x: Tensor) -> list[bytes]:
     """One hashable key per example (its bytes), ``x: (N, ...)``."""
-    flat = x.reshape(x.shape[0], -1).contiguous().numpy()
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:])).contiguous().numpy()  # N = 0 too
     return [row.tobytes() for row in flat]
 
 

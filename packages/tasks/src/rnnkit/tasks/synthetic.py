@@ -83,6 +83,13 @@ def _disjoint(splits: list[Split], info: dict[str, int], sizes: tuple[int, ...])
     test = drop_seen(test, train, valid)
     valid = valid.take(torch.arange(min(len(valid), sizes[1])))
     test = test.take(torch.arange(min(len(test), sizes[2])))
+    for name, split, size in (("valid", valid, sizes[1]), ("test", test, sizes[2])):
+        if size > 0 and len(split) == 0:
+            raise ValueError(
+                f"no {name} example is left that training has not seen (sizes {sizes}): "
+                f"too few distinct examples at these lengths; ask for longer ones or fewer "
+                f"training examples"
+            )
     return TaskData(train, valid, test, info)
 
 
