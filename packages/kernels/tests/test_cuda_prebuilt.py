@@ -103,6 +103,35 @@ def test_no_gpu_builds_for_the_architectures_asked_for() -> None:
     assert hook.arch_list(environ, HEADLESS_CUDA_TORCH) == "9.0"
 
 
+def test_the_switch_words_and_every_visible_gpu() -> None:
+    """``RNNKIT_BUILD_CUDA`` takes the usual on/off words in any case; without
+    ``TORCH_CUDA_ARCH_LIST`` the hook builds for every visible GPU's architecture."""
+    for word in ("0", "no", "OFF", "false"):
+        assert hook.requested({"RNNKIT_BUILD_CUDA": word}) is False
+        assert hook.skip_reason({"RNNKIT_BUILD_CUDA": word}, "standard", CUDA_TORCH, NVCC, None)
+    for word in ("1", "yes", "On", "TRUE"):
+        assert hook.requested({"RNNKIT_BUILD_CUDA": word}) is True
+    two = hook.TorchInfo("2.13.0+cu128", "12.8", ("8.0", "9.0"))
+    assert hook.arch_list({}, two) == "8.0;9.0"
+
+
+def test_the_cuda_library_needs_nvcc_only_to_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA machine without nvcc the ``cuda`` library can still run (a prebuilt or cached
+    one): ``requirement`` is met, ``build_requirement`` names nvcc; the library is wired to
+    both, to the wheel's folder and to the device's architecture."""
+    from rnnkit.kernels.gated.cuda import _native as cuda_native
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_native, "nvcc", lambda: None)
+    assert cuda_native.requirement() is None
+    assert "nvcc not found" in str(cuda_native.build_requirement())
+    lib = cuda_native.LIBRARY
+    assert lib.requires is cuda_native.requirement
+    assert lib.build_requires is cuda_native.build_requirement
+    assert lib.device_arch is cuda_native._arch and lib.prebuilt_dir == cuda_native.PREBUILT_DIR
+
+
 def test_probe_sees_this_torch() -> None:
     info = hook.probe_torch()
     assert info is not None
@@ -296,6 +325,88 @@ def test_arch_covers() -> None:
     assert covers("8.0+PTX", "9.0") and not covers("9.0+PTX", "8.9")
     assert covers("9.0a", "9.0") and not covers("9.0a", "10.0") and not covers("9.0a+PTX", "10.0")
     assert not covers("Hopper", "9.0") and not covers("", "9.0") and not covers("9.0", "none")
+    # the other suffix and separator of TORCH_CUDA_ARCH_LIST; one suffix at most; a device
+    # reports a plain major.minor
+    assert covers("10.0f", "10.0") and covers("8.0,9.0", "9.0")
+    assert not covers("9.0af", "9.0") and not covers("9.0", "9.0a")
+
+
+def test_the_prebuilt_key_covers_python_minor_headers_and_cuda_flags(tmp_path: Path) -> None:
+    """Python is compared to the minor version (an extension built for 3.11 does not load in
+    3.12); editing a header or changing an nvcc flag makes a prebuilt library stale."""
+    fields = native.prebuilt_fields("x", "d")
+    assert fields["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert fields["platform"].startswith(sys.platform)
+    header = tmp_path / "csrc" / "tiny.h"
+    _tiny(tmp_path)  # makes csrc
+    header.write_text("// v1\n")
+    before = _tiny(tmp_path, headers=("tiny.h",)).sources_digest()
+    header.write_text("// v2\n")
+    assert _tiny(tmp_path, headers=("tiny.h",)).sources_digest() != before
+    flagged = _tiny(tmp_path, headers=("tiny.h",), cuda_cflags=("-O2",)).sources_digest()
+    assert flagged != _tiny(tmp_path, headers=("tiny.h",)).sources_digest()
+
+
+def test_a_prebuilt_serves_without_a_compiler_unless_forced_disabled_or_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A matching prebuilt makes the library available where nothing could compile it;
+    ``build(force=True)`` compiles instead (here: cannot); ``RNNKIT_CPP=0`` still disables it;
+    a manifest whose library file is gone is ignored with that reason."""
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    _prebuild(_tiny(tmp_path), tmp_path)
+    no_nvcc = {"device_arch": lambda: "9.0", "build_requires": lambda: "no nvcc here"}
+    lib = _tiny(tmp_path, **no_nvcc)
+    assert lib.why_unavailable() is None and lib.status()["available"] == "yes"
+    loaded: list[Path] = []
+    monkeypatch.setattr(lib, "_load_prebuilt", lambda p: loaded.append(p) or True)
+    with pytest.raises(BuildError, match="no nvcc here"):
+        lib.build(force=True)
+    assert loaded == []
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    status = _tiny(tmp_path, **no_nvcc).status()
+    assert (
+        status["built"]
+        == "not built (disabled by RNNKIT_CPP=0)"
+        == (f"not built ({status['available']})")
+    )
+    monkeypatch.delenv(native.DISABLE_ENV)
+    so = tmp_path / "prebuilt" / "rnnkit_test_prebuilt.so"
+    so.unlink()
+    assert _tiny(tmp_path, **no_nvcc)._prebuilt_state() == (None, f"ignored: {so} is missing")
+
+
+def test_a_cached_library_needs_no_compiler_to_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cannot_build`` is ``None`` where the cache holds the library, even without nvcc and
+    without a prebuilt: ``rnnkit kernels build`` loads it."""
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    lib = _tiny(tmp_path, device_arch=lambda: "9.0", build_requires=lambda: "no nvcc here")
+    assert lib.cannot_build() == "no nvcc here"
+    cached = lib._library(lib.cache_dir())
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x7fELF")
+    assert lib.cannot_build() is None
+
+
+def test_compile_into_sets_the_architectures_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``env`` (the hook's ``TORCH_CUDA_ARCH_LIST``) overrides ``build_env`` during the compile
+    and the environment is restored afterwards."""
+    from torch.utils import cpp_extension
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(native, "_toolchain_problem", lambda: None)
+    monkeypatch.setattr(
+        cpp_extension, "load", lambda **_: seen.append(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+    )
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    lib = _tiny(tmp_path, build_env=lambda: {"TORCH_CUDA_ARCH_LIST": "8.6"})
+    lib.compile_into(tmp_path / "out", env={"TORCH_CUDA_ARCH_LIST": "8.0;9.0"})
+    lib.compile_into(tmp_path / "out")
+    assert seen == ["8.0;9.0", "8.6"] and "TORCH_CUDA_ARCH_LIST" not in os.environ
 
 
 # --- rnnkit kernels build / status -------------------------------------------------------------

@@ -429,6 +429,54 @@ def test_a_nan_in_one_packed_sequence_stays_in_it(backend: str) -> None:
     assert torch.isfinite(wh0[clean]).all() and rel_rms(gh0[clean], wh0[clean]) < 1e-12
 
 
+@pytest.mark.parametrize("case", ["inf_input", "nan_gate_at_reset"])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_packed_sequences_keep_an_inf_or_a_nan_gate_at_a_reset_to_themselves(
+    backend: str, case: str
+) -> None:
+    """With ``cu_seqlens``: an infinite input in sequence 3 of 5 (the one poisoned sequence, so
+    a single cut at the next start; ``0 * inf`` there is NaN, so the check must catch
+    infinities, not only NaN), or a NaN gate at a reset inside the last sequence (the loop's
+    ``a_t * 0`` keeps it NaN from the reset on, not a clean restart). Each sequence equals its
+    own reference loop, non-finite exactly where the loop's are, and the others stay finite."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+    offsets = [0, 6, 13, 19, 27, 32]
+    a, b, _ = make(1, 32, 3, torch.float64, "cpu", seed=11)
+    _, _, h0 = make(5, 1, 3, torch.float64, "cpu", seed=12)
+    a, b = a.clone(), b.clone()
+    resets = torch.zeros(1, 32, dtype=torch.bool)
+    resets[0, 3] = True  # a reset before the poison, in sequence 0
+    if case == "inf_input":
+        a[0, 20:27] = a[0, 20:27].abs()  # one sign for the infinity: no inf - inf
+        b[0, 20, 1] = math.inf
+        poisoned = slice(20, 27)
+    else:
+        resets[0, 29] = True
+        a[0, 29, 0] = math.nan
+        poisoned = slice(29, 32)
+    h, last = linear_scan(
+        a, b, h0, resets=resets, cu_seqlens=torch.tensor(offsets), backend=backend, chunk=4
+    )
+    want, lasts = [], []
+    for s in range(5):
+        lo, hi = offsets[s], offsets[s + 1]
+        w, wl = linear_scan_reference(
+            a[:, lo:hi], b[:, lo:hi], h0[s : s + 1], resets=resets[:, lo:hi]
+        )
+        want.append(w)
+        lasts.append(wl)
+    want_h, want_last = torch.cat(want, 1), torch.cat(lasts, 0)
+    bad = ~torch.isfinite(want_h)
+    # non-finite from the poison to its sequence's end and nowhere else
+    assert bad[0, poisoned].any(-1).all() and not bad[0, : poisoned.start].any()
+    assert torch.equal(~torch.isfinite(h), bad)
+    assert rel_rms(h[~bad], want_h[~bad]) < 1e-12
+    assert torch.equal(~torch.isfinite(last), ~torch.isfinite(want_last))
+    clean = torch.isfinite(want_last).all(-1)
+    assert int(clean.sum()) == 4 and rel_rms(last[clean], want_last[clean]) < 1e-12
+
+
 def test_a_stale_bfloat16_row_is_rescanned_in_float32() -> None:
     """bfloat16 inputs are scanned in float32 and rounded once; a row rescanned for a NaN
     before its reset (row 0: NaN ``h0``, reset at step 1) as well: over 200 slowly decaying

@@ -310,6 +310,41 @@ def test_jacobian_is_autograds_jacobian_of_one_step() -> None:
     torch.testing.assert_close(distinct[index], jac, rtol=0, atol=0)
 
 
+def test_forcing_jacobians_put_a_zero_rectified_unit_in_the_off_region() -> None:
+    """A rectified unit at exactly 0 has slope 0 (``[z > 0]``), as at the first step of a
+    fresh model (``B = 0``, so the latents start at 0): such a state must not share a region,
+    and so a Jacobian, with states whose unit is positive."""
+    model = _expanding_model()
+    states = torch.randn(2, 4, 5, dtype=torch.float64)
+    states[..., 3:] = states[..., 3:].abs() + 0.1  # every rectified unit on
+    states[0, 0, 3:] = 0.0  # first occurrence: the off region's representative
+    states[1, 2, 4] = 0.0
+    distinct, index = model.forcing_jacobians(states)
+    jac = model.cell.jacobian(states)
+    torch.testing.assert_close(distinct[index], jac, rtol=0, atol=0)
+    assert distinct.shape[0] == 3
+    # the same convention as the regions (a unit at 0 is inactive): J is its region's map
+    codes = model.cell.region_codes(states)
+    for b in range(2):
+        for t in range(4):
+            want = model.cell.region_jacobian(int(codes[b, t]))
+            torch.testing.assert_close(jac[b, t], want.to(jac.dtype), rtol=0, atol=0)
+
+
+def test_parameter_bound_takes_the_largest_magnitude_of_a() -> None:
+    """``max_i |A_i| + ||W||_2`` with a negative ``A_i`` of the largest magnitude: a float64
+    oracle, and a bound on the Jacobian's norm in every region."""
+    model = _expanding_model()
+    cell = model.cell
+    with torch.no_grad():
+        cell.diag.copy_(torch.tensor([0.2, -0.9, 0.5, 0.1, -0.3], dtype=torch.float64))
+    w_norm = float(torch.linalg.svdvals(cell.recurrent.detach())[0])
+    assert float(parameter_bound(cell)) == pytest.approx(0.9 + w_norm, rel=1e-12)
+    for code in range(cell.num_regions):
+        j = cell.region_jacobian(code).detach()
+        assert float(torch.linalg.svdvals(j)[0]) <= float(parameter_bound(cell)) + 1e-12
+
+
 def _oracle_forced_states(model: ALRNNReconstructor, x: Tensor, alpha: float) -> list[Tensor]:
     """Per sequence, the states the cell steps from under forcing with ``alpha`` (tau = 1),
     one float64 vector at a time from the equations."""

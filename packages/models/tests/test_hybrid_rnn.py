@@ -222,3 +222,16 @@ class TestHybridRHNCoreGatedAttention(CellConformance):
     @pytest.mark.experiment
     def test_compile(self) -> None:
         super().test_compile()
+
+
+def test_rhn_core_defaults_to_the_rhn_cells_transform_bias_and_names_itself() -> None:
+    """Without ``transform_bias`` every ``b_T`` of the RHN core (first and later micro-steps)
+    starts at the RHN cell's default, -2.0 (carry mostly: the highway's initial bias); the
+    repr names the core and its depth, the tanh core's does not."""
+    i, h = 3, 4
+    cell = HybridRNN(i, h, update="replace", core="rhn", depth=2)
+    assert RHN(i, h).transform_bias == cell.transform_bias == -2.0
+    assert cell.deep_bias is not None
+    assert bool((cell.bias[h:] == -2.0).all()) and bool((cell.deep_bias[:, h:] == -2.0).all())
+    assert "core='rhn', depth=2" in repr(cell)
+    assert "core=" not in repr(HybridRNN(i, h))

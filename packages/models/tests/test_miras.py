@@ -362,3 +362,17 @@ def test_exact_backend_drops_a_nan_memory_at_a_reset(
     assert rel_rms(got[0, 2:], want[0, 2:]) < 1e-12 and rel_rms(got[1, 4:], want[1, 4:]) < 1e-12
     for g, w in zip(got_state, want_state, strict=True):
         assert not torch.isnan(w).any() and rel_rms(g, w) < 1e-12
+
+
+def test_moneta_default_radius_keeps_the_unit_floor() -> None:
+    """Without ``radius`` Moneta keeps the floor it had before the option, ``n(A) = (sum |A|^q
+    + 1)^((q-2)/q)`` (``r = 1``), checked against that formula in float64; the repr names the
+    radius."""
+    cell = Moneta(4, 6, heads=2, q=3.5).double()
+    assert cell.radius == 1.0 and "radius=1" in repr(cell)
+    assert "radius=0.3" in repr(Moneta(4, 6, heads=2, radius=0.3))
+    A = 0.7 * torch.randn(
+        3, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    total = A.abs().pow(3.5).sum((-2, -1), keepdim=True) + 1.0
+    torch.testing.assert_close(cell._memory(A), A / total.pow(1.5 / 3.5), rtol=1e-14, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -104,6 +105,34 @@ def test_group_data_tests_past_the_training_length() -> None:
     for test_length in (2, 8):
         with pytest.raises(ValueError, match="no valid example is left"):
             group_data(0, group="S2", length=2, test_length=test_length, sizes=(100, 10, 10))
+    with pytest.raises(ValueError, match="lengths must be"):
+        group_data(0, test_length=0)
+
+
+def test_the_s3_task_tests_at_four_times_its_training_length() -> None:
+    """The registered ``s3`` task: S3 words (6 elements, one-hot in and classes out, as its
+    ``io`` says), trained at 16 and tested at 64 (small sizes here; the task's own are
+    10,000 / 500 / 500)."""
+    task = get_task("s3")
+    make = task.make_data
+    assert isinstance(make, functools.partial)
+    data = make(0, sizes=(20, 10, 10))
+    assert data.train.inputs.shape == (20, 16, 6) and data.test.inputs.shape == (10, 64, 6)
+    assert data.info == {"group_size": 6, "train_length": 16, "test_length": 64}
+    assert task.io == {"input_size": 6, "output_size": 6}
+    ids = data.test.inputs.argmax(-1)
+    assert torch.equal(data.test.targets[:, -1], _product(group_table("S3"), ids))
+
+
+def _product(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each row's product ``g1 · … · gT`` by a plain loop over the table."""
+    out = []
+    for row in ids.tolist():
+        acc = 0
+        for g in row:
+            acc = int(table[acc, g])
+        out.append(acc)
+    return torch.tensor(out)
 
 
 def test_s5_bad_encoding_raises() -> None:

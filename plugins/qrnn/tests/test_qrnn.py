@@ -280,3 +280,38 @@ def test_tomita5_score_in_the_docs(tmp_path: Path) -> None:
     test = documented_run("tomita5", 4, 0.03, tmp_path / "run")
     # chance is 0.5 (balanced); docs/tasks.md reports 0.877 on the longer test strings (23-30)
     assert test["accuracy"] >= 0.8, test
+
+
+def test_the_classifier_passes_initial_and_reads_tokens_one_hot() -> None:
+    """``initial`` reaches every layer's cell (default ``"zero"`` in the class and the
+    registered builder, and named in the cell's repr); with ``vocab_size`` token ``k`` enters
+    as the one-hot vector ``e_k``: the same logits as float inputs ``F.one_hot(x)``."""
+
+    def cells(m: torch.nn.Module) -> list[QRNNCell]:
+        return [c for c in m.modules() if isinstance(c, QRNNCell)]
+
+    for build in (QRNNClassifier, qrnn_classifier):
+        assert [c.initial for c in cells(build(2, 3, hidden_size=2, num_layers=2))] == ["zero"] * 2
+        uniform = build(2, 3, hidden_size=2, num_layers=2, initial="uniform")
+        assert [c.initial for c in cells(uniform)] == ["uniform"] * 2
+    assert "initial='uniform'" in repr(cells(uniform)[0])
+    torch.manual_seed(0)
+    tokens_model = QRNNClassifier(0, 2, hidden_size=2, vocab_size=3).double()
+    float_model = QRNNClassifier(3, 2, hidden_size=2).double()
+    float_model.load_state_dict(tokens_model.state_dict())
+    x = torch.tensor([[0, 1, 2, 2], [2, 0, 0, 1]])
+    want = float_model(F.one_hot(x, 3).double())
+    assert_close("token logits", tokens_model(x), want, 0.0)
+    # vocab_size decides the width whatever input_size says (a task's token stream has 1)
+    assert QRNNClassifier(1, 2, hidden_size=2, vocab_size=3)(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize("complex_pairs", [False, True])
+def test_the_zero_register_is_one_real_amplitude_on_basis_zero(complex_pairs: bool) -> None:
+    """``|0...0>``: amplitude exactly ``1 + 0i`` on basis index 0, zero elsewhere (not a
+    global phase of it: :meth:`QRNNCell.register` hands the amplitudes out)."""
+    cell = QRNNCell(1, 2, amplitudes="complex" if complex_pairs else "real").double()
+    psi = cell.register(cell.init_state(1))[0]
+    want = torch.zeros((4, 2) if complex_pairs else (4,), dtype=torch.float64)
+    want.view(-1)[0] = 1.0  # the real part of basis index 0
+    assert_close("|00>", psi, want, 0.0)
