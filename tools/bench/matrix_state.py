@@ -86,6 +86,18 @@ def _args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.times, args.ref_times, args.repeats = [1024, 4096], [1024], 2
+    for flag, values in (
+        ("--threads", [args.threads]),
+        ("--batch", [args.batch]),
+        ("--heads", [args.heads]),
+        ("--head-dim", [args.head_dim]),
+        ("--times", args.times),
+        ("--ref-times", args.ref_times),
+        ("--repeats", [args.repeats]),
+        ("--chunk", [args.chunk]),
+    ):
+        if min(values) < 1:
+            p.error(f"{flag} must be positive, got {min(values)}")
     return args
 
 

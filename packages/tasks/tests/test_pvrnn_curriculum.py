@@ -328,3 +328,26 @@ def test_threads_sets_torch_threads_for_the_run(
     assert main([*args, "--threads", "0"]) != 0
     out, err = capsys.readouterr()
     assert out == "" and "--threads must be a positive integer, got 0" in err
+
+
+def test_a_mode_named_twice_runs_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--mode multi single multi`` trains multi then single, once each (a repeated mode
+    trained the same curriculum again and printed its row twice)."""
+    import rnnkit.tasks.curriculum as curriculum
+    from rnnkit.core.cli import main
+
+    ran: list[str] = []
+    real = curriculum.run_curriculum
+
+    def spy(task: str, mode: str, **kw: Any) -> curriculum.CurriculumResult:
+        ran.append(mode)
+        return real(task, mode, **kw)
+
+    monkeypatch.setattr(curriculum, "run_curriculum", spy)
+    args = ["curriculum", "--steps", "2", "--hidden-size", "4", "--json", "-"]
+    assert main([*args, "--mode", "multi", "single", "multi"]) == 0
+    assert ran == ["multi", "single"]
+    records = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in records] == ["multi", "single"]

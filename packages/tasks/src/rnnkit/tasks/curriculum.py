@@ -387,6 +387,8 @@ def configure_curriculum(p: argparse.ArgumentParser) -> None:
 
 def run_curriculum_command(args: argparse.Namespace) -> int:
     """``rnnkit curriculum``: train each mode and print the N reached and the timescales."""
+    # a mode named twice would train the same curriculum twice: once each, in the order given
+    args.mode = list(dict.fromkeys(args.mode))
     kw: dict[str, Any] = {
         "budget": args.steps,
         "hidden_size": args.hidden_size,
