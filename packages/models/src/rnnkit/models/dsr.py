@@ -271,10 +271,8 @@ class ALRNNReconstructor(nn.Module):
         ``J`` depends on the state only through its region (the signs of the ``P`` rectified
         units), so ``K <= min(2**P, B*T)`` matrices stand for the ``B*T`` steps.
         """
-        m, p = self.hidden_size, self.pwl_units
-        flat = states.reshape(-1, m)
-        signs = flat[:, m - p :] > 0
-        _, index = torch.unique(signs, dim=0, return_inverse=True)
+        flat = states.reshape(-1, self.hidden_size)
+        _, index = torch.unique(self.cell.region_codes(flat), return_inverse=True)
         k = int(index.max()) + 1 if index.numel() else 0
         steps = torch.arange(index.numel(), device=index.device)
         first = torch.full((k,), index.numel(), device=index.device, dtype=torch.int64)

@@ -227,23 +227,23 @@ class ALRNN(Cell[ALRNNState]):
 
         ``z: (..., M) -> (..., M, M)``, entry ``[..., i, j] = dz_{t,i} / dz_{t-1,j}``.
         """
-        m, p = self.hidden_size, self.pwl_units
-        slopes = torch.cat(
-            (z.new_ones(*z.shape[:-1], m - p), (z[..., m - p :] > 0).to(z.dtype)), dim=-1
-        )
-        diag = torch.diag_embed(self.diag.to(z.dtype).expand(z.shape))
-        return diag + self.recurrent.to(z.dtype) * slopes[..., None, :]
+        return self._jacobian(z[..., self.hidden_size - self.pwl_units :] > 0, z.dtype)
 
     def region_jacobian(self, code: int) -> Tensor:
         """``dz_t/dz_{t-1}`` inside region ``code``: ``diag(A) + W diag(1_{M-P}, d)``, ``(M, M)``
         (``d`` the code's bits); the map there is ``z -> J z + px``."""
         if not 0 <= code < self.num_regions:
             raise ValueError(f"code must lie in [0, {self.num_regions}), got {code}")
-        m, p = self.hidden_size, self.pwl_units
-        slopes = torch.ones(m, dtype=self.recurrent.dtype, device=self.recurrent.device)
-        for k in range(p):
-            slopes[m - p + k] = float((code >> k) & 1)
-        return torch.diag(self.diag) + self.recurrent * slopes
+        bits = torch.arange(self.pwl_units, device=self.recurrent.device)
+        return self._jacobian((code >> bits) & 1 == 1, self.recurrent.dtype)
+
+    def _jacobian(self, active: Tensor, dtype: torch.dtype) -> Tensor:
+        """``diag(A) + W diag(1_{M-P}, d)`` in ``dtype``, ``d`` the bool ``active: (..., P)``
+        (which rectified units pass their input): ``(..., M, M)``."""
+        ones = active.new_ones(*active.shape[:-1], self.hidden_size - self.pwl_units)
+        slopes = torch.cat((ones, active), dim=-1).to(dtype)
+        diag = torch.diag_embed(self.diag.to(dtype).expand(slopes.shape))
+        return diag + self.recurrent.to(dtype) * slopes[..., None, :]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pwl_units={self.pwl_units}, bias={self.bias is not None}"
