@@ -234,7 +234,8 @@ class QRNNCell(Cell[QRNNState]):
         n, half = self.hidden_size, 2 ** (self.hidden_size - 1)
         batch = px_t.shape[0]
         angles = px_t[:, : n * half].reshape(batch, n, half)
-        psi = self.register(state)
+        psi0 = self._initial_like(state.delta)  # built once per step, used twice
+        psi = state.delta + psi0
         if self.amplitudes == "complex":
             psi = phase(psi, px_t[:, px_t.shape[1] - 2 * half :])
         weights = None
@@ -246,7 +247,7 @@ class QRNNCell(Cell[QRNNState]):
             else:
                 psi = normalise(controlled_ry(psi, j, angles[:, j], weights[:, j]))
         y = probabilities(psi) @ self.bits.to(px_t.dtype)
-        return y, QRNNState(psi - self._initial_like(psi))
+        return y, QRNNState(psi - psi0)
 
     def extra_repr(self) -> str:
         return (
