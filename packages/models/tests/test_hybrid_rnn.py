@@ -49,16 +49,45 @@ def _attend(cell: HybridRNN, u: Tensor, past: list[Tensor]) -> tuple[Tensor, lis
     return h, [*past[1:], h]
 
 
+def _candidate(cell: HybridRNN, pre: Tensor, h: Tensor) -> Tensor:
+    """The oracle's candidate ``f`` from the first product's rows ``pre = W x + U h + b``: a
+    tanh, or the RHN core's highway micro-steps from ``s_0 = h``."""
+    hidden = h.shape[-1]
+    if cell.core == "tanh":
+        return torch.tanh(pre[:, :hidden])
+    assert cell.deep is not None and cell.deep_bias is not None
+    R, rb = cell.deep.detach(), cell.deep_bias.detach()
+    s = h
+    for layer in range(cell.depth):
+        rows = pre[:, : 2 * hidden] if layer == 0 else s @ R[layer - 1].T + rb[layer - 1]
+        c = torch.tanh(rows[:, :hidden])
+        tr = torch.sigmoid(rows[:, hidden:])
+        s = c * tr + s * (1 - tr)
+    return s
+
+
+@pytest.mark.parametrize("core", ["tanh", "rhn"])
 @pytest.mark.parametrize("attention", [0, 3])
 @pytest.mark.parametrize("update", HYBRID_UPDATES)
-def test_hybrid_matches_its_equations(update: str, attention: int) -> None:
+def test_hybrid_matches_its_equations(update: str, attention: int, core: str) -> None:
+    """A float64 oracle written from the equations: the core's candidate (a tanh, or the RHN
+    core of depth 3), then the update and the attention."""
     torch.manual_seed(0)
     hidden, time = 4, 7
+    depth = 3 if core == "rhn" else 1
     cell = create_cell(
-        "hybrid_rnn", input_size=3, hidden_size=hidden, update=update, attention=attention
+        "hybrid_rnn",
+        input_size=3,
+        hidden_size=hidden,
+        update=update,
+        attention=attention,
+        core=core,
+        depth=depth,
     ).double()
     with torch.no_grad():
         cell.bias.normal_()
+        if cell.deep_bias is not None:
+            cell.deep_bias.normal_()
         if cell.rate is not None:
             cell.rate.normal_()  # one rate per unit, not one shared value
     x = _randn(2, time, 3, seed=1)
@@ -70,17 +99,17 @@ def test_hybrid_matches_its_equations(update: str, attention: int) -> None:
     past = [window0[:, j] for j in range(k)]  # oldest first
     for t in range(time):
         pre = x[:, t] @ W.T + h @ U.T + b
+        f = _candidate(cell, pre, h)
         if update == "gated":
-            f = torch.tanh(pre[:, :hidden])
-            g = torch.sigmoid(pre[:, hidden:])
+            g = torch.sigmoid(pre[:, cell.candidate_size :])
             u = (1 - g) * h + g * f
         elif update == "learned_rate":
             a = torch.sigmoid(cell.rate.detach())
-            u = (1 - a) * h + a * torch.tanh(pre)
+            u = (1 - a) * h + a * f
         elif update == "additive":
-            u = h + torch.tanh(pre)
+            u = h + f
         else:
-            u = torch.tanh(pre)
+            u = f
         h, past = _attend(cell, u, past) if attention else (u, past)
         assert_close(f"h_{t}", y[:, t], h, 1e-12)
     assert_close("final h", state.h, h, 1e-12)
@@ -140,53 +169,6 @@ def test_bad_options_raise_naming_the_argument(kwargs: dict[str, Any], name: str
     sizes.update(kwargs)
     with pytest.raises(ValueError, match=name):
         HybridRNN(**sizes)
-
-
-@pytest.mark.parametrize("attention", [0, 2])
-@pytest.mark.parametrize("update", HYBRID_UPDATES)
-def test_rhn_core_matches_its_equations(update: str, attention: int) -> None:
-    """The RHN core (depth 3): highway micro-steps give the candidate, then the update and the
-    attention as with the tanh core; a float64 oracle written from the equations."""
-    torch.manual_seed(0)
-    hidden, time, depth = 4, 6, 3
-    cell = HybridRNN(3, hidden, update=update, attention=attention, core="rhn", depth=depth)
-    cell = cell.double()
-    with torch.no_grad():
-        cell.bias.normal_()
-        assert cell.deep_bias is not None
-        cell.deep_bias.normal_()
-        if cell.rate is not None:
-            cell.rate.normal_()
-    x = _randn(2, time, 3, seed=1)
-    h = _randn(2, hidden, seed=2)
-    k = max(attention, 1)
-    window0 = _randn(2, k, hidden, seed=3)
-    y, state = cell(x, (h, window0), backend="reference")
-    W, U, b = (p.detach() for p in (cell.weight_ih, cell.recurrent, cell.bias))
-    assert cell.deep is not None
-    R, rb = cell.deep.detach(), cell.deep_bias.detach()
-    past = [window0[:, j] for j in range(k)]
-    for t in range(time):
-        pre = x[:, t] @ W.T + h @ U.T + b
-        s = h
-        for layer in range(depth):
-            rows = pre[:, : 2 * hidden] if layer == 0 else s @ R[layer - 1].T + rb[layer - 1]
-            c = torch.tanh(rows[:, :hidden])
-            tr = torch.sigmoid(rows[:, hidden:])
-            s = c * tr + s * (1 - tr)
-        if update == "gated":
-            g = torch.sigmoid(pre[:, 2 * hidden :])
-            u = (1 - g) * h + g * s
-        elif update == "learned_rate":
-            a = torch.sigmoid(cell.rate.detach())
-            u = (1 - a) * h + a * s
-        elif update == "additive":
-            u = h + s
-        else:
-            u = s
-        h, past = _attend(cell, u, past) if attention else (u, past)
-        assert_close(f"h_{t}", y[:, t], h, 1e-12)
-    assert_close("final h", state.h, h, 1e-12)
 
 
 def test_rhn_core_replacing_without_attention_is_the_rhn_cell() -> None:
