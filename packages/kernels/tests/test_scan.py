@@ -458,15 +458,7 @@ def test_packed_sequences_keep_an_inf_or_a_nan_gate_at_a_reset_to_themselves(
     h, last = linear_scan(
         a, b, h0, resets=resets, cu_seqlens=torch.tensor(offsets), backend=backend, chunk=4
     )
-    want, lasts = [], []
-    for s in range(5):
-        lo, hi = offsets[s], offsets[s + 1]
-        w, wl = linear_scan_reference(
-            a[:, lo:hi], b[:, lo:hi], h0[s : s + 1], resets=resets[:, lo:hi]
-        )
-        want.append(w)
-        lasts.append(wl)
-    want_h, want_last = torch.cat(want, 1), torch.cat(lasts, 0)
+    want_h, want_last = _per_sequence(a, b, h0, offsets, resets)
     bad = ~torch.isfinite(want_h)
     # non-finite from the poison to its sequence's end and nowhere else
     assert bad[0, poisoned].any(-1).all() and not bad[0, : poisoned.start].any()
@@ -496,11 +488,15 @@ def test_a_stale_bfloat16_row_is_rescanned_in_float32() -> None:
         assert rel_rms(h[row, 1:].double(), want[row, 1:]) < 3e-3, row
 
 
-def _per_sequence(a: Tensor, b: Tensor, h0: Tensor, offsets: list[int]) -> tuple[Tensor, Tensor]:
+def _per_sequence(
+    a: Tensor, b: Tensor, h0: Tensor, offsets: list[int], resets: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The reference loop run on each packed sequence alone (with its slice of ``resets``)."""
     hs, lasts = [], []
     for s in range(len(offsets) - 1):
         lo, hi = offsets[s], offsets[s + 1]
-        h, h_last = linear_scan_reference(a[:, lo:hi], b[:, lo:hi], h0[s : s + 1])
+        r = None if resets is None else resets[:, lo:hi]
+        h, h_last = linear_scan_reference(a[:, lo:hi], b[:, lo:hi], h0[s : s + 1], resets=r)
         hs.append(h)
         lasts.append(h_last)
     return torch.cat(hs, 1), torch.cat(lasts, 0)
