@@ -5,17 +5,22 @@
 
 runs ``rnnkit ARGS...`` (the whole CLI, in the current folder) and saves what this process's
 trainer ended with to the file ``RESULT`` (given outside the run directory): the model's
-parameters, the result's metrics, the evaluation history and the process's place in the job.
+parameters, the result's metrics, the evaluation history and the process's place in the job;
+last thing before the interpreter's teardown, it writes to ``RESULT.left`` whether the process
+group was destroyed by then.
 With ``--interrupt-at``, rank 0 alone receives a SIGINT (a Ctrl-C) during that step.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from rnnkit.core.cli import main as rnnkit_main
 from rnnkit.tasks.trainer import RunResult, Trainer
@@ -40,6 +45,9 @@ def main(argv: list[str]) -> int:
             os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag
         return step(self)
 
+    # registered before the trainer joins the group, so run after its own exit handler:
+    # whether the process group was gone before the interpreter's teardown
+    atexit.register(lambda: Path(result_file + ".left").write_text(str(not dist.is_initialized())))
     Trainer.run = capturing_run  # type: ignore[method-assign]
     Trainer._train_step = interrupting_step  # type: ignore[method-assign]
     code = rnnkit_main(args)
@@ -55,6 +63,7 @@ def main(argv: list[str]) -> int:
             "rank": t.dist.rank,
             "world": t.dist.world,
             "out": str(t.out),
+            "wrapper_released": t._parallel is None,
         },
         result_file,
     )

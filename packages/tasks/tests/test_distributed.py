@@ -24,7 +24,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from rnnkit.tasks.distributed import Dist, data_parallel
+from rnnkit.tasks.distributed import Dist, data_parallel, leave_distributed
 
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
 ARGS = (
@@ -54,6 +54,8 @@ class Proc:
     stdout: str
     stderr: str
     result: dict[str, Any]
+    #: whether the process group was destroyed before the interpreter's teardown began
+    left_group: bool
 
 
 def _free_port() -> int:
@@ -99,7 +101,8 @@ def run_job(
         for rank, p in enumerate(procs):
             out, err = p.communicate(timeout=240)
             assert p.returncode == 0, f"rank {rank} failed:\n{err[-3000:]}"
-            done.append(Proc(out, err, torch.load(root / f"result{rank}.pt")))
+            left = (root / f"result{rank}.pt.left").read_text()
+            done.append(Proc(out, err, torch.load(root / f"result{rank}.pt"), left == "True"))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -127,6 +130,9 @@ def test_two_processes_match_one(runs: tuple[Path, Proc, list[Proc]]) -> None:
     a, b = one.result, r0.result
     assert (a["world"], b["world"], r1.result["world"]) == (1, 2, 2)
     assert (a["step"], b["step"]) == (6, 6)
+    # each process left the group at exit, before Python's teardown could abort it
+    assert r0.left_group and r1.left_group
+    assert r0.result["wrapper_released"] and r1.result["wrapper_released"]
     for k, v in a["state"].items():
         torch.testing.assert_close(b["state"][k], v, **PARAM_TOL, msg=k)
         # every process applies the same summed gradients: identical parameters
@@ -173,6 +179,7 @@ def test_processes_stop_together(tmp_path: Path) -> None:
     rank 1 went on into an all-reduce rank 0 never joined)."""
     r0, r1 = run_job(tmp_path, 2, opts=("--interrupt-at", "2"))
     assert r0.result["code"] == r1.result["code"] == 130
+    assert r0.left_group and r1.left_group
     assert r0.result["step"] == r1.result["step"] == 2
     assert "stopping after this step" in r0.stderr
     assert "stopping after this step" not in r1.stderr
@@ -216,8 +223,10 @@ def _sum_worker(rank: int, port: int, q: Any) -> None:
     # numpy arrays: pickled by value (a tensor would be shared through this process's memory)
     grads = {n: None if p.grad is None else p.grad.numpy() for n, p in net.named_parameters()}
     q.put((rank, grads))
+    del wrapped  # as the trainer does when its run ends
     dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
+    assert not dist.is_initialized()
 
 
 @pytest.mark.slow

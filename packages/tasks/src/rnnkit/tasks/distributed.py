@@ -15,6 +15,8 @@ it made, a stop it was asked for) without touching the disk.
 
 # no `from __future__ import annotations`: DistributedDataParallel checks a communication
 # hook's annotations at run time, against the objects themselves
+import atexit
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -68,7 +70,24 @@ def init_distributed(device: torch.device) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(leave_distributed)
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def leave_distributed() -> None:
+    """Destroy the process group, if one is joined; :func:`init_distributed` runs this at exit
+    for the group it joined.
+
+    At exit the interpreter must still be whole when the group goes: left to the interpreter's
+    own teardown, a communication thread that drops the last reference to a tensor Python has
+    seen needs the interpreter lock, and a thread that asks for it then is ended from under
+    C++ frames that cannot unwind (the process aborts: "terminate called without an active
+    exception"). Collecting garbage first frees ``DistributedDataParallel`` wrappers that
+    reference cycles still hold, and with them their hold on the group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

@@ -856,6 +856,9 @@ class Trainer:
                 callback.on_end(self, result)
             failed = False
         finally:
+            # the DistributedDataParallel wrapper holds the process group and buffers its
+            # communication threads touch: let it go with the run, not at interpreter exit
+            self._parallel = None
             self._release(failed)
             torch.set_num_threads(self.caller_threads)
         return result
