@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -125,6 +126,23 @@ def test_plan_streams_what_does_not_fit() -> None:
     assert isinstance(cuda.plan("lstm", 1, 64, 0, *H100), cuda.Tiling)  # empty batch
     starved = cuda.plan("lstm", 1, 1024, 16, 132, 1024)
     assert isinstance(starved, str) and "streamed fallback" in starved
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("lstm", 0, 64, 4, *H100), "heads must be at least 1, got 0"),
+        (("lstm", 2, 0, 4, *H100), "head_dim must be at least 1, got 0"),
+        (("gru", 2, 64, -1, *H100), "batch must be at least 0, got -1"),
+        (("lstm", 2, 64, 4, 0, H100[1]), "sms must be at least 1, got 0"),
+        (("elman", 2, 64, 4, H100[0], 0), "smem must be at least 1, got 0"),
+        (("mlstm", 2, 64, 4, *H100), "unknown cell kind 'mlstm'"),
+    ],
+)
+def test_plan_refuses_sizes_it_cannot_cut(args: tuple[Any, ...], words: str) -> None:
+    """Before: a division by zero (no heads, no head size) or a plan of 0 blocks (no SMs)."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        cuda.plan(*args)
 
 
 @pytest.mark.parametrize("kind", list(cuda.KINDS))

@@ -190,7 +190,22 @@ def plan(kind: str, heads: int, head_dim: int, batch: int, sms: int, smem: int) 
         batch: ``B`` (0 is allowed: nothing is launched).
         sms: streaming multiprocessors of the device.
         smem: shared memory one block may use, bytes (the opt-in maximum).
+
+    Raises:
+        ValueError: an unknown ``kind``, or a size below its least value (heads, head size,
+            SMs and shared memory at least 1, batch at least 0).
     """
+    if kind not in GATES:
+        raise ValueError(f"unknown cell kind {kind!r}: one of {', '.join(GATES)}")
+    for name, value, least in (
+        ("heads", heads, 1),
+        ("head_dim", head_dim, 1),
+        ("batch", batch, 0),
+        ("sms", sms, 1),
+        ("smem", smem, 1),
+    ):
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
     N, D = heads, head_dim
     rows = max(1, min(batch, MAX_BATCH_TILE))
     resident = _resident(kind, N, D, rows, sms, smem)
