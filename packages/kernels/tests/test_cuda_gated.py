@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -145,22 +146,38 @@ def test_plan_refuses_sizes_it_cannot_cut(args: tuple[Any, ...], words: str) -> 
         cuda.plan(*args)
 
 
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["fma", "tensor-cores"])
 @pytest.mark.parametrize("kind", list(cuda.KINDS))
-def test_plan_runs_every_head_count_and_size(kind: str) -> None:
+def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: bool) -> None:
     """Every head count and head size (16 to 1024 and beyond) gets a cut on an H100 and on a
-    small device; its byte counts are the kernels' (``_plan.smem_bytes``) and fit."""
+    small device; its byte counts are the kernels' (``_plan.smem_bytes``) and fit. Asked for
+    tensor cores, a direction gets them only with the WMMA tiles' shapes (its product's
+    columns in 16s, the head size and the chunks in 8s), and the reason says which got them."""
+    G = cuda.GATES[kind]
     for sms, smem in (H100, (8, 48 * 1024)):
         for heads in (1, 2, 3, 9, 133, 512):
             for D in (1, 16, 100, 768, 1024, 2048):
-                cut = cuda.plan(kind, heads, D, 17, sms, smem)
+                cut = cuda.plan(kind, heads, D, 17, sms, smem, tensor_cores)
                 assert isinstance(cut, cuda.Tiling), (heads, D, cut)
                 assert cut.blocks <= sms and max(cut.forward_smem, cut.backward_smem) <= smem
+                if not tensor_cores or D % 8:
+                    assert not cut.tensor_cores
+                if cut.forward_mma:
+                    assert (G * cut.units) % 16 == 0 and D % 8 == 0
+                    assert cut.forward_k_chunk % 8 == 0
+                if cut.backward_mma:
+                    assert cut.units % 16 == 0 and D % 8 == 0
+                    assert cut.backward_k_chunk % 8 == 0
+                if tensor_cores:
+                    assert ("tensor cores (TF32)" in cut.reason) == cut.tensor_cores, cut.reason
                 fwd = cuda._plan.smem_bytes(
-                    kind, D, cut.units, cut.forward_batch_tile, cut.forward_k_chunk
-                )
+                    kind, D, cut.units, cut.forward_batch_tile, cut.forward_k_chunk,
+                    cut.forward_mma, cut.backward_mma,
+                )  # fmt: skip
                 bwd = cuda._plan.smem_bytes(
-                    kind, D, cut.units, cut.backward_batch_tile, cut.backward_k_chunk
-                )
+                    kind, D, cut.units, cut.backward_batch_tile, cut.backward_k_chunk,
+                    cut.forward_mma, cut.backward_mma,
+                )  # fmt: skip
                 assert (fwd[0], bwd[1]) == (cut.forward_smem, cut.backward_smem)
                 if heads > sms:
                     assert cut.streamed, (heads, D)
@@ -169,6 +186,44 @@ def test_plan_runs_every_head_count_and_size(kind: str) -> None:
                     assert cut.forward_k_chunk == cut.backward_k_chunk == 0
                 if heads * D <= 4096:
                     assert set(_owners(cut, heads, D)) == {1}
+
+
+def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
+    """Tensor-core cuts on an H100. A dense 768-wide LSTM: units in 4s (96 blocks of 8, not
+    128 of 6) so that the forward's 32 gate columns fill the 16-column tiles, its batch tile
+    counted as 16 rows of shared memory; the backward's 8 columns do not fill a tile, so it
+    keeps float32 FMAs. A dense 1024-wide Elman gets them both ways. A head size that is not a
+    multiple of 8, or a device too small for 16-row tiles, keeps the float32 cut, and the
+    reason says why."""
+    fma = cuda.plan("lstm", 1, 768, 5, *H100)
+    mma = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores=True)
+    assert isinstance(fma, cuda.Tiling) and isinstance(mma, cuda.Tiling)
+    assert (fma.units, fma.blocks, fma.tensor_cores) == (6, 128, False)
+    assert (mma.units, mma.blocks, mma.forward_mma, mma.backward_mma) == (8, 96, True, False)
+    assert mma.mode == "resident" and "tensor cores (TF32) in the forward only" in mma.reason
+    weights = 4 * 768 * 4 * 8  # D x G*units floats
+    assert mma.forward_smem == weights + 4 * 16 * (768 + 32)  # 16 rows of h and the product
+    assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8)  # 5 rows: no tensor cores
+    assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0)
+    elman = cuda.plan("elman", 1, 1024, 3, *H100, tensor_cores=True)
+    assert isinstance(elman, cuda.Tiling) and elman.forward_mma and elman.backward_mma
+    assert (elman.units, elman.blocks) == (16, 64)
+    assert elman.reason.endswith("tensor cores (TF32) in both directions")
+    odd = cuda.plan("gru", 2, 20, 5, *H100, tensor_cores=True)
+    assert isinstance(odd, cuda.Tiling) and not odd.tensor_cores
+    assert odd.reason.endswith("no tensor cores: head size 20 is not a multiple of 8")
+    # 16 rows of a 64-wide head's staging do not fit in 4 KiB; one float32 row does
+    small = cuda.plan("elman", 1, 64, 1, 1, 4096, tensor_cores=True)
+    assert small == replace(
+        cuda.plan("elman", 1, 64, 1, 1, 4096),
+        reason=small.reason,
+    )
+    assert "no tensor cores: their 16-row tiles do not fit" in small.reason
+    # 16-unit GRU items would hold 196 KiB of weights, leaving room for no 16-row tile: the
+    # float32 cut of 8 units, not a 16-unit one without tensor cores
+    gru = cuda.plan("gru", 1, 1024, 16, *H100, tensor_cores=True)
+    assert isinstance(gru, cuda.Tiling) and not gru.tensor_cores
+    assert gru.units == 8 and gru.mode == "resident"
 
 
 def test_registration_and_reasons() -> None:
@@ -196,7 +251,8 @@ def test_registration_and_reasons() -> None:
 
 def test_lengths_bind_to_the_cuda_loops() -> None:
     """A call with lengths gets the CUDA loops with the lengths bound (int32, on the input's
-    device); loops that cannot hold a state (the pure-torch fallback) refuse them."""
+    device); loops that cannot hold a state (the pure-torch fallback) refuse them. A 16-bit
+    call asks for tensor cores, a float32 one does not."""
     cell = make_cell("slstm", 1).float()
     x = torch.zeros(3, 5, cell.input_size)
     call = KernelCall(cell, x, None, None, True, torch.tensor([5, 2, 4]))
@@ -204,8 +260,12 @@ def test_lengths_bind_to_the_cuda_loops() -> None:
     for fn in lp:
         bound = fn.keywords["lengths"]
         assert bound.dtype == torch.int32 and bound.tolist() == [5, 2, 4]
-    plain = KernelCall(cell, x, None, None, True)
-    assert cuda_loops._loops("slstm", plain, None) is cuda_loops.CUDA_LOOPS["slstm"]
+        assert fn.keywords["tensor_cores"] is False
+    for dtype, mma in ((torch.float32, False), (torch.bfloat16, True), (torch.float16, True)):
+        plain = KernelCall(cell.to(dtype), x.to(dtype), None, None, True)
+        got = cuda_loops._loops("slstm", plain, None)
+        for fn, own in zip(got, cuda_loops.CUDA_LOOPS["slstm"], strict=True):
+            assert fn.func is own and fn.keywords == {"tensor_cores": mma}
     with pytest.raises(ValueError, match="hold the state"):
         cuda_loops._loops("slstm", call, fused.SLSTM_LOOPS)
 
@@ -548,6 +608,43 @@ def test_lengths_run_in_one_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     y.sum().backward()
     assert launches == [("forward", True), ("backward", True)]
     assert torch.equal(y[1, 2:], torch.zeros_like(y[1, 2:]))
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On sm_80 and later a bfloat16 or float16 call runs its products on the tensor cores
+    (the launches get ``mma=1`` where the cut allows, and ``explain`` says so); a float32 call
+    never does. Values and gradients against float64 for 16-bit resident and streamed cuts."""
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("TF32 tensor cores need sm_80 or later")
+    real = cuda_loops.ops()
+    launches: list[tuple[str, int]] = []
+
+    class Recording:
+        def forward(self, *args: Any) -> Any:
+            launches.append(("forward", args[-1]))
+            return real.forward(*args)
+
+        def backward(self, *args: Any) -> Any:
+            launches.append(("backward", args[-1]))
+            return real.backward(*args)
+
+    monkeypatch.setattr(cuda_loops, "ops", Recording)
+    for dtype, mma in ((torch.bfloat16, 1), (torch.float16, 1), (torch.float32, 0)):
+        launches.clear()
+        cell = make_cell("elman", 2, hidden=128).to(dtype).cuda()  # 2 heads of 64
+        x = torch.randn(3, 5, cell.input_size, device="cuda", dtype=dtype, requires_grad=True)
+        call = KernelCall(cell, x, None, None, True)
+        assert ("tensor cores (TF32) in both directions" in cuda.explain(call)) == bool(mma)
+        y, _ = cell(x, backend="cuda")
+        y.float().sum().backward()
+        assert launches == [("forward", mma), ("backward", mma)], dtype
+    monkeypatch.undo()
+    for kind in KINDS:
+        _check(kind, 2, 128, torch.bfloat16, 17, 6)  # resident
+        _check(kind, 2, 128, torch.float16, 5, 6, lengths=[6, 2, 0, 5, 6])
+    _check("lstm", 2, 2048, torch.bfloat16, 3, 4)  # streamed: 2 heads of 1024
 
 
 def test_build_without_names_skips_a_library_this_machine_cannot_use(

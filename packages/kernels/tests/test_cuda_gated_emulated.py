@@ -9,7 +9,9 @@ and what it cannot (races inside a block, memory coherence, the cooperative laun
 that file. Three small devices (:data:`DEVICES`) give the resident cut (each head over several
 blocks, a short last tile) and two streamed ones (R read in chunks for lack of shared memory;
 one block looping over both heads for lack of SMs); the batch is cut into tiles of at most 2
-rows, so the exchange between blocks, the tiling and the chunked products are exercised.
+rows, so the exchange between blocks, the tiling and the chunked products are exercised. Two
+more devices run the tensor-core products (WMMA emulated in TF32, :data:`MMA_DEVICES`) on two
+heads of 16 units, resident and streamed.
 """
 
 from __future__ import annotations
@@ -43,7 +45,19 @@ DEVICES = {
     "streamed": (6, 128, "streamed"),
     "streamed-heads": (1, 48 * 1024, "streamed"),
 }
+#: Devices whose cuts put the products on the tensor cores, for two heads of 16 units:
+#: - resident-mma: 6 SMs; Elman and GRU items of 16 units (tensor cores both ways), LSTM and
+#:   sLSTM items of 8 (the forward's 32 gate columns on the tensor cores, the backward's 8 not);
+#: - streamed-mma: one SM for both heads, items of 16 units (tensor cores both ways), R streamed
+#:   in chunks of 8 (two per forward step).
+MMA_DEVICES = {
+    "resident-mma": (6, 1024 * 1024, "resident"),
+    "streamed-mma": (1, 1024 * 1024, "streamed"),
+}
 TOL = 1e-5  # float32 against the float64 reference (rel. RMS), as the GPU tests
+#: TF32 products (operands rounded to 11 significant bits, float32 sums): the rounding of each
+#: operand is at most 2**-11 = 4.9e-4 relative; 4e-3 leaves room for six steps of recurrence.
+TOL_MMA = 4e-3
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +77,29 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return torch.ops.rnnkit_gated_cuda
 
 
-@pytest.fixture(params=list(DEVICES))
+@pytest.fixture(params=[*DEVICES, *MMA_DEVICES])
 def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """The backend's loops use the emulated ops and a small device's cut (each of
-    :data:`DEVICES`); returns the device's name."""
-    sms, smem, mode = DEVICES[request.param]
+    :data:`DEVICES` and :data:`MMA_DEVICES`); returns the device's name."""
+    name = str(request.param)
+    mma = name in MMA_DEVICES
+    sms, smem, mode = (MMA_DEVICES if mma else DEVICES)[name]
 
-    def tiling(kind: str, heads: int, head_dim: int, batch: int, device: Any) -> _plan.Tiling:
-        cut = _plan.plan(kind, heads, head_dim, batch, sms, smem)
+    def tiling(
+        kind: str, heads: int, head_dim: int, batch: int, device: Any, tensor_cores: bool = False
+    ) -> _plan.Tiling:
+        cut = _plan.plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
         assert isinstance(cut, _plan.Tiling), cut
         assert cut.mode == mode, cut.reason
         assert max(cut.forward_smem, cut.backward_smem) <= smem
         items = heads * -(-head_dim // cut.units)
-        if request.param == "streamed-heads":
+        if mma:
+            assert cut.forward_mma, cut.reason
+            # resident LSTM / sLSTM items of 8 units: 8 backward columns, no tensor cores
+            assert cut.backward_mma == (mode == "streamed" or kind in ("elman", "gru")), cut.reason
+            if mode == "streamed":
+                assert cut.blocks == 1 and cut.forward_k_chunk == 8 < head_dim
+        elif name == "streamed-heads":
             assert cut.blocks < heads  # one block runs several heads' items
             assert head_dim % cut.forward_k_chunk  # a short last chunk
         else:
@@ -85,8 +109,8 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     monkeypatch.setattr(cuda_loops, "ops", lambda: emulated)
     monkeypatch.setattr(cuda_loops, "tiling", tiling)
     monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 2)
-    monkeypatch.setattr(_plan, "MAX_K_CHUNK", 3)
-    return str(request.param)
+    monkeypatch.setattr(_plan, "MAX_K_CHUNK", 8 if mma else 3)
+    return name
 
 
 def _run(
@@ -146,9 +170,11 @@ CASES = [
 @pytest.mark.parametrize("kind", KINDS)
 def test_emulated_kernels_match_reference(on_cpu: str, kind: str, case: int) -> None:
     opts = CASES[case]
-    cell64 = make_cell(kind, 2, hidden=16, inputs=5)
+    mma = on_cpu in MMA_DEVICES
+    hidden = 32 if mma else 16  # two heads of 16 units fill the tensor cores' tiles
+    cell64 = make_cell(kind, 2, hidden=hidden, inputs=5)
     with torch.no_grad():
-        cell64.recurrent.uniform_(-(8**-0.5), 8**-0.5)
+        cell64.recurrent.uniform_(-((hidden // 2) ** -0.5), (hidden // 2) ** -0.5)
     x, st, rs, cot = make_inputs(
         cell64, batch=5, time=6, state=bool(opts["state"]), resets=bool(opts["resets"])
     )
@@ -156,24 +182,28 @@ def test_emulated_kernels_match_reference(on_cpu: str, kind: str, case: int) -> 
     cell = copy.deepcopy(cell64).float()
     got = _run(cell, x.float(), None if st is None else [s.float() for s in st], rs, cot,
                opts["lengths"])  # fmt: skip
-    bad = {}
+    bad, errors = {}, []
+    tol = TOL_MMA if mma else TOL
     for name, exp in want.items():
         act = got[name]
         if exp is None or act is None:
             assert (exp is None and act is None) or (act if exp is None else exp).abs().max() == 0
             continue
         err = rel_rms(act, exp)
-        if not err <= TOL:
+        errors.append(err)
+        if not err <= tol:
             bad[name] = err
     assert not bad, f"{kind} {opts} on {on_cpu}: {bad}"
+    if mma:  # the products did go through TF32: off by more than float32 products ever are
+        assert max(errors) > TOL, errors
 
 
-@pytest.mark.usefixtures("on_cpu")
 @pytest.mark.parametrize("kind", ["lstm", "slstm"])
-def test_emulated_no_grad_path(kind: str) -> None:
+def test_emulated_no_grad_path(on_cpu: str, kind: str) -> None:
     """Without gradients the loops keep two state slots (ping-pong); the final state and ``y``
     are the same as with them."""
-    cell = make_cell(kind, 2, hidden=16, inputs=5).float()
+    hidden = 32 if on_cpu in MMA_DEVICES else 16
+    cell = make_cell(kind, 2, hidden=hidden, inputs=5).float()
     x, st, rs, _ = make_inputs(cell, batch=5, time=7, state=True, resets=True)
     x, st = x.float(), cell.state_type(*(s.float() for s in st))
     with_grad = cuda_loops.RUNS[kind](KernelCall(cell, x, st, rs, True))
@@ -190,5 +220,7 @@ def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
     numbers = {"elman": 0, "lstm": 2, "gru": 3, "slstm": 4}
     for kind, number in numbers.items():
         for D, units, tile, chunk in ((8, 3, 2, 0), (8, 3, 1, 2), (1024, 16, 16, 64), (7, 7, 5, 3)):
-            want = _plan.smem_bytes(kind, D, units, tile, chunk)
-            assert tuple(emulated.smem_bytes(number, D, units, tile, chunk)) == want
+            for fwd, bwd in ((False, False), (True, False), (True, True)):
+                want = _plan.smem_bytes(kind, D, units, tile, chunk, fwd, bwd)
+                got = emulated.smem_bytes(number, D, units, tile, chunk, int(fwd), int(bwd))
+                assert tuple(got) == want, (kind, D, units, tile, chunk, fwd, bwd)

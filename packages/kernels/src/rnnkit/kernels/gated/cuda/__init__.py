@@ -12,8 +12,9 @@ float32 state and accumulation; float32, bfloat16 and float16 inputs (16-bit one
 to float32 for the recurrence). The backward reads the gates the forward stored. Resets and
 initial/final states as every gated backend; sLSTM with the ``fused`` loop's conventions
 (exponential input gate, stabiliser ``m``, normaliser ``n``). ``lengths`` are handled in the same
-single launch: a sequence's state is held past its length (``supports_lengths``). SIMT products
-(no tensor cores yet).
+single launch: a sequence's state is held past its length (``supports_lengths``). The
+recurrent products run as float32 FMAs, or, for bfloat16 and float16 calls on sm_80 and later,
+on the tensor cores in TF32 where the cut's shapes allow (per direction; :func:`explain` says).
 
 **Status: these kernels compile (CI checks them with ``nvcc -arch=sm_90``) but have not run on
 a GPU yet.** ``auto`` therefore never picks them (tier
@@ -112,17 +113,25 @@ def supports(call: KernelCall) -> str | None:
 
 def _cut(call: KernelCall) -> Tiling | str:
     """The planner's cut of ``call`` on its CUDA device (or why there is none)."""
-    from rnnkit.kernels.gated.cuda._loops import device_index, device_limits
+    from rnnkit.kernels.gated.cuda._loops import (
+        TENSOR_CORE_DTYPES,
+        device_index,
+        device_limits,
+        has_tf32_mma,
+    )
 
     cell: Any = call.cell
-    sms, smem = device_limits(device_index(call.x.device))
-    return plan(str(cell.kind), int(cell.heads), int(cell.head_dim), call.x.shape[0], sms, smem)
+    index = device_index(call.x.device)
+    sms, smem = device_limits(index)
+    mma = call.x.dtype in TENSOR_CORE_DTYPES and has_tf32_mma(index)
+    kind, heads, head_dim = str(cell.kind), int(cell.heads), int(cell.head_dim)
+    return plan(kind, heads, head_dim, call.x.shape[0], sms, smem, tensor_cores=mma)
 
 
 def explain(call: KernelCall) -> str:
     """How ``cuda`` would run ``call``: ``"resident: ..."`` (the recurrent weights stay in
-    shared memory) or ``"streamed: ..."`` (read from L2 each step, and why), or why it cannot
-    run it at all."""
+    shared memory) or ``"streamed: ..."`` (read from L2 each step, and why), then whether the
+    products use the tensor cores (16-bit calls), or why it cannot run it at all."""
     why = supports(call)
     if why is not None:
         return f"cannot run: {why}"

@@ -7,7 +7,9 @@ CUDA launch each. The backward reads the gates the forward stored (no recomputat
 
 Everything inside the loops is float32: a bfloat16 or float16 call is projected in its own dtype
 (``cell.project``), converted to float32 for the recurrence (state and accumulation in float32)
-and its outputs converted back; autograd converts the gradients.
+and its outputs converted back; autograd converts the gradients. Such a call asks the planner
+for tensor cores (``tensor_cores=True`` on every loop function): its recurrent products then
+round their operands to TF32 (:data:`TENSOR_CORE_DTYPES`).
 
 With ``call.lengths`` the loops get the lengths (int32, on the device) and hold each sequence's
 state past its length inside the kernels (one launch per direction, no segments); the runs then
@@ -72,14 +74,30 @@ def device_index(device: torch.device) -> int:
     return torch.cuda.current_device() if index is None else index
 
 
-def tiling(kind: str, heads: int, head_dim: int, batch: int, device: torch.device) -> Tiling:
-    """The :func:`~rnnkit.kernels.gated.cuda._plan.plan` of a call on ``device``.
+@lru_cache(maxsize=16)
+def has_tf32_mma(index: int) -> bool:
+    """Whether CUDA device ``index`` has TF32 tensor cores (compute capability 8.0 or later)."""
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def tiling(
+    kind: str,
+    heads: int,
+    head_dim: int,
+    batch: int,
+    device: torch.device,
+    tensor_cores: bool = False,
+) -> Tiling:
+    """The :func:`~rnnkit.kernels.gated.cuda._plan.plan` of a call on ``device``;
+    ``tensor_cores``: where the device has them (sm_80 on).
 
     Raises:
         ValueError: the call cannot run there (the message says why).
     """
-    sms, smem = device_limits(device_index(device))
-    cut = plan(kind, heads, head_dim, batch, sms, smem)
+    index = device_index(device)
+    sms, smem = device_limits(index)
+    mma = tensor_cores and has_tf32_mma(index)
+    cut = plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
     if isinstance(cut, str):
         raise ValueError(cut)
     return cut
@@ -95,9 +113,9 @@ def _previous(hs: Tensor) -> Tensor:
     return hs.narrow(1, 0, hs.shape[1] - 1)
 
 
-def _cut(kind: str, px: Tensor, gates: int) -> Tiling:
+def _cut(kind: str, px: Tensor, gates: int, tensor_cores: bool) -> Tiling:
     N, _, B, GD = px.shape
-    return tiling(kind, N, GD // gates, B, px.device)
+    return tiling(kind, N, GD // gates, B, px.device, tensor_cores)
 
 
 def lstm_forward(
@@ -109,10 +127,11 @@ def lstm_forward(
     inits: tuple[float, ...],
     save: bool,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`; ``lengths``: int32 ``(B,)`` on
     the device, the state held past each length (see the module docstring)."""
-    t = _cut("lstm", px, 4)
+    t = _cut("lstm", px, 4, tensor_cores)
     out = ops().forward(
         _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0.contiguous(),
         c0.contiguous(), None, None, list(inits[:2]), save, *t.forward_args,
@@ -132,11 +151,12 @@ def lstm_backward(
     d_hs: Tensor,
     d_c_last: Tensor,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
     acts, cs, tcs, _ = buffers
     N, _, B, D = hs.shape
-    t = tiling("lstm", N, D, B, hs.device)
+    t = tiling("lstm", N, D, B, hs.device, tensor_cores)
     dq, dh0, d_state = ops().backward(
         _LSTM, W.contiguous(), hs, acts, cs, tcs, None, None, None, None, None, _mask2d(mask),
         lengths, d_hs.contiguous(), d_c_last.unsqueeze(1).contiguous(), *t.backward_args,
@@ -153,10 +173,11 @@ def gru_forward(
     init: float,
     save: bool,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`; ``lengths`` as
     :func:`lstm_forward`'s."""
-    t = _cut("gru", px, 3)
+    t = _cut("gru", px, 3, tensor_cores)
     bias = None if bhn is None else bhn.contiguous()
     out = ops().forward(
         _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), lengths, h0.contiguous(),
@@ -176,11 +197,12 @@ def gru_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
     acts, qs, hp = buffers
     N, _, B, D = hs.shape
-    t = tiling("gru", N, D, B, hs.device)
+    t = tiling("gru", N, D, B, hs.device, tensor_cores)
     hp_arg = hp if mask is not None else None
     dq, dh0, dpx = ops().backward(
         _GRU, W.contiguous(), hs, acts, None, None, qs, None, None, None, hp_arg, _mask2d(mask),
@@ -197,10 +219,11 @@ def elman_forward(
     relu: bool,
     init: float,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`; ``lengths`` as
     :func:`lstm_forward`'s."""
-    t = _cut("elman", px, 1)
+    t = _cut("elman", px, 1, tensor_cores)
     out = ops().forward(
         _ELMAN_RELU if relu else _ELMAN_TANH, px.contiguous(), W.contiguous(), None,
         _mask2d(mask), lengths, h0.contiguous(), None, None, None, [init], mask is not None,
@@ -216,10 +239,11 @@ def elman_backward(
     d_hs: Tensor,
     relu: bool,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
     N, _, B, D = hs.shape
-    t = tiling("elman", N, D, B, hs.device)
+    t = tiling("elman", N, D, B, hs.device, tensor_cores)
     dq, dh0 = ops().backward(
         _ELMAN_RELU if relu else _ELMAN_TANH, W.contiguous(), hs, None, None, None, None, None,
         None, None, None, _mask2d(mask), lengths, d_hs.contiguous(), None, *t.backward_args,
@@ -235,12 +259,13 @@ def slstm_forward(
     inits: tuple[float, ...],
     save: bool,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop` (the same buffers: ``cn (N,
     T + 1 or 2, B, 2, D)``, ``ms``, and with ``save`` the pre-activations ``ĩ, f̃`` with ``tanh z̃,
     σ(õ)``, ``i', f'``, and the ``c, n`` and ``h`` entering each step); ``lengths`` as
     :func:`lstm_forward`'s."""
-    t = _cut("slstm", px, 4)
+    t = _cut("slstm", px, 4, tensor_cores)
     h0, c0, n0, m0 = (s.contiguous() for s in states)
     out = ops().forward(
         _SLSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0, c0, n0, m0,
@@ -266,11 +291,12 @@ def slstm_backward(
     d_n: Tensor,
     d_m: Tensor,
     lengths: Tensor | None = None,
+    tensor_cores: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
     cn, ms, gates, ex, cnp, _ = buffers
     N, _, B, D = hs.shape
-    t = tiling("slstm", N, D, B, hs.device)
+    t = tiling("slstm", N, D, B, hs.device, tensor_cores)
     cnp_arg = cnp if mask is not None else None
     dq, dh0, d_state = ops().backward(
         _SLSTM, W.contiguous(), hs, gates, cn, None, None, ms, ex, cnp_arg, None, _mask2d(mask),
@@ -288,19 +314,25 @@ CUDA_LOOPS: dict[str, Any] = {
 }
 
 
+#: Input dtypes whose calls run their recurrent products on the tensor cores (TF32 keeps more
+#: of each operand than these dtypes hold; float32 calls keep float32 products).
+TENSOR_CORE_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def _loops(kind: str, call: KernelCall, loops: Any) -> Any:
     """The loops that run ``call``: ``loops`` when given (they know nothing of lengths), else
-    the CUDA loops, bound to ``call.lengths`` when it has them."""
+    the CUDA loops, bound to ``call.lengths`` when it has them and asking for tensor cores when
+    the call's dtype is 16-bit."""
     if loops is not None:
         if call.lengths is not None:
             raise ValueError("only the CUDA loops hold the state past each length")
         return loops
     cuda_loops = CUDA_LOOPS[kind]
-    if call.lengths is None:
-        return cuda_loops
-    lengths = call.lengths.to(device=call.x.device, dtype=torch.int32)
+    bound: dict[str, Any] = {"tensor_cores": call.x.dtype in TENSOR_CORE_DTYPES}
+    if call.lengths is not None:
+        bound["lengths"] = call.lengths.to(device=call.x.device, dtype=torch.int32)
     return type(cuda_loops)(
-        partial(cuda_loops.forward, lengths=lengths), partial(cuda_loops.backward, lengths=lengths)
+        partial(cuda_loops.forward, **bound), partial(cuda_loops.backward, **bound)
     )
 
 

@@ -1,4 +1,4 @@
-// Persistent CUDA time loops of the gated cells: SIMT version (no tensor cores yet).
+// Persistent CUDA time loops of the gated cells.
 //
 // One cooperative launch runs the whole sequence. Block `blk` owns hidden units
 // [e0, e0 + units) of head n (blk = n * tiles + tile) and keeps, in shared memory for all steps,
@@ -22,6 +22,12 @@
 // and a line cached while reading step t's slot may also hold the start of step t + 1's slot,
 // which another block writes later.
 //
+// Tensor cores (Tiling::mma, chosen by _plan.py for 16-bit calls on sm_80 and later): the same
+// loops with each step's recurrent product done by WMMA in TF32 (operands rounded to a 10-bit
+// mantissa, products accumulated in float32) instead of float32 FMAs; the warps of a block
+// share the 16 x 16 tiles of the product. TF32 keeps more of the operands than the bfloat16 or
+// float16 the call came in, so such calls lose nothing to it; float32 calls keep the FMAs.
+//
 // The per-element step math of each cell is gated_cell.h (also compiled on the host by a test).
 // With `lengths`, a sequence past its length holds its state: the element copies it unchanged
 // (resets are ignored there), and in the backward its gradient passes through unchanged
@@ -31,6 +37,13 @@
 
 #ifndef RNNKIT_HOST_EMULATION  // the CPU emulation (packages/kernels/tests) brings its own
 #include <cooperative_groups.h>
+#include <mma.h>
+#endif
+
+// TF32 WMMA exists from sm_80 on; older device passes compile the FMA product in its place
+// (the planner never asks them for tensor cores).
+#if defined(RNNKIT_HOST_EMULATION) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define RNNKIT_TF32_MMA 1
 #endif
 
 #include <cstdio>
@@ -44,9 +57,9 @@ namespace rnnkit_cuda {
 namespace {
 
 #ifndef RNNKIT_HOST_EMULATION
-//! The block's dynamic shared memory.
+//! The block's dynamic shared memory (aligned for the 256-bit WMMA loads and stores).
 __device__ __forceinline__ float* dynamic_smem() {
-  extern __shared__ float smem_[];
+  extern __shared__ __align__(128) float smem_[];
   return smem_;
 }
 #endif
@@ -89,6 +102,57 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ vec, int 
     for (; k < K; ++k) s0 = fmaf(v[k], w[k * J + j], s0);
     const float sum = (s0 + s1) + (s2 + s3);
     acc[idx] = accumulate ? acc[idx] + sum : sum;
+  }
+}
+
+//! block_matvec on the tensor cores: the same acc (+)= vec w with TF32 operands and float32
+//! accumulation. Needs K % 8 == 0, J % 16 == 0, ldv % 4 == 0 and every pointer 32-byte
+//! aligned; vec and acc are read and written for ceil(rows / 16) * 16 rows (the rows past
+//! `rows` hold anything and their products are never read: row b of the product depends only
+//! on row b of vec). Each warp takes whole 16 x 16 tiles of acc, so the WMMA calls are
+//! warp-uniform.
+__device__ __forceinline__ void block_matmul_tf32(const float* __restrict__ vec, int ldv,
+                                                  const float* __restrict__ w,
+                                                  float* __restrict__ acc, int rows, int K,
+                                                  int J, bool accumulate) {
+#ifdef RNNKIT_TF32_MMA
+  namespace wmma = nvcuda::wmma;
+  const int warps = max(1, static_cast<int>(blockDim.x) / 32);
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int row_tiles = (rows + 15) / 16, col_tiles = J / 16;
+  for (int tile = warp; tile < row_tiles * col_tiles; tile += warps) {
+    const int m0 = (tile / col_tiles) * 16, n0 = (tile % col_tiles) * 16;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+    if (accumulate) {
+      wmma::load_matrix_sync(c, acc + m0 * J + n0, J, wmma::mem_row_major);
+    } else {
+      wmma::fill_fragment(c, 0.0f);
+    }
+    for (int k = 0; k < K; k += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+      wmma::load_matrix_sync(a, vec + m0 * ldv + k, ldv);
+      wmma::load_matrix_sync(b, w + k * J + n0, J);
+      for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
+      for (int i = 0; i < b.num_elements; ++i) b.x[i] = wmma::__float_to_tf32(b.x[i]);
+      wmma::mma_sync(c, a, b, c);
+    }
+    wmma::store_matrix_sync(acc + m0 * J + n0, c, J, wmma::mem_row_major);
+  }
+#else
+  block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
+#endif
+}
+
+//! The recurrent product of a step (or of one chunk of it): on the tensor cores with mma.
+__device__ __forceinline__ void block_product(bool mma, const float* __restrict__ vec, int ldv,
+                                              const float* __restrict__ w,
+                                              float* __restrict__ acc, int rows, int K, int J,
+                                              bool accumulate) {
+  if (mma) {
+    block_matmul_tf32(vec, ldv, w, acc, rows, K, J, accumulate);
+  } else {
+    block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
   }
 }
 
@@ -147,12 +211,13 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
   const int D = a.D, B = a.B, T = a.T;
   const int U = tiling.units, GU = G * U, GD = G * D;
   const int BB = tiling.batch_tile, KC = tiling.k_chunk;
-  const bool streamed = KC > 0;
+  const bool streamed = KC > 0, mma = tiling.mma != 0;
+  const int BBa = mma ? (BB + 15) / 16 * 16 : BB;  // rows a tile takes in shared memory
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
   // w [D or KC][G*U]: w[k][g*U + u] = W[n][k0 + k][g*D + e0 + u] (k0 = 0 when resident)
   float* w = smem;
-  float* hv = w + (streamed ? KC : D) * GU;  // [BB][D]: h entering the step, after resets
-  float* acc = hv + BB * D;                  // [BB][G*U]: the recurrent product
+  float* hv = w + (streamed ? KC : D) * GU;  // [BBa][D]: h entering the step, after resets
+  float* acc = hv + BBa * D;                 // [BBa][G*U]: the recurrent product
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
@@ -194,14 +259,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
         }
         __syncthreads();
         if (!streamed) {
-          block_matvec(hv, D, w, acc, rows, D, GU, false);
+          block_product(mma, hv, D, w, acc, rows, D, GU, false);
           __syncthreads();
         } else {  // R's rows for this item through the tile buffer, KC at a time, from L2
           for (int k0 = 0; k0 < D; k0 += KC) {
             const int kc = min(KC, D - k0);
             load_forward_rows<G>(Wn, w, tl, D, k0, kc);
             __syncthreads();
-            block_matvec(hv + k0, D, w, acc, rows, kc, GU, k0 > 0);
+            block_product(mma, hv + k0, D, w, acc, rows, kc, GU, k0 > 0);
             __syncthreads();
           }
         }
@@ -316,11 +381,12 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   const int D = a.D, B = a.B, T = a.T;
   const int U = tiling.units, GD = G * D;
   const int BB = tiling.batch_tile, KC = tiling.k_chunk;
-  const bool streamed = KC > 0;
+  const bool streamed = KC > 0, mma = tiling.mma != 0;
+  const int BBa = mma ? (BB + 15) / 16 * 16 : BB;  // rows a tile takes in shared memory
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
-  float* wt = smem;                            // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
-  float* dv = wt + (streamed ? KC : GD) * U;   // [BB][G*D or KC]: dq of the following step
-  float* acc = dv + BB * (streamed ? KC : GD); // [BB][U]: dq_{t+1} W^T for the owned units
+  float* wt = smem;                             // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
+  float* dv = wt + (streamed ? KC : GD) * U;    // [BBa][G*D or KC]: dq of the following step
+  float* acc = dv + BBa * (streamed ? KC : GD); // [BBa][U]: dq_{t+1} W^T for the owned units
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
@@ -366,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
           for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
             dv[idx] = __ldcg(dq_next + static_cast<long long>(b0) * GD + idx);
           __syncthreads();
-          block_matvec(dv, GD, wt, acc, rows, GD, U, false);
+          block_product(mma, dv, GD, wt, acc, rows, GD, U, false);
           __syncthreads();
         } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
           for (int k0 = 0; k0 < GD; k0 += KC) {
@@ -377,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
               dv[b * KC + kk] = __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk);
             }
             __syncthreads();
-            block_matvec(dv, KC, wt, acc, rows, kc, U, k0 > 0);
+            block_product(mma, dv, KC, wt, acc, rows, kc, U, k0 > 0);
             __syncthreads();
           }
         }
@@ -519,14 +585,14 @@ const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, st
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GU = static_cast<std::size_t>(gates_of(kind)) * tl.units;
   const std::size_t rows = tl.k_chunk > 0 ? tl.k_chunk : D;  // streamed: one chunk of R
-  return sizeof(float) * (rows * GU + static_cast<std::size_t>(tl.batch_tile) * (D + GU));
+  return sizeof(float) * (rows * GU + static_cast<std::size_t>(tile_rows(tl)) * (D + GU));
 }
 
 std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GD = static_cast<std::size_t>(gates_of(kind)) * D;
   const std::size_t cols = tl.k_chunk > 0 ? tl.k_chunk : GD;  // streamed: one chunk of R, dq
   return sizeof(float) *
-         (cols * tl.units + static_cast<std::size_t>(tl.batch_tile) * (cols + tl.units));
+         (cols * tl.units + static_cast<std::size_t>(tile_rows(tl)) * (cols + tl.units));
 }
 
 #ifndef RNNKIT_HOST_EMULATION

@@ -47,12 +47,25 @@ inline int gates_of(int kind) {
 //!       step reads the slice of W of each item from global memory (L2) in chunks of k_chunk
 //!       rows (forward: rows of W, i.e. entries of h; backward: columns of W, i.e. entries of
 //!       dq) through a shared-memory tile, so any head count and head size fit.
+//!   mma (0 or 1): this launch's recurrent products on the tensor cores (TF32 operands,
+//!       float32 accumulation; sm_80 and later), for calls whose inputs are 16-bit anyway. The
+//!       product's columns must come in 16s (forward: G * units; backward: units), D % 8 == 0
+//!       and k_chunk % 8 == 0; each batch tile then takes ceil(batch_tile / 16) * 16 rows of
+//!       shared memory (the MMA's 16-row operand; the rows past the tile hold anything, since
+//!       a row of the product depends only on the same row of the vector operand, and are
+//!       never read).
 struct Tiling {
   int units;
   int batch_tile;
   int k_chunk;
   int blocks;
+  int mma = 0;
 };
+
+//! Batch rows a tile takes in shared memory: its rows, rounded up to the MMA's 16 with mma.
+inline int tile_rows(const Tiling& tl) {
+  return tl.mma ? (tl.batch_tile + 15) / 16 * 16 : tl.batch_tile;
+}
 
 //! Forward loop. Buffers the caller does not want are nullptr. "slots" below is T + 1 with
 //! save, else 2 (the state leaving step t then sits in slot (t + 1) % 2).
