@@ -5,7 +5,10 @@
 # hatchling and ninja: they go to .whl/build/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+# the exclude file of this checkout's git directory (in a worktree .git is a file, not a folder)
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >> "$EXCLUDE"
 rm -rf .whl && mkdir .whl
 python3 -m pip wheel -q --no-deps -w .whl \
   packages/core packages/kernels packages/models packages/tasks plugins/mingru
