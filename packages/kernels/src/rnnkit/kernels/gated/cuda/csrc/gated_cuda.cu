@@ -105,9 +105,20 @@ __device__ __forceinline__ void block_matvec(const float* __restrict__ vec, int 
   }
 }
 
+//! x rounded to TF32 (to nearest, ties away) where the tensor cores take it; the weights are
+//! stored so once, when they enter shared memory, instead of at every step's product.
+__device__ __forceinline__ float to_tf32(float x) {
+#ifdef RNNKIT_TF32_MMA
+  return nvcuda::wmma::__float_to_tf32(x);
+#else
+  return x;
+#endif
+}
+
 //! block_matvec on the tensor cores: the same acc (+)= vec w with TF32 operands and float32
-//! accumulation. Needs K % 8 == 0, J % 16 == 0, ldv % 4 == 0 and every pointer 32-byte
-//! aligned; vec and acc are read and written for ceil(rows / 16) * 16 rows (the rows past
+//! accumulation; w must hold TF32 values already (to_tf32: the load functions round it when
+//! they are asked for the tensor cores). Needs K % 8 == 0, J % 16 == 0, ldv % 4 == 0 and every
+//! pointer 32-byte aligned; vec and acc are read and written for ceil(rows / 16) * 16 rows (the rows past
 //! `rows` hold anything and their products are never read: row b of the product depends only
 //! on row b of vec). Each warp takes whole 16 x 16 tiles of acc, so the WMMA calls are
 //! warp-uniform.
@@ -134,7 +145,6 @@ __device__ __forceinline__ void block_matmul_tf32(const float* __restrict__ vec,
       wmma::load_matrix_sync(a, vec + m0 * ldv + k, ldv);
       wmma::load_matrix_sync(b, w + k * J + n0, J);
       for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
-      for (int i = 0; i < b.num_elements; ++i) b.x[i] = wmma::__float_to_tf32(b.x[i]);
       wmma::mma_sync(c, a, b, c);
     }
     wmma::store_matrix_sync(acc + m0 * J + n0, c, J, wmma::mem_row_major);
@@ -176,13 +186,14 @@ __device__ __forceinline__ Tile tile_of(int item, int tiles, int units, int D) {
 template <int G>
 __device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
                                                   float* __restrict__ w, const Tile& tl, int D,
-                                                  int k0, int kc) {
+                                                  int k0, int kc, bool tf32) {
   const int GU = G * tl.units;
   const long long GD = static_cast<long long>(G) * D;
   for (int idx = threadIdx.x; idx < kc * GU; idx += blockDim.x) {
     const int kk = idx / GU, j = idx - kk * GU;
     const int g = j / tl.units, u = j - g * tl.units;
-    w[idx] = u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
+    const float x = u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
+    w[idx] = tf32 ? to_tf32(x) : x;
   }
 }
 
@@ -192,11 +203,12 @@ __device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
 template <int G>
 __device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
                                                    float* __restrict__ wt, const Tile& tl, int D,
-                                                   int k0, int kc) {
+                                                   int k0, int kc, bool tf32) {
   const long long GD = static_cast<long long>(G) * D;
   for (int idx = threadIdx.x; idx < kc * tl.units; idx += blockDim.x) {
     const int u = idx / kc, kk = idx - u * kc;
-    wt[kk * tl.units + u] = u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
+    const float x = u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
+    wt[kk * tl.units + u] = tf32 ? to_tf32(x) : x;
   }
 }
 
@@ -221,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
-    load_forward_rows<G>(a.W + static_cast<long long>(tl.n) * D * GD, w, tl, D, 0, D);
+    load_forward_rows<G>(a.W + static_cast<long long>(tl.n) * D * GD, w, tl, D, 0, D, mma);
     __syncthreads();
   }
 
@@ -264,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
         } else {  // R's rows for this item through the tile buffer, KC at a time, from L2
           for (int k0 = 0; k0 < D; k0 += KC) {
             const int kc = min(KC, D - k0);
-            load_forward_rows<G>(Wn, w, tl, D, k0, kc);
+            load_forward_rows<G>(Wn, w, tl, D, k0, kc, mma);
             __syncthreads();
             block_product(mma, hv + k0, D, w, acc, rows, kc, GU, k0 > 0);
             __syncthreads();
@@ -390,7 +402,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
-    load_backward_cols<G>(a.W + static_cast<long long>(tl.n) * D * GD, wt, tl, D, 0, GD);
+    load_backward_cols<G>(a.W + static_cast<long long>(tl.n) * D * GD, wt, tl, D, 0, GD, mma);
     __syncthreads();
   }
 
@@ -437,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
         } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
           for (int k0 = 0; k0 < GD; k0 += KC) {
             const int kc = min(KC, GD - k0);
-            load_backward_cols<G>(Wn, wt, tl, D, k0, kc);
+            load_backward_cols<G>(Wn, wt, tl, D, k0, kc, mma);
             for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
               const int b = idx / kc, kk = idx - b * kc;
               dv[b * KC + kk] = __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk);
