@@ -209,6 +209,10 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert isinstance(elman, cuda.Tiling) and elman.forward_mma and elman.backward_mma
     assert (elman.units, elman.blocks) == (16, 64)
     assert elman.reason.endswith("tensor cores (TF32) in both directions")
+    # a multiple of 8, not of 16: the forward's 16 gate columns of 4 LSTM units fill a tile
+    eights = cuda.plan("lstm", 2, 24, 5, *H100, tensor_cores=True)
+    assert isinstance(eights, cuda.Tiling) and eights.forward_mma and not eights.backward_mma
+    assert eights.units == 4
     odd = cuda.plan("gru", 2, 20, 5, *H100, tensor_cores=True)
     assert isinstance(odd, cuda.Tiling) and not odd.tensor_cores
     assert odd.reason.endswith("no tensor cores: head size 20 is not a multiple of 8")
