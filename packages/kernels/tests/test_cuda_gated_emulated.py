@@ -169,9 +169,25 @@ CASES = [
 @pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_emulated_kernels_match_reference(on_cpu: str, kind: str, case: int) -> None:
-    opts = CASES[case]
+    hidden = 32 if on_cpu in MMA_DEVICES else 16  # two heads of 16 units fill the MMA tiles
+    _compare(on_cpu, kind, CASES[case], hidden)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
+@pytest.mark.parametrize("kind", ["lstm", "slstm"])
+def test_emulated_tensor_cores_on_heads_of_24(on_cpu: str, kind: str, case: int) -> None:
+    """Heads of 24 units (a multiple of 8, not of 16) on the resident tensor-core device:
+    items of 8 units, the forward's product summed over three 8-wide steps of ``h`` with a
+    leading dimension of 24, the backward in float32."""
+    if on_cpu != "resident-mma":
+        pytest.skip("the resident tensor-core device only")
+    _compare(on_cpu, kind, CASES[case], 48)
+
+
+def _compare(on_cpu: str, kind: str, opts: dict[str, Any], hidden: int) -> None:
+    """Values and every gradient of two heads of ``hidden / 2`` units on ``on_cpu`` against
+    the float64 reference."""
     mma = on_cpu in MMA_DEVICES
-    hidden = 32 if mma else 16  # two heads of 16 units fill the tensor cores' tiles
     cell64 = make_cell(kind, 2, hidden=hidden, inputs=5)
     with torch.no_grad():
         cell64.recurrent.uniform_(-((hidden // 2) ** -0.5), (hidden // 2) ** -0.5)
