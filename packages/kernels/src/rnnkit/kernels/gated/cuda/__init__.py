@@ -17,9 +17,11 @@ recurrent products run as float32 FMAs, or, for bfloat16 and float16 calls on sm
 on the tensor cores in TF32 where the cut's shapes allow (per direction; :func:`explain` says).
 
 **Status: these kernels compile (CI checks them with ``nvcc -arch=sm_90``) but have not run on
-a GPU yet.** ``auto`` therefore never picks them (tier
-:attr:`~rnnkit.core.kernel.Priority.BELOW_REFERENCE`); they run when named
-(``backend="cuda"``). ``tools/gpu/cuda_check.sh`` runs the tests and a benchmark on a GPU.
+a GPU yet.** ``auto`` therefore picks them only for call shapes where a measurement on the
+GPU in use names them the fastest (:mod:`rnnkit.kernels.gated.measured`; no such measurement
+exists yet), else never (tier :attr:`~rnnkit.core.kernel.Priority.BELOW_REFERENCE`); they run
+when named (``backend="cuda"``). ``tools/gpu/cuda_check.sh`` runs the tests and a benchmark on a
+GPU.
 
 The library is compiled with ``torch.utils.cpp_extension`` on first use and cached by
 :mod:`rnnkit.kernels.native` under a key of the sources, torch, CUDA, nvcc and the GPU
@@ -49,6 +51,7 @@ from rnnkit.kernels.gated.cuda._native import (
     ops,
 )
 from rnnkit.kernels.gated.cuda._plan import GATES, Tiling, plan
+from rnnkit.kernels.gated.measured import cuda_tier
 from rnnkit.kernels.native import BuildError
 
 __all__ = [
@@ -71,8 +74,9 @@ __all__ = [
 
 #: Backend name (``backend="cuda"``).
 BACKEND = "cuda"
-#: ``auto`` tier: below the reference loop until the kernels are measured on a GPU, so ``auto``
-#: never picks them (on CPU they cannot run at all).
+#: ``auto`` tier of a call no measurement covers: below the reference loop, so ``auto`` never
+#: picks them unmeasured (on CPU they cannot run at all). Where ``auto_table.json`` names
+#: ``cuda`` the fastest for a call's shape they rank first (:mod:`rnnkit.kernels.gated.measured`).
 PRIORITY = Priority.BELOW_REFERENCE
 #: Cell kinds with a CUDA kernel.
 KINDS = tuple(GATES)
@@ -181,7 +185,7 @@ def _kernel(kind: str) -> Kernel:
             f"persistent CUDA {kind} loops, weights in shared memory or streamed from L2 "
             "where they do not fit (JIT-compiled; compile-checked, untested on a GPU)"
         ),
-        priority=PRIORITY,
+        priority=cuda_tier,
         available=available,
         supports=supports,
         supports_lengths=True,

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.varlen import step_mask
+from rnnkit.kernels.gated.measured import triton_tier
 from rnnkit.kernels.gated.triton.ops import (
     CELLS,
     MAX_HEAD_DIM,
@@ -58,7 +59,9 @@ __all__ = [
     "triton_gated_varlen",
 ]
 
-#: ``auto`` tier on CUDA (above ``fused``, ``torch`` and the reference loop).
+#: ``auto`` tier on CUDA (above ``fused``, ``torch`` and the reference loop), unless
+#: :mod:`rnnkit.kernels.gated.measured` has a measurement of the call's shape naming another
+#: backend the fastest.
 CUDA_PRIORITY = Priority.FUSED_ON_CHIP
 #: Tier off CUDA (interpreter only): below the reference loop, so ``auto`` skips it.
 CPU_PRIORITY = Priority.BELOW_REFERENCE
@@ -104,7 +107,8 @@ def _supports(call: KernelCall) -> str | None:
 
 
 def _priority(call: KernelCall) -> Priority:
-    return CUDA_PRIORITY if call.x.device.type == "cuda" else CPU_PRIORITY
+    # on CUDA: CUDA_PRIORITY, unless a measurement of the call's shape names another backend
+    return triton_tier(call) if call.x.device.type == "cuda" else CPU_PRIORITY
 
 
 def _run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
