@@ -24,7 +24,10 @@
 #    forward+backward, `cuda` against cuDNN nn.LSTM/nn.GRU in bf16 and fp16 (sLSTM has no cuDNN
 #    op: compare it with `cuda` LSTM), and prints the table; then, in what is left of the same
 #    70 s, times the streamed fallback (two heads of 1024 LSTM, whose weights do not fit in
-#    shared memory) forward and forward+backward. A failing step does not stop the later ones;
+#    shared memory) forward and forward+backward. Once the tests pass, a second device call
+#    measures `auto`'s table: `python tools/gpu/auto_table.py --out "$OUT/auto_table.json"`
+#    (about 4 minutes by its --budget; commit the file into rnnkit/kernels/gated/).
+#    A failing step does not stop the later ones;
 #    the exit status is pytest's, or 3 where the tests passed but the ahead-of-time build did
 #    not give a prebuilt library.
 set -u
