@@ -146,6 +146,20 @@ def test_plan_refuses_sizes_it_cannot_cut(args: tuple[Any, ...], words: str) -> 
         cuda.plan(*args)
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("lstm", 1.5, 768, 16, *H100), "heads must be an integer, got 1.5"),
+        (("lstm", 1, 768.0, 16, *H100), "head_dim must be an integer, got 768.0"),
+        (("gru", 1, 64, 4, 132.0, H100[1]), "sms must be an integer, got 132.0"),
+    ],
+)
+def test_plan_refuses_sizes_that_are_not_integers(args: tuple[Any, ...], words: str) -> None:
+    """Before: 1.5 heads gave a plan of '9.0 units of a head on each of 129.0 blocks'."""
+    with pytest.raises(TypeError, match=re.escape(words)):
+        cuda.plan(*args)
+
+
 @pytest.mark.parametrize("tensor_cores", [False, True], ids=["fma", "tensor-cores"])
 @pytest.mark.parametrize("kind", list(cuda.KINDS))
 def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: bool) -> None:

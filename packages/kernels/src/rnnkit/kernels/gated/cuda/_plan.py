@@ -34,6 +34,7 @@ The byte counts here mirror ``forward_smem_bytes`` / ``backward_smem_bytes`` of
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
 
 __all__ = [
@@ -314,6 +315,7 @@ def plan(
     Raises:
         ValueError: an unknown ``kind``, or a size below its least value (heads, head size,
             SMs and shared memory at least 1, batch at least 0).
+        TypeError: a size that is not an integer.
     """
     if kind not in GATES:
         raise ValueError(f"unknown cell kind {kind!r}: one of {', '.join(GATES)}")
@@ -324,6 +326,11 @@ def plan(
         ("sms", sms, 1),
         ("smem", smem, 1),
     ):
+        # the cut is integer arithmetic: a float would give a plan of fractional units
+        try:
+            operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {value!r}") from None
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     N, D = heads, head_dim
