@@ -184,16 +184,32 @@ def test_emulated_tensor_cores_on_heads_of_24(on_cpu: str, kind: str, case: int)
     _compare(on_cpu, kind, CASES[case], 48)
 
 
-def _compare(on_cpu: str, kind: str, opts: dict[str, Any], hidden: int) -> None:
+@pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
+def test_emulated_tensor_cores_on_two_row_tiles(
+    on_cpu: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch tile of 20 rows: the tensor-core product covers it with two 16-row tiles (the
+    second starting at row 16 of ``h`` and of the product), the last 12 rows padding."""
+    if on_cpu not in MMA_DEVICES:
+        pytest.skip("the tensor-core devices only")
+    monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 32)
+    _compare(on_cpu, kind, CASES[2], 32, batch=20)
+
+
+def _compare(on_cpu: str, kind: str, opts: dict[str, Any], hidden: int, batch: int = 5) -> None:
     """Values and every gradient of two heads of ``hidden / 2`` units on ``on_cpu`` against
-    the float64 reference."""
+    the float64 reference (``opts``: one of :data:`CASES`, lengths for 5 sequences are
+    repeated to ``batch``)."""
     mma = on_cpu in MMA_DEVICES
     cell64 = make_cell(kind, 2, hidden=hidden, inputs=5)
     with torch.no_grad():
         cell64.recurrent.uniform_(-((hidden // 2) ** -0.5), (hidden // 2) ** -0.5)
     x, st, rs, cot = make_inputs(
-        cell64, batch=5, time=6, state=bool(opts["state"]), resets=bool(opts["resets"])
+        cell64, batch=batch, time=6, state=bool(opts["state"]), resets=bool(opts["resets"])
     )
+    if opts["lengths"] is not None:
+        lengths = list(opts["lengths"])
+        opts = {**opts, "lengths": (lengths * -(-batch // len(lengths)))[:batch]}
     want = _reference(cell64, x, st, rs, cot, opts["lengths"])
     cell = copy.deepcopy(cell64).float()
     got = _run(cell, x.float(), None if st is None else [s.float() for s in st], rs, cot,
