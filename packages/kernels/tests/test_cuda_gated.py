@@ -237,6 +237,11 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
         reason=small.reason,
     )
     assert "no tensor cores: their 16-row tiles do not fit" in small.reason
+    # 350 bytes: only the float32 cut's 8-unit items fit, the tensor cores' 16 do not; asking
+    # for tensor cores must not make the call unrunnable (it did: a refusal string)
+    tiny = cuda.plan("elman", 1, 64, 1, 1, 350, tensor_cores=True)
+    assert tiny == replace(cuda.plan("elman", 1, 64, 1, 1, 350), reason=tiny.reason)
+    assert tiny.units == 8 and "no tensor cores: their units do not fit" in tiny.reason
     # 16-unit GRU items would hold 196 KiB of weights, leaving room for no 16-row tile: the
     # float32 cut of 8 units, not a 16-unit one without tensor cores
     gru = cuda.plan("gru", 1, 1024, 16, *H100, tensor_cores=True)

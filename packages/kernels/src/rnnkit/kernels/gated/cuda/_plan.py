@@ -335,28 +335,27 @@ def plan(
             raise ValueError(f"{name} must be at least {least}, got {value}")
     N, D = heads, head_dim
     rows = max(1, min(batch, MAX_BATCH_TILE))
-    if not tensor_cores:
-        resident = _resident(kind, N, D, rows, sms, smem, False)
-        if isinstance(resident, Tiling):
-            return resident
-        return _streamed(kind, N, D, rows, sms, smem, resident, False)
+    # the float32 cut: the answer without tensor cores, and where theirs is no better
+    resident = _resident(kind, N, D, rows, sms, smem, False)
+    plain = (
+        resident
+        if isinstance(resident, Tiling)
+        else _streamed(kind, N, D, rows, sms, smem, resident, False)
+    )
+    if not tensor_cores or not isinstance(plain, Tiling):
+        return plain
     if D % MMA_K:
-        cut = plan(kind, N, D, batch, sms, smem)
         why = f"no tensor cores: head size {D} is not a multiple of {MMA_K}"
-        return replace(cut, reason=f"{cut.reason}; {why}") if isinstance(cut, Tiling) else cut
-    # residency first: the float32 resident cut before a tensor-core cut that streams R
+        return replace(plain, reason=f"{plain.reason}; {why}")
     cut = _resident(kind, N, D, rows, sms, smem, True)
     if not isinstance(cut, Tiling):
-        plain = _resident(kind, N, D, rows, sms, smem, False)
-        if isinstance(plain, Tiling):
+        if isinstance(resident, Tiling):  # residency first: R kept on chip beats tensor cores
             why = f"no tensor cores: their cut would not keep R resident ({cut})"
             return replace(plain, reason=f"{plain.reason}; {why}")
-        cut = _streamed(kind, N, D, rows, sms, smem, plain, True)
-    if isinstance(cut, Tiling) and not cut.tensor_cores:
-        # their units (rounded up) cost shared memory and bought nothing: the float32 cut
-        plain_cut = plan(kind, N, D, batch, sms, smem)
-        if isinstance(plain_cut, Tiling):
-            return replace(plain_cut, reason=f"{plain_cut.reason}; {_mma_words(cut)}")
-    if not isinstance(cut, Tiling):
-        return cut
+        cut = _streamed(kind, N, D, rows, sms, smem, resident, True)
+    if not isinstance(cut, Tiling):  # their units (rounded up) leave no streamed cut at all
+        why = "no tensor cores: their units do not fit this device's shared memory"
+        return replace(plain, reason=f"{plain.reason}; {why}")
+    if not cut.tensor_cores:  # their units (rounded up) cost shared memory and bought nothing
+        return replace(plain, reason=f"{plain.reason}; {_mma_words(cut)}")
     return replace(cut, reason=f"{cut.reason}; {_mma_words(cut)}")
