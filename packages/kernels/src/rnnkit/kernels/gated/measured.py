@@ -180,16 +180,18 @@ def fastest(call: KernelCall) -> str | None:
     return None if row is None else row.fastest
 
 
-def cuda_tier(call: KernelCall) -> Priority:
-    """The ``cuda`` backend's ``auto`` tier for ``call``."""
-    return Priority.FUSED_ON_CHIP if fastest(call) == "cuda" else Priority.BELOW_REFERENCE
+def cuda_tier(call: KernelCall, unmeasured: Priority) -> Priority:
+    """The ``cuda`` backend's ``auto`` tier for ``call``: first where its row names ``cuda``,
+    else the backend's ``unmeasured`` tier."""
+    return Priority.FUSED_ON_CHIP if fastest(call) == "cuda" else unmeasured
 
 
-def triton_tier(call: KernelCall) -> Priority:
-    """The ``triton`` backend's ``auto`` tier for a CUDA ``call``."""
+def triton_tier(call: KernelCall, usual: Priority) -> Priority:
+    """The ``triton`` backend's ``auto`` tier for a CUDA ``call``: its ``usual`` tier unless
+    the call's row names another backend."""
     winner = fastest(call)
     if winner == "cuda":
         return Priority.BEATS_DEVICE_BEST  # below cuda's FUSED_ON_CHIP, above cuDNN
     if winner == "torch":
         return Priority.BEATS_PORTABLE  # below cuDNN's DEVICE_BEST
-    return Priority.FUSED_ON_CHIP
+    return usual

@@ -176,6 +176,10 @@ def _run(kind: str) -> Any:
     return run
 
 
+def _priority(call: KernelCall) -> Priority:
+    return cuda_tier(call, PRIORITY)
+
+
 def _kernel(kind: str) -> Kernel:
     return Kernel(
         backend=BACKEND,
@@ -185,7 +189,7 @@ def _kernel(kind: str) -> Kernel:
             f"persistent CUDA {kind} loops, weights in shared memory or streamed from L2 "
             "where they do not fit (JIT-compiled; compile-checked, untested on a GPU)"
         ),
-        priority=cuda_tier,
+        priority=_priority,
         available=available,
         supports=supports,
         supports_lengths=True,

@@ -108,7 +108,7 @@ def _supports(call: KernelCall) -> str | None:
 
 def _priority(call: KernelCall) -> Priority:
     # on CUDA: CUDA_PRIORITY, unless a measurement of the call's shape names another backend
-    return triton_tier(call) if call.x.device.type == "cuda" else CPU_PRIORITY
+    return triton_tier(call, CUDA_PRIORITY) if call.x.device.type == "cuda" else CPU_PRIORITY
 
 
 def _run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
