@@ -117,19 +117,12 @@ def supports(call: KernelCall) -> str | None:
 
 def _cut(call: KernelCall) -> Tiling | str:
     """The planner's cut of ``call`` on its CUDA device (or why there is none)."""
-    from rnnkit.kernels.gated.cuda._loops import (
-        TENSOR_CORE_DTYPES,
-        device_index,
-        device_limits,
-        has_tf32_mma,
-    )
+    from rnnkit.kernels.gated.cuda._loops import TENSOR_CORE_DTYPES, plan_on
 
     cell: Any = call.cell
-    index = device_index(call.x.device)
-    sms, smem = device_limits(index)
-    mma = call.x.dtype in TENSOR_CORE_DTYPES and has_tf32_mma(index)
-    kind, heads, head_dim = str(cell.kind), int(cell.heads), int(cell.head_dim)
-    return plan(kind, heads, head_dim, call.x.shape[0], sms, smem, tensor_cores=mma)
+    x = call.x
+    mma = x.dtype in TENSOR_CORE_DTYPES
+    return plan_on(str(cell.kind), int(cell.heads), int(cell.head_dim), x.shape[0], x.device, mma)
 
 
 def explain(call: KernelCall) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "Result",
     "device_index",
     "device_limits",
+    "plan_on",
     "run_elman",
     "run_gru",
     "run_lstm",
@@ -94,13 +95,20 @@ def tiling(
     Raises:
         ValueError: the call cannot run there (the message says why).
     """
-    index = device_index(device)
-    sms, smem = device_limits(index)
-    mma = tensor_cores and has_tf32_mma(index)
-    cut = plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
+    cut = plan_on(kind, heads, head_dim, batch, device, tensor_cores)
     if isinstance(cut, str):
         raise ValueError(cut)
     return cut
+
+
+def plan_on(
+    kind: str, heads: int, head_dim: int, batch: int, device: torch.device, tensor_cores: bool
+) -> Tiling | str:
+    """:func:`tiling`, with why the call cannot run as a string instead of an error."""
+    index = device_index(device)
+    sms, smem = device_limits(index)
+    mma = tensor_cores and has_tf32_mma(index)
+    return plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
 
 
 def _mask2d(mask: Tensor | None) -> Tensor | None:
