@@ -17,8 +17,9 @@
 #    sizes 16..1024, fp32/bf16/fp16, odd batches, T = 0/1, resets, lengths in one launch,
 #    NaN-filled uninitialised memory; the host-compiled step-math tests run too) and the
 #    conformance kit's backends, nan_propagation and lengths checks for the gated cells (which
-#    now include `cuda`); bf16/fp16 calls run their products on the tensor cores (TF32) where
-#    the cut allows (test_16bit_calls_use_the_tensor_cores checks the launches ask for them);
+#    now include `cuda`); bf16/fp16 calls run their products on the tensor cores (operands in
+#    their dtype, TF32 on heads in 8s not 16s) where the cut allows (test_16bit_calls_use_the_
+#    tensor_cores checks the launches ask for them);
 # 4. times FlashRNN's protocol (B=16, T=1024, hidden 768 in one head, bf16; median ms of
 #    triton.testing.do_bench, or CUDA events without triton): LSTM, GRU and sLSTM forward and
 #    forward+backward, `cuda` against cuDNN nn.LSTM/nn.GRU in bf16 and fp16 (sLSTM has no cuDNN

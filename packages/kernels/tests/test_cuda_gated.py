@@ -160,13 +160,15 @@ def test_plan_refuses_sizes_that_are_not_integers(args: tuple[Any, ...], words: 
         cuda.plan(*args)
 
 
-@pytest.mark.parametrize("tensor_cores", [False, True], ids=["fma", "tensor-cores"])
+@pytest.mark.parametrize("tensor_cores", [None, "tf32", "bf16"], ids=["fma", "tf32", "bf16"])
 @pytest.mark.parametrize("kind", list(cuda.KINDS))
-def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: bool) -> None:
+def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: str | None) -> None:
     """Every head count and head size (16 to 1024 and beyond) gets a cut on an H100 and on a
     small device; its byte counts are the kernels' (``_plan.smem_bytes``) and fit. Asked for
     tensor cores, a direction gets them only with the WMMA tiles' shapes (its product's
-    columns in 16s, the head size and the chunks in 8s), and the reason says which got them."""
+    columns in 16s, the head size and the chunks in the operand format's summed step: 8 for
+    TF32, 16 for bfloat16, whose calls fall back to TF32 on heads in 8s but not 16s), and the
+    reason says which got them."""
     G = cuda.GATES[kind]
     for sms, smem in (H100, (8, 48 * 1024)):
         for heads in (1, 2, 3, 9, 133, 512):
@@ -175,22 +177,26 @@ def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: bool) -> N
                 assert isinstance(cut, cuda.Tiling), (heads, D, cut)
                 assert cut.blocks <= sms and max(cut.forward_smem, cut.backward_smem) <= smem
                 if not tensor_cores or D % 8:
-                    assert not cut.tensor_cores
+                    assert not cut.tensor_cores and cut.operands == ""
+                if cut.tensor_cores:
+                    assert cut.operands == (tensor_cores if D % 16 == 0 else "tf32")
+                step = cuda._plan.MMA_K.get(cut.operands, 0)
                 if cut.forward_mma:
-                    assert (G * cut.units) % 16 == 0 and D % 8 == 0
-                    assert cut.forward_k_chunk % 8 == 0
+                    assert (G * cut.units) % 16 == 0 and D % step == 0
+                    assert cut.forward_k_chunk % step == 0
                 if cut.backward_mma:
-                    assert cut.units % 16 == 0 and D % 8 == 0
-                    assert cut.backward_k_chunk % 8 == 0
+                    assert cut.units % 16 == 0 and D % step == 0
+                    assert cut.backward_k_chunk % step == 0
                 if tensor_cores:
-                    assert ("tensor cores (TF32)" in cut.reason) == cut.tensor_cores, cut.reason
+                    assert ("tensor cores (" in cut.reason) == cut.tensor_cores, cut.reason
+                ops = cut.operands or "tf32"
                 fwd = cuda._plan.smem_bytes(
                     kind, D, cut.units, cut.forward_batch_tile, cut.forward_k_chunk,
-                    cut.forward_mma, cut.backward_mma,
+                    cut.forward_mma, cut.backward_mma, ops,
                 )  # fmt: skip
                 bwd = cuda._plan.smem_bytes(
                     kind, D, cut.units, cut.backward_batch_tile, cut.backward_k_chunk,
-                    cut.forward_mma, cut.backward_mma,
+                    cut.forward_mma, cut.backward_mma, ops,
                 )  # fmt: skip
                 assert (fwd[0], bwd[1]) == (cut.forward_smem, cut.backward_smem)
                 if heads > sms:
@@ -203,35 +209,52 @@ def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: bool) -> N
 
 
 def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
-    """Tensor-core cuts on an H100. A dense 768-wide LSTM: units in 4s (96 blocks of 8, not
-    128 of 6) so that the forward's 32 gate columns fill the 16-column tiles, its batch tile
-    counted as 16 rows of shared memory; the backward's 8 columns do not fill a tile, so it
-    keeps float32 FMAs. A dense 1024-wide Elman gets them both ways. A head size that is not a
-    multiple of 8, or a device too small for 16-row tiles, keeps the float32 cut, and the
-    reason says why."""
+    """Tensor-core cuts on an H100. A dense 768-wide LSTM in bfloat16: units in 16s (48 blocks,
+    not 128 of 6), both directions on the tensor cores, the weights and the staged h / dq in 2
+    bytes each, the batch tile counted as 16 rows, the split scratch added. In TF32 the 16-unit
+    backward would need 384 KiB, so units go in 4s (96 blocks of 8): the forward's 32 gate
+    columns fill the 16-column tiles, the backward's 8 do not and keep float32 FMAs. A dense
+    1024-wide Elman gets TF32 both ways. Heads of 24 fall back from 16-bit operands to TF32. A
+    head size that is not a multiple of 8, or a device too small for 16-row tiles, keeps the
+    float32 cut, and the reason says why."""
+    split = cuda._plan.SPLIT_BYTES
     fma = cuda.plan("lstm", 1, 768, 5, *H100)
-    mma = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores=True)
-    assert isinstance(fma, cuda.Tiling) and isinstance(mma, cuda.Tiling)
-    assert (fma.units, fma.blocks, fma.tensor_cores) == (6, 128, False)
+    assert isinstance(fma, cuda.Tiling)
+    assert (fma.units, fma.blocks, fma.tensor_cores, fma.operands) == (6, 128, False, "")
+    bf16 = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="bf16")
+    assert isinstance(bf16, cuda.Tiling) and bf16.mode == "resident"
+    assert (bf16.units, bf16.blocks, bf16.forward_mma, bf16.backward_mma) == (16, 48, True, True)
+    assert bf16.reason.endswith("tensor cores (bfloat16 operands) in both directions")
+    assert bf16.forward_smem == 2 * (768 * 64 + 16 * 768) + 4 * 16 * 64 + split
+    assert bf16.backward_smem == 2 * (3072 * 16 + 16 * 3072) + 4 * 16 * 16 + split
+    assert bf16.forward_args == bf16.backward_args == (16, 5, 0, 48, 2)
+    fp16 = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="fp16")
+    assert isinstance(fp16, cuda.Tiling) and fp16.forward_args == (16, 5, 0, 48, 3)
+    mma = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="tf32")
+    assert isinstance(mma, cuda.Tiling)
     assert (mma.units, mma.blocks, mma.forward_mma, mma.backward_mma) == (8, 96, True, False)
     assert mma.mode == "resident" and "tensor cores (TF32) in the forward only" in mma.reason
     weights = 4 * 768 * 4 * 8  # D x G*units floats
-    assert mma.forward_smem == weights + 4 * 16 * (768 + 32)  # 16 rows of h and the product
+    assert mma.forward_smem == weights + 4 * 16 * (768 + 32) + split  # 16 rows, the product
     assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8)  # 5 rows: no tensor cores
     assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0)
-    elman = cuda.plan("elman", 1, 1024, 3, *H100, tensor_cores=True)
+    elman = cuda.plan("elman", 1, 1024, 3, *H100, tensor_cores="tf32")
     assert isinstance(elman, cuda.Tiling) and elman.forward_mma and elman.backward_mma
     assert (elman.units, elman.blocks) == (16, 64)
     assert elman.reason.endswith("tensor cores (TF32) in both directions")
-    # a multiple of 8, not of 16: the forward's 16 gate columns of 4 LSTM units fill a tile
-    eights = cuda.plan("lstm", 2, 24, 5, *H100, tensor_cores=True)
-    assert isinstance(eights, cuda.Tiling) and eights.forward_mma and not eights.backward_mma
-    assert eights.units == 4
-    odd = cuda.plan("gru", 2, 20, 5, *H100, tensor_cores=True)
+    # a multiple of 8, not of 16: bfloat16 operands sum in 16s, so TF32 (items of 16 units,
+    # the second of each head 8 wide)
+    eights = cuda.plan("lstm", 2, 24, 5, *H100, tensor_cores="bf16")
+    assert isinstance(eights, cuda.Tiling) and eights.forward_mma and eights.backward_mma
+    assert (eights.units, eights.blocks, eights.operands) == (16, 4, "tf32")
+    assert eights.reason.endswith("(bfloat16 operands need a head size in 16s)")
+    odd = cuda.plan("gru", 2, 20, 5, *H100, tensor_cores="bf16")
     assert isinstance(odd, cuda.Tiling) and not odd.tensor_cores
     assert odd.reason.endswith("no tensor cores: head size 20 is not a multiple of 8")
+    with pytest.raises(ValueError, match="operand format True"):
+        cuda.plan("gru", 2, 20, 5, *H100, tensor_cores=True)  # type: ignore[arg-type]
     # 16 rows of a 64-wide head's staging do not fit in 4 KiB; one float32 row does
-    small = cuda.plan("elman", 1, 64, 1, 1, 4096, tensor_cores=True)
+    small = cuda.plan("elman", 1, 64, 1, 1, 4096, tensor_cores="tf32")
     assert small == replace(
         cuda.plan("elman", 1, 64, 1, 1, 4096),
         reason=small.reason,
@@ -239,12 +262,12 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert "no tensor cores: their 16-row tiles do not fit" in small.reason
     # 350 bytes: only the float32 cut's 8-unit items fit, the tensor cores' 16 do not; asking
     # for tensor cores must not make the call unrunnable (it did: a refusal string)
-    tiny = cuda.plan("elman", 1, 64, 1, 1, 350, tensor_cores=True)
+    tiny = cuda.plan("elman", 1, 64, 1, 1, 350, tensor_cores="tf32")
     assert tiny == replace(cuda.plan("elman", 1, 64, 1, 1, 350), reason=tiny.reason)
     assert tiny.units == 8 and "no tensor cores: their units do not fit" in tiny.reason
     # 16-unit GRU items would hold 196 KiB of weights, leaving room for no 16-row tile: the
     # float32 cut of 8 units, not a 16-unit one without tensor cores
-    gru = cuda.plan("gru", 1, 1024, 16, *H100, tensor_cores=True)
+    gru = cuda.plan("gru", 1, 1024, 16, *H100, tensor_cores="tf32")
     assert isinstance(gru, cuda.Tiling) and not gru.tensor_cores
     assert gru.units == 8 and gru.mode == "resident"
 
@@ -283,8 +306,8 @@ def test_lengths_bind_to_the_cuda_loops() -> None:
     for fn in lp:
         bound = fn.keywords["lengths"]
         assert bound.dtype == torch.int32 and bound.tolist() == [5, 2, 4]
-        assert fn.keywords["tensor_cores"] is False
-    for dtype, mma in ((torch.float32, False), (torch.bfloat16, True), (torch.float16, True)):
+        assert fn.keywords["tensor_cores"] is None
+    for dtype, mma in ((torch.float32, None), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         plain = KernelCall(cell.to(dtype), x.to(dtype), None, None, True)
         got = cuda_loops._loops("slstm", plain, None)
         for fn, own in zip(got, cuda_loops.CUDA_LOOPS["slstm"], strict=True):
@@ -307,6 +330,10 @@ def test_explain_names_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     one = make_cell("lstm", 1, hidden=768).float()
     x1 = torch.zeros(16, 3, one.input_size)
     assert cuda.explain(KernelCall(one, x1, None, None, False)).startswith("resident:")
+    # a bfloat16 call on a device with tensor cores: the product in its own dtype
+    monkeypatch.setattr(cuda_loops, "has_wmma", lambda i: True)
+    half = KernelCall(one.bfloat16(), x1.bfloat16(), None, None, False)
+    assert cuda.explain(half).endswith("tensor cores (bfloat16 operands) in both directions")
 
 
 def test_kernels_status_lists_the_library(capsys: pytest.CaptureFixture[str]) -> None:
@@ -636,11 +663,12 @@ def test_lengths_run_in_one_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_gpu
 @pytest.mark.gpu
 def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On sm_80 and later a bfloat16 or float16 call runs its products on the tensor cores
-    (the launches get ``mma=1`` where the cut allows, and ``explain`` says so); a float32 call
-    never does. Values and gradients against float64 for 16-bit resident and streamed cuts."""
+    """On sm_80 and later a bfloat16 or float16 call runs its products on the tensor cores with
+    operands in its own dtype (the launches get ``mma=2`` or ``3`` where the cut allows, and
+    ``explain`` says so); a float32 call never does. Values and gradients against float64 for
+    16-bit resident and streamed cuts, and TF32 on heads in 8s but not 16s."""
     if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("TF32 tensor cores need sm_80 or later")
+        pytest.skip("the kernels' tensor cores (TF32, bfloat16 WMMA) need sm_80 or later")
     real = cuda_loops.ops()
     launches: list[tuple[str, int]] = []
 
@@ -654,12 +682,14 @@ def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> No
             return real.backward(*args)
 
     monkeypatch.setattr(cuda_loops, "ops", Recording)
-    for dtype, mma in ((torch.bfloat16, 1), (torch.float16, 1), (torch.float32, 0)):
+    words = {2: "bfloat16 operands", 3: "float16 operands"}
+    for dtype, mma in ((torch.bfloat16, 2), (torch.float16, 3), (torch.float32, 0)):
         launches.clear()
         cell = make_cell("elman", 2, hidden=128).to(dtype).cuda()  # 2 heads of 64
         x = torch.randn(3, 5, cell.input_size, device="cuda", dtype=dtype, requires_grad=True)
         call = KernelCall(cell, x, None, None, True)
-        assert ("tensor cores (TF32) in both directions" in cuda.explain(call)) == bool(mma)
+        both = f"tensor cores ({words.get(mma)}) in both directions"
+        assert (both in cuda.explain(call)) == bool(mma)
         y, _ = cell(x, backend="cuda")
         y.float().sum().backward()
         assert launches == [("forward", mma), ("backward", mma)], dtype
@@ -668,6 +698,7 @@ def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> No
         _check(kind, 2, 128, torch.bfloat16, 17, 6)  # resident
         _check(kind, 2, 128, torch.float16, 5, 6, lengths=[6, 2, 0, 5, 6])
     _check("lstm", 2, 2048, torch.bfloat16, 3, 4)  # streamed: 2 heads of 1024
+    _check("gru", 2, 48, torch.bfloat16, 5, 6)  # heads of 24: TF32
 
 
 def test_build_without_names_skips_a_library_this_machine_cannot_use(

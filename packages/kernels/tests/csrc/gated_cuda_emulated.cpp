@@ -7,17 +7,21 @@
 // its dynamic shared memory a NaN-filled buffer of the size the launch asks for, and
 // grid.sync() a std::barrier over all blocks. So the emulation checks the kernels' indexing,
 // layouts, the split of work over blocks and the data exchanged between blocks at the barrier,
-// the tensor-core products (the WMMA calls emulated below, TF32 rounding included: operand
-// shapes, leading dimensions, the chunked accumulation, padded rows never read), and the whole
+// the tensor-core products (the WMMA calls emulated below, the rounding of TF32, bfloat16 and
+// float16 operands included, the 16-bit operands stored in 2 bytes as on a GPU: operand shapes,
+// leading dimensions, the chunked accumulation, the split sums of warps sharing a tile (the
+// one thread walks every warp's share), padded rows never read), and the whole
 // path from the Python loops through the glue; it cannot check what needs a GPU:
 // races between the threads of a block (a missing __syncthreads), memory coherence between SMs
 // (__ldcg), occupancy, the cooperative launch, WMMA's alignment rules and lane layouts, or speed.
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -40,7 +44,32 @@ inline T __ldcg(const T* p) {
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
-// The WMMA calls of the tensor-core product (TF32, m16n16k8, row-major operands), for one
+// cuda_bf16.h / cuda_fp16.h: 2-byte types with round-to-nearest-even conversions.
+struct __nv_bfloat16 {
+  std::uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  if (std::isnan(x)) return {static_cast<std::uint16_t>((b >> 16) | 0x40u)};  // stays a NaN
+  b += 0x7FFFu + ((b >> 16) & 1u);
+  return {static_cast<std::uint16_t>(b >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 x) {
+  const std::uint32_t b = static_cast<std::uint32_t>(x.bits) << 16;
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+struct __half {
+  _Float16 value;
+};
+inline __half __float2half_rn(float x) { return {static_cast<_Float16>(x)}; }
+inline float __half2float(__half x) { return static_cast<float>(x.value); }
+static_assert(sizeof(__nv_bfloat16) == 2 && sizeof(__half) == 2);
+
+// The WMMA calls of the tensor-core product (TF32 m16n16k8, bfloat16 and float16 m16n16k16,
+// row-major operands), for one
 // emulated thread that stands for the whole warp: a fragment holds its whole operand, row-major,
 // and `x` / `num_elements` cover all of it (on a GPU each lane holds a share), which is all the
 // kernels rely on (they round every element of a fragment the same way).
@@ -88,10 +117,17 @@ inline float __float_to_tf32(float v) {
   return v;
 }
 
+inline float value_of(float x) { return x; }
+inline float value_of(__nv_bfloat16 x) { return __bfloat162float(x); }
+inline float value_of(__half x) { return __half2float(x); }
+
+//! An operand fragment from memory of its own type (float for TF32, else the 16-bit type).
 template <class Use, int M, int N, int K, class T>
-void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f, const float* p, unsigned ldm) {
+void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f,
+                      const std::conditional_t<std::is_same_v<T, precision::tf32>, float, T>* p,
+                      unsigned ldm) {
   for (int r = 0; r < f.rows; ++r)
-    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = p[r * ldm + c];
+    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = value_of(p[r * ldm + c]);
 }
 
 template <int M, int N, int K>
@@ -154,25 +190,39 @@ cudaStream_t current_stream(int) { return nullptr; }
 
 namespace {
 
+//! Floats past the end of each block's shared memory, checked after the launch: a kernel that
+//! writes past what its launch asked for (wrong byte arithmetic) fails the call.
+constexpr std::size_t kGuard = 256;
+constexpr std::uint32_t kGuardBits = 0x7FC0DEADu;  // a NaN no kernel writes
+
 template <typename Args>
 const char* run_blocks(void (*kernel)(Args, Tiling), const Args& args, const Tiling& tiling,
                        std::size_t smem_bytes) {
   const int blocks = tiling.blocks;
   if (blocks == 0 || args.N == 0) return nullptr;
+  if (smem_bytes % sizeof(float)) return "shared memory not a whole number of floats";
   std::barrier<> grid(blocks);
   emulated_grid_barrier = &grid;
   std::vector<std::thread> threads;
+  std::vector<int> overran(blocks, 0);
+  float guard;
+  std::memcpy(&guard, &kGuardBits, sizeof guard);
   for (int b = 0; b < blocks; ++b) {
     threads.emplace_back([&, b] {
       blockIdx.x = static_cast<unsigned>(b);
-      std::vector<float> smem(smem_bytes / sizeof(float),
-                              std::numeric_limits<float>::quiet_NaN());
+      const std::size_t n = smem_bytes / sizeof(float);
+      std::vector<float> smem(n + kGuard, std::numeric_limits<float>::quiet_NaN());
+      std::fill(smem.begin() + static_cast<std::ptrdiff_t>(n), smem.end(), guard);
       emulated_smem = &smem;
       kernel(args, tiling);
+      overran[b] = std::memcmp(smem.data() + n, std::vector<float>(kGuard, guard).data(),
+                               kGuard * sizeof(float)) != 0;
     });
   }
   for (auto& t : threads) t.join();
   emulated_grid_barrier = nullptr;
+  for (int o : overran)
+    if (o) return "a block wrote past the shared memory its launch asked for";
   return nullptr;
 }
 
@@ -181,27 +231,15 @@ const char* run_blocks(void (*kernel)(Args, Tiling), const Args& args, const Til
 const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t) {
   if (a.T == 0 || a.B == 0) return nullptr;
   const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
-  switch (a.kind) {
-    case ELMAN_TANH: return run_blocks(forward_kernel<ELMAN_TANH>, a, tl, smem);
-    case ELMAN_RELU: return run_blocks(forward_kernel<ELMAN_RELU>, a, tl, smem);
-    case LSTM: return run_blocks(forward_kernel<LSTM>, a, tl, smem);
-    case GRU: return run_blocks(forward_kernel<GRU>, a, tl, smem);
-    case SLSTM: return run_blocks(forward_kernel<SLSTM>, a, tl, smem);
-    default: return "unknown cell kind";
-  }
+  return with_kernel<ForwardKernel>(a.kind, tl.mma,
+                                    [&](auto fn) { return run_blocks(fn, a, tl, smem); });
 }
 
 const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_t) {
   if (a.B == 0) return nullptr;
   const std::size_t smem = backward_smem_bytes(a.kind, a.D, tl);
-  switch (a.kind) {
-    case ELMAN_TANH: return run_blocks(backward_kernel<ELMAN_TANH>, a, tl, smem);
-    case ELMAN_RELU: return run_blocks(backward_kernel<ELMAN_RELU>, a, tl, smem);
-    case LSTM: return run_blocks(backward_kernel<LSTM>, a, tl, smem);
-    case GRU: return run_blocks(backward_kernel<GRU>, a, tl, smem);
-    case SLSTM: return run_blocks(backward_kernel<SLSTM>, a, tl, smem);
-    default: return "unknown cell kind";
-  }
+  return with_kernel<BackwardKernel>(a.kind, tl.mma,
+                                     [&](auto fn) { return run_blocks(fn, a, tl, smem); });
 }
 
 }  // namespace rnnkit_cuda

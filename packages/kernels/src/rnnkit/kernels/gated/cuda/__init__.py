@@ -14,7 +14,8 @@ initial/final states as every gated backend; sLSTM with the ``fused`` loop's con
 (exponential input gate, stabiliser ``m``, normaliser ``n``). ``lengths`` are handled in the same
 single launch: a sequence's state is held past its length (``supports_lengths``). The
 recurrent products run as float32 FMAs, or, for bfloat16 and float16 calls on sm_80 and later,
-on the tensor cores in TF32 where the cut's shapes allow (per direction; :func:`explain` says).
+on the tensor cores with the weights and staged vectors in the call's dtype (float32 sums)
+where the cut's shapes allow (per direction; :func:`explain` says).
 
 **Status: these kernels compile (CI checks them with ``nvcc -arch=sm_90``) but have not run on
 a GPU yet.** ``auto`` therefore picks them only for call shapes where a measurement on the
@@ -121,7 +122,7 @@ def _cut(call: KernelCall) -> Tiling | str:
 
     cell: Any = call.cell
     x = call.x
-    mma = x.dtype in TENSOR_CORE_DTYPES
+    mma = TENSOR_CORE_DTYPES.get(x.dtype)
     return plan_on(str(cell.kind), int(cell.heads), int(cell.head_dim), x.shape[0], x.device, mma)
 
 

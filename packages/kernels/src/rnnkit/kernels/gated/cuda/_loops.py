@@ -8,8 +8,9 @@ CUDA launch each. The backward reads the gates the forward stored (no recomputat
 Everything inside the loops is float32: a bfloat16 or float16 call is projected in its own dtype
 (``cell.project``), converted to float32 for the recurrence (state and accumulation in float32)
 and its outputs converted back; autograd converts the gradients. Such a call asks the planner
-for tensor cores (``tensor_cores=True`` on every loop function): its recurrent products then
-round their operands to TF32 (:data:`TENSOR_CORE_DTYPES`).
+for tensor cores with operands in its own dtype (``tensor_cores="bf16"`` or ``"fp16"`` on every
+loop function, :data:`TENSOR_CORE_DTYPES`): its recurrent products then keep the weights and
+the staged ``h`` (forward) or ``dq`` (backward) in that dtype, sums and state in float32.
 
 With ``call.lengths`` the loops get the lengths (int32, on the device) and hold each sequence's
 state past its length inside the kernels (one launch per direction, no segments); the runs then
@@ -76,8 +77,9 @@ def device_index(device: torch.device) -> int:
 
 
 @lru_cache(maxsize=16)
-def has_tf32_mma(index: int) -> bool:
-    """Whether CUDA device ``index`` has TF32 tensor cores (compute capability 8.0 or later)."""
+def has_wmma(index: int) -> bool:
+    """Whether CUDA device ``index`` has the tensor cores the kernels use (TF32 and bfloat16
+    WMMA: compute capability 8.0 or later)."""
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
@@ -87,10 +89,10 @@ def tiling(
     head_dim: int,
     batch: int,
     device: torch.device,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> Tiling:
     """The :func:`~rnnkit.kernels.gated.cuda._plan.plan` of a call on ``device``;
-    ``tensor_cores``: where the device has them (sm_80 on).
+    ``tensor_cores`` (an operand format, or ``None``): where the device has them (sm_80 on).
 
     Raises:
         ValueError: the call cannot run there (the message says why).
@@ -102,12 +104,17 @@ def tiling(
 
 
 def plan_on(
-    kind: str, heads: int, head_dim: int, batch: int, device: torch.device, tensor_cores: bool
+    kind: str,
+    heads: int,
+    head_dim: int,
+    batch: int,
+    device: torch.device,
+    tensor_cores: str | None,
 ) -> Tiling | str:
     """:func:`tiling`, with why the call cannot run as a string instead of an error."""
     index = device_index(device)
     sms, smem = device_limits(index)
-    mma = tensor_cores and has_tf32_mma(index)
+    mma = tensor_cores if tensor_cores is not None and has_wmma(index) else None
     return plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
 
 
@@ -121,7 +128,7 @@ def _previous(hs: Tensor) -> Tensor:
     return hs.narrow(1, 0, hs.shape[1] - 1)
 
 
-def _cut(kind: str, px: Tensor, gates: int, tensor_cores: bool) -> Tiling:
+def _cut(kind: str, px: Tensor, gates: int, tensor_cores: str | None) -> Tiling:
     N, _, B, GD = px.shape
     return tiling(kind, N, GD // gates, B, px.device, tensor_cores)
 
@@ -135,7 +142,7 @@ def lstm_forward(
     inits: tuple[float, ...],
     save: bool,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`; ``lengths``: int32 ``(B,)`` on
     the device, the state held past each length (see the module docstring)."""
@@ -159,7 +166,7 @@ def lstm_backward(
     d_hs: Tensor,
     d_c_last: Tensor,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
     acts, cs, tcs, _ = buffers
@@ -181,7 +188,7 @@ def gru_forward(
     init: float,
     save: bool,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`; ``lengths`` as
     :func:`lstm_forward`'s."""
@@ -205,7 +212,7 @@ def gru_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
     acts, qs, hp = buffers
@@ -227,7 +234,7 @@ def elman_forward(
     relu: bool,
     init: float,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`; ``lengths`` as
     :func:`lstm_forward`'s."""
@@ -247,7 +254,7 @@ def elman_backward(
     d_hs: Tensor,
     relu: bool,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
     N, _, B, D = hs.shape
@@ -267,7 +274,7 @@ def slstm_forward(
     inits: tuple[float, ...],
     save: bool,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop` (the same buffers: ``cn (N,
     T + 1 or 2, B, 2, D)``, ``ms``, and with ``save`` the pre-activations ``ĩ, f̃`` with ``tanh z̃,
@@ -299,7 +306,7 @@ def slstm_backward(
     d_n: Tensor,
     d_m: Tensor,
     lengths: Tensor | None = None,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
     cn, ms, gates, ex, cnp, _ = buffers
@@ -322,21 +329,21 @@ CUDA_LOOPS: dict[str, Any] = {
 }
 
 
-#: Input dtypes whose calls run their recurrent products on the tensor cores (TF32 keeps more
-#: of each operand than these dtypes hold; float32 calls keep float32 products).
-TENSOR_CORE_DTYPES = (torch.bfloat16, torch.float16)
+#: Input dtypes whose calls run their recurrent products on the tensor cores, and the operand
+#: format each asks for (its own: the weights lose nothing; float32 calls keep float32 FMAs).
+TENSOR_CORE_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _loops(kind: str, call: KernelCall, loops: Any) -> Any:
     """The loops that run ``call``: ``loops`` when given (they know nothing of lengths), else
-    the CUDA loops, bound to ``call.lengths`` when it has them and asking for tensor cores when
-    the call's dtype is 16-bit."""
+    the CUDA loops, bound to ``call.lengths`` when it has them and asking for tensor cores in
+    the call's dtype when it is 16-bit."""
     if loops is not None:
         if call.lengths is not None:
             raise ValueError("only the CUDA loops hold the state past each length")
         return loops
     cuda_loops = CUDA_LOOPS[kind]
-    bound: dict[str, Any] = {"tensor_cores": call.x.dtype in TENSOR_CORE_DTYPES}
+    bound: dict[str, Any] = {"tensor_cores": TENSOR_CORE_DTYPES.get(call.x.dtype)}
     if call.lengths is not None:
         bound["lengths"] = call.lengths.to(device=call.x.device, dtype=torch.int32)
     return type(cuda_loops)(

@@ -17,16 +17,22 @@ one block per SM here. Two modes, chosen per call:
   shared-memory tile of ``k_chunk`` rows of ``R`` (forward; ``k_chunk`` columns of ``R`` and
   entries of ``dq`` in the backward), so every head count and head size runs.
 
-**Tensor cores** (``tensor_cores=True``, which the backend asks for on 16-bit calls on sm_80
-and later) put each step's product on the tensor cores in TF32, per direction where its shapes
-allow: the WMMA tiles are 16 batch rows by 16 columns by 8 of the summed dimension, so the
-forward needs ``G * units`` divisible by 16 (its product has ``G * units`` columns), the
-backward ``units`` divisible by 16, both ``D`` divisible by 8 and chunks of ``R`` in 8s, and a
-tile of ``r`` batch rows takes ``ceil(r / 16) * 16`` rows of shared memory. Units are then
-rounded up (to 4 for LSTM and sLSTM, whose forward then has tensor cores; to 16 for Elman and
-GRU). A resident cut is preferred to tensor cores: where the rounded cut does not fit but the
-float32 one does, the float32 cut is kept, and the reason says so. Which is faster where both
-fit has not been measured on a GPU yet.
+**Tensor cores** (``tensor_cores``: the operand format, which the backend names for 16-bit calls
+on sm_80 and later: ``"bf16"`` or ``"fp16"``, the call's own dtype; ``"tf32"`` rounds float32
+operands) put each step's product on the tensor cores, per direction where its shapes allow:
+the WMMA tiles are 16 batch rows by 16 columns by :data:`MMA_K` of the summed dimension (8 in
+TF32, 16 with 16-bit operands), so the forward needs ``G * units`` divisible by 16 (its product
+has ``G * units`` columns), the backward ``units`` divisible by 16, ``D`` and the chunks of
+``R`` divisible by the summed step, and a tile of ``r`` batch rows takes ``ceil(r / 16) * 16``
+rows of shared memory. 16-bit operands take 2 bytes where float32 ones take 4 (weights and the
+staged ``h`` or ``dq``; the product stays float32), and each block adds a float32 scratch of
+one 16 x 16 tile per warp (:data:`SPLIT_BYTES`) where the warps sharing a tile add their parts.
+Head sizes that are multiples of 8 but not of 16 fall back from 16-bit operands to TF32.
+Units are rounded up to 16 first (both directions on the tensor cores); where the backward's
+tiles do not fit that cut, to the forward's least step instead (4 for LSTM and sLSTM; Elman and
+GRU need 16 either way), with the backward in float32. A resident cut is preferred to tensor
+cores: where the rounded cut does not fit but the float32 one does, the float32 cut is kept,
+and the reason says so. Which is faster where both fit has not been measured on a GPU yet.
 
 The byte counts here mirror ``forward_smem_bytes`` / ``backward_smem_bytes`` of
 ``csrc/gated_cuda.cu`` (the emulation test compares them through the ``smem_bytes`` op).
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, replace
+from functools import partial
 
 __all__ = [
     "GATES",
@@ -43,6 +50,8 @@ __all__ = [
     "MAX_K_CHUNK",
     "MMA_K",
     "MMA_ROWS",
+    "OPERANDS",
+    "SPLIT_BYTES",
     "Tiling",
     "plan",
     "smem_bytes",
@@ -57,9 +66,17 @@ MAX_BATCH_TILE = 32
 #: the two block barriers of each chunk, small enough to leave room for batch rows.
 MAX_K_CHUNK = 64
 _FLOAT = 4
-#: The tensor-core product's tiles (WMMA's TF32 shape m16n16k8): 16 batch rows by 16 columns,
-#: summing 8 at a time.
-MMA_ROWS, MMA_K = 16, 8
+#: The tensor-core product's tiles: 16 batch rows by 16 columns.
+MMA_ROWS = 16
+#: Tensor-core operand formats: the kernels' ``Product`` code (``gated_cuda.h``) and the bytes
+#: of one operand in shared memory.
+OPERANDS = {"tf32": (1, 4), "bf16": (2, 2), "fp16": (3, 2)}
+#: The summed dimension's step of one WMMA product per operand format (m16n16k8 in TF32,
+#: m16n16k16 with 16-bit operands).
+MMA_K = {"tf32": 8, "bf16": 16, "fp16": 16}
+#: Bytes of a block's float32 scratch for the split sums (one 16 x 16 tile for each of the
+#: 256 threads' 8 warps), with tensor cores.
+SPLIT_BYTES = 8 * 16 * 16 * _FLOAT
 
 
 def _up(n: int, multiple: int) -> int:
@@ -75,8 +92,9 @@ class Tiling:
     ``forward_batch_tile``, ``backward_batch_tile``: batch rows per tile; ``forward_smem``,
     ``backward_smem``: dynamic shared memory per block, bytes; ``forward_k_chunk``,
     ``backward_k_chunk``: rows / columns of ``R`` per streamed chunk (0: resident);
-    ``forward_mma``, ``backward_mma``: that direction's products on the tensor cores (TF32);
-    ``reason``: which mode was chosen and why, in words.
+    ``forward_mma``, ``backward_mma``: that direction's products on the tensor cores;
+    ``operands``: their operand format (a key of :data:`OPERANDS`; ``""`` without tensor
+    cores); ``reason``: which mode was chosen and why, in words.
     """
 
     units: int
@@ -89,6 +107,7 @@ class Tiling:
     backward_k_chunk: int = 0
     forward_mma: bool = False
     backward_mma: bool = False
+    operands: str = ""
     reason: str = ""
 
     @property
@@ -101,18 +120,24 @@ class Tiling:
         """Whether either direction runs its products on the tensor cores."""
         return self.forward_mma or self.backward_mma
 
+    def _product(self, mma: bool) -> int:
+        """The kernels' ``Product`` code of a direction (0: float32 FMAs)."""
+        return OPERANDS[self.operands][0] if mma else 0
+
     @property
     def forward_args(self) -> tuple[int, int, int, int, int]:
         """``(units, batch_tile, k_chunk, blocks, mma)`` of the forward op
-        (``gated_cuda_ops.cpp``)."""
+        (``gated_cuda_ops.cpp``; ``mma`` the ``Product`` code)."""
         f = self
-        return f.units, f.forward_batch_tile, f.forward_k_chunk, f.blocks, int(f.forward_mma)
+        mma = f._product(f.forward_mma)
+        return f.units, f.forward_batch_tile, f.forward_k_chunk, f.blocks, mma
 
     @property
     def backward_args(self) -> tuple[int, int, int, int, int]:
         """``(units, batch_tile, k_chunk, blocks, mma)`` of the backward op."""
         b = self
-        return b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, int(b.backward_mma)
+        mma = b._product(b.backward_mma)
+        return b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, mma
 
     @property
     def mode(self) -> str:
@@ -120,9 +145,20 @@ class Tiling:
         return "streamed" if self.streamed else "resident"
 
 
-def _rows(batch_tile: int, mma: bool) -> int:
-    """Rows of shared memory a tile of ``batch_tile`` rows takes."""
-    return _up(batch_tile, MMA_ROWS) if mma else batch_tile
+def _direction_bytes(
+    kind: str, D: int, units: int, batch_tile: int, k_chunk: int, ops: str | None, backward: bool
+) -> int:
+    """Dynamic shared memory of one block of a direction; ``ops``: its tensor-core operand
+    format (``None``: float32 FMAs). Mirrors ``csrc/gated_cuda.cu``."""
+    G = GATES[kind]
+    size = OPERANDS[ops][1] if ops else _FLOAT
+    tile = _up(batch_tile, MMA_ROWS) if ops else batch_tile
+    split = SPLIT_BYTES if ops else 0
+    if backward:  # a chunk (or all) of R's G*D columns and of dq, the product over the units
+        cols = k_chunk if k_chunk > 0 else G * D
+        return size * (cols * units + tile * cols) + _FLOAT * tile * units + split
+    rows = k_chunk if k_chunk > 0 else D  # a chunk (or all) of R's D rows, h, the gate columns
+    return size * (rows * G * units + tile * D) + _FLOAT * tile * G * units + split
 
 
 def smem_bytes(
@@ -133,23 +169,23 @@ def smem_bytes(
     k_chunk: int,
     forward_mma: bool = False,
     backward_mma: bool = False,
+    operands: str = "tf32",
 ) -> tuple[int, int]:
     """``(forward, backward)`` dynamic shared memory of one block, bytes, as the kernels ask for
-    it (``k_chunk`` 0: resident; with a direction's ``mma`` its tiles take their rows rounded
-    up to 16)."""
-    G, D = GATES[kind], head_dim
-    rows = k_chunk if k_chunk > 0 else D
-    cols = k_chunk if k_chunk > 0 else G * D
-    forward = _FLOAT * (rows * G * units + _rows(batch_tile, forward_mma) * (D + G * units))
-    backward = _FLOAT * (cols * units + _rows(batch_tile, backward_mma) * (cols + units))
-    return forward, backward
+    it (``k_chunk`` 0: resident; a direction with ``mma`` has ``operands`` in shared memory,
+    its tiles' rows rounded up to 16 and the split scratch)."""
+    args = (kind, head_dim, units, batch_tile, k_chunk)
+    return (
+        _direction_bytes(*args, operands if forward_mma else None, False),
+        _direction_bytes(*args, operands if backward_mma else None, True),
+    )
 
 
-def _mma_shapes(kind: str, D: int, units: int) -> tuple[bool, bool]:
+def _mma_shapes(kind: str, D: int, units: int, ops: str) -> tuple[bool, bool]:
     """Whether the forward and the backward products of items of ``units`` units fit the WMMA
-    tiles (chunks of ``R`` are then cut in 8s)."""
-    G = GATES[kind]
-    return (G * units) % MMA_ROWS == 0 and D % MMA_K == 0, units % MMA_ROWS == 0 and D % MMA_K == 0
+    tiles with ``ops`` operands (chunks of ``R`` are then cut in the summed step)."""
+    G, k = GATES[kind], MMA_K[ops]
+    return (G * units) % MMA_ROWS == 0 and D % k == 0, units % MMA_ROWS == 0 and D % k == 0
 
 
 def _unit_step(kind: str) -> int:
@@ -158,12 +194,15 @@ def _unit_step(kind: str) -> int:
     return next(u for u in (1, 2, 4, 8, 16) if (G * u) % MMA_ROWS == 0)
 
 
-def _tile(rows: int, fit: int, mma: bool) -> int:
-    """Batch rows per tile: at most ``rows``, and within ``fit`` rows of shared memory once
-    rounded up to the MMA's 16 (``mma``); 0 when not one row fits."""
-    if mma:
-        fit = fit // MMA_ROWS * MMA_ROWS
-    return max(0, min(rows, fit))
+def _tile(
+    kind: str, D: int, units: int, rows: int, k_chunk: int, smem: int, ops: str | None, bwd: bool
+) -> int:
+    """Batch rows per tile of a direction: the most, up to ``rows``, whose block fits ``smem``
+    bytes; 0 when not one row fits."""
+    for bt in range(rows, 0, -1):
+        if _direction_bytes(kind, D, units, bt, k_chunk, ops, bwd) <= smem:
+            return bt
+    return 0
 
 
 def _size(n: int) -> str:
@@ -171,26 +210,25 @@ def _size(n: int) -> str:
     return f"{n / 1024:.0f} KiB" if n >= 10 * 1024 else f"{n} bytes"
 
 
-def _resident(kind: str, N: int, D: int, rows: int, sms: int, smem: int, mma: bool) -> Tiling | str:
-    G = GATES[kind]
+def _resident(
+    kind: str, N: int, D: int, rows: int, sms: int, smem: int, ops: str | None, step: int = 1
+) -> Tiling | str:
+    """The resident cut, its units rounded up to ``step``; with ``ops`` each direction whose
+    shapes and 16-row tiles fit runs on the tensor cores, the other in float32."""
     if sms < N:
         return f"{N} heads exceed the {sms} SMs of this device (one head per block at least)"
-    units = -(-D // (sms // N))
-    if mma:
-        units = min(D, _up(units, _unit_step(kind)))
+    units = min(D, _up(-(-D // (sms // N)), step))
     blocks = N * -(-D // units)
-    weights = _FLOAT * D * G * units
-    row_f = _FLOAT * (D + G * units)
-    row_b = _FLOAT * (G * D + units)
-    fwd_mma, bwd_mma = _mma_shapes(kind, D, units) if mma else (False, False)
-    bt_f = _tile(rows, (smem - weights) // row_f, fwd_mma)
+    fwd_mma, bwd_mma = _mma_shapes(kind, D, units, ops) if ops else (False, False)
+    fit = partial(_tile, kind, D, units, rows, 0, smem)
+    bt_f = fit(ops if fwd_mma else None, False)
     if bt_f < 1 and fwd_mma:  # 16 rows do not fit where fewer float32 rows may
-        fwd_mma, bt_f = False, _tile(rows, (smem - weights) // row_f, False)
-    bt_b = _tile(rows, (smem - weights) // row_b, bwd_mma)
+        fwd_mma, bt_f = False, fit(None, False)
+    bt_b = fit(ops if bwd_mma else None, True)
     if bt_b < 1 and bwd_mma:
-        bwd_mma, bt_b = False, _tile(rows, (smem - weights) // row_b, False)
+        bwd_mma, bt_b = False, fit(None, True)
     if bt_f < 1 or bt_b < 1:
-        need = weights + max(row_f, row_b)
+        need = max(_direction_bytes(kind, D, units, 1, 0, None, bwd) for bwd in (False, True))
         return (
             f"head size {D} with {N} head(s) needs {_size(need)} of shared memory per block "
             f"({units} units of weights on each of {blocks} blocks), over the "
@@ -201,55 +239,54 @@ def _resident(kind: str, N: int, D: int, rows: int, sms: int, smem: int, mma: bo
         blocks=blocks,
         forward_batch_tile=bt_f,
         backward_batch_tile=bt_b,
-        forward_smem=smem_bytes(kind, D, units, bt_f, 0, fwd_mma, bwd_mma)[0],
-        backward_smem=smem_bytes(kind, D, units, bt_b, 0, fwd_mma, bwd_mma)[1],
+        forward_smem=_direction_bytes(kind, D, units, bt_f, 0, ops if fwd_mma else None, False),
+        backward_smem=_direction_bytes(kind, D, units, bt_b, 0, ops if bwd_mma else None, True),
         forward_mma=fwd_mma,
         backward_mma=bwd_mma,
+        operands=(ops or "") if fwd_mma or bwd_mma else "",
         reason=f"resident: R in shared memory, {units} units of a head on each of {blocks} blocks",
     )
 
 
 def _chunk(
-    kdim: int, rows: int, per_k: int, per_row: int, per_kr: int, smem: int, mma: bool
+    kind: str, D: int, units: int, rows: int, smem: int, ops: str | None, bwd: bool
 ) -> tuple[int, int]:
-    """``(k_chunk, batch_tile)`` within ``smem`` bytes for a block whose shared memory is
-    ``k * per_k + r * per_row + k * r * per_kr``: the longest chunk up to :data:`MAX_K_CHUNK`
-    (and ``kdim``) with as many batch rows as fit, else one row and the chunk that fits
-    (``(0, 0)``: nothing fits). With ``mma`` chunks are multiples of 8 and ``r`` counts the
-    tile's rows rounded up to 16."""
-    step = MMA_K if mma else 1
+    """``(k_chunk, batch_tile)`` of a streamed direction within ``smem`` bytes: the longest
+    chunk up to :data:`MAX_K_CHUNK` (and the summed dimension) with as many batch rows as fit,
+    else one row and the longest chunk that fits (``(0, 0)``: nothing fits). With ``ops``
+    chunks are multiples of the WMMA's summed step."""
+    step = MMA_K[ops] if ops else 1
+    kdim = GATES[kind] * D if bwd else D
     want = min(MAX_K_CHUNK, kdim) // step * step
     if want < 1:
         return 0, 0
-    bt = _tile(rows, (smem - want * per_k) // (per_row + want * per_kr), mma)
+    bt = _tile(kind, D, units, rows, want, smem, ops, bwd)
     if bt >= 1:
         return want, bt
-    least = MMA_ROWS if mma else 1  # rows of shared memory one batch row takes
-    kc = min(want, (smem - least * per_row) // (per_k + least * per_kr)) // step * step
-    return (kc, 1) if kc >= 1 else (0, 0)
+    for kc in range(want - step, 0, -step):
+        if _direction_bytes(kind, D, units, 1, kc, ops, bwd) <= smem:
+            return kc, 1
+    return 0, 0
 
 
 def _streamed(
-    kind: str, N: int, D: int, rows: int, sms: int, smem: int, why: str, mma: bool
+    kind: str, N: int, D: int, rows: int, sms: int, smem: int, why: str, ops: str | None
 ) -> Tiling | str:
-    G = GATES[kind]
-    step = _unit_step(kind) if mma else 1
+    step = _unit_step(kind) if ops else 1
     # As many items as SMs where the heads allow; halve the units while a block does not fit.
     units = -(-D // max(1, sms // N)) if sms >= N else D
-    if mma:
+    if ops:
         units = min(D, _up(units, step))
     while True:
-        fwd_mma, bwd_mma = _mma_shapes(kind, D, units) if mma else (False, False)
+        fwd_mma, bwd_mma = _mma_shapes(kind, D, units, ops) if ops else (False, False)
         # forward: chunk of R (k x G*units), per row h (D) and the product (G*units)
-        f_args = (D, rows, _FLOAT * G * units, _FLOAT * (D + G * units), 0, smem)
-        kf, bt_f = _chunk(*f_args, fwd_mma)
+        kf, bt_f = _chunk(kind, D, units, rows, smem, ops if fwd_mma else None, False)
         if not kf and fwd_mma:
-            fwd_mma, (kf, bt_f) = False, _chunk(*f_args, False)
+            fwd_mma, (kf, bt_f) = False, _chunk(kind, D, units, rows, smem, None, False)
         # backward: chunk of R (k x units), per row the product (units) and dq's chunk (k)
-        b_args = (G * D, rows, _FLOAT * units, _FLOAT * units, _FLOAT, smem)
-        kb, bt_b = _chunk(*b_args, bwd_mma)
+        kb, bt_b = _chunk(kind, D, units, rows, smem, ops if bwd_mma else None, True)
         if not kb and bwd_mma:
-            bwd_mma, (kb, bt_b) = False, _chunk(*b_args, False)
+            bwd_mma, (kb, bt_b) = False, _chunk(kind, D, units, rows, smem, None, True)
         if kf and kb:
             break
         if units <= step:
@@ -265,12 +302,13 @@ def _streamed(
         blocks=blocks,
         forward_batch_tile=bt_f,
         backward_batch_tile=bt_b,
-        forward_smem=smem_bytes(kind, D, units, bt_f, kf, fwd_mma, bwd_mma)[0],
-        backward_smem=smem_bytes(kind, D, units, bt_b, kb, fwd_mma, bwd_mma)[1],
+        forward_smem=_direction_bytes(kind, D, units, bt_f, kf, ops if fwd_mma else None, False),
+        backward_smem=_direction_bytes(kind, D, units, bt_b, kb, ops if bwd_mma else None, True),
         forward_k_chunk=kf,
         backward_k_chunk=kb,
         forward_mma=fwd_mma,
         backward_mma=bwd_mma,
+        operands=(ops or "") if fwd_mma or bwd_mma else "",
         reason=(
             f"streamed: {why}, so R is read from L2 each step in chunks of {kf} rows (forward) "
             f"and {kb} columns (backward); {items} items of {units} units on {blocks} blocks"
@@ -278,13 +316,17 @@ def _streamed(
     )
 
 
+_NAMES = {"tf32": "TF32", "bf16": "bfloat16 operands", "fp16": "float16 operands"}
+
+
 def _mma_words(cut: Tiling) -> str:
+    fmt = _NAMES.get(cut.operands, cut.operands)
     if cut.forward_mma and cut.backward_mma:
-        return "tensor cores (TF32) in both directions"
+        return f"tensor cores ({fmt}) in both directions"
     if cut.tensor_cores:
         on, off = ("forward", "backward") if cut.forward_mma else ("backward", "forward")
         return (
-            f"tensor cores (TF32) in the {on} only (the {off}'s product needs "
+            f"tensor cores ({fmt}) in the {on} only (the {off}'s product needs "
             f"{'units' if off == 'backward' else 'gates x units'} in 16s and 16 batch rows of "
             "shared memory)"
         )
@@ -298,7 +340,7 @@ def plan(
     batch: int,
     sms: int,
     smem: int,
-    tensor_cores: bool = False,
+    tensor_cores: str | None = None,
 ) -> Tiling | str:
     """The tiling of a call (resident where the weights fit in shared memory, else streamed),
     or why it cannot run (only a device with almost no shared memory).
@@ -309,16 +351,23 @@ def plan(
         batch: ``B`` (0 is allowed: nothing is launched).
         sms: streaming multiprocessors of the device.
         smem: shared memory one block may use, bytes (the opt-in maximum).
-        tensor_cores: put the products on the tensor cores where the shapes allow (see the
-            module's docstring; the reason says where they were not used and why).
+        tensor_cores: ``None`` (float32 FMAs) or the operand format of tensor-core products,
+            a key of :data:`OPERANDS` (``"bf16"``, ``"fp16"``: the weights and staged vectors
+            in that dtype; ``"tf32"``), used where the shapes allow (see the module's
+            docstring; the reason says where they were not used and why).
 
     Raises:
-        ValueError: an unknown ``kind``, or a size below its least value (heads, head size,
-            SMs and shared memory at least 1, batch at least 0).
+        ValueError: an unknown ``kind`` or operand format, or a size below its least value
+            (heads, head size, SMs and shared memory at least 1, batch at least 0).
         TypeError: a size that is not an integer.
     """
     if kind not in GATES:
         raise ValueError(f"unknown cell kind {kind!r}: one of {', '.join(GATES)}")
+    if tensor_cores is not None and tensor_cores not in OPERANDS:
+        raise ValueError(
+            f"unknown tensor-core operand format {tensor_cores!r}: None or one of "
+            f"{', '.join(OPERANDS)}"
+        )
     for name, value, least in (
         ("heads", heads, 1),
         ("head_dim", head_dim, 1),
@@ -336,26 +385,33 @@ def plan(
     N, D = heads, head_dim
     rows = max(1, min(batch, MAX_BATCH_TILE))
     # the float32 cut: the answer without tensor cores, and where theirs is no better
-    resident = _resident(kind, N, D, rows, sms, smem, False)
+    resident = _resident(kind, N, D, rows, sms, smem, None)
     plain = (
         resident
         if isinstance(resident, Tiling)
-        else _streamed(kind, N, D, rows, sms, smem, resident, False)
+        else _streamed(kind, N, D, rows, sms, smem, resident, None)
     )
-    if not tensor_cores or not isinstance(plain, Tiling):
+    if tensor_cores is None or not isinstance(plain, Tiling):
         return plain
-    if D % MMA_K:
-        why = f"no tensor cores: head size {D} is not a multiple of {MMA_K}"
+    if D % MMA_K["tf32"]:  # the least summed step of any operand format
+        why = f"no tensor cores: head size {D} is not a multiple of {MMA_K['tf32']}"
         return replace(plain, reason=f"{plain.reason}; {why}")
-    cut = _resident(kind, N, D, rows, sms, smem, True)
+    ops, fell_back = tensor_cores, ""
+    if D % MMA_K[ops]:  # 16-bit operands sum in 16s, TF32 in 8s
+        ops = "tf32"
+        fell_back = f" ({_NAMES[tensor_cores]} need a head size in 16s)"
+    # units in 16s put both directions on the tensor cores; else the forward's least step
+    cut = _resident(kind, N, D, rows, sms, smem, ops, MMA_ROWS)
+    if not (isinstance(cut, Tiling) and cut.forward_mma and cut.backward_mma):
+        cut = _resident(kind, N, D, rows, sms, smem, ops, _unit_step(kind))
     if not isinstance(cut, Tiling):
         if isinstance(resident, Tiling):  # residency first: R kept on chip beats tensor cores
             why = f"no tensor cores: their cut would not keep R resident ({cut})"
             return replace(plain, reason=f"{plain.reason}; {why}")
-        cut = _streamed(kind, N, D, rows, sms, smem, resident, True)
+        cut = _streamed(kind, N, D, rows, sms, smem, resident, ops)
     if not isinstance(cut, Tiling):  # their units (rounded up) leave no streamed cut at all
         why = "no tensor cores: their units do not fit this device's shared memory"
         return replace(plain, reason=f"{plain.reason}; {why}")
     if not cut.tensor_cores:  # their units (rounded up) cost shared memory and bought nothing
         return replace(plain, reason=f"{plain.reason}; {_mma_words(cut)}")
-    return replace(cut, reason=f"{cut.reason}; {_mma_words(cut)}")
+    return replace(cut, reason=f"{cut.reason}; {_mma_words(cut)}{fell_back}")

@@ -23,10 +23,17 @@
 // which another block writes later.
 //
 // Tensor cores (Tiling::mma, chosen by _plan.py for 16-bit calls on sm_80 and later): the same
-// loops with each step's recurrent product done by WMMA in TF32 (operands rounded to a 10-bit
-// mantissa, products accumulated in float32) instead of float32 FMAs; the warps of a block
-// share the 16 x 16 tiles of the product. TF32 keeps more of the operands than the bfloat16 or
-// float16 the call came in, so such calls lose nothing to it; float32 calls keep the FMAs.
+// loops with each step's recurrent product done by WMMA with float32 accumulation instead of
+// float32 FMAs. A call in bfloat16 or float16 keeps its weights and the staged vectors (h in
+// the forward, dq in the backward) in shared memory in its own dtype (MMA_BF16, MMA_FP16: half
+// the bytes of float32, so bigger slices of R stay resident, and twice TF32's rate); the state,
+// the gates, the pointwise math and every sum stay float32, and the pointwise update reads the
+// float32 h from global memory rather than the rounded copy. MMA_TF32 (float32 operands
+// rounded to TF32 as they are multiplied) serves head sizes that are multiples of 8 but not 16.
+// Where a product has fewer 16 x 16 output tiles than the block has warps (the backward's
+// items of 16 units have one per 16 batch rows), the warps split each tile's sum over the
+// summed dimension and add their parts in shared memory, so no warp idles through a long sum.
+// float32 calls keep the FMAs.
 //
 // The per-element step math of each cell is gated_cell.h (also compiled on the host by a test).
 // With `lengths`, a sequence past its length holds its state: the element copies it unchanged
@@ -37,16 +44,19 @@
 
 #ifndef RNNKIT_HOST_EMULATION  // the CPU emulation (packages/kernels/tests) brings its own
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <mma.h>
 #endif
 
-// TF32 WMMA exists from sm_80 on; older device passes compile the FMA product in its place
-// (the planner never asks them for tensor cores).
+// WMMA in TF32 and bfloat16 exists from sm_80 on; older device passes compile the FMA product
+// in its place (the planner never asks them for tensor cores).
 #if defined(RNNKIT_HOST_EMULATION) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define RNNKIT_TF32_MMA 1
+#define RNNKIT_WMMA 1
 #endif
 
 #include <cstdio>
+#include <type_traits>
 
 #include "gated_cell.h"
 #include "gated_cuda.h"
@@ -80,87 +90,155 @@ __device__ __forceinline__ bool reset_at(const bool* mask, const int* lengths, i
   return mask != nullptr && mask[static_cast<long long>(t) * B + b] && live(lengths, t, b);
 }
 
-//! acc[b][j] (+)= sum_k vec[b * ldv + k] * w[k][j] for b < rows, k < K, j < J (all in shared
-//! memory); `accumulate` adds to acc (the streamed loops' later chunks), else overwrites it.
-//! Consecutive threads take consecutive j: w is read without bank conflicts and vec[b][k] is
-//! a broadcast within a warp.
-__device__ __forceinline__ void block_matvec(const float* __restrict__ vec, int ldv,
-                                             const float* __restrict__ w, float* __restrict__ acc,
-                                             int rows, int K, int J, bool accumulate) {
-  for (int idx = threadIdx.x; idx < rows * J; idx += blockDim.x) {
-    const int b = idx / J;
-    const int j = idx - b * J;
-    const float* v = vec + static_cast<long long>(b) * ldv;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    int k = 0;
-    for (; k + 3 < K; k += 4) {
-      s0 = fmaf(v[k], w[k * J + j], s0);
-      s1 = fmaf(v[k + 1], w[(k + 1) * J + j], s1);
-      s2 = fmaf(v[k + 2], w[(k + 2) * J + j], s2);
-      s3 = fmaf(v[k + 3], w[(k + 3) * J + j], s3);
-    }
-    for (; k < K; ++k) s0 = fmaf(v[k], w[k * J + j], s0);
-    const float sum = (s0 + s1) + (s2 + s3);
-    acc[idx] = accumulate ? acc[idx] + sum : sum;
-  }
-}
-
 //! x rounded to TF32 (to nearest, ties away) where the tensor cores take it; the weights are
 //! stored so once, when they enter shared memory, instead of at every step's product.
 __device__ __forceinline__ float to_tf32(float x) {
-#ifdef RNNKIT_TF32_MMA
+#ifdef RNNKIT_WMMA
   return nvcuda::wmma::__float_to_tf32(x);
 #else
   return x;
 #endif
 }
 
-//! block_matvec on the tensor cores: the same acc (+)= vec w with TF32 operands and float32
-//! accumulation; w must hold TF32 values already (to_tf32: the load functions round it when
-//! they are asked for the tensor cores). Needs K % 8 == 0, J % 16 == 0, ldv % 4 == 0 and every
-//! pointer 32-byte aligned; vec and acc are read and written for ceil(rows / 16) * 16 rows (the rows past
-//! `rows` hold anything and their products are never read: row b of the product depends only
-//! on row b of vec). Each warp takes whole 16 x 16 tiles of acc, so the WMMA calls are
-//! warp-uniform.
-__device__ __forceinline__ void block_matmul_tf32(const float* __restrict__ vec, int ldv,
-                                                  const float* __restrict__ w,
-                                                  float* __restrict__ acc, int rows, int K,
-                                                  int J, bool accumulate) {
-#ifdef RNNKIT_TF32_MMA
+// Operands in shared memory: float (FMA, TF32), __nv_bfloat16 (MMA_BF16), __half (MMA_FP16).
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+//! *p = x as an operand (to nearest); `tf32`: a float operand rounded to TF32 (weights only:
+//! a staged h must stay exact for the pointwise update, the product rounds its own copy).
+__device__ __forceinline__ void put(float* p, float x, bool tf32) { *p = tf32 ? to_tf32(x) : x; }
+__device__ __forceinline__ void put(__nv_bfloat16* p, float x, bool) {
+  *p = __float2bfloat16_rn(x);
+}
+__device__ __forceinline__ void put(__half* p, float x, bool) { *p = __float2half_rn(x); }
+
+//! acc[b][j] (+)= sum_k vec[b * ldv + k] * w[k][j] for b < rows, k < K, j < J (all in shared
+//! memory); `accumulate` adds to acc (the streamed loops' later chunks), else overwrites it.
+//! Consecutive threads take consecutive j: w is read without bank conflicts and vec[b][k] is
+//! a broadcast within a warp.
+template <typename Op>
+__device__ __forceinline__ void block_matvec(const Op* __restrict__ vec, int ldv,
+                                             const Op* __restrict__ w, float* __restrict__ acc,
+                                             int rows, int K, int J, bool accumulate) {
+  for (int idx = threadIdx.x; idx < rows * J; idx += blockDim.x) {
+    const int b = idx / J;
+    const int j = idx - b * J;
+    const Op* v = vec + static_cast<long long>(b) * ldv;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int k = 0;
+    for (; k + 3 < K; k += 4) {
+      s0 = fmaf(to_float(v[k]), to_float(w[k * J + j]), s0);
+      s1 = fmaf(to_float(v[k + 1]), to_float(w[(k + 1) * J + j]), s1);
+      s2 = fmaf(to_float(v[k + 2]), to_float(w[(k + 2) * J + j]), s2);
+      s3 = fmaf(to_float(v[k + 3]), to_float(w[(k + 3) * J + j]), s3);
+    }
+    for (; k < K; ++k) s0 = fmaf(to_float(v[k]), to_float(w[k * J + j]), s0);
+    const float sum = (s0 + s1) + (s2 + s3);
+    acc[idx] = accumulate ? acc[idx] + sum : sum;
+  }
+}
+
+#ifdef RNNKIT_WMMA
+//! The WMMA operand format and summed step of each operand type.
+template <typename Op>
+struct Wmma;
+template <>
+struct Wmma<float> {  // float32 operands rounded to TF32
+  using Precision = nvcuda::wmma::precision::tf32;
+  static constexpr int k = 8;
+};
+template <>
+struct Wmma<__nv_bfloat16> {
+  using Precision = __nv_bfloat16;
+  static constexpr int k = 16;
+};
+template <>
+struct Wmma<__half> {
+  using Precision = __half;
+  static constexpr int k = 16;
+};
+#endif
+
+//! block_matvec on the tensor cores: the same acc (+)= vec w with float32 accumulation (float
+//! operands: rounded to TF32; w must hold TF32 values already, as the load functions store it
+//! when asked for TF32). Needs K % Wmma<Op>::k == 0, J % 16 == 0, ldv a multiple of 16 bytes
+//! and every pointer 32-byte aligned; vec and acc are read and written for ceil(rows / 16) * 16
+//! rows (the rows past `rows` hold anything and their products are never read: row b of the
+//! product depends only on row b of vec). Each warp takes whole 16 x 16 tiles of acc, so the
+//! WMMA calls are warp-uniform; with fewer tiles than warps, `parts` warps share each tile,
+//! each summing its share of K into its own 16 x 16 slot of `split` (kWarps slots), and after a
+//! barrier the block adds the parts into acc.
+template <typename Op>
+__device__ __forceinline__ void block_matmul(const Op* __restrict__ vec, int ldv,
+                                             const Op* __restrict__ w, float* __restrict__ acc,
+                                             float* __restrict__ split, int rows, int K, int J,
+                                             bool accumulate) {
+#ifdef RNNKIT_WMMA
   namespace wmma = nvcuda::wmma;
-  const int warps = max(1, static_cast<int>(blockDim.x) / 32);
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int row_tiles = (rows + 15) / 16, col_tiles = J / 16;
-  for (int tile = warp; tile < row_tiles * col_tiles; tile += warps) {
-    const int m0 = (tile / col_tiles) * 16, n0 = (tile % col_tiles) * 16;
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
-    if (accumulate) {
-      wmma::load_matrix_sync(c, acc + m0 * J + n0, J, wmma::mem_row_major);
-    } else {
-      wmma::fill_fragment(c, 0.0f);
+  using P = typename Wmma<Op>::Precision;
+  constexpr int KS = Wmma<Op>::k;
+  const int row_tiles = (rows + 15) / 16, col_tiles = J / 16, tiles = row_tiles * col_tiles;
+  const int steps = K / KS;
+  const int parts = max(1, min(kWarps / tiles, steps));
+  // A thread walks the warps it stands for: on a GPU only its own; in the CPU emulation (one
+  // thread per block) all of them, so the split sums are exercised there too.
+  const int stride = max(1, static_cast<int>(blockDim.x) / 32);
+  for (int warp = static_cast<int>(threadIdx.x) / 32; warp < kWarps; warp += stride) {
+    for (int job = warp; job < tiles * parts; job += kWarps) {
+      const int tile = job / parts, part = job % parts;
+      const int m0 = (tile / col_tiles) * 16, n0 = (tile % col_tiles) * 16;
+      wmma::fragment<wmma::accumulator, 16, 16, KS, float> c;
+      if (accumulate && parts == 1) {
+        wmma::load_matrix_sync(c, acc + m0 * J + n0, J, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(c, 0.0f);
+      }
+      const int s0 = steps * part / parts, s1 = steps * (part + 1) / parts;
+      for (int s = s0; s < s1; ++s) {
+        const int k = s * KS;
+        wmma::fragment<wmma::matrix_a, 16, 16, KS, P, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, KS, P, wmma::row_major> b;
+        wmma::load_matrix_sync(a, vec + m0 * ldv + k, ldv);
+        wmma::load_matrix_sync(b, w + k * J + n0, J);
+        if constexpr (std::is_same_v<Op, float>) {
+          for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
+        }
+        wmma::mma_sync(c, a, b, c);
+      }
+      if (parts == 1) {
+        wmma::store_matrix_sync(acc + m0 * J + n0, c, J, wmma::mem_row_major);
+      } else {
+        wmma::store_matrix_sync(split + job * 256, c, 16, wmma::mem_row_major);
+      }
     }
-    for (int k = 0; k < K; k += 8) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-      wmma::load_matrix_sync(a, vec + m0 * ldv + k, ldv);
-      wmma::load_matrix_sync(b, w + k * J + n0, J);
-      for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
-      wmma::mma_sync(c, a, b, c);
+  }
+  if (parts > 1) {  // one round: tiles * parts <= kWarps
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < tiles * 256; idx += blockDim.x) {
+      const int tile = idx / 256, e = idx - tile * 256;
+      const int r = (tile / col_tiles) * 16 + e / 16, col = (tile % col_tiles) * 16 + e % 16;
+      if (r >= rows) continue;  // padding rows: never read
+      float sum = accumulate ? acc[r * J + col] : 0.0f;
+      for (int p = 0; p < parts; ++p) sum += split[(tile * parts + p) * 256 + e];
+      acc[r * J + col] = sum;
     }
-    wmma::store_matrix_sync(acc + m0 * J + n0, c, J, wmma::mem_row_major);
   }
 #else
+  (void)split;
   block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
 #endif
 }
 
-//! The recurrent product of a step (or of one chunk of it): on the tensor cores with mma.
-__device__ __forceinline__ void block_product(bool mma, const float* __restrict__ vec, int ldv,
-                                              const float* __restrict__ w,
-                                              float* __restrict__ acc, int rows, int K, int J,
-                                              bool accumulate) {
-  if (mma) {
-    block_matmul_tf32(vec, ldv, w, acc, rows, K, J, accumulate);
+//! The recurrent product of a step (or of one chunk of it): on the tensor cores with mma
+//! (16-bit operands always are).
+template <typename Op>
+__device__ __forceinline__ void block_product(bool mma, const Op* __restrict__ vec, int ldv,
+                                              const Op* __restrict__ w,
+                                              float* __restrict__ acc, float* __restrict__ split,
+                                              int rows, int K, int J, bool accumulate) {
+  if (mma || !std::is_same_v<Op, float>) {
+    block_matmul(vec, ldv, w, acc, split, rows, K, J, accumulate);
   } else {
     block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
   }
@@ -181,11 +259,12 @@ __device__ __forceinline__ Tile tile_of(int item, int tiles, int units, int D) {
 }
 
 //! Rows [k0, k0 + kc) of the forward's weight slice of a tile into w ([kc][G*U]):
-//! w[kk][g*U + u] = W[n][k0 + kk][g*D + e0 + u], zero past the tile's width. Consecutive
-//! threads read consecutive units of a gate (contiguous in W).
-template <int G>
+//! w[kk][g*U + u] = W[n][k0 + kk][g*D + e0 + u], zero past the tile's width, as operands
+//! (`tf32`: float ones rounded to TF32). Consecutive threads read consecutive units of a gate
+//! (contiguous in W).
+template <int G, typename Op>
 __device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
-                                                  float* __restrict__ w, const Tile& tl, int D,
+                                                  Op* __restrict__ w, const Tile& tl, int D,
                                                   int k0, int kc, bool tf32) {
   const int GU = G * tl.units;
   const long long GD = static_cast<long long>(G) * D;
@@ -193,47 +272,50 @@ __device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
     const int kk = idx / GU, j = idx - kk * GU;
     const int g = j / tl.units, u = j - g * tl.units;
     const float x = u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
-    w[idx] = tf32 ? to_tf32(x) : x;
+    put(w + idx, x, tf32);
   }
 }
 
 //! Columns [k0, k0 + kc) of the backward's weight slice of a tile into wt ([kc][U]):
-//! wt[kk][u] = W[n][e0 + u][k0 + kk], zero past the tile's width. Consecutive threads read
-//! consecutive columns of one row of W (contiguous).
-template <int G>
+//! wt[kk][u] = W[n][e0 + u][k0 + kk], zero past the tile's width, as operands (`tf32` as
+//! load_forward_rows). Consecutive threads read consecutive columns of one row of W
+//! (contiguous).
+template <int G, typename Op>
 __device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
-                                                   float* __restrict__ wt, const Tile& tl, int D,
+                                                   Op* __restrict__ wt, const Tile& tl, int D,
                                                    int k0, int kc, bool tf32) {
   const long long GD = static_cast<long long>(G) * D;
   for (int idx = threadIdx.x; idx < kc * tl.units; idx += blockDim.x) {
     const int u = idx / kc, kk = idx - u * kc;
     const float x = u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
-    wt[kk * tl.units + u] = tf32 ? to_tf32(x) : x;
+    put(wt + kk * tl.units + u, x, tf32);
   }
 }
 
 // ------------------------------------------------------------------------------------------
 // forward
 
-template <int KIND>
+//! Op: the operands' type in shared memory (float for FMA and MMA_TF32).
+template <int KIND, typename Op>
 __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   cg::grid_group grid = cg::this_grid();
-  float* smem = dynamic_smem();
+  auto* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
   const int D = a.D, B = a.B, T = a.T;
   const int U = tiling.units, GU = G * U, GD = G * D;
   const int BB = tiling.batch_tile, KC = tiling.k_chunk;
-  const bool streamed = KC > 0, mma = tiling.mma != 0;
+  const bool streamed = KC > 0, mma = tiling.mma != FMA, tf32 = tiling.mma == MMA_TF32;
   const int BBa = mma ? (BB + 15) / 16 * 16 : BB;  // rows a tile takes in shared memory
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
   // w [D or KC][G*U]: w[k][g*U + u] = W[n][k0 + k][g*D + e0 + u] (k0 = 0 when resident)
-  float* w = smem;
-  float* hv = w + (streamed ? KC : D) * GU;  // [BBa][D]: h entering the step, after resets
-  float* acc = hv + BBa * D;                 // [BBa][G*U]: the recurrent product
+  Op* w = reinterpret_cast<Op*>(smem);
+  Op* hv = w + (streamed ? KC : D) * GU;  // [BBa][D]: h entering the step, after resets
+  float* acc = reinterpret_cast<float*>(hv + BBa * D);  // [BBa][G*U]: the recurrent product
+  float* split = acc + BBa * GU;  // [kWarps][16][16] (tensor cores): parts of shared tiles
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
-    load_forward_rows<G>(a.W + static_cast<long long>(tl.n) * D * GD, w, tl, D, 0, D, mma);
+    load_forward_rows<G>(a.W + static_cast<long long>(tl.n) * D * GD, w, tl, D, 0, D, tf32);
     __syncthreads();
   }
 
@@ -266,19 +348,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
         const int rows = min(BB, B - b0);
         for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
           const int b = idx / D;
-          hv[idx] = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
-                                                               : __ldcg(h_prev + b0 * D + idx);
+          const float h = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
+                                                                    : __ldcg(h_prev + b0 * D + idx);
+          put(hv + idx, h, false);
         }
         __syncthreads();
         if (!streamed) {
-          block_product(mma, hv, D, w, acc, rows, D, GU, false);
+          block_product(mma, hv, D, w, acc, split, rows, D, GU, false);
           __syncthreads();
         } else {  // R's rows for this item through the tile buffer, KC at a time, from L2
           for (int k0 = 0; k0 < D; k0 += KC) {
             const int kc = min(KC, D - k0);
-            load_forward_rows<G>(Wn, w, tl, D, k0, kc, mma);
+            load_forward_rows<G>(Wn, w, tl, D, k0, kc, tf32);
             __syncthreads();
-            block_product(mma, hv + k0, D, w, acc, rows, kc, GU, k0 > 0);
+            block_product(mma, hv + k0, D, w, acc, split, rows, kc, GU, k0 > 0);
             __syncthreads();
           }
         }
@@ -290,8 +373,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
           const long long at = static_cast<long long>(bg) * D + e;
           const long long gat = static_cast<long long>(bg) * GD + e;
           const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
-          const float hprev = hv[b * D + e];
           const bool reset = reset_at(a.mask, a.lengths, t, B, bg);
+          // The staged copy is exact for float operands; 16-bit ones rounded it.
+          const float hprev = std::is_same_v<Op, float> ? to_float(hv[b * D + e])
+                              : reset                   ? a.h_init
+                                                        : __ldcg(h_prev + at);
           if (hp_n) hp_n[t * slab + at] = hprev;
           if (!live(a.lengths, t, bg)) {  // past the sequence's end: hold the state
             h_next[at] = hprev;
@@ -384,25 +470,27 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
 // ------------------------------------------------------------------------------------------
 // backward
 
-template <int KIND>
+template <int KIND, typename Op>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   constexpr int K = KIND == SLSTM ? 3 : (KIND == LSTM ? 1 : 0);  // state fields besides h
   cg::grid_group grid = cg::this_grid();
-  float* smem = dynamic_smem();
+  auto* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
   const int D = a.D, B = a.B, T = a.T;
   const int U = tiling.units, GD = G * D;
   const int BB = tiling.batch_tile, KC = tiling.k_chunk;
-  const bool streamed = KC > 0, mma = tiling.mma != 0;
+  const bool streamed = KC > 0, mma = tiling.mma != FMA, tf32 = tiling.mma == MMA_TF32;
   const int BBa = mma ? (BB + 15) / 16 * 16 : BB;  // rows a tile takes in shared memory
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
-  float* wt = smem;                             // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
-  float* dv = wt + (streamed ? KC : GD) * U;    // [BBa][G*D or KC]: dq of the following step
-  float* acc = dv + BBa * (streamed ? KC : GD); // [BBa][U]: dq_{t+1} W^T for the owned units
+  Op* wt = reinterpret_cast<Op*>(smem);      // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
+  Op* dv = wt + (streamed ? KC : GD) * U;    // [BBa][G*D or KC]: dq of the following step
+  // [BBa][U]: dq_{t+1} W^T for the owned units
+  float* acc = reinterpret_cast<float*>(dv + BBa * (streamed ? KC : GD));
+  float* split = acc + BBa * U;  // [kWarps][16][16] (tensor cores): parts of shared tiles
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
-    load_backward_cols<G>(a.W + static_cast<long long>(tl.n) * D * GD, wt, tl, D, 0, GD, mma);
+    load_backward_cols<G>(a.W + static_cast<long long>(tl.n) * D * GD, wt, tl, D, 0, GD, tf32);
     __syncthreads();
   }
 
@@ -442,20 +530,21 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
         const int rows = min(BB, B - b0);
         if (has_next && !streamed) {
           for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
-            dv[idx] = __ldcg(dq_next + static_cast<long long>(b0) * GD + idx);
+            put(dv + idx, __ldcg(dq_next + static_cast<long long>(b0) * GD + idx), false);
           __syncthreads();
-          block_product(mma, dv, GD, wt, acc, rows, GD, U, false);
+          block_product(mma, dv, GD, wt, acc, split, rows, GD, U, false);
           __syncthreads();
         } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
           for (int k0 = 0; k0 < GD; k0 += KC) {
             const int kc = min(KC, GD - k0);
-            load_backward_cols<G>(Wn, wt, tl, D, k0, kc, mma);
+            load_backward_cols<G>(Wn, wt, tl, D, k0, kc, tf32);
             for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
               const int b = idx / kc, kk = idx - b * kc;
-              dv[b * KC + kk] = __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk);
+              put(dv + b * KC + kk,
+                  __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
             }
             __syncthreads();
-            block_product(mma, dv, KC, wt, acc, rows, kc, U, k0 > 0);
+            block_product(mma, dv, KC, wt, acc, split, rows, kc, U, k0 > 0);
             __syncthreads();
           }
         }
@@ -592,46 +681,72 @@ const char* launch(KernelFn<Args> fn, const Args& args, const Tiling& tiling, st
 
 #endif  // RNNKIT_HOST_EMULATION
 
+//! run(fn) with the kernel of one direction (Pick: ForwardKernel or BackwardKernel, below) for
+//! `kind` and `mma`'s operand type; "unknown cell kind" for another kind. Shared by the launches
+//! here and by the CPU emulation's.
+template <template <int, typename> class Pick, typename Run>
+const char* with_kernel(int kind, int mma, Run&& run) {
+  auto typed = [&](auto kind_tag) -> const char* {
+    constexpr int KIND = decltype(kind_tag)::value;
+    switch (mma) {
+      case MMA_BF16: return run(Pick<KIND, __nv_bfloat16>::fn);
+      case MMA_FP16: return run(Pick<KIND, __half>::fn);
+      default: return run(Pick<KIND, float>::fn);  // FMA, MMA_TF32
+    }
+  };
+  switch (kind) {
+    case ELMAN_TANH: return typed(std::integral_constant<int, ELMAN_TANH>{});
+    case ELMAN_RELU: return typed(std::integral_constant<int, ELMAN_RELU>{});
+    case LSTM: return typed(std::integral_constant<int, LSTM>{});
+    case GRU: return typed(std::integral_constant<int, GRU>{});
+    case SLSTM: return typed(std::integral_constant<int, SLSTM>{});
+    default: return "unknown cell kind";
+  }
+}
+
+template <int KIND, typename Op>
+struct ForwardKernel {
+  static constexpr void (*fn)(ForwardArgs, Tiling) = forward_kernel<KIND, Op>;
+};
+
+template <int KIND, typename Op>
+struct BackwardKernel {
+  static constexpr void (*fn)(BackwardArgs, Tiling) = backward_kernel<KIND, Op>;
+};
+
 }  // namespace
 
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GU = static_cast<std::size_t>(gates_of(kind)) * tl.units;
   const std::size_t rows = tl.k_chunk > 0 ? tl.k_chunk : D;  // streamed: one chunk of R
-  return sizeof(float) * (rows * GU + static_cast<std::size_t>(tile_rows(tl)) * (D + GU));
+  const std::size_t tile = static_cast<std::size_t>(tile_rows(tl));
+  // weights and staged h as operands, the product in float32, the split scratch
+  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (rows * GU + tile * D) +
+         sizeof(float) * tile * GU + static_cast<std::size_t>(split_bytes(tl.mma));
 }
 
 std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GD = static_cast<std::size_t>(gates_of(kind)) * D;
   const std::size_t cols = tl.k_chunk > 0 ? tl.k_chunk : GD;  // streamed: one chunk of R, dq
-  return sizeof(float) *
-         (cols * tl.units + static_cast<std::size_t>(tile_rows(tl)) * (cols + tl.units));
+  const std::size_t tile = static_cast<std::size_t>(tile_rows(tl));
+  // weights and staged dq as operands, the product in float32, the split scratch
+  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (cols * tl.units + tile * cols) +
+         sizeof(float) * tile * tl.units + static_cast<std::size_t>(split_bytes(tl.mma));
 }
 
 #ifndef RNNKIT_HOST_EMULATION
 const char* launch_forward(const ForwardArgs& a, const Tiling& tl, cudaStream_t stream) {
   if (a.T == 0 || a.B == 0) return nullptr;
   const std::size_t smem = forward_smem_bytes(a.kind, a.D, tl);
-  switch (a.kind) {
-    case ELMAN_TANH: return launch(forward_kernel<ELMAN_TANH>, a, tl, smem, stream);
-    case ELMAN_RELU: return launch(forward_kernel<ELMAN_RELU>, a, tl, smem, stream);
-    case LSTM: return launch(forward_kernel<LSTM>, a, tl, smem, stream);
-    case GRU: return launch(forward_kernel<GRU>, a, tl, smem, stream);
-    case SLSTM: return launch(forward_kernel<SLSTM>, a, tl, smem, stream);
-    default: return "unknown cell kind";
-  }
+  return with_kernel<ForwardKernel>(
+      a.kind, tl.mma, [&](auto fn) { return launch(fn, a, tl, smem, stream); });
 }
 
 const char* launch_backward(const BackwardArgs& a, const Tiling& tl, cudaStream_t stream) {
   if (a.B == 0) return nullptr;
   const std::size_t smem = backward_smem_bytes(a.kind, a.D, tl);
-  switch (a.kind) {
-    case ELMAN_TANH: return launch(backward_kernel<ELMAN_TANH>, a, tl, smem, stream);
-    case ELMAN_RELU: return launch(backward_kernel<ELMAN_RELU>, a, tl, smem, stream);
-    case LSTM: return launch(backward_kernel<LSTM>, a, tl, smem, stream);
-    case GRU: return launch(backward_kernel<GRU>, a, tl, smem, stream);
-    case SLSTM: return launch(backward_kernel<SLSTM>, a, tl, smem, stream);
-    default: return "unknown cell kind";
-  }
+  return with_kernel<BackwardKernel>(
+      a.kind, tl.mma, [&](auto fn) { return launch(fn, a, tl, smem, stream); });
 }
 
 #endif  // RNNKIT_HOST_EMULATION

@@ -47,20 +47,40 @@ inline int gates_of(int kind) {
 //!       step reads the slice of W of each item from global memory (L2) in chunks of k_chunk
 //!       rows (forward: rows of W, i.e. entries of h; backward: columns of W, i.e. entries of
 //!       dq) through a shared-memory tile, so any head count and head size fit.
-//!   mma (0 or 1): this launch's recurrent products on the tensor cores (TF32 operands,
-//!       float32 accumulation; sm_80 and later), for calls whose inputs are 16-bit anyway. The
-//!       product's columns must come in 16s (forward: G * units; backward: units), D % 8 == 0
-//!       and k_chunk % 8 == 0; each batch tile then takes ceil(batch_tile / 16) * 16 rows of
-//!       shared memory (the MMA's 16-row operand; the rows past the tile hold anything, since
-//!       a row of the product depends only on the same row of the vector operand, and are
-//!       never read).
+//!   mma (a Product): how this launch computes its recurrent products. FMA: float32 FMAs.
+//!       The others run them on the tensor cores (WMMA, sm_80 and later) with float32
+//!       accumulation, for calls whose inputs are 16-bit anyway: MMA_TF32 rounds float32
+//!       operands to TF32 as it multiplies; MMA_BF16 / MMA_FP16 keep the weights and the staged
+//!       vectors (h, dq) in shared memory as bfloat16 / float16 (half the bytes; the weights of
+//!       a call in that dtype lose nothing), while the state, the gates and every sum stay
+//!       float32. The product's columns must come in 16s (forward: G * units; backward: units),
+//!       D and k_chunk must be multiples of mma_k(mma) (8 for TF32, 16 for 16-bit operands);
+//!       each batch tile then takes ceil(batch_tile / 16) * 16 rows of shared memory (the
+//!       MMA's 16-row operand; the rows past the tile hold anything, since a row of the product
+//!       depends only on the same row of the vector operand, and are never read), and the
+//!       block has a float32 scratch of one 16 x 16 tile per warp (split_bytes) where warps
+//!       that share one output tile add up their parts of its sum.
+enum Product : int { FMA = 0, MMA_TF32 = 1, MMA_BF16 = 2, MMA_FP16 = 3 };
+
 struct Tiling {
   int units;
   int batch_tile;
   int k_chunk;
   int blocks;
-  int mma = 0;
+  int mma = FMA;
 };
+
+//! Warps per block.
+constexpr int kWarps = kThreads / 32;
+
+//! Bytes of one operand in shared memory (weights, staged h or dq) under product `mma`.
+inline int operand_bytes(int mma) { return mma == MMA_BF16 || mma == MMA_FP16 ? 2 : 4; }
+
+//! The summed dimension's step of one tensor-core product under `mma` (0 for FMA).
+inline int mma_k(int mma) { return mma == FMA ? 0 : (mma == MMA_TF32 ? 8 : 16); }
+
+//! Bytes of the float32 scratch where warps add up a shared tile's parts (tensor cores only).
+inline int split_bytes(int mma) { return mma == FMA ? 0 : kWarps * 16 * 16 * 4; }
 
 //! Batch rows a tile takes in shared memory: its rows, rounded up to the MMA's 16 with mma.
 inline int tile_rows(const Tiling& tl) {

@@ -72,12 +72,13 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
   TORCH_CHECK(batch_tile >= 1, "batch_tile must be >= 1, got ", batch_tile);
   TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
-  TORCH_CHECK(mma == 0 || mma == 1, "mma must be 0 or 1, got ", mma);
-  if (mma) {  // the WMMA tiles' shapes and alignment (gated_cuda.h, Tiling)
-    const int64_t columns = backward ? units : G * units;
-    TORCH_CHECK(columns % 16 == 0 && D % 8 == 0 && k_chunk % 8 == 0, "tensor cores need the ",
+  TORCH_CHECK(mma >= FMA && mma <= MMA_FP16,
+              "mma must be 0 (float32 FMAs), 1 (TF32), 2 (bfloat16) or 3 (float16), got ", mma);
+  if (mma != FMA) {  // the WMMA tiles' shapes and alignment (gated_cuda.h, Tiling)
+    const int64_t columns = backward ? units : G * units, k = mma_k(static_cast<int>(mma));
+    TORCH_CHECK(columns % 16 == 0 && D % k == 0 && k_chunk % k == 0, "tensor cores need the ",
                 backward ? "backward's units" : "forward's gates x units",
-                " divisible by 16 and the head size and k_chunk by 8, got ", columns,
+                " divisible by 16 and the head size and k_chunk by ", k, ", got ", columns,
                 ", head size ", D, ", k_chunk ", k_chunk);
   }
   const int64_t items = N * ((D + units - 1) / units);
@@ -319,10 +320,12 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
 std::vector<int64_t> smem_bytes(int64_t kind, int64_t D, int64_t units, int64_t batch_tile,
                                 int64_t k_chunk, int64_t forward_mma, int64_t backward_mma) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
+  for (const int64_t mma : {forward_mma, backward_mma})
+    TORCH_CHECK(mma >= FMA && mma <= MMA_FP16, "mma must be 0 to 3, got ", mma);
   const Tiling fwd{static_cast<int>(units), static_cast<int>(batch_tile),
-                   static_cast<int>(k_chunk), 1, static_cast<int>(forward_mma != 0)};
+                   static_cast<int>(k_chunk), 1, static_cast<int>(forward_mma)};
   Tiling bwd = fwd;
-  bwd.mma = static_cast<int>(backward_mma != 0);
+  bwd.mma = static_cast<int>(backward_mma);
   const int k = static_cast<int>(kind), d = static_cast<int>(D);
   return {static_cast<int64_t>(forward_smem_bytes(k, d, fwd)),
           static_cast<int64_t>(backward_smem_bytes(k, d, bwd))};
