@@ -196,8 +196,11 @@ def test_plan_runs_every_head_count_and_size(kind: str, tensor_cores: str | None
                 )  # fmt: skip
                 bwd = cuda._plan.smem_bytes(
                     kind, D, cut.units, cut.backward_batch_tile, cut.backward_k_chunk,
-                    cut.forward_mma, cut.backward_mma, ops,
+                    cut.forward_mma, cut.backward_mma, ops, cut.backward_stage,
                 )  # fmt: skip
+                if cut.backward_stage:  # the resident backward's dq in a few chunks
+                    assert not cut.streamed and cut.backward_stage % 16 == 0
+                    assert -(-G * D // cut.backward_stage) <= cuda._plan.MAX_STAGES
                 assert (fwd[0], bwd[1]) == (cut.forward_smem, cut.backward_smem)
                 if heads > sms:
                     assert cut.streamed, (heads, D)
@@ -227,7 +230,7 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert bf16.reason.endswith("tensor cores (bfloat16 operands) in both directions")
     assert bf16.forward_smem == 2 * (768 * 64 + 16 * 768) + 4 * 16 * 64 + split
     assert bf16.backward_smem == 2 * (3072 * 16 + 16 * 3072) + 4 * 16 * 16 + split
-    assert bf16.forward_args == bf16.backward_args == (16, 5, 0, 48, 2)
+    assert bf16.forward_args == (16, 5, 0, 48, 2) and bf16.backward_args == (16, 5, 0, 48, 2, 0)
     fp16 = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="fp16")
     assert isinstance(fp16, cuda.Tiling) and fp16.forward_args == (16, 5, 0, 48, 3)
     mma = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="tf32")
@@ -237,7 +240,15 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     weights = 4 * 768 * 4 * 8  # D x G*units floats
     assert mma.forward_smem == weights + 4 * 16 * (768 + 32) + split  # 16 rows, the product
     assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8)  # 5 rows: no tensor cores
-    assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0)
+    assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0, 0)
+    # a dense 1024 LSTM at B = 16: the 16-unit backward's 128 KiB of bfloat16 weights leave no
+    # room for 16 rows of all 4096 columns of dq: it stages them 2880 at a time (two chunks)
+    wide = cuda.plan("lstm", 1, 1024, 16, *H100, tensor_cores="bf16")
+    assert isinstance(wide, cuda.Tiling) and wide.forward_mma and wide.backward_mma
+    assert (wide.units, wide.blocks, wide.backward_batch_tile) == (16, 64, 16)
+    assert wide.backward_args == (16, 16, 0, 64, 2, 2880)
+    assert wide.backward_smem == 2 * (4096 * 16 + 16 * 2880) + 4 * 16 * 16 + split <= H100[1]
+    assert "the backward stages dq 2880 columns at a time" in wide.reason
     elman = cuda.plan("elman", 1, 1024, 3, *H100, tensor_cores="tf32")
     assert isinstance(elman, cuda.Tiling) and elman.forward_mma and elman.backward_mma
     assert (elman.units, elman.blocks) == (16, 64)

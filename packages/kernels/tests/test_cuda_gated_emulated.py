@@ -29,6 +29,7 @@ from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.varlen import run_with_lengths
 from rnnkit.kernels.gated.cuda import _loops as cuda_loops
 from rnnkit.kernels.gated.cuda import _native, _plan
+from rnnkit.kernels.gated.cuda._plan import GATES
 
 pytestmark = pytest.mark.experiment
 
@@ -40,8 +41,11 @@ KINDS = ("elman", "relu", "lstm", "gru", "slstm")
 #: - streamed-heads: one SM for two heads: one block loops over both heads' items, R streamed
 #:   in chunks of 3 (a short last chunk in the forward; in the backward where 3 does not
 #:   divide G*D).
+#: - resident-staged: the same SMs with 600 bytes: R resident, but the LSTM and sLSTM backward
+#:   stages dq_{t+1} 16 of its 32 columns at a time (two chunks) to keep two batch rows.
 DEVICES = {
     "resident": (6, 48 * 1024, "resident"),
+    "resident-staged": (6, 600, "resident"),
     "streamed": (6, 128, "streamed"),
     "streamed-heads": (1, 48 * 1024, "streamed"),
 }
@@ -56,12 +60,16 @@ DEVICES = {
 #: - resident-bf16, resident-fp16: 6 SMs, items of 16 units, bfloat16 / float16 operands both
 #:   ways (the backward's one output tile per 16 rows summed by up to four warps: split sums);
 #:   ReLU Elman and sLSTM skip bfloat16 (:data:`KINKS`);
-#: - streamed-fp16: one SM, float16 operands, R streamed in chunks of 16.
+#: - streamed-fp16: one SM, float16 operands, R streamed in chunks of 16;
+#: - staged-bf16: 6 SMs with 20 KiB, bfloat16 operands: on heads of 48
+#:   (test_emulated_staged_backward_on_heads_of_48) the LSTM backward keeps its
+#:   16-unit slices of R resident and stages dq 160 columns at a time (chunks of 160 and 32).
 MMA_DEVICES = {
     "resident-mma": (6, 16 * 1024, "resident", "tf32"),
     "streamed-mma": (1, 1024 * 1024, "streamed", "tf32"),
     "resident-bf16": (6, 1024 * 1024, "resident", "bf16"),
     "streamed-fp16": (1, 1024 * 1024, "streamed", "fp16"),
+    "staged-bf16": (6, 20 * 1024, "resident", "bf16"),
 }
 TOL = 1e-5  # float32 against the float64 reference (rel. RMS), as the GPU tests
 #: Tensor-core products (float32 sums) by operand format. TF32 rounds each operand by at most
@@ -131,6 +139,10 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
             assert head_dim % cut.forward_k_chunk  # a short last chunk
         else:
             assert cut.blocks == items > heads  # several blocks per head
+        if name == "resident-staged":
+            assert bool(cut.backward_stage) == (kind in ("lstm", "slstm")), cut.reason
+        if cut.backward_stage:
+            assert cut.backward_stage < GATES[kind] * head_dim
         return cut
 
     monkeypatch.setattr(cuda_loops, "ops", lambda: emulated)
@@ -211,6 +223,20 @@ def test_emulated_tensor_cores_on_heads_of_24(on_cpu: str, kind: str, case: int)
     _compare(on_cpu, kind, CASES[case], 48)
 
 
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_emulated_staged_backward_on_heads_of_48(on_cpu: str, kind: str, case: int) -> None:
+    """Heads of 48 on the 20 KiB bfloat16 device: 16-unit items (three per head) keep their
+    slices of R resident; the LSTM backward stages dq_{t+1} 160 of its 192 columns, then 32,
+    each multiplied with the matching rows of the resident weights (GRU's 144 columns fit)."""
+    if on_cpu != "staged-bf16":
+        pytest.skip("the staged bfloat16 device only")
+    cut = _plan.plan(kind, 2, 48, 5, 6, 20 * 1024, tensor_cores="bf16")
+    assert isinstance(cut, _plan.Tiling) and cut.forward_mma and cut.backward_mma
+    assert cut.backward_stage == (160 if kind == "lstm" else 0), cut.reason
+    _compare(on_cpu, kind, CASES[case], 96)
+
+
 @pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
 def test_emulated_tensor_cores_on_two_row_tiles(
     on_cpu: str, kind: str, monkeypatch: pytest.MonkeyPatch
@@ -289,8 +315,11 @@ def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
         for D, units, tile, chunk in ((8, 3, 2, 0), (8, 3, 1, 2), (1024, 16, 16, 64), (7, 7, 5, 3)):
             for fwd, bwd in ((False, False), (True, False), (True, True)):
                 for ops, (code, _) in _plan.OPERANDS.items():
-                    want = _plan.smem_bytes(kind, D, units, tile, chunk, fwd, bwd, ops)
-                    got = emulated.smem_bytes(number, D, units, tile, chunk, code * fwd, code * bwd)
+                    stage = 16 if chunk == 0 and GATES[kind] * D > 16 else 0
+                    want = _plan.smem_bytes(kind, D, units, tile, chunk, fwd, bwd, ops, stage)
+                    got = emulated.smem_bytes(
+                        number, D, units, tile, chunk, code * fwd, code * bwd, stage
+                    )
                     assert tuple(got) == want, (kind, D, units, tile, chunk, fwd, bwd, ops)
 
 

@@ -10,7 +10,10 @@ one block per SM here. Two modes, chosen per call:
   units need in shared memory for all steps: ``D x G*units`` floats in the forward (the columns
   feeding their gates) and ``G*D x units`` in the backward (the rows they feed), next to one
   staged ``D`` (forward) or ``G*D`` (backward) vector per batch row. The smallest ``units``
-  with ``heads * ceil(D / units) <= SMs`` spreads the work over the most SMs.
+  with ``heads * ceil(D / units) <= SMs`` spreads the work over the most SMs. Where the
+  backward's ``G*D`` staged entries per row would crowd out batch rows, it stages ``dq`` in
+  ``backward_stage`` columns at a time (a multiple of :data:`STAGE_STEP`, at most
+  :data:`MAX_STAGES` chunks), each multiplied with the matching rows of the resident weights.
 - **streamed** (the fallback where that does not fit: more heads than SMs, or too many bytes
   per block): ``min(items, SMs)`` blocks, block ``b`` owning items ``b, b + blocks, ...``; each
   step every item's slice of the weights is read again from global memory (L2) through a
@@ -48,10 +51,12 @@ __all__ = [
     "GATES",
     "MAX_BATCH_TILE",
     "MAX_K_CHUNK",
+    "MAX_STAGES",
     "MMA_K",
     "MMA_ROWS",
     "OPERANDS",
     "SPLIT_BYTES",
+    "STAGE_STEP",
     "Tiling",
     "plan",
     "smem_bytes",
@@ -74,6 +79,11 @@ OPERANDS = {"tf32": (1, 4), "bf16": (2, 2), "fp16": (3, 2)}
 #: The summed dimension's step of one WMMA product per operand format (m16n16k8 in TF32,
 #: m16n16k16 with 16-bit operands).
 MMA_K = {"tf32": 8, "bf16": 16, "fp16": 16}
+#: The resident backward stages ``dq`` in multiples of this many columns when all ``G*D`` would
+#: crowd out batch rows (a multiple of every operand format's summed step), in at most
+#: :data:`MAX_STAGES` chunks per step (each costs two block barriers).
+STAGE_STEP = 16
+MAX_STAGES = 8
 #: Bytes of a block's float32 scratch for the split sums (one 16 x 16 tile for each of the
 #: 256 threads' 8 warps), with tensor cores.
 SPLIT_BYTES = 8 * 16 * 16 * _FLOAT
@@ -92,6 +102,8 @@ class Tiling:
     ``forward_batch_tile``, ``backward_batch_tile``: batch rows per tile; ``forward_smem``,
     ``backward_smem``: dynamic shared memory per block, bytes; ``forward_k_chunk``,
     ``backward_k_chunk``: rows / columns of ``R`` per streamed chunk (0: resident);
+    ``backward_stage``: columns of ``dq`` the resident backward stages at a time (0: all
+    ``G*D``; see :func:`plan`);
     ``forward_mma``, ``backward_mma``: that direction's products on the tensor cores;
     ``operands``: their operand format (a key of :data:`OPERANDS`; ``""`` without tensor
     cores); ``reason``: which mode was chosen and why, in words.
@@ -108,6 +120,7 @@ class Tiling:
     forward_mma: bool = False
     backward_mma: bool = False
     operands: str = ""
+    backward_stage: int = 0
     reason: str = ""
 
     @property
@@ -133,11 +146,11 @@ class Tiling:
         return f.units, f.forward_batch_tile, f.forward_k_chunk, f.blocks, mma
 
     @property
-    def backward_args(self) -> tuple[int, int, int, int, int]:
-        """``(units, batch_tile, k_chunk, blocks, mma)`` of the backward op."""
+    def backward_args(self) -> tuple[int, int, int, int, int, int]:
+        """``(units, batch_tile, k_chunk, blocks, mma, stage)`` of the backward op."""
         b = self
         mma = b._product(b.backward_mma)
-        return b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, mma
+        return b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, mma, b.backward_stage
 
     @property
     def mode(self) -> str:
@@ -146,17 +159,26 @@ class Tiling:
 
 
 def _direction_bytes(
-    kind: str, D: int, units: int, batch_tile: int, k_chunk: int, ops: str | None, backward: bool
+    kind: str,
+    D: int,
+    units: int,
+    batch_tile: int,
+    k_chunk: int,
+    ops: str | None,
+    backward: bool,
+    stage: int = 0,
 ) -> int:
     """Dynamic shared memory of one block of a direction; ``ops``: its tensor-core operand
-    format (``None``: float32 FMAs). Mirrors ``csrc/gated_cuda.cu``."""
+    format (``None``: float32 FMAs); ``stage``: the resident backward's staged columns of
+    ``dq`` (0: all). Mirrors ``csrc/gated_cuda.cu``."""
     G = GATES[kind]
     size = OPERANDS[ops][1] if ops else _FLOAT
     tile = _up(batch_tile, MMA_ROWS) if ops else batch_tile
     split = SPLIT_BYTES if ops else 0
     if backward:  # a chunk (or all) of R's G*D columns and of dq, the product over the units
         cols = k_chunk if k_chunk > 0 else G * D
-        return size * (cols * units + tile * cols) + _FLOAT * tile * units + split
+        staged = k_chunk if k_chunk > 0 else (stage or G * D)
+        return size * (cols * units + tile * staged) + _FLOAT * tile * units + split
     rows = k_chunk if k_chunk > 0 else D  # a chunk (or all) of R's D rows, h, the gate columns
     return size * (rows * G * units + tile * D) + _FLOAT * tile * G * units + split
 
@@ -170,14 +192,16 @@ def smem_bytes(
     forward_mma: bool = False,
     backward_mma: bool = False,
     operands: str = "tf32",
+    stage: int = 0,
 ) -> tuple[int, int]:
     """``(forward, backward)`` dynamic shared memory of one block, bytes, as the kernels ask for
     it (``k_chunk`` 0: resident; a direction with ``mma`` has ``operands`` in shared memory,
-    its tiles' rows rounded up to 16 and the split scratch)."""
+    its tiles' rows rounded up to 16 and the split scratch; ``stage``: the resident backward's
+    staged columns of ``dq``, 0 for all)."""
     args = (kind, head_dim, units, batch_tile, k_chunk)
     return (
         _direction_bytes(*args, operands if forward_mma else None, False),
-        _direction_bytes(*args, operands if backward_mma else None, True),
+        _direction_bytes(*args, operands if backward_mma else None, True, stage),
     )
 
 
@@ -205,6 +229,28 @@ def _tile(
     return 0
 
 
+def _staged_tile(
+    kind: str, D: int, units: int, rows: int, smem: int, ops: str | None
+) -> tuple[int, int]:
+    """``(batch_tile, stage)`` of the resident backward: all ``G*D`` columns of ``dq`` staged
+    at once where that leaves room for ``rows`` batch rows (stage 0), else the most rows with
+    the widest stage (a multiple of :data:`STAGE_STEP`, in at most :data:`MAX_STAGES` chunks)
+    that fits beside the weights; ``(0, 0)`` when not one row fits either way."""
+    full = _tile(kind, D, units, rows, 0, smem, ops, True)
+    GD = GATES[kind] * D
+    if full >= rows or GD <= STAGE_STEP:
+        return full, 0
+    size = OPERANDS[ops][1] if ops else _FLOAT
+    fixed = size * GD * units + (SPLIT_BYTES if ops else 0)
+    for bt in range(rows, full, -1):
+        tile = _up(bt, MMA_ROWS) if ops else bt
+        stage = (smem - fixed - _FLOAT * tile * units) // (size * tile)
+        stage = min(stage // STAGE_STEP * STAGE_STEP, GD // STAGE_STEP * STAGE_STEP)
+        if _up(-(-GD // MAX_STAGES), STAGE_STEP) <= stage < GD:
+            return bt, stage
+    return full, 0
+
+
 def _size(n: int) -> str:
     """``n`` bytes in words: KiB from 10 KiB on."""
     return f"{n / 1024:.0f} KiB" if n >= 10 * 1024 else f"{n} bytes"
@@ -224,9 +270,10 @@ def _resident(
     bt_f = fit(ops if fwd_mma else None, False)
     if bt_f < 1 and fwd_mma:  # 16 rows do not fit where fewer float32 rows may
         fwd_mma, bt_f = False, fit(None, False)
-    bt_b = fit(ops if bwd_mma else None, True)
+    staged = partial(_staged_tile, kind, D, units, rows, smem)
+    bt_b, stage = staged(ops if bwd_mma else None)
     if bt_b < 1 and bwd_mma:
-        bwd_mma, bt_b = False, fit(None, True)
+        bwd_mma, (bt_b, stage) = False, staged(None)
     if bt_f < 1 or bt_b < 1:
         need = max(_direction_bytes(kind, D, units, 1, 0, None, bwd) for bwd in (False, True))
         return (
@@ -240,11 +287,15 @@ def _resident(
         forward_batch_tile=bt_f,
         backward_batch_tile=bt_b,
         forward_smem=_direction_bytes(kind, D, units, bt_f, 0, ops if fwd_mma else None, False),
-        backward_smem=_direction_bytes(kind, D, units, bt_b, 0, ops if bwd_mma else None, True),
+        backward_smem=_direction_bytes(
+            kind, D, units, bt_b, 0, ops if bwd_mma else None, True, stage
+        ),
         forward_mma=fwd_mma,
         backward_mma=bwd_mma,
         operands=(ops or "") if fwd_mma or bwd_mma else "",
-        reason=f"resident: R in shared memory, {units} units of a head on each of {blocks} blocks",
+        backward_stage=stage,
+        reason=f"resident: R in shared memory, {units} units of a head on each of {blocks} blocks"
+        + (f" (the backward stages dq {stage} columns at a time)" if stage else ""),
     )
 
 
@@ -400,15 +451,37 @@ def plan(
     if D % MMA_K[ops]:  # 16-bit operands sum in 16s, TF32 in 8s
         ops = "tf32"
         fell_back = f" ({_NAMES[tensor_cores]} need a head size in 16s)"
-    # units in 16s put both directions on the tensor cores; else the forward's least step
-    cut = _resident(kind, N, D, rows, sms, smem, ops, MMA_ROWS)
-    if not (isinstance(cut, Tiling) and cut.forward_mma and cut.backward_mma):
-        cut = _resident(kind, N, D, rows, sms, smem, ops, _unit_step(kind))
-    if not isinstance(cut, Tiling):
-        if isinstance(resident, Tiling):  # residency first: R kept on chip beats tensor cores
-            why = f"no tensor cores: their cut would not keep R resident ({cut})"
-            return replace(plain, reason=f"{plain.reason}; {why}")
+    # units in 16s put both directions on the tensor cores; else the forward's least step. A
+    # resident cut with tensor cores must keep R resident, and a direction left without them
+    # must keep the float32 cut's batch tile (else that direction only loses).
+    cut: Tiling | str | None = None
+    last: Tiling | str = ""
+    for step, both in ((MMA_ROWS, True), (_unit_step(kind), False)):
+        last = _resident(kind, N, D, rows, sms, smem, ops, step)
+        if not isinstance(last, Tiling) or not last.tensor_cores:
+            continue
+        if both and not (last.forward_mma and last.backward_mma):
+            continue
+        if isinstance(resident, Tiling) and (
+            (not last.forward_mma and last.forward_batch_tile < resident.forward_batch_tile)
+            or (not last.backward_mma and last.backward_batch_tile < resident.backward_batch_tile)
+        ):
+            continue
+        cut = last
+        break
+    if cut is None and isinstance(resident, str):  # no resident cut at all: stream R
         cut = _streamed(kind, N, D, rows, sms, smem, resident, ops)
+    elif cut is None:  # residency first: R kept on chip beats tensor cores
+        if isinstance(last, str):
+            why = f"no tensor cores: their cut would not keep R resident ({last})"
+        elif not last.tensor_cores:
+            why = _mma_words(last)
+        else:
+            why = (
+                "no tensor cores: their cut would leave a direction without them and with fewer "
+                "batch rows per tile"
+            )
+        return replace(plain, reason=f"{plain.reason}; {why}")
     if not isinstance(cut, Tiling):  # their units (rounded up) leave no streamed cut at all
         why = "no tensor cores: their units do not fit this device's shared memory"
         return replace(plain, reason=f"{plain.reason}; {why}")

@@ -8,7 +8,9 @@
 // forward, dq in the backward) from global memory, multiplies, runs the cell's pointwise update
 // for its units and writes them back; one grid-wide barrier (cg::grid_group::sync) per step
 // separates the writes of step t from the reads of step t + 1. State other than h (LSTM's c, the
-// backward's dc) belongs to exactly one block and never crosses the barrier.
+// backward's dc) belongs to exactly one block and never crosses the barrier. Where G*D staged
+// entries of dq per batch row would crowd out rows (Tiling::stage), the backward stages dq in
+// chunks of columns and multiplies each with the matching rows of its resident slice.
 //
 // Streamed fallback (Tiling::k_chunk > 0; gated_cuda.h, _plan.py), for calls whose slices of W
 // do not fit in shared memory (too many bytes, or more heads than SMs): the same kernels with
@@ -482,10 +484,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   const bool streamed = KC > 0, mma = tiling.mma != FMA, tf32 = tiling.mma == MMA_TF32;
   const int BBa = mma ? (BB + 15) / 16 * 16 : BB;  // rows a tile takes in shared memory
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
-  Op* wt = reinterpret_cast<Op*>(smem);      // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
-  Op* dv = wt + (streamed ? KC : GD) * U;    // [BBa][G*D or KC]: dq of the following step
-  // [BBa][U]: dq_{t+1} W^T for the owned units
-  float* acc = reinterpret_cast<float*>(dv + BBa * (streamed ? KC : GD));
+  // columns of dq staged at once: a streamed chunk, or the resident stage (all G*D by default)
+  const int SC = streamed ? KC : (tiling.stage > 0 ? tiling.stage : GD);
+  Op* wt = reinterpret_cast<Op*>(smem);    // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
+  Op* dv = wt + (streamed ? KC : GD) * U;  // [BBa][SC]: dq of the following step
+  float* acc = reinterpret_cast<float*>(dv + BBa * SC);  // [BBa][U]: dq_{t+1} W^T, own units
   float* split = acc + BBa * U;  // [kWarps][16][16] (tensor cores): parts of shared tiles
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
@@ -528,12 +531,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
       const float* dq_next = dq_n + (s + 1) * gslab;
       for (int b0 = 0; b0 < B; b0 += BB) {
         const int rows = min(BB, B - b0);
-        if (has_next && !streamed) {
-          for (int idx = threadIdx.x; idx < rows * GD; idx += blockDim.x)
-            put(dv + idx, __ldcg(dq_next + static_cast<long long>(b0) * GD + idx), false);
-          __syncthreads();
-          block_product(mma, dv, GD, wt, acc, split, rows, GD, U, false);
-          __syncthreads();
+        if (has_next && !streamed) {  // dq's columns SC at a time against resident rows of R
+          for (int k0 = 0; k0 < GD; k0 += SC) {
+            const int kc = min(SC, GD - k0);
+            for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
+              const int b = idx / kc, kk = idx - b * kc;
+              put(dv + b * SC + kk,
+                  __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
+            }
+            __syncthreads();
+            block_product(mma, dv, SC, wt + k0 * U, acc, split, rows, kc, U, k0 > 0);
+            __syncthreads();
+          }
         } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
           for (int k0 = 0; k0 < GD; k0 += KC) {
             const int kc = min(KC, GD - k0);
@@ -728,9 +737,10 @@ std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
 std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GD = static_cast<std::size_t>(gates_of(kind)) * D;
   const std::size_t cols = tl.k_chunk > 0 ? tl.k_chunk : GD;  // streamed: one chunk of R, dq
+  const std::size_t staged = tl.k_chunk > 0 ? cols : (tl.stage > 0 ? tl.stage : GD);
   const std::size_t tile = static_cast<std::size_t>(tile_rows(tl));
   // weights and staged dq as operands, the product in float32, the split scratch
-  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (cols * tl.units + tile * cols) +
+  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (cols * tl.units + tile * staged) +
          sizeof(float) * tile * tl.units + static_cast<std::size_t>(split_bytes(tl.mma));
 }
 

@@ -62,12 +62,17 @@ inline int gates_of(int kind) {
 //!       that share one output tile add up their parts of its sum.
 enum Product : int { FMA = 0, MMA_TF32 = 1, MMA_BF16 = 2, MMA_FP16 = 3 };
 
+//!   stage (resident backward only; 0: all G*D): the backward stages dq_{t+1} in chunks of
+//!       `stage` columns (a multiple of 16), each multiplied with the matching rows of the
+//!       resident weights before the next is staged, so that a slice of R that fits leaves room
+//!       for a full batch tile even where G*D staged entries per row would not.
 struct Tiling {
   int units;
   int batch_tile;
   int k_chunk;
   int blocks;
   int mma = FMA;
+  int stage = 0;
 };
 
 //! Warps per block.

@@ -68,7 +68,7 @@ const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
 //! The cut (see Tiling in gated_cuda.h): resident (k_chunk 0) needs one block per item, streamed
 //! at most one per item.
 Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blocks, int64_t mma,
-                 int64_t N, int64_t D, int64_t G, bool backward) {
+                 int64_t stage, int64_t N, int64_t D, int64_t G, bool backward) {
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
   TORCH_CHECK(batch_tile >= 1, "batch_tile must be >= 1, got ", batch_tile);
   TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
@@ -81,6 +81,11 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
                 " divisible by 16 and the head size and k_chunk by ", k, ", got ", columns,
                 ", head size ", D, ", k_chunk ", k_chunk);
   }
+  if (stage != 0) {  // the resident backward's dq in chunks (gated_cuda.h, Tiling)
+    TORCH_CHECK(backward && k_chunk == 0 && stage % 16 == 0 && stage > 0 && stage < G * D,
+                "stage is for the resident backward only: a multiple of 16 below G * D = ",
+                G * D, ", got ", stage, " (k_chunk ", k_chunk, ")");
+  }
   const int64_t items = N * ((D + units - 1) / units);
   if (k_chunk == 0) {
     TORCH_CHECK(blocks == items, "a resident cut needs one block per item (", items, "), got ",
@@ -90,7 +95,7 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
                 " blocks, got ", blocks);
   }
   return Tiling{static_cast<int>(units), static_cast<int>(batch_tile), static_cast<int>(k_chunk),
-                static_cast<int>(blocks), static_cast<int>(mma)};
+                static_cast<int>(blocks), static_cast<int>(mma), static_cast<int>(stage)};
 }
 
 void check_launch(const char* failure, const char* what) {
@@ -142,7 +147,7 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   }
   const bool* m = mask_ptr(mask, T, B, px);
   const int* lens = lengths_ptr(lengths, B, px);
-  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, N, D, G, false);
+  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, 0, N, D, G, false);
   const auto opts = px.options();
   const int64_t slots = save ? T + 1 : 2;
 
@@ -232,7 +237,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
                                  const c10::optional<at::Tensor>& lengths, const at::Tensor& d_hs,
                                  const c10::optional<at::Tensor>& d_state, int64_t units,
                                  int64_t batch_tile, int64_t k_chunk, int64_t blocks,
-                                 int64_t mma) {
+                                 int64_t mma, int64_t stage) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(hs.dim() == 4, "hs must be (N, T + 1, B, D)");
@@ -253,7 +258,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   };
   const bool* m = mask_ptr(mask, T, B, hs);
   const int* lens = lengths_ptr(lengths, B, hs);
-  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, N, D, G, true);
+  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, stage, N, D, G, true);
   const auto opts = hs.options();
 
   BackwardArgs a{};
@@ -318,7 +323,8 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
 //! The dynamic shared memory (bytes) of one block of the forward and of the backward: what the
 //! launches ask for, so that the planner's arithmetic (_plan.py) can be checked against it.
 std::vector<int64_t> smem_bytes(int64_t kind, int64_t D, int64_t units, int64_t batch_tile,
-                                int64_t k_chunk, int64_t forward_mma, int64_t backward_mma) {
+                                int64_t k_chunk, int64_t forward_mma, int64_t backward_mma,
+                                int64_t stage) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   for (const int64_t mma : {forward_mma, backward_mma})
     TORCH_CHECK(mma >= FMA && mma <= MMA_FP16, "mma must be 0 to 3, got ", mma);
@@ -326,6 +332,7 @@ std::vector<int64_t> smem_bytes(int64_t kind, int64_t D, int64_t units, int64_t 
                    static_cast<int>(k_chunk), 1, static_cast<int>(forward_mma)};
   Tiling bwd = fwd;
   bwd.mma = static_cast<int>(backward_mma);
+  bwd.stage = static_cast<int>(stage);
   const int k = static_cast<int>(kind), d = static_cast<int>(D);
   return {static_cast<int64_t>(forward_smem_bytes(k, d, fwd)),
           static_cast<int64_t>(backward_smem_bytes(k, d, bwd))};
@@ -343,10 +350,10 @@ TORCH_LIBRARY(rnnkit_gated_cuda, m) {
       "backward(int kind, Tensor W, Tensor hs, Tensor? acts, Tensor? cs, Tensor? tcs, "
       "Tensor? qs, Tensor? ms, Tensor? ex, Tensor? cnp, Tensor? hp, Tensor? mask, "
       "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile, int k_chunk, "
-      "int blocks, int mma=0) -> Tensor[]");
+      "int blocks, int mma=0, int stage=0) -> Tensor[]");
   m.def(
       "smem_bytes(int kind, int D, int units, int batch_tile, int k_chunk, int forward_mma=0, "
-      "int backward_mma=0) -> int[]",
+      "int backward_mma=0, int stage=0) -> int[]",
         &rnnkit_cuda::smem_bytes);
 }
 
