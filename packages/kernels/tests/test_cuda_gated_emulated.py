@@ -346,3 +346,39 @@ def test_emulated_16bit_operands_hold_the_state_exactly(on_cpu: str, kind: str) 
     )
     for b, n in enumerate(lengths):
         assert torch.equal(final.h[b], y[b, n - 1]), (b, n)
+
+
+def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
+    """The ops check a cut before launching: an unknown product code, 16-bit operands on a head
+    size that is not a multiple of 16, a staged forward, or a stage that is not a multiple of
+    16 below ``G*D`` each raise, naming the rule (a kernel would read past its tiles)."""
+    N, T, B, D = 1, 2, 3, 16
+    px = torch.zeros(N, T, B, 4 * D)
+    W = torch.zeros(N, D, 4 * D)
+    h0, c0 = torch.zeros(N, B, D), torch.zeros(N, B, D)
+
+    def forward(units: int, mma: int, width: int = D) -> Any:
+        return emulated.forward(
+            2, px[..., : 4 * width].contiguous(), W[:, :width, : 4 * width].contiguous(), None,
+            None, None, h0[..., :width].contiguous(), c0[..., :width].contiguous(), None, None,
+            [0.0, 0.0], True, units, 2, 0, -(-width // units), mma,
+        )  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="mma must be 0"):
+        forward(4, 4)
+    with pytest.raises(RuntimeError, match="k_chunk by 16"):
+        forward(4, 2, width=8)  # 16-bit operands sum in 16s
+    forward(4, 1, width=8)  # TF32 sums in 8s
+    hs, _, acts, cs, tcs = forward(4, 2)
+    d_hs, d_c = torch.zeros_like(hs), torch.zeros(N, 1, B, D)
+
+    def backward(stage: int) -> Any:
+        return emulated.backward(
+            2, W, hs, acts, cs, tcs, None, None, None, None, None, None, None, d_hs, d_c,
+            16, 2, 0, 1, 2, stage,
+        )  # fmt: skip
+
+    backward(16)
+    for bad in (8, 64, -16):
+        with pytest.raises(RuntimeError, match="stage is for the resident backward only"):
+            backward(bad)
