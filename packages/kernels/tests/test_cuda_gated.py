@@ -49,19 +49,27 @@ def test_kernel_sources_compile_for_sm90(tmp_path: Any) -> None:
 
 
 @pytest.mark.skipif(cuda.nvcc() is None, reason="nvcc not found (set CUDA_HOME)")
-def test_compile_check_reports_the_error(tmp_path: Any) -> None:
-    """A source nvcc rejects raises with nvcc's diagnostic (the check would catch a typo)."""
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("__global__ void k() { undefined(); }", "undefined"),
+        # torch builds with no implicit bfloat16 conversions; so must the check
+        ("__global__ void k(float* p) { __nv_bfloat16 b = p[0]; p[1] = b; }", "bfloat16"),
+    ],
+    ids=["typo", "implicit-bf16"],
+)
+def test_compile_check_reports_the_error(tmp_path: Any, body: str, words: str) -> None:
+    """A source nvcc rejects raises with nvcc's diagnostic (the check would catch a typo, and
+    an implicit bfloat16 conversion that torch's extension flags forbid)."""
     bad = tmp_path / "csrc"
     bad.mkdir()
     for name in cuda._native.HEADERS:
         (bad / name).write_text((cuda._native.CSRC / name).read_text())
-    (bad / "broken.cu").write_text(
-        '#include "gated_cuda.h"\n__global__ void k() { undefined(); }\n'
-    )
+    (bad / "broken.cu").write_text(f'#include <cuda_bf16.h>\n#include "gated_cuda.h"\n{body}\n')
     original = cuda._native.CSRC
     cuda._native.CSRC = bad
     try:
-        with pytest.raises(cuda.CompileCheckError, match="undefined"):
+        with pytest.raises(cuda.CompileCheckError, match=words):
             cuda.compile_check("sm_90", cache_dir=tmp_path / "out", sources=("broken.cu",))
     finally:
         cuda._native.CSRC = original

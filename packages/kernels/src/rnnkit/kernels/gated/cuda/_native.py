@@ -169,7 +169,11 @@ def compile_check(
         raise FileNotFoundError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     out_dir = cache_dir or Path(tempfile.gettempdir()) / "rnnkit-nvcc-check"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # torch's own nvcc flags too (no implicit half / bfloat16 conversions), as the real build
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
     flags = [f"-arch={arch}", "-O3", "-std=c++17", "-Werror", "all-warnings", "-I", str(CSRC)]
+    flags += COMMON_NVCC_FLAGS
     objects: list[Path] = []
     for source in sources:
         h = hashlib.sha256()
