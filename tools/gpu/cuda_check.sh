@@ -20,13 +20,12 @@
 #    now include `cuda`); bf16/fp16 calls run their products on the tensor cores (operands in
 #    their dtype, TF32 on heads in 8s not 16s) where the cut allows (test_16bit_calls_use_the_
 #    tensor_cores checks the launches ask for them);
-# 4. times FlashRNN's protocol (B=16, T=1024, hidden 768 in one head, bf16; median ms of
-#    triton.testing.do_bench, or CUDA events without triton): LSTM, GRU and sLSTM forward and
-#    forward+backward, `cuda` against cuDNN nn.LSTM/nn.GRU in bf16 and fp16 (sLSTM has no cuDNN
-#    op: compare it with `cuda` LSTM), and prints the table; then, in what is left of the same
-#    70 s, times the streamed fallback (two heads of 1024 LSTM, whose weights do not fit in
-#    shared memory) forward and forward+backward. Once the tests pass, a second device call
-#    measures `auto`'s table: `python tools/gpu/auto_table.py --out "$OUT/auto_table.json"`
+# 4. runs tools/gpu/cuda_targets.py: issue 19's targets in one table (FlashRNN's protocol,
+#    B=16, T=1024, hidden 768, bf16, do_bench medians): dense LSTM / GRU / sLSTM against cuDNN
+#    bf16 and fp16, (256,3) and (128,6) against Triton's (64,12), the batch sweep against
+#    cuDNN fp16, the batch-1 T=4096 per-step latency and a streamed cut, each row naming its
+#    cut; rows past its 120 s budget are listed as skipped. Once the tests pass, a second
+#    device call measures `auto`'s table: `python tools/gpu/auto_table.py --out "$OUT/auto_table.json"`
 #    (about 4 minutes by its --budget; commit the file into rnnkit/kernels/gated/).
 #    A failing step does not stop the later ones;
 #    the exit status is pytest's, or 3 where the tests passed but the ahead-of-time build did
@@ -94,89 +93,7 @@ for name, make in makers.items():
             print(f"conformance {name} {check.__name__} FAILED:", str(e)[:400])
 PYEOF
 
-echo "== timings (B=16, T=1024, H=768, N=1) =="
-timeout 70 "$PY" - <<'PYEOF'
-import torch
-from torch import nn
-from rnnkit.core.cells import GRU, LSTM, SLSTM
-
-try:
-    from triton.testing import do_bench
-except ImportError:
-    def do_bench(fn, warmup=25, rep=100):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(20):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); fn(); b.record(); torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        return sorted(times)[len(times) // 2]
-
-B, T, H = 16, 1024, 768
-dev = "cuda"
-rows = []
-
-def timed(fn):
-    try:
-        return f"{do_bench(fn):8.2f}"
-    except Exception as e:  # report and go on: the table is the point of this script
-        return f"error: {type(e).__name__}: {str(e)[:80]}"
-
-for name, Cell, Ref in (("lstm", LSTM, nn.LSTM), ("gru", GRU, nn.GRU), ("slstm", SLSTM, None)):
-    torch.manual_seed(0)
-    cell = Cell(H, H, device=dev, dtype=torch.bfloat16)
-    x = torch.randn(B, T, H, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    for mode in ("fwd", "fwd+bwd"):
-        def ours():
-            if mode == "fwd":
-                with torch.no_grad():
-                    return cell(x, backend="cuda")
-            y, _ = cell(x, backend="cuda")
-            y.float().sum().backward()
-        rows.append((name, mode, "cuda bf16", timed(ours)))
-        if Ref is None:
-            continue
-        for dt in (torch.bfloat16, torch.float16):
-            ref = Ref(H, H, batch_first=True, device=dev, dtype=dt)
-            xr = x.detach().to(dt).requires_grad_()
-            def theirs():
-                if mode == "fwd":
-                    with torch.no_grad():
-                        return ref(xr)
-                y, _ = ref(xr)
-                y.float().sum().backward()
-            rows.append((name, mode, f"cuDNN {str(dt)[6:]}", timed(theirs)))
-print(torch.cuda.get_device_name())
-print(f"{'cell':<6}{'mode':<9}{'backend':<16}{'ms (median)':>12}")
-for r in rows:
-    print(f"{r[0]:<6}{r[1]:<9}{r[2]:<16}{r[3]:>12}", flush=True)
-
-# The streamed fallback (R read from L2 each step): two heads of 1024 LSTM do not fit in shared
-# memory. Timed after the table above is printed, with fewer repetitions, so that it only uses
-# what is left of this block's time limit.
-from rnnkit.kernels.gated.cuda import _loops as cuda_loops
-
-print("streamed case: LSTM 2 heads x 1024, B=16, T=1024, bf16:",
-      cuda_loops.tiling("lstm", 2, 1024, B, torch.device(dev)).reason, flush=True)
-torch.manual_seed(0)
-cell = LSTM(2048, 2048, heads=2, device=dev, dtype=torch.bfloat16)
-x = torch.randn(B, T, 2048, device=dev, dtype=torch.bfloat16, requires_grad=True)
-
-def streamed_fwd():
-    with torch.no_grad():
-        return cell(x, backend="cuda")
-
-def streamed_fwd_bwd():
-    y, _ = cell(x, backend="cuda")
-    y.float().sum().backward()
-
-for mode, fn in (("fwd", streamed_fwd), ("fwd+bwd", streamed_fwd_bwd)):
-    try:
-        ms = f"{do_bench(fn, warmup=5, rep=20):8.2f}"
-    except Exception as e:  # report and go on
-        ms = f"error: {type(e).__name__}: {str(e)[:80]}"
-    print(f"{'lstm':<6}{mode:<9}{'cuda 2x1024':<16}{ms:>12}  (streamed)", flush=True)
-PYEOF
+echo "== timings: issue 19's targets (tools/gpu/cuda_targets.py) =="
+timeout 150 "$PY" tools/gpu/cuda_targets.py --budget 120 2>&1 | tail -60
 if [ "$TEST_STATUS" -eq 0 ] && [ "$AOT_STATUS" -ne 0 ]; then exit 3; fi
 exit "$TEST_STATUS"
