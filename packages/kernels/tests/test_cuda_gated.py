@@ -247,7 +247,8 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert mma.mode == "resident" and "tensor cores (TF32) in the forward only" in mma.reason
     weights = 4 * 768 * 4 * 8  # D x G*units floats
     assert mma.forward_smem == weights + 4 * 16 * (768 + 32) + split  # 16 rows, the product
-    assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8)  # 5 rows: no tensor cores
+    fma_split = cuda._plan.FMA_SPLIT_BYTES
+    assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8) + fma_split  # 5 rows: FMAs
     assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0, 0)
     # a dense 1024 LSTM at B = 16: the 16-unit backward's 128 KiB of bfloat16 weights leave no
     # room for 16 rows of all 4096 columns of dq: it stages them 2880 at a time (two chunks)
@@ -279,10 +280,12 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
         reason=small.reason,
     )
     assert "no tensor cores: their 16-row tiles do not fit" in small.reason
-    # 350 bytes: only the float32 cut's 8-unit items fit, the tensor cores' 16 do not; asking
-    # for tensor cores must not make the call unrunnable (it did: a refusal string)
-    tiny = cuda.plan("elman", 1, 64, 1, 1, 350, tensor_cores="tf32")
-    assert tiny == replace(cuda.plan("elman", 1, 64, 1, 1, 350), reason=tiny.reason)
+    # 350 bytes besides the FMA split scratch: only the float32 cut's 8-unit items fit, the
+    # tensor cores' 16 do not; asking for tensor cores must not make the call unrunnable (it
+    # did: a refusal string)
+    few = 350 + fma_split
+    tiny = cuda.plan("elman", 1, 64, 1, 1, few, tensor_cores="tf32")
+    assert tiny == replace(cuda.plan("elman", 1, 64, 1, 1, few), reason=tiny.reason)
     assert tiny.units == 8 and "no tensor cores: their units do not fit" in tiny.reason
     # 16-unit GRU items would hold 196 KiB of weights, leaving room for no 16-row tile: the
     # float32 cut of 8 units, not a 16-unit one without tensor cores

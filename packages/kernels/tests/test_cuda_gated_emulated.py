@@ -37,16 +37,20 @@ KINDS = ("elman", "relu", "lstm", "gru", "slstm")
 #: Small devices (SMs, shared memory per block in bytes) for two heads of 8 units, and the mode
 #: the planner must choose there:
 #: - resident: 6 SMs cut each head over 3 blocks (3, 3, 2 units), R in shared memory;
-#: - streamed: the same SMs with too few bytes for R: streamed chunks of one or a few rows;
+#: - streamed: the same SMs with too few bytes for R (128 besides the FMA split scratch):
+#:   streamed chunks of one or a few rows;
 #: - streamed-heads: one SM for two heads: one block loops over both heads' items, R streamed
 #:   in chunks of 3 (a short last chunk in the forward; in the backward where 3 does not
 #:   divide G*D).
-#: - resident-staged: the same SMs with 600 bytes: R resident, but the LSTM and sLSTM backward
-#:   stages dq_{t+1} 16 of its 32 columns at a time (two chunks) to keep two batch rows.
+#: - resident-staged: the same SMs with 600 bytes (and the FMA split scratch): R resident, but
+#:   the LSTM and sLSTM backward stages dq_{t+1} 16 of its 32 columns at a time (two chunks)
+#:   to keep two batch rows.
+#: (The backward's products of LSTM, GRU and sLSTM have fewer outputs than a block's threads
+#: and sums of 24 or 32: their FMA sums are split between threads, in parts of 8 or more.)
 DEVICES = {
     "resident": (6, 48 * 1024, "resident"),
-    "resident-staged": (6, 600, "resident"),
-    "streamed": (6, 128, "streamed"),
+    "resident-staged": (6, 600 + _plan.FMA_SPLIT_BYTES, "resident"),
+    "streamed": (6, 128 + _plan.FMA_SPLIT_BYTES, "streamed"),
     "streamed-heads": (1, 48 * 1024, "streamed"),
 }
 #: Devices whose cuts put the products on the tensor cores, for two heads of 16 units:

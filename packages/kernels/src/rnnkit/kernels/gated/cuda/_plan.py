@@ -29,7 +29,8 @@ has ``G * units`` columns), the backward ``units`` divisible by 16, ``D`` and th
 ``R`` divisible by the summed step, and a tile of ``r`` batch rows takes ``ceil(r / 16) * 16``
 rows of shared memory. 16-bit operands take 2 bytes where float32 ones take 4 (weights and the
 staged ``h`` or ``dq``; the product stays float32), and each block adds a float32 scratch of
-one 16 x 16 tile per warp (:data:`SPLIT_BYTES`) where the warps sharing a tile add their parts.
+one 16 x 16 tile per warp (:data:`SPLIT_BYTES`) where the warps sharing a tile add their parts
+(float32 FMAs have one of a float per thread, :data:`FMA_SPLIT_BYTES`, for the same).
 Head sizes that are multiples of 8 but not of 16 fall back from 16-bit operands to TF32.
 Units are rounded up to 16 first (both directions on the tensor cores); where the backward's
 tiles do not fit that cut, to the forward's least step instead (4 for LSTM and sLSTM; Elman and
@@ -48,6 +49,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 __all__ = [
+    "FMA_SPLIT_BYTES",
     "GATES",
     "MAX_BATCH_TILE",
     "MAX_K_CHUNK",
@@ -87,6 +89,9 @@ MAX_STAGES = 8
 #: Bytes of a block's float32 scratch for the split sums (one 16 x 16 tile for each of the
 #: 256 threads' 8 warps), with tensor cores.
 SPLIT_BYTES = 8 * 16 * 16 * _FLOAT
+#: Bytes of the float32 scratch of split FMA sums (one float for each of the 256 threads, which
+#: share an output's sum where a product has fewer outputs than threads).
+FMA_SPLIT_BYTES = 256 * _FLOAT
 
 
 def _up(n: int, multiple: int) -> int:
@@ -174,7 +179,7 @@ def _direction_bytes(
     G = GATES[kind]
     size = OPERANDS[ops][1] if ops else _FLOAT
     tile = _up(batch_tile, MMA_ROWS) if ops else batch_tile
-    split = SPLIT_BYTES if ops else 0
+    split = SPLIT_BYTES if ops else FMA_SPLIT_BYTES
     if backward:  # a chunk (or all) of R's G*D columns and of dq, the product over the units
         cols = k_chunk if k_chunk > 0 else G * D
         staged = k_chunk if k_chunk > 0 else (stage or G * D)
@@ -241,7 +246,7 @@ def _staged_tile(
     if full >= rows or GD <= STAGE_STEP:
         return full, 0
     size = OPERANDS[ops][1] if ops else _FLOAT
-    fixed = size * GD * units + (SPLIT_BYTES if ops else 0)
+    fixed = size * GD * units + (SPLIT_BYTES if ops else FMA_SPLIT_BYTES)
     for bt in range(rows, full, -1):
         tile = _up(bt, MMA_ROWS) if ops else bt
         stage = (smem - fixed - _FLOAT * tile * units) // (size * tile)

@@ -115,29 +115,53 @@ __device__ __forceinline__ void put(__nv_bfloat16* p, float x, bool) {
 }
 __device__ __forceinline__ void put(__half* p, float x, bool) { *p = __float2half_rn(x); }
 
+//! The least length of a part of a split FMA sum (shorter parts cost more to add up than they
+//! save).
+constexpr int kMinPart = 8;
+
 //! acc[b][j] (+)= sum_k vec[b * ldv + k] * w[k][j] for b < rows, k < K, j < J (all in shared
 //! memory); `accumulate` adds to acc (the streamed loops' later chunks), else overwrites it.
 //! Consecutive threads take consecutive j: w is read without bank conflicts and vec[b][k] is
-//! a broadcast within a warp.
+//! a broadcast within a warp. With fewer outputs (rows * J) than threads, `parts` threads share
+//! each output, each summing a contiguous share of K into its own slot of `split` (kThreads
+//! floats), and after a barrier the block adds the parts into acc: the backward's few outputs
+//! per block (rows x units) and a batch of one would otherwise leave most threads idle.
 template <typename Op>
 __device__ __forceinline__ void block_matvec(const Op* __restrict__ vec, int ldv,
                                              const Op* __restrict__ w, float* __restrict__ acc,
-                                             int rows, int K, int J, bool accumulate) {
-  for (int idx = threadIdx.x; idx < rows * J; idx += blockDim.x) {
+                                             float* __restrict__ split, int rows, int K, int J,
+                                             bool accumulate) {
+  const int outputs = rows * J;
+  const int parts = max(1, min(kThreads / max(1, outputs), K / kMinPart));
+  for (int t = threadIdx.x; t < outputs * parts; t += blockDim.x) {
+    const int idx = t % outputs, part = t / outputs;
     const int b = idx / J;
     const int j = idx - b * J;
     const Op* v = vec + static_cast<long long>(b) * ldv;
+    const int k1 = K * (part + 1) / parts;
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    int k = 0;
-    for (; k + 3 < K; k += 4) {
+    int k = K * part / parts;
+    for (; k + 3 < k1; k += 4) {
       s0 = fmaf(to_float(v[k]), to_float(w[k * J + j]), s0);
       s1 = fmaf(to_float(v[k + 1]), to_float(w[(k + 1) * J + j]), s1);
       s2 = fmaf(to_float(v[k + 2]), to_float(w[(k + 2) * J + j]), s2);
       s3 = fmaf(to_float(v[k + 3]), to_float(w[(k + 3) * J + j]), s3);
     }
-    for (; k < K; ++k) s0 = fmaf(to_float(v[k]), to_float(w[k * J + j]), s0);
+    for (; k < k1; ++k) s0 = fmaf(to_float(v[k]), to_float(w[k * J + j]), s0);
     const float sum = (s0 + s1) + (s2 + s3);
-    acc[idx] = accumulate ? acc[idx] + sum : sum;
+    if (parts > 1) {
+      split[t] = sum;
+    } else {
+      acc[idx] = accumulate ? acc[idx] + sum : sum;
+    }
+  }
+  if (parts > 1) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < outputs; idx += blockDim.x) {
+      float sum = accumulate ? acc[idx] : 0.0f;
+      for (int p = 0; p < parts; ++p) sum += split[p * outputs + idx];
+      acc[idx] = sum;
+    }
   }
 }
 
@@ -227,8 +251,7 @@ __device__ __forceinline__ void block_matmul(const Op* __restrict__ vec, int ldv
     }
   }
 #else
-  (void)split;
-  block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
+  block_matvec(vec, ldv, w, acc, split, rows, K, J, accumulate);
 #endif
 }
 
@@ -242,7 +265,7 @@ __device__ __forceinline__ void block_product(bool mma, const Op* __restrict__ v
   if (mma || !std::is_same_v<Op, float>) {
     block_matmul(vec, ldv, w, acc, split, rows, K, J, accumulate);
   } else {
-    block_matvec(vec, ldv, w, acc, rows, K, J, accumulate);
+    block_matvec(vec, ldv, w, acc, split, rows, K, J, accumulate);
   }
 }
 
@@ -313,7 +336,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
   Op* w = reinterpret_cast<Op*>(smem);
   Op* hv = w + (streamed ? KC : D) * GU;  // [BBa][D]: h entering the step, after resets
   float* acc = reinterpret_cast<float*>(hv + BBa * D);  // [BBa][G*U]: the recurrent product
-  float* split = acc + BBa * GU;  // [kWarps][16][16] (tensor cores): parts of shared tiles
+  float* split = acc + BBa * GU;  // the parts of split sums (split_bytes)
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
@@ -489,7 +512,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   Op* wt = reinterpret_cast<Op*>(smem);    // [G*D or KC][U]: wt[k][u] = W[n][e0 + u][k]
   Op* dv = wt + (streamed ? KC : GD) * U;  // [BBa][SC]: dq of the following step
   float* acc = reinterpret_cast<float*>(dv + BBa * SC);  // [BBa][U]: dq_{t+1} W^T, own units
-  float* split = acc + BBa * U;  // [kWarps][16][16] (tensor cores): parts of shared tiles
+  float* split = acc + BBa * U;  // the parts of split sums (split_bytes)
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);

@@ -59,7 +59,9 @@ inline int gates_of(int kind) {
 //!       MMA's 16-row operand; the rows past the tile hold anything, since a row of the product
 //!       depends only on the same row of the vector operand, and are never read), and the
 //!       block has a float32 scratch of one 16 x 16 tile per warp (split_bytes) where warps
-//!       that share one output tile add up their parts of its sum.
+//!       that share one output tile add up their parts of its sum. (With FMAs the scratch is
+//!       one float per thread: where a product has fewer outputs than the block has threads,
+//!       threads share each output's sum the same way.)
 enum Product : int { FMA = 0, MMA_TF32 = 1, MMA_BF16 = 2, MMA_FP16 = 3 };
 
 //!   stage (resident backward only; 0: all G*D): the backward stages dq_{t+1} in chunks of
@@ -84,8 +86,9 @@ inline int operand_bytes(int mma) { return mma == MMA_BF16 || mma == MMA_FP16 ? 
 //! The summed dimension's step of one tensor-core product under `mma` (0 for FMA).
 inline int mma_k(int mma) { return mma == FMA ? 0 : (mma == MMA_TF32 ? 8 : 16); }
 
-//! Bytes of the float32 scratch where warps add up a shared tile's parts (tensor cores only).
-inline int split_bytes(int mma) { return mma == FMA ? 0 : kWarps * 16 * 16 * 4; }
+//! Bytes of the float32 scratch where the parts of a split sum meet: one 16 x 16 tile per warp
+//! with tensor cores, one float per thread with FMAs (threads sharing an output's sum).
+inline int split_bytes(int mma) { return mma == FMA ? kThreads * 4 : kWarps * 16 * 16 * 4; }
 
 //! Batch rows a tile takes in shared memory: its rows, rounded up to the MMA's 16 with mma.
 inline int tile_rows(const Tiling& tl) {
