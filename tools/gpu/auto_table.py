@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import median_ms  # tools/gpu, on sys.path when run as a script
 
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.dispatch import KernelCall, kernels_for
@@ -32,28 +32,6 @@ BACKENDS = ("cuda", "triton", "torch")
 #: (heads, head size): dense layers, and the multi-head cuts where Triton stops or slows
 SHAPES = ((1, 768), (1, 1024), (3, 256), (6, 128), (12, 64))
 BATCHES = (2, 16, 128)
-
-
-def _bench(fn: Callable[[], Any]) -> float:
-    """Median milliseconds of ``fn``."""
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        do_bench = None
-    if do_bench is not None:
-        return float(do_bench(fn, warmup=5, rep=25))
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(10):
-        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(sorted(times)[len(times) // 2])
 
 
 def _why_not(cell: Any, x: torch.Tensor, backend: str) -> str | None:
@@ -88,7 +66,7 @@ def measure(
                 return y
 
             try:
-                ms[backend] = _bench(run)
+                ms[backend] = median_ms(run, warmup=5, rep=25)
             except Exception as e:  # a backend failing here must not stop the grid
                 print(f"  {backend} failed on {kind} {heads}x{head_dim} B={batch}: {e}")
         if ms:

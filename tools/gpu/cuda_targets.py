@@ -1,10 +1,10 @@
 """Issue 19's targets for the ``cuda`` backend, timed in one run (needs a CUDA GPU).
 
 FlashRNN's protocol: B=16, T=1024, total hidden 768, bfloat16 unless a row says otherwise, median
-milliseconds of ``triton.testing.do_bench`` (CUDA events without triton). Every ratio compares
-rows of this run only. Rows, in order (each prints as soon as it is timed, and rows left when
-``--budget`` seconds have passed are listed as skipped, so a short device call still gives the
-first table):
+milliseconds of ``triton.testing.do_bench`` (CUDA events without triton; ``_timing.py``). Every
+ratio compares rows of this run only. Rows, in order (each prints as soon as it is timed; rows
+left when ``--budget`` seconds have passed are listed as skipped, so a short device call still
+gives the first table):
 
 1. dense (768, 1) LSTM, GRU and sLSTM, forward and forward+backward: ``cuda`` against cuDNN
    (``nn.LSTM`` / ``nn.GRU``) in bfloat16 and float16; sLSTM against our own LSTM;
@@ -28,29 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _timing import median_ms  # tools/gpu, on sys.path when run as a script
 from torch import nn
 
 from rnnkit.core.cells import GRU, LSTM, SLSTM
 from rnnkit.core.kernel import KernelCall
-
-try:
-    from triton.testing import do_bench
-except ImportError:  # CUDA events, median of 20
-
-    def do_bench(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(20):
-            a = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            b = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(float(a.elapsed_time(b)))
-        return sorted(times)[len(times) // 2]
-
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -101,7 +83,7 @@ class Table:
             print(f"{case:<34}{backend:<14}{'skipped':>12}  (budget)", flush=True)
             return
         try:
-            ms = do_bench(fn)
+            ms = median_ms(fn)
         except Exception as e:  # report and go on: the table is the point
             print(f"{case:<34}{backend:<14}{'error':>12}  {type(e).__name__}: {str(e)[:90]}")
             return

@@ -156,14 +156,9 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     return name
 
 
-def _run(
-    cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any
-) -> dict[str, Any]:
-    """``y``, the final state and every gradient, by the ``cuda`` runs (emulated) as dispatch
-    would call them (with ``lengths``: through ``run_with_lengths``)."""
-    x = x.detach().clone().requires_grad_()
-    st = None if state is None else [s.detach().clone().requires_grad_() for s in state]
-    kernel = Kernel(
+def _emulated_kernel(cell: Any) -> Kernel:
+    """The ``cuda`` runs of ``cell``'s kind as a dispatch kernel (its ops emulated)."""
+    return Kernel(
         backend="cuda_emulated",
         target=cell.kind,
         run=cuda_loops.RUNS[cell.kind],
@@ -171,6 +166,16 @@ def _run(
         priority=Priority.BELOW_REFERENCE,
         supports_lengths=True,
     )
+
+
+def _run(
+    cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any
+) -> dict[str, Any]:
+    """``y``, the final state and every gradient, by the ``cuda`` runs (emulated) as dispatch
+    would call them (with ``lengths``: through ``run_with_lengths``)."""
+    x = x.detach().clone().requires_grad_()
+    st = None if state is None else [s.detach().clone().requires_grad_() for s in state]
+    kernel = _emulated_kernel(cell)
     typed = None if st is None else cell.state_type(*st)
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     call = KernelCall(cell, x, typed, resets, True, lens)
@@ -339,14 +344,7 @@ def test_emulated_16bit_operands_hold_the_state_exactly(on_cpu: str, kind: str) 
     lengths = [6, 3, 1, 6, 4]
     y, final = run_with_lengths(
         KernelCall(cell, x.float(), None, None, False, torch.tensor(lengths)),
-        lambda c: Kernel(
-            backend="cuda_emulated",
-            target=cell.kind,
-            run=cuda_loops.RUNS[cell.kind],
-            description="the cuda backend's kernels, emulated on the CPU",
-            priority=Priority.BELOW_REFERENCE,
-            supports_lengths=True,
-        ),
+        lambda c: _emulated_kernel(cell),
     )
     for b, n in enumerate(lengths):
         assert torch.equal(final.h[b], y[b, n - 1]), (b, n)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from rnnkit.core.kernel import KernelCall, Priority
+from rnnkit.kernels._cuda_device import cuda_index
 
 __all__ = [
     "BACKENDS",
@@ -163,9 +164,7 @@ def fastest(call: KernelCall) -> str | None:
     if not rows:
         return None
     cell: Any = call.cell
-    index: int | None = x.device.index  # None for a bare torch.device("cuda")
-    if index is None:
-        index = torch.cuda.current_device()
+    index = cuda_index(x.device)
     dtype = str(x.dtype).removeprefix("torch.")
     row = match(
         rows,

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.core.varlen import step_mask
+from rnnkit.kernels._cuda_device import cuda_index as device_index
 from rnnkit.kernels.gated.cuda._native import ops
 from rnnkit.kernels.gated.cuda._plan import Tiling, plan
 from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops, SLSTMLoops
@@ -68,12 +69,6 @@ def device_limits(index: int) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(index)
     smem = int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
     return int(props.multi_processor_count), smem
-
-
-def device_index(device: torch.device) -> int:
-    """The index of a CUDA ``device`` (the current device for a bare ``cuda``)."""
-    index: int | None = device.index  # None for torch.device("cuda")
-    return torch.cuda.current_device() if index is None else index
 
 
 @lru_cache(maxsize=16)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rnnkit.kernels._cuda_device import cuda_index
 from rnnkit.kernels._triton_runtime import interpreted
 from rnnkit.kernels.linear.scan._alloc import alloc
 
@@ -208,8 +209,7 @@ def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device``; 1 elsewhere (the interpreter)."""
     if device.type != "cuda":
         return 1
-    index: int | None = device.index
-    return _sm_count(torch.cuda.current_device() if index is None else index)
+    return _sm_count(cuda_index(device))
 
 
 def prefers_stream(batch: int, time: int, width: int, device: torch.device) -> bool:
