@@ -256,6 +256,11 @@ def _staged_tile(
     return full, 0
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _size(n: int) -> str:
     """``n`` bytes in words: KiB from 10 KiB on."""
     return f"{n / 1024:.0f} KiB" if n >= 10 * 1024 else f"{n} bytes"
@@ -283,7 +288,7 @@ def _resident(
         need = max(_direction_bytes(kind, D, units, 1, 0, None, bwd) for bwd in (False, True))
         return (
             f"head size {D} with {N} head(s) needs {_size(need)} of shared memory per block "
-            f"({units} units of weights on each of {blocks} blocks), over the "
+            f"({_count(units, 'unit')} of weights on each of {_count(blocks, 'block')}), over the "
             f"{_size(smem)} available"
         )
     return Tiling(
@@ -299,7 +304,8 @@ def _resident(
         backward_mma=bwd_mma,
         operands=(ops or "") if fwd_mma or bwd_mma else "",
         backward_stage=stage,
-        reason=f"resident: R in shared memory, {units} units of a head on each of {blocks} blocks"
+        reason=f"resident: R in shared memory, {_count(units, 'unit')} of a head on each of "
+        f"{_count(blocks, 'block')}"
         + (f" (the backward stages dq {stage} columns at a time)" if stage else ""),
     )
 
@@ -367,7 +373,8 @@ def _streamed(
         operands=(ops or "") if fwd_mma or bwd_mma else "",
         reason=(
             f"streamed: {why}, so R is read from L2 each step in chunks of {kf} rows (forward) "
-            f"and {kb} columns (backward); {items} items of {units} units on {blocks} blocks"
+            f"and {kb} columns (backward); {_count(items, 'item')} of {_count(units, 'unit')} on "
+            f"{_count(blocks, 'block')}"
         ),
     )
 
