@@ -700,7 +700,7 @@ def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> No
             return real.forward(*args)
 
         def backward(self, *args: Any) -> Any:
-            launches.append(("backward", args[-1]))
+            launches.append(("backward", args[-2]))  # then the stage
             return real.backward(*args)
 
     monkeypatch.setattr(cuda_loops, "ops", Recording)
@@ -719,7 +719,8 @@ def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> No
     for kind in KINDS:
         _check(kind, 2, 128, torch.bfloat16, 17, 6)  # resident
         _check(kind, 2, 128, torch.float16, 5, 6, lengths=[6, 2, 0, 5, 6])
-    _check("lstm", 2, 2048, torch.bfloat16, 3, 4)  # streamed: 2 heads of 1024
+    _check("lstm", 2, 2048, torch.bfloat16, 3, 4)  # 2 heads of 1024: resident, dq staged
+    _check("lstm", 1, 2048, torch.bfloat16, 3, 4)  # streamed: one head of 2048
     _check("gru", 2, 48, torch.bfloat16, 5, 6)  # heads of 24: TF32
 
 
