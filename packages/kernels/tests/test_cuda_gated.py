@@ -294,6 +294,47 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert gru.units == 8 and gru.mode == "resident"
 
 
+def test_plan_tensor_cores_one_direction_at_a_time() -> None:
+    """Where only one direction's 16-row tiles fit, that direction alone gets tensor cores and
+    the other keeps the float32 cut's batch rows; where the other would lose rows, the float32
+    cut is kept; each reason says which, and counts one unit or block in the singular."""
+    # a dense 2048 Elman in TF32: 16 rows of the forward's staging do not fit beside its
+    # 128 KiB of weights, the backward's do with dq staged 1440 columns at a time; the forward
+    # keeps the float32 cut's 12 rows
+    plain = cuda.plan("elman", 1, 2048, 16, *H100)
+    wide = cuda.plan("elman", 1, 2048, 16, *H100, tensor_cores="tf32")
+    assert isinstance(plain, cuda.Tiling) and isinstance(wide, cuda.Tiling)
+    assert (wide.units, wide.forward_mma, wide.backward_mma) == (16, False, True)
+    assert wide.forward_batch_tile == plain.forward_batch_tile == 12
+    assert (wide.backward_batch_tile, wide.backward_stage) == (16, 1440)
+    assert wide.forward_args == (16, 12, 0, 128, 0)
+    assert wide.backward_args == (16, 16, 0, 128, 1, 1440)
+    assert wide.reason.endswith(
+        "tensor cores (TF32) in the backward only (the forward's product "
+        "needs gates x units in 16s and 16 batch rows of shared memory)"
+    )
+    # 64 SMs with 64 KiB: bfloat16 items of 8 units would put the forward on the tensor cores
+    # but leave the backward in float32 with 19 rows where the float32 cut has 32: kept
+    lstm = cuda.plan("lstm", 1, 384, 32, 64, 64 * 1024, tensor_cores="bf16")
+    fma = cuda.plan("lstm", 1, 384, 32, 64, 64 * 1024)
+    assert isinstance(lstm, cuda.Tiling) and isinstance(fma, cuda.Tiling)
+    assert lstm == replace(fma, reason=lstm.reason) and fma.backward_batch_tile == 32
+    assert lstm.reason.endswith(
+        "their cut would leave a direction without them and with fewer batch rows per tile"
+    )
+    # 16 KiB: neither direction's 16-row tiles fit beside 16-unit GRU items (the float32 ones
+    # do): the float32 cut, and the reason names the tiles, not residency
+    gru = cuda.plan("gru", 1, 64, 16, 8, 16 * 1024, tensor_cores="tf32")
+    assert isinstance(gru, cuda.Tiling)
+    assert gru == replace(cuda.plan("gru", 1, 64, 16, 8, 16 * 1024), reason=gru.reason)
+    assert gru.reason.endswith(
+        "no tensor cores: their 16-row tiles do not fit this cut's shared memory"
+    )
+    one = cuda.plan("lstm", 1, 1, 16, *H100)
+    assert isinstance(one, cuda.Tiling)
+    assert one.reason == "resident: R in shared memory, 1 unit of a head on each of 1 block"
+
+
 def test_registration_and_reasons() -> None:
     """Registered for elman, lstm, gru and slstm, all taking lengths; never chosen by ``auto``
     on CPU; a CPU call and another cell kind are refused with reasons naming another backend."""
@@ -340,7 +381,7 @@ def test_lengths_bind_to_the_cuda_loops() -> None:
 
 def test_explain_names_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """``explain`` says whether a call keeps R resident or streams it (on a pretend H100), and
-    passes on a refusal."""
+    passes on a refusal; a 16-bit call gets tensor cores only where the device has them."""
     cell = make_cell("lstm", 2, hidden=2048).float()
     x = torch.zeros(16, 3, cell.input_size)
     call = KernelCall(cell, x, None, None, False)
@@ -352,9 +393,12 @@ def test_explain_names_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     one = make_cell("lstm", 1, hidden=768).float()
     x1 = torch.zeros(16, 3, one.input_size)
     assert cuda.explain(KernelCall(one, x1, None, None, False)).startswith("resident:")
-    # a bfloat16 call on a device with tensor cores: the product in its own dtype
-    monkeypatch.setattr(cuda_loops, "has_wmma", lambda i: True)
+    # a bfloat16 call on a device without tensor cores (before sm_80): float32 FMAs
     half = KernelCall(one.bfloat16(), x1.bfloat16(), None, None, False)
+    monkeypatch.setattr(cuda_loops, "has_wmma", lambda i: False)
+    assert cuda.explain(half) == cuda.explain(KernelCall(one, x1, None, None, False))
+    # on a device with them: the product in its own dtype
+    monkeypatch.setattr(cuda_loops, "has_wmma", lambda i: True)
     assert cuda.explain(half).endswith("tensor cores (bfloat16 operands) in both directions")
 
 

@@ -336,9 +336,11 @@ def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
 def test_emulated_16bit_operands_hold_the_state_exactly(on_cpu: str, kind: str) -> None:
     """With 16-bit operands the staged copy of ``h`` is rounded, but the pointwise update reads
     the float32 ``h``: a sequence's final state is its output at its last valid step, bit for
-    bit (held unchanged past its length), and an Elman or GRU step sees the exact ``h``."""
-    if on_cpu not in MMA_DEVICES or MMA_DEVICES[on_cpu][3] == "tf32":
-        pytest.skip("the 16-bit operand devices only")
+    bit (held unchanged past its length), and an Elman or GRU step sees the exact ``h``. The
+    same holds in TF32, where the staged ``h`` stays float32 and only the product rounds its
+    operand."""
+    if on_cpu not in MMA_DEVICES:
+        pytest.skip("the tensor-core devices only")
     cell = make_cell(kind, 2, hidden=32, inputs=5).float()
     x, _, _, _ = make_inputs(cell, batch=5, time=6, state=False, resets=False)
     lengths = [6, 3, 1, 6, 4]
@@ -352,35 +354,97 @@ def test_emulated_16bit_operands_hold_the_state_exactly(on_cpu: str, kind: str) 
 
 def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
     """The ops check a cut before launching: an unknown product code, 16-bit operands on a head
-    size that is not a multiple of 16, a staged forward, or a stage that is not a multiple of
-    16 below ``G*D`` each raise, naming the rule (a kernel would read past its tiles)."""
+    size or streamed chunks that are not multiples of 16, tensor cores on a backward whose
+    units are not in 16s, a staged forward or streamed backward, or a stage that is not a
+    multiple of 16 below ``G*D`` each raise, naming the rule (a kernel would read past its
+    tiles)."""
     N, T, B, D = 1, 2, 3, 16
     px = torch.zeros(N, T, B, 4 * D)
     W = torch.zeros(N, D, 4 * D)
     h0, c0 = torch.zeros(N, B, D), torch.zeros(N, B, D)
 
-    def forward(units: int, mma: int, width: int = D) -> Any:
+    def forward(units: int, mma: int, width: int = D, chunk: int = 0) -> Any:
         return emulated.forward(
             2, px[..., : 4 * width].contiguous(), W[:, :width, : 4 * width].contiguous(), None,
             None, None, h0[..., :width].contiguous(), c0[..., :width].contiguous(), None, None,
-            [0.0, 0.0], True, units, 2, 0, -(-width // units), mma,
+            [0.0, 0.0], True, units, 2, chunk, -(-width // units), mma,
         )  # fmt: skip
 
     with pytest.raises(RuntimeError, match="mma must be 0"):
         forward(4, 4)
     with pytest.raises(RuntimeError, match="k_chunk by 16"):
         forward(4, 2, width=8)  # 16-bit operands sum in 16s
+    with pytest.raises(RuntimeError, match="k_chunk by 16"):
+        forward(4, 2, chunk=8)  # so do their streamed chunks of R
     forward(4, 1, width=8)  # TF32 sums in 8s
+    forward(4, 1, chunk=8)
     hs, _, acts, cs, tcs = forward(4, 2)
     d_hs, d_c = torch.zeros_like(hs), torch.zeros(N, 1, B, D)
 
-    def backward(stage: int) -> Any:
+    def backward(stage: int, units: int = 16, chunk: int = 0) -> Any:
         return emulated.backward(
             2, W, hs, acts, cs, tcs, None, None, None, None, None, None, None, d_hs, d_c,
-            16, 2, 0, 1, 2, stage,
+            units, 2, chunk, -(-D // units), 2, stage,
         )  # fmt: skip
 
     backward(16)
     for bad in (8, 64, -16):
         with pytest.raises(RuntimeError, match="stage is for the resident backward only"):
             backward(bad)
+    backward(0, chunk=16)
+    with pytest.raises(RuntimeError, match="stage is for the resident backward only"):
+        backward(16, chunk=16)  # a streamed backward stages its chunks of R's columns
+    # 8 units: 32 gate columns would suit the forward's tiles, but the backward's product has 8
+    with pytest.raises(RuntimeError, match="backward's units divisible by 16"):
+        backward(0, units=8)
+
+
+def _round_operands(x: torch.Tensor, mma: int) -> torch.Tensor:
+    """float32 ``x`` as the tensor cores take it under product code ``mma`` (1: TF32, to
+    nearest with ties away from zero; 2: bfloat16, 3: float16, both to nearest even), in
+    float64."""
+    if mma == 2:
+        return x.to(torch.bfloat16).double()
+    if mma == 3:
+        return x.to(torch.float16).double()
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32).double()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["resident", "streamed"])
+@pytest.mark.parametrize("mma", [1, 2, 3], ids=["tf32", "bf16", "fp16"])
+def test_emulated_products_round_both_operands(emulated: Any, mma: int, streamed: bool) -> None:
+    """One Elman step on the tensor cores multiplies exactly the rounded operands: the forward's
+    ``h0 W`` is the float64 product of ``h0`` and ``W`` rounded to the product's format (TF32,
+    bfloat16, float16) within float32's sums, the backward's ``dq W^T`` likewise with ``dq``
+    (as the kernel wrote it) and ``W`` rounded. Leaving either operand unrounded moves the
+    result by more than 10x that tolerance at these values, so each rounding is checked."""
+    N, B, D = 1, 3, 16
+    g = torch.Generator().manual_seed(mma)
+    W = torch.randn(N, D, D, generator=g) * 0.25
+    h0 = torch.randn(N, B, D, generator=g) * 0.5
+    d_hs = torch.randn(N, 2, B, D, generator=g)
+    chunk = (8 if mma == 1 else 16) if streamed else 0  # two or one chunks of R
+    (hs,) = emulated.forward(
+        0, torch.zeros(N, 1, B, D), W, None, None, None, h0, None, None, None, [0.0], True,
+        D, B, chunk, 1, mma,
+    )  # fmt: skip
+    dq, dh0 = emulated.backward(
+        0, W, hs, None, None, None, None, None, None, None, None, None, None, d_hs, None,
+        D, B, chunk, 1, mma, 0,
+    )  # fmt: skip
+
+    def product(vec: torch.Tensor, w: torch.Tensor, rounded: tuple[bool, bool]) -> torch.Tensor:
+        """float64 ``vec @ w``, each operand rounded where ``rounded`` says."""
+        v = _round_operands(vec, mma) if rounded[0] else vec.double()
+        return v @ (_round_operands(w, mma) if rounded[1] else w.double())
+
+    checks = (  # (kernel's result, vector, weights, what follows the product)
+        ("forward", hs[:, 1], h0, W, torch.tanh),
+        ("backward", dh0, dq[:, 0], W.transpose(1, 2), lambda p: d_hs[:, 0].double() + p),
+    )
+    for name, got, vec, w, finish in checks:
+        want = finish(product(vec, w, (True, True)))
+        assert rel_rms(got, want) <= TOL, (name, rel_rms(got, want))
+        for partly in ((False, True), (True, False)):
+            assert rel_rms(finish(product(vec, w, partly)), want) > 10 * TOL, (name, partly)
