@@ -192,7 +192,7 @@ namespace {
 
 //! Floats past the end of each block's shared memory, checked after the launch: a kernel that
 //! writes past what its launch asked for (wrong byte arithmetic) fails the call.
-constexpr std::size_t kGuard = 256;
+constexpr std::size_t kGuard = 16384;
 constexpr std::uint32_t kGuardBits = 0x7FC0DEADu;  // a NaN no kernel writes
 
 template <typename Args>
