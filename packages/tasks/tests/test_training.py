@@ -133,3 +133,33 @@ def test_training_gives_back_the_callers_thread_count(tmp_path: Path) -> None:
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("threads", "unset", "inside"),
+    [(2, 1, 2), (None, 1, 1), (None, None, 3)],
+    ids=["given", "unset-one", "unset-keep"],
+)
+def test_torch_threads_sets_and_gives_back(
+    threads: int | None, unset: int | None, inside: int
+) -> None:
+    """``torch_threads`` runs its block on ``threads`` (``unset`` where that is ``None``; an
+    ``unset`` of ``None`` keeps torch's count, as the PPO, world-model and counts runs ask for
+    with ``threads=None``) and restores the caller's count, also when the block raises."""
+    from rnnkit.tasks._util import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen: list[int] = []
+
+        def body() -> None:
+            with torch_threads(threads, unset=unset):
+                seen.append(torch.get_num_threads())
+                raise RuntimeError("inside")
+
+        with pytest.raises(RuntimeError, match="inside"):
+            body()
+        assert seen == [inside] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -87,9 +87,10 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads or 1)`` and give the caller's count
-    back after it (also when the block fails).
+def torch_threads(threads: int | None, unset: int | None = 1) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (``unset`` threads where
+    ``threads`` is ``None``; ``unset=None`` leaves torch's count as it is then) and give the
+    caller's count back after it (also when the block fails).
 
     Raises:
         ValueError: naming ``--threads`` when ``threads`` is given and not a positive int.
@@ -98,7 +99,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
         raise ValueError(f"--threads must be a positive integer, got {threads!r}")
     caller = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
+    count = threads if threads is not None else unset
+    if count is not None:
+        torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -53,7 +53,7 @@ from rnnkit.models.counts import (
     grpo_objective,
     matched_hidden_size,
 )
-from rnnkit.tasks._util import generator
+from rnnkit.tasks._util import generator, torch_threads
 
 COUNTS_HELP = (
     "COUNTS-style chain-of-thought forecasting, scaled down: an RVQ-VAE tokeniser, a frozen "
@@ -536,13 +536,8 @@ def run_counts(
     forecaster without the backbone."""
     cfg.check()
     t0 = time.perf_counter()
-    caller = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads or None, unset=None):  # 0 or None: torch's own count
         return _run(cfg, backbone, vocab, ablation, log, t0)
-    finally:
-        torch.set_num_threads(caller)
 
 
 def _run(

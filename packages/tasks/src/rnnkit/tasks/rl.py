@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.errors import RnnkitError
+from rnnkit.tasks._util import torch_threads
 from rnnkit.tasks.agent import (
     RecurrentStack,
     add_agent_options,
@@ -393,13 +394,8 @@ def train_ppo(
             "is a set of whole environment sequences"
         )
     factory: Callable[[], Any] = make if make is not None else (lambda: make_env(c.env))
-    caller_threads = torch.get_num_threads()
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
+    with torch_threads(c.threads or None, unset=None):  # 0 or None: torch's own count
         return _train(c, factory, log)
-    finally:
-        torch.set_num_threads(caller_threads)
 
 
 def _train(c: PPOConfig, factory: Callable[[], Any], log: Callable[[str], None] | None) -> RLResult:
