@@ -784,3 +784,17 @@ def test_build_without_names_skips_a_library_this_machine_cannot_use(
     assert "needs_gpu_lib: skipped (no CUDA device)" in capsys.readouterr().out
     assert cli.main(["kernels", "build", "needs_gpu_lib"]) == 1
     assert "FAILED: no CUDA device" in capsys.readouterr().err
+
+
+def test_plan_is_cached_but_follows_its_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call plans, so cuts are cached; a cached cut is the one planning afresh gives, and
+    changing the chunk or batch-tile limit (as the emulated tests do) plans afresh."""
+    args = ("lstm", 2, 2048, 128, *H100)
+    first = cuda.plan(*args, tensor_cores="bf16")
+    assert cuda.plan(*args, tensor_cores="bf16") is first  # from the cache
+    fresh = cuda._plan._cut.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64)
+    assert fresh == first and first.streamed and first.forward_k_chunk == 64
+    monkeypatch.setattr(cuda._plan, "MAX_K_CHUNK", 32)
+    assert cuda.plan(*args, tensor_cores="bf16").forward_k_chunk == 32
+    monkeypatch.setattr(cuda._plan, "MAX_BATCH_TILE", 2)
+    assert cuda.plan(*args, tensor_cores="bf16").forward_batch_tile == 2

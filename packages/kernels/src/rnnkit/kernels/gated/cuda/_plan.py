@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 
 __all__ = [
     "FMA_SPLIT_BYTES",
@@ -445,8 +445,25 @@ def plan(
             raise TypeError(f"{name} must be an integer, got {value!r}") from None
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
-    N, D = heads, head_dim
     rows = max(1, min(batch, MAX_BATCH_TILE))
+    return _cut(kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
+
+
+@lru_cache(maxsize=512)
+def _cut(
+    kind: str,
+    N: int,
+    D: int,
+    rows: int,
+    sms: int,
+    smem: int,
+    tensor_cores: str | None,
+    max_k_chunk: int,
+) -> Tiling | str:
+    """:func:`plan` of a valid call whose batch tile is at most ``rows``, cached: every forward
+    and backward call plans, and a streamed search costs a fraction of a millisecond. The key
+    holds :data:`MAX_K_CHUNK` (``max_k_chunk``; ``rows`` carries :data:`MAX_BATCH_TILE`), so
+    a changed limit plans afresh."""
     # the float32 cut: the answer without tensor cores, and where theirs is no better
     resident = _resident(kind, N, D, rows, sms, smem, None)
     plain = (
