@@ -582,31 +582,20 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
           }
           if (tcs_n) prefetch_l1(tcs_n + s * slab + at);
         }
-        if (has_next && !streamed) {  // dq's columns SC at a time against resident rows of R
-          for (int k0 = 0; k0 < GD; k0 += SC) {
-            const int kc = min(SC, GD - k0);
-            for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
-              const int b = idx / kc, kk = idx - b * kc;
-              put(dv + b * SC + kk,
-                  __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
-            }
-            __syncthreads();
-            block_product(mma, dv, SC, wt + k0 * U, acc, split, rows, kc, U, k0 > 0);
-            __syncthreads();
+        // dq's columns SC at a time against the matching rows of R: resident, or (streamed)
+        // read from L2 into the tile buffer with each chunk
+        for (int k0 = 0; has_next && k0 < GD; k0 += SC) {
+          const int kc = min(SC, GD - k0);
+          if (streamed) load_backward_cols<G>(Wn, wt, tl, D, k0, kc, tf32);
+          for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
+            const int b = idx / kc, kk = idx - b * kc;
+            put(dv + b * SC + kk,
+                __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
           }
-        } else if (has_next) {  // R's columns and dq's entries KC at a time, from L2
-          for (int k0 = 0; k0 < GD; k0 += KC) {
-            const int kc = min(KC, GD - k0);
-            load_backward_cols<G>(Wn, wt, tl, D, k0, kc, tf32);
-            for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
-              const int b = idx / kc, kk = idx - b * kc;
-              put(dv + b * KC + kk,
-                  __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
-            }
-            __syncthreads();
-            block_product(mma, dv, KC, wt, acc, split, rows, kc, U, k0 > 0);
-            __syncthreads();
-          }
+          __syncthreads();
+          block_product(mma, dv, SC, streamed ? wt : wt + k0 * U, acc, split, rows, kc, U,
+                        k0 > 0);
+          __syncthreads();
         }
         for (int idx = threadIdx.x; idx < rows * tl.width; idx += blockDim.x) {
           const int b = idx / tl.width, u = idx - b * tl.width;
