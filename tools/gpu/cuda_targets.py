@@ -38,28 +38,27 @@ DEV = "cuda"
 BF16 = torch.bfloat16
 
 
-def _run(cell: Any, x: torch.Tensor, backend: str, backward: bool) -> Callable[[], Any]:
+def _pass(call: Callable[[], Any], backward: bool) -> Callable[[], Any]:
+    """One timed pass of ``call`` (which returns ``(y, state)``): without gradients, or with
+    the backward of ``y``'s sum."""
+
     def fn() -> Any:
         if not backward:
             with torch.no_grad():
-                return cell(x, backend=backend)
-        y, _ = cell(x, backend=backend)
+                return call()
+        y, _ = call()
         y.float().sum().backward()
         return None
 
     return fn
+
+
+def _run(cell: Any, x: torch.Tensor, backend: str, backward: bool) -> Callable[[], Any]:
+    return _pass(lambda: cell(x, backend=backend), backward)
 
 
 def _cudnn(ref: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], Any]:
-    def fn() -> Any:
-        if not backward:
-            with torch.no_grad():
-                return ref(x)
-        y, _ = ref(x)
-        y.float().sum().backward()
-        return None
-
-    return fn
+    return _pass(lambda: ref(x), backward)
 
 
 def _cut(cell: Any, x: torch.Tensor) -> str:
