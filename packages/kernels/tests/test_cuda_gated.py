@@ -792,7 +792,7 @@ def test_plan_is_cached_but_follows_its_limits(monkeypatch: pytest.MonkeyPatch) 
     args = ("lstm", 2, 2048, 128, *H100)
     first = cuda.plan(*args, tensor_cores="bf16")
     assert cuda.plan(*args, tensor_cores="bf16") is first  # from the cache
-    fresh = cuda._plan._cut.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64)
+    fresh = cuda._plan._cached_plan.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64)
     assert fresh == first and first.streamed and first.forward_k_chunk == 64
     monkeypatch.setattr(cuda._plan, "MAX_K_CHUNK", 32)
     assert cuda.plan(*args, tensor_cores="bf16").forward_k_chunk == 32

@@ -446,11 +446,11 @@ def plan(
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     rows = max(1, min(batch, MAX_BATCH_TILE))
-    return _cut(kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
+    return _cached_plan(kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
 
 
 @lru_cache(maxsize=512)
-def _cut(
+def _cached_plan(
     kind: str,
     N: int,
     D: int,
