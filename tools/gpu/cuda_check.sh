@@ -19,12 +19,16 @@
 #    conformance kit's backends, nan_propagation and lengths checks for the gated cells (which
 #    now include `cuda`); bf16/fp16 calls run their products on the tensor cores (operands in
 #    their dtype, TF32 on heads in 8s not 16s) where the cut allows (test_16bit_calls_use_the_
-#    tensor_cores checks the launches ask for them);
+#    tensor_cores checks the launches ask for them); test_flags_exchange runs the "flags"
+#    step exchange (RNNKIT_CUDA_EXCHANGE=flags: per-block step counters, each waited on with a
+#    30 s timeout that traps rather than hangs) against float64 and bit for bit against the
+#    grid barrier;
 # 4. runs tools/gpu/cuda_targets.py: issue 19's targets in one table (FlashRNN's protocol,
 #    B=16, T=1024, hidden 768, bf16, do_bench medians): dense LSTM / GRU / sLSTM against cuDNN
 #    bf16 and fp16, (256,3) and (128,6) against Triton's (64,12), the batch sweep against
 #    cuDNN fp16, the batch-1 T=4096 per-step latency and a streamed cut, each row naming its
-#    cut; rows past its 120 s budget are listed as skipped. Once the tests pass, a second
+#    cut, with rows `cuda bf16 flags` for the "flags" exchange; rows past its 120 s budget are
+#    listed as skipped. Once the tests pass, a second
 #    device call measures `auto`'s table: `python tools/gpu/auto_table.py --out "$OUT/auto_table.json"`
 #    (about 4 minutes by its --budget; commit the file into rnnkit/kernels/gated/).
 #    A failing step does not stop the later ones;

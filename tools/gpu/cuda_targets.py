@@ -15,6 +15,10 @@ gives the first table):
    per step;
 5. a streamed cut: one head of 2048 LSTM (its slices of R do not fit in shared memory).
 
+The dense LSTM, the (256, 3) and (128, 6) rows and the batch-1 latency are also timed with the
+``"flags"`` step exchange (``RNNKIT_CUDA_EXCHANGE=flags``: per-block step counters instead of a
+grid barrier; backend ``cuda bf16 flags``), each with its ratio to the grid barrier's row.
+
 Each row also names the cut (``explain``: resident or streamed, tensor cores). Usage::
 
     python tools/gpu/cuda_targets.py [--budget 120]
@@ -23,6 +27,7 @@ Each row also names the cut (``explain``: resident or streamed, tensor cores). U
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +60,24 @@ def _pass(call: Callable[[], Any], backward: bool) -> Callable[[], Any]:
 
 def _run(cell: Any, x: torch.Tensor, backend: str, backward: bool) -> Callable[[], Any]:
     return _pass(lambda: cell(x, backend=backend), backward)
+
+
+def _flags(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with the ``"flags"`` step exchange (the loops read the variable at every call)."""
+    from rnnkit.kernels.gated.cuda._loops import EXCHANGE_ENV
+
+    def run() -> Any:
+        before = os.environ.get(EXCHANGE_ENV)
+        os.environ[EXCHANGE_ENV] = "flags"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ[EXCHANGE_ENV]
+            else:
+                os.environ[EXCHANGE_ENV] = before
+
+    return run
 
 
 def _cudnn(ref: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], Any]:
@@ -110,6 +133,9 @@ def main() -> None:
         for mode, bwd in (("fwd", False), ("fwd+bwd", True)):
             case = f"{name} (768,1) B=16 {mode}"
             table.row(case, "cuda bf16", _run(cell, x, "cuda", bwd))
+            if name == "lstm":
+                table.row(case, "cuda bf16 flags", _flags(_run(cell, x, "cuda", bwd)))
+                table.ratio(f"{case} flags / grid", f"{case}|cuda bf16 flags", f"{case}|cuda bf16")
             if Ref is None:
                 ours = f"lstm (768,1) B=16 {mode}|cuda bf16"
                 table.ratio(f"{case} / lstm", f"{case}|cuda bf16", ours)
@@ -131,6 +157,8 @@ def main() -> None:
         case = f"lstm ({H // heads},{heads}) B=16 fwd+bwd"
         table.row(case, "cuda bf16", _run(cell, xs, "cuda", True), _cut(cell, xs)[:60])
         table.ratio(f"{case} / triton (64,12)", f"{case}|cuda bf16", base)
+        table.row(case, "cuda bf16 flags", _flags(_run(cell, xs, "cuda", True)))
+        table.ratio(f"{case} flags / triton (64,12)", f"{case}|cuda bf16 flags", base)
 
     # 3. batch sweep at (768, 1)
     for b in (2, 8, 32, 128):
@@ -151,9 +179,11 @@ def main() -> None:
     x = torch.randn(1, steps, 1024, device=DEV, dtype=BF16)
     case = "lstm (1024,1) B=1 T=4096 fwd"
     table.row(case, "cuda bf16", _run(cell, x, "cuda", False), _cut(cell, x)[:60])
-    if f"{case}|cuda bf16" in table.times:
-        per_step = table.times[f"{case}|cuda bf16"] * 1000 / steps
-        print(f"  per step: {per_step:.2f} us (target: at most 3)", flush=True)
+    table.row(case, "cuda bf16 flags", _flags(_run(cell, x, "cuda", False)))
+    for backend in ("cuda bf16", "cuda bf16 flags"):
+        if f"{case}|{backend}" in table.times:
+            per_step = table.times[f"{case}|{backend}"] * 1000 / steps
+            print(f"  per step ({backend}): {per_step:.2f} us (target: at most 3)", flush=True)
 
     # 5. a streamed cut
     torch.manual_seed(0)

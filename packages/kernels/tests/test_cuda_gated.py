@@ -238,9 +238,10 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert bf16.reason.endswith("tensor cores (bfloat16 operands) in both directions")
     assert bf16.forward_smem == 2 * (768 * 64 + 16 * 768) + 4 * 16 * 64 + split
     assert bf16.backward_smem == 2 * (3072 * 16 + 16 * 3072) + 4 * 16 * 16 + split
-    assert bf16.forward_args == (16, 5, 0, 48, 2) and bf16.backward_args == (16, 5, 0, 48, 2, 0)
+    assert bf16.forward_args == (16, 5, 0, 48, 2, 0)
+    assert bf16.backward_args == (16, 5, 0, 48, 2, 0, 0)
     fp16 = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="fp16")
-    assert isinstance(fp16, cuda.Tiling) and fp16.forward_args == (16, 5, 0, 48, 3)
+    assert isinstance(fp16, cuda.Tiling) and fp16.forward_args == (16, 5, 0, 48, 3, 0)
     mma = cuda.plan("lstm", 1, 768, 5, *H100, tensor_cores="tf32")
     assert isinstance(mma, cuda.Tiling)
     assert (mma.units, mma.blocks, mma.forward_mma, mma.backward_mma) == (8, 96, True, False)
@@ -249,13 +250,13 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
     assert mma.forward_smem == weights + 4 * 16 * (768 + 32) + split  # 16 rows, the product
     fma_split = cuda._plan.FMA_SPLIT_BYTES
     assert mma.backward_smem == weights + 4 * 5 * (4 * 768 + 8) + fma_split  # 5 rows: FMAs
-    assert mma.forward_args == (8, 5, 0, 96, 1) and mma.backward_args == (8, 5, 0, 96, 0, 0)
+    assert mma.forward_args == (8, 5, 0, 96, 1, 0) and mma.backward_args == (8, 5, 0, 96, 0, 0, 0)
     # a dense 1024 LSTM at B = 16: the 16-unit backward's 128 KiB of bfloat16 weights leave no
     # room for 16 rows of all 4096 columns of dq: it stages them 2880 at a time (two chunks)
     wide = cuda.plan("lstm", 1, 1024, 16, *H100, tensor_cores="bf16")
     assert isinstance(wide, cuda.Tiling) and wide.forward_mma and wide.backward_mma
     assert (wide.units, wide.blocks, wide.backward_batch_tile) == (16, 64, 16)
-    assert wide.backward_args == (16, 16, 0, 64, 2, 2880)
+    assert wide.backward_args == (16, 16, 0, 64, 2, 2880, 0)
     assert wide.backward_smem == 2 * (4096 * 16 + 16 * 2880) + 4 * 16 * 16 + split <= H100[1]
     assert "the backward stages dq 2880 columns at a time" in wide.reason
     elman = cuda.plan("elman", 1, 1024, 3, *H100, tensor_cores="tf32")
@@ -307,8 +308,8 @@ def test_plan_tensor_cores_one_direction_at_a_time() -> None:
     assert (wide.units, wide.forward_mma, wide.backward_mma) == (16, False, True)
     assert wide.forward_batch_tile == plain.forward_batch_tile == 12
     assert (wide.backward_batch_tile, wide.backward_stage) == (16, 1440)
-    assert wide.forward_args == (16, 12, 0, 128, 0)
-    assert wide.backward_args == (16, 16, 0, 128, 1, 1440)
+    assert wide.forward_args == (16, 12, 0, 128, 0, 0)
+    assert wide.backward_args == (16, 16, 0, 128, 1, 1440, 0)
     assert wide.reason.endswith(
         "tensor cores (TF32) in the backward only (the forward's product "
         "needs gates x units in 16s and 16 batch rows of shared memory)"
@@ -740,11 +741,11 @@ def test_16bit_calls_use_the_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> No
 
     class Recording:
         def forward(self, *args: Any) -> Any:
-            launches.append(("forward", args[-1]))
+            launches.append(("forward", args[-2]))  # then the exchange
             return real.forward(*args)
 
         def backward(self, *args: Any) -> Any:
-            launches.append(("backward", args[-2]))  # then the stage
+            launches.append(("backward", args[-3]))  # then the stage and the exchange
             return real.backward(*args)
 
     monkeypatch.setattr(cuda_loops, "ops", Recording)
@@ -792,9 +793,73 @@ def test_plan_is_cached_but_follows_its_limits(monkeypatch: pytest.MonkeyPatch) 
     args = ("lstm", 2, 2048, 128, *H100)
     first = cuda.plan(*args, tensor_cores="bf16")
     assert cuda.plan(*args, tensor_cores="bf16") is first  # from the cache
-    fresh = cuda._plan._cached_plan.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64)
+    fresh = cuda._plan._cached_plan.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64, "grid")
     assert fresh == first and first.streamed and first.forward_k_chunk == 64
     monkeypatch.setattr(cuda._plan, "MAX_K_CHUNK", 32)
     assert cuda.plan(*args, tensor_cores="bf16").forward_k_chunk == 32
     monkeypatch.setattr(cuda._plan, "MAX_BATCH_TILE", 2)
     assert cuda.plan(*args, tensor_cores="bf16").forward_batch_tile == 2
+
+
+def test_plan_step_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step exchange rides on the cut: the same cut either way, its code the last argument
+    of both ops (0 grid barrier, 1 flags), the reason naming flags; an unknown exchange is
+    refused, and so is an unknown name in ``RNNKIT_CUDA_EXCHANGE`` (naming the variable)."""
+    grid = cuda.plan("lstm", 6, 128, 16, *H100, tensor_cores="bf16")
+    flags = cuda.plan("lstm", 6, 128, 16, *H100, tensor_cores="bf16", exchange="flags")
+    assert isinstance(grid, cuda.Tiling) and isinstance(flags, cuda.Tiling)
+    assert grid.exchange == "grid" and flags.exchange == "flags"
+    assert replace(flags, exchange="grid", reason=grid.reason) == grid
+    assert "flags" in flags.reason and "flags" not in grid.reason
+    assert grid.forward_args[:-1] == flags.forward_args[:-1]
+    assert (grid.forward_args[-1], grid.backward_args[-1]) == (0, 0)
+    assert (flags.forward_args[-1], flags.backward_args[-1]) == (1, 1)
+    with pytest.raises(ValueError, match="unknown step exchange 'barrier'"):
+        cuda.plan("lstm", 6, 128, 16, *H100, exchange="barrier")
+    for value, want in (("", "grid"), ("flags", "flags"), (" Flags ", "flags"), ("grid", "grid")):
+        monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, value)
+        assert cuda_loops.step_exchange() == want
+    monkeypatch.delenv(cuda_loops.EXCHANGE_ENV)
+    assert cuda_loops.step_exchange() == "grid"
+    monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, "spin")
+    with pytest.raises(ValueError, match="RNNKIT_CUDA_EXCHANGE='spin' names no step exchange"):
+        cuda_loops.step_exchange()
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_flags_exchange(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RNNKIT_CUDA_EXCHANGE=flags``: each block waits on its peers' step counters instead of
+    a grid barrier. Against float64: six heads of 128 (several blocks per head, each head's
+    blocks waiting only on one another), an odd batch with lengths and resets in bfloat16, and
+    the streamed fallback (every block waits on all); and the same call under both exchanges
+    gives the same outputs bit for bit (the same products in the same order), its gradients
+    within float32 rounding of one another (the weight gradient is a cuBLAS GEMM afterwards).
+    Last in this file: a flag that never comes traps after 30 s and takes the CUDA context with
+    it, so the other GPU tests (``-x`` in tools/gpu/cuda_check.sh) run first."""
+    monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, "flags")
+    plan_kind = "elman" if kind == "relu" else kind
+    assert cuda_loops.tiling(plan_kind, 6, 128, 5, torch.device("cuda")).exchange == "flags"
+    _check(kind, 6, 6 * 128, torch.float32, 5, 9)
+    _check(kind, 2, 64, torch.bfloat16, 17, 7, lengths=[7, 3, 1, 7, 5, 2, 6] * 2 + [4, 4, 7])
+    D = 1024 if plan_kind in ("lstm", "slstm") else 2048
+    assert cuda_loops.tiling(plan_kind, 2, D, 3, torch.device("cuda")).streamed
+    _check(kind, 2, 2 * D, torch.float32, 3, 4)
+
+    dev = torch.device("cuda")
+    cell = make_cell(kind, 4, hidden=4 * 64, inputs=5).float().to(dev)
+    x, st, rs, cot = make_inputs(cell, batch=9, time=11, state=True, resets=True)
+    args = (x.to(dev), [s.to(dev) for s in st], rs.to(dev), [c.to(dev) for c in cot])
+    flags = run_all(cell, "cuda", *args)
+    monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, "grid")
+    grid = run_all(cell, "cuda", *args)
+    for name, want in grid.items():
+        got = flags[name]
+        assert (want is None) == (got is None), name
+        if want is None or got is None:
+            continue
+        if name.startswith("grad."):
+            assert rel_rms(got, want) <= 1e-6, (name, rel_rms(got, want))
+        else:
+            assert torch.equal(got, want), name

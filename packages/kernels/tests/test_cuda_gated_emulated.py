@@ -17,12 +17,15 @@ operands, :data:`MMA_DEVICES`) on two heads of 16 units, resident and streamed.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _form_helpers import poisoned
 from _gated_helpers import make_cell, make_inputs, rel_rms
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
@@ -53,6 +56,12 @@ DEVICES = {
     "streamed": (6, 128 + _plan.FMA_SPLIT_BYTES, "streamed"),
     "streamed-heads": (1, 48 * 1024, "streamed"),
 }
+#: Devices of :data:`DEVICES` run again with the ``"flags"`` step exchange (each block waits for
+#: its head's blocks when resident, for all six when streamed), by the names here. The emulation
+#: runs the flags' acquire and release for real between the blocks' threads and delays some
+#: blocks' steps at random, so a block that reads a step before its wait says it may sees it
+#: unwritten (NaN: the runs fill new memory with NaN).
+FLAG_DEVICES = {"resident-flags": "resident", "streamed-flags": "streamed"}
 #: Devices whose cuts put the products on the tensor cores, for two heads of 16 units:
 #: (SMs, shared memory, mode, operand format):
 #: - resident-mma (TF32): 6 SMs, too few bytes for 16-unit LSTM and sLSTM items: Elman and
@@ -108,13 +117,16 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return torch.ops.rnnkit_gated_cuda
 
 
-@pytest.fixture(params=[*DEVICES, *MMA_DEVICES])
+@pytest.fixture(params=[*DEVICES, *FLAG_DEVICES, *MMA_DEVICES])
 def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """The backend's loops use the emulated ops and a small device's cut (each of
-    :data:`DEVICES` and :data:`MMA_DEVICES`); returns the device's name."""
+    :data:`DEVICES`, :data:`FLAG_DEVICES` and :data:`MMA_DEVICES`); returns the device's
+    name."""
     name = str(request.param)
     mma = name in MMA_DEVICES
-    sms, smem, mode, ops = MMA_DEVICES[name] if mma else (*DEVICES[name], None)
+    exchange = "flags" if name in FLAG_DEVICES else "grid"
+    base = FLAG_DEVICES.get(name, name)
+    sms, smem, mode, ops = MMA_DEVICES[name] if mma else (*DEVICES[base], None)
 
     def tiling(
         kind: str,
@@ -124,9 +136,12 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
         device: Any,
         tensor_cores: str | None = None,
     ) -> _plan.Tiling:
-        cut = _plan.plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=ops)
+        cut = _plan.plan(
+            kind, heads, head_dim, batch, sms, smem, tensor_cores=ops, exchange=exchange
+        )
         assert isinstance(cut, _plan.Tiling), cut
         assert cut.mode == mode, cut.reason
+        assert cut.exchange == exchange, cut
         assert max(cut.forward_smem, cut.backward_smem) <= smem
         items = heads * -(-head_dim // cut.units)
         if mma:
@@ -138,12 +153,12 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
             if mode == "streamed":
                 chunk = _plan.MMA_K[cut.operands]
                 assert cut.blocks == 1 and cut.forward_k_chunk == chunk <= head_dim
-        elif name == "streamed-heads":
+        elif base == "streamed-heads":
             assert cut.blocks < heads  # one block runs several heads' items
             assert head_dim % cut.forward_k_chunk  # a short last chunk
         else:
             assert cut.blocks == items > heads  # several blocks per head
-        if name == "resident-staged":
+        if base == "resident-staged":
             assert bool(cut.backward_stage) == (kind in ("lstm", "slstm")), cut.reason
         if cut.backward_stage:
             assert cut.backward_stage < GATES[kind] * head_dim
@@ -172,7 +187,16 @@ def _run(
     cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any
 ) -> dict[str, Any]:
     """``y``, the final state and every gradient, by the ``cuda`` runs (emulated) as dispatch
-    would call them (with ``lengths``: through ``run_with_lengths``)."""
+    would call them (with ``lengths``: through ``run_with_lengths``), every new tensor filled
+    with NaN (the kernels' outputs and saved buffers: a value read before it is written
+    shows)."""
+    with poisoned():
+        return _run_poisoned(cell, x, state, resets, cot, lengths)
+
+
+def _run_poisoned(
+    cell: Any, x: Any, state: Any, resets: Any, cot: list[Any], lengths: Any
+) -> dict[str, Any]:
     x = x.detach().clone().requires_grad_()
     st = None if state is None else [s.detach().clone().requires_grad_() for s in state]
     kernel = _emulated_kernel(cell)
@@ -315,6 +339,30 @@ def test_emulated_no_grad_path(on_cpu: str, kind: str) -> None:
         assert torch.equal(a.detach(), b)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_emulated_flags_give_the_grid_barriers_results(
+    on_cpu: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same call under the ``"flags"`` exchange and under the grid barrier: the same
+    products in the same order, so outputs and every gradient equal bit for bit (lengths and
+    resets included)."""
+    if on_cpu not in FLAG_DEVICES:
+        pytest.skip("the flags devices only")
+    cell = make_cell(kind, 2, hidden=16, inputs=5).float()
+    x, st, rs, cot = make_inputs(cell, batch=5, time=6, state=True, resets=True)
+    args = (x.float(), [s.float() for s in st], rs, cot, [6, 3, 1, 6, 4])
+    flags = _run(cell, *args)
+    with_flags = cuda_loops.tiling  # the fixture's: this device's cut, with flags
+    monkeypatch.setattr(
+        cuda_loops, "tiling", lambda *a, **k: replace(with_flags(*a, **k), exchange="grid")
+    )
+    grid = _run(cell, *args)
+    assert grid.keys() == flags.keys()
+    for name, want in grid.items():
+        assert (want is None) == (flags[name] is None), name
+        assert want is None or torch.equal(flags[name], want), name
+
+
 def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
     """The planner's shared-memory arithmetic is what the launches ask for (the kernels'
     ``forward_smem_bytes`` / ``backward_smem_bytes`` through the ``smem_bytes`` op), resident
@@ -356,18 +404,18 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
     """The ops check a cut before launching: an unknown product code, 16-bit operands on a head
     size or streamed chunks that are not multiples of 16, tensor cores on a backward whose
     units are not in 16s, a staged forward or streamed backward, or a stage that is not a
-    multiple of 16 below ``G*D`` each raise, naming the rule (a kernel would read past its
-    tiles)."""
+    multiple of 16 below ``G*D``, or an unknown step exchange each raise, naming the rule (a
+    kernel would read past its tiles, or wait on flags no block sets)."""
     N, T, B, D = 1, 2, 3, 16
     px = torch.zeros(N, T, B, 4 * D)
     W = torch.zeros(N, D, 4 * D)
     h0, c0 = torch.zeros(N, B, D), torch.zeros(N, B, D)
 
-    def forward(units: int, mma: int, width: int = D, chunk: int = 0) -> Any:
+    def forward(units: int, mma: int, width: int = D, chunk: int = 0, exchange: int = 0) -> Any:
         return emulated.forward(
             2, px[..., : 4 * width].contiguous(), W[:, :width, : 4 * width].contiguous(), None,
             None, None, h0[..., :width].contiguous(), c0[..., :width].contiguous(), None, None,
-            [0.0, 0.0], True, units, 2, chunk, -(-width // units), mma,
+            [0.0, 0.0], True, units, 2, chunk, -(-width // units), mma, exchange,
         )  # fmt: skip
 
     with pytest.raises(RuntimeError, match="mma must be 0"):
@@ -376,18 +424,24 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
         forward(4, 2, width=8)  # 16-bit operands sum in 16s
     with pytest.raises(RuntimeError, match="k_chunk by 16"):
         forward(4, 2, chunk=8)  # so do their streamed chunks of R
+    for bad in (-1, 2):
+        with pytest.raises(RuntimeError, match=re.escape("exchange must be 0 (grid barrier) or 1")):
+            forward(4, 0, exchange=bad)
     forward(4, 1, width=8)  # TF32 sums in 8s
     forward(4, 1, chunk=8)
     hs, _, acts, cs, tcs = forward(4, 2)
     d_hs, d_c = torch.zeros_like(hs), torch.zeros(N, 1, B, D)
 
-    def backward(stage: int, units: int = 16, chunk: int = 0) -> Any:
+    def backward(stage: int, units: int = 16, chunk: int = 0, exchange: int = 0) -> Any:
         return emulated.backward(
             2, W, hs, acts, cs, tcs, None, None, None, None, None, None, None, d_hs, d_c,
-            units, 2, chunk, -(-D // units), 2, stage,
+            units, 2, chunk, -(-D // units), 2, stage, exchange,
         )  # fmt: skip
 
     backward(16)
+    backward(16, exchange=1)
+    with pytest.raises(RuntimeError, match=re.escape("exchange must be 0 (grid barrier) or 1")):
+        backward(16, exchange=3)
     for bad in (8, 64, -16):
         with pytest.raises(RuntimeError, match="stage is for the resident backward only"):
             backward(bad)

@@ -14,12 +14,20 @@
 // path from the Python loops through the glue; it cannot check what needs a GPU:
 // races between the threads of a block (a missing __syncthreads), memory coherence between SMs
 // (__ldcg), occupancy, the cooperative launch, WMMA's alignment rules and lane layouts, or speed.
+// The FLAGS step exchange runs for real between the blocks' threads (std::atomic acquire and
+// release), and each block sleeps a random while before it publishes a step now and then, so
+// that a block which reads before its wait says it may finds the step unwritten.
 #include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -37,6 +45,12 @@ inline std::barrier<>* emulated_grid_barrier = nullptr;
 inline thread_local std::vector<float>* emulated_smem = nullptr;
 
 inline void __syncthreads() {}
+inline void __threadfence() {}
+inline bool __all_sync(unsigned, bool predicate) { return predicate; }  // a warp of one lane
+[[noreturn]] inline void __trap() {
+  std::fflush(stdout);
+  std::abort();
+}
 template <class T>
 inline T __ldcg(const T* p) {
   return *p;
@@ -179,6 +193,27 @@ inline grid_group this_grid() { return {}; }
 namespace rnnkit_cuda {
 namespace {
 inline float* dynamic_smem() { return emulated_smem->data(); }
+
+// The FLAGS exchange's primitives. A poll yields its core: the blocks' threads outnumber the
+// cores, and a spinning block would keep the one it waits for from running.
+inline int flag_load_acquire(const int* p) {
+  std::this_thread::yield();
+  return std::atomic_ref<int>(*const_cast<int*>(p)).load(std::memory_order_acquire);
+}
+
+//! Publishes *p = v (release), half the time after sleeping up to 300 microseconds: the
+//! block's later steps start late, as a slow SM's would.
+inline void flag_store_release(int* p, int v) {
+  thread_local std::minstd_rand rng(1 + blockIdx.x);
+  if (rng() % 2) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
+  std::atomic_ref<int>(*p).store(v, std::memory_order_release);
+}
+
+inline unsigned long long clock_ns() {
+  return static_cast<unsigned long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::steady_clock::now().time_since_epoch())
+                                             .count());
+}
 }  // namespace
 }  // namespace rnnkit_cuda
 

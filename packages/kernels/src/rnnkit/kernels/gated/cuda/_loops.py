@@ -12,6 +12,10 @@ for tensor cores with operands in its own dtype (``tensor_cores="bf16"`` or ``"f
 loop function, :data:`TENSOR_CORE_DTYPES`): its recurrent products then keep the weights and
 the staged ``h`` (forward) or ``dq`` (backward) in that dtype, sums and state in float32.
 
+The blocks exchange each step by a grid barrier unless :data:`EXCHANGE_ENV` names another step
+exchange (``RNNKIT_CUDA_EXCHANGE=flags``: per-block step counters; see
+:mod:`rnnkit.kernels.gated.cuda._plan`), read at every call.
+
 With ``call.lengths`` the loops get the lengths (int32, on the device) and hold each sequence's
 state past its length inside the kernels (one launch per direction, no segments); the runs then
 zero ``y`` past each length.
@@ -19,6 +23,7 @@ zero ``y`` past each length.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
@@ -30,7 +35,7 @@ from rnnkit.core.dispatch import KernelCall
 from rnnkit.core.varlen import step_mask
 from rnnkit.kernels._cuda_device import cuda_index as device_index
 from rnnkit.kernels.gated.cuda._native import ops
-from rnnkit.kernels.gated.cuda._plan import Tiling, plan
+from rnnkit.kernels.gated.cuda._plan import EXCHANGES, Tiling, plan
 from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops, SLSTMLoops
 from rnnkit.kernels.gated.fused._common import (
     empty_result,
@@ -45,6 +50,7 @@ from rnnkit.kernels.gated.fused._slstm import SLSTMFn
 
 __all__ = [
     "CUDA_LOOPS",
+    "EXCHANGE_ENV",
     "RUNS",
     "Result",
     "device_index",
@@ -54,6 +60,7 @@ __all__ = [
     "run_gru",
     "run_lstm",
     "run_slstm",
+    "step_exchange",
     "tiling",
 ]
 
@@ -61,6 +68,24 @@ Result = tuple[Tensor, tuple[Tensor, ...]]
 
 # Cell kinds as the library numbers them (gated_cuda.h, CellKind).
 _ELMAN_TANH, _ELMAN_RELU, _LSTM, _GRU, _SLSTM = 0, 1, 2, 3, 4
+
+#: Names the step exchange of every launch (a key of
+#: :data:`~rnnkit.kernels.gated.cuda._plan.EXCHANGES`); unset or empty: ``"grid"``.
+EXCHANGE_ENV = "RNNKIT_CUDA_EXCHANGE"
+
+
+def step_exchange() -> str:
+    """The step exchange :data:`EXCHANGE_ENV` names (``"grid"`` where it is unset or empty).
+
+    Raises:
+        ValueError: it names none of :data:`~rnnkit.kernels.gated.cuda._plan.EXCHANGES`.
+    """
+    name = os.environ.get(EXCHANGE_ENV, "").strip().lower() or "grid"
+    if name not in EXCHANGES:
+        raise ValueError(
+            f"{EXCHANGE_ENV}={name!r} names no step exchange: one of {', '.join(EXCHANGES)}"
+        )
+    return name
 
 
 @lru_cache(maxsize=16)
@@ -106,11 +131,12 @@ def plan_on(
     device: torch.device,
     tensor_cores: str | None,
 ) -> Tiling | str:
-    """:func:`tiling`, with why the call cannot run as a string instead of an error."""
+    """:func:`tiling`, with why the call cannot run as a string instead of an error (its step
+    exchange the one :func:`step_exchange` names, which raises where that is unknown)."""
     index = device_index(device)
     sms, smem = device_limits(index)
     mma = tensor_cores if tensor_cores is not None and has_wmma(index) else None
-    return plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma)
+    return plan(kind, heads, head_dim, batch, sms, smem, tensor_cores=mma, exchange=step_exchange())
 
 
 def _mask2d(mask: Tensor | None) -> Tensor | None:

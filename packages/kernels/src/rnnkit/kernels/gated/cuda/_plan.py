@@ -38,6 +38,13 @@ GRU need 16 either way), with the backward in float32. A resident cut is preferr
 cores: where the rounded cut does not fit but the float32 one does, the float32 cut is kept,
 and the reason says so. Which is faster where both fit has not been measured on a GPU yet.
 
+**The step exchange** (``exchange``, :data:`EXCHANGES`): how the blocks learn that the step
+they read from is complete. ``"grid"`` (the default): a grid-wide barrier after every step.
+``"flags"``: each block counts its finished steps in a flag of its own and waits only for the
+blocks whose results it reads: those of its own head when resident (heads exchange nothing),
+all blocks when streamed; a multi-head call's blocks then never wait for other heads. Which is
+faster has not been measured on a GPU yet (``tools/gpu/cuda_targets.py`` times both).
+
 The byte counts here mirror ``forward_smem_bytes`` / ``backward_smem_bytes`` of
 ``csrc/gated_cuda.cu`` (the emulation test compares them through the ``smem_bytes`` op).
 """
@@ -49,6 +56,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 
 __all__ = [
+    "EXCHANGES",
     "FMA_SPLIT_BYTES",
     "GATES",
     "MAX_BATCH_TILE",
@@ -92,6 +100,9 @@ SPLIT_BYTES = 8 * 16 * 16 * _FLOAT
 #: Bytes of the float32 scratch of split FMA sums (one float for each of the 256 threads, which
 #: share an output's sum where a product has fewer outputs than threads).
 FMA_SPLIT_BYTES = 256 * _FLOAT
+#: Step exchanges and the kernels' ``Exchange`` codes (``gated_cuda.h``): a grid barrier per
+#: step, or per-block step counters (see the module's docstring).
+EXCHANGES = {"grid": 0, "flags": 1}
 
 
 def _up(n: int, multiple: int) -> int:
@@ -111,7 +122,8 @@ class Tiling:
     ``G*D``; see :func:`plan`);
     ``forward_mma``, ``backward_mma``: that direction's products on the tensor cores;
     ``operands``: their operand format (a key of :data:`OPERANDS`; ``""`` without tensor
-    cores); ``reason``: which mode was chosen and why, in words.
+    cores); ``exchange``: how the blocks learn a step is complete (a key of
+    :data:`EXCHANGES`); ``reason``: which mode was chosen and why, in words.
     """
 
     units: int
@@ -126,6 +138,7 @@ class Tiling:
     backward_mma: bool = False
     operands: str = ""
     backward_stage: int = 0
+    exchange: str = "grid"
     reason: str = ""
 
     @property
@@ -143,19 +156,26 @@ class Tiling:
         return OPERANDS[self.operands][0] if mma else 0
 
     @property
-    def forward_args(self) -> tuple[int, int, int, int, int]:
-        """``(units, batch_tile, k_chunk, blocks, mma)`` of the forward op
-        (``gated_cuda_ops.cpp``; ``mma`` the ``Product`` code)."""
+    def forward_args(self) -> tuple[int, int, int, int, int, int]:
+        """``(units, batch_tile, k_chunk, blocks, mma, exchange)`` of the forward op
+        (``gated_cuda_ops.cpp``; ``mma`` the ``Product`` code, ``exchange`` the ``Exchange``
+        code)."""
         f = self
         mma = f._product(f.forward_mma)
-        return f.units, f.forward_batch_tile, f.forward_k_chunk, f.blocks, mma
+        return (
+            f.units, f.forward_batch_tile, f.forward_k_chunk, f.blocks, mma,
+            EXCHANGES[f.exchange],
+        )  # fmt: skip
 
     @property
-    def backward_args(self) -> tuple[int, int, int, int, int, int]:
-        """``(units, batch_tile, k_chunk, blocks, mma, stage)`` of the backward op."""
+    def backward_args(self) -> tuple[int, int, int, int, int, int, int]:
+        """``(units, batch_tile, k_chunk, blocks, mma, stage, exchange)`` of the backward op."""
         b = self
         mma = b._product(b.backward_mma)
-        return b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, mma, b.backward_stage
+        return (
+            b.units, b.backward_batch_tile, b.backward_k_chunk, b.blocks, mma, b.backward_stage,
+            EXCHANGES[b.exchange],
+        )  # fmt: skip
 
     @property
     def mode(self) -> str:
@@ -404,6 +424,7 @@ def plan(
     sms: int,
     smem: int,
     tensor_cores: str | None = None,
+    exchange: str = "grid",
 ) -> Tiling | str:
     """The tiling of a call (resident where the weights fit in shared memory, else streamed),
     or why it cannot run (only a device with almost no shared memory).
@@ -418,9 +439,12 @@ def plan(
             a key of :data:`OPERANDS` (``"bf16"``, ``"fp16"``: the weights and staged vectors
             in that dtype; ``"tf32"``), used where the shapes allow (see the module's
             docstring; the reason says where they were not used and why).
+        exchange: how the blocks learn a step is complete, a key of :data:`EXCHANGES`
+            (see the module's docstring).
 
     Raises:
-        ValueError: an unknown ``kind`` or operand format, or a size below its least value
+        ValueError: an unknown ``kind``, operand format or exchange, or a size below its least
+            value
             (heads, head size, SMs and shared memory at least 1, batch at least 0).
         TypeError: a size that is not an integer.
     """
@@ -431,6 +455,8 @@ def plan(
             f"unknown tensor-core operand format {tensor_cores!r}: None or one of "
             f"{', '.join(OPERANDS)}"
         )
+    if exchange not in EXCHANGES:
+        raise ValueError(f"unknown step exchange {exchange!r}: one of {', '.join(EXCHANGES)}")
     for name, value, least in (
         ("heads", heads, 1),
         ("head_dim", head_dim, 1),
@@ -446,7 +472,8 @@ def plan(
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     rows = max(1, min(batch, MAX_BATCH_TILE))
-    return _cached_plan(kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
+    args = (kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
+    return _cached_plan(*args, exchange)
 
 
 @lru_cache(maxsize=512)
@@ -459,11 +486,22 @@ def _cached_plan(
     smem: int,
     tensor_cores: str | None,
     max_k_chunk: int,
+    exchange: str,
 ) -> Tiling | str:
     """:func:`plan` of a valid call whose batch tile is at most ``rows``, cached: every forward
     and backward call plans, and a streamed search costs a fraction of a millisecond. The key
     holds :data:`MAX_K_CHUNK` (``max_k_chunk``; ``rows`` carries :data:`MAX_BATCH_TILE`), so
     a changed limit plans afresh."""
+    cut = _cut_of(kind, N, D, rows, sms, smem, tensor_cores)
+    if isinstance(cut, str) or exchange == "grid":
+        return cut
+    return replace(cut, exchange=exchange, reason=f"{cut.reason}; steps exchanged by flags")
+
+
+def _cut_of(
+    kind: str, N: int, D: int, rows: int, sms: int, smem: int, tensor_cores: str | None
+) -> Tiling | str:
+    """The cut of :func:`plan` (its exchange the grid barrier)."""
     # the float32 cut: the answer without tensor cores, and where theirs is no better
     resident = _resident(kind, N, D, rows, sms, smem, None)
     plain = (

@@ -6,11 +6,13 @@
 // feeding their gates (D x G*units), the backward the rows of W they feed (units x G*D, as
 // dh_{t-1} = dq_t W^T). Each step a block reads the full previous vector of its head (h in the
 // forward, dq in the backward) from global memory, multiplies, runs the cell's pointwise update
-// for its units and writes them back; one grid-wide barrier (cg::grid_group::sync) per step
-// separates the writes of step t from the reads of step t + 1. State other than h (LSTM's c, the
-// backward's dc) belongs to exactly one block and never crosses the barrier. Where G*D staged
-// entries of dq per batch row would crowd out rows (Tiling::stage), the backward stages dq in
-// chunks of columns and multiplies each with the matching rows of its resident slice.
+// for its units and writes them back; the step exchange (Tiling::exchange) separates the writes
+// of step t from the reads of step t + 1: one grid-wide barrier (cg::grid_group::sync) per step,
+// or per-block step counters that each block waits on for the blocks it reads from. State other
+// than h (LSTM's c, the backward's dc) belongs to exactly one block and never crosses blocks.
+// Where G*D staged entries of dq per batch row would crowd out rows (Tiling::stage), the
+// backward stages dq in chunks of columns and multiplies each with the matching rows of its
+// resident slice.
 //
 // Streamed fallback (Tiling::k_chunk > 0; gated_cuda.h, _plan.py), for calls whose slices of W
 // do not fit in shared memory (too many bytes, or more heads than SMs): the same kernels with
@@ -295,6 +297,77 @@ __device__ __forceinline__ Tile tile_of(int item, int tiles, int units, int D) {
   return tl;
 }
 
+// ------------------------------------------------------------------------------------------
+// the step exchange (Exchange in gated_cuda.h)
+
+#ifndef RNNKIT_HOST_EMULATION  // the emulation brings std::atomic and std::chrono versions
+//! *p, an acquire load at device scope: what its writer did before the matching release is
+//! visible to this thread afterwards.
+__device__ __forceinline__ int flag_load_acquire(const int* p) {
+#if __CUDA_ARCH__ >= 700
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#else
+  const int v = *reinterpret_cast<const volatile int*>(p);
+  __threadfence();
+  return v;
+#endif
+}
+
+//! *p = v, a release store at device scope.
+__device__ __forceinline__ void flag_store_release(int* p, int v) {
+#if __CUDA_ARCH__ >= 700
+  asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#else
+  __threadfence();
+  *reinterpret_cast<volatile int*>(p) = v;
+#endif
+}
+
+//! Nanoseconds of the GPU's global timer (for the wait's timeout only).
+__device__ __forceinline__ unsigned long long clock_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#endif
+
+static_assert(kThreads >= 32, "the flag wait polls with one full warp");
+
+//! FLAGS: this block has finished `done` steps. The block barrier puts every thread's writes
+//! of the step before thread 0's release of the flag.
+__device__ __forceinline__ void publish_steps(int* flags, int done) {
+  __syncthreads();
+  if (threadIdx.x == 0) flag_store_release(flags + blockIdx.x, done);
+}
+
+//! FLAGS: return once blocks [first, first + count) have each finished `done` steps. Warp 0
+//! polls, a lane per flag (strided), with acquire loads; the block barrier after the poll puts
+//! the block's later reads (of what those blocks wrote) after them. A wait longer than
+//! kFlagTimeoutSeconds (a flag that never comes: a bug) prints what it waited for and traps
+//! instead of hanging the device.
+__device__ void wait_for_blocks(const int* flags, int first, int count, int done) {
+  const int lanes = min(32, static_cast<int>(blockDim.x));
+  if (static_cast<int>(threadIdx.x) < lanes) {
+    const unsigned long long start = clock_ns();
+    for (;;) {
+      bool ready = true;
+      for (int i = threadIdx.x; i < count; i += lanes)
+        ready = ready && flag_load_acquire(flags + first + i) >= done;
+      if (__all_sync(0xffffffffu, ready)) break;
+      if (clock_ns() - start > kFlagTimeoutSeconds * 1000000000ull) {
+        if (threadIdx.x == 0)
+          printf("rnnkit cuda: block %d waited %d s for blocks %d..%d to finish %d steps\n",
+                 static_cast<int>(blockIdx.x), kFlagTimeoutSeconds, first, first + count - 1,
+                 done);
+        __trap();
+      }
+    }
+  }
+  __syncthreads();
+}
+
 //! Rows [k0, k0 + kc) of the forward's weight slice of a tile into w ([kc][G*U]):
 //! w[kk][g*U + u] = W[n][k0 + kk][g*D + e0 + u], zero past the tile's width, as operands
 //! (`tf32`: float ones rounded to TF32). Consecutive threads read consecutive units of a gate
@@ -360,8 +433,13 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;  // one slot of cs (sLSTM: c and n)
   const int slots = a.save ? T + 1 : 2;
+  // FLAGS: the blocks whose h this block reads (resident: its head's; streamed: all)
+  const bool flags = tiling.exchange == FLAGS;
+  const int peers = streamed ? tiling.blocks : tiles;
+  const int first_peer = streamed ? 0 : tile_of(blockIdx.x, tiles, U, D).n * tiles;
 
   for (int t = 0; t < T; ++t) {
+    bool ready = !flags || t == 0;  // GRID: the previous step ended at the grid barrier
     for (int item = blockIdx.x; item < items; item += tiling.blocks) {
       const Tile tl = tile_of(item, tiles, U, D);
       const long long n = tl.n;
@@ -387,6 +465,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
           const int b = idx / tl.width, e = tl.e0 + idx - b * tl.width;
           const float* pre = px_t + static_cast<long long>(b0 + b) * GD + e;
           for (int g = 0; g < G; ++g) prefetch_l1(pre + g * D);
+        }
+        if (!ready) {  // h_{t-1} of this head is complete once its blocks finished t steps
+          wait_for_blocks(a.flags, first_peer, peers, t);
+          ready = true;
         }
         for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
           const int b = idx / D;
@@ -505,7 +587,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
         __syncthreads();  // hv and acc are reused by the next batch tile
       }
     }
-    grid.sync();
+    if (flags) {
+      publish_steps(a.flags, t + 1);
+    } else {
+      grid.sync();
+    }
   }
 }
 
@@ -540,12 +626,17 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
   const long long slab = static_cast<long long>(B) * D;
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;
+  // FLAGS: the blocks whose dq this block reads (as the forward's)
+  const bool flags = tiling.exchange == FLAGS;
+  const int peers = streamed ? tiling.blocks : tiles;
+  const int first_peer = streamed ? 0 : tile_of(blockIdx.x, tiles, U, D).n * tiles;
 
   // Iteration s runs the pointwise backward of step s (s = -1: only the gradient of h0). The
   // gradient of h_s (slot s + 1) is what reaches it directly plus, unless a reset entering
   // step s + 1 cut it, dq_{s+1} W^T and the carry (GRU's direct path dh_{s+1} z_{s+1}, or the
   // whole gradient where step s + 1 is past the sequence's end).
   for (int s = T - 1; s >= -1; --s) {
+    bool ready = !flags || s + 1 >= T;  // GRID: iteration s + 1 ended at the grid barrier
     for (int item = blockIdx.x; item < items; item += tiling.blocks) {
       const Tile tl = tile_of(item, tiles, U, D);
       const long long n = tl.n;
@@ -581,6 +672,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
             for (int g = 0; g < G; ++g) prefetch_l1(ac + g * D);
           }
           if (tcs_n) prefetch_l1(tcs_n + s * slab + at);
+        }
+        if (!ready) {  // dq_{s+1} of this head is complete after T - s - 1 iterations
+          wait_for_blocks(a.flags, first_peer, peers, T - s - 1);
+          ready = true;
         }
         // dq's columns SC at a time against the matching rows of R: resident, or (streamed)
         // read from L2 into the tile buffer with each chunk
@@ -674,7 +769,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
         __syncthreads();  // dv and acc are reused by the next batch tile
       }
     }
-    if (s >= 0) grid.sync();
+    if (s >= 0 && flags) {
+      publish_steps(a.flags, T - s);
+    } else if (s >= 0) {
+      grid.sync();
+    }
   }
 }
 

@@ -68,6 +68,19 @@ enum Product : int { FMA = 0, MMA_TF32 = 1, MMA_BF16 = 2, MMA_FP16 = 3 };
 //!       `stage` columns (a multiple of 16), each multiplied with the matching rows of the
 //!       resident weights before the next is staged, so that a slice of R that fits leaves room
 //!       for a full batch tile even where G*D staged entries per row would not.
+//!   exchange (an Exchange): how a step's results reach the blocks that read them next.
+enum Exchange : int {
+  //! cg::grid_group::sync() after every step: every block waits for every other.
+  GRID = 0,
+  //! Each block publishes in flags[block] how many steps it has finished (release), and a
+  //! block waits (acquire) only for the blocks whose results it reads next: the blocks of its
+  //! own head when resident (heads never exchange data), all blocks when streamed (a block's
+  //! items may span heads). Nothing a block reads is overwritten later in the launch (hs and dq
+  //! keep a slot per step), so a block may run ahead of the blocks it does not wait for. The
+  //! wait of step t + 1 starts after that step's read-only prefetches (a split barrier).
+  FLAGS = 1,
+};
+
 struct Tiling {
   int units;
   int batch_tile;
@@ -75,7 +88,12 @@ struct Tiling {
   int blocks;
   int mma = FMA;
   int stage = 0;
+  int exchange = GRID;
 };
+
+//! Seconds a block waits for a flag before it reports the stall and traps (a lost flag would
+//! otherwise hang the GPU; no step of a working launch takes this long).
+constexpr int kFlagTimeoutSeconds = 30;
 
 //! Warps per block.
 constexpr int kWarps = kThreads / 32;
@@ -123,6 +141,7 @@ struct ForwardArgs {
   float* cnp;         // sLSTM with save and resets: (N, T, B, 2, D) c, n entering each step
                       //       after resets
   float* hp;          // save with resets: (N, T, B, D) h entering each step after resets
+  int* flags;         // FLAGS exchange: (blocks,) int32, zero at the launch; else nullptr
 };
 
 //! Reverse loop ("stored gates": it reads the buffers the forward saved, no recomputation).
@@ -148,6 +167,7 @@ struct BackwardArgs {
   float* carry;       // GRU or lengths: (N, B, D) scratch: the gradient of h_t reaching it from
                       //       step t + 1 other than through dq (GRU's z gh; gh at a held step)
   float* dh0;         // (N, B, D) out: gradient of the initial h
+  int* flags;         // FLAGS exchange: (blocks,) int32, zero at the launch; else nullptr
 };
 
 //! Dynamic shared memory (bytes) one block of the forward or the backward needs.

@@ -68,7 +68,7 @@ const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
 //! The cut (see Tiling in gated_cuda.h): resident (k_chunk 0) needs one block per item, streamed
 //! at most one per item.
 Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blocks, int64_t mma,
-                 int64_t stage, int64_t N, int64_t D, int64_t G, bool backward) {
+                 int64_t stage, int64_t exchange, int64_t N, int64_t D, int64_t G, bool backward) {
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
   TORCH_CHECK(batch_tile >= 1, "batch_tile must be >= 1, got ", batch_tile);
   TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
@@ -86,6 +86,8 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
                 "stage is for the resident backward only: a multiple of 16 below G * D = ",
                 G * D, ", got ", stage, " (k_chunk ", k_chunk, ")");
   }
+  TORCH_CHECK(exchange == GRID || exchange == FLAGS,
+              "exchange must be 0 (grid barrier) or 1 (per-block flags), got ", exchange);
   const int64_t items = N * ((D + units - 1) / units);
   if (k_chunk == 0) {
     TORCH_CHECK(blocks == items, "a resident cut needs one block per item (", items, "), got ",
@@ -95,7 +97,19 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
                 " blocks, got ", blocks);
   }
   return Tiling{static_cast<int>(units), static_cast<int>(batch_tile), static_cast<int>(k_chunk),
-                static_cast<int>(blocks), static_cast<int>(mma), static_cast<int>(stage)};
+                static_cast<int>(blocks), static_cast<int>(mma), static_cast<int>(stage),
+                static_cast<int>(exchange)};
+}
+
+//! The FLAGS exchange's step counters, one per block, zero (Exchange in gated_cuda.h); an
+//! undefined tensor for the grid barrier.
+at::Tensor step_flags(const Tiling& tiling, const at::Tensor& like) {
+  if (tiling.exchange != FLAGS) return at::Tensor();
+  return at::zeros({tiling.blocks}, like.options().dtype(at::kInt));
+}
+
+int* flags_ptr(const at::Tensor& flags) {
+  return flags.defined() ? flags.data_ptr<int>() : nullptr;
 }
 
 void check_launch(const char* failure, const char* what) {
@@ -120,7 +134,7 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
                                 const c10::optional<at::Tensor>& n0,
                                 const c10::optional<at::Tensor>& m0, at::ArrayRef<double> inits,
                                 bool save, int64_t units, int64_t batch_tile, int64_t k_chunk,
-                                int64_t blocks, int64_t mma) {
+                                int64_t blocks, int64_t mma, int64_t exchange) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(px.dim() == 4, "px must be (N, T, B, G*D)");
@@ -147,7 +161,8 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   }
   const bool* m = mask_ptr(mask, T, B, px);
   const int* lens = lengths_ptr(lengths, B, px);
-  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, 0, N, D, G, false);
+  const Tiling tiling =
+      tiling_of(units, batch_tile, k_chunk, blocks, mma, 0, exchange, N, D, G, false);
   const auto opts = px.options();
   const int64_t slots = save ? T + 1 : 2;
 
@@ -197,6 +212,8 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   a.ex = ptr_or_null(ex);
   a.cnp = ptr_or_null(cnp);
   a.hp = ptr_or_null(hp);
+  const at::Tensor flags = step_flags(tiling, px);
+  a.flags = flags_ptr(flags);
   check_launch(launch_forward(a, tiling, current_stream(px.get_device())), "forward");
 
   std::vector<at::Tensor> out{hs};
@@ -237,7 +254,7 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
                                  const c10::optional<at::Tensor>& lengths, const at::Tensor& d_hs,
                                  const c10::optional<at::Tensor>& d_state, int64_t units,
                                  int64_t batch_tile, int64_t k_chunk, int64_t blocks,
-                                 int64_t mma, int64_t stage) {
+                                 int64_t mma, int64_t stage, int64_t exchange) {
   TORCH_CHECK(kind >= ELMAN_TANH && kind <= SLSTM, "unknown cell kind ", kind);
   const int G = gates_of(static_cast<int>(kind));
   TORCH_CHECK(hs.dim() == 4, "hs must be (N, T + 1, B, D)");
@@ -258,7 +275,8 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   };
   const bool* m = mask_ptr(mask, T, B, hs);
   const int* lens = lengths_ptr(lengths, B, hs);
-  const Tiling tiling = tiling_of(units, batch_tile, k_chunk, blocks, mma, stage, N, D, G, true);
+  const Tiling tiling =
+      tiling_of(units, batch_tile, k_chunk, blocks, mma, stage, exchange, N, D, G, true);
   const auto opts = hs.options();
 
   BackwardArgs a{};
@@ -310,6 +328,8 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   a.dq = dq.data_ptr<float>();
   a.dh0 = dh0.data_ptr<float>();
   if (T > 0) {
+    const at::Tensor flags = step_flags(tiling, hs);
+    a.flags = flags_ptr(flags);
     check_launch(launch_backward(a, tiling, current_stream(hs.get_device())), "backward");
   } else {
     dh0.copy_(d_hs.select(1, 0));
@@ -345,12 +365,12 @@ TORCH_LIBRARY(rnnkit_gated_cuda, m) {
   m.def(
       "forward(int kind, Tensor px, Tensor W, Tensor? bhn, Tensor? mask, Tensor? lengths, "
       "Tensor h0, Tensor? c0, Tensor? n0, Tensor? m0, float[] inits, bool save, int units, "
-      "int batch_tile, int k_chunk, int blocks, int mma=0) -> Tensor[]");
+      "int batch_tile, int k_chunk, int blocks, int mma=0, int exchange=0) -> Tensor[]");
   m.def(
       "backward(int kind, Tensor W, Tensor hs, Tensor? acts, Tensor? cs, Tensor? tcs, "
       "Tensor? qs, Tensor? ms, Tensor? ex, Tensor? cnp, Tensor? hp, Tensor? mask, "
       "Tensor? lengths, Tensor d_hs, Tensor? d_state, int units, int batch_tile, int k_chunk, "
-      "int blocks, int mma=0, int stage=0) -> Tensor[]");
+      "int blocks, int mma=0, int stage=0, int exchange=0) -> Tensor[]");
   m.def(
       "smem_bytes(int kind, int D, int units, int batch_tile, int k_chunk, int forward_mma=0, "
       "int backward_mma=0, int stage=0) -> int[]",
