@@ -245,6 +245,16 @@ def test_emulated_kernels_match_reference(on_cpu: str, kind: str, case: int) -> 
     _compare(on_cpu, kind, CASES[case], hidden)
 
 
+@pytest.mark.parametrize("case", [0, 2], ids=["resets", "len+resets"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_emulated_heads_not_in_fours(on_cpu: str, kind: str, case: int) -> None:
+    """Heads of 5 units: rows of ``h`` that are not a whole number of 16-byte loads, so the
+    staging takes its one-float path (resets included) instead of the 16-byte one."""
+    if on_cpu not in ("resident", "resident-flags", "streamed-heads"):
+        pytest.skip("devices whose mode stays at heads of 5 (tensor cores need heads in 8s)")
+    _compare(on_cpu, kind, CASES[case], 10)
+
+
 @pytest.mark.parametrize("case", range(len(CASES)), ids=["resets", "plain", "len+resets", "len"])
 @pytest.mark.parametrize("kind", ["lstm", "slstm"])
 def test_emulated_tensor_cores_on_heads_of_24(on_cpu: str, kind: str, case: int) -> None:
@@ -404,8 +414,9 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
     """The ops check a cut before launching: an unknown product code, 16-bit operands on a head
     size or streamed chunks that are not multiples of 16, tensor cores on a backward whose
     units are not in 16s, a staged forward or streamed backward, or a stage that is not a
-    multiple of 16 below ``G*D``, or an unknown step exchange each raise, naming the rule (a
-    kernel would read past its tiles, or wait on flags no block sets)."""
+    multiple of 16 below ``G*D``, a batch tile over 32 rows, or an unknown step exchange each
+    raise, naming the rule (a kernel would read past its tiles, or wait on flags no block
+    sets)."""
     N, T, B, D = 1, 2, 3, 16
     px = torch.zeros(N, T, B, 4 * D)
     W = torch.zeros(N, D, 4 * D)
@@ -424,6 +435,10 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
         forward(4, 2, width=8)  # 16-bit operands sum in 16s
     with pytest.raises(RuntimeError, match="k_chunk by 16"):
         forward(4, 2, chunk=8)  # so do their streamed chunks of R
+    with pytest.raises(RuntimeError, match=re.escape("batch_tile must be in [1, 32], got 33")):
+        emulated.forward(
+            2, px, W, None, None, None, h0, c0, None, None, [0.0, 0.0], True, 4, 33, 0, 4, 0
+        )  # a tile's restarting rows are the bits of one 32-bit word
     for bad in (-1, 2):
         with pytest.raises(RuntimeError, match=re.escape("exchange must be 0 (grid barrier) or 1")):
             forward(4, 0, exchange=bad)

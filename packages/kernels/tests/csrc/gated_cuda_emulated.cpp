@@ -35,7 +35,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 
 struct EmulatedDim3 {
   unsigned x;
@@ -44,6 +44,9 @@ inline thread_local EmulatedDim3 threadIdx{0}, blockIdx{0}, blockDim{1};
 inline std::barrier<>* emulated_grid_barrier = nullptr;
 inline thread_local std::vector<float>* emulated_smem = nullptr;
 
+struct float4 {
+  float x, y, z, w;
+};
 inline void __syncthreads() {}
 inline void __threadfence() {}
 inline bool __all_sync(unsigned, bool predicate) { return predicate; }  // a warp of one lane

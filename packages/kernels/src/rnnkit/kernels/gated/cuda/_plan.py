@@ -75,7 +75,8 @@ __all__ = [
 #: Gates per unit of each cell kind (elman, lstm, gru, slstm). sLSTM's states ``c, n, m`` stay
 #: in their owning block like LSTM's ``c``; they take no shared memory.
 GATES = {"elman": 1, "lstm": 4, "gru": 3, "slstm": 4}
-#: Batch rows staged per tile at most (more only lengthens each block's serial pass).
+#: Batch rows staged per tile at most (more only lengthens each block's serial pass; the
+#: kernels take at most ``kMaxBatchTile`` = 32, ``gated_cuda.h``).
 MAX_BATCH_TILE = 32
 #: Rows (forward) or columns (backward) of ``R`` per streamed chunk at most: enough to amortise
 #: the two block barriers of each chunk, small enough to leave room for batch rows.

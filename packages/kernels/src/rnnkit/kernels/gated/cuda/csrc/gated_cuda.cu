@@ -116,6 +116,21 @@ __device__ __forceinline__ void prefetch_l1(const float* p) {
 #endif
 }
 
+//! Bit b set where row b0 + b of a batch tile (b < rows <= kMaxBatchTile) restarts at step t
+//! (reset_at). Called by every thread of the block at once; each warp computes the same word
+//! (a lane per row, one ballot), so no thread walks the rows' flags one dependent load at a time.
+__device__ __forceinline__ unsigned restart_rows(const bool* mask, const int* lengths, int t,
+                                                 int B, int b0, int rows) {
+#ifdef RNNKIT_HOST_EMULATION  // one thread stands for every lane
+  unsigned bits = 0;
+  for (int b = 0; b < rows; ++b) bits |= static_cast<unsigned>(reset_at(mask, lengths, t, B, b0 + b)) << b;
+  return bits;
+#else
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  return __ballot_sync(0xffffffffu, lane < rows && reset_at(mask, lengths, t, B, b0 + lane));
+#endif
+}
+
 // Operands in shared memory: float (FMA, TF32), __nv_bfloat16 (MMA_BF16), __half (MMA_FP16).
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -128,6 +143,72 @@ __device__ __forceinline__ void put(__nv_bfloat16* p, float x, bool) {
   *p = __float2bfloat16_rn(x);
 }
 __device__ __forceinline__ void put(__half* p, float x, bool) { *p = __float2half_rn(x); }
+
+//! Loads each thread keeps in flight while staging (stage_rows): a step's staging is a latency
+//! chain (the product waits for it), so the loads of a thread go out together rather than one
+//! L2 round trip after another.
+constexpr int kStageLoads = 8;
+
+//! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, as operands (to nearest), read
+//! from L2 (__ldcg: another block wrote src); rows whose bit is set in `restart` get `init`
+//! instead (their loads are still made: a select, so the loop has no branch per element).
+//! 16-byte loads where the rows allow (cols and lds in 4s, src 16-byte aligned), each thread
+//! issuing kStageLoads of them before it stores any.
+template <typename Op>
+__device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
+                                           const float* __restrict__ src, long long lds, int rows,
+                                           int cols, unsigned restart, float init) {
+  const bool wide =
+      cols % 4 == 0 && lds % 4 == 0 && reinterpret_cast<unsigned long long>(src) % 16 == 0;
+  if (wide) {
+    const int per_row = cols / 4, n = rows * per_row;
+    for (int i0 = threadIdx.x; i0 < n; i0 += kStageLoads * blockDim.x) {
+      float4 v[kStageLoads];
+#pragma unroll
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int i = i0 + j * static_cast<int>(blockDim.x);
+        if (i < n) {
+          const int b = i / per_row, c = i - b * per_row;
+          v[j] = __ldcg(reinterpret_cast<const float4*>(src + b * lds) + c);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int i = i0 + j * static_cast<int>(blockDim.x);
+        if (i < n) {
+          const int b = i / per_row, c = i - b * per_row;
+          const bool r = (restart >> b) & 1u;
+          Op* d = dst + b * ldd + 4 * c;
+          put(d, r ? init : v[j].x, false);
+          put(d + 1, r ? init : v[j].y, false);
+          put(d + 2, r ? init : v[j].z, false);
+          put(d + 3, r ? init : v[j].w, false);
+        }
+      }
+    }
+    return;
+  }
+  const int n = rows * cols;
+  for (int i0 = threadIdx.x; i0 < n; i0 += kStageLoads * blockDim.x) {
+    float v[kStageLoads];
+#pragma unroll
+    for (int j = 0; j < kStageLoads; ++j) {
+      const int i = i0 + j * static_cast<int>(blockDim.x);
+      if (i < n) {
+        const int b = i / cols, c = i - b * cols;
+        v[j] = __ldcg(src + b * lds + c);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kStageLoads; ++j) {
+      const int i = i0 + j * static_cast<int>(blockDim.x);
+      if (i < n) {
+        const int b = i / cols, c = i - b * cols;
+        put(dst + b * ldd + c, (restart >> b) & 1u ? init : v[j], false);
+      }
+    }
+  }
+}
 
 //! The least length of a part of a split FMA sum (shorter parts cost more to add up than they
 //! save).
@@ -407,7 +488,7 @@ __device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
 
 //! Op: the operands' type in shared memory (float for FMA and MMA_TF32).
 template <int KIND, typename Op>
-__global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling tiling) {
+__global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   cg::grid_group grid = cg::this_grid();
   auto* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
@@ -470,12 +551,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
           wait_for_blocks(a.flags, first_peer, peers, t);
           ready = true;
         }
-        for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-          const int b = idx / D;
-          const float h = reset_at(a.mask, a.lengths, t, B, b0 + b) ? a.h_init
-                                                                    : __ldcg(h_prev + b0 * D + idx);
-          put(hv + idx, h, false);
-        }
+        const unsigned restart = restart_rows(a.mask, a.lengths, t, B, b0, rows);
+        stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D, restart, a.h_init);
         __syncthreads();
         if (!streamed) {
           block_product(mma, hv, D, w, acc, split, rows, D, GU, false);
@@ -599,7 +676,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(ForwardArgs a, Tiling
 // backward
 
 template <int KIND, typename Op>
-__global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tiling tiling) {
+__global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   constexpr int K = KIND == SLSTM ? 3 : (KIND == LSTM ? 1 : 0);  // state fields besides h
   cg::grid_group grid = cg::this_grid();
@@ -682,11 +759,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardArgs a, Tili
         for (int k0 = 0; has_next && k0 < GD; k0 += SC) {
           const int kc = min(SC, GD - k0);
           if (streamed) load_backward_cols<G>(Wn, wt, tl, D, k0, kc, tf32);
-          for (int idx = threadIdx.x; idx < rows * kc; idx += blockDim.x) {
-            const int b = idx / kc, kk = idx - b * kc;
-            put(dv + b * SC + kk,
-                __ldcg(dq_next + static_cast<long long>(b0 + b) * GD + k0 + kk), false);
-          }
+          stage_rows(dv, SC, dq_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc, 0u,
+                     0.0f);
           __syncthreads();
           block_product(mma, dv, SC, streamed ? wt : wt + k0 * U, acc, split, rows, kc, U,
                         k0 > 0);

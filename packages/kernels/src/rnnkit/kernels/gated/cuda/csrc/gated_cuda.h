@@ -32,6 +32,10 @@ enum CellKind : int { ELMAN_TANH = 0, ELMAN_RELU = 1, LSTM = 2, GRU = 3, SLSTM =
 //! Threads per block of every kernel here.
 constexpr int kThreads = 256;
 
+//! Batch rows of one tile at most (Tiling::batch_tile): a tile's rows that restart at a step
+//! are one bit each of a 32-bit word.
+constexpr int kMaxBatchTile = 32;
+
 //! Gates per hidden unit of a cell kind (W has G*D columns per head).
 inline int gates_of(int kind) {
   return (kind == LSTM || kind == SLSTM) ? 4 : (kind == GRU ? 3 : 1);

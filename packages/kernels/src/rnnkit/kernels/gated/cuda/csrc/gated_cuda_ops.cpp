@@ -70,7 +70,8 @@ const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
 Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blocks, int64_t mma,
                  int64_t stage, int64_t exchange, int64_t N, int64_t D, int64_t G, bool backward) {
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
-  TORCH_CHECK(batch_tile >= 1, "batch_tile must be >= 1, got ", batch_tile);
+  TORCH_CHECK(batch_tile >= 1 && batch_tile <= kMaxBatchTile, "batch_tile must be in [1, ",
+              kMaxBatchTile, "], got ", batch_tile);
   TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
   TORCH_CHECK(mma >= FMA && mma <= MMA_FP16,
               "mma must be 0 (float32 FMAs), 1 (TF32), 2 (bfloat16) or 3 (float16), got ", mma);
