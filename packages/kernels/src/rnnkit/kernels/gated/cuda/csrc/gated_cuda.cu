@@ -144,16 +144,36 @@ __device__ __forceinline__ void put(__nv_bfloat16* p, float x, bool) {
 }
 __device__ __forceinline__ void put(__half* p, float x, bool) { *p = __float2half_rn(x); }
 
-//! Loads each thread keeps in flight while staging (stage_rows): a step's staging is a latency
-//! chain (the product waits for it), so the loads of a thread go out together rather than one
-//! L2 round trip after another.
+//! Loads each thread keeps in flight while it copies into shared memory (copy_batched): a
+//! step's staging is a latency chain (the product waits for it), so the loads of a thread go
+//! out together rather than one L2 round trip after another.
 constexpr int kStageLoads = 8;
+
+//! store(i, load(i)) for i < n over the block's threads, each thread issuing kStageLoads loads
+//! (of V) before it stores any (loads are independent of stores, so nothing orders them after
+//! one).
+template <typename V, typename Load, typename Store>
+__device__ __forceinline__ void copy_batched(int n, Load load, Store store) {
+  const int stride = static_cast<int>(blockDim.x);
+  for (int i0 = static_cast<int>(threadIdx.x); i0 < n; i0 += kStageLoads * stride) {
+    V v[kStageLoads];
+#pragma unroll
+    for (int j = 0; j < kStageLoads; ++j) {
+      const int i = i0 + j * stride;
+      if (i < n) v[j] = load(i);
+    }
+#pragma unroll
+    for (int j = 0; j < kStageLoads; ++j) {
+      const int i = i0 + j * stride;
+      if (i < n) store(i, v[j]);
+    }
+  }
+}
 
 //! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, as operands (to nearest), read
 //! from L2 (__ldcg: another block wrote src); rows whose bit is set in `restart` get `init`
 //! instead (their loads are still made: a select, so the loop has no branch per element).
-//! 16-byte loads where the rows allow (cols and lds in 4s, src 16-byte aligned), each thread
-//! issuing kStageLoads of them before it stores any.
+//! 16-byte loads where the rows allow (cols and lds in 4s, src 16-byte aligned).
 template <typename Op>
 __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
                                            const float* __restrict__ src, long long lds, int rows,
@@ -161,52 +181,33 @@ __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
   const bool wide =
       cols % 4 == 0 && lds % 4 == 0 && reinterpret_cast<unsigned long long>(src) % 16 == 0;
   if (wide) {
-    const int per_row = cols / 4, n = rows * per_row;
-    for (int i0 = threadIdx.x; i0 < n; i0 += kStageLoads * blockDim.x) {
-      float4 v[kStageLoads];
-#pragma unroll
-      for (int j = 0; j < kStageLoads; ++j) {
-        const int i = i0 + j * static_cast<int>(blockDim.x);
-        if (i < n) {
+    const int per_row = cols / 4;
+    copy_batched<float4>(
+        rows * per_row,
+        [&](int i) {
           const int b = i / per_row, c = i - b * per_row;
-          v[j] = __ldcg(reinterpret_cast<const float4*>(src + b * lds) + c);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kStageLoads; ++j) {
-        const int i = i0 + j * static_cast<int>(blockDim.x);
-        if (i < n) {
+          return __ldcg(reinterpret_cast<const float4*>(src + b * lds) + c);
+        },
+        [&](int i, const float4& v) {
           const int b = i / per_row, c = i - b * per_row;
           const bool r = (restart >> b) & 1u;
           Op* d = dst + b * ldd + 4 * c;
-          put(d, r ? init : v[j].x, false);
-          put(d + 1, r ? init : v[j].y, false);
-          put(d + 2, r ? init : v[j].z, false);
-          put(d + 3, r ? init : v[j].w, false);
-        }
-      }
-    }
-    return;
-  }
-  const int n = rows * cols;
-  for (int i0 = threadIdx.x; i0 < n; i0 += kStageLoads * blockDim.x) {
-    float v[kStageLoads];
-#pragma unroll
-    for (int j = 0; j < kStageLoads; ++j) {
-      const int i = i0 + j * static_cast<int>(blockDim.x);
-      if (i < n) {
-        const int b = i / cols, c = i - b * cols;
-        v[j] = __ldcg(src + b * lds + c);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kStageLoads; ++j) {
-      const int i = i0 + j * static_cast<int>(blockDim.x);
-      if (i < n) {
-        const int b = i / cols, c = i - b * cols;
-        put(dst + b * ldd + c, (restart >> b) & 1u ? init : v[j], false);
-      }
-    }
+          put(d, r ? init : v.x, false);
+          put(d + 1, r ? init : v.y, false);
+          put(d + 2, r ? init : v.z, false);
+          put(d + 3, r ? init : v.w, false);
+        });
+  } else {
+    copy_batched<float>(
+        rows * cols,
+        [&](int i) {
+          const int b = i / cols, c = i - b * cols;
+          return __ldcg(src + b * lds + c);
+        },
+        [&](int i, float v) {
+          const int b = i / cols, c = i - b * cols;
+          put(dst + b * ldd + c, (restart >> b) & 1u ? init : v, false);
+        });
   }
 }
 
@@ -459,12 +460,14 @@ __device__ __forceinline__ void load_forward_rows(const float* __restrict__ Wn,
                                                   int k0, int kc, bool tf32) {
   const int GU = G * tl.units;
   const long long GD = static_cast<long long>(G) * D;
-  for (int idx = threadIdx.x; idx < kc * GU; idx += blockDim.x) {
-    const int kk = idx / GU, j = idx - kk * GU;
-    const int g = j / tl.units, u = j - g * tl.units;
-    const float x = u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
-    put(w + idx, x, tf32);
-  }
+  copy_batched<float>(
+      kc * GU,
+      [&](int idx) {
+        const int kk = idx / GU, j = idx - kk * GU;
+        const int g = j / tl.units, u = j - g * tl.units;
+        return u < tl.width ? Wn[(k0 + kk) * GD + g * D + tl.e0 + u] : 0.0f;
+      },
+      [&](int idx, float x) { put(w + idx, x, tf32); });
 }
 
 //! Columns [k0, k0 + kc) of the backward's weight slice of a tile into wt ([kc][U]):
@@ -476,11 +479,16 @@ __device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
                                                    Op* __restrict__ wt, const Tile& tl, int D,
                                                    int k0, int kc, bool tf32) {
   const long long GD = static_cast<long long>(G) * D;
-  for (int idx = threadIdx.x; idx < kc * tl.units; idx += blockDim.x) {
-    const int u = idx / kc, kk = idx - u * kc;
-    const float x = u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
-    put(wt + kk * tl.units + u, x, tf32);
-  }
+  copy_batched<float>(
+      kc * tl.units,
+      [&](int idx) {
+        const int u = idx / kc, kk = idx - u * kc;
+        return u < tl.width ? Wn[(tl.e0 + u) * GD + k0 + kk] : 0.0f;
+      },
+      [&](int idx, float x) {
+        const int u = idx / kc, kk = idx - u * kc;
+        put(wt + kk * tl.units + u, x, tf32);
+      });
 }
 
 // ------------------------------------------------------------------------------------------
