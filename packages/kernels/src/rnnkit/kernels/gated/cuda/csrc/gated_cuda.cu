@@ -582,34 +582,43 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           const long long at = static_cast<long long>(bg) * D + e;
           const long long gat = static_cast<long long>(bg) * GD + e;
           const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
-          const bool reset = reset_at(a.mask, a.lengths, t, B, bg);
+          // Every load first, then the stores: a load the compiler cannot move above a store
+          // (it cannot tell the buffers apart) would wait for it, one latency after another.
+          const bool reset = (restart >> b) & 1u;  // reset_at(..., bg), from the staging
+          const bool alive = live(a.lengths, t, bg);
           // The staged copy is exact for float operands; 16-bit ones rounded it.
           const float hprev = std::is_same_v<Op, float> ? to_float(hv[b * D + e])
                               : reset                   ? a.h_init
                                                         : __ldcg(h_prev + at);
+          float x[G];  // the projected input of each gate
+#pragma unroll
+          for (int g = 0; g < G; ++g) x[g] = pre[g * D];
+          // the state entering the step besides h (this block wrote it): LSTM c; sLSTM c, n, m
+          const float c_in = KIND == LSTM || KIND == SLSTM ? cs_n[s_in * cslab + cat] : 0.0f;
+          const float n_in = KIND == SLSTM ? cs_n[s_in * cslab + cat + D] : 0.0f;
+          const float m_in = KIND == SLSTM ? ms_n[s_in * slab + at] : 0.0f;
+          const float bhn = KIND == GRU && bhn_n ? bhn_n[e] : 0.0f;
           if (hp_n) hp_n[t * slab + at] = hprev;
-          if (!live(a.lengths, t, bg)) {  // past the sequence's end: hold the state
+          if (!alive) {  // past the sequence's end: hold the state
             h_next[at] = hprev;
-            if (cs_n) {
-              cs_n[s_out * cslab + cat] = cs_n[s_in * cslab + cat];
-              if (KIND == SLSTM) cs_n[s_out * cslab + cat + D] = cs_n[s_in * cslab + cat + D];
+            if (KIND == LSTM || KIND == SLSTM) cs_n[s_out * cslab + cat] = c_in;
+            if (KIND == SLSTM) {
+              cs_n[s_out * cslab + cat + D] = n_in;
+              ms_n[s_out * slab + at] = m_in;
             }
-            if (ms_n) ms_n[s_out * slab + at] = ms_n[s_in * slab + at];
             continue;
           }
           float h;
           if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-            h = cell::elman_forward(pre[0] + q[0], KIND == ELMAN_RELU);
+            h = cell::elman_forward(x[0] + q[0], KIND == ELMAN_RELU);
           } else if constexpr (KIND == LSTM) {
-            float* c_prev = cs_n + s_in * slab + at;
-            float cp = *c_prev;
+            float cp = c_in;
             if (reset) {
               cp = a.c_init;
-              *c_prev = cp;  // the backward reads c entering the step after the reset
+              cs_n[s_in * slab + at] = cp;  // the backward reads c entering the step after it
             }
-            const cell::LstmStep st = cell::lstm_forward(pre[0] + q[0], pre[D] + q[U],
-                                                         pre[2 * D] + q[2 * U],
-                                                         pre[3 * D] + q[3 * U], cp);
+            const cell::LstmStep st =
+                cell::lstm_forward(x[0] + q[0], x[1] + q[U], x[2] + q[2 * U], x[3] + q[3 * U], cp);
             h = st.h;
             cs_n[s_out * slab + at] = st.c;
             if (a.save) {
@@ -621,9 +630,8 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
               tcs_n[t * slab + at] = st.tc;
             }
           } else if constexpr (KIND == GRU) {  // b_hn joins the recurrent term (r multiplies it)
-            const float qn = q[2 * U] + (bhn_n ? bhn_n[e] : 0.0f);
-            const cell::GruStep st =
-                cell::gru_forward(pre[0], pre[D], pre[2 * D], q[0], q[U], qn, hprev);
+            const float qn = q[2 * U] + bhn;
+            const cell::GruStep st = cell::gru_forward(x[0], x[1], x[2], q[0], q[U], qn, hprev);
             h = st.h;
             if (a.save) {
               float* ac = acts_n + t * gslab + gat;
@@ -636,8 +644,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
               qq[2 * D] = qn;
             }
           } else {  // sLSTM
-            const float* cn_in = cs_n + s_in * cslab + cat;
-            float cp = cn_in[0], np = cn_in[D], mp = ms_n[s_in * slab + at];
+            float cp = c_in, np = n_in, mp = m_in;
             if (reset) {
               cp = a.c_init;
               np = a.n_init;
@@ -648,9 +655,9 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
               cnp[0] = cp;
               cnp[D] = np;
             }
-            const float ai = pre[0] + q[0], af = pre[D] + q[U];
-            const cell::SlstmStep st = cell::slstm_forward(ai, af, pre[2 * D] + q[2 * U],
-                                                           pre[3 * D] + q[3 * U], cp, np, mp);
+            const float ai = x[0] + q[0], af = x[1] + q[U];
+            const cell::SlstmStep st =
+                cell::slstm_forward(ai, af, x[2] + q[2 * U], x[3] + q[3 * U], cp, np, mp);
             h = st.h;
             float* cn_out = cs_n + s_out * cslab + cat;
             cn_out[0] = st.c;
