@@ -555,11 +555,12 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           const float* pre = px_t + static_cast<long long>(b0 + b) * GD + e;
           for (int g = 0; g < G; ++g) prefetch_l1(pre + g * D);
         }
+        // (no other block writes the resets: read them before the wait)
+        const unsigned restart = restart_rows(a.mask, a.lengths, t, B, b0, rows);
         if (!ready) {  // h_{t-1} of this head is complete once its blocks finished t steps
           wait_for_blocks(a.flags, first_peer, peers, t);
           ready = true;
         }
-        const unsigned restart = restart_rows(a.mask, a.lengths, t, B, b0, rows);
         stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D, restart, a.h_init);
         __syncthreads();
         if (!streamed) {
