@@ -863,3 +863,21 @@ def test_flags_exchange(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
             assert rel_rms(got, want) <= 1e-6, (name, rel_rms(got, want))
         else:
             assert torch.equal(got, want), name
+
+
+@pytest.mark.parametrize("kind", list(cuda.KINDS))
+def test_plan_refusal_names_the_least_shared_memory(kind: str) -> None:
+    """Where the weights do not fit, the streamed cut's reason says how many bytes per block a
+    resident cut needs: the least (one batch row, the backward's dq staged in its narrowest
+    chunks), so that exactly that much keeps the cut resident and one byte less does not.
+    (It used to count all of dq staged at once, more than a staged cut needs.)"""
+    for D in (40, 48, 64):
+        cut = cuda.plan(kind, 1, D, 4, 8, 2000)
+        assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
+        found = re.search(r"needs (\d+) bytes of shared memory per block", cut.reason)
+        assert found, cut.reason
+        need = int(found.group(1))
+        at_need = cuda.plan(kind, 1, D, 4, 8, need)
+        assert isinstance(at_need, cuda.Tiling) and at_need.mode == "resident", at_need
+        below = cuda.plan(kind, 1, D, 4, 8, need - 1)
+        assert isinstance(below, cuda.Tiling) and below.streamed, below

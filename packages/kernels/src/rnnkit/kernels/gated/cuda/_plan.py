@@ -92,7 +92,8 @@ OPERANDS = {"tf32": (1, 4), "bf16": (2, 2), "fp16": (3, 2)}
 MMA_K = {"tf32": 8, "bf16": 16, "fp16": 16}
 #: The resident backward stages ``dq`` in multiples of this many columns when all ``G*D`` would
 #: crowd out batch rows (a multiple of every operand format's summed step), in at most
-#: :data:`MAX_STAGES` chunks per step (each costs two block barriers).
+#: :data:`MAX_STAGES` chunks per step (each costs two block barriers); ``kStageStep`` in
+#: ``gated_cuda.h``, whose glue refuses other stages.
 STAGE_STEP = 16
 MAX_STAGES = 8
 #: Bytes of a block's float32 scratch for the split sums (one 16 x 16 tile for each of the
@@ -255,25 +256,39 @@ def _tile(
     return 0
 
 
+def _least_stage(GD: int) -> int:
+    """The narrowest chunk of ``dq`` the resident backward stages: ``G*D`` in at most
+    :data:`MAX_STAGES` chunks, a multiple of :data:`STAGE_STEP` (staging needs one below
+    ``G*D``)."""
+    return _up(-(-GD // MAX_STAGES), STAGE_STEP)
+
+
 def _staged_tile(
     kind: str, D: int, units: int, rows: int, smem: int, ops: str | None
 ) -> tuple[int, int]:
     """``(batch_tile, stage)`` of the resident backward: all ``G*D`` columns of ``dq`` staged
     at once where that leaves room for ``rows`` batch rows (stage 0), else the most rows with
-    the widest stage (a multiple of :data:`STAGE_STEP`, in at most :data:`MAX_STAGES` chunks)
-    that fits beside the weights; ``(0, 0)`` when not one row fits either way."""
+    the widest stage (a multiple of :data:`STAGE_STEP` below ``G*D``, in at most
+    :data:`MAX_STAGES` chunks) that fits beside the weights; ``(0, 0)`` when not one row fits
+    either way."""
     full = _tile(kind, D, units, rows, 0, smem, ops, True)
     GD = GATES[kind] * D
-    if full >= rows or GD <= STAGE_STEP:
+    least = _least_stage(GD) // STAGE_STEP  # stages in units of STAGE_STEP from here on
+    if full >= rows or least * STAGE_STEP >= GD:
         return full, 0
-    size = OPERANDS[ops][1] if ops else _FLOAT
-    fixed = size * GD * units + (SPLIT_BYTES if ops else FMA_SPLIT_BYTES)
+
+    def fits(tile: int, stage: int) -> bool:
+        need = _direction_bytes(kind, D, units, tile, 0, ops, True, stage * STAGE_STEP)
+        return need <= smem
+
     for bt in range(rows, full, -1):
-        tile = _up(bt, MMA_ROWS) if ops else bt
-        stage = (smem - fixed - _FLOAT * tile * units) // (size * tile)
-        stage = min(stage // STAGE_STEP * STAGE_STEP, GD // STAGE_STEP * STAGE_STEP)
-        if _up(-(-GD // MAX_STAGES), STAGE_STEP) <= stage < GD:
-            return bt, stage
+        if not fits(bt, least):
+            continue
+        lo, hi = least, (GD - 1) // STAGE_STEP  # bytes grow with the stage: the widest fitting
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(bt, mid) else (lo, mid - 1)
+        return bt, lo * STAGE_STEP
     return full, 0
 
 
@@ -305,8 +320,13 @@ def _resident(
     bt_b, stage = staged(ops if bwd_mma else None)
     if bt_b < 1 and bwd_mma:
         bwd_mma, (bt_b, stage) = False, staged(None)
-    if bt_f < 1 or bt_b < 1:
-        need = max(_direction_bytes(kind, D, units, 1, 0, None, bwd) for bwd in (False, True))
+    if bt_f < 1 or bt_b < 1:  # the least either direction takes: one row, dq staged narrowest
+        GD = GATES[kind] * D
+        stage = _least_stage(GD) if _least_stage(GD) < GD else 0
+        need = max(
+            _direction_bytes(kind, D, units, 1, 0, None, False),
+            _direction_bytes(kind, D, units, 1, 0, None, True, stage),
+        )
         return (
             f"head size {D} with {N} head(s) needs {_size(need)} of shared memory per block "
             f"({_count(units, 'unit')} of weights on each of {_count(blocks, 'block')}), over the "

@@ -69,7 +69,7 @@ inline int gates_of(int kind) {
 enum Product : int { FMA = 0, MMA_TF32 = 1, MMA_BF16 = 2, MMA_FP16 = 3 };
 
 //!   stage (resident backward only; 0: all G*D): the backward stages dq_{t+1} in chunks of
-//!       `stage` columns (a multiple of 16), each multiplied with the matching rows of the
+//!       `stage` columns (a multiple of kStageStep), each multiplied with the matching rows of the
 //!       resident weights before the next is staged, so that a slice of R that fits leaves room
 //!       for a full batch tile even where G*D staged entries per row would not.
 //!   exchange (an Exchange): how a step's results reach the blocks that read them next.
@@ -84,6 +84,10 @@ enum Exchange : int {
   //! wait of step t + 1 starts after that step's read-only prefetches (a split barrier).
   FLAGS = 1,
 };
+
+//! The resident backward's stage is a multiple of this many columns (every operand format's
+//! summed step divides it); _plan.py's STAGE_STEP is the same number.
+constexpr int kStageStep = 16;
 
 struct Tiling {
   int units;

@@ -83,8 +83,10 @@ Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blo
                 ", head size ", D, ", k_chunk ", k_chunk);
   }
   if (stage != 0) {  // the resident backward's dq in chunks (gated_cuda.h, Tiling)
-    TORCH_CHECK(backward && k_chunk == 0 && stage % 16 == 0 && stage > 0 && stage < G * D,
-                "stage is for the resident backward only: a multiple of 16 below G * D = ",
+    TORCH_CHECK(backward && k_chunk == 0 && stage % kStageStep == 0 && stage > 0 &&
+                    stage < G * D,
+                "stage is for the resident backward only: a multiple of ", kStageStep,
+                " below G * D = ",
                 G * D, ", got ", stage, " (k_chunk ", k_chunk, ")");
   }
   TORCH_CHECK(exchange == GRID || exchange == FLAGS,
