@@ -31,7 +31,11 @@
 #    listed as skipped. Once the tests pass, a second
 #    device call measures `auto`'s table: `python tools/gpu/auto_table.py --out "$OUT/auto_table.json"`
 #    (about 4 minutes by its --budget; commit the file into rnnkit/kernels/gated/).
-#    A failing step does not stop the later ones;
+#    A failing step does not stop the later ones, nor a failing test the later tests (a
+#    kernel that faults takes the CUDA context with it, so the tests after it fail fast).
+#    Every step's whole log is written to $OUT (the device call brings those files back;
+#    /tmp/rnnkit-cuda-check elsewhere): aot_build.log, jit_build.log, cuda_tests.log,
+#    conformance.log, cuda_targets.log; the call's own output shows their last lines;
 #    the exit status is pytest's, or 3 where the tests passed but the ahead-of-time build did
 #    not give a prebuilt library.
 set -u
@@ -40,6 +44,8 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 gpu_install_wheels required
 export RNNKIT_CPP_CACHE=${RNNKIT_CPP_CACHE:-/tmp/rnnkit-cpp-cache}
+LOGS=${OUT:-/tmp/rnnkit-cuda-check}
+mkdir -p "$LOGS"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
@@ -52,9 +58,9 @@ for tool in hatchling ninja; do
 done
 # -v: pip shows the build hook's line only when verbose; the architectures are the GPU's
 timeout 200 "$PY" -m pip install -v --no-index --no-deps --no-build-isolation --force-reinstall \
-  ./packages/kernels >/tmp/rnnkit-aot-build.log 2>&1
-echo "pip status: $? in $((SECONDS - start)) s (log /tmp/rnnkit-aot-build.log)"
-grep "rnnkit-kernels:" /tmp/rnnkit-aot-build.log || tail -20 /tmp/rnnkit-aot-build.log
+  ./packages/kernels >"$LOGS/aot_build.log" 2>&1
+echo "pip status: $? in $((SECONDS - start)) s (log $LOGS/aot_build.log)"
+grep "rnnkit-kernels:" "$LOGS/aot_build.log" || tail -20 "$LOGS/aot_build.log"
 STATUS=$("$PY" -m rnnkit.core.cli kernels status rnnkit_gated_cuda 2>&1)
 echo "$STATUS"
 AOT_STATUS=1
@@ -68,19 +74,28 @@ if [ "$AOT_STATUS" -eq 0 ]; then
   BUILD_STATUS=0
 else
   timeout $((240 - (SECONDS - start) > 60 ? 240 - (SECONDS - start) : 60)) \
-    "$PY" -m rnnkit.core.cli kernels build rnnkit_gated_cuda 2>&1 | tail -20
-  BUILD_STATUS=${PIPESTATUS[0]}
+    "$PY" -m rnnkit.core.cli kernels build rnnkit_gated_cuda >"$LOGS/jit_build.log" 2>&1
+  BUILD_STATUS=$?
+  tail -20 "$LOGS/jit_build.log"
   FAILED=$(ls "$RNNKIT_CPP_CACHE"/rnnkit_gated_cuda/*/FAILED 2>/dev/null | head -1)
-  if [ -n "$FAILED" ]; then echo "-- build log ($FAILED), first 60 lines --"; head -60 "$FAILED"; fi
+  if [ -n "$FAILED" ]; then
+    cat "$FAILED" >>"$LOGS/jit_build.log"
+    echo "-- build log ($FAILED), first 60 lines --"; head -60 "$FAILED"
+  fi
 fi
 
 echo "== tests (CUDA) =="
-timeout 180 "$PY" -m pytest -q -x -p no:cacheprovider packages/kernels/tests/test_cuda_gated.py \
-  -m "gpu or not gpu" -W ignore::DeprecationWarning 2>&1 | tail -30
-TEST_STATUS=${PIPESTATUS[0]}
+timeout 180 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+  packages/kernels/tests/test_cuda_gated.py -m "gpu or not gpu" -W ignore::DeprecationWarning \
+  >"$LOGS/cuda_tests.log" 2>&1
+TEST_STATUS=$?
+grep -E "^(FAILED|ERROR) " "$LOGS/cuda_tests.log" | cut -c1-220 | head -40
+tail -3 "$LOGS/cuda_tests.log"
 echo "pytest status: $TEST_STATUS (build status $BUILD_STATUS, ahead-of-time $AOT_STATUS)"
-timeout 90 "$PY" - <<'PYEOF' 2>&1 | tail -20
-# The conformance kit over the gated cells: on CUDA its backend checks run `cuda` as well.
+CONFORMANCE_LOG="$LOGS/conformance.log" timeout 90 "$PY" - <<'PYEOF' 2>&1 | tail -20
+# The conformance kit over the gated cells: on CUDA its backend checks run `cuda` as well. One
+# short line per check here, each whole report in conformance.log.
+import os
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.testing import checks
 makers = {
@@ -89,15 +104,23 @@ makers = {
     "gru": lambda: GRU(5, 32, heads=2),
     "slstm": lambda: SLSTM(5, 32, heads=2),
 }
-for name, make in makers.items():
-    for check in (checks.check_backends, checks.check_nan_propagation, checks.check_lengths):
-        try:
-            print(f"conformance {name} {check.__name__}:", check(make))
-        except AssertionError as e:
-            print(f"conformance {name} {check.__name__} FAILED:", str(e)[:400])
+with open(os.environ["CONFORMANCE_LOG"], "w") as log:
+    for name, make in makers.items():
+        for check in (checks.check_backends, checks.check_nan_propagation, checks.check_lengths):
+            try:
+                report = check(make)
+            except AssertionError as e:
+                print(f"conformance {name} {check.__name__} FAILED:", str(e)[:400])
+                print(f"{name} {check.__name__} FAILED: {e}", file=log)
+                continue
+            print(f"{name} {check.__name__}: {report}", file=log)
+            skipped = {why[:80]: len(v) for why, v in report.skipped.get("cuda", {}).items()}
+            print(f"conformance {name} {check.__name__}: passed, cuda ran",
+                  len(report.ran.get("cuda", [])), f"skipped {skipped}" if skipped else "")
 PYEOF
 
 echo "== timings: issue 19's targets (tools/gpu/cuda_targets.py) =="
-timeout 150 "$PY" tools/gpu/cuda_targets.py --budget 120 2>&1 | tail -60
+timeout 150 "$PY" tools/gpu/cuda_targets.py --budget 120 >"$LOGS/cuda_targets.log" 2>&1
+tail -70 "$LOGS/cuda_targets.log"
 if [ "$TEST_STATUS" -eq 0 ] && [ "$AOT_STATUS" -ne 0 ]; then exit 3; fi
 exit "$TEST_STATUS"
