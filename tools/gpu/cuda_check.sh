@@ -85,12 +85,13 @@ else
 fi
 
 echo "== tests (CUDA) =="
-timeout 180 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+timeout 180 "$PY" -m pytest -v -rfE --tb=short -p no:cacheprovider \
   packages/kernels/tests/test_cuda_gated.py -m "gpu or not gpu" -W ignore::DeprecationWarning \
   >"$LOGS/cuda_tests.log" 2>&1
 TEST_STATUS=$?
 grep -E "^(FAILED|ERROR) " "$LOGS/cuda_tests.log" | cut -c1-220 | head -40
-tail -3 "$LOGS/cuda_tests.log"
+# the last lines: the summary, or (where the time limit stopped it) the test that was running
+tail -3 "$LOGS/cuda_tests.log" | cut -c1-300
 echo "pytest status: $TEST_STATUS (build status $BUILD_STATUS, ahead-of-time $AOT_STATUS)"
 CONFORMANCE_LOG="$LOGS/conformance.log" timeout 90 "$PY" - <<'PYEOF' 2>&1 | tail -20
 # The conformance kit over the gated cells: on CUDA its backend checks run `cuda` as well. One
