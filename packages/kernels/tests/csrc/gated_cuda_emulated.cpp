@@ -47,6 +47,9 @@ inline thread_local std::vector<float>* emulated_smem = nullptr;
 struct float4 {
   float x, y, z, w;
 };
+struct uint4 {
+  unsigned x, y, z, w;
+};
 inline void __syncthreads() {}
 inline void __threadfence() {}
 inline bool __all_sync(unsigned, bool predicate) { return predicate; }  // a warp of one lane

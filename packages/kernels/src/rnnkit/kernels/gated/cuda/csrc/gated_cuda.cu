@@ -211,6 +211,39 @@ __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
   }
 }
 
+//! stage_rows from a copy already in the operand type (OperandCopies in gated_cuda.h):
+//! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, `init` (rounded) in the rows set
+//! in `restart`, in 16-byte loads of eight operands. The glue's rules for 16-bit operands
+//! (head sizes, chunks and stages in 16s) put cols, lds and ldd in 8s and both sides on 16
+//! bytes; a call that breaks that traps rather than stage the wrong values.
+template <typename Op>
+__device__ __forceinline__ void stage_operands(Op* __restrict__ dst, int ldd,
+                                               const Op* __restrict__ src, long long lds,
+                                               int rows, int cols, unsigned restart,
+                                               float init) {
+  if (cols % 8 || lds % 8 || ldd % 8 || reinterpret_cast<unsigned long long>(src) % 16 ||
+      reinterpret_cast<unsigned long long>(dst) % 16) {
+    if (threadIdx.x == 0) printf("rnnkit cuda: 16-bit operands staged off 16-byte bounds\n");
+    __trap();
+  }
+  const int per_row = cols / 8;
+  copy_batched<uint4>(
+      rows * per_row,
+      [&](int i) {
+        const int b = i / per_row, c = i - b * per_row;
+        return __ldcg(reinterpret_cast<const uint4*>(src + b * lds) + c);
+      },
+      [&](int i, const uint4& v) {
+        const int b = i / per_row, c = i - b * per_row;
+        Op* d = dst + b * ldd + 8 * c;
+        if ((restart >> b) & 1u) {
+          for (int k = 0; k < 8; ++k) put(d + k, init, false);
+        } else {
+          *reinterpret_cast<uint4*>(d) = v;
+        }
+      });
+}
+
 //! The least length of a part of a split FMA sum (shorter parts cost more to add up than they
 //! save).
 constexpr int kMinPart = 8;
@@ -498,6 +531,7 @@ __device__ __forceinline__ void load_backward_cols(const float* __restrict__ Wn,
 template <int KIND, typename Op>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
+  constexpr bool kCopies = !std::is_same_v<Op, float>;  // OperandCopies (gated_cuda.h)
   cg::grid_group grid = cg::this_grid();
   auto* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
   const int D = a.D, B = a.B, T = a.T;
@@ -546,6 +580,8 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
       const float* bhn_n = a.bhn ? a.bhn + n * D : nullptr;
       const float* h_prev = hs_n + t * slab;
       float* h_next = hs_n + (t + 1) * slab;
+      Op* h16_n = kCopies ? static_cast<Op*>(a.h16) + n * 2 * slab : nullptr;
+      Op* h16_next = kCopies ? h16_n + ((t + 1) & 1) * slab : nullptr;
       const float* px_t = px_n + t * gslab;
       const int s_in = a.save ? t : (t & 1), s_out = a.save ? t + 1 : ((t + 1) & 1);
       for (int b0 = 0; b0 < B; b0 += BB) {
@@ -561,7 +597,13 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           wait_for_blocks(a.flags, first_peer, peers, t);
           ready = true;
         }
-        stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D, restart, a.h_init);
+        if constexpr (kCopies) {
+          stage_operands(hv, D, h16_n + (t & 1) * slab + static_cast<long long>(b0) * D, D, rows,
+                         D, restart, a.h_init);
+        } else {
+          stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D, restart,
+                     a.h_init);
+        }
         __syncthreads();
         if (!streamed) {
           block_product(mma, hv, D, w, acc, split, rows, D, GU, false);
@@ -602,6 +644,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           if (hp_n) hp_n[t * slab + at] = hprev;
           if (!alive) {  // past the sequence's end: hold the state
             h_next[at] = hprev;
+            if constexpr (kCopies) put(h16_next + at, hprev, false);
             if (KIND == LSTM || KIND == SLSTM) cs_n[s_out * cslab + cat] = c_in;
             if (KIND == SLSTM) {
               cs_n[s_out * cslab + cat + D] = n_in;
@@ -676,6 +719,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
             }
           }
           h_next[at] = h;
+          if constexpr (kCopies) put(h16_next + at, h, false);
         }
         __syncthreads();  // hv and acc are reused by the next batch tile
       }
@@ -695,6 +739,7 @@ template <int KIND, typename Op>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, Tiling tiling) {
   constexpr int G = Gates<KIND>::value;
   constexpr int K = KIND == SLSTM ? 3 : (KIND == LSTM ? 1 : 0);  // state fields besides h
+  constexpr bool kCopies = !std::is_same_v<Op, float>;  // OperandCopies (gated_cuda.h)
   cg::grid_group grid = cg::this_grid();
   auto* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
   const int D = a.D, B = a.B, T = a.T;
@@ -753,6 +798,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
       float* dh0_n = a.dh0 + n * slab;
       const bool has_next = s + 1 < T;
       const float* dq_next = dq_n + (s + 1) * gslab;
+      Op* dq16_n = kCopies ? static_cast<Op*>(a.dq16) + n * 2 * gslab : nullptr;
       for (int b0 = 0; b0 < B; b0 += BB) {
         const int rows = min(BB, B - b0);
         for (int idx = threadIdx.x; s >= 0 && idx < rows * tl.width; idx += blockDim.x) {
@@ -775,8 +821,14 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
         for (int k0 = 0; has_next && k0 < GD; k0 += SC) {
           const int kc = min(SC, GD - k0);
           if (streamed) load_backward_cols<G>(Wn, wt, tl, D, k0, kc, tf32);
-          stage_rows(dv, SC, dq_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc, 0u,
-                     0.0f);
+          if constexpr (kCopies) {
+            const Op* dq16_next = dq16_n + ((s + 1) & 1) * gslab;
+            stage_operands(dv, SC, dq16_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc,
+                           0u, 0.0f);
+          } else {
+            stage_rows(dv, SC, dq_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc, 0u,
+                       0.0f);
+          }
           __syncthreads();
           block_product(mma, dv, SC, streamed ? wt : wt + k0 * U, acc, split, rows, kc, U,
                         k0 > 0);
@@ -799,8 +851,15 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
             continue;
           }
           float* dq = dq_n + s * gslab + gat;
+          Op* dq16 = kCopies ? dq16_n + (s & 1) * gslab + gat : nullptr;
+          // dq of gate g: the float32 value (the weight gradient's GEMM reads it) and, with
+          // 16-bit operands, the operand the other blocks stage (OperandCopies)
+          auto put_dq = [&](int g, float v) {
+            dq[g * D] = v;
+            if constexpr (kCopies) put(dq16 + g * D, v, false);
+          };
           if (!live(a.lengths, s, bg)) {  // a held step: h_{s+1} = h_s, no gate saw it
-            for (int g = 0; g < G; ++g) dq[g * D] = 0.0f;
+            for (int g = 0; g < G; ++g) put_dq(g, 0.0f);
             if (dpx_n) {
               float* dp = dpx_n + s * gslab + gat;
               for (int g = 0; g < G; ++g) dp[g * D] = 0.0f;
@@ -810,16 +869,16 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
           }
           const bool reset = reset_at(a.mask, a.lengths, s, B, bg);
           if constexpr (KIND == ELMAN_TANH || KIND == ELMAN_RELU) {
-            dq[0] = cell::elman_backward(gh, hs_n[(s + 1) * slab + at], KIND == ELMAN_RELU);
+            put_dq(0, cell::elman_backward(gh, hs_n[(s + 1) * slab + at], KIND == ELMAN_RELU));
           } else if constexpr (KIND == LSTM) {
             const float* ac = acts_n + s * gslab + gat;
             const cell::LstmGrad d =
                 cell::lstm_backward(gh, dst_n[at], ac[0], ac[D], ac[2 * D], ac[3 * D],
                                     tcs_n[s * slab + at], cs_n[s * slab + at]);
-            dq[0] = d.di;
-            dq[D] = d.df;
-            dq[2 * D] = d.dg;
-            dq[3 * D] = d.dout;
+            put_dq(0, d.di);
+            put_dq(1, d.df);
+            put_dq(2, d.dg);
+            put_dq(3, d.dout);
             // A reset replaces c entering step s: its gradient is exactly zero (not 0 * NaN).
             dst_n[at] = reset ? 0.0f : d.dc_prev;
           } else if constexpr (KIND == GRU) {
@@ -827,9 +886,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
             const float qn = qs_n[s * gslab + gat + 2 * D];
             const cell::GruGrad d =
                 cell::gru_backward(gh, ac[0], ac[D], ac[2 * D], qn, hp_n[s * slab + at]);
-            dq[0] = d.dr;
-            dq[D] = d.dz;
-            dq[2 * D] = d.dqn;
+            put_dq(0, d.dr);
+            put_dq(1, d.dz);
+            put_dq(2, d.dqn);
             float* dp = dpx_n + s * gslab + gat;
             dp[0] = d.dr;
             dp[D] = d.dz;
@@ -844,10 +903,10 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
                 gh, dst_n[at], dst_n[slab + at], dst_n[2 * slab + at], ac[0], ac[D], ac[2 * D],
                 ac[3 * D], ex[0], ex[D], cn[0], cn[D], ms_n[(s + 1) * slab + at],
                 hs_n[(s + 1) * slab + at], cnp[0], cnp[D]);
-            dq[0] = d.di;
-            dq[D] = d.df;
-            dq[2 * D] = d.dz;
-            dq[3 * D] = d.dout;
+            put_dq(0, d.di);
+            put_dq(1, d.df);
+            put_dq(2, d.dz);
+            put_dq(3, d.dout);
             dst_n[at] = reset ? 0.0f : d.dc_prev;
             dst_n[slab + at] = reset ? 0.0f : d.dn_prev;
             dst_n[2 * slab + at] = reset ? 0.0f : d.dm_prev;

@@ -150,6 +150,9 @@ struct ForwardArgs {
                       //       after resets
   float* hp;          // save with resets: (N, T, B, D) h entering each step after resets
   int* flags;         // FLAGS exchange: (blocks,) int32, zero at the launch; else nullptr
+  void* h16;          // MMA_BF16 / MMA_FP16: (N, 2, B, D) h as operands (bfloat16 / float16),
+                      //       slot t % 2 the h leaving step t - 1, before resets (slot 0: h0,
+                      //       filled by the caller); else nullptr. See OperandCopies below.
 };
 
 //! Reverse loop ("stored gates": it reads the buffers the forward saved, no recomputation).
@@ -176,7 +179,16 @@ struct BackwardArgs {
                       //       step t + 1 other than through dq (GRU's z gh; gh at a held step)
   float* dh0;         // (N, B, D) out: gradient of the initial h
   int* flags;         // FLAGS exchange: (blocks,) int32, zero at the launch; else nullptr
+  void* dq16;         // MMA_BF16 / MMA_FP16: (N, 2, B, G*D) scratch, dq of step s as operands
+                      //       in slot s % 2; else nullptr. See OperandCopies below.
 };
+
+// OperandCopies: with 16-bit operands each block writes, beside the float32 h (dq) it
+// publishes, the same values rounded to the operand type into a two-slot buffer (h16, dq16),
+// and the blocks stage the next step's operand from there: half the bytes read from L2 per
+// step, and the same operands (the consumer used to round the float32 values itself). Two
+// slots suffice: a block writes slot (t + 1) % 2 only after every block it reads from, and so
+// every block that reads what it writes, has finished step t - 1, the last to read that slot.
 
 //! Dynamic shared memory (bytes) one block of the forward or the backward needs.
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tiling);

@@ -115,6 +115,16 @@ int* flags_ptr(const at::Tensor& flags) {
   return flags.defined() ? flags.data_ptr<int>() : nullptr;
 }
 
+//! With 16-bit operands, the two-slot buffer of operand copies (OperandCopies in
+//! gated_cuda.h), `width` values per batch row of each head, in the operand's dtype; an
+//! undefined tensor otherwise.
+at::Tensor operand_copies(const Tiling& tiling, int64_t N, int64_t B, int64_t width,
+                          const at::Tensor& like) {
+  if (tiling.mma != MMA_BF16 && tiling.mma != MMA_FP16) return at::Tensor();
+  const auto dtype = tiling.mma == MMA_BF16 ? at::kBFloat16 : at::kHalf;
+  return at::empty({N, 2, B, width}, like.options().dtype(dtype));
+}
+
 void check_launch(const char* failure, const char* what) {
   TORCH_CHECK(failure == nullptr, "rnnkit cuda ", what, ": ", failure ? failure : "");
 }
@@ -217,6 +227,11 @@ std::vector<at::Tensor> forward(int64_t kind, const at::Tensor& px, const at::Te
   a.hp = ptr_or_null(hp);
   const at::Tensor flags = step_flags(tiling, px);
   a.flags = flags_ptr(flags);
+  const at::Tensor h16 = operand_copies(tiling, N, B, D, px);
+  if (h16.defined()) {
+    h16.select(1, 0).copy_(h0);  // rounded to nearest, as the kernels round
+    a.h16 = h16.data_ptr();
+  }
   check_launch(launch_forward(a, tiling, current_stream(px.get_device())), "forward");
 
   std::vector<at::Tensor> out{hs};
@@ -333,6 +348,8 @@ std::vector<at::Tensor> backward(int64_t kind, const at::Tensor& W, const at::Te
   if (T > 0) {
     const at::Tensor flags = step_flags(tiling, hs);
     a.flags = flags_ptr(flags);
+    const at::Tensor dq16 = operand_copies(tiling, N, B, G * D, hs);
+    a.dq16 = dq16.defined() ? dq16.data_ptr() : nullptr;
     check_launch(launch_backward(a, tiling, current_stream(hs.get_device())), "backward");
   } else {
     dh0.copy_(d_hs.select(1, 0));
