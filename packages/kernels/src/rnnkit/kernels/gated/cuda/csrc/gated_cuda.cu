@@ -123,7 +123,8 @@ __device__ __forceinline__ unsigned restart_rows(const bool* mask, const int* le
                                                  int B, int b0, int rows) {
 #ifdef RNNKIT_HOST_EMULATION  // one thread stands for every lane
   unsigned bits = 0;
-  for (int b = 0; b < rows; ++b) bits |= static_cast<unsigned>(reset_at(mask, lengths, t, B, b0 + b)) << b;
+  for (int b = 0; b < rows; ++b)
+    bits |= static_cast<unsigned>(reset_at(mask, lengths, t, B, b0 + b)) << b;
   return bits;
 #else
   const int lane = static_cast<int>(threadIdx.x & 31);
