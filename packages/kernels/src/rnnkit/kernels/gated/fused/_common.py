@@ -124,8 +124,10 @@ def _project_heads(
     wa = wh if bias is None else torch.cat([wh, _heads_first(bias, N, G).unsqueeze(2)], 2)
     if torch.compiler.is_compiling():
         # out= ops do not survive export (autograd refuses them when the exported program runs
-        # with gradients), and the compilers plan their own buffers: one batched product.
-        return torch.matmul(rows, wa.transpose(1, 2)), wh
+        # with gradients), and the compilers plan their own buffers: the same per-head products
+        # stacked (one batched product would sum in another order than eager mode's per-head
+        # GEMMs on some CPUs, and compiled results would then differ from eager ones)
+        return torch.stack([rows @ wa[n].t() for n in range(wa.shape[0])]), wh
     size = (wh.shape[0], rows.shape[0], wh.shape[1])
     out = rows.new_empty(size) if empty is None else empty(size, rows.dtype)
     for n in range(wh.shape[0]):
