@@ -826,6 +826,72 @@ def test_plan_step_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
         cuda_loops.step_exchange()
 
 
+def test_tiling_takes_the_exchange_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loops' cut (``tiling``, on a pretend H100) carries the exchange that
+    ``RNNKIT_CUDA_EXCHANGE`` names, read at every call: flags where it says so (code 1 in both
+    ops' arguments), the grid barrier where it is unset, a refusal where it names none."""
+    monkeypatch.setattr(cuda_loops, "device_index", lambda d: 0)
+    monkeypatch.setattr(cuda_loops, "device_limits", lambda i: H100)
+    monkeypatch.setattr(cuda_loops, "has_wmma", lambda i: True)
+    device = torch.device("cpu")  # never asked about: device_index is replaced
+    monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, "flags")
+    cut = cuda_loops.tiling("lstm", 6, 128, 16, device, "bf16")
+    assert cut.exchange == "flags" and "flags" in cut.reason
+    assert (cut.forward_args[-1], cut.backward_args[-1]) == (1, 1)
+    monkeypatch.delenv(cuda_loops.EXCHANGE_ENV)
+    cut = cuda_loops.tiling("lstm", 6, 128, 16, device, "bf16")
+    assert cut.exchange == "grid" and (cut.forward_args[-1], cut.backward_args[-1]) == (0, 0)
+    monkeypatch.setenv(cuda_loops.EXCHANGE_ENV, "spin")
+    with pytest.raises(ValueError, match="RNNKIT_CUDA_EXCHANGE='spin' names no step exchange"):
+        cuda_loops.tiling("lstm", 6, 128, 16, device, "bf16")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "slstm"])
+def test_plan_stages_in_at_most_max_stages_chunks(kind: str) -> None:
+    """Head sizes whose ``G*D`` / :data:`MAX_STAGES` columns lie just past a multiple of 16 (an
+    LSTM's 129: 516 / 8 = 64.5): the narrowest stage rounds up (80), since 64 columns would take
+    nine chunks. On small devices that stage ``dq``, the stage is a multiple of 16 below ``G*D``
+    in at most :data:`MAX_STAGES` chunks, fits, and is the widest that fits."""
+    G, step = cuda.GATES[kind], cuda._plan.STAGE_STEP
+    staged = 0
+    for D in (129, 161, 172, 193):
+        for smem in range(8 * 1024, 40 * 1024 + 1, 2 * 1024):
+            for ops in (None, "bf16"):
+                cut = cuda.plan(kind, 1, D, 16, 132, smem, tensor_cores=ops)
+                assert isinstance(cut, cuda.Tiling), cut
+                stage = cut.backward_stage
+                if not stage:
+                    continue
+                staged += 1
+                assert stage % step == 0 and stage < G * D, (D, smem, stage)
+                assert -(-G * D // stage) <= cuda._plan.MAX_STAGES, (D, smem, stage)
+                assert cut.backward_smem <= smem
+                if stage + step < G * D:  # the next wider stage would not fit
+                    wider = cuda._plan.smem_bytes(
+                        kind, D, cut.units, cut.backward_batch_tile, 0, cut.forward_mma,
+                        cut.backward_mma, cut.operands or "tf32", stage + step,
+                    )  # fmt: skip
+                    assert wider[1] > smem, (D, smem, stage)
+    assert staged  # the sizes above do stage dq somewhere
+
+
+@pytest.mark.parametrize(("kind", "D"), [("elman", 12), ("lstm", 3), ("gru", 5), ("slstm", 3)])
+def test_plan_refusal_on_heads_narrower_than_a_stage(kind: str, D: int) -> None:
+    """``test_plan_refusal_names_the_least_shared_memory`` for heads whose ``G*D`` columns are
+    fewer than one :data:`STAGE_STEP`: the backward cannot stage ``dq`` in chunks, so the least
+    resident block stages all of it, and the count says so (a 16-column stage would count more
+    than that block needs, and one byte less would still stay resident)."""
+    cut = cuda.plan(kind, 1, D, 4, 8, 1100)
+    assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
+    found = re.search(r"needs (\d+) bytes of shared memory per block", cut.reason)
+    assert found, cut.reason
+    need = int(found.group(1))
+    at_need = cuda.plan(kind, 1, D, 4, 8, need)
+    assert isinstance(at_need, cuda.Tiling) and at_need.mode == "resident", at_need
+    below = cuda.plan(kind, 1, D, 4, 8, need - 1)
+    assert isinstance(below, cuda.Tiling) and below.streamed, below
+
+
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", KINDS)
