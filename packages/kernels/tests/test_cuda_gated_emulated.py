@@ -373,6 +373,32 @@ def test_emulated_flags_give_the_grid_barriers_results(
         assert want is None or torch.equal(flags[name], want), name
 
 
+@pytest.mark.parametrize("kind", ["elman", "lstm"])
+def test_emulated_flags_long_runs_wait_for_every_peer(
+    on_cpu: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many steps under the ``"flags"`` exchange give the grid barrier's results bit for bit.
+    A block that skips one of the peers it reads from (say, a streamed block that waits only
+    for the first head's blocks) reads a step before that peer wrote it only where the peer
+    lags a whole step behind the ones it does wait for; the emulation's random delays make
+    that likely over many steps, rarely over the six of the test above."""
+    if on_cpu not in FLAG_DEVICES:
+        pytest.skip("the flags devices only")
+    cell = make_cell(kind, 2, hidden=16, inputs=5).float()
+    x, st, rs, cot = make_inputs(cell, batch=5, time=64, state=True, resets=True)
+    args = (x.float(), [s.float() for s in st], rs, cot, None)
+    flags = _run(cell, *args)
+    with_flags = cuda_loops.tiling  # the fixture's: this device's cut, with flags
+    monkeypatch.setattr(
+        cuda_loops, "tiling", lambda *a, **k: replace(with_flags(*a, **k), exchange="grid")
+    )
+    grid = _run(cell, *args)
+    assert grid.keys() == flags.keys()
+    for name, want in grid.items():
+        assert (want is None) == (flags[name] is None), name
+        assert want is None or torch.equal(flags[name], want), name
+
+
 def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
     """The planner's shared-memory arithmetic is what the launches ask for (the kernels'
     ``forward_smem_bytes`` / ``backward_smem_bytes`` through the ``smem_bytes`` op), resident
