@@ -14,6 +14,7 @@
 // path from the Python loops through the glue; it cannot check what needs a GPU:
 // races between the threads of a block (a missing __syncthreads), memory coherence between SMs
 // (__ldcg), occupancy, the cooperative launch, WMMA's alignment rules and lane layouts, or speed.
+// (It does check that every 16-byte load of the staging reads a 16-byte aligned address.)
 // The FLAGS step exchange runs for real between the blocks' threads (std::atomic acquire and
 // release), and each block sleeps a random while before it publishes a step now and then, so
 // that a block which reads before its wait says it may finds the step unwritten.
@@ -61,6 +62,16 @@ template <class T>
 inline T __ldcg(const T* p) {
   return *p;
 }
+//! Set by a 16-byte load from an address that is not 16-byte aligned (a fault on a GPU, which
+//! x86 would let pass); the launch then fails, saying so.
+inline std::atomic<bool> emulated_misaligned{false};
+template <class V>
+inline V load16(const V* p) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 16) emulated_misaligned = true;
+  return *p;
+}
+inline float4 __ldcg(const float4* p) { return load16(p); }
+inline uint4 __ldcg(const uint4* p) { return load16(p); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
@@ -244,6 +255,7 @@ const char* run_blocks(void (*kernel)(Args, Tiling), const Args& args, const Til
   if (smem_bytes % sizeof(float)) return "shared memory not a whole number of floats";
   std::barrier<> grid(blocks);
   emulated_grid_barrier = &grid;
+  emulated_misaligned = false;
   std::vector<std::thread> threads;
   std::vector<int> overran(blocks, 0);
   float guard;
@@ -264,6 +276,7 @@ const char* run_blocks(void (*kernel)(Args, Tiling), const Args& args, const Til
   emulated_grid_barrier = nullptr;
   for (int o : overran)
     if (o) return "a block wrote past the shared memory its launch asked for";
+  if (emulated_misaligned) return "a 16-byte load read from an address not 16-byte aligned";
   return nullptr;
 }
 
