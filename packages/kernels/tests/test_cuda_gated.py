@@ -881,7 +881,13 @@ def test_plan_refusal_on_heads_narrower_than_a_stage(kind: str, D: int) -> None:
     fewer than one :data:`STAGE_STEP`: the backward cannot stage ``dq`` in chunks, so the least
     resident block stages all of it, and the count says so (a 16-column stage would count more
     than that block needs, and one byte less would still stay resident)."""
-    cut = cuda.plan(kind, 1, D, 4, 8, 1100)
+    _refusal_names_the_least_bytes(kind, D, 1100)
+
+
+def _refusal_names_the_least_bytes(kind: str, D: int, smem: int) -> None:
+    """One head of ``D`` on 8 SMs with ``smem`` bytes streams, its reason names ``N`` bytes a
+    resident cut needs, and exactly ``N`` bytes keep the cut resident where ``N - 1`` do not."""
+    cut = cuda.plan(kind, 1, D, 4, 8, smem)
     assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
     found = re.search(r"needs (\d+) bytes of shared memory per block", cut.reason)
     assert found, cut.reason
@@ -938,12 +944,4 @@ def test_plan_refusal_names_the_least_shared_memory(kind: str) -> None:
     chunks), so that exactly that much keeps the cut resident and one byte less does not.
     (It used to count all of dq staged at once, more than a staged cut needs.)"""
     for D in (40, 48, 64):
-        cut = cuda.plan(kind, 1, D, 4, 8, 2000)
-        assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
-        found = re.search(r"needs (\d+) bytes of shared memory per block", cut.reason)
-        assert found, cut.reason
-        need = int(found.group(1))
-        at_need = cuda.plan(kind, 1, D, 4, 8, need)
-        assert isinstance(at_need, cuda.Tiling) and at_need.mode == "resident", at_need
-        below = cuda.plan(kind, 1, D, 4, 8, need - 1)
-        assert isinstance(below, cuda.Tiling) and below.streamed, below
+        _refusal_names_the_least_bytes(kind, D, 2000)

@@ -358,9 +358,18 @@ def test_emulated_flags_give_the_grid_barriers_results(
     resets included)."""
     if on_cpu not in FLAG_DEVICES:
         pytest.skip("the flags devices only")
+    _flags_equal_grid(kind, 6, [6, 3, 1, 6, 4], monkeypatch)
+
+
+def _flags_equal_grid(
+    kind: str, time: int, lengths: list[int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two heads of 8 units, 5 sequences of ``time`` steps with state and resets, run on a
+    flags device (the fixture's cut) and again with the same cut under the grid barrier:
+    outputs and every gradient equal bit for bit."""
     cell = make_cell(kind, 2, hidden=16, inputs=5).float()
-    x, st, rs, cot = make_inputs(cell, batch=5, time=6, state=True, resets=True)
-    args = (x.float(), [s.float() for s in st], rs, cot, [6, 3, 1, 6, 4])
+    x, st, rs, cot = make_inputs(cell, batch=5, time=time, state=True, resets=True)
+    args = (x.float(), [s.float() for s in st], rs, cot, lengths)
     flags = _run(cell, *args)
     with_flags = cuda_loops.tiling  # the fixture's: this device's cut, with flags
     monkeypatch.setattr(
@@ -384,19 +393,7 @@ def test_emulated_flags_long_runs_wait_for_every_peer(
     that likely over many steps, rarely over the six of the test above."""
     if on_cpu not in FLAG_DEVICES:
         pytest.skip("the flags devices only")
-    cell = make_cell(kind, 2, hidden=16, inputs=5).float()
-    x, st, rs, cot = make_inputs(cell, batch=5, time=64, state=True, resets=True)
-    args = (x.float(), [s.float() for s in st], rs, cot, None)
-    flags = _run(cell, *args)
-    with_flags = cuda_loops.tiling  # the fixture's: this device's cut, with flags
-    monkeypatch.setattr(
-        cuda_loops, "tiling", lambda *a, **k: replace(with_flags(*a, **k), exchange="grid")
-    )
-    grid = _run(cell, *args)
-    assert grid.keys() == flags.keys()
-    for name, want in grid.items():
-        assert (want is None) == (flags[name] is None), name
-        assert want is None or torch.equal(flags[name], want), name
+    _flags_equal_grid(kind, 64, None, monkeypatch)
 
 
 def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
