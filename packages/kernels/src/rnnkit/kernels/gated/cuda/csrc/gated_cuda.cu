@@ -484,6 +484,32 @@ __device__ void wait_for_blocks(const int* flags, int first, int count, int done
   __syncthreads();
 }
 
+//! One block's step exchange (Exchange in gated_cuda.h): which blocks it reads from, and how
+//! it says a step is done. Both directions read what the blocks of the same items' heads
+//! wrote: a resident block (one item) its head's blocks, a streamed one (items of any head)
+//! every block.
+struct StepExchange {
+  int* flags;  // FLAGS: the launch's step counters; nullptr: the grid barrier
+  int first, count;
+
+  __device__ StepExchange(const Tiling& tiling, int* launch_flags, int tiles)
+      : flags(tiling.exchange == FLAGS ? launch_flags : nullptr),
+        first(tiling.k_chunk > 0 ? 0 : static_cast<int>(blockIdx.x) / tiles * tiles),
+        count(tiling.k_chunk > 0 ? tiling.blocks : tiles) {}
+
+  //! FLAGS: return once the blocks this one reads from have finished `done` steps.
+  __device__ void wait(int done) const { wait_for_blocks(flags, first, count, done); }
+
+  //! This block has finished `done` steps: its flag, or the grid barrier.
+  __device__ void finish(int done, cg::grid_group& grid) const {
+    if (flags) {
+      publish_steps(flags, done);
+    } else {
+      grid.sync();
+    }
+  }
+};
+
 //! Rows [k0, k0 + kc) of the forward's weight slice of a tile into w ([kc][G*U]):
 //! w[kk][g*U + u] = W[n][k0 + kk][g*D + e0 + u], zero past the tile's width, as operands
 //! (`tf32`: float ones rounded to TF32). Consecutive threads read consecutive units of a gate
@@ -557,13 +583,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;  // one slot of cs (sLSTM: c and n)
   const int slots = a.save ? T + 1 : 2;
-  // FLAGS: the blocks whose h this block reads (resident: its head's; streamed: all)
-  const bool flags = tiling.exchange == FLAGS;
-  const int peers = streamed ? tiling.blocks : tiles;
-  const int first_peer = streamed ? 0 : tile_of(blockIdx.x, tiles, U, D).n * tiles;
+  const StepExchange steps(tiling, a.flags, tiles);
 
   for (int t = 0; t < T; ++t) {
-    bool ready = !flags || t == 0;  // GRID: the previous step ended at the grid barrier
+    bool ready = !steps.flags || t == 0;  // GRID: the previous step ended at the grid barrier
     for (int item = blockIdx.x; item < items; item += tiling.blocks) {
       const Tile tl = tile_of(item, tiles, U, D);
       const long long n = tl.n;
@@ -595,7 +618,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
         // (no other block writes the resets: read them before the wait)
         const unsigned restart = restart_rows(a.mask, a.lengths, t, B, b0, rows);
         if (!ready) {  // h_{t-1} of this head is complete once its blocks finished t steps
-          wait_for_blocks(a.flags, first_peer, peers, t);
+          steps.wait(t);
           ready = true;
         }
         if constexpr (kCopies) {
@@ -725,11 +748,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
         __syncthreads();  // hv and acc are reused by the next batch tile
       }
     }
-    if (flags) {
-      publish_steps(a.flags, t + 1);
-    } else {
-      grid.sync();
-    }
+    steps.finish(t + 1, grid);
   }
 }
 
@@ -765,17 +784,14 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
   const long long slab = static_cast<long long>(B) * D;
   const long long gslab = static_cast<long long>(B) * GD;
   const long long cslab = KIND == SLSTM ? 2 * slab : slab;
-  // FLAGS: the blocks whose dq this block reads (as the forward's)
-  const bool flags = tiling.exchange == FLAGS;
-  const int peers = streamed ? tiling.blocks : tiles;
-  const int first_peer = streamed ? 0 : tile_of(blockIdx.x, tiles, U, D).n * tiles;
+  const StepExchange steps(tiling, a.flags, tiles);
 
   // Iteration s runs the pointwise backward of step s (s = -1: only the gradient of h0). The
   // gradient of h_s (slot s + 1) is what reaches it directly plus, unless a reset entering
   // step s + 1 cut it, dq_{s+1} W^T and the carry (GRU's direct path dh_{s+1} z_{s+1}, or the
   // whole gradient where step s + 1 is past the sequence's end).
   for (int s = T - 1; s >= -1; --s) {
-    bool ready = !flags || s + 1 >= T;  // GRID: iteration s + 1 ended at the grid barrier
+    bool ready = !steps.flags || s + 1 >= T;  // GRID: iteration s + 1 ended at the barrier
     for (int item = blockIdx.x; item < items; item += tiling.blocks) {
       const Tile tl = tile_of(item, tiles, U, D);
       const long long n = tl.n;
@@ -814,7 +830,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
           if (tcs_n) prefetch_l1(tcs_n + s * slab + at);
         }
         if (!ready) {  // dq_{s+1} of this head is complete after T - s - 1 iterations
-          wait_for_blocks(a.flags, first_peer, peers, T - s - 1);
+          steps.wait(T - s - 1);
           ready = true;
         }
         // dq's columns SC at a time against the matching rows of R: resident, or (streamed)
@@ -919,11 +935,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
         __syncthreads();  // dv and acc are reused by the next batch tile
       }
     }
-    if (s >= 0 && flags) {
-      publish_steps(a.flags, T - s);
-    } else if (s >= 0) {
-      grid.sync();
-    }
+    if (s >= 0) steps.finish(T - s, grid);
   }
 }
 
