@@ -258,9 +258,10 @@ def _tile(
 
 def _least_stage(GD: int) -> int:
     """The narrowest chunk of ``dq`` the resident backward stages: ``G*D`` in at most
-    :data:`MAX_STAGES` chunks, a multiple of :data:`STAGE_STEP` (staging needs one below
-    ``G*D``)."""
-    return _up(-(-GD // MAX_STAGES), STAGE_STEP)
+    :data:`MAX_STAGES` chunks, a multiple of :data:`STAGE_STEP`; 0 where that is not below
+    ``G*D`` (``dq`` is then staged whole)."""
+    least = _up(-(-GD // MAX_STAGES), STAGE_STEP)
+    return least if least < GD else 0
 
 
 def _staged_tile(
@@ -274,7 +275,7 @@ def _staged_tile(
     full = _tile(kind, D, units, rows, 0, smem, ops, True)
     GD = GATES[kind] * D
     least = _least_stage(GD) // STAGE_STEP  # stages in units of STAGE_STEP from here on
-    if full >= rows or least * STAGE_STEP >= GD:
+    if full >= rows or not least:
         return full, 0
 
     def fits(tile: int, stage: int) -> bool:
@@ -321,11 +322,9 @@ def _resident(
     if bt_b < 1 and bwd_mma:
         bwd_mma, (bt_b, stage) = False, staged(None)
     if bt_f < 1 or bt_b < 1:  # the least either direction takes: one row, dq staged narrowest
-        GD = GATES[kind] * D
-        stage = _least_stage(GD) if _least_stage(GD) < GD else 0
         need = max(
             _direction_bytes(kind, D, units, 1, 0, None, False),
-            _direction_bytes(kind, D, units, 1, 0, None, True, stage),
+            _direction_bytes(kind, D, units, 1, 0, None, True, _least_stage(GATES[kind] * D)),
         )
         return (
             f"head size {D} with {N} head(s) needs {_size(need)} of shared memory per block "
