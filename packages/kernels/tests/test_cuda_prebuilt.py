@@ -132,6 +132,114 @@ def test_the_cuda_library_needs_nvcc_only_to_compile(monkeypatch: pytest.MonkeyP
     assert lib.device_arch is cuda_native._arch and lib.prebuilt_dir == cuda_native.PREBUILT_DIR
 
 
+def _fake_toolkit(tmp_path: Path) -> tuple[Path, Path]:
+    """A toolkit at ``tmp/cuda-13.0`` (headers, ``lib64``) and ``tmp/wrap/bin/nvcc``: a wrapper
+    script with no headers beside it that answers ``--dryrun`` as nvcc does (``#$ TOP=...`` on
+    stderr), as an ``nvcc`` in ``/usr/local/bin`` that execs the toolkit's does."""
+    root = tmp_path / "cuda-13.0"
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime.h").write_text("")
+    (root / "lib64").mkdir()
+    wrapper = tmp_path / "wrap" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    lines = ["#!/bin/sh", "echo '#$ _NVVM_BRANCH_=nvvm' >&2", f"echo '#$ TOP={root}/bin/..' >&2"]
+    wrapper.write_text("\n".join(lines) + "\n")
+    wrapper.chmod(0o755)
+    return root, wrapper
+
+
+@pytest.fixture
+def toolkit_env(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``cuda._native`` with no ``$CUDA_HOME`` / ``$CUDA_PATH`` and a fresh :func:`toolkit_root`
+    cache (cleared again afterwards, so later tests see this machine's toolkit)."""
+    from rnnkit.kernels.gated.cuda import _native as cuda_native
+
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(env, raising=False)
+    cuda_native.toolkit_root.cache_clear()
+    yield cuda_native
+    cuda_native.toolkit_root.cache_clear()
+
+
+def test_toolkit_root_sees_through_an_nvcc_wrapper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """Where ``nvcc`` is a wrapper with no headers above it, torch's extension builder guesses
+    the wrong toolkit (the folder above the wrapper's ``bin/``) and the glue's compile fails on
+    ``cuda_runtime.h``; the build asks nvcc for its root instead and adds that root's include
+    folder and libraries to the compile."""
+    from torch.utils import cpp_extension
+
+    root, wrapper = _fake_toolkit(tmp_path)
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
+    assert toolkit_env.toolkit_root() == root.resolve()
+    assert toolkit_env.build_requirement() is None
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(wrapper.parent.parent))
+    includes, ldflags = toolkit_env._toolkit_flags()
+    assert includes == [str(root.resolve() / "include")]
+    assert ldflags == [f"-L{root.resolve() / 'lib64'}"]
+    # where torch's own guess has the headers, nothing is added
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(root))
+    assert toolkit_env._toolkit_flags() == ([], [])
+
+
+def test_toolkit_root_takes_cuda_home_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """``$CUDA_HOME`` wins over nvcc's own answer; one without headers is named in the reason
+    the library cannot be compiled (instead of a compiler error on a missing header)."""
+    _, wrapper = _fake_toolkit(tmp_path)
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
+    other = tmp_path / "other"
+    (other / "include").mkdir(parents=True)
+    (other / "include" / "cuda_runtime.h").write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(other))
+    assert toolkit_env.toolkit_root() == other
+    toolkit_env.toolkit_root.cache_clear()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "empty"))
+    assert toolkit_env.toolkit_root() is None
+    reason = str(toolkit_env.build_requirement())
+    assert "cuda_runtime.h" in reason and str(tmp_path / "empty") in reason
+
+
+def test_toolkit_root_without_headers_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """An nvcc whose reported root has no headers either: no root, and the reason names the
+    nvcc that was found."""
+    wrapper = tmp_path / "bin" / "nvcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\necho '#$ TOP={tmp_path / 'nowhere'}' >&2\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
+    assert toolkit_env.toolkit_root() is None
+    assert str(wrapper) in str(toolkit_env.build_requirement())
+
+
+def test_this_machines_nvcc_has_a_toolkit(toolkit_env: Any) -> None:
+    """Where nvcc is installed (CI's build machines have nvcc 13, some as a wrapper script in
+    ``/usr/local/bin``), its toolkit's headers are found."""
+    if toolkit_env.nvcc() is None:
+        pytest.skip("no nvcc on this machine")
+    root = toolkit_env.toolkit_root()
+    assert root is not None and (root / "include" / "cuda_runtime.h").is_file()
+
+
+def test_the_compile_gets_the_toolkit_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library's ``toolkit_flags`` reach torch's extension builder (include folders and
+    linker flags), after the library's own."""
+    from torch.utils import cpp_extension
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.update(kw))
+    lib = _tiny(tmp_path, toolkit_flags=lambda: (["/cuda/include"], ["-L/cuda/lib64"]))
+    lib._compile(tmp_path / "build", False)
+    assert seen["extra_include_paths"] == [str(lib.csrc), "/cuda/include"]
+    assert seen["extra_ldflags"][-1] == "-L/cuda/lib64"
+
+
 def test_probe_sees_this_torch() -> None:
     info = hook.probe_torch()
     assert info is not None

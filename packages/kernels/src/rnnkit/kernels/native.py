@@ -377,6 +377,8 @@ class NativeLibrary:
             key), e.g. ``TORCH_CUDA_ARCH_LIST``.
         build_requires: ``() -> reason or None``: what compiling needs besides the C++ toolchain
             (``nvcc``); not needed to load a prebuilt or cached library.
+        toolkit_flags: ``() -> (include folders, linker flags)`` added to the compile (the CUDA
+            toolkit's, where torch's guess of it lacks the headers); not part of the build key.
         prebuilt_dir: where a wheel may ship the library prebuilt (``<name>.so`` and its
             manifest ``<name>.json``; see the module docstring).
         device_arch: ``() -> "major.minor"``: the running device's architecture, which a
@@ -401,6 +403,7 @@ class NativeLibrary:
     key_parts: Callable[[], tuple[str, ...]] | None = None
     build_env: Callable[[], dict[str, str]] | None = None
     build_requires: Callable[[], str | None] | None = None
+    toolkit_flags: Callable[[], tuple[list[str], list[str]]] | None = None
     prebuilt_dir: Path | None = None
     device_arch: Callable[[], str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -658,6 +661,7 @@ class NativeLibrary:
         from torch.utils import cpp_extension
 
         cflags, ldflags = _flags()
+        includes, toolkit_ldflags = self.toolkit_flags() if self.toolkit_flags else ([], [])
         env = {
             "PATH": _ninja_path(),
             **(self.build_env() if self.build_env else {}),
@@ -673,8 +677,8 @@ class NativeLibrary:
                 sources=[str(self.csrc / s) for s in self.sources],
                 extra_cflags=cflags,
                 extra_cuda_cflags=list(self.cuda_cflags) or None,
-                extra_ldflags=ldflags,
-                extra_include_paths=[str(self.csrc)],
+                extra_ldflags=ldflags + toolkit_ldflags,
+                extra_include_paths=[str(self.csrc), *includes],
                 build_directory=str(directory),
                 is_python_module=False,
                 verbose=verbose,

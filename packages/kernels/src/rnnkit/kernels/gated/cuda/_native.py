@@ -36,6 +36,7 @@ __all__ = [
     "nvcc",
     "ops",
     "requirement",
+    "toolkit_root",
 ]
 
 #: The torch.ops namespace and library name (``torch.ops.rnnkit_gated_cuda.forward``).
@@ -64,6 +65,68 @@ def nvcc() -> str | None:
     return str(default) if default.is_file() else None
 
 
+def _has_headers(root: Path) -> bool:
+    return (root / "include" / "cuda_runtime.h").is_file()
+
+
+def _dryrun_top(path: str) -> Path | None:
+    """The toolkit root that ``nvcc`` itself reports (``#$ TOP=...`` of ``nvcc --dryrun``): the
+    one way to find it behind a wrapper script or a link farm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "empty.cu"
+        source.write_text("")
+        try:
+            done = subprocess.run(
+                [path, "--dryrun", "-c", str(source), "-o", str(Path(tmp) / "empty.o")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return Path(line[len("#$ TOP=") :].strip().strip('"')).resolve()
+    return None
+
+
+@lru_cache(maxsize=1)
+def toolkit_root() -> Path | None:
+    """The CUDA toolkit whose headers the torch glue compiles against (``include/cuda_runtime.h``
+    below it); ``None`` when there is no ``nvcc`` or no headers beside it.
+
+    ``$CUDA_HOME`` (or ``$CUDA_PATH``) where set; else the folder above the ``bin/`` holding
+    :func:`nvcc` (what torch's extension builder assumes); where that has no headers (``nvcc``
+    is a wrapper script in ``/usr/local/bin``, say), the root that ``nvcc --dryrun`` reports.
+    """
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(env)
+        if root:
+            return Path(root) if _has_headers(Path(root)) else None
+    path = nvcc()
+    if path is None:
+        return None
+    guess = Path(path).parent.parent
+    if _has_headers(guess):
+        return guess
+    top = _dryrun_top(path)
+    return top if top is not None and _has_headers(top) else None
+
+
+def _toolkit_flags() -> tuple[list[str], list[str]]:
+    """Include folders and linker flags that point torch's extension builder at
+    :func:`toolkit_root` where its own guess of the toolkit (made once, when
+    ``torch.utils.cpp_extension`` is imported) has no headers; none where it has."""
+    from torch.utils import cpp_extension
+
+    guessed = cpp_extension.CUDA_HOME
+    root = toolkit_root()
+    if root is None or (guessed is not None and _has_headers(Path(guessed))):
+        return [], []
+    lib = root / "lib64" if (root / "lib64").is_dir() else root / "lib"
+    return [str(root / "include")], [f"-L{lib}"]
+
+
 @lru_cache(maxsize=1)
 def _nvcc_version() -> str:
     path = nvcc()
@@ -90,8 +153,16 @@ def requirement() -> str | None:
 def build_requirement() -> str | None:
     """What this machine lacks to compile the CUDA kernels besides the C++ toolchain: nvcc (not
     needed where a matching prebuilt or cached library is there)."""
-    if nvcc() is None:
+    path = nvcc()
+    if path is None:
         return "nvcc not found (set CUDA_HOME or put nvcc on PATH) to compile the CUDA kernels"
+    if toolkit_root() is None:
+        where = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+        beside = f"$CUDA_HOME ({where})" if where else f"nvcc ({path})"
+        return (
+            f"no CUDA headers (include/cuda_runtime.h) in the toolkit of {beside}: set CUDA_HOME "
+            "to the toolkit's root to compile the CUDA kernels"
+        )
     return None
 
 
@@ -132,6 +203,7 @@ LIBRARY = NativeLibrary(
     key_parts=_key_parts,
     build_env=_build_env,
     build_requires=build_requirement,
+    toolkit_flags=_toolkit_flags,
     prebuilt_dir=PREBUILT_DIR,
     device_arch=_arch,
 )
