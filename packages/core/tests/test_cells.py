@@ -1,4 +1,5 @@
-"""Cell-level behaviour beyond the conformance kit: heads, sLSTM stability, Recurrent stack."""
+"""Cell-level behaviour beyond the conformance kit: heads, sLSTM stability and its float64
+oracle from the xLSTM equations, Recurrent stack."""
 
 from __future__ import annotations
 
@@ -55,6 +56,67 @@ def test_slstm_m_does_not_change_h() -> None:
     y1, _ = cell(x[:, 3:], s)
     y2, _ = cell(x[:, 3:], s2)
     assert_close("h", y2, y1, 1e-12)
+
+
+def _slstm_oracle(
+    cell: SLSTM, x: torch.Tensor, params: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """xLSTM (Beck et al. 2024), Section 2.2, Eqs. (8)-(13) without the stabiliser, one example,
+    head and unit at a time in float64: pre-activations ``W x_t + R h_{t-1} + b`` with ``R``
+    block-diagonal over heads, ``i = exp(i~)``, ``f = sigmoid(f~)`` (the sigmoid forget gate),
+    ``z = tanh(z~)``, ``o = sigmoid(o~)``; ``c_t = f c + i z``, ``n_t = f n + i``,
+    ``h_t = o c_t / n_t``. Returns ``(h: (B, T, H), c_T, n_T)``, the last two unscaled."""
+    batch, time, _ = x.shape
+    H, heads, D = cell.hidden_size, cell.heads, cell.head_dim
+    W, b, R = params["weight_ih"], params["bias"], params["recurrent"]
+    hs, cs, ns = [], [], []
+    for e in range(batch):
+        h = torch.zeros(H, dtype=torch.float64)
+        c = torch.zeros(H, dtype=torch.float64)
+        n = torch.zeros(H, dtype=torch.float64)
+        rows = []
+        for t in range(time):
+            gates = []
+            for g in range(4):  # i, f, z, o
+                pre = W[g * H : (g + 1) * H] @ x[e, t] + b[g * H : (g + 1) * H]
+                rec = torch.cat([R[g, k] @ h[k * D : (k + 1) * D] for k in range(heads)])
+                gates.append(pre + rec)
+            i_gate, f_gate = torch.exp(gates[0]), torch.sigmoid(gates[1])
+            z, o = torch.tanh(gates[2]), torch.sigmoid(gates[3])
+            c = f_gate * c + i_gate * z
+            n = f_gate * n + i_gate
+            h = o * c / n
+            rows.append(h)
+        hs.append(torch.stack(rows))
+        cs.append(c)
+        ns.append(n)
+    return torch.stack(hs), torch.stack(cs), torch.stack(ns)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_slstm_equals_the_unstabilised_equations(heads: int) -> None:
+    """The stabilised cell equals the paper's unstabilised recurrence where the latter does not
+    overflow: outputs, ``c`` and ``n`` (the state holds them scaled by ``exp(-m)``), and the
+    gradients of the input and of every parameter."""
+    torch.manual_seed(4)
+    cell = SLSTM(3, 4, heads=heads, dtype=torch.float64)
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    y, state = cell(x, backend="reference")
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in cell.named_parameters()}
+    x_o = x.detach().clone().requires_grad_(True)
+    want, c, n = _slstm_oracle(cell, x_o, params)
+    assert_close("slstm h", y, want, 1e-12)
+    assert_close("slstm c", state.c * torch.exp(state.m), c, 1e-12)
+    assert_close("slstm n", state.n * torch.exp(state.m), n, 1e-12)
+    w = torch.randn_like(want)
+    (y * w).sum().backward()
+    (want * w).sum().backward()
+    assert x.grad is not None and x_o.grad is not None
+    assert_close("slstm d/dx", x.grad, x_o.grad, 1e-11)
+    for name, p in cell.named_parameters():
+        g_o = params[name].grad
+        assert p.grad is not None and g_o is not None and g_o.abs().sum() > 0, name
+        assert_close(f"slstm d/d{name}", p.grad, g_o, 1e-11)
 
 
 def test_registry_lookup() -> None:
