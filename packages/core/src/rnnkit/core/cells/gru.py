@@ -32,6 +32,11 @@ class GRU(GatedCell[GRUState]):
 
     Besides ``bias`` (``b_ir + b_hr``, ``b_iz + b_hz``, ``b_in``) the GRU has ``bias_hn: (H,)``,
     which ``r`` multiplies. Other arguments as :class:`~rnnkit.core.cells._gated.GatedCell`.
+
+    The reset gate acts *after* the recurrent product, ``r * (R_n h + b_hn)`` (torch's and
+    cuDNN's form), not before it as in Cho et al. (2014), Eq. (8),
+    ``tanh(W x + U (r * h_{t-1}))``; the two differ whenever ``r`` is not all ones. ``z`` keeps
+    the old state (``z -> 1``: ``h_t = h_{t-1}``), as in Cho et al.'s Eq. (7).
     """
 
     kind = "gru"

@@ -37,6 +37,15 @@ class SLSTM(GatedCell[SLSTMState]):
 
     ``m`` only rescales ``c`` and ``n`` together, so ``h`` does not depend on it; it keeps the
     exponentials from overflowing. Arguments as :class:`~rnnkit.core.cells._gated.GatedCell`.
+
+    Conventions against Beck et al. (2024), Section 2.2: the input gate is exponential,
+    ``i = exp(ĩ)``; the forget gate is the paper's sigmoid option, ``f = σ(f̃)`` (the paper
+    allows ``exp(f̃)`` too; the xLSTM reference code's sLSTM uses the sigmoid), so ``log f`` is
+    ``log σ(f̃)``. Unscaled, ``c_t = f c_{t-1} + i z``, ``n_t = f n_{t-1} + i``,
+    ``h_t = o c_t / n_t`` (Eqs. 8-13); the state holds ``c, n`` times ``exp(-m)``. ``m`` starts
+    at ``ĩ`` on an episode's first step instead of ``max(ĩ, log f + m_0)``: ``c`` and ``n`` are
+    zero there, so ``h`` is the same. The xLSTM block around the cell (causal convolution,
+    group norm, projections) is not part of it.
     """
 
     kind = "slstm"
