@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -82,8 +83,12 @@ def test_aaren_is_softmax_attention() -> None:
     cell = Aaren(4, 6, heads=2).double()
     x = 10 * torch.randn(1, 50, 4, dtype=torch.float64)  # large scores: stability
     y, _ = cell(x)
-    px = cell.project(x)
-    s, v = px[..., :2], px[..., 2:].unflatten(-1, (2, 3))
+    # scores and values from the parameters, not from the cell's project: per head h, the
+    # learned query q_h against k = W_k x, scaled by 1/sqrt(head_dim); v = W_v x + b_v
+    with torch.no_grad():
+        k = (x @ cell.weight_k.T).unflatten(-1, (2, 3))
+        s = (k * cell.query).sum(-1) / math.sqrt(3)
+        v = (x @ cell.weight_v.T + cell.bias_v).unflatten(-1, (2, 3))
     mask = torch.ones(50, 50, dtype=torch.bool).tril()
     logits = s.transpose(1, 2).unsqueeze(-2).expand(1, 2, 50, 50).masked_fill(~mask, -torch.inf)
     attn = torch.softmax(logits, -1)  # (1, heads, t, i)
