@@ -28,6 +28,7 @@ import math
 import pytest
 import torch
 
+from rnnkit.core.cells import LSTM
 from rnnkit.kernels.analog import (
     IDEAL_DEVICE,
     PCM_DEVICE,
@@ -35,7 +36,10 @@ from rnnkit.kernels.analog import (
     AnalogTile,
     DeviceModel,
     RampADC,
+    drift_analog,
+    to_analog,
 )
+from rnnkit.kernels.analog.cells import _ATTR
 from rnnkit.kernels.analog.devices import drifted, program_conductances, programming_sigma
 from rnnkit.kernels.analog.tile import quantize_ste
 
@@ -233,7 +237,23 @@ def test_ramp_span_matches_the_notes_table() -> None:
     assert float(steps.max() / steps.min()) == pytest.approx(5.8, abs=0.05)
 
 
-# --- time: seeded and reproducible ------------------------------------------
+# --- time: seeded, reproducible, and t = 0 is a time ------------------------------------------
+
+
+def test_drift_to_zero_before_first_use_is_honoured() -> None:
+    torch.manual_seed(0)
+    cell = LSTM(4, 5, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # the config says a day, but the user drifts to t = 0 before the first forward.
+    model = to_analog(cell, AnalogConfig.pcm(t_inference=DAY, seed=3)).eval()
+    drift_analog(model, 0.0)
+    with torch.no_grad():
+        y, _ = model(x)
+    assert getattr(model, _ATTR).tile.t == 0.0
+    ref = to_analog(cell, AnalogConfig.pcm(t_inference=0.0, seed=3)).eval()
+    with torch.no_grad():
+        y_ref, _ = ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
 
 
 def test_time_noise_is_a_function_of_seed_and_time() -> None:

@@ -262,7 +262,9 @@ def _program(cell: Any, b: AnalogBinding) -> AnalogTile:
     nl_cols = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
     for _, s, e in plan:
         nl_cols[s:e] = True
-    tile = AnalogTile(m, cfg.replace(t_inference=b.t or cfg.t_inference), b.gen, nl_columns=nl_cols)
+    # drift_analog's time wins over the config's, t = 0 included (a time, not "unset").
+    t = cfg.t_inference if b.t is None else b.t
+    tile = AnalogTile(m, cfg.replace(t_inference=t), b.gen, nl_columns=nl_cols)
     b.tile, b.version = tile, _versions(cell)
     if not b.adcs:
         H = int(cell.hidden_size)
