@@ -266,3 +266,61 @@ def test_time_noise_is_a_function_of_seed_and_time() -> None:
     assert torch.equal(a.w_norm, b.w_norm) and a.gain == b.gain
     c = AnalogTile(w, cfg, torch.Generator().manual_seed(6))
     assert not torch.equal(a.w_norm, c.w_norm)
+
+
+# --- per-read noise moments ----------------------------------------------------------------------
+
+
+def _sigma_1f(g_prog: float, t: float) -> float:
+    """PCM 1/f relative sigma at ``t`` s after programming (``t_read`` = 250 ns, ``t0`` = 20 s)."""
+    q_s = min(0.0088 / max((abs(g_prog) / 25.0) ** 0.65, 1e-3), 0.2)
+    return q_s * math.sqrt(math.log((t + T0 + 250e-9) / (2 * 250e-9)))
+
+
+@pytest.mark.parametrize("device", ["pcm_per_read", "reram"])
+def test_read_moments_are_the_models(device: str) -> None:
+    # n reads of one input: per column the output has mean α s Σ_i w̃_ij x̃_i and variance
+    # (α s)² (Σ_i σ_ij² x̃_i² + σ_out²), σ_ij² the two devices' per-read variances over g_range².
+    n, t, out_noise = 20_000, DAY, 0.05
+    if device == "reram":
+        cfg = AnalogConfig.reram(inp_bits=None, out_bits=None, out_noise=out_noise)
+    else:
+        dev = dataclasses.replace(PCM_DEVICE, read_noise_draw="per_read")
+        cfg = AnalogConfig.pcm(device=dev, inp_bits=None, out_bits=None, out_noise=out_noise)
+    cfg = cfg.replace(t_inference=t, drift_compensation=False)
+    w = _weights()
+    tile = AnalogTile(w, cfg, torch.Generator().manual_seed(1))
+    u = torch.randn(1, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = tile.mvm(u.expand(n, -1), read_generator=torch.Generator().manual_seed(3))
+    alpha = max(abs(v) for v in u[0].tolist())
+    x = [v / alpha for v in u[0].tolist()]
+    gr = cfg.device.g_range
+    mean, var = [], []
+    for j in range(w.shape[0]):
+        s = max(abs(v) for v in w[j].tolist())
+        m_j, v_j = 0.0, out_noise**2
+        for i in range(w.shape[1]):
+            gp, gm = tile.g_plus[j, i].item(), tile.g_minus[j, i].item()
+            if device == "reram":
+                dp, dm = gp, gm  # no drift
+                sd2 = 2 * (0.01 * 40.0) ** 2
+            else:
+                dp = gp * ((t + T0) / T0) ** (-tile.nu_plus[j, i].item())
+                dm = gm * ((t + T0) / T0) ** (-tile.nu_minus[j, i].item())
+                sd2 = (dp * _sigma_1f(gp, t)) ** 2 + (dm * _sigma_1f(gm, t)) ** 2
+            m_j += (dp - dm) / gr * x[i]
+            v_j += sd2 / gr**2 * x[i] ** 2
+        mean.append(alpha * s * m_j)
+        var.append((alpha * s) ** 2 * v_j)
+    want_mean = torch.tensor(mean, dtype=torch.float64)
+    want_var = torch.tensor(var, dtype=torch.float64)
+    # the sample mean is within 4.5 standard errors; the sample variance within 5 % (its
+    # relative standard error is sqrt(2 / n) = 1 %).
+    assert float(((y.mean(0) - want_mean).abs() / (want_var / n).sqrt()).max()) < 4.5
+    assert float((y.var(0) / want_var - 1).abs().max()) < 0.05
+    # the device noise is a visible part of the variance (the test could see it missing).
+    assert float((want_var / ((alpha * torch.tensor(_scales(w))) * out_noise) ** 2).min()) > 1.1
+
+
+def _scales(w: torch.Tensor) -> list[float]:
+    return [max(abs(v) for v in w[j].tolist()) for j in range(w.shape[0])]

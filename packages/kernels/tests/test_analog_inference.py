@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -325,14 +326,20 @@ def test_fast_path_plan_follows_weights_and_drift() -> None:
 def test_fast_path_noise_moments() -> None:
     # One Elman-tanh step with exact digital tanh, ideal DAC/ADC and PCM read + output noise,
     # many copies of one input (x, h0): atanh(y) is the column sum with its noise, whose mean
-    # and variance the model gives in closed form (per column, in the output units).
+    # and variance the model gives in closed form (per column, in the output units). The 1/f
+    # noise is drawn per read here: drawn per time (the default) it is in the weights and
+    # read_var is zero, so only the output noise would be tested (test_analog_equations checks
+    # read_var itself against the equations).
     n = 20000
     torch.manual_seed(0)
     cell = Elman(I, H, dtype=F64)
     with torch.no_grad():
         cell.weight_ih.mul_(0.3)
         cell.recurrent.mul_(0.3)
-    cfg = AnalogConfig.pcm(nl_adc=False, inp_bits=None, out_bits=None, out_noise=0.05, seed=1)
+    dev = dataclasses.replace(PCM_DEVICE, read_noise_draw="per_read")
+    cfg = AnalogConfig.pcm(
+        device=dev, nl_adc=False, inp_bits=None, out_bits=None, out_noise=0.05, seed=1
+    )
     acell = to_analog(cell, cfg).eval()
     g = torch.Generator().manual_seed(3)
     x1 = torch.randn(1, 1, I, generator=g, dtype=F64)
@@ -353,3 +360,4 @@ def test_fast_path_noise_moments() -> None:
     ratio = z.var(0) / var  # relative standard error sqrt(2 / n) = 1 %
     assert float((ratio - 1).abs().max()) < 0.05
     assert float(var.sqrt().min()) > 1e-3  # the noise is not negligible: the test can fail
+    assert tile.has_read_noise  # and the devices' per-read noise is part of it
