@@ -55,8 +55,9 @@ class AnalogConfig:
             the Gaussian noise on every column sum.
         max_rows, max_cols: the largest physical tile; bigger matrices are split (see
             :class:`~rnnkit.kernels.analog.tile.AnalogTile`).
-        ir_drop: first-order IR-drop strength (wire-segment resistance times ``g_max``,
-            dimensionless; 0 turns it off).
+        ir_drop: first-order IR-drop strength (wire-segment resistance times the window
+            ``g_max - g_min``, the conductance the tile normalises by; dimensionless; 0 turns
+            it off).
         t_inference: seconds since programming (drift and PCM read noise).
         drift_compensation: global drift compensation (a one-hot probe read at program time
             and at ``t_inference``; the ratio of the mean absolute outputs rescales the outputs).

@@ -28,7 +28,9 @@ published source text; no code is taken from it):
 - ReRAM: the notes give the *form* of aihwkit's ``ReRamWan2022NoiseModel`` (a 4th-order
   polynomial referenced to ``g_max = 40`` µS, plus ``w_noise ≈ 0.01`` read noise advised in its
   docstring) but **not its coefficients**. The ReRAM-like preset therefore uses ``g_max = 40``
-  µS, a read noise of 1 % of ``g_max`` (the advised value) and an **assumed** programming noise
+  µS, a read noise of 1 % of ``g_max`` per device (the advised value, which aihwkit applies
+  once per *weight*; here on each device of the pair, so a pair's read noise is 1.41 %
+  of the weight range: an assumption either way) and an **assumed** programming noise
   of 2 % of ``g_max`` (the wider of the two acceptance ranges of IBM's CMO/HfOx write-verify,
   0.2 % and 2 %, also from the notes). It has no power-law drift (ReRAM relaxation is not
   modelled). Treat it, and every figure computed with it, as a plausible stand-in, not a

@@ -6,8 +6,8 @@ lines, ``in`` rows = word lines):
 1. **Mapping.** Each output column is scaled by ``s_j = max_i |W_ji|`` so ``w̃ = W / s`` lies in
    ``[-1, 1]``; ``w̃ > 0`` goes on the plus device, ``w̃ < 0`` on the minus device of a
    differential pair: ``g± = g_min + max(±w̃, 0) (g_max - g_min)``. The pair's difference divided
-   by ``g_max - g_min`` is the stored weight, so ``g_min`` cancels (except in read noise and IR
-   drop, which see the absolute currents).
+   by ``g_max - g_min`` is the stored weight, so ``g_min`` cancels (except in programming and
+   read noise, drift and IR drop, which see the absolute conductances).
 2. **Programming** (once, seeded): discrete levels, programming noise ``σ(g)``, stuck devices
    (:func:`~rnnkit.kernels.analog.devices.program_conductances`), drift exponents.
 3. **Drift** to ``t_inference`` (PCM: ``g ((t + t0) / t0)^-ν``, then the 1/f noise accumulated
