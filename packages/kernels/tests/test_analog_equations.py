@@ -324,3 +324,16 @@ def test_read_moments_are_the_models(device: str) -> None:
 
 def _scales(w: torch.Tensor) -> list[float]:
     return [max(abs(v) for v in w[j].tolist()) for j in range(w.shape[0])]
+
+
+@pytest.mark.parametrize("t", [-1.0, -30.0, math.inf, math.nan])
+def test_negative_or_non_finite_times_are_refused(t: float) -> None:
+    # t counts from the end of programming: before it the drift law is undefined and the 1/f
+    # log term is negative for t < -t0 (a math domain error before, silently no drift above).
+    tile = AnalogTile(_weights(), AnalogConfig.pcm(), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="t must be a finite time"):
+        tile.set_time(t)
+    torch.manual_seed(0)
+    model = to_analog(LSTM(4, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="t_inference must be a finite time"):
+        drift_analog(model, t)

@@ -31,6 +31,7 @@ straight through.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +181,15 @@ def program_analog(model: nn.Module, *, seed: int | None = None) -> None:
 
 
 def drift_analog(model: nn.Module, t_inference: float) -> None:
-    """Let the programmed conductances of every converted cell drift to ``t_inference`` s."""
+    """Let the programmed conductances of every converted cell drift to ``t_inference`` s.
+
+    Raises:
+        ValueError: if ``t_inference`` is negative or not finite.
+    """
+    if not (math.isfinite(t_inference) and t_inference >= 0):
+        raise ValueError(
+            f"t_inference must be a finite time >= 0 s since programming, got {t_inference!r}"
+        )
     for cell in _cells(model):
         b: AnalogBinding = getattr(cell, _ATTR)
         b.t = t_inference

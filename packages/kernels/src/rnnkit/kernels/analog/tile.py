@@ -211,7 +211,14 @@ class AnalogTile:
 
     def set_time(self, t: float) -> None:
         """Drift the programmed conductances to ``t`` seconds, draw the noise of that time, and
-        refresh what depends on it (the compensation gain included)."""
+        refresh what depends on it (the compensation gain included).
+
+        Raises:
+            ValueError: if ``t`` is negative or not finite (``t`` counts from the end of
+                programming; the drift and 1/f laws are undefined before it).
+        """
+        if not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"t must be a finite time >= 0 s since programming, got {t!r}")
         self.t = t
         gen = self._time_generator(t)
         state = self._at_time(self.g_plus, self.g_minus, t, gen)
