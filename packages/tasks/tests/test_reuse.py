@@ -148,6 +148,30 @@ def test_missing_files_are_named(runs: dict[str, Trainer], tmp_path: Path) -> No
         load_run(run)
 
 
+def test_a_device_this_machine_lacks_is_a_one_line_error(
+    runs: dict[str, Trainer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = str(runs["charlm"].out)
+    with pytest.raises(ValueError, match=r"must name a torch device .* got 'gpu'"):
+        load_run(run, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda' was asked for but CUDA is not available"):
+        load_run(run, device="cuda")
+    commands = (
+        ["eval", "--run", run],
+        ["generate", "--run", run, "--prompt", "a", "--length", "2"],
+        ["predict", "--run", str(runs["ar"].out), "--input", "unread.txt"],
+    )
+    for command in commands:
+        for device in ("gpu", "cuda"):
+            rc, out, err = _cli([*command, "--device", device], capsys)
+            assert rc == 2 and out == "", (command, device)
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+            assert f"'{device}'" in err
+
+
 def test_damaged_config_is_named(runs: dict[str, Trainer], tmp_path: Path) -> None:
     run = _copy(runs["parity"], tmp_path)
     text = (run / "config.json").read_text()

@@ -345,10 +345,12 @@ def test_output_files_follow_the_umask(tmp_path: Path) -> None:
         ("batch_size", 0, "--batch-size"),
         ("eval_every", -4, "--eval-every"),
         ("checkpoint_every", 0, "--checkpoint-every"),
+        ("device", "gpu", "--device"),
+        ("device", "CPU", "--device"),
     ],
 )
 def test_bad_options_are_refused_by_name(
-    option: str, value: float, flag: str, tmp_path: Path
+    option: str, value: float | str, flag: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=flag):
@@ -364,6 +366,7 @@ def test_bad_options_are_refused_by_name(
         (["--threads", "0"], "--threads"),
         (["--lr", "nan"], "--lr"),
         (["--lr", "inf"], "--lr"),
+        (["--device", "gpu"], "--device"),
     ],
 )
 def test_bad_options_are_refused_by_the_cli(

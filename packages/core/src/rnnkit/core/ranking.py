@@ -27,6 +27,7 @@ from rnnkit.core.dispatch import (
     select,
 )
 from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.core.validation import check_device
 
 #: ``--dtype`` names accepted by :func:`probe_call`.
 DTYPES: dict[str, torch.dtype] = {
@@ -123,9 +124,7 @@ def probe_call(
         raise ValueError(f"batch and time must be positive, got {batch} and {time}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    dev = check_device(device)
     config: dict[str, Any] = {"input_size": input_size, "hidden_size": hidden_size}
     if heads is not None:
         if not takes_heads(cell_name):

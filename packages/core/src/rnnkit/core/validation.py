@@ -28,6 +28,32 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_device(device: str | torch.device, *, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has, else a ``ValueError`` naming
+    ``name``: a string torch cannot parse (``"gpu"``, ``"CPU"``), CUDA or MPS where torch
+    has none, or a CUDA index beyond the visible devices. Other device types pass as parsed.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"{name} must name a torch device (cpu, cuda, cuda:N, mps, ...; lower case), "
+            f"got {device!r}"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+        count = torch.cuda.device_count()
+        if (dev.index or 0) >= count:  # a bare "cuda" has index None: the current device
+            raise ValueError(
+                f"device {str(device)!r} was asked for but this machine has {count} CUDA "
+                f"device(s) (cuda:0 to cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but MPS is not available")
+    return dev
+
+
 def check_heads(hidden_size: int, heads: object) -> int:
     """``heads`` if it is a positive ``int`` dividing ``hidden_size``, else a ``ValueError``."""
     n = check_positive_int("heads", heads)

@@ -29,6 +29,8 @@ from torch._C._distributed_c10d import GradBucket  # torch.distributed.GradBucke
 from torch.futures import Future
 from torch.nn.parallel import DistributedDataParallel
 
+from rnnkit.core.validation import check_device
+
 #: gradient megabytes per all-reduce (``DistributedDataParallel``'s default)
 BUCKET_MB = 25
 
@@ -47,15 +49,13 @@ class Dist:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA (this process's ``LOCAL_RANK``) if available, else CPU."""
+    """``"auto"`` -> CUDA (this process's ``LOCAL_RANK``) if available, else CPU; any other
+    name must be a device this machine has (``ValueError`` otherwise)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return dev
+    return check_device(name, name="--device")
 
 
 def init_distributed(device: torch.device) -> Dist:

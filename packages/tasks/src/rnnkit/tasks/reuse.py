@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.core.errors import RnnkitError, UnknownNameError
+from rnnkit.core.validation import check_device
 from rnnkit.tasks.base import Task
 from rnnkit.tasks.checkpoint import atomic_write_bytes, atomic_write_text
 
@@ -364,10 +365,13 @@ def load_run(
         RunLoadError: naming the file, when a file is missing or damaged, the task or model
             is not registered here (the plugin providing it is not installed), or the
             weights do not fit the model.
+        ValueError: ``device`` is not a device this machine has (``"gpu"``, ``"cuda"``
+            without CUDA, ...).
     """
     from rnnkit.models import create_model
     from rnnkit.tasks.registry import get_task
 
+    target = check_device(device)  # before reading or building anything
     root = Path(run_dir)
     config = read_config(root)
     cfg_path = root / CONFIG
@@ -403,7 +407,7 @@ def load_run(
     tensors = _read_weights(weights, recorded.get("sha256") if isinstance(recorded, dict) else None)
     _check_fits(weights, model, tensors)
     model.load_state_dict(tensors, strict=True)
-    model.to(device)
+    model.to(target)
     model.eval()
     return LoadedRun(model=model, config=config, task=task, path=root)
 
