@@ -309,6 +309,20 @@ def test_cost_model_motivation_and_trend() -> None:
     assert math.isclose(lstm_cost(512, bits=5).t_mac_ns, 10 + 32)
 
 
+@pytest.mark.parametrize("hidden", [0, -3])
+def test_cost_model_refuses_a_layer_without_units(hidden: int) -> None:
+    # hidden 0 divided 0 by 0 in the comparison; a negative width gave negative energies
+    for style in ("nl_adc", "conventional"):
+        with pytest.raises(ValueError, match=f"hidden must be a positive int, got {hidden}"):
+            lstm_cost(hidden, style=style)
+    with pytest.raises(ValueError, match="hidden must be a positive int"):
+        motivation(hidden)
+    with pytest.raises(ValueError, match="inputs must be a positive int, got 0"):
+        lstm_cost(64, inputs=0)
+    with pytest.raises(ValueError, match="bits must be a positive int, got 0"):
+        lstm_cost(64, bits=0)
+
+
 # --- fast inference path and experiments ------------------------------------------------------
 
 

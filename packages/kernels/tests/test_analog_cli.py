@@ -135,6 +135,17 @@ def test_ramp_drift_prints_its_table_and_recalibration_helps(
     assert plot.is_file() and plot.stat().st_size > 0
 
 
+@pytest.mark.parametrize("hidden", ["0", "-3"])
+def test_cost_refuses_a_width_without_units_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, hidden: str
+) -> None:
+    out = tmp_path / "cost"
+    assert main(["analog", "cost", "--hidden", hidden, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err == f"rnnkit analog: error: hidden must be a positive int, got {hidden}\n"
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rnnkit.core.validation import check_positive_int
+
 __all__ = ["CostAssumptions", "LSTMCost", "comparison_table", "lstm_cost", "motivation"]
 
 
@@ -94,7 +96,9 @@ def lstm_cost(
     a = a or CostAssumptions()
     if style not in ("nl_adc", "conventional"):
         raise ValueError(f"style must be 'nl_adc' or 'conventional', got {style!r}")
-    n_in = hidden if inputs is None else inputs
+    check_positive_int("hidden", hidden)  # 0 or fewer units: no step to cost (and 0 / 0)
+    check_positive_int("bits", bits)
+    n_in = hidden if inputs is None else check_positive_int("inputs", inputs)
     H, n = hidden, bits
     cyc_ns = 1e9 / a.clock_hz
     cols, rows = 4 * H, n_in + H + 1
@@ -126,6 +130,9 @@ def motivation(
     """``(nl_cycles, t_NL / t_MAC)`` for a conventional LSTM layer: the paper's Fig. 1 claim
     (512 hidden, k = 32: NL work takes 2-5x the MAC time), with ``t_MAC`` the ``2^adc_bits``-cycle
     column-parallel conversion (the read pulse, overlappable, is left out)."""
+    check_positive_int("hidden", hidden)
+    check_positive_int("k", k)
+    check_positive_int("adc_bits", adc_bits)
     out = []
     for c in nl_cycles:
         t_nl = math.ceil(5 * hidden / k) * c
