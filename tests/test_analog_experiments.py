@@ -285,3 +285,49 @@ def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_pa
     assert main([*argv, "--quiet", "--out", str(tmp_path / "q")]) == 0
     assert capsys.readouterr() == ("", "")
     assert (tmp_path / "q" / "rows.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task", "digits_rows"], "task 'digits_rows' has no 'bpc' metric (its metrics: "),
+        (["--bits", "3", "0"], "nl_bits must be None or an int in [1, 10], got 0"),
+        (["--t-inference", "-1"], "t_inference must be >= 0, got -1.0"),
+        (["--eval-examples", "0"], "eval_examples must be >= 1 (None: all), got 0"),
+        (["--select-every", "-1"], "select_every must be >= 0 (0: keep the last step), got -1"),
+        (["--noise-seeds", "0"], "--noise-seeds must be >= 1, got 0"),
+    ],
+)
+def test_analog_charlm_refuses_bad_arguments_before_training(
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the digital training (minutes at the default budget) must not start: a bad --bits or a
+    # task without the metric used to fail after it, with a traceback for the metric
+    from rnnkit.tasks.trainer import Trainer
+
+    def no_training(self: Trainer) -> None:
+        raise AssertionError("trained before refusing the arguments")
+
+    monkeypatch.setattr(Trainer, "run", no_training)
+    out = tmp_path / "refused"
+    argv = ["analog", "charlm", "--steps", "2", "--finetune-steps", "1", "--bits", "3"]
+    argv += ["--hidden-size", "8", "--eval-examples", "4", "--noise-seeds", "1", "--plot", ""]
+    assert main([*argv, *extra, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"rnnkit analog: error: {message}"), captured.err
+    assert captured.err.count("\n") == 1
+    assert not out.exists()  # the folder the command made for the refused run is gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main([*argv, *extra, "--out", str(kept)]) == 2
+    assert kept.is_dir()  # a folder that was there before is left alone
+
+
+def test_analog_drift_names_itself_in_a_refusal(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analog", "drift", "--noise-seeds", "0"]) == 2
+    assert capsys.readouterr().err == "rnnkit analog: error: --noise-seeds must be >= 1, got 0\n"

@@ -10,11 +10,12 @@ subcommands); rnnkit-tasks adds these three with :func:`register`, which its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -127,6 +128,18 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     add_output_options(parser)
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(folder: Path, *, existed: bool) -> Iterator[None]:
+    """Remove ``folder`` when the block fails before writing anything into it and the
+    command created it (an argument refused before any training leaves no empty folder)."""
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog kws`` or ``charlm``: print the table, write the plot."""
     from rnnkit.kernels.analog.cli import (
@@ -140,30 +153,31 @@ def run(args: argparse.Namespace) -> int:
 
     exp = EXPERIMENTS[args.analog_command]
     if args.noise_seeds < 1:
-        print("--noise-seeds must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--noise-seeds must be >= 1, got {args.noise_seeds}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
+    folder_existed = args.out is not None and Path(args.out).exists()
     folder = output_dir(args.out, args.analog_command)
-    rows = hw_rows(
-        args.task,
-        metric=exp.metric,
-        steps=args.steps,
-        finetune_steps=args.finetune_steps,
-        bits=list(args.bits),
-        noise_seeds=seeds,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        preset=args.preset,
-        t_inference=args.t_inference,
-        hidden_size=args.hidden_size,
-        eval_examples=args.eval_examples,
-        select_every=args.select_every,
-        seed=args.seed,
-        out=folder,
-    )
+    with _removed_if_left_empty(folder, existed=folder_existed):
+        rows = hw_rows(
+            args.task,
+            metric=exp.metric,
+            steps=args.steps,
+            finetune_steps=args.finetune_steps,
+            bits=list(args.bits),
+            noise_seeds=seeds,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            finetune_lr=args.finetune_lr,
+            preset=args.preset,
+            t_inference=args.t_inference,
+            hidden_size=args.hidden_size,
+            eval_examples=args.eval_examples,
+            select_every=args.select_every,
+            seed=args.seed,
+            out=folder,
+        )
     valid = rows[0].get("valid")
     picked = "" if valid is None else f", best-valid checkpoint (valid {float(valid):.3f})"
     text = shows_text(args)
@@ -239,8 +253,7 @@ def run_drift(args: argparse.Namespace) -> int:
     from rnnkit.tasks.analog.drift import drift_rows, format_drift, write_run
 
     if args.noise_seeds < 1:
-        print("--noise-seeds must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--noise-seeds must be >= 1, got {args.noise_seeds}")
     folder = output_dir(args.out, "drift")
     torch.set_num_threads(1)
     t0 = time.perf_counter()

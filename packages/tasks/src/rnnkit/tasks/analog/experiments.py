@@ -57,7 +57,7 @@ __all__ = [
 WEIGHT_DECAY = 0.01
 
 
-def _train(
+def _trainer(
     task: str,
     out: Path,
     *,
@@ -70,8 +70,8 @@ def _train(
     model: nn.Module | None = None,
     data: TaskData | None = None,
 ) -> Trainer:
-    """One trainer run of the protocol (CPU, quiet, run directory ``out``); returns the
-    trainer, whose ``model`` is left at the selected checkpoint in eval mode."""
+    """One trainer run of the protocol (CPU, quiet, run directory ``out``), built (data and
+    model ready, nothing written yet) but not run."""
     config = TrainConfig(
         task=task,
         model_config=dict(model_config or {}),
@@ -93,7 +93,13 @@ def _train(
         verbose=False,
         threads=1,
     )
-    trainer = Trainer(config, data=data, model=model)
+    return Trainer(config, data=data, model=model)
+
+
+def _train(task: str, out: Path, **kwargs: Any) -> Trainer:
+    """:func:`_trainer` run: returns the trainer, whose ``model`` is left at the selected
+    checkpoint in eval mode."""
+    trainer = _trainer(task, out, **kwargs)
     trainer.run()
     trainer.model.eval()
     return trainer
@@ -151,6 +157,11 @@ def hw_rows(
         validation score with ``select_every > 0``, else ``None``). With
         ``finetune_steps > 0`` the second row is a control: the digital model after the same
         fine-tuning (batches, learning rate, selection) without any hardware model.
+
+    Raises:
+        ValueError: before any training, for an argument out of range (a bit width, the
+            preset, ``t_inference``, ``eval_examples``, ``select_every``, ...) or a task whose
+            evaluation has no ``metric`` (checked on the untrained model).
     """
     if not noise_seeds:
         raise ValueError("noise_seeds must name at least one seed")
@@ -158,6 +169,12 @@ def hw_rows(
         raise ValueError(
             f"steps must be >= 1 and finetune_steps >= 0, got {steps} and {finetune_steps}"
         )
+    if eval_examples is not None and eval_examples < 1:
+        raise ValueError(f"eval_examples must be >= 1 (None: all), got {eval_examples}")
+    if select_every < 0:
+        raise ValueError(f"select_every must be >= 0 (0: keep the last step), got {select_every}")
+    # every crossbar configuration is checked before the digital training, not after it
+    configs = [AnalogConfig.preset(preset, nl_bits=n, t_inference=t_inference) for n in bits]
     task = get_task(task_name)
     metric = metric or task.primary
     over = {} if hidden_size is None else {"hidden_size": hidden_size}
@@ -168,7 +185,7 @@ def hw_rows(
         root = Path(out)
         # Data and initialisation as `rnnkit train` makes them: the trainer seeds, then
         # builds the task's splits (unless given) and model.
-        trainer = _train(
+        trainer = _trainer(
             task_name,
             root / "digital",
             steps=steps,
@@ -188,6 +205,17 @@ def hw_rows(
 
         def score(m: nn.Module) -> float:
             return float(evaluate(task, m, test, info, device=cpu)[metric])
+
+        # The untrained model's metrics (eval mode, no gradients, no random draws): a task
+        # without the reported metric stops here, before any training.
+        named = evaluate(task, model, test, info, device=cpu)
+        if metric not in named:
+            raise ValueError(
+                f"task {task_name!r} has no {metric!r} metric (its metrics: "
+                f"{', '.join(named)}); choose a task scored by {metric}"
+            )
+        trainer.run()
+        model = trainer.model.eval()
 
         def finetune(m: nn.Module, name: str) -> None:
             """The one fine-tune protocol (batches, lr, selection) of the control and of
@@ -235,8 +263,7 @@ def hw_rows(
                     "delta": v - digital,
                 }
             )
-        for n in bits:
-            cfg = AnalogConfig.preset(preset, nl_bits=n, t_inference=t_inference)
+        for n, cfg in zip(bits, configs, strict=True):
             plain = [score(to_analog(model, cfg.replace(seed=s))) for s in noise_seeds]
             aware = []
             if finetune_steps > 0:
