@@ -12,6 +12,7 @@ Each reads the run's ``model.safetensors`` and ``config.json`` (:func:`rnnkit.ta
 - classification (kind ``classify``): one example per line. Text: the ``T * F`` numbers of
   an example (``T`` steps of ``F`` features, step by step) or, for token tasks, its ``T`` token
   ids; or ``.npy``: ``(T, F)``/``(N, T, F)`` (features), ``(T,)``/``(N, T)`` (token ids).
+  Features are in the units of the task's data (the digits tasks: pixels scaled to [0, 1]).
   Prints the predicted class of each example with its probability.
 
 Text files may hold ``#`` comments and blank lines.
