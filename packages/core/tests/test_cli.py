@@ -53,6 +53,17 @@ def test_demo_command_from_the_core_plugin(capsys: pytest.CaptureFixture[str]) -
     assert "backend" in out
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("--batch", "0"), ("--time", "0"), ("--batch", "-1")]
+)
+def test_demo_refuses_empty_sizes_in_one_line(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    code, out, err = run(capsys, "demo", option, value)
+    assert (code, out) == (2, "")
+    assert err == f"rnnkit demo: error: {option} must be a positive int, got {value}\n"
+
+
 def test_unknown_cell_in_demo_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "demo", "--cell", "lstn")
     assert code == 2

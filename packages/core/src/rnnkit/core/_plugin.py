@@ -13,6 +13,7 @@ from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman
 from rnnkit.core.dispatch import KernelCall, select
 from rnnkit.core.hookspecs import RegisterCell, RegisterCommand, RegisterKernel, hookimpl
 from rnnkit.core.reference import REFERENCE_KERNEL
+from rnnkit.core.validation import check_positive_int
 
 
 @hookimpl
@@ -61,6 +62,9 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     import torch
 
+    # zero or negative sizes reach torch otherwise (a traceback from max() or randn)
+    check_positive_int("--batch", args.batch)
+    check_positive_int("--time", args.time)
     torch.manual_seed(args.seed)
     cell = create_cell(args.cell, input_size=args.input_size, hidden_size=args.hidden_size)
     x = torch.randn(args.batch, args.time, args.input_size)
