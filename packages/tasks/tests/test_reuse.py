@@ -172,6 +172,22 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(
             assert f"'{device}'" in err
 
 
+def test_a_comparison_folder_points_at_its_runs(
+    runs: dict[str, Trainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # what `rnnkit compare --out cmp` leaves: compare.json and DIR/<model>/seed-<seed>/ runs
+    cmp = tmp_path / "cmp"
+    cmp.mkdir()
+    (cmp / "compare.json").write_text("{}")
+    with pytest.raises(RunLoadError, match=r"not a run; .* \(none of them has finished\)"):
+        load_run(cmp)
+    shutil.copytree(runs["parity"].out, cmp / "lstm" / "seed-0")
+    rc, out, err = _cli(["eval", "--run", str(cmp)], capsys)
+    assert (rc, out) == (2, "")
+    assert f"{cmp} is a comparison (rnnkit compare), not a run" in err
+    assert f"its finished runs: {cmp / 'lstm' / 'seed-0'})" in err
+
+
 def test_damaged_config_is_named(runs: dict[str, Trainer], tmp_path: Path) -> None:
     run = _copy(runs["parity"], tmp_path)
     text = (run / "config.json").read_text()

@@ -266,6 +266,18 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise RunLoadError(f"no run directory at {run_dir}")
     if not path.is_file():
+        if (Path(run_dir) / "compare.json").is_file():
+            # `rnnkit compare --out DIR` keeps one run per model and seed below DIR
+            runs = sorted(str(p.parent) for p in Path(run_dir).glob(f"*/seed-*/{CONFIG}"))
+            which = (
+                f"its finished runs: {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''}"
+                if runs
+                else "none of them has finished"
+            )
+            raise RunLoadError(
+                f"{path} is missing: {run_dir} is a comparison (rnnkit compare), not a run; "
+                f"pass one of its runs, DIR/<model>/seed-<seed> ({which})"
+            )
         raise RunLoadError(
             f"{path} is missing: a run writes it when it finishes (an interrupted run has "
             "none yet: finish it with rnnkit train --resume --out DIR)"
