@@ -98,3 +98,22 @@ def test_bad_calls_raise() -> None:
         m.target(torch.rand(2, 6, dtype=torch.float64), torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="x must"):
         m(torch.rand(2, 7, dtype=torch.float64))
+
+
+def test_generation_is_the_chunk_recurrence_in_float64() -> None:
+    """``h_k = tanh(W [e_t, c_k] + b + R h_{k-1})`` (an Elman stack), ``theta_t[k] = W_o h_k +
+    b_o``, concatenated and cut to ``P``: recomputed by hand from the parameters."""
+    m = _net(chunk_size=10, cell="elman")  # 47 weights: 5 chunks, the last 7 numbers dropped
+    cell = m.rnn.cell(0)
+    w, b = cell.weight_ih.detach(), cell.bias.detach()
+    r = cell.recurrent.detach().reshape(8, 8)
+    w_o, b_o = m.head.weight.detach(), m.head.bias.detach()
+    for task in range(3):
+        h = torch.zeros(8, dtype=torch.float64)
+        pieces = []
+        for k in range(m.chunks):
+            inp = torch.cat([m.task_embedding.detach()[task], m.chunk_embedding.detach()[k]])
+            h = torch.tanh(w @ inp + b + r @ h)
+            pieces.append(w_o @ h + b_o)
+        want = torch.cat(pieces)[: m.num_weights]
+        torch.testing.assert_close(m.generate(task), want, rtol=1e-12, atol=1e-12)
