@@ -379,7 +379,9 @@ class PVRNN(nn.Module):
         adjust every ``A`` in the window (and only those: the state entering the window is
         fixed by the earlier steps' latents). Then the prior is rolled ``horizon`` steps past
         ``T_obs`` (its mean, or samples when ``sample``). ``meta_prior`` defaults to the
-        training ``w``. ``sample`` also draws the posterior latents during the fit.
+        training ``w``; it weighs every step of the window, ``t = 0`` included
+        (``meta_prior_init`` is a training weight only). ``sample`` also draws the posterior
+        latents during the fit.
         """
         if observed.dim() != 3 or observed.shape[-1] != self.output_size:
             raise ValueError(
