@@ -54,7 +54,9 @@ class SequenceModel(Generates, nn.Module):
         hidden_size, num_layers, bidirectional, dropout: of the recurrent stack.
         vocab_size: if given, inputs are token ids ``(B, T)`` embedded to ``hidden_size``.
         pooling: ``"none"`` (per-step outputs ``(B, T, output_size)``) or ``"last"``
-            (the output at the last step, ``(B, output_size)``) or ``"mean"``.
+            (the output at the last step, ``(B, output_size)``; with ``bidirectional``, the
+            forward direction's output at the last step and the backward direction's at the
+            first, each having read the whole sequence) or ``"mean"``.
         **cell_kwargs: passed to every cell (``heads=4``, ...).
     """
 
@@ -92,6 +94,11 @@ class SequenceModel(Generates, nn.Module):
         if self.embed is not None:
             x = self.embed(x)
         y, _ = self.rnn(x, backend=backend, resets=resets)
+        if self.pooling == "last" and self.rnn.num_directions == 2:
+            # the backward direction has read the whole sequence at step 0, not at T - 1
+            half = y.shape[-1] // 2
+            last: Tensor = self.head(torch.cat((y[:, -1, :half], y[:, 0, half:]), -1))
+            return last
         out: Tensor = self.head(_pool(y, self.pooling))
         return out
 
