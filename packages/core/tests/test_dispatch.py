@@ -278,3 +278,24 @@ def test_cell_method_kernel_refuses_a_method_of_another_class_or_no_target() -> 
         _Kindless, _Kindless.loop_forward, backend="own", description="", priority=0, target="t"
     )
     assert kernel.key == "own/t"
+
+
+def test_is_exporting_only_under_torch_export() -> None:
+    """``rnnkit.core.kernel.is_exporting`` is ``True`` while ``torch.export`` traces and
+    ``False`` eagerly and under ``torch.compile`` (torch 2.11's ``torch.compiler.is_exporting``
+    said ``True`` there, so kernels ranked and refused compiled calls as exported ones)."""
+    from rnnkit.core.kernel import is_exporting
+
+    seen: list[bool] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(is_exporting())
+            return x + 1
+
+    x = torch.randn(3)
+    Probe()(x)
+    torch._dynamo.reset()
+    torch.compile(Probe(), backend="eager", fullgraph=True)(x)
+    torch.export.export(Probe(), (x,))
+    assert seen == [False, False, True]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
 
 #: The kernel target that matches every cell.
 ANY_CELL = "*"
+
+
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing the current call (kernels rank portable ATen code
+    first there, and refuse calls whose ops do not export).
+
+    Use this rather than ``torch.compiler.is_exporting()``: torch 2.11's dynamo folds that call
+    to ``True`` under every ``torch.compile`` (2.13 reads the flag below, as this does), which
+    gave compiled calls the export ranking and refusals.
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
 class Priority(IntEnum):

@@ -33,6 +33,7 @@ from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import is_exporting
 from rnnkit.core.varlen import run_by_segments
 
 __all__ = [
@@ -91,7 +92,7 @@ def _compiled_onednn_lstm_fails(kind: str, call: KernelCall) -> bool:
         and call.needs_grad
         and not call.x.requires_grad
         and torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
+        and not is_exporting()
     )
 
 
@@ -252,6 +253,13 @@ class _IEEEFloat32(torch.autograd.Function):
         return (None, *out)
 
 
+def _final(h: Tensor) -> Tensor:
+    """The ``(B, H)`` final state of torch's one-layer ``(1, B, H)`` one. A reshape, not
+    ``h[0]``: torch 2.11 traces the batch-first ops' final state as ``(1, 1, B, H)``, so under
+    AOTAutograd ``h[0]`` kept a dimension too many."""
+    return h.reshape(h.shape[-2:])
+
+
 def _run_vf(
     cell: Any,
     x: Tensor,
@@ -264,14 +272,14 @@ def _run_vf(
         return _run_vf_packed(cell, x, state, args, lengths)
     if cell.kind == "lstm":
         y, h, c = _VF.lstm(x, (h0, state[1].unsqueeze(0)), *args)
-        return y, cell.state_type(h[0], c[0])
+        return y, cell.state_type(_final(h), _final(c))
     if cell.kind == "gru":
         y, h = _VF.gru(x, h0, *args)
     elif cell.nonlinearity == "relu":
         y, h = _VF.rnn_relu(x, h0, *args)
     else:
         y, h = _VF.rnn_tanh(x, h0, *args)
-    return y, cell.state_type(h[0])
+    return y, cell.state_type(_final(h))
 
 
 def _run_vf_packed(
@@ -299,7 +307,7 @@ def _run_vf_packed(
         finals = [h]
     out = PackedSequence(data, packed.batch_sizes, order, back)
     y, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-    return y, cell.state_type(*(f[0].index_select(0, back) for f in finals))
+    return y, cell.state_type(*(_final(f).index_select(0, back) for f in finals))
 
 
 #: ``auto`` tier where torch's op is the faster choice: the device's best op.
@@ -322,7 +330,7 @@ def torch_priority(call: KernelCall) -> Priority:
       :data:`rnnkit.kernels.gated.fused.EXPORT_PRIORITY`).
     """
     cell: Any = call.cell
-    if call.x.device.type != "cpu" or cell.kind == "lstm" or torch.compiler.is_exporting():
+    if call.x.device.type != "cpu" or cell.kind == "lstm" or is_exporting():
         return PREFERRED
     return FALLBACK if call.needs_grad else PREFERRED
 

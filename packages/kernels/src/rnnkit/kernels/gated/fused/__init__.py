@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.gated.fused._elman import ELMAN_LOOPS, ElmanLoops, run_elman
 from rnnkit.kernels.gated.fused._gru import GRU_LOOPS, GRULoops, run_gru
 from rnnkit.kernels.gated.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
@@ -56,7 +57,7 @@ EXPORT_PRIORITY = Priority.BELOW_REFERENCE
 
 def priority(call: KernelCall) -> Priority:
     """:data:`FUSED_PRIORITY`, or :data:`EXPORT_PRIORITY` while ``torch.export`` traces."""
-    return EXPORT_PRIORITY if torch.compiler.is_exporting() else FUSED_PRIORITY
+    return EXPORT_PRIORITY if is_exporting() else FUSED_PRIORITY
 
 
 # 16-bit inputs are refused: the loops would keep their state and gradients in 16 bits (a

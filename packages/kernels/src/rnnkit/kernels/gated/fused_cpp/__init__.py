@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.gated.fused import run_elman as _py_elman
 from rnnkit.kernels.gated.fused import run_gru as _py_gru
 from rnnkit.kernels.gated.fused import run_lstm as _py_lstm
@@ -137,7 +138,7 @@ def priority(call: KernelCall) -> Priority:
     """
     if call.x.dtype == torch.float64:
         return FLOAT64_PRIORITY
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return EXPORT_PRIORITY
     cell: Any = call.cell
     heads = int(getattr(cell, "heads", 1))

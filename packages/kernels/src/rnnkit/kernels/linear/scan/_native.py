@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.native import BuildError, NativeLibrary
 
 __all__ = [
@@ -86,7 +87,7 @@ def usable(device: torch.device, dtype: torch.dtype) -> bool:
     ``False`` while ``torch.export`` traces: the exported program then holds the pure-torch
     scan, which runs without this library and translates to ONNX (the native ops would not).
     """
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return False
     if unavailable_reason(device, dtype) is not None:
         return False

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.linear.scan import _native, _torch, _triton
 from rnnkit.kernels.linear.scan._alloc import alloc
 from rnnkit.kernels.native import BuildError
@@ -202,7 +203,7 @@ class _LinearScan(torch.autograd.Function):
 def _apply(
     a: Tensor, b: Tensor, h0: Tensor, backend: str, chunk: int | None
 ) -> tuple[Tensor, Tensor]:
-    if torch.compiler.is_exporting() and not backend.startswith("triton"):
+    if is_exporting() and not backend.startswith("triton"):
         # an exported program must run under autograd: the scans above write with ``out=``
         # ops (which autograd refuses) inside a hand-written backward that export does not keep
         cd = compute_dtype(b.dtype)
@@ -432,7 +433,7 @@ def linear_scan(
     if resets is not None:
         a = _restart_gates(a, resets)
     h, h_last = _apply(a, b, h0, name, chunk)
-    if resets is not None and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+    if resets is not None and not (torch.compiler.is_compiling() or is_exporting()):
         stale = _stale_rows(h, h0, resets)
         if bool(stale.any()):
             return _rescan_stale(a, b, h0, resets, stale, name, chunk)
@@ -531,7 +532,7 @@ def _varlen(
     a = _restart_gates(a, restart)
     zero = torch.zeros((), dtype=b.dtype, device=b.device).expand(1, width)
     h, _ = _apply(a, b, zero, backend, chunk)
-    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+    if not (torch.compiler.is_compiling() or is_exporting()):
         h = _rescan_poisoned_pieces(h, a, b, zero, restart[0], backend, chunk)
     ends = torch.tensor([offsets[s + 1] - 1 for s in live], device=a.device, dtype=torch.long)
     h_last = h0.index_copy(0, rows, h[0, ends]) if live else h0.clone()

@@ -29,6 +29,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
+from rnnkit.core.kernel import is_exporting
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
 from rnnkit.kernels._triton_runtime import device_reason, interpreted
 from rnnkit.kernels.matrix_state.chunked import on_finite_inputs
@@ -424,7 +425,7 @@ def _available() -> str | None:
 
 
 def _priority(call: KernelCall) -> Priority:
-    if torch.compiler.is_exporting() or call.x.device.type != "cuda":
+    if is_exporting() or call.x.device.type != "cuda":
         # the interpreter on CPU is far slower than the `chunked` backend
         return Priority.BELOW_REFERENCE
     # forward and backward both run as kernels, so this is expected to beat `chunked` on a

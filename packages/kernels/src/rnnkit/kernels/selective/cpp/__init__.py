@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.native import BuildError
 from rnnkit.kernels.selective._run import protocol_gap
 from rnnkit.kernels.selective._shell import (
@@ -107,7 +108,7 @@ def supports(call: KernelCall) -> str | None:
 def priority(call: KernelCall) -> Priority:
     """``BEATS_PORTABLE`` (measured against ``selective_torch``, ``docs/kernels.md``); under
     ``torch.export`` ``BELOW_REFERENCE``, so that exported programs hold plain ATen ops."""
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return Priority.BELOW_REFERENCE
     return Priority.BEATS_PORTABLE
 

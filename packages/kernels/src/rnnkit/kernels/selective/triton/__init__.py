@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
+from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels._triton_runtime import device_reason, interpreted
 from rnnkit.kernels.selective._run import COMPUTE_DTYPES, protocol_gap
 from rnnkit.kernels.selective._shell import (
@@ -150,7 +151,7 @@ def _available() -> str | None:
 
 
 def _priority(call: KernelCall) -> Priority:
-    if torch.compiler.is_exporting() or call.x.device.type != "cuda":
+    if is_exporting() or call.x.device.type != "cuda":
         # the interpreter on CPU is far slower than selective_cpp and the loop
         return Priority.BELOW_REFERENCE
     return Priority.DEVICE_BEST
