@@ -212,13 +212,28 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         )
 
 
+#: Whether autocast exists for a device type, looked up once per type outside any trace:
+#: torch 2.11's dynamo cannot trace ``torch.amp.is_autocast_available`` (a graph break, an
+#: error under ``fullgraph=True``), and every ``cell(x)`` asks.
+_AUTOCAST_AVAILABLE: dict[str, bool] = {
+    d: torch.amp.is_autocast_available(d) for d in ("cpu", "cuda", "xpu", "mps", "hpu", "meta")
+}
+
+
+def _autocast_available(device: str) -> bool:
+    known = _AUTOCAST_AVAILABLE.get(device)
+    if known is None:  # another backend (a renamed privateuseone, say): asked once
+        known = _AUTOCAST_AVAILABLE[device] = torch.amp.is_autocast_available(device)
+    return known
+
+
 def _autocast_dtype(cell: Cell[Any], x: object) -> torch.dtype | None:
     """Autocast's dtype when ``cell(x)`` runs under an enabled ``torch.autocast`` for ``x``'s
     device and the cell's parameters are float32 (the dtype autocast lowers), else ``None``."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         return None
     device = x.device.type
-    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+    if not _autocast_available(device) or not torch.is_autocast_enabled(device):
         return None
     if cell_dtype_device(cell)[0] != torch.float32:
         return None

@@ -52,6 +52,7 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
     hs, c_last, *saved = ops().lstm_forward(px, W, _mask2d(mask), h0, c0, inits[0], inits[1], save)
+    saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved.append(_previous(hs))
     return hs, c_last, tuple(saved)
@@ -83,6 +84,7 @@ def gru_forward(
     """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
     b = None if bhn is None else bhn.reshape(W.shape[0], W.shape[1])
     hs, *saved = ops().gru_forward(px, W, b, _mask2d(mask), h0, init, save)
+    saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved.append(_previous(hs))
     return hs, tuple(saved)
@@ -124,6 +126,7 @@ def slstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop`."""
     hs, cn, ms, *saved = ops().slstm_forward(px, W, _mask2d(mask), *states, list(inits), save)
+    saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved += [_previous(cn), _previous(hs)]
     return hs, cn, ms, tuple(saved)
