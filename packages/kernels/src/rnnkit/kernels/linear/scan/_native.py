@@ -218,3 +218,55 @@ def _scan_backward_functional_fake(
     db = torch.empty(h.shape, dtype=h.dtype, device=h.device)
     da = torch.empty(h.shape if need_a else (0,), dtype=h.dtype, device=h.device)
     return db, da, torch.empty(h0.shape, dtype=h.dtype, device=h.device)
+
+
+# --- the whole differentiable scan as one custom op, for torch.compile ---------------------------
+# Under torch.compile, dynamo traces the scan's autograd.Function backward into the compiled
+# graph; torch 2.11 fed that traced backward a zero gradient of ``h`` (the compiled gradients
+# were wrong, silently). An opaque op with its own registered backward keeps the native scan
+# out of dynamo's autograd tracing on every torch release.
+
+
+@torch.library.custom_op("rnnkit_scan_fn::scan_with_grad", mutates_args=())
+def scan_with_grad(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """``h_t = a_t h_{t-1} + b_t`` forward in time, natively, differentiable in ``a``, ``b``
+    and ``h0`` (for ``torch.compile``; eager calls use the scan's autograd node).
+
+    Args:
+        a, b: ``(B, T, D)`` in one native dtype (``T >= 1``); ``a`` may be an expanded view.
+        h0: ``(B, D)``.
+
+    Returns:
+        ``h``: ``(B, T, D)``.
+    """
+    a, b, h0 = (_plain(x) for x in (a, b, h0))
+    out = torch.empty(a.shape, dtype=b.dtype, device=b.device)
+    LIBRARY.ops().scan(a, b, h0.contiguous(), out, False)
+    return out
+
+
+@scan_with_grad.register_fake
+def _scan_with_grad_fake(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    return torch.empty(a.shape, dtype=b.dtype, device=b.device)
+
+
+def _scan_with_grad_context(
+    ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor
+) -> None:
+    a, _, h0 = inputs
+    ctx.save_for_backward(a, output, h0)
+
+
+def _scan_with_grad_backward(
+    ctx: Any, dh: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    a, h, h0 = ctx.saved_tensors
+    need_a, need_b, need_h0 = ctx.needs_input_grad
+    # the final state's gradient reaches dh through h[:, -1]: none comes separately
+    db, da, dh0 = _scan_backward_functional(
+        _plain(a), h, h0.contiguous(), _plain(dh), torch.zeros_like(h0), need_a
+    )
+    return (da if need_a else None), (db if need_b else None), (dh0 if need_h0 else None)
+
+
+scan_with_grad.register_autograd(_scan_with_grad_backward, setup_context=_scan_with_grad_context)

@@ -209,6 +209,12 @@ def _apply(
         cd = compute_dtype(b.dtype)
         h = _torch.doubling_scan(a.to(cd), b.to(cd), h0.to(cd)).to(b.dtype)
         return h, h[:, -1]
+    if backend == "cpp" and torch.compiler.is_compiling():
+        # one custom op with its own backward (see _native.scan_with_grad: torch 2.11 traced
+        # this autograd node's backward with a zero gradient of h)
+        cd = compute_dtype(b.dtype)
+        h = _native.scan_with_grad(a.to(cd), b.to(cd), h0.to(cd)).to(b.dtype)
+        return h, h[:, -1].clone()
     out: tuple[Tensor, Tensor] = _LinearScan.apply(a, b, h0, backend, chunk)  # type: ignore[no-untyped-call]
     return out
 
