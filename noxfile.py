@@ -7,6 +7,7 @@
     nox -s plugin lint typecheck docs
     nox -s experiments       # minutes-long experiments and full sweeps (not default)
     nox -s bench             # benchmarks (not default)
+    nox -s oldest_torch      # every package's tests on the oldest torch accepted (not default)
 
 Every install is constrained by constraints.txt so that torch resolves to the CPU build
 that lies on disk instead of a multi-GB CUDA build.
@@ -177,6 +178,29 @@ def experiments(session: nox.Session) -> None:
         allow_none_collected=True,
     )
     pytest(session, "tests", "-m", "experiment", allow_none_collected=True)
+
+
+#: The oldest torch the packages declare (``torch>=`` in every pyproject.toml), which
+#: ``oldest_torch`` tests; also the GPU machines' torch.
+TORCH_FLOOR = "2.11.0"
+
+
+@nox.session(python=PYTHON, default=False)
+def oldest_torch(session: nox.Session) -> None:
+    """Every package's tests (the default selection) on the oldest torch the packages accept,
+    installed together in one venv. Not part of CI: PyPI's Linux wheel of that torch is a CUDA
+    build (about 0.5 GB to download, 4.7 GB installed), and the four suites take about 30
+    minutes on 2 cores. Run it before raising the floor or after changing code that torch
+    traces (``torch.compile``, ``torch.export``): dynamo's behaviour changes between releases."""
+    pins = Path(session.create_tmp()) / "constraints.txt"
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins.write_text(
+        "\n".join(f"torch=={TORCH_FLOOR}" if ln.startswith("torch==") else ln for ln in lines)
+    )
+    session.install("--no-compile", "-c", str(pins), *ALL, *TEST_DEPS)
+    session.run("python", "-c", "import torch; print('torch', torch.__version__)")
+    for package in PACKAGES:
+        pytest(session, f"packages/{package}/tests", env={"RNNKIT_REQUIRE_CPP": "1"})
 
 
 @nox.session(python=PYTHON, default=False)
