@@ -130,6 +130,7 @@ def test_the_cuda_library_needs_nvcc_only_to_compile(monkeypatch: pytest.MonkeyP
     assert lib.requires is cuda_native.requirement
     assert lib.build_requires is cuda_native.build_requirement
     assert lib.device_arch is cuda_native._arch and lib.prebuilt_dir == cuda_native.PREBUILT_DIR
+    assert lib.toolkit_flags is cuda_native._toolkit_flags
 
 
 def _fake_toolkit(tmp_path: Path) -> tuple[Path, Path]:
@@ -214,6 +215,56 @@ def test_toolkit_root_without_headers_anywhere(
     monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
     assert toolkit_env.toolkit_root() is None
     assert str(wrapper) in str(toolkit_env.build_requirement())
+
+
+def test_toolkit_root_takes_cuda_path_where_cuda_home_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """``$CUDA_PATH`` counts as ``$CUDA_HOME`` does (what torch's builder reads too): taken
+    over nvcc's answer, and named in the reason where it has no headers."""
+    _, wrapper = _fake_toolkit(tmp_path)
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
+    other = tmp_path / "other"
+    (other / "include").mkdir(parents=True)
+    (other / "include" / "cuda_runtime.h").write_text("")
+    monkeypatch.setenv("CUDA_PATH", str(other))
+    assert toolkit_env.toolkit_root() == other
+    toolkit_env.toolkit_root.cache_clear()
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "empty"))
+    assert toolkit_env.toolkit_root() is None
+    assert f"$CUDA_HOME ({tmp_path / 'empty'})" in str(toolkit_env.build_requirement())
+
+
+def test_toolkit_root_of_a_plain_toolkit_does_not_ask_nvcc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """An nvcc in its toolkit's ``bin/`` with the headers beside it: that toolkit, without
+    running ``nvcc --dryrun`` (this nvcc answers nothing, as a broken or slow one may)."""
+    root = tmp_path / "cuda"
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime.h").write_text("")
+    (root / "bin").mkdir()
+    mute = root / "bin" / "nvcc"
+    mute.write_text("#!/bin/sh\nexit 1\n")
+    mute.chmod(0o755)
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(mute))
+    assert toolkit_env.toolkit_root() == root
+
+
+def test_toolkit_flags_link_lib_where_there_is_no_lib64(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """A toolkit with ``lib/`` and no ``lib64/`` (conda's layout) links from ``lib/``."""
+    from torch.utils import cpp_extension
+
+    root, wrapper = _fake_toolkit(tmp_path)
+    (root / "lib64").rename(root / "lib")
+    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    assert toolkit_env._toolkit_flags() == (
+        [str(root.resolve() / "include")],
+        [f"-L{root.resolve() / 'lib'}"],
+    )
 
 
 def test_this_machines_nvcc_has_a_toolkit(toolkit_env: Any) -> None:
