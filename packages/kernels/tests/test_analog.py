@@ -323,6 +323,13 @@ def test_cost_model_refuses_a_layer_without_units(hidden: int) -> None:
         lstm_cost(64, bits=0)
 
 
+@pytest.mark.parametrize(("option", "value"), [("k", 0), ("k", -2), ("adc_bits", 0)])
+def test_motivation_refuses_units_or_bits_below_one(option: str, value: int) -> None:
+    # k = 0 divided by zero; adc_bits = 0 gave a one-cycle conversion, a negative one a fraction
+    with pytest.raises(ValueError, match=f"{option} must be a positive int, got {value}"):
+        motivation(k=value) if option == "k" else motivation(adc_bits=value)
+
+
 # --- fast inference path and experiments ------------------------------------------------------
 
 
