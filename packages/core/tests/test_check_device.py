@@ -3,6 +3,8 @@ or a one-line ``ValueError`` (``rnnkit list backends --device``, ``rnnkit train/
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import torch
 
@@ -19,6 +21,13 @@ def test_cpu_and_device_objects_pass() -> None:
 def test_names_torch_cannot_parse_are_value_errors_naming_the_option(name: str) -> None:
     with pytest.raises(ValueError, match=r"--device must name a torch device \(cpu, cuda"):
         check_device(name, name="--device")
+
+
+@pytest.mark.parametrize("value", [None, 1.5, ["cpu"]])
+def test_values_of_another_type_are_value_errors(value: object) -> None:
+    # a device read from a config file may be any JSON value; torch raises TypeError for it
+    with pytest.raises(ValueError, match=r"device must name a torch device .* got "):
+        check_device(cast(Any, value))
 
 
 def test_cuda_without_cuda_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
