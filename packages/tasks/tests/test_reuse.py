@@ -5,6 +5,7 @@ and two classification tasks (token ids and features)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -186,6 +187,23 @@ def test_a_comparison_folder_points_at_its_runs(
     assert (rc, out) == (2, "")
     assert f"{cmp} is a comparison (rnnkit compare), not a run" in err
     assert f"its finished runs: {cmp / 'lstm' / 'seed-0'})" in err
+
+
+def test_a_comparison_folder_names_its_first_three_runs(
+    runs: dict[str, Trainer], tmp_path: Path
+) -> None:
+    cmp = tmp_path / "cmp"
+    cmp.mkdir()
+    (cmp / "compare.json").write_text("{}")
+    done = [cmp / model / "seed-0" for model in ("a", "b", "c", "d")]
+    for run in done[:3]:
+        shutil.copytree(runs["parity"].out, run)
+    named = ", ".join(str(r) for r in done[:3])
+    with pytest.raises(RunLoadError, match=re.escape(f"(its finished runs: {named})")):
+        load_run(cmp)
+    shutil.copytree(runs["parity"].out, done[3])  # a fourth: the first three and "..."
+    with pytest.raises(RunLoadError, match=re.escape(f"(its finished runs: {named} ...)")):
+        load_run(cmp)
 
 
 def test_damaged_config_is_named(runs: dict[str, Trainer], tmp_path: Path) -> None:
