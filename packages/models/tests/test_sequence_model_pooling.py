@@ -55,3 +55,19 @@ def test_unidirectional_last_and_mean_pooling() -> None:
             feat = hs[-1] if pooling == "last" else hs.mean(0)
             want = model.head.weight.detach() @ feat + model.head.bias.detach()
             torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+
+
+def test_bidirectional_mean_pooling_averages_every_step_of_both_directions() -> None:
+    """``mean`` is not ``last``: each half is its direction's mean over all steps."""
+    torch.manual_seed(3)
+    model = SequenceModel(
+        3, 2, cell="elman", hidden_size=4, bidirectional=True, pooling="mean"
+    ).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    got = model(x)
+    for b in range(2):
+        steps = list(x[b].unbind(0))
+        fwd = torch.stack(_elman_run(model.rnn.cell(0, 0), steps, 4)).mean(0)
+        bwd = torch.stack(_elman_run(model.rnn.cell(0, 1), steps[::-1], 4)).mean(0)
+        want = model.head.weight.detach() @ torch.cat([fwd, bwd]) + model.head.bias.detach()
+        torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
