@@ -331,3 +331,26 @@ def test_analog_charlm_refuses_bad_arguments_before_training(
 def test_analog_drift_names_itself_in_a_refusal(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analog", "drift", "--noise-seeds", "0"]) == 2
     assert capsys.readouterr().err == "rnnkit analog: error: --noise-seeds must be >= 1, got 0\n"
+
+
+def test_a_refusal_keeps_what_the_command_wrote(tmp_path: Path) -> None:
+    # only an empty folder the command made goes; one with files stays, and the error that
+    # stopped the command is the one raised (not an OSError from removing a full folder)
+    from rnnkit.tasks.analog.cli import _removed_if_left_empty
+
+    made = tmp_path / "made"
+
+    def refuse(write: bool) -> None:
+        with _removed_if_left_empty(made, existed=False):
+            if write:
+                (made / "digital").mkdir()
+            raise ValueError("stopped")
+
+    made.mkdir()
+    with pytest.raises(ValueError, match="stopped"):
+        refuse(write=True)
+    assert (made / "digital").is_dir()
+    (made / "digital").rmdir()
+    with pytest.raises(ValueError, match="stopped"):
+        refuse(write=False)
+    assert not made.exists()
