@@ -149,3 +149,31 @@ def test_cudnn_bf16_relu_elman_training_is_refused() -> None:
         ("gru", None, "cuda", True, bf16),
     ):
         assert cudnn_known_issue(kind, nl, call(dev, grad), dt) is None, (kind, nl, dev, grad, dt)
+
+
+def test_gated_priorities_rank_compiled_calls_as_eager_ones_and_exported_calls_apart() -> None:
+    """``fused``, ``fused_cpp`` and ``torch`` rank a call under ``torch.compile`` as eagerly and
+    give the export ranking only under ``torch.export`` (torch 2.11's
+    ``torch.compiler.is_exporting()`` said ``True`` under every compile). Recorded inside the
+    traced functions, compared outside them."""
+    from rnnkit.kernels.gated import fused, fused_cpp, torch_native
+
+    cell = make_cell("gru", 1).float()
+    seen: list[tuple[int, int, int]] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            call = KernelCall(cell, x, None, None, True)
+            ranks = (fused.priority(call), fused_cpp.priority(call))
+            seen.append((*ranks, torch_native.torch_priority(call)))
+            return x + 1
+
+    x = torch.randn(2, 4, 5)
+    Probe()(x)
+    torch._dynamo.reset()
+    torch.compile(Probe(), backend="eager", fullgraph=True)(x)
+    torch.export.export(Probe(), (x,))
+    eager = (fused.FUSED_PRIORITY, fused_cpp.priority(KernelCall(cell, x, None, None, True)))
+    exported = (fused.EXPORT_PRIORITY, fused_cpp.EXPORT_PRIORITY, torch_native.PREFERRED)
+    assert seen == [(*eager, torch_native.FALLBACK)] * 2 + [exported]
+    assert fused_cpp.EXPORT_PRIORITY not in eager
