@@ -51,3 +51,24 @@ def test_cell_after_linear(kind: str, backend: str) -> None:
     torch.testing.assert_close(final[0], want_final[0], **TOL)
     got.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in cell.parameters())
+
+
+def test_autocast_availability_of_another_device_type_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Device types outside the table looked up at import (a renamed privateuseone backend)
+    get torch's answer, asked once and kept."""
+    from rnnkit.core import cell as cell_module
+
+    asked: list[str] = []
+
+    def available(device: str) -> bool:
+        asked.append(device)
+        return True
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", available)
+    monkeypatch.setattr(cell_module, "_AUTOCAST_AVAILABLE", {"cpu": False})
+    assert cell_module._autocast_available("npu") is True
+    assert cell_module._autocast_available("npu") is True
+    assert cell_module._autocast_available("cpu") is False
+    assert asked == ["npu"]
