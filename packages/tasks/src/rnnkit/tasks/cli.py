@@ -33,7 +33,7 @@ from rnnkit.tasks.trainer import (
 
 TRAIN_HELP = (
     "train a model on a task. With no arguments: an LSTM on digits_rows (8x8 digits read "
-    "row by row), about 12 s of training on 2 CPU cores, to a test accuracy of at least 0.95; "
+    "row by row), seconds of training on 2 CPU cores, to a test accuracy of at least 0.95; "
     "results (final.json), checkpoint, plots and report.md go to runs/<task>-<model>-<time>/"
 )
 COMPARE_HELP = (
