@@ -31,7 +31,6 @@ straight through.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +44,7 @@ from rnnkit.kernels.analog import slstm as _slstm
 from rnnkit.kernels.analog.config import AnalogConfig
 from rnnkit.kernels.analog.inference import InferencePlan, fast_forward
 from rnnkit.kernels.analog.ramp_adc import RampADC
-from rnnkit.kernels.analog.tile import AnalogTile, quantize_ste
+from rnnkit.kernels.analog.tile import AnalogTile, check_time, quantize_ste
 
 __all__ = [
     "SUPPORTED_KINDS",
@@ -186,10 +185,7 @@ def drift_analog(model: nn.Module, t_inference: float) -> None:
     Raises:
         ValueError: if ``t_inference`` is negative or not finite.
     """
-    if not (math.isfinite(t_inference) and t_inference >= 0):
-        raise ValueError(
-            f"t_inference must be a finite time >= 0 s since programming, got {t_inference!r}"
-        )
+    check_time("t_inference", t_inference)
     for cell in _cells(model):
         b: AnalogBinding = getattr(cell, _ATTR)
         b.t = t_inference

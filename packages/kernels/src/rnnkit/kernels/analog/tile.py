@@ -55,7 +55,7 @@ from rnnkit.kernels.analog.devices import (
     read_sigma,
 )
 
-__all__ = ["AnalogTile", "quantize_ste"]
+__all__ = ["AnalogTile", "check_time", "quantize_ste"]
 
 
 def quantize_ste(x: Tensor, bits: int | None, bound: float) -> Tensor:
@@ -70,6 +70,14 @@ def quantize_ste(x: Tensor, bits: int | None, bound: float) -> Tensor:
     step = 2.0 * bound / (2**bits - 2)
     out: Tensor = y + (torch.round(y / step) * step - y).detach()
     return out
+
+
+def check_time(name: str, t: float) -> float:
+    """``t`` if it is a finite time ``>= 0`` s, else a ``ValueError`` naming ``name``: times
+    count from the end of programming, and the drift and 1/f laws are undefined before it."""
+    if not (math.isfinite(t) and t >= 0):
+        raise ValueError(f"{name} must be a finite time >= 0 s since programming, got {t!r}")
+    return t
 
 
 class AnalogTile:
@@ -217,9 +225,7 @@ class AnalogTile:
             ValueError: if ``t`` is negative or not finite (``t`` counts from the end of
                 programming; the drift and 1/f laws are undefined before it).
         """
-        if not (math.isfinite(t) and t >= 0):
-            raise ValueError(f"t must be a finite time >= 0 s since programming, got {t!r}")
-        self.t = t
+        self.t = check_time("t", t)
         gen = self._time_generator(t)
         state = self._at_time(self.g_plus, self.g_minus, t, gen)
         #: (out, in) stored normalised weights at time t (what a read sees, before read noise).
