@@ -65,6 +65,11 @@ def nvcc() -> str | None:
     return str(default) if default.is_file() else None
 
 
+def _toolkit_env() -> str | None:
+    """The toolkit root that ``$CUDA_HOME`` (else ``$CUDA_PATH``) names, if either is set."""
+    return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or None
+
+
 def _has_headers(root: Path) -> bool:
     return (root / "include" / "cuda_runtime.h").is_file()
 
@@ -99,10 +104,9 @@ def toolkit_root() -> Path | None:
     :func:`nvcc` (what torch's extension builder assumes); where that has no headers (``nvcc``
     is a wrapper script in ``/usr/local/bin``, say), the root that ``nvcc --dryrun`` reports.
     """
-    for env in ("CUDA_HOME", "CUDA_PATH"):
-        root = os.environ.get(env)
-        if root:
-            return Path(root) if _has_headers(Path(root)) else None
+    root = _toolkit_env()
+    if root:
+        return Path(root) if _has_headers(Path(root)) else None
     path = nvcc()
     if path is None:
         return None
@@ -157,7 +161,7 @@ def build_requirement() -> str | None:
     if path is None:
         return "nvcc not found (set CUDA_HOME or put nvcc on PATH) to compile the CUDA kernels"
     if toolkit_root() is None:
-        where = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+        where = _toolkit_env()
         beside = f"$CUDA_HOME ({where})" if where else f"nvcc ({path})"
         return (
             f"no CUDA headers (include/cuda_runtime.h) in the toolkit of {beside}: set CUDA_HOME "
