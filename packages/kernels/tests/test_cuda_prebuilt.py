@@ -133,13 +133,18 @@ def test_the_cuda_library_needs_nvcc_only_to_compile(monkeypatch: pytest.MonkeyP
     assert lib.toolkit_flags is cuda_native._toolkit_flags
 
 
+def _with_headers(root: Path) -> Path:
+    """``root`` made a toolkit folder with the CUDA runtime header (an empty stand-in)."""
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime.h").write_text("")
+    return root
+
+
 def _fake_toolkit(tmp_path: Path) -> tuple[Path, Path]:
     """A toolkit at ``tmp/cuda-13.0`` (headers, ``lib64``) and ``tmp/wrap/bin/nvcc``: a wrapper
     script with no headers beside it that answers ``--dryrun`` as nvcc does (``#$ TOP=...`` on
     stderr), as an ``nvcc`` in ``/usr/local/bin`` that execs the toolkit's does."""
-    root = tmp_path / "cuda-13.0"
-    (root / "include").mkdir(parents=True)
-    (root / "include" / "cuda_runtime.h").write_text("")
+    root = _with_headers(tmp_path / "cuda-13.0")
     (root / "lib64").mkdir()
     wrapper = tmp_path / "wrap" / "bin" / "nvcc"
     wrapper.parent.mkdir(parents=True)
@@ -191,9 +196,7 @@ def test_toolkit_root_takes_cuda_home_first(
     the library cannot be compiled (instead of a compiler error on a missing header)."""
     _, wrapper = _fake_toolkit(tmp_path)
     monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
-    other = tmp_path / "other"
-    (other / "include").mkdir(parents=True)
-    (other / "include" / "cuda_runtime.h").write_text("")
+    other = _with_headers(tmp_path / "other")
     monkeypatch.setenv("CUDA_HOME", str(other))
     assert toolkit_env.toolkit_root() == other
     toolkit_env.toolkit_root.cache_clear()
@@ -224,9 +227,7 @@ def test_toolkit_root_takes_cuda_path_where_cuda_home_is_unset(
     over nvcc's answer, and named in the reason where it has no headers."""
     _, wrapper = _fake_toolkit(tmp_path)
     monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
-    other = tmp_path / "other"
-    (other / "include").mkdir(parents=True)
-    (other / "include" / "cuda_runtime.h").write_text("")
+    other = _with_headers(tmp_path / "other")
     monkeypatch.setenv("CUDA_PATH", str(other))
     assert toolkit_env.toolkit_root() == other
     toolkit_env.toolkit_root.cache_clear()
@@ -240,9 +241,7 @@ def test_toolkit_root_of_a_plain_toolkit_does_not_ask_nvcc(
 ) -> None:
     """An nvcc in its toolkit's ``bin/`` with the headers beside it: that toolkit, without
     running ``nvcc --dryrun`` (this nvcc answers nothing, as a broken or slow one may)."""
-    root = tmp_path / "cuda"
-    (root / "include").mkdir(parents=True)
-    (root / "include" / "cuda_runtime.h").write_text("")
+    root = _with_headers(tmp_path / "cuda")
     (root / "bin").mkdir()
     mute = root / "bin" / "nvcc"
     mute.write_text("#!/bin/sh\nexit 1\n")

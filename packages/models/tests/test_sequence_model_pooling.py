@@ -19,6 +19,15 @@ def _elman_run(cell: torch.nn.Module, xs: list[torch.Tensor], hidden: int) -> li
     return out
 
 
+def _directions(model: SequenceModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle's states of one sequence ``x: (T, I)``: the forward direction's ``(T, H)`` in
+    time order, the backward direction's ``(T, H)`` in the order it runs (last input first)."""
+    steps = list(x.unbind(0))
+    fwd = _elman_run(model.rnn.cell(0, 0), steps, 4)
+    bwd = _elman_run(model.rnn.cell(0, 1), steps[::-1], 4)
+    return torch.stack(fwd), torch.stack(bwd)
+
+
 def test_bidirectional_last_pooling_reads_each_direction_after_the_whole_sequence() -> None:
     """The forward direction has read the sequence at its last step, the backward direction at
     its first: ``last`` pools ``[h_fwd(T-1), h_bwd(0)]`` (torch.nn.RNN's ``h_n``), so every
@@ -30,10 +39,8 @@ def test_bidirectional_last_pooling_reads_each_direction_after_the_whole_sequenc
     x = torch.randn(2, 6, 3, dtype=torch.float64)
     got = model(x)
     for b in range(2):
-        steps = list(x[b].unbind(0))
-        fwd = _elman_run(model.rnn.cell(0, 0), steps, 4)[-1]
-        bwd = _elman_run(model.rnn.cell(0, 1), steps[::-1], 4)[-1]
-        want = model.head.weight.detach() @ torch.cat([fwd, bwd]) + model.head.bias.detach()
+        fwd, bwd = _directions(model, x[b])
+        want = model.head.weight.detach() @ torch.cat([fwd[-1], bwd[-1]]) + model.head.bias.detach()
         torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
     # the first input reaches the backward half too
     moved = x.clone()
@@ -66,8 +73,7 @@ def test_bidirectional_mean_pooling_averages_every_step_of_both_directions() -> 
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     got = model(x)
     for b in range(2):
-        steps = list(x[b].unbind(0))
-        fwd = torch.stack(_elman_run(model.rnn.cell(0, 0), steps, 4)).mean(0)
-        bwd = torch.stack(_elman_run(model.rnn.cell(0, 1), steps[::-1], 4)).mean(0)
-        want = model.head.weight.detach() @ torch.cat([fwd, bwd]) + model.head.bias.detach()
+        fwd, bwd = _directions(model, x[b])
+        feat = torch.cat([fwd.mean(0), bwd.mean(0)])
+        want = model.head.weight.detach() @ feat + model.head.bias.detach()
         torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
