@@ -281,8 +281,12 @@ def test_ramp_drift_grows_the_error_and_recalibration_recovers_it() -> None:
     torch.testing.assert_close(fresh_adc.ramp, programmed, rtol=0, atol=0)
     fresh_adc.set_time(None)
     torch.testing.assert_close(fresh_adc.ramp, programmed, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="t must be >= 0"):
-        adc.set_time(-1.0)
+    # before programming, or a time that is no time, is refused (a NaN ramp would silently
+    # turn every conversion into the ADC's lowest code) and leaves the ramp as it was.
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="t must be a finite time >= 0 s"):
+            adc.set_time(bad)
+        torch.testing.assert_close(adc.ramp, at_day, rtol=0, atol=0)
 
 
 def test_ideal_ramp_does_not_drift() -> None:

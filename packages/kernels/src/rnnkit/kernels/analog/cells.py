@@ -42,9 +42,10 @@ from rnnkit.core.dispatch import KernelCall
 from rnnkit.core.state import apply_resets
 from rnnkit.kernels.analog import slstm as _slstm
 from rnnkit.kernels.analog.config import AnalogConfig
+from rnnkit.kernels.analog.devices import check_time
 from rnnkit.kernels.analog.inference import InferencePlan, fast_forward
 from rnnkit.kernels.analog.ramp_adc import RampADC
-from rnnkit.kernels.analog.tile import AnalogTile, check_time, quantize_ste
+from rnnkit.kernels.analog.tile import AnalogTile, quantize_ste
 
 __all__ = [
     "SUPPORTED_KINDS",

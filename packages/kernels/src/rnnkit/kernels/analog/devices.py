@@ -52,6 +52,7 @@ __all__ = [
     "PER_TIME",
     "RERAM_DEVICE",
     "DeviceModel",
+    "check_time",
     "device_preset",
     "drift_exponents",
     "drifted",
@@ -170,6 +171,14 @@ RERAM_DEVICE = DeviceModel(
 )
 
 _PRESETS = {"ideal": IDEAL_DEVICE, "pcm": PCM_DEVICE, "reram": RERAM_DEVICE}
+
+
+def check_time(name: str, t: float) -> float:
+    """``t`` if it is a finite time ``>= 0`` s, else a ``ValueError`` naming ``name``: times
+    count from the end of programming, and the drift and 1/f laws are undefined before it."""
+    if not (math.isfinite(t) and t >= 0):
+        raise ValueError(f"{name} must be a finite time >= 0 s since programming, got {t!r}")
+    return t
 
 
 def device_preset(name: str) -> DeviceModel:

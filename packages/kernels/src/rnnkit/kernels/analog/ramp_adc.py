@@ -53,6 +53,7 @@ from torch import Tensor
 from rnnkit.kernels.analog.devices import (
     IDEAL_DEVICE,
     DeviceModel,
+    check_time,
     drift_exponents,
     drifted,
     program_conductances,
@@ -369,9 +370,7 @@ class RampADC:
         """Let the ramp and bias devices drift to ``t`` seconds after programming (their
         conductances and the noise of that time), keeping the current recalibration trims.
         ``None`` restores the programmed ramp (drift not modelled)."""
-        if t is not None and t < 0:
-            raise ValueError(f"t must be >= 0 seconds, got {t!r}")
-        self.time = t
+        self.time = None if t is None else check_time("t", t)
         base = self.ramp_programmed if t is None else self._ramp_at(t)
         self.ramp = base * self.recal_gain + self.recal_offset
         self._cache.clear()

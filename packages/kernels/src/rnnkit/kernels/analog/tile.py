@@ -48,6 +48,7 @@ from torch import Tensor
 from rnnkit.kernels.analog.bound import bound_managed
 from rnnkit.kernels.analog.config import AnalogConfig
 from rnnkit.kernels.analog.devices import (
+    check_time,
     drift_exponents,
     drifted,
     program_conductances,
@@ -55,7 +56,7 @@ from rnnkit.kernels.analog.devices import (
     read_sigma,
 )
 
-__all__ = ["AnalogTile", "check_time", "quantize_ste"]
+__all__ = ["AnalogTile", "quantize_ste"]
 
 
 def quantize_ste(x: Tensor, bits: int | None, bound: float) -> Tensor:
@@ -70,14 +71,6 @@ def quantize_ste(x: Tensor, bits: int | None, bound: float) -> Tensor:
     step = 2.0 * bound / (2**bits - 2)
     out: Tensor = y + (torch.round(y / step) * step - y).detach()
     return out
-
-
-def check_time(name: str, t: float) -> float:
-    """``t`` if it is a finite time ``>= 0`` s, else a ``ValueError`` naming ``name``: times
-    count from the end of programming, and the drift and 1/f laws are undefined before it."""
-    if not (math.isfinite(t) and t >= 0):
-        raise ValueError(f"{name} must be a finite time >= 0 s since programming, got {t!r}")
-    return t
 
 
 class AnalogTile:
