@@ -233,7 +233,9 @@ def test_toolkit_root_takes_cuda_path_where_cuda_home_is_unset(
     toolkit_env.toolkit_root.cache_clear()
     monkeypatch.setenv("CUDA_PATH", str(tmp_path / "empty"))
     assert toolkit_env.toolkit_root() is None
-    assert f"$CUDA_HOME ({tmp_path / 'empty'})" in str(toolkit_env.build_requirement())
+    reason = str(toolkit_env.build_requirement())
+    assert f"$CUDA_PATH ({tmp_path / 'empty'})" in reason
+    assert "set CUDA_PATH to the toolkit's root" in reason
 
 
 def test_toolkit_root_of_a_plain_toolkit_does_not_ask_nvcc(

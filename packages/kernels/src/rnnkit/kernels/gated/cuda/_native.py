@@ -65,9 +65,14 @@ def nvcc() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def _toolkit_env() -> str | None:
-    """The toolkit root that ``$CUDA_HOME`` (else ``$CUDA_PATH``) names, if either is set."""
-    return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or None
+def _toolkit_env() -> tuple[str, str] | None:
+    """``(variable, root)`` of the toolkit that ``$CUDA_HOME`` (else ``$CUDA_PATH``) names, if
+    either is set (the variable's name goes into messages, so the user knows which to fix)."""
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(env)
+        if root:
+            return env, root
+    return None
 
 
 def _has_headers(root: Path) -> bool:
@@ -104,9 +109,10 @@ def toolkit_root() -> Path | None:
     :func:`nvcc` (what torch's extension builder assumes); where that has no headers (``nvcc``
     is a wrapper script in ``/usr/local/bin``, say), the root that ``nvcc --dryrun`` reports.
     """
-    root = _toolkit_env()
-    if root:
-        return Path(root) if _has_headers(Path(root)) else None
+    named = _toolkit_env()
+    if named is not None:
+        root = Path(named[1])
+        return root if _has_headers(root) else None
     path = nvcc()
     if path is None:
         return None
@@ -161,10 +167,11 @@ def build_requirement() -> str | None:
     if path is None:
         return "nvcc not found (set CUDA_HOME or put nvcc on PATH) to compile the CUDA kernels"
     if toolkit_root() is None:
-        where = _toolkit_env()
-        beside = f"$CUDA_HOME ({where})" if where else f"nvcc ({path})"
+        named = _toolkit_env()
+        beside = f"${named[0]} ({named[1]})" if named else f"nvcc ({path})"
+        fix = named[0] if named else "CUDA_HOME"
         return (
-            f"no CUDA headers (include/cuda_runtime.h) in the toolkit of {beside}: set CUDA_HOME "
+            f"no CUDA headers (include/cuda_runtime.h) in the toolkit of {beside}: set {fix} "
             "to the toolkit's root to compile the CUDA kernels"
         )
     return None
