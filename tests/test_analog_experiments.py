@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -291,11 +292,15 @@ def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_pa
     ("extra", "message"),
     [
         (["--task", "digits_rows"], "task 'digits_rows' has no 'bpc' metric (its metrics: "),
-        (["--bits", "3", "0"], "nl_bits must be None or an int in [1, 10], got 0"),
-        (["--t-inference", "-1"], "t_inference must be >= 0, got -1.0"),
-        (["--eval-examples", "0"], "eval_examples must be >= 1 (None: all), got 0"),
-        (["--select-every", "-1"], "select_every must be >= 0 (0: keep the last step), got -1"),
-        (["--noise-seeds", "0"], "--noise-seeds must be >= 1, got 0"),
+        (["--bits", "3", "0"], "--bits must be whole numbers of bits in [1, 10], got [3, 0]"),
+        (["--t-inference", "-1"], "--t-inference must be finite seconds >= 0 since programming"),
+        (["--t-inference", "nan"], "--t-inference must be finite seconds >= 0 since programming"),
+        (["--eval-examples", "0"], "--eval-examples must be a positive integer, got 0"),
+        (["--hidden-size", "0"], "--hidden-size must be a positive integer, got 0"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--finetune-steps", "-1"], "--finetune-steps must be a whole number >= 0, got -1"),
+        (["--select-every", "-1"], "--select-every must be a whole number >= 0"),
+        (["--noise-seeds", "0"], "--noise-seeds must be a positive integer, got 0"),
     ],
 )
 def test_analog_charlm_refuses_bad_arguments_before_training(
@@ -330,7 +335,69 @@ def test_analog_charlm_refuses_bad_arguments_before_training(
 
 def test_analog_drift_names_itself_in_a_refusal(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analog", "drift", "--noise-seeds", "0"]) == 2
-    assert capsys.readouterr().err == "rnnkit analog: error: --noise-seeds must be >= 1, got 0\n"
+    expected = "rnnkit analog: error: --noise-seeds must be a positive integer, got 0\n"
+    assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # --eval-examples 0 was a traceback from statistics.stdev after the training
+        (["--eval-examples", "0"], "--eval-examples must be a positive integer, got 0"),
+        (["--times", "1", "inf"], "--times must be finite seconds >= 0 since programming"),
+        (["--bits", "0"], "--bits must be whole numbers of bits in [1, 10], got 0"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--finetune-steps", "-1"], "--finetune-steps must be a whole number >= 0, got -1"),
+        (["--hidden-size", "-4"], "--hidden-size must be a positive integer, got -4"),
+    ],
+)
+def test_analog_drift_refuses_bad_arguments_before_training(
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rnnkit.tasks.trainer import Trainer
+
+    def no_training(self: Trainer) -> None:
+        raise AssertionError("trained before refusing the arguments")
+
+    monkeypatch.setattr(Trainer, "run", no_training)
+    out = tmp_path / "refused"
+    assert main(["analog", "drift", "--tasks", "charlm", *extra, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"rnnkit analog: error: {message}"), captured.err
+    assert captured.err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"eval_examples": 0}, "eval_examples must be >= 1"),
+        ({"hidden_size": 0}, "hidden_size must be >= 1"),
+        ({"times": [1.0, float("inf")]}, "times must be finite seconds >= 0"),
+        ({"nl_bits": 0}, "nl_bits must be"),
+    ],
+)
+def test_drift_rows_refuses_bad_keywords_before_training(
+    keywords: dict[str, object],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rnnkit.tasks.analog.drift import drift_rows
+    from rnnkit.tasks.trainer import Trainer
+
+    def no_training(self: Trainer) -> None:
+        raise AssertionError("trained before refusing the arguments")
+
+    monkeypatch.setattr(Trainer, "run", no_training)
+    base: dict[str, Any] = {"steps": 2, "finetune_steps": 0, "noise_seeds": [1], "out": tmp_path}
+    with pytest.raises(ValueError, match=message):
+        drift_rows("charlm", **{**base, **keywords})
 
 
 def test_a_refusal_keeps_what_the_command_wrote(tmp_path: Path) -> None:

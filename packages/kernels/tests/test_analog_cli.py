@@ -143,7 +143,68 @@ def test_cost_refuses_a_width_without_units_in_one_line(
     assert main(["analog", "cost", "--hidden", hidden, "--out", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
-    assert captured.err == f"rnnkit analog: error: hidden must be a positive int, got {hidden}\n"
+    assert (
+        captured.err == f"rnnkit analog: error: --hidden must be a positive integer, got {hidden}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["adc-error", "--bits", "3", "0"],
+            "--bits must be whole numbers of bits in [1, 10], got [3, 0]",
+        ),
+        (
+            ["adc-error", "--bits", "11"],
+            "--bits must be whole numbers of bits in [1, 10], got [11]",
+        ),
+        (["adc-error", "--columns", "0"], "--columns must be a positive integer, got 0"),
+        (["ramp-drift", "--bits", "0"], "--bits must be whole numbers of bits in [1, 10], got 0"),
+        (["ramp-drift", "--columns", "-2"], "--columns must be a positive integer, got -2"),
+        (
+            ["ramp-drift", "--times", "1", "nan"],
+            "--times must be finite seconds >= 0 since programming, got [1.0, nan]",
+        ),
+        (
+            ["ramp-drift", "--times", "inf"],
+            "--times must be finite seconds >= 0 since programming, got [inf]",
+        ),
+        (
+            ["ramp-drift", "--times", "-1"],
+            "--times must be finite seconds >= 0 since programming, got [-1.0]",
+        ),
+        # a period <= 0 would recalibrate at the time read or after it, not before
+        (
+            ["ramp-drift", "--period", "0"],
+            "--period must be a finite number of seconds > 0, got 0.0",
+        ),
+        (
+            ["ramp-drift", "--period", "-5"],
+            "--period must be a finite number of seconds > 0, got -5.0",
+        ),
+        (
+            ["ramp-drift", "--period", "nan"],
+            "--period must be a finite number of seconds > 0, got nan",
+        ),
+    ],
+)
+def test_builtin_experiments_refuse_bad_flags_by_their_names(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The refusal names the flag the user typed (the library's checks name its keywords:
+    ``nl_bits``, ``t``) and comes before any folder is made."""
+    out = tmp_path / "refused"
+    assert main(["analog", *argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err == f"rnnkit analog: error: {message}\n"
+
+
+@pytest.mark.parametrize("period", [0.0, -5.0, float("nan")])
+def test_ramp_drift_rows_refuses_a_period_that_is_not_positive(period: float) -> None:
+    with pytest.raises(ValueError, match="period must be a finite number of seconds > 0"):
+        cli.ramp_drift_rows([1.0], columns=2, period=period)
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ __all__ = [
     "TASK_EXPERIMENTS",
     "AnalogExperiment",
     "adc_error_rows",
+    "check_bits",
+    "check_flag",
+    "check_times",
     "configure",
     "experiments",
     "format_ramp_drift",
@@ -232,6 +236,9 @@ def ramp_drift_rows(
     ``max`` and ``rms`` error in output LSB of :meth:`RampADC.error`.
     """
 
+    if not (math.isfinite(period) and period > 0):
+        raise ValueError(f"period must be a finite number of seconds > 0, got {period!r}")
+
     def adc_at(t: float, cal: float | None) -> RampADC:
         gen = torch.Generator().manual_seed(seed)
         adc = RampADC(fn, bits, columns, device=device_preset(device), generator=gen)
@@ -340,6 +347,43 @@ def _plot(rows: list[dict[str, object]], path: str) -> bool:
     return True
 
 
+def check_flag(flag: str, value: object, ok: bool, need: str) -> None:
+    """Refuse a command-line value by its flag's name (``--hidden-size``), before any work: the
+    library's own checks name its keyword arguments (``hidden_size``), which the user never
+    typed, and some of them run only after minutes of training."""
+    if not ok:
+        raise ValueError(f"{flag} must be {need}, got {value}")
+
+
+def check_bits(flag: str, bits: int | Iterable[int]) -> None:
+    """NL-ADC resolutions: whole numbers of bits in ``[1, 10]`` (the simulator's range)."""
+    values = [bits] if isinstance(bits, int) else list(bits)
+    shown = bits if isinstance(bits, int) else values
+    check_flag(flag, shown, all(1 <= b <= 10 for b in values), "whole numbers of bits in [1, 10]")
+
+
+def check_times(flag: str, times: float | Iterable[float]) -> None:
+    """Times after programming: finite seconds ``>= 0`` (the drift laws start at programming)."""
+    values = [times] if isinstance(times, (int, float)) else list(times)
+    ok = all(math.isfinite(t) and t >= 0 for t in values)
+    shown = times if isinstance(times, (int, float)) else values
+    check_flag(flag, shown, ok, "finite seconds >= 0 since programming")
+
+
+def _check_builtin(cmd: str, args: argparse.Namespace) -> None:
+    """The flags of ``adc-error``, ``cost`` and ``ramp-drift`` (see :func:`check_flag`)."""
+    if cmd == "cost":
+        check_flag("--hidden", args.hidden, args.hidden >= 1, "a positive integer")
+        return
+    check_bits("--bits", args.bits)
+    check_flag("--columns", args.columns, args.columns >= 1, "a positive integer")
+    if cmd == "ramp-drift":
+        check_times("--times", args.times)
+        period = args.period
+        ok = math.isfinite(period) and period > 0
+        check_flag("--period", period, ok, "a finite number of seconds > 0")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``adc-error``, ``cost`` and every registered experiment (see the module docstring)."""
     sub = parser.add_subparsers(dest="analog_command", metavar="EXPERIMENT")
@@ -400,6 +444,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen experiment; returns the exit status."""
     cmd = getattr(args, "analog_command", None)
     text = shows_text(args)
+    if cmd in BUILTIN:
+        _check_builtin(cmd, args)
     if cmd == "adc-error":
         rows = adc_error_rows(list(args.bits), list(args.devices), args.columns, args.seed)
         if text:

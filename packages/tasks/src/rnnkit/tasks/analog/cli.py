@@ -140,9 +140,29 @@ def _removed_if_left_empty(folder: Path, *, existed: bool) -> Iterator[None]:
         raise
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse bad values of the options ``kws``, ``charlm`` and ``drift`` share by their flags'
+    names, before any training or folder (the library checks some of them only after training,
+    and by their keyword names)."""
+    from rnnkit.kernels.analog.cli import check_bits, check_flag
+
+    check_flag("--steps", args.steps, args.steps >= 1, "a positive integer")
+    need = "a whole number >= 0"
+    check_flag("--finetune-steps", args.finetune_steps, args.finetune_steps >= 0, need)
+    check_flag("--noise-seeds", args.noise_seeds, args.noise_seeds >= 1, "a positive integer")
+    check_bits("--bits", args.bits)
+    for flag, value in (
+        ("--hidden-size", args.hidden_size),
+        ("--eval-examples", args.eval_examples),
+    ):
+        check_flag(flag, value, value is None or value >= 1, "a positive integer")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog kws`` or ``charlm``: print the table, write the plot."""
     from rnnkit.kernels.analog.cli import (
+        check_flag,
+        check_times,
         output_dir,
         plot_path,
         report_plot,
@@ -152,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
     from rnnkit.tasks.analog.experiments import format_charlm, format_kws, hw_rows, plot_hw
 
     exp = EXPERIMENTS[args.analog_command]
-    if args.noise_seeds < 1:
-        raise ValueError(f"--noise-seeds must be >= 1, got {args.noise_seeds}")
+    _check_flags(args)
+    check_times("--t-inference", args.t_inference)
+    need = "a whole number >= 0 (0: the last checkpoint)"
+    check_flag("--select-every", args.select_every, args.select_every >= 0, need)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [1000 * args.seed + k + 1 for k in range(args.noise_seeds)]
@@ -249,11 +271,11 @@ def configure_drift(parser: argparse.ArgumentParser) -> None:
 
 def run_drift(args: argparse.Namespace) -> int:
     """Run ``rnnkit analog drift``: print the tables, write the run folder."""
-    from rnnkit.kernels.analog.cli import output_dir, report_rows
+    from rnnkit.kernels.analog.cli import check_times, output_dir, report_rows
     from rnnkit.tasks.analog.drift import drift_rows, format_drift, write_run
 
-    if args.noise_seeds < 1:
-        raise ValueError(f"--noise-seeds must be >= 1, got {args.noise_seeds}")
+    _check_flags(args)
+    check_times("--times", args.times)
     folder = output_dir(args.out, "drift")
     torch.set_num_threads(1)
     t0 = time.perf_counter()

@@ -96,8 +96,13 @@ def drift_rows(
         raise ValueError(
             f"steps must be >= 1 and finetune_steps >= 0, got {steps} and {finetune_steps}"
         )
-    if not times or any(not t >= 0 for t in times):
-        raise ValueError(f"times must be seconds >= 0, got {list(times)}")
+    if not times or any(not (math.isfinite(t) and t >= 0) for t in times):
+        raise ValueError(f"times must be finite seconds >= 0, got {list(times)}")
+    if eval_examples is not None and eval_examples < 1:
+        raise ValueError(f"eval_examples must be >= 1 (None: all), got {eval_examples}")
+    if hidden_size is not None and hidden_size < 1:
+        raise ValueError(f"hidden_size must be >= 1 (None: the task's), got {hidden_size}")
+    base = AnalogConfig.preset(preset, nl_bits=nl_bits)  # refuses a bad preset or width early
     task = get_task(task_name)
     metric = task.primary
     root = Path(out) / task_name
@@ -123,7 +128,6 @@ def drift_rows(
     def score(m: nn.Module) -> float:
         return float(evaluate(task, m, test, data.info, device=cpu)[metric])
 
-    base = AnalogConfig.preset(preset, nl_bits=nl_bits)
     models: list[tuple[str, nn.Module]] = [("as trained", model)]
     if finetune_steps > 0:
         tuned = to_analog(copy.deepcopy(model), base.replace(seed=10_000 + seed))
