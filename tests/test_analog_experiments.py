@@ -275,6 +275,38 @@ def test_drift_rows_compensation_holds_what_drift_takes(tmp_path: Path) -> None:
     assert abs(comp["mean"][1] - comp["mean"][0]) < abs(off["mean"][1] - off["mean"][0])
 
 
+@pytest.mark.parametrize("experiment", ["charlm", "drift"])
+def test_analog_experiment_stops_when_its_training_is_interrupted(
+    experiment: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C during the digital training used to stop the training only: the experiment
+    # went on to map, fine-tune and score the partly trained LSTM, and wrote rows.json and
+    # its table as if the run had finished. (stop_after takes the signal's code path.)
+    from rnnkit.tasks.trainer import Trainer
+
+    original = Trainer._run
+
+    def stopping(self: Trainer) -> Any:
+        self.config = dataclasses.replace(self.config, stop_after=1)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_run", stopping)
+    out = tmp_path / "stopped"
+    argv = ["analog", experiment, "--steps", "3", "--finetune-steps", "1", "--noise-seeds", "1"]
+    argv += ["--hidden-size", "8", "--eval-examples", "4", "--out", str(out)]
+    argv += ["--tasks", "charlm"] if experiment == "drift" else ["--bits", "5", "--plot", ""]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().startswith(
+        f"rnnkit analog: interrupted (training stopped at step 1 (run folder {out}"
+    ), captured.err
+    assert not (out / "rows.json").exists()
+
+
 def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["analog", "charlm", "--steps", "2", "--finetune-steps", "1", "--bits", "5"]
     argv += ["--hidden-size", "8", "--eval-examples", "4", "--noise-seeds", "1", "--plot", ""]

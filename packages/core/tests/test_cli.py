@@ -89,6 +89,39 @@ def test_plugin_commands_are_added(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 3 and out == "hello rnn\n"
 
 
+@pytest.mark.parametrize(
+    ("raised", "line"),
+    [
+        (KeyboardInterrupt(), "rnnkit stop: interrupted\n"),
+        (
+            KeyboardInterrupt("training stopped at step 3"),
+            "rnnkit stop: interrupted (training stopped at step 3)\n",
+        ),
+    ],
+)
+def test_ctrl_c_in_a_command_is_one_line_and_status_130(
+    capsys: pytest.CaptureFixture[str], raised: KeyboardInterrupt, line: str
+) -> None:
+    """Wherever a Ctrl-C lands in a command, the user sees one line (not a traceback of the
+    tensor op it interrupted) and the status a shell gives SIGINT."""
+
+    def stop(args: argparse.Namespace) -> int:
+        print("partial output")
+        raise raised
+
+    plugin = module_plugin(
+        "stopper",
+        rnnkit_register_commands=lambda register: register(
+            "stop", help="stops", configure=lambda p: None, run=stop
+        ),
+    )
+    with use_host(PluginHost(plugins=[("stopper", plugin)])):
+        code, out, err = run(capsys, "stop")
+    assert code == 130
+    assert out == "partial output\n"
+    assert err.lstrip("\n") == line and "Traceback" not in err
+
+
 def test_a_conflicting_plugin_is_skipped_and_the_cli_keeps_working(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -315,13 +315,17 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
 #: exit status when the reader of stdout went away (``rnnkit list cells | head -1``): 128 +
 #: SIGPIPE, what a shell reports for ``cat`` and other tools that SIGPIPE ends
 EXIT_BROKEN_PIPE = 141
+#: exit status of a command stopped by Ctrl-C: 128 + SIGINT, as a shell reports it (and as
+#: ``rnnkit train`` returns for a run it stopped with its checkpoint written)
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rnnkit`` command; returns the exit status.
 
     When stdout is a pipe whose reader has gone (``rnnkit list cells | head -1``), the
-    command stops quietly with status :data:`EXIT_BROKEN_PIPE` instead of a traceback.
+    command stops quietly with status :data:`EXIT_BROKEN_PIPE` instead of a traceback; a
+    command stopped by Ctrl-C says so in one line and returns :data:`EXIT_INTERRUPTED`.
     """
     try:
         try:
@@ -371,6 +375,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except (RnnkitError, ValueError, TypeError) as exc:
         print(f"rnnkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        # Ctrl-C (or a training run that a command started, stopped by it or by SIGTERM):
+        # one line and the shell's status for SIGINT, not a traceback of wherever it landed
+        why = f" ({exc})" if str(exc) else ""
+        print(f"\nrnnkit {args.command}: interrupted{why}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -399,7 +399,7 @@ def run_passkey(args: Any) -> int:
             verbose=not args.json,
         )
         data = passkey_data(args.seed, blocks=args.blocks)
-        result = Trainer(cfg, data=data).run()
+        result = Trainer(cfg, data=data).run_to_end()
         loaded = load_run(result.out)
         model, seed, out, train_blocks = loaded.model, args.seed, Path(result.out), args.blocks
         config = loaded.config

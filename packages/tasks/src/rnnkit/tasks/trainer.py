@@ -173,6 +173,18 @@ class RunResult:
         return self.test.get(self.primary, float("nan"))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A training run inside a larger command (``rnnkit passkey``, ``rnnkit analog kws``, a
+    sweep) was stopped by Ctrl-C or SIGTERM: raised by :meth:`Trainer.run_to_end` so that the
+    command stops too, instead of going on with a model trained for fewer steps than asked.
+    A ``KeyboardInterrupt``, so that code which lets a Ctrl-C through lets this through;
+    ``result`` is the interrupted run's (its checkpoint stays in ``result.out``)."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        super().__init__(f"training stopped at step {result.steps} (run folder {result.out})")
+
+
 def set_determinism(seed: int, deterministic: bool) -> None:
     """Seed Python and torch; in deterministic mode forbid nondeterministic kernels."""
     random.seed(seed)
@@ -861,6 +873,15 @@ class Trainer:
             self._parallel = None
             self._release(failed)
             torch.set_num_threads(self.caller_threads)
+        return result
+
+    def run_to_end(self) -> RunResult:
+        """:meth:`run` for code that goes on to use the trained model: an interrupted run
+        raises :class:`RunInterrupted` rather than returning a model trained for fewer steps
+        than asked, which the caller would otherwise score as if it were complete."""
+        result = self.run()
+        if result.interrupted:
+            raise RunInterrupted(result)
         return result
 
     def _run(self) -> RunResult:

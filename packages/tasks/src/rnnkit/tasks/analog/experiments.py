@@ -100,7 +100,7 @@ def _train(task: str, out: Path, **kwargs: Any) -> Trainer:
     """:func:`_trainer` run: returns the trainer, whose ``model`` is left at the selected
     checkpoint in eval mode."""
     trainer = _trainer(task, out, **kwargs)
-    trainer.run()
+    trainer.run_to_end()
     trainer.model.eval()
     return trainer
 
@@ -214,7 +214,7 @@ def hw_rows(
                 f"task {task_name!r} has no {metric!r} metric (its metrics: "
                 f"{', '.join(named)}); choose a task scored by {metric}"
             )
-        trainer.run()
+        trainer.run_to_end()
         model = trainer.model.eval()
 
         def finetune(m: nn.Module, name: str) -> None:

@@ -207,7 +207,7 @@ def rank_cells(
                 x = trainer.data.train.inputs[:batch]
                 score = hidden_covariance_score(first_layer_outputs(trainer.model, x))
                 params = sum(p.numel() for p in trainer.model.parameters())
-                trainer.run()
+                trainer.run_to_end()
                 metrics = evaluate(
                     t,
                     trainer.model,

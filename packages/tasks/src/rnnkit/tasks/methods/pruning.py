@@ -287,7 +287,7 @@ def prune_curve(
             task, f"{tmp}/dense", cell=cell, model_config=model_config, steps=steps, seed=seed
         )
         trainer = Trainer(base)
-        trainer.run()
+        trainer.run_to_end()
         dense = trainer.model
         data = trainer.data
         recurrent_parameters(dense)  # a model without gated cells fails before the sweep
@@ -312,7 +312,7 @@ def prune_curve(
                         seed=seed,
                     )
                     tuner = Trainer(cfg, data=data, model=model)
-                    tuner.run()
+                    tuner.run_to_end()
                     retrained = _evaluate(t, tuner.model, data)
                 rows.append(PruneRow(method, zeros / total, pruned, retrained))
     return dense_score, rows
