@@ -333,6 +333,10 @@ def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_pa
         (["--finetune-steps", "-1"], "--finetune-steps must be a whole number >= 0, got -1"),
         (["--select-every", "-1"], "--select-every must be a whole number >= 0"),
         (["--noise-seeds", "0"], "--noise-seeds must be a positive integer, got 0"),
+        # the optimiser refused these only after the digital training, or never (NaN)
+        (["--finetune-lr", "-1"], "--finetune-lr must be a finite number >= 0, got -1.0"),
+        (["--finetune-lr", "nan"], "--finetune-lr must be a finite number >= 0, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
     ],
 )
 def test_analog_charlm_refuses_bad_arguments_before_training(
@@ -381,6 +385,7 @@ def test_analog_drift_names_itself_in_a_refusal(capsys: pytest.CaptureFixture[st
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--finetune-steps", "-1"], "--finetune-steps must be a whole number >= 0, got -1"),
         (["--hidden-size", "-4"], "--hidden-size must be a positive integer, got -4"),
+        (["--lr", "-0.1"], "--lr must be a finite number >= 0, got -0.1"),
     ],
 )
 def test_analog_drift_refuses_bad_arguments_before_training(

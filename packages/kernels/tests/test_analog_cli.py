@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,18 @@ def test_builtin_experiments_refuse_bad_flags_by_their_names(
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
     assert captured.err == f"rnnkit analog: error: {message}\n"
+
+
+def test_ramp_drift_plot_takes_time_zero_without_a_warning(tmp_path: Path) -> None:
+    """``--times 0 ...`` (just programmed) printed matplotlib's warning that a log axis cannot
+    show it, with a line of our source."""
+    pytest.importorskip("matplotlib")
+    rows = cli.ramp_drift_rows([0.0], columns=2)
+    png = tmp_path / "r.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli._plot_ramp_drift(rows, str(png), "t")
+    assert png.stat().st_size > 0
 
 
 @pytest.mark.parametrize("period", [0.0, -5.0, float("nan")])

@@ -48,6 +48,7 @@ __all__ = [
     "adc_error_rows",
     "check_bits",
     "check_flag",
+    "check_rate",
     "check_times",
     "configure",
     "experiments",
@@ -293,7 +294,11 @@ def _plot_ramp_drift(rows: list[dict[str, float]], path: str, title: str) -> boo
         ("fresh", "x:", "recalibrated at t"),
     ):
         ax.plot(ts, [r[key + "_rms"] for r in rows], style, label=label)
-    ax.set_xscale("log")
+    # t = 0 (just programmed) has no place on a log axis: linear below 1 s then
+    if min(ts) <= 0:
+        ax.set_xscale("symlog", linthresh=1.0)
+    else:
+        ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("time after programming (s)")
     ax.set_ylabel("rms error (output LSB)")
@@ -368,6 +373,12 @@ def check_times(flag: str, times: float | Iterable[float]) -> None:
     ok = all(math.isfinite(t) and t >= 0 for t in values)
     shown = times if isinstance(times, (int, float)) else values
     check_flag(flag, shown, ok, "finite seconds >= 0 since programming")
+
+
+def check_rate(flag: str, lr: float) -> None:
+    """A learning rate: finite and ``>= 0`` (as ``rnnkit train --lr``); a bad one would
+    otherwise surface from the optimiser only after the training that comes before it."""
+    check_flag(flag, lr, math.isfinite(lr) and lr >= 0, "a finite number >= 0")
 
 
 def _check_builtin(cmd: str, args: argparse.Namespace) -> None:

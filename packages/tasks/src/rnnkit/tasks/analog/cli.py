@@ -144,9 +144,11 @@ def _check_flags(args: argparse.Namespace) -> None:
     """Refuse bad values of the options ``kws``, ``charlm`` and ``drift`` share by their flags'
     names, before any training or folder (the library checks some of them only after training,
     and by their keyword names)."""
-    from rnnkit.kernels.analog.cli import check_bits, check_flag
+    from rnnkit.kernels.analog.cli import check_bits, check_flag, check_rate
 
     check_flag("--steps", args.steps, args.steps >= 1, "a positive integer")
+    check_rate("--lr", args.lr)
+    check_rate("--finetune-lr", args.finetune_lr)
     need = "a whole number >= 0"
     check_flag("--finetune-steps", args.finetune_steps, args.finetune_steps >= 0, need)
     check_flag("--noise-seeds", args.noise_seeds, args.noise_seeds >= 1, "a positive integer")
