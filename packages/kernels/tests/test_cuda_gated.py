@@ -281,10 +281,10 @@ def test_plan_tensor_cores_round_the_cut_to_the_mma_tiles() -> None:
         reason=small.reason,
     )
     assert "no tensor cores: their 16-row tiles do not fit" in small.reason
-    # 350 bytes besides the FMA split scratch: only the float32 cut's 8-unit items fit, the
-    # tensor cores' 16 do not; asking for tensor cores must not make the call unrunnable (it
-    # did: a refusal string)
-    few = 350 + fma_split
+    # 100 bytes besides the FMA split scratch: only the float32 cut's 8-unit items fit (a
+    # streamed row stages one entry of h beside its 8 gate sums), the tensor cores' 16 do not;
+    # asking for tensor cores must not make the call unrunnable (it did: a refusal string)
+    few = 100 + fma_split
     tiny = cuda.plan("elman", 1, 64, 1, 1, few, tensor_cores="tf32")
     assert tiny == replace(cuda.plan("elman", 1, 64, 1, 1, few), reason=tiny.reason)
     assert tiny.units == 8 and "no tensor cores: their units do not fit" in tiny.reason
@@ -787,18 +787,75 @@ def test_build_without_names_skips_a_library_this_machine_cannot_use(
     assert "FAILED: no CUDA device" in capsys.readouterr().err
 
 
+def test_plan_streamed_tile_holds_the_batch() -> None:
+    """A streamed block reads each item's slice of R once per batch tile, staging with each
+    chunk only that chunk's entries of h (forward) or dq (backward) per row, so its tile may
+    hold more than 32 rows: on an H100 the streamed calls of issue 19 at B = 128 (one head of
+    2048 LSTM, two heads of 1024 LSTM and sLSTM in float32, more heads than SMs) take the whole
+    batch in one tile and read R once per step (they had tiles of 25 to 32 rows: R read 4 to 6
+    times). A bigger batch is cut into tiles of MAX_STREAMED_BATCH_TILE rows, a device with
+    less shared memory into the most rows that fit (still over 32 here); resident cuts keep
+    at most 32."""
+    for kind, heads, D in (("lstm", 1, 2048), ("lstm", 2, 1024), ("slstm", 2, 1024)):
+        for tensor_cores in (None, "bf16", "fp16"):
+            cut = cuda.plan(kind, heads, D, 128, *H100, tensor_cores=tensor_cores)
+            assert isinstance(cut, cuda.Tiling), cut
+            if tensor_cores and not cut.streamed:
+                continue  # two heads of 1024 in 16-bit operands stay resident
+            assert cut.streamed, cut.reason
+            assert (cut.forward_batch_tile, cut.backward_batch_tile) == (128, 128), cut.reason
+            assert "once per batch tile of 128 (forward) and 128 (backward) rows" in cut.reason
+            big = cuda.plan(kind, heads, D, 1000, *H100, tensor_cores=tensor_cores)
+            assert isinstance(big, cuda.Tiling)
+            tall = cuda._plan.MAX_STREAMED_BATCH_TILE
+            assert big.forward_batch_tile == big.backward_batch_tile == tall
+    many = cuda.plan("gru", 200, 8, 128, *H100)
+    assert isinstance(many, cuda.Tiling) and many.streamed
+    assert many.forward_batch_tile == many.backward_batch_tile == 128
+    # the forward's bytes: a 64-row chunk of R (16 units, 4 gates), 64 entries of h and 64
+    # gate sums per row, a restart word per 32 rows, the FMA split scratch
+    one = cuda.plan("lstm", 1, 2048, 128, *H100)
+    assert isinstance(one, cuda.Tiling) and (one.units, one.forward_k_chunk) == (16, 64)
+    split = cuda._plan.FMA_SPLIT_BYTES
+    assert one.forward_smem == 4 * (64 * 64 + 128 * 64) + 4 * (128 * 64 + 4) + split
+    assert one.backward_smem == 4 * (64 * 16 + 128 * 64) + 4 * 128 * 16 + split
+    # 64 KiB per block: the most rows that fit, more than a resident tile's 32
+    smem = 64 * 1024
+    for tensor_cores in (None, "bf16"):
+        cut = cuda.plan("lstm", 1, 2048, 128, 132, smem, tensor_cores=tensor_cores)
+        assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
+        mma = (cut.forward_mma, cut.backward_mma)
+        ops = cut.operands or "tf32"
+        for backward, tile, chunk in (
+            (False, cut.forward_batch_tile, cut.forward_k_chunk),
+            (True, cut.backward_batch_tile, cut.backward_k_chunk),
+        ):
+            assert 32 < tile <= 128, cut.reason
+            more = cuda._plan.smem_bytes("lstm", 2048, cut.units, tile + 1, chunk, *mma, ops)
+            assert tile == 128 or more[backward] > smem, (backward, tile, more)
+    resident = cuda.plan("lstm", 1, 768, 128, *H100)
+    assert isinstance(resident, cuda.Tiling) and not resident.streamed
+    assert resident.forward_batch_tile == resident.backward_batch_tile == 32
+
+
 def test_plan_is_cached_but_follows_its_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every call plans, so cuts are cached; a cached cut is the one planning afresh gives, and
-    changing the chunk or batch-tile limit (as the emulated tests do) plans afresh."""
+    changing the chunk or a batch-tile limit (as the emulated tests do) plans afresh."""
     args = ("lstm", 2, 2048, 128, *H100)
     first = cuda.plan(*args, tensor_cores="bf16")
     assert cuda.plan(*args, tensor_cores="bf16") is first  # from the cache
-    fresh = cuda._plan._cached_plan.__wrapped__("lstm", 2, 2048, 32, *H100, "bf16", 64, "grid")
+    wrapped = cuda._plan._cached_plan.__wrapped__
+    fresh = wrapped("lstm", 2, 2048, 32, 128, *H100, "bf16", 64, "grid")
     assert fresh == first and first.streamed and first.forward_k_chunk == 64
+    assert first.forward_batch_tile == first.backward_batch_tile == 128  # the whole batch
     monkeypatch.setattr(cuda._plan, "MAX_K_CHUNK", 32)
     assert cuda.plan(*args, tensor_cores="bf16").forward_k_chunk == 32
+    monkeypatch.setattr(cuda._plan, "MAX_STREAMED_BATCH_TILE", 40)
+    assert cuda.plan(*args, tensor_cores="bf16").forward_batch_tile == 40
+    resident = ("lstm", 1, 768, 128, *H100)
+    assert cuda.plan(*resident).forward_batch_tile == 32
     monkeypatch.setattr(cuda._plan, "MAX_BATCH_TILE", 2)
-    assert cuda.plan(*args, tensor_cores="bf16").forward_batch_tile == 2
+    assert cuda.plan(*resident).forward_batch_tile == 2
 
 
 def test_plan_step_exchange(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -167,6 +167,9 @@ def on_cpu(emulated: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     monkeypatch.setattr(cuda_loops, "ops", lambda: emulated)
     monkeypatch.setattr(cuda_loops, "tiling", tiling)
     monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 2)
+    # streamed tiles of 2 rows as well (several tiles per step; test_emulated_streamed_tiles_
+    # over_32_rows lifts this)
+    monkeypatch.setattr(_plan, "MAX_STREAMED_BATCH_TILE", 2)
     monkeypatch.setattr(_plan, "MAX_K_CHUNK", _plan.MMA_K[ops] if ops else 3)
     return name
 
@@ -293,6 +296,32 @@ def test_emulated_tensor_cores_on_two_row_tiles(
     _compare(on_cpu, kind, CASES[2], 32, batch=20)
 
 
+#: Streamed devices whose shared memory holds tiles of more than 32 rows.
+TALL = ("streamed-heads", "streamed-mma", "streamed-fp16")
+
+
+@pytest.mark.parametrize("limit", [256, 40], ids=["one-tile", "two-tiles"])
+@pytest.mark.parametrize("case", [0, 2], ids=["resets", "len+resets"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_emulated_streamed_tiles_over_32_rows(
+    on_cpu: str, kind: str, case: int, limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 70 rows on the streamed devices with room for them: one tile of all 70 rows
+    (each chunk of R multiplied with its entries of h, or of dq, for every row; three words
+    of restarting rows; five 16-row tiles of the tensor-core product), or, with at most 40
+    rows per tile, tiles of 40 and 30 (the second's rows start at row 40 of h and the
+    restarts). Values and every gradient against float64, resets and lengths included."""
+    if on_cpu not in TALL:
+        pytest.skip("streamed devices with room for tall tiles only")
+    monkeypatch.setattr(_plan, "MAX_STREAMED_BATCH_TILE", limit)
+    hidden = 32 if on_cpu in MMA_DEVICES else 16
+    plan_kind = "elman" if kind == "relu" else kind
+    ops = MMA_DEVICES[on_cpu][3] if on_cpu in MMA_DEVICES else None
+    cut = cuda_loops.tiling(plan_kind, 2, hidden // 2, 70, None, ops)
+    assert cut.forward_batch_tile == cut.backward_batch_tile == min(limit, 70), cut.reason
+    _compare(on_cpu, kind, CASES[case], hidden, batch=70)
+
+
 def _compare(on_cpu: str, kind: str, opts: dict[str, Any], hidden: int, batch: int = 5) -> None:
     """Values and every gradient of two heads of ``hidden / 2`` units on ``on_cpu`` against
     the float64 reference (``opts``: one of :data:`CASES`, lengths for 5 sequences are
@@ -402,7 +431,8 @@ def test_planner_bytes_match_the_kernels(emulated: Any) -> None:
     and streamed."""
     numbers = {"elman": 0, "lstm": 2, "gru": 3, "slstm": 4}
     for kind, number in numbers.items():
-        for D, units, tile, chunk in ((8, 3, 2, 0), (8, 3, 1, 2), (1024, 16, 16, 64), (7, 7, 5, 3)):
+        shapes = ((8, 3, 2, 0), (8, 3, 1, 2), (1024, 16, 16, 64), (7, 7, 5, 3), (2048, 16, 70, 64))
+        for D, units, tile, chunk in (*shapes, (16, 16, 33, 16), (16, 8, 97, 8)):
             for fwd, bwd in ((False, False), (True, False), (True, True)):
                 for ops, (code, _) in _plan.OPERANDS.items():
                     stage = 16 if chunk == 0 and GATES[kind] * D > 16 else 0
@@ -437,9 +467,9 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
     """The ops check a cut before launching: an unknown product code, 16-bit operands on a head
     size or streamed chunks that are not multiples of 16, tensor cores on a backward whose
     units are not in 16s, a staged forward or streamed backward, or a stage that is not a
-    multiple of 16 below ``G*D``, a batch tile over 32 rows, or an unknown step exchange each
-    raise, naming the rule (a kernel would read past its tiles, or wait on flags no block
-    sets)."""
+    multiple of 16 below ``G*D``, a resident batch tile over 32 rows (or any tile of no rows),
+    or an unknown step exchange each raise, naming the rule (a kernel would read past its
+    tiles, or wait on flags no block sets)."""
     N, T, B, D = 1, 2, 3, 16
     px = torch.zeros(N, T, B, 4 * D)
     W = torch.zeros(N, D, 4 * D)
@@ -458,10 +488,18 @@ def test_glue_refuses_cuts_the_kernels_cannot_run(emulated: Any) -> None:
         forward(4, 2, width=8)  # 16-bit operands sum in 16s
     with pytest.raises(RuntimeError, match="k_chunk by 16"):
         forward(4, 2, chunk=8)  # so do their streamed chunks of R
-    with pytest.raises(RuntimeError, match=re.escape("batch_tile must be in [1, 32], got 33")):
+    with pytest.raises(RuntimeError, match=re.escape("[1, 32] for a resident cut, got 33")):
         emulated.forward(
             2, px, W, None, None, None, h0, c0, None, None, [0.0, 0.0], True, 4, 33, 0, 4, 0
-        )  # a tile's restarting rows are the bits of one 32-bit word
+        )  # a resident tile's restarting rows are the bits of one 32-bit word
+    # a streamed tile keeps words of them in shared memory: any height
+    emulated.forward(
+        2, px, W, None, None, None, h0, c0, None, None, [0.0, 0.0], True, 4, 33, 4, 4, 0
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="batch_tile must be at least 1, got 0"):
+        emulated.forward(
+            2, px, W, None, None, None, h0, c0, None, None, [0.0, 0.0], True, 4, 0, 4, 4, 0
+        )  # fmt: skip
     for bad in (-1, 2):
         with pytest.raises(RuntimeError, match=re.escape("exchange must be 0 (grid barrier) or 1")):
             forward(4, 0, exchange=bad)

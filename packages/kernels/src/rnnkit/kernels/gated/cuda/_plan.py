@@ -17,8 +17,12 @@ one block per SM here. Two modes, chosen per call:
 - **streamed** (the fallback where that does not fit: more heads than SMs, or too many bytes
   per block): ``min(items, SMs)`` blocks, block ``b`` owning items ``b, b + blocks, ...``; each
   step every item's slice of the weights is read again from global memory (L2) through a
-  shared-memory tile of ``k_chunk`` rows of ``R`` (forward; ``k_chunk`` columns of ``R`` and
-  entries of ``dq`` in the backward), so every head count and head size runs.
+  shared-memory tile of ``k_chunk`` rows of ``R`` (forward, with the matching ``k_chunk``
+  entries of ``h`` of each batch row; ``k_chunk`` columns of ``R`` and entries of ``dq`` in the
+  backward), so every head count and head size runs. The slice is read once per batch tile,
+  and since a row stages only a chunk's entries, a streamed tile takes up to
+  :data:`MAX_STREAMED_BATCH_TILE` rows (as many as fit): the whole batch, for most batches,
+  so ``R`` is read once per step.
 
 **Tensor cores** (``tensor_cores``: the operand format, which the backend names for 16-bit calls
 on sm_80 and later: ``"bf16"`` or ``"fp16"``, the call's own dtype; ``"tf32"`` rounds float32
@@ -62,6 +66,7 @@ __all__ = [
     "MAX_BATCH_TILE",
     "MAX_K_CHUNK",
     "MAX_STAGES",
+    "MAX_STREAMED_BATCH_TILE",
     "MMA_K",
     "MMA_ROWS",
     "OPERANDS",
@@ -78,6 +83,11 @@ GATES = {"elman": 1, "lstm": 4, "gru": 3, "slstm": 4}
 #: Batch rows staged per tile at most (more only lengthens each block's serial pass; the
 #: kernels take at most ``kMaxBatchTile`` = 32, ``gated_cuda.h``).
 MAX_BATCH_TILE = 32
+#: Batch rows of a streamed tile at most (the kernels keep its restarting rows in words of
+#: shared memory, so it may exceed ``kMaxBatchTile``). Each tile reads the item's slice of ``R``
+#: again, so a tile as tall as the batch reads it once per step; past this many rows the rows'
+#: own chunks of ``h`` (``dq``) are most of a step's reads and a taller tile saves little.
+MAX_STREAMED_BATCH_TILE = 256
 #: Rows (forward) or columns (backward) of ``R`` per streamed chunk at most: enough to amortise
 #: the two block barriers of each chunk, small enough to leave room for batch rows.
 MAX_K_CHUNK = 64
@@ -206,8 +216,11 @@ def _direction_bytes(
         cols = k_chunk if k_chunk > 0 else G * D
         staged = k_chunk if k_chunk > 0 else (stage or G * D)
         return size * (cols * units + tile * staged) + _FLOAT * tile * units + split
-    rows = k_chunk if k_chunk > 0 else D  # a chunk (or all) of R's D rows, h, the gate columns
-    return size * (rows * G * units + tile * D) + _FLOAT * tile * G * units + split
+    # a chunk (or all) of R's D rows, the same entries of h, the gate columns; streamed, a
+    # restart word per 32 rows of the tile
+    rows = k_chunk if k_chunk > 0 else D
+    words = -(-batch_tile // 32) if k_chunk > 0 else 0
+    return size * (rows * G * units + tile * rows) + _FLOAT * (tile * G * units + words) + split
 
 
 def smem_bytes(
@@ -250,10 +263,14 @@ def _tile(
 ) -> int:
     """Batch rows per tile of a direction: the most, up to ``rows``, whose block fits ``smem``
     bytes; 0 when not one row fits."""
-    for bt in range(rows, 0, -1):
-        if _direction_bytes(kind, D, units, bt, k_chunk, ops, bwd) <= smem:
-            return bt
-    return 0
+    lo, hi = 0, rows  # the bytes grow with the rows: the most that fit, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _direction_bytes(kind, D, units, mid, k_chunk, ops, bwd) <= smem:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _least_stage(GD: int) -> int:
@@ -381,7 +398,7 @@ def _streamed(
         units = min(D, _up(units, step))
     while True:
         fwd_mma, bwd_mma = _mma_shapes(kind, D, units, ops) if ops else (False, False)
-        # forward: chunk of R (k x G*units), per row h (D) and the product (G*units)
+        # forward: chunk of R (k x G*units), per row h's chunk (k) and the product (G*units)
         kf, bt_f = _chunk(kind, D, units, rows, smem, ops if fwd_mma else None, False)
         if not kf and fwd_mma:
             fwd_mma, (kf, bt_f) = False, _chunk(kind, D, units, rows, smem, None, False)
@@ -413,8 +430,9 @@ def _streamed(
         operands=(ops or "") if fwd_mma or bwd_mma else "",
         reason=(
             f"streamed: {why}, so R is read from L2 each step in chunks of {kf} rows (forward) "
-            f"and {kb} columns (backward); {_count(items, 'item')} of {_count(units, 'unit')} on "
-            f"{_count(blocks, 'block')}"
+            f"and {kb} columns (backward), once per batch tile of {bt_f} (forward) and {bt_b} "
+            f"(backward) {'row' if bt_f == bt_b == 1 else 'rows'}; {_count(items, 'item')} of "
+            f"{_count(units, 'unit')} on {_count(blocks, 'block')}"
         ),
     )
 
@@ -492,7 +510,8 @@ def plan(
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     rows = max(1, min(batch, MAX_BATCH_TILE))
-    args = (kind, heads, head_dim, rows, sms, smem, tensor_cores, MAX_K_CHUNK)
+    stream_rows = max(1, min(batch, MAX_STREAMED_BATCH_TILE))
+    args = (kind, heads, head_dim, rows, stream_rows, sms, smem, tensor_cores, MAX_K_CHUNK)
     return _cached_plan(*args, exchange)
 
 
@@ -502,24 +521,33 @@ def _cached_plan(
     N: int,
     D: int,
     rows: int,
+    stream_rows: int,
     sms: int,
     smem: int,
     tensor_cores: str | None,
     max_k_chunk: int,
     exchange: str,
 ) -> Tiling | str:
-    """:func:`plan` of a valid call whose batch tile is at most ``rows``, cached: every forward
-    and backward call plans, and a streamed search costs a fraction of a millisecond. The key
-    holds :data:`MAX_K_CHUNK` (``max_k_chunk``; ``rows`` carries :data:`MAX_BATCH_TILE`), so
-    a changed limit plans afresh."""
-    cut = _cut_of(kind, N, D, rows, sms, smem, tensor_cores)
+    """:func:`plan` of a valid call whose batch tile is at most ``rows`` (resident) or
+    ``stream_rows`` (streamed), cached: every forward and backward call plans, and a streamed
+    search costs a fraction of a millisecond. The key holds :data:`MAX_K_CHUNK`
+    (``max_k_chunk``; ``rows`` and ``stream_rows`` carry :data:`MAX_BATCH_TILE` and
+    :data:`MAX_STREAMED_BATCH_TILE`), so a changed limit plans afresh."""
+    cut = _cut_of(kind, N, D, rows, stream_rows, sms, smem, tensor_cores)
     if isinstance(cut, str) or exchange == "grid":
         return cut
     return replace(cut, exchange=exchange, reason=f"{cut.reason}; steps exchanged by flags")
 
 
 def _cut_of(
-    kind: str, N: int, D: int, rows: int, sms: int, smem: int, tensor_cores: str | None
+    kind: str,
+    N: int,
+    D: int,
+    rows: int,
+    stream_rows: int,
+    sms: int,
+    smem: int,
+    tensor_cores: str | None,
 ) -> Tiling | str:
     """The cut of :func:`plan` (its exchange the grid barrier)."""
     # the float32 cut: the answer without tensor cores, and where theirs is no better
@@ -527,7 +555,7 @@ def _cut_of(
     plain = (
         resident
         if isinstance(resident, Tiling)
-        else _streamed(kind, N, D, rows, sms, smem, resident, None)
+        else _streamed(kind, N, D, stream_rows, sms, smem, resident, None)
     )
     if tensor_cores is None or not isinstance(plain, Tiling):
         return plain
@@ -557,7 +585,7 @@ def _cut_of(
         cut = last
         break
     if cut is None and isinstance(resident, str):  # no resident cut at all: stream R
-        cut = _streamed(kind, N, D, rows, sms, smem, resident, ops)
+        cut = _streamed(kind, N, D, stream_rows, sms, smem, resident, ops)
     elif cut is None:  # residency first: R kept on chip beats tensor cores
         if isinstance(last, str):
             why = f"no tensor cores: their cut would not keep R resident ({last})"

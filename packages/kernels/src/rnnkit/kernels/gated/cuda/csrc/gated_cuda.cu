@@ -18,9 +18,13 @@
 // do not fit in shared memory (too many bytes, or more heads than SMs): the same kernels with
 // fewer blocks than items, block b owning items b, b + blocks, ... (so more heads than SMs run),
 // and for each item, each step and each batch tile, W's slice read from global memory (it stays
-// in L2 across steps) in chunks of k_chunk rows (forward; the backward: k_chunk columns of W
-// with the matching k_chunk entries of dq) through a shared-memory tile, accumulating the
-// product chunk by chunk. The pointwise updates and the per-step barrier are unchanged.
+// in L2 across steps) in chunks of k_chunk rows (forward, with the matching k_chunk entries of h;
+// the backward: k_chunk columns of W with the matching k_chunk entries of dq) through a
+// shared-memory tile, accumulating the product chunk by chunk. Since only a chunk of h (dq) is
+// staged per row, a streamed batch tile may hold many more rows than a resident one (more than
+// kMaxBatchTile: its restarting rows are words in shared memory), so that the slice of W is
+// read once per step for the whole batch where shared memory allows. The forward's pointwise
+// update then reads h from L2, as with 16-bit operands. The per-step barrier is unchanged.
 //
 // Cross-block data (hs, dq) is read with __ldcg (L2, not L1): L1 is not coherent between SMs,
 // and a line cached while reading step t's slot may also hold the start of step t + 1's slot,
@@ -132,6 +136,36 @@ __device__ __forceinline__ unsigned restart_rows(const bool* mask, const int* le
 #endif
 }
 
+//! Which rows of a staged tile restart (get `init` instead of the staged values): the bits of
+//! one word (a tile of at most kMaxBatchTile rows, restart_rows), one bit per row of a tile
+//! of any height in words of shared memory (restart_words), or none (the backward's staging).
+struct RowBits {
+  unsigned bits;
+  __device__ __forceinline__ bool operator()(int b) const { return (bits >> b) & 1u; }
+};
+struct RowWords {
+  const unsigned* words;
+  __device__ __forceinline__ bool operator()(int b) const {
+    return (words[b >> 5] >> (b & 31)) & 1u;
+  }
+};
+struct NoRows {
+  __device__ __forceinline__ bool operator()(int) const { return false; }
+};
+
+//! restart_rows for a tile of any number of rows: bit b % 32 of words[b / 32] set where row
+//! b0 + b restarts at step t. Each warp computes whole words (a ballot each), so the loop is
+//! warp-uniform; callers put a block barrier between this and the words' first reader.
+__device__ __forceinline__ void restart_words(unsigned* words, const bool* mask,
+                                              const int* lengths, int t, int B, int b0,
+                                              int rows) {
+  const int stride = max(1, static_cast<int>(blockDim.x) / 32);  // the emulation: one thread
+  for (int g = static_cast<int>(threadIdx.x) / 32; 32 * g < rows; g += stride) {
+    const unsigned bits = restart_rows(mask, lengths, t, B, b0 + 32 * g, min(32, rows - 32 * g));
+    if ((threadIdx.x & 31) == 0) words[g] = bits;
+  }
+}
+
 // Operands in shared memory: float (FMA, TF32), __nv_bfloat16 (MMA_BF16), __half (MMA_FP16).
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -172,13 +206,13 @@ __device__ __forceinline__ void copy_batched(int n, Load load, Store store) {
 }
 
 //! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, as operands (to nearest), read
-//! from L2 (__ldcg: another block wrote src); rows whose bit is set in `restart` get `init`
-//! instead (their loads are still made: a select, so the loop has no branch per element).
-//! 16-byte loads where the rows allow (cols and lds in 4s, src 16-byte aligned).
-template <typename Op>
+//! from L2 (__ldcg: another block wrote src); rows b where restart(b) (RowBits, RowWords,
+//! NoRows) get `init` instead (their loads are still made: a select, so the loop has no branch
+//! per element). 16-byte loads where the rows allow (cols and lds in 4s, src 16-byte aligned).
+template <typename Op, typename Restart>
 __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
                                            const float* __restrict__ src, long long lds, int rows,
-                                           int cols, unsigned restart, float init) {
+                                           int cols, Restart restart, float init) {
   const bool wide =
       cols % 4 == 0 && lds % 4 == 0 && reinterpret_cast<unsigned long long>(src) % 16 == 0;
   if (wide) {
@@ -191,7 +225,7 @@ __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
         },
         [&](int i, const float4& v) {
           const int b = i / per_row, c = i - b * per_row;
-          const bool r = (restart >> b) & 1u;
+          const bool r = restart(b);
           Op* d = dst + b * ldd + 4 * c;
           put(d, r ? init : v.x, false);
           put(d + 1, r ? init : v.y, false);
@@ -207,20 +241,20 @@ __device__ __forceinline__ void stage_rows(Op* __restrict__ dst, int ldd,
         },
         [&](int i, float v) {
           const int b = i / cols, c = i - b * cols;
-          put(dst + b * ldd + c, (restart >> b) & 1u ? init : v, false);
+          put(dst + b * ldd + c, restart(b) ? init : v, false);
         });
   }
 }
 
 //! stage_rows from a copy already in the operand type (OperandCopies in gated_cuda.h):
-//! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, `init` (rounded) in the rows set
-//! in `restart`, in 16-byte loads of eight operands. The glue's rules for 16-bit operands
+//! dst[b * ldd + c] = src[b * lds + c] for b < rows, c < cols, `init` (rounded) in the rows b
+//! where restart(b), in 16-byte loads of eight operands. The glue's rules for 16-bit operands
 //! (head sizes, chunks and stages in 16s) put cols, lds and ldd in 8s and both sides on 16
 //! bytes; a call that breaks that traps rather than stage the wrong values.
-template <typename Op>
+template <typename Op, typename Restart>
 __device__ __forceinline__ void stage_operands(Op* __restrict__ dst, int ldd,
                                                const Op* __restrict__ src, long long lds,
-                                               int rows, int cols, unsigned restart,
+                                               int rows, int cols, Restart restart,
                                                float init) {
   if (cols % 8 || lds % 8 || ldd % 8 || reinterpret_cast<unsigned long long>(src) % 16 ||
       reinterpret_cast<unsigned long long>(dst) % 16) {
@@ -237,7 +271,7 @@ __device__ __forceinline__ void stage_operands(Op* __restrict__ dst, int ldd,
       [&](int i, const uint4& v) {
         const int b = i / per_row, c = i - b * per_row;
         Op* d = dst + b * ldd + 8 * c;
-        if ((restart >> b) & 1u) {
+        if (restart(b)) {
           for (int k = 0; k < 8; ++k) put(d + k, init, false);
         } else {
           *reinterpret_cast<uint4*>(d) = v;
@@ -569,9 +603,14 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
   const int tiles = (D + U - 1) / U, items = a.N * tiles;
   // w [D or KC][G*U]: w[k][g*U + u] = W[n][k0 + k][g*D + e0 + u] (k0 = 0 when resident)
   Op* w = reinterpret_cast<Op*>(smem);
-  Op* hv = w + (streamed ? KC : D) * GU;  // [BBa][D]: h entering the step, after resets
-  float* acc = reinterpret_cast<float*>(hv + BBa * D);  // [BBa][G*U]: the recurrent product
+  // [BBa][HV]: h entering the step, after resets: all D entries (resident) or those of the
+  // chunk of R being multiplied (streamed), so that a streamed tile holds many rows
+  const int HV = streamed ? KC : D;
+  Op* hv = w + HV * GU;
+  float* acc = reinterpret_cast<float*>(hv + BBa * HV);  // [BBa][G*U]: the recurrent product
   float* split = acc + BBa * GU;  // the parts of split sums (split_bytes)
+  // streamed: the tile's restarting rows (restart_words; its batch tile may exceed 32 rows)
+  unsigned* words = reinterpret_cast<unsigned*>(split + (mma ? kWarps * 16 * 16 : kThreads));
 
   if (!streamed) {  // resident: this block's only item keeps its weights for all steps
     const Tile tl = tile_of(blockIdx.x, tiles, U, D);
@@ -616,28 +655,40 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           for (int g = 0; g < G; ++g) prefetch_l1(pre + g * D);
         }
         // (no other block writes the resets: read them before the wait)
-        const unsigned restart = restart_rows(a.mask, a.lengths, t, B, b0, rows);
+        const unsigned restart = streamed ? 0u : restart_rows(a.mask, a.lengths, t, B, b0, rows);
+        if (streamed) restart_words(words, a.mask, a.lengths, t, B, b0, rows);
         if (!ready) {  // h_{t-1} of this head is complete once its blocks finished t steps
           steps.wait(t);
           ready = true;
         }
-        if constexpr (kCopies) {
-          stage_operands(hv, D, h16_n + (t & 1) * slab + static_cast<long long>(b0) * D, D, rows,
-                         D, restart, a.h_init);
-        } else {
-          stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D, restart,
-                     a.h_init);
-        }
-        __syncthreads();
+        const Op* h16_prev = kCopies ? h16_n + (t & 1) * slab + static_cast<long long>(b0) * D
+                                     : nullptr;
         if (!streamed) {
+          if constexpr (kCopies) {
+            stage_operands(hv, D, h16_prev, D, rows, D, RowBits{restart}, a.h_init);
+          } else {
+            stage_rows(hv, D, h_prev + static_cast<long long>(b0) * D, D, rows, D,
+                       RowBits{restart}, a.h_init);
+          }
+          __syncthreads();
           block_product(mma, hv, D, w, acc, split, rows, D, GU, false);
           __syncthreads();
-        } else {  // R's rows for this item through the tile buffer, KC at a time, from L2
+        } else {
+          // R's rows for this item KC at a time from L2, each chunk with the matching entries
+          // of h for all the tile's rows: the item's slice of R is read once per tile, and the
+          // planner makes the tile as tall as the batch where shared memory allows.
+          __syncthreads();  // the restart words are written
           for (int k0 = 0; k0 < D; k0 += KC) {
             const int kc = min(KC, D - k0);
             load_forward_rows<G>(Wn, w, tl, D, k0, kc, tf32);
+            if constexpr (kCopies) {
+              stage_operands(hv, KC, h16_prev + k0, D, rows, kc, RowWords{words}, a.h_init);
+            } else {
+              stage_rows(hv, KC, h_prev + static_cast<long long>(b0) * D + k0, D, rows, kc,
+                         RowWords{words}, a.h_init);
+            }
             __syncthreads();
-            block_product(mma, hv + k0, D, w, acc, split, rows, kc, GU, k0 > 0);
+            block_product(mma, hv, KC, w, acc, split, rows, kc, GU, k0 > 0);
             __syncthreads();
           }
         }
@@ -651,12 +702,14 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(ForwardArgs a, Til
           const long long cat = (KIND == SLSTM ? 2LL : 1LL) * bg * D + e;  // in a slot of cs
           // Every load first, then the stores: a load the compiler cannot move above a store
           // (it cannot tell the buffers apart) would wait for it, one latency after another.
-          const bool reset = (restart >> b) & 1u;  // reset_at(..., bg), from the staging
+          // reset_at(..., bg), from the staging
+          const bool reset = streamed ? RowWords{words}(b) : RowBits{restart}(b);
           const bool alive = live(a.lengths, t, bg);
-          // The staged copy is exact for float operands; 16-bit ones rounded it.
-          const float hprev = std::is_same_v<Op, float> ? to_float(hv[b * D + e])
-                              : reset                   ? a.h_init
-                                                        : __ldcg(h_prev + at);
+          // The resident staged copy is exact for float operands; 16-bit ones rounded it, and
+          // a streamed one holds only the last chunk's entries: those read h from L2.
+          const float hprev = std::is_same_v<Op, float> && !streamed ? to_float(hv[b * D + e])
+                              : reset                                ? a.h_init
+                                                                     : __ldcg(h_prev + at);
           float x[G];  // the projected input of each gate
 #pragma unroll
           for (int g = 0; g < G; ++g) x[g] = pre[g * D];
@@ -841,10 +894,10 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(BackwardArgs a, T
           if constexpr (kCopies) {
             const Op* dq16_next = dq16_n + ((s + 1) & 1) * gslab;
             stage_operands(dv, SC, dq16_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc,
-                           0u, 0.0f);
+                           NoRows{}, 0.0f);
           } else {
-            stage_rows(dv, SC, dq_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc, 0u,
-                       0.0f);
+            stage_rows(dv, SC, dq_next + static_cast<long long>(b0) * GD + k0, GD, rows, kc,
+                       NoRows{}, 0.0f);
           }
           __syncthreads();
           block_product(mma, dv, SC, streamed ? wt : wt + k0 * U, acc, split, rows, kc, U,
@@ -1028,11 +1081,15 @@ struct BackwardKernel {
 
 std::size_t forward_smem_bytes(int kind, int D, const Tiling& tl) {
   const std::size_t GU = static_cast<std::size_t>(gates_of(kind)) * tl.units;
-  const std::size_t rows = tl.k_chunk > 0 ? tl.k_chunk : D;  // streamed: one chunk of R
+  // streamed: one chunk of R and the matching entries of h (KC of D), and a restart word per
+  // 32 rows of the tile
+  const std::size_t rows = tl.k_chunk > 0 ? tl.k_chunk : D;
   const std::size_t tile = static_cast<std::size_t>(tile_rows(tl));
-  // weights and staged h as operands, the product in float32, the split scratch
-  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (rows * GU + tile * D) +
-         sizeof(float) * tile * GU + static_cast<std::size_t>(split_bytes(tl.mma));
+  const std::size_t words = tl.k_chunk > 0 ? (static_cast<std::size_t>(tl.batch_tile) + 31) / 32 : 0;
+  // weights and staged h as operands, the product in float32, the split scratch, the words
+  return static_cast<std::size_t>(operand_bytes(tl.mma)) * (rows * GU + tile * rows) +
+         sizeof(float) * tile * GU + static_cast<std::size_t>(split_bytes(tl.mma)) +
+         sizeof(unsigned) * words;
 }
 
 std::size_t backward_smem_bytes(int kind, int D, const Tiling& tl) {

@@ -32,8 +32,9 @@ enum CellKind : int { ELMAN_TANH = 0, ELMAN_RELU = 1, LSTM = 2, GRU = 3, SLSTM =
 //! Threads per block of every kernel here.
 constexpr int kThreads = 256;
 
-//! Batch rows of one tile at most (Tiling::batch_tile): a tile's rows that restart at a step
-//! are one bit each of a 32-bit word.
+//! Batch rows of one resident tile at most (Tiling::batch_tile): a tile's rows that restart at
+//! a step are one bit each of a 32-bit word. A streamed tile may be taller (its words sit in
+//! shared memory: forward_smem_bytes).
 constexpr int kMaxBatchTile = 32;
 
 //! Gates per hidden unit of a cell kind (W has G*D columns per head).
@@ -50,7 +51,10 @@ inline int gates_of(int kind) {
 //!   streamed (k_chunk > 0): block b owns items b, b + blocks, ... (blocks <= items) and each
 //!       step reads the slice of W of each item from global memory (L2) in chunks of k_chunk
 //!       rows (forward: rows of W, i.e. entries of h; backward: columns of W, i.e. entries of
-//!       dq) through a shared-memory tile, so any head count and head size fit.
+//!       dq) through a shared-memory tile, so any head count and head size fit. Each chunk is
+//!       multiplied with the matching k_chunk entries of h (dq) of every row of the batch
+//!       tile, staged with it: the slice is read once per tile, and a streamed tile may have
+//!       more than kMaxBatchTile rows.
 //!   mma (a Product): how this launch computes its recurrent products. FMA: float32 FMAs.
 //!       The others run them on the tensor cores (WMMA, sm_80 and later) with float32
 //!       accumulation, for calls whose inputs are 16-bit anyway: MMA_TF32 rounds float32

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "gated_cuda.h"
@@ -70,9 +71,16 @@ const int* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t B,
 Tiling tiling_of(int64_t units, int64_t batch_tile, int64_t k_chunk, int64_t blocks, int64_t mma,
                  int64_t stage, int64_t exchange, int64_t N, int64_t D, int64_t G, bool backward) {
   TORCH_CHECK(units >= 1 && units <= D, "units per block must be in [1, ", D, "], got ", units);
-  TORCH_CHECK(batch_tile >= 1 && batch_tile <= kMaxBatchTile, "batch_tile must be in [1, ",
-              kMaxBatchTile, "], got ", batch_tile);
   TORCH_CHECK(k_chunk >= 0, "k_chunk must be >= 0, got ", k_chunk);
+  // a resident tile's restarting rows are one 32-bit word; a streamed tile keeps words of them
+  // in shared memory (its bytes count them)
+  if (k_chunk == 0) {
+    TORCH_CHECK(batch_tile >= 1 && batch_tile <= kMaxBatchTile, "batch_tile must be in [1, ",
+                kMaxBatchTile, "] for a resident cut, got ", batch_tile);
+  } else {
+    TORCH_CHECK(batch_tile >= 1 && batch_tile <= std::numeric_limits<int>::max(),
+                "batch_tile must be at least 1, got ", batch_tile);
+  }
   TORCH_CHECK(mma >= FMA && mma <= MMA_FP16,
               "mma must be 0 (float32 FMAs), 1 (TF32), 2 (bfloat16) or 3 (float16), got ", mma);
   if (mma != FMA) {  // the WMMA tiles' shapes and alignment (gated_cuda.h, Tiling)
