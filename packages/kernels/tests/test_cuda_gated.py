@@ -663,13 +663,16 @@ def test_streamed_fallback(kind: str) -> None:
     """Calls whose weights do not fit in shared memory run with R streamed from L2: two heads
     of 1024 (LSTM, sLSTM; 2048 for GRU and Elman, whose 1024 fit on an H100: too many bytes)
     and, for LSTM and GRU, more heads of 16 than the device has SMs (blocks loop over several
-    heads)."""
+    heads); a batch of 70 in one streamed tile (three words of restarting rows)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     plan_kind = "elman" if kind == "relu" else kind
     D = 1024 if plan_kind in ("lstm", "slstm") else 2048
     cut = cuda_loops.tiling(plan_kind, 2, D, 3, torch.device("cuda"))
     assert cut.streamed, cut.reason
     _check(kind, 2, 2 * D, torch.float32, 3, 4)
+    tall = cuda_loops.tiling(plan_kind, 2, D, 70, torch.device("cuda"))
+    assert tall.streamed and tall.forward_batch_tile == tall.backward_batch_tile == 70, tall
+    _check(kind, 2, 2 * D, torch.float32, 70, 3)
     if kind in ("lstm", "gru"):
         assert cuda_loops.tiling(kind, sms + 3, 16, 3, torch.device("cuda")).streamed
         _check(kind, sms + 3, 16 * (sms + 3), torch.float32, 3, 4)
