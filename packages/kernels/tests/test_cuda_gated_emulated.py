@@ -293,6 +293,10 @@ def test_emulated_tensor_cores_on_two_row_tiles(
     if on_cpu not in MMA_DEVICES:
         pytest.skip("the tensor-core devices only")
     monkeypatch.setattr(_plan, "MAX_BATCH_TILE", 32)
+    monkeypatch.setattr(_plan, "MAX_STREAMED_BATCH_TILE", 32)  # the fixture's 2 otherwise
+    if MMA_DEVICES[on_cpu][2] == "streamed":  # one tile of all 20 rows
+        cut = cuda_loops.tiling(kind, 2, 16, 20, None)
+        assert cut.forward_batch_tile == cut.backward_batch_tile == 20, cut.reason
     _compare(on_cpu, kind, CASES[2], 32, batch=20)
 
 
