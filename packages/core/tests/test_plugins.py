@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from rnnkit.core import LSTM, Kernel, hookimpl
+from rnnkit.core import LSTM, Cell, Kernel, hookimpl
 from rnnkit.core.errors import PluginConflictError, UnknownNameError
 from rnnkit.core.hookspecs import HOOK_NAMES, RegisterCell, RegisterKernel
 from rnnkit.core.plugins import PluginHost, PluginWarning, module_plugin, use_host
@@ -412,3 +412,77 @@ def test_a_wrong_keyword_names_it_and_lists_the_cell_keywords() -> None:
 def test_an_unknown_name_without_a_close_match_ends_its_sentence() -> None:
     with pytest.raises(UnknownNameError, match=r"^unknown cell 'zzzz'\. Registered: .*lstm"):
         PluginHost().cells.get("zzzz")
+
+
+class _NoStateType(LSTM):
+    state_type = None  # type: ignore[assignment]
+
+
+class _Abstract(Cell[Any]):
+    """a cell that forgot recur and state_spec"""
+
+    state_type = LSTM.state_type
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize(
+    ("cls", "configs", "match"),
+    [
+        (MyLSTM, {"heads": 2}, r"test_configs of cell 'c' must be a list of dicts .* got dict"),
+        (MyLSTM, None, r"test_configs of cell 'c' must be a list of dicts .* got NoneType"),
+        (MyLSTM, [("heads", 2)], r"test_configs\[0\] of cell 'c' must be a dict"),
+        (MyLSTM, [{}, {"haeds": 2}], r"test_configs\[1\]: .* no keyword 'haeds'; did you mean"),
+        (_NoStateType, [{}], r"cell 'c' \(_NoStateType\) must set the class attribute state_type"),
+        (_Abstract, [{}], r"cell 'c' \(_Abstract\) does not implement recur\(\), state_spec\(\)"),
+    ],
+)
+def test_a_cell_registration_is_checked_with_an_error_that_names_the_mistake(
+    cls: type[Any], configs: Any, match: str
+) -> None:
+    """Wrong test_configs and an unusable cell class are refused where they are registered,
+    with the plugin author's own line, not later inside the conformance kit or a forward."""
+
+    def rnnkit_register_cells(register: RegisterCell) -> None:
+        register("c", cls, test_configs=configs)
+
+    plugin = module_plugin("p", rnnkit_register_cells=rnnkit_register_cells)
+    with pytest.warns(PluginWarning, match=match) as record:
+        host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
+    assert host.plugins["p"].status == "broken"
+    assert "c" not in host.cells
+    line = rnnkit_register_cells.__code__.co_firstlineno + 1
+    assert f"(raised at {__file__}:{line})" in str(record[0].message)
+
+
+def test_a_plugin_that_fails_on_import_says_where_and_which_entry_point(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import importlib.metadata as md
+    import sys
+
+    (tmp_path / "rnnkit_raises_xyz.py").write_text("import math\n\nSCALE = math.sqrt(-1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rnnkit_raises_xyz", raising=False)
+    real = md.entry_points
+
+    def fake(**kw: Any) -> Any:
+        eps: list[Any] = list(real(**kw))
+        if kw.get("group") == "rnnkit":
+            eps.append(md.EntryPoint("raises", "rnnkit_raises_xyz", "rnnkit"))
+            eps.append(md.EntryPoint("typo", "rnnkit_no_such_xyz.plugn", "rnnkit"))
+        return eps
+
+    monkeypatch.setattr(md, "entry_points", fake)
+    with pytest.warns(PluginWarning) as record:
+        host = PluginHost()
+    errors = {n: host.plugins[n].error or "" for n in ("raises", "typo")}
+    where = tmp_path / "rnnkit_raises_xyz.py"
+    assert f"ValueError('math domain error') (raised at {where}:3)" in errors["raises"]
+    assert "entry point raises = 'rnnkit_raises_xyz'" in errors["raises"]
+    # a module that is not there has no line of its own: the entry point says what was asked
+    assert "No module named 'rnnkit_no_such_xyz'" in errors["typo"]
+    assert "raised at" not in errors["typo"]
+    assert "entry point typo = 'rnnkit_no_such_xyz.plugn' in the group 'rnnkit'" in errors["typo"]
+    assert len(record) == 2

@@ -28,6 +28,7 @@ import pluggy
 
 from rnnkit.core import dispatch, hookspecs
 from rnnkit.core.cell import Cell
+from rnnkit.core.errors import UnknownKeywordError, check_keywords
 from rnnkit.core.kernel import Kernel, KernelCall
 from rnnkit.core.registry import Entry, Origin, Registry
 
@@ -143,7 +144,11 @@ class PluginHost:
             try:
                 found.append((ep.name, ep.load()))
             except _PLUGIN_FAILURES as exc:  # a broken plugin must not take the others down
-                self._mark_broken(ep.name, f"import failed: {exc!r}")
+                self._mark_broken(
+                    ep.name,
+                    f"import failed: {exc!r}{_raised_at(exc)} (entry point "
+                    f"{ep.name} = {ep.value!r} in the group {ENTRY_POINT_GROUP!r})",
+                )
         return found
 
     def _mark_broken(self, name: str, error: str) -> None:
@@ -233,7 +238,8 @@ class PluginHost:
             _check_name("cell", name)
             if not (isinstance(cls, type) and issubclass(cls, Cell)):  # type: ignore[redundant-expr]
                 raise TypeError(f"cell {name!r} must be a Cell subclass, got {cls!r}")
-            info = CellInfo(cls, tuple(dict(c) for c in test_configs) or ({},))
+            _check_cell_class(name, cls)
+            info = CellInfo(cls, _test_configs(name, cls, test_configs))
             doc = description or _first_line(cls.__doc__)
             staged.append(("cells", Entry(name, info, origin, doc)))
 
@@ -283,10 +289,7 @@ class PluginHost:
                 try:
                     impl.function(register=callbacks[hook_name])
                 except _PLUGIN_FAILURES as exc:
-                    tb = traceback.extract_tb(exc.__traceback__)[-1]
-                    self._mark_broken(
-                        plugin, f"{hook_name} raised {exc!r} ({tb.filename}:{tb.lineno})"
-                    )
+                    self._mark_broken(plugin, f"{hook_name} raised {exc!r}{_raised_at(exc)}")
                     return None
         return staged
 
@@ -322,6 +325,58 @@ class PluginHost:
             registry = getattr(self, registry_name)
             registry.add(entry)
             info.registered.setdefault(registry_name, []).append(entry.name)
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (raised at FILE:LINE)`` for the innermost frame of ``exc``'s traceback outside this
+    module and the import machinery (the plugin's own line, or its call of ``register``), or
+    ``""`` when there is none (a module that does not exist)."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename != __file__
+        and not f.filename.startswith("<frozen ")
+        and not f.filename.endswith(("importlib/__init__.py", "importlib/metadata/__init__.py"))
+    ]
+    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _check_cell_class(name: str, cls: type[Cell[Any]]) -> None:
+    """Refuse a cell class that could never be built or run, naming what it lacks."""
+    state_type = getattr(cls, "state_type", None)
+    if not (isinstance(state_type, type) and issubclass(state_type, tuple)):
+        raise TypeError(
+            f"cell {name!r} ({cls.__qualname__}) must set the class attribute state_type to "
+            f"its state's NamedTuple class, got {state_type!r}"
+        )
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise TypeError(
+            f"cell {name!r} ({cls.__qualname__}) does not implement "
+            f"{', '.join(m + '()' for m in missing)}, which every cell must (see the cell ABI)"
+        )
+
+
+def _test_configs(name: str, cls: type[Cell[Any]], configs: object) -> tuple[dict[str, Any], ...]:
+    """``test_configs`` as dicts: a sequence of mappings whose keywords the cell takes."""
+    if isinstance(configs, Mapping | str) or not isinstance(configs, Sequence):
+        raise TypeError(
+            f"test_configs of cell {name!r} must be a list of dicts of constructor keywords "
+            f"(such as [{{}}, {{'heads': 2}}]), got {type(configs).__name__} {configs!r}"
+        )
+    out: list[dict[str, Any]] = []
+    for i, config in enumerate(configs):
+        if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+            raise TypeError(
+                f"test_configs[{i}] of cell {name!r} must be a dict of constructor keywords, "
+                f"got {config!r}"
+            )
+        try:
+            check_keywords("cell", name, cls, config)
+        except UnknownKeywordError as exc:
+            raise UnknownKeywordError(f"test_configs[{i}]: {exc}", exc.keyword) from None
+        out.append(dict(config))
+    return tuple(out) or ({},)
 
 
 def _check_name(kind: str, name: object) -> None:
