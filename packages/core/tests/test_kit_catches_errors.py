@@ -19,6 +19,7 @@ from rnnkit.core.testing.checks import (
     check_nan_propagation,
     check_recur,
     check_resets,
+    check_state_spec,
     check_step_matches_forward,
 )
 
@@ -178,6 +179,43 @@ def test_recur_s_state_is_checked_against_state_spec() -> None:
     ):
         check_recur(lambda: _WideC(input_size=5, hidden_size=6))
     check_recur(_make)
+
+
+class _WideSpec(LSTM):
+    """state_spec declares h one unit wider than recur takes."""
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        c = super().state_spec()[1]
+        return (StateField("h", (self.hidden_size + 1,)), c)
+
+
+class _WideProjection(LSTM):
+    """projected_size says one unit less than project returns."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.projected_size -= 1
+
+
+def test_a_state_spec_recur_cannot_take_is_named_as_such() -> None:
+    """recur raising on the state built from state_spec (a shape error deep in torch) fails
+    with what init_state held and what to fix, the original error chained."""
+    with pytest.raises(
+        AssertionError,
+        match=r"_WideSpec.recur\(\) from init_state raised RuntimeError\(.*\)\. init_state\(3\) "
+        r"is built from state_spec \(h: \(3, 7\), c: \(3, 6\)\): if recur takes other shapes, "
+        r"state_spec is what to fix",
+    ) as caught:
+        check_recur(lambda: _WideSpec(input_size=5, hidden_size=6))
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    with pytest.raises(AssertionError, match=r"from init_state raised .* \(test_recur, or check_"):
+        check_state_spec(lambda: _WideSpec(input_size=5, hidden_size=6))
+    with pytest.raises(
+        AssertionError,
+        match=r"project\(x\) of x \(4, 2, 5\) returned shape \(4, 2, 24\); the cell's "
+        r"projected_size is 23",
+    ):
+        check_state_spec(lambda: _WideProjection(input_size=5, hidden_size=6))
 
 
 class _Decay(DiagonalLinearCell):

@@ -30,6 +30,7 @@ from rnnkit.core.cell import Cell
 from rnnkit.core.dispatch import KernelCall, kernels_for, select
 from rnnkit.core.forms import Form
 from rnnkit.core.kernel import ProtocolGap
+from rnnkit.core.state import StateField
 from rnnkit.core.testing.lengths import LENGTHS, check_lengths_on
 from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
 from rnnkit.core.testing.report import CheckReport, publish
@@ -250,6 +251,11 @@ LOW_PRECISION_SLACK = 2.0
 # --- the checks ------------------------------------------------------------------------------
 
 
+def _spec_shapes(spec: tuple[StateField, ...], batch: int) -> str:
+    """``init_state(B)``'s fields as ``state_spec`` describes them: ``h: (3, 6), c: (3, 6)``."""
+    return ", ".join(f"{f.name}: {f.full_shape(batch)}" for f in spec)
+
+
 def check_state_spec(make: CellFactory) -> CheckReport:
     """``state_spec`` matches ``state_type`` and ``init_state`` (names, shapes, dtypes)."""
     cell = _f64(make)
@@ -266,10 +272,22 @@ def check_state_spec(make: CellFactory) -> CheckReport:
             assert value.dtype == field.resolve_dtype(dtype), f"init_state.{field.name} dtype"
             assert torch.all(value == field.init), f"init_state.{field.name} != {field.init}"
     x = torch.randn(4, 2, cell.input_size, dtype=torch.float64)
-    y, final = cell(x, backend="reference")
+    px_shape = tuple(cell.project(x).shape)
+    assert px_shape == (4, 2, cell.projected_size), (
+        f"project(x) of x {tuple(x.shape)} returned shape {px_shape}; the cell's "
+        f"projected_size is {cell.projected_size}"
+    )
+    try:
+        y, final = cell(x, backend="reference")
+    except Exception as exc:
+        raise AssertionError(
+            f"forward(x, backend='reference') from init_state raised {exc!r}. The first step "
+            f"gets init_state(4), built from state_spec ({_spec_shapes(spec, 4)}), the second "
+            "the state recur returned: one of them is not what recur takes (test_recur, or "
+            "check_recur, checks recur's state against state_spec)"
+        ) from exc
     assert tuple(y.shape) == (4, 2, cell.output_size), f"y has shape {tuple(y.shape)}"
     assert isinstance(final, cell.state_type), f"forward returned state {type(final).__name__}"
-    assert tuple(cell.project(x).shape) == (4, 2, cell.projected_size), "project() width"
     report.add_run("reference", _config(torch.float64, "cpu"))
     return publish(report)
 
@@ -308,8 +326,17 @@ def check_recur(make: CellFactory) -> CheckReport:
                 start: Any = cell.init_state(BATCH)
             else:
                 start = cell.state_type._make(make_problem(cell).state)
-            out: Any = cell.recur(px[:, 0], start)
             where = f"{name}.recur() from {label}"
+            try:
+                out: Any = cell.recur(px[:, 0], start)
+            except Exception as exc:
+                hint = (
+                    f" init_state({BATCH}) is built from state_spec ({_spec_shapes(spec, BATCH)}):"
+                    " if recur takes other shapes, state_spec is what to fix"
+                    if label == "init_state"
+                    else ""
+                )
+                raise AssertionError(f"{where} raised {exc!r}.{hint}") from exc
             assert isinstance(out, tuple) and len(out) == 2, f"{where} must return (y_t, state)"
             y_t, state = out
             assert tuple(y_t.shape) == (BATCH, cell.output_size), (
