@@ -221,3 +221,23 @@ def test_info_and_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     core = plugins["core"]
     assert code == 0 and core["distribution"] == "rnnkit-core" and core["status"] == "ok"
     assert "lstm" in core["registered"]["cells"] and core["error"] is None
+
+
+def test_a_broken_plugin_is_one_warning_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not Python's two-line warning format, whose second line is rnnkit's own source."""
+
+    def boom(register: object) -> None:
+        raise RuntimeError("boom")
+
+    broken = module_plugin("broken", rnnkit_register_cells=boom)
+    monkeypatch.setattr(
+        "rnnkit.core.cli.get_host", lambda: PluginHost(plugins=[("broken", broken)])
+    )
+    code, out, err = run(capsys, "list", "cells", "lstm")
+    assert code == 0 and "lstm" in out
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rnnkit: warning: plugin broken was skipped: rnnkit_register_cells")
+    assert "boom" in lines[0] and lines[0].endswith("(`rnnkit plugins` lists them all)")

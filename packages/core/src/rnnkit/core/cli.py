@@ -7,6 +7,7 @@ import importlib.metadata as md
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from rnnkit.core.output import (
     print_json,
     wants_json,
 )
-from rnnkit.core.plugins import PluginHost, get_host
+from rnnkit.core.plugins import PluginHost, PluginWarning, get_host
 from rnnkit.core.ranking import DTYPES, probe_call, rank_backends
 
 LISTABLE = ("cells", "models", "tasks", "backends", "commands")
@@ -350,9 +351,25 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
+def _load_host() -> PluginHost:
+    """The plugin host, each plugin problem printed as one ``rnnkit: warning:`` line on
+    stderr (Python's format would add a line of rnnkit's own source, which says nothing to the
+    user); other warnings go on as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        host = get_host()
+    for w in caught:
+        if issubclass(w.category, PluginWarning):
+            text = str(w.message).removeprefix("rnnkit ")
+            print(f"rnnkit: warning: {text} (`rnnkit plugins` lists them all)", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return host
+
+
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        host = get_host()
+        host = _load_host()
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)
         return 2
