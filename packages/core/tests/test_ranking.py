@@ -135,3 +135,22 @@ def test_heads_only_for_cells_that_take_them() -> None:
         assert probe_call("noheads").cell.hidden_size == 32
         with pytest.raises(ValueError, match="cell 'noheads' takes no heads"):
             probe_call("noheads", heads=2)
+
+
+class _HeadsByKeywords(Elman):
+    """takes ``heads`` through ``**kw``, passed on to the base class."""
+
+    def __init__(self, input_size: int, hidden_size: int, **kw: Any) -> None:
+        super().__init__(input_size, hidden_size, **kw)
+
+
+def test_heads_reach_a_cell_that_takes_them_through_kwargs() -> None:
+    def cells(register: RegisterCell) -> None:
+        register("kwheads", _HeadsByKeywords)
+
+    host = PluginHost(
+        load_entry_points=False,
+        plugins=[("core", core_plugin), ("t", module_plugin("t", rnnkit_register_cells=cells))],
+    )
+    with use_host(host):
+        assert probe_call("kwheads", heads=2).cell.heads == 2

@@ -95,9 +95,13 @@ def rank_backends(call: KernelCall) -> Ranking:
 
 
 def takes_heads(cell_name: str) -> bool:
-    """Whether the registered cell's constructor has a ``heads`` argument."""
+    """Whether the registered cell's constructor has a ``heads`` argument, or ``**kwargs``
+    that may pass it on (to :class:`~rnnkit.core.GatedCell`, say; the constructor then says
+    itself if it refuses ``heads``)."""
     params = inspect.signature(get_cell_class(cell_name)).parameters
-    return "heads" in params
+    return "heads" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def probe_call(
