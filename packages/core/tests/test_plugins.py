@@ -427,6 +427,13 @@ class _Abstract(Cell[Any]):
         return x
 
 
+class _Positional(LSTM):
+    """names its sizes otherwise"""
+
+    def __init__(self, n_in: int, n_hidden: int) -> None:
+        super().__init__(n_in, n_hidden)
+
+
 @pytest.mark.parametrize(
     ("cls", "configs", "match"),
     [
@@ -436,6 +443,7 @@ class _Abstract(Cell[Any]):
         (MyLSTM, [{}, {"haeds": 2}], r"test_configs\[1\]: .* no keyword 'haeds'; did you mean"),
         (_NoStateType, [{}], r"cell 'c' \(_NoStateType\) must set the class attribute state_type"),
         (_Abstract, [{}], r"cell 'c' \(_Abstract\) does not implement recur\(\), state_spec\(\)"),
+        (_Positional, [{}], r"takes no keyword 'input_size'.*n_in, n_hidden; every cell's const"),
     ],
 )
 def test_a_cell_registration_is_checked_with_an_error_that_names_the_mistake(

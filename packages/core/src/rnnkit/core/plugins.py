@@ -355,6 +355,14 @@ def _check_cell_class(name: str, cls: type[Cell[Any]]) -> None:
             f"cell {name!r} ({cls.__qualname__}) does not implement "
             f"{', '.join(m + '()' for m in missing)}, which every cell must (see the cell ABI)"
         )
+    try:
+        check_keywords("cell", name, cls, {"input_size": 1, "hidden_size": 1})
+    except UnknownKeywordError as exc:
+        raise UnknownKeywordError(
+            f"{exc}; every cell's constructor must take input_size and hidden_size as "
+            "keywords (the registry, Recurrent and the conformance kit build cells that way)",
+            exc.keyword,
+        ) from None
 
 
 def _test_configs(name: str, cls: type[Cell[Any]], configs: object) -> tuple[dict[str, Any], ...]:
