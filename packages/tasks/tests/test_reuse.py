@@ -267,6 +267,44 @@ def test_unregistered_names_point_at_the_plugin(
         load_run(run)
 
 
+def test_a_run_records_the_plugins_its_names_came_from(runs: dict[str, Trainer]) -> None:
+    config = json.loads((runs["parity"].out / "config.json").read_text())
+    plugins = config["plugins"]
+    assert plugins["task"]["name"] == "parity"
+    assert plugins["task"]["distribution"] == "rnnkit-tasks"
+    assert plugins["model"]["distribution"] == "rnnkit-models"
+    assert plugins["cell"] == {
+        "name": config["cell"],
+        "plugin": "core",
+        "distribution": "rnnkit-core",
+        "version": plugins["task"]["version"],  # one version for every rnnkit distribution
+    }
+
+
+def test_a_run_whose_plugin_is_missing_names_the_distribution_to_install(
+    runs: dict[str, Trainer], tmp_path: Path
+) -> None:
+    """A run trained with a plugin's cell, loaded where that plugin is not installed."""
+    run = _copy(runs["parity"], tmp_path)
+
+    def edit(c: dict[str, Any]) -> None:
+        c["model_kwargs"]["cell"] = "janet"
+        c["plugins"]["cell"] = {
+            "name": "janet",
+            "plugin": "janet",
+            "distribution": "rnnkit-janet",
+            "version": "0.3.1",
+        }
+
+    _edit_config(run, edit)
+    with pytest.raises(
+        RunLoadError,
+        match=r"the run's model is not registered here; .* installed\? The run's cell 'janet' "
+        r"came from rnnkit-janet 0\.3\.1 \(pip install rnnkit-janet\)\. \(unknown cell 'janet'",
+    ):
+        load_run(run)
+
+
 # --- eval ----------------------------------------------------------------------------------------
 
 

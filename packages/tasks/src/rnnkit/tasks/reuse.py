@@ -11,7 +11,8 @@ checkpoint:
   keywords it was built with (``model_kwargs``: ``create_model(model, **model_kwargs)``
   rebuilds it), the cell and widths that ran (``architecture``), the backend, the seed, the
   best step and score, the task's data facts (``task_info``: a language model's vocabulary,
-  a classifier's label names, a series' scaling) and a SHA-256 of ``model.safetensors``.
+  a classifier's label names, a series' scaling), a SHA-256 of ``model.safetensors`` and
+  the plugin and distribution each of the task, model and cell came from (``plugins``).
 
 Both are written atomically (temporary file and rename, as the checkpoint). :func:`load_run`
 reads them back: the model rebuilt, its weights checked against the file's checksum, the
@@ -107,6 +108,57 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     return arch
 
 
+#: config.json's ``plugins``: which registry holds each recorded name.
+_REGISTRIES = (("task", "tasks"), ("model", "models"), ("cell", "cells"))
+
+
+def _origins(names: Mapping[str, str | None]) -> dict[str, dict[str, str | None]]:
+    """Where the run's task, model and cell were registered from (plugin, distribution,
+    version), so that a machine without that plugin can be told which one to install."""
+    from rnnkit.core.plugins import get_host
+
+    host = get_host()
+    out: dict[str, dict[str, str | None]] = {}
+    for what, attr in _REGISTRIES:
+        name = names.get(what)
+        registry = getattr(host, attr)
+        if name is None or name not in registry:
+            continue
+        origin = registry.get(name).origin
+        out[what] = {
+            "name": name,
+            "plugin": origin.plugin,
+            "distribution": origin.distribution,
+            "version": origin.version,
+        }
+    return out
+
+
+def _install_hint(config: Mapping[str, Any]) -> str:
+    """``" The run's cell 'x' came from rnnkit-x 0.1.0 (pip install rnnkit-x)."`` for the names
+    recorded in ``plugins`` that nothing registers here; ``""`` when there is none."""
+    from rnnkit.core.plugins import get_host
+
+    recorded = config.get("plugins")
+    if not isinstance(recorded, Mapping):
+        return ""  # a run written before config.json recorded its plugins
+    host = get_host()
+    notes, dists = [], []
+    for what, attr in _REGISTRIES:
+        rec = recorded.get(what)
+        if not isinstance(rec, Mapping) or not rec.get("distribution"):
+            continue
+        if rec.get("name") in getattr(host, attr):
+            continue
+        dist = str(rec["distribution"])
+        notes.append(f"{what} {rec.get('name')!r} came from {dist} {rec.get('version') or '?'}")
+        if dist not in dists:
+            dists.append(dist)
+    if not notes:
+        return ""
+    return f" The run's {', '.join(notes)} (pip install {' '.join(dists)})."
+
+
 def _versions() -> dict[str, str]:
     out: dict[str, str] = {"torch": str(torch.__version__)}
     for dist in ("rnnkit-core", "rnnkit-models", "rnnkit-tasks"):
@@ -169,6 +221,7 @@ def save_reusable(
         "model": model_name,
         "model_kwargs": kwargs,
         "cell": cell_name(model),
+        "plugins": _origins({"task": task.name, "model": model_name, "cell": cell_name(model)}),
         "architecture": architecture(model),
         "backend": backend,
         "seed": seed,
@@ -392,7 +445,7 @@ def load_run(
     except UnknownNameError as exc:
         raise RunLoadError(
             f"{cfg_path}: the run's task is not registered here; is the plugin that provides "
-            f"it installed? ({exc})"
+            f"it installed?{_install_hint(config)} ({exc})"
         ) from None
     if model is None:
         kwargs = config.get("model_kwargs")
@@ -407,7 +460,7 @@ def load_run(
         except UnknownNameError as exc:
             raise RunLoadError(
                 f"{cfg_path}: the run's model is not registered here; is the plugin that "
-                f"provides it (or its cell) installed? ({exc})"
+                f"provides it (or its cell) installed?{_install_hint(config)} ({exc})"
             ) from None
         except (TypeError, ValueError) as exc:
             raise RunLoadError(
