@@ -494,3 +494,23 @@ def test_a_plugin_that_fails_on_import_says_where_and_which_entry_point(
     assert "raised at" not in errors["typo"]
     assert "entry point typo = 'rnnkit_no_such_xyz.plugn' in the group 'rnnkit'" in errors["typo"]
     assert len(record) == 2
+
+
+def test_a_hook_failure_names_the_plugin_s_line_not_rnnkit_s_or_torch_s() -> None:
+    """An error raised in torch, or by an rnnkit helper the hook called, is reported at the
+    hook's own line: the innermost frame in the plugin's source."""
+    from rnnkit.core.dispatch import cell_method_kernel
+
+    def in_torch(register: RegisterCell) -> None:
+        torch.nn.Linear(2, 2)(torch.zeros(3))  # raised in torch/nn/modules/linear.py
+
+    def in_rnnkit(register: RegisterKernel) -> None:
+        wrong: Any = in_torch  # not a method of LSTM: cell_method_kernel refuses it
+        register(cell_method_kernel(LSTM, wrong, backend="x", description="x", priority=0))
+
+    for hook, name in ((in_torch, "rnnkit_register_cells"), (in_rnnkit, "rnnkit_register_kernels")):
+        plugin = module_plugin("p", **{name: hook})
+        with pytest.warns(PluginWarning):
+            host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
+        line = hook.__code__.co_firstlineno + (1 if hook is in_torch else 2)
+        assert f"(raised at {__file__}:{line})" in (host.plugins["p"].error or ""), hook

@@ -289,7 +289,14 @@ class PluginHost:
                 try:
                     impl.function(register=callbacks[hook_name])
                 except _PLUGIN_FAILURES as exc:
-                    self._mark_broken(plugin, f"{hook_name} raised {exc!r}{_raised_at(exc)}")
+                    code = getattr(impl.function, "__code__", None)
+                    home = (
+                        None
+                        if code is None
+                        else os.path.dirname(os.path.abspath(code.co_filename)) + os.sep
+                    )
+                    where = _raised_at(exc, home)
+                    self._mark_broken(plugin, f"{hook_name} raised {exc!r}{where}")
                     return None
         return staged
 
@@ -327,17 +334,25 @@ class PluginHost:
             info.registered.setdefault(registry_name, []).append(entry.name)
 
 
-def _raised_at(exc: BaseException) -> str:
-    """`` (raised at FILE:LINE)`` for the innermost frame of ``exc``'s traceback outside this
-    module and the import machinery (the plugin's own line, or its call of ``register``), or
-    ``""`` when there is none (a module that does not exist)."""
+#: rnnkit-core's own folder: a frame in it is never the plugin author's line.
+_CORE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _raised_at(exc: BaseException, home: str | None = None) -> str:
+    """`` (raised at FILE:LINE)``: the innermost frame of ``exc``'s traceback in the plugin's
+    own source (the function a hook implements lives in ``home``), else the innermost one
+    outside rnnkit-core and the import machinery (the plugin's line, or its call of
+    ``register`` when rnnkit refused what it registered); ``""`` when there is none (a module
+    that does not exist)."""
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
-        if f.filename != __file__
+        if not os.path.abspath(f.filename).startswith(_CORE_DIR)
         and not f.filename.startswith("<frozen ")
         and not f.filename.endswith(("importlib/__init__.py", "importlib/metadata/__init__.py"))
     ]
+    if home is not None:
+        frames = [f for f in frames if os.path.abspath(f.filename).startswith(home)] or frames
     return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
