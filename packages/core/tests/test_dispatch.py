@@ -270,6 +270,17 @@ def test_cell_method_kernel_refuses_a_method_of_another_class_or_no_target() -> 
             description="",
             priority=Priority.PORTABLE,
         )
+
+    def loop_elsewhere(self: _OwnLoop, x: Any, state: Any = None, *, resets: Any = None) -> Any:
+        return self.loop_forward(x, state, resets=resets)
+
+    with pytest.raises(
+        ValueError,
+        match=r"_OwnLoop has no attribute 'loop_elsewhere': define the method in the class body",
+    ):
+        cell_method_kernel(
+            _OwnLoop, loop_elsewhere, backend="own", description="", priority=Priority.PORTABLE
+        )
     with pytest.raises(ValueError, match="_Kindless has no kind: give cell_method_kernel a target"):
         cell_method_kernel(
             _Kindless, _Kindless.loop_forward, backend="own", description="", priority=0

@@ -232,7 +232,13 @@ def cell_method_kernel(
             (``cls`` has no ``kind`` and no ``target`` was given).
     """
     name = method.__name__
-    if getattr(cls, name, None) is not method:
+    if not hasattr(cls, name):
+        raise ValueError(
+            f"{cls.__name__} has no attribute {name!r}: define the method in the class body "
+            f"under that name (the kernel calls cell.{name}, so a subclass's override runs), "
+            f"got {method!r}"
+        )
+    if getattr(cls, name) is not method:
         raise ValueError(
             f"method must be an attribute of {cls.__name__} (pass {cls.__name__}.{name}), "
             f"got {method!r}"
