@@ -514,3 +514,25 @@ def test_a_hook_failure_names_the_plugin_s_line_not_rnnkit_s_or_torch_s() -> Non
             host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
         line = hook.__code__.co_firstlineno + (1 if hook is in_torch else 2)
         assert f"(raised at {__file__}:{line})" in (host.plugins["p"].error or ""), hook
+
+
+def test_an_unknown_name_mentions_the_plugins_that_failed_to_load() -> None:
+    """``create_cell("janet")`` where the plugin meant to register janet failed: the error
+    says that plugin was not searched, not only that the name is unknown."""
+
+    def boom(register: RegisterCell) -> None:
+        raise RuntimeError("boom")
+
+    broken = module_plugin("janet", rnnkit_register_cells=boom)
+    with pytest.warns(PluginWarning):
+        host = PluginHost(load_entry_points=False, plugins=[("janet", broken)])
+    with pytest.raises(
+        UnknownNameError,
+        match=r"^unknown cell 'janet'.*\(not loaded, so not searched: plugin janet, skipped for "
+        r"an error that `rnnkit plugins` shows\)$",
+    ):
+        host.cells.get("janet")
+    healthy = PluginHost(load_entry_points=False, plugins=[("p", _cells_plugin("p", "c"))])
+    with pytest.raises(UnknownNameError) as caught:
+        healthy.cells.get("janet")
+    assert "not loaded" not in str(caught.value)

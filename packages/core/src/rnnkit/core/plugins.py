@@ -119,6 +119,14 @@ class PluginHost:
             self.plugins[name] = PluginInfo(Origin(name))
             loaded.append((name, obj))
         self._register_all(loaded)
+        broken = [i.origin.describe() for i in self.plugins.values() if i.status == "broken"]
+        if broken:
+            note = (
+                f"not loaded, so not searched: plugin{'s' if len(broken) > 1 else ''} "
+                f"{', '.join(broken)}, skipped for an error that `rnnkit plugins` shows"
+            )
+            for registry in (self.cells, self.kernels, self.models, self.tasks, self.commands):
+                registry.skipped = note
 
     # --- discovery ----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from rnnkit.core.errors import PluginConflictError, unknown_name
+from rnnkit.core.errors import PluginConflictError, UnknownNameError, unknown_name
 from rnnkit.core.listing import match_names
 
 T = TypeVar("T")
@@ -43,6 +43,9 @@ class Registry(Generic[T]):
 
     kind: str
     _entries: dict[str, Entry[T]] = field(default_factory=dict)
+    #: appended to the unknown-name error: the plugins that failed to load, one of which may
+    #: have been meant to register the name (set by the plugin host)
+    skipped: str = ""
 
     def add(self, entry: Entry[T]) -> None:
         """Add ``entry``; a name registered before is an error naming both plugins."""
@@ -60,7 +63,10 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise unknown_name(self.kind, name, self._entries) from None
+            error = unknown_name(self.kind, name, self._entries)
+            if self.skipped:
+                error = UnknownNameError(f"{error} ({self.skipped})")
+            raise error from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
