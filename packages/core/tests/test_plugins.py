@@ -536,3 +536,15 @@ def test_an_unknown_name_mentions_the_plugins_that_failed_to_load() -> None:
     with pytest.raises(UnknownNameError) as caught:
         healthy.cells.get("janet")
     assert "not loaded" not in str(caught.value)
+
+
+def test_a_failure_inside_rnnkit_core_s_own_plugin_keeps_its_line() -> None:
+    """rnnkit-core's own hooks live in rnnkit-core: their failures are located there, not at
+    the caller outside it (and never at the plugin loader)."""
+    from rnnkit.core import plugins
+    from rnnkit.core.errors import UnknownKeywordError, check_keywords
+
+    with pytest.raises(UnknownKeywordError) as caught:
+        check_keywords("cell", "c", lambda a: None, {"b": 1})
+    where = plugins._raised_at(caught.value, plugins._CORE_DIR)
+    assert f"{plugins._CORE_DIR}errors.py:" in where

@@ -348,20 +348,21 @@ _CORE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 def _raised_at(exc: BaseException, home: str | None = None) -> str:
     """`` (raised at FILE:LINE)``: the innermost frame of ``exc``'s traceback in the plugin's
-    own source (the function a hook implements lives in ``home``), else the innermost one
-    outside rnnkit-core and the import machinery (the plugin's line, or its call of
-    ``register`` when rnnkit refused what it registered); ``""`` when there is none (a module
-    that does not exist)."""
+    own source (the folder ``home`` of the function a hook implements), else the innermost
+    one outside rnnkit-core (the plugin's line, or its call of ``register`` when rnnkit
+    refused what it registered), else the innermost one; this loader and the import machinery
+    never count, and ``""`` when nothing else is left (a module that does not exist)."""
     frames = [
-        f
+        (f, os.path.abspath(f.filename))
         for f in traceback.extract_tb(exc.__traceback__)
-        if not os.path.abspath(f.filename).startswith(_CORE_DIR)
-        and not f.filename.startswith("<frozen ")
+        if not f.filename.startswith("<frozen ")
         and not f.filename.endswith(("importlib/__init__.py", "importlib/metadata/__init__.py"))
+        and os.path.abspath(f.filename) != os.path.abspath(__file__)  # this loader
     ]
-    if home is not None:
-        frames = [f for f in frames if os.path.abspath(f.filename).startswith(home)] or frames
-    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    mine = [f for f, path in frames if home is not None and path.startswith(home)]
+    outside = [f for f, path in frames if not path.startswith(_CORE_DIR)]
+    found = mine or outside or [f for f, _ in frames]
+    return f" (raised at {found[-1].filename}:{found[-1].lineno})" if found else ""
 
 
 def _check_cell_class(name: str, cls: type[Cell[Any]]) -> None:
