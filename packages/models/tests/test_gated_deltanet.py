@@ -31,7 +31,7 @@ class TestGatedDeltaNet(CellConformance):
 
 def _gated_form(cell: _ConvMemory, x: torch.Tensor) -> torch.Tensor:
     """Independent float64 loop, per example and head: ``alpha = exp(-exp(A_log) *
-    softplus(w_alpha x + dt_bias))`` (gated), ``exp(log_gamma)`` (fixed) or 1, then
+    softplus(w_alpha x + dt_bias))`` (gated), ``1 - 2^(-5 - h)`` (fixed) or 1, then
     ``S_t = alpha S_{t-1} (I - beta k k^T) + beta v k^T`` (delta) or ``alpha S_{t-1} + beta v
     k^T`` (linear), ``y_t = S_t q_t``."""
     B, T, _ = x.shape
@@ -54,7 +54,9 @@ def _gated_form(cell: _ConvMemory, x: torch.Tensor) -> torch.Tensor:
                 a_in = cell.weight_alpha.detach().double() @ x[b, t]
                 alpha = torch.exp(-rate * F.softplus(a_in + cell.dt_bias.detach().double()))
             elif cell.decay == "fixed":
-                alpha = torch.exp(cell.log_gamma.double())
+                # RetNet's decays from the formula, not the cell's buffer (which a cell built in
+                # float32 holds rounded to float32)
+                alpha = 1 - 2.0 ** (-5.0 - torch.arange(nh, dtype=torch.float64))
             else:
                 alpha = torch.ones(nh, dtype=torch.float64)
             for h in range(nh):

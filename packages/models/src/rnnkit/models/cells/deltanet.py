@@ -65,7 +65,8 @@ class _ConvMemory(MatrixStateCell[DeltaNetState]):
     decay: str
     #: the gated decay's column count in :meth:`project` (``heads`` when gated, else 0).
     _gate_columns: int
-    #: ``(heads,)`` log decays of ``decay="fixed"`` (a buffer).
+    #: ``(heads,)`` log decays of ``decay="fixed"`` (a buffer, for reading; the recurrence
+    #: computes them in the input's precision, :meth:`fixed_log_decays`).
     log_gamma: Tensor
 
     def __init__(
@@ -149,8 +150,20 @@ class _ConvMemory(MatrixStateCell[DeltaNetState]):
             a = px[..., self.projected_size - self._gate_columns :]
             return -torch.exp(self.A_log) * F.softplus(a + self.dt_bias)
         if self.decay == "fixed":
-            return self.log_gamma.expand(*px.shape[:-1], self.heads)
+            return self.fixed_log_decays(px).expand(*px.shape[:-1], self.heads)
         return None
+
+    def fixed_log_decays(self, like: Tensor) -> Tensor:
+        """``log(1 - 2^(-5 - h))`` for ``h = 0 .. heads - 1`` in ``like``'s dtype and device,
+        from the formula (in float64 for float64, else in float32, then rounded once; no
+        float64 on a device without it): what ``decay="fixed"`` runs. The
+        buffer ``log_gamma`` holds the same values in the module's dtype for reading and for
+        state dicts, but a cell built in float32 and converted with ``.double()`` (or loaded
+        from a float32 state dict) has them rounded to float32 there, about ``1e-9`` off the
+        exact decays in float64, which compounds over the steps."""
+        work = torch.float64 if like.dtype == torch.float64 else torch.float32
+        h = torch.arange(self.heads, device=like.device, dtype=work)
+        return torch.log1p(-torch.exp2(-5.0 - h)).to(like.dtype)
 
     def state_spec(self) -> tuple[StateField, ...]:
         d = self.head_dim

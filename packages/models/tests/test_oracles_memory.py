@@ -1,0 +1,197 @@
+"""Aaren and the matrix memories (DeltaNet, Gated DeltaNet, linear attention) against float64
+loops written from docs/models.md, one example and one step at a time, never through the
+cells' ``project``/``recur``/``memory_inputs``: outputs, final state and every gradient, from
+zero and from a given state, with resets, on ``reference`` and on each cell's fast backend.
+(The values from zero are also compared in test_cells_parallel.py, test_deltanet.py and
+test_gated_deltanet.py; these add the final state, a given state, resets and gradients.)"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _oracle_check import F64, check
+from conftest import backend_params
+from torch import Tensor
+
+from rnnkit.models.cells import Aaren, AarenState, DeltaNet, GatedDeltaNet, LinearAttention
+
+B, T, N_IN = 3, 7, 4
+
+
+def _resets() -> Tensor:
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[0, 3] = resets[1, 0] = resets[2, 5] = resets[2, 6] = True
+    return resets
+
+
+def _x() -> Tensor:
+    return torch.randn(B, T, N_IN, generator=torch.Generator().manual_seed(5), dtype=F64)
+
+
+# --- Aaren --------------------------------------------------------------------------------
+
+
+def _aaren(
+    p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+) -> tuple[Tensor, list[Tensor]]:
+    """Per head ``s_t = q . (W_k x_t) / sqrt(d)``, ``v_t = W_v x_t + b_v`` and ``y_t = sum_i
+    e^{s_i} v_i / sum_i e^{s_i}`` over the episode so far, unstabilised: the sums ``U = sum
+    e^{s_i}`` and ``W = sum e^{s_i} v_i`` start at ``(u e^m, w e^m)`` of a given state and at
+    zero at a reset. Returns ``y`` and the final ``(U, W)``."""
+    q, Wk, Wv, bv = p["query"], p["weight_k"], p["weight_v"], p["bias_v"]
+    nh, d = q.shape
+    ys, Us, Ws = [], [], []
+    for e in range(x.shape[0]):
+        if initial is None:
+            U, W = torch.zeros(nh, dtype=F64), torch.zeros(nh, d, dtype=F64)
+        else:
+            m, u, w = (f[e] for f in initial)
+            U, W = u * torch.exp(m), w * torch.exp(m)[:, None]
+        row = []
+        for t in range(x.shape[1]):
+            if resets is not None and bool(resets[e, t]):
+                U, W = torch.zeros(nh, dtype=F64), torch.zeros(nh, d, dtype=F64)
+            k = (Wk @ x[e, t]).reshape(nh, d)
+            v = (Wv @ x[e, t] + bv).reshape(nh, d)
+            s = (q * k).sum(-1) / math.sqrt(d)
+            U = U + torch.exp(s)
+            W = W + torch.exp(s)[:, None] * v
+            row.append((W / U[:, None]).reshape(-1))
+        ys.append(torch.stack(row))
+        Us.append(U)
+        Ws.append(W)
+    return torch.stack(ys), [torch.stack(Us), torch.stack(Ws)]
+
+
+def _aaren_unscaled(state: AarenState) -> list[Tensor]:
+    return [state.u * torch.exp(state.m), state.w * torch.exp(state.m)[..., None]]
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "prefix_scan"))
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_aaren_equals_its_equations(backend: str, start: str, heads: int) -> None:
+    torch.manual_seed(heads)
+    cell = Aaren(N_IN, 6, heads=heads).double()
+    gen = torch.Generator().manual_seed(6)
+    initial = [
+        torch.randn(B, heads, generator=gen, dtype=F64),
+        0.5 + torch.rand(B, heads, generator=gen, dtype=F64),
+        torch.randn(B, heads, 6 // heads, generator=gen, dtype=F64),
+    ]
+    check(
+        cell,
+        _aaren,
+        _x(),
+        backend=backend,
+        initial=initial if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+        final=_aaren_unscaled,
+    )
+
+
+# --- DeltaNet, Gated DeltaNet, linear attention --------------------------------------------
+
+
+def _memory(
+    rule: str, decay: str
+) -> Callable[
+    [dict[str, Tensor], Tensor, Sequence[Tensor] | None, Tensor | None],
+    tuple[Tensor, list[Tensor]],
+]:
+    """The shared body, per example, step and head: ``p_t = W x_t`` (rows ``q, k, v``), ``u_t
+    = c_0 p_t + c_1 p_{t-1}``, ``q = normalize(silu(u_q))``, ``k = normalize(silu(u_k))``,
+    ``v = u_v``, ``beta = sigmoid(w_beta x_t + b_beta)``; the decay ``alpha`` is 1 (``none``),
+    ``1 - 2^(-5 - h)`` for head ``h`` (``fixed``, RetNet's) or ``exp(-exp(A_log)
+    softplus(w_alpha x_t + dt_bias))`` (``gated``); then ``S_t = alpha S (I - beta k k^T) +
+    beta v k^T`` (delta) or ``alpha S + beta v k^T`` (linear) and ``y_t = S_t q``. A reset
+    zeroes ``S`` and ``p_{t-1}``."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        W, c = p["weight"], p["conv"]
+        H = W.shape[0] // 3
+        nh = p["weight_beta"].shape[0]
+        d = H // nh
+        eye = torch.eye(d, dtype=F64)
+        ys, Ss, prevs = [], [], []
+        for e in range(x.shape[0]):
+            if initial is None:
+                S = [torch.zeros(d, d, dtype=F64) for _ in range(nh)]
+                prev = torch.zeros(3 * H, dtype=F64)
+            else:
+                S, prev = list(initial[0][e]), initial[1][e]
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    S = [torch.zeros(d, d, dtype=F64) for _ in range(nh)]
+                    prev = torch.zeros(3 * H, dtype=F64)
+                pt = W @ x[e, t]
+                u = c[0] * pt + c[1] * prev
+                prev = pt
+                beta = torch.sigmoid(p["weight_beta"] @ x[e, t] + p["bias_beta"])
+                if decay == "gated":
+                    dt = F.softplus(p["weight_alpha"] @ x[e, t] + p["dt_bias"])
+                    alpha = torch.exp(-torch.exp(p["A_log"]) * dt)
+                elif decay == "fixed":
+                    alpha = torch.tensor([1 - 2.0 ** (-5 - h) for h in range(nh)], dtype=F64)
+                else:
+                    alpha = torch.ones(nh, dtype=F64)
+                out = []
+                for h in range(nh):
+                    sl = slice(h * d, (h + 1) * d)
+                    q, k, v = F.silu(u[sl]), F.silu(u[H + h * d : H + (h + 1) * d]), u[2 * H :][sl]
+                    q, k = q / q.norm(), k / k.norm()
+                    kk = torch.outer(k, k)
+                    keep = eye - beta[h] * kk if rule == "delta" else eye
+                    S[h] = alpha[h] * S[h] @ keep + beta[h] * torch.outer(v, k)
+                    out.append(S[h] @ q)
+                row.append(torch.cat(out))
+            ys.append(torch.stack(row))
+            Ss.append(torch.stack(S))
+            prevs.append(prev)
+        return torch.stack(ys), [torch.stack(Ss), torch.stack(prevs)]
+
+    return oracle
+
+
+MEMORIES: dict[str, Callable[[], Any]] = {
+    "deltanet": lambda: DeltaNet(N_IN, 6, heads=3),
+    "deltanet-linear": lambda: DeltaNet(N_IN, 6, heads=2, rule="linear"),
+    "gated_deltanet": lambda: GatedDeltaNet(N_IN, 6, heads=2),
+    "gated_deltanet-linear": lambda: GatedDeltaNet(N_IN, 6, heads=3, rule="linear"),
+    "linear_attention": lambda: LinearAttention(N_IN, 6, heads=2),
+    "linear_attention-fixed": lambda: LinearAttention(N_IN, 6, heads=3, decay="fixed"),
+    "linear_attention-gated": lambda: LinearAttention(N_IN, 6, heads=2, decay="gated"),
+}
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize("name", sorted(MEMORIES))
+def test_matrix_memory_equals_its_equations(backend: str, start: str, name: str) -> None:
+    torch.manual_seed(len(name))
+    cell = MEMORIES[name]().double()
+    if cell.decay == "gated":
+        with torch.no_grad():  # decays well inside (0, 1), not the near-1 of most heads at init
+            cell.A_log.copy_(torch.log(torch.linspace(0.5, 2.0, cell.heads, dtype=F64)))
+    gen = torch.Generator().manual_seed(8)
+    nh, d = cell.heads, cell.head_dim
+    initial = [
+        torch.randn(B, nh, d, d, generator=gen, dtype=F64),
+        torch.randn(B, 3 * cell.hidden_size, generator=gen, dtype=F64),
+    ]
+    check(
+        cell,
+        _memory(cell.rule, cell.decay),
+        _x(),
+        backend=backend,
+        initial=initial if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+    )
