@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from _oracle_check import F64, check
+from _oracle_check import F64, Oracle, check
 from conftest import backend_params
 from torch import Tensor
 
@@ -98,12 +98,7 @@ def test_aaren_equals_its_equations(backend: str, start: str, heads: int) -> Non
 # --- DeltaNet, Gated DeltaNet, linear attention --------------------------------------------
 
 
-def _memory(
-    rule: str, decay: str
-) -> Callable[
-    [dict[str, Tensor], Tensor, Sequence[Tensor] | None, Tensor | None],
-    tuple[Tensor, list[Tensor]],
-]:
+def _memory(rule: str, decay: str) -> Oracle:
     """The shared body, per example, step and head: ``p_t = W x_t`` (rows ``q, k, v``), ``u_t
     = c_0 p_t + c_1 p_{t-1}``, ``q = normalize(silu(u_q))``, ``k = normalize(silu(u_k))``,
     ``v = u_v``, ``beta = sigmoid(w_beta x_t + b_beta)``; the decay ``alpha`` is 1 (``none``),
