@@ -1,0 +1,215 @@
+"""IndRNN, RHN, the leaky RNN and M2RNN against float64 loops written from docs/models.md, one
+example and one step at a time, never through the cells' ``project``/``recur``/Newton
+methods: outputs, final state and every gradient, from zero and from a given state, with
+resets, on ``reference`` (and ``newton`` for IndRNN). (The outputs from zero are also compared
+in test_nonlinear_cells.py and test_m2rnn.py; these add a given state, resets and the
+gradients.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _oracle_check import F64, Oracle, check
+from conftest import backend_params
+from torch import Tensor
+
+from rnnkit.models.cells import M2RNN, RHN, IndRNN, LeakyRNN
+
+B, T, N_IN, H = 3, 7, 4, 5
+STARTS = ["zero", "given", "resets"]
+Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _x() -> Tensor:
+    return 1.5 * torch.randn(B, T, N_IN, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+
+def _initial(start: str, *shape: int) -> list[Tensor] | None:
+    gen = torch.Generator().manual_seed(10)
+    return None if start == "zero" else [torch.randn(B, *shape, generator=gen, dtype=F64)]
+
+
+def _resets(start: str) -> Tensor | None:
+    if start != "resets":
+        return None
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[0, 3] = resets[1, 0] = resets[2, 5] = resets[2, 6] = True
+    return resets
+
+
+def _run(
+    x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None, zero: Tensor, step: Step
+) -> tuple[Tensor, list[Tensor]]:
+    """The loop the oracles here share: per example, the state starts at ``initial`` (or
+    ``zero``), is ``zero`` again at a reset, and ``step(x_t, h) -> (y_t, h)`` advances it."""
+    ys, finals = [], []
+    for e in range(x.shape[0]):
+        h = zero if initial is None else initial[0][e]
+        row = []
+        for t in range(x.shape[1]):
+            if resets is not None and bool(resets[e, t]):
+                h = zero
+            y, h = step(x[e, t], h)
+            row.append(y)
+        ys.append(torch.stack(row))
+        finals.append(h)
+    return torch.stack(ys), [torch.stack(finals)]
+
+
+# --- IndRNN ---------------------------------------------------------------------------------
+
+
+def _indrnn(activation: str, u_max: float) -> Oracle:
+    """``h_t = act(W x_t + u * h + b)`` with ``u`` clamped to ``[-u_max, u_max]``."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        u = torch.clamp(p["recurrent"], -u_max, u_max)
+        act = torch.relu if activation == "relu" else torch.tanh
+
+        def step(x_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+            h = act(p["weight_ih"] @ x_t + u * h + p["bias"])
+            return h, h
+
+        return _run(x, initial, resets, torch.zeros(H, dtype=F64), step)
+
+    return oracle
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "newton"))
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_indrnn_equals_its_equation(backend: str, start: str, activation: str) -> None:
+    torch.manual_seed(0)
+    cell = IndRNN(N_IN, H, activation=activation, u_max=0.95, u_init=(-1.2, 1.2)).double()
+    with torch.no_grad():  # units on both sides of the clamp
+        cell.recurrent.copy_(torch.tensor([-1.2, -0.5, 0.3, 0.7, 1.3], dtype=F64))
+    check(
+        cell,
+        _indrnn(activation, 0.95),
+        _x(),
+        backend=backend,
+        initial=_initial(start, H),
+        resets=_resets(start),
+    )
+
+
+# --- RHN ------------------------------------------------------------------------------------
+
+
+def _rhn(
+    p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+) -> tuple[Tensor, list[Tensor]]:
+    """``s_0 = s_{t-1}``; for each micro-step ``l``: ``h_l = tanh(W_H x_t [l = 1] + R_{H,l}
+    s_{l-1} + b_{H,l})``, ``t_l = sigmoid(W_T x_t [l = 1] + R_{T,l} s_{l-1} + b_{T,l})``,
+    ``s_l = h_l t_l + s_{l-1} (1 - t_l)``; ``y_t = s_t = s_L``."""
+    W, R, b = p["weight_ih"], p["recurrent"], p["bias"]
+
+    def step(x_t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in range(R.shape[0]):
+            pre = R[layer] @ s + b[layer]
+            if layer == 0:
+                pre = pre + W @ x_t
+            h = torch.tanh(pre[:H])
+            gate = torch.sigmoid(pre[H:])
+            s = h * gate + s * (1 - gate)
+        return s, s
+
+    return _run(x, initial, resets, torch.zeros(H, dtype=F64), step)
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_rhn_equals_its_equations(start: str, depth: int) -> None:
+    torch.manual_seed(depth)
+    cell = RHN(N_IN, H, depth=depth).double()
+    with torch.no_grad():  # every micro-step's own b_H, and gates neither open nor shut
+        cell.bias.normal_()
+    check(cell, _rhn, _x(), initial=_initial(start, H), resets=_resets(start))
+
+
+# --- leaky RNN ------------------------------------------------------------------------------
+
+
+def _leaky(activation: str) -> Oracle:
+    """``tau = 1 + softplus(tau_raw)``, ``h_t = (1 - 1/tau) h + (1/tau) act(W x_t + U h +
+    b)``; ``leaky_relu`` has slope 0.01."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        tau = 1 + torch.log1p(torch.exp(p["tau_raw"]))
+
+        def act(z: Tensor) -> Tensor:
+            return torch.tanh(z) if activation == "tanh" else torch.where(z >= 0, z, 0.01 * z)
+
+        def step(x_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+            pre = p["weight_ih"] @ x_t + p["recurrent"] @ h + p["bias"]
+            h = (1 - 1 / tau) * h + act(pre) / tau
+            return h, h
+
+        return _run(x, initial, resets, torch.zeros(H, dtype=F64), step)
+
+    return oracle
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
+def test_leaky_rnn_equals_its_equation(start: str, activation: str) -> None:
+    torch.manual_seed(2)
+    cell = LeakyRNN(N_IN, H, activation=activation, tau_init=(1.0, 4.0)).double()
+    check(cell, _leaky(activation), _x(), initial=_initial(start, H), resets=_resets(start))
+
+
+# --- M2RNN ----------------------------------------------------------------------------------
+
+
+def _m2rnn(heads: int, K: int, V: int) -> Oracle:
+    """Per head, with the projection's rows ``[q (heads K); k (heads K); v (heads V); f
+    (heads)]``: ``f = exp(-exp(A_log) softplus(w_f x_t + dt_bias))``, ``Z = tanh(H W + k
+    v^T)``, ``H_t = f H + (1 - f) Z``, ``y_t = H_t^T q + D * v`` (``W = mix``, ``D = skip``),
+    heads concatenated."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        def step(x_t: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+            z = p["weight"] @ x_t
+            out, new = [], []
+            for h in range(heads):
+                q = z[h * K : (h + 1) * K]
+                k = z[heads * K + h * K : heads * K + (h + 1) * K]
+                v = z[2 * heads * K + h * V : 2 * heads * K + (h + 1) * V]
+                dt = F.softplus(z[heads * (2 * K + V) + h] + p["dt_bias"][h])
+                f = torch.exp(-torch.exp(p["A_log"][h]) * dt)
+                Z = torch.tanh(S[h] @ p["mix"][h] + torch.outer(k, v))
+                new.append(f * S[h] + (1 - f) * Z)
+                out.append(new[-1].T @ q + p["skip"][h] * v)
+            return torch.cat(out), torch.stack(new)
+
+        return _run(x, initial, resets, torch.zeros(heads, K, V, dtype=F64), step)
+
+    return oracle
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize(("value_dim", "key_dim"), [(2, 3), (3, 2)])
+def test_m2rnn_equals_its_equations(start: str, value_dim: int, key_dim: int) -> None:
+    torch.manual_seed(value_dim)
+    cell = M2RNN(N_IN, 6, value_dim=value_dim, key_dim=key_dim).double()
+    heads = 6 // value_dim
+    with torch.no_grad():  # a mixing matrix other than I, D other than 1, gates inside (0, 1)
+        cell.mix.add_(0.3 * torch.randn_like(cell.mix))
+        cell.skip.mul_(torch.rand_like(cell.skip))
+        cell.A_log.copy_(torch.log(torch.linspace(0.5, 2.0, heads, dtype=F64)))
+    check(
+        cell,
+        _m2rnn(heads, key_dim, value_dim),
+        _x(),
+        initial=_initial(start, heads, key_dim, value_dim),
+        resets=_resets(start),
+    )
