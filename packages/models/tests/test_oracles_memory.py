@@ -1,9 +1,10 @@
-"""Aaren and the matrix memories (DeltaNet, Gated DeltaNet, linear attention) against float64
-loops written from docs/models.md, one example and one step at a time, never through the
-cells' ``project``/``recur``/``memory_inputs``: outputs, final state and every gradient, from
-zero and from a given state, with resets, on ``reference`` and on each cell's fast backend.
-(The values from zero are also compared in test_cells_parallel.py, test_deltanet.py and
-test_gated_deltanet.py; these add the final state, a given state, resets and gradients.)"""
+"""Aaren, the matrix memories (DeltaNet, Gated DeltaNet, linear attention) and Based against
+float64 loops written from docs/models.md, one example and one step at a time, never through
+the cells' ``project``/``recur``/``memory_inputs``: outputs, final state and every gradient,
+from zero and from a given state, with resets, on ``reference`` and on each cell's fast
+backend. (The values from zero are also compared in test_cells_parallel.py, test_deltanet.py,
+test_gated_deltanet.py and test_jrt.py; these add the final state, a given state, resets and
+gradients.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from _oracle_check import F64, Oracle, check
 from conftest import backend_params
 from torch import Tensor
 
-from rnnkit.models.cells import Aaren, AarenState, DeltaNet, GatedDeltaNet, LinearAttention
+from rnnkit.models.cells import (
+    Aaren,
+    AarenState,
+    BasedAttention,
+    DeltaNet,
+    GatedDeltaNet,
+    LinearAttention,
+)
 
 B, T, N_IN = 3, 7, 4
 
@@ -188,5 +196,79 @@ def test_matrix_memory_equals_its_equations(backend: str, start: str, name: str)
         _x(),
         backend=backend,
         initial=initial if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+    )
+
+
+# --- Based (Taylor linear attention) --------------------------------------------------------
+
+
+def _phi(z: Tensor) -> Tensor:
+    """Based's feature map ``[1, z / d^(1/4), vec(z z^T) / (sqrt(2) sqrt(d))]``."""
+    d = z.shape[-1]
+    quad = torch.outer(z, z).reshape(-1) / (math.sqrt(2) * math.sqrt(d))
+    return torch.cat((torch.ones(1, dtype=z.dtype), z / d**0.25, quad))
+
+
+def _based(heads: int, d: int) -> Oracle:
+    """Per head, with the projection's rows ``[q (heads d); k (heads d); v (heads V)]``: ``S_t
+    = S_{t-1} + [v_t; 1] phi(k_t)^T``, ``o_t = S_t phi(q_t)``, ``y_t = o_t[:V] / (o_t[V] +
+    1e-6)``; zero at a reset."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        V = (p["weight"].shape[0] - 2 * heads * d) // heads
+        F_ = 1 + d + d * d
+        ys, finals = [], []
+        for e in range(x.shape[0]):
+            S = (
+                [torch.zeros(V + 1, F_, dtype=F64) for _ in range(heads)]
+                if initial is None
+                else list(initial[0][e])
+            )
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    S = [torch.zeros(V + 1, F_, dtype=F64) for _ in range(heads)]
+                z = p["weight"] @ x[e, t]
+                out = []
+                for h in range(heads):
+                    q = z[h * d : (h + 1) * d]
+                    k = z[heads * d + h * d : heads * d + (h + 1) * d]
+                    v = z[2 * heads * d + h * V : 2 * heads * d + (h + 1) * V]
+                    S[h] = S[h] + torch.outer(torch.cat((v, torch.ones(1, dtype=F64))), _phi(k))
+                    o = S[h] @ _phi(q)
+                    out.append(o[:V] / (o[V] + 1e-6))
+                row.append(torch.cat(out))
+            ys.append(torch.stack(row))
+            finals.append(torch.stack(S))
+        return torch.stack(ys), [torch.stack(finals)]
+
+    return oracle
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize(("heads", "feature_dim"), [(1, 3), (2, 2)])
+def test_based_equals_its_equations(backend: str, start: str, heads: int, feature_dim: int) -> None:
+    torch.manual_seed(heads)
+    cell = BasedAttention(N_IN, 6, heads=heads, feature_dim=feature_dim).double()
+    V = 6 // heads
+    # a given state as a prefix encoder would leave it: [v; 1] phi(k)^T over 3 random pairs
+    gen = torch.Generator().manual_seed(9)
+    S0 = torch.zeros(B, heads, V + 1, 1 + feature_dim + feature_dim**2, dtype=F64)
+    for e in range(B):
+        for h in range(heads):
+            for _ in range(3):
+                k = torch.randn(feature_dim, generator=gen, dtype=F64)
+                v = torch.cat((torch.randn(V, generator=gen, dtype=F64), torch.ones(1, dtype=F64)))
+                S0[e, h] += torch.outer(v, _phi(k))
+    check(
+        cell,
+        _based(heads, feature_dim),
+        _x(),
+        backend=backend,
+        initial=[S0] if start != "zero" else None,
         resets=_resets() if start == "resets" else None,
     )
