@@ -1,8 +1,9 @@
-"""LRU and S4D against float64 loops written from docs/models.md (Orvieto et al. 2023; Gu et
-al. 2022) in complex128, one example and one step at a time, never through the cells'
-``project``/``recur``/``coefficients``: outputs, final state and every gradient, from zero and
-from a given state, with resets, on ``reference`` and the fast backends. (The values from zero
-of one sequence are also compared in test_lru.py and test_s4d.py.)"""
+"""LRU, S4D, S5 and LSSL against float64 loops written from docs/models.md (Orvieto et al.
+2023; Gu et al. 2022; Smith et al. 2023; Gu et al. 2021) in complex128 (real for LSSL), one
+example and one step at a time, never through the cells' ``project``/``recur``/
+``coefficients``: outputs, final state and every gradient, from zero and from a given state,
+with resets, on ``reference`` and the fast backends. (Outputs without gradients are also
+compared in test_lru.py, test_s4d.py, test_s5.py and test_lssl.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from _oracle_check import F64, Oracle, check
 from conftest import backend_params
 from torch import Tensor
 
-from rnnkit.models.cells import LRU, S4D
+from rnnkit.models.cells import LRU, LSSL, S4D, S5
 
 B, T = 3, 7
 C128 = torch.complex128
@@ -123,6 +124,117 @@ def test_s4d_equals_its_equations(backend: str, start: str, discretization: str,
     check(
         cell,
         _s4d(discretization),
+        x,
+        backend=backend,
+        initial=[h0] if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+    )
+
+
+def _s5(discretization: str) -> Oracle:
+    """``Lambda = -exp(lambda_log) + i lambda_imag``, ``dt = exp(dt_log)`` per state; ZOH
+    ``Lambda_bar = exp(dt Lambda)``, ``B_bar = (exp(dt Lambda) - 1) / Lambda * B~``, bilinear
+    ``Lambda_bar = (1 + dt Lambda/2) / (1 - dt Lambda/2)``, ``B_bar = dt / (1 - dt Lambda/2) *
+    B~``; ``x_t = Lambda_bar x + B_bar u_t``, ``y_t = 2 Re(C~ x_t) + D u_t``; zero at a
+    reset."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        lam = torch.complex(-torch.exp(p["lambda_log"]), p["lambda_imag"])
+        dt = torch.exp(p["dt_log"])
+        if discretization == "zoh":
+            a_bar = torch.exp(dt * lam)
+            scale = (a_bar - 1) / lam
+        else:
+            a_bar = (1 + dt * lam / 2) / (1 - dt * lam / 2)
+            scale = dt / (1 - dt * lam / 2)
+        b_bar = scale[:, None] * torch.complex(p["B_re"], p["B_im"])
+        Cm = torch.complex(p["C_re"], p["C_im"])
+        ys, finals = [], []
+        for e in range(x.shape[0]):
+            s = torch.zeros(lam.shape[0], dtype=C128) if initial is None else initial[0][e]
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    s = torch.zeros(lam.shape[0], dtype=C128)
+                s = a_bar * s + b_bar @ x[e, t].to(C128)
+                row.append(2 * (Cm @ s).real + p["D"] * x[e, t])
+            ys.append(torch.stack(row))
+            finals.append(s)
+        return torch.stack(ys), [torch.stack(finals)]
+
+    return oracle
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "scan"))
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s5_equals_its_equations(backend: str, start: str, discretization: str) -> None:
+    torch.manual_seed(2)
+    cell = S5(3, 8, blocks=2, discretization=discretization).double()
+    with torch.no_grad():  # steps large enough that the states decay within the sequence
+        cell.dt_log.uniform_(-2.0, 0.0)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, 3, generator=gen, dtype=F64)
+    h0 = torch.randn(B, 4, generator=gen, dtype=C128)
+    check(
+        cell,
+        _s5(discretization),
+        x,
+        backend=backend,
+        initial=[h0] if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+    )
+
+
+def _lssl(
+    p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+) -> tuple[Tensor, list[Tensor]]:
+    """Per channel ``c`` (with ``A, B`` of group ``c`` or the shared one): ``A_bar = (I -
+    dt/2 A)^{-1} (I + dt/2 A)``, ``B_bar = (I - dt/2 A)^{-1} dt B`` (explicit inverses),
+    ``x_t = A_bar x + B_bar u_t``, ``y_t = C_c . x_t + D_c u_t``; zero at a reset."""
+    H, N = p["C"].shape
+    eye = torch.eye(N, dtype=F64)
+    bars = []
+    for c in range(H):
+        g = c if p["A"].shape[0] > 1 else 0
+        dt = torch.exp(p["dt_log"][c])
+        inv = torch.linalg.inv(eye - dt / 2 * p["A"][g])
+        bars.append((inv @ (eye + dt / 2 * p["A"][g]), inv @ (dt * p["B"][g])))
+    ys, finals = [], []
+    for e in range(x.shape[0]):
+        s = [torch.zeros(N, dtype=F64) if initial is None else initial[0][e, c] for c in range(H)]
+        row = []
+        for t in range(x.shape[1]):
+            if resets is not None and bool(resets[e, t]):
+                s = [torch.zeros(N, dtype=F64) for _ in range(H)]
+            u = x[e, t]
+            s = [bars[c][0] @ s[c] + bars[c][1] * u[c] for c in range(H)]
+            row.append(torch.stack([p["C"][c] @ s[c] + p["D"][c] * u[c] for c in range(H)]))
+        ys.append(torch.stack(row))
+        finals.append(torch.stack(s))
+    return torch.stack(ys), [torch.stack(finals)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "lssl_conv"])
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize("share_a", [True, False])
+def test_lssl_equals_its_equations(backend: str, start: str, share_a: bool) -> None:
+    if backend == "lssl_conv" and start == "resets":
+        pytest.skip("lssl_conv refuses resets (tested in test_lssl.py)")
+    torch.manual_seed(3)
+    cell = LSSL(3, 4, share_a=share_a).double()
+    with torch.no_grad():  # A, B off HiPPO-LegS (and per channel when not shared), larger steps
+        cell.A.add_(0.1 * torch.randn_like(cell.A))
+        cell.B.add_(0.1 * torch.randn_like(cell.B))
+        cell.dt_log.uniform_(-2.0, 0.0)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(B, T, 3, generator=gen, dtype=F64)
+    h0 = torch.randn(B, 3, 4, generator=gen, dtype=F64)
+    check(
+        cell,
+        _lssl,
         x,
         backend=backend,
         initial=[h0] if start != "zero" else None,
