@@ -1,10 +1,10 @@
-"""Aaren, the matrix memories (DeltaNet, Gated DeltaNet, linear attention) and Based against
-float64 loops written from docs/models.md, one example and one step at a time, never through
-the cells' ``project``/``recur``/``memory_inputs``: outputs, final state and every gradient,
-from zero and from a given state, with resets, on ``reference`` and on each cell's fast
-backend. (The values from zero are also compared in test_cells_parallel.py, test_deltanet.py,
-test_gated_deltanet.py and test_jrt.py; these add the final state, a given state, resets and
-gradients.)"""
+"""Aaren, the matrix memories (DeltaNet, Gated DeltaNet, linear attention), Based and pLSTM
+against float64 loops written from docs/models.md, one example and one step at a time, never
+through the cells' ``project``/``recur``/``memory_inputs``: outputs, final state and every
+gradient, from zero and from a given state, with resets, on ``reference`` and on each cell's
+fast backend. (The outputs are also compared in test_cells_parallel.py, test_deltanet.py,
+test_gated_deltanet.py, test_jrt.py and test_plstm.py; these add the final state, a given
+state, resets and gradients where those lack them.)"""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from conftest import backend_params
 from torch import Tensor
 
 from rnnkit.models.cells import (
+    PLSTM,
     Aaren,
     AarenState,
     BasedAttention,
@@ -270,5 +271,70 @@ def test_based_equals_its_equations(backend: str, start: str, heads: int, featur
         _x(),
         backend=backend,
         initial=[S0] if start != "zero" else None,
+        resets=_resets() if start == "resets" else None,
+    )
+
+
+# --- pLSTM on a line graph ------------------------------------------------------------------
+
+
+def _plstm(heads: int, scale: float) -> Oracle:
+    """Per head, with the projection's rows ``[q; k; v]`` (heads contiguous) and the gate rows
+    ``[S; T; M; D]`` (``heads`` each): ``S, M, D = sigmoid(g)``, ``T = tanh(scale g_T)``,
+    ``y_t = (M q^T C_{t-1} + D (q . k) v) / sqrt(d)``, ``C_t = T C_{t-1} + S k v^T``; zero at a
+    reset."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        H = p["weight"].shape[0] // 3
+        d = H // heads
+        ys, finals = [], []
+        for e in range(x.shape[0]):
+            C = (
+                [torch.zeros(d, d, dtype=F64) for _ in range(heads)]
+                if initial is None
+                else list(initial[0][e])
+            )
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    C = [torch.zeros(d, d, dtype=F64) for _ in range(heads)]
+                z = p["weight"] @ x[e, t]
+                g = (p["weight_gates"] @ x[e, t] + p["bias_gates"]).reshape(4, heads)
+                out = []
+                for h in range(heads):
+                    sl = slice(h * d, (h + 1) * d)
+                    q, k, v = z[:H][sl], z[H : 2 * H][sl], z[2 * H :][sl]
+                    S, M, D = (torch.sigmoid(g[i, h]) for i in (0, 2, 3))
+                    Tr = torch.tanh(scale * g[1, h])
+                    out.append((M * (C[h].T @ q) + D * (q @ k) * v) / math.sqrt(d))
+                    C[h] = Tr * C[h] + S * torch.outer(k, v)
+                row.append(torch.cat(out))
+            ys.append(torch.stack(row))
+            finals.append(torch.stack(C))
+        return torch.stack(ys), [torch.stack(finals)]
+
+    return oracle
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
+@pytest.mark.parametrize("start", ["zero", "given", "resets"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_plstm_equals_its_equations(backend: str, start: str, heads: int) -> None:
+    torch.manual_seed(heads)
+    cell = PLSTM(N_IN, 6, heads=heads, chunk_size=3).double()
+    with torch.no_grad():  # gates that depend on the input (W_g starts at zero), T of both signs
+        cell.weight_gates.normal_(0.0, 0.5)
+        cell.bias_gates.normal_(0.0, 0.5)
+    d = 6 // heads
+    gen = torch.Generator().manual_seed(13)
+    C0 = torch.randn(B, heads, d, d, generator=gen, dtype=F64)
+    check(
+        cell,
+        _plstm(heads, cell.transition_scale),
+        _x(),
+        backend=backend,
+        initial=[C0] if start != "zero" else None,
         resets=_resets() if start == "resets" else None,
     )
