@@ -1,9 +1,9 @@
-"""IndRNN, RHN, the leaky RNN and M2RNN against float64 loops written from docs/models.md, one
-example and one step at a time, never through the cells' ``project``/``recur``/Newton
-methods: outputs, final state and every gradient, from zero and from a given state, with
-resets, on ``reference`` (and ``newton`` for IndRNN). (The outputs from zero are also compared
-in test_nonlinear_cells.py and test_m2rnn.py; these add a given state, resets and the
-gradients.)"""
+"""IndRNN, RHN, the leaky RNN, M2RNN, AL-RNN and the state-regularised RNN against float64
+loops written from docs/models.md, one example and one step at a time, never through the
+cells' ``project``/``recur``/Newton methods: outputs, final state and every gradient, from zero
+and from a given state, with resets, on ``reference`` (and ``newton`` for IndRNN). (The
+outputs are also compared in test_nonlinear_cells.py, test_m2rnn.py, test_alrnn.py and
+test_srrnn.py; these add a given state, resets and the gradients.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from _oracle_check import F64, Oracle, check
 from conftest import backend_params
 from torch import Tensor
 
-from rnnkit.models.cells import M2RNN, RHN, IndRNN, LeakyRNN
+from rnnkit.models.cells import ALRNN, M2RNN, RHN, IndRNN, LeakyRNN, StateRegularized
 
 B, T, N_IN, H = 3, 7, 4, 5
 STARTS = ["zero", "given", "resets"]
@@ -212,4 +212,108 @@ def test_m2rnn_equals_its_equations(start: str, value_dim: int, key_dim: int) ->
         _x(),
         initial=_initial(start, heads, key_dim, value_dim),
         resets=_resets(start),
+    )
+
+
+# --- AL-RNN ---------------------------------------------------------------------------------
+
+
+def _alrnn(pwl_units: int) -> Oracle:
+    """``z_t = A * z + W phi*(z) + C x_t + h`` with ``phi*`` rectifying the last ``P`` units
+    only (``A = diag``, ``W = recurrent``, ``C = weight_ih``, ``h = bias``)."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        def step(x_t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+            rect = torch.cat((z[: H - pwl_units], torch.relu(z[H - pwl_units :])))
+            z = p["diag"] * z + p["recurrent"] @ rect + p["weight_ih"] @ x_t + p["bias"]
+            return z, z
+
+        return _run(x, initial, resets, torch.zeros(H, dtype=F64), step)
+
+    return oracle
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("pwl_units", [0, 2, H])
+def test_alrnn_equals_its_equation(start: str, pwl_units: int) -> None:
+    torch.manual_seed(pwl_units)
+    cell = ALRNN(N_IN, H, pwl_units=pwl_units).double()
+    with torch.no_grad():  # W and h large enough that the rectified units change sign
+        cell.recurrent.normal_(0.0, 0.5)
+        assert cell.bias is not None
+        cell.bias.normal_(0.0, 0.5)
+    check(cell, _alrnn(pwl_units), _x(), initial=_initial(start, H), resets=_resets(start))
+
+
+# --- state-regularised RNN ------------------------------------------------------------------
+
+
+def _srrnn(base: str, temperature: float, straight_through: bool) -> Oracle:
+    """``u_t`` from torch's GRU (gates ``r, z, n``: ``n = tanh(x_n + r (W_hn h + b_hn))``, ``u
+    = (1 - z) n + z h``) or LSTM (gates ``i, f, g, o``, ``u = o tanh(c)``); ``alpha =
+    softmax(u S^T / tau)``; ``h_t = alpha S`` (soft) or, straight through, the centroid of the
+    largest ``alpha`` carrying the soft mixture's gradient. State ``(h, c)``; the GRU base
+    passes ``c`` through."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        S = p["centroids"]
+        zero = torch.zeros(H, dtype=F64)
+        ys, hs, cs = [], [], []
+        for e in range(x.shape[0]):
+            h, c = (zero, zero) if initial is None else (initial[0][e], initial[1][e])
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    h, c = zero, zero
+                gx = p["weight_ih"] @ x[e, t] + p["bias_ih"]
+                gh = p["weight_hh"] @ h + p["bias_hh"]
+                if base == "gru":
+                    r = torch.sigmoid(gx[:H] + gh[:H])
+                    z = torch.sigmoid(gx[H : 2 * H] + gh[H : 2 * H])
+                    n = torch.tanh(gx[2 * H :] + r * gh[2 * H :])
+                    u = (1 - z) * n + z * h
+                else:
+                    i, f, g, o = (gx + gh).chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    u = torch.sigmoid(o) * torch.tanh(c)
+                scores = S @ u / temperature
+                alpha = torch.exp(scores - scores.amax())
+                h = (alpha / alpha.sum()) @ S
+                if straight_through:
+                    h = h + (S[int(scores.argmax())] - h).detach()
+                row.append(h)
+            ys.append(torch.stack(row))
+            hs.append(h)
+            cs.append(c)
+        return torch.stack(ys), [torch.stack(hs), torch.stack(cs)]
+
+    return oracle
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("straight_through", [False, True])
+@pytest.mark.parametrize("base", ["gru", "lstm"])
+def test_srrnn_equals_its_equations(start: str, straight_through: bool, base: str) -> None:
+    torch.manual_seed(4)
+    cell = StateRegularized(
+        N_IN, H, centroids=6, temperature=0.7, base=base, straight_through=straight_through
+    ).double()
+    initial = _initial(start, H)
+    if initial is not None:  # h on a centroid's scale; c any
+        initial = [0.3 * initial[0], initial[0].flip(0)]
+    # the GRU base carries c unchanged (zero from a reset on), the LSTM base its memory; the
+    # third example has no reset, so a given c reaches the final state
+    resets = _resets(start)
+    if resets is not None:
+        resets[2] = False
+    check(
+        cell,
+        _srrnn(base, 0.7, straight_through),
+        _x(),
+        initial=initial,
+        resets=resets,
     )
