@@ -55,12 +55,13 @@ class StateRegularized(Cell[SRState]):
         temperature: ``tau > 0`` of the softmax (lower is closer to hard).
         base: ``"gru"`` or ``"lstm"``.
         hard: start in hard mode (``cell.hard = True/False`` switches later).
-        straight_through: always step to the nearest centroid, training included, with the
-            gradient of the soft mixture (a straight-through estimator). Not the paper's
-            training, which is soft: a softly trained network can keep what it counts in the
-            small weights of the other centroids (on ``tomita4``, 600 steps: 0.99 accuracy
-            soft, 0.50 in hard mode, and a 2-state automaton), where a straight-through one
-            is a finite-state machine by construction, so its automaton is exact.
+        straight_through: always step to the most similar centroid (largest ``alpha``: by dot
+            product, not distance), training included, with the gradient of the soft mixture
+            (a straight-through estimator). Not the paper's training, which is soft: a softly
+            trained network can keep what it counts in the small weights of the other
+            centroids (on ``tomita4``, 600 steps: 0.99 accuracy soft, 0.50 in hard mode, and a
+            2-state automaton), where a straight-through one is a finite-state machine by
+            construction, so its automaton is exact.
         device, dtype: for the parameters.
 
     Parameters: ``weight_ih: (G H, I)`` and ``weight_hh: (G H, H)`` with ``G = 3`` (GRU:
@@ -133,8 +134,9 @@ class StateRegularized(Cell[SRState]):
         return torch.softmax(F.linear(u, self.centroids) / self.temperature, dim=-1)
 
     def regularise(self, u: Tensor) -> Tensor:
-        """``(..., H)``: the soft mixture of centroids; the nearest one in hard mode; with
-        ``straight_through``, the nearest one carrying the soft mixture's gradient."""
+        """``(..., H)``: the soft mixture of centroids; in hard mode the one of largest
+        ``alpha`` (the largest dot product ``u . s_i``, not the nearest in distance); with
+        ``straight_through``, that one carrying the soft mixture's gradient."""
         alpha = self.assignment(u)
         soft = alpha @ self.centroids
         if not (self.hard or self.straight_through):
