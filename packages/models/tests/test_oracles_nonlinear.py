@@ -1,9 +1,10 @@
-"""IndRNN, RHN, the leaky RNN, M2RNN, AL-RNN and the state-regularised RNN against float64
-loops written from docs/models.md, one example and one step at a time, never through the
-cells' ``project``/``recur``/Newton methods: outputs, final state and every gradient, from zero
-and from a given state, with resets, on ``reference`` (and ``newton`` for IndRNN). (The
-outputs are also compared in test_nonlinear_cells.py, test_m2rnn.py, test_alrnn.py and
-test_srrnn.py; these add a given state, resets and the gradients.)"""
+"""IndRNN, RHN, the leaky RNN, M2RNN, AL-RNN, the state-regularised RNN and the hybrid RNN
+against float64 loops written from docs/models.md, one example and one step at a time, never
+through the cells' ``project``/``recur``/Newton methods: outputs, final state and every
+gradient, from zero and from a given state, with resets, on ``reference`` (and ``newton`` for
+IndRNN). (The outputs are also compared in test_nonlinear_cells.py, test_m2rnn.py,
+test_alrnn.py, test_srrnn.py and test_hybrid_rnn.py; these add a given state, resets and the
+gradients.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from _oracle_check import F64, Oracle, check
 from conftest import backend_params
 from torch import Tensor
 
-from rnnkit.models.cells import ALRNN, M2RNN, RHN, IndRNN, LeakyRNN, StateRegularized
+from rnnkit.models.cells import (
+    ALRNN,
+    M2RNN,
+    RHN,
+    HybridRNN,
+    IndRNN,
+    LeakyRNN,
+    StateRegularized,
+)
 
 B, T, N_IN, H = 3, 7, 4, 5
 STARTS = ["zero", "given", "resets"]
@@ -315,5 +324,116 @@ def test_srrnn_equals_its_equations(start: str, straight_through: bool, base: st
         _srrnn(base, 0.7, straight_through),
         _x(),
         initial=initial,
+        resets=resets,
+    )
+
+
+# --- hybrid RNN -----------------------------------------------------------------------------
+
+
+def _hybrid(update: str, attention: int, core: str, depth: int) -> Oracle:
+    """``pre = W x_t + U h + b`` with rows ``[candidate; gate]``; the candidate ``f = tanh(pre)``
+    (tanh core) or the RHN's micro-steps from ``s_0 = h`` (the first from ``pre``'s ``[H; T]``
+    rows, the later ones from ``deep``); ``u`` by the update (replace ``f``, additive ``h +
+    f``, learned_rate ``(1 - a) h + a f`` with ``a = sigmoid(rate)``, gated ``(1 - g) h + g f``
+    with ``g = sigmoid(pre_gate)``); with attention over ``M = [window; u]``: ``h_t = u + W_O
+    sum_j softmax_j((W_Q u) . (W_K M_j) / sqrt(H)) W_V M_j`` and the window drops its oldest
+    state for ``h_t`` (without attention it is carried unchanged). State ``(h, window)``,
+    zero at a reset."""
+
+    def oracle(
+        p: dict[str, Tensor], x: Tensor, initial: Sequence[Tensor] | None, resets: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        K = max(attention, 1)
+        ys, hs, windows = [], [], []
+        for e in range(x.shape[0]):
+            h, win = (
+                (torch.zeros(H, dtype=F64), [torch.zeros(H, dtype=F64)] * K)
+                if initial is None
+                else (initial[0][e], list(initial[1][e]))
+            )
+            row = []
+            for t in range(x.shape[1]):
+                if resets is not None and bool(resets[e, t]):
+                    h, win = torch.zeros(H, dtype=F64), [torch.zeros(H, dtype=F64)] * K
+                pre = p["weight_ih"] @ x[e, t] + p["recurrent"] @ h + p["bias"]
+                if core == "tanh":
+                    f, rest = torch.tanh(pre[:H]), pre[H:]
+                else:
+                    s, rows, rest = h, pre[: 2 * H], pre[2 * H :]
+                    for layer in range(depth):
+                        if layer > 0:
+                            rows = p["deep"][layer - 1] @ s + p["deep_bias"][layer - 1]
+                        gate = torch.sigmoid(rows[H:])
+                        s = torch.tanh(rows[:H]) * gate + s * (1 - gate)
+                    f = s
+                if update == "replace":
+                    u = f
+                elif update == "additive":
+                    u = h + f
+                elif update == "learned_rate":
+                    a = torch.sigmoid(p["rate"])
+                    u = (1 - a) * h + a * f
+                else:
+                    g = torch.sigmoid(rest)
+                    u = (1 - g) * h + g * f
+                if attention:
+                    wq, wk, wv, wo = p["attn"]
+                    M = [*win, u]
+                    scores = torch.stack([(wq @ u) @ (wk @ m) for m in M]) / H**0.5
+                    w = torch.exp(scores - scores.amax())
+                    w = w / w.sum()
+                    h = u + wo @ sum(
+                        (w[j] * (wv @ m) for j, m in enumerate(M)), torch.zeros(H, dtype=F64)
+                    )
+                    win = [*win[1:], h]
+                else:
+                    h = u
+                row.append(h)
+            ys.append(torch.stack(row))
+            hs.append(h)
+            windows.append(torch.stack(win))
+        return torch.stack(ys), [torch.stack(hs), torch.stack(windows)]
+
+    return oracle
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize(
+    ("update", "attention", "core"),
+    [
+        ("gated", 3, "tanh"),
+        ("learned_rate", 0, "tanh"),
+        ("additive", 2, "tanh"),
+        ("replace", 3, "rhn"),
+        ("gated", 0, "rhn"),
+    ],
+)
+def test_hybrid_rnn_equals_its_equations(
+    start: str, update: str, attention: int, core: str
+) -> None:
+    torch.manual_seed(6)
+    depth = 3 if core == "rhn" else 1
+    cell = HybridRNN(N_IN, H, update=update, attention=attention, core=core, depth=depth).double()
+    with torch.no_grad():
+        cell.bias.normal_()
+        if cell.deep_bias is not None:
+            cell.deep_bias.normal_()
+        if cell.rate is not None:
+            cell.rate.normal_()
+    K = max(attention, 1)
+    gen = torch.Generator().manual_seed(14)
+    initial = [
+        torch.randn(B, H, generator=gen, dtype=F64),
+        torch.randn(B, K, H, generator=gen, dtype=F64),
+    ]
+    resets = _resets(start)
+    if resets is not None:  # the third example keeps its given window to the end
+        resets[2] = False
+    check(
+        cell,
+        _hybrid(update, attention, core, depth),
+        _x(),
+        initial=initial if start != "zero" else None,
         resets=resets,
     )
