@@ -3,6 +3,7 @@ oracle from the xLSTM equations, Recurrent stack."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -59,23 +60,33 @@ def test_slstm_m_does_not_change_h() -> None:
 
 
 def _slstm_oracle(
-    cell: SLSTM, x: torch.Tensor, params: dict[str, torch.Tensor]
+    cell: SLSTM,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    initial: tuple[torch.Tensor, ...] | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """xLSTM (Beck et al. 2024), Section 2.2, Eqs. (8)-(13) without the stabiliser, one example,
     head and unit at a time in float64: pre-activations ``W x_t + R h_{t-1} + b`` with ``R``
     block-diagonal over heads, ``i = exp(i~)``, ``f = sigmoid(f~)`` (the sigmoid forget gate),
     ``z = tanh(z~)``, ``o = sigmoid(o~)``; ``c_t = f c + i z``, ``n_t = f n + i``,
-    ``h_t = o c_t / n_t``. Returns ``(h: (B, T, H), c_T, n_T)``, the last two unscaled."""
+    ``h_t = o c_t / n_t``. Returns ``(h: (B, T, H), c_T, n_T)``, the last two unscaled.
+    ``initial`` is a state ``(h, c, n, m)`` as the cell keeps it (``c, n`` scaled by
+    ``exp(-m)``); a reset starts from zero."""
     batch, time, _ = x.shape
     H, heads, D = cell.hidden_size, cell.heads, cell.head_dim
     W, b, R = params["weight_ih"], params["bias"], params["recurrent"]
+    zero = torch.zeros(H, dtype=torch.float64)
     hs, cs, ns = [], [], []
     for e in range(batch):
-        h = torch.zeros(H, dtype=torch.float64)
-        c = torch.zeros(H, dtype=torch.float64)
-        n = torch.zeros(H, dtype=torch.float64)
+        h, c, n = zero, zero, zero
+        if initial is not None:
+            h0, c0, n0, m0 = (s[e] for s in initial)
+            h, c, n = h0, c0 * torch.exp(m0), n0 * torch.exp(m0)
         rows = []
         for t in range(time):
+            if resets is not None and bool(resets[e, t]):
+                h, c, n = zero, zero, zero
             gates = []
             for g in range(4):  # i, f, z, o
                 pre = W[g * H : (g + 1) * H] @ x[e, t] + b[g * H : (g + 1) * H]
@@ -117,6 +128,53 @@ def test_slstm_equals_the_unstabilised_equations(heads: int) -> None:
         g_o = params[name].grad
         assert p.grad is not None and g_o is not None and g_o.abs().sum() > 0, name
         assert_close(f"slstm d/d{name}", p.grad, g_o, 1e-11)
+
+
+_SLSTM_BACKENDS = ["reference"] + (["fused"] if importlib.util.find_spec("rnnkit.kernels") else [])
+
+
+@pytest.mark.parametrize("backend", _SLSTM_BACKENDS)
+@pytest.mark.parametrize("heads", [1, 3])
+def test_slstm_equals_the_equations_from_a_state_with_resets(backend: str, heads: int) -> None:
+    """As above from a given state ``(h, c, n, m)`` with resets, on the CPU backends: outputs,
+    the unscaled ``c`` and ``n``, and the gradients of the input, of every field of the initial
+    state and of every parameter."""
+    torch.manual_seed(5)
+    cell = SLSTM(4, 6, heads=heads, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 7, 4, generator=gen, dtype=torch.float64)
+    initial = (
+        0.5 * torch.randn(3, 6, generator=gen, dtype=torch.float64),
+        torch.randn(3, 6, generator=gen, dtype=torch.float64),
+        1 + torch.rand(3, 6, generator=gen, dtype=torch.float64),  # n > 0, as the cell keeps it
+        torch.randn(3, 6, generator=gen, dtype=torch.float64),
+    )
+    resets = torch.zeros(3, 7, dtype=torch.bool)
+    resets[0, 3] = resets[1, 0] = True  # the third example keeps its given state
+    s_c = [t.clone().requires_grad_(True) for t in initial]
+    s_o = [t.clone().requires_grad_(True) for t in initial]
+    x_c, x_o = (x.clone().requires_grad_(True) for _ in range(2))
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in cell.named_parameters()}
+    y, state = cell(x_c, cell.state_type(*s_c), backend=backend, resets=resets)
+    want, c, n = _slstm_oracle(cell, x_o, params, tuple(s_o), resets)
+    got_c, got_n = state.c * torch.exp(state.m), state.n * torch.exp(state.m)
+    assert_close(f"slstm ({backend}) h", y, want, 1e-12)
+    assert_close(f"slstm ({backend}) c", got_c, c, 1e-12)
+    assert_close(f"slstm ({backend}) n", got_n, n, 1e-12)
+    w = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (want, c, n)]
+    names = list(params)
+    got = torch.autograd.grad(
+        (y * w[0]).sum() + (got_c * w[1]).sum() + (got_n * w[2]).sum(),
+        [x_c, *s_c, *(dict(cell.named_parameters())[k] for k in names)],
+    )
+    exp = torch.autograd.grad(
+        (want * w[0]).sum() + (c * w[1]).sum() + (n * w[2]).sum(),
+        [x_o, *s_o, *(params[k] for k in names)],
+    )
+    labels = ["x", "h0", "c0", "n0", "m0", *names]
+    for label, g, g_o in zip(labels, got, exp, strict=True):
+        assert g_o.abs().sum() > 0, label
+        assert_close(f"slstm ({backend}) d/d{label}", g, g_o, 1e-10)
 
 
 def test_registry_lookup() -> None:
