@@ -38,31 +38,47 @@ def test_defaults_follow_the_paper() -> None:
     assert cell.conv_weight.shape == (64, 4) and cell.x_proj.bias is None
 
 
-def _oracle(cell: Mamba, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def _oracle(
+    cell: Mamba,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    resets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gu and Dao (2023), Algorithm 2 and Section 3.6 with the reference code's choices (ZOH
     for ``A``, ``B_bar = dt B``), one example, channel, state entry and step at a time in
     float64, with the parameters taken from ``params`` (so gradients flow to them); none of
-    the cell's helpers are used."""
+    the cell's helpers are used. ``initial`` is ``(h: (B, E, N), window: (B, E, K - 1))``, the
+    convolution's last ``K - 1`` inputs, oldest first (zero by default and after a reset).
+    Returns ``(out, final h, final window)``."""
     batch, time, _ = x.shape
     E, N, R, K = cell.hidden_size, cell.d_state, cell.dt_rank, cell.d_conv
     W_in, W_x = params["in_proj.weight"], params["x_proj.weight"]
     W_dt, b_dt = params["dt_proj.weight"], params["dt_proj.bias"]
     w_conv, b_conv = params["conv_weight"], params["conv_bias"]
     A_log, D, W_out = params["A_log"], params["D"], params["out_proj.weight"]
-    outs = []
+    zero = torch.zeros((), dtype=torch.float64)
+    outs, hs, windows = [], [], []
     for b in range(batch):
-        h = [[torch.zeros((), dtype=torch.float64) for _ in range(N)] for _ in range(E)]
-        xs: list[torch.Tensor] = []  # the x half of in_proj for the steps so far
+
+        def fresh() -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+            h0 = [[zero for _ in range(N)] for _ in range(E)]
+            return h0, [torch.zeros(E, dtype=torch.float64) for _ in range(K - 1)]
+
+        h, xs = fresh()  # xs: the x half of in_proj, the window's K - 1 inputs then each step's
+        if initial is not None:
+            h = [[initial[0][b, e, n] for n in range(N)] for e in range(E)]
+            xs = [initial[1][b, :, j] for j in range(K - 1)]
         rows = []
         for t in range(time):
+            if resets is not None and bool(resets[b, t]):
+                h, xs = fresh()
             proj = W_in @ x[b, t]
             xs.append(proj[:E])
             z = proj[E:]
             conv = b_conv.clone()
             for j in range(K):  # tap j multiplies the input K - 1 - j steps back
-                s = t - (K - 1 - j)
-                if s >= 0:
-                    conv = conv + w_conv[:, j] * xs[s]
+                conv = conv + w_conv[:, j] * xs[len(xs) - K + j]
             u = conv * torch.sigmoid(conv)  # SiLU
             xproj = W_x @ u
             delta, Bt, Ct = xproj[:R], xproj[R : R + N], xproj[R + N :]
@@ -79,7 +95,13 @@ def _oracle(cell: Mamba, x: torch.Tensor, params: dict[str, torch.Tensor]) -> to
             gated = torch.stack(y) * (z * torch.sigmoid(z))
             rows.append(W_out @ gated)
         outs.append(torch.stack(rows))
-    return torch.stack(outs)
+        hs.append(torch.stack([torch.stack(row) for row in h]))
+        windows.append(
+            torch.stack(xs[len(xs) - (K - 1) :], 1)
+            if K > 1
+            else torch.zeros(E, 0, dtype=torch.float64)
+        )
+    return torch.stack(outs), torch.stack(hs), torch.stack(windows)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +123,7 @@ def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
     y, _ = cell(x, backend=backend)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in cell.named_parameters()}
     x_o = x.detach().clone().requires_grad_(True)
-    want = _oracle(cell, x_o, params)
+    want, _, _ = _oracle(cell, x_o, params)
     assert_close(f"mamba ({backend}) vs the equations", y, want, 1e-12)
     w = torch.randn_like(want)
     (y * w).sum().backward()
@@ -113,6 +135,48 @@ def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
         assert p.grad is not None and g_o is not None, name
         assert g_o.abs().sum() > 0, name
         assert_close(f"mamba ({backend}) d/d{name}", p.grad, g_o, 1e-11)
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "selective_torch"))
+def test_equals_the_equations_from_a_state_with_resets(backend: str) -> None:
+    """From a given state (scan and convolution window) with resets: outputs, the final state
+    and the gradients of the input, of both state fields and of every parameter equal the
+    float64 oracle."""
+    torch.manual_seed(3)
+    cell = Mamba(3, 4, d_state=3).double()
+    with torch.no_grad():
+        cell.A_log.uniform_(-1.0, 1.0)
+        cell.D.uniform_(-1.0, 1.0)
+        cell.dt_proj.bias.uniform_(-1.0, 1.0)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 7, 3, generator=gen, dtype=torch.float64)
+    initial = (
+        torch.randn(3, 4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(3, 4, 3, generator=gen, dtype=torch.float64),
+    )
+    resets = torch.zeros(3, 7, dtype=torch.bool)
+    resets[0, 3] = resets[1, 0] = True  # the third example keeps its given state
+    s_c = [t.clone().requires_grad_(True) for t in initial]
+    s_o = [t.clone().requires_grad_(True) for t in initial]
+    x_c, x_o = (x.clone().requires_grad_(True) for _ in range(2))
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in cell.named_parameters()}
+    y, state = cell(x_c, MambaState(*s_c), backend=backend, resets=resets)
+    want, h, window = _oracle(cell, x_o, params, (s_o[0], s_o[1]), resets)
+    for name, got, exp in (("y", y, want), ("h", state.h, h), ("conv", state.conv, window)):
+        assert_close(f"mamba ({backend}) {name}", got, exp, 1e-12)
+    w = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (want, h, window)]
+    names = list(params)
+    got_g = torch.autograd.grad(
+        (y * w[0]).sum() + (state.h * w[1]).sum() + (state.conv * w[2]).sum(),
+        [x_c, *s_c, *(dict(cell.named_parameters())[n] for n in names)],
+    )
+    want_g = torch.autograd.grad(
+        (want * w[0]).sum() + (h * w[1]).sum() + (window * w[2]).sum(),
+        [x_o, *s_o, *(params[n] for n in names)],
+    )
+    for label, g, g_o in zip(["x", "h0", "conv0", *names], got_g, want_g, strict=True):
+        assert g_o.abs().sum() > 0, label
+        assert_close(f"mamba ({backend}) d/d{label}", g, g_o, 1e-10)
 
 
 def test_inverse_softplus() -> None:
