@@ -30,29 +30,46 @@ class TestMamba2Groups(CellConformance):
         return Mamba2(5, 8, d_state=2, headdim=2, ngroups=2, d_conv=3)
 
 
-def _oracle(cell: Mamba2, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def _oracle(
+    cell: Mamba2,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    resets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The module docstring's equations, one example, head and step at a time, in float64,
-    with the parameters taken from ``params`` (so gradients flow to them)."""
+    with the parameters taken from ``params`` (so gradients flow to them). ``initial`` is
+    ``(S: (B, n_h, headdim, d_state), window: (B, E + 2 G N, K - 1))``, the convolution's last
+    ``K - 1`` inputs oldest first (zero by default and after a reset). Returns ``(out, final S,
+    final window)``."""
     batch, time, _ = x.shape
     E, N, P, G, K = cell.hidden_size, cell.d_state, cell.headdim, cell.ngroups, cell.d_conv
     nh = E // P
     W_in = params["in_proj.weight"]
     w_conv, b_conv = params["conv_weight"], params["conv_bias"]
     A = -torch.exp(params["A_log"])
-    outs = []
+    width = E + 2 * G * N
+    outs, finals, windows = [], [], []
     for b in range(batch):
-        S = [torch.zeros(P, N, dtype=torch.float64) for _ in range(nh)]
-        inputs: list[torch.Tensor] = []  # xBC of the steps so far
+
+        def fresh() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            S0 = [torch.zeros(P, N, dtype=torch.float64) for _ in range(nh)]
+            return S0, [torch.zeros(width, dtype=torch.float64) for _ in range(K - 1)]
+
+        S, inputs = fresh()  # inputs: the window's K - 1 xBC, then each step's
+        if initial is not None:
+            S = list(initial[0][b])
+            inputs = [initial[1][b, :, j] for j in range(K - 1)]
         rows = []
         for t in range(time):
+            if resets is not None and bool(resets[b, t]):
+                S, inputs = fresh()
             p = W_in @ x[b, t]
             z, xbc, dt_raw = p[:E], p[E : 2 * E + 2 * G * N], p[2 * E + 2 * G * N :]
             inputs.append(xbc)
             c = b_conv.clone()
-            for j in range(K):  # tap j sees the input of step t - (K - 1 - j)
-                s = t - (K - 1 - j)
-                if s >= 0:
-                    c = c + w_conv[:, j] * inputs[s]
+            for j in range(K):  # tap j sees the input K - 1 - j steps back
+                c = c + w_conv[:, j] * inputs[len(inputs) - K + j]
             c = F.silu(c)
             xs, Bs, Cs = c[:E], c[E : E + G * N], c[E + G * N :]
             y = torch.zeros(E, dtype=torch.float64)
@@ -73,7 +90,13 @@ def _oracle(cell: Mamba2, x: torch.Tensor, params: dict[str, torch.Tensor]) -> t
                 normed.append(part / torch.sqrt(part.pow(2).mean() + cell.norm_eps))
             rows.append(params["out_proj.weight"] @ (torch.cat(normed) * params["norm_weight"]))
         outs.append(torch.stack(rows))
-    return torch.stack(outs)
+        finals.append(torch.stack(S))
+        windows.append(
+            torch.stack(inputs[len(inputs) - (K - 1) :], 1)
+            if K > 1
+            else torch.zeros(width, 0, dtype=torch.float64)
+        )
+    return torch.stack(outs), torch.stack(finals), torch.stack(windows)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +123,7 @@ def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
     y, _ = cell(x, backend=backend)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in cell.named_parameters()}
     x_o = x.detach().clone().requires_grad_(True)
-    want = _oracle(cell, x_o, params)
+    want, _, _ = _oracle(cell, x_o, params)
     assert_close(f"mamba2 ({backend}) vs the equations", y, want, 1e-12)
     w = torch.randn_like(want)
     (y * w).sum().backward()
@@ -112,6 +135,49 @@ def test_equals_the_equations(kw: dict[str, int], backend: str) -> None:
         assert p.grad is not None and g_o is not None, name
         assert g_o.abs().sum() > 0, name
         assert_close(f"mamba2 ({backend}) d/d{name}", p.grad, g_o, 1e-11)
+
+
+@pytest.mark.parametrize("backend", backend_params("reference", "chunked"))
+def test_equals_the_equations_from_a_state_with_resets(backend: str) -> None:
+    """From a given state (SSD memory and convolution window) with resets: outputs, the final
+    state and the gradients of the input, of both state fields and of every parameter equal
+    the float64 oracle."""
+    torch.manual_seed(3)
+    cell = Mamba2(4, 6, d_state=2, headdim=2, ngroups=3, d_conv=3).double()
+    with torch.no_grad():
+        cell.dt_bias.add_(1.0)
+        cell.D.uniform_(-1.0, 1.0)
+        cell.norm_weight.uniform_(0.5, 1.5)
+        cell.A_log.uniform_(-1.0, 1.0)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 7, 4, generator=gen, dtype=torch.float64)
+    initial = (
+        torch.randn(3, 3, 2, 2, generator=gen, dtype=torch.float64),
+        torch.randn(3, 6 + 2 * 3 * 2, 2, generator=gen, dtype=torch.float64),
+    )
+    resets = torch.zeros(3, 7, dtype=torch.bool)
+    resets[0, 3] = resets[1, 0] = True  # the third example keeps its given state
+    s_c = [t.clone().requires_grad_(True) for t in initial]
+    s_o = [t.clone().requires_grad_(True) for t in initial]
+    x_c, x_o = (x.clone().requires_grad_(True) for _ in range(2))
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in cell.named_parameters()}
+    y, state = cell(x_c, Mamba2State(*s_c), backend=backend, resets=resets)
+    want, S, window = _oracle(cell, x_o, params, (s_o[0], s_o[1]), resets)
+    for name, got, exp in (("y", y, want), ("S", state.S, S), ("conv", state.conv, window)):
+        assert_close(f"mamba2 ({backend}) {name}", got, exp, 1e-12)
+    w = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (want, S, window)]
+    names = list(params)
+    got_g = torch.autograd.grad(
+        (y * w[0]).sum() + (state.S * w[1]).sum() + (state.conv * w[2]).sum(),
+        [x_c, *s_c, *(dict(cell.named_parameters())[n] for n in names)],
+    )
+    want_g = torch.autograd.grad(
+        (want * w[0]).sum() + (S * w[1]).sum() + (window * w[2]).sum(),
+        [x_o, *s_o, *(params[n] for n in names)],
+    )
+    for label, g, g_o in zip(["x", "S0", "conv0", *names], got_g, want_g, strict=True):
+        assert g_o.abs().sum() > 0, label
+        assert_close(f"mamba2 ({backend}) d/d{label}", g, g_o, 1e-10)
 
 
 @needs_kernels
