@@ -81,6 +81,7 @@ MMA_DEVICES = {
     "resident-mma": (6, 16 * 1024, "resident", "tf32"),
     "streamed-mma": (1, 1024 * 1024, "streamed", "tf32"),
     "resident-bf16": (6, 1024 * 1024, "resident", "bf16"),
+    "resident-fp16": (6, 1024 * 1024, "resident", "fp16"),
     "streamed-fp16": (1, 1024 * 1024, "streamed", "fp16"),
     "staged-bf16": (6, 20 * 1024, "resident", "bf16"),
 }
