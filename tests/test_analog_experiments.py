@@ -320,6 +320,30 @@ def test_analog_charlm_json_and_quiet(capsys: pytest.CaptureFixture[str], tmp_pa
     assert (tmp_path / "q" / "rows.json").is_file()
 
 
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any training run fails the test: a refusal must come before the training."""
+    from rnnkit.tasks.trainer import Trainer
+
+    def refuse(self: Trainer) -> None:
+        raise AssertionError("trained before refusing the arguments")
+
+    monkeypatch.setattr(Trainer, "run", refuse)
+
+
+def _assert_refused(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str, out: Path
+) -> None:
+    """``argv`` (with ``--out out``) exits 2 with one line starting with ``message`` on stderr,
+    nothing on stdout, and leaves no folder (the one the command made for the run is gone)."""
+    assert main([*argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"rnnkit analog: error: {message}"), captured.err
+    assert captured.err.count("\n") == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -344,25 +368,13 @@ def test_analog_charlm_refuses_bad_arguments_before_training(
     message: str,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    no_training: None,
 ) -> None:
     # the digital training (minutes at the default budget) must not start: a bad --bits or a
     # task without the metric used to fail after it, with a traceback for the metric
-    from rnnkit.tasks.trainer import Trainer
-
-    def no_training(self: Trainer) -> None:
-        raise AssertionError("trained before refusing the arguments")
-
-    monkeypatch.setattr(Trainer, "run", no_training)
-    out = tmp_path / "refused"
     argv = ["analog", "charlm", "--steps", "2", "--finetune-steps", "1", "--bits", "3"]
     argv += ["--hidden-size", "8", "--eval-examples", "4", "--noise-seeds", "1", "--plot", ""]
-    assert main([*argv, *extra, "--out", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith(f"rnnkit analog: error: {message}"), captured.err
-    assert captured.err.count("\n") == 1
-    assert not out.exists()  # the folder the command made for the refused run is gone
+    _assert_refused(capsys, [*argv, *extra], message, tmp_path / "refused")
     kept = tmp_path / "kept"
     kept.mkdir()
     assert main([*argv, *extra, "--out", str(kept)]) == 2
@@ -393,21 +405,10 @@ def test_analog_drift_refuses_bad_arguments_before_training(
     message: str,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    no_training: None,
 ) -> None:
-    from rnnkit.tasks.trainer import Trainer
-
-    def no_training(self: Trainer) -> None:
-        raise AssertionError("trained before refusing the arguments")
-
-    monkeypatch.setattr(Trainer, "run", no_training)
-    out = tmp_path / "refused"
-    assert main(["analog", "drift", "--tasks", "charlm", *extra, "--out", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith(f"rnnkit analog: error: {message}"), captured.err
-    assert captured.err.count("\n") == 1
-    assert not out.exists()
+    argv = ["analog", "drift", "--tasks", "charlm", *extra]
+    _assert_refused(capsys, argv, message, tmp_path / "refused")
 
 
 @pytest.mark.parametrize(
@@ -420,18 +421,10 @@ def test_analog_drift_refuses_bad_arguments_before_training(
     ],
 )
 def test_drift_rows_refuses_bad_keywords_before_training(
-    keywords: dict[str, object],
-    message: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    keywords: dict[str, object], message: str, tmp_path: Path, no_training: None
 ) -> None:
     from rnnkit.tasks.analog.drift import drift_rows
-    from rnnkit.tasks.trainer import Trainer
 
-    def no_training(self: Trainer) -> None:
-        raise AssertionError("trained before refusing the arguments")
-
-    monkeypatch.setattr(Trainer, "run", no_training)
     base: dict[str, Any] = {"steps": 2, "finetune_steps": 0, "noise_seeds": [1], "out": tmp_path}
     with pytest.raises(ValueError, match=message):
         drift_rows("charlm", **{**base, **keywords})
