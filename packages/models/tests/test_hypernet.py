@@ -79,6 +79,8 @@ def test_only_the_current_task_embedding_learns() -> None:
         ({"tasks": 0}, "tasks"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"beta": -1.0}, "beta"),
+        ({"beta": float("inf")}, "beta must be a finite number"),
+        ({"beta": float("nan")}, "beta must be a finite number"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict[str, object], name: str) -> None:

@@ -50,6 +50,23 @@ def test_bad_arguments_raise() -> None:
         run_continual("finetune", tasks, steps=0)
     with pytest.raises(ValueError, match="split"):
         run_continual("finetune", tasks, split="train")
+    for lr in (0.0, float("inf"), float("nan")):  # inf trained to NaN weights, silently
+        with pytest.raises(ValueError, match="lr must be a finite positive number"):
+            run_continual("finetune", tasks, lr=lr)
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_command_refuses_a_thread_count_below_one(
+    threads: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was a traceback from torch.set_num_threads; the command also set the caller's count
+    from rnnkit.core.cli import main
+
+    before = torch.get_num_threads()
+    assert main(["continual", "--threads", threads, "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnkit continual: error: --threads must be a positive integer"), err
+    assert torch.get_num_threads() == before
 
 
 def test_hypernet_forgets_less_than_finetuning_in_a_short_run() -> None:

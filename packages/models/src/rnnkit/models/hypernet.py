@@ -80,8 +80,8 @@ class RecurrentHypernetwork(nn.Module):
         check_positive_int("embedding_size", embedding_size)
         check_positive_int("chunk_embedding_size", chunk_embedding_size)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        if not beta >= 0.0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        if not (math.isfinite(beta) and beta >= 0.0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         self.beta = float(beta)
         self.shapes = [(o, i) for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
         self.num_weights = sum(o * i + o for o, i in self.shapes)

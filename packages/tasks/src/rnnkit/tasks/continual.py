@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.validation import check_positive_int
-from rnnkit.tasks._util import generator
+from rnnkit.tasks._util import add_threads_option, generator, torch_threads
 from rnnkit.tasks.base import Split, TaskData
 from rnnkit.tasks.digits import digits_data
 
@@ -172,8 +173,8 @@ def run_continual(
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden)):
         check_positive_int(name, value)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     if not tasks:
@@ -251,13 +252,17 @@ def configure_continual(p: Any) -> None:
     p.add_argument("--chunk-size", type=int, default=128, help="weights per hypernet step (128)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (0)")
     p.add_argument("--split", default="test", choices=("valid", "test"), help="scored split")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
+    add_threads_option(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run_continual_command(args: Any) -> int:
     """Run ``rnnkit continual``."""
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run_continual_command(args)
+
+
+def _run_continual_command(args: Any) -> int:
     tasks = split_digits(args.seed)
     hyper = {
         "beta": args.beta,
