@@ -1,0 +1,430 @@
+"""The conformance kit, as a user runs it, fails on deliberately broken kernels.
+
+Each test registers one fake kernel for LSTM beside core's reference loop and runs the check
+that must see the fault: a kit that passes a wrong kernel certifies nothing
+(``test_kit_catches_errors.py`` has the first of these; these cover the faults a hand-made
+mutation pass over the kit found unguarded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from rnnkit.core import LSTM, Kernel, KernelCall
+from rnnkit.core import _plugin as core_plugin
+from rnnkit.core.cells.lstm import LSTMState
+from rnnkit.core.plugins import PluginHost, module_plugin, use_host
+from rnnkit.core.reference import reference_forward
+from rnnkit.core.testing import CHECKS, CellConformance, rel_rms, tolerance
+from rnnkit.core.testing import checks as kit
+from rnnkit.core.testing.checks import (
+    check_backends,
+    check_chunking,
+    check_lengths,
+    check_nan_propagation,
+)
+
+F64 = (torch.float64,)
+
+
+def _host(kernel: Kernel) -> PluginHost:
+    hook = module_plugin("bad", rnnkit_register_kernels=lambda register: register(kernel))
+    return PluginHost(load_entry_points=False, plugins=[("core", core_plugin), ("bad", hook)])
+
+
+def _make() -> LSTM:
+    return LSTM(input_size=5, hidden_size=6)
+
+
+def _map_state(state: Any, fn: Any) -> Any:
+    return type(state)(*(fn(s) for s in state))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity whose backward scales the gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        return g * ctx.factor, None
+
+
+def _scale_grad(t: Tensor, factor: float) -> Tensor:
+    out: Tensor = _ScaleGrad.apply(t, factor)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _recurrent_grad_off(call: KernelCall) -> Any:
+    """The reference loop, but the gradient of the recurrent weights is 1 % too large."""
+    params: dict[str, Tensor] = dict(call.cell.named_parameters())
+    params["recurrent"] = _scale_grad(params["recurrent"], 1.01)
+    kwargs = {"resets": call.resets, "backend": "reference"}
+    return torch.func.functional_call(call.cell, params, (call.x, call.state), kwargs)
+
+
+def test_a_recurrent_weight_gradient_off_by_one_percent_is_caught() -> None:
+    with (
+        use_host(_host(Kernel("wgrad", "lstm", _recurrent_grad_off))),
+        pytest.raises(AssertionError, match=r"backend=wgrad .*: grad param\.recurrent: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_lengths_compare_the_recurrent_weight_gradient() -> None:
+    with (
+        use_host(_host(Kernel("wgrad", "lstm", _recurrent_grad_off))),
+        pytest.raises(AssertionError, match=r"backend=wgrad .*: grad param\.recurrent: relative"),
+    ):
+        check_lengths(_make)
+
+
+def _ignore_resets(call: KernelCall) -> Any:
+    return reference_forward(KernelCall(call.cell, call.x, call.state, None, call.needs_grad))
+
+
+def test_a_named_only_kernel_ignoring_resets_fails_the_backends_check() -> None:
+    """Below the reference loop, ``auto`` never picks it, so ``check_resets`` (which runs
+    ``auto``) cannot see it: ``check_backends`` must run every backend with resets."""
+    kernel = Kernel("noreset", "lstm", _ignore_resets, priority=-100)
+    with (
+        use_host(_host(kernel)),
+        pytest.raises(AssertionError, match=r"backend=noreset .* resets=True: y: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_the_lengths_check_runs_resets() -> None:
+    kernel = Kernel("noreset", "lstm", _ignore_resets, priority=-100)
+    with (
+        use_host(_host(kernel)),
+        pytest.raises(AssertionError, match=r"backend=noreset .* resets=True: y: relative"),
+    ):
+        check_lengths(_make)
+
+
+def test_a_kernel_refusing_resets_is_skipped_not_run_with_them() -> None:
+    def run(call: KernelCall) -> Any:
+        assert call.resets is None, "ran with resets although supports refused them"
+        return reference_forward(call)
+
+    def supports(call: KernelCall) -> str | None:
+        return None if call.resets is None else "no resets"
+
+    with use_host(_host(Kernel("plain", "lstm", run, supports=supports))):
+        report = check_backends(_make, dtypes=F64)
+    assert sorted(report.ran["plain"]) == ["float64 cpu no state", "float64 cpu state"]
+    assert sorted(report.skipped["plain"]["no resets"]) == [
+        "float64 cpu no state resets",
+        "float64 cpu state resets",
+    ]
+
+
+def test_a_final_state_off_by_a_constant_is_caught() -> None:
+    """The final state's value is wrong while every gradient is right (a shift has gradient
+    one): only comparing the final state itself sees it."""
+
+    def shifted(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y, _map_state(s, lambda t: t + 1e-6)
+
+    with (
+        use_host(_host(Kernel("shift", "lstm", shifted))),
+        pytest.raises(AssertionError, match=r"backend=shift .*: final state\.h: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_stale_final_state_is_caught() -> None:
+    """The final state is the one before the last step (an off-by-one in the kernel's loop)."""
+
+    def stale(call: KernelCall) -> Any:
+        y, _ = reference_forward(call)
+        resets = None if call.resets is None else call.resets[:, :-1]
+        _, s = reference_forward(
+            KernelCall(call.cell, call.x[:, :-1], call.state, resets, call.needs_grad)
+        )
+        return y, s
+
+    with (
+        use_host(_host(Kernel("stale", "lstm", stale))),
+        pytest.raises(AssertionError, match=r"backend=stale .*: final state\.h: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_final_state_without_gradient_is_caught() -> None:
+    """The final state is right in value but detached: training through a chunk boundary
+    (truncated BPTT carrying the state with its graph) would silently lose its gradient."""
+
+    def detached(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y, _map_state(s, Tensor.detach)
+
+    with (
+        use_host(_host(Kernel("detached", "lstm", detached))),
+        pytest.raises(AssertionError, match=r"backend=detached .*: grad"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_wrong_gradient_through_the_second_state_field_is_caught() -> None:
+    """LSTM's final ``c`` carries a gradient 10 % too large (the state's second field)."""
+
+    def c_grad_off(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        h, c = s
+        return y, LSTMState(h, _scale_grad(c, 1.1))
+
+    with (
+        use_host(_host(Kernel("cgrad", "lstm", c_grad_off))),
+        pytest.raises(AssertionError, match=r"backend=cgrad .*: grad"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_kernel_wrong_without_an_initial_state_is_caught() -> None:
+    def bad_default(call: KernelCall) -> Any:
+        if call.state is None:
+            state = call.cell.init_state(call.x.shape[0], dtype=call.x.dtype)
+            call = KernelCall(
+                call.cell, call.x, _map_state(state, lambda t: t + 0.1), call.resets, True
+            )
+        return reference_forward(call)
+
+    with (
+        use_host(_host(Kernel("nostate", "lstm", bad_default))),
+        pytest.raises(AssertionError, match=r"backend=nostate .* state=False"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_kernel_off_by_five_times_the_tolerance_is_caught(dtype: torch.dtype) -> None:
+    """The bound is the dtype's own tolerance, not a looser one."""
+    factor = 1 + 5 * tolerance(dtype)
+
+    def off(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y * factor if y.dtype == dtype else y), s
+
+    with (
+        use_host(_host(Kernel("off", "lstm", off))),
+        pytest.raises(AssertionError, match=rf"backend=off {dtype} .*: y: relative"),
+    ):
+        check_backends(_make)
+
+
+def test_a_float32_kernel_off_by_1e_4_is_caught() -> None:
+    """float32's tolerance is the documented 1e-5 (docs/cell-abi.md, section 6): a float32
+    kernel rounding like float16 somewhere (an error near 1e-4) fails."""
+
+    def off(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y * (1 + 1e-4) if y.dtype == torch.float32 else y), s
+
+    with (
+        use_host(_host(Kernel("off", "lstm", off))),
+        pytest.raises(AssertionError, match=r"backend=off torch.float32 .*: y: relative"),
+    ):
+        check_backends(_make)
+
+
+def test_a_float64_kernel_computing_in_float32_is_caught() -> None:
+    def downcast(call: KernelCall) -> Any:
+        if call.x.dtype != torch.float64:
+            return reference_forward(call)
+        cell = type(call.cell)(input_size=5, hidden_size=6).float()
+        cell.load_state_dict(call.cell.state_dict())
+        state = None if call.state is None else _map_state(call.state, Tensor.float)
+        resets = call.resets
+        y, s = reference_forward(KernelCall(cell, call.x.float(), state, resets, False))
+        return y.double(), _map_state(s, Tensor.double)
+
+    with (
+        use_host(_host(Kernel("downcast", "lstm", downcast))),
+        pytest.raises(AssertionError, match=r"backend=downcast torch.float64 .*: y: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_bfloat16_kernel_off_by_ten_percent_is_caught() -> None:
+    """In 16-bit dtypes the bound is twice the reference loop's own error when that exceeds
+    the tolerance, not ten times it."""
+
+    def off(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y * 1.1 if y.dtype == torch.bfloat16 else y), s
+
+    with (
+        use_host(_host(Kernel("off", "lstm", off))),
+        pytest.raises(AssertionError, match=r"backend=off torch.bfloat16 .*: y: relative"),
+    ):
+        check_backends(_make, dtypes=(torch.bfloat16,))
+
+
+class _Bf16Garbage(LSTM):
+    """A cell whose recurrence is garbage in bfloat16: its reference loop there is no floor."""
+
+    def recur(self, px_t: Tensor, state: Any) -> Any:
+        y, s = super().recur(px_t, state)
+        if y.dtype == torch.bfloat16:
+            y = y + 10
+        return y, s
+
+
+def test_a_garbage_16_bit_reference_loop_fails_instead_of_loosening_the_bound() -> None:
+    with pytest.raises(AssertionError, match=r"reference loop in torch.bfloat16 on cpu is off"):
+        check_backends(lambda: _Bf16Garbage(input_size=5, hidden_size=6))
+
+
+def test_the_chunking_check_sees_a_kernel_that_ignores_the_initial_state() -> None:
+    def fresh(call: KernelCall) -> Any:
+        return reference_forward(KernelCall(call.cell, call.x, None, call.resets, True))
+
+    with (
+        use_host(_host(Kernel("fresh", "lstm", fresh, priority=99))),
+        pytest.raises(AssertionError, match=r"chunked vs whole"),
+    ):
+        check_chunking(_make)
+
+
+# --- lengths ------------------------------------------------------------------------------------
+
+
+def _lengths_kernel(run: Any) -> Kernel:
+    return Kernel("len", "lstm", run, supports_lengths=True)
+
+
+def test_a_lengths_kernel_writing_past_the_lengths_is_caught() -> None:
+    def garbage_tail(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y + 1.0 * (y == 0), s
+
+    with (
+        use_host(_host(_lengths_kernel(garbage_tail))),
+        pytest.raises(AssertionError, match=r"backend=len .*: y is not zero past the lengths"),
+    ):
+        check_lengths(_make)
+
+
+def test_a_lengths_kernel_returning_the_state_at_t_is_caught() -> None:
+    """The final state is the one after all ``T`` steps (the padding run through), not the one
+    after step ``lengths[b] - 1``; ``y`` is right."""
+
+    def full_state(call: KernelCall) -> Any:
+        y, _ = reference_forward(call)
+        whole = KernelCall(call.cell, call.x, call.state, call.resets, call.needs_grad)
+        _, s = reference_forward(whole)
+        return y, s
+
+    with (
+        use_host(_host(_lengths_kernel(full_state))),
+        pytest.raises(AssertionError, match=r"backend=len .*: final state\.h"),
+    ):
+        check_lengths(_make)
+
+
+def test_the_lengths_check_runs_float32() -> None:
+    def off(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y * (1 + 1e-4) if y.dtype == torch.float32 else y), s
+
+    with (
+        use_host(_host(Kernel("off", "lstm", off))),
+        pytest.raises(AssertionError, match=r"backend=off torch.float32 .*: y: relative"),
+    ):
+        check_lengths(_make)
+
+
+# --- NaN propagation ----------------------------------------------------------------------------
+
+
+def test_a_kernel_writing_zeros_for_a_nan_final_state_is_caught() -> None:
+    def clean_state(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y, _map_state(s, lambda t: t.nan_to_num(nan=0.0))
+
+    with (
+        use_host(_host(Kernel("tidy", "lstm", clean_state))),
+        pytest.raises(
+            AssertionError, match=r"backend=tidy .*final state\.h: \d+ finite where the reference"
+        ),
+    ):
+        check_nan_propagation(_make)
+
+
+def test_a_kernel_hiding_a_nan_parameter_is_caught() -> None:
+    """Finite outputs whenever the input is finite, however NaN the weights: only the
+    parameter cases of the check see it."""
+
+    def hide(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        if torch.isnan(call.x).any():
+            return y, s
+        return y.nan_to_num(nan=0.0), _map_state(s, lambda t: t.nan_to_num(nan=0.0))
+
+    with (
+        use_host(_host(Kernel("hide", "lstm", hide))),
+        pytest.raises(AssertionError, match=r"backend=hide NaN in weight_ih\[0\].* finite where"),
+    ):
+        check_nan_propagation(_make)
+
+
+def test_a_kernel_leaking_a_nan_across_examples_is_caught() -> None:
+    def leak(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return y + 0 * y.sum(0, keepdim=True), s
+
+    with (
+        use_host(_host(Kernel("leak", "lstm", leak))),
+        pytest.raises(AssertionError, match=r"backend=leak .*y: \d+ NaN where the reference is"),
+    ):
+        check_nan_propagation(_make)
+
+
+# --- the kit's own plumbing ---------------------------------------------------------------------
+
+
+def test_cell_conformance_has_one_test_per_check_running_that_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[str] = []
+    for name in CHECKS:
+        monkeypatch.setattr(kit, f"check_{name}", lambda make, name=name: ran.append(name))
+
+    class Suite(CellConformance):
+        def make_cell(self) -> LSTM:
+            return _make()
+
+    tests = sorted(t for t in dir(Suite) if t.startswith("test_"))
+    assert tests == sorted(f"test_{name}" for name in CHECKS)
+    for name in CHECKS:
+        getattr(Suite(), f"test_{name}")()
+    assert ran == list(CHECKS)
+
+
+def test_rel_rms_is_the_relative_root_mean_square_error() -> None:
+    x = torch.tensor([3.0, -4.0], dtype=torch.float64)
+    dx = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    assert rel_rms(x * 1.01, x) == pytest.approx(0.01, rel=1e-9)
+    assert rel_rms(x + dx, x) == pytest.approx(0.1, rel=1e-9)
+    # against an all-zero expectation the error is the plain RMS, not zero
+    assert rel_rms(x, torch.zeros(2).double()) == pytest.approx(12.5**0.5)
+    assert rel_rms(torch.tensor([1.0, float("nan")]), x) == float("inf")
+    assert rel_rms(torch.tensor([1.0, float("inf")]), x) == float("inf")
+
+
+def test_tolerances_are_the_documented_ones_and_unknown_dtypes_have_none() -> None:
+    """docs/cell-abi.md, section 6: float64 1e-10, float32 1e-5, float16 5e-3, bfloat16 3e-2."""
+    assert [tolerance(d) for d in (torch.float64, torch.float32)] == [1e-10, 1e-5]
+    assert [tolerance(d) for d in (torch.float16, torch.bfloat16)] == [5e-3, 3e-2]
+    with pytest.raises(ValueError, match=r"no tolerance defined for dtype torch\.int32"):
+        tolerance(torch.int32)
