@@ -8,15 +8,17 @@ mutation pass over the kit found unguarded).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from rnnkit.core import LSTM, Kernel, KernelCall
+from rnnkit.core import LSTM, Kernel, KernelCall, StateField
 from rnnkit.core import _plugin as core_plugin
 from rnnkit.core.cells.lstm import LSTMState
+from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.plugins import PluginHost, module_plugin, use_host
 from rnnkit.core.reference import reference_forward
 from rnnkit.core.testing import CHECKS, CellConformance, rel_rms, tolerance
@@ -428,3 +430,48 @@ def test_tolerances_are_the_documented_ones_and_unknown_dtypes_have_none() -> No
     assert [tolerance(d) for d in (torch.float16, torch.bfloat16)] == [5e-3, 3e-2]
     with pytest.raises(ValueError, match=r"no tolerance defined for dtype torch\.int32"):
         tolerance(torch.int32)
+
+
+# --- the kit asks ``supports`` about the call it then runs --------------------------------------
+
+
+class _Rotation(DiagonalLinearCell):
+    """``h_t = a_t * h_{t-1} + b_t`` with a complex state (as LRU and S5 have)."""
+
+    kind = "rotation_test"
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = self.output_size = self.projected_size = hidden_size
+        self.weight = torch.nn.Parameter(torch.randn(hidden_size, input_size) / 3)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,), complex=True),)
+
+    def project(self, x: Tensor) -> Tensor:
+        return x @ self.weight.t()
+
+    def coefficients(self, px: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.polar(torch.sigmoid(px), px), torch.complex(px, -px)
+
+    def readout(self, h: Tensor, px: Tensor) -> Tensor:
+        return h.real
+
+
+def test_supports_sees_the_complex_state_the_kernel_runs_with() -> None:
+    """The backends check asked ``supports`` with the state cast to the real compute dtype
+    (dropping the imaginary part, with a warning) while it ran the kernel with the complex
+    state: a kernel refusing real states for a complex cell was skipped."""
+
+    def complex_only(call: KernelCall) -> str | None:
+        if call.state is not None and not all(s.is_complex() for s in call.state):
+            return "the state must be complex"
+        return None
+
+    kernel = Kernel("cplx", "rotation_test", reference_forward, supports=complex_only)
+    with use_host(_host(kernel)), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "Casting complex values to real ..."
+        report = check_backends(lambda: _Rotation(5, 6), dtypes=(torch.float64, torch.float32))
+    assert "cplx" not in report.skipped
+    assert len(report.ran["cplx"]) == 8

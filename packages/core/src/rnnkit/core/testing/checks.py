@@ -451,7 +451,10 @@ def _backend_reasons(
     :func:`_kernel_reasons`)."""
     probe = copy.deepcopy(cell).to(device=device, dtype=dtype)
     x = p.x.to(device=device, dtype=dtype)
-    state = tuple(s.to(device=device, dtype=dtype) for s in p.state) if use_state else None
+    state = None
+    if use_state:
+        # the dtypes run_cell gives the state (a complex field stays complex)
+        state = tuple(s.to(device=device, dtype=_state_dtype(s, dtype)) for s in p.state)
     resets = p.resets.to(device) if use_resets else None
     call = KernelCall(probe, x, state, resets, needs_grad=True)
     yield from _kernel_reasons(probe, call)
