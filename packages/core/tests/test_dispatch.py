@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from torch import Tensor
 from rnnkit.core import LSTM, BackendUnavailableError, Elman, Kernel, KernelCall, create_cell
 from rnnkit.core import _plugin as core_plugin
 from rnnkit.core.cells.elman import ElmanState
-from rnnkit.core.dispatch import Priority, cell_method_kernel, select
+from rnnkit.core.dispatch import Priority, cell_method_kernel, ranking, select
 from rnnkit.core.plugins import PluginHost, module_plugin, use_host
 from rnnkit.core.reference import reference_forward
 from rnnkit.core.testing import assert_close
@@ -54,6 +55,17 @@ def test_auto_prefers_the_highest_priority_kernel_that_can_run() -> None:
         y, _ = cell(x)
         assert fast.calls == ["fast"] and never.calls == []
         assert_close("y", y, cell(x, backend="reference")[0], 1e-7)
+
+
+def test_equal_tiers_go_by_key_not_by_registration_order() -> None:
+    """docs/kernels.md: ``auto`` takes equal tiers in the order of the kernels' keys, so which
+    one runs does not depend on the order plugins load in."""
+    for order in ((0, 1), (1, 0)):
+        pair = (Kernel("zzz", "lstm", _tagged("zzz")), Kernel("aaa", "lstm", _tagged("aaa")))
+        with use_host(_host_with(*(replace(pair[i], priority=5) for i in order))):
+            call = KernelCall(LSTM(3, 4), torch.randn(1, 2, 3), None, None, False)
+            assert [k.backend for k in ranking(call)] == ["aaa", "zzz", "reference"]
+            assert select(call).backend == "aaa"
 
 
 def test_named_backend_that_cannot_run_says_why_and_what_auto_would_use() -> None:

@@ -108,7 +108,8 @@ def rank_of(kernel: Kernel, call: KernelCall) -> int:
 
 def ranking(call: KernelCall, candidates: Sequence[Kernel] | None = None) -> list[Kernel]:
     """The kernels for ``call`` (default: every kernel targeting its cell) in the order ``auto``
-    tries them: highest priority first, registration order among equals."""
+    tries them: highest priority first; among equals, in the order of their keys
+    (``backend/target``, the registry's order), whatever order the plugins registered them in."""
     pool = kernels_for(call.cell) if candidates is None else candidates
     return sorted(pool, key=lambda k: -rank_of(k, call))
 
