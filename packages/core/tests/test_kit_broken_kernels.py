@@ -9,13 +9,13 @@ mutation pass over the kit found unguarded).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 from torch import Tensor
 
-from rnnkit.core import LSTM, Kernel, KernelCall, StateField
+from rnnkit.core import LSTM, Cell, Kernel, KernelCall, StateField
 from rnnkit.core import _plugin as core_plugin
 from rnnkit.core.cells.lstm import LSTMState
 from rnnkit.core.linear import DiagonalLinearCell
@@ -432,7 +432,7 @@ def test_tolerances_are_the_documented_ones_and_unknown_dtypes_have_none() -> No
         tolerance(torch.int32)
 
 
-# --- the kit asks ``supports`` about the call it then runs --------------------------------------
+# --- the kit runs the state the cell declares ----------------------------------------------------
 
 
 class _Rotation(DiagonalLinearCell):
@@ -475,3 +475,41 @@ def test_supports_sees_the_complex_state_the_kernel_runs_with() -> None:
         report = check_backends(lambda: _Rotation(5, 6), dtypes=(torch.float64, torch.float32))
     assert "cplx" not in report.skipped
     assert len(report.ran["cplx"]) == 8
+
+
+class _CountState(NamedTuple):
+    h: Tensor
+    n: Tensor
+
+
+class _Counting(Cell[_CountState]):
+    """An Elman-like cell whose second state field has a fixed dtype (a float64 step count,
+    whatever the compute dtype: ``StateField(dtype=...)``, docs/cell-abi.md section 2)."""
+
+    state_type = _CountState
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = self.output_size = self.projected_size = hidden_size
+        self.w = torch.nn.Parameter(torch.randn(hidden_size, input_size) / 3)
+        self.u = torch.nn.Parameter(torch.randn(hidden_size, hidden_size) / 3)
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return (StateField("h", (self.hidden_size,)), StateField("n", (1,), dtype=torch.float64))
+
+    def project(self, x: Tensor) -> Tensor:
+        return x @ self.w.t()
+
+    def recur(self, px_t: Tensor, state: _CountState) -> tuple[Tensor, _CountState]:
+        h = torch.tanh(px_t + state.h @ self.u.t() + 0.01 * state.n.to(px_t.dtype))
+        return h, _CountState(h, state.n + 1)
+
+
+def test_a_state_field_of_fixed_dtype_keeps_it_in_every_configuration() -> None:
+    """The backends and lengths checks cast every floating state field to the compute dtype,
+    so a cell with a fixed-dtype field failed them in float32 with the forward's own
+    ``TypeError`` (state.n must have dtype torch.float64)."""
+    report = check_backends(lambda: _Counting(5, 6))
+    assert len(report.ran["reference"]) == 12
+    check_lengths(lambda: _Counting(5, 6))

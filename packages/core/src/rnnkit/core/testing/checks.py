@@ -31,7 +31,7 @@ from rnnkit.core.dispatch import KernelCall, kernels_for, select
 from rnnkit.core.forms import Form
 from rnnkit.core.kernel import ProtocolGap
 from rnnkit.core.state import StateField
-from rnnkit.core.testing.lengths import LENGTHS, check_lengths_on
+from rnnkit.core.testing.lengths import LENGTHS, check_lengths_on, state_dtypes
 from rnnkit.core.testing.numerics import assert_close, rel_rms, tolerance
 from rnnkit.core.testing.report import CheckReport, publish
 
@@ -127,8 +127,9 @@ def run_cell(
     x = leaf(p.x.to(device=device, dtype=dtype))
     state = None
     if use_state:
+        dtypes = state_dtypes(cell, dtype)
         state = cell.state_type._make(
-            leaf(s.to(device=device, dtype=_state_dtype(s, dtype))) for s in p.state
+            leaf(s.to(device=device, dtype=d)) for s, d in zip(p.state, dtypes, strict=True)
         )
     resets = p.resets.to(device) if use_resets else None
     y, final = fn(x, state, backend=backend, resets=resets)
@@ -148,13 +149,6 @@ def run_cell(
         tuple(_as_real(s.detach()).cpu() for s in final),
         grads,
     )
-
-
-def _state_dtype(s: Tensor, dtype: torch.dtype) -> torch.dtype:
-    """The dtype a state field takes when the cell runs in ``dtype`` (complex stays complex)."""
-    if s.is_complex():
-        return torch.complex128 if dtype == torch.float64 else torch.complex64
-    return dtype if s.is_floating_point() else s.dtype
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -454,7 +448,8 @@ def _backend_reasons(
     state = None
     if use_state:
         # the dtypes run_cell gives the state (a complex field stays complex)
-        state = tuple(s.to(device=device, dtype=_state_dtype(s, dtype)) for s in p.state)
+        dtypes = state_dtypes(cell, dtype)
+        state = tuple(s.to(device=device, dtype=d) for s, d in zip(p.state, dtypes, strict=True))
     resets = p.resets.to(device) if use_resets else None
     call = KernelCall(probe, x, state, resets, needs_grad=True)
     yield from _kernel_reasons(probe, call)

@@ -98,7 +98,8 @@ def check_lengths_on(cell: Cell[Any], p: Any, report: CheckReport | None = None)
             x = p.x.to(dtype)
             call_state = None
             if state is not None:
-                call_state = tuple(s.to(_compute(s, dtype)) for s in state)
+                dtypes = state_dtypes(cell, dtype)
+                call_state = tuple(s.to(d) for s, d in zip(state, dtypes, strict=True))
             call = KernelCall(probe, x, call_state, resets, True, lengths)
             config = f"{str(dtype).removeprefix('torch.')} state={use_state} resets={use_resets}"
             for kernel in kernels_for(probe):
@@ -148,8 +149,7 @@ def _close(name: str, got: Tensor, want: Tensor, tol: float) -> None:
     assert_close(name, got[finite], want[finite], tol)
 
 
-def _compute(s: Tensor, dtype: torch.dtype) -> torch.dtype:
-    """The dtype a state field takes when the cell runs in ``dtype`` (complex stays complex)."""
-    if s.is_complex():
-        return torch.complex128 if dtype == torch.float64 else torch.complex64
-    return dtype
+def state_dtypes(cell: Cell[Any], dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+    """The dtype of each state field when ``cell`` computes in ``dtype``: its ``state_spec``'s
+    (a complex field stays complex, a field of fixed dtype keeps it)."""
+    return tuple(field.resolve_dtype(dtype) for field in cell.state_spec())
