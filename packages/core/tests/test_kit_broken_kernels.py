@@ -122,11 +122,46 @@ def test_a_kernel_refusing_resets_is_skipped_not_run_with_them() -> None:
 
     with use_host(_host(Kernel("plain", "lstm", run, supports=supports))):
         report = check_backends(_make, dtypes=F64)
-    assert sorted(report.ran["plain"]) == ["float64 cpu no state", "float64 cpu state"]
+    assert sorted(report.ran["plain"]) == [
+        "float64 cpu no state",
+        "float64 cpu no state no grad",
+        "float64 cpu state",
+        "float64 cpu state no grad",
+    ]
     assert sorted(report.skipped["plain"]["no resets"]) == [
         "float64 cpu no state resets",
+        "float64 cpu no state resets no grad",
         "float64 cpu state resets",
+        "float64 cpu state resets no grad",
     ]
+
+
+def test_a_kernel_wrong_only_without_gradients_is_caught() -> None:
+    """Kernels take another path for an inference call (``needs_grad=False``: no autograd
+    function, nothing saved); a kernel that ``auto`` does not pick there is checked only by
+    ``check_backends`` running it under ``torch.no_grad()``."""
+
+    def wrong_inference(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y if call.needs_grad else y * 1.01), s
+
+    with (
+        use_host(_host(Kernel("infer", "lstm", wrong_inference, priority=-100))),
+        pytest.raises(AssertionError, match=r"backend=infer .* no grad: y: relative"),
+    ):
+        check_backends(_make, dtypes=F64)
+
+
+def test_a_kernel_refusing_inference_calls_is_skipped_for_them() -> None:
+    def supports(call: KernelCall) -> str | None:
+        return None if call.needs_grad else "training calls only"
+
+    with use_host(_host(Kernel("train", "lstm", reference_forward, supports=supports))):
+        report = check_backends(_make, dtypes=F64)
+    assert len(report.ran["train"]) == 4
+    assert sorted(report.skipped["train"]["training calls only"]) == sorted(
+        f"{c} no grad" for c in report.ran["train"]
+    )
 
 
 def test_a_final_state_off_by_a_constant_is_caught() -> None:
@@ -474,7 +509,7 @@ def test_supports_sees_the_complex_state_the_kernel_runs_with() -> None:
         warnings.simplefilter("error", UserWarning)  # "Casting complex values to real ..."
         report = check_backends(lambda: _Rotation(5, 6), dtypes=(torch.float64, torch.float32))
     assert "cplx" not in report.skipped
-    assert len(report.ran["cplx"]) == 8
+    assert len(report.ran["cplx"]) == 16
 
 
 class _CountState(NamedTuple):
@@ -511,5 +546,5 @@ def test_a_state_field_of_fixed_dtype_keeps_it_in_every_configuration() -> None:
     so a cell with a fixed-dtype field failed them in float32 with the forward's own
     ``TypeError`` (state.n must have dtype torch.float64)."""
     report = check_backends(lambda: _Counting(5, 6))
-    assert len(report.ran["reference"]) == 12
+    assert len(report.ran["reference"]) == 24
     check_lengths(lambda: _Counting(5, 6))

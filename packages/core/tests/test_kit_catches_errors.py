@@ -111,12 +111,15 @@ def test_a_check_reports_what_ran_and_what_was_skipped_and_why() -> None:
         report = check_backends(_make, dtypes=(torch.float64,))
     assert report.check == "backends" and report.cell == "LSTM"
     assert sorted(report.ran["reference"]) == sorted(
-        f"float64 cpu {s}{r}" for s in ("state", "no state") for r in ("", " resets")
+        f"float64 cpu {s}{r}{g}"
+        for s in ("state", "no state")
+        for r in ("", " resets")
+        for g in ("", " no grad")
     )
     assert report.skipped == {"qpu": {"needs a quantum computer": report.ran["reference"]}}
     line = report.summary()
-    assert line.startswith("backends on LSTM: ran reference x4")
-    assert "skipped qpu x4 (needs a quantum computer)" in line
+    assert line.startswith("backends on LSTM: ran reference x8")
+    assert "skipped qpu x8 (needs a quantum computer)" in line
 
 
 def test_check_cell_returns_every_check_s_report() -> None:

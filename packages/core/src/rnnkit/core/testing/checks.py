@@ -109,14 +109,15 @@ def run_cell(
     use_state: bool = True,
     use_resets: bool = False,
     compile_backend: str | None = None,
-    grad: Literal["all", "params"] = "all",
+    grad: Literal["all", "params", "none"] = "all",
 ) -> RunResult:
     """Run forward and backward in ``dtype`` on ``device``; gradients are returned in float64.
 
     With ``compile_backend``, the cell is run through ``torch.compile(cell, backend=...)``.
     ``grad`` says what requires grad: ``"all"`` (input, initial state and parameters) or
     ``"params"`` (parameters only: the input and state are plain tensors, whose gradients are
-    then reported as zeros).
+    then reported as zeros); ``"none"`` runs the forward alone under ``torch.no_grad()`` (the
+    inference call, ``needs_grad=False``) and returns no gradients.
     """
     cell = copy.deepcopy(cell).to(device=device, dtype=dtype)
     fn: Callable[..., Any] = cell
@@ -132,6 +133,10 @@ def run_cell(
             leaf(s.to(device=device, dtype=d)) for s, d in zip(p.state, dtypes, strict=True)
         )
     resets = p.resets.to(device) if use_resets else None
+    if grad == "none":
+        with torch.no_grad():
+            y, final = fn(x, state, backend=backend, resets=resets)
+        return RunResult(y.to(torch.float64).cpu(), tuple(_as_real(s).cpu() for s in final), {})
     y, final = fn(x, state, backend=backend, resets=resets)
     # random cotangents on y and on every field of the final state
     loss = (y.to(torch.float64) * p.dy.to(device)).sum()
@@ -438,10 +443,16 @@ def devices() -> list[str]:
 
 
 def _backend_reasons(
-    cell: Cell[Any], p: Problem, device: str, dtype: torch.dtype, use_state: bool, use_resets: bool
+    cell: Cell[Any],
+    p: Problem,
+    device: str,
+    dtype: torch.dtype,
+    use_state: bool,
+    use_resets: bool,
+    needs_grad: bool = True,
 ) -> Iterator[tuple[str, str | None]]:
     """``(backend, why it cannot run this exact configuration or None)`` for every backend of
-    the cell (device, dtype, state, resets); a :class:`ProtocolGap` fails (see
+    the cell (device, dtype, state, resets, gradients); a :class:`ProtocolGap` fails (see
     :func:`_kernel_reasons`)."""
     probe = copy.deepcopy(cell).to(device=device, dtype=dtype)
     x = p.x.to(device=device, dtype=dtype)
@@ -451,7 +462,7 @@ def _backend_reasons(
         dtypes = state_dtypes(cell, dtype)
         state = tuple(s.to(device=device, dtype=d) for s, d in zip(p.state, dtypes, strict=True))
     resets = p.resets.to(device) if use_resets else None
-    call = KernelCall(probe, x, state, resets, needs_grad=True)
+    call = KernelCall(probe, x, state, resets, needs_grad=needs_grad)
     yield from _kernel_reasons(probe, call)
 
 
@@ -461,8 +472,10 @@ def check_backends(
 ) -> CheckReport:
     """Every backend that can run the cell equals ``reference`` (run in float64) in value and in
     every gradient, within the dtype's tolerance, with and without initial state and resets,
-    on every device present. In 16-bit dtypes the bound is the larger of the tolerance and
-    ``LOW_PRECISION_SLACK`` times the reference loop's own error in that dtype."""
+    on every device present; and in value when run without gradients (``torch.no_grad()``,
+    ``needs_grad=False``: kernels take another path there). In 16-bit dtypes the bound is the
+    larger of the tolerance and ``LOW_PRECISION_SLACK`` times the reference loop's own error
+    in that dtype."""
     cell = _f64(make)
     report = CheckReport("backends", type(cell).__name__)
     p = make_problem(cell)
@@ -512,6 +525,30 @@ def check_backends(
                         )
                         _compare(label, got, want, tolerance(dtype), fields, floor)
                         report.add_run(backend, config)
+                    # the inference call: forward only, compared in value
+                    values = dataclasses.replace(want, grads={})
+                    for backend, reason in _backend_reasons(
+                        cell, p, device, dtype, use_state, use_resets, needs_grad=False
+                    ):
+                        if reason is not None:
+                            report.add_skip(backend, reason, f"{config} no grad")
+                            continue
+                        label = (
+                            f"backend={backend} {dtype} {device} state={use_state} "
+                            f"resets={use_resets} no grad"
+                        )
+                        got = run_cell(
+                            cell,
+                            p,
+                            backend=backend,
+                            dtype=dtype,
+                            device=device,
+                            use_state=use_state,
+                            use_resets=use_resets,
+                            grad="none",
+                        )
+                        _compare(label, got, values, tolerance(dtype), fields, floor)
+                        report.add_run(backend, f"{config} no grad")
     return publish(report)
 
 
