@@ -292,13 +292,14 @@ def test_a_float64_kernel_computing_in_float32_is_caught() -> None:
         check_backends(_make, dtypes=F64)
 
 
-def test_a_bfloat16_kernel_off_by_ten_percent_is_caught() -> None:
-    """In 16-bit dtypes the bound is twice the reference loop's own error when that exceeds
-    the tolerance, not ten times it."""
+def test_a_bfloat16_kernel_off_by_six_percent_is_caught() -> None:
+    """In 16-bit dtypes the bound is the tolerance (3e-2) or twice the reference loop's own
+    error, whichever is larger; LSTM's loop is accurate in bfloat16 (about 5e-3), so 6 % is
+    out, as it would not be with ten times the loop's error."""
 
     def off(call: KernelCall) -> Any:
         y, s = reference_forward(call)
-        return (y * 1.1 if y.dtype == torch.bfloat16 else y), s
+        return (y * 1.06 if y.dtype == torch.bfloat16 else y), s
 
     with (
         use_host(_host(Kernel("off", "lstm", off))),
