@@ -26,8 +26,12 @@ from rnnkit.core.testing import checks as kit
 from rnnkit.core.testing.checks import (
     check_backends,
     check_chunking,
+    check_empty_batch,
     check_lengths,
     check_nan_propagation,
+    check_recur,
+    check_resets,
+    check_step_matches_forward,
 )
 
 F64 = (torch.float64,)
@@ -549,3 +553,99 @@ def test_a_state_field_of_fixed_dtype_keeps_it_in_every_configuration() -> None:
     report = check_backends(lambda: _Counting(5, 6))
     assert len(report.ran["reference"]) == 24
     check_lengths(lambda: _Counting(5, 6))
+
+
+# --- cells that break the ABI in ways only one check sees ---------------------------------------
+
+
+class _Tally(_Counting):
+    """``n`` counts steps and never reaches ``y`` (like sLSTM's stabiliser ``m``, which ``y`` is
+    invariant to); its ``step_unchecked`` (a "faster equivalent") counts twice."""
+
+    def recur(self, px_t: Tensor, state: _CountState) -> tuple[Tensor, _CountState]:
+        h = torch.tanh(px_t + state.h @ self.u.t())
+        return h, _CountState(h, state.n + 1)
+
+    def step_unchecked(self, x_t: Tensor, state: _CountState) -> tuple[Tensor, _CountState]:
+        y, s = self.recur(self.project(x_t), state)
+        return y, s._replace(n=s.n + 1)
+
+
+def test_a_step_wrong_only_in_a_state_field_y_does_not_read_is_caught() -> None:
+    with pytest.raises(AssertionError, match=r"step vs forward: state\.n"):
+        check_step_matches_forward(lambda: _Tally(5, 6))
+
+
+class _OneRow(LSTM):
+    """``recur`` returns ``y_t`` for the first example only."""
+
+    def recur(self, px_t: Tensor, state: Any) -> Any:
+        y, s = super().recur(px_t, state)
+        return y[:1], s
+
+
+def test_recur_s_output_batch_is_checked() -> None:
+    with pytest.raises(AssertionError, match=r"returned y_t of shape \(1, 6\), expected \(3, 6\)"):
+        check_recur(lambda: _OneRow(input_size=5, hidden_size=6))
+
+
+class _LeadingAxis(_Rotation):
+    """``coefficients`` gives ``a`` an extra leading axis: it broadcasts, but to a bigger
+    shape than the state's."""
+
+    def coefficients(self, px: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = super().coefficients(px)
+        return a.unsqueeze(0), b
+
+
+def test_coefficients_with_an_extra_leading_axis_are_refused() -> None:
+    with pytest.raises(AssertionError, match=r"returned a of shape \(1, 3, 6\), which does not"):
+        check_recur(lambda: _LeadingAxis(5, 6))
+
+
+def test_a_kernel_wrong_for_all_false_resets_is_caught() -> None:
+    """A kernel whose reset path breaks when no example resets anywhere (say it finds the
+    segment starts with ``nonzero()`` and mishandles none): the backends check's resets all
+    have a reset, so only the resets check's all-false case sees it."""
+
+    def bad_empty_mask(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        if call.resets is not None and not bool(call.resets.any()):
+            y = y * 1.01
+        return y, s
+
+    with (
+        use_host(_host(Kernel("mask", "lstm", bad_empty_mask, priority=99))),
+        pytest.raises(AssertionError, match=r"all-false resets vs none"),
+    ):
+        check_resets(_make)
+
+
+class _GradInto(torch.autograd.Function):
+    """Identity on ``y`` whose backward also hands ``w`` a gradient of ones (a custom backward
+    that accumulates a parameter gradient whatever the batch)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, w: Tensor) -> Tensor:
+        ctx.w_like = torch.empty_like(w)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:
+        return g, torch.ones_like(ctx.w_like)
+
+
+def test_an_empty_batch_with_a_parameter_gradient_is_caught() -> None:
+    def grad_into_bias(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        bias = call.cell.get_parameter("bias")
+        out: Tensor = _GradInto.apply(y, bias)  # type: ignore[no-untyped-call]
+        return out, s
+
+    with (
+        use_host(_host(Kernel("bias", "lstm", grad_into_bias))),
+        pytest.raises(
+            AssertionError, match=r"empty batch, backend=bias: non-zero gradient of bias"
+        ),
+    ):
+        check_empty_batch(_make)
