@@ -24,6 +24,7 @@ from rnnkit.core.reference import reference_forward
 from rnnkit.core.testing import CHECKS, CellConformance, rel_rms, tolerance
 from rnnkit.core.testing import checks as kit
 from rnnkit.core.testing.checks import (
+    TIME,
     check_backends,
     check_chunking,
     check_empty_batch,
@@ -33,6 +34,7 @@ from rnnkit.core.testing.checks import (
     check_resets,
     check_step_matches_forward,
 )
+from rnnkit.core.testing.lengths import LENGTHS
 
 F64 = (torch.float64,)
 
@@ -343,6 +345,12 @@ def test_the_chunking_check_sees_a_kernel_that_ignores_the_initial_state() -> No
 
 def _lengths_kernel(run: Any) -> Kernel:
     return Kernel("len", "lstm", run, supports_lengths=True)
+
+
+def test_the_lengths_are_the_documented_mix() -> None:
+    """docs/cell-abi.md section 6: unsorted, tied, 0 and ``T`` (the check's ``T = 7``)."""
+    assert 0 in LENGTHS and TIME in LENGTHS
+    assert len(set(LENGTHS)) < len(LENGTHS) and list(LENGTHS) != sorted(LENGTHS)
 
 
 def test_a_lengths_kernel_writing_past_the_lengths_is_caught() -> None:
