@@ -132,6 +132,32 @@ def test_rnnkit_backend_env_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> N
             cell(torch.randn(1, 2, 3))
 
 
+def test_rnnkit_backend_env_leaves_a_named_backend_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It replaces ``"auto"`` only: a call naming its backend runs that backend."""
+    tagged = _tagged("t")
+    with use_host(_host_with(Kernel("other", "lstm", tagged, priority=-1))):
+        cell = create_cell("lstm", input_size=3, hidden_size=4)
+        monkeypatch.setenv("RNNKIT_BACKEND", "other")
+        cell(torch.randn(1, 2, 3), backend="reference")
+        assert tagged.calls == []
+
+
+def test_a_cell_s_backend_priority_replaces_the_kernel_s_tier() -> None:
+    """``set_backend_priority`` (docs/kernels.md) wins over the kernel's own priority, also
+    when it sets the tier 0 (``Priority.REFERENCE``): then the tie goes by key, and
+    ``reference/*`` sorts before ``zfast/lstm``."""
+    zfast = _tagged("zfast")
+    with use_host(_host_with(Kernel("zfast", "lstm", zfast, priority=Priority.PORTABLE))):
+        cell = create_cell("lstm", input_size=3, hidden_size=4)
+        call = KernelCall(cell, torch.randn(1, 2, 3), None, None, False)
+        assert select(call).backend == "zfast"
+        for tier, picked in ((Priority.BELOW_REFERENCE, "reference"), (0, "reference")):
+            cell.set_backend_priority("zfast", tier)
+            assert select(call).backend == picked, tier
+        cell.set_backend_priority("zfast", None)
+        assert select(call).backend == "zfast"
+
+
 def test_needs_grad_is_reported_to_kernels() -> None:
     seen: list[bool] = []
 

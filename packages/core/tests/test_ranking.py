@@ -99,6 +99,37 @@ def test_ranking_agrees_with_select_for_every_call() -> None:
                     assert sum(r.chosen for r in ranking.kernels) == 1
 
 
+def test_ranking_shows_a_cell_s_backend_priority() -> None:
+    with use_host(_host(*KERNELS)):
+        call = probe_call("lstm", batch=2, time=3)
+        call.cell.set_backend_priority("fast", 0)
+        ranking = rank_backends(call)
+    assert [(r.kernel.backend, r.priority) for r in ranking.kernels] == [
+        ("gpuonly", 9),
+        ("fast", 0),
+        ("reference", 0),
+    ]
+    assert ranking.chosen is not None and ranking.chosen.backend == "fast"  # "fast/lstm" first
+
+
+def test_ranking_under_rnnkit_backend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with use_host(_host(*KERNELS)):
+        call = probe_call("lstm", batch=2, time=3)
+        monkeypatch.setenv("RNNKIT_BACKEND", "reference")
+        ranking = rank_backends(call)
+        assert ranking.forced == "reference" and ranking.error is None
+        assert ranking.chosen is not None and ranking.chosen.backend == "reference"
+        _, picked = _table(capsys, "--cell", "lstm")
+        assert picked == 'backend="auto" picks reference (forced by RNNKIT_BACKEND=reference)'
+        # an unknown name is the ranking's error, not an exception
+        monkeypatch.setenv("RNNKIT_BACKEND", "nope")
+        ranking = rank_backends(call)
+        assert ranking.forced == "nope" and ranking.chosen is None
+        assert ranking.error is not None and "unknown backend 'nope'" in ranking.error
+
+
 def test_probe_call_builds_the_described_call() -> None:
     call = probe_call("gru", batch=3, time=5, heads=2, dtype="float64", inference=True)
     assert call.x.shape == (3, 5, 8) and call.x.dtype == torch.float64
