@@ -326,7 +326,7 @@ class _Bf16Garbage(LSTM):
 
 def test_a_garbage_16_bit_reference_loop_fails_instead_of_loosening_the_bound() -> None:
     with pytest.raises(AssertionError, match=r"reference loop in torch.bfloat16 on cpu is off"):
-        check_backends(lambda: _Bf16Garbage(input_size=5, hidden_size=6))
+        check_backends(lambda: _Bf16Garbage(input_size=5, hidden_size=6), (torch.bfloat16,))
 
 
 def test_the_chunking_check_sees_a_kernel_that_ignores_the_initial_state() -> None:
