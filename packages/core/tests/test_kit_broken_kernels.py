@@ -382,6 +382,18 @@ def test_a_lengths_kernel_returning_the_state_at_t_is_caught() -> None:
         check_lengths(_make)
 
 
+def test_a_lengths_kernel_wrong_only_without_gradients_is_caught() -> None:
+    def wrong_inference(call: KernelCall) -> Any:
+        y, s = reference_forward(call)
+        return (y if call.needs_grad else y * 1.01), s
+
+    with (
+        use_host(_host(_lengths_kernel(wrong_inference))),
+        pytest.raises(AssertionError, match=r"backend=len .* no grad: y: relative"),
+    ):
+        check_lengths(_make)
+
+
 def test_the_lengths_check_runs_float32() -> None:
     def off(call: KernelCall) -> Any:
         y, s = reference_forward(call)

@@ -773,7 +773,8 @@ def check_lengths(make: CellFactory) -> CheckReport:
     float64 and float32, equals running each sequence ``x[b, :n[b]]`` alone on ``reference``
     in float64: ``y`` on the valid steps and exactly zero past them, the final state, and the
     gradients of ``x``, the initial state and every parameter; with and without an initial
-    state and resets (see :mod:`rnnkit.core.testing.lengths`)."""
+    state and resets; ``y`` and the final state also without gradients (``torch.no_grad()``,
+    as in :func:`check_backends`). See :mod:`rnnkit.core.testing.lengths`."""
     cell = _f64(make)
     report = CheckReport("lengths", type(cell).__name__)
     check_lengths_on(cell, make_problem(cell, batch=len(LENGTHS)), report)

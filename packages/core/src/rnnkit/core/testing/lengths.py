@@ -56,7 +56,7 @@ def check_lengths_on(cell: Cell[Any], p: Any, report: CheckReport | None = None)
     ``cell`` and a problem ``p`` from ``make_problem`` with batch ``len(LENGTHS)``, ``T = 7``;
     what ran and what was skipped goes to ``report``."""
     lengths = torch.tensor(LENGTHS)
-    batch, time = p.x.shape[0], p.x.shape[1]
+    batch = p.x.shape[0]
     fields = tuple(cell.state_type._fields)
     for use_state, use_resets in ((True, False), (False, True)):
         state = p.state if use_state else None
@@ -100,38 +100,67 @@ def check_lengths_on(cell: Cell[Any], p: Any, report: CheckReport | None = None)
             if state is not None:
                 dtypes = state_dtypes(cell, dtype)
                 call_state = tuple(s.to(d) for s, d in zip(state, dtypes, strict=True))
-            call = KernelCall(probe, x, call_state, resets, True, lengths)
             config = f"{str(dtype).removeprefix('torch.')} state={use_state} resets={use_resets}"
-            for kernel in kernels_for(probe):
-                reason = kernel.why_not(call)
-                if reason is not None:
+            tol = tolerance(dtype)
+            want = (want_y, dict(zip(fields, finals, strict=True)))
+            for needs_grad in (True, False):
+                # without gradients kernels may take another path (see check_backends)
+                call = KernelCall(probe, x, call_state, resets, needs_grad, lengths)
+                suffix = "" if needs_grad else " no grad"
+                for kernel in kernels_for(probe):
+                    reason = kernel.why_not(call)
+                    if reason is not None:
+                        if report is not None:
+                            report.add_skip(kernel.backend, reason, config + suffix)
+                        continue
                     if report is not None:
-                        report.add_skip(kernel.backend, reason, config)
-                    continue
-                if report is not None:
-                    report.add_run(kernel.backend, config)
-                label = (
-                    f"lengths={list(LENGTHS)}, backend={kernel.backend} {dtype} "
-                    f"state={use_state} resets={use_resets}"
-                )
-                tol = tolerance(dtype)
-                got_y, got_final, got_grads = _run(
-                    probe,
-                    x,
-                    call_state,
-                    resets,
-                    p.dy,
-                    p.dstate,
-                    backend=kernel.backend,
-                    lengths=lengths,
-                )
-                pad = torch.arange(time).unsqueeze(0) >= lengths.unsqueeze(1)
-                assert not got_y[pad].any(), f"{label}: y is not zero past the lengths"
-                _close(f"{label}: y", got_y, want_y, tol)
-                for name, a, w in zip(fields, got_final, finals, strict=True):
-                    _close(f"{label}: final state.{name}", a, w, tol)
-                for key, g in want_grads.items():
-                    _close(f"{label}: grad {key}", got_grads[key], g, tol)
+                        report.add_run(kernel.backend, config + suffix)
+                    label = (
+                        f"lengths={list(LENGTHS)}, backend={kernel.backend} {dtype} "
+                        f"state={use_state} resets={use_resets}{suffix}"
+                    )
+                    if not needs_grad:
+                        with torch.no_grad():
+                            y, final = probe(
+                                x,
+                                None if call_state is None else probe.state_type._make(call_state),
+                                resets=resets,
+                                backend=kernel.backend,
+                                lengths=lengths,
+                            )
+                        _check_values(label, y, tuple(final), want, tol)
+                        continue
+                    got_y, got_final, got_grads = _run(
+                        probe,
+                        x,
+                        call_state,
+                        resets,
+                        p.dy,
+                        p.dstate,
+                        backend=kernel.backend,
+                        lengths=lengths,
+                    )
+                    _check_values(label, got_y, got_final, want, tol)
+                    for key, g in want_grads.items():
+                        _close(f"{label}: grad {key}", got_grads[key], g, tol)
+
+
+def _check_values(
+    label: str,
+    y: Tensor,
+    final: tuple[Tensor, ...],
+    want: tuple[Tensor, dict[str, Tensor]],
+    tol: float,
+) -> None:
+    """``y`` is zero past the lengths and close to ``want[0]`` on the valid steps; every final
+    state field is close to ``want[1]``'s."""
+    want_y, want_final = want
+    lengths = torch.tensor(LENGTHS)
+    pad = torch.arange(y.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+    assert not y[pad].any(), f"{label}: y is not zero past the lengths"
+    _close(f"{label}: y", y, want_y, tol)
+    for (name, w), a in zip(want_final.items(), final, strict=True):
+        _close(f"{label}: final state.{name}", a, w, tol)
 
 
 def _real(t: Tensor) -> Tensor:
