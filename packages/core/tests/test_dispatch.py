@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,3 +350,13 @@ def test_is_exporting_only_under_torch_export() -> None:
     torch.compile(Probe(), backend="eager", fullgraph=True)(x)
     torch.export.export(Probe(), (x,))
     assert seen == [False, False, True]
+
+
+def test_the_priority_tiers_are_the_documented_table() -> None:
+    """docs/kernels.md's tier table (highest first) is the enum: a tier moved past its
+    neighbour silently reorders ``auto`` for every kernel in it."""
+    doc = (Path(__file__).parents[3] / "docs" / "kernels.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| (-?[\d,]+) \|", doc, flags=re.MULTILINE)
+    assert [(name, int(value.replace(",", ""))) for name, value in rows] == sorted(
+        ((p.name, int(p)) for p in Priority), key=lambda nv: -nv[1]
+    )
