@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from rnnkit.core import LSTM, BackendUnavailableError, Elman, Kernel, KernelCall, create_cell
+from rnnkit.core import (
+    LSTM,
+    BackendUnavailableError,
+    Elman,
+    Kernel,
+    KernelCall,
+    create_cell,
+    dispatch,
+)
 from rnnkit.core import _plugin as core_plugin
 from rnnkit.core.cells.elman import ElmanState
 from rnnkit.core.dispatch import Priority, cell_method_kernel, ranking, select
@@ -360,3 +368,11 @@ def test_the_priority_tiers_are_the_documented_table() -> None:
     assert [(name, int(value.replace(",", ""))) for name, value in rows] == sorted(
         ((p.name, int(p)) for p in Priority), key=lambda nv: -nv[1]
     )
+
+
+def test_dispatch_without_a_kernel_source_says_what_to_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatch, "_source", None)
+    with pytest.raises(RuntimeError, match=r"no kernel source: import rnnkit\.core"):
+        dispatch.registered_kernels()
