@@ -310,7 +310,7 @@ class _NanFreeGrad(torch.autograd.Function):
 
 def test_a_backend_whose_backward_loses_the_nan_is_caught() -> None:
     def clean_backward(call: KernelCall) -> Any:
-        x = _NanFreeGrad.apply(call.x)
+        x: torch.Tensor = _NanFreeGrad.apply(call.x)  # type: ignore[no-untyped-call]
         return reference_forward(KernelCall(call.cell, x, call.state, call.resets, True))
 
     with (
