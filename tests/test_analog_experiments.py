@@ -451,3 +451,24 @@ def test_a_refusal_keeps_what_the_command_wrote(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="stopped"):
         refuse(write=False)
     assert not made.exists()
+
+
+def test_shared_flags_take_their_bounds() -> None:
+    """The least value each shared flag takes passes (``--finetune-steps 0``: no fine-tuning,
+    ``--lr 0``, 1 and 10 bits), and ``None`` for the sizes that default to the task's."""
+    import argparse
+
+    from rnnkit.tasks.analog.cli import _check_flags
+
+    least = argparse.Namespace(
+        steps=1,
+        lr=0.0,
+        finetune_lr=0.0,
+        finetune_steps=0,
+        noise_seeds=1,
+        bits=[1, 10],
+        hidden_size=1,
+        eval_examples=1,
+    )
+    _check_flags(least)
+    _check_flags(argparse.Namespace(**{**vars(least), "hidden_size": None, "eval_examples": None}))

@@ -188,6 +188,10 @@ def test_cost_refuses_a_width_without_units_in_one_line(
             ["ramp-drift", "--period", "nan"],
             "--period must be a finite number of seconds > 0, got nan",
         ),
+        (
+            ["ramp-drift", "--period", "inf"],
+            "--period must be a finite number of seconds > 0, got inf",
+        ),
     ],
 )
 def test_builtin_experiments_refuse_bad_flags_by_their_names(
@@ -214,7 +218,7 @@ def test_ramp_drift_plot_takes_time_zero_without_a_warning(tmp_path: Path) -> No
     assert png.stat().st_size > 0
 
 
-@pytest.mark.parametrize("period", [0.0, -5.0, float("nan")])
+@pytest.mark.parametrize("period", [0.0, -5.0, float("nan"), float("inf")])
 def test_ramp_drift_rows_refuses_a_period_that_is_not_positive(period: float) -> None:
     with pytest.raises(ValueError, match="period must be a finite number of seconds > 0"):
         cli.ramp_drift_rows([1.0], columns=2, period=period)
@@ -244,3 +248,19 @@ def test_json_prints_rows_json_and_quiet_prints_nothing(
     saved = json.loads((quiet / "rows.json").read_text())
     assert "quiet" not in saved["settings"] and "json" not in saved["settings"]
     assert saved["rows"] == json.loads((out / "rows.json").read_text())["rows"]
+
+
+def test_flag_checks_take_their_bounds() -> None:
+    """The bounds themselves pass: 1 and 10 bits, time 0 (just programmed) and a learning
+    rate of 0 (``rnnkit train --lr`` takes it)."""
+    cli.check_bits("--bits", [1, 10])
+    cli.check_bits("--bits", 10)
+    cli.check_times("--times", [0.0, 1.0])
+    cli.check_times("--t-inference", 0)
+    cli.check_rate("--lr", 0.0)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1e-3])
+def test_check_rate_refuses_what_no_optimiser_takes(lr: float) -> None:
+    with pytest.raises(ValueError, match=r"^--finetune-lr must be a finite number >= 0, got "):
+        cli.check_rate("--finetune-lr", lr)
