@@ -841,6 +841,24 @@ def test_plan_streamed_tile_holds_the_batch() -> None:
     assert resident.forward_batch_tile == resident.backward_batch_tile == 32
 
 
+def test_plan_streamed_tile_of_a_batch_that_is_not_a_multiple_of_32() -> None:
+    """A streamed tile keeps a restart word for each 32 rows or part of them: 100 rows take 4
+    words (3 would leave the last 4 rows' word outside the block's shared memory). A batch of
+    one row is one tile of one row (and says so in the singular)."""
+    cut = cuda.plan("lstm", 1, 2048, 100, *H100)
+    assert isinstance(cut, cuda.Tiling) and cut.streamed, cut
+    assert cut.forward_batch_tile == cut.backward_batch_tile == 100
+    assert (cut.units, cut.forward_k_chunk) == (16, 64)
+    split = cuda._plan.FMA_SPLIT_BYTES
+    assert cut.forward_smem == 4 * (64 * 64 + 100 * 64) + 4 * (100 * 64 + 4) + split
+    assert cuda._plan.smem_bytes("lstm", 2048, 16, 33, 64)[0] == (
+        4 * (64 * 64 + 33 * 64) + 4 * (33 * 64 + 2) + split
+    )
+    one = cuda.plan("lstm", 1, 2048, 1, *H100)
+    assert isinstance(one, cuda.Tiling) and one.streamed, one
+    assert "once per batch tile of 1 (forward) and 1 (backward) row;" in one.reason
+
+
 def test_plan_is_cached_but_follows_its_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every call plans, so cuts are cached; a cached cut is the one planning afresh gives, and
     changing the chunk or a batch-tile limit (as the emulated tests do) plans afresh."""

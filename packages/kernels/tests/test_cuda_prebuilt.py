@@ -238,6 +238,26 @@ def test_toolkit_root_takes_cuda_path_where_cuda_home_is_unset(
     assert "set CUDA_PATH to the toolkit's root" in reason
 
 
+def test_cuda_home_wins_over_cuda_path_unless_it_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+) -> None:
+    """Both set: ``$CUDA_HOME``'s toolkit, and it is the one named in the reason; set but empty
+    (``CUDA_HOME= rnnkit ...``): as if unset, so ``$CUDA_PATH`` counts."""
+    home = _with_headers(tmp_path / "home")
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    monkeypatch.setenv("CUDA_PATH", str(_with_headers(tmp_path / "path")))
+    assert toolkit_env.toolkit_root() == home
+    toolkit_env.toolkit_root.cache_clear()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "empty"))
+    assert toolkit_env.toolkit_root() is None
+    reason = str(toolkit_env.build_requirement())
+    assert f"$CUDA_HOME ({tmp_path / 'empty'})" in reason
+    assert "set CUDA_HOME to the toolkit's root" in reason
+    toolkit_env.toolkit_root.cache_clear()
+    monkeypatch.setenv("CUDA_HOME", "")
+    assert toolkit_env.toolkit_root() == tmp_path / "path"
+
+
 def test_toolkit_root_of_a_plain_toolkit_does_not_ask_nvcc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
 ) -> None:
