@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import pytest
 
@@ -241,3 +242,20 @@ def test_a_broken_plugin_is_one_warning_line_on_stderr(
     assert len(lines) == 1, err
     assert lines[0].startswith("rnnkit: warning: plugin broken was skipped: rnnkit_register_cells")
     assert "boom" in lines[0] and lines[0].endswith("(`rnnkit plugins` lists them all)")
+
+
+def test_other_warnings_while_loading_plugins_stay_warnings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only plugin problems become ``rnnkit: warning:`` lines; another warning raised while
+    the plugins load (a library's deprecation, say) goes on as a warning, unchanged."""
+
+    def host() -> PluginHost:
+        warnings.warn("a library's own deprecation", DeprecationWarning, stacklevel=1)
+        return PluginHost(plugins=[])
+
+    monkeypatch.setattr("rnnkit.core.cli.get_host", host)
+    with pytest.warns(DeprecationWarning, match="a library's own deprecation"):
+        code, out, err = run(capsys, "list", "cells", "lstm")
+    assert code == 0 and "lstm" in out
+    assert "rnnkit: warning" not in err

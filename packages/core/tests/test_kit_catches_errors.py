@@ -200,6 +200,13 @@ class _WideProjection(LSTM):
         self.projected_size -= 1
 
 
+class _LastStepProjection(LSTM):
+    """project keeps only the last step: the right width, the wrong number of steps."""
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return super().project(x)[:, -1:]
+
+
 def test_a_state_spec_recur_cannot_take_is_named_as_such() -> None:
     """recur raising on the state built from state_spec (a shape error deep in torch) fails
     with what init_state held and what to fix, the original error chained."""
@@ -219,6 +226,10 @@ def test_a_state_spec_recur_cannot_take_is_named_as_such() -> None:
         r"projected_size is 23",
     ):
         check_state_spec(lambda: _WideProjection(input_size=5, hidden_size=6))
+    with pytest.raises(
+        AssertionError, match=r"project\(x\) of x \(4, 2, 5\) returned shape \(4, 1, 24\)"
+    ):
+        check_state_spec(lambda: _LastStepProjection(input_size=5, hidden_size=6))
 
 
 class _Decay(DiagonalLinearCell):

@@ -418,6 +418,17 @@ class _NoStateType(LSTM):
     state_type = None  # type: ignore[assignment]
 
 
+class _NoHiddenSize(LSTM):
+    """takes input_size as a keyword, but names its width otherwise"""
+
+    def __init__(self, input_size: int, width: int = 4) -> None:
+        super().__init__(input_size, width)
+
+
+class _TupleLessStateType(LSTM):
+    state_type = dict  # type: ignore[assignment]
+
+
 class _Abstract(Cell[Any]):
     """a cell that forgot recur and state_spec"""
 
@@ -439,11 +450,15 @@ class _Positional(LSTM):
     [
         (MyLSTM, {"heads": 2}, r"test_configs of cell 'c' must be a list of dicts .* got dict"),
         (MyLSTM, None, r"test_configs of cell 'c' must be a list of dicts .* got NoneType"),
+        # a string is a sequence, but not of dicts
+        (MyLSTM, "heads", r"test_configs of cell 'c' must be a list of dicts .* got str 'heads'"),
         (MyLSTM, [("heads", 2)], r"test_configs\[0\] of cell 'c' must be a dict"),
         (MyLSTM, [{}, {"haeds": 2}], r"test_configs\[1\]: .* no keyword 'haeds'; did you mean"),
         (_NoStateType, [{}], r"cell 'c' \(_NoStateType\) must set the class attribute state_type"),
+        (_TupleLessStateType, [{}], r"\(_TupleLessStateType\) must set .* got <class 'dict'>"),
         (_Abstract, [{}], r"cell 'c' \(_Abstract\) does not implement recur\(\), state_spec\(\)"),
         (_Positional, [{}], r"takes no keyword 'input_size'.*n_in, n_hidden; every cell's const"),
+        (_NoHiddenSize, [{}], r"takes no keyword 'hidden_size'.*; every cell's constructor"),
     ],
 )
 def test_a_cell_registration_is_checked_with_an_error_that_names_the_mistake(
@@ -532,6 +547,10 @@ def test_an_unknown_name_mentions_the_plugins_that_failed_to_load() -> None:
         r"an error that `rnnkit plugins` shows\)$",
     ):
         host.cells.get("janet")
+    # a broken plugin may have been meant to register any kind of name
+    for registry in (host.kernels, host.models, host.tasks, host.commands):
+        with pytest.raises(UnknownNameError, match=r"\(not loaded, so not searched: plugin janet"):
+            registry.get("janet")
     healthy = PluginHost(load_entry_points=False, plugins=[("p", _cells_plugin("p", "c"))])
     with pytest.raises(UnknownNameError) as caught:
         healthy.cells.get("janet")
@@ -548,3 +567,92 @@ def test_a_failure_inside_rnnkit_core_s_own_plugin_keeps_its_line() -> None:
         check_keywords("cell", "c", lambda a: None, {"b": 1})
     where = plugins._raised_at(caught.value, plugins._CORE_DIR)
     assert f"{plugins._CORE_DIR}errors.py:" in where
+
+
+def test_an_import_failure_inside_rnnkit_names_the_plugin_s_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A plugin whose import calls rnnkit-core, which refuses: the location is the plugin's
+    line that made the call, not rnnkit's line that raised."""
+    import importlib.metadata as md
+    import sys
+
+    source = "from rnnkit.core.registry import Registry\n\nCELL = Registry('cell').get('lstn')\n"
+    (tmp_path / "rnnkit_refused_xyz.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rnnkit_refused_xyz", raising=False)
+    real = md.entry_points
+
+    def fake(**kw: Any) -> Any:
+        eps: list[Any] = list(real(**kw))
+        if kw.get("group") == "rnnkit":
+            eps.append(md.EntryPoint("refused", "rnnkit_refused_xyz", "rnnkit"))
+        return eps
+
+    monkeypatch.setattr(md, "entry_points", fake)
+    with pytest.warns(PluginWarning):
+        host = PluginHost()
+    error = host.plugins["refused"].error or ""
+    assert "unknown cell 'lstn'" in error
+    assert f"(raised at {tmp_path / 'rnnkit_refused_xyz.py'}:3)" in error
+
+
+def test_an_import_failure_names_the_innermost_line_of_the_plugin(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A helper of the plugin's that raises: its line, where the error is, not the line of
+    the module that called it."""
+    import importlib.metadata as md
+    import sys
+
+    source = "def scale():\n    raise ValueError('no scale')\n\n\nSCALE = scale()\n"
+    (tmp_path / "rnnkit_nested_xyz.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rnnkit_nested_xyz", raising=False)
+    real = md.entry_points
+
+    def fake(**kw: Any) -> Any:
+        eps: list[Any] = list(real(**kw))
+        if kw.get("group") == "rnnkit":
+            eps.append(md.EntryPoint("nested", "rnnkit_nested_xyz", "rnnkit"))
+        return eps
+
+    monkeypatch.setattr(md, "entry_points", fake)
+    with pytest.warns(PluginWarning):
+        host = PluginHost()
+    where = tmp_path / "rnnkit_nested_xyz.py"
+    assert f"ValueError('no scale') (raised at {where}:2)" in (host.plugins["nested"].error or "")
+
+
+def test_a_hook_failure_in_a_helper_module_of_the_plugin_names_the_helper_s_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The plugin's source is its hook's folder, not only the hook's file: an error raised in
+    a helper module beside it is reported at the helper's line."""
+    import importlib
+    import sys
+
+    (tmp_path / "rnnkit_helper_xyz.py").write_text("def build():\n    raise ValueError('bad')\n")
+    hooks = "from rnnkit_helper_xyz import build\n\n\ndef register_cells(register):\n    build()\n"
+    (tmp_path / "rnnkit_hooks_xyz.py").write_text(hooks)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("rnnkit_helper_xyz", "rnnkit_hooks_xyz"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    module = importlib.import_module("rnnkit_hooks_xyz")
+    plugin = module_plugin("p", rnnkit_register_cells=module.register_cells)
+    with pytest.warns(PluginWarning):
+        host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
+    where = tmp_path / "rnnkit_helper_xyz.py"
+    assert f"ValueError('bad') (raised at {where}:2)" in (host.plugins["p"].error or "")
+
+
+def test_an_empty_test_configs_runs_the_defaults() -> None:
+    """``test_configs=[]`` is the cell's defaults (``[{}]``), not no configuration at all
+    (which would leave the conformance kit nothing to check)."""
+
+    def rnnkit_register_cells(register: RegisterCell) -> None:
+        register("c", MyLSTM, test_configs=[])
+
+    plugin = module_plugin("p", rnnkit_register_cells=rnnkit_register_cells)
+    host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
+    assert host.cells.get("c").obj.test_configs == ({},)
