@@ -85,3 +85,30 @@ def test_a_command_whose_training_is_interrupted_stops_with_status_130(
         .startswith(f"rnnkit {argv[0]}: interrupted (training stopped at step 1 (run folder ")
     ), err
     assert "Traceback" not in err
+
+
+def test_prune_stops_when_a_fine_tuning_run_is_interrupted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dense run completes, the first fine-tuning run of a pruned model is stopped: no
+    retrained score of a model fine-tuned for 1 step of 2, and the status of a Ctrl-C."""
+    started: list[Trainer] = []
+    original = Trainer._run
+
+    def second_stops(self: Trainer) -> Any:
+        started.append(self)
+        if len(started) == 2:
+            self.config = dataclasses.replace(self.config, stop_after=1)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_run", second_stops)
+    argv = ["prune", "--steps", "2", "--hidden-size", "4", "--sparsity", "0.5"]
+    argv += ["--methods", "magnitude", "--retrain-steps", "2"]
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert len(started) == 2 and out == ""
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("rnnkit prune: interrupted (training stopped at step 1 (run folder ")
+    ), err

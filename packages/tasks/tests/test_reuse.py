@@ -557,3 +557,38 @@ def test_a_command_for_another_kind_of_task_says_which_fit(
     rc, _, err = _cli([command, "--run", str(runs[task].out), *extra], capsys)
     assert rc == 2 and said in err and f"task {task!r}" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_whose_task_and_cell_are_missing_names_their_distribution_once(
+    runs: dict[str, Trainer], tmp_path: Path
+) -> None:
+    """Two missing names from one distribution (one recorded without a version): both named,
+    the distribution to install once."""
+    run = _copy(runs["parity"], tmp_path)
+
+    def edit(c: dict[str, Any]) -> None:
+        c["task"] = "janet_parity"
+        c["model_kwargs"]["cell"] = "janet"
+        janet = {"plugin": "janet", "distribution": "rnnkit-janet"}
+        c["plugins"]["task"] = {"name": "janet_parity", **janet, "version": None}
+        c["plugins"]["cell"] = {"name": "janet", **janet, "version": "0.3.1"}
+
+    _edit_config(run, edit)
+    with pytest.raises(
+        RunLoadError,
+        match=r"the run's task is not registered here; .* installed\? The run's task "
+        r"'janet_parity' came from rnnkit-janet \?, cell 'janet' came from rnnkit-janet 0\.3\.1 "
+        r"\(pip install rnnkit-janet\)\. \(unknown task 'janet_parity'",
+    ):
+        load_run(run)
+
+
+def test_names_nothing_registers_are_left_out_of_the_recorded_plugins() -> None:
+    """A model passed to ``Trainer(model=...)`` with a cell class of its own: config.json
+    records the origins of the names that are registered and saving does not fail on the
+    others."""
+    from rnnkit.tasks.reuse import _origins
+
+    origins = _origins({"task": "parity", "model": None, "cell": "MyOwnCell"})
+    assert set(origins) == {"task"}
+    assert origins["task"]["distribution"] == "rnnkit-tasks"
