@@ -162,3 +162,17 @@ def test_initial_decays_follow_the_ranges() -> None:
 def test_bad_hyperparameters_name_the_argument(make: Any, argument: str) -> None:
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+def test_fixed_decays_come_in_the_input_s_dtype() -> None:
+    """``decay="fixed"``'s log decays in the input's dtype: exact from the formula in float64,
+    else computed in float32 and rounded once (a half-precision input gets half-precision
+    decays, not float32 ones that would promote the recurrence)."""
+    cell = LinearAttention(4, 6, heads=3, decay="fixed")
+    exact = torch.log1p(-torch.exp2(-5.0 - torch.arange(3, dtype=torch.float64)))
+    assert torch.equal(cell.fixed_log_decays(torch.zeros(2, dtype=torch.float64)), exact)
+    single = cell.fixed_log_decays(torch.zeros(2))
+    assert single.dtype == torch.float32
+    for dtype in (torch.bfloat16, torch.float16):
+        got = cell.fixed_log_decays(torch.zeros(2, dtype=dtype))
+        assert got.dtype == dtype and torch.equal(got, single.to(dtype))
