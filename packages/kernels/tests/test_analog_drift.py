@@ -289,6 +289,20 @@ def test_ramp_drift_grows_the_error_and_recalibration_recovers_it() -> None:
         torch.testing.assert_close(adc.ramp, at_day, rtol=0, atol=0)
 
 
+def test_ramp_time_zero_is_a_time_not_none() -> None:
+    """``set_time(0.0)``, just programmed, is a time (the devices' noise at 0 s), not ``None``
+    (drift not modelled): a recalibration there fits the ramp at 0 s and keeps the time."""
+    adc = RampADC("sigmoid", 5, 32, device=PCM_DEVICE, generator=torch.Generator().manual_seed(0))
+    adc.set_time(0.0)
+    assert adc.time == 0.0
+    adc.recalibrate()
+    assert adc.time == 0.0
+    at_zero = adc.ramp.clone()
+    adc.set_time(DAY)
+    adc.set_time(0.0)
+    torch.testing.assert_close(adc.ramp, at_zero, rtol=0, atol=0)
+
+
 def test_ideal_ramp_does_not_drift() -> None:
     adc = RampADC("tanh", 4, 3)
     before = adc.ramp.clone()
