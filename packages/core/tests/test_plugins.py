@@ -656,3 +656,21 @@ def test_an_empty_test_configs_runs_the_defaults() -> None:
     plugin = module_plugin("p", rnnkit_register_cells=rnnkit_register_cells)
     host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
     assert host.cells.get("c").obj.test_configs == ({},)
+
+
+def test_test_configs_are_copied_into_dicts() -> None:
+    """Any mapping is taken (a read-only one included) and stored as a dict of its own, so
+    the plugin changing its object afterwards does not change what the kit runs."""
+    import types
+
+    mine = {"heads": 2}
+
+    def rnnkit_register_cells(register: RegisterCell) -> None:
+        register("c", MyLSTM, test_configs=[types.MappingProxyType({"heads": 2}), mine])
+
+    plugin = module_plugin("p", rnnkit_register_cells=rnnkit_register_cells)
+    host = PluginHost(load_entry_points=False, plugins=[("p", plugin)])
+    mine["heads"] = 3
+    configs = host.cells.get("c").obj.test_configs
+    assert configs == ({"heads": 2}, {"heads": 2})
+    assert all(type(c) is dict for c in configs)
