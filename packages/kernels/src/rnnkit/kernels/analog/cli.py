@@ -40,7 +40,7 @@ import torch
 
 from rnnkit.core.output import add_output_options, is_quiet, print_json, shows_text, wants_json
 from rnnkit.kernels.analog.devices import device_preset
-from rnnkit.kernels.analog.ramp_adc import RampADC
+from rnnkit.kernels.analog.ramp_adc import MAX_BITS, MIN_BITS, RampADC
 
 __all__ = [
     "TASK_EXPERIMENTS",
@@ -361,10 +361,12 @@ def check_flag(flag: str, value: object, ok: bool, need: str) -> None:
 
 
 def check_bits(flag: str, bits: int | Iterable[int]) -> None:
-    """NL-ADC resolutions: whole numbers of bits in ``[1, 10]`` (the simulator's range)."""
+    """NL-ADC resolutions: whole numbers of bits in the simulator's range
+    (``[MIN_BITS, MAX_BITS]`` of :mod:`~rnnkit.kernels.analog.ramp_adc`, which refuses others)."""
     values = [bits] if isinstance(bits, int) else list(bits)
     shown = bits if isinstance(bits, int) else values
-    check_flag(flag, shown, all(1 <= b <= 10 for b in values), "whole numbers of bits in [1, 10]")
+    ok = all(MIN_BITS <= b <= MAX_BITS for b in values)
+    check_flag(flag, shown, ok, f"whole numbers of bits in [{MIN_BITS}, {MAX_BITS}]")
 
 
 def check_times(flag: str, times: float | Iterable[float]) -> None:
