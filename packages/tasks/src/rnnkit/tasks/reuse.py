@@ -212,6 +212,7 @@ def save_reusable(
         except (TypeError, ValueError):
             kwargs = None  # not JSON: the model cannot be rebuilt from config.json
     score = None if best_score is None or not math.isfinite(best_score) else float(best_score)
+    cell = cell_name(model)
     config: dict[str, Any] = {
         "format": FORMAT,
         "task": task.name,
@@ -220,8 +221,8 @@ def save_reusable(
         "higher_is_better": task.higher_is_better,
         "model": model_name,
         "model_kwargs": kwargs,
-        "cell": cell_name(model),
-        "plugins": _origins({"task": task.name, "model": model_name, "cell": cell_name(model)}),
+        "cell": cell,
+        "plugins": _origins({"task": task.name, "model": model_name, "cell": cell}),
         "architecture": architecture(model),
         "backend": backend,
         "seed": seed,
