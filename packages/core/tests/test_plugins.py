@@ -479,27 +479,46 @@ def test_a_cell_registration_is_checked_with_an_error_that_names_the_mistake(
     assert f"(raised at {__file__}:{line})" in str(record[0].message)
 
 
-def test_a_plugin_that_fails_on_import_says_where_and_which_entry_point(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
+def _host_with_module_plugins(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    files: dict[str, str],
+    entry_points: dict[str, str],
+) -> tuple[PluginHost, int]:
+    """A plugin host loading, besides the installed plugins, the entry points ``name -> value``
+    of the group ``rnnkit``, with the modules ``files`` (module name -> source) written to
+    ``tmp_path`` and importable afresh; they must fail. Returns the host and how many
+    ``PluginWarning``s loading it gave."""
     import importlib.metadata as md
     import sys
 
-    (tmp_path / "rnnkit_raises_xyz.py").write_text("import math\n\nSCALE = math.sqrt(-1)\n")
+    for module, source in files.items():
+        (tmp_path / f"{module}.py").write_text(source)
+        monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rnnkit_raises_xyz", raising=False)
     real = md.entry_points
 
     def fake(**kw: Any) -> Any:
         eps: list[Any] = list(real(**kw))
         if kw.get("group") == "rnnkit":
-            eps.append(md.EntryPoint("raises", "rnnkit_raises_xyz", "rnnkit"))
-            eps.append(md.EntryPoint("typo", "rnnkit_no_such_xyz.plugn", "rnnkit"))
+            eps += [md.EntryPoint(name, value, "rnnkit") for name, value in entry_points.items()]
         return eps
 
     monkeypatch.setattr(md, "entry_points", fake)
     with pytest.warns(PluginWarning) as record:
         host = PluginHost()
+    return host, len(record)
+
+
+def test_a_plugin_that_fails_on_import_says_where_and_which_entry_point(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    host, warned = _host_with_module_plugins(
+        monkeypatch,
+        tmp_path,
+        {"rnnkit_raises_xyz": "import math\n\nSCALE = math.sqrt(-1)\n"},
+        {"raises": "rnnkit_raises_xyz", "typo": "rnnkit_no_such_xyz.plugn"},
+    )
     errors = {n: host.plugins[n].error or "" for n in ("raises", "typo")}
     where = tmp_path / "rnnkit_raises_xyz.py"
     assert f"ValueError('math domain error') (raised at {where}:3)" in errors["raises"]
@@ -508,7 +527,7 @@ def test_a_plugin_that_fails_on_import_says_where_and_which_entry_point(
     assert "No module named 'rnnkit_no_such_xyz'" in errors["typo"]
     assert "raised at" not in errors["typo"]
     assert "entry point typo = 'rnnkit_no_such_xyz.plugn' in the group 'rnnkit'" in errors["typo"]
-    assert len(record) == 2
+    assert warned == 2
 
 
 def test_a_hook_failure_names_the_plugin_s_line_not_rnnkit_s_or_torch_s() -> None:
@@ -574,24 +593,10 @@ def test_an_import_failure_inside_rnnkit_names_the_plugin_s_line(
 ) -> None:
     """A plugin whose import calls rnnkit-core, which refuses: the location is the plugin's
     line that made the call, not rnnkit's line that raised."""
-    import importlib.metadata as md
-    import sys
-
     source = "from rnnkit.core.registry import Registry\n\nCELL = Registry('cell').get('lstn')\n"
-    (tmp_path / "rnnkit_refused_xyz.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rnnkit_refused_xyz", raising=False)
-    real = md.entry_points
-
-    def fake(**kw: Any) -> Any:
-        eps: list[Any] = list(real(**kw))
-        if kw.get("group") == "rnnkit":
-            eps.append(md.EntryPoint("refused", "rnnkit_refused_xyz", "rnnkit"))
-        return eps
-
-    monkeypatch.setattr(md, "entry_points", fake)
-    with pytest.warns(PluginWarning):
-        host = PluginHost()
+    host, _ = _host_with_module_plugins(
+        monkeypatch, tmp_path, {"rnnkit_refused_xyz": source}, {"refused": "rnnkit_refused_xyz"}
+    )
     error = host.plugins["refused"].error or ""
     assert "unknown cell 'lstn'" in error
     assert f"(raised at {tmp_path / 'rnnkit_refused_xyz.py'}:3)" in error
@@ -602,24 +607,10 @@ def test_an_import_failure_names_the_innermost_line_of_the_plugin(
 ) -> None:
     """A helper of the plugin's that raises: its line, where the error is, not the line of
     the module that called it."""
-    import importlib.metadata as md
-    import sys
-
     source = "def scale():\n    raise ValueError('no scale')\n\n\nSCALE = scale()\n"
-    (tmp_path / "rnnkit_nested_xyz.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rnnkit_nested_xyz", raising=False)
-    real = md.entry_points
-
-    def fake(**kw: Any) -> Any:
-        eps: list[Any] = list(real(**kw))
-        if kw.get("group") == "rnnkit":
-            eps.append(md.EntryPoint("nested", "rnnkit_nested_xyz", "rnnkit"))
-        return eps
-
-    monkeypatch.setattr(md, "entry_points", fake)
-    with pytest.warns(PluginWarning):
-        host = PluginHost()
+    host, _ = _host_with_module_plugins(
+        monkeypatch, tmp_path, {"rnnkit_nested_xyz": source}, {"nested": "rnnkit_nested_xyz"}
+    )
     where = tmp_path / "rnnkit_nested_xyz.py"
     assert f"ValueError('no scale') (raised at {where}:2)" in (host.plugins["nested"].error or "")
 
