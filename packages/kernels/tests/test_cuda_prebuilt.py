@@ -189,21 +189,25 @@ def test_toolkit_root_sees_through_an_nvcc_wrapper(
     assert toolkit_env._toolkit_flags() == ([], [])
 
 
-def test_toolkit_root_takes_cuda_home_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
+@pytest.mark.parametrize("variable", ["CUDA_HOME", "CUDA_PATH"])
+def test_toolkit_root_takes_the_toolkit_variable_first(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
 ) -> None:
-    """``$CUDA_HOME`` wins over nvcc's own answer; one without headers is named in the reason
-    the library cannot be compiled (instead of a compiler error on a missing header)."""
+    """``$CUDA_HOME`` (or ``$CUDA_PATH`` where it is unset, as torch's builder reads them) wins
+    over nvcc's own answer; one without headers is named, by its variable, in the reason the
+    library cannot be compiled (instead of a compiler error on a missing header)."""
     _, wrapper = _fake_toolkit(tmp_path)
     monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
     other = _with_headers(tmp_path / "other")
-    monkeypatch.setenv("CUDA_HOME", str(other))
+    monkeypatch.setenv(variable, str(other))
     assert toolkit_env.toolkit_root() == other
     toolkit_env.toolkit_root.cache_clear()
-    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv(variable, str(tmp_path / "empty"))
     assert toolkit_env.toolkit_root() is None
     reason = str(toolkit_env.build_requirement())
-    assert "cuda_runtime.h" in reason and str(tmp_path / "empty") in reason
+    assert "cuda_runtime.h" in reason
+    assert f"${variable} ({tmp_path / 'empty'})" in reason
+    assert f"set {variable} to the toolkit's root" in reason
 
 
 def test_toolkit_root_without_headers_anywhere(
@@ -218,24 +222,6 @@ def test_toolkit_root_without_headers_anywhere(
     monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
     assert toolkit_env.toolkit_root() is None
     assert str(wrapper) in str(toolkit_env.build_requirement())
-
-
-def test_toolkit_root_takes_cuda_path_where_cuda_home_is_unset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toolkit_env: Any
-) -> None:
-    """``$CUDA_PATH`` counts as ``$CUDA_HOME`` does (what torch's builder reads too): taken
-    over nvcc's answer, and named in the reason where it has no headers."""
-    _, wrapper = _fake_toolkit(tmp_path)
-    monkeypatch.setattr(toolkit_env, "nvcc", lambda: str(wrapper))
-    other = _with_headers(tmp_path / "other")
-    monkeypatch.setenv("CUDA_PATH", str(other))
-    assert toolkit_env.toolkit_root() == other
-    toolkit_env.toolkit_root.cache_clear()
-    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "empty"))
-    assert toolkit_env.toolkit_root() is None
-    reason = str(toolkit_env.build_requirement())
-    assert f"$CUDA_PATH ({tmp_path / 'empty'})" in reason
-    assert "set CUDA_PATH to the toolkit's root" in reason
 
 
 def test_cuda_home_wins_over_cuda_path_unless_it_is_empty(
