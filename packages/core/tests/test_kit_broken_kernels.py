@@ -265,9 +265,11 @@ def test_a_kernel_off_by_five_times_the_tolerance_is_caught(dtype: torch.dtype) 
         check_backends(_make)
 
 
-def test_a_float32_kernel_off_by_1e_4_is_caught() -> None:
+@pytest.mark.parametrize("check", [check_backends, check_lengths], ids=["backends", "lengths"])
+def test_a_float32_kernel_off_by_1e_4_is_caught(check: Any) -> None:
     """float32's tolerance is the documented 1e-5 (docs/cell-abi.md, section 6): a float32
-    kernel rounding like float16 somewhere (an error near 1e-4) fails."""
+    kernel rounding like float16 somewhere (an error near 1e-4) fails, and the lengths check
+    runs float32 too."""
 
     def off(call: KernelCall) -> Any:
         y, s = reference_forward(call)
@@ -277,7 +279,7 @@ def test_a_float32_kernel_off_by_1e_4_is_caught() -> None:
         use_host(_host(Kernel("off", "lstm", off))),
         pytest.raises(AssertionError, match=r"backend=off torch.float32 .*: y: relative"),
     ):
-        check_backends(_make)
+        check(_make)
 
 
 def test_a_float64_kernel_computing_in_float32_is_caught() -> None:
@@ -390,18 +392,6 @@ def test_a_lengths_kernel_wrong_only_without_gradients_is_caught() -> None:
     with (
         use_host(_host(_lengths_kernel(wrong_inference))),
         pytest.raises(AssertionError, match=r"backend=len .* no grad: y: relative"),
-    ):
-        check_lengths(_make)
-
-
-def test_the_lengths_check_runs_float32() -> None:
-    def off(call: KernelCall) -> Any:
-        y, s = reference_forward(call)
-        return (y * (1 + 1e-4) if y.dtype == torch.float32 else y), s
-
-    with (
-        use_host(_host(Kernel("off", "lstm", off))),
-        pytest.raises(AssertionError, match=r"backend=off torch.float32 .*: y: relative"),
     ):
         check_lengths(_make)
 
