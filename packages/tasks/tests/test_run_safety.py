@@ -442,3 +442,19 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(tmp_path: Path) -> N
         verbose=False,
     )
     assert Trainer(again).step == step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_ignored_signal_stays_ignored_during_a_run(sig: signal.Signals) -> None:
+    """A process started with SIGINT ignored (``cmd &`` in a script, ``nohup``) keeps ignoring
+    it while it trains: the run's handler is not installed over ``SIG_IGN``, and leaving the
+    run gives back ``SIG_IGN`` (the other signal is still handled)."""
+    other = signal.SIGTERM if sig == signal.SIGINT else signal.SIGINT
+    before = signal.signal(sig, signal.SIG_IGN)
+    try:
+        with trainer_module._StopOnSignal(announce=False) as stop:
+            assert signal.getsignal(sig) == signal.SIG_IGN
+            assert signal.getsignal(other) == stop._handler
+        assert signal.getsignal(sig) == signal.SIG_IGN
+    finally:
+        signal.signal(sig, before)

@@ -1033,7 +1033,9 @@ class _StopOnSignal:
     The run then saves a checkpoint at a step boundary and can be resumed; a second signal
     interrupts at once. SIGTERM is what ``kill``, batch schedulers (before their SIGKILL) and
     container runtimes send: without this handler it ended the process mid-step, losing the
-    steps since the last checkpoint. Only installed in the main thread.
+    steps since the last checkpoint. Only installed in the main thread, and never over a signal
+    the process inherited as ignored (``SIG_IGN``: ``cmd &`` in a script, ``nohup``), which
+    stays ignored.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -1058,7 +1060,8 @@ class _StopOnSignal:
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handler)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
