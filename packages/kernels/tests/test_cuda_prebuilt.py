@@ -483,6 +483,31 @@ def test_prebuilt_switch_and_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert lib.status()["prebuilt"] == f"ignored: {so} does not match its recorded digest"
 
 
+def test_loading_a_prebuilt_reads_its_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest read to match the key also gives the digest the bytes are checked
+    against when the library is loaded: one read per lookup, not two."""
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    _prebuild(_tiny(tmp_path), tmp_path)
+    manifest = tmp_path / "prebuilt" / "rnnkit_test_prebuilt.json"
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == manifest:
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    loaded: list[str] = []
+    monkeypatch.setattr(Path, "read_text", counting)
+    monkeypatch.setattr(torch.ops, "load_library", loaded.append)
+    lib = _tiny(tmp_path, device_arch=lambda: "9.0", build_requires=lambda: "no nvcc here")
+    assert lib.build().prebuilt
+    assert loaded == [str(manifest.with_suffix(".so"))]
+    assert len(reads) == 1
+
+
 def test_arch_covers() -> None:
     covers = native.arch_covers
     assert covers("9.0", "9.0") and covers("8.0;9.0", "9.0") and covers("7.5 8.0", "8.0")

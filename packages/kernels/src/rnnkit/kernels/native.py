@@ -414,6 +414,8 @@ class NativeLibrary:
     _sources_cached: str | None = field(default=None, repr=False)
     # (library to load or None, what ``status`` says of the prebuilt), once per process
     _prebuilt: tuple[Path | None, str] | None = field(default=None, repr=False)
+    # the SHA-256 its manifest records, kept from the one read of the manifest
+    _prebuilt_sha256: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _REGISTRY[self.name] = self
@@ -516,7 +518,8 @@ class NativeLibrary:
 
     def _prebuilt_state(self) -> tuple[Path | None, str]:
         """``(library or None, description)`` of the prebuilt library, checked once per process
-        (the digest of its bytes is checked when it is loaded)."""
+        (the digest of its bytes is checked when it is loaded, against the one its manifest
+        recorded when it was read here: the manifest is read once)."""
         if self._prebuilt is not None:
             return self._prebuilt
         state: tuple[Path | None, str] = (None, "none shipped")
@@ -537,6 +540,7 @@ class NativeLibrary:
                     if why is None and not library.exists():
                         why = f"{library} is missing"
                     if why is None:
+                        self._prebuilt_sha256 = str(manifest.get("sha256"))
                         arch = manifest.get("arch_list", "")
                         state = (library, f"{library} (torch {torch.__version__}, arch {arch})")
                     else:
@@ -545,12 +549,12 @@ class NativeLibrary:
         return state
 
     def _load_prebuilt(self, library: Path) -> bool:
-        """Load the matching prebuilt ``library`` if its bytes are those its manifest records;
-        otherwise note why it was ignored (``status`` shows it) and return False."""
+        """Load the matching prebuilt ``library`` if its bytes are those its manifest records
+        (as :meth:`_prebuilt_state` read it); otherwise note why it was ignored (``status``
+        shows it) and return False."""
         try:
-            manifest = json.loads((library.with_suffix(".json")).read_text())
-            intact = str(manifest.get("sha256")) == _sha256(library)
-        except (OSError, ValueError, AttributeError):
+            intact = self._prebuilt_sha256 == _sha256(library)
+        except OSError:
             intact = False
         if not intact:
             self._prebuilt = (None, f"ignored: {library} does not match its recorded digest")
