@@ -107,6 +107,22 @@ def test_compare_argument_errors_create_nothing(
     assert sorted(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "bad", [["--hidden-size", "0"], ["--hidden-size", "-1"], ["--layers", "0"]], ids=" ".join
+)
+def test_compare_refuses_bad_widths_before_any_run(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--hidden-size`` and ``--layers`` out of range are one error naming the option, before
+    any folder: not one failed run per model and seed (a folder of failures, exit status 1)."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "lstm,gru", *TINY, *bad, "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"rnnkit compare: error: {bad[0]} must be a positive integer, got {bad[1]}" in err
+    assert not out.exists()
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0, 1,2") == [0, 1, 2]
     with pytest.raises(ValueError, match="at least one"):

@@ -367,6 +367,8 @@ def test_bad_options_are_refused_by_name(
         (["--lr", "nan"], "--lr"),
         (["--lr", "inf"], "--lr"),
         (["--device", "gpu"], "--device"),
+        (["--hidden-size", "0"], "--hidden-size"),
+        (["--layers", "-1"], "--layers"),
     ],
 )
 def test_bad_options_are_refused_by_the_cli(

@@ -161,7 +161,16 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
 
 def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     """The model keywords: ``model_config`` of ``--config FILE``, overridden by
-    ``--hidden-size``, ``--layers`` and ``--set``."""
+    ``--hidden-size``, ``--layers`` and ``--set``.
+
+    Raises:
+        ValueError: naming the option, for a ``--hidden-size`` or ``--layers`` below 1 (here,
+            before anything is created: ``rnnkit compare`` would otherwise fail every run
+            with the model's own message, which names the keyword, not the option).
+    """
+    for flag, value in (("--hidden-size", args.hidden_size), ("--layers", args.num_layers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     cfg: dict[str, Any] = dict(getattr(args, "config_model_config", None) or {})
     if args.hidden_size is not None:
         cfg["hidden_size"] = args.hidden_size
