@@ -165,7 +165,31 @@ def test_the_command(charlm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(args) == 0
     assert "--- step 2" in capsys.readouterr().out
     assert main([*args[:3], "--steps", "-1"]) == 2
-    assert "--steps >= 0" in capsys.readouterr().err
+    assert "--steps must be a positive integer, got -1" in capsys.readouterr().err
+
+
+BAD_OPTIONS = [
+    ("--steps", "0", "a positive integer"),
+    ("--length", "0", "a positive integer"),
+    ("--context", "-1", "a positive integer"),
+    ("--short-chars", "0", "a positive integer"),
+    ("--k", "-1", "an integer >= 0"),
+    ("--temperature", "nan", ">= 0"),
+    ("--opening", "  ", "some text (the story starts from it)"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "need"), BAD_OPTIONS, ids=[b[0] for b in BAD_OPTIONS])
+def test_the_command_refuses_bad_options_by_name_before_reading_the_run(
+    flag: str, value: str, need: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line naming the option, checked before the run is read (there is none here):
+    ``--steps 0`` printed nothing, and ``--k`` and ``--short-chars`` were refused by the
+    loop's keyword names after the run was loaded."""
+    capsys.readouterr()
+    assert main(["recurrentgpt", "--run", str(tmp_path / "none"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"rnnkit recurrentgpt: error: {flag} must be {need}, got " in err, err
 
 
 def test_the_command_names_itself_for_a_run_that_is_not_a_char_lm(

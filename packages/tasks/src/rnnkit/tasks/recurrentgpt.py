@@ -286,17 +286,32 @@ def configure_recurrentgpt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print every step's record as JSON")
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse an out-of-range option by its name, before the run is read (the loop's own
+    checks name its keywords, ``k`` and ``short_chars``, and run after the run is loaded)."""
+    for flag, low, need in (
+        ("--steps", 1, "a positive integer"),
+        ("--length", 1, "a positive integer"),
+        ("--context", 1, "a positive integer"),
+        ("--short-chars", 1, "a positive integer"),
+        ("--k", 0, "an integer >= 0"),
+    ):
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value < low:
+            raise ValueError(f"{flag} must be {need}, got {value}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if not args.opening.strip():
+        raise ValueError(
+            f"--opening must be some text (the story starts from it), got {args.opening!r}"
+        )
+
+
 def run_recurrentgpt(args: argparse.Namespace) -> int:
     """Run ``rnnkit recurrentgpt``: ``--steps`` paragraphs, each printed as it is written."""
     from rnnkit.tasks.reuse import RunLoadError, load_run, read_config, run_use
 
-    if args.steps < 0 or args.length < 1 or args.context < 1:
-        raise ValueError(
-            f"need --steps >= 0, --length >= 1, --context >= 1, got {args.steps}, "
-            f"{args.length}, {args.context}"
-        )
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    _check_options(args)
     config = read_config(args.run)
     if run_use(config) != "language_model":
         raise RunLoadError(
