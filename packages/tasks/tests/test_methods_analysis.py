@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,19 @@ def test_analyse_fixed_points_table_names_every_column(capsys: pytest.CaptureFix
     # A column whose name is blank leaves a run of three or more spaces between two names.
     names = re.split(r"\s{2,}", header.strip())
     assert names == ["point", "q", "kind", "max |λ|", "stability", "unstable modes"]
+
+
+def test_analyse_fixed_points_refuses_cell_sizes_with_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--hidden-size`` and ``--input-size`` size a registered cell; a run's cell has its
+    own, so with ``--run`` they are refused (they were silently ignored), before the run is
+    read (there is none here)."""
+    from rnnkit.core.cli import main
+
+    run = ["analyse", "fixed-points", "--run", str(tmp_path / "none")]
+    assert main([*run, "--hidden-size", "3"]) == 2
+    assert "rnnkit analyse: error: --hidden-size: only with --cell" in capsys.readouterr().err
+    assert main([*run, "--hidden-size", "3", "--input-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --hidden-size, --input-size: only with --cell" in err

@@ -425,8 +425,8 @@ def configure_analyse(p: argparse.ArgumentParser) -> None:
     which = fp.add_mutually_exclusive_group(required=True)
     which.add_argument("--cell", help="a registered cell, with random weights (see --seed)")
     which.add_argument("--run", metavar="DIR", help="a finished run (its first layer's cell)")
-    fp.add_argument("--hidden-size", type=int, default=8, help="with --cell (default 8)")
-    fp.add_argument("--input-size", type=int, default=2, help="with --cell (default 2)")
+    fp.add_argument("--hidden-size", type=int, help="with --cell (default 8)")
+    fp.add_argument("--input-size", type=int, help="with --cell (default 2)")
     fp.add_argument("--starts", type=int, default=64, help="starting states (default 64)")
     fp.add_argument("--iterations", type=int, default=1500, help="Adam steps (default 1500)")
     fp.add_argument("--lr", type=float, default=0.05, help="Adam step size (default 0.05)")
@@ -463,7 +463,30 @@ def run_analyse(args: argparse.Namespace) -> int:
     return _run_recode(args)
 
 
+#: the options of ``rnnkit analyse fixed-points`` that size the ``--cell`` (a run's cell has
+#: its own sizes), with their defaults
+_CELL_SIZES = {"hidden_size": 8, "input_size": 2}
+
+
+def _check_fixed_point_options(args: argparse.Namespace) -> None:
+    """Refuse, by the option's name and before a run is read, the ``--cell`` sizes given with
+    ``--run`` (they would be ignored) and out-of-range sizes; fill in the sizes' defaults."""
+    flags = {name: "--" + name.replace("_", "-") for name in _CELL_SIZES}
+    if args.run:
+        given = [flags[name] for name in _CELL_SIZES if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --cell (a run's cell has its sizes)")
+        return
+    for name, default in _CELL_SIZES.items():
+        value = getattr(args, name)
+        if value is None:
+            setattr(args, name, default)
+        elif value < 1:
+            raise ValueError(f"{flags[name]} must be a positive integer, got {value}")
+
+
 def _run_fixed_points(args: argparse.Namespace) -> int:
+    _check_fixed_point_options(args)
     if args.run:
         from rnnkit.tasks.reuse import load_run
 
@@ -472,10 +495,6 @@ def _run_fixed_points(args: argparse.Namespace) -> int:
     else:
         from rnnkit.core.plugins import get_host
 
-        for name in ("hidden_size", "input_size"):
-            if getattr(args, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be a positive integer, got {getattr(args, name)}")
         torch.manual_seed(args.seed)
         cls = get_host().cells.get(args.cell).obj.cls
         cell = cls(args.input_size, args.hidden_size)
