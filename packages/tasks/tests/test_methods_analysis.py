@@ -187,3 +187,44 @@ def test_analyse_fixed_points_refuses_cell_sizes_with_a_run(
     assert main([*run, "--hidden-size", "3", "--input-size", "2"]) == 2
     err = capsys.readouterr().err
     assert "error: --hidden-size, --input-size: only with --cell" in err
+
+
+FIXED_POINT_FLAGS = [
+    ("--starts", "0", "a positive integer"),
+    ("--iterations", "-1", "a positive integer"),
+    ("--lr", "0", "a finite number > 0"),
+    ("--lr", "inf", "a finite number > 0"),
+    ("--noise", "-1", "a finite number >= 0"),
+    ("--tol-fixed", "nan", "a finite number >= 0"),
+    ("--tol-slow", "inf", "a finite number >= 0"),
+    ("--tol-unique", "-1", "a finite number >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "need"), FIXED_POINT_FLAGS, ids=[f"{f}={v}" for f, v, _ in FIXED_POINT_FLAGS]
+)
+def test_analyse_fixed_points_refuses_bad_options_by_name(
+    flag: str, value: str, need: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Named by the option (``find_fixed_points`` names its keyword, ``tol_fixed``), and
+    before a run is read (which it was first)."""
+    from rnnkit.core.cli import main
+
+    for which in (["--cell", "gru"], ["--run", str(tmp_path / "none")]):
+        assert main(["analyse", "fixed-points", *which, flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"rnnkit analyse: error: {flag} must be {need}, got " in err, (which, err)
+
+
+@pytest.mark.parametrize("eta", ["-1", "0.1,nan", "inf", ","])
+def test_analyse_recode_refuses_bad_step_sizes_before_reading_the_run(
+    eta: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every ``--eta`` is checked by the option's name before the run is read and before the
+    first step size is scored; an empty list was a silent success that printed nothing."""
+    from rnnkit.core.cli import main
+
+    assert main(["analyse", "recode", "--run", str(tmp_path / "none"), f"--eta={eta}"]) == 2
+    err = capsys.readouterr().err
+    assert "rnnkit analyse: error: --eta " in err, err

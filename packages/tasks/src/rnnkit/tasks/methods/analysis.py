@@ -469,8 +469,20 @@ _CELL_SIZES = {"hidden_size": 8, "input_size": 2}
 
 
 def _check_fixed_point_options(args: argparse.Namespace) -> None:
-    """Refuse, by the option's name and before a run is read, the ``--cell`` sizes given with
-    ``--run`` (they would be ignored) and out-of-range sizes; fill in the sizes' defaults."""
+    """Refuse, by the option's name and before a run is read, out-of-range values (which
+    :func:`find_fixed_points` would refuse by its keywords' names, ``tol_fixed``, after the run
+    was loaded) and the ``--cell`` sizes given with ``--run`` (they would be ignored); fill in
+    the sizes' defaults."""
+    for flag in ("--starts", "--iterations"):
+        value = getattr(args, flag[2:])
+        if value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    for flag in ("--noise", "--tol-fixed", "--tol-slow", "--tol-unique"):
+        x = getattr(args, flag[2:].replace("-", "_"))
+        if not (math.isfinite(x) and x >= 0):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {x}")
     flags = {name: "--" + name.replace("_", "-") for name in _CELL_SIZES}
     if args.run:
         given = [flags[name] for name in _CELL_SIZES if getattr(args, name) is not None]
@@ -543,6 +555,10 @@ def _run_recode(args: argparse.Namespace) -> int:
         etas = [float(e) for e in args.eta.split(",") if e.strip()]
     except ValueError:
         raise ValueError(f"--eta expects comma-separated numbers, got {args.eta!r}") from None
+    if not etas:
+        raise ValueError(f"--eta needs at least one step size, got {args.eta!r}")
+    if not all(math.isfinite(e) and e >= 0 for e in etas):
+        raise ValueError(f"--eta must be finite numbers >= 0, got {args.eta!r}")
     run = load_run(args.run)
     if not run.task.name.startswith("charlm"):
         raise ValueError(f"--run must be a charlm run, got task {run.task.name!r}")
