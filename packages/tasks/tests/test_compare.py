@@ -123,6 +123,20 @@ def test_compare_refuses_bad_widths_before_any_run(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("bad", [["--seed", str(2**40)], ["--seeds", f"0,-{2**40}"]])
+def test_compare_refuses_out_of_range_seeds_before_any_run(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A seed whose data-order generator seed would overflow 64 bits is one error naming the
+    option, before any folder (it was torch's "Overflow when unpacking long long" per run)."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "lstm", *TINY, *bad, "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad[0]} must be an integer of absolute value below 2**40" in err
+    assert not out.exists()
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0, 1,2") == [0, 1, 2]
     with pytest.raises(ValueError, match="at least one"):

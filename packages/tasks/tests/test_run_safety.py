@@ -369,6 +369,8 @@ def test_bad_options_are_refused_by_name(
         (["--device", "gpu"], "--device"),
         (["--hidden-size", "0"], "--hidden-size"),
         (["--layers", "-1"], "--layers"),
+        (["--seed", str(2**40)], "--seed"),
+        (["--seed=-99999999999999999999"], "--seed"),
     ],
 )
 def test_bad_options_are_refused_by_the_cli(

@@ -39,6 +39,7 @@ from rnnkit.tasks.trainer import (
     DEFAULT_TASK,
     RunResult,
     TrainConfig,
+    check_seed,
     make_run_dir,
     resolve_budget,
     run_arguments,
@@ -62,6 +63,8 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError("--seeds needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {text!r}")
+    for seed in seeds:
+        check_seed("--seeds", seed)
     return seeds
 
 
@@ -387,6 +390,8 @@ def compare_command(args: argparse.Namespace) -> int:
         raise ValueError("--models is required (or models = [...] in the --config file)")
     entries = [e.strip() for e in args.models.split(",") if e.strip()]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else 0]
+    if not args.seeds:
+        check_seed("--seed", seeds[0])  # before any run, not once in each
     metrics = [m.strip() for m in (getattr(args, "metrics", None) or "").split(",") if m.strip()]
     base = _config(args)
     base = replace(base, task=base.task or DEFAULT_TASK)

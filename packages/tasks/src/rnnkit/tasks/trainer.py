@@ -438,6 +438,17 @@ def resolve_budget(task: Task, config: TrainConfig) -> Budget:
     return budget
 
 
+#: Seeds are integers of absolute value below this: the data order's generator is seeded with
+#: ``seed * 1_000_003 + ...``, which must stay within a 64-bit integer.
+SEED_BOUND = 2**40
+
+
+def check_seed(flag: str, seed: object) -> None:
+    """Refuse a seed that is not an integer below :data:`SEED_BOUND` in absolute value."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) >= SEED_BOUND:
+        raise ValueError(f"{flag} must be an integer of absolute value below 2**40, got {seed!r}")
+
+
 def check_options(b: Budget, config: TrainConfig) -> None:
     """Refuse out-of-range settings, naming the command-line option of each.
 
@@ -470,6 +481,7 @@ def check_options(b: Budget, config: TrainConfig) -> None:
     for flag, x, note in floats:
         if not number(x):
             raise ValueError(f"{flag} must be a finite number >= 0{note}, got {x!r}")
+    check_seed("--seed", config.seed)
     if b.schedule not in ("constant", "cosine"):
         raise ValueError(f"--schedule must be 'constant' or 'cosine', got {b.schedule!r}")
 
