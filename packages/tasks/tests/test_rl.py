@@ -147,6 +147,14 @@ def test_bad_configuration_is_refused() -> None:
         train_ppo(PPOConfig(num_envs=2, minibatches=4), make=CueRecall)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**40])
+def test_a_seed_gymnasium_cannot_take_is_refused_before_set_up(seed: int) -> None:
+    """gymnasium refuses negative seeds at the first reset (its own error, a traceback on the
+    command line); the configuration check names the seed first."""
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*40\)"):
+        train_ppo(PPOConfig(num_envs=2, minibatches=1, seed=seed), make=CueRecall)
+
+
 @needs_popgym
 def test_popgym_environment_and_unknown_name() -> None:
     envs = VectorEnv(lambda: make_env("CountRecallEasy"), 2, seed=0)

@@ -150,6 +150,7 @@ def test_lambda_returns_stop_at_termination() -> None:
         ({"wm_length": 1}, "wm_length"),
         ({"prefill": 4}, "prefill"),
         ({"gamma": 1.5}, "gamma"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_settings_name_the_argument(change: dict[str, float], name: str) -> None:

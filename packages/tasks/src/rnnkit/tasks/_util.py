@@ -15,6 +15,11 @@ from torch import Tensor
 from rnnkit.tasks import metrics as M
 from rnnkit.tasks.base import Metrics, Split
 
+#: Seeds are integers of absolute value below this: generators are seeded with
+#: ``seed * 1_000_003 + ...`` (:func:`generator`, the trainer's data order), which must stay
+#: within a 64-bit integer.
+SEED_BOUND = 2**40
+
 
 def generator(seed: int, stream: int = 0) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from ``(seed, stream)``."""

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.core.errors import RnnkitError
-from rnnkit.tasks._util import torch_threads
+from rnnkit.tasks._util import SEED_BOUND, torch_threads
 from rnnkit.tasks.agent import (
     RecurrentStack,
     add_agent_options,
@@ -376,6 +376,13 @@ def _run_episodes(
     return float(np.mean(done[:episodes]))
 
 
+def check_env_seed(seed: object) -> None:
+    """Refuse a seed outside ``[0, SEED_BOUND)``: gymnasium seeds environments with
+    non-negative integers only (a negative one failed at the first reset, after set-up)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
+        raise ValueError(f"seed must be an integer in [0, 2**40) for an environment, got {seed!r}")
+
+
 def train_ppo(
     config: PPOConfig,
     *,
@@ -388,6 +395,7 @@ def train_ppo(
     for name in ("steps", "num_envs", "rollout", "epochs", "minibatches", "eval_episodes"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(c, name)}")
+    check_env_seed(c.seed)
     if c.minibatches > c.num_envs:
         raise ValueError(
             f"minibatches ({c.minibatches}) cannot exceed num_envs ({c.num_envs}): a minibatch "

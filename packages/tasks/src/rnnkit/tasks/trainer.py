@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.errors import RnnkitError, UnknownKeywordError
 from rnnkit.tasks import checkpoint as ckpt
+from rnnkit.tasks._util import SEED_BOUND
 from rnnkit.tasks.base import Budget, Split, Task, TaskData
 from rnnkit.tasks.callbacks import TrainerCallback
 from rnnkit.tasks.distributed import (
@@ -438,13 +439,9 @@ def resolve_budget(task: Task, config: TrainConfig) -> Budget:
     return budget
 
 
-#: Seeds are integers of absolute value below this: the data order's generator is seeded with
-#: ``seed * 1_000_003 + ...``, which must stay within a 64-bit integer.
-SEED_BOUND = 2**40
-
-
 def check_seed(flag: str, seed: object) -> None:
-    """Refuse a seed that is not an integer below :data:`SEED_BOUND` in absolute value."""
+    """Refuse a seed that is not an integer below :data:`~rnnkit.tasks._util.SEED_BOUND` in
+    absolute value."""
     if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) >= SEED_BOUND:
         raise ValueError(f"{flag} must be an integer of absolute value below 2**40, got {seed!r}")
 

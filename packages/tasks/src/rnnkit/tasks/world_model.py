@@ -52,6 +52,7 @@ from rnnkit.tasks.agent import (
 from rnnkit.tasks.rl import (
     PPOConfig,
     action_count,
+    check_env_seed,
     encode_observation,
     observation_size,
     train_ppo,
@@ -425,6 +426,7 @@ def _check(c: DreamerConfig) -> None:
             raise ValueError(f"{name} must be at least 1, got {getattr(c, name)}")
     if c.wm_length < 2:
         raise ValueError(f"wm_length must be at least 2, got {c.wm_length}")
+    check_env_seed(c.seed)
     if c.prefill < max(c.wm_length, c.context):
         raise ValueError(
             f"prefill ({c.prefill}) must cover wm_length ({c.wm_length}, the world model's "
