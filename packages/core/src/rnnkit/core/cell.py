@@ -105,7 +105,10 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         """The initial state for ``batch`` sequences (each field filled with ``field.init``).
 
         ``device`` and ``dtype`` default to those of the cell's parameters (float32 on CPU for a
-        cell without parameters).
+        cell without parameters). A subclass may override it, for a learnable initial state
+        (an ``nn.Parameter`` expanded over the batch): the fields must have ``state_spec``'s
+        shapes and dtypes, be on ``device`` and hold the same state for every example
+        (``resets`` restart each sequence from it); see docs/cell-abi.md, section 3.
         """
         if batch < 0:
             raise ValueError(f"batch must be non-negative, got {batch}")

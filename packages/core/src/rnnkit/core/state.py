@@ -21,7 +21,8 @@ class StateField:
         dtype: a fixed dtype, or ``None`` to follow the compute dtype of the input.
         complex: when ``dtype`` is ``None``, whether the field is the complex counterpart of the
             compute dtype (for complex diagonal recurrences).
-        init: the value ``init_state`` fills the field with (also used where ``resets`` is true).
+        init: the value the base class's ``init_state`` fills the field with (a cell that
+            overrides ``init_state``, for a learnable initial state, need not use it).
         doc: a short description for documentation and ``rnnkit`` listings.
     """
 

@@ -256,20 +256,43 @@ def _spec_shapes(spec: tuple[StateField, ...], batch: int) -> str:
 
 
 def check_state_spec(make: CellFactory) -> CheckReport:
-    """``state_spec`` matches ``state_type`` and ``init_state`` (names, shapes, dtypes)."""
+    """``state_spec`` matches ``state_type`` and ``init_state`` (names, shapes, dtypes, the
+    ``device`` asked for); ``init_state`` gives every example the same state; ``project``
+    has ``projected_size``'s width; ``forward`` runs from ``init_state``."""
     cell = _f64(make)
     report = CheckReport("state_spec", type(cell).__name__)
+    _state_spec_on(cell, report)
+    report.add_run("reference", _config(torch.float64, "cpu"))
+    return publish(report)
+
+
+def _state_spec_on(cell: Cell[Any], report: CheckReport) -> None:
+    """The assertions of :func:`check_state_spec` on a float64 ``cell``."""
     spec = cell.state_spec()
-    assert tuple(f.name for f in spec) == tuple(cell.state_type._fields), (
-        f"state_spec names {[f.name for f in spec]} != state_type fields {cell.state_type._fields}"
-    )
+    _assert_state_names(cell, spec)
     for dtype in (torch.float64, torch.float32):
         state = cell.init_state(4, dtype=dtype)
         assert isinstance(state, cell.state_type), f"init_state returned {type(state).__name__}"
         for field, value in zip(spec, state, strict=True):
-            assert tuple(value.shape) == field.full_shape(4), f"init_state.{field.name} shape"
-            assert value.dtype == field.resolve_dtype(dtype), f"init_state.{field.name} dtype"
-            assert torch.all(value == field.init), f"init_state.{field.name} != {field.init}"
+            where = f"init_state(4, dtype={dtype}).{field.name}"
+            assert tuple(value.shape) == field.full_shape(4), (
+                f"{where} has shape {tuple(value.shape)}; state_spec says {field.full_shape(4)}"
+            )
+            assert value.dtype == field.resolve_dtype(dtype), (
+                f"{where} has dtype {value.dtype}; state_spec says {field.resolve_dtype(dtype)}"
+            )
+            # Not necessarily the fill field.init (a learnable initial state is not), but one
+            # state for every example: resets restart each example from it, and variable
+            # lengths and resets run sub-batches, whose init_state must hold the same rows.
+            assert torch.equal(value, value[:1].expand_as(value)), (
+                f"{where} differs between examples: every sequence must start from the same state"
+            )
+    # the meta device holds no data: a check of the device argument that needs no GPU
+    for field, value in zip(spec, cell.init_state(2, device="meta"), strict=True):
+        assert value.device.type == "meta", (
+            f"init_state(2, device='meta').{field.name} is on {value.device}: init_state must "
+            "put the state on the device asked for (a learnable initial state too)"
+        )
     x = torch.randn(4, 2, cell.input_size, dtype=torch.float64)
     px_shape = tuple(cell.project(x).shape)
     assert px_shape == (4, 2, cell.projected_size), (
@@ -287,8 +310,12 @@ def check_state_spec(make: CellFactory) -> CheckReport:
         ) from exc
     assert tuple(y.shape) == (4, 2, cell.output_size), f"y has shape {tuple(y.shape)}"
     assert isinstance(final, cell.state_type), f"forward returned state {type(final).__name__}"
-    report.add_run("reference", _config(torch.float64, "cpu"))
-    return publish(report)
+
+
+def _assert_state_names(cell: Cell[Any], spec: tuple[StateField, ...]) -> None:
+    assert tuple(f.name for f in spec) == tuple(cell.state_type._fields), (
+        f"state_spec names {[f.name for f in spec]} != state_type fields {cell.state_type._fields}"
+    )
 
 
 def check_recur(make: CellFactory) -> CheckReport:
@@ -300,6 +327,13 @@ def check_recur(make: CellFactory) -> CheckReport:
     """
     cell = _f64(make)
     report = CheckReport("recur", type(cell).__name__)
+    _recur_on(cell, report)
+    report.add_run("recur", _config(torch.float64, "cpu"))
+    return publish(report)
+
+
+def _recur_on(cell: Cell[Any], report: CheckReport) -> None:
+    """The assertions of :func:`check_recur` on a float64 ``cell``; notes go to ``report``."""
     spec = cell.state_spec()
     name = type(cell).__name__
     gen = torch.Generator().manual_seed(0)
@@ -356,8 +390,6 @@ def check_recur(make: CellFactory) -> CheckReport:
                     f"{where} returned state.{field.name} of dtype {value.dtype}; state_spec "
                     f"says {want_dtype}"
                 )
-        report.add_run("recur", _config(torch.float64, "cpu"))
-    return publish(report)
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -475,11 +507,15 @@ def check_backends(
     on every device present; and in value when run without gradients (``torch.no_grad()``,
     ``needs_grad=False``: kernels take another path there). In 16-bit dtypes the bound is the
     larger of the tolerance and ``LOW_PRECISION_SLACK`` times the reference loop's own error
-    in that dtype."""
+    in that dtype. Every parameter (of a nonzero size, requiring grad) must get a nonzero
+    gradient from the float64 reference loop in one of the four configurations: one that
+    gets none is one ``forward`` does not use (a learnable initial state that ``init_state``
+    ignores or detaches)."""
     cell = _f64(make)
     report = CheckReport("backends", type(cell).__name__)
     p = make_problem(cell)
     fields = tuple(cell.state_type._fields)
+    unused = {n for n, w in cell.named_parameters() if w.requires_grad and w.numel() > 0}
     for use_state in (True, False):
         for use_resets in (False, True):
             want = run_cell(
@@ -490,6 +526,7 @@ def check_backends(
                 use_state=use_state,
                 use_resets=use_resets,
             )
+            unused = {n for n in unused if not want.grads[f"param.{n}"].any()}
             for device in devices():
                 for dtype in dtypes:
                     floor = None
@@ -549,6 +586,12 @@ def check_backends(
                         )
                         _compare(label, got, values, tolerance(dtype), fields, floor)
                         report.add_run(backend, f"{config} no grad")
+    assert not unused, (
+        f"{'parameters' if len(unused) > 1 else 'parameter'} {', '.join(sorted(unused))} of "
+        f"{type(cell).__name__} get no gradient from the reference loop, with or without an "
+        "initial state and resets: forward does not use them (an init_state that ignores or "
+        "detaches a learnable initial state?)"
+    )
     return publish(report)
 
 

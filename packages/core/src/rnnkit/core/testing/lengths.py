@@ -39,7 +39,8 @@ def _run(
     for s, ds in zip(final, dstate, strict=True):
         loss = loss + ((s * ds).real.sum() if s.is_complex() else (s * ds).sum())
     cell.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss.requires_grad:  # not for an empty sequence from a constant init_state
+        loss.backward()
 
     def grad(t: Tensor) -> Tensor:
         return _real(t.grad if t.grad is not None else torch.zeros_like(t))
@@ -56,28 +57,27 @@ def check_lengths_on(cell: Cell[Any], p: Any, report: CheckReport | None = None)
     ``cell`` and a problem ``p`` from ``make_problem`` with batch ``len(LENGTHS)``, ``T = 7``;
     what ran and what was skipped goes to ``report``."""
     lengths = torch.tensor(LENGTHS)
-    batch = p.x.shape[0]
     fields = tuple(cell.state_type._fields)
     for use_state, use_resets in ((True, False), (False, True)):
         state = p.state if use_state else None
         resets = p.resets if use_resets else None
-        # the oracle: each sequence alone, parameter gradients summed over the sequences
-        initial = state if state is not None else tuple(cell.init_state(batch))
+        # the oracle: each sequence alone, parameter gradients summed over the sequences;
+        # without a state each starts from init_state (a learnable one has gradients)
         want_y = torch.zeros_like(p.dy)
         want_final: list[list[Tensor]] = [[] for _ in fields]
         want_grads: dict[str, Tensor] = {"x": torch.zeros_like(p.x)}
-        if use_state:
+        if state is not None:
             want_grads.update(
                 {
                     f"state.{n}": _real(torch.zeros_like(s))
-                    for n, s in zip(fields, initial, strict=True)
+                    for n, s in zip(fields, state, strict=True)
                 }
             )
         for b, n in enumerate(LENGTHS):
             y_b, final_b, grads_b = _run(
                 cell,
                 p.x[b : b + 1, :n],
-                tuple(s[b : b + 1] for s in initial),
+                None if state is None else tuple(s[b : b + 1] for s in state),
                 None if resets is None else resets[b : b + 1, :n],
                 p.dy[b : b + 1, :n],
                 tuple(ds[b : b + 1] for ds in p.dstate),
