@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -12,9 +13,12 @@ from rnnkit.core import _plugin as core_plugin
 from rnnkit.core.linear import DiagonalLinearCell
 from rnnkit.core.plugins import PluginHost, module_plugin, use_host
 from rnnkit.core.reference import reference_forward
-from rnnkit.core.testing import check_cell
+from rnnkit.core.testing import CHECKS, check_cell
+from rnnkit.core.testing import checks as kit
 from rnnkit.core.testing.checks import (
     check_backends,
+    check_bad_input,
+    check_chunking,
     check_compile,
     check_nan_propagation,
     check_recur,
@@ -230,6 +234,89 @@ def test_a_state_spec_recur_cannot_take_is_named_as_such() -> None:
         AssertionError, match=r"project\(x\) of x \(4, 2, 5\) returned shape \(4, 1, 24\)"
     ):
         check_state_spec(lambda: _LastStepProjection(input_size=5, hidden_size=6))
+
+
+class _Float32C(LSTM):
+    """state_spec gives c the fixed dtype float32, which recur does not return in float64."""
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        h, c = super().state_spec()
+        return (h, dataclasses.replace(c, dtype=torch.float32))
+
+
+class _OneField(LSTM):
+    """state_spec lists h only; the state_type has h and c."""
+
+    def state_spec(self) -> tuple[StateField, ...]:
+        return super().state_spec()[:1]
+
+
+#: The checks that run the cell on the state its state_spec describes: all but state_spec and
+#: recur, which say what is wrong, and bad_input, which runs no recurrence.
+RUN_ON_THE_STATE = [c for c in CHECKS if c not in ("state_spec", "recur", "bad_input")]
+
+
+@pytest.mark.parametrize("check", RUN_ON_THE_STATE)
+def test_after_a_wrong_state_spec_the_other_checks_point_at_it(check: str) -> None:
+    """They failed with torch's raw error ("mat1 and mat2 shapes cannot be multiplied"); now
+    with one line naming the check that says what is wrong, their own error chained."""
+    with pytest.raises(AssertionError) as caught:
+        CHECKS[check](lambda: _WideSpec(input_size=5, hidden_size=6))
+    message = str(caught.value)
+    assert message.startswith(
+        f"{check} cannot be checked while check_state_spec (test_state_spec) fails on this "
+        "cell: forward(x, backend='reference') from init_state raised RuntimeError('mat1 and "
+        "mat2 shapes cannot be multiplied"
+    ), message
+    assert "\n" not in message
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("check", [c for c in RUN_ON_THE_STATE if c != "compile"])
+def test_after_a_state_spec_recur_disagrees_with_the_other_checks_point_at_recur(
+    check: str,
+) -> None:
+    """A dtype that only recur's state shows to be wrong: state_spec passes, recur fails (and
+    compile, which casts no state, passes: a check that can run is not failed)."""
+    make = lambda: _Float32C(input_size=5, hidden_size=6)  # noqa: E731
+    check_state_spec(make)
+    with pytest.raises(
+        AssertionError,
+        match=rf"^{check} cannot be checked while check_recur \(test_recur\) fails on this cell: "
+        r"_Float32C.recur\(\) from init_state returned state.c of dtype torch.float64; "
+        r"state_spec says torch.float32$",
+    ):
+        CHECKS[check](make)
+
+
+def test_a_state_spec_missing_a_field_is_named_by_every_check() -> None:
+    """recur and bad_input failed with "Expected 2 arguments, got 1" (state_type._make)."""
+    make = lambda: _OneField(input_size=5, hidden_size=6)  # noqa: E731
+    names = r"state_spec names \['h'\] != state_type fields \('h', 'c'\)"
+    for check in ("state_spec", "recur"):
+        with pytest.raises(AssertionError, match=rf"^{names}"):
+            CHECKS[check](make)
+    with pytest.raises(
+        AssertionError,
+        match=rf"^bad_input cannot be checked while check_state_spec \(test_state_spec\) fails "
+        rf"on this cell: {names}$",
+    ):
+        check_bad_input(make)
+
+
+def test_a_check_failing_on_its_own_keeps_its_message_and_passing_costs_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """state_spec and recur pass on _LeakyStep: its step_matches_forward failure is its own.
+    A passing check never looks at state_spec and recur again."""
+    with pytest.raises(AssertionError, match=r"^step vs forward: y: relative RMS"):
+        check_step_matches_forward(lambda: _LeakyStep(input_size=5, hidden_size=6))
+
+    def never(make: Any) -> None:
+        raise AssertionError("a passing check re-ran state_spec and recur")
+
+    monkeypatch.setattr(kit, "_foundation_failure", never)
+    check_chunking(_make)
 
 
 class _Decay(DiagonalLinearCell):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec
 
 import pytest
 import torch
@@ -335,6 +336,7 @@ def check_recur(make: CellFactory) -> CheckReport:
 def _recur_on(cell: Cell[Any], report: CheckReport) -> None:
     """The assertions of :func:`check_recur` on a float64 ``cell``; notes go to ``report``."""
     spec = cell.state_spec()
+    _assert_state_names(cell, spec)
     name = type(cell).__name__
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, TIME, cell.input_size, generator=gen, dtype=torch.float64)
@@ -399,6 +401,62 @@ def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     return all(s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False))
 
 
+#: The checks every other one builds on (each runs the cell from the state ``state_spec``
+#: describes), with their assertions on a float64 cell.
+_FOUNDATION: dict[str, Callable[[Cell[Any], CheckReport], None]] = {
+    "state_spec": _state_spec_on,
+    "recur": _recur_on,
+}
+
+
+def _foundation_failure(make: CellFactory) -> tuple[str, str] | None:
+    """``(check, its message)`` for the first check of :data:`_FOUNDATION` that fails on the
+    cell ``make`` builds, or ``None`` when they pass (or the cell cannot be built at all)."""
+    try:
+        cell = _f64(make)
+    except Exception:
+        return None  # the factory's own error is the one to see
+    for name, assertions in _FOUNDATION.items():
+        try:
+            assertions(cell, CheckReport(name, type(cell).__name__))
+        except Exception as exc:
+            # the kit's messages are one line; under pytest, which rewrites the kit's asserts,
+            # the lines after it explain the assert
+            message = str(exc).split("\n", 1)[0] if isinstance(exc, AssertionError) else ""
+            return name, message or repr(exc)
+    return None
+
+
+_P = ParamSpec("_P")
+
+
+def _after_foundation(
+    check: Callable[Concatenate[CellFactory, _P], CheckReport],
+) -> Callable[Concatenate[CellFactory, _P], CheckReport]:
+    """Make ``check`` fail with one line naming the failing :data:`_FOUNDATION` check when it
+    fails on a cell that fails one (a ``state_spec`` that is not the state ``recur`` runs
+    makes every check fail, most with a raw torch error such as "mat1 and mat2 shapes cannot
+    be multiplied"); its own error is chained. Costs nothing while ``check`` passes."""
+    label = check.__name__.removeprefix("check_")
+
+    @functools.wraps(check)
+    def run(make: CellFactory, /, *args: _P.args, **kwargs: _P.kwargs) -> CheckReport:
+        try:
+            return check(make, *args, **kwargs)
+        except Exception as exc:
+            failure = _foundation_failure(make)
+            if failure is None:
+                raise
+            name, message = failure
+            raise AssertionError(
+                f"{label} cannot be checked while check_{name} (test_{name}) fails on this "
+                f"cell: {message}"
+            ) from exc
+
+    return run
+
+
+@_after_foundation
 def check_step_matches_forward(make: CellFactory) -> CheckReport:
     """Stepping with ``step`` gives the outputs and final state of ``forward``."""
     cell = _f64(make)
@@ -418,6 +476,7 @@ def check_step_matches_forward(make: CellFactory) -> CheckReport:
     return publish(report)
 
 
+@_after_foundation
 def check_chunking(make: CellFactory) -> CheckReport:
     """A sequence cut in chunks, with the state carried across, equals the whole sequence."""
     cell = _f64(make)
@@ -439,6 +498,7 @@ def check_chunking(make: CellFactory) -> CheckReport:
     return publish(report)
 
 
+@_after_foundation
 def check_resets(make: CellFactory) -> CheckReport:
     """``resets`` restart the state: equal to running each episode on its own from init."""
     cell = _f64(make)
@@ -498,6 +558,7 @@ def _backend_reasons(
     yield from _kernel_reasons(probe, call)
 
 
+@_after_foundation
 def check_backends(
     make: CellFactory,
     dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.bfloat16),
@@ -650,6 +711,7 @@ def _compare_nan(label: str, got: RunResult, want: RunResult, fields: tuple[str,
     assert not bad, f"{label}: NaN propagation differs from the reference loop: " + "; ".join(bad)
 
 
+@_after_foundation
 def check_nan_propagation(make: CellFactory) -> CheckReport:
     """NaN in gives NaN out on every backend that can run the cell, as on the ``reference``
     loop (float64, with an initial state, no resets, ``T = 5``), for a NaN in one input element
@@ -701,6 +763,7 @@ COMPILE_VARIANTS: dict[str, Literal["all", "params"]] = {
 }
 
 
+@_after_foundation
 def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> CheckReport:
     """``torch.compile`` (default: the ``aot_eager`` compiler, which traces with dynamo and
     AOTAutograd without code generation) does not change outputs or gradients: with the input
@@ -734,6 +797,7 @@ def check_compile(make: CellFactory, compile_backend: str = "aot_eager") -> Chec
     return publish(report)
 
 
+@_after_foundation
 def check_empty_batch(make: CellFactory) -> CheckReport:
     """A batch of zero sequences runs forward and backward on every backend that can run the
     cell: ``y`` and the final state have batch 0, every gradient is zero."""
@@ -767,6 +831,7 @@ def check_empty_batch(make: CellFactory) -> CheckReport:
     return publish(report)
 
 
+@_after_foundation
 def check_bad_input(make: CellFactory) -> CheckReport:
     """Bad input raises ``ValueError``/``TypeError`` naming the argument at fault."""
     cell = _f64(make)
@@ -811,6 +876,7 @@ def check_bad_input(make: CellFactory) -> CheckReport:
     return publish(report)
 
 
+@_after_foundation
 def check_lengths(make: CellFactory) -> CheckReport:
     """``forward(x, state, lengths=n, resets=r)`` on every backend that can run the cell, in
     float64 and float32, equals running each sequence ``x[b, :n[b]]`` alone on ``reference``
