@@ -174,8 +174,8 @@ def test_an_init_state_ignoring_its_parameter_is_caught(how: str) -> None:
     check_state_spec(make)  # a constant fill or a detached h0: a valid initial state ...
     with pytest.raises(  # ... but h0 is no parameter of the computation
         AssertionError,
-        match=r"parameter h0 of _IgnoredStart get no gradient from the reference loop, with or "
-        r"without an initial state and resets: forward does not use them",
+        match=r"parameter h0 of _IgnoredStart gets no gradient from the reference loop, with or "
+        r"without an initial state and resets: forward does not use it",
     ):
         check_backends(make, dtypes=F64)
 

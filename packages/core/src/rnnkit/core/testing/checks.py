@@ -647,12 +647,15 @@ def check_backends(
                         )
                         _compare(label, got, values, tolerance(dtype), fields, floor)
                         report.add_run(backend, f"{config} no grad")
-    assert not unused, (
-        f"{'parameters' if len(unused) > 1 else 'parameter'} {', '.join(sorted(unused))} of "
-        f"{type(cell).__name__} get no gradient from the reference loop, with or without an "
-        "initial state and resets: forward does not use them (an init_state that ignores or "
-        "detaches a learnable initial state?)"
-    )
+    if unused:
+        several = len(unused) > 1
+        raise AssertionError(
+            f"parameter{'s' if several else ''} {', '.join(sorted(unused))} of "
+            f"{type(cell).__name__} get{'' if several else 's'} no gradient from the reference "
+            "loop, with or without an initial state and resets: forward does not use "
+            f"{'them' if several else 'it'} (an init_state that ignores or detaches a learnable "
+            "initial state?)"
+        )
     return publish(report)
 
 
