@@ -93,6 +93,45 @@ def test_export_runs_like_eager(name: str, kw: dict[str, Any]) -> None:
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+class _Step(torch.nn.Module):
+    """One step, ``(x_t, *state fields) -> (y_t, *new state fields)``: what a streaming server
+    exports (an exported program holds one sequence length; a step has none)."""
+
+    def __init__(self, cell: torch.nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x_t: torch.Tensor, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y_t, state = self.cell.step(x_t, self.cell.state_type(*fields))
+        return (y_t, *state)
+
+
+@pytest.mark.parametrize(("name", "kw"), _cases())
+def test_an_exported_step_streams_like_eager(name: str, kw: dict[str, Any]) -> None:
+    """``cell.step`` exports with a dynamic batch; the program, run for a few steps on a batch
+    of another size, gives eager's outputs and states (how docs/kernels.md says to serve
+    sequences of any length)."""
+    step = _Step(_cell(name, kw)).eval()
+    batch = torch.export.Dim("batch", min=2)
+    example = step.cell.init_state(3)
+    with torch.no_grad():
+        ep = torch.export.export(
+            step,
+            (torch.randn(3, INPUT_SIZE), *example),
+            dynamic_shapes={"x_t": {0: batch}, "fields": tuple({0: batch} for _ in example)},
+        )
+    exported = ep.module()
+    want: list[torch.Tensor] = list(step.cell.init_state(5))
+    got = list(want)
+    with torch.no_grad():
+        for _ in range(3):
+            x_t = torch.randn(5, INPUT_SIZE)
+            want_y, *want = step(x_t, *want)
+            got_y, *got = exported(x_t, *got)
+            for g, w in zip([got_y, *got], [want_y, *want], strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("name", "kw"), _cases())
 def test_onnx_runtime_matches_eager(name: str, kw: dict[str, Any]) -> None:
     """``torch.onnx.export(dynamo=True)`` of the cell runs on ONNX Runtime like eager."""
