@@ -12,7 +12,7 @@ Quick start::
 from importlib.metadata import PackageNotFoundError, version
 
 from rnnkit.core.api import create_cell, get_cell_class, list_cells
-from rnnkit.core.cell import Cell
+from rnnkit.core.cell import Cell, fill_restart_refusal, overrides_init_state
 from rnnkit.core.cells import GRU, LSTM, SLSTM, Elman, GatedCell
 from rnnkit.core.errors import BackendUnavailableError, PluginConflictError, UnknownNameError
 from rnnkit.core.forms import Form
@@ -45,7 +45,9 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "create_cell",
+    "fill_restart_refusal",
     "get_cell_class",
     "hookimpl",
     "list_cells",
+    "overrides_init_state",
 ]

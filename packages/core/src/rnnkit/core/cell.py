@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from rnnkit.core.dispatch import run
 from rnnkit.core.forms import Form
+from rnnkit.core.kernel import KernelCall, fill_restart_reason
 from rnnkit.core.state import StateField, StateT
 from rnnkit.core.validation import (
     cell_dtype_device,
@@ -108,7 +109,9 @@ class Cell(nn.Module, ABC, Generic[StateT]):
         cell without parameters). A subclass may override it, for a learnable initial state
         (an ``nn.Parameter`` expanded over the batch): the fields must have ``state_spec``'s
         shapes and dtypes, be on ``device`` and hold the same state for every example
-        (``resets`` restart each sequence from it); see docs/cell-abi.md, section 3.
+        (``resets`` restart each sequence from it); see docs/cell-abi.md, section 3. Every
+        backend then starts from it (``forward`` hands kernels its state, see
+        :func:`overrides_init_state`) and restarts from it at ``resets``, or refuses the call.
         """
         if batch < 0:
             raise ValueError(f"batch must be non-negative, got {batch}")
@@ -206,6 +209,10 @@ class Cell(nn.Module, ABC, Generic[StateT]):
             resets = check_resets(resets, batch=batch, time=time, device=x.device)
         if lengths is not None:
             lengths = check_lengths(lengths, batch=batch, time=time)
+        if state is None and overrides_init_state(self):
+            # a kernel given no state may start from the fill StateField.init (or zeros): hand
+            # it init_state's, with the gradient of a learnable initial state
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
         return run(self, x, state, resets=resets, backend=backend, lengths=lengths)
 
     def extra_repr(self) -> str:
@@ -213,6 +220,31 @@ class Cell(nn.Module, ABC, Generic[StateT]):
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}"
         )
+
+
+def overrides_init_state(cell: Cell[Any]) -> bool:
+    """Whether ``cell`` overrides :meth:`Cell.init_state` (in its class or on the instance),
+    e.g. with a learnable initial state: its initial state is then not the fill
+    ``StateField.init`` of its ``state_spec``, nor necessarily constant.
+
+    For such a cell :meth:`Cell.forward` hands kernels ``init_state``'s state instead of
+    ``None``, and a kernel given ``resets`` must restart each sequence from ``init_state``
+    (one example of it, ``init_state(1)``, broadcast over the batch: every example starts from
+    the same state) with its gradient, or refuse the call (see
+    :func:`fill_restart_refusal`). A cell without an override keeps every fast path.
+    """
+    # (not ``cell.init_state.__func__``: torch.compile's dynamo does not trace that as is)
+    return type(cell).init_state is not Cell.init_state or "init_state" in cell.__dict__
+
+
+def fill_restart_refusal(call: KernelCall, instead: str) -> str | None:
+    """The ``supports`` reason of a kernel whose ``resets`` restart the state from the fill
+    ``StateField.init`` (or zeros) rather than from ``init_state``: a reason naming
+    ``instead``, the backend ``auto`` runs the call on, when the call has resets and its cell
+    :func:`overrides_init_state`; else ``None``."""
+    if call.resets is None or not overrides_init_state(call.cell):
+        return None
+    return fill_restart_reason(call.cell, repr(instead))
 
 
 #: Whether autocast exists for a device type, looked up once per type outside any trace:

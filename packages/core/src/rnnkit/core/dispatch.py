@@ -23,7 +23,14 @@ import torch
 from torch import Tensor
 
 from rnnkit.core.errors import BackendUnavailableError, unknown_name
-from rnnkit.core.kernel import ANY_CELL, Kernel, KernelCall, Priority, ProtocolGap
+from rnnkit.core.kernel import (
+    ANY_CELL,
+    Kernel,
+    KernelCall,
+    Priority,
+    ProtocolGap,
+    fill_restart_reason,
+)
 from rnnkit.core.varlen import run_with_lengths
 
 if TYPE_CHECKING:
@@ -188,7 +195,10 @@ class CellMethod(Protocol[CellT_contra]):
     ``method(cell, x, state, *, resets) -> (y, final_state)``, with ``x: (B, T, input_size)``,
     ``state`` the cell's state ``NamedTuple`` or ``None`` (the cell's ``init_state``), ``resets``
     bool ``(B, T)`` or ``None``, ``y: (B, T, output_size)`` and the final state a ``state_type``
-    instance. The method may skip validation: ``forward`` validates before dispatch."""
+    instance. The method may skip validation: ``forward`` validates before dispatch. Where
+    ``resets`` is true the state restarts from the cell's ``init_state``: a method that
+    restarts from the class's own initial state (the fill, zeros) runs no resets for a
+    subclass overriding ``init_state`` (see :func:`cell_method_kernel`)."""
 
     __name__: str
 
@@ -207,6 +217,7 @@ def cell_method_kernel(
     target: str | None = None,
     label: str | None = None,
     supports_extra: Callable[[CellT, KernelCall], str | None] | None = None,
+    restarts_from_init_state: bool = False,
 ) -> Kernel:
     """A :class:`Kernel` that runs a cell's own parallel algorithm, a method of the cell class.
 
@@ -214,7 +225,10 @@ def cell_method_kernel(
     the call's state as the cell's ``state_type`` (``None`` stays ``None``) and calls the
     method named ``method.__name__`` on the cell, so a subclass's override runs. Its
     ``supports`` refuses a cell that is not a ``cls``, then returns ``supports_extra(cell,
-    call)`` (what the method cannot do: resets, a missing setting) when given.
+    call)`` (what the method cannot do: resets, a missing setting) when given; last, unless
+    ``restarts_from_init_state``, it refuses ``resets`` for a cell whose ``init_state`` is not
+    ``cls``'s (a subclass with a learnable initial state): the method restarts from what
+    ``cls`` starts from, and ``auto`` runs such calls on another backend.
 
     Args:
         cls: the cell class the method belongs to (``isinstance`` is checked, so its
@@ -227,6 +241,8 @@ def cell_method_kernel(
         target: the kernel target; default ``cls.kind``.
         label: how messages name the cells it runs; default ``cls.__name__``.
         supports_extra: ``(cell, call) -> reason or None``, asked after the type check.
+        restarts_from_init_state: the method restarts ``resets`` from ``cell.init_state``
+            (one example of it, with its gradient), so it runs them for every cell.
 
     Raises:
         ValueError: ``method`` is not ``cls``'s attribute of that name, or the target is empty
@@ -261,7 +277,16 @@ def cell_method_kernel(
         cell = call.cell
         if not isinstance(cell, cls):
             return f"runs {cells} cells only, not {type(cell).__name__}"
-        return None if supports_extra is None else supports_extra(cell, call)
+        reason = None if supports_extra is None else supports_extra(cell, call)
+        if (
+            reason is None
+            and call.resets is not None
+            and not restarts_from_init_state
+            # an init_state other than cls's (the method's own start): a learnable one, say
+            and (type(cell).init_state is not cls.init_state or "init_state" in cell.__dict__)
+        ):
+            return fill_restart_reason(cell, "another backend ('reference' at the latest)")
+        return reason
 
     run.__doc__ = f"The {backend!r} kernel: {cls.__name__}.{name} on a validated call."
     return Kernel(

@@ -82,8 +82,11 @@ class KernelCall:
     Attributes:
         cell: the cell.
         x: ``(B, T, input_size)``.
-        state: the initial state, or ``None`` for the cell's ``init_state``.
-        resets: bool ``(B, T)`` or ``None``.
+        state: the initial state, or ``None`` for the cell's ``init_state`` (never ``None``
+            for a cell that overrides ``init_state``: ``Cell.forward`` hands kernels its
+            state; see :func:`rnnkit.core.cell.overrides_init_state`).
+        resets: bool ``(B, T)`` or ``None``; where true the state entering the step restarts
+            from ``init_state`` (the fill ``StateField.init`` unless the cell overrides it).
         needs_grad: whether autograd will need gradients of the result.
         lengths: int64 ``(B,)`` on the CPU, or ``None`` (every sequence has length ``T``).
             Dispatch takes the empty sequences and the all-padding tail off first, so a
@@ -113,6 +116,18 @@ class ProtocolGap(str):
     """
 
     __slots__ = ()
+
+
+def fill_restart_reason(cell: Cell[Any], instead: str) -> str:
+    """The refusal reason of a kernel whose ``resets`` restart the state from the fill
+    ``StateField.init`` (or zeros) for a ``cell`` that overrides ``init_state``; ``instead``
+    names the backend ``auto`` runs such calls on. See
+    :func:`rnnkit.core.cell.fill_restart_refusal`."""
+    return (
+        "resets restart the state from the fill StateField.init here, not from "
+        f"{type(cell).__name__}'s own init_state (a learnable initial state?); "
+        f"backend='auto' runs such calls on {instead}, which restarts from init_state"
+    )
 
 
 def _always_available() -> str | None:
