@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.varlen import run_by_segments
 from rnnkit.kernels.gated.cuda._native import (
@@ -110,6 +111,9 @@ def supports(call: KernelCall) -> str | None:
             return f"parameters are on {p.device}, the input on {x.device}"
     if kind == "elman" and cell.nonlinearity not in ("tanh", "relu"):
         return f"Elman nonlinearity {cell.nonlinearity!r} (tanh and relu only)"
+    refusal = fill_restart_refusal(call, "fused")  # the kernels take fill values only
+    if refusal is not None:
+        return refusal
     cut = _cut(call)
     if isinstance(cut, str):
         return f"{cut}; use backend 'triton' (small heads) or 'torch'/'fused' (dense) instead"

@@ -24,7 +24,7 @@ zero ``y`` past each length.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from typing import Any
 
@@ -38,9 +38,12 @@ from rnnkit.kernels.gated.cuda._native import ops
 from rnnkit.kernels.gated.cuda._plan import EXCHANGES, Tiling, plan
 from rnnkit.kernels.gated.fused import ElmanLoops, GRULoops, LSTMLoops, SLSTMLoops
 from rnnkit.kernels.gated.fused._common import (
+    Restart,
     empty_result,
+    fills,
     finish,
     finish_split,
+    no_spill,
     prepare,
 )
 from rnnkit.kernels.gated.fused._elman import ElmanFn
@@ -65,6 +68,8 @@ __all__ = [
 ]
 
 Result = tuple[Tensor, tuple[Tensor, ...]]
+
+_BACKEND = "cuda"
 
 # Cell kinds as the library numbers them (gated_cuda.h, CellKind).
 _ELMAN_TANH, _ELMAN_RELU, _LSTM, _GRU, _SLSTM = 0, 1, 2, 3, 4
@@ -160,17 +165,17 @@ def lstm_forward(
     mask: Tensor | None,
     h0: Tensor,
     c0: Tensor,
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`; ``lengths``: int32 ``(B,)`` on
-    the device, the state held past each length (see the module docstring)."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop` (fills only); ``lengths``: int32
+    ``(B,)`` on the device, the state held past each length (see the module docstring)."""
     t = _cut("lstm", px, 4, tensor_cores)
     out = ops().forward(
         _LSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0.contiguous(),
-        c0.contiguous(), None, None, list(inits[:2]), save, *t.forward_args,
+        c0.contiguous(), None, None, fills(inits[:2], _BACKEND), save, *t.forward_args,
     )  # fmt: skip
     hs, c_last = out[0], out[1]
     if not save:
@@ -186,10 +191,12 @@ def lstm_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     d_c_last: Tensor,
+    spill: list[Tensor] | None = None,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     acts, cs, tcs, _ = buffers
     N, _, B, D = hs.shape
     t = tiling("lstm", N, D, B, hs.device, tensor_cores)
@@ -206,18 +213,18 @@ def gru_forward(
     bhn: Tensor | None,
     mask: Tensor | None,
     h0: Tensor,
-    init: float,
+    init: Restart,
     save: bool,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`; ``lengths`` as
+    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_loop` (a fill only); ``lengths`` as
     :func:`lstm_forward`'s."""
     t = _cut("gru", px, 3, tensor_cores)
     bias = None if bhn is None else bhn.contiguous()
     out = ops().forward(
         _GRU, px.contiguous(), W.contiguous(), bias, _mask2d(mask), lengths, h0.contiguous(),
-        None, None, None, [init], save, *t.forward_args,
+        None, None, None, fills([init], _BACKEND), save, *t.forward_args,
     )  # fmt: skip
     hs = out[0]
     if not save:
@@ -232,10 +239,12 @@ def gru_backward(
     buffers: tuple[Tensor, ...],
     mask: Tensor | None,
     d_hs: Tensor,
+    spill: list[Tensor] | None = None,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     acts, qs, hp = buffers
     N, _, B, D = hs.shape
     t = tiling("gru", N, D, B, hs.device, tensor_cores)
@@ -253,16 +262,17 @@ def elman_forward(
     mask: Tensor | None,
     h0: Tensor,
     relu: bool,
-    init: float,
+    init: Restart,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop`; ``lengths`` as
+    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_loop` (a fill only); ``lengths`` as
     :func:`lstm_forward`'s."""
     t = _cut("elman", px, 1, tensor_cores)
     out = ops().forward(
         _ELMAN_RELU if relu else _ELMAN_TANH, px.contiguous(), W.contiguous(), None,
-        _mask2d(mask), lengths, h0.contiguous(), None, None, None, [init], mask is not None,
+        _mask2d(mask), lengths, h0.contiguous(), None, None, None, fills([init], _BACKEND),
+        mask is not None,
         *t.forward_args,
     )  # fmt: skip
     return out[0], (out[1] if mask is not None else None)
@@ -274,10 +284,12 @@ def elman_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     relu: bool,
+    spill: list[Tensor] | None = None,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     N, _, B, D = hs.shape
     t = tiling("elman", N, D, B, hs.device, tensor_cores)
     dq, dh0 = ops().backward(
@@ -292,20 +304,20 @@ def slstm_forward(
     W: Tensor,
     mask: Tensor | None,
     states: list[Tensor],
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop` (the same buffers: ``cn (N,
     T + 1 or 2, B, 2, D)``, ``ms``, and with ``save`` the pre-activations ``ĩ, f̃`` with ``tanh z̃,
-    σ(õ)``, ``i', f'``, and the ``c, n`` and ``h`` entering each step); ``lengths`` as
-    :func:`lstm_forward`'s."""
+    σ(õ)``, ``i', f'``, and the ``c, n`` and ``h`` entering each step; fills only);
+    ``lengths`` as :func:`lstm_forward`'s."""
     t = _cut("slstm", px, 4, tensor_cores)
     h0, c0, n0, m0 = (s.contiguous() for s in states)
     out = ops().forward(
         _SLSTM, px.contiguous(), W.contiguous(), None, _mask2d(mask), lengths, h0, c0, n0, m0,
-        list(inits[:4]), save, *t.forward_args,
+        fills(inits[:4], _BACKEND), save, *t.forward_args,
     )  # fmt: skip
     hs, cn, ms = out[0], out[1], out[2]
     if not save:
@@ -326,10 +338,12 @@ def slstm_backward(
     d_c: Tensor,
     d_n: Tensor,
     d_m: Tensor,
+    spill: list[Tensor] | None = None,
     lengths: Tensor | None = None,
     tensor_cores: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
+    """CUDA :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     cn, ms, gates, ex, cnp, _ = buffers
     N, _, B, D = hs.shape
     t = tiling("slstm", N, D, B, hs.device, tensor_cores)

@@ -11,6 +11,14 @@ Inside the fused loops every tensor is **head-major and time-major**:
 Head-major makes each head's ``(T * B, D)`` slab of a buffer contiguous, so the gradient of
 ``W`` is one batched GEMM over all steps after the reverse loop. For ``heads == 1`` the
 conversions of ``px`` and of the states are views; ``W`` is always a small copy (``G H D``).
+
+``resets`` restart each state field from the fill ``StateField.init`` (a float), or, for a cell
+that overrides ``init_state`` (a learnable initial state), from one example of its
+``init_state`` as a ``(N, 1, D)`` tensor (:attr:`Prepared.restarts`). The pure-torch loops
+take either (:data:`Restart`); the autograd functions then take the tensors as inputs and their
+reverse loops add the gradient that a reset cuts from the state it replaces into the restart
+value's gradient (:func:`cut`'s ``spill``). The native loops (``fused_cpp``, ``cuda``) take
+the fills only (:func:`fills`); those backends refuse such calls.
 """
 
 from __future__ import annotations
@@ -22,8 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import overrides_init_state
 from rnnkit.core.cells import GatedCell
 from rnnkit.core.dispatch import KernelCall
+
+#: What a state field restarts from at a reset: its fill ``StateField.init``, or one example
+#: of the cell's own ``init_state`` laid out ``(N, 1, D)`` (broadcast over the batch).
+Restart = float | Tensor
 
 
 @dataclass
@@ -38,6 +51,9 @@ class Prepared:
         mask: bool ``(T, 1, B, 1)``, true where the state entering step ``t`` is reset,
             or ``None``.
         inits: the value each state field restarts from (``StateField.init``).
+        restarts: with resets, for a cell that overrides ``init_state``: each state field of
+            ``init_state(1)`` laid out ``(N, 1, D)`` (differentiable), which the fields restart
+            from instead of ``inits``; else empty.
     """
 
     px: Tensor
@@ -45,6 +61,7 @@ class Prepared:
     states: list[Tensor]
     mask: Tensor | None
     inits: tuple[float, ...]
+    restarts: tuple[Tensor, ...] = ()
 
 
 #: Allocates an uninitialised tensor: ``(size, dtype) -> Tensor`` (on the input's device).
@@ -79,10 +96,58 @@ def prepare(call: KernelCall, empty: EmptyFn | None = None) -> Prepared:
         state = cell.init_state(B, device=x.device, dtype=x.dtype)
     states = [s.reshape(B, N, D).transpose(0, 1) for s in state]
     mask = None
+    restarts: tuple[Tensor, ...] = ()
     if call.resets is not None:
         mask = call.resets.transpose(0, 1).reshape(T, 1, B, 1)
+        if overrides_init_state(cell):
+            start = cell.init_state(1, device=x.device, dtype=x.dtype)
+            restarts = tuple(s.reshape(1, N, D).transpose(0, 1) for s in start)
     inits = tuple(float(f.init) for f in cell.state_spec())
-    return Prepared(px, W, states, mask, inits)
+    return Prepared(px, W, states, mask, inits, restarts)
+
+
+def restart_value(value: Restart, like: Tensor) -> Tensor:
+    """A restart value for :func:`reset_into`: a fill as a 0-d tensor on ``like``'s dtype and
+    device, a restart tensor as it is."""
+    return value if isinstance(value, Tensor) else scalar_like(value, like)
+
+
+def fills(values: Sequence[Restart], backend: str) -> list[float]:
+    """The restart values as fills, for native loops that take only those.
+
+    Raises:
+        TypeError: a value is a tensor (a cell overriding ``init_state``: ``backend``'s
+            ``supports`` refuses its calls with resets, so this is not reached through
+            dispatch).
+    """
+    out = []
+    for v in values:
+        if isinstance(v, Tensor):
+            raise TypeError(
+                f"the {backend} loops restart resets from the fill StateField.init only, not "
+                "from a cell's own init_state; run backend 'fused'"
+            )
+        out.append(float(v))
+    return out
+
+
+def no_spill(spill: list[Tensor] | None, backend: str) -> None:
+    """Refuse restart gradients in native reverse loops (see :func:`fills`).
+
+    Raises:
+        TypeError: ``spill`` is given.
+    """
+    if spill is not None:
+        raise TypeError(
+            f"the {backend} loops restart resets from the fill StateField.init only, not from "
+            "a cell's own init_state; run backend 'fused'"
+        )
+
+
+def new_spill(restarts: Sequence[Tensor]) -> list[Tensor] | None:
+    """Zeroed gradients of the restart tensors (``None`` without any), for the reverse loops
+    to accumulate into (see :func:`cut`)."""
+    return [torch.zeros_like(r) for r in restarts] if restarts else None
 
 
 def _heads_first(w: Tensor, N: int, G: int) -> Tensor:
@@ -277,9 +342,13 @@ def reset_into(dst: Tensor, src: Tensor, mask_t: Tensor, value: Tensor) -> Tenso
     return torch.where(mask_t, value, src, out=dst)
 
 
-def cut(grad: Tensor, mask: Tensor | None, t: int) -> Tensor:
+def cut(grad: Tensor, mask: Tensor | None, t: int, spill: Tensor | None = None) -> Tensor:
     """Zero, in place, the gradient ``grad: (N, B, ...)`` of the state leaving step ``t - 1``
     for the examples whose state entering step ``t`` was reset (``mask[t]``); returns ``grad``.
+
+    That gradient is the one of the value the reset put in its place: with ``spill``
+    (``(N, 1, ...)``, the gradient of a restart tensor) it is summed over those examples into
+    ``spill`` first.
 
     A select, not a multiplication by a 0/1 factor: a reset replaces the state, so the
     gradient of the replaced one is exactly zero even where the gradient reaching the reset is
@@ -288,7 +357,10 @@ def cut(grad: Tensor, mask: Tensor | None, t: int) -> Tensor:
     """
     if mask is not None:
         m = mask[t]  # (1, B, 1)
-        grad.masked_fill_(m.view(*m.shape, *([1] * (grad.dim() - m.dim()))), 0)
+        m = m.view(*m.shape, *([1] * (grad.dim() - m.dim())))
+        if spill is not None:
+            spill.add_(torch.where(m, grad, 0.0).sum(1, keepdim=True))
+        grad.masked_fill_(m, 0)
     return grad
 
 
@@ -356,14 +428,15 @@ def carry_state_grad(
     DY: tuple[Tensor, ...],
     mask: Tensor | None,
     t: int,
+    spill: Tensor | None = None,
 ) -> None:
     """``dh = cut(DQ[t + 1] @ w_t) + DY[t + 1]``, in place: the gradient of ``h_t``.
 
     ``DQ[t + 1]: (N, B, G*D)`` are step ``t + 1``'s gate gradients, ``w_t: (N, G*D, D)`` the
     transposed per-head weights, ``DY[t + 1]: (N, B, D)`` the gradient reaching ``h_t`` directly
     and ``mask`` the resets (a reset entering step ``t + 1`` cuts the recurrent part, see
-    :func:`cut`). At the last step (``t + 1 == len(DQ)``) there is no step ``t + 1``:
-    ``dh = DY[t + 1]``.
+    :func:`cut`, which adds what it cuts to ``spill``). At the last step
+    (``t + 1 == len(DQ)``) there is no step ``t + 1``: ``dh = DY[t + 1]``.
     """
     if t + 1 == len(DQ):
         dh.copy_(DY[t + 1])
@@ -371,17 +444,19 @@ def carry_state_grad(
         gemm(dh, DQ[t + 1], w_t, DY[t + 1])
     else:
         gemm(dh, DQ[t + 1], w_t)
-        cut(dh, mask, t + 1).add_(DY[t + 1])
+        cut(dh, mask, t + 1, spill).add_(DY[t + 1])
 
 
-def initial_state_grad(dq0: Tensor, w_t: Tensor, mask: Tensor | None) -> Tensor:
+def initial_state_grad(
+    dq0: Tensor, w_t: Tensor, mask: Tensor | None, spill: Tensor | None = None
+) -> Tensor:
     """``d h_0`` through the first step's recurrent product: ``(N, B, D)``.
 
     ``dq0: (N, B, G*D)`` are the first step's gate gradients, ``w_t: (N, G*D, D)`` the transposed
-    per-head weights and ``mask`` the resets (a reset at step 0 cuts the gradient).
-    The caller adds the gradient that reaches ``h_0`` directly.
+    per-head weights and ``mask`` the resets (a reset at step 0 cuts the gradient, into
+    ``spill``). The caller adds the gradient that reaches ``h_0`` directly.
     """
-    return cut(torch.bmm(dq0, w_t), mask, 0)
+    return cut(torch.bmm(dq0, w_t), mask, 0, spill)
 
 
 def recurrent_weight_grad(h_prev: Tensor, dq: Tensor, heads: int, head_dim: int) -> Tensor:

@@ -27,6 +27,7 @@ from torch import Tensor
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
+    Restart,
     chunks,
     cut,
     empty_result,
@@ -35,10 +36,11 @@ from rnnkit.kernels.gated.fused._common import (
     gemm,
     gemm_acc,
     join_hs_grads,
+    new_spill,
     prepare,
     recurrent_weight_grad,
     reset_into,
-    scalar_like,
+    restart_value,
     split_hs,
 )
 
@@ -49,14 +51,15 @@ def gru_loop(
     bhn: Tensor | None,
     mask: Tensor | None,
     h0: Tensor,
-    init: float,
+    init: Restart,
     save: bool,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Forward time loop (no autograd).
 
     Args:
         px: ``(N, T, B, 3 D)``; W: ``(N, D, 3 D)``; bhn: ``(N, 1, D)`` or ``None``;
-        mask: bool ``(T, 1, B, 1)`` or ``None``; h0: ``(N, B, D)``; init: reset value of ``h``;
+        mask: bool ``(T, 1, B, 1)`` or ``None``; h0: ``(N, B, D)``; init: reset value of ``h``
+        (a fill or an ``(N, 1, D)`` tensor);
         save: keep what the backward needs (otherwise per-step buffers are reused).
 
     Returns:
@@ -78,7 +81,7 @@ def gru_loop(
     hp = hs[:, :T]
     if mask is not None:
         hp = px.new_empty(N, k, B, D)
-        h_init = scalar_like(init, px)
+        h_init = restart_value(init, px)
     H, HP, Q = hs.unbind(1), hp.unbind(1), qs.unbind(1)
     RZ = acts[:, :, :, : 2 * D].unbind(1)
     R_ = acts[:, :, :, :D].unbind(1)
@@ -106,13 +109,15 @@ def gru_backward_loop(
     buffers: tuple[Tensor, ...],
     mask: Tensor | None,
     d_hs: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Reverse time loop (no autograd).
 
     Args:
         W: ``(N, D, 3 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
         buffers: ``(acts, qs, hp)`` saved by the forward loop; mask: as the forward's;
-        d_hs: ``(N, T + 1, B, D)``.
+        d_hs: ``(N, T + 1, B, D)``; spill: ``[d h_init]``, the gradient of a restart tensor
+        ``(N, 1, D)`` to add to (see ``cut``), or ``None``.
 
     Returns:
         ``dq: (N, T, B, 3 D)`` the gradient of the recurrent terms ``q``, ``dpx: (N, T, B, 3 D)``
@@ -131,6 +136,7 @@ def gru_backward_loop(
     dh = hs.new_empty(N, B, D)
     dh_next = hs.new_empty(N, B, D)
     z_next = hs.new_empty(0)
+    dr = None if spill is None else spill[0]
     for t0, t1 in chunks(T, N * B * D):
         # Gradient-independent factors of the chunk (see the module docstring).
         r, z, n = acts[:, t0:t1].view(N, t1 - t0, B, 3, D).unbind(3)
@@ -154,14 +160,14 @@ def gru_backward_loop(
                     gemm_acc(dh, DQ[t + 1], WT)
                 else:
                     gemm(dh, DQ[t + 1], WT)
-                    cut(dh.addcmul_(dh_next, z_next), mask, t + 1).add_(DY[t + 1])
+                    cut(dh.addcmul_(dh_next, z_next), mask, t + 1, dr).add_(DY[t + 1])
             torch.mul(dh, PN[k], out=DAN[t])
             torch.mul(dh, PZ[k], out=DZ[t])
             torch.mul(DAN[t], PR[k], out=DR[t])
             torch.mul(DAN[t], RR[k], out=DQN[t])
             z_next = ZZ[k]
     dh0 = torch.bmm(DQ[0], WT)
-    cut(dh0.addcmul_(dh, z_next), mask, 0).add_(DY[0])
+    cut(dh0.addcmul_(dh, z_next), mask, 0, dr).add_(DY[0])
     dpx = torch.cat((dq[:, :, :, : 2 * D], dan), dim=3)
     return dq, dpx, dh0
 
@@ -169,13 +175,14 @@ def gru_backward_loop(
 #: A GRU forward time loop, as :func:`gru_loop`:
 #: ``(px, W, bhn, mask, h0, init, save) -> (hs, saved)``.
 GRUForward = Callable[
-    [Tensor, Tensor, Tensor | None, Tensor | None, Tensor, float, bool],
+    [Tensor, Tensor, Tensor | None, Tensor | None, Tensor, Restart, bool],
     tuple[Tensor, tuple[Tensor, ...]],
 ]
 #: A GRU reverse time loop, as :func:`gru_backward_loop`:
-#: ``(W, hs, buffers, mask, d_hs) -> (dq, dpx, dh0)``.
+#: ``(W, hs, buffers, mask, d_hs, spill) -> (dq, dpx, dh0)``.
 GRUBackward = Callable[
-    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor], tuple[Tensor, Tensor, Tensor]
+    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, list[Tensor] | None],
+    tuple[Tensor, Tensor, Tensor],
 ]
 
 
@@ -191,7 +198,8 @@ GRU_LOOPS = GRULoops(gru_loop, gru_backward_loop)
 
 
 class GRUFn(torch.autograd.Function):
-    """GRU sequence with a hand-written reverse-time backward, both loops from ``loops``."""
+    """GRU sequence with a hand-written reverse-time backward, both loops from ``loops``;
+    ``restarts`` (``(h_init,)`` or none) replaces the fill ``init`` as the reset value."""
 
     @staticmethod
     def forward(
@@ -203,8 +211,10 @@ class GRUFn(torch.autograd.Function):
         mask: Tensor | None,
         h0: Tensor,
         init: float,
+        *restarts: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        hs, saved = loops.forward(px, W, bhn, mask, h0, init, True)
+        hs, saved = loops.forward(px, W, bhn, mask, h0, restarts[0] if restarts else init, True)
+        ctx.restarts = tuple(r.detach() for r in restarts)
         ctx.loops = loops
         ctx.mask = mask
         ctx.has_bhn = bhn is not None
@@ -218,14 +228,15 @@ class GRUFn(torch.autograd.Function):
         d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
-        dq, dpx, dh0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs)
+        spill = new_spill(ctx.restarts)
+        dq, dpx, dh0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, spill)
         N, T, B, GD = dq.shape
         D = GD // 3
         dW = recurrent_weight_grad(buffers[2], dq, N, D)
         d_bhn = None
         if ctx.has_bhn:
             d_bhn = dq.view(N, T, B, 3, D)[:, :, :, 2].sum(dim=(1, 2)).unsqueeze(1)
-        return None, dpx, dW, d_bhn, None, dh0, None
+        return None, dpx, dW, d_bhn, None, dh0, None, *(spill or ())
 
 
 def run_gru(
@@ -243,8 +254,11 @@ def run_gru(
     N, D = int(cell.heads), int(cell.head_dim)
     bhn = None if cell.bias_hn is None else cell.bias_hn.view(N, 1, D)
     if call.needs_grad:
-        ys, h_last = GRUFn.apply(loops, p.px, p.W, bhn, p.mask, p.states[0], p.inits[0])  # type: ignore[no-untyped-call]
+        ys, h_last = GRUFn.apply(  # type: ignore[no-untyped-call]
+            loops, p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], *p.restarts
+        )
         return finish_split(call, ys, h_last, [])
     with torch.no_grad():
-        hs, _ = loops.forward(p.px, p.W, bhn, p.mask, p.states[0], p.inits[0], False)
+        init = p.restarts[0] if p.restarts else p.inits[0]
+        hs, _ = loops.forward(p.px, p.W, bhn, p.mask, p.states[0], init, False)
     return finish(call, hs, [])

@@ -16,7 +16,7 @@ once before the reverse loop, which then does five small ops and one GEMM per st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
+    Restart,
     carry_state_grad,
     chunks,
     cut,
@@ -34,10 +35,11 @@ from rnnkit.kernels.gated.fused._common import (
     gemm,
     initial_state_grad,
     join_hs_grads,
+    new_spill,
     prepare,
     recurrent_weight_grad,
     reset_into,
-    scalar_like,
+    restart_value,
     split_hs,
 )
 
@@ -48,14 +50,15 @@ def lstm_loop(
     mask: Tensor | None,
     h0: Tensor,
     c0: Tensor,
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Forward time loop (no autograd).
 
     Args:
         px: ``(N, T, B, 4 D)``; W: ``(N, D, 4 D)``; mask: bool ``(T, 1, B, 1)`` or ``None``;
-        h0, c0: ``(N, B, D)``; inits: reset values of ``h`` and ``c``;
+        h0, c0: ``(N, B, D)``; inits: reset values of ``h`` and ``c`` (fills or ``(N, 1, D)``
+        tensors);
         save: keep what the backward needs (otherwise per-step buffers are reused).
 
     Returns:
@@ -76,7 +79,7 @@ def lstm_loop(
     hp = hs[:, :T]
     if mask is not None:
         hp = px.new_empty(N, k, B, D)
-        h_init, c_init = scalar_like(inits[0], px), scalar_like(inits[1], px)
+        h_init, c_init = restart_value(inits[0], px), restart_value(inits[1], px)
     H, P, HP = hs.unbind(1), px.unbind(1), hp.unbind(1)
     A, C, TC = acts.unbind(1), cs.unbind(1), tcs.unbind(1)
     gv = acts.view(N, k, B, 4, D)
@@ -89,7 +92,10 @@ def lstm_loop(
         if mask is not None:
             h_prev = reset_into(HP[s], h_prev, mask[t], h_init)
             # c entering step t is only read by this step and the backward, so reset in place.
-            c_prev.masked_fill_(mask[t], c_init)
+            if c_init.dim() == 0:
+                c_prev.masked_fill_(mask[t], c_init)
+            else:
+                c_prev.copy_(torch.where(mask[t], c_init, c_prev))
         gemm(A[s], h_prev, W, P[t])
         torch.sigmoid(IF[s], out=IF[s])
         torch.sigmoid(O_[s], out=O_[s])
@@ -110,13 +116,15 @@ def lstm_backward_loop(
     mask: Tensor | None,
     d_hs: Tensor,
     d_c_last: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Reverse time loop (no autograd).
 
     Args:
         W: ``(N, D, 4 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
         buffers: ``(acts, cs, tcs, hp)`` saved by the forward loop; mask: as the forward's;
-        d_hs: ``(N, T + 1, B, D)``; d_c_last: ``(N, B, D)``.
+        d_hs: ``(N, T + 1, B, D)``; d_c_last: ``(N, B, D)``; spill: ``[d h_init, d c_init]``,
+        the gradients of restart tensors ``(N, 1, D)`` to add to (see ``cut``), or ``None``.
 
     Returns:
         ``dq: (N, T, B, 4 D)`` the gradient of the gate pre-activations (= that of ``px``),
@@ -133,6 +141,7 @@ def lstm_backward_loop(
     WT = W.transpose(1, 2)
     dh = hs.new_empty(N, B, D)
     dc = d_c_last.clone()
+    dh_r, dc_r = (None, None) if spill is None else spill
     for t0, t1 in chunks(T, N * B * GD):
         # Gradient-independent factors of the chunk (see the module docstring).
         i, f, g, o = acts[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
@@ -143,12 +152,12 @@ def lstm_backward_loop(
         FF = f.unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             k = t - t0
-            carry_state_grad(dh, DQ, WT, DY, mask, t)
+            carry_state_grad(dh, DQ, WT, DY, mask, t, dh_r)
             dc.addcmul_(dh, KK[k])
             torch.mul(dc.unsqueeze(2), MM3[k], out=DQ3[t])
             torch.mul(dh, MMo[k], out=DQo[t])
-            cut(dc.mul_(FF[k]), mask, t)
-    dh0 = initial_state_grad(DQ[0], WT, mask)
+            cut(dc.mul_(FF[k]), mask, t, dc_r)
+    dh0 = initial_state_grad(DQ[0], WT, mask, dh_r)
     dh0.add_(DY[0])
     return dq, dh0, dc
 
@@ -156,13 +165,13 @@ def lstm_backward_loop(
 #: An LSTM forward time loop, as :func:`lstm_loop`:
 #: ``(px, W, mask, h0, c0, inits, save) -> (hs, c_last, saved)``.
 LSTMForward = Callable[
-    [Tensor, Tensor, Tensor | None, Tensor, Tensor, tuple[float, ...], bool],
+    [Tensor, Tensor, Tensor | None, Tensor, Tensor, Sequence[Restart], bool],
     tuple[Tensor, Tensor, tuple[Tensor, ...]],
 ]
 #: An LSTM reverse time loop, as :func:`lstm_backward_loop`:
-#: ``(W, hs, buffers, mask, d_hs, d_c_last) -> (dq, dh0, dc0)``.
+#: ``(W, hs, buffers, mask, d_hs, d_c_last, spill) -> (dq, dh0, dc0)``.
 LSTMBackward = Callable[
-    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, Tensor],
+    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, Tensor, list[Tensor] | None],
     tuple[Tensor, Tensor, Tensor],
 ]
 
@@ -179,7 +188,8 @@ LSTM_LOOPS = LSTMLoops(lstm_loop, lstm_backward_loop)
 
 
 class LSTMFn(torch.autograd.Function):
-    """LSTM sequence with a hand-written reverse-time backward, both loops from ``loops``."""
+    """LSTM sequence with a hand-written reverse-time backward, both loops from ``loops``;
+    ``restarts`` (``(h_init, c_init)`` or none) replace the fills ``inits`` as reset values."""
 
     @staticmethod
     def forward(
@@ -191,8 +201,10 @@ class LSTMFn(torch.autograd.Function):
         inits: tuple[float, ...],
         h0: Tensor,
         c0: Tensor,
+        *restarts: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        hs, c_last, saved = loops.forward(px, W, mask, h0, c0, inits, True)
+        hs, c_last, saved = loops.forward(px, W, mask, h0, c0, restarts or inits, True)
+        ctx.restarts = tuple(r.detach() for r in restarts)
         ctx.loops = loops
         ctx.mask = mask
         ctx.buffers = saved
@@ -207,9 +219,10 @@ class LSTMFn(torch.autograd.Function):
         d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
-        dq, dh0, dc0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c_last)
+        spill = new_spill(ctx.restarts)
+        dq, dh0, dc0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c_last, spill)
         dW = recurrent_weight_grad(buffers[3], dq, W.shape[0], W.shape[1])
-        return None, dq, dW, None, None, dh0, dc0
+        return None, dq, dW, None, None, dh0, dc0, *(spill or ())
 
 
 def run_lstm(
@@ -225,8 +238,10 @@ def run_lstm(
     p = prepare(call, empty)
     h0, c0 = p.states
     if call.needs_grad:
-        ys, h_last, c_last = LSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, h0, c0)  # type: ignore[no-untyped-call]
+        ys, h_last, c_last = LSTMFn.apply(  # type: ignore[no-untyped-call]
+            loops, p.px, p.W, p.mask, p.inits, h0, c0, *p.restarts
+        )
         return finish_split(call, ys, h_last, [c_last])
     with torch.no_grad():
-        hs, c_last, _ = loops.forward(p.px, p.W, p.mask, h0, c0, p.inits, False)
+        hs, c_last, _ = loops.forward(p.px, p.W, p.mask, h0, c0, p.restarts or p.inits, False)
     return finish(call, hs, [c_last])

@@ -23,7 +23,7 @@ constant. With ``dh, dc, dn, dm`` the total gradients of step ``t``'s outputs::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from rnnkit.core.dispatch import KernelCall
 from rnnkit.kernels.gated.fused._common import (
     EmptyFn,
+    Restart,
     carry_state_grad,
     chunks,
     cut,
@@ -42,10 +43,11 @@ from rnnkit.kernels.gated.fused._common import (
     gemm,
     initial_state_grad,
     join_hs_grads,
+    new_spill,
     prepare,
     recurrent_weight_grad,
     reset_into,
-    scalar_like,
+    restart_value,
     split_hs,
 )
 
@@ -55,14 +57,15 @@ def slstm_loop(
     W: Tensor,
     mask: Tensor | None,
     states: list[Tensor],
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """Forward time loop (no autograd).
 
     Args:
         px: ``(N, T, B, 4 D)``; W: ``(N, D, 4 D)``; mask: bool ``(T, 1, B, 1)`` or ``None``;
-        states: ``h0, c0, n0, m0``, each ``(N, B, D)``; inits: their reset values;
+        states: ``h0, c0, n0, m0``, each ``(N, B, D)``; inits: their reset values (fills or
+        ``(N, 1, D)`` tensors);
         save: keep what the backward needs (otherwise per-step buffers are reused).
 
     Returns:
@@ -92,9 +95,15 @@ def slstm_loop(
         hp = px.new_empty(N, k, B, D)
         cnp = px.new_empty(N, k, B, 2, D)
         mp = px.new_empty(N, k, B, D)
-        h_init = scalar_like(inits[0], px)
-        cn_init = torch.tensor(inits[1:3], dtype=px.dtype, device=px.device).view(2, 1)
-        m_init = scalar_like(inits[3], px)
+        h_init, m_init = restart_value(inits[0], px), restart_value(inits[3], px)
+        c_init, n_init = inits[1], inits[2]
+        if isinstance(c_init, Tensor) or isinstance(n_init, Tensor):
+            # (N, 1, 2, D): c and n of one example per head (a fill broadcast to the other)
+            c_v, n_v = restart_value(c_init, px), restart_value(n_init, px)
+            like = c_v if c_v.dim() else n_v
+            cn_init = torch.stack((c_v.expand_as(like), n_v.expand_as(like)), dim=2)
+        else:
+            cn_init = torch.tensor((c_init, n_init), dtype=px.dtype, device=px.device).view(2, 1)
         mask2 = mask.unsqueeze(-1)
     H, P, HP, CN, CNP = hs.unbind(1), px.unbind(1), hp.unbind(1), cn.unbind(1), cnp.unbind(1)
     MS, MP, GA, EX = ms.unbind(1), mp.unbind(1), gates.unbind(1), ex.unbind(1)
@@ -143,13 +152,16 @@ def slstm_backward_loop(
     d_c: Tensor,
     d_n: Tensor,
     d_m: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Reverse time loop (no autograd).
 
     Args:
         W: ``(N, D, 4 D)``; hs: ``(N, T + 1, B, D)`` from the forward loop;
         buffers: ``(cn, ms, gates, ex, cnp, hp)`` from the forward loop; mask: as the
-        forward's; d_hs: ``(N, T + 1, B, D)``; d_c, d_n, d_m: ``(N, B, D)``.
+        forward's; d_hs: ``(N, T + 1, B, D)``; d_c, d_n, d_m: ``(N, B, D)``; spill: the
+        gradients of the restart tensors of ``h, c, n, m`` (each ``(N, 1, D)``) to add to (see
+        ``cut``), or ``None``.
 
     Returns:
         ``dq: (N, T, B, 4 D)`` the gradient of the gate pre-activations (= that of ``px``),
@@ -171,6 +183,10 @@ def slstm_backward_loop(
     dc2, dn2 = dcn[:, :, 0:1], dcn[:, :, 1:2]
     dm = d_m.clone()
     tmp = hs.new_empty(N, B, D)
+    dh_r = dm_r = dcn_r = None
+    if spill is not None:
+        dh_r, dm_r = spill[0], spill[3]
+        dcn_r = hs.new_zeros(N, 1, 2, D)
     for t0, t1 in chunks(T, N * B * 2 * D):
         # Gradient-independent factors of the chunk (see the module docstring).
         gi, gf, zt, o = gates[:, t0:t1].view(N, t1 - t0, B, 4, D).unbind(3)
@@ -192,7 +208,7 @@ def slstm_backward_loop(
         FF = fp.unsqueeze(3).unbind(1)
         for t in range(t1 - 1, t0 - 1, -1):
             k = t - t0
-            carry_state_grad(dh, DQ, WT, DY, mask, t)
+            carry_state_grad(dh, DQ, WT, DY, mask, t, dh_r)
             dcn.addcmul_(dh.unsqueeze(2), QCN[k])
             torch.mul(dh, QO[k], out=DO[t])
             torch.mul(dc, PZ[k], out=DZ[t])
@@ -202,10 +218,13 @@ def slstm_backward_loop(
             torch.sub(dm, tmp, out=tmp)
             DE[t].addcmul_(tmp.unsqueeze(2), SS[k])
             # da (the gradient of log σ(f̃) + m_{t-1}) is also the gradient of m_{t-1}.
-            cut(dm.copy_(DE_F[t]), mask, t)
+            cut(dm.copy_(DE_F[t]), mask, t, dm_r)
             DE_F[t].mul_(SFC[k])
-            cut(dcn.mul_(FF[k]), mask, t)
-    dh0 = initial_state_grad(DQ[0], WT, mask)
+            cut(dcn.mul_(FF[k]), mask, t, dcn_r)
+    if spill is not None and dcn_r is not None:
+        spill[1].add_(dcn_r[:, :, 0])
+        spill[2].add_(dcn_r[:, :, 1])
+    dh0 = initial_state_grad(DQ[0], WT, mask, dh_r)
     dh0.add_(DY[0])
     return dq, dh0, dc.clone(), dn.clone(), dm
 
@@ -213,13 +232,23 @@ def slstm_backward_loop(
 #: An sLSTM forward time loop, as :func:`slstm_loop`:
 #: ``(px, W, mask, [h0, c0, n0, m0], inits, save) -> (hs, cn, ms, saved)``.
 SLSTMForward = Callable[
-    [Tensor, Tensor, Tensor | None, list[Tensor], tuple[float, ...], bool],
+    [Tensor, Tensor, Tensor | None, list[Tensor], Sequence[Restart], bool],
     tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]],
 ]
 #: An sLSTM reverse time loop, as :func:`slstm_backward_loop`:
-#: ``(W, hs, buffers, mask, d_hs, d_c, d_n, d_m) -> (dq, dh0, dc0, dn0, dm0)``.
+#: ``(W, hs, buffers, mask, d_hs, d_c, d_n, d_m, spill) -> (dq, dh0, dc0, dn0, dm0)``.
 SLSTMBackward = Callable[
-    [Tensor, Tensor, tuple[Tensor, ...], Tensor | None, Tensor, Tensor, Tensor, Tensor],
+    [
+        Tensor,
+        Tensor,
+        tuple[Tensor, ...],
+        Tensor | None,
+        Tensor,
+        Tensor,
+        Tensor,
+        Tensor,
+        list[Tensor] | None,
+    ],
     tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
 ]
 
@@ -236,7 +265,9 @@ SLSTM_LOOPS = SLSTMLoops(slstm_loop, slstm_backward_loop)
 
 
 class SLSTMFn(torch.autograd.Function):
-    """sLSTM sequence with a hand-written reverse-time backward, both loops from ``loops``."""
+    """sLSTM sequence with a hand-written reverse-time backward, both loops from ``loops``;
+    ``restarts`` (``(h, c, n, m)`` inits or none) replace the fills ``inits`` as reset
+    values."""
 
     @staticmethod
     def forward(
@@ -250,8 +281,11 @@ class SLSTMFn(torch.autograd.Function):
         c0: Tensor,
         n0: Tensor,
         m0: Tensor,
+        *restarts: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        hs, cn, ms, saved = loops.forward(px, W, mask, [h0, c0, n0, m0], inits, True)
+        values = restarts or inits
+        hs, cn, ms, saved = loops.forward(px, W, mask, [h0, c0, n0, m0], values, True)
+        ctx.restarts = tuple(r.detach() for r in restarts)
         T = px.shape[1]
         ctx.loops = loops
         ctx.mask = mask
@@ -267,9 +301,12 @@ class SLSTMFn(torch.autograd.Function):
         d_hs = join_hs_grads(hs, d_ys, d_h_last)
         buffers = ctx.buffers
         ctx.buffers = None
-        dq, dh0, dc0, dn0, dm0 = ctx.loops.backward(W, hs, buffers, ctx.mask, d_hs, d_c, d_n, d_m)
+        spill = new_spill(ctx.restarts)
+        dq, dh0, dc0, dn0, dm0 = ctx.loops.backward(
+            W, hs, buffers, ctx.mask, d_hs, d_c, d_n, d_m, spill
+        )
         dW = recurrent_weight_grad(buffers[5], dq, W.shape[0], W.shape[1])
-        return None, dq, dW, None, None, dh0, dc0, dn0, dm0
+        return None, dq, dW, None, None, dh0, dc0, dn0, dm0, *(spill or ())
 
 
 def run_slstm(
@@ -284,10 +321,13 @@ def run_slstm(
         return empty_result(call)
     p = prepare(call, empty)
     if call.needs_grad:
-        ys, h_last, c, n, m = SLSTMFn.apply(loops, p.px, p.W, p.mask, p.inits, *p.states)  # type: ignore[no-untyped-call]
+        ys, h_last, c, n, m = SLSTMFn.apply(  # type: ignore[no-untyped-call]
+            loops, p.px, p.W, p.mask, p.inits, *p.states, *p.restarts
+        )
         return finish_split(call, ys, h_last, [c, n, m])
     with torch.no_grad():
-        hs, cn, ms, _ = loops.forward(p.px, p.W, p.mask, p.states, p.inits, False)
+        values = p.restarts or p.inits
+        hs, cn, ms, _ = loops.forward(p.px, p.W, p.mask, p.states, values, False)
         last = p.px.shape[1] % 2
         c, n, m = cn[:, last, :, 0], cn[:, last, :, 1], ms[:, last]
     return finish(call, hs, [c, n, m])

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.kernel import is_exporting
 from rnnkit.kernels.gated.fused import run_elman as _py_elman
@@ -125,7 +126,8 @@ def supports(call: KernelCall) -> str | None:
             return f"parameter dtype {p.dtype} differs from input dtype {x.dtype}"
         if p.device.type != "cpu":
             return f"parameters must be on CPU (found {p.device})"
-    return None
+    # the native loops take fill values only (the pure-torch loops take init_state's rows)
+    return fill_restart_refusal(call, "fused")
 
 
 def priority(call: KernelCall) -> Priority:

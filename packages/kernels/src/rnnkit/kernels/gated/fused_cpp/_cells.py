@@ -25,9 +25,12 @@ from rnnkit.kernels.gated.fused import (
     run_lstm,
     run_slstm,
 )
+from rnnkit.kernels.gated.fused._common import Restart, fills, no_spill
 from rnnkit.kernels.gated.fused_cpp._native import ops
 
 Result = tuple[Tensor, tuple[Tensor, ...]]
+
+_BACKEND = "fused_cpp"
 
 
 def _mask2d(mask: Tensor | None) -> Tensor | None:
@@ -47,11 +50,12 @@ def lstm_forward(
     mask: Tensor | None,
     h0: Tensor,
     c0: Tensor,
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop`."""
-    hs, c_last, *saved = ops().lstm_forward(px, W, _mask2d(mask), h0, c0, inits[0], inits[1], save)
+    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_loop` (fills only)."""
+    h_init, c_init = fills(inits, _BACKEND)
+    hs, c_last, *saved = ops().lstm_forward(px, W, _mask2d(mask), h0, c0, h_init, c_init, save)
     saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved.append(_previous(hs))
@@ -65,8 +69,10 @@ def lstm_backward(
     mask: Tensor | None,
     d_hs: Tensor,
     d_c_last: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._lstm.lstm_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     acts, cs, tcs, _ = buffers
     dq, dh0, dc0 = ops().lstm_backward(W, acts, cs, tcs, _mask2d(mask), d_hs, d_c_last)
     return dq, dh0, dc0
@@ -78,12 +84,13 @@ def gru_forward(
     bhn: Tensor | None,
     mask: Tensor | None,
     h0: Tensor,
-    init: float,
+    init: Restart,
     save: bool,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_loop` (a fill only)."""
     b = None if bhn is None else bhn.reshape(W.shape[0], W.shape[1])
-    hs, *saved = ops().gru_forward(px, W, b, _mask2d(mask), h0, init, save)
+    (fill,) = fills([init], _BACKEND)
+    hs, *saved = ops().gru_forward(px, W, b, _mask2d(mask), h0, fill, save)
     saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved.append(_previous(hs))
@@ -91,27 +98,40 @@ def gru_forward(
 
 
 def gru_backward(
-    W: Tensor, hs: Tensor, buffers: tuple[Tensor, ...], mask: Tensor | None, d_hs: Tensor
+    W: Tensor,
+    hs: Tensor,
+    buffers: tuple[Tensor, ...],
+    mask: Tensor | None,
+    d_hs: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._gru.gru_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     acts, qs, hp = buffers
     dq, dpx, dh0 = ops().gru_backward(W, acts, qs, hp, _mask2d(mask), d_hs)
     return dq, dpx, dh0
 
 
 def elman_forward(
-    px: Tensor, W: Tensor, mask: Tensor | None, h0: Tensor, relu: bool, init: float
+    px: Tensor, W: Tensor, mask: Tensor | None, h0: Tensor, relu: bool, init: Restart
 ) -> tuple[Tensor, Tensor | None]:
-    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_loop` (``hp`` is ``None`` without
-    resets: the previous states are then ``hs[:, :T]``)."""
-    hs, *hp = ops().elman_forward(px, W, _mask2d(mask), h0, init, relu)
+    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_loop` (a fill only; ``hp`` is
+    ``None`` without resets: the previous states are then ``hs[:, :T]``)."""
+    (fill,) = fills([init], _BACKEND)
+    hs, *hp = ops().elman_forward(px, W, _mask2d(mask), h0, fill, relu)
     return hs, hp[0] if hp else None
 
 
 def elman_backward(
-    W: Tensor, hs: Tensor, mask: Tensor | None, d_hs: Tensor, relu: bool
+    W: Tensor,
+    hs: Tensor,
+    mask: Tensor | None,
+    d_hs: Tensor,
+    relu: bool,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._elman.elman_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     dq, dh0 = ops().elman_backward(W, hs, _mask2d(mask), d_hs, relu)
     return dq, dh0
 
@@ -121,11 +141,12 @@ def slstm_forward(
     W: Tensor,
     mask: Tensor | None,
     states: list[Tensor],
-    inits: tuple[float, ...],
+    inits: Sequence[Restart],
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop`."""
-    hs, cn, ms, *saved = ops().slstm_forward(px, W, _mask2d(mask), *states, list(inits), save)
+    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_loop` (fills only)."""
+    values = fills(inits, _BACKEND)
+    hs, cn, ms, *saved = ops().slstm_forward(px, W, _mask2d(mask), *states, values, save)
     saved = list(saved)  # torch 2.11's dynamo traces a starred target as a tuple
     if save and mask is None:
         saved += [_previous(cn), _previous(hs)]
@@ -141,8 +162,10 @@ def slstm_backward(
     d_c: Tensor,
     d_n: Tensor,
     d_m: Tensor,
+    spill: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop`."""
+    """Native :func:`~rnnkit.kernels.gated.fused._slstm.slstm_backward_loop` (no ``spill``)."""
+    no_spill(spill, _BACKEND)
     cn, ms, gates, ex, cnp, _ = buffers
     dq, dh0, dc0, dn0, dm0 = ops().slstm_backward(
         W, hs, cn, ms, gates, ex, cnp, _mask2d(mask), d_hs, d_c, d_n, d_m

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.varlen import step_mask
 from rnnkit.kernels.gated.measured import triton_tier
@@ -103,7 +104,7 @@ def _supports(call: KernelCall) -> str | None:
         return f"nonlinearity {cell.nonlinearity!r} is not supported (tanh, relu)"
     if any(f.init != 0.0 for f in cell.state_spec()):
         return "the kernels reset states to zeros, but this cell's init_state is not zero"
-    return None
+    return fill_restart_refusal(call, "fused")  # they reset to zeros
 
 
 def _priority(call: KernelCall) -> Priority:
