@@ -829,12 +829,16 @@ def test_registered_kernel_matches_reference(device: str, complex_state: bool) -
     assert rel_rms(y_auto, ry) < 1e-12
 
 
-def test_registered_kernel_refuses_nonzero_init() -> None:
-    cell = TinyLRU(2, 3, init=1.0)
-    with pytest.raises(BackendUnavailableError, match=r"init=1\.0"):
-        cell(torch.randn(1, 4, 2), backend="scan")
-    y, _ = cell(torch.randn(1, 4, 2))  # auto falls back to the reference loop
-    assert y.shape == (1, 4, 3)
+def test_registered_kernel_restarts_from_a_nonzero_init() -> None:
+    """The scans restart from zero; the kernel runs a nonzero fill with ``b_t + a_t h_init``
+    at the resets (as it does for a cell overriding ``init_state``)."""
+    torch.manual_seed(0)
+    cell = TinyLRU(2, 3, init=1.0).double()
+    x = torch.randn(2, 6, 2, dtype=torch.float64)
+    resets = torch.tensor([[0, 0, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    y, final = cell(x, backend="scan", resets=resets)
+    ry, rfinal = cell(x, backend="reference", resets=resets)
+    assert rel_rms(y, ry) < 1e-12 and rel_rms(final.h, rfinal.h) < 1e-12
 
 
 @needs_triton

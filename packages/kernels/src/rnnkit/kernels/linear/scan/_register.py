@@ -3,6 +3,12 @@
 With ``lengths`` a sequence's state is held past its last step by the recurrence itself:
 ``a_t = 1, b_t = 0`` there (so ``h_t = h_{t-1}`` exactly, with zero gradient into the padding),
 one scan for the whole batch.
+
+``resets`` restart the scans from zero; a cell whose ``init_state`` is not zero (it overrides
+``init_state``, e.g. with a learnable initial state, or its field's fill is not 0) restarts
+from ``h_init``, one example of ``init_state``, by the same recurrence:
+``h_t = a_t h_init + b_t`` at a reset, so the scan runs with ``b_t + a_t h_init`` there (and its
+gradient reaches ``h_init`` through that sum).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import overrides_init_state
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.linear import DiagonalLinearCell
@@ -30,12 +37,6 @@ def _supports(call: KernelCall) -> str | None:
     spec = cell.state_spec()
     if len(spec) != 1:
         return f"the scan runs a one-field state h, but the cell's state has {len(spec)} fields"
-    if spec[0].init != 0.0:
-        # resets restart from init_state, which the scan implements as a zero state.
-        return (
-            f"the scan restarts resets from zero, but state field {spec[0].name!r} has "
-            f"init={spec[0].init}"
-        )
     return None
 
 
@@ -68,6 +69,10 @@ def _run(call: KernelCall, backend: str) -> tuple[Tensor, tuple[Tensor, ...]]:
         a = torch.where(keep, a, torch.ones((), dtype=a.dtype, device=a.device))
         b = torch.where(keep, b, torch.zeros((), dtype=b.dtype, device=b.device))
         resets = None if resets is None else resets & valid
+    if resets is not None and (overrides_init_state(cell) or cell.state_spec()[0].init != 0.0):
+        # the scans restart from zero: h_t = a_t h_init + b_t at a reset
+        (h_init,) = cell.init_state(1, device=x.device, dtype=x.dtype)
+        b = b + torch.where(resets.unsqueeze(-1), a * h_init.to(b.dtype), 0.0)
     common = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
     h, h_last = linear_scan(
         a.to(common), b.to(common), h0.to(common), resets=resets, backend=backend
