@@ -6,7 +6,9 @@ tile from the end (the tiles of the forward; see :mod:`rnnkit.kernels.newton._so
     lam_t = dL/dz_t + J_{t+1}^T lam_{t+1}        (a reverse scan; ``lam`` carried between tiles)
 
 and then the vector-Jacobian product of the step ``f`` with ``lam`` gives the gradients of the
-projected inputs and the parameters: the cell's analytic ``recur_parallel_vjp`` when it has
+projected inputs and the parameters (and ``J_t^T lam_t`` summed over the resets, where the
+state entering step ``t`` is ``z_init``, gives the gradient of ``z_init``: a learnable initial
+state's): the cell's analytic ``recur_parallel_vjp`` when it has
 one (it computes ``J`` and the product from one evaluation of its gates), else one
 ``torch.autograd.grad`` through ``recur_parallel`` per tile.
 """
@@ -69,7 +71,8 @@ def _transpose_times(jac: Tensor, lam: Tensor, block: int) -> Tensor:
 
 class _TileAdjoint:
     """The ``adjoint`` callback handed to the cell for one tile: zeroes ``J`` at resets, runs
-    the adjoint scan, and keeps ``J`` and ``lam`` for the carry to the previous tile."""
+    the adjoint scan, and keeps ``J`` and ``lam`` for the carry to the previous tile; with
+    ``restart_grad``, also the gradient of the state the resets restart from (``z_init``)."""
 
     def __init__(
         self,
@@ -79,16 +82,25 @@ class _TileAdjoint:
         span: tuple[int, int],
         block: int,
         out: Tensor,
+        restart_grad: bool = False,
     ) -> None:
         self.seed, self.carry, self.resets, self.span = seed, carry, resets, span
         self.block, self.out = block, out
         self.jac: Tensor | None = None
         self.lam: Tensor | None = None
+        self.want_restart = restart_grad and resets is not None
+        self.restart: Tensor | None = None
 
     def __call__(self, jac: Tensor) -> Tensor:
         mask = reset_mask(self.resets, self.span, jac.dim())
         self.jac = jac if mask is None else jac.masked_fill(mask, 0)
         self.lam = _adjoint_scan(self.jac, self.seed, self.carry, self.block, self.out)
+        if self.want_restart:
+            # J_t^T lam_t is the gradient of the state entering step t: z_init where reset
+            into = _transpose_times(jac, self.lam, self.block)
+            where = reset_mask(self.resets, self.span, into.dim())
+            assert where is not None
+            self.restart = torch.where(where, into, 0.0).sum(0)
         return self.lam
 
     def carry_out(self) -> Tensor:
@@ -134,6 +146,8 @@ class _NewtonSolve(torch.autograd.Function):
         cell, resets, z_init, params = ctx.cell, ctx.resets, ctx.z_init, ctx.params
         block = int(getattr(cell, "newton_block", 1))
         need_px, need_z0 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_init = ctx.needs_input_grad[4]
+        d_init: Tensor | None = None
         need_params = ctx.needs_input_grad[6:]
         dz, carry = dz.to(z.dtype), dz_last.to(z.dtype)
         dpx = torch.empty_like(px) if need_px else None
@@ -154,7 +168,9 @@ class _NewtonSolve(torch.autograd.Function):
             states[1:] = z[:, start:stop].transpose(0, 1)
             mask = reset_mask(resets, span, states.dim())
             zp = torch.where(mask, z_init, states[:-1]) if mask is not None else states[:-1]
-            adjoint = _TileAdjoint(seed, carry, resets, span, block, lam_all[: stop - start])
+            adjoint = _TileAdjoint(
+                seed, carry, resets, span, block, lam_all[: stop - start], need_init
+            )
             with torch.no_grad():
                 dpx_t: Tensor | None
                 out = dpx[:, start:stop].transpose(0, 1) if dpx is not None else None
@@ -172,10 +188,14 @@ class _NewtonSolve(torch.autograd.Function):
                 if out is not None and dpx_t is not None and dpx_t.data_ptr() != out.data_ptr():
                     out.copy_(dpx_t)
                 carry = adjoint.carry_out()
+                if adjoint.restart is not None:
+                    d_init = adjoint.restart if d_init is None else d_init + adjoint.restart
         out_params = [
             g.to(p.dtype) if g is not None else None for g, p in zip(grads, params, strict=True)
         ]
-        return (dpx, carry if need_z0 else None, None, None, None, None, *out_params)
+        if d_init is not None:
+            d_init = d_init.to(z_init.dtype)
+        return (dpx, carry if need_z0 else None, None, None, d_init, None, *out_params)
 
 
 def _autograd_vjp(
