@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.matrix_state import MEMORY_RULES, MatrixStateCell
@@ -688,7 +689,9 @@ def _supports(call: KernelCall) -> str | None:
             f"{type(call.cell).__name__} declares the matrix-state form but is not a "
             "MatrixStateCell (the kernel needs its memory_inputs() and memory_outputs())"
         )
-    return None
+    # resets restart the memory from zero (and memory_inputs' own carry from what the cell
+    # class restarts it from), not from a learnable initial state
+    return fill_restart_refusal(call, "reference")
 
 
 def kernels() -> list[Kernel]:

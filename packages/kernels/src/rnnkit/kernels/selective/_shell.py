@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority
 from rnnkit.core.forms import Form
 from rnnkit.kernels.selective._run import ScanFn, protocol_gap, run_selective
@@ -191,10 +192,15 @@ def selective_kernel(
 ) -> Kernel:
     """The :class:`~rnnkit.core.dispatch.Kernel` of ``backend`` for every cell of the
     selective diagonal form: it runs the cell's call through ``scan``
-    (:func:`~rnnkit.kernels.selective._run.run_selective`)."""
+    (:func:`~rnnkit.kernels.selective._run.run_selective`). Besides ``supports``' reasons it
+    refuses resets for a cell overriding ``init_state``: the scans restart ``h`` from zero
+    (and ``selective_inputs`` its own carry from what the cell class restarts it from)."""
 
     def run(call: KernelCall) -> tuple[Tensor, tuple[Tensor, ...]]:
         return run_selective(call, scan)
+
+    def supports_call(call: KernelCall) -> str | None:
+        return supports(call) or fill_restart_refusal(call, "reference")
 
     kernel = Kernel(
         backend=backend,
@@ -202,7 +208,7 @@ def selective_kernel(
         run=run,
         description=description,
         priority=priority,
-        supports=supports,
+        supports=supports_call,
     )
     # without `available`, the Kernel's own default (always available)
     return kernel if available is None else replace(kernel, available=available)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from rnnkit.core.cell import fill_restart_refusal
 from rnnkit.core.dispatch import Kernel, KernelCall, Priority, ProtocolGap
 from rnnkit.core.forms import Form
 from rnnkit.core.kernel import is_exporting
@@ -401,7 +402,7 @@ def _supports(call: KernelCall) -> str | None:
             "MatrixStateCell (the kernel needs its memory_inputs() and memory_outputs())"
         )
     x = call.x
-    reason = unavailable_reason(x.device)
+    reason = unavailable_reason(x.device) or fill_restart_refusal(call, "reference")
     if reason is not None:
         return reason
     if _work_dtype(x.dtype) not in COMPUTE_DTYPES:
