@@ -22,7 +22,8 @@ Without a GPU ``scan_triton`` runs in Triton's CPU interpreter (the conftest set
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import ClassVar
 
@@ -179,3 +180,48 @@ def test_nan_in_gives_nan_out(
 ) -> None:
     _interpreted_skip(backend, dtype)
     check_nan_propagates(_reference(complex_state).cell, backend, dtype, device)
+
+
+class _Outputs(nn.Module):
+    """``cell(x, resets=resets)`` on the ``scan`` backend as a module (for ``torch.export``)."""
+
+    def __init__(self, cell: TinyDiagonal) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: Tensor, resets: Tensor) -> tuple[Tensor, Tensor]:
+        y, final = self.cell(x, resets=resets, backend="scan")
+        return y, final.h
+
+
+@pytest.mark.parametrize("mode", ["compile", "export"])
+@pytest.mark.parametrize("complex_state", CELLS, ids=CELL_IDS)
+def test_a_traced_scan_restarts_clean_after_a_nan(mode: str, complex_state: bool) -> None:
+    """A NaN input in the first episode of example 0 (step 1) and a reset at step 4 of both
+    examples: compiled (``aot_eager``, ``fullgraph=True``) or exported, the ``scan`` backend
+    gives after the reset the outputs, final state and input gradients of the second episode
+    run alone (the scan multiplies the state before a reset by a zero gate, and ``0 * NaN`` is
+    NaN: compiled and exported programs must not let it through)."""
+    torch.manual_seed(0)
+    cell = TinyDiagonal(INPUT, STATE, complex_state=complex_state).double()
+    x = torch.randn(2, 9, INPUT, dtype=torch.float64)
+    x[0, 1] = math.nan
+    resets = torch.zeros(2, 9, dtype=torch.bool)
+    resets[:, 4] = True
+    model = _Outputs(cell)
+    run: Callable[..., tuple[Tensor, Tensor]]
+    if mode == "compile":
+        torch._dynamo.reset()
+        run = torch.compile(model, backend="aot_eager", fullgraph=True)  # type: ignore[assignment]
+    else:
+        run = torch.export.export(model, (x, resets)).module()
+    x = x.requires_grad_()
+    y, h = run(x, resets)
+    clean = x.detach()[:, 4:].requires_grad_()
+    want_y, want_final = cell(clean, backend="reference")
+    assert torch.isnan(y[0, 1:4]).all(-1).all() and torch.isfinite(y[:, 4:]).all()
+    assert rel_rms(y[:, 4:], want_y) < 1e-10 and rel_rms(h, want_final.h) < 1e-10
+    weights = torch.randn(want_y.shape, dtype=torch.float64)
+    (got,) = torch.autograd.grad((y[:, 4:] * weights).sum() + h.real.sum(), x)
+    (want,) = torch.autograd.grad((want_y * weights).sum() + want_final.h.real.sum(), clean)
+    assert torch.isfinite(got[:, 4:]).all() and rel_rms(got[:, 4:], want) < 1e-10

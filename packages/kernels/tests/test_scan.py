@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.core.linear import DiagonalLinearCell, LinearState
 from rnnkit.core.state import StateField
+from rnnkit.core.testing.numerics import tolerance
 from rnnkit.kernels.linear.scan import _torch as scan_torch
 from rnnkit.kernels.linear.scan import _triton as scan_triton
 from rnnkit.kernels.linear.scan import linear_scan, linear_scan_reference, set_poison
@@ -284,27 +285,96 @@ def test_resets(device: str, dtype: torch.dtype) -> None:
     )
 
 
-#: every scan backend that runs on the CPU, Triton in its interpreter where it can run
-RESET_BACKENDS = [
-    "torch",
-    "sequential",
-    "cpp",
-    pytest.param(
-        "triton",
-        marks=[
-            pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
-            pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
-        ],
-    ),
+_TRITON_MARKS = [
+    pytest.mark.skipif(_TRITON_REASON is not None, reason=str(_TRITON_REASON)),
+    pytest.mark.filterwarnings("ignore:Conversion of an array:DeprecationWarning"),
 ]
+#: how the tests of non-finite values at resets run the scan: eagerly on every backend that runs
+#: on the CPU (Triton in its interpreter where it can run), compiled on the torch and native
+#: scans, and exported (the backend is moot there: the program holds the doubling scan)
+RESET_RUNS = [
+    ("eager", "torch"),
+    ("eager", "sequential"),
+    ("eager", "cpp"),
+    pytest.param("eager", "triton", marks=_TRITON_MARKS),
+    ("compile", "torch"),
+    ("compile", "cpp"),
+    ("export", "auto"),
+]
+#: the compiled and exported runs alone (the eager ones of a test run in ``RESET_RUNS``)
+TRACED_RUNS = [("compile", "torch"), ("compile", "cpp"), ("export", "auto")]
 
 
-@pytest.mark.parametrize("backend", RESET_BACKENDS)
-def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
+class _Scan(nn.Module):
+    """A scan as a module, for ``torch.export``."""
+
+    def __init__(self, scan: Callable[..., tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.scan = scan
+
+    def forward(self, a: Tensor, b: Tensor, h0: Tensor, resets: Tensor) -> tuple[Tensor, Tensor]:
+        return self.scan(a, b, h0, resets)
+
+
+def run_scan(
+    mode: str, backend: str, *, fullgraph: bool = True, **kwargs: Any
+) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``(a, b, h0, resets) -> linear_scan(a, b, h0, resets=resets, backend=backend, **kwargs)``
+    run as ``mode`` says: ``"eager"``; ``"compile"``: ``torch.compile`` with ``aot_eager`` (and
+    ``fullgraph``), dynamo's caches reset first; ``"export"``: ``torch.export`` at the first
+    call with its arguments, the exported program run under autograd on every call."""
+    if backend == "cpp":
+        pytest.importorskip("rnnkit.kernels.linear.scan._native")
+
+    def scan(a: Tensor, b: Tensor, h0: Tensor, resets: Tensor | None) -> tuple[Tensor, Tensor]:
+        return linear_scan(a, b, h0, resets=resets, backend=backend, **kwargs)
+
+    if mode == "eager":
+        return scan
+    if mode == "compile":
+        torch._dynamo.reset()
+        compiled: Callable[..., tuple[Tensor, Tensor]]
+        compiled = torch.compile(scan, backend="aot_eager", fullgraph=fullgraph)  # type: ignore[assignment]
+        return compiled
+    assert mode == "export", mode
+    programs: list[Callable[..., tuple[Tensor, Tensor]]] = []
+
+    def exported(a: Tensor, b: Tensor, h0: Tensor, resets: Tensor) -> tuple[Tensor, Tensor]:
+        if not programs:
+            example = (a.detach(), b.detach(), h0.detach(), resets)
+            programs.append(torch.export.export(_Scan(scan), example).module())
+        return programs[0](a, b, h0, resets)
+
+    return exported
+
+
+@pytest.mark.parametrize(("mode", "backend"), TRACED_RUNS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.complex64])
+def test_traced_resets_match_the_reference(mode: str, backend: str, dtype: torch.dtype) -> None:
+    """With finite inputs the compiled scan with resets (an opaque op with its own backward)
+    and the exported one (the doubling scan with selects) equal the float64 loop, values and
+    the gradients of ``a``, ``b`` and ``h0``, at the conformance kit's tolerances."""
+    a, b, h0 = make(3, 45, 4, dtype)
+    g = torch.Generator().manual_seed(3)
+    resets = torch.rand(3, 45, generator=g) < 0.1
+    resets[0, 0] = resets[1, -1] = True
+    scan = run_scan(mode, backend)
+    check(
+        lambda a_, b_, h_: scan(a_, b_, h_, resets),
+        lambda a_, b_, h_: linear_scan_reference(a_, b_, h_, resets=resets),
+        (a, b, h0),
+        dtype,
+        TOL[dtype] if dtype.is_complex else tolerance(dtype),
+    )
+
+
+@pytest.mark.parametrize(("mode", "backend"), RESET_RUNS)
+def test_a_reset_drops_a_nan_before_it(mode: str, backend: str) -> None:
     """A NaN in ``h0`` (row 0) or in an input (row 1, step 2) poisons the states up to the
     row's reset (step 5) and none after it, values and gradients, as the cells' reference
     loops restart (row 2: no NaN, a reset; row 3: NaN and no reset, NaN to the end). The
-    scans multiply the state before a reset by ``a = 0``, and ``0 * NaN`` is NaN."""
+    scans multiply the state before a reset by ``a = 0``, and ``0 * NaN`` is NaN: eagerly,
+    compiled (where a rescan cannot be traced) and exported alike."""
     a, b, h0 = make(4, 11, 3, torch.float64, "cpu")
     h0 = h0.detach().clone()
     b = b.detach().clone()
@@ -315,9 +385,7 @@ def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
     resets[:3, 5] = True
     inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
     want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
-    if backend == "cpp":
-        pytest.importorskip("rnnkit.kernels.linear.scan._native")
-    h, last = linear_scan(*inputs, resets=resets, backend=backend, chunk=4)
+    h, last = run_scan(mode, backend, chunk=4)(*inputs, resets)
     want, want_last = linear_scan_reference(*want_in, resets=resets)
     assert torch.isnan(want[:3, :5]).any(-1).any(-1).tolist()[:2] == [True, True]
     assert not torch.isnan(want[:3, 5:]).any() and torch.isnan(want[3, -1]).any()
@@ -336,15 +404,16 @@ def test_a_reset_drops_a_nan_before_it(backend: str) -> None:
     assert torch.isfinite(want_in[1].grad).all() and torch.isfinite(want_in[2].grad).all()
 
 
-@pytest.mark.parametrize("backend", ["torch", "sequential", "cpp"])
-def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "backend"),
+    [("eager", "torch"), ("eager", "sequential"), ("eager", "cpp"), *TRACED_RUNS],
+)
+def test_the_last_reset_drops_any_non_finite_value_before_it(mode: str, backend: str) -> None:
     """The rows whose states the scans leave stale: a NaN between two resets (row 0: NaN at
     step 4, resets at 3 and 7; only the last reset restarts from a finite state), a NaN ``h0``
     with a reset at step 0 (row 1: nothing of it survives), an infinity before a reset (row 2:
     ``0 * inf`` is NaN as well); row 3 has resets and nothing non-finite. Every value equals
     the reference loop's, non-finite exactly where the loop's are."""
-    if backend == "cpp":
-        pytest.importorskip("rnnkit.kernels.linear.scan._native")
     a, b, h0 = make(4, 10, 3, torch.float64, "cpu", seed=4)
     b, h0 = b.detach().clone(), h0.detach().clone()
     resets = torch.zeros(4, 10, dtype=torch.bool)
@@ -354,7 +423,7 @@ def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> No
     resets[1, 0] = True
     b[2, 2, 0] = math.inf
     resets[2, 5] = resets[3, 6] = True
-    h, last = linear_scan(a.detach(), b, h0, resets=resets, backend=backend, chunk=4)
+    h, last = run_scan(mode, backend, chunk=4)(a.detach(), b, h0, resets)
     want, want_last = linear_scan_reference(a.detach(), b, h0, resets=resets)
     bad = ~torch.isfinite(want)
     assert bad[0, 4:7].any() and not bad[0, 7:].any() and not bad[1].any()
@@ -364,14 +433,12 @@ def test_the_last_reset_drops_any_non_finite_value_before_it(backend: str) -> No
     assert torch.isfinite(want_last).all() and rel_rms(last, want_last) < 1e-12
 
 
-@pytest.mark.parametrize("backend", RESET_BACKENDS)
-def test_a_nan_gate_at_a_reset_step_stays_nan(backend: str) -> None:
+@pytest.mark.parametrize(("mode", "backend"), RESET_RUNS)
+def test_a_nan_gate_at_a_reset_step_stays_nan(mode: str, backend: str) -> None:
     """The reference loop computes ``a_t * 0`` at a reset, NaN for a NaN or infinite gate: row
     0 (NaN gate at its reset, step 4) and row 1 (infinite gate at its reset) are NaN from the
     reset to the end, not restarted clean; row 2 (NaN gate at a step without reset) as well;
     row 3 has a reset and finite gates. Values equal the loop's, NaN exactly where its are."""
-    if backend == "cpp":
-        pytest.importorskip("rnnkit.kernels.linear.scan._native")
     a, b, h0 = make(4, 9, 3, torch.float64, "cpu", seed=6)
     a = a.detach().clone()
     resets = torch.zeros(4, 9, dtype=torch.bool)
@@ -379,7 +446,7 @@ def test_a_nan_gate_at_a_reset_step_stays_nan(backend: str) -> None:
     a[0, 4, 1] = math.nan
     a[1, 4, 2] = math.inf
     a[2, 6, 0] = math.nan
-    h, last = linear_scan(a, b, h0, resets=resets, backend=backend, chunk=4)
+    h, last = run_scan(mode, backend, chunk=4)(a, b, h0, resets)
     want, want_last = linear_scan_reference(a, b, h0, resets=resets)
     bad = ~torch.isfinite(want)
     assert bad[0, 4:].any(-1).all() and bad[1, 4:].any(-1).all() and not bad[:2, :4].any()
@@ -389,14 +456,17 @@ def test_a_nan_gate_at_a_reset_step_stays_nan(backend: str) -> None:
     assert torch.equal(~torch.isfinite(last), ~torch.isfinite(want_last))
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_a_nan_in_one_packed_sequence_stays_in_it(backend: str) -> None:
+#: the packed-sequence runs: eager and compiled (not ``fullgraph``: reading ``cu_seqlens``
+#: breaks the graph; ``torch.export`` cannot trace that read at all)
+PACKED_RUNS = [(m, b) for m in ("eager", "compile") for b in ("torch", "cpp")]
+
+
+@pytest.mark.parametrize(("mode", "backend"), PACKED_RUNS)
+def test_a_nan_in_one_packed_sequence_stays_in_it(mode: str, backend: str) -> None:
     """With ``cu_seqlens``, a NaN input in sequence 1 and a NaN ``h0`` of sequence 3 leave
     sequences 0, 2 and 4 (and their gradients) exactly as their own reference loops compute
     them; one scan over the packed row would carry each NaN into every later sequence as
     ``0 * NaN`` at the zeroed gate of each start."""
-    if backend == "cpp":
-        pytest.importorskip("rnnkit.kernels.linear.scan._native")
     offsets = [0, 7, 15, 20, 29, 36]
     a, b, _ = make(1, 36, 3, torch.float64, "cpu", seed=7)
     _, _, h0 = make(5, 1, 3, torch.float64, "cpu", seed=8)
@@ -406,7 +476,8 @@ def test_a_nan_in_one_packed_sequence_stays_in_it(backend: str) -> None:
     cu = torch.tensor(offsets)
     inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
     want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
-    h, last = linear_scan(*inputs, cu_seqlens=cu, backend=backend, chunk=4)
+    scan = run_scan(mode, backend, fullgraph=False, cu_seqlens=cu, chunk=4)
+    h, last = scan(*inputs, None)
     want, want_last = _per_sequence(*want_in, offsets)
     bad = ~torch.isfinite(want)
     assert bad[0, 9:15].any(-1).all() and bad[0, 20:29].any(-1).all()
@@ -430,17 +501,15 @@ def test_a_nan_in_one_packed_sequence_stays_in_it(backend: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["inf_input", "nan_gate_at_reset"])
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize(("mode", "backend"), PACKED_RUNS)
 def test_packed_sequences_keep_an_inf_or_a_nan_gate_at_a_reset_to_themselves(
-    backend: str, case: str
+    mode: str, backend: str, case: str
 ) -> None:
     """With ``cu_seqlens``: an infinite input in sequence 3 of 5 (the one poisoned sequence, so
     a single cut at the next start; ``0 * inf`` there is NaN, so the check must catch
     infinities, not only NaN), or a NaN gate at a reset inside the last sequence (the loop's
     ``a_t * 0`` keeps it NaN from the reset on, not a clean restart). Each sequence equals its
     own reference loop, non-finite exactly where the loop's are, and the others stay finite."""
-    if backend == "cpp":
-        pytest.importorskip("rnnkit.kernels.linear.scan._native")
     offsets = [0, 6, 13, 19, 27, 32]
     a, b, _ = make(1, 32, 3, torch.float64, "cpu", seed=11)
     _, _, h0 = make(5, 1, 3, torch.float64, "cpu", seed=12)
@@ -455,9 +524,8 @@ def test_packed_sequences_keep_an_inf_or_a_nan_gate_at_a_reset_to_themselves(
         resets[0, 29] = True
         a[0, 29, 0] = math.nan
         poisoned = slice(29, 32)
-    h, last = linear_scan(
-        a, b, h0, resets=resets, cu_seqlens=torch.tensor(offsets), backend=backend, chunk=4
-    )
+    scan = run_scan(mode, backend, fullgraph=False, cu_seqlens=torch.tensor(offsets), chunk=4)
+    h, last = scan(a, b, h0, resets)
     want_h, want_last = _per_sequence(a, b, h0, offsets, resets)
     bad = ~torch.isfinite(want_h)
     # non-finite from the poison to its sequence's end and nowhere else
@@ -867,3 +935,31 @@ def test_doubling_scan_matches_reference(time: int, dtype: torch.dtype) -> None:
     want_grads = torch.autograd.grad((want * weights).real.sum(), (a, b, h0))
     for g, w in zip(got_grads, want_grads, strict=True):
         assert rel_rms(g, w) < 1e-12
+
+
+@pytest.mark.parametrize("time", [1, 2, 5, 13, 64])
+def test_doubling_scan_with_restarts_selects(time: int) -> None:
+    """With ``restart`` the doubling scan (an exported program's scan with resets) equals the
+    step loop that selects, in value and gradient: a NaN ``h0`` under a reset at step 0 (row
+    1) and a NaN input before a reset (row 2) reach nothing past their reset; row 0 is finite."""
+    a, b, h0 = (t.detach().clone() for t in make(3, time, 4, torch.float64, seed=2))
+    resets = torch.rand(3, time, generator=torch.Generator().manual_seed(4)) < 0.3
+    resets[1, 0] = True
+    h0[1, 0] = math.nan
+    b[2, 0, 1] = math.nan
+    resets[2, time // 2] = time > 1
+    a, b, h0 = (t.requires_grad_() for t in (a, b, h0))
+    gates = torch.where(resets.unsqueeze(-1), a * 0, a)
+    h = scan_torch.doubling_scan(gates, b, h0, restart=resets)
+    want, _ = linear_scan_reference(a, b, h0, resets=resets)
+    bad = ~torch.isfinite(want)
+    assert not bad[:2].any() and bad[2, 0].any() and (time == 1 or not bad[2, time // 2 :].any())
+    assert torch.equal(~torch.isfinite(h), bad)
+    assert rel_rms(h[~bad], want[~bad]) < 1e-12
+    weights = torch.where(bad, 0.0, torch.randn(h.shape, dtype=h.dtype))
+    got_grads = torch.autograd.grad((torch.where(bad, 0.0, h) * weights).sum(), (a, b, h0))
+    want_grads = torch.autograd.grad((torch.where(bad, 0.0, want) * weights).sum(), (a, b, h0))
+    for g, w in zip(got_grads, want_grads, strict=True):
+        nan = torch.isnan(w)
+        assert torch.equal(torch.isnan(g), nan)
+        assert rel_rms(g[~nan], w[~nan]) < 1e-12

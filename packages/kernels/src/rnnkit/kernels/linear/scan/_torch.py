@@ -70,7 +70,7 @@ def sequential_scan_into(a: Tensor, b: Tensor, h0: Tensor, out: Tensor, *, rever
     return state
 
 
-def doubling_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+def doubling_scan(a: Tensor, b: Tensor, h0: Tensor, restart: Tensor | None = None) -> Tensor:
     """All states ``h: (B, T, D)`` by recursive doubling, in ``ceil(log2 T)`` rounds of
     out-of-place ops that autograd differentiates (no ``out=``, no hand-written backward).
 
@@ -81,17 +81,43 @@ def doubling_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     every intermediate is a true partial state or a true product of gates over a span. It does
     ``O(T log T)`` work, so the eager scans stay faster outside traced programs.
 
+    With ``restart`` the state entering a step where it is true is replaced by zero, a select
+    as in the cells' reference loops (``h_t = a_t * 0 + b_t``; ``a`` holds the restart gates
+    already, see ``op._restart_gates``): each span also records whether it holds a restart,
+    and a span that does takes nothing from before it, so a NaN or infinite state before a
+    restart does not reach past it as ``0 * NaN``, in values or in gradients. On finite inputs
+    the values are those without the selects (the product with a zero gate adds an exact 0).
+
     Args:
         a, b: ``(B, T, D)`` with ``T >= 1`` (``a`` may be an expanded view).
         h0: ``(B, D)``, the state before step 0.
+        restart: optional bool ``(B, T)``.
     """
-    first = a[:, :1] * h0.unsqueeze(1) + b[:, :1]  # the state after step 0
-    h = torch.cat([first, b[:, 1:]], 1)
+    if restart is None:
+        first = a[:, :1] * h0.unsqueeze(1) + b[:, :1]  # the state after step 0
+        h = torch.cat([first, b[:, 1:]], 1)
+        span = a
+        time, d = b.shape[1], 1
+        while d < time:
+            h = torch.cat([h[:, :d], span[:, d:] * h[:, :-d] + h[:, d:]], 1)
+            span = torch.cat([span[:, :d], span[:, d:] * span[:, :-d]], 1)
+            d *= 2
+        return h
+    cut = restart.unsqueeze(-1)  # (B, T, 1): the span ending at t holds a restart
+    zero = torch.zeros((), dtype=b.dtype, device=b.device)
+    one = torch.ones((), dtype=a.dtype, device=a.device)
+    # a restart step keeps ``a_t * 0`` (NaN for a NaN gate) and drops the state before it
+    first = a[:, :1] * torch.where(cut[:, 0], zero, h0).unsqueeze(1) + b[:, :1]
+    h = torch.cat([first, b[:, 1:] + torch.where(cut[:, 1:], a[:, 1:] * 0, zero)], 1)
     span = a
     time, d = b.shape[1], 1
     while d < time:
-        h = torch.cat([h[:, :d], span[:, d:] * h[:, :-d] + h[:, d:]], 1)
-        span = torch.cat([span[:, :d], span[:, d:] * span[:, :-d]], 1)
+        c = cut[:, d:]
+        # both factors selected: the product's gradient is an exact zero across a restart
+        carried = torch.where(c, zero, span[:, d:]) * torch.where(c, zero, h[:, :-d])
+        h = torch.cat([h[:, :d], h[:, d:] + carried], 1)
+        span = torch.cat([span[:, :d], span[:, d:] * torch.where(c, one, span[:, :-d])], 1)
+        cut = torch.cat([cut[:, :d], c | cut[:, :-d]], 1)
         d *= 2
     return h
 

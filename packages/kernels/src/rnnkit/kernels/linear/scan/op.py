@@ -436,14 +436,9 @@ def linear_scan(
         return _varlen(a, b, h0, offsets, resets, name, chunk)
     if time == 0:
         return b.new_zeros(shape), h0.clone()
-    if resets is not None:
-        a = _restart_gates(a, resets)
-    h, h_last = _apply(a, b, h0, name, chunk)
-    if resets is not None and not (torch.compiler.is_compiling() or is_exporting()):
-        stale = _stale_rows(h, h0, resets)
-        if bool(stale.any()):
-            return _rescan_stale(a, b, h0, resets, stale, name, chunk)
-    return h, h_last
+    if resets is None:
+        return _apply(a, b, h0, name, chunk)
+    return _restarted(_restart_gates(a, resets), b, h0, resets, name, chunk, packed=False)
 
 
 def _restart_gates(a: Tensor, restart: Tensor) -> Tensor:
@@ -454,6 +449,66 @@ def _restart_gates(a: Tensor, restart: Tensor) -> Tensor:
     restart. The gradient of ``a_t`` at a reset is zero either way.
     """
     return torch.where(restart.unsqueeze(-1), a * 0, a)
+
+
+def _restarted(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    backend: str,
+    chunk: int | None,
+    *,
+    packed: bool,
+) -> tuple[Tensor, Tensor]:
+    """The scan of ``a`` (the restart gates, :func:`_restart_gates`) and ``b`` from ``h0`` with
+    the state entering each step where ``restart: (B, T)`` is true replaced by zero, as the
+    cells' reference loops do with a select: a NaN or infinite state before a restart does not
+    reach past it (``0 * NaN`` is NaN), in the values or in the gradients.
+
+    Eager: one scan, and the rows (or, ``packed``, the pieces of the one packed row) whose
+    states are non-finite before a restart again (:func:`_fix_stale`). Under ``torch.compile``
+    the same as one opaque custom op with a registered backward (:func:`_scan_restarted`), so
+    the traced graph holds no data-dependent control flow; under ``torch.export`` a
+    recursive-doubling scan whose combine selects (ATen ops only, see
+    :func:`_torch.doubling_scan`), except that an exported Triton scan (a program exported on
+    CUDA) keeps the product with the zero gate, as it did.
+    """
+    if is_exporting():
+        if backend.startswith("triton"):
+            return _apply(a, b, h0, backend, chunk)
+        cd = compute_dtype(b.dtype)
+        h = _torch.doubling_scan(a.to(cd), b.to(cd), h0.to(cd), restart=restart).to(b.dtype)
+        return h, h[:, -1].clone()
+    if torch.compiler.is_compiling():
+        h = _scan_restarted(a, b, h0, restart, backend, chunk, packed)
+        return h, h[:, -1].clone()
+    h, h_last = _apply(a, b, h0, backend, chunk)
+    return _fix_stale(h, h_last, a, b, h0, restart, backend, chunk, packed=packed)
+
+
+def _fix_stale(
+    h: Tensor,
+    h_last: Tensor,
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    backend: str,
+    chunk: int | None,
+    *,
+    packed: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(h, h_last)`` of a scan with restarts, with what its products left stale recomputed:
+    the packed row cut into pieces (:func:`_rescan_poisoned_pieces`, ``h0`` is zero there),
+    else the stale rows by a loop that selects (:func:`_rescan_stale`)."""
+    if packed:
+        h = _rescan_poisoned_pieces(h, a, b, h0, restart[0], backend, chunk)
+        return h, h[:, -1]
+    stale = _stale_rows(h, h0, restart)
+    if bool(stale.any()):
+        return _rescan_stale(a, b, h0, restart, stale, backend, chunk)
+    return h, h_last
 
 
 def _stale_rows(h: Tensor, h0: Tensor, resets: Tensor) -> Tensor:
@@ -546,9 +601,7 @@ def _varlen(
     b = b.index_add(1, starts, carried.unsqueeze(0))
     a = _restart_gates(a, restart)
     zero = torch.zeros((), dtype=b.dtype, device=b.device).expand(1, width)
-    h, _ = _apply(a, b, zero, backend, chunk)
-    if not (torch.compiler.is_compiling() or is_exporting()):
-        h = _rescan_poisoned_pieces(h, a, b, zero, restart[0], backend, chunk)
+    h, _ = _restarted(a, b, zero, restart, backend, chunk, packed=True)
     ends = torch.tensor([offsets[s + 1] - 1 for s in live], device=a.device, dtype=torch.long)
     h_last = h0.index_copy(0, rows, h[0, ends]) if live else h0.clone()
     return h, h_last
@@ -581,6 +634,139 @@ def _rescan_poisoned_pieces(
         for lo, hi in itertools.pairwise(bounds)
     ]
     return torch.cat(pieces, 1)
+
+
+# --- restarts under torch.compile ----------------------------------------------------------------
+# Dynamo cannot trace the eager path's check-and-rescan (a branch on the data), and the product
+# with a zero gate alone carries a non-finite state across a restart (0 * NaN). So under compile
+# the scan with restarts is one opaque op whose body is the eager path, with its adjoint as a
+# second opaque op; the traced graph holds two calls and no branch. Their bodies decide on the
+# data as eager does (and so synchronise with a GPU): the ops are tagged cudagraph-unsafe.
+
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("rnnkit_scan_fn::scan_restarted", mutates_args=(), tags=_OP_TAGS)
+def _scan_restarted(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    backend: str,
+    chunk: int | None,
+    packed: bool,
+) -> Tensor:
+    """``h: (B, T, D)`` of :func:`_restarted`, computed as in eager mode (the body runs
+    eagerly: one scan, and a rescan of what a non-finite state made stale)."""
+    h, _ = _apply(a, b, h0, backend, chunk)
+    h, _ = _fix_stale(h, h[:, -1], a, b, h0, restart, backend, chunk, packed=packed)
+    return h
+
+
+@_scan_restarted.register_fake
+def _scan_restarted_fake(
+    a: Tensor,
+    b: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    backend: str,
+    chunk: int | None,
+    packed: bool,
+) -> Tensor:
+    return torch.empty(b.shape, dtype=b.dtype, device=b.device)
+
+
+@torch.library.custom_op("rnnkit_scan_fn::scan_restarted_backward", mutates_args=(), tags=_OP_TAGS)
+def _scan_restarted_backward(
+    a: Tensor,
+    h: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    dh: Tensor,
+    backend: str,
+    chunk: int | None,
+    need_a: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(da, db, dh0)`` of :func:`_scan_restarted` (``da`` empty unless ``need_a``): the
+    gradients of ``h_t = a_t * where(restart_t, 0, h_{t-1}) + b_t``.
+
+    The scan's own adjoint (:func:`_scan_backward`) multiplies by the zero gate where the loop
+    selects, which is the same wherever the adjoint ``g`` and the state before a restart are
+    finite. Where either is not (``0 * NaN``), the row's adjoint is computed again in pieces
+    cut at those restarts, each piece ending with a zero adjoint and starting from a zero
+    state, as the select does.
+    """
+    zeros = torch.zeros_like(h0)
+    da, db, dh0 = _scan_backward(a, h, h0, dh, zeros, backend, chunk, need_a)
+    # where the adjoint or the state entering a step is non-finite (:func:`_lane_sums`)
+    before = torch.cat([_lane_sums(h0).unsqueeze(1), _lane_sums(h[:, :-1])], 1)
+    cuts = restart & ~(torch.isfinite(_lane_sums(db)) & torch.isfinite(before))
+    cuts[:, 0] = False
+    for row in cuts.any(1).nonzero().squeeze(1).tolist():
+        bounds = [0, *cuts[row].nonzero().squeeze(1).tolist(), h.shape[1]]
+        for lo, hi in itertools.pairwise(bounds):
+            start = h0[row : row + 1] if lo == 0 else zeros[row : row + 1]
+            piece = _scan_backward(
+                a[row : row + 1, lo:hi],
+                h[row : row + 1, lo:hi],
+                start,
+                dh[row : row + 1, lo:hi],
+                zeros[row : row + 1],
+                backend,
+                chunk,
+                need_a,
+            )
+            if da is not None and piece[0] is not None:
+                da[row, lo:hi] = piece[0][0]
+            db[row, lo:hi] = piece[1][0]
+            if lo == 0:
+                dh0[row] = piece[2][0]
+    # a restart at step 0 drops h0: no gradient reaches it, and the gate's gradient is g * 0
+    first = restart[:, :1]
+    dh0 = torch.where(first, torch.zeros((), dtype=dh0.dtype, device=dh0.device), dh0)
+    if da is None:
+        return db.new_empty((0,)), db, dh0
+    da[:, 0] = torch.where(first, db[:, 0] * 0, da[:, 0])
+    return da, db, dh0
+
+
+@_scan_restarted_backward.register_fake
+def _scan_restarted_backward_fake(
+    a: Tensor,
+    h: Tensor,
+    h0: Tensor,
+    restart: Tensor,
+    dh: Tensor,
+    backend: str,
+    chunk: int | None,
+    need_a: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    da = torch.empty(a.shape if need_a else (0,), dtype=a.dtype, device=a.device)
+    return da, torch.empty(h.shape, dtype=h.dtype, device=h.device), torch.empty_like(h0)
+
+
+def _scan_restarted_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    a, _, h0, restart, backend, chunk, _ = inputs
+    ctx.save_for_backward(a, output, h0, restart)
+    ctx.backend, ctx.chunk = backend, chunk
+
+
+def _scan_restarted_grad(ctx: Any, dh: Tensor) -> tuple[Tensor | None, ...]:
+    a, h, h0, restart = ctx.saved_tensors
+    need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
+    da, db, dh0 = _scan_restarted_backward(a, h, h0, restart, dh, ctx.backend, ctx.chunk, need_a)
+    return (
+        da if need_a else None,
+        db if need_b else None,
+        dh0 if need_h0 else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_scan_restarted.register_autograd(_scan_restarted_grad, setup_context=_scan_restarted_context)
 
 
 def linear_scan_reference(
