@@ -505,32 +505,32 @@ def _fix_stale(
     if packed:
         h = _rescan_poisoned_pieces(h, a, b, h0, restart[0], backend, chunk)
         return h, h[:, -1]
-    stale = _stale_rows(h, h0, restart)
-    if bool(stale.any()):
-        return _rescan_stale(a, b, h0, restart, stale, backend, chunk)
+    rows, _ = _bad_restarts(h, h0, restart)
+    if rows.numel():
+        return _rescan_stale(a, b, h0, restart, rows, backend, chunk)
     return h, h_last
 
 
-def _stale_rows(h: Tensor, h0: Tensor, resets: Tensor) -> Tensor:
-    """Bool ``(B,)``: the rows where a non-finite state precedes the row's last reset.
+def _bad_restarts(h: Tensor, h0: Tensor, restart: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, steps)``, in order, of the restarts (``restart: (B, T)``) that a non-finite
+    state enters: ``h[:, t - 1]``, or ``h0`` for a restart at step 0.
 
-    A reset makes the scans multiply the state before it by ``a_t = 0``, which keeps a NaN or
-    an infinity there (``0 * NaN``) where the recurrence restarts from zero. Every non-finite
-    input makes the state at its step non-finite, so checking the states (and ``h0``) before
-    the last reset finds every row this happens to; other rows are exact as they are.
+    A non-finite state stays non-finite up to the next restart (``a * NaN + b`` is NaN, ``a *
+    inf + b`` is infinite or NaN, and a non-finite input only adds to it), so a NaN or an
+    infinity anywhere before a restart reaches the state entering it; reading those states
+    alone costs a ``(restarts, D)`` slice of ``h`` rather than a pass over all of it.
     """
-    steps = torch.arange(h.shape[1], device=h.device)
-    last = torch.where(resets, steps, -1).amax(1)  # (B,), -1 without a reset
-    before = steps < last.unsqueeze(1)
-    bad = (~torch.isfinite(_lane_sums(h)) & before).any(1)
-    return bad | (~torch.isfinite(_lane_sums(h0)) & (last >= 0))
+    rows, steps = restart.nonzero(as_tuple=True)
+    entering = h[rows, (steps - 1).clamp(min=0)]
+    entering = torch.where((steps == 0).unsqueeze(-1), h0[rows], entering)
+    bad = ~torch.isfinite(_lane_sums(entering))
+    return rows[bad], steps[bad]
 
 
 def _lane_sums(x: Tensor) -> Tensor:
     """``x`` summed over its last dimension (16-bit dtypes in float32): non-finite wherever a
-    lane is, in one read of ``x`` and a ``1 / D`` sized result (``isfinite(x)`` writes a mask
-    of ``x``'s size, and cost four times the scan). A sum that overflows on finite lanes marks
-    its row as well, which costs a rescan and changes no value."""
+    lane is. A sum that overflows on finite lanes marks its row as well, which costs a rescan
+    and changes no value."""
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
     return x.sum(-1, dtype=wide)
 
@@ -544,11 +544,16 @@ def _rescan_stale(
     backend: str,
     chunk: int | None,
 ) -> tuple[Tensor, Tensor]:
-    """The scan again with the ``stale`` rows (:func:`_stale_rows`) run by a step loop that
-    restarts with a select (``h = 0`` at a reset, as the cells' reference loops do) and the
-    other rows by the scan, so no row's gradient meets a ``0 * NaN`` either."""
-    rows = stale.nonzero().squeeze(1)
-    keep = (~stale).nonzero().squeeze(1)
+    """The scan again with the ``stale`` rows (indices, repeats allowed: those of the resets a
+    non-finite state enters, :func:`_bad_restarts`) run by a step loop that restarts with a
+    select (``h = 0`` at a reset, as the cells' reference loops do) and the other rows by the
+    scan, so no row's gradient meets a ``0 * NaN`` either. The scans multiply the state before
+    a reset by ``a_t = 0``, which keeps a NaN or an infinity there (``0 * NaN``) where the
+    recurrence restarts from zero; other rows are exact as they are."""
+    mask = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    mask[stale] = True
+    rows = mask.nonzero().squeeze(1)
+    keep = (~mask).nonzero().squeeze(1)
     cd = compute_dtype(b.dtype)
     ha, hb, state = a[rows].to(cd), b[rows].to(cd), h0[rows].to(cd)
     restart = resets[rows].unsqueeze(-1)
@@ -624,8 +629,7 @@ def _rescan_poisoned_pieces(
     restart follows a finite state, where the single scan was already exact, so one pass
     suffices; rows without a non-finite state are returned as they are.
     """
-    before = ~torch.isfinite(h[0, :-1]).all(-1)  # (T - 1,): state t is non-finite
-    cuts = (restart[1:] & before).nonzero().squeeze(1) + 1
+    _, cuts = _bad_restarts(h, zero, restart.unsqueeze(0))  # zero: no cut at step 0
     if cuts.numel() == 0:
         return h
     bounds = [0, *cuts.tolist(), h.shape[1]]
@@ -658,7 +662,7 @@ def _scan_restarted(
 ) -> Tensor:
     """``h: (B, T, D)`` of :func:`_restarted`, computed as in eager mode (the body runs
     eagerly: one scan, and a rescan of what a non-finite state made stale)."""
-    h, _ = _apply(a, b, h0, backend, chunk)
+    h, _ = _scan_forward(a, b, h0, backend, chunk)
     h, _ = _fix_stale(h, h[:, -1], a, b, h0, restart, backend, chunk, packed=packed)
     return h
 
@@ -698,12 +702,16 @@ def _scan_restarted_backward(
     """
     zeros = torch.zeros_like(h0)
     da, db, dh0 = _scan_backward(a, h, h0, dh, zeros, backend, chunk, need_a)
-    # where the adjoint or the state entering a step is non-finite (:func:`_lane_sums`)
-    before = torch.cat([_lane_sums(h0).unsqueeze(1), _lane_sums(h[:, :-1])], 1)
-    cuts = restart & ~(torch.isfinite(_lane_sums(db)) & torch.isfinite(before))
-    cuts[:, 0] = False
-    for row in cuts.any(1).nonzero().squeeze(1).tolist():
-        bounds = [0, *cuts[row].nonzero().squeeze(1).tolist(), h.shape[1]]
+    # the restarts t >= 1 where the adjoint or the state entering is non-finite (then so is
+    # the sum of their lane sums)
+    rows, steps = restart[:, 1:].nonzero(as_tuple=True)
+    steps = steps + 1
+    sums = _lane_sums(db[rows, steps]) + _lane_sums(h[rows, steps - 1])
+    bad = ~torch.isfinite(sums)
+    found: list[tuple[int, int]] = list(zip(rows[bad].tolist(), steps[bad].tolist(), strict=True))
+    for row in sorted({r for r, _ in found}):
+        cuts = [t for r, t in found if r == row]
+        bounds = [0, *cuts, h.shape[1]]
         for lo, hi in itertools.pairwise(bounds):
             start = h0[row : row + 1] if lo == 0 else zeros[row : row + 1]
             piece = _scan_backward(
@@ -721,13 +729,13 @@ def _scan_restarted_backward(
             db[row, lo:hi] = piece[1][0]
             if lo == 0:
                 dh0[row] = piece[2][0]
-    # a restart at step 0 drops h0: no gradient reaches it, and the gate's gradient is g * 0
     first = restart[:, :1]
-    dh0 = torch.where(first, torch.zeros((), dtype=dh0.dtype, device=dh0.device), dh0)
-    if da is None:
-        return db.new_empty((0,)), db, dh0
-    da[:, 0] = torch.where(first, db[:, 0] * 0, da[:, 0])
-    return da, db, dh0
+    if bool(first.any()):
+        # a restart at step 0 drops h0: no gradient reaches it, and the gate's is g * 0
+        dh0 = torch.where(first, torch.zeros((), dtype=dh0.dtype, device=dh0.device), dh0)
+        if da is not None:
+            da[:, 0] = torch.where(first, db[:, 0] * 0, da[:, 0])
+    return (db.new_empty((0,)) if da is None else da), db, dh0
 
 
 @_scan_restarted_backward.register_fake
