@@ -456,6 +456,39 @@ def test_a_nan_gate_at_a_reset_step_stays_nan(mode: str, backend: str) -> None:
     assert torch.equal(~torch.isfinite(last), ~torch.isfinite(want_last))
 
 
+@pytest.mark.parametrize(("mode", "backend"), TRACED_RUNS)
+def test_a_traced_reset_stops_a_nan_gradient_after_it(mode: str, backend: str) -> None:
+    """A NaN gate after the last reset (row 0: step 7, reset at 5) makes the gradient of the
+    states from the reset to it NaN, and the loop's select stops it at the reset; a NaN ``h0``
+    under a reset at step 0 (row 1) gets no gradient and gives its gate none. Compiled and
+    exported, every gradient equals the loop's, NaN exactly where the loop's is, and those of
+    what comes before row 0's reset are finite. (Eager mode's scan multiplies that gradient by
+    the zero gate and lets it through, 0 * NaN: NaN spreads within gradients are not compared
+    across backends, see docs/cell-abi.md.)"""
+    a, b, h0 = make(2, 10, 3, torch.float64, seed=13)
+    a, h0 = a.clone(), h0.clone()
+    a[0, 7, 1] = math.nan
+    h0[1, 2] = math.nan
+    resets = torch.zeros(2, 10, dtype=torch.bool)
+    resets[:, 5] = resets[1, 0] = True
+    inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    h, _ = run_scan(mode, backend)(*inputs, resets)
+    want, _ = linear_scan_reference(*want_in, resets=resets)
+    bad = ~torch.isfinite(want)
+    assert torch.equal(~torch.isfinite(h), bad) and bad[0, 7:].any(-1).all()
+    weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(1), dtype=h.dtype)
+    torch.where(bad, 0.0, h * weights).sum().backward()
+    torch.where(bad, 0.0, want * weights).sum().backward()
+    for got_t, want_t in zip(inputs, want_in, strict=True):
+        assert got_t.grad is not None and want_t.grad is not None
+        nan = torch.isnan(want_t.grad)
+        assert torch.equal(torch.isnan(got_t.grad), nan)
+        assert rel_rms(got_t.grad[~nan], want_t.grad[~nan]) < 1e-12
+    assert want_in[1].grad is not None and torch.isfinite(want_in[1].grad[:, :5]).all()
+    assert want_in[2].grad is not None and torch.equal(want_in[2].grad[1], torch.zeros(3).double())
+
+
 #: the packed-sequence runs: eager and compiled (not ``fullgraph``: reading ``cu_seqlens``
 #: breaks the graph; ``torch.export`` cannot trace that read at all)
 PACKED_RUNS = [(m, b) for m in ("eager", "compile") for b in ("torch", "cpp")]
