@@ -505,10 +505,10 @@ def _fix_stale(
     if packed:
         h = _rescan_poisoned_pieces(h, a, b, h0, restart[0], backend, chunk)
         return h, h[:, -1]
+    if _entering_finite(h, h0, restart):
+        return h, h_last
     rows, _ = _bad_restarts(h, h0, restart)
-    if rows.numel():
-        return _rescan_stale(a, b, h0, restart, rows, backend, chunk)
-    return h, h_last
+    return _rescan_stale(a, b, h0, restart, rows, backend, chunk)
 
 
 def _bad_restarts(h: Tensor, h0: Tensor, restart: Tensor) -> tuple[Tensor, Tensor]:
@@ -525,6 +525,17 @@ def _bad_restarts(h: Tensor, h0: Tensor, restart: Tensor) -> tuple[Tensor, Tenso
     entering = torch.where((steps == 0).unsqueeze(-1), h0[rows], entering)
     bad = ~torch.isfinite(_lane_sums(entering))
     return rows[bad], steps[bad]
+
+
+def _entering_finite(h: Tensor, h0: Tensor, restart: Tensor, *more: Tensor) -> bool:
+    """Whether every state entering a restart (see :func:`_bad_restarts`) is finite, and the
+    entries of each of ``more: (B, T, D)`` at the restarts after step 0: one sum of them all
+    (its overflow on finite values only costs the full check)."""
+    inner = restart[:, 1:]
+    total = _lane_sums(h[:, :-1][inner]).sum() + _lane_sums(h0[restart[:, 0]]).sum()
+    for x in more:
+        total = total + _lane_sums(x[:, 1:][inner]).sum()
+    return bool(torch.isfinite(total))
 
 
 def _lane_sums(x: Tensor) -> Tensor:
@@ -629,9 +640,9 @@ def _rescan_poisoned_pieces(
     restart follows a finite state, where the single scan was already exact, so one pass
     suffices; rows without a non-finite state are returned as they are.
     """
-    _, cuts = _bad_restarts(h, zero, restart.unsqueeze(0))  # zero: no cut at step 0
-    if cuts.numel() == 0:
+    if _entering_finite(h, zero, restart.unsqueeze(0)):
         return h
+    _, cuts = _bad_restarts(h, zero, restart.unsqueeze(0))  # zero: no cut at step 0
     bounds = [0, *cuts.tolist(), h.shape[1]]
     pieces = [
         _apply(a[:, lo:hi], b[:, lo:hi], zero, backend, chunk)[0]
@@ -704,11 +715,13 @@ def _scan_restarted_backward(
     da, db, dh0 = _scan_backward(a, h, h0, dh, zeros, backend, chunk, need_a)
     # the restarts t >= 1 where the adjoint or the state entering is non-finite (then so is
     # the sum of their lane sums)
-    rows, steps = restart[:, 1:].nonzero(as_tuple=True)
-    steps = steps + 1
-    sums = _lane_sums(db[rows, steps]) + _lane_sums(h[rows, steps - 1])
-    bad = ~torch.isfinite(sums)
-    found: list[tuple[int, int]] = list(zip(rows[bad].tolist(), steps[bad].tolist(), strict=True))
+    found: list[tuple[int, int]] = []
+    if not _entering_finite(h, zeros, restart, db):
+        rows, steps = restart[:, 1:].nonzero(as_tuple=True)
+        steps = steps + 1
+        sums = _lane_sums(db[rows, steps]) + _lane_sums(h[rows, steps - 1])
+        bad = ~torch.isfinite(sums)
+        found = list(zip(rows[bad].tolist(), steps[bad].tolist(), strict=True))
     for row in sorted({r for r, _ in found}):
         cuts = [t for r, t in found if r == row]
         bounds = [0, *cuts, h.shape[1]]
