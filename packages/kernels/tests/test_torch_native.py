@@ -8,7 +8,7 @@ import pytest
 import torch
 from _gated_helpers import compare, make_cell, make_inputs, rel_rms
 
-from rnnkit.core.dispatch import KernelCall, select
+from rnnkit.core.dispatch import KernelCall, Priority, select
 from rnnkit.core.errors import BackendUnavailableError
 from rnnkit.kernels.gated.torch_native import kernels, supports
 
@@ -151,11 +151,12 @@ def test_cudnn_bf16_relu_elman_training_is_refused() -> None:
         assert cudnn_known_issue(kind, nl, call(dev, grad), dt) is None, (kind, nl, dev, grad, dt)
 
 
-def test_gated_priorities_rank_compiled_calls_as_eager_ones_and_exported_calls_apart() -> None:
-    """``fused``, ``fused_cpp`` and ``torch`` rank a call under ``torch.compile`` as eagerly and
-    give the export ranking only under ``torch.export`` (torch 2.11's
-    ``torch.compiler.is_exporting()`` said ``True`` under every compile). Recorded inside the
-    traced functions, compared outside them."""
+def test_gated_priorities_rank_compiled_calls_apart_from_exported_ones() -> None:
+    """``fused_cpp`` and ``torch`` rank a call under ``torch.compile`` as eagerly and give the
+    export ranking only under ``torch.export`` (torch 2.11's ``torch.compiler.is_exporting()``
+    said ``True`` under every compile); ``fused`` ranks below ``reference`` under both (its
+    ``out=`` loops break dynamo's graph). Recorded inside the traced functions, compared
+    outside them."""
     from rnnkit.kernels.gated import fused, fused_cpp, torch_native
 
     cell = make_cell("gru", 1).float()
@@ -173,7 +174,10 @@ def test_gated_priorities_rank_compiled_calls_as_eager_ones_and_exported_calls_a
     torch._dynamo.reset()
     torch.compile(Probe(), backend="eager", fullgraph=True)(x)
     torch.export.export(Probe(), (x,))
-    eager = (fused.FUSED_PRIORITY, fused_cpp.priority(KernelCall(cell, x, None, None, True)))
+    native = fused_cpp.priority(KernelCall(cell, x, None, None, True))
+    eager = (fused.FUSED_PRIORITY, native, torch_native.FALLBACK)
+    compiled = (fused.COMPILE_PRIORITY, native, torch_native.FALLBACK)
     exported = (fused.EXPORT_PRIORITY, fused_cpp.EXPORT_PRIORITY, torch_native.PREFERRED)
-    assert seen == [(*eager, torch_native.FALLBACK)] * 2 + [exported]
-    assert fused_cpp.EXPORT_PRIORITY not in eager
+    assert seen == [eager, compiled, exported]
+    assert native != fused_cpp.EXPORT_PRIORITY
+    assert fused.COMPILE_PRIORITY < Priority.REFERENCE < fused.FUSED_PRIORITY

@@ -29,6 +29,7 @@ from rnnkit.kernels.gated.fused._lstm import LSTM_LOOPS, LSTMLoops, run_lstm
 from rnnkit.kernels.gated.fused._slstm import SLSTM_LOOPS, SLSTMLoops, run_slstm
 
 __all__ = [
+    "COMPILE_PRIORITY",
     "ELMAN_LOOPS",
     "EXPORT_PRIORITY",
     "FUSED_PRIORITY",
@@ -53,11 +54,25 @@ FUSED_PRIORITY = Priority.PORTABLE
 #: tensors (``out=`` ops), which an exported program cannot run while autograd records (its
 #: parameters require gradients); ``reference`` and ``torch`` export to plain ATen ops.
 EXPORT_PRIORITY = Priority.BELOW_REFERENCE
+#: ``auto`` tier under ``torch.compile``: below ``reference``. The loops write with ``out=`` into
+#: slices of their buffers (a gate's columns, a head's rows), and dynamo refuses an ``out=``
+#: tensor that is not contiguous: every LSTM, GRU and sLSTM call and every multi-head call broke
+#: the graph (an error with ``fullgraph=True``). Where the loops do trace (one-head Elman) they
+#: unroll over time with every ``out=`` write functionalised: measured slower to compile and to
+#: run than both ``fused_cpp`` (one opaque op per call) and the ``reference`` loop
+#: (``docs/kernels.md``, "torch.compile, torch.export and autocast"). ``auto`` runs compiled calls
+#: on ``fused_cpp`` (CPU, float64 included), ``torch``, ``triton`` or ``reference``.
+COMPILE_PRIORITY = Priority.BELOW_REFERENCE
 
 
 def priority(call: KernelCall) -> Priority:
-    """:data:`FUSED_PRIORITY`, or :data:`EXPORT_PRIORITY` while ``torch.export`` traces."""
-    return EXPORT_PRIORITY if is_exporting() else FUSED_PRIORITY
+    """:data:`FUSED_PRIORITY`; :data:`EXPORT_PRIORITY` while ``torch.export`` traces and
+    :data:`COMPILE_PRIORITY` while ``torch.compile`` does."""
+    if is_exporting():
+        return EXPORT_PRIORITY
+    if torch.compiler.is_compiling():
+        return COMPILE_PRIORITY
+    return FUSED_PRIORITY
 
 
 # 16-bit inputs are refused: the loops would keep their state and gradients in 16 bits (a

@@ -66,9 +66,10 @@ PRIORITY = Priority.BEATS_PORTABLE
 #: ``auto`` tier where the native loop measured faster than torch's native op too.
 PREFERRED = Priority.BEATS_DEVICE_BEST
 #: ``auto`` tier for float64: below ``fused``, above ``reference``. float64 is the validation
-#: dtype; ``auto`` keeps it on the pure-torch loop (which torch.compile traces without a graph
-#: break, and which the existing tests and the conformance kit expect there).
-#: ``backend="fused_cpp"`` runs float64 natively.
+#: dtype; eager ``auto`` keeps it on the pure-torch loop (which the existing tests and the
+#: conformance kit expect there). Under ``torch.compile`` ``fused`` ranks below ``reference``
+#: (:data:`rnnkit.kernels.gated.fused.COMPILE_PRIORITY`: its loops break the graph), so compiled
+#: float64 calls run here, traced as opaque calls. ``backend="fused_cpp"`` runs float64 natively.
 FLOAT64_PRIORITY = Priority.FALLBACK
 
 #: ``auto`` tier under ``torch.export``: below ``reference``. An exported program that calls
@@ -133,7 +134,8 @@ def supports(call: KernelCall) -> str | None:
 def priority(call: KernelCall) -> Priority:
     """``auto`` tier, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
 
-    :data:`FLOAT64_PRIORITY` for float64 (``auto`` uses ``fused`` there); for float32
+    :data:`FLOAT64_PRIORITY` for float64 (eager ``auto`` uses ``fused`` there, compiled
+    ``auto`` this backend); for float32
     :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` with
     sequences of at least ``_BEATS_TORCH_FROM_T`` steps, and :data:`PRIORITY` (above
     ``fused``, below a preferred ``torch``) otherwise.
