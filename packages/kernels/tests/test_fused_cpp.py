@@ -397,11 +397,13 @@ def test_torch_backend_refuses_the_failing_compiled_lstm() -> None:
     assert len(reasons) == 1 and reasons[0] is not None and "torch.compile" in reasons[0]
 
 
-def test_export_prefers_portable_backends(native_ops: Any) -> None:
-    """``auto`` under torch.export ranks ``fused_cpp`` below ``reference``: the exported
-    program holds plain ATen ops; ``backend="fused_cpp"`` still exports (fake kernels)."""
-    cell = make_cell("slstm", 1).float()
-    x = torch.randn(2, 6, 5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_export_prefers_portable_backends(native_ops: Any, dtype: torch.dtype) -> None:
+    """``auto`` under torch.export ranks ``fused_cpp`` below ``reference``, float64 included
+    (its float64 tier was once decided before the export one): the exported program holds
+    plain ATen ops; ``backend="fused_cpp"`` still exports (fake kernels)."""
+    cell = make_cell("slstm", 1).to(dtype)
+    x = torch.randn(2, 6, 5, dtype=dtype)
     ep = torch.export.export(cell, (x,))
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert not any("rnnkit_fused_cpp" in t for t in targets), targets

@@ -134,16 +134,16 @@ def supports(call: KernelCall) -> str | None:
 def priority(call: KernelCall) -> Priority:
     """``auto`` tier, from ``tools/bench/gated.py`` (see ``docs/kernels-fused.md``).
 
+    :data:`EXPORT_PRIORITY` while ``torch.export`` traces (float64 included);
     :data:`FLOAT64_PRIORITY` for float64 (eager ``auto`` uses ``fused`` there, compiled
-    ``auto`` this backend); for float32
-    :data:`PREFERRED` (above ``torch``) for the dense calls listed in ``_BEATS_TORCH`` with
-    sequences of at least ``_BEATS_TORCH_FROM_T`` steps, and :data:`PRIORITY` (above
-    ``fused``, below a preferred ``torch``) otherwise.
+    ``auto`` this backend); for float32 :data:`PREFERRED` (above ``torch``) for the dense calls
+    listed in ``_BEATS_TORCH`` with sequences of at least ``_BEATS_TORCH_FROM_T`` steps, and
+    :data:`PRIORITY` (above ``fused``, below a preferred ``torch``) otherwise.
     """
-    if call.x.dtype == torch.float64:
-        return FLOAT64_PRIORITY
     if is_exporting():
         return EXPORT_PRIORITY
+    if call.x.dtype == torch.float64:
+        return FLOAT64_PRIORITY
     cell: Any = call.cell
     heads = int(getattr(cell, "heads", 1))
     key = (str(cell.kind), call.needs_grad)
