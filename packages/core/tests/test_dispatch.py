@@ -309,6 +309,70 @@ def test_cell_method_kernel_runs_through_dispatch() -> None:
             cell(x, backend="own", resets=torch.zeros(2, 5, dtype=torch.bool))
 
 
+class _LearnedOwnLoop(_OwnLoop):
+    """An :class:`_OwnLoop` whose ``init_state`` is a learnable ``h`` (not the fill zeros)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.h_start = torch.nn.Parameter(torch.full((hidden_size,), 0.5))
+
+    def init_state(
+        self,
+        batch: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ElmanState:
+        fill = super().init_state(batch, device=device, dtype=dtype)
+        return ElmanState(self.h_start.to(fill.h).expand_as(fill.h))
+
+
+#: ``cell_method_kernel``'s reason for resets on a cell whose ``init_state`` is not ``cls``'s
+_FILL_RESTART = (
+    "resets restart the state from the fill StateField.init here, not from {}'s own "
+    "init_state (a learnable initial state?); backend='auto' runs such calls on another "
+    "backend ('reference' at the latest), which restarts from init_state"
+)
+
+
+def test_cell_method_kernel_refuses_resets_for_a_cell_overriding_init_state() -> None:
+    """The method restarts resets from what ``cls`` starts from: for a subclass (or an
+    instance) with its own ``init_state`` the kernel refuses calls with resets, after
+    ``supports_extra`` and unless ``restarts_from_init_state``; calls without resets run."""
+    x = torch.randn(2, 5, 3)
+    marks = torch.zeros(2, 5, dtype=torch.bool)
+    learned = _LearnedOwnLoop(3, 4)
+    kernel = _own_kernel()
+    assert kernel.supports(KernelCall(learned, x, None, None, False)) is None
+    assert kernel.supports(KernelCall(learned, x, None, marks, False)) == _FILL_RESTART.format(
+        "_LearnedOwnLoop"
+    )
+    # the class's own init_state: resets run
+    assert kernel.supports(KernelCall(_OwnLoop(3, 4), x, None, marks, False)) is None
+    # an init_state set on the instance counts as well
+    patched = _OwnLoop(3, 4)
+    patched.init_state = learned.init_state  # type: ignore[method-assign]
+    assert kernel.supports(KernelCall(patched, x, None, marks, False)) == _FILL_RESTART.format(
+        "_OwnLoop"
+    )
+    # a method that restarts from init_state runs them
+    restarting = _own_kernel(restarts_from_init_state=True)
+    assert restarting.supports(KernelCall(learned, x, None, marks, False)) is None
+    assert restarting.supports(KernelCall(patched, x, None, marks, False)) is None
+    # supports_extra's own reason comes first
+    extra = _own_kernel(supports_extra=_no_resets)
+    assert extra.supports(KernelCall(learned, x, None, marks, False)) == "no resets here"
+    # through dispatch: auto runs the call with resets on the reference loop
+    with use_host(_host_with(_own_kernel())):
+        cell = _LearnedOwnLoop(3, 4)
+        cell(x)
+        assert [s[0] for s in cell.seen] == ["base"]
+        y, _ = cell(x, resets=marks | torch.eye(2, 5, dtype=torch.bool))
+        assert len(cell.seen) == 1
+        want, _ = cell(x, backend="reference", resets=marks | torch.eye(2, 5, dtype=torch.bool))
+        assert torch.equal(y, want)
+
+
 def test_cell_method_kernel_refuses_a_method_of_another_class_or_no_target() -> None:
     with pytest.raises(ValueError, match=r"pass _OwnLoop\.loop_forward"):
         cell_method_kernel(  # type: ignore[misc]  # (mypy refuses it as well)
