@@ -233,3 +233,22 @@ class _CarelessStart(_LearnedStart):
 def test_an_init_state_ignoring_dtype_device_or_batch_is_caught(fault: str, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_state_spec(lambda: _CarelessStart(5, 6, fault))
+
+
+class _FrozenAndEmpty(_LearnedStart):
+    """A learnable start besides a frozen parameter (``requires_grad=False``: autograd gives
+    it no gradient, however ``forward`` uses it) and a parameter of size 0 (no entry to get a
+    nonzero gradient): neither is a parameter ``forward`` leaves unused."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.scale = nn.Parameter(torch.full((hidden_size,), 0.8), requires_grad=False)
+        self.nothing = nn.Parameter(torch.empty(0))
+
+    def project(self, x: Tensor) -> Tensor:
+        return super().project(x) * self.scale
+
+
+def test_frozen_and_empty_parameters_are_not_taken_for_unused_ones() -> None:
+    report = check_backends(lambda: _FrozenAndEmpty(5, 6), dtypes=F64)
+    assert report.ran["reference"], report.summary()
