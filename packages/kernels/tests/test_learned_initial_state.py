@@ -286,3 +286,26 @@ def test_fused_restarts_from_init_state_with_its_gradient() -> None:
             if key.startswith("param.start"):
                 assert w.abs().sum() > 0, (name, key)
                 torch.testing.assert_close(got.grads[key], w, rtol=1e-4, atol=1e-5)
+
+
+def test_newton_sums_the_restart_gradient_over_its_tiles() -> None:
+    """With several tiles (``newton_options(tile=2)``) and resets in more than one of them,
+    the gradient of the learnable initial state is summed over the tiles (each tile's reverse
+    pass adds the part of the restarts inside it), as the reference loop's."""
+    from rnnkit.kernels.newton import newton_options
+
+    cell = CASES["indrnn"].make().double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 5, generator=gen, dtype=torch.float64)
+    resets = torch.zeros(2, 8, dtype=torch.bool)
+    resets[0, [1, 4, 7]] = True  # in three of the four tiles
+    resets[1, 5] = True
+    grads = {}
+    for backend in ("reference", "newton"):
+        cell.zero_grad(set_to_none=True)
+        with newton_options(tile=2):
+            y, (h,) = cell(x, resets=resets, backend=backend)
+        (y.sum() + (h * h).sum()).backward()
+        grads[backend] = cell.start["h"].grad.clone()  # type: ignore[attr-defined,union-attr]
+    assert grads["reference"].abs().sum() > 0
+    torch.testing.assert_close(grads["newton"], grads["reference"], rtol=1e-6, atol=1e-8)
