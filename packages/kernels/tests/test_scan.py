@@ -404,6 +404,42 @@ def test_a_reset_drops_a_nan_before_it(mode: str, backend: str) -> None:
     assert torch.isfinite(want_in[1].grad).all() and torch.isfinite(want_in[2].grad).all()
 
 
+@pytest.mark.parametrize(("mode", "backend"), RESET_RUNS)
+def test_a_reset_at_step_0_drops_a_nan_initial_state(mode: str, backend: str) -> None:
+    """A NaN or an infinity in ``h0`` with the row's only reset at step 0 (rows 0 and 1: no
+    later reset sees the poisoned state) is dropped there, as the reference loop drops it, in
+    values and gradients; a row without a reset keeps its NaN to the end (row 2). Compiled and
+    exported, a NaN gate after a reset at step 0 (row 3) gives ``h0`` no NaN gradient across
+    that reset (eager scans let a NaN gradient through a reset, 0 * NaN: see
+    :func:`test_a_traced_reset_stops_a_nan_gradient_after_it`)."""
+    a, b, h0 = make(4, 6, 3, torch.float64, "cpu")
+    a, h0 = a.detach().clone(), h0.detach().clone()
+    h0[0, 1] = math.nan
+    h0[1, 0] = math.inf
+    h0[2, 2] = math.nan
+    if mode != "eager":
+        a[3, 3, 1] = math.nan
+    resets = torch.zeros(4, 6, dtype=torch.bool)
+    resets[[0, 1, 3], 0] = True
+    inputs = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    want_in = [t.clone().requires_grad_(True) for t in (a, b, h0)]
+    h, last = run_scan(mode, backend, chunk=4)(*inputs, resets)
+    want, want_last = linear_scan_reference(*want_in, resets=resets)
+    assert torch.isfinite(want[:2]).all() and torch.isnan(want[2, -1]).any()
+    assert torch.equal(torch.isnan(h), torch.isnan(want))
+    assert rel_rms(h[:2], want[:2]) < 1e-12
+    assert rel_rms(last[:2], want_last[:2]) < 1e-12
+    h[[0, 1, 3]].sum().backward()
+    want[[0, 1, 3]].sum().backward()
+    assert torch.isnan(want_in[0].grad[3]).any() == (mode != "eager")  # gates before it
+    assert torch.isfinite(want_in[2].grad).all()
+    for got_t, want_t in zip(inputs, want_in, strict=True):
+        assert got_t.grad is not None and want_t.grad is not None
+        nan = torch.isnan(want_t.grad)
+        assert torch.equal(torch.isnan(got_t.grad), nan)
+        assert rel_rms(got_t.grad[~nan], want_t.grad[~nan]) < 1e-12
+
+
 @pytest.mark.parametrize(
     ("mode", "backend"),
     [("eager", "torch"), ("eager", "sequential"), ("eager", "cpp"), *TRACED_RUNS],
