@@ -278,6 +278,10 @@ def test_after_a_state_spec_recur_disagrees_with_the_other_checks_point_at_recur
 ) -> None:
     """A dtype that only recur's state shows to be wrong: state_spec passes, recur fails (and
     compile, which casts no state, passes: a check that can run is not failed)."""
+    if check in ("nan_propagation", "empty_batch"):
+        # with the reference loop alone (rnnkit-core without rnnkit-kernels) these two compare
+        # no second backend, so the state's dtype never meets a kernel and the check can run
+        pytest.importorskip("rnnkit.kernels", reason=f"{check} fails here only beside a kernel")
     make = lambda: _Float32C(input_size=5, hidden_size=6)  # noqa: E731
     check_state_spec(make)
     with pytest.raises(
