@@ -147,7 +147,7 @@ def test_bad_configuration_is_refused() -> None:
         train_ppo(PPOConfig(num_envs=2, minibatches=4), make=CueRecall)
 
 
-@pytest.mark.parametrize("seed", [-1, 2**40])
+@pytest.mark.parametrize("seed", [-1, 2**40, True])
 def test_a_seed_gymnasium_cannot_take_is_refused_before_set_up(seed: int) -> None:
     """gymnasium refuses negative seeds at the first reset (its own error, a traceback on the
     command line); the configuration check names the seed first."""

@@ -347,6 +347,9 @@ def test_output_files_follow_the_umask(tmp_path: Path) -> None:
         ("checkpoint_every", 0, "--checkpoint-every"),
         ("device", "gpu", "--device"),
         ("device", "CPU", "--device"),
+        ("seed", True, "--seed"),  # a bool is no seed (a config file's seed = true)
+        ("seed", 1.0, "--seed"),
+        ("seed", -(2**40), "--seed"),
     ],
 )
 def test_bad_options_are_refused_by_name(
