@@ -137,6 +137,17 @@ def test_compare_refuses_out_of_range_seeds_before_any_run(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("bad", [["--seed", str(2**40)], ["--seeds", f"0,-{2**40}"]])
+def test_compare_print_config_refuses_out_of_range_seeds(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--print-config`` runs nothing, and still refuses the seed by its option's name."""
+    assert main(["compare", "--models", "lstm", *TINY, *bad, "--print-config"]) == 2
+    out, err = capsys.readouterr()
+    assert f"error: {bad[0]} must be an integer of absolute value below 2**40" in err
+    assert out == ""
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0, 1,2") == [0, 1, 2]
     with pytest.raises(ValueError, match="at least one"):
