@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -187,6 +188,34 @@ def test_analyse_fixed_points_refuses_cell_sizes_with_a_run(
     assert main([*run, "--hidden-size", "3", "--input-size", "2"]) == 2
     err = capsys.readouterr().err
     assert "error: --hidden-size, --input-size: only with --cell" in err
+
+
+def test_analyse_fixed_points_sizes_the_cell(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cell`` without sizes builds the cell 8 wide with 2 inputs; sizes below 1 are
+    refused by the option's name."""
+    from rnnkit.core.cli import main
+    from rnnkit.tasks.methods import analysis
+
+    sizes: list[tuple[int, int]] = []
+    real = analysis.find_fixed_points
+
+    def spy(cell: Any, **kwargs: Any) -> Any:
+        sizes.append((cell.input_size, cell.hidden_size))
+        return real(cell, **kwargs)
+
+    monkeypatch.setattr(analysis, "find_fixed_points", spy)
+    fp = ["analyse", "fixed-points", "--cell", "gru", "--starts", "2", "--iterations", "2"]
+    assert main([*fp, "--json"]) == 0
+    assert main([*fp, "--hidden-size", "3", "--input-size", "4", "--json"]) == 0
+    assert sizes == [(2, 8), (4, 3)]
+    capsys.readouterr()
+    for flag, value in (("--hidden-size", "0"), ("--input-size", "-1")):
+        assert main([*fp, flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"rnnkit analyse: error: {flag} must be a positive integer, got {value}" in err
+    assert len(sizes) == 2
 
 
 FIXED_POINT_FLAGS = [
