@@ -192,6 +192,21 @@ def test_the_command_refuses_bad_options_by_name_before_reading_the_run(
     assert f"rnnkit recurrentgpt: error: {flag} must be {need}, got " in err, err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--k", "0"), ("--temperature", "0"), ("--steps", "1"), ("--short-chars", "1")],
+)
+def test_the_least_values_pass_the_option_checks(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The least value of each range is accepted: the command goes on to read the run (there
+    is none here, which is the error)."""
+    capsys.readouterr()
+    assert main(["recurrentgpt", "--run", str(tmp_path / "none"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert "must be" not in err and str(tmp_path / "none") in err, err
+
+
 def test_the_command_names_itself_for_a_run_that_is_not_a_char_lm(
     charlm_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
